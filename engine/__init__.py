@@ -1,0 +1,1 @@
+"""Control plane: what happens to calls and people."""

@@ -1,0 +1,103 @@
+"""REST routes under /api/v1."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.exceptions import HTTPException
+
+from engine.api.schemas import (
+    CallAnswer,
+    CallDetail,
+    CallList,
+    CallOffer,
+    CallOut,
+    EmotionOut,
+    LegOut,
+    ModelOut,
+    UtteranceOut,
+)
+from engine.calls import STATES, CallManager
+
+router = APIRouter(prefix="/api/v1")
+
+
+def manager(request: Request) -> CallManager:
+    m: CallManager = request.app.state.calls
+    return m
+
+
+@router.post("/calls", status_code=201, response_model=CallAnswer, tags=["calls"])
+async def create_call(offer: CallOffer, request: Request) -> CallAnswer:
+    """Start an in-app call: post the browser's SDP offer, get our answer."""
+    call, sdp = await manager(request).create_webrtc_call(offer.sdp, offer.language, offer.caller)
+    return CallAnswer(
+        call_id=call.id,
+        sdp=sdp,
+        language=call.language,
+        recognizer=call.model.backend,
+        recognizer_note=call.model.note,
+        events_url=f"/api/v1/calls/{call.id}/events",
+        view_url=f"/calls/{call.id}",
+    )
+
+
+@router.get("/calls", response_model=CallList, tags=["calls"])
+async def list_calls(
+    request: Request,
+    state: str | None = Query(None, description=f"one of {', '.join(STATES)}"),
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> CallList:
+    if state is not None and state not in STATES:
+        raise HTTPException(422, f"state must be one of {', '.join(STATES)}")
+    rows = await manager(request).store.list_calls(state=state, limit=limit, offset=offset)
+    return CallList(calls=[CallOut.model_validate(r, from_attributes=True) for r in rows])
+
+
+@router.get("/calls/{call_id}", response_model=CallDetail, tags=["calls"])
+async def get_call(call_id: str, request: Request) -> CallDetail:
+    found = await manager(request).store.get_call(call_id)
+    if found is None:
+        raise HTTPException(404, f"no call {call_id}")
+    call, utts, emos = found
+    base = CallOut.model_validate(call, from_attributes=True)
+    return CallDetail(
+        **base.model_dump(),
+        legs=[LegOut.model_validate(leg, from_attributes=True) for leg in call.legs],
+        transcript=[UtteranceOut.model_validate(u, from_attributes=True) for u in utts],
+        emotion_timeline=[EmotionOut.model_validate(e, from_attributes=True) for e in emos],
+    )
+
+
+@router.post("/calls/{call_id}/hangup", status_code=202, tags=["calls"])
+async def hangup(call_id: str, request: Request) -> Response:
+    """End a live call. 404 if it is not live on this node."""
+    m = manager(request)
+    m.get(call_id)
+    await m.end_call(call_id, "hangup")
+    return Response(status_code=202)
+
+
+@router.get("/models", response_model=list[ModelOut], tags=["system"])
+async def models(
+    request: Request, language: Annotated[list[str] | None, Query()] = None
+) -> list[ModelOut]:
+    """Which recognizer and model each language uses, and where the engine looked."""
+    m = manager(request)
+    langs = language or sorted({m.settings.default_language, *m.settings.preload_languages})
+    out = []
+    for lang in langs:
+        c = m.model_choice(lang.lower())
+        out.append(
+            ModelOut(
+                language=c.language,
+                backend=c.backend,
+                path=c.path,
+                fallback=c.fallback,
+                note=c.note,
+                looked_in=c.looked_in,
+            )
+        )
+    return out

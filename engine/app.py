@@ -1,0 +1,86 @@
+"""FastAPI app factory: API, pages, metrics, and the media engine's lifetime."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from engine.api import problems, rest, streams
+from engine.api.schemas import Health
+from engine.calls import CallManager
+from engine.config import Settings
+from engine.events import EventBus, utcnow
+from engine.metrics import Metrics
+from engine.store.db import Store
+
+log = logging.getLogger(__name__)
+WEB = Path(__file__).parent / "web"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    store = Store(settings.database_url)
+    bus = EventBus()
+    metrics = Metrics()
+    calls = CallManager(settings, store, bus, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await store.open()
+        if orphans := await store.close_orphans(utcnow()):
+            log.warning("marked %d calls left open by a previous run as ended", orphans)
+        await calls.preload(settings.preload_languages)
+        log.info("ccengine ready on http://%s:%s", settings.host, settings.port)
+        try:
+            yield
+        finally:
+            await calls.shutdown()
+            await store.close()
+
+    app = FastAPI(
+        title="ccengine",
+        version="0.1.0",
+        summary="Real-time contact-center engine: calls, live transcripts, emotion",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.calls = calls
+    app.state.metrics = metrics
+    problems.install(app)
+    app.add_middleware(problems.BodyLimit, limit=settings.max_body_bytes)
+    app.include_router(rest.router)
+    app.include_router(streams.router)
+    app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
+
+    @app.get("/healthz", response_model=Health, tags=["system"])
+    async def healthz(request: Request) -> Health:
+        return Health(active_calls=len(request.app.state.calls.calls))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(WEB / "index.html")
+
+    @app.get("/call", include_in_schema=False)
+    async def caller_page() -> FileResponse:
+        return FileResponse(WEB / "call.html")
+
+    @app.get("/calls", include_in_schema=False)
+    async def calls_page() -> RedirectResponse:
+        return RedirectResponse("/")
+
+    @app.get("/calls/{call_id}", include_in_schema=False)
+    async def live_view(call_id: str) -> FileResponse:
+        return FileResponse(WEB / "live.html")
+
+    return app

@@ -1,0 +1,407 @@
+"""Calls and legs, the call state machine, and the manager that runs them.
+
+Theory of operation
+-------------------
+A call is created when a caller's offer arrives and lives through:
+
+    state        event     -> next state
+    new          answered  -> connecting   (our SDP answer is out)
+    connecting   media     -> active       (the caller's audio reached us)
+    new          end       -> ended
+    connecting   end       -> ended        (no media in time, ICE failed, hang-up)
+    active       end       -> ended        (hang-up, caller vanished, shutdown)
+
+``TRANSITIONS`` below is the only place these live; the API docs and tests read
+it. Each caller leg runs a media ``LegPipeline``; its events enter one ordered
+per-call queue whose consumer persists finals and emotion samples *before*
+publishing them, so anything a client has seen is already on disk, and a crash
+loses at most the utterance in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from engine.config import Settings
+from engine.events import (
+    CallEnded,
+    CallStarted,
+    CallStateChanged,
+    EmotionUpdated,
+    EventBase,
+    EventBus,
+    TranscriptFinal,
+    TranscriptPartial,
+    WordTiming,
+    utcnow,
+)
+from engine.metrics import Metrics
+from engine.store.db import Store
+from engine.store.models import CallRow, EmotionRow, LegRow, UtteranceRow
+from media import events as me
+from media.asr import ModelChoice, RecognizerFactory, choose_model, create_factory
+from media.pipeline import LegPipeline
+from media.vad import VadSettings
+from media.webrtc import WebRtcLeg, pump_audio
+
+log = logging.getLogger(__name__)
+
+TRANSITIONS: dict[tuple[str, str], str] = {
+    ("new", "answered"): "connecting",
+    ("connecting", "media"): "active",
+    ("new", "end"): "ended",
+    ("connecting", "end"): "ended",
+    ("active", "end"): "ended",
+}
+STATES = ("new", "connecting", "active", "ended")
+TEARDOWN_TIMEOUT = 10.0  # a stuck recognizer or disk must not keep a call open
+# Partials beyond this backlog are dropped (finals and emotions never are): a stalled
+# disk must not grow memory without bound.
+MAX_EVENT_BACKLOG = 1000
+
+
+class InvalidTransition(RuntimeError):
+    """Our own code asked for a transition the table does not allow (a local bug)."""
+
+
+class Overloaded(RuntimeError):
+    """No capacity for another call right now."""
+
+
+class UnknownCall(LookupError):
+    pass
+
+
+@dataclass
+class Leg:
+    id: str
+    role: str
+    transport: str
+    pipeline: LegPipeline | None = None
+    peer: WebRtcLeg | None = None
+
+
+@dataclass
+class Call:
+    id: str
+    channel: str
+    language: str
+    model: ModelChoice
+    caller: str | None
+    created_at: datetime = field(default_factory=utcnow)
+    state: str = "new"
+    legs: list[Leg] = field(default_factory=list)
+    events: asyncio.Queue[me.MediaEvent | None] = field(default_factory=asyncio.Queue)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    answered_at: datetime | None = None
+    utterance_ids: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def next_state(self, event: str) -> str:
+        try:
+            return TRANSITIONS[(self.state, event)]
+        except KeyError:
+            raise InvalidTransition(f"call {self.id}: no '{event}' from '{self.state}'") from None
+
+    def speaker(self, leg_id: str) -> str:
+        return next((leg.role for leg in self.legs if leg.id == leg_id), "caller")
+
+
+class CallManager:
+    def __init__(self, settings: Settings, store: Store, bus: EventBus, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.metrics = metrics
+        threads = settings.asr_threads or 2 * (os.cpu_count() or 2)
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="asr")
+        self.calls: dict[str, Call] = {}
+        self._factories: dict[str, RecognizerFactory | None] = {}
+        self._choices: dict[str, ModelChoice] = {}
+
+    # -- models -----------------------------------------------------------------
+
+    def model_choice(self, language: str) -> ModelChoice:
+        if language not in self._choices:
+            choice = choose_model(language, self.settings.model_dirs)
+            self._choices[language] = choice
+            self._factories[language] = create_factory(choice)
+            (log.warning if choice.fallback or not choice.backend else log.info)(
+                "speech for '%s': %s", language, choice.note
+            )
+        return self._choices[language]
+
+    async def preload(self, languages: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        for lang in languages:
+            self.model_choice(lang)
+            factory = self._factories.get(lang)
+            load = getattr(factory, "load", None)
+            if load is not None:
+                await loop.run_in_executor(self.executor, load)
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def create_webrtc_call(
+        self, sdp: str, language: str | None, caller: str | None
+    ) -> tuple[Call, str]:
+        if len(self.calls) >= self.settings.max_concurrent_calls:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise Overloaded(
+                f"engine is at its limit of {self.settings.max_concurrent_calls} calls"
+            )
+        language = (language or self.settings.default_language).lower()
+        choice = self.model_choice(language)
+        call = Call(str(uuid.uuid4()), "webrtc", language, choice, caller)
+        leg = Leg(str(uuid.uuid4()), "caller", "webrtc")
+        leg.peer = WebRtcLeg(on_ended=lambda reason: self.end_call(call.id, reason))
+        try:
+            answer, _summary = await leg.peer.answer(sdp)
+        except BaseException:
+            await leg.peer.close()
+            raise
+        call.legs.append(leg)
+        self.calls[call.id] = call
+        self.metrics.active_calls.inc()
+        self.metrics.calls.labels("webrtc").inc()
+        await self.store.add(
+            CallRow(
+                id=call.id,
+                channel=call.channel,
+                state=call.state,
+                language=language,
+                recognizer=choice.backend,
+                recognizer_note=choice.note,
+                caller=caller,
+                created_at=call.created_at,
+            ),
+            LegRow(
+                id=leg.id,
+                call_id=call.id,
+                role=leg.role,
+                transport=leg.transport,
+                codec=None,
+                created_at=call.created_at,
+            ),
+        )
+        self._publish(
+            CallStarted(
+                call_id=call.id,
+                channel=call.channel,
+                language=language,
+                recognizer=choice.backend,
+                recognizer_note=choice.note,
+            )
+        )
+        await self._transition(call, "answered")
+        call.tasks.append(asyncio.create_task(self._consume(call), name=f"events-{call.id}"))
+        call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
+        return call, answer
+
+    async def _transition(self, call: Call, event: str, reason: str | None = None) -> None:
+        previous, call.state = call.state, call.next_state(event)
+        values: dict[str, object] = {"state": call.state}
+        if call.state == "active":
+            call.answered_at = utcnow()
+            values["answered_at"] = call.answered_at
+        await self.store.update_call(call.id, **values)
+        self._publish(
+            CallStateChanged(call_id=call.id, state=call.state, previous=previous, reason=reason)
+        )
+
+    async def _run_leg(self, call: Call, leg: Leg) -> None:
+        assert leg.peer is not None
+        try:
+            track = await asyncio.wait_for(leg.peer.audio_track, self.settings.media_timeout)
+        except TimeoutError:
+            await self.end_call(call.id, "no_media")
+            return
+        leg.pipeline = LegPipeline(
+            leg.id,
+            self._factories.get(call.language),
+            self.executor,
+            lambda ev: self._enqueue(call, ev),
+            vad=VadSettings(aggressiveness=self.settings.vad_aggressiveness),
+        )
+        await leg.pipeline.start()
+        frames = self.metrics.frames
+        pipeline = leg.pipeline
+        first = True
+
+        def push(pcm: object, rate: int, channels: int) -> int:
+            nonlocal first
+            if first:
+                first = False
+                # state change is async; schedule it without blocking the media path
+                call.tasks.append(asyncio.create_task(self._transition(call, "media")))
+            n = pipeline.push_pcm(pcm, rate, channels)  # type: ignore[arg-type]
+            frames.inc(n)
+            return n
+
+        reason = await pump_audio(track, push, self.settings.media_timeout)
+        await self.end_call(call.id, reason)
+
+    def _enqueue(self, call: Call, ev: me.MediaEvent) -> None:
+        if isinstance(ev, me.TranscriptPartial) and call.events.qsize() >= MAX_EVENT_BACKLOG:
+            self.metrics.dropped_partials.inc()
+            return
+        call.events.put_nowait(ev)
+
+    async def _consume(self, call: Call) -> None:
+        """Persist, then publish, every media event of the call, in order."""
+        while (ev := await call.events.get()) is not None:
+            try:
+                await self._handle_media_event(call, ev)
+            except Exception:  # one bad event must not stop the call's stream
+                log.exception("call %s: failed to handle %s", call.id, type(ev).__name__)
+
+    async def _handle_media_event(self, call: Call, ev: me.MediaEvent) -> None:
+        if isinstance(ev, me.TranscriptPartial):
+            self._publish(
+                TranscriptPartial(
+                    call_id=call.id,
+                    leg_id=ev.leg_id,
+                    speaker=call.speaker(ev.leg_id),
+                    index=ev.index,
+                    text=ev.text,
+                    start=ev.start,
+                )
+            )
+        elif isinstance(ev, me.TranscriptFinal):
+            utt_id = str(uuid.uuid4())
+            call.utterance_ids[(ev.leg_id, ev.index)] = utt_id
+            words = [
+                WordTiming(word=w.word, start=w.start, end=w.end, conf=w.conf) for w in ev.words
+            ]
+            await self.store.add(
+                UtteranceRow(
+                    id=utt_id,
+                    call_id=call.id,
+                    leg_id=ev.leg_id,
+                    speaker=call.speaker(ev.leg_id),
+                    seq=ev.index,
+                    start=ev.start,
+                    end=ev.end,
+                    text=ev.text,
+                    words=[w.model_dump() for w in words],
+                    created_at=utcnow(),
+                )
+            )
+            self.metrics.asr_latency.observe(ev.asr_latency)
+            self._publish(
+                TranscriptFinal(
+                    call_id=call.id,
+                    leg_id=ev.leg_id,
+                    speaker=call.speaker(ev.leg_id),
+                    utterance_id=utt_id,
+                    index=ev.index,
+                    text=ev.text,
+                    start=ev.start,
+                    end=ev.end,
+                    words=words,
+                )
+            )
+        elif isinstance(ev, me.EmotionEstimated):
+            est = ev.estimate
+            utt_id = call.utterance_ids.get((ev.leg_id, ev.index), "")
+            p = est.prosody
+            await self.store.add(
+                EmotionRow(
+                    call_id=call.id,
+                    leg_id=ev.leg_id,
+                    utterance_id=utt_id,
+                    at=ev.at,
+                    label=est.label,
+                    arousal=est.arousal,
+                    valence=est.valence,
+                    trend=est.trend,
+                    scores=est.scores,
+                    features={
+                        "f0_median_st": p.f0_median_st,
+                        "f0_range_st": p.f0_range_st,
+                        "energy_db": p.energy_db,
+                        "rate_wps": p.rate_wps,
+                        "pause_ratio": p.pause_ratio,
+                    },
+                )
+            )
+            if call.speaker(ev.leg_id) == "caller":
+                await self.store.update_call(call.id, emotion=est.label)
+            self._publish(
+                EmotionUpdated(
+                    call_id=call.id,
+                    leg_id=ev.leg_id,
+                    utterance_id=utt_id,
+                    at=ev.at,
+                    label=est.label,
+                    arousal=est.arousal,
+                    valence=est.valence,
+                    scores=est.scores,
+                    trend=est.trend,
+                )
+            )
+
+    def _publish(self, event: EventBase) -> None:
+        self.bus.publish(event)
+
+    def get(self, call_id: str) -> Call:
+        try:
+            return self.calls[call_id]
+        except KeyError:
+            raise UnknownCall(call_id) from None
+
+    async def end_call(self, call_id: str, reason: str) -> None:
+        """Idempotent teardown that finishes even when a part of the call is stuck."""
+        call = self.calls.get(call_id)
+        if call is None or call.ended.is_set() or call.state == "ended":
+            return
+        call.ended.set()
+        current = asyncio.current_task()
+        for leg in call.legs:
+            if leg.pipeline is not None:
+                try:
+                    await asyncio.wait_for(leg.pipeline.close(), TEARDOWN_TIMEOUT)
+                except TimeoutError:
+                    log.warning("call %s: recognizer did not finish in time", call_id)
+                    leg.pipeline.cancel()
+                self.metrics.dropped_chunks.inc(leg.pipeline.dropped_chunks)
+        call.events.put_nowait(None)
+        consumer = call.tasks[0] if call.tasks else None
+        if consumer is not None and consumer is not current:
+            try:
+                await asyncio.wait_for(asyncio.shield(consumer), TEARDOWN_TIMEOUT)
+            except TimeoutError:
+                log.warning("call %s: event consumer stuck, cancelling", call_id)
+                consumer.cancel()
+        for task in call.tasks[1:]:
+            if task is not current and not task.done():
+                task.cancel()
+        now = utcnow()
+        duration = (now - call.created_at).total_seconds()
+        await self._transition(call, "end", reason)
+        await self.store.update_call(call.id, ended_at=now, end_reason=reason)
+        for leg in call.legs:
+            await self.store.end_leg(leg.id, now)
+        self._publish(CallEnded(call_id=call.id, reason=reason, duration=round(duration, 3)))
+        self.metrics.active_calls.dec()
+        self.metrics.ended.labels(reason).inc()
+        self.calls.pop(call.id, None)
+        for leg in call.legs:
+            if leg.peer is not None:
+                with contextlib.suppress(Exception):
+                    await leg.peer.close()
+        log.info("call %s ended: %s after %.1f s", call.id, reason, duration)
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(
+            *(self.end_call(cid, "engine_shutdown") for cid in list(self.calls)),
+            return_exceptions=True,
+        )
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,34 @@
+"""One Settings object, read from the environment (prefix ``CCENGINE_``) and an
+optional ``.env`` file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CCENGINE_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str = "sqlite+aiosqlite:///./ccengine.db"
+    # Folders searched for vosk models, before vosk's cache and model packages.
+    model_dirs: list[str] = Field(default_factory=lambda: ["./models"])
+    default_language: str = "en"
+    # Languages whose recognizer is loaded at start-up rather than on first call.
+    preload_languages: list[str] = Field(default_factory=lambda: ["en"])
+    vad_aggressiveness: int = Field(2, ge=0, le=3)
+    # No audio for this long ends the call: the caller is gone.
+    media_timeout: float = Field(15.0, gt=0, le=300)
+    max_body_bytes: int = 256 * 1024
+    max_concurrent_calls: int = Field(64, ge=1)
+    asr_threads: int = Field(0, ge=0)  # 0: two per core
+    log_level: str = "INFO"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,178 @@
+"""Typed events and the bus that carries them.
+
+Events are nouns with a dotted ``type``. Every published event gets a
+monotonically increasing ``id`` from the bus, so consumers can order, dedupe and
+resume. The in-process bus keeps a bounded ring of recent events for replay;
+the interface (``publish`` / ``subscribe`` / ``replay``) is what a Redis-streams
+backend implements for many nodes.
+
+Subscribers get a bounded queue. A subscriber that falls that far behind is cut
+off with ``lagged=True`` rather than silently losing events in the middle of
+the stream; it reconnects and resumes from its last id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class EventBase(BaseModel):
+    id: int = 0  # set by the bus
+    time: datetime = Field(default_factory=utcnow)
+    call_id: str
+
+
+class WordTiming(BaseModel):
+    word: str
+    start: float
+    end: float
+    conf: float = 1.0
+
+
+class CallStarted(EventBase):
+    type: Literal["call.started"] = "call.started"
+    channel: str
+    language: str
+    recognizer: str | None
+    recognizer_note: str
+
+
+class CallStateChanged(EventBase):
+    type: Literal["call.state_changed"] = "call.state_changed"
+    state: str
+    previous: str
+    reason: str | None = None
+
+
+class TranscriptPartial(EventBase):
+    type: Literal["transcript.partial"] = "transcript.partial"
+    leg_id: str
+    speaker: str
+    index: int
+    text: str
+    start: float
+
+
+class TranscriptFinal(EventBase):
+    type: Literal["transcript.final"] = "transcript.final"
+    leg_id: str
+    speaker: str
+    utterance_id: str
+    index: int
+    text: str
+    start: float
+    end: float
+    words: list[WordTiming]
+
+
+class EmotionUpdated(EventBase):
+    type: Literal["emotion.updated"] = "emotion.updated"
+    leg_id: str
+    utterance_id: str
+    at: float
+    label: str
+    arousal: float
+    valence: float
+    scores: dict[str, float]
+    trend: float
+
+
+class CallEnded(EventBase):
+    type: Literal["call.ended"] = "call.ended"
+    reason: str
+    duration: float
+
+
+Event = Annotated[
+    CallStarted
+    | CallStateChanged
+    | TranscriptPartial
+    | TranscriptFinal
+    | EmotionUpdated
+    | CallEnded,
+    Field(discriminator="type"),
+]
+event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+EVENT_TYPES = [
+    "call.started",
+    "call.state_changed",
+    "transcript.partial",
+    "transcript.final",
+    "emotion.updated",
+    "call.ended",
+]
+
+RING_SIZE = 20_000
+SUBSCRIBER_QUEUE = 2_000
+
+
+class Subscription:
+    def __init__(self, bus: EventBus, call_id: str | None) -> None:
+        self._bus = bus
+        self.call_id = call_id
+        self.queue: asyncio.Queue[EventBase | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        self.lagged = False
+
+    def offer(self, event: EventBase) -> None:
+        if self.call_id is not None and event.call_id != self.call_id:
+            return
+        if self.lagged:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.lagged = True
+            self._bus.lagged_subscribers += 1
+            # make room for the end-of-stream marker so the reader wakes up
+            self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+    async def __aiter__(self) -> AsyncIterator[EventBase]:
+        while (event := await self.queue.get()) is not None:
+            yield event
+
+    def close(self) -> None:
+        self._bus._subs.discard(self)
+
+
+class EventBus:
+    def __init__(self, ring_size: int = RING_SIZE) -> None:
+        self._ids = itertools.count(1)
+        self._ring: collections.deque[EventBase] = collections.deque(maxlen=ring_size)
+        self._subs: set[Subscription] = set()
+        self.lagged_subscribers = 0
+        self.last_id = 0
+
+    def publish(self, event: EventBase) -> EventBase:
+        event.id = self.last_id = next(self._ids)
+        self._ring.append(event)
+        for sub in list(self._subs):
+            sub.offer(event)
+        return event
+
+    def subscribe(self, call_id: str | None = None) -> Subscription:
+        sub = Subscription(self, call_id)
+        self._subs.add(sub)
+        return sub
+
+    def replay(self, call_id: str | None = None, after: int = 0) -> list[EventBase]:
+        """Events still in the ring, oldest first.
+
+        Subscribe first, then replay, then skip ids already seen: nothing is missed.
+        """
+        return [e for e in self._ring if e.id > after and (call_id is None or e.call_id == call_id)]
+
+    @property
+    def oldest_id(self) -> int:
+        return self._ring[0].id if self._ring else self.last_id + 1

@@ -1,0 +1,32 @@
+"""Prometheus metrics, one registry per app so several apps can live in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.active_calls = Gauge("ccengine_active_calls", "Calls in progress", registry=r)
+        self.calls = Counter("ccengine_calls", "Calls accepted", ["channel"], registry=r)
+        self.rejected = Counter(
+            "ccengine_offers_rejected", "Call offers refused", ["reason"], registry=r
+        )
+        self.frames = Counter(
+            "ccengine_frames_processed", "20 ms analysis frames processed", registry=r
+        )
+        self.asr_latency = Histogram(
+            "ccengine_asr_latency_seconds",
+            "From the last voiced audio of an utterance to its final transcript",
+            buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+            registry=r,
+        )
+        self.dropped_chunks = Counter(
+            "ccengine_asr_dropped_chunks", "Speech chunks dropped: recognizer behind", registry=r
+        )
+        self.dropped_partials = Counter(
+            "ccengine_dropped_partials", "Partial transcripts dropped: backlog", registry=r
+        )
+        self.ended = Counter("ccengine_calls_ended", "Calls ended", ["reason"], registry=r)

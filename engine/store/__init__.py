@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy async, SQLite (WAL) by default, schema by alembic."""

@@ -1,0 +1,116 @@
+"""Database engine, migrations and the call repository."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event, select, update
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import selectinload
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from engine.store.models import CallRow, EmotionRow, LegRow, UtteranceRow
+
+HERE = Path(__file__).parent
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config(str(HERE / "alembic.ini"))
+    cfg.set_main_option("script_location", str(HERE / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade_schema(url: str) -> None:
+    """Bring the schema to the newest revision (blocking; alembic runs its own loop)."""
+    command.upgrade(alembic_config(url), "head")
+
+
+def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL: readers (API, live views) never block the writers that persist calls.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.session = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def open(self) -> None:
+        if self.url.startswith("sqlite") and ":///" in self.url:
+            path = self.url.split(":///", 1)[1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(upgrade_schema, self.url)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def add(self, *rows: Any) -> None:
+        async with self.session() as s, s.begin():
+            s.add_all(rows)
+
+    async def update_call(self, call_id: str, **values: Any) -> None:
+        async with self.session() as s, s.begin():
+            await s.execute(update(CallRow).where(CallRow.id == call_id).values(**values))
+
+    async def end_leg(self, leg_id: str, when: datetime) -> None:
+        async with self.session() as s, s.begin():
+            await s.execute(update(LegRow).where(LegRow.id == leg_id).values(ended_at=when))
+
+    async def close_orphans(self, when: datetime) -> int:
+        """Calls left open by a process that died: mark them ended, keep their data."""
+        async with self.session() as s, s.begin():
+            result = await s.execute(
+                update(CallRow)
+                .where(CallRow.state != "ended")
+                .values(state="ended", ended_at=when, end_reason="engine_restart")
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    async def list_calls(
+        self, *, state: str | None = None, limit: int = 50, offset: int = 0
+    ) -> Sequence[CallRow]:
+        q = select(CallRow).order_by(CallRow.created_at.desc()).limit(limit).offset(offset)
+        if state:
+            q = q.where(CallRow.state == state)
+        async with self.session() as s:
+            return (await s.scalars(q)).all()
+
+    async def get_call(
+        self, call_id: str
+    ) -> tuple[CallRow, Sequence[UtteranceRow], Sequence[EmotionRow]] | None:
+        async with self.session() as s:
+            call = await s.scalar(
+                select(CallRow).where(CallRow.id == call_id).options(selectinload(CallRow.legs))
+            )
+            if call is None:
+                return None
+            utts = (
+                await s.scalars(
+                    select(UtteranceRow)
+                    .where(UtteranceRow.call_id == call_id)
+                    .order_by(UtteranceRow.start, UtteranceRow.seq)
+                )
+            ).all()
+            emos = (
+                await s.scalars(
+                    select(EmotionRow).where(EmotionRow.call_id == call_id).order_by(EmotionRow.id)
+                )
+            ).all()
+            return call, utts, emos

@@ -1,0 +1,77 @@
+"""Tables. Changing them means a new alembic revision in ``migrations/versions``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CallRow(Base):
+    __tablename__ = "calls"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    language: Mapped[str] = mapped_column(String(16))
+    recognizer: Mapped[str | None] = mapped_column(String(32))
+    recognizer_note: Mapped[str] = mapped_column(Text, default="")
+    caller: Mapped[str | None] = mapped_column(String(200))
+    emotion: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    end_reason: Mapped[str | None] = mapped_column(String(64))
+
+    legs: Mapped[list[LegRow]] = relationship(back_populates="call", order_by="LegRow.created_at")
+
+
+class LegRow(Base):
+    __tablename__ = "legs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # caller, agent, supervisor
+    transport: Mapped[str] = mapped_column(String(16))  # webrtc, sip
+    codec: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    call: Mapped[CallRow] = relationship(back_populates="legs")
+
+
+class UtteranceRow(Base):
+    __tablename__ = "utterances"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    leg_id: Mapped[str] = mapped_column(ForeignKey("legs.id", ondelete="CASCADE"))
+    speaker: Mapped[str] = mapped_column(String(16))
+    seq: Mapped[int] = mapped_column(Integer)
+    start: Mapped[float] = mapped_column(Float)
+    end: Mapped[float] = mapped_column(Float)
+    text: Mapped[str] = mapped_column(Text)
+    words: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EmotionRow(Base):
+    __tablename__ = "emotion_samples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    leg_id: Mapped[str] = mapped_column(ForeignKey("legs.id", ondelete="CASCADE"))
+    utterance_id: Mapped[str] = mapped_column(String(36))
+    at: Mapped[float] = mapped_column(Float)
+    label: Mapped[str] = mapped_column(String(16))
+    arousal: Mapped[float] = mapped_column(Float)
+    valence: Mapped[float] = mapped_column(Float)
+    trend: Mapped[float] = mapped_column(Float)
+    scores: Mapped[dict[str, float]] = mapped_column(JSON)
+    features: Mapped[dict[str, Any]] = mapped_column(JSON)

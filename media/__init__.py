@@ -1,0 +1,1 @@
+"""Data plane: packets, codecs and audio analysis. Never imports ``engine``."""

@@ -1,0 +1,100 @@
+"""PCM frames, resampling to the analysis rate, and level metering.
+
+Everything downstream of the transports (VAD, ASR, emotion) works on 16 kHz mono
+int16 audio in 20 ms frames. ``AnalysisResampler`` turns whatever a transport
+decodes (Opus at 48 kHz stereo, G.711 at 8 kHz mono, ...) into exactly that,
+with a real band-limited resampler (libsoxr) so nothing aliases into the speech
+band the recognizer listens to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import soxr
+
+ANALYSIS_RATE = 16000
+FRAME_MS = 20
+FRAME_SAMPLES = ANALYSIS_RATE * FRAME_MS // 1000  # 320
+# Bound on audio held between decode and framing: one second is far more than a
+# single decoded packet ever carries, so reaching it means a caller is misbehaving.
+MAX_PENDING_SAMPLES = ANALYSIS_RATE
+
+
+@dataclass(frozen=True, slots=True)
+class PcmFrame:
+    """20 ms of 16 kHz mono int16 audio, stamped with its offset in the leg."""
+
+    samples: np.ndarray  # int16, shape (FRAME_SAMPLES,)
+    start: float  # seconds since the first sample of the leg
+
+    @property
+    def end(self) -> float:
+        return self.start + len(self.samples) / ANALYSIS_RATE
+
+    def to_bytes(self) -> bytes:
+        return self.samples.astype("<i2", copy=False).tobytes()
+
+
+def downmix_interleaved(pcm: np.ndarray, channels: int) -> np.ndarray:
+    """Average interleaved channels into mono float32 in [-1, 1)."""
+    x = pcm.astype(np.float32).reshape(-1) / 32768.0
+    if channels > 1:
+        usable = len(x) - len(x) % channels
+        x = x[:usable].reshape(-1, channels).mean(axis=1)
+    return x
+
+
+class AnalysisResampler:
+    """Streaming converter from any rate/channel count to 20 ms analysis frames.
+
+    Sans-IO: feed decoded PCM with ``push``; it returns the whole frames now
+    available. Frame timestamps come from the sample count, not the wall clock,
+    so they are exact and reproducible.
+    """
+
+    def __init__(self) -> None:
+        self._in_rate: int | None = None
+        self._stream: soxr.ResampleStream | None = None
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._emitted = 0  # analysis samples already returned as frames
+        self.overflow_samples = 0
+
+    def push(self, pcm: np.ndarray, sample_rate: int, channels: int = 1) -> list[PcmFrame]:
+        mono = downmix_interleaved(pcm, channels)
+        if sample_rate != self._in_rate:
+            # A rate change mid-stream (codec switch) restarts the filter; the
+            # few milliseconds of filter state lost are inaudible to ASR.
+            self._in_rate = sample_rate
+            self._stream = (
+                None
+                if sample_rate == ANALYSIS_RATE
+                else soxr.ResampleStream(sample_rate, ANALYSIS_RATE, 1, dtype="float32")
+            )
+        out = mono if self._stream is None else self._stream.resample_chunk(mono)
+        return self._frames(out)
+
+    def _frames(self, out: np.ndarray) -> list[PcmFrame]:
+        pending = np.concatenate([self._pending, out]) if len(self._pending) else out
+        if len(pending) > MAX_PENDING_SAMPLES:
+            self.overflow_samples += len(pending) - MAX_PENDING_SAMPLES
+            pending = pending[-MAX_PENDING_SAMPLES:]
+        n = len(pending) // FRAME_SAMPLES
+        frames: list[PcmFrame] = []
+        for i in range(n):
+            chunk = pending[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+            samples = np.clip(np.round(chunk * 32768.0), -32768, 32767).astype(np.int16)
+            frames.append(PcmFrame(samples, self._emitted / ANALYSIS_RATE))
+            self._emitted += FRAME_SAMPLES
+        self._pending = pending[n * FRAME_SAMPLES :].copy()
+        return frames
+
+
+def rms_dbfs(samples: np.ndarray) -> float:
+    """RMS level of int16 samples in dB relative to full scale (-120 for silence)."""
+    if len(samples) == 0:
+        return -120.0
+    x = samples.astype(np.float64) / 32768.0
+    rms = float(np.sqrt(np.mean(x * x)))
+    return 20.0 * float(np.log10(rms)) if rms > 1e-6 else -120.0

@@ -1,0 +1,53 @@
+"""What the data plane reports about a leg. Plain dataclasses: the control plane
+turns them into its own API events (media never imports engine)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from media.asr.base import Word
+from media.emotion import EmotionEstimate
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    leg_id: str
+    start: float
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptPartial:
+    leg_id: str
+    index: int  # utterance number within the leg
+    text: str
+    start: float
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptFinal:
+    leg_id: str
+    index: int
+    text: str
+    start: float  # seconds from the start of the leg
+    end: float
+    words: list[Word]
+    asr_latency: float  # seconds from the last voiced audio to this result
+    cut: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EmotionEstimated:
+    leg_id: str
+    index: int
+    at: float
+    estimate: EmotionEstimate
+
+
+@dataclass(frozen=True, slots=True)
+class LegEnded:
+    leg_id: str
+    reason: str
+    duration: float
+
+
+MediaEvent = SpeechStarted | TranscriptPartial | TranscriptFinal | EmotionEstimated | LegEnded

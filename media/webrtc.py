@@ -1,0 +1,94 @@
+"""aiortc peer connections: answer an offer, pump the caller's audio into a pipeline.
+
+A leg ends, with a reason, when the peer closes (DTLS close / BYE-equivalent),
+when ICE fails (aioice consent freshness gives up), or when no audio has arrived
+for ``media_timeout`` seconds: a browser sends Opus packets continuously, even
+in silence, so a long gap means the caller is gone (tab killed, network lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import av
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from media.sdp import OfferSummary, SdpError, parse_offer
+
+log = logging.getLogger(__name__)
+
+
+class WebRtcLeg:
+    """One browser/app peer. Owns its RTCPeerConnection."""
+
+    def __init__(self, on_ended: Callable[[str], Awaitable[None]]) -> None:
+        self.pc = RTCPeerConnection()
+        self._on_ended = on_ended
+        self._ended = False
+        self.audio_track: asyncio.Future[MediaStreamTrack] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+        @self.pc.on("track")
+        def _on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio" and not self.audio_track.done():
+                self.audio_track.set_result(track)
+
+        @self.pc.on("connectionstatechange")
+        async def _on_state() -> None:
+            state = self.pc.connectionState
+            if state == "failed":
+                await self.end("ice_failed")
+            elif state == "closed":
+                await self.end("remote_closed")
+
+    async def answer(self, sdp: str) -> tuple[str, OfferSummary]:
+        summary = parse_offer(sdp)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            answer = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(answer)
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+            # aiortc raises these for offers it cannot use; that is the peer's fault
+            raise SdpError(f"offer rejected by the WebRTC stack: {exc}") from exc
+        return self.pc.localDescription.sdp, summary
+
+    async def end(self, reason: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            await self._on_ended(reason)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.pc.close(), 5)
+        except TimeoutError:
+            log.warning("peer connection close timed out")
+
+
+async def pump_audio(
+    track: MediaStreamTrack,
+    push: Callable[..., int],
+    media_timeout: float,
+) -> str:
+    """Read decoded frames until the track ends; return why it ended."""
+    while True:
+        try:
+            frame = await asyncio.wait_for(track.recv(), media_timeout)
+        except TimeoutError:
+            return "media_timeout"
+        except MediaStreamError:
+            return "remote_closed"
+        if not isinstance(frame, av.AudioFrame):
+            continue
+        pcm = frame.to_ndarray()
+        channels = len(frame.layout.channels)
+        if frame.format.is_planar and channels > 1:
+            pcm = pcm.T.reshape(-1)
+        push(pcm, frame.sample_rate, channels)
