@@ -322,6 +322,7 @@ class CallManager:
                     arousal=est.arousal,
                     valence=est.valence,
                     trend=est.trend,
+                    call_label=est.call_label,
                     scores=est.scores,
                     features={
                         "f0_median_st": p.f0_median_st,
@@ -333,7 +334,7 @@ class CallManager:
                 )
             )
             if call.speaker(ev.leg_id) == "caller":
-                await self.store.update_call(call.id, emotion=est.label)
+                await self.store.update_call(call.id, emotion=est.call_label)
             self._publish(
                 EmotionUpdated(
                     call_id=call.id,
@@ -345,6 +346,8 @@ class CallManager:
                     valence=est.valence,
                     scores=est.scores,
                     trend=est.trend,
+                    call_label=est.call_label,
+                    call_scores=est.call_scores,
                 )
             )
 

@@ -86,6 +86,8 @@ class EmotionUpdated(EventBase):
     valence: float
     scores: dict[str, float]
     trend: float
+    call_label: str
+    call_scores: dict[str, float]
 
 
 class CallEnded(EventBase):

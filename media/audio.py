@@ -17,9 +17,6 @@ import soxr
 ANALYSIS_RATE = 16000
 FRAME_MS = 20
 FRAME_SAMPLES = ANALYSIS_RATE * FRAME_MS // 1000  # 320
-# Bound on audio held between decode and framing: one second is far more than a
-# single decoded packet ever carries, so reaching it means a caller is misbehaving.
-MAX_PENDING_SAMPLES = ANALYSIS_RATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +56,6 @@ class AnalysisResampler:
         self._stream: soxr.ResampleStream | None = None
         self._pending = np.zeros(0, dtype=np.float32)
         self._emitted = 0  # analysis samples already returned as frames
-        self.overflow_samples = 0
 
     def push(self, pcm: np.ndarray, sample_rate: int, channels: int = 1) -> list[PcmFrame]:
         mono = downmix_interleaved(pcm, channels)
@@ -76,10 +72,9 @@ class AnalysisResampler:
         return self._frames(out)
 
     def _frames(self, out: np.ndarray) -> list[PcmFrame]:
+        # Every whole frame leaves at once: what stays is under one frame, so this
+        # buffer is bounded by construction.
         pending = np.concatenate([self._pending, out]) if len(self._pending) else out
-        if len(pending) > MAX_PENDING_SAMPLES:
-            self.overflow_samples += len(pending) - MAX_PENDING_SAMPLES
-            pending = pending[-MAX_PENDING_SAMPLES:]
         n = len(pending) // FRAME_SAMPLES
         frames: list[PcmFrame] = []
         for i in range(n):

@@ -8,12 +8,13 @@ Arousal comes from prosody. For each utterance we measure, with numpy only:
   * RMS energy of the voiced windows in dBFS;
   * speaking rate in words per second (from the recognizer's word times);
   * pause ratio (unvoiced share of the utterance, from the VAD).
-Each feature is compared with the *caller's* baseline, a running mean that starts
-at population norms and moves towards this caller's own first utterances
-(Bayesian shrinkage with ``prior_weight`` pseudo-utterances). A naturally loud or
-high-pitched caller therefore drifts back to neutral arousal, while a change
-relative to how they sounded at the start still registers. Weighted z-scores are
-squashed with tanh into arousal in [-1, 1].
+Each feature is compared with the *caller's* baseline: the mean of their first
+few utterances. Loudness and pitch have no population norm (microphones, gain
+and voices differ too much), so they count only once the caller has spoken;
+rate and pauses start from population norms that the caller's own values pull
+towards them (shrinkage). A naturally loud or high-pitched caller is therefore
+neutral, while getting louder, higher or faster than they were still registers.
+Weighted z-scores are squashed with tanh into arousal in [-1, 1].
 
 Valence comes from the words: VADER's compound score in [-1, 1].
 
@@ -37,7 +38,10 @@ LABELS = ("neutral", "positive", "frustrated", "angry")
 F0_MIN, F0_MAX = 60.0, 400.0
 WINDOW = int(0.04 * ANALYSIS_RATE)
 HOP = int(0.02 * ANALYSIS_RATE)
-VOICING_THRESHOLD = 0.45
+VOICING_THRESHOLD = 0.5
+OCTAVE_TOLERANCE = 0.93
+_HANN = np.hanning(WINDOW)
+_HANN_AC = np.maximum(np.correlate(_HANN, _HANN, "full")[WINDOW - 1 :], 1e-3 * float(_HANN @ _HANN))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,27 +70,37 @@ def pitch_track(samples: np.ndarray, rate: int = ANALYSIS_RATE) -> np.ndarray:
     energy = np.sqrt((frames**2).mean(axis=1))
     # autocorrelation of every window at once via FFT
     nfft = 1 << (2 * WINDOW - 1).bit_length()
-    spec = np.fft.rfft(frames * np.hanning(WINDOW), nfft, axis=1)
-    ac = np.fft.irfft(np.abs(spec) ** 2, nfft, axis=1)[:, :WINDOW]
+    spec = np.fft.rfft(frames * _HANN, nfft, axis=1)
+    # Dividing by the window's own autocorrelation undoes its taper, so a long
+    # period (low voice) is not penalised against its octave (Boersma 1993).
+    ac = np.fft.irfft(np.abs(spec) ** 2, nfft, axis=1)[:, :WINDOW] / _HANN_AC
     lag_min, lag_max = int(rate / F0_MAX), int(rate / F0_MIN)
     seg = ac[:, lag_min:lag_max]
-    best = seg.argmax(axis=1)
-    peak = seg[np.arange(n), best] / np.maximum(ac[:, 0], 1e-12)
-    lag = (best + lag_min).astype(np.float64)
-    # parabolic interpolation around the peak for sub-sample lag accuracy
+    rows = np.arange(n)
+    # The peak at twice the period is often as high as the true one (octave
+    # errors); take the *first* lag that comes close to the maximum, then climb to
+    # its local top.
+    top = seg.max(axis=1)
+    best = np.argmax(seg >= OCTAVE_TOLERANCE * top[:, None], axis=1)
+    for _ in range(lag_max - lag_min):
+        step = (best + 1 < seg.shape[1]) & (
+            seg[rows, np.minimum(best + 1, seg.shape[1] - 1)] > seg[rows, best]
+        )
+        if not step.any():
+            break
+        best = best + step
+    peak = seg[rows, best] / np.maximum(ac[:, 0], 1e-12)
     i = best + lag_min
-    ok = (i > 0) & (i < WINDOW - 1)
-    a, b, c = (
-        ac[np.arange(n), i - 1],
-        ac[np.arange(n), i],
-        ac[np.arange(n), np.minimum(i + 1, WINDOW - 1)],
-    )
+    # parabolic interpolation around the peak for sub-sample lag accuracy
+    a = ac[rows, np.maximum(i - 1, 0)]
+    b = ac[rows, i]
+    c = ac[rows, np.minimum(i + 1, WINDOW - 1)]
     denom = a - 2 * b + c
-    shift = np.where(
-        ok & (np.abs(denom) > 1e-12), 0.5 * (a - c) / np.where(denom == 0, 1, denom), 0
-    )
-    f0 = rate / (lag + shift)
-    voiced = (peak > VOICING_THRESHOLD) & (energy > 10 ** (-50 / 20))
+    safe = np.where(np.abs(denom) > 1e-12, denom, 1.0)
+    shift = np.where(np.abs(denom) > 1e-12, 0.5 * (a - c) / safe, 0.0)
+    f0 = rate / (i + np.clip(shift, -1, 1))
+    loud_enough = energy > max(float(energy.max()) * 10 ** (-30 / 20), 10 ** (-55 / 20))
+    voiced = (peak > VOICING_THRESHOLD) & loud_enough
     return np.where(voiced, f0, 0.0)
 
 
@@ -103,6 +117,8 @@ def prosody(
     if voiced.any():
         st = _semitones(f0[voiced])
         median: float | None = float(np.median(st))
+        # fold residual octave errors back towards the median before measuring spread
+        st = np.where(st - median > 9, st - 12, np.where(median - st > 9, st + 12, st))
         spread = float(np.percentile(st, 90) - np.percentile(st, 10))
         # energy over voiced windows only, so pauses don't dilute loudness
         idx = np.flatnonzero(voiced)
@@ -127,16 +143,23 @@ class EmotionEstimate:
     scores: dict[str, float]
     trend: float
     prosody: Prosody
+    call_label: str  # the caller's state over the call so far (see CALL_ALPHA)
+    call_scores: dict[str, float]
 
 
 def label_scores(valence: float, arousal: float) -> dict[str, float]:
-    """Softmax over four hand-set logits in the (valence, arousal) plane."""
-    agitation = max(arousal, 0.0)
+    """Softmax over four hand-set logits in the (valence, arousal) plane.
+
+    Anger needs negative words *and* agitation; negative words said calmly read as
+    frustration; agitation with neutral words stays neutral (it may be urgency or
+    excitement, and the words have not said which).
+    """
+    neg, pos, agitation = max(-valence, 0.0), max(valence, 0.0), max(arousal, 0.0)
     logits = {
-        "neutral": 1.0 - 3.0 * abs(valence) - 1.5 * agitation,
-        "positive": 4.0 * valence - 0.6,
-        "frustrated": -4.0 * valence - 0.8 - 1.0 * agitation,
-        "angry": -3.0 * valence - 1.6 + 3.5 * agitation,
+        "neutral": 1.0 - 3.0 * (neg + pos) - 0.8 * agitation,
+        "positive": 4.0 * pos - 0.6,
+        "frustrated": 4.0 * neg * (1.0 - 0.5 * agitation) - 0.8,
+        "angry": 5.0 * neg * (0.4 + agitation) + agitation - 1.5,
     }
     top = max(logits.values())
     exp = {k: math.exp(v - top) for k, v in logits.items()}
@@ -144,26 +167,42 @@ def label_scores(valence: float, arousal: float) -> dict[str, float]:
     return {k: round(v / total, 4) for k, v in exp.items()}
 
 
-# Population norms for conversational speech (starting point of every baseline)
-# and how much a one-sigma change moves arousal.
-PRIOR = {"f0": 2.0, "range": 6.0, "energy": -26.0, "rate": 2.6, "pause": 0.25}
-SCALE = {"f0": 2.5, "range": 3.0, "energy": 4.0, "rate": 0.6, "pause": 0.15}
+# Rate and pauses have useful population norms; loudness and pitch depend on the
+# microphone, its gain and the speaker, so they are judged only against how this
+# caller sounded in their first utterances.
+POPULATION = {"rate": 3.3, "pause": 0.25}
+SCALE = {"f0": 2.0, "range": 3.0, "energy": 3.0, "rate": 0.8, "pause": 0.15}
 WEIGHT = {"f0": 0.8, "range": 0.4, "energy": 1.0, "rate": 0.6, "pause": -0.3}
 
 
 @dataclass
 class CallerBaseline:
-    prior_weight: float = 3.0
+    """Mean features of the caller's first ``size`` utterances (then frozen).
+
+    Population norms count as ``prior_weight`` pseudo-utterances where they exist;
+    features without one give no evidence until the caller has spoken once.
+    """
+
+    size: int = 3
+    prior_weight: float = 2.0
     sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    utterances: int = 0
 
-    def mean(self, key: str) -> float:
+    def mean(self, key: str) -> float | None:
         n = self.counts.get(key, 0)
-        return (PRIOR[key] * self.prior_weight + self.sums.get(key, 0.0)) / (self.prior_weight + n)
+        if key in POPULATION:
+            w = self.prior_weight
+            return (POPULATION[key] * w + self.sums.get(key, 0.0)) / (w + n)
+        return self.sums[key] / n if n else None
 
-    def add(self, key: str, value: float) -> None:
-        self.sums[key] = self.sums.get(key, 0.0) + value
-        self.counts[key] = self.counts.get(key, 0) + 1
+    def add(self, values: dict[str, float]) -> None:
+        if self.utterances >= self.size:
+            return
+        self.utterances += 1
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
 
 
 def _feature_values(p: Prosody) -> dict[str, float]:
@@ -176,16 +215,22 @@ def _feature_values(p: Prosody) -> dict[str, float]:
     return values
 
 
+# Smoothing of call-level scores: upset states take hold fast and fade slowly, so a
+# caller who was angry one sentence ago still shows as upset to the agent.
+CALL_ALPHA = {"neutral": 0.3, "positive": 0.3, "frustrated": 0.6, "angry": 0.6}
+
+
 class EmotionTracker:
     """Per-leg emotion state: baseline, last estimate, and the call trend."""
 
     _vader: SentimentIntensityAnalyzer | None = None
 
-    def __init__(self, prior_weight: float = 3.0, trend_alpha: float = 0.4) -> None:
-        self.baseline = CallerBaseline(prior_weight)
+    def __init__(self, baseline_utterances: int = 3, trend_alpha: float = 0.4) -> None:
+        self.baseline = CallerBaseline(baseline_utterances)
         self.trend_alpha = trend_alpha
         self.trend = 0.0
         self.count = 0
+        self.call_scores: dict[str, float] = {}
 
     @classmethod
     def valence(cls, text: str) -> float:
@@ -196,24 +241,37 @@ class EmotionTracker:
         return float(cls._vader.polarity_scores(text)["compound"])
 
     def arousal(self, p: Prosody) -> float:
-        values = _feature_values(p)
-        z = sum(WEIGHT[k] * (v - self.baseline.mean(k)) / SCALE[k] for k, v in values.items())
+        z = 0.0
+        for key, value in _feature_values(p).items():
+            mean = self.baseline.mean(key)
+            if mean is not None:
+                z += WEIGHT[key] * (value - mean) / SCALE[key]
         return math.tanh(z / 2.0)
 
     def update(self, p: Prosody, text: str) -> EmotionEstimate:
         arousal = self.arousal(p)  # against the baseline *before* this utterance
-        for k, v in _feature_values(p).items():
-            self.baseline.add(k, v)
+        self.baseline.add(_feature_values(p))
         valence = self.valence(text)
         scores = label_scores(valence, arousal)
         label = max(scores, key=lambda k: scores[k])
         mood = max(-1.0, min(1.0, valence - 0.5 * max(arousal, 0.0) * (valence < 0.05)))
-        self.trend = (
-            mood
-            if self.count == 0
-            else (self.trend_alpha * mood + (1 - self.trend_alpha) * self.trend)
-        )
+        if self.count == 0:
+            self.trend = mood
+            self.call_scores = dict(scores)
+        else:
+            self.trend = self.trend_alpha * mood + (1 - self.trend_alpha) * self.trend
+            for k, v in scores.items():
+                alpha = CALL_ALPHA[k] if v >= self.call_scores[k] else 1 - CALL_ALPHA[k]
+                self.call_scores[k] = alpha * v + (1 - alpha) * self.call_scores[k]
         self.count += 1
+        call_scores = {k: round(v, 4) for k, v in self.call_scores.items()}
         return EmotionEstimate(
-            label, round(arousal, 4), round(valence, 4), scores, round(self.trend, 4), p
+            label,
+            round(arousal, 4),
+            round(valence, 4),
+            scores,
+            round(self.trend, 4),
+            p,
+            max(call_scores, key=lambda k: call_scores[k]),
+            call_scores,
         )

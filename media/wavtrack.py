@@ -49,7 +49,7 @@ class WavFileTrack(MediaStreamTrack):
         pcm, rate = read_wav_mono(path)
         lead = np.zeros(int(lead_silence * SEND_RATE), dtype=np.int16)
         self._pcm = np.concatenate([lead, to_send_rate(pcm, rate)])
-        self._loop = loop
+        self._repeat = loop
         self._pos = 0
         self._pts = 0
         self._start: float | None = None
@@ -70,7 +70,7 @@ class WavFileTrack(MediaStreamTrack):
         self._pos += FRAME
         if self._pos >= len(self._pcm):
             self.finished.set()
-            if self._loop:
+            if self._repeat:
                 self._pos = 0
         if len(chunk) < FRAME:
             chunk = np.concatenate([chunk, np.zeros(FRAME - len(chunk), dtype=np.int16)])

@@ -57,6 +57,7 @@ class EmotionOut(BaseModel):
     arousal: float
     valence: float
     trend: float
+    call_label: str
     scores: dict[str, float]
 
 

@@ -73,5 +73,6 @@ class EmotionRow(Base):
     arousal: Mapped[float] = mapped_column(Float)
     valence: Mapped[float] = mapped_column(Float)
     trend: Mapped[float] = mapped_column(Float)
+    call_label: Mapped[str] = mapped_column(String(16))
     scores: Mapped[dict[str, float]] = mapped_column(JSON)
     features: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -23,8 +23,8 @@ function line(key, speaker, start, text, final) {
 
 function emotion(s) {
   samples.set(s.utterance_id, s);
-  $("emotion").innerHTML = `<span class="badge ${esc(s.label)}">${esc(s.label)}</span>
-    <span class="note">arousal ${s.arousal.toFixed(2)} · valence ${s.valence.toFixed(2)} · trend ${s.trend.toFixed(2)}</span>`;
+  $("emotion").innerHTML = `<span class="badge ${esc(s.call_label)}" data-testid="call-emotion">${esc(s.call_label)}</span>
+    <span class="note">last utterance: ${esc(s.label)} · arousal ${s.arousal.toFixed(2)} · valence ${s.valence.toFixed(2)} · trend ${s.trend.toFixed(2)}</span>`;
   const all = [...samples.values()].sort((a, b) => a.at - b.at);
   const end = Math.max(10, ...all.map((x) => x.at));
   const x = (t) => (t / end) * 590 + 5;

@@ -80,6 +80,7 @@ def upgrade() -> None:
         sa.Column("arousal", sa.Float, nullable=False),
         sa.Column("valence", sa.Float, nullable=False),
         sa.Column("trend", sa.Float, nullable=False),
+        sa.Column("call_label", sa.String(16), nullable=False),
         sa.Column("scores", sa.JSON, nullable=False),
         sa.Column("features", sa.JSON, nullable=False),
     )
