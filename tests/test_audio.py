@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from media.audio import ANALYSIS_RATE, FRAME_SAMPLES, AnalysisResampler, rms_dbfs
+
+
+def tone(freq: float, rate: int, seconds: float, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    x = (0.5 * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16)
+    return np.repeat(x, channels) if channels > 1 else x  # interleaved
+
+
+def dominant_frequency(samples: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()])
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(48000, 2), (48000, 1), (8000, 1), (16000, 1)])
+def test_a_1khz_tone_stays_1khz(rate: int, channels: int) -> None:
+    r = AnalysisResampler()
+    pcm = tone(1000, rate, 1.0, channels)
+    frames = []
+    for i in range(0, len(pcm), rate // 50 * channels):  # fed packet by packet, as decoded
+        frames += r.push(pcm[i : i + rate // 50 * channels], rate, channels)
+    out = np.concatenate([f.samples for f in frames])
+    assert all(len(f.samples) == FRAME_SAMPLES for f in frames)
+    # nothing dropped or duplicated; soxr holds back under 100 ms of filter delay
+    assert ANALYSIS_RATE - 1600 <= len(out) <= ANALYSIS_RATE
+    assert dominant_frequency(out[1600:], ANALYSIS_RATE) == pytest.approx(1000, abs=5)
+    # level preserved: -6 dBFS peak sine is -9 dBFS RMS
+    assert rms_dbfs(out[1600:]) == pytest.approx(-9.0, abs=0.5)
+
+
+def test_no_aliasing_from_48k() -> None:
+    """A 12 kHz tone is above the 8 kHz Nyquist limit: a real resampler removes it,
+    sample dropping would fold it to 4 kHz, right in the speech band."""
+    out = np.concatenate(
+        [f.samples for f in AnalysisResampler().push(tone(12000, 48000, 1), 48000)]
+    )
+    assert rms_dbfs(out[1600:]) < -60
+
+
+def test_frame_times_follow_sample_count() -> None:
+    r = AnalysisResampler()
+    frames = r.push(tone(440, 48000, 0.5), 48000) + r.push(tone(440, 48000, 0.5), 48000)
+    starts = [f.start for f in frames]
+    assert starts == pytest.approx([i * 0.02 for i in range(len(frames))])

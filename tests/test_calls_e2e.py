@@ -1,0 +1,180 @@
+"""In-app calls end to end: aiortc callers against a real engine process."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import speech
+from tests.engine_proc import ROOT, EngineProcess
+from tests.rtc_client import Caller
+
+pytestmark = pytest.mark.integration
+
+
+def check_stream_order(events: list[dict[str, Any]]) -> None:
+    ids = [e["id"] for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids), "ids must strictly increase"
+    types = [e["type"] for e in events]
+    assert types[0] == "call.started"
+    assert types[-1] == "call.ended"
+    states = [e["state"] for e in events if e["type"] == "call.state_changed"]
+    assert states == ["connecting", "active", "ended"]
+    finals = {e["index"]: i for i, e in enumerate(events) if e["type"] == "transcript.final"}
+    for i, e in enumerate(events):
+        if e["type"] == "transcript.partial" and e["index"] in finals:
+            assert i < finals[e["index"]], "a partial arrived after its final"
+    final_pos = {
+        e["utterance_id"]: i for i, e in enumerate(events) if e["type"] == "transcript.final"
+    }
+    emotions = [(i, e) for i, e in enumerate(events) if e["type"] == "emotion.updated"]
+    assert emotions, "no emotion updates"
+    for i, e in emotions:
+        assert final_pos[e["utterance_id"]] < i, "emotion before its transcript"
+
+
+async def test_calm_and_angry_callers(engine: EngineProcess, voices: dict[str, Path]) -> None:
+    """Two simultaneous callers: transcripts within 20 % WER, different emotions, ordered events."""
+    calm, angry = Caller(engine.url, voices["calm"]), Caller(engine.url, voices["angry"])
+    try:
+        answers = await asyncio.gather(calm.dial(), angry.dial())
+        assert all(a["recognizer"] == "pocketsphinx" for a in answers)
+        assert "fallback" in answers[0]["recognizer_note"]
+        await asyncio.gather(calm.talk_and_hang_up(), angry.talk_and_hang_up())
+        records = await asyncio.gather(calm.call_record(), angry.call_record())
+    finally:
+        await asyncio.gather(calm.close(), angry.close())
+
+    results = {}
+    for name, caller, record, script in (
+        ("calm", calm, records[0], speech.CALM_SCRIPT),
+        ("angry", angry, records[1], speech.ANGRY_SCRIPT),
+    ):
+        assert record["state"] == "ended"
+        assert record["end_reason"] == "remote_closed"
+        heard = " ".join(u["text"] for u in record["transcript"])
+        error = speech.wer(" ".join(script), heard)
+        print(f"{name}: WER {error:.1%}: {heard}")
+        assert error <= 0.20, heard
+        assert len(record["transcript"]) >= 3, "sentences should be separate utterances"
+        check_stream_order(caller.events)
+        # what the stream showed is what was stored
+        streamed = [
+            (e["utterance_id"], e["text"]) for e in caller.events if e["type"] == "transcript.final"
+        ]
+        assert streamed == [(u["id"], u["text"]) for u in record["transcript"]]
+        assert len(record["emotion_timeline"]) == len(record["transcript"])
+        results[name] = record
+
+    print({k: (r["emotion"], r["emotion_timeline"][-1]["trend"]) for k, r in results.items()})
+    assert results["calm"]["emotion"] in {"neutral", "positive"}
+    assert results["angry"]["emotion"] in {"angry", "frustrated"}
+    assert (
+        results["angry"]["emotion_timeline"][-1]["trend"]
+        < results["calm"]["emotion_timeline"][-1]["trend"]
+    )
+
+    async with httpx.AsyncClient(base_url=engine.url) as http:
+        metrics = (await http.get("/metrics")).text
+        listed = (await http.get("/api/v1/calls", params={"state": "ended"})).json()["calls"]
+    assert {c["id"] for c in listed} == {calm.call_id, angry.call_id}
+    assert "ccengine_active_calls 0.0" in metrics
+    assert "ccengine_asr_latency_seconds_count" in metrics
+    frames = next(
+        ln for ln in metrics.splitlines() if ln.startswith("ccengine_frames_processed_total")
+    )
+    assert float(frames.split()[-1]) > 2 * 50 * 10  # two calls, 10+ s each, 50 frames/s
+
+
+async def test_hangup_from_the_api(engine: EngineProcess, voices: dict[str, Path]) -> None:
+    caller = Caller(engine.url, voices["calm"])
+    try:
+        await caller.dial()
+        await asyncio.sleep(3)
+        async with httpx.AsyncClient(base_url=engine.url) as http:
+            assert (await http.post(f"/api/v1/calls/{caller.call_id}/hangup")).status_code == 202
+            assert (await http.post(f"/api/v1/calls/{caller.call_id}/hangup")).status_code == 404
+        await asyncio.wait_for(caller.ended.wait(), 15)
+    finally:
+        await caller.close()
+    assert caller.events[-1]["reason"] == "hangup"
+    assert (await caller.call_record())["end_reason"] == "hangup"
+
+
+VANISHING_CALLER = """
+import asyncio, sys
+from tests.rtc_client import Caller
+async def main():
+    c = Caller(sys.argv[1], sys.argv[2])
+    await c.dial()
+    print(c.call_id, flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+def test_a_caller_that_vanishes_is_ended(engine: EngineProcess, voices: dict[str, Path]) -> None:
+    """The caller's process dies mid-call (no BYE, no DTLS close): the call must end
+    within 30 s with a recorded reason, and what was said must be kept."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", VANISHING_CALLER, engine.url, str(voices["calm"])],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        call_id = proc.stdout.readline().strip()
+        time.sleep(6)  # let it speak a couple of sentences
+    finally:
+        proc.kill()
+        proc.wait()
+    killed_at = time.monotonic()
+    record: dict[str, Any] = {}
+    while time.monotonic() - killed_at < 30:
+        record = httpx.get(f"{engine.url}/api/v1/calls/{call_id}").json()
+        if record["state"] == "ended":
+            break
+        time.sleep(0.5)
+    assert record["state"] == "ended", "call still open 30 s after the caller vanished"
+    assert record["end_reason"] in {"media_timeout", "ice_failed"}
+    assert record["transcript"], "the words said before vanishing were lost"
+
+
+async def test_a_crash_loses_at_most_the_utterance_in_flight(
+    tmp_path: Path, voices: dict[str, Path]
+) -> None:
+    engine = EngineProcess(tmp_path / "crash").start()
+    caller = Caller(engine.url, voices["calm"])
+    try:
+        await caller.dial()
+        deadline = time.monotonic() + 20
+        while not any(e["type"] == "emotion.updated" for e in caller.events):
+            assert time.monotonic() < deadline, "no utterance finished"
+            await asyncio.sleep(0.1)
+        engine.kill()
+        seen = [e["utterance_id"] for e in caller.events if e["type"] == "transcript.final"]
+    finally:
+        await caller.close()
+        engine.kill()
+    with sqlite3.connect(engine.db) as db:
+        stored = [
+            r[0] for r in db.execute("select id from utterances where call_id=?", (caller.call_id,))
+        ]
+    assert set(seen) <= set(stored)
+    restarted = EngineProcess(tmp_path / "crash").start()
+    try:
+        record = httpx.get(f"{restarted.url}/api/v1/calls/{caller.call_id}").json()
+    finally:
+        restarted.stop()
+    assert record["state"] == "ended"
+    assert record["end_reason"] == "engine_restart"
+    assert [u["id"] for u in record["transcript"]] == stored
