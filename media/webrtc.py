@@ -78,15 +78,18 @@ async def pump_audio(
     media_timeout: float,
 ) -> str:
     """Read decoded frames until the track ends; return why it ended."""
+    received = False
     while True:
         try:
             frame = await asyncio.wait_for(track.recv(), media_timeout)
         except TimeoutError:
-            return "media_timeout"
+            # never a packet: ICE/DTLS never completed, or the peer sends nothing
+            return "media_timeout" if received else "no_media"
         except MediaStreamError:
             return "remote_closed"
         if not isinstance(frame, av.AudioFrame):
             continue
+        received = True
         pcm = frame.to_ndarray()
         channels = len(frame.layout.channels)
         if frame.format.is_planar and channels > 1:

@@ -172,7 +172,8 @@ async def test_a_crash_loses_at_most_the_utterance_in_flight(
     assert set(seen) <= set(stored)
     restarted = EngineProcess(tmp_path / "crash").start()
     try:
-        record = httpx.get(f"{restarted.url}/api/v1/calls/{caller.call_id}").json()
+        async with httpx.AsyncClient(base_url=restarted.url) as http:
+            record = (await http.get(f"/api/v1/calls/{caller.call_id}")).json()
     finally:
         restarted.stop()
     assert record["state"] == "ended"

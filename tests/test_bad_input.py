@@ -1,0 +1,113 @@
+"""Bad input gets a clear error, never a crash, and the engine keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from tests.engine_proc import EngineProcess
+from tests.rtc_client import Caller
+
+pytestmark = pytest.mark.integration
+CHROMIUM = (Path(__file__).parent / "fixtures" / "chromium_offer.sdp").read_text()
+
+
+def assert_problem(r: httpx.Response, status: int, detail: str) -> dict[str, object]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body: dict[str, object] = r.json()
+    assert body["status"] == status
+    assert detail in str(body["detail"])
+    return body
+
+
+async def test_bad_offers_and_requests(engine: EngineProcess, voices: dict[str, Path]) -> None:
+    async with httpx.AsyncClient(base_url=engine.url, timeout=30) as http:
+        post = "/api/v1/calls"
+        assert_problem(
+            await http.post(post, json={"sdp": "garbage"}), 400, "SDP must start with 'v=0'"
+        )
+        assert_problem(
+            await http.post(post, json={"sdp": CHROMIUM.replace("m=audio", "m=video")}),
+            400,
+            "no audio section",
+        )
+        # a well-formed but unusable WebRTC offer (no ICE credentials aiortc can use)
+        broken = CHROMIUM.replace("a=ice-pwd:", "a=x-ice-pwd:")
+        assert_problem(await http.post(post, json={"sdp": broken}), 400, "offer rejected")
+        body = assert_problem(
+            await http.post(
+                post, content=b"{not json", headers={"content-type": "application/json"}
+            ),
+            422,
+            "",
+        )
+        assert body["errors"]
+        body = assert_problem(
+            await http.post(post, json={"type": "offer"}), 422, "sdp: Field required"
+        )
+        assert body["errors"] == [{"field": "sdp", "message": "Field required"}]
+        assert_problem(
+            await http.post(post, json={"sdp": CHROMIUM, "language": "12"}), 422, "language"
+        )
+        big = {"sdp": "v=0\r\n" + "a=x\r\n" * 100_000}
+        assert_problem(await http.post(post, json=big), 413, "request body over")
+        assert_problem(await http.get("/api/v1/calls/nope"), 404, "no call nope")
+        assert_problem(await http.post("/api/v1/calls/nope/hangup"), 404, "no live call nope")
+        assert_problem(await http.get("/api/v1/calls", params={"limit": 0}), 422, "limit")
+        assert (await http.get("/healthz")).json() == {"status": "ok", "active_calls": 0}
+
+    ws_url = engine.url.replace("http", "ws", 1)
+    with pytest.raises(ConnectionClosed) as closed:
+        async with websockets.connect(f"{ws_url}/api/v1/calls/nope/events") as ws:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
+
+    # after all that, a real caller is still answered and heard
+    caller = Caller(engine.url, voices["calm"])
+    try:
+        await caller.dial()
+        await caller.talk_and_hang_up()
+    finally:
+        await caller.close()
+    assert (await caller.call_record())["transcript"]
+
+
+async def test_chromium_offer_is_answered(engine: EngineProcess) -> None:
+    """The golden Chromium offer gets a valid answer (the call then times out: no peer)."""
+    async with httpx.AsyncClient(base_url=engine.url, timeout=30) as http:
+        r = await http.post("/api/v1/calls", json={"sdp": CHROMIUM, "caller": "golden"})
+        assert r.status_code == 201, r.text
+        answer = r.json()
+        assert answer["sdp"].startswith("v=0")
+        assert "a=fingerprint:" in answer["sdp"] and "opus/48000/2" in answer["sdp"]
+        for _ in range(60):
+            state = (await http.get(f"/api/v1/calls/{answer['call_id']}")).json()
+            if state["state"] == "ended":
+                break
+            await asyncio.sleep(0.5)
+    assert state["end_reason"] in {"no_media", "ice_failed"}
+
+
+async def test_event_stream_resumes_after_last_id(
+    engine: EngineProcess, voices: dict[str, Path]
+) -> None:
+    caller = Caller(engine.url, voices["calm"])
+    try:
+        await caller.dial()
+        await caller.talk_and_hang_up()
+    finally:
+        await caller.close()
+    ws_url = engine.url.replace("http", "ws", 1) + f"/api/v1/calls/{caller.call_id}/events"
+    middle = caller.events[len(caller.events) // 2]["id"]
+    async with websockets.connect(f"{ws_url}?after={middle}") as ws:
+        resumed = []
+        while not resumed or resumed[-1]["type"] != "call.ended":
+            resumed.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
+    assert resumed == [e for e in caller.events if e["id"] > middle]
