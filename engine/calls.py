@@ -306,6 +306,7 @@ class CallManager:
                     start=ev.start,
                     end=ev.end,
                     words=words,
+                    asr_latency=round(ev.asr_latency, 4),
                 )
             )
         elif isinstance(ev, me.EmotionEstimated):

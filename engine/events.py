@@ -74,6 +74,7 @@ class TranscriptFinal(EventBase):
     start: float
     end: float
     words: list[WordTiming]
+    asr_latency: float = Field(description="seconds from the last voiced audio to this result")
 
 
 class EmotionUpdated(EventBase):

@@ -105,7 +105,7 @@ class LegPipeline:
                 elif isinstance(ev, SpeechFrame):
                     self._utt_samples.append(ev.frame.samples)
                     self._chunk.append(ev.frame.to_bytes())
-                    if self._segmenter.is_speech(ev.frame):
+                    if ev.voiced:
                         self._last_voice_at = now
                     if len(self._chunk) >= CHUNK_FRAMES:
                         self._flush_chunk()

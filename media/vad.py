@@ -34,6 +34,7 @@ class UtteranceStarted:
 @dataclass(frozen=True, slots=True)
 class SpeechFrame:
     frame: PcmFrame
+    voiced: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,14 +108,14 @@ class SpeechSegmenter:
                 self._voiced = n_voiced
                 self._total = len(self._start_win)
                 events.append(UtteranceStarted(first.start))
-                events.extend(SpeechFrame(f) for f, _ in self._start_win)
+                events.extend(SpeechFrame(f, v) for f, v in self._start_win)
                 self.speech_frames += len(self._start_win)
                 self._end_win.clear()
                 self._end_win.extend(v for _, v in self._start_win)
                 self._start_win.clear()
             return events
 
-        events.append(SpeechFrame(frame))
+        events.append(SpeechFrame(frame, voiced))
         self.speech_frames += 1
         self._voiced += voiced
         self._total += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ class Caller:
         self.answer: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
         self.ended = asyncio.Event()
+        self.connected_seconds = 0.0  # from our answer arriving to hanging up
+        self._dialed_at = 0.0
         self._reader: asyncio.Task[None] | None = None
 
     async def dial(self) -> dict[str, Any]:
@@ -40,6 +43,7 @@ class Caller:
         self.answer = r.json()
         self.call_id = self.answer["call_id"]
         await self.pc.setRemoteDescription(RTCSessionDescription(self.answer["sdp"], "answer"))
+        self._dialed_at = time.monotonic()
         self._reader = asyncio.create_task(self._read_events())
         return self.answer
 
@@ -58,6 +62,7 @@ class Caller:
         await self.track.finished.wait()
         await asyncio.sleep(tail)
         await self.pc.close()
+        self.connected_seconds = time.monotonic() - self._dialed_at
         await asyncio.wait_for(self.ended.wait(), end_timeout)
 
     async def call_record(self) -> dict[str, Any]:

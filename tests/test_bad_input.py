@@ -111,3 +111,23 @@ async def test_event_stream_resumes_after_last_id(
         while not resumed or resumed[-1]["type"] != "call.ended":
             resumed.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
     assert resumed == [e for e in caller.events if e["id"] > middle]
+
+
+async def test_a_burst_of_offers_is_all_answered(
+    engine: EngineProcess, voices: dict[str, Path]
+) -> None:
+    """Regression: 16 offers at once got "database is locked" 500s, because aiosqlite
+    writers held SQLite's lock across event-loop turns. Every caller must be answered
+    and every call stored."""
+    callers = [Caller(engine.url, voices["calm"]) for _ in range(16)]
+    try:
+        answers = await asyncio.gather(*(c.dial() for c in callers), return_exceptions=True)
+        assert [type(a).__name__ for a in answers] == ["dict"] * 16
+        await asyncio.sleep(2)
+    finally:
+        await asyncio.gather(*(c.close() for c in callers))
+    await asyncio.gather(*(asyncio.wait_for(c.ended.wait(), 20) for c in callers))
+    async with httpx.AsyncClient(base_url=engine.url) as http:
+        stored = (await http.get("/api/v1/calls", params={"limit": 100})).json()["calls"]
+    assert {c["id"] for c in stored} == {c.call_id for c in callers}
+    assert all(c["state"] == "ended" for c in stored)

@@ -179,3 +179,23 @@ async def test_a_crash_loses_at_most_the_utterance_in_flight(
     assert record["state"] == "ended"
     assert record["end_reason"] == "engine_restart"
     assert [u["id"] for u in record["transcript"]] == stored
+
+
+async def test_korean_call_is_transcribed_by_vosk(engine: EngineProcess, tmp_path: Path) -> None:
+    """language=ko picks vosk with the installed model package, through the whole engine."""
+    wav = speech.espeak("안녕하세요. 주문 확인 부탁드립니다.", "ko", tmp_path / "ko.wav")
+    caller = Caller(engine.url, wav, language="ko")
+    try:
+        answer = await caller.dial()
+        await caller.talk_and_hang_up()
+    finally:
+        await caller.close()
+    assert answer["recognizer"] == "vosk" and answer["language"] == "ko"
+    partials = [e for e in caller.events if e["type"] == "transcript.partial"]
+    finals = [e for e in caller.events if e["type"] == "transcript.final"]
+    assert partials and finals
+    assert all(w["start"] < w["end"] for f in finals for w in f["words"])
+    assert all(f["asr_latency"] < 5 for f in finals)
+    record = await caller.call_record()
+    assert record["recognizer"] == "vosk"
+    assert [u["text"] for u in record["transcript"]] == [f["text"] for f in finals]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -14,6 +16,7 @@ from engine.calls import Overloaded, UnknownCall
 from media.sdp import SdpError
 
 PROBLEM = "application/problem+json"
+log = logging.getLogger(__name__)
 
 
 def problem(
@@ -50,6 +53,16 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Overloaded)
     async def _overloaded(_req: Request, exc: Overloaded) -> JSONResponse:
         return problem(503, "Engine busy", str(exc), headers={"Retry-After": "5"})
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _storage(_req: Request, exc: SQLAlchemyError) -> JSONResponse:
+        log.error("storage error: %s", exc)
+        return problem(
+            503,
+            "Storage unavailable",
+            "the call store did not answer; try again",
+            headers={"Retry-After": "2"},
+        )
 
     @app.exception_handler(UnknownCall)
     async def _unknown(_req: Request, exc: UnknownCall) -> JSONResponse:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,12 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, select, update
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import selectinload
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -38,7 +44,7 @@ def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -
     # WAL: readers (API, live views) never block the writers that persist calls.
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=5000")
+    cur.execute("PRAGMA busy_timeout=15000")  # other processes (backups, sqlite3 shell)
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
@@ -50,6 +56,21 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time. Through aiosqlite a write transaction
+        # can hold that lock across event-loop turns, and under load (many calls
+        # starting at once) other writers then time out with "database is
+        # locked". Queueing our writers here instead costs nothing: SQLite would
+        # serialise them anyway, and WAL readers are not blocked.
+        self._write_lock = asyncio.Lock() if self.engine.dialect.name == "sqlite" else None
+
+    @contextlib.asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncSession]:
+        async with contextlib.AsyncExitStack() as stack:
+            if self._write_lock is not None:
+                await stack.enter_async_context(self._write_lock)
+            s = await stack.enter_async_context(self.session())
+            await stack.enter_async_context(s.begin())
+            yield s
 
     async def open(self) -> None:
         if self.url.startswith("sqlite") and ":///" in self.url:
@@ -62,20 +83,20 @@ class Store:
         await self.engine.dispose()
 
     async def add(self, *rows: Any) -> None:
-        async with self.session() as s, s.begin():
+        async with self.writing() as s:
             s.add_all(rows)
 
     async def update_call(self, call_id: str, **values: Any) -> None:
-        async with self.session() as s, s.begin():
+        async with self.writing() as s:
             await s.execute(update(CallRow).where(CallRow.id == call_id).values(**values))
 
     async def end_leg(self, leg_id: str, when: datetime) -> None:
-        async with self.session() as s, s.begin():
+        async with self.writing() as s:
             await s.execute(update(LegRow).where(LegRow.id == leg_id).values(ended_at=when))
 
     async def close_orphans(self, when: datetime) -> int:
         """Calls left open by a process that died: mark them ended, keep their data."""
-        async with self.session() as s, s.begin():
+        async with self.writing() as s:
             result = await s.execute(
                 update(CallRow)
                 .where(CallRow.state != "ended")
