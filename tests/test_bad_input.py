@@ -124,9 +124,10 @@ async def test_a_burst_of_offers_is_all_answered(
         answers = await asyncio.gather(*(c.dial() for c in callers), return_exceptions=True)
         assert [type(a).__name__ for a in answers] == ["dict"] * 16
         await asyncio.sleep(2)
+        await asyncio.gather(*(c.pc.close() for c in callers))  # everyone hangs up
+        await asyncio.gather(*(asyncio.wait_for(c.ended.wait(), 20) for c in callers))
     finally:
         await asyncio.gather(*(c.close() for c in callers))
-    await asyncio.gather(*(asyncio.wait_for(c.ended.wait(), 20) for c in callers))
     async with httpx.AsyncClient(base_url=engine.url) as http:
         stored = (await http.get("/api/v1/calls", params={"limit": 100})).json()["calls"]
     assert {c["id"] for c in stored} == {c.call_id for c in callers}
