@@ -118,11 +118,11 @@ async def run_callers(url: str, wav: Path, n: int, proc: psutil.Process, engine:
 
 def start_baseline(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    log = (workdir / "baseline.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.bare_answerer", "--port", str(port)],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    with (workdir / "baseline.log").open("ab") as log:  # the child keeps its own copy
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.bare_answerer", "--port", str(port)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         with contextlib.suppress(httpx.HTTPError):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -30,6 +31,7 @@ class EngineProcess:
         self.log = workdir / "engine.log"
         self.env = {**os.environ, "CCENGINE_MODEL_DIRS": "[]", **env}
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_file: BinaryIO | None = None
 
     def start(self, timeout: float = 60) -> EngineProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -37,12 +39,14 @@ class EngineProcess:
             sys.executable, "-m", "engine.cli", "serve",
             "--port", str(self.port), "--db", f"sqlite+aiosqlite:///{self.db}",
         ]  # fmt: skip
+        self._log_file = self.log.open("ab")
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT
+            cmd, cwd=ROOT, env=self.env, stdout=self._log_file, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._close_log()
                 raise RuntimeError(f"engine exited: {self.log.read_text()[-3000:]}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
@@ -50,6 +54,7 @@ class EngineProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
+        self.kill()
         raise RuntimeError(f"engine did not start: {self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
@@ -57,6 +62,12 @@ class EngineProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -66,3 +77,4 @@ class EngineProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        self._close_log()

@@ -124,19 +124,18 @@ asyncio.run(main())
 def test_a_caller_that_vanishes_is_ended(engine: EngineProcess, voices: dict[str, Path]) -> None:
     """The caller's process dies mid-call (no BYE, no DTLS close): the call must end
     within 30 s with a recorded reason, and what was said must be kept."""
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", VANISHING_CALLER, engine.url, str(voices["calm"])],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        call_id = proc.stdout.readline().strip()
-        time.sleep(6)  # let it speak a couple of sentences
-    finally:
-        proc.kill()
-        proc.wait()
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            call_id = proc.stdout.readline().strip()
+            time.sleep(6)  # let it speak a couple of sentences
+        finally:
+            proc.kill()
     killed_at = time.monotonic()
     record: dict[str, Any] = {}
     while time.monotonic() - killed_at < 30:
