@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+
+import numpy as np
 
 from engine.config import Settings
 from engine.events import (
@@ -99,6 +102,7 @@ class Call:
     state: str = "new"
     legs: list[Leg] = field(default_factory=list)
     events: asyncio.Queue[me.MediaEvent | None] = field(default_factory=asyncio.Queue)
+    consumer: asyncio.Task[None] | None = None  # persists + publishes media events
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     answered_at: datetime | None = None
@@ -201,13 +205,15 @@ class CallManager:
             )
         )
         await self._transition(call, "answered")
-        call.tasks.append(asyncio.create_task(self._consume(call), name=f"events-{call.id}"))
+        call.consumer = asyncio.create_task(self._consume(call), name=f"events-{call.id}")
         call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
         return call, answer
 
-    async def _transition(self, call: Call, event: str, reason: str | None = None) -> None:
+    async def _transition(
+        self, call: Call, event: str, reason: str | None = None, **values: object
+    ) -> None:
         previous, call.state = call.state, call.next_state(event)
-        values: dict[str, object] = {"state": call.state}
+        values["state"] = call.state
         if call.state == "active":
             call.answered_at = utcnow()
             values["answered_at"] = call.answered_at
@@ -235,13 +241,13 @@ class CallManager:
         pipeline = leg.pipeline
         first = True
 
-        def push(pcm: object, rate: int, channels: int) -> int:
+        def push(pcm: np.ndarray, rate: int, channels: int) -> int:
             nonlocal first
             if first:
                 first = False
                 # state change is async; schedule it without blocking the media path
                 call.tasks.append(asyncio.create_task(self._transition(call, "media")))
-            n = pipeline.push_pcm(pcm, rate, channels)  # type: ignore[arg-type]
+            n = pipeline.push_pcm(pcm, rate, channels)
             frames.inc(n)
             return n
 
@@ -277,80 +283,58 @@ class CallManager:
         elif isinstance(ev, me.TranscriptFinal):
             utt_id = str(uuid.uuid4())
             call.utterance_ids[(ev.leg_id, ev.index)] = utt_id
-            words = [
-                WordTiming(word=w.word, start=w.start, end=w.end, conf=w.conf) for w in ev.words
-            ]
+            final = TranscriptFinal(
+                call_id=call.id,
+                leg_id=ev.leg_id,
+                speaker=call.speaker(ev.leg_id),
+                utterance_id=utt_id,
+                index=ev.index,
+                text=ev.text,
+                start=ev.start,
+                end=ev.end,
+                words=[
+                    WordTiming(word=w.word, start=w.start, end=w.end, conf=w.conf) for w in ev.words
+                ],
+                asr_latency=round(ev.asr_latency, 4),
+            )
             await self.store.add(
                 UtteranceRow(
                     id=utt_id,
-                    call_id=call.id,
-                    leg_id=ev.leg_id,
-                    speaker=call.speaker(ev.leg_id),
                     seq=ev.index,
-                    start=ev.start,
-                    end=ev.end,
-                    text=ev.text,
-                    words=[w.model_dump() for w in words],
-                    created_at=utcnow(),
+                    created_at=final.time,
+                    words=[w.model_dump() for w in final.words],
+                    **final.model_dump(
+                        include={"call_id", "leg_id", "speaker", "start", "end", "text"}
+                    ),
                 )
             )
             self.metrics.asr_latency.observe(ev.asr_latency)
-            self._publish(
-                TranscriptFinal(
-                    call_id=call.id,
-                    leg_id=ev.leg_id,
-                    speaker=call.speaker(ev.leg_id),
-                    utterance_id=utt_id,
-                    index=ev.index,
-                    text=ev.text,
-                    start=ev.start,
-                    end=ev.end,
-                    words=words,
-                    asr_latency=round(ev.asr_latency, 4),
-                )
-            )
+            self._publish(final)
         elif isinstance(ev, me.EmotionEstimated):
             est = ev.estimate
             utt_id = call.utterance_ids.get((ev.leg_id, ev.index), "")
-            p = est.prosody
+            update = EmotionUpdated(
+                call_id=call.id,
+                leg_id=ev.leg_id,
+                utterance_id=utt_id,
+                at=ev.at,
+                label=est.label,
+                arousal=est.arousal,
+                valence=est.valence,
+                scores=est.scores,
+                trend=est.trend,
+                call_label=est.call_label,
+                call_scores=est.call_scores,
+            )
             await self.store.add(
                 EmotionRow(
-                    call_id=call.id,
-                    leg_id=ev.leg_id,
-                    utterance_id=utt_id,
-                    at=ev.at,
-                    label=est.label,
-                    arousal=est.arousal,
-                    valence=est.valence,
-                    trend=est.trend,
-                    call_label=est.call_label,
-                    scores=est.scores,
-                    features={
-                        "f0_median_st": p.f0_median_st,
-                        "f0_range_st": p.f0_range_st,
-                        "energy_db": p.energy_db,
-                        "rate_wps": p.rate_wps,
-                        "pause_ratio": p.pause_ratio,
-                    },
+                    features=dataclasses.asdict(est.prosody),
+                    **update.model_dump(exclude={"id", "time", "type", "call_scores"}),
                 )
             )
             if call.speaker(ev.leg_id) == "caller":
                 await self.store.update_call(call.id, emotion=est.call_label)
-            self._publish(
-                EmotionUpdated(
-                    call_id=call.id,
-                    leg_id=ev.leg_id,
-                    utterance_id=utt_id,
-                    at=ev.at,
-                    label=est.label,
-                    arousal=est.arousal,
-                    valence=est.valence,
-                    scores=est.scores,
-                    trend=est.trend,
-                    call_label=est.call_label,
-                    call_scores=est.call_scores,
-                )
-            )
+            self._publish(update)
 
     def _publish(self, event: EventBase) -> None:
         self.bus.publish(event)
@@ -377,20 +361,19 @@ class CallManager:
                     leg.pipeline.cancel()
                 self.metrics.dropped_chunks.inc(leg.pipeline.dropped_chunks)
         call.events.put_nowait(None)
-        consumer = call.tasks[0] if call.tasks else None
+        consumer = call.consumer
         if consumer is not None and consumer is not current:
             try:
                 await asyncio.wait_for(asyncio.shield(consumer), TEARDOWN_TIMEOUT)
             except TimeoutError:
                 log.warning("call %s: event consumer stuck, cancelling", call_id)
                 consumer.cancel()
-        for task in call.tasks[1:]:
+        for task in call.tasks:
             if task is not current and not task.done():
                 task.cancel()
         now = utcnow()
         duration = (now - call.created_at).total_seconds()
-        await self._transition(call, "end", reason)
-        await self.store.update_call(call.id, ended_at=now, end_reason=reason)
+        await self._transition(call, "end", reason, ended_at=now, end_reason=reason)
         for leg in call.legs:
             await self.store.end_leg(leg.id, now)
         self._publish(CallEnded(call_id=call.id, reason=reason, duration=round(duration, 3)))

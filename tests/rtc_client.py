@@ -65,6 +65,15 @@ class Caller:
         self.connected_seconds = time.monotonic() - self._dialed_at
         await asyncio.wait_for(self.ended.wait(), end_timeout)
 
+    async def complete_call(self) -> dict[str, Any]:
+        """Dial, say everything, hang up, and return the stored call."""
+        try:
+            await self.dial()
+            await self.talk_and_hang_up()
+        finally:
+            await self.close()
+        return await self.call_record()
+
     async def call_record(self) -> dict[str, Any]:
         async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
             r = await http.get(f"/api/v1/calls/{self.call_id}")

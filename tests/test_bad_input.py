@@ -70,13 +70,7 @@ async def test_bad_offers_and_requests(engine: EngineProcess, voices: dict[str, 
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
 
     # after all that, a real caller is still answered and heard
-    caller = Caller(engine.url, voices["calm"])
-    try:
-        await caller.dial()
-        await caller.talk_and_hang_up()
-    finally:
-        await caller.close()
-    assert (await caller.call_record())["transcript"]
+    assert (await Caller(engine.url, voices["calm"]).complete_call())["transcript"]
 
 
 async def test_chromium_offer_is_answered(engine: EngineProcess) -> None:
@@ -99,11 +93,7 @@ async def test_event_stream_resumes_after_last_id(
     engine: EngineProcess, voices: dict[str, Path]
 ) -> None:
     caller = Caller(engine.url, voices["calm"])
-    try:
-        await caller.dial()
-        await caller.talk_and_hang_up()
-    finally:
-        await caller.close()
+    await caller.complete_call()
     ws_url = engine.url.replace("http", "ws", 1) + f"/api/v1/calls/{caller.call_id}/events"
     middle = caller.events[len(caller.events) // 2]["id"]
     async with websockets.connect(f"{ws_url}?after={middle}") as ws:

@@ -44,14 +44,9 @@ def check_stream_order(events: list[dict[str, Any]]) -> None:
 async def test_calm_and_angry_callers(engine: EngineProcess, voices: dict[str, Path]) -> None:
     """Two simultaneous callers: transcripts within 20 % WER, different emotions, ordered events."""
     calm, angry = Caller(engine.url, voices["calm"]), Caller(engine.url, voices["angry"])
-    try:
-        answers = await asyncio.gather(calm.dial(), angry.dial())
-        assert all(a["recognizer"] == "pocketsphinx" for a in answers)
-        assert "fallback" in answers[0]["recognizer_note"]
-        await asyncio.gather(calm.talk_and_hang_up(), angry.talk_and_hang_up())
-        records = await asyncio.gather(calm.call_record(), angry.call_record())
-    finally:
-        await asyncio.gather(calm.close(), angry.close())
+    records = await asyncio.gather(calm.complete_call(), angry.complete_call())
+    assert all(c.answer["recognizer"] == "pocketsphinx" for c in (calm, angry))
+    assert "fallback" in calm.answer["recognizer_note"]
 
     results = {}
     for name, caller, record, script in (
@@ -184,17 +179,12 @@ async def test_korean_call_is_transcribed_by_vosk(engine: EngineProcess, tmp_pat
     """language=ko picks vosk with the installed model package, through the whole engine."""
     wav = speech.espeak("안녕하세요. 주문 확인 부탁드립니다.", "ko", tmp_path / "ko.wav")
     caller = Caller(engine.url, wav, language="ko")
-    try:
-        answer = await caller.dial()
-        await caller.talk_and_hang_up()
-    finally:
-        await caller.close()
-    assert answer["recognizer"] == "vosk" and answer["language"] == "ko"
+    record = await caller.complete_call()
+    assert caller.answer["recognizer"] == "vosk" and caller.answer["language"] == "ko"
     partials = [e for e in caller.events if e["type"] == "transcript.partial"]
     finals = [e for e in caller.events if e["type"] == "transcript.final"]
     assert partials and finals
     assert all(w["start"] < w["end"] for f in finals for w in f["words"])
     assert all(f["asr_latency"] < 5 for f in finals)
-    record = await caller.call_record()
     assert record["recognizer"] == "vosk"
     assert [u["text"] for u in record["transcript"]] == [f["text"] for f in finals]

@@ -87,17 +87,7 @@ async def models(
     """Which recognizer and model each language uses, and where the engine looked."""
     m = manager(request)
     langs = language or sorted({m.settings.default_language, *m.settings.preload_languages})
-    out = []
-    for lang in langs:
-        c = m.model_choice(lang.lower())
-        out.append(
-            ModelOut(
-                language=c.language,
-                backend=c.backend,
-                path=c.path,
-                fallback=c.fallback,
-                note=c.note,
-                looked_in=c.looked_in,
-            )
-        )
-    return out
+    return [
+        ModelOut.model_validate(m.model_choice(lang.lower()), from_attributes=True)
+        for lang in langs
+    ]
