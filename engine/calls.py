@@ -33,11 +33,13 @@ from datetime import datetime
 import numpy as np
 
 from engine.config import Settings
+from engine.escalation import CallEscalation, Decision, EmotionSample, Utterance, load_rules
 from engine.events import (
     CallEnded,
     CallStarted,
     CallStateChanged,
     EmotionUpdated,
+    EscalationRaised,
     EventBase,
     EventBus,
     TranscriptFinal,
@@ -47,7 +49,7 @@ from engine.events import (
 )
 from engine.metrics import Metrics
 from engine.store.db import Store
-from engine.store.models import CallRow, EmotionRow, LegRow, UtteranceRow
+from engine.store.models import CallRow, EmotionRow, EscalationRow, LegRow, UtteranceRow
 from media import events as me
 from media.asr import ModelChoice, RecognizerFactory, choose_model, create_factory
 from media.pipeline import LegPipeline
@@ -82,6 +84,14 @@ class UnknownCall(LookupError):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class SilenceCheck:
+    """Queued once a second while a call is active, so silence rules are judged in
+    order with the call's transcript."""
+
+    now: float  # seconds of caller media so far
+
+
 @dataclass
 class Leg:
     id: str
@@ -101,11 +111,15 @@ class Call:
     created_at: datetime = field(default_factory=utcnow)
     state: str = "new"
     legs: list[Leg] = field(default_factory=list)
-    events: asyncio.Queue[me.MediaEvent | None] = field(default_factory=asyncio.Queue)
+    escalation: CallEscalation = field(default_factory=lambda: CallEscalation([]))
+    events: asyncio.Queue[me.MediaEvent | SilenceCheck | None] = field(
+        default_factory=asyncio.Queue
+    )
     consumer: asyncio.Task[None] | None = None  # persists + publishes media events
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     answered_at: datetime | None = None
+    escalation_reason: str | None = None  # the first decision that called for a human
     utterance_ids: dict[tuple[str, int], str] = field(default_factory=dict)
 
     def next_state(self, event: str) -> str:
@@ -129,6 +143,8 @@ class CallManager:
         self.calls: dict[str, Call] = {}
         self._factories: dict[str, RecognizerFactory | None] = {}
         self._choices: dict[str, ModelChoice] = {}
+        # a broken rules file stops start-up with the reason, rather than a call later
+        self.rules = load_rules(settings.escalation_rules)
 
     # -- models -----------------------------------------------------------------
 
@@ -164,6 +180,7 @@ class CallManager:
         language = (language or self.settings.default_language).lower()
         choice = self.model_choice(language)
         call = Call(str(uuid.uuid4()), "webrtc", language, choice, caller)
+        call.escalation = CallEscalation(self.rules)
         leg = Leg(str(uuid.uuid4()), "caller", "webrtc")
         leg.peer = WebRtcLeg(on_ended=lambda reason: self.end_call(call.id, reason))
         try:
@@ -237,6 +254,7 @@ class CallManager:
             vad=VadSettings(aggressiveness=self.settings.vad_aggressiveness),
         )
         await leg.pipeline.start()
+        call.tasks.append(asyncio.create_task(self._silence_clock(call, leg.pipeline)))
         frames = self.metrics.frames
         pipeline = leg.pipeline
         first = True
@@ -254,6 +272,12 @@ class CallManager:
         reason = await pump_audio(track, push, self.settings.media_timeout)
         await self.end_call(call.id, reason)
 
+    async def _silence_clock(self, call: Call, pipeline: LegPipeline) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if call.state == "active":
+                call.events.put_nowait(SilenceCheck(pipeline.seconds_in))
+
     def _enqueue(self, call: Call, ev: me.MediaEvent) -> None:
         if isinstance(ev, me.TranscriptPartial) and call.events.qsize() >= MAX_EVENT_BACKLOG:
             self.metrics.dropped_partials.inc()
@@ -268,8 +292,10 @@ class CallManager:
             except Exception:  # one bad event must not stop the call's stream
                 log.exception("call %s: failed to handle %s", call.id, type(ev).__name__)
 
-    async def _handle_media_event(self, call: Call, ev: me.MediaEvent) -> None:
-        if isinstance(ev, me.TranscriptPartial):
+    async def _handle_media_event(self, call: Call, ev: me.MediaEvent | SilenceCheck) -> None:
+        if isinstance(ev, SilenceCheck):
+            await self._escalate(call, call.escalation.tick(ev.now))
+        elif isinstance(ev, me.TranscriptPartial):
             self._publish(
                 TranscriptPartial(
                     call_id=call.id,
@@ -310,6 +336,13 @@ class CallManager:
             )
             self.metrics.asr_latency.observe(ev.asr_latency)
             self._publish(final)
+            if final.speaker == "caller":
+                await self._escalate(
+                    call,
+                    call.escalation.observe_utterance(
+                        Utterance(utt_id, final.text, final.start, final.end)
+                    ),
+                )
         elif isinstance(ev, me.EmotionEstimated):
             est = ev.estimate
             utt_id = call.utterance_ids.get((ev.leg_id, ev.index), "")
@@ -335,6 +368,50 @@ class CallManager:
             if call.speaker(ev.leg_id) == "caller":
                 await self.store.update_call(call.id, emotion=est.call_label)
             self._publish(update)
+            if call.speaker(ev.leg_id) == "caller":
+                sample = EmotionSample(utt_id, ev.at, est.label, est.trend, est.scores)
+                await self._escalate(call, call.escalation.observe_emotion(sample))
+
+    async def _escalate(self, call: Call, decisions: list[Decision]) -> None:
+        """Record each decision, then tell everyone; the first that routes to a human
+        becomes the call's escalation reason."""
+        for d in decisions:
+            esc_id = str(uuid.uuid4())
+            now = utcnow()
+            values: dict[str, object] = {"priority": call.escalation.priority}
+            if d.routes_to_human and call.escalation_reason is None:
+                call.escalation_reason = d.reason
+                values |= {"escalated_at": now, "escalation_reason": d.reason}
+            await self.store.add(
+                EscalationRow(
+                    id=esc_id,
+                    call_id=call.id,
+                    rule=d.rule_id,
+                    reason=d.reason,
+                    actions=d.actions,
+                    priority=d.priority,
+                    skill=d.skill,
+                    at=d.at,
+                    evidence=d.evidence,
+                    created_at=now,
+                )
+            )
+            await self.store.update_call(call.id, **values)
+            self.metrics.escalations.labels(d.rule_id).inc()
+            log.info("call %s escalated: %s", call.id, d.reason)
+            self._publish(
+                EscalationRaised(
+                    call_id=call.id,
+                    escalation_id=esc_id,
+                    rule=d.rule_id,
+                    reason=d.reason,
+                    actions=d.actions,
+                    priority=call.escalation.priority,
+                    skill=d.skill,
+                    at=d.at,
+                    evidence=d.evidence,
+                )
+            )
 
     def _publish(self, event: EventBase) -> None:
         self.bus.publish(event)

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 256 * 1024
     max_concurrent_calls: int = Field(64, ge=1)
     asr_threads: int = Field(0, ge=0)  # 0: two per core
+    # TOML file of escalation rules ([[rules]] tables); unset: the built-in set.
+    escalation_rules: str | None = None
     log_level: str = "INFO"
 
 

@@ -18,7 +18,7 @@ import collections
 import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
@@ -91,6 +91,18 @@ class EmotionUpdated(EventBase):
     call_scores: dict[str, float]
 
 
+class EscalationRaised(EventBase):
+    type: Literal["escalation.raised"] = "escalation.raised"
+    escalation_id: str
+    rule: str
+    reason: str
+    actions: list[str]
+    priority: int = Field(description="the call's priority after this escalation")
+    skill: str | None
+    at: float
+    evidence: dict[str, Any]
+
+
 class CallEnded(EventBase):
     type: Literal["call.ended"] = "call.ended"
     reason: str
@@ -103,6 +115,7 @@ Event = Annotated[
     | TranscriptPartial
     | TranscriptFinal
     | EmotionUpdated
+    | EscalationRaised
     | CallEnded,
     Field(discriminator="type"),
 ]
@@ -113,6 +126,7 @@ EVENT_TYPES = [
     "transcript.partial",
     "transcript.final",
     "emotion.updated",
+    "escalation.raised",
     "call.ended",
 ]
 

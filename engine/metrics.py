@@ -29,4 +29,7 @@ class Metrics:
         self.dropped_partials = Counter(
             "ccengine_dropped_partials", "Partial transcripts dropped: backlog", registry=r
         )
+        self.escalations = Counter(
+            "ccengine_escalations", "Escalation rules fired", ["rule"], registry=r
+        )
         self.ended = Counter("ccengine_calls_ended", "Calls ended", ["reason"], registry=r)

@@ -39,6 +39,10 @@ def check_stream_order(events: list[dict[str, Any]]) -> None:
     assert emotions, "no emotion updates"
     for i, e in emotions:
         assert final_pos[e["utterance_id"]] < i, "emotion before its transcript"
+    for i, e in enumerate(events):
+        if e["type"] == "escalation.raised":
+            for utt in e["evidence"].get("utterance_ids", []):
+                assert final_pos[utt] < i, "escalation before its evidence"
 
 
 async def test_calm_and_angry_callers(engine: EngineProcess, voices: dict[str, Path]) -> None:
@@ -70,6 +74,19 @@ async def test_calm_and_angry_callers(engine: EngineProcess, voices: dict[str, P
         results[name] = record
 
     print({k: (r["emotion"], r["emotion_timeline"][-1]["trend"]) for k, r in results.items()})
+    # escalation: the calm caller never needs a person; the angry one does, and why is on record
+    assert results["calm"]["escalations"] == [] and results["calm"]["escalation_reason"] is None
+    angry_esc = results["angry"]["escalations"]
+    rules = [e["rule"] for e in angry_esc]
+    print("angry escalations:", [e["reason"] for e in angry_esc])
+    assert "asks_for_person" in rules and "upset_streak" in rules
+    stored_ids = {u["id"] for u in results["angry"]["transcript"]}
+    assert all(set(e["evidence"]["utterance_ids"]) <= stored_ids for e in angry_esc)
+    first_routing = next(e for e in angry_esc if "route_to_human" in e["actions"])
+    assert results["angry"]["escalation_reason"] == first_routing["reason"]
+    assert results["angry"]["priority"] >= 3
+    streamed = [e["escalation_id"] for e in angry.events if e["type"] == "escalation.raised"]
+    assert streamed == [e["id"] for e in angry_esc]
     assert results["calm"]["emotion"] in {"neutral", "positive"}
     assert results["angry"]["emotion"] in {"angry", "frustrated"}
     assert (
@@ -188,3 +205,42 @@ async def test_korean_call_is_transcribed_by_vosk(engine: EngineProcess, tmp_pat
     assert all(f["asr_latency"] < 5 for f in finals)
     assert record["recognizer"] == "vosk"
     assert [u["text"] for u in record["transcript"]] == [f["text"] for f in finals]
+
+
+async def test_custom_rules_and_silence(tmp_path: Path, voices: dict[str, Path]) -> None:
+    """Rules come from the configured file; the silence rule fires from the call's
+    media clock once the caller stops talking."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rules]]\nid = "order_question"\nkind = "phrase"\nphrases = ["my order"]\n'
+        'actions = ["target_skill"]\nskill = "orders"\n\n'
+        '[[rules]]\nid = "quiet"\nkind = "silence"\nseconds = 3\nactions = ["alert_supervisor"]\n'
+    )
+    engine = EngineProcess(tmp_path / "rules", CCENGINE_ESCALATION_RULES=str(rules)).start()
+    try:
+        async with httpx.AsyncClient(base_url=engine.url) as http:
+            active = (await http.get("/api/v1/escalation-rules")).json()
+        assert [r["id"] for r in active] == ["order_question", "quiet"]
+        caller = Caller(engine.url, voices["calm"])
+        await caller.dial()
+        try:
+            await caller.talk_and_hang_up(tail=5.0)
+        finally:
+            await caller.close()
+        record = await caller.call_record()
+    finally:
+        engine.stop()
+    by_rule = {e["rule"]: e for e in record["escalations"]}
+    assert set(by_rule) == {"order_question", "quiet"}
+    assert by_rule["order_question"]["skill"] == "orders"
+    last_word = record["transcript"][-1]["end"]
+    assert by_rule["quiet"]["at"] >= last_word + 3
+    assert record["escalation_reason"] == by_rule["order_question"]["reason"]
+
+
+def test_a_broken_rules_file_stops_start_up_with_the_reason(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rules]]\nid = "x"\nkind = "phrase"\nactions = ["route_to_human"]\n')
+    engine = EngineProcess(tmp_path / "bad", CCENGINE_ESCALATION_RULES=str(rules))
+    with pytest.raises(RuntimeError, match="a phrase rule needs phrases"):
+        engine.start(timeout=30)

@@ -14,11 +14,13 @@ from engine.api.schemas import (
     CallOffer,
     CallOut,
     EmotionOut,
+    EscalationOut,
     LegOut,
     ModelOut,
     UtteranceOut,
 )
 from engine.calls import STATES, CallManager
+from engine.escalation import Rule
 
 router = APIRouter(prefix="/api/v1")
 
@@ -61,14 +63,21 @@ async def get_call(call_id: str, request: Request) -> CallDetail:
     found = await manager(request).store.get_call(call_id)
     if found is None:
         raise HTTPException(404, f"no call {call_id}")
-    call, utts, emos = found
+    call, utts, emos, escs = found
     base = CallOut.model_validate(call, from_attributes=True)
     return CallDetail(
         **base.model_dump(),
         legs=[LegOut.model_validate(leg, from_attributes=True) for leg in call.legs],
         transcript=[UtteranceOut.model_validate(u, from_attributes=True) for u in utts],
         emotion_timeline=[EmotionOut.model_validate(e, from_attributes=True) for e in emos],
+        escalations=[EscalationOut.model_validate(e, from_attributes=True) for e in escs],
     )
+
+
+@router.get("/escalation-rules", response_model=list[Rule], tags=["escalation"])
+async def escalation_rules(request: Request) -> list[Rule]:
+    """The rules every new call is judged by (built-in set, or CCENGINE_ESCALATION_RULES)."""
+    return manager(request).rules
 
 
 @router.post("/calls/{call_id}/hangup", status_code=202, tags=["calls"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -74,12 +74,27 @@ class CallOut(BaseModel):
     answered_at: datetime | None
     ended_at: datetime | None
     end_reason: str | None
+    priority: int
+    escalated_at: datetime | None
+    escalation_reason: str | None
+
+
+class EscalationOut(BaseModel):
+    id: str
+    rule: str
+    reason: str
+    actions: list[str]
+    priority: int
+    skill: str | None
+    at: float
+    evidence: dict[str, Any]
 
 
 class CallDetail(CallOut):
     legs: list[LegOut]
     transcript: list[UtteranceOut]
     emotion_timeline: list[EmotionOut]
+    escalations: list[EscalationOut]
 
 
 class CallList(BaseModel):

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import selectinload
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from engine.store.models import CallRow, EmotionRow, LegRow, UtteranceRow
+from engine.store.models import CallRow, EmotionRow, EscalationRow, LegRow, UtteranceRow
 
 HERE = Path(__file__).parent
 
@@ -115,7 +115,9 @@ class Store:
 
     async def get_call(
         self, call_id: str
-    ) -> tuple[CallRow, Sequence[UtteranceRow], Sequence[EmotionRow]] | None:
+    ) -> (
+        tuple[CallRow, Sequence[UtteranceRow], Sequence[EmotionRow], Sequence[EscalationRow]] | None
+    ):
         async with self.session() as s:
             call = await s.scalar(
                 select(CallRow).where(CallRow.id == call_id).options(selectinload(CallRow.legs))
@@ -134,4 +136,11 @@ class Store:
                     select(EmotionRow).where(EmotionRow.call_id == call_id).order_by(EmotionRow.id)
                 )
             ).all()
-            return call, utts, emos
+            escs = (
+                await s.scalars(
+                    select(EscalationRow)
+                    .where(EscalationRow.call_id == call_id)
+                    .order_by(EscalationRow.at, EscalationRow.created_at)
+                )
+            ).all()
+            return call, utts, emos, escs

@@ -36,6 +36,19 @@ function emotion(s) {
   $("timeline").innerHTML = all.map((p) => `<span class="badge ${esc(p.label)}" title="${p.at.toFixed(1)}s">${esc(p.label)}</span>`).join(" ");
 }
 
+const escalations = new Set();
+function escalation(e) {
+  if (escalations.has(e.id)) return;
+  escalations.add(e.id);
+  $("escalation-card").hidden = false;
+  const routes = e.actions.includes("route_to_human") || e.actions.includes("target_skill");
+  if (routes && !$("escalation-reason").textContent) $("escalation-reason").textContent = `Needs a person: ${e.reason}`;
+  $("priority").textContent = `priority ${e.priority}`;
+  const li = document.createElement("li");
+  li.textContent = `${e.at.toFixed(1)}s · ${e.reason} → ${e.actions.join(", ")}${e.skill ? ` (${e.skill})` : ""}`;
+  $("escalations").append(li);
+}
+
 const res = await fetch(`/api/v1/calls/${callId}`);
 if (!res.ok) {
   $("meta").textContent = (await res.json()).detail;
@@ -45,6 +58,7 @@ if (!res.ok) {
   $("meta").textContent = `${call.channel} call · ${call.language} · ${call.recognizer_note} · started ${new Date(call.created_at).toLocaleString()}`;
   for (const u of call.transcript) line(u.id, u.speaker, u.start, u.text, true);
   for (const e of call.emotion_timeline) emotion(e);
+  for (const e of call.escalations) escalation({ ...e, priority: call.priority });
   connectEvents(`/api/v1/calls/${callId}/events`, (ev) => {
     if (ev.type === "call.state_changed") setState(ev.state, ev.reason);
     else if (ev.type === "call.ended") setState("ended", ev.reason);
@@ -56,5 +70,6 @@ if (!res.ok) {
       if (partial) partial.dataset.key = ev.utterance_id;
       line(ev.utterance_id, ev.speaker, ev.start, ev.text, true);
     } else if (ev.type === "emotion.updated") emotion(ev);
+    else if (ev.type === "escalation.raised") escalation({ ...ev, id: ev.escalation_id });
   }, { onStatus: (s) => ($("stream").textContent = `stream: ${s}`) });
 }

@@ -1,0 +1,303 @@
+"""Escalation: rules over a call's live state decide when a human is needed, and why.
+
+Theory of operation
+-------------------
+``CallEscalation`` is sans-IO. The call manager feeds it what happens on a call,
+with the call's own clock (seconds of media since the call started):
+
+    observe_utterance(utterance)  a final transcript of the caller
+    observe_emotion(sample)       the emotion estimate of that utterance
+    observe_dtmf(digit, at)       a key the caller pressed (phone calls)
+    tick(now)                     time passes (silence rules)
+
+and each returns the ``Decision``s that fired: the rule, a sentence a human can
+read ("caller asked for a person: 'real person'"), the actions, and the evidence
+(utterance ids, scores, times). A rule fires at most once per call; the first
+decision that routes to a human is what the agent sees as "why it escalated".
+
+Rule kinds (``kind`` in the rules file):
+
+    kind            fires when                                        parameters
+    phrase          a caller utterance contains one of ``phrases``    phrases
+    emotion_streak  ``count`` caller utterances in a row are labelled  labels, count
+                    with one of ``labels``
+    trend_below     the call's emotion trend drops below ``threshold``  threshold, min_utterances
+                    after at least ``min_utterances``
+    silence         the caller has said nothing for ``seconds`` while  seconds
+                    the call is active
+    dtmf            the caller presses ``digit``                       digit
+
+Actions: ``route_to_human``, ``raise_priority`` (by ``priority``),
+``target_skill`` (``skill``), ``alert_supervisor``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+ACTIONS = ("route_to_human", "raise_priority", "target_skill", "alert_supervisor")
+Action = Literal["route_to_human", "raise_priority", "target_skill", "alert_supervisor"]
+Kind = Literal["phrase", "emotion_streak", "trend_below", "silence", "dtmf"]
+
+
+class Rule(BaseModel):
+    id: str = Field(pattern=r"^[a-z0-9_\-]{1,64}$")
+    kind: Kind
+    description: str = ""
+    actions: list[Action] = Field(min_length=1)
+    priority: int = Field(1, ge=0, le=10, description="how much raise_priority adds")
+    skill: str | None = None
+    phrases: list[str] = Field(default_factory=list, max_length=200)
+    labels: list[str] = Field(default_factory=lambda: ["angry", "frustrated"])
+    count: int = Field(2, ge=1, le=20)
+    threshold: float = Field(-0.5, ge=-1, le=1)
+    min_utterances: int = Field(3, ge=1)
+    seconds: float = Field(20.0, gt=0)
+    digit: str = Field("0", pattern=r"^[0-9*#A-D]$")
+
+    @model_validator(mode="after")
+    def _complete(self) -> Rule:
+        if self.kind == "phrase" and not self.phrases:
+            raise ValueError(f"rule {self.id}: a phrase rule needs phrases")
+        if "target_skill" in self.actions and not self.skill:
+            raise ValueError(f"rule {self.id}: target_skill needs skill")
+        return self
+
+    @field_validator("phrases")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        return [" ".join(p.lower().split()) for p in v if p.strip()]
+
+
+class RuleSet(BaseModel):
+    rules: list[Rule] = Field(max_length=500)
+
+    @model_validator(mode="after")
+    def _unique(self) -> RuleSet:
+        ids = [r.id for r in self.rules]
+        if len(ids) != len(set(ids)):
+            raise ValueError("rule ids must be unique")
+        return self
+
+
+DEFAULT_RULES: list[dict[str, Any]] = [
+    {
+        "id": "asks_for_person",
+        "kind": "phrase",
+        "description": "caller asked for a person",
+        "phrases": [
+            "agent", "human", "representative", "supervisor", "real person", "operator",
+            "speak to a person", "talk to a person", "speak to someone", "talk to someone",
+            "manager",
+        ],
+        "actions": ["route_to_human", "raise_priority"],
+        "priority": 2,
+    },
+    {
+        "id": "cancel_account",
+        "kind": "phrase",
+        "description": "caller wants to cancel",
+        "phrases": [
+            "cancel my account", "cancel my subscription", "cancel my service",
+            "close my account", "cancel my contract",
+        ],
+        "actions": ["route_to_human", "target_skill"],
+        "skill": "retention",
+    },
+    {
+        "id": "complaint_or_legal",
+        "kind": "phrase",
+        "description": "complaint or legal threat",
+        "phrases": ["complaint", "lawyer", "attorney", "sue you", "legal action"],
+        "actions": ["route_to_human", "raise_priority", "alert_supervisor"],
+        "priority": 2,
+    },
+    {
+        "id": "upset_streak",
+        "kind": "emotion_streak",
+        "description": "caller upset in consecutive utterances",
+        "labels": ["angry", "frustrated"],
+        "count": 2,
+        "actions": ["route_to_human", "raise_priority", "alert_supervisor"],
+        "priority": 1,
+    },
+    {
+        "id": "mood_falling",
+        "kind": "trend_below",
+        "description": "caller's mood keeps falling",
+        "threshold": -0.4,
+        "min_utterances": 3,
+        "actions": ["raise_priority", "alert_supervisor"],
+    },
+    {
+        "id": "long_silence",
+        "kind": "silence",
+        "description": "caller silent for a long time",
+        "seconds": 20,
+        "actions": ["route_to_human"],
+    },
+    {
+        "id": "pressed_zero",
+        "kind": "dtmf",
+        "description": "caller pressed 0 for a person",
+        "digit": "0",
+        "actions": ["route_to_human"],
+    },
+]  # fmt: skip
+
+
+def default_rules() -> list[Rule]:
+    return RuleSet.model_validate({"rules": DEFAULT_RULES}).rules
+
+
+def load_rules(path: Path | str | None) -> list[Rule]:
+    """Rules from a TOML file (``[[rules]]`` tables), or the default set."""
+    if path is None:
+        return default_rules()
+    with open(path, "rb") as f:
+        return RuleSet.model_validate(tomllib.load(f)).rules
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    id: str
+    text: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
+class EmotionSample:
+    utterance_id: str
+    at: float
+    label: str
+    trend: float
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Decision:
+    rule_id: str
+    reason: str
+    actions: list[str]
+    priority: int
+    skill: str | None
+    at: float
+    evidence: dict[str, Any]
+
+    @property
+    def routes_to_human(self) -> bool:
+        return "route_to_human" in self.actions or "target_skill" in self.actions
+
+
+def _normalise(text: str) -> str:
+    return " " + " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()) + " "
+
+
+@dataclass
+class CallEscalation:
+    rules: list[Rule]
+    fired: set[str] = field(default_factory=set)
+    streak: list[EmotionSample] = field(default_factory=list)
+    emotions_seen: int = 0
+    last_speech: float = 0.0
+    priority: int = 0
+    decisions: list[Decision] = field(default_factory=list)
+
+    def _fire(self, rule: Rule, reason: str, at: float, evidence: dict[str, Any]) -> Decision:
+        self.fired.add(rule.id)
+        raised = rule.priority if "raise_priority" in rule.actions else 0
+        self.priority += raised
+        decision = Decision(
+            rule.id,
+            reason,
+            list(rule.actions),
+            raised,
+            rule.skill if "target_skill" in rule.actions else None,
+            round(at, 3),
+            evidence,
+        )
+        self.decisions.append(decision)
+        return decision
+
+    def _open(self, kind: str) -> list[Rule]:
+        return [r for r in self.rules if r.kind == kind and r.id not in self.fired]
+
+    def observe_utterance(self, u: Utterance) -> list[Decision]:
+        self.last_speech = max(self.last_speech, u.end)
+        text = _normalise(u.text)
+        out = []
+        for rule in self._open("phrase"):
+            hit = next((p for p in rule.phrases if f" {p} " in text), None)
+            if hit is not None:
+                reason = f"{rule.description or rule.id}: '{hit}'"
+                out.append(
+                    self._fire(
+                        rule,
+                        reason,
+                        u.end,
+                        {"utterance_ids": [u.id], "phrase": hit, "text": u.text},
+                    )
+                )
+        return out
+
+    def observe_emotion(self, s: EmotionSample) -> list[Decision]:
+        self.emotions_seen += 1
+        out = []
+        for rule in self._open("emotion_streak"):
+            run = self._run_of(rule.labels, s)
+            if len(run) >= rule.count:
+                reason = f"{rule.description or rule.id}: {', '.join(e.label for e in run)}"
+                evidence = {
+                    "utterance_ids": [e.utterance_id for e in run],
+                    "labels": [e.label for e in run],
+                    "scores": [e.scores for e in run],
+                }
+                out.append(self._fire(rule, reason, s.at, evidence))
+        self.streak.append(s)
+        del self.streak[:-20]  # longest streak any rule may ask for
+        for rule in self._open("trend_below"):
+            if self.emotions_seen >= rule.min_utterances and s.trend < rule.threshold:
+                reason = (
+                    f"{rule.description or rule.id}: trend {s.trend:.2f} < {rule.threshold:.2f}"
+                )
+                out.append(
+                    self._fire(
+                        rule, reason, s.at, {"utterance_ids": [s.utterance_id], "trend": s.trend}
+                    )
+                )
+        return out
+
+    def _run_of(self, labels: list[str], latest: EmotionSample) -> list[EmotionSample]:
+        if latest.label not in labels:
+            return []
+        run = [latest]
+        for e in reversed(self.streak):
+            if e.label not in labels:
+                break
+            run.insert(0, e)
+        return run
+
+    def observe_dtmf(self, digit: str, at: float) -> list[Decision]:
+        return [
+            self._fire(rule, f"{rule.description or rule.id}", at, {"digit": digit})
+            for rule in self._open("dtmf")
+            if rule.digit == digit
+        ]
+
+    def tick(self, now: float) -> list[Decision]:
+        out = []
+        for rule in self._open("silence"):
+            quiet = now - self.last_speech
+            if quiet >= rule.seconds:
+                reason = f"{rule.description or rule.id}: {quiet:.0f} s"
+                out.append(
+                    self._fire(rule, reason, now, {"silent_since": round(self.last_speech, 3)})
+                )
+        return out

@@ -1,0 +1,137 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from engine.escalation import (
+    CallEscalation,
+    EmotionSample,
+    Utterance,
+    default_rules,
+    load_rules,
+)
+from tests import speech
+
+
+def said(n: int, text: str) -> Utterance:
+    return Utterance(f"u{n}", text, start=3.0 * n, end=3.0 * n + 2.5)
+
+
+def felt(n: int, label: str, trend: float = 0.0) -> EmotionSample:
+    return EmotionSample(f"u{n}", 3.0 * n + 2.5, label, trend, {label: 0.9})
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["I want to talk to a real person", "Can I speak to an agent please", "Get me a supervisor",
+     "representative", "Let me talk to a human!"],
+)  # fmt: skip
+def test_asking_for_a_person(text: str) -> None:
+    esc = CallEscalation(default_rules())
+    (d,) = esc.observe_utterance(said(1, text))
+    assert d.rule_id == "asks_for_person"
+    assert d.routes_to_human and d.priority == 2 and esc.priority == 2
+    assert d.evidence["utterance_ids"] == ["u1"]
+    assert d.reason.startswith("caller asked for a person: '")
+
+
+@pytest.mark.parametrize(
+    "text", ["I am a travel agency owner", "humanity", "my personal details", "I have a question"]
+)
+def test_no_false_alarm_on_similar_words(text: str) -> None:
+    assert CallEscalation(default_rules()).observe_utterance(said(1, text)) == []
+
+
+def test_cancel_targets_retention() -> None:
+    (d,) = CallEscalation(default_rules()).observe_utterance(said(1, "I want to cancel my account"))
+    assert (d.rule_id, d.skill) == ("cancel_account", "retention")
+    assert d.routes_to_human
+
+
+def test_complaint_alerts_supervisor() -> None:
+    (d,) = CallEscalation(default_rules()).observe_utterance(said(1, "I will call my lawyer"))
+    assert "alert_supervisor" in d.actions
+
+
+def test_upset_streak_needs_consecutive_utterances() -> None:
+    esc = CallEscalation(default_rules())
+    assert esc.observe_emotion(felt(1, "angry")) == []
+    assert esc.observe_emotion(felt(2, "neutral")) == []
+    assert esc.observe_emotion(felt(3, "frustrated")) == []
+    (d,) = esc.observe_emotion(felt(4, "angry"))
+    assert d.rule_id == "upset_streak"
+    assert d.evidence["utterance_ids"] == ["u3", "u4"]
+    assert d.evidence["labels"] == ["frustrated", "angry"]
+
+
+def test_trend_rule_waits_for_enough_utterances() -> None:
+    esc = CallEscalation([r for r in default_rules() if r.kind == "trend_below"])
+    assert esc.observe_emotion(felt(1, "neutral", -0.9)) == []
+    assert esc.observe_emotion(felt(2, "neutral", -0.9)) == []
+    (d,) = esc.observe_emotion(felt(3, "neutral", -0.5))
+    assert d.rule_id == "mood_falling" and d.evidence["trend"] == -0.5
+
+
+def test_silence_and_dtmf() -> None:
+    esc = CallEscalation(default_rules())
+    esc.observe_utterance(said(1, "hello"))  # speech ends at 5.5 s
+    assert esc.tick(20.0) == []
+    (d,) = esc.tick(25.6)
+    assert d.rule_id == "long_silence" and d.evidence["silent_since"] == 5.5
+    assert esc.observe_dtmf("5", 30) == []
+    assert esc.observe_dtmf("0", 31)[0].rule_id == "pressed_zero"
+
+
+def test_each_rule_fires_once_per_call() -> None:
+    esc = CallEscalation(default_rules())
+    assert len(esc.observe_utterance(said(1, "agent"))) == 1
+    assert esc.observe_utterance(said(2, "agent agent")) == []
+    assert [d.rule_id for d in esc.decisions] == ["asks_for_person"]
+
+
+def test_scripted_conversations() -> None:
+    """The calm script escalates nothing; the angry one escalates for the reasons a
+    supervisor would name: repeated anger, then the request for a person."""
+    labels = {"calm": ["positive", "neutral", "neutral", "neutral", "positive"],
+              "angry": ["frustrated", "frustrated", "frustrated", "angry", "neutral"]}  # fmt: skip
+    fired = {}
+    for name, script in (("calm", speech.CALM_SCRIPT), ("angry", speech.ANGRY_SCRIPT)):
+        esc = CallEscalation(default_rules())
+        trend = 0.0
+        for n, (text, label) in enumerate(zip(script, labels[name], strict=True)):
+            esc.observe_utterance(said(n, text))
+            trend = 0.6 * trend + 0.4 * (-0.6 if label in {"angry", "frustrated"} else 0.2)
+            esc.observe_emotion(felt(n, label, trend))
+        fired[name] = [d.rule_id for d in esc.decisions]
+    assert fired["calm"] == []
+    assert fired["angry"] == ["upset_streak", "mood_falling", "asks_for_person"]
+
+
+def test_rules_file(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(
+        '[[rules]]\nid = "refund"\nkind = "phrase"\nphrases = ["Refund"]\n'
+        'actions = ["target_skill"]\nskill = "billing"\n'
+    )
+    (rule,) = load_rules(path)
+    assert rule.phrases == ["refund"]
+    (d,) = CallEscalation([rule]).observe_utterance(said(1, "I want a refund now"))
+    assert d.skill == "billing"
+    assert len(load_rules(None)) == 7
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[[rules]]\nid = "x"\nkind = "phrase"\nactions = ["route_to_human"]\n', "needs phrases"),
+        ('[[rules]]\nid = "x"\nkind = "dtmf"\nactions = ["target_skill"]\n', "needs skill"),
+        ('[[rules]]\nid = "x"\nkind = "psychic"\nactions = ["route_to_human"]\n', "kind"),
+        ('[[rules]]\nid = "x"\nkind = "dtmf"\nactions = ["page_ceo"]\n', "actions"),
+        ('[[rules]]\nid = "x"\nkind = "dtmf"\nactions = ["route_to_human"]\n' * 2, "unique"),
+    ],
+)
+def test_bad_rules_are_rejected_with_the_reason(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(toml)
+    with pytest.raises(ValidationError, match=message):
+        load_rules(path)
