@@ -32,9 +32,14 @@ from datetime import datetime
 
 import numpy as np
 
+from engine.assist.facts import Fact, FactSheet, extract
+from engine.assist.knowledge import KnowledgeBase
+from engine.assist.redact import Redactor
+from engine.assist.summary import summarize
 from engine.config import Settings
 from engine.escalation import CallEscalation, Decision, EmotionSample, Utterance, load_rules
 from engine.events import (
+    AssistUpdated,
     CallEnded,
     CallStarted,
     CallStateChanged,
@@ -42,6 +47,8 @@ from engine.events import (
     EscalationRaised,
     EventBase,
     EventBus,
+    FactOut,
+    SuggestionOut,
     TranscriptFinal,
     TranscriptPartial,
     WordTiming,
@@ -120,6 +127,9 @@ class Call:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     answered_at: datetime | None = None
     escalation_reason: str | None = None  # the first decision that called for a human
+    facts: FactSheet = field(default_factory=FactSheet)
+    new_facts: list[Fact] = field(default_factory=list)  # not yet in an assist.updated
+    caller_said: list[str] = field(default_factory=list)  # redacted caller finals
     utterance_ids: dict[tuple[str, int], str] = field(default_factory=dict)
 
     def next_state(self, event: str) -> str:
@@ -145,6 +155,10 @@ class CallManager:
         self._choices: dict[str, ModelChoice] = {}
         # a broken rules file stops start-up with the reason, rather than a call later
         self.rules = load_rules(settings.escalation_rules)
+        self.redactor = Redactor(settings.redact_patterns)
+        self.knowledge = KnowledgeBase.from_folder(settings.knowledge_base)
+        if settings.knowledge_base:
+            log.info("knowledge base: %d articles", len(self.knowledge.articles))
 
     # -- models -----------------------------------------------------------------
 
@@ -302,11 +316,15 @@ class CallManager:
                     leg_id=ev.leg_id,
                     speaker=call.speaker(ev.leg_id),
                     index=ev.index,
-                    text=ev.text,
+                    text=self.redactor.redact(ev.text, partial=True).text,
                     start=ev.start,
                 )
             )
         elif isinstance(ev, me.TranscriptFinal):
+            # nothing leaves this point unredacted: not the store, not the bus
+            clean = self.redactor.redact(ev.text, ev.words)
+            if clean.kinds:
+                self.metrics.redactions.inc(len(clean.kinds))
             utt_id = str(uuid.uuid4())
             call.utterance_ids[(ev.leg_id, ev.index)] = utt_id
             final = TranscriptFinal(
@@ -315,11 +333,12 @@ class CallManager:
                 speaker=call.speaker(ev.leg_id),
                 utterance_id=utt_id,
                 index=ev.index,
-                text=ev.text,
+                text=clean.text,
                 start=ev.start,
                 end=ev.end,
                 words=[
-                    WordTiming(word=w.word, start=w.start, end=w.end, conf=w.conf) for w in ev.words
+                    WordTiming(word=w.word, start=w.start, end=w.end, conf=w.conf)
+                    for w in clean.words
                 ],
                 asr_latency=round(ev.asr_latency, 4),
             )
@@ -337,6 +356,10 @@ class CallManager:
             self.metrics.asr_latency.observe(ev.asr_latency)
             self._publish(final)
             if final.speaker == "caller":
+                call.caller_said.append(final.text)
+                call.new_facts += call.facts.add(
+                    extract(final.text, utt_id, final.end, self.settings.products)
+                )
                 await self._escalate(
                     call,
                     call.escalation.observe_utterance(
@@ -371,6 +394,31 @@ class CallManager:
             if call.speaker(ev.leg_id) == "caller":
                 sample = EmotionSample(utt_id, ev.at, est.label, est.trend, est.scores)
                 await self._escalate(call, call.escalation.observe_emotion(sample))
+                await self._assist(call, est.call_label, est.trend)
+
+    async def _assist(self, call: Call, mood: str, trend: float) -> None:
+        """After each caller utterance: summary, facts so far, suggested answers."""
+        summary = summarize(call.caller_said, call.facts.facts, mood, trend, call.escalation_reason)
+        facts = [FactOut(**dataclasses.asdict(f)) for f in call.facts.facts]
+        new = [FactOut(**dataclasses.asdict(f)) for f in call.new_facts]
+        call.new_facts = []
+        # the last three utterances: what the caller is talking about *now*
+        query = " ".join(call.caller_said[-3:])
+        suggestions = [
+            SuggestionOut(**dataclasses.asdict(s)) for s in self.knowledge.suggest(query)
+        ]
+        await self.store.update_call(
+            call.id, summary=summary, facts=[f.model_dump() for f in facts]
+        )
+        self._publish(
+            AssistUpdated(
+                call_id=call.id,
+                summary=summary,
+                facts=facts,
+                new_facts=new,
+                suggestions=suggestions,
+            )
+        )
 
     async def _escalate(self, call: Call, decisions: list[Decision]) -> None:
         """Record each decision, then tell everyone; the first that routes to a human

@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     asr_threads: int = Field(0, ge=0)  # 0: two per core
     # TOML file of escalation rules ([[rules]] tables); unset: the built-in set.
     escalation_rules: str | None = None
+    # Folder of Markdown/YAML articles for suggested answers; unset: no suggestions.
+    knowledge_base: str | None = None
+    # Product names recognised as facts when a caller says them.
+    products: list[str] = Field(default_factory=list)
+    # Extra redaction patterns {name: regex} replacing the defaults (SSN, card security
+    # code); Luhn-valid card numbers are always redacted.
+    redact_patterns: dict[str, str] | None = None
     log_level: str = "INFO"
 
 

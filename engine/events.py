@@ -103,6 +103,28 @@ class EscalationRaised(EventBase):
     evidence: dict[str, Any]
 
 
+class FactOut(BaseModel):
+    kind: str
+    value: str
+    utterance_id: str
+    at: float
+
+
+class SuggestionOut(BaseModel):
+    article_id: str
+    title: str
+    answer: str
+    score: float
+
+
+class AssistUpdated(EventBase):
+    type: Literal["assist.updated"] = "assist.updated"
+    summary: str
+    facts: list[FactOut]
+    new_facts: list[FactOut]
+    suggestions: list[SuggestionOut]
+
+
 class CallEnded(EventBase):
     type: Literal["call.ended"] = "call.ended"
     reason: str
@@ -116,6 +138,7 @@ Event = Annotated[
     | TranscriptFinal
     | EmotionUpdated
     | EscalationRaised
+    | AssistUpdated
     | CallEnded,
     Field(discriminator="type"),
 ]
@@ -127,6 +150,7 @@ EVENT_TYPES = [
     "transcript.final",
     "emotion.updated",
     "escalation.raised",
+    "assist.updated",
     "call.ended",
 ]
 

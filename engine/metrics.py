@@ -32,4 +32,7 @@ class Metrics:
         self.escalations = Counter(
             "ccengine_escalations", "Escalation rules fired", ["rule"], registry=r
         )
+        self.redactions = Counter(
+            "ccengine_redactions", "Sensitive spans redacted from transcripts", registry=r
+        )
         self.ended = Counter("ccengine_calls_ended", "Calls ended", ["reason"], registry=r)

@@ -29,7 +29,11 @@ def voices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[EngineProcess]:
-    proc = EngineProcess(tmp_path / "engine", CCENGINE_MEDIA_TIMEOUT="6").start()
+    proc = EngineProcess(
+        tmp_path / "engine",
+        CCENGINE_MEDIA_TIMEOUT="6",
+        CCENGINE_KNOWLEDGE_BASE=str(Path(__file__).parent / "fixtures" / "kb"),
+    ).start()
     try:
         yield proc
     finally:

@@ -58,6 +58,9 @@ def test_browser_call_shows_live_words(
     expect(live.get_by_test_id("transcript")).to_contain_text("morning", timeout=40_000)
     expect(live.locator("[data-testid=call-emotion]")).to_have_count(1, timeout=20_000)
     expect(live.get_by_test_id("timeline")).not_to_be_empty()
+    # agent assist: what the caller wants, and the article that answers it
+    expect(live.get_by_test_id("summary")).to_contain_text("Caller:", timeout=20_000)
+    expect(live.get_by_test_id("suggestions")).to_contain_text("Where is my order?")
     live.screenshot(path=str(output_dir / "live-view.png"), full_page=True)
     caller.screenshot(path=str(output_dir / "caller-page.png"), full_page=True)
 

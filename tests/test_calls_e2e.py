@@ -244,3 +244,43 @@ def test_a_broken_rules_file_stops_start_up_with_the_reason(tmp_path: Path) -> N
     engine = EngineProcess(tmp_path / "bad", CCENGINE_ESCALATION_RULES=str(rules))
     with pytest.raises(RuntimeError, match="a phrase rule needs phrases"):
         engine.start(timeout=30)
+
+
+async def test_assist_redacts_cards_and_finds_facts(tmp_path: Path) -> None:
+    """A caller gives an amount and an account number and reads out a card number: the
+    card never reaches the store or the stream (even though the recognizer writes "for"
+    for "four"), the amount becomes a fact, the summary says why they called,
+    and the knowledge base suggests the right article."""
+    wav = speech.piper_script(
+        [
+            "Hi, I am calling because my package arrived damaged.",
+            "I was charged forty nine dollars.",
+            "My account number is four five seven two.",
+            "The card number is four one one one one one one one one one one one one one one one.",
+        ],
+        tmp_path / "assist.wav",
+    )
+    kb = Path(__file__).parent / "fixtures" / "kb"
+    engine = EngineProcess(tmp_path / "assist", CCENGINE_KNOWLEDGE_BASE=str(kb)).start()
+    try:
+        caller = Caller(engine.url, wav)
+        record = await caller.complete_call()
+    finally:
+        engine.stop()
+    heard = " ".join(u["text"] for u in record["transcript"])
+    print("heard:", heard)
+    streamed = " ".join(e.get("text", "") for e in caller.events)
+    for leak in ("one one one one one one", "1111"):
+        assert leak not in heard and leak not in streamed
+    assert "[card]" in heard
+    card_words = [w for u in record["transcript"] for w in u["words"] if w["word"] == "[card]"]
+    assert card_words and card_words[0]["end"] > card_words[0]["start"]
+    facts = {(f["kind"], f["value"]) for f in record["facts"]}
+    # the account number is in the script too, but this recognizer hears it differently
+    # from run to run; exact extraction is unit-tested in test_redact_facts.py
+    assert ("amount", "49 dollars") in facts
+    assert "damaged" in record["summary"] and "amount 49 dollars" in record["summary"]
+    updates = [e for e in caller.events if e["type"] == "assist.updated"]
+    assert updates, "no assist updates"
+    suggested = [s["article_id"] for u in updates for s in u["suggestions"][:1]]
+    assert "damaged" in suggested

@@ -71,6 +71,7 @@ async def get_call(call_id: str, request: Request) -> CallDetail:
         transcript=[UtteranceOut.model_validate(u, from_attributes=True) for u in utts],
         emotion_timeline=[EmotionOut.model_validate(e, from_attributes=True) for e in emos],
         escalations=[EscalationOut.model_validate(e, from_attributes=True) for e in escs],
+        facts=call.facts or [],
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from engine.events import WordTiming
+from engine.events import FactOut, WordTiming
 
 
 class CallOffer(BaseModel):
@@ -77,6 +77,7 @@ class CallOut(BaseModel):
     priority: int
     escalated_at: datetime | None
     escalation_reason: str | None
+    summary: str
 
 
 class EscalationOut(BaseModel):
@@ -95,6 +96,7 @@ class CallDetail(CallOut):
     transcript: list[UtteranceOut]
     emotion_timeline: list[EmotionOut]
     escalations: list[EscalationOut]
+    facts: list[FactOut]
 
 
 class CallList(BaseModel):

@@ -31,6 +31,8 @@ class CallRow(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     escalated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     escalation_reason: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    facts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
 
     legs: Mapped[list[LegRow]] = relationship(back_populates="call", order_by="LegRow.created_at")
 

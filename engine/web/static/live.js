@@ -49,6 +49,16 @@ function escalation(e) {
   $("escalations").append(li);
 }
 
+function assist(summary, facts, suggestions) {
+  if (summary) $("summary").textContent = summary;
+  $("facts").innerHTML = facts.map((f) => `<span class="fact" title="said at ${f.at.toFixed(1)}s"><b>${esc(f.kind.replace("_", " "))}</b>${esc(f.value)}</span>`).join("");
+  if (suggestions) {
+    $("suggestions").innerHTML = suggestions.length
+      ? suggestions.map((s) => `<div class="suggestion"><strong>${esc(s.title)}</strong><div>${esc(s.answer)}</div></div>`).join("")
+      : "No matching article.";
+  }
+}
+
 const res = await fetch(`/api/v1/calls/${callId}`);
 if (!res.ok) {
   $("meta").textContent = (await res.json()).detail;
@@ -59,6 +69,7 @@ if (!res.ok) {
   for (const u of call.transcript) line(u.id, u.speaker, u.start, u.text, true);
   for (const e of call.emotion_timeline) emotion(e);
   for (const e of call.escalations) escalation({ ...e, priority: call.priority });
+  assist(call.summary, call.facts, null);
   connectEvents(`/api/v1/calls/${callId}/events`, (ev) => {
     if (ev.type === "call.state_changed") setState(ev.state, ev.reason);
     else if (ev.type === "call.ended") setState("ended", ev.reason);
@@ -71,5 +82,6 @@ if (!res.ok) {
       line(ev.utterance_id, ev.speaker, ev.start, ev.text, true);
     } else if (ev.type === "emotion.updated") emotion(ev);
     else if (ev.type === "escalation.raised") escalation({ ...ev, id: ev.escalation_id });
+    else if (ev.type === "assist.updated") assist(ev.summary, ev.facts, ev.suggestions);
   }, { onStatus: (s) => ($("stream").textContent = `stream: ${s}`) });
 }

@@ -1,4 +1,4 @@
-"""escalations, call priority and escalation reason
+"""escalations, call priority and escalation reason, running summary and facts
 
 Revision ID: 0002
 Revises: 0001
@@ -21,6 +21,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("priority", sa.Integer, nullable=False, server_default="0"))
         batch.add_column(sa.Column("escalated_at", sa.DateTime(timezone=True)))
         batch.add_column(sa.Column("escalation_reason", sa.Text))
+        batch.add_column(sa.Column("summary", sa.Text, nullable=False, server_default=""))
+        batch.add_column(sa.Column("facts", sa.JSON, nullable=False, server_default="[]"))
     op.create_table(
         "escalations",
         sa.Column("id", sa.String(36), primary_key=True),
@@ -42,6 +44,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("escalations")
     with op.batch_alter_table("calls") as batch:
+        batch.drop_column("facts")
+        batch.drop_column("summary")
         batch.drop_column("escalation_reason")
         batch.drop_column("escalated_at")
         batch.drop_column("priority")

@@ -1,0 +1,1 @@
+"""Agent assist: spoken numbers, facts, redaction, summaries, knowledge-base answers."""

@@ -1,0 +1,42 @@
+from pathlib import Path
+
+import pytest
+
+from engine.assist.knowledge import KnowledgeBase, load_articles
+
+KB = Path(__file__).parent / "fixtures" / "kb"
+
+
+@pytest.fixture(scope="module")
+def kb() -> KnowledgeBase:
+    return KnowledgeBase.from_folder(KB)
+
+
+def test_articles_load_and_broken_ones_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    articles = load_articles(KB)
+    assert sorted(a.id for a in articles) == ["cancel", "damaged", "router-reset", "track-order"]
+    assert "broken.yaml skipped" in caplog.text
+    cancel = next(a for a in articles if a.id == "cancel")
+    assert cancel.title == "Cancelling an account or subscription"
+    assert "retention" in cancel.tags
+
+
+@pytest.mark.parametrize(
+    ("said", "best"),
+    [
+        ("I am calling to check on my order it was supposed to arrive last week", "track-order"),
+        ("I want to cancel my subscription", "cancel"),
+        ("my internet has been down since this morning", "router-reset"),
+        ("the package came and the vase inside was broken", "damaged"),
+    ],
+)
+def test_best_article_for_what_the_caller_said(kb: KnowledgeBase, said: str, best: str) -> None:
+    suggestions = kb.suggest(said)
+    assert suggestions and suggestions[0].article_id == best
+    assert all(a.score >= b.score for a, b in zip(suggestions, suggestions[1:], strict=False))
+
+
+def test_nothing_in_common_suggests_nothing(kb: KnowledgeBase) -> None:
+    assert kb.suggest("hello good morning") == []
+    assert kb.suggest("") == []
+    assert KnowledgeBase([]).suggest("order") == []
