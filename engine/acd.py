@@ -1,0 +1,327 @@
+"""Automatic call distribution: queues, routing, agent presence. Sans-IO.
+
+Theory of operation
+-------------------
+The ACD holds waiting calls and agents, and is told what happens with ``now``
+(seconds, any monotonic clock). It answers with ``Offer``s (ring this agent for
+this call until ``expires_at``) and other actions; it never does I/O, and
+``next_timer()`` says when ``tick`` must run next.
+
+Routing order, the contact-center convention:
+  1. calls: highest priority first, then the longest waiting;
+  2. agents: among those *available* with every skill the call needs (its
+     queue's skills plus any the call asked for, e.g. "retention"), the one idle
+     longest; an agent who declined a call is not offered it again.
+An offer not accepted within ``offer_timeout`` goes to the next agent, and the
+agent who let it ring is set *away* (they are probably not at their desk). The
+call keeps its place in line throughout.
+
+Agent presence moves only through ``PRESENCE`` below:
+
+    presence    event        -> presence
+    offline     login        -> away
+    away        available    -> available
+    wrap_up     available    -> available
+    available   away         -> away
+    wrap_up     away         -> away
+    available   offer        -> ringing
+    ringing     accept       -> on_call
+    ringing     decline      -> available
+    ringing     no_answer    -> away
+    on_call     hangup       -> wrap_up
+    (any but on_call/ringing) logout -> offline
+
+Expected wait = (calls ahead of this one + 1) / staffed agents x average of the
+last ``HANDLE_WINDOW`` handle times (``DEFAULT_HANDLE_TIME`` before there are any).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+PRESENCE: dict[tuple[str, str], str] = {
+    ("offline", "login"): "away",
+    ("away", "available"): "available",
+    ("wrap_up", "available"): "available",
+    ("available", "away"): "away",
+    ("wrap_up", "away"): "away",
+    ("available", "offer"): "ringing",
+    ("ringing", "accept"): "on_call",
+    ("ringing", "decline"): "available",
+    ("ringing", "no_answer"): "away",
+    ("on_call", "hangup"): "wrap_up",
+    ("away", "logout"): "offline",
+    ("available", "logout"): "offline",
+    ("wrap_up", "logout"): "offline",
+}
+PRESENCES = ("offline", "available", "ringing", "on_call", "wrap_up", "away")
+STAFFED = frozenset({"available", "ringing", "on_call", "wrap_up"})
+HANDLE_WINDOW = 50
+DEFAULT_HANDLE_TIME = 180.0
+
+
+class AcdError(ValueError):
+    """A request the ACD cannot honour (unknown agent or call, wrong presence)."""
+
+
+class QueueConfig(BaseModel):
+    name: str = Field(pattern=r"^[a-z0-9_\-]{1,64}$")
+    skills: list[str] = Field(default_factory=list)
+    priority: int = Field(0, ge=0, le=100, description="base priority of calls in this queue")
+    max_wait: float = Field(600.0, gt=0, description="seconds before a callback is offered")
+    announcement: str = "Thank you for calling. An agent will be with you shortly."
+
+
+class QueueFile(BaseModel):
+    queues: list[QueueConfig] = Field(min_length=1)
+
+
+DEFAULT_QUEUES = [QueueConfig(name="general")]
+
+
+def load_queues(path: Path | str | None) -> list[QueueConfig]:
+    if path is None:
+        return list(DEFAULT_QUEUES)
+    with open(path, "rb") as f:
+        return QueueFile.model_validate(tomllib.load(f)).queues
+
+
+@dataclass
+class Agent:
+    id: str
+    skills: frozenset[str]
+    presence: str = "offline"
+    idle_since: float = 0.0
+    offered: str | None = None  # call id ringing on this agent
+
+
+@dataclass
+class Waiting:
+    call_id: str
+    queue: str
+    priority: int
+    enqueued_at: float
+    skills: frozenset[str]
+    declined_by: set[str] = field(default_factory=set)
+    offered_to: str | None = None
+    max_wait_signalled: bool = False
+
+
+@dataclass(frozen=True)
+class Offer:
+    agent_id: str
+    call_id: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class OfferExpired:
+    agent_id: str
+    call_id: str
+
+
+@dataclass(frozen=True)
+class PresenceChanged:
+    agent_id: str
+    presence: str
+    previous: str
+
+
+@dataclass(frozen=True)
+class MaxWaitReached:
+    call_id: str
+    queue: str
+
+
+Action = Offer | OfferExpired | PresenceChanged | MaxWaitReached
+
+
+class Acd:
+    def __init__(self, queues: list[QueueConfig], offer_timeout: float = 20.0) -> None:
+        self.queues = {q.name: q for q in queues}
+        self.offer_timeout = offer_timeout
+        self.agents: dict[str, Agent] = {}
+        self.waiting: dict[str, Waiting] = {}
+        self._offers: dict[str, tuple[str, float]] = {}  # call -> (agent, expires_at)
+        self._handle_times: deque[float] = deque(maxlen=HANDLE_WINDOW)
+
+    # -- agents -------------------------------------------------------------
+
+    def add_agent(self, agent_id: str, skills: set[str] | frozenset[str] = frozenset()) -> None:
+        if agent_id not in self.agents:
+            self.agents[agent_id] = Agent(agent_id, frozenset(skills))
+        else:
+            self.agents[agent_id].skills = frozenset(skills)
+
+    def _agent(self, agent_id: str) -> Agent:
+        try:
+            return self.agents[agent_id]
+        except KeyError:
+            raise AcdError(f"unknown agent {agent_id}") from None
+
+    def _move(self, agent: Agent, event: str, now: float) -> PresenceChanged:
+        try:
+            new = PRESENCE[(agent.presence, event)]
+        except KeyError:
+            raise AcdError(f"agent {agent.id} cannot '{event}' while {agent.presence}") from None
+        previous, agent.presence = agent.presence, new
+        if new == "available":
+            agent.idle_since = now
+        return PresenceChanged(agent.id, new, previous)
+
+    def presence(self, agent_id: str, event: str, now: float) -> list[Action]:
+        """login / available / away / logout (offers and calls move agents themselves)."""
+        if event not in ("login", "available", "away", "logout"):
+            raise AcdError(f"'{event}' is not something an agent asks for")
+        out: list[Action] = [self._move(self._agent(agent_id), event, now)]
+        return out + self.dispatch(now)
+
+    # -- calls --------------------------------------------------------------
+
+    def enqueue(
+        self,
+        call_id: str,
+        queue: str,
+        now: float,
+        *,
+        priority: int = 0,
+        skills: set[str] | frozenset[str] = frozenset(),
+    ) -> list[Action]:
+        if queue not in self.queues:
+            raise AcdError(f"unknown queue {queue}")
+        if call_id in self.waiting:
+            raise AcdError(f"call {call_id} is already waiting")
+        q = self.queues[queue]
+        self.waiting[call_id] = Waiting(
+            call_id, queue, q.priority + priority, now, frozenset(q.skills) | frozenset(skills)
+        )
+        return self.dispatch(now)
+
+    def raise_priority(self, call_id: str, by: int, now: float) -> list[Action]:
+        self._waiting(call_id).priority += by
+        return self.dispatch(now)
+
+    def _waiting(self, call_id: str) -> Waiting:
+        try:
+            return self.waiting[call_id]
+        except KeyError:
+            raise AcdError(f"call {call_id} is not waiting") from None
+
+    def remove(self, call_id: str, now: float) -> list[Action]:
+        """The caller hung up or chose a callback: leave the line, free a ringing agent."""
+        w = self.waiting.pop(call_id, None)
+        out: list[Action] = []
+        if w is not None and w.offered_to is not None:
+            agent = self.agents[w.offered_to]
+            agent.offered = None
+            self._offers.pop(call_id, None)
+            out.append(self._move(agent, "decline", now))
+        return out + self.dispatch(now)
+
+    def accept(self, agent_id: str, call_id: str, now: float) -> list[Action]:
+        agent = self._agent(agent_id)
+        if agent.offered != call_id:
+            raise AcdError(f"call {call_id} is not ringing on agent {agent_id}")
+        agent.offered = None
+        self._offers.pop(call_id, None)
+        self.waiting.pop(call_id, None)
+        return [self._move(agent, "accept", now)]
+
+    def decline(self, agent_id: str, call_id: str, now: float) -> list[Action]:
+        agent = self._agent(agent_id)
+        if agent.offered != call_id:
+            raise AcdError(f"call {call_id} is not ringing on agent {agent_id}")
+        self._withdraw(agent, call_id)
+        self.waiting[call_id].declined_by.add(agent_id)
+        return [self._move(agent, "decline", now), *self.dispatch(now)]
+
+    def _withdraw(self, agent: Agent, call_id: str) -> None:
+        agent.offered = None
+        self._offers.pop(call_id, None)
+        if call_id in self.waiting:
+            self.waiting[call_id].offered_to = None
+
+    def hangup(self, agent_id: str, now: float, handle_time: float) -> list[Action]:
+        """The agent's call ended: wrap-up, and learn how long calls take."""
+        self._handle_times.append(max(0.0, handle_time))
+        return [self._move(self._agent(agent_id), "hangup", now)]
+
+    # -- routing ------------------------------------------------------------
+
+    def line(self) -> list[Waiting]:
+        """Waiting calls in the order they will be served."""
+        return sorted(self.waiting.values(), key=lambda w: (-w.priority, w.enqueued_at))
+
+    def dispatch(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        for w in self.line():
+            if w.offered_to is not None:
+                continue
+            candidates = [
+                a
+                for a in self.agents.values()
+                if a.presence == "available" and w.skills <= a.skills and a.id not in w.declined_by
+            ]
+            if not candidates:
+                continue
+            agent = min(candidates, key=lambda a: (a.idle_since, a.id))
+            out.append(self._move(agent, "offer", now))
+            agent.offered = w.call_id
+            w.offered_to = agent.id
+            expires = now + self.offer_timeout
+            self._offers[w.call_id] = (agent.id, expires)
+            out.append(Offer(agent.id, w.call_id, expires))
+        return out
+
+    def next_timer(self) -> float | None:
+        times = [exp for _, exp in self._offers.values()]
+        times += [
+            w.enqueued_at + self.queues[w.queue].max_wait
+            for w in self.waiting.values()
+            if not w.max_wait_signalled
+        ]
+        return min(times) if times else None
+
+    def tick(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        for call_id, (agent_id, expires) in list(self._offers.items()):
+            if now >= expires:
+                agent = self.agents[agent_id]
+                self._withdraw(agent, call_id)
+                out.append(OfferExpired(agent_id, call_id))
+                out.append(self._move(agent, "no_answer", now))
+        for w in self.waiting.values():
+            if not w.max_wait_signalled and now - w.enqueued_at >= self.queues[w.queue].max_wait:
+                w.max_wait_signalled = True
+                out.append(MaxWaitReached(w.call_id, w.queue))
+        return out + self.dispatch(now)
+
+    # -- what a caller is told ------------------------------------------------
+
+    def position(self, call_id: str) -> int:
+        """1 for the next call to be served."""
+        self._waiting(call_id)
+        return next(i for i, w in enumerate(self.line(), 1) if w.call_id == call_id)
+
+    @property
+    def average_handle_time(self) -> float:
+        if not self._handle_times:
+            return DEFAULT_HANDLE_TIME
+        return sum(self._handle_times) / len(self._handle_times)
+
+    def expected_wait(self, call_id: str) -> float | None:
+        """Seconds until an agent is likely free; None when no agent is staffed."""
+        w = self._waiting(call_id)
+        staffed = [
+            a for a in self.agents.values() if a.presence in STAFFED and w.skills <= a.skills
+        ]
+        if not staffed:
+            return None
+        if any(a.presence == "available" for a in staffed) and self.position(call_id) == 1:
+            return 0.0
+        return self.position(call_id) / len(staffed) * self.average_handle_time
