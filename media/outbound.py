@@ -1,0 +1,106 @@
+"""The audio we send to a caller: prompts now, hold audio and the agent's voice later.
+
+One track per leg, paced in real time in 20 ms frames at 48 kHz. Clips queue
+and play in turn; between them the track sends silence, so RTP keeps flowing
+(and NAT bindings stay open). ``play`` returns a future that is done when the
+clip has been sent; ``clear`` drops what is queued (a barge-in, a bridge).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fractions
+import time
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from media.wavtrack import FRAME, SEND_RATE, to_send_rate
+
+MAX_QUEUED_SECONDS = 120.0
+
+
+class OutboundAudioTrack(MediaStreamTrack):
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._clips: collections.deque[tuple[np.ndarray, asyncio.Future[None]]] = (
+            collections.deque()
+        )
+        self._current: np.ndarray | None = None
+        self._current_done: asyncio.Future[None] | None = None
+        self._pos = 0
+        self._pts = 0
+        self._start: float | None = None
+        self.frames_sent = 0
+        self.speech_frames_sent = 0
+
+    @property
+    def queued_seconds(self) -> float:
+        left = 0 if self._current is None else len(self._current) - self._pos
+        return (left + sum(len(c) for c, _ in self._clips)) / SEND_RATE
+
+    def play(self, pcm: np.ndarray, rate: int) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        clip = to_send_rate(pcm.astype(np.int16), rate)
+        if self.queued_seconds + len(clip) / SEND_RATE > MAX_QUEUED_SECONDS:
+            done.set_exception(OverflowError("outbound audio queue is full"))
+            return done
+        self._clips.append((clip, done))
+        return done
+
+    def clear(self) -> None:
+        for _, fut in self._clips:
+            if not fut.done():
+                fut.cancel()
+        self._clips.clear()
+        if self._current_done is not None and not self._current_done.done():
+            self._current_done.cancel()
+        self._current = self._current_done = None
+
+    def _next_samples(self) -> np.ndarray:
+        out = np.zeros(FRAME, dtype=np.int16)
+        filled = 0
+        while filled < FRAME:
+            if self._current is None:
+                if not self._clips:
+                    break
+                self._current, self._current_done = self._clips.popleft()
+                self._pos = 0
+            take = min(FRAME - filled, len(self._current) - self._pos)
+            out[filled : filled + take] = self._current[self._pos : self._pos + take]
+            filled += take
+            self._pos += take
+            if self._pos >= len(self._current):
+                if self._current_done is not None and not self._current_done.done():
+                    self._current_done.set_result(None)
+                self._current = self._current_done = None
+        if filled:
+            self.speech_frames_sent += 1
+        return out
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self._pts / SEND_RATE - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        frame = av.AudioFrame.from_ndarray(
+            self._next_samples().reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = SEND_RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, SEND_RATE)
+        self._pts += FRAME
+        self.frames_sent += 1
+        return frame
+
+    def stop(self) -> None:
+        self.clear()
+        super().stop()

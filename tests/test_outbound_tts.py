@@ -1,0 +1,85 @@
+import asyncio
+
+import numpy as np
+import pytest
+
+from media.outbound import OutboundAudioTrack
+from media.tts import EspeakSpeaker, PiperSpeaker
+from media.wavtrack import FRAME, SEND_RATE
+
+
+async def test_clips_play_in_order_then_silence() -> None:
+    track = OutboundAudioTrack()
+    one = track.play(np.full(FRAME * 2, 1000, np.int16), SEND_RATE)
+    two = track.play(np.full(FRAME, -1000, np.int16), SEND_RATE)
+    frames = [(await track.recv()).to_ndarray()[0] for _ in range(4)]
+    assert [int(f[0]) for f in frames] == [1000, 1000, -1000, 0]
+    assert one.done() and two.done()
+    assert track.speech_frames_sent == 3 and track.frames_sent == 4
+    track.stop()
+
+
+async def test_clear_cancels_what_is_queued() -> None:
+    track = OutboundAudioTrack()
+    fut = track.play(np.ones(SEND_RATE, np.int16), SEND_RATE)
+    await track.recv()
+    track.clear()
+    assert fut.cancelled()
+    assert int((await track.recv()).to_ndarray().max()) == 0
+    track.stop()
+
+
+async def test_paced_in_real_time() -> None:
+    track = OutboundAudioTrack()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for _ in range(25):
+        await track.recv()
+    assert loop.time() - start == pytest.approx(0.48, abs=0.15)
+    track.stop()
+
+
+async def test_queue_is_bounded() -> None:
+    track = OutboundAudioTrack()
+    fut = track.play(np.zeros(SEND_RATE * 121, np.int16), SEND_RATE)
+    with pytest.raises(OverflowError):
+        await fut
+    track.stop()
+
+
+def test_piper_prompts_are_intelligible() -> None:
+    """The default prompt voice: the fallback recognizer hears the words."""
+    from media.asr import choose_model, create_factory
+    from media.audio import AnalysisResampler
+    from tests.speech import wer
+
+    speaker = PiperSpeaker()
+    # piper samples noise, so each synthesis differs; over 8 runs this prompt scored
+    # 0.2-0.3 WER (a 5-word one swung from 0 to 0.5: "please hold" -> "police old")
+    text = "Thank you for waiting. You are number one in line."
+    pcm, rate = speaker.speak(text)
+    assert speaker.speak(text)[0] is pcm  # cached
+    frames = AnalysisResampler().push(np.concatenate([pcm, np.zeros(rate // 2, np.int16)]), rate)
+    factory = create_factory(choose_model("en", []))
+    assert factory is not None
+    rec = factory.create()
+    rec.accept(b"".join(f.to_bytes() for f in frames))
+    heard = rec.finish().text
+    assert wer(text, heard) <= 0.5, heard
+
+
+def test_espeak_fallback_speaks() -> None:
+    """espeak-ng is robotic (pocketsphinx, trained on people, cannot follow it), so we
+    check what we can: voiced, speech-length audio, longer for longer text."""
+    from media.audio import AnalysisResampler
+    from media.emotion import pitch_track
+
+    speaker = EspeakSpeaker()
+    short, rate = speaker.speak("Please hold.")
+    long, _ = speaker.speak("Please hold. An agent will be with you in about two minutes.")
+    assert 0.5 < len(short) / rate < 2.5
+    assert len(long) > 2.5 * len(short)
+    analysed = np.concatenate([f.samples for f in AnalysisResampler().push(long, rate)])
+    f0 = pitch_track(analysed)
+    assert (f0 > 0).mean() > 0.3
+    assert 70 < float(np.median(f0[f0 > 0])) < 250
