@@ -10,6 +10,8 @@ A call is created when a caller's offer arrives and lives through:
     new          end       -> ended
     connecting   end       -> ended        (no media in time, ICE failed, hang-up)
     active       end       -> ended        (hang-up, caller vanished, shutdown)
+    active       queue     -> queued       (escalated: waiting for a person)
+    queued       end       -> ended
 
 ``TRANSITIONS`` below is the only place these live; the API docs and tests read
 it. Each caller leg runs a media ``LegPipeline``; its events enter one ordered
@@ -25,6 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +35,7 @@ from datetime import datetime
 
 import numpy as np
 
+from engine.acd import Acd, load_queues
 from engine.assist.facts import Fact, FactSheet, extract
 from engine.assist.knowledge import KnowledgeBase
 from engine.assist.redact import Redactor
@@ -48,6 +52,7 @@ from engine.events import (
     EventBase,
     EventBus,
     FactOut,
+    QueueUpdated,
     SuggestionOut,
     TranscriptFinal,
     TranscriptPartial,
@@ -60,6 +65,7 @@ from engine.store.models import CallRow, EmotionRow, EscalationRow, LegRow, Utte
 from media import events as me
 from media.asr import ModelChoice, RecognizerFactory, choose_model, create_factory
 from media.pipeline import LegPipeline
+from media.tts import Speaker, default_speaker
 from media.vad import VadSettings
 from media.webrtc import WebRtcLeg, pump_audio
 
@@ -71,12 +77,23 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("new", "end"): "ended",
     ("connecting", "end"): "ended",
     ("active", "end"): "ended",
+    ("active", "queue"): "queued",
+    ("queued", "end"): "ended",
 }
-STATES = ("new", "connecting", "active", "ended")
+STATES = ("new", "connecting", "active", "queued", "ended")
 TEARDOWN_TIMEOUT = 10.0  # a stuck recognizer or disk must not keep a call open
 # Partials beyond this backlog are dropped (finals and emotions never are): a stalled
 # disk must not grow memory without bound.
 MAX_EVENT_BACKLOG = 1000
+
+
+def queue_announcement(position: int, wait: float | None) -> str:
+    text = f"I am connecting you to a person. You are number {position} in line."
+    if wait is None:
+        return text + " All of our agents are busy right now. Please stay on the line."
+    if wait < 60:
+        return text + " Someone will be with you in less than a minute."
+    return text + f" The expected wait is about {round(wait / 60)} minutes."
 
 
 class InvalidTransition(RuntimeError):
@@ -127,6 +144,7 @@ class Call:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     answered_at: datetime | None = None
     escalation_reason: str | None = None  # the first decision that called for a human
+    queue_position: int | None = None
     facts: FactSheet = field(default_factory=FactSheet)
     new_facts: list[Fact] = field(default_factory=list)  # not yet in an assist.updated
     caller_said: list[str] = field(default_factory=list)  # redacted caller finals
@@ -157,6 +175,8 @@ class CallManager:
         self.rules = load_rules(settings.escalation_rules)
         self.redactor = Redactor(settings.redact_patterns)
         self.knowledge = KnowledgeBase.from_folder(settings.knowledge_base)
+        self.acd = Acd(load_queues(settings.queues), settings.offer_timeout)
+        self.speaker: Speaker | None = None
         if settings.knowledge_base:
             log.info("knowledge base: %d articles", len(self.knowledge.articles))
 
@@ -174,6 +194,7 @@ class CallManager:
 
     async def preload(self, languages: list[str]) -> None:
         loop = asyncio.get_running_loop()
+        self.speaker = await loop.run_in_executor(self.executor, default_speaker)
         for lang in languages:
             self.model_choice(lang)
             factory = self._factories.get(lang)
@@ -427,7 +448,8 @@ class CallManager:
             esc_id = str(uuid.uuid4())
             now = utcnow()
             values: dict[str, object] = {"priority": call.escalation.priority}
-            if d.routes_to_human and call.escalation_reason is None:
+            route = d.routes_to_human and call.escalation_reason is None
+            if route:
                 call.escalation_reason = d.reason
                 values |= {"escalated_at": now, "escalation_reason": d.reason}
             await self.store.add(
@@ -460,6 +482,59 @@ class CallManager:
                     evidence=d.evidence,
                 )
             )
+            if route and call.state == "active":
+                await self._enqueue_for_person(call, d.skill, d.priority)
+            elif d.priority and call.id in self.acd.waiting:
+                self.acd.raise_priority(call.id, d.priority, time.monotonic())
+                await self._queue_changed()
+
+    def _queue_for(self, skill: str | None) -> str:
+        if skill:
+            for q in self.acd.queues.values():
+                if skill in q.skills:
+                    return q.name
+        return next(iter(self.acd.queues))
+
+    async def _enqueue_for_person(self, call: Call, skill: str | None, priority: int) -> None:
+        queue = self._queue_for(skill)
+        # no queue for that skill: wait in the default queue for an agent who has it
+        skills = {skill} if skill and skill not in self.acd.queues[queue].skills else set()
+        self.acd.enqueue(call.id, queue, time.monotonic(), priority=priority, skills=skills)
+        await self._transition(call, "queue", queue)
+        await self._queue_changed(announce=call)
+
+    async def _queue_changed(self, announce: Call | None = None) -> None:
+        """Tell every waiting caller where they stand; say it to ``announce``."""
+        for position, waiting in enumerate(self.acd.line(), 1):
+            call = self.calls.get(waiting.call_id)
+            if call is None:
+                continue
+            wait = self.acd.expected_wait(call.id)
+            if call is not announce and call.queue_position == position:
+                continue
+            call.queue_position = position
+            text = None
+            if call is announce:
+                text = queue_announcement(position, wait)
+                await self.say(call, text)
+            self._publish(
+                QueueUpdated(
+                    call_id=call.id,
+                    queue=waiting.queue,
+                    position=position,
+                    expected_wait=None if wait is None else round(wait, 1),
+                    announcement=text,
+                )
+            )
+
+    async def say(self, call: Call, text: str) -> None:
+        """Speak to the caller (queued behind anything already playing)."""
+        peer = next((leg.peer for leg in call.legs if leg.peer is not None), None)
+        if self.speaker is None or peer is None:
+            return
+        loop = asyncio.get_running_loop()
+        pcm, rate = await loop.run_in_executor(self.executor, self.speaker.speak, text)
+        peer.outbound.play(pcm, rate)
 
     def _publish(self, event: EventBase) -> None:
         self.bus.publish(event)
@@ -476,6 +551,9 @@ class CallManager:
         if call is None or call.ended.is_set() or call.state == "ended":
             return
         call.ended.set()
+        if call.id in self.acd.waiting:
+            self.acd.remove(call.id, time.monotonic())
+            await self._queue_changed()
         current = asyncio.current_task()
         for leg in call.legs:
             if leg.pipeline is not None:

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     # Extra redaction patterns {name: regex} replacing the defaults (SSN, card security
     # code); Luhn-valid card numbers are always redacted.
     redact_patterns: dict[str, str] | None = None
+    # TOML file of queues ([[queues]] tables); unset: one queue, "general".
+    queues: str | None = None
+    # Seconds an agent's phone rings before the call goes to the next agent.
+    offer_timeout: float = Field(20.0, gt=0, le=300)
     log_level: str = "INFO"
 
 

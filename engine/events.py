@@ -125,6 +125,14 @@ class AssistUpdated(EventBase):
     suggestions: list[SuggestionOut]
 
 
+class QueueUpdated(EventBase):
+    type: Literal["queue.updated"] = "queue.updated"
+    queue: str
+    position: int
+    expected_wait: float | None = Field(description="seconds; null when no agent is staffed")
+    announcement: str | None = Field(description="what the caller was told, if anything")
+
+
 class CallEnded(EventBase):
     type: Literal["call.ended"] = "call.ended"
     reason: str
@@ -139,6 +147,7 @@ Event = Annotated[
     | EmotionUpdated
     | EscalationRaised
     | AssistUpdated
+    | QueueUpdated
     | CallEnded,
     Field(discriminator="type"),
 ]
@@ -151,6 +160,7 @@ EVENT_TYPES = [
     "emotion.updated",
     "escalation.raised",
     "assist.updated",
+    "queue.updated",
     "call.ended",
 ]
 

@@ -16,6 +16,7 @@ import av
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from media.outbound import OutboundAudioTrack
 from media.sdp import OfferSummary, SdpError, parse_offer
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ class WebRtcLeg:
         self.pc = RTCPeerConnection()
         self._on_ended = on_ended
         self._ended = False
+        # what the caller hears: prompts now, the agent once bridged
+        self.outbound = OutboundAudioTrack()
         self.audio_track: asyncio.Future[MediaStreamTrack] = (
             asyncio.get_running_loop().create_future()
         )
@@ -49,6 +52,8 @@ class WebRtcLeg:
         summary = parse_offer(sdp)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            # added after the offer, so it rides the caller's own audio m-line
+            self.pc.addTrack(self.outbound)
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
         except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
@@ -66,6 +71,7 @@ class WebRtcLeg:
             await self.close()
 
     async def close(self) -> None:
+        self.outbound.stop()
         try:
             await asyncio.wait_for(self.pc.close(), 5)
         except TimeoutError:

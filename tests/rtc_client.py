@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import websockets
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
 
 from media.wavtrack import WavFileTrack
 
@@ -24,6 +26,13 @@ class Caller:
         self.pc = RTCPeerConnection()
         self.track = WavFileTrack(str(wav))
         self.pc.addTrack(self.track)
+        self.heard: list[np.ndarray] = []  # what the engine sent us, 48 kHz mono
+        self._listener: asyncio.Future[None] | None = None
+
+        @self.pc.on("track")
+        def _on_track(track: MediaStreamTrack) -> None:
+            self._listener = asyncio.ensure_future(self._listen(track))
+
         self.call_id = ""
         self.answer: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
@@ -46,6 +55,17 @@ class Caller:
         self._dialed_at = time.monotonic()
         self._reader = asyncio.create_task(self._read_events())
         return self.answer
+
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                pcm = frame.to_ndarray().reshape(-1)  # type: ignore[union-attr]
+                channels = len(frame.layout.channels)  # type: ignore[union-attr]
+                self.heard.append(pcm.reshape(-1, channels).mean(axis=1).astype(np.int16))
+
+    def heard_pcm(self) -> np.ndarray:
+        return np.concatenate(self.heard) if self.heard else np.zeros(0, np.int16)
 
     async def _read_events(self) -> None:
         ws_url = self.base_url.replace("http", "ws", 1) + f"/api/v1/calls/{self.call_id}/events"
@@ -83,7 +103,8 @@ class Caller:
 
     async def close(self) -> None:
         await self.pc.close()
-        if self._reader:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+        for task in (self._listener, self._reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task

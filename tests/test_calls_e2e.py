@@ -11,13 +11,26 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
+from media.asr import choose_model, create_factory
+from media.audio import AnalysisResampler
 from tests import speech
 from tests.engine_proc import ROOT, EngineProcess
 from tests.rtc_client import Caller
 
 pytestmark = pytest.mark.integration
+
+
+def recognise(pcm48: np.ndarray) -> str:
+    """What the caller heard, through the same recognizer the engine uses."""
+    factory = create_factory(choose_model("en", []))
+    assert factory is not None
+    rec = factory.create()
+    for f in AnalysisResampler().push(pcm48, 48000):
+        rec.accept(f.to_bytes())
+    return rec.finish().text
 
 
 def check_stream_order(events: list[dict[str, Any]]) -> None:
@@ -27,7 +40,10 @@ def check_stream_order(events: list[dict[str, Any]]) -> None:
     assert types[0] == "call.started"
     assert types[-1] == "call.ended"
     states = [e["state"] for e in events if e["type"] == "call.state_changed"]
-    assert states == ["connecting", "active", "ended"]
+    assert states in (
+        ["connecting", "active", "ended"],
+        ["connecting", "active", "queued", "ended"],
+    )
     finals = {e["index"]: i for i, e in enumerate(events) if e["type"] == "transcript.final"}
     for i, e in enumerate(events):
         if e["type"] == "transcript.partial" and e["index"] in finals:
@@ -85,6 +101,15 @@ async def test_calm_and_angry_callers(engine: EngineProcess, voices: dict[str, P
     first_routing = next(e for e in angry_esc if "route_to_human" in e["actions"])
     assert results["angry"]["escalation_reason"] == first_routing["reason"]
     assert results["angry"]["priority"] >= 3
+    # the angry caller was put in line for a person, told so, and heard it
+    queued = [e for e in angry.events if e["type"] == "queue.updated"]
+    assert queued and queued[0]["position"] == 1 and queued[0]["expected_wait"] is None
+    assert "number 1 in line" in queued[0]["announcement"]
+    heard = recognise(angry.heard_pcm())
+    print("angry caller heard:", heard)
+    assert "person" in heard and "line" in heard
+    assert not any(e["type"] == "queue.updated" for e in calm.events)
+    assert int(np.abs(calm.heard_pcm()).max()) < 50  # silence: nobody spoke to them
     streamed = [e["escalation_id"] for e in angry.events if e["type"] == "escalation.raised"]
     assert streamed == [e["id"] for e in angry_esc]
     assert results["calm"]["emotion"] in {"neutral", "positive"}
@@ -209,12 +234,13 @@ async def test_korean_call_is_transcribed_by_vosk(engine: EngineProcess, tmp_pat
 
 async def test_custom_rules_and_silence(tmp_path: Path, voices: dict[str, Path]) -> None:
     """Rules come from the configured file; the silence rule fires from the call's
-    media clock once the caller stops talking."""
+    media clock once the caller stops talking, and puts them in line for a person.
+    (A caller already waiting in line is not judged for silence.)"""
     rules = tmp_path / "rules.toml"
     rules.write_text(
         '[[rules]]\nid = "order_question"\nkind = "phrase"\nphrases = ["my order"]\n'
-        'actions = ["target_skill"]\nskill = "orders"\n\n'
-        '[[rules]]\nid = "quiet"\nkind = "silence"\nseconds = 3\nactions = ["alert_supervisor"]\n'
+        'actions = ["raise_priority"]\npriority = 4\n\n'
+        '[[rules]]\nid = "quiet"\nkind = "silence"\nseconds = 3\nactions = ["route_to_human"]\n'
     )
     engine = EngineProcess(tmp_path / "rules", CCENGINE_ESCALATION_RULES=str(rules)).start()
     try:
@@ -232,10 +258,13 @@ async def test_custom_rules_and_silence(tmp_path: Path, voices: dict[str, Path])
         engine.stop()
     by_rule = {e["rule"]: e for e in record["escalations"]}
     assert set(by_rule) == {"order_question", "quiet"}
-    assert by_rule["order_question"]["skill"] == "orders"
+    assert record["priority"] == 4
     last_word = record["transcript"][-1]["end"]
     assert by_rule["quiet"]["at"] >= last_word + 3
-    assert record["escalation_reason"] == by_rule["order_question"]["reason"]
+    # silence is what called for a person, so that is the reason on record
+    assert record["escalation_reason"] == by_rule["quiet"]["reason"]
+    states = [e["state"] for e in caller.events if e["type"] == "call.state_changed"]
+    assert states[-2:] == ["queued", "ended"]
 
 
 def test_a_broken_rules_file_stops_start_up_with_the_reason(tmp_path: Path) -> None:

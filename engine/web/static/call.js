@@ -41,6 +41,8 @@ async function call() {
   try {
     stream = await navigator.mediaDevices.getUserMedia({ audio: true });
     pc = new RTCPeerConnection();
+    // what the engine says to us: queue announcements now, the agent later
+    pc.ontrack = (e) => { $("remote").srcObject = e.streams[0] || new MediaStream([e.track]); };
     stream.getTracks().forEach((t) => pc.addTrack(t, stream));
     await pc.setLocalDescription(await pc.createOffer());
     await waitIce(pc);
@@ -60,6 +62,11 @@ async function call() {
     events = connectEvents(`/api/v1/calls/${callId}/events`, (ev) => {
       if (ev.type === "call.state_changed") setState(ev.state);
       else if (ev.type === "transcript.partial" || ev.type === "transcript.final") caption(ev);
+      else if (ev.type === "queue.updated") {
+        $("queue").hidden = false;
+        const wait = ev.expected_wait == null ? "all agents are busy" : `expected wait about ${Math.max(1, Math.round(ev.expected_wait / 60))} min`;
+        $("queue").textContent = `Connecting you to a person: you are number ${ev.position} in line (${wait}).`;
+      }
       else if (ev.type === "call.ended") { setState("ended"); finish(`Call ended (${ev.reason}).`); }
     });
   } catch (err) {
