@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,13 +13,14 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from engine.api import problems, rest, streams
+from engine.api import agents, auth, problems, rest, streams
 from engine.api.schemas import Health
 from engine.calls import CallManager
 from engine.config import Settings
 from engine.events import EventBus, utcnow
 from engine.metrics import Metrics
 from engine.store.db import Store
+from engine.users import load_or_create_key
 
 log = logging.getLogger(__name__)
 WEB = Path(__file__).parent / "web"
@@ -37,10 +39,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if orphans := await store.close_orphans(utcnow()):
             log.warning("marked %d calls left open by a previous run as ended", orphans)
         await calls.preload(settings.preload_languages)
+        timers = asyncio.create_task(calls.run_acd_timers(), name="acd-timers")
         log.info("ccengine ready on http://%s:%s", settings.host, settings.port)
         try:
             yield
         finally:
+            timers.cancel()
             await calls.shutdown()
             await store.close()
 
@@ -51,11 +55,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.secret_key = (
+        settings.secret_key.get_secret_value()
+        if settings.secret_key
+        else load_or_create_key(settings.secret_key_file)
+    )
     app.state.calls = calls
     app.state.metrics = metrics
     problems.install(app)
     app.add_middleware(problems.BodyLimit, limit=settings.max_body_bytes)
     app.include_router(rest.router)
+    app.include_router(auth.router)
+    app.include_router(agents.router)
     app.include_router(streams.router)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
 

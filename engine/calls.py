@@ -35,7 +35,8 @@ from datetime import datetime
 
 import numpy as np
 
-from engine.acd import Acd, load_queues
+from engine.acd import Acd, Offer, OfferExpired, PresenceChanged, load_queues
+from engine.acd import Action as AcdAction
 from engine.assist.facts import Fact, FactSheet, extract
 from engine.assist.knowledge import KnowledgeBase
 from engine.assist.redact import Redactor
@@ -43,8 +44,10 @@ from engine.assist.summary import summarize
 from engine.config import Settings
 from engine.escalation import CallEscalation, Decision, EmotionSample, Utterance, load_rules
 from engine.events import (
+    AgentPresenceChanged,
     AssistUpdated,
     CallEnded,
+    CallOffered,
     CallStarted,
     CallStateChanged,
     EmotionUpdated,
@@ -52,6 +55,7 @@ from engine.events import (
     EventBase,
     EventBus,
     FactOut,
+    OfferWithdrawn,
     QueueUpdated,
     SuggestionOut,
     TranscriptFinal,
@@ -61,7 +65,15 @@ from engine.events import (
 )
 from engine.metrics import Metrics
 from engine.store.db import Store
-from engine.store.models import CallRow, EmotionRow, EscalationRow, LegRow, UtteranceRow
+from engine.store.models import (
+    CallRow,
+    EmotionRow,
+    EscalationRow,
+    LegRow,
+    PresenceRow,
+    UserRow,
+    UtteranceRow,
+)
 from media import events as me
 from media.asr import ModelChoice, RecognizerFactory, choose_model, create_factory
 from media.pipeline import LegPipeline
@@ -145,6 +157,10 @@ class Call:
     answered_at: datetime | None = None
     escalation_reason: str | None = None  # the first decision that called for a human
     queue_position: int | None = None
+    queue_name: str | None = None
+    queued_at: float = 0.0  # time.monotonic()
+    summary: str = ""
+    mood: str | None = None
     facts: FactSheet = field(default_factory=FactSheet)
     new_facts: list[Fact] = field(default_factory=list)  # not yet in an assist.updated
     caller_said: list[str] = field(default_factory=list)  # redacted caller finals
@@ -177,6 +193,7 @@ class CallManager:
         self.knowledge = KnowledgeBase.from_folder(settings.knowledge_base)
         self.acd = Acd(load_queues(settings.queues), settings.offer_timeout)
         self.speaker: Speaker | None = None
+        self._usernames: dict[str, str] = {}
         if settings.knowledge_base:
             log.info("knowledge base: %d articles", len(self.knowledge.articles))
 
@@ -413,13 +430,18 @@ class CallManager:
                 await self.store.update_call(call.id, emotion=est.call_label)
             self._publish(update)
             if call.speaker(ev.leg_id) == "caller":
-                sample = EmotionSample(utt_id, ev.at, est.label, est.trend, est.scores)
-                await self._escalate(call, call.escalation.observe_emotion(sample))
+                # assist first: an offer that rings an agent carries this summary and mood
                 await self._assist(call, est.call_label, est.trend)
+                sample = EmotionSample(utt_id, ev.at, est.label, est.trend, est.scores)
+                reason = call.escalation_reason
+                await self._escalate(call, call.escalation.observe_emotion(sample))
+                if call.escalation_reason != reason:  # the summary now says why
+                    await self._assist(call, est.call_label, est.trend)
 
     async def _assist(self, call: Call, mood: str, trend: float) -> None:
         """After each caller utterance: summary, facts so far, suggested answers."""
         summary = summarize(call.caller_said, call.facts.facts, mood, trend, call.escalation_reason)
+        call.summary, call.mood = summary, mood
         facts = [FactOut(**dataclasses.asdict(f)) for f in call.facts.facts]
         new = [FactOut(**dataclasses.asdict(f)) for f in call.new_facts]
         call.new_facts = []
@@ -485,8 +507,9 @@ class CallManager:
             if route and call.state == "active":
                 await self._enqueue_for_person(call, d.skill, d.priority)
             elif d.priority and call.id in self.acd.waiting:
-                self.acd.raise_priority(call.id, d.priority, time.monotonic())
+                actions = self.acd.raise_priority(call.id, d.priority, time.monotonic())
                 await self._queue_changed()
+                await self._acd_actions(actions)
 
     def _queue_for(self, skill: str | None) -> str:
         if skill:
@@ -499,9 +522,11 @@ class CallManager:
         queue = self._queue_for(skill)
         # no queue for that skill: wait in the default queue for an agent who has it
         skills = {skill} if skill and skill not in self.acd.queues[queue].skills else set()
-        self.acd.enqueue(call.id, queue, time.monotonic(), priority=priority, skills=skills)
+        call.queue_name, call.queued_at = queue, time.monotonic()
+        actions = self.acd.enqueue(call.id, queue, call.queued_at, priority=priority, skills=skills)
         await self._transition(call, "queue", queue)
         await self._queue_changed(announce=call)
+        await self._acd_actions(actions)
 
     async def _queue_changed(self, announce: Call | None = None) -> None:
         """Tell every waiting caller where they stand; say it to ``announce``."""
@@ -527,6 +552,76 @@ class CallManager:
                 )
             )
 
+    # -- agents -------------------------------------------------------------------
+
+    async def agent_presence(self, user: UserRow, event: str) -> str:
+        """An agent asks to log in, go available or away, or log out."""
+        self._usernames[user.id] = user.username
+        self.acd.add_agent(user.id, set(user.skills))
+        await self._acd_actions(self.acd.presence(user.id, event, time.monotonic()))
+        return self.acd.agents[user.id].presence
+
+    def presence_of(self, user_id: str) -> str:
+        agent = self.acd.agents.get(user_id)
+        return agent.presence if agent else "offline"
+
+    async def decline(self, user_id: str, call_id: str) -> None:
+        actions = self.acd.decline(user_id, call_id, time.monotonic())
+        self._publish(OfferWithdrawn(call_id=call_id, agent_id=user_id, reason="declined"))
+        await self._acd_actions(actions)
+
+    async def _acd_actions(self, actions: list[AcdAction]) -> None:
+        for a in actions:
+            if isinstance(a, PresenceChanged):
+                await self.store.add(
+                    PresenceRow(
+                        user_id=a.agent_id, presence=a.presence, previous=a.previous, at=utcnow()
+                    )
+                )
+                self._publish(
+                    AgentPresenceChanged(
+                        agent_id=a.agent_id,
+                        username=self._usernames.get(a.agent_id, ""),
+                        presence=a.presence,
+                        previous=a.previous,
+                    )
+                )
+            elif isinstance(a, Offer):
+                self._publish(self._offer(a))
+            elif isinstance(a, OfferExpired):
+                self._publish(
+                    OfferWithdrawn(call_id=a.call_id, agent_id=a.agent_id, reason="no_answer")
+                )
+            else:  # MaxWaitReached: callbacks instead of waiting come with the agent softphone
+                log.info("call %s has waited the queue's maximum", a.call_id)
+
+    def _offer(self, offer: Offer) -> CallOffered:
+        call = self.calls[offer.call_id]
+        now = time.monotonic()
+        return CallOffered(
+            call_id=call.id,
+            agent_id=offer.agent_id,
+            expires_in=round(offer.expires_at - now, 1),
+            channel=call.channel,
+            caller=call.caller,
+            waited=round(now - call.queued_at, 1),
+            queue=call.queue_name or "",
+            escalation_reason=call.escalation_reason,
+            emotion=call.mood,
+            summary=call.summary,
+        )
+
+    async def run_acd_timers(self) -> None:
+        """Offer timeouts and maximum waits: wake when the ACD's next timer is due."""
+        while True:
+            due = self.acd.next_timer()
+            now = time.monotonic()
+            await asyncio.sleep(1.0 if due is None else min(1.0, max(0.0, due - now)))
+            try:
+                await self._acd_actions(self.acd.tick(time.monotonic()))
+            except Exception:  # a failing store must not stop the timers of every call
+                log.exception("ACD timer step failed")
+
     async def say(self, call: Call, text: str) -> None:
         """Speak to the caller (queued behind anything already playing)."""
         peer = next((leg.peer for leg in call.legs if leg.peer is not None), None)
@@ -551,8 +646,14 @@ class CallManager:
         if call is None or call.ended.is_set() or call.state == "ended":
             return
         call.ended.set()
-        if call.id in self.acd.waiting:
-            self.acd.remove(call.id, time.monotonic())
+        if (waiting := self.acd.waiting.get(call.id)) is not None:
+            if waiting.offered_to is not None:
+                self._publish(
+                    OfferWithdrawn(
+                        call_id=call.id, agent_id=waiting.offered_to, reason="caller_left"
+                    )
+                )
+            await self._acd_actions(self.acd.remove(call.id, time.monotonic()))
             await self._queue_changed()
         current = asyncio.current_task()
         for leg in call.legs:

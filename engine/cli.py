@@ -50,6 +50,60 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_password() -> str:
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise SystemExit("passwords differ")
+    return first
+
+
+def _users_add(args: argparse.Namespace) -> int:
+    import asyncio
+    import uuid
+
+    from engine.events import utcnow
+    from engine.store.db import Store
+    from engine.store.models import UserRow
+    from engine.users import hash_password
+
+    settings = Settings(**({"database_url": args.db} if args.db else {}))
+    try:
+        password_hash = hash_password(_read_password())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    skills = sorted({s.strip() for s in (args.skills or "").split(",") if s.strip()})
+
+    async def add() -> int:
+        store = Store(settings.database_url)
+        try:
+            await store.open()
+            if await store.user_by_name(args.username) is not None:
+                print(f"error: user {args.username} exists", file=sys.stderr)
+                return 1
+            await store.add_user(
+                UserRow(
+                    id=str(uuid.uuid4()),
+                    username=args.username,
+                    display_name=args.name or args.username,
+                    role=args.role,
+                    skills=skills,
+                    password_hash=password_hash,
+                    created_at=utcnow(),
+                )
+            )
+        finally:
+            await store.close()
+        print(f"added {args.role} {args.username}" + (f" ({', '.join(skills)})" if skills else ""))
+        return 0
+
+    return asyncio.run(add())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ccengine", description="contact-center engine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     models.add_argument("language", nargs="*", help="languages to check (default: configured)")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=_models)
+    users = sub.add_parser("users", help="manage agents, supervisors and admins")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    add = users_sub.add_parser("add", help="add a user (password from the terminal or stdin)")
+    add.add_argument("username")
+    add.add_argument("--role", choices=["agent", "supervisor", "admin"], default="agent")
+    add.add_argument("--skills", help="comma-separated, e.g. billing,retention")
+    add.add_argument("--name", help="display name")
+    add.add_argument("--db", help="SQLAlchemy URL (default: the configured database)")
+    add.set_defaults(func=_users_add)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

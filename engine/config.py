@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     queues: str | None = None
     # Seconds an agent's phone rings before the call goes to the next agent.
     offer_timeout: float = Field(20.0, gt=0, le=300)
+    # Signs login tokens. Unset: a random key kept in ``secret_key_file``.
+    secret_key: SecretStr | None = None
+    secret_key_file: str = "./.ccengine-secret"
+    token_ttl: int = Field(12 * 3600, ge=60, description="seconds a login stays valid")
     log_level: str = "INFO"
 
 

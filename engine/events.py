@@ -30,7 +30,7 @@ def utcnow() -> datetime:
 class EventBase(BaseModel):
     id: int = 0  # set by the bus
     time: datetime = Field(default_factory=utcnow)
-    call_id: str
+    call_id: str | None = None  # None for events about people, not calls
 
 
 class WordTiming(BaseModel):
@@ -133,6 +133,35 @@ class QueueUpdated(EventBase):
     announcement: str | None = Field(description="what the caller was told, if anything")
 
 
+class AgentPresenceChanged(EventBase):
+    type: Literal["agent.presence_changed"] = "agent.presence_changed"
+    agent_id: str
+    username: str
+    presence: str
+    previous: str
+
+
+class CallOffered(EventBase):
+    """An agent's phone rings: everything they need to decide, before they answer."""
+
+    type: Literal["call.offered"] = "call.offered"
+    agent_id: str
+    expires_in: float
+    channel: str
+    caller: str | None
+    waited: float = Field(description="seconds since the call joined the queue")
+    queue: str
+    escalation_reason: str | None
+    emotion: str | None
+    summary: str
+
+
+class OfferWithdrawn(EventBase):
+    type: Literal["call.offer_withdrawn"] = "call.offer_withdrawn"
+    agent_id: str
+    reason: str  # declined, no_answer, caller_left
+
+
 class CallEnded(EventBase):
     type: Literal["call.ended"] = "call.ended"
     reason: str
@@ -148,6 +177,9 @@ Event = Annotated[
     | EscalationRaised
     | AssistUpdated
     | QueueUpdated
+    | AgentPresenceChanged
+    | CallOffered
+    | OfferWithdrawn
     | CallEnded,
     Field(discriminator="type"),
 ]
@@ -161,6 +193,9 @@ EVENT_TYPES = [
     "escalation.raised",
     "assist.updated",
     "queue.updated",
+    "agent.presence_changed",
+    "call.offered",
+    "call.offer_withdrawn",
     "call.ended",
 ]
 

@@ -29,7 +29,12 @@ class EngineProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.db = workdir / "engine.db"
         self.log = workdir / "engine.log"
-        self.env = {**os.environ, "CCENGINE_MODEL_DIRS": "[]", **env}
+        self.env = {
+            **os.environ,
+            "CCENGINE_MODEL_DIRS": "[]",
+            "CCENGINE_SECRET_KEY_FILE": str(workdir / "secret"),
+            **env,
+        }
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: BinaryIO | None = None
 

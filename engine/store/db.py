@@ -22,7 +22,14 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import selectinload
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from engine.store.models import CallRow, EmotionRow, EscalationRow, LegRow, UtteranceRow
+from engine.store.models import (
+    CallRow,
+    EmotionRow,
+    EscalationRow,
+    LegRow,
+    UserRow,
+    UtteranceRow,
+)
 
 HERE = Path(__file__).parent
 
@@ -103,6 +110,22 @@ class Store:
                 .values(state="ended", ended_at=when, end_reason="engine_restart")
             )
             return int(getattr(result, "rowcount", 0) or 0)
+
+    async def add_user(self, row: UserRow) -> None:
+        async with self.writing() as s:
+            s.add(row)
+
+    async def user_by_name(self, username: str) -> UserRow | None:
+        async with self.session() as s:
+            return await s.scalar(select(UserRow).where(UserRow.username == username))
+
+    async def user(self, user_id: str) -> UserRow | None:
+        async with self.session() as s:
+            return await s.get(UserRow, user_id)
+
+    async def users(self) -> Sequence[UserRow]:
+        async with self.session() as s:
+            return (await s.scalars(select(UserRow).order_by(UserRow.username))).all()
 
     async def list_calls(
         self, *, state: str | None = None, limit: int = 50, offset: int = 0

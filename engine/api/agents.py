@@ -1,0 +1,74 @@
+"""Agents: presence and answering offers (signed-in users only)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from engine.acd import AcdError
+from engine.api.auth import Authenticated, CurrentUser
+from engine.calls import CallManager
+
+router = APIRouter(prefix="/api/v1", tags=["agents"])
+
+
+class PresenceIn(BaseModel):
+    event: Literal["login", "available", "away", "logout"]
+
+
+class AgentOut(BaseModel):
+    id: str
+    username: str
+    display_name: str
+    skills: list[str]
+    presence: str
+
+
+def _manager(request: Request) -> CallManager:
+    m: CallManager = request.app.state.calls
+    return m
+
+
+@router.get("/agents", response_model=list[AgentOut])
+async def agents(request: Request, _who: Authenticated) -> list[AgentOut]:
+    m = _manager(request)
+    return [
+        AgentOut(
+            id=u.id,
+            username=u.username,
+            display_name=u.display_name,
+            skills=u.skills,
+            presence=m.presence_of(u.id),
+        )
+        for u in await m.store.users()
+        if u.role == "agent"
+    ]
+
+
+@router.post("/agents/me/presence", response_model=AgentOut)
+async def set_presence(body: PresenceIn, request: Request, user: CurrentUser) -> AgentOut:
+    if user.role != "agent":
+        raise HTTPException(403, "only agents take calls")
+    try:
+        presence = await _manager(request).agent_presence(user, body.event)
+    except AcdError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return AgentOut(
+        id=user.id,
+        username=user.username,
+        display_name=user.display_name,
+        skills=user.skills,
+        presence=presence,
+    )
+
+
+@router.post("/calls/{call_id}/decline", status_code=204)
+async def decline(call_id: str, request: Request, who: Authenticated) -> None:
+    """Let a ringing call go to the next agent."""
+    try:
+        await _manager(request).decline(who.user_id, call_id)
+    except AcdError as exc:
+        raise HTTPException(409, str(exc)) from None

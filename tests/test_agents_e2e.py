@@ -1,0 +1,118 @@
+"""Agents sign in, go available, and are offered escalated calls with a preview."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from tests.engine_proc import ROOT, EngineProcess
+from tests.rtc_client import Caller
+
+pytestmark = pytest.mark.integration
+
+
+def add_user(engine: EngineProcess, username: str, password: str, *extra: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "users", "add", username, *extra,
+         "--db", f"sqlite+aiosqlite:///{engine.db}"],
+        cwd=ROOT, input=password + "\n", capture_output=True, text=True, env=engine.env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+async def login(http: httpx.AsyncClient, username: str, password: str) -> httpx.Response:
+    return await http.post("/api/v1/auth/login", json={"username": username, "password": password})
+
+
+async def test_sign_in_presence_and_auth_errors(engine: EngineProcess) -> None:
+    assert add_user(engine, "ann", "correct horse", "--skills", "billing, retention") == (
+        "added agent ann (billing, retention)\n"
+    )
+    add_user(engine, "sue", "supervisor pw", "--role", "supervisor")
+    async with httpx.AsyncClient(base_url=engine.url) as http:
+        assert (await http.get("/api/v1/agents")).status_code == 401
+        wrong = await login(http, "ann", "wrong horse")
+        nobody = await login(http, "nobody", "wrong horse")
+        assert wrong.status_code == nobody.status_code == 401
+        assert wrong.json()["detail"] == nobody.json()["detail"] == "wrong username or password"
+        ok = await login(http, "ann", "correct horse")
+        assert ok.status_code == 200 and ok.json()["user"]["skills"] == ["billing", "retention"]
+        assert "httponly" in ok.headers["set-cookie"].lower()
+        assert (await http.get("/api/v1/auth/me")).json()["username"] == "ann"  # cookie
+        r = await http.post("/api/v1/agents/me/presence", json={"event": "available"})
+        assert r.status_code == 409 and "cannot 'available' while offline" in r.json()["detail"]
+        for event in ("login", "available"):
+            r = await http.post("/api/v1/agents/me/presence", json={"event": event})
+            assert r.status_code == 200, r.text
+        assert r.json()["presence"] == "available"
+        listed = {a["username"]: a["presence"] for a in (await http.get("/api/v1/agents")).json()}
+        assert listed == {"ann": "available"}
+        # a supervisor has no presence to set; a bearer token works like the cookie
+        token = (await login(http, "sue", "supervisor pw")).json()["token"]
+        http.cookies.clear()
+        r = await http.post(
+            "/api/v1/agents/me/presence",
+            json={"event": "login"},
+            headers={"authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 403
+        r = await http.get("/api/v1/agents", headers={"authorization": "Bearer forged"})
+        assert r.status_code == 401 and r.json()["detail"] == "invalid token"
+
+
+async def test_escalated_call_rings_the_agent_with_a_preview(
+    tmp_path: Path, voices: dict[str, Path]
+) -> None:
+    """The angry caller asks for a person: the available agent's phone rings with why,
+    how the caller feels and what they said; unanswered, it stops ringing and the agent
+    is set away (nobody else is available, so the caller keeps waiting)."""
+    engine = EngineProcess(tmp_path / "acd", CCENGINE_OFFER_TIMEOUT="4").start()
+    add_user(engine, "ann", "correct horse")
+    events: list[dict[str, Any]] = []
+    try:
+        async with httpx.AsyncClient(base_url=engine.url) as http:
+            await login(http, "ann", "correct horse")
+            for event in ("login", "available"):
+                await http.post("/api/v1/agents/me/presence", json={"event": event})
+            ws_url = engine.url.replace("http", "ws", 1) + "/api/v1/events"
+
+            async def watch() -> None:
+                async with websockets.connect(ws_url) as ws:
+                    async for message in ws:
+                        events.append(json.loads(message))
+
+            watcher = asyncio.create_task(watch())
+            caller = Caller(
+                engine.url,
+                voices["angry"],
+            )
+            try:
+                await caller.dial()
+                await caller.talk_and_hang_up(tail=6.0)
+            finally:
+                await caller.close()
+                watcher.cancel()
+    finally:
+        engine.stop()
+    types = [e["type"] for e in events]
+    offer = next(e for e in events if e["type"] == "call.offered")
+    assert offer["call_id"] == caller.call_id and offer["agent_id"]
+    assert offer["escalation_reason"].startswith("caller upset")
+    assert offer["emotion"] in {"angry", "frustrated"}
+    assert "Caller:" in offer["summary"] and offer["queue"] == "general"
+    assert 0 < offer["expires_in"] <= 4
+    withdrawn = next(e for e in events if e["type"] == "call.offer_withdrawn")
+    assert withdrawn["reason"] == "no_answer"
+    # the stream replays what came before (login, available), then the ring and its end
+    presence = [e["presence"] for e in events if e["type"] == "agent.presence_changed"]
+    assert presence[:4] == ["away", "available", "ringing", "away"]
+    assert types.index("call.offered") < types.index("call.offer_withdrawn")
