@@ -11,7 +11,9 @@ A call is created when a caller's offer arrives and lives through:
     connecting   end       -> ended        (no media in time, ICE failed, hang-up)
     active       end       -> ended        (hang-up, caller vanished, shutdown)
     active       queue     -> queued       (escalated: waiting for a person)
+    queued       accept    -> bridged      (an agent answered; caller and agent hear each other)
     queued       end       -> ended
+    bridged      end       -> ended        (either side hangs up)
 
 ``TRANSITIONS`` below is the only place these live; the API docs and tests read
 it. Each caller leg runs a media ``LegPipeline``; its events enter one ordered
@@ -35,7 +37,7 @@ from datetime import datetime
 
 import numpy as np
 
-from engine.acd import Acd, Offer, OfferExpired, PresenceChanged, load_queues
+from engine.acd import Acd, AcdError, Offer, OfferExpired, PresenceChanged, load_queues
 from engine.acd import Action as AcdAction
 from engine.assist.facts import Fact, FactSheet, extract
 from engine.assist.knowledge import KnowledgeBase
@@ -76,9 +78,11 @@ from engine.store.models import (
 )
 from media import events as me
 from media.asr import ModelChoice, RecognizerFactory, choose_model, create_factory
+from media.audio import downmix_int16
 from media.pipeline import LegPipeline
 from media.tts import Speaker, default_speaker
 from media.vad import VadSettings
+from media.wavtrack import to_send_rate
 from media.webrtc import WebRtcLeg, pump_audio
 
 log = logging.getLogger(__name__)
@@ -91,8 +95,10 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("active", "end"): "ended",
     ("active", "queue"): "queued",
     ("queued", "end"): "ended",
+    ("queued", "accept"): "bridged",
+    ("bridged", "end"): "ended",
 }
-STATES = ("new", "connecting", "active", "queued", "ended")
+STATES = ("new", "connecting", "active", "queued", "bridged", "ended")
 TEARDOWN_TIMEOUT = 10.0  # a stuck recognizer or disk must not keep a call open
 # Partials beyond this backlog are dropped (finals and emotions never are): a stalled
 # disk must not grow memory without bound.
@@ -158,6 +164,8 @@ class Call:
     escalation_reason: str | None = None  # the first decision that called for a human
     queue_position: int | None = None
     queue_name: str | None = None
+    agent_id: str | None = None
+    bridged_at: float = 0.0
     queued_at: float = 0.0  # time.monotonic()
     summary: str = ""
     mood: str | None = None
@@ -171,6 +179,12 @@ class Call:
             return TRANSITIONS[(self.state, event)]
         except KeyError:
             raise InvalidTransition(f"call {self.id}: no '{event}' from '{self.state}'") from None
+
+    def other_peer(self, leg: Leg) -> WebRtcLeg | None:
+        """The peer that hears ``leg`` (caller <-> agent), once bridged."""
+        if self.state != "bridged":
+            return None
+        return next((x.peer for x in self.legs if x is not leg and x.peer is not None), None)
 
     def speaker(self, leg_id: str) -> str:
         return next((leg.role for leg in self.legs if leg.id == leg_id), "caller")
@@ -306,10 +320,11 @@ class CallManager:
             vad=VadSettings(aggressiveness=self.settings.vad_aggressiveness),
         )
         await leg.pipeline.start()
-        call.tasks.append(asyncio.create_task(self._silence_clock(call, leg.pipeline)))
+        if leg.role == "caller":
+            call.tasks.append(asyncio.create_task(self._silence_clock(call, leg.pipeline)))
         frames = self.metrics.frames
         pipeline = leg.pipeline
-        first = True
+        first = leg.role == "caller"
 
         def push(pcm: np.ndarray, rate: int, channels: int) -> int:
             nonlocal first
@@ -319,10 +334,46 @@ class CallManager:
                 call.tasks.append(asyncio.create_task(self._transition(call, "media")))
             n = pipeline.push_pcm(pcm, rate, channels)
             frames.inc(n)
+            # the bridge: what this leg says, the other party hears
+            other = call.other_peer(leg)
+            if other is not None:
+                other.outbound.push_live(to_send_rate(downmix_int16(pcm, channels), rate))
             return n
 
         reason = await pump_audio(track, push, self.settings.media_timeout)
+        if leg.role == "agent" and reason == "remote_closed":
+            reason = "agent_hangup"
         await self.end_call(call.id, reason)
+
+    async def accept(self, user: UserRow, call_id: str, sdp: str) -> str:
+        """The ringing agent answers with their softphone's SDP offer: bridge them in."""
+        call = self.get(call_id)
+        agent = self.acd.agents.get(user.id)
+        if agent is None or agent.offered != call_id:
+            raise AcdError(f"call {call_id} is not ringing on agent {user.id}")
+        leg = Leg(str(uuid.uuid4()), "agent", "webrtc")
+        leg.peer = WebRtcLeg(on_ended=lambda reason: self.end_call(call.id, "agent_hangup"))
+        try:
+            answer, _ = await leg.peer.answer(sdp)
+        except BaseException:
+            await leg.peer.close()  # the offer keeps ringing: the agent may try again
+            raise
+        now = time.monotonic()
+        actions = self.acd.accept(user.id, call_id, now)
+        call.legs.append(leg)
+        call.agent_id, call.bridged_at = user.id, now
+        await self.store.add(
+            LegRow(id=leg.id, call_id=call.id, role="agent", transport="webrtc", codec=None,
+                   created_at=utcnow())
+        )  # fmt: skip
+        for other in call.legs:
+            if other.peer is not None and other is not leg:
+                other.peer.outbound.clear()  # stop the queue announcement: a person is here
+        await self._acd_actions(actions)
+        await self._transition(call, "accept", user.username)
+        await self._queue_changed()
+        call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
+        return answer
 
     async def _silence_clock(self, call: Call, pipeline: LegPipeline) -> None:
         while True:
@@ -646,6 +697,9 @@ class CallManager:
         if call is None or call.ended.is_set() or call.state == "ended":
             return
         call.ended.set()
+        if call.agent_id is not None and call.agent_id in self.acd.agents:
+            handle = time.monotonic() - call.bridged_at
+            await self._acd_actions(self.acd.hangup(call.agent_id, time.monotonic(), handle))
         if (waiting := self.acd.waiting.get(call.id)) is not None:
             if waiting.offered_to is not None:
                 self._publish(

@@ -43,6 +43,13 @@ def downmix_interleaved(pcm: np.ndarray, channels: int) -> np.ndarray:
     return x
 
 
+def downmix_int16(pcm: np.ndarray, channels: int) -> np.ndarray:
+    """Interleaved int16 to mono int16 (for forwarding audio, not analysis)."""
+    return np.clip(np.round(downmix_interleaved(pcm, channels) * 32768.0), -32768, 32767).astype(
+        np.int16
+    )
+
+
 class AnalysisResampler:
     """Streaming converter from any rate/channel count to 20 ms analysis frames.
 

@@ -21,6 +21,9 @@ from aiortc.mediastreams import MediaStreamError
 from media.wavtrack import FRAME, SEND_RATE, to_send_rate
 
 MAX_QUEUED_SECONDS = 120.0
+# Live audio (the other party of a bridge) is kept short: older samples are dropped
+# so the conversation never drifts behind.
+MAX_LIVE_SAMPLES = SEND_RATE * 3 // 10
 
 
 class OutboundAudioTrack(MediaStreamTrack):
@@ -36,6 +39,9 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._pos = 0
         self._pts = 0
         self._start: float | None = None
+        self._live: collections.deque[np.ndarray] = collections.deque()
+        self._live_samples = 0
+        self.live_dropped = 0
         self.frames_sent = 0
         self.speech_frames_sent = 0
 
@@ -52,6 +58,29 @@ class OutboundAudioTrack(MediaStreamTrack):
             return done
         self._clips.append((clip, done))
         return done
+
+    def push_live(self, pcm48: np.ndarray) -> None:
+        """Feed 48 kHz mono audio from a bridged leg; clips queued with ``play`` go first."""
+        self._live.append(pcm48.astype(np.int16, copy=False))
+        self._live_samples += len(pcm48)
+        while self._live_samples > MAX_LIVE_SAMPLES:
+            dropped = self._live.popleft()
+            self._live_samples -= len(dropped)
+            self.live_dropped += len(dropped)
+
+    def _take_live(self, out: np.ndarray) -> bool:
+        filled = 0
+        while filled < FRAME and self._live:
+            head = self._live[0]
+            take = min(FRAME - filled, len(head))
+            out[filled : filled + take] = head[:take]
+            filled += take
+            if take == len(head):
+                self._live.popleft()
+            else:
+                self._live[0] = head[take:]
+            self._live_samples -= take
+        return filled > 0
 
     def clear(self) -> None:
         for _, fut in self._clips:
@@ -79,7 +108,7 @@ class OutboundAudioTrack(MediaStreamTrack):
                 if self._current_done is not None and not self._current_done.done():
                     self._current_done.set_result(None)
                 self._current = self._current_done = None
-        if filled:
+        if filled or (not self._clips and self._current is None and self._take_live(out)):
             self.speech_frames_sent += 1
         return out
 

@@ -71,6 +71,9 @@ class WebRtcLeg:
             await self.close()
 
     async def close(self) -> None:
+        # our own close is not the peer leaving: the "closed" state it causes must not
+        # end the call (a failed agent leg would otherwise hang up on the caller)
+        self._ended = True
         self.outbound.stop()
         try:
             await asyncio.wait_for(self.pc.close(), 5)

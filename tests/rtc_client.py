@@ -56,6 +56,17 @@ class Caller:
         self._reader = asyncio.create_task(self._read_events())
         return self.answer
 
+    async def accept(self, http: httpx.AsyncClient, call_id: str) -> None:
+        """As an agent's softphone: answer a ringing call (``http`` is signed in)."""
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        r = await http.post(
+            f"/api/v1/calls/{call_id}/accept", json={"sdp": self.pc.localDescription.sdp}
+        )
+        if r.status_code != 200:
+            raise RuntimeError(f"accept refused: {r.status_code} {r.text}")
+        self.call_id = call_id
+        await self.pc.setRemoteDescription(RTCSessionDescription(r.json()["sdp"], "answer"))
+
     async def _listen(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):
             while True:

@@ -83,7 +83,9 @@ def espeak(text: str, voice: str, path: Path, speed: int = 120) -> Path:
 def sox(src: Path, dst: Path, effects: list[str], rate: int | None = None) -> Path:
     out = ["-r", str(rate)] if rate else []
     subprocess.run(
-        ["sox", "-q", str(src), "-b", "16", "-c", "1", *out, str(dst), *effects], check=True
+        # -R: repeatable dither, so the same script always makes the same samples
+        ["sox", "-q", "-R", str(src), "-b", "16", "-c", "1", *out, str(dst), *effects],
+        check=True,
     )
     return dst
 
@@ -116,3 +118,16 @@ def wer(reference: str, hypothesis: str) -> float:
             cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
         prev = cur
     return prev[-1] / max(1, len(ref))
+
+
+def recognise(pcm: np.ndarray, rate: int = 48000) -> str:
+    """What someone heard, through the same recognizer the engine uses for English."""
+    from media.asr import choose_model, create_factory
+    from media.audio import AnalysisResampler
+
+    factory = create_factory(choose_model("en", []))
+    assert factory is not None
+    rec = factory.create()
+    for frame in AnalysisResampler().push(pcm, rate):
+        rec.accept(frame.to_bytes())
+    return rec.finish().text

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import websockets
 
+from tests import speech
 from tests.engine_proc import ROOT, EngineProcess
 from tests.rtc_client import Caller
 
@@ -116,3 +117,56 @@ async def test_escalated_call_rings_the_agent_with_a_preview(
     presence = [e["presence"] for e in events if e["type"] == "agent.presence_changed"]
     assert presence[:4] == ["away", "available", "ringing", "away"]
     assert types.index("call.offered") < types.index("call.offer_withdrawn")
+
+
+async def test_agent_answers_and_both_sides_hear_each_other(
+    tmp_path: Path, voices: dict[str, Path]
+) -> None:
+    """The heart of the product: the upset caller is put through to Ann, who hears the
+    caller, is heard by them, and is transcribed as the agent; hanging up leaves Ann in
+    wrap-up."""
+    engine = EngineProcess(tmp_path / "bridge").start()
+    add_user(engine, "ann", "correct horse", "--name", "Ann Lee")
+    agent_wav = speech.piper_script(
+        ["Hello, this is Ann from customer care.",
+         "I am sorry about the trouble. I can help you with that right now."],
+        tmp_path / "ann.wav",
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=engine.url, timeout=30) as http:
+            await login(http, "ann", "correct horse")
+            for event in ("login", "available"):
+                await http.post("/api/v1/agents/me/presence", json={"event": event})
+            caller = Caller(engine.url, voices["angry"])
+            agent = Caller(engine.url, agent_wav)
+            try:
+                await caller.dial()
+                deadline = asyncio.get_running_loop().time() + 30
+                while not any(e["type"] == "call.offered" for e in caller.events):
+                    assert asyncio.get_running_loop().time() < deadline, "never offered"
+                    await asyncio.sleep(0.2)
+                r = await http.post(f"/api/v1/calls/{caller.call_id}/accept", json={"sdp": "v=0"})
+                assert r.status_code == 400  # a broken softphone offer: the call keeps ringing
+                await agent.accept(http, caller.call_id)
+                await caller.talk_and_hang_up(tail=9.0, end_timeout=30)
+            finally:
+                await asyncio.gather(caller.close(), agent.close())
+            record = await caller.call_record()
+            ann = {a["username"]: a["presence"] for a in (await http.get("/api/v1/agents")).json()}
+    finally:
+        engine.stop()
+    states = [e["state"] for e in caller.events if e["type"] == "call.state_changed"]
+    assert states == ["connecting", "active", "queued", "bridged", "ended"]
+    assert {leg["role"] for leg in record["legs"]} == {"caller", "agent"}
+    by_speaker = {
+        s: " ".join(u["text"] for u in record["transcript"] if u["speaker"] == s)
+        for s in ("caller", "agent")
+    }
+    print("transcript:", by_speaker)
+    assert "help" in by_speaker["agent"] and "ridiculous" in by_speaker["caller"]
+    agent_heard = speech.recognise(agent.heard_pcm())
+    caller_heard = speech.recognise(caller.heard_pcm())
+    print("agent heard:", agent_heard, "| caller heard:", caller_heard)
+    assert {"person", "service", "angry"} & set(agent_heard.split())  # the caller's words
+    assert "help" in caller_heard.split()  # Ann's words, over the bridge
+    assert ann == {"ann": "wrap_up"}

@@ -42,9 +42,12 @@ def test_vosk_streams_partials_then_final_with_word_times(korean: Path) -> None:
     assert partials, "no partial results while speaking"
     assert partials[0] != final.text  # partials grew towards the final
     words = [w.word for w in final.words]
-    for expected in ("안녕하세요", "확인", "부탁드립니다"):
+    for expected in ("안녕하세요", "주문", "확인"):
         assert expected in words
-    assert words.index("안녕하세요") < words.index("부탁드립니다")
+    assert words.index("안녕하세요") < words.index("확인")
+    # The robotic last word sits on the edge between the two polite endings: over
+    # many full-suite runs vosk said either, so either counts (both are in the grammar).
+    assert words[-1] in {"부탁드립니다", "감사합니다"}
     times = [(w.start, w.end) for w in final.words]
     assert all(0 <= s < e for s, e in times)
     assert times == sorted(times)

@@ -83,3 +83,15 @@ def test_espeak_fallback_speaks() -> None:
     f0 = pitch_track(analysed)
     assert (f0 > 0).mean() > 0.3
     assert 70 < float(np.median(f0[f0 > 0])) < 250
+
+
+async def test_live_audio_follows_clips_and_stays_short() -> None:
+    """Bridged audio plays when no prompt does, and a backlog is dropped rather than
+    letting the conversation fall seconds behind."""
+    track = OutboundAudioTrack()
+    track.play(np.full(FRAME, 7, np.int16), SEND_RATE)
+    track.push_live(np.full(FRAME * 2, 3, np.int16))
+    assert [int((await track.recv()).to_ndarray()[0][0]) for _ in range(4)] == [7, 3, 3, 0]
+    track.push_live(np.ones(SEND_RATE, np.int16))  # a second arrives at once
+    assert track.live_dropped >= SEND_RATE - SEND_RATE * 3 // 10
+    track.stop()

@@ -72,3 +72,24 @@ async def decline(call_id: str, request: Request, who: Authenticated) -> None:
         await _manager(request).decline(who.user_id, call_id)
     except AcdError as exc:
         raise HTTPException(409, str(exc)) from None
+
+
+class AnswerIn(BaseModel):
+    sdp: str
+    type: Literal["offer"] = "offer"
+
+
+class AnswerOut(BaseModel):
+    call_id: str
+    type: Literal["answer"] = "answer"
+    sdp: str
+
+
+@router.post("/calls/{call_id}/accept", response_model=AnswerOut)
+async def accept(call_id: str, body: AnswerIn, request: Request, user: CurrentUser) -> AnswerOut:
+    """Answer a ringing call with the softphone's SDP offer; media is bridged at once."""
+    try:
+        sdp = await _manager(request).accept(user, call_id, body.sdp)
+    except AcdError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return AnswerOut(call_id=call_id, sdp=sdp)
