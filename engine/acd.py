@@ -223,19 +223,22 @@ class Acd:
             out.append(self._move(agent, "decline", now))
         return out + self.dispatch(now)
 
-    def accept(self, agent_id: str, call_id: str, now: float) -> list[Action]:
-        agent = self._agent(agent_id)
-        if agent.offered != call_id:
+    def ringing(self, agent_id: str, call_id: str) -> Agent:
+        """The agent, if ``call_id`` is ringing on them; AcdError otherwise."""
+        agent = self.agents.get(agent_id)
+        if agent is None or agent.offered != call_id:
             raise AcdError(f"call {call_id} is not ringing on agent {agent_id}")
+        return agent
+
+    def accept(self, agent_id: str, call_id: str, now: float) -> list[Action]:
+        agent = self.ringing(agent_id, call_id)
         agent.offered = None
         self._offers.pop(call_id, None)
         self.waiting.pop(call_id, None)
         return [self._move(agent, "accept", now)]
 
     def decline(self, agent_id: str, call_id: str, now: float) -> list[Action]:
-        agent = self._agent(agent_id)
-        if agent.offered != call_id:
-            raise AcdError(f"call {call_id} is not ringing on agent {agent_id}")
+        agent = self.ringing(agent_id, call_id)
         self._withdraw(agent, call_id)
         self.waiting[call_id].declined_by.add(agent_id)
         return [self._move(agent, "decline", now), *self.dispatch(now)]

@@ -348,9 +348,7 @@ class CallManager:
     async def accept(self, user: UserRow, call_id: str, sdp: str) -> str:
         """The ringing agent answers with their softphone's SDP offer: bridge them in."""
         call = self.get(call_id)
-        agent = self.acd.agents.get(user.id)
-        if agent is None or agent.offered != call_id:
-            raise AcdError(f"call {call_id} is not ringing on agent {user.id}")
+        self.acd.ringing(user.id, call_id)  # before any media work: AcdError if not
         leg = Leg(str(uuid.uuid4()), "agent", "webrtc")
         leg.peer = WebRtcLeg(on_ended=lambda reason: self.end_call(call.id, "agent_hangup"))
         try:
@@ -359,7 +357,12 @@ class CallManager:
             await leg.peer.close()  # the offer keeps ringing: the agent may try again
             raise
         now = time.monotonic()
-        actions = self.acd.accept(user.id, call_id, now)
+        try:
+            # it may have stopped ringing while we set up media (timeout, caller left)
+            actions = self.acd.accept(user.id, call_id, now)
+        except AcdError:
+            await leg.peer.close()
+            raise
         call.legs.append(leg)
         call.agent_id, call.bridged_at = user.id, now
         await self.store.add(

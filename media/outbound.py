@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import fractions
-import time
 
-import av
 import numpy as np
-from aiortc import MediaStreamTrack
-from aiortc.mediastreams import MediaStreamError
 
-from media.wavtrack import FRAME, SEND_RATE, to_send_rate
+from media.wavtrack import FRAME, SEND_RATE, PacedAudioTrack, to_send_rate
 
 MAX_QUEUED_SECONDS = 120.0
 # Live audio (the other party of a bridge) is kept short: older samples are dropped
@@ -26,9 +21,7 @@ MAX_QUEUED_SECONDS = 120.0
 MAX_LIVE_SAMPLES = SEND_RATE * 3 // 10
 
 
-class OutboundAudioTrack(MediaStreamTrack):
-    kind = "audio"
-
+class OutboundAudioTrack(PacedAudioTrack):
     def __init__(self) -> None:
         super().__init__()
         self._clips: collections.deque[tuple[np.ndarray, asyncio.Future[None]]] = (
@@ -37,12 +30,9 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._current: np.ndarray | None = None
         self._current_done: asyncio.Future[None] | None = None
         self._pos = 0
-        self._pts = 0
-        self._start: float | None = None
         self._live: collections.deque[np.ndarray] = collections.deque()
         self._live_samples = 0
         self.live_dropped = 0
-        self.frames_sent = 0
         self.speech_frames_sent = 0
 
     @property
@@ -111,24 +101,6 @@ class OutboundAudioTrack(MediaStreamTrack):
         if filled or (not self._clips and self._current is None and self._take_live(out)):
             self.speech_frames_sent += 1
         return out
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        wait = self._start + self._pts / SEND_RATE - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        frame = av.AudioFrame.from_ndarray(
-            self._next_samples().reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = SEND_RATE
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, SEND_RATE)
-        self._pts += FRAME
-        self.frames_sent += 1
-        return frame
 
     def stop(self) -> None:
         self.clear()

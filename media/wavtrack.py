@@ -16,6 +16,7 @@ import wave
 import av
 import numpy as np
 from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 
 SEND_RATE = 48000
 FRAME = SEND_RATE // 50  # 20 ms
@@ -41,9 +42,40 @@ def to_send_rate(pcm: np.ndarray, rate: int) -> np.ndarray:
     return np.clip(np.round(out * 32768.0), -32768, 32767).astype(np.int16)
 
 
-class WavFileTrack(MediaStreamTrack):
+class PacedAudioTrack(MediaStreamTrack):
+    """A 48 kHz mono track paced in real time, 20 ms a frame; subclasses say what
+    each frame holds (``_next_samples``), this class keeps the clock and timestamps."""
+
     kind = "audio"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._pts = 0
+        self._start: float | None = None
+        self.frames_sent = 0
+
+    def _next_samples(self) -> np.ndarray:
+        raise NotImplementedError
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self._pts / SEND_RATE - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        samples = self._next_samples()
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SEND_RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, SEND_RATE)
+        self._pts += FRAME
+        self.frames_sent += 1
+        return frame
+
+
+class WavFileTrack(PacedAudioTrack):
     def __init__(self, path: str, *, lead_silence: float = 0.5, loop: bool = False) -> None:
         super().__init__()
         pcm, rate = read_wav_mono(path)
@@ -51,21 +83,10 @@ class WavFileTrack(MediaStreamTrack):
         self._pcm = np.concatenate([lead, to_send_rate(pcm, rate)])
         self._repeat = loop
         self._pos = 0
-        self._pts = 0
-        self._start: float | None = None
         self.finished = asyncio.Event()
         self.duration = len(self._pcm) / SEND_RATE
 
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            from aiortc.mediastreams import MediaStreamError
-
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        wait = self._start + self._pts / SEND_RATE - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
+    def _next_samples(self) -> np.ndarray:
         chunk = self._pcm[self._pos : self._pos + FRAME]
         self._pos += FRAME
         if self._pos >= len(self._pcm):
@@ -74,9 +95,4 @@ class WavFileTrack(MediaStreamTrack):
                 self._pos = 0
         if len(chunk) < FRAME:
             chunk = np.concatenate([chunk, np.zeros(FRAME - len(chunk), dtype=np.int16)])
-        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = SEND_RATE
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, SEND_RATE)
-        self._pts += FRAME
-        return frame
+        return chunk
