@@ -164,6 +164,7 @@ class Call:
     escalation_reason: str | None = None  # the first decision that called for a human
     queue_position: int | None = None
     queue_name: str | None = None
+    queued_priority: int = 0  # the priority the ACD has for this call
     agent_id: str | None = None
     bridged_at: float = 0.0
     queued_at: float = 0.0  # time.monotonic()
@@ -559,11 +560,18 @@ class CallManager:
                 )
             )
             if route and call.state == "active":
-                await self._enqueue_for_person(call, d.skill, d.priority)
-            elif d.priority and call.id in self.acd.waiting:
-                actions = self.acd.raise_priority(call.id, d.priority, time.monotonic())
-                await self._queue_changed()
-                await self._acd_actions(actions)
+                await self._enqueue_for_person(call, d.skill)
+            elif call.id in self.acd.waiting:
+                await self._sync_priority(call)
+
+    async def _sync_priority(self, call: Call) -> None:
+        """Bring the ACD up to the call's priority (rules may raise it while it waits)."""
+        raised = call.escalation.priority - call.queued_priority
+        if raised > 0:
+            call.queued_priority = call.escalation.priority
+            actions = self.acd.raise_priority(call.id, raised, time.monotonic())
+            await self._queue_changed()
+            await self._acd_actions(actions)
 
     def _queue_for(self, skill: str | None) -> str:
         if skill:
@@ -572,12 +580,16 @@ class CallManager:
                     return q.name
         return next(iter(self.acd.queues))
 
-    async def _enqueue_for_person(self, call: Call, skill: str | None, priority: int) -> None:
+    async def _enqueue_for_person(self, call: Call, skill: str | None) -> None:
+        # the call's whole priority so far, including rules that fired before routing
         queue = self._queue_for(skill)
         # no queue for that skill: wait in the default queue for an agent who has it
         skills = {skill} if skill and skill not in self.acd.queues[queue].skills else set()
         call.queue_name, call.queued_at = queue, time.monotonic()
-        actions = self.acd.enqueue(call.id, queue, call.queued_at, priority=priority, skills=skills)
+        call.queued_priority = call.escalation.priority
+        actions = self.acd.enqueue(
+            call.id, queue, call.queued_at, priority=call.queued_priority, skills=skills
+        )
         await self._transition(call, "queue", queue)
         await self._queue_changed(announce=call)
         await self._acd_actions(actions)
@@ -601,6 +613,7 @@ class CallManager:
                     call_id=call.id,
                     queue=waiting.queue,
                     position=position,
+                    priority=waiting.priority,
                     expected_wait=None if wait is None else round(wait, 1),
                     announcement=text,
                 )

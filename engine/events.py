@@ -129,6 +129,7 @@ class QueueUpdated(EventBase):
     type: Literal["queue.updated"] = "queue.updated"
     queue: str
     position: int
+    priority: int = Field(description="the call's priority in line")
     expected_wait: float | None = Field(description="seconds; null when no agent is staffed")
     announcement: str | None = Field(description="what the caller was told, if anything")
 

@@ -253,6 +253,9 @@ async def test_custom_rules_and_silence(tmp_path: Path, voices: dict[str, Path])
     assert record["escalation_reason"] == by_rule["quiet"]["reason"]
     states = [e["state"] for e in caller.events if e["type"] == "call.state_changed"]
     assert states[-2:] == ["queued", "ended"]
+    # regression: priority raised before the call was routed must reach the queue
+    queued = next(e for e in caller.events if e["type"] == "queue.updated")
+    assert queued["priority"] == 4
 
 
 def test_a_broken_rules_file_stops_start_up_with_the_reason(tmp_path: Path) -> None:
