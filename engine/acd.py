@@ -14,7 +14,9 @@ Routing order, the contact-center convention:
      longest; an agent who declined a call is not offered it again.
 An offer not accepted within ``offer_timeout`` goes to the next agent, and the
 agent who let it ring is set *away* (they are probably not at their desk). The
-call keeps its place in line throughout.
+call keeps its place in line throughout. A call transferred to one agent
+(``enqueue(..., agent=...)``) rings only that agent; if they decline or let it
+ring out, it falls back to its queue, so the caller is never stranded.
 
 Agent presence moves only through ``PRESENCE`` below:
 
@@ -110,6 +112,7 @@ class Waiting:
     declined_by: set[str] = field(default_factory=set)
     offered_to: str | None = None
     max_wait_signalled: bool = False
+    target: str | None = None  # only this agent, until they decline or let it ring out
 
 
 @dataclass(frozen=True)
@@ -191,14 +194,22 @@ class Acd:
         *,
         priority: int = 0,
         skills: set[str] | frozenset[str] = frozenset(),
+        agent: str | None = None,
     ) -> list[Action]:
         if queue not in self.queues:
             raise AcdError(f"unknown queue {queue}")
         if call_id in self.waiting:
             raise AcdError(f"call {call_id} is already waiting")
+        if agent is not None and self._agent(agent).presence == "offline":
+            raise AcdError(f"agent {agent} is offline")
         q = self.queues[queue]
         self.waiting[call_id] = Waiting(
-            call_id, queue, q.priority + priority, now, frozenset(q.skills) | frozenset(skills)
+            call_id,
+            queue,
+            q.priority + priority,
+            now,
+            frozenset(q.skills) | frozenset(skills),
+            target=agent,
         )
         return self.dispatch(now)
 
@@ -248,6 +259,7 @@ class Acd:
         self._offers.pop(call_id, None)
         if call_id in self.waiting:
             self.waiting[call_id].offered_to = None
+            self.waiting[call_id].target = None  # back to the queue
 
     def hangup(self, agent_id: str, now: float, handle_time: float) -> list[Action]:
         """The agent's call ended: wrap-up, and learn how long calls take."""
@@ -268,7 +280,9 @@ class Acd:
             candidates = [
                 a
                 for a in self.agents.values()
-                if a.presence == "available" and w.skills <= a.skills and a.id not in w.declined_by
+                if a.presence == "available"
+                and a.id not in w.declined_by
+                and (a.id == w.target if w.target else w.skills <= a.skills)
             ]
             if not candidates:
                 continue
@@ -321,7 +335,9 @@ class Acd:
         """Seconds until an agent is likely free; None when no agent is staffed."""
         w = self._waiting(call_id)
         staffed = [
-            a for a in self.agents.values() if a.presence in STAFFED and w.skills <= a.skills
+            a
+            for a in self.agents.values()
+            if a.presence in STAFFED and (a.id == w.target if w.target else w.skills <= a.skills)
         ]
         if not staffed:
             return None

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from engine.api import agents, auth, problems, rest, streams
+from engine.api import agents, auth, desk, problems, rest, streams
 from engine.api.schemas import Health
 from engine.calls import CallManager
 from engine.config import Settings
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(rest.router)
     app.include_router(auth.router)
     app.include_router(agents.router)
+    app.include_router(desk.router)
     app.include_router(streams.router)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
 
@@ -85,6 +86,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/call", include_in_schema=False)
     async def caller_page() -> FileResponse:
         return FileResponse(WEB / "call.html")
+
+    @app.get("/agent", include_in_schema=False)
+    async def agent_page() -> FileResponse:
+        return FileResponse(WEB / "agent.html")
 
     @app.get("/calls", include_in_schema=False)
     async def calls_page() -> RedirectResponse:

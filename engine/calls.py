@@ -1,25 +1,18 @@
-"""Calls and legs, the call state machine, and the manager that runs them.
+"""The call manager: runs calls from the caller's offer to the agent's wrap-up.
 
 Theory of operation
 -------------------
-A call is created when a caller's offer arrives and lives through:
+Calls move through the state table in ``engine.callstate``. Each leg (the caller,
+then an agent, then perhaps another agent after a transfer) runs a media
+``LegPipeline``; its events enter one ordered per-call queue whose consumer
+persists finals and emotion samples *before* publishing them, so anything a
+client has seen is already on disk, and a crash loses at most the utterance in
+flight. Times in a call's transcript are seconds since the caller's first audio,
+for every speaker, so a two-sided transcript sorts into the order it was said.
 
-    state        event     -> next state
-    new          answered  -> connecting   (our SDP answer is out)
-    connecting   media     -> active       (the caller's audio reached us)
-    new          end       -> ended
-    connecting   end       -> ended        (no media in time, ICE failed, hang-up)
-    active       end       -> ended        (hang-up, caller vanished, shutdown)
-    active       queue     -> queued       (escalated: waiting for a person)
-    queued       accept    -> bridged      (an agent answered; caller and agent hear each other)
-    queued       end       -> ended
-    bridged      end       -> ended        (either side hangs up)
-
-``TRANSITIONS`` below is the only place these live; the API docs and tests read
-it. Each caller leg runs a media ``LegPipeline``; its events enter one ordered
-per-call queue whose consumer persists finals and emotion samples *before*
-publishing them, so anything a client has seen is already on disk, and a crash
-loses at most the utterance in flight.
+The bridge is a function of the call's state, read per audio frame: while
+``bridged`` each leg's decoded audio feeds the other leg's outbound track; on
+hold, or for a muted agent, it feeds nothing (the caller hears hold audio).
 """
 
 from __future__ import annotations
@@ -32,26 +25,44 @@ import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime
 
 import numpy as np
 
 from engine.acd import Acd, AcdError, Offer, OfferExpired, PresenceChanged, load_queues
 from engine.acd import Action as AcdAction
-from engine.assist.facts import Fact, FactSheet, extract
+from engine.assist.facts import extract
 from engine.assist.knowledge import KnowledgeBase
 from engine.assist.redact import Redactor
 from engine.assist.summary import summarize
+from engine.callstate import (
+    CALLBACK_PROMPT,
+    HOLD_PROMPT,
+    MAX_WAIT_PROMPT,
+    WITH_AGENT,
+    Call,
+    Forbidden,
+    Leg,
+    NotAllowed,
+    Overloaded,
+    SilenceCheck,
+    UnknownCall,
+    queue_announcement,
+    transfer_prompt,
+)
 from engine.config import Settings
 from engine.escalation import CallEscalation, Decision, EmotionSample, Utterance, load_rules
 from engine.events import (
     AgentPresenceChanged,
     AssistUpdated,
+    CallbackDone,
+    CallbackRequested,
     CallEnded,
+    CallMuted,
     CallOffered,
     CallStarted,
     CallStateChanged,
+    CallTransferred,
+    CallWrappedUp,
     EmotionUpdated,
     EscalationRaised,
     EventBase,
@@ -60,6 +71,7 @@ from engine.events import (
     OfferWithdrawn,
     QueueUpdated,
     SuggestionOut,
+    SupervisorAlert,
     TranscriptFinal,
     TranscriptPartial,
     WordTiming,
@@ -68,10 +80,12 @@ from engine.events import (
 from engine.metrics import Metrics
 from engine.store.db import Store
 from engine.store.models import (
+    CallbackRow,
     CallRow,
     EmotionRow,
     EscalationRow,
     LegRow,
+    NoteRow,
     PresenceRow,
     UserRow,
     UtteranceRow,
@@ -79,6 +93,7 @@ from engine.store.models import (
 from media import events as me
 from media.asr import ModelChoice, RecognizerFactory, choose_model, create_factory
 from media.audio import downmix_int16
+from media.holdmusic import hold_loop
 from media.pipeline import LegPipeline
 from media.tts import Speaker, default_speaker
 from media.vad import VadSettings
@@ -87,108 +102,13 @@ from media.webrtc import WebRtcLeg, pump_audio
 
 log = logging.getLogger(__name__)
 
-TRANSITIONS: dict[tuple[str, str], str] = {
-    ("new", "answered"): "connecting",
-    ("connecting", "media"): "active",
-    ("new", "end"): "ended",
-    ("connecting", "end"): "ended",
-    ("active", "end"): "ended",
-    ("active", "queue"): "queued",
-    ("queued", "end"): "ended",
-    ("queued", "accept"): "bridged",
-    ("bridged", "end"): "ended",
-}
-STATES = ("new", "connecting", "active", "queued", "bridged", "ended")
 TEARDOWN_TIMEOUT = 10.0  # a stuck recognizer or disk must not keep a call open
 # Partials beyond this backlog are dropped (finals and emotions never are): a stalled
 # disk must not grow memory without bound.
 MAX_EVENT_BACKLOG = 1000
-
-
-def queue_announcement(position: int, wait: float | None) -> str:
-    text = f"I am connecting you to a person. You are number {position} in line."
-    if wait is None:
-        return text + " All of our agents are busy right now. Please stay on the line."
-    if wait < 60:
-        return text + " Someone will be with you in less than a minute."
-    return text + f" The expected wait is about {round(wait / 60)} minutes."
-
-
-class InvalidTransition(RuntimeError):
-    """Our own code asked for a transition the table does not allow (a local bug)."""
-
-
-class Overloaded(RuntimeError):
-    """No capacity for another call right now."""
-
-
-class UnknownCall(LookupError):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class SilenceCheck:
-    """Queued once a second while a call is active, so silence rules are judged in
-    order with the call's transcript."""
-
-    now: float  # seconds of caller media so far
-
-
-@dataclass
-class Leg:
-    id: str
-    role: str
-    transport: str
-    pipeline: LegPipeline | None = None
-    peer: WebRtcLeg | None = None
-
-
-@dataclass
-class Call:
-    id: str
-    channel: str
-    language: str
-    model: ModelChoice
-    caller: str | None
-    created_at: datetime = field(default_factory=utcnow)
-    state: str = "new"
-    legs: list[Leg] = field(default_factory=list)
-    escalation: CallEscalation = field(default_factory=lambda: CallEscalation([]))
-    events: asyncio.Queue[me.MediaEvent | SilenceCheck | None] = field(
-        default_factory=asyncio.Queue
-    )
-    consumer: asyncio.Task[None] | None = None  # persists + publishes media events
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    answered_at: datetime | None = None
-    escalation_reason: str | None = None  # the first decision that called for a human
-    queue_position: int | None = None
-    queue_name: str | None = None
-    queued_priority: int = 0  # the priority the ACD has for this call
-    agent_id: str | None = None
-    bridged_at: float = 0.0
-    queued_at: float = 0.0  # time.monotonic()
-    summary: str = ""
-    mood: str | None = None
-    facts: FactSheet = field(default_factory=FactSheet)
-    new_facts: list[Fact] = field(default_factory=list)  # not yet in an assist.updated
-    caller_said: list[str] = field(default_factory=list)  # redacted caller finals
-    utterance_ids: dict[tuple[str, int], str] = field(default_factory=dict)
-
-    def next_state(self, event: str) -> str:
-        try:
-            return TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise InvalidTransition(f"call {self.id}: no '{event}' from '{self.state}'") from None
-
-    def other_peer(self, leg: Leg) -> WebRtcLeg | None:
-        """The peer that hears ``leg`` (caller <-> agent), once bridged."""
-        if self.state != "bridged":
-            return None
-        return next((x.peer for x in self.legs if x is not leg and x.peer is not None), None)
-
-    def speaker(self, leg_id: str) -> str:
-        return next((leg.role for leg in self.legs if leg.id == leg_id), "caller")
+# The caller hears the callback confirmation before we hang up, unless it takes longer.
+CALLBACK_PROMPT_TIMEOUT = 15.0
+HISTORY_LIMIT = 10
 
 
 class CallManager:
@@ -246,8 +166,11 @@ class CallManager:
             )
         language = (language or self.settings.default_language).lower()
         choice = self.model_choice(language)
-        call = Call(str(uuid.uuid4()), "webrtc", language, choice, caller)
+        call = Call(str(uuid.uuid4()), "webrtc", language, choice, caller, created_at=utcnow())
         call.escalation = CallEscalation(self.rules)
+        if caller:
+            earlier = await self.store.history(caller, before=None, limit=HISTORY_LIMIT)
+            call.previous_calls = len(earlier)
         leg = Leg(str(uuid.uuid4()), "caller", "webrtc")
         leg.peer = WebRtcLeg(on_ended=lambda reason: self.end_call(call.id, reason))
         try:
@@ -311,7 +234,8 @@ class CallManager:
         try:
             track = await asyncio.wait_for(leg.peer.audio_track, self.settings.media_timeout)
         except TimeoutError:
-            await self.end_call(call.id, "no_media")
+            if not leg.left:
+                await self.end_call(call.id, "no_media")
             return
         leg.pipeline = LegPipeline(
             leg.id,
@@ -325,14 +249,23 @@ class CallManager:
             call.tasks.append(asyncio.create_task(self._silence_clock(call, leg.pipeline)))
         frames = self.metrics.frames
         pipeline = leg.pipeline
-        first = leg.role == "caller"
+        first = True
 
         def push(pcm: np.ndarray, rate: int, channels: int) -> int:
             nonlocal first
             if first:
                 first = False
-                # state change is async; schedule it without blocking the media path
-                call.tasks.append(asyncio.create_task(self._transition(call, "media")))
+                now = time.monotonic()
+                if leg.role == "caller":
+                    call.media_t0 = now
+                    # state change is async; schedule it without blocking the media path
+                    call.tasks.append(asyncio.create_task(self._transition(call, "media")))
+                else:
+                    leg.offset = now - (call.media_t0 or now)
+            # an agent on hold or muted is neither heard nor transcribed: that talk is
+            # not part of the conversation with the caller
+            if leg.left or (leg.role == "agent" and (call.state == "held" or call.agent_muted)):
+                return 0
             n = pipeline.push_pcm(pcm, rate, channels)
             frames.inc(n)
             # the bridge: what this leg says, the other party hears
@@ -342,6 +275,8 @@ class CallManager:
             return n
 
         reason = await pump_audio(track, push, self.settings.media_timeout)
+        if leg.left:
+            return  # transferred away: the call goes on without this leg
         if leg.role == "agent" and reason == "remote_closed":
             reason = "agent_hangup"
         await self.end_call(call.id, reason)
@@ -350,8 +285,8 @@ class CallManager:
         """The ringing agent answers with their softphone's SDP offer: bridge them in."""
         call = self.get(call_id)
         self.acd.ringing(user.id, call_id)  # before any media work: AcdError if not
-        leg = Leg(str(uuid.uuid4()), "agent", "webrtc")
-        leg.peer = WebRtcLeg(on_ended=lambda reason: self.end_call(call.id, "agent_hangup"))
+        leg = Leg(str(uuid.uuid4()), "agent", "webrtc", user_id=user.id)
+        leg.peer = WebRtcLeg(on_ended=lambda reason: self._agent_leg_ended(call, leg))
         try:
             answer, _ = await leg.peer.answer(sdp)
         except BaseException:
@@ -368,16 +303,20 @@ class CallManager:
         call.agent_id, call.bridged_at = user.id, now
         await self.store.add(
             LegRow(id=leg.id, call_id=call.id, role="agent", transport="webrtc", codec=None,
-                   created_at=utcnow())
+                   user_id=user.id, created_at=utcnow())
         )  # fmt: skip
-        for other in call.legs:
-            if other.peer is not None and other is not leg:
-                other.peer.outbound.clear()  # stop the queue announcement: a person is here
+        caller = call.caller_leg().peer
+        if caller is not None:
+            caller.outbound.clear()  # stop the queue announcement: a person is here
         await self._acd_actions(actions)
-        await self._transition(call, "accept", user.username)
+        await self._transition(call, "accept", user.username, agent_id=user.id)
         await self._queue_changed()
         call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
         return answer
+
+    async def _agent_leg_ended(self, call: Call, leg: Leg) -> None:
+        if not leg.left:
+            await self.end_call(call.id, "agent_hangup")
 
     async def _silence_clock(self, call: Call, pipeline: LegPipeline) -> None:
         while True:
@@ -403,6 +342,7 @@ class CallManager:
         if isinstance(ev, SilenceCheck):
             await self._escalate(call, call.escalation.tick(ev.now))
         elif isinstance(ev, me.TranscriptPartial):
+            off = self._offset(call, ev.leg_id)
             self._publish(
                 TranscriptPartial(
                     call_id=call.id,
@@ -410,7 +350,7 @@ class CallManager:
                     speaker=call.speaker(ev.leg_id),
                     index=ev.index,
                     text=self.redactor.redact(ev.text, partial=True).text,
-                    start=ev.start,
+                    start=round(ev.start + off, 3),
                 )
             )
         elif isinstance(ev, me.TranscriptFinal):
@@ -420,6 +360,7 @@ class CallManager:
                 self.metrics.redactions.inc(len(clean.kinds))
             utt_id = str(uuid.uuid4())
             call.utterance_ids[(ev.leg_id, ev.index)] = utt_id
+            off = self._offset(call, ev.leg_id)
             final = TranscriptFinal(
                 call_id=call.id,
                 leg_id=ev.leg_id,
@@ -427,10 +368,15 @@ class CallManager:
                 utterance_id=utt_id,
                 index=ev.index,
                 text=clean.text,
-                start=ev.start,
-                end=ev.end,
+                start=round(ev.start + off, 3),
+                end=round(ev.end + off, 3),
                 words=[
-                    WordTiming(word=w.word, start=w.start, end=w.end, conf=w.conf)
+                    WordTiming(
+                        word=w.word,
+                        start=round(w.start + off, 3),
+                        end=round(w.end + off, 3),
+                        conf=w.conf,
+                    )
                     for w in clean.words
                 ],
                 asr_latency=round(ev.asr_latency, 4),
@@ -466,7 +412,7 @@ class CallManager:
                 call_id=call.id,
                 leg_id=ev.leg_id,
                 utterance_id=utt_id,
-                at=ev.at,
+                at=round(ev.at + self._offset(call, ev.leg_id), 3),
                 label=est.label,
                 arousal=est.arousal,
                 valence=est.valence,
@@ -492,6 +438,12 @@ class CallManager:
                 await self._escalate(call, call.escalation.observe_emotion(sample))
                 if call.escalation_reason != reason:  # the summary now says why
                     await self._assist(call, est.call_label, est.trend)
+
+    @staticmethod
+    def _offset(call: Call, leg_id: str) -> float:
+        """Leg time to call time: every speaker on one clock."""
+        leg = call.leg(leg_id)
+        return leg.offset if leg else 0.0
 
     async def _assist(self, call: Call, mood: str, trend: float) -> None:
         """After each caller utterance: summary, facts so far, suggested answers."""
@@ -559,6 +511,16 @@ class CallManager:
                     evidence=d.evidence,
                 )
             )
+            if "alert_supervisor" in d.actions:
+                self._publish(
+                    SupervisorAlert(
+                        call_id=call.id,
+                        escalation_id=esc_id,
+                        reason=d.reason,
+                        priority=call.escalation.priority,
+                        state=call.state,
+                    )
+                )
             if route and call.state == "active":
                 await self._enqueue_for_person(call, d.skill)
             elif call.id in self.acd.waiting:
@@ -637,6 +599,213 @@ class CallManager:
         self._publish(OfferWithdrawn(call_id=call_id, agent_id=user_id, reason="declined"))
         await self._acd_actions(actions)
 
+    # -- the agent's desk: controls on a live call, and after it --------------------
+
+    def _my_call(self, user: UserRow, call_id: str) -> Call:
+        """A live call this user may control: the agent on it, or a supervisor."""
+        call = self.get(call_id)
+        if user.role == "agent" and call.agent_id != user.id:
+            raise Forbidden(f"call {call_id} is not on your line")
+        if call.state not in WITH_AGENT:
+            raise NotAllowed(f"call {call_id} is {call.state}, not with an agent")
+        return call
+
+    async def mute(self, user: UserRow, call_id: str, muted: bool) -> None:
+        call = self._my_call(user, call_id)
+        if call.agent_muted != muted:
+            call.agent_muted = muted
+            self._publish(CallMuted(call_id=call.id, agent_id=call.agent_id or "", muted=muted))
+
+    async def hold(self, user: UserRow, call_id: str) -> None:
+        call = self._my_call(user, call_id)
+        if call.state == "held":
+            return
+        await self._transition(call, "hold", user.username)
+        for leg in call.legs:
+            if leg.peer is not None:
+                leg.peer.outbound.clear()  # nobody hears the other's last words twice
+        caller = call.caller_leg().peer
+        if caller is not None:
+            caller.outbound.set_background(hold_loop())
+        await self.say(call, HOLD_PROMPT)
+
+    async def resume(self, user: UserRow, call_id: str) -> None:
+        call = self._my_call(user, call_id)
+        if call.state == "bridged":
+            return
+        caller = call.caller_leg().peer
+        if caller is not None:
+            caller.outbound.set_background(None)
+            caller.outbound.clear()
+        await self._transition(call, "resume", user.username)
+
+    async def transfer(
+        self,
+        user: UserRow,
+        call_id: str,
+        *,
+        queue: str | None = None,
+        agent: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        """Hand the caller to a queue or one agent. The next agent is offered the call
+        with everything so far (transcript, facts, summary, why it escalated, this note);
+        the caller never repeats themselves."""
+        call = self._my_call(user, call_id)
+        target: UserRow | None = None
+        if agent is not None:
+            target = await self.store.user_by_name(agent)
+            if target is None or target.role != "agent":
+                raise NotAllowed(f"there is no agent '{agent}'")
+            if target.id == call.agent_id:
+                raise NotAllowed("the call is already with that agent")
+            if self.presence_of(target.id) == "offline":
+                raise NotAllowed(f"{agent} is not signed in")
+        queue = queue or call.queue_name or next(iter(self.acd.queues))
+        if queue not in self.acd.queues:
+            raise NotAllowed(f"there is no queue '{queue}'")
+        leg, from_agent = call.agent_leg(), call.agent_id
+        now = time.monotonic()
+        if leg is not None:
+            leg.left = True  # from here its end does not end the call
+        call.agent_id, call.agent_muted = None, False
+        if from_agent is not None and from_agent in self.acd.agents:
+            await self._acd_actions(self.acd.hangup(from_agent, now, now - call.bridged_at))
+        call.transferred_by, call.transfer_note = user.username, note
+        await self.store.add(
+            NoteRow(call_id=call.id, author_id=user.id, author=user.username, kind="transfer",
+                    text=note or "", created_at=utcnow())
+        )  # fmt: skip
+        caller = call.caller_leg().peer
+        if caller is not None:
+            caller.outbound.set_background(None)
+            caller.outbound.clear()
+        where = f"agent {agent}" if agent else f"queue {queue}"
+        await self._transition(call, "transfer", f"transferred to {where}", agent_id=None)
+        self._publish(
+            CallTransferred(
+                call_id=call.id, from_agent=user.username, to_queue=queue, to_agent=agent, note=note
+            )
+        )
+        await self.say(call, transfer_prompt(queue, target.display_name if target else None))
+        call.queue_name, call.queued_at, call.queue_position = queue, now, None
+        call.queued_priority = call.escalation.priority
+        actions = self.acd.enqueue(
+            call.id, queue, now, priority=call.queued_priority, agent=target.id if target else None
+        )
+        await self._queue_changed()
+        await self._acd_actions(actions)
+        if leg is not None:
+            await self._close_leg(call, leg)
+
+    async def _close_leg(self, call: Call, leg: Leg) -> None:
+        """A leg leaves a call that goes on: its last words are still transcribed."""
+        if leg.pipeline is not None:
+            try:
+                await asyncio.wait_for(leg.pipeline.close(), TEARDOWN_TIMEOUT)
+            except TimeoutError:
+                leg.pipeline.cancel()
+        if leg.peer is not None:
+            await leg.peer.close()
+        await self.store.end_leg(leg.id, utcnow())
+
+    async def wrap_up(
+        self, user: UserRow, call_id: str, disposition: str, notes: str, then: str
+    ) -> None:
+        """After the call: how it ended and what to remember, stored with the call; then
+        the agent is ready for the next one (or away)."""
+        record = await self.store.get_call(call_id)
+        if record is None:
+            raise UnknownCall(call_id)
+        handled = any(leg.user_id == user.id for leg in record.call.legs)
+        if not handled and user.role == "agent":
+            raise Forbidden(f"you did not take call {call_id}")
+        live = self.calls.get(call_id)
+        if live is not None and live.agent_id == user.id:
+            raise NotAllowed("hang up or transfer the call before wrapping it up")
+        now = utcnow()
+        await self.store.add(
+            NoteRow(call_id=call_id, author_id=user.id, author=user.username, kind="wrap_up",
+                    text=notes, disposition=disposition, created_at=now)
+        )  # fmt: skip
+        await self.store.update_call(call_id, disposition=disposition, wrapped_up_at=now)
+        self._publish(
+            CallWrappedUp(call_id=call_id, agent_id=user.id, disposition=disposition, notes=notes)
+        )
+        if self.presence_of(user.id) == "wrap_up":
+            await self.agent_presence(user, then)
+
+    async def request_callback(self, call_id: str, contact: str | None) -> CallbackRow:
+        """The waiting caller would rather be called back: keep their place as a
+        callback item, thank them, and end the call."""
+        call = self.get(call_id)
+        waiting = self.acd.waiting.get(call_id)
+        if call.state != "queued" or waiting is None:
+            raise NotAllowed("a callback can be requested while waiting for an agent")
+        row = CallbackRow(
+            id=str(uuid.uuid4()),
+            call_id=call.id,
+            caller=call.caller,
+            contact=contact,
+            queue=waiting.queue,
+            priority=waiting.priority,
+            summary=call.summary,
+            escalation_reason=call.escalation_reason,
+            status="pending",
+            requested_at=utcnow(),
+        )
+        await self.store.add(row)
+        await self._leave_queue(call, "callback_requested")
+        self._publish(
+            CallbackRequested(
+                call_id=call.id,
+                callback_id=row.id,
+                queue=row.queue,
+                caller=row.caller,
+                contact=contact,
+                summary=row.summary,
+            )
+        )
+        call.tasks.append(asyncio.create_task(self._thank_and_end(call)))
+        return row
+
+    async def _thank_and_end(self, call: Call) -> None:
+        peer = call.caller_leg().peer
+        if peer is not None:
+            peer.outbound.clear()  # they chose: stop whatever we were still saying
+        played = await self.say(call, CALLBACK_PROMPT)
+        if played is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(played, CALLBACK_PROMPT_TIMEOUT)
+                await asyncio.sleep(0.6)  # sent is not yet heard: let the last words arrive
+        await self.end_call(call.id, "callback_requested")
+
+    async def finish_callback(self, user: UserRow, callback_id: str) -> CallbackRow:
+        row = await self.store.finish_callback(callback_id, user.username, utcnow())
+        if row is None:
+            raise NotAllowed(f"no pending callback {callback_id}")
+        self._publish(CallbackDone(call_id=row.call_id, callback_id=row.id, by=user.username))
+        return row
+
+    async def _offer_callback(self, call_id: str) -> None:
+        call = self.calls.get(call_id)
+        waiting = self.acd.waiting.get(call_id)
+        if call is None or waiting is None:
+            return
+        log.info("call %s has waited the queue's maximum: offering a callback", call_id)
+        await self.say(call, MAX_WAIT_PROMPT)
+        self._publish(
+            QueueUpdated(
+                call_id=call.id,
+                queue=waiting.queue,
+                position=self.acd.position(call_id),
+                priority=waiting.priority,
+                expected_wait=self.acd.expected_wait(call_id),
+                announcement=MAX_WAIT_PROMPT,
+                callback_offered=True,
+            )
+        )
+
     async def _acd_actions(self, actions: list[AcdAction]) -> None:
         for a in actions:
             if isinstance(a, PresenceChanged):
@@ -659,8 +828,8 @@ class CallManager:
                 self._publish(
                     OfferWithdrawn(call_id=a.call_id, agent_id=a.agent_id, reason="no_answer")
                 )
-            else:  # MaxWaitReached: callbacks instead of waiting come with the agent softphone
-                log.info("call %s has waited the queue's maximum", a.call_id)
+            else:  # MaxWaitReached: offer a callback instead of more waiting
+                await self._offer_callback(a.call_id)
 
     def _offer(self, offer: Offer) -> CallOffered:
         call = self.calls[offer.call_id]
@@ -676,6 +845,9 @@ class CallManager:
             escalation_reason=call.escalation_reason,
             emotion=call.mood,
             summary=call.summary,
+            previous_calls=call.previous_calls,
+            transferred_by=call.transferred_by,
+            transfer_note=call.transfer_note,
         )
 
     async def run_acd_timers(self) -> None:
@@ -689,14 +861,15 @@ class CallManager:
             except Exception:  # a failing store must not stop the timers of every call
                 log.exception("ACD timer step failed")
 
-    async def say(self, call: Call, text: str) -> None:
-        """Speak to the caller (queued behind anything already playing)."""
-        peer = next((leg.peer for leg in call.legs if leg.peer is not None), None)
+    async def say(self, call: Call, text: str) -> asyncio.Future[None] | None:
+        """Speak to the caller (queued behind anything already playing); the future is
+        done when it has been sent."""
+        peer = call.caller_leg().peer
         if self.speaker is None or peer is None:
-            return
+            return None
         loop = asyncio.get_running_loop()
         pcm, rate = await loop.run_in_executor(self.executor, self.speaker.speak, text)
-        peer.outbound.play(pcm, rate)
+        return peer.outbound.play(pcm, rate)
 
     def _publish(self, event: EventBase) -> None:
         self.bus.publish(event)
@@ -716,15 +889,7 @@ class CallManager:
         if call.agent_id is not None and call.agent_id in self.acd.agents:
             handle = time.monotonic() - call.bridged_at
             await self._acd_actions(self.acd.hangup(call.agent_id, time.monotonic(), handle))
-        if (waiting := self.acd.waiting.get(call.id)) is not None:
-            if waiting.offered_to is not None:
-                self._publish(
-                    OfferWithdrawn(
-                        call_id=call.id, agent_id=waiting.offered_to, reason="caller_left"
-                    )
-                )
-            await self._acd_actions(self.acd.remove(call.id, time.monotonic()))
-            await self._queue_changed()
+        await self._leave_queue(call, "caller_left")
         current = asyncio.current_task()
         for leg in call.legs:
             if leg.pipeline is not None:
@@ -759,6 +924,15 @@ class CallManager:
                 with contextlib.suppress(Exception):
                     await leg.peer.close()
         log.info("call %s ended: %s after %.1f s", call.id, reason, duration)
+
+    async def _leave_queue(self, call: Call, reason: str) -> None:
+        if (waiting := self.acd.waiting.get(call.id)) is None:
+            return
+        if waiting.offered_to is not None:
+            withdrawn = OfferWithdrawn(call_id=call.id, agent_id=waiting.offered_to, reason=reason)
+            self._publish(withdrawn)
+        await self._acd_actions(self.acd.remove(call.id, time.monotonic()))
+        await self._queue_changed()
 
     async def shutdown(self) -> None:
         await asyncio.gather(

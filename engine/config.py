@@ -39,6 +39,17 @@ class Settings(BaseSettings):
     queues: str | None = None
     # Seconds an agent's phone rings before the call goes to the next agent.
     offer_timeout: float = Field(20.0, gt=0, le=300)
+    # What an agent may choose at wrap-up, in the order the softphone lists them.
+    dispositions: list[str] = Field(
+        default_factory=lambda: [
+            "resolved",
+            "follow_up",
+            "callback_scheduled",
+            "transferred",
+            "not_resolved",
+        ],
+        min_length=1,
+    )
     # Signs login tokens. Unset: a random key kept in ``secret_key_file``.
     secret_key: SecretStr | None = None
     secret_key_file: str = "./.ccengine-secret"

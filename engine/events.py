@@ -132,6 +132,9 @@ class QueueUpdated(EventBase):
     priority: int = Field(description="the call's priority in line")
     expected_wait: float | None = Field(description="seconds; null when no agent is staffed")
     announcement: str | None = Field(description="what the caller was told, if anything")
+    callback_offered: bool = Field(
+        False, description="the caller has waited the queue's maximum: offer a callback"
+    )
 
 
 class AgentPresenceChanged(EventBase):
@@ -155,12 +158,61 @@ class CallOffered(EventBase):
     escalation_reason: str | None
     emotion: str | None
     summary: str
+    previous_calls: int = Field(0, description="earlier calls from the same caller identity")
+    transferred_by: str | None = Field(None, description="the agent who transferred the call")
+    transfer_note: str | None = None
 
 
 class OfferWithdrawn(EventBase):
     type: Literal["call.offer_withdrawn"] = "call.offer_withdrawn"
     agent_id: str
     reason: str  # declined, no_answer, caller_left
+
+
+class CallMuted(EventBase):
+    type: Literal["call.muted"] = "call.muted"
+    agent_id: str
+    muted: bool
+
+
+class CallTransferred(EventBase):
+    type: Literal["call.transferred"] = "call.transferred"
+    from_agent: str
+    to_queue: str
+    to_agent: str | None
+    note: str | None
+
+
+class CallWrappedUp(EventBase):
+    type: Literal["call.wrapped_up"] = "call.wrapped_up"
+    agent_id: str
+    disposition: str
+    notes: str
+
+
+class CallbackRequested(EventBase):
+    type: Literal["callback.requested"] = "callback.requested"
+    callback_id: str
+    queue: str
+    caller: str | None
+    contact: str | None
+    summary: str
+
+
+class CallbackDone(EventBase):
+    type: Literal["callback.done"] = "callback.done"
+    callback_id: str
+    by: str
+
+
+class SupervisorAlert(EventBase):
+    """An escalation rule asked for a supervisor's eyes on a call."""
+
+    type: Literal["supervisor.alert"] = "supervisor.alert"
+    escalation_id: str
+    reason: str
+    priority: int
+    state: str
 
 
 class CallEnded(EventBase):
@@ -181,6 +233,12 @@ Event = Annotated[
     | AgentPresenceChanged
     | CallOffered
     | OfferWithdrawn
+    | CallMuted
+    | CallTransferred
+    | CallWrappedUp
+    | CallbackRequested
+    | CallbackDone
+    | SupervisorAlert
     | CallEnded,
     Field(discriminator="type"),
 ]
@@ -197,6 +255,12 @@ EVENT_TYPES = [
     "agent.presence_changed",
     "call.offered",
     "call.offer_withdrawn",
+    "call.muted",
+    "call.transferred",
+    "call.wrapped_up",
+    "callback.requested",
+    "callback.done",
+    "supervisor.alert",
     "call.ended",
 ]
 

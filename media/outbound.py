@@ -1,9 +1,15 @@
-"""The audio we send to a caller: prompts now, hold audio and the agent's voice later.
+"""The audio we send to a party of a call: prompts, the other party's voice, hold audio.
 
-One track per leg, paced in real time in 20 ms frames at 48 kHz. Clips queue
-and play in turn; between them the track sends silence, so RTP keeps flowing
-(and NAT bindings stay open). ``play`` returns a future that is done when the
-clip has been sent; ``clear`` drops what is queued (a barge-in, a bridge).
+One track per leg, paced in real time in 20 ms frames at 48 kHz. What a frame
+carries, first match wins:
+
+    1. queued clips (``play``), in turn: prompts and announcements;
+    2. live audio (``push_live``): the other party of a bridge;
+    3. the background loop (``set_background``): hold audio;
+    4. silence, so RTP keeps flowing (and NAT bindings stay open).
+
+``play`` returns a future that is done when the clip has been sent; ``clear``
+drops what is queued and pending live audio (a barge-in, a bridge, hold).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ class OutboundAudioTrack(PacedAudioTrack):
         self._live_samples = 0
         self.live_dropped = 0
         self.speech_frames_sent = 0
+        self._background: np.ndarray | None = None
+        self._background_pos = 0
 
     @property
     def queued_seconds(self) -> float:
@@ -58,6 +66,22 @@ class OutboundAudioTrack(PacedAudioTrack):
             self._live_samples -= len(dropped)
             self.live_dropped += len(dropped)
 
+    def set_background(self, loop48: np.ndarray | None) -> None:
+        """Loop this 48 kHz audio whenever nothing else is sent (None: silence)."""
+        self._background = None if loop48 is None or not len(loop48) else loop48
+        self._background_pos = 0
+
+    def _take_background(self, out: np.ndarray) -> None:
+        loop = self._background
+        if loop is None:
+            return
+        filled = 0
+        while filled < FRAME:
+            take = min(FRAME - filled, len(loop) - self._background_pos)
+            out[filled : filled + take] = loop[self._background_pos : self._background_pos + take]
+            filled += take
+            self._background_pos = (self._background_pos + take) % len(loop)
+
     def _take_live(self, out: np.ndarray) -> bool:
         filled = 0
         while filled < FRAME and self._live:
@@ -73,6 +97,8 @@ class OutboundAudioTrack(PacedAudioTrack):
         return filled > 0
 
     def clear(self) -> None:
+        self._live.clear()
+        self._live_samples = 0
         for _, fut in self._clips:
             if not fut.done():
                 fut.cancel()
@@ -100,6 +126,8 @@ class OutboundAudioTrack(PacedAudioTrack):
                 self._current = self._current_done = None
         if filled or (not self._clips and self._current is None and self._take_live(out)):
             self.speech_frames_sent += 1
+        else:
+            self._take_background(out)
         return out
 
     def stop(self) -> None:

@@ -62,6 +62,26 @@ class EngineProcess:
         self.kill()
         raise RuntimeError(f"engine did not start: {self.log.read_text()[-3000:]}")
 
+    def add_user(self, username: str, password: str, *extra: str) -> str:
+        """``ccengine users add`` against this engine's database; its output."""
+        result = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "users", "add", username, *extra,
+             "--db", f"sqlite+aiosqlite:///{self.db}"],
+            cwd=ROOT, input=password + "\n", capture_output=True, text=True, env=self.env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    async def agent(self, username: str, password: str, *events: str) -> httpx.AsyncClient:
+        """An HTTP client signed in as ``username`` that has sent presence ``events``."""
+        http = httpx.AsyncClient(base_url=self.url, timeout=30)
+        r = await http.post("/api/v1/auth/login", json={"username": username, "password": password})
+        r.raise_for_status()
+        for event in events:
+            r = await http.post("/api/v1/agents/me/presence", json={"event": event})
+            r.raise_for_status()
+        return http
+
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to tidy up, like a crash."""
         if self.proc and self.proc.poll() is None:

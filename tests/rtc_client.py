@@ -19,10 +19,13 @@ from media.wavtrack import WavFileTrack
 
 
 class Caller:
-    def __init__(self, base_url: str, wav: Path, language: str | None = None) -> None:
+    def __init__(
+        self, base_url: str, wav: Path, language: str | None = None, caller: str | None = None
+    ) -> None:
         self.base_url = base_url
         self.wav = wav
         self.language = language
+        self.caller = caller
         self.pc = RTCPeerConnection()
         self.track = WavFileTrack(str(wav))
         self.pc.addTrack(self.track)
@@ -46,6 +49,8 @@ class Caller:
         body = {"type": "offer", "sdp": self.pc.localDescription.sdp}
         if self.language:
             body["language"] = self.language
+        if self.caller:
+            body["caller"] = self.caller
         async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
             r = await http.post("/api/v1/calls", json=body)
         r.raise_for_status()
@@ -75,8 +80,21 @@ class Caller:
                 channels = len(frame.layout.channels)  # type: ignore[union-attr]
                 self.heard.append(pcm.reshape(-1, channels).mean(axis=1).astype(np.int16))
 
-    def heard_pcm(self) -> np.ndarray:
-        return np.concatenate(self.heard) if self.heard else np.zeros(0, np.int16)
+    def heard_pcm(self, start: int = 0, end: int | None = None) -> np.ndarray:
+        """What we heard, from frame ``start`` to ``end`` (``len(self.heard)`` marks now)."""
+        frames = self.heard[start:end]
+        return np.concatenate(frames) if frames else np.zeros(0, np.int16)
+
+    async def wait_for(self, type_: str, within: float = 30.0, **match: Any) -> dict[str, Any]:
+        """The first event of ``type_`` (with ``match``ing fields) on this call's stream."""
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            for e in self.events:
+                if e["type"] == type_ and all(e.get(k) == v for k, v in match.items()):
+                    return e
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"no {type_} {match or ''} within {within} s")
+            await asyncio.sleep(0.1)
 
     async def _read_events(self) -> None:
         ws_url = self.base_url.replace("http", "ws", 1) + f"/api/v1/calls/{self.call_id}/events"

@@ -177,3 +177,28 @@ def test_queue_file(tmp_path: Path) -> None:
     path.write_text('[[queues]]\nname = "Bad Name"\n')
     with pytest.raises(ValidationError, match="name"):
         load_queues(path)
+
+
+def test_transfer_to_one_agent_rings_only_them_then_falls_back_to_the_queue() -> None:
+    acd = Acd(QUEUES, offer_timeout=20)
+    staffed(acd, ("ann", set(), 1), ("bob", set(), 2))
+    acd.add_agent("cy", set())
+    acd.presence("cy", "login", 3)  # away: the call waits for cy, not for ann
+    assert offers(acd.enqueue("c1", "general", 10, agent="cy")) == []
+    assert acd.expected_wait("c1") is None  # cy is not staffed yet
+    assert offers(acd.presence("cy", "available", 11)) == [("cy", "c1")]
+    # cy lets it ring out: back to the queue, to the longest-idle agent
+    actions = acd.tick(31)
+    assert OfferExpired("cy", "c1") in actions
+    assert offers(actions) == [("ann", "c1")]
+    assert acd.waiting["c1"].target is None
+
+
+def test_transfer_target_must_be_signed_in() -> None:
+    acd = Acd(QUEUES)
+    acd.add_agent("dee", set())
+    with pytest.raises(AcdError, match="offline"):
+        acd.enqueue("c1", "general", 1, agent="dee")
+    with pytest.raises(AcdError, match="unknown agent"):
+        acd.enqueue("c1", "general", 1, agent="nobody")
+    assert "c1" not in acd.waiting

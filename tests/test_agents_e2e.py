@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +12,14 @@ import pytest
 import websockets
 
 from tests import speech
-from tests.engine_proc import ROOT, EngineProcess
+from tests.engine_proc import EngineProcess
 from tests.rtc_client import Caller
 
 pytestmark = pytest.mark.integration
 
 
 def add_user(engine: EngineProcess, username: str, password: str, *extra: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "users", "add", username, *extra,
-         "--db", f"sqlite+aiosqlite:///{engine.db}"],
-        cwd=ROOT, input=password + "\n", capture_output=True, text=True, env=engine.env,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return engine.add_user(username, password, *extra)
 
 
 async def login(http: httpx.AsyncClient, username: str, password: str) -> httpx.Response:

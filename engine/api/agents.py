@@ -1,4 +1,6 @@
-"""Agents: presence and answering offers (signed-in users only)."""
+"""Agents: presence and answering offers (signed-in users only).
+
+A request the ACD cannot honour (not ringing on you, wrong presence) is a 409."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from engine.acd import AcdError
 from engine.api.auth import Authenticated, CurrentUser
 from engine.calls import CallManager
 
@@ -52,10 +53,7 @@ async def agents(request: Request, _who: Authenticated) -> list[AgentOut]:
 async def set_presence(body: PresenceIn, request: Request, user: CurrentUser) -> AgentOut:
     if user.role != "agent":
         raise HTTPException(403, "only agents take calls")
-    try:
-        presence = await _manager(request).agent_presence(user, body.event)
-    except AcdError as exc:
-        raise HTTPException(409, str(exc)) from None
+    presence = await _manager(request).agent_presence(user, body.event)
     return AgentOut(
         id=user.id,
         username=user.username,
@@ -68,10 +66,7 @@ async def set_presence(body: PresenceIn, request: Request, user: CurrentUser) ->
 @router.post("/calls/{call_id}/decline", status_code=204)
 async def decline(call_id: str, request: Request, who: Authenticated) -> None:
     """Let a ringing call go to the next agent."""
-    try:
-        await _manager(request).decline(who.user_id, call_id)
-    except AcdError as exc:
-        raise HTTPException(409, str(exc)) from None
+    await _manager(request).decline(who.user_id, call_id)
 
 
 class AnswerIn(BaseModel):
@@ -88,8 +83,5 @@ class AnswerOut(BaseModel):
 @router.post("/calls/{call_id}/accept", response_model=AnswerOut)
 async def accept(call_id: str, body: AnswerIn, request: Request, user: CurrentUser) -> AnswerOut:
     """Answer a ringing call with the softphone's SDP offer; media is bridged at once."""
-    try:
-        sdp = await _manager(request).accept(user, call_id, body.sdp)
-    except AcdError as exc:
-        raise HTTPException(409, str(exc)) from None
+    sdp = await _manager(request).accept(user, call_id, body.sdp)
     return AnswerOut(call_id=call_id, sdp=sdp)

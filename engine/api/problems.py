@@ -12,7 +12,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.calls import Overloaded, UnknownCall
+from engine.acd import AcdError
+from engine.callstate import Forbidden, NotAllowed, Overloaded, UnknownCall
 from media.sdp import SdpError
 
 PROBLEM = "application/problem+json"
@@ -63,6 +64,18 @@ def install(app: FastAPI) -> None:
             "the call store did not answer; try again",
             headers={"Retry-After": "2"},
         )
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(_req: Request, exc: Forbidden) -> JSONResponse:
+        return problem(403, "Forbidden", str(exc))
+
+    @app.exception_handler(NotAllowed)
+    async def _not_allowed(_req: Request, exc: NotAllowed) -> JSONResponse:
+        return problem(409, "Conflict", str(exc))
+
+    @app.exception_handler(AcdError)
+    async def _acd(_req: Request, exc: AcdError) -> JSONResponse:
+        return problem(409, "Conflict", str(exc))
 
     @app.exception_handler(UnknownCall)
     async def _unknown(_req: Request, exc: UnknownCall) -> JSONResponse:

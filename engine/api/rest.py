@@ -17,9 +17,11 @@ from engine.api.schemas import (
     EscalationOut,
     LegOut,
     ModelOut,
+    NoteOut,
     UtteranceOut,
 )
-from engine.calls import STATES, CallManager
+from engine.calls import CallManager
+from engine.callstate import STATES
 from engine.escalation import Rule
 
 router = APIRouter(prefix="/api/v1")
@@ -63,14 +65,19 @@ async def get_call(call_id: str, request: Request) -> CallDetail:
     found = await manager(request).store.get_call(call_id)
     if found is None:
         raise HTTPException(404, f"no call {call_id}")
-    call, utts, emos, escs = found
+    call = found.call
     base = CallOut.model_validate(call, from_attributes=True)
     return CallDetail(
         **base.model_dump(),
         legs=[LegOut.model_validate(leg, from_attributes=True) for leg in call.legs],
-        transcript=[UtteranceOut.model_validate(u, from_attributes=True) for u in utts],
-        emotion_timeline=[EmotionOut.model_validate(e, from_attributes=True) for e in emos],
-        escalations=[EscalationOut.model_validate(e, from_attributes=True) for e in escs],
+        transcript=[UtteranceOut.model_validate(u, from_attributes=True) for u in found.utterances],
+        emotion_timeline=[
+            EmotionOut.model_validate(e, from_attributes=True) for e in found.emotions
+        ],
+        escalations=[
+            EscalationOut.model_validate(e, from_attributes=True) for e in found.escalations
+        ],
+        notes=[NoteOut.model_validate(n, from_attributes=True) for n in found.notes],
         facts=call.facts or [],
     )
 

@@ -35,6 +35,7 @@ class LegOut(BaseModel):
     role: str
     transport: str
     codec: str | None
+    user_id: str | None
     created_at: datetime
     ended_at: datetime | None
 
@@ -78,6 +79,9 @@ class CallOut(BaseModel):
     escalated_at: datetime | None
     escalation_reason: str | None
     summary: str
+    agent_id: str | None
+    disposition: str | None
+    wrapped_up_at: datetime | None
 
 
 class EscalationOut(BaseModel):
@@ -91,12 +95,21 @@ class EscalationOut(BaseModel):
     evidence: dict[str, Any]
 
 
+class NoteOut(BaseModel):
+    author: str
+    kind: str = Field(description="wrap_up, transfer or note")
+    text: str
+    disposition: str | None
+    created_at: datetime
+
+
 class CallDetail(CallOut):
     legs: list[LegOut]
     transcript: list[UtteranceOut]
     emotion_timeline: list[EmotionOut]
     escalations: list[EscalationOut]
     facts: list[FactOut]
+    notes: list[NoteOut]
 
 
 class CallList(BaseModel):

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from alembic import command
 from alembic.config import Config
@@ -23,15 +23,25 @@ from sqlalchemy.orm import selectinload
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from engine.store.models import (
+    CallbackRow,
     CallRow,
     EmotionRow,
     EscalationRow,
     LegRow,
+    NoteRow,
     UserRow,
     UtteranceRow,
 )
 
 HERE = Path(__file__).parent
+
+
+class CallRecord(NamedTuple):
+    call: CallRow
+    utterances: Sequence[UtteranceRow]
+    emotions: Sequence[EmotionRow]
+    escalations: Sequence[EscalationRow]
+    notes: Sequence[NoteRow]
 
 
 def alembic_config(url: str) -> Config:
@@ -136,34 +146,53 @@ class Store:
         async with self.session() as s:
             return (await s.scalars(q)).all()
 
-    async def get_call(
-        self, call_id: str
-    ) -> (
-        tuple[CallRow, Sequence[UtteranceRow], Sequence[EmotionRow], Sequence[EscalationRow]] | None
-    ):
+    async def get_call(self, call_id: str) -> CallRecord | None:
         async with self.session() as s:
             call = await s.scalar(
                 select(CallRow).where(CallRow.id == call_id).options(selectinload(CallRow.legs))
             )
             if call is None:
                 return None
-            utts = (
-                await s.scalars(
-                    select(UtteranceRow)
-                    .where(UtteranceRow.call_id == call_id)
-                    .order_by(UtteranceRow.start, UtteranceRow.seq)
-                )
-            ).all()
-            emos = (
-                await s.scalars(
-                    select(EmotionRow).where(EmotionRow.call_id == call_id).order_by(EmotionRow.id)
-                )
-            ).all()
-            escs = (
-                await s.scalars(
-                    select(EscalationRow)
-                    .where(EscalationRow.call_id == call_id)
-                    .order_by(EscalationRow.at, EscalationRow.created_at)
-                )
-            ).all()
-            return call, utts, emos, escs
+            utts = await s.scalars(
+                select(UtteranceRow)
+                .where(UtteranceRow.call_id == call_id)
+                .order_by(UtteranceRow.start, UtteranceRow.seq)
+            )
+            emos = await s.scalars(
+                select(EmotionRow).where(EmotionRow.call_id == call_id).order_by(EmotionRow.id)
+            )
+            escs = await s.scalars(
+                select(EscalationRow)
+                .where(EscalationRow.call_id == call_id)
+                .order_by(EscalationRow.at, EscalationRow.created_at)
+            )
+            notes = await s.scalars(
+                select(NoteRow).where(NoteRow.call_id == call_id).order_by(NoteRow.id)
+            )
+            return CallRecord(call, utts.all(), emos.all(), escs.all(), notes.all())
+
+    async def history(self, caller: str, *, before: str | None, limit: int) -> Sequence[CallRow]:
+        """Earlier calls from the same caller identity, newest first."""
+        q = select(CallRow).where(CallRow.caller == caller)
+        if before is not None:
+            q = q.where(CallRow.id != before)
+        async with self.session() as s:
+            return (await s.scalars(q.order_by(CallRow.created_at.desc()).limit(limit))).all()
+
+    async def callbacks(self, status: str | None, limit: int = 100) -> Sequence[CallbackRow]:
+        q = select(CallbackRow).order_by(CallbackRow.priority.desc(), CallbackRow.requested_at)
+        if status:
+            q = q.where(CallbackRow.status == status)
+        async with self.session() as s:
+            return (await s.scalars(q.limit(limit))).all()
+
+    async def finish_callback(
+        self, callback_id: str, by: str, when: datetime
+    ) -> CallbackRow | None:
+        """Mark a pending callback done; None if there is no such pending callback."""
+        async with self.writing() as s:
+            row = await s.get(CallbackRow, callback_id)
+            if row is None or row.status != "pending":
+                return None
+            row.status, row.done_by, row.done_at = "done", by, when
+            return row

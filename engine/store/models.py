@@ -22,7 +22,7 @@ class CallRow(Base):
     language: Mapped[str] = mapped_column(String(16))
     recognizer: Mapped[str | None] = mapped_column(String(32))
     recognizer_note: Mapped[str] = mapped_column(Text, default="")
-    caller: Mapped[str | None] = mapped_column(String(200))
+    caller: Mapped[str | None] = mapped_column(String(200), index=True)
     emotion: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -33,6 +33,9 @@ class CallRow(Base):
     escalation_reason: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[str] = mapped_column(Text, default="")
     facts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    agent_id: Mapped[str | None] = mapped_column(String(36), index=True)  # the last agent
+    disposition: Mapped[str | None] = mapped_column(String(64))
+    wrapped_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     legs: Mapped[list[LegRow]] = relationship(back_populates="call", order_by="LegRow.created_at")
 
@@ -45,6 +48,7 @@ class LegRow(Base):
     role: Mapped[str] = mapped_column(String(16))  # caller, agent, supervisor
     transport: Mapped[str] = mapped_column(String(16))  # webrtc, sip
     codec: Mapped[str | None] = mapped_column(String(32))
+    user_id: Mapped[str | None] = mapped_column(String(36))  # the agent, for agent legs
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -118,3 +122,37 @@ class EmotionRow(Base):
     call_label: Mapped[str] = mapped_column(String(16))
     scores: Mapped[dict[str, float]] = mapped_column(JSON)
     features: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class NoteRow(Base):
+    """Something a person wrote about a call: wrap-up notes, a transfer's hand-over."""
+
+    __tablename__ = "call_notes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    author_id: Mapped[str | None] = mapped_column(String(36))
+    author: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # wrap_up, transfer, note
+    text: Mapped[str] = mapped_column(Text)
+    disposition: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CallbackRow(Base):
+    """A caller chose to be called back rather than wait."""
+
+    __tablename__ = "callbacks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    caller: Mapped[str | None] = mapped_column(String(200))
+    contact: Mapped[str | None] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(64))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    escalation_reason: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending, done
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    done_by: Mapped[str | None] = mapped_column(String(64))
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

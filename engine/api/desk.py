@@ -1,0 +1,190 @@
+"""The agent's desk: call controls (mute, hold, transfer), wrap-up, callbacks,
+caller history and the queues, for the softphone and for API clients.
+
+Controls act on a live call that is with the signed-in agent (a supervisor may act
+on any). Wrong state or target: 409 with the reason; not your call: 403.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field, model_validator
+from starlette.exceptions import HTTPException
+
+from engine.api.auth import Authenticated, CurrentUser
+from engine.calls import CallManager
+
+router = APIRouter(prefix="/api/v1", tags=["agent desk"])
+
+
+def _manager(request: Request) -> CallManager:
+    m: CallManager = request.app.state.calls
+    return m
+
+
+class MuteIn(BaseModel):
+    muted: bool = Field(description="true: the caller no longer hears the agent")
+
+
+class TransferIn(BaseModel):
+    queue: str | None = Field(None, max_length=64, description="a queue; default: the call's")
+    agent: str | None = Field(None, max_length=64, description="ring only this agent (username)")
+    note: str | None = Field(None, max_length=2000, description="hand-over for the next agent")
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> TransferIn:
+        if self.queue is None and self.agent is None:
+            raise ValueError("give a queue or an agent to transfer to")
+        return self
+
+
+class WrapUpIn(BaseModel):
+    disposition: str = Field(min_length=1, max_length=64)
+    notes: str = Field("", max_length=10_000)
+    then: Literal["available", "away"] = Field(
+        "available", description="the agent's presence after wrap-up"
+    )
+
+
+class CallbackIn(BaseModel):
+    contact: str | None = Field(
+        None, max_length=200, description="where to call back, if not the caller identity"
+    )
+
+
+class CallbackOut(BaseModel):
+    id: str
+    call_id: str
+    caller: str | None
+    contact: str | None
+    queue: str
+    priority: int
+    summary: str
+    escalation_reason: str | None
+    status: str
+    requested_at: datetime
+    done_by: str | None
+    done_at: datetime | None
+
+
+class HistoryItem(BaseModel):
+    id: str
+    created_at: datetime
+    ended_at: datetime | None
+    channel: str
+    state: str
+    summary: str
+    emotion: str | None
+    escalation_reason: str | None
+    disposition: str | None
+    end_reason: str | None
+
+
+class QueueOut(BaseModel):
+    name: str
+    skills: list[str]
+    priority: int
+    max_wait: float
+    waiting: int
+    average_handle_time: float
+
+
+@router.post("/calls/{call_id}/mute", status_code=204)
+async def mute(call_id: str, body: MuteIn, request: Request, user: CurrentUser) -> None:
+    """Mute or unmute the agent towards the caller (muted talk is not transcribed)."""
+    await _manager(request).mute(user, call_id, body.muted)
+
+
+@router.post("/calls/{call_id}/hold", status_code=204)
+async def hold(call_id: str, request: Request, user: CurrentUser) -> None:
+    """The caller hears a short prompt, then hold audio; the agent hears nothing."""
+    await _manager(request).hold(user, call_id)
+
+
+@router.post("/calls/{call_id}/resume", status_code=204)
+async def resume(call_id: str, request: Request, user: CurrentUser) -> None:
+    await _manager(request).resume(user, call_id)
+
+
+@router.post("/calls/{call_id}/transfer", status_code=202)
+async def transfer(call_id: str, body: TransferIn, request: Request, user: CurrentUser) -> None:
+    """Hand the caller to a queue or to one agent (who is offered it with all context so
+    far; if they decline or do not answer, the call goes to the queue). The agent who
+    transferred goes to wrap-up."""
+    await _manager(request).transfer(
+        user, call_id, queue=body.queue, agent=body.agent, note=body.note
+    )
+
+
+@router.post("/calls/{call_id}/wrap-up", status_code=204)
+async def wrap_up(call_id: str, body: WrapUpIn, request: Request, user: CurrentUser) -> None:
+    """Store the disposition and notes with the call; the agent leaves wrap-up."""
+    m = _manager(request)
+    if body.disposition not in m.settings.dispositions:
+        raise HTTPException(422, f"disposition must be one of {', '.join(m.settings.dispositions)}")
+    await m.wrap_up(user, call_id, body.disposition, body.notes, body.then)
+
+
+@router.get("/dispositions", response_model=list[str])
+async def dispositions(request: Request, _who: Authenticated) -> list[str]:
+    return _manager(request).settings.dispositions
+
+
+@router.post("/calls/{call_id}/callback", status_code=201, response_model=CallbackOut)
+async def request_callback(
+    call_id: str, request: Request, body: CallbackIn | None = None
+) -> CallbackOut:
+    """The waiting caller chooses a callback instead of waiting: the request is stored
+    and shown to agents, the caller hears a confirmation, and the call ends."""
+    row = await _manager(request).request_callback(call_id, body.contact if body else None)
+    return CallbackOut.model_validate(row, from_attributes=True)
+
+
+@router.get("/callbacks", response_model=list[CallbackOut])
+async def callbacks(
+    request: Request,
+    _who: Authenticated,
+    status: Literal["pending", "done"] | None = Query("pending"),
+) -> list[CallbackOut]:
+    """Callback requests, highest priority and oldest first."""
+    rows = await _manager(request).store.callbacks(status)
+    return [CallbackOut.model_validate(r, from_attributes=True) for r in rows]
+
+
+@router.post("/callbacks/{callback_id}/done", response_model=CallbackOut)
+async def callback_done(callback_id: str, request: Request, user: CurrentUser) -> CallbackOut:
+    row = await _manager(request).finish_callback(user, callback_id)
+    return CallbackOut.model_validate(row, from_attributes=True)
+
+
+@router.get("/calls/{call_id}/history", response_model=list[HistoryItem])
+async def history(
+    call_id: str, request: Request, _who: Authenticated, limit: int = Query(10, ge=1, le=100)
+) -> list[HistoryItem]:
+    """Earlier calls from the same caller identity, newest first (empty when the caller
+    gave no identity)."""
+    m = _manager(request)
+    found = await m.store.get_call(call_id)
+    if found is None:
+        raise HTTPException(404, f"no call {call_id}")
+    if not found.call.caller:
+        return []
+    rows = await m.store.history(found.call.caller, before=call_id, limit=limit)
+    return [HistoryItem.model_validate(r, from_attributes=True) for r in rows]
+
+
+@router.get("/queues", response_model=list[QueueOut])
+async def queues(request: Request, _who: Authenticated) -> list[QueueOut]:
+    acd = _manager(request).acd
+    waiting = [w.queue for w in acd.waiting.values()]
+    return [
+        QueueOut(
+            **q.model_dump(include={"name", "skills", "priority", "max_wait"}),
+            waiting=waiting.count(q.name),
+            average_handle_time=round(acd.average_handle_time, 1),
+        )
+        for q in acd.queues.values()
+    ]
