@@ -411,6 +411,7 @@ class CallManager:
             update = EmotionUpdated(
                 call_id=call.id,
                 leg_id=ev.leg_id,
+                speaker=call.speaker(ev.leg_id),
                 utterance_id=utt_id,
                 at=round(ev.at + self._offset(call, ev.leg_id), 3),
                 label=est.label,
@@ -424,7 +425,7 @@ class CallManager:
             await self.store.add(
                 EmotionRow(
                     features=dataclasses.asdict(est.prosody),
-                    **update.model_dump(exclude={"id", "time", "type", "call_scores"}),
+                    **update.model_dump(exclude={"id", "time", "type", "call_scores", "speaker"}),
                 )
             )
             if call.speaker(ev.leg_id) == "caller":
@@ -445,10 +446,18 @@ class CallManager:
         leg = call.leg(leg_id)
         return leg.offset if leg else 0.0
 
+    @staticmethod
+    def _summary(call: Call) -> str:
+        """The running summary as of now: an offer made between a caller's words and
+        their emotion estimate already carries those words and why it escalated."""
+        return summarize(
+            call.caller_said, call.facts.facts, call.mood, call.trend, call.escalation_reason
+        )
+
     async def _assist(self, call: Call, mood: str, trend: float) -> None:
         """After each caller utterance: summary, facts so far, suggested answers."""
-        summary = summarize(call.caller_said, call.facts.facts, mood, trend, call.escalation_reason)
-        call.summary, call.mood = summary, mood
+        call.mood, call.trend = mood, trend
+        summary = call.summary = self._summary(call)
         facts = [FactOut(**dataclasses.asdict(f)) for f in call.facts.facts]
         new = [FactOut(**dataclasses.asdict(f)) for f in call.new_facts]
         call.new_facts = []
@@ -749,7 +758,7 @@ class CallManager:
             contact=contact,
             queue=waiting.queue,
             priority=waiting.priority,
-            summary=call.summary,
+            summary=self._summary(call),
             escalation_reason=call.escalation_reason,
             status="pending",
             requested_at=utcnow(),
@@ -844,7 +853,7 @@ class CallManager:
             queue=call.queue_name or "",
             escalation_reason=call.escalation_reason,
             emotion=call.mood,
-            summary=call.summary,
+            summary=self._summary(call),
             previous_calls=call.previous_calls,
             transferred_by=call.transferred_by,
             transfer_note=call.transfer_note,

@@ -150,6 +150,7 @@ class Call:
     transfer_note: str | None = None
     summary: str = ""
     mood: str | None = None
+    trend: float = 0.0
     facts: FactSheet = field(default_factory=FactSheet)
     new_facts: list[Fact] = field(default_factory=list)  # not yet in an assist.updated
     caller_said: list[str] = field(default_factory=list)  # redacted caller finals

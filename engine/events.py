@@ -80,6 +80,7 @@ class TranscriptFinal(EventBase):
 class EmotionUpdated(EventBase):
     type: Literal["emotion.updated"] = "emotion.updated"
     leg_id: str
+    speaker: str = "caller"
     utterance_id: str
     at: float
     label: str

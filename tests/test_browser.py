@@ -1,37 +1,45 @@
-"""A real Chromium caller: the caller page and the live view, driven by Playwright."""
+"""Real Chromium: the caller page, the live view and the agent desk, driven by Playwright.
+Each browser's microphone is a WAV file, so the caller and the agent each need their own."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
+from tests import speech
 from tests.engine_proc import EngineProcess
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 CHROMIUM = "/usr/bin/chromium"
 
 
+def launch(p: Playwright, microphone: Path) -> Browser:
+    return p.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--autoplay-policy=no-user-gesture-required",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={microphone}",
+        ],
+    )
+
+
 @pytest.fixture
 def browser(voices: dict[str, Path]) -> Iterator[Browser]:
     with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={voices['calm']}",
-            ],
-        )
+        b = launch(p, voices["calm"])
         try:
             yield b
         finally:
@@ -73,3 +81,107 @@ def test_browser_call_shows_live_words(
     expect(live.get_by_test_id("state")).to_contain_text("ended (hangup)", timeout=15_000)
     live.screenshot(path=str(output_dir / "live-view-ended.png"), full_page=True)
     context.close()
+
+
+AUDIO_BYTES = """async (pc) => {
+  let sent = 0, received = 0;
+  (await pc.getStats()).forEach((r) => {
+    if (r.kind !== "audio") return;
+    if (r.type === "outbound-rtp") sent += r.bytesSent;
+    if (r.type === "inbound-rtp") received += r.bytesReceived;
+  });
+  return { sent, received };
+}"""
+
+
+def audio_flow(page: Page, peer: str, seconds: float = 2.0) -> dict[str, int]:
+    """Audio bytes sent and received by the page's peer connection over ``seconds``."""
+    before = page.evaluate(f"() => ({AUDIO_BYTES})({peer})")
+    page.wait_for_timeout(seconds * 1000)
+    after = page.evaluate(f"() => ({AUDIO_BYTES})({peer})")
+    return {k: after[k] - before[k] for k in ("sent", "received")}
+
+
+def test_agent_desk_answers_an_escalated_caller(
+    engine: EngineProcess, tmp_path: Path, output_dir: Path
+) -> None:
+    """The whole story in two real browsers: Ann signs in and goes available; an upset
+    caller asks for a person; Ann's desk rings with why; she answers, both hear each
+    other (WebRTC stats), she sees both sides of the transcript, the emotion chart and
+    a suggested answer; she hangs up and wraps up; all of it is stored."""
+    engine.add_user("ann", "pw-ann-1", "--name", "Ann Lee")
+    caller_wav = speech.piper_script(
+        ["My order never arrived, and this is ridiculous.",
+         "I want to talk to a real person right now.",
+         "I am really angry and fed up."],
+        tmp_path / "caller.wav", speech.ANGRY_EFFECTS,
+    )  # fmt: skip
+    agent_wav = speech.piper_script(
+        ["Hello, this is Ann from customer care.",
+         "I am sorry about your order. I can help you with that right now."],
+        tmp_path / "ann.wav",
+    )  # fmt: skip
+    with sync_playwright() as p:
+        caller_browser, agent_browser = launch(p, caller_wav), launch(p, agent_wav)
+        try:
+            agent = agent_browser.new_context(permissions=["microphone"]).new_page()
+            agent.goto(f"{engine.url}/agent")
+            agent.get_by_test_id("username").fill("ann")
+            agent.get_by_test_id("password").fill("wrong")
+            agent.get_by_test_id("sign-in").click()
+            expect(agent.get_by_test_id("login-error")).to_have_text("wrong username or password")
+            agent.get_by_test_id("password").fill("pw-ann-1")
+            agent.get_by_test_id("sign-in").click()
+            expect(agent.get_by_test_id("presence")).to_have_text("away")
+            agent.get_by_test_id("go-available").click()
+            expect(agent.get_by_test_id("presence")).to_have_text("available")
+
+            caller = caller_browser.new_context(permissions=["microphone"]).new_page()
+            caller.goto(f"{engine.url}/call")
+            caller.get_by_test_id("identity").fill("cust-42")
+            caller.get_by_test_id("call").click()
+            expect(agent.get_by_test_id("ring")).to_be_visible(timeout=60_000)
+            expect(agent.get_by_test_id("preview")).to_contain_text("cust-42")
+            expect(agent.get_by_test_id("preview")).to_contain_text("asked for a person")
+            expect(caller.get_by_test_id("state")).to_have_text("queued")
+            agent.screenshot(path=str(output_dir / "agent-ringing.png"), full_page=True)
+            agent.get_by_test_id("accept").click()
+            expect(agent.get_by_test_id("call-state")).to_have_text("bridged", timeout=20_000)
+            expect(caller.get_by_test_id("state")).to_have_text("bridged")
+            agent_flow = audio_flow(agent, "window.ccAgent.pc")
+            caller_flow = audio_flow(caller, "window.ccengineCall.pc")
+            print("agent:", agent_flow, "caller:", caller_flow)
+            # Opus at speech rates is kilobytes a second; silence would be far less
+            assert agent_flow["received"] > 3000 and agent_flow["sent"] > 3000
+            assert caller_flow["received"] > 3000 and caller_flow["sent"] > 3000
+
+            transcript = agent.get_by_test_id("transcript")
+            expect(transcript.locator(".line.final.caller").first).to_be_visible()
+            expect(transcript.locator(".line.final.agent").first).to_be_visible(timeout=40_000)
+            expect(agent.get_by_test_id("escalation-reason")).to_contain_text("Needs a person")
+            expect(agent.get_by_test_id("summary")).to_contain_text("Caller:")
+            expect(agent.get_by_test_id("suggestions")).to_contain_text("Where is my order?")
+            expect(agent.locator("[data-testid=chart] circle").first).to_be_visible()
+            agent.screenshot(path=str(output_dir / "agent-on-call.png"), full_page=True)
+            call_id = agent.evaluate("window.ccAgent.callId")
+
+            agent.get_by_test_id("hangup").click()
+            expect(agent.get_by_test_id("wrapup")).to_be_visible()
+            expect(caller.get_by_test_id("state")).to_have_text("ended", timeout=15_000)
+            expect(agent.get_by_test_id("presence")).to_have_text("wrap up")
+            agent.get_by_test_id("disposition").select_option("resolved")
+            agent.get_by_test_id("notes-input").fill("Order located; apologised.")
+            agent.screenshot(path=str(output_dir / "agent-wrap-up.png"), full_page=True)
+            agent.get_by_test_id("wrapup-submit").click()
+            expect(agent.get_by_test_id("presence")).to_have_text("available")
+            expect(agent.get_by_test_id("wrapup")).to_be_hidden()
+        finally:
+            caller_browser.close()
+            agent_browser.close()
+    record = httpx.get(f"{engine.url}/api/v1/calls/{call_id}").json()
+    assert record["disposition"] == "resolved" and record["caller"] == "cust-42"
+    assert [(n["kind"], n["author"], n["text"]) for n in record["notes"]] == [
+        ("wrap_up", "ann", "Order located; apologised.")
+    ]
+    assert {u["speaker"] for u in record["transcript"]} == {"caller", "agent"}
+    assert record["end_reason"] == "agent_hangup"

@@ -55,6 +55,17 @@ def identity(request: Request) -> Identity:
 Authenticated = Annotated[Identity, Depends(identity)]
 
 
+def maybe_identity(request: Request) -> Identity | None:
+    """Who is asking, if they signed in; None for anonymous callers."""
+    try:
+        return identity(request)
+    except HTTPException:
+        return None
+
+
+MaybeAuthenticated = Annotated[Identity | None, Depends(maybe_identity)]
+
+
 async def current_user(request: Request, who: Authenticated) -> UserRow:
     user = await request.app.state.calls.store.user(who.user_id)
     if user is None:

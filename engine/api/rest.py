@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from starlette.exceptions import HTTPException
 
+from engine.api.auth import MaybeAuthenticated
 from engine.api.schemas import (
     CallAnswer,
     CallDetail,
@@ -89,11 +90,12 @@ async def escalation_rules(request: Request) -> list[Rule]:
 
 
 @router.post("/calls/{call_id}/hangup", status_code=202, tags=["calls"])
-async def hangup(call_id: str, request: Request) -> Response:
+async def hangup(call_id: str, request: Request, who: MaybeAuthenticated) -> Response:
     """End a live call. 404 if it is not live on this node."""
     m = manager(request)
-    m.get(call_id)
-    await m.end_call(call_id, "hangup")
+    call = m.get(call_id)
+    by_agent = who is not None and who.user_id == call.agent_id
+    await m.end_call(call_id, "agent_hangup" if by_agent else "hangup")
     return Response(status_code=202)
 
 

@@ -1,24 +1,18 @@
 import { connectEvents, esc } from "/static/events.js";
+import { openAudioPeer } from "/static/rtc.js";
 
 const $ = (id) => document.getElementById(id);
 let pc = null;
 let stream = null;
 let callId = null;
 let events = null;
+// for tests and embedding pages: the live peer connection and call id
+window.ccengineCall = { get pc() { return pc; }, get callId() { return callId; } };
 
 function setState(s) {
   $("state").textContent = s;
   $("state").className = `state ${s}`;
-}
-
-function waitIce(pc, ms = 3000) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => { pc.removeEventListener("icegatheringstatechange", check); resolve(); };
-    const check = () => pc.iceGatheringState === "complete" && done();
-    pc.addEventListener("icegatheringstatechange", check);
-    setTimeout(done, ms);  // host candidates are enough on most networks
-  });
+  $("callback").hidden = s !== "queued";
 }
 
 function caption(ev) {
@@ -30,8 +24,15 @@ function caption(ev) {
     $("captions").append(el);
   }
   el.className = `line ${ev.type === "transcript.final" ? "final" : "partial"}`;
-  el.innerHTML = `<span class="t">${ev.start.toFixed(1)}s</span><span></span><span class="text">${esc(ev.text)}</span>`;
+  el.innerHTML = `<span class="t">${ev.start.toFixed(1)}s</span><span class="who">${ev.speaker === "agent" ? "agent" : "you"}</span><span class="text">${esc(ev.text)}</span>`;
   $("captions").scrollTop = $("captions").scrollHeight;
+}
+
+function queued(ev) {
+  $("queue").hidden = false;
+  const wait = ev.expected_wait == null ? "all agents are busy" : `expected wait about ${Math.max(1, Math.round(ev.expected_wait / 60))} min`;
+  $("queue").textContent = `Connecting you to a person: you are number ${ev.position} in line (${wait}).`;
+  if (ev.callback_offered) $("queue").textContent += " You can ask us to call you back instead.";
 }
 
 async function call() {
@@ -39,17 +40,15 @@ async function call() {
   $("call").disabled = true;
   setState("dialing");
   try {
-    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-    pc = new RTCPeerConnection();
-    // what the engine says to us: queue announcements now, the agent later
-    pc.ontrack = (e) => { $("remote").srcObject = e.streams[0] || new MediaStream([e.track]); };
-    stream.getTracks().forEach((t) => pc.addTrack(t, stream));
-    await pc.setLocalDescription(await pc.createOffer());
-    await waitIce(pc);
+    // what the engine sends us: queue announcements, hold audio, the agent
+    ({ pc, mic: stream } = await openAudioPeer($("remote")));
     const res = await fetch("/api/v1/calls", {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ type: "offer", sdp: pc.localDescription.sdp, language: $("language").value }),
+      body: JSON.stringify({
+        type: "offer", sdp: pc.localDescription.sdp, language: $("language").value,
+        caller: $("identity").value.trim() || null,
+      }),
     });
     const body = await res.json();
     if (!res.ok) throw new Error(body.detail || `HTTP ${res.status}`);
@@ -60,13 +59,14 @@ async function call() {
     await pc.setRemoteDescription({ type: "answer", sdp: body.sdp });
     $("hangup").disabled = false;
     events = connectEvents(`/api/v1/calls/${callId}/events`, (ev) => {
-      if (ev.type === "call.state_changed") setState(ev.state);
-      else if (ev.type === "transcript.partial" || ev.type === "transcript.final") caption(ev);
-      else if (ev.type === "queue.updated") {
-        $("queue").hidden = false;
-        const wait = ev.expected_wait == null ? "all agents are busy" : `expected wait about ${Math.max(1, Math.round(ev.expected_wait / 60))} min`;
-        $("queue").textContent = `Connecting you to a person: you are number ${ev.position} in line (${wait}).`;
+      if (ev.type === "call.state_changed") {
+        setState(ev.state);
+        if (ev.state === "bridged") $("queue").textContent = "You are talking to a person.";
+        if (ev.state === "held") $("queue").textContent = "You are on hold. Your agent will be right back.";
       }
+      else if (ev.type === "transcript.partial" || ev.type === "transcript.final") caption(ev);
+      else if (ev.type === "queue.updated") queued(ev);
+      else if (ev.type === "callback.requested") $("queue").textContent = "We will call you back. Thank you.";
       else if (ev.type === "call.ended") { setState("ended"); finish(`Call ended (${ev.reason}).`); }
     });
   } catch (err) {
@@ -84,6 +84,7 @@ function finish(message) {
   pc = stream = events = null;
   $("call").disabled = false;
   $("hangup").disabled = true;
+  $("callback").hidden = true;
 }
 
 async function hangup() {
@@ -93,5 +94,17 @@ async function hangup() {
   setState("ended");
 }
 
+async function callback() {
+  $("callback").disabled = true;
+  const res = await fetch(`/api/v1/calls/${callId}/callback`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ contact: $("identity").value.trim() || null }),
+  });
+  $("callback").disabled = false;
+  if (!res.ok) $("error").textContent = `Could not request a callback: ${(await res.json()).detail}`;
+}
+
 $("call").onclick = call;
 $("hangup").onclick = hangup;
+$("callback").onclick = callback;

@@ -1,0 +1,287 @@
+// The agent desk: sign in, go available, answer with a preview, talk with the AI's
+// insights beside the call, transfer or hang up, wrap up. Supervisors see alerts.
+import { connectEvents, esc } from "/static/events.js";
+import { CALL_PANELS, createCallView } from "/static/callview.js";
+import { audioBytes, openAudioPeer } from "/static/rtc.js";
+
+const $ = (id) => document.getElementById(id);
+let me = null;
+let offer = null; // the call.offered event ringing on this desk
+let callId = null; // the call on this agent's line
+let wrapCallId = null; // the call waiting for its wrap-up
+let pc = null, mic = null, callEvents = null, view = null;
+let muted = false, mine = false, ringTimer = null;
+window.ccAgent = { get pc() { return pc; }, get callId() { return callId; }, audioBytes: () => pc && audioBytes(pc) };
+
+async function api(path, { method = "GET", body } = {}) {
+  const res = await fetch(path, {
+    method,
+    headers: body === undefined ? {} : { "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = res.status === 204 ? null : await res.json().catch(() => null);
+  if (!res.ok) throw new Error(data?.detail || `HTTP ${res.status}`);
+  return data;
+}
+
+function fail(where) {
+  return (err) => { $(where).textContent = err.message; };
+}
+
+// -- signing in and presence -------------------------------------------------------
+
+$("login-form").onsubmit = async (e) => {
+  e.preventDefault();
+  const f = new FormData(e.target);
+  try {
+    const r = await api("/api/v1/auth/login", { method: "POST", body: { username: f.get("username"), password: f.get("password") } });
+    me = r.user;
+    $("login").hidden = true;
+    await signedIn();
+  } catch (err) { $("login-error").textContent = err.message; }
+};
+
+async function signedIn() {
+  $("who").textContent = `${me.display_name || me.username} (${me.role})`;
+  $("sign-out").hidden = false;
+  if (me.role === "agent") {
+    $("go-available").hidden = $("go-away").hidden = $("presence").hidden = false;
+    const self = (await api("/api/v1/agents")).find((a) => a.id === me.id);
+    let presence = self ? self.presence : "offline";
+    if (presence === "offline") presence = (await presenceEvent("login")).presence;
+    setPresence(presence);
+  } else {
+    $("alerts-card").hidden = false;
+  }
+  $("queue-card").hidden = false;
+  $("wrapup").querySelector("select").innerHTML = (await api("/api/v1/dispositions"))
+    .map((d) => `<option value="${esc(d)}">${esc(d.replaceAll("_", " "))}</option>`).join("");
+  await refreshQueues();
+  connectEvents("/api/v1/events", onEvent);
+}
+
+function presenceEvent(event) {
+  return api("/api/v1/agents/me/presence", { method: "POST", body: { event } });
+}
+
+function setPresence(p) {
+  $("presence").textContent = p.replace("_", " ");
+  $("presence").className = `state ${p}`;
+  $("go-available").disabled = !["away", "wrap_up"].includes(p);
+  $("go-away").disabled = !["available", "wrap_up"].includes(p);
+}
+
+$("go-available").onclick = () => presenceEvent("available").then((r) => setPresence(r.presence), fail("desk-error"));
+$("go-away").onclick = () => presenceEvent("away").then((r) => setPresence(r.presence), fail("desk-error"));
+$("sign-out").onclick = async () => {
+  try {
+    if (me.role === "agent") await presenceEvent("logout");
+    await api("/api/v1/auth/logout", { method: "POST" });
+    location.reload();
+  } catch (err) { $("desk-error").textContent = err.message; }
+};
+
+// -- the desk's event stream: presence, offers, queues, callbacks, alerts ------------
+
+let queueRefresh = null;
+function onEvent(ev) {
+  if (ev.type === "agent.presence_changed" && me && ev.agent_id === me.id) setPresence(ev.presence);
+  else if (ev.type === "call.offered" && me && ev.agent_id === me.id) {
+    // the stream replays recent history: only ring for an offer that is still ringing
+    const expires = Date.parse(ev.time) + ev.expires_in * 1000;
+    if (expires > Date.now() && !callId) ring(ev, expires);
+  } else if (ev.type === "call.offer_withdrawn" && offer && ev.call_id === offer.call_id && ev.agent_id === me.id) {
+    unring(ev.reason === "no_answer" ? "You missed a call, so you were set to away." : "");
+  } else if (ev.type === "supervisor.alert" && me.role !== "agent") {
+    const li = document.createElement("li");
+    li.innerHTML = `${new Date(ev.time).toLocaleTimeString()} · <a href="/calls/${esc(ev.call_id)}">${esc(ev.reason)}</a> (priority ${ev.priority}, ${esc(ev.state)})`;
+    $("alerts").prepend(li);
+  }
+  if (["queue.updated", "call.state_changed", "callback.requested", "callback.done", "call.wrapped_up"].includes(ev.type)) {
+    clearTimeout(queueRefresh);
+    queueRefresh = setTimeout(refreshQueues, 300);
+  }
+}
+
+async function refreshQueues() {
+  const [queues, callbacks] = await Promise.all([api("/api/v1/queues"), api("/api/v1/callbacks")]);
+  $("queues").innerHTML = queues.map((q) => `<span class="fact"><b>${esc(q.name)}</b>${q.waiting} waiting</span>`).join(" ");
+  $("callbacks").innerHTML = callbacks.length ? callbacks.map((c) => `
+    <div class="callback" data-testid="callback-item">
+      <strong>${esc(c.caller || "unknown caller")}</strong> · ${esc(c.contact || "")} · ${esc(c.queue)} · asked ${new Date(c.requested_at).toLocaleTimeString()}
+      <div>${esc(c.summary)}</div>
+      <button class="quiet" data-callback="${esc(c.id)}">Done</button>
+    </div>`).join("") : "None waiting.";
+  for (const b of $("callbacks").querySelectorAll("button[data-callback]")) {
+    b.onclick = () => api(`/api/v1/callbacks/${b.dataset.callback}/done`, { method: "POST" }).then(refreshQueues, fail("desk-error"));
+  }
+}
+
+// -- ringing ---------------------------------------------------------------------------
+
+function ring(ev, expires) {
+  offer = ev;
+  const rows = [
+    ["Caller", `${ev.caller || "unknown"} · ${ev.channel}${ev.previous_calls ? ` · ${ev.previous_calls} earlier call${ev.previous_calls > 1 ? "s" : ""}` : ""}`],
+    ["Queue", `${ev.queue} · waited ${Math.round(ev.waited)} s`],
+    ["Why", ev.escalation_reason || "asked for a person"],
+    ["Mood", ev.emotion ? `<span class="badge ${esc(ev.emotion)}">${esc(ev.emotion)}</span>` : "–"],
+    ["So far", ev.summary || "–"],
+  ];
+  if (ev.transferred_by) rows.push(["From", `${ev.transferred_by}${ev.transfer_note ? `: “${ev.transfer_note}”` : ""}`]);
+  $("preview").innerHTML = rows.map(([k, v]) => `<dt>${k}</dt><dd>${k === "Mood" ? v : esc(v)}</dd>`).join("");
+  $("ring").hidden = false;
+  $("accept").disabled = $("decline").disabled = false;
+  clearInterval(ringTimer);
+  const tick = () => { $("ring-countdown").textContent = `${Math.max(0, Math.ceil((expires - Date.now()) / 1000))} s`; };
+  tick();
+  ringTimer = setInterval(tick, 250);
+}
+
+function unring(message = "") {
+  offer = null;
+  clearInterval(ringTimer);
+  $("ring").hidden = true;
+  $("desk-error").textContent = message;
+}
+
+$("decline").onclick = () => {
+  const id = offer?.call_id;
+  unring();
+  if (id) api(`/api/v1/calls/${id}/decline`, { method: "POST" }).catch(fail("desk-error"));
+};
+
+$("accept").onclick = async () => {
+  const id = offer.call_id;
+  $("accept").disabled = $("decline").disabled = true;
+  try {
+    ({ pc, mic } = await openAudioPeer($("remote")));
+    const answer = await api(`/api/v1/calls/${id}/accept`, { method: "POST", body: { type: "offer", sdp: pc.localDescription.sdp } });
+    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+    unring();
+    await openCall(id);
+  } catch (err) {
+    closeMedia();
+    unring(`Could not answer: ${err.message}`);
+  }
+};
+
+// -- on a call -----------------------------------------------------------------------
+
+async function openCall(id) {
+  callId = id;
+  muted = mine = false;
+  $("mute").textContent = "Mute";
+  $("call-error").textContent = "";
+  $("wrapup").hidden = true;
+  $("call").hidden = false;
+  $("call").querySelector("[data-testid=transcript]").innerHTML = "";
+  $("panels").innerHTML = CALL_PANELS;
+  view = createCallView($("call"));
+  const [call, history, queues, agents] = await Promise.all([
+    api(`/api/v1/calls/${id}`), api(`/api/v1/calls/${id}/history`), api("/api/v1/queues"), api("/api/v1/agents"),
+  ]);
+  $("caller").textContent = `${call.caller || "unknown caller"} · ${call.channel} · ${call.language}`;
+  view.load(call);
+  showNotes(call.notes);
+  setCallState(call.state);
+  $("history").innerHTML = history.length ? history.map((h) => `
+    <div class="history-item"><strong>${new Date(h.created_at).toLocaleString()}</strong>
+      · ${esc(h.disposition || h.end_reason || h.state)}${h.emotion ? ` · <span class="badge ${esc(h.emotion)}">${esc(h.emotion)}</span>` : ""}
+      <div>${esc(h.summary || "no summary")}</div></div>`).join("") : "No earlier calls.";
+  $("transfer-to").innerHTML =
+    queues.map((q) => `<option value="queue:${esc(q.name)}">queue ${esc(q.name)} (${q.waiting} waiting)</option>`).join("") +
+    agents.filter((a) => a.id !== me.id && a.presence !== "offline")
+      .map((a) => `<option value="agent:${esc(a.username)}">${esc(a.display_name || a.username)} (${esc(a.presence)})</option>`).join("");
+  callEvents = connectEvents(`/api/v1/calls/${id}/events`, (ev) => {
+    if (ev.type === "call.state_changed") {
+      setCallState(ev.state);
+      // the stream replays the call from its start: our part begins when it is bridged to us
+      if (ev.state === "bridged" && ev.reason === me.username) mine = true;
+      else if (mine && ev.state === "queued") endOfCall("The call was transferred.");
+    } else if (ev.type === "call.ended") endOfCall(`The call ended (${ev.reason}).`);
+    else if (ev.type === "call.muted") setMuted(ev.muted);
+    else if (ev.type === "call.transferred") addNote({ kind: "transfer", author: ev.from_agent, text: ev.note || "" });
+    else view.handle(ev);
+  });
+}
+
+function setCallState(state) {
+  $("call-state").textContent = state;
+  $("call-state").className = `state ${state}`;
+  $("hold").textContent = state === "held" ? "Resume" : "Hold";
+}
+
+function setMuted(m) {
+  muted = m;
+  $("mute").textContent = m ? "Unmute" : "Mute";
+  if (mic) mic.getAudioTracks().forEach((t) => { t.enabled = !m; });
+}
+
+function showNotes(notes) {
+  $("notes").innerHTML = "";
+  notes.forEach(addNote);
+}
+
+function addNote(n) {
+  $("notes-card").hidden = false;
+  const div = document.createElement("div");
+  div.textContent = `${n.kind.replace("_", " ")} by ${n.author}${n.disposition ? ` (${n.disposition})` : ""}: ${n.text || "–"}`;
+  $("notes").append(div);
+}
+
+$("mute").onclick = () => {
+  api(`/api/v1/calls/${callId}/mute`, { method: "POST", body: { muted: !muted } }).then(() => setMuted(!muted), fail("call-error"));
+};
+$("hold").onclick = () => {
+  const action = $("hold").textContent === "Hold" ? "hold" : "resume";
+  api(`/api/v1/calls/${callId}/${action}`, { method: "POST" }).catch(fail("call-error"));
+};
+$("hangup").onclick = async () => {
+  // say it first: closing our media first would read as the line dropping
+  await api(`/api/v1/calls/${callId}/hangup`, { method: "POST" }).catch(() => {});
+  endOfCall("You hung up.");
+};
+$("transfer").onclick = async () => {
+  const [kind, name] = $("transfer-to").value.split(":");
+  const note = $("transfer-note").value.trim() || null;
+  try {
+    await api(`/api/v1/calls/${callId}/transfer`, { method: "POST", body: { [kind]: name, note } });
+    $("transfer-note").value = "";
+    endOfCall(`Transferred to ${kind} ${name}.`);
+  } catch (err) { $("call-error").textContent = err.message; }
+};
+
+function closeMedia() {
+  if (mic) mic.getTracks().forEach((t) => t.stop());
+  if (pc) pc.close();
+  pc = mic = null;
+}
+
+function endOfCall(message) {
+  if (!callId) return;
+  wrapCallId = callId;
+  callId = null;
+  if (callEvents) callEvents.close();
+  callEvents = null;
+  closeMedia();
+  setCallState("ended");
+  $("call-error").textContent = message;
+  $("wrapup").hidden = false;
+}
+
+$("wrapup-form").onsubmit = async (e) => {
+  e.preventDefault();
+  const f = new FormData(e.target);
+  try {
+    await api(`/api/v1/calls/${wrapCallId}/wrap-up`, { method: "POST", body: { disposition: f.get("disposition"), notes: f.get("notes") } });
+    e.target.reset();
+    wrapCallId = null;
+    $("wrapup").hidden = true;
+    $("call").hidden = true;
+  } catch (err) { $("wrapup-error").textContent = err.message; }
+};
+
+me = await api("/api/v1/auth/me").catch(() => null);
+if (me) await signedIn().catch(fail("desk-error"));
+else $("login").hidden = false;
