@@ -42,6 +42,7 @@ test: sysdeps $(VENV)/.installed-test lint typecheck
 	$(PY) -m pytest -q -ra
 
 bench: sysdeps $(VENV)/.installed-test
+	$(PY) -m bench.escalation
 	$(PY) -m bench.calls
 
 clean:

@@ -310,9 +310,21 @@ class CallManager:
             caller.outbound.clear()  # stop the queue announcement: a person is here
         await self._acd_actions(actions)
         await self._transition(call, "accept", user.username, agent_id=user.id)
+        self._bridge_video(call)
         await self._queue_changed()
         call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
         return answer
+
+    @staticmethod
+    def _bridge_video(call: Call) -> None:
+        """Cameras follow the audio bridge: both ways while bridged, black otherwise."""
+        caller, agent = call.caller_leg().peer, call.agent_leg()
+        agent_peer = agent.peer if agent is not None else None
+        talking = call.state == "bridged" and agent_peer is not None
+        if caller is not None:
+            caller.show_video_of(agent_peer if talking else None)
+        if agent_peer is not None:
+            agent_peer.show_video_of(caller if talking else None)
 
     async def _agent_leg_ended(self, call: Call, leg: Leg) -> None:
         if not leg.left:
@@ -562,8 +574,10 @@ class CallManager:
             call.id, queue, call.queued_at, priority=call.queued_priority, skills=skills
         )
         await self._transition(call, "queue", queue)
-        await self._queue_changed(announce=call)
+        # ring an agent before speaking to the caller: the prompt's synthesis takes a
+        # moment that the agent should not wait for
         await self._acd_actions(actions)
+        await self._queue_changed(announce=call)
 
     async def _queue_changed(self, announce: Call | None = None) -> None:
         """Tell every waiting caller where they stand; say it to ``announce``."""
@@ -630,6 +644,7 @@ class CallManager:
         if call.state == "held":
             return
         await self._transition(call, "hold", user.username)
+        self._bridge_video(call)
         for leg in call.legs:
             if leg.peer is not None:
                 leg.peer.outbound.clear()  # nobody hears the other's last words twice
@@ -647,6 +662,7 @@ class CallManager:
             caller.outbound.set_background(None)
             caller.outbound.clear()
         await self._transition(call, "resume", user.username)
+        self._bridge_video(call)
 
     async def transfer(
         self,
@@ -691,6 +707,7 @@ class CallManager:
             caller.outbound.clear()
         where = f"agent {agent}" if agent else f"queue {queue}"
         await self._transition(call, "transfer", f"transferred to {where}", agent_id=None)
+        self._bridge_video(call)
         self._publish(
             CallTransferred(
                 call_id=call.id, from_agent=user.username, to_queue=queue, to_agent=agent, note=note

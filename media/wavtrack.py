@@ -54,6 +54,11 @@ class PacedAudioTrack(MediaStreamTrack):
         self._start: float | None = None
         self.frames_sent = 0
 
+    @property
+    def started_at(self) -> float | None:
+        """time.monotonic() when the first frame went out."""
+        return self._start
+
     def _next_samples(self) -> np.ndarray:
         raise NotImplementedError
 
@@ -81,6 +86,7 @@ class WavFileTrack(PacedAudioTrack):
         pcm, rate = read_wav_mono(path)
         lead = np.zeros(int(lead_silence * SEND_RATE), dtype=np.int16)
         self._pcm = np.concatenate([lead, to_send_rate(pcm, rate)])
+        self.lead_silence = lead_silence
         self._repeat = loop
         self._pos = 0
         self.finished = asyncio.Event()

@@ -16,6 +16,7 @@ import av
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from media.bridge import ForwardedVideoTrack, VideoIn
 from media.outbound import OutboundAudioTrack
 from media.sdp import OfferSummary, SdpError, parse_offer
 
@@ -34,11 +35,16 @@ class WebRtcLeg:
         self.audio_track: asyncio.Future[MediaStreamTrack] = (
             asyncio.get_running_loop().create_future()
         )
+        # video is relayed, never analysed: see media/bridge.py
+        self.video_in = VideoIn()
+        self.video_out: ForwardedVideoTrack | None = None
 
         @self.pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:
             if track.kind == "audio" and not self.audio_track.done():
                 self.audio_track.set_result(track)
+            elif track.kind == "video":
+                self.video_in.arrived(track)
 
         @self.pc.on("connectionstatechange")
         async def _on_state() -> None:
@@ -52,14 +58,22 @@ class WebRtcLeg:
         summary = parse_offer(sdp)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-            # added after the offer, so it rides the caller's own audio m-line
+            # added after the offer, so they ride the peer's own m-lines
             self.pc.addTrack(self.outbound)
+            if any(m.direction in ("sendrecv", "recvonly") for m in summary.video):
+                self.video_out = ForwardedVideoTrack()
+                self.pc.addTrack(self.video_out)
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
         except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
             # aiortc raises these for offers it cannot use; that is the peer's fault
             raise SdpError(f"offer rejected by the WebRTC stack: {exc}") from exc
         return self.pc.localDescription.sdp, summary
+
+    def show_video_of(self, other: WebRtcLeg | None) -> None:
+        """Send ``other``'s camera to this peer (None: black), if this peer takes video."""
+        if self.video_out is not None:
+            self.video_out.attach(other.video_in.subscribe() if other is not None else None)
 
     async def end(self, reason: str) -> None:
         if self._ended:
@@ -75,6 +89,9 @@ class WebRtcLeg:
         # end the call (a failed agent leg would otherwise hang up on the caller)
         self._ended = True
         self.outbound.stop()
+        if self.video_out is not None:
+            self.video_out.stop()
+        self.video_in.close()
         try:
             await asyncio.wait_for(self.pc.close(), 5)
         except TimeoutError:

@@ -9,18 +9,39 @@ import time
 from pathlib import Path
 from typing import Any
 
+import av
 import httpx
 import numpy as np
 import websockets
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from media.wavtrack import WavFileTrack
 
 
+class ColourCamera(VideoStreamTrack):
+    """A camera that shows one colour, so the far end can tell whose picture it gets."""
+
+    def __init__(self, rgb: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.image = np.empty((240, 320, 3), np.uint8)
+        self.image[:] = rgb
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = av.VideoFrame.from_ndarray(self.image, format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
 class Caller:
     def __init__(
-        self, base_url: str, wav: Path, language: str | None = None, caller: str | None = None
+        self,
+        base_url: str,
+        wav: Path,
+        language: str | None = None,
+        caller: str | None = None,
+        camera: tuple[int, int, int] | None = None,
     ) -> None:
         self.base_url = base_url
         self.wav = wav
@@ -29,12 +50,16 @@ class Caller:
         self.pc = RTCPeerConnection()
         self.track = WavFileTrack(str(wav))
         self.pc.addTrack(self.track)
+        if camera is not None:
+            self.pc.addTrack(ColourCamera(camera))
         self.heard: list[np.ndarray] = []  # what the engine sent us, 48 kHz mono
-        self._listener: asyncio.Future[None] | None = None
+        self.seen: list[tuple[float, np.ndarray]] = []  # (time, mean RGB) of video we got
+        self._listeners: list[asyncio.Future[None]] = []
 
         @self.pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:
-            self._listener = asyncio.ensure_future(self._listen(track))
+            watch = self._watch if track.kind == "video" else self._listen
+            self._listeners.append(asyncio.ensure_future(watch(track)))
 
         self.call_id = ""
         self.answer: dict[str, Any] = {}
@@ -79,6 +104,13 @@ class Caller:
                 pcm = frame.to_ndarray().reshape(-1)  # type: ignore[union-attr]
                 channels = len(frame.layout.channels)  # type: ignore[union-attr]
                 self.heard.append(pcm.reshape(-1, channels).mean(axis=1).astype(np.int16))
+
+    async def _watch(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                rgb = frame.to_ndarray(format="rgb24")  # type: ignore[union-attr]
+                self.seen.append((time.monotonic(), rgb.reshape(-1, 3).mean(axis=0)))
 
     def heard_pcm(self, start: int = 0, end: int | None = None) -> np.ndarray:
         """What we heard, from frame ``start`` to ``end`` (``len(self.heard)`` marks now)."""
@@ -132,7 +164,7 @@ class Caller:
 
     async def close(self) -> None:
         await self.pc.close()
-        for task in (self._listener, self._reader):
+        for task in (*self._listeners, self._reader):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

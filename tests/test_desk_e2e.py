@@ -4,6 +4,7 @@ wrap-up, and a waiting caller who chooses a callback. Agents are aiortc softphon
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
@@ -206,3 +207,45 @@ async def httpx_post(engine: EngineProcess, path: str, body: object) -> httpx.Re
 async def httpx_get(engine: EngineProcess, path: str) -> httpx.Response:
     async with httpx.AsyncClient(base_url=engine.url, timeout=30) as http:
         return await http.get(path)
+
+
+def colours_since(seen: list[tuple[float, np.ndarray]], since: float) -> list[np.ndarray]:
+    return [rgb for t, rgb in seen if t >= since]
+
+
+async def test_video_is_forwarded_both_ways_while_bridged(
+    tmp_path: Path, voices: dict[str, Path]
+) -> None:
+    """A caller with a red camera and an agent with a blue one see each other; on hold
+    the caller's picture goes black."""
+    engine = EngineProcess(tmp_path / "video").start()
+    engine.add_user("ann", "pw-ann-1")
+    ann = await engine.agent("ann", "pw-ann-1", "login", "available")
+    caller = Caller(engine.url, voices["angry"], camera=(220, 30, 30))
+    phone = Caller(engine.url, voices["calm"], camera=(30, 30, 220))
+    try:
+        await caller.dial()
+        await caller.wait_for("call.offered", within=40)
+        queued_view = colours_since(caller.seen, 0)  # before anyone answers: black
+        await phone.accept(ann, caller.call_id)
+        await caller.wait_for("call.state_changed", state="bridged")
+        bridged_at = time.monotonic() + 2.0  # give the encoders a moment
+        await asyncio.sleep(5.0)
+        r = await ann.post(f"/api/v1/calls/{caller.call_id}/hold")
+        assert r.status_code == 204
+        held_at = time.monotonic() + 1.5
+        await asyncio.sleep(4.0)
+        caller_saw = colours_since(caller.seen, bridged_at)
+        agent_saw = colours_since(phone.seen, bridged_at)
+    finally:
+        await asyncio.gather(caller.close(), phone.close(), ann.aclose())
+        engine.stop()
+    assert queued_view and max(float(rgb.max()) for rgb in queued_view) < 40
+    on_call = [rgb for t, rgb in caller.seen if bridged_at <= t < held_at - 1.5]
+    print(f"caller saw {len(caller_saw)} frames, agent saw {len(agent_saw)}")
+    assert len(on_call) >= 10 and len(agent_saw) >= 10  # ~30 fps for 3+ s, minus start-up
+    blue = [rgb for rgb in on_call if rgb[2] > 150 and rgb[0] < 90]
+    red = [rgb for rgb in agent_saw if rgb[0] > 150 and rgb[2] < 90]
+    assert len(blue) > 0.8 * len(on_call) and len(red) > 0.8 * len(agent_saw)
+    on_hold = [rgb for t, rgb in caller.seen if t >= held_at]
+    assert on_hold and all(float(rgb.max()) < 40 for rgb in on_hold)
