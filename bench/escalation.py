@@ -84,7 +84,9 @@ async def one_call(url: str, wav: Path, end_s: float, desk: Desk) -> tuple[float
     try:
         await caller.dial()
         offered_at, offer = await desk.wait(caller.call_id, "offer", 30)
-        final_at, _ = await desk.wait(caller.call_id, "final", 1)
+        final_at, final = await desk.wait(caller.call_id, "final", 1)
+        if os.environ.get("BENCH_DEBUG"):
+            print(f"asr_latency {final['asr_latency']:.2f} end {final['end']:.2f}", flush=True)
         assert "person" in (offer["escalation_reason"] or ""), offer
         start = caller.track.started_at
         assert start is not None
@@ -119,6 +121,7 @@ async def measure(
         with contextlib.suppress(asyncio.CancelledError):
             await desk.task
         for a in agents:
+            await a.post("/api/v1/agents/me/presence", json={"event": "logout"})
             await a.aclose()
     decision = [t - r for t, r in zip(totals, recognition, strict=True)]
     return {"total": totals, "recognition": recognition, "decision": decision}

@@ -341,6 +341,8 @@ class Acd:
         ]
         if not staffed:
             return None
+        if w.offered_to is not None:
+            return 0.0  # ringing an agent right now
         if any(a.presence == "available" for a in staffed) and self.position(call_id) == 1:
             return 0.0
         return self.position(call_id) / len(staffed) * self.average_handle_time

@@ -46,6 +46,7 @@ from engine.callstate import (
     Overloaded,
     SilenceCheck,
     UnknownCall,
+    common_prompts,
     queue_announcement,
     transfer_prompt,
 )
@@ -119,6 +120,9 @@ class CallManager:
         self.metrics = metrics
         threads = settings.asr_threads or 2 * (os.cpu_count() or 2)
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="asr")
+        # one synthesis at a time: prompts queue behind each other, never in front of
+        # the recognizers (and the cache makes repeats free)
+        self.tts_executor = ThreadPoolExecutor(1, thread_name_prefix="tts")
         self.calls: dict[str, Call] = {}
         self._factories: dict[str, RecognizerFactory | None] = {}
         self._choices: dict[str, ModelChoice] = {}
@@ -128,6 +132,7 @@ class CallManager:
         self.knowledge = KnowledgeBase.from_folder(settings.knowledge_base)
         self.acd = Acd(load_queues(settings.queues), settings.offer_timeout)
         self.speaker: Speaker | None = None
+        self._warmup: asyncio.Task[None] | None = None
         self._usernames: dict[str, str] = {}
         if settings.knowledge_base:
             log.info("knowledge base: %d articles", len(self.knowledge.articles))
@@ -146,13 +151,25 @@ class CallManager:
 
     async def preload(self, languages: list[str]) -> None:
         loop = asyncio.get_running_loop()
-        self.speaker = await loop.run_in_executor(self.executor, default_speaker)
+        self.speaker = await loop.run_in_executor(self.tts_executor, default_speaker)
+        if self.speaker is not None:
+            self._warmup = asyncio.create_task(self._warm_prompts(self.speaker))
         for lang in languages:
             self.model_choice(lang)
             factory = self._factories.get(lang)
             load = getattr(factory, "load", None)
             if load is not None:
                 await loop.run_in_executor(self.executor, load)
+
+    async def _warm_prompts(self, speaker: Speaker) -> None:
+        """The prompts callers hear most, made before the first caller needs them."""
+        loop = asyncio.get_running_loop()
+        for text in common_prompts():
+            try:
+                await loop.run_in_executor(self.tts_executor, speaker.speak, text)
+            except Exception:
+                log.exception("could not synthesise %r", text)
+                return
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -502,7 +519,9 @@ class CallManager:
             if route:
                 call.escalation_reason = d.reason
                 values |= {"escalated_at": now, "escalation_reason": d.reason}
-            await self.store.add(
+            await self.store.add_and_update_call(
+                call.id,
+                values,
                 EscalationRow(
                     id=esc_id,
                     call_id=call.id,
@@ -514,9 +533,8 @@ class CallManager:
                     at=d.at,
                     evidence=d.evidence,
                     created_at=now,
-                )
+                ),
             )
-            await self.store.update_call(call.id, **values)
             self.metrics.escalations.labels(d.rule_id).inc()
             log.info("call %s escalated: %s", call.id, d.reason)
             self._publish(
@@ -592,7 +610,7 @@ class CallManager:
             text = None
             if call is announce:
                 text = queue_announcement(position, wait)
-                await self.say(call, text)
+                await self.say(call, text, while_state="queued")
             self._publish(
                 QueueUpdated(
                     call_id=call.id,
@@ -651,7 +669,7 @@ class CallManager:
         caller = call.caller_leg().peer
         if caller is not None:
             caller.outbound.set_background(hold_loop())
-        await self.say(call, HOLD_PROMPT)
+        await self.say(call, HOLD_PROMPT, while_state="held")
 
     async def resume(self, user: UserRow, call_id: str) -> None:
         call = self._my_call(user, call_id)
@@ -713,7 +731,8 @@ class CallManager:
                 call_id=call.id, from_agent=user.username, to_queue=queue, to_agent=agent, note=note
             )
         )
-        await self.say(call, transfer_prompt(queue, target.display_name if target else None))
+        prompt = transfer_prompt(queue, target.display_name if target else None)
+        await self.say(call, prompt, while_state="queued")
         call.queue_name, call.queued_at, call.queue_position = queue, now, None
         call.queued_priority = call.escalation.priority
         actions = self.acd.enqueue(
@@ -819,7 +838,7 @@ class CallManager:
         if call is None or waiting is None:
             return
         log.info("call %s has waited the queue's maximum: offering a callback", call_id)
-        await self.say(call, MAX_WAIT_PROMPT)
+        await self.say(call, MAX_WAIT_PROMPT, while_state="queued")
         self._publish(
             QueueUpdated(
                 call_id=call.id,
@@ -887,14 +906,19 @@ class CallManager:
             except Exception:  # a failing store must not stop the timers of every call
                 log.exception("ACD timer step failed")
 
-    async def say(self, call: Call, text: str) -> asyncio.Future[None] | None:
+    async def say(
+        self, call: Call, text: str, while_state: str | None = None
+    ) -> asyncio.Future[None] | None:
         """Speak to the caller (queued behind anything already playing); the future is
-        done when it has been sent."""
+        done when it has been sent. With ``while_state``, only if the call is still in
+        that state once the speech is ready (an agent may answer in the meantime)."""
         peer = call.caller_leg().peer
         if self.speaker is None or peer is None:
             return None
         loop = asyncio.get_running_loop()
-        pcm, rate = await loop.run_in_executor(self.executor, self.speaker.speak, text)
+        pcm, rate = await loop.run_in_executor(self.tts_executor, self.speaker.speak, text)
+        if while_state is not None and call.state != while_state:
+            return None
         return peer.outbound.play(pcm, rate)
 
     def _publish(self, event: EventBase) -> None:
@@ -966,3 +990,4 @@ class CallManager:
             return_exceptions=True,
         )
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.tts_executor.shutdown(wait=False, cancel_futures=True)

@@ -73,6 +73,12 @@ MAX_WAIT_PROMPT = (
 )
 
 
+def common_prompts() -> list[str]:
+    """What callers hear most often, worth synthesising before anyone calls."""
+    lines = [queue_announcement(n, w) for n in (1, 2, 3) for w in (None, 0.0)]
+    return [*lines, HOLD_PROMPT, CALLBACK_PROMPT, MAX_WAIT_PROMPT]
+
+
 def transfer_prompt(queue: str | None, agent: str | None) -> str:
     who = f"my colleague {agent}" if agent else f"our {queue} team" if queue else "a colleague"
     return f"I am transferring you to {who}. They will see everything we talked about."

@@ -1,4 +1,4 @@
-"""``ccengine serve | models``."""
+"""``ccengine serve | models | users add | phone``."""
 
 from __future__ import annotations
 
@@ -59,6 +59,30 @@ def _read_password() -> str:
     if getpass.getpass("again: ") != first:
         raise SystemExit("passwords differ")
     return first
+
+
+def _phone(args: argparse.Namespace) -> int:
+    from engine.phone import PhoneOptions, run_phone
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass(f"password for {args.agent}: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    return run_phone(
+        PhoneOptions(
+            url=args.url,
+            username=args.agent,
+            password=password,
+            input_wav=args.input_wav,
+            output_wav=args.output_wav,
+            auto_answer=args.auto_answer,
+            calls=args.calls,
+            disposition=args.disposition,
+            notes=args.notes,
+        )
+    )
 
 
 def _users_add(args: argparse.Namespace) -> int:
@@ -125,6 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--name", help="display name")
     add.add_argument("--db", help="SQLAlchemy URL (default: the configured database)")
     add.set_defaults(func=_users_add)
+    phone = sub.add_parser("phone", help="the desktop softphone for an agent")
+    phone.add_argument("--agent", required=True, help="username (password from the terminal)")
+    phone.add_argument("--url", default="http://127.0.0.1:8080", help="the engine")
+    phone.add_argument("--input-wav", help="play this WAV file as the microphone")
+    phone.add_argument("--output-wav", help="record what you hear to this WAV file")
+    phone.add_argument("--auto-answer", action="store_true", help="answer every offer")
+    phone.add_argument("--calls", type=int, default=0, help="stop after N calls (0: never)")
+    phone.add_argument("--disposition", help="wrap-up disposition (default: ask)")
+    phone.add_argument("--notes", default="", help="wrap-up notes")
+    phone.set_defaults(func=_phone)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

