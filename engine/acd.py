@@ -87,10 +87,17 @@ DEFAULT_QUEUES = [QueueConfig(name="general")]
 
 
 def load_queues(path: Path | str | None) -> list[QueueConfig]:
+    """Queues from a TOML or YAML file (``queues:`` list / ``[[queues]]`` tables)."""
     if path is None:
         return list(DEFAULT_QUEUES)
     with open(path, "rb") as f:
-        return QueueFile.model_validate(tomllib.load(f)).queues
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(f)
+        else:
+            data = tomllib.load(f)
+    return QueueFile.model_validate(data).queues
 
 
 @dataclass
@@ -152,6 +159,21 @@ class Acd:
         self.waiting: dict[str, Waiting] = {}
         self._offers: dict[str, tuple[str, float]] = {}  # call -> (agent, expires_at)
         self._handle_times: deque[float] = deque(maxlen=HANDLE_WINDOW)
+
+    # -- queues -------------------------------------------------------------
+
+    def set_queue(self, config: QueueConfig) -> None:
+        """Add a queue or change one; calls already waiting keep their priority."""
+        self.queues[config.name] = config
+
+    def remove_queue(self, name: str) -> None:
+        if name not in self.queues:
+            raise AcdError(f"unknown queue {name}")
+        if any(w.queue == name for w in self.waiting.values()):
+            raise AcdError(f"calls are waiting in queue {name}")
+        if len(self.queues) == 1:
+            raise AcdError("the last queue cannot be removed")
+        del self.queues[name]
 
     # -- agents -------------------------------------------------------------
 

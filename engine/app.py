@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await store.open()
         if orphans := await store.close_orphans(utcnow()):
             log.warning("marked %d calls left open by a previous run as ended", orphans)
+        await calls.load_queue_changes()
         await calls.preload(settings.preload_languages)
         timers = asyncio.create_task(calls.run_acd_timers(), name="acd-timers")
         log.info("ccengine ready on http://%s:%s", settings.host, settings.port)

@@ -28,7 +28,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from engine.acd import Acd, AcdError, Offer, OfferExpired, PresenceChanged, load_queues
+from engine.acd import (
+    DEFAULT_QUEUES,
+    Acd,
+    AcdError,
+    Offer,
+    OfferExpired,
+    PresenceChanged,
+    QueueConfig,
+    load_queues,
+)
 from engine.acd import Action as AcdAction
 from engine.assist.facts import extract
 from engine.assist.knowledge import KnowledgeBase
@@ -160,6 +169,31 @@ class CallManager:
             load = getattr(factory, "load", None)
             if load is not None:
                 await loop.run_in_executor(self.executor, load)
+
+    async def load_queue_changes(self) -> None:
+        """Queues changed through the API win over the queues file."""
+        for row in await self.store.queue_changes():
+            if row.config is None:
+                self.acd.queues.pop(row.name, None)
+            else:
+                self.acd.set_queue(QueueConfig.model_validate(row.config))
+        if not self.acd.queues:  # never start without a queue to put callers in
+            self.acd.set_queue(DEFAULT_QUEUES[0])
+
+    async def set_queue(self, user: UserRow, config: QueueConfig) -> None:
+        self._supervisor(user)
+        self.acd.set_queue(config)
+        await self.store.save_queue(config.name, config.model_dump(), user.username, utcnow())
+
+    async def remove_queue(self, user: UserRow, name: str) -> None:
+        self._supervisor(user)
+        self.acd.remove_queue(name)
+        await self.store.save_queue(name, None, user.username, utcnow())
+
+    @staticmethod
+    def _supervisor(user: UserRow) -> None:
+        if user.role not in ("supervisor", "admin"):
+            raise Forbidden("only supervisors and admins change queues")
 
     async def _warm_prompts(self, speaker: Speaker) -> None:
         """The prompts callers hear most, made before the first caller needs them."""
@@ -304,8 +338,10 @@ class CallManager:
         self.acd.ringing(user.id, call_id)  # before any media work: AcdError if not
         leg = Leg(str(uuid.uuid4()), "agent", "webrtc", user_id=user.id)
         leg.peer = WebRtcLeg(on_ended=lambda reason: self._agent_leg_ended(call, leg))
+        caller_peer = call.caller_leg().peer
+        caller_camera = caller_peer is not None and caller_peer.video_in.track.done()
         try:
-            answer, _ = await leg.peer.answer(sdp)
+            answer, _ = await leg.peer.answer(sdp, video=caller_camera)
         except BaseException:
             await leg.peer.close()  # the offer keeps ringing: the agent may try again
             raise

@@ -54,13 +54,15 @@ class WebRtcLeg:
             elif state == "closed":
                 await self.end("remote_closed")
 
-    async def answer(self, sdp: str) -> tuple[str, OfferSummary]:
+    async def answer(self, sdp: str, video: bool = True) -> tuple[str, OfferSummary]:
+        """Our SDP answer; with ``video`` False we send no video even if the peer takes it
+        (an agent answering a caller who has no camera)."""
         summary = parse_offer(sdp)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             # added after the offer, so they ride the peer's own m-lines
             self.pc.addTrack(self.outbound)
-            if any(m.direction in ("sendrecv", "recvonly") for m in summary.video):
+            if video and any(m.direction in ("sendrecv", "recvonly") for m in summary.video):
                 self.video_out = ForwardedVideoTrack()
                 self.pc.addTrack(self.video_out)
             answer = await self.pc.createAnswer()

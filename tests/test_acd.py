@@ -212,3 +212,19 @@ def test_a_ringing_call_expects_no_wait() -> None:
     assert acd.expected_wait("c1") == 0.0  # not "3 minutes" while the phone rings
     acd.enqueue("c2", "general", 3)
     assert acd.expected_wait("c2") == 2 * DEFAULT_HANDLE_TIME
+
+
+def test_queues_change_at_run_time(tmp_path: Path) -> None:
+    acd = Acd([QueueConfig(name="general")])
+    acd.set_queue(QueueConfig(name="billing", skills=["billing"], priority=2))
+    acd.enqueue("c1", "billing", 1)
+    assert acd.waiting["c1"].priority == 2
+    with pytest.raises(AcdError, match="calls are waiting"):
+        acd.remove_queue("billing")
+    acd.remove("c1", 2)
+    acd.remove_queue("billing")
+    with pytest.raises(AcdError, match="last queue"):
+        acd.remove_queue("general")
+    path = tmp_path / "queues.yaml"
+    path.write_text("queues:\n  - name: vip\n    priority: 5\n    max_wait: 30\n")
+    assert load_queues(path) == [QueueConfig(name="vip", priority=5, max_wait=30)]

@@ -162,3 +162,38 @@ async def test_agent_answers_and_both_sides_hear_each_other(
     assert {"person", "service", "angry"} & set(agent_heard.split())  # the caller's words
     assert "help" in caller_heard.split()  # Ann's words, over the bridge
     assert ann == {"ann": "wrap_up"}
+
+
+async def test_supervisors_change_queues_and_the_change_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    engine = EngineProcess(tmp_path / "queues").start()
+    engine.add_user("sue", "pw-sue-1", "--role", "supervisor")
+    engine.add_user("ann", "pw-ann-1")
+    try:
+        sue = await engine.agent("sue", "pw-sue-1")
+        ann = await engine.agent("ann", "pw-ann-1")
+        try:
+            body = {"skills": ["billing"], "priority": 3, "max_wait": 120}
+            assert (await ann.put("/api/v1/queues/billing", json=body)).status_code == 403
+            r = await sue.put("/api/v1/queues/billing", json=body)
+            assert r.status_code == 200 and r.json()["skills"] == ["billing"]
+            r = await sue.put("/api/v1/queues/Bad%20Name", json=body)
+            assert r.status_code == 422
+            r = await sue.put("/api/v1/queues/vip", json={"max_wait": -1})
+            assert r.status_code == 422 and "max_wait" in r.json()["detail"]
+            assert (await sue.delete("/api/v1/queues/general")).status_code == 204
+            assert (await sue.delete("/api/v1/queues/billing")).status_code == 409  # the last
+        finally:
+            await sue.aclose()
+            await ann.aclose()
+    finally:
+        engine.stop()
+    engine.start()
+    try:
+        sue = await engine.agent("sue", "pw-sue-1")
+        queues = (await sue.get("/api/v1/queues")).json()
+        await sue.aclose()
+    finally:
+        engine.stop()
+    assert [(q["name"], q["priority"], q["max_wait"]) for q in queues] == [("billing", 3, 120)]

@@ -83,10 +83,10 @@ def test_browser_call_shows_live_words(
     context.close()
 
 
-AUDIO_BYTES = """async (pc) => {
+MEDIA_BYTES = """async (pc, kind) => {
   let sent = 0, received = 0;
   (await pc.getStats()).forEach((r) => {
-    if (r.kind !== "audio") return;
+    if (r.kind !== kind) return;
     if (r.type === "outbound-rtp") sent += r.bytesSent;
     if (r.type === "inbound-rtp") received += r.bytesReceived;
   });
@@ -94,11 +94,12 @@ AUDIO_BYTES = """async (pc) => {
 }"""
 
 
-def audio_flow(page: Page, peer: str, seconds: float = 2.0) -> dict[str, int]:
-    """Audio bytes sent and received by the page's peer connection over ``seconds``."""
-    before = page.evaluate(f"() => ({AUDIO_BYTES})({peer})")
+def audio_flow(page: Page, peer: str, seconds: float = 2.0, kind: str = "audio") -> dict[str, int]:
+    """Bytes of ``kind`` media sent and received by the page's peer over ``seconds``."""
+    stats = f"() => ({MEDIA_BYTES})({peer}, '{kind}')"
+    before = page.evaluate(stats)
     page.wait_for_timeout(seconds * 1000)
-    after = page.evaluate(f"() => ({AUDIO_BYTES})({peer})")
+    after = page.evaluate(stats)
     return {k: after[k] - before[k] for k in ("sent", "received")}
 
 
@@ -139,12 +140,14 @@ def test_agent_desk_answers_an_escalated_caller(
             caller = caller_browser.new_context(permissions=["microphone"]).new_page()
             caller.goto(f"{engine.url}/call")
             caller.get_by_test_id("identity").fill("cust-42")
+            caller.get_by_test_id("camera").check()
             caller.get_by_test_id("call").click()
             expect(agent.get_by_test_id("ring")).to_be_visible(timeout=60_000)
             expect(agent.get_by_test_id("preview")).to_contain_text("cust-42")
             expect(agent.get_by_test_id("preview")).to_contain_text("asked for a person")
             expect(caller.get_by_test_id("state")).to_have_text("queued")
             agent.screenshot(path=str(output_dir / "agent-ringing.png"), full_page=True)
+            agent.get_by_test_id("with-camera").check()
             agent.get_by_test_id("accept").click()
             expect(agent.get_by_test_id("call-state")).to_have_text("bridged", timeout=20_000)
             expect(caller.get_by_test_id("state")).to_have_text("bridged")
@@ -154,6 +157,16 @@ def test_agent_desk_answers_an_escalated_caller(
             # Opus at speech rates is kilobytes a second; silence would be far less
             assert agent_flow["received"] > 3000 and agent_flow["sent"] > 3000
             assert caller_flow["received"] > 3000 and caller_flow["sent"] > 3000
+            # both cameras, relayed by the engine: each side's video element shows a picture
+            for page in (agent, caller):
+                expect(page.get_by_test_id("remote-video")).to_be_visible(timeout=15_000)
+                page.wait_for_function(
+                    "document.querySelector('[data-testid=remote-video]').videoWidth > 0",
+                    timeout=15_000,
+                )
+            agent_video = audio_flow(agent, "window.ccAgent.pc", kind="video")
+            print("agent video:", agent_video)
+            assert agent_video["received"] > 10_000 and agent_video["sent"] > 10_000
 
             transcript = agent.get_by_test_id("transcript")
             expect(transcript.locator(".line.final.caller").first).to_be_visible()

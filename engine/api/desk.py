@@ -8,12 +8,13 @@ on any). Wrong state or target: 409 with the reason; not your call: 403.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field, model_validator
 from starlette.exceptions import HTTPException
 
+from engine.acd import QueueConfig
 from engine.api.auth import Authenticated, CurrentUser
 from engine.calls import CallManager
 
@@ -83,11 +84,21 @@ class HistoryItem(BaseModel):
     end_reason: str | None
 
 
+class QueueIn(BaseModel):
+    skills: list[str] = Field(default_factory=list, max_length=20)
+    priority: int = Field(0, ge=0, le=100, description="base priority of calls in this queue")
+    max_wait: float = Field(600.0, gt=0, description="seconds before a callback is offered")
+    announcement: str = Field(
+        "Thank you for calling. An agent will be with you shortly.", max_length=1000
+    )
+
+
 class QueueOut(BaseModel):
     name: str
     skills: list[str]
     priority: int
     max_wait: float
+    announcement: str
     waiting: int
     average_handle_time: float
 
@@ -182,9 +193,35 @@ async def queues(request: Request, _who: Authenticated) -> list[QueueOut]:
     waiting = [w.queue for w in acd.waiting.values()]
     return [
         QueueOut(
-            **q.model_dump(include={"name", "skills", "priority", "max_wait"}),
+            **q.model_dump(),
             waiting=waiting.count(q.name),
             average_handle_time=round(acd.average_handle_time, 1),
         )
         for q in acd.queues.values()
     ]
+
+
+@router.put("/queues/{name}", response_model=QueueOut)
+async def put_queue(
+    name: Annotated[str, Path(pattern=r"^[a-z0-9_\-]{1,64}$")],
+    body: QueueIn,
+    request: Request,
+    user: CurrentUser,
+) -> QueueOut:
+    """Create or change a queue (supervisors, admins). Kept across restarts; it wins
+    over the queues file."""
+    m = _manager(request)
+    config = QueueConfig(name=name, **body.model_dump())
+    await m.set_queue(user, config)
+    waiting = sum(1 for w in m.acd.waiting.values() if w.queue == name)
+    return QueueOut(
+        **config.model_dump(),
+        waiting=waiting,
+        average_handle_time=round(m.acd.average_handle_time, 1),
+    )
+
+
+@router.delete("/queues/{name}", status_code=204)
+async def delete_queue(name: str, request: Request, user: CurrentUser) -> None:
+    """Remove a queue nobody waits in (409 otherwise, and for the last queue)."""
+    await _manager(request).remove_queue(user, name)

@@ -29,6 +29,7 @@ from engine.store.models import (
     EscalationRow,
     LegRow,
     NoteRow,
+    QueueRow,
     UserRow,
     UtteranceRow,
 )
@@ -185,6 +186,16 @@ class Store:
             q = q.where(CallRow.id != before)
         async with self.session() as s:
             return (await s.scalars(q.order_by(CallRow.created_at.desc()).limit(limit))).all()
+
+    async def queue_changes(self) -> Sequence[QueueRow]:
+        async with self.session() as s:
+            return (await s.scalars(select(QueueRow).order_by(QueueRow.updated_at))).all()
+
+    async def save_queue(
+        self, name: str, config: dict[str, Any] | None, by: str, when: datetime
+    ) -> None:
+        async with self.writing() as s:
+            await s.merge(QueueRow(name=name, config=config, updated_by=by, updated_at=when))
 
     async def callbacks(self, status: str | None, limit: int = 100) -> Sequence[CallbackRow]:
         q = select(CallbackRow).order_by(CallbackRow.priority.desc(), CallbackRow.requested_at)

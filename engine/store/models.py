@@ -156,3 +156,14 @@ class CallbackRow(Base):
     requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     done_by: Mapped[str | None] = mapped_column(String(64))
     done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class QueueRow(Base):
+    """A queue changed through the API; it wins over the queues file."""
+
+    __tablename__ = "queue_configs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # None: removed
+    updated_by: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -2,7 +2,7 @@
 // insights beside the call, transfer or hang up, wrap up. Supervisors see alerts.
 import { connectEvents, esc } from "/static/events.js";
 import { CALL_PANELS, createCallView } from "/static/callview.js";
-import { audioBytes, openAudioPeer } from "/static/rtc.js";
+import { mediaBytes, openPeer } from "/static/rtc.js";
 
 const $ = (id) => document.getElementById(id);
 let me = null;
@@ -11,7 +11,7 @@ let callId = null; // the call on this agent's line
 let wrapCallId = null; // the call waiting for its wrap-up
 let pc = null, mic = null, callEvents = null, view = null;
 let muted = false, mine = false, ringTimer = null;
-window.ccAgent = { get pc() { return pc; }, get callId() { return callId; }, audioBytes: () => pc && audioBytes(pc) };
+window.ccAgent = { get pc() { return pc; }, get callId() { return callId; }, mediaBytes: (kind) => pc && mediaBytes(pc, kind) };
 
 async function api(path, { method = "GET", body } = {}) {
   const res = await fetch(path, {
@@ -155,7 +155,7 @@ $("accept").onclick = async () => {
   const id = offer.call_id;
   $("accept").disabled = $("decline").disabled = true;
   try {
-    ({ pc, mic } = await openAudioPeer($("remote")));
+    ({ pc, mic } = await openPeer({ audio: $("remote"), video: $("remote-video"), camera: $("with-camera").checked }));
     const answer = await api(`/api/v1/calls/${id}/accept`, { method: "POST", body: { type: "offer", sdp: pc.localDescription.sdp } });
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
     unring();
@@ -176,6 +176,8 @@ async function openCall(id) {
   $("wrapup").hidden = true;
   $("call").hidden = false;
   $("call").querySelector("[data-testid=transcript]").innerHTML = "";
+  $("remote-video").hidden = true;  // shown once the caller's camera reaches us
+  $("remote-video").onloadeddata = () => { $("remote-video").hidden = false; };
   $("panels").innerHTML = CALL_PANELS;
   view = createCallView($("call"));
   const [call, history, queues, agents] = await Promise.all([

@@ -1,5 +1,5 @@
 import { connectEvents, esc } from "/static/events.js";
-import { openAudioPeer } from "/static/rtc.js";
+import { openPeer } from "/static/rtc.js";
 
 const $ = (id) => document.getElementById(id);
 let pc = null;
@@ -41,7 +41,9 @@ async function call() {
   setState("dialing");
   try {
     // what the engine sends us: queue announcements, hold audio, the agent
-    ({ pc, mic: stream } = await openAudioPeer($("remote")));
+    const camera = $("camera").checked;
+    $("remote-video").hidden = !camera;
+    ({ pc, mic: stream } = await openPeer({ audio: $("remote"), video: camera ? $("remote-video") : null, camera }));
     const res = await fetch("/api/v1/calls", {
       method: "POST",
       headers: { "content-type": "application/json" },

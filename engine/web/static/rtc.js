@@ -11,22 +11,30 @@ export function waitIce(pc, ms = 3000) {
   });
 }
 
-// Microphone in, the other party out: a peer connection ready to make an offer.
-export async function openAudioPeer(audioElement) {
-  const mic = await navigator.mediaDevices.getUserMedia({ audio: true });
+// Microphone (and camera) in, the other party out: a peer connection with its offer
+// ready. With a ``video`` element but no camera we still offer to receive video, so an
+// agent sees a caller's camera without sending their own.
+export async function openPeer({ audio, video = null, camera = false }) {
+  // a small picture: the engine relays it (decode + encode), so pixels cost its CPU
+  const video_ = camera ? { width: { ideal: 320 }, height: { ideal: 240 }, frameRate: { ideal: 15 } } : false;
+  const local = await navigator.mediaDevices.getUserMedia({ audio: true, video: video_ });
   const pc = new RTCPeerConnection();
-  pc.ontrack = (e) => { audioElement.srcObject = e.streams[0] || new MediaStream([e.track]); };
-  mic.getTracks().forEach((t) => pc.addTrack(t, mic));
+  pc.ontrack = (e) => {
+    const el = e.track.kind === "video" ? video : audio;
+    if (el) el.srcObject = new MediaStream([e.track]);
+  };
+  local.getTracks().forEach((t) => pc.addTrack(t, local));
+  if (video && !camera) pc.addTransceiver("video", { direction: "recvonly" });
   await pc.setLocalDescription(await pc.createOffer());
   await waitIce(pc);
-  return { pc, mic };
+  return { pc, mic: local };
 }
 
-// Audio bytes this peer has sent and received so far (for status and tests).
-export async function audioBytes(pc) {
+// Bytes of ``kind`` media this peer has sent and received so far (for status and tests).
+export async function mediaBytes(pc, kind = "audio") {
   let sent = 0, received = 0;
   (await pc.getStats()).forEach((r) => {
-    if (r.kind !== "audio") return;
+    if (r.kind !== kind) return;
     if (r.type === "outbound-rtp") sent += r.bytesSent;
     if (r.type === "inbound-rtp") received += r.bytesReceived;
   });
