@@ -19,6 +19,7 @@ from engine.calls import CallManager
 from engine.config import Settings
 from engine.events import EventBus, utcnow
 from engine.metrics import Metrics
+from engine.sip import SipFront
 from engine.store.db import Store
 from engine.users import load_or_create_key
 
@@ -41,12 +42,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await calls.load_queue_changes()
         await calls.preload(settings.preload_languages)
         timers = asyncio.create_task(calls.run_acd_timers(), name="acd-timers")
+        sip = SipFront(settings, calls) if settings.sip_port is not None else None
+        if sip is not None:
+            try:
+                await sip.start()
+            except OSError as exc:
+                # the web side is still useful: say why phones cannot call, and go on
+                log.error("SIP disabled: cannot listen on %s:%s (%s); set CCENGINE_SIP_PORT",
+                          settings.sip_host, settings.sip_port, exc)  # fmt: skip
+                sip = None
+        app.state.sip = sip
         log.info("ccengine ready on http://%s:%s", settings.host, settings.port)
         try:
             yield
         finally:
             timers.cancel()
-            await calls.shutdown()
+            await calls.shutdown()  # BYE to every phone caller while SIP still runs
+            if sip is not None:
+                await sip.stop()
             await store.close()
 
     app = FastAPI(

@@ -73,6 +73,7 @@ from engine.events import (
     CallStateChanged,
     CallTransferred,
     CallWrappedUp,
+    DtmfReceived,
     EmotionUpdated,
     EscalationRaised,
     EventBase,
@@ -104,6 +105,7 @@ from media import events as me
 from media.asr import ModelChoice, RecognizerFactory, choose_model, create_factory
 from media.audio import downmix_int16
 from media.holdmusic import hold_loop
+from media.peer import CallPeer
 from media.pipeline import LegPipeline
 from media.tts import Speaker, default_speaker
 from media.vad import VadSettings
@@ -207,41 +209,81 @@ class CallManager:
 
     # -- lifecycle --------------------------------------------------------------
 
-    async def create_webrtc_call(
-        self, sdp: str, language: str | None, caller: str | None
-    ) -> tuple[Call, str]:
+    def _new_call(self, channel: str, language: str | None, caller: str | None) -> Call:
         if len(self.calls) >= self.settings.max_concurrent_calls:
             self.metrics.rejected.labels("overloaded").inc()
             raise Overloaded(
                 f"engine is at its limit of {self.settings.max_concurrent_calls} calls"
             )
         language = (language or self.settings.default_language).lower()
-        choice = self.model_choice(language)
-        call = Call(str(uuid.uuid4()), "webrtc", language, choice, caller, created_at=utcnow())
+        call = Call(
+            str(uuid.uuid4()),
+            channel,
+            language,
+            self.model_choice(language),
+            caller,
+            created_at=utcnow(),
+        )
         call.escalation = CallEscalation(self.rules)
-        if caller:
-            earlier = await self.store.history(caller, before=None, limit=HISTORY_LIMIT)
-            call.previous_calls = len(earlier)
+        return call
+
+    async def create_webrtc_call(
+        self, sdp: str, language: str | None, caller: str | None
+    ) -> tuple[Call, str]:
+        call = self._new_call("webrtc", language, caller)
         leg = Leg(str(uuid.uuid4()), "caller", "webrtc")
-        leg.peer = WebRtcLeg(on_ended=lambda reason: self.end_call(call.id, reason))
+        peer = leg.peer = WebRtcLeg(on_ended=lambda reason: self.end_call(call.id, reason))
         try:
-            answer, _summary = await leg.peer.answer(sdp)
+            answer, _summary = await peer.answer(sdp)
         except BaseException:
-            await leg.peer.close()
+            await peer.close()
             raise
+        await self._start_call(call, leg, codec=None)
+        return call, answer
+
+    async def create_phone_call(
+        self, peer: CallPeer, caller: str | None, codec: str, language: str | None = None
+    ) -> Call:
+        """A phone caller whose SIP dialog and RTP session are set up (engine/sip.py):
+        the same pipeline, queues and agents as an in-app caller, plus the key menu."""
+        call = self._new_call("sip", language, caller)
+        leg = Leg(str(uuid.uuid4()), "caller", "sip")
+        leg.peer = peer
+        await self._start_call(call, leg, codec=codec)
+        if self.settings.ivr_prompt:
+            call.tasks.append(asyncio.create_task(self._menu(call)))
+        return call
+
+    async def _menu(self, call: Call) -> None:
+        with contextlib.suppress(Exception):
+            await self.say(call, self.settings.ivr_prompt, while_state="active")
+
+    def press_key(self, call_id: str, digit: str) -> None:
+        """A key the caller pressed; handled in order with the call's transcript."""
+        call = self.calls.get(call_id)
+        if call is None or call.ended.is_set():
+            return
+        at = time.monotonic() - call.media_t0 if call.media_t0 is not None else 0.0
+        call.events.put_nowait(me.KeyPressed(call.caller_leg().id, digit, round(at, 3)))
+
+    async def _start_call(self, call: Call, leg: Leg, codec: str | None) -> None:
+        if call.caller:
+            earlier = await self.store.history(call.caller, before=None, limit=HISTORY_LIMIT)
+            call.previous_calls = len(earlier)
         call.legs.append(leg)
         self.calls[call.id] = call
         self.metrics.active_calls.inc()
-        self.metrics.calls.labels("webrtc").inc()
+        self.metrics.calls.labels(call.channel).inc()
+        choice = call.model
         await self.store.add(
             CallRow(
                 id=call.id,
                 channel=call.channel,
                 state=call.state,
-                language=language,
+                language=call.language,
                 recognizer=choice.backend,
                 recognizer_note=choice.note,
-                caller=caller,
+                caller=call.caller,
                 created_at=call.created_at,
             ),
             LegRow(
@@ -249,7 +291,7 @@ class CallManager:
                 call_id=call.id,
                 role=leg.role,
                 transport=leg.transport,
-                codec=None,
+                codec=codec,
                 created_at=call.created_at,
             ),
         )
@@ -257,7 +299,7 @@ class CallManager:
             CallStarted(
                 call_id=call.id,
                 channel=call.channel,
-                language=language,
+                language=call.language,
                 recognizer=choice.backend,
                 recognizer_note=choice.note,
             )
@@ -265,7 +307,6 @@ class CallManager:
         await self._transition(call, "answered")
         call.consumer = asyncio.create_task(self._consume(call), name=f"events-{call.id}")
         call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
-        return call, answer
 
     async def _transition(
         self, call: Call, event: str, reason: str | None = None, **values: object
@@ -470,6 +511,8 @@ class CallManager:
                         Utterance(utt_id, final.text, final.start, final.end)
                     ),
                 )
+        elif isinstance(ev, me.KeyPressed):
+            await self._key(call, ev)
         elif isinstance(ev, me.EmotionEstimated):
             est = ev.estimate
             utt_id = call.utterance_ids.get((ev.leg_id, ev.index), "")
@@ -504,6 +547,16 @@ class CallManager:
                 await self._escalate(call, call.escalation.observe_emotion(sample))
                 if call.escalation_reason != reason:  # the summary now says why
                     await self._assist(call, est.call_label, est.trend)
+
+    async def _key(self, call: Call, ev: me.KeyPressed) -> None:
+        skill = self.settings.ivr_keys.get(ev.digit)
+        self._publish(DtmfReceived(call_id=call.id, digit=ev.digit, at=ev.at, menu=skill))
+        if skill is not None and call.state in ("answered", "active") and call.topic is None:
+            call.topic = skill
+            await self.store.update_call(call.id, topic=skill)
+            with contextlib.suppress(Exception):
+                await self.say(call, f"{skill.replace('_', ' ')}. How can I help?", "active")
+        await self._escalate(call, call.escalation.observe_dtmf(ev.digit, ev.at))
 
     @staticmethod
     def _offset(call: Call, leg_id: str) -> float:
@@ -597,7 +650,7 @@ class CallManager:
                     )
                 )
             if route and call.state == "active":
-                await self._enqueue_for_person(call, d.skill)
+                await self._enqueue_for_person(call, d.skill or call.topic)
             elif call.id in self.acd.waiting:
                 await self._sync_priority(call)
 

@@ -33,8 +33,8 @@ from engine.assist.facts import Fact, FactSheet
 from engine.escalation import CallEscalation
 from media import events as me
 from media.asr import ModelChoice
+from media.peer import CallPeer
 from media.pipeline import LegPipeline
-from media.webrtc import WebRtcLeg
 
 TRANSITIONS: dict[tuple[str, str], str] = {
     ("new", "answered"): "connecting",
@@ -118,7 +118,7 @@ class Leg:
     role: str
     transport: str
     pipeline: LegPipeline | None = None
-    peer: WebRtcLeg | None = None
+    peer: CallPeer | None = None
     user_id: str | None = None  # the agent, for agent legs
     left: bool = False  # transferred away: its end no longer ends the call
     offset: float = 0.0  # seconds between the caller's first audio and this leg's
@@ -155,6 +155,7 @@ class Call:
     transferred_by: str | None = None  # username of the agent who transferred it last
     transfer_note: str | None = None
     summary: str = ""
+    topic: str | None = None  # the skill chosen in the phone menu (press 1 for billing...)
     mood: str | None = None
     trend: float = 0.0
     facts: FactSheet = field(default_factory=FactSheet)
@@ -168,7 +169,7 @@ class Call:
         except KeyError:
             raise InvalidTransition(f"call {self.id}: no '{event}' from '{self.state}'") from None
 
-    def other_peer(self, leg: Leg) -> WebRtcLeg | None:
+    def other_peer(self, leg: Leg) -> CallPeer | None:
         """The peer that hears ``leg`` (caller <-> agent) while they talk; on hold,
         nobody."""
         if self.state != "bridged" or leg.left or (leg.role == "agent" and self.agent_muted):

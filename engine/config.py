@@ -56,6 +56,29 @@ class Settings(BaseSettings):
     token_ttl: int = Field(12 * 3600, ge=60, description="seconds a login stays valid")
     log_level: str = "INFO"
 
+    # SIP phone calls (UDP and TCP on one port). None: no SIP.
+    sip_port: int | None = Field(5060, ge=0, le=65535)
+    sip_host: str = "127.0.0.1"
+    # The address phones and trunks reach us at, put in SDP and Contact (NAT). Unset:
+    # sip_host.
+    sip_public_host: str | None = None
+    sip_realm: str = "ccengine"
+    # Addresses or networks (CIDR) of carrier trunks, admitted without a password.
+    sip_trunks: list[str] = Field(default_factory=list)
+    # SIP users (desk phones, softphones) and their digest passwords.
+    sip_users: dict[str, SecretStr] = Field(default_factory=dict)
+    # Numbers (Request-URI users) answered by the contact center; others get 404.
+    sip_numbers: list[str] = Field(default_factory=lambda: ["support", "1000"])
+    # The key menu a phone caller hears first; empty: none.
+    ivr_prompt: str = (
+        "Thank you for calling. Press 1 for billing, 2 for technical support, "
+        "or 0 to speak with a person. Or just tell me how I can help."
+    )
+    # Keys of the menu and the skill each one chooses (0 is an escalation rule).
+    ivr_keys: dict[str, str] = Field(
+        default_factory=lambda: {"1": "billing", "2": "technical_support"}
+    )
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -216,6 +216,15 @@ class SupervisorAlert(EventBase):
     state: str
 
 
+class DtmfReceived(EventBase):
+    """A key the phone caller pressed; ``menu`` is the skill it chose, if any."""
+
+    type: Literal["dtmf.received"] = "dtmf.received"
+    digit: str
+    at: float
+    menu: str | None = None
+
+
 class CallEnded(EventBase):
     type: Literal["call.ended"] = "call.ended"
     reason: str
@@ -240,6 +249,7 @@ Event = Annotated[
     | CallbackRequested
     | CallbackDone
     | SupervisorAlert
+    | DtmfReceived
     | CallEnded,
     Field(discriminator="type"),
 ]
@@ -262,6 +272,7 @@ EVENT_TYPES = [
     "callback.requested",
     "callback.done",
     "supervisor.alert",
+    "dtmf.received",
     "call.ended",
 ]
 

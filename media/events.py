@@ -50,4 +50,15 @@ class LegEnded:
     duration: float
 
 
-MediaEvent = SpeechStarted | TranscriptPartial | TranscriptFinal | EmotionEstimated | LegEnded
+@dataclass(frozen=True, slots=True)
+class KeyPressed:
+    """A DTMF digit (RFC 4733 or SIP INFO), reported once per key press."""
+
+    leg_id: str
+    digit: str
+    at: float  # seconds of leg media
+
+
+MediaEvent = (
+    SpeechStarted | TranscriptPartial | TranscriptFinal | EmotionEstimated | LegEnded | KeyPressed
+)

@@ -18,6 +18,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from media.bridge import ForwardedVideoTrack, VideoIn
 from media.outbound import OutboundAudioTrack
+from media.peer import CallPeer
 from media.sdp import OfferSummary, SdpError, parse_offer
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class WebRtcLeg:
             raise SdpError(f"offer rejected by the WebRTC stack: {exc}") from exc
         return self.pc.localDescription.sdp, summary
 
-    def show_video_of(self, other: WebRtcLeg | None) -> None:
+    def show_video_of(self, other: CallPeer | None) -> None:
         """Send ``other``'s camera to this peer (None: black), if this peer takes video."""
         if self.video_out is not None:
             self.video_out.attach(other.video_in.subscribe() if other is not None else None)

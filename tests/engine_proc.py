@@ -27,12 +27,15 @@ class EngineProcess:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.sip_port = free_port()  # UDP and TCP: a free TCP port is free for UDP here
+        self.sip = f"127.0.0.1:{self.sip_port}"
         self.db = workdir / "engine.db"
         self.log = workdir / "engine.log"
         self.env = {
             **os.environ,
             "CCENGINE_MODEL_DIRS": "[]",
             "CCENGINE_SECRET_KEY_FILE": str(workdir / "secret"),
+            "CCENGINE_SIP_PORT": str(self.sip_port),
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None

@@ -10,8 +10,9 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
-from tests import speech
-from tests.engine_proc import EngineProcess
+from tests import sipp, speech
+from tests.engine_proc import EngineProcess, free_port
+from tests.sniff import RtpSniffer
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 CHROMIUM = "/usr/bin/chromium"
@@ -198,3 +199,74 @@ def test_agent_desk_answers_an_escalated_caller(
     ]
     assert {u["speaker"] for u in record["transcript"]} == {"caller", "agent"}
     assert record["end_reason"] == "agent_hangup"
+
+
+def test_phone_caller_reaches_an_agent_in_the_browser(tmp_path: Path, output_dir: Path) -> None:
+    """A SIPp phone asks for a person; Ben answers at the desk in Chromium. His browser
+    receives the caller's audio (WebRTC stats), and the phone receives Ben's: the RTP
+    reaching the phone's port is captured and recognised. Ben hangs up; the phone gets
+    a BYE."""
+    engine = EngineProcess(
+        tmp_path / "engine",
+        CCENGINE_SIP_TRUNKS='["127.0.0.1"]',
+        CCENGINE_MEDIA_TIMEOUT="10",
+    ).start()
+    try:
+        engine.add_user("ben", "pw-ben-1", "--name", "Ben Ode")
+        caller_wav = speech.piper_script(
+            ["My order never arrived, and this is ridiculous.",
+             "I want to talk to a real person right now."],
+            tmp_path / "caller.wav", speech.ANGRY_EFFECTS,
+        )  # fmt: skip
+        # a caller who keeps talking, as phones send audio all the time
+        pcap, _, _ = sipp.phone_pcap(caller_wav, tmp_path / "caller.pcap", repeat=12)
+        agent_wav = speech.piper_script(
+            ["Hello, this is Ben from customer care.",
+             "I can see your order and I will send a new one today."],
+            tmp_path / "ben.wav",
+        )  # fmt: skip
+        scenario = sipp.call_scenario(sipp.play(pcap, 0), hangup="engine")
+        with sync_playwright() as p:
+            agent_browser = launch(p, agent_wav)
+            try:
+                agent = agent_browser.new_context(permissions=["microphone"]).new_page()
+                agent.goto(f"{engine.url}/agent")
+                agent.get_by_test_id("username").fill("ben")
+                agent.get_by_test_id("password").fill("pw-ben-1")
+                agent.get_by_test_id("sign-in").click()
+                agent.get_by_test_id("go-available").click()
+                expect(agent.get_by_test_id("presence")).to_have_text("available")
+                media_port = free_port()
+                heard = RtpSniffer(media_port)
+                phone, base = sipp.start(
+                    scenario, tmp_path / "sipp", engine.sip, timeout=150, media_port=media_port
+                )
+                expect(agent.get_by_test_id("ring")).to_be_visible(timeout=60_000)
+                expect(agent.get_by_test_id("preview")).to_contain_text("15551230001")
+                expect(agent.get_by_test_id("preview")).to_contain_text("asked for a person")
+                agent.get_by_test_id("accept").click()
+                expect(agent.get_by_test_id("call-state")).to_have_text("bridged", timeout=20_000)
+                flow = audio_flow(agent, "window.ccAgent.pc", seconds=3.0)
+                print("agent with a phone caller:", flow)
+                assert flow["received"] > 3000 and flow["sent"] > 3000
+                transcript = agent.get_by_test_id("transcript")
+                expect(transcript.locator(".line.final.agent").first).to_be_visible(timeout=40_000)
+                expect(transcript.locator(".line.final.agent")).to_contain_text(
+                    ["customer care"], timeout=30_000
+                )
+                agent.screenshot(path=str(output_dir / "agent-phone-call.png"), full_page=True)
+                call_id = agent.evaluate("window.ccAgent.callId")
+                agent.get_by_test_id("hangup").click()
+                expect(agent.get_by_test_id("wrapup")).to_be_visible()
+            finally:
+                agent_browser.close()
+        result = sipp.finish(phone, base)
+        assert result.ok, result.output + result.errors
+        assert "BYE sip:" in result.messages
+        record = httpx.get(f"{engine.url}/api/v1/calls/{call_id}").json()
+        assert record["channel"] == "sip" and record["end_reason"] == "agent_hangup"
+        phone_heard = speech.recognise(heard.stop(), 8000)
+        print("the phone heard:", phone_heard)
+        assert {"customer", "order"} & set(speech.normalize(phone_heard)), phone_heard
+    finally:
+        engine.stop()

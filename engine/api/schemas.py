@@ -82,6 +82,7 @@ class CallOut(BaseModel):
     agent_id: str | None
     disposition: str | None
     wrapped_up_at: datetime | None
+    topic: str | None = Field(None, description="what a phone caller chose in the key menu")
 
 
 class EscalationOut(BaseModel):

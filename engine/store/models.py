@@ -36,6 +36,7 @@ class CallRow(Base):
     agent_id: Mapped[str | None] = mapped_column(String(36), index=True)  # the last agent
     disposition: Mapped[str | None] = mapped_column(String(64))
     wrapped_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    topic: Mapped[str | None] = mapped_column(String(64))  # chosen in the phone menu
 
     legs: Mapped[list[LegRow]] = relationship(back_populates="call", order_by="LegRow.created_at")
 

@@ -1,0 +1,695 @@
+"""The SIP user agent, sans-IO: transactions, dialogs, registrar and admission.
+
+Feed it what arrived (:meth:`SipEndpoint.receive`), let it run its timers
+(:meth:`handle_timer` at :meth:`next_timer`), and send what :meth:`transmit`
+returns; what the application must decide (a new call, a hang-up, a re-INVITE)
+comes out of :meth:`events`. No sockets, no clocks: ``now`` is always passed in,
+so every RFC 3261 timer is testable without waiting.
+
+What it does on its own, as RFC 3261 asks:
+
+* server transactions absorb retransmitted requests by re-sending the last
+  response (§17.2); a final non-2xx answer to an INVITE is retransmitted over UDP
+  until its ACK (Timer G/H), a 2xx until the ACK of the dialog (§13.3.1.4), and a
+  call whose 2xx is never acknowledged is ended with a BYE;
+* CANCEL before the answer: 200 to the CANCEL, 487 to the INVITE (§9.2);
+* requests inside a dialog are matched by Call-ID and both tags; anything else
+  gets 481; an in-dialog CSeq that goes backwards gets 500 (§12.2.2);
+* admission: INVITEs from a trunk address (allow-list) pass, others need digest
+  credentials (401 challenge, 403 for wrong ones); REGISTER always needs them, and
+  a user may register only its own address of record;
+* precise answers: 405/501 for methods, 415 for bodies, 420 for extensions, 423
+  for short registrations, 503 when the tables are full.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from media.sip import message as sm
+from media.sip.digest import DigestServer, Verdict
+from media.sip.message import SipRequest, SipResponse, SipSyntaxError
+
+log = logging.getLogger(__name__)
+
+T1, T2, T4 = 0.5, 4.0, 5.0
+TIMER_64T1 = 64 * T1
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REGISTER"
+KNOWN_METHODS = {"SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH", "UPDATE", "PRACK"}
+MAX_TRANSACTIONS = 20_000
+MAX_DIALOGS = 5_000
+MIN_EXPIRES, MAX_EXPIRES, DEFAULT_EXPIRES = 60, 3600, 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Where a message came from, and so where answers go (symmetric signalling)."""
+
+    transport: str  # "UDP" | "TCP"
+    host: str
+    port: int
+    conn: int | None = None  # the TCP connection it arrived on
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "UDP"
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    peer: Peer
+    data: bytes
+
+
+# -- events for the application -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InviteReceived:
+    call_id: str
+    request: SipRequest
+    peer: Peer
+    user: str | None  # the digest user who authenticated, None for a trunk
+    trunk: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReinviteReceived:
+    call_id: str
+    request: SipRequest
+
+
+@dataclass(frozen=True, slots=True)
+class CallConfirmed:
+    call_id: str  # the ACK for our 2xx arrived
+
+
+@dataclass(frozen=True, slots=True)
+class CallCancelled:
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallTerminated:
+    call_id: str
+    reason: str  # "remote_bye" | "no_ack"
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfInfo:
+    call_id: str
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    aor: str
+    contact: str
+    expires: int  # 0: removed
+
+
+Event = (
+    InviteReceived
+    | ReinviteReceived
+    | CallConfirmed
+    | CallCancelled
+    | CallTerminated
+    | DtmfInfo
+    | Registered
+)
+
+
+# -- transactions and dialogs ----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _ServerTxn:
+    request: SipRequest
+    peer: Peer
+    created: float
+    last: bytes | None = None  # the last response sent, re-sent on a retransmission
+    status: int = 0
+    retransmit_at: float | None = None  # Timer G (non-2xx final to an INVITE, UDP)
+    interval: float = T1
+    expire_at: float | None = None  # Timer H/I/J: forget the transaction
+
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+
+@dataclass(slots=True)
+class _ClientTxn:
+    data: bytes
+    peer: Peer
+    method: str
+    started: float
+    retransmit_at: float | None
+    interval: float = T1
+    done: bool = False
+
+
+@dataclass(slots=True)
+class Dialog:
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    local_uri: str  # our To value without its tag
+    remote_uri: str  # the caller's From value
+    remote_target: str  # Contact URI: where in-dialog requests go
+    peer: Peer
+    invite: SipRequest
+    remote_cseq: int
+    local_cseq: int = 0
+    state: str = "early"  # early -> confirmed -> terminated
+    route: list[str] = field(default_factory=list)
+    ok: bytes | None = None  # our 2xx, retransmitted until the ACK
+    ok_at: float | None = None
+    ok_interval: float = T1
+    ok_giveup: float | None = None
+    invite_key: tuple[str, str] | None = None
+    reinvite_key: tuple[str, str] | None = None
+
+
+@dataclass(slots=True)
+class Binding:
+    contact: str
+    peer: Peer
+    expires_at: float
+
+
+@dataclass
+class Admission:
+    """Who may call and register."""
+
+    realm: str = "ccengine"
+    trunks: list[str] = field(default_factory=list)  # addresses or networks, CIDR ok
+    passwords: Callable[[str], str | None] = lambda _user: None
+
+    def __post_init__(self) -> None:
+        self._nets = [ipaddress.ip_network(t, strict=False) for t in self.trunks]
+
+    def is_trunk(self, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in n for n in self._nets)
+
+
+class SipEndpoint:
+    def __init__(
+        self,
+        local_host: str,
+        local_port: int,
+        admission: Admission | None = None,
+        *,
+        digest: DigestServer | None = None,
+    ) -> None:
+        self.local_host = local_host
+        self.local_port = local_port
+        self.admission = admission or Admission()
+        self.digest = digest or DigestServer(self.admission.realm)
+        self._out: list[Transmit] = []
+        self._events: list[Event] = []
+        self._server: dict[tuple[str, str], _ServerTxn] = {}
+        self._client: dict[tuple[str, str], _ClientTxn] = {}
+        self.dialogs: dict[str, Dialog] = {}
+        self.bindings: dict[str, dict[str, Binding]] = {}
+        self.malformed = 0
+
+    # -- I/O surface -------------------------------------------------------------------
+
+    def transmit(self) -> list[Transmit]:
+        out, self._out = self._out, []
+        return out
+
+    def events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def next_timer(self) -> float | None:
+        times = [t for x in self._server.values() for t in (x.retransmit_at, x.expire_at) if t]
+        times += [x.retransmit_at for x in self._client.values() if x.retransmit_at]
+        times += [d.ok_at for d in self.dialogs.values() if d.ok_at]
+        times += [b.expires_at for bs in self.bindings.values() for b in bs.values()]
+        return min(times) if times else None
+
+    def receive(self, data: bytes, peer: Peer, now: float) -> None:
+        if not data.strip():
+            return  # CRLF keep-alives (RFC 5626 §3.5.1)
+        try:
+            msg = sm.parse(data)
+        except SipSyntaxError as exc:
+            self.malformed += 1
+            log.info("malformed SIP from %s:%s: %s", peer.host, peer.port, exc.detail)
+            if exc.status is not None:
+                self._answer_malformed(data, peer, exc)
+            return
+        if isinstance(msg, SipResponse):
+            self._on_response(msg, now)
+        else:
+            self._on_request(msg, peer, now)
+
+    def handle_timer(self, now: float) -> None:
+        for key, txn in list(self._server.items()):
+            if txn.retransmit_at is not None and now >= txn.retransmit_at and txn.last:
+                self._send(txn.peer, txn.last)
+                txn.interval = min(txn.interval * 2, T2)
+                txn.retransmit_at = now + txn.interval
+            if txn.expire_at is not None and now >= txn.expire_at:
+                del self._server[key]
+                if txn.method == "INVITE" and txn.status >= 300 and txn.retransmit_at:
+                    log.info("no ACK for %s to %s", txn.status, txn.request.call_id)
+        for key, ctx in list(self._client.items()):
+            if ctx.done or now - ctx.started >= TIMER_64T1:
+                del self._client[key]
+            elif ctx.retransmit_at is not None and now >= ctx.retransmit_at:
+                self._send(ctx.peer, ctx.data)
+                ctx.interval = min(ctx.interval * 2, T2)
+                ctx.retransmit_at = now + ctx.interval
+        for d in list(self.dialogs.values()):
+            if d.ok_at is not None and d.ok is not None and now >= d.ok_at:
+                if d.ok_giveup is not None and now >= d.ok_giveup:
+                    d.ok_at = None
+                    self._bye(d, now)
+                    self._events.append(CallTerminated(d.call_id, "no_ack"))
+                    continue
+                self._send(d.peer, d.ok)
+                d.ok_interval = min(d.ok_interval * 2, T2)
+                d.ok_at = now + d.ok_interval
+        for aor, bs in list(self.bindings.items()):
+            for contact, b in list(bs.items()):
+                if now >= b.expires_at:
+                    del bs[contact]
+                    self._events.append(Registered(aor, contact, 0))
+            if not bs:
+                del self.bindings[aor]
+
+    # -- the application's answers -------------------------------------------------------
+
+    def ring(self, call_id: str) -> None:
+        d = self.dialogs.get(call_id)
+        if d is not None and d.state == "early":
+            self._respond_invite(d, 180)
+
+    def answer(self, call_id: str, sdp: bytes, now: float) -> None:
+        d = self.dialogs.get(call_id)
+        if d is None or d.state != "early" or d.ok is not None:
+            return
+        d.ok = self._respond_invite(d, 200, body=sdp)
+        if not d.peer.reliable:
+            d.ok_at, d.ok_giveup = now + T1, now + TIMER_64T1
+
+    def reject(
+        self, call_id: str, status: int, now: float, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        d = self.dialogs.pop(call_id, None)
+        if d is None or d.ok is not None:
+            return
+        self._respond_invite(d, status, headers=headers, now=now)
+
+    def answer_reinvite(
+        self, call_id: str, sdp: bytes | None, now: float, status: int = 200
+    ) -> None:
+        d = self.dialogs.get(call_id)
+        if d is None or d.reinvite_key is None:
+            return
+        txn = self._server.get(d.reinvite_key)
+        d.reinvite_key = None
+        if txn is None:
+            return
+        if status >= 300:
+            self._final(txn, status, d.local_tag, now)
+            return
+        d.ok = self._final(txn, 200, d.local_tag, now, body=sdp or b"", contact=True)
+        if not d.peer.reliable:
+            d.ok_at, d.ok_interval, d.ok_giveup = now + T1, T1, now + TIMER_64T1
+
+    def hangup(self, call_id: str, now: float) -> None:
+        """End a call from our side: BYE if answered, 480 if still ringing."""
+        d = self.dialogs.get(call_id)
+        if d is None:
+            return
+        if d.ok is None:
+            self.reject(call_id, 480, now)
+            return
+        self._bye(d, now)
+
+    def lookup(self, aor_user: str, now: float) -> list[Binding]:
+        return [b for b in self.bindings.get(aor_user, {}).values() if b.expires_at > now]
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _on_request(self, req: SipRequest, peer: Peer, now: float) -> None:
+        method = req.method
+        key = (sm.branch(req), "INVITE" if method == "ACK" else method)
+        if method == "ACK":
+            self._on_ack(req, key, now)
+            return
+        txn = self._server.get(key)
+        if txn is not None:  # a retransmission: same answer again
+            if txn.last is not None:
+                self._send(peer, txn.last)
+            return
+        if len(self._server) >= MAX_TRANSACTIONS:
+            self._send(peer, bytes(sm.response(req, 503, headers=[("Retry-After", "5")])))
+            return
+        txn = _ServerTxn(req, peer, now)
+        self._server[key] = txn
+        if method == "CANCEL":
+            self._on_cancel(req, txn, now)
+            return
+        to_tag = sm.tag(req.headers.get_first("to"))
+        if to_tag is not None:
+            self._in_dialog(req, txn, to_tag, now)
+            return
+        require = req.headers.get_first("require")
+        if require:
+            self._final(txn, 420, sm.new_tag(), now, headers=[("Unsupported", require)])
+            return
+        if method == "INVITE":
+            self._on_invite(req, txn, now)
+        elif method == "OPTIONS":
+            self._final(
+                txn,
+                200,
+                sm.new_tag(),
+                now,
+                headers=[("Allow", ALLOW), ("Accept", "application/sdp")],
+            )
+        elif method == "REGISTER":
+            self._on_register(req, txn, now)
+        elif method in ("BYE", "INFO"):
+            self._final(txn, 481, sm.new_tag(), now)
+        elif method in KNOWN_METHODS:
+            self._final(txn, 405, sm.new_tag(), now, headers=[("Allow", ALLOW)])
+        else:
+            self._final(txn, 501, sm.new_tag(), now, headers=[("Allow", ALLOW)])
+
+    def _authenticate(self, req: SipRequest, txn: _ServerTxn, now: float) -> str | None:
+        """The digest user, or None after answering 401/403 ourselves."""
+        result = self.digest.verify(
+            req.method, req.headers.get_first("authorization"), self.admission.passwords, now
+        )
+        if result.verdict is Verdict.OK:
+            return result.username
+        if result.verdict is Verdict.WRONG:
+            self._final(txn, 403, sm.new_tag(), now)
+        else:
+            challenge = self.digest.challenge(now, stale=result.verdict is Verdict.STALE)
+            self._final(txn, 401, sm.new_tag(), now, headers=[("WWW-Authenticate", challenge)])
+        return None
+
+    def _on_invite(self, req: SipRequest, txn: _ServerTxn, now: float) -> None:
+        call_id = req.call_id or ""
+        trunk = self.admission.is_trunk(txn.peer.host)
+        user = None
+        if not trunk:
+            user = self._authenticate(req, txn, now)
+            if user is None:
+                return
+        if call_id in self.dialogs or len(self.dialogs) >= MAX_DIALOGS:
+            # a second INVITE for a live Call-ID with a new branch is a loop or a fork
+            status = 482 if call_id in self.dialogs else 503
+            self._final(txn, status, sm.new_tag(), now, headers=[("Retry-After", "5")])
+            return
+        ctype = (req.headers.get_first("content-type") or "application/sdp").split(";")[0]
+        if req.body and ctype.strip().lower() != "application/sdp":
+            self._final(txn, 415, sm.new_tag(), now, headers=[("Accept", "application/sdp")])
+            return
+        contact = req.headers.get_first("contact") or ""
+        target = contact.split("<", 1)[1].split(">", 1)[0] if "<" in contact else contact
+        to = req.headers.get_first("to") or ""
+        d = Dialog(
+            call_id=call_id,
+            local_tag=sm.new_tag(),
+            remote_tag=sm.tag(req.headers.get_first("from")) or "",
+            local_uri=to,
+            remote_uri=req.headers.get_first("from") or "",
+            remote_target=target.split(";", 1)[0].strip() or req.uri,
+            peer=txn.peer,
+            invite=req,
+            remote_cseq=sm.cseq(req)[0],
+            route=list(req.headers.get("record-route")),
+            invite_key=(sm.branch(req), "INVITE"),
+        )
+        self.dialogs[call_id] = d
+        self._provisional(txn, 100, None)
+        self._events.append(InviteReceived(call_id, req, txn.peer, user, trunk))
+
+    def _in_dialog(self, req: SipRequest, txn: _ServerTxn, to_tag: str, now: float) -> None:
+        d = self.dialogs.get(req.call_id or "")
+        from_tag = sm.tag(req.headers.get_first("from"))
+        if d is None or d.local_tag != to_tag or d.remote_tag != from_tag:
+            self._final(txn, 481, None, now)
+            return
+        seq = sm.cseq(req)[0]
+        if seq <= d.remote_cseq:
+            self._final(txn, 500, None, now, headers=[("Retry-After", "1")])
+            return
+        d.remote_cseq = seq
+        if req.method == "BYE":
+            self._final(txn, 200, None, now)
+            self._end_dialog(d)
+            self._events.append(CallTerminated(d.call_id, "remote_bye"))
+        elif req.method == "INVITE":
+            if d.reinvite_key is not None or d.state != "confirmed":
+                self._final(txn, 491, None, now)
+                return
+            d.reinvite_key = (sm.branch(req), "INVITE")
+            d.invite = req
+            self._provisional(txn, 100, None)
+            self._events.append(ReinviteReceived(d.call_id, req))
+        elif req.method == "INFO":
+            self._final(txn, 200, None, now)
+            digit = _info_digit(req)
+            if digit:
+                self._events.append(DtmfInfo(d.call_id, digit))
+        elif req.method == "OPTIONS":
+            self._final(txn, 200, None, now, headers=[("Allow", ALLOW)])
+        elif req.method in KNOWN_METHODS:
+            self._final(txn, 405, None, now, headers=[("Allow", ALLOW)])
+        else:
+            self._final(txn, 501, None, now, headers=[("Allow", ALLOW)])
+
+    def _on_ack(self, req: SipRequest, key: tuple[str, str], now: float) -> None:
+        txn = self._server.get(key)
+        if txn is not None and txn.status >= 300:
+            # ACK for a failure: stop Timer G, linger for Timer I (absorbs ACK copies)
+            txn.retransmit_at = None
+            txn.expire_at = now + (0 if txn.peer.reliable else T4)
+            return
+        d = self.dialogs.get(req.call_id or "")
+        if d is None or sm.tag(req.headers.get_first("to")) != d.local_tag:
+            return  # ACKs are never answered
+        if d.ok_at is not None or d.state == "early":
+            d.ok_at = d.ok_giveup = None
+            if d.state == "early":
+                d.state = "confirmed"
+                self._events.append(CallConfirmed(d.call_id))
+
+    def _on_cancel(self, req: SipRequest, txn: _ServerTxn, now: float) -> None:
+        invite = self._server.get((sm.branch(req), "INVITE"))
+        if invite is None:
+            self._final(txn, 481, sm.new_tag(), now)
+            return
+        d = self.dialogs.get(req.call_id or "")
+        self._final(txn, 200, d.local_tag if d else sm.new_tag(), now)
+        if d is not None and d.ok is None and invite.status < 200:
+            del self.dialogs[d.call_id]
+            self._respond_invite(d, 487, now=now)
+            self._events.append(CallCancelled(d.call_id))
+
+    def _on_register(self, req: SipRequest, txn: _ServerTxn, now: float) -> None:
+        user = self._authenticate(req, txn, now)
+        if user is None:
+            return
+        aor = sm.uri_user(sm.address_uri(req.headers.get_first("to") or ""))
+        if aor != user:
+            self._final(txn, 403, sm.new_tag(), now)  # one's own address of record only
+            return
+        default = int(req.headers.get_first("expires") or DEFAULT_EXPIRES)
+        bindings = self.bindings.setdefault(aor, {})
+        contacts = req.headers.get("contact")
+        if contacts == ["*"]:
+            if default != 0:
+                self._final(txn, 400, sm.new_tag(), now)
+                return
+            for c in list(bindings):
+                self._events.append(Registered(aor, c, 0))
+            bindings.clear()
+            contacts = []
+        for value in contacts:
+            uri = sm.address_uri(value)
+            m = _param(value, "expires")
+            expires = int(m) if m is not None and m.isdigit() else default
+            if 0 < expires < MIN_EXPIRES:
+                self._final(
+                    txn, 423, sm.new_tag(), now, headers=[("Min-Expires", str(MIN_EXPIRES))]
+                )
+                return
+            expires = min(expires, MAX_EXPIRES)
+            if expires == 0:
+                if bindings.pop(uri, None) is not None:
+                    self._events.append(Registered(aor, uri, 0))
+            else:
+                bindings[uri] = Binding(uri, txn.peer, now + expires)
+                self._events.append(Registered(aor, uri, expires))
+        if not bindings:
+            self.bindings.pop(aor, None)
+        now_bound = [
+            ("Contact", f"<{b.contact}>;expires={max(0, int(b.expires_at - now))}")
+            for b in bindings.values()
+        ]
+        self._final(txn, 200, sm.new_tag(), now, headers=now_bound)
+
+    # -- responses we receive ----------------------------------------------------------------
+
+    def _on_response(self, resp: SipResponse, now: float) -> None:
+        ctx = self._client.get((sm.branch(resp), sm.cseq(resp)[1]))
+        if ctx is None:
+            return
+        if resp.status_code >= 200:
+            ctx.done = True
+            ctx.retransmit_at = None
+        elif ctx.method != "INVITE":
+            ctx.interval = T2  # §17.1.2.2: provisional -> retransmit at T2
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def _send(self, peer: Peer, data: bytes) -> None:
+        self._out.append(Transmit(peer, data))
+
+    def _contact(self, peer: Peer) -> str:
+        transport = "" if peer.transport == "UDP" else ";transport=tcp"
+        return f"<sip:ccengine@{self.local_host}:{self.local_port}{transport}>"
+
+    def _provisional(self, txn: _ServerTxn, status: int, to_tag: str | None) -> None:
+        resp = sm.response(txn.request, status, to_tag=to_tag)
+        if to_tag:
+            resp.headers.set_single("Contact", self._contact(txn.peer))
+        txn.last, txn.status = bytes(resp), status
+        self._send(txn.peer, txn.last)
+
+    def _final(
+        self,
+        txn: _ServerTxn,
+        status: int,
+        to_tag: str | None,
+        now: float,
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        contact: bool = False,
+    ) -> bytes:
+        resp = sm.response(txn.request, status, to_tag=to_tag, headers=headers, body=body)
+        if contact:
+            resp.headers.set_single("Contact", self._contact(txn.peer))
+            resp.headers.set_single("Allow", ALLOW)
+        data = bytes(resp)
+        txn.last, txn.status = data, status
+        self._send(txn.peer, data)
+        reliable = txn.peer.reliable
+        if txn.method == "INVITE":
+            if status >= 300:  # Timer G until the ACK, Timer H gives up
+                txn.retransmit_at = None if reliable else now + T1
+                txn.expire_at = now + TIMER_64T1
+            else:  # 2xx: the dialog retransmits; keep the key to absorb INVITE copies
+                txn.expire_at = now + TIMER_64T1
+        else:  # Timer J
+            txn.expire_at = now + (0 if reliable else TIMER_64T1)
+        return data
+
+    def _respond_invite(
+        self,
+        d: Dialog,
+        status: int,
+        *,
+        body: bytes = b"",
+        headers: Iterable[tuple[str, str]] = (),
+        now: float = 0.0,
+    ) -> bytes | None:
+        txn = self._server.get(d.invite_key) if d.invite_key else None
+        if txn is None:
+            return None
+        if status < 200:
+            self._provisional(txn, status, d.local_tag)
+            return txn.last
+        return self._final(
+            txn, status, d.local_tag, now, body=body, headers=headers, contact=status < 300
+        )
+
+    def _bye(self, d: Dialog, now: float) -> None:
+        d.local_cseq = max(d.local_cseq, 1) + 1
+        req = SipRequest(method="BYE", uri=d.remote_target)
+        transport = "UDP" if d.peer.transport == "UDP" else "TCP"
+        branch = sm.new_branch()
+        req.headers.append(
+            "Via", f"SIP/2.0/{transport} {self.local_host}:{self.local_port};branch={branch};rport"
+        )
+        req.headers.set_single("Max-Forwards", "70")
+        for r in d.route:
+            req.headers.append("Route", r)
+        req.headers.set_single("From", f"{_strip_tag(d.local_uri)};tag={d.local_tag}")
+        req.headers.set_single("To", d.remote_uri)
+        req.headers.set_single("Call-ID", d.call_id)
+        req.headers.set_single("CSeq", f"{d.local_cseq} BYE")
+        req.headers.set_single("User-Agent", sm.SERVER)
+        data = bytes(req)
+        self._send(d.peer, data)
+        self._client[(branch, "BYE")] = _ClientTxn(
+            data, d.peer, "BYE", now, None if d.peer.reliable else now + T1
+        )
+        self._end_dialog(d)
+
+    def _end_dialog(self, d: Dialog) -> None:
+        d.state = "terminated"
+        d.ok_at = None
+        self.dialogs.pop(d.call_id, None)
+
+    def _answer_malformed(self, data: bytes, peer: Peer, exc: SipSyntaxError) -> None:
+        """400/416/483/505 to a request we will not act on, if it can be routed back."""
+        try:
+            req = sm.SipRequest.parse(data)  # the lenient tokenizer: just to echo headers
+        except ValueError:
+            return
+        if not isinstance(req, SipRequest) or req.method == "ACK" or not sm.answerable(req):
+            return
+        resp = sm.response(req, exc.status or 400, to_tag=sm.new_tag())
+        resp.reason_phrase = f"{sm.reason_phrase(exc.status or 400)} ({exc.detail[:80]})"
+        self._send(peer, bytes(resp))
+
+
+def _param(value: str, name: str) -> str | None:
+    outside = value.rsplit(">", 1)[1] if ">" in value else value
+    for part in outside.split(";")[1:]:
+        k, _, v = part.partition("=")
+        if k.strip().lower() == name:
+            return v.strip()
+    return None
+
+
+def _strip_tag(value: str) -> str:
+    outside = value.rsplit(">", 1)
+    if len(outside) == 2:
+        return (
+            outside[0]
+            + ">"
+            + ";".join(p for p in outside[1].split(";") if not p.strip().lower().startswith("tag"))
+        )
+    return value
+
+
+def _info_digit(req: SipRequest) -> str | None:
+    """SIP INFO DTMF (application/dtmf-relay: ``Signal=5``), which some phones send."""
+    if "dtmf" not in (req.headers.get_first("content-type") or "").lower():
+        return None
+    for line in req.text.splitlines():
+        k, _, v = line.partition("=")
+        if k.strip().lower() == "signal" and v.strip()[:1] in "0123456789*#ABCDabcd":
+            return v.strip()[:1].upper() or None
+    return None

@@ -1,0 +1,94 @@
+"""Phone media pieces without sockets: DTMF, SDP offer/answer."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from media.rtp import DtmfDetector
+from media.sip.sdp import NoCommonCodec, SdpAnswerer, SdpError, parse_offer
+
+
+def event(code: int, end: bool, duration: int = 800) -> bytes:
+    return struct.pack("!BBH", code, (0x80 if end else 0) | 10, duration)
+
+
+def test_each_key_press_reported_once() -> None:
+    d = DtmfDetector()
+    digits: list[str] = []
+    for _ in range(5):  # progress packets, no marker anywhere
+        digits += d.packet(1000, event(5, False))
+    for _ in range(5):  # five copies of the end packet
+        digits += d.packet(1000, event(5, True))
+    digits += d.packet(1000, event(5, True))  # a late duplicate
+    assert digits == ["5"]
+
+
+def test_same_key_twice_is_two_presses() -> None:
+    d = DtmfDetector()
+    out = d.packet(100, event(1, True)) + d.packet(900, event(1, True))
+    assert out == ["1", "1"]
+
+
+def test_press_whose_end_packets_were_all_lost() -> None:
+    d = DtmfDetector()
+    assert d.packet(100, event(9, False)) == []
+    assert d.flush() == ["9"]  # audio came back: the key is up
+    assert d.flush() == []
+    assert d.packet(200, event(3, False)) == []
+    assert d.packet(300, event(4, True)) == ["3", "4"]  # the next key, before 3's end
+
+
+def test_not_keys_and_short_payloads() -> None:
+    d = DtmfDetector()
+    assert d.packet(1, event(16, True)) == []  # flash-hook
+    assert d.packet(1, b"\x01") == []
+
+
+OFFER = (
+    "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
+    "m=audio 4000 RTP/AVP 18 8 0 101\r\na=rtpmap:18 G729/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+    "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\n"
+    "m=video 4002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+)
+
+
+def test_offer_answer_picks_g711_and_declines_video() -> None:
+    offer = parse_offer(OFFER.encode())
+    assert (offer.codec, offer.payload_type, offer.dtmf_payload_type) == ("PCMA", 8, 101)
+    assert (offer.address, offer.port, offer.on_hold) == ("192.0.2.10", 4000, False)
+    answer = SdpAnswerer("203.0.113.1", 30000).answer(offer).decode()
+    assert "m=audio 30000 RTP/AVP 8 101\r\n" in answer
+    assert "m=video 0 RTP/AVP 96" in answer  # declined, in the offer's order
+    assert answer.index("m=audio") < answer.index("m=video")
+    assert "a=sendrecv" in answer
+
+
+def test_hold_offers() -> None:
+    held = parse_offer(OFFER.replace("a=ptime:20", "a=sendonly").encode())
+    assert held.on_hold
+    answerer = SdpAnswerer("203.0.113.1", 30000)
+    first = answerer.answer(held).decode()
+    assert "a=recvonly" in first
+    zeroed = parse_offer(OFFER.replace("c=IN IP4 192.0.2.10", "c=IN IP4 0.0.0.0").encode())
+    assert zeroed.on_hold
+    second = answerer.answer(parse_offer(OFFER.encode())).decode()
+    # the same session, a new version (RFC 3264 §8)
+    assert first.split("\r\n")[1].split()[1:3] != second.split("\r\n")[1].split()[1:3]
+    assert first.split("\r\n")[1].split()[1] == second.split("\r\n")[1].split()[1]
+
+
+@pytest.mark.parametrize(
+    ("sdp", "error"),
+    [
+        ("", SdpError),
+        ("v=0\r\nm=audio notaport RTP/AVP 0\r\n", SdpError),
+        (OFFER.replace("18 8 0 101", "18").replace("m=video", "x=y"), NoCommonCodec),
+        (OFFER.replace("RTP/AVP 18 8 0 101", "RTP/SAVP 0"), NoCommonCodec),
+        ("v=0\r\nc=IN IP4 1.2.3.4\r\nm=video 4 RTP/AVP 96\r\n", NoCommonCodec),
+    ],
+)
+def test_bad_offers(sdp: str, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        parse_offer(sdp.encode())

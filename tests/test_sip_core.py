@@ -1,0 +1,492 @@
+"""The sans-IO SIP core: parsing, transactions, dialogs, registrar, admission.
+
+Every RFC 3261 timer is driven by the ``now`` we pass, so nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+from aiosipua import SipMessage, SipResponse
+
+from media.sip import message as sm
+from media.sip.digest import DigestServer
+from media.sip.endpoint import (
+    T1,
+    T2,
+    Admission,
+    CallCancelled,
+    CallConfirmed,
+    CallTerminated,
+    InviteReceived,
+    Peer,
+    Registered,
+    ReinviteReceived,
+    SipEndpoint,
+)
+
+PHONE = Peer("UDP", "192.0.2.10", 5062)
+TRUNK = Peer("UDP", "198.51.100.7", 5060)
+SDP = (
+    "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
+    "m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+)
+
+
+def request(
+    method: str = "INVITE",
+    *,
+    branch: str = "z9hG4bKone",
+    cseq: int = 1,
+    call_id: str = "c1@phone",
+    to_tag: str | None = None,
+    uri: str = "sip:support@engine.example",
+    body: str = "",
+    extra: str = "",
+    from_user: str = "alice",
+) -> bytes:
+    to = "<sip:support@engine.example>" + (f";tag={to_tag}" if to_tag else "")
+    ctype = "Content-Type: application/sdp\r\n" if body else ""
+    return (
+        f"{method} {uri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 192.0.2.10:5062;branch={branch}\r\n"
+        f"From: <sip:{from_user}@phone.example>;tag=ft1\r\n"
+        f"To: {to}\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"CSeq: {cseq} {method}\r\n"
+        "Contact: <sip:alice@192.0.2.10:5062>\r\n"
+        "Max-Forwards: 70\r\n"
+        f"{extra}{ctype}Content-Length: {len(body.encode())}\r\n\r\n{body}"
+    ).encode()
+
+
+def endpoint(**kw: object) -> SipEndpoint:
+    admission = Admission(
+        trunks=["198.51.100.0/24"],
+        passwords={"alice": "wonderland"}.get,
+        **kw,  # type: ignore[arg-type]
+    )
+    return SipEndpoint("203.0.113.1", 5060, admission)
+
+
+def sent(ep: SipEndpoint) -> list[SipResponse]:
+    out = []
+    for t in ep.transmit():
+        msg = SipMessage.parse(t.data)
+        out.append(msg)
+    return out  # type: ignore[return-value]
+
+
+def statuses(ep: SipEndpoint) -> list[int]:
+    return [getattr(m, "status_code", 0) for m in sent(ep)]
+
+
+def answered_call(ep: SipEndpoint, now: float = 0.0) -> str:
+    ep.receive(request(body=SDP), TRUNK, now)
+    [ev] = ep.events()
+    assert isinstance(ev, InviteReceived) and ev.trunk
+    ep.ring(ev.call_id)
+    ep.answer(ev.call_id, SDP.encode(), now)
+    assert statuses(ep) == [100, 180, 200]
+    return ev.call_id
+
+
+def local_tag(ep: SipEndpoint, call_id: str) -> str:
+    return ep.dialogs[call_id].local_tag
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+
+TORTURE_INVALID = {
+    # RFC 4475 §3.1.2.2 clerr: Content-Length larger than the body
+    "clerr": (re.sub(rb"Content-Length: \d+", b"Content-Length: 9999", request(body=SDP)), 400),
+    # §3.1.2.3 ncl: negative Content-Length
+    "ncl": (re.sub(rb"Content-Length: \d+", b"Content-Length: -999", request(body=SDP)), 400),
+    # §3.1.2.4 scalar02: overlarge CSeq and Max-Forwards
+    "scalar02": (request().replace(b"CSeq: 1 INVITE", b"CSeq: 36893488147419103232 INVITE"), 400),
+    "maxfwd300": (request().replace(b"Max-Forwards: 70", b"Max-Forwards: 300"), 400),
+    # §3.1.2.6 quotbal: unterminated quoted string in a display name
+    "quotbal": (request().replace(b"From: <sip", b'From: "Mr J. User <sip'), 400),
+    # §3.1.2.7 ltgtruri: Request-URI in <>
+    "ltgtruri": (
+        request().replace(
+            b"INVITE sip:support@engine.example", b"INVITE <sip:support@engine.example>"
+        ),
+        400,
+    ),  # noqa: E501
+    # §3.1.2.8 lwsruri: LWS inside the Request-URI / §3.1.2.9 lwsstart: extra spaces
+    "lwsruri": (
+        request().replace(
+            b"INVITE sip:support@engine.example", b"INVITE sip:support @engine.example"
+        ),
+        400,
+    ),  # noqa: E501
+    "lwsstart": (request().replace(b"INVITE sip:", b"INVITE  sip:"), 400),
+    # §3.1.2.10 trws: trailing whitespace in the Request-Line
+    "trws": (request().replace(b" SIP/2.0\r\nVia", b" SIP/2.0 \r\nVia"), 400),
+    # §3.1.2.12 mismatch01: CSeq method differs from the request method
+    "mismatch01": (request("OPTIONS").replace(b"CSeq: 1 OPTIONS", b"CSeq: 1 INVITE"), 400),
+    # §3.1.2.16 badvers: SIP/7.0
+    "badvers": (request().replace(b" SIP/2.0\r\nVia", b" SIP/7.0\r\nVia"), 505),
+    # §3.1.2.1 badinv01: a Via full of empty parameters
+    "badinv01": (request().replace(b";branch=z9hG4bKone", b";;,;,,"), 400),
+    # §3.1.3.x insuf: no Call-ID
+    "insuf": (request().replace(b"Call-ID: c1@phone\r\n", b""), 400),
+    # unknown URI scheme: 416
+    "unkscm": (
+        request().replace(
+            b"INVITE sip:support@engine.example", b"INVITE nope:support@engine.example"
+        ),
+        416,
+    ),  # noqa: E501
+    # Max-Forwards reached 0
+    "maxfwd0": (request().replace(b"Max-Forwards: 70", b"Max-Forwards: 0"), 483),
+}
+
+
+DROPPED = {"badinv01", "insuf", "quotbal", "scalar02"}
+
+
+@pytest.mark.parametrize("name", sorted(TORTURE_INVALID))
+def test_torture_messages_get_the_right_error(name: str) -> None:
+    data, status = TORTURE_INVALID[name]
+    with pytest.raises(sm.SipSyntaxError) as err:
+        sm.parse(data)
+    assert err.value.status == status
+    ep = endpoint()
+    ep.receive(data, TRUNK, 0.0)
+    # a request whose Via, From, To, Call-ID or CSeq is itself broken cannot be answered
+    # with a valid response: it is dropped (RFC 4475 allows either)
+    assert statuses(ep) == ([] if name in DROPPED else [status])
+    assert ep.events() == [] and ep.dialogs == {}
+
+
+def test_wellformed_tortuous_invite_parses() -> None:
+    """RFC 4475 §3.1.1.1 wsinv style: folding, odd spacing, compact headers."""
+    data = (
+        b"INVITE sip:vivekg@chair-dnrc.example.com;unknownparam SIP/2.0\r\n"
+        b"TO :\r\n sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n\r\n"
+        b'from   : "J Rosenberg \\\\\\""       <sip:jdrosen@example.com>\r\n'
+        b"  ;\r\n  tag = 98asjd8\r\n"
+        b"MaX-fOrWaRdS: 0068\r\nCall-ID: wsinv.ndaksdj@192.0.2.1\r\nContent-Length   : 0\r\n"
+        b"cseq: 0009\r\n  INVITE\r\n"
+        b"Via  : SIP  /   2.0\r\n /UDP\r\n    192.0.2.2;branch=390skdjuw\r\n"
+        b"s :\r\nNewFangledHeader:   newfangled value\r\n continued newfangled value\r\n\r\n"
+    )
+    msg = sm.parse(data)
+    assert msg.method == "INVITE" and sm.cseq(msg) == (9, "INVITE")  # type: ignore[union-attr]
+    assert sm.tag(msg.headers.get_first("to")) == "1918181833n"
+
+
+def test_garbage_is_dropped_silently() -> None:
+    ep = endpoint()
+    for junk in (
+        b"",
+        b"\r\n\r\n",
+        b"\x00\x01\x02 hello",
+        b"SIP/2.0 abc\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+    ):
+        ep.receive(junk, PHONE, 0.0)
+    assert ep.transmit() == [] and ep.events() == []
+
+
+# -- INVITE server transaction and dialog -------------------------------------------------
+
+
+def test_invite_retransmission_is_absorbed() -> None:
+    ep = endpoint()
+    ep.receive(request(body=SDP), TRUNK, 0.0)
+    assert len(ep.events()) == 1 and statuses(ep) == [100]
+    ep.receive(request(body=SDP), TRUNK, 0.5)  # the phone did not hear our 100
+    assert ep.events() == [] and statuses(ep) == [100]
+
+
+def test_2xx_retransmitted_until_ack_then_confirmed() -> None:
+    ep = endpoint()
+    call_id = answered_call(ep)
+    times: list[float] = []
+    while len(times) < 5:
+        now = ep.next_timer() or 0.0
+        ep.handle_timer(now)
+        assert statuses(ep) == [200]
+        times.append(now)
+    # T1, then doubling, capped at T2 (RFC 3261 §13.3.1.4)
+    assert times == [0.5, 1.5, 3.5, 7.5, 11.5]
+    ack = request("ACK", branch="z9hG4bKack", to_tag=local_tag(ep, call_id))
+    ep.receive(ack, TRUNK, now)
+    assert ep.events() == [CallConfirmed(call_id)]
+    ep.handle_timer(now + 10)
+    assert ep.transmit() == []  # no more 200s
+
+
+def test_no_ack_ends_the_call_with_bye() -> None:
+    ep = endpoint()
+    call_id = answered_call(ep)
+    for step in range(1, 80):
+        ep.handle_timer(step * 0.5)
+    out = sent(ep)
+    assert any(getattr(m, "method", "") == "BYE" for m in out)
+    assert CallTerminated(call_id, "no_ack") in ep.events()
+    assert call_id not in ep.dialogs
+
+
+def test_rejection_retransmitted_until_its_ack() -> None:
+    ep = endpoint()
+    ep.receive(request(body=SDP), TRUNK, 0.0)
+    [ev] = ep.events()
+    ep.reject(ev.call_id, 486, 0.0)
+    assert statuses(ep) == [100, 486]
+    ep.handle_timer(T1)
+    assert statuses(ep) == [486]  # Timer G
+    ep.receive(request("ACK", to_tag="x"), TRUNK, T1 + 0.1)  # same branch as the INVITE
+    ep.handle_timer(T1 * 3)
+    ep.handle_timer(T2 * 2)
+    assert ep.transmit() == []
+
+
+def test_cancel_before_answer() -> None:
+    ep = endpoint()
+    ep.receive(request(body=SDP), TRUNK, 0.0)
+    [ev] = ep.events()
+    ep.ring(ev.call_id)
+    ep.transmit()
+    ep.receive(request("CANCEL"), TRUNK, 0.2)
+    assert statuses(ep) == [200, 487]
+    assert ep.events() == [CallCancelled(ev.call_id)]
+    ep.answer(ev.call_id, SDP.encode(), 0.3)  # the application was too slow: nothing happens
+    assert ep.transmit() == []
+
+
+def test_cancel_for_nothing_is_481() -> None:
+    ep = endpoint()
+    ep.receive(request("CANCEL", branch="z9hG4bKnothing"), TRUNK, 0.0)
+    assert statuses(ep) == [481]
+
+
+def test_bye_ends_the_dialog_and_its_retransmission_gets_the_same_200() -> None:
+    ep = endpoint()
+    call_id = answered_call(ep)
+    tag = local_tag(ep, call_id)
+    bye = request("BYE", branch="z9hG4bKbye", cseq=2, to_tag=tag)
+    ep.receive(bye, TRUNK, 1.0)
+    assert statuses(ep) == [200]
+    assert ep.events() == [CallTerminated(call_id, "remote_bye")]
+    ep.receive(bye, TRUNK, 1.5)
+    assert statuses(ep) == [200] and ep.events() == []
+
+
+def test_in_dialog_requests_are_checked() -> None:
+    ep = endpoint()
+    call_id = answered_call(ep)
+    tag = local_tag(ep, call_id)
+    ep.receive(request("BYE", branch="z9hG4bK1", cseq=2, to_tag="wrong"), TRUNK, 1.0)
+    assert statuses(ep) == [481]
+    ep.receive(request("BYE", branch="z9hG4bK2", cseq=2, call_id="other", to_tag=tag), TRUNK, 1.0)
+    assert statuses(ep) == [481]
+    ep.receive(request("BYE", branch="z9hG4bK3", cseq=1, to_tag=tag), TRUNK, 1.0)
+    assert statuses(ep) == [500]  # CSeq did not go up
+    assert call_id in ep.dialogs
+
+
+def test_reinvite_for_hold_and_glare() -> None:
+    ep = endpoint()
+    call_id = answered_call(ep)
+    tag = local_tag(ep, call_id)
+    ep.receive(request("ACK", branch="z9hG4bKack", to_tag=tag), TRUNK, 0.1)
+    ep.events()
+    hold = SDP.replace("a=rtpmap:101", "a=sendonly\r\na=rtpmap:101")
+    ep.receive(request(branch="z9hG4bKre", cseq=2, to_tag=tag, body=hold), TRUNK, 1.0)
+    [ev] = ep.events()
+    assert isinstance(ev, ReinviteReceived) and "sendonly" in ev.request.text
+    assert statuses(ep) == [100]
+    ep.receive(request(branch="z9hG4bKre2", cseq=3, to_tag=tag, body=SDP), TRUNK, 1.1)
+    assert statuses(ep) == [491]  # one offer at a time
+    ep.answer_reinvite(call_id, b"v=0\r\n", 1.2)
+    assert statuses(ep) == [200]
+
+
+def test_engine_hangup_sends_bye_that_is_retransmitted() -> None:
+    ep = endpoint()
+    call_id = answered_call(ep)
+    ep.receive(request("ACK", branch="z9hG4bKack", to_tag=local_tag(ep, call_id)), TRUNK, 0.1)
+    ep.hangup(call_id, 1.0)
+    [bye] = sent(ep)
+    assert bye.method == "BYE" and "ft1" in bye.headers.get_first("to")  # type: ignore[attr-defined]
+    ep.handle_timer(1.0 + T1)
+    assert [getattr(m, "method", "") for m in sent(ep)] == ["BYE"]
+    ok = (
+        "SIP/2.0 200 OK\r\n"
+        + "".join(
+            f"{k}: {v}\r\n"
+            for k in ("Via", "From", "To", "Call-ID", "CSeq")
+            for v in bye.headers.get(k)
+        )  # fmt: skip
+        + "Content-Length: 0\r\n\r\n"
+    )
+    ep.receive(ok.encode(), TRUNK, 1.6)
+    ep.handle_timer(5.0)
+    assert ep.transmit() == []
+
+
+def test_methods_and_extensions() -> None:
+    ep = endpoint()
+    ep.receive(request("OPTIONS", branch="z9hG4bKo"), PHONE, 0.0)
+    [ok] = sent(ep)
+    assert ok.status_code == 200 and "INVITE" in (ok.headers.get_first("allow") or "")
+    ep.receive(request("SUBSCRIBE", branch="z9hG4bKs"), PHONE, 0.0)
+    ep.receive(request("FROBNICATE", branch="z9hG4bKf"), PHONE, 0.0)
+    ep.receive(request("OPTIONS", branch="z9hG4bKr", extra="Require: foo\r\n"), PHONE, 0.0)
+    assert statuses(ep) == [405, 501, 420]
+    ep.receive(request(branch="z9hG4bKt", body="hello", extra=""), TRUNK, 0.0)
+    ep.receive(
+        request(branch="z9hG4bKt2", call_id="c2", body="x").replace(
+            b"application/sdp", b"text/plain"
+        ),
+        TRUNK,
+        0.0,
+    )
+    assert 415 in statuses(ep)
+
+
+# -- admission -----------------------------------------------------------------------------
+
+
+def digest(challenge: str, user: str, password: str, method: str, uri: str) -> str:
+    params = dict(p.strip().split("=", 1) for p in challenge[len("Digest ") :].split(","))
+    realm, nonce = params["realm"].strip('"'), params["nonce"].strip('"')
+
+    def md5(s: str) -> str:
+        return hashlib.md5(s.encode()).hexdigest()
+
+    ha1, ha2 = md5(f"{user}:{realm}:{password}"), md5(f"{method}:{uri}")
+    response = md5(f"{ha1}:{nonce}:00000001:abc:auth:{ha2}")
+    return (
+        f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+        f'response="{response}", qop=auth, nc=00000001, cnonce="abc", algorithm=MD5'
+    )
+
+
+def challenge_for(ep: SipEndpoint, data: bytes) -> str:
+    ep.receive(data, PHONE, 0.0)
+    [r] = sent(ep)
+    assert r.status_code == 401
+    return r.headers.get_first("www-authenticate") or ""
+
+
+def test_phones_need_digest_and_wrong_or_unknown_users_look_the_same() -> None:
+    ep = endpoint()
+    ch = challenge_for(ep, request(body=SDP))
+    assert ep.events() == []
+    uri = "sip:support@engine.example"
+    answers = {}
+    for n, (user, pw) in enumerate([("alice", "nope"), ("mallory", "nope")]):
+        auth = digest(ch, user, pw, "INVITE", uri)
+        ep.receive(
+            request(branch=f"z9hG4bKw{n}", call_id=f"w{n}", body=SDP,
+                    extra=f"Authorization: {auth}\r\n", from_user=user),
+            PHONE, 0.1,
+        )  # fmt: skip
+        [r] = sent(ep)
+        answers[user] = (r.status_code, r.reason_phrase, sorted(k for k, _ in r.headers.items()))
+    assert answers["alice"] == answers["mallory"] and answers["alice"][0] == 403
+    auth = digest(ch, "alice", "wonderland", "INVITE", uri)
+    ep.receive(
+        request(branch="z9hG4bKgood", call_id="g", body=SDP, extra=f"Authorization: {auth}\r\n"),
+        PHONE, 0.2,
+    )  # fmt: skip
+    [ev] = ep.events()
+    assert isinstance(ev, InviteReceived) and ev.user == "alice" and not ev.trunk
+
+
+def test_stale_nonce_is_challenged_again() -> None:
+    server = DigestServer("ccengine", nonce_ttl=10)
+    ch = server.challenge(0.0)
+    auth = digest(ch, "alice", "wonderland", "INVITE", "sip:x@y")
+    assert server.verify("INVITE", auth, {"alice": "wonderland"}.get, 5).verdict.value == "ok"
+    assert server.verify("INVITE", auth, {"alice": "wonderland"}.get, 50).verdict.value == "stale"
+    forged = auth.replace(ch.split('nonce="')[1].split('"')[0], "99999.deadbeef")
+    assert server.verify("INVITE", forged, {"alice": "wonderland"}.get, 5).verdict.value == "wrong"
+
+
+def test_registrar() -> None:
+    ep = endpoint()
+    reg = request(
+        "REGISTER", branch="z9hG4bKr1", uri="sip:engine.example", extra="Expires: 600\r\n"
+    )
+    reg = reg.replace(b"To: <sip:support@engine.example>", b"To: <sip:alice@engine.example>")
+    ch = challenge_for(ep, reg)
+    auth = digest(ch, "alice", "wonderland", "REGISTER", "sip:engine.example")
+    ok = reg.replace(b"z9hG4bKr1", b"z9hG4bKr2").replace(b"CSeq: 1", b"CSeq: 2")
+    ok = ok.replace(b"Max-Forwards", f"Authorization: {auth}\r\nMax-Forwards".encode())
+    ep.receive(ok, PHONE, 1.0)
+    [r] = sent(ep)
+    assert r.status_code == 200 and "expires=600" in (r.headers.get_first("contact") or "")
+    assert ep.events() == [Registered("alice", "sip:alice@192.0.2.10:5062", 600)]
+    assert [b.peer for b in ep.lookup("alice", 2.0)] == [PHONE]
+    # someone else's address of record
+    other = ok.replace(b"To: <sip:alice@", b"To: <sip:bob@").replace(b"z9hG4bKr2", b"z9hG4bKr3")
+    ep.receive(other, PHONE, 1.0)
+    assert statuses(ep) == [403]
+    # too short
+    short = ok.replace(b"Expires: 600", b"Expires: 5").replace(b"z9hG4bKr2", b"z9hG4bKr4")
+    ep.receive(short, PHONE, 1.0)
+    [r] = sent(ep)
+    assert r.status_code == 423 and r.headers.get_first("min-expires") == "60"
+    # expiry
+    ep.handle_timer(700.0)
+    assert ep.lookup("alice", 700.0) == []
+    assert ep.events() == [Registered("alice", "sip:alice@192.0.2.10:5062", 0)]
+
+
+# -- fuzzing ---------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+VALID = request(body=SDP)
+
+
+@st.composite
+def mangled(draw: st.DrawFn) -> bytes:
+    data = bytearray(VALID)
+    for _ in range(draw(st.integers(1, 6))):
+        op = draw(st.sampled_from(["flip", "insert", "delete", "dup_line", "cut"]))
+        pos = draw(st.integers(0, max(0, len(data) - 1)))
+        if op == "flip" and data:
+            data[pos] = draw(st.integers(0, 255))
+        elif op == "insert":
+            data[pos:pos] = draw(
+                st.sampled_from(
+                    [b"\r\n", b";", b":", b" ", b"<", b'"', b"\x00", b"\r\n\r\n", b"=" * 40]
+                )
+            )
+        elif op == "delete":
+            del data[pos : pos + draw(st.integers(1, 30))]
+        elif op == "dup_line":
+            lines = bytes(data).split(b"\r\n")
+            i = draw(st.integers(0, len(lines) - 1))
+            lines.insert(i, lines[i])
+            data = bytearray(b"\r\n".join(lines))
+        elif op == "cut":
+            data = data[:pos]
+    return bytes(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(mangled(), st.binary(max_size=2000)))
+def test_fuzzed_messages_never_break_the_endpoint(data: bytes) -> None:
+    ep = endpoint()
+    ep.receive(data, TRUNK, 0.0)
+    for t in ep.transmit():
+        reply = sm.parse(t.data)  # whatever we send is itself valid SIP
+        assert isinstance(reply, SipResponse)
+    ep.events()
+    ep.handle_timer(40.0)
+    ep.transmit()
+    # and the next caller is served normally
+    ep.receive(request(branch="z9hG4bKnext", call_id="next@phone", body=SDP), TRUNK, 41.0)
+    assert [type(e) for e in ep.events()] == [InviteReceived]

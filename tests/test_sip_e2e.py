@@ -1,0 +1,281 @@
+"""Phone calls with SIPp as the phone: real SIP over UDP/TCP, real RTP with G.711."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+
+from tests import sipp, speech
+from tests.engine_proc import EngineProcess
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def phone_speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The calm caller through a phone: 8 kHz, 300-3400 Hz, G.711 u-law in RTP."""
+    d = tmp_path_factory.mktemp("phone")
+    wav = speech.piper_script(speech.CALM_SCRIPT, d / "calm48.wav")
+    pcap, encoded, seconds = sipp.phone_pcap(wav, d / "calm.pcap")
+    return {"pcap": pcap, "encoded": encoded, "seconds": seconds}
+
+
+@pytest.fixture
+def phone_engine(tmp_path: Path) -> Any:
+    proc = EngineProcess(
+        tmp_path / "engine",
+        CCENGINE_MEDIA_TIMEOUT="8",
+        CCENGINE_SIP_TRUNKS='["127.0.0.1"]',
+        CCENGINE_SIP_USERS='{"deskphone7": "s3cret-pass"}',
+        CCENGINE_KNOWLEDGE_BASE=str(Path(__file__).parent / "fixtures" / "kb"),
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def sip_calls(engine: EngineProcess) -> list[dict[str, Any]]:
+    calls = httpx.get(f"{engine.url}/api/v1/calls").json()["calls"]
+    return [c for c in calls if c["channel"] == "sip"]
+
+
+def wait_ended(engine: EngineProcess, call_id: str, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        detail: dict[str, Any] = httpx.get(f"{engine.url}/api/v1/calls/{call_id}").json()
+        if detail["state"] == "ended":
+            return detail
+        time.sleep(0.3)
+    raise AssertionError(f"call {call_id} did not end")
+
+
+def test_phone_caller_transcribed_as_well_as_offline(
+    phone_engine: EngineProcess, phone_speech: dict[str, Any], tmp_path: Path
+) -> None:
+    """The pipeline (jitter buffer, resampling, VAD cuts) costs no accuracy: the stored
+    transcript's WER is within 5 points of decoding the same G.711 audio offline."""
+    scenario = sipp.call_scenario(sipp.play(phone_speech["pcap"], phone_speech["seconds"] + 2.5))
+    result = sipp.run(scenario, tmp_path / "sipp", phone_engine.sip)
+    assert result.ok, result.output + result.errors
+    assert "SIP/2.0 180 Ringing" in result.messages and "SIP/2.0 100 Trying" in result.messages
+    [call] = sip_calls(phone_engine)
+    detail = wait_ended(phone_engine, call["id"])
+    assert detail["end_reason"] == "remote_closed" and detail["caller"] == "15551230001"
+    assert detail["legs"][0]["codec"] == "PCMU"
+    heard = " ".join(u["text"] for u in detail["transcript"] if u["speaker"] == "caller")
+    reference = " ".join(speech.CALM_SCRIPT)
+    offline = speech.recognise(sipp.decode_g711(phone_speech["encoded"]), 8000)
+    wer_engine, wer_offline = speech.wer(reference, heard), speech.wer(reference, offline)
+    print(f"WER through the engine {wer_engine:.1%}: {heard}")
+    print(f"WER offline, same G.711 {wer_offline:.1%}: {offline}")
+    assert wer_engine <= wer_offline + 0.05
+    assert len(detail["transcript"]) >= 3  # several utterances, not one blob
+    assert detail["emotion_timeline"], "phone callers get emotion analysis too"
+
+
+async def _events(url: str, call_filter: str | None, out: list[dict[str, Any]]) -> None:
+    ws_url = url.replace("http", "ws") + "/api/v1/events"
+    async with websockets.connect(ws_url) as ws:
+        async for raw in ws:
+            ev = json.loads(raw)
+            if call_filter is None or ev.get("type", "").startswith(call_filter):
+                out.append(ev)
+
+
+async def test_keys_reach_the_menu_once_each(phone_engine: EngineProcess, tmp_path: Path) -> None:
+    """'1' (marker bit, three end packets) picks billing; '0' sent without any marker
+    bit and with five end packets escalates to a person: each reported once."""
+    keys = [sipp.Key("1", 0.6), sipp.Key("0", 2.2, marker=False, end_repeats=5)]
+    quiet = np.zeros(8000 * 5, dtype=np.int16)
+    pcap = sipp.write_pcap(tmp_path / "keys.pcap", sipp.phone_stream(quiet, keys))
+    events: list[dict[str, Any]] = []
+    reader = asyncio.create_task(_events(phone_engine.url, None, events))
+    await asyncio.sleep(0.5)
+    scenario = sipp.call_scenario(sipp.play(pcap, 5.0))
+    result = await asyncio.to_thread(sipp.run, scenario, tmp_path / "sipp", phone_engine.sip)
+    await asyncio.sleep(1.0)
+    reader.cancel()
+    assert result.ok, result.output + result.errors
+    [call] = sip_calls(phone_engine)
+    got = [e for e in events if e["type"] == "dtmf.received" and e["call_id"] == call["id"]]
+    assert [k["digit"] for k in got] == ["1", "0"], got
+    assert got[0]["menu"] == "billing"
+    detail = wait_ended(phone_engine, call["id"])
+    assert detail["topic"] == "billing"
+    assert [e["rule"] for e in detail["escalations"]] == ["pressed_zero"]
+    queued = [e for e in events if e["type"] == "call.state_changed" and e["state"] == "queued"]
+    assert queued, "pressing 0 puts the caller in the queue for a person"
+
+
+def test_cancel_before_answer(phone_engine: EngineProcess, tmp_path: Path) -> None:
+    result = sipp.run(sipp.cancel_scenario(), tmp_path / "sipp", phone_engine.sip)
+    assert result.ok, result.output + result.errors
+    assert "SIP/2.0 487 Request Terminated" in result.messages
+
+
+def test_engine_hangs_up_with_bye(phone_engine: EngineProcess, tmp_path: Path) -> None:
+    silence = sipp.write_pcap(
+        tmp_path / "quiet.pcap", sipp.g711_packets(np.zeros(8000 * 6, dtype=np.int16))[0]
+    )
+    proc, base = sipp.start(
+        sipp.call_scenario(sipp.play(silence, 1.0), hangup="engine"), tmp_path / "sipp",
+        phone_engine.sip,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not (calls := sip_calls(phone_engine)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert calls, "the call never reached the engine"
+    time.sleep(1.5)
+    r = httpx.post(f"{phone_engine.url}/api/v1/calls/{calls[0]['id']}/hangup")
+    assert r.status_code == 202, r.text
+    result = sipp.finish(proc, base)
+    assert result.ok, result.output + result.errors
+    assert "BYE sip:" in result.messages
+    assert wait_ended(phone_engine, calls[0]["id"])["state"] == "ended"
+
+
+def test_digest_credentials(phone_engine: EngineProcess, tmp_path: Path) -> None:
+    """From an address that is not a trunk a phone must authenticate: the right password
+    is let in, a wrong one gets 403, and an unknown user gets the very same 403."""
+    not_trunk = "127.0.0.2"
+    good = sipp.call_scenario(caller="deskphone7", password="s3cret-pass")
+    ok = sipp.run(good, tmp_path / "good", phone_engine.sip, local_ip=not_trunk)
+    assert ok.ok, ok.output + ok.errors
+    assert "SIP/2.0 401 Unauthorized" in ok.messages
+    wrong = sipp.rejected_scenario(403, caller="deskphone7", password="guess")
+    bad = sipp.run(wrong, tmp_path / "wrong", phone_engine.sip, local_ip=not_trunk)
+    assert bad.ok, bad.output + bad.errors
+    nobody = sipp.rejected_scenario(403, caller="nosuchuser", password="guess")
+    unknown = sipp.run(nobody, tmp_path / "unknown", phone_engine.sip, local_ip=not_trunk)
+    assert unknown.ok, unknown.output + unknown.errors
+    assert len(sip_calls(phone_engine)) == 1
+
+
+def test_precise_rejections(phone_engine: EngineProcess, tmp_path: Path) -> None:
+    """404 for a number nobody answers, 488 when we share no codec."""
+    nowhere = sipp.run(
+        sipp.rejected_scenario(404), tmp_path / "404", phone_engine.sip, service="nobody-here"
+    )
+    assert nowhere.ok, nowhere.output + nowhere.errors
+    g729 = sipp.run(sipp.rejected_scenario(488, codecs=(18,)), tmp_path / "488", phone_engine.sip)
+    assert g729.ok, g729.output + g729.errors
+    assert sip_calls(phone_engine) == []
+
+
+def test_tcp_call(
+    phone_engine: EngineProcess, phone_speech: dict[str, Any], tmp_path: Path
+) -> None:
+    scenario = sipp.call_scenario(sipp.play(phone_speech["pcap"], 3.0))
+    result = sipp.run(scenario, tmp_path / "sipp", phone_engine.sip, transport="t1")
+    assert result.ok, result.output + result.errors
+    [call] = sip_calls(phone_engine)
+    assert wait_ended(phone_engine, call["id"])["end_reason"] == "remote_closed"
+
+
+def _mutations(seed: int, n: int) -> list[bytes]:
+    """Deterministic garbage: a valid INVITE with bytes flipped, inserted, cut."""
+    from tests.test_sip_core import SDP, request
+
+    rnd = random.Random(seed)
+    valid = request(body=SDP)
+    out = []
+    for _ in range(n):
+        data = bytearray(valid)
+        for _ in range(rnd.randint(1, 6)):
+            pos = rnd.randrange(len(data)) if data else 0
+            op = rnd.choice(["flip", "insert", "delete", "cut"])
+            if op == "flip" and data:
+                data[pos] = rnd.randrange(256)
+            elif op == "insert":
+                data[pos:pos] = rnd.choice([b"\r\n", b";", b":", b" ", b"<", b'"', b"\x00"])
+            elif op == "delete":
+                del data[pos : pos + rnd.randint(1, 30)]
+            else:
+                data = data[:pos]
+        out.append(bytes(data))
+    return out
+
+
+def test_torture_and_fuzz_then_a_normal_call(
+    phone_engine: EngineProcess, phone_speech: dict[str, Any], tmp_path: Path
+) -> None:
+    """RFC 4475 messages and 300 mangled ones over UDP, some over TCP: each gets an error
+    answer or is dropped, and the engine then takes a call as if nothing happened."""
+    from tests.test_sip_core import TORTURE_INVALID
+
+    junk = [data for data, _ in TORTURE_INVALID.values()] + _mutations(4475, 300)
+    answers: list[bytes] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.settimeout(0.05)
+        for data in junk:
+            udp.sendto(data, ("127.0.0.1", phone_engine.sip_port))
+            with contextlib.suppress(TimeoutError):
+                answers.append(udp.recv(65535))
+    for data in junk[:20]:
+        with socket.create_connection(("127.0.0.1", phone_engine.sip_port), timeout=2) as tcp:
+            tcp.sendall(data)
+    codes = {int(a.split(b" ", 2)[1]) for a in answers if a.startswith(b"SIP/2.0 ")}
+    print(f"{len(junk)} bad messages, {len(answers)} answered: {sorted(codes)}")
+    assert 400 in codes and 505 in codes
+    # the mangled INVITEs that stayed valid were answered as calls: none may linger
+    for call in sip_calls(phone_engine):
+        httpx.post(f"{phone_engine.url}/api/v1/calls/{call['id']}/hangup")
+    assert httpx.get(f"{phone_engine.url}/healthz").status_code == 200
+    scenario = sipp.call_scenario(sipp.play(phone_speech["pcap"], 3.0), caller="15559990000")
+    result = sipp.run(scenario, tmp_path / "sipp", phone_engine.sip)
+    assert result.ok, result.output + result.errors
+    good = [c for c in sip_calls(phone_engine) if c["caller"] == "15559990000"]
+    assert len(good) == 1
+    assert wait_ended(phone_engine, good[0]["id"])["end_reason"] == "remote_closed"
+
+
+def test_caller_holds_and_resumes(
+    phone_engine: EngineProcess, phone_speech: dict[str, Any], tmp_path: Path
+) -> None:
+    """re-INVITE with a=sendonly: we answer recvonly (and stop sending); sendrecv again
+    resumes; the call goes on and ends normally."""
+    scenario = sipp.call_scenario(
+        sipp.play(phone_speech["pcap"], 2.0),
+        sipp.reinvite(2, "sendonly", "recvonly"),
+        '<pause milliseconds="1500"/>\n',
+        sipp.reinvite(3, "sendrecv", "sendrecv"),
+        '<pause milliseconds="1000"/>\n',
+        bye_cseq=4,
+    )
+    result = sipp.run(scenario, tmp_path / "sipp", phone_engine.sip)
+    assert result.ok, result.output + result.errors
+    [call] = sip_calls(phone_engine)
+    assert wait_ended(phone_engine, call["id"])["end_reason"] == "remote_closed"
+
+
+def test_desk_phone_registers(phone_engine: EngineProcess, tmp_path: Path) -> None:
+    """A desk phone registers with digest auth, gets its binding and expiry back, and
+    unregisters; a wrong password is refused."""
+    ok = sipp.run(
+        sipp.register_scenario("deskphone7", "s3cret-pass", 120), tmp_path / "reg",
+        phone_engine.sip, local_ip="127.0.0.2",
+    )  # fmt: skip
+    assert ok.ok, ok.output + ok.errors
+    assert "expires=120" in ok.messages
+    off = sipp.run(
+        sipp.register_scenario("deskphone7", "s3cret-pass", 0), tmp_path / "unreg",
+        phone_engine.sip, local_ip="127.0.0.2",
+    )  # fmt: skip
+    assert off.ok, off.output + off.errors
+    bad = sipp.run(
+        sipp.register_scenario("deskphone7", "wrong", 120, expect=403),
+        tmp_path / "bad", phone_engine.sip, local_ip="127.0.0.2",
+    )  # fmt: skip
+    assert bad.ok, bad.output + bad.errors
