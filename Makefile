@@ -44,6 +44,7 @@ test: sysdeps $(VENV)/.installed-test lint typecheck
 bench: sysdeps $(VENV)/.installed-test
 	$(PY) -m bench.escalation
 	$(PY) -m bench.calls
+	$(PY) -m bench.sip
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output

@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await calls.load_queue_changes()
         await calls.preload(settings.preload_languages)
         timers = asyncio.create_task(calls.run_acd_timers(), name="acd-timers")
-        sip = SipFront(settings, calls) if settings.sip_port is not None else None
+        sip = SipFront(settings, calls) if settings.sip_enabled else None
         if sip is not None:
             try:
                 await sip.start()

@@ -256,7 +256,8 @@ class CallManager:
 
     async def _menu(self, call: Call) -> None:
         with contextlib.suppress(Exception):
-            await self.say(call, self.settings.ivr_prompt, while_state="active")
+            # before the caller's first packet the call is still "connecting"
+            await self.say(call, self.settings.ivr_prompt, while_state=("connecting", "active"))
 
     def press_key(self, call_id: str, digit: str) -> None:
         """A key the caller pressed; handled in order with the call's transcript."""
@@ -304,6 +305,8 @@ class CallManager:
                 recognizer_note=choice.note,
             )
         )
+        if call.ended.is_set():
+            return  # hung up while we were storing it (a phone's BYE/CANCEL): end_call ran
         await self._transition(call, "answered")
         call.consumer = asyncio.create_task(self._consume(call), name=f"events-{call.id}")
         call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
@@ -551,11 +554,12 @@ class CallManager:
     async def _key(self, call: Call, ev: me.KeyPressed) -> None:
         skill = self.settings.ivr_keys.get(ev.digit)
         self._publish(DtmfReceived(call_id=call.id, digit=ev.digit, at=ev.at, menu=skill))
-        if skill is not None and call.state in ("answered", "active") and call.topic is None:
+        if skill is not None and call.state in ("connecting", "active") and call.topic is None:
             call.topic = skill
             await self.store.update_call(call.id, topic=skill)
             with contextlib.suppress(Exception):
-                await self.say(call, f"{skill.replace('_', ' ')}. How can I help?", "active")
+                text = f"{skill.replace('_', ' ')}. How can I help?"
+                await self.say(call, text, ("connecting", "active"))
         await self._escalate(call, call.escalation.observe_dtmf(ev.digit, ev.at))
 
     @staticmethod
@@ -996,7 +1000,7 @@ class CallManager:
                 log.exception("ACD timer step failed")
 
     async def say(
-        self, call: Call, text: str, while_state: str | None = None
+        self, call: Call, text: str, while_state: str | tuple[str, ...] | None = None
     ) -> asyncio.Future[None] | None:
         """Speak to the caller (queued behind anything already playing); the future is
         done when it has been sent. With ``while_state``, only if the call is still in
@@ -1006,7 +1010,8 @@ class CallManager:
             return None
         loop = asyncio.get_running_loop()
         pcm, rate = await loop.run_in_executor(self.tts_executor, self.speaker.speak, text)
-        if while_state is not None and call.state != while_state:
+        states = (while_state,) if isinstance(while_state, str) else while_state
+        if states is not None and call.state not in states:
             return None
         return peer.outbound.play(pcm, rate)
 

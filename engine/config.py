@@ -56,8 +56,9 @@ class Settings(BaseSettings):
     token_ttl: int = Field(12 * 3600, ge=60, description="seconds a login stays valid")
     log_level: str = "INFO"
 
-    # SIP phone calls (UDP and TCP on one port). None: no SIP.
-    sip_port: int | None = Field(5060, ge=0, le=65535)
+    # SIP phone calls (UDP and TCP on one port).
+    sip_enabled: bool = True
+    sip_port: int = Field(5060, ge=0, le=65535)
     sip_host: str = "127.0.0.1"
     # The address phones and trunks reach us at, put in SDP and Contact (NAT). Unset:
     # sip_host.

@@ -63,14 +63,14 @@ class SipFront:
         admission = Admission(
             realm=settings.sip_realm, trunks=settings.sip_trunks, passwords=users.get
         )
-        self.endpoint = SipEndpoint(self.public_host, settings.sip_port or 0, admission)
+        self.endpoint = SipEndpoint(self.public_host, settings.sip_port, admission)
         self.transport = SipTransport(self.endpoint, self._on_event)
         self._phone: dict[str, _PhoneCall] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.port: int | None = None
 
     async def start(self) -> int:
-        port = await self.transport.start(self.settings.sip_host, self.settings.sip_port or 0)
+        port = await self.transport.start(self.settings.sip_host, self.settings.sip_port)
         self.endpoint.local_port = self.port = port
         log.info("SIP on %s:%d (UDP and TCP)", self.settings.sip_host, port)
         return port
@@ -149,7 +149,12 @@ class SipFront:
             return  # cancelled already
         rtp = RtpSession(offer, on_dtmf=lambda digit: self._dtmf(pc, digit))
         rtp.track.held = offer.on_hold
-        port = await rtp.open(self.settings.sip_host)
+        try:
+            port = await rtp.open(self.settings.sip_host)
+        except OSError as exc:
+            log.error("no RTP port for SIP call %s: %s", ev.call_id, exc)
+            self._reject(ev.call_id, 503, ("Retry-After", "30"))
+            return
         pc.peer = SipPeer(rtp, hangup=lambda: self._hangup(ev.call_id))
         pc.answerer = SdpAnswerer(self.public_host, port)
         caller = sm.uri_user(sm.address_uri(req.headers.get_first("from") or "")) or None

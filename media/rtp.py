@@ -181,6 +181,14 @@ class RtpSession(asyncio.DatagramProtocol):
     # -- receiving ---------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self._receive(data, addr)
+        except Exception:
+            # never let one odd packet close the call's socket
+            self.stats.ignored += 1
+            log.exception("RTP packet from %s:%s could not be handled", *addr[:2])
+
+    def _receive(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._latched and addr != self.remote:
             self.stats.ignored += 1
             return

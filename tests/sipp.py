@@ -224,18 +224,7 @@ Content-Length: [len]
 <ereg regexp="a={expect}" search_in="body" check_it="true" assign_to="dir{cseq}"/>
 </action></recv>
 <Reference variables="dir{cseq}"/>
-<send><![CDATA[
-ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK[pid]a{cseq}x[call_number]
-From: "{caller}" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]t[call_number]
-[last_To:]
-Call-ID: [call_id]
-CSeq: {cseq} ACK
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-"""
+""" + _ack(f"z9hG4bK[pid]a{cseq}x[call_number]", cseq, caller)
 
 
 def register_scenario(user: str, password: str, expires: int, expect: int = 200) -> str:

@@ -490,3 +490,21 @@ def test_fuzzed_messages_never_break_the_endpoint(data: bytes) -> None:
     # and the next caller is served normally
     ep.receive(request(branch="z9hG4bKnext", call_id="next@phone", body=SDP), TRUNK, 41.0)
     assert [type(e) for e in ep.events()] == [InviteReceived]
+
+
+def test_registrar_limits_bindings_per_user() -> None:
+    ep = endpoint()
+    base = request("REGISTER", branch="z9hG4bKq0", uri="sip:engine.example")
+    base = base.replace(b"To: <sip:support@engine.example>", b"To: <sip:alice@engine.example>")
+    ch = challenge_for(ep, base)
+    auth = digest(ch, "alice", "wonderland", "REGISTER", "sip:engine.example")
+    got = []
+    for n in range(11):
+        msg = base.replace(b"z9hG4bKq0", f"z9hG4bKq{n + 1}".encode())
+        msg = msg.replace(b"CSeq: 1", f"CSeq: {n + 2}".encode())
+        msg = msg.replace(b"alice@192.0.2.10:5062", f"alice@192.0.2.{n + 20}:5062".encode())
+        msg = msg.replace(b"Max-Forwards", f"Authorization: {auth}\r\nMax-Forwards".encode())
+        ep.receive(msg, PHONE, 1.0)
+        got += statuses(ep)
+    assert got == [200] * 10 + [403]
+    assert len(ep.lookup("alice", 2.0)) == 10

@@ -17,7 +17,8 @@ import pytest
 import websockets
 
 from tests import sipp, speech
-from tests.engine_proc import EngineProcess
+from tests.engine_proc import EngineProcess, free_port
+from tests.sniff import RtpSniffer
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -103,8 +104,15 @@ async def test_keys_reach_the_menu_once_each(phone_engine: EngineProcess, tmp_pa
     events: list[dict[str, Any]] = []
     reader = asyncio.create_task(_events(phone_engine.url, None, events))
     await asyncio.sleep(0.5)
-    scenario = sipp.call_scenario(sipp.play(pcap, 5.0))
-    result = await asyncio.to_thread(sipp.run, scenario, tmp_path / "sipp", phone_engine.sip)
+    scenario = sipp.call_scenario(sipp.play(pcap, 9.0))
+    media_port = free_port()
+    heard = RtpSniffer(media_port)
+    result = await asyncio.to_thread(
+        sipp.run, scenario, tmp_path / "sipp", phone_engine.sip, media_port=media_port
+    )
+    menu = speech.recognise(heard.stop(), 8000)
+    print("the phone heard:", menu)
+    assert {"press", "billing", "support", "person"} & set(speech.normalize(menu)), menu
     await asyncio.sleep(1.0)
     reader.cancel()
     assert result.ok, result.output + result.errors

@@ -42,6 +42,7 @@ KNOWN_METHODS = {"SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH", "UPDATE",
 MAX_TRANSACTIONS = 20_000
 MAX_DIALOGS = 5_000
 MIN_EXPIRES, MAX_EXPIRES, DEFAULT_EXPIRES = 60, 3600, 3600
+MAX_CONTACTS = 10  # bindings per address of record
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,6 +537,9 @@ class SipEndpoint:
             if expires == 0:
                 if bindings.pop(uri, None) is not None:
                     self._events.append(Registered(aor, uri, 0))
+            elif uri not in bindings and len(bindings) >= MAX_CONTACTS:
+                self._final(txn, 403, sm.new_tag(), now)  # one user, a handful of phones
+                return
             else:
                 bindings[uri] = Binding(uri, txn.peer, now + expires)
                 self._events.append(Registered(aor, uri, expires))

@@ -63,7 +63,11 @@ class SipTransport(asyncio.DatagramProtocol):
     # -- UDP ---------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.endpoint.receive(data, Peer("UDP", addr[0], addr[1]), self.now())
+        try:
+            self.endpoint.receive(data, Peer("UDP", addr[0], addr[1]), self.now())
+        except Exception:
+            # an exception escaping here would close the socket: SIP for everyone
+            log.exception("SIP message from %s:%s could not be handled", *addr[:2])
         self.flush()
 
     def error_received(self, exc: Exception) -> None:
@@ -81,7 +85,10 @@ class SipTransport(asyncio.DatagramProtocol):
                 data = await asyncio.wait_for(_read_message(reader), TCP_IDLE)
                 if data is None:
                     break
-                self.endpoint.receive(data, peer, self.now())
+                try:
+                    self.endpoint.receive(data, peer, self.now())
+                except Exception:
+                    log.exception("SIP message from %s:%s could not be handled", host, port)
                 self.flush()
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
             log.info("SIP TCP connection %s:%s closed: %s", host, port, exc or type(exc).__name__)
