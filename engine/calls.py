@@ -242,7 +242,13 @@ class CallManager:
         return call, answer
 
     async def create_phone_call(
-        self, peer: CallPeer, caller: str | None, codec: str, language: str | None = None
+        self,
+        peer: CallPeer,
+        caller: str | None,
+        codec: str,
+        language: str | None = None,
+        *,
+        menu: bool = True,
     ) -> Call:
         """A phone caller whose SIP dialog and RTP session are set up (engine/sip.py):
         the same pipeline, queues and agents as an in-app caller, plus the key menu."""
@@ -250,7 +256,7 @@ class CallManager:
         leg = Leg(str(uuid.uuid4()), "caller", "sip")
         leg.peer = peer
         await self._start_call(call, leg, codec=codec)
-        if self.settings.ivr_prompt:
+        if menu and self.settings.ivr_prompt:
             call.tasks.append(asyncio.create_task(self._menu(call)))
         return call
 
@@ -674,21 +680,45 @@ class CallManager:
                     return q.name
         return next(iter(self.acd.queues))
 
-    async def _enqueue_for_person(self, call: Call, skill: str | None) -> None:
-        # the call's whole priority so far, including rules that fired before routing
-        queue = self._queue_for(skill)
+    async def _enqueue_for_person(
+        self,
+        call: Call,
+        skill: str | None,
+        *,
+        queue: str | None = None,
+        agent: str | None = None,
+    ) -> None:
+        queue = queue if queue in self.acd.queues else self._queue_for(skill)
         # no queue for that skill: wait in the default queue for an agent who has it
         skills = {skill} if skill and skill not in self.acd.queues[queue].skills else set()
         call.queue_name, call.queued_at = queue, time.monotonic()
+        # the call's whole priority so far, including rules that fired before routing
         call.queued_priority = call.escalation.priority
         actions = self.acd.enqueue(
-            call.id, queue, call.queued_at, priority=call.queued_priority, skills=skills
-        )
+            call.id, queue, call.queued_at, priority=call.queued_priority, skills=skills,
+            agent=agent,
+        )  # fmt: skip
         await self._transition(call, "queue", queue)
         # ring an agent before speaking to the caller: the prompt's synthesis takes a
         # moment that the agent should not wait for
         await self._acd_actions(actions)
         await self._queue_changed(announce=call)
+
+    async def connect_callback(
+        self, user: UserRow, row: CallbackRow, peer: CallPeer, codec: str
+    ) -> Call:
+        """The customer who asked to be called back answered our call: the callback is
+        done, and the call rings the agent who placed it, with the first call's summary."""
+        number = row.contact or row.caller
+        call = await self.create_phone_call(peer, row.caller or number, codec, menu=False)
+        await self.finish_callback(user, row.id)
+        call.escalation_reason = "callback the caller asked for"
+        call.escalation.priority = max(call.escalation.priority, row.priority)
+        await self.store.update_call(
+            call.id, escalation_reason=call.escalation_reason, escalated_at=utcnow()
+        )
+        await self._enqueue_for_person(call, None, queue=row.queue, agent=user.id)
+        return call
 
     async def _queue_changed(self, announce: Call | None = None) -> None:
         """Tell every waiting caller where they stand; say it to ``announce``."""

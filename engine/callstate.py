@@ -43,6 +43,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("connecting", "end"): "ended",
     ("active", "end"): "ended",
     ("active", "queue"): "queued",
+    ("connecting", "queue"): "queued",  # a callback rings its agent as soon as it is answered
     ("queued", "end"): "ended",
     ("queued", "accept"): "bridged",
     ("bridged", "hold"): "held",

@@ -70,6 +70,19 @@ class Settings(BaseSettings):
     sip_users: dict[str, SecretStr] = Field(default_factory=dict)
     # Numbers (Request-URI users) answered by the contact center; others get 404.
     sip_numbers: list[str] = Field(default_factory=lambda: ["support", "1000"])
+    # The carrier trunk for calls we place (callbacks): "host:port", and the digest
+    # credentials it asks for. Unset: no outbound calls.
+    sip_trunk: str | None = None
+    sip_trunk_username: str | None = None
+    sip_trunk_password: SecretStr | None = None
+    # Register to the trunk as sip_trunk_username (behind NAT or on a dynamic address),
+    # asking for this many seconds, refreshed before they run out.
+    sip_trunk_register: bool = False
+    sip_trunk_register_expires: int = Field(600, ge=60, le=86400)
+    # The caller id (From user) on calls we place.
+    sip_caller_id: str = "ccengine"
+    # Seconds a callback rings before we give up on it.
+    callback_ring_timeout: float = Field(45.0, gt=0, le=300)
     # The key menu a phone caller hears first; empty: none.
     ivr_prompt: str = (
         "Thank you for calling. Press 1 for billing, 2 for technical support, "

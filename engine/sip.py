@@ -17,7 +17,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine.callstate import Overloaded
+from engine.callstate import NotAllowed, Overloaded
 from engine.config import Settings
 from media.rtp import RtpSession
 from media.sip import message as sm
@@ -29,20 +29,35 @@ from media.sip.endpoint import (
     DtmfInfo,
     Event,
     InviteReceived,
+    OutboundAnswered,
+    OutboundFailed,
+    OutboundRinging,
+    Peer,
     Registered,
+    RegistrationChanged,
     ReinviteReceived,
     SipEndpoint,
 )
 from media.sip.peer import SipPeer
-from media.sip.sdp import NoCommonCodec, SdpAnswerer, SdpError, parse_offer
+from media.sip.sdp import NOT_YET, NoCommonCodec, SdpAnswerer, SdpError, parse_offer
 from media.sip.transport import SipTransport
 
 if TYPE_CHECKING:
     from engine.calls import CallManager
+    from engine.callstate import Call
+    from engine.store.models import UserRow
 
 log = logging.getLogger(__name__)
 
 END_REASONS = {"remote_bye": "remote_closed", "no_ack": "no_ack"}
+
+
+class DialFailed(Exception):
+    """A call we placed was not answered: the far end's status and reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status, self.reason = status, reason
 
 
 @dataclass
@@ -66,13 +81,29 @@ class SipFront:
         self.endpoint = SipEndpoint(self.public_host, settings.sip_port, admission)
         self.transport = SipTransport(self.endpoint, self._on_event)
         self._phone: dict[str, _PhoneCall] = {}
+        self._dialing: dict[str, asyncio.Future[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.port: int | None = None
+        self.registration: RegistrationChanged | None = None  # to the trunk, if we do
 
     async def start(self) -> int:
         port = await self.transport.start(self.settings.sip_host, self.settings.sip_port)
         self.endpoint.local_port = self.port = port
         log.info("SIP on %s:%d (UDP and TCP)", self.settings.sip_host, port)
+        s = self.settings
+        if s.sip_trunk and s.sip_trunk_register:
+            if not (s.sip_trunk_username and s.sip_trunk_password):
+                raise NotAllowed("registering to the trunk needs its username and password")
+            trunk = self._trunk()
+            self.endpoint.register_to(
+                f"sip:{trunk.host}",
+                s.sip_trunk_username,
+                trunk,
+                self._now(),
+                auth=(s.sip_trunk_username, s.sip_trunk_password.get_secret_value()),
+                expires=s.sip_trunk_register_expires,
+            )
+            self.transport.flush()
         return port
 
     async def stop(self) -> None:
@@ -119,6 +150,25 @@ class SipFront:
                      ev.aor, ev.contact)  # fmt: skip
         elif isinstance(ev, CallConfirmed):
             log.debug("SIP call %s confirmed", ev.call_id)
+        elif isinstance(ev, RegistrationChanged):
+            self.registration = ev
+            if ev.state == "registered":
+                log.info("registered to %s for %d s", ev.registrar, ev.expires)
+            else:
+                log.warning("registration to %s failed: %d; retrying in a minute",
+                            ev.registrar, ev.status)  # fmt: skip
+        elif isinstance(ev, OutboundRinging):
+            log.info("SIP call %s ringing", ev.call_id)
+        elif isinstance(ev, OutboundAnswered | OutboundFailed):
+            fut = self._dialing.pop(ev.call_id, None)
+            if fut is None or fut.done():
+                if isinstance(ev, OutboundAnswered):
+                    self._hangup(ev.call_id)  # answered after we gave up on it
+                return
+            if isinstance(ev, OutboundAnswered):
+                fut.set_result(ev.sdp)
+            else:
+                fut.set_exception(DialFailed(ev.status, ev.reason))
 
     def _reject(self, sip_call_id: str, status: int, *headers: tuple[str, str]) -> None:
         self._phone.pop(sip_call_id, None)
@@ -208,3 +258,75 @@ class SipFront:
         self._phone.pop(sip_call_id, None)
         self.endpoint.hangup(sip_call_id, self._now())
         self.transport.flush()
+
+    # -- calls we place ----------------------------------------------------------------
+
+    def _trunk(self) -> Peer:
+        trunk = self.settings.sip_trunk
+        if not trunk:
+            raise NotAllowed("no SIP trunk is configured (CCENGINE_SIP_TRUNK)")
+        host, _, port = trunk.rpartition(":") if ":" in trunk else (trunk, "", "5060")
+        return Peer("UDP", host, int(port or 5060))
+
+    async def dial(self, number: str) -> _PhoneCall:
+        """Call ``number`` through the trunk; the answered call's peer, or DialFailed."""
+        trunk = self._trunk()
+        rtp = RtpSession(NOT_YET, on_dtmf=lambda digit: None)
+        try:
+            port = await rtp.open(self.settings.sip_host)
+        except OSError as exc:
+            raise DialFailed(503, f"no RTP port: {exc}") from None
+        answerer = SdpAnswerer(self.public_host, port)
+        s = self.settings
+        auth = (
+            (s.sip_trunk_username, s.sip_trunk_password.get_secret_value())
+            if s.sip_trunk_username and s.sip_trunk_password
+            else None
+        )
+        uri = f"sip:{number}@{trunk.host}:{trunk.port}"
+        sip_call_id = self.endpoint.invite(
+            uri, trunk, answerer.offer(), self._now(), caller=s.sip_caller_id, auth=auth
+        )
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._dialing[sip_call_id] = fut
+        self.transport.flush()
+        try:
+            sdp = await asyncio.wait_for(asyncio.shield(fut), s.callback_ring_timeout)
+        except TimeoutError:
+            self.endpoint.cancel(sip_call_id, self._now())
+            self.transport.flush()
+            rtp.close()
+            raise DialFailed(408, "no answer") from None
+        except DialFailed:
+            rtp.close()
+            raise
+        pc = _PhoneCall(sip_call_id, answerer=answerer)
+        try:
+            answer = parse_offer(sdp)
+        except SdpError as exc:
+            self._hangup(sip_call_id)
+            rtp.close()
+            raise DialFailed(488, str(exc)) from None
+        rtp.update(answer)
+        pc.peer = SipPeer(rtp, hangup=lambda: self._hangup(sip_call_id))
+        rtp.on_dtmf = lambda digit: self._dtmf(pc, digit)
+        self._phone[sip_call_id] = pc
+        return pc
+
+    async def place_callback(self, user: UserRow, callback_id: str) -> Call:
+        """An agent calls back a customer who asked for it; the call rings that agent."""
+        row = await self.calls.store.get_callback(callback_id)
+        if row is None or row.status != "pending":
+            raise NotAllowed(f"no pending callback {callback_id}")
+        number = (row.contact or row.caller or "").strip()
+        if not number or not all(c.isdigit() or c in "+*#" for c in number):
+            raise NotAllowed(f"callback {callback_id} has no phone number to call")
+        pc = await self.dial(number)
+        assert pc.peer is not None
+        try:
+            call = await self.calls.connect_callback(user, row, pc.peer, pc.peer.rtp.offer.codec)
+        except Exception:
+            await pc.peer.close()
+            raise
+        pc.call_id = call.id
+        return call

@@ -143,7 +143,7 @@ class RtpStats:
 class RtpSession(asyncio.DatagramProtocol):
     def __init__(self, offer: AudioOffer, on_dtmf: Callable[[str], None]) -> None:
         self.offer = offer
-        self._on_dtmf = on_dtmf
+        self.on_dtmf = on_dtmf
         self.track = RtpInboundTrack()
         self.stats = RtpStats()
         self._transport: asyncio.DatagramTransport | None = None
@@ -174,6 +174,9 @@ class RtpSession(asyncio.DatagramProtocol):
         """A re-INVITE: hold, resume, or a new address."""
         if (offer.address, offer.port) != (self.offer.address, self.offer.port):
             self.remote, self._latched = (offer.address, offer.port), False
+        if offer.payload_type != self.offer.payload_type:
+            self._codec = get_codec(offer.payload_type)  # the answer to our offer chose
+            self._jitter.reset()
         self.offer = offer
         # a caller that holds us, or only listens, may send nothing for minutes
         self.track.held = offer.on_hold or offer.direction != "sendrecv"
@@ -240,7 +243,7 @@ class RtpSession(asyncio.DatagramProtocol):
     def _digits(self, digits: list[str]) -> None:
         for d in digits:
             self.stats.dtmf += 1
-            self._on_dtmf(d)
+            self.on_dtmf(d)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("RTP socket error: %s", exc)  # ICMP unreachable: the far end is gone
@@ -264,7 +267,7 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def _send(self, pcm8: np.ndarray) -> None:
         self._ts = (self._ts + len(pcm8)) & 0xFFFFFFFF
-        if self._transport is None or self.remote is None:
+        if self._transport is None or self.remote is None or not self.remote[1]:
             return
         if self.offer.on_hold:
             return  # the caller put us on hold: RFC 3264 §8.4 says send nothing

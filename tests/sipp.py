@@ -315,6 +315,93 @@ def rejected_scenario(status: int, *, caller: str = "15551230001", password: str
     return _wrap("".join(steps))
 
 
+def trunk_uas_scenario(pcap: Path, user: str, password: str) -> str:
+    """A carrier trunk and the customer's phone behind it: challenge the INVITE, check the
+    credentials (403 when wrong), answer, play ``pcap``, wait for the engine's BYE."""
+    sdp = SDP.format(codecs="0", rtpmaps=RTPMAPS[0])
+    head = """[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]u[call_number]
+[last_Call-ID:]
+[last_CSeq:]"""
+    return _wrap(f"""<recv request="INVITE"/>
+<send><![CDATA[
+SIP/2.0 401 Unauthorized
+{head}
+WWW-Authenticate: Digest realm="carrier.test", nonce="[pid]n[call_number]", algorithm=MD5
+Content-Length: 0
+
+]]></send>
+<recv request="ACK"/>
+<recv request="INVITE"><action>
+<verifyauth assign_to="authvalid" username="{user}" password="{password}"/>
+</action></recv>
+<nop hide="true" test="authvalid" next="good"/>
+<send><![CDATA[
+SIP/2.0 403 Forbidden
+{head}
+Content-Length: 0
+
+]]></send>
+<recv request="ACK" next="end"/>
+<label id="good"/>
+<send><![CDATA[
+SIP/2.0 180 Ringing
+{head}
+Contact: <sip:customer@[local_ip]:[local_port]>
+Content-Length: 0
+
+]]></send>
+<send retrans="500"><![CDATA[
+SIP/2.0 200 OK
+{head}
+Contact: <sip:customer@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+{sdp}]]></send>
+<recv request="ACK"/>
+{play(pcap, 0)}{WAIT_BYE}<label id="end"/>
+""")
+
+
+def registrar_scenario(user: str, password: str, first_expiry: int) -> str:
+    """A carrier's registrar: challenge, check the credentials, grant ``first_expiry``
+    seconds, and expect the refresh (challenged and checked again) before they run out."""
+    head = """[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]g[call_number]
+[last_Call-ID:]
+[last_CSeq:]"""
+
+    def round_(n: int, expiry: int, timeout: int) -> str:
+        return f"""<recv request="REGISTER" timeout="{timeout * 1000}"/>
+<send><![CDATA[
+SIP/2.0 401 Unauthorized
+{head}
+WWW-Authenticate: Digest realm="carrier.test", nonce="[pid]n{n}", algorithm=MD5
+Content-Length: 0
+
+]]></send>
+<recv request="REGISTER"><action>
+<verifyauth assign_to="ok{n}" username="{user}" password="{password}"/>
+</action></recv>
+<nop hide="true" test="ok{n}" next="good{n}"/>
+<recv request="NEVER" timeout="100"/>
+<label id="good{n}"/>
+<send><![CDATA[
+SIP/2.0 200 OK
+{head}
+[last_Contact:];expires={expiry}
+Content-Length: 0
+
+]]></send>
+"""
+
+    # the refresh must come before the first registration runs out
+    return _wrap(round_(1, first_expiry, 30) + round_(2, 3600, first_expiry))
+
+
 def cancel_scenario(caller: str = "15551230001") -> str:
     branch = "z9hG4bK[pid]b[call_number]"
     cancel = f"""<send><![CDATA[
@@ -368,7 +455,7 @@ class SippResult:
 def start(
     scenario: str,
     workdir: Path,
-    target: str,
+    target: str | None,
     *,
     service: str = "support",
     transport: str = "u1",
@@ -377,14 +464,16 @@ def start(
     name: str = "call",
     extra: tuple[str, ...] = (),
     media_port: int | None = None,
+    sip_port: int | None = None,
 ) -> tuple[subprocess.Popen[str], Path]:
     workdir.mkdir(parents=True, exist_ok=True)
     media_port = media_port or free_port()
     xml = workdir / f"{name}.xml"
     xml.write_text(scenario)
     cmd = [
-        SIPP, target, "-sf", str(xml), "-s", service, "-m", "1", "-l", "1",
-        "-i", local_ip, "-p", str(free_port()), "-mi", local_ip, "-mp", str(media_port),
+        SIPP, *([target] if target else []), "-sf", str(xml), "-s", service, "-m", "1",
+        "-l", "1", "-i", local_ip, "-p", str(sip_port or free_port()),
+        "-mi", local_ip, "-mp", str(media_port),
         "-t", transport, "-timeout", f"{int(timeout)}s", "-timeout_error",
         "-trace_msg", "-message_file", str(workdir / f"{name}.messages.log"),
         "-trace_err", "-error_file", str(workdir / f"{name}.errors.log"),

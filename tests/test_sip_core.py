@@ -508,3 +508,119 @@ def test_registrar_limits_bindings_per_user() -> None:
         got += statuses(ep)
     assert got == [200] * 10 + [403]
     assert len(ep.lookup("alice", 2.0)) == 10
+
+
+# -- calls we place (UAC) ------------------------------------------------------------------
+
+from media.sip.endpoint import OutboundAnswered, OutboundFailed, OutboundRinging  # noqa: E402
+
+
+def last_request(ep: SipEndpoint) -> list[sm.SipRequest]:
+    return [m for m in sent(ep) if isinstance(m, sm.SipRequest)]  # type: ignore[misc]
+
+
+def reply(ep: SipEndpoint, req: sm.SipRequest, status: int, now: float, **kw: object) -> None:
+    resp = sm.response(req, status, to_tag="callee1", **kw)  # type: ignore[arg-type]
+    if 200 <= status < 300 and not resp.headers.get("contact"):
+        resp.headers.set_single("Contact", "<sip:callee@198.51.100.7:5060>")
+    ep.receive(bytes(resp), TRUNK, now)
+
+
+def test_outbound_call_with_trunk_digest() -> None:
+    ep = endpoint()
+    trunk = DigestServer("carrier")
+    call_id = ep.invite("sip:15551230001@198.51.100.7", TRUNK, SDP.encode(), 0.0,
+                        caller="ccengine", auth=("acct", "trunk-pass"))  # fmt: skip
+    [first] = last_request(ep)
+    assert first.method == "INVITE" and first.body == SDP.encode()
+    reply(ep, first, 401, 0.1, headers=[("WWW-Authenticate", trunk.challenge(0.1))])
+    ack, second = last_request(ep)
+    assert ack.method == "ACK" and sm.branch(ack) == sm.branch(first)  # same transaction
+    assert second.method == "INVITE" and sm.cseq(second) == (2, "INVITE")
+    verdict = trunk.verify(
+        "INVITE", second.headers.get_first("authorization"), {"acct": "trunk-pass"}.get, 0.2
+    )
+    assert verdict.verdict.value == "ok"
+    reply(ep, second, 180, 0.3)
+    assert ep.events() == [OutboundRinging(call_id)]
+    reply(ep, second, 200, 1.0, body=SDP.encode())
+    [ack2] = last_request(ep)
+    assert ack2.method == "ACK" and ack2.uri == "sip:callee@198.51.100.7:5060"
+    assert sm.branch(ack2) != sm.branch(second)  # the ACK of a 2xx is its own transaction
+    assert ep.events() == [OutboundAnswered(call_id, SDP.encode())]
+    reply(ep, second, 200, 1.5, body=SDP.encode())  # our ACK was lost: ACK again
+    assert [r.method for r in last_request(ep)] == ["ACK"] and ep.events() == []
+    # the callee hangs up
+    bye = (
+        f"BYE sip:ccengine@203.0.113.1:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKcalleebye\r\n"
+        f"From: {second.headers.get_first('to')};tag=callee1\r\n"
+        f"To: {second.headers.get_first('from')}\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
+    )
+    ep.receive(bye.encode(), TRUNK, 5.0)
+    assert statuses(ep) == [200]
+    assert ep.events() == [CallTerminated(call_id, "remote_bye")]
+
+
+def test_outbound_call_nobody_answers_then_cancelled_ringing() -> None:
+    ep = endpoint()
+    silent = ep.invite("sip:1@198.51.100.7", TRUNK, SDP.encode(), 0.0)
+    sent(ep)
+    resent = 0
+    for step in range(1, 70):
+        ep.handle_timer(step * 0.5)
+        resent += len(ep.transmit())
+    assert resent == 6  # Timer A: at 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s; Timer B at 32 s
+    assert ep.events() == [OutboundFailed(silent, 408, "Request Timeout")]
+
+    ringing = ep.invite("sip:2@198.51.100.7", TRUNK, SDP.encode(), 40.0)
+    [inv] = last_request(ep)
+    reply(ep, inv, 180, 40.1)
+    ep.events()
+    ep.hangup(ringing, 45.0)
+    [cancel] = last_request(ep)
+    assert cancel.method == "CANCEL" and sm.branch(cancel) == sm.branch(inv)
+    reply(ep, inv, 487, 45.1)
+    [ack] = last_request(ep)
+    assert ack.method == "ACK"
+    assert ep.events() == [OutboundFailed(ringing, 487, "Request Terminated")]
+
+
+def test_outbound_call_ended_by_us() -> None:
+    ep = endpoint()
+    call_id = ep.invite("sip:3@198.51.100.7", TRUNK, SDP.encode(), 0.0)
+    [inv] = last_request(ep)
+    reply(ep, inv, 200, 0.5, body=SDP.encode())
+    last_request(ep)
+    ep.events()
+    ep.hangup(call_id, 3.0)
+    [bye] = last_request(ep)
+    assert bye.method == "BYE" and bye.uri == "sip:callee@198.51.100.7:5060"
+    assert sm.tag(bye.headers.get_first("to")) == "callee1"
+    assert sm.cseq(bye) == (2, "BYE")
+
+
+def test_we_register_to_a_carrier_and_refresh() -> None:
+    from media.sip.endpoint import RegistrationChanged
+
+    ep = endpoint()
+    carrier = DigestServer("carrier")
+    ep.register_to("sip:carrier.example", "acct", TRUNK, 0.0, auth=("acct", "pw"), expires=300)
+    [first] = last_request(ep)
+    assert first.method == "REGISTER" and first.headers.get_first("expires") == "300"
+    assert sm.address_uri(first.headers.get_first("to") or "") == "sip:acct@carrier.example"
+    reply(ep, first, 401, 0.1, headers=[("WWW-Authenticate", carrier.challenge(0.1))])
+    [second] = last_request(ep)
+    auth = second.headers.get_first("authorization")
+    assert carrier.verify("REGISTER", auth, {"acct": "pw"}.get, 0.2).verdict.value == "ok"
+    ours = "<sip:acct@203.0.113.1:5060>;expires=120"
+    reply(ep, second, 200, 0.2, headers=[("Contact", ours)])
+    assert ep.events() == [RegistrationChanged("sip:carrier.example", "registered", 200, 120)]
+    assert ep.next_timer() == pytest.approx(0.2 + 96)  # 80 % of what was granted
+    ep.handle_timer(96.2)
+    [refresh] = last_request(ep)
+    assert refresh.method == "REGISTER" and sm.cseq(refresh)[0] == 3
+    reply(ep, refresh, 403, 96.3)
+    assert ep.events() == [RegistrationChanged("sip:carrier.example", "failed", 403)]
+    assert ep.next_timer() == pytest.approx(156.3)  # and tries again in a minute

@@ -287,3 +287,112 @@ def test_desk_phone_registers(phone_engine: EngineProcess, tmp_path: Path) -> No
         tmp_path / "bad", phone_engine.sip, local_ip="127.0.0.2",
     )  # fmt: skip
     assert bad.ok, bad.output + bad.errors
+
+
+async def test_callback_is_placed_through_the_trunk(
+    phone_speech: dict[str, Any], tmp_path: Path
+) -> None:
+    """A phone caller presses 0, waits, and asks to be called back. Agent Cara places the
+    callback: the engine calls through the trunk (a SIPp UAS that demands digest
+    credentials), the customer answers and talks, the call rings Cara's desk, and it is
+    transcribed like any other call. Cara's hang-up sends the BYE."""
+    trunk_port = free_port()
+    engine = EngineProcess(
+        tmp_path / "engine",
+        CCENGINE_SIP_TRUNKS='["127.0.0.1"]',
+        CCENGINE_SIP_TRUNK=f"127.0.0.1:{trunk_port}",
+        CCENGINE_SIP_TRUNK_USERNAME="acct",
+        CCENGINE_SIP_TRUNK_PASSWORD="trunk-pass",
+        CCENGINE_IVR_PROMPT="",
+        CCENGINE_MEDIA_TIMEOUT="10",
+    ).start()
+    try:
+        engine.add_user("cara", "pw-cara-1")
+        quiet = np.zeros(8000 * 30, dtype=np.int16)
+        keys = sipp.write_pcap(
+            tmp_path / "zero.pcap", sipp.phone_stream(quiet, [sipp.Key("0", 0.6)])
+        )
+        first, first_base = sipp.start(
+            sipp.call_scenario(sipp.play(keys, 0), hangup="engine"), tmp_path / "first",
+            engine.sip,
+        )  # fmt: skip
+        async with httpx.AsyncClient(base_url=engine.url, timeout=30) as http:
+            deadline = time.monotonic() + 30
+            call: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                calls = [c for c in sip_calls(engine) if c["state"] == "queued"]
+                if calls:
+                    call = calls[0]
+                    break
+                await asyncio.sleep(0.3)
+            assert call, "pressing 0 should queue the caller"
+            r = await http.post(
+                f"/api/v1/calls/{call['id']}/callback", json={"contact": "15557654321"}
+            )
+            assert r.status_code == 201, r.text
+            callback_id = r.json()["id"]
+        done = await asyncio.to_thread(sipp.finish, first, first_base)
+        assert done.ok, done.output + done.errors  # thanked and hung up by the engine
+
+        cara = await engine.agent("cara", "pw-cara-1", "login", "available")
+        events: list[dict[str, Any]] = []
+        reader = asyncio.create_task(_events(engine.url, None, events))
+        await asyncio.sleep(0.5)
+        uas, uas_base = sipp.start(
+            sipp.trunk_uas_scenario(phone_speech["pcap"], "acct", "trunk-pass"),
+            tmp_path / "trunk", None, sip_port=trunk_port, timeout=120,
+        )  # fmt: skip
+        await asyncio.sleep(0.5)  # SIPp listening
+        r = await cara.post(f"/api/v1/callbacks/{callback_id}/call")
+        assert r.status_code == 202, r.text
+        placed = r.json()["call_id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            detail = (await cara.get(f"/api/v1/calls/{placed}")).json()
+            if any(u["speaker"] == "caller" for u in detail["transcript"]):
+                break
+            await asyncio.sleep(0.5)
+        me = (await cara.get("/api/v1/auth/me")).json()
+        offers = [e for e in events if e["type"] == "call.offered" and e["call_id"] == placed]
+        assert [o["agent_id"] for o in offers] == [me["id"]], events[-5:]  # rings Cara
+        # the same identity as the first call, so the desk shows that call as history
+        assert detail["caller"] == "15551230001" and detail["channel"] == "sip"
+        said = " ".join(u["text"] for u in detail["transcript"])
+        print("the customer said:", said)
+        assert {"order", "morning", "thank"} & set(speech.normalize(said)), said
+        pending = (await cara.get("/api/v1/callbacks")).json()
+        assert all(c["id"] != callback_id for c in pending)  # it is done
+        r = await cara.post(f"/api/v1/calls/{placed}/hangup")
+        assert r.status_code == 202, r.text
+        result = await asyncio.to_thread(sipp.finish, uas, uas_base)
+        reader.cancel()
+        assert result.ok, result.output + result.errors
+        assert "Authorization: Digest" in result.messages
+        await cara.aclose()
+    finally:
+        engine.stop()
+
+
+def test_engine_registers_to_the_carrier_and_refreshes(tmp_path: Path) -> None:
+    """Behind NAT the engine registers to its trunk: SIPp as the carrier's registrar
+    challenges, checks the digest, grants 4 s, and gets the refresh in time."""
+    registrar_port = free_port()
+    carrier, base = sipp.start(
+        sipp.registrar_scenario("acct", "trunk-pass", 4), tmp_path / "registrar", None,
+        sip_port=registrar_port, timeout=40,
+    )  # fmt: skip
+    time.sleep(0.5)
+    engine = EngineProcess(
+        tmp_path / "engine",
+        CCENGINE_SIP_TRUNK=f"127.0.0.1:{registrar_port}",
+        CCENGINE_SIP_TRUNK_USERNAME="acct",
+        CCENGINE_SIP_TRUNK_PASSWORD="trunk-pass",
+        CCENGINE_SIP_TRUNK_REGISTER="true",
+    ).start()
+    try:
+        result = sipp.finish(carrier, base, timeout=60)
+        assert result.ok, result.output + result.errors
+        assert result.messages.count("REGISTER sip:127.0.0.1 SIP/2.0") == 4
+        assert "registered to sip:127.0.0.1 for 4 s" in engine.log.read_text()
+    finally:
+        engine.stop()

@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException
 from engine.acd import QueueConfig
 from engine.api.auth import Authenticated, CurrentUser
 from engine.calls import CallManager
+from engine.callstate import NotAllowed
+from engine.sip import DialFailed, SipFront
 
 router = APIRouter(prefix="/api/v1", tags=["agent desk"])
 
@@ -169,6 +171,25 @@ async def callbacks(
 async def callback_done(callback_id: str, request: Request, user: CurrentUser) -> CallbackOut:
     row = await _manager(request).finish_callback(user, callback_id)
     return CallbackOut.model_validate(row, from_attributes=True)
+
+
+class PlacedCall(BaseModel):
+    call_id: str
+
+
+@router.post("/callbacks/{callback_id}/call", status_code=202, response_model=PlacedCall)
+async def place_callback(callback_id: str, request: Request, user: CurrentUser) -> PlacedCall:
+    """Call the customer back through the SIP trunk. When they answer, the callback is
+    done and the call rings this agent's desk with the customer's history; 502 when the
+    call is not answered (busy, no answer, rejected), 409 without a trunk or number."""
+    sip: SipFront | None = request.app.state.sip
+    if sip is None:
+        raise NotAllowed("SIP is not running on this engine")
+    try:
+        call = await sip.place_callback(user, callback_id)
+    except DialFailed as exc:
+        raise HTTPException(502, f"the callback was not answered: {exc}") from None
+    return PlacedCall(call_id=call.id)
 
 
 @router.get("/calls/{call_id}/history", response_model=list[HistoryItem])

@@ -204,6 +204,10 @@ class Store:
         async with self.session() as s:
             return (await s.scalars(q.limit(limit))).all()
 
+    async def get_callback(self, callback_id: str) -> CallbackRow | None:
+        async with self.session() as s:
+            return await s.get(CallbackRow, callback_id)
+
     async def finish_callback(
         self, callback_id: str, by: str, when: datetime
     ) -> CallbackRow | None:

@@ -29,6 +29,8 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from aiosipua import SipDigestAuth, build_credentials, parse_auth, stringify_auth
+
 from media.sip import message as sm
 from media.sip.digest import DigestServer, Verdict
 from media.sip.message import SipRequest, SipResponse, SipSyntaxError
@@ -112,6 +114,34 @@ class Registered:
     expires: int  # 0: removed
 
 
+@dataclass(frozen=True, slots=True)
+class OutboundRinging:
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundAnswered:
+    call_id: str
+    sdp: bytes  # the callee's SDP answer
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundFailed:
+    call_id: str
+    status: int  # 408 when nobody answered at all
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationChanged:
+    """Our own registration with a carrier: "registered" (for ``expires`` s) or "failed"."""
+
+    registrar: str
+    state: str
+    status: int
+    expires: int = 0
+
+
 Event = (
     InviteReceived
     | ReinviteReceived
@@ -120,6 +150,10 @@ Event = (
     | CallTerminated
     | DtmfInfo
     | Registered
+    | OutboundRinging
+    | OutboundAnswered
+    | OutboundFailed
+    | RegistrationChanged
 )
 
 
@@ -151,6 +185,45 @@ class _ClientTxn:
     retransmit_at: float | None
     interval: float = T1
     done: bool = False
+    call_id: str = ""
+
+
+@dataclass(slots=True)
+class _Outbound:
+    """An INVITE we sent (a callback through a trunk), until it is answered or fails."""
+
+    call_id: str
+    uri: str
+    peer: Peer
+    sdp: bytes
+    local_tag: str
+    from_value: str
+    auth: tuple[str, str] | None
+    cseq: int = 0
+    branch: str | None = None
+    provisional: bool = False
+    final: bool = False
+    cancelled: bool = False
+    tried_auth: bool = False
+    ack: bytes | None = None
+    expire_at: float | None = None
+
+
+@dataclass(slots=True)
+class _Registration:
+    """We register to a carrier (behind NAT or on a dynamic address) and keep it fresh."""
+
+    registrar: str  # the Request-URI: sip:carrier.example
+    aor: str  # sip:user@carrier.example
+    user: str
+    peer: Peer
+    auth: tuple[str, str] | None
+    expires: int
+    call_id: str
+    local_tag: str
+    cseq: int = 0
+    tried_auth: bool = False
+    refresh_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -220,6 +293,8 @@ class SipEndpoint:
         self._client: dict[tuple[str, str], _ClientTxn] = {}
         self.dialogs: dict[str, Dialog] = {}
         self.bindings: dict[str, dict[str, Binding]] = {}
+        self._outbound: dict[str, _Outbound] = {}
+        self._registrations: dict[str, _Registration] = {}  # by Call-ID
         self.malformed = 0
 
     # -- I/O surface -------------------------------------------------------------------
@@ -237,6 +312,8 @@ class SipEndpoint:
         times += [x.retransmit_at for x in self._client.values() if x.retransmit_at]
         times += [d.ok_at for d in self.dialogs.values() if d.ok_at]
         times += [b.expires_at for bs in self.bindings.values() for b in bs.values()]
+        times += [o.expire_at for o in self._outbound.values() if o.expire_at]
+        times += [r.refresh_at for r in self._registrations.values() if r.refresh_at]
         return min(times) if times else None
 
     def receive(self, data: bytes, peer: Peer, now: float) -> None:
@@ -268,9 +345,19 @@ class SipEndpoint:
         for key, ctx in list(self._client.items()):
             if ctx.done or now - ctx.started >= TIMER_64T1:
                 del self._client[key]
+                out = self._outbound.get(ctx.call_id) if ctx.method == "INVITE" else None
+                if not ctx.done and out is not None and not out.final:  # Timer B
+                    out.final, out.expire_at = True, now
+                    self._events.append(OutboundFailed(out.call_id, 408, "Request Timeout"))
+                reg = self._registrations.get(ctx.call_id) if ctx.method == "REGISTER" else None
+                if not ctx.done and reg is not None:  # Timer F: the registrar is silent
+                    self._registration_failed(reg, 408, now)
             elif ctx.retransmit_at is not None and now >= ctx.retransmit_at:
                 self._send(ctx.peer, ctx.data)
-                ctx.interval = min(ctx.interval * 2, T2)
+                # Timer A (INVITE) doubles without a cap; Timer E stops at T2 (§17.1)
+                ctx.interval = (
+                    ctx.interval * 2 if ctx.method == "INVITE" else min(ctx.interval * 2, T2)
+                )
                 ctx.retransmit_at = now + ctx.interval
         for d in list(self.dialogs.values()):
             if d.ok_at is not None and d.ok is not None and now >= d.ok_at:
@@ -282,6 +369,13 @@ class SipEndpoint:
                 self._send(d.peer, d.ok)
                 d.ok_interval = min(d.ok_interval * 2, T2)
                 d.ok_at = now + d.ok_interval
+        for call_id, out in list(self._outbound.items()):
+            if out.expire_at is not None and now >= out.expire_at:
+                del self._outbound[call_id]
+        for reg in self._registrations.values():
+            if reg.refresh_at is not None and now >= reg.refresh_at:
+                reg.tried_auth = False
+                self._send_register(reg, now, None)
         for aor, bs in list(self.bindings.items()):
             for contact, b in list(bs.items()):
                 if now >= b.expires_at:
@@ -332,10 +426,14 @@ class SipEndpoint:
 
     def hangup(self, call_id: str, now: float) -> None:
         """End a call from our side: BYE if answered, 480 if still ringing."""
+        out = self._outbound.get(call_id)
+        if out is not None and not out.final:
+            self.cancel(call_id, now)
+            return
         d = self.dialogs.get(call_id)
         if d is None:
             return
-        if d.ok is None:
+        if d.ok is None and out is None:
             self.reject(call_id, 480, now)
             return
         self._bye(d, now)
@@ -554,14 +652,270 @@ class SipEndpoint:
     # -- responses we receive ----------------------------------------------------------------
 
     def _on_response(self, resp: SipResponse, now: float) -> None:
-        ctx = self._client.get((sm.branch(resp), sm.cseq(resp)[1]))
-        if ctx is None:
+        method = sm.cseq(resp)[1]
+        ctx = self._client.get((sm.branch(resp), method))
+        if ctx is not None:
+            if resp.status_code >= 200 or ctx.method == "INVITE":
+                ctx.done = True  # an INVITE stops at the first answer (Timer A ends)
+                ctx.retransmit_at = None
+            else:
+                ctx.interval = T2  # §17.1.2.2: provisional -> retransmit at T2
+        if method == "INVITE":
+            # 2xx retransmissions come outside the transaction: match by Call-ID
+            self._on_outbound_response(resp, now)
+        elif method == "REGISTER" and ctx is not None and resp.status_code >= 200:
+            self._on_register_response(resp, now)
+
+    # -- outbound calls (UAC) ----------------------------------------------------------------
+
+    def invite(
+        self,
+        uri: str,
+        peer: Peer,
+        sdp: bytes,
+        now: float,
+        *,
+        caller: str = "ccengine",
+        auth: tuple[str, str] | None = None,
+    ) -> str:
+        """Call ``uri`` through ``peer`` (the trunk). Answers with ``auth`` to a 401/407
+        once. Returns the Call-ID; the outcome comes as OutboundAnswered/OutboundFailed."""
+        call_id = f"{sm.new_tag()}{sm.new_tag()}@{self.local_host}"
+        out = _Outbound(
+            call_id=call_id,
+            uri=uri,
+            peer=peer,
+            sdp=sdp,
+            local_tag=sm.new_tag(),
+            from_value=f"<sip:{caller}@{self.local_host}>",
+            auth=auth,
+        )
+        self._outbound[call_id] = out
+        self._send_invite(out, now, None)
+        return call_id
+
+    def cancel(self, call_id: str, now: float) -> None:
+        """Give up on an outbound call still ringing (CANCEL, RFC 3261 §9.1)."""
+        out = self._outbound.get(call_id)
+        if out is None or out.final or out.branch is None:
             return
-        if resp.status_code >= 200:
-            ctx.done = True
-            ctx.retransmit_at = None
-        elif ctx.method != "INVITE":
-            ctx.interval = T2  # §17.1.2.2: provisional -> retransmit at T2
+        out.cancelled = True
+        if not out.provisional:
+            return  # a CANCEL may only follow a provisional; sent when one arrives
+        self._send_cancel(out, now)
+
+    def _send_cancel(self, out: _Outbound, now: float) -> None:
+        req = self._request("CANCEL", out.uri, out.peer, out.branch)
+        req.headers.set_single("From", f"{out.from_value};tag={out.local_tag}")
+        req.headers.set_single("To", f"<{out.uri}>")
+        req.headers.set_single("Call-ID", out.call_id)
+        req.headers.set_single("CSeq", f"{out.cseq} CANCEL")
+        self._start_client(req, out.peer, now)
+
+    def _request(self, method: str, uri: str, peer: Peer, branch: str | None) -> SipRequest:
+        req = SipRequest(method=method, uri=uri)
+        transport = "UDP" if peer.transport == "UDP" else "TCP"
+        req.headers.append(
+            "Via",
+            f"SIP/2.0/{transport} {self.local_host}:{self.local_port};"
+            f"branch={branch or sm.new_branch()};rport",
+        )
+        req.headers.set_single("Max-Forwards", "70")
+        req.headers.set_single("User-Agent", sm.SERVER)
+        return req
+
+    def _start_client(self, req: SipRequest, peer: Peer, now: float) -> None:
+        data = bytes(req)
+        self._send(peer, data)
+        self._client[(sm.branch(req), req.method)] = _ClientTxn(
+            data,
+            peer,
+            req.method,
+            now,
+            None if peer.reliable else now + T1,
+            call_id=req.call_id or "",
+        )
+
+    def _send_invite(self, out: _Outbound, now: float, credentials: tuple[str, str] | None) -> None:
+        out.cseq += 1
+        out.branch = sm.new_branch()
+        out.provisional = False
+        req = self._request("INVITE", out.uri, out.peer, out.branch)
+        req.headers.set_single("From", f"{out.from_value};tag={out.local_tag}")
+        req.headers.set_single("To", f"<{out.uri}>")
+        req.headers.set_single("Call-ID", out.call_id)
+        req.headers.set_single("CSeq", f"{out.cseq} INVITE")
+        req.headers.set_single("Contact", self._contact(out.peer))
+        req.headers.set_single("Allow", ALLOW)
+        if credentials is not None:
+            req.headers.set_single(*credentials)
+        req.headers.set_single("Content-Type", "application/sdp")
+        req.body = out.sdp
+        self._start_client(req, out.peer, now)
+
+    def _ack_outbound(self, out: _Outbound, resp: SipResponse, branch: str, target: str) -> bytes:
+        req = self._request("ACK", target, out.peer, branch)
+        req.headers.set_single("From", f"{out.from_value};tag={out.local_tag}")
+        req.headers.set_single("To", resp.headers.get_first("to") or "")
+        req.headers.set_single("Call-ID", out.call_id)
+        req.headers.set_single("CSeq", f"{out.cseq} ACK")
+        data = bytes(req)
+        self._send(out.peer, data)
+        return data
+
+    def _on_outbound_response(self, resp: SipResponse, now: float) -> None:
+        out = self._outbound.get(resp.call_id or "")
+        if out is None or sm.cseq(resp) != (out.cseq, "INVITE"):
+            return
+        status = resp.status_code
+        if status < 200:
+            if not out.provisional:
+                out.provisional = True
+                if out.cancelled:
+                    self._send_cancel(out, now)
+                elif status in (180, 183):
+                    self._events.append(OutboundRinging(out.call_id))
+            return
+        if 200 <= status < 300:
+            if out.ack is not None:  # the 200 again: our ACK was lost
+                self._send(out.peer, out.ack)
+                return
+            contact = resp.headers.get_first("contact") or ""
+            target = sm.address_uri(contact) or out.uri
+            out.ack = self._ack_outbound(out, resp, sm.new_branch(), target)
+            out.final = True
+            d = Dialog(
+                call_id=out.call_id,
+                local_tag=out.local_tag,
+                remote_tag=sm.tag(resp.headers.get_first("to")) or "",
+                local_uri=out.from_value,
+                remote_uri=resp.headers.get_first("to") or "",
+                remote_target=target,
+                peer=out.peer,
+                invite=SipRequest(method="INVITE", uri=out.uri),
+                remote_cseq=0,
+                local_cseq=out.cseq,
+                state="confirmed",
+                route=list(reversed(resp.headers.get("record-route"))),
+                ok=None,
+            )
+            self.dialogs[out.call_id] = d
+            out.expire_at = now + TIMER_64T1  # absorb 200 retransmissions, then forget
+            self._events.append(OutboundAnswered(out.call_id, resp.body))
+            return
+        # a failure: ACK it in the same transaction (§17.1.1.3)
+        self._ack_outbound(out, resp, out.branch or sm.new_branch(), out.uri)
+        if status in (401, 407) and out.auth is not None and not out.tried_auth:
+            out.tried_auth = True
+            header = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
+            challenge = resp.headers.get_first(header)
+            creds = (
+                build_credentials(
+                    SipDigestAuth(*out.auth), parse_auth(challenge), "INVITE", out.uri
+                )
+                if challenge
+                else None
+            )
+            if creds is not None:
+                name = "Authorization" if status == 401 else "Proxy-Authorization"
+                self._send_invite(out, now, (name, stringify_auth(creds)))
+                return
+        out.final = True
+        out.expire_at = now + T4
+        self._events.append(OutboundFailed(out.call_id, status, resp.reason_phrase))
+
+    # -- registering to a carrier ------------------------------------------------------------
+
+    def register_to(
+        self,
+        registrar: str,
+        user: str,
+        peer: Peer,
+        now: float,
+        *,
+        auth: tuple[str, str] | None = None,
+        expires: int = 600,
+    ) -> None:
+        """Register ``user`` at ``registrar`` (e.g. ``sip:carrier.example``) and refresh
+        it before it runs out, for as long as the endpoint lives."""
+        host = registrar.split(":", 1)[1] if ":" in registrar else registrar
+        reg = _Registration(
+            registrar=registrar,
+            aor=f"sip:{user}@{host.split(';')[0]}",
+            user=user,
+            peer=peer,
+            auth=auth,
+            expires=expires,
+            call_id=f"{sm.new_tag()}{sm.new_tag()}@{self.local_host}",
+            local_tag=sm.new_tag(),
+        )
+        self._registrations[reg.call_id] = reg
+        self._send_register(reg, now, None)
+
+    def _send_register(
+        self, reg: _Registration, now: float, credentials: tuple[str, str] | None
+    ) -> None:
+        reg.cseq += 1
+        reg.refresh_at = None
+        req = self._request("REGISTER", reg.registrar, reg.peer, None)
+        req.headers.set_single("From", f"<{reg.aor}>;tag={reg.local_tag}")
+        req.headers.set_single("To", f"<{reg.aor}>")
+        req.headers.set_single("Call-ID", reg.call_id)
+        req.headers.set_single("CSeq", f"{reg.cseq} REGISTER")
+        req.headers.set_single("Contact", f"<sip:{reg.user}@{self.local_host}:{self.local_port}>")
+        req.headers.set_single("Expires", str(reg.expires))
+        if credentials is not None:
+            req.headers.set_single(*credentials)
+        self._start_client(req, reg.peer, now)
+
+    def _on_register_response(self, resp: SipResponse, now: float) -> None:
+        reg = self._registrations.get(resp.call_id or "")
+        if reg is None or sm.cseq(resp)[0] != reg.cseq:
+            return
+        status = resp.status_code
+        if 200 <= status < 300:
+            reg.tried_auth = False
+            granted = self._granted(resp, reg)
+            # refresh well before the end: at 80 %, or a minute early for long ones
+            reg.refresh_at = now + max(
+                1.0, min(granted * 0.8, granted - 60.0 if granted > 300 else granted * 0.8)
+            )
+            self._events.append(RegistrationChanged(reg.registrar, "registered", status, granted))
+        elif status in (401, 407) and reg.auth is not None and not reg.tried_auth:
+            reg.tried_auth = True
+            header = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
+            challenge = resp.headers.get_first(header)
+            creds = (
+                build_credentials(
+                    SipDigestAuth(*reg.auth), parse_auth(challenge), "REGISTER", reg.registrar
+                )
+                if challenge
+                else None
+            )
+            if creds is None:
+                self._registration_failed(reg, status, now)
+                return
+            name = "Authorization" if status == 401 else "Proxy-Authorization"
+            self._send_register(reg, now, (name, stringify_auth(creds)))
+        elif status == 423 and (resp.headers.get_first("min-expires") or "").strip().isdigit():
+            reg.expires = int(resp.headers.get_first("min-expires") or reg.expires)
+            self._send_register(reg, now, None)
+        else:
+            self._registration_failed(reg, status, now)
+
+    def _granted(self, resp: SipResponse, reg: _Registration) -> int:
+        ours = f"{self.local_host}:{self.local_port}"
+        for contact in resp.headers.get("contact"):
+            value = _param(contact, "expires")
+            if ours in contact and value and value.isdigit():
+                return int(value)
+        header = (resp.headers.get_first("expires") or "").strip()
+        return int(header) if header.isdigit() else reg.expires
+
+    def _registration_failed(self, reg: _Registration, status: int, now: float) -> None:
+        reg.tried_auth = False
+        reg.refresh_at = now + 60.0  # try again in a minute: carriers come back
+        self._events.append(RegistrationChanged(reg.registrar, "failed", status))
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -646,7 +1000,7 @@ class SipEndpoint:
         data = bytes(req)
         self._send(d.peer, data)
         self._client[(branch, "BYE")] = _ClientTxn(
-            data, d.peer, "BYE", now, None if d.peer.reliable else now + T1
+            data, d.peer, "BYE", now, None if d.peer.reliable else now + T1, call_id=d.call_id
         )
         self._end_dialog(d)
 

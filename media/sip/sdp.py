@@ -43,7 +43,12 @@ class AudioOffer:
         return self.direction in ("sendonly", "inactive") or self.address in ("0.0.0.0", "::")
 
 
+# before the far end's answer to our offer: nowhere to send yet
+NOT_YET = AudioOffer("0.0.0.0", 0, 0, "PCMU", 101, "sendrecv", 20, (), 0)
+
+
 def parse_offer(body: bytes | str) -> AudioOffer:
+    """An offer (or the answer to our offer: same shape) -> the codec we will use."""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     if not text.strip():
         raise SdpError("INVITE without an SDP offer (late offer is not supported)")
@@ -108,6 +113,29 @@ class SdpAnswerer:
 
     def __post_init__(self) -> None:
         self.session_id = self.session_id or secrets.randbelow(2**31)
+
+    def offer(self) -> bytes:
+        """Our offer for a call we place: G.711 both laws and telephone-event."""
+        self.version += 1
+        return (
+            "\r\n".join(
+                [
+                    "v=0",
+                    f"o=ccengine {self.session_id} {self.version} IN IP4 {self.local_ip}",
+                    "s=ccengine",
+                    f"c=IN IP4 {self.local_ip}",
+                    "t=0 0",
+                    f"m=audio {self.port} RTP/AVP 0 8 101",
+                    "a=rtpmap:0 PCMU/8000",
+                    "a=rtpmap:8 PCMA/8000",
+                    "a=rtpmap:101 telephone-event/8000",
+                    "a=fmtp:101 0-15",
+                    "a=ptime:20",
+                    "a=sendrecv",
+                ]
+            )
+            + "\r\n"
+        ).encode()
 
     def answer(self, offer: AudioOffer, *, we_hold: bool = False) -> bytes:
         self.version += 1
