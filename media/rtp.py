@@ -41,7 +41,7 @@ from media.wavtrack import SEND_RATE, PacedAudioTrack
 
 log = logging.getLogger(__name__)
 
-PHONE_RATE = 8000
+RTP_CLOCK = 8000  # G.711 and, by RFC 3551's quirk, G.722 (whose audio is 16 kHz)
 MAX_QUEUED_CHUNKS = 500  # 10 s of caller audio waiting for the pipeline
 HOLD_SILENCE = 0.1  # while the caller holds us: a silent frame every 100 ms keeps time
 SSRC_HOLD = 0.5  # a new SSRC replaces the current one only after this much silence
@@ -149,11 +149,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self.remote: tuple[str, int] | None = (offer.address, offer.port)
         self._latched = False
-        self._codec = get_codec(offer.payload_type)
         self._jitter = JitterBuffer(capacity=16, prefetch=2, skip_audio_gaps=True)
-        self._plc = PcmConcealer(sample_rate=PHONE_RATE)
-        self._up = soxr.ResampleStream(PHONE_RATE, SEND_RATE, 1, dtype="int16")
-        self._down = soxr.ResampleStream(SEND_RATE, PHONE_RATE, 1, dtype="int16")
+        self._set_codec(offer.payload_type)
         self._ssrc_in: int | None = None
         self._heard_at = 0.0
         self._dtmf = DtmfDetector()
@@ -170,12 +167,19 @@ class RtpSession(asyncio.DatagramProtocol):
         self.port = transport.get_extra_info("sockname")[1]
         return self.port
 
+    def _set_codec(self, payload_type: int) -> None:
+        self._codec = get_codec(payload_type)
+        rate = self._codec.sample_rate
+        self._plc = PcmConcealer(sample_rate=rate)
+        self._up = soxr.ResampleStream(rate, SEND_RATE, 1, dtype="int16")
+        self._down = soxr.ResampleStream(SEND_RATE, rate, 1, dtype="int16")
+
     def update(self, offer: AudioOffer) -> None:
         """A re-INVITE: hold, resume, or a new address."""
         if (offer.address, offer.port) != (self.offer.address, self.offer.port):
             self.remote, self._latched = (offer.address, offer.port), False
         if offer.payload_type != self.offer.payload_type:
-            self._codec = get_codec(offer.payload_type)  # the answer to our offer chose
+            self._set_codec(offer.payload_type)  # the answer to our offer chose
             self._jitter.reset()
         self.offer = offer
         # a caller that holds us, or only listens, may send nothing for minutes
@@ -235,8 +239,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self._plc.update(pcm)
         self._deliver(pcm)
 
-    def _deliver(self, pcm8: bytes) -> None:
-        up = self._up.resample_chunk(np.frombuffer(pcm8, dtype="<i2"))
+    def _deliver(self, pcm: bytes) -> None:
+        up = self._up.resample_chunk(np.frombuffer(pcm, dtype="<i2"))
         if len(up):
             self.track.put(up)
 
@@ -252,7 +256,7 @@ class RtpSession(asyncio.DatagramProtocol):
 
     async def send_from(self, source: PacedAudioTrack) -> None:
         """Our audio to the caller, paced by ``source``, until it or we stop."""
-        per_packet = PHONE_RATE * self.offer.ptime // 1000
+        per_packet = self._codec.sample_rate * self.offer.ptime // 1000
         pending = np.zeros(0, dtype=np.int16)
         while self._transport is not None:
             try:
@@ -265,8 +269,8 @@ class RtpSession(asyncio.DatagramProtocol):
                 chunk, pending = pending[:per_packet], pending[per_packet:]
                 self._send(chunk)
 
-    def _send(self, pcm8: np.ndarray) -> None:
-        self._ts = (self._ts + len(pcm8)) & 0xFFFFFFFF
+    def _send(self, pcm: np.ndarray) -> None:
+        self._ts = (self._ts + RTP_CLOCK * self.offer.ptime // 1000) & 0xFFFFFFFF
         if self._transport is None or self.remote is None or not self.remote[1]:
             return
         if self.offer.on_hold:
@@ -277,7 +281,7 @@ class RtpSession(asyncio.DatagramProtocol):
             sequence_number=self._seq,
             timestamp=self._ts,
             ssrc=self._ssrc,
-            payload=self._codec.encode(pcm8.astype("<i2").tobytes()),
+            payload=self._codec.encode(pcm.astype("<i2").tobytes()),
         )
         self._first = False
         self._seq = (self._seq + 1) & 0xFFFF

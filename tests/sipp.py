@@ -56,17 +56,17 @@ def _rtp(pt: int, marker: bool, seq: int, ts: int, payload: bytes, ssrc: int = 0
     )
 
 
-def g711_packets(
-    pcm8k: np.ndarray, payload_type: int = 0
-) -> tuple[list[tuple[float, bytes]], bytes]:
-    """20 ms RTP packets of ``pcm8k`` (int16), and the encoded bytes (what we decode offline)."""
+def g711_packets(pcm: np.ndarray, payload_type: int = 0) -> tuple[list[tuple[float, bytes]], bytes]:
+    """20 ms RTP packets of ``pcm`` (int16 at the codec's rate: 8 kHz for G.711, 16 kHz
+    for G.722), and the encoded bytes (what we decode offline)."""
     codec = get_codec(payload_type)
-    encoded = codec.encode(pcm8k.astype("<i2").tobytes())
-    packets = []
-    for i in range(0, len(encoded) // 160):
-        payload = encoded[i * 160 : (i + 1) * 160]
-        packets.append((i * 0.02, _rtp(payload_type, i == 0, i, i * 160, payload)))
-    return packets, encoded
+    n = codec.sample_rate // 50  # samples in 20 ms
+    frames = [pcm[i : i + n] for i in range(0, len(pcm) - n + 1, n)]
+    payloads = [codec.encode(f.astype("<i2").tobytes()) for f in frames]
+    packets = [
+        (i * 0.02, _rtp(payload_type, i == 0, i, i * 160, p)) for i, p in enumerate(payloads)
+    ]
+    return packets, b"".join(payloads)
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,13 @@ def phone_stream(
 
 
 def decode_g711(encoded: bytes, payload_type: int = 0) -> np.ndarray:
-    return np.frombuffer(get_codec(payload_type).decode(encoded), dtype="<i2")
+    codec = get_codec(payload_type)
+    if payload_type == 9:  # G.722 keeps state: decode packet by packet, as a phone would
+        return np.concatenate(
+            [np.frombuffer(codec.decode(encoded[i : i + 160]), dtype="<i2")
+             for i in range(0, len(encoded), 160)]
+        )  # fmt: skip
+    return np.frombuffer(codec.decode(encoded), dtype="<i2")
 
 
 # -- scenarios ----------------------------------------------------------------------------
@@ -124,7 +130,12 @@ m=audio [media_port] RTP/AVP {codecs} 101
 a=fmtp:101 0-15
 a=ptime:20
 """
-RTPMAPS = {0: "a=rtpmap:0 PCMU/8000\n", 8: "a=rtpmap:8 PCMA/8000\n", 18: "a=rtpmap:18 G729/8000\n"}
+RTPMAPS = {
+    0: "a=rtpmap:0 PCMU/8000\n",
+    8: "a=rtpmap:8 PCMA/8000\n",
+    9: "a=rtpmap:9 G722/8000\n",
+    18: "a=rtpmap:18 G729/8000\n",
+}
 
 
 def _invite(branch: str, cseq: int, caller: str, codecs: tuple[int, ...], auth: str = "") -> str:

@@ -92,3 +92,14 @@ def test_hold_offers() -> None:
 def test_bad_offers(sdp: str, error: type[Exception]) -> None:
     with pytest.raises(error):
         parse_offer(sdp.encode())
+
+
+def test_wideband_preferred_and_in_our_offer() -> None:
+    wide = parse_offer(OFFER.replace("18 8 0 101", "0 9 101").replace(
+        "a=rtpmap:18 G729/8000", "a=rtpmap:9 G722/8000").encode())  # fmt: skip
+    assert (wide.codec, wide.payload_type) == ("G722", 9)
+    answer = SdpAnswerer("203.0.113.1", 30000).answer(wide).decode()
+    assert "m=audio 30000 RTP/AVP 9 101" in answer and "a=rtpmap:9 G722/8000" in answer
+    offer = SdpAnswerer("203.0.113.1", 30002).offer().decode()
+    assert "RTP/AVP 9 0 8 101" in offer
+    assert parse_offer(offer).codec == "G722"

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import websockets
 
+from media.wavtrack import read_wav_mono
 from tests import sipp, speech
 from tests.engine_proc import EngineProcess, free_port
 from tests.sniff import RtpSniffer
@@ -396,3 +397,28 @@ def test_engine_registers_to_the_carrier_and_refreshes(tmp_path: Path) -> None:
         assert "registered to sip:127.0.0.1 for 4 s" in engine.log.read_text()
     finally:
         engine.stop()
+
+
+def test_wideband_phone_g722(phone_engine: EngineProcess, tmp_path: Path) -> None:
+    """A G.722 phone is answered in G.722 (16 kHz audio); its transcript is as good as
+    decoding the same G.722 offline."""
+    wav = speech.piper_script(speech.CALM_SCRIPT, tmp_path / "calm48.wav")
+    wide = speech.sox(wav, tmp_path / "calm16k.wav", ["lowpass", "7000"], rate=16000)
+    pcm, _ = read_wav_mono(str(wide))
+    pcm = np.concatenate([np.zeros(8000, dtype=np.int16), pcm])
+    packets, encoded = sipp.g711_packets(pcm, payload_type=9)
+    pcap = sipp.write_pcap(tmp_path / "wide.pcap", packets)
+    scenario = sipp.call_scenario(sipp.play(pcap, len(packets) * 0.02 + 2.5), codecs=(9, 0))
+    result = sipp.run(scenario, tmp_path / "sipp", phone_engine.sip)
+    assert result.ok, result.output + result.errors
+    assert "a=rtpmap:9 G722/8000" in result.messages.split("SIP/2.0 200 OK", 1)[1]
+    [call] = sip_calls(phone_engine)
+    detail = wait_ended(phone_engine, call["id"])
+    assert detail["legs"][0]["codec"] == "G722"
+    heard = " ".join(u["text"] for u in detail["transcript"] if u["speaker"] == "caller")
+    offline = speech.recognise(sipp.decode_g711(encoded, 9), 16000)
+    reference = " ".join(speech.CALM_SCRIPT)
+    wer_engine, wer_offline = speech.wer(reference, heard), speech.wer(reference, offline)
+    print(f"G.722 WER through the engine {wer_engine:.1%}: {heard}")
+    print(f"G.722 WER offline {wer_offline:.1%}: {offline}")
+    assert wer_engine <= wer_offline + 0.05

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from aiosipua import parse_sdp
 
-# what we can decode, best first; G.711 is what every trunk and phone offers
-SUPPORTED = ("PCMU", "PCMA")
-STATIC = {0: "PCMU", 8: "PCMA"}
+# what we can decode, best first: G.722 is wideband (16 kHz audio, which the recognizer
+# hears better); G.711 is what every trunk and phone offers
+SUPPORTED = ("G722", "PCMU", "PCMA")
+STATIC = {0: "PCMU", 8: "PCMA", 9: "G722"}
 
 
 class SdpError(ValueError):
@@ -30,7 +31,7 @@ class AudioOffer:
     address: str
     port: int
     payload_type: int  # the codec we chose from the offer
-    codec: str  # "PCMU" | "PCMA"
+    codec: str  # "G722" | "PCMU" | "PCMA"
     dtmf_payload_type: int | None
     direction: str  # the offerer's: sendrecv, sendonly (holding us), recvonly, inactive
     ptime: int
@@ -65,17 +66,21 @@ def parse_offer(body: bytes | str) -> AudioOffer:
         raise SdpError("the audio offer has no address")
     if "RTP/AVP" not in audio.proto.upper() or "SAVP" in audio.proto.upper():
         raise NoCommonCodec(f"unsupported transport {audio.proto} (plain RTP/AVP only)")
-    chosen: tuple[int, str] | None = None
+    usable: list[tuple[int, str]] = []
     dtmf = None
     for c in audio.codecs:
         name = (c.encoding_name or STATIC.get(c.payload_type, "")).upper()
         if name == "TELEPHONE-EVENT" and c.clock_rate in (0, 8000) and dtmf is None:
             dtmf = c.payload_type
-        elif name in SUPPORTED and (c.clock_rate in (0, 8000)) and chosen is None:
-            chosen = (c.payload_type, name)
+        elif name in SUPPORTED and c.clock_rate in (0, 8000):  # G.722 says 8000 too
+            usable.append((c.payload_type, name))
+    # wideband whenever it is offered (the recognizer hears it better); between the two
+    # G.711 laws, the offerer's preference
+    wide = [u for u in usable if u[1] == "G722"]
+    chosen = (wide or usable)[0] if usable else None
     if chosen is None:
         offered = ", ".join(c.encoding_name or str(c.payload_type) for c in audio.codecs)
-        raise NoCommonCodec(f"no common codec (offered: {offered}; we take PCMU, PCMA)")
+        raise NoCommonCodec(f"no common codec (offered: {offered}; we take G722, PCMU, PCMA)")
     ptime_attr = audio.attributes.get("ptime", ["20"])
     try:
         ptime = int(float(ptime_attr[0])) if ptime_attr else 20
@@ -115,7 +120,7 @@ class SdpAnswerer:
         self.session_id = self.session_id or secrets.randbelow(2**31)
 
     def offer(self) -> bytes:
-        """Our offer for a call we place: G.711 both laws and telephone-event."""
+        """Our offer for a call we place: G.722, G.711 both laws and telephone-event."""
         self.version += 1
         return (
             "\r\n".join(
@@ -125,7 +130,8 @@ class SdpAnswerer:
                     "s=ccengine",
                     f"c=IN IP4 {self.local_ip}",
                     "t=0 0",
-                    f"m=audio {self.port} RTP/AVP 0 8 101",
+                    f"m=audio {self.port} RTP/AVP 9 0 8 101",
+                    "a=rtpmap:9 G722/8000",
                     "a=rtpmap:0 PCMU/8000",
                     "a=rtpmap:8 PCMA/8000",
                     "a=rtpmap:101 telephone-event/8000",
