@@ -124,6 +124,8 @@ HISTORY_LIMIT = 10
 
 
 class CallManager:
+    _warming: asyncio.Future[None] | None = None
+
     def __init__(self, settings: Settings, store: Store, bus: EventBus, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
@@ -171,6 +173,8 @@ class CallManager:
             load = getattr(factory, "load", None)
             if load is not None:
                 await loop.run_in_executor(self.executor, load)
+            if factory is not None:  # in the background: start-up does not wait for it
+                self._warming = loop.run_in_executor(self.executor, factory.warm, 2)
 
     async def load_queue_changes(self) -> None:
         """Queues changed through the API win over the queues file."""

@@ -83,3 +83,37 @@ def test_wer_helper() -> None:
     assert speech.wer("I am here", "i'm here") == 0
     assert speech.wer("a b c d", "a x c") == pytest.approx(0.5)
     assert np.isclose(speech.wer("one", ""), 1.0)
+
+
+def test_pocketsphinx_decoders_are_pooled_across_calls(tmp_path: Path) -> None:
+    """A hung-up call's decoder serves the next call (no model load), even when the
+    call ended mid-utterance, and it still recognises."""
+    factory = create_factory(choose_model("en", []))
+    assert factory is not None and factory.backend == "pocketsphinx"
+    wav = speech.piper_script(["I am calling about my order."], tmp_path / "order.wav")
+    pcm, rate = read_wav_mono(str(wav))
+    frames = [f.to_bytes() for f in AnalysisResampler().push(pcm, rate)]
+    first = factory.create()
+    for frame in frames[:20]:
+        first.accept(frame)  # hung up mid-sentence
+    decoder = first._dec  # type: ignore[attr-defined]
+    first.close()
+    second = factory.create()
+    assert second._dec is decoder  # type: ignore[attr-defined]
+    for frame in frames:
+        second.accept(frame)
+    assert "order" in second.finish().text
+    second.close()
+    second.close()  # closing twice returns it once
+    assert factory.create()._dec is decoder  # type: ignore[attr-defined]
+    assert factory.create()._dec is not decoder  # type: ignore[attr-defined]
+
+
+def test_a_decoder_still_decoding_is_not_pooled() -> None:
+    factory = create_factory(choose_model("en", []))
+    assert factory is not None
+    rec = factory.create()
+    decoder = rec._dec  # type: ignore[attr-defined]
+    rec._busy.acquire()  # type: ignore[attr-defined]  # a worker thread is inside accept()
+    rec.close()
+    assert factory.create()._dec is not decoder  # type: ignore[attr-defined]

@@ -49,3 +49,6 @@ class RecognizerFactory(abc.ABC):
     @abc.abstractmethod
     def create(self, phrases: list[str] | None = None) -> Recognizer:
         """A new recognizer; ``phrases`` restricts the vocabulary where supported."""
+
+    def warm(self, count: int) -> None:  # noqa: B027 - only backends with costly recognizers
+        """Make ``count`` recognizers ahead of the first calls, where that saves time."""

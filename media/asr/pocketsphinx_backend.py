@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 
 from pocketsphinx import Decoder
 
@@ -14,19 +16,34 @@ _FILLER = re.compile(r"^(<s>|</s>|<sil>|\[.*\]|\+\+.*\+\+)$")
 _ALT_PRON = re.compile(r"\(\d+\)$")
 
 
+MAX_IDLE_DECODERS = 16  # kept for the next calls; more are freed (~100 MB each)
+
+
+def _new_decoder(model_dir: str) -> Decoder:
+    return Decoder(
+        hmm=f"{model_dir}/en-us",
+        lm=f"{model_dir}/en-us.lm.bin",
+        dict=f"{model_dir}/cmudict-en-us.dict",
+        samprate=ANALYSIS_RATE,
+        loglevel="FATAL",
+    )
+
+
 class PocketsphinxRecognizer(Recognizer):
-    def __init__(self, model_dir: str) -> None:
-        self._dec = Decoder(
-            hmm=f"{model_dir}/en-us",
-            lm=f"{model_dir}/en-us.lm.bin",
-            dict=f"{model_dir}/cmudict-en-us.dict",
-            samprate=ANALYSIS_RATE,
-            loglevel="FATAL",
-        )
+    def __init__(self, decoder: Decoder, release: Callable[[Decoder], None]) -> None:
+        self._dec = decoder
+        self._release: Callable[[Decoder], None] | None = release
         self._in_utt = False
         self._last_partial = ""
+        # a decode may still run on a worker thread when a stuck call is torn down: such a
+        # decoder must not be handed to the next call
+        self._busy = threading.Lock()
 
     def accept(self, pcm: bytes) -> str | None:
+        with self._busy:
+            return self._accept(pcm)
+
+    def _accept(self, pcm: bytes) -> str | None:
         if not self._in_utt:
             self._dec.start_utt()
             self._in_utt = True
@@ -39,6 +56,10 @@ class PocketsphinxRecognizer(Recognizer):
         return None
 
     def finish(self) -> AsrResult:
+        with self._busy:
+            return self._finish()
+
+    def _finish(self) -> AsrResult:
         if not self._in_utt:
             return AsrResult("")
         self._dec.end_utt()
@@ -56,15 +77,46 @@ class PocketsphinxRecognizer(Recognizer):
         ]
         return AsrResult(" ".join(w.word for w in words), words)
 
+    def close(self) -> None:
+        """Back to the factory's pool: the next call starts without loading a model."""
+        release, self._release = self._release, None
+        if release is None or not self._busy.acquire(blocking=False):
+            return  # closed already, or still decoding on a thread: let it go
+        try:
+            if self._in_utt:
+                self._dec.end_utt()  # an utterance cut off by the hang-up: nobody wants it
+                self._in_utt = False
+            release(self._dec)
+        finally:
+            self._busy.release()
+
 
 class PocketsphinxFactory(RecognizerFactory):
+    """Building a decoder loads the model (0.28 CPU-s on the test machine), more than a
+    second of speech costs to decode; decoders are therefore pooled across calls."""
+
     backend = "pocketsphinx"
 
     def __init__(self, language: str, model_path: str) -> None:
         self.language = language
         self.model_path = model_path
+        self._idle: list[Decoder] = []
+        self._lock = threading.Lock()  # create/close run on executor threads
 
     def create(self, phrases: list[str] | None = None) -> Recognizer:
         # The shipped English model has no runtime grammar hook we rely on yet;
         # phrase lists are a vosk feature.
-        return PocketsphinxRecognizer(self.model_path)
+        with self._lock:
+            decoder = self._idle.pop() if self._idle else None
+        return PocketsphinxRecognizer(decoder or _new_decoder(self.model_path), self._release)
+
+    def warm(self, count: int) -> None:
+        """Build ``count`` decoders now (at start-up), so the first calls find them."""
+        fresh = [_new_decoder(self.model_path) for _ in range(count)]
+        with self._lock:
+            self._idle.extend(fresh)
+
+    def _release(self, decoder: Decoder) -> None:
+        with self._lock:
+            if len(self._idle) < MAX_IDLE_DECODERS:
+                self._idle.append(decoder)
