@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -85,18 +86,32 @@ class SipFront:
         self._tasks: set[asyncio.Task[None]] = set()
         self.port: int | None = None
         self.registration: RegistrationChanged | None = None  # to the trunk, if we do
+        self._trunk_peer: Peer | None = None
+        self._trunk_domain = ""
 
     async def start(self) -> int:
         port = await self.transport.start(self.settings.sip_host, self.settings.sip_port)
         self.endpoint.local_port = self.port = port
         log.info("SIP on %s:%d (UDP and TCP)", self.settings.sip_host, port)
         s = self.settings
+        if s.sip_trunk:
+            # resolved once here: a DNS lookup on every datagram would block the loop
+            host, _, port_text = (
+                s.sip_trunk.rpartition(":") if ":" in s.sip_trunk else (s.sip_trunk, "", "5060")
+            )
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, int(port_text or 5060), type=socket.SOCK_DGRAM
+            )
+            address = infos[0][4]
+            self._trunk_peer = Peer("UDP", str(address[0]), int(address[1]))
+            self._trunk_domain = f"{host}:{port_text}" if port_text else host
+            log.info("SIP trunk %s at %s:%d", s.sip_trunk, address[0], address[1])
         if s.sip_trunk and s.sip_trunk_register:
             if not (s.sip_trunk_username and s.sip_trunk_password):
                 raise NotAllowed("registering to the trunk needs its username and password")
             trunk = self._trunk()
             self.endpoint.register_to(
-                f"sip:{trunk.host}",
+                f"sip:{self._trunk_domain.split(':')[0]}",
                 s.sip_trunk_username,
                 trunk,
                 self._now(),
@@ -262,11 +277,9 @@ class SipFront:
     # -- calls we place ----------------------------------------------------------------
 
     def _trunk(self) -> Peer:
-        trunk = self.settings.sip_trunk
-        if not trunk:
+        if self._trunk_peer is None:
             raise NotAllowed("no SIP trunk is configured (CCENGINE_SIP_TRUNK)")
-        host, _, port = trunk.rpartition(":") if ":" in trunk else (trunk, "", "5060")
-        return Peer("UDP", host, int(port or 5060))
+        return self._trunk_peer
 
     async def dial(self, number: str) -> _PhoneCall:
         """Call ``number`` through the trunk; the answered call's peer, or DialFailed."""
@@ -283,7 +296,7 @@ class SipFront:
             if s.sip_trunk_username and s.sip_trunk_password
             else None
         )
-        uri = f"sip:{number}@{trunk.host}:{trunk.port}"
+        uri = f"sip:{number}@{self._trunk_domain}"  # the carrier's name, not its address
         sip_call_id = self.endpoint.invite(
             uri, trunk, answerer.offer(), self._now(), caller=s.sip_caller_id, auth=auth
         )
