@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                           settings.sip_host, settings.sip_port, exc)  # fmt: skip
                 sip = None
         app.state.sip = sip
+        calls.desk_phones = sip
         log.info("ccengine ready on http://%s:%s", settings.host, settings.port)
         try:
             yield

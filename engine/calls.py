@@ -25,6 +25,7 @@ import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -112,6 +113,9 @@ from media.vad import VadSettings
 from media.wavtrack import to_send_rate
 from media.webrtc import WebRtcLeg, pump_audio
 
+if TYPE_CHECKING:
+    from engine.sip import DeskPhones
+
 log = logging.getLogger(__name__)
 
 TEARDOWN_TIMEOUT = 10.0  # a stuck recognizer or disk must not keep a call open
@@ -125,6 +129,8 @@ HISTORY_LIMIT = 10
 
 class CallManager:
     _warming: asyncio.Future[None] | None = None
+    # rings agents' SIP desk phones along with their browser desk (engine/sip.py)
+    desk_phones: DeskPhones | None = None
 
     def __init__(self, settings: Settings, store: Store, bus: EventBus, metrics: Metrics) -> None:
         self.settings = settings
@@ -391,36 +397,56 @@ class CallManager:
         call = self.get(call_id)
         self.acd.ringing(user.id, call_id)  # before any media work: AcdError if not
         leg = Leg(str(uuid.uuid4()), "agent", "webrtc", user_id=user.id)
-        leg.peer = WebRtcLeg(on_ended=lambda reason: self._agent_leg_ended(call, leg))
+        peer = leg.peer = WebRtcLeg(on_ended=lambda reason: self._agent_leg_ended(call, leg))
         caller_peer = call.caller_leg().peer
         caller_camera = caller_peer is not None and caller_peer.video_in.track.done()
         try:
-            answer, _ = await leg.peer.answer(sdp, video=caller_camera)
+            answer, _ = await peer.answer(sdp, video=caller_camera)
         except BaseException:
-            await leg.peer.close()  # the offer keeps ringing: the agent may try again
+            await peer.close()  # the offer keeps ringing: the agent may try again
             raise
+        await self._bridge_agent(call, leg, codec=None)
+        return answer
+
+    async def accept_peer(
+        self, agent_id: str, call_id: str, peer: CallPeer, transport: str, codec: str
+    ) -> None:
+        """The agent answered on another device (their SIP desk phone): bridge it in."""
+        call = self.get(call_id)
+        self.acd.ringing(agent_id, call_id)
+        leg = Leg(str(uuid.uuid4()), "agent", transport, user_id=agent_id)
+        leg.peer = peer
+        await self._bridge_agent(call, leg, codec=codec)
+
+    async def _bridge_agent(self, call: Call, leg: Leg, codec: str | None) -> None:
+        assert leg.peer is not None and leg.user_id is not None
         now = time.monotonic()
         try:
             # it may have stopped ringing while we set up media (timeout, caller left)
-            actions = self.acd.accept(user.id, call_id, now)
+            actions = self.acd.accept(leg.user_id, call.id, now)
         except AcdError:
             await leg.peer.close()
             raise
+        self._stop_desk_phone(call.id)  # answered in the browser: the desk phone stops
         call.legs.append(leg)
-        call.agent_id, call.bridged_at = user.id, now
+        call.agent_id, call.bridged_at = leg.user_id, now
         await self.store.add(
-            LegRow(id=leg.id, call_id=call.id, role="agent", transport="webrtc", codec=None,
-                   user_id=user.id, created_at=utcnow())
+            LegRow(id=leg.id, call_id=call.id, role="agent", transport=leg.transport,
+                   codec=codec, user_id=leg.user_id, created_at=utcnow())
         )  # fmt: skip
         caller = call.caller_leg().peer
         if caller is not None:
             caller.outbound.clear()  # stop the queue announcement: a person is here
         await self._acd_actions(actions)
-        await self._transition(call, "accept", user.username, agent_id=user.id)
+        username = self._usernames.get(leg.user_id, "")
+        await self._transition(call, "accept", username, agent_id=leg.user_id)
         self._bridge_video(call)
         await self._queue_changed()
         call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
-        return answer
+
+    def _stop_desk_phone(self, call_id: str) -> None:
+        if self.desk_phones is not None:
+            self.desk_phones.stop_ringing(call_id)
 
     @staticmethod
     def _bridge_video(call: Call) -> None:
@@ -764,6 +790,7 @@ class CallManager:
 
     async def decline(self, user_id: str, call_id: str) -> None:
         actions = self.acd.decline(user_id, call_id, time.monotonic())
+        self._stop_desk_phone(call_id)
         self._publish(OfferWithdrawn(call_id=call_id, agent_id=user_id, reason="declined"))
         await self._acd_actions(actions)
 
@@ -996,7 +1023,12 @@ class CallManager:
                 )
             elif isinstance(a, Offer):
                 self._publish(self._offer(a))
+                if self.desk_phones is not None:
+                    call = self.calls[a.call_id]
+                    username = self._usernames.get(a.agent_id, "")
+                    self.desk_phones.ring(a.agent_id, username, a.call_id, call.caller)
             elif isinstance(a, OfferExpired):
+                self._stop_desk_phone(a.call_id)
                 self._publish(
                     OfferWithdrawn(call_id=a.call_id, agent_id=a.agent_id, reason="no_answer")
                 )
@@ -1109,6 +1141,7 @@ class CallManager:
         if waiting.offered_to is not None:
             withdrawn = OfferWithdrawn(call_id=call.id, agent_id=waiting.offered_to, reason=reason)
             self._publish(withdrawn)
+            self._stop_desk_phone(call.id)
         await self._acd_actions(self.acd.remove(call.id, time.monotonic()))
         await self._queue_changed()
 

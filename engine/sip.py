@@ -11,19 +11,22 @@ are forwarded to the call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from engine.callstate import NotAllowed, Overloaded
+from engine.acd import AcdError
+from engine.callstate import NotAllowed, Overloaded, UnknownCall
 from engine.config import Settings
 from media.rtp import RtpSession
 from media.sip import message as sm
 from media.sip.endpoint import (
     Admission,
+    Binding,
     CallCancelled,
     CallConfirmed,
     CallTerminated,
@@ -53,6 +56,14 @@ log = logging.getLogger(__name__)
 END_REASONS = {"remote_bye": "remote_closed", "no_ack": "no_ack"}
 
 
+class DeskPhones(Protocol):
+    """Agents' SIP desk phones, rung along with their browser desk."""
+
+    def ring(self, agent_id: str, username: str, call_id: str, caller: str | None) -> None: ...
+
+    def stop_ringing(self, call_id: str) -> None: ...
+
+
 class DialFailed(Exception):
     """A call we placed was not answered: the far end's status and reason."""
 
@@ -68,6 +79,7 @@ class _PhoneCall:
     call_id: str | None = None  # the engine's call, once created
     answerer: SdpAnswerer | None = None
     gone: bool = False  # cancelled or hung up while we were still setting up
+    agent: bool = False  # an agent's desk phone, not a caller
 
 
 class SipFront:
@@ -83,6 +95,7 @@ class SipFront:
         self.transport = SipTransport(self.endpoint, self._on_event)
         self._phone: dict[str, _PhoneCall] = {}
         self._dialing: dict[str, asyncio.Future[bytes]] = {}
+        self._desk_ringing: dict[str, str] = {}  # engine call id -> desk phone's Call-ID
         self._tasks: set[asyncio.Task[None]] = set()
         self.port: int | None = None
         self.registration: RegistrationChanged | None = None  # to the trunk, if we do
@@ -147,7 +160,10 @@ class SipFront:
             pc.gone = True
             if pc.peer is not None:
                 pc.peer.remote_ended = True
-            if pc.call_id is not None:
+            if pc.agent and pc.peer is not None:
+                # the agent hung up the desk phone: the leg ends, the call decides the rest
+                self._spawn(pc.peer.close())
+            elif pc.call_id is not None:
                 reason = (
                     "caller_cancelled"
                     if isinstance(ev, CallCancelled)
@@ -343,3 +359,65 @@ class SipFront:
             raise
         pc.call_id = call.id
         return call
+
+    # -- agents' desk phones --------------------------------------------------------------
+
+    def ring(self, agent_id: str, username: str, call_id: str, caller: str | None) -> None:
+        """An offer rings the agent: their registered desk phone rings too."""
+        bindings = self.endpoint.lookup(username, self._now())
+        if bindings and call_id not in self._desk_ringing:
+            self._spawn(self._ring_desk(agent_id, bindings[-1], call_id, caller))
+
+    def stop_ringing(self, call_id: str) -> None:
+        sip_call_id = self._desk_ringing.pop(call_id, None)
+        if sip_call_id is not None:
+            self.endpoint.hangup(sip_call_id, self._now())  # CANCEL while it rings
+            self.transport.flush()
+
+    async def _ring_desk(
+        self, agent_id: str, binding: Binding, call_id: str, caller: str | None
+    ) -> None:
+        rtp = RtpSession(NOT_YET, on_dtmf=lambda digit: None)
+        try:
+            port = await rtp.open(self.settings.sip_host)
+        except OSError as exc:
+            log.error("no RTP port to ring a desk phone: %s", exc)
+            return
+        answerer = SdpAnswerer(self.public_host, port)
+        shown = caller if caller and all(c.isalnum() or c in "+-_." for c in caller) else None
+        sip_call_id = self.endpoint.invite(
+            binding.contact, binding.peer, answerer.offer(), self._now(),
+            caller=shown or self.settings.sip_caller_id,
+        )  # fmt: skip
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._dialing[sip_call_id] = fut
+        self._desk_ringing[call_id] = sip_call_id
+        self.transport.flush()
+        try:
+            sdp = await fut  # the offer's own timeout cancels it (stop_ringing)
+        except DialFailed as exc:
+            rtp.close()
+            still_ours = self._desk_ringing.get(call_id) == sip_call_id
+            if still_ours:
+                del self._desk_ringing[call_id]
+            if still_ours and exc.status in (480, 486, 600, 603):
+                with contextlib.suppress(AcdError, UnknownCall):
+                    await self.calls.decline(agent_id, call_id)  # the agent pressed reject
+            return
+        self._desk_ringing.pop(call_id, None)
+        pc = _PhoneCall(sip_call_id, answerer=answerer, agent=True)
+        try:
+            answer = parse_offer(sdp)
+        except SdpError:
+            rtp.close()
+            self._hangup(sip_call_id)
+            return
+        rtp.update(answer)
+        pc.peer = SipPeer(rtp, hangup=lambda: self._hangup(sip_call_id))
+        self._phone[sip_call_id] = pc
+        try:
+            await self.calls.accept_peer(agent_id, call_id, pc.peer, "sip", answer.codec)
+        except (AcdError, UnknownCall):
+            await pc.peer.close()  # answered too late: the offer moved on
+            return
+        pc.call_id = call_id

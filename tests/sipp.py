@@ -326,15 +326,44 @@ def rejected_scenario(status: int, *, caller: str = "15551230001", password: str
     return _wrap("".join(steps))
 
 
-def trunk_uas_scenario(pcap: Path, user: str, password: str) -> str:
-    """A carrier trunk and the customer's phone behind it: challenge the INVITE, check the
-    credentials (403 when wrong), answer, play ``pcap``, wait for the engine's BYE."""
-    sdp = SDP.format(codecs="0", rtpmaps=RTPMAPS[0])
-    head = """[last_Via:]
+_UAS_HEAD = """[last_Via:]
 [last_From:]
 [last_To:];tag=[pid]u[call_number]
 [last_Call-ID:]
 [last_CSeq:]"""
+
+
+def _answer(pcap: Path) -> str:
+    """Ring, answer with our SDP, take the ACK, talk (``pcap``), wait for the BYE."""
+    sdp = SDP.format(codecs="0", rtpmaps=RTPMAPS[0])
+    return f"""<send><![CDATA[
+SIP/2.0 180 Ringing
+{_UAS_HEAD}
+Contact: <sip:phone@[local_ip]:[local_port]>
+Content-Length: 0
+
+]]></send>
+<send retrans="500"><![CDATA[
+SIP/2.0 200 OK
+{_UAS_HEAD}
+Contact: <sip:phone@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+{sdp}]]></send>
+<recv request="ACK"/>
+{play(pcap, 0)}{WAIT_BYE}"""
+
+
+def desk_phone_scenario(pcap: Path) -> str:
+    """An agent's desk phone: it rings, the agent picks up and talks."""
+    return _wrap(f'<recv request="INVITE"/>\n{_answer(pcap)}')
+
+
+def trunk_uas_scenario(pcap: Path, user: str, password: str) -> str:
+    """A carrier trunk and the customer's phone behind it: challenge the INVITE, check the
+    credentials (403 when wrong), answer, play ``pcap``, wait for the engine's BYE."""
+    head = _UAS_HEAD
     return _wrap(f"""<recv request="INVITE"/>
 <send><![CDATA[
 SIP/2.0 401 Unauthorized
@@ -356,23 +385,7 @@ Content-Length: 0
 ]]></send>
 <recv request="ACK" next="end"/>
 <label id="good"/>
-<send><![CDATA[
-SIP/2.0 180 Ringing
-{head}
-Contact: <sip:customer@[local_ip]:[local_port]>
-Content-Length: 0
-
-]]></send>
-<send retrans="500"><![CDATA[
-SIP/2.0 200 OK
-{head}
-Contact: <sip:customer@[local_ip]:[local_port]>
-Content-Type: application/sdp
-Content-Length: [len]
-
-{sdp}]]></send>
-<recv request="ACK"/>
-{play(pcap, 0)}{WAIT_BYE}<label id="end"/>
+{_answer(pcap)}<label id="end"/>
 """)
 
 

@@ -422,3 +422,61 @@ def test_wideband_phone_g722(phone_engine: EngineProcess, tmp_path: Path) -> Non
     print(f"G.722 WER through the engine {wer_engine:.1%}: {heard}")
     print(f"G.722 WER offline {wer_offline:.1%}: {offline}")
     assert wer_engine <= wer_offline + 0.05
+
+
+def test_agent_answers_on_a_registered_desk_phone(tmp_path: Path) -> None:
+    """Agent desk7 works from a SIP desk phone: it registers, the agent goes available,
+    a phone caller presses 0, the desk phone rings with the caller's number, the agent
+    picks up and talks (transcribed as the agent); the caller's hang-up ends both."""
+    engine = EngineProcess(
+        tmp_path / "engine",
+        CCENGINE_SIP_TRUNKS='["127.0.0.1"]',
+        CCENGINE_SIP_USERS='{"desk7": "s3cret-pass"}',
+        CCENGINE_IVR_PROMPT="",
+        CCENGINE_MEDIA_TIMEOUT="10",
+    ).start()
+    try:
+        engine.add_user("desk7", "pw-desk-7")
+        desk_port = free_port()
+        reg = sipp.run(
+            sipp.register_scenario("desk7", "s3cret-pass", 600), tmp_path / "reg",
+            engine.sip, local_ip="127.0.0.2", sip_port=desk_port,
+        )  # fmt: skip
+        assert reg.ok, reg.output + reg.errors
+        agent_wav = speech.piper_script(
+            ["Hello, this is the billing desk.", "I can see your order and I will fix it."],
+            tmp_path / "agent.wav",
+        )  # fmt: skip
+        pcap, _, _ = sipp.phone_pcap(agent_wav, tmp_path / "agent.pcap", repeat=3)
+        desk, desk_base = sipp.start(
+            sipp.desk_phone_scenario(pcap), tmp_path / "desk", None,
+            local_ip="127.0.0.2", sip_port=desk_port, timeout=90,
+        )  # fmt: skip
+
+        async def available() -> None:
+            http = await engine.agent("desk7", "pw-desk-7", "login", "available")
+            await http.aclose()
+
+        asyncio.run(available())
+        quiet = np.zeros(8000 * 25, dtype=np.int16)
+        keys = sipp.write_pcap(
+            tmp_path / "zero.pcap", sipp.phone_stream(quiet, [sipp.Key("0", 0.6)])
+        )
+        caller = sipp.run(
+            sipp.call_scenario(sipp.play(keys, 22.0)), tmp_path / "caller", engine.sip
+        )
+        assert caller.ok, caller.output + caller.errors
+        desk_result = sipp.finish(desk, desk_base)
+        assert desk_result.ok, desk_result.output + desk_result.errors
+        invite = desk_result.messages.split("INVITE sip:desk7@127.0.0.2", 1)[1]
+        assert "15551230001" in invite.split("\n\n", 1)[0]  # the caller's number shows
+        [call] = sip_calls(engine)
+        detail = wait_ended(engine, call["id"])
+        assert detail["state"] == "ended" and detail["end_reason"] == "remote_closed"
+        agent_leg = [leg for leg in detail["legs"] if leg["role"] == "agent"]
+        assert agent_leg and agent_leg[0]["transport"] == "sip"
+        said = " ".join(u["text"] for u in detail["transcript"] if u["speaker"] == "agent")
+        print("the agent said:", said)
+        assert {"billing", "desk", "order", "fix"} & set(speech.normalize(said)), said
+    finally:
+        engine.stop()
