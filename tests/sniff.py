@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 
 import numpy as np
 
@@ -20,7 +21,7 @@ class RtpSniffer:
     def __init__(self, port: int, payload_type: int = 0) -> None:
         self.port = port
         self.payload_type = payload_type
-        self.packets: dict[int, bytes] = {}  # extended sequence number -> payload
+        self.packets: dict[int, tuple[float, bytes]] = {}  # sequence -> (arrival, payload)
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(ETH_P_ALL))
         self._sock.bind(("lo", 0))
         self._sock.settimeout(0.2)
@@ -50,12 +51,24 @@ class RtpSniffer:
             if len(rtp) < 12 or rtp[0] >> 6 != 2 or rtp[1] & 0x7F != self.payload_type:
                 continue
             seq = struct.unpack("!H", rtp[2:4])[0]
-            self.packets[seq] = rtp[12:]
+            self.packets[seq] = (time.monotonic(), rtp[12:])
 
-    def stop(self) -> np.ndarray:
-        """Everything received, in sequence order, decoded to 8 kHz PCM."""
+    def stop(self, since: float = 0.0) -> np.ndarray:
+        """What arrived after ``since`` (time.monotonic()), in sequence order, decoded."""
         self._stop.set()
         self._thread.join(2)
         self._sock.close()
-        ordered = b"".join(self.packets[k] for k in sorted(self.packets))
+        ordered = b"".join(
+            self.packets[k][1] for k in sorted(self.packets) if self.packets[k][0] >= since
+        )
         return decode_g711(ordered, self.payload_type)
+
+
+def voiced_seconds(pcm: np.ndarray, rate: int = 8000, floor_dbfs: float = -40.0) -> float:
+    """How much of ``pcm`` is louder than ``floor_dbfs`` (20 ms frames): speech reached
+    the phone, whatever a recognizer makes of it."""
+    n = rate // 50
+    frames = pcm[: len(pcm) // n * n].reshape(-1, n).astype(np.float64)
+    rms = np.sqrt((frames**2).mean(axis=1)) / 32768.0
+    loud = rms > 10 ** (floor_dbfs / 20)
+    return float(loud.sum()) / 50
