@@ -482,3 +482,29 @@ def test_agent_answers_on_a_registered_desk_phone(tmp_path: Path) -> None:
         assert {"billing", "desk", "order", "fix"} & set(speech.normalize(said)), said
     finally:
         engine.stop()
+
+
+def test_full_engine_answers_503_with_retry_after(
+    phone_speech: dict[str, Any], tmp_path: Path
+) -> None:
+    engine = EngineProcess(
+        tmp_path / "engine",
+        CCENGINE_SIP_TRUNKS='["127.0.0.1"]',
+        CCENGINE_MAX_CONCURRENT_CALLS="1",
+        CCENGINE_IVR_PROMPT="",
+    ).start()
+    try:
+        first, base = sipp.start(
+            sipp.call_scenario(sipp.play(phone_speech["pcap"], 6.0)), tmp_path / "first",
+            engine.sip,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while not sip_calls(engine) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        second = sipp.run(sipp.rejected_scenario(503), tmp_path / "second", engine.sip)
+        assert second.ok, second.output + second.errors
+        assert "Retry-After: 30" in second.messages
+        assert sipp.finish(first, base).ok
+        assert len(sip_calls(engine)) == 1
+    finally:
+        engine.stop()
