@@ -274,6 +274,20 @@ Content-Length: 0
     )
 
 
+def _inviting(caller: str, password: str | None, codecs: tuple[int, ...]) -> tuple[list[str], int]:
+    """The INVITE, first answering a 401 with credentials when ``password`` is set;
+    the steps and the CSeq number of the INVITE that counts."""
+    if password is None:
+        return [_invite("z9hG4bK[pid]b[call_number]", 1, caller, codecs)], 1
+    auth = f"[authentication username={caller} password={password}]\n"
+    return [
+        _invite("z9hG4bK[pid]a[call_number]", 1, caller, codecs),
+        '<recv response="100" optional="true"/>\n<recv response="401" auth="true"/>\n',
+        _ack("z9hG4bK[pid]a[call_number]", 1, caller),
+        _invite("z9hG4bK[pid]b[call_number]", 2, caller, codecs, auth),
+    ], 2
+
+
 def call_scenario(
     *media: str,
     caller: str = "15551230001",
@@ -283,19 +297,7 @@ def call_scenario(
     bye_cseq: int | None = None,
 ) -> str:
     """INVITE (answering a 401 when ``password`` is set), ACK, the media steps, hang-up."""
-    steps = []
-    cseq = 1
-    if password is not None:
-        steps += [
-            _invite("z9hG4bK[pid]a[call_number]", 1, caller, codecs),
-            '<recv response="100" optional="true"/>\n<recv response="401" auth="true"/>\n',
-            _ack("z9hG4bK[pid]a[call_number]", 1, caller),
-        ]
-        auth = f"[authentication username={caller} password={password}]\n"
-        cseq = 2
-        steps.append(_invite("z9hG4bK[pid]b[call_number]", 2, caller, codecs, auth))
-    else:
-        steps.append(_invite("z9hG4bK[pid]b[call_number]", 1, caller, codecs))
+    steps, cseq = _inviting(caller, password, codecs)
     steps += [ANSWERED, _ack("z9hG4bK[pid]c[call_number]", cseq, caller), *media]
     steps.append(_bye(bye_cseq or cseq + 1, caller) if hangup == "caller" else WAIT_BYE)
     return _wrap("".join(steps))
@@ -305,19 +307,8 @@ def rejected_scenario(status: int, *, caller: str = "15551230001", password: str
                       codecs: tuple[int, ...] = (0,)) -> str:  # fmt: skip
     """An INVITE (with credentials after the 401 when ``password`` is set) that must get
     ``status``; the ACK for it carries the INVITE's branch, as RFC 3261 §17.1.1.3 asks."""
-    steps = []
-    branch, cseq = "z9hG4bK[pid]b[call_number]", 1
-    if password is not None:
-        steps += [
-            _invite("z9hG4bK[pid]a[call_number]", 1, caller, codecs),
-            '<recv response="100" optional="true"/>\n<recv response="401" auth="true"/>\n',
-            _ack("z9hG4bK[pid]a[call_number]", 1, caller),
-        ]
-        auth = f"[authentication username={caller} password={password}]\n"
-        cseq = 2
-        steps.append(_invite(branch, 2, caller, codecs, auth))
-    else:
-        steps.append(_invite(branch, 1, caller, codecs))
+    branch = "z9hG4bK[pid]b[call_number]"
+    steps, cseq = _inviting(caller, password, codecs)
     steps += [
         '<recv response="100" optional="true"/>\n<recv response="180" optional="true"/>\n',
         f'<recv response="{status}"/>\n',
