@@ -246,6 +246,7 @@ class Dialog:
     ok_giveup: float | None = None
     invite_key: tuple[str, str] | None = None
     reinvite_key: tuple[str, str] | None = None
+    outbound: bool = False  # we placed it (UAC): answered once it exists
 
 
 @dataclass(slots=True)
@@ -433,8 +434,8 @@ class SipEndpoint:
         d = self.dialogs.get(call_id)
         if d is None:
             return
-        if d.ok is None and out is None:
-            self.reject(call_id, 480, now)
+        if d.ok is None and not d.outbound:
+            self.reject(call_id, 480, now)  # still ringing here
             return
         self._bye(d, now)
 
@@ -798,6 +799,7 @@ class SipEndpoint:
                 state="confirmed",
                 route=list(reversed(resp.headers.get("record-route"))),
                 ok=None,
+                outbound=True,
             )
             self.dialogs[out.call_id] = d
             out.expire_at = now + TIMER_64T1  # absorb 200 retransmissions, then forget
