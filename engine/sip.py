@@ -322,6 +322,7 @@ class SipFront:
         try:
             sdp = await asyncio.wait_for(asyncio.shield(fut), s.callback_ring_timeout)
         except TimeoutError:
+            self._dialing.pop(sip_call_id, None)  # a late answer gets a BYE (_on_event)
             self.endpoint.cancel(sip_call_id, self._now())
             self.transport.flush()
             rtp.close()
