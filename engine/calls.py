@@ -788,6 +788,20 @@ class CallManager:
         agent = self.acd.agents.get(user_id)
         return agent.presence if agent else "offline"
 
+    def agent_named(self, username: str) -> str | None:
+        """The id of the signed-in agent with this username, if any."""
+        return next((uid for uid, name in self._usernames.items() if name == username), None)
+
+    async def ring_agent(self, call: Call, agent_id: str) -> None:
+        """A caller who dialled an agent directly: offer the call to that agent only (it
+        falls back to the queue if they do not answer)."""
+        call.escalation_reason = f"dialled {self._usernames.get(agent_id, 'an agent')} directly"
+        await self.store.update_call(call.id, escalation_reason=call.escalation_reason)
+        try:
+            await self._enqueue_for_person(call, None, agent=agent_id)
+        except AcdError:  # they signed out in the meantime: the queue takes the call
+            await self._enqueue_for_person(call, None)
+
     async def decline(self, user_id: str, call_id: str) -> None:
         actions = self.acd.decline(user_id, call_id, time.monotonic())
         self._stop_desk_phone(call_id)

@@ -208,10 +208,19 @@ class SipFront:
 
     async def _invite(self, ev: InviteReceived) -> None:
         req = ev.request
-        number = sm.uri_user(req.uri)
+        number = sm.uri_user(req.uri) or ""
+        direct = None  # an agent dialled by name: their desk phone's address of record
         if number not in self.settings.sip_numbers:
-            self._reject(ev.call_id, 404)
-            return
+            direct = self.calls.agent_named(number)
+            if direct is None or not self.endpoint.lookup(number, self._now()):
+                self._reject(ev.call_id, 404)
+                return
+            presence = self.calls.presence_of(direct)
+            if presence != "available":
+                # on a call (or about to be): busy; signed out or away: not reachable now
+                busy = presence in ("ringing", "on_call", "wrap_up")
+                self._reject(ev.call_id, 486 if busy else 480)
+                return
         try:
             offer = parse_offer(req.body)
         except NoCommonCodec as exc:
@@ -240,7 +249,9 @@ class SipFront:
         pc.answerer = SdpAnswerer(self.public_host, port)
         caller = sm.uri_user(sm.address_uri(req.headers.get_first("from") or "")) or None
         try:
-            call = await self.calls.create_phone_call(pc.peer, caller, codec=offer.codec)
+            call = await self.calls.create_phone_call(
+                pc.peer, caller, codec=offer.codec, menu=direct is None
+            )
         except Overloaded:
             pc.peer.remote_ended = True
             await pc.peer.close()
@@ -258,6 +269,8 @@ class SipFront:
             return
         self.endpoint.answer(ev.call_id, pc.answerer.answer(offer), self._now())
         self.transport.flush()
+        if direct is not None:
+            await self.calls.ring_agent(call, direct)
 
     def _reinvite(self, ev: ReinviteReceived) -> None:
         pc = self._phone.get(ev.call_id)

@@ -508,3 +508,59 @@ def test_full_engine_answers_503_with_retry_after(
         assert len(sip_calls(engine)) == 1
     finally:
         engine.stop()
+
+
+def test_caller_dials_an_agent_directly(tmp_path: Path) -> None:
+    """An agent's name reaches their registered desk phone: 480 while they are away,
+    their phone rings once they are available, 486 to the next caller while they talk."""
+    engine = EngineProcess(
+        tmp_path / "engine",
+        CCENGINE_SIP_TRUNKS='["127.0.0.1"]',
+        CCENGINE_SIP_USERS='{"desk7": "s3cret-pass"}',
+        CCENGINE_IVR_PROMPT="",
+        CCENGINE_MEDIA_TIMEOUT="10",
+    ).start()
+    try:
+        engine.add_user("desk7", "pw-desk-7")
+        desk_port = free_port()
+        reg = sipp.run(
+            sipp.register_scenario("desk7", "s3cret-pass", 600), tmp_path / "reg",
+            engine.sip, local_ip="127.0.0.2", sip_port=desk_port,
+        )  # fmt: skip
+        assert reg.ok, reg.output + reg.errors
+
+        async def presence(*events: str) -> None:
+            http = await engine.agent("desk7", "pw-desk-7", *events)
+            await http.aclose()
+
+        asyncio.run(presence("login"))  # signed in, away
+        away = sipp.run(sipp.rejected_scenario(480), tmp_path / "away", engine.sip,
+                        service="desk7")  # fmt: skip
+        assert away.ok, away.output + away.errors
+
+        asyncio.run(presence("available"))
+        quiet = np.zeros(8000 * 20, dtype=np.int16)
+        tone = sipp.write_pcap(tmp_path / "quiet.pcap", sipp.g711_packets(quiet)[0])
+        desk, desk_base = sipp.start(
+            sipp.desk_phone_scenario(tone), tmp_path / "desk", None,
+            local_ip="127.0.0.2", sip_port=desk_port, timeout=60,
+        )  # fmt: skip
+        first, first_base = sipp.start(
+            sipp.call_scenario(sipp.play(tone, 12.0)), tmp_path / "first", engine.sip,
+            service="desk7",
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if any(c["state"] == "bridged" for c in sip_calls(engine)):
+                break
+            time.sleep(0.3)
+        assert any(c["state"] == "bridged" for c in sip_calls(engine)), sip_calls(engine)
+        busy = sipp.run(sipp.rejected_scenario(486, caller="15550009999"), tmp_path / "busy",
+                        engine.sip, service="desk7")  # fmt: skip
+        assert busy.ok, busy.output + busy.errors
+        assert sipp.finish(first, first_base).ok
+        assert sipp.finish(desk, desk_base).ok
+        [call] = sip_calls(engine)
+        assert wait_ended(engine, call["id"])["escalation_reason"] == "dialled desk7 directly"
+    finally:
+        engine.stop()
