@@ -85,6 +85,15 @@ def test_phone_caller_transcribed_as_well_as_offline(
     assert wer_engine <= wer_offline + 0.05
     assert len(detail["transcript"]) >= 3  # several utterances, not one blob
     assert detail["emotion_timeline"], "phone callers get emotion analysis too"
+    # the same transcript as files
+    base = f"{phone_engine.url}/api/v1/calls/{call['id']}/transcript"
+    vtt = httpx.get(f"{base}.vtt")
+    assert vtt.headers["content-type"].startswith("text/vtt")
+    assert vtt.text.startswith("WEBVTT") and vtt.text.count(" --> ") == len(detail["transcript"])
+    txt = httpx.get(f"{base}.txt").text.splitlines()
+    assert len(txt) == len(detail["transcript"]) and txt[0].startswith("[00:")
+    assert httpx.get(f"{base}.json").json() == detail["transcript"]
+    assert httpx.get(f"{base}.pdf").status_code == 422
 
 
 async def _events(url: str, call_filter: str | None, out: list[dict[str, Any]]) -> None:

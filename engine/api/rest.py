@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.exceptions import HTTPException
 
+from engine import exports
 from engine.api.auth import MaybeAuthenticated
 from engine.api.schemas import (
     CallAnswer,
@@ -81,6 +82,30 @@ async def get_call(call_id: str, request: Request) -> CallDetail:
         notes=[NoteOut.model_validate(n, from_attributes=True) for n in found.notes],
         facts=call.facts or [],
     )
+
+
+EXPORTS = {"txt": "text/plain; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}
+
+
+@router.get(
+    "/calls/{call_id}/transcript.{fmt}",
+    tags=["calls"],
+    response_model=list[UtteranceOut],
+    responses={200: {"content": {v.split(";")[0]: {} for v in EXPORTS.values()}}},
+)
+async def export_transcript(
+    call_id: str, fmt: Literal["json", "txt", "vtt"], request: Request
+) -> Response | list[UtteranceOut]:
+    """The call's redacted transcript, both speakers, as JSON, plain text or WebVTT."""
+    found = await manager(request).store.get_call(call_id)
+    if found is None:
+        raise HTTPException(404, f"no call {call_id}")
+    lines = [UtteranceOut.model_validate(u, from_attributes=True) for u in found.utterances]
+    if fmt == "json":
+        return lines
+    body = exports.webvtt(lines) if fmt == "vtt" else exports.plain_text(lines)
+    disposition = f'attachment; filename="call-{call_id}.{fmt}"'
+    return Response(body, media_type=EXPORTS[fmt], headers={"Content-Disposition": disposition})
 
 
 @router.get("/escalation-rules", response_model=list[Rule], tags=["escalation"])
