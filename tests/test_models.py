@@ -59,3 +59,11 @@ def test_unknown_language_has_no_recognizer() -> None:
     assert choice.backend is None
     assert create_factory(choice) is None
     assert "not transcribed" in choice.note
+
+
+def test_a_language_that_is_no_tag_names_no_model() -> None:
+    from media.asr.models import choose_model
+
+    for bad in ("0.5", "../../etc", "en/../ko", "x" * 40, ""):
+        choice = choose_model(bad, [])
+        assert choice.backend is None and choice.path is None

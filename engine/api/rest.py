@@ -54,7 +54,7 @@ async def list_calls(
     request: Request,
     state: str | None = Query(None, description=f"one of {', '.join(STATES)}"),
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=1_000_000_000),
 ) -> CallList:
     if state is not None and state not in STATES:
         raise HTTPException(422, f"state must be one of {', '.join(STATES)}")

@@ -66,9 +66,16 @@ def vosk_cache_dirs() -> list[Path]:
     return dirs
 
 
+# a language tag (en, ko, pt-br, yue): anything else names no model, and must never become
+# a path to look in or a module to import
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})?$")
+
+
 def choose_model(language: str, model_dirs: Sequence[str | Path] = ()) -> ModelChoice:
     language = language.lower()
     looked: list[str] = []
+    if not _LANGUAGE.match(language):
+        return ModelChoice(language, None, None, looked)
     for folder in [*map(Path, model_dirs), *vosk_cache_dirs()]:
         looked.append(str(folder))
         if found := _search_folder(folder, language):
