@@ -15,7 +15,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -310,30 +310,36 @@ class SipFront:
             raise NotAllowed("no SIP trunk is configured (CCENGINE_SIP_TRUNK)")
         return self._trunk_peer
 
-    async def dial(self, number: str) -> _PhoneCall:
-        """Call ``number`` through the trunk; the answered call's peer, or DialFailed."""
-        trunk = self._trunk()
+    async def _call_out(
+        self,
+        uri: str,
+        peer: Peer,
+        *,
+        caller: str,
+        auth: tuple[str, str] | None = None,
+        ring_for: float | None = None,
+        agent: bool = False,
+        invited: Callable[[str], None] = lambda _sip_call_id: None,
+    ) -> _PhoneCall:
+        """INVITE ``uri`` at ``peer`` and wait for the answer: the answered call, or
+        DialFailed (503 no RTP port, 408 nobody answered in ``ring_for`` s, 488 an
+        answer we cannot use, or the far end's own refusal). ``invited`` learns the
+        Call-ID before any answer can arrive, so the caller of this can cancel it."""
         rtp = RtpSession(NOT_YET, on_dtmf=lambda digit: None)
         try:
             port = await rtp.open(self.settings.sip_host)
         except OSError as exc:
             raise DialFailed(503, f"no RTP port: {exc}") from None
         answerer = SdpAnswerer(self.public_host, port)
-        s = self.settings
-        auth = (
-            (s.sip_trunk_username, s.sip_trunk_password.get_secret_value())
-            if s.sip_trunk_username and s.sip_trunk_password
-            else None
-        )
-        uri = f"sip:{number}@{self._trunk_domain}"  # the carrier's name, not its address
         sip_call_id = self.endpoint.invite(
-            uri, trunk, answerer.offer(), self._now(), caller=s.sip_caller_id, auth=auth
+            uri, peer, answerer.offer(), self._now(), caller=caller, auth=auth
         )
+        invited(sip_call_id)
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._dialing[sip_call_id] = fut
         self.transport.flush()
         try:
-            sdp = await asyncio.wait_for(asyncio.shield(fut), s.callback_ring_timeout)
+            sdp = await asyncio.wait_for(asyncio.shield(fut), ring_for)
         except TimeoutError:
             self._dialing.pop(sip_call_id, None)  # a late answer gets a BYE (_on_event)
             self.endpoint.cancel(sip_call_id, self._now())
@@ -343,7 +349,6 @@ class SipFront:
         except DialFailed:
             rtp.close()
             raise
-        pc = _PhoneCall(sip_call_id, answerer=answerer)
         try:
             answer = parse_offer(sdp)
         except SdpError as exc:
@@ -351,10 +356,28 @@ class SipFront:
             rtp.close()
             raise DialFailed(488, str(exc)) from None
         rtp.update(answer)
+        pc = _PhoneCall(sip_call_id, answerer=answerer, agent=agent)
         pc.peer = SipPeer(rtp, hangup=lambda: self._hangup(sip_call_id))
-        rtp.on_dtmf = lambda digit: self._dtmf(pc, digit)
+        if not agent:  # an agent's keys are not the caller's menu choices
+            rtp.on_dtmf = lambda digit: self._dtmf(pc, digit)
         self._phone[sip_call_id] = pc
         return pc
+
+    async def dial(self, number: str) -> _PhoneCall:
+        """Call ``number`` through the trunk; the answered call's peer, or DialFailed."""
+        s = self.settings
+        auth = (
+            (s.sip_trunk_username, s.sip_trunk_password.get_secret_value())
+            if s.sip_trunk_username and s.sip_trunk_password
+            else None
+        )
+        return await self._call_out(
+            f"sip:{number}@{self._trunk_domain}",  # the carrier's name, not its address
+            self._trunk(),
+            caller=s.sip_caller_id,
+            auth=auth,
+            ring_for=s.callback_ring_timeout,
+        )
 
     async def place_callback(self, user: UserRow, callback_id: str) -> Call:
         """An agent calls back a customer who asked for it; the call rings that agent."""
@@ -391,46 +414,32 @@ class SipFront:
     async def _ring_desk(
         self, agent_id: str, binding: Binding, call_id: str, caller: str | None
     ) -> None:
-        rtp = RtpSession(NOT_YET, on_dtmf=lambda digit: None)
-        try:
-            port = await rtp.open(self.settings.sip_host)
-        except OSError as exc:
-            log.error("no RTP port to ring a desk phone: %s", exc)
-            return
-        answerer = SdpAnswerer(self.public_host, port)
         shown = caller if caller and all(c.isalnum() or c in "+-_." for c in caller) else None
-        sip_call_id = self.endpoint.invite(
-            binding.contact, binding.peer, answerer.offer(), self._now(),
-            caller=shown or self.settings.sip_caller_id,
-        )  # fmt: skip
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._dialing[sip_call_id] = fut
-        self._desk_ringing[call_id] = sip_call_id
-        self.transport.flush()
+        placed: list[str] = []
+
+        def invited(sip_call_id: str) -> None:
+            placed.append(sip_call_id)
+            self._desk_ringing[call_id] = sip_call_id
+
         try:
-            sdp = await fut  # the offer's own timeout cancels it (stop_ringing)
+            # no timeout of our own: the offer's timeout cancels it (stop_ringing)
+            pc = await self._call_out(
+                binding.contact, binding.peer, caller=shown or self.settings.sip_caller_id,
+                agent=True, invited=invited,
+            )  # fmt: skip
         except DialFailed as exc:
-            rtp.close()
-            still_ours = self._desk_ringing.get(call_id) == sip_call_id
+            still_ours = bool(placed) and self._desk_ringing.get(call_id) == placed[0]
             if still_ours:
                 del self._desk_ringing[call_id]
+            log.info("desk phone %s for call %s: %s", binding.contact, call_id, exc)
             if still_ours and exc.status in (480, 486, 600, 603):
                 with contextlib.suppress(AcdError, UnknownCall):
                     await self.calls.decline(agent_id, call_id)  # the agent pressed reject
             return
         self._desk_ringing.pop(call_id, None)
-        pc = _PhoneCall(sip_call_id, answerer=answerer, agent=True)
+        assert pc.peer is not None
         try:
-            answer = parse_offer(sdp)
-        except SdpError:
-            rtp.close()
-            self._hangup(sip_call_id)
-            return
-        rtp.update(answer)
-        pc.peer = SipPeer(rtp, hangup=lambda: self._hangup(sip_call_id))
-        self._phone[sip_call_id] = pc
-        try:
-            await self.calls.accept_peer(agent_id, call_id, pc.peer, "sip", answer.codec)
+            await self.calls.accept_peer(agent_id, call_id, pc.peer, "sip", pc.peer.rtp.offer.codec)
         except (AcdError, UnknownCall):
             await pc.peer.close()  # answered too late: the offer moved on
             return

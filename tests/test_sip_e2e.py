@@ -8,6 +8,7 @@ import json
 import random
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -437,10 +438,10 @@ def test_wideband_phone_g722(phone_engine: EngineProcess, tmp_path: Path) -> Non
     assert wer_engine <= wer_offline + 0.05
 
 
-def test_agent_answers_on_a_registered_desk_phone(tmp_path: Path) -> None:
-    """Agent desk7 works from a SIP desk phone: it registers, the agent goes available,
-    a phone caller presses 0, the desk phone rings with the caller's number, the agent
-    picks up and talks (transcribed as the agent); the caller's hang-up ends both."""
+@pytest.fixture
+def desk_engine(tmp_path: Path) -> Iterator[tuple[EngineProcess, int]]:
+    """An engine where agent desk7's SIP desk phone (127.0.0.2, the port given) has
+    registered with its password; the agent itself has not signed in yet."""
     engine = EngineProcess(
         tmp_path / "engine",
         CCENGINE_SIP_TRUNKS='["127.0.0.1"]',
@@ -456,46 +457,52 @@ def test_agent_answers_on_a_registered_desk_phone(tmp_path: Path) -> None:
             engine.sip, local_ip="127.0.0.2", sip_port=desk_port,
         )  # fmt: skip
         assert reg.ok, reg.output + reg.errors
-        agent_wav = speech.piper_script(
-            ["Hello, this is the billing desk.", "I can see your order and I will fix it."],
-            tmp_path / "agent.wav",
-        )  # fmt: skip
-        pcap, _, _ = sipp.phone_pcap(agent_wav, tmp_path / "agent.pcap", repeat=3)
-        desk, desk_base = sipp.start(
-            sipp.desk_phone_scenario(pcap), tmp_path / "desk", None,
-            local_ip="127.0.0.2", sip_port=desk_port, timeout=90,
-        )  # fmt: skip
-
-        async def available() -> None:
-            http = await engine.agent("desk7", "pw-desk-7", "login", "available")
-            await http.aclose()
-
-        asyncio.run(available())
-        quiet = np.zeros(8000 * 25, dtype=np.int16)
-        keys = sipp.write_pcap(
-            tmp_path / "zero.pcap", sipp.phone_stream(quiet, [sipp.Key("0", 0.6)])
-        )
-        caller = sipp.run(
-            sipp.call_scenario(sipp.play(keys, 22.0)), tmp_path / "caller", engine.sip
-        )
-        assert caller.ok, caller.output + caller.errors
-        desk_result = sipp.finish(desk, desk_base)
-        assert desk_result.ok, desk_result.output + desk_result.errors
-        invite = desk_result.messages.split("INVITE sip:desk7@127.0.0.2", 1)[1]
-        assert "15551230001" in invite.split("\n\n", 1)[0]  # the caller's number shows
-        [call] = sip_calls(engine)
-        detail = wait_ended(engine, call["id"])
-        assert detail["state"] == "ended" and detail["end_reason"] == "remote_closed"
-        agent_leg = [leg for leg in detail["legs"] if leg["role"] == "agent"]
-        assert agent_leg and agent_leg[0]["transport"] == "sip"
-        agent_said = [u["text"] for u in detail["transcript"] if u["speaker"] == "agent"]
-        print("the agent said:", agent_said)
-        # the desk phone's audio went through the agent's pipeline: utterances with words
-        # (the words themselves are pocketsphinx's guess at 8 kHz TTS; accuracy over
-        # G.711 is measured against offline decoding in test_phone_caller_transcribed...)
-        assert len([t for t in agent_said if t.strip()]) >= 2, agent_said
+        yield engine, desk_port
     finally:
         engine.stop()
+
+
+def test_agent_answers_on_a_registered_desk_phone(
+    desk_engine: tuple[EngineProcess, int], tmp_path: Path
+) -> None:
+    """Agent desk7 works from a SIP desk phone: it registers, the agent goes available,
+    a phone caller presses 0, the desk phone rings with the caller's number, the agent
+    picks up and talks (transcribed as the agent); the caller's hang-up ends both."""
+    engine, desk_port = desk_engine
+    agent_wav = speech.piper_script(
+        ["Hello, this is the billing desk.", "I can see your order and I will fix it."],
+        tmp_path / "agent.wav",
+    )  # fmt: skip
+    pcap, _, _ = sipp.phone_pcap(agent_wav, tmp_path / "agent.pcap", repeat=3)
+    desk, desk_base = sipp.start(
+        sipp.desk_phone_scenario(pcap), tmp_path / "desk", None,
+        local_ip="127.0.0.2", sip_port=desk_port, timeout=90,
+    )  # fmt: skip
+
+    async def available() -> None:
+        http = await engine.agent("desk7", "pw-desk-7", "login", "available")
+        await http.aclose()
+
+    asyncio.run(available())
+    quiet = np.zeros(8000 * 25, dtype=np.int16)
+    keys = sipp.write_pcap(tmp_path / "zero.pcap", sipp.phone_stream(quiet, [sipp.Key("0", 0.6)]))
+    caller = sipp.run(sipp.call_scenario(sipp.play(keys, 22.0)), tmp_path / "caller", engine.sip)
+    assert caller.ok, caller.output + caller.errors
+    desk_result = sipp.finish(desk, desk_base)
+    assert desk_result.ok, desk_result.output + desk_result.errors
+    invite = desk_result.messages.split("INVITE sip:desk7@127.0.0.2", 1)[1]
+    assert "15551230001" in invite.split("\n\n", 1)[0]  # the caller's number shows
+    [call] = sip_calls(engine)
+    detail = wait_ended(engine, call["id"])
+    assert detail["state"] == "ended" and detail["end_reason"] == "remote_closed"
+    agent_leg = [leg for leg in detail["legs"] if leg["role"] == "agent"]
+    assert agent_leg and agent_leg[0]["transport"] == "sip"
+    agent_said = [u["text"] for u in detail["transcript"] if u["speaker"] == "agent"]
+    print("the agent said:", agent_said)
+    # the desk phone's audio went through the agent's pipeline: utterances with words
+    # (the words themselves are pocketsphinx's guess at 8 kHz TTS; accuracy over
+    # G.711 is measured against offline decoding in test_phone_caller_transcribed...)
+    assert len([t for t in agent_said if t.strip()]) >= 2, agent_said
 
 
 def test_full_engine_answers_503_with_retry_after(
@@ -524,57 +531,43 @@ def test_full_engine_answers_503_with_retry_after(
         engine.stop()
 
 
-def test_caller_dials_an_agent_directly(tmp_path: Path) -> None:
+def test_caller_dials_an_agent_directly(
+    desk_engine: tuple[EngineProcess, int], tmp_path: Path
+) -> None:
     """An agent's name reaches their registered desk phone: 480 while they are away,
     their phone rings once they are available, 486 to the next caller while they talk."""
-    engine = EngineProcess(
-        tmp_path / "engine",
-        CCENGINE_SIP_TRUNKS='["127.0.0.1"]',
-        CCENGINE_SIP_USERS='{"desk7": "s3cret-pass"}',
-        CCENGINE_IVR_PROMPT="",
-        CCENGINE_MEDIA_TIMEOUT="10",
-    ).start()
-    try:
-        engine.add_user("desk7", "pw-desk-7")
-        desk_port = free_port()
-        reg = sipp.run(
-            sipp.register_scenario("desk7", "s3cret-pass", 600), tmp_path / "reg",
-            engine.sip, local_ip="127.0.0.2", sip_port=desk_port,
-        )  # fmt: skip
-        assert reg.ok, reg.output + reg.errors
+    engine, desk_port = desk_engine
 
-        async def presence(*events: str) -> None:
-            http = await engine.agent("desk7", "pw-desk-7", *events)
-            await http.aclose()
+    async def presence(*events: str) -> None:
+        http = await engine.agent("desk7", "pw-desk-7", *events)
+        await http.aclose()
 
-        asyncio.run(presence("login"))  # signed in, away
-        away = sipp.run(sipp.rejected_scenario(480), tmp_path / "away", engine.sip,
-                        service="desk7")  # fmt: skip
-        assert away.ok, away.output + away.errors
+    asyncio.run(presence("login"))  # signed in, away
+    away = sipp.run(sipp.rejected_scenario(480), tmp_path / "away", engine.sip,
+                    service="desk7")  # fmt: skip
+    assert away.ok, away.output + away.errors
 
-        asyncio.run(presence("available"))
-        quiet = np.zeros(8000 * 20, dtype=np.int16)
-        tone = sipp.write_pcap(tmp_path / "quiet.pcap", sipp.g711_packets(quiet)[0])
-        desk, desk_base = sipp.start(
-            sipp.desk_phone_scenario(tone), tmp_path / "desk", None,
-            local_ip="127.0.0.2", sip_port=desk_port, timeout=60,
-        )  # fmt: skip
-        first, first_base = sipp.start(
-            sipp.call_scenario(sipp.play(tone, 12.0)), tmp_path / "first", engine.sip,
-            service="desk7",
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if any(c["state"] == "bridged" for c in sip_calls(engine)):
-                break
-            time.sleep(0.3)
-        assert any(c["state"] == "bridged" for c in sip_calls(engine)), sip_calls(engine)
-        busy = sipp.run(sipp.rejected_scenario(486, caller="15550009999"), tmp_path / "busy",
-                        engine.sip, service="desk7")  # fmt: skip
-        assert busy.ok, busy.output + busy.errors
-        assert sipp.finish(first, first_base).ok
-        assert sipp.finish(desk, desk_base).ok
-        [call] = sip_calls(engine)
-        assert wait_ended(engine, call["id"])["escalation_reason"] == "dialled desk7 directly"
-    finally:
-        engine.stop()
+    asyncio.run(presence("available"))
+    quiet = np.zeros(8000 * 20, dtype=np.int16)
+    tone = sipp.write_pcap(tmp_path / "quiet.pcap", sipp.g711_packets(quiet)[0])
+    desk, desk_base = sipp.start(
+        sipp.desk_phone_scenario(tone), tmp_path / "desk", None,
+        local_ip="127.0.0.2", sip_port=desk_port, timeout=60,
+    )  # fmt: skip
+    first, first_base = sipp.start(
+        sipp.call_scenario(sipp.play(tone, 12.0)), tmp_path / "first", engine.sip,
+        service="desk7",
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(c["state"] == "bridged" for c in sip_calls(engine)):
+            break
+        time.sleep(0.3)
+    assert any(c["state"] == "bridged" for c in sip_calls(engine)), sip_calls(engine)
+    busy = sipp.run(sipp.rejected_scenario(486, caller="15550009999"), tmp_path / "busy",
+                    engine.sip, service="desk7")  # fmt: skip
+    assert busy.ok, busy.output + busy.errors
+    assert sipp.finish(first, first_base).ok
+    assert sipp.finish(desk, desk_base).ok
+    [call] = sip_calls(engine)
+    assert wait_ended(engine, call["id"])["escalation_reason"] == "dialled desk7 directly"
