@@ -70,8 +70,15 @@ def metric(text: str, name: str) -> float:
     return 0.0
 
 
-async def run_callers(url: str, wav: Path, n: int, proc: psutil.Process, engine: bool) -> Run:
-    async with httpx.AsyncClient(base_url=url) as http:
+async def run_callers(
+    url: str,
+    wav: Path,
+    n: int,
+    proc: psutil.Process,
+    engine: bool,
+    headers: dict[str, str] | None = None,
+) -> Run:
+    async with httpx.AsyncClient(base_url=url, headers=headers) as http:
         before_metrics = (await http.get("/metrics")).text if engine else ""
     rss0 = proc.memory_info().rss
     peak = rss0
@@ -101,7 +108,7 @@ async def run_callers(url: str, wav: Path, n: int, proc: psutil.Process, engine:
     duration = callers[0].track.duration
     run = Run(n, (cpu1 - cpu0) / (n * duration), (peak - rss0) / n / 2**20)
     if engine:
-        async with httpx.AsyncClient(base_url=url) as http:
+        async with httpx.AsyncClient(base_url=url, headers=headers) as http:
             after = (await http.get("/metrics")).text
         frames = metric(after, "ccengine_frames_processed_total") - metric(
             before_metrics, "ccengine_frames_processed_total"
@@ -174,7 +181,11 @@ async def main() -> None:
             eng_ps, base_ps = psutil.Process(engine.proc.pid), psutil.Process(base_proc.pid)
             for n in args.n:
                 print(f"N={n}: engine...", flush=True)
-                engine_runs.append(await run_callers(engine.url, wav, n, eng_ps, engine=True))
+                engine_runs.append(
+                    await run_callers(
+                        engine.url, wav, n, eng_ps, engine=True, headers=engine.headers
+                    )
+                )
                 print(f"N={n}: baseline...", flush=True)
                 base_runs.append(await run_callers(base_url, wav, n, base_ps, engine=False))
                 await asyncio.sleep(1)

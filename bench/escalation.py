@@ -52,13 +52,16 @@ def speech_end(wav: Path) -> float:
 class Desk:
     """The agent desk's event stream, with arrival times."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
         self.url = url.replace("http", "ws", 1) + "/api/v1/events"
+        self.headers = headers
         self.arrivals: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self.task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        async with websockets.connect(self.url, max_size=None) as ws:
+        async with websockets.connect(
+            self.url, max_size=None, additional_headers=self.headers
+        ) as ws:
             async for message in ws:
                 now = time.monotonic()
                 ev = json.loads(message)
@@ -101,7 +104,7 @@ async def measure(
 ) -> dict[str, list[float]]:
     agents = [await engine.agent(f"agent{i}", "bench-pw-1", "login", "available")
               for i in range(parallel)]  # fmt: skip
-    desk = Desk(engine.url)
+    desk = Desk(engine.url, engine.headers)
     desk.task = asyncio.create_task(desk.run())
     await asyncio.sleep(0.5)
     totals: list[float] = []

@@ -21,7 +21,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import httpx
 import psutil
 
 from bench.calls import OUT, Run, make_speech, metric, percentile, run_callers
@@ -73,7 +72,7 @@ def _rtts(workdir: Path) -> list[float]:
 async def sip_callers(
     engine: EngineProcess, pcap: Path, seconds: float, n: int, proc: psutil.Process, work: Path
 ) -> Run:
-    async with httpx.AsyncClient(base_url=engine.url) as http:
+    async with engine.http() as http:
         before = (await http.get("/metrics")).text
     rss0 = peak = proc.memory_info().rss
     cpu0 = sum(proc.cpu_times()[:2])
@@ -96,7 +95,7 @@ async def sip_callers(
             pass
     await asyncio.sleep(2.0)  # the last finals
     cpu1 = sum(proc.cpu_times()[:2])
-    async with httpx.AsyncClient(base_url=engine.url) as http:
+    async with engine.http() as http:
         after = (await http.get("/metrics")).text
     run = Run(n, (cpu1 - cpu0) / (n * seconds), (peak - rss0) / n / 2**20)
     frames = metric(after, "ccengine_frames_processed_total") - metric(
@@ -168,7 +167,9 @@ async def main() -> None:
                 sip_runs.append(await sip_callers(engine, pcap, seconds, n, ps, work))
                 await asyncio.sleep(2)
                 print(f"N={n}: WebRTC...", flush=True)
-                rtc_runs.append(await run_callers(engine.url, wav, n, ps, engine=True))
+                rtc_runs.append(
+                    await run_callers(engine.url, wav, n, ps, engine=True, headers=engine.headers)
+                )
                 await asyncio.sleep(2)
         finally:
             engine.stop()

@@ -9,19 +9,22 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from engine.api import agents, auth, desk, problems, rest, streams
+from engine.api import agents, audio, auth, desk, problems, rest, streams, webhooks
 from engine.api.schemas import Health
 from engine.calls import CallManager
 from engine.config import Settings
+from engine.eventlog import EventLog
 from engine.events import EventBus, utcnow
 from engine.metrics import Metrics
 from engine.sip import SipFront
 from engine.store.db import Store
 from engine.users import load_or_create_key
+from engine.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 WEB = Path(__file__).parent / "web"
@@ -33,10 +36,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     bus = EventBus()
     metrics = Metrics()
     calls = CallManager(settings, store, bus, metrics)
+    event_log = EventLog(store, bus, settings.event_retention_days)
+    sender = WebhookSender(
+        store,
+        max_attempts=settings.webhook_max_attempts,
+        retry_base=settings.webhook_retry_base,
+        retry_cap=settings.webhook_retry_cap,
+        timeout=settings.webhook_timeout,
+    )
+    event_log.on_deliveries = sender.wake
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await store.open()
+        await event_log.start()  # before anything publishes: ids continue the log's
+        sender.start()
         if orphans := await store.close_orphans(utcnow()):
             log.warning("marked %d calls left open by a previous run as ended", orphans)
         await calls.load_queue_changes()
@@ -61,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await calls.shutdown()  # BYE to every phone caller while SIP still runs
             if sip is not None:
                 await sip.stop()
+            await event_log.stop()  # the last events (call.ended) reach the log
+            await sender.stop()
             await store.close()
 
     app = FastAPI(
@@ -77,13 +93,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.calls = calls
     app.state.metrics = metrics
+    app.state.event_log = event_log
+    auth.install(app)
     problems.install(app)
     app.add_middleware(problems.BodyLimit, limit=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["Retry-After"],
+        )
     app.include_router(rest.router)
     app.include_router(auth.router)
     app.include_router(agents.router)
     app.include_router(desk.router)
     app.include_router(streams.router)
+    app.include_router(webhooks.router)
+    app.include_router(audio.router)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
 
     @app.get("/healthz", response_model=Health, tags=["system"])
@@ -91,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Health(active_calls=len(request.app.state.calls.calls))
 
     @app.get("/metrics", include_in_schema=False)
-    async def prometheus() -> Response:
+    async def prometheus(_p: auth.Reader) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)

@@ -65,6 +65,7 @@ from engine.escalation import CallEscalation, Decision, EmotionSample, Utterance
 from engine.events import (
     AgentPresenceChanged,
     AssistUpdated,
+    CallAnnotated,
     CallbackDone,
     CallbackRequested,
     CallEnded,
@@ -102,9 +103,10 @@ from engine.store.models import (
     UserRow,
     UtteranceRow,
 )
+from engine.users import Actor
 from media import events as me
 from media.asr import ModelChoice, RecognizerFactory, choose_model, create_factory
-from media.audio import downmix_int16
+from media.audio import PcmFrame, downmix_int16
 from media.holdmusic import hold_loop
 from media.peer import CallPeer
 from media.pipeline import LegPipeline
@@ -192,18 +194,18 @@ class CallManager:
         if not self.acd.queues:  # never start without a queue to put callers in
             self.acd.set_queue(DEFAULT_QUEUES[0])
 
-    async def set_queue(self, user: UserRow, config: QueueConfig) -> None:
+    async def set_queue(self, user: Actor, config: QueueConfig) -> None:
         self._supervisor(user)
         self.acd.set_queue(config)
         await self.store.save_queue(config.name, config.model_dump(), user.username, utcnow())
 
-    async def remove_queue(self, user: UserRow, name: str) -> None:
+    async def remove_queue(self, user: Actor, name: str) -> None:
         self._supervisor(user)
         self.acd.remove_queue(name)
         await self.store.save_queue(name, None, user.username, utcnow())
 
     @staticmethod
-    def _supervisor(user: UserRow) -> None:
+    def _supervisor(user: Actor) -> None:
         if user.role not in ("supervisor", "admin"):
             raise Forbidden("only supervisors and admins change queues")
 
@@ -356,6 +358,12 @@ class CallManager:
             vad=VadSettings(aggressiveness=self.settings.vad_aggressiveness),
         )
         await leg.pipeline.start()
+
+        def tap(frame: PcmFrame, role: str = leg.role) -> None:
+            for fork in call.forks:
+                fork(role, frame)
+
+        leg.pipeline.tap = tap
         if leg.role == "caller":
             call.tasks.append(asyncio.create_task(self._silence_clock(call, leg.pipeline)))
         frames = self.metrics.frames
@@ -810,8 +818,9 @@ class CallManager:
 
     # -- the agent's desk: controls on a live call, and after it --------------------
 
-    def _my_call(self, user: UserRow, call_id: str) -> Call:
-        """A live call this user may control: the agent on it, or a supervisor."""
+    def _my_call(self, user: Actor, call_id: str) -> Call:
+        """A live call this user may control: the agent on it, a supervisor, or a
+        program with a control key."""
         call = self.get(call_id)
         if user.role == "agent" and call.agent_id != user.id:
             raise Forbidden(f"call {call_id} is not on your line")
@@ -819,13 +828,13 @@ class CallManager:
             raise NotAllowed(f"call {call_id} is {call.state}, not with an agent")
         return call
 
-    async def mute(self, user: UserRow, call_id: str, muted: bool) -> None:
+    async def mute(self, user: Actor, call_id: str, muted: bool) -> None:
         call = self._my_call(user, call_id)
         if call.agent_muted != muted:
             call.agent_muted = muted
             self._publish(CallMuted(call_id=call.id, agent_id=call.agent_id or "", muted=muted))
 
-    async def hold(self, user: UserRow, call_id: str) -> None:
+    async def hold(self, user: Actor, call_id: str) -> None:
         call = self._my_call(user, call_id)
         if call.state == "held":
             return
@@ -839,7 +848,7 @@ class CallManager:
             caller.outbound.set_background(hold_loop())
         await self.say(call, HOLD_PROMPT, while_state="held")
 
-    async def resume(self, user: UserRow, call_id: str) -> None:
+    async def resume(self, user: Actor, call_id: str) -> None:
         call = self._my_call(user, call_id)
         if call.state == "bridged":
             return
@@ -852,7 +861,7 @@ class CallManager:
 
     async def transfer(
         self,
-        user: UserRow,
+        user: Actor,
         call_id: str,
         *,
         queue: str | None = None,
@@ -1078,6 +1087,33 @@ class CallManager:
                 await self._acd_actions(self.acd.tick(time.monotonic()))
             except Exception:  # a failing store must not stop the timers of every call
                 log.exception("ACD timer step failed")
+
+    async def annotate(self, actor: Actor, call_id: str, text: str) -> NoteRow:
+        """A note on a call, live or ended: stored with it and published."""
+        if call_id not in self.calls and await self.store.get_call(call_id) is None:
+            raise UnknownCall(call_id)
+        note = NoteRow(
+            call_id=call_id, author_id=actor.id, author=actor.username, kind="note",
+            text=self.redactor.redact(text).text, disposition=None, created_at=utcnow(),
+        )  # fmt: skip
+        await self.store.add(note)
+        self._publish(CallAnnotated(call_id=call_id, author=actor.username, text=note.text))
+        return note
+
+    async def play(self, call_id: str, text: str) -> float:
+        """Speak ``text`` to a live caller (after what is already playing); the seconds
+        queued ahead of it."""
+        call = self.get(call_id)
+        peer = call.caller_leg().peer
+        if self.speaker is None:
+            raise NotAllowed("no text-to-speech voice is installed (piper or espeak-ng)")
+        if peer is None or call.state == "held":
+            raise NotAllowed(f"call {call_id} is {call.state}: the caller cannot hear a prompt")
+        ahead = peer.outbound.queued_seconds
+        done = await self.say(call, text)
+        if done is not None and done.done() and done.exception() is not None:
+            raise NotAllowed(f"cannot play now: {done.exception()}")
+        return ahead
 
     async def say(
         self, call: Call, text: str, while_state: str | tuple[str, ...] | None = None

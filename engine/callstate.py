@@ -26,6 +26,7 @@ A call is created when a caller's offer arrives and lives through:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -33,6 +34,7 @@ from engine.assist.facts import Fact, FactSheet
 from engine.escalation import CallEscalation
 from media import events as me
 from media.asr import ModelChoice
+from media.audio import PcmFrame
 from media.peer import CallPeer
 from media.pipeline import LegPipeline
 
@@ -163,6 +165,8 @@ class Call:
     new_facts: list[Fact] = field(default_factory=list)  # not yet in an assist.updated
     caller_said: list[str] = field(default_factory=list)  # redacted caller finals
     utterance_ids: dict[tuple[str, int], str] = field(default_factory=dict)
+    # audio forks listening to this call: each gets (speaker role, 20 ms 16 kHz frame)
+    forks: list[Callable[[str, PcmFrame], None]] = field(default_factory=list)
 
     def next_state(self, event: str) -> str:
         try:

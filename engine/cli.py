@@ -23,6 +23,9 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request's full URL at INFO: a webhook URL's query may hold the
+    # receiver's own token. Our webhook log lines name scheme, host and port only.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -128,6 +131,117 @@ def _users_add(args: argparse.Namespace) -> int:
     return asyncio.run(add())
 
 
+def _store_settings(args: argparse.Namespace) -> Settings:
+    return Settings(**({"database_url": args.db} if args.db else {}))
+
+
+def _keys(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from engine.events import utcnow
+    from engine.keys import new_key
+    from engine.store.db import Store
+    from engine.store.models import ApiKeyRow
+
+    settings = _store_settings(args)
+
+    async def run() -> int:
+        store = Store(settings.database_url)
+        try:
+            await store.open()
+            if args.keys_command == "create":
+                key = new_key()
+                scopes = sorted(set(args.scope or ["read"]))
+                rate = args.rate or settings.rate_per_minute
+                await store.add(
+                    ApiKeyRow(
+                        id=key.id, name=args.name, scopes=scopes, secret_hash=key.secret_hash,
+                        rate_per_minute=rate, created_at=utcnow(),
+                    )
+                )  # fmt: skip
+                if args.quiet:
+                    print(key.token)
+                else:
+                    print(f"created key {key.id} ({args.name}): {', '.join(scopes)}, "
+                          f"{rate} requests a minute")  # fmt: skip
+                    print(f"  {key.token}")
+                    print("  shown once: store it now; send it as 'Authorization: Bearer <key>'")
+                return 0
+            if args.keys_command == "revoke":
+                if not await store.revoke_api_key(args.id, utcnow()):
+                    print(f"error: no live key {args.id}", file=sys.stderr)
+                    return 1
+                print(f"revoked key {args.id}")
+                return 0
+            rows = await store.api_keys()
+            if args.json:
+                print(json.dumps([
+                    {"id": r.id, "name": r.name, "scopes": r.scopes,
+                     "rate_per_minute": r.rate_per_minute,
+                     "created_at": r.created_at.isoformat(),
+                     "last_used_at": r.last_used_at.isoformat() if r.last_used_at else None,
+                     "revoked": r.revoked_at is not None}
+                    for r in rows
+                ], indent=2))  # fmt: skip
+                return 0
+            for r in rows:
+                state = "revoked" if r.revoked_at else "live"
+                used = r.last_used_at.strftime("%Y-%m-%d %H:%M") if r.last_used_at else "never"
+                print(f"{r.id}  {state:7}  {','.join(r.scopes):19}  used {used:16}  {r.name}")
+            if not rows:
+                print("no API keys; create one with: ccengine keys create NAME --scope read")
+            return 0
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _api(args: argparse.Namespace) -> int:
+    """The commands that talk to a running engine, through the typed client."""
+    import asyncio
+    import os
+
+    from engine.client import ApiError, Client, dump
+
+    key = os.environ.get("CCENGINE_API_KEY")
+    if not key:
+        print("error: set CCENGINE_API_KEY (create one with: ccengine keys create NAME)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+
+    async def run() -> int:
+        async with Client(args.url, api_key=key) as cc:
+            if args.command == "calls":
+                listed = await cc.calls(state=args.state, limit=args.limit)
+                for c in listed.calls:
+                    print(f"{c.id}  {c.created_at:%Y-%m-%d %H:%M}  {c.channel:6}  {c.state:9}  "
+                          f"{c.emotion or '-':8}  {c.caller or ''}")  # fmt: skip
+            elif args.command == "call":
+                print(dump(await cc.call(args.id)))
+            elif args.command == "events":
+                async for event in cc.events(args.call, after=args.after):
+                    print(json.dumps(event), flush=True)
+            elif args.webhooks_command == "add":
+                print(dump(await cc.create_webhook(args.target, args.events)))
+            elif args.webhooks_command == "list":
+                print(dump(await cc.webhooks()))
+            elif args.webhooks_command == "remove":
+                await cc.delete_webhook(args.id)
+                print(f"removed webhook {args.id}")
+            else:
+                print(dump(await cc.deliveries(args.id, args.status)))
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ccengine", description="contact-center engine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +263,46 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--name", help="display name")
     add.add_argument("--db", help="SQLAlchemy URL (default: the configured database)")
     add.set_defaults(func=_users_add)
+    keys = sub.add_parser("keys", help="API keys for developers (read, control, admin)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key; it is printed once")
+    create.add_argument("name", help="what the key is for, e.g. crm-sync")
+    create.add_argument(
+        "--scope", action="append", choices=["read", "control", "admin"],
+        help="repeat for several (default: read); admin includes control, control read",
+    )  # fmt: skip
+    create.add_argument("--rate", type=int, help="requests a minute (default 600)")
+    create.add_argument("--quiet", action="store_true", help="print only the key")
+    listing = keys_sub.add_parser("list", help="keys, their scopes and last use")
+    listing.add_argument("--json", action="store_true")
+    revoke = keys_sub.add_parser("revoke", help="refuse a key from now on")
+    revoke.add_argument("id", help="the key's id (the part after cck_)")
+    for p in (create, listing, revoke):
+        p.add_argument("--db", help="SQLAlchemy URL (default: the configured database)")
+        p.set_defaults(func=_keys)
+    url = "the engine (default http://127.0.0.1:8080); the key comes from CCENGINE_API_KEY"
+    calls = sub.add_parser("calls", help="list calls of a running engine")
+    calls.add_argument("--state", help="only calls in this state (queued, bridged, ...)")
+    calls.add_argument("--limit", type=int, default=20)
+    call = sub.add_parser("call", help="one call, with transcript, emotions and notes (JSON)")
+    call.add_argument("id")
+    events = sub.add_parser("events", help="follow events as JSON lines (resumes by itself)")
+    events.add_argument("--call", help="one call's events (default: all)")
+    events.add_argument("--after", type=int, default=0, help="resume after this event id")
+    hooks = sub.add_parser("webhooks", help="webhook subscriptions (admin key)")
+    hooks_sub = hooks.add_subparsers(dest="webhooks_command", required=True)
+    hook_add = hooks_sub.add_parser("add", help="subscribe a URL; prints its signing secret")
+    hook_add.add_argument("target", help="https://… receiver")
+    hook_add.add_argument("events", nargs="+", help="event types, or '*'")
+    hooks_sub.add_parser("list", help="subscriptions")
+    hook_rm = hooks_sub.add_parser("remove", help="stop a subscription")
+    hook_rm.add_argument("id")
+    hook_log = hooks_sub.add_parser("deliveries", help="a subscription's delivery log")
+    hook_log.add_argument("id")
+    hook_log.add_argument("--status", choices=["pending", "delivered", "failed"])
+    for p in (calls, call, events, *hooks_sub.choices.values()):
+        p.add_argument("--url", default="http://127.0.0.1:8080", help=url)
+        p.set_defaults(func=_api)
     phone = sub.add_parser("phone", help="the desktop softphone for an agent")
     phone.add_argument("--agent", required=True, help="username (password from the terminal)")
     phone.add_argument("--url", default="http://127.0.0.1:8080", help="the engine")

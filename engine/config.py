@@ -55,6 +55,24 @@ class Settings(BaseSettings):
     secret_key_file: str = "./.ccengine-secret"
     token_ttl: int = Field(12 * 3600, ge=60, description="seconds a login stays valid")
     log_level: str = "INFO"
+    # Anyone may start an in-app call (as anyone may dial a phone number). False: only
+    # holders of a control key, or of a caller token your backend asked us for.
+    public_calls: bool = True
+    caller_token_ttl: int = Field(4 * 3600, ge=60, description="seconds")
+    # Requests a minute per API key (unless the key says otherwise), person and call;
+    # and per address for requests without credentials (sign-in, starting calls).
+    rate_per_minute: int = Field(600, ge=1)
+    anonymous_rate_per_minute: int = Field(120, ge=1)
+    # Origins (https://app.example.com) whose pages may call the API with credentials.
+    cors_origins: list[str] = Field(default_factory=list)
+    # Days the event log keeps events for streams to resume from.
+    event_retention_days: float = Field(7.0, gt=0)
+    # Webhook deliveries: tries, then exponential backoff base and cap in seconds (full
+    # jitter), and how long one try may take.
+    webhook_max_attempts: int = Field(10, ge=1, le=50)
+    webhook_retry_base: float = Field(2.0, gt=0)
+    webhook_retry_cap: float = Field(3600.0, gt=0)
+    webhook_timeout: float = Field(10.0, gt=0, le=60)
 
     # SIP phone calls (UDP and TCP on one port).
     sip_enabled: bool = True

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -225,6 +225,14 @@ class DtmfReceived(EventBase):
     menu: str | None = None
 
 
+class CallAnnotated(EventBase):
+    """Someone (a person, or a program with a key) wrote a note on the call."""
+
+    type: Literal["call.annotated"] = "call.annotated"
+    author: str
+    text: str
+
+
 class CallEnded(EventBase):
     type: Literal["call.ended"] = "call.ended"
     reason: str
@@ -250,6 +258,7 @@ Event = Annotated[
     | CallbackDone
     | SupervisorAlert
     | DtmfReceived
+    | CallAnnotated
     | CallEnded,
     Field(discriminator="type"),
 ]
@@ -273,6 +282,7 @@ EVENT_TYPES = [
     "callback.done",
     "supervisor.alert",
     "dtmf.received",
+    "call.annotated",
     "call.ended",
 ]
 
@@ -315,10 +325,21 @@ class EventBus:
         self._subs: set[Subscription] = set()
         self.lagged_subscribers = 0
         self.last_id = 0
+        # called with each event as it is published, before any subscriber sees it
+        self.sinks: list[Callable[[EventBase], None]] = []
+
+    def continue_from(self, first_id: int) -> None:
+        """Number the next event ``first_id`` (ids from a durable log's reservation)."""
+        if first_id <= self.last_id:
+            raise ValueError(f"event ids must grow: {first_id} <= {self.last_id}")
+        self._ids = itertools.count(first_id)
+        self.last_id = first_id - 1
 
     def publish(self, event: EventBase) -> EventBase:
         event.id = self.last_id = next(self._ids)
         self._ring.append(event)
+        for sink in self.sinks:
+            sink(event)
         for sub in list(self._subs):
             sub.offer(event)
         return event

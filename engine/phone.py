@@ -98,6 +98,7 @@ class Phone:
         if r.status_code != 200:
             raise PhoneError(f"sign-in refused: {r.json().get('detail', r.status_code)}")
         self.me = r.json()["user"]
+        self.token = r.json()["token"]
         if self.me["role"] != "agent":
             raise PhoneError(f"{self.o.username} is a {self.me['role']}, not an agent")
         with contextlib.suppress(PhoneError):  # already signed in elsewhere: fine
@@ -110,7 +111,10 @@ class Phone:
         last = 0
         while True:
             try:
-                async with websockets.connect(f"{ws_url}?after={last}") as ws:
+                auth = {"Authorization": f"Bearer {self.token}"}
+                async with websockets.connect(
+                    f"{ws_url}?after={last}", additional_headers=auth
+                ) as ws:
                     async for message in ws:
                         event = json.loads(message)
                         last = max(last, event["id"])

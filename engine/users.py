@@ -2,8 +2,9 @@
 
 Passwords are hashed with argon2id (argon2-cffi's defaults). A login that fails
 says the same thing, and takes the same time, whether or not the user exists.
-Tokens are short-lived JWTs (HS256) naming the user and role; the pages carry
-them in an HttpOnly cookie, API clients as a Bearer header.
+Tokens are short-lived JWTs (HS256) naming the user and role, or, for callers, the
+one call they may reach; the pages carry them in HttpOnly cookies, API clients as a
+Bearer header.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import jwt
 from argon2 import PasswordHasher
@@ -43,6 +44,29 @@ def verify_password(password_hash: str | None, password: str) -> bool:
         return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
+
+
+class Actor(Protocol):
+    """Whoever acts on a call or a queue: a person (UserRow), or a program (ApiActor)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def username(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ApiActor:
+    """An API key acting on calls: like a supervisor on every call (control scope);
+    only an admin key changes queues."""
+
+    id: str  # "key:<key id>"
+    username: str  # "api:<key name>", as notes and events name who did it
+    role: str  # "operator" or "admin"
 
 
 @dataclass(frozen=True)
@@ -75,6 +99,30 @@ def read_token(token: str, key: str) -> Identity:
     if claims.get("role") not in ROLES:
         raise AuthError("invalid token")
     return Identity(str(claims["sub"]), str(claims.get("name", "")), claims["role"])
+
+
+CALLER = "caller"
+
+
+def issue_caller_token(call_id: str, key: str, ttl: int, now: float | None = None) -> str:
+    """A token that reaches one call only: its events, its record, hanging it up."""
+    now = time.time() if now is None else now
+    claims = {"sub": f"call:{call_id}", "kind": CALLER, "call": call_id,
+              "iat": int(now), "exp": int(now + ttl)}  # fmt: skip
+    return jwt.encode(claims, key, algorithm=ALGORITHM)
+
+
+def read_caller_token(token: str, key: str) -> str:
+    """The call a caller token is for."""
+    try:
+        claims = jwt.decode(token, key, algorithms=[ALGORITHM], options={"require": ["exp"]})
+    except jwt.ExpiredSignatureError:
+        raise AuthError("caller token expired") from None
+    except jwt.InvalidTokenError:
+        raise AuthError("invalid token") from None
+    if claims.get("kind") != CALLER or not isinstance(claims.get("call"), str):
+        raise AuthError("invalid token")
+    return str(claims["call"])
 
 
 def load_or_create_key(path: Path | str) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from media.asr.base import AsrResult, Recognizer, RecognizerFactory, Word
-from media.audio import AnalysisResampler
+from media.audio import AnalysisResampler, PcmFrame
 from media.emotion import EmotionTracker, prosody
 from media.events import (
     EmotionEstimated,
@@ -78,6 +78,8 @@ class LegPipeline:
         self._tracker = EmotionTracker()
         self._worker: asyncio.Task[None] | None = None
         self.frames_in = 0
+        # sees every 20 ms frame of 16 kHz audio as it arrives (the audio fork)
+        self.tap: Callable[[PcmFrame], None] | None = None
         self.dropped_chunks = 0
         self.seconds_in = 0.0
 
@@ -95,6 +97,8 @@ class LegPipeline:
         frames = self._resampler.push(pcm, sample_rate, channels)
         now = time.monotonic()
         for frame in frames:
+            if self.tap is not None:
+                self.tap(frame)
             self.frames_in += 1
             self.seconds_in = frame.end
             for ev in self._segmenter.push(frame):

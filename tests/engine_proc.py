@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -36,13 +36,36 @@ class EngineProcess:
             "CCENGINE_MODEL_DIRS": "[]",
             "CCENGINE_SECRET_KEY_FILE": str(workdir / "secret"),
             "CCENGINE_SIP_PORT": str(self.sip_port),
+            # tests start many calls and sign-ins from one address
+            "CCENGINE_ANONYMOUS_RATE_PER_MINUTE": "100000",
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: BinaryIO | None = None
+        self.api_key = ""  # an admin key, made at the first start
+
+    def ccengine(self, *args: str, stdin: str = "") -> str:
+        """Run the ``ccengine`` CLI against this engine's database; its output."""
+        result = subprocess.run(
+            [sys.executable, "-m", "engine.cli", *args, "--db", f"sqlite+aiosqlite:///{self.db}"],
+            cwd=ROOT, input=stdin, capture_output=True, text=True, env=self.env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def http(self, **kwargs: Any) -> httpx.AsyncClient:
+        """An HTTP client holding this engine's admin key."""
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers, **kwargs)
 
     def start(self, timeout: float = 60) -> EngineProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.api_key:
+            self.api_key = self.ccengine("keys", "create", "tests", "--scope", "admin", "--quiet")
+            self.api_key = self.api_key.strip()
         cmd = [
             sys.executable, "-m", "engine.cli", "serve",
             "--port", str(self.port), "--db", f"sqlite+aiosqlite:///{self.db}",
@@ -67,13 +90,7 @@ class EngineProcess:
 
     def add_user(self, username: str, password: str, *extra: str) -> str:
         """``ccengine users add`` against this engine's database; its output."""
-        result = subprocess.run(
-            [sys.executable, "-m", "engine.cli", "users", "add", username, *extra,
-             "--db", f"sqlite+aiosqlite:///{self.db}"],
-            cwd=ROOT, input=password + "\n", capture_output=True, text=True, env=self.env,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        return result.stdout
+        return self.ccengine("users", "add", username, *extra, stdin=password + "\n")
 
     async def agent(self, username: str, password: str, *events: str) -> httpx.AsyncClient:
         """An HTTP client signed in as ``username`` that has sent presence ``events``."""

@@ -86,6 +86,17 @@ class Caller:
         self._reader = asyncio.create_task(self._read_events())
         return self.answer
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The caller token the engine gave this call: it reaches this call only."""
+        token = self.answer.get("caller_token")
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def post(self, path: str, body: object = None) -> httpx.Response:
+        """As this call's caller (its page would do the same with its cookie)."""
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
+            return await http.post(path, json=body, headers=self.auth)
+
     async def accept(self, http: httpx.AsyncClient, call_id: str) -> None:
         """As an agent's softphone: answer a ringing call (``http`` is signed in)."""
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -130,7 +141,7 @@ class Caller:
 
     async def _read_events(self) -> None:
         ws_url = self.base_url.replace("http", "ws", 1) + f"/api/v1/calls/{self.call_id}/events"
-        async with websockets.connect(ws_url) as ws:
+        async with websockets.connect(ws_url, additional_headers=self.auth) as ws:
             async for message in ws:
                 event = json.loads(message)
                 self.events.append(event)
@@ -157,7 +168,7 @@ class Caller:
 
     async def call_record(self) -> dict[str, Any]:
         async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
-            r = await http.get(f"/api/v1/calls/{self.call_id}")
+            r = await http.get(f"/api/v1/calls/{self.call_id}", headers=self.auth)
         r.raise_for_status()
         data: dict[str, Any] = r.json()
         return data

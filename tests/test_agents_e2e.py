@@ -79,7 +79,7 @@ async def test_escalated_call_rings_the_agent_with_a_preview(
             ws_url = engine.url.replace("http", "ws", 1) + "/api/v1/events"
 
             async def watch() -> None:
-                async with websockets.connect(ws_url) as ws:
+                async with websockets.connect(ws_url, additional_headers=engine.headers) as ws:
                     async for message in ws:
                         events.append(json.loads(message))
 

@@ -28,7 +28,7 @@ def assert_problem(r: httpx.Response, status: int, detail: str) -> dict[str, obj
 
 
 async def test_bad_offers_and_requests(engine: EngineProcess, voices: dict[str, Path]) -> None:
-    async with httpx.AsyncClient(base_url=engine.url, timeout=30) as http:
+    async with engine.http(timeout=30) as http:
         post = "/api/v1/calls"
         assert_problem(
             await http.post(post, json={"sdp": "garbage"}), 400, "SDP must start with 'v=0'"
@@ -65,7 +65,9 @@ async def test_bad_offers_and_requests(engine: EngineProcess, voices: dict[str, 
 
     ws_url = engine.url.replace("http", "ws", 1)
     with pytest.raises(ConnectionClosed) as closed:
-        async with websockets.connect(f"{ws_url}/api/v1/calls/nope/events") as ws:
+        async with websockets.connect(
+            f"{ws_url}/api/v1/calls/nope/events", additional_headers=engine.headers
+        ) as ws:
             await asyncio.wait_for(ws.recv(), 5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
 
@@ -75,7 +77,7 @@ async def test_bad_offers_and_requests(engine: EngineProcess, voices: dict[str, 
 
 async def test_chromium_offer_is_answered(engine: EngineProcess) -> None:
     """The golden Chromium offer gets a valid answer (the call then times out: no peer)."""
-    async with httpx.AsyncClient(base_url=engine.url, timeout=30) as http:
+    async with engine.http(timeout=30) as http:
         r = await http.post("/api/v1/calls", json={"sdp": CHROMIUM, "caller": "golden"})
         assert r.status_code == 201, r.text
         answer = r.json()
@@ -96,7 +98,8 @@ async def test_event_stream_resumes_after_last_id(
     await caller.complete_call()
     ws_url = engine.url.replace("http", "ws", 1) + f"/api/v1/calls/{caller.call_id}/events"
     middle = caller.events[len(caller.events) // 2]["id"]
-    async with websockets.connect(f"{ws_url}?after={middle}") as ws:
+    token = {"Authorization": f"Bearer {caller.answer['caller_token']}"}
+    async with websockets.connect(f"{ws_url}?after={middle}", additional_headers=token) as ws:
         resumed = []
         while not resumed or resumed[-1]["type"] != "call.ended":
             resumed.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
@@ -118,7 +121,7 @@ async def test_a_burst_of_offers_is_all_answered(
         await asyncio.gather(*(asyncio.wait_for(c.ended.wait(), 20) for c in callers))
     finally:
         await asyncio.gather(*(c.close() for c in callers))
-    async with httpx.AsyncClient(base_url=engine.url) as http:
+    async with engine.http() as http:
         stored = (await http.get("/api/v1/calls", params={"limit": 100})).json()["calls"]
     assert {c["id"] for c in stored} == {c.call_id for c in callers}
     assert all(c["state"] == "ended" for c in stored)

@@ -74,9 +74,20 @@ def test_browser_call_shows_live_words(
     live.screenshot(path=str(output_dir / "live-view.png"), full_page=True)
     caller.screenshot(path=str(output_dir / "caller-page.png"), full_page=True)
 
+    # the list of calls is for staff: a caller's browser is told to sign in
     index = context.new_page()
     index.goto(engine.url)
-    expect(index.locator(f"a[href='/calls/{call_id}']")).to_have_count(1)
+    expect(index.locator("#calls")).to_contain_text("Calls are private")
+    staff = browser.new_context()
+    engine.add_user("sue", "supervisor pw", "--role", "supervisor")
+    r = staff.request.post(
+        f"{engine.url}/api/v1/auth/login", data={"username": "sue", "password": "supervisor pw"}
+    )
+    assert r.ok, r.text()
+    board = staff.new_page()
+    board.goto(engine.url)
+    expect(board.locator(f"a[href='/calls/{call_id}']")).to_have_count(1)
+    staff.close()
 
     caller.get_by_test_id("hangup").click()
     expect(caller.get_by_test_id("state")).to_have_text("ended")
@@ -193,7 +204,7 @@ def test_agent_desk_answers_an_escalated_caller(
         finally:
             caller_browser.close()
             agent_browser.close()
-    record = httpx.get(f"{engine.url}/api/v1/calls/{call_id}").json()
+    record = httpx.get(f"{engine.url}/api/v1/calls/{call_id}", headers=engine.headers).json()
     assert record["disposition"] == "resolved" and record["caller"] == "cust-42"
     assert [(n["kind"], n["author"], n["text"]) for n in record["notes"]] == [
         ("wrap_up", "ann", "Order located; apologised.")
@@ -267,7 +278,7 @@ def test_phone_caller_reaches_an_agent_in_the_browser(tmp_path: Path, output_dir
         result = sipp.finish(phone, base)
         assert result.ok, result.output + result.errors
         assert "BYE sip:" in result.messages
-        record = httpx.get(f"{engine.url}/api/v1/calls/{call_id}").json()
+        record = httpx.get(f"{engine.url}/api/v1/calls/{call_id}", headers=engine.headers).json()
         assert record["channel"] == "sip" and record["end_reason"] == "agent_hangup"
         received = heard.stop(since=bridged_at)
 

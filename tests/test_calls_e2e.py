@@ -107,7 +107,7 @@ async def test_calm_and_angry_callers(engine: EngineProcess, voices: dict[str, P
         < results["calm"]["emotion_timeline"][-1]["trend"]
     )
 
-    async with httpx.AsyncClient(base_url=engine.url) as http:
+    async with engine.http() as http:
         metrics = (await http.get("/metrics")).text
         listed = (await http.get("/api/v1/calls", params={"state": "ended"})).json()["calls"]
     assert {c["id"] for c in listed} == {calm.call_id, angry.call_id}
@@ -124,7 +124,7 @@ async def test_hangup_from_the_api(engine: EngineProcess, voices: dict[str, Path
     try:
         await caller.dial()
         await asyncio.sleep(3)
-        async with httpx.AsyncClient(base_url=engine.url) as http:
+        async with engine.http() as http:
             assert (await http.post(f"/api/v1/calls/{caller.call_id}/hangup")).status_code == 202
             assert (await http.post(f"/api/v1/calls/{caller.call_id}/hangup")).status_code == 404
         await asyncio.wait_for(caller.ended.wait(), 15)
@@ -164,7 +164,7 @@ def test_a_caller_that_vanishes_is_ended(engine: EngineProcess, voices: dict[str
     killed_at = time.monotonic()
     record: dict[str, Any] = {}
     while time.monotonic() - killed_at < 30:
-        record = httpx.get(f"{engine.url}/api/v1/calls/{call_id}").json()
+        record = httpx.get(f"{engine.url}/api/v1/calls/{call_id}", headers=engine.headers).json()
         if record["state"] == "ended":
             break
         time.sleep(0.5)
@@ -196,7 +196,7 @@ async def test_a_crash_loses_at_most_the_utterance_in_flight(
     assert set(seen) <= set(stored)
     restarted = EngineProcess(tmp_path / "crash").start()
     try:
-        async with httpx.AsyncClient(base_url=restarted.url) as http:
+        async with restarted.http() as http:
             record = (await http.get(f"/api/v1/calls/{caller.call_id}")).json()
     finally:
         restarted.stop()
@@ -232,7 +232,7 @@ async def test_custom_rules_and_silence(tmp_path: Path, voices: dict[str, Path])
     )
     engine = EngineProcess(tmp_path / "rules", CCENGINE_ESCALATION_RULES=str(rules)).start()
     try:
-        async with httpx.AsyncClient(base_url=engine.url) as http:
+        async with engine.http() as http:
             active = (await http.get("/api/v1/escalation-rules")).json()
         assert [r["id"] for r in active] == ["order_question", "quiet"]
         caller = Caller(engine.url, voices["calm"])

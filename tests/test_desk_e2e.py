@@ -158,13 +158,11 @@ async def test_waiting_caller_chooses_a_callback(tmp_path: Path, voices: dict[st
         try:
             await caller.dial()
             cid = caller.call_id
-            r = await httpx_post(engine, f"/api/v1/calls/{cid}/callback", {})
+            r = await caller.post(f"/api/v1/calls/{cid}/callback", {})
             assert r.status_code == 409  # not waiting for anyone yet
             offered = await caller.wait_for("queue.updated", within=60, callback_offered=True)
             mark = len(caller.heard)
-            r = await httpx_post(
-                engine, f"/api/v1/calls/{cid}/callback", {"contact": "+1 555 0100"}
-            )
+            r = await caller.post(f"/api/v1/calls/{cid}/callback", {"contact": "+1 555 0100"})
             assert r.status_code == 201, r.text
             await asyncio.wait_for(caller.ended.wait(), 25)
             confirmation = speech.recognise(caller.heard_pcm(mark))
@@ -197,11 +195,6 @@ async def test_waiting_caller_chooses_a_callback(tmp_path: Path, voices: dict[st
     assert done.status_code == 200 and done.json()["done_by"] == "ann"
     assert again.status_code == 409 and left == []
     assert anonymous.status_code == 401
-
-
-async def httpx_post(engine: EngineProcess, path: str, body: object) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=engine.url, timeout=30) as http:
-        return await http.post(path, json=body)
 
 
 async def httpx_get(engine: EngineProcess, path: str) -> httpx.Response:

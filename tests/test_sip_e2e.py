@@ -50,14 +50,16 @@ def phone_engine(tmp_path: Path) -> Any:
 
 
 def sip_calls(engine: EngineProcess) -> list[dict[str, Any]]:
-    calls = httpx.get(f"{engine.url}/api/v1/calls").json()["calls"]
+    calls = httpx.get(f"{engine.url}/api/v1/calls", headers=engine.headers).json()["calls"]
     return [c for c in calls if c["channel"] == "sip"]
 
 
 def wait_ended(engine: EngineProcess, call_id: str, timeout: float = 30) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        detail: dict[str, Any] = httpx.get(f"{engine.url}/api/v1/calls/{call_id}").json()
+        detail: dict[str, Any] = httpx.get(
+            f"{engine.url}/api/v1/calls/{call_id}", headers=engine.headers
+        ).json()
         if detail["state"] == "ended":
             return detail
         time.sleep(0.3)
@@ -88,18 +90,20 @@ def test_phone_caller_transcribed_as_well_as_offline(
     assert detail["emotion_timeline"], "phone callers get emotion analysis too"
     # the same transcript as files
     base = f"{phone_engine.url}/api/v1/calls/{call['id']}/transcript"
-    vtt = httpx.get(f"{base}.vtt")
+    vtt = httpx.get(f"{base}.vtt", headers=phone_engine.headers)
     assert vtt.headers["content-type"].startswith("text/vtt")
     assert vtt.text.startswith("WEBVTT") and vtt.text.count(" --> ") == len(detail["transcript"])
-    txt = httpx.get(f"{base}.txt").text.splitlines()
+    txt = httpx.get(f"{base}.txt", headers=phone_engine.headers).text.splitlines()
     assert len(txt) == len(detail["transcript"]) and txt[0].startswith("[00:")
-    assert httpx.get(f"{base}.json").json() == detail["transcript"]
-    assert httpx.get(f"{base}.pdf").status_code == 422
+    assert httpx.get(f"{base}.json", headers=phone_engine.headers).json() == detail["transcript"]
+    assert httpx.get(f"{base}.pdf", headers=phone_engine.headers).status_code == 422
 
 
-async def _events(url: str, call_filter: str | None, out: list[dict[str, Any]]) -> None:
-    ws_url = url.replace("http", "ws") + "/api/v1/events"
-    async with websockets.connect(ws_url) as ws:
+async def _events(
+    engine: EngineProcess, call_filter: str | None, out: list[dict[str, Any]]
+) -> None:
+    ws_url = engine.url.replace("http", "ws") + "/api/v1/events"
+    async with websockets.connect(ws_url, additional_headers=engine.headers) as ws:
         async for raw in ws:
             ev = json.loads(raw)
             if call_filter is None or ev.get("type", "").startswith(call_filter):
@@ -113,7 +117,7 @@ async def test_keys_reach_the_menu_once_each(phone_engine: EngineProcess, tmp_pa
     quiet = np.zeros(8000 * 5, dtype=np.int16)
     pcap = sipp.write_pcap(tmp_path / "keys.pcap", sipp.phone_stream(quiet, keys))
     events: list[dict[str, Any]] = []
-    reader = asyncio.create_task(_events(phone_engine.url, None, events))
+    reader = asyncio.create_task(_events(phone_engine, None, events))
     await asyncio.sleep(0.5)
     scenario = sipp.call_scenario(sipp.play(pcap, 9.0))
     media_port = free_port()
@@ -159,7 +163,9 @@ def test_engine_hangs_up_with_bye(phone_engine: EngineProcess, tmp_path: Path) -
         time.sleep(0.2)
     assert calls, "the call never reached the engine"
     time.sleep(1.5)
-    r = httpx.post(f"{phone_engine.url}/api/v1/calls/{calls[0]['id']}/hangup")
+    r = httpx.post(
+        f"{phone_engine.url}/api/v1/calls/{calls[0]['id']}/hangup", headers=phone_engine.headers
+    )
     assert r.status_code == 202, r.text
     result = sipp.finish(proc, base)
     assert result.ok, result.output + result.errors
@@ -252,7 +258,9 @@ def test_torture_and_fuzz_then_a_normal_call(
     assert 400 in codes and 505 in codes
     # the mangled INVITEs that stayed valid were answered as calls: none may linger
     for call in sip_calls(phone_engine):
-        httpx.post(f"{phone_engine.url}/api/v1/calls/{call['id']}/hangup")
+        httpx.post(
+            f"{phone_engine.url}/api/v1/calls/{call['id']}/hangup", headers=phone_engine.headers
+        )
     assert httpx.get(f"{phone_engine.url}/healthz").status_code == 200
     scenario = sipp.call_scenario(sipp.play(phone_speech["pcap"], 3.0), caller="15559990000")
     result = sipp.run(scenario, tmp_path / "sipp", phone_engine.sip)
@@ -329,7 +337,7 @@ async def test_callback_is_placed_through_the_trunk(
             sipp.call_scenario(sipp.play(keys, 0), hangup="engine"), tmp_path / "first",
             engine.sip,
         )  # fmt: skip
-        async with httpx.AsyncClient(base_url=engine.url, timeout=30) as http:
+        async with engine.http(timeout=30) as http:
             deadline = time.monotonic() + 30
             call: dict[str, Any] = {}
             while time.monotonic() < deadline:
@@ -349,7 +357,7 @@ async def test_callback_is_placed_through_the_trunk(
 
         cara = await engine.agent("cara", "pw-cara-1", "login", "available")
         events: list[dict[str, Any]] = []
-        reader = asyncio.create_task(_events(engine.url, None, events))
+        reader = asyncio.create_task(_events(engine, None, events))
         await asyncio.sleep(0.5)
         uas, uas_base = sipp.start(
             sipp.trunk_uas_scenario(phone_speech["pcap"], "acct", "trunk-pass"),

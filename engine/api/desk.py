@@ -7,15 +7,24 @@ on any). Wrong state or target: 409 with the reason; not your call: 403.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import BaseModel, Field, model_validator
 from starlette.exceptions import HTTPException
 
 from engine.acd import QueueConfig
-from engine.api.auth import Authenticated, CurrentUser
+from engine.api.auth import CurrentUser, Operator, Reader, Who
+from engine.api.schemas import (
+    CallbackIn,
+    CallbackOut,
+    HistoryItem,
+    MuteIn,
+    PlacedCall,
+    QueueIn,
+    QueueOut,
+    TransferIn,
+    WrapUpIn,
+)
 from engine.calls import CallManager
 from engine.callstate import NotAllowed
 from engine.sip import DialFailed, SipFront
@@ -28,102 +37,25 @@ def _manager(request: Request) -> CallManager:
     return m
 
 
-class MuteIn(BaseModel):
-    muted: bool = Field(description="true: the caller no longer hears the agent")
-
-
-class TransferIn(BaseModel):
-    queue: str | None = Field(None, max_length=64, description="a queue; default: the call's")
-    agent: str | None = Field(None, max_length=64, description="ring only this agent (username)")
-    note: str | None = Field(None, max_length=2000, description="hand-over for the next agent")
-
-    @model_validator(mode="after")
-    def _somewhere(self) -> TransferIn:
-        if self.queue is None and self.agent is None:
-            raise ValueError("give a queue or an agent to transfer to")
-        return self
-
-
-class WrapUpIn(BaseModel):
-    disposition: str = Field(min_length=1, max_length=64)
-    notes: str = Field("", max_length=10_000)
-    then: Literal["available", "away"] = Field(
-        "available", description="the agent's presence after wrap-up"
-    )
-
-
-class CallbackIn(BaseModel):
-    contact: str | None = Field(
-        None, max_length=200, description="where to call back, if not the caller identity"
-    )
-
-
-class CallbackOut(BaseModel):
-    id: str
-    call_id: str
-    caller: str | None
-    contact: str | None
-    queue: str
-    priority: int
-    summary: str
-    escalation_reason: str | None
-    status: str
-    requested_at: datetime
-    done_by: str | None
-    done_at: datetime | None
-
-
-class HistoryItem(BaseModel):
-    id: str
-    created_at: datetime
-    ended_at: datetime | None
-    channel: str
-    state: str
-    summary: str
-    emotion: str | None
-    escalation_reason: str | None
-    disposition: str | None
-    end_reason: str | None
-
-
-class QueueIn(BaseModel):
-    skills: list[str] = Field(default_factory=list, max_length=20)
-    priority: int = Field(0, ge=0, le=100, description="base priority of calls in this queue")
-    max_wait: float = Field(600.0, gt=0, description="seconds before a callback is offered")
-    announcement: str = Field(
-        "Thank you for calling. An agent will be with you shortly.", max_length=1000
-    )
-
-
-class QueueOut(BaseModel):
-    name: str
-    skills: list[str]
-    priority: int
-    max_wait: float
-    announcement: str
-    waiting: int
-    average_handle_time: float
-
-
 @router.post("/calls/{call_id}/mute", status_code=204)
-async def mute(call_id: str, body: MuteIn, request: Request, user: CurrentUser) -> None:
+async def mute(call_id: str, body: MuteIn, request: Request, user: Operator) -> None:
     """Mute or unmute the agent towards the caller (muted talk is not transcribed)."""
     await _manager(request).mute(user, call_id, body.muted)
 
 
 @router.post("/calls/{call_id}/hold", status_code=204)
-async def hold(call_id: str, request: Request, user: CurrentUser) -> None:
+async def hold(call_id: str, request: Request, user: Operator) -> None:
     """The caller hears a short prompt, then hold audio; the agent hears nothing."""
     await _manager(request).hold(user, call_id)
 
 
 @router.post("/calls/{call_id}/resume", status_code=204)
-async def resume(call_id: str, request: Request, user: CurrentUser) -> None:
+async def resume(call_id: str, request: Request, user: Operator) -> None:
     await _manager(request).resume(user, call_id)
 
 
 @router.post("/calls/{call_id}/transfer", status_code=202)
-async def transfer(call_id: str, body: TransferIn, request: Request, user: CurrentUser) -> None:
+async def transfer(call_id: str, body: TransferIn, request: Request, user: Operator) -> None:
     """Hand the caller to a queue or to one agent (who is offered it with all context so
     far; if they decline or do not answer, the call goes to the queue). The agent who
     transferred goes to wrap-up."""
@@ -142,16 +74,18 @@ async def wrap_up(call_id: str, body: WrapUpIn, request: Request, user: CurrentU
 
 
 @router.get("/dispositions", response_model=list[str])
-async def dispositions(request: Request, _who: Authenticated) -> list[str]:
+async def dispositions(request: Request, _p: Reader) -> list[str]:
     return _manager(request).settings.dispositions
 
 
 @router.post("/calls/{call_id}/callback", status_code=201, response_model=CallbackOut)
 async def request_callback(
-    call_id: str, request: Request, body: CallbackIn | None = None
+    call_id: str, request: Request, p: Who, body: CallbackIn | None = None
 ) -> CallbackOut:
     """The waiting caller chooses a callback instead of waiting: the request is stored
-    and shown to agents, the caller hears a confirmation, and the call ends."""
+    and shown to agents, the caller hears a confirmation, and the call ends (the call's
+    own caller, or control scope)."""
+    p.need_call(call_id, "control")
     row = await _manager(request).request_callback(call_id, body.contact if body else None)
     return CallbackOut.model_validate(row, from_attributes=True)
 
@@ -159,7 +93,7 @@ async def request_callback(
 @router.get("/callbacks", response_model=list[CallbackOut])
 async def callbacks(
     request: Request,
-    _who: Authenticated,
+    _p: Reader,
     status: Literal["pending", "done"] | None = Query("pending"),
 ) -> list[CallbackOut]:
     """Callback requests, highest priority and oldest first."""
@@ -171,10 +105,6 @@ async def callbacks(
 async def callback_done(callback_id: str, request: Request, user: CurrentUser) -> CallbackOut:
     row = await _manager(request).finish_callback(user, callback_id)
     return CallbackOut.model_validate(row, from_attributes=True)
-
-
-class PlacedCall(BaseModel):
-    call_id: str
 
 
 @router.post("/callbacks/{callback_id}/call", status_code=202, response_model=PlacedCall)
@@ -194,7 +124,7 @@ async def place_callback(callback_id: str, request: Request, user: CurrentUser) 
 
 @router.get("/calls/{call_id}/history", response_model=list[HistoryItem])
 async def history(
-    call_id: str, request: Request, _who: Authenticated, limit: int = Query(10, ge=1, le=100)
+    call_id: str, request: Request, _p: Reader, limit: int = Query(10, ge=1, le=100)
 ) -> list[HistoryItem]:
     """Earlier calls from the same caller identity, newest first (empty when the caller
     gave no identity)."""
@@ -209,7 +139,7 @@ async def history(
 
 
 @router.get("/queues", response_model=list[QueueOut])
-async def queues(request: Request, _who: Authenticated) -> list[QueueOut]:
+async def queues(request: Request, _p: Reader) -> list[QueueOut]:
     acd = _manager(request).acd
     waiting = [w.queue for w in acd.waiting.values()]
     return [
@@ -227,7 +157,7 @@ async def put_queue(
     name: Annotated[str, Path(pattern=r"^[a-z0-9_\-]{1,64}$")],
     body: QueueIn,
     request: Request,
-    user: CurrentUser,
+    user: Operator,
 ) -> QueueOut:
     """Create or change a queue (supervisors, admins). Kept across restarts; it wins
     over the queues file."""
@@ -243,6 +173,6 @@ async def put_queue(
 
 
 @router.delete("/queues/{name}", status_code=204)
-async def delete_queue(name: str, request: Request, user: CurrentUser) -> None:
+async def delete_queue(name: str, request: Request, user: Operator) -> None:
     """Remove a queue nobody waits in (409 otherwise, and for the last queue)."""
     await _manager(request).remove_queue(user, name)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.exceptions import HTTPException
 
 from engine import exports
-from engine.api.auth import MaybeAuthenticated
+from engine.api.auth import CALLER_COOKIE, Operator, Reader, Who
 from engine.api.schemas import (
     CallAnswer,
     CallDetail,
@@ -19,12 +19,16 @@ from engine.api.schemas import (
     EscalationOut,
     LegOut,
     ModelOut,
+    NoteIn,
     NoteOut,
+    PlayIn,
+    PlayOut,
     UtteranceOut,
 )
 from engine.calls import CallManager
 from engine.callstate import STATES
 from engine.escalation import Rule
+from engine.users import issue_caller_token
 
 router = APIRouter(prefix="/api/v1")
 
@@ -35,10 +39,22 @@ def manager(request: Request) -> CallManager:
 
 
 @router.post("/calls", status_code=201, response_model=CallAnswer, tags=["calls"])
-async def create_call(offer: CallOffer, request: Request) -> CallAnswer:
-    """Start an in-app call: post the browser's SDP offer, get our answer."""
-    call, sdp = await manager(request).create_webrtc_call(offer.sdp, offer.language, offer.caller)
+async def create_call(offer: CallOffer, request: Request, response: Response, p: Who) -> CallAnswer:
+    """Start an in-app call: post the browser's SDP offer, get our answer and a caller
+    token that reaches this call only (also set as a cookie for the caller's page).
+    Open to anyone unless CCENGINE_PUBLIC_CALLS=false; then it needs a control key."""
+    m = manager(request)
+    if not m.settings.public_calls:
+        p.need("control")
+    call, sdp = await m.create_webrtc_call(offer.sdp, offer.language, offer.caller)
+    ttl = m.settings.caller_token_ttl
+    token = issue_caller_token(call.id, request.app.state.secret_key, ttl)
+    response.set_cookie(
+        CALLER_COOKIE, token, max_age=ttl, path=f"/api/v1/calls/{call.id}",
+        httponly=True, samesite="strict",
+    )  # fmt: skip
     return CallAnswer(
+        caller_token=token,
         call_id=call.id,
         sdp=sdp,
         language=call.language,
@@ -52,6 +68,7 @@ async def create_call(offer: CallOffer, request: Request) -> CallAnswer:
 @router.get("/calls", response_model=CallList, tags=["calls"])
 async def list_calls(
     request: Request,
+    _p: Reader,
     state: str | None = Query(None, description=f"one of {', '.join(STATES)}"),
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=1_000_000_000),
@@ -63,7 +80,8 @@ async def list_calls(
 
 
 @router.get("/calls/{call_id}", response_model=CallDetail, tags=["calls"])
-async def get_call(call_id: str, request: Request) -> CallDetail:
+async def get_call(call_id: str, request: Request, p: Who) -> CallDetail:
+    p.need_call(call_id, "read")
     found = await manager(request).store.get_call(call_id)
     if found is None:
         raise HTTPException(404, f"no call {call_id}")
@@ -94,9 +112,10 @@ EXPORTS = {"txt": "text/plain; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}
     responses={200: {"content": {v.split(";")[0]: {} for v in EXPORTS.values()}}},
 )
 async def export_transcript(
-    call_id: str, fmt: Literal["json", "txt", "vtt"], request: Request
+    call_id: str, fmt: Literal["json", "txt", "vtt"], request: Request, p: Who
 ) -> Response | list[UtteranceOut]:
     """The call's redacted transcript, both speakers, as JSON, plain text or WebVTT."""
+    p.need_call(call_id, "read")
     found = await manager(request).store.get_call(call_id)
     if found is None:
         raise HTTPException(404, f"no call {call_id}")
@@ -109,24 +128,41 @@ async def export_transcript(
 
 
 @router.get("/escalation-rules", response_model=list[Rule], tags=["escalation"])
-async def escalation_rules(request: Request) -> list[Rule]:
+async def escalation_rules(request: Request, _p: Reader) -> list[Rule]:
     """The rules every new call is judged by (built-in set, or CCENGINE_ESCALATION_RULES)."""
     return manager(request).rules
 
 
 @router.post("/calls/{call_id}/hangup", status_code=202, tags=["calls"])
-async def hangup(call_id: str, request: Request, who: MaybeAuthenticated) -> Response:
-    """End a live call. 404 if it is not live on this node."""
+async def hangup(call_id: str, request: Request, p: Who) -> Response:
+    """End a live call (control scope, or the call's own caller). 404 if it is not live
+    on this node."""
+    p.need_call(call_id, "control")
     m = manager(request)
     call = m.get(call_id)
-    by_agent = who is not None and who.user_id == call.agent_id
+    by_agent = p.identity is not None and p.identity.user_id == call.agent_id
     await m.end_call(call_id, "agent_hangup" if by_agent else "hangup")
     return Response(status_code=202)
 
 
+@router.post("/calls/{call_id}/notes", status_code=201, response_model=NoteOut, tags=["calls"])
+async def annotate(call_id: str, body: NoteIn, request: Request, actor: Operator) -> NoteOut:
+    """Write a note on a call, live or ended (a person, or a control key); it is kept
+    with the call, shown in its record and published as ``call.annotated``."""
+    note = await manager(request).annotate(actor, call_id, body.text)
+    return NoteOut.model_validate(note, from_attributes=True)
+
+
+@router.post("/calls/{call_id}/play", status_code=202, response_model=PlayOut, tags=["calls"])
+async def play(call_id: str, body: PlayIn, request: Request, _actor: Operator) -> PlayOut:
+    """Speak a prompt to a live caller (text to speech), after what is already playing.
+    409 while the call is on hold or has no audio path yet."""
+    return PlayOut(queued_behind=round(await manager(request).play(call_id, body.text), 2))
+
+
 @router.get("/models", response_model=list[ModelOut], tags=["system"])
 async def models(
-    request: Request, language: Annotated[list[str] | None, Query()] = None
+    request: Request, _p: Reader, language: Annotated[list[str] | None, Query()] = None
 ) -> list[ModelOut]:
     """Which recognizer and model each language uses, and where the engine looked."""
     m = manager(request)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AnyHttpUrl, BaseModel, Field, field_validator, model_validator
 
-from engine.events import FactOut, WordTiming
+from engine.events import EVENT_TYPES, FactOut, WordTiming
 
 
 class CallOffer(BaseModel):
@@ -28,6 +28,9 @@ class CallAnswer(BaseModel):
     recognizer_note: str
     events_url: str
     view_url: str
+    caller_token: str = Field(
+        description="Bearer token for this call only: its events, record and hang-up"
+    )
 
 
 class LegOut(BaseModel):
@@ -129,3 +132,179 @@ class ModelOut(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     active_calls: int
+
+
+class PresenceIn(BaseModel):
+    event: Literal["login", "available", "away", "logout"]
+
+
+class AgentOut(BaseModel):
+    id: str
+    username: str
+    display_name: str
+    skills: list[str]
+    presence: str
+
+
+class AnswerIn(BaseModel):
+    sdp: str
+    type: Literal["offer"] = "offer"
+
+
+class AnswerOut(BaseModel):
+    call_id: str
+    type: Literal["answer"] = "answer"
+    sdp: str
+
+
+class MuteIn(BaseModel):
+    muted: bool = Field(description="true: the caller no longer hears the agent")
+
+
+class TransferIn(BaseModel):
+    queue: str | None = Field(None, max_length=64, description="a queue; default: the call's")
+    agent: str | None = Field(None, max_length=64, description="ring only this agent (username)")
+    note: str | None = Field(None, max_length=2000, description="hand-over for the next agent")
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> TransferIn:
+        if self.queue is None and self.agent is None:
+            raise ValueError("give a queue or an agent to transfer to")
+        return self
+
+
+class WrapUpIn(BaseModel):
+    disposition: str = Field(min_length=1, max_length=64)
+    notes: str = Field("", max_length=10_000)
+    then: Literal["available", "away"] = Field(
+        "available", description="the agent's presence after wrap-up"
+    )
+
+
+class CallbackIn(BaseModel):
+    contact: str | None = Field(
+        None, max_length=200, description="where to call back, if not the caller identity"
+    )
+
+
+class CallbackOut(BaseModel):
+    id: str
+    call_id: str
+    caller: str | None
+    contact: str | None
+    queue: str
+    priority: int
+    summary: str
+    escalation_reason: str | None
+    status: str
+    requested_at: datetime
+    done_by: str | None
+    done_at: datetime | None
+
+
+class HistoryItem(BaseModel):
+    id: str
+    created_at: datetime
+    ended_at: datetime | None
+    channel: str
+    state: str
+    summary: str
+    emotion: str | None
+    escalation_reason: str | None
+    disposition: str | None
+    end_reason: str | None
+
+
+class QueueIn(BaseModel):
+    skills: list[str] = Field(default_factory=list, max_length=20)
+    priority: int = Field(0, ge=0, le=100, description="base priority of calls in this queue")
+    max_wait: float = Field(600.0, gt=0, description="seconds before a callback is offered")
+    announcement: str = Field(
+        "Thank you for calling. An agent will be with you shortly.", max_length=1000
+    )
+
+
+class QueueOut(BaseModel):
+    name: str
+    skills: list[str]
+    priority: int
+    max_wait: float
+    announcement: str
+    waiting: int
+    average_handle_time: float
+
+
+class NoteIn(BaseModel):
+    text: str = Field(min_length=1, max_length=10_000, description="redacted before it is kept")
+
+
+class PlayIn(BaseModel):
+    text: str = Field(min_length=1, max_length=2000, description="spoken to the caller")
+
+
+class PlayOut(BaseModel):
+    queued_behind: float = Field(description="seconds of audio the caller hears before it")
+
+
+class PlacedCall(BaseModel):
+    call_id: str
+
+
+class WebhookIn(BaseModel):
+    url: AnyHttpUrl = Field(description="where events are POSTed (http or https)")
+    events: list[str] = Field(
+        min_length=1, max_length=len(EVENT_TYPES), description='event types, or ["*"] for all'
+    )
+    description: str = Field("", max_length=200)
+
+    @field_validator("events")
+    @classmethod
+    def _known(cls, events: list[str]) -> list[str]:
+        unknown = sorted(set(events) - {*EVENT_TYPES, "*"})
+        if unknown:
+            raise ValueError(f"unknown event types {unknown}; known: {', '.join(EVENT_TYPES)}")
+        return sorted(set(events))
+
+
+class WebhookOut(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    description: str
+    created_at: datetime
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="signs every delivery; shown only now")
+
+
+class DeliveryOut(BaseModel):
+    id: str = Field(description="the idempotency id, sent as Ccengine-Delivery")
+    event_id: int
+    event_type: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class Login(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class UserOut(BaseModel):
+    id: str
+    username: str
+    display_name: str
+    role: str
+    skills: list[str]
+
+
+class LoginOut(BaseModel):
+    token: str
+    expires_in: int
+    user: UserOut

@@ -1,54 +1,101 @@
-"""WebSocket event streams: one per call, and one for everything.
+"""Event streams: WebSocket or Server-Sent Events, one call's or everything.
 
-On connect the stream replays what the bus still holds after ``after`` (default:
-everything it holds), then follows live. Each message is one event as JSON with
-its ``id``; a client that reconnects with ``?after=<last id>`` misses nothing
-the bus still holds. A client too slow to keep up is closed with code 1013 and
-resumes the same way.
+A stream first replays what the durable event log holds after ``after`` (default:
+nothing older for the all-events stream; the whole call for a call's stream), then
+follows live. Every message is one event as JSON with its ``id``; a client that
+reconnects with ``after=<last id>`` (or, for SSE, the ``Last-Event-ID`` header
+EventSource sends by itself) gets exactly what it missed, across engine restarts too.
+A client too slow to keep up is closed (WebSocket code 1013) and resumes the same way.
+
+Who may listen: ``read`` scope for everything; a call's own caller token for its call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
-from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import StreamingResponse
+from starlette.exceptions import HTTPException
 
+from engine.api.auth import Principal, Who, principal
 from engine.calls import CallManager
-from engine.events import EventBus
+from engine.eventlog import EventLog
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", tags=["events"])
 
 LAGGED = 1013  # "try again later"
 UNKNOWN_CALL = 4404
+HEARTBEAT = 15.0  # seconds; keeps proxies from closing a quiet SSE stream
+WS_REFUSED = {401: 4401, 403: 4403, 429: 4429}
 
 
-async def _follow(ws: WebSocket, bus: EventBus, call_id: str | None, after: int) -> None:
-    sub = bus.subscribe(call_id)
+class Lagged(Exception):
+    pass
+
+
+async def _events(
+    request_app: object, call_id: str | None, after: int
+) -> AsyncIterator[tuple[int, str]]:
+    """Replay then live, without gaps or repeats; raises Lagged if the client fell behind."""
+    manager: CallManager = request_app.state.calls  # type: ignore[attr-defined]
+    log: EventLog = request_app.state.event_log  # type: ignore[attr-defined]
+    sub = manager.bus.subscribe(call_id)  # before the replay: nothing falls in between
+    if call_id is None and after == 0:  # everything, from the start of time: too much
+        after = max(0, manager.bus.oldest_id - 1)
     try:
         last = after
-        for event in bus.replay(call_id, after):
-            await ws.send_text(event.model_dump_json())
-            last = event.id
+        async for event_id, body in log.replay(call_id, after):
+            yield event_id, body
+            last = event_id
         async for event in sub:
-            if event.id <= last:
-                continue
-            await ws.send_text(event.model_dump_json())
-            last = event.id
+            if event.id > last:
+                yield event.id, event.model_dump_json()
+                last = event.id
         if sub.lagged:
-            await ws.close(LAGGED, "subscriber lagged; reconnect with ?after=<last id>")
+            raise Lagged
     finally:
         sub.close()
 
 
+async def _known_call(app: object, call_id: str) -> bool:
+    manager: CallManager = app.state.calls  # type: ignore[attr-defined]
+    return call_id in manager.calls or await manager.store.get_call(call_id) is not None
+
+
+async def _authorize(ws: WebSocket, call_id: str | None) -> Principal | None:
+    """The listener, or None after closing the socket with 44xx and the reason."""
+    try:
+        p = await principal(ws)
+        if call_id is None:
+            p.need("read")
+        else:
+            p.need_call(call_id, "read")
+    except HTTPException as exc:
+        await ws.close(WS_REFUSED.get(exc.status_code, 4400), str(exc.detail)[:120])
+        return None
+    return p
+
+
 async def _serve(ws: WebSocket, call_id: str | None, after: int) -> None:
     await ws.accept()
-    manager: CallManager = ws.app.state.calls
-    if call_id is not None and call_id not in manager.calls:
-        if await manager.store.get_call(call_id) is None:
-            await ws.close(UNKNOWN_CALL, "unknown call")
-            return
-    sender = asyncio.create_task(_follow(ws, manager.bus, call_id, after))
+    if await _authorize(ws, call_id) is None:
+        return
+    if call_id is not None and not await _known_call(ws.app, call_id):
+        await ws.close(UNKNOWN_CALL, "unknown call")
+        return
+
+    async def send_all() -> None:
+        try:
+            async for _id, body in _events(ws.app, call_id, after):
+                await ws.send_text(body)
+        except Lagged:
+            await ws.close(LAGGED, "subscriber lagged; reconnect with ?after=<last id>")
+
+    sender = asyncio.create_task(send_all())
     try:
         # Clients have nothing to say; reading only notices that they left.
         while not sender.done():
@@ -65,6 +112,81 @@ async def _serve(ws: WebSocket, call_id: str | None, after: int) -> None:
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await sender
+
+
+def _sse(request: Request, call_id: str | None, after: int) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"retry: 2000\n\n"
+        events = _events(request.app, call_id, after).__aiter__()
+        next_event: asyncio.Task[tuple[int, str]] | None = None
+        try:
+            while True:
+                if next_event is None:
+                    next_event = asyncio.ensure_future(events.__anext__())
+                done, _ = await asyncio.wait({next_event}, timeout=HEARTBEAT)
+                if not done:
+                    yield b": keep-alive\n\n"
+                    continue
+                try:
+                    event_id, text = next_event.result()
+                except (StopAsyncIteration, Lagged):
+                    return  # the client reconnects with Last-Event-ID by itself
+                next_event = None
+                yield f"id: {event_id}\ndata: {text}\n\n".encode()
+        finally:
+            if next_event is not None:  # the client left while we waited for an event
+                next_event.cancel()
+                with contextlib.suppress(BaseException):
+                    await next_event
+            await events.aclose()  # type: ignore[attr-defined]
+
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+
+def _resume_from(after: int | None, last_event_id: str | None, default: int) -> int:
+    if after is not None:
+        return after
+    if last_event_id is not None:
+        try:
+            return max(0, int(last_event_id))
+        except ValueError:
+            raise HTTPException(422, "Last-Event-ID must be an event id") from None
+    return default
+
+
+SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "an endless event stream"}
+}
+
+
+@router.get("/calls/{call_id}/events", responses=SSE_DOC, response_class=StreamingResponse)
+async def call_events_sse(
+    call_id: str,
+    request: Request,
+    p: Who,
+    after: int | None = Query(None, ge=0, le=2**62),
+    last_event_id: str | None = Header(None, max_length=20),
+) -> StreamingResponse:
+    """One call's events as Server-Sent Events: everything since the call began (or
+    after ``after`` / Last-Event-ID), then live."""
+    p.need_call(call_id, "read")
+    if not await _known_call(request.app, call_id):
+        raise HTTPException(404, f"no call {call_id}")
+    return _sse(request, call_id, _resume_from(after, last_event_id, 0))
+
+
+@router.get("/events", responses=SSE_DOC, response_class=StreamingResponse)
+async def all_events_sse(
+    request: Request,
+    p: Who,
+    after: int | None = Query(None, ge=0, le=2**62),
+    last_event_id: str | None = Header(None, max_length=20),
+) -> StreamingResponse:
+    """Every event as Server-Sent Events, from after ``after`` / Last-Event-ID (default
+    or 0: the most recent events the engine holds in memory), then live."""
+    p.need("read")
+    return _sse(request, None, _resume_from(after, last_event_id, 0))
 
 
 @router.websocket("/calls/{call_id}/events")

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, select, update
+from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -23,15 +23,20 @@ from sqlalchemy.orm import selectinload
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from engine.store.models import (
+    ApiKeyRow,
     CallbackRow,
     CallRow,
+    DeliveryRow,
     EmotionRow,
     EscalationRow,
+    EventRow,
+    EventSequenceRow,
     LegRow,
     NoteRow,
     QueueRow,
     UserRow,
     UtteranceRow,
+    WebhookRow,
 )
 
 HERE = Path(__file__).parent
@@ -218,3 +223,139 @@ class Store:
                 return None
             row.status, row.done_by, row.done_at = "done", by, when
             return row
+
+    # API keys
+
+    async def api_key(self, key_id: str) -> ApiKeyRow | None:
+        async with self.session() as s:
+            return await s.get(ApiKeyRow, key_id)
+
+    async def api_keys(self) -> Sequence[ApiKeyRow]:
+        async with self.session() as s:
+            return (await s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at))).all()
+
+    async def touch_api_key(self, key_id: str, when: datetime) -> None:
+        async with self.writing() as s:
+            await s.execute(
+                update(ApiKeyRow).where(ApiKeyRow.id == key_id).values(last_used_at=when)
+            )
+
+    async def revoke_api_key(self, key_id: str, when: datetime) -> bool:
+        """True if the key existed and was live."""
+        async with self.writing() as s:
+            result = await s.execute(
+                update(ApiKeyRow)
+                .where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None))
+                .values(revoked_at=when)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    # The event log
+
+    async def reserve_event_ids(self, block: int, at_least: int = 0) -> tuple[int, int]:
+        """Ids (first, last) no earlier run handed out: a run that died with events
+        unwritten never sees its ids reused, so a client's last id stays meaningful."""
+        async with self.writing() as s:
+            row = await s.get(EventSequenceRow, "events")
+            highest = await s.scalar(select(func.max(EventRow.id))) or 0
+            start = max(row.reserved_to if row else 0, highest, at_least) + 1
+            if row is None:
+                s.add(EventSequenceRow(name="events", reserved_to=start + block - 1))
+            else:
+                row.reserved_to = start + block - 1
+            return start, start + block - 1
+
+    async def extend_event_ids(self, reserved_to: int) -> None:
+        async with self.writing() as s:
+            await s.execute(
+                update(EventSequenceRow)
+                .where(EventSequenceRow.name == "events")
+                .values(reserved_to=reserved_to)
+            )
+
+    async def write_events(
+        self, rows: Sequence[EventRow], deliveries: Sequence[DeliveryRow]
+    ) -> None:
+        """Events and the webhook deliveries they cause, in one transaction: an event
+        is in the log if and only if its deliveries are in the outbox."""
+        async with self.writing() as s:
+            s.add_all(rows)
+            s.add_all(deliveries)
+
+    async def events_after(
+        self, after: int, call_id: str | None, limit: int, types: Sequence[str] | None = None
+    ) -> Sequence[EventRow]:
+        q = select(EventRow).where(EventRow.id > after)
+        if call_id is not None:
+            q = q.where(EventRow.call_id == call_id)
+        if types:
+            q = q.where(EventRow.type.in_(types))
+        async with self.session() as s:
+            return (await s.scalars(q.order_by(EventRow.id).limit(limit))).all()
+
+    async def prune_events(self, before: datetime) -> int:
+        async with self.writing() as s:
+            result = await s.execute(delete(EventRow).where(EventRow.time < before))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    # Webhooks and their outbox
+
+    async def webhooks(self) -> Sequence[WebhookRow]:
+        async with self.session() as s:
+            q = select(WebhookRow).where(WebhookRow.deleted_at.is_(None))
+            return (await s.scalars(q.order_by(WebhookRow.created_at))).all()
+
+    async def webhook(self, webhook_id: str) -> WebhookRow | None:
+        async with self.session() as s:
+            row = await s.get(WebhookRow, webhook_id)
+            return row if row is not None and row.deleted_at is None else None
+
+    async def delete_webhook(self, webhook_id: str, when: datetime) -> bool:
+        """Stop a webhook; deliveries still pending are dropped (marked failed)."""
+        async with self.writing() as s:
+            row = await s.get(WebhookRow, webhook_id)
+            if row is None or row.deleted_at is not None:
+                return False
+            row.deleted_at = when
+            await s.execute(
+                update(DeliveryRow)
+                .where(DeliveryRow.webhook_id == webhook_id, DeliveryRow.status == "pending")
+                .values(status="failed", last_error="webhook deleted")
+            )
+            return True
+
+    async def due_deliveries(self, now: datetime, limit: int) -> Sequence[DeliveryRow]:
+        q = (
+            select(DeliveryRow)
+            .where(DeliveryRow.status == "pending", DeliveryRow.next_attempt_at <= now)
+            .order_by(DeliveryRow.next_attempt_at, DeliveryRow.event_id)
+            .limit(limit)
+        )
+        async with self.session() as s:
+            return (await s.scalars(q)).all()
+
+    async def next_delivery_at(self) -> datetime | None:
+        q = select(func.min(DeliveryRow.next_attempt_at)).where(DeliveryRow.status == "pending")
+        async with self.session() as s:
+            return await s.scalar(q)
+
+    async def webhook_url(self, webhook_id: str) -> tuple[str, str] | None:
+        """(url, secret) of a live webhook."""
+        row = await self.webhook(webhook_id)
+        return (row.url, row.secret) if row else None
+
+    async def record_attempt(self, delivery_id: str, **values: Any) -> None:
+        async with self.writing() as s:
+            await s.execute(
+                update(DeliveryRow).where(DeliveryRow.id == delivery_id).values(**values)
+            )
+
+    async def deliveries(
+        self, webhook_id: str, status: str | None, limit: int
+    ) -> Sequence[DeliveryRow]:
+        q = select(DeliveryRow).where(DeliveryRow.webhook_id == webhook_id)
+        if status:
+            q = q.where(DeliveryRow.status == status)
+        async with self.session() as s:
+            q = q.order_by(DeliveryRow.event_id.desc()).limit(limit)
+            return (await s.scalars(q)).all()

@@ -168,3 +168,72 @@ class QueueRow(Base):
     config: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # None: removed
     updated_by: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKeyRow(Base):
+    """A developer's API key: only a hash of its secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # public part of the key
+    name: Mapped[str] = mapped_column(String(100))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    secret_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex of the secret part
+    rate_per_minute: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class EventRow(Base):
+    """The durable event log: what streams resume from and webhooks deliver."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    type: Mapped[str] = mapped_column(String(40))
+    call_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    body: Mapped[str] = mapped_column(Text)  # the event as JSON, exactly as streamed
+
+
+class EventSequenceRow(Base):
+    """Event ids handed out up to here; a restarted engine continues above it."""
+
+    __tablename__ = "event_sequence"
+
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    reserved_to: Mapped[int] = mapped_column(Integer)
+
+
+class WebhookRow(Base):
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    events: Mapped[list[str]] = mapped_column(JSON)  # event types, or ["*"]
+    secret: Mapped[str] = mapped_column(String(100))  # signs bodies, so it is kept as is
+    description: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DeliveryRow(Base):
+    """The outbox: one event for one webhook, tried until it lands or runs out of tries."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # the idempotency id
+    webhook_id: Mapped[str] = mapped_column(
+        ForeignKey("webhooks.id", ondelete="CASCADE"), index=True
+    )
+    event_id: Mapped[int] = mapped_column(Integer)
+    event_type: Mapped[str] = mapped_column(String(40))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending, delivered, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

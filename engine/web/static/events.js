@@ -17,8 +17,13 @@ export function connectEvents(path, onEvent, opts = {}) {
       delay = 500;
       onEvent(ev);
     };
-    ws.onclose = () => {
+    ws.onclose = (e) => {
       if (closed) return;
+      if (e.code >= 4400 && e.code < 4500 && e.code !== 4429) {
+        // refused (not signed in, another call's token, unknown call): retrying won't help
+        if (opts.onStatus) opts.onStatus(`refused: ${e.reason}`);
+        return;
+      }
       if (opts.onStatus) opts.onStatus("reconnecting");
       setTimeout(open, delay);
       delay = Math.min(delay * 2, 10000);

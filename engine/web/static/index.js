@@ -18,6 +18,10 @@ function render(call) {
 }
 
 const res = await fetch("/api/v1/calls?limit=100");
+if (res.status === 401 || res.status === 403) {
+  tbody.innerHTML = '<tr><td colspan="6" class="note">Calls are private: <a href="/agent">sign in</a> as a supervisor or agent, then come back.</td></tr>';
+  throw new Error("not signed in");
+}
 const { calls } = await res.json();
 tbody.innerHTML = calls.length ? "" : '<tr><td colspan="6" class="note">No calls yet. Open the caller page and press Call.</td></tr>';
 for (const c of calls.reverse()) render(c);

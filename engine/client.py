@@ -1,0 +1,302 @@
+"""A typed Python client for the engine's API (``ccengine`` commands and the tests
+use it). Async, on httpx; every answer is parsed into the same pydantic models the
+engine's OpenAPI document is made of, and every refusal raises ``ApiError`` carrying
+the problem details.
+
+    async with Client("http://127.0.0.1:8080", api_key="cck_…") as cc:
+        for call in (await cc.calls(state="queued")).calls:
+            print(call.id, call.escalation_reason)
+        async for event in cc.events(after=1041):   # resumes by itself after a drop
+            print(event["id"], event["type"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from engine.api.schemas import (
+    AgentOut,
+    AnswerOut,
+    CallAnswer,
+    CallbackOut,
+    CallDetail,
+    CallList,
+    DeliveryOut,
+    HistoryItem,
+    LoginOut,
+    ModelOut,
+    NoteOut,
+    PlacedCall,
+    PlayOut,
+    QueueOut,
+    UserOut,
+    UtteranceOut,
+    WebhookCreated,
+    WebhookOut,
+)
+from engine.escalation import Rule
+
+T = TypeVar("T")
+Presence = Literal["login", "available", "away", "logout"]
+
+
+class ApiError(Exception):
+    """The engine refused: ``status``, and the RFC 9457 problem it sent."""
+
+    def __init__(self, status: int, problem: dict[str, Any], retry_after: float | None) -> None:
+        self.status = status
+        self.problem = problem
+        self.detail = str(problem.get("detail", ""))
+        self.retry_after = retry_after
+        super().__init__(f"{status} {problem.get('title', '')}: {self.detail}")
+
+
+class Client:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        """``api_key`` (cck_…) or ``token`` (a person's, or a caller's, token)."""
+        credential = api_key or token
+        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+        self.http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _call(self, method: str, path: str, into: type[T] | None = None, **kwargs: Any) -> T:
+        r = await self.http.request(method, path, **kwargs)
+        if r.status_code >= 400:
+            raise _error(r)
+        if into is None:
+            return None  # type: ignore[return-value]
+        return TypeAdapter(into).validate_json(r.content)
+
+    # people
+
+    async def login(self, username: str, password: str) -> LoginOut:
+        """Sign in as a person; later requests carry their token."""
+        out = await self._call(
+            "POST", "/api/v1/auth/login", LoginOut,
+            json={"username": username, "password": password},
+        )  # fmt: skip
+        self.http.headers["Authorization"] = f"Bearer {out.token}"
+        return out
+
+    async def me(self) -> UserOut:
+        return await self._call("GET", "/api/v1/auth/me", UserOut)
+
+    async def agents(self) -> list[AgentOut]:
+        return await self._call("GET", "/api/v1/agents", list[AgentOut])
+
+    async def set_presence(self, event: Presence) -> AgentOut:
+        return await self._call(
+            "POST", "/api/v1/agents/me/presence", AgentOut, json={"event": event}
+        )
+
+    # calls
+
+    async def start_call(
+        self, sdp: str, *, language: str | None = None, caller: str | None = None
+    ) -> CallAnswer:
+        """An in-app call: our SDP offer in, the engine's answer and a caller token out."""
+        body = {"type": "offer", "sdp": sdp, "language": language, "caller": caller}
+        body = {k: v for k, v in body.items() if v is not None}
+        return await self._call("POST", "/api/v1/calls", CallAnswer, json=body)
+
+    async def calls(
+        self, *, state: str | None = None, limit: int = 50, offset: int = 0
+    ) -> CallList:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if state:
+            params["state"] = state
+        return await self._call("GET", "/api/v1/calls", CallList, params=params)
+
+    async def call(self, call_id: str) -> CallDetail:
+        return await self._call("GET", f"/api/v1/calls/{call_id}", CallDetail)
+
+    async def transcript(self, call_id: str, fmt: Literal["txt", "vtt"] = "txt") -> str:
+        r = await self.http.get(f"/api/v1/calls/{call_id}/transcript.{fmt}")
+        if r.status_code >= 400:
+            raise _error(r)
+        return r.text
+
+    async def transcript_lines(self, call_id: str) -> list[UtteranceOut]:
+        path = f"/api/v1/calls/{call_id}/transcript.json"
+        return await self._call("GET", path, list[UtteranceOut])
+
+    async def history(self, call_id: str, limit: int = 10) -> list[HistoryItem]:
+        path = f"/api/v1/calls/{call_id}/history"
+        return await self._call("GET", path, list[HistoryItem], params={"limit": limit})
+
+    async def hangup(self, call_id: str) -> None:
+        await self._call("POST", f"/api/v1/calls/{call_id}/hangup")
+
+    async def annotate(self, call_id: str, text: str) -> NoteOut:
+        return await self._call(
+            "POST", f"/api/v1/calls/{call_id}/notes", NoteOut, json={"text": text}
+        )
+
+    async def play(self, call_id: str, text: str) -> PlayOut:
+        """Speak ``text`` to the live caller."""
+        return await self._call(
+            "POST", f"/api/v1/calls/{call_id}/play", PlayOut, json={"text": text}
+        )
+
+    # the agent's desk (a signed-in person)
+
+    async def accept(self, call_id: str, sdp: str) -> AnswerOut:
+        body = {"type": "offer", "sdp": sdp}
+        return await self._call("POST", f"/api/v1/calls/{call_id}/accept", AnswerOut, json=body)
+
+    async def decline(self, call_id: str) -> None:
+        await self._call("POST", f"/api/v1/calls/{call_id}/decline")
+
+    async def mute(self, call_id: str, muted: bool = True) -> None:
+        await self._call("POST", f"/api/v1/calls/{call_id}/mute", json={"muted": muted})
+
+    async def hold(self, call_id: str) -> None:
+        await self._call("POST", f"/api/v1/calls/{call_id}/hold")
+
+    async def resume(self, call_id: str) -> None:
+        await self._call("POST", f"/api/v1/calls/{call_id}/resume")
+
+    async def transfer(
+        self, call_id: str, *, queue: str | None = None, agent: str | None = None,
+        note: str | None = None,
+    ) -> None:  # fmt: skip
+        body = {"queue": queue, "agent": agent, "note": note}
+        await self._call("POST", f"/api/v1/calls/{call_id}/transfer", json=body)
+
+    async def wrap_up(
+        self, call_id: str, disposition: str, notes: str = "",
+        then: Literal["available", "away"] = "available",
+    ) -> None:  # fmt: skip
+        body = {"disposition": disposition, "notes": notes, "then": then}
+        await self._call("POST", f"/api/v1/calls/{call_id}/wrap-up", json=body)
+
+    async def dispositions(self) -> list[str]:
+        return await self._call("GET", "/api/v1/dispositions", list[str])
+
+    # callbacks and queues
+
+    async def request_callback(self, call_id: str, contact: str | None = None) -> CallbackOut:
+        path = f"/api/v1/calls/{call_id}/callback"
+        return await self._call("POST", path, CallbackOut, json={"contact": contact})
+
+    async def callbacks(self, status: Literal["pending", "done"] = "pending") -> list[CallbackOut]:
+        params = {"status": status}
+        return await self._call("GET", "/api/v1/callbacks", list[CallbackOut], params=params)
+
+    async def callback_done(self, callback_id: str) -> CallbackOut:
+        return await self._call("POST", f"/api/v1/callbacks/{callback_id}/done", CallbackOut)
+
+    async def place_callback(self, callback_id: str) -> PlacedCall:
+        return await self._call("POST", f"/api/v1/callbacks/{callback_id}/call", PlacedCall)
+
+    async def queues(self) -> list[QueueOut]:
+        return await self._call("GET", "/api/v1/queues", list[QueueOut])
+
+    async def put_queue(self, name: str, **config: Any) -> QueueOut:
+        return await self._call("PUT", f"/api/v1/queues/{name}", QueueOut, json=config)
+
+    async def delete_queue(self, name: str) -> None:
+        await self._call("DELETE", f"/api/v1/queues/{name}")
+
+    # webhooks (admin)
+
+    async def create_webhook(
+        self, url: str, events: list[str], description: str = ""
+    ) -> WebhookCreated:
+        body = {"url": url, "events": events, "description": description}
+        return await self._call("POST", "/api/v1/webhooks", WebhookCreated, json=body)
+
+    async def webhooks(self) -> list[WebhookOut]:
+        return await self._call("GET", "/api/v1/webhooks", list[WebhookOut])
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        await self._call("DELETE", f"/api/v1/webhooks/{webhook_id}")
+
+    async def deliveries(
+        self, webhook_id: str, status: str | None = None, limit: int = 100
+    ) -> list[DeliveryOut]:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        path = f"/api/v1/webhooks/{webhook_id}/deliveries"
+        return await self._call("GET", path, list[DeliveryOut], params=params)
+
+    # the system
+
+    async def models(self, *languages: str) -> list[ModelOut]:
+        params = {"language": list(languages)} if languages else None
+        return await self._call("GET", "/api/v1/models", list[ModelOut], params=params)
+
+    async def escalation_rules(self) -> list[Rule]:
+        return await self._call("GET", "/api/v1/escalation-rules", list[Rule])
+
+    # events
+
+    async def events(
+        self, call_id: str | None = None, *, after: int = 0, reconnect: bool = True
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Events as Server-Sent Events: replay after ``after``, then live. A dropped
+        connection is resumed from the last id seen (no gaps, no repeats) unless
+        ``reconnect`` is False; refusals (401, 403, 404) raise ApiError."""
+        path = f"/api/v1/calls/{call_id}/events" if call_id else "/api/v1/events"
+        last = after
+        while True:
+            try:
+                async with self.http.stream(
+                    "GET", path, params={"after": last}, timeout=httpx.Timeout(30, read=None)
+                ) as r:
+                    if r.status_code >= 400:
+                        await r.aread()
+                        raise _error(r)
+                    async for line in r.aiter_lines():
+                        if line.startswith("data: "):
+                            event: dict[str, Any] = json.loads(line[6:])
+                            last = max(last, int(event["id"]))
+                            yield event
+            except (httpx.TransportError, httpx.RemoteProtocolError):
+                pass
+            if not reconnect:
+                return
+            await asyncio.sleep(1.0)
+
+
+def _error(r: httpx.Response) -> ApiError:
+    try:
+        problem = r.json()
+        if not isinstance(problem, dict):
+            raise ValueError
+    except ValueError:
+        problem = {"title": r.reason_phrase, "detail": r.text[:500]}
+    retry = r.headers.get("retry-after")
+    return ApiError(r.status_code, problem, float(retry) if retry else None)
+
+
+def dump(model: BaseModel | list[Any]) -> str:
+    """JSON for people and scripts (the CLI prints this)."""
+    if isinstance(model, list):
+        return json.dumps([m.model_dump(mode="json") for m in model], indent=2)
+    return model.model_dump_json(indent=2)

@@ -1,0 +1,160 @@
+"""The durable event log: every published event written to the database, in order.
+
+Streams resume from it (``after`` = the last id a client saw, even one from before a
+restart) and webhook deliveries are queued from it in the same transaction as the
+events themselves (the outbox), so nothing published is lost between the two.
+
+Events are written in small batches, off the publishing path: ``publish`` stays a
+synchronous append, and a burst of transcript partials costs one transaction. Ids come
+from a block reserved in the database, so a run that dies with events unwritten never
+sees its ids handed out again: a client holding one of them resumes without a
+duplicate or a gap of live events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from engine.events import EventBase, EventBus, utcnow
+from engine.store.db import Store
+from engine.store.models import DeliveryRow, EventRow, WebhookRow
+
+log = logging.getLogger(__name__)
+
+ID_BLOCK = 1_000_000
+FLUSH_EVERY = 0.05  # seconds: what a resuming client may wait for the newest events
+PAGE = 500
+PRUNE_EVERY = 3600.0
+
+
+def wants(hook: WebhookRow, event_type: str) -> bool:
+    return "*" in hook.events or event_type in hook.events
+
+
+class EventLog:
+    def __init__(self, store: Store, bus: EventBus, retention_days: float) -> None:
+        self.store = store
+        self.bus = bus
+        self.retention = timedelta(days=retention_days)
+        self._pending: list[EventRow] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        self._reserved_to = 0
+        self._hooks: list[WebhookRow] = []
+        self.written_to = 0  # the newest id in the database
+        self.on_deliveries: Callable[[], None] = lambda: None  # wakes the webhook sender
+
+    async def start(self) -> None:
+        first, self._reserved_to = await self.store.reserve_event_ids(ID_BLOCK, self.bus.last_id)
+        self.bus.continue_from(first)
+        self.written_to = first - 1
+        await self.reload_webhooks()
+        self.bus.sinks.append(self._append)
+        self._task = asyncio.create_task(self._write_loop(), name="event-log")
+        self._pruner = asyncio.create_task(self._prune_loop(), name="event-prune")
+
+    async def reload_webhooks(self) -> None:
+        self._hooks = list(await self.store.webhooks())
+
+    def _append(self, event: EventBase) -> None:
+        # serialised now: the body is frozen as subscribers see it
+        self._pending.append(
+            EventRow(
+                id=event.id,
+                type=getattr(event, "type", "unknown"),
+                call_id=event.call_id,
+                time=event.time,
+                body=event.model_dump_json(),
+            )
+        )
+        self._wake.set()
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(FLUSH_EVERY)  # gather a batch
+            try:
+                await self.flush()
+            except SQLAlchemyError as exc:  # kept in memory; tried again
+                log.error("event log: write failed, will retry: %s", exc)
+                await asyncio.sleep(1.0)
+
+    async def flush(self) -> None:
+        self._wake.clear()
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        now = utcnow()
+        deliveries = [
+            DeliveryRow(
+                id=str(uuid.uuid4()),
+                webhook_id=hook.id,
+                event_id=row.id,
+                event_type=row.type,
+                body=row.body,
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+            for row in batch
+            for hook in self._hooks
+            if wants(hook, row.type)
+        ]
+        try:
+            await self.store.write_events(batch, deliveries)
+        except BaseException:
+            self._pending[:0] = batch  # keep order; nothing is lost
+            self._wake.set()
+            raise
+        self.written_to = batch[-1].id
+        if self.written_to > self._reserved_to - ID_BLOCK // 2:
+            self._reserved_to = self.written_to + ID_BLOCK
+            await self.store.extend_event_ids(self._reserved_to)
+        if deliveries:
+            self.on_deliveries()
+
+    async def _prune_loop(self) -> None:
+        while True:
+            try:
+                if n := await self.store.prune_events(utcnow() - self.retention):
+                    log.info("event log: pruned %d events older than %s", n, self.retention)
+            except SQLAlchemyError as exc:
+                log.warning("event log: prune failed: %s", exc)
+            await asyncio.sleep(PRUNE_EVERY)
+
+    async def stop(self) -> None:
+        self.bus.sinks = [s for s in self.bus.sinks if s != self._append]
+        for task in (self._task, self._pruner):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        with contextlib.suppress(SQLAlchemyError):
+            await self.flush()
+
+    async def replay(self, call_id: str | None, after: int) -> AsyncIterator[tuple[int, str]]:
+        """(id, JSON) of every event after ``after``, oldest first: from the database
+        while the in-memory ring does not reach back that far, then from the ring."""
+        last = after
+        while last + 1 < self.bus.oldest_id:
+            rows = await self.store.events_after(last, call_id, PAGE)
+            for row in rows:
+                if row.id >= self.bus.oldest_id:
+                    break
+                yield row.id, row.body
+                last = row.id
+            else:
+                if len(rows) == PAGE:
+                    continue
+            break
+        for event in self.bus.replay(call_id, last):
+            yield event.id, event.model_dump_json()

@@ -1,0 +1,164 @@
+"""Webhook deliveries: signed POSTs from the outbox, retried with backoff and jitter.
+
+Each delivery is one event for one subscription. Its row id is the idempotency id the
+receiver sees in ``Ccengine-Delivery`` on every try, across restarts too. The body is
+the event as the streams send it. The signature header is
+
+    Ccengine-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
+
+A receiver recomputes the HMAC over the timestamp, a dot and the raw body, compares in
+constant time, and refuses timestamps older than a few minutes (replays).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import random
+import time
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy.exc import SQLAlchemyError
+
+from engine.events import utcnow
+from engine.store.db import Store
+from engine.store.models import DeliveryRow
+
+log = logging.getLogger(__name__)
+BATCH = 20
+IDLE_POLL = 30.0  # seconds between outbox checks when nothing wakes the sender
+USER_AGENT = "ccengine-webhooks/1"
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify(secret: str, header: str, body: bytes, now: float, tolerance: float = 300) -> bool:
+    """The receiver's side of ``sign``: what the README's recipe does."""
+    try:
+        parts = dict(p.split("=", 1) for p in header.split(","))
+        timestamp = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs(now - timestamp) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), f"t={timestamp},v1={parts.get('v1')}")
+
+
+def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Seconds before try ``attempt + 1``: exponential, capped, half of it jittered so
+    receivers that came back up are not hit by every sender at once."""
+    ceiling = min(cap, base * 2 ** (attempt - 1))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+def safe_target(url: str) -> str:
+    """What logs may say about a URL: scheme, host and port; never a query or userinfo."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_attempts: int,
+        retry_base: float,
+        retry_cap: float,
+        timeout: float,
+    ) -> None:
+        self.store = store
+        self.max_attempts = max_attempts
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        self._http = httpx.AsyncClient(
+            timeout=timeout, follow_redirects=False, headers={"User-Agent": USER_AGENT}
+        )
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._rng = random.Random()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="webhooks")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._http.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                due = await self.store.due_deliveries(utcnow(), BATCH)
+                if due:
+                    await asyncio.gather(*(self._send(d) for d in due))
+                    continue
+                upcoming = await self.store.next_delivery_at()
+            except SQLAlchemyError as exc:
+                log.error("webhooks: outbox unavailable: %s", exc)
+                upcoming = None
+            wait = IDLE_POLL
+            if upcoming is not None:
+                wait = min(wait, max(0.0, (_aware(upcoming) - utcnow()).total_seconds()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _send(self, d: DeliveryRow) -> None:
+        target = await self.store.webhook_url(d.webhook_id)
+        if target is None:
+            await self.store.record_attempt(d.id, status="failed", last_error="webhook deleted")
+            return
+        url, secret = target
+        body = d.body.encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Ccengine-Delivery": d.id,
+            "Ccengine-Event": d.event_type,
+            "Ccengine-Signature": sign(secret, int(time.time()), body),
+        }
+        code: int | None = None
+        try:
+            response = await self._http.post(url, content=body, headers=headers)
+            code = response.status_code
+            error = None if 200 <= code < 300 else f"HTTP {code}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        attempts = d.attempts + 1
+        now = utcnow()
+        if error is None:
+            await self.store.record_attempt(
+                d.id, status="delivered", attempts=attempts, last_status_code=code,
+                last_error=None, delivered_at=now,
+            )  # fmt: skip
+            return
+        done = attempts >= self.max_attempts
+        delay = backoff(attempts, self.retry_base, self.retry_cap, self._rng)
+        log.info(
+            "webhook %s: delivery %s to %s failed (%s), try %d of %d%s",
+            d.webhook_id, d.id, safe_target(url), error, attempts, self.max_attempts,
+            "; giving up" if done else f"; again in {delay:.1f} s",
+        )  # fmt: skip
+        await self.store.record_attempt(
+            d.id, status="failed" if done else "pending", attempts=attempts,
+            last_status_code=code, last_error=error[:500],
+            next_attempt_at=now + timedelta(seconds=delay),
+        )  # fmt: skip
+
+
+def _aware(when: datetime) -> datetime:
+    # SQLite hands back naive datetimes for what we stored as UTC
+    return when if when.tzinfo is not None else when.replace(tzinfo=utcnow().tzinfo)

@@ -1,0 +1,61 @@
+"""Call control by a program with a key: prompts spoken to a live caller, notes on
+calls, and who may do it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from engine.client import ApiError, Client
+from tests import speech
+from tests.engine_proc import EngineProcess
+from tests.rtc_client import Caller
+from tests.sniff import voiced_seconds
+
+
+async def test_a_control_key_speaks_to_the_caller_and_annotates(
+    engine: EngineProcess, voices: dict[str, Path]
+) -> None:
+    control = engine.ccengine("keys", "create", "ivr-bot", "--scope", "control", "--quiet")
+    reader = engine.ccengine("keys", "create", "wallboard", "--scope", "read", "--quiet")
+    caller = Caller(engine.url, voices["calm"])
+    try:
+        await caller.dial()
+        await caller.wait_for("call.state_changed", state="active")
+        async with (
+            Client(engine.url, api_key=control.strip()) as bot,
+            Client(engine.url, api_key=reader.strip()) as wallboard,
+            Client(engine.url, token=caller.answer["caller_token"]) as own,
+        ):
+            mark = len(caller.heard)
+            played = await bot.play(caller.call_id, "Your replacement card ships tomorrow.")
+            assert played.queued_behind == 0
+            await asyncio.sleep(4)
+            heard = caller.heard_pcm(mark)
+            note = await bot.annotate(caller.call_id, "Card 4111 1111 1111 1111 reported lost")
+            for who in (wallboard, own):
+                with pytest.raises(ApiError) as refused:
+                    await who.annotate(caller.call_id, "x")
+                assert refused.value.status == 403
+            with pytest.raises(ApiError) as not_bridged:
+                await bot.hold(caller.call_id)  # past auth, to the call's own rules
+            assert (
+                not_bridged.value.status == 409 and "not with an agent" in not_bridged.value.detail
+            )
+            with pytest.raises(ApiError) as unknown:
+                await bot.play("nope", "hello")
+            assert unknown.value.status == 404
+        await caller.talk_and_hang_up()
+    finally:
+        await caller.close()
+    record = await caller.call_record()
+    assert voiced_seconds(heard, 48000) > 1.0
+    words = set(speech.recognise(heard).split())
+    assert words & {"replacement", "card", "ships", "tomorrow"}, words
+    assert note.author == "api:ivr-bot" and note.kind == "note"
+    assert "4111" not in note.text  # redacted like everything else kept
+    assert [n["text"] for n in record["notes"]] == [note.text]
+    annotated = [e for e in caller.events if e["type"] == "call.annotated"]
+    assert [(e["author"], e["text"]) for e in annotated] == [("api:ivr-bot", note.text)]
