@@ -730,6 +730,7 @@ class CallManager:
         # no queue for that skill: wait in the default queue for an agent who has it
         skills = {skill} if skill and skill not in self.acd.queues[queue].skills else set()
         call.queue_name, call.queued_at = queue, time.monotonic()
+        await self.store.update_call(call.id, queue=queue)  # for listing calls by queue
         # the call's whole priority so far, including rules that fired before routing
         call.queued_priority = call.escalation.priority
         actions = self.acd.enqueue(
@@ -911,6 +912,7 @@ class CallManager:
         prompt = transfer_prompt(queue, target.display_name if target else None)
         await self.say(call, prompt, while_state="queued")
         call.queue_name, call.queued_at, call.queue_position = queue, now, None
+        await self.store.update_call(call.id, queue=queue)
         call.queued_priority = call.escalation.priority
         actions = self.acd.enqueue(
             call.id, queue, now, priority=call.queued_priority, agent=target.id if target else None

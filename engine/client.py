@@ -124,11 +124,16 @@ class Client:
         return await self._call("POST", "/api/v1/calls", CallAnswer, json=body)
 
     async def calls(
-        self, *, state: str | None = None, limit: int = 50, offset: int = 0
+        self, *, state: str | None = None, limit: int = 50, offset: int = 0, **filters: Any
     ) -> CallList:
+        """Filters: queue, agent (username), emotion, channel, caller, since, until
+        (datetimes), escalated (bool)."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if state:
             params["state"] = state
+        for name, value in filters.items():
+            if value is not None:
+                params[name] = value.isoformat() if hasattr(value, "isoformat") else value
         return await self._call("GET", "/api/v1/calls", CallList, params=params)
 
     async def call(self, call_id: str) -> CallDetail:

@@ -94,8 +94,14 @@ async def test_escalated_call_rings_the_agent_with_a_preview(
             finally:
                 await caller.close()
                 watcher.cancel()
+            filters = {"queue": "general", "escalated": "true", "channel": "webrtc"}
+            by_queue = (await http.get("/api/v1/calls", params=filters)).json()["calls"]
+            calm = (await http.get("/api/v1/calls", params={"escalated": "false"})).json()
+            elsewhere = (await http.get("/api/v1/calls", params={"queue": "billing"})).json()
     finally:
         engine.stop()
+    assert [c["id"] for c in by_queue] == [caller.call_id] and by_queue[0]["queue"] == "general"
+    assert calm["calls"] == [] and elsewhere["calls"] == []
     types = [e["type"] for e in events]
     offer = next(e for e in events if e["type"] == "call.offered")
     assert offer["call_id"] == caller.call_id and offer["agent_id"]
@@ -145,8 +151,10 @@ async def test_agent_answers_and_both_sides_hear_each_other(
                 await asyncio.gather(caller.close(), agent.close())
             record = await caller.call_record()
             ann = {a["username"]: a["presence"] for a in (await http.get("/api/v1/agents")).json()}
+            taken = (await http.get("/api/v1/calls", params={"agent": "ann"})).json()["calls"]
     finally:
         engine.stop()
+    assert [c["id"] for c in taken] == [caller.call_id]
     states = [e["state"] for e in caller.events if e["type"] == "call.state_changed"]
     assert states == ["connecting", "active", "queued", "bridged", "ended"]
     assert {leg["role"] for leg in record["legs"]} == {"caller", "agent"}

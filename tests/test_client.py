@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,24 @@ async def test_client_covers_a_call_and_refusals(
     async with Client(engine.url, api_key=engine.api_key) as cc:
         listed = await cc.calls(state="ended")
         assert [c.id for c in listed.calls] == [caller.call_id]
+        soon = datetime.now(UTC) + timedelta(hours=1)
+        found = {
+            name: [c.id for c in (await cc.calls(**f)).calls]
+            for name, f in {
+                "webrtc": {"channel": "webrtc", "caller": "cust-42", "until": soon},
+                "sip": {"channel": "sip"},
+                "later": {"since": soon},
+                "escalated": {"escalated": True},
+                "another caller": {"caller": "cust-43"},
+            }.items()
+        }
+        assert found == {
+            "webrtc": [caller.call_id], "sip": [], "later": [], "escalated": [],
+            "another caller": [],
+        }  # fmt: skip
+        with pytest.raises(ApiError) as nobody:
+            await cc.calls(agent="nobody")
+        assert nobody.value.status == 422 and "no user nobody" in nobody.value.detail
         detail = await cc.call(caller.call_id)
         assert [u.text for u in detail.transcript] == [u["text"] for u in record["transcript"]]
         assert detail.caller == "cust-42" and detail.end_reason == record["end_reason"]

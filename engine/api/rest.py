@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -70,13 +71,42 @@ async def list_calls(
     request: Request,
     _p: Reader,
     state: str | None = Query(None, description=f"one of {', '.join(STATES)}"),
+    queue: str | None = Query(None, max_length=64, description="the queue it waited in"),
+    agent: str | None = Query(None, max_length=64, description="an agent who took it (username)"),
+    emotion: str | None = Query(None, max_length=16, description="the call's overall mood"),
+    channel: Literal["webrtc", "sip"] | None = None,
+    caller: str | None = Query(None, max_length=200),
+    since: Annotated[datetime | None, Query(description="started at or after (ISO 8601)")] = None,
+    until: Annotated[datetime | None, Query(description="started before (ISO 8601)")] = None,
+    escalated: bool | None = Query(None, description="an escalation rule routed it to a person"),
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=1_000_000_000),
 ) -> CallList:
+    """Calls, newest first, filtered by any of state, queue, agent, mood, channel, caller,
+    escalation and start time."""
     if state is not None and state not in STATES:
         raise HTTPException(422, f"state must be one of {', '.join(STATES)}")
-    rows = await manager(request).store.list_calls(state=state, limit=limit, offset=offset)
+    m = manager(request)
+    since, until = _utc(since), _utc(until)
+    agent_id = None
+    if agent is not None:
+        user = await m.store.user_by_name(agent)
+        if user is None:
+            raise HTTPException(422, f"agent: no user {agent}")
+        agent_id = user.id
+    rows = await m.store.list_calls(
+        state=state, limit=limit, offset=offset, queue=queue, agent_id=agent_id,
+        emotion=emotion, channel=channel, caller=caller, since=since, until=until,
+        escalated=escalated,
+    )  # fmt: skip
     return CallList(calls=[CallOut.model_validate(r, from_attributes=True) for r in rows])
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    """Times are stored in UTC; a time without a zone is taken as UTC."""
+    if when is None or when.tzinfo is None:
+        return when.replace(tzinfo=UTC) if when else None
+    return when.astimezone(UTC)
 
 
 @router.get("/calls/{call_id}", response_model=CallDetail, tags=["calls"])

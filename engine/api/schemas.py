@@ -86,6 +86,7 @@ class CallOut(BaseModel):
     disposition: str | None
     wrapped_up_at: datetime | None
     topic: str | None = Field(None, description="what a phone caller chose in the key menu")
+    queue: str | None = Field(None, description="the queue the call waited in last")
 
 
 class EscalationOut(BaseModel):

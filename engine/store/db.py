@@ -151,11 +151,38 @@ class Store:
             return (await s.scalars(select(UserRow).order_by(UserRow.username))).all()
 
     async def list_calls(
-        self, *, state: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        state: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        queue: str | None = None,
+        agent_id: str | None = None,
+        emotion: str | None = None,
+        channel: str | None = None,
+        caller: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        escalated: bool | None = None,
     ) -> Sequence[CallRow]:
+        """Calls newest first; every filter given must hold."""
         q = select(CallRow).order_by(CallRow.created_at.desc()).limit(limit).offset(offset)
-        if state:
-            q = q.where(CallRow.state == state)
+        for column, value in (
+            (CallRow.state, state), (CallRow.queue, queue), (CallRow.emotion, emotion),
+            (CallRow.channel, channel), (CallRow.caller, caller),
+        ):  # fmt: skip
+            if value is not None:
+                q = q.where(column == value)
+        if agent_id is not None:  # anyone who took part, not only the last agent
+            q = q.where(CallRow.legs.any(LegRow.user_id == agent_id))
+        if since is not None:
+            q = q.where(CallRow.created_at >= since)
+        if until is not None:
+            q = q.where(CallRow.created_at < until)
+        if escalated is not None:
+            q = q.where(
+                CallRow.escalated_at.is_not(None) if escalated else CallRow.escalated_at.is_(None)
+            )
         async with self.session() as s:
             return (await s.scalars(q)).all()
 

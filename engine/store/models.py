@@ -37,6 +37,7 @@ class CallRow(Base):
     disposition: Mapped[str | None] = mapped_column(String(64))
     wrapped_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     topic: Mapped[str | None] = mapped_column(String(64))  # chosen in the phone menu
+    queue: Mapped[str | None] = mapped_column(String(64), index=True)  # the last one
 
     legs: Mapped[list[LegRow]] = relationship(back_populates="call", order_by="LegRow.created_at")
 
