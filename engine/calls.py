@@ -25,6 +25,7 @@ import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -83,6 +84,7 @@ from engine.events import (
     FactOut,
     OfferWithdrawn,
     QueueUpdated,
+    RecordingChanged,
     SuggestionOut,
     SupervisorAlert,
     TranscriptFinal,
@@ -91,6 +93,7 @@ from engine.events import (
     utcnow,
 )
 from engine.metrics import Metrics
+from engine.recording import CallRecording
 from engine.store.db import Store
 from engine.store.models import (
     CallbackRow,
@@ -362,6 +365,8 @@ class CallManager:
         def tap(frame: PcmFrame, role: str = leg.role) -> None:
             for fork in call.forks:
                 fork(role, frame)
+            if call.recording is not None:
+                call.recording.write(0 if role == "caller" else 1, leg.offset + frame.start, frame)
 
         leg.pipeline.tap = tap
         if leg.role == "caller":
@@ -1117,6 +1122,24 @@ class CallManager:
             raise NotAllowed(f"cannot play now: {done.exception()}")
         return ahead
 
+    def recording(self, actor: Actor, call_id: str, on: bool) -> None:
+        """Start, pause or resume the call's recording (one WAV per call, silent where
+        paused); it is written when the call ends."""
+        call = self.get(call_id)
+        caller = call.caller_leg().pipeline
+        now = caller.seconds_in if caller is not None else 0.0
+        if call.recording is None:
+            if not on:
+                raise NotAllowed(f"call {call_id} is not being recorded")
+            call.recording = CallRecording(Path(self.settings.recordings_dir), call.id, now)
+        elif call.recording.active == on:
+            return
+        call.recording.active = on
+        self._publish(RecordingChanged(call_id=call.id, recording=on, at=now, by=actor.username))
+
+    def recording_path(self, call_id: str) -> Path:
+        return Path(self.settings.recordings_dir) / f"{call_id}.wav"
+
     async def say(
         self, call: Call, text: str, while_state: str | tuple[str, ...] | None = None
     ) -> asyncio.Future[None] | None:
@@ -1172,6 +1195,11 @@ class CallManager:
         for task in call.tasks:
             if task is not current and not task.done():
                 task.cancel()
+        if call.recording is not None:
+            try:
+                await asyncio.to_thread(call.recording.finish)
+            except OSError as exc:  # a full disk must not keep the call from ending
+                log.error("call %s: recording not written: %s", call_id, exc)
         now = utcnow()
         duration = (now - call.created_at).total_seconds()
         await self._transition(call, "end", reason, ended_at=now, end_reason=reason)

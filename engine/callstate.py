@@ -32,6 +32,7 @@ from datetime import datetime
 
 from engine.assist.facts import Fact, FactSheet
 from engine.escalation import CallEscalation
+from engine.recording import CallRecording
 from media import events as me
 from media.asr import ModelChoice
 from media.audio import PcmFrame
@@ -167,6 +168,7 @@ class Call:
     utterance_ids: dict[tuple[str, int], str] = field(default_factory=dict)
     # audio forks listening to this call: each gets (speaker role, 20 ms 16 kHz frame)
     forks: list[Callable[[str, PcmFrame], None]] = field(default_factory=list)
+    recording: CallRecording | None = None
 
     def next_state(self, event: str) -> str:
         try:

@@ -156,6 +156,17 @@ class Client:
     async def hangup(self, call_id: str) -> None:
         await self._call("POST", f"/api/v1/calls/{call_id}/hangup")
 
+    async def record(self, call_id: str, on: bool = True) -> None:
+        """Start (or resume) recording a live call; ``on=False`` pauses it."""
+        await self._call("POST", f"/api/v1/calls/{call_id}/recording/{'start' if on else 'stop'}")
+
+    async def recording(self, call_id: str) -> bytes:
+        """The ended call's recording as WAV bytes (stereo: caller left, agent right)."""
+        r = await self.http.get(f"/api/v1/calls/{call_id}/recording.wav")
+        if r.status_code >= 400:
+            raise _error(r)
+        return r.content
+
     async def annotate(self, call_id: str, text: str) -> NoteOut:
         return await self._call(
             "POST", f"/api/v1/calls/{call_id}/notes", NoteOut, json={"text": text}

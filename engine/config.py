@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     anonymous_rate_per_minute: int = Field(120, ge=1)
     # Origins (https://app.example.com) whose pages may call the API with credentials.
     cors_origins: list[str] = Field(default_factory=list)
+    # Where call recordings (dual-channel WAV) are kept.
+    recordings_dir: str = "./recordings"
     # Days the event log keeps events for streams to resume from.
     event_retention_days: float = Field(7.0, gt=0)
     # Webhook deliveries: tries, then exponential backoff base and cap in seconds (full

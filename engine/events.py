@@ -233,6 +233,15 @@ class CallAnnotated(EventBase):
     text: str
 
 
+class RecordingChanged(EventBase):
+    """Recording started, paused or resumed; ``at`` is on the call's clock."""
+
+    type: Literal["recording.changed"] = "recording.changed"
+    recording: bool
+    at: float
+    by: str
+
+
 class CallEnded(EventBase):
     type: Literal["call.ended"] = "call.ended"
     reason: str
@@ -259,6 +268,7 @@ Event = Annotated[
     | SupervisorAlert
     | DtmfReceived
     | CallAnnotated
+    | RecordingChanged
     | CallEnded,
     Field(discriminator="type"),
 ]
@@ -283,6 +293,7 @@ EVENT_TYPES = [
     "supervisor.alert",
     "dtmf.received",
     "call.annotated",
+    "recording.changed",
     "call.ended",
 ]
 

@@ -36,6 +36,7 @@ class EngineProcess:
             "CCENGINE_MODEL_DIRS": "[]",
             "CCENGINE_SECRET_KEY_FILE": str(workdir / "secret"),
             "CCENGINE_SIP_PORT": str(self.sip_port),
+            "CCENGINE_RECORDINGS_DIR": str(workdir / "recordings"),
             # tests start many calls and sign-ins from one address
             "CCENGINE_ANONYMOUS_RATE_PER_MINUTE": "100000",
             **env,

@@ -4,8 +4,10 @@ calls, and who may do it."""
 from __future__ import annotations
 
 import asyncio
+import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine.client import ApiError, Client
@@ -59,3 +61,52 @@ async def test_a_control_key_speaks_to_the_caller_and_annotates(
     assert [n["text"] for n in record["notes"]] == [note.text]
     annotated = [e for e in caller.events if e["type"] == "call.annotated"]
     assert [(e["author"], e["text"]) for e in annotated] == [("api:ivr-bot", note.text)]
+
+
+async def test_recording_with_a_pause_is_one_stereo_wav(
+    engine: EngineProcess, voices: dict[str, Path]
+) -> None:
+    caller = Caller(engine.url, voices["calm"])
+    async with Client(engine.url, api_key=engine.api_key) as cc:
+        try:
+            await caller.dial()
+            await caller.wait_for("call.state_changed", state="active")
+            with pytest.raises(ApiError) as nothing:
+                await cc.record(caller.call_id, on=False)
+            assert nothing.value.status == 409
+            await cc.record(caller.call_id)
+            await asyncio.sleep(3)
+            await cc.record(caller.call_id, on=False)  # the caller reads out a card number
+            await asyncio.sleep(3)
+            await cc.record(caller.call_id)
+            with pytest.raises(ApiError) as live:
+                await cc.recording(caller.call_id)
+            assert live.value.status == 409
+            await caller.talk_and_hang_up()
+        finally:
+            await caller.close()
+        wav = await cc.recording(caller.call_id)
+        with pytest.raises(ApiError) as missing:
+            await cc.recording("nope")
+        assert missing.value.status == 404
+    changes = [e for e in caller.events if e["type"] == "recording.changed"]
+    assert [e["recording"] for e in changes] == [True, False, True]
+    assert all(e["by"] == "api:tests" for e in changes)
+    path = engine.workdir / "rec.wav"
+    path.write_bytes(wav)
+    with wave.open(str(path)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (2, 2, 16000)
+        stereo = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
+    left, right = stereo[:, 0], stereo[:, 1]
+    started, paused, resumed = (e["at"] for e in changes)
+    # from the first start to the hang-up, on the call's own clock
+    assert abs(len(stereo) / 16000 - (caller.connected_seconds - started)) < 2.0
+    gap = left[int((paused - started + 0.1) * 16000) : int((resumed - started - 0.1) * 16000)]
+    assert len(gap) > 2 * 16000 and not gap.any(), "the paused stretch is silent"
+    assert voiced_seconds(left[: int((paused - started) * 16000)], 16000) > 0.5
+    assert voiced_seconds(left[int((resumed - started) * 16000) :], 16000) > 2.0
+    assert not right.any()  # no agent on this call
+    said = set(speech.normalize(speech.recognise(left, 16000)))
+    assert len(said) > 5
+    kept = sorted(p.name for p in (engine.workdir / "recordings").iterdir())
+    assert kept == [f"{caller.call_id}.wav"]  # the raw sides are gone

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
 
 from engine import exports
@@ -188,6 +189,36 @@ async def play(call_id: str, body: PlayIn, request: Request, _actor: Operator) -
     """Speak a prompt to a live caller (text to speech), after what is already playing.
     409 while the call is on hold or has no audio path yet."""
     return PlayOut(queued_behind=round(await manager(request).play(call_id, body.text), 2))
+
+
+@router.post("/calls/{call_id}/recording/{action}", status_code=204, tags=["calls"])
+async def recording(
+    call_id: str, action: Literal["start", "stop"], request: Request, actor: Operator
+) -> None:
+    """Start recording a live call (both sides, one WAV), pause it (``stop``) and resume
+    it (``start``); paused stretches are silent in the file. The WAV is written when the
+    call ends: ``GET /api/v1/calls/{id}/recording.wav``."""
+    manager(request).recording(actor, call_id, action == "start")
+
+
+@router.get(
+    "/calls/{call_id}/recording.wav",
+    tags=["calls"],
+    response_class=FileResponse,
+    responses={200: {"content": {"audio/wav": {}}}},
+)
+async def download_recording(call_id: str, request: Request, _p: Reader) -> FileResponse:
+    """The call's recording: 16 kHz 16-bit stereo WAV, caller left, agent right. 404
+    when the call was not recorded, 409 while it is still going on."""
+    m = manager(request)
+    path = m.recording_path(call_id)
+    if call_id in m.calls:
+        raise HTTPException(
+            409, f"call {call_id} is still going on; its recording is written at the end"
+        )
+    if not path.is_file():
+        raise HTTPException(404, f"no recording of call {call_id}")
+    return FileResponse(path, media_type="audio/wav", filename=f"call-{call_id}.wav")
 
 
 @router.get("/models", response_model=list[ModelOut], tags=["system"])

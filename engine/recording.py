@@ -1,0 +1,76 @@
+"""Dual-channel call recordings: the caller on the left, the agent(s) on the right.
+
+Frames are placed by time on the call's own clock (the caller's first audio is 0; an
+agent leg's frames are shifted by when that leg began), so both sides line up however
+their packets arrived. While recording is paused nothing is written and the WAV holds
+silence there: pause for card numbers and other things that must not be kept.
+
+During the call each side goes to its own raw file at its position; when the call ends
+the two are interleaved, a chunk at a time, into ``<call id>.wav`` (16 kHz, 16-bit,
+stereo) and the raw files are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import wave
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from media.audio import ANALYSIS_RATE, PcmFrame
+
+CHUNK = ANALYSIS_RATE * 10  # samples per side merged at a time
+
+
+class CallRecording:
+    def __init__(self, folder: Path, call_id: str, started_at: float) -> None:
+        self.path = folder / f"{call_id}.wav"
+        self._raw = [folder / f"{call_id}.caller.raw", folder / f"{call_id}.agent.raw"]
+        folder.mkdir(parents=True, exist_ok=True)
+        self._files: list[BinaryIO] = [p.open("w+b") for p in self._raw]
+        self.t0 = started_at  # call-clock seconds where the recording begins
+        self.active = True
+        self.seconds = 0.0  # the furthest point written, from t0
+
+    def write(self, channel: int, at: float, frame: PcmFrame) -> None:
+        """``frame`` heard at ``at`` seconds on the call's clock, on channel 0 or 1."""
+        if not self.active:
+            return
+        offset = round((at - self.t0) * ANALYSIS_RATE)
+        if offset < 0:
+            return
+        f = self._files[channel]
+        if f.tell() != offset * 2:  # a gap (pause, loss) stays silent
+            f.seek(offset * 2)
+        f.write(frame.to_bytes())
+        self.seconds = max(self.seconds, (offset + len(frame.samples)) / ANALYSIS_RATE)
+
+    def finish(self) -> Path:
+        """Interleave both sides into the WAV (blocking: run it on a thread)."""
+        self.active = False
+        for f in self._files:
+            f.flush()
+        total = max(f.seek(0, 2) for f in self._files) // 2
+        with wave.open(str(self.path), "wb") as out:
+            out.setnchannels(2)
+            out.setsampwidth(2)
+            out.setframerate(ANALYSIS_RATE)
+            for start in range(0, total, CHUNK):
+                n = min(CHUNK, total - start)
+                both = np.zeros((n, 2), dtype="<i2")
+                for channel, f in enumerate(self._files):
+                    f.seek(start * 2)
+                    side = np.frombuffer(f.read(n * 2), dtype="<i2")
+                    both[: len(side), channel] = side
+                out.writeframes(both.tobytes())
+        self.discard(keep_wav=True)
+        return self.path
+
+    def discard(self, keep_wav: bool = False) -> None:
+        for f in self._files:
+            f.close()
+        for p in self._raw if keep_wav else (*self._raw, self.path):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
