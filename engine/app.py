@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from engine.api import agents, audio, auth, desk, problems, rest, streams, webhooks
+from engine.api import agents, audio, auth, content, desk, problems, rest, streams, webhooks
 from engine.api.schemas import Health
 from engine.calls import CallManager
 from engine.config import Settings
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if orphans := await store.close_orphans(utcnow()):
             log.warning("marked %d calls left open by a previous run as ended", orphans)
         await calls.load_queue_changes()
+        await calls.content.load()
         await calls.preload(settings.preload_languages)
         timers = asyncio.create_task(calls.run_acd_timers(), name="acd-timers")
         sip = SipFront(settings, calls) if settings.sip_enabled else None
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(streams.router)
     app.include_router(webhooks.router)
     app.include_router(audio.router)
+    app.include_router(content.router)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
 
     @app.get("/healthz", response_model=Health, tags=["system"])

@@ -42,7 +42,6 @@ from engine.acd import (
 )
 from engine.acd import Action as AcdAction
 from engine.assist.facts import extract
-from engine.assist.knowledge import KnowledgeBase
 from engine.assist.redact import Redactor
 from engine.assist.summary import summarize
 from engine.callstate import (
@@ -62,7 +61,8 @@ from engine.callstate import (
     transfer_prompt,
 )
 from engine.config import Settings
-from engine.escalation import CallEscalation, Decision, EmotionSample, Utterance, load_rules
+from engine.content import Content
+from engine.escalation import CallEscalation, Decision, EmotionSample, Utterance
 from engine.events import (
     AgentPresenceChanged,
     AssistUpdated,
@@ -150,16 +150,14 @@ class CallManager:
         self.calls: dict[str, Call] = {}
         self._factories: dict[str, RecognizerFactory | None] = {}
         self._choices: dict[str, ModelChoice] = {}
-        # a broken rules file stops start-up with the reason, rather than a call later
-        self.rules = load_rules(settings.escalation_rules)
+        self.content = Content(store, settings.escalation_rules, settings.knowledge_base)
         self.redactor = Redactor(settings.redact_patterns)
-        self.knowledge = KnowledgeBase.from_folder(settings.knowledge_base)
         self.acd = Acd(load_queues(settings.queues), settings.offer_timeout)
         self.speaker: Speaker | None = None
         self._warmup: asyncio.Task[None] | None = None
         self._usernames: dict[str, str] = {}
         if settings.knowledge_base:
-            log.info("knowledge base: %d articles", len(self.knowledge.articles))
+            log.info("knowledge base: %d articles", len(self.content.knowledge.articles))
 
     # -- models -----------------------------------------------------------------
 
@@ -239,7 +237,7 @@ class CallManager:
             caller,
             created_at=utcnow(),
         )
-        call.escalation = CallEscalation(self.rules)
+        call.escalation = CallEscalation(self.content.rules)
         return call
 
     async def create_webrtc_call(
@@ -635,7 +633,7 @@ class CallManager:
         # the last three utterances: what the caller is talking about *now*
         query = " ".join(call.caller_said[-3:])
         suggestions = [
-            SuggestionOut(**dataclasses.asdict(s)) for s in self.knowledge.suggest(query)
+            SuggestionOut(**dataclasses.asdict(s)) for s in self.content.knowledge.suggest(query)
         ]
         await self.store.update_call(
             call.id, summary=summary, facts=[f.model_dump() for f in facts]

@@ -24,6 +24,7 @@ from pydantic import BaseModel, TypeAdapter
 from engine.api.schemas import (
     AgentOut,
     AnswerOut,
+    ArticleOut,
     CallAnswer,
     CallbackOut,
     CallDetail,
@@ -269,6 +270,26 @@ class Client:
 
     async def escalation_rules(self) -> list[Rule]:
         return await self._call("GET", "/api/v1/escalation-rules", list[Rule])
+
+    async def put_rule(self, rule: Rule) -> Rule:
+        body = rule.model_dump(mode="json")
+        return await self._call("PUT", f"/api/v1/escalation-rules/{rule.id}", Rule, json=body)
+
+    async def delete_rule(self, rule_id: str) -> None:
+        await self._call("DELETE", f"/api/v1/escalation-rules/{rule_id}")
+
+    async def articles(self) -> list[ArticleOut]:
+        return await self._call("GET", "/api/v1/knowledge-base/articles", list[ArticleOut])
+
+    async def put_article(
+        self, article_id: str, title: str, body: str, tags: list[str] | None = None
+    ) -> ArticleOut:
+        data = {"title": title, "body": body, "tags": tags or []}
+        path = f"/api/v1/knowledge-base/articles/{article_id}"
+        return await self._call("PUT", path, ArticleOut, json=data)
+
+    async def delete_article(self, article_id: str) -> None:
+        await self._call("DELETE", f"/api/v1/knowledge-base/articles/{article_id}")
 
     # events
 

@@ -40,3 +40,13 @@ def test_nothing_in_common_suggests_nothing(kb: KnowledgeBase) -> None:
     assert kb.suggest("hello good morning") == []
     assert kb.suggest("") == []
     assert KnowledgeBase([]).suggest("order") == []
+
+
+def test_articles_with_no_searchable_words_never_break_the_index() -> None:
+    """Found by schemathesis: a knowledge base whose only article is "0" made bm25s
+    raise (an empty vocabulary), a 500 on PUT .../articles."""
+    from engine.assist.knowledge import Article
+
+    assert KnowledgeBase([Article("0", "0", "0", ["", ""])]).suggest("my order") == []
+    mixed = KnowledgeBase([Article("0", "0", "0"), Article("a", "Where is my order", "Track")])
+    assert [s.article_id for s in mixed.suggest("my order")] == ["a"]

@@ -210,6 +210,20 @@ async def operator(request: Request, p: Who) -> Actor:
 Operator = Annotated[Actor, Depends(operator)]
 
 
+async def editor(p: Who) -> str:
+    """Who may change rules and articles: supervisors and admins, or an admin key; the
+    name kept with the change."""
+    if p.identity is not None and p.identity.role in ("supervisor", "admin"):
+        return p.identity.username
+    if p.identity is not None:
+        raise HTTPException(403, "only supervisors and admins change rules and articles")
+    p.need("admin")
+    return f"api:{p.name}"
+
+
+Editor = Annotated[str, Depends(editor)]
+
+
 @router.post("/login", response_model=LoginOut)
 async def login(body: Login, request: Request, response: Response, _p: Who) -> LoginOut:
     user = await request.app.state.calls.store.user_by_name(body.username)

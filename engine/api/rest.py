@@ -161,7 +161,7 @@ async def export_transcript(
 @router.get("/escalation-rules", response_model=list[Rule], tags=["escalation"])
 async def escalation_rules(request: Request, _p: Reader) -> list[Rule]:
     """The rules every new call is judged by (built-in set, or CCENGINE_ESCALATION_RULES)."""
-    return manager(request).rules
+    return manager(request).content.rules
 
 
 @router.post("/calls/{call_id}/hangup", status_code=202, tags=["calls"])

@@ -235,6 +235,16 @@ class QueueOut(BaseModel):
     average_handle_time: float
 
 
+class ArticleIn(BaseModel):
+    title: str = Field(min_length=1, max_length=300)
+    body: str = Field(min_length=1, max_length=100_000, description="the suggested answer")
+    tags: list[str] = Field(default_factory=list, max_length=50)
+
+
+class ArticleOut(ArticleIn):
+    id: str
+
+
 class NoteIn(BaseModel):
     text: str = Field(min_length=1, max_length=10_000, description="redacted before it is kept")
 

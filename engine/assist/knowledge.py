@@ -86,8 +86,10 @@ class KnowledgeBase:
         self._index: bm25s.BM25 | None = None
         if articles:
             corpus = [f"{a.title} {a.title} {' '.join(a.tags)} {a.body}" for a in articles]
-            self._index = bm25s.BM25()
-            self._index.index(self._tokens(corpus), show_progress=False)
+            tokens = self._tokens(corpus)
+            if tokens.vocab:  # bm25s fails on a corpus of stopwords and single letters only
+                self._index = bm25s.BM25()
+                self._index.index(tokens, show_progress=False)
 
     @classmethod
     def from_folder(cls, folder: Path | str | None) -> KnowledgeBase:

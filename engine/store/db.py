@@ -33,6 +33,7 @@ from engine.store.models import (
     EventSequenceRow,
     LegRow,
     NoteRow,
+    OverrideRow,
     QueueRow,
     UserRow,
     UtteranceRow,
@@ -250,6 +251,21 @@ class Store:
                 return None
             row.status, row.done_by, row.done_at = "done", by, when
             return row
+
+    # Rules and articles changed through the API
+
+    async def overrides(self, kind: str) -> Sequence[OverrideRow]:
+        q = select(OverrideRow).where(OverrideRow.kind == kind).order_by(OverrideRow.updated_at)
+        async with self.session() as s:
+            return (await s.scalars(q)).all()
+
+    async def save_override(
+        self, kind: str, name: str, config: dict[str, Any] | None, by: str, when: datetime
+    ) -> None:
+        async with self.writing() as s:
+            await s.merge(
+                OverrideRow(kind=kind, name=name, config=config, updated_by=by, updated_at=when)
+            )
 
     # API keys
 

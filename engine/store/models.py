@@ -171,6 +171,18 @@ class QueueRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class OverrideRow(Base):
+    """Escalation rules and articles changed through the API; they win over the files."""
+
+    __tablename__ = "config_overrides"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # rule, article
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # None: removed
+    updated_by: Mapped[str] = mapped_column(String(100))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class ApiKeyRow(Base):
     """A developer's API key: only a hash of its secret is kept."""
 

@@ -1,0 +1,89 @@
+"""What the engine judges and suggests with: escalation rules and knowledge-base
+articles. Both come from files at start (``CCENGINE_ESCALATION_RULES``,
+``CCENGINE_KNOWLEDGE_BASE``) and change through the API; a change is kept in the
+database and wins over the files, across restarts, like queue changes do.
+
+A new rule set applies to calls that start afterwards: a live call keeps the rules it
+began with, so its evidence and decisions stay consistent. Article changes reach every
+call's next suggestion.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from engine.assist.knowledge import Article, KnowledgeBase, load_articles
+from engine.escalation import Rule, load_rules
+from engine.events import utcnow
+from engine.store.db import Store
+
+log = logging.getLogger(__name__)
+RULE, ARTICLE = "rule", "article"
+
+
+class Content:
+    def __init__(self, store: Store, rules_file: str | None, kb_folder: str | None) -> None:
+        self.store = store
+        # a broken rules file stops start-up with the reason, rather than a call later
+        self._file_rules = load_rules(rules_file)
+        self._file_articles = load_articles(Path(kb_folder)) if kb_folder else []
+        self._changes: dict[str, dict[str, dict[str, Any] | None]] = {RULE: {}, ARTICLE: {}}
+        self.rules: list[Rule] = list(self._file_rules)
+        self.knowledge = KnowledgeBase(self._file_articles)
+
+    async def load(self) -> None:
+        for kind in (RULE, ARTICLE):
+            for row in await self.store.overrides(kind):
+                self._changes[kind][row.name] = row.config
+        self._rebuild(RULE)
+        self._rebuild(ARTICLE)
+
+    def _rebuild(self, kind: str) -> None:
+        changes = self._changes[kind]
+        if kind == RULE:
+            rules = {r.id: r for r in self._file_rules}
+            for name, config in changes.items():
+                if config is None:
+                    rules.pop(name, None)
+                else:
+                    rules[name] = Rule.model_validate({**config, "id": name})
+            self.rules = list(rules.values())
+        else:
+            articles = {a.id: a for a in self._file_articles}
+            for name, config in changes.items():
+                if config is None:
+                    articles.pop(name, None)
+                else:
+                    articles[name] = Article(id=name, **config)
+            self.knowledge = KnowledgeBase(list(articles.values()))
+
+    async def _save(self, kind: str, name: str, config: dict[str, Any] | None, by: str) -> None:
+        await self.store.save_override(kind, name, config, by, utcnow())
+        self._changes[kind][name] = config
+        self._rebuild(kind)
+        log.info("%s %s %s by %s", kind, name, "removed" if config is None else "saved", by)
+
+    async def put_rule(self, rule: Rule, by: str) -> None:
+        await self._save(RULE, rule.id, rule.model_dump(exclude={"id"}), by)
+
+    async def remove_rule(self, rule_id: str, by: str) -> bool:
+        if all(r.id != rule_id for r in self.rules):
+            return False
+        await self._save(RULE, rule_id, None, by)
+        return True
+
+    def article(self, article_id: str) -> Article | None:
+        return next((a for a in self.knowledge.articles if a.id == article_id), None)
+
+    async def put_article(self, article: Article, by: str) -> None:
+        config = {k: v for k, v in asdict(article).items() if k != "id"}
+        await self._save(ARTICLE, article.id, config, by)
+
+    async def remove_article(self, article_id: str, by: str) -> bool:
+        if self.article(article_id) is None:
+            return False
+        await self._save(ARTICLE, article_id, None, by)
+        return True
