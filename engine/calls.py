@@ -796,6 +796,25 @@ class CallManager:
         await self._acd_actions(self.acd.presence(user.id, event, time.monotonic()))
         return self.acd.agents[user.id].presence
 
+    async def user_changed(self, user: UserRow) -> None:
+        """Skills changed take effect for the next offer; a removed role stops offers."""
+        if user.id in self.acd.agents:
+            if user.role == "agent":
+                self.acd.add_agent(user.id, set(user.skills))
+            else:
+                await self.agent_gone(user.id)
+
+    async def agent_gone(self, user_id: str) -> None:
+        """The person can no longer take calls (removed, or no longer an agent)."""
+        agent = self.acd.agents.get(user_id)
+        if agent is None:
+            return
+        if agent.presence in ("ringing", "on_call"):
+            raise NotAllowed("this agent is ringing or on a call; try again after it")
+        if agent.presence != "offline":
+            await self._acd_actions(self.acd.presence(user_id, "logout", time.monotonic()))
+        del self.acd.agents[user_id]
+
     def presence_of(self, user_id: str) -> str:
         agent = self.acd.agents.get(user_id)
         return agent.presence if agent else "offline"

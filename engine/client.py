@@ -109,6 +109,21 @@ class Client:
     async def agents(self) -> list[AgentOut]:
         return await self._call("GET", "/api/v1/agents", list[AgentOut])
 
+    async def add_user(
+        self, username: str, password: str, *, role: str = "agent",
+        skills: list[str] | None = None, display_name: str | None = None,
+    ) -> UserOut:  # fmt: skip
+        body = {"username": username, "password": password, "role": role,
+                "skills": skills or [], "display_name": display_name}  # fmt: skip
+        return await self._call("POST", "/api/v1/agents", UserOut, json=body)
+
+    async def change_user(self, username: str, **changes: Any) -> UserOut:
+        """Any of password, role, skills, display_name."""
+        return await self._call("PATCH", f"/api/v1/agents/{username}", UserOut, json=changes)
+
+    async def remove_user(self, username: str) -> None:
+        await self._call("DELETE", f"/api/v1/agents/{username}")
+
     async def set_presence(self, event: Presence) -> AgentOut:
         return await self._call(
             "POST", "/api/v1/agents/me/presence", AgentOut, json={"event": event}

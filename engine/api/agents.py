@@ -1,15 +1,22 @@
-"""Agents: presence and answering offers (signed-in users only).
+"""The people who take calls: added and changed by admins; presence and answering
+offers (signed-in agents only).
 
 A request the ACD cannot honour (not ringing on you, wrong presence) is a 409."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+
 from fastapi import APIRouter, Request
 from starlette.exceptions import HTTPException
 
-from engine.api.auth import Authenticated, CurrentUser, Reader
-from engine.api.schemas import AgentOut, AnswerIn, AnswerOut, PresenceIn
+from engine.api.auth import Admin, Authenticated, CurrentUser, Reader
+from engine.api.schemas import AgentOut, AnswerIn, AnswerOut, PresenceIn, UserIn, UserOut, UserPatch
 from engine.calls import CallManager
+from engine.events import utcnow
+from engine.store.models import UserRow
+from engine.users import hash_password
 
 router = APIRouter(prefix="/api/v1", tags=["agents"])
 
@@ -33,6 +40,56 @@ async def agents(request: Request, _p: Reader) -> list[AgentOut]:
         for u in await m.store.users()
         if u.role == "agent"
     ]
+
+
+@router.post("/agents", status_code=201, response_model=UserOut)
+async def add_user(body: UserIn, request: Request, _p: Admin) -> UserOut:
+    """Add an agent, supervisor or admin (as ``ccengine users add`` does); 409 if the
+    username is taken."""
+    store = _manager(request).store
+    if await store.user_by_name(body.username) is not None:
+        raise HTTPException(409, f"user {body.username} exists")
+    row = UserRow(
+        id=str(uuid.uuid4()), username=body.username,
+        display_name=body.display_name or body.username, role=body.role,
+        skills=sorted({s.strip() for s in body.skills if s.strip()}),
+        password_hash=await asyncio.to_thread(hash_password, body.password),
+        created_at=utcnow(),
+    )  # fmt: skip
+    await store.add_user(row)
+    return UserOut.model_validate(row, from_attributes=True)
+
+
+@router.patch("/agents/{username}", response_model=UserOut)
+async def change_user(username: str, body: UserPatch, request: Request, _p: Admin) -> UserOut:
+    """Change skills (used from the next offer), role, display name or password."""
+    m = _manager(request)
+    user = await m.store.user_by_name(username)
+    if user is None:
+        raise HTTPException(404, f"no user {username}")
+    values: dict[str, object] = body.model_dump(exclude_none=True, exclude={"password"})
+    if "skills" in values:
+        values["skills"] = sorted({s.strip() for s in body.skills or [] if s.strip()})
+    if body.password is not None:
+        values["password_hash"] = await asyncio.to_thread(hash_password, body.password)
+    if values:
+        await m.store.update_user(user.id, **values)
+    changed = await m.store.user(user.id)
+    assert changed is not None
+    await m.user_changed(changed)
+    return UserOut.model_validate(changed, from_attributes=True)
+
+
+@router.delete("/agents/{username}", status_code=204)
+async def remove_user(username: str, request: Request, _p: Admin) -> None:
+    """Remove a user: signed out at once, their tokens refused from then on; 409 while
+    they ring or talk. Their calls, notes and dispositions stay."""
+    m = _manager(request)
+    user = await m.store.user_by_name(username)
+    if user is None:
+        raise HTTPException(404, f"no user {username}")
+    await m.agent_gone(user.id)
+    await m.store.delete_user(user.id)
 
 
 @router.post("/agents/me/presence", response_model=AgentOut)

@@ -119,6 +119,12 @@ async def _resolve(conn: HTTPConnection) -> Principal:
             except AuthError:
                 raise HTTPException(401, str(exc), headers=CHALLENGE) from None
             return _caller(call_id, settings.rate_per_minute)
+        # the token was signed before any change: a removed person is refused at once,
+        # and a changed role counts from the next request
+        row = await app.state.calls.store.user(who.user_id)
+        if row is None:
+            raise HTTPException(401, "this user no longer exists", headers=CHALLENGE)
+        who = Identity(row.id, row.username, row.role)
         return Principal(
             "user",
             f"user:{who.user_id}",

@@ -147,6 +147,21 @@ class AgentOut(BaseModel):
     presence: str
 
 
+class UserIn(BaseModel):
+    username: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    password: str = Field(min_length=8, max_length=1024)
+    role: Literal["agent", "supervisor", "admin"] = "agent"
+    skills: list[str] = Field(default_factory=list, max_length=50)
+    display_name: str | None = Field(None, max_length=200)
+
+
+class UserPatch(BaseModel):
+    password: str | None = Field(None, min_length=8, max_length=1024)
+    role: Literal["agent", "supervisor", "admin"] | None = None
+    skills: list[str] | None = Field(None, max_length=50)
+    display_name: str | None = Field(None, min_length=1, max_length=200)
+
+
 class AnswerIn(BaseModel):
     sdp: str
     type: Literal["offer"] = "offer"

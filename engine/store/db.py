@@ -147,6 +147,14 @@ class Store:
         async with self.session() as s:
             return await s.get(UserRow, user_id)
 
+    async def update_user(self, user_id: str, **values: Any) -> None:
+        async with self.writing() as s:
+            await s.execute(update(UserRow).where(UserRow.id == user_id).values(**values))
+
+    async def delete_user(self, user_id: str) -> None:
+        async with self.writing() as s:
+            await s.execute(delete(UserRow).where(UserRow.id == user_id))
+
     async def users(self) -> Sequence[UserRow]:
         async with self.session() as s:
             return (await s.scalars(select(UserRow).order_by(UserRow.username))).all()
