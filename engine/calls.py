@@ -762,6 +762,24 @@ class CallManager:
         await self._enqueue_for_person(call, None, queue=row.queue, agent=user.id)
         return call
 
+    async def connect_outbound(
+        self, peer: CallPeer, codec: str, number: str, *, prompt: str | None,
+        queue: str | None, agent_id: str | None, by: str,
+    ) -> Call:  # fmt: skip
+        """A call we placed was answered: it runs through the same pipeline as any
+        caller; ``prompt`` is said first; with a queue or an agent it goes to a person,
+        otherwise it stays with the AI and the escalation rules."""
+        call = await self.create_phone_call(peer, number, codec, menu=False)
+        if prompt:
+            await self.say(call, prompt)
+        if queue is not None or agent_id is not None:
+            call.escalation_reason = f"outbound call placed by {by}"
+            await self.store.update_call(
+                call.id, escalation_reason=call.escalation_reason, escalated_at=utcnow()
+            )
+            await self._enqueue_for_person(call, None, queue=queue, agent=agent_id)
+        return call
+
     async def _queue_changed(self, announce: Call | None = None) -> None:
         """Tell every waiting caller where they stand; say it to ``announce``."""
         for position, waiting in enumerate(self.acd.line(), 1):

@@ -242,6 +242,14 @@ class Client:
     async def callback_done(self, callback_id: str) -> CallbackOut:
         return await self._call("POST", f"/api/v1/callbacks/{callback_id}/done", CallbackOut)
 
+    async def call_out(
+        self, to: str, *, prompt: str | None = None, queue: str | None = None,
+        agent: str | None = None,
+    ) -> PlacedCall:  # fmt: skip
+        """Call a number through the trunk; returns once they answer."""
+        body = {"to": to, "prompt": prompt, "queue": queue, "agent": agent}
+        return await self._call("POST", "/api/v1/calls/outbound", PlacedCall, json=body)
+
     async def place_callback(self, callback_id: str) -> PlacedCall:
         return await self._call("POST", f"/api/v1/callbacks/{callback_id}/call", PlacedCall)
 

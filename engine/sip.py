@@ -397,6 +397,32 @@ class SipFront:
         pc.call_id = call.id
         return call
 
+    async def place_call(
+        self, number: str, *, by: str, prompt: str | None = None, queue: str | None = None,
+        agent: str | None = None,
+    ) -> Call:  # fmt: skip
+        """Call ``number`` through the trunk for a program or a person; DialFailed if it
+        is not answered."""
+        if queue is not None and queue not in self.calls.acd.queues:
+            raise NotAllowed(f"no queue {queue}")
+        agent_id = None
+        if agent is not None:
+            agent_id = self.calls.agent_named(agent)
+            if agent_id is None:
+                raise NotAllowed(f"agent {agent} is not signed in")
+        pc = await self.dial(number)
+        assert pc.peer is not None
+        try:
+            call = await self.calls.connect_outbound(
+                pc.peer, pc.peer.rtp.offer.codec, number, prompt=prompt, queue=queue,
+                agent_id=agent_id, by=by,
+            )  # fmt: skip
+        except Exception:
+            await pc.peer.close()
+            raise
+        pc.call_id = call.id
+        return call
+
     # -- agents' desk phones --------------------------------------------------------------
 
     def ring(self, agent_id: str, username: str, call_id: str, caller: str | None) -> None:

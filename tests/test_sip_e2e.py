@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import websockets
 
+from engine.client import ApiError, Client
 from media.wavtrack import read_wav_mono
 from tests import sipp, speech
 from tests.engine_proc import EngineProcess, free_port
@@ -394,6 +395,57 @@ async def test_callback_is_placed_through_the_trunk(
         await cara.aclose()
     finally:
         engine.stop()
+
+
+async def test_a_program_places_an_outbound_call(
+    phone_speech: dict[str, Any], tmp_path: Path
+) -> None:
+    """A control key calls a customer through the trunk: the customer answers, hears the
+    prompt and talks; the call is live and transcribed, and the program hangs it up with
+    a BYE. When nobody answers: 502."""
+    trunk_port = free_port()
+    engine = EngineProcess(
+        tmp_path / "engine",
+        CCENGINE_SIP_TRUNK=f"127.0.0.1:{trunk_port}",
+        CCENGINE_SIP_TRUNK_USERNAME="acct",
+        CCENGINE_SIP_TRUNK_PASSWORD="trunk-pass",
+        CCENGINE_CALLBACK_RING_TIMEOUT="3",
+        CCENGINE_MEDIA_TIMEOUT="10",
+    ).start()
+    bot = engine.ccengine("keys", "create", "reminders", "--scope", "control", "--quiet")
+    try:
+        async with Client(engine.url, api_key=bot.strip()) as cc:
+            with pytest.raises(ApiError) as bad:
+                await cc.call_out("15557654321", queue="no-such-queue")
+            assert bad.value.status == 409
+            uas, uas_base = sipp.start(
+                sipp.trunk_uas_scenario(phone_speech["pcap"], "acct", "trunk-pass"),
+                tmp_path / "trunk", None, sip_port=trunk_port, timeout=120,
+            )  # fmt: skip
+            await asyncio.sleep(0.5)  # SIPp listening
+            placed = await cc.call_out(
+                "15557654321", prompt="Hello, this is Acme calling about your order."
+            )
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                detail = await cc.call(placed.call_id)
+                if len(detail.transcript) >= 2:
+                    break
+                await asyncio.sleep(0.5)
+            await cc.hangup(placed.call_id)
+            result = await asyncio.to_thread(sipp.finish, uas, uas_base)
+            # (after the customer's phone: an unanswered INVITE's retransmissions would
+            # reach a phone started later as a call of their own)
+            with pytest.raises(ApiError) as unanswered:
+                await cc.call_out("15557654321")
+            assert unanswered.value.status == 502
+    finally:
+        engine.stop()
+    assert result.ok, result.output + result.errors
+    assert "Authorization: Digest" in result.messages
+    assert detail.channel == "sip" and detail.caller == "15557654321"
+    said = set(speech.normalize(" ".join(u.text for u in detail.transcript)))
+    assert said & {"morning", "calling", "check", "order", "week", "delivered", "thank"}, said
 
 
 def test_engine_registers_to_the_carrier_and_refreshes(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from engine.api.schemas import (
     CallbackOut,
     HistoryItem,
     MuteIn,
+    OutboundIn,
     PlacedCall,
     QueueIn,
     QueueOut,
@@ -119,6 +120,24 @@ async def place_callback(callback_id: str, request: Request, user: CurrentUser) 
         call = await sip.place_callback(user, callback_id)
     except DialFailed as exc:
         raise HTTPException(502, f"the callback was not answered: {exc}") from None
+    return PlacedCall(call_id=call.id)
+
+
+@router.post("/calls/outbound", status_code=201, response_model=PlacedCall, tags=["calls"])
+async def place_call(body: OutboundIn, request: Request, actor: Operator) -> PlacedCall:
+    """Call a number through the SIP trunk (control scope). Answers once they pick up:
+    the call is live, transcribed and judged like any other; ``prompt`` is said first,
+    then it waits for ``agent`` or a person in ``queue``, or stays with the AI. 502 when
+    nobody answers (busy, no answer, rejected), 409 without a trunk."""
+    sip: SipFront | None = request.app.state.sip
+    if sip is None:
+        raise NotAllowed("SIP is not running on this engine")
+    try:
+        call = await sip.place_call(
+            body.to, by=actor.username, prompt=body.prompt, queue=body.queue, agent=body.agent
+        )
+    except DialFailed as exc:
+        raise HTTPException(502, f"the call was not answered: {exc}") from None
     return PlacedCall(call_id=call.id)
 
 

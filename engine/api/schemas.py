@@ -272,6 +272,13 @@ class PlayOut(BaseModel):
     queued_behind: float = Field(description="seconds of audio the caller hears before it")
 
 
+class OutboundIn(BaseModel):
+    to: str = Field(pattern=r"^\+?[0-9*#]{2,32}$", description="the number to call")
+    prompt: str | None = Field(None, max_length=2000, description="said when they answer")
+    queue: str | None = Field(None, max_length=64, description="then wait for a person here")
+    agent: str | None = Field(None, max_length=64, description="then ring this agent")
+
+
 class PlacedCall(BaseModel):
     call_id: str
 
