@@ -1142,6 +1142,16 @@ class CallManager:
         self._publish(CallAnnotated(call_id=call_id, author=actor.username, text=note.text))
         return note
 
+    async def send_dtmf(self, actor: Actor, call_id: str, digits: str) -> str:
+        """Keys to the caller (an IVR we called, a bank's system): RFC 4733 events to a
+        phone that offered them, tones in the audio otherwise; how they went."""
+        call = self.get(call_id)
+        peer = call.caller_leg().peer
+        if peer is None or call.state == "held":
+            raise NotAllowed(f"call {call_id} is {call.state}: no audio path to send keys on")
+        log.info("call %s: %s sent %d keys", call_id, actor.username, len(digits))
+        return await peer.send_dtmf(digits)
+
     async def play(self, call_id: str, text: str) -> float:
         """Speak ``text`` to a live caller (after what is already playing); the seconds
         queued ahead of it."""

@@ -30,6 +30,7 @@ from engine.api.schemas import (
     CallDetail,
     CallList,
     DeliveryOut,
+    DtmfOut,
     HistoryItem,
     LoginOut,
     ModelOut,
@@ -187,6 +188,11 @@ class Client:
         return await self._call(
             "POST", f"/api/v1/calls/{call_id}/notes", NoteOut, json={"text": text}
         )
+
+    async def send_dtmf(self, call_id: str, digits: str) -> str:
+        """Keys to the caller's side; "rfc4733" or "inband"."""
+        path = f"/api/v1/calls/{call_id}/dtmf"
+        return (await self._call("POST", path, DtmfOut, json={"digits": digits})).sent_as
 
     async def play(self, call_id: str, text: str) -> PlayOut:
         """Speak ``text`` to the live caller."""

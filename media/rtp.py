@@ -25,6 +25,7 @@ import collections
 import fractions
 import logging
 import secrets
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from aiortp import PcmConcealer, RtpPacket, is_rtcp
 from aiortp.codecs import get_codec
-from aiortp.dtmf import EVENT_TO_DIGIT
+from aiortp.dtmf import DTMF_EVENTS, EVENT_TO_DIGIT
 
 from media.sip.sdp import AudioOffer
 from media.wavtrack import SEND_RATE, PacedAudioTrack
@@ -322,6 +323,38 @@ class RtpSession(asyncio.DatagramProtocol):
             while len(pending) >= per_packet:
                 chunk, pending = pending[:per_packet], pending[per_packet:]
                 self._send(chunk)
+
+    async def send_digits(self, digits: str, duration_ms: int = 160, gap_ms: int = 60) -> bool:
+        """RFC 4733 telephone-events, paced in real time beside the audio; False when the
+        far end offered none (then send tones in-band instead)."""
+        pt = self.offer.dtmf_payload_type
+        if pt is None:
+            return False
+        step = RTP_CLOCK * 20 // 1000
+        for digit in digits.upper():
+            event, start = DTMF_EVENTS[digit], self._ts
+            for n in range(1, duration_ms // 20 + 1):
+                self._send_event(pt, event, start, n * step, end=False, marker=n == 1)
+                await asyncio.sleep(0.02)
+            for _ in range(3):  # the end, three times: it must not be lost (§2.5.1.4)
+                self._send_event(pt, event, start, duration_ms // 20 * step, end=True)
+            await asyncio.sleep(gap_ms / 1000)
+        return True
+
+    def _send_event(
+        self, pt: int, event: int, timestamp: int, duration: int, *, end: bool,
+        marker: bool = False,
+    ) -> None:  # fmt: skip
+        if self._transport is None or self.remote is None or not self.remote[1]:
+            return
+        payload = struct.pack("!BBH", event, (0x80 if end else 0) | 10, duration)
+        packet = RtpPacket(
+            payload_type=pt, marker=int(marker), sequence_number=self._seq,
+            timestamp=timestamp, ssrc=self._ssrc, payload=payload,
+        )  # fmt: skip
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._transport.sendto(packet.serialize(), self.remote)
+        self.stats.packets_out += 1
 
     def _send(self, pcm: np.ndarray) -> None:
         self._ts = (self._ts + RTP_CLOCK * self.offer.ptime // 1000) & 0xFFFFFFFF

@@ -17,6 +17,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from media.bridge import ForwardedVideoTrack, VideoIn
+from media.dtmf import tones
 from media.outbound import OutboundAudioTrack
 from media.peer import CallPeer
 from media.sdp import OfferSummary, SdpError, parse_offer
@@ -72,6 +73,11 @@ class WebRtcLeg:
             # aiortc raises these for offers it cannot use; that is the peer's fault
             raise SdpError(f"offer rejected by the WebRTC stack: {exc}") from exc
         return self.pc.localDescription.sdp, summary
+
+    async def send_dtmf(self, digits: str) -> str:
+        # aiortc has no RTCDTMFSender: the keys go in-band, as tones in the audio
+        self.outbound.play(tones(digits), 16000)
+        return "inband"
 
     def show_video_of(self, other: CallPeer | None) -> None:
         """Send ``other``'s camera to this peer (None: black), if this peer takes video."""

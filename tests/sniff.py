@@ -53,11 +53,15 @@ class RtpSniffer:
             seq = struct.unpack("!H", rtp[2:4])[0]
             self.packets[seq] = (time.monotonic(), rtp[12:])
 
-    def stop(self, since: float = 0.0) -> np.ndarray:
-        """What arrived after ``since`` (time.monotonic()), in sequence order, decoded."""
+    def close(self) -> None:
+        """Stop capturing; ``packets`` holds what came."""
         self._stop.set()
         self._thread.join(2)
         self._sock.close()
+
+    def stop(self, since: float = 0.0) -> np.ndarray:
+        """What arrived after ``since`` (time.monotonic()), in sequence order, decoded."""
+        self.close()
         ordered = b"".join(
             self.packets[k][1] for k in sorted(self.packets) if self.packets[k][0] >= since
         )

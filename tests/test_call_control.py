@@ -37,6 +37,10 @@ async def test_a_control_key_speaks_to_the_caller_and_annotates(
             await asyncio.sleep(4)
             heard = caller.heard_pcm(mark)
             note = await bot.annotate(caller.call_id, "Card 4111 1111 1111 1111 reported lost")
+            assert await bot.send_dtmf(caller.call_id, "5") == "inband"  # a browser: tones
+            with pytest.raises(ApiError) as bad_key:
+                await bot.send_dtmf(caller.call_id, "5x")
+            assert bad_key.value.status == 422
             for who in (wallboard, own):
                 with pytest.raises(ApiError) as refused:
                     await who.annotate(caller.call_id, "x")

@@ -151,3 +151,64 @@ def test_reorder_buffer() -> None:
     assert buf.push(1, "d") == [] and buf.late == 1  # too late now
     assert buf.push(6, None) == [(0, None)]  # a telephone-event takes its slot
     assert buf.push(5000, "x") == [(0, "x")]  # a new stream starts over
+
+
+async def test_keys_sent_as_rfc4733_events() -> None:
+    """'1#' to a phone that offered telephone-event: paced progress packets (the first
+    marked), three end packets per key, one timestamp per key; our receiver reads them
+    back as exactly those keys."""
+    import socket
+    import time
+
+    from media.rtp import RtpSession
+    from media.sip.sdp import AudioOffer
+
+    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    phone.bind(("127.0.0.1", 0))
+    phone.setblocking(False)
+    offer = AudioOffer("127.0.0.1", phone.getsockname()[1], 0, "PCMU", 101, "sendrecv", 20, (), 0)
+    rtp = RtpSession(offer, on_dtmf=lambda digit: None)
+    await rtp.open("127.0.0.1")
+    started = time.monotonic()
+    assert await rtp.send_digits("1#")
+    took = time.monotonic() - started
+    packets = []
+    while True:
+        try:
+            packets.append(phone.recv(2048))
+        except BlockingIOError:
+            break
+    heard: list[str] = []
+    echo = RtpSession(offer, on_dtmf=heard.append)
+    for p in packets:
+        echo.datagram_received(p, ("127.0.0.1", 40000))
+    rtp.close()
+    echo.close()
+    phone.close()
+    fields = [
+        (p[1] & 0x80, p[1] & 0x7F, struct.unpack("!I", p[4:8])[0], p[12], p[13] & 0x80)
+        for p in packets
+    ]
+    assert {f[1] for f in fields} == {101}
+    assert [f[3] for f in fields] == [1] * 11 + [11] * 11  # event codes: 1, then # (11)
+    assert [f[4] != 0 for f in fields] == ([False] * 8 + [True] * 3) * 2
+    assert [f[0] != 0 for f in fields] == ([True] + [False] * 10) * 2
+    assert len({f[2] for f in fields[:11]}) == 1 and len({f[2] for f in fields[11:]}) == 1
+    seqs = [struct.unpack("!H", p[2:4])[0] for p in packets]
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+    assert took >= 2 * 0.16  # paced in real time, not a burst
+    assert heard == ["1", "#"]
+
+
+def test_no_telephone_event_means_inband_tones() -> None:
+    """Keys as Q.23 tone pairs: '5' is 770 + 1336 Hz, 100 ms, then 60 ms of silence."""
+    import numpy as np
+
+    from media.dtmf import tones, valid_digits
+
+    pcm = tones("5", 16000)
+    assert len(pcm) == 16000 * 160 // 1000 and not pcm[1600:].any()
+    spectrum = np.abs(np.fft.rfft(pcm[:1600].astype(float)))
+    peaks = sorted(np.argsort(spectrum)[-2:] * 16000 / 1600)
+    assert peaks == [770, 1340] or (abs(peaks[0] - 770) <= 10 and abs(peaks[1] - 1336) <= 10)
+    assert valid_digits("12*#ab") and not valid_digits("12x") and not valid_digits("")

@@ -448,6 +448,34 @@ async def test_a_program_places_an_outbound_call(
     assert said & {"morning", "calling", "check", "order", "week", "delivered", "thank"}, said
 
 
+async def test_keys_sent_to_a_phone(phone_engine: EngineProcess, tmp_path: Path) -> None:
+    """A program sends keys to a phone caller (as it would to an IVR it called): they
+    arrive at the phone as RFC 4733 events, each key once, in order."""
+    quiet = np.zeros(8000 * 8, dtype=np.int16)
+    pcap = sipp.write_pcap(tmp_path / "quiet.pcap", sipp.phone_stream(quiet, []))
+    media_port = free_port()
+    events = RtpSniffer(media_port, payload_type=101)
+    proc, base = sipp.start(
+        sipp.call_scenario(sipp.play(pcap, 8.0)), tmp_path / "sipp", phone_engine.sip,
+        media_port=media_port,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not (live := [c for c in sip_calls(phone_engine) if c["state"] == "active"]):
+            assert time.monotonic() < deadline, "the phone call never became active"
+            await asyncio.sleep(0.2)
+        async with Client(phone_engine.url, api_key=phone_engine.api_key) as cc:
+            assert await cc.send_dtmf(live[0]["id"], "4#1") == "rfc4733"
+    finally:
+        result = await asyncio.to_thread(sipp.finish, proc, base)
+        events.close()
+    assert result.ok, result.output + result.errors
+    ordered = [events.packets[k][1] for k in sorted(events.packets)]
+    ends = [p[0] for p in ordered if p[1] & 0x80]
+    keys = [e for i, e in enumerate(ends) if i == 0 or ends[i - 1] != e]
+    assert keys == [4, 11, 1], ordered  # "4", "#", "1"
+
+
 def test_engine_registers_to_the_carrier_and_refreshes(tmp_path: Path) -> None:
     """Behind NAT the engine registers to its trunk: SIPp as the carrier's registrar
     challenges, checks the digest, grants 4 s, and gets the refresh in time."""

@@ -17,6 +17,8 @@ from engine.api.schemas import (
     CallList,
     CallOffer,
     CallOut,
+    DtmfIn,
+    DtmfOut,
     EmotionOut,
     EscalationOut,
     LegOut,
@@ -182,6 +184,14 @@ async def annotate(call_id: str, body: NoteIn, request: Request, actor: Operator
     with the call, shown in its record and published as ``call.annotated``."""
     note = await manager(request).annotate(actor, call_id, body.text)
     return NoteOut.model_validate(note, from_attributes=True)
+
+
+@router.post("/calls/{call_id}/dtmf", response_model=DtmfOut, tags=["calls"])
+async def send_dtmf(call_id: str, body: DtmfIn, request: Request, actor: Operator) -> DtmfOut:
+    """Send keys to the caller's side (navigate an IVR you called): RFC 4733 events to a
+    phone that offered them, tones in the audio otherwise. Returns once they are sent."""
+    how = await manager(request).send_dtmf(actor, call_id, body.digits.upper())
+    return DtmfOut(sent_as=how)
 
 
 @router.post("/calls/{call_id}/play", status_code=202, response_model=PlayOut, tags=["calls"])

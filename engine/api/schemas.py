@@ -264,6 +264,14 @@ class NoteIn(BaseModel):
     text: str = Field(min_length=1, max_length=10_000, description="redacted before it is kept")
 
 
+class DtmfIn(BaseModel):
+    digits: str = Field(pattern=r"^[0-9A-Da-d*#]{1,32}$")
+
+
+class DtmfOut(BaseModel):
+    sent_as: Literal["rfc4733", "inband"]
+
+
 class PlayIn(BaseModel):
     text: str = Field(min_length=1, max_length=2000, description="spoken to the caller")
 

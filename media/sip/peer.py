@@ -9,6 +9,7 @@ from collections.abc import Callable
 from aiortc import MediaStreamTrack
 
 from media.bridge import VideoIn
+from media.dtmf import tones
 from media.outbound import OutboundAudioTrack
 from media.peer import CallPeer
 from media.rtp import RtpSession
@@ -30,6 +31,12 @@ class SipPeer:
 
     def show_video_of(self, other: CallPeer | None) -> None:
         return None  # audio only: SIP video is declined in the SDP answer
+
+    async def send_dtmf(self, digits: str) -> str:
+        if await self.rtp.send_digits(digits):
+            return "rfc4733"
+        self.outbound.play(tones(digits), 16000)
+        return "inband"
 
     async def close(self) -> None:
         """Our end of the call: a BYE unless the caller already hung up."""
