@@ -254,6 +254,19 @@ class CallManager:
         await self._start_call(call, leg, codec=None)
         return call, answer
 
+    async def route_invited(
+        self, call: Call, *, queue: str | None, agent_id: str | None, reason: str
+    ) -> None:
+        """A caller who came through a call link goes straight to its agent or queue."""
+        call.escalation_reason = reason
+        await self.store.update_call(call.id, escalation_reason=reason, escalated_at=utcnow())
+        if queue is not None and queue not in self.acd.queues:
+            queue = None  # removed since the link was made: the default queue takes it
+        try:
+            await self._enqueue_for_person(call, None, queue=queue, agent=agent_id)
+        except AcdError:  # the agent signed out since: whoever is free in the queue
+            await self._enqueue_for_person(call, None, queue=queue)
+
     async def create_phone_call(
         self,
         peer: CallPeer,
@@ -380,8 +393,10 @@ class CallManager:
                 now = time.monotonic()
                 if leg.role == "caller":
                     call.media_t0 = now
-                    # state change is async; schedule it without blocking the media path
-                    call.tasks.append(asyncio.create_task(self._transition(call, "media")))
+                    # state change is async; schedule it without blocking the media path.
+                    # A call routed before its first audio (a callback) is queued already.
+                    if call.state == "connecting":
+                        call.tasks.append(asyncio.create_task(self._transition(call, "media")))
                 else:
                     leg.offset = now - (call.media_t0 or now)
             # an agent on hold or muted is neither heard nor transcribed: that talk is
@@ -1044,7 +1059,7 @@ class CallManager:
                 await asyncio.sleep(0.6)  # sent is not yet heard: let the last words arrive
         await self.end_call(call.id, "callback_requested")
 
-    async def finish_callback(self, user: UserRow, callback_id: str) -> CallbackRow:
+    async def finish_callback(self, user: Actor, callback_id: str) -> CallbackRow:
         row = await self.store.finish_callback(callback_id, user.username, utcnow())
         if row is None:
             raise NotAllowed(f"no pending callback {callback_id}")

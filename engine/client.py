@@ -28,6 +28,7 @@ from engine.api.schemas import (
     CallAnswer,
     CallbackOut,
     CallDetail,
+    CallLinkOut,
     CallList,
     DeliveryOut,
     DtmfOut,
@@ -240,6 +241,15 @@ class Client:
     async def request_callback(self, call_id: str, contact: str | None = None) -> CallbackOut:
         path = f"/api/v1/calls/{call_id}/callback"
         return await self._call("POST", path, CallbackOut, json={"contact": contact})
+
+    async def call_link(
+        self, *, callback_id: str | None = None, caller: str | None = None,
+        queue: str | None = None, agent: str | None = None, ttl_minutes: int = 60,
+    ) -> CallLinkOut:  # fmt: skip
+        """A link that starts an in-app call straight to an agent or queue."""
+        body = {"callback_id": callback_id, "caller": caller, "queue": queue,
+                "agent": agent, "ttl_minutes": ttl_minutes}  # fmt: skip
+        return await self._call("POST", "/api/v1/call-links", CallLinkOut, json=body)
 
     async def callbacks(self, status: Literal["pending", "done"] = "pending") -> list[CallbackOut]:
         params = {"status": status}

@@ -125,6 +125,33 @@ def read_caller_token(token: str, key: str) -> str:
     return str(claims["call"])
 
 
+INVITE = "invite"
+
+
+def issue_invite(claims: dict[str, str | None], key: str, ttl: int) -> str:
+    """A call link's token: who is invited (``caller``), and where their call goes
+    (``queue``, ``agent`` id, ``by``, ``callback``)."""
+    now = int(time.time())
+    body = {k: v for k, v in claims.items() if v is not None}
+    token: str = jwt.encode(
+        {**body, "kind": INVITE, "iat": now, "exp": now + ttl, "jti": uuid.uuid4().hex},
+        key, algorithm=ALGORITHM,
+    )  # fmt: skip
+    return token
+
+
+def read_invite(token: str, key: str) -> dict[str, str]:
+    try:
+        claims = jwt.decode(token, key, algorithms=[ALGORITHM], options={"require": ["exp"]})
+    except jwt.ExpiredSignatureError:
+        raise AuthError("this call link has expired") from None
+    except jwt.InvalidTokenError:
+        raise AuthError("this call link is not valid") from None
+    if claims.get("kind") != INVITE:
+        raise AuthError("this call link is not valid")
+    return {k: str(v) for k, v in claims.items() if isinstance(v, str)}
+
+
 def load_or_create_key(path: Path | str) -> str:
     """A signing key that survives restarts: created once, readable by us only."""
     p = Path(path)

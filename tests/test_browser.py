@@ -48,6 +48,46 @@ def browser(voices: dict[str, Path]) -> Iterator[Browser]:
             b.close()
 
 
+def test_call_link_puts_the_customer_through_to_the_agent(
+    engine: EngineProcess, browser: Browser
+) -> None:
+    """Ann sends a customer a call link; the customer opens it in Chromium and presses
+    Call: the call rings Ann at once, with the identity the link carries. The token
+    leaves the address bar; a forged link is refused on the page."""
+    engine.add_user("ann", "pw-ann-123")
+    with httpx.Client(base_url=engine.url, timeout=30) as ann:
+        assert ann.post("/api/v1/auth/login", json={"username": "ann", "password": "pw-ann-123"})
+        for event in ("login", "available"):
+            ann.post("/api/v1/agents/me/presence", json={"event": event}).raise_for_status()
+        r = ann.post("/api/v1/call-links", json={"caller": "cust-77", "ttl_minutes": 30})
+        assert r.status_code == 201, r.text
+        link = r.json()
+        assert link["url"].startswith(f"{engine.url}/call#invite=")
+        context = browser.new_context(permissions=["microphone"])
+        page = context.new_page()
+        page.goto(link["url"])
+        expect(page.get_by_test_id("notice")).to_contain_text("invited")
+        assert "invite" not in page.url
+        page.get_by_test_id("call").click()
+        call: dict[str, object] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and call.get("state") not in ("queued", "bridged"):
+            calls = ann.get("/api/v1/calls").json()["calls"]
+            call = calls[0] if calls else {}
+            time.sleep(0.3)
+        me = ann.get("/api/v1/auth/me").json()
+        agents = {a["username"]: a["presence"] for a in ann.get("/api/v1/agents").json()}
+        page.get_by_test_id("hangup").click()
+        forged = context.new_page()
+        forged.goto(f"{engine.url}/call#invite=not-a-token")
+        forged.get_by_test_id("call").click()
+        expect(forged.get_by_test_id("error")).to_contain_text("not valid", timeout=20_000)
+        context.close()
+    assert call["caller"] == "cust-77" and call["state"] == "queued", call
+    assert call["escalation_reason"] == "call link from ann"
+    assert agents["ann"] == "ringing" and me["username"] == "ann"  # offered to her at once
+
+
 def test_browser_call_shows_live_words(
     engine: EngineProcess, browser: Browser, output_dir: Path
 ) -> None:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import jwt
 import numpy as np
 import pytest
 
@@ -172,7 +173,11 @@ async def test_waiting_caller_chooses_a_callback(tmp_path: Path, voices: dict[st
         try:
             pending = (await ann.get("/api/v1/callbacks")).json()
             history = (await ann.get(f"/api/v1/calls/{cid}/history")).json()
+            r = await ann.post("/api/v1/call-links", json={"callback_id": pending[0]["id"]})
+            assert r.status_code == 201, r.text
+            invite = jwt.decode(r.json()["token"], options={"verify_signature": False})
             done = await ann.post(f"/api/v1/callbacks/{pending[0]['id']}/done")
+            used = await ann.post("/api/v1/calls", json={"sdp": "v=0", "invite": r.json()["token"]})
             again = await ann.post(f"/api/v1/callbacks/{pending[0]['id']}/done")
             left = (await ann.get("/api/v1/callbacks")).json()
             anonymous = await httpx_get(engine, "/api/v1/callbacks")
@@ -194,6 +199,9 @@ async def test_waiting_caller_chooses_a_callback(tmp_path: Path, voices: dict[st
     assert history[0]["summary"] == earlier["summary"] != ""
     assert done.status_code == 200 and done.json()["done_by"] == "ann"
     assert again.status_code == 409 and left == []
+    # the link Ann made for it carried who and where; once done, the link is spent
+    assert (invite["caller"], invite["queue"], invite["by"]) == ("cust-7", "general", "ann")
+    assert used.status_code == 409 and "used" in used.json()["detail"]
     assert anonymous.status_code == 401
 
 

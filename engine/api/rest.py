@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import contextlib
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -14,6 +15,8 @@ from engine.api.auth import CALLER_COOKIE, Operator, Reader, Who
 from engine.api.schemas import (
     CallAnswer,
     CallDetail,
+    CallLinkIn,
+    CallLinkOut,
     CallList,
     CallOffer,
     CallOut,
@@ -30,9 +33,15 @@ from engine.api.schemas import (
     UtteranceOut,
 )
 from engine.calls import CallManager
-from engine.callstate import STATES
+from engine.callstate import STATES, NotAllowed
 from engine.escalation import Rule
-from engine.users import issue_caller_token
+from engine.users import (
+    ApiActor,
+    AuthError,
+    issue_caller_token,
+    issue_invite,
+    read_invite,
+)
 
 router = APIRouter(prefix="/api/v1")
 
@@ -48,9 +57,29 @@ async def create_call(offer: CallOffer, request: Request, response: Response, p:
     token that reaches this call only (also set as a cookie for the caller's page).
     Open to anyone unless CCENGINE_PUBLIC_CALLS=false; then it needs a control key."""
     m = manager(request)
-    if not m.settings.public_calls:
+    invite = None
+    if offer.invite is not None:
+        try:
+            invite = read_invite(offer.invite, request.app.state.secret_key)
+        except AuthError as exc:
+            raise HTTPException(401, str(exc)) from None
+        if "callback" in invite:
+            row = await m.store.get_callback(invite["callback"])
+            if row is None or row.status != "pending":
+                raise HTTPException(409, "this call link was used already")
+    elif not m.settings.public_calls:
         p.need("control")
-    call, sdp = await m.create_webrtc_call(offer.sdp, offer.language, offer.caller)
+    caller = invite.get("caller") if invite else offer.caller
+    call, sdp = await m.create_webrtc_call(offer.sdp, offer.language, caller)
+    if invite is not None:
+        by = invite.get("by", "a call link")
+        if "callback" in invite:
+            with contextlib.suppress(NotAllowed):  # two tabs opened the link at once
+                await m.finish_callback(ApiActor(by, by, "operator"), invite["callback"])
+        await m.route_invited(
+            call, queue=invite.get("queue"), agent_id=invite.get("agent"),
+            reason=f"call link from {by}",
+        )  # fmt: skip
     ttl = m.settings.caller_token_ttl
     token = issue_caller_token(call.id, request.app.state.secret_key, ttl)
     response.set_cookie(
@@ -66,6 +95,42 @@ async def create_call(offer: CallOffer, request: Request, response: Response, p:
         recognizer_note=call.model.note,
         events_url=f"/api/v1/calls/{call.id}/events",
         view_url=f"/calls/{call.id}",
+    )
+
+
+@router.post("/call-links", status_code=201, response_model=CallLinkOut, tags=["calls"])
+async def call_link(body: CallLinkIn, request: Request, actor: Operator) -> CallLinkOut:
+    """A link that starts an in-app call straight to an agent or a queue: call a customer
+    back in the browser, or invite them from an email or a chat. With ``callback_id`` it
+    answers that callback (once); the agent defaults to you if you take calls. The token
+    sits in the URL's fragment, which browsers never send, so no log ever holds it."""
+    m = manager(request)
+    caller, queue, agent = body.caller, body.queue, body.agent
+    if body.callback_id is not None:
+        row = await m.store.get_callback(body.callback_id)
+        if row is None or row.status != "pending":
+            raise HTTPException(409, f"no pending callback {body.callback_id}")
+        caller, queue = caller or row.caller or row.contact, queue or row.queue
+    if queue is not None and queue not in m.acd.queues:
+        raise HTTPException(422, f"queue: no queue {queue}")
+    agent_id = None
+    if agent is None and actor.role == "agent":
+        agent_id = actor.id
+    elif agent is not None:
+        user = await m.store.user_by_name(agent)
+        if user is None or user.role != "agent":
+            raise HTTPException(422, f"agent: no agent {agent}")
+        agent_id = user.id
+    ttl = body.ttl_minutes * 60
+    token = issue_invite(
+        {"caller": caller, "queue": queue, "agent": agent_id, "by": actor.username,
+         "callback": body.callback_id},
+        request.app.state.secret_key, ttl,
+    )  # fmt: skip
+    return CallLinkOut(
+        url=f"{str(request.base_url).rstrip('/')}/call#invite={token}",
+        token=token,
+        expires_at=datetime.now(UTC) + timedelta(seconds=ttl),
     )
 
 

@@ -17,6 +17,25 @@ class CallOffer(BaseModel):
         None, pattern=r"^[a-zA-Z]{2,3}(-[a-zA-Z0-9]{2,8})?$", description="BCP 47, e.g. 'en'"
     )
     caller: str | None = Field(None, max_length=200, description="Caller identity, if known")
+    invite: str | None = Field(
+        None, max_length=4096, description="the token of a call link (POST /api/v1/call-links)"
+    )
+
+
+class CallLinkIn(BaseModel):
+    callback_id: str | None = Field(None, description="a pending callback: who and where from it")
+    caller: str | None = Field(None, max_length=200, description="who is invited")
+    queue: str | None = Field(None, max_length=64)
+    agent: str | None = Field(
+        None, max_length=64, description="ring this agent (default: you, if you take calls)"
+    )
+    ttl_minutes: int = Field(60, ge=1, le=7 * 24 * 60)
+
+
+class CallLinkOut(BaseModel):
+    url: str = Field(description="send it to the customer; opening it starts the call")
+    token: str = Field(description="for apps: POST /api/v1/calls with {invite: token}")
+    expires_at: datetime
 
 
 class CallAnswer(BaseModel):

@@ -35,6 +35,14 @@ function queued(ev) {
   if (ev.callback_offered) $("queue").textContent += " You can ask us to call you back instead.";
 }
 
+// A call link (#invite=…) goes straight to the agent or queue it names. The fragment
+// never reaches a server; take it out of the address bar so it is not bookmarked.
+const invite = new URLSearchParams(location.hash.slice(1)).get("invite");
+if (invite) {
+  history.replaceState(null, "", location.pathname);
+  $("notice").textContent = "You were invited to this call: press Call to be put through.";
+}
+
 async function call() {
   $("error").textContent = "";
   $("call").disabled = true;
@@ -49,7 +57,7 @@ async function call() {
       headers: { "content-type": "application/json" },
       body: JSON.stringify({
         type: "offer", sdp: pc.localDescription.sdp, language: $("language").value,
-        caller: $("identity").value.trim() || null,
+        caller: $("identity").value.trim() || null, invite,
       }),
     });
     const body = await res.json();
