@@ -977,6 +977,55 @@ class CallManager:
         if leg is not None:
             await self._close_leg(call, leg)
 
+    def controlled_call(self, user: Actor, call_id: str) -> Call:
+        """The live call, if ``user`` may act on it (403/404/409 otherwise)."""
+        return self._my_call(user, call_id)
+
+    async def transfer_out(
+        self, user: Actor, call_id: str, peer: CallPeer, codec: str, number: str,
+        note: str | None,
+    ) -> None:  # fmt: skip
+        """Someone outside the contact center (a number we called) answered a transfer:
+        they take the agent's place in the bridge, transcribed on the agent's side; the
+        agent goes to wrap-up."""
+        call = self._my_call(user, call_id)  # it may have changed while it rang
+        old, from_agent = call.agent_leg(), call.agent_id
+        now = time.monotonic()
+        if old is not None:
+            old.left = True
+        call.agent_id, call.agent_muted = None, False
+        if from_agent is not None and from_agent in self.acd.agents:
+            await self._acd_actions(self.acd.hangup(from_agent, now, now - call.bridged_at))
+        call.transferred_by, call.transfer_note = user.username, note
+        await self.store.add(
+            NoteRow(call_id=call.id, author_id=user.id, author=user.username, kind="transfer",
+                    text=note or f"transferred to {number}", created_at=utcnow())
+        )  # fmt: skip
+        caller = call.caller_leg().peer
+        if caller is not None:
+            caller.outbound.set_background(None)
+            caller.outbound.clear()
+        if call.state == "held":
+            await self._transition(call, "resume", user.username)
+        leg = Leg(str(uuid.uuid4()), "agent", "sip")
+        leg.peer = peer
+        call.legs.append(leg)
+        call.bridged_at = now
+        await self.store.add(
+            LegRow(id=leg.id, call_id=call.id, role="agent", transport="sip", codec=codec,
+                   user_id=None, created_at=utcnow())
+        )  # fmt: skip
+        self._publish(
+            CallTransferred(
+                call_id=call.id, from_agent=user.username, to_queue="", to_agent=None,
+                to_number=number, note=note,
+            )
+        )  # fmt: skip
+        self._bridge_video(call)
+        call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
+        if old is not None:
+            await self._close_leg(call, old)
+
     async def _close_leg(self, call: Call, leg: Leg) -> None:
         """A leg leaves a call that goes on: its last words are still transcribed."""
         if leg.pipeline is not None:

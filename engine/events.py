@@ -182,6 +182,7 @@ class CallTransferred(EventBase):
     to_queue: str
     to_agent: str | None
     note: str | None
+    to_number: str | None = Field(None, description="a transfer outside, through the trunk")
 
 
 class CallWrappedUp(EventBase):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from engine.acd import AcdError
 from engine.callstate import NotAllowed, Overloaded, UnknownCall
 from engine.config import Settings
+from engine.users import Actor
 from media.rtp import RtpSession
 from media.sip import message as sm
 from media.sip.endpoint import (
@@ -363,8 +364,9 @@ class SipFront:
         self._phone[sip_call_id] = pc
         return pc
 
-    async def dial(self, number: str) -> _PhoneCall:
-        """Call ``number`` through the trunk; the answered call's peer, or DialFailed."""
+    async def dial(self, number: str, *, agent: bool = False) -> _PhoneCall:
+        """Call ``number`` through the trunk; the answered call's peer, or DialFailed.
+        ``agent``: the callee takes an agent's place (their keys are not menu choices)."""
         s = self.settings
         auth = (
             (s.sip_trunk_username, s.sip_trunk_password.get_secret_value())
@@ -377,6 +379,7 @@ class SipFront:
             caller=s.sip_caller_id,
             auth=auth,
             ring_for=s.callback_ring_timeout,
+            agent=agent,
         )
 
     async def place_callback(self, user: UserRow, callback_id: str) -> Call:
@@ -422,6 +425,23 @@ class SipFront:
             raise
         pc.call_id = call.id
         return call
+
+    async def transfer_out(
+        self, actor: Actor, call_id: str, number: str, note: str | None = None
+    ) -> None:
+        """Blind transfer to a number through the trunk: it rings while the agent stays
+        on the line; once answered it takes the agent's place. DialFailed otherwise (the
+        call stays as it was)."""
+        self.calls.controlled_call(actor, call_id)  # before ringing anyone
+        pc = await self.dial(number, agent=True)
+        assert pc.peer is not None
+        try:
+            await self.calls.transfer_out(
+                actor, call_id, pc.peer, pc.peer.rtp.offer.codec, number, note
+            )
+        except Exception:
+            await pc.peer.close()
+            raise
 
     # -- agents' desk phones --------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from engine.client import ApiError, Client
 from media.wavtrack import read_wav_mono
 from tests import sipp, speech
 from tests.engine_proc import EngineProcess, free_port
+from tests.rtc_client import Caller
 from tests.sniff import RtpSniffer, voiced_seconds
 
 pytestmark = pytest.mark.timeout(240)
@@ -474,6 +475,68 @@ async def test_keys_sent_to_a_phone(phone_engine: EngineProcess, tmp_path: Path)
     ends = [p[0] for p in ordered if p[1] & 0x80]
     keys = [e for i, e in enumerate(ends) if i == 0 or ends[i - 1] != e]
     assert keys == [4, 11, 1], ordered  # "4", "#", "1"
+
+
+async def test_agent_transfers_the_caller_to_a_number_outside(
+    phone_speech: dict[str, Any], voices: dict[str, Path], tmp_path: Path
+) -> None:
+    """Ann has the upset in-app caller and transfers them to a partner's number: the
+    trunk rings it, the partner answers and is transcribed on the agent's side, Ann goes
+    to wrap-up, and the event names the number."""
+    trunk_port = free_port()
+    engine = EngineProcess(
+        tmp_path / "engine",
+        CCENGINE_SIP_TRUNK=f"127.0.0.1:{trunk_port}",
+        CCENGINE_SIP_TRUNK_USERNAME="acct",
+        CCENGINE_SIP_TRUNK_PASSWORD="trunk-pass",
+        CCENGINE_MEDIA_TIMEOUT="10",
+    ).start()
+    engine.add_user("ann", "pw-ann-123")
+    ann = await engine.agent("ann", "pw-ann-123", "login", "available")
+    caller = Caller(engine.url, voices["angry"])
+    desk = Caller(engine.url, voices["calm"])  # Ann's softphone
+    try:
+        await caller.dial()
+        await caller.wait_for("call.offered", within=60)
+        await desk.accept(ann, caller.call_id)
+        await caller.wait_for("call.state_changed", state="bridged")
+        uas, uas_base = sipp.start(
+            sipp.trunk_uas_scenario(phone_speech["pcap"], "acct", "trunk-pass"),
+            tmp_path / "partner", None, sip_port=trunk_port, timeout=120,
+        )  # fmt: skip
+        await asyncio.sleep(0.5)
+        r = await ann.post(
+            f"/api/v1/calls/{caller.call_id}/transfer",
+            json={"number": "15550001111", "note": "billing partner, refund case"},
+        )
+        assert r.status_code == 202, r.text
+        moved = await caller.wait_for("call.transferred")
+        deadline = time.monotonic() + 60
+        partner: list[str] = []
+        while time.monotonic() < deadline and len(partner) < 2:
+            detail = (await ann.get(f"/api/v1/calls/{caller.call_id}")).json()
+            legs = {leg["id"]: leg for leg in detail["legs"]}
+            partner = [
+                u["text"] for u in detail["transcript"]
+                if u["speaker"] == "agent" and legs[u["leg_id"]]["transport"] == "sip"
+            ]  # fmt: skip
+            await asyncio.sleep(0.5)
+        presence = {a["username"]: a["presence"] for a in (await ann.get("/api/v1/agents")).json()}
+        r = await ann.post(f"/api/v1/calls/{caller.call_id}/hangup")
+        assert r.status_code == 202, r.text
+        result = await asyncio.to_thread(sipp.finish, uas, uas_base)
+    finally:
+        await asyncio.gather(caller.close(), desk.close())
+        await ann.aclose()
+        engine.stop()
+    assert result.ok, result.output + result.errors
+    assert (moved["to_number"], moved["from_agent"]) == ("15550001111", "ann")
+    assert presence["ann"] == "wrap_up"
+    said = set(speech.normalize(" ".join(partner)))
+    assert said & {"morning", "calling", "check", "order", "week", "delivered", "thank"}, partner
+    assert [n["text"] for n in detail["notes"] if n["kind"] == "transfer"] == [
+        "billing partner, refund case"
+    ]
 
 
 def test_engine_registers_to_the_carrier_and_refreshes(tmp_path: Path) -> None:

@@ -58,8 +58,18 @@ async def resume(call_id: str, request: Request, user: Operator) -> None:
 @router.post("/calls/{call_id}/transfer", status_code=202)
 async def transfer(call_id: str, body: TransferIn, request: Request, user: Operator) -> None:
     """Hand the caller to a queue or to one agent (who is offered it with all context so
-    far; if they decline or do not answer, the call goes to the queue). The agent who
-    transferred goes to wrap-up."""
+    far; if they decline or do not answer, the call goes to the queue), or to a number
+    outside through the SIP trunk (it rings while you stay on the line; 502 if nobody
+    answers, and the call stays with you). The agent who transferred goes to wrap-up."""
+    if body.number is not None:
+        sip: SipFront | None = request.app.state.sip
+        if sip is None:
+            raise NotAllowed("SIP is not running on this engine")
+        try:
+            await sip.transfer_out(user, call_id, body.number, body.note)
+        except DialFailed as exc:
+            raise HTTPException(502, f"the transfer was not answered: {exc}") from None
+        return
     await _manager(request).transfer(
         user, call_id, queue=body.queue, agent=body.agent, note=body.note
     )

@@ -199,12 +199,17 @@ class MuteIn(BaseModel):
 class TransferIn(BaseModel):
     queue: str | None = Field(None, max_length=64, description="a queue; default: the call's")
     agent: str | None = Field(None, max_length=64, description="ring only this agent (username)")
+    number: str | None = Field(
+        None, pattern=r"^\+?[0-9*#]{2,32}$", description="a number outside, through the trunk"
+    )
     note: str | None = Field(None, max_length=2000, description="hand-over for the next agent")
 
     @model_validator(mode="after")
     def _somewhere(self) -> TransferIn:
-        if self.queue is None and self.agent is None:
-            raise ValueError("give a queue or an agent to transfer to")
+        if self.number is not None and (self.queue is not None or self.agent is not None):
+            raise ValueError("a number, or a queue and/or an agent: not both")
+        if self.queue is None and self.agent is None and self.number is None:
+            raise ValueError("give a queue, an agent or a number to transfer to")
         return self
 
 
