@@ -221,9 +221,10 @@ class Client:
 
     async def transfer(
         self, call_id: str, *, queue: str | None = None, agent: str | None = None,
-        note: str | None = None,
+        number: str | None = None, note: str | None = None,
     ) -> None:  # fmt: skip
-        body = {"queue": queue, "agent": agent, "note": note}
+        """To a queue and/or an agent, or outside: a number or a sip: URI."""
+        body = {"queue": queue, "agent": agent, "number": number, "note": note}
         await self._call("POST", f"/api/v1/calls/{call_id}/transfer", json=body)
 
     async def wrap_up(

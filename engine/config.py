@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     sip_trunk_register_expires: int = Field(600, ge=60, le=86400)
     # The caller id (From user) on calls we place.
     sip_caller_id: str = "ccengine"
+    # Hosts (names or addresses) that outbound calls and transfers may reach by SIP URI
+    # (sip:partner@pbx.example.com) rather than through the trunk; empty: none.
+    sip_dial_domains: list[str] = Field(default_factory=list)
     # Seconds a callback rings before we give up on it.
     callback_ring_timeout: float = Field(45.0, gt=0, le=300)
     # The key menu a phone caller hears first; empty: none.

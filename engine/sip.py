@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable, Coroutine
@@ -52,6 +53,11 @@ if TYPE_CHECKING:
     from engine.callstate import Call
     from engine.store.models import UserRow
 
+# what outbound calls and transfers may dial directly: user@host[:port], nothing else
+SIP_URI = re.compile(
+    r"sip:(?P<user>[A-Za-z0-9_.!~*'()&=+$,%-]{1,64})"
+    r"@(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:]+\])(?::(?P<port>[0-9]{1,5}))?"
+)
 log = logging.getLogger(__name__)
 
 END_REASONS = {"remote_bye": "remote_closed", "no_ack": "no_ack"}
@@ -306,6 +312,20 @@ class SipFront:
 
     # -- calls we place ----------------------------------------------------------------
 
+    async def _uri_peer(self, uri: str) -> Peer:
+        m = SIP_URI.fullmatch(uri)
+        if m is None:
+            raise NotAllowed(f"not a SIP URI we can call: {uri}")
+        host, port = m.group("host").strip("[]"), int(m.group("port") or 5060)
+        if host.lower() not in {d.lower() for d in self.settings.sip_dial_domains}:
+            raise NotAllowed(f"{host} is not in CCENGINE_SIP_DIAL_DOMAINS")
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise DialFailed(404, f"cannot resolve {host}: {exc}") from None
+        address = infos[0][4]
+        return Peer("UDP", str(address[0]), int(address[1]))
+
     def _trunk(self) -> Peer:
         if self._trunk_peer is None:
             raise NotAllowed("no SIP trunk is configured (CCENGINE_SIP_TRUNK)")
@@ -365,9 +385,15 @@ class SipFront:
         return pc
 
     async def dial(self, number: str, *, agent: bool = False) -> _PhoneCall:
-        """Call ``number`` through the trunk; the answered call's peer, or DialFailed.
+        """Call ``number`` through the trunk, or a ``sip:`` URI directly (its host must be
+        in CCENGINE_SIP_DIAL_DOMAINS); the answered call's peer, or DialFailed.
         ``agent``: the callee takes an agent's place (their keys are not menu choices)."""
         s = self.settings
+        if number.startswith("sip:"):
+            return await self._call_out(
+                number, await self._uri_peer(number), caller=s.sip_caller_id,
+                ring_for=s.callback_ring_timeout, agent=agent,
+            )  # fmt: skip
         auth = (
             (s.sip_trunk_username, s.sip_trunk_password.get_secret_value())
             if s.sip_trunk_username and s.sip_trunk_password

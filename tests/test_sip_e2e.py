@@ -412,6 +412,7 @@ async def test_a_program_places_an_outbound_call(
         CCENGINE_SIP_TRUNK_PASSWORD="trunk-pass",
         CCENGINE_CALLBACK_RING_TIMEOUT="3",
         CCENGINE_MEDIA_TIMEOUT="10",
+        CCENGINE_SIP_DIAL_DOMAINS='["127.0.0.1"]',
     ).start()
     bot = engine.ccengine("keys", "create", "reminders", "--scope", "control", "--quiet")
     try:
@@ -440,10 +441,28 @@ async def test_a_program_places_an_outbound_call(
             with pytest.raises(ApiError) as unanswered:
                 await cc.call_out("15557654321")
             assert unanswered.value.status == 502
+            # a partner's PBX by SIP URI, straight there: allowed hosts only
+            with pytest.raises(ApiError) as elsewhere:
+                await cc.call_out("sip:desk@example.com")
+            assert elsewhere.value.status == 409 and "DIAL_DOMAINS" in elsewhere.value.detail
+            pbx_port = free_port()
+            pbx, pbx_base = sipp.start(
+                sipp.desk_phone_scenario(phone_speech["pcap"]), tmp_path / "pbx", None,
+                sip_port=pbx_port, timeout=120,
+            )  # fmt: skip
+            await asyncio.sleep(0.5)
+            direct = await cc.call_out(f"sip:desk@127.0.0.1:{pbx_port}")
+            await asyncio.sleep(3)
+            await cc.hangup(direct.call_id)
+            direct_result = await asyncio.to_thread(sipp.finish, pbx, pbx_base)
+            direct_call = await cc.call(direct.call_id)
     finally:
         engine.stop()
     assert result.ok, result.output + result.errors
     assert "Authorization: Digest" in result.messages
+    assert direct_result.ok, direct_result.output + direct_result.errors
+    assert direct_call.caller == f"sip:desk@127.0.0.1:{pbx_port}"
+    assert direct_call.end_reason == "hangup"
     assert detail.channel == "sip" and detail.caller == "15557654321"
     said = set(speech.normalize(" ".join(u.text for u in detail.transcript)))
     assert said & {"morning", "calling", "check", "order", "week", "delivered", "thank"}, said

@@ -200,7 +200,9 @@ class TransferIn(BaseModel):
     queue: str | None = Field(None, max_length=64, description="a queue; default: the call's")
     agent: str | None = Field(None, max_length=64, description="ring only this agent (username)")
     number: str | None = Field(
-        None, pattern=r"^\+?[0-9*#]{2,32}$", description="a number outside, through the trunk"
+        None,
+        pattern=r"^(\+?[0-9*#]{2,32}|sip:\S{1,330})$",
+        description="outside: a number through the trunk, or a sip: URI",
     )
     note: str | None = Field(None, max_length=2000, description="hand-over for the next agent")
 
@@ -305,7 +307,10 @@ class PlayOut(BaseModel):
 
 
 class OutboundIn(BaseModel):
-    to: str = Field(pattern=r"^\+?[0-9*#]{2,32}$", description="the number to call")
+    to: str = Field(
+        pattern=r"^(\+?[0-9*#]{2,32}|sip:\S{1,330})$",
+        description="a number (through the trunk) or a sip: URI (CCENGINE_SIP_DIAL_DOMAINS)",
+    )
     prompt: str | None = Field(None, max_length=2000, description="said when they answer")
     queue: str | None = Field(None, max_length=64, description="then wait for a person here")
     agent: str | None = Field(None, max_length=64, description="then ring this agent")
