@@ -45,6 +45,7 @@ bench: sysdeps $(VENV)/.installed-test
 	$(PY) -m bench.escalation
 	$(PY) -m bench.calls
 	$(PY) -m bench.sip
+	$(PY) -m bench.developer
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output

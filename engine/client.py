@@ -105,6 +105,10 @@ class Client:
         self.http.headers["Authorization"] = f"Bearer {out.token}"
         return out
 
+    async def logout(self) -> None:
+        await self._call("POST", "/api/v1/auth/logout")
+        self.http.headers.pop("Authorization", None)
+
     async def me(self) -> UserOut:
         return await self._call("GET", "/api/v1/auth/me", UserOut)
 
@@ -321,6 +325,10 @@ class Client:
     async def articles(self) -> list[ArticleOut]:
         return await self._call("GET", "/api/v1/knowledge-base/articles", list[ArticleOut])
 
+    async def article(self, article_id: str) -> ArticleOut:
+        path = f"/api/v1/knowledge-base/articles/{article_id}"
+        return await self._call("GET", path, ArticleOut)
+
     async def put_article(
         self, article_id: str, title: str, body: str, tags: list[str] | None = None
     ) -> ArticleOut:
@@ -359,6 +367,43 @@ class Client:
             if not reconnect:
                 return
             await asyncio.sleep(1.0)
+
+    async def audio(
+        self, call_id: str, inject: AsyncIterator[bytes] | None = None
+    ) -> AsyncIterator[tuple[str, bytes] | dict[str, Any]]:
+        """A live call's audio fork: the start and stop envelopes as dicts, each 20 ms
+        frame as (speaker, 16 kHz s16le PCM). ``inject`` (16 kHz s16le, a second or less
+        a chunk) is played to the caller as it comes."""
+        import websockets
+
+        url = str(self.http.base_url.join(f"/api/v1/calls/{call_id}/audio"))
+        url = url.replace("http", "ws", 1)
+        auth = {"Authorization": self.http.headers["Authorization"]}
+        async with websockets.connect(url, additional_headers=auth) as ws:
+            sender = None
+            if inject is not None:
+
+                async def pump(chunks: AsyncIterator[bytes]) -> None:
+                    async for chunk in chunks:
+                        await ws.send(chunk)
+
+                sender = asyncio.create_task(pump(inject))
+            try:
+                channels: dict[str, str] = {}
+                async for message in ws:
+                    if isinstance(message, bytes):
+                        yield channels.get(str(message[0]), "agent"), message[1:]
+                        continue
+                    envelope: dict[str, Any] = json.loads(message)
+                    channels = envelope.get("channels", channels)
+                    yield envelope
+            except websockets.ConnectionClosedError as exc:
+                code = exc.rcvd.code if exc.rcvd else 1006  # 4401, 4403, 4404: refused
+                reason = exc.rcvd.reason if exc.rcvd else "connection lost"
+                raise ApiError(code, {"detail": reason}, None) from None
+            finally:
+                if sender is not None:
+                    sender.cancel()
 
 
 def _error(r: httpx.Response) -> ApiError:

@@ -104,6 +104,17 @@ def read_token(token: str, key: str) -> Identity:
 CALLER = "caller"
 
 
+def token_kind(token: str) -> str | None:
+    """Which verifier a token is for (read without checking it: it only picks which
+    check runs, and the check is what decides)."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        raise AuthError("invalid token") from None
+    kind = claims.get("kind")
+    return kind if isinstance(kind, str) else None
+
+
 def issue_caller_token(call_id: str, key: str, ttl: int, now: float | None = None) -> str:
     """A token that reaches one call only: its events, its record, hanging it up."""
     now = time.time() if now is None else now

@@ -147,3 +147,39 @@ async def test_private_calls_need_a_control_key(tmp_path: Path) -> None:
             assert r.status_code == 400  # past auth, to the SDP check
     finally:
         engine.stop()
+
+
+async def test_guessing_keys_is_rate_limited_and_stale_cookies_are_ignored(
+    tmp_path: Path,
+) -> None:
+    engine = EngineProcess(tmp_path / "guard", CCENGINE_ANONYMOUS_RATE_PER_MINUTE="5").start()
+    try:
+        engine.add_user("ann", "pw-ann-123")
+        secret = (engine.workdir / "secret").read_text().strip()
+        past = time.time() - 3600
+        stale = jwt.encode(
+            {"sub": "x", "name": "ann", "role": "agent", "iat": int(past), "exp": int(past + 60)},
+            secret,
+            algorithm="HS256",
+        )
+        async with httpx.AsyncClient(
+            base_url=engine.url, cookies={"ccengine_token": stale}
+        ) as http:
+            # an expired sign-in cookie neither blocks signing in again nor calling in
+            r = await http.post(
+                "/api/v1/auth/login", json={"username": "ann", "password": "pw-ann-123"}
+            )
+            assert r.status_code == 200, r.text
+            http.cookies.clear()
+            http.cookies.set("ccengine_token", stale)
+            r = await http.post("/api/v1/calls", json={"sdp": "v=0\r\n"})
+            assert r.status_code == 400  # past authentication, to the SDP check
+            # made-up keys from one address: refused, then slowed down like anonymous use
+            guesses = [
+                (await http.get("/api/v1/calls", headers=bearer(f"cck_{i:012d}_" + "A" * 43)))
+                for i in range(4)
+            ]
+        assert [g.status_code for g in guesses] == [401, 401, 401, 429]
+        assert int(guesses[-1].headers["retry-after"]) >= 1
+    finally:
+        engine.stop()

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import websockets
 
+from engine.client import ApiError, Client
 from tests import speech
 from tests.engine_proc import EngineProcess
 from tests.rtc_client import Caller
@@ -88,3 +90,8 @@ async def test_fork_refuses_without_control_and_for_unknown_calls(
             await ws.wait_closed()
             codes.append(ws.close_code)
     assert codes == [4401, 4403, 4404]
+    async with Client(engine.url, api_key=reader) as cc:
+        with pytest.raises(ApiError) as refused:
+            async for _ in cc.audio("nope"):
+                pass
+    assert refused.value.status == 4403 and "control" in refused.value.detail

@@ -16,6 +16,7 @@ travel in URLs, so access logs never hold one.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
@@ -30,6 +31,7 @@ from engine.keys import PREFIX, Scope, expand, parse_key, role_scopes, secret_ma
 from engine.ratelimit import RateLimiter, retry_after
 from engine.store.models import UserRow
 from engine.users import (
+    CALLER,
     Actor,
     ApiActor,
     AuthError,
@@ -37,6 +39,7 @@ from engine.users import (
     issue_token,
     read_caller_token,
     read_token,
+    token_kind,
     verify_password,
 )
 
@@ -89,58 +92,62 @@ def _bearer(conn: HTTPConnection) -> str | None:
 
 
 async def _resolve(conn: HTTPConnection) -> Principal:
-    app = conn.app
-    settings = app.state.settings
-    creds: _Credentials = app.state.credentials
+    """A bearer credential must be good (401 with the reason); a cookie that no longer
+    is (expired, its person removed) is ignored, so a stale cookie never keeps anyone
+    from signing in again or from calling."""
+    settings = conn.app.state.settings
     token = _bearer(conn)
-    if token is not None and token.startswith(PREFIX):
-        parsed = parse_key(token)
-        row = await app.state.calls.store.api_key(parsed[0]) if parsed else None
-        if parsed is None or row is None or not secret_matches(parsed[1], row.secret_hash):
-            raise HTTPException(401, "unknown API key", headers=CHALLENGE)
-        if row.revoked_at is not None:
-            raise HTTPException(401, "this API key was revoked", headers=CHALLENGE)
-        now = time.monotonic()
-        if now - creds.key_touched.get(row.id, -1e9) > 60:  # one write a minute, not each
-            creds.key_touched[row.id] = now
-            await app.state.calls.store.touch_api_key(row.id, utcnow())
-        return Principal(
-            "key", f"key:{row.id}", expand(row.scopes), name=row.name,
-            per_minute=row.rate_per_minute,
-        )  # fmt: skip
-    key = app.state.secret_key
-    user_token = token if token is not None else conn.cookies.get(COOKIE)
-    if user_token:
-        try:
-            who = read_token(user_token, key)
-        except AuthError as exc:
-            try:
-                call_id = read_caller_token(user_token, key)
-            except AuthError:
-                raise HTTPException(401, str(exc), headers=CHALLENGE) from None
-            return _caller(call_id, settings.rate_per_minute)
-        # the token was signed before any change: a removed person is refused at once,
-        # and a changed role counts from the next request
-        row = await app.state.calls.store.user(who.user_id)
-        if row is None:
-            raise HTTPException(401, "this user no longer exists", headers=CHALLENGE)
-        who = Identity(row.id, row.username, row.role)
-        return Principal(
-            "user",
-            f"user:{who.user_id}",
-            role_scopes(who.role),
-            identity=who,
-            per_minute=settings.rate_per_minute,
-        )
-    caller_token = conn.cookies.get(CALLER_COOKIE)
-    if caller_token:
-        try:
-            call_id = read_caller_token(caller_token, key)
-        except AuthError as exc:
-            raise HTTPException(401, str(exc), headers=CHALLENGE) from None
-        return _caller(call_id, settings.rate_per_minute)
+    if token is not None:
+        if token.startswith(PREFIX):
+            return await _api_key(conn, token)
+        return await _token(conn, token)
+    for cookie in (COOKIE, CALLER_COOKIE):
+        value = conn.cookies.get(cookie)
+        if value:
+            with contextlib.suppress(HTTPException):
+                return await _token(conn, value)
     address = conn.client.host if conn.client else "unknown"
     return Principal("anonymous", f"ip:{address}", per_minute=settings.anonymous_rate_per_minute)
+
+
+async def _api_key(conn: HTTPConnection, token: str) -> Principal:
+    store = conn.app.state.calls.store
+    creds: _Credentials = conn.app.state.credentials
+    parsed = parse_key(token)
+    row = await store.api_key(parsed[0]) if parsed else None
+    if parsed is None or row is None or not secret_matches(parsed[1], row.secret_hash):
+        raise HTTPException(401, "unknown API key", headers=CHALLENGE)
+    if row.revoked_at is not None:
+        raise HTTPException(401, "this API key was revoked", headers=CHALLENGE)
+    now = time.monotonic()
+    if now - creds.key_touched.get(row.id, -1e9) > 60:  # one write a minute, not each
+        creds.key_touched[row.id] = now
+        await store.touch_api_key(row.id, utcnow())
+    return Principal(
+        "key", f"key:{row.id}", expand(row.scopes), name=row.name,
+        per_minute=row.rate_per_minute,
+    )  # fmt: skip
+
+
+async def _token(conn: HTTPConnection, token: str) -> Principal:
+    """A person's token, or a caller's."""
+    key, per_minute = conn.app.state.secret_key, conn.app.state.settings.rate_per_minute
+    try:
+        if token_kind(token) == CALLER:
+            return _caller(read_caller_token(token, key), per_minute)
+        who = read_token(token, key)
+    except AuthError as exc:
+        raise HTTPException(401, str(exc), headers=CHALLENGE) from None
+    # the token was signed before any change: a removed person is refused at once,
+    # and a changed role counts from the next request
+    row = await conn.app.state.calls.store.user(who.user_id)
+    if row is None:
+        raise HTTPException(401, "this user no longer exists", headers=CHALLENGE)
+    who = Identity(row.id, row.username, row.role)
+    return Principal(
+        "user", f"user:{who.user_id}", role_scopes(who.role), identity=who,
+        per_minute=per_minute,
+    )  # fmt: skip
 
 
 def _caller(call_id: str, per_minute: int) -> Principal:
@@ -148,17 +155,28 @@ def _caller(call_id: str, per_minute: int) -> Principal:
 
 
 async def principal(conn: HTTPConnection) -> Principal:
-    """Who is asking (anonymous included), counted against their rate limit."""
-    p = await _resolve(conn)
+    """Who is asking (anonymous included), counted against their rate limit. Refused
+    credentials count against the address's, so guessing keys is as slow as guessing
+    passwords."""
     creds: _Credentials = conn.app.state.credentials
-    wait = creds.limiter.take(p.client, p.per_minute, time.monotonic())
+    try:
+        p = await _resolve(conn)
+    except HTTPException:
+        address = conn.client.host if conn.client else "unknown"
+        _count(creds, f"ip:{address}", conn.app.state.settings.anonymous_rate_per_minute)
+        raise
+    _count(creds, p.client, p.per_minute)
+    return p
+
+
+def _count(creds: _Credentials, client: str, per_minute: int) -> None:
+    wait = creds.limiter.take(client, per_minute, time.monotonic())
     if wait > 0:
         raise HTTPException(
             429,
-            f"over {p.per_minute} requests a minute; retry in {retry_after(wait)} s",
+            f"over {per_minute} requests a minute; retry in {retry_after(wait)} s",
             headers={"Retry-After": retry_after(wait)},
         )
-    return p
 
 
 Who = Annotated[Principal, Depends(principal)]
@@ -173,7 +191,6 @@ def _scoped(scope: Scope) -> object:
 
 
 Reader = Annotated[Principal, _scoped("read")]
-Controller = Annotated[Principal, _scoped("control")]
 Admin = Annotated[Principal, _scoped("admin")]
 
 
