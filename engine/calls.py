@@ -1209,17 +1209,24 @@ class CallManager:
     async def send_dtmf(self, actor: Actor, call_id: str, digits: str) -> str:
         """Keys to the caller (an IVR we called, a bank's system): RFC 4733 events to a
         phone that offered them, tones in the audio otherwise; how they went."""
-        call = self.get(call_id)
+        call = self._may_act(actor, call_id)
         peer = call.caller_leg().peer
         if peer is None or call.state == "held":
             raise NotAllowed(f"call {call_id} is {call.state}: no audio path to send keys on")
         log.info("call %s: %s sent %d keys", call_id, actor.username, len(digits))
         return await peer.send_dtmf(digits)
 
-    async def play(self, call_id: str, text: str) -> float:
+    def _may_act(self, actor: Actor, call_id: str) -> Call:
+        """A live call, in any state: an agent may act only on their own."""
+        call = self.get(call_id)
+        if actor.role == "agent" and call.agent_id != actor.id:
+            raise Forbidden(f"call {call_id} is not on your line")
+        return call
+
+    async def play(self, actor: Actor, call_id: str, text: str) -> float:
         """Speak ``text`` to a live caller (after what is already playing); the seconds
         queued ahead of it."""
-        call = self.get(call_id)
+        call = self._may_act(actor, call_id)
         peer = call.caller_leg().peer
         if self.speaker is None:
             raise NotAllowed("no text-to-speech voice is installed (piper or espeak-ng)")
@@ -1234,7 +1241,7 @@ class CallManager:
     def recording(self, actor: Actor, call_id: str, on: bool) -> None:
         """Start, pause or resume the call's recording (one WAV per call, silent where
         paused); it is written when the call ends."""
-        call = self.get(call_id)
+        call = self._may_act(actor, call_id)
         caller = call.caller_leg().pipeline
         now = caller.seconds_in if caller is not None else 0.0
         if call.recording is None:

@@ -53,6 +53,15 @@ async def test_a_control_key_speaks_to_the_caller_and_annotates(
             with pytest.raises(ApiError) as unknown:
                 await bot.play("nope", "hello")
             assert unknown.value.status == 404
+            engine.add_user("max", "pw-max-123")
+            async with Client(engine.url) as max_:  # an agent, but not on this call
+                await max_.login("max", "pw-max-123")
+                for action in (max_.hangup, max_.record):
+                    with pytest.raises(ApiError) as not_his:
+                        await action(caller.call_id)
+                    assert (
+                        not_his.value.status == 403 and "not on your line" in not_his.value.detail
+                    )
         await caller.talk_and_hang_up()
     finally:
         await caller.close()

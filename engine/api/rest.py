@@ -239,6 +239,8 @@ async def hangup(call_id: str, request: Request, p: Who) -> Response:
     m = manager(request)
     call = m.get(call_id)
     by_agent = p.identity is not None and p.identity.user_id == call.agent_id
+    if p.identity is not None and p.identity.role == "agent" and not by_agent:
+        raise HTTPException(403, f"call {call_id} is not on your line")
     await m.end_call(call_id, "agent_hangup" if by_agent else "hangup")
     return Response(status_code=202)
 
@@ -260,10 +262,11 @@ async def send_dtmf(call_id: str, body: DtmfIn, request: Request, actor: Operato
 
 
 @router.post("/calls/{call_id}/play", status_code=202, response_model=PlayOut, tags=["calls"])
-async def play(call_id: str, body: PlayIn, request: Request, _actor: Operator) -> PlayOut:
+async def play(call_id: str, body: PlayIn, request: Request, actor: Operator) -> PlayOut:
     """Speak a prompt to a live caller (text to speech), after what is already playing.
     409 while the call is on hold or has no audio path yet."""
-    return PlayOut(queued_behind=round(await manager(request).play(call_id, body.text), 2))
+    ahead = await manager(request).play(actor, call_id, body.text)
+    return PlayOut(queued_behind=round(ahead, 2))
 
 
 @router.post("/calls/{call_id}/recording/{action}", status_code=204, tags=["calls"])
