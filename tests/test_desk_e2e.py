@@ -58,7 +58,7 @@ async def test_transfer_hands_the_caller_over_with_everything_so_far(
         # only the agent on the call controls it; a transfer needs a destination
         assert (await bob.post(f"/api/v1/calls/{cid}/hold")).status_code == 403
         r = await ann.post(f"/api/v1/calls/{cid}/transfer", json={})
-        assert r.status_code == 422 and "queue or an agent" in r.json()["detail"]
+        assert r.status_code == 422 and "a queue, an agent or a number" in r.json()["detail"]
         r = await ann.post(f"/api/v1/calls/{cid}/transfer", json={"agent": "nobody"})
         assert r.status_code == 409 and "no agent 'nobody'" in r.json()["detail"]
         r = await ann.post(f"/api/v1/calls/{cid}/transfer", json={"agent": "bob", "note": note})
