@@ -848,6 +848,10 @@ class CallManager:
             await self._acd_actions(self.acd.presence(user_id, "logout", time.monotonic()))
         del self.acd.agents[user_id]
 
+    def offered_to(self, user_id: str, call_id: str) -> bool:
+        agent = self.acd.agents.get(user_id)
+        return agent is not None and agent.offered == call_id
+
     def presence_of(self, user_id: str) -> str:
         agent = self.acd.agents.get(user_id)
         return agent.presence if agent else "offline"

@@ -226,7 +226,7 @@ async def test_custom_rules_and_silence(tmp_path: Path, voices: dict[str, Path])
     (A caller already waiting in line is not judged for silence.)"""
     rules = tmp_path / "rules.toml"
     rules.write_text(
-        '[[rules]]\nid = "order_question"\nkind = "phrase"\nphrases = ["my order"]\n'
+        '[[rules]]\nid = "order_question"\nkind = "phrase"\nphrases = ["order"]\n'
         'actions = ["raise_priority"]\npriority = 4\n\n'
         '[[rules]]\nid = "quiet"\nkind = "silence"\nseconds = 3\nactions = ["route_to_human"]\n'
     )

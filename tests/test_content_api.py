@@ -22,7 +22,7 @@ async def test_new_rule_and_article_reach_the_next_call(
     try:
         async with Client(engine.url, api_key=engine.api_key) as cc:
             rule = Rule(
-                id="late_delivery", kind="phrase", phrases=["my order", "supposed to arrive"],
+                id="late_delivery", kind="phrase", phrases=["order", "arrive", "delivered"],
                 actions=["route_to_human", "target_skill"], skill="logistics",
                 description="a late delivery",
             )  # fmt: skip

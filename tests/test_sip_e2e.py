@@ -542,6 +542,9 @@ async def test_agent_transfers_the_caller_to_a_number_outside(
             await asyncio.sleep(0.5)
         presence = {a["username"]: a["presence"] for a in (await ann.get("/api/v1/agents")).json()}
         r = await ann.post(f"/api/v1/calls/{caller.call_id}/hangup")
+        assert r.status_code == 403  # no longer on her line
+        async with engine.http() as program:
+            r = await program.post(f"/api/v1/calls/{caller.call_id}/hangup")
         assert r.status_code == 202, r.text
         result = await asyncio.to_thread(sipp.finish, uas, uas_base)
     finally:

@@ -240,7 +240,8 @@ async def hangup(call_id: str, request: Request, p: Who) -> Response:
     call = m.get(call_id)
     by_agent = p.identity is not None and p.identity.user_id == call.agent_id
     if p.identity is not None and p.identity.role == "agent" and not by_agent:
-        raise HTTPException(403, f"call {call_id} is not on your line")
+        if not m.offered_to(p.identity.user_id, call_id):  # e.g. the callback they placed
+            raise HTTPException(403, f"call {call_id} is not on your line")
     await m.end_call(call_id, "agent_hangup" if by_agent else "hangup")
     return Response(status_code=202)
 
