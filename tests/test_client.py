@@ -24,7 +24,7 @@ def cli(engine: EngineProcess, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-async def test_client_covers_a_call_and_refusals(
+async def test_client_and_commands_cover_a_call_and_refusals(
     engine: EngineProcess, voices: dict[str, Path]
 ) -> None:
     caller = Caller(engine.url, voices["calm"], caller="cust-42")
@@ -82,13 +82,7 @@ async def test_client_covers_a_call_and_refusals(
         with pytest.raises(ApiError) as refused:
             await own.calls()
         assert refused.value.status == 403 and refused.value.problem["status"] == 403
-
-
-async def test_commands_list_show_and_manage_webhooks(
-    engine: EngineProcess, voices: dict[str, Path]
-) -> None:
-    caller = Caller(engine.url, voices["calm"])
-    await caller.complete_call()
+    # the commands, on the same ended call
     listed = cli(engine, "calls")
     assert listed.returncode == 0, listed.stderr
     assert caller.call_id in listed.stdout and "ended" in listed.stdout
