@@ -52,11 +52,13 @@ async def event_log(workdir: Path, n: int) -> list[str]:
         await log.flush()
         logged = time.perf_counter() - start
         await log.stop()
-        fresh = EventLog(store, EventBus(), retention_days=1)
+        fresh = EventLog(store, EventBus(), retention_days=1)  # as after a restart
+        await fresh.start()
         start = time.perf_counter()
         replayed = sum([1 async for _ in fresh.replay(None, 0)])
         replay = time.perf_counter() - start
         one_call = sum([1 async for _ in fresh.replay("call-7", 0)])
+        await fresh.stop()
     finally:
         await store.close()
     assert replayed == n and one_call == n // 50
