@@ -19,9 +19,7 @@ import argparse
 import asyncio
 import os
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -31,6 +29,7 @@ from engine.eventlog import EventLog
 from engine.events import DtmfReceived, EventBus
 from engine.store.db import Store
 from tests.engine_proc import EngineProcess
+from tests.webhook_receiver import Receiver
 
 
 async def event_log(workdir: Path, n: int) -> list[str]:
@@ -70,29 +69,9 @@ async def event_log(workdir: Path, n: int) -> list[str]:
     ]
 
 
-class Receiver(ThreadingHTTPServer):
-    def __init__(self) -> None:
-        self.arrivals: list[float] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
-                self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.arrivals.append(time.monotonic())
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-
-
 async def webhooks(engine: EngineProcess, n: int) -> str:
-    receiver = Receiver()
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    receiver = Receiver().start()
+    url = receiver.url
     try:
         async with engine.http(timeout=30) as admin:
             r = await admin.post(
@@ -113,12 +92,12 @@ async def webhooks(engine: EngineProcess, n: int) -> str:
         finally:
             await agent.aclose()
         for _ in range(1200):  # up to a minute for the last deliveries
-            if len(receiver.arrivals) >= n + 1:
+            if len(receiver.got) >= n + 1:
                 break
             await asyncio.sleep(0.05)
     finally:
-        receiver.shutdown()
-    arrivals = receiver.arrivals[1:]  # the first is the login's own change
+        receiver.stop()
+    arrivals = [t for _h, _b, _s, t in receiver.got[1:]]  # the first: the login's change
     latency = [a - s for s, a in zip(sent, arrivals, strict=False)]
     span = arrivals[-1] - sent[0] if arrivals else float("nan")
     return (

@@ -944,22 +944,8 @@ class CallManager:
         queue = queue or call.queue_name or next(iter(self.acd.queues))
         if queue not in self.acd.queues:
             raise NotAllowed(f"there is no queue '{queue}'")
-        leg, from_agent = call.agent_leg(), call.agent_id
+        leg = await self._agent_leaves(call, user, note, note or "")
         now = time.monotonic()
-        if leg is not None:
-            leg.left = True  # from here its end does not end the call
-        call.agent_id, call.agent_muted = None, False
-        if from_agent is not None and from_agent in self.acd.agents:
-            await self._acd_actions(self.acd.hangup(from_agent, now, now - call.bridged_at))
-        call.transferred_by, call.transfer_note = user.username, note
-        await self.store.add(
-            NoteRow(call_id=call.id, author_id=user.id, author=user.username, kind="transfer",
-                    text=note or "", created_at=utcnow())
-        )  # fmt: skip
-        caller = call.caller_leg().peer
-        if caller is not None:
-            caller.outbound.set_background(None)
-            caller.outbound.clear()
         where = f"agent {agent}" if agent else f"queue {queue}"
         await self._transition(call, "transfer", f"transferred to {where}", agent_id=None)
         self._bridge_video(call)
@@ -981,6 +967,30 @@ class CallManager:
         if leg is not None:
             await self._close_leg(call, leg)
 
+    async def _agent_leaves(
+        self, call: Call, user: Actor, note: str | None, record: str
+    ) -> Leg | None:
+        """The agent's leg leaves a call that goes on (a transfer, by ``user``): the agent
+        goes to wrap-up, ``record`` is kept as the hand-over note, and the caller stops
+        hearing what was queued for them. The leg, to close once the call has moved on."""
+        leg, from_agent = call.agent_leg(), call.agent_id
+        now = time.monotonic()
+        if leg is not None:
+            leg.left = True  # from here its end does not end the call
+        call.agent_id, call.agent_muted = None, False
+        if from_agent is not None and from_agent in self.acd.agents:
+            await self._acd_actions(self.acd.hangup(from_agent, now, now - call.bridged_at))
+        call.transferred_by, call.transfer_note = user.username, note
+        await self.store.add(
+            NoteRow(call_id=call.id, author_id=user.id, author=user.username, kind="transfer",
+                    text=record, created_at=utcnow())
+        )  # fmt: skip
+        caller = call.caller_leg().peer
+        if caller is not None:
+            caller.outbound.set_background(None)
+            caller.outbound.clear()
+        return leg
+
     def controlled_call(self, user: Actor, call_id: str) -> Call:
         """The live call, if ``user`` may act on it (403/404/409 otherwise)."""
         return self._my_call(user, call_id)
@@ -988,27 +998,13 @@ class CallManager:
     async def transfer_out(
         self, user: Actor, call_id: str, peer: CallPeer, codec: str, number: str,
         note: str | None,
-    ) -> None:  # fmt: skip
+    ) -> Call:  # fmt: skip
         """Someone outside the contact center (a number we called) answered a transfer:
         they take the agent's place in the bridge, transcribed on the agent's side; the
         agent goes to wrap-up."""
         call = self._my_call(user, call_id)  # it may have changed while it rang
-        old, from_agent = call.agent_leg(), call.agent_id
+        old = await self._agent_leaves(call, user, note, note or f"transferred to {number}")
         now = time.monotonic()
-        if old is not None:
-            old.left = True
-        call.agent_id, call.agent_muted = None, False
-        if from_agent is not None and from_agent in self.acd.agents:
-            await self._acd_actions(self.acd.hangup(from_agent, now, now - call.bridged_at))
-        call.transferred_by, call.transfer_note = user.username, note
-        await self.store.add(
-            NoteRow(call_id=call.id, author_id=user.id, author=user.username, kind="transfer",
-                    text=note or f"transferred to {number}", created_at=utcnow())
-        )  # fmt: skip
-        caller = call.caller_leg().peer
-        if caller is not None:
-            caller.outbound.set_background(None)
-            caller.outbound.clear()
         if call.state == "held":
             await self._transition(call, "resume", user.username)
         leg = Leg(str(uuid.uuid4()), "agent", "sip")
@@ -1029,6 +1025,7 @@ class CallManager:
         call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
         if old is not None:
             await self._close_leg(call, old)
+        return call
 
     async def _close_leg(self, call: Call, leg: Leg) -> None:
         """A leg leaves a call that goes on: its last words are still transcribed."""

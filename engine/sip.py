@@ -16,7 +16,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -416,14 +416,28 @@ class SipFront:
         number = (row.contact or row.caller or "").strip()
         if not number or not all(c.isdigit() or c in "+*#" for c in number):
             raise NotAllowed(f"callback {callback_id} has no phone number to call")
-        pc = await self.dial(number)
+        return await self._dial_into(
+            number, lambda peer, codec: self.calls.connect_callback(user, row, peer, codec)
+        )
+
+    async def _dial_into(
+        self,
+        number: str,
+        connect: Callable[[SipPeer, str], Awaitable[Call]],
+        *,
+        agent: bool = False,
+    ) -> Call:
+        """Dial, then hand the answered party to the call manager (``connect``, given the
+        peer and its codec); if that fails the party is hung up, not left on the line."""
+        pc = await self.dial(number, agent=agent)
         assert pc.peer is not None
         try:
-            call = await self.calls.connect_callback(user, row, pc.peer, pc.peer.rtp.offer.codec)
+            call = await connect(pc.peer, pc.peer.rtp.offer.codec)
         except Exception:
             await pc.peer.close()
             raise
-        pc.call_id = call.id
+        if not agent:
+            pc.call_id = call.id  # the party is the call's caller: its BYE ends the call
         return call
 
     async def place_call(
@@ -439,18 +453,12 @@ class SipFront:
             agent_id = self.calls.agent_named(agent)
             if agent_id is None:
                 raise NotAllowed(f"agent {agent} is not signed in")
-        pc = await self.dial(number)
-        assert pc.peer is not None
-        try:
-            call = await self.calls.connect_outbound(
-                pc.peer, pc.peer.rtp.offer.codec, number, prompt=prompt, queue=queue,
-                agent_id=agent_id, by=by,
-            )  # fmt: skip
-        except Exception:
-            await pc.peer.close()
-            raise
-        pc.call_id = call.id
-        return call
+        return await self._dial_into(
+            number,
+            lambda peer, codec: self.calls.connect_outbound(
+                peer, codec, number, prompt=prompt, queue=queue, agent_id=agent_id, by=by
+            ),
+        )
 
     async def transfer_out(
         self, actor: Actor, call_id: str, number: str, note: str | None = None
@@ -459,15 +467,11 @@ class SipFront:
         on the line; once answered it takes the agent's place. DialFailed otherwise (the
         call stays as it was)."""
         self.calls.controlled_call(actor, call_id)  # before ringing anyone
-        pc = await self.dial(number, agent=True)
-        assert pc.peer is not None
-        try:
-            await self.calls.transfer_out(
-                actor, call_id, pc.peer, pc.peer.rtp.offer.codec, number, note
-            )
-        except Exception:
-            await pc.peer.close()
-            raise
+        await self._dial_into(
+            number,
+            lambda peer, codec: self.calls.transfer_out(actor, call_id, peer, codec, number, note),
+            agent=True,
+        )
 
     # -- agents' desk phones --------------------------------------------------------------
 

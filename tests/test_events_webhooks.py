@@ -8,10 +8,8 @@ import asyncio
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import websockets
 
 from tests.engine_proc import EngineProcess
 from tests.rtc_client import Caller
+from tests.webhook_receiver import Receiver
 
 
 async def sse(
@@ -107,47 +106,13 @@ async def test_streams_resume_without_gaps_or_repeats(
             restarted.stop()
 
 
-class Receiver:
-    """A webhook endpoint: answers each POST with the next status of its script."""
-
-    def __init__(self, script: list[int]) -> None:
-        self.script = script
-        self.got: list[tuple[dict[str, str], bytes, int, float]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                n = len(receiver.got)
-                status = receiver.script[n] if n < len(receiver.script) else 200
-                receiver.got.append((dict(self.headers.items()), body, status, time.time()))
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/ccengine?team=7"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def wait(self, count: int, within: float) -> None:
-        deadline = time.monotonic() + within
-        while len(self.got) < count:
-            assert time.monotonic() < deadline, f"{len(self.got)} of {count} deliveries came"
-            time.sleep(0.05)
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver([500, 500])  # fails twice, then takes it
-    r.thread.start()
+    r = Receiver([500, 500], "/hooks/ccengine?team=7").start()  # fails twice, then takes it
     try:
         yield r
     finally:
-        r.server.shutdown()
-        r.server.server_close()
+        r.stop()
 
 
 def verified(secret: str, headers: dict[str, str], body: bytes) -> bool:

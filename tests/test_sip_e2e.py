@@ -36,6 +36,18 @@ def phone_speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"pcap": pcap, "encoded": encoded, "seconds": seconds}
 
 
+def trunk_engine(tmp_path: Path, trunk_port: int, **env: str) -> EngineProcess:
+    """A started engine whose carrier (a SIPp on ``trunk_port``) knows it as acct with
+    password trunk-pass, as ``sipp.trunk_uas_scenario`` and the registrar expect."""
+    return EngineProcess(
+        tmp_path / "engine",
+        CCENGINE_SIP_TRUNK=f"127.0.0.1:{trunk_port}",
+        CCENGINE_SIP_TRUNK_USERNAME="acct",
+        CCENGINE_SIP_TRUNK_PASSWORD="trunk-pass",
+        **env,
+    ).start()
+
+
 @pytest.fixture
 def phone_engine(tmp_path: Path) -> Any:
     proc = EngineProcess(
@@ -320,15 +332,13 @@ async def test_callback_is_placed_through_the_trunk(
     credentials), the customer answers and talks, the call rings Cara's desk, and it is
     transcribed like any other call. Cara's hang-up sends the BYE."""
     trunk_port = free_port()
-    engine = EngineProcess(
-        tmp_path / "engine",
+    engine = trunk_engine(
+        tmp_path,
+        trunk_port,
         CCENGINE_SIP_TRUNKS='["127.0.0.1"]',
-        CCENGINE_SIP_TRUNK=f"127.0.0.1:{trunk_port}",
-        CCENGINE_SIP_TRUNK_USERNAME="acct",
-        CCENGINE_SIP_TRUNK_PASSWORD="trunk-pass",
         CCENGINE_IVR_PROMPT="",
         CCENGINE_MEDIA_TIMEOUT="10",
-    ).start()
+    )
     try:
         engine.add_user("cara", "pw-cara-1")
         quiet = np.zeros(8000 * 30, dtype=np.int16)
@@ -405,15 +415,13 @@ async def test_a_program_places_an_outbound_call(
     prompt and talks; the call is live and transcribed, and the program hangs it up with
     a BYE. When nobody answers: 502."""
     trunk_port = free_port()
-    engine = EngineProcess(
-        tmp_path / "engine",
-        CCENGINE_SIP_TRUNK=f"127.0.0.1:{trunk_port}",
-        CCENGINE_SIP_TRUNK_USERNAME="acct",
-        CCENGINE_SIP_TRUNK_PASSWORD="trunk-pass",
+    engine = trunk_engine(
+        tmp_path,
+        trunk_port,
         CCENGINE_CALLBACK_RING_TIMEOUT="3",
         CCENGINE_MEDIA_TIMEOUT="10",
         CCENGINE_SIP_DIAL_DOMAINS='["127.0.0.1"]',
-    ).start()
+    )
     bot = engine.ccengine("keys", "create", "reminders", "--scope", "control", "--quiet")
     try:
         async with Client(engine.url, api_key=bot.strip()) as cc:
@@ -503,13 +511,11 @@ async def test_agent_transfers_the_caller_to_a_number_outside(
     trunk rings it, the partner answers and is transcribed on the agent's side, Ann goes
     to wrap-up, and the event names the number."""
     trunk_port = free_port()
-    engine = EngineProcess(
-        tmp_path / "engine",
-        CCENGINE_SIP_TRUNK=f"127.0.0.1:{trunk_port}",
-        CCENGINE_SIP_TRUNK_USERNAME="acct",
-        CCENGINE_SIP_TRUNK_PASSWORD="trunk-pass",
+    engine = trunk_engine(
+        tmp_path,
+        trunk_port,
         CCENGINE_MEDIA_TIMEOUT="10",
-    ).start()
+    )
     engine.add_user("ann", "pw-ann-123")
     ann = await engine.agent("ann", "pw-ann-123", "login", "available")
     caller = Caller(engine.url, voices["angry"])
@@ -570,13 +576,11 @@ def test_engine_registers_to_the_carrier_and_refreshes(tmp_path: Path) -> None:
         sip_port=registrar_port, timeout=40,
     )  # fmt: skip
     time.sleep(0.5)
-    engine = EngineProcess(
-        tmp_path / "engine",
-        CCENGINE_SIP_TRUNK=f"127.0.0.1:{registrar_port}",
-        CCENGINE_SIP_TRUNK_USERNAME="acct",
-        CCENGINE_SIP_TRUNK_PASSWORD="trunk-pass",
+    engine = trunk_engine(
+        tmp_path,
+        registrar_port,
         CCENGINE_SIP_TRUNK_REGISTER="true",
-    ).start()
+    )
     try:
         result = sipp.finish(carrier, base, timeout=60)
         assert result.ok, result.output + result.errors

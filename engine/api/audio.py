@@ -28,11 +28,9 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, WebSocket
-from starlette.exceptions import HTTPException
 from starlette.websockets import WebSocketDisconnect
 
-from engine.api.auth import principal
-from engine.api.streams import UNKNOWN_CALL, WS_REFUSED
+from engine.api.streams import UNKNOWN_CALL, authorize_ws
 from engine.calls import CallManager
 from media.audio import ANALYSIS_RATE, FRAME_MS, PcmFrame
 
@@ -44,11 +42,7 @@ QUEUE_FRAMES = 500  # 10 s
 @router.websocket("/calls/{call_id}/audio")
 async def audio_fork(ws: WebSocket, call_id: str) -> None:
     await ws.accept()
-    try:
-        p = await principal(ws)
-        p.need("control")
-    except HTTPException as exc:
-        await ws.close(WS_REFUSED.get(exc.status_code, 4400), str(exc.detail)[:120])
+    if await authorize_ws(ws, lambda p: p.need("control")) is None:
         return
     manager: CallManager = ws.app.state.calls
     call = manager.calls.get(call_id)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
@@ -66,23 +66,28 @@ async def _known_call(app: object, call_id: str) -> bool:
     return call_id in manager.calls or await manager.store.get_call(call_id) is not None
 
 
-async def _authorize(ws: WebSocket, call_id: str | None) -> Principal | None:
-    """The listener, or None after closing the socket with 44xx and the reason."""
+async def authorize_ws(ws: WebSocket, check: Callable[[Principal], None]) -> Principal | None:
+    """Who is on this accepted socket, if ``check`` lets them in; otherwise None, after
+    closing it with 4401/4403/4429 and the reason (a browser cannot read HTTP refusals
+    of a WebSocket handshake)."""
     try:
         p = await principal(ws)
-        if call_id is None:
-            p.need("read")
-        else:
-            p.need_call(call_id, "read")
+        check(p)
     except HTTPException as exc:
         await ws.close(WS_REFUSED.get(exc.status_code, 4400), str(exc.detail)[:120])
         return None
     return p
 
 
+def _may_listen(call_id: str | None) -> Callable[[Principal], None]:
+    if call_id is None:
+        return lambda p: p.need("read")
+    return lambda p: p.need_call(call_id, "read")
+
+
 async def _serve(ws: WebSocket, call_id: str | None, after: int) -> None:
     await ws.accept()
-    if await _authorize(ws, call_id) is None:
+    if await authorize_ws(ws, _may_listen(call_id)) is None:
         return
     if call_id is not None and not await _known_call(ws.app, call_id):
         await ws.close(UNKNOWN_CALL, "unknown call")
