@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,10 +17,38 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now for TCP and UDP, with the three after it (SIPp takes RTP and
+    RTCP pairs from its media port), never handed out twice, and below the kernel's
+    ephemeral range: a peer binds it a second or more later, and a port from that
+    range may meanwhile become the source port of some outgoing connection (CI saw an
+    engine fail to start on exactly that).
+    """
+    low, high = 20000, max(20100, _ephemeral_low())
+    for _ in range(500):
+        port = random.randrange(low, high - 4, 4)
+        if port in _handed_out:
+            continue
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                for offset in range(4):
+                    with socket.socket(socket.AF_INET, kind) as s:
+                        s.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 class EngineProcess:
@@ -27,7 +56,7 @@ class EngineProcess:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.sip_port = free_port()  # UDP and TCP: a free TCP port is free for UDP here
+        self.sip_port = free_port()
         self.sip = f"127.0.0.1:{self.sip_port}"
         self.db = workdir / "engine.db"
         self.log = workdir / "engine.log"
