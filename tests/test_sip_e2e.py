@@ -9,6 +9,7 @@ import random
 import socket
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,10 @@ def trunk_engine(tmp_path: Path, trunk_port: int, **env: str) -> EngineProcess:
     ).start()
 
 
-@pytest.fixture
-def phone_engine(tmp_path: Path) -> Any:
+@pytest.fixture(scope="module")
+def shared_phone_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
     proc = EngineProcess(
-        tmp_path / "engine",
+        tmp_path_factory.mktemp("phone-engine"),
         CCENGINE_MEDIA_TIMEOUT="8",
         CCENGINE_SIP_TRUNKS='["127.0.0.1"]',
         CCENGINE_SIP_USERS='{"deskphone7": "s3cret-pass"}',
@@ -63,9 +64,28 @@ def phone_engine(tmp_path: Path) -> Any:
         proc.stop()
 
 
-def sip_calls(engine: EngineProcess) -> list[dict[str, Any]]:
-    calls = httpx.get(f"{engine.url}/api/v1/calls", headers=engine.headers).json()["calls"]
-    return [c for c in calls if c["channel"] == "sip"]
+@pytest.fixture
+def phone_engine(shared_phone_engine: EngineProcess) -> EngineProcess:
+    """The module's phone engine (one start instead of a dozen), once the calls of
+    earlier tests have ended; ``sip_calls`` then shows a test only its own calls."""
+    engine = shared_phone_engine
+    deadline = time.monotonic() + 30
+    while live := [c for c in sip_calls(engine, everyone=True) if c["state"] != "ended"]:
+        assert time.monotonic() < deadline, f"an earlier test left calls live: {live}"
+        time.sleep(0.2)
+    engine.calls_since = datetime.now(UTC)
+    return engine
+
+
+def sip_calls(engine: EngineProcess, everyone: bool = False) -> list[dict[str, Any]]:
+    """The engine's phone calls, newest first; those of this test only, on a shared engine."""
+    params: dict[str, Any] = {"channel": "sip", "limit": 500}
+    if engine.calls_since is not None and not everyone:
+        params["since"] = engine.calls_since.isoformat()
+    r = httpx.get(f"{engine.url}/api/v1/calls", params=params, headers=engine.headers)
+    r.raise_for_status()
+    calls: list[dict[str, Any]] = r.json()["calls"]
+    return calls
 
 
 def wait_ended(engine: EngineProcess, call_id: str, timeout: float = 30) -> dict[str, Any]:
