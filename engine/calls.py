@@ -61,7 +61,7 @@ from engine.callstate import (
     transfer_prompt,
 )
 from engine.config import Settings
-from engine.content import Content
+from engine.content import QUEUE, Content
 from engine.escalation import CallEscalation, Decision, EmotionSample, Utterance
 from engine.events import (
     AgentPresenceChanged,
@@ -187,7 +187,7 @@ class CallManager:
 
     async def load_queue_changes(self) -> None:
         """Queues changed through the API win over the queues file."""
-        for row in await self.store.queue_changes():
+        for row in await self.store.overrides(QUEUE):
             if row.config is None:
                 self.acd.queues.pop(row.name, None)
             else:
@@ -198,12 +198,14 @@ class CallManager:
     async def set_queue(self, user: Actor, config: QueueConfig) -> None:
         self._supervisor(user)
         self.acd.set_queue(config)
-        await self.store.save_queue(config.name, config.model_dump(), user.username, utcnow())
+        await self.store.save_override(
+            QUEUE, config.name, config.model_dump(), user.username, utcnow()
+        )
 
     async def remove_queue(self, user: Actor, name: str) -> None:
         self._supervisor(user)
         self.acd.remove_queue(name)
-        await self.store.save_queue(name, None, user.username, utcnow())
+        await self.store.save_override(QUEUE, name, None, user.username, utcnow())
 
     @staticmethod
     def _supervisor(user: Actor) -> None:

@@ -1,7 +1,8 @@
 """What the engine judges and suggests with: escalation rules and knowledge-base
 articles. Both come from files at start (``CCENGINE_ESCALATION_RULES``,
 ``CCENGINE_KNOWLEDGE_BASE``) and change through the API; a change is kept in the
-database and wins over the files, across restarts, like queue changes do.
+database and wins over the files, across restarts, like queue changes do (they
+share the table).
 
 A new rule set applies to calls that start afterwards: a live call keeps the rules it
 began with, so its evidence and decisions stay consistent. Article changes reach every
@@ -21,7 +22,8 @@ from engine.events import utcnow
 from engine.store.db import Store
 
 log = logging.getLogger(__name__)
-RULE, ARTICLE = "rule", "article"
+# kinds of override kept in the database (queues are applied by the ACD, in calls.py)
+QUEUE, RULE, ARTICLE = "queue", "rule", "article"
 
 
 class Content:

@@ -34,7 +34,6 @@ from engine.store.models import (
     LegRow,
     NoteRow,
     OverrideRow,
-    QueueRow,
     UserRow,
     UtteranceRow,
     WebhookRow,
@@ -228,16 +227,6 @@ class Store:
         async with self.session() as s:
             return (await s.scalars(q.order_by(CallRow.created_at.desc()).limit(limit))).all()
 
-    async def queue_changes(self) -> Sequence[QueueRow]:
-        async with self.session() as s:
-            return (await s.scalars(select(QueueRow).order_by(QueueRow.updated_at))).all()
-
-    async def save_queue(
-        self, name: str, config: dict[str, Any] | None, by: str, when: datetime
-    ) -> None:
-        async with self.writing() as s:
-            await s.merge(QueueRow(name=name, config=config, updated_by=by, updated_at=when))
-
     async def callbacks(self, status: str | None, limit: int = 100) -> Sequence[CallbackRow]:
         q = select(CallbackRow).order_by(CallbackRow.priority.desc(), CallbackRow.requested_at)
         if status:
@@ -260,7 +249,7 @@ class Store:
             row.status, row.done_by, row.done_at = "done", by, when
             return row
 
-    # Rules and articles changed through the API
+    # Queues, rules and articles changed through the API
 
     async def overrides(self, kind: str) -> Sequence[OverrideRow]:
         q = select(OverrideRow).where(OverrideRow.kind == kind).order_by(OverrideRow.updated_at)

@@ -160,25 +160,15 @@ class CallbackRow(Base):
     done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class QueueRow(Base):
-    """A queue changed through the API; it wins over the queues file."""
-
-    __tablename__ = "queue_configs"
-
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # None: removed
-    updated_by: Mapped[str] = mapped_column(String(64))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
 class OverrideRow(Base):
-    """Escalation rules and articles changed through the API; they win over the files."""
+    """Queues, escalation rules and articles changed through the API; they win over
+    the files. ``config`` None: removed."""
 
     __tablename__ = "config_overrides"
 
-    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # rule, article
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # queue, rule, article
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # None: removed
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     updated_by: Mapped[str] = mapped_column(String(100))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
