@@ -27,6 +27,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(when: datetime) -> datetime:
+    """Times are kept in UTC; one without a zone (SQLite hands those back, clients may
+    send them) is taken as UTC."""
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
 class EventBase(BaseModel):
     id: int = 0  # set by the bus
     time: datetime = Field(default_factory=utcnow)

@@ -19,13 +19,13 @@ import hmac
 import logging
 import random
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.events import utcnow
+from engine.events import as_utc, utcnow
 from engine.store.db import Store
 from engine.store.models import DeliveryRow
 
@@ -113,7 +113,7 @@ class WebhookSender:
                 upcoming = None
             wait = IDLE_POLL
             if upcoming is not None:
-                wait = min(wait, max(0.0, (_aware(upcoming) - utcnow()).total_seconds()))
+                wait = min(wait, max(0.0, (as_utc(upcoming) - utcnow()).total_seconds()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
@@ -157,8 +157,3 @@ class WebhookSender:
             last_status_code=code, last_error=error[:500],
             next_attempt_at=now + timedelta(seconds=delay),
         )  # fmt: skip
-
-
-def _aware(when: datetime) -> datetime:
-    # SQLite hands back naive datetimes for what we stored as UTC
-    return when if when.tzinfo is not None else when.replace(tzinfo=utcnow().tzinfo)

@@ -118,3 +118,14 @@ async def test_replay_spans_database_and_ring_and_ids_survive_a_crash(tmp_path: 
         await log2.stop()
     finally:
         await store.close()
+
+
+def test_times_without_a_zone_are_taken_as_utc() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from engine.events import as_utc
+
+    naive = datetime(2026, 11, 23, 9, 30)
+    assert as_utc(naive) == datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+    paris = datetime(2026, 11, 23, 10, 30, tzinfo=timezone(timedelta(hours=1)))
+    assert as_utc(paris).tzinfo is UTC and as_utc(paris).hour == 9

@@ -35,6 +35,7 @@ from engine.api.schemas import (
 from engine.calls import CallManager
 from engine.callstate import STATES, NotAllowed
 from engine.escalation import Rule
+from engine.events import as_utc
 from engine.users import (
     ApiActor,
     AuthError,
@@ -155,7 +156,8 @@ async def list_calls(
     if state is not None and state not in STATES:
         raise HTTPException(422, f"state must be one of {', '.join(STATES)}")
     m = manager(request)
-    since, until = _utc(since), _utc(until)
+    since = as_utc(since) if since else None
+    until = as_utc(until) if until else None
     agent_id = None
     if agent is not None:
         user = await m.store.user_by_name(agent)
@@ -168,13 +170,6 @@ async def list_calls(
         escalated=escalated,
     )  # fmt: skip
     return CallList(calls=[CallOut.model_validate(r, from_attributes=True) for r in rows])
-
-
-def _utc(when: datetime | None) -> datetime | None:
-    """Times are stored in UTC; a time without a zone is taken as UTC."""
-    if when is None or when.tzinfo is None:
-        return when.replace(tzinfo=UTC) if when else None
-    return when.astimezone(UTC)
 
 
 @router.get("/calls/{call_id}", response_model=CallDetail, tags=["calls"])
