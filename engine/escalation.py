@@ -19,6 +19,8 @@ Rule kinds (``kind`` in the rules file):
 
     kind            fires when                                        parameters
     phrase          a caller utterance contains one of ``phrases``    phrases
+                    (whole words, any case or punctuation, numbers
+                    as words or digits, not across a full stop)
     emotion_streak  ``count`` caller utterances in a row are labelled  labels, count
                     with one of ``labels``
     trend_below     the call's emotion trend drops below ``threshold``  threshold, min_utterances
@@ -33,13 +35,16 @@ Actions: ``route_to_human``, ``raise_priority`` (by ``priority``),
 
 from __future__ import annotations
 
-import re
+import functools
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
+
+from engine.assist.numbers import normalize_phrase
+from media.asr.text import phrase_words, sentences
 
 ACTIONS = ("route_to_human", "raise_priority", "target_skill", "alert_supervisor")
 Action = Literal["route_to_human", "raise_priority", "target_skill", "alert_supervisor"]
@@ -72,7 +77,7 @@ class Rule(BaseModel):
     @field_validator("phrases")
     @classmethod
     def _lower(cls, v: list[str]) -> list[str]:
-        return [" ".join(p.lower().split()) for p in v if p.strip()]
+        return [" ".join(p.lower().split()) for p in v if phrase_words(p)]
 
 
 class RuleSet(BaseModel):
@@ -197,7 +202,14 @@ class Decision:
 
 
 def _normalise(text: str) -> str:
-    return " " + " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()) + " "
+    """' words | words ' (see ``normalize_phrase``), one part per sentence: a phrase,
+    padded with spaces, is found in it only as whole words within one sentence."""
+    return " " + " | ".join(normalize_phrase(s) for s in sentences(text)) + " "
+
+
+@functools.lru_cache(maxsize=4096)
+def _phrase_key(phrase: str) -> str:
+    return f" {normalize_phrase(phrase)} "
 
 
 @dataclass
@@ -234,7 +246,7 @@ class CallEscalation:
         text = _normalise(u.text)
         out = []
         for rule in self._open("phrase"):
-            hit = next((p for p in rule.phrases if f" {p} " in text), None)
+            hit = next((p for p in rule.phrases if _phrase_key(p) in text), None)
             if hit is not None:
                 reason = f"{rule.description or rule.id}: '{hit}'"
                 out.append(

@@ -16,7 +16,10 @@ towards them (shrinkage). A naturally loud or high-pitched caller is therefore
 neutral, while getting louder, higher or faster than they were still registers.
 Weighted z-scores are squashed with tanh into arousal in [-1, 1].
 
-Valence comes from the words: VADER's compound score in [-1, 1].
+Valence comes from the words: VADER's compound score in [-1, 1]. VADER reads
+punctuation and capitals ("TERRIBLE!!!" is worse than "terrible"), so it gets the
+transcript as written, only with typographic apostrophes folded: its negations are
+spelled "don't", and "don’t" is not one of them.
 
 The label is the arg-max of four scores (neutral, positive, frustrated, angry)
 computed from (valence, arousal) by ``label_scores``; the call trend is an
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from media.asr.text import fold
 from media.audio import ANALYSIS_RATE
 
 LABELS = ("neutral", "positive", "frustrated", "angry")
@@ -238,7 +242,7 @@ class EmotionTracker:
             return 0.0
         if cls._vader is None:
             cls._vader = SentimentIntensityAnalyzer()
-        return float(cls._vader.polarity_scores(text)["compound"])
+        return float(cls._vader.polarity_scores(fold(text))["compound"])
 
     def arousal(self, p: Prosody) -> float:
         z = 0.0

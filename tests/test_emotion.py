@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from media.emotion import EmotionTracker, Prosody, label_scores, pitch_track, prosody
+from tests import styles
 
 RATE = 16000
 
@@ -94,3 +95,27 @@ def test_call_label_stays_upset_after_one_calm_sentence() -> None:
     assert last.label == "neutral"
     assert last.call_label in {"frustrated", "angry"}
     assert last.trend < 0
+
+
+@pytest.mark.parametrize(
+    ("said", "low", "high"),
+    styles.cases(
+        ("this is terrible i am furious and fed up", "This is terrible! I am furious and fed up.",
+         -1.0, -0.5),
+        ("thank you so much that's great", "Thank you so much, that's great!", 0.5, 1.0),
+        ("my order number is eight three zero one six", "My order number is 83016.", -0.1, 0.1),
+        ("i don't like it", "I don’t like it.", -1.0, -0.1),
+        ("it isn't good", "It isn’t good.", -1.0, -0.1),
+    ),
+)  # fmt: skip
+def test_valence_in_both_styles(said: str, low: float, high: float) -> None:
+    """VADER knows "don't", not "don’t": with a typographic apostrophe the negation was
+    lost and "I don’t like it." read as positive (+0.36)."""
+    assert low <= EmotionTracker.valence(said) <= high
+
+
+def test_punctuation_and_capitals_still_count() -> None:
+    """VADER reads "!" and a shouted word as intensity: nothing may strip them."""
+    calm = EmotionTracker.valence("this is terrible")
+    assert EmotionTracker.valence("This is terrible!!!") < calm
+    assert EmotionTracker.valence("This is TERRIBLE") < calm

@@ -6,11 +6,12 @@ from pydantic import ValidationError
 from engine.escalation import (
     CallEscalation,
     EmotionSample,
+    RuleSet,
     Utterance,
     default_rules,
     load_rules,
 )
-from tests import speech
+from tests import speech, styles
 
 
 def said(n: int, text: str) -> Utterance:
@@ -135,3 +136,86 @@ def test_bad_rules_are_rejected_with_the_reason(tmp_path: Path, toml: str, messa
     path.write_text(toml)
     with pytest.raises(ValidationError, match=message):
         load_rules(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule_id", "phrase"),
+    styles.cases(
+        ("i want to talk to a real person", "I want to talk to a real person!",
+         "asks_for_person", "real person"),
+        ("uh yeah cancel my account", "Uh, yeah. Cancel my account.",
+         "cancel_account", "cancel my account"),
+        ("i'll call my lawyer", "I’ll call my LAWYER.", "complaint_or_legal", "lawyer"),
+        ("can i speak to a supervisor", "Can I speak to a SUPERVISOR?",
+         "asks_for_person", "supervisor"),
+        ("i said agent", "I said 'agent'.", "asks_for_person", "agent"),
+        ("i want to talk to a real person", "I want to talk to a real-person.",
+         "asks_for_person", "real person"),
+    ),
+)  # fmt: skip
+def test_phrases_match_in_both_styles(text: str, rule_id: str, phrase: str) -> None:
+    """A neural recognizer writes "I said 'agent'.": the quotes glued to the word hid it
+    from the rule, so the caller who asked for a person was not routed to one."""
+    (d,) = CallEscalation(default_rules()).observe_utterance(said(1, text))
+    assert (d.rule_id, d.evidence["phrase"]) == (rule_id, phrase)
+    assert d.evidence["text"] == text  # the caller's words as written, not our normal form
+
+
+@pytest.mark.parametrize(
+    "text",
+    styles.cases(
+        ("i am a travel agency owner", "I'm a travel-agency owner."),
+        ("humanity", "Humanity?"),
+        ("my personal details", "My personal details."),
+        ("my agent's name is bob", "My agent’s name is Bob."),
+    ),
+)  # fmt: skip
+def test_no_false_alarm_in_both_styles(text: str) -> None:
+    """ "agent’s" (typographic apostrophe) split into "agent s" and matched "agent", while
+    the same words with "'" did not: both styles must read the same."""
+    assert CallEscalation(default_rules()).observe_utterance(said(1, text)) == []
+
+
+def test_a_phrase_does_not_run_over_a_full_stop() -> None:
+    """ "Don't cancel. My account is fine." matched "cancel my account" across the full
+    stop: with punctuation we know the sentence ended, so it is not a request."""
+    esc = CallEscalation(default_rules())
+    assert esc.observe_utterance(said(1, "Don't cancel. My account is fine.")) == []
+    assert esc.observe_utterance(said(2, "No, cancel my account, please.")) != []
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    styles.cases(
+        ("i'm done", "I’m done with this.", "i'm done"),
+        ("i'm done", "I'm done!", "i’m done"),
+        ("i have called three times", "I've called 3 times!", "called three times"),
+        ("i have called three times", "I've called 3 times!", "called 3 times"),
+        ("i never got the e mail", "I never got the e-mail.", "e-mail"),
+    ),
+)
+def test_configured_phrases_match_in_both_styles(text: str, phrase: str) -> None:
+    """A configured phrase is read the way a transcript is: "i'm done" missed "I’m done"
+    (typographic apostrophe), "called three times" missed "I've called 3 times!" (digits),
+    and "e-mail" could never match at all (the text side split it into "e mail")."""
+    rule = RuleSet.model_validate(
+        {
+            "rules": [
+                {"id": "x", "kind": "phrase", "phrases": [phrase], "actions": ["alert_supervisor"]}
+            ]
+        }
+    ).rules[0]
+    (d,) = CallEscalation([rule]).observe_utterance(said(1, text))
+    assert d.evidence["phrase"] == " ".join(phrase.lower().split())
+
+
+def test_a_phrase_of_punctuation_only_is_no_phrase() -> None:
+    """A phrase with no words in it would match every utterance."""
+    with pytest.raises(ValidationError, match="needs phrases"):
+        RuleSet.model_validate(
+            {
+                "rules": [
+                    {"id": "x", "kind": "phrase", "phrases": ["!!!"], "actions": ["route_to_human"]}
+                ]
+            }
+        )

@@ -50,3 +50,23 @@ def test_articles_with_no_searchable_words_never_break_the_index() -> None:
     assert KnowledgeBase([Article("0", "0", "0", ["", ""])]).suggest("my order") == []
     mixed = KnowledgeBase([Article("0", "0", "0"), Article("a", "Where is my order", "Track")])
     assert [s.article_id for s in mixed.suggest("my order")] == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("sphinx", "moonshine"),
+    [
+        ("i want to cancel my subscription", "I want to CANCEL my subscription!"),
+        ("i'm calling to check on my order it was supposed to arrive last week",
+         "I’m calling to check on my order. It was supposed to arrive last week."),
+        ("my order number is eight three zero one six where is it",
+         "My order number is 83016. Where is it?"),
+        ("my internet has been down for thirty minutes",
+         "My internet has been down for 30 minutes!"),
+    ],
+)  # fmt: skip
+def test_both_styles_get_the_same_answers(kb: KnowledgeBase, sphinx: str, moonshine: str) -> None:
+    """Case and punctuation never mattered, but numbers did: "eight three zero one six"
+    matched "three months" in the cancellation article, "83016" did not, so the two
+    recognizers got different suggestions for the same words."""
+    assert kb.suggest(sphinx)
+    assert kb.suggest(moonshine) == kb.suggest(sphinx)

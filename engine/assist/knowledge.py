@@ -5,7 +5,10 @@ A knowledge base is a folder of articles:
   * YAML (``*.yaml``/``*.yml``): ``title``, ``answer`` (or ``body``), optional ``tags``.
 Articles are ranked with BM25 (``bm25s``, Snowball-stemmed English) over title,
 tags and body; the query is the caller's last few utterances. Only articles
-that share words with the query are suggested.
+that share words with the query are suggested. Articles and queries are read with
+spoken numbers as digits (``normalize_text``), so "eight three zero one six" and
+"83016", "thirty minutes" and "30 minutes" are the same words whichever recognizer
+wrote them; case and punctuation the tokenizer drops anyway.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any
 import bm25s
 import Stemmer
 import yaml
+
+from engine.assist.numbers import normalize_text
 
 log = logging.getLogger(__name__)
 MAX_ARTICLE_BYTES = 256 * 1024
@@ -96,6 +101,7 @@ class KnowledgeBase:
         return cls(load_articles(folder) if folder else [])
 
     def _tokens(self, texts: list[str]) -> Any:
+        texts = [normalize_text(t) for t in texts]
         return bm25s.tokenize(texts, stopwords="en", stemmer=self._stemmer, show_progress=False)
 
     def suggest(self, query: str, k: int = 3) -> list[Suggestion]:

@@ -13,12 +13,25 @@ Within a run of number words:
   * "point" joins a decimal part: "twelve point five" -> 12.5;
   * homophones a recognizer writes for digits ("for", "to", "won", "ate") count as
     digits when a number is clearly being read out (see ``_as_digits``).
+
+A neural recognizer writes most numbers as digits already ("83016", "$49.99",
+"4,572"): they pass through (``words_of`` drops the punctuation around them and
+thousands separators), and so does a number it wrote partly in digits:
+  * digits read out one by one next to written digits join them: "eight three
+    016" -> 83016, "4111 one one one one" -> 41111111 (not "100 one time": a single
+    number word is not a read-out digit);
+  * "8-3-0-1-6" (digits read out, written with dashes) -> 83016;
+  * "forty-nine" is "forty nine";
+  * a homophone before written digits is a digit where a number is being read out:
+    "the card number is for 1111" -> "... 4 1111".
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from media.asr.text import phrase_words, words
 
 ONES = {
     "zero": 0, "oh": 0, "o": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
@@ -39,6 +52,7 @@ _AMBIGUOUS = {"oh", "o"}
 # What recognizers write for digits they heard ("for one one one", "five six to nine").
 HOMOPHONES = {"for": "four", "to": "two", "too": "two", "won": "one", "ate": "eight"}
 _CUES = {"number", "numbers", "is", "card", "account", "code", "pin", "zip"}
+_DASHED_DIGITS = re.compile(r"\d(?:-\d)+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +63,8 @@ class Token:
 
 
 def words_of(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9'@.$/\-]+", " ", text.lower()).split()
+    """The words of a transcript in either style (see ``media.asr.text.words``)."""
+    return words(text)
 
 
 def _cardinal(words: list[str]) -> str:
@@ -101,7 +116,9 @@ def _as_digits(words: list[str]) -> list[str]:
             continue
         after = 0
         while i + 1 + after < len(words) and (
-            words[i + 1 + after] in NUMBER_WORDS or words[i + 1 + after] in HOMOPHONES
+            words[i + 1 + after] in NUMBER_WORDS
+            or words[i + 1 + after] in HOMOPHONES
+            or _written(words[i + 1 + after])  # "card number is for 1111..."
         ):
             after += 1
         before = words[i - 1] if i > 0 else ""
@@ -111,10 +128,25 @@ def _as_digits(words: list[str]) -> list[str]:
     return out
 
 
-def normalize(words: list[str]) -> list[Token]:
+def _written(word: str) -> bool:
+    return (word.isascii() and word.isdigit()) or _DASHED_DIGITS.fullmatch(word) is not None
+
+
+def _pieces(word: str) -> list[str]:
+    """ "forty-nine" -> forty, nine: number words a recognizer joined with hyphens."""
+    parts = word.split("-")
+    numeric = len(parts) > 1 and all(p in NUMBER_WORDS for p in parts)
+    return parts if numeric and not all(p in _AMBIGUOUS for p in parts) else [word]
+
+
+def normalize(source: list[str]) -> list[Token]:
     """Tokens with number-word runs replaced by digits (source word indices kept)."""
-    words = _as_digits(words)
+    pieces = [(p, n) for n, w in enumerate(source) for p in _pieces(w)]
+    words = _as_digits([p for p, _ in pieces])
+    at = [n for _, n in pieces]  # the source word of each piece
     tokens: list[Token] = []
+    # per token: "said" (two or more digits read out one by one), "written" (digits)
+    kinds: list[str] = []
     i = 0
     while i < len(words):
         j = i
@@ -127,7 +159,10 @@ def normalize(words: list[str]) -> list[Token]:
             j -= 1
             run = [w for w in words[i:j] if w != "and"]
         if not run or (len(run) == 1 and run[0] in _AMBIGUOUS):
-            tokens.append(Token(words[i], i, i))
+            w = words[i]
+            written = _written(w)
+            tokens.append(Token(w.replace("-", "") if written else w, at[i], at[i]))
+            kinds.append("written" if written else "")
             i += 1
             continue
         text = _value(run)
@@ -140,9 +175,24 @@ def normalize(words: list[str]) -> list[Token]:
             text += "." + "".join(str(ONES[w]) for w in words[j + 1 : k])
             last = k - 1
             j = k
-        tokens.append(Token(text, i, last))
+        tokens.append(Token(text, at[i], at[last]))
+        said = len(run) > 1 and all(w in ONES for w in run)
+        kinds.append("said" if said and text.isdigit() else "")
         i = j
-    return tokens
+    return _join_read_out(tokens, kinds)
+
+
+def _join_read_out(tokens: list[Token], kinds: list[str]) -> list[Token]:
+    """Written digits and digits read out next to them are one number (see above)."""
+    out: list[Token] = []
+    before = ""
+    for t, kind in zip(tokens, kinds, strict=True):
+        if out and {before, kind} == {"said", "written"}:
+            out[-1] = Token(out[-1].text + t.text, out[-1].first, t.last)
+        else:
+            out.append(t)
+        before = kind
+    return out
 
 
 def _cardinal_context(words: list[str], start: int, j: int) -> bool:
@@ -154,3 +204,9 @@ def _cardinal_context(words: list[str], start: int, j: int) -> bool:
 
 def normalize_text(text: str) -> str:
     return " ".join(t.text for t in normalize(words_of(text)))
+
+
+def normalize_phrase(text: str) -> str:
+    """Letters, digits and apostrophes only, numbers as digits: how phrases (escalation
+    rules, product names) and the text they are looked for in are compared."""
+    return " ".join(t.text for t in normalize(phrase_words(text)))

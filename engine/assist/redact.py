@@ -1,12 +1,15 @@
 """Redaction of card numbers and configured patterns, in text and in word timings.
 
 Card numbers are found after spoken digits are turned into digits ("four one one
-one ..." -> 4111...), typed or spoken, with or without separators, and are
-redacted only when the Luhn check passes, so order numbers survive. Configured
-patterns are regular expressions over the same normalised text; when a pattern
-has a group, only the group is hidden ("security code is 123" keeps its
-context). A redacted run of words becomes one placeholder word with the times
-of the words it replaced.
+one ..." -> 4111...), typed or spoken, with or without separators (space, dash,
+dot), and are redacted only when the Luhn check passes, so order numbers survive.
+Configured patterns are regular expressions over the same normalised text: the
+words as ``media.asr.text.words`` reads them (lower case, no punctuation around
+a word, "Card: 4111 1111." is "card 4111 1111"), numbers as digits. When a
+pattern has a group that matched, only the group is hidden ("security code is
+123" keeps its context). A redacted run of words becomes one placeholder word
+with the times of the words it replaced; in the text, punctuation after the last
+hidden word stays ("is 4111 1111 1111 1111." -> "is [card].").
 """
 
 from __future__ import annotations
@@ -17,16 +20,23 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.assist.numbers import Token, normalize
+from media.asr.text import word
 
-CARD = re.compile(r"\d(?:[ \-]?\d){12,18}")
+CARD = re.compile(r"\d(?:[ .\-]?\d){12,18}")
 # A recognizer that gets one digit wrong breaks the Luhn check; right after the word
 # "card" a 13-19 digit run is a card number anyway.
-CARD_IN_CONTEXT = re.compile(r"\bcard(?: number)?(?: is)?(?: ends? in)? (\d(?:[ \-]?\d){12,18})\b")
+CARD_IN_CONTEXT = re.compile(r"\bcard(?: number)?(?: is)?(?: ends? in)? (\d(?:[ .\-]?\d){12,18})\b")
 # Partials show a number while it is being said, before it is long enough to check:
-# they hide every run of 4+ digits. They live for seconds; the final shows what is safe.
+# they hide every run of 4+ digits (a dot is no separator here: "$49.99" is an amount).
+# They live for seconds; the final shows what is safe.
 LONG_DIGITS = re.compile(r"\d(?:[ \-]?\d){3,}")
+# Punctuation a recognizer writes after a word, kept after a placeholder.
+_TRAILING = re.compile(r"[.,!?;:…]+$")
 DEFAULT_PATTERNS: dict[str, str] = {
-    "ssn": r"\b\d{3}-\d{2}-\d{4}\b",
+    # written in groups ("078-05-1120", "078 05 1120"), or nine digits after the word
+    # (spoken digits become one run: "ssn zero seven eight ..." -> "ssn 078051120")
+    "ssn": r"\b\d{3}[ .\-]\d{2}[ .\-]\d{4}\b"
+    r"|\b(?:ssn|social security|social)(?: number)?(?: is)? (\d{9})\b",
     "card_security_code": r"\b(?:security code|cvv|cvc|cvv2)(?: number)?(?: is)? (\d{3,4})\b",
 }
 
@@ -83,7 +93,7 @@ class Redactor:
             spans += [(m.start(), m.end(), "digits") for m in LONG_DIGITS.finditer(joined)]
         for kind, rx in self.patterns.items():
             for m in rx.finditer(joined):
-                g = 1 if rx.groups else 0
+                g = 1 if rx.groups and m.start(1) >= 0 else 0
                 spans.append((m.start(g), m.end(g), kind))
         return sorted(spans)
 
@@ -92,7 +102,7 @@ class Redactor:
     ) -> Redacted:
         """Hide sensitive spans; ``partial`` also hides any 4+ digit run (see LONG_DIGITS)."""
         source = text.split()
-        clean = [re.sub(r"[^a-z0-9@.$/\-']", "", w.lower()) or w.lower() for w in source]
+        clean = [word(w) or w.lower() for w in source]
         tokens = normalize(clean)
         joined, offsets = _join(tokens)
         hidden: dict[int, tuple[int, str]] = {}  # first source word -> (last, kind)
@@ -113,7 +123,8 @@ class Redactor:
         while i < len(source):
             if i in hidden:
                 last, kind = hidden[i]
-                out_text.append(f"[{kind}]")
+                tail = _TRAILING.search(source[last])
+                out_text.append(f"[{kind}]" + (tail.group() if tail else ""))
                 kinds.append(kind)
                 spans.append((i, last, kind))
                 i = last + 1
