@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.api import agents, audio, auth, content, desk, problems, rest, streams, webhooks
-from engine.api.schemas import Health
+from engine.api.schemas import Health, LoadOut
 from engine.calls import CallManager
+from engine.capacity import Capacity
 from engine.config import Settings
 from engine.eventlog import EventLog
 from engine.events import EventBus, utcnow
@@ -36,6 +38,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     bus = EventBus()
     metrics = Metrics()
     calls = CallManager(settings, store, bus, metrics)
+    capacity = calls.capacity = Capacity(
+        settings,
+        metrics,
+        calls_count=lambda: len(calls.calls),
+        backlog=lambda: calls.pool.stats().backlog_seconds,
+        worker_pids=calls.pool.pids,
+    )
     event_log = EventLog(store, bus, settings.event_retention_days)
     sender = WebhookSender(
         store,
@@ -57,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await calls.content.load()
         await calls.preload(settings.preload_languages)
         timers = asyncio.create_task(calls.run_acd_timers(), name="acd-timers")
-        sip = SipFront(settings, calls) if settings.sip_enabled else None
+        sip = SipFront(settings, calls, capacity) if settings.sip_enabled else None
         if sip is not None:
             try:
                 await sip.start()
@@ -68,10 +77,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 sip = None
         app.state.sip = sip
         calls.desk_phones = sip
+        capacity.start()  # after start-up's own work, which is not load
         log.info("ccengine ready on http://%s:%s", settings.host, settings.port)
         try:
             yield
         finally:
+            await capacity.stop()
             timers.cancel()
             await calls.shutdown()  # BYE to every phone caller while SIP still runs
             if sip is not None:
@@ -94,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.calls = calls
     app.state.metrics = metrics
+    app.state.capacity = capacity
     app.state.event_log = event_log
     auth.install(app)
     problems.install(app)
@@ -118,8 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
 
     @app.get("/healthz", response_model=Health, tags=["system"])
-    async def healthz(request: Request) -> Health:
-        return Health(active_calls=len(request.app.state.calls.calls))
+    async def healthz() -> Health:
+        load = capacity.snapshot()
+        return Health(active_calls=len(calls.calls), load=LoadOut(**dataclasses.asdict(load)))
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus(_p: auth.Reader) -> Response:

@@ -21,10 +21,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import multiprocessing
 import os
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,6 +66,7 @@ from engine.content import QUEUE, Content
 from engine.escalation import CallEscalation, Decision, EmotionSample, Utterance
 from engine.events import (
     AgentPresenceChanged,
+    AsrFailed,
     AssistUpdated,
     CallAnnotated,
     CallbackDone,
@@ -108,7 +110,10 @@ from engine.store.models import (
 )
 from engine.users import Actor
 from media import events as me
-from media.asr import ModelChoice, RecognizerFactory, choose_model, create_factory
+from media.asr import ModelChoice, choose_model
+from media.asr.base import LegRecognizer
+from media.asr.moonshine_convert import ensure_printing
+from media.asr.pool import RecognitionPool
 from media.audio import PcmFrame, downmix_int16
 from media.holdmusic import hold_loop
 from media.peer import CallPeer
@@ -119,6 +124,7 @@ from media.wavtrack import to_send_rate
 from media.webrtc import WebRtcLeg, pump_audio
 
 if TYPE_CHECKING:
+    from engine.capacity import Capacity
     from engine.sip import DeskPhones
 
 log = logging.getLogger(__name__)
@@ -136,20 +142,25 @@ class CallManager:
     _warming: asyncio.Future[None] | None = None
     # rings agents' SIP desk phones along with their browser desk (engine/sip.py)
     desk_phones: DeskPhones | None = None
+    # admission by measured load (engine/app.py sets it); None: the call limit alone
+    capacity: Capacity | None = None
 
     def __init__(self, settings: Settings, store: Store, bus: EventBus, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
         self.bus = bus
         self.metrics = metrics
+        # recognition runs in worker processes, one per core by default; this thread
+        # pool does the prosody maths (numpy, which releases the GIL)
+        self.pool = RecognitionPool(settings.asr_workers or os.cpu_count() or 1)
         threads = settings.asr_threads or 2 * (os.cpu_count() or 2)
-        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="asr")
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="prosody")
         # one synthesis at a time: prompts queue behind each other, never in front of
         # the recognizers (and the cache makes repeats free)
         self.tts_executor = ThreadPoolExecutor(1, thread_name_prefix="tts")
         self.calls: dict[str, Call] = {}
-        self._factories: dict[str, RecognizerFactory | None] = {}
         self._choices: dict[str, ModelChoice] = {}
+        self._preparing: dict[str, asyncio.Future[ModelChoice]] = {}
         self.content = Content(store, settings.escalation_rules, settings.knowledge_base)
         self.redactor = Redactor(settings.redact_patterns)
         self.acd = Acd(load_queues(settings.queues), settings.offer_timeout)
@@ -163,27 +174,51 @@ class CallManager:
 
     def model_choice(self, language: str) -> ModelChoice:
         if language not in self._choices:
-            choice = choose_model(language, self.settings.model_dirs)
+            prefer = self.settings.asr_backends.get(language)
+            choice = choose_model(language, self.settings.model_dirs, prefer)
             self._choices[language] = choice
-            self._factories[language] = create_factory(choice)
             (log.warning if choice.fallback or not choice.backend else log.info)(
                 "speech for '%s': %s", language, choice.note
             )
         return self._choices[language]
+
+    async def ready_model(self, language: str) -> ModelChoice:
+        """The language's recognizer, its model prepared: Moonshine is converted once
+        (~8 s, ~1 GB at its peak, in a child process so this one stays small); if that
+        fails, English falls back to pocketsphinx and says why, in the log, the API and
+        the pages."""
+        choice = self.model_choice(language)
+        if choice.backend != "moonshine" or choice.path is None:
+            return choice
+        if language not in self._preparing:
+            self._preparing[language] = asyncio.ensure_future(self._prepare(choice))
+        self._choices[language] = choice = await asyncio.shield(self._preparing[language])
+        return choice
+
+    async def _prepare(self, choice: ModelChoice) -> ModelChoice:
+        assert choice.path is not None
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=ctx) as converter:
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    converter, ensure_printing, choice.path
+                )
+                return choice
+            except Exception as exc:  # any failure: a clear reason and the fallback
+                fallback = choice.falling_back(f"the Moonshine model is not usable ({exc})")
+                log.error("speech for '%s': %s", choice.language, fallback.note)
+                return fallback
 
     async def preload(self, languages: list[str]) -> None:
         loop = asyncio.get_running_loop()
         self.speaker = await loop.run_in_executor(self.tts_executor, default_speaker)
         if self.speaker is not None:
             self._warmup = asyncio.create_task(self._warm_prompts(self.speaker))
-        for lang in languages:
-            self.model_choice(lang)
-            factory = self._factories.get(lang)
-            load = getattr(factory, "load", None)
-            if load is not None:
-                await loop.run_in_executor(self.executor, load)
-            if factory is not None:  # in the background: start-up does not wait for it
-                self._warming = loop.run_in_executor(self.executor, factory.warm, 2)
+        choices = [await self.ready_model(lang) for lang in languages]
+        await self.pool.start([c for c in choices if c.backend is not None])
+
+    async def _open_recognizer(self, leg_id: str, language: str) -> LegRecognizer:
+        return await self.pool.open(leg_id, await self.ready_model(language))
 
     async def load_queue_changes(self) -> None:
         """Queues changed through the API win over the queues file."""
@@ -225,11 +260,13 @@ class CallManager:
     # -- lifecycle --------------------------------------------------------------
 
     def _new_call(self, channel: str, language: str | None, caller: str | None) -> Call:
-        if len(self.calls) >= self.settings.max_concurrent_calls:
-            self.metrics.rejected.labels("overloaded").inc()
-            raise Overloaded(
-                f"engine is at its limit of {self.settings.max_concurrent_calls} calls"
-            )
+        # admission (engine/capacity.py, set by engine/app.py): measured load and the
+        # call limit; Overloaded, counted, carries the reason and a Retry-After
+        if self.capacity is not None:
+            self.capacity.admit(time.monotonic())
+        elif len(self.calls) >= self.settings.max_concurrent_calls:
+            self.metrics.rejected.labels("limit").inc()
+            raise Overloaded(f"{len(self.calls)} calls: the configured limit", retry_after=30)
         language = (language or self.settings.default_language).lower()
         call = Call(
             str(uuid.uuid4()),
@@ -366,12 +403,14 @@ class CallManager:
             if not leg.left:
                 await self.end_call(call.id, "no_media")
             return
+        choice = await self.ready_model(call.language)
         leg.pipeline = LegPipeline(
             leg.id,
-            self._factories.get(call.language),
+            (lambda: self._open_recognizer(leg.id, call.language)) if choice.backend else None,
             self.executor,
             lambda ev: self._enqueue(call, ev),
             vad=VadSettings(aggressiveness=self.settings.vad_aggressiveness),
+            punctuated=choice.punctuated,
         )
         await leg.pipeline.start()
 
@@ -580,6 +619,18 @@ class CallManager:
                 )
         elif isinstance(ev, me.KeyPressed):
             await self._key(call, ev)
+        elif isinstance(ev, me.RecognitionFailed):
+            self.metrics.asr_failures.inc()
+            self._publish(
+                AsrFailed(
+                    call_id=call.id,
+                    leg_id=ev.leg_id,
+                    speaker=call.speaker(ev.leg_id),
+                    index=ev.index,
+                    reason=ev.reason,
+                    recovered=ev.recovered,
+                )
+            )
         elif isinstance(ev, me.EmotionEstimated):
             est = ev.estimate
             utt_id = call.utterance_ids.get((ev.leg_id, ev.index), "")
@@ -1349,5 +1400,6 @@ class CallManager:
             *(self.end_call(cid, "engine_shutdown") for cid in list(self.calls)),
             return_exceptions=True,
         )
+        await self.pool.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.tts_executor.shutdown(wait=False, cancel_futures=True)

@@ -93,7 +93,12 @@ class InvalidTransition(RuntimeError):
 
 
 class Overloaded(RuntimeError):
-    """No capacity for another call right now."""
+    """No capacity for another call right now (the message says why); ask again in
+    ``retry_after`` seconds (HTTP and SIP 503 carry it as Retry-After)."""
+
+    def __init__(self, reason: str, retry_after: int = 5) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 
 class UnknownCall(LookupError):

@@ -1,4 +1,4 @@
-"""``ccengine serve | models | users add | phone``."""
+"""``ccengine serve | models [prepare] | users add | phone``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from engine.config import Settings
 
@@ -38,16 +39,37 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from media.asr import choose_model
+    from media.asr.moonshine_convert import ModelPrepareError, ensure, is_prepared
 
     settings = Settings()
-    languages = args.language or sorted({settings.default_language, *settings.preload_languages})
-    rows = [choose_model(lang, settings.model_dirs) for lang in languages]
+    prepare = bool(args.language) and args.language[0] == "prepare"
+    given = args.language[1:] if prepare else args.language
+    languages = given or sorted({settings.default_language, *settings.preload_languages})
+    rows = [
+        choose_model(lang, settings.model_dirs, settings.asr_backends.get(lang))
+        for lang in languages
+    ]
+    if prepare:
+        for r in rows:
+            if r.backend == "moonshine" and r.path:
+                try:
+                    print(f"{r.language}: {ensure(r.path, print)}")
+                except ModelPrepareError as exc:
+                    print(f"error: {r.language}: {exc}", file=sys.stderr)
+                    return 1
+            else:
+                print(f"{r.language}: {r.backend or 'none'}: nothing to prepare")
+        return 0
+    ready = {r.language: r.backend != "moonshine" or is_prepared(Path(r.path or "")) for r in rows}
     if args.json:
-        print(json.dumps([{**r.__dict__, "note": r.note} for r in rows], indent=2))
+        out = [{**r.__dict__, "note": r.note, "prepared": ready[r.language]} for r in rows]
+        print(json.dumps(out, indent=2))
         return 0
     for r in rows:
         print(f"{r.language}: {r.backend or 'none'}{' (fallback)' if r.fallback else ''}")
         print(f"    model: {r.path or '-'}")
+        if not ready[r.language]:
+            print("    prepared: not yet (at the first start, or: ccengine models prepare)")
         print(f"    note: {r.note}")
         print(f"    looked in: {'; '.join(r.looked_in)}")
     return 0
@@ -250,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="HTTP port (default 8080)")
     serve.add_argument("--db", help="SQLAlchemy URL (default sqlite+aiosqlite:///./ccengine.db)")
     serve.set_defaults(func=_serve)
-    models = sub.add_parser("models", help="which recognizer each language uses")
+    models = sub.add_parser(
+        "models",
+        help="which recognizer each language uses; 'models prepare [LANG...]' converts "
+        "the Moonshine English model now rather than at the first start",
+    )
     models.add_argument("language", nargs="*", help="languages to check (default: configured)")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=_models)

@@ -4,6 +4,7 @@ optional ``.env`` file."""
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,8 +25,27 @@ class Settings(BaseSettings):
     # No audio for this long ends the call: the caller is gone.
     media_timeout: float = Field(15.0, gt=0, le=300)
     max_body_bytes: int = 256 * 1024
+    # A hard cap on calls in progress; more offers get 503 with Retry-After.
     max_concurrent_calls: int = Field(64, ge=1)
-    asr_threads: int = Field(0, ge=0)  # 0: two per core
+    # Admission by measured load (engine/capacity.py): while one of these is over, new
+    # calls get 503 with Retry-After, until it falls below 80 % of it again. The event
+    # loop's lag, p99 over the last 10 s, in ms:
+    admission_max_loop_lag_ms: float = Field(50.0, ge=0)
+    # Seconds of caller audio waiting for a recognizer:
+    admission_max_backlog_s: float = Field(2.0, ge=0)
+    # CPU of this process and its recognition workers over the last 5 s, as a fraction
+    # of the cores it may use (1.0: all of them):
+    admission_max_cpu: float = Field(0.9, ge=0, le=1)
+    # Recognition worker processes; 0: one per core.
+    asr_workers: int = Field(0, ge=0, le=64)
+    # Threads for the per-utterance prosody maths; 0: two per core.
+    asr_threads: int = Field(0, ge=0)
+    # The recognizer per language where the default is not wanted: {"en": "vosk"}
+    # (a vosk model in model_dirs), {"en": "pocketsphinx"}. English defaults to
+    # Moonshine, other languages to vosk.
+    asr_backends: dict[str, Literal["moonshine", "vosk", "pocketsphinx"]] = Field(
+        default_factory=dict
+    )
     # TOML file of escalation rules ([[rules]] tables); unset: the built-in set.
     escalation_rules: str | None = None
     # Folder of Markdown/YAML articles for suggested answers; unset: no suggestions.

@@ -249,6 +249,19 @@ class RecordingChanged(EventBase):
     by: str
 
 
+class AsrFailed(EventBase):
+    """A leg's recognizer was lost (its worker process died or hung): the utterance
+    in progress was not transcribed. The call goes on and stays routable;
+    ``recovered`` says a new recognizer hears the next utterance."""
+
+    type: Literal["asr.failed"] = "asr.failed"
+    leg_id: str
+    speaker: str
+    index: int
+    reason: str
+    recovered: bool
+
+
 class CallEnded(EventBase):
     type: Literal["call.ended"] = "call.ended"
     reason: str
@@ -276,6 +289,7 @@ Event = Annotated[
     | DtmfReceived
     | CallAnnotated
     | RecordingChanged
+    | AsrFailed
     | CallEnded,
     Field(discriminator="type"),
 ]
@@ -301,6 +315,7 @@ EVENT_TYPES = [
     "dtmf.received",
     "call.annotated",
     "recording.changed",
+    "asr.failed",
     "call.ended",
 ]
 

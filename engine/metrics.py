@@ -26,6 +26,11 @@ class Metrics:
         self.dropped_chunks = Counter(
             "ccengine_asr_dropped_chunks", "Speech chunks dropped: recognizer behind", registry=r
         )
+        self.asr_failures = Counter(
+            "ccengine_asr_failures",
+            "Recognizers lost with their worker process (utterances not transcribed)",
+            registry=r,
+        )
         self.dropped_partials = Counter(
             "ccengine_dropped_partials", "Partial transcripts dropped: backlog", registry=r
         )
@@ -36,3 +41,24 @@ class Metrics:
             "ccengine_redactions", "Sensitive spans redacted from transcripts", registry=r
         )
         self.ended = Counter("ccengine_calls_ended", "Calls ended", ["reason"], registry=r)
+        # admission (engine/capacity.py): refusals count in ``rejected`` as loop_lag,
+        # backlog, cpu or limit
+        self.loop_lag = Histogram(
+            "ccengine_event_loop_lag_seconds",
+            "How late the event loop woke a task sleeping 50 ms",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0),
+            registry=r,
+        )
+        self.node_full = Gauge(
+            "ccengine_node_full", "1 while new calls are refused (admission)", registry=r
+        )
+        self.cpu_utilisation = Gauge(
+            "ccengine_cpu_utilisation",
+            "CPU of the engine and its recognition workers, fraction of usable cores (5 s)",
+            registry=r,
+        )
+        self.recognition_backlog = Gauge(
+            "ccengine_recognition_backlog_seconds",
+            "Seconds of caller audio waiting for recognition",
+            registry=r,
+        )

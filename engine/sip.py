@@ -51,6 +51,7 @@ from media.sip.transport import SipTransport
 if TYPE_CHECKING:
     from engine.calls import CallManager
     from engine.callstate import Call
+    from engine.capacity import Capacity
     from engine.store.models import UserRow
 
 # what outbound calls and transfers may dial directly: user@host[:port], nothing else
@@ -89,10 +90,19 @@ class _PhoneCall:
     agent: bool = False  # an agent's desk phone, not a caller
 
 
+def _busy(exc: Overloaded) -> tuple[int, tuple[str, str], tuple[str, str]]:
+    """503 Service Unavailable with Retry-After (RFC 3261 §20.33) and the reason."""
+    return 503, ("Retry-After", str(exc.retry_after)), ("Warning", f'399 ccengine "{exc}"')
+
+
 class SipFront:
-    def __init__(self, settings: Settings, calls: CallManager) -> None:
+    def __init__(
+        self, settings: Settings, calls: CallManager, capacity: Capacity | None = None
+    ) -> None:
         self.settings = settings
         self.calls = calls
+        # admission by measured load (engine/capacity.py); None: the call limit only
+        self.capacity = capacity
         self.public_host = settings.sip_public_host or settings.sip_host
         users = {u: p.get_secret_value() for u, p in settings.sip_users.items()}
         admission = Admission(
@@ -208,6 +218,14 @@ class SipFront:
             else:
                 fut.set_exception(DialFailed(ev.status, ev.reason))
 
+    def _admit(self) -> None:
+        """Overloaded (counted) when the node must refuse a new call now."""
+        if self.capacity is not None:
+            self.capacity.admit(self._now())
+        elif len(self.calls.calls) >= self.settings.max_concurrent_calls:
+            self.calls.metrics.rejected.labels("limit").inc()
+            raise Overloaded(f"{len(self.calls.calls)} calls: the configured limit", 30)
+
     def _reject(self, sip_call_id: str, status: int, *headers: tuple[str, str]) -> None:
         self._phone.pop(sip_call_id, None)
         self.endpoint.reject(sip_call_id, status, self._now(), headers)
@@ -236,8 +254,10 @@ class SipFront:
         except SdpError as exc:
             self._reject(ev.call_id, 400, ("Warning", f'399 ccengine "{exc}"'))
             return
-        if len(self.calls.calls) >= self.settings.max_concurrent_calls:
-            self._reject(ev.call_id, 503, ("Retry-After", "30"))
+        try:  # before ringing or taking an RTP port: a full node says so at once
+            self._admit()
+        except Overloaded as exc:
+            self._reject(ev.call_id, *_busy(exc))
             return
         self.endpoint.ring(ev.call_id)
         self.transport.flush()
@@ -259,10 +279,10 @@ class SipFront:
             call = await self.calls.create_phone_call(
                 pc.peer, caller, codec=offer.codec, menu=direct is None
             )
-        except Overloaded:
+        except Overloaded as exc:
             pc.peer.remote_ended = True
             await pc.peer.close()
-            self._reject(ev.call_id, 503, ("Retry-After", "30"))
+            self._reject(ev.call_id, *_busy(exc))
             return
         except Exception:
             log.exception("could not start the phone call %s", ev.call_id)
@@ -428,7 +448,10 @@ class SipFront:
         agent: bool = False,
     ) -> Call:
         """Dial, then hand the answered party to the call manager (``connect``, given the
-        peer and its codec); if that fails the party is hung up, not left on the line."""
+        peer and its codec); if that fails the party is hung up, not left on the line.
+        A new call (not an agent's leg) is refused before dialling when the node is full."""
+        if not agent:
+            self._admit()
         pc = await self.dial(number, agent=agent)
         assert pc.peer is not None
         try:

@@ -59,6 +59,23 @@ class KeyPressed:
     at: float  # seconds of leg media
 
 
+@dataclass(frozen=True, slots=True)
+class RecognitionFailed:
+    """The leg's recognizer was lost (its worker process died or hung): the utterance
+    in progress is not transcribed; the next one is, by a new recognizer."""
+
+    leg_id: str
+    index: int  # the utterance that was lost
+    reason: str
+    recovered: bool  # a new recognizer is ready for the next utterance
+
+
 MediaEvent = (
-    SpeechStarted | TranscriptPartial | TranscriptFinal | EmotionEstimated | LegEnded | KeyPressed
+    SpeechStarted
+    | TranscriptPartial
+    | TranscriptFinal
+    | EmotionEstimated
+    | LegEnded
+    | KeyPressed
+    | RecognitionFailed
 )

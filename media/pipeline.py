@@ -1,11 +1,18 @@
 """Per-leg analysis chain: decoded PCM -> 16 kHz frames -> VAD -> ASR -> emotion.
 
 The event loop does only the cheap per-frame work (resampling, VAD). Speech is
-batched into 100 ms chunks and handed to a worker task that runs the recognizer
-and the prosody maths in a thread pool, one chunk at a time, so results stay in
-order while other legs keep running. The hand-off queue is bounded: a leg whose
-recognizer cannot keep up loses audio (counted in ``dropped_chunks``), never
-memory, and never delays another leg.
+batched into 100 ms chunks and handed to a worker task that sends them to the leg's
+recognizer (a worker process, ``media.asr.pool``), one request at a time, so results
+stay in order while other legs keep running; the prosody maths runs in a thread
+pool. The hand-off queue is bounded: a leg whose recognizer cannot keep up loses
+audio (counted in ``dropped_chunks``), never memory, and never delays another leg.
+
+End of speech: at a pause (``PauseDetected``) the recognizer is asked what was said
+so far, and the frames after the pause are held back. If the answer reads as a
+complete sentence the segmenter ends the utterance early and the recognizer's final
+is that same answer (nothing new was fed), so the final costs no second decode. If
+the speaker goes on, the held frames are sent first. A recognizer whose worker dies
+is reported (``RecognitionFailed``) and replaced for the next utterance.
 """
 
 from __future__ import annotations
@@ -13,23 +20,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
 
-from media.asr.base import AsrResult, Recognizer, RecognizerFactory, Word
+from media.asr.base import AsrResult, LegRecognizer, RecognizerLost, Word, ends_sentence
 from media.audio import AnalysisResampler, PcmFrame
 from media.emotion import EmotionTracker, prosody
 from media.events import (
     EmotionEstimated,
     MediaEvent,
+    RecognitionFailed,
     SpeechStarted,
     TranscriptFinal,
     TranscriptPartial,
 )
-from media.vad import SpeechFrame, SpeechSegmenter, UtteranceEnded, UtteranceStarted, VadSettings
+from media.vad import (
+    PauseDetected,
+    SpeechFrame,
+    SpeechSegmenter,
+    UtteranceEnded,
+    UtteranceStarted,
+    VadEvent,
+    VadSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,37 +60,50 @@ class _Audio:
 
 
 @dataclass(frozen=True, slots=True)
+class _Peek:
+    pause: PauseDetected
+
+
+@dataclass(frozen=True, slots=True)
 class _End:
     utterance: UtteranceEnded
     samples: np.ndarray
     last_voice_at: float  # time.monotonic() when the last speech audio arrived
 
 
+OpenRecognizer = Callable[[], Awaitable[LegRecognizer]]
+
+
 class LegPipeline:
     def __init__(
         self,
         leg_id: str,
-        factory: RecognizerFactory | None,
+        open_recognizer: OpenRecognizer | None,
         executor: Executor,
         emit: Callable[[MediaEvent], None],
         *,
         vad: VadSettings | None = None,
-        phrases: list[str] | None = None,
+        punctuated: bool = False,
     ) -> None:
+        """``open_recognizer`` makes the leg's recognizer (None: no transcription);
+        ``punctuated``: its text ends sentences with punctuation, so pauses can be
+        judged by it. ``executor`` runs the prosody maths."""
         self.leg_id = leg_id
-        self._factory = factory
+        self._open = open_recognizer
         self._executor = executor
         self._emit = emit
-        self._phrases = phrases
+        self._punctuated = punctuated
         self._resampler = AnalysisResampler()
         self._segmenter = SpeechSegmenter(vad or VadSettings())
-        self._queue: asyncio.Queue[_Audio | _End | None] = asyncio.Queue(MAX_QUEUED_CHUNKS)
+        self._queue: asyncio.Queue[_Audio | _Peek | _End | None] = asyncio.Queue(MAX_QUEUED_CHUNKS)
         self._chunk: list[bytes] = []
+        self._held: list[bytes] | None = None  # frames since a pause, not yet sent on
         self._utt_samples: list[np.ndarray] = []
         self._utt_index = 0
         self._utt_start = 0.0
         self._last_voice_at = 0.0
-        self._recognizer: Recognizer | None = None
+        self._recognizer: LegRecognizer | None = None
+        self._lost = False  # the utterance in progress lost its recognizer
         self._tracker = EmotionTracker()
         self._worker: asyncio.Task[None] | None = None
         self.frames_in = 0
@@ -84,12 +113,12 @@ class LegPipeline:
         self.seconds_in = 0.0
 
     async def start(self) -> None:
-        if self._factory is not None:
-            factory = self._factory
-            loop = asyncio.get_running_loop()
-            self._recognizer = await loop.run_in_executor(
-                self._executor, lambda: factory.create(self._phrases)
-            )
+        if self._open is not None:
+            try:
+                self._recognizer = await self._open()
+            except Exception as exc:  # no recognizer: the call goes on, untranscribed
+                log.error("leg %s: no recognizer: %s", self.leg_id, exc)
+                self._emit(RecognitionFailed(self.leg_id, 0, str(exc), recovered=False))
         self._worker = asyncio.create_task(self._work(), name=f"asr-{self.leg_id}")
 
     def push_pcm(self, pcm: np.ndarray, sample_rate: int, channels: int) -> int:
@@ -101,23 +130,37 @@ class LegPipeline:
                 self.tap(frame)
             self.frames_in += 1
             self.seconds_in = frame.end
-            for ev in self._segmenter.push(frame):
-                if isinstance(ev, UtteranceStarted):
-                    self._utt_samples = []
-                    self._utt_start = ev.start
-                    self._emit(SpeechStarted(self.leg_id, ev.start))
-                elif isinstance(ev, SpeechFrame):
-                    self._utt_samples.append(ev.frame.samples)
-                    self._chunk.append(ev.frame.to_bytes())
-                    if ev.voiced:
-                        self._last_voice_at = now
-                    if len(self._chunk) >= CHUNK_FRAMES:
-                        self._flush_chunk()
-                elif isinstance(ev, UtteranceEnded):
-                    self._end_utterance(ev)
+            self._vad_events(self._segmenter.push(frame), now)
         return len(frames)
 
-    def _put(self, item: _Audio | _End) -> None:
+    def _vad_events(self, events: list[VadEvent], now: float) -> None:
+        for ev in events:
+            if isinstance(ev, UtteranceStarted):
+                self._utt_samples = []
+                self._utt_start = ev.start
+                self._emit(SpeechStarted(self.leg_id, ev.start))
+            elif isinstance(ev, SpeechFrame):
+                self._utt_samples.append(ev.frame.samples)
+                if ev.voiced:
+                    self._last_voice_at = now
+                    if self._held is not None:  # the speaker went on after a pause
+                        self._chunk.extend(self._held)
+                        self._held = None
+                if self._held is not None:
+                    self._held.append(ev.frame.to_bytes())
+                    continue
+                self._chunk.append(ev.frame.to_bytes())
+                if len(self._chunk) >= CHUNK_FRAMES:
+                    self._flush_chunk()
+            elif isinstance(ev, PauseDetected):
+                if self._punctuated and self._recognizer is not None:
+                    self._flush_chunk()
+                    self._held = []
+                    self._put(_Peek(ev))
+            elif isinstance(ev, UtteranceEnded):
+                self._end_utterance(ev)
+
+    def _put(self, item: _Audio | _Peek | _End) -> None:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -133,6 +176,7 @@ class LegPipeline:
             self._chunk = []
 
     def _end_utterance(self, ev: UtteranceEnded) -> None:
+        self._held = None  # silence after the last word: the recognizer needs none of it
         self._flush_chunk()
         samples = np.concatenate(self._utt_samples) if self._utt_samples else np.zeros(0, np.int16)
         self._utt_samples = []
@@ -159,34 +203,68 @@ class LegPipeline:
             await self._worker
         finally:
             if self._recognizer is not None:
-                self._recognizer.close()
+                await self._recognizer.close()
 
     def cancel(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
-        rec = self._recognizer
         while (item := await self._queue.get()) is not None:
-            if isinstance(item, _Audio):
-                if rec is None:
-                    continue
-                partial = await loop.run_in_executor(self._executor, rec.accept, item.pcm)
-                if partial:
-                    self._emit(
-                        TranscriptPartial(
-                            self.leg_id, self._utt_index, partial, item.utterance_start
-                        )
-                    )
-                continue
-            await self._finish(loop, rec, item)
+            try:
+                await self._handle(item)
+            except RecognizerLost as exc:
+                await self._recognizer_lost(exc.reason)
 
-    async def _finish(
-        self, loop: asyncio.AbstractEventLoop, rec: Recognizer | None, item: _End
-    ) -> None:
+    async def _handle(self, item: _Audio | _Peek | _End) -> None:
+        rec = self._recognizer
+        if isinstance(item, _End):
+            await self._finish(rec, item)
+        elif rec is None or self._lost:
+            return  # no recognizer, or the rest of an utterance it lost
+        elif isinstance(item, _Audio):
+            partial = await rec.accept(item.pcm)
+            if partial:
+                self._emit(
+                    TranscriptPartial(self.leg_id, self._utt_index, partial, item.utterance_start)
+                )
+        else:
+            said = await rec.peek()
+            now = time.monotonic()
+            hint = self._segmenter.hint(
+                item.pause, ends_sentence(said.text), len(said.text.split())
+            )
+            self._vad_events(hint, now)
+
+    async def _recognizer_lost(self, reason: str) -> None:
+        """The worker died mid-utterance: say so, and get a new recognizer for the next
+        utterance. The call goes on either way."""
+        self._lost = True
+        lost, self._recognizer = self._recognizer, None
+        if lost is not None:
+            await lost.close()
+        if self._open is not None:
+            try:
+                self._recognizer = await self._open()
+            except Exception as exc:  # the pool could not give one: untranscribed, but on
+                log.error("leg %s: no recognizer after losing one: %s", self.leg_id, exc)
+        log.warning("leg %s: recognizer lost (%s)", self.leg_id, reason)
+        self._emit(
+            RecognitionFailed(
+                self.leg_id, self._utt_index, reason, recovered=self._recognizer is not None
+            )
+        )
+
+    async def _finish(self, rec: LegRecognizer | None, item: _End) -> None:
         utt = item.utterance
-        result = await loop.run_in_executor(self._executor, rec.finish) if rec else AsrResult("")
+        lost, self._lost = self._lost, False
+        result = AsrResult("")
+        if rec is not None and not lost:
+            try:
+                result = await rec.finish()
+            except RecognizerLost as exc:
+                await self._recognizer_lost(exc.reason)
+                self._lost = False  # that utterance is over: the next one is heard
         latency = time.monotonic() - item.last_voice_at
         index = self._utt_index
         self._utt_index += 1
@@ -201,6 +279,7 @@ class LegPipeline:
                 self.leg_id, index, result.text, utt.start, utt.end, words, latency, utt.cut
             )
         )
+        loop = asyncio.get_running_loop()
         speech_s = (words[-1].end - words[0].start) if len(words) > 1 else None
         p = await loop.run_in_executor(
             self._executor,

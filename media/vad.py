@@ -8,9 +8,20 @@ so the segmenter keeps a sliding window of the last ``window_frames`` decisions:
     state     condition over the window                 -> action
     SILENCE   voiced ratio >= start_ratio               -> SPEECH, emit UtteranceStarted
                                                            with the window as pre-roll
-    SPEECH    unvoiced ratio >= end_ratio                -> SILENCE, emit UtteranceEnded
+    SPEECH    pause_ms of unvoiced frames in a row      -> emit PauseDetected (once a pause)
+    SPEECH    hint(complete=True) and >= short_end_ms     -> SILENCE, emit UtteranceEnded
+              of unvoiced frames in a row (fragment_end_ms
+              for a sentence of <= fragment_words words)
+    SPEECH    unvoiced ratio over end_window >= end_ratio -> SILENCE, emit UtteranceEnded
     SPEECH    utterance longer than max_utterance_s      -> SILENCE, emit UtteranceEnded
                                                            (cut=True)
+    SPEECH    a voiced frame                             -> the pause and its hint are over
+
+Why adaptive: a fixed window long enough not to split a sentence at a breath
+(~520 ms) is too slow to answer in 300 ms; one short enough splits sentences. At a
+pause the pipeline asks the recognizer what was said so far; when that reads as a
+complete sentence (a punctuating recognizer ends it with . ? !) the utterance ends
+after ``short_end_ms``, otherwise the long ratio rule decides.
 
 Frames of an utterance (pre-roll included) are returned as ``SpeechFrame`` so the
 recognizer sees speech only; silence between utterances never leaves this module.
@@ -38,6 +49,13 @@ class SpeechFrame:
 
 
 @dataclass(frozen=True, slots=True)
+class PauseDetected:
+    """The speaker stopped for ``pause_ms``: a good moment to ask if they are done."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class UtteranceEnded:
     start: float
     end: float
@@ -50,7 +68,7 @@ class UtteranceEnded:
         return 1.0 - self.voiced_frames / self.total_frames if self.total_frames else 0.0
 
 
-VadEvent = UtteranceStarted | SpeechFrame | UtteranceEnded
+VadEvent = UtteranceStarted | SpeechFrame | PauseDetected | UtteranceEnded
 
 
 @dataclass(slots=True)
@@ -61,6 +79,12 @@ class VadSettings:
     end_window_ms: int = 600
     end_ratio: float = 0.85
     max_utterance_s: float = 15.0
+    pause_ms: int = 100
+    short_end_ms: int = 260
+    # a complete "sentence" this short is often a lead-in said before a comma
+    # ("Okay, ...", "Good afternoon, ..."): it waits longer
+    fragment_words: int = 2
+    fragment_end_ms: int = 400
 
     def __post_init__(self) -> None:
         if not 0 <= self.aggressiveness <= 3:
@@ -83,6 +107,10 @@ class SpeechSegmenter:
         self._utt_start = 0.0
         self._voiced = 0
         self._total = 0
+        self._quiet = 0  # unvoiced frames in a row
+        self._complete_after = 0  # ms of silence that end a complete sentence; 0: none
+        self._pause_at = -1.0  # when the pause in progress was detected
+        self._last_end = 0.0
         self.frames_seen = 0
         self.speech_frames = 0
 
@@ -119,15 +147,41 @@ class SpeechSegmenter:
         self.speech_frames += 1
         self._voiced += voiced
         self._total += 1
+        self._last_end = frame.end
         self._end_win.append(voiced)
+        if voiced:
+            self._quiet = 0
+            self._complete_after = 0
+        else:
+            self._quiet += 1
+            if self._quiet * FRAME_MS == self.settings.pause_ms:
+                self._pause_at = frame.end
+                events.append(PauseDetected(frame.end))
         unvoiced = sum(1 for v in self._end_win if not v)
         too_long = frame.end - self._utt_start >= self.settings.max_utterance_s
         if (
-            len(self._end_win) == self._end_win.maxlen
-            and unvoiced >= self.settings.end_ratio * len(self._end_win)
-        ) or too_long:
+            (len(self._end_win) == self._end_win.maxlen
+             and unvoiced >= self.settings.end_ratio * len(self._end_win))
+            or self._short_end()
+            or too_long
+        ):  # fmt: skip
             events.append(self._end(frame.end, cut=too_long))
         return events
+
+    def _short_end(self) -> bool:
+        return 0 < self._complete_after <= self._quiet * FRAME_MS
+
+    def hint(self, pause: PauseDetected, complete: bool, words: int) -> list[VadEvent]:
+        """What the recognizer made of the speech before ``pause``: a complete
+        sentence or not, of how many words. Ignored once the speaker has gone on (a
+        voiced frame) or the utterance has ended."""
+        if not self._in_speech or self._quiet == 0 or pause.at != self._pause_at:
+            return []
+        st = self.settings
+        if complete:
+            short = words <= st.fragment_words
+            self._complete_after = st.fragment_end_ms if short else st.short_end_ms
+        return [self._end(self._last_end, cut=False)] if self._short_end() else []
 
     def flush(self, now: float) -> list[VadEvent]:
         """End an utterance in progress (the leg is closing)."""
@@ -135,6 +189,8 @@ class SpeechSegmenter:
 
     def _end(self, end: float, *, cut: bool) -> UtteranceEnded:
         self._in_speech = False
+        self._quiet = 0
+        self._complete_after = 0
         self._end_win.clear()
         self._start_win.clear()
         return UtteranceEnded(self._utt_start, end, self._voiced, self._total, cut)

@@ -109,9 +109,29 @@ _CONTRACTIONS = {
 }
 
 
+_DIGITS = "zero one two three four five six seven eight nine".split()
+_TEENS = "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen"
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def _spoken(number: str) -> str:
+    """How a caller says a number a punctuating recognizer wrote in digits: one digit
+    at a time for account numbers and the like, else as a word ("12", "45")."""
+    n = int(number)
+    if len(number) > 2 or number.startswith("0") and len(number) > 1:
+        return " ".join(_DIGITS[int(d)] for d in number)
+    if n < 10:
+        return _DIGITS[n]
+    if n < 20:
+        return _TEENS.split()[n - 10]
+    return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _DIGITS[n % 10])
+
+
 def normalize(text: str) -> list[str]:
-    words = re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
-    return " ".join(_CONTRACTIONS.get(w, w) for w in words).split()
+    """Words to score: lower case, no punctuation, digits spoken, contractions open."""
+    text = re.sub(r"\d+", lambda m: f" {_spoken(m.group())} ", text.lower().replace("’", "'"))
+    words = re.sub(r"[^a-z' ]+", " ", text).split()
+    return " ".join(_CONTRACTIONS.get(w.strip("'"), w.strip("'")) for w in words).split()
 
 
 def wer(reference: str, hypothesis: str) -> float:
@@ -126,14 +146,26 @@ def wer(reference: str, hypothesis: str) -> float:
     return prev[-1] / max(1, len(ref))
 
 
+@lru_cache(maxsize=1)
+def english():  # type: ignore[no-untyped-def]
+    """The engine's English recognizer (Moonshine, prepared in the shared models folder
+    that the test engines use too), loaded once per test session."""
+    from media.asr import choose_model, create_factory
+    from media.asr.moonshine_convert import ensure
+
+    choice = choose_model("en", [])
+    assert choice.backend == "moonshine" and choice.path, choice.note
+    ensure(choice.path)
+    factory = create_factory(choice)
+    assert factory is not None
+    return factory
+
+
 def recognise(pcm: np.ndarray, rate: int = 48000) -> str:
     """What someone heard, through the same recognizer the engine uses for English."""
-    from media.asr import choose_model, create_factory
     from media.audio import AnalysisResampler
 
-    factory = create_factory(choose_model("en", []))
-    assert factory is not None
-    rec = factory.create()
+    rec = english().create()
     for frame in AnalysisResampler().push(pcm, rate):
         rec.accept(frame.to_bytes())
     return rec.finish().text

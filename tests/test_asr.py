@@ -1,4 +1,5 @@
-"""Both recognizer backends on real speech, streamed the way the pipeline feeds them."""
+"""The vosk and pocketsphinx backends on real speech, streamed the way the pipeline feeds
+them (Moonshine has its own file, tests/test_moonshine.py)."""
 
 from pathlib import Path
 
@@ -14,9 +15,9 @@ KOREAN_PHRASES = ["안녕하세요", "주문", "확인", "부탁드립니다", "
 
 
 def stream(
-    path: Path, language: str, phrases: list[str] | None = None
+    path: Path, language: str, phrases: list[str] | None = None, prefer: str | None = None
 ) -> tuple[list[str], AsrResult]:
-    factory = create_factory(choose_model(language, []))
+    factory = create_factory(choose_model(language, [], prefer))
     assert factory is not None
     rec = factory.create(phrases)
     pcm, rate = read_wav_mono(str(path))
@@ -73,7 +74,7 @@ def test_vosk_word_times_restart_each_utterance(korean: Path) -> None:
 def test_pocketsphinx_fallback_on_natural_english(tmp_path: Path) -> None:
     text = "I would like to check the status of my order."
     wav = speech.piper_script([text], tmp_path / "en.wav")
-    partials, final = stream(wav, "en")
+    partials, final = stream(wav, "en", prefer="pocketsphinx")
     assert partials
     assert speech.wer(text, final.text) <= 0.25, final.text
     assert final.words and final.words[0].start < final.words[-1].end
@@ -88,7 +89,7 @@ def test_wer_helper() -> None:
 def test_pocketsphinx_decoders_are_pooled_across_calls(tmp_path: Path) -> None:
     """A hung-up call's decoder serves the next call (no model load), even when the
     call ended mid-utterance, and it still recognises."""
-    factory = create_factory(choose_model("en", []))
+    factory = create_factory(choose_model("en", [], "pocketsphinx"))
     assert factory is not None and factory.backend == "pocketsphinx"
     wav = speech.piper_script(["I am calling about my order."], tmp_path / "order.wav")
     pcm, rate = read_wav_mono(str(wav))
@@ -110,7 +111,7 @@ def test_pocketsphinx_decoders_are_pooled_across_calls(tmp_path: Path) -> None:
 
 
 def test_a_decoder_still_decoding_is_not_pooled() -> None:
-    factory = create_factory(choose_model("en", []))
+    factory = create_factory(choose_model("en", [], "pocketsphinx"))
     assert factory is not None
     rec = factory.create()
     decoder = rec._dec  # type: ignore[attr-defined]

@@ -96,7 +96,7 @@ def test_browser_call_shows_live_words(
     caller.goto(f"{engine.url}/call")
     caller.get_by_test_id("call").click()
     expect(caller.get_by_test_id("state")).to_have_text("active", timeout=20_000)
-    expect(caller.get_by_test_id("notice")).to_contain_text("pocketsphinx")
+    expect(caller.get_by_test_id("notice")).to_contain_text("moonshine")
     # the caller's own captions, from the event stream
     expect(caller.get_by_test_id("captions")).to_contain_text("order", timeout=30_000)
     call_id = caller.evaluate("window.ccengineCallId")

@@ -16,5 +16,5 @@ def test_models_reports_backend_and_search_path(capsys: pytest.CaptureFixture[st
 def test_models_human_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "en"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("en: pocketsphinx (fallback)")
+    assert out.startswith("en: moonshine\n")
     assert "looked in:" in out

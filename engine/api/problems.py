@@ -53,7 +53,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Overloaded)
     async def _overloaded(_req: Request, exc: Overloaded) -> JSONResponse:
-        return problem(503, "Engine busy", str(exc), headers={"Retry-After": "5"})
+        return problem(
+            503,
+            "Engine busy",
+            str(exc),
+            headers={"Retry-After": str(exc.retry_after)},
+            retry_after=exc.retry_after,
+        )
 
     @app.exception_handler(SQLAlchemyError)
     async def _storage(_req: Request, exc: SQLAlchemyError) -> JSONResponse:

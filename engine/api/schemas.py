@@ -149,9 +149,24 @@ class ModelOut(BaseModel):
     looked_in: list[str]
 
 
+class LoadOut(BaseModel):
+    """How full the node is. ``full``: new calls get 503 with Retry-After, for ``reason``
+    (engine/capacity.py). Measurements are null until there are enough samples."""
+
+    state: Literal["ok", "full"]
+    reason: str | None = None
+    loop_lag_p50_ms: float | None = None
+    loop_lag_p99_ms: float | None = None
+    backlog_s: float | None = Field(None, description="seconds of audio awaiting recognition")
+    cpu: float | None = Field(None, description="fraction of usable cores, last 5 s")
+    calls: int
+    limit: int
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     active_calls: int
+    load: LoadOut
 
 
 class PresenceIn(BaseModel):

@@ -55,6 +55,11 @@ class PocketsphinxRecognizer(Recognizer):
             return text
         return None
 
+    def peek(self) -> AsrResult:
+        with self._busy:
+            hyp = self._dec.hyp() if self._in_utt else None
+        return AsrResult(hyp.hypstr if hyp is not None else "")
+
     def finish(self) -> AsrResult:
         with self._busy:
             return self._finish()

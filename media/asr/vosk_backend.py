@@ -43,6 +43,9 @@ class VoskRecognizer(Recognizer):
             return joined
         return None
 
+    def peek(self) -> AsrResult:
+        return AsrResult(self._last_partial)
+
     def finish(self) -> AsrResult:
         self._pieces.append(json.loads(self._rec.FinalResult()))
         words: list[Word] = []

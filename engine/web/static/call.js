@@ -65,7 +65,7 @@ async function call() {
     callId = body.call_id;
     window.ccengineCallId = callId;
     $("notice").textContent = `Speech recognition: ${body.recognizer_note}`;
-    if (body.recognizer !== "vosk") $("notice").className = "note warn";
+    if (!["vosk", "moonshine"].includes(body.recognizer)) $("notice").className = "note warn";
     await pc.setRemoteDescription({ type: "answer", sdp: body.sdp });
     $("hangup").disabled = false;
     events = connectEvents(`/api/v1/calls/${callId}/events`, (ev) => {
