@@ -44,6 +44,17 @@ def test_redacted_words_keep_times_but_not_digits() -> None:
     assert r.kinds == ["card"]
 
 
+def test_a_long_number_misheard_is_hidden_even_without_luhn() -> None:
+    """What Moonshine made of a card read out over WebRTC in one suite run: "card" heard
+    as "cart", "four" as "for", one digit too many. Luhn fails; it leaked to the store."""
+    heard = "The cart number is for 111111111111111111"
+    assert Redactor().redact(heard).text == "The cart number is [card]"
+    spoken = "the cart number is for " + " ".join(["one"] * 18)
+    assert Redactor().redact(spoken).text == "the cart number is [card]"
+    # after the name of a reference number, a long number that fails Luhn is kept
+    assert Redactor().redact("my account number is 111111111111111111").text.endswith("1111")
+
+
 def test_card_after_the_word_card_needs_no_luhn() -> None:
     """ASR got one digit wrong: still a card number, still hidden."""
     said = "my card number is four one one one one one one one one one one one one one one two"

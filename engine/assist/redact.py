@@ -2,7 +2,11 @@
 
 Card numbers are found after spoken digits are turned into digits ("four one one
 one ..." -> 4111...), typed or spoken, with or without separators (space, dash,
-dot), and are redacted only when the Luhn check passes, so order numbers survive.
+dot). A run of 13 to 19 digits is redacted when the Luhn check passes; a run of 15 to
+19 digits also when it fails, unless it follows the name of an order, account or other
+reference number ("order 4111...2" stays): a recognizer that adds or drops one digit
+(Moonshine heard "The cart number is for 111111111111111111" for a card read out)
+breaks the check, and no card may leak for that.
 Configured patterns are regular expressions over the same normalised text: the
 words as ``media.asr.text.words`` reads them (lower case, no punctuation around
 a word, "Card: 4111 1111." is "card 4111 1111"), numbers as digits. When a
@@ -26,6 +30,11 @@ CARD = re.compile(r"\d(?:[ .\-]?\d){12,18}")
 # A recognizer that gets one digit wrong breaks the Luhn check; right after the word
 # "card" a 13-19 digit run is a card number anyway.
 CARD_IN_CONTEXT = re.compile(r"\bcard(?: number)?(?: is)?(?: ends? in)? (\d(?:[ .\-]?\d){12,18})\b")
+# A long number said right after one of these is that reference, not a card.
+REFERENCE = re.compile(
+    r"\b(?:order|account|reference|tracking|confirmation|case|ticket|invoice|policy|"
+    r"member|customer)(?: number| no| id)?(?: is)?:? $"
+)
 # Partials show a number while it is being said, before it is long enough to check:
 # they hide every run of 4+ digits (a dot is no separator here: "$49.99" is an amount).
 # They live for seconds; the final shows what is safe.
@@ -86,7 +95,10 @@ class Redactor:
         spans = []
         for m in CARD.finditer(joined):
             digits = re.sub(r"\D", "", m.group())
-            if 13 <= len(digits) <= 19 and luhn_valid(digits):
+            if not 13 <= len(digits) <= 19:
+                continue
+            named = REFERENCE.search(joined, 0, m.start()) is not None
+            if luhn_valid(digits) or (len(digits) >= 15 and not named):
                 spans.append((m.start(), m.end(), "card"))
         spans += [(m.start(1), m.end(1), "card") for m in CARD_IN_CONTEXT.finditer(joined)]
         if partial:
