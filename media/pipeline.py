@@ -74,6 +74,10 @@ class _End:
 OpenRecognizer = Callable[[], Awaitable[LegRecognizer]]
 
 
+def _why(exc: Exception) -> str:
+    return exc.reason if isinstance(exc, RecognizerLost) else f"recognizer failed: {exc!r}"
+
+
 class LegPipeline:
     def __init__(
         self,
@@ -213,8 +217,8 @@ class LegPipeline:
         while (item := await self._queue.get()) is not None:
             try:
                 await self._handle(item)
-            except RecognizerLost as exc:
-                await self._recognizer_lost(exc.reason)
+            except Exception as exc:  # lost with its worker, or it failed: a new one
+                await self._recognizer_lost(_why(exc))
 
     async def _handle(self, item: _Audio | _Peek | _End) -> None:
         rec = self._recognizer
@@ -262,8 +266,8 @@ class LegPipeline:
         if rec is not None and not lost:
             try:
                 result = await rec.finish()
-            except RecognizerLost as exc:
-                await self._recognizer_lost(exc.reason)
+            except Exception as exc:
+                await self._recognizer_lost(_why(exc))
                 self._lost = False  # that utterance is over: the next one is heard
         latency = time.monotonic() - item.last_voice_at
         index = self._utt_index

@@ -120,6 +120,8 @@ def test_phone_caller_transcribed_as_well_as_offline(
     print(f"WER through the engine {wer_engine:.1%}: {heard}")
     print(f"WER offline, same G.711 {wer_offline:.1%}: {offline}")
     assert wer_engine <= wer_offline + 0.05
+    # Moonshine on 8 kHz G.711 speech through a real SIPp call (pocketsphinx: ~48 %)
+    assert wer_engine <= 0.15, heard
     assert len(detail["transcript"]) >= 3  # several utterances, not one blob
     assert detail["emotion_timeline"], "phone callers get emotion analysis too"
     # the same transcript as files

@@ -1,0 +1,100 @@
+"""The leg pipeline in-process, with the real Moonshine recognizer and real speech:
+adaptive end of speech, and a recognizer lost mid-utterance."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from media.asr.base import AsrResult, RecognizerLost
+from media.asr.local import LocalRecognizer
+from media.events import MediaEvent, RecognitionFailed, TranscriptFinal
+from media.pipeline import LegPipeline
+from media.wavtrack import read_wav_mono
+from tests import speech
+
+SCRIPT = ["I would like to cancel my order, please.", "Thank you so much."]
+
+
+@pytest.fixture(scope="module")
+def turn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return speech.piper_script(SCRIPT, tmp_path_factory.mktemp("pipeline") / "turn.wav")
+
+
+async def play(pipeline: LegPipeline, wav: Path) -> None:
+    """In real time, 20 ms a frame: end of speech is about waiting, so time must pass."""
+    pcm, rate = read_wav_mono(str(wav))
+    audio = np.concatenate([pcm, np.zeros(rate, np.int16)])
+    step = rate // 50
+    await pipeline.start()
+    t0 = time.monotonic()
+    for n, i in enumerate(range(0, len(audio), step)):
+        pipeline.push_pcm(audio[i : i + step], rate, 1)
+        await asyncio.sleep(max(0.0, t0 + (n + 1) * 0.02 - time.monotonic()))
+    await pipeline.close()
+
+
+async def finals_of(wav: Path, punctuated: bool) -> list[TranscriptFinal]:
+    events: list[MediaEvent] = []
+    with ThreadPoolExecutor(2) as pool:
+
+        async def opener() -> LocalRecognizer:
+            return LocalRecognizer(speech.english().create(), pool)
+
+        await play(LegPipeline("leg", opener, pool, events.append, punctuated=punctuated), wav)
+    return [e for e in events if isinstance(e, TranscriptFinal)]
+
+
+async def test_a_complete_sentence_ends_sooner(turn: Path) -> None:
+    """At a pause the recognizer is asked what was said: a complete sentence ends after
+    260 ms of silence, not ~520 ms, and is not split at its comma."""
+    fixed = await finals_of(turn, punctuated=False)
+    adaptive = await finals_of(turn, punctuated=True)
+    assert len(fixed) == len(adaptive) == 2, [f.text for f in adaptive]
+    assert speech.wer(" ".join(SCRIPT), " ".join(f.text for f in adaptive)) <= 0.1
+    for a, f in zip(adaptive, fixed, strict=True):
+        assert a.asr_latency < 0.45 and f.asr_latency > 0.45
+        assert a.asr_latency < f.asr_latency - 0.15
+
+
+class LosesFirstUtterance:
+    """A recognizer whose worker dies while it finishes the first utterance."""
+
+    def __init__(self, inner: LocalRecognizer) -> None:
+        self.inner = inner
+
+    async def accept(self, pcm: bytes) -> str | None:
+        return await self.inner.accept(pcm)
+
+    async def peek(self) -> AsrResult:
+        return await self.inner.peek()
+
+    async def finish(self) -> AsrResult:
+        raise RecognizerLost("recognition worker 0 exited (signal 9, SIGKILL)")
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_a_lost_recognizer_costs_one_utterance(turn: Path) -> None:
+    events: list[MediaEvent] = []
+    opened = 0
+    with ThreadPoolExecutor(2) as pool:
+
+        async def opener() -> LocalRecognizer | LosesFirstUtterance:
+            nonlocal opened
+            opened += 1
+            rec = LocalRecognizer(speech.english().create(), pool)
+            return LosesFirstUtterance(rec) if opened == 1 else rec
+
+        await play(LegPipeline("leg", opener, pool, events.append, punctuated=True), turn)
+    [failed] = [e for e in events if isinstance(e, RecognitionFailed)]
+    assert failed.index == 0 and failed.recovered and "SIGKILL" in failed.reason
+    [final] = [e for e in events if isinstance(e, TranscriptFinal)]
+    assert final.index == 1 and speech.wer(SCRIPT[1], final.text) <= 0.25
+    assert opened == 2
