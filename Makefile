@@ -42,7 +42,9 @@ test: sysdeps $(VENV)/.installed-test lint typecheck
 	$(PY) -m pytest -q -ra --durations=15
 
 bench: sysdeps $(VENV)/.installed-test
-	$(PY) -m bench.escalation
+	$(PY) -m bench.endpointing
+	$(PY) -m bench.capacity
+	$(PY) -m bench.escalation --parallel 1 8
 	$(PY) -m bench.calls
 	$(PY) -m bench.sip
 	$(PY) -m bench.developer
