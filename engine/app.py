@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics,
         calls_count=lambda: len(calls.calls),
         backlog=lambda: calls.pool.stats().backlog_seconds,
-        worker_pids=calls.pool.pids,
+        worker_pids=lambda: calls.pool.pids(),
     )
     event_log = EventLog(store, bus, settings.event_retention_days)
     sender = WebhookSender(

@@ -113,7 +113,7 @@ from media import events as me
 from media.asr import ModelChoice, choose_model
 from media.asr.base import LegRecognizer
 from media.asr.moonshine_convert import ensure_printing
-from media.asr.pool import RecognitionPool
+from media.asr.pool import RecognitionError, RecognitionPool
 from media.audio import PcmFrame, downmix_int16
 from media.holdmusic import hold_loop
 from media.peer import CallPeer
@@ -215,7 +215,12 @@ class CallManager:
         if self.speaker is not None:
             self._warmup = asyncio.create_task(self._warm_prompts(self.speaker))
         choices = [await self.ready_model(lang) for lang in languages]
-        await self.pool.start([c for c in choices if c.backend is not None])
+        try:
+            await self.pool.start([c for c in choices if c.backend is not None])
+        except RecognitionError as exc:  # say why now; calls of that language say it too
+            log.error("recognition: a model failed to load at start: %s", exc)
+            self.pool = RecognitionPool(self.pool.stats().workers)  # a pool starts once
+            await self.pool.start()
 
     async def _open_recognizer(self, leg_id: str, language: str) -> LegRecognizer:
         return await self.pool.open(leg_id, await self.ready_model(language))

@@ -55,3 +55,37 @@ async def test_a_killed_worker_costs_one_utterance_not_the_call(tmp_path: Path) 
     # the angry sentences come last: the restarted workers heard them
     assert {"angry", "fed", "service"} & set(speech.normalize(heard)), heard
     assert len(after) == 2 and not {p.pid for p in after} & {p.pid for p in before}
+
+
+async def test_a_model_that_fails_to_load_is_named_at_start_and_on_the_call(
+    tmp_path: Path,
+) -> None:
+    """A broken model (here a vosk folder with empty files) must not stop the engine
+    or crash a call: the log names it at start, and a call in that language is
+    answered, says why it is not transcribed (``asr.failed``) and ends normally."""
+    broken = tmp_path / "models" / "vosk-model-small-fr-0.22"
+    (broken / "am").mkdir(parents=True)
+    (broken / "am" / "final.mdl").write_bytes(b"")
+    (broken / "conf").mkdir()
+    engine = EngineProcess(
+        tmp_path / "engine",
+        CCENGINE_MODEL_DIRS=f'["{tmp_path / "models"}"]',
+        CCENGINE_PRELOAD_LANGUAGES='["fr"]',
+    ).start()
+    try:
+        wav = speech.espeak("Bonjour, je voudrais parler à quelqu'un.", "fr", tmp_path / "fr.wav")
+        caller = Caller(engine.url, wav, language="fr")
+        try:
+            answer = await caller.dial()
+            assert answer["recognizer"] == "vosk"
+            failed = await caller.wait_for("asr.failed", within=20)
+            await caller.talk_and_hang_up(tail=0.5)
+        finally:
+            await caller.close()
+        record = await caller.call_record()
+    finally:
+        engine.stop()
+    log = engine.log.read_text()
+    assert "a model failed to load at start" in log and str(broken) in log
+    assert str(broken) in failed["reason"] and failed["recovered"] is False
+    assert record["end_reason"] == "remote_closed" and record["transcript"] == []
