@@ -11,7 +11,8 @@ so the segmenter keeps a sliding window of the last ``window_frames`` decisions:
     SPEECH    pause_ms of unvoiced frames in a row      -> emit PauseDetected (once a pause)
     SPEECH    hint(complete=True) and >= short_end_ms     -> SILENCE, emit UtteranceEnded
               of unvoiced frames in a row (fragment_end_ms
-              for a sentence of <= fragment_words words)
+              for a sentence of <= fragment_words words;
+              incomplete_end_ms after hint(complete=False))
     SPEECH    unvoiced ratio over end_window >= end_ratio -> SILENCE, emit UtteranceEnded
     SPEECH    utterance longer than max_utterance_s      -> SILENCE, emit UtteranceEnded
                                                            (cut=True)
@@ -85,6 +86,9 @@ class VadSettings:
     # ("Okay, ...", "Good afternoon, ..."): it waits longer
     fragment_words: int = 2
     fragment_end_ms: int = 400
+    # not a complete sentence (no . ? !): more time to go on, still short of the ratio
+    # rule's ~520 ms (Moonshine ended "...a real person right now" with a comma)
+    incomplete_end_ms: int = 440
 
     def __post_init__(self) -> None:
         if not 0 <= self.aggressiveness <= 3:
@@ -108,7 +112,7 @@ class SpeechSegmenter:
         self._voiced = 0
         self._total = 0
         self._quiet = 0  # unvoiced frames in a row
-        self._complete_after = 0  # ms of silence that end a complete sentence; 0: none
+        self._complete_after = 0  # ms of silence that end the utterance, by the hint; 0: none
         self._pause_at = -1.0  # when the pause in progress was detected
         self._last_end = 0.0
         self.frames_seen = 0
@@ -178,9 +182,12 @@ class SpeechSegmenter:
         if not self._in_speech or self._quiet == 0 or pause.at != self._pause_at:
             return []
         st = self.settings
-        if complete:
-            short = words <= st.fragment_words
-            self._complete_after = st.fragment_end_ms if short else st.short_end_ms
+        if not complete:
+            self._complete_after = st.incomplete_end_ms
+        elif words <= st.fragment_words:
+            self._complete_after = st.fragment_end_ms
+        else:
+            self._complete_after = st.short_end_ms
         return [self._end(self._last_end, cut=False)] if self._short_end() else []
 
     def flush(self, now: float) -> list[VadEvent]:
