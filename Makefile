@@ -45,8 +45,7 @@ bench: sysdeps $(VENV)/.installed-test
 	$(PY) -m bench.endpointing
 	$(PY) -m bench.capacity
 	$(PY) -m bench.escalation --parallel 1 8
-	$(PY) -m bench.calls
-	$(PY) -m bench.sip
+	$(PY) -m bench.sip --n 1
 	$(PY) -m bench.developer
 
 clean:

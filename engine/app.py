@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings,
         metrics,
         calls_count=lambda: len(calls.calls),
-        backlog=lambda: calls.pool.stats().backlog_seconds,
+        backlog=calls.recognition_backlog,
         worker_pids=lambda: calls.pool.pids(),
     )
     event_log = EventLog(store, bus, settings.event_retention_days)

@@ -139,7 +139,6 @@ HISTORY_LIMIT = 10
 
 
 class CallManager:
-    _warming: asyncio.Future[None] | None = None
     # rings agents' SIP desk phones along with their browser desk (engine/sip.py)
     desk_phones: DeskPhones | None = None
     # admission by measured load (engine/app.py sets it); None: the call limit alone
@@ -221,6 +220,17 @@ class CallManager:
             log.error("recognition: a model failed to load at start: %s", exc)
             self.pool = RecognitionPool(self.pool.stats().workers)  # a pool starts once
             await self.pool.start()
+
+    def recognition_backlog(self) -> float:
+        """Seconds of speech waiting for a recognizer: in the legs' own queues (a leg
+        sends one request at a time) and sent to the workers, not yet answered."""
+        queued = sum(
+            leg.pipeline.backlog_seconds
+            for call in self.calls.values()
+            for leg in call.legs
+            if leg.pipeline is not None
+        )
+        return queued + self.pool.stats().backlog_seconds
 
     async def _open_recognizer(self, leg_id: str, language: str) -> LegRecognizer:
         return await self.pool.open(leg_id, await self.ready_model(language))

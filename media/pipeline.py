@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from media.asr.base import AsrResult, LegRecognizer, RecognizerLost, Word, ends_sentence
-from media.audio import AnalysisResampler, PcmFrame
+from media.audio import FRAME_MS, AnalysisResampler, PcmFrame
 from media.emotion import EmotionTracker, prosody
 from media.events import (
     EmotionEstimated,
@@ -163,6 +163,11 @@ class LegPipeline:
                     self._put(_Peek(ev))
             elif isinstance(ev, UtteranceEnded):
                 self._end_utterance(ev)
+
+    @property
+    def backlog_seconds(self) -> float:
+        """Speech queued here for the recognizer (admission reads it)."""
+        return self._queue.qsize() * CHUNK_FRAMES * FRAME_MS / 1000
 
     def _put(self, item: _Audio | _Peek | _End) -> None:
         try:

@@ -98,3 +98,45 @@ async def test_a_lost_recognizer_costs_one_utterance(turn: Path) -> None:
     [final] = [e for e in events if isinstance(e, TranscriptFinal)]
     assert final.index == 1 and speech.wer(SCRIPT[1], final.text) <= 0.25
     assert opened == 2
+
+
+class Stuck:
+    """A recognizer whose worker has stopped answering."""
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+
+    async def accept(self, pcm: bytes) -> str | None:
+        await self.answer.wait()
+        return None
+
+    async def peek(self) -> AsrResult:
+        await self.answer.wait()
+        return AsrResult("")
+
+    async def finish(self) -> AsrResult:
+        await self.answer.wait()
+        return AsrResult("")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_speech_waiting_for_the_recognizer_is_counted(turn: Path) -> None:
+    """Admission reads the backlog: the speech queued in a leg (it sends one request at
+    a time) must count, not only what reached a worker (a pocketsphinx node fell 15 s
+    behind while the pool reported 1.6 s)."""
+    stuck = Stuck()
+
+    async def opener() -> Stuck:
+        return stuck
+
+    with ThreadPoolExecutor(1) as pool:
+        pipeline = LegPipeline("leg", opener, pool, lambda ev: None)
+        await pipeline.start()
+        pcm, rate = read_wav_mono(str(turn))
+        pipeline.push_pcm(pcm[: rate * 2], rate, 1)  # two seconds of speech at once
+        assert 1.2 <= pipeline.backlog_seconds <= 2.0
+        stuck.answer.set()
+        await pipeline.close()
+        assert pipeline.backlog_seconds == 0

@@ -84,12 +84,7 @@ class RecognizerFactory(abc.ABC):
     backend: str
     language: str
     model_path: str
-    # its text ends sentences with punctuation, so "complete" can be read off it
-    punctuates: bool = False
 
     @abc.abstractmethod
     def create(self, phrases: list[str] | None = None) -> Recognizer:
         """A new recognizer; ``phrases`` restricts the vocabulary where supported."""
-
-    def warm(self, count: int) -> None:  # noqa: B027 - only backends with costly recognizers
-        """Make ``count`` recognizers ahead of the first calls, where that saves time."""

@@ -215,7 +215,6 @@ class MoonshineRecognizer(Recognizer):
 
 class MoonshineFactory(RecognizerFactory):
     backend = "moonshine"
-    punctuates = True
 
     def __init__(self, language: str, model_path: str) -> None:
         self.language = language

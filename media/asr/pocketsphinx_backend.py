@@ -115,12 +115,6 @@ class PocketsphinxFactory(RecognizerFactory):
             decoder = self._idle.pop() if self._idle else None
         return PocketsphinxRecognizer(decoder or _new_decoder(self.model_path), self._release)
 
-    def warm(self, count: int) -> None:
-        """Build ``count`` decoders now (at start-up), so the first calls find them."""
-        fresh = [_new_decoder(self.model_path) for _ in range(count)]
-        with self._lock:
-            self._idle.extend(fresh)
-
     def _release(self, decoder: Decoder) -> None:
         with self._lock:
             if len(self._idle) < MAX_IDLE_DECODERS:
