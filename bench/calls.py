@@ -196,7 +196,7 @@ async def main() -> None:
     result = table(engine_runs, base_runs)
     header = (
         f"calls of {args.seconds:.0f} s speech, {os.cpu_count()} CPUs, "
-        f"ASR {engine_runs[0].latencies and 'pocketsphinx (en)'}\n\n"
+        f"ASR {engine_runs[0].latencies and 'Moonshine (en)'}\n\n"
     )
     (OUT / "calls.md").write_text(header + result + "\n")
     print()

@@ -162,7 +162,7 @@ async def main() -> None:
             engine.stop()
     header = (
         f"escalation latency, end of 'real person' utterance -> call.offered at the desk; "
-        f"{os.cpu_count()} CPUs, pocketsphinx (en)\n\n"
+        f"{os.cpu_count()} CPUs, Moonshine (en)\n\n"
         "| callers at once | calls | total p50 | total p95 | recognition p50 | p95 | "
         "decision p50 | p95 | worst |\n|---|---|---|---|---|---|---|---|---|"
     )

@@ -174,7 +174,7 @@ async def main() -> None:
         finally:
             engine.stop()
     result = table(rates, sip_runs, rtc_runs)
-    header = f"SIPp against one engine, {os.cpu_count()} CPUs, pocketsphinx (en)\n\n"
+    header = f"SIPp against one engine, {os.cpu_count()} CPUs, Moonshine (en)\n\n"
     (OUT / "sip.md").write_text(header + result + "\n")
     print()
     print(header + result)
