@@ -216,17 +216,13 @@ def histogram_quantile(after: Samples, before: Samples, name: str, q: float) -> 
     return lower
 
 
-class FinalsTap:
-    """Every caller ``transcript.final`` on the all-events stream, with its asr_latency.
-    Resumes after its last id when the engine closes it as too slow (1013)."""
+class Background:
+    """Runs ``_run`` as a task from ``start()`` to ``stop()``."""
 
-    def __init__(self, engine: EngineProcess) -> None:
-        self.url = engine.url.replace("http", "ws", 1) + "/api/v1/events"
-        self.headers = engine.headers
-        self.latencies: list[float] = []
-        self.resumed = 0
-        self._last = 0
-        self._task: asyncio.Task[None] | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        raise NotImplementedError
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -236,6 +232,18 @@ class FinalsTap:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class FinalsTap(Background):
+    """Every caller ``transcript.final`` on the all-events stream, with its asr_latency.
+    Resumes after its last id when the engine closes it as too slow (1013)."""
+
+    def __init__(self, engine: EngineProcess) -> None:
+        self.url = engine.url.replace("http", "ws", 1) + "/api/v1/events"
+        self.headers = engine.headers
+        self.latencies: list[float] = []
+        self.resumed = 0
+        self._last = 0
 
     async def _run(self) -> None:
         for _ in range(20):  # bounded: a stream that keeps failing is a finding, not a loop
@@ -254,7 +262,7 @@ class FinalsTap:
 
 
 @dataclass
-class Probe:
+class Probe(Background):
     """While a row runs: the worst /healthz load and the peak PSS."""
 
     engine: EngineProcess
@@ -262,16 +270,9 @@ class Probe:
     peak_parts_mb: list[tuple[ProcessKind, float]]
     worst_lag_ms: float = 0.0
     worst_backlog_s: float = 0.0
-    _task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().stop()
         await self.sample()
 
     @property
