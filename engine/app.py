@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await calls.content.load()
         await calls.preload(settings.preload_languages)
         timers = asyncio.create_task(calls.run_acd_timers(), name="acd-timers")
-        sip = SipFront(settings, calls, capacity) if settings.sip_enabled else None
+        sip = SipFront(settings, calls) if settings.sip_enabled else None
         if sip is not None:
             try:
                 await sip.start()

@@ -274,14 +274,18 @@ class CallManager:
 
     # -- lifecycle --------------------------------------------------------------
 
-    def _new_call(self, channel: str, language: str | None, caller: str | None) -> Call:
-        # admission (engine/capacity.py, set by engine/app.py): measured load and the
-        # call limit; Overloaded, counted, carries the reason and a Retry-After
+    def admit(self) -> None:
+        """Refuse a new call now, or not: measured load (engine/capacity.py, set by
+        engine/app.py) and the call limit. ``Overloaded``, counted, carries the reason
+        and a Retry-After. The SIP front asks before it rings or dials."""
         if self.capacity is not None:
             self.capacity.admit(time.monotonic())
         elif len(self.calls) >= self.settings.max_concurrent_calls:
             self.metrics.rejected.labels("limit").inc()
             raise Overloaded(f"{len(self.calls)} calls: the configured limit", retry_after=30)
+
+    def _new_call(self, channel: str, language: str | None, caller: str | None) -> Call:
+        self.admit()
         language = (language or self.settings.default_language).lower()
         call = Call(
             str(uuid.uuid4()),

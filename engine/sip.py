@@ -51,7 +51,6 @@ from media.sip.transport import SipTransport
 if TYPE_CHECKING:
     from engine.calls import CallManager
     from engine.callstate import Call
-    from engine.capacity import Capacity
     from engine.store.models import UserRow
 
 # what outbound calls and transfers may dial directly: user@host[:port], nothing else
@@ -96,13 +95,9 @@ def _busy(exc: Overloaded) -> tuple[int, tuple[str, str], tuple[str, str]]:
 
 
 class SipFront:
-    def __init__(
-        self, settings: Settings, calls: CallManager, capacity: Capacity | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, calls: CallManager) -> None:
         self.settings = settings
         self.calls = calls
-        # admission by measured load (engine/capacity.py); None: the call limit only
-        self.capacity = capacity
         self.public_host = settings.sip_public_host or settings.sip_host
         users = {u: p.get_secret_value() for u, p in settings.sip_users.items()}
         admission = Admission(
@@ -218,14 +213,6 @@ class SipFront:
             else:
                 fut.set_exception(DialFailed(ev.status, ev.reason))
 
-    def _admit(self) -> None:
-        """Overloaded (counted) when the node must refuse a new call now."""
-        if self.capacity is not None:
-            self.capacity.admit(self._now())
-        elif len(self.calls.calls) >= self.settings.max_concurrent_calls:
-            self.calls.metrics.rejected.labels("limit").inc()
-            raise Overloaded(f"{len(self.calls.calls)} calls: the configured limit", 30)
-
     def _reject(self, sip_call_id: str, status: int, *headers: tuple[str, str]) -> None:
         self._phone.pop(sip_call_id, None)
         self.endpoint.reject(sip_call_id, status, self._now(), headers)
@@ -255,7 +242,7 @@ class SipFront:
             self._reject(ev.call_id, 400, ("Warning", f'399 ccengine "{exc}"'))
             return
         try:  # before ringing or taking an RTP port: a full node says so at once
-            self._admit()
+            self.calls.admit()
         except Overloaded as exc:
             self._reject(ev.call_id, *_busy(exc))
             return
@@ -451,7 +438,7 @@ class SipFront:
         peer and its codec); if that fails the party is hung up, not left on the line.
         A new call (not an agent's leg) is refused before dialling when the node is full."""
         if not agent:
-            self._admit()
+            self.calls.admit()
         pc = await self.dial(number, agent=agent)
         assert pc.peer is not None
         try:
