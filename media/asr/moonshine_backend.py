@@ -56,11 +56,10 @@ def load_tokens(path: Path) -> list[bytes]:
 class MoonshineModel:
     """The two sessions and the tokenizer; thread-safe (onnxruntime's ``run`` is)."""
 
-    def __init__(self, path: Path, *, check: bool = True) -> None:
+    def __init__(self, path: Path) -> None:
         import onnxruntime as ort
 
-        if check:
-            verify(path)
+        verify(path)
         options = ort.SessionOptions()
         # one thread each: a worker process per core gives the parallelism, and
         # threads fighting over the same cores only add latency
