@@ -112,7 +112,8 @@ from engine.users import Actor
 from media import events as me
 from media.asr import ModelChoice, choose_model
 from media.asr.base import LegRecognizer
-from media.asr.moonshine_convert import ensure_printing
+from media.asr.moonshine_convert import ModelPrepareError, ensure_printing
+from media.asr.moonshine_convert import verify as moonshine_verify
 from media.asr.pool import RecognitionError, RecognitionPool
 from media.audio import PcmFrame, downmix_int16
 from media.holdmusic import hold_loop
@@ -149,8 +150,8 @@ class CallManager:
         self.store = store
         self.bus = bus
         self.metrics = metrics
-        # recognition runs in worker processes, one per core by default; this thread
-        # pool does the prosody maths (numpy, which releases the GIL)
+        # recognition runs in worker processes (preload() shapes the pool for the models
+        # it loads); this thread pool does the prosody maths (numpy releases the GIL)
         self.pool = RecognitionPool(settings.asr_workers or os.cpu_count() or 1)
         threads = settings.asr_threads or 2 * (os.cpu_count() or 2)
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="prosody")
@@ -196,6 +197,11 @@ class CallManager:
 
     async def _prepare(self, choice: ModelChoice) -> ModelChoice:
         assert choice.path is not None
+        try:  # converted already (every start but the first): no child process to spawn
+            await asyncio.to_thread(moonshine_verify, Path(choice.path))
+            return choice
+        except ModelPrepareError:
+            pass  # missing or corrupt: the child says which, and converts it again
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(1, mp_context=ctx) as converter:
             try:
@@ -213,12 +219,18 @@ class CallManager:
         self.speaker = await loop.run_in_executor(self.tts_executor, default_speaker)
         if self.speaker is not None:
             self._warmup = asyncio.create_task(self._warm_prompts(self.speaker))
-        choices = [await self.ready_model(lang) for lang in languages]
+        choices = [c for c in [await self.ready_model(lang) for lang in languages] if c.backend]
+        lanes = self.pool.stats().workers
+        processes = self.settings.asr_processes or (
+            1 if all(c.releases_gil for c in choices) else lanes
+        )
+        self.pool = RecognitionPool(lanes, lanes_per_process=-(-lanes // processes))
         try:
-            await self.pool.start([c for c in choices if c.backend is not None])
+            await self.pool.start(choices)
         except RecognitionError as exc:  # say why now; calls of that language say it too
             log.error("recognition: a model failed to load at start: %s", exc)
-            self.pool = RecognitionPool(self.pool.stats().workers)  # a pool starts once
+            # a pool starts once
+            self.pool = RecognitionPool(lanes, lanes_per_process=-(-lanes // processes))
             await self.pool.start()
 
     def recognition_backlog(self) -> float:

@@ -36,8 +36,12 @@ class Settings(BaseSettings):
     # CPU of this process and its recognition workers over the last 5 s, as a fraction
     # of the cores it may use (1.0: all of them):
     admission_max_cpu: float = Field(0.9, ge=0, le=1)
-    # Recognition worker processes; 0: one per core.
+    # Recognizers decoding at once (one lane each); 0: one per core.
     asr_workers: int = Field(0, ge=0, le=64)
+    # Processes those lanes are spread over; 0: one process for them all when every
+    # preloaded backend releases the GIL while it decodes (Moonshine, vosk: one copy of
+    # the model), else one per lane (pocketsphinx holds the GIL).
+    asr_processes: int = Field(0, ge=0, le=64)
     # Threads for the per-utterance prosody maths; 0: two per core.
     asr_threads: int = Field(0, ge=0)
     # The recognizer per language where the default is not wanted: {"en": "vosk"}

@@ -401,3 +401,101 @@ async def test_the_event_loop_keeps_time_while_workers_decode(
         for leg in legs:
             assert "order" in (await leg.finish()).text
             await leg.close()
+
+
+# --- lanes: several recognizers decoding at once in one process, one model -------------
+
+
+@pytest.fixture(scope="module")
+def moonshine() -> ModelChoice:
+    speech.english()  # converted (once per test session) and checked
+    choice = choose_model("en", [])
+    assert choice.backend == "moonshine" and choice.releases_gil
+    return choice
+
+
+async def test_lanes_of_one_process_share_the_model_and_decode_side_by_side(
+    utterances: dict[str, bytes], moonshine: ModelChoice
+) -> None:
+    """Two lanes in one process: two legs, one lane each, both heard right, one process
+    (one copy of the model in memory) counted once."""
+    pool = RecognitionPool(2, lanes_per_process=2)
+    await pool.start([moonshine])
+    try:
+        (pid,) = pool.pids()
+        assert len(psutil.Process(pid).children()) == 0
+        a = await pool.open("a", moonshine)
+        b = await pool.open("b", moonshine)
+        assert {a.worker, b.worker} == {0, 1}  # one lane each
+        (_, order), (_, callback) = await asyncio.gather(
+            transcribe(a, utterances["order"] * 3), transcribe(b, utterances["callback"] * 3)
+        )
+        assert speech.wer(" ".join([ORDER] * 3), order.text) <= 0.1, order.text
+        assert speech.wer(" ".join([CALLBACK] * 3), callback.text) <= 0.1, callback.text
+        stats = pool.stats()
+        assert (stats.workers, stats.alive, stats.legs, stats.processes) == (2, 2, 2, 1)
+        assert stats.cpu_seconds == pytest.approx(
+            sum(psutil.Process(pid).cpu_times()[:2]), abs=0.1
+        )  # counted once, not once a lane
+        await a.close()
+        await b.close()
+    finally:
+        await pool.stop()
+    assert gone(pid)
+
+
+async def test_lanes_decode_in_parallel(
+    utterances: dict[str, bytes], moonshine: ModelChoice
+) -> None:
+    """The point of lanes: two decodes in one process take about as long as one, not
+    twice as long (a backend holding the GIL would serialise them)."""
+    pcm = utterances["order"] * 3
+    pool = RecognitionPool(2, lanes_per_process=2)
+    await pool.start([moonshine])
+    try:
+        a = await pool.open("a", moonshine)
+        b = await pool.open("b", moonshine)
+        for leg in (a, b):  # warm both threads' first run
+            await leg.accept(pcm[:CHUNK])
+            await leg.finish()
+        (pid,) = pool.pids()
+        proc = psutil.Process(pid)
+        cpu0, started = sum(proc.cpu_times()[:2]), time.monotonic()
+        await asyncio.gather(a.accept(pcm), b.accept(pcm))
+        await asyncio.gather(a.finish(), b.finish())
+        wall, cpu = time.monotonic() - started, sum(proc.cpu_times()[:2]) - cpu0
+        assert cpu > 1.3 * wall, f"{cpu:.2f} CPU-s in {wall:.2f} s: the lanes took turns"
+        await a.close()
+        await b.close()
+    finally:
+        await pool.stop()
+
+
+async def test_a_killed_process_fails_the_legs_of_all_its_lanes_and_comes_back(
+    utterances: dict[str, bytes], moonshine: ModelChoice
+) -> None:
+    """The process is the unit of failure: its lanes fail with the real reason, it is
+    restarted once (not once a lane), and every lane serves again."""
+    pcm = utterances["order"]
+    pool = RecognitionPool(2, lanes_per_process=2, request_timeout=1.0)
+    await pool.start([moonshine])
+    try:
+        a = await pool.open("a", moonshine)
+        b = await pool.open("b", moonshine)
+        (victim,) = pool.pids()
+        os.kill(victim, signal.SIGSTOP)  # lane a's next request hangs
+        with pytest.raises(RecognizerLost, match="hung: no answer to accept within 1 s"):
+            await a.accept(pcm[:CHUNK])
+        with pytest.raises(RecognizerLost, match="hung: no answer to accept"):
+            await b.accept(pcm[:CHUNK])  # the other lane went with the process
+        await until(lambda: pool.stats().alive == 2)
+        assert gone(victim) and pool.stats().restarts == 1 and len(pool.pids()) == 1
+        (again,) = [await pool.open("a", moonshine)]
+        _, final = await transcribe(again, pcm)
+        assert speech.wer(ORDER, final.text) <= 0.1, final.text
+        await again.close()
+        (pid,) = pool.pids()
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: pool.stats().restarts == 2 and pool.stats().alive == 2)
+    finally:
+        await pool.stop()

@@ -111,6 +111,39 @@ def test_peek_then_finish_decodes_once(recorded: list[tuple[str, bytes, bytes]])
     assert speech.wer(text, peeked.text) <= 0.2
 
 
+def test_dense_speech_near_eight_seconds_is_not_lost(tmp_path: Path) -> None:
+    """One sentence said three times, 8.0 s without a pause long enough to end the
+    utterance: decoded whole, the model answered nothing at all (its first token was the
+    end token), and the caller's words vanished from the transcript."""
+    sentence = "Please call me back tomorrow morning."
+    pcm = pcm16(speech.piper_script([sentence], tmp_path / "callback.wav")) * 3
+    assert len(pcm) / 32000 > 7.9
+    rec = speech.english().create()
+    rec.accept(pcm)
+    assert speech.wer(" ".join([sentence] * 3), rec.finish().text) <= 0.1
+
+
+def test_a_long_piece_the_model_gives_up_on_is_decoded_again_in_halves() -> None:
+    """The guard behind the piece length: whatever length the model fails at, a long
+    piece that comes back empty is tried again in two halves (the model stands in)."""
+    model = speech.english().load()
+    seen: list[float] = []
+
+    def gives_up_past_five_seconds(audio: np.ndarray) -> str:
+        seen.append(len(audio) / 16000)
+        return "" if len(audio) > 5 * 16000 else f"{len(audio) // 16000} s"
+
+    model._transcribe = gives_up_past_five_seconds  # type: ignore[method-assign]
+    try:
+        assert model.transcribe(np.zeros(6 * 16000, np.float32)) != ""
+        assert seen[0] == 6.0 and len(seen) == 3 and seen[1] + seen[2] == 6.0
+        seen.clear()
+        assert model.transcribe(np.zeros(3 * 16000, np.float32)) == "3 s"  # short: once
+        assert seen == [3.0]
+    finally:
+        del model._transcribe
+
+
 def test_word_times_follow_the_voiced_audio() -> None:
     silence = np.zeros(16000, np.int16)
     tone = (8000 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 220)).astype(np.int16)

@@ -45,6 +45,12 @@ class ModelChoice:
         return f"{self.backend} model at {self.path}"
 
     @property
+    def releases_gil(self) -> bool:
+        """Its decoder lets other threads run while it works (onnxruntime and Kaldi do;
+        pocketsphinx does not), so recognizers of it can share a process."""
+        return self.backend in ("moonshine", "vosk")
+
+    @property
     def punctuated(self) -> bool:
         """Its text ends sentences with punctuation (the endpointer reads it)."""
         return self.backend == "moonshine"

@@ -31,10 +31,13 @@ FIRST_TEXT_TOKEN = 3  # 0..2 are <unk>, <s>, </s>
 TOKENS_PER_SECOND = 6.5  # an upper bound on speech; more means the decoder is looping
 MIN_SAMPLES = ANALYSIS_RATE // 4  # the encoder's convolutions need a little audio
 PARTIAL_EVERY_S = 1.0
-# Past ~9 s the model answers nothing at all (its first token is the end token: seen on
-# 10 s of our speech), so longer audio is decoded in pieces cut at its quietest point
-MAX_PIECE_S = 8.0
+# On long, dense speech the model may answer nothing at all (its first token is the end
+# token: seen at 8.0 s of one sentence said three times, and on 10 s of our speech), so
+# longer audio is decoded in pieces cut at its quietest point, and a long piece that
+# still comes back empty is decoded again in two halves
+MAX_PIECE_S = 7.0
 MIN_PIECE_S = 3.0
+RETRY_OVER_S = 4.0
 _SPACE = "\u2581"  # sentencepiece's word marker
 _WORD_FRAME = ANALYSIS_RATE // 100  # 10 ms frames for the voicing estimate
 
@@ -66,6 +69,9 @@ class MoonshineModel:
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # no arena: it would keep each thread's largest activations for good; malloc
+        # serves them as fast (measured) and frees them
+        options.enable_cpu_mem_arena = False
         try:
             self._encoder, self._decoder = (
                 ort.InferenceSession(
@@ -84,10 +90,22 @@ class MoonshineModel:
         texts = []
         while len(audio) > MAX_PIECE_S * ANALYSIS_RATE:
             cut = quietest(audio, MIN_PIECE_S, MAX_PIECE_S)
-            texts.append(self._transcribe(audio[:cut]))
+            texts.append(self._piece(audio[:cut]))
             audio = audio[cut:]
-        texts.append(self._transcribe(audio))
+        texts.append(self._piece(audio))
         return " ".join(t for t in texts if t)
+
+    def _piece(self, audio: np.ndarray) -> str:
+        text = self._transcribe(audio)
+        seconds = len(audio) / ANALYSIS_RATE
+        if text or seconds <= RETRY_OVER_S:
+            return text
+        # the model gave up on it (see MAX_PIECE_S): once more, in halves (a silent piece
+        # costs two more encoder runs, rarely: the endpointer ends utterances on silence)
+        cut = quietest(audio, seconds / 4, 3 * seconds / 4)
+        return " ".join(
+            t for t in (self._transcribe(audio[:cut]), self._transcribe(audio[cut:])) if t
+        )
 
     def _transcribe(self, audio: np.ndarray) -> str:
         """One piece, greedy search."""

@@ -3,10 +3,18 @@
 Theory of operation
 -------------------
 Speech recognizers hold the GIL or a core while they decode, so they run in worker
-processes (one per core by default), never in the event-loop process. Each worker is a
-fresh interpreter running ``python -m media.asr.worker`` (see that module for the wire
-protocol); a leg is pinned to one worker for its life, so its recognizer state stays in
-one place.
+processes, never in the event-loop process. Each worker process is a fresh interpreter
+running ``python -m media.asr.worker`` (see that module for the wire protocol) and serves
+one or more *lanes*: a pipe and a thread each, all lanes of a process sharing its loaded
+models. There is one lane per core by default. A lane is what the pool schedules on (it
+is called a worker below, and a leg is pinned to one for its life, so its recognizer
+state stays in one place); a process is what fails and restarts, with all its lanes.
+
+Lanes per process (``lanes_per_process``): a backend that releases the GIL while it
+decodes (Moonshine: onnxruntime) runs as fast in N threads of one process as in N
+processes, and one process holds one copy of the model instead of N (~150 MB each for
+Moonshine base). A backend that holds the GIL (pocketsphinx) needs one process per lane.
+The engine picks the number from the backends it loads.
 
 Why a plain exec'd child and not ``multiprocessing``'s spawn context: spawn also execs a
 fresh interpreter (fork is unsafe here: the engine has threads, an asyncio loop and
@@ -22,7 +30,7 @@ Why asyncio streams and not reader/writer threads: the socket to each worker is 
 fd in the event loop's selector, so no blocking ``send``/``recv`` ever runs on the loop
 thread, there are no threads to stop at shutdown, and back-pressure is ``drain()``.
 
-Supervision, per worker slot (``RecognitionPool._supervise``):
+Supervision, per process (``RecognitionPool._supervise``; every lane of it together):
 
 ============ ================================ ==========================================
 state        event                            next
@@ -105,13 +113,14 @@ class PoolOverloaded(RuntimeError):
 
 @dataclass(frozen=True)
 class PoolStats:
-    workers: int  # configured
+    workers: int  # configured lanes
     alive: int  # serving now
     legs: int
     pending: int  # requests sent and not yet answered
     backlog_seconds: float  # audio in those requests
     restarts: int
     cpu_seconds: float  # user + system time of the live worker processes
+    processes: int = 0  # worker processes running now
 
 
 class _ProtocolError(Exception):
@@ -191,7 +200,9 @@ def _remote_error(value: Any) -> Exception:
 
 
 class _Worker:
-    """One worker process: its pipe, its requests in flight (answered in order), its legs."""
+    """One lane of a worker process: its pipe, its requests in flight (answered in order),
+    its legs. ``group`` is every lane of the same process, this one included: they live and
+    die together."""
 
     def __init__(
         self,
@@ -200,11 +211,13 @@ class _Worker:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         max_pending: int,
+        lane: str = "",
     ) -> None:
         self.index = index
         self.proc = proc
         self.pid = proc.pid
-        self.name = f"recognition worker {index} (pid {proc.pid})"
+        self.name = f"recognition worker {index} (pid {proc.pid}{lane})"
+        self.group: list[_Worker] = [self]
         self.legs: set[str] = set()
         self.ready = False
         self.reason: str | None = None  # why it was lost; None while it serves
@@ -219,33 +232,46 @@ class _Worker:
         self._read_task = asyncio.create_task(self._read_replies(), name=f"{self.name} reader")
 
     @classmethod
-    async def spawn(cls, index: int, max_pending: int) -> _Worker:
-        parent_sock, child_sock = socket.socketpair()
+    async def spawn(cls, indices: Sequence[int], max_pending: int) -> list[_Worker]:
+        """One process serving a lane for each slot index."""
+        pairs = [socket.socketpair() for _ in indices]
+        parents = [parent for parent, _ in pairs]
         try:
-            fd = child_sock.fileno()
+            fds = [child.fileno() for _, child in pairs]
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "media.asr.worker",
-                str(fd),
-                str(index),
+                ",".join(map(str, fds)),
+                str(indices[0]),
                 stdin=asyncio.subprocess.DEVNULL,
-                pass_fds=(fd,),
+                pass_fds=fds,
                 env=_child_env(),
             )
         except BaseException:
-            parent_sock.close()
+            for sock in parents:
+                sock.close()
             raise
         finally:
-            child_sock.close()  # the child holds its own copy
+            for _, child in pairs:
+                child.close()  # the child holds its own copies
+        lanes: list[_Worker] = []
         try:
-            reader, writer = await asyncio.open_unix_connection(sock=parent_sock)
+            for n, (index, sock) in enumerate(zip(indices, parents, strict=True)):
+                reader, writer = await asyncio.open_unix_connection(sock=sock)
+                label = f", lane {n + 1} of {len(indices)}" if len(indices) > 1 else ""
+                lanes.append(cls(index, proc, reader, writer, max_pending, label))
         except BaseException:
-            parent_sock.close()
+            for started in lanes:
+                started._lose("it could not be started")
+            for sock in parents[len(lanes) :]:
+                sock.close()
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             raise
-        return cls(index, proc, reader, writer, max_pending)
+        for started in lanes:
+            started.group = lanes
+        return lanes
 
     @property
     def pending(self) -> int:
@@ -371,6 +397,10 @@ class _Worker:
             # worthless, and the child sees end-of-file once the socket is gone
             self._writer.transport.abort()
         if kill:
+            # the other lanes of the process go with it: their legs learn the real reason,
+            # not just "killed"
+            for lane in self.group:
+                lane._lose(reason)
             self._signal(signal.SIGKILL)
 
     def _signal(self, sig: signal.Signals) -> None:
@@ -388,15 +418,18 @@ class _Worker:
         return bool(done)
 
     async def shutdown(self, reason: str) -> None:
-        """End the process (pipe closed, then SIGTERM, then SIGKILL) and reap it."""
-        self._lose(reason)
+        """End the process (every lane's pipe closed, then SIGTERM, then SIGKILL), reap it."""
+        for lane in self.group:
+            lane._lose(reason)
         if not await self._exited_within(EXIT_GRACE):
             log.warning("%s did not exit when its pipe closed: terminating it", self.name)
             self._signal(signal.SIGTERM)
             if not await self._exited_within(TERM_GRACE):
                 log.warning("%s ignored SIGTERM: killing it", self.name)
                 self._signal(signal.SIGKILL)
-        await asyncio.gather(self._exit_task, self._read_task)
+        await asyncio.gather(
+            *(t for lane in self.group for t in (lane._exit_task, lane._read_task))
+        )
 
 
 # --- the pool -----------------------------------------------------------------------
@@ -405,10 +438,11 @@ class _Worker:
 class RecognitionPool:
     """Worker processes serving recognizers; legs are pinned to the least loaded one.
 
-    ``workers <= 0`` means one per core. ``request_timeout`` bounds one recognizer call
-    (longer means the worker hung: it is killed and replaced); ``load_timeout`` bounds a
-    model load (``start()``'s preloads and ``open()``); ``max_pending`` bounds the requests
-    outstanding on one worker.
+    ``workers <= 0`` means one lane per core; ``lanes_per_process`` of them share a process
+    (``<= 0``: all of them). ``request_timeout`` bounds one recognizer call (longer means
+    the worker hung: its process is killed and replaced); ``load_timeout`` bounds a model
+    load (``start()``'s preloads and ``open()``); ``max_pending`` bounds the requests
+    outstanding on one lane.
     """
 
     def __init__(
@@ -419,10 +453,13 @@ class RecognitionPool:
         max_restarts_per_minute: int = 10,
         load_timeout: float = 120.0,
         max_pending: int = 64,
+        lanes_per_process: int = 1,
     ) -> None:
         if max_restarts_per_minute < 1 or max_pending < 1:
             raise ValueError("max_restarts_per_minute and max_pending must be at least 1")
         self._size = workers if workers > 0 else (os.cpu_count() or 1)
+        per = lanes_per_process if 0 < lanes_per_process < self._size else self._size
+        self._groups = [list(range(i, min(i + per, self._size))) for i in range(0, self._size, per)]
         self._request_timeout = request_timeout
         self._load_timeout = max(load_timeout, request_timeout)
         self._max_restarts = max_restarts_per_minute
@@ -450,8 +487,10 @@ class RecognitionPool:
         loop = asyncio.get_running_loop()
         first: list[asyncio.Future[None]] = [loop.create_future() for _ in range(self._size)]
         self._supervisors = [
-            asyncio.create_task(self._supervise(i, f), name=f"asr-worker-{i}")
-            for i, f in enumerate(first)
+            asyncio.create_task(
+                self._supervise(group, [first[i] for i in group]), name=f"asr-worker-{group[0]}"
+            )
+            for group in self._groups
         ]
         try:
             results = await asyncio.gather(*first, return_exceptions=True)
@@ -461,7 +500,12 @@ class RecognitionPool:
         if errors := [r for r in results if isinstance(r, BaseException)]:
             await self.stop()
             raise errors[0]
-        log.info("recognition pool: %d workers (pids %s)", self._size, self.pids())
+        log.info(
+            "recognition pool: %d lanes in %d processes (pids %s)",
+            self._size,
+            len(self._groups),
+            self.pids(),
+        )
 
     async def open(
         self, leg_id: str, choice: ModelChoice, phrases: list[str] | None = None
@@ -485,7 +529,7 @@ class RecognitionPool:
 
     def stats(self) -> PoolStats:
         live = self._live()
-        procs = [w for w in self._all if w.running]
+        procs = {w.pid: w for w in self._all if w.running}.values()  # lanes share a process
         return PoolStats(
             workers=self._size,
             alive=len(live),
@@ -494,11 +538,13 @@ class RecognitionPool:
             backlog_seconds=sum((w.backlog_seconds for w in self._all), 0.0),
             restarts=self._restarts,
             cpu_seconds=sum((_cpu_seconds(w.pid) for w in procs), 0.0),
+            processes=len(procs),
         )
 
     def pids(self) -> list[int]:
-        """Process ids of the workers serving now, in slot order."""
-        return [w.pid for w in self._slots if w is not None and w.reason is None]
+        """Process ids of the workers serving now, in slot order, each once."""
+        pids = [w.pid for w in self._slots if w is not None and w.reason is None]
+        return list(dict.fromkeys(pids))
 
     async def stop(self) -> None:
         """Fail what is pending, end every worker (bounded: ~2 s) and reap it."""
@@ -517,53 +563,70 @@ class RecognitionPool:
 
     # -- supervision --
 
-    async def _supervise(self, index: int, first: asyncio.Future[None]) -> None:
-        """Keep slot ``index`` served: launch, serve until lost, restart (paced)."""
+    async def _supervise(self, group: list[int], first: list[asyncio.Future[None]]) -> None:
+        """Keep the slots of ``group`` served by one process: launch, serve until a lane
+        is lost, restart (paced)."""
         try:
-            await self._keep_serving(index, first)
+            await self._keep_serving(group, first)
         finally:
-            if not first.done():  # a bug ended supervision: start() must not wait forever
-                first.set_exception(RecognizerLost(f"recognition worker {index} never started"))
+            for index, future in zip(group, first, strict=True):
+                if not future.done():  # a bug ended supervision: start() must not wait
+                    future.set_exception(
+                        RecognizerLost(f"recognition worker {index} never started")
+                    )
 
-    async def _keep_serving(self, index: int, first: asyncio.Future[None]) -> None:
+    async def _keep_serving(self, group: list[int], first: list[asyncio.Future[None]]) -> None:
+        starting = True
         while True:
             try:
-                worker = await self._launch(index)
+                lanes = await self._launch(group)
             except Exception as exc:  # a model that will not load, a worker that died
-                if not first.done():
-                    first.set_exception(exc)
+                if starting:
+                    for future in first:
+                        future.set_exception(exc)
                     return
-                log.error("recognition worker %d did not come back: %s", index, exc)
+                log.error("recognition worker %d did not come back: %s", group[0], exc)
             else:
-                if not first.done():
-                    first.set_result(None)
-                reason = await self._serve(index, worker)
+                if starting:
+                    starting = False
+                    for future in first:
+                        future.set_result(None)
+                reason = await self._serve(lanes)
                 log.warning("%s; restarting it", reason)
             await self._pace_restart()
 
-    async def _launch(self, index: int) -> _Worker:
-        worker = await _Worker.spawn(index, self._max_pending)
-        self._all.add(worker)  # from here stop() reaps it, whatever happens
+    async def _launch(self, group: list[int]) -> list[_Worker]:
+        lanes = await _Worker.spawn(group, self._max_pending)
+        self._all.update(lanes)  # from here stop() reaps them, whatever happens
         try:
-            for choice in self._preload:
-                await worker.request("load", "", choice, time_limit=self._load_timeout)
+            for lane in lanes:  # the first loads each model; the others find it loaded
+                for choice in self._preload:
+                    await lane.request("load", "", choice, time_limit=self._load_timeout)
         except Exception:
-            await self._retire(worker, "its models did not load")
+            await self._retire(lanes, "its models did not load")
             raise
-        return worker
+        return lanes
 
-    async def _serve(self, index: int, worker: _Worker) -> str:
-        worker.ready = True
-        self._slots[index] = worker
+    async def _serve(self, lanes: list[_Worker]) -> str:
+        for lane in lanes:
+            lane.ready = True
+            self._slots[lane.index] = lane
         self._worker_ready.set()
-        reason = await worker.wait_lost()
-        self._slots[index] = None
-        await self._retire(worker, reason)
+        waits = [asyncio.create_task(lane.wait_lost()) for lane in lanes]
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        reason = next(iter(done)).result()
+        for lane in lanes:
+            self._slots[lane.index] = None
+        await self._retire(lanes, reason)
         return reason
 
-    async def _retire(self, worker: _Worker, reason: str) -> None:
-        await worker.shutdown(reason)
-        self._all.discard(worker)
+    async def _retire(self, lanes: list[_Worker], reason: str) -> None:
+        await lanes[0].shutdown(reason)  # every lane of the process
+        self._all.difference_update(lanes)
 
     async def _pace_restart(self) -> None:
         """The crash-loop guard: at most ``max_restarts_per_minute`` across the pool."""

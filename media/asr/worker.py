@@ -2,12 +2,18 @@
 
 Theory of operation
 -------------------
-The parent (``media.asr.pool``) starts ``python -m media.asr.worker FD INDEX`` with one end
-of a socket pair on descriptor ``FD``. Messages both ways use ``multiprocessing``'s
-connection framing (a 4-byte big-endian signed length, ``-1`` meaning an 8-byte unsigned
-length follows, then that many bytes of pickle). The worker reads one request, handles it,
-answers it, and only then reads the next: requests are served strictly in order, one at a
-time, so the parent can match each answer to the oldest request it sent.
+The parent (``media.asr.pool``) starts ``python -m media.asr.worker FDS INDEX`` with one end
+of a socket pair on each descriptor of the comma-separated ``FDS``: one *lane* each, served
+by its own thread. The lanes of a process share its loaded models (one copy of the weights
+in memory, however many lanes), and each lane serves as described below. Lanes are worth
+it for backends that release the GIL while they decode (Moonshine: onnxruntime's ``run``);
+for ones that hold it (pocketsphinx) the pool gives each process one lane.
+
+Messages both ways use ``multiprocessing``'s connection framing (a 4-byte big-endian
+signed length, ``-1`` meaning an 8-byte unsigned length follows, then that many bytes of
+pickle). A lane reads one request, handles it, answers it, and only then reads the next:
+requests are served strictly in order, one at a time, so the parent can match each answer
+to the oldest request it sent on that lane.
 
 A request is ``(request_id, op, leg_id, arg)``; the answer is ``(request_id, True, value)``
 or ``(request_id, False, (kind, message))`` where ``kind`` is one of ``ErrorKind``.
@@ -23,8 +29,9 @@ finish None                  AsrResult      ``Recognizer.finish``: end the utter
 close  None                  None           close the leg's recognizer (unknown leg: no-op)
 ====== ===================== ============== =============================================
 
-Factories are cached by ``(backend, language, path)`` for the life of the process; each leg
-id has at most one recognizer.
+Factories are cached by ``(backend, language, path)`` for the life of the process and
+shared by its lanes (a model is loaded once, under a lock); each leg id has at most one
+recognizer, in the lane that opened it.
 
 Partials at bounded cost (``defer_partials``)
 ---------------------------------------------
@@ -48,10 +55,12 @@ import logging
 import pickle
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Literal
 
+from media import malloc
 from media.asr.base import AsrResult, Recognizer, RecognizerFactory
 from media.asr.models import ModelChoice, create_factory
 
@@ -82,15 +91,54 @@ def describe(choice: ModelChoice) -> str:
     return f"the {choice.backend} model for '{choice.language}' at {choice.path}"
 
 
-class RecognitionServer:
-    """The worker's state: factories by model, recognizers by leg. Sans-IO: ``handle``
-    takes one request and whether more are waiting, and returns the answer."""
+class Factories:
+    """Loaded models by ``(backend, language, path)``, shared by the lanes of a process."""
 
     def __init__(
         self, make_factory: Callable[[ModelChoice], RecognizerFactory | None] = create_factory
     ) -> None:
         self._make_factory = make_factory
         self._factories: dict[FactoryKey, RecognizerFactory] = {}
+        # held while a model loads: two lanes asking for the same model at once must
+        # not load (and hold) it twice
+        self._lock = threading.Lock()
+
+    def get(self, choice: ModelChoice) -> RecognizerFactory:
+        if not isinstance(choice, ModelChoice):
+            raise RequestError(f"not a ModelChoice: {choice!r}")
+        if choice.backend is None or choice.path is None:
+            raise ModelLoadFailed(f"no speech model for '{choice.language}'")
+        key = (choice.backend, choice.language, choice.path)
+        with self._lock:
+            if (factory := self._factories.get(key)) is not None:
+                return factory
+            try:
+                factory = self._make_factory(choice)
+                if factory is None:
+                    raise ValueError(f"unknown backend {choice.backend!r}")
+                # factories load lazily: making (and pooling) one recognizer loads the model
+                # now, so a bad model fails here and the first leg does not pay for the load
+                factory.create().close()
+            except Exception as exc:
+                raise ModelLoadFailed(
+                    f"cannot load {describe(choice)}: {type(exc).__name__}: {exc}"
+                ) from exc
+            self._factories[key] = factory
+            malloc.trim()  # the model file and the load's scratch buffers: ~30 MB
+            return factory
+
+
+class RecognitionServer:
+    """One lane's state: recognizers by leg, over the process's factories. Sans-IO:
+    ``handle`` takes one request and whether more are waiting, and returns the answer."""
+
+    def __init__(
+        self,
+        make_factory: Callable[[ModelChoice], RecognizerFactory | None] = create_factory,
+        *,
+        factories: Factories | None = None,
+    ) -> None:
+        self._factories = factories or Factories(make_factory)
         self._legs: dict[str, Recognizer] = {}
 
     @property
@@ -133,26 +181,7 @@ class RecognitionServer:
         raise RequestError(f"unknown op {op!r}")
 
     def _factory(self, choice: ModelChoice) -> RecognizerFactory:
-        if not isinstance(choice, ModelChoice):
-            raise RequestError(f"not a ModelChoice: {choice!r}")
-        if choice.backend is None or choice.path is None:
-            raise ModelLoadFailed(f"no speech model for '{choice.language}'")
-        key = (choice.backend, choice.language, choice.path)
-        if (factory := self._factories.get(key)) is not None:
-            return factory
-        try:
-            factory = self._make_factory(choice)
-            if factory is None:
-                raise ValueError(f"unknown backend {choice.backend!r}")
-            # factories load lazily: making (and pooling) one recognizer loads the model
-            # now, so a bad model fails here and the first leg does not pay for the load
-            factory.create().close()
-        except Exception as exc:
-            raise ModelLoadFailed(
-                f"cannot load {describe(choice)}: {type(exc).__name__}: {exc}"
-            ) from exc
-        self._factories[key] = factory
-        return factory
+        return self._factories.get(choice)
 
     def _load(self, choice: ModelChoice) -> None:
         self._factory(choice)
@@ -224,20 +253,37 @@ def serve(conn: Connection, server: RecognitionServer | None = None) -> None:
         server.close_all()
 
 
+def serve_lanes(conns: list[Connection], factories: Factories | None = None) -> None:
+    """Serve each connection on its own thread (the first on this one) until all close."""
+    factories = factories or Factories()
+    threads = [
+        threading.Thread(
+            target=serve, args=(conn, RecognitionServer(factories=factories)), daemon=True
+        )
+        for conn in conns[1:]
+    ]
+    for thread in threads:
+        thread.start()
+    serve(conns[0], RecognitionServer(factories=factories))
+    for thread in threads:
+        thread.join()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    fd, index = int(args[0]), args[1] if len(args) > 1 else "?"
+    fds, index = [int(fd) for fd in args[0].split(",")], args[1] if len(args) > 1 else "?"
     # Ctrl-C in a terminal reaches the whole process group: the parent decides when
     # workers end (it closes the pipe), so a worker must not die first and be restarted
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
         level=logging.WARNING, format=f"asr-worker {index}: %(levelname)s %(name)s: %(message)s"
     )
-    conn = Connection(fd)
+    conns = [Connection(fd) for fd in fds]
     try:
-        serve(conn)
+        serve_lanes(conns)
     finally:
-        conn.close()
+        for conn in conns:
+            conn.close()
     return 0
 
 
