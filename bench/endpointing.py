@@ -72,6 +72,7 @@ HELDOUT_VOICES: list[tuple[str, list[str] | str]] = [
     ("espeak en-us", "en-us"),
 ]
 SHORT_END_MS = 0  # 0: the engine's default (--short-end-ms tries another)
+INCOMPLETE_END_MS = 0  # 0: the engine's default (--incomplete-end-ms tries another)
 
 
 @dataclass
@@ -120,7 +121,8 @@ async def play(
     async def opener() -> LocalRecognizer:
         return rec
 
-    vad = VadSettings(short_end_ms=SHORT_END_MS) if SHORT_END_MS else None
+    tried = {"short_end_ms": SHORT_END_MS, "incomplete_end_ms": INCOMPLETE_END_MS}
+    vad = VadSettings(**{k: v for k, v in tried.items() if v}) if any(tried.values()) else None
     pipeline = LegPipeline("bench", opener, executor, emit, punctuated=adaptive, vad=vad)
     await pipeline.start()
     step = rate * FRAME_SAMPLES // 16000
@@ -179,9 +181,12 @@ def main() -> None:
     ap.add_argument("--part", choices=["heldout", "tuning", "both"], default="heldout")
     ap.add_argument("--legs", type=int, default=2)
     ap.add_argument("--short-end-ms", type=int, default=0, help="try another short window")
+    ap.add_argument(
+        "--incomplete-end-ms", type=int, default=0, help="try another incomplete window"
+    )
     args = ap.parse_args()
-    global SHORT_END_MS
-    SHORT_END_MS = args.short_end_ms
+    global SHORT_END_MS, INCOMPLETE_END_MS
+    SHORT_END_MS, INCOMPLETE_END_MS = args.short_end_ms, args.incomplete_end_ms
     parts = ["tuning", "heldout"] if args.part == "both" else [args.part]
     asyncio.run(run(parts, args.legs))
 

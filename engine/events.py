@@ -319,7 +319,11 @@ EVENT_TYPES = [
     "call.ended",
 ]
 
-RING_SIZE = 20_000
+# Recent events kept in memory for replay; older ones come from the durable event log.
+# ~3.4 KB an event (a final with its word times): 4,000 is ~14 MB, a few minutes of a
+# busy node; the 20,000 it was took ~70 MB and half an hour of calls to fill, which read
+# as a leak in the soak
+RING_SIZE = 4_000
 SUBSCRIBER_QUEUE = 2_000
 
 

@@ -116,7 +116,10 @@ async def pump_audio(
     received = False
     while True:
         try:
-            frame = await asyncio.wait_for(track.recv(), media_timeout)
+            # a timeout scope, not wait_for: wait_for wraps every frame's recv() in a
+            # task of its own, 50 a second a call, on the event loop
+            async with asyncio.timeout(media_timeout):
+                frame = await track.recv()
         except TimeoutError:
             # never a packet: ICE/DTLS never completed, or the peer sends nothing
             return "media_timeout" if received else "no_media"

@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from media.audio import ANALYSIS_RATE, FRAME_SAMPLES, AnalysisResampler, rms_dbfs
+from media.audio import (
+    ANALYSIS_RATE,
+    FRAME_SAMPLES,
+    AnalysisResampler,
+    downmix_interleaved,
+    rms_dbfs,
+)
 
 
 def tone(freq: float, rate: int, seconds: float, channels: int = 1) -> np.ndarray:
@@ -45,3 +51,17 @@ def test_frame_times_follow_sample_count() -> None:
     frames = r.push(tone(440, 48000, 0.5), 48000) + r.push(tone(440, 48000, 0.5), 48000)
     starts = [f.start for f in frames]
     assert starts == pytest.approx([i * 0.02 for i in range(len(frames))])
+
+
+@pytest.mark.parametrize("shape", [(1, 1920), (1920,), (1919,)])
+def test_stereo_downmix_is_the_mean_of_both_channels(shape: tuple[int, ...]) -> None:
+    """The two-channel fast path (aiortc's Opus frames arrive packed, shape (1, 2n)) gives
+    what averaging the channels gives; an odd trailing sample is dropped."""
+    rng = np.random.default_rng(7)
+    pcm = rng.integers(-32768, 32767, shape, dtype=np.int16, endpoint=True)
+    flat = pcm.reshape(-1)
+    usable = len(flat) - len(flat) % 2
+    expected = flat[:usable].astype(np.float64).reshape(-1, 2).mean(axis=1) / 32768.0
+    mono = downmix_interleaved(pcm, 2)
+    assert mono.dtype == np.float32 and mono.shape == (usable // 2,)
+    np.testing.assert_allclose(mono, expected, atol=1e-7)
