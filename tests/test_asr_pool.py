@@ -499,3 +499,34 @@ async def test_a_killed_process_fails_the_legs_of_all_its_lanes_and_comes_back(
         await until(lambda: pool.stats().restarts == 2 and pool.stats().alive == 2)
     finally:
         await pool.stop()
+
+
+def test_a_lane_that_fails_takes_its_process_down_at_once() -> None:
+    """A lane thread that breaks (here: a request that is not a pickle) ends the worker
+    process with a status of its own, so the pool restarts it now instead of timing the
+    silent lane out 30 s later; the process's other lanes go with it, as they must."""
+    import subprocess
+    import sys
+
+    from media.asr.pool import encode_frame
+    from media.asr.worker import LANE_FAILED
+
+    pairs = [socket.socketpair() for _ in range(2)]
+    fds = [child.fileno() for _, child in pairs]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "media.asr.worker", f"{fds[0]},{fds[1]}", "0"],
+        pass_fds=fds,
+        stderr=subprocess.PIPE,
+    )
+    for _, child in pairs:
+        child.close()
+    try:
+        pairs[1][0].sendall(encode_frame(b"not a pickle"))
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == LANE_FAILED
+        assert b"a recognition lane failed" in err
+    finally:
+        proc.kill()
+        proc.communicate()
+        for parent, _ in pairs:
+            parent.close()

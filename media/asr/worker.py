@@ -52,6 +52,7 @@ its neighbours for the same cores.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import signal
 import sys
@@ -253,12 +254,25 @@ def serve(conn: Connection, server: RecognitionServer | None = None) -> None:
         server.close_all()
 
 
+LANE_FAILED = 70  # exit status when a lane's thread fails outside a recognizer
+
+
+def _serve_lane(conn: Connection, server: RecognitionServer) -> None:
+    try:
+        serve(conn, server)
+    except BaseException:
+        # a bug in a lane: the process is the unit that fails and restarts, so it goes
+        # now, rather than leave its parent to time the silent lane out
+        log.exception("a recognition lane failed")
+        os._exit(LANE_FAILED)
+
+
 def serve_lanes(conns: list[Connection], factories: Factories | None = None) -> None:
     """Serve each connection on its own thread (the first on this one) until all close."""
     factories = factories or Factories()
     threads = [
         threading.Thread(
-            target=serve, args=(conn, RecognitionServer(factories=factories)), daemon=True
+            target=_serve_lane, args=(conn, RecognitionServer(factories=factories)), daemon=True
         )
         for conn in conns[1:]
     ]
