@@ -10,7 +10,7 @@ every final's latency (last voiced audio -> final) is kept. A sentence is split 
 the script gave more finals than it has sentences. Two endpointers in the same run:
   adaptive  the default: at a 100 ms pause the recognizer is asked what was said;
             a complete sentence ends after 260 ms of silence (400 ms when it is one
-            or two words, often a lead-in before a comma), anything else after 440 ms;
+            or two words, often a lead-in before a comma), anything else after 400 ms;
   fixed     the ratio rule alone (85 % unvoiced over 600 ms, ~520 ms after the last
             word): what the engine did before, the baseline.
 Tuning and held-out parts differ in sentences and voices (piper joe at its own pitch
