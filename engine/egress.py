@@ -115,7 +115,7 @@ def _literal(host: str) -> IPAddress | None:
         pass
     try:  # the spellings inet_aton (and so getaddrinfo) accepts: 127.1, 0x7f000001, …
         return ipaddress.IPv4Address(socket.inet_aton(host))
-    except OSError:
+    except (OSError, ValueError):  # not an address; ValueError: a NUL in it
         return None
 
 
