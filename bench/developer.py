@@ -151,8 +151,9 @@ async def main() -> None:
         workdir = Path(tmp)
         log_rows = await event_log(workdir, args.events)
         engine = EngineProcess(
-            workdir / "engine", CCENGINE_SIP_ENABLED="false", CCENGINE_RATE_PER_MINUTE="1000000"
-        ).start()
+            workdir / "engine", CCENGINE_SIP_ENABLED="false", CCENGINE_RATE_PER_MINUTE="1000000",
+            CCENGINE_WEBHOOK_ALLOWED_NETWORKS='["127.0.0.1/32"]',  # the receiver's
+        ).start()  # fmt: skip
         try:
             hook_row = await webhooks(engine, args.hooks)
             auth_rows = await credentials(engine, args.requests)

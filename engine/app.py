@@ -14,12 +14,25 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from engine.api import agents, audio, auth, content, desk, problems, rest, streams, webhooks
+from engine.api import (
+    agents,
+    audio,
+    auth,
+    content,
+    desk,
+    problems,
+    rest,
+    streams,
+    webhooks,
+    websec,
+)
 from engine.api.schemas import Health, LoadOut
 from engine.calls import CallManager
 from engine.capacity import Capacity
 from engine.config import Settings
+from engine.egress import TargetPolicy
 from engine.eventlog import EventLog
 from engine.events import EventBus, utcnow
 from engine.metrics import Metrics
@@ -46,12 +59,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         worker_pids=lambda: calls.pool.pids(),
     )
     event_log = EventLog(store, bus, settings.event_retention_days)
+    webhook_targets = TargetPolicy(settings.webhook_allowed_networks)
     sender = WebhookSender(
         store,
         max_attempts=settings.webhook_max_attempts,
         retry_base=settings.webhook_retry_base,
         retry_cap=settings.webhook_retry_cap,
         timeout=settings.webhook_timeout,
+        policy=webhook_targets,
     )
     event_log.on_deliveries = sender.wake
 
@@ -107,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.capacity = capacity
     app.state.event_log = event_log
+    app.state.webhook_targets = webhook_targets
     auth.install(app)
     problems.install(app)
     app.add_middleware(problems.BodyLimit, limit=settings.max_body_bytes)
@@ -116,9 +132,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_credentials=True,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", websec.CSRF_HEADER],
             expose_headers=["Retry-After"],
         )
+    app.add_middleware(websec.SecurityHeaders)
+    if settings.trusted_proxies:
+        # outermost: the client address and scheme are settled before anything reads
+        # them; from anyone but these proxies, X-Forwarded-* headers change nothing
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.include_router(rest.router)
     app.include_router(auth.router)
     app.include_router(agents.router)

@@ -32,6 +32,10 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         ws_max_size=64 * 1024,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: anyone on this
+        # host could then pick the address they are rate-limited as. The app applies
+        # CCENGINE_TRUSTED_PROXIES itself (create_app).
+        proxy_headers=False,
         log_level=settings.log_level.lower(),
     )
     return 0

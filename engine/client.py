@@ -106,6 +106,8 @@ class Client:
         return out
 
     async def logout(self) -> None:
+        """Sign out: every token of this person stops working, in any program or
+        browser (this client's too)."""
         await self._call("POST", "/api/v1/auth/logout")
         self.http.headers.pop("Authorization", None)
 

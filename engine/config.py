@@ -3,10 +3,12 @@ optional ``.env`` file."""
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -89,6 +91,16 @@ class Settings(BaseSettings):
     anonymous_rate_per_minute: int = Field(120, ge=1)
     # Origins (https://app.example.com) whose pages may call the API with credentials.
     cors_origins: list[str] = Field(default_factory=list)
+    # Origins besides the engine's own (and cors_origins) whose pages may use the
+    # sign-in cookies and open WebSockets: the public address when a proxy in front
+    # rewrites the Host header.
+    allowed_origins: list[str] = Field(default_factory=list)
+    # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For and
+    # X-Forwarded-Proto are believed; from anyone else those headers are ignored.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Networks (CIDR) that webhooks may reach although they are loopback, private,
+    # link-local or otherwise not public: ["10.20.0.0/16"]; empty: public addresses only.
+    webhook_allowed_networks: list[str] = Field(default_factory=list)
     # Where call recordings (dual-channel WAV) are kept.
     recordings_dir: str = "./recordings"
     # Days the event log keeps events for streams to resume from.
@@ -139,6 +151,25 @@ class Settings(BaseSettings):
     ivr_keys: dict[str, str] = Field(
         default_factory=lambda: {"1": "billing", "2": "technical_support"}
     )
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname or len(parts.path) > 1:
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+        return origins
+
+    @field_validator("trusted_proxies", "webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an address or a CIDR network") from None
+        return networks
 
 
 @lru_cache

@@ -99,6 +99,10 @@ class Phone:
             raise PhoneError(f"sign-in refused: {r.json().get('detail', r.status_code)}")
         self.me = r.json()["user"]
         self.token = r.json()["token"]
+        # a program carries its token itself: cookies are for pages, and their writes
+        # need X-Requested-With
+        self.http.cookies.clear()
+        self.http.headers["Authorization"] = f"Bearer {self.token}"
         if self.me["role"] != "agent":
             raise PhoneError(f"{self.o.username} is a {self.me['role']}, not an agent")
         with contextlib.suppress(PhoneError):  # already signed in elsewhere: fine

@@ -74,6 +74,9 @@ class Identity:
     user_id: str
     username: str
     role: Role
+    # The person's token version the token was issued under: signing out, a new
+    # password and removal raise the stored one, and older tokens stop working.
+    version: int = 0
 
 
 def issue_token(identity: Identity, key: str, ttl: int, now: float | None = None) -> str:
@@ -82,6 +85,7 @@ def issue_token(identity: Identity, key: str, ttl: int, now: float | None = None
         "sub": identity.user_id,
         "name": identity.username,
         "role": identity.role,
+        "ver": identity.version,
         "iat": int(now),
         "exp": int(now + ttl),
         "jti": uuid.uuid4().hex,
@@ -98,7 +102,11 @@ def read_token(token: str, key: str) -> Identity:
         raise AuthError("invalid token") from None
     if claims.get("role") not in ROLES:
         raise AuthError("invalid token")
-    return Identity(str(claims["sub"]), str(claims.get("name", "")), claims["role"])
+    version = claims.get("ver")
+    return Identity(
+        str(claims["sub"]), str(claims.get("name", "")), claims["role"],
+        version if isinstance(version, int) else -1,  # older than versions: never current
+    )  # fmt: skip
 
 
 CALLER = "caller"

@@ -8,6 +8,9 @@ the event as the streams send it. The signature header is
 
 A receiver recomputes the HMAC over the timestamp, a dot and the raw body, compares in
 constant time, and refuses timestamps older than a few minutes (replays).
+
+Deliveries connect only to public addresses unless allowed (``egress.py``); a refused
+target fails the delivery at once, with the reason in its log and no retry.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
+from engine.egress import TargetPolicy, TargetRefused, guarded_transport
 from engine.events import as_utc, utcnow
 from engine.store.db import Store
 from engine.store.models import DeliveryRow
@@ -74,14 +78,16 @@ class WebhookSender:
         retry_base: float,
         retry_cap: float,
         timeout: float,
+        policy: TargetPolicy,
     ) -> None:
         self.store = store
         self.max_attempts = max_attempts
         self.retry_base = retry_base
         self.retry_cap = retry_cap
         self._http = httpx.AsyncClient(
-            timeout=timeout, follow_redirects=False, headers={"User-Agent": USER_AGENT}
-        )
+            transport=guarded_transport(policy), timeout=timeout, follow_redirects=False,
+            headers={"User-Agent": USER_AGENT},
+        )  # fmt: skip
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._rng = random.Random()
@@ -131,13 +137,19 @@ class WebhookSender:
             "Ccengine-Signature": sign(secret, int(time.time()), body),
         }
         code: int | None = None
+        attempts = d.attempts + 1
         try:
             response = await self._http.post(url, content=body, headers=headers)
             code = response.status_code
             error = None if 200 <= code < 300 else f"HTTP {code}"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        attempts = d.attempts + 1
+        except TargetRefused as exc:  # trying again would not change the answer
+            log.warning("webhook %s: %s refused: %s", d.webhook_id, safe_target(url), exc)
+            await self.store.record_attempt(
+                d.id, status="failed", attempts=attempts, last_error=f"refused: {exc}"[:500]
+            )
+            return
         now = utcnow()
         if error is None:
             await self.store.record_attempt(

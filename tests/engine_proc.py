@@ -19,6 +19,8 @@ from typing import Any, BinaryIO
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+# what the engine's own pages send with every request they make with a cookie
+PAGE_HEADERS = {"X-Requested-With": "ccengine"}
 
 
 def _ephemeral_low() -> int:
@@ -156,8 +158,10 @@ class EngineProcess:
         return self.ccengine("users", "add", username, *extra, stdin=password + "\n")
 
     async def agent(self, username: str, password: str, *events: str) -> httpx.AsyncClient:
-        """An HTTP client signed in as ``username`` that has sent presence ``events``."""
-        http = httpx.AsyncClient(base_url=self.url, timeout=30)
+        """An HTTP client signed in as ``username`` (its cookie, as the agent desk's page
+        has) that has sent presence ``events``. It sends X-Requested-With, as the page
+        does: the engine takes changes made with a cookie only with it."""
+        http = httpx.AsyncClient(base_url=self.url, timeout=30, headers=PAGE_HEADERS)
         r = await http.post("/api/v1/auth/login", json={"username": username, "password": password})
         r.raise_for_status()
         for event in events:

@@ -12,7 +12,7 @@ import pytest
 import websockets
 
 from tests import speech
-from tests.engine_proc import EngineProcess
+from tests.engine_proc import PAGE_HEADERS, EngineProcess
 from tests.rtc_client import Caller
 
 pytestmark = pytest.mark.integration
@@ -23,6 +23,9 @@ def add_user(engine: EngineProcess, username: str, password: str, *extra: str) -
 
 
 async def login(http: httpx.AsyncClient, username: str, password: str) -> httpx.Response:
+    """Sign ``http`` in with a cookie, and have it send X-Requested-With from then on
+    as the agent desk does (changes made with a cookie need it)."""
+    http.headers.update(PAGE_HEADERS)
     return await http.post("/api/v1/auth/login", json={"username": username, "password": password})
 
 

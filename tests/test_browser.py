@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 from tests import sipp, speech
-from tests.engine_proc import EngineProcess, free_port
+from tests.engine_proc import PAGE_HEADERS, EngineProcess, free_port
 from tests.sniff import RtpSniffer, voiced_seconds
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -55,7 +55,7 @@ def test_call_link_puts_the_customer_through_to_the_agent(
     Call: the call rings Ann at once, with the identity the link carries. The token
     leaves the address bar; a forged link is refused on the page."""
     engine.add_user("ann", "pw-ann-123")
-    with httpx.Client(base_url=engine.url, timeout=30) as ann:
+    with httpx.Client(base_url=engine.url, timeout=30, headers=PAGE_HEADERS) as ann:
         assert ann.post("/api/v1/auth/login", json={"username": "ann", "password": "pw-ann-123"})
         for event in ("login", "available"):
             ann.post("/api/v1/agents/me/presence", json={"event": event}).raise_for_status()

@@ -67,7 +67,7 @@ async def test_client_and_commands_cover_a_call_and_refusals(
         assert [q.name for q in await cc.queues()] == ["general"]
         assert (await cc.models("en"))[0].language == "en"
         assert {r.id for r in await cc.escalation_rules()} >= {"asks_for_person"}
-        hook = await cc.create_webhook("http://127.0.0.1:9/hook", ["call.ended"])
+        hook = await cc.create_webhook("https://crm.example.com/hook", ["call.ended"])
         assert [h.id for h in await cc.webhooks()] == [hook.id]
         assert await cc.deliveries(hook.id) == []
         await cc.delete_webhook(hook.id)

@@ -124,7 +124,12 @@ def verified(secret: str, headers: dict[str, str], body: bytes) -> bool:
 
 
 async def test_webhook_retries_survive_a_crash(tmp_path: Path, receiver: Receiver) -> None:
-    env = {"CCENGINE_WEBHOOK_RETRY_BASE": "1", "CCENGINE_WEBHOOK_MAX_ATTEMPTS": "5"}
+    env = {
+        "CCENGINE_WEBHOOK_RETRY_BASE": "1",
+        "CCENGINE_WEBHOOK_MAX_ATTEMPTS": "5",
+        # the receiver is on the loopback, which webhooks may not reach by default
+        "CCENGINE_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
+    }
     engine = EngineProcess(tmp_path / "engine", **env).start()
     restarted: EngineProcess | None = None
     try:

@@ -11,7 +11,14 @@ import uuid
 from fastapi import APIRouter, Request
 from starlette.exceptions import HTTPException
 
-from engine.api.auth import Admin, Authenticated, CurrentUser, Reader
+from engine.api.auth import (
+    Admin,
+    Authenticated,
+    CurrentUser,
+    Reader,
+    revoke_tokens,
+    tokens_revoked,
+)
 from engine.api.schemas import AgentOut, AnswerIn, AnswerOut, PresenceIn, UserIn, UserOut, UserPatch
 from engine.calls import CallManager
 from engine.events import utcnow
@@ -62,7 +69,8 @@ async def add_user(body: UserIn, request: Request, _p: Admin) -> UserOut:
 
 @router.patch("/agents/{username}", response_model=UserOut)
 async def change_user(username: str, body: UserPatch, request: Request, _p: Admin) -> UserOut:
-    """Change skills (used from the next offer), role, display name or password."""
+    """Change skills (used from the next offer), role, display name or password. A new
+    password ends the person's sign-ins: tokens issued before it are refused."""
     m = _manager(request)
     user = await m.store.user_by_name(username)
     if user is None:
@@ -72,7 +80,8 @@ async def change_user(username: str, body: UserPatch, request: Request, _p: Admi
         values["skills"] = sorted({s.strip() for s in body.skills or [] if s.strip()})
     if body.password is not None:
         values["password_hash"] = await asyncio.to_thread(hash_password, body.password)
-    if values:
+        await revoke_tokens(request, user.id, **values)
+    elif values:
         await m.store.update_user(user.id, **values)
     changed = await m.store.user(user.id)
     assert changed is not None
@@ -90,6 +99,7 @@ async def remove_user(username: str, request: Request, _p: Admin) -> None:
         raise HTTPException(404, f"no user {username}")
     await m.agent_gone(user.id)
     await m.store.delete_user(user.id)
+    tokens_revoked(request.app)
 
 
 @router.post("/agents/me/presence", response_model=AgentOut)

@@ -1,6 +1,7 @@
 """The audio fork: a live call's audio over a WebSocket, and audio injected back.
 
-``ws://…/api/v1/calls/{id}/audio`` (control scope). The first message is JSON::
+``ws://…/api/v1/calls/{id}/audio`` (control scope; an agent only on a call on their own
+line, as for ``/play`` and ``/recording``). The first message is JSON::
 
     {"type": "start", "call_id": "…", "encoding": "pcm_s16le", "sample_rate": 16000,
      "frame_ms": 20, "channels": {"0": "caller", "1": "agent"}}
@@ -30,7 +31,8 @@ import numpy as np
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from engine.api.streams import UNKNOWN_CALL, authorize_ws
+from engine.api.auth import Principal
+from engine.api.streams import UNKNOWN_CALL, WS_REFUSED, authorize_ws, close_when_refused
 from engine.calls import CallManager
 from media.audio import ANALYSIS_RATE, FRAME_MS, PcmFrame
 
@@ -39,22 +41,45 @@ CHANNELS = {"caller": 0, "agent": 1}
 QUEUE_FRAMES = 500  # 10 s
 
 
+def may_fork(p: Principal) -> None:
+    p.need("control")
+
+
 @router.websocket("/calls/{call_id}/audio")
 async def audio_fork(ws: WebSocket, call_id: str) -> None:
     await ws.accept()
-    if await authorize_ws(ws, lambda p: p.need("control")) is None:
+    p = await authorize_ws(ws, may_fork)
+    if p is None:
         return
     manager: CallManager = ws.app.state.calls
     call = manager.calls.get(call_id)
     if call is None:
         await ws.close(UNKNOWN_CALL, "no live call")
         return
+    # the fork hears and speaks on the call: the rule of CallManager._may_act (play,
+    # recording), where an agent acts only on their own call
+    who = p.identity
+
+    def on_line() -> bool:
+        return who is None or who.role != "agent" or call.agent_id == who.user_id
+
+    if not on_line():
+        await ws.close(WS_REFUSED[403], "this call is not on your line")
+        return
     frames: asyncio.Queue[bytes] = asyncio.Queue()
     counts = dict.fromkeys(CHANNELS, 0)
     dropped = 0
 
+    left = False
+
     def fork(role: str, frame: PcmFrame) -> None:
-        nonlocal dropped
+        nonlocal dropped, left
+        if left:
+            return
+        if not on_line():  # transferred away: not one more frame; b"" tells send()
+            left = True
+            frames.put_nowait(b"")
+            return
         if frames.qsize() >= QUEUE_FRAMES:
             frames.get_nowait()
             dropped += 1
@@ -76,6 +101,9 @@ async def audio_fork(ws: WebSocket, call_id: str) -> None:
             done, _ = await asyncio.wait({getter, ended}, return_when=asyncio.FIRST_COMPLETED)
             ended.cancel()
             if getter in done:
+                if not getter.result():
+                    await ws.close(WS_REFUSED[403], "the call left your line")
+                    return
                 await ws.send_bytes(getter.result())
             else:
                 getter.cancel()
@@ -92,20 +120,21 @@ async def audio_fork(ws: WebSocket, call_id: str) -> None:
             data = msg.get("bytes")
             if not data:
                 continue
-            error = _inject(call.caller_leg().peer, data)
+            error = _inject(call.caller_leg().peer, data) if on_line() else "not on your line"
             if error:
                 await ws.send_json({"type": "error", "message": error})
 
     sender = asyncio.create_task(send())
     receiver = asyncio.create_task(receive())
+    guard = asyncio.create_task(close_when_refused(ws, may_fork))
     try:
-        await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({sender, receiver, guard}, return_when=asyncio.FIRST_COMPLETED)
     except WebSocketDisconnect:
         pass
     finally:
         with contextlib.suppress(ValueError):
             call.forks.remove(fork)
-        for task in (sender, receiver):
+        for task in (sender, receiver, guard):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

@@ -12,6 +12,10 @@ as HttpOnly SameSite=Strict cookies a browser sends by itself, WebSockets includ
 Every request is counted against its client's rate limit (the key, the person, the
 call, or the address when anonymous); over it: 429 with Retry-After. Tokens never
 travel in URLs, so access logs never hold one.
+
+A cookie authenticates only requests from the engine's own pages (or allowed
+origins), and its writes only with ``X-Requested-With`` (``websec.py``). Signing out
+revokes every token of that person; so do a new password and removal.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 
 from engine.api.schemas import Login, LoginOut, UserOut
+from engine.api.websec import OriginPolicy, csrf_refusal, is_https
 from engine.events import utcnow
 from engine.keys import PREFIX, Scope, expand, parse_key, role_scopes, secret_matches
 from engine.ratelimit import RateLimiter, retry_after
@@ -48,6 +54,7 @@ router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 COOKIE = "ccengine_token"
 CALLER_COOKIE = "ccengine_caller"
 REFUSED = "wrong username or password"  # never says which of the two
+ENDED = "this sign-in has ended (signed out, or the password changed); sign in again"
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
@@ -78,11 +85,20 @@ class Principal:
 
 
 class _Credentials:
-    """Per-app state: the rate limiter and when each key was last marked used."""
+    """Per-app state: the rate limiter, when each key was last marked used, and a
+    signal for open streams that some person's tokens were just revoked."""
 
     def __init__(self) -> None:
         self.limiter = RateLimiter()
         self.key_touched: dict[str, float] = {}
+        self._revoked = asyncio.Event()
+
+    def revoked(self) -> None:
+        self._revoked.set()
+        self._revoked = asyncio.Event()
+
+    async def next_revocation(self) -> None:
+        await self._revoked.wait()
 
 
 def _bearer(conn: HTTPConnection) -> str | None:
@@ -104,11 +120,26 @@ async def _resolve(conn: HTTPConnection) -> Principal:
         return await _token(conn, token)
     for cookie in (COOKIE, CALLER_COOKIE):
         value = conn.cookies.get(cookie)
-        if value:
-            with contextlib.suppress(HTTPException):
-                return await _token(conn, value)
-    address = conn.client.host if conn.client else "unknown"
-    return Principal("anonymous", f"ip:{address}", per_minute=settings.anonymous_rate_per_minute)
+        if not value:
+            continue
+        try:
+            p = await _token(conn, value)
+        except HTTPException:
+            continue
+        # a browser sends cookies with requests other sites' pages make: only ours count
+        why = conn.app.state.origins.refusal(conn) or csrf_refusal(conn)
+        if why is not None:
+            raise HTTPException(403, why)
+        return p
+    return Principal(
+        "anonymous", f"ip:{_address(conn)}", per_minute=settings.anonymous_rate_per_minute
+    )
+
+
+def _address(conn: HTTPConnection) -> str:
+    """The client's address: the peer's, or what a trusted proxy says it is (only
+    CCENGINE_TRUSTED_PROXIES are believed; ProxyHeadersMiddleware has applied that)."""
+    return conn.client.host if conn.client else "unknown"
 
 
 async def _api_key(conn: HTTPConnection, token: str) -> Principal:
@@ -140,11 +171,14 @@ async def _token(conn: HTTPConnection, token: str) -> Principal:
     except AuthError as exc:
         raise HTTPException(401, str(exc), headers=CHALLENGE) from None
     # the token was signed before any change: a removed person is refused at once,
-    # and a changed role counts from the next request
+    # a token from before a sign-out or a new password too, and a changed role counts
+    # from the next request
     row = await conn.app.state.calls.store.user(who.user_id)
     if row is None:
         raise HTTPException(401, "this user no longer exists", headers=CHALLENGE)
-    who = Identity(row.id, row.username, row.role)
+    if who.version != row.token_version:
+        raise HTTPException(401, ENDED, headers=CHALLENGE)
+    who = Identity(row.id, row.username, row.role, row.token_version)
     return Principal(
         "user", f"user:{who.user_id}", role_scopes(who.role), identity=who,
         per_minute=per_minute,
@@ -163,8 +197,7 @@ async def principal(conn: HTTPConnection) -> Principal:
     try:
         p = await _resolve(conn)
     except HTTPException:
-        address = conn.client.host if conn.client else "unknown"
-        _count(creds, f"ip:{address}", conn.app.state.settings.anonymous_rate_per_minute)
+        _count(creds, f"ip:{_address(conn)}", conn.app.state.settings.anonymous_rate_per_minute)
         raise
     _count(creds, p.client, p.per_minute)
     return p
@@ -196,7 +229,17 @@ Admin = Annotated[Principal, _scoped("admin")]
 
 
 def install(app: FastAPI) -> None:
+    settings = app.state.settings
     app.state.credentials = _Credentials()
+    # "*" in CCENGINE_CORS_ORIGINS is no origin: it never lets a page use the cookies
+    app.state.origins = OriginPolicy([*settings.allowed_origins, *settings.cors_origins])
+
+
+def cookie_options(conn: HTTPConnection, path: str = "/") -> dict[str, Any]:
+    """The attributes a cookie is set with, and cleared with: the same both times, so
+    a browser replaces the cookie it holds rather than keeping it beside another.
+    Secure when the browser came over HTTPS (directly or through a trusted proxy)."""
+    return {"path": path, "httponly": True, "samesite": "strict", "secure": is_https(conn)}
 
 
 def identity(p: Who) -> Identity:
@@ -248,8 +291,18 @@ async def editor(p: Who) -> str:
 Editor = Annotated[str, Depends(editor)]
 
 
-@router.post("/login", response_model=LoginOut)
-async def login(body: Login, request: Request, response: Response, _p: Who) -> LoginOut:
+async def signing_in(conn: HTTPConnection) -> None:
+    """Sign-in attempts count against the address, whatever cookie came along, and
+    pages on other origins may not sign a browser in (as someone of their choosing)."""
+    settings = conn.app.state.settings
+    _count(conn.app.state.credentials, f"ip:{_address(conn)}", settings.anonymous_rate_per_minute)
+    why = conn.app.state.origins.refusal(conn)
+    if why is not None:
+        raise HTTPException(403, why)
+
+
+@router.post("/login", response_model=LoginOut, dependencies=[Depends(signing_in)])
+async def login(body: Login, request: Request, response: Response) -> LoginOut:
     user = await request.app.state.calls.store.user_by_name(body.username)
     # argon2 takes ~170 ms of CPU: on the loop it would stall every call's audio
     stored = user.password_hash if user else None
@@ -257,19 +310,59 @@ async def login(body: Login, request: Request, response: Response, _p: Who) -> L
         raise HTTPException(401, REFUSED)
     ttl = request.app.state.settings.token_ttl
     token = issue_token(
-        Identity(user.id, user.username, user.role), request.app.state.secret_key, ttl
+        Identity(user.id, user.username, user.role, user.token_version),
+        request.app.state.secret_key,
+        ttl,
     )
-    response.set_cookie(COOKIE, token, max_age=ttl, httponly=True, samesite="strict")
+    response.set_cookie(COOKIE, token, max_age=ttl, **cookie_options(request))
     return LoginOut(
         token=token, expires_in=ttl, user=UserOut.model_validate(user, from_attributes=True)
     )
 
 
 @router.post("/logout", status_code=204)
-async def logout(response: Response) -> Response:
-    response.delete_cookie(COOKIE)
-    response.status_code = 204
+async def logout(request: Request, p: Who) -> Response:
+    """Clear the sign-in cookie and, when a person's token came with the request (cookie
+    or bearer), end every sign-in of that person: all their tokens, in every browser
+    and program, are refused from now on."""
+    if p.identity is not None:
+        await revoke_tokens(request, p.identity.user_id)
+    response = Response(status_code=204)
+    response.delete_cookie(COOKIE, **cookie_options(request))
     return response
+
+
+async def revoke_tokens(request: Request, user_id: str, **changes: Any) -> None:
+    """Every token issued to this person so far stops working (with ``changes`` to
+    their record in the same write); streams they hold open end."""
+    await request.app.state.calls.store.update_user(
+        user_id, token_version=UserRow.token_version + 1, **changes
+    )
+    tokens_revoked(request.app)
+
+
+def tokens_revoked(app: FastAPI) -> None:
+    """Open streams: check your credential again now."""
+    credentials: _Credentials = app.state.credentials
+    credentials.revoked()
+
+
+RECHECK = 60.0  # s: how stale an open stream's credential may get (expiry, a revoked key)
+
+
+async def until_refused(conn: HTTPConnection, check: Callable[[Principal], None]) -> HTTPException:
+    """Returns once the credential an open stream was let in with no longer holds: the
+    person signed out, got a new password or was removed (noticed at once on this
+    node), the token expired, the key was revoked (within RECHECK seconds). Re-checks
+    are not counted against the rate limit."""
+    credentials: _Credentials = conn.app.state.credentials
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(credentials.next_revocation(), RECHECK)
+        try:
+            check(await _resolve(conn))
+        except HTTPException as exc:
+            return exc
 
 
 @router.get("/me", response_model=UserOut)

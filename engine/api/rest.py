@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
 
 from engine import exports
-from engine.api.auth import CALLER_COOKIE, Operator, Reader, Who
+from engine.api.auth import CALLER_COOKIE, Operator, Reader, Who, cookie_options
 from engine.api.schemas import (
     CallAnswer,
     CallDetail,
@@ -84,9 +84,8 @@ async def create_call(offer: CallOffer, request: Request, response: Response, p:
     ttl = m.settings.caller_token_ttl
     token = issue_caller_token(call.id, request.app.state.secret_key, ttl)
     response.set_cookie(
-        CALLER_COOKIE, token, max_age=ttl, path=f"/api/v1/calls/{call.id}",
-        httponly=True, samesite="strict",
-    )  # fmt: skip
+        CALLER_COOKIE, token, max_age=ttl, **cookie_options(request, f"/api/v1/calls/{call.id}")
+    )
     return CallAnswer(
         caller_token=token,
         call_id=call.id,

@@ -7,7 +7,8 @@ reconnects with ``after=<last id>`` (or, for SSE, the ``Last-Event-ID`` header
 EventSource sends by itself) gets exactly what it missed, across engine restarts too.
 A client too slow to keep up is closed (WebSocket code 1013) and resumes the same way.
 
-Who may listen: ``read`` scope for everything; a call's own caller token for its call.
+Who may listen: ``read`` scope for everything; a call's own caller token for its call;
+pages on the engine's own origin (or allowed ones) only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisco
 from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException
 
-from engine.api.auth import Principal, Who, principal
+from engine.api.auth import Principal, Who, principal, until_refused
 from engine.calls import CallManager
 from engine.eventlog import EventLog
 
@@ -69,7 +70,12 @@ async def _known_call(app: object, call_id: str) -> bool:
 async def authorize_ws(ws: WebSocket, check: Callable[[Principal], None]) -> Principal | None:
     """Who is on this accepted socket, if ``check`` lets them in; otherwise None, after
     closing it with 4401/4403/4429 and the reason (a browser cannot read HTTP refusals
-    of a WebSocket handshake)."""
+    of a WebSocket handshake). A page on another origin is refused whatever the
+    credential: a browser opens its sockets with our cookies."""
+    why = ws.app.state.origins.refusal(ws)
+    if why is not None:
+        await ws.close(WS_REFUSED[403], why)
+        return None
     try:
         p = await principal(ws)
         check(p)
@@ -85,9 +91,16 @@ def _may_listen(call_id: str | None) -> Callable[[Principal], None]:
     return lambda p: p.need_call(call_id, "read")
 
 
+async def close_when_refused(ws: WebSocket, check: Callable[[Principal], None]) -> None:
+    """Close an open socket once its credential no longer holds (``until_refused``)."""
+    exc = await until_refused(ws, check)
+    await ws.close(WS_REFUSED.get(exc.status_code, 4400), str(exc.detail)[:120])
+
+
 async def _serve(ws: WebSocket, call_id: str | None, after: int) -> None:
     await ws.accept()
-    if await authorize_ws(ws, _may_listen(call_id)) is None:
+    check = _may_listen(call_id)
+    if await authorize_ws(ws, check) is None:
         return
     if call_id is not None and not await _known_call(ws.app, call_id):
         await ws.close(UNKNOWN_CALL, "unknown call")
@@ -101,11 +114,14 @@ async def _serve(ws: WebSocket, call_id: str | None, after: int) -> None:
             await ws.close(LAGGED, "subscriber lagged; reconnect with ?after=<last id>")
 
     sender = asyncio.create_task(send_all())
+    guard = asyncio.create_task(close_when_refused(ws, check))
     try:
         # Clients have nothing to say; reading only notices that they left.
-        while not sender.done():
+        while not sender.done() and not guard.done():
             receive = asyncio.create_task(ws.receive())
-            done, _ = await asyncio.wait({receive, sender}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {receive, sender, guard}, return_when=asyncio.FIRST_COMPLETED
+            )
             if receive in done:
                 if receive.result()["type"] == "websocket.disconnect":
                     break
@@ -114,9 +130,10 @@ async def _serve(ws: WebSocket, call_id: str | None, after: int) -> None:
     except WebSocketDisconnect:
         pass
     finally:
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await sender
+        for task in (sender, guard):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 def _sse(request: Request, call_id: str | None, after: int) -> StreamingResponse:
@@ -124,11 +141,18 @@ def _sse(request: Request, call_id: str | None, after: int) -> StreamingResponse
         yield b"retry: 2000\n\n"
         events = _events(request.app, call_id, after).__aiter__()
         next_event: asyncio.Task[tuple[int, str]] | None = None
+        # the stream ends once its credential no longer holds; EventSource comes back
+        # and is refused
+        guard = asyncio.ensure_future(until_refused(request, _may_listen(call_id)))
         try:
             while True:
                 if next_event is None:
                     next_event = asyncio.ensure_future(events.__anext__())
-                done, _ = await asyncio.wait({next_event}, timeout=HEARTBEAT)
+                done, _ = await asyncio.wait(
+                    {next_event, guard}, timeout=HEARTBEAT, return_when=asyncio.FIRST_COMPLETED
+                )
+                if guard in done:
+                    return
                 if not done:
                     yield b": keep-alive\n\n"
                     continue
@@ -139,10 +163,11 @@ def _sse(request: Request, call_id: str | None, after: int) -> StreamingResponse
                 next_event = None
                 yield f"id: {event_id}\ndata: {text}\n\n".encode()
         finally:
-            if next_event is not None:  # the client left while we waited for an event
-                next_event.cancel()
-                with contextlib.suppress(BaseException):
-                    await next_event
+            for task in (next_event, guard):
+                if task is not None:  # the client left while we waited for an event
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
             await events.aclose()  # type: ignore[attr-defined]
 
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}

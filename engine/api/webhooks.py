@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 
 from engine.api.auth import Admin
 from engine.api.schemas import DeliveryOut, WebhookCreated, WebhookIn, WebhookOut
+from engine.egress import TargetPolicy
 from engine.eventlog import EventLog
 from engine.events import utcnow
 from engine.store.models import WebhookRow
@@ -25,7 +26,14 @@ def _log(request: Request) -> EventLog:
 
 @router.post("/webhooks", status_code=201, response_model=WebhookCreated)
 async def create_webhook(body: WebhookIn, request: Request, _p: Admin) -> WebhookCreated:
-    """Subscribe a URL to event types. Deliveries start with the next event."""
+    """Subscribe a URL to event types. Deliveries start with the next event. A URL on
+    a loopback, private or link-local address is refused (422) unless its network is
+    in CCENGINE_WEBHOOK_ALLOWED_NETWORKS; a name is checked again, by the addresses it
+    resolves to, on every delivery."""
+    policy: TargetPolicy = request.app.state.webhook_targets
+    why = policy.url_refusal(str(body.url))
+    if why is not None:
+        raise HTTPException(422, f"url: {why}")
     row = WebhookRow(
         id=str(uuid.uuid4()),
         url=str(body.url),

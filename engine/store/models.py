@@ -97,6 +97,8 @@ class UserRow(Base):
     skills: Mapped[list[str]] = mapped_column(JSON)
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # In every token issued to them; raised to revoke those (sign-out, new password).
+    token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class PresenceRow(Base):

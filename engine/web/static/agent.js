@@ -13,10 +13,14 @@ let pc = null, mic = null, callEvents = null, view = null;
 let muted = false, mine = false, ringTimer = null;
 window.ccAgent = { get pc() { return pc; }, get callId() { return callId; }, mediaBytes: (kind) => pc && mediaBytes(pc, kind) };
 
+// X-Requested-With: the engine takes changes made with the sign-in cookie only with it
+// (a page on another site cannot send it), so every call here sends it.
 async function api(path, { method = "GET", body } = {}) {
+  const headers = { "x-requested-with": "ccengine" };
+  if (body !== undefined) headers["content-type"] = "application/json";
   const res = await fetch(path, {
     method,
-    headers: body === undefined ? {} : { "content-type": "application/json" },
+    headers,
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const data = res.status === 204 ? null : await res.json().catch(() => null);

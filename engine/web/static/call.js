@@ -2,6 +2,8 @@ import { connectEvents, esc } from "/static/events.js";
 import { openPeer } from "/static/rtc.js";
 
 const $ = (id) => document.getElementById(id);
+// the engine takes changes made with a cookie (this call's) only with this header
+const WRITE = { "x-requested-with": "ccengine" };
 let pc = null;
 let stream = null;
 let callId = null;
@@ -54,7 +56,7 @@ async function call() {
     ({ pc, mic: stream } = await openPeer({ audio: $("remote"), video: camera ? $("remote-video") : null, camera }));
     const res = await fetch("/api/v1/calls", {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: { "content-type": "application/json", ...WRITE },
       body: JSON.stringify({
         type: "offer", sdp: pc.localDescription.sdp, language: $("language").value,
         caller: $("identity").value.trim() || null, invite,
@@ -99,7 +101,7 @@ function finish(message) {
 
 async function hangup() {
   $("hangup").disabled = true;
-  if (callId) await fetch(`/api/v1/calls/${callId}/hangup`, { method: "POST" }).catch(() => {});
+  if (callId) await fetch(`/api/v1/calls/${callId}/hangup`, { method: "POST", headers: WRITE }).catch(() => {});
   finish("You hung up.");
   setState("ended");
 }
@@ -108,7 +110,7 @@ async function callback() {
   $("callback").disabled = true;
   const res = await fetch(`/api/v1/calls/${callId}/callback`, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers: { "content-type": "application/json", ...WRITE },
     body: JSON.stringify({ contact: $("identity").value.trim() || null }),
   });
   $("callback").disabled = false;
