@@ -3,11 +3,55 @@ optional ``.env`` file."""
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# RFC 7064 / RFC 7065 URIs, as WebRTC takes them: stun:host[:port], turn(s):host[:port]
+# [?transport=udp|tcp]
+ICE_URL = re.compile(
+    r"(?P<scheme>stuns?|turns?):(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\])"
+    r"(?::[0-9]{1,5})?(?:\?transport=(?:udp|tcp))?"
+)
+
+
+class IceServer(BaseModel):
+    """One STUN or TURN server, shaped like WebRTC's RTCIceServer."""
+
+    urls: list[str] = Field(min_length=1)
+    username: str | None = None
+    credential: SecretStr | None = None
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("urls")
+    @classmethod
+    def _ice_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if ICE_URL.fullmatch(url) is None:
+                raise ValueError(f"not a stun:, turn: or turns: URL: {url!r}")
+        return urls
+
+    @model_validator(mode="after")
+    def _turn_needs_credentials(self) -> IceServer:
+        if any(u.startswith("turn") for u in self.urls) and not (self.username and self.credential):
+            raise ValueError("a TURN server needs a username and a credential")
+        return self
+
+    def public(self) -> dict[str, object]:
+        """As a browser's RTCPeerConnection takes it (the credential in clear)."""
+        out: dict[str, object] = {"urls": self.urls}
+        if self.username is not None:
+            out["username"] = self.username
+        if self.credential is not None:
+            out["credential"] = self.credential.get_secret_value()
+        return out
 
 
 class Settings(BaseSettings):
@@ -85,6 +129,11 @@ class Settings(BaseSettings):
     anonymous_rate_per_minute: int = Field(120, ge=1)
     # Origins (https://app.example.com) whose pages may call the API with credentials.
     cors_origins: list[str] = Field(default_factory=list)
+    # STUN/TURN servers for WebRTC, used by the engine's own peer connections and handed
+    # to the pages (GET /api/v1/ice-servers), as JSON: [{"urls": "turn:turn.example.com",
+    # "username": "u", "credential": "p"}]. Empty: none, host candidates only, and no
+    # request to any outside server.
+    ice_servers: list[IceServer] = Field(default_factory=list)
     # Where call recordings (dual-channel WAV) are kept.
     recordings_dir: str = "./recordings"
     # Days the event log keeps events for streams to resume from.
