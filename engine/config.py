@@ -3,6 +3,7 @@ optional ``.env`` file."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from typing import Literal
@@ -155,6 +156,11 @@ class Settings(BaseSettings):
     sip_realm: str = "ccengine"
     # Addresses or networks (CIDR) of carrier trunks, admitted without a password.
     sip_trunks: list[str] = Field(default_factory=list)
+    # A phone call takes RTP only from the address its SDP signalled and the host its
+    # SIP came from; add networks (CIDR) here whose RTP any call should also take (a
+    # carrier whose media gateways are not the address it signals, a SIP proxy in front
+    # of phones behind NAT). "0.0.0.0/0" takes anyone's: the first sender wins the call.
+    sip_rtp_sources: list[str] = Field(default_factory=list)
     # SIP users (desk phones, softphones) and their digest passwords.
     sip_users: dict[str, SecretStr] = Field(default_factory=dict)
     # Numbers (Request-URI users) answered by the contact center; others get 404.
@@ -184,6 +190,13 @@ class Settings(BaseSettings):
     ivr_keys: dict[str, str] = Field(
         default_factory=lambda: {"1": "billing", "2": "technical_support"}
     )
+
+    @field_validator("sip_rtp_sources")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            ipaddress.ip_network(value, strict=False)  # ValueError names the bad one
+        return values
 
 
 @lru_cache

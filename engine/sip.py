@@ -24,7 +24,7 @@ from engine.acd import AcdError
 from engine.callstate import NotAllowed, Overloaded, UnknownCall
 from engine.config import Settings
 from engine.users import Actor
-from media.rtp import RtpSession
+from media.rtp import Refusal, RtpSession
 from media.sip import message as sm
 from media.sip.endpoint import (
     Admission,
@@ -45,7 +45,14 @@ from media.sip.endpoint import (
     SipEndpoint,
 )
 from media.sip.peer import SipPeer
-from media.sip.sdp import NOT_YET, NoCommonCodec, SdpAnswerer, SdpError, parse_offer
+from media.sip.sdp import (
+    NOT_YET,
+    AudioOffer,
+    NoCommonCodec,
+    SdpAnswerer,
+    SdpError,
+    parse_offer,
+)
 from media.sip.transport import SipTransport
 
 if TYPE_CHECKING:
@@ -113,6 +120,8 @@ class SipFront:
         self.registration: RegistrationChanged | None = None  # to the trunk, if we do
         self._trunk_peer: Peer | None = None
         self._trunk_domain = ""
+        refused = calls.metrics.rtp_refused
+        self._refused = {why: refused.labels(why) for why in ("foreign", "stray")}
 
     async def start(self) -> int:
         port = await self.transport.start(self.settings.sip_host, self.settings.sip_port)
@@ -158,6 +167,19 @@ class SipFront:
 
     def _now(self) -> float:
         return time.monotonic()
+
+    def _rtp(self, offer: AudioOffer, peer: Peer, on_dtmf: Callable[[str], None]) -> RtpSession:
+        """A call's RTP session, taking packets only from the SDP's address, the host
+        the SIP came from (a phone behind NAT sends from there) and trusted networks."""
+        return RtpSession(
+            offer,
+            on_dtmf,
+            sources=[peer.host, *self.settings.sip_rtp_sources],
+            on_refused=self._count_refused,
+        )
+
+    def _count_refused(self, why: Refusal) -> None:
+        self._refused[why].inc()
 
     # -- what the endpoint tells us ----------------------------------------------------
 
@@ -251,7 +273,7 @@ class SipFront:
         pc = self._phone.get(ev.call_id)
         if pc is None:
             return  # cancelled already
-        rtp = RtpSession(offer, on_dtmf=lambda digit: self._dtmf(pc, digit))
+        rtp = self._rtp(offer, ev.peer, on_dtmf=lambda digit: self._dtmf(pc, digit))
         rtp.track.held = offer.on_hold
         try:
             port = await rtp.open(self.settings.sip_host)
@@ -353,7 +375,7 @@ class SipFront:
         DialFailed (503 no RTP port, 408 nobody answered in ``ring_for`` s, 488 an
         answer we cannot use, or the far end's own refusal). ``invited`` learns the
         Call-ID before any answer can arrive, so the caller of this can cancel it."""
-        rtp = RtpSession(NOT_YET, on_dtmf=lambda digit: None)
+        rtp = self._rtp(NOT_YET, peer, on_dtmf=lambda digit: None)
         try:
             port = await rtp.open(self.settings.sip_host)
         except OSError as exc:

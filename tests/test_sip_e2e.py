@@ -7,6 +7,7 @@ import contextlib
 import json
 import random
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -770,3 +771,69 @@ def test_caller_dials_an_agent_directly(
     assert sipp.finish(desk, desk_base).ok
     [call] = sip_calls(engine)
     assert wait_ended(engine, call["id"])["escalation_reason"] == "dialled desk7 directly"
+
+
+def _udp_ports(pid: int) -> set[int]:
+    import psutil
+
+    return {c.laddr.port for c in psutil.Process(pid).net_connections(kind="udp4")}
+
+
+def _metric(engine: EngineProcess, line_start: str) -> float:
+    text = httpx.get(f"{engine.url}/metrics", headers=engine.headers).text
+    return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(line_start))
+
+
+def test_a_stranger_cannot_take_over_a_phone_call(
+    phone_engine: EngineProcess, phone_speech: dict[str, Any], tmp_path: Path
+) -> None:
+    """The hijack that worked: the engine latched to whoever sent RTP to a call's port
+    first, so a stranger one second ahead of the phone received all our packets and its
+    audio became the caller's transcript. Now the stranger (another host than the SDP
+    and the SIP signalling named) gets nothing, its packets are counted on /metrics,
+    and the phone is heard and transcribed as before."""
+    refused = 'ccengine_rtp_refused_packets_total{reason="foreign"}'
+    before = _metric(phone_engine, refused)
+    deadline = time.monotonic() + 30  # a fresh engine may still be busy starting
+    while httpx.get(f"{phone_engine.url}/healthz").json()["load"]["state"] != "ok":
+        assert time.monotonic() < deadline, "the engine stays full"
+        time.sleep(0.2)
+    assert phone_engine.proc is not None
+    pid = phone_engine.proc.pid
+    known = _udp_ports(pid)
+    pause = '<pause milliseconds="2000"/>\n'  # answered; the phone's RTP starts after this
+    media = pause + sipp.play(phone_speech["pcap"], phone_speech["seconds"] + 2.5)
+    proc, base = sipp.start(sipp.call_scenario(media), tmp_path / "sipp", phone_engine.sip)
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.bind(("127.0.0.3", 0))
+    stranger.settimeout(0.1)
+    got, new = 0, set()
+    try:
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            if new := _udp_ports(pid) - known:
+                break
+            time.sleep(0.02)
+        if new:
+            [port] = new
+            tone = (np.sin(np.arange(160) * 2 * np.pi * 440 / 8000) * 12000).astype(np.int16)
+            _, loud = sipp.g711_packets(tone)
+            for seq in range(50):  # a second of the stranger's audio, before the phone's
+                header = struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0x666)
+                stranger.sendto(header + loud, ("127.0.0.1", port))
+                time.sleep(0.02)
+            while proc.poll() is None:  # whatever the engine sends the stranger, all call
+                with contextlib.suppress(TimeoutError):
+                    stranger.recv(2048)
+                    got += 1
+    finally:
+        stranger.close()
+        result = sipp.finish(proc, base)
+    assert new, f"no RTP port opened for the call: {result.output}{result.errors}"
+    assert got == 0, f"the stranger received {got} of our packets"
+    assert result.ok, result.output + result.errors  # the call went on to the caller's BYE
+    assert _metric(phone_engine, refused) - before >= 50
+    [call] = sip_calls(phone_engine)
+    detail = wait_ended(phone_engine, call["id"])
+    heard = " ".join(u["text"] for u in detail["transcript"] if u["speaker"] == "caller").lower()
+    assert "order" in heard and "morning" in heard, heard
