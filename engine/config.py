@@ -163,6 +163,13 @@ class Settings(BaseSettings):
     sip_rtp_sources: list[str] = Field(default_factory=list)
     # SIP users (desk phones, softphones) and their digest passwords.
     sip_users: dict[str, SecretStr] = Field(default_factory=dict)
+    # Wrong SIP digest answers within a minute before the address, or the user name,
+    # is refused (503 with Retry-After) for sip_auth_lockout seconds, doubled for each
+    # repeat within a day (at most 15 minutes). A user's lockout does not apply from an
+    # address it signed in from in the last day.
+    sip_auth_max_failures_per_address: int = Field(10, ge=1, le=1000)
+    sip_auth_max_failures_per_user: int = Field(5, ge=1, le=1000)
+    sip_auth_lockout: float = Field(30.0, gt=0, le=900)
     # Numbers (Request-URI users) answered by the contact center; others get 404.
     sip_numbers: list[str] = Field(default_factory=lambda: ["support", "1000"])
     # The carrier trunk for calls we place (callbacks): "host:port", and the digest

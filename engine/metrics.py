@@ -41,6 +41,19 @@ class Metrics:
             "ccengine_redactions", "Sensitive spans redacted from transcripts", registry=r
         )
         self.ended = Counter("ccengine_calls_ended", "Calls ended", ["reason"], registry=r)
+        self.sip_auth_failures = Counter(
+            "ccengine_sip_auth_failures",
+            "SIP digest answers refused: wrong, replay (an answer seen before) or throttled "
+            "(the address or user is locked out)",
+            ["reason"],
+            registry=r,
+        )
+        self.sip_auth_lockouts = Counter(
+            "ccengine_sip_auth_lockouts",
+            "Addresses or user names locked out after repeated wrong SIP digest answers",
+            ["kind"],
+            registry=r,
+        )
         self.rtp_refused = Counter(
             "ccengine_rtp_refused_packets",
             "Phone-call RTP packets refused: from a host the call did not signal (foreign), "

@@ -28,6 +28,8 @@ from media.rtp import Refusal, RtpSession
 from media.sip import message as sm
 from media.sip.endpoint import (
     Admission,
+    AuthFailed,
+    AuthLockedOut,
     Binding,
     CallCancelled,
     CallConfirmed,
@@ -53,6 +55,7 @@ from media.sip.sdp import (
     SdpError,
     parse_offer,
 )
+from media.sip.throttle import AuthThrottle
 from media.sip.transport import SipTransport
 
 if TYPE_CHECKING:
@@ -110,7 +113,14 @@ class SipFront:
         admission = Admission(
             realm=settings.sip_realm, trunks=settings.sip_trunks, passwords=users.get
         )
-        self.endpoint = SipEndpoint(self.public_host, settings.sip_port, admission)
+        throttle = AuthThrottle(
+            per_address=settings.sip_auth_max_failures_per_address,
+            per_user=settings.sip_auth_max_failures_per_user,
+            lockout=settings.sip_auth_lockout,
+        )
+        self.endpoint = SipEndpoint(
+            self.public_host, settings.sip_port, admission, throttle=throttle
+        )
         self.transport = SipTransport(self.endpoint, self._on_event)
         self._phone: dict[str, _PhoneCall] = {}
         self._dialing: dict[str, asyncio.Future[bytes]] = {}
@@ -210,6 +220,19 @@ class SipFront:
             pc = self._phone.get(ev.call_id)
             if pc is not None and pc.call_id is not None:
                 self.calls.press_key(pc.call_id, ev.digit)
+        elif isinstance(ev, AuthFailed):
+            self.calls.metrics.sip_auth_failures.labels(ev.reason).inc()
+            if ev.reason == "replay":
+                log.info("SIP digest answer replayed from %s for %r", ev.host, ev.user)
+        elif isinstance(ev, AuthLockedOut):
+            lock = ev.lockout
+            self.calls.metrics.sip_auth_lockouts.labels(lock.kind).inc()
+            # %r: a user name is whatever the attacker sent, and must not forge log lines
+            log.warning(
+                "SIP brute force? %d wrong digest answers for %s %r within a minute "
+                "(the last from %s): refused for %d s",
+                lock.failures, lock.kind, lock.key, ev.host, lock.seconds,
+            )  # fmt: skip
         elif isinstance(ev, Registered):
             log.info("SIP %s %s -> %s", "registered" if ev.expires else "unregistered",
                      ev.aor, ev.contact)  # fmt: skip

@@ -20,6 +20,7 @@ import pytest
 import websockets
 
 from engine.client import ApiError, Client
+from media.sip import message as sm
 from media.wavtrack import read_wav_mono
 from tests import sipp, speech
 from tests.engine_proc import EngineProcess, free_port
@@ -837,3 +838,74 @@ def test_a_stranger_cannot_take_over_a_phone_call(
     detail = wait_ended(phone_engine, call["id"])
     heard = " ".join(u["text"] for u in detail["transcript"] if u["speaker"] == "caller").lower()
     assert "order" in heard and "morning" in heard, heard
+
+
+def _register(user: str, cseq: int, branch: str, sock: socket.socket, engine: EngineProcess,
+              auth: str = "", expires: int = 60) -> sm.SipResponse:  # fmt: skip
+    """One REGISTER over UDP from ``sock``; the engine's final answer."""
+    host, port = sock.getsockname()
+    uri = f"sip:127.0.0.1:{engine.sip_port}"
+    msg = (
+        f"REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{branch}\r\n"
+        f"From: <sip:{user}@127.0.0.1>;tag=rt{branch}\r\nTo: <sip:{user}@127.0.0.1>\r\n"
+        f"Call-ID: reg-{user}-{port}\r\nCSeq: {cseq} REGISTER\r\n"
+        f"Contact: <sip:{user}@{host}:{port}>\r\nExpires: {expires}\r\nMax-Forwards: 70\r\n"
+        + (f"Authorization: {auth}\r\n" if auth else "")
+        + "Content-Length: 0\r\n\r\n"
+    )
+    sock.sendto(msg.encode(), ("127.0.0.1", engine.sip_port))
+    while True:
+        reply = sm.parse(sock.recv(65535))
+        assert isinstance(reply, sm.SipResponse)
+        if reply.status_code >= 200:
+            return reply
+
+
+def test_digest_answers_do_not_replay_and_guessing_is_locked_out(
+    phone_engine: EngineProcess, tmp_path: Path
+) -> None:
+    """Against a real engine over UDP: a captured Authorization sent again got 200 (nc was
+    not tracked) and 2,363 guesses a second went unthrottled. Now the replay is
+    challenged afresh (401 stale=true) while the phone's next count is accepted, and a
+    burst of guesses is cut off after five with 503 and Retry-After, counted on /metrics
+    and raised as a warning in the log."""
+    from tests.test_sip_core import digest
+
+    uri = f"sip:127.0.0.1:{phone_engine.sip_port}"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
+        phone.bind(("127.0.0.5", 0))
+        phone.settimeout(5)
+        challenge = _register("deskphone7", 1, "p1", phone, phone_engine)
+        assert challenge.status_code == 401
+        ch = challenge.headers.get_first("www-authenticate") or ""
+        auth = digest(ch, "deskphone7", "s3cret-pass", "REGISTER", uri)
+        assert _register("deskphone7", 2, "p2", phone, phone_engine, auth).status_code == 200
+        replayed = _register("deskphone7", 3, "p3", phone, phone_engine, auth)
+        assert replayed.status_code == 401, replayed.status_code
+        assert "stale=true" in (replayed.headers.get_first("www-authenticate") or "")
+        next_count = digest(ch, "deskphone7", "s3cret-pass", "REGISTER", uri, nc=2)
+        off = _register("deskphone7", 4, "p4", phone, phone_engine, next_count, expires=0)
+        assert off.status_code == 200  # unregistered again, with the nonce's next count
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
+        attacker.bind(("127.0.0.4", 0))
+        attacker.settimeout(5)
+        ch = (
+            _register("bf-target", 1, "g0", attacker, phone_engine).headers.get_first(
+                "www-authenticate"
+            )
+            or ""
+        )
+        answers = []
+        for n in range(1, 41):
+            guess = digest(ch, "bf-target", f"guess-{n}", "REGISTER", uri, nc=n)
+            r = _register("bf-target", n + 1, f"g{n}", attacker, phone_engine, guess)
+            answers.append((r.status_code, r.headers.get_first("retry-after")))
+    assert answers[:5] == [(403, None)] * 5, answers
+    assert {status for status, _ in answers[5:]} == {503}
+    assert all(after is not None and 1 <= int(after) <= 30 for _, after in answers[5:])
+    metrics = httpx.get(f"{phone_engine.url}/metrics", headers=phone_engine.headers).text
+    assert _metric(phone_engine, 'ccengine_sip_auth_failures_total{reason="replay"}') >= 1
+    assert _metric(phone_engine, 'ccengine_sip_auth_failures_total{reason="throttled"}') >= 35
+    assert 'ccengine_sip_auth_lockouts_total{kind="user"}' in metrics
+    log = phone_engine.log.read_text()
+    assert "SIP brute force? 5 wrong digest answers for user 'bf-target'" in log
