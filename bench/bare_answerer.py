@@ -8,7 +8,7 @@ import asyncio
 import uuid
 
 import uvicorn
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from fastapi import FastAPI
 from pydantic import BaseModel
@@ -36,7 +36,7 @@ async def drain(call_id: str, track: MediaStreamTrack) -> None:
 
 @app.post("/api/v1/calls", status_code=201)
 async def create(offer: Offer) -> dict[str, str]:
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # as the engine: no STUN
     call_id = str(uuid.uuid4())
     peers[call_id] = pc
 

@@ -93,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sip = sip
         calls.desk_phones = sip
         capacity.start()  # after start-up's own work, which is not load
+        urls = [u for server in settings.ice_servers for u in server.urls]
+        log.info("WebRTC ICE servers: %s", ", ".join(urls) or "none (host candidates only)")
         log.info("ccengine ready on http://%s:%s", settings.host, settings.port)
         try:
             yield

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from aiortc import RTCIceServer
 
 from engine.acd import (
     DEFAULT_QUEUES,
@@ -61,7 +62,7 @@ from engine.callstate import (
     queue_announcement,
     transfer_prompt,
 )
-from engine.config import Settings
+from engine.config import IceServer, Settings
 from engine.content import QUEUE, Content
 from engine.escalation import CallEscalation, Decision, EmotionSample, Utterance
 from engine.events import (
@@ -139,6 +140,18 @@ CALLBACK_PROMPT_TIMEOUT = 15.0
 HISTORY_LIMIT = 10
 
 
+def aiortc_ice_servers(servers: list[IceServer]) -> list[RTCIceServer]:
+    """The configured STUN/TURN servers for our own peer connections (empty: none)."""
+    return [
+        RTCIceServer(
+            urls=s.urls,
+            username=s.username,
+            credential=s.credential.get_secret_value() if s.credential else None,
+        )
+        for s in servers
+    ]
+
+
 class CallManager:
     # rings agents' SIP desk phones along with their browser desk (engine/sip.py)
     desk_phones: DeskPhones | None = None
@@ -167,6 +180,7 @@ class CallManager:
         self.speaker: Speaker | None = None
         self._warmup: asyncio.Task[None] | None = None
         self._usernames: dict[str, str] = {}
+        self.ice_servers = aiortc_ice_servers(settings.ice_servers)
         if settings.knowledge_base:
             log.info("knowledge base: %d articles", len(self.content.knowledge.articles))
 
@@ -315,7 +329,9 @@ class CallManager:
     ) -> tuple[Call, str]:
         call = self._new_call("webrtc", language, caller)
         leg = Leg(str(uuid.uuid4()), "caller", "webrtc")
-        peer = leg.peer = WebRtcLeg(on_ended=lambda reason: self.end_call(call.id, reason))
+        peer = leg.peer = WebRtcLeg(
+            on_ended=lambda reason: self.end_call(call.id, reason), ice_servers=self.ice_servers
+        )
         try:
             answer, _summary = await peer.answer(sdp)
         except BaseException:
@@ -495,7 +511,9 @@ class CallManager:
         call = self.get(call_id)
         self.acd.ringing(user.id, call_id)  # before any media work: AcdError if not
         leg = Leg(str(uuid.uuid4()), "agent", "webrtc", user_id=user.id)
-        peer = leg.peer = WebRtcLeg(on_ended=lambda reason: self._agent_leg_ended(call, leg))
+        peer = leg.peer = WebRtcLeg(
+            on_ended=lambda reason: self._agent_leg_ended(call, leg), ice_servers=self.ice_servers
+        )
         caller_peer = call.caller_leg().peer
         caller_camera = caller_peer is not None and caller_peer.video_in.track.done()
         try:

@@ -4,12 +4,56 @@ optional ``.env`` file."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# RFC 7064 / RFC 7065 URIs, as WebRTC takes them: stun:host[:port], turn(s):host[:port]
+# [?transport=udp|tcp]
+ICE_URL = re.compile(
+    r"(?P<scheme>stuns?|turns?):(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\])"
+    r"(?::[0-9]{1,5})?(?:\?transport=(?:udp|tcp))?"
+)
+
+
+class IceServer(BaseModel):
+    """One STUN or TURN server, shaped like WebRTC's RTCIceServer."""
+
+    urls: list[str] = Field(min_length=1)
+    username: str | None = None
+    credential: SecretStr | None = None
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("urls")
+    @classmethod
+    def _ice_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if ICE_URL.fullmatch(url) is None:
+                raise ValueError(f"not a stun:, turn: or turns: URL: {url!r}")
+        return urls
+
+    @model_validator(mode="after")
+    def _turn_needs_credentials(self) -> IceServer:
+        if any(u.startswith("turn") for u in self.urls) and not (self.username and self.credential):
+            raise ValueError("a TURN server needs a username and a credential")
+        return self
+
+    def public(self) -> dict[str, object]:
+        """As a browser's RTCPeerConnection takes it (the credential in clear)."""
+        out: dict[str, object] = {"urls": self.urls}
+        if self.username is not None:
+            out["username"] = self.username
+        if self.credential is not None:
+            out["credential"] = self.credential.get_secret_value()
+        return out
 
 
 class Settings(BaseSettings):
@@ -101,6 +145,11 @@ class Settings(BaseSettings):
     # Networks (CIDR) that webhooks may reach although they are loopback, private,
     # link-local or otherwise not public: ["10.20.0.0/16"]; empty: public addresses only.
     webhook_allowed_networks: list[str] = Field(default_factory=list)
+    # STUN/TURN servers for WebRTC, used by the engine's own peer connections and handed
+    # to the pages (GET /api/v1/ice-servers), as JSON: [{"urls": "turn:turn.example.com",
+    # "username": "u", "credential": "p"}]. Empty: none, host candidates only, and no
+    # request to any outside server.
+    ice_servers: list[IceServer] = Field(default_factory=list)
     # Where call recordings (dual-channel WAV) are kept.
     recordings_dir: str = "./recordings"
     # Days the event log keeps events for streams to resume from.
@@ -122,8 +171,20 @@ class Settings(BaseSettings):
     sip_realm: str = "ccengine"
     # Addresses or networks (CIDR) of carrier trunks, admitted without a password.
     sip_trunks: list[str] = Field(default_factory=list)
+    # A phone call takes RTP only from the address its SDP signalled and the host its
+    # SIP came from; add networks (CIDR) here whose RTP any call should also take (a
+    # carrier whose media gateways are not the address it signals, a SIP proxy in front
+    # of phones behind NAT). "0.0.0.0/0" takes anyone's: the first sender wins the call.
+    sip_rtp_sources: list[str] = Field(default_factory=list)
     # SIP users (desk phones, softphones) and their digest passwords.
     sip_users: dict[str, SecretStr] = Field(default_factory=dict)
+    # Wrong SIP digest answers within a minute before the address, or the user name,
+    # is refused (503 with Retry-After) for sip_auth_lockout seconds, doubled for each
+    # repeat within a day (at most 15 minutes). A user's lockout does not apply from an
+    # address it signed in from in the last day.
+    sip_auth_max_failures_per_address: int = Field(10, ge=1, le=1000)
+    sip_auth_max_failures_per_user: int = Field(5, ge=1, le=1000)
+    sip_auth_lockout: float = Field(30.0, gt=0, le=900)
     # Numbers (Request-URI users) answered by the contact center; others get 404.
     sip_numbers: list[str] = Field(default_factory=lambda: ["support", "1000"])
     # The carrier trunk for calls we place (callbacks): "host:port", and the digest
@@ -161,7 +222,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
         return origins
 
-    @field_validator("trusted_proxies", "webhook_allowed_networks")
+    @field_validator("trusted_proxies", "webhook_allowed_networks", "sip_rtp_sources")
     @classmethod
     def _networks(cls, networks: list[str]) -> list[str]:
         for network in networks:

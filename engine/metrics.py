@@ -41,6 +41,26 @@ class Metrics:
             "ccengine_redactions", "Sensitive spans redacted from transcripts", registry=r
         )
         self.ended = Counter("ccengine_calls_ended", "Calls ended", ["reason"], registry=r)
+        self.sip_auth_failures = Counter(
+            "ccengine_sip_auth_failures",
+            "SIP digest answers refused: wrong, replay (an answer seen before) or throttled "
+            "(the address or user is locked out)",
+            ["reason"],
+            registry=r,
+        )
+        self.sip_auth_lockouts = Counter(
+            "ccengine_sip_auth_lockouts",
+            "Addresses or user names locked out after repeated wrong SIP digest answers",
+            ["kind"],
+            registry=r,
+        )
+        self.rtp_refused = Counter(
+            "ccengine_rtp_refused_packets",
+            "Phone-call RTP packets refused: from a host the call did not signal (foreign), "
+            "or from another address of one while the call's stream goes on (stray)",
+            ["reason"],
+            registry=r,
+        )
         # admission (engine/capacity.py): refusals count in ``rejected`` as loop_lag,
         # backlog, cpu or limit
         self.loop_lag = Histogram(

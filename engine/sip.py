@@ -24,10 +24,12 @@ from engine.acd import AcdError
 from engine.callstate import NotAllowed, Overloaded, UnknownCall
 from engine.config import Settings
 from engine.users import Actor
-from media.rtp import RtpSession
+from media.rtp import Refusal, RtpSession
 from media.sip import message as sm
 from media.sip.endpoint import (
     Admission,
+    AuthFailed,
+    AuthLockedOut,
     Binding,
     CallCancelled,
     CallConfirmed,
@@ -45,7 +47,15 @@ from media.sip.endpoint import (
     SipEndpoint,
 )
 from media.sip.peer import SipPeer
-from media.sip.sdp import NOT_YET, NoCommonCodec, SdpAnswerer, SdpError, parse_offer
+from media.sip.sdp import (
+    NOT_YET,
+    AudioOffer,
+    NoCommonCodec,
+    SdpAnswerer,
+    SdpError,
+    parse_offer,
+)
+from media.sip.throttle import AuthThrottle
 from media.sip.transport import SipTransport
 
 if TYPE_CHECKING:
@@ -103,7 +113,14 @@ class SipFront:
         admission = Admission(
             realm=settings.sip_realm, trunks=settings.sip_trunks, passwords=users.get
         )
-        self.endpoint = SipEndpoint(self.public_host, settings.sip_port, admission)
+        throttle = AuthThrottle(
+            per_address=settings.sip_auth_max_failures_per_address,
+            per_user=settings.sip_auth_max_failures_per_user,
+            lockout=settings.sip_auth_lockout,
+        )
+        self.endpoint = SipEndpoint(
+            self.public_host, settings.sip_port, admission, throttle=throttle
+        )
         self.transport = SipTransport(self.endpoint, self._on_event)
         self._phone: dict[str, _PhoneCall] = {}
         self._dialing: dict[str, asyncio.Future[bytes]] = {}
@@ -113,6 +130,8 @@ class SipFront:
         self.registration: RegistrationChanged | None = None  # to the trunk, if we do
         self._trunk_peer: Peer | None = None
         self._trunk_domain = ""
+        refused = calls.metrics.rtp_refused
+        self._refused = {why: refused.labels(why) for why in ("foreign", "stray")}
 
     async def start(self) -> int:
         port = await self.transport.start(self.settings.sip_host, self.settings.sip_port)
@@ -159,6 +178,19 @@ class SipFront:
     def _now(self) -> float:
         return time.monotonic()
 
+    def _rtp(self, offer: AudioOffer, peer: Peer, on_dtmf: Callable[[str], None]) -> RtpSession:
+        """A call's RTP session, taking packets only from the SDP's address, the host
+        the SIP came from (a phone behind NAT sends from there) and trusted networks."""
+        return RtpSession(
+            offer,
+            on_dtmf,
+            sources=[peer.host, *self.settings.sip_rtp_sources],
+            on_refused=self._count_refused,
+        )
+
+    def _count_refused(self, why: Refusal) -> None:
+        self._refused[why].inc()
+
     # -- what the endpoint tells us ----------------------------------------------------
 
     def _on_event(self, ev: Event) -> None:
@@ -188,6 +220,19 @@ class SipFront:
             pc = self._phone.get(ev.call_id)
             if pc is not None and pc.call_id is not None:
                 self.calls.press_key(pc.call_id, ev.digit)
+        elif isinstance(ev, AuthFailed):
+            self.calls.metrics.sip_auth_failures.labels(ev.reason).inc()
+            if ev.reason == "replay":
+                log.info("SIP digest answer replayed from %s for %r", ev.host, ev.user)
+        elif isinstance(ev, AuthLockedOut):
+            lock = ev.lockout
+            self.calls.metrics.sip_auth_lockouts.labels(lock.kind).inc()
+            # %r: a user name is whatever the attacker sent, and must not forge log lines
+            log.warning(
+                "SIP brute force? %d wrong digest answers for %s %r within a minute "
+                "(the last from %s): refused for %d s",
+                lock.failures, lock.kind, lock.key, ev.host, lock.seconds,
+            )  # fmt: skip
         elif isinstance(ev, Registered):
             log.info("SIP %s %s -> %s", "registered" if ev.expires else "unregistered",
                      ev.aor, ev.contact)  # fmt: skip
@@ -251,7 +296,7 @@ class SipFront:
         pc = self._phone.get(ev.call_id)
         if pc is None:
             return  # cancelled already
-        rtp = RtpSession(offer, on_dtmf=lambda digit: self._dtmf(pc, digit))
+        rtp = self._rtp(offer, ev.peer, on_dtmf=lambda digit: self._dtmf(pc, digit))
         rtp.track.held = offer.on_hold
         try:
             port = await rtp.open(self.settings.sip_host)
@@ -353,7 +398,7 @@ class SipFront:
         DialFailed (503 no RTP port, 408 nobody answered in ``ring_for`` s, 488 an
         answer we cannot use, or the far end's own refusal). ``invited`` learns the
         Call-ID before any answer can arrive, so the caller of this can cancel it."""
-        rtp = RtpSession(NOT_YET, on_dtmf=lambda digit: None)
+        rtp = self._rtp(NOT_YET, peer, on_dtmf=lambda digit: None)
         try:
             port = await rtp.open(self.settings.sip_host)
         except OSError as exc:

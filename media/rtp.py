@@ -11,11 +11,13 @@ Packet parsing, loss concealment and the codecs come from aiortp; what is ours:
   resampler, so packet boundaries leave no clicks);
 * :meth:`RtpSession.send_from` paces our side (prompts, the agent, hold audio)
   from an :class:`~media.outbound.OutboundAudioTrack` into RTP packets;
-* :class:`DtmfDetector` reports each key press once.
+* :class:`DtmfDetector` reports each key press once;
+* :class:`SourceLatch` decides whose packets a call takes and where ours go.
 
 Symmetric RTP (RFC 4961): we send to where the caller's packets come from once
-they arrive, which is what works behind NAT; packets from any other address are
-ignored, so nobody can inject audio into a call by guessing its port.
+they arrive, which is what works behind NAT. But only from the hosts the call
+signalled: latching to whoever sent first let a stranger who guessed the port a
+second early take the call over (hear us, and be transcribed as the caller).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import fractions
+import ipaddress
 import logging
 import secrets
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import av
 import numpy as np
@@ -48,6 +52,10 @@ RTP_CLOCK = 8000  # G.711 and, by RFC 3551's quirk, G.722 (whose audio is 16 kHz
 MAX_QUEUED_CHUNKS = 500  # 10 s of caller audio waiting for the pipeline
 HOLD_SILENCE = 0.1  # while the caller holds us: a silent frame every 100 ms keeps time
 SSRC_HOLD = 0.5  # a new SSRC replaces the current one only after this much silence
+RELATCH_PACKETS = 10  # 200 ms of one in-sequence stream from a new address of an allowed host
+RELATCH_QUIET = 0.5  # ... and only once the latched address has been silent this long
+
+Refusal = Literal["foreign", "stray"]
 
 
 class DtmfDetector:
@@ -139,6 +147,83 @@ class ReorderBuffer:
         return out
 
 
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None  # a name in the SDP: we never resolve it, so it matches nothing
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+    return ip
+
+
+class SourceLatch:
+    """Whose RTP a call takes, and where ours goes: symmetric RTP a stranger cannot win.
+
+    Theory of operation. A packet counts only if it comes from an *allowed* host: the
+    address the SDP signalled, the host the SIP signalling came from (a phone behind NAT
+    signals its private address but sends from the public one its INVITE came from),
+    and networks the operator trusts (``sources``). Any other host is *foreign*: refused
+    before the packet is even parsed, however early it comes. Among allowed hosts the
+    first packet latches (the port a NAT picked is not known in advance); after that,
+    another address is a *stray* and is refused, unless it proves itself a sustained
+    stream while the latched one has gone quiet (a NAT rebinding, a re-routed call)::
+
+        state      event                                              -> state
+        SIGNALLED  packet from a foreign host                         -> SIGNALLED, refused
+        SIGNALLED  packet from an allowed host                        -> LATCHED to it
+        LATCHED    packet from the latched address                    -> LATCHED
+        LATCHED    packet from a foreign host                         -> LATCHED, refused
+        LATCHED    packet from another allowed address                -> LATCHED, refused
+        LATCHED    its RELATCH_PACKETS-th in sequence, the latched    -> LATCHED to it
+                   address silent for RELATCH_QUIET
+        any        a new signalled address (re-INVITE)                -> SIGNALLED
+
+    The same model as rtpengine's strict-source with its media hand-over, and Asterisk's
+    strictrtp learning from a run of sequential packets, with the learning limited to
+    the hosts signalling vouches for. Sans-IO: times are passed in.
+    """
+
+    def __init__(self, signalled: tuple[str, int], sources: Iterable[str] = ()) -> None:
+        self._trusted = [ipaddress.ip_network(s, strict=False) for s in sources]
+        self.resignal(signalled)
+
+    def resignal(self, signalled: tuple[str, int]) -> None:
+        """A (new) address from the SDP: send there until its stream arrives."""
+        self.signalled = signalled
+        ip = _ip(signalled[0])
+        self._allowed = self._trusted + ([ipaddress.ip_network(ip)] if ip else [])
+        self.remote: tuple[str, int] = signalled
+        self.latched = False
+        self._heard_at = float("-inf")
+        self._candidate: tuple[str, int] | None = None
+        self._run = 0
+        self._next_seq = 0
+
+    def allowed(self, addr: tuple[str, int]) -> bool:
+        ip = _ip(addr[0])
+        return ip is not None and any(ip in net for net in self._allowed)
+
+    def admit(self, addr: tuple[str, int], seq: int, now: float) -> bool:
+        """A parsed packet of ours from an allowed host: take it (perhaps latching or
+        re-latching to ``addr``), or refuse it as a stray."""
+        addr = (addr[0], addr[1])
+        if not self.latched or addr == self.remote:
+            self.remote, self.latched, self._heard_at = addr, True, now
+            self._candidate = None
+            return True
+        if addr == self._candidate and seq == self._next_seq:
+            self._run += 1
+        else:
+            self._candidate, self._run = addr, 1
+        self._next_seq = (seq + 1) & 0xFFFF
+        if self._run >= RELATCH_PACKETS and now - self._heard_at >= RELATCH_QUIET:
+            log.info("RTP re-latched from %s:%s to %s:%s", *self.remote, *addr)
+            self.remote, self._heard_at, self._candidate = addr, now, None
+            return True
+        return False
+
+
 class RtpInboundTrack(MediaStreamTrack):
     """The caller's voice as 48 kHz mono frames for the pipeline and the bridge."""
 
@@ -187,19 +272,33 @@ class RtpStats:
     packets_in: int = 0
     packets_out: int = 0
     concealed: int = 0  # 20 ms frames filled in for lost packets
-    ignored: int = 0  # bad packets, other payload types, other sources
+    ignored: int = 0  # bad packets, other payload types, a second SSRC
+    foreign: int = 0  # from a host the call did not signal
+    stray: int = 0  # from another address of an allowed host while the call's stream goes on
     dtmf: int = 0
 
 
 class RtpSession(asyncio.DatagramProtocol):
-    def __init__(self, offer: AudioOffer, on_dtmf: Callable[[str], None]) -> None:
+    """One call's RTP. ``sources``: hosts or networks besides the SDP's address whose
+    packets count (the SIP peer's address, networks the operator trusts); ``on_refused``
+    hears of each packet refused, and why (see :class:`SourceLatch`)."""
+
+    def __init__(
+        self,
+        offer: AudioOffer,
+        on_dtmf: Callable[[str], None],
+        *,
+        sources: Iterable[str] = (),
+        on_refused: Callable[[Refusal], None] | None = None,
+    ) -> None:
         self.offer = offer
         self.on_dtmf = on_dtmf
+        self.on_refused = on_refused
         self.track = RtpInboundTrack()
         self.stats = RtpStats()
         self._transport: asyncio.DatagramTransport | None = None
-        self.remote: tuple[str, int] | None = (offer.address, offer.port)
-        self._latched = False
+        self.latch = SourceLatch((offer.address, offer.port), sources)
+        self._warned: set[Refusal] = set()
         self._jitter = ReorderBuffer(depth=3)
         self._set_codec(offer.payload_type)
         self._ssrc_in: int | None = None
@@ -227,10 +326,15 @@ class RtpSession(asyncio.DatagramProtocol):
         self._up = soxr.ResampleStream(rate, SEND_RATE, 1, dtype="int16", quality="MQ")
         self._down = soxr.ResampleStream(SEND_RATE, rate, 1, dtype="int16", quality="MQ")
 
+    @property
+    def remote(self) -> tuple[str, int]:
+        """Where our packets go: the latched source, else the signalled address."""
+        return self.latch.remote
+
     def update(self, offer: AudioOffer) -> None:
         """A re-INVITE: hold, resume, or a new address."""
         if (offer.address, offer.port) != (self.offer.address, self.offer.port):
-            self.remote, self._latched = (offer.address, offer.port), False
+            self.latch.resignal((offer.address, offer.port))
         if offer.payload_type != self.offer.payload_type:
             self._set_codec(offer.payload_type)  # the answer to our offer chose
             self._jitter.reset()
@@ -248,9 +352,21 @@ class RtpSession(asyncio.DatagramProtocol):
             self.stats.ignored += 1
             log.exception("RTP packet from %s:%s could not be handled", *addr[:2])
 
+    def _refuse(self, why: Refusal, addr: tuple[str, int]) -> None:
+        if why == "foreign":
+            self.stats.foreign += 1
+        else:
+            self.stats.stray += 1
+        if why not in self._warned:  # once per call and kind: a flood must not flood the log
+            self._warned.add(why)
+            log.warning("RTP from %s:%s refused on port %d (%s): the call signalled %s:%s",
+                        addr[0], addr[1], self.port, why, *self.latch.remote)  # fmt: skip
+        if self.on_refused is not None:
+            self.on_refused(why)
+
     def _receive(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._latched and addr != self.remote:
-            self.stats.ignored += 1
+        if not self.latch.allowed(addr):
+            self._refuse("foreign", addr)
             return
         if len(data) < 12 or is_rtcp(data):
             return
@@ -263,14 +379,15 @@ class RtpSession(asyncio.DatagramProtocol):
             self.stats.ignored += 1  # our own stream come back: a loop (RFC 3550 §8.2)
             return
         now = time.monotonic()
+        if not self.latch.admit(addr, packet.sequence_number, now):
+            self._refuse("stray", addr)
+            return
         if packet.ssrc != self._ssrc_in:
             if self._ssrc_in is not None and now - self._heard_at < SSRC_HOLD:
                 self.stats.ignored += 1  # a second stream while the first still plays
                 return
             self._ssrc_in = packet.ssrc  # a new source (the far end re-routed the call)
             self._jitter.reset()
-        if not self._latched:
-            self.remote, self._latched = addr, True
         self._heard_at = now
         self.stats.packets_in += 1
         if packet.payload_type == self.offer.dtmf_payload_type:
@@ -345,7 +462,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self, pt: int, event: int, timestamp: int, duration: int, *, end: bool,
         marker: bool = False,
     ) -> None:  # fmt: skip
-        if self._transport is None or self.remote is None or not self.remote[1]:
+        if self._transport is None or not self.remote[1]:
             return
         payload = struct.pack("!BBH", event, (0x80 if end else 0) | 10, duration)
         packet = RtpPacket(
@@ -358,7 +475,7 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def _send(self, pcm: np.ndarray) -> None:
         self._ts = (self._ts + RTP_CLOCK * self.offer.ptime // 1000) & 0xFFFFFFFF
-        if self._transport is None or self.remote is None or not self.remote[1]:
+        if self._transport is None or not self.remote[1]:
             return
         if self.offer.on_hold:
             return  # the caller put us on hold: RFC 3264 §8.4 says send nothing

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import av
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError
 
 from media.bridge import ForwardedVideoTrack, VideoIn
@@ -28,8 +34,16 @@ log = logging.getLogger(__name__)
 class WebRtcLeg:
     """One browser/app peer. Owns its RTCPeerConnection."""
 
-    def __init__(self, on_ended: Callable[[str], Awaitable[None]]) -> None:
-        self.pc = RTCPeerConnection()
+    def __init__(
+        self,
+        on_ended: Callable[[str], Awaitable[None]],
+        *,
+        ice_servers: Sequence[RTCIceServer],
+    ) -> None:
+        # always a list, never None: given None, aiortc asks stun.l.google.com on every
+        # call (a lookup and a request nobody configured, which leaks call timing and
+        # stalls gathering where there is no DNS); empty means host candidates only
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
         self._on_ended = on_ended
         self._ended = False
         # what the caller hears: prompts now, the agent once bridged

@@ -13,7 +13,13 @@ import av
 import httpx
 import numpy as np
 import websockets
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+    VideoStreamTrack,
+)
 from aiortc.mediastreams import MediaStreamError
 
 from media.wavtrack import WavFileTrack
@@ -47,7 +53,8 @@ class Caller:
         self.wav = wav
         self.language = language
         self.caller = caller
-        self.pc = RTCPeerConnection()
+        # no ICE servers: aiortc's default asks a public STUN server on every call
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.track = WavFileTrack(str(wav))
         self.pc.addTrack(self.track)
         if camera is not None:

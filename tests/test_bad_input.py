@@ -41,6 +41,14 @@ async def test_bad_offers_and_requests(engine: EngineProcess, voices: dict[str, 
         # a well-formed but unusable WebRTC offer (no ICE credentials aiortc can use)
         broken = CHROMIUM.replace("a=ice-pwd:", "a=x-ice-pwd:")
         assert_problem(await http.post(post, json={"sdp": broken}), 400, "offer rejected")
+        # shapes aiortc's parser raised on (RuntimeError, AssertionError): once a 500
+        opus = "a=rtpmap:111 opus/48000/2\n"
+        for extra, reason in [
+            ("a=fmtp:77 foo=1", "a=fmtp for payload type 77, which this media section does not"),
+            ("a=candidate:1 1 udp", "a=candidate needs foundation, component"),
+        ]:
+            shape = CHROMIUM.replace(opus, f"{opus}{extra}\n")
+            assert_problem(await http.post(post, json={"sdp": shape}), 400, reason)
         body = assert_problem(
             await http.post(
                 post, content=b"{not json", headers={"content-type": "application/json"}

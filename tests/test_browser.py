@@ -328,3 +328,67 @@ def test_phone_caller_reaches_an_agent_in_the_browser(tmp_path: Path, output_dir
         assert voiced_seconds(received) >= 2.0
     finally:
         engine.stop()
+
+
+class StunServer:
+    """A STUN server on the loopback (RFC 5389 Binding only) that counts who asked."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.asked: list[tuple[str, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from aioice import stun
+
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(2048)
+                request = stun.parse_message(data)
+            except (TimeoutError, ValueError):
+                continue
+            if request.message_method != stun.Method.BINDING:
+                continue
+            self.asked.append(addr)
+            response = stun.Message(
+                stun.Method.BINDING, stun.Class.RESPONSE, request.transaction_id,
+                {"XOR-MAPPED-ADDRESS": (addr[0], addr[1])},
+            )  # fmt: skip
+            response.add_fingerprint()
+            self.sock.sendto(bytes(response), addr)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def test_caller_page_uses_the_configured_ice_servers(tmp_path: Path, browser: Browser) -> None:
+    """The caller page's RTCPeerConnection gets the engine's configured STUN server (from
+    GET /api/v1/ice-servers), asks it, and the call still goes through."""
+    stun_server = StunServer()
+    url = f"stun:127.0.0.1:{stun_server.port}"
+    engine = EngineProcess(tmp_path / "engine", CCENGINE_ICE_SERVERS=f'[{{"urls": "{url}"}}]')
+    engine.start()
+    try:
+        context = browser.new_context(permissions=["microphone"])
+        page = context.new_page()
+        page.goto(f"{engine.url}/call")
+        page.get_by_test_id("call").click()
+        expect(page.get_by_test_id("state")).to_have_text("active", timeout=20_000)
+        given = page.evaluate("window.ccengineCall.pc.getConfiguration().iceServers")
+        page.get_by_test_id("hangup").click()
+        context.close()
+    finally:
+        engine.stop()
+        stun_server.close()
+    assert [s["urls"] for s in given] == [[url]], given
+    assert stun_server.asked, "nobody asked the configured STUN server"

@@ -212,3 +212,87 @@ def test_no_telephone_event_means_inband_tones() -> None:
     peaks = sorted(np.argsort(spectrum)[-2:] * 16000 / 1600)
     assert peaks == [770, 1340] or (abs(peaks[0] - 770) <= 10 and abs(peaks[1] - 1336) <= 10)
     assert valid_digits("12*#ab") and not valid_digits("12x") and not valid_digits("")
+
+
+# -- whose RTP a phone call takes -----------------------------------------------------------
+
+PHONE_SDP = ("192.0.2.10", 4000)  # the address the phone's SDP signalled
+STRANGER = ("198.51.100.66", 4000)
+
+
+def rtp_packet(seq: int, payload: bytes, pt: int = 0, ssrc: int = 0xABC) -> bytes:
+    return struct.pack("!BBHII", 0x80, pt, seq & 0xFFFF, seq * 160, ssrc) + payload
+
+
+async def test_a_stranger_sending_first_does_not_take_the_call() -> None:
+    """The hijack: whoever sent RTP first to a call's port was latched, so an attacker
+    one second early got all our audio and its own became the caller's. Now its packets
+    (audio and keys alike) are refused and counted, and the phone that the SDP named
+    still latches when its stream starts, and is heard."""
+    import numpy as np
+    from aiortp.codecs import get_codec
+
+    from media.rtp import RtpSession
+    from media.sip.sdp import AudioOffer
+
+    offer = AudioOffer(*PHONE_SDP, 0, "PCMU", 101, "sendrecv", 20, (), 0)
+    refused: list[str] = []
+    keys: list[str] = []
+    rtp = RtpSession(offer, on_dtmf=keys.append, sources=["192.0.2.10"], on_refused=refused.append)
+    codec = get_codec(0)
+    loud = codec.encode((np.ones(160) * 12000).astype("<i2").tobytes())
+    for seq in range(50):  # a second of the stranger's audio, and a key
+        rtp.datagram_received(rtp_packet(seq, loud, ssrc=0x666), STRANGER)
+    rtp.datagram_received(rtp_packet(50, event(5, True), pt=101, ssrc=0x666), STRANGER)
+    assert rtp.remote == PHONE_SDP  # our audio still goes to the phone
+    assert rtp.stats.packets_in == 0 and rtp.track._queue.empty()  # type: ignore[attr-defined]
+    quiet = codec.encode(np.zeros(160, dtype="<i2").tobytes())
+    phone_port = ("192.0.2.10", 4002)  # the phone sends from another port: still it
+    for seq in range(1000, 1050):
+        rtp.datagram_received(rtp_packet(seq, quiet), phone_port)
+    for seq in range(51, 60):  # the stranger goes on
+        rtp.datagram_received(rtp_packet(seq, loud, ssrc=0x666), STRANGER)
+    assert rtp.remote == phone_port and rtp.stats.packets_in == 50
+    assert rtp.stats.foreign == 60 and refused == ["foreign"] * 60 and keys == []
+    heard = []
+    while not rtp.track._queue.empty():  # type: ignore[attr-defined]
+        chunk = rtp.track._queue.get_nowait()  # type: ignore[attr-defined]
+        assert chunk is not None
+        heard.append(chunk)
+    # the phone's near-silence, not the stranger's loud tone
+    assert heard and np.abs(np.concatenate(heard)).max() < 100
+    rtp.close()
+
+
+def test_source_latch_table() -> None:
+    """Each row of SourceLatch's table. A phone behind NAT signals its private address
+    but sends from the public one its INVITE came from; a NAT that rebinds mid-call is
+    followed, but only once the old stream stopped and the new one ran in sequence."""
+    from media.rtp import RELATCH_PACKETS, RELATCH_QUIET, SourceLatch
+
+    public = "203.0.113.9"
+    latch = SourceLatch(("10.0.0.5", 4000), sources=[public, "198.51.100.0/28"])
+    assert not latch.allowed(STRANGER) and not latch.allowed(("not-an-ip", 1))
+    assert latch.allowed((public, 62000)) and latch.allowed(("198.51.100.7", 9))
+    assert latch.allowed(("::ffff:203.0.113.9", 62000))  # from a dual-stack socket
+    assert latch.remote == ("10.0.0.5", 4000) and not latch.latched
+    assert latch.admit((public, 62000), 1, now=0.0)  # SIGNALLED -> LATCHED
+    assert latch.remote == (public, 62000)
+    assert latch.admit((public, 62000), 2, now=0.02)
+    # another port of an allowed host while the latched stream goes on: strays
+    t = 0.02
+    for n in range(3 * RELATCH_PACKETS):
+        t += 0.02
+        assert latch.admit((public, 62000), 3 + n, now=t)
+        assert not latch.admit((public, 62001), 500 + n, now=t)
+    # the old port falls silent; the new one must run in sequence for RELATCH_PACKETS
+    t += RELATCH_QUIET
+    seqs = [900, 901, 903] + list(range(904, 904 + RELATCH_PACKETS - 1))
+    verdicts = [latch.admit((public, 62001), s, now=t + i * 0.02) for i, s in enumerate(seqs)]
+    assert verdicts == [False] * (len(seqs) - 1) + [True]  # the gap at 902 started over
+    assert latch.remote == (public, 62001)
+    assert not latch.admit((public, 62000), 4000, now=t + 1)  # the old port is a stray now
+    latch.resignal(("192.0.2.77", 5000))  # a re-INVITE to a new address
+    assert latch.remote == ("192.0.2.77", 5000) and not latch.latched
+    assert latch.allowed(("192.0.2.77", 1)) and not latch.allowed(("10.0.0.5", 4000))
+    assert latch.allowed((public, 62001))  # the SIP peer stays allowed

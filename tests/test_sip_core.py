@@ -17,6 +17,8 @@ from media.sip.endpoint import (
     T1,
     T2,
     Admission,
+    AuthFailed,
+    AuthLockedOut,
     CallCancelled,
     CallConfirmed,
     CallTerminated,
@@ -26,6 +28,7 @@ from media.sip.endpoint import (
     ReinviteReceived,
     SipEndpoint,
 )
+from media.sip.throttle import Lockout
 
 PHONE = Peer("UDP", "192.0.2.10", 5062)
 TRUNK = Peer("UDP", "198.51.100.7", 5060)
@@ -355,7 +358,8 @@ def test_methods_and_extensions() -> None:
 # -- admission -----------------------------------------------------------------------------
 
 
-def digest(challenge: str, user: str, password: str, method: str, uri: str) -> str:
+def digest(challenge: str, user: str, password: str, method: str, uri: str, nc: int = 1) -> str:
+    """An Authorization answering ``challenge``, as the ``nc``-th use of its nonce."""
     params = dict(p.strip().split("=", 1) for p in challenge[len("Digest ") :].split(","))
     realm, nonce = params["realm"].strip('"'), params["nonce"].strip('"')
 
@@ -363,10 +367,10 @@ def digest(challenge: str, user: str, password: str, method: str, uri: str) -> s
         return hashlib.md5(s.encode()).hexdigest()
 
     ha1, ha2 = md5(f"{user}:{realm}:{password}"), md5(f"{method}:{uri}")
-    response = md5(f"{ha1}:{nonce}:00000001:abc:auth:{ha2}")
+    response = md5(f"{ha1}:{nonce}:{nc:08x}:abc:auth:{ha2}")
     return (
         f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
-        f'response="{response}", qop=auth, nc=00000001, cnonce="abc", algorithm=MD5'
+        f'response="{response}", qop=auth, nc={nc:08x}, cnonce="abc", algorithm=MD5'
     )
 
 
@@ -393,6 +397,11 @@ def test_phones_need_digest_and_wrong_or_unknown_users_look_the_same() -> None:
         [r] = sent(ep)
         answers[user] = (r.status_code, r.reason_phrase, sorted(k for k, _ in r.headers.items()))
     assert answers["alice"] == answers["mallory"] and answers["alice"][0] == 403
+    failed = ep.events()
+    assert failed == [
+        AuthFailed("wrong", "alice", PHONE.host),
+        AuthFailed("wrong", "mallory", PHONE.host),
+    ]
     auth = digest(ch, "alice", "wonderland", "INVITE", uri)
     ep.receive(
         request(branch="z9hG4bKgood", call_id="g", body=SDP, extra=f"Authorization: {auth}\r\n"),
@@ -412,6 +421,148 @@ def test_stale_nonce_is_challenged_again() -> None:
     assert server.verify("INVITE", forged, {"alice": "wonderland"}.get, 5).verdict.value == "wrong"
 
 
+def invite_with(auth: str, n: int, call_id: str | None = None) -> bytes:
+    return request(
+        branch=f"z9hG4bKa{n}", call_id=call_id or f"a{n}", body=SDP,
+        extra=f"Authorization: {auth}\r\n",
+    )  # fmt: skip
+
+
+def test_a_captured_answer_does_not_replay() -> None:
+    """A captured Authorization sent again later used to be let in (200): the nonce
+    count was not tracked. Now the same answer, or a count that does not go up, is
+    challenged afresh (401, stale=true) and reported; a UA that reuses its nonce with
+    a higher count is fine."""
+    ep = endpoint()
+    uri = "sip:support@engine.example"
+    ch = challenge_for(ep, request(body=SDP))
+    auth = digest(ch, "alice", "wonderland", "INVITE", uri)
+    ep.receive(invite_with(auth, 1), PHONE, 1.0)
+    [ev] = ep.events()
+    assert isinstance(ev, InviteReceived) and ev.user == "alice"
+    sent(ep)
+    eavesdropper = Peer("UDP", "192.0.2.99", 5060)  # not a trunk: it must authenticate
+    for n, (peer, nc) in enumerate([(eavesdropper, 1), (PHONE, 1)], start=2):
+        answer = auth if nc == 1 else digest(ch, "alice", "wonderland", "INVITE", uri, nc=nc)
+        ep.receive(invite_with(answer, n), peer, 2.0)
+        [r] = sent(ep)
+        assert r.status_code == 401 and "stale=true" in (
+            r.headers.get_first("www-authenticate") or ""
+        )
+        assert ep.events() == [AuthFailed("replay", "alice", peer.host)]
+    ep.receive(invite_with(digest(ch, "alice", "wonderland", "INVITE", uri, nc=2), 4), PHONE, 3.0)
+    assert [type(e) for e in ep.events()] == [InviteReceived]
+    # the count went to 2: 2 again, or back to 1, is a replay
+    ep.receive(invite_with(digest(ch, "alice", "wonderland", "INVITE", uri, nc=2), 5), PHONE, 3.0)
+    assert [e.reason for e in ep.events() if isinstance(e, AuthFailed)] == ["replay"]
+
+
+def test_an_answer_without_qop_is_good_once() -> None:
+    server = DigestServer("ccengine")
+    ch = server.challenge(0.0)
+    nonce = ch.split('nonce="')[1].split('"')[0]
+    ha1 = hashlib.md5(b"alice:ccengine:wonderland").hexdigest()
+    ha2 = hashlib.md5(b"INVITE:sip:x@y").hexdigest()
+    response = hashlib.md5(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()
+    auth = (
+        f'Digest username="alice", realm="ccengine", nonce="{nonce}", uri="sip:x@y", '
+        f'response="{response}"'
+    )
+    verdicts = [server.verify("INVITE", auth, {"alice": "wonderland"}.get, 1).verdict for _ in "ab"]
+    assert [v.value for v in verdicts] == ["ok", "replay"]
+
+
+def test_nonce_table_is_bounded_and_an_evicted_nonce_is_stale_not_new() -> None:
+    server = DigestServer("ccengine", max_tracked=3)
+    password = {"alice": "wonderland"}.get
+    challenges = [server.challenge(float(t)) for t in range(5)]
+    for t, ch in enumerate(challenges):
+        auth = digest(ch, "alice", "wonderland", "INVITE", "sip:x@y")
+        assert server.verify("INVITE", auth, password, t + 0.5).verdict.value == "ok"
+    assert len(server._used) == 3
+    # the first two nonces were forgotten: their replay must not pass as new
+    first = digest(challenges[0], "alice", "wonderland", "INVITE", "sip:x@y")
+    assert server.verify("INVITE", first, password, 6).verdict.value == "stale"
+
+
+def test_password_guessing_is_throttled_and_alerted() -> None:
+    """2,363 guesses a second went through unthrottled. Now: five wrong answers for a
+    user lock that user out (from addresses it has not signed in from), ten from an
+    address lock the address out; a locked-out guess gets 503 with Retry-After before
+    its password is checked, so even the right one learns nothing. Each lockout is an
+    event (the brute-force alarm), and doubles the next. The user's own phone, which
+    signed in before, keeps working."""
+    checks: list[str] = []
+
+    def passwords(user: str) -> str | None:
+        checks.append(user)
+        return {"alice": "wonderland"}.get(user)
+
+    ep = SipEndpoint("203.0.113.1", 5060, Admission(passwords=passwords))
+    uri = "sip:support@engine.example"
+    ch = challenge_for(ep, request(body=SDP))
+    ep.receive(invite_with(digest(ch, "alice", "wonderland", "INVITE", uri), 0), PHONE, 0.5)
+    assert [type(e) for e in ep.events()] == [InviteReceived]  # alice's phone signs in
+    sent(ep)
+    checks.clear()
+    attacker = Peer("UDP", "192.0.2.66", 5060)
+    answers = []
+    for n in range(1, 2001):  # as fast as the old attack: all within a second
+        guess = digest(ch, "alice", f"guess{n}", "INVITE", uri)
+        ep.receive(invite_with(guess, n), attacker, 1.0 + n / 2400)
+        [r] = sent(ep)
+        answers.append((r.status_code, r.headers.get_first("retry-after")))
+    assert len(checks) == 5  # five passwords tried, 1,995 refused unchecked
+    assert answers[:5] == [(403, None)] * 5 and set(answers[5:]) == {(503, "30")}
+    events = ep.events()
+    [alarm] = [e for e in events if isinstance(e, AuthLockedOut)]
+    assert alarm.lockout == Lockout("user", "alice", 5, 30.0) and alarm.host == attacker.host
+    assert sum(isinstance(e, AuthFailed) and e.reason == "throttled" for e in events) == 1995
+    # the right password from the attacker's address is refused the same way
+    ep.receive(
+        invite_with(digest(ch, "alice", "wonderland", "INVITE", uri, nc=2), 9000), attacker, 3.0
+    )
+    assert statuses(ep) == [503] and len(checks) == 5
+    assert ep.events() == [AuthFailed("throttled", "alice", attacker.host)]
+    # alice's own phone is not locked out by someone failing in her name
+    ep.receive(
+        invite_with(digest(ch, "alice", "wonderland", "INVITE", uri, nc=3), 9001), PHONE, 3.0
+    )
+    assert [type(e) for e in ep.events()] == [InviteReceived]
+    sent(ep)
+    # an address trying many names is locked out at ten
+    scanner = Peer("UDP", "192.0.2.77", 5060)
+    codes = []
+    for n in range(15):
+        guess = digest(ch, f"user{n}", "123456", "INVITE", uri)
+        ep.receive(invite_with(guess, 10_000 + n), scanner, 4.0)
+        codes += statuses(ep)
+    assert codes == [403] * 10 + [503] * 5
+    assert any(isinstance(e, AuthLockedOut) and e.lockout.kind == "address" for e in ep.events())
+    # after the lockout, guessing resumes; the next lockout lasts twice as long
+    for n in range(5):
+        guess = digest(ch, "alice", f"again{n}", "INVITE", uri)
+        ep.receive(invite_with(guess, 20_000 + n), attacker, 40.0 + n)
+    assert statuses(ep) == [403] * 5
+    lockouts = [e.lockout for e in ep.events() if isinstance(e, AuthLockedOut)]
+    # alice's second lockout doubles; the address has failed ten times in the minute
+    assert lockouts == [
+        Lockout("address", attacker.host, 10, 30.0),
+        Lockout("user", "alice", 5, 60.0),
+    ]
+
+
+def test_throttle_tables_are_bounded() -> None:
+    from media.sip.throttle import MAX_KEYS, AuthThrottle
+
+    throttle = AuthThrottle()
+    for n in range(MAX_KEYS + 500):
+        throttle.failed(f"user{n}", f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 1.0)
+        throttle.succeeded(f"user{n}", "192.0.2.1", 1.0)
+    assert len(throttle._addresses.records) == len(throttle._users.records) == MAX_KEYS
+    assert len(throttle._good) == MAX_KEYS
+
+
 def test_registrar() -> None:
     ep = endpoint()
     reg = request(
@@ -427,12 +578,15 @@ def test_registrar() -> None:
     assert r.status_code == 200 and "expires=600" in (r.headers.get_first("contact") or "")
     assert ep.events() == [Registered("alice", "sip:alice@192.0.2.10:5062", 600)]
     assert [b.peer for b in ep.lookup("alice", 2.0)] == [PHONE]
-    # someone else's address of record
+    # someone else's address of record (the same nonce again, its count going up)
+    auth2 = digest(ch, "alice", "wonderland", "REGISTER", "sip:engine.example", nc=2)
     other = ok.replace(b"To: <sip:alice@", b"To: <sip:bob@").replace(b"z9hG4bKr2", b"z9hG4bKr3")
-    ep.receive(other, PHONE, 1.0)
+    ep.receive(other.replace(auth.encode(), auth2.encode()), PHONE, 1.0)
     assert statuses(ep) == [403]
     # too short
+    auth3 = digest(ch, "alice", "wonderland", "REGISTER", "sip:engine.example", nc=3)
     short = ok.replace(b"Expires: 600", b"Expires: 5").replace(b"z9hG4bKr2", b"z9hG4bKr4")
+    short = short.replace(auth.encode(), auth3.encode())
     ep.receive(short, PHONE, 1.0)
     [r] = sent(ep)
     assert r.status_code == 423 and r.headers.get_first("min-expires") == "60"
@@ -497,9 +651,9 @@ def test_registrar_limits_bindings_per_user() -> None:
     base = request("REGISTER", branch="z9hG4bKq0", uri="sip:engine.example")
     base = base.replace(b"To: <sip:support@engine.example>", b"To: <sip:alice@engine.example>")
     ch = challenge_for(ep, base)
-    auth = digest(ch, "alice", "wonderland", "REGISTER", "sip:engine.example")
     got = []
     for n in range(11):
+        auth = digest(ch, "alice", "wonderland", "REGISTER", "sip:engine.example", nc=n + 1)
         msg = base.replace(b"z9hG4bKq0", f"z9hG4bKq{n + 1}".encode())
         msg = msg.replace(b"CSeq: 1", f"CSeq: {n + 2}".encode())
         msg = msg.replace(b"alice@192.0.2.10:5062", f"alice@192.0.2.{n + 20}:5062".encode())

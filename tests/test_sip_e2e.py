@@ -7,6 +7,7 @@ import contextlib
 import json
 import random
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ import pytest
 import websockets
 
 from engine.client import ApiError, Client
+from media.sip import message as sm
 from media.wavtrack import read_wav_mono
 from tests import sipp, speech
 from tests.engine_proc import EngineProcess, free_port
@@ -770,3 +772,140 @@ def test_caller_dials_an_agent_directly(
     assert sipp.finish(desk, desk_base).ok
     [call] = sip_calls(engine)
     assert wait_ended(engine, call["id"])["escalation_reason"] == "dialled desk7 directly"
+
+
+def _udp_ports(pid: int) -> set[int]:
+    import psutil
+
+    return {c.laddr.port for c in psutil.Process(pid).net_connections(kind="udp4")}
+
+
+def _metric(engine: EngineProcess, line_start: str) -> float:
+    text = httpx.get(f"{engine.url}/metrics", headers=engine.headers).text
+    return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(line_start))
+
+
+def test_a_stranger_cannot_take_over_a_phone_call(
+    phone_engine: EngineProcess, phone_speech: dict[str, Any], tmp_path: Path
+) -> None:
+    """The hijack that worked: the engine latched to whoever sent RTP to a call's port
+    first, so a stranger one second ahead of the phone received all our packets and its
+    audio became the caller's transcript. Now the stranger (another host than the SDP
+    and the SIP signalling named) gets nothing, its packets are counted on /metrics,
+    and the phone is heard and transcribed as before."""
+    refused = 'ccengine_rtp_refused_packets_total{reason="foreign"}'
+    before = _metric(phone_engine, refused)
+    deadline = time.monotonic() + 30  # a fresh engine may still be busy starting
+    while httpx.get(f"{phone_engine.url}/healthz").json()["load"]["state"] != "ok":
+        assert time.monotonic() < deadline, "the engine stays full"
+        time.sleep(0.2)
+    assert phone_engine.proc is not None
+    pid = phone_engine.proc.pid
+    known = _udp_ports(pid)
+    pause = '<pause milliseconds="2000"/>\n'  # answered; the phone's RTP starts after this
+    media = pause + sipp.play(phone_speech["pcap"], phone_speech["seconds"] + 2.5)
+    proc, base = sipp.start(sipp.call_scenario(media), tmp_path / "sipp", phone_engine.sip)
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.bind(("127.0.0.3", 0))
+    stranger.settimeout(0.1)
+    got, new = 0, set()
+    try:
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            if new := _udp_ports(pid) - known:
+                break
+            time.sleep(0.02)
+        if new:
+            [port] = new
+            tone = (np.sin(np.arange(160) * 2 * np.pi * 440 / 8000) * 12000).astype(np.int16)
+            _, loud = sipp.g711_packets(tone)
+            for seq in range(50):  # a second of the stranger's audio, before the phone's
+                header = struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0x666)
+                stranger.sendto(header + loud, ("127.0.0.1", port))
+                time.sleep(0.02)
+            while proc.poll() is None:  # whatever the engine sends the stranger, all call
+                with contextlib.suppress(TimeoutError):
+                    stranger.recv(2048)
+                    got += 1
+    finally:
+        stranger.close()
+        result = sipp.finish(proc, base)
+    assert new, f"no RTP port opened for the call: {result.output}{result.errors}"
+    assert got == 0, f"the stranger received {got} of our packets"
+    assert result.ok, result.output + result.errors  # the call went on to the caller's BYE
+    assert _metric(phone_engine, refused) - before >= 50
+    [call] = sip_calls(phone_engine)
+    detail = wait_ended(phone_engine, call["id"])
+    heard = " ".join(u["text"] for u in detail["transcript"] if u["speaker"] == "caller").lower()
+    assert "order" in heard and "morning" in heard, heard
+
+
+def _register(user: str, cseq: int, branch: str, sock: socket.socket, engine: EngineProcess,
+              auth: str = "", expires: int = 60) -> sm.SipResponse:  # fmt: skip
+    """One REGISTER over UDP from ``sock``; the engine's final answer."""
+    host, port = sock.getsockname()
+    uri = f"sip:127.0.0.1:{engine.sip_port}"
+    msg = (
+        f"REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{branch}\r\n"
+        f"From: <sip:{user}@127.0.0.1>;tag=rt{branch}\r\nTo: <sip:{user}@127.0.0.1>\r\n"
+        f"Call-ID: reg-{user}-{port}\r\nCSeq: {cseq} REGISTER\r\n"
+        f"Contact: <sip:{user}@{host}:{port}>\r\nExpires: {expires}\r\nMax-Forwards: 70\r\n"
+        + (f"Authorization: {auth}\r\n" if auth else "")
+        + "Content-Length: 0\r\n\r\n"
+    )
+    sock.sendto(msg.encode(), ("127.0.0.1", engine.sip_port))
+    while True:
+        reply = sm.parse(sock.recv(65535))
+        assert isinstance(reply, sm.SipResponse)
+        if reply.status_code >= 200:
+            return reply
+
+
+def test_digest_answers_do_not_replay_and_guessing_is_locked_out(
+    phone_engine: EngineProcess, tmp_path: Path
+) -> None:
+    """Against a real engine over UDP: a captured Authorization sent again got 200 (nc was
+    not tracked) and 2,363 guesses a second went unthrottled. Now the replay is
+    challenged afresh (401 stale=true) while the phone's next count is accepted, and a
+    burst of guesses is cut off after five with 503 and Retry-After, counted on /metrics
+    and raised as a warning in the log."""
+    from tests.test_sip_core import digest
+
+    uri = f"sip:127.0.0.1:{phone_engine.sip_port}"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
+        phone.bind(("127.0.0.5", 0))
+        phone.settimeout(5)
+        challenge = _register("deskphone7", 1, "p1", phone, phone_engine)
+        assert challenge.status_code == 401
+        ch = challenge.headers.get_first("www-authenticate") or ""
+        auth = digest(ch, "deskphone7", "s3cret-pass", "REGISTER", uri)
+        assert _register("deskphone7", 2, "p2", phone, phone_engine, auth).status_code == 200
+        replayed = _register("deskphone7", 3, "p3", phone, phone_engine, auth)
+        assert replayed.status_code == 401, replayed.status_code
+        assert "stale=true" in (replayed.headers.get_first("www-authenticate") or "")
+        next_count = digest(ch, "deskphone7", "s3cret-pass", "REGISTER", uri, nc=2)
+        off = _register("deskphone7", 4, "p4", phone, phone_engine, next_count, expires=0)
+        assert off.status_code == 200  # unregistered again, with the nonce's next count
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
+        attacker.bind(("127.0.0.4", 0))
+        attacker.settimeout(5)
+        ch = (
+            _register("bf-target", 1, "g0", attacker, phone_engine).headers.get_first(
+                "www-authenticate"
+            )
+            or ""
+        )
+        answers = []
+        for n in range(1, 41):
+            guess = digest(ch, "bf-target", f"guess-{n}", "REGISTER", uri, nc=n)
+            r = _register("bf-target", n + 1, f"g{n}", attacker, phone_engine, guess)
+            answers.append((r.status_code, r.headers.get_first("retry-after")))
+    assert answers[:5] == [(403, None)] * 5, answers
+    assert {status for status, _ in answers[5:]} == {503}
+    assert all(after is not None and 1 <= int(after) <= 30 for _, after in answers[5:])
+    metrics = httpx.get(f"{phone_engine.url}/metrics", headers=phone_engine.headers).text
+    assert _metric(phone_engine, 'ccengine_sip_auth_failures_total{reason="replay"}') >= 1
+    assert _metric(phone_engine, 'ccengine_sip_auth_failures_total{reason="throttled"}') >= 35
+    assert 'ccengine_sip_auth_lockouts_total{kind="user"}' in metrics
+    log = phone_engine.log.read_text()
+    assert "SIP brute force? 5 wrong digest answers for user 'bf-target'" in log

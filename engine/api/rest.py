@@ -6,7 +6,7 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
 
@@ -24,6 +24,8 @@ from engine.api.schemas import (
     DtmfOut,
     EmotionOut,
     EscalationOut,
+    IceServerOut,
+    IceServersOut,
     LegOut,
     ModelOut,
     NoteIn,
@@ -95,6 +97,35 @@ async def create_call(offer: CallOffer, request: Request, response: Response, p:
         recognizer_note=call.model.note,
         events_url=f"/api/v1/calls/{call.id}/events",
         view_url=f"/calls/{call.id}",
+    )
+
+
+@router.get(
+    "/ice-servers",
+    response_model=IceServersOut,
+    response_model_exclude_none=True,
+    tags=["calls"],
+)
+async def ice_servers(
+    request: Request,
+    p: Who,
+    x_call_invite: Annotated[str | None, Header(max_length=4096)] = None,
+) -> IceServersOut:
+    """The STUN/TURN servers (CCENGINE_ICE_SERVERS) a page or app gives its
+    RTCPeerConnection, the same the engine uses. Whoever may start a call may read them:
+    anyone unless CCENGINE_PUBLIC_CALLS=false; then any credentials, or a call link's
+    token in ``X-Call-Invite``."""
+    settings = manager(request).settings
+    if not settings.public_calls and p.kind == "anonymous":
+        if x_call_invite is None:
+            p.need("read")  # 401: send credentials
+        else:
+            try:
+                read_invite(x_call_invite, request.app.state.secret_key)
+            except AuthError as exc:
+                raise HTTPException(401, str(exc)) from None
+    return IceServersOut(
+        ice_servers=[IceServerOut.model_validate(s.public()) for s in settings.ice_servers]
     )
 
 

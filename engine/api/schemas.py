@@ -22,6 +22,18 @@ class CallOffer(BaseModel):
     )
 
 
+class IceServerOut(BaseModel):
+    urls: list[str] = Field(description="stun:, turn: or turns: URLs")
+    username: str | None = None
+    credential: str | None = None
+
+
+class IceServersOut(BaseModel):
+    ice_servers: list[IceServerOut] = Field(
+        description="give to RTCPeerConnection as iceServers (empty: host candidates only)"
+    )
+
+
 class CallLinkIn(BaseModel):
     callback_id: str | None = Field(None, description="a pending callback: who and where from it")
     caller: str | None = Field(None, max_length=200, description="who is invited")

@@ -16,8 +16,10 @@ What it does on its own, as RFC 3261 asks:
 * requests inside a dialog are matched by Call-ID and both tags; anything else
   gets 481; an in-dialog CSeq that goes backwards gets 500 (§12.2.2);
 * admission: INVITEs from a trunk address (allow-list) pass, others need digest
-  credentials (401 challenge, 403 for wrong ones); REGISTER always needs them, and
-  a user may register only its own address of record;
+  credentials (401 challenge, 403 for wrong ones, 401 stale=true again for a replayed
+  answer); REGISTER always needs them, and a user may register only its own address
+  of record; an address or user that keeps failing is refused for a while (503 with
+  Retry-After, see :mod:`media.sip.throttle`), and each failure and lockout is an event;
 * precise answers: 405/501 for methods, 415 for bodies, 420 for extensions, 423
   for short registrations, 503 when the tables are full.
 """
@@ -26,14 +28,17 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from aiosipua import SipDigestAuth, build_credentials, parse_auth, stringify_auth
 
 from media.sip import message as sm
-from media.sip.digest import DigestServer, Verdict
+from media.sip.digest import DigestServer, Verdict, claimed_user
 from media.sip.message import SipRequest, SipResponse, SipSyntaxError
+from media.sip.throttle import AuthThrottle, Lockout
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +120,25 @@ class Registered:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthFailed:
+    """Digest credentials refused: ``wrong`` (403), ``replay`` (an answer seen before,
+    challenged again), or ``throttled`` (refused unchecked: the address or user is
+    locked out)."""
+
+    reason: Literal["wrong", "replay", "throttled"]
+    user: str | None  # as claimed: never proof that such a user exists
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthLockedOut:
+    """Too many wrong answers from one address or for one user: a brute-force attempt."""
+
+    lockout: Lockout
+    host: str  # the address whose failure tripped it
+
+
+@dataclass(frozen=True, slots=True)
 class OutboundRinging:
     call_id: str
 
@@ -150,6 +174,8 @@ Event = (
     | CallTerminated
     | DtmfInfo
     | Registered
+    | AuthFailed
+    | AuthLockedOut
     | OutboundRinging
     | OutboundAnswered
     | OutboundFailed
@@ -283,11 +309,13 @@ class SipEndpoint:
         admission: Admission | None = None,
         *,
         digest: DigestServer | None = None,
+        throttle: AuthThrottle | None = None,
     ) -> None:
         self.local_host = local_host
         self.local_port = local_port
         self.admission = admission or Admission()
         self.digest = digest or DigestServer(self.admission.realm)
+        self.throttle = throttle or AuthThrottle()
         self._out: list[Transmit] = []
         self._events: list[Event] = []
         self._server: dict[tuple[str, str], _ServerTxn] = {}
@@ -491,17 +519,36 @@ class SipEndpoint:
             self._final(txn, 501, sm.new_tag(), now, headers=[("Allow", ALLOW)])
 
     def _authenticate(self, req: SipRequest, txn: _ServerTxn, now: float) -> str | None:
-        """The digest user, or None after answering 401/403 ourselves."""
-        result = self.digest.verify(
-            req.method, req.headers.get_first("authorization"), self.admission.passwords, now
-        )
+        """The digest user, or None after answering 401/403/503 ourselves."""
+        authorization = req.headers.get_first("authorization")
+        host = txn.peer.host
+        claimed = claimed_user(authorization)
+        # only answers are throttled (a bare request just gets its challenge), and
+        # before the password is checked: a locked-out guess learns nothing
+        wait = self.throttle.refused(claimed, host, now) if authorization else None
+        if wait is not None:
+            retry = str(math.ceil(wait))
+            self._final(txn, 503, sm.new_tag(), now, headers=[("Retry-After", retry)])
+            self._events.append(AuthFailed("throttled", claimed, host))
+            return None
+        result = self.digest.verify(req.method, authorization, self.admission.passwords, now)
         if result.verdict is Verdict.OK:
+            assert result.username is not None
+            self.throttle.succeeded(result.username, host, now)
             return result.username
         if result.verdict is Verdict.WRONG:
             self._final(txn, 403, sm.new_tag(), now)
-        else:
-            challenge = self.digest.challenge(now, stale=result.verdict is Verdict.STALE)
-            self._final(txn, 401, sm.new_tag(), now, headers=[("WWW-Authenticate", challenge)])
+            self._events.append(AuthFailed("wrong", claimed, host))
+            for lockout in self.throttle.failed(claimed, host, now):
+                self._events.append(AuthLockedOut(lockout, host))
+            return None
+        # a replayed answer is challenged like a stale one: the UA (or whoever replays
+        # it) must answer a fresh nonce, which needs the password
+        stale = result.verdict in (Verdict.STALE, Verdict.REPLAY)
+        if result.verdict is Verdict.REPLAY:
+            self._events.append(AuthFailed("replay", claimed, host))
+        challenge = self.digest.challenge(now, stale=stale)
+        self._final(txn, 401, sm.new_tag(), now, headers=[("WWW-Authenticate", challenge)])
         return None
 
     def _on_invite(self, req: SipRequest, txn: _ServerTxn, now: float) -> None:

@@ -53,7 +53,7 @@ async function call() {
     // what the engine sends us: queue announcements, hold audio, the agent
     const camera = $("camera").checked;
     $("remote-video").hidden = !camera;
-    ({ pc, mic: stream } = await openPeer({ audio: $("remote"), video: camera ? $("remote-video") : null, camera }));
+    ({ pc, mic: stream } = await openPeer({ audio: $("remote"), video: camera ? $("remote-video") : null, camera, invite }));
     const res = await fetch("/api/v1/calls", {
       method: "POST",
       headers: { "content-type": "application/json", ...WRITE },
