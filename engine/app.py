@@ -21,8 +21,9 @@ from engine.calls import CallManager
 from engine.capacity import Capacity
 from engine.config import Settings
 from engine.eventlog import EventLog
-from engine.events import EventBus, utcnow
+from engine.events import EventBus
 from engine.metrics import Metrics
+from engine.recovery import Recovery
 from engine.sip import SipFront
 from engine.store.db import Store
 from engine.users import load_or_create_key
@@ -46,6 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         worker_pids=lambda: calls.pool.pids(),
     )
     event_log = EventLog(store, bus, settings.event_retention_days)
+    recovery = Recovery(store, bus, settings.engine_lease)
+    calls.engine_id = recovery.id
     sender = WebhookSender(
         store,
         max_attempts=settings.webhook_max_attempts,
@@ -60,8 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await store.open()
         await event_log.start()  # before anything publishes: ids continue the log's
         sender.start()
-        if orphans := await store.close_orphans(utcnow()):
-            log.warning("marked %d calls left open by a previous run as ended", orphans)
+        await recovery.start()  # after the log: the ends it publishes are kept and sent
         await calls.load_queue_changes()
         await calls.content.load()
         await calls.preload(settings.preload_languages)
@@ -87,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await calls.shutdown()  # BYE to every phone caller while SIP still runs
             if sip is not None:
                 await sip.stop()
+            await recovery.stop()
             await event_log.stop()  # the last events (call.ended) reach the log
             await sender.stop()
             await store.close()

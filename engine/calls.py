@@ -143,6 +143,8 @@ class CallManager:
     desk_phones: DeskPhones | None = None
     # admission by measured load (engine/app.py sets it); None: the call limit alone
     capacity: Capacity | None = None
+    # the engine process that owns this manager's calls (engine/recovery.py)
+    engine_id: str | None = None
 
     def __init__(self, settings: Settings, store: Store, bus: EventBus, metrics: Metrics) -> None:
         self.settings = settings
@@ -376,6 +378,7 @@ class CallManager:
                 recognizer_note=choice.note,
                 caller=call.caller,
                 created_at=call.created_at,
+                engine_id=self.engine_id,
             ),
             LegRow(
                 id=leg.id,

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     webhook_retry_base: float = Field(2.0, gt=0)
     webhook_retry_cap: float = Field(3600.0, gt=0)
     webhook_timeout: float = Field(10.0, gt=0, le=60)
+    # Seconds without a heartbeat after which another engine on the same database takes
+    # this one for dead and ends its calls (a restart on the same host does not wait).
+    engine_lease: float = Field(60.0, ge=4, le=3600)
 
     # SIP phone calls (UDP and TCP on one port).
     sip_enabled: bool = True

@@ -28,6 +28,7 @@ from engine.store.models import (
     CallRow,
     DeliveryRow,
     EmotionRow,
+    EngineRow,
     EscalationRow,
     EventRow,
     EventSequenceRow,
@@ -124,15 +125,61 @@ class Store:
         async with self.writing() as s:
             await s.execute(update(LegRow).where(LegRow.id == leg_id).values(ended_at=when))
 
-    async def close_orphans(self, when: datetime) -> int:
-        """Calls left open by a process that died: mark them ended, keep their data."""
+    # Engines and the calls they own (engine/recovery.py)
+
+    async def beat(self, row: EngineRow) -> None:
+        """Register an engine, or refresh its heartbeat (re-registering it if a survivor
+        took it for dead and removed it)."""
         async with self.writing() as s:
-            result = await s.execute(
-                update(CallRow)
-                .where(CallRow.state != "ended")
-                .values(state="ended", ended_at=when, end_reason="engine_restart")
-            )
-            return int(getattr(result, "rowcount", 0) or 0)
+            await s.merge(row)
+
+    async def drop_engine(self, engine_id: str) -> None:
+        async with self.writing() as s:
+            await s.execute(delete(EngineRow).where(EngineRow.id == engine_id))
+
+    async def engines(self) -> Sequence[EngineRow]:
+        async with self.session() as s:
+            return (await s.scalars(select(EngineRow))).all()
+
+    async def open_call_owners(self) -> set[str | None]:
+        """The engines that have calls not yet ended (None: calls that name no engine)."""
+        q = select(CallRow.engine_id).where(CallRow.state != "ended").distinct()
+        async with self.session() as s:
+            return set((await s.scalars(q)).all())
+
+    async def end_calls_of(
+        self, engine_id: str | None, when: datetime, reason: str
+    ) -> list[tuple[str, str, datetime]]:
+        """End the open calls of a dead engine (None: of no engine), keeping their data,
+        and forget the engine; (call id, state it was in, created at) of each call this
+        ended. A call another engine ended meanwhile is left out: one end per call."""
+        owner = CallRow.engine_id.is_(None) if engine_id is None else CallRow.engine_id == engine_id
+        ended: list[tuple[str, str, datetime]] = []
+        async with self.writing() as s:
+            rows = (
+                await s.execute(
+                    select(CallRow.id, CallRow.state, CallRow.created_at).where(
+                        owner, CallRow.state != "ended"
+                    )
+                )
+            ).all()
+            for call_id, state, created_at in rows:
+                result = await s.execute(
+                    update(CallRow)
+                    .where(CallRow.id == call_id, CallRow.state != "ended")
+                    .values(state="ended", ended_at=when, end_reason=reason)
+                )
+                if getattr(result, "rowcount", 0):
+                    ended.append((call_id, state, created_at))
+            if ended:
+                await s.execute(
+                    update(LegRow)
+                    .where(LegRow.call_id.in_([c for c, _, _ in ended]), LegRow.ended_at.is_(None))
+                    .values(ended_at=when)
+                )
+            if engine_id is not None:
+                await s.execute(delete(EngineRow).where(EngineRow.id == engine_id))
+        return ended
 
     async def add_user(self, row: UserRow) -> None:
         async with self.writing() as s:
