@@ -16,11 +16,20 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
+from aiortc import RTCPeerConnection
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import OperationalError
+
+from engine.calls import CallManager
+from engine.config import Settings
 from engine.eventlog import EventLog
 from engine.events import DtmfReceived, EventBus, as_utc, utcnow
+from engine.metrics import Metrics
 from engine.recovery import Recovery
 from engine.store.db import Store
 from engine.store.models import CallRow, EngineRow, LegRow, WebhookRow
+from media import events as me
 
 
 async def open_store(path: Path) -> Store:
@@ -183,3 +192,102 @@ async def test_a_second_engine_leaves_a_live_engines_calls_alone(tmp_path: Path)
         ("b", "call.state_changed"),
         ("b", "call.ended"),
     ]
+
+
+class Disk:
+    """A database whose disk fills up on demand: every write fails as SQLite fails on a
+    full disk, reads still work (the fault is injected under SQLAlchemy, so everything
+    of ours above it runs as in production)."""
+
+    def __init__(self, store: Store) -> None:
+        self.full = False
+        sa_event.listen(store.engine.sync_engine, "before_cursor_execute", self._write)
+
+    def _write(self, _conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if self.full and statement.lstrip().split(" ", 1)[0].upper() in WRITES:
+            raise sqlite3.OperationalError("database or disk is full")
+
+
+WRITES = {"INSERT", "UPDATE", "DELETE"}
+
+
+async def browser_offer() -> tuple[RTCPeerConnection, str]:
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio", direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, pc.localDescription.sdp
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def manager_on(store: Store, tmp_path: Path) -> tuple[CallManager, EventBus, EventLog]:
+    settings = Settings(
+        _env_file=None, model_dirs=[], media_timeout=120, asr_workers=1,
+        recordings_dir=str(tmp_path / "recordings"), ivr_prompt="",
+    )  # fmt: skip
+    bus = EventBus()
+    log = EventLog(store, bus, retention_days=1)
+    await log.start()
+    return CallManager(settings, store, bus, Metrics()), bus, log
+
+
+async def test_a_full_disk_leaves_no_ghost_call_and_loses_no_final(tmp_path: Path) -> None:
+    """With the disk full, a new call failed to be stored but stayed counted in
+    active_calls forever with its peer alive; a final transcript said meanwhile was
+    dropped. Now the failed call is undone (slot freed, peer closed, the error raised
+    for the API's 503); a final said while the disk is full, and the end of a call,
+    are written once storage is back, and the final reaches listeners then."""
+    store = await open_store(tmp_path / "engine.db")
+    disk = Disk(store)
+    manager, bus, log = await manager_on(store, tmp_path)
+    client, sdp = await browser_offer()
+    try:
+        # 1. a call offered while the disk is full
+        disk.full = True
+        before = open_fds()
+        with pytest.raises(OperationalError, match="disk is full"):
+            await manager.create_webrtc_call(sdp, "en", "ghost")
+        assert manager.calls == {}
+        assert manager.metrics.registry.get_sample_value("ccengine_active_calls") == 0
+        assert open_fds() <= before, "the refused call's peer still holds its sockets"
+
+        # 2. a call in progress when the disk fills up
+        disk.full = False
+        await client.close()
+        client, sdp = await browser_offer()
+        call, _answer = await manager.create_webrtc_call(sdp, "en", "talker")
+        sub = bus.subscribe(call.id)
+        disk.full = True
+        said = me.TranscriptFinal(
+            leg_id=call.caller_leg().id, index=0, text="my order never came", start=0.5,
+            end=1.9, words=[me.Word("my", 0.5, 0.7, 1.0)], asr_latency=0.2, cut=False,
+        )  # fmt: skip
+        call.events.put_nowait(said)
+        await asyncio.sleep(0.5)
+        await manager.end_call(call.id, "hangup")  # the caller hangs up, disk still full
+        assert manager.calls == {}
+        assert manager.metrics.registry.get_sample_value("ccengine_active_calls") == 0
+        assert manager.spool.pending > 0
+        disk.full = False  # storage is back
+        deadline = time.monotonic() + 15
+        while manager.spool.pending or log._pending:
+            assert time.monotonic() < deadline, "the kept writes never reached the database"
+            await asyncio.sleep(0.1)
+        record = await store.get_call(call.id)
+        seen = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+    finally:
+        await client.close()
+        await manager.shutdown()
+        await log.stop()
+        await store.close()
+    assert record is not None
+    assert [u.text for u in record.utterances] == ["my order never came"]
+    assert record.call.state == "ended" and record.call.end_reason == "hangup"
+    assert all(leg.ended_at is not None for leg in record.call.legs)
+    assert [getattr(e, "type", "") for e in seen if e is not None][-2:] == [
+        "call.state_changed",
+        "call.ended",
+    ]
+    assert any(getattr(e, "text", "") == "my order never came" for e in seen if e is not None)
