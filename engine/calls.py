@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from pydantic import ValidationError
 
 from engine.acd import (
     DEFAULT_QUEUES,
@@ -249,8 +250,11 @@ class CallManager:
         for row in await self.store.overrides(QUEUE):
             if row.config is None:
                 self.acd.queues.pop(row.name, None)
-            else:
+                continue
+            try:
                 self.acd.set_queue(QueueConfig.model_validate(row.config))
+            except ValidationError as exc:  # kept by an older version that let it in
+                log.error("queue %s in the database is not valid, left out: %s", row.name, exc)
         if not self.acd.queues:  # never start without a queue to put callers in
             self.acd.set_queue(DEFAULT_QUEUES[0])
 

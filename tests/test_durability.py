@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -23,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from engine.calls import CallManager
 from engine.config import Settings
+from engine.content import ARTICLE, QUEUE, RULE
 from engine.eventlog import EventLog
 from engine.events import DtmfReceived, EventBus, as_utc, utcnow
 from engine.metrics import Metrics
@@ -291,3 +293,31 @@ async def test_a_full_disk_leaves_no_ghost_call_and_loses_no_final(tmp_path: Pat
         "call.ended",
     ]
     assert any(getattr(e, "text", "") == "my order never came" for e in seen if e is not None)
+
+
+async def test_bad_values_an_older_version_kept_are_left_out_at_start(tmp_path: Path) -> None:
+    """Before values were checked at the edge, a rule phrase with a lone surrogate, an
+    article title with one and a queue waiting Infinity seconds could be stored: at
+    every start they came back, and served as 500 or null. Now they are left out (with
+    a log line) and the engine starts with everything else."""
+    store = await open_store(tmp_path / "engine.db")
+    now = utcnow()
+    lonely = {"kind": "phrase", "actions": ["route_to_human"], "phrases": ["\ud800 help"]}
+    await store.save_override(RULE, "lonely", lonely, "old", now)
+    await store.save_override(RULE, "fine", {**lonely, "phrases": ["help"]}, "old", now)
+    await store.save_override(
+        ARTICLE, "bad", {"title": "\udfff", "body": "b", "tags": []}, "old", now
+    )
+    await store.save_override(QUEUE, "slow", {"name": "slow", "max_wait": math.inf}, "old", now)
+    manager, _bus, log = await manager_on(store, tmp_path)
+    try:
+        await manager.content.load()
+        await manager.load_queue_changes()
+    finally:
+        await manager.shutdown()
+        await log.stop()
+        await store.close()
+    ids = [r.id for r in manager.content.rules]
+    assert "fine" in ids and "lonely" not in ids
+    assert manager.content.article("bad") is None
+    assert "slow" not in manager.acd.queues and manager.acd.queues

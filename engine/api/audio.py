@@ -30,6 +30,7 @@ import numpy as np
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from engine.api.schemas import PathId
 from engine.api.streams import UNKNOWN_CALL, authorize_ws
 from engine.calls import CallManager
 from media.audio import ANALYSIS_RATE, FRAME_MS, PcmFrame
@@ -40,7 +41,7 @@ QUEUE_FRAMES = 500  # 10 s
 
 
 @router.websocket("/calls/{call_id}/audio")
-async def audio_fork(ws: WebSocket, call_id: str) -> None:
+async def audio_fork(ws: WebSocket, call_id: PathId) -> None:
     await ws.accept()
     if await authorize_ws(ws, lambda p: p.need("control")) is None:
         return
