@@ -16,6 +16,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     database_url: str = "sqlite+aiosqlite:///./ccengine.db"
+    # SQLite's integrity check at start: "quick" reads every page, "full" also checks
+    # that every index matches its table (slower on a big file), "off" skips it. A
+    # damaged database stops the engine with one line and exit code 65.
+    database_check: Literal["quick", "full", "off"] = "quick"
     # Folders searched for vosk models, before vosk's cache and model packages.
     model_dirs: list[str] = Field(default_factory=lambda: ["./models"])
     default_language: str = "en"

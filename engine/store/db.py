@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -61,6 +62,36 @@ def alembic_config(url: str) -> Config:
 def upgrade_schema(url: str) -> None:
     """Bring the schema to the newest revision (blocking; alembic runs its own loop)."""
     command.upgrade(alembic_config(url), "head")
+
+
+class DamagedDatabase(Exception):
+    """The database file failed SQLite's integrity check: where, and what SQLite says."""
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None: another database, or in memory)."""
+    if not url.startswith("sqlite") or ":///" not in url:
+        return None
+    path = url.split(":///", 1)[1].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def check_integrity(url: str, full: bool = False) -> None:
+    """SQLite's own check of the whole file, before anything else opens it: a damaged
+    page or index found at start is one clear refusal, not a traceback now or wrong
+    answers later. ``quick_check`` reads every page (O(N)); ``integrity_check`` (full)
+    also compares every index with its table, which takes longer on a big file."""
+    path = sqlite_file(url)
+    if path is None or not path.exists():
+        return  # a new database: nothing to check
+    pragma = "integrity_check" if full else "quick_check"
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            found = [str(row[0]) for row in db.execute(f"PRAGMA {pragma}(5)")]
+    except sqlite3.DatabaseError as exc:  # not a database, or damaged past reading
+        raise DamagedDatabase(f"{path}: {exc}") from None
+    if found != ["ok"]:  # SQLite's findings span lines: the refusal is one
+        raise DamagedDatabase(f"{path}: {'; '.join(' '.join(f.split()) for f in found)}")
 
 
 def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
