@@ -95,7 +95,11 @@ class Recovery:
     async def start(self) -> int:
         """Register, end what dead engines left open, then keep the heartbeat going."""
         await self._beat()
-        ended = await self.recover(RESTART)
+        try:
+            ended = await self.recover(RESTART)
+        except SQLAlchemyError as exc:  # another engine recovering too: the next beat retries
+            log.warning("could not end the calls of dead engines yet: %s", exc)
+            ended = 0
         self._task = asyncio.create_task(self._run(), name="engine-heartbeat")
         return ended
 
