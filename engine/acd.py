@@ -44,7 +44,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from engine.inputs import Input
 
 PRESENCE: dict[tuple[str, str], str] = {
     ("offline", "login"): "away",
@@ -71,7 +73,7 @@ class AcdError(ValueError):
     """A request the ACD cannot honour (unknown agent or call, wrong presence)."""
 
 
-class QueueConfig(BaseModel):
+class QueueConfig(Input):
     name: str = Field(pattern=r"^[a-z0-9_\-]{1,64}$")
     skills: list[str] = Field(default_factory=list)
     priority: int = Field(0, ge=0, le=100, description="base priority of calls in this queue")
@@ -79,7 +81,7 @@ class QueueConfig(BaseModel):
     announcement: str = "Thank you for calling. An agent will be with you shortly."
 
 
-class QueueFile(BaseModel):
+class QueueFile(Input):
     queues: list[QueueConfig] = Field(min_length=1)
 
 

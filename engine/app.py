@@ -34,8 +34,9 @@ from engine.capacity import Capacity
 from engine.config import Settings
 from engine.egress import TargetPolicy
 from engine.eventlog import EventLog
-from engine.events import EventBus, utcnow
+from engine.events import EventBus
 from engine.metrics import Metrics
+from engine.recovery import Recovery
 from engine.sip import SipFront
 from engine.store.db import Store
 from engine.users import load_or_create_key
@@ -60,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     event_log = EventLog(store, bus, settings.event_retention_days)
     webhook_targets = TargetPolicy(settings.webhook_allowed_networks)
+    recovery = Recovery(store, bus, settings.engine_lease)
+    calls.engine_id = recovery.id
     sender = WebhookSender(
         store,
         max_attempts=settings.webhook_max_attempts,
@@ -75,8 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await store.open()
         await event_log.start()  # before anything publishes: ids continue the log's
         sender.start()
-        if orphans := await store.close_orphans(utcnow()):
-            log.warning("marked %d calls left open by a previous run as ended", orphans)
+        await recovery.start()  # after the log: the ends it publishes are kept and sent
         await calls.load_queue_changes()
         await calls.content.load()
         await calls.preload(settings.preload_languages)
@@ -104,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await calls.shutdown()  # BYE to every phone caller while SIP still runs
             if sip is not None:
                 await sip.stop()
+            await recovery.stop()
             await event_log.stop()  # the last events (call.ended) reach the log
             await sender.stop()
             await store.close()

@@ -7,8 +7,10 @@ then an agent, then perhaps another agent after a transfer) runs a media
 ``LegPipeline``; its events enter one ordered per-call queue whose consumer
 persists finals and emotion samples *before* publishing them, so anything a
 client has seen is already on disk, and a crash loses at most the utterance in
-flight. Times in a call's transcript are seconds since the caller's first audio,
-for every speaker, so a two-sided transcript sorts into the order it was said.
+flight. While storage fails (a full disk) those writes, and the call's state
+changes, wait in a spool and are written once it is back. Times in a call's
+transcript are seconds since the caller's first audio, for every speaker, so a
+two-sided transcript sorts into the order it was said.
 
 The bridge is a function of the call's state, read per audio frame: while
 ``bridged`` each leg's decoded audio feeds the other leg's outbound track; on
@@ -20,17 +22,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import multiprocessing
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from aiortc import RTCIceServer
+from pydantic import ValidationError
 
 from engine.acd import (
     DEFAULT_QUEUES,
@@ -97,6 +102,7 @@ from engine.events import (
 )
 from engine.metrics import Metrics
 from engine.recording import CallRecording
+from engine.spool import WriteSpool
 from engine.store.db import Store
 from engine.store.models import (
     CallbackRow,
@@ -157,6 +163,8 @@ class CallManager:
     desk_phones: DeskPhones | None = None
     # admission by measured load (engine/app.py sets it); None: the call limit alone
     capacity: Capacity | None = None
+    # the engine process that owns this manager's calls (engine/recovery.py)
+    engine_id: str | None = None
 
     def __init__(self, settings: Settings, store: Store, bus: EventBus, metrics: Metrics) -> None:
         self.settings = settings
@@ -172,6 +180,8 @@ class CallManager:
         # the recognizers (and the cache makes repeats free)
         self.tts_executor = ThreadPoolExecutor(1, thread_name_prefix="tts")
         self.calls: dict[str, Call] = {}
+        # what a call must not lose while storage fails: kept and written when it is back
+        self.spool = WriteSpool()
         self._choices: dict[str, ModelChoice] = {}
         self._preparing: dict[str, asyncio.Future[ModelChoice]] = {}
         self.content = Content(store, settings.escalation_rules, settings.knowledge_base)
@@ -266,8 +276,11 @@ class CallManager:
         for row in await self.store.overrides(QUEUE):
             if row.config is None:
                 self.acd.queues.pop(row.name, None)
-            else:
+                continue
+            try:
                 self.acd.set_queue(QueueConfig.model_validate(row.config))
+            except ValidationError as exc:  # kept by an older version that let it in
+                log.error("queue %s in the database is not valid, left out: %s", row.name, exc)
         if not self.acd.queues:  # never start without a queue to put callers in
             self.acd.set_queue(DEFAULT_QUEUES[0])
 
@@ -334,10 +347,10 @@ class CallManager:
         )
         try:
             answer, _summary = await peer.answer(sdp)
+            await self._start_call(call, leg, codec=None)
         except BaseException:
             await peer.close()
             raise
-        await self._start_call(call, leg, codec=None)
         return call, answer
 
     async def route_invited(
@@ -394,26 +407,35 @@ class CallManager:
         self.metrics.active_calls.inc()
         self.metrics.calls.labels(call.channel).inc()
         choice = call.model
-        await self.store.add(
-            CallRow(
-                id=call.id,
-                channel=call.channel,
-                state=call.state,
-                language=call.language,
-                recognizer=choice.backend,
-                recognizer_note=choice.note,
-                caller=call.caller,
-                created_at=call.created_at,
-            ),
-            LegRow(
-                id=leg.id,
-                call_id=call.id,
-                role=leg.role,
-                transport=leg.transport,
-                codec=codec,
-                created_at=call.created_at,
-            ),
-        )
+        try:
+            await self.store.add(
+                CallRow(
+                    id=call.id,
+                    channel=call.channel,
+                    state=call.state,
+                    language=call.language,
+                    recognizer=choice.backend,
+                    recognizer_note=choice.note,
+                    caller=call.caller,
+                    created_at=call.created_at,
+                    engine_id=self.engine_id,
+                ),
+                LegRow(
+                    id=leg.id,
+                    call_id=call.id,
+                    role=leg.role,
+                    transport=leg.transport,
+                    codec=codec,
+                    created_at=call.created_at,
+                ),
+            )
+        except BaseException:
+            # nothing was published: the call never was, and no slot stays taken by it
+            # (the caller is refused with the reason; the SIP front closes its dialog)
+            call.ended.set()
+            self.calls.pop(call.id, None)
+            self.metrics.active_calls.dec()
+            raise
         self._publish(
             CallStarted(
                 call_id=call.id,
@@ -437,7 +459,7 @@ class CallManager:
         if call.state == "active":
             call.answered_at = utcnow()
             values["answered_at"] = call.answered_at
-        await self.store.update_call(call.id, **values)
+        await self._keep(f"call {call.id} {call.state}", self.store.update_call, call.id, **values)
         self._publish(
             CallStateChanged(call_id=call.id, state=call.state, previous=previous, reason=reason)
         )
@@ -642,7 +664,9 @@ class CallManager:
                 ],
                 asr_latency=round(ev.asr_latency, 4),
             )
-            await self.store.add(
+            await self._keep(
+                f"call {call.id} utterance {utt_id}",
+                self.store.add,
                 UtteranceRow(
                     id=utt_id,
                     seq=ev.index,
@@ -651,7 +675,7 @@ class CallManager:
                     **final.model_dump(
                         include={"call_id", "leg_id", "speaker", "start", "end", "text"}
                     ),
-                )
+                ),
             )
             self.metrics.asr_latency.observe(ev.asr_latency)
             self._publish(final)
@@ -697,14 +721,18 @@ class CallManager:
                 call_label=est.call_label,
                 call_scores=est.call_scores,
             )
-            await self.store.add(
+            await self._keep(
+                f"call {call.id} emotion {utt_id}",
+                self.store.add,
                 EmotionRow(
                     features=dataclasses.asdict(est.prosody),
                     **update.model_dump(exclude={"id", "time", "type", "call_scores", "speaker"}),
-                )
+                ),
             )
             if call.speaker(ev.leg_id) == "caller":
-                await self.store.update_call(call.id, emotion=est.call_label)
+                await self._keep(
+                    f"call {call.id} mood", self.store.update_call, call.id, emotion=est.call_label
+                )
             self._publish(update)
             if call.speaker(ev.leg_id) == "caller":
                 # assist first: an offer that rings an agent carries this summary and mood
@@ -776,7 +804,9 @@ class CallManager:
             if route:
                 call.escalation_reason = d.reason
                 values |= {"escalated_at": now, "escalation_reason": d.reason}
-            await self.store.add_and_update_call(
+            await self._keep(
+                f"call {call.id} escalation {esc_id}",
+                self.store.add_and_update_call,
                 call.id,
                 values,
                 EscalationRow(
@@ -1378,6 +1408,12 @@ class CallManager:
     def _publish(self, event: EventBase) -> None:
         self.bus.publish(event)
 
+    async def _keep(
+        self, what: str, write: Callable[..., Awaitable[object]], *args: object, **kw: object
+    ) -> None:
+        """A write the call must not lose: now, or once storage is back (engine/spool.py)."""
+        await self.spool.write(what, functools.partial(write, *args, **kw))
+
     def get(self, call_id: str) -> Call:
         try:
             return self.calls[call_id]
@@ -1423,7 +1459,7 @@ class CallManager:
         duration = (now - call.created_at).total_seconds()
         await self._transition(call, "end", reason, ended_at=now, end_reason=reason)
         for leg in call.legs:
-            await self.store.end_leg(leg.id, now)
+            await self._keep(f"leg {leg.id} end", self.store.end_leg, leg.id, now)
         self._publish(CallEnded(call_id=call.id, reason=reason, duration=round(duration, 3)))
         self.metrics.active_calls.dec()
         self.metrics.ended.labels(reason).inc()
@@ -1449,6 +1485,7 @@ class CallManager:
             *(self.end_call(cid, "engine_shutdown") for cid in list(self.calls)),
             return_exceptions=True,
         )
+        await self.spool.close(TEARDOWN_TIMEOUT)
         await self.pool.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.tts_executor.shutdown(wait=False, cancel_futures=True)

@@ -10,6 +10,25 @@ from pathlib import Path
 
 from engine.config import Settings
 
+# sysexits.h EX_DATAERR: the input data (here, the database file) was incorrect
+EXIT_DAMAGED_DATABASE = 65
+
+
+def _damaged(settings: Settings) -> str | None:
+    """Why the configured database cannot be used, in one line; None: it can."""
+    from engine.store.db import DamagedDatabase, check_integrity
+
+    if settings.database_check == "off":
+        return None
+    try:
+        check_integrity(settings.database_url, full=settings.database_check == "full")
+    except DamagedDatabase as exc:
+        return (
+            f"the database is damaged, not starting: {exc}. Restore it from a backup, or "
+            "move it away to start empty ('sqlite3 FILE .recover' may save what is left)"
+        )
+    return None
+
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
@@ -24,6 +43,9 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if (why := _damaged(settings)) is not None:
+        logging.getLogger("engine").error("%s", why)
+        return EXIT_DAMAGED_DATABASE
     # httpx logs every request's full URL at INFO: a webhook URL's query may hold the
     # receiver's own token. Our webhook log lines name scheme, host and port only.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -124,6 +146,9 @@ def _users_add(args: argparse.Namespace) -> int:
     from engine.users import hash_password
 
     settings = Settings(**({"database_url": args.db} if args.db else {}))
+    if (why := _damaged(settings)) is not None:
+        print(f"error: {why}", file=sys.stderr)
+        return EXIT_DAMAGED_DATABASE
     try:
         password_hash = hash_password(_read_password())
     except ValueError as exc:
@@ -170,6 +195,9 @@ def _keys(args: argparse.Namespace) -> int:
     from engine.store.models import ApiKeyRow
 
     settings = _store_settings(args)
+    if (why := _damaged(settings)) is not None:
+        print(f"error: {why}", file=sys.stderr)
+        return EXIT_DAMAGED_DATABASE
 
     async def run() -> int:
         store = Store(settings.database_url)

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     database_url: str = "sqlite+aiosqlite:///./ccengine.db"
+    # SQLite's integrity check at start: "quick" reads every page, "full" also checks
+    # that every index matches its table (slower on a big file), "off" skips it. A
+    # damaged database stops the engine with one line and exit code 65.
+    database_check: Literal["quick", "full", "off"] = "quick"
     # Folders searched for vosk models, before vosk's cache and model packages.
     model_dirs: list[str] = Field(default_factory=lambda: ["./models"])
     default_language: str = "en"
@@ -160,6 +164,9 @@ class Settings(BaseSettings):
     webhook_retry_base: float = Field(2.0, gt=0)
     webhook_retry_cap: float = Field(3600.0, gt=0)
     webhook_timeout: float = Field(10.0, gt=0, le=60)
+    # Seconds without a heartbeat after which another engine on the same database takes
+    # this one for dead and ends its calls (a restart on the same host does not wait).
+    engine_lease: float = Field(60.0, ge=4, le=3600)
 
     # SIP phone calls (UDP and TCP on one port).
     sip_enabled: bool = True

@@ -16,9 +16,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from engine.assist.knowledge import Article, KnowledgeBase, load_articles
 from engine.escalation import Rule, load_rules
 from engine.events import utcnow
+from engine.inputs import lone_surrogate
 from engine.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -50,14 +53,19 @@ class Content:
             for name, config in changes.items():
                 if config is None:
                     rules.pop(name, None)
-                else:
+                    continue
+                try:
                     rules[name] = Rule.model_validate({**config, "id": name})
+                except ValidationError as exc:  # kept by an older version that let it in
+                    log.error("rule %s in the database is not valid, left out: %s", name, exc)
             self.rules = list(rules.values())
         else:
             articles = {a.id: a for a in self._file_articles}
             for name, config in changes.items():
                 if config is None:
                     articles.pop(name, None)
+                elif lone_surrogate(config):
+                    log.error("article %s in the database is not valid Unicode, left out", name)
                 else:
                     articles[name] = Article(id=name, **config)
             self.knowledge = KnowledgeBase(list(articles.values()))

@@ -41,9 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from engine.assist.numbers import normalize_phrase
+from engine.inputs import Input
 from media.asr.text import phrase_words, sentences
 
 ACTIONS = ("route_to_human", "raise_priority", "target_skill", "alert_supervisor")
@@ -51,7 +52,7 @@ Action = Literal["route_to_human", "raise_priority", "target_skill", "alert_supe
 Kind = Literal["phrase", "emotion_streak", "trend_below", "silence", "dtmf"]
 
 
-class Rule(BaseModel):
+class Rule(Input):
     id: str = Field(pattern=r"^[a-z0-9_\-]{1,64}$")
     kind: Kind
     description: str = ""
@@ -80,7 +81,7 @@ class Rule(BaseModel):
         return [" ".join(p.lower().split()) for p in v if phrase_words(p)]
 
 
-class RuleSet(BaseModel):
+class RuleSet(Input):
     rules: list[Rule] = Field(max_length=500)
 
     @model_validator(mode="after")

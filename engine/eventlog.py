@@ -5,10 +5,16 @@ restart) and webhook deliveries are queued from it in the same transaction as th
 events themselves (the outbox), so nothing published is lost between the two.
 
 Events are written in small batches, off the publishing path: ``publish`` stays a
-synchronous append, and a burst of transcript partials costs one transaction. Ids come
-from a block reserved in the database, so a run that dies with events unwritten never
-sees its ids handed out again: a client holding one of them resumes without a
-duplicate or a gap of live events.
+synchronous append, and a burst of transcript partials costs one transaction. Only once
+a batch is committed do its events reach live subscribers (WebSocket, SSE): whatever a
+client has seen survives a crash (kill -9), so its last id always resumes without a gap.
+The price is one short gather window plus one write, a few milliseconds, before an event
+is seen. Ids come from a block reserved in the database, so a run that dies with events
+unwritten never sees its ids handed out again; nobody saw those events.
+
+While the database cannot be written (a full disk), events wait in memory and are tried
+again every second; past ``MAX_PENDING`` waiting events, transcript partials are dropped
+(they are superseded by the final anyway), everything else keeps waiting.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ from engine.store.models import DeliveryRow, EventRow, WebhookRow
 log = logging.getLogger(__name__)
 
 ID_BLOCK = 1_000_000
-FLUSH_EVERY = 0.05  # seconds: what a resuming client may wait for the newest events
+# seconds a batch gathers events: latency of every live event, so kept short; under load
+# batches grow on their own while the previous one is being written
+GATHER = 0.01
+MAX_PENDING = 10_000
 PAGE = 500
 PRUNE_EVERY = 3600.0
 
@@ -43,7 +52,8 @@ class EventLog:
         self.store = store
         self.bus = bus
         self.retention = timedelta(days=retention_days)
-        self._pending: list[EventRow] = []
+        self._pending: list[tuple[EventRow, EventBase]] = []
+        self.dropped_partials = 0  # while the database could not be written
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
@@ -57,7 +67,7 @@ class EventLog:
         self.bus.continue_from(first)
         self.written_to = first - 1
         await self.reload_webhooks()
-        self.bus.sinks.append(self._append)
+        self.bus.store_first = self._append
         self._task = asyncio.create_task(self._write_loop(), name="event-log")
         self._pruner = asyncio.create_task(self._prune_loop(), name="event-prune")
 
@@ -65,22 +75,28 @@ class EventLog:
         self._hooks = list(await self.store.webhooks())
 
     def _append(self, event: EventBase) -> None:
-        # serialised now: the body is frozen as subscribers see it
-        self._pending.append(
-            EventRow(
-                id=event.id,
-                type=getattr(event, "type", "unknown"),
-                call_id=event.call_id,
-                time=event.time,
-                body=event.model_dump_json(),
-            )
+        event_type = getattr(event, "type", "unknown")
+        if len(self._pending) >= MAX_PENDING and event_type == "transcript.partial":
+            if not self.dropped_partials:
+                log.error("event log: %d events wait for the database; dropping partials",
+                          len(self._pending))  # fmt: skip
+            self.dropped_partials += 1
+            return
+        # serialised now: the body is frozen as subscribers will see it
+        row = EventRow(
+            id=event.id,
+            type=event_type,
+            call_id=event.call_id,
+            time=event.time,
+            body=event.model_dump_json(),
         )
+        self._pending.append((row, event))
         self._wake.set()
 
     async def _write_loop(self) -> None:
         while True:
             await self._wake.wait()
-            await asyncio.sleep(FLUSH_EVERY)  # gather a batch
+            await asyncio.sleep(GATHER)
             try:
                 await self.flush()
             except SQLAlchemyError as exc:  # kept in memory; tried again
@@ -88,11 +104,13 @@ class EventLog:
                 await asyncio.sleep(1.0)
 
     async def flush(self) -> None:
+        """Write what is pending, then hand it to subscribers."""
         self._wake.clear()
         batch, self._pending = self._pending, []
         if not batch:
             return
         now = utcnow()
+        rows = [row for row, _ in batch]
         deliveries = [
             DeliveryRow(
                 id=str(uuid.uuid4()),
@@ -105,22 +123,28 @@ class EventLog:
                 next_attempt_at=now,
                 created_at=now,
             )
-            for row in batch
+            for row in rows
             for hook in self._hooks
             if wants(hook, row.type)
         ]
         try:
-            await self.store.write_events(batch, deliveries)
+            await self.store.write_events(rows, deliveries)
         except BaseException:
             self._pending[:0] = batch  # keep order; nothing is lost
             self._wake.set()
             raise
-        self.written_to = batch[-1].id
+        self.written_to = rows[-1].id
+        if self.dropped_partials:
+            log.warning("event log: writing again; %d partials were dropped",
+                        self.dropped_partials)  # fmt: skip
+            self.dropped_partials = 0
+        for _, event in batch:
+            self.bus.deliver(event)
+        if deliveries:
+            self.on_deliveries()
         if self.written_to > self._reserved_to - ID_BLOCK // 2:
             self._reserved_to = self.written_to + ID_BLOCK
             await self.store.extend_event_ids(self._reserved_to)
-        if deliveries:
-            self.on_deliveries()
 
     async def _prune_loop(self) -> None:
         while True:
@@ -132,7 +156,6 @@ class EventLog:
             await asyncio.sleep(PRUNE_EVERY)
 
     async def stop(self) -> None:
-        self.bus.sinks = [s for s in self.bus.sinks if s != self._append]
         for task in (self._task, self._pruner):
             if task is not None:
                 task.cancel()
@@ -140,6 +163,8 @@ class EventLog:
                     await task
         with contextlib.suppress(SQLAlchemyError):
             await self.flush()
+        if self.bus.store_first == self._append:
+            self.bus.store_first = None
 
     async def replay(self, call_id: str | None, after: int) -> AsyncIterator[tuple[int, str]]:
         """(id, JSON) of every event after ``after``, oldest first: from the database

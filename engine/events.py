@@ -6,6 +6,10 @@ resume. The in-process bus keeps a bounded ring of recent events for replay;
 the interface (``publish`` / ``subscribe`` / ``replay``) is what a Redis-streams
 backend implements for many nodes.
 
+With a durable log attached (``store_first``, engine/eventlog.py), an event reaches
+subscribers and the ring only once the log has stored it (``deliver``): an id a client
+has seen never vanishes in a crash.
+
 Subscribers get a bounded queue. A subscriber that falls that far behind is cut
 off with ``lagged=True`` rather than silently losing events in the middle of
 the stream; it reconnects and resumes from its last id.
@@ -362,24 +366,32 @@ class EventBus:
         self._subs: set[Subscription] = set()
         self.lagged_subscribers = 0
         self.last_id = 0
-        # called with each event as it is published, before any subscriber sees it
-        self.sinks: list[Callable[[EventBase], None]] = []
+        self.delivered_to = 0  # the newest id subscribers have been given
+        # Takes each event as it is published and gives it back through ``deliver`` once
+        # stored; None: subscribers get events at once (nothing durable to wait for).
+        self.store_first: Callable[[EventBase], None] | None = None
 
     def continue_from(self, first_id: int) -> None:
         """Number the next event ``first_id`` (ids from a durable log's reservation)."""
         if first_id <= self.last_id:
             raise ValueError(f"event ids must grow: {first_id} <= {self.last_id}")
         self._ids = itertools.count(first_id)
-        self.last_id = first_id - 1
+        self.last_id = self.delivered_to = first_id - 1
 
     def publish(self, event: EventBase) -> EventBase:
         event.id = self.last_id = next(self._ids)
+        if self.store_first is not None:
+            self.store_first(event)
+        else:
+            self.deliver(event)
+        return event
+
+    def deliver(self, event: EventBase) -> None:
+        """To the ring and every subscriber: events come here in id order."""
+        self.delivered_to = event.id
         self._ring.append(event)
-        for sink in self.sinks:
-            sink(event)
         for sub in list(self._subs):
             sub.offer(event)
-        return event
 
     def subscribe(self, call_id: str | None = None) -> Subscription:
         sub = Subscription(self, call_id)
@@ -395,4 +407,4 @@ class EventBus:
 
     @property
     def oldest_id(self) -> int:
-        return self._ring[0].id if self._ring else self.last_id + 1
+        return self._ring[0].id if self._ring else self.delivered_to + 1

@@ -134,3 +134,60 @@ async def test_a_burst_of_offers_is_all_answered(
         stored = (await http.get("/api/v1/calls", params={"limit": 100})).json()["calls"]
     assert {c["id"] for c in stored} == {c.call_id for c in callers}
     assert all(c["state"] == "ended" for c in stored)
+
+
+def raw_json(text: str) -> dict[str, object]:
+    """A body sent as written: clients' JSON encoders refuse lone surrogates and
+    Infinity, hostile clients do not."""
+    return {"content": text.encode(), "headers": {"content-type": "application/json"}}
+
+
+def refused(r: httpx.Response, field: str) -> None:
+    assert_problem(r, 422, field)
+    assert field in [e["field"] for e in r.json()["errors"]], r.text  # type: ignore[index]
+
+
+async def test_bad_values_are_refused_at_the_edge(engine: EngineProcess) -> None:
+    """A lone surrogate in a rule phrase was stored, then GET /escalation-rules answered
+    500 (across restarts too); Infinity in max_wait or seconds was taken and came back
+    as null; a 5,000-character call id made recording.wav answer 500. Each is refused
+    with 422 naming the field, on every model, and nothing bad is kept."""
+    rule = '{"id": "lonely", "kind": "phrase", "actions": ["route_to_human"], %s}'
+    async with engine.http(timeout=30) as http:
+        put = "/api/v1/escalation-rules/lonely"
+        refused(await http.put(put, **raw_json(rule % '"phrases": ["\\ud800 help"]')), "phrases")
+        refused(await http.put(put, **raw_json(rule % '"description": "\\udfff"')), "description")
+        silence = (
+            '{"id": "quiet", "kind": "silence", "actions": ["alert_supervisor"], "seconds": %s}'
+        )
+        for number in ("Infinity", "-Infinity", "NaN"):
+            r = await http.put("/api/v1/escalation-rules/quiet", **raw_json(silence % number))
+            refused(r, "seconds")
+            r = await http.put("/api/v1/queues/slow", **raw_json(f'{{"max_wait": {number}}}'))
+            refused(r, "max_wait")
+        rules = await http.get("/api/v1/escalation-rules")
+        assert rules.status_code == 200 and {"lonely", "quiet"}.isdisjoint(
+            r["id"] for r in rules.json()
+        )
+        queues = await http.get("/api/v1/queues")
+        assert queues.status_code == 200 and "slow" not in [q["name"] for q in queues.json()]
+
+        long_id = "x" * 5000
+        for path in (f"/api/v1/calls/{long_id}/recording.wav", f"/api/v1/calls/{long_id}",
+                     f"/api/v1/calls/{long_id}/transcript.txt"):  # fmt: skip
+            refused(await http.get(path), "path.call_id")
+        refused(await http.post(f"/api/v1/calls/{long_id}/hangup"), "path.call_id")
+        refused(await http.get(f"/api/v1/webhooks/{long_id}/deliveries"), "path.webhook_id")
+        refused(await http.get(f"/api/v1/knowledge-base/articles/{long_id}"), "path.article_id")
+
+        # the same classes of value on other models
+        offer = '{"sdp": "v=0", "caller": "\\ud83d"}'
+        refused(await http.post("/api/v1/calls", **raw_json(offer)), "caller")
+        article = '{"title": "t", "body": "b", "tags": ["ok", "\\ud800"]}'
+        refused(await http.put("/api/v1/knowledge-base/articles/a", **raw_json(article)), "tags")
+        hook = '{"url": "http://127.0.0.1:9/x", "events": ["*"], "description": "\\ud800"}'
+        refused(await http.post("/api/v1/webhooks", **raw_json(hook)), "description")
+        # a valid pair of surrogates is one character, and welcome
+        emoji = rule % '"phrases": ["\\ud83d\\ude00 help"]'
+        assert (await http.put(put, **raw_json(emoji))).status_code == 200
+        assert (await http.get("/api/v1/escalation-rules")).status_code == 200

@@ -19,7 +19,16 @@ from engine.api.auth import (
     revoke_tokens,
     tokens_revoked,
 )
-from engine.api.schemas import AgentOut, AnswerIn, AnswerOut, PresenceIn, UserIn, UserOut, UserPatch
+from engine.api.schemas import (
+    AgentOut,
+    AnswerIn,
+    AnswerOut,
+    PathId,
+    PresenceIn,
+    UserIn,
+    UserOut,
+    UserPatch,
+)
 from engine.calls import CallManager
 from engine.events import utcnow
 from engine.store.models import UserRow
@@ -117,13 +126,13 @@ async def set_presence(body: PresenceIn, request: Request, user: CurrentUser) ->
 
 
 @router.post("/calls/{call_id}/decline", status_code=204)
-async def decline(call_id: str, request: Request, who: Authenticated) -> None:
+async def decline(call_id: PathId, request: Request, who: Authenticated) -> None:
     """Let a ringing call go to the next agent."""
     await _manager(request).decline(who.user_id, call_id)
 
 
 @router.post("/calls/{call_id}/accept", response_model=AnswerOut)
-async def accept(call_id: str, body: AnswerIn, request: Request, user: CurrentUser) -> AnswerOut:
+async def accept(call_id: PathId, body: AnswerIn, request: Request, user: CurrentUser) -> AnswerOut:
     """Answer a ringing call with the softphone's SDP offer; media is bridged at once."""
     sdp = await _manager(request).accept(user, call_id, body.sdp)
     return AnswerOut(call_id=call_id, sdp=sdp)

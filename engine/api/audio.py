@@ -32,6 +32,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from engine.api.auth import Principal
+from engine.api.schemas import PathId
 from engine.api.streams import UNKNOWN_CALL, WS_REFUSED, authorize_ws, close_when_refused
 from engine.calls import CallManager
 from media.audio import ANALYSIS_RATE, FRAME_MS, PcmFrame
@@ -46,7 +47,7 @@ def may_fork(p: Principal) -> None:
 
 
 @router.websocket("/calls/{call_id}/audio")
-async def audio_fork(ws: WebSocket, call_id: str) -> None:
+async def audio_fork(ws: WebSocket, call_id: PathId) -> None:
     await ws.accept()
     p = await authorize_ws(ws, may_fork)
     if p is None:

@@ -3,20 +3,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from starlette.exceptions import HTTPException
 
 from engine.api.auth import Editor, Reader
-from engine.api.schemas import ArticleIn, ArticleOut
+from engine.api.schemas import ArticleIn, ArticleOut, PathArticle, PathName
 from engine.assist.knowledge import Article
 from engine.calls import CallManager
 from engine.content import Content
 from engine.escalation import Rule
 
 router = APIRouter(prefix="/api/v1")
-Name = Annotated[str, Path(pattern=r"^[a-z0-9_\-]{1,64}$")]
 
 
 def _content(request: Request) -> Content:
@@ -25,7 +22,7 @@ def _content(request: Request) -> Content:
 
 
 @router.put("/escalation-rules/{rule_id}", response_model=Rule, tags=["escalation"])
-async def put_rule(rule_id: Name, rule: Rule, request: Request, by: Editor) -> Rule:
+async def put_rule(rule_id: PathName, rule: Rule, request: Request, by: Editor) -> Rule:
     """Add or replace a rule (the body's ``id`` must match the path). Calls that start
     from now on are judged by it; live calls keep the rules they began with."""
     if rule.id != rule_id:
@@ -35,7 +32,7 @@ async def put_rule(rule_id: Name, rule: Rule, request: Request, by: Editor) -> R
 
 
 @router.delete("/escalation-rules/{rule_id}", status_code=204, tags=["escalation"])
-async def delete_rule(rule_id: str, request: Request, by: Editor) -> None:
+async def delete_rule(rule_id: PathName, request: Request, by: Editor) -> None:
     if not await _content(request).remove_rule(rule_id, by):
         raise HTTPException(404, f"no rule {rule_id}")
 
@@ -53,7 +50,7 @@ async def articles(request: Request, _p: Reader) -> list[ArticleOut]:
 @router.get(
     "/knowledge-base/articles/{article_id}", response_model=ArticleOut, tags=["knowledge base"]
 )
-async def article(article_id: str, request: Request, _p: Reader) -> ArticleOut:
+async def article(article_id: PathArticle, request: Request, _p: Reader) -> ArticleOut:
     found = _content(request).article(article_id)
     if found is None:
         raise HTTPException(404, f"no article {article_id}")
@@ -64,7 +61,7 @@ async def article(article_id: str, request: Request, _p: Reader) -> ArticleOut:
     "/knowledge-base/articles/{article_id}", response_model=ArticleOut, tags=["knowledge base"]
 )
 async def put_article(
-    article_id: Name, body: ArticleIn, request: Request, by: Editor
+    article_id: PathName, body: ArticleIn, request: Request, by: Editor
 ) -> ArticleOut:
     """Add or replace an article; the next suggestion of every call can use it."""
     a = Article(article_id, body.title, body.body, body.tags)
@@ -73,6 +70,6 @@ async def put_article(
 
 
 @router.delete("/knowledge-base/articles/{article_id}", status_code=204, tags=["knowledge base"])
-async def delete_article(article_id: str, request: Request, by: Editor) -> None:
+async def delete_article(article_id: PathArticle, request: Request, by: Editor) -> None:
     if not await _content(request).remove_article(article_id, by):
         raise HTTPException(404, f"no article {article_id}")

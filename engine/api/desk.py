@@ -7,9 +7,9 @@ on any). Wrong state or target: 409 with the reason; not your call: 403.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from starlette.exceptions import HTTPException
 
 from engine.acd import QueueConfig
@@ -20,6 +20,8 @@ from engine.api.schemas import (
     HistoryItem,
     MuteIn,
     OutboundIn,
+    PathId,
+    PathName,
     PlacedCall,
     QueueIn,
     QueueOut,
@@ -39,24 +41,24 @@ def _manager(request: Request) -> CallManager:
 
 
 @router.post("/calls/{call_id}/mute", status_code=204)
-async def mute(call_id: str, body: MuteIn, request: Request, user: Operator) -> None:
+async def mute(call_id: PathId, body: MuteIn, request: Request, user: Operator) -> None:
     """Mute or unmute the agent towards the caller (muted talk is not transcribed)."""
     await _manager(request).mute(user, call_id, body.muted)
 
 
 @router.post("/calls/{call_id}/hold", status_code=204)
-async def hold(call_id: str, request: Request, user: Operator) -> None:
+async def hold(call_id: PathId, request: Request, user: Operator) -> None:
     """The caller hears a short prompt, then hold audio; the agent hears nothing."""
     await _manager(request).hold(user, call_id)
 
 
 @router.post("/calls/{call_id}/resume", status_code=204)
-async def resume(call_id: str, request: Request, user: Operator) -> None:
+async def resume(call_id: PathId, request: Request, user: Operator) -> None:
     await _manager(request).resume(user, call_id)
 
 
 @router.post("/calls/{call_id}/transfer", status_code=202)
-async def transfer(call_id: str, body: TransferIn, request: Request, user: Operator) -> None:
+async def transfer(call_id: PathId, body: TransferIn, request: Request, user: Operator) -> None:
     """Hand the caller to a queue or to one agent (who is offered it with all context so
     far; if they decline or do not answer, the call goes to the queue), or to a number
     outside through the SIP trunk (it rings while you stay on the line; 502 if nobody
@@ -76,7 +78,7 @@ async def transfer(call_id: str, body: TransferIn, request: Request, user: Opera
 
 
 @router.post("/calls/{call_id}/wrap-up", status_code=204)
-async def wrap_up(call_id: str, body: WrapUpIn, request: Request, user: CurrentUser) -> None:
+async def wrap_up(call_id: PathId, body: WrapUpIn, request: Request, user: CurrentUser) -> None:
     """Store the disposition and notes with the call; the agent leaves wrap-up."""
     m = _manager(request)
     if body.disposition not in m.settings.dispositions:
@@ -91,7 +93,7 @@ async def dispositions(request: Request, _p: Reader) -> list[str]:
 
 @router.post("/calls/{call_id}/callback", status_code=201, response_model=CallbackOut)
 async def request_callback(
-    call_id: str, request: Request, p: Who, body: CallbackIn | None = None
+    call_id: PathId, request: Request, p: Who, body: CallbackIn | None = None
 ) -> CallbackOut:
     """The waiting caller chooses a callback instead of waiting: the request is stored
     and shown to agents, the caller hears a confirmation, and the call ends (the call's
@@ -113,13 +115,13 @@ async def callbacks(
 
 
 @router.post("/callbacks/{callback_id}/done", response_model=CallbackOut)
-async def callback_done(callback_id: str, request: Request, user: CurrentUser) -> CallbackOut:
+async def callback_done(callback_id: PathId, request: Request, user: CurrentUser) -> CallbackOut:
     row = await _manager(request).finish_callback(user, callback_id)
     return CallbackOut.model_validate(row, from_attributes=True)
 
 
 @router.post("/callbacks/{callback_id}/call", status_code=202, response_model=PlacedCall)
-async def place_callback(callback_id: str, request: Request, user: CurrentUser) -> PlacedCall:
+async def place_callback(callback_id: PathId, request: Request, user: CurrentUser) -> PlacedCall:
     """Call the customer back through the SIP trunk. When they answer, the callback is
     done and the call rings this agent's desk with the customer's history; 502 when the
     call is not answered (busy, no answer, rejected), 409 without a trunk or number."""
@@ -153,7 +155,7 @@ async def place_call(body: OutboundIn, request: Request, actor: Operator) -> Pla
 
 @router.get("/calls/{call_id}/history", response_model=list[HistoryItem])
 async def history(
-    call_id: str, request: Request, _p: Reader, limit: int = Query(10, ge=1, le=100)
+    call_id: PathId, request: Request, _p: Reader, limit: int = Query(10, ge=1, le=100)
 ) -> list[HistoryItem]:
     """Earlier calls from the same caller identity, newest first (empty when the caller
     gave no identity)."""
@@ -183,7 +185,7 @@ async def queues(request: Request, _p: Reader) -> list[QueueOut]:
 
 @router.put("/queues/{name}", response_model=QueueOut)
 async def put_queue(
-    name: Annotated[str, Path(pattern=r"^[a-z0-9_\-]{1,64}$")],
+    name: PathName,
     body: QueueIn,
     request: Request,
     user: Operator,
@@ -202,6 +204,6 @@ async def put_queue(
 
 
 @router.delete("/queues/{name}", status_code=204)
-async def delete_queue(name: str, request: Request, user: Operator) -> None:
+async def delete_queue(name: PathName, request: Request, user: Operator) -> None:
     """Remove a queue nobody waits in (409 otherwise, and for the last queue)."""
     await _manager(request).remove_queue(user, name)

@@ -30,6 +30,7 @@ from engine.api.schemas import (
     ModelOut,
     NoteIn,
     NoteOut,
+    PathId,
     PlayIn,
     PlayOut,
     UtteranceOut,
@@ -203,7 +204,7 @@ async def list_calls(
 
 
 @router.get("/calls/{call_id}", response_model=CallDetail, tags=["calls"])
-async def get_call(call_id: str, request: Request, p: Who) -> CallDetail:
+async def get_call(call_id: PathId, request: Request, p: Who) -> CallDetail:
     p.need_call(call_id, "read")
     found = await manager(request).store.get_call(call_id)
     if found is None:
@@ -235,7 +236,7 @@ EXPORTS = {"txt": "text/plain; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}
     responses={200: {"content": {v.split(";")[0]: {} for v in EXPORTS.values()}}},
 )
 async def export_transcript(
-    call_id: str, fmt: Literal["json", "txt", "vtt"], request: Request, p: Who
+    call_id: PathId, fmt: Literal["json", "txt", "vtt"], request: Request, p: Who
 ) -> Response | list[UtteranceOut]:
     """The call's redacted transcript, both speakers, as JSON, plain text or WebVTT."""
     p.need_call(call_id, "read")
@@ -257,7 +258,7 @@ async def escalation_rules(request: Request, _p: Reader) -> list[Rule]:
 
 
 @router.post("/calls/{call_id}/hangup", status_code=202, tags=["calls"])
-async def hangup(call_id: str, request: Request, p: Who) -> Response:
+async def hangup(call_id: PathId, request: Request, p: Who) -> Response:
     """End a live call (control scope, or the call's own caller). 404 if it is not live
     on this node."""
     p.need_call(call_id, "control")
@@ -272,7 +273,7 @@ async def hangup(call_id: str, request: Request, p: Who) -> Response:
 
 
 @router.post("/calls/{call_id}/notes", status_code=201, response_model=NoteOut, tags=["calls"])
-async def annotate(call_id: str, body: NoteIn, request: Request, actor: Operator) -> NoteOut:
+async def annotate(call_id: PathId, body: NoteIn, request: Request, actor: Operator) -> NoteOut:
     """Write a note on a call, live or ended (a person, or a control key); it is kept
     with the call, shown in its record and published as ``call.annotated``."""
     note = await manager(request).annotate(actor, call_id, body.text)
@@ -280,7 +281,7 @@ async def annotate(call_id: str, body: NoteIn, request: Request, actor: Operator
 
 
 @router.post("/calls/{call_id}/dtmf", response_model=DtmfOut, tags=["calls"])
-async def send_dtmf(call_id: str, body: DtmfIn, request: Request, actor: Operator) -> DtmfOut:
+async def send_dtmf(call_id: PathId, body: DtmfIn, request: Request, actor: Operator) -> DtmfOut:
     """Send keys to the caller's side (navigate an IVR you called): RFC 4733 events to a
     phone that offered them, tones in the audio otherwise. Returns once they are sent."""
     how = await manager(request).send_dtmf(actor, call_id, body.digits.upper())
@@ -288,7 +289,7 @@ async def send_dtmf(call_id: str, body: DtmfIn, request: Request, actor: Operato
 
 
 @router.post("/calls/{call_id}/play", status_code=202, response_model=PlayOut, tags=["calls"])
-async def play(call_id: str, body: PlayIn, request: Request, actor: Operator) -> PlayOut:
+async def play(call_id: PathId, body: PlayIn, request: Request, actor: Operator) -> PlayOut:
     """Speak a prompt to a live caller (text to speech), after what is already playing.
     409 while the call is on hold or has no audio path yet."""
     ahead = await manager(request).play(actor, call_id, body.text)
@@ -297,7 +298,7 @@ async def play(call_id: str, body: PlayIn, request: Request, actor: Operator) ->
 
 @router.post("/calls/{call_id}/recording/{action}", status_code=204, tags=["calls"])
 async def recording(
-    call_id: str, action: Literal["start", "stop"], request: Request, actor: Operator
+    call_id: PathId, action: Literal["start", "stop"], request: Request, actor: Operator
 ) -> None:
     """Start recording a live call (both sides, one WAV), pause it (``stop``) and resume
     it (``start``); paused stretches are silent in the file. The WAV is written when the
@@ -311,7 +312,7 @@ async def recording(
     response_class=FileResponse,
     responses={200: {"content": {"audio/wav": {}}}},
 )
-async def download_recording(call_id: str, request: Request, _p: Reader) -> FileResponse:
+async def download_recording(call_id: PathId, request: Request, _p: Reader) -> FileResponse:
     """The call's recording: 16 kHz 16-bit stereo WAV, caller left, agent right. 404
     when the call was not recorded, 409 while it is still going on."""
     m = manager(request)

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import AnyHttpUrl, BaseModel, Field, field_validator, model_validator
 
 from engine.events import EVENT_TYPES, FactOut, WordTiming
+from engine.inputs import Input
+
+# Ids in paths: every id we hand out (a uuid) fits, anything else gets 422 naming the
+# parameter before it reaches a lookup, a file name or a header (a 5,000-character call
+# id made recording.wav fail with 500: the file name was too long for the system).
+PathId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_\-]{1,64}$", description="an id")]
+# rule and queue names, as their bodies require them
+PathName = Annotated[str, Path(pattern=r"^[a-z0-9_\-]{1,64}$")]
+# knowledge-base articles are named after their files
+PathArticle = Annotated[str, Path(min_length=1, max_length=255)]
 
 
-class CallOffer(BaseModel):
+class CallOffer(Input):
     sdp: str = Field(max_length=65536, description="The caller's SDP offer (non-trickle ICE)")
     type: Literal["offer"] = "offer"
     language: str | None = Field(
@@ -34,7 +45,7 @@ class IceServersOut(BaseModel):
     )
 
 
-class CallLinkIn(BaseModel):
+class CallLinkIn(Input):
     callback_id: str | None = Field(None, description="a pending callback: who and where from it")
     caller: str | None = Field(None, max_length=200, description="who is invited")
     queue: str | None = Field(None, max_length=64)
@@ -181,7 +192,7 @@ class Health(BaseModel):
     load: LoadOut
 
 
-class PresenceIn(BaseModel):
+class PresenceIn(Input):
     event: Literal["login", "available", "away", "logout"]
 
 
@@ -193,7 +204,7 @@ class AgentOut(BaseModel):
     presence: str
 
 
-class UserIn(BaseModel):
+class UserIn(Input):
     username: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
     password: str = Field(min_length=8, max_length=1024)
     role: Literal["agent", "supervisor", "admin"] = "agent"
@@ -201,14 +212,14 @@ class UserIn(BaseModel):
     display_name: str | None = Field(None, max_length=200)
 
 
-class UserPatch(BaseModel):
+class UserPatch(Input):
     password: str | None = Field(None, min_length=8, max_length=1024)
     role: Literal["agent", "supervisor", "admin"] | None = None
     skills: list[str] | None = Field(None, max_length=50)
     display_name: str | None = Field(None, min_length=1, max_length=200)
 
 
-class AnswerIn(BaseModel):
+class AnswerIn(Input):
     sdp: str
     type: Literal["offer"] = "offer"
 
@@ -219,11 +230,11 @@ class AnswerOut(BaseModel):
     sdp: str
 
 
-class MuteIn(BaseModel):
+class MuteIn(Input):
     muted: bool = Field(description="true: the caller no longer hears the agent")
 
 
-class TransferIn(BaseModel):
+class TransferIn(Input):
     queue: str | None = Field(None, max_length=64, description="a queue; default: the call's")
     agent: str | None = Field(None, max_length=64, description="ring only this agent (username)")
     number: str | None = Field(
@@ -242,7 +253,7 @@ class TransferIn(BaseModel):
         return self
 
 
-class WrapUpIn(BaseModel):
+class WrapUpIn(Input):
     disposition: str = Field(min_length=1, max_length=64)
     notes: str = Field("", max_length=10_000)
     then: Literal["available", "away"] = Field(
@@ -250,7 +261,7 @@ class WrapUpIn(BaseModel):
     )
 
 
-class CallbackIn(BaseModel):
+class CallbackIn(Input):
     contact: str | None = Field(
         None, max_length=200, description="where to call back, if not the caller identity"
     )
@@ -284,7 +295,7 @@ class HistoryItem(BaseModel):
     end_reason: str | None
 
 
-class QueueIn(BaseModel):
+class QueueIn(Input):
     skills: list[str] = Field(default_factory=list, max_length=20)
     priority: int = Field(0, ge=0, le=100, description="base priority of calls in this queue")
     max_wait: float = Field(600.0, gt=0, description="seconds before a callback is offered")
@@ -303,7 +314,7 @@ class QueueOut(BaseModel):
     average_handle_time: float
 
 
-class ArticleIn(BaseModel):
+class ArticleIn(Input):
     title: str = Field(min_length=1, max_length=300)
     body: str = Field(min_length=1, max_length=100_000, description="the suggested answer")
     tags: list[str] = Field(default_factory=list, max_length=50)
@@ -313,11 +324,11 @@ class ArticleOut(ArticleIn):
     id: str
 
 
-class NoteIn(BaseModel):
+class NoteIn(Input):
     text: str = Field(min_length=1, max_length=10_000, description="redacted before it is kept")
 
 
-class DtmfIn(BaseModel):
+class DtmfIn(Input):
     digits: str = Field(pattern=r"^[0-9A-Da-d*#]{1,32}$")
 
 
@@ -325,7 +336,7 @@ class DtmfOut(BaseModel):
     sent_as: Literal["rfc4733", "inband"]
 
 
-class PlayIn(BaseModel):
+class PlayIn(Input):
     text: str = Field(min_length=1, max_length=2000, description="spoken to the caller")
 
 
@@ -333,7 +344,7 @@ class PlayOut(BaseModel):
     queued_behind: float = Field(description="seconds of audio the caller hears before it")
 
 
-class OutboundIn(BaseModel):
+class OutboundIn(Input):
     to: str = Field(
         pattern=r"^(\+?[0-9*#]{2,32}|sip:\S{1,330})$",
         description="a number (through the trunk) or a sip: URI (CCENGINE_SIP_DIAL_DOMAINS)",
@@ -347,7 +358,7 @@ class PlacedCall(BaseModel):
     call_id: str
 
 
-class WebhookIn(BaseModel):
+class WebhookIn(Input):
     url: AnyHttpUrl = Field(description="where events are POSTed (http or https)")
     events: list[str] = Field(
         min_length=1, max_length=len(EVENT_TYPES), description='event types, or ["*"] for all'
@@ -388,7 +399,7 @@ class DeliveryOut(BaseModel):
     delivered_at: datetime | None
 
 
-class Login(BaseModel):
+class Login(Input):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
 

@@ -23,6 +23,7 @@ from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException
 
 from engine.api.auth import Principal, Who, principal, until_refused
+from engine.api.schemas import PathId
 from engine.calls import CallManager
 from engine.eventlog import EventLog
 
@@ -192,7 +193,7 @@ SSE_DOC: dict[int | str, dict[str, Any]] = {
 
 @router.get("/calls/{call_id}/events", responses=SSE_DOC, response_class=StreamingResponse)
 async def call_events_sse(
-    call_id: str,
+    call_id: PathId,
     request: Request,
     p: Who,
     after: int | None = Query(None, ge=0, le=2**62),
@@ -220,10 +221,12 @@ async def all_events_sse(
 
 
 @router.websocket("/calls/{call_id}/events")
-async def call_events(ws: WebSocket, call_id: str, after: int = Query(0, ge=0)) -> None:
+async def call_events(
+    ws: WebSocket, call_id: PathId, after: int = Query(0, ge=0, le=2**62)
+) -> None:
     await _serve(ws, call_id, after)
 
 
 @router.websocket("/events")
-async def all_events(ws: WebSocket, after: int = Query(0, ge=0)) -> None:
+async def all_events(ws: WebSocket, after: int = Query(0, ge=0, le=2**62)) -> None:
     await _serve(ws, None, after)

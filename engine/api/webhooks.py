@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.exceptions import HTTPException
 
 from engine.api.auth import Admin
-from engine.api.schemas import DeliveryOut, WebhookCreated, WebhookIn, WebhookOut
+from engine.api.schemas import DeliveryOut, PathId, WebhookCreated, WebhookIn, WebhookOut
 from engine.egress import TargetPolicy
 from engine.eventlog import EventLog
 from engine.events import utcnow
@@ -55,7 +55,7 @@ async def list_webhooks(request: Request, _p: Admin) -> list[WebhookOut]:
 
 
 @router.delete("/webhooks/{webhook_id}", status_code=204)
-async def delete_webhook(webhook_id: str, request: Request, _p: Admin) -> None:
+async def delete_webhook(webhook_id: PathId, request: Request, _p: Admin) -> None:
     """Stop a subscription; its pending deliveries are dropped."""
     log = _log(request)
     if not await log.store.delete_webhook(webhook_id, utcnow()):
@@ -65,7 +65,7 @@ async def delete_webhook(webhook_id: str, request: Request, _p: Admin) -> None:
 
 @router.get("/webhooks/{webhook_id}/deliveries", response_model=list[DeliveryOut])
 async def deliveries(
-    webhook_id: str,
+    webhook_id: PathId,
     request: Request,
     _p: Admin,
     status: Literal["pending", "delivered", "failed"] | None = None,

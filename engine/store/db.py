@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from engine.store.models import (
     CallRow,
     DeliveryRow,
     EmotionRow,
+    EngineRow,
     EscalationRow,
     EventRow,
     EventSequenceRow,
@@ -60,6 +62,36 @@ def alembic_config(url: str) -> Config:
 def upgrade_schema(url: str) -> None:
     """Bring the schema to the newest revision (blocking; alembic runs its own loop)."""
     command.upgrade(alembic_config(url), "head")
+
+
+class DamagedDatabase(Exception):
+    """The database file failed SQLite's integrity check: where, and what SQLite says."""
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None: another database, or in memory)."""
+    if not url.startswith("sqlite") or ":///" not in url:
+        return None
+    path = url.split(":///", 1)[1].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def check_integrity(url: str, full: bool = False) -> None:
+    """SQLite's own check of the whole file, before anything else opens it: a damaged
+    page or index found at start is one clear refusal, not a traceback now or wrong
+    answers later. ``quick_check`` reads every page (O(N)); ``integrity_check`` (full)
+    also compares every index with its table, which takes longer on a big file."""
+    path = sqlite_file(url)
+    if path is None or not path.exists():
+        return  # a new database: nothing to check
+    pragma = "integrity_check" if full else "quick_check"
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            found = [str(row[0]) for row in db.execute(f"PRAGMA {pragma}(5)")]
+    except sqlite3.DatabaseError as exc:  # not a database, or damaged past reading
+        raise DamagedDatabase(f"{path}: {exc}") from None
+    if found != ["ok"]:  # SQLite's findings span lines: the refusal is one
+        raise DamagedDatabase(f"{path}: {'; '.join(' '.join(f.split()) for f in found)}")
 
 
 def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -124,15 +156,61 @@ class Store:
         async with self.writing() as s:
             await s.execute(update(LegRow).where(LegRow.id == leg_id).values(ended_at=when))
 
-    async def close_orphans(self, when: datetime) -> int:
-        """Calls left open by a process that died: mark them ended, keep their data."""
+    # Engines and the calls they own (engine/recovery.py)
+
+    async def beat(self, row: EngineRow) -> None:
+        """Register an engine, or refresh its heartbeat (re-registering it if a survivor
+        took it for dead and removed it)."""
         async with self.writing() as s:
-            result = await s.execute(
-                update(CallRow)
-                .where(CallRow.state != "ended")
-                .values(state="ended", ended_at=when, end_reason="engine_restart")
-            )
-            return int(getattr(result, "rowcount", 0) or 0)
+            await s.merge(row)
+
+    async def drop_engine(self, engine_id: str) -> None:
+        async with self.writing() as s:
+            await s.execute(delete(EngineRow).where(EngineRow.id == engine_id))
+
+    async def engines(self) -> Sequence[EngineRow]:
+        async with self.session() as s:
+            return (await s.scalars(select(EngineRow))).all()
+
+    async def open_call_owners(self) -> set[str | None]:
+        """The engines that have calls not yet ended (None: calls that name no engine)."""
+        q = select(CallRow.engine_id).where(CallRow.state != "ended").distinct()
+        async with self.session() as s:
+            return set((await s.scalars(q)).all())
+
+    async def end_calls_of(
+        self, engine_id: str | None, when: datetime, reason: str
+    ) -> list[tuple[str, str, datetime]]:
+        """End the open calls of a dead engine (None: of no engine), keeping their data,
+        and forget the engine; (call id, state it was in, created at) of each call this
+        ended. A call another engine ended meanwhile is left out: one end per call."""
+        owner = CallRow.engine_id.is_(None) if engine_id is None else CallRow.engine_id == engine_id
+        ended: list[tuple[str, str, datetime]] = []
+        async with self.writing() as s:
+            rows = (
+                await s.execute(
+                    select(CallRow.id, CallRow.state, CallRow.created_at).where(
+                        owner, CallRow.state != "ended"
+                    )
+                )
+            ).all()
+            for call_id, state, created_at in rows:
+                result = await s.execute(
+                    update(CallRow)
+                    .where(CallRow.id == call_id, CallRow.state != "ended")
+                    .values(state="ended", ended_at=when, end_reason=reason)
+                )
+                if getattr(result, "rowcount", 0):
+                    ended.append((call_id, state, created_at))
+            if ended:
+                await s.execute(
+                    update(LegRow)
+                    .where(LegRow.call_id.in_([c for c, _, _ in ended]), LegRow.ended_at.is_(None))
+                    .values(ended_at=when)
+                )
+            if engine_id is not None:
+                await s.execute(delete(EngineRow).where(EngineRow.id == engine_id))
+        return ended
 
     async def add_user(self, row: UserRow) -> None:
         async with self.writing() as s:

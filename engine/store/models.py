@@ -38,8 +38,22 @@ class CallRow(Base):
     wrapped_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     topic: Mapped[str | None] = mapped_column(String(64))  # chosen in the phone menu
     queue: Mapped[str | None] = mapped_column(String(64), index=True)  # the last one
+    # the engine process running it (engine/recovery.py); None: from before this was kept
+    engine_id: Mapped[str | None] = mapped_column(String(36))
 
     legs: Mapped[list[LegRow]] = relationship(back_populates="call", order_by="LegRow.created_at")
+
+
+class EngineRow(Base):
+    """A running engine process. Its calls are its own while its heartbeat is fresh."""
+
+    __tablename__ = "engines"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class LegRow(Base):

@@ -1,0 +1,157 @@
+"""Crash recovery: which engine runs each call, and ending the calls of an engine that died.
+
+Theory of operation
+-------------------
+Every engine process registers itself in the database (table ``engines``) under a
+random id and refreshes its heartbeat every quarter of ``CCENGINE_ENGINE_LEASE``; every
+call row names the engine that runs it. An engine is dead when
+
+    its heartbeat is older than the lease                 (any host)
+    it ran on this host and its process is gone           (a restart after kill -9
+                                                           ends its calls at once)
+    it has no row, or the call names no engine            (rows from before this)
+
+At start and with every heartbeat, an engine ends the open calls of dead engines, as
+one transaction that ends each call once even when two survivors try, and publishes
+what a live end publishes: ``call.state_changed`` to ``ended`` and ``call.ended``, so
+streams and webhooks learn that those calls are over. A call's end time is the dead
+engine's last heartbeat (when it was last known to run). A live engine's calls are
+never touched: several engines may share one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from engine.events import CallEnded, CallStateChanged, EventBus, as_utc, utcnow
+from engine.store.db import Store
+from engine.store.models import EngineRow
+
+log = logging.getLogger(__name__)
+
+RESTART = "engine_restart"  # ended by an engine starting up
+LOST = "engine_lost"  # ended by a live engine that saw the owner's heartbeat stop
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+def dead_owners(
+    owners: Iterable[str | None],
+    engines: Iterable[EngineRow],
+    *,
+    me: str,
+    now: datetime,
+    lease: float,
+    host: str,
+    alive: Callable[[int], bool] = process_alive,
+) -> dict[str | None, datetime]:
+    """Of the engines that own open calls, those that are dead, each with the time it
+    was last known to run (``now`` when nothing says)."""
+    known = {e.id: e for e in engines}
+    dead: dict[str | None, datetime] = {}
+    for owner in owners:
+        if owner == me:
+            continue
+        row = known.get(owner) if owner is not None else None
+        if row is None:
+            dead[owner] = now
+            continue
+        last = as_utc(row.heartbeat_at)
+        stale = now - last > timedelta(seconds=lease)
+        # our own pid can only be a previous engine of this process's host and pid
+        gone = row.host == host and (row.pid == os.getpid() or not alive(row.pid))
+        if stale or gone:
+            dead[owner] = min(last, now)
+    return dead
+
+
+class Recovery:
+    def __init__(self, store: Store, bus: EventBus, lease: float) -> None:
+        self.store = store
+        self.bus = bus
+        self.lease = lease
+        self.id = str(uuid.uuid4())
+        self.host = socket.gethostname()
+        self._started = utcnow()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Register, end what dead engines left open, then keep the heartbeat going."""
+        await self._beat()
+        try:
+            ended = await self.recover(RESTART)
+        except SQLAlchemyError as exc:  # another engine recovering too: the next beat retries
+            log.warning("could not end the calls of dead engines yet: %s", exc)
+            ended = 0
+        self._task = asyncio.create_task(self._run(), name="engine-heartbeat")
+        return ended
+
+    async def _beat(self) -> None:
+        row = EngineRow(
+            id=self.id, host=self.host, pid=os.getpid(),
+            started_at=self._started, heartbeat_at=utcnow(),
+        )  # fmt: skip
+        await self.store.beat(row)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 4)
+            try:
+                await self._beat()
+                await self.recover(LOST)
+            except SQLAlchemyError as exc:  # storage comes back; so does the next beat
+                log.warning("engine heartbeat failed: %s", exc)
+
+    async def recover(self, reason: str) -> int:
+        """End the open calls of dead engines and publish their end; how many."""
+        owners = await self.store.open_call_owners()
+        owners.discard(self.id)
+        if not owners:
+            return 0
+        now = utcnow()
+        dead = dead_owners(
+            owners, await self.store.engines(), me=self.id, now=now, lease=self.lease,
+            host=self.host,
+        )  # fmt: skip
+        count = 0
+        for owner, last_seen in dead.items():
+            for call_id, previous, created_at in await self.store.end_calls_of(
+                owner, last_seen, reason
+            ):
+                lasted = round(max(0.0, (last_seen - as_utc(created_at)).total_seconds()), 3)
+                self.bus.publish(
+                    CallStateChanged(
+                        call_id=call_id, state="ended", previous=previous, reason=reason
+                    )
+                )
+                self.bus.publish(CallEnded(call_id=call_id, reason=reason, duration=lasted))
+                count += 1
+        if count:
+            log.warning("ended %d calls left open by %d engines that stopped running: %s",
+                        count, len(dead), reason)  # fmt: skip
+        return count
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(SQLAlchemyError):
+            await self.store.drop_engine(self.id)
