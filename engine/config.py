@@ -86,7 +86,8 @@ class Settings(BaseSettings):
     # CPU of this process and its recognition workers over the last 5 s, as a fraction
     # of the cores it may use (1.0: all of them):
     admission_max_cpu: float = Field(0.9, ge=0, le=1)
-    # Recognizers decoding at once (one lane each); 0: one per core.
+    # Recognizers decoding at once (one lane each); 0: two per core when the decoders
+    # release the GIL (Moonshine, vosk), else one per core.
     asr_workers: int = Field(0, ge=0, le=64)
     # Processes those lanes are spread over; 0: one process for them all when every
     # preloaded backend releases the GIL while it decodes (Moonshine, vosk: one copy of
