@@ -117,6 +117,7 @@ from engine.store.models import (
 )
 from engine.users import Actor
 from media import events as me
+from media import malloc
 from media.asr import ModelChoice, choose_model
 from media.asr.base import LegRecognizer
 from media.asr.moonshine_convert import ModelPrepareError, ensure_printing
@@ -1473,6 +1474,9 @@ class CallManager:
             if leg.peer is not None:
                 with contextlib.suppress(Exception):
                     await leg.peer.close()
+        # the call's buffers (jitter, utterances, peers) are free now: give the pages back
+        # rather than let them scatter (see media.malloc)
+        await asyncio.to_thread(malloc.trim)
         log.info("call %s ended: %s after %.1f s", call.id, reason, duration)
 
     async def _leave_queue(self, call: Call, reason: str) -> None:

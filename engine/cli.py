@@ -33,6 +33,11 @@ def _damaged(settings: Settings) -> str | None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from media import malloc
+
+    # before any thread starts: free memory is not stranded in one arena per thread
+    malloc.limit_arenas()
+
     from engine.app import create_app
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}

@@ -178,7 +178,9 @@ class RecognitionServer:
         if op == "peek":
             return self._peek(rec)
         if op == "finish":
-            return rec.finish()
+            result = rec.finish()
+            malloc.trim()  # the utterance's activations: see media.malloc
+            return result
         raise RequestError(f"unknown op {op!r}")
 
     def _factory(self, choice: ModelChoice) -> RecognizerFactory:
@@ -289,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C in a terminal reaches the whole process group: the parent decides when
     # workers end (it closes the pipe), so a worker must not die first and be restarted
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    malloc.limit_arenas()  # before the lanes' threads start: see media.malloc
     logging.basicConfig(
         level=logging.WARNING, format=f"asr-worker {index}: %(levelname)s %(name)s: %(message)s"
     )
