@@ -86,6 +86,27 @@ class Settings(BaseSettings):
     # CPU of this process and its recognition workers over the last 5 s, as a fraction
     # of the cores it may use (1.0: all of them):
     admission_max_cpu: float = Field(0.9, ge=0, le=1)
+    # HTTP connections (WebSockets and event streams included) at once, from one address
+    # (CCENGINE_TRUSTED_PROXIES are exempt) and in all; over either, a new connection
+    # gets 503 with Retry-After and is closed.
+    http_max_connections_per_address: int = Field(256, ge=1)
+    http_max_connections: int = Field(4096, ge=1)
+    # Seconds a client has to send a whole request (line, headers and body), counted
+    # from its first byte, or for a new connection from connecting; then it gets 408
+    # and is closed (slowloris). Idle keep-alive connections close after 5 s.
+    http_request_timeout: float = Field(10.0, gt=0, le=300)
+    # SIP over TCP: connections from one address (CCENGINE_SIP_TRUNKS are exempt) and in
+    # all; seconds a message may take to arrive once it has begun (and a new
+    # connection's first message); seconds a connection may stay silent between
+    # messages (a CRLF keep-alive counts, RFC 5626).
+    sip_tcp_max_connections_per_address: int = Field(16, ge=1)
+    sip_tcp_max_connections: int = Field(1024, ge=1)
+    sip_tcp_message_timeout: float = Field(10.0, gt=0, le=300)
+    sip_tcp_idle_timeout: float = Field(600.0, gt=0, le=3600)
+    # File descriptors kept for calls (RTP and ICE sockets, recognition workers, the
+    # database): HTTP and SIP connections are refused once fewer are left. At start the
+    # soft limit on open files is raised to the hard limit.
+    fd_reserve: int = Field(256, ge=16)
     # Recognizers decoding at once (one lane each); 0: one per core.
     asr_workers: int = Field(0, ge=0, le=64)
     # Processes those lanes are spread over; 0: one process for them all when every

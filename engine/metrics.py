@@ -61,6 +61,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.connections_refused = Counter(
+            "ccengine_connections_refused",
+            "HTTP and SIP-over-TCP connections refused: too many from one address, too "
+            "many in all, or too few file descriptors left",
+            ["listener", "reason"],
+            registry=r,
+        )
         # admission (engine/capacity.py): refusals count in ``rejected`` as loop_lag,
         # backlog, cpu or limit
         self.loop_lag = Histogram(
