@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     capacity = calls.capacity = Capacity(
         settings,
         metrics,
-        calls_count=lambda: len(calls.calls),
+        calls_count=calls.calls_in_progress,
         backlog=calls.recognition_backlog,
         worker_pids=lambda: calls.pool.pids(),
     )

@@ -86,6 +86,16 @@ class Settings(BaseSettings):
     # CPU of this process and its recognition workers over the last 5 s, as a fraction
     # of the cores it may use (1.0: all of them):
     admission_max_cpu: float = Field(0.9, ge=0, le=1)
+    # The fraction of caller audio lost on this node (not on the network: skipped
+    # because analysis fell behind, dropped from a full queue, or dropped by the kernel
+    # because the engine did not read its sockets in time) over the last 5 s:
+    admission_max_frame_loss: float = Field(0.05, ge=0, le=1)
+    # WebRTC offers that have not sent audio yet (ICE and DTLS under way, or a caller
+    # who never sends any: those end after media_timeout). At most this many from one
+    # address (more get 429 with Retry-After) and in all (503). Nothing heavy (the
+    # recognizer, the analysis) is set up for a call before its first audio.
+    max_pending_offers_per_address: int = Field(10, ge=1)
+    max_pending_offers: int = Field(32, ge=1)
     # HTTP connections (WebSockets and event streams included) at once, from one address
     # (CCENGINE_TRUSTED_PROXIES are exempt) and in all; over either, a new connection
     # gets 503 with Retry-After and is closed.

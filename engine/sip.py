@@ -197,6 +197,7 @@ class SipFront:
             on_dtmf,
             sources=[peer.host, *self.settings.sip_rtp_sources],
             on_refused=self._count_refused,
+            on_lost=self.calls.frames_lost,
         )
 
     def _count_refused(self, why: Refusal) -> None:
