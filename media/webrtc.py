@@ -28,6 +28,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
+from media import stun
 from media.bridge import ForwardedVideoTrack, VideoIn
 from media.dtmf import tones
 from media.loss import FRAME_SECONDS, OnLost, frames_in
@@ -36,6 +37,7 @@ from media.peer import CallPeer
 from media.sdp import OfferSummary, SdpError, parse_offer
 
 log = logging.getLogger(__name__)
+stun.guard_aioice()  # a malformed STUN packet at a call's ICE port is dropped quietly
 
 
 class WebRtcLeg:
