@@ -41,6 +41,7 @@ from engine.sip import SipFront
 from engine.store.db import Store
 from engine.users import load_or_create_key
 from engine.webhooks import WebhookSender
+from media.netlimits import ConnectionCaps, in_networks
 
 log = logging.getLogger(__name__)
 WEB = Path(__file__).parent / "web"
@@ -55,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     capacity = calls.capacity = Capacity(
         settings,
         metrics,
-        calls_count=lambda: len(calls.calls),
+        calls_count=calls.calls_in_progress,
         backlog=calls.recognition_backlog,
         worker_pids=lambda: calls.pool.pids(),
     )
@@ -128,6 +129,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.capacity = capacity
     app.state.event_log = event_log
     app.state.webhook_targets = webhook_targets
+    # the HTTP server's connections (engine/httpserver.py; the CLI hands it to uvicorn)
+    refused = metrics.connections_refused
+    app.state.http_connections = ConnectionCaps(
+        settings.http_max_connections_per_address,
+        settings.http_max_connections,
+        fd_reserve=settings.fd_reserve,
+        exempt=in_networks(settings.trusted_proxies),  # every client comes through them
+        on_refused=lambda why: refused.labels("http", why).inc(),
+    )
     auth.install(app)
     problems.install(app)
     app.add_middleware(problems.BodyLimit, limit=settings.max_body_bytes)

@@ -100,7 +100,9 @@ from engine.events import (
     WordTiming,
     utcnow,
 )
+from engine.inputs import loggable
 from engine.metrics import Metrics
+from engine.offers import PendingOffers
 from engine.recording import CallRecording
 from engine.spool import WriteSpool
 from engine.store.db import Store
@@ -125,12 +127,13 @@ from media.asr.moonshine_convert import verify as moonshine_verify
 from media.asr.pool import RecognitionError, RecognitionPool
 from media.audio import PcmFrame, downmix_int16
 from media.holdmusic import hold_loop
+from media.loss import FRAME_SECONDS, LossReason
 from media.peer import CallPeer
 from media.pipeline import LegPipeline
 from media.tts import Speaker, default_speaker
 from media.vad import VadSettings
 from media.wavtrack import to_send_rate
-from media.webrtc import WebRtcLeg, pump_audio
+from media.webrtc import WebRtcLeg, pump_audio, queued_frames
 
 if TYPE_CHECKING:
     from engine.capacity import Capacity
@@ -145,6 +148,7 @@ MAX_EVENT_BACKLOG = 1000
 # The caller hears the callback confirmation before we hang up, unless it takes longer.
 CALLBACK_PROMPT_TIMEOUT = 15.0
 HISTORY_LIMIT = 10
+MAX_MODEL_CHOICES = 64  # languages asked about, remembered besides the configured ones
 
 
 def aiortc_ice_servers(servers: list[IceServer]) -> list[RTCIceServer]:
@@ -181,6 +185,15 @@ class CallManager:
         # the recognizers (and the cache makes repeats free)
         self.tts_executor = ThreadPoolExecutor(1, thread_name_prefix="tts")
         self.calls: dict[str, Call] = {}
+        # calls admitted and still being set up, an await or two from ``calls``: they
+        # hold their slot from admission on, so offers arriving meanwhile see it
+        self._setting_up: set[str] = set()
+        # in-app offers waiting for their first audio, capped (engine/offers.py)
+        self.offers = PendingOffers(
+            settings.max_pending_offers_per_address,
+            settings.max_pending_offers,
+            settings.media_timeout,
+        )
         # what a call must not lose while storage fails: kept and written when it is back
         self.spool = WriteSpool()
         self._choices: dict[str, ModelChoice] = {}
@@ -197,15 +210,26 @@ class CallManager:
 
     # -- models -----------------------------------------------------------------
 
-    def model_choice(self, language: str) -> ModelChoice:
-        if language not in self._choices:
-            prefer = self.settings.asr_backends.get(language)
-            choice = choose_model(language, self.settings.model_dirs, prefer)
-            self._choices[language] = choice
+    def model_choice(self, language: str, *, quiet: bool = False) -> ModelChoice:
+        """The recognizer for ``language``, looked up once and remembered (at most
+        ``MAX_MODEL_CHOICES`` languages besides the configured ones: anyone may ask
+        about any language). Said in the log the first time, unless ``quiet``."""
+        choice = self._choices.get(language)
+        if choice is not None:
+            return choice
+        prefer = self.settings.asr_backends.get(language)
+        choice = choose_model(language, self.settings.model_dirs, prefer)
+        kept = {self.settings.default_language, *self.settings.preload_languages}
+        if len(self._choices) >= MAX_MODEL_CHOICES + len(kept):
+            oldest = next((lang for lang in self._choices if lang not in kept), None)
+            if oldest is not None:
+                del self._choices[oldest]
+        self._choices[language] = choice
+        if not quiet:  # the language (and the note naming it) may be a caller's input
             (log.warning if choice.fallback or not choice.backend else log.info)(
-                "speech for '%s': %s", language, choice.note
+                "speech for '%s': %s", loggable(language), loggable(choice.note)
             )
-        return self._choices[language]
+        return choice
 
     async def ready_model(self, language: str) -> ModelChoice:
         """The language's recognizer, its model prepared: Moonshine is converted once
@@ -264,14 +288,18 @@ class CallManager:
             await self.pool.start()
 
     def recognition_backlog(self) -> float:
-        """Seconds of speech waiting for a recognizer: in the legs' own queues (a leg
-        sends one request at a time) and sent to the workers, not yet answered."""
-        queued = sum(
-            leg.pipeline.backlog_seconds
-            for call in self.calls.values()
-            for leg in call.legs
-            if leg.pipeline is not None
-        )
+        """Seconds of caller audio waiting: decoded and not yet read for analysis (the
+        leg's track), speech in the legs' own queues for their recognizer (a leg sends
+        one request at a time), and sent to the workers, not yet answered."""
+        queued = 0.0
+        for call in self.calls.values():
+            for leg in call.legs:
+                if leg.pipeline is not None:
+                    queued += leg.pipeline.backlog_seconds
+                track = leg.peer.audio_track if leg.peer is not None else None
+                if track is not None and track.done() and not track.cancelled():
+                    if track.exception() is None:
+                        queued += queued_frames(track.result()) * FRAME_SECONDS
         return queued + self.pool.stats().backlog_seconds
 
     async def _open_recognizer(self, leg_id: str, language: str) -> LegRecognizer:
@@ -319,17 +347,24 @@ class CallManager:
 
     # -- lifecycle --------------------------------------------------------------
 
+    def calls_in_progress(self) -> int:
+        """What the call limit counts: calls running, and admitted ones being set up."""
+        return len(self.calls) + len(self._setting_up)
+
     def admit(self) -> None:
         """Refuse a new call now, or not: measured load (engine/capacity.py, set by
         engine/app.py) and the call limit. ``Overloaded``, counted, carries the reason
         and a Retry-After. The SIP front asks before it rings or dials."""
         if self.capacity is not None:
             self.capacity.admit(time.monotonic())
-        elif len(self.calls) >= self.settings.max_concurrent_calls:
+        elif (calls := self.calls_in_progress()) >= self.settings.max_concurrent_calls:
             self.metrics.rejected.labels("limit").inc()
-            raise Overloaded(f"{len(self.calls)} calls: the configured limit", retry_after=30)
+            raise Overloaded(f"{calls} calls: the configured limit", retry_after=30)
 
     def _new_call(self, channel: str, language: str | None, caller: str | None) -> Call:
+        """Admit a call and take its slot, with no await between the two (20 offers at
+        once against a limit of 4 all got in when the slot was taken only once the call
+        was stored). The caller of this must release it: ``_setting_up.discard``."""
         self.admit()
         language = (language or self.settings.default_language).lower()
         call = Call(
@@ -341,22 +376,36 @@ class CallManager:
             created_at=utcnow(),
         )
         call.escalation = CallEscalation(self.content.rules)
+        self._setting_up.add(call.id)
         return call
 
     async def create_webrtc_call(
-        self, sdp: str, language: str | None, caller: str | None
+        self, sdp: str, language: str | None, caller: str | None, address: str = ""
     ) -> tuple[Call, str]:
+        """``address``: where the offer came from, for the caps on offers that have not
+        sent audio yet (engine/offers.py)."""
+        if (refused := self.offers.refusal(address)) is not None:
+            self.metrics.rejected.labels(refused[0]).inc()
+            raise refused[1]
         call = self._new_call("webrtc", language, caller)
-        leg = Leg(str(uuid.uuid4()), "caller", "webrtc")
-        peer = leg.peer = WebRtcLeg(
-            on_ended=lambda reason: self.end_call(call.id, reason), ice_servers=self.ice_servers
-        )
+        self.offers.add(call.id, address)
         try:
-            answer, _summary = await peer.answer(sdp)
-            await self._start_call(call, leg, codec=None)
+            leg = Leg(str(uuid.uuid4()), "caller", "webrtc")
+            peer = leg.peer = WebRtcLeg(
+                on_ended=lambda reason: self.end_call(call.id, reason),
+                ice_servers=self.ice_servers,
+            )
+            try:
+                answer, _summary = await peer.answer(sdp)
+                await self._start_call(call, leg, codec=None)
+            except BaseException:
+                await peer.close()
+                raise
         except BaseException:
-            await peer.close()
+            self.offers.done(call.id)
             raise
+        finally:
+            self._setting_up.discard(call.id)
         return call, answer
 
     async def route_invited(
@@ -384,9 +433,12 @@ class CallManager:
         """A phone caller whose SIP dialog and RTP session are set up (engine/sip.py):
         the same pipeline, queues and agents as an in-app caller, plus the key menu."""
         call = self._new_call("sip", language, caller)
-        leg = Leg(str(uuid.uuid4()), "caller", "sip")
-        leg.peer = peer
-        await self._start_call(call, leg, codec=codec)
+        try:
+            leg = Leg(str(uuid.uuid4()), "caller", "sip")
+            leg.peer = peer
+            await self._start_call(call, leg, codec=codec)
+        finally:
+            self._setting_up.discard(call.id)
         if menu and self.settings.ivr_prompt:
             call.tasks.append(asyncio.create_task(self._menu(call)))
         return call
@@ -478,32 +530,22 @@ class CallManager:
             if not leg.left:
                 await self.end_call(call.id, "no_media")
             return
-        choice = await self.ready_model(call.language)
-        leg.pipeline = LegPipeline(
-            leg.id,
-            (lambda: self._open_recognizer(leg.id, call.language)) if choice.backend else None,
-            self.executor,
-            lambda ev: self._enqueue(call, ev),
-            vad=VadSettings(aggressiveness=self.settings.vad_aggressiveness),
-            punctuated=choice.punctuated,
-        )
-        await leg.pipeline.start()
+        pipeline: LegPipeline | None = None
 
-        def tap(frame: PcmFrame, role: str = leg.role) -> None:
-            for fork in call.forks:
-                fork(role, frame)
-            if call.recording is not None:
-                call.recording.write(0 if role == "caller" else 1, leg.offset + frame.start, frame)
+        async def first_audio() -> None:
+            # the heavy part of a leg, its recognizer in a worker, is set up only once
+            # audio arrives: an offer that never sends any never costs one
+            nonlocal pipeline
+            if leg.role == "caller":
+                self.offers.done(call.id)
+            pipeline = await self._start_analysis(call, leg)
 
-        leg.pipeline.tap = tap
-        if leg.role == "caller":
-            call.tasks.append(asyncio.create_task(self._silence_clock(call, leg.pipeline)))
         frames = self.metrics.frames
-        pipeline = leg.pipeline
         first = True
 
         def push(pcm: np.ndarray, rate: int, channels: int) -> int:
             nonlocal first
+            assert pipeline is not None
             if first:
                 first = False
                 now = time.monotonic()
@@ -527,12 +569,52 @@ class CallManager:
                 other.outbound.push_live(to_send_rate(downmix_int16(pcm, channels), rate))
             return n
 
-        reason = await pump_audio(track, push, self.settings.media_timeout)
+        reason = await pump_audio(
+            track,
+            push,
+            self.settings.media_timeout,
+            on_first=first_audio,
+            on_lost=self.frames_lost,
+        )
         if leg.left:
             return  # transferred away: the call goes on without this leg
         if leg.role == "agent" and reason == "remote_closed":
             reason = "agent_hangup"
         await self.end_call(call.id, reason)
+
+    async def _start_analysis(self, call: Call, leg: Leg) -> LegPipeline:
+        """The leg's analysis chain and recognizer, at its first audio."""
+        choice = await self.ready_model(call.language)
+        pipeline = leg.pipeline = LegPipeline(
+            leg.id,
+            (lambda: self._open_recognizer(leg.id, call.language)) if choice.backend else None,
+            self.executor,
+            lambda ev: self._enqueue(call, ev),
+            vad=VadSettings(aggressiveness=self.settings.vad_aggressiveness),
+            punctuated=choice.punctuated,
+            on_lost=self._speech_dropped,
+        )
+        await pipeline.start()
+
+        def tap(frame: PcmFrame, role: str = leg.role) -> None:
+            for fork in call.forks:
+                fork(role, frame)
+            if call.recording is not None:
+                call.recording.write(0 if role == "caller" else 1, leg.offset + frame.start, frame)
+
+        pipeline.tap = tap
+        if leg.role == "caller":
+            call.tasks.append(asyncio.create_task(self._silence_clock(call, pipeline)))
+        return pipeline
+
+    def frames_lost(self, reason: LossReason, frames: int) -> None:
+        """Caller audio that never reached analysis, counted as it is lost (media/loss.py);
+        admission reads the count (engine/capacity.py)."""
+        self.metrics.frames_lost.labels(reason).inc(frames)
+
+    def _speech_dropped(self, reason: LossReason, frames: int) -> None:
+        self.metrics.dropped_chunks.inc()
+        self.frames_lost(reason, frames)
 
     async def accept(self, user: UserRow, call_id: str, sdp: str) -> str:
         """The ringing agent answers with their softphone's SDP offer: bridge them in."""
@@ -1432,6 +1514,7 @@ class CallManager:
         if call is None or call.ended.is_set() or call.state == "ended":
             return
         call.ended.set()
+        self.offers.done(call_id)
         if call.agent_id is not None and call.agent_id in self.acd.agents:
             handle = time.monotonic() - call.bridged_at
             await self._acd_actions(self.acd.hangup(call.agent_id, time.monotonic(), handle))
@@ -1444,7 +1527,6 @@ class CallManager:
                 except TimeoutError:
                     log.warning("call %s: recognizer did not finish in time", call_id)
                     leg.pipeline.cancel()
-                self.metrics.dropped_chunks.inc(leg.pipeline.dropped_chunks)
         call.events.put_nowait(None)
         consumer = call.consumer
         if consumer is not None and consumer is not current:

@@ -101,6 +101,15 @@ class Overloaded(RuntimeError):
         self.retry_after = retry_after
 
 
+class Throttled(RuntimeError):
+    """Too much from one client right now (the message says what); ask again in
+    ``retry_after`` seconds (HTTP 429 with Retry-After)."""
+
+    def __init__(self, reason: str, retry_after: int = 5) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
 class UnknownCall(LookupError):
     pass
 

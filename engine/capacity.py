@@ -1,15 +1,20 @@
 """Admission by measured capacity: is this node too full to take another call?
 
-Theory of operation. Four signals decide, each against a threshold in Settings:
+Theory of operation. Five signals decide, each against a threshold in Settings:
 
     signal    measured as                                            threshold (Settings)
     loop_lag  p95 of how late a 50 ms sleep wakes, last 10 s          admission_max_loop_lag_ms
-    backlog   seconds of caller audio waiting for a recognizer        admission_max_backlog_s
+    backlog   seconds of caller audio waiting to be analysed or       admission_max_backlog_s
+              for a recognizer
     cpu       CPU of this process and its recognition workers over    admission_max_cpu
               the last 5 s, as a fraction of the cores we may use
-    limit     calls in progress                                       max_concurrent_calls
+    loss      caller audio lost on this node over the last 5 s, as    admission_max_frame_loss
+              a fraction of the audio (media/loss.py: skipped late,
+              dropped from full queues; and UDP datagrams the kernel
+              dropped because we read our sockets too late)
+    limit     calls in progress (and admitted ones being set up)      max_concurrent_calls
 
-A measured signal (the first three) makes the node *full* once it goes over its
+A measured signal (the first four) makes the node *full* once it goes over its
 threshold, and keeps it full until it falls below ``RELEASE`` (80 %) of it: hysteresis,
 so a node hovering at the line does not flap between taking and refusing calls. A
 signal with too few samples yet (the node just started) never refuses. The limit is a
@@ -42,6 +47,7 @@ import psutil
 
 from engine.callstate import Overloaded
 from engine.config import Settings
+from media.loss import LOCAL_LOSSES
 
 if TYPE_CHECKING:
     from prometheus_client import Histogram
@@ -50,7 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Signal = Literal["loop_lag", "backlog", "cpu", "limit"]
+Signal = Literal["loop_lag", "backlog", "cpu", "loss", "limit"]
 State = Literal["ok", "full"]
 
 LAG_INTERVAL = 0.05  # s the lag monitor sleeps between ticks
@@ -66,6 +72,10 @@ LAG_MIN_SAMPLES = 100
 CPU_WINDOW = 5.0  # s of CPU time utilisation is averaged over
 CPU_MIN_SPAN = 1.0  # s between the oldest and newest CPU sample before it counts
 SAMPLE_INTERVAL = 0.5  # s between CPU samples (and gauge updates)
+LOSS_WINDOW = 5.0  # s of audio the loss fraction is taken over
+# a fraction of fewer frames than this (5 s of one call) is noise, not a measurement
+LOSS_MIN_FRAMES = 250
+UDP_EVERY = 2  # read the kernel's UDP drop counts every this many samples
 RELEASE = 0.8  # once full, a signal must fall below this fraction of its threshold
 RETRY_MIN, RETRY_MAX = 5, 30  # s of Retry-After: at a threshold, at 3x it or more
 LIMIT_RETRY = 30  # s of Retry-After at the call limit
@@ -90,6 +100,7 @@ class Load:
     loop_lag_p99_ms: float | None
     backlog_s: float | None
     cpu: float | None  # fraction of the cores we may use
+    audio_loss: float | None  # fraction of caller audio lost locally
     calls: int
     limit: int
 
@@ -145,6 +156,76 @@ class CpuMeter:
             return None
         used = sum(max(0.0, cpu - first.get(pid, 0.0)) for pid, cpu in last.items())
         return used / ((t1 - t0) * self.cores)
+
+
+class LossMeter:
+    """The fraction of caller audio lost locally over the last ``span`` seconds, from
+    cumulative counts: frames analysed, frames lost, and UDP datagrams the kernel dropped
+    (taken as a frame each). Only while audio flows: datagrams dropped with no calls up
+    (a flood at the SIP port) are no fraction of anything."""
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self._samples: deque[tuple[float, float, float, float]] = deque(maxlen=256)
+
+    def add(self, now: float, analysed: float, lost: float, dropped: float) -> None:
+        self._samples.append((now, analysed, lost, dropped))
+        while len(self._samples) >= 2 and self._samples[1][0] <= now - self.span:
+            self._samples.popleft()
+
+    def fraction(self, now: float) -> float | None:
+        """None until the window holds ``LOSS_MIN_FRAMES`` of audio, or when stale."""
+        if len(self._samples) < 2 or now - self._samples[-1][0] > self.span:
+            return None
+        (_, a0, l0, d0), (_, a1, l1, d1) = self._samples[0], self._samples[-1]
+        analysed, lost, dropped = max(0.0, a1 - a0), max(0.0, l1 - l0), max(0.0, d1 - d0)
+        if analysed + lost < LOSS_MIN_FRAMES:
+            return None
+        return (lost + dropped) / (analysed + lost + dropped)
+
+
+class UdpDrops:
+    """UDP datagrams the kernel dropped for a process's sockets because their receive
+    buffers were full (the process did not read them in time): the ``drops`` column of
+    /proc/net/udp and udp6 for the sockets among its file descriptors. Linux only;
+    ``read`` gives None elsewhere. A closed socket's drops stay counted."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = pid or os.getpid()
+        self._seen: dict[int, int] = {}  # socket inode -> its drops at the last read
+        self.total = 0
+
+    def _inodes(self) -> set[int]:
+        inodes = set()
+        for entry in os.scandir(f"/proc/{self.pid}/fd"):
+            try:
+                link = os.readlink(entry.path)
+            except OSError:  # closed while we looked
+                continue
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+        return inodes
+
+    def read(self) -> int | None:
+        try:
+            inodes = self._inodes()
+        except OSError:
+            return None
+        current: dict[int, int] = {}
+        for table in ("udp", "udp6"):
+            try:
+                with open(f"/proc/{self.pid}/net/{table}") as f:
+                    next(f, None)  # the header
+                    for line in f:
+                        fields = line.split()
+                        if len(fields) >= 13 and int(fields[9]) in inodes:
+                            current[int(fields[9])] = int(fields[12])
+            except (OSError, ValueError):
+                continue
+        for inode, drops in current.items():
+            self.total += max(0, drops - self._seen.get(inode, 0))
+        self._seen = current
+        return self.total
 
 
 class ProcessTimes:
@@ -234,6 +315,8 @@ def _describe(signal: Signal, value: float, threshold: float, over: bool) -> str
         name, unit, scale = "event loop lag p95", " ms", 1000.0
     elif signal == "backlog":
         name, unit, scale = "recognition backlog", " s", 1.0
+    elif signal == "loss":
+        name, unit, scale = "audio lost", "%", 100.0
     else:
         name, unit, scale = "cpu", "%", 100.0
     shown = f"{name} {_num(value * scale)}{unit}"
@@ -262,6 +345,7 @@ class Capacity:
         *,
         cores: int | None = None,
         cpu_times: Callable[[Iterable[int]], dict[int, float]] | None = None,
+        udp_drops: Callable[[], int | None] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -271,6 +355,10 @@ class Capacity:
         self._cpu_times = cpu_times or ProcessTimes()
         self.lag = LoopLagMonitor(metrics.loop_lag)
         self.cpu = CpuMeter(CPU_WINDOW, cores or usable_cores())
+        self.loss = LossMeter(LOSS_WINDOW)
+        self._udp_drops = udp_drops or UdpDrops().read
+        self._udp_seen: int | None = None
+        self._samples = 0
         self._full: set[Signal] = set()  # measured signals held full (hysteresis)
         self._refusal: Refusal | None = None  # the last check's answer
         self._backlog_failed = False
@@ -286,6 +374,22 @@ class Capacity:
             log.exception("could not list the recognition workers")
             workers = []
         self.cpu.add(now, self._cpu_times([os.getpid(), *workers]))
+
+    def sample_loss(self, now: float) -> None:
+        """Read the frames analysed and lost so far (the metrics), and the kernel's UDP
+        drops every ``UDP_EVERY`` samples (counted in ``ccengine_udp_receive_drops``)."""
+        self._samples += 1
+        if (self._samples - 1) % UDP_EVERY == 0:
+            drops = self._udp_drops()
+            if drops is not None:
+                if self._udp_seen is not None and drops > self._udp_seen:
+                    self.metrics.udp_drops.inc(drops - self._udp_seen)
+                self._udp_seen = drops
+        value = self.metrics.registry.get_sample_value
+        analysed = value("ccengine_frames_processed_total") or 0.0
+        lost = sum(value("ccengine_frames_lost_total", {"reason": r}) or 0.0 for r in LOCAL_LOSSES)
+        dropped = value("ccengine_udp_receive_drops_total") or 0.0
+        self.loss.add(now, analysed, lost, dropped)
 
     def backlog(self) -> float | None:
         try:
@@ -304,6 +408,7 @@ class Capacity:
             "loop_lag": s.admission_max_loop_lag_ms / 1000.0,
             "backlog": s.admission_max_backlog_s,
             "cpu": s.admission_max_cpu,
+            "loss": s.admission_max_frame_loss,
         }
 
     def _measure(self, now: float) -> dict[Signal, float | None]:
@@ -311,6 +416,7 @@ class Capacity:
             "loop_lag": self.lag.percentile(LAG_QUANTILE, now),
             "backlog": self.backlog(),
             "cpu": self.cpu.utilisation(now),
+            "loss": self.loss.fraction(now),
         }
 
     # -- the decision -------------------------------------------------------------------
@@ -366,6 +472,7 @@ class Capacity:
         p50, p99 = self.lag.percentile(0.5, now), self.lag.percentile(0.99, now)
         cpu = self.cpu.utilisation(now)
         backlog = self.backlog()
+        loss = self.loss.fraction(now)
         return Load(
             state="ok" if refusal is None else "full",
             reason=refusal.reason if refusal else None,
@@ -373,6 +480,7 @@ class Capacity:
             loop_lag_p99_ms=None if p99 is None else round(p99 * 1000, 1),
             backlog_s=None if backlog is None else round(backlog, 2),
             cpu=None if cpu is None else round(cpu, 3),
+            audio_loss=None if loss is None else round(loss, 3),
             calls=self._calls_count(),
             limit=self.settings.max_concurrent_calls,
         )
@@ -397,6 +505,7 @@ class Capacity:
             try:
                 now = time.monotonic()
                 self.sample_cpu(now)
+                self.sample_loss(now)
                 self.check(now)  # the state (and its log line) move without offers too
                 if (cpu := self.cpu.utilisation(now)) is not None:
                     self.metrics.cpu_utilisation.set(cpu)

@@ -39,6 +39,8 @@ def _serve(args: argparse.Namespace) -> int:
     malloc.limit_arenas()
 
     from engine.app import create_app
+    from engine.httpserver import guarded_http
+    from media.netlimits import raise_fd_limit
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if args.db:
@@ -54,10 +56,17 @@ def _serve(args: argparse.Namespace) -> int:
     # httpx logs every request's full URL at INFO: a webhook URL's query may hold the
     # receiver's own token. Our webhook log lines name scheme, host and port only.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    before, after = raise_fd_limit()
+    logging.getLogger("engine").info(
+        "open files: up to %d%s", after, f" (raised from {before})" if after > before else ""
+    )
+    app = create_app(settings)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
+        # slowloris: connections counted and capped, a deadline on every request
+        http=guarded_http(app.state.http_connections, settings.http_request_timeout),
         ws_max_size=64 * 1024,
         # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: anyone on this
         # host could then pick the address they are rate-limited as. The app applies

@@ -86,6 +86,37 @@ class Settings(BaseSettings):
     # CPU of this process and its recognition workers over the last 5 s, as a fraction
     # of the cores it may use (1.0: all of them):
     admission_max_cpu: float = Field(0.9, ge=0, le=1)
+    # The fraction of caller audio lost on this node (not on the network: skipped
+    # because analysis fell behind, dropped from a full queue, or dropped by the kernel
+    # because the engine did not read its sockets in time) over the last 5 s:
+    admission_max_frame_loss: float = Field(0.05, ge=0, le=1)
+    # WebRTC offers that have not sent audio yet (ICE and DTLS under way, or a caller
+    # who never sends any: those end after media_timeout). At most this many from one
+    # address (more get 429 with Retry-After) and in all (503). Nothing heavy (the
+    # recognizer, the analysis) is set up for a call before its first audio.
+    max_pending_offers_per_address: int = Field(10, ge=1)
+    max_pending_offers: int = Field(32, ge=1)
+    # HTTP connections (WebSockets and event streams included) at once, from one address
+    # (CCENGINE_TRUSTED_PROXIES are exempt) and in all; over either, a new connection
+    # gets 503 with Retry-After and is closed.
+    http_max_connections_per_address: int = Field(256, ge=1)
+    http_max_connections: int = Field(4096, ge=1)
+    # Seconds a client has to send a whole request (line, headers and body), counted
+    # from its first byte, or for a new connection from connecting; then it gets 408
+    # and is closed (slowloris). Idle keep-alive connections close after 5 s.
+    http_request_timeout: float = Field(10.0, gt=0, le=300)
+    # SIP over TCP: connections from one address (CCENGINE_SIP_TRUNKS are exempt) and in
+    # all; seconds a message may take to arrive once it has begun (and a new
+    # connection's first message); seconds a connection may stay silent between
+    # messages (a CRLF keep-alive counts, RFC 5626).
+    sip_tcp_max_connections_per_address: int = Field(16, ge=1)
+    sip_tcp_max_connections: int = Field(1024, ge=1)
+    sip_tcp_message_timeout: float = Field(10.0, gt=0, le=300)
+    sip_tcp_idle_timeout: float = Field(600.0, gt=0, le=3600)
+    # File descriptors kept for calls (RTP and ICE sockets, recognition workers, the
+    # database): HTTP and SIP connections are refused once fewer are left. At start the
+    # soft limit on open files is raised to the hard limit.
+    fd_reserve: int = Field(256, ge=16)
     # Recognizers decoding at once (one lane each); 0: two per core when the decoders
     # release the GIL (Moonshine, vosk), else one per core.
     asr_workers: int = Field(0, ge=0, le=64)

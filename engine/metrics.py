@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from media.loss import LOSS_REASONS
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -16,6 +18,23 @@ class Metrics:
         )
         self.frames = Counter(
             "ccengine_frames_processed", "20 ms analysis frames processed", registry=r
+        )
+        self.frames_lost = Counter(
+            "ccengine_frames_lost",
+            "20 ms frames of caller audio never analysed, by why (media/loss.py): gap (never "
+            "arrived: the network, or a socket the engine read too late), late (skipped: "
+            "analysis was behind), queue (a phone call's queue was full), recognizer "
+            "(speech dropped: its recognizer was behind)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in LOSS_REASONS:  # at 0 from the start, not only once one is lost
+            self.frames_lost.labels(reason)
+        self.udp_drops = Counter(
+            "ccengine_udp_receive_drops",
+            "UDP datagrams (RTP, ICE, SIP) the kernel dropped because the engine did not "
+            "read its sockets in time",
+            registry=r,
         )
         self.asr_latency = Histogram(
             "ccengine_asr_latency_seconds",
@@ -59,6 +78,13 @@ class Metrics:
             "Phone-call RTP packets refused: from a host the call did not signal (foreign), "
             "or from another address of one while the call's stream goes on (stray)",
             ["reason"],
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "ccengine_connections_refused",
+            "HTTP and SIP-over-TCP connections refused: too many from one address, too "
+            "many in all, or too few file descriptors left",
+            ["listener", "reason"],
             registry=r,
         )
         # admission (engine/capacity.py): refusals count in ``rejected`` as loop_lag,

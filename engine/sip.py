@@ -24,6 +24,7 @@ from engine.acd import AcdError
 from engine.callstate import NotAllowed, Overloaded, UnknownCall
 from engine.config import Settings
 from engine.users import Actor
+from media.netlimits import in_networks
 from media.rtp import Refusal, RtpSession
 from media.sip import message as sm
 from media.sip.endpoint import (
@@ -56,7 +57,7 @@ from media.sip.sdp import (
     parse_offer,
 )
 from media.sip.throttle import AuthThrottle
-from media.sip.transport import SipTransport
+from media.sip.transport import SipTransport, TcpLimits
 
 if TYPE_CHECKING:
     from engine.calls import CallManager
@@ -121,7 +122,17 @@ class SipFront:
         self.endpoint = SipEndpoint(
             self.public_host, settings.sip_port, admission, throttle=throttle
         )
-        self.transport = SipTransport(self.endpoint, self._on_event)
+        refused_tcp = calls.metrics.connections_refused
+        limits = TcpLimits(
+            message_timeout=settings.sip_tcp_message_timeout,
+            idle_timeout=settings.sip_tcp_idle_timeout,
+            per_address=settings.sip_tcp_max_connections_per_address,
+            total=settings.sip_tcp_max_connections,
+            fd_reserve=settings.fd_reserve,
+            exempt=in_networks(settings.sip_trunks),  # a carrier may open several
+            on_refused=lambda why: refused_tcp.labels("sip", why).inc(),
+        )
+        self.transport = SipTransport(self.endpoint, self._on_event, limits)
         self._phone: dict[str, _PhoneCall] = {}
         self._dialing: dict[str, asyncio.Future[bytes]] = {}
         self._desk_ringing: dict[str, str] = {}  # engine call id -> desk phone's Call-ID
@@ -186,6 +197,7 @@ class SipFront:
             on_dtmf,
             sources=[peer.host, *self.settings.sip_rtp_sources],
             on_refused=self._count_refused,
+            on_lost=self.calls.frames_lost,
         )
 
     def _count_refused(self, why: Refusal) -> None:

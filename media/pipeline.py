@@ -37,6 +37,7 @@ from media.events import (
     TranscriptFinal,
     TranscriptPartial,
 )
+from media.loss import OnLost
 from media.vad import (
     PauseDetected,
     SpeechFrame,
@@ -50,6 +51,7 @@ from media.vad import (
 log = logging.getLogger(__name__)
 
 CHUNK_FRAMES = 5  # 100 ms of speech per recognizer call
+FRAME_BYTES = 16000 * FRAME_MS // 1000 * 2  # one 20 ms frame of 16 kHz int16
 MAX_QUEUED_CHUNKS = 300  # 30 s of speech waiting for the recognizer
 
 
@@ -88,15 +90,18 @@ class LegPipeline:
         *,
         vad: VadSettings | None = None,
         punctuated: bool = False,
+        on_lost: OnLost | None = None,
     ) -> None:
         """``open_recognizer`` makes the leg's recognizer (None: no transcription);
         ``punctuated``: its text ends sentences with punctuation, so pauses can be
-        judged by it. ``executor`` runs the prosody maths."""
+        judged by it. ``executor`` runs the prosody maths. ``on_lost`` hears of speech
+        dropped, as it is dropped, because the recognizer is behind (media/loss.py)."""
         self.leg_id = leg_id
         self._open = open_recognizer
         self._executor = executor
         self._emit = emit
         self._punctuated = punctuated
+        self._on_lost = on_lost
         self._resampler = AnalysisResampler()
         self._segmenter = SpeechSegmenter(vad or VadSettings())
         self._queue: asyncio.Queue[_Audio | _Peek | _End | None] = asyncio.Queue(MAX_QUEUED_CHUNKS)
@@ -173,11 +178,16 @@ class LegPipeline:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            self.dropped_chunks += 1
+            self._dropped(item)
             if self.dropped_chunks in (1, 10, 100) or self.dropped_chunks % 1000 == 0:
                 log.warning(
                     "leg %s: recognizer behind, dropped %d chunks", self.leg_id, self.dropped_chunks
                 )
+
+    def _dropped(self, item: _Audio | _Peek | _End) -> None:
+        self.dropped_chunks += 1
+        if self._on_lost is not None and isinstance(item, _Audio):
+            self._on_lost("recognizer", len(item.pcm) // FRAME_BYTES)
 
     def _flush_chunk(self) -> None:
         if self._chunk:
@@ -191,8 +201,9 @@ class LegPipeline:
         self._utt_samples = []
         # an _End must never be lost, or the next utterance would merge into this one
         while self._queue.full():
-            self._queue.get_nowait()
-            self.dropped_chunks += 1
+            oldest = self._queue.get_nowait()
+            if oldest is not None:
+                self._dropped(oldest)
         self._queue.put_nowait(_End(ev, samples, self._last_voice_at or time.monotonic()))
 
     async def close(self) -> None:

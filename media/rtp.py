@@ -43,6 +43,7 @@ from aiortp import PcmConcealer, RtpPacket, is_rtcp
 from aiortp.codecs import get_codec
 from aiortp.dtmf import DTMF_EVENTS, EVENT_TO_DIGIT
 
+from media.loss import OnLost, frames_in
 from media.sip.sdp import AudioOffer
 from media.wavtrack import SEND_RATE, PacedAudioTrack
 
@@ -229,17 +230,20 @@ class RtpInboundTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self) -> None:
+    def __init__(self, on_lost: OnLost | None = None) -> None:
         super().__init__()
         self._queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
         self._pts = 0
         self.held = False  # the caller holds us: no packets is no reason to hang up
         self.dropped = 0
+        self.on_lost = on_lost
 
     def put(self, pcm48: np.ndarray) -> None:
         if self._queue.qsize() >= MAX_QUEUED_CHUNKS:
-            self._queue.get_nowait()
+            oldest = self._queue.get_nowait()
             self.dropped += 1
+            if self.on_lost is not None and oldest is not None:
+                self.on_lost("queue", frames_in(len(oldest) / SEND_RATE))
         self._queue.put_nowait(pcm48)
 
     def end(self) -> None:
@@ -281,7 +285,8 @@ class RtpStats:
 class RtpSession(asyncio.DatagramProtocol):
     """One call's RTP. ``sources``: hosts or networks besides the SDP's address whose
     packets count (the SIP peer's address, networks the operator trusts); ``on_refused``
-    hears of each packet refused, and why (see :class:`SourceLatch`)."""
+    hears of each packet refused, and why (see :class:`SourceLatch`); ``on_lost``, of
+    caller audio lost on the way (media/loss.py: concealed gaps, a full queue)."""
 
     def __init__(
         self,
@@ -290,11 +295,13 @@ class RtpSession(asyncio.DatagramProtocol):
         *,
         sources: Iterable[str] = (),
         on_refused: Callable[[Refusal], None] | None = None,
+        on_lost: OnLost | None = None,
     ) -> None:
         self.offer = offer
         self.on_dtmf = on_dtmf
         self.on_refused = on_refused
-        self.track = RtpInboundTrack()
+        self.on_lost = on_lost
+        self.track = RtpInboundTrack(on_lost)
         self.stats = RtpStats()
         self._transport: asyncio.DatagramTransport | None = None
         self.latch = SourceLatch((offer.address, offer.port), sources)
@@ -405,6 +412,8 @@ class RtpSession(asyncio.DatagramProtocol):
         for lost, item in ready:
             if lost and self._plc.frame_samples:
                 self.stats.concealed += lost
+                if self.on_lost is not None:
+                    self.on_lost("gap", frames_in(lost * self.offer.ptime / 1000))
                 self._deliver(self._plc.conceal(lost * self._plc.frame_samples))
             if isinstance(item, RtpPacket):
                 pcm = self._codec.decode(item.payload)

@@ -4,11 +4,17 @@ A leg ends, with a reason, when the peer closes (DTLS close / BYE-equivalent),
 when ICE fails (aioice consent freshness gives up), or when no audio has arrived
 for ``media_timeout`` seconds: a browser sends Opus packets continuously, even
 in silence, so a long gap means the caller is gone (tab killed, network lost).
+
+Audio that does not reach analysis is counted as it is lost (media/loss.py): frames
+missing from the stream (its timestamps jump), and frames skipped because more than
+``MAX_BEHIND`` seconds of decoded audio were waiting to be read (a node that fell
+behind catches up instead of analysing, and bridging, ever later audio).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fractions
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -22,13 +28,16 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
+from media import stun
 from media.bridge import ForwardedVideoTrack, VideoIn
 from media.dtmf import tones
+from media.loss import FRAME_SECONDS, OnLost, frames_in
 from media.outbound import OutboundAudioTrack
 from media.peer import CallPeer
 from media.sdp import OfferSummary, SdpError, parse_offer
 
 log = logging.getLogger(__name__)
+stun.guard_aioice()  # a malformed STUN packet at a call's ICE port is dropped quietly
 
 
 class WebRtcLeg:
@@ -121,13 +130,58 @@ class WebRtcLeg:
             log.warning("peer connection close timed out")
 
 
+# Decoded audio waiting to be read beyond this many seconds is skipped (counted as
+# "late", media/loss.py) down to CATCH_UP: analysis and the bridge stay near real time
+# on a node that fell behind, and the waiting frames cannot grow memory without bound
+# (aiortc's track queue has no bound of its own).
+MAX_BEHIND = 2.0
+CATCH_UP = 0.2
+# A jump in timestamps over this many seconds is a new stream, not lost audio.
+MAX_GAP = 10.0
+
+
+def queued_frames(track: MediaStreamTrack) -> int:
+    """Decoded frames waiting in ``track`` to be read: aiortc's remote tracks and our
+    phone track (media/rtp.py) both keep them in an ``asyncio.Queue`` called ``_queue``
+    (tests/test_lost_audio.py checks that aiortc still does)."""
+    queue = getattr(track, "_queue", None)
+    return queue.qsize() if isinstance(queue, asyncio.Queue) else 0
+
+
+class StreamClock:
+    """Finds audio missing from a track by the frames' timestamps (aiortc maps the RTP
+    timestamps of a stream to ``pts`` from 0, wraps included): sans-IO, frames in,
+    lost 20 ms frames out."""
+
+    def __init__(self) -> None:
+        self._next: int | None = None
+
+    def lost(self, pts: int | None, seconds: float, time_base: fractions.Fraction | None) -> int:
+        if pts is None or not time_base:
+            return 0
+        lost = 0
+        if self._next is not None:
+            gap = float((pts - self._next) * time_base)
+            if FRAME_SECONDS / 2 < gap <= MAX_GAP:
+                lost = frames_in(gap)
+        self._next = pts + round(seconds / time_base)
+        return lost
+
+
 async def pump_audio(
     track: MediaStreamTrack,
     push: Callable[..., int],
     media_timeout: float,
+    *,
+    on_first: Callable[[], Awaitable[None]] | None = None,
+    on_lost: OnLost | None = None,
 ) -> str:
-    """Read decoded frames until the track ends; return why it ended."""
+    """Read decoded frames until the track ends; return why it ended. ``on_first`` is
+    awaited before the first frame is pushed (a leg's analysis starts with its audio);
+    ``on_lost`` hears of audio that is missing or skipped (media/loss.py)."""
     received = False
+    clock = StreamClock()
+    skip = 0
     while True:
         try:
             # a timeout scope, not wait_for: wait_for wraps every frame's recv() in a
@@ -139,9 +193,22 @@ async def pump_audio(
             return "media_timeout" if received else "no_media"
         except MediaStreamError:
             return "remote_closed"
-        if not isinstance(frame, av.AudioFrame):
+        if not isinstance(frame, av.AudioFrame) or not frame.samples or not frame.sample_rate:
             continue
-        received = True
+        if not received:
+            received = True
+            if on_first is not None:
+                await on_first()
+        seconds = frame.samples / frame.sample_rate
+        if (gap := clock.lost(frame.pts, seconds, frame.time_base)) and on_lost is not None:
+            on_lost("gap", gap)
+        if skip:
+            skip -= 1
+            if on_lost is not None:
+                on_lost("late", frames_in(seconds))
+            continue
+        if (waiting := queued_frames(track)) * seconds > MAX_BEHIND:
+            skip = waiting - round(CATCH_UP / seconds)
         pcm = frame.to_ndarray()
         channels = len(frame.layout.channels)
         if frame.format.is_planar and channels > 1:

@@ -96,8 +96,12 @@ class EngineProcess:
             "CCENGINE_SECRET_KEY_FILE": str(workdir / "secret"),
             "CCENGINE_SIP_PORT": str(self.sip_port),
             "CCENGINE_RECORDINGS_DIR": str(workdir / "recordings"),
-            # tests start many calls and sign-ins from one address
+            # tests start many calls and sign-ins from one address, many at once, each
+            # with its event stream (tests/test_resource_e2e.py checks the defaults)
             "CCENGINE_ANONYMOUS_RATE_PER_MINUTE": "100000",
+            "CCENGINE_MAX_PENDING_OFFERS_PER_ADDRESS": "1000",
+            "CCENGINE_MAX_PENDING_OFFERS": "1000",
+            "CCENGINE_HTTP_MAX_CONNECTIONS_PER_ADDRESS": "100000",
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None

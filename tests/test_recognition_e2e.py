@@ -23,14 +23,15 @@ def recognition_workers(engine: EngineProcess) -> list[psutil.Process]:
 
 
 async def test_a_killed_worker_costs_one_utterance_not_the_call(tmp_path: Path) -> None:
-    """Recognition workers are killed (SIGKILL, as the OOM killer would) mid-call: the
+    """The recognition worker is killed (SIGKILL, as the OOM killer would) mid-call: the
     caller's stream says why (``asr.failed``), the call goes on, and the next
-    utterances are transcribed by the restarted workers."""
+    utterances are transcribed by the restarted worker. Moonshine lets go of the GIL, so
+    the two lanes asked for are threads of one process (one copy of the model)."""
     wav = speech.piper_script([*speech.CALM_SCRIPT, *speech.ANGRY_SCRIPT[:3]], tmp_path / "c.wav")
     engine = EngineProcess(tmp_path / "engine", CCENGINE_ASR_WORKERS="2").start()
     try:
         before = recognition_workers(engine)
-        assert len(before) == 2
+        assert len(before) == 1
         caller = Caller(engine.url, wav)
         try:
             await caller.dial()
@@ -52,9 +53,9 @@ async def test_a_killed_worker_costs_one_utterance_not_the_call(tmp_path: Path) 
     later = [e for e in finals if e["speaker"] == "caller" and e["index"] > failed["index"]]
     heard = " ".join(e["text"] for e in later)
     assert len(record["transcript"]) == len(finals)  # what was heard was kept
-    # the angry sentences come last: the restarted workers heard them
+    # the angry sentences come last: the restarted worker heard them
     assert {"angry", "fed", "service"} & set(speech.normalize(heard)), heard
-    assert len(after) == 2 and not {p.pid for p in after} & {p.pid for p in before}
+    assert len(after) == 1 and not {p.pid for p in after} & {p.pid for p in before}
 
 
 async def test_a_model_that_fails_to_load_is_named_at_start_and_on_the_call(

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.acd import AcdError
-from engine.callstate import Forbidden, NotAllowed, Overloaded, UnknownCall
+from engine.callstate import Forbidden, NotAllowed, Overloaded, Throttled, UnknownCall
 from media.sdp import SdpError
 
 PROBLEM = "application/problem+json"
@@ -56,6 +56,16 @@ def install(app: FastAPI) -> None:
         return problem(
             503,
             "Engine busy",
+            str(exc),
+            headers={"Retry-After": str(exc.retry_after)},
+            retry_after=exc.retry_after,
+        )
+
+    @app.exception_handler(Throttled)
+    async def _throttled(_req: Request, exc: Throttled) -> JSONResponse:
+        return problem(
+            429,
+            "Too Many Requests",
             str(exc),
             headers={"Retry-After": str(exc.retry_after)},
             retry_after=exc.retry_after,

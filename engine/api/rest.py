@@ -26,6 +26,7 @@ from engine.api.schemas import (
     EscalationOut,
     IceServerOut,
     IceServersOut,
+    LanguageTag,
     LegOut,
     ModelOut,
     NoteIn,
@@ -48,6 +49,7 @@ from engine.users import (
 )
 
 router = APIRouter(prefix="/api/v1")
+MAX_LANGUAGES = 16  # languages one GET /models may ask about
 
 
 def manager(request: Request) -> CallManager:
@@ -59,7 +61,9 @@ def manager(request: Request) -> CallManager:
 async def create_call(offer: CallOffer, request: Request, response: Response, p: Who) -> CallAnswer:
     """Start an in-app call: post the browser's SDP offer, get our answer and a caller
     token that reaches this call only (also set as a cookie for the caller's page).
-    Open to anyone unless CCENGINE_PUBLIC_CALLS=false; then it needs a control key."""
+    Open to anyone unless CCENGINE_PUBLIC_CALLS=false; then it needs a control key.
+    Offers that have not sent audio yet are capped per address (429) and in all (503),
+    both with Retry-After; one that sends none ends after the media timeout."""
     m = manager(request)
     invite = None
     if offer.invite is not None:
@@ -74,7 +78,8 @@ async def create_call(offer: CallOffer, request: Request, response: Response, p:
     elif not m.settings.public_calls:
         p.need("control")
     caller = invite.get("caller") if invite else offer.caller
-    call, sdp = await m.create_webrtc_call(offer.sdp, offer.language, caller)
+    address = request.client.host if request.client else ""
+    call, sdp = await m.create_webrtc_call(offer.sdp, offer.language, caller, address)
     if invite is not None:
         by = invite.get("by", "a call link")
         if "callback" in invite:
@@ -328,12 +333,17 @@ async def download_recording(call_id: PathId, request: Request, _p: Reader) -> F
 
 @router.get("/models", response_model=list[ModelOut], tags=["system"])
 async def models(
-    request: Request, _p: Reader, language: Annotated[list[str] | None, Query()] = None
+    request: Request,
+    _p: Reader,
+    language: Annotated[
+        list[LanguageTag] | None,
+        Query(max_length=MAX_LANGUAGES, description="BCP 47 tags, e.g. 'en', 'pt-br'"),
+    ] = None,
 ) -> list[ModelOut]:
     """Which recognizer and model each language uses, and where the engine looked."""
     m = manager(request)
     langs = language or sorted({m.settings.default_language, *m.settings.preload_languages})
     return [
-        ModelOut.model_validate(m.model_choice(lang.lower()), from_attributes=True)
-        for lang in langs
+        ModelOut.model_validate(m.model_choice(lang.lower(), quiet=True), from_attributes=True)
+        for lang in dict.fromkeys(langs)
     ]

@@ -6,7 +6,14 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import AnyHttpUrl, BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from engine.events import EVENT_TYPES, FactOut, WordTiming
 from engine.inputs import Input
@@ -21,12 +28,15 @@ PathName = Annotated[str, Path(pattern=r"^[a-z0-9_\-]{1,64}$")]
 PathArticle = Annotated[str, Path(min_length=1, max_length=255)]
 
 
+# A BCP 47 language tag as the recognizers know them: a language, perhaps a region
+LANGUAGE = r"^[a-zA-Z]{2,3}(-[a-zA-Z0-9]{2,8})?$"
+LanguageTag = Annotated[str, StringConstraints(pattern=LANGUAGE, max_length=12)]
+
+
 class CallOffer(Input):
     sdp: str = Field(max_length=65536, description="The caller's SDP offer (non-trickle ICE)")
     type: Literal["offer"] = "offer"
-    language: str | None = Field(
-        None, pattern=r"^[a-zA-Z]{2,3}(-[a-zA-Z0-9]{2,8})?$", description="BCP 47, e.g. 'en'"
-    )
+    language: str | None = Field(None, pattern=LANGUAGE, description="BCP 47, e.g. 'en'")
     caller: str | None = Field(None, max_length=200, description="Caller identity, if known")
     invite: str | None = Field(
         None, max_length=4096, description="the token of a call link (POST /api/v1/call-links)"
@@ -180,8 +190,13 @@ class LoadOut(BaseModel):
     reason: str | None = None
     loop_lag_p50_ms: float | None = None
     loop_lag_p99_ms: float | None = None
-    backlog_s: float | None = Field(None, description="seconds of audio awaiting recognition")
+    backlog_s: float | None = Field(
+        None, description="seconds of caller audio awaiting analysis or recognition"
+    )
     cpu: float | None = Field(None, description="fraction of usable cores, last 5 s")
+    audio_loss: float | None = Field(
+        None, description="fraction of caller audio lost on this node, last 5 s"
+    )
     calls: int
     limit: int
 

@@ -7,6 +7,7 @@ video phone, are answered with port 0, as RFC 3264 §6 asks).
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from dataclasses import dataclass
 
@@ -64,6 +65,14 @@ def parse_offer(body: bytes | str) -> AudioOffer:
     conn = audio.connection or sdp.connection
     if conn is None or not audio.port:
         raise SdpError("the audio offer has no address")
+    if not 0 < audio.port < 65536:
+        raise SdpError(f"the audio port {audio.port} is not a port")
+    try:
+        ipaddress.ip_address(conn.address)
+    except ValueError:
+        # a name would be looked up (blocking the event loop) by every RTP packet sent
+        # to it: a caller's SDP must not make us resolve names
+        raise SdpError(f"the audio address {conn.address!r} is not an IP address") from None
     if "RTP/AVP" not in audio.proto.upper() or "SAVP" in audio.proto.upper():
         raise NoCommonCodec(f"unsupported transport {audio.proto} (plain RTP/AVP only)")
     usable: list[tuple[int, str]] = []

@@ -1,0 +1,213 @@
+"""Resource exhaustion against a real engine process (issue 12): a burst of offers that
+never send media, idle and trickling HTTP connections, and the language lookup that
+remembered and logged whatever it was asked. The limits themselves are tested
+in-process (tests/test_manager_limits.py, test_connection_limits.py,
+test_lost_audio.py); this proves the wiring and states the
+memory bound (README, "Resource limits")."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from engine.config import Settings
+from tests.engine_proc import EngineProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+CHROMIUM = (Path(__file__).parent / "fixtures" / "chromium_offer.sdp").read_text()
+# The stated bound (README): 100 offers that never send media, from one address, grow
+# the engine's memory (its process and its recognition workers, PSS) by less than this,
+# and once they have expired it is back within RETURN_MB of where it was.
+GROWTH_MB = 60
+RETURN_MB = 20
+
+
+def default(name: str) -> str:
+    return str(Settings.model_fields[name].default)
+
+
+def memory_mb(engine: EngineProcess) -> float:
+    """Proportional set size of the engine and its children (recognition workers)."""
+    assert engine.proc is not None
+    root = psutil.Process(engine.proc.pid)
+    total = 0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            total += proc.memory_full_info().pss
+        except psutil.NoSuchProcess:
+            continue
+    return total / 2**20
+
+
+async def idle(http: httpx.AsyncClient, within: float) -> None:
+    deadline = time.monotonic() + within
+    while (await http.get("/healthz")).json()["active_calls"]:
+        assert time.monotonic() < deadline, "calls without media did not end"
+        await asyncio.sleep(0.2)
+
+
+async def test_media_less_offers_are_capped_and_their_memory_returns(tmp_path: Path) -> None:
+    """Gate: 100 offers that never send media took an engine from 0.6 to 5.6 GB (a
+    recognizer each, at once), a second burst to 8.7 GB, and it never came back. Now,
+    at the default settings: past the per-address cap the offers get 429 with
+    Retry-After; those taken hold no recognizer, expire after the media timeout, and
+    the memory stays under the stated bound and returns; a second burst does the same."""
+    engine = EngineProcess(
+        tmp_path / "engine",
+        CCENGINE_MEDIA_TIMEOUT="3",
+        CCENGINE_SIP_ENABLED="false",
+        CCENGINE_MAX_PENDING_OFFERS_PER_ADDRESS=default("max_pending_offers_per_address"),
+        CCENGINE_MAX_PENDING_OFFERS=default("max_pending_offers"),
+    ).start()
+    cap = int(default("max_pending_offers_per_address"))
+    limits = httpx.Limits(max_connections=100)
+    try:
+        async with httpx.AsyncClient(base_url=engine.url, timeout=60, limits=limits) as http:
+
+            async def burst(n: int) -> list[httpx.Response]:
+                offer = {"type": "offer", "sdp": CHROMIUM}
+                return await asyncio.gather(
+                    *(http.post("/api/v1/calls", json=offer) for _ in range(n))
+                )
+
+            await burst(cap)  # warm-up: what the first calls load once, for good
+            await idle(http, 15)
+            baseline = memory_mb(engine)
+            for round_ in (1, 2):
+                answers = await burst(100)
+                assert Counter(r.status_code for r in answers) == {201: cap, 429: 100 - cap}
+                refused = next(r for r in answers if r.status_code == 429)
+                assert refused.headers["content-type"] == "application/problem+json"
+                assert refused.headers["retry-after"] == "3"
+                assert "offers from your address are still waiting" in refused.json()["detail"]
+                peak = memory_mb(engine)
+                assert peak - baseline < GROWTH_MB, (round_, baseline, peak)
+                await idle(http, 15)
+                after = memory_mb(engine)
+                print(f"burst {round_}: {baseline:.0f} MB, peak {peak:.0f}, after {after:.0f}")
+                assert after - baseline < RETURN_MB, (round_, baseline, peak, after)
+            metrics = (await http.get("/metrics", headers=engine.headers)).text
+            assert (
+                f'ccengine_offers_rejected_total{{reason="pending_address"}} {2 * (100 - cap)}.0'
+                in metrics
+            )
+            assert f'ccengine_calls_ended_total{{reason="no_media"}} {3 * cap}.0' in metrics
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    """An engine with a 1 s request deadline and 20 connections per address."""
+    proc = EngineProcess(
+        tmp_path_factory.mktemp("strict"),
+        CCENGINE_HTTP_REQUEST_TIMEOUT="1",
+        CCENGINE_HTTP_MAX_CONNECTIONS_PER_ADDRESS="20",
+        CCENGINE_SIP_ENABLED="false",
+        CCENGINE_PRELOAD_LANGUAGES="[]",
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+async def read_until_closed(reader: asyncio.StreamReader, t0: float) -> tuple[bytes, float]:
+    async with asyncio.timeout(5):
+        data = await reader.read()
+    return data, time.monotonic() - t0
+
+
+async def test_idle_http_connections_are_capped_and_closed(strict: EngineProcess) -> None:
+    """Slowloris: 1,100 idle connections took every file descriptor; uvicorn keeps a
+    connection that never sends a request. Now one address holds at most 20 (more get
+    429 at once), and a connection that has not sent a whole request within the
+    deadline gets 408 and is closed; another address is served all along."""
+    t0 = time.monotonic()
+    conns = [await asyncio.open_connection("127.0.0.1", strict.port) for _ in range(50)]
+    try:
+        # meanwhile, someone else
+        other = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(base_url=strict.url, transport=other, timeout=5) as http:
+            assert (await http.get("/healthz")).status_code == 200
+        results = await asyncio.gather(*(read_until_closed(r, t0) for r, _ in conns))
+    finally:
+        for _, writer in conns:
+            writer.close()
+    refused = [(d, t) for d, t in results if d.startswith(b"HTTP/1.1 429 ")]
+    timed_out = [(d, t) for d, t in results if d.startswith(b"HTTP/1.1 408 ")]
+    assert (len(refused), len(timed_out)) == (30, 20), [d[:20] for d, _ in results]
+    assert all(t < 0.9 for _, t in refused)
+    assert all(b"retry-after: 5" in d and b"too many connections from your address" in d
+               for d, _ in refused)  # fmt: skip
+    assert all(0.9 <= t < 3 for _, t in timed_out)
+    async with strict.http() as http:  # the address is served again
+        metrics = (await http.get("/metrics")).text
+    assert 'ccengine_connections_refused_total{listener="http",reason="address"} 30.0' in metrics
+
+
+async def test_a_trickled_request_is_cut_off(strict: EngineProcess) -> None:
+    """Headers or a body sent a byte at a time held a connection (and, for a body, a
+    request) for as long as the sender liked: the whole request has the deadline."""
+    t0 = time.monotonic()
+    head_r, head_w = await asyncio.open_connection("127.0.0.1", strict.port)
+    body_r, body_w = await asyncio.open_connection("127.0.0.1", strict.port)
+    head_w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    body_w.write(
+        b"POST /api/v1/calls HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{"
+    )
+
+    async def drip() -> None:
+        for _ in range(30):
+            await asyncio.sleep(0.1)
+            for w in (head_w, body_w):
+                if not w.is_closing():
+                    w.write(b"a")
+
+    dripping = asyncio.create_task(drip())
+    try:
+        (head, t_head), (_body, t_body) = await asyncio.gather(
+            read_until_closed(head_r, t0), read_until_closed(body_r, t0)
+        )
+    finally:
+        dripping.cancel()
+        head_w.close()
+        body_w.close()
+    assert head.startswith(b"HTTP/1.1 408 ") and 0.9 <= t_head < 2.5
+    assert t_body < 2.5
+    async with httpx.AsyncClient(base_url=strict.url, timeout=5) as http:
+        # a client that keeps its connection and sends whole requests is not cut off
+        for _ in range(3):
+            assert (await http.get("/healthz")).status_code == 200
+            await asyncio.sleep(0.6)
+
+
+async def test_language_lookups_are_validated_and_not_logged(strict: EngineProcess) -> None:
+    """``/api/v1/models?language=`` remembered every value forever and logged each at
+    WARNING; a CRLF in one forged a log line. Now a value that is no language tag, or
+    too many of them, is 422 naming the parameter, and lookups are not logged."""
+    async with strict.http(timeout=10) as http:
+        for bad in ["en\r\nWARNING engine: forged", "e" * 5000, "en-" + "x" * 20, "12"]:
+            r = await http.get("/api/v1/models", params={"language": bad})
+            assert r.status_code == 422, r.text
+            assert r.headers["content-type"] == "application/problem+json"
+            assert r.json()["errors"][0]["field"].startswith("query.language")
+        r = await http.get("/api/v1/models", params=[("language", "en")] * 17)
+        assert r.status_code == 422
+        log_size = strict.log.stat().st_size
+        for i in range(100):
+            language = "q" + chr(97 + i // 26) + chr(97 + i % 26)  # qaa, qab... (private use)
+            r = await http.get("/api/v1/models", params={"language": language})
+            assert r.status_code == 200 and r.json()[0]["backend"] is None
+    logged = strict.log.read_bytes()[log_size:]
+    assert b"speech for" not in logged
+    assert b"\nWARNING engine: forged" not in strict.log.read_bytes()
