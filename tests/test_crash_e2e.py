@@ -20,7 +20,12 @@ from tests.rtc_client import Caller
 from tests.webhook_receiver import Receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
-ENV = {"CCENGINE_MEDIA_TIMEOUT": "30", "CCENGINE_WEBHOOK_RETRY_BASE": "1"}
+ENV = {
+    "CCENGINE_MEDIA_TIMEOUT": "30",
+    "CCENGINE_WEBHOOK_RETRY_BASE": "1",
+    # the receiver is on loopback, which webhooks may reach only when allowed
+    "CCENGINE_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
+}
 HOOKED = ["transcript.final", "call.state_changed", "call.ended"]
 
 

@@ -211,3 +211,71 @@ async def test_language_lookups_are_validated_and_not_logged(strict: EngineProce
     logged = strict.log.read_bytes()[log_size:]
     assert b"speech for" not in logged
     assert b"\nWARNING engine: forged" not in strict.log.read_bytes()
+
+
+async def test_concurrent_offers_get_no_more_calls_than_the_limit(tmp_path: Path) -> None:
+    """Replayed from outside: 20 offers at once against a limit of 4 all got 201 (the
+    limit was read before an await and the call counted after it). Now 4 get a call
+    and the rest 503 with Retry-After, and the node holds 4 calls."""
+    engine = EngineProcess(
+        tmp_path / "engine",
+        CCENGINE_MAX_CONCURRENT_CALLS="4",
+        CCENGINE_MEDIA_TIMEOUT="30",
+        CCENGINE_SIP_ENABLED="false",
+    ).start()
+    try:
+        limits = httpx.Limits(max_connections=20)
+        async with httpx.AsyncClient(base_url=engine.url, timeout=60, limits=limits) as http:
+            offer = {"type": "offer", "sdp": CHROMIUM}
+            answers = await asyncio.gather(
+                *(http.post("/api/v1/calls", json=offer) for _ in range(20))
+            )
+            codes = Counter(r.status_code for r in answers)
+            assert codes == {201: 4, 503: 16}, codes
+            refused = next(r for r in answers if r.status_code == 503)
+            assert refused.headers["retry-after"]
+            assert (await http.get("/healthz")).json()["active_calls"] == 4
+    finally:
+        engine.stop()
+
+
+async def test_sip_tcp_connections_are_capped_and_trickles_cut_off(tmp_path: Path) -> None:
+    """Replayed from outside against the engine's own SIP port: one address held as many
+    TCP connections as it liked, each for 600 s a message. Now past the per-address cap
+    a connection is closed at once, and a message trickled a byte at a time is cut off
+    at the message deadline, while a whole message is still answered."""
+    from tests.test_connection_limits import closed_within, connect, options
+
+    engine = EngineProcess(
+        tmp_path / "engine",
+        CCENGINE_SIP_TCP_MAX_CONNECTIONS_PER_ADDRESS="5",
+        CCENGINE_SIP_TCP_MESSAGE_TIMEOUT="1",
+        CCENGINE_PRELOAD_LANGUAGES="[]",
+    ).start()
+    held: list[asyncio.StreamWriter] = []
+    try:
+        port = engine.sip_port
+        pairs = [await connect(port) for _ in range(5)]
+        held = [w for _, w in pairs]
+        extra_r, extra_w = await connect(port)
+        held.append(extra_w)
+        assert await closed_within(extra_r, 3) == b""  # the sixth from one address
+        trickle_r, trickle_w = pairs[0]
+        t0 = time.monotonic()
+        for byte in options("trickle")[:30]:
+            trickle_w.write(bytes([byte]))
+            await asyncio.sleep(0.1)
+            if trickle_r.at_eof():
+                break
+        await closed_within(trickle_r, 3)
+        assert time.monotonic() - t0 < 3.5
+        # the silent ones were closed at the same deadline, so the address may connect again
+        whole_r, whole_w = await connect(port)
+        held.append(whole_w)
+        whole_w.write(options("whole"))
+        async with asyncio.timeout(5):
+            assert (await whole_r.readline()).startswith(b"SIP/2.0 ")
+    finally:
+        for writer in held:
+            writer.close()
+        engine.stop()
