@@ -7,6 +7,7 @@ import pytest
 
 from tests import speech
 from tests.engine_proc import ROOT, EngineProcess
+from tests.webhook_receiver import Receiver
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +39,14 @@ def engine(tmp_path: Path) -> Iterator[EngineProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on the loopback answering 200 (a test module may script its
+    own with a fixture of the same name)."""
+    r = Receiver().start()
+    try:
+        yield r
+    finally:
+        r.stop()

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,15 +69,6 @@ async def until(check: Any, within: float, what: str) -> None:
     while not check():
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 async def crash_and_restart(

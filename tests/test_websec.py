@@ -5,7 +5,6 @@ judges a name by what it resolves to when a delivery connects."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
 
 import httpx
 import jwt
@@ -96,15 +95,6 @@ def test_the_allow_list_admits_its_networks_only() -> None:
     assert policy.url_refusal("http://127.0.0.2/") is not None
     assert policy.url_refusal("http://10.21.0.1/") is not None
     assert policy.refusal(ipaddress.ip_address("::1")) is not None
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 async def test_a_delivery_connects_only_where_the_policy_allows(receiver: Receiver) -> None:
