@@ -73,6 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         policy=webhook_targets,
     )
     event_log.on_deliveries = sender.wake
+    event_log.earlier_writes = calls.spool.drained
+    metrics.storage_waiting.labels("call").set_function(lambda: calls.spool.pending)
+    metrics.storage_waiting.labels("event").set_function(lambda: event_log.pending)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -168,7 +171,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/healthz", response_model=Health, tags=["system"])
     async def healthz() -> Health:
         load = capacity.snapshot()
-        return Health(active_calls=len(calls.calls), load=LoadOut(**dataclasses.asdict(load)))
+        return Health(
+            active_calls=len(calls.calls),
+            load=LoadOut(**dataclasses.asdict(load)),
+            waiting_writes=calls.spool.pending + event_log.pending,
+        )
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus(_p: auth.Reader) -> Response:

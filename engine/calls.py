@@ -413,7 +413,8 @@ class CallManager:
     ) -> None:
         """A caller who came through a call link goes straight to its agent or queue."""
         call.escalation_reason = reason
-        await self.store.update_call(call.id, escalation_reason=reason, escalated_at=utcnow())
+        await self._keep(f"call {call.id} escalation", self.store.update_call, call.id,
+                         escalation_reason=reason, escalated_at=utcnow())  # fmt: skip
         if queue is not None and queue not in self.acd.queues:
             queue = None  # removed since the link was made: the default queue takes it
         try:
@@ -656,10 +657,9 @@ class CallManager:
         self._stop_desk_phone(call.id)  # answered in the browser: the desk phone stops
         call.legs.append(leg)
         call.agent_id, call.bridged_at = leg.user_id, now
-        await self.store.add(
-            LegRow(id=leg.id, call_id=call.id, role="agent", transport=leg.transport,
-                   codec=codec, user_id=leg.user_id, created_at=utcnow())
-        )  # fmt: skip
+        leg_row = LegRow(id=leg.id, call_id=call.id, role="agent", transport=leg.transport,
+                         codec=codec, user_id=leg.user_id, created_at=utcnow())  # fmt: skip
+        await self._keep(f"leg {leg.id}", self.store.add, leg_row)  # the agent is on already
         caller = call.caller_leg().peer
         if caller is not None:
             caller.outbound.clear()  # stop the queue announcement: a person is here
@@ -836,7 +836,7 @@ class CallManager:
         self._publish(DtmfReceived(call_id=call.id, digit=ev.digit, at=ev.at, menu=skill))
         if skill is not None and call.state in ("connecting", "active") and call.topic is None:
             call.topic = skill
-            await self.store.update_call(call.id, topic=skill)
+            await self._keep(f"call {call.id} topic", self.store.update_call, call.id, topic=skill)
             with contextlib.suppress(Exception):
                 text = f"{skill.replace('_', ' ')}. How can I help?"
                 await self.say(call, text, ("connecting", "active"))
@@ -868,9 +868,8 @@ class CallManager:
         suggestions = [
             SuggestionOut(**dataclasses.asdict(s)) for s in self.content.knowledge.suggest(query)
         ]
-        await self.store.update_call(
-            call.id, summary=summary, facts=[f.model_dump() for f in facts]
-        )
+        await self._keep(f"call {call.id} summary", self.store.update_call, call.id,
+                         summary=summary, facts=[f.model_dump() for f in facts])  # fmt: skip
         self._publish(
             AssistUpdated(
                 call_id=call.id,
@@ -968,7 +967,8 @@ class CallManager:
         # no queue for that skill: wait in the default queue for an agent who has it
         skills = {skill} if skill and skill not in self.acd.queues[queue].skills else set()
         call.queue_name, call.queued_at = queue, time.monotonic()
-        await self.store.update_call(call.id, queue=queue)  # for listing calls by queue
+        # for listing calls by queue; a failing disk must not keep the caller from a person
+        await self._keep(f"call {call.id} queue", self.store.update_call, call.id, queue=queue)
         # the call's whole priority so far, including rules that fired before routing
         call.queued_priority = call.escalation.priority
         actions = self.acd.enqueue(
@@ -991,8 +991,12 @@ class CallManager:
         await self.finish_callback(user, row.id)
         call.escalation_reason = "callback the caller asked for"
         call.escalation.priority = max(call.escalation.priority, row.priority)
-        await self.store.update_call(
-            call.id, escalation_reason=call.escalation_reason, escalated_at=utcnow()
+        await self._keep(
+            f"call {call.id} escalation",
+            self.store.update_call,
+            call.id,
+            escalation_reason=call.escalation_reason,
+            escalated_at=utcnow(),
         )
         await self._enqueue_for_person(call, None, queue=row.queue, agent=user.id)
         return call
@@ -1009,8 +1013,12 @@ class CallManager:
             await self.say(call, prompt)
         if queue is not None or agent_id is not None:
             call.escalation_reason = f"outbound call placed by {by}"
-            await self.store.update_call(
-                call.id, escalation_reason=call.escalation_reason, escalated_at=utcnow()
+            await self._keep(
+                f"call {call.id} escalation",
+                self.store.update_call,
+                call.id,
+                escalation_reason=call.escalation_reason,
+                escalated_at=utcnow(),
             )
             await self._enqueue_for_person(call, None, queue=queue, agent=agent_id)
         return call
@@ -1084,7 +1092,8 @@ class CallManager:
         """A caller who dialled an agent directly: offer the call to that agent only (it
         falls back to the queue if they do not answer)."""
         call.escalation_reason = f"dialled {self._usernames.get(agent_id, 'an agent')} directly"
-        await self.store.update_call(call.id, escalation_reason=call.escalation_reason)
+        await self._keep(f"call {call.id} escalation", self.store.update_call, call.id,
+                         escalation_reason=call.escalation_reason)  # fmt: skip
         try:
             await self._enqueue_for_person(call, None, agent=agent_id)
         except AcdError:  # they signed out in the meantime: the queue takes the call
@@ -1177,7 +1186,7 @@ class CallManager:
         prompt = transfer_prompt(queue, target.display_name if target else None)
         await self.say(call, prompt, while_state="queued")
         call.queue_name, call.queued_at, call.queue_position = queue, now, None
-        await self.store.update_call(call.id, queue=queue)
+        await self._keep(f"call {call.id} queue", self.store.update_call, call.id, queue=queue)
         call.queued_priority = call.escalation.priority
         actions = self.acd.enqueue(
             call.id, queue, now, priority=call.queued_priority, agent=target.id if target else None
@@ -1201,10 +1210,10 @@ class CallManager:
         if from_agent is not None and from_agent in self.acd.agents:
             await self._acd_actions(self.acd.hangup(from_agent, now, now - call.bridged_at))
         call.transferred_by, call.transfer_note = user.username, note
-        await self.store.add(
-            NoteRow(call_id=call.id, author_id=user.id, author=user.username, kind="transfer",
-                    text=record, created_at=utcnow())
-        )  # fmt: skip
+        note_row = NoteRow(call_id=call.id, author_id=user.id, author=user.username,
+                           kind="transfer", text=record, created_at=utcnow())  # fmt: skip
+        # the agent has already left the call: the note must not fail the transfer
+        await self._keep(f"call {call.id} transfer note", self.store.add, note_row)
         caller = call.caller_leg().peer
         if caller is not None:
             caller.outbound.set_background(None)
@@ -1231,7 +1240,8 @@ class CallManager:
         leg.peer = peer
         call.legs.append(leg)
         call.bridged_at = now
-        await self.store.add(
+        await self._keep(
+            f"leg {leg.id}", self.store.add,
             LegRow(id=leg.id, call_id=call.id, role="agent", transport="sip", codec=codec,
                    user_id=None, created_at=utcnow())
         )  # fmt: skip
@@ -1358,11 +1368,11 @@ class CallManager:
     async def _acd_actions(self, actions: list[AcdAction]) -> None:
         for a in actions:
             if isinstance(a, PresenceChanged):
-                await self.store.add(
-                    PresenceRow(
-                        user_id=a.agent_id, presence=a.presence, previous=a.previous, at=utcnow()
-                    )
+                # kept, not raised: a failing disk must not stop the routing half-done
+                row = PresenceRow(
+                    user_id=a.agent_id, presence=a.presence, previous=a.previous, at=utcnow()
                 )
+                await self._keep(f"agent {a.agent_id} presence", self.store.add, row)
                 self._publish(
                     AgentPresenceChanged(
                         agent_id=a.agent_id,

@@ -92,6 +92,11 @@ class InvalidTransition(RuntimeError):
     """Our own code asked for a transition the table does not allow (a local bug)."""
 
 
+# how soon to ask again when the call store failed (a full disk, a database that does not
+# answer): HTTP 503 and SIP 503 both say it in Retry-After
+STORAGE_RETRY_AFTER = 2
+
+
 class Overloaded(RuntimeError):
     """No capacity for another call right now (the message says why); ask again in
     ``retry_after`` seconds (HTTP and SIP 503 carry it as Retry-After)."""

@@ -13,8 +13,9 @@ is seen. Ids come from a block reserved in the database, so a run that dies with
 unwritten never sees its ids handed out again; nobody saw those events.
 
 While the database cannot be written (a full disk), events wait in memory and are tried
-again every second; past ``MAX_PENDING`` waiting events, transcript partials are dropped
-(they are superseded by the final anyway), everything else keeps waiting.
+again every second, after the call writes that came before them (``earlier_writes``);
+past ``MAX_PENDING`` waiting events, transcript partials are dropped (they are
+superseded by the final anyway), everything else keeps waiting.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -61,6 +62,15 @@ class EventLog:
         self._hooks: list[WebhookRow] = []
         self.written_to = 0  # the newest id in the database
         self.on_deliveries: Callable[[], None] = lambda: None  # wakes the webhook sender
+        # awaited before each batch: the call writes these events report on (the call
+        # spool, engine/spool.py) are stored first, so a client told "call.ended" or
+        # handed a final that it then looks up finds it in the database
+        self.earlier_writes: Callable[[], Awaitable[object]] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Events not yet in the database (waiting for the next batch, or for storage)."""
+        return len(self._pending)
 
     async def start(self) -> None:
         first, self._reserved_to = await self.store.reserve_event_ids(ID_BLOCK, self.bus.last_id)
@@ -97,6 +107,8 @@ class EventLog:
         while True:
             await self._wake.wait()
             await asyncio.sleep(GATHER)
+            if self.earlier_writes is not None:
+                await self.earlier_writes()
             try:
                 await self.flush()
             except SQLAlchemyError as exc:  # kept in memory; tried again

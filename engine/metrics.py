@@ -103,6 +103,15 @@ class Metrics:
             "CPU of the engine and its recognition workers, fraction of usable cores (5 s)",
             registry=r,
         )
+        # a full disk or a database that stopped answering: what the engine holds in
+        # memory meanwhile (engine/spool.py, engine/eventlog.py), lost if it dies too
+        self.storage_waiting = Gauge(
+            "ccengine_storage_waiting_writes",
+            "Writes held in memory until storage answers again: call (transcripts, "
+            "state, ends) or event (the event log)",
+            ["kind"],
+            registry=r,
+        )
         self.recognition_backlog = Gauge(
             "ccengine_recognition_backlog_seconds",
             "Seconds of caller audio waiting for recognition",

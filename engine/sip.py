@@ -20,8 +20,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from engine.acd import AcdError
-from engine.callstate import NotAllowed, Overloaded, UnknownCall
+from engine.callstate import STORAGE_RETRY_AFTER, NotAllowed, Overloaded, UnknownCall
 from engine.config import Settings
 from engine.users import Actor
 from media.netlimits import in_networks
@@ -327,6 +329,14 @@ class SipFront:
             pc.peer.remote_ended = True
             await pc.peer.close()
             self._reject(ev.call_id, *_busy(exc))
+            return
+        except SQLAlchemyError as exc:
+            # the call could not be stored (a full disk): "not now", as the API says it,
+            # so a carrier tries again or elsewhere instead of taking 500 as final
+            log.error("could not store the phone call %s: %s", ev.call_id, exc)
+            pc.peer.remote_ended = True
+            await pc.peer.close()
+            self._reject(ev.call_id, *_busy(Overloaded("storage unavailable", STORAGE_RETRY_AFTER)))
             return
         except Exception:
             log.exception("could not start the phone call %s", ev.call_id)

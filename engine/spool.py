@@ -34,6 +34,8 @@ class WriteSpool:
         self._queue: collections.deque[tuple[str, Write]] = collections.deque()
         self._drainer: asyncio.Task[None] | None = None
         self.lost = 0  # writes dropped: the spool was full
+        self._empty = asyncio.Event()
+        self._empty.set()
 
     @property
     def pending(self) -> int:
@@ -56,6 +58,7 @@ class WriteSpool:
             log.error("storage spool full (%d writes): %s is lost", self.limit, what)
             return
         self._queue.append((what, write))
+        self._empty.clear()
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name="storage-spool")
 
@@ -75,7 +78,12 @@ class WriteSpool:
             self._queue.popleft()
             if not self._queue:
                 log.warning("storage is back: the kept writes are stored")
+                self._empty.set()
             delay = self.retry_base
+
+    async def drained(self) -> None:
+        """Once nothing is kept: every write so far is stored."""
+        await self._empty.wait()
 
     async def close(self, grace: float) -> None:
         """Give storage ``grace`` seconds to take what is kept; say what is lost."""

@@ -13,7 +13,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.acd import AcdError
-from engine.callstate import Forbidden, NotAllowed, Overloaded, Throttled, UnknownCall
+from engine.callstate import (
+    STORAGE_RETRY_AFTER,
+    Forbidden,
+    NotAllowed,
+    Overloaded,
+    Throttled,
+    UnknownCall,
+)
 from media.sdp import SdpError
 
 PROBLEM = "application/problem+json"
@@ -78,7 +85,7 @@ def install(app: FastAPI) -> None:
             503,
             "Storage unavailable",
             "the call store did not answer; try again",
-            headers={"Retry-After": "2"},
+            headers={"Retry-After": str(STORAGE_RETRY_AFTER)},
         )
 
     @app.exception_handler(Forbidden)

@@ -205,6 +205,8 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
     active_calls: int
     load: LoadOut
+    # writes held in memory because storage fails (a full disk): above 0 for long, look
+    waiting_writes: int = 0
 
 
 class PresenceIn(Input):
