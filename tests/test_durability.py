@@ -29,6 +29,7 @@ from engine.eventlog import EventLog
 from engine.events import DtmfReceived, EventBus, as_utc, utcnow
 from engine.metrics import Metrics
 from engine.recovery import Recovery
+from engine.spool import WriteSpool
 from engine.store.db import Store
 from engine.store.models import CallRow, EngineRow, LegRow, WebhookRow
 from media import events as me
@@ -88,6 +89,39 @@ async def test_stored_events_still_reach_listeners_at_once(tmp_path: Path) -> No
         await log.stop()
         await store.close()
     assert statistics.median(delays) < 0.1, delays
+
+
+async def test_events_wait_for_the_call_writes_before_them(tmp_path: Path) -> None:
+    """With the disk full, a final and the end of a call were kept in the call spool and
+    their events in the log; storage came back, the log (retrying every second) handed
+    out ``call.ended`` first, and a client that then fetched the call found no
+    transcript. Now the log writes a batch only once the spool has nothing kept."""
+    store = await open_store(tmp_path / "log.db")
+    bus = EventBus()
+    log = EventLog(store, bus, retention_days=1)
+    spool = WriteSpool(retry_base=0.05, retry_cap=0.05)
+    log.earlier_writes = spool.drained
+    await log.start()
+    sub = bus.subscribe()
+    storage_back = asyncio.Event()
+    stored: list[str] = []
+
+    async def final() -> None:
+        if not storage_back.is_set():
+            raise OperationalError("INSERT", {}, Exception("database or disk is full"))
+        stored.append("final")
+
+    try:
+        assert not await spool.write("call a final", final)  # kept: storage is failing
+        bus.publish(DtmfReceived(call_id="a", digit="5", at=1.0))
+        await asyncio.sleep(0.5)
+        assert sub.queue.empty(), "an event went out before the write it follows"
+        storage_back.set()
+        got = await asyncio.wait_for(sub.queue.get(), 10)
+        assert got is not None and stored == ["final"]
+    finally:
+        await log.stop()
+        await store.close()
 
 
 def dead_pid() -> int:
