@@ -62,7 +62,8 @@ class PacedAudioTrack(MediaStreamTrack):
     def _next_samples(self) -> np.ndarray:
         raise NotImplementedError
 
-    async def recv(self) -> av.AudioFrame:
+    async def _paced(self) -> tuple[np.ndarray, int]:
+        """The next frame's samples and timestamp, once it is time to send it."""
         if self.readyState != "live":
             raise MediaStreamError
         if self._start is None:
@@ -70,13 +71,17 @@ class PacedAudioTrack(MediaStreamTrack):
         wait = self._start + self._pts / SEND_RATE - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        samples = self._next_samples()
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = SEND_RATE
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, SEND_RATE)
+        samples, pts = self._next_samples(), self._pts
         self._pts += FRAME
         self.frames_sent += 1
+        return samples, pts
+
+    async def recv(self) -> av.AudioFrame:
+        samples, pts = await self._paced()
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SEND_RATE
+        frame.pts = pts
+        frame.time_base = fractions.Fraction(1, SEND_RATE)
         return frame
 
 

@@ -26,6 +26,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc import sdp as aiortc_sdp
 from aiortc.mediastreams import MediaStreamError
 
 from media import stun
@@ -92,6 +93,8 @@ class WebRtcLeg:
                 self.pc.addTrack(self.video_out)
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
+            if _sends_opus(self.pc.localDescription.sdp):
+                self.outbound.send_opus()
         except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
             # aiortc raises these for offers it cannot use; that is the peer's fault
             raise SdpError(f"offer rejected by the WebRTC stack: {exc}") from exc
@@ -128,6 +131,15 @@ class WebRtcLeg:
             await asyncio.wait_for(self.pc.close(), 5)
         except TimeoutError:
             log.warning("peer connection close timed out")
+
+
+def _sends_opus(answer: str) -> bool:
+    """Whether the audio we send goes as Opus: aiortc sends the first codec of the
+    answer's audio section."""
+    for media in aiortc_sdp.SessionDescription.parse(answer).media:
+        if media.kind == "audio" and media.rtp.codecs:
+            return bool(media.rtp.codecs[0].mimeType.lower() == "audio/opus")
+    return False
 
 
 # Decoded audio waiting to be read beyond this many seconds is skipped (counted as
