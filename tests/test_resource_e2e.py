@@ -1,23 +1,30 @@
 """Resource exhaustion against a real engine process (issue 12): a burst of offers that
-never send media, idle and trickling HTTP connections, and the language lookup that
-remembered and logged whatever it was asked. The limits themselves are tested
-in-process (tests/test_manager_limits.py, test_connection_limits.py,
-test_lost_audio.py); this proves the wiring and states the
+never send media, idle and trickling HTTP connections, the language lookup that
+remembered and logged whatever it was asked, and audio lost past capacity. The limits
+themselves are tested in-process (tests/test_manager_limits.py,
+test_connection_limits.py, test_lost_audio.py); this proves the wiring and states the
 memory bound (README, "Resource limits")."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 
 from engine.config import Settings
+from tests import sipp, speech
 from tests.engine_proc import EngineProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -278,4 +285,154 @@ async def test_sip_tcp_connections_are_capped_and_trickles_cut_off(tmp_path: Pat
     finally:
         for writer in held:
             writer.close()
+        engine.stop()
+
+
+# -- item 5: audio lost past capacity ----------------------------------------------------
+
+LOSS_REASON = re.compile(r"^audio lost ([0-9.]+)% > 5%$")
+LOCAL_LOSSES = ("late", "queue", "recognizer")
+STALL = 5.0  # s the engine's event loop is stopped: a node that cannot keep up
+
+
+def health_when(
+    engine: EngineProcess, ready: Callable[[dict[str, Any]], bool], within: float
+) -> dict[str, Any]:
+    """/healthz once ``ready`` says so."""
+    deadline = time.monotonic() + within
+    health: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        health = httpx.get(f"{engine.url}/healthz", timeout=5).json()
+        if ready(health):
+            return health
+        time.sleep(0.1)
+    raise AssertionError(f"not within {within} s: {health}")
+
+
+def counters(engine: EngineProcess) -> dict[str, float]:
+    """The loss and refusal counters on /metrics, by sample name and labels."""
+    text = httpx.get(f"{engine.url}/metrics", headers=engine.headers, timeout=5).text
+    return {
+        name: float(value)
+        for name, value in (ln.rsplit(" ", 1) for ln in text.splitlines())
+        if name.startswith(("ccengine_frames_processed_total", "ccengine_frames_lost_total",
+                            "ccengine_udp_receive_drops_total", "ccengine_offers_rejected_total"))
+    }  # fmt: skip
+
+
+def lost_here(c: dict[str, float]) -> float:
+    """Frames lost on the node itself: what admission reads (engine/capacity.py)."""
+    return sum(c[f'ccengine_frames_lost_total{{reason="{r}"}}'] for r in LOCAL_LOSSES) + c.get(
+        "ccengine_udp_receive_drops_total", 0.0
+    )
+
+
+@pytest.mark.timeout(90)
+def test_audio_lost_past_capacity_is_counted_and_refuses_new_calls(tmp_path: Path) -> None:
+    """Issue 12 item 5, replayed against a real engine: past capacity it still answered
+    201 while 26-66 % of caller audio went unanalysed, and every drop counter stayed at
+    0. Three phones talk; the engine's event loop is stopped for 5 s (SIGSTOP: exactly
+    what a loop that cannot keep up looks like to its callers) and let go. Now the
+    audio it skipped to catch up is counted at once (``late``), /healthz says the node
+    is full because of it, a new offer and a new INVITE get 503 with Retry-After and the
+    reason (counted as ``loss``), the three calls already up go on to their own
+    hang-up, and once the loss is out of the 5 s window the node takes calls again.
+    The other admission signals are set out of reach, so only the loss can refuse."""
+    from tests.test_admission_e2e import check_busy
+    from tests.test_sip_e2e import wait_ended
+
+    wav = speech.piper_script(speech.CALM_SCRIPT, tmp_path / "calm48.wav")
+    pcap, _, seconds = sipp.phone_pcap(wav, tmp_path / "calm.pcap", repeat=2)
+    talk = 22.0  # s each phone talks before it hangs up: past the stall and the recovery
+    assert seconds > talk  # speech all along, so the loss window always has audio in it
+    engine = EngineProcess(
+        tmp_path / "engine",
+        CCENGINE_SIP_TRUNKS='["127.0.0.1"]',
+        CCENGINE_IVR_PROMPT="",
+        CCENGINE_ADMISSION_MAX_FRAME_LOSS="0.05",
+        # the stall is also loop lag and, once over, a recognition backlog: out of reach
+        CCENGINE_ADMISSION_MAX_LOOP_LAG_MS="1000000",
+        CCENGINE_ADMISSION_MAX_BACKLOG_S="1000000",
+        CCENGINE_ADMISSION_MAX_CPU="1",
+    ).start()
+    assert engine.proc is not None
+    pid = engine.proc.pid
+    phones = [
+        sipp.start(sipp.call_scenario(sipp.play(pcap, talk), caller=f"1555123000{i}"),
+                   tmp_path / f"phone{i}", engine.sip)
+        for i in range(3)
+    ]  # fmt: skip
+    invite: list[tuple[subprocess.Popen[str], Path]] = []
+    try:
+        before = health_when(
+            engine,
+            lambda h: h["active_calls"] == 3 and h["load"]["audio_loss"] == 0.0,
+            within=20,
+        )
+        assert before["load"]["state"] == "ok", before
+        assert lost_here(counters(engine)) == 0
+        calls = httpx.get(f"{engine.url}/api/v1/calls", headers=engine.headers).json()["calls"]
+        up = {c["id"] for c in calls}
+        assert len(up) == 3
+
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(STALL)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        full = health_when(engine, lambda h: h["load"]["state"] == "full", within=3)
+        seen = counters(engine)
+        load = full["load"]
+        assert full["active_calls"] == 3
+        match = LOSS_REASON.match(load["reason"] or "")
+        assert match, load
+        assert float(match.group(1)) == pytest.approx(100 * load["audio_loss"], abs=1)
+        # counted as it was lost, and as the node's own doing: over a second of each
+        # caller's audio skipped to catch up (up to the stall less MAX_BEHIND, 3 s)
+        late = seen['ccengine_frames_lost_total{reason="late"}']
+        assert late >= 3 * 50, seen
+        assert lost_here(seen) >= late
+
+        # a new caller, by phone and in-app, at once: refused, with the reason
+        invite.append(sipp.start(sipp.rejected_scenario(503, caller="15559990000"),
+                                 tmp_path / "refused", engine.sip))  # fmt: skip
+        offer = {"type": "offer", "sdp": CHROMIUM}
+        check_busy(httpx.post(f"{engine.url}/api/v1/calls", json=offer, timeout=10), LOSS_REASON)
+        refused = sipp.finish(*invite[0], timeout=30)
+        assert refused.ok, refused.output + refused.errors
+        final = refused.messages.split("SIP/2.0 503", 1)[1].split("\n\n", 1)[0]
+        retry = re.search(r"^Retry-After: (\d+)\s*$", final, re.M | re.I)
+        assert retry and 5 <= int(retry.group(1)) <= 30, final
+        assert re.search(r'^Warning: 399 ccengine "audio lost [0-9.]+% > 5%"', final, re.M), final
+        assert counters(engine)['ccengine_offers_rejected_total{reason="loss"}'] == 2
+
+        # the calls already up were not touched
+        calls = httpx.get(f"{engine.url}/api/v1/calls", headers=engine.headers).json()["calls"]
+        assert {c["id"] for c in calls if c["state"] != "ended"} == up, calls
+
+        # the loss leaves the 5 s window: the node takes calls again
+        # (measured while the phones still talk: with no audio there is no fraction)
+        room = health_when(
+            engine,
+            lambda h: h["load"]["state"] == "ok" and h["load"]["audio_loss"] is not None,
+            within=10,
+        )
+        assert room["load"]["audio_loss"] < 0.04, room
+        r = httpx.post(f"{engine.url}/api/v1/calls", json=offer, timeout=10)
+        assert r.status_code == 201, r.text
+
+        for proc, base in phones:  # each phone talked to its end and hung up itself
+            result = sipp.finish(proc, base, timeout=30)
+            assert result.ok, result.output + result.errors
+        for call_id in up:
+            detail = wait_ended(engine, call_id, 10)
+            assert detail["end_reason"] == "remote_closed", detail
+        print(f"stalled {STALL:g} s: {load['reason']}, {late:.0f} frames late; {seen}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)  # a failed assertion must not leave it stopped
+        for proc, _ in [*phones, *invite]:
+            if proc.stdout is not None and not proc.stdout.closed:  # not finished: failed
+                proc.kill()
+                proc.communicate()
         engine.stop()
