@@ -54,7 +54,7 @@ class OutboundAudioTrack(PacedAudioTrack):
     async def recv(self) -> av.AudioFrame | av.Packet:  # type: ignore[override]
         if self._opus is None:
             return await super().recv()
-        samples, pts = await self._paced()
+        samples, pts = await self.next_samples()
         return self._opus.packet(samples, pts)
 
     @property

@@ -43,6 +43,7 @@ from aiortp import PcmConcealer, RtpPacket, is_rtcp
 from aiortp.codecs import get_codec
 from aiortp.dtmf import DTMF_EVENTS, EVENT_TO_DIGIT
 
+from media.audio import Decimator
 from media.loss import OnLost, frames_in
 from media.sip.sdp import AudioOffer
 from media.wavtrack import SEND_RATE, PacedAudioTrack
@@ -328,10 +329,14 @@ class RtpSession(asyncio.DatagramProtocol):
         self._codec = get_codec(payload_type)
         rate = self._codec.sample_rate
         self._plc = PcmConcealer(sample_rate=rate)
-        # MQ, not soxr's default HQ: HQ's filters delay a stream by ~130 ms each way,
-        # which a live conversation hears; MQ's by ~35 ms, with speech-band quality
+        # MQ, not soxr's default HQ: HQ's filters delay a stream by ~130 ms, which a
+        # live conversation hears; MQ's by ~35 ms, with speech-band quality
         self._up = soxr.ResampleStream(rate, SEND_RATE, 1, dtype="int16", quality="MQ")
-        self._down = soxr.ResampleStream(SEND_RATE, rate, 1, dtype="int16", quality="MQ")
+        # what the phone hears: at once and evenly paced (media/audio.py, Decimator)
+        self._down = Decimator(SEND_RATE // rate)
+        # G.711 (PCMU, PCMA) is stateless: silence is always the same payload, so the
+        # silence a caller hears while speaking is not encoded 50 times a second
+        self._silence: dict[int, bytes] | None = {} if payload_type in (0, 8) else None
 
     @property
     def remote(self) -> tuple[str, int]:
@@ -441,11 +446,11 @@ class RtpSession(asyncio.DatagramProtocol):
         pending = np.zeros(0, dtype=np.int16)
         while self._transport is not None:
             try:
-                frame = await source.recv()
+                pcm, _pts = await source.next_samples()
             except MediaStreamError:
                 return
-            pcm = frame.to_ndarray().reshape(-1).astype(np.int16)
-            pending = np.concatenate([pending, self._down.resample_chunk(pcm)])
+            out = self._down.push(pcm)
+            pending = np.concatenate([pending, out]) if len(pending) else out
             while len(pending) >= per_packet:
                 chunk, pending = pending[:per_packet], pending[per_packet:]
                 self._send(chunk)
@@ -494,12 +499,20 @@ class RtpSession(asyncio.DatagramProtocol):
             sequence_number=self._seq,
             timestamp=self._ts,
             ssrc=self._ssrc,
-            payload=self._codec.encode(pcm.astype("<i2").tobytes()),
+            payload=self._payload(pcm),
         )
         self._first = False
         self._seq = (self._seq + 1) & 0xFFFF
         self._transport.sendto(packet.serialize(), self.remote)
         self.stats.packets_out += 1
+
+    def _payload(self, pcm: np.ndarray) -> bytes:
+        if self._silence is not None and not pcm.any():
+            payload = self._silence.get(len(pcm))
+            if payload is None:
+                payload = self._silence[len(pcm)] = self._codec.encode(bytes(2 * len(pcm)))
+            return payload
+        return bytes(self._codec.encode(pcm.astype("<i2").tobytes()))
 
     def close(self) -> None:
         if self._transport is not None:

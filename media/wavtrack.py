@@ -62,8 +62,9 @@ class PacedAudioTrack(MediaStreamTrack):
     def _next_samples(self) -> np.ndarray:
         raise NotImplementedError
 
-    async def _paced(self) -> tuple[np.ndarray, int]:
-        """The next frame's samples and timestamp, once it is time to send it."""
+    async def next_samples(self) -> tuple[np.ndarray, int]:
+        """The next frame's samples and timestamp, once it is time to send it: for a
+        sender that wants samples, not an ``av.AudioFrame`` (phone RTP, Opus packets)."""
         if self.readyState != "live":
             raise MediaStreamError
         if self._start is None:
@@ -77,7 +78,7 @@ class PacedAudioTrack(MediaStreamTrack):
         return samples, pts
 
     async def recv(self) -> av.AudioFrame:
-        samples, pts = await self._paced()
+        samples, pts = await self.next_samples()
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = SEND_RATE
         frame.pts = pts

@@ -5,6 +5,7 @@ from media.audio import (
     ANALYSIS_RATE,
     FRAME_SAMPLES,
     AnalysisResampler,
+    Decimator,
     downmix_interleaved,
     rms_dbfs,
 )
@@ -65,3 +66,38 @@ def test_stereo_downmix_is_the_mean_of_both_channels(shape: tuple[int, ...]) -> 
     mono = downmix_interleaved(pcm, 2)
     assert mono.dtype == np.float32 and mono.shape == (usable // 2,)
     np.testing.assert_allclose(mono, expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("factor", [6, 3])  # to 8 kHz (G.711), to 16 kHz (G.722)
+def test_what_a_phone_hears_is_band_limited_prompt_and_even(factor: int) -> None:
+    """Our audio to a phone: every 20 ms frame gives its 20 ms at once (libsoxr gave
+    ~64 ms blocks every third or fourth frame), the speech band passes untouched, what
+    would fold back into it is gone, and the delay is a few milliseconds."""
+    out_rate = 48000 // factor
+    for freq, level in [(300, -9.0), (1000, -9.0), (out_rate * 0.42, -9.0)]:
+        decimator = Decimator(factor)
+        pcm = tone(int(freq), 48000, 1)
+        parts = [decimator.push(pcm[i : i + 960]) for i in range(0, len(pcm), 960)]
+        assert {len(p) for p in parts} == {960 // factor}
+        out = np.concatenate(parts)
+        assert dominant_frequency(out[200:], out_rate) == pytest.approx(freq, abs=5)
+        assert rms_dbfs(out[200:]) == pytest.approx(level, abs=0.5)
+    for freq in (out_rate // 2 + 600, out_rate, 12000):  # would alias into the band
+        decimator = Decimator(factor)
+        pcm = tone(freq, 48000, 1)
+        out = np.concatenate([decimator.push(pcm[i : i + 960]) for i in range(0, len(pcm), 960)])
+        assert rms_dbfs(out[200:]) < -70, freq
+    click = np.zeros(4800, np.int16)
+    click[2400] = 30000
+    decimator = Decimator(factor)
+    out = np.concatenate([decimator.push(click[i : i + 960]) for i in range(0, 4800, 960)])
+    delay_ms = (int(np.argmax(np.abs(out))) - 2400 // factor) / out_rate * 1000
+    assert 0 <= delay_ms <= 5
+
+
+def test_a_silent_line_is_silence_out() -> None:
+    decimator = Decimator(6)
+    pcm = tone(1000, 48000, 0.1)
+    decimator.push(pcm)
+    tail = [decimator.push(np.zeros(960, np.int16)) for _ in range(5)]
+    assert all(len(t) == 160 for t in tail) and not np.concatenate(tail[1:]).any()

@@ -296,3 +296,83 @@ def test_source_latch_table() -> None:
     assert latch.remote == ("192.0.2.77", 5000) and not latch.latched
     assert latch.allowed(("192.0.2.77", 1)) and not latch.allowed(("10.0.0.5", 4000))
     assert latch.allowed((public, 62001))  # the SIP peer stays allowed
+
+
+class Unpaced:
+    """A track that gives its frames as fast as they are asked for, counting them: the
+    sender's own pacing (packets per frame) is then exact, whatever the machine."""
+
+    def __init__(self, frames: list[object]) -> None:
+        self.frames = frames
+        self.given = 0
+
+    async def next_samples(self) -> tuple[object, int]:
+        import asyncio
+
+        from aiortc.mediastreams import MediaStreamError
+
+        await asyncio.sleep(0.001)  # the test looks at the socket between frames
+        if self.given == len(self.frames):
+            raise MediaStreamError
+        self.given += 1
+        return self.frames[self.given - 1], (self.given - 1) * 960
+
+    async def recv(self) -> object:  # what senders took before next_samples
+        import fractions
+
+        import av
+
+        samples, pts = await self.next_samples()
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")  # type: ignore[attr-defined]
+        frame.sample_rate, frame.pts = 48000, pts
+        frame.time_base = fractions.Fraction(1, 48000)
+        return frame
+
+
+@pytest.mark.parametrize(("payload_type", "codec"), [(0, "PCMU"), (9, "G722")])
+async def test_a_phone_gets_one_packet_per_frame_at_once(payload_type: int, codec: str) -> None:
+    """The phone got our audio in bursts: libsoxr handed the 48 kHz -> 8 kHz output out
+    in ~64 ms blocks, so three or four packets left together every third or fourth
+    frame, 40 ms late. Now each frame makes its packet as it is sent, speech or
+    silence, and what is said comes out where it was put."""
+    import asyncio
+    import socket
+
+    import numpy as np
+    from aiortp.codecs import get_codec
+
+    from media.rtp import RtpSession
+    from media.sip.sdp import AudioOffer
+
+    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    phone.bind(("127.0.0.1", 0))
+    phone.setblocking(False)
+    offer = AudioOffer("127.0.0.1", phone.getsockname()[1], payload_type, codec, None,
+                       "sendrecv", 20, (), 0)  # fmt: skip
+    rtp = RtpSession(offer, on_dtmf=lambda digit: None)
+    await rtp.open("127.0.0.1")
+    t = np.arange(960 * 20) / 48000
+    speech = (np.sin(2 * np.pi * 1000 * t) * 12000).astype(np.int16)
+    frames = [np.zeros(960, np.int16)] * 10 + list(speech.reshape(20, 960))
+    frames += [np.zeros(960, np.int16)] * 10
+    track = Unpaced(frames)
+    per_frame = []
+    sender = asyncio.create_task(rtp.send_from(track))  # type: ignore[arg-type]
+    packets: list[bytes] = []
+    while not sender.done():
+        await asyncio.sleep(0)
+        while True:
+            try:
+                packets.append(phone.recv(2048))
+            except BlockingIOError:
+                break
+        per_frame.append((track.given, len(packets)))
+    rtp.close()
+    phone.close()
+    # after the n-th frame was taken, n packets (the last frame's may still be on its way)
+    assert all(given - 1 <= got <= given for given, got in per_frame), per_frame
+    assert len(packets) == len(frames)
+    decoder = get_codec(payload_type)
+    levels = [np.abs(np.frombuffer(decoder.decode(p[12:]), "<i2")).max() for p in packets]
+    assert max(levels[:10]) < 50 and max(levels[31:]) < 50  # silence stays silence
+    assert min(levels[11:29]) > 8000  # the tone, in the packets of its frames
