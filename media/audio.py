@@ -3,12 +3,14 @@
 Everything downstream of the transports (VAD, ASR, emotion) works on 16 kHz mono
 int16 audio in 20 ms frames. ``AnalysisResampler`` turns whatever a transport
 decodes (Opus at 48 kHz stereo, G.711 at 8 kHz mono, ...) into exactly that,
-with a real band-limited resampler (libsoxr) so nothing aliases into the speech
-band the recognizer listens to.
+with a real band-limited resampler so nothing aliases into the speech band the
+recognizer listens to: for 48 kHz (every caller) a polyphase filter of our own that
+gives each frame at once (:class:`Decimator`), for other rates libsoxr.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,7 +71,7 @@ class AnalysisResampler:
 
     def __init__(self) -> None:
         self._in_rate: int | None = None
-        self._stream: soxr.ResampleStream | None = None
+        self._resample: Callable[[np.ndarray], np.ndarray] | None = None
         self._pending = np.zeros(0, dtype=np.float32)
         self._emitted = 0  # analysis samples already returned as frames
 
@@ -79,12 +81,18 @@ class AnalysisResampler:
             # A rate change mid-stream (codec switch) restarts the filter; the
             # few milliseconds of filter state lost are inaudible to ASR.
             self._in_rate = sample_rate
-            self._stream = (
-                None
-                if sample_rate == ANALYSIS_RATE
-                else soxr.ResampleStream(sample_rate, ANALYSIS_RATE, 1, dtype="float32")
-            )
-        out = mono if self._stream is None else self._stream.resample_chunk(mono)
+            if sample_rate == ANALYSIS_RATE:
+                self._resample = None
+            elif sample_rate == 3 * ANALYSIS_RATE:
+                # what every caller gives (Opus, and phones through media/rtp.py): each
+                # frame analysed as it arrives, not in libsoxr's ~64 ms blocks, which
+                # made end of speech (and so every final) up to 40 ms later
+                self._resample = Decimator(3).push_float
+            else:
+                self._resample = soxr.ResampleStream(
+                    sample_rate, ANALYSIS_RATE, 1, dtype="float32"
+                ).resample_chunk
+        out = mono if self._resample is None else self._resample(mono)
         return self._frames(out)
 
     def _frames(self, out: np.ndarray) -> list[PcmFrame]:
@@ -103,24 +111,24 @@ class AnalysisResampler:
 
 
 class Decimator:
-    """48 kHz int16 to 48 kHz / ``factor`` (8 or 16 kHz for a phone), every output
-    sample as soon as its input is in.
+    """48 kHz to 48 kHz / ``factor`` (8 or 16 kHz), every output sample as soon as its
+    input is in.
 
-    For what a phone hears. libsoxr's streams hand their output out in blocks of ~64 ms
-    whatever they are fed: the phone got three or four RTP packets at once, every third
-    or fourth frame, and 40 ms later than need be. This is a plain windowed-sinc
-    low-pass evaluated only at the kept samples (polyphase): 2.5 ms of delay,
-    ~80 dB stop band from ``out_rate / 2 + 500 Hz`` (what folds back lands above the
-    telephone band), and nothing to compute while the line is silent.
+    libsoxr's streams hand their output out in blocks of ~64 ms whatever they are fed: a
+    phone got three or four RTP packets at once, every third or fourth frame, 40 ms
+    later than need be, and analysis heard the caller that much late. This is a plain
+    windowed-sinc low-pass evaluated only at the kept samples (polyphase): 2.5 ms of
+    delay, flat to ``out_rate / 2 - 500 Hz``, ~80 dB down from ``out_rate / 2 + 500 Hz``
+    (what folds back lands above the telephone band), and nothing to compute while the
+    line is silent.
     """
 
     TAPS = 241
 
     def __init__(self, factor: int) -> None:
         self.factor = factor
-        out_rate = 48000 / factor
         n = np.arange(self.TAPS) - (self.TAPS - 1) / 2
-        fc = (out_rate / 2) / 48000
+        fc = 0.5 / factor  # the output's Nyquist, as a fraction of 48 kHz
         h = 2 * fc * np.sinc(2 * fc * n) * np.kaiser(self.TAPS, 8.0)
         self._h = (h / h.sum()).astype(np.float32)
         self._history = np.zeros(self.TAPS - 1, np.float32)
@@ -129,15 +137,51 @@ class Decimator:
 
     def push(self, pcm: np.ndarray) -> np.ndarray:
         """int16 in, int16 out: every output sample whose input is complete."""
-        count = max(0, (len(pcm) - self._phase + self.factor - 1) // self.factor)
-        if self._quiet and not pcm.any():
-            self._phase = self._phase + count * self.factor - len(pcm)
-            return np.zeros(count, np.int16)
-        buf = np.concatenate([self._history, pcm.astype(np.float32)])
+        y = self.push_float(pcm)
+        return np.clip(np.round(y), -32768, 32767).astype(np.int16)
+
+    def push_float(self, x: np.ndarray) -> np.ndarray:
+        """The same for float32 samples (any scale)."""
+        count = max(0, (len(x) - self._phase + self.factor - 1) // self.factor)
+        if self._quiet and not x.any():
+            self._phase = self._phase + count * self.factor - len(x)
+            return np.zeros(count, np.float32)
+        buf = np.concatenate([self._history, x.astype(np.float32, copy=False)])
         windows = np.lib.stride_tricks.sliding_window_view(buf, self.TAPS)
-        y = windows[self._phase :: self.factor][:count] @ self._h
-        self._phase = self._phase + count * self.factor - len(pcm)
+        y: np.ndarray = windows[self._phase :: self.factor][:count] @ self._h
+        self._phase = self._phase + count * self.factor - len(x)
         self._history = buf[len(buf) - (self.TAPS - 1) :]
+        self._quiet = not self._history.any()
+        return y
+
+
+class Interpolator:
+    """48 kHz / ``factor`` (a phone's 8 or 16 kHz) to 48 kHz, each input block's output
+    at once: the same filter as :class:`Decimator`, run per output phase, for the
+    same reason (libsoxr gave ~64 ms blocks, 40 ms late)."""
+
+    TAPS_PER_PHASE = 40
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+        taps = self.TAPS_PER_PHASE * factor
+        n = np.arange(taps) - (taps - 1) / 2
+        fc = 0.5 / factor
+        h = 2 * fc * np.sinc(2 * fc * n) * np.kaiser(taps, 8.0)
+        h *= factor / h.sum()  # zeros stuffed between samples: gain ``factor`` back
+        # row k: the taps that make output sample i * factor + k, newest input first
+        self._phases = h.reshape(self.TAPS_PER_PHASE, factor).T.astype(np.float32)
+        self._history = np.zeros(self.TAPS_PER_PHASE - 1, np.float32)
+        self._quiet = True
+
+    def push(self, pcm: np.ndarray) -> np.ndarray:
+        """int16 in, ``factor`` times as many int16 out."""
+        if self._quiet and not pcm.any():
+            return np.zeros(len(pcm) * self.factor, np.int16)
+        buf = np.concatenate([self._history, pcm.astype(np.float32)])
+        windows = np.lib.stride_tricks.sliding_window_view(buf, self.TAPS_PER_PHASE)
+        y = (windows[:, ::-1] @ self._phases.T).reshape(-1)
+        self._history = buf[len(buf) - (self.TAPS_PER_PHASE - 1) :]
         self._quiet = not self._history.any()
         return np.clip(np.round(y), -32768, 32767).astype(np.int16)
 

@@ -7,8 +7,9 @@ Packet parsing, loss concealment and the codecs come from aiortp; what is ours:
   (without); ours waits for a missing packet only while three later ones arrive;
 * :class:`RtpInboundTrack` turns the caller's packets into 48 kHz audio frames,
   the same shape a WebRTC caller's Opus track gives, so phone callers go through
-  exactly the same analysis pipeline and bridge (resampled with soxr's streaming
-  resampler, so packet boundaries leave no clicks);
+  exactly the same analysis pipeline and bridge (resampled by a streaming filter
+  that keeps its state across packets, so their boundaries leave no clicks, and
+  gives each packet's audio at once: media/audio.py);
 * :meth:`RtpSession.send_from` paces our side (prompts, the agent, hold audio)
   from an :class:`~media.outbound.OutboundAudioTrack` into RTP packets;
 * :class:`DtmfDetector` reports each key press once;
@@ -36,14 +37,13 @@ from typing import Literal
 
 import av
 import numpy as np
-import soxr
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from aiortp import PcmConcealer, RtpPacket, is_rtcp
 from aiortp.codecs import get_codec
 from aiortp.dtmf import DTMF_EVENTS, EVENT_TO_DIGIT
 
-from media.audio import Decimator
+from media.audio import Decimator, Interpolator
 from media.loss import OnLost, frames_in
 from media.sip.sdp import AudioOffer
 from media.wavtrack import SEND_RATE, PacedAudioTrack
@@ -329,10 +329,9 @@ class RtpSession(asyncio.DatagramProtocol):
         self._codec = get_codec(payload_type)
         rate = self._codec.sample_rate
         self._plc = PcmConcealer(sample_rate=rate)
-        # MQ, not soxr's default HQ: HQ's filters delay a stream by ~130 ms, which a
-        # live conversation hears; MQ's by ~35 ms, with speech-band quality
-        self._up = soxr.ResampleStream(rate, SEND_RATE, 1, dtype="int16", quality="MQ")
-        # what the phone hears: at once and evenly paced (media/audio.py, Decimator)
+        # each packet's audio at once, 2.5 ms late, both ways (media/audio.py): libsoxr
+        # streams gave theirs in ~64 ms blocks, which a live conversation hears
+        self._up = Interpolator(SEND_RATE // rate)
         self._down = Decimator(SEND_RATE // rate)
         # G.711 (PCMU, PCMA) is stateless: silence is always the same payload, so the
         # silence a caller hears while speaking is not encoded 50 times a second
@@ -426,7 +425,7 @@ class RtpSession(asyncio.DatagramProtocol):
                 self._deliver(pcm)
 
     def _deliver(self, pcm: bytes) -> None:
-        up = self._up.resample_chunk(np.frombuffer(pcm, dtype="<i2"))
+        up = self._up.push(np.frombuffer(pcm, dtype="<i2"))
         if len(up):
             self.track.put(up)
 

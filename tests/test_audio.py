@@ -6,6 +6,7 @@ from media.audio import (
     FRAME_SAMPLES,
     AnalysisResampler,
     Decimator,
+    Interpolator,
     downmix_interleaved,
     rms_dbfs,
 )
@@ -101,3 +102,29 @@ def test_a_silent_line_is_silence_out() -> None:
     decimator.push(pcm)
     tail = [decimator.push(np.zeros(960, np.int16)) for _ in range(5)]
     assert all(len(t) == 160 for t in tail) and not np.concatenate(tail[1:]).any()
+
+
+def test_each_48khz_frame_is_analysed_as_it_arrives() -> None:
+    """libsoxr gave the analysis rate in ~64 ms blocks: no frame for two or three
+    packets, then three, so end of speech was seen up to 40 ms late. Now each 20 ms
+    packet from a caller makes its analysis frame at once."""
+    r = AnalysisResampler()
+    pcm = tone(1000, 48000, 1, channels=2)
+    counts = [len(r.push(pcm[i : i + 1920], 48000, 2)) for i in range(0, len(pcm), 1920)]
+    assert counts == [1] * 50
+
+
+@pytest.mark.parametrize("factor", [6, 3])
+def test_what_a_phone_says_is_upsampled_at_once_without_images(factor: int) -> None:
+    in_rate = 48000 // factor
+    for freq in (300, 1000, int(in_rate * 0.42)):
+        up = Interpolator(factor)
+        pcm = tone(freq, in_rate, 1)
+        parts = [up.push(pcm[i : i + in_rate // 50]) for i in range(0, len(pcm), in_rate // 50)]
+        assert {len(p) for p in parts} == {960}
+        out = np.concatenate(parts)[960:]
+        assert dominant_frequency(out, 48000) == pytest.approx(freq, abs=5)
+        assert rms_dbfs(out) == pytest.approx(-9.0, abs=0.5)
+        spectrum = np.abs(np.fft.rfft(out * np.hanning(len(out))))
+        images = spectrum[np.fft.rfftfreq(len(out), 1 / 48000) > in_rate / 2 + 500]
+        assert 20 * np.log10(images.max() / spectrum.max()) < -70
