@@ -87,7 +87,9 @@ class AnalysisResampler:
                 # what every caller gives (Opus, and phones through media/rtp.py): each
                 # frame analysed as it arrives, not in libsoxr's ~64 ms blocks, which
                 # made end of speech (and so every final) up to 40 ms later
-                self._resample = Decimator(3).push_float
+                # half the taps of a phone's: what folds back lands above 7 kHz,
+                # where the recognizer hears nothing it needs; half the cost a frame
+                self._resample = Decimator(3, taps=121).push_float
             else:
                 self._resample = soxr.ResampleStream(
                     sample_rate, ANALYSIS_RATE, 1, dtype="float32"
@@ -125,13 +127,14 @@ class Decimator:
 
     TAPS = 241
 
-    def __init__(self, factor: int) -> None:
+    def __init__(self, factor: int, taps: int = TAPS) -> None:
         self.factor = factor
-        n = np.arange(self.TAPS) - (self.TAPS - 1) / 2
+        self.taps = taps
+        n = np.arange(taps) - (taps - 1) / 2
         fc = 0.5 / factor  # the output's Nyquist, as a fraction of 48 kHz
-        h = 2 * fc * np.sinc(2 * fc * n) * np.kaiser(self.TAPS, 8.0)
+        h = 2 * fc * np.sinc(2 * fc * n) * np.kaiser(taps, 8.0)
         self._h = (h / h.sum()).astype(np.float32)
-        self._history = np.zeros(self.TAPS - 1, np.float32)
+        self._history = np.zeros(taps - 1, np.float32)
         self._quiet = True  # the history is all zeros
         self._phase = 0  # where in the next input the next kept sample's window ends
 
@@ -147,10 +150,10 @@ class Decimator:
             self._phase = self._phase + count * self.factor - len(x)
             return np.zeros(count, np.float32)
         buf = np.concatenate([self._history, x.astype(np.float32, copy=False)])
-        windows = np.lib.stride_tricks.sliding_window_view(buf, self.TAPS)
+        windows = np.lib.stride_tricks.sliding_window_view(buf, self.taps)
         y: np.ndarray = windows[self._phase :: self.factor][:count] @ self._h
         self._phase = self._phase + count * self.factor - len(x)
-        self._history = buf[len(buf) - (self.TAPS - 1) :]
+        self._history = buf[len(buf) - (self.taps - 1) :]
         self._quiet = not self._history.any()
         return y
 
