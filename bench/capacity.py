@@ -4,7 +4,7 @@ pocketsphinx (the old path, as the baseline), over SIP and WebRTC.
 
     python -m bench.capacity [--n 2 4 8 12] [--seconds 60] [--soak-minutes 0]
                              [--backends moonshine pocketsphinx] [--transports sip webrtc]
-                             [--in-step] [--soak-n N] [--soak-only]
+                             [--in-step] [--soak-n N] [--soak-only] [--idle-only]
 
 For each backend, transport and N a fresh engine starts (admission thresholds raised so
 the bench measures instead of being refused; any refusal is still counted), its idle
@@ -45,6 +45,10 @@ largest N of each backend and transport.
 warm-up), and whether that is flat (under 10 MB in 30 min); to bench/out/capacity-soak.md.
 The issue asks for 30 minutes: ``python -m bench.capacity --soak-only --soak-minutes 30
 --soak-n 12 --seconds 60``.
+
+``--idle-only`` starts three fresh Moonshine engines one after the other and prints each
+one's idle PSS per process, read once its start-up prompts are made (the memory goal's
+number); nothing else runs.
 """
 
 from __future__ import annotations
@@ -98,6 +102,8 @@ SENTENCE_PAD_S = 0.15  # of that silence kept before and after a sentence
 TAIL_S = 2.0  # quiet line after the speech, so the endpointer closes the last utterance
 HANGUP_AFTER_S = 0.5  # SIPp hangs up this long after its capture (played in a thread) ends
 IDLE_SETTLE_S = 3.0  # after start, before the idle memory is read
+IDLE_ONLY_SETTLE_S = 20.0  # --idle-only: the start-up prompts are made by then
+IDLE_ONLY_ENGINES = 3
 SAMPLE_S = 2.0  # /healthz and PSS while a row runs
 SOAK_SAMPLE_S = 30.0
 SOAK_WARMUP_S = 120.0
@@ -867,6 +873,29 @@ def _cpu_model() -> str:
     return "unknown CPU"
 
 
+async def idle_only(work: Path) -> str:
+    """Idle PSS of fresh engines, per process kind, one line each, and their median."""
+    lines, totals = [], []
+    for i in range(IDLE_ONLY_ENGINES):
+        engine = engine_for("moonshine", work / f"idle-{i}")
+        try:
+            assert engine.proc is not None
+            await asyncio.sleep(IDLE_ONLY_SETTLE_S)
+            parts = await asyncio.to_thread(EngineTree(engine.proc.pid).pss_parts_mb)
+        finally:
+            engine.stop()
+        kinds = collections.Counter[str]()
+        for kind, mb in parts:
+            kinds[kind] += mb
+        totals.append(total_mb(parts))
+        lines.append(
+            f"engine {kinds['engine']:.0f} MB + worker {kinds['worker']:.0f} MB"
+            f" + other {kinds['other']:.0f} MB = {totals[-1]:.0f} MB PSS idle"
+        )
+    lines.append(f"median: {sorted(totals)[len(totals) // 2]:.0f} MB")
+    return "\n".join(lines)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[2, 4, 8, 12])
@@ -874,6 +903,7 @@ async def main() -> None:
     parser.add_argument("--soak-minutes", type=float, default=0.0)
     parser.add_argument("--soak-n", type=int, default=0, help="callers in the soak (max --n)")
     parser.add_argument("--soak-only", action="store_true", help="skip the table, only soak")
+    parser.add_argument("--idle-only", action="store_true", help="only idle memory, per process")
     parser.add_argument(
         "--in-step", action="store_true", help="all callers say the same words at the same time"
     )
@@ -890,6 +920,9 @@ async def main() -> None:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="ccengine-capacity-") as tmp:
         work = Path(tmp)
+        if args.idle_only:
+            print(await idle_only(work), flush=True)
+            return
         talk = Talk(work, args.seconds, in_step=args.in_step)
         top = header(args, talk)
         print(top, flush=True)
