@@ -113,6 +113,26 @@ def test_a_voice_that_does_not_load_falls_back_to_the_float_one(
     assert len(pcm) > rate // 2
 
 
+def test_models_prepare_makes_the_voice_unless_opted_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.cli import main
+
+    moonshine = Path(speech.english().model_path)  # converted already: no 8 s here
+    (tmp_path / moonshine.name).symlink_to(moonshine)
+    monkeypatch.setenv("CCENGINE_MODEL_DIRS", json.dumps([str(tmp_path)]))
+    monkeypatch.setenv("CCENGINE_PROMPT_VOICE_INT8", "false")
+    assert main(["models", "prepare"]) == 0
+    assert "prompt voice: the float one" in capsys.readouterr().out
+    assert not piper_convert.cache_dir(tmp_path).exists()
+    monkeypatch.delenv("CCENGINE_PROMPT_VOICE_INT8")
+    assert main(["models", "prepare"]) == 0
+    out = capsys.readouterr().out
+    assert "prompt voice: storing its weights as int8" in out
+    assert f"prompt voice: {piper_convert.cache_dir(tmp_path) / piper_convert.MODEL}" in out
+    verify(piper_convert.cache_dir(tmp_path))
+
+
 _MEMORY = """
 import sys
 from media import malloc
@@ -150,7 +170,7 @@ def test_the_int8_voice_takes_less_memory(int8_voice: Path) -> None:
 
 @pytest.mark.integration
 def test_the_engine_makes_the_int8_voice_at_its_first_start_and_can_opt_out(
-    tmp_path: Path,
+    tmp_path: Path, int8_voice: Path
 ) -> None:
     """A real engine: the first start makes the int8 voice into the first models folder
     (in a child process) and speaks with it; a corrupt one is made again; with
@@ -169,7 +189,8 @@ def test_the_engine_makes_the_int8_voice_at_its_first_start_and_can_opt_out(
     log = engine.log.read_text()
     assert "prompt voice: storing its weights as int8" in log
     assert f"prompt voice: piper, int8 weights ({folder / piper_convert.MODEL})" in log
-    verify(folder)
+    verify(folder)  # the same bytes as made in this process
+    assert (folder / MANIFEST).read_text() == (int8_voice.parent / MANIFEST).read_text()
 
     (folder / piper_convert.MODEL).write_bytes(b"junk")
     engine = EngineProcess(tmp_path / "two", CCENGINE_MODEL_DIRS=dirs).start()
