@@ -4,7 +4,7 @@ pocketsphinx (the old path, as the baseline), over SIP and WebRTC.
 
     python -m bench.capacity [--n 2 4 8 12] [--seconds 60] [--soak-minutes 0]
                              [--backends moonshine pocketsphinx] [--transports sip webrtc]
-                             [--in-step] [--soak-n N] [--soak-only]
+                             [--in-step] [--soak-n N] [--soak-only] [--idle-only]
 
 For each backend, transport and N a fresh engine starts (admission thresholds raised so
 the bench measures instead of being refused; any refusal is still counted), its idle
@@ -45,6 +45,12 @@ largest N of each backend and transport.
 warm-up), and whether that is flat (under 10 MB in 30 min); to bench/out/capacity-soak.md.
 The issue asks for 30 minutes: ``python -m bench.capacity --soak-only --soak-minutes 30
 --soak-n 12 --seconds 60``.
+
+``--idle-only`` starts three fresh Moonshine engines one after the other and prints each
+one's idle PSS per process, read once its start-up prompts are made (the memory goal's
+number), and, as root, "alone": its resident pages counted once, what the PSS reads on a
+box where no other process shares them (other engines running make the PSS read lower);
+nothing else runs.
 """
 
 from __future__ import annotations
@@ -98,6 +104,9 @@ SENTENCE_PAD_S = 0.15  # of that silence kept before and after a sentence
 TAIL_S = 2.0  # quiet line after the speech, so the endpointer closes the last utterance
 HANGUP_AFTER_S = 0.5  # SIPp hangs up this long after its capture (played in a thread) ends
 IDLE_SETTLE_S = 3.0  # after start, before the idle memory is read
+IDLE_ONLY_SETTLE_S = 20.0  # --idle-only: the start-up prompts are made by then
+IDLE_ONLY_ENGINES = 3
+PAGE = os.sysconf("SC_PAGE_SIZE")
 SAMPLE_S = 2.0  # /healthz and PSS while a row runs
 SOAK_SAMPLE_S = 30.0
 SOAK_WARMUP_S = 120.0
@@ -158,6 +167,30 @@ class EngineTree:
 
     def pss_mb(self) -> float:
         return total_mb(self.pss_parts_mb())
+
+    def alone_mb(self) -> float | None:
+        """Resident pages of these processes, each counted once however many of them map
+        it: what their PSS adds up to when no other process shares their pages (PSS splits
+        a library's pages with every process on the box that maps it, so it reads lower
+        while other engines run). None without the page frame numbers (root only)."""
+        frames = []
+        for p in self.procs():
+            with contextlib.suppress(OSError), open(f"/proc/{p.pid}/maps") as maps:
+                with open(f"/proc/{p.pid}/pagemap", "rb") as pagemap:
+                    for line in maps:
+                        lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                        if lo >= 1 << 47:  # [vsyscall]: not in the pagemap
+                            continue
+                        pagemap.seek(lo // PAGE * 8)
+                        raw = np.frombuffer(pagemap.read((hi - lo) // PAGE * 8), np.uint64)
+                        present = raw[(raw >> np.uint64(63)) == 1]
+                        frames.append(present & np.uint64((1 << 55) - 1))
+        if not frames:
+            return None
+        every = np.concatenate(frames)
+        if every.size and not every.any():  # frame numbers hidden from non-root
+            return None
+        return len(np.unique(every)) * PAGE / 2**20
 
 
 def total_mb(parts: list[tuple[ProcessKind, float]]) -> float:
@@ -867,6 +900,35 @@ def _cpu_model() -> str:
     return "unknown CPU"
 
 
+async def idle_only(work: Path) -> str:
+    """Idle PSS of fresh engines, per process kind, one line each, and their median."""
+    lines, totals, alones = [], [], []
+    for i in range(IDLE_ONLY_ENGINES):
+        engine = engine_for("moonshine", work / f"idle-{i}")
+        try:
+            assert engine.proc is not None
+            await asyncio.sleep(IDLE_ONLY_SETTLE_S)
+            tree = EngineTree(engine.proc.pid)
+            parts = await asyncio.to_thread(tree.pss_parts_mb)
+            alone = await asyncio.to_thread(tree.alone_mb)
+        finally:
+            engine.stop()
+        kinds = collections.Counter[str]()
+        for kind, mb in parts:
+            kinds[kind] += mb
+        totals.append(total_mb(parts))
+        lines.append(
+            f"engine {kinds['engine']:.0f} MB + worker {kinds['worker']:.0f} MB"
+            f" + other {kinds['other']:.0f} MB = {totals[-1]:.0f} MB PSS idle"
+            + (f"; {alone:.0f} MB alone" if alone is not None else "")
+        )
+        alones.append(alone or 0.0)
+    lines.append(f"median: {sorted(totals)[len(totals) // 2]:.0f} MB PSS")
+    if all(alones):
+        lines.append(f"median: {sorted(alones)[len(alones) // 2]:.0f} MB alone")
+    return "\n".join(lines)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[2, 4, 8, 12])
@@ -874,6 +936,7 @@ async def main() -> None:
     parser.add_argument("--soak-minutes", type=float, default=0.0)
     parser.add_argument("--soak-n", type=int, default=0, help="callers in the soak (max --n)")
     parser.add_argument("--soak-only", action="store_true", help="skip the table, only soak")
+    parser.add_argument("--idle-only", action="store_true", help="only idle memory, per process")
     parser.add_argument(
         "--in-step", action="store_true", help="all callers say the same words at the same time"
     )
@@ -890,6 +953,9 @@ async def main() -> None:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="ccengine-capacity-") as tmp:
         work = Path(tmp)
+        if args.idle_only:
+            print(await idle_only(work), flush=True)
+            return
         talk = Talk(work, args.seconds, in_step=args.in_step)
         top = header(args, talk)
         print(top, flush=True)

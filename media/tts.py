@@ -123,7 +123,16 @@ class EspeakSpeaker(Speaker):
             return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"), w.getframerate()
 
 
-def default_speaker() -> Speaker | None:
+def default_speaker(model: str | None = None) -> Speaker | None:
+    """piper, from ``model`` (the int8 voice, media/piper_convert.py) when given, else
+    the package's float voice; espeak-ng without piper; None without either."""
+    if model is not None:
+        try:
+            speaker = PiperSpeaker(model)
+            log.info("prompt voice: piper, int8 weights (%s)", model)
+            return speaker
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            log.warning("the int8 prompt voice does not load (%s); using the float one", exc)
     try:
         return PiperSpeaker()
     except (ImportError, OSError) as exc:

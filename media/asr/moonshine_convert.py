@@ -24,8 +24,6 @@ The ``onnx`` package is needed here only, never to recognise speech.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import tempfile
@@ -37,6 +35,17 @@ from typing import Any
 
 import numpy as np
 
+from media.model_files import (
+    MANIFEST,
+    DropRecord,
+    ModelPrepareError,
+    is_prepared,
+    publish,
+    verify,
+)
+
+__all__ = ["MANIFEST", "ModelPrepareError", "ensure", "is_prepared", "prepare", "verify"]
+
 log = logging.getLogger(__name__)
 
 # Bump when the conversion changes: a cached model made by another version is redone.
@@ -44,13 +53,8 @@ CONVERTER_VERSION = 2
 SOURCE_PACKAGE = "moonshine-cpp"
 PARTS = ("encoder_model", "decoder_model_merged")
 TOKENIZER = "tokenizer.bin"
-MANIFEST = "manifest.json"
 
 Progress = Callable[[str], None]
-
-
-class ModelPrepareError(RuntimeError):
-    """The model could not be converted or read: the message says which file and why."""
 
 
 def source_dir() -> Path | None:
@@ -76,10 +80,6 @@ def cache_dir(models_dir: str | Path) -> Path:
     return Path(models_dir) / f"moonshine-base-en-{source_version()}-c{CONVERTER_VERSION}"
 
 
-def is_prepared(path: Path) -> bool:
-    return (path / MANIFEST).is_file()
-
-
 def prepare(models_dir: str | Path, progress: Progress | None = None) -> Path:
     """Convert once; later calls return the cached folder at once.
 
@@ -100,18 +100,12 @@ def prepare(models_dir: str | Path, progress: Progress | None = None) -> Path:
             say(f"moonshine: converting {part} ({i}/{len(PARTS)})")
             convert_part(src / f"{part}.ort", work / f"{part}.onnx", work)
         shutil.copyfile(src / TOKENIZER, work / TOKENIZER)
-        manifest = {
+        about = {
             "source": SOURCE_PACKAGE,
             "source_version": source_version(),
             "converter": CONVERTER_VERSION,
-            "sha256": {f.name: _sha256(f) for f in sorted(work.iterdir()) if f.is_file()},
         }
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        try:
-            work.rename(target)
-        except OSError:
-            if not is_prepared(target):  # another process finished first: keep theirs
-                raise
+        publish(work, target, about)
         say(f"moonshine: ready in {target}")
         return target
     except ModelPrepareError:
@@ -149,31 +143,6 @@ def ensure_printing(target: str) -> str:
     return str(ensure(target, say))
 
 
-def verify(path: Path) -> None:
-    """Check the cached files against their manifest (a truncated or edited file)."""
-    if not (path / MANIFEST).is_file():
-        raise ModelPrepareError(f"{path} is missing (ccengine models prepare makes it)")
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-        sums: dict[str, str] = manifest["sha256"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelPrepareError(f"{path / MANIFEST} is unreadable: {exc}") from exc
-    for name, digest in sums.items():
-        f = path / name
-        if not f.is_file():
-            raise ModelPrepareError(f"{f} is missing")
-        if _sha256(f) != digest:
-            raise ModelPrepareError(f"{f} is corrupt (checksum differs from its manifest)")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def convert_part(ort_path: Path, out: Path, work: Path) -> None:
     import onnx
     import onnxruntime as ort
@@ -191,7 +160,7 @@ def convert_part(ort_path: Path, out: Path, work: Path) -> None:
     del model
     plain.unlink()
     # the quantizer suggests shape pre-processing on the root logger, at every call
-    advice = _DropRecord("Please consider to run pre-processing")
+    advice = DropRecord("Please consider to run pre-processing")
     logging.getLogger().addFilter(advice)
     try:
         quantize_dynamic(
@@ -207,15 +176,6 @@ def convert_part(ort_path: Path, out: Path, work: Path) -> None:
     folded.unlink()
     for extra in work.glob("*.data"):  # quantize_dynamic may leave external-data files
         extra.unlink()
-
-
-class _DropRecord(logging.Filter):
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
 
 
 def _fold_weights(model: Any) -> None:
