@@ -26,6 +26,9 @@ drives them. Per row:
   (50 a second a call), and dropped chunks (``ccengine_asr_dropped_chunks``);
 - finals p50 / p95: ``asr_latency`` (last voiced audio -> final) of every caller
   ``transcript.final`` on ``/api/v1/events``; "finals" counts them (events / histogram);
+- seen by a client (WebRTC rows): from the end of each sentence, as this process sent
+  it, to its final arriving on that stream: what ``asr_latency`` leaves out (jitter
+  buffer, decoding, resampling, storing and streaming the event) included;
 - loop lag p99 over the run, from the ``ccengine_event_loop_lag_seconds`` buckets (linear
   within a bucket, as PromQL's histogram_quantile), and the worst 10 s p99 ``/healthz``
   gave while sampled every 2 s; the largest recognition backlog seen there too;
@@ -275,6 +278,7 @@ class FinalsTap(Background):
         self.url = engine.url.replace("http", "ws", 1) + "/api/v1/events"
         self.headers = engine.headers
         self.latencies: list[float] = []
+        self.arrivals: list[tuple[str, float]] = []  # (call id, monotonic time it came)
         self.resumed = 0
         self._last = 0
 
@@ -290,6 +294,7 @@ class FinalsTap(Background):
                         self._last = max(self._last, int(event.get("id") or 0))
                         if event["type"] == "transcript.final" and event["speaker"] == "caller":
                             self.latencies.append(float(event["asr_latency"]))
+                            self.arrivals.append((event["call_id"], time.monotonic()))
             self.resumed += 1
             await asyncio.sleep(0.2)
 
@@ -411,6 +416,9 @@ class Driven:
     frames_sent: float
     caller_cpu_s: float
     note: str = ""
+    # monotonic times each caller stopped speaking (WebRTC: this process sends the audio,
+    # so it knows when each sentence ended), by call id
+    speech_ends: dict[str, list[float]] = field(default_factory=dict)
 
 
 def children_cpu() -> float:
@@ -508,6 +516,13 @@ async def drive_webrtc(engine: EngineProcess, talk: Talk, n: int) -> Driven:
             notes.append(f"{lost} calls did not end cleanly")
     finally:
         await asyncio.gather(*(c.close() for c in callers), return_exceptions=True)
+    ends: dict[str, list[float]] = {}
+    for caller in up:
+        if caller.track.started_at is None:
+            continue
+        pcm, rate = read_wav_mono(str(caller.wav))
+        sent_from = caller.track.started_at + caller.track.lead_silence
+        ends[caller.call_id] = [sent_from + end for _, end in sentences(pcm, rate)]
     return Driven(
         len(up),
         n - len(up),
@@ -515,7 +530,25 @@ async def drive_webrtc(engine: EngineProcess, talk: Talk, n: int) -> Driven:
         sum(c.track.frames_sent for c in up),
         sum(me.cpu_times()[:2]) - cpu0,
         "; ".join(notes),
+        ends,
     )
+
+
+def seen_by_client(arrivals: list[tuple[str, float]], ends: dict[str, list[float]]) -> list[float]:
+    """Seconds from the end of each sentence a caller said to its final reaching a
+    client of the event stream: what a person watching the call waits, resampling,
+    jitter buffers, storage and the stream included (``asr_latency`` starts at the last
+    voiced audio the engine analysed). A final is matched to the last sentence that
+    ended before it came (within 3 s); a second final for the same sentence, a split,
+    is not counted again."""
+    out: list[float] = []
+    used: set[tuple[str, float]] = set()
+    for call_id, came in arrivals:
+        before = [e for e in ends.get(call_id, []) if e <= came and came - e <= 3.0]
+        if before and (call_id, before[-1]) not in used:
+            used.add((call_id, before[-1]))
+            out.append(came - before[-1])
+    return out
 
 
 # -- one row ----------------------------------------------------------------------------
@@ -532,6 +565,7 @@ class Row:
     frames: float
     dropped: float
     latencies: list[float]
+    client_latencies: list[float]  # WebRTC only: see seen_by_client
     finals_metric: float
     lag_p99_s: float | None
     worst_lag_ms: float
@@ -646,6 +680,7 @@ async def measure(backend: Backend, transport: Transport, n: int, talk: Talk, wo
         frames=sum(grew(after, before, "ccengine_frames_processed_total").values()),
         dropped=sum(grew(after, before, "ccengine_asr_dropped_chunks_total").values()),
         latencies=tap.latencies,
+        client_latencies=seen_by_client(tap.arrivals, driven.speech_ends),
         finals_metric=sum(grew(after, before, "ccengine_asr_latency_seconds_count").values()),
         lag_p99_s=histogram_quantile(after, before, "ccengine_event_loop_lag_seconds", 0.99),
         worst_lag_ms=probe.worst_lag_ms,
@@ -689,10 +724,11 @@ def table(rows: list[Row]) -> str:
     lines = [
         "| ASR | transport | N | calls up | engine CPU s / call-s (main process) | calls / core | "
         "frames analysed | dropped chunks | finals (events / metric) | final p50 ms | "
-        "p95 ms | loop lag p99 ms (run) | worst 10 s p99 ms | max backlog s | "
+        "p95 ms | seen by a client p50 / p95 ms | loop lag p99 ms (run) | "
+        "worst 10 s p99 ms | max backlog s | "
         "PSS idle MB | PSS peak MB | MB / call | rejected | "
         "callers' CPU s / call-s | box CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rejected = ", ".join(f"{k} {v:.0f}" for k, v in r.rejected.items()) or "0"
@@ -705,11 +741,20 @@ def table(rows: list[Row]) -> str:
             f"{r.frames_ratio:.1%} | "
             f"{r.dropped:.0f} | {len(r.latencies)} / {r.finals_metric:.0f} | "
             f"{_ms(percentile(r.latencies, 50))} | {_ms(percentile(r.latencies, 95))} | "
-            f"{_ms(r.lag_p99_s)} | {r.worst_lag_ms:.0f} | {r.worst_backlog_s:.1f} | "
+            f"{_seen(r)} | {_ms(r.lag_p99_s)} | {r.worst_lag_ms:.0f} | {r.worst_backlog_s:.1f} | "
             f"{split_mb(r.idle_parts_mb)} | {split_mb(r.peak_parts_mb)} | "
             f"{r.mb_per_call:.1f} | {rejected} | {caller_cpu:.3f} | {r.box_busy:.0%} |"
         )
     return "\n".join(lines)
+
+
+def _seen(r: Row) -> str:
+    if not r.client_latencies:
+        return "-"
+    return (
+        f"{_ms(percentile(r.client_latencies, 50))} / {_ms(percentile(r.client_latencies, 95))}"
+        f" ({len(r.client_latencies)})"
+    )
 
 
 def _mark(ok: bool) -> str:

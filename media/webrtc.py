@@ -27,6 +27,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc import sdp as aiortc_sdp
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 
 from media import stun
@@ -86,6 +87,7 @@ class WebRtcLeg:
         summary = parse_offer(sdp)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            _shorten_jitter_buffers(self.pc)
             # added after the offer, so they ride the peer's own m-lines
             self.pc.addTrack(self.outbound)
             if video and any(m.direction in ("sendrecv", "recvonly") for m in summary.video):
@@ -131,6 +133,21 @@ class WebRtcLeg:
             await asyncio.wait_for(self.pc.close(), 5)
         except TimeoutError:
             log.warning("peer connection close timed out")
+
+
+# Frames the receiver holds back before decoding: aiortc's audio jitter buffer waits for
+# four more packets (80 ms on every word a caller says) before it hands a packet on, which
+# is for smoothing playback; analysis and the bridge need only order. One packet (20 ms).
+AUDIO_PREFETCH = 1
+
+
+def _shorten_jitter_buffers(pc: RTCPeerConnection) -> None:
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        name = "_RTCRtpReceiver__jitter_buffer"
+        buffer = getattr(receiver, name, None)
+        if transceiver.kind == "audio" and isinstance(buffer, JitterBuffer):
+            setattr(receiver, name, JitterBuffer(capacity=buffer.capacity, prefetch=AUDIO_PREFETCH))
 
 
 def _sends_opus(answer: str) -> bool:
