@@ -406,3 +406,22 @@ async def test_webhooks_reach_public_addresses_only(tmp_path: Path) -> None:
     assert len(log) == 1 and log[0]["status"] == "failed" and log[0]["attempts"] == 1
     assert log[0]["last_error"].startswith("refused: ") and "loopback" in log[0]["last_error"]
     assert receiver.got == []
+
+
+async def test_api_docs_load_nothing_from_outside(web_engine: EngineProcess) -> None:
+    """/docs and /redoc loaded Swagger UI and ReDoc from the jsdelivr CDN (and fonts from
+    Google): no docs without the internet, and a request to outsiders from every
+    reader's browser. Now the engine serves them, and the policy allows nothing else."""
+    async with httpx.AsyncClient(base_url=web_engine.url, timeout=30) as http:
+        for page in ("/docs", "/redoc"):
+            r = await http.get(page)
+            assert r.status_code == 200, page
+            csp = r.headers["content-security-policy"]
+            assert "http" not in csp and "script-src 'self' 'unsafe-inline';" in csp, csp
+            assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", r.text)
+            assert assets, page
+            for url in assets:
+                assert url.startswith("/"), (page, url)
+                asset = await http.get(url)
+                assert asset.status_code == 200 and len(asset.content) > 1000, url
+            assert "cdn.jsdelivr" not in r.text and "fonts.googleapis" not in r.text

@@ -94,12 +94,12 @@ PAGES_CSP = (
     "connect-src 'self'; media-src 'self'; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
-# FastAPI's API docs pages load Swagger UI and ReDoc from the jsdelivr CDN, start them
-# with an inline script and style them inline; they show no data of ours but the schema.
+# The API docs pages (Swagger UI and ReDoc, served from the fastapi-offline package)
+# load everything from the engine but start with an inline script and style themselves
+# inline; they show no data of ours but the schema.
 DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    "font-src https://fonts.gstatic.com; img-src 'self' data: https:; worker-src blob:; "
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; worker-src blob:; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
