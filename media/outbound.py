@@ -17,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import collections
 
-import av
 import numpy as np
 
-from media.opus import OpusPackets
 from media.wavtrack import FRAME, SEND_RATE, PacedAudioTrack, to_send_rate
 
 MAX_QUEUED_SECONDS = 120.0
@@ -44,18 +42,6 @@ class OutboundAudioTrack(PacedAudioTrack):
         self.speech_frames_sent = 0
         self._background: np.ndarray | None = None
         self._background_pos = 0
-        self._opus: OpusPackets | None = None
-
-    def send_opus(self) -> None:
-        """Hand the sender Opus packets instead of frames (media/opus.py): only for a
-        peer whose negotiated codec is Opus, which it then sends as they are."""
-        self._opus = OpusPackets(FRAME)
-
-    async def recv(self) -> av.AudioFrame | av.Packet:  # type: ignore[override]
-        if self._opus is None:
-            return await super().recv()
-        samples, pts = await self.next_samples()
-        return self._opus.packet(samples, pts)
 
     @property
     def queued_seconds(self) -> float:

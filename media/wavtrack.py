@@ -18,6 +18,8 @@ import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from media.opus import OpusPackets
+
 SEND_RATE = 48000
 FRAME = SEND_RATE // 50  # 20 ms
 
@@ -53,6 +55,7 @@ class PacedAudioTrack(MediaStreamTrack):
         self._pts = 0
         self._start: float | None = None
         self.frames_sent = 0
+        self._opus: OpusPackets | None = None
 
     @property
     def started_at(self) -> float | None:
@@ -77,8 +80,15 @@ class PacedAudioTrack(MediaStreamTrack):
         self.frames_sent += 1
         return samples, pts
 
-    async def recv(self) -> av.AudioFrame:
+    def send_opus(self) -> None:
+        """Hand aiortc Opus packets instead of frames (media/opus.py): only for a peer
+        whose negotiated codec is Opus, which it then sends as they are."""
+        self._opus = OpusPackets(FRAME)
+
+    async def recv(self) -> av.AudioFrame | av.Packet:
         samples, pts = await self.next_samples()
+        if self._opus is not None:
+            return self._opus.packet(samples, pts)
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = SEND_RATE
         frame.pts = pts

@@ -95,7 +95,7 @@ class WebRtcLeg:
                 self.pc.addTrack(self.video_out)
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
-            if _sends_opus(self.pc.localDescription.sdp):
+            if sends_opus(self.pc.localDescription.sdp):
                 self.outbound.send_opus()
         except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
             # aiortc raises these for offers it cannot use; that is the peer's fault
@@ -150,7 +150,7 @@ def _shorten_jitter_buffers(pc: RTCPeerConnection) -> None:
             setattr(receiver, name, JitterBuffer(capacity=buffer.capacity, prefetch=AUDIO_PREFETCH))
 
 
-def _sends_opus(answer: str) -> bool:
+def sends_opus(answer: str) -> bool:
     """Whether the audio we send goes as Opus: aiortc sends the first codec of the
     answer's audio section."""
     for media in aiortc_sdp.SessionDescription.parse(answer).media:

@@ -23,6 +23,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from media.wavtrack import WavFileTrack
+from media.webrtc import sends_opus
 
 
 class ColourCamera(VideoStreamTrack):
@@ -89,6 +90,8 @@ class Caller:
         self.answer = r.json()
         self.call_id = self.answer["call_id"]
         await self.pc.setRemoteDescription(RTCSessionDescription(self.answer["sdp"], "answer"))
+        if sends_opus(self.answer["sdp"]):
+            self.track.send_opus()  # as the engine does: no encoding thread hop per frame
         self._dialed_at = time.monotonic()
         self._reader = asyncio.create_task(self._read_events())
         return self.answer
