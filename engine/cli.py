@@ -35,8 +35,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from media import malloc
 
-    # before any thread starts: free memory is not stranded in one arena per thread
+    # before any thread starts: free memory is not stranded in one arena per thread,
+    # nor big freed buffers in the heap (media/malloc.py)
     malloc.limit_arenas()
+    malloc.map_large()
 
     from engine.app import create_app
     from engine.httpserver import guarded_http

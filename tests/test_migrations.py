@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
-from engine.store.db import alembic_config, upgrade_schema
+from engine.store.db import alembic_config, head_revision, upgrade_schema
 from engine.store.models import Base
 
 
@@ -58,3 +58,37 @@ def test_queue_changes_move_to_the_overrides_and_back(tmp_path: Path) -> None:
         ("old", None),
     ]
     assert left == 0
+
+
+def test_a_database_at_the_newest_revision_is_opened_without_alembic(tmp_path: Path) -> None:
+    """alembic (~10 MB) stayed in every engine's memory for a check that finds nothing
+    to do on every start but the first. Now a database already at the newest revision
+    is opened without importing it; an older one is still upgraded."""
+    import subprocess
+    import sys
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
+    command.upgrade(alembic_config(url), "0011")
+    probe = (
+        "import asyncio, sys\n"
+        "from engine.store.db import Store\n"
+        "async def main():\n"
+        f"    store = Store({url!r})\n"
+        "    await store.open()\n"
+        "    await store.close()\n"
+        "    print('alembic' in sys.modules)\n"
+        "asyncio.run(main())\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    runs = [
+        subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True)
+        for _ in range(2)
+    ]
+    assert [r.stdout.strip() for r in runs] == ["True", "False"], [r.stderr for r in runs]
+    engine = create_engine(f"sqlite:///{tmp_path / 'engine.db'}")
+    try:
+        with engine.connect() as conn:
+            version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    finally:
+        engine.dispose()
+    assert version == head_revision()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
@@ -41,6 +40,9 @@ from engine.store.models import (
     WebhookRow,
 )
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 HERE = Path(__file__).parent
 
 
@@ -53,14 +55,47 @@ class CallRecord(NamedTuple):
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     cfg = Config(str(HERE / "alembic.ini"))
     cfg.set_main_option("script_location", str(HERE / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 
+def head_revision() -> str:
+    """The newest migration's revision: the one no other migration follows."""
+    found: dict[str, str | None] = {}
+    for path in (HERE / "migrations" / "versions").glob("*.py"):
+        source = path.read_text()
+        rev = re.search(r'^revision = "([^"]+)"', source, re.M)
+        down = re.search(r'^down_revision = (?:"([^"]+)"|None)', source, re.M)
+        if rev and down:
+            found[rev.group(1)] = down.group(1)
+    heads = set(found) - set(found.values())
+    if len(heads) != 1:
+        raise RuntimeError(f"the migrations have {len(heads)} heads: {sorted(heads)}")
+    return heads.pop()
+
+
+def _sqlite_revision(path: Path) -> str | None:
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:
+        return None  # a new file, or one older than alembic
+    return str(row[0]) if row else None
+
+
 def upgrade_schema(url: str) -> None:
-    """Bring the schema to the newest revision (blocking; alembic runs its own loop)."""
+    """Bring the schema to the newest revision (blocking; alembic runs its own loop).
+    A SQLite database already at the newest revision is left alone without importing
+    alembic, which would stay in the engine's memory (~10 MB) for nothing."""
+    path = sqlite_file(url)
+    if path is not None and path.exists() and _sqlite_revision(path) == head_revision():
+        return
+    from alembic import command
+
     command.upgrade(alembic_config(url), "head")
 
 
