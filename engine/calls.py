@@ -312,19 +312,24 @@ class CallManager:
                 return None
 
     def recognition_backlog(self) -> float:
-        """Seconds of caller audio waiting: decoded and not yet read for analysis (the
-        leg's track), speech in the legs' own queues for their recognizer (a leg sends
-        one request at a time), and sent to the workers, not yet answered."""
-        queued = 0.0
+        """How far behind the most delayed caller's analysis is, in seconds of audio: the
+        most any one leg has waiting (decoded and not yet read for analysis, and speech
+        in its own queue for its recognizer: a leg sends one request at a time), plus the
+        most any one recognition lane has been sent and not yet answered.
+
+        Not the sum over legs: that grew with the number of calls however healthy the
+        node (16 calls with 0.1 s each in flight read 1.6 s), so a big node would have
+        been refused calls for being big."""
+        worst_leg = 0.0
         for call in self.calls.values():
             for leg in call.legs:
-                if leg.pipeline is not None:
-                    queued += leg.pipeline.backlog_seconds
+                waiting = leg.pipeline.backlog_seconds if leg.pipeline is not None else 0.0
                 track = leg.peer.audio_track if leg.peer is not None else None
                 if track is not None and track.done() and not track.cancelled():
                     if track.exception() is None:
-                        queued += queued_frames(track.result()) * FRAME_SECONDS
-        return queued + self.pool.stats().backlog_seconds
+                        waiting += queued_frames(track.result()) * FRAME_SECONDS
+                worst_leg = max(worst_leg, waiting)
+        return worst_leg + self.pool.stats().worst_lane_seconds
 
     async def _open_recognizer(self, leg_id: str, language: str) -> LegRecognizer:
         return await self.pool.open(leg_id, await self.ready_model(language))

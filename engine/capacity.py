@@ -4,8 +4,9 @@ Theory of operation. Five signals decide, each against a threshold in Settings:
 
     signal    measured as                                            threshold (Settings)
     loop_lag  p95 of how late a 50 ms sleep wakes, last 10 s          admission_max_loop_lag_ms
-    backlog   seconds of caller audio waiting to be analysed or       admission_max_backlog_s
-              for a recognizer
+    backlog   seconds of audio the most delayed caller has waiting    admission_max_backlog_s
+              to be analysed or recognized (the worst leg, plus the
+              worst recognition lane's outstanding requests)
     cpu       CPU of this process and its recognition workers over    admission_max_cpu
               the last 5 s, as a fraction of the cores we may use
     loss      caller audio lost on this node over the last 5 s, as    admission_max_frame_loss

@@ -114,6 +114,6 @@ class Metrics:
         )
         self.recognition_backlog = Gauge(
             "ccengine_recognition_backlog_seconds",
-            "Seconds of caller audio waiting for recognition",
+            "Seconds of audio the most delayed caller has waiting for analysis",
             registry=r,
         )

@@ -253,3 +253,20 @@ async def test_waiting_audio_counts_in_the_backlog(tmp_path: Path) -> None:
         m.calls[call.id] = call
         assert m.recognition_backlog() == pytest.approx(2.02)  # 100 frames and the end
         del m.calls[call.id]
+
+
+async def test_the_backlog_is_the_most_delayed_caller_not_the_sum(tmp_path: Path) -> None:
+    """The backlog admission reads was the sum over every leg: 16 healthy calls with
+    0.1 s each in flight read 1.6 s, so a big node was refused calls for being big.
+    Now it is how far behind the most delayed caller is."""
+    async with manager(tmp_path) as m:
+        for i, frames in enumerate([50, 20, 50, 10]):
+            call = Call(f"c{i}", "webrtc", "fr", ModelChoice("fr", None, None, []), None, utcnow())
+            leg = Leg(f"l{i}", "caller", "webrtc")
+            track: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+            track.set_result(QueuedTrack(frames))
+            leg.peer = types.SimpleNamespace(audio_track=track)  # type: ignore[assignment]
+            call.legs.append(leg)
+            m.calls[call.id] = call
+        assert m.recognition_backlog() == pytest.approx(1.02)  # 50 frames and the end
+        m.calls.clear()

@@ -121,6 +121,7 @@ class PoolStats:
     restarts: int
     cpu_seconds: float  # user + system time of the live worker processes
     processes: int = 0  # worker processes running now
+    worst_lane_seconds: float = 0.0  # the most audio any one lane has outstanding
 
 
 class _ProtocolError(Exception):
@@ -539,6 +540,7 @@ class RecognitionPool:
             restarts=self._restarts,
             cpu_seconds=sum((_cpu_seconds(w.pid) for w in procs), 0.0),
             processes=len(procs),
+            worst_lane_seconds=max((w.backlog_seconds for w in live), default=0.0),
         )
 
     def pids(self) -> list[int]:
