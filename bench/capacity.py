@@ -26,9 +26,12 @@ drives them. Per row:
   (50 a second a call), and dropped chunks (``ccengine_asr_dropped_chunks``);
 - finals p50 / p95: ``asr_latency`` (last voiced audio -> final) of every caller
   ``transcript.final`` on ``/api/v1/events``; "finals" counts them (events / histogram);
-- seen by a client (WebRTC rows): from the end of each sentence, as this process sent
-  it, to its final arriving on that stream: what ``asr_latency`` leaves out (jitter
-  buffer, decoding, resampling, storing and streaming the event) included;
+- seen by a client: from the end of each sentence to its final arriving on that
+  stream: what ``asr_latency`` leaves out (the VAD's own hangover, jitter buffer,
+  decoding, resampling, storing and streaming the event) included. WebRTC: the end as
+  this process sent it; SIP: the call's ``answered_at`` (SIPp plays from the ACK on)
+  plus the sentence's end in the capture, which counts the set-up after the answer
+  against the engine;
 - loop lag p99 over the run, from the ``ccengine_event_loop_lag_seconds`` buckets (linear
   within a bucket, as PromQL's histogram_quantile), and the worst 10 s p99 ``/healthz``
   gave while sampled every 2 s; the largest recognition backlog seen there too;
@@ -71,6 +74,7 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -278,7 +282,8 @@ class FinalsTap(Background):
         self.url = engine.url.replace("http", "ws", 1) + "/api/v1/events"
         self.headers = engine.headers
         self.latencies: list[float] = []
-        self.arrivals: list[tuple[str, float]] = []  # (call id, monotonic time it came)
+        # (call id, time.monotonic(), time.time()) of each final's arrival
+        self.arrivals: list[tuple[str, float, float]] = []
         self.resumed = 0
         self._last = 0
 
@@ -294,7 +299,8 @@ class FinalsTap(Background):
                         self._last = max(self._last, int(event.get("id") or 0))
                         if event["type"] == "transcript.final" and event["speaker"] == "caller":
                             self.latencies.append(float(event["asr_latency"]))
-                            self.arrivals.append((event["call_id"], time.monotonic()))
+                            came = (event["call_id"], time.monotonic(), time.time())
+                            self.arrivals.append(came)
             self.resumed += 1
             await asyncio.sleep(0.2)
 
@@ -416,9 +422,11 @@ class Driven:
     frames_sent: float
     caller_cpu_s: float
     note: str = ""
-    # monotonic times each caller stopped speaking (WebRTC: this process sends the audio,
-    # so it knows when each sentence ended), by call id
+    # when each caller stopped speaking, by call id: time.monotonic() for WebRTC (this
+    # process sends the audio, so it knows when each sentence ended); time.time() for
+    # SIP (from when the engine answered: SIPp plays from the ACK on)
     speech_ends: dict[str, list[float]] = field(default_factory=dict)
+    wall_clock: bool = False
 
 
 def children_cpu() -> float:
@@ -427,12 +435,14 @@ def children_cpu() -> float:
 
 
 def sipp_command(
-    engine: EngineProcess, voice: Voice, work: Path, calls: int, timeout: float
-) -> list[str]:
+    engine: EngineProcess, voice: Voice, work: Path, calls: int, timeout: float,
+    caller: str = "15551230001",
+) -> list[str]:  # fmt: skip
     """One SIPp caller playing ``voice`` in ``calls`` calls, one after the other (SIPp
     loads a capture with its scenario: one capture, one SIPp)."""
     xml = work / f"{voice.pcap.stem}.xml"
-    xml.write_text(sipp.call_scenario(sipp.play(voice.pcap, voice.pcap_seconds + HANGUP_AFTER_S)))
+    played = sipp.play(voice.pcap, voice.pcap_seconds + HANGUP_AFTER_S)
+    xml.write_text(sipp.call_scenario(played, caller=caller))
     return [
         sipp.SIPP, engine.sip, "-sf", str(xml), "-s", "support", "-m", str(calls),
         "-r", "1", "-l", "1", "-i", "127.0.0.1", "-p", "0", "-mi", "127.0.0.1",
@@ -475,7 +485,11 @@ async def drive_sip(engine: EngineProcess, talk: Talk, n: int, work: Path) -> Dr
     voices = talk.voices(n)
     timeout = voices[0].pcap_seconds + SETUP_GRACE_S
     cpu0 = children_cpu()
-    started = [await start_sipp(sipp_command(engine, v, work, 1, timeout), work) for v in voices]
+    numbers = [f"1555{i:07d}" for i in range(n)]  # which voice a call is, in its record
+    started = [
+        await start_sipp(sipp_command(engine, v, work, 1, timeout, caller=number), work)
+        for v, number in zip(voices, numbers, strict=True)
+    ]
     for child, _ in started:
         try:
             await asyncio.wait_for(child.wait(), timeout + 10)
@@ -493,7 +507,18 @@ async def drive_sip(engine: EngineProcess, talk: Talk, n: int, work: Path) -> Dr
         note = f"{failed} of {n} SIPp calls failed"
     seconds = voices[0].pcap_seconds
     frames = ok * round(seconds * 50)
-    return Driven(ok, n - ok, ok * seconds, frames, children_cpu() - cpu0, note)
+    driven = Driven(ok, n - ok, ok * seconds, frames, children_cpu() - cpu0, note, wall_clock=True)
+    offsets = {}
+    for number, voice in zip(numbers, voices, strict=True):
+        pcm, rate = read_wav_mono(str(voice.wav))
+        offsets[number] = [end for _, end in sentences(pcm, rate)]
+    async with engine.http(timeout=30) as http:
+        r = await http.get("/api/v1/calls", params={"channel": "sip", "limit": 500})
+    for call in r.json()["calls"] if r.status_code == 200 else []:
+        if call["answered_at"] and call["caller"] in offsets:
+            answered = datetime.fromisoformat(call["answered_at"]).timestamp()
+            driven.speech_ends[call["id"]] = [answered + end for end in offsets[call["caller"]]]
+    return driven
 
 
 async def drive_webrtc(engine: EngineProcess, talk: Talk, n: int) -> Driven:
@@ -534,7 +559,9 @@ async def drive_webrtc(engine: EngineProcess, talk: Talk, n: int) -> Driven:
     )
 
 
-def seen_by_client(arrivals: list[tuple[str, float]], ends: dict[str, list[float]]) -> list[float]:
+def seen_by_client(
+    arrivals: list[tuple[str, float, float]], ends: dict[str, list[float]], wall_clock: bool
+) -> list[float]:
     """Seconds from the end of each sentence a caller said to its final reaching a
     client of the event stream: what a person watching the call waits, resampling,
     jitter buffers, storage and the stream included (``asr_latency`` starts at the last
@@ -543,7 +570,8 @@ def seen_by_client(arrivals: list[tuple[str, float]], ends: dict[str, list[float
     is not counted again."""
     out: list[float] = []
     used: set[tuple[str, float]] = set()
-    for call_id, came in arrivals:
+    for call_id, monotonic, wall in arrivals:
+        came = wall if wall_clock else monotonic
         before = [e for e in ends.get(call_id, []) if e <= came and came - e <= 3.0]
         if before and (call_id, before[-1]) not in used:
             used.add((call_id, before[-1]))
@@ -565,7 +593,7 @@ class Row:
     frames: float
     dropped: float
     latencies: list[float]
-    client_latencies: list[float]  # WebRTC only: see seen_by_client
+    client_latencies: list[float]  # see seen_by_client
     finals_metric: float
     lag_p99_s: float | None
     worst_lag_ms: float
@@ -680,7 +708,7 @@ async def measure(backend: Backend, transport: Transport, n: int, talk: Talk, wo
         frames=sum(grew(after, before, "ccengine_frames_processed_total").values()),
         dropped=sum(grew(after, before, "ccengine_asr_dropped_chunks_total").values()),
         latencies=tap.latencies,
-        client_latencies=seen_by_client(tap.arrivals, driven.speech_ends),
+        client_latencies=seen_by_client(tap.arrivals, driven.speech_ends, driven.wall_clock),
         finals_metric=sum(grew(after, before, "ccengine_asr_latency_seconds_count").values()),
         lag_p99_s=histogram_quantile(after, before, "ccengine_event_loop_lag_seconds", 0.99),
         worst_lag_ms=probe.worst_lag_ms,
@@ -770,8 +798,7 @@ def goals(rows: list[Row]) -> str:
         if key not in seen or r.n > seen[key].n:
             seen[key] = r
     for (backend, transport), r in seen.items():
-        # as a client sees them where the bench knows when each sentence ended (WebRTC:
-        # it sends the audio), else as the engine measures them (SIP)
+        # as a client sees them (see seen_by_client), else as the engine measures them
         finals = r.client_latencies or r.latencies
         seen = "seen by a client" if r.client_latencies else "engine's asr_latency"
         p50, p95 = percentile(finals, 50), percentile(finals, 95)
