@@ -226,6 +226,12 @@ class LegPipeline:
                 await self._recognizer.close()
 
     def cancel(self) -> None:
+        """Give up on the recognizer (it did not finish in time): the speech still queued
+        for it is counted lost, as a full queue's is."""
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None:
+                self._dropped(item)
         if self._worker is not None:
             self._worker.cancel()
 

@@ -240,3 +240,27 @@ def test_kernel_udp_drops_are_read_for_our_sockets() -> None:
             tx.sendto(b"\0" * 200, rx.getsockname())
         total = drops.read()
     assert total is not None and total > 100
+
+
+async def test_speech_left_for_a_recognizer_at_hang_up_is_counted(turn: Path) -> None:
+    """A call ending while its recognizer is stuck waits 10 s, then gives up: the
+    speech still queued for it was dropped without being counted. Now it is lost
+    for the recognizer, frame by frame."""
+    lost: list[tuple[LossReason, int]] = []
+
+    async def opener() -> Stuck:
+        return Stuck()
+
+    pcm, rate = read_wav_mono(str(turn))
+    with ThreadPoolExecutor(1) as pool:
+        pipeline = LegPipeline(
+            "leg", opener, pool, lambda _ev: None, on_lost=lambda r, n: lost.append((r, n))
+        )
+        await pipeline.start()
+        pipeline.push_pcm(pcm, rate, 1)
+        assert lost == []  # it all fits in the queue
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pipeline.close(), 0.5)
+        pipeline.cancel()
+    assert lost and {r for r, _ in lost} == {"recognizer"}
+    assert sum(n for _, n in lost) >= 50  # at least a second of the speech queued
