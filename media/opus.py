@@ -5,7 +5,7 @@ after resampling it to stereo, at 96 kbit/s: per frame, per call, a hop to a thr
 back, which py-spy showed to be about a third of the event loop's time with WebRTC
 calls up, most of it for the silence a caller hears while speaking. A track may
 instead hand aiortc ready packets, which it only wraps in RTP. This encodes voice here
-(mono, 32 kbit/s, ``voip``: what a speech line needs, ~20 µs a frame in libopus) and
+(mono, 32 kbit/s, ``voip``: what a speech line needs; ~60 µs a frame) and
 sends one cached packet for each frame of digital silence, with the frame's own
 timestamp, so the peer's jitter buffer sees an unbroken stream.
 """
