@@ -1,0 +1,65 @@
+"""What a soak of calls must not leave behind in the engine process (issue 11, memory
+flat over a 30-minute soak), in-process: calls one after the other, on a real SQLite
+store, leave the queue as they found it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from engine.calls import CallManager
+from engine.callstate import Call
+from engine.events import EscalationRaised
+from media import events as me
+from media.rtp import RtpSession
+from media.sip.peer import SipPeer
+from media.sip.sdp import parse_offer
+from tests.test_manager_limits import PHONE_SDP, manager
+
+
+async def phone_call(m: CallManager, caller: str) -> tuple[Call, SipPeer]:
+    """A phone call past its first audio (active), as the SIP front sets one up."""
+    peer = SipPeer(RtpSession(parse_offer(PHONE_SDP), lambda _d: None), hangup=lambda: None)
+    call = await m.create_phone_call(peer, caller, "PCMU", menu=False)
+    await m._transition(call, "media")
+    return call, peer
+
+
+def asks_for_a_person(call: Call) -> me.TranscriptFinal:
+    leg = call.caller_leg().id
+    return me.TranscriptFinal(leg, 0, "I want to talk to a real person", 0.0, 1.2, [], 0.1, False)
+
+
+async def test_a_caller_asking_for_a_person_as_they_hang_up_leaves_the_queue(
+    tmp_path: Path,
+) -> None:
+    """The 30-minute soak grew the engine by 2 MB a minute. Among the causes: a caller's
+    last words are handled while the call ends (the teardown flushes the recognizer, then
+    waits for the call's events), and when they asked for a person the call was put in
+    the queue after end_call had already taken it out: it waited there for good. The line
+    grew with every such call, every new caller was told a higher number ("You are number
+    40 in line"), a new sentence to synthesise in the engine and keep in its prompt cache,
+    and agents would have been offered calls long gone. Now an ended call is never queued:
+    calls one after the other leave the line empty, while a caller who asks during the
+    call still waits in it."""
+    async with manager(tmp_path, media_timeout=60.0) as m:
+        call, peer = await phone_call(m, "+15550000001")
+        m._enqueue(call, asks_for_a_person(call))
+        for _ in range(200):  # the call's consumer routes it: in the line while it is on
+            if m.acd.waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert list(m.acd.waiting) == [call.id]
+        peer.remote_ended = True
+        await m.end_call(call.id, "remote_closed")
+        assert m.acd.waiting == {}
+
+        for i in range(5):
+            call, peer = await phone_call(m, f"+1555000100{i}")
+            m._enqueue(call, asks_for_a_person(call))  # the last words, then the BYE
+            peer.remote_ended = True
+            await m.end_call(call.id, "remote_closed")
+            fired = [e for e in m.bus.replay(call.id) if isinstance(e, EscalationRaised)]
+            assert fired, "the last words did not ask for a person: the test proves nothing"
+            assert m.acd.waiting == {}, f"call {i}: ended, yet still in the line"
+        assert m.calls == {}
