@@ -1,11 +1,13 @@
 """What a soak of calls must not leave behind in the engine process (issue 11, memory
 flat over a 30-minute soak), in-process: calls one after the other, on a real SQLite
-store, leave the queue as they found it."""
+store, leave the queue as they found it; the prompt cache has a bound in bytes."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+
+import numpy as np
 
 from engine.calls import CallManager
 from engine.callstate import Call
@@ -14,6 +16,7 @@ from media import events as me
 from media.rtp import RtpSession
 from media.sip.peer import SipPeer
 from media.sip.sdp import parse_offer
+from media.tts import CACHE_BYTES, Speaker
 from tests.test_manager_limits import PHONE_SDP, manager
 
 
@@ -63,3 +66,34 @@ async def test_a_caller_asking_for_a_person_as_they_hang_up_leaves_the_queue(
             assert fired, "the last words did not ask for a person: the test proves nothing"
             assert m.acd.waiting == {}, f"call {i}: ended, yet still in the line"
         assert m.calls == {}
+
+
+class _Silence(Speaker):
+    """Synthesis that costs nothing: a second of silence per 15 characters."""
+
+    name = "silence"
+
+    def _synthesize(self, text: str) -> tuple[np.ndarray, int]:
+        return np.zeros(len(text) * RATE // 15, dtype=np.int16), RATE
+
+
+RATE = 22050
+
+
+def test_the_prompt_cache_is_bounded_in_bytes() -> None:
+    """The prompt cache kept 256 texts whatever their length: a queue's announcements
+    (~0.3 MB of PCM each) grew it through a soak, and texts played to callers through
+    the API (up to 1000 characters, ~3 MB each) could pin ~700 MB in the engine. Now it
+    holds at most CACHE_BYTES, the most recent first, a text too long to be worth it is
+    not kept, and the sentences callers hear again and again still come from the cache."""
+    speaker = _Silence()
+    common = "Please hold for a moment. I will be right back with you."
+    first = speaker.speak(common)[0]
+    for i in range(40):  # ~0.9 MB each
+        speaker.speak(f"{i:03d} " + "x" * 300)
+        assert speaker.speak(common)[0] is first, "a prompt heard all the time was dropped"
+    held = sum(pcm.nbytes for pcm, _ in speaker._cache.values())
+    assert 0 < held <= CACHE_BYTES
+    assert speaker.cached_bytes == held
+    speaker.speak("y" * 1000)  # ~3 MB: a one-off, not worth 3 prompts
+    assert sum(pcm.nbytes for pcm, _ in speaker._cache.values()) == held
