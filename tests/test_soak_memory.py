@@ -1,17 +1,21 @@
 """What a soak of calls must not leave behind in the engine process (issue 11, memory
 flat over a 30-minute soak), in-process: calls one after the other, on a real SQLite
-store, leave the queue as they found it; the prompt cache has a bound in bytes."""
+store, leave the queue as they found it; the prompt cache has a bound in bytes; the
+ring of recent events keeps them small."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 
 from engine.calls import CallManager
 from engine.callstate import Call
-from engine.events import EscalationRaised
+from engine.events import EventBus, TranscriptFinal, WordTiming
 from media import events as me
 from media.rtp import RtpSession
 from media.sip.peer import SipPeer
@@ -62,7 +66,7 @@ async def test_a_caller_asking_for_a_person_as_they_hang_up_leaves_the_queue(
             m._enqueue(call, asks_for_a_person(call))  # the last words, then the BYE
             peer.remote_ended = True
             await m.end_call(call.id, "remote_closed")
-            fired = [e for e in m.bus.replay(call.id) if isinstance(e, EscalationRaised)]
+            fired = [e for e in m.bus.replay(call.id) if '"escalation.raised"' in e.body]
             assert fired, "the last words did not ask for a person: the test proves nothing"
             assert m.acd.waiting == {}, f"call {i}: ended, yet still in the line"
         assert m.calls == {}
@@ -97,3 +101,34 @@ def test_the_prompt_cache_is_bounded_in_bytes() -> None:
     assert speaker.cached_bytes == held
     speaker.speak("y" * 1000)  # ~3 MB: a one-off, not worth 3 prompts
     assert sum(pcm.nbytes for pcm, _ in speaker._cache.values()) == held
+
+
+def _final(i: int) -> TranscriptFinal:
+    text = "I was charged twice for the same order and I want my money back now"
+    words = [WordTiming(word=w, start=1.0, end=1.2, conf=0.9) for w in text.split()]
+    call = f"call-{i % 8}"
+    return TranscriptFinal(call_id=call, leg_id=f"{call}-caller", speaker="caller",
+                           utterance_id=f"utterance-{i}", index=i, text=text, start=1.0,
+                           end=4.0, words=words, asr_latency=0.2)  # fmt: skip
+
+
+def test_the_event_ring_holds_json_not_objects() -> None:
+    """The ring of recent events filled for minutes of the soak and read as growth: it
+    kept each event as its pydantic objects, ~9 KB for a final with its word times. It
+    keeps the JSON a replay sends (~1 KB) now; a replay still gives every recent event
+    after an id, of one call or all, as the events were published."""
+    bus = EventBus(ring_size=500)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1000):  # the ring is full halfway: what it holds is its bound
+            bus.publish(_final(i))
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held / 500 < 2_000, f"{held / 500:.0f} bytes an event"
+    replayed = bus.replay("call-3", after=900)
+    assert [r.id for r in replayed] == list(range(908, 1001, 8))
+    last = json.loads(replayed[-1].body)
+    assert last == json.loads(_final(995).model_dump_json()) | {"id": 996, "time": last["time"]}
