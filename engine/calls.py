@@ -1178,6 +1178,8 @@ class CallManager:
         if queue not in self.acd.queues:
             raise NotAllowed(f"there is no queue '{queue}'")
         leg = await self._agent_leaves(call, user, note, note or "")
+        if call.ended.is_set():  # the caller hung up meanwhile: nothing left to hand over
+            raise NotAllowed(f"call {call_id} has ended")
         now = time.monotonic()
         where = f"agent {agent}" if agent else f"queue {queue}"
         await self._transition(call, "transfer", f"transferred to {where}", agent_id=None)

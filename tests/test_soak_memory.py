@@ -8,14 +8,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from engine.calls import CallManager
-from engine.callstate import Call
+from engine.callstate import Call, NotAllowed
 from engine.events import EventBus, TranscriptFinal, WordTiming
+from engine.users import ApiActor
 from media import events as me
 from media.rtp import RtpSession
 from media.sip.peer import SipPeer
@@ -132,3 +135,39 @@ def test_the_event_ring_holds_json_not_objects() -> None:
     assert [r.id for r in replayed] == list(range(908, 1001, 8))
     last = json.loads(replayed[-1].body)
     assert last == json.loads(_final(995).model_dump_json()) | {"id": 996, "time": last["time"]}
+
+
+async def test_a_caller_hanging_up_during_a_transfer_leaves_the_queue(tmp_path: Path) -> None:
+    """The same hole in a transfer: the caller hung up while it was under way (its note
+    and its prompt are awaited), end_call found nothing in the line, and the transfer
+    then put the ended call there for good. Now a transfer that finds the call ended
+    queues nothing; one that finds it ended before the hand-over is refused (it raised
+    an error of our own, a 500 for the API)."""
+    async with manager(tmp_path, media_timeout=60.0) as m:
+        bot = ApiActor("key:soak", "api:soak", "operator")
+        for i in range(3):
+            call, peer = await phone_call(m, f"+1555000200{i}")
+            await m._transition(call, "queue", "general")
+            await m._transition(call, "accept")  # with an agent: what a transfer needs
+            transfer = asyncio.create_task(m.transfer(bot, call.id, queue="general"))
+            deadline = time.monotonic() + 5  # under way: queued, its prompt and write to come
+            for _ in range(1_000_000):
+                if call.state == "queued" or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0)
+            assert call.state == "queued"
+            peer.remote_ended = True
+            await m.end_call(call.id, "remote_closed")
+            await transfer
+            assert call.state == "ended"
+            assert m.acd.waiting == {}, f"call {i}: ended, yet still in the line"
+        # hung up sooner, while the agent was leaving: a refusal saying so, not a crash
+        call, peer = await phone_call(m, "+15550002009")
+        await m._transition(call, "queue", "general")
+        await m._transition(call, "accept")
+        peer.remote_ended = True
+        transfer = asyncio.create_task(m.transfer(bot, call.id, queue="general"))
+        await m.end_call(call.id, "remote_closed")
+        with pytest.raises(NotAllowed, match="has ended"):
+            await transfer
+        assert m.acd.waiting == {}
