@@ -998,6 +998,10 @@ class CallManager:
         call.queue_name, call.queued_at = queue, time.monotonic()
         # for listing calls by queue; a failing disk must not keep the caller from a person
         await self._keep(f"call {call.id} queue", self.store.update_call, call.id, queue=queue)
+        if call.ended.is_set():
+            # the caller hung up (a call's last words are handled as it ends): end_call
+            # has left the queue already, and nothing else would take it out again
+            return
         # the call's whole priority so far, including rules that fired before routing
         call.queued_priority = call.escalation.priority
         actions = self.acd.enqueue(
@@ -1203,6 +1207,8 @@ class CallManager:
         if queue not in self.acd.queues:
             raise NotAllowed(f"there is no queue '{queue}'")
         leg = await self._agent_leaves(call, user, note, note or "")
+        if call.ended.is_set():  # the caller hung up meanwhile: nothing left to hand over
+            raise NotAllowed(f"call {call_id} has ended")
         now = time.monotonic()
         where = f"agent {agent}" if agent else f"queue {queue}"
         await self._transition(call, "transfer", f"transferred to {where}", agent_id=None)
@@ -1216,6 +1222,8 @@ class CallManager:
         await self.say(call, prompt, while_state="queued")
         call.queue_name, call.queued_at, call.queue_position = queue, now, None
         await self._keep(f"call {call.id} queue", self.store.update_call, call.id, queue=queue)
+        if call.ended.is_set():  # hung up meanwhile: end_call closed the legs, left the queue
+            return
         call.queued_priority = call.escalation.priority
         actions = self.acd.enqueue(
             call.id, queue, now, priority=call.queued_priority, agent=target.id if target else None

@@ -150,8 +150,8 @@ class EventLog:
             log.warning("event log: writing again; %d partials were dropped",
                         self.dropped_partials)  # fmt: skip
             self.dropped_partials = 0
-        for _, event in batch:
-            self.bus.deliver(event)
+        for row, event in batch:
+            self.bus.deliver(event, row.body)
         if deliveries:
             self.on_deliveries()
         if self.written_to > self._reserved_to - ID_BLOCK // 2:
@@ -193,5 +193,5 @@ class EventLog:
                 if len(rows) == PAGE:
                     continue
             break
-        for event in self.bus.replay(call_id, last):
-            yield event.id, event.model_dump_json()
+        for recent in self.bus.replay(call_id, last):
+            yield recent.id, recent.body

@@ -21,6 +21,7 @@ import asyncio
 import collections
 import itertools
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -324,11 +325,20 @@ EVENT_TYPES = [
 ]
 
 # Recent events kept in memory for replay; older ones come from the durable event log.
-# ~3.4 KB an event (a final with its word times): 4,000 is ~14 MB, a few minutes of a
-# busy node; the 20,000 it was took ~70 MB and half an hour of calls to fill, which read
-# as a leak in the soak
+# Kept as the JSON a replay sends: a final with its word times is ~9 KB as pydantic
+# objects and ~1 KB as JSON, so 4,000 events are ~2 MB, not the ~14 MB (and ~70 MB at the
+# 20,000 it was) that filled for minutes of a soak and read as a leak
 RING_SIZE = 4_000
 SUBSCRIBER_QUEUE = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class Recent:
+    """An event as the ring keeps it: its id, its call and its JSON."""
+
+    id: int
+    call_id: str | None
+    body: str
 
 
 class Subscription:
@@ -362,7 +372,7 @@ class Subscription:
 class EventBus:
     def __init__(self, ring_size: int = RING_SIZE) -> None:
         self._ids = itertools.count(1)
-        self._ring: collections.deque[EventBase] = collections.deque(maxlen=ring_size)
+        self._ring: collections.deque[Recent] = collections.deque(maxlen=ring_size)
         self._subs: set[Subscription] = set()
         self.lagged_subscribers = 0
         self.last_id = 0
@@ -386,10 +396,11 @@ class EventBus:
             self.deliver(event)
         return event
 
-    def deliver(self, event: EventBase) -> None:
-        """To the ring and every subscriber: events come here in id order."""
+    def deliver(self, event: EventBase, body: str | None = None) -> None:
+        """To the ring and every subscriber: events come here in id order. ``body``: the
+        event's JSON, if the caller has made it already."""
         self.delivered_to = event.id
-        self._ring.append(event)
+        self._ring.append(Recent(event.id, event.call_id, body or event.model_dump_json()))
         for sub in list(self._subs):
             sub.offer(event)
 
@@ -398,7 +409,7 @@ class EventBus:
         self._subs.add(sub)
         return sub
 
-    def replay(self, call_id: str | None = None, after: int = 0) -> list[EventBase]:
+    def replay(self, call_id: str | None = None, after: int = 0) -> list[Recent]:
         """Events still in the ring, oldest first.
 
         Subscribe first, then replay, then skip ids already seen: nothing is missed.

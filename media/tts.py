@@ -25,6 +25,11 @@ from media import malloc
 
 log = logging.getLogger(__name__)
 CACHE_SIZE = 256
+# and at most this much PCM: a prompt of 1000 characters is a minute of speech (~2.6 MB
+# at 22 kHz), and anyone who may play text to a caller chooses it, so 256 of them would
+# pin ~700 MB in the engine; the queue's sentences are ~0.3 MB each, ~50 of them fit
+CACHE_BYTES = 16 * 2**20
+CACHE_MAX_ITEM = 2**20  # ~20 s of speech: a longer text is a one-off, not a prompt
 MAX_PROMPT_CHARS = 1000
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
 # a full stop after these ends no sentence ("Dr. Smith will call you")
@@ -50,6 +55,7 @@ class Speaker(abc.ABC):
 
     def __init__(self) -> None:
         self._cache: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
+        self._cached_bytes = 0
         self._lock = threading.Lock()
 
     # whether a text may be spoken a sentence at a time and the pieces joined: true of a
@@ -74,11 +80,21 @@ class Speaker(abc.ABC):
                 self._cache.move_to_end(text)
                 return self._cache[text]
         pcm = self._synthesize(text)
+        if pcm[0].nbytes > CACHE_MAX_ITEM:
+            return pcm  # it must not push out the prompts callers hear all day
         with self._lock:
-            self._cache[text] = pcm
-            while len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
+            if text not in self._cache:  # another thread may have made it meanwhile
+                self._cache[text] = pcm
+                self._cached_bytes += pcm[0].nbytes
+            while len(self._cache) > CACHE_SIZE or self._cached_bytes > CACHE_BYTES:
+                _, (dropped, _) = self._cache.popitem(last=False)
+                self._cached_bytes -= dropped.nbytes
         return pcm
+
+    @property
+    def cached_bytes(self) -> int:
+        """PCM held in the prompt cache."""
+        return self._cached_bytes
 
     @abc.abstractmethod
     def _synthesize(self, text: str) -> tuple[np.ndarray, int]: ...
