@@ -44,11 +44,13 @@ recognizer sees speech only; silence between utterances never leaves this module
 from __future__ import annotations
 
 import collections
+import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import webrtcvad
 
-from media.audio import ANALYSIS_RATE, FRAME_MS, PcmFrame, rms_dbfs
+from media.audio import ANALYSIS_RATE, FRAME_MS, PcmFrame
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +164,7 @@ class SpeechSegmenter:
     def push(self, frame: PcmFrame) -> list[VadEvent]:
         self.frames_seen += 1
         heard = self.is_speech(frame)
-        voiced = heard if self._gate is None else self._gate.push(rms_dbfs(frame.samples), heard)
+        voiced = heard if self._gate is None else self._gate.push(level_dbfs(frame), heard)
         events: list[VadEvent] = []
         if not self._in_speech:
             # the start is webrtcvad's alone: its overhang is at the end, and a soft
@@ -238,6 +240,14 @@ class SpeechSegmenter:
         self._end_win.clear()
         self._start_win.clear()
         return UtteranceEnded(self._utt_start, end, self._voiced, self._total, cut)
+
+
+def level_dbfs(frame: PcmFrame) -> float:
+    """media.audio.rms_dbfs of one frame, a third of its cost (it runs on every frame
+    of every leg, on the event loop): float32 and one dot product."""
+    x = frame.samples.astype(np.float32)
+    energy = float(np.dot(x, x)) / len(x)
+    return 10.0 * math.log10(energy / 32768.0**2) if energy > 32768.0**2 * 1e-12 else -120.0
 
 
 @dataclass

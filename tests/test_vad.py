@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from media.audio import AnalysisResampler
+from media.audio import FRAME_SAMPLES, AnalysisResampler, PcmFrame, rms_dbfs
 from media.vad import (
     SpeechFrame,
     SpeechSegmenter,
@@ -11,6 +11,7 @@ from media.vad import (
     UtteranceStarted,
     VadSettings,
     VoicedGate,
+    level_dbfs,
 )
 from media.wavtrack import read_wav_mono
 from tests import speech
@@ -102,3 +103,11 @@ def test_gate_keeps_speech_and_drops_the_quiet_tail() -> None:
     assert not gate.push(-46.0, True)  # webrtcvad's overhang: 21 dB under the peak
     assert not gate.push(-57.0, True)  # near the floor
     assert not gate.push(-25.0, False)  # loud, but webrtcvad hears no speech in it
+
+
+def test_frame_level_is_rms_dbfs() -> None:
+    rng = np.random.default_rng(1)
+    for scale in (0, 1, 30, 3000, 30000):
+        samples = np.clip(rng.normal(0, scale, FRAME_SAMPLES), -32768, 32767).astype(np.int16)
+        frame = PcmFrame(samples, 0.0)
+        assert level_dbfs(frame) == pytest.approx(rms_dbfs(samples), abs=0.01)
