@@ -2,7 +2,8 @@
 sentence is split in two, on the project's own speech.
 
     python -m bench.endpointing [--part heldout|tuning|both] [--legs 2]
-                                [--set short_end_ms=240 ...] [--rows new|all]
+                                [--set short_end_ms=240 ...] [--rows all|new|fixed]
+                                [--show] [--replay]
 
 Each script is a caller's turn of several sentences with a 0.9 s pause between them
 (some with commas, where a speaker pauses mid-sentence). It is played in real time,
@@ -26,7 +27,9 @@ slowed, and on a line with pink noise for tuning; piper shifted in pitch and tem
 with noise, and espeak-ng, for held-out). Under noise the sentence ends are the clean
 speech's. "decodes at pauses" counts the recognizer's looks at pauses (CPU).
 Reported: the held-out part (``--part tuning`` shows the other). ``--set`` changes a
-VadSettings field of the adaptive and fixed rows (to tune on the tuning part).
+VadSettings field of the adaptive and fixed rows (to tune on the tuning part);
+``--replay`` gives, in seconds rather than minutes, the splits and waits of a range of
+complete windows from each pause replayed (its length, what the recognizer read).
 """
 
 from __future__ import annotations
@@ -42,14 +45,14 @@ from pathlib import Path
 
 import numpy as np
 
-from media.asr.base import AsrResult
+from media.asr.base import AsrResult, ends_sentence
 from media.asr.local import LocalRecognizer
 from media.asr.moonshine_backend import MoonshineFactory
 from media.asr.moonshine_convert import cache_dir, ensure
-from media.audio import FRAME_SAMPLES
+from media.audio import FRAME_MS, FRAME_SAMPLES, AnalysisResampler
 from media.events import MediaEvent, TranscriptFinal
 from media.pipeline import LegPipeline
-from media.vad import VadSettings
+from media.vad import PauseDetected, SpeechFrame, SpeechSegmenter, UtteranceEnded, VadSettings
 from media.wavtrack import read_wav_mono
 from tests import speech
 from tests.engine_proc import ROOT
@@ -305,6 +308,71 @@ def setting(text: str) -> tuple[str, int | float]:
         raise argparse.ArgumentTypeError(f"{name}: {value!r} is not a number") from None
 
 
+@dataclass
+class Pause:
+    gap_ms: float  # silence it lasted (inf: the sentence ended there)
+    complete: bool  # what the recognizer made of the words before it
+    words: int
+
+
+def pauses(turn: Turn, factory: MoonshineFactory, vad: VadSettings) -> list[Pause]:
+    """Every pause the endpointer asks the recognizer about in ``turn``, as fast as the
+    CPU goes: how long it lasted and what the recognizer read before it. An utterance
+    ends only at a sentence's 0.9 s gap here, so every mid-sentence pause is seen."""
+    pcm, rate = read_wav_mono(str(turn.wav))
+    seg = SpeechSegmenter(VadSettings(pause_ms=vad.pause_ms, end_window_ms=800, end_ratio=0.99))
+    rec = factory.create()
+    rec.defer_partials = True  # partials cost decodes and tell the endpointer nothing
+    out: list[Pause] = []
+    going: Pause | None = None  # the pause in progress
+    for frame in AnalysisResampler().push(pcm, rate):
+        for ev in seg.push(frame):
+            if isinstance(ev, SpeechFrame):
+                rec.accept(ev.frame.to_bytes())
+                if going is not None and ev.voiced:
+                    going = None
+                elif going is not None:
+                    going.gap_ms += FRAME_MS
+            elif isinstance(ev, PauseDetected):
+                said = rec.peek().text
+                going = Pause(vad.pause_ms, ends_sentence(said), len(said.split()))
+                out.append(going)
+            elif isinstance(ev, UtteranceEnded):
+                rec.finish()
+                if going is not None:
+                    going.gap_ms = float("inf")
+                going = None
+    return out
+
+
+def replay(parts: list[str], vad: VadSettings) -> None:
+    """Splits and the silence waited at sentence ends, for complete windows from 220 to
+    460 ms (fragment and incomplete windows as set), from each pause replayed: no real
+    time, no decode time (the bench proper adds it)."""
+    factory = MoonshineFactory("en", str(ensure(cache_dir(ROOT / "models"), print)))
+    factory.load()
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in parts:
+            turns = synthesise(part, Path(tmp))
+            found = [p for t in turns for p in pauses(t, factory, vad)]
+            n = sum(len(t.script) for t in turns)
+            print(f"\n{part}: pause {vad.pause_ms} ms, fragment {vad.fragment_end_ms} ms, "
+                  f"incomplete {vad.incomplete_end_ms} ms, replayed")  # fmt: skip
+            print("| complete window | split | silence waited at sentence ends p50 | p95 |")
+            print("|---|---|---|---|")
+            for short in range(220, 461, 40):
+
+                def window(p: Pause, short: int = short) -> int:
+                    if not p.complete:
+                        return vad.incomplete_end_ms
+                    return vad.fragment_end_ms if p.words <= vad.fragment_words else short
+
+                split = sum(p.gap_ms >= window(p) for p in found if p.gap_ms != float("inf"))
+                waits = [float(window(p)) for p in found if p.gap_ms == float("inf")]
+                print(f"| {short} ms | {split} ({100 * split / n:.1f} %) | "
+                      f"{pct(waits, 50):.0f} ms | {pct(waits, 95):.0f} ms |")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--part", choices=["heldout", "tuning", "both"], default="heldout")
@@ -318,10 +386,17 @@ def main() -> None:
         help="new: only the default adaptive row; fixed: only the ratio rule",
     )  # fmt: skip
     ap.add_argument("--show", action="store_true", help="print each turn's finals")
+    ap.add_argument(
+        "--replay", action="store_true",
+        help="no real time: replay each pause for a range of complete windows (tuning)",
+    )  # fmt: skip
     args = ap.parse_args()
     global SHOW
     SHOW = args.show
     parts = ["tuning", "heldout"] if args.part == "both" else [args.part]
+    if args.replay:
+        replay(parts, VadSettings(**dict(args.set)))  # type: ignore[arg-type]
+        return
     asyncio.run(run(parts, args.legs, endpointers(args.rows, dict(args.set))))
 
 
