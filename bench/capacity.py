@@ -86,7 +86,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.calls import OUT, percentile
 from bench.sip import _screen
-from media.audio import rms_dbfs
 from media.wavtrack import read_wav_mono
 from tests import sipp, speech
 from tests.engine_proc import EngineProcess, free_port
@@ -399,17 +398,7 @@ class Talk:
 def sentences(pcm: np.ndarray, rate: int) -> list[tuple[float, float]]:
     """(start, end) seconds of the voiced stretches that pauses of ``SENTENCE_GAP_S``
     or more separate (the scripts' sentences: speech.PAUSE_S apart)."""
-    step = rate // 50
-    voiced = [
-        i / rate for i in range(0, len(pcm) - step, step) if rms_dbfs(pcm[i : i + step]) > -45.0
-    ]
-    out: list[tuple[float, float]] = []
-    for t in voiced:
-        if out and t - out[-1][1] < SENTENCE_GAP_S:
-            out[-1] = (out[-1][0], t + step / rate)
-        else:
-            out.append((t, t + step / rate))
-    return out
+    return speech.sentence_spans(pcm, rate, SENTENCE_GAP_S)
 
 
 @dataclass

@@ -2,20 +2,34 @@
 sentence is split in two, on the project's own speech.
 
     python -m bench.endpointing [--part heldout|tuning|both] [--legs 2]
+                                [--set short_end_ms=240 ...] [--rows all|new|fixed]
+                                [--show] [--replay]
 
 Each script is a caller's turn of several sentences with a 0.9 s pause between them
 (some with commas, where a speaker pauses mid-sentence). It is played in real time,
-20 ms a frame, through the engine's leg pipeline with the Moonshine recognizer, and
-every final's latency (last voiced audio -> final) is kept. A sentence is split when
-the script gave more finals than it has sentences. Two endpointers in the same run:
-  adaptive  the default: at a 100 ms pause the recognizer is asked what was said;
-            a complete sentence ends after 260 ms of silence (400 ms when it is one
-            or two words, often a lead-in before a comma), anything else after 400 ms;
-  fixed     the ratio rule alone (85 % unvoiced over 600 ms, ~520 ms after the last
-            word): what the engine did before, the baseline.
-Tuning and held-out parts differ in sentences and voices (piper joe at its own pitch
-for tuning; piper shifted in pitch and tempo, and espeak-ng, for held-out).
-Reported: the held-out part (``--part tuning`` shows the other).
+20 ms a frame, through the engine's leg pipeline with the Moonshine recognizer. The
+latency of a final is from the real end of its sentence, where its sound ends (the
+last 20 ms frame above -45 dBFS: the script is synthesised here, so its ends are
+known) to the final, decode included; the engine's own ``asr_latency`` (from the last
+frame its VAD called voiced) is the second column. A sentence is split when the
+script gave more finals than it has sentences. Endpointers in the same run:
+  adaptive  the default: at a 200 ms pause the recognizer is asked what was said;
+            a complete sentence ends after SHORT ms of silence (FRAGMENT ms when it is
+            one or two words, often a lead-in before a comma), anything else after
+            INCOMPLETE ms; silence counts from the last frame that is voiced by
+            webrtcvad and by the level gate (media/vad.py VoicedGate);
+  before    the same rule with the windows it had (260 / 400 / 400 ms) counted from
+            webrtcvad's own last voiced frame, 100-250 ms after the sound ended (its
+            overhang): the baseline;
+  fixed     the ratio rule alone (what a recognizer that does not punctuate gets).
+Tuning and held-out parts differ in sentences and voices (piper joe at its own pitch,
+slowed, and on a line with pink noise for tuning; piper shifted in pitch and tempo, also
+with noise, and espeak-ng, for held-out). Under noise the sentence ends are the clean
+speech's. "decodes at pauses" counts the recognizer's looks at pauses (CPU).
+Reported: the held-out part (``--part tuning`` shows the other). ``--set`` changes a
+VadSettings field of the adaptive and fixed rows (to tune on the tuning part);
+``--replay`` gives, in seconds rather than minutes, the splits and waits of a range of
+complete windows from each pause replayed (its length, what the recognizer read).
 """
 
 from __future__ import annotations
@@ -26,18 +40,19 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from media.asr.base import AsrResult, ends_sentence
 from media.asr.local import LocalRecognizer
 from media.asr.moonshine_backend import MoonshineFactory
 from media.asr.moonshine_convert import cache_dir, ensure
-from media.audio import FRAME_SAMPLES
+from media.audio import FRAME_MS, FRAME_SAMPLES, AnalysisResampler
 from media.events import MediaEvent, TranscriptFinal
 from media.pipeline import LegPipeline
-from media.vad import VadSettings
+from media.vad import PauseDetected, SpeechFrame, SpeechSegmenter, UtteranceEnded, VadSettings
 from media.wavtrack import read_wav_mono
 from tests import speech
 from tests.engine_proc import ROOT
@@ -49,6 +64,11 @@ TUNING = [
     ["My internet keeps dropping, every evening around eight.", "Can someone look at it?"],
     ["I would like to cancel my subscription.", "Thank you for your help."],
     ["Yes, that is right.", "My date of birth is the fourth of July."],
+    # lead-ins and tags after a comma, where a speaker pauses mid-sentence
+    ["Right, I will hold on.", "Is there a faster way, maybe?"],
+    ["Alright, let me check my email.", "I see it now, thanks."],
+    ["Hello, is anybody there?", "I have been waiting a while, you know."],
+    ["Actually, I need to update my card.", "The old one expired, sadly."],
 ]
 HELDOUT = [
     ["Good afternoon, I have a question about my order.", "It has not arrived yet."],
@@ -64,30 +84,58 @@ HELDOUT = [
     ["We are moving to a new house next month.", "Can I keep the same plan?"],
     ["No, that is not my phone number.", "It ends in two two nine."],
 ]
-# (name, how): piper effects via sox, or an espeak-ng voice
-TUNING_VOICES: list[tuple[str, list[str] | str]] = [("piper", [])]
-HELDOUT_VOICES: list[tuple[str, list[str] | str]] = [
-    ("piper low slow", ["pitch", "-200", "tempo", "0.92"]),
-    ("piper high fast", ["pitch", "250", "tempo", "1.1"]),
-    ("espeak en-us", "en-us"),
+# (name, how, noise): piper effects via sox, or an espeak-ng voice; pink noise this
+# many dB below the speech (None: a clean line)
+Voice = tuple[str, list[str] | str, float | None]
+TUNING_VOICES: list[Voice] = [
+    ("piper", [], None),
+    ("piper, noise at 20 dB SNR", [], 20.0),
+    ("piper slow", ["tempo", "0.85"], None),  # longer pauses at commas
 ]
-SHORT_END_MS = 0  # 0: the engine's default (--short-end-ms tries another)
-INCOMPLETE_END_MS = 0  # 0: the engine's default (--incomplete-end-ms tries another)
+HELDOUT_VOICES: list[Voice] = [
+    ("piper low slow", ["pitch", "-200", "tempo", "0.92"], None),
+    ("piper high fast", ["pitch", "250", "tempo", "1.1"], None),
+    ("espeak en-us", "en-us", None),
+    ("piper high fast, noise at 15 dB SNR", ["pitch", "250", "tempo", "1.1"], 15.0),
+]
+TAIL_S = 1.0  # silence after a turn: its last sentence ends too
+# the endpointer as it was before the level gate: the baseline row
+BEFORE = VadSettings(
+    level_gate=False, pause_ms=100, short_end_ms=260, fragment_end_ms=400,
+    incomplete_end_ms=400, end_window_ms=600, end_ratio=0.85,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Endpointer:
+    name: str
+    punctuated: bool  # the adaptive rule (a punctuating recognizer) or the ratio rule alone
+    vad: VadSettings
 
 
 @dataclass
 class Result:
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # from the sound's end
+    engine_latencies: list[float] = field(default_factory=list)  # asr_latency
     sentences: int = 0
     finals: int = 0
     split: int = 0
+    unanswered: int = 0  # sentences no final came for
+    peeks: int = 0
     errors: list[float] = field(default_factory=list)
 
 
-def synthesise(part: str, workdir: Path) -> list[tuple[list[str], Path]]:
+@dataclass(frozen=True)
+class Turn:
+    script: list[str]
+    wav: Path
+    ends: list[float]  # seconds into the WAV where each sentence's sound ends
+
+
+def synthesise(part: str, workdir: Path) -> list[Turn]:
     scripts, voices = (TUNING, TUNING_VOICES) if part == "tuning" else (HELDOUT, HELDOUT_VOICES)
     out = []
-    for v, (_, how) in enumerate(voices):
+    for v, (_, how, snr) in enumerate(voices):
         for i, script in enumerate(scripts):
             path = workdir / f"{part}-{v}-{i}.wav"
             if isinstance(how, str):
@@ -99,45 +147,92 @@ def synthesise(part: str, workdir: Path) -> list[tuple[list[str], Path]]:
                 speech.write_wav(path, joined, 16000)
             else:
                 speech.piper_script(script, path, how or None)
-            out.append((script, path))
-    print(f"{part}: {len(out)} turns, {sum(len(s) for s, _ in out)} sentences, "
-          f"voices: {', '.join(n for n, _ in voices)}")  # fmt: skip
+            clean, rate = read_wav_mono(str(path))
+            clean = np.concatenate([clean, np.zeros(int(TAIL_S * rate), np.int16)])
+            # the ends are the clean speech's: under noise they are where the words stop
+            ends = sentence_ends(clean, rate, len(script))
+            heard = clean if snr is None else speech.with_noise(clean, rate, snr, workdir)
+            speech.write_wav(path, heard, rate)
+            out.append(Turn(script, path, ends))
+    print(f"{part}: {len(out)} turns, {sum(len(t.script) for t in out)} sentences, "
+          f"voices: {', '.join(n for n, _, _ in voices)}")  # fmt: skip
+    return out
+
+
+def sentence_ends(pcm: np.ndarray, rate: int, n: int) -> list[float]:
+    """Where each of the script's ``n`` sentences stops sounding, in seconds. A long
+    pause after a comma can part a sentence in two stretches: the closest stretches are
+    joined until there are ``n``."""
+    spans = speech.sentence_spans(pcm, rate)
+    while len(spans) > n:
+        k = min(range(len(spans) - 1), key=lambda i: spans[i + 1][0] - spans[i][1])
+        spans[k : k + 2] = [(spans[k][0], spans[k + 1][1])]
+    return [e for _, e in spans]
+
+
+def from_ends(ends: list[float], came: list[float]) -> list[float | None]:
+    """For each sentence end, the wait until the first final that came after it (and
+    before the next sentence ended): None if none did."""
+    out: list[float | None] = []
+    for k, end in enumerate(ends):
+        until = ends[k + 1] if k + 1 < len(ends) else float("inf")
+        after = [c for c in came if end <= c < until]
+        out.append(min(after) - end if after else None)
     return out
 
 
 async def play(
-    script: list[str], wav: Path, factory: MoonshineFactory, executor: ThreadPoolExecutor,
-    adaptive: bool, result: Result,
+    turn: Turn, factory: MoonshineFactory, executor: ThreadPoolExecutor, ep: Endpointer,
+    result: Result,
 ) -> None:  # fmt: skip
-    pcm, rate = read_wav_mono(str(wav))
-    finals: list[TranscriptFinal] = []
+    script, wav = turn.script, turn.wav
+    audio, rate = read_wav_mono(str(wav))
+    finals: list[tuple[TranscriptFinal, float]] = []
 
     def emit(ev: MediaEvent) -> None:
         if isinstance(ev, TranscriptFinal):
-            finals.append(ev)
+            finals.append((ev, time.monotonic()))
 
     rec = LocalRecognizer(factory.create(), executor)
+    peek = rec.peek
+
+    async def counted_peek() -> AsrResult:
+        result.peeks += 1
+        return await peek()
+
+    rec.peek = counted_peek  # type: ignore[method-assign]  # counts the decodes at pauses
 
     async def opener() -> LocalRecognizer:
         return rec
 
-    tried = {"short_end_ms": SHORT_END_MS, "incomplete_end_ms": INCOMPLETE_END_MS}
-    vad = VadSettings(**{k: v for k, v in tried.items() if v}) if any(tried.values()) else None
-    pipeline = LegPipeline("bench", opener, executor, emit, punctuated=adaptive, vad=vad)
+    pipeline = LegPipeline("bench", opener, executor, emit, punctuated=ep.punctuated, vad=ep.vad)
     await pipeline.start()
     step = rate * FRAME_SAMPLES // 16000
-    tail = np.zeros(rate, np.int16)  # a second of silence: the last sentence ends too
-    audio = np.concatenate([pcm, tail])
     t0 = time.monotonic()
     for n, i in enumerate(range(0, len(audio), step)):
         pipeline.push_pcm(audio[i : i + step], rate, 1)
         await asyncio.sleep(max(0.0, t0 + (n + 1) * 0.02 - time.monotonic()))
     await pipeline.close()
-    result.latencies += [f.asr_latency for f in finals]
+    # frame n (ending at audio time (n + 1) * 20 ms) was pushed at t0 + n * 20 ms: the
+    # moment the engine had the audio up to a sentence's end, as asr_latency counts
+    ends = [t0 + e - 0.02 for e in turn.ends]
+    waits = from_ends(ends, [came for _, came in finals])
+    result.latencies += [w for w in waits if w is not None]
+    result.unanswered += sum(w is None for w in waits)
+    result.engine_latencies += [f.asr_latency for f, _ in finals]
     result.sentences += len(script)
     result.finals += len(finals)
     result.split += max(0, len(finals) - len(script))
-    result.errors.append(speech.wer(" ".join(script), " ".join(f.text for f in finals)))
+    said = " ".join(f.text for f, _ in finals)
+    result.errors.append(speech.wer(" ".join(script), said))
+    if SHOW:
+        print(
+            f"  {ep.name} {wav.name}: {' | '.join(f.text for f, _ in finals)}  "
+            f"[{', '.join('-' if w is None else f'{1000 * w:.0f}' for w in waits)} ms]"
+        )
+
+
+SHOW = False  # --show: each turn's finals
 
 
 def pct(values: list[float], q: int) -> float:
@@ -146,7 +241,21 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-async def run(parts: list[str], legs: int) -> None:
+def endpointers(rows: str, changes: dict[str, int | float]) -> list[Endpointer]:
+    new = VadSettings(**changes)  # type: ignore[arg-type]  # field names checked in main
+    eps = [Endpointer("adaptive (default)", True, new)]
+    if rows == "fixed":
+        eps = [Endpointer("fixed (ratio rule alone)", False, new)]
+    if rows == "all":
+        eps = [
+            Endpointer("fixed (ratio rule alone)", False, new),
+            Endpointer("before: adaptive, webrtcvad's voiced (baseline)", True, BEFORE),
+            *eps,
+        ]
+    return eps
+
+
+async def run(parts: list[str], legs: int, eps: list[Endpointer]) -> None:
     model = ensure(cache_dir(ROOT / "models"), print)
     factory = MoonshineFactory("en", str(model))
     factory.load()
@@ -155,40 +264,140 @@ async def run(parts: list[str], legs: int) -> None:
         for part in parts:
             turns = synthesise(part, Path(tmp))
             rows = []
-            for name, adaptive in (("fixed (baseline)", False), ("adaptive", True)):
+            for ep in eps:
                 result = Result()
                 for k in range(0, len(turns), legs):
                     await asyncio.gather(
-                        *(play(s, w, factory, executor, adaptive, result)
-                          for s, w in turns[k : k + legs])
+                        *(play(t, factory, executor, ep, result)
+                          for t in turns[k : k + legs])
                     )  # fmt: skip
-                rows.append((name, result))
+                rows.append((ep, result))
             print(f"\n{part}: {legs} legs at once, Moonshine, real time")
-            print("| endpointer | sentences | finals | split | final after end of speech "
-                  "p50 | p95 | WER |")  # fmt: skip
-            print("|---|---|---|---|---|---|---|")
-            for name, r in rows:
-                print(f"| {name} | {r.sentences} | {r.finals} | "
-                      f"{r.split} ({100 * r.split / r.sentences:.1f} %) | "
+            for ep, _ in rows:
+                v = ep.vad
+                print(f"  {ep.name}: gate {v.level_gate}, pause {v.pause_ms} ms, complete "
+                      f"{v.short_end_ms} / fragment {v.fragment_end_ms} / incomplete "
+                      f"{v.incomplete_end_ms} ms, ratio {v.end_ratio:g} over "
+                      f"{v.end_window_ms} ms")  # fmt: skip
+            print("| endpointer | sentences | finals | split | final after the end of the "
+                  "sentence's sound p50 | p95 | asr_latency (from the last voiced frame) "
+                  "p50 | p95 | decodes at pauses / sentence | WER |")  # fmt: skip
+            print("|---|---|---|---|---|---|---|---|---|---|")
+            for ep, r in rows:
+                missed = f", {r.unanswered} without a final" if r.unanswered else ""
+                print(f"| {ep.name} | {r.sentences} | {r.finals} | "
+                      f"{r.split} ({100 * r.split / r.sentences:.1f} %{missed}) | "
                       f"{1000 * pct(r.latencies, 50):.0f} ms | "
                       f"{1000 * pct(r.latencies, 95):.0f} ms | "
+                      f"{1000 * pct(r.engine_latencies, 50):.0f} ms | "
+                      f"{1000 * pct(r.engine_latencies, 95):.0f} ms | "
+                      f"{r.peeks / r.sentences:.2f} | "
                       f"{100 * statistics.mean(r.errors):.1f} % |")  # fmt: skip
     executor.shutdown()
+
+
+def setting(text: str) -> tuple[str, int | float]:
+    name, _, value = text.partition("=")
+    known = {f.name: f.type for f in fields(VadSettings)}
+    if name not in known or known[name] not in ("int", "float"):
+        numeric = [n for n, t in known.items() if t in ("int", "float")]
+        raise argparse.ArgumentTypeError(f"{name!r}: one of {', '.join(numeric)}")
+    try:
+        return name, int(value) if known[name] == "int" else float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}: {value!r} is not a number") from None
+
+
+@dataclass
+class Pause:
+    gap_ms: float  # silence it lasted (inf: the sentence ended there)
+    complete: bool  # what the recognizer made of the words before it
+    words: int
+
+
+def pauses(turn: Turn, factory: MoonshineFactory, vad: VadSettings) -> list[Pause]:
+    """Every pause the endpointer asks the recognizer about in ``turn``, as fast as the
+    CPU goes: how long it lasted and what the recognizer read before it. An utterance
+    ends only at a sentence's 0.9 s gap here, so every mid-sentence pause is seen."""
+    pcm, rate = read_wav_mono(str(turn.wav))
+    seg = SpeechSegmenter(VadSettings(pause_ms=vad.pause_ms, end_window_ms=800, end_ratio=0.99))
+    rec = factory.create()
+    rec.defer_partials = True  # partials cost decodes and tell the endpointer nothing
+    out: list[Pause] = []
+    going: Pause | None = None  # the pause in progress
+    for frame in AnalysisResampler().push(pcm, rate):
+        for ev in seg.push(frame):
+            if isinstance(ev, SpeechFrame):
+                rec.accept(ev.frame.to_bytes())
+                if going is not None and ev.voiced:
+                    going = None
+                elif going is not None:
+                    going.gap_ms += FRAME_MS
+            elif isinstance(ev, PauseDetected):
+                said = rec.peek().text
+                going = Pause(vad.pause_ms, ends_sentence(said), len(said.split()))
+                out.append(going)
+            elif isinstance(ev, UtteranceEnded):
+                rec.finish()
+                if going is not None:
+                    going.gap_ms = float("inf")
+                going = None
+    return out
+
+
+def replay(parts: list[str], vad: VadSettings) -> None:
+    """Splits and the silence waited at sentence ends, for complete windows from 220 to
+    460 ms (fragment and incomplete windows as set), from each pause replayed: no real
+    time, no decode time (the bench proper adds it)."""
+    factory = MoonshineFactory("en", str(ensure(cache_dir(ROOT / "models"), print)))
+    factory.load()
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in parts:
+            turns = synthesise(part, Path(tmp))
+            found = [p for t in turns for p in pauses(t, factory, vad)]
+            n = sum(len(t.script) for t in turns)
+            print(f"\n{part}: pause {vad.pause_ms} ms, fragment {vad.fragment_end_ms} ms, "
+                  f"incomplete {vad.incomplete_end_ms} ms, replayed")  # fmt: skip
+            print("| complete window | split | silence waited at sentence ends p50 | p95 |")
+            print("|---|---|---|---|")
+            for short in range(220, 461, 40):
+
+                def window(p: Pause, short: int = short) -> int:
+                    if not p.complete:
+                        return vad.incomplete_end_ms
+                    return vad.fragment_end_ms if p.words <= vad.fragment_words else short
+
+                split = sum(p.gap_ms >= window(p) for p in found if p.gap_ms != float("inf"))
+                waits = [float(window(p)) for p in found if p.gap_ms == float("inf")]
+                print(f"| {short} ms | {split} ({100 * split / n:.1f} %) | "
+                      f"{pct(waits, 50):.0f} ms | {pct(waits, 95):.0f} ms |")  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--part", choices=["heldout", "tuning", "both"], default="heldout")
     ap.add_argument("--legs", type=int, default=2)
-    ap.add_argument("--short-end-ms", type=int, default=0, help="try another short window")
     ap.add_argument(
-        "--incomplete-end-ms", type=int, default=0, help="try another incomplete window"
-    )
+        "--set", type=setting, action="append", default=[], metavar="FIELD=VALUE",
+        help="change a VadSettings field of the adaptive and fixed rows (tuning)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--rows", choices=["all", "new", "fixed"], default="all",
+        help="new: only the default adaptive row; fixed: only the ratio rule",
+    )  # fmt: skip
+    ap.add_argument("--show", action="store_true", help="print each turn's finals")
+    ap.add_argument(
+        "--replay", action="store_true",
+        help="no real time: replay each pause for a range of complete windows (tuning)",
+    )  # fmt: skip
     args = ap.parse_args()
-    global SHORT_END_MS, INCOMPLETE_END_MS
-    SHORT_END_MS, INCOMPLETE_END_MS = args.short_end_ms, args.incomplete_end_ms
+    global SHOW
+    SHOW = args.show
     parts = ["tuning", "heldout"] if args.part == "both" else [args.part]
-    asyncio.run(run(parts, args.legs))
+    if args.replay:
+        replay(parts, VadSettings(**dict(args.set)))  # type: ignore[arg-type]
+        return
+    asyncio.run(run(parts, args.legs, endpointers(args.rows, dict(args.set))))
 
 
 if __name__ == "__main__":

@@ -2,12 +2,17 @@
 
 Theory of operation
 -------------------
-webrtcvad classifies each 20 ms frame as speech or not; single frames flicker,
-so the segmenter keeps a sliding window of the last ``window_frames`` decisions:
+webrtcvad classifies each 20 ms frame as speech or not, but keeps saying "speech"
+for 100-250 ms after the words stop (its built-in overhang). A level gate
+(``VoicedGate``) takes that tail off: a frame is *voiced* only if webrtcvad hears
+speech in it and it is loud for this speaker on this line (its own table below), so
+silence is counted from where the sound of the words ends, not from where the
+overhang does. Single frames flicker, so the segmenter keeps a sliding window of the
+last ``window_frames`` decisions:
 
-    state     condition over the window                 -> action
-    SILENCE   voiced ratio >= start_ratio               -> SPEECH, emit UtteranceStarted
-                                                           with the window as pre-roll
+    state     condition                                  -> action
+    SILENCE   webrtcvad's speech ratio over the window   -> SPEECH, emit UtteranceStarted
+              >= start_ratio                                with the window as pre-roll
     SPEECH    pause_ms of unvoiced frames in a row      -> emit PauseDetected (once a pause)
     SPEECH    hint(complete=True) and >= short_end_ms     -> SILENCE, emit UtteranceEnded
               of unvoiced frames in a row (fragment_end_ms
@@ -18,11 +23,19 @@ so the segmenter keeps a sliding window of the last ``window_frames`` decisions:
                                                            (cut=True)
     SPEECH    a voiced frame                             -> the pause and its hint are over
 
-Why adaptive: a fixed window long enough not to split a sentence at a breath
-(~520 ms) is too slow to answer in 300 ms; one short enough splits sentences. At a
-pause the pipeline asks the recognizer what was said so far; when that reads as a
-complete sentence (a punctuating recognizer ends it with . ? !) the utterance ends
-after ``short_end_ms``, otherwise the long ratio rule decides.
+The start is webrtcvad's alone: the overhang is at the end of speech, and a soft
+onset must not delay the start. ``SpeechFrame.voiced`` is the gated decision (the
+pipeline dates the end of speech by it).
+
+Why adaptive: the ratio rule, which knows nothing of what was said, waits ~520 ms
+so as not to split a sentence at a comma. At a pause the pipeline asks the recognizer
+what was said so far; when that reads as a complete sentence (a punctuating recognizer
+ends it with . ? !) the utterance ends after ``short_end_ms``, otherwise after the
+fragment or incomplete window. The windows were tuned on the tuning part of
+``bench.endpointing`` (held-out results in the README). Pauses inside a sentence, at
+a comma, run to ~450 ms of real silence and the recognizer often reads the words
+before them as complete ("I would like a replacement." ... "please."), which is what
+keeps ``short_end_ms`` near 400 ms: a shorter one splits sentences.
 
 Frames of an utterance (pre-roll included) are returned as ``SpeechFrame`` so the
 recognizer sees speech only; silence between utterances never leaves this module.
@@ -31,8 +44,10 @@ recognizer sees speech only; silence between utterances never leaves this module
 from __future__ import annotations
 
 import collections
+import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import webrtcvad
 
 from media.audio import ANALYSIS_RATE, FRAME_MS, PcmFrame
@@ -77,24 +92,40 @@ class VadSettings:
     aggressiveness: int = 2  # 0 (lenient) .. 3 (strict), webrtcvad's own scale
     window_ms: int = 300
     start_ratio: float = 0.6
+    # the ratio rule (a recognizer that does not punctuate): ~520 ms after the words;
+    # 500 ms at 0.85 and 540 ms at 0.8 split one more sentence on the tuning part
     end_window_ms: int = 600
     end_ratio: float = 0.85
     max_utterance_s: float = 15.0
-    pause_ms: int = 100
-    short_end_ms: int = 260
+    # every window counts silence from where the sound of the words ends (the level
+    # gate), not from webrtcvad's last voiced frame 100-250 ms later, so each is the
+    # silence a speaker really left. Tuned on the tuning part of bench.endpointing
+    # (held-out numbers in the README) for the fewest splits, then the soonest finals:
+    # at 200 ms the recognizer is asked a quarter less often mid-sentence than at 140,
+    # and reads more pauses at commas as incomplete (at 100 ms Moonshine also repeated
+    # words: "My internet keeps dropping. My internet keeps dropping.")
+    pause_ms: int = 200
+    # a complete sentence: pauses after a clause that reads as complete run to 380 ms
+    # ("I see it now, thanks.", "Is there a faster way, maybe?"); 380 splits no more
+    # than 420 did there, 340 more than twice as many
+    short_end_ms: int = 380
     # a complete "sentence" this short is often a lead-in said before a comma
-    # ("Okay, ...", "Good afternoon, ..."): it waits longer
+    # ("Okay, ...", "Good afternoon, ..."): it waits longer (pauses there reach 440 ms)
     fragment_words: int = 2
-    fragment_end_ms: int = 400
-    # not a complete sentence (no . ? !): more time to go on, still short of the ratio
-    # rule's ~520 ms (Moonshine ended "...a real person right now" with a comma). 400
-    # splits no more sentences than 440 did on either part of bench.endpointing (380
-    # neither) and takes 40 ms off the slowest finals, the ones that end this way
-    incomplete_end_ms: int = 400
+    fragment_end_ms: int = 480
+    # not a complete sentence (no . ? !): more time to go on (pauses reach 400 ms)
+    incomplete_end_ms: int = 440
+    # the level gate (VoicedGate): a frame is voiced only within speech_margin_db of
+    # the speaker's recent peak and floor_margin_db above the noise floor
+    level_gate: bool = True  # False: webrtcvad's own voiced, overhang and all
+    speech_margin_db: float = 20.0
+    floor_margin_db: float = 6.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.aggressiveness <= 3:
             raise ValueError("VAD aggressiveness must be 0..3")
+        if self.speech_margin_db <= 0 or self.floor_margin_db < 0:
+            raise ValueError("VAD level gate margins must be > 0 (speech) and >= 0 (floor) dB")
 
 
 @dataclass
@@ -103,7 +134,10 @@ class SpeechSegmenter:
 
     def __post_init__(self) -> None:
         self._vad = webrtcvad.Vad(self.settings.aggressiveness)
-        self._start_win: collections.deque[tuple[PcmFrame, bool]] = collections.deque(
+        st = self.settings
+        self._gate = VoicedGate(st.speech_margin_db, st.floor_margin_db) if st.level_gate else None
+        # (frame, webrtcvad's voiced, voiced by the gate)
+        self._start_win: collections.deque[tuple[PcmFrame, bool, bool]] = collections.deque(
             maxlen=max(1, self.settings.window_ms // FRAME_MS)
         )
         self._end_win: collections.deque[bool] = collections.deque(
@@ -129,23 +163,26 @@ class SpeechSegmenter:
 
     def push(self, frame: PcmFrame) -> list[VadEvent]:
         self.frames_seen += 1
-        voiced = self.is_speech(frame)
+        heard = self.is_speech(frame)
+        voiced = heard if self._gate is None else self._gate.push(level_dbfs(frame), heard)
         events: list[VadEvent] = []
         if not self._in_speech:
-            self._start_win.append((frame, voiced))
-            n_voiced = sum(1 for _, v in self._start_win if v)
+            # the start is webrtcvad's alone: its overhang is at the end, and a soft
+            # onset must not delay it
+            self._start_win.append((frame, heard, voiced))
+            n_heard = sum(1 for _, h, _ in self._start_win if h)
             full = len(self._start_win) == self._start_win.maxlen
-            if full and n_voiced >= self.settings.start_ratio * len(self._start_win):
+            if full and n_heard >= self.settings.start_ratio * len(self._start_win):
                 self._in_speech = True
                 first = self._start_win[0][0]
                 self._utt_start = first.start
-                self._voiced = n_voiced
+                self._voiced = sum(1 for _, _, v in self._start_win if v)
                 self._total = len(self._start_win)
                 events.append(UtteranceStarted(first.start))
-                events.extend(SpeechFrame(f, v) for f, v in self._start_win)
+                events.extend(SpeechFrame(f, v) for f, _, v in self._start_win)
                 self.speech_frames += len(self._start_win)
                 self._end_win.clear()
-                self._end_win.extend(v for _, v in self._start_win)
+                self._end_win.extend(v for _, _, v in self._start_win)
                 self._start_win.clear()
             return events
 
@@ -203,3 +240,57 @@ class SpeechSegmenter:
         self._end_win.clear()
         self._start_win.clear()
         return UtteranceEnded(self._utt_start, end, self._voiced, self._total, cut)
+
+
+def level_dbfs(frame: PcmFrame) -> float:
+    """media.audio.rms_dbfs of one frame, a third of its cost (it runs on every frame
+    of every leg, on the event loop): float32 and one dot product."""
+    x = frame.samples.astype(np.float32)
+    energy = float(np.dot(x, x)) / len(x)
+    return 10.0 * math.log10(energy / 32768.0**2) if energy > 32768.0**2 * 1e-12 else -120.0
+
+
+@dataclass
+class VoicedGate:
+    """webrtcvad's "voiced", without its overhang.
+
+    webrtcvad keeps calling frames speech for 100-250 ms after the last word ends, so
+    silence counted from its last voiced frame starts that late. Those trailing frames
+    are near the noise floor, far below the words before them. Per frame (level: its
+    RMS in dBFS; heard: webrtcvad's decision):
+
+        heard   level                                         -> voiced
+        no      any                                           -> no
+        yes     >= floor + floor_margin_db and
+                >= peak - speech_margin_db                    -> yes
+        yes     below either                                  -> no
+
+        floor   the quietest frame of the last floor_window_s (minimum statistics:
+                on a noisy line, the noise; every frame counts)
+        peak    the loudest heard frame, decaying peak_decay_db a heard frame; none
+                before the first speech, so then only the floor applies
+
+    Both thresholds are relative, so the gate works the same on a quiet clean line
+    and a loud noisy one (an absolute level would only fit one of them). A soft
+    consonant within speech_margin_db of the peak stays voiced; a mid-sentence gap the
+    overhang used to bridge now counts as a pause (the windows allow for it).
+    """
+
+    speech_margin_db: float = 20.0
+    floor_margin_db: float = 6.0
+    floor_window_s: float = 1.5
+    peak_decay_db: float = 0.05  # 2.5 dB a second of speech
+
+    def __post_init__(self) -> None:
+        self._levels: collections.deque[float] = collections.deque(
+            maxlen=max(1, int(self.floor_window_s * 1000) // FRAME_MS)
+        )
+        self._peak = -200.0
+
+    def push(self, level_db: float, vad_voiced: bool) -> bool:
+        self._levels.append(level_db)
+        floor = min(self._levels)
+        if vad_voiced:
+            self._peak = max(level_db, self._peak - self.peak_decay_db)
+        threshold = max(floor + self.floor_margin_db, self._peak - self.speech_margin_db)
+        return vad_voiced and level_db >= threshold

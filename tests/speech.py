@@ -96,6 +96,50 @@ def sox(src: Path, dst: Path, effects: list[str], rate: int | None = None) -> Pa
     return dst
 
 
+END_LEVEL_DBFS = -45.0  # a 20 ms frame above this is speech: where a sentence really ends
+
+
+def sentence_spans(pcm: np.ndarray, rate: int, gap_s: float = 0.5) -> list[tuple[float, float]]:
+    """(start, end) seconds of the stretches of 20 ms frames above END_LEVEL_DBFS that
+    pauses of ``gap_s`` or more separate: on clean synthesised speech, the sentences,
+    ending where their sound does (not where a VAD, with its overhang, says)."""
+    from media.audio import rms_dbfs
+
+    step = rate // 50
+    out: list[tuple[float, float]] = []
+    for i in range(0, len(pcm) - step, step):
+        if rms_dbfs(pcm[i : i + step]) <= END_LEVEL_DBFS:
+            continue
+        t = i / rate
+        if out and t - out[-1][1] < gap_s:
+            out[-1] = (out[-1][0], t + step / rate)
+        else:
+            out.append((t, t + step / rate))
+    return out
+
+
+def with_noise(pcm: np.ndarray, rate: int, snr_db: float, work: Path) -> np.ndarray:
+    """``pcm`` with pink noise (sox's, repeatable) ``snr_db`` below the level of its
+    speech (the frames above END_LEVEL_DBFS): a caller on a noisy line."""
+    noise_wav = work / f"pink-{rate}-{len(pcm)}.wav"
+    subprocess.run(
+        ["sox", "-q", "-R", "-n", "-r", str(rate), "-b", "16", "-c", "1", str(noise_wav),
+         "synth", f"{len(pcm)}s", "pinknoise", "vol", "0.3"],
+        check=True,
+    )  # fmt: skip
+    with wave.open(str(noise_wav)) as w:
+        noise = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
+    noise_wav.unlink()
+    x = pcm.astype(np.float64)
+    step = rate // 50
+    frames = x[: len(x) - len(x) % step].reshape(-1, step)
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    loud = rms > 32768.0 * 10 ** (END_LEVEL_DBFS / 20)
+    speech_rms = float(np.sqrt(np.mean(rms[loud] ** 2))) if loud.any() else 1.0
+    noise = noise[: len(x)] * speech_rms / 10 ** (snr_db / 20) / np.sqrt(np.mean(noise**2))
+    return np.clip(np.round(x + noise), -32768, 32767).astype(np.int16)
+
+
 _CONTRACTIONS = {
     "i'm": "i am",
     "it's": "it is",

@@ -52,14 +52,15 @@ async def finals_of(wav: Path, punctuated: bool) -> list[TranscriptFinal]:
 
 async def test_a_complete_sentence_ends_sooner(turn: Path) -> None:
     """At a pause the recognizer is asked what was said: a complete sentence ends after
-    260 ms of silence, not ~520 ms, and is not split at its comma."""
+    380 ms of silence (440 if it reads as incomplete), not the ratio rule's 450-580 ms,
+    and is not split at its comma."""
     fixed = await finals_of(turn, punctuated=False)
     adaptive = await finals_of(turn, punctuated=True)
     assert len(fixed) == len(adaptive) == 2, [f.text for f in adaptive]
     assert speech.wer(" ".join(SCRIPT), " ".join(f.text for f in adaptive)) <= 0.1
     for a, f in zip(adaptive, fixed, strict=True):
-        assert a.asr_latency < 0.45 and f.asr_latency > 0.45
-        assert a.asr_latency < f.asr_latency - 0.15
+        assert a.asr_latency < 0.47 and f.asr_latency > 0.42
+        assert a.asr_latency < f.asr_latency - 0.05
 
 
 class LosesFirstUtterance:

@@ -3,8 +3,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from media.audio import AnalysisResampler
-from media.vad import SpeechFrame, SpeechSegmenter, UtteranceEnded, UtteranceStarted, VadSettings
+from media.audio import FRAME_SAMPLES, AnalysisResampler, PcmFrame, rms_dbfs
+from media.vad import (
+    SpeechFrame,
+    SpeechSegmenter,
+    UtteranceEnded,
+    UtteranceStarted,
+    VadSettings,
+    VoicedGate,
+    level_dbfs,
+)
 from media.wavtrack import read_wav_mono
 from tests import speech
 
@@ -56,3 +64,50 @@ def test_long_speech_is_cut(two_sentences: Path) -> None:
 def test_aggressiveness_is_validated() -> None:
     with pytest.raises(ValueError, match="0..3"):
         VadSettings(aggressiveness=4)
+
+
+def last_voiced(events: list[object], until: float) -> float:
+    return max(e.frame.end for e in events if isinstance(e, SpeechFrame) and e.voiced
+               and e.frame.end <= until)  # fmt: skip
+
+
+@pytest.mark.parametrize("snr_db", [None, 20.0], ids=["clean", "noise at 20 dB SNR"])
+def test_last_voiced_frame_is_where_the_sound_ends(
+    two_sentences: Path, tmp_path: Path, snr_db: float | None
+) -> None:
+    """webrtcvad calls frames voiced for 100-250 ms after a sentence's sound ends (its
+    overhang), so the endpointer counted silence, and the engine its asr_latency, from
+    that late. The segmenter's last voiced frame of each sentence must be within 60 ms
+    of the end of its sound (the last 20 ms above -45 dBFS, on the clean speech), and
+    not so early that it cuts the last word, on a clean line and a noisy one."""
+    clean, rate = read_wav_mono(str(two_sentences))
+    clean = np.concatenate([clean, np.zeros(rate, np.int16)])
+    spans = speech.sentence_spans(clean, rate)
+    assert len(spans) == 2
+    pcm = clean if snr_db is None else speech.with_noise(clean, rate, snr_db, tmp_path)
+    events = segment(pcm, rate)
+    for k, (_, end) in enumerate(spans):
+        until = spans[k + 1][0] if k + 1 < len(spans) else len(pcm) / rate
+        assert -0.15 <= last_voiced(events, until) - end <= 0.06, (k, end)
+
+
+def test_gate_keeps_speech_and_drops_the_quiet_tail() -> None:
+    """The level gate (its table in media/vad.py): a frame webrtcvad calls voiced is
+    voiced only well above the noise floor and within speech_margin_db of the recent
+    peak; before any speech only the floor applies."""
+    gate = VoicedGate(speech_margin_db=20.0, floor_margin_db=6.0)
+    assert [gate.push(-60.0, False) for _ in range(10)] == [False] * 10  # the line's noise
+    assert gate.push(-50.0, True)  # no speech yet: 10 dB over the floor is enough
+    assert gate.push(-25.0, True)  # speech
+    assert gate.push(-44.0, True)  # a soft consonant, 19 dB under the peak
+    assert not gate.push(-46.0, True)  # webrtcvad's overhang: 21 dB under the peak
+    assert not gate.push(-57.0, True)  # near the floor
+    assert not gate.push(-25.0, False)  # loud, but webrtcvad hears no speech in it
+
+
+def test_frame_level_is_rms_dbfs() -> None:
+    rng = np.random.default_rng(1)
+    for scale in (0, 1, 30, 3000, 30000):
+        samples = np.clip(rng.normal(0, scale, FRAME_SAMPLES), -32768, 32767).astype(np.int16)
+        frame = PcmFrame(samples, 0.0)
+        assert level_dbfs(frame) == pytest.approx(rms_dbfs(samples), abs=0.01)
