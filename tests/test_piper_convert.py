@@ -184,7 +184,8 @@ def test_the_engine_makes_the_int8_voice_at_its_first_start_and_can_opt_out(
     folder = piper_convert.cache_dir(models)
     dirs = json.dumps([str(models)])
 
-    engine = EngineProcess(tmp_path / "one", CCENGINE_MODEL_DIRS=dirs).start()
+    quick = {"CCENGINE_PRELOAD_LANGUAGES": "[]"}  # the prompt voice is made all the same
+    engine = EngineProcess(tmp_path / "one", CCENGINE_MODEL_DIRS=dirs, **quick).start()
     engine.stop()
     log = engine.log.read_text()
     assert "prompt voice: storing its weights as int8" in log
@@ -193,7 +194,7 @@ def test_the_engine_makes_the_int8_voice_at_its_first_start_and_can_opt_out(
     assert (folder / MANIFEST).read_text() == (int8_voice.parent / MANIFEST).read_text()
 
     (folder / piper_convert.MODEL).write_bytes(b"junk")
-    engine = EngineProcess(tmp_path / "two", CCENGINE_MODEL_DIRS=dirs).start()
+    engine = EngineProcess(tmp_path / "two", CCENGINE_MODEL_DIRS=dirs, **quick).start()
     engine.stop()
     log = engine.log.read_text()
     assert "voice.onnx is corrupt" in log and "prompt voice: piper, int8 weights" in log
@@ -206,6 +207,7 @@ def test_the_engine_makes_the_int8_voice_at_its_first_start_and_can_opt_out(
         tmp_path / "three",
         CCENGINE_MODEL_DIRS=json.dumps([str(other)]),
         CCENGINE_PROMPT_VOICE_INT8="false",
+        **quick,
     ).start()
     engine.stop()
     assert "int8" not in engine.log.read_text()
