@@ -112,6 +112,15 @@ class AnalysisResampler:
         return frames
 
 
+def _lowpass(taps: int, factor: int) -> np.ndarray:
+    """A windowed-sinc low-pass at 48 kHz / ``factor`` / 2 (the narrow rate's Nyquist),
+    Kaiser window (beta 8: ~80 dB down past the transition band)."""
+    n = np.arange(taps) - (taps - 1) / 2
+    fc = 0.5 / factor  # as a fraction of 48 kHz
+    h: np.ndarray = 2 * fc * np.sinc(2 * fc * n) * np.kaiser(taps, 8.0)
+    return h
+
+
 class Decimator:
     """48 kHz to 48 kHz / ``factor`` (8 or 16 kHz), every output sample as soon as its
     input is in.
@@ -130,9 +139,7 @@ class Decimator:
     def __init__(self, factor: int, taps: int = TAPS) -> None:
         self.factor = factor
         self.taps = taps
-        n = np.arange(taps) - (taps - 1) / 2
-        fc = 0.5 / factor  # the output's Nyquist, as a fraction of 48 kHz
-        h = 2 * fc * np.sinc(2 * fc * n) * np.kaiser(taps, 8.0)
+        h = _lowpass(taps, factor)
         self._h = (h / h.sum()).astype(np.float32)
         self._history = np.zeros(taps - 1, np.float32)
         self._quiet = True  # the history is all zeros
@@ -167,10 +174,7 @@ class Interpolator:
 
     def __init__(self, factor: int) -> None:
         self.factor = factor
-        taps = self.TAPS_PER_PHASE * factor
-        n = np.arange(taps) - (taps - 1) / 2
-        fc = 0.5 / factor
-        h = 2 * fc * np.sinc(2 * fc * n) * np.kaiser(taps, 8.0)
+        h = _lowpass(self.TAPS_PER_PHASE * factor, factor)
         h *= factor / h.sum()  # zeros stuffed between samples: gain ``factor`` back
         # row k: the taps that make output sample i * factor + k, newest input first
         self._phases = h.reshape(self.TAPS_PER_PHASE, factor).T.astype(np.float32)
