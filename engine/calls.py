@@ -441,9 +441,7 @@ class CallManager:
         self, call: Call, *, queue: str | None, agent_id: str | None, reason: str
     ) -> None:
         """A caller who came through a call link goes straight to its agent or queue."""
-        call.escalation_reason = reason
-        await self._keep(f"call {call.id} escalation", self.store.update_call, call.id,
-                         escalation_reason=reason, escalated_at=utcnow())  # fmt: skip
+        await self._escalated(call, reason)
         if queue is not None and queue not in self.acd.queues:
             queue = None  # removed since the link was made: the default queue takes it
         try:
@@ -1022,15 +1020,8 @@ class CallManager:
         number = row.contact or row.caller
         call = await self.create_phone_call(peer, row.caller or number, codec, menu=False)
         await self.finish_callback(user, row.id)
-        call.escalation_reason = "callback the caller asked for"
         call.escalation.priority = max(call.escalation.priority, row.priority)
-        await self._keep(
-            f"call {call.id} escalation",
-            self.store.update_call,
-            call.id,
-            escalation_reason=call.escalation_reason,
-            escalated_at=utcnow(),
-        )
+        await self._escalated(call, "callback the caller asked for")
         await self._enqueue_for_person(call, None, queue=row.queue, agent=user.id)
         return call
 
@@ -1045,14 +1036,7 @@ class CallManager:
         if prompt:
             await self.say(call, prompt)
         if queue is not None or agent_id is not None:
-            call.escalation_reason = f"outbound call placed by {by}"
-            await self._keep(
-                f"call {call.id} escalation",
-                self.store.update_call,
-                call.id,
-                escalation_reason=call.escalation_reason,
-                escalated_at=utcnow(),
-            )
+            await self._escalated(call, f"outbound call placed by {by}")
             await self._enqueue_for_person(call, None, queue=queue, agent=agent_id)
         return call
 
@@ -1124,9 +1108,8 @@ class CallManager:
     async def ring_agent(self, call: Call, agent_id: str) -> None:
         """A caller who dialled an agent directly: offer the call to that agent only (it
         falls back to the queue if they do not answer)."""
-        call.escalation_reason = f"dialled {self._usernames.get(agent_id, 'an agent')} directly"
-        await self._keep(f"call {call.id} escalation", self.store.update_call, call.id,
-                         escalation_reason=call.escalation_reason)  # fmt: skip
+        who = self._usernames.get(agent_id, "an agent")
+        await self._escalated(call, f"dialled {who} directly", at=False)
         try:
             await self._enqueue_for_person(call, None, agent=agent_id)
         except AcdError:  # they signed out in the meantime: the queue takes the call
@@ -1542,6 +1525,15 @@ class CallManager:
 
     def _publish(self, event: EventBase) -> None:
         self.bus.publish(event)
+
+    async def _escalated(self, call: Call, reason: str, *, at: bool = True) -> None:
+        """Why ``call`` goes to a person, on the call and in its record (with the time,
+        unless ``at`` is False), kept like every write of a live call."""
+        call.escalation_reason = reason
+        values: dict[str, object] = {"escalation_reason": reason}
+        if at:
+            values["escalated_at"] = utcnow()
+        await self._keep(f"call {call.id} escalation", self.store.update_call, call.id, **values)
 
     async def _keep(
         self, what: str, write: Callable[..., Awaitable[object]], *args: object, **kw: object
