@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +78,30 @@ class DropRecord(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.prefix)
+
+
+Progress = Callable[[str], None]
+
+
+def made_and_checked(
+    make: Callable[[Progress | None], Path], what: str, progress: Progress | None = None
+) -> Path:
+    """The folder ``make`` prepares (converting only if it is missing), checked against
+    its manifest; removed and made once more when the check fails. Raises
+    ``ModelPrepareError``."""
+    for attempt in range(2):
+        path = make(progress)
+        try:
+            verify(path)
+            return path
+        except ModelPrepareError as exc:
+            if attempt:
+                raise
+            (progress or logging.getLogger(__name__).warning)(f"{what}: {exc}; converting it again")
+            shutil.rmtree(path, ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
+def to_stderr(line: str) -> None:
+    """Progress from a child process that makes a model: its stderr, at once."""
+    print(line, file=sys.stderr, flush=True)

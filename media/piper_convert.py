@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from importlib import metadata
@@ -46,7 +45,14 @@ from typing import Any
 
 import numpy as np
 
-from media.model_files import ModelPrepareError, is_prepared, publish, verify
+from media.model_files import (
+    ModelPrepareError,
+    is_prepared,
+    made_and_checked,
+    publish,
+    to_stderr,
+    verify,
+)
 
 __all__ = ["ModelPrepareError", "cache_dir", "ensure", "is_prepared", "source", "verify"]
 
@@ -114,26 +120,12 @@ def prepare(models_dir: str | Path, progress: Progress | None = None) -> Path:
 def ensure(models_dir: str | Path, progress: Progress | None = None) -> Path:
     """The int8 voice's folder, checked against its manifest; made again when missing
     or corrupt. Raises ``ModelPrepareError``."""
-    for attempt in range(2):
-        path = prepare(models_dir, progress)
-        try:
-            verify(path)
-            return path
-        except ModelPrepareError as exc:
-            if attempt:
-                raise
-            (progress or log.warning)(f"prompt voice: {exc}; converting it again")
-            shutil.rmtree(path, ignore_errors=True)
-    raise AssertionError("unreachable")
+    return made_and_checked(lambda say: prepare(models_dir, say), "prompt voice", progress)
 
 
 def ensure_printing(models_dir: str) -> str:
     """``ensure`` for a child process: progress goes to its stderr; the model's path."""
-
-    def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
-    return str(ensure(models_dir, say) / MODEL)
+    return str(ensure(models_dir, to_stderr) / MODEL)
 
 
 def convert(src: Path, out: Path) -> None:

@@ -40,7 +40,9 @@ from media.model_files import (
     DropRecord,
     ModelPrepareError,
     is_prepared,
+    made_and_checked,
     publish,
+    to_stderr,
     verify,
 )
 
@@ -119,28 +121,13 @@ def prepare(models_dir: str | Path, progress: Progress | None = None) -> Path:
 def ensure(target: str | Path, progress: Progress | None = None) -> Path:
     """The converted model at ``target`` (a ``cache_dir``), checked against its
     manifest; made again when missing or corrupt. Raises ``ModelPrepareError``."""
-    target = Path(target)
-    for attempt in range(2):
-        path = prepare(target.parent, progress)
-        try:
-            verify(path)
-            return path
-        except ModelPrepareError as exc:
-            if attempt:
-                raise
-            (progress or log.warning)(f"moonshine: {exc}; converting it again")
-            shutil.rmtree(path, ignore_errors=True)
-    raise AssertionError("unreachable")
+    parent = Path(target).parent
+    return made_and_checked(lambda say: prepare(parent, say), "moonshine", progress)
 
 
 def ensure_printing(target: str) -> str:
     """``ensure`` for a child process: progress goes to its stderr."""
-    import sys
-
-    def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
-    return str(ensure(target, say))
+    return str(ensure(target, to_stderr))
 
 
 def convert_part(ort_path: Path, out: Path, work: Path) -> None:
