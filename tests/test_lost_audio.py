@@ -118,6 +118,21 @@ class Stuck:
         return None
 
 
+async def stuck_pipeline(
+    pool: ThreadPoolExecutor, lost: list[tuple[LossReason, int]]
+) -> LegPipeline:
+    """A leg's pipeline, started, whose recognizer never answers; losses go to ``lost``."""
+
+    async def opener() -> Stuck:
+        return Stuck()
+
+    pipeline = LegPipeline(
+        "leg", opener, pool, lambda _ev: None, on_lost=lambda r, n: lost.append((r, n))
+    )
+    await pipeline.start()
+    return pipeline
+
+
 @pytest.fixture(scope="module")
 def turn(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return speech.piper_script(
@@ -131,16 +146,9 @@ async def test_speech_dropped_for_a_recognizer_behind_is_counted_at_once(turn: P
     ended, so a node dropping audio looked healthy while it did. Now each chunk is
     reported as it is dropped, with its frames."""
     lost: list[tuple[LossReason, int]] = []
-
-    async def opener() -> Stuck:
-        return Stuck()
-
     pcm, rate = read_wav_mono(str(turn))
     with ThreadPoolExecutor(1) as pool:
-        pipeline = LegPipeline(
-            "leg", opener, pool, lambda _ev: None, on_lost=lambda r, n: lost.append((r, n))
-        )
-        await pipeline.start()
+        pipeline = await stuck_pipeline(pool, lost)
         for _ in range(12):  # over 30 s of speech at once: more than the queue holds
             pipeline.push_pcm(pcm, rate, 1)
         assert lost and all(r == "recognizer" and 0 < n <= 5 for r, n in lost)
@@ -247,16 +255,9 @@ async def test_speech_left_for_a_recognizer_at_hang_up_is_counted(turn: Path) ->
     speech still queued for it was dropped without being counted. Now it is lost
     for the recognizer, frame by frame."""
     lost: list[tuple[LossReason, int]] = []
-
-    async def opener() -> Stuck:
-        return Stuck()
-
     pcm, rate = read_wav_mono(str(turn))
     with ThreadPoolExecutor(1) as pool:
-        pipeline = LegPipeline(
-            "leg", opener, pool, lambda _ev: None, on_lost=lambda r, n: lost.append((r, n))
-        )
-        await pipeline.start()
+        pipeline = await stuck_pipeline(pool, lost)
         pipeline.push_pcm(pcm, rate, 1)
         assert lost == []  # it all fits in the queue
         with pytest.raises(TimeoutError):
