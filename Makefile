@@ -39,7 +39,7 @@ typecheck: $(VENV)/.installed-test
 	$(VENV)/bin/mypy
 
 test: sysdeps $(VENV)/.installed-test lint typecheck
-	$(PY) -m pytest -q -ra --durations=15
+	$(PY) -m pytest -q -ra --durations=15 -n 2 --dist loadfile
 
 bench: sysdeps $(VENV)/.installed-test
 	$(PY) -m bench.endpointing

@@ -14,10 +14,13 @@ known) to the final, decode included; the engine's own ``asr_latency`` (from the
 frame its VAD called voiced) is the second column. A sentence is split when the
 script gave more finals than it has sentences. Endpointers in the same run:
   adaptive  the default: at a 200 ms pause the recognizer is asked what was said;
-            a complete sentence ends after SHORT ms of silence (FRAGMENT ms when it is
-            one or two words, often a lead-in before a comma), anything else after
-            INCOMPLETE ms; silence counts from the last frame that is voiced by
-            webrtcvad and by the level gate (media/vad.py VoicedGate);
+            a complete sentence ends after SHORT ms of silence (SURE ms when the
+            decoder is sure the sentence ends there, FRAGMENT ms when it is one or two
+            words, often a lead-in before a comma), anything else after INCOMPLETE
+            ms; silence counts from the last frame that is voiced by webrtcvad and by
+            the level gate (media/vad.py VoicedGate);
+  words     the same without the decoder's odds (every complete sentence waits
+            SHORT ms): what the odds buy;
   before    the same rule with the windows it had (260 / 400 / 400 ms) counted from
             webrtcvad's own last voiced frame, 100-250 ms after the sound ended (its
             overhang): the baseline;
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -101,7 +105,7 @@ HELDOUT_VOICES: list[Voice] = [
 TAIL_S = 1.0  # silence after a turn: its last sentence ends too
 # the endpointer as it was before the level gate: the baseline row
 BEFORE = VadSettings(
-    level_gate=False, pause_ms=100, short_end_ms=260, fragment_end_ms=400,
+    level_gate=False, pause_ms=100, short_end_ms=260, sure_end_ms=260, fragment_end_ms=400,
     incomplete_end_ms=400, end_window_ms=600, end_ratio=0.85,
 )  # fmt: skip
 
@@ -247,9 +251,11 @@ def endpointers(rows: str, changes: dict[str, int | float]) -> list[Endpointer]:
     if rows == "fixed":
         eps = [Endpointer("fixed (ratio rule alone)", False, new)]
     if rows == "all":
+        words_only = dataclasses.replace(new, sure_end_ms=new.short_end_ms)
         eps = [
             Endpointer("fixed (ratio rule alone)", False, new),
             Endpointer("before: adaptive, webrtcvad's voiced (baseline)", True, BEFORE),
+            Endpointer("adaptive, the words alone (no decoder odds)", True, words_only),
             *eps,
         ]
     return eps
@@ -276,7 +282,8 @@ async def run(parts: list[str], legs: int, eps: list[Endpointer]) -> None:
             for ep, _ in rows:
                 v = ep.vad
                 print(f"  {ep.name}: gate {v.level_gate}, pause {v.pause_ms} ms, complete "
-                      f"{v.short_end_ms} / fragment {v.fragment_end_ms} / incomplete "
+                      f"{v.short_end_ms} (sure {v.sure_end_ms} at odds >= "
+                      f"{v.sure_end_odds:g}) / fragment {v.fragment_end_ms} / incomplete "
                       f"{v.incomplete_end_ms} ms, ratio {v.end_ratio:g} over "
                       f"{v.end_window_ms} ms")  # fmt: skip
             print("| endpointer | sentences | finals | split | final after the end of the "
@@ -313,6 +320,7 @@ class Pause:
     gap_ms: float  # silence it lasted (inf: the sentence ended there)
     complete: bool  # what the recognizer made of the words before it
     words: int
+    end_odds: float | None  # how sure it was that the sentence ended there
 
 
 def pauses(turn: Turn, factory: MoonshineFactory, vad: VadSettings) -> list[Pause]:
@@ -334,8 +342,10 @@ def pauses(turn: Turn, factory: MoonshineFactory, vad: VadSettings) -> list[Paus
                 elif going is not None:
                     going.gap_ms += FRAME_MS
             elif isinstance(ev, PauseDetected):
-                said = rec.peek().text
-                going = Pause(vad.pause_ms, ends_sentence(said), len(said.split()))
+                said = rec.peek()
+                going = Pause(
+                    vad.pause_ms, ends_sentence(said.text), len(said.text.split()), said.end_odds
+                )
                 out.append(going)
             elif isinstance(ev, UtteranceEnded):
                 rec.finish()
@@ -347,7 +357,8 @@ def pauses(turn: Turn, factory: MoonshineFactory, vad: VadSettings) -> list[Paus
 
 def replay(parts: list[str], vad: VadSettings) -> None:
     """Splits and the silence waited at sentence ends, for complete windows from 220 to
-    460 ms (fragment and incomplete windows as set), from each pause replayed: no real
+    460 ms (the sure, fragment and incomplete windows as set), and for sure windows
+    from 220 to 380 ms (the complete window as set), from each pause replayed: no real
     time, no decode time (the bench proper adds it)."""
     factory = MoonshineFactory("en", str(ensure(cache_dir(ROOT / "models"), print)))
     factory.load()
@@ -357,19 +368,26 @@ def replay(parts: list[str], vad: VadSettings) -> None:
             found = [p for t in turns for p in pauses(t, factory, vad)]
             n = sum(len(t.script) for t in turns)
             print(f"\n{part}: pause {vad.pause_ms} ms, fragment {vad.fragment_end_ms} ms, "
-                  f"incomplete {vad.incomplete_end_ms} ms, replayed")  # fmt: skip
-            print("| complete window | split | silence waited at sentence ends p50 | p95 |")
-            print("|---|---|---|---|")
-            for short in range(220, 461, 40):
+                  f"incomplete {vad.incomplete_end_ms} ms, sure at odds >= "
+                  f"{vad.sure_end_odds:g}, replayed")  # fmt: skip
+            print("| complete window | sure window | split | silence waited at sentence "
+                  "ends p50 | p95 |")  # fmt: skip
+            print("|---|---|---|---|---|")
+            rows = [(short, vad.sure_end_ms) for short in range(220, 461, 40)]
+            rows += [(vad.short_end_ms, sure) for sure in range(220, 381, 40)]
+            for short, sure in rows:
 
-                def window(p: Pause, short: int = short) -> int:
+                def window(p: Pause, short: int = short, sure: int = sure) -> int:
                     if not p.complete:
                         return vad.incomplete_end_ms
-                    return vad.fragment_end_ms if p.words <= vad.fragment_words else short
+                    if p.words <= vad.fragment_words:
+                        return vad.fragment_end_ms
+                    odds = p.end_odds
+                    return sure if odds is not None and odds >= vad.sure_end_odds else short
 
                 split = sum(p.gap_ms >= window(p) for p in found if p.gap_ms != float("inf"))
                 waits = [float(window(p)) for p in found if p.gap_ms == float("inf")]
-                print(f"| {short} ms | {split} ({100 * split / n:.1f} %) | "
+                print(f"| {short} ms | {sure} ms | {split} ({100 * split / n:.1f} %) | "
                       f"{pct(waits, 50):.0f} ms | {pct(waits, 95):.0f} ms |")  # fmt: skip
 
 

@@ -258,7 +258,7 @@ class LegPipeline:
             said = await rec.peek()
             now = time.monotonic()
             hint = self._segmenter.hint(
-                item.pause, ends_sentence(said.text), len(said.text.split())
+                item.pause, ends_sentence(said.text), len(said.text.split()), said.end_odds
             )
             self._vad_events(hint, now)
 

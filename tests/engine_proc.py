@@ -38,11 +38,14 @@ def free_port() -> int:
     RTCP pairs from its media port), never handed out twice, and below the kernel's
     ephemeral range: a peer binds it a second or more later, and a port from that
     range may meanwhile become the source port of some outgoing connection (CI saw an
-    engine fail to start on exactly that).
+    engine fail to start on exactly that). Under pytest-xdist each worker process has
+    its own share of the range, so two workers never hand out the same port.
     """
     low, high = 20000, max(20100, _ephemeral_low())
+    worker, workers = _xdist_share()
     for _ in range(500):
-        port = random.randrange(low, high - 4, 4)
+        slot = random.randrange(0, (high - 4 - low) // (4 * workers))
+        port = low + 4 * (slot * workers + worker)
         if port in _handed_out:
             continue
         try:
@@ -55,6 +58,15 @@ def free_port() -> int:
         _handed_out.add(port)
         return port
     raise RuntimeError(f"no free port in {low}-{high}")
+
+
+def _xdist_share() -> tuple[int, int]:
+    """(this worker's number, how many workers): (0, 1) outside pytest-xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if name.startswith("gw") and name[2:].isdigit() and count.isdigit() and int(count) > 0:
+        return int(name[2:]) % int(count), int(count)
+    return 0, 1
 
 
 _template: tuple[Path, str] | None = None

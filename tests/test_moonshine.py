@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 
 from engine.cli import main
-from media.asr.moonshine_backend import MoonshineModel, MoonshineRecognizer, estimate_word_times
+from media.asr import moonshine_backend
+from media.asr.moonshine_backend import (
+    Decoded,
+    MoonshineModel,
+    MoonshineRecognizer,
+    estimate_word_times,
+)
 from media.asr.moonshine_convert import MANIFEST, ModelPrepareError, ensure, verify
 from media.audio import AnalysisResampler
+from media.vad import VadSettings
 from media.wavtrack import read_wav_mono
 from tests import speech
 
@@ -96,8 +103,8 @@ def test_peek_then_finish_decodes_once(recorded: list[tuple[str, bytes, bytes]])
     rec.accept(wide)
     decodes = []
     model = rec._model
-    original = model.transcribe
-    model.transcribe = lambda audio: decodes.append(1) or original(audio)  # type: ignore[method-assign]
+    original = model.decode
+    model.decode = lambda audio: decodes.append(1) or original(audio)  # type: ignore[method-assign]
     try:
         peeked = rec.peek()
         assert rec.finish() == peeked and len(decodes) == 1
@@ -107,8 +114,36 @@ def test_peek_then_finish_decodes_once(recorded: list[tuple[str, bytes, bytes]])
         rec.finish()
         assert len(decodes) == 3
     finally:
-        del model.transcribe
+        del model.decode
     assert speech.wer(text, peeked.text) <= 0.2
+
+
+def test_end_odds_say_whether_the_sentence_ends_there(
+    recorded: list[tuple[str, bytes, bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the endpointer asks at a 200 ms pause: nearly every whole sentence is sure
+    to end (odds >= sure_end_odds: a list of digits read out with commas may not be);
+    the lead-in before a comma ("Hi,") is not; a decode that the token bound cut off
+    cannot say."""
+    model = speech.english().load()
+    sure = VadSettings().sure_end_odds
+    unsure = []
+    for text, wide, _ in recorded:
+        pcm = np.frombuffer(wide, np.int16)
+        spans = speech.sentence_spans(pcm, 16000, gap_s=0.15)
+        said = model.decode(pcm[: int((spans[-1][1] + 0.2) * 16000)].astype(np.float32) / 32768)
+        assert said.end_odds is not None, (text, said)
+        if said.end_odds < sure:
+            unsure.append(said)
+    assert len(unsure) <= 2, unsure
+    text, wide, _ = recorded[0]
+    assert text.startswith("Hi, ")
+    pcm = np.frombuffer(wide, np.int16)
+    lead_in = speech.sentence_spans(pcm, 16000, gap_s=0.15)[0]
+    said = model.decode(pcm[: int((lead_in[1] + 0.2) * 16000)].astype(np.float32) / 32768)
+    assert said.text == "Hi," and said.end_odds is not None and said.end_odds < sure
+    monkeypatch.setattr(moonshine_backend, "TOKENS_PER_SECOND", 1.0)  # 6 tokens in 2.9 s
+    assert model.decode(pcm.astype(np.float32) / 32768).end_odds is None
 
 
 def test_dense_speech_near_eight_seconds_is_not_lost(tmp_path: Path) -> None:
@@ -129,9 +164,9 @@ def test_a_long_piece_the_model_gives_up_on_is_decoded_again_in_halves() -> None
     model = speech.english().load()
     seen: list[float] = []
 
-    def gives_up_past_five_seconds(audio: np.ndarray) -> str:
+    def gives_up_past_five_seconds(audio: np.ndarray) -> Decoded:
         seen.append(len(audio) / 16000)
-        return "" if len(audio) > 5 * 16000 else f"{len(audio) // 16000} s"
+        return Decoded("" if len(audio) > 5 * 16000 else f"{len(audio) // 16000} s")
 
     model._transcribe = gives_up_past_five_seconds  # type: ignore[method-assign]
     try:

@@ -52,8 +52,9 @@ async def finals_of(wav: Path, punctuated: bool) -> list[TranscriptFinal]:
 
 async def test_a_complete_sentence_ends_sooner(turn: Path) -> None:
     """At a pause the recognizer is asked what was said: a complete sentence ends after
-    380 ms of silence (440 if it reads as incomplete), not the ratio rule's 450-580 ms,
-    and is not split at its comma."""
+    280-380 ms of silence (by how sure the recognizer is that it ends there; 440 if it
+    reads as incomplete), not the ratio rule's 450-580 ms, and is not split at its
+    comma."""
     fixed = await finals_of(turn, punctuated=False)
     adaptive = await finals_of(turn, punctuated=True)
     assert len(fixed) == len(adaptive) == 2, [f.text for f in adaptive]

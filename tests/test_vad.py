@@ -5,6 +5,7 @@ import pytest
 
 from media.audio import FRAME_SAMPLES, AnalysisResampler, PcmFrame, rms_dbfs
 from media.vad import (
+    PauseDetected,
     SpeechFrame,
     SpeechSegmenter,
     UtteranceEnded,
@@ -111,3 +112,40 @@ def test_frame_level_is_rms_dbfs() -> None:
         samples = np.clip(rng.normal(0, scale, FRAME_SAMPLES), -32768, 32767).astype(np.int16)
         frame = PcmFrame(samples, 0.0)
         assert level_dbfs(frame) == pytest.approx(rms_dbfs(samples), abs=0.01)
+
+
+def silence_waited(pcm: np.ndarray, rate: int, end_odds: float | None) -> list[float]:
+    """Each utterance's silence before it ended, when at every pause the recognizer
+    reads a complete sentence of five words with ``end_odds``."""
+    seg = SpeechSegmenter(VadSettings())
+    waited, last = [], 0.0
+    for frame in AnalysisResampler().push(pcm, rate):
+        events = seg.push(frame)
+        for ev in events:
+            if isinstance(ev, PauseDetected):
+                events += seg.hint(ev, complete=True, words=5, end_odds=end_odds)
+        for ev in events:
+            if isinstance(ev, SpeechFrame) and ev.voiced:
+                last = ev.frame.end
+            elif isinstance(ev, UtteranceEnded):
+                waited.append(ev.end - last)
+    return waited
+
+
+def test_a_sentence_the_recognizer_is_sure_of_ends_sooner(two_sentences: Path) -> None:
+    """A complete sentence ends after short_end_ms of silence; after sure_end_ms when the
+    recognizer's odds that it ends there reach sure_end_odds (a recognizer that cannot
+    tell, None, gets the longer window)."""
+    pcm, rate = read_wav_mono(str(two_sentences))
+    pcm = np.concatenate([pcm, np.zeros(rate, np.int16)])
+    st = VadSettings()
+    assert st.sure_end_ms < st.short_end_ms
+    for odds, window in [
+        (None, st.short_end_ms),
+        (st.sure_end_odds - 0.1, st.short_end_ms),
+        (st.sure_end_odds, st.sure_end_ms),
+        (8.0, st.sure_end_ms),
+    ]:
+        waited = silence_waited(pcm, rate, odds)
+        assert len(waited) == 2, odds
+        assert all(w == pytest.approx(window / 1000, abs=0.001) for w in waited), (odds, waited)

@@ -28,6 +28,9 @@ class Word:
 class AsrResult:
     text: str
     words: list[Word] = field(default_factory=list)
+    # log odds that a sentence ends where the text stops, from a recognizer that can
+    # tell (Moonshine's decoder, see moonshine_backend.Decoded); None: it cannot
+    end_odds: float | None = None
 
 
 # text that ends like this is a complete sentence (the endpointer asks at a pause)

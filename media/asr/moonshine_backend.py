@@ -16,8 +16,10 @@ Its text has capitals, punctuation and digits ("My order number is 83016.").
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,6 +42,15 @@ MIN_PIECE_S = 3.0
 RETRY_OVER_S = 4.0
 _SPACE = "\u2581"  # sentencepiece's word marker
 _WORD_FRAME = ANALYSIS_RATE // 100  # 10 ms frames for the voicing estimate
+
+
+class Decoded(NamedTuple):
+    text: str
+    # how sure the decoder is that a sentence ends where its text stops, as log odds:
+    # the smaller of P(. ? !) against P(,) where it wrote the last token, and P(end)
+    # against P(more) after it. The decoder hears the intonation: a clause said before
+    # a comma ("I see it now, thanks.") reads complete but scores low here
+    end_odds: float | None = None
 
 
 def load_tokens(path: Path) -> list[bytes]:
@@ -82,32 +93,39 @@ class MoonshineModel:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelPrepareError(f"cannot load the Moonshine model in {path}: {exc}") from exc
         self._tokens = load_tokens(path / TOKENIZER)
+        self._stops = np.array(
+            [i for i, t in enumerate(self._tokens) if t.rstrip().endswith((b".", b"?", b"!"))]
+        )
+        self._commas = np.array([i for i, t in enumerate(self._tokens) if b"," in t])
         self._past = [i.name for i in self._decoder.get_inputs() if i.name.startswith("past_")]
         self._outputs = [o.name for o in self._decoder.get_outputs()]
 
     def transcribe(self, audio: np.ndarray) -> str:
         """16 kHz float32 mono in [-1, 1] -> text, in pieces of at most MAX_PIECE_S."""
-        texts = []
+        return self.decode(audio).text
+
+    def decode(self, audio: np.ndarray) -> Decoded:
+        """``transcribe``, with the end odds of its last piece."""
+        pieces = []
         while len(audio) > MAX_PIECE_S * ANALYSIS_RATE:
             cut = quietest(audio, MIN_PIECE_S, MAX_PIECE_S)
-            texts.append(self._piece(audio[:cut]))
+            pieces.append(self._piece(audio[:cut]))
             audio = audio[cut:]
-        texts.append(self._piece(audio))
-        return " ".join(t for t in texts if t)
+        pieces.append(self._piece(audio))
+        return Decoded(" ".join(p.text for p in pieces if p.text), pieces[-1].end_odds)
 
-    def _piece(self, audio: np.ndarray) -> str:
-        text = self._transcribe(audio)
+    def _piece(self, audio: np.ndarray) -> Decoded:
+        decoded = self._transcribe(audio)
         seconds = len(audio) / ANALYSIS_RATE
-        if text or seconds <= RETRY_OVER_S:
-            return text
+        if decoded.text or seconds <= RETRY_OVER_S:
+            return decoded
         # the model gave up on it (see MAX_PIECE_S): once more, in halves (a silent piece
         # costs two more encoder runs, rarely: the endpointer ends utterances on silence)
         cut = quietest(audio, seconds / 4, 3 * seconds / 4)
-        return " ".join(
-            t for t in (self._transcribe(audio[:cut]), self._transcribe(audio[cut:])) if t
-        )
+        halves = (self._transcribe(audio[:cut]), self._transcribe(audio[cut:]))
+        return Decoded(" ".join(h.text for h in halves if h.text), halves[1].end_odds)
 
-    def _transcribe(self, audio: np.ndarray) -> str:
+    def _transcribe(self, audio: np.ndarray) -> Decoded:
         """One piece, greedy search."""
         if len(audio) < MIN_SAMPLES:
             audio = np.pad(audio, (0, MIN_SAMPLES - len(audio)))
@@ -120,9 +138,13 @@ class MoonshineModel:
         for name in self._past:
             feeds[name] = np.zeros((1, 8, 0, 52), np.float32)
         ids: list[int] = []
+        # the logits of the last two steps: the last token written, and the end
+        before: np.ndarray | None = None
+        last: np.ndarray | None = None
         for step in range(int(len(audio) / ANALYSIS_RATE * TOKENS_PER_SECOND) + 4):
             out = dict(zip(self._outputs, self._decoder.run(None, feeds), strict=True))
-            token = int(out["logits"][0, -1].argmax())
+            before, last = last, out["logits"][0, -1]
+            token = int(last.argmax())
             if token == END_TOKEN:
                 break
             ids.append(token)
@@ -132,11 +154,31 @@ class MoonshineModel:
                 # the encoder's keys and values are made on the first step only
                 if step == 0 or ".decoder." in name:
                     feeds[name] = out[name.replace("past_key_values", "present")]
-        return self.detokenize(ids)
+        text = self.detokenize(ids)
+        if before is None or last is None or int(last.argmax()) != END_TOKEN:
+            return Decoded(text)  # nothing, or cut off by the token bound
+        return Decoded(text, self._end_odds(before, last))
+
+    def _end_odds(self, wrote: np.ndarray, ended: np.ndarray) -> float:
+        """See ``Decoded.end_odds``: two softmaxes, once per decode."""
+        p = _softmax(wrote)
+        stop = float(p[self._stops].sum()) if len(self._stops) else 0.0
+        comma = float(p[self._commas].sum()) if len(self._commas) else 0.0
+        p_end = float(_softmax(ended)[END_TOKEN])
+        tiny = 1e-9
+        return min(
+            math.log((stop + tiny) / (comma + tiny)), math.log((p_end + tiny) / (1 - p_end + tiny))
+        )
 
     def detokenize(self, ids: list[int]) -> str:
         raw = b"".join(self._tokens[i] for i in ids if FIRST_TEXT_TOKEN <= i < len(self._tokens))
         return raw.decode("utf-8", "replace").replace(_SPACE, " ").strip()
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    e = np.exp(x - x.max())
+    return e / e.sum()
 
 
 def quietest(audio: np.ndarray, lo: float, hi: float) -> int:
@@ -197,8 +239,8 @@ class MoonshineRecognizer(Recognizer):
         pcm = self._audio()
         if len(pcm) == 0:
             return AsrResult("")
-        text = self._model.transcribe(pcm.astype(np.float32) / 32768.0)
-        return AsrResult(text, estimate_word_times(text, pcm))
+        text, odds = self._model.decode(pcm.astype(np.float32) / 32768.0)
+        return AsrResult(text, estimate_word_times(text, pcm), end_odds=odds)
 
     def accept(self, pcm: bytes) -> str | None:
         self._chunks.append(np.frombuffer(pcm, dtype="<i2"))
