@@ -39,7 +39,8 @@ typecheck: $(VENV)/.installed-test
 	$(VENV)/bin/mypy
 
 test: sysdeps $(VENV)/.installed-test lint typecheck
-	$(PY) -m pytest -q -ra --durations=15 -n 2 --dist loadfile
+	$(PY) -m pytest -q -ra --durations=15 -n 2 --dist loadfile -m 'not serial'
+	$(PY) -m pytest -q -ra -m serial
 
 bench: sysdeps $(VENV)/.installed-test
 	$(PY) -m bench.endpointing

@@ -847,17 +847,23 @@ class Soak:
     minutes: float
     idle_mb: float
     samples: list[tuple[float, float]]  # (s since the callers started, PSS MB)
+    # (s, MB) at the same moments: what the engine's bounded caches held
+    # (ccengine_bounded_cache_bytes: the prompt cache, the ring of recent events), which
+    # fill up to their bound during a soak and then stay: growth, but not a leak
+    bounded: list[tuple[float, float]]
     calls: int
     failed: int
     dropped: float
     latencies: list[float]
     rejected: float
 
-    def slope_mb_per_min(self) -> float:
-        """Least-squares trend of PSS after the warm-up (all samples if too few)."""
-        points = [(t, m) for t, m in self.samples if t >= SOAK_WARMUP_S]
+    def slope_mb_per_min(self, samples: list[tuple[float, float]] | None = None) -> float:
+        """Least-squares trend of PSS (or ``samples``) after the warm-up (all samples
+        if too few)."""
+        samples = self.samples if samples is None else samples
+        points = [(t, m) for t, m in samples if t >= SOAK_WARMUP_S]
         if len(points) < 3:
-            points = self.samples
+            points = samples
         if len(points) < 2:
             return 0.0
         mean_t = sum(t for t, _ in points) / len(points)
@@ -866,10 +872,18 @@ class Soak:
         cov = sum((t - mean_t) * (m - mean_m) for t, m in points)
         return cov / var * 60.0 if var else 0.0
 
+    def unbounded(self) -> list[tuple[float, float]]:
+        """PSS less what the bounded caches held at each sample."""
+        held = dict(self.bounded)
+        return [(t, m - held.get(t, 0.0)) for t, m in self.samples]
+
     def report(self) -> str:
         mbs = [m for _, m in self.samples]
         slope = self.slope_mb_per_min()
         flat = abs(slope) * 30 <= FLAT_MB_PER_30_MIN
+        caches = self.slope_mb_per_min(self.bounded)
+        rest = self.slope_mb_per_min(self.unbounded())
+        rest_flat = abs(rest) * 30 <= FLAT_MB_PER_30_MIN
         limit = GOAL_BASE_MB + GOAL_PER_CALL_MB * self.n
         lines = [
             f"soak: moonshine, {self.n} SIPp callers calling again and again for "
@@ -885,7 +899,13 @@ class Soak:
             f"{'<=' if flat else '>'} {FLAT_MB_PER_30_MIN:.0f} MB) | "
             f"{'yes' if max(mbs) <= limit else 'NO'} |",
             "",
+            f"of the slope, the bounded caches (prompts, recent events; "
+            f"{self.bounded[-1][1] if self.bounded else 0.0:.1f} MB at the end): "
+            f"{caches:+.2f} MB / min; the rest: {rest:+.2f} MB / min, "
+            f"{'flat' if rest_flat else 'NOT flat'} by the same rule",
+            "",
             "samples (s, MB): " + ", ".join(f"{t:.0f} {m:.0f}" for t, m in self.samples),
+            "bounded caches (s, MB): " + ", ".join(f"{t:.0f} {m:.1f}" for t, m in self.bounded),
         ]
         return "\n".join(lines)
 
@@ -897,9 +917,17 @@ async def soak(n: int, minutes: float, talk: Talk, work: Path) -> Soak:
     span = minutes * 60.0
     calls = math.ceil(span / length) + 1  # each caller's, bounded: enough for the span
     samples: list[tuple[float, float]] = []
+    bounded: list[tuple[float, float]] = []
     try:
         assert engine.proc is not None
         tree = EngineTree(engine.proc.pid)
+
+        async def take(elapsed: float) -> None:
+            samples.append((elapsed, await asyncio.to_thread(tree.pss_mb)))
+            now = await metrics(engine)
+            held = sum(v for (name, _), v in now.items() if name == "ccengine_bounded_cache_bytes")
+            bounded.append((elapsed, held / 2**20))  # MiB, as the PSS
+
         await asyncio.sleep(IDLE_SETTLE_S)
         idle_mb = await asyncio.to_thread(tree.pss_mb)
         tap = FinalsTap(engine)
@@ -912,10 +940,11 @@ async def soak(n: int, minutes: float, talk: Talk, work: Path) -> Soak:
         start = time.monotonic()
         try:
             while (elapsed := time.monotonic() - start) < span:
-                samples.append((elapsed, await asyncio.to_thread(tree.pss_mb)))
-                print(f"  {elapsed:5.0f} s: {samples[-1][1]:.0f} MB", flush=True)
+                await take(elapsed)
+                print(f"  {elapsed:5.0f} s: {samples[-1][1]:.0f} MB (bounded caches "
+                      f"{bounded[-1][1]:.1f})", flush=True)  # fmt: skip
                 await asyncio.sleep(min(SOAK_SAMPLE_S, span - elapsed))
-            samples.append((time.monotonic() - start, await asyncio.to_thread(tree.pss_mb)))
+            await take(time.monotonic() - start)
         finally:
             await asyncio.gather(*(soft_exit(child, length + 30.0) for child, _ in started))
             outputs = [await output for _, output in started]
@@ -929,6 +958,7 @@ async def soak(n: int, minutes: float, talk: Talk, work: Path) -> Soak:
         minutes=minutes,
         idle_mb=idle_mb,
         samples=samples,
+        bounded=bounded,
         calls=round(sum(grew(after, before, "ccengine_calls_total").values())),
         failed=sum(_screen(out, "Failed call") for out in outputs),
         dropped=sum(grew(after, before, "ccengine_asr_dropped_chunks_total").values()),

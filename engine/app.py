@@ -77,6 +77,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     event_log.earlier_writes = calls.spool.drained
     metrics.storage_waiting.labels("call").set_function(lambda: calls.spool.pending)
     metrics.storage_waiting.labels("event").set_function(lambda: event_log.pending)
+    metrics.bounded_bytes.labels("prompt").set_function(
+        lambda: calls.speaker.cached_bytes if calls.speaker is not None else 0
+    )
+    metrics.bounded_bytes.labels("event_ring").set_function(lambda: bus.ring_bytes)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -381,6 +381,11 @@ class EventBus:
         # stored; None: subscribers get events at once (nothing durable to wait for).
         self.store_first: Callable[[EventBase], None] | None = None
 
+    @property
+    def ring_bytes(self) -> int:
+        """The JSON held in the ring of recent events (its length bounds it)."""
+        return sum(len(e.body) for e in self._ring)
+
     def continue_from(self, first_id: int) -> None:
         """Number the next event ``first_id`` (ids from a durable log's reservation)."""
         if first_id <= self.last_id:

@@ -112,6 +112,15 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        # bounded caches fill to their bound and stay: what a soak's memory curve
+        # includes that is not a leak (bench/capacity.py subtracts it)
+        self.bounded_bytes = Gauge(
+            "ccengine_bounded_cache_bytes",
+            "Bytes held by caches with a fixed bound: prompt (synthesised prompts, "
+            "16 MiB at most) or event_ring (recent events kept for resuming streams)",
+            ["cache"],
+            registry=r,
+        )
         self.recognition_backlog = Gauge(
             "ccengine_recognition_backlog_seconds",
             "Seconds of audio the most delayed caller has waiting for analysis",

@@ -369,6 +369,7 @@ async def test_stop_is_bounded_fails_what_waits_and_leaves_no_process(
         await pool.open("b", english)
 
 
+@pytest.mark.serial
 async def test_the_event_loop_keeps_time_while_workers_decode(
     utterances: dict[str, bytes], english: ModelChoice
 ) -> None:
@@ -444,6 +445,7 @@ async def test_lanes_of_one_process_share_the_model_and_decode_side_by_side(
     assert gone(pid)
 
 
+@pytest.mark.serial
 async def test_lanes_decode_in_parallel(
     utterances: dict[str, bytes], moonshine: ModelChoice
 ) -> None:

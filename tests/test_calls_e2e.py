@@ -117,6 +117,14 @@ async def test_calm_and_angry_callers(engine: EngineProcess, voices: dict[str, P
         ln for ln in metrics.splitlines() if ln.startswith("ccengine_frames_processed_total")
     )
     assert float(frames.split()[-1]) > 2 * 50 * 10  # two calls, 10+ s each, 50 frames/s
+    # what the bounded caches hold (a soak's memory curve subtracts it): the greeting
+    # both callers heard, and the calls' events
+    held = {
+        ln.split('"')[1]: float(ln.split()[-1])
+        for ln in metrics.splitlines()
+        if ln.startswith("ccengine_bounded_cache_bytes{")
+    }
+    assert held["prompt"] > 16000 and held["event_ring"] > 1000, held
 
 
 async def test_hangup_from_the_api(engine: EngineProcess, voices: dict[str, Path]) -> None:

@@ -50,6 +50,7 @@ async def finals_of(wav: Path, punctuated: bool) -> list[TranscriptFinal]:
     return [e for e in events if isinstance(e, TranscriptFinal)]
 
 
+@pytest.mark.serial
 async def test_a_complete_sentence_ends_sooner(turn: Path) -> None:
     """At a pause the recognizer is asked what was said: a complete sentence ends after
     280-380 ms of silence (by how sure the recognizer is that it ends there; 440 if it
