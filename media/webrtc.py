@@ -204,7 +204,7 @@ def _decode_audio_inline(pc: RTCPeerConnection) -> None:
         receiver = transceiver.receiver
         name = "_RTCRtpReceiver__decoder_queue"
         started = getattr(receiver, "_RTCRtpReceiver__started", True)
-        track = receiver._track
+        track = getattr(receiver, "_track", None)
         if transceiver.kind == "audio" and hasattr(receiver, name) and track and not started:
             setattr(receiver, name, InlineAudioDecoder(track._queue))
 
