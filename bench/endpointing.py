@@ -376,14 +376,10 @@ def replay(parts: list[str], vad: VadSettings) -> None:
             rows = [(short, vad.sure_end_ms) for short in range(220, 461, 40)]
             rows += [(vad.short_end_ms, sure) for sure in range(220, 381, 40)]
             for short, sure in rows:
+                windows = dataclasses.replace(vad, short_end_ms=short, sure_end_ms=sure)
 
-                def window(p: Pause, short: int = short, sure: int = sure) -> int:
-                    if not p.complete:
-                        return vad.incomplete_end_ms
-                    if p.words <= vad.fragment_words:
-                        return vad.fragment_end_ms
-                    odds = p.end_odds
-                    return sure if odds is not None and odds >= vad.sure_end_odds else short
+                def window(p: Pause, windows: VadSettings = windows) -> int:
+                    return windows.end_after(p.complete, p.words, p.end_odds)
 
                 split = sum(p.gap_ms >= window(p) for p in found if p.gap_ms != float("inf"))
                 waits = [float(window(p)) for p in found if p.gap_ms == float("inf")]

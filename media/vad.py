@@ -134,6 +134,17 @@ class VadSettings:
     speech_margin_db: float = 20.0
     floor_margin_db: float = 6.0
 
+    def end_after(self, complete: bool, words: int, end_odds: float | None) -> int:
+        """The silence, in ms, that ends an utterance after what the recognizer read at
+        a pause (see SpeechSegmenter.hint)."""
+        if not complete:
+            return self.incomplete_end_ms
+        if words <= self.fragment_words:
+            return self.fragment_end_ms
+        if end_odds is not None and end_odds >= self.sure_end_odds:
+            return self.sure_end_ms
+        return self.short_end_ms
+
     def __post_init__(self) -> None:
         if not 0 <= self.aggressiveness <= 3:
             raise ValueError("VAD aggressiveness must be 0..3")
@@ -236,15 +247,7 @@ class SpeechSegmenter:
         voiced frame) or the utterance has ended."""
         if not self._in_speech or self._quiet == 0 or pause.at != self._pause_at:
             return []
-        st = self.settings
-        if not complete:
-            self._complete_after = st.incomplete_end_ms
-        elif words <= st.fragment_words:
-            self._complete_after = st.fragment_end_ms
-        elif end_odds is not None and end_odds >= st.sure_end_odds:
-            self._complete_after = st.sure_end_ms
-        else:
-            self._complete_after = st.short_end_ms
+        self._complete_after = self.settings.end_after(complete, words, end_odds)
         return [self._end(self._last_end, cut=False)] if self._short_end() else []
 
     def flush(self, now: float) -> list[VadEvent]:
