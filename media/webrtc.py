@@ -91,8 +91,7 @@ class WebRtcLeg:
         summary = parse_offer(sdp)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-            _shorten_jitter_buffers(self.pc)
-            _decode_audio_inline(self.pc)
+            _tune_audio_receivers(self.pc)
             # added after the offer, so they ride the peer's own m-lines
             self.pc.addTrack(self.outbound)
             if video and any(m.direction in ("sendrecv", "recvonly") for m in summary.video):
@@ -146,15 +145,6 @@ class WebRtcLeg:
 AUDIO_PREFETCH = 1
 
 
-def _shorten_jitter_buffers(pc: RTCPeerConnection) -> None:
-    for transceiver in pc.getTransceivers():
-        receiver = transceiver.receiver
-        name = "_RTCRtpReceiver__jitter_buffer"
-        buffer = getattr(receiver, name, None)
-        if transceiver.kind == "audio" and isinstance(buffer, JitterBuffer):
-            setattr(receiver, name, JitterBuffer(capacity=buffer.capacity, prefetch=AUDIO_PREFETCH))
-
-
 class InlineAudioDecoder:
     """Stands in for an audio receiver's decoder queue, so its packets are decoded as
     they come, on the event loop, straight into the track's queue.
@@ -198,14 +188,23 @@ class InlineAudioDecoder:
         self._stopped.wait()
 
 
-def _decode_audio_inline(pc: RTCPeerConnection) -> None:
-    """Before the receivers start (they start once DTLS is up): see InlineAudioDecoder."""
+def _tune_audio_receivers(pc: RTCPeerConnection) -> None:
+    """Before the receivers start (they start once DTLS is up), in each audio receiver:
+    a jitter buffer of AUDIO_PREFETCH packets, and packets decoded on the loop (see
+    InlineAudioDecoder). Both are aiortc's private attributes: where one is not there,
+    aiortc's own stays."""
     for transceiver in pc.getTransceivers():
+        if transceiver.kind != "audio":
+            continue
         receiver = transceiver.receiver
+        name = "_RTCRtpReceiver__jitter_buffer"
+        buffer = getattr(receiver, name, None)
+        if isinstance(buffer, JitterBuffer):
+            setattr(receiver, name, JitterBuffer(capacity=buffer.capacity, prefetch=AUDIO_PREFETCH))
         name = "_RTCRtpReceiver__decoder_queue"
         started = getattr(receiver, "_RTCRtpReceiver__started", True)
         track = getattr(receiver, "_track", None)
-        if transceiver.kind == "audio" and hasattr(receiver, name) and track and not started:
+        if hasattr(receiver, name) and track and not started:
             setattr(receiver, name, InlineAudioDecoder(track._queue))
 
 
