@@ -98,14 +98,18 @@ def test_browser_call_shows_live_words(
     expect(caller.get_by_test_id("state")).to_have_text("active", timeout=20_000)
     expect(caller.get_by_test_id("notice")).to_contain_text("moonshine")
     # the caller's own captions, from the event stream
-    expect(caller.get_by_test_id("captions")).to_contain_text("order", timeout=30_000)
+    expect(caller.get_by_test_id("captions")).to_contain_text(
+        "order", timeout=30_000, ignore_case=True
+    )
     call_id = caller.evaluate("window.ccengineCallId")
 
     live = context.new_page()
     live.goto(f"{engine.url}/calls/{call_id}")
     expect(live.get_by_test_id("state")).to_contain_text("active")
     # new words arrive live (the fake microphone loops the script)
-    expect(live.get_by_test_id("transcript")).to_contain_text("morning", timeout=40_000)
+    expect(live.get_by_test_id("transcript")).to_contain_text(
+        "morning", timeout=40_000, ignore_case=True
+    )
     expect(live.locator("[data-testid=call-emotion]")).to_have_count(1, timeout=20_000)
     expect(live.get_by_test_id("timeline")).not_to_be_empty()
     # agent assist: what the caller wants, and the article that answers it
@@ -305,7 +309,9 @@ def test_phone_caller_reaches_an_agent_in_the_browser(tmp_path: Path, output_dir
                 transcript = agent.get_by_test_id("transcript")
                 expect(transcript.locator(".line.final.agent").first).to_be_visible(timeout=40_000)
                 expect(transcript.locator(".line.final.agent")).to_contain_text(
-                    ["customer care"], timeout=30_000
+                    ["customer care"],
+                    timeout=30_000,
+                    ignore_case=True,  # Moonshine may write "Customer Care"
                 )
                 agent.screenshot(path=str(output_dir / "agent-phone-call.png"), full_page=True)
                 # long enough bridged for Ben to say both sentences (pauses included)
