@@ -355,10 +355,14 @@ def pauses(turn: Turn, factory: MoonshineFactory, vad: VadSettings) -> list[Paus
     return out
 
 
+SURE_ODDS = (1.0, 1.5, 1.8, 2.0, 2.2, 2.6, 3.0)  # log odds: 2.7, 4.5, 6, 7.4, 9, 13.5, 20 to 1
+
+
 def replay(parts: list[str], vad: VadSettings) -> None:
     """Splits and the silence waited at sentence ends, for complete windows from 220 to
-    460 ms (the sure, fragment and incomplete windows as set), and for sure windows
-    from 220 to 380 ms (the complete window as set), from each pause replayed: no real
+    460 ms (the sure, fragment and incomplete windows as set), for sure windows from 220
+    to 380 ms (the complete window as set), and for the odds that make an end sure
+    (``SURE_ODDS``, the windows as set), from each pause replayed: no real
     time, no decode time (the bench proper adds it)."""
     factory = MoonshineFactory("en", str(ensure(cache_dir(ROOT / "models"), print)))
     factory.load()
@@ -370,21 +374,26 @@ def replay(parts: list[str], vad: VadSettings) -> None:
             print(f"\n{part}: pause {vad.pause_ms} ms, fragment {vad.fragment_end_ms} ms, "
                   f"incomplete {vad.incomplete_end_ms} ms, sure at odds >= "
                   f"{vad.sure_end_odds:g}, replayed")  # fmt: skip
-            print("| complete window | sure window | split | silence waited at sentence "
-                  "ends p50 | p95 |")  # fmt: skip
-            print("|---|---|---|---|---|")
-            rows = [(short, vad.sure_end_ms) for short in range(220, 461, 40)]
-            rows += [(vad.short_end_ms, sure) for sure in range(220, 381, 40)]
-            for short, sure in rows:
-                windows = dataclasses.replace(vad, short_end_ms=short, sure_end_ms=sure)
+            print("| complete window | sure window | sure at odds >= | split | silence waited "
+                  "at sentence ends p50 | p95 | sentence ends sure |")  # fmt: skip
+            print("|---|---|---|---|---|---|---|")
+            rows = [(short, vad.sure_end_ms, vad.sure_end_odds) for short in range(220, 461, 40)]
+            rows += [(vad.short_end_ms, sure, vad.sure_end_odds) for sure in range(220, 381, 40)]
+            rows += [(vad.short_end_ms, vad.sure_end_ms, odds) for odds in SURE_ODDS]
+            for short, sure, odds in rows:
+                windows = dataclasses.replace(
+                    vad, short_end_ms=short, sure_end_ms=sure, sure_end_odds=odds
+                )
 
                 def window(p: Pause, windows: VadSettings = windows) -> int:
                     return windows.end_after(p.complete, p.words, p.end_odds)
 
                 split = sum(p.gap_ms >= window(p) for p in found if p.gap_ms != float("inf"))
                 waits = [float(window(p)) for p in found if p.gap_ms == float("inf")]
-                print(f"| {short} ms | {sure} ms | {split} ({100 * split / n:.1f} %) | "
-                      f"{pct(waits, 50):.0f} ms | {pct(waits, 95):.0f} ms |")  # fmt: skip
+                sure_ends = sum(w == sure for w in waits)
+                print(f"| {short} ms | {sure} ms | {odds:g} | {split} ({100 * split / n:.1f} %) | "
+                      f"{pct(waits, 50):.0f} ms | {pct(waits, 95):.0f} ms | "
+                      f"{sure_ends} of {len(waits)} |")  # fmt: skip
 
 
 def main() -> None:

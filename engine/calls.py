@@ -792,7 +792,7 @@ class CallManager:
                     ),
                 ),
             )
-            self.metrics.asr_latency.observe(ev.asr_latency)
+            self.metrics.asr_latency.labels(ev.end_rule).observe(ev.asr_latency)
             self._publish(final)
             if final.speaker == "caller":
                 call.caller_said.append(final.text)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from media.asr.base import Word
 from media.emotion import EmotionEstimate
+from media.vad import EndRule
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,7 @@ class TranscriptFinal:
     words: list[Word]
     asr_latency: float  # seconds from the last voiced audio to this result
     cut: bool
+    end_rule: EndRule = "silence"  # what ended the utterance (media.vad.EndRule)
 
 
 @dataclass(frozen=True, slots=True)

@@ -300,11 +300,10 @@ class LegPipeline:
         ]
         if not result.text:
             return  # noise the VAD took for speech: nothing was said
-        self._emit(
-            TranscriptFinal(
-                self.leg_id, index, result.text, utt.start, utt.end, words, latency, utt.cut
-            )
+        final = TranscriptFinal(
+            self.leg_id, index, result.text, utt.start, utt.end, words, latency, utt.cut, utt.rule
         )
+        self._emit(final)
         loop = asyncio.get_running_loop()
         speech_s = (words[-1].end - words[0].start) if len(words) > 1 else None
         p = await loop.run_in_executor(

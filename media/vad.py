@@ -52,6 +52,7 @@ from __future__ import annotations
 import collections
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import webrtcvad
@@ -77,13 +78,20 @@ class PauseDetected:
     at: float
 
 
+# What ended an utterance: a window after the recognizer's look at a pause (sure,
+# complete, fragment, incomplete: see VadSettings.end_after), the ratio rule (silence),
+# the length cap (cut), or the leg closing (closed).
+EndRule = Literal["sure", "complete", "fragment", "incomplete", "silence", "cut", "closed"]
+
+
 @dataclass(frozen=True, slots=True)
 class UtteranceEnded:
     start: float
     end: float
     voiced_frames: int
     total_frames: int
-    cut: bool = False  # ended by the length cap, not by silence
+    cut: bool = False  # ended by the length cap (or the leg closing), not by silence
+    rule: EndRule = "silence"
 
     @property
     def pause_ratio(self) -> float:
@@ -137,13 +145,17 @@ class VadSettings:
     def end_after(self, complete: bool, words: int, end_odds: float | None) -> int:
         """The silence, in ms, that ends an utterance after what the recognizer read at
         a pause (see SpeechSegmenter.hint)."""
+        return self.end_window(complete, words, end_odds)[1]
+
+    def end_window(self, complete: bool, words: int, end_odds: float | None) -> tuple[EndRule, int]:
+        """``end_after`` with the name of the window it chose."""
         if not complete:
-            return self.incomplete_end_ms
+            return "incomplete", self.incomplete_end_ms
         if words <= self.fragment_words:
-            return self.fragment_end_ms
+            return "fragment", self.fragment_end_ms
         if end_odds is not None and end_odds >= self.sure_end_odds:
-            return self.sure_end_ms
-        return self.short_end_ms
+            return "sure", self.sure_end_ms
+        return "complete", self.short_end_ms
 
     def __post_init__(self) -> None:
         if not 0 <= self.aggressiveness <= 3:
@@ -173,6 +185,7 @@ class SpeechSegmenter:
         self._total = 0
         self._quiet = 0  # unvoiced frames in a row
         self._complete_after = 0  # ms of silence that end the utterance, by the hint; 0: none
+        self._complete_rule: EndRule = "complete"  # the hint's window, by name
         self._pause_at = -1.0  # when the pause in progress was detected
         self._last_end = 0.0
         self.frames_seen = 0
@@ -225,14 +238,14 @@ class SpeechSegmenter:
                 self._pause_at = frame.end
                 events.append(PauseDetected(frame.end))
         unvoiced = sum(1 for v in self._end_win if not v)
+        full = len(self._end_win) == self._end_win.maxlen
         too_long = frame.end - self._utt_start >= self.settings.max_utterance_s
-        if (
-            (len(self._end_win) == self._end_win.maxlen
-             and unvoiced >= self.settings.end_ratio * len(self._end_win))
-            or self._short_end()
-            or too_long
-        ):  # fmt: skip
-            events.append(self._end(frame.end, cut=too_long))
+        if too_long:
+            events.append(self._end(frame.end, cut=True, rule="cut"))
+        elif self._short_end():
+            events.append(self._end(frame.end, cut=False, rule=self._complete_rule))
+        elif full and unvoiced >= self.settings.end_ratio * len(self._end_win):
+            events.append(self._end(frame.end, cut=False, rule="silence"))
         return events
 
     def _short_end(self) -> bool:
@@ -247,20 +260,24 @@ class SpeechSegmenter:
         voiced frame) or the utterance has ended."""
         if not self._in_speech or self._quiet == 0 or pause.at != self._pause_at:
             return []
-        self._complete_after = self.settings.end_after(complete, words, end_odds)
-        return [self._end(self._last_end, cut=False)] if self._short_end() else []
+        self._complete_rule, self._complete_after = self.settings.end_window(
+            complete, words, end_odds
+        )
+        if not self._short_end():
+            return []
+        return [self._end(self._last_end, cut=False, rule=self._complete_rule)]
 
     def flush(self, now: float) -> list[VadEvent]:
         """End an utterance in progress (the leg is closing)."""
-        return [self._end(now, cut=True)] if self._in_speech else []
+        return [self._end(now, cut=True, rule="closed")] if self._in_speech else []
 
-    def _end(self, end: float, *, cut: bool) -> UtteranceEnded:
+    def _end(self, end: float, *, cut: bool, rule: EndRule) -> UtteranceEnded:
         self._in_speech = False
         self._quiet = 0
         self._complete_after = 0
         self._end_win.clear()
         self._start_win.clear()
-        return UtteranceEnded(self._utt_start, end, self._voiced, self._total, cut)
+        return UtteranceEnded(self._utt_start, end, self._voiced, self._total, cut, rule)
 
 
 def level_dbfs(frame: PcmFrame) -> float:

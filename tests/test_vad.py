@@ -58,7 +58,8 @@ def test_long_speech_is_cut(two_sentences: Path) -> None:
     pcm, rate = read_wav_mono(str(two_sentences))
     events = segment(pcm, rate, VadSettings(max_utterance_s=1.0))
     ends = [e for e in events if isinstance(e, UtteranceEnded)]
-    assert any(e.cut for e in ends)
+    assert any(e.cut and e.rule == "cut" for e in ends)
+    assert all(e.rule in ("cut", "silence") for e in ends)  # no hints: the ratio rule
     assert all(e.end - e.start <= 1.0 + 0.02 for e in ends)
 
 
@@ -114,9 +115,12 @@ def test_frame_level_is_rms_dbfs() -> None:
         assert level_dbfs(frame) == pytest.approx(rms_dbfs(samples), abs=0.01)
 
 
-def silence_waited(pcm: np.ndarray, rate: int, end_odds: float | None) -> list[float]:
+def silence_waited(
+    pcm: np.ndarray, rate: int, end_odds: float | None, rules: list[str] | None = None
+) -> list[float]:
     """Each utterance's silence before it ended, when at every pause the recognizer
-    reads a complete sentence of five words with ``end_odds``."""
+    reads a complete sentence of five words with ``end_odds`` (what ended each goes
+    to ``rules``)."""
     seg = SpeechSegmenter(VadSettings())
     waited, last = [], 0.0
     for frame in AnalysisResampler().push(pcm, rate):
@@ -129,6 +133,8 @@ def silence_waited(pcm: np.ndarray, rate: int, end_odds: float | None) -> list[f
                 last = ev.frame.end
             elif isinstance(ev, UtteranceEnded):
                 waited.append(ev.end - last)
+                if rules is not None:
+                    rules.append(ev.rule)
     return waited
 
 
@@ -140,12 +146,22 @@ def test_a_sentence_the_recognizer_is_sure_of_ends_sooner(two_sentences: Path) -
     pcm = np.concatenate([pcm, np.zeros(rate, np.int16)])
     st = VadSettings()
     assert st.sure_end_ms < st.short_end_ms
-    for odds, window in [
-        (None, st.short_end_ms),
-        (st.sure_end_odds - 0.1, st.short_end_ms),
-        (st.sure_end_odds, st.sure_end_ms),
-        (8.0, st.sure_end_ms),
+    for odds, window, rule in [
+        (None, st.short_end_ms, "complete"),
+        (st.sure_end_odds - 0.1, st.short_end_ms, "complete"),
+        (st.sure_end_odds, st.sure_end_ms, "sure"),
+        (8.0, st.sure_end_ms, "sure"),
     ]:
-        waited = silence_waited(pcm, rate, odds)
+        rules: list[str] = []
+        waited = silence_waited(pcm, rate, odds, rules)
         assert len(waited) == 2, odds
         assert all(w == pytest.approx(window / 1000, abs=0.001) for w in waited), (odds, waited)
+        assert rules == [rule, rule]  # the window is named (ccengine_asr_latency_seconds{end})
+
+
+def test_each_window_is_named() -> None:
+    st = VadSettings()
+    assert st.end_window(False, 5, 9.0) == ("incomplete", st.incomplete_end_ms)
+    assert st.end_window(True, 2, 9.0) == ("fragment", st.fragment_end_ms)
+    assert st.end_window(True, 5, None) == ("complete", st.short_end_ms)
+    assert st.end_window(True, 5, 9.0) == ("sure", st.sure_end_ms)
