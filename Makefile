@@ -48,6 +48,7 @@ bench: sysdeps $(VENV)/.installed-test
 	$(PY) -m bench.escalation --parallel 1 8
 	$(PY) -m bench.sip --n 1
 	$(PY) -m bench.developer
+	$(PY) -m bench.gcpause
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output

@@ -235,6 +235,31 @@ def grew(after: Samples, before: Samples, name: str) -> dict[tuple[tuple[str, st
     }
 
 
+def end_rules(after: Samples, before: Samples) -> dict[str, tuple[float, float | None]]:
+    """Finals by what ended their utterance: how many, and their asr_latency p50."""
+    out = {}
+    for labels, count in grew(after, before, "ccengine_asr_latency_seconds_count").items():
+        if count > 0:
+            end = dict(labels).get("end", "?")
+            only = {k: v for k, v in after.items() if dict(k[1]).get("end", end) == end}
+            p50 = histogram_quantile(only, before, "ccengine_asr_latency_seconds", 0.5)
+            out[end] = (count, p50)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1][0]))
+
+
+def gc_note(after: Samples, before: Samples) -> str:
+    """The engine's garbage collections during the run, by generation: how many, and
+    their p99 pause (ccengine_gc_pause_seconds), which the event loop waited out."""
+    parts = []
+    for labels, count in sorted(grew(after, before, "ccengine_gc_pause_seconds_count").items()):
+        gen = dict(labels).get("generation", "?")
+        only = {k: v for k, v in after.items() if dict(k[1]).get("generation", gen) == gen}
+        p99 = histogram_quantile(only, before, "ccengine_gc_pause_seconds", 0.99)
+        pause = "-" if p99 is None else f"{p99 * 1000:.1f}"
+        parts.append(f"generation {gen}: {count:.0f} (p99 {pause} ms)")
+    return "garbage collections in the engine: " + (", ".join(parts) or "none seen")
+
+
 def histogram_quantile(after: Samples, before: Samples, name: str, q: float) -> float | None:
     """The q-quantile of what ``name`` observed between two scrapes: linear within the
     bucket it falls in, the largest finite bound when it falls in +Inf (as PromQL)."""
@@ -584,6 +609,8 @@ class Row:
     latencies: list[float]
     client_latencies: list[float]  # see seen_by_client
     finals_metric: float
+    # what ended the utterances (ccengine_asr_latency_seconds{end}): count, engine's p50
+    ends: dict[str, tuple[float, float | None]]
     lag_p99_s: float | None
     worst_lag_ms: float
     worst_backlog_s: float
@@ -699,6 +726,7 @@ async def measure(backend: Backend, transport: Transport, n: int, talk: Talk, wo
         latencies=tap.latencies,
         client_latencies=seen_by_client(tap.arrivals, driven.speech_ends, driven.wall_clock),
         finals_metric=sum(grew(after, before, "ccengine_asr_latency_seconds_count").values()),
+        ends=end_rules(after, before),
         lag_p99_s=histogram_quantile(after, before, "ccengine_event_loop_lag_seconds", 0.99),
         worst_lag_ms=probe.worst_lag_ms,
         worst_backlog_s=probe.worst_backlog_s,
@@ -709,6 +737,7 @@ async def measure(backend: Backend, transport: Transport, n: int, talk: Talk, wo
     )
     if driven.note:
         row.notes.append(driven.note)
+    row.notes.append(gc_note(after, before))
     if row.box_busy >= BOX_BUSY:
         row.notes.append(
             f"the box was {row.box_busy:.0%} busy: callers and engine competed for the cores"
@@ -811,7 +840,10 @@ def goals(rows: list[Row]) -> str:
             (
                 f"finals p50 <= {_ms(GOAL_P50)} ms, p95 <= {_ms(GOAL_P95)} ms",
                 p50 <= GOAL_P50 and p95 <= GOAL_P95,  # NaN (no finals) compares False
-                f"{_ms(p50)} / {_ms(p95)} ms over {len(finals)} finals ({seen})",
+                f"{_ms(p50)} / {_ms(p95)} ms over {len(finals)} finals ({seen}); ended by "
+                + ", ".join(
+                    f"{end} {count:.0f} (p50 {_ms(mid)} ms)" for end, (count, mid) in r.ends.items()
+                ),
             ),
             (
                 f"loop lag p99 <= {_ms(GOAL_LAG_P99)} ms",
@@ -856,6 +888,11 @@ class Soak:
     dropped: float
     latencies: list[float]
     rejected: float
+    # (s, engine MB, workers MB) at the same moments: which process grows
+    parts: list[tuple[float, float, float]] = field(default_factory=list)
+    # the PSS once the last call has ended, to compare with idle_mb: no calls in progress,
+    # so none of the sample-to-sample noise of calls starting and ending
+    idle_after_mb: float = math.nan
 
     def slope_mb_per_min(self, samples: list[tuple[float, float]] | None = None) -> float:
         """Least-squares trend of PSS (or ``samples``) after the warm-up (all samples
@@ -884,6 +921,8 @@ class Soak:
         caches = self.slope_mb_per_min(self.bounded)
         rest = self.slope_mb_per_min(self.unbounded())
         rest_flat = abs(rest) * 30 <= FLAT_MB_PER_30_MIN
+        engine_slope = self.slope_mb_per_min([(t, e) for t, e, _ in self.parts])
+        worker_slope = self.slope_mb_per_min([(t, w) for t, _, w in self.parts])
         limit = GOAL_BASE_MB + GOAL_PER_CALL_MB * self.n
         lines = [
             f"soak: moonshine, {self.n} SIPp callers calling again and again for "
@@ -904,6 +943,10 @@ class Soak:
             f"{caches:+.2f} MB / min; the rest: {rest:+.2f} MB / min, "
             f"{'flat' if rest_flat else 'NOT flat'} by the same rule",
             "",
+            f"by process: engine {engine_slope:+.2f} MB / min, recognition workers "
+            f"{worker_slope:+.2f} MB / min; idle before {self.idle_mb:.0f} MB, idle after the "
+            f"last call {self.idle_after_mb:.0f} MB ({self.idle_after_mb - self.idle_mb:+.0f})",
+            "",
             "samples (s, MB): " + ", ".join(f"{t:.0f} {m:.0f}" for t, m in self.samples),
             "bounded caches (s, MB): " + ", ".join(f"{t:.0f} {m:.1f}" for t, m in self.bounded),
         ]
@@ -918,12 +961,16 @@ async def soak(n: int, minutes: float, talk: Talk, work: Path) -> Soak:
     calls = math.ceil(span / length) + 1  # each caller's, bounded: enough for the span
     samples: list[tuple[float, float]] = []
     bounded: list[tuple[float, float]] = []
+    parts: list[tuple[float, float, float]] = []
     try:
         assert engine.proc is not None
         tree = EngineTree(engine.proc.pid)
 
         async def take(elapsed: float) -> None:
-            samples.append((elapsed, await asyncio.to_thread(tree.pss_mb)))
+            split = await asyncio.to_thread(tree.pss_parts_mb)
+            samples.append((elapsed, total_mb(split)))
+            engine_mb = sum(mb for kind, mb in split if kind == "engine")
+            parts.append((elapsed, engine_mb, sum(mb for kind, mb in split if kind == "worker")))
             now = await metrics(engine)
             held = sum(v for (name, _), v in now.items() if name == "ccengine_bounded_cache_bytes")
             bounded.append((elapsed, held / 2**20))  # MiB, as the PSS
@@ -941,14 +988,17 @@ async def soak(n: int, minutes: float, talk: Talk, work: Path) -> Soak:
         try:
             while (elapsed := time.monotonic() - start) < span:
                 await take(elapsed)
-                print(f"  {elapsed:5.0f} s: {samples[-1][1]:.0f} MB (bounded caches "
-                      f"{bounded[-1][1]:.1f})", flush=True)  # fmt: skip
+                print(f"  {elapsed:5.0f} s: {samples[-1][1]:.0f} MB (engine {parts[-1][1]:.0f}, "
+                      f"workers {parts[-1][2]:.0f}; bounded caches {bounded[-1][1]:.1f})",
+                      flush=True)  # fmt: skip
                 await asyncio.sleep(min(SOAK_SAMPLE_S, span - elapsed))
             await take(time.monotonic() - start)
         finally:
             await asyncio.gather(*(soft_exit(child, length + 30.0) for child, _ in started))
             outputs = [await output for _, output in started]
         await until_no_calls(engine, SETUP_GRACE_S)
+        await asyncio.sleep(IDLE_SETTLE_S)
+        idle_after_mb = await asyncio.to_thread(tree.pss_mb)
         await tap.stop()
         after = await metrics(engine)
     finally:
@@ -964,6 +1014,8 @@ async def soak(n: int, minutes: float, talk: Talk, work: Path) -> Soak:
         dropped=sum(grew(after, before, "ccengine_asr_dropped_chunks_total").values()),
         latencies=tap.latencies,
         rejected=sum(grew(after, before, "ccengine_offers_rejected_total").values()),
+        parts=parts,
+        idle_after_mb=idle_after_mb,
     )
 
 

@@ -36,6 +36,7 @@ from engine.config import Settings
 from engine.egress import TargetPolicy
 from engine.eventlog import EventLog
 from engine.events import EventBus
+from engine.gcpauses import GcPauses, freeze_startup
 from engine.metrics import Metrics
 from engine.recovery import Recovery
 from engine.sip import SipFront
@@ -48,7 +49,10 @@ log = logging.getLogger(__name__)
 WEB = Path(__file__).parent / "web"
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> FastAPI:
+    """The engine as an ASGI app. ``freeze_gc``: once started, exempt every object
+    start-up made from the garbage collector (engine.gcpauses); for a process that
+    serves this one app (``ccengine serve``), not for a test process making many."""
     settings = settings or Settings()
     store = Store(settings.database_url)
     bus = EventBus()
@@ -81,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lambda: calls.speaker.cached_bytes if calls.speaker is not None else 0
     )
     metrics.bounded_bytes.labels("event_ring").set_function(lambda: bus.ring_bytes)
+    gc_pauses = GcPauses(metrics.gc_pause)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -104,6 +109,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sip = sip
         calls.desk_phones = sip
         capacity.start()  # after start-up's own work, which is not load
+        gc_pauses.start()
+        if freeze_gc:
+            log.info("garbage collector: %d start-up objects frozen", freeze_startup())
         urls = [u for server in settings.ice_servers for u in server.urls]
         log.info("WebRTC ICE servers: %s", ", ".join(urls) or "none (host candidates only)")
         log.info("ccengine ready on http://%s:%s", settings.host, settings.port)
@@ -111,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await capacity.stop()
+            gc_pauses.stop()
             timers.cancel()
             await calls.shutdown()  # BYE to every phone caller while SIP still runs
             if sip is not None:

@@ -62,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("engine").info(
         "open files: up to %d%s", after, f" (raised from {before})" if after > before else ""
     )
-    app = create_app(settings)
+    app = create_app(settings, freeze_gc=True)
     uvicorn.run(
         app,
         host=settings.host,

@@ -38,8 +38,12 @@ class Metrics:
         )
         self.asr_latency = Histogram(
             "ccengine_asr_latency_seconds",
-            "From the last voiced audio of an utterance to its final transcript",
-            buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+            "From the last voiced audio of an utterance to its final transcript, by what "
+            "ended the utterance (sure, complete, fragment, incomplete: a window after the "
+            "recognizer's look at a pause; silence: the ratio rule; cut; closed)",
+            ["end"],
+            # fine around the 300 ms goal
+            buckets=(0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
             registry=r,
         )
         self.dropped_chunks = Counter(
@@ -92,7 +96,19 @@ class Metrics:
         self.loop_lag = Histogram(
             "ccengine_event_loop_lag_seconds",
             "How late the event loop woke a task sleeping 50 ms",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0),
+            # fine around the 20 ms goal (a p99 is read between two bounds)
+            buckets=(
+                0.001, 0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175, 0.02, 0.025,
+                0.03, 0.04, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0,
+            ),
+            registry=r,
+        )  # fmt: skip
+        self.gc_pause = Histogram(
+            "ccengine_gc_pause_seconds",
+            "How long each garbage collection stopped the thread that ran it (most often "
+            "the event loop's), by generation (2: a full collection)",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
         self.node_full = Gauge(
