@@ -3,7 +3,7 @@ sentence is split in two, on the project's own speech.
 
     python -m bench.endpointing [--part heldout|tuning|both] [--legs 2]
                                 [--set short_end_ms=240 ...] [--rows all|new|fixed]
-                                [--show] [--replay]
+                                [--band wide|phone] [--show] [--replay]
 
 Each script is a caller's turn of several sentences with a 0.9 s pause between them
 (some with commas, where a speaker pauses mid-sentence). It is played in real time,
@@ -29,7 +29,10 @@ Tuning and held-out parts differ in sentences and voices (piper joe at its own p
 slowed, and on a line with pink noise for tuning; piper shifted in pitch and tempo, also
 with noise, and espeak-ng, for held-out). Under noise the sentence ends are the clean
 speech's. "decodes at pauses" counts the recognizer's looks at pauses (CPU).
-Reported: the held-out part (``--part tuning`` shows the other). ``--set`` changes a
+Reported: the held-out part (``--part tuning`` shows the other). ``--band phone`` sends
+the speech through a phone line first (300-3400 Hz at 8 kHz, G.711 u-law and back: what
+the engine decodes from a SIP caller) and starts from the settings the engine gives a
+SIP leg (``VadSettings.for_phone``). ``--set`` changes a
 VadSettings field of the adaptive and fixed rows (to tune on the tuning part);
 ``--replay`` gives, in seconds rather than minutes, the splits and waits of a range of
 complete windows from each pause replayed (its length, what the recognizer read).
@@ -46,8 +49,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from aiortp.codecs import get_codec
 
 from media.asr.base import AsrResult, ends_sentence
 from media.asr.local import LocalRecognizer
@@ -103,6 +108,7 @@ HELDOUT_VOICES: list[Voice] = [
     ("piper high fast, noise at 15 dB SNR", ["pitch", "250", "tempo", "1.1"], 15.0),
 ]
 TAIL_S = 1.0  # silence after a turn: its last sentence ends too
+Band = Literal["wide", "phone"]
 # the endpointer as it was before the level gate: the baseline row
 BEFORE = VadSettings(
     level_gate=False, pause_ms=100, short_end_ms=260, sure_end_ms=260, fragment_end_ms=400,
@@ -136,7 +142,7 @@ class Turn:
     ends: list[float]  # seconds into the WAV where each sentence's sound ends
 
 
-def synthesise(part: str, workdir: Path) -> list[Turn]:
+def synthesise(part: str, workdir: Path, band: Band = "wide") -> list[Turn]:
     scripts, voices = (TUNING, TUNING_VOICES) if part == "tuning" else (HELDOUT, HELDOUT_VOICES)
     out = []
     for v, (_, how, snr) in enumerate(voices):
@@ -157,10 +163,24 @@ def synthesise(part: str, workdir: Path) -> list[Turn]:
             ends = sentence_ends(clean, rate, len(script))
             heard = clean if snr is None else speech.with_noise(clean, rate, snr, workdir)
             speech.write_wav(path, heard, rate)
+            if band == "phone":
+                phone_line(path)
             out.append(Turn(script, path, ends))
+    line = "a phone line (300-3400 Hz, 8 kHz, G.711)" if band == "phone" else "16 kHz"
     print(f"{part}: {len(out)} turns, {sum(len(t.script) for t in out)} sentences, "
-          f"voices: {', '.join(n for n, _, _ in voices)}")  # fmt: skip
+          f"voices: {', '.join(n for n, _, _ in voices)}; {line}")  # fmt: skip
     return out
+
+
+def phone_line(path: Path) -> None:
+    """``path`` rewritten as a phone call brings it: 300-3400 Hz at 8 kHz, through G.711
+    u-law and back (what the engine decodes from a SIP caller's RTP)."""
+    band = speech.sox(path, path.with_suffix(".8k.wav"), ["highpass", "300", "lowpass", "3400"],
+                      rate=8000)  # fmt: skip
+    pcm, rate = read_wav_mono(str(band))
+    codec = get_codec(0)
+    decoded = codec.decode(codec.encode(pcm.astype("<i2").tobytes()))
+    speech.write_wav(path, np.frombuffer(decoded, "<i2"), rate)
 
 
 def sentence_ends(pcm: np.ndarray, rate: int, n: int) -> list[float]:
@@ -245,8 +265,13 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def endpointers(rows: str, changes: dict[str, int | float]) -> list[Endpointer]:
-    new = VadSettings(**changes)  # type: ignore[arg-type]  # field names checked in main
+def defaults(band: Band, changes: dict[str, int | float]) -> VadSettings:
+    """The engine's settings for a leg on this kind of line, with ``changes`` (--set)."""
+    base = VadSettings().for_phone() if band == "phone" else VadSettings()
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]  # checked in main
+
+
+def endpointers(rows: str, new: VadSettings) -> list[Endpointer]:
     eps = [Endpointer("adaptive (default)", True, new)]
     if rows == "fixed":
         eps = [Endpointer("fixed (ratio rule alone)", False, new)]
@@ -261,14 +286,14 @@ def endpointers(rows: str, changes: dict[str, int | float]) -> list[Endpointer]:
     return eps
 
 
-async def run(parts: list[str], legs: int, eps: list[Endpointer]) -> None:
+async def run(parts: list[str], legs: int, eps: list[Endpointer], band: Band) -> None:
     model = ensure(cache_dir(ROOT / "models"), print)
     factory = MoonshineFactory("en", str(model))
     factory.load()
     executor = ThreadPoolExecutor(legs)
     with tempfile.TemporaryDirectory() as tmp:
         for part in parts:
-            turns = synthesise(part, Path(tmp))
+            turns = synthesise(part, Path(tmp), band)
             rows = []
             for ep in eps:
                 result = Result()
@@ -358,7 +383,7 @@ def pauses(turn: Turn, factory: MoonshineFactory, vad: VadSettings) -> list[Paus
 SURE_ODDS = (1.0, 1.5, 1.8, 2.0, 2.2, 2.6, 3.0)  # log odds: 2.7, 4.5, 6, 7.4, 9, 13.5, 20 to 1
 
 
-def replay(parts: list[str], vad: VadSettings) -> None:
+def replay(parts: list[str], vad: VadSettings, band: Band) -> None:
     """Splits and the silence waited at sentence ends, for complete windows from 220 to
     460 ms (the sure, fragment and incomplete windows as set), for sure windows from 220
     to 380 ms (the complete window as set), and for the odds that make an end sure
@@ -368,7 +393,7 @@ def replay(parts: list[str], vad: VadSettings) -> None:
     factory.load()
     with tempfile.TemporaryDirectory() as tmp:
         for part in parts:
-            turns = synthesise(part, Path(tmp))
+            turns = synthesise(part, Path(tmp), band)
             found = [p for t in turns for p in pauses(t, factory, vad)]
             n = sum(len(t.script) for t in turns)
             print(f"\n{part}: pause {vad.pause_ms} ms, fragment {vad.fragment_end_ms} ms, "
@@ -408,6 +433,11 @@ def main() -> None:
         "--rows", choices=["all", "new", "fixed"], default="all",
         help="new: only the default adaptive row; fixed: only the ratio rule",
     )  # fmt: skip
+    ap.add_argument(
+        "--band", choices=["wide", "phone"], default="wide",
+        help="phone: the speech through a phone line (8 kHz, G.711), with the settings the "
+        "engine gives SIP legs",
+    )  # fmt: skip
     ap.add_argument("--show", action="store_true", help="print each turn's finals")
     ap.add_argument(
         "--replay", action="store_true",
@@ -417,10 +447,11 @@ def main() -> None:
     global SHOW
     SHOW = args.show
     parts = ["tuning", "heldout"] if args.part == "both" else [args.part]
+    vad = defaults(args.band, dict(args.set))
     if args.replay:
-        replay(parts, VadSettings(**dict(args.set)))  # type: ignore[arg-type]
+        replay(parts, vad, args.band)
         return
-    asyncio.run(run(parts, args.legs, endpointers(args.rows, dict(args.set))))
+    asyncio.run(run(parts, args.legs, endpointers(args.rows, vad), args.band))
 
 
 if __name__ == "__main__":

@@ -613,12 +613,13 @@ class CallManager:
     async def _start_analysis(self, call: Call, leg: Leg) -> LegPipeline:
         """The leg's analysis chain and recognizer, at its first audio."""
         choice = await self.ready_model(call.language)
+        vad = VadSettings(aggressiveness=self.settings.vad_aggressiveness)
         pipeline = leg.pipeline = LegPipeline(
             leg.id,
             (lambda: self._open_recognizer(leg.id, call.language)) if choice.backend else None,
             self.executor,
             lambda ev: self._enqueue(call, ev),
-            vad=VadSettings(aggressiveness=self.settings.vad_aggressiveness),
+            vad=vad.for_phone() if leg.transport == "sip" else vad,
             punctuated=choice.punctuated,
             on_lost=self._speech_dropped,
         )

@@ -103,7 +103,8 @@ class LegPipeline:
         self._punctuated = punctuated
         self._on_lost = on_lost
         self._resampler = AnalysisResampler()
-        self._segmenter = SpeechSegmenter(vad or VadSettings())
+        self.vad = vad or VadSettings()
+        self._segmenter = SpeechSegmenter(self.vad)
         self._queue: asyncio.Queue[_Audio | _Peek | _End | None] = asyncio.Queue(MAX_QUEUED_CHUNKS)
         self._chunk: list[bytes] = []
         self._held: list[bytes] | None = None  # frames since a pause, not yet sent on

@@ -28,6 +28,7 @@ from media.asr import ModelChoice
 from media.rtp import RtpSession
 from media.sip.peer import SipPeer
 from media.sip.sdp import parse_offer
+from media.vad import VadSettings
 from tests.test_lost_audio import QueuedTrack
 
 PHONE_SDP = (
@@ -169,6 +170,7 @@ async def test_audio_starts_the_analysis(tmp_path: Path) -> None:
             await client.setRemoteDescription(RTCSessionDescription(answer, "answer"))
             await wait_until(lambda: call.caller_leg().pipeline is not None, 15, "no pipeline")
             assert len(m.offers) == 0
+            assert call.caller_leg().pipeline.vad == VadSettings()  # type: ignore[union-attr]
             frames = m.metrics.registry.get_sample_value("ccengine_frames_processed_total")
             await wait_until(
                 lambda: (m.metrics.registry.get_sample_value("ccengine_frames_processed_total")
@@ -177,6 +179,21 @@ async def test_audio_starts_the_analysis(tmp_path: Path) -> None:
             )  # fmt: skip
         finally:
             await client.close()
+
+
+async def test_a_phone_leg_gets_the_phone_line_windows(tmp_path: Path) -> None:
+    """The endpointer's windows tuned at 16 kHz split many more sentences on a phone
+    line (bench.endpointing --band phone): a SIP leg's analysis gets the phone windows."""
+    async with manager(tmp_path) as m:
+        peer = SipPeer(RtpSession(parse_offer(PHONE_SDP), lambda _d: None), hangup=lambda: None)
+        try:
+            call = await m.create_phone_call(peer, "+15550001234", "PCMU", "fr", menu=False)
+            pipeline = await m._start_analysis(call, call.caller_leg())
+            assert pipeline.vad == VadSettings().for_phone() != VadSettings()
+            assert pipeline.vad.sure_end_ms > VadSettings().sure_end_ms
+        finally:
+            peer.remote_ended = True
+            await peer.close()
 
 
 async def test_pending_offers_are_capped_per_address_and_in_all(tmp_path: Path) -> None:
