@@ -890,6 +890,9 @@ class Soak:
     rejected: float
     # (s, engine MB, workers MB) at the same moments: which process grows
     parts: list[tuple[float, float, float]] = field(default_factory=list)
+    # (s, MB) the engine process held from malloc (ccengine_malloc_in_use_bytes): flat
+    # while the PSS grows means freed pages kept, not objects
+    heap: list[tuple[float, float]] = field(default_factory=list)
     # the PSS once the last call has ended, to compare with idle_mb: no calls in progress,
     # so none of the sample-to-sample noise of calls starting and ending
     idle_after_mb: float = math.nan
@@ -947,6 +950,11 @@ class Soak:
             f"{worker_slope:+.2f} MB / min; idle before {self.idle_mb:.0f} MB, idle after the "
             f"last call {self.idle_after_mb:.0f} MB ({self.idle_after_mb - self.idle_mb:+.0f})",
             "",
+            f"the engine's malloc heap in use: {self.heap[0][1] if self.heap else math.nan:.0f}"
+            f" -> {self.heap[-1][1] if self.heap else math.nan:.0f} MB, "
+            f"{self.slope_mb_per_min(self.heap) if self.heap else math.nan:+.2f} MB / min "
+            "(ccengine_malloc_in_use_bytes)",
+            "",
             "samples (s, MB): " + ", ".join(f"{t:.0f} {m:.0f}" for t, m in self.samples),
             "bounded caches (s, MB): " + ", ".join(f"{t:.0f} {m:.1f}" for t, m in self.bounded),
         ]
@@ -962,6 +970,7 @@ async def soak(n: int, minutes: float, talk: Talk, work: Path) -> Soak:
     samples: list[tuple[float, float]] = []
     bounded: list[tuple[float, float]] = []
     parts: list[tuple[float, float, float]] = []
+    heap: list[tuple[float, float]] = []
     try:
         assert engine.proc is not None
         tree = EngineTree(engine.proc.pid)
@@ -974,6 +983,8 @@ async def soak(n: int, minutes: float, talk: Talk, work: Path) -> Soak:
             now = await metrics(engine)
             held = sum(v for (name, _), v in now.items() if name == "ccengine_bounded_cache_bytes")
             bounded.append((elapsed, held / 2**20))  # MiB, as the PSS
+            in_use = now.get(("ccengine_malloc_in_use_bytes", ()), math.nan)
+            heap.append((elapsed, in_use / 2**20))
 
         await asyncio.sleep(IDLE_SETTLE_S)
         idle_mb = await asyncio.to_thread(tree.pss_mb)
@@ -989,8 +1000,8 @@ async def soak(n: int, minutes: float, talk: Talk, work: Path) -> Soak:
             while (elapsed := time.monotonic() - start) < span:
                 await take(elapsed)
                 print(f"  {elapsed:5.0f} s: {samples[-1][1]:.0f} MB (engine {parts[-1][1]:.0f}, "
-                      f"workers {parts[-1][2]:.0f}; bounded caches {bounded[-1][1]:.1f})",
-                      flush=True)  # fmt: skip
+                      f"workers {parts[-1][2]:.0f}; bounded caches {bounded[-1][1]:.1f}; "
+                      f"engine heap in use {heap[-1][1]:.0f})", flush=True)  # fmt: skip
                 await asyncio.sleep(min(SOAK_SAMPLE_S, span - elapsed))
             await take(time.monotonic() - start)
         finally:
@@ -1015,6 +1026,7 @@ async def soak(n: int, minutes: float, talk: Talk, work: Path) -> Soak:
         latencies=tap.latencies,
         rejected=sum(grew(after, before, "ccengine_offers_rejected_total").values()),
         parts=parts,
+        heap=heap,
         idle_after_mb=idle_after_mb,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -43,6 +44,7 @@ from engine.sip import SipFront
 from engine.store.db import Store
 from engine.users import load_or_create_key
 from engine.webhooks import WebhookSender
+from media import malloc
 from media.netlimits import ConnectionCaps, in_networks
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     )
     metrics.bounded_bytes.labels("event_ring").set_function(lambda: bus.ring_bytes)
     gc_pauses = GcPauses(metrics.gc_pause)
+    metrics.malloc_in_use.set_function(lambda: float(malloc.in_use() or math.nan))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -123,6 +123,8 @@ async def test_calm_and_angry_callers(engine: EngineProcess, voices: dict[str, P
     # collections are timed, and ccengine serve froze its start-up objects out of them
     assert 'ccengine_gc_pause_seconds_count{generation="0"}' in metrics
     assert "start-up objects frozen" in engine.log.read_text()
+    heap = next(ln for ln in metrics.splitlines() if ln.startswith("ccengine_malloc_in_use_bytes"))
+    assert 10 * 2**20 < float(heap.split()[-1]) < 2**31  # the engine's heap, tens of MB
     frames = next(
         ln for ln in metrics.splitlines() if ln.startswith("ccengine_frames_processed_total")
     )
