@@ -44,6 +44,7 @@ test: sysdeps $(VENV)/.installed-test lint typecheck
 
 bench: sysdeps $(VENV)/.installed-test
 	$(PY) -m bench.endpointing
+	$(PY) -m bench.endpointing --band phone
 	$(PY) -m bench.capacity
 	$(PY) -m bench.escalation --parallel 1 8
 	$(PY) -m bench.sip --n 1

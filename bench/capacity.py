@@ -48,7 +48,11 @@ largest N of each backend and transport.
 ``--soak-minutes M`` then runs one Moonshine engine with N SIPp callers (the largest
 ``--n``, or ``--soak-n``) calling again and again for M minutes, reading the PSS every
 30 s: first, last, max and the least-squares slope in MB per minute (after two minutes of
-warm-up), and whether that is flat (under 10 MB in 30 min); to bench/out/capacity-soak.md.
+warm-up), and whether that is flat (under 10 MB in 30 min); the slope of the engine and
+of the recognition workers apart, the engine's malloc heap in use
+(``ccengine_malloc_in_use_bytes``: flat while the PSS grows is freed pages kept, not a
+leak), and the PSS once the last call has ended against the idle one before; to
+bench/out/capacity-soak.md.
 The issue asks for 30 minutes: ``python -m bench.capacity --soak-only --soak-minutes 30
 --soak-n 12 --seconds 60``.
 

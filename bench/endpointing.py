@@ -413,9 +413,13 @@ def replay(parts: list[str], vad: VadSettings, band: Band) -> None:
                 def window(p: Pause, windows: VadSettings = windows) -> int:
                     return windows.end_after(p.complete, p.words, p.end_odds)
 
+                def rule(p: Pause, windows: VadSettings = windows) -> str:
+                    return windows.end_window(p.complete, p.words, p.end_odds)[0]
+
                 split = sum(p.gap_ms >= window(p) for p in found if p.gap_ms != float("inf"))
-                waits = [float(window(p)) for p in found if p.gap_ms == float("inf")]
-                sure_ends = sum(w == sure for w in waits)
+                ends = [p for p in found if p.gap_ms == float("inf")]
+                waits = [float(window(p)) for p in ends]
+                sure_ends = sum(rule(p) == "sure" for p in ends)
                 print(f"| {short} ms | {sure} ms | {odds:g} | {split} ({100 * split / n:.1f} %) | "
                       f"{pct(waits, 50):.0f} ms | {pct(waits, 95):.0f} ms | "
                       f"{sure_ends} of {len(waits)} |")  # fmt: skip
