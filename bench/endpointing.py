@@ -31,8 +31,8 @@ with noise, and espeak-ng, for held-out). Under noise the sentence ends are the 
 speech's. "decodes at pauses" counts the recognizer's looks at pauses (CPU).
 Reported: the held-out part (``--part tuning`` shows the other). ``--band phone`` sends
 the speech through a phone line first (300-3400 Hz at 8 kHz, G.711 u-law and back: what
-the engine decodes from a SIP caller) and starts from the settings the engine gives a
-SIP leg (``VadSettings.for_phone``). ``--set`` changes a
+the engine decodes from a G.711 SIP caller) and starts from the settings the engine gives
+such a leg (``VadSettings.for_phone``). ``--set`` changes a
 VadSettings field of the adaptive and fixed rows (to tune on the tuning part);
 ``--replay`` gives, in seconds rather than minutes, the splits and waits of a range of
 complete windows from each pause replayed (its length, what the recognizer read).
@@ -440,7 +440,7 @@ def main() -> None:
     ap.add_argument(
         "--band", choices=["wide", "phone"], default="wide",
         help="phone: the speech through a phone line (8 kHz, G.711), with the settings the "
-        "engine gives SIP legs",
+        "engine gives G.711 SIP legs",
     )  # fmt: skip
     ap.add_argument("--show", action="store_true", help="print each turn's finals")
     ap.add_argument(

@@ -3,11 +3,12 @@ the start-up objects frozen (engine.gcpauses), in the same run.
 
     python -m bench.gcpause [--repeat 5]
 
-An engine app is made in this process (all that ``ccengine serve`` imports and builds
-before it takes calls), then ``gc.collect(2)`` is timed ``--repeat`` times as it is
-(the baseline), then again after ``freeze_startup()``. Python runs a full collection
-whenever the objects that survived younger ones have grown by a quarter: on a busy
-engine, every few minutes, on the event loop's thread.
+An engine app is made in this process (what ``create_app`` imports and builds; the
+start-up its lifespan runs, opening the store and the SIP front, is not run here), then
+``gc.collect(2)`` is timed ``--repeat`` times as it is (the baseline), then again after
+``freeze_startup()``. Python runs a full collection whenever the objects that survived
+younger ones have grown by a quarter: on a busy engine, every few minutes, on the event
+loop's thread.
 """
 
 from __future__ import annotations

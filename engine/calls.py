@@ -149,6 +149,8 @@ MAX_EVENT_BACKLOG = 1000
 CALLBACK_PROMPT_TIMEOUT = 15.0
 HISTORY_LIMIT = 10
 MAX_MODEL_CHOICES = 64  # languages asked about, remembered besides the configured ones
+# 8 kHz G.711, the line VadSettings.for_phone was tuned on (G.722 is 16 kHz wideband)
+PHONE_LINE_CODECS = frozenset({"PCMU", "PCMA"})
 
 
 def aiortc_ice_servers(servers: list[IceServer]) -> list[RTCIceServer]:
@@ -462,7 +464,7 @@ class CallManager:
         the same pipeline, queues and agents as an in-app caller, plus the key menu."""
         call = self._new_call("sip", language, caller)
         try:
-            leg = Leg(str(uuid.uuid4()), "caller", "sip")
+            leg = Leg(str(uuid.uuid4()), "caller", "sip", codec=codec)
             leg.peer = peer
             await self._start_call(call, leg, codec=codec)
         finally:
@@ -619,7 +621,7 @@ class CallManager:
             (lambda: self._open_recognizer(leg.id, call.language)) if choice.backend else None,
             self.executor,
             lambda ev: self._enqueue(call, ev),
-            vad=vad.for_phone() if leg.transport == "sip" else vad,
+            vad=vad.for_phone() if leg.codec in PHONE_LINE_CODECS else vad,
             punctuated=choice.punctuated,
             on_lost=self._speech_dropped,
         )
@@ -669,7 +671,7 @@ class CallManager:
         """The agent answered on another device (their SIP desk phone): bridge it in."""
         call = self.get(call_id)
         self.acd.ringing(agent_id, call_id)
-        leg = Leg(str(uuid.uuid4()), "agent", transport, user_id=agent_id)
+        leg = Leg(str(uuid.uuid4()), "agent", transport, user_id=agent_id, codec=codec)
         leg.peer = peer
         await self._bridge_agent(call, leg, codec=codec)
 
@@ -1257,7 +1259,7 @@ class CallManager:
         now = time.monotonic()
         if call.state == "held":
             await self._transition(call, "resume", user.username)
-        leg = Leg(str(uuid.uuid4()), "agent", "sip")
+        leg = Leg(str(uuid.uuid4()), "agent", "sip", codec=codec)
         leg.peer = peer
         call.legs.append(leg)
         call.bridged_at = now

@@ -145,6 +145,7 @@ class Leg:
     user_id: str | None = None  # the agent, for agent legs
     left: bool = False  # transferred away: its end no longer ends the call
     offset: float = 0.0  # seconds between the caller's first audio and this leg's
+    codec: str | None = None  # a SIP leg's audio codec (PCMU, PCMA, G722); None for WebRTC
 
 
 @dataclass

@@ -13,6 +13,9 @@ can be told from a collection.
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import gc
 import time
 from typing import Any
@@ -29,11 +32,22 @@ def freeze_startup() -> int:
 
 
 class GcPauses:
-    """Times each collection into ``histogram`` (labelled by generation) while started."""
+    """Times each collection into ``histogram`` (labelled by generation) while started.
+
+    The callback only appends to a bounded deque: a collection can start on any
+    allocation, including one made while prometheus_client holds a metric's lock for a
+    scrape on the same thread, and a callback that took that lock again would hang the
+    process (why prometheus_client dropped its own gc histograms). A task on the event
+    loop moves the timings into the histogram every ``FLUSH_S``."""
+
+    FLUSH_S = 1.0
+    PENDING = 10_000  # timings waiting for a flush, at most (a deque drops the oldest)
 
     def __init__(self, histogram: Histogram) -> None:
         self._histogram = histogram
         self._started = 0.0
+        self._pending: collections.deque[tuple[int, float]] = collections.deque(maxlen=self.PENDING)
+        self._flusher: asyncio.Task[None] | None = None
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -41,12 +55,30 @@ class GcPauses:
         elif self._started:
             took = time.perf_counter() - self._started
             self._started = 0.0
-            self._histogram.labels(str(info.get("generation", "?"))).observe(took)
+            self._pending.append((int(info.get("generation", -1)), took))
+
+    def flush(self) -> None:
+        """Move the timings gathered since the last flush into the histogram."""
+        while self._pending:
+            generation, took = self._pending.popleft()
+            self._histogram.labels(str(generation)).observe(took)
+
+    async def _flush_often(self) -> None:
+        while True:
+            await asyncio.sleep(self.FLUSH_S)
+            self.flush()
 
     def start(self) -> None:
         if self._callback not in gc.callbacks:
             gc.callbacks.append(self._callback)
+        with contextlib.suppress(RuntimeError):  # no running loop: flush() by hand
+            if self._flusher is None:
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_often())
 
     def stop(self) -> None:
         if self._callback in gc.callbacks:
             gc.callbacks.remove(self._callback)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        self.flush()

@@ -34,7 +34,7 @@ class TranscriptFinal:
     words: list[Word]
     asr_latency: float  # seconds from the last voiced audio to this result
     cut: bool
-    end_rule: EndRule = "silence"  # what ended the utterance (media.vad.EndRule)
+    end_rule: EndRule  # what ended the utterance (media.vad.EndRule)
 
 
 @dataclass(frozen=True, slots=True)

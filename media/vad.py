@@ -166,7 +166,7 @@ class VadSettings:
         return "complete", self.short_end_ms
 
     def for_phone(self) -> VadSettings:
-        """These settings for a phone line (a SIP leg): a longer sure window, see
+        """These settings for a phone line (a G.711 SIP leg): a longer sure window, see
         PHONE_SURE_END_MS."""
         return dataclasses.replace(self, sure_end_ms=max(self.sure_end_ms, PHONE_SURE_END_MS))
 

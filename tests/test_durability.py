@@ -299,6 +299,7 @@ async def test_a_full_disk_leaves_no_ghost_call_and_loses_no_final(tmp_path: Pat
         said = me.TranscriptFinal(
             leg_id=call.caller_leg().id, index=0, text="my order never came", start=0.5,
             end=1.9, words=[me.Word("my", 0.5, 0.7, 1.0)], asr_latency=0.2, cut=False,
+            end_rule="sure",
         )  # fmt: skip
         call.events.put_nowait(said)
         await asyncio.sleep(0.5)

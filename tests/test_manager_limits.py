@@ -182,18 +182,24 @@ async def test_audio_starts_the_analysis(tmp_path: Path) -> None:
 
 
 async def test_a_phone_leg_gets_the_phone_line_windows(tmp_path: Path) -> None:
-    """The endpointer's windows tuned at 16 kHz split many more sentences on a phone
-    line (bench.endpointing --band phone): a SIP leg's analysis gets the phone windows."""
+    """The endpointer's windows tuned at 16 kHz split more sentences on a phone line
+    (bench.endpointing --band phone): a G.711 leg's analysis gets the phone windows, a
+    G.722 one (16 kHz, wideband) the others."""
+    wideband = PHONE_SDP.replace("RTP/AVP 0", "RTP/AVP 9").replace("0 PCMU/8000", "9 G722/8000")
     async with manager(tmp_path) as m:
-        peer = SipPeer(RtpSession(parse_offer(PHONE_SDP), lambda _d: None), hangup=lambda: None)
-        try:
-            call = await m.create_phone_call(peer, "+15550001234", "PCMU", "fr", menu=False)
-            pipeline = await m._start_analysis(call, call.caller_leg())
-            assert pipeline.vad == VadSettings().for_phone() != VadSettings()
-            assert pipeline.vad.sure_end_ms > VadSettings().sure_end_ms
-        finally:
-            peer.remote_ended = True
-            await peer.close()
+        for i, (sdp, codec, expected) in enumerate([
+            (PHONE_SDP, "PCMU", VadSettings().for_phone()),
+            (wideband, "G722", VadSettings()),
+        ]):  # fmt: skip
+            peer = SipPeer(RtpSession(parse_offer(sdp), lambda _d: None), hangup=lambda: None)
+            try:
+                call = await m.create_phone_call(peer, f"+1555000123{i}", codec, "fr", menu=False)
+                pipeline = await m._start_analysis(call, call.caller_leg())
+                assert pipeline.vad == expected, codec
+            finally:
+                peer.remote_ended = True
+                await peer.close()
+    assert VadSettings().for_phone().sure_end_ms > VadSettings().sure_end_ms
 
 
 async def test_pending_offers_are_capped_per_address_and_in_all(tmp_path: Path) -> None:

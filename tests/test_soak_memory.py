@@ -37,7 +37,8 @@ async def phone_call(m: CallManager, caller: str) -> tuple[Call, SipPeer]:
 
 def asks_for_a_person(call: Call) -> me.TranscriptFinal:
     leg = call.caller_leg().id
-    return me.TranscriptFinal(leg, 0, "I want to talk to a real person", 0.0, 1.2, [], 0.1, False)
+    said = "I want to talk to a real person"
+    return me.TranscriptFinal(leg, 0, said, 0.0, 1.2, [], 0.1, False, "sure")
 
 
 async def test_a_caller_asking_for_a_person_as_they_hang_up_leaves_the_queue(
