@@ -239,14 +239,21 @@ def grew(after: Samples, before: Samples, name: str) -> dict[tuple[tuple[str, st
     }
 
 
+def one_series(samples: Samples, label: str, value: str) -> Samples:
+    """The samples whose ``label`` is ``value`` (and those without it): one series of a
+    labelled histogram, for histogram_quantile, which reads every series of a name."""
+    return {k: v for k, v in samples.items() if dict(k[1]).get(label, value) == value}
+
+
 def end_rules(after: Samples, before: Samples) -> dict[str, tuple[float, float | None]]:
     """Finals by what ended their utterance: how many, and their asr_latency p50."""
     out = {}
     for labels, count in grew(after, before, "ccengine_asr_latency_seconds_count").items():
         if count > 0:
             end = dict(labels).get("end", "?")
-            only = {k: v for k, v in after.items() if dict(k[1]).get("end", end) == end}
-            p50 = histogram_quantile(only, before, "ccengine_asr_latency_seconds", 0.5)
+            p50 = histogram_quantile(
+                one_series(after, "end", end), before, "ccengine_asr_latency_seconds", 0.5
+            )
             out[end] = (count, p50)
     return dict(sorted(out.items(), key=lambda kv: -kv[1][0]))
 
@@ -257,7 +264,7 @@ def gc_note(after: Samples, before: Samples) -> str:
     parts = []
     for labels, count in sorted(grew(after, before, "ccengine_gc_pause_seconds_count").items()):
         gen = dict(labels).get("generation", "?")
-        only = {k: v for k, v in after.items() if dict(k[1]).get("generation", gen) == gen}
+        only = one_series(after, "generation", gen)
         p99 = histogram_quantile(only, before, "ccengine_gc_pause_seconds", 0.99)
         pause = "-" if p99 is None else f"{p99 * 1000:.1f}"
         parts.append(f"generation {gen}: {count:.0f} (p99 {pause} ms)")

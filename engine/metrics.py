@@ -128,14 +128,14 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        # bounded caches fill to their bound and stay: what a soak's memory curve
-        # includes that is not a leak (bench/capacity.py subtracts it)
         self.malloc_in_use = Gauge(
             "ccengine_malloc_in_use_bytes",
             "Bytes the engine process holds from malloc (glibc mallinfo2; NaN elsewhere): "
             "resident memory that grows while this stays flat is freed pages kept, not a leak",
             registry=r,
         )
+        # bounded caches fill to their bound and stay: what a soak's memory curve
+        # includes that is not a leak (bench/capacity.py subtracts it)
         self.bounded_bytes = Gauge(
             "ccengine_bounded_cache_bytes",
             "Bytes held by caches with a fixed bound: prompt (synthesised prompts, "

@@ -91,8 +91,12 @@ class UtteranceEnded:
     end: float
     voiced_frames: int
     total_frames: int
-    cut: bool = False  # ended by the length cap (or the leg closing), not by silence
     rule: EndRule = "silence"
+
+    @property
+    def cut(self) -> bool:
+        """Ended by the length cap or the leg closing, not by silence."""
+        return self.rule in ("cut", "closed")
 
     @property
     def pause_ratio(self) -> float:
@@ -254,11 +258,11 @@ class SpeechSegmenter:
         full = len(self._end_win) == self._end_win.maxlen
         too_long = frame.end - self._utt_start >= self.settings.max_utterance_s
         if too_long:
-            events.append(self._end(frame.end, cut=True, rule="cut"))
+            events.append(self._end(frame.end, "cut"))
         elif self._short_end():
-            events.append(self._end(frame.end, cut=False, rule=self._complete_rule))
+            events.append(self._end(frame.end, self._complete_rule))
         elif full and unvoiced >= self.settings.end_ratio * len(self._end_win):
-            events.append(self._end(frame.end, cut=False, rule="silence"))
+            events.append(self._end(frame.end, "silence"))
         return events
 
     def _short_end(self) -> bool:
@@ -278,19 +282,19 @@ class SpeechSegmenter:
         )
         if not self._short_end():
             return []
-        return [self._end(self._last_end, cut=False, rule=self._complete_rule)]
+        return [self._end(self._last_end, self._complete_rule)]
 
     def flush(self, now: float) -> list[VadEvent]:
         """End an utterance in progress (the leg is closing)."""
-        return [self._end(now, cut=True, rule="closed")] if self._in_speech else []
+        return [self._end(now, "closed")] if self._in_speech else []
 
-    def _end(self, end: float, *, cut: bool, rule: EndRule) -> UtteranceEnded:
+    def _end(self, end: float, rule: EndRule) -> UtteranceEnded:
         self._in_speech = False
         self._quiet = 0
         self._complete_after = 0
         self._end_win.clear()
         self._start_win.clear()
-        return UtteranceEnded(self._utt_start, end, self._voiced, self._total, cut, rule)
+        return UtteranceEnded(self._utt_start, end, self._voiced, self._total, rule)
 
 
 def level_dbfs(frame: PcmFrame) -> float:
