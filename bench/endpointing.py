@@ -58,11 +58,11 @@ from media.asr.base import AsrResult, ends_sentence
 from media.asr.local import LocalRecognizer
 from media.asr.moonshine_backend import MoonshineFactory
 from media.asr.moonshine_convert import cache_dir, ensure
-from media.audio import FRAME_MS, FRAME_SAMPLES, AnalysisResampler
+from media.audio import FRAME_MS, FRAME_SAMPLES, AnalysisResampler, Interpolator
 from media.events import MediaEvent, TranscriptFinal
 from media.pipeline import LegPipeline
 from media.vad import PauseDetected, SpeechFrame, SpeechSegmenter, UtteranceEnded, VadSettings
-from media.wavtrack import read_wav_mono
+from media.wavtrack import SEND_RATE, read_wav_mono
 from tests import speech
 from tests.engine_proc import ROOT
 
@@ -174,13 +174,14 @@ def synthesise(part: str, workdir: Path, band: Band = "wide") -> list[Turn]:
 
 def phone_line(path: Path) -> None:
     """``path`` rewritten as a phone call brings it: 300-3400 Hz at 8 kHz, through G.711
-    u-law and back (what the engine decodes from a SIP caller's RTP)."""
+    u-law and back, then up to 48 kHz as media/rtp.py hands a SIP caller's audio to
+    analysis (which takes it down to 16 kHz as it does for every caller)."""
     band = speech.sox(path, path.with_suffix(".8k.wav"), ["highpass", "300", "lowpass", "3400"],
                       rate=8000)  # fmt: skip
     pcm, rate = read_wav_mono(str(band))
     codec = get_codec(0)
-    decoded = codec.decode(codec.encode(pcm.astype("<i2").tobytes()))
-    speech.write_wav(path, np.frombuffer(decoded, "<i2"), rate)
+    decoded = np.frombuffer(codec.decode(codec.encode(pcm.astype("<i2").tobytes())), "<i2")
+    speech.write_wav(path, Interpolator(SEND_RATE // rate).push(decoded), SEND_RATE)
 
 
 def sentence_ends(pcm: np.ndarray, rate: int, n: int) -> list[float]:
@@ -346,6 +347,9 @@ class Pause:
     complete: bool  # what the recognizer made of the words before it
     words: int
     end_odds: float | None  # how sure it was that the sentence ended there
+    # at a sentence's end: its last voiced frame after the end of its sound (the level
+    # gate's lateness, which every window adds to)
+    late_ms: float = 0.0
 
 
 def pauses(turn: Turn, factory: MoonshineFactory, vad: VadSettings) -> list[Pause]:
@@ -353,15 +357,18 @@ def pauses(turn: Turn, factory: MoonshineFactory, vad: VadSettings) -> list[Paus
     CPU goes: how long it lasted and what the recognizer read before it. An utterance
     ends only at a sentence's 0.9 s gap here, so every mid-sentence pause is seen."""
     pcm, rate = read_wav_mono(str(turn.wav))
-    seg = SpeechSegmenter(VadSettings(pause_ms=vad.pause_ms, end_window_ms=800, end_ratio=0.99))
+    # the windows are the replay's to try; the gate and the pause are the leg's
+    seg = SpeechSegmenter(dataclasses.replace(vad, end_window_ms=800, end_ratio=0.99))
     rec = factory.create()
     rec.defer_partials = True  # partials cost decodes and tell the endpointer nothing
     out: list[Pause] = []
     going: Pause | None = None  # the pause in progress
+    voiced_to = 0.0  # the end of the last voiced frame
     for frame in AnalysisResampler().push(pcm, rate):
         for ev in seg.push(frame):
             if isinstance(ev, SpeechFrame):
                 rec.accept(ev.frame.to_bytes())
+                voiced_to = ev.frame.end if ev.voiced else voiced_to
                 if going is not None and ev.voiced:
                     going = None
                 elif going is not None:
@@ -376,6 +383,8 @@ def pauses(turn: Turn, factory: MoonshineFactory, vad: VadSettings) -> list[Paus
                 rec.finish()
                 if going is not None:
                     going.gap_ms = float("inf")
+                    end = min(turn.ends, key=lambda e: abs(e - voiced_to))
+                    going.late_ms = 1000 * (voiced_to - end)
                 going = None
     return out
 
@@ -396,9 +405,13 @@ def replay(parts: list[str], vad: VadSettings, band: Band) -> None:
             turns = synthesise(part, Path(tmp), band)
             found = [p for t in turns for p in pauses(t, factory, vad)]
             n = sum(len(t.script) for t in turns)
+            late = [p.late_ms for p in found if p.gap_ms == float("inf")]
             print(f"\n{part}: pause {vad.pause_ms} ms, fragment {vad.fragment_end_ms} ms, "
                   f"incomplete {vad.incomplete_end_ms} ms, sure at odds >= "
-                  f"{vad.sure_end_odds:g}, replayed")  # fmt: skip
+                  f"{vad.sure_end_odds:g}, level gate {vad.speech_margin_db:g} dB under the "
+                  f"peak and {vad.floor_margin_db:g} over the floor, replayed; the last voiced "
+                  f"frame of a sentence is {pct(late, 50):.0f} / {pct(late, 95):.0f} ms (p50 / "
+                  f"p95) after the end of its sound")  # fmt: skip
             print("| complete window | sure window | sure at odds >= | split | silence waited "
                   "at sentence ends p50 | p95 | sentence ends sure |")  # fmt: skip
             print("|---|---|---|---|---|---|---|")

@@ -104,13 +104,16 @@ def test_a_silent_line_is_silence_out() -> None:
     assert all(len(t) == 160 for t in tail) and not np.concatenate(tail[1:]).any()
 
 
-def test_each_48khz_frame_is_analysed_as_it_arrives() -> None:
-    """libsoxr gave the analysis rate in ~64 ms blocks: no frame for two or three
-    packets, then three, so end of speech was seen up to 40 ms late. Now each 20 ms
-    packet from a caller makes its analysis frame at once."""
+@pytest.mark.parametrize(("rate", "channels"), [(48000, 2), (8000, 1)])
+def test_each_frame_is_analysed_as_it_arrives(rate: int, channels: int) -> None:
+    """libsoxr gave the analysis rate in blocks (~64 ms from 48 kHz, 100 ms from 8
+    kHz): no frame for a few packets, then several, so end of speech was seen up to
+    that late. Now each 20 ms packet from a caller makes its analysis frame at once:
+    48 kHz (Opus, and phones through media/rtp.py) and 8 kHz (a G.711 WebRTC peer)."""
     r = AnalysisResampler()
-    pcm = tone(1000, 48000, 1, channels=2)
-    counts = [len(r.push(pcm[i : i + 1920], 48000, 2)) for i in range(0, len(pcm), 1920)]
+    pcm = tone(1000, rate, 1, channels=channels)
+    step = rate // 50 * channels
+    counts = [len(r.push(pcm[i : i + step], rate, channels)) for i in range(0, len(pcm), step)]
     assert counts == [1] * 50
 
 

@@ -182,8 +182,8 @@ async def test_audio_starts_the_analysis(tmp_path: Path) -> None:
 
 
 async def test_a_phone_leg_gets_the_phone_line_windows(tmp_path: Path) -> None:
-    """The endpointer's windows tuned at 16 kHz split more sentences on a phone line
-    (bench.endpointing --band phone): a G.711 leg's analysis gets the phone windows, a
+    """The level gate tuned at 16 kHz splits more sentences on a phone line
+    (bench.endpointing --band phone): a G.711 leg's analysis gets the phone settings, a
     G.722 one (16 kHz, wideband) the others."""
     wideband = PHONE_SDP.replace("RTP/AVP 0", "RTP/AVP 9").replace("0 PCMU/8000", "9 G722/8000")
     async with manager(tmp_path) as m:
@@ -199,7 +199,7 @@ async def test_a_phone_leg_gets_the_phone_line_windows(tmp_path: Path) -> None:
             finally:
                 peer.remote_ended = True
                 await peer.close()
-    assert VadSettings().for_phone().sure_end_ms > VadSettings().sure_end_ms
+    assert VadSettings().for_phone().speech_margin_db > VadSettings().speech_margin_db
 
 
 async def test_pending_offers_are_capped_per_address_and_in_all(tmp_path: Path) -> None:
