@@ -178,6 +178,21 @@ class EngineTree:
     def pss_mb(self) -> float:
         return total_mb(self.pss_parts_mb())
 
+    def pss_kinds_mb(self) -> tuple[float, float]:
+        """PSS of all these processes in anonymous pages (the heap, arenas, stacks) and in
+        pages of files (libraries, models): what grows tells a heap that keeps pages from
+        code and model pages first touched late."""
+        anon = file = 0.0
+        for p in self.procs():
+            with contextlib.suppress(OSError), open(f"/proc/{p.pid}/smaps_rollup") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key == "Pss_Anon":
+                        anon += int(value.split()[0]) / 1024
+                    elif key in ("Pss_File", "Pss_Shmem"):
+                        file += int(value.split()[0]) / 1024
+        return anon, file
+
     def alone_mb(self) -> float | None:
         """Resident pages of these processes, each counted once however many of them map
         it: what their PSS adds up to when no other process shares their pages (PSS splits
@@ -907,6 +922,8 @@ class Soak:
     # the PSS once the last call has ended, to compare with idle_mb: no calls in progress,
     # so none of the sample-to-sample noise of calls starting and ending
     idle_after_mb: float = math.nan
+    # (s, anonymous MB, file MB) of PSS (smaps_rollup), all processes
+    kinds: list[tuple[float, float, float]] = field(default_factory=list)
 
     def slope_mb_per_min(self, samples: list[tuple[float, float]] | None = None) -> float:
         """Least-squares trend of PSS (or ``samples``) after the warm-up (all samples
@@ -938,6 +955,8 @@ class Soak:
         engine_slope = self.slope_mb_per_min([(t, e) for t, e, _ in self.parts])
         worker_slope = self.slope_mb_per_min([(t, w) for t, _, w in self.parts])
         limit = GOAL_BASE_MB + GOAL_PER_CALL_MB * self.n
+        anon = self.slope_mb_per_min([(t, a) for t, a, _ in self.kinds])
+        files = self.slope_mb_per_min([(t, f) for t, _, f in self.kinds])
         lines = [
             f"soak: moonshine, {self.n} SIPp callers calling again and again for "
             f"{self.minutes:g} min ({self.calls} calls, {self.failed} failed, "
@@ -966,6 +985,9 @@ class Soak:
             f"{self.slope_mb_per_min(self.heap) if self.heap else math.nan:+.2f} MB / min "
             "(ccengine_malloc_in_use_bytes)",
             "",
+            f"by kind of page: anonymous {anon:+.2f} MB / min, files (libraries, models) "
+            f"{files:+.2f} MB / min",
+            "",
             "samples (s, MB): " + ", ".join(f"{t:.0f} {m:.0f}" for t, m in self.samples),
             "bounded caches (s, MB): " + ", ".join(f"{t:.0f} {m:.1f}" for t, m in self.bounded),
         ]
@@ -982,6 +1004,7 @@ async def soak(n: int, minutes: float, talk: Talk, work: Path) -> Soak:
     bounded: list[tuple[float, float]] = []
     parts: list[tuple[float, float, float]] = []
     heap: list[tuple[float, float]] = []
+    kinds: list[tuple[float, float, float]] = []
     try:
         assert engine.proc is not None
         tree = EngineTree(engine.proc.pid)
@@ -989,6 +1012,7 @@ async def soak(n: int, minutes: float, talk: Talk, work: Path) -> Soak:
         async def take(elapsed: float) -> None:
             split = await asyncio.to_thread(tree.pss_parts_mb)
             samples.append((elapsed, total_mb(split)))
+            kinds.append((elapsed, *await asyncio.to_thread(tree.pss_kinds_mb)))
             engine_mb = sum(mb for kind, mb in split if kind == "engine")
             parts.append((elapsed, engine_mb, sum(mb for kind, mb in split if kind == "worker")))
             now = await metrics(engine)
@@ -1039,6 +1063,7 @@ async def soak(n: int, minutes: float, talk: Talk, work: Path) -> Soak:
         parts=parts,
         heap=heap,
         idle_after_mb=idle_after_mb,
+        kinds=kinds,
     )
 
 

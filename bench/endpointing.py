@@ -52,17 +52,16 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from aiortp.codecs import get_codec
 
 from media.asr.base import AsrResult, ends_sentence
 from media.asr.local import LocalRecognizer
 from media.asr.moonshine_backend import MoonshineFactory
 from media.asr.moonshine_convert import cache_dir, ensure
-from media.audio import FRAME_MS, FRAME_SAMPLES, AnalysisResampler, Interpolator
+from media.audio import FRAME_MS, FRAME_SAMPLES, AnalysisResampler
 from media.events import MediaEvent, TranscriptFinal
 from media.pipeline import LegPipeline
 from media.vad import PauseDetected, SpeechFrame, SpeechSegmenter, UtteranceEnded, VadSettings
-from media.wavtrack import SEND_RATE, read_wav_mono
+from media.wavtrack import read_wav_mono
 from tests import speech
 from tests.engine_proc import ROOT
 
@@ -164,24 +163,12 @@ def synthesise(part: str, workdir: Path, band: Band = "wide") -> list[Turn]:
             heard = clean if snr is None else speech.with_noise(clean, rate, snr, workdir)
             speech.write_wav(path, heard, rate)
             if band == "phone":
-                phone_line(path)
+                speech.phone_line(path, path)
             out.append(Turn(script, path, ends))
     line = "a phone line (300-3400 Hz, 8 kHz, G.711)" if band == "phone" else "16 kHz"
     print(f"{part}: {len(out)} turns, {sum(len(t.script) for t in out)} sentences, "
           f"voices: {', '.join(n for n, _, _ in voices)}; {line}")  # fmt: skip
     return out
-
-
-def phone_line(path: Path) -> None:
-    """``path`` rewritten as a phone call brings it: 300-3400 Hz at 8 kHz, through G.711
-    u-law and back, then up to 48 kHz as media/rtp.py hands a SIP caller's audio to
-    analysis (which takes it down to 16 kHz as it does for every caller)."""
-    band = speech.sox(path, path.with_suffix(".8k.wav"), ["highpass", "300", "lowpass", "3400"],
-                      rate=8000)  # fmt: skip
-    pcm, rate = read_wav_mono(str(band))
-    codec = get_codec(0)
-    decoded = np.frombuffer(codec.decode(codec.encode(pcm.astype("<i2").tobytes())), "<i2")
-    speech.write_wav(path, Interpolator(SEND_RATE // rate).push(decoded), SEND_RATE)
 
 
 def sentence_ends(pcm: np.ndarray, rate: int, n: int) -> list[float]:

@@ -96,6 +96,22 @@ def sox(src: Path, dst: Path, effects: list[str], rate: int | None = None) -> Pa
     return dst
 
 
+def phone_line(path: Path, dst: Path) -> Path:
+    """``path`` as a phone call brings it to analysis: 300-3400 Hz at 8 kHz, through
+    G.711 u-law and back, then up to 48 kHz as media/rtp.py hands a SIP caller's audio
+    on (the same filter); written to ``dst``."""
+    from aiortp.codecs import get_codec
+
+    from media.audio import Interpolator
+    from media.wavtrack import SEND_RATE, read_wav_mono
+
+    band = sox(path, dst.with_suffix(".8k.wav"), ["highpass", "300", "lowpass", "3400"], 8000)
+    pcm, rate = read_wav_mono(str(band))
+    codec = get_codec(0)
+    decoded = np.frombuffer(codec.decode(codec.encode(pcm.astype("<i2").tobytes())), "<i2")
+    return write_wav(dst, Interpolator(SEND_RATE // rate).push(decoded), SEND_RATE)
+
+
 END_LEVEL_DBFS = -45.0  # a 20 ms frame above this is speech: where a sentence really ends
 
 

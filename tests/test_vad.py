@@ -1,9 +1,10 @@
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from media.audio import FRAME_SAMPLES, AnalysisResampler, PcmFrame, rms_dbfs
+from media.audio import FRAME_MS, FRAME_SAMPLES, AnalysisResampler, PcmFrame, rms_dbfs
 from media.vad import (
     PauseDetected,
     SpeechFrame,
@@ -165,3 +166,32 @@ def test_each_window_is_named() -> None:
     assert st.end_window(True, 2, 9.0) == ("fragment", st.fragment_end_ms)
     assert st.end_window(True, 5, None) == ("complete", st.short_end_ms)
     assert st.end_window(True, 5, 9.0) == ("sure", st.sure_end_ms)
+
+
+def longest_pause_ms(pcm: np.ndarray, rate: int, settings: VadSettings) -> int:
+    """The longest run of unvoiced frames between voiced ones inside one utterance (the
+    end windows made long enough that nothing ends it early)."""
+    long = dataclasses.replace(settings, end_window_ms=1000, end_ratio=0.99)
+    voiced = [ev.voiced for ev in segment(pcm, rate, long) if isinstance(ev, SpeechFrame)]
+    first, last = voiced.index(True), len(voiced) - voiced[::-1].index(True)
+    runs = "".join("v" if v else "." for v in voiced[first:last]).split("v")
+    return max(len(r) for r in runs) * FRAME_MS
+
+
+def test_a_phone_line_keeps_the_soft_consonant_after_a_comma(tmp_path: Path) -> None:
+    """A phone line cuts most of the hiss of an s: at the 16 kHz level gate the pause
+    before "sadly" read ~100 ms longer there than at 16 kHz, past the window that ends a
+    complete sentence ("The old one expired." ... "sadly." split in two). A phone leg's
+    gate keeps what the line leaves of the s, so the pause is the speaker's."""
+    wide = speech.piper_script(
+        ["The old one expired, sadly."], tmp_path / "s.wav", ["tempo", "0.85"]
+    )
+    phone = speech.phone_line(wide, tmp_path / "phone.wav")
+    pcm, rate = read_wav_mono(str(wide))
+    on_phone, phone_rate = read_wav_mono(str(phone))
+    at_16k = longest_pause_ms(pcm, rate, VadSettings())
+    untuned = longest_pause_ms(on_phone, phone_rate, VadSettings())
+    tuned = longest_pause_ms(on_phone, phone_rate, VadSettings().for_phone())
+    assert untuned >= VadSettings().short_end_ms  # what split the sentence
+    assert tuned < VadSettings().short_end_ms
+    assert tuned <= at_16k + 2 * FRAME_MS, (at_16k, untuned, tuned)
