@@ -180,10 +180,11 @@ def longest_pause_ms(pcm: np.ndarray, rate: int, settings: VadSettings) -> int:
 
 def test_a_phone_line_keeps_the_soft_consonant_after_a_comma(tmp_path: Path) -> None:
     """A phone line cuts most of the hiss of an s: at the 16 kHz level gate the pause
-    before "sadly" read ~100 ms longer there than at 16 kHz, past the window that ends a
-    complete sentence ("The old one expired." ... "sadly." split in two). A phone leg's
-    gate keeps what the line leaves of the s, so the pause is the speaker's."""
-    wide = speech.piper_script(
+    before "sadly" read 60-140 ms longer there than at 16 kHz, past the window that
+    ends a complete sentence ("The old one expired." ... "sadly." split in two). A
+    phone leg's gate keeps what the line leaves of the s, so the pause is the
+    speaker's."""
+    wide = speech.piper_alone(
         ["The old one expired, sadly."], tmp_path / "s.wav", ["tempo", "0.85"]
     )
     phone = speech.phone_line(wide, tmp_path / "phone.wav")
@@ -192,6 +193,8 @@ def test_a_phone_line_keeps_the_soft_consonant_after_a_comma(tmp_path: Path) -> 
     at_16k = longest_pause_ms(pcm, rate, VadSettings())
     untuned = longest_pause_ms(on_phone, phone_rate, VadSettings())
     tuned = longest_pause_ms(on_phone, phone_rate, VadSettings().for_phone())
-    assert untuned >= VadSettings().short_end_ms  # what split the sentence
-    assert tuned < VadSettings().short_end_ms
-    assert tuned <= at_16k + 2 * FRAME_MS, (at_16k, untuned, tuned)
+    found = (at_16k, untuned, tuned)
+    assert untuned >= VadSettings().short_end_ms, found  # what split the sentence
+    assert tuned <= untuned - 2 * FRAME_MS, found
+    assert tuned < VadSettings().short_end_ms, found
+    assert tuned <= at_16k + 2 * FRAME_MS, found
