@@ -184,13 +184,16 @@ class EngineTree:
         code and model pages first touched late."""
         anon = file = 0.0
         for p in self.procs():
-            with contextlib.suppress(OSError), open(f"/proc/{p.pid}/smaps_rollup") as f:
-                for line in f:
-                    key, _, value = line.partition(":")
-                    if key == "Pss_Anon":
-                        anon += int(value.split()[0]) / 1024
-                    elif key in ("Pss_File", "Pss_Shmem"):
-                        file += int(value.split()[0]) / 1024
+            try:
+                with open(f"/proc/{p.pid}/smaps_rollup") as f:
+                    kb = {k: int(v.split()[0]) for k, _, v in (ln.partition(":") for ln in f)
+                          if k in ("Pss_Anon", "Pss_File", "Pss_Shmem")}  # fmt: skip
+            except OSError:  # the process ended: its pages are gone too
+                continue
+            if "Pss_Anon" not in kb:  # a kernel before 5.13 does not split them
+                return math.nan, math.nan
+            anon += kb["Pss_Anon"] / 1024
+            file += (kb.get("Pss_File", 0) + kb.get("Pss_Shmem", 0)) / 1024
         return anon, file
 
     def alone_mb(self) -> float | None:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import math
 import statistics
 import tempfile
 import time
@@ -371,10 +372,18 @@ def pauses(turn: Turn, factory: MoonshineFactory, vad: VadSettings) -> list[Paus
                 if going is not None:
                     going.gap_ms = float("inf")
                     end = min(turn.ends, key=lambda e: abs(e - voiced_to))
-                    going.late_ms = 1000 * (voiced_to - end)
+                    # a cut utterance, or one that a long pause ended mid-sentence, has
+                    # no sentence end of its own to be late for (the phone line's
+                    # filters add ~4 ms: at most a frame at the p50)
+                    if not ev.cut and abs(voiced_to - end) <= LATE_MATCH_S:
+                        going.late_ms = 1000 * (voiced_to - end)
+                    else:
+                        going.late_ms = math.nan
                 going = None
     return out
 
+
+LATE_MATCH_S = 0.3  # a last voiced frame this far from any sentence end is not at one
 
 SURE_ODDS = (1.0, 1.5, 1.8, 2.0, 2.2, 2.6, 3.0)  # log odds: 2.7, 4.5, 6, 7.4, 9, 13.5, 20 to 1
 
@@ -393,6 +402,7 @@ def replay(parts: list[str], vad: VadSettings, band: Band) -> None:
             found = [p for t in turns for p in pauses(t, factory, vad)]
             n = sum(len(t.script) for t in turns)
             late = [p.late_ms for p in found if p.gap_ms == float("inf")]
+            late = [x for x in late if not math.isnan(x)]
             print(f"\n{part}: pause {vad.pause_ms} ms, fragment {vad.fragment_end_ms} ms, "
                   f"incomplete {vad.incomplete_end_ms} ms, sure at odds >= "
                   f"{vad.sure_end_odds:g}, level gate {vad.speech_margin_db:g} dB under the "

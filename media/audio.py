@@ -4,8 +4,9 @@ Everything downstream of the transports (VAD, ASR, emotion) works on 16 kHz mono
 int16 audio in 20 ms frames. ``AnalysisResampler`` turns whatever a transport
 decodes (Opus at 48 kHz stereo, G.711 at 8 kHz mono, ...) into exactly that,
 with a real band-limited resampler so nothing aliases into the speech band the
-recognizer listens to: for 48 kHz (every caller) a polyphase filter of our own that
-gives each frame at once (:class:`Decimator`), for other rates libsoxr.
+recognizer listens to: for 48 kHz (every caller) and for rates that divide 16 kHz (8
+kHz) polyphase filters of our own that give each frame at once (:class:`Decimator`,
+:class:`Interpolator`), for other rates libsoxr.
 """
 
 from __future__ import annotations
@@ -91,9 +92,9 @@ class AnalysisResampler:
                 # where the recognizer hears nothing it needs; half the cost a frame
                 self._resample = Decimator(3, taps=121).push_float
             elif ANALYSIS_RATE % sample_rate == 0:
-                # 8 kHz (a G.711 WebRTC peer; bench.endpointing's phone line): the same
-                # for a narrow line, up in one step (libsoxr held it back up to 100 ms,
-                # five frames at a time, so every end of speech was found that late)
+                # 8 kHz (a WebRTC peer that negotiated G.711): the same for a narrow
+                # line, up in one step (libsoxr held it back up to 100 ms, five frames
+                # at a time, so every end of speech was found that late)
                 self._resample = Interpolator(ANALYSIS_RATE // sample_rate).push_float
             else:
                 self._resample = soxr.ResampleStream(
@@ -118,10 +119,11 @@ class AnalysisResampler:
 
 
 def _lowpass(taps: int, factor: int) -> np.ndarray:
-    """A windowed-sinc low-pass at 48 kHz / ``factor`` / 2 (the narrow rate's Nyquist),
-    Kaiser window (beta 8: ~80 dB down past the transition band)."""
+    """A windowed-sinc low-pass at the wide rate / ``factor`` / 2 (the narrow rate's
+    Nyquist; the wide rate is 48 kHz, or 16 kHz for analysis from 8 kHz), Kaiser window
+    (beta 8: ~80 dB down past the transition band)."""
     n = np.arange(taps) - (taps - 1) / 2
-    fc = 0.5 / factor  # as a fraction of 48 kHz
+    fc = 0.5 / factor  # as a fraction of the wide rate
     h: np.ndarray = 2 * fc * np.sinc(2 * fc * n) * np.kaiser(taps, 8.0)
     return h
 
@@ -173,8 +175,8 @@ class Decimator:
 class Interpolator:
     """A rate ``factor`` times higher (a phone's 8 or 16 kHz to 48 kHz; 8 to 16 kHz for
     analysis), each input block's output at once: the same filter as
-    :class:`Decimator`, run per output phase, for the same reason (libsoxr gave ~64 ms
-    blocks, 40 ms late)."""
+    :class:`Decimator`, run per output phase, for the same reason (libsoxr gave blocks of
+    ~64 ms from 48 kHz and 100 ms from 8 kHz)."""
 
     TAPS_PER_PHASE = 40
 

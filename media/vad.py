@@ -108,11 +108,12 @@ VadEvent = UtteranceStarted | SpeechFrame | PauseDetected | UtteranceEnded
 
 # A phone line (300-3400 Hz at 8 kHz through G.711) cuts what carries many word edges:
 # the hiss of s, f and th lies mostly above 3.4 kHz, so what is left of it is 20-30 dB
-# under the vowels and the level gate, at 20 dB, took the pause at "expired, sadly" for
-# 480 ms of silence (360 at 16 kHz). At 30 dB the tuning part splits 3 of 60 sentences
-# on a phone line (5 at 20 dB, 6 at 25) for one frame more at the end of the words
-# (`bench.endpointing --band phone --replay --part tuning --set speech_margin_db=30`);
-# at 16 kHz 30 dB splits more (4 against 3), so it is for phone lines only.
+# under the vowels and the level gate, at 20 dB, took the pause at "expired, sadly" in
+# bench.endpointing's tuning part for 480 ms of silence (360 at 16 kHz). At 30 dB the
+# tuning part splits 3 of 60 sentences on a phone line (5 at 20 dB, 6 at 25) for one
+# frame more at the end of the words (`bench.endpointing --band phone --replay --part
+# tuning --set speech_margin_db=30`); at 16 kHz 30 dB splits more (4 against 3), so it
+# is for G.711 SIP legs only.
 PHONE_SPEECH_MARGIN_DB = 30.0
 
 

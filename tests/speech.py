@@ -7,8 +7,10 @@ sentences, the way a caller talks, so the engine sees several utterances.
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
+import sys
 import wave
 import zlib
 from functools import lru_cache
@@ -84,14 +86,10 @@ def piper_alone(sentences: list[str], path: Path, effects: list[str] | None = No
     """``piper_script`` in a fresh interpreter: the same samples whatever this process
     synthesised before (a test that measures a sentence's pauses to the frame got 340
     ms alone and 420 ms after the tests before it in its file)."""
-    import sys
-
     code = (
         "import sys, json; from pathlib import Path; from tests import speech; "
         "speech.piper_script(json.loads(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]))"
     )
-    import json
-
     subprocess.run(
         [sys.executable, "-c", code, json.dumps(sentences), str(path), json.dumps(effects)],
         check=True, cwd=Path(__file__).resolve().parent.parent,

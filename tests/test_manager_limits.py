@@ -181,7 +181,7 @@ async def test_audio_starts_the_analysis(tmp_path: Path) -> None:
             await client.close()
 
 
-async def test_a_phone_leg_gets_the_phone_line_windows(tmp_path: Path) -> None:
+async def test_a_phone_leg_gets_the_phone_line_settings(tmp_path: Path) -> None:
     """The level gate tuned at 16 kHz splits more sentences on a phone line
     (bench.endpointing --band phone): a G.711 leg's analysis gets the phone settings, a
     G.722 one (16 kHz, wideband) the others."""

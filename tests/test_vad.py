@@ -180,10 +180,12 @@ def longest_pause_ms(pcm: np.ndarray, rate: int, settings: VadSettings) -> int:
 
 def test_a_phone_line_keeps_the_soft_consonant_after_a_comma(tmp_path: Path) -> None:
     """A phone line cuts most of the hiss of an s: at the 16 kHz level gate the pause
-    before "sadly" read 60-140 ms longer there than at 16 kHz, past the window that
-    ends a complete sentence ("The old one expired." ... "sadly." split in two). A
-    phone leg's gate keeps what the line leaves of the s, so the pause is the
-    speaker's."""
+    before "sadly" reads longer on the line than at 16 kHz (400 against 340 ms for this
+    synthesis; 480 against 360 in bench.endpointing's tuning part, past the window that
+    ends a complete sentence: "The old one expired." ... "sadly." split in two). A phone
+    leg's gate keeps what the line leaves of the s, so the pause is the speaker's. The
+    checks are on differences, not on the lengths, which move by a frame or two with
+    the synthesis."""
     wide = speech.piper_alone(
         ["The old one expired, sadly."], tmp_path / "s.wav", ["tempo", "0.85"]
     )
@@ -194,7 +196,6 @@ def test_a_phone_line_keeps_the_soft_consonant_after_a_comma(tmp_path: Path) -> 
     untuned = longest_pause_ms(on_phone, phone_rate, VadSettings())
     tuned = longest_pause_ms(on_phone, phone_rate, VadSettings().for_phone())
     found = (at_16k, untuned, tuned)
-    assert untuned >= VadSettings().short_end_ms, found  # what split the sentence
+    assert untuned >= at_16k + 2 * FRAME_MS, found  # what the line does at the 16 kHz gate
     assert tuned <= untuned - 2 * FRAME_MS, found
-    assert tuned < VadSettings().short_end_ms, found
     assert tuned <= at_16k + 2 * FRAME_MS, found
