@@ -163,37 +163,44 @@ class EngineTree:
                     own = t.user + t.system
         return own, total
 
-    def pss_parts_mb(self) -> list[tuple[ProcessKind, float]]:
-        """PSS of each process, the engine first."""
-        parts: list[tuple[ProcessKind, float]] = []
+    def rollups(self) -> list[tuple[ProcessKind, dict[str, int]]]:
+        """Each process's ``smaps_rollup`` (kB), the engine first: its PSS, and that PSS
+        in anonymous pages and in pages of files, read together so they agree."""
+        out: list[tuple[ProcessKind, dict[str, int]]] = []
         for p in self.procs():
-            with contextlib.suppress(psutil.Error):
-                pss = p.memory_full_info().pss / 2**20
+            try:
                 kind: ProcessKind = "engine" if p.pid == self.root.pid else "other"
                 if kind == "other" and "media.asr.worker" in p.cmdline():
                     kind = "worker"
-                parts.append((kind, pss))
-        return parts
+                with open(f"/proc/{p.pid}/smaps_rollup") as f:
+                    kb = {k: int(v.split()[0]) for k, _, v in (ln.partition(":") for ln in f)
+                          if k in ("Pss", "Pss_Anon", "Pss_File", "Pss_Shmem")}  # fmt: skip
+            except (OSError, psutil.Error):  # the process ended: its pages are gone too
+                continue
+            out.append((kind, kb))
+        return out
+
+    def pss_parts_mb(
+        self, rollups: list[tuple[ProcessKind, dict[str, int]]] | None = None
+    ) -> list[tuple[ProcessKind, float]]:
+        """PSS of each process, the engine first (from ``rollups``, or read now)."""
+        return [(kind, kb["Pss"] / 1024) for kind, kb in (rollups or self.rollups())]
 
     def pss_mb(self) -> float:
         return total_mb(self.pss_parts_mb())
 
-    def pss_kinds_mb(self) -> tuple[float, float]:
+    def pss_kinds_mb(
+        self, rollups: list[tuple[ProcessKind, dict[str, int]]] | None = None
+    ) -> tuple[float, float]:
         """PSS of all these processes in anonymous pages (the heap, arenas, stacks) and in
         pages of files (libraries, models): what grows tells a heap that keeps pages from
-        code and model pages first touched late."""
-        anon = file = 0.0
-        for p in self.procs():
-            try:
-                with open(f"/proc/{p.pid}/smaps_rollup") as f:
-                    kb = {k: int(v.split()[0]) for k, _, v in (ln.partition(":") for ln in f)
-                          if k in ("Pss_Anon", "Pss_File", "Pss_Shmem")}  # fmt: skip
-            except OSError:  # the process ended: its pages are gone too
-                continue
-            if "Pss_Anon" not in kb:  # a kernel before 5.13 does not split them
-                return math.nan, math.nan
-            anon += kb["Pss_Anon"] / 1024
-            file += (kb.get("Pss_File", 0) + kb.get("Pss_Shmem", 0)) / 1024
+        code and model pages first touched late. NaN on a kernel that does not split them
+        (before 5.13)."""
+        rolls = rollups or self.rollups()
+        if any("Pss_Anon" not in kb for _, kb in rolls):
+            return math.nan, math.nan
+        anon = sum(kb["Pss_Anon"] for _, kb in rolls) / 1024
+        file = sum(kb.get("Pss_File", 0) + kb.get("Pss_Shmem", 0) for _, kb in rolls) / 1024
         return anon, file
 
     def alone_mb(self) -> float | None:
@@ -1013,9 +1020,10 @@ async def soak(n: int, minutes: float, talk: Talk, work: Path) -> Soak:
         tree = EngineTree(engine.proc.pid)
 
         async def take(elapsed: float) -> None:
-            split = await asyncio.to_thread(tree.pss_parts_mb)
+            rolls = await asyncio.to_thread(tree.rollups)
+            split = tree.pss_parts_mb(rolls)
             samples.append((elapsed, total_mb(split)))
-            kinds.append((elapsed, *await asyncio.to_thread(tree.pss_kinds_mb)))
+            kinds.append((elapsed, *tree.pss_kinds_mb(rolls)))
             engine_mb = sum(mb for kind, mb in split if kind == "engine")
             parts.append((elapsed, engine_mb, sum(mb for kind, mb in split if kind == "worker")))
             now = await metrics(engine)
