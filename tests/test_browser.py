@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, Route, expect, sync_playwright
 
 from tests import sipp, speech
 from tests.engine_proc import PAGE_HEADERS, EngineProcess, free_port
@@ -158,6 +158,31 @@ def audio_flow(page: Page, peer: str, seconds: float = 2.0, kind: str = "audio")
     page.wait_for_timeout(seconds * 1000)
     after = page.evaluate(stats)
     return {k: after[k] - before[k] for k in ("sent", "received")}
+
+
+def test_available_is_offered_only_once_the_desk_knows_the_presence(
+    engine: EngineProcess, browser: Browser
+) -> None:
+    """On a slow network the desk still reads the agent's presence after signing in.
+    The "Available" button used to show at once, so a click before the login reached
+    the ACD was refused (an offline agent cannot go available) and left the agent away
+    (a CI failure). The agent list is held back 1.5 s to open that window every time."""
+    engine.add_user("cy", "pw-cy-123")
+    page = browser.new_context(permissions=["microphone"]).new_page()
+
+    def slow_agents(route: Route) -> None:
+        time.sleep(1.5)
+        route.continue_()
+
+    page.route("**/api/v1/agents", slow_agents)
+    page.goto(f"{engine.url}/agent")
+    page.get_by_test_id("username").fill("cy")
+    page.get_by_test_id("password").fill("pw-cy-123")
+    page.get_by_test_id("sign-in").click()
+    # no wait for "away": the click comes as soon as the button can be clicked
+    page.get_by_test_id("go-available").click()
+    expect(page.get_by_test_id("presence")).to_have_text("available")
+    expect(page.get_by_test_id("desk-error")).to_have_text("")
 
 
 def test_agent_desk_answers_an_escalated_caller(

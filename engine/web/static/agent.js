@@ -49,11 +49,13 @@ async function signedIn() {
   $("who").textContent = `${me.display_name || me.username} (${me.role})`;
   $("sign-out").hidden = false;
   if (me.role === "agent") {
-    $("go-available").hidden = $("go-away").hidden = $("presence").hidden = false;
     const self = (await api("/api/v1/agents")).find((a) => a.id === me.id);
     let presence = self ? self.presence : "offline";
     if (presence === "offline") presence = (await presenceEvent("login")).presence;
     setPresence(presence);
+    // shown only now: a click on "Available" before the login reached the ACD was
+    // refused (offline agents cannot go available) and left the agent away
+    $("go-available").hidden = $("go-away").hidden = $("presence").hidden = false;
   } else {
     $("alerts-card").hidden = false;
   }
