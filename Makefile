@@ -9,7 +9,7 @@ PORT ?= 8080
 TEST_DEBS := chromium espeak-ng sox sip-tester
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint typecheck unit bench sysdeps clean
+.PHONY: run test lint typecheck unit bench eval sysdeps clean
 
 $(VENV)/.installed-run: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ bench: sysdeps $(VENV)/.installed-test
 	$(PY) -m bench.sip --n 1
 	$(PY) -m bench.developer
 	$(PY) -m bench.gcpause
+
+# emotion and escalation on the held-out part of the emotion set (built, then cached)
+eval: sysdeps $(VENV)/.installed-test
+	$(PY) -m bench.emotion_set
+	$(PY) -m bench.emotion_eval
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output

@@ -622,6 +622,7 @@ class CallManager:
             self.executor,
             lambda ev: self._enqueue(call, ev),
             vad=vad.for_phone() if leg.codec in PHONE_LINE_CODECS else vad,
+            band="phone" if leg.codec in PHONE_LINE_CODECS else "wide",
             punctuated=choice.punctuated,
             on_lost=self._speech_dropped,
         )
@@ -838,13 +839,31 @@ class CallManager:
                 trend=est.trend,
                 call_label=est.call_label,
                 call_scores=est.call_scores,
+                confidence=est.confidence,
+                evidence=list(est.evidence),
             )
             await self._keep(
                 f"call {call.id} emotion {utt_id}",
                 self.store.add,
                 EmotionRow(
-                    features=dataclasses.asdict(est.prosody),
-                    **update.model_dump(exclude={"id", "time", "type", "call_scores", "speaker"}),
+                    # confidence and evidence ride with the measurements: one JSON
+                    # column, no migration for what only readers of a call need
+                    features={
+                        **dataclasses.asdict(est.prosody),
+                        "confidence": est.confidence,
+                        "evidence": list(est.evidence),
+                    },
+                    **update.model_dump(
+                        exclude={
+                            "id",
+                            "time",
+                            "type",
+                            "call_scores",
+                            "speaker",
+                            "confidence",
+                            "evidence",
+                        }
+                    ),
                 ),
             )
             if call.speaker(ev.leg_id) == "caller":

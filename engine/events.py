@@ -101,6 +101,8 @@ class EmotionUpdated(EventBase):
     trend: float
     call_label: str
     call_scores: dict[str, float]
+    confidence: float = 0.0  # the label's calibrated probability
+    evidence: list[str] = []  # the cues behind it, as a person reads them
 
 
 class EscalationRaised(EventBase):

@@ -1,44 +1,48 @@
-"""Live emotion per utterance: acoustic arousal + text valence -> label.
+"""Live emotion per utterance: the voice and the words, fused, with a calibrated
+confidence and the evidence behind it.
 
 Theory of operation
 -------------------
-Arousal comes from prosody. For each utterance we measure, with numpy only:
-  * F0 (autocorrelation pitch per 40 ms window, voiced windows only): median
-    and range in semitones;
+The voice. For each utterance we measure, with numpy only:
+  * F0 (autocorrelation pitch per 40 ms window, voiced windows only): median and
+    range in semitones;
   * RMS energy of the voiced windows in dBFS;
+  * spectral centroid of the voiced windows (100-4000 Hz, so both bands compare);
   * speaking rate in words per second (from the recognizer's word times);
   * pause ratio (unvoiced share of the utterance, from the VAD).
-Each feature is compared with the *caller's* baseline: the mean of their first
-few utterances. Loudness and pitch have no population norm (microphones, gain
-and voices differ too much), so they count only once the caller has spoken;
-rate and pauses start from population norms that the caller's own values pull
-towards them (shrinkage). A naturally loud or high-pitched caller is therefore
-neutral, while getting louder, higher or faster than they were still registers.
-Weighted z-scores are squashed with tanh into arousal in [-1, 1].
+Each is compared with the caller's usual (``Baseline``): a population prior per band
+(wideband or phone line), learned from the tuning part's neutral utterances and
+counted as a few utterances, pulled towards the caller's own calm utterances as the
+call goes on. So the first utterance is already judged (against the population), and
+a naturally loud caller stops reading as agitated once they have spoken calmly.
 
-Valence comes from the words: VADER's compound score in [-1, 1]. VADER reads
-punctuation and capitals ("TERRIBLE!!!" is worse than "terrible"), so it gets the
-transcript as written, only with typographic apostrophes folded: its negations are
-spelled "don't", and "don’t" is not one of them.
+The words. ``media/emotion_text.py``: a text model for contact-center speech, where
+courtesy is neutral and complaints, demands, threats and sarcasm are not.
 
-The label is the arg-max of four scores (neutral, positive, frustrated, angry)
-computed from (valence, arousal) by ``label_scores``; the call trend is an
-exponential moving average of per-utterance mood (valence pulled down by
+Fusion. A multinomial logistic regression over the words' log-probabilities, the
+voice's z-scores and the voice crossed with how upset the words are, learned on the
+tuning part (``bench/emotion_train.py fusion``), then divided by one temperature so its
+probabilities are calibrated: a label given with 0.8 is right about 80 % of the time
+(``make eval`` prints the reliability table). The call's label is an exponential
+moving average of the utterances' probabilities where upset states take hold fast and
+fade slowly; the trend is a moving average of mood (the words' valence pulled down by
 agitation).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
-from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from media.asr.text import fold
 from media.audio import ANALYSIS_RATE
+from media.emotion_text import LABELS, TextModel, text_cues
 
-LABELS = ("neutral", "positive", "frustrated", "angry")
 F0_MIN, F0_MAX = 60.0, 400.0
 WINDOW = int(0.04 * ANALYSIS_RATE)
 HOP = int(0.02 * ANALYSIS_RATE)
@@ -56,6 +60,9 @@ class Prosody:
     rate_wps: float | None
     pause_ratio: float
     voiced_share: float
+    # spectral centroid of the voiced windows (100-4000 Hz), semitones re 1 kHz:
+    # tense, raised voices put more energy into the upper formants
+    brightness_st: float | None = None
 
 
 def _semitones(hz: np.ndarray) -> np.ndarray:
@@ -127,16 +134,135 @@ def prosody(
         # energy over voiced windows only, so pauses don't dilute loudness
         idx = np.flatnonzero(voiced)
         parts = [x[j * HOP : j * HOP + WINDOW] for j in idx]
-        rms = float(np.sqrt(np.mean(np.concatenate(parts) ** 2)))
+        voiced_x = np.concatenate(parts)
+        rms = float(np.sqrt(np.mean(voiced_x**2)))
+        brightness: float | None = _brightness(np.stack(parts))
     else:
-        median, spread = None, 0.0
+        median, spread, brightness = None, 0.0, None
         rms = float(np.sqrt(np.mean(x**2))) if len(x) else 0.0
     energy = 20 * math.log10(rms) if rms > 1e-6 else -120.0
     duration = speech_seconds if speech_seconds is not None else len(samples) / ANALYSIS_RATE
     rate = words / duration if words and duration > 0.3 else None
     return Prosody(
-        median, spread, energy, rate, pause_ratio, float(voiced.mean()) if len(f0) else 0.0
+        median,
+        spread,
+        energy,
+        rate,
+        pause_ratio,
+        float(voiced.mean()) if len(f0) else 0.0,
+        brightness,
     )
+
+
+_BAND = (100.0, 4000.0)  # what a phone line keeps, so both bands measure alike
+
+
+def _brightness(windows: np.ndarray) -> float | None:
+    power = (np.abs(np.fft.rfft(windows * _HANN, axis=1)) ** 2).mean(axis=0)
+    hz = np.fft.rfftfreq(WINDOW, 1 / ANALYSIS_RATE)
+    keep = (hz >= _BAND[0]) & (hz <= _BAND[1])
+    total = float(power[keep].sum())
+    if total <= 0:
+        return None
+    return 12.0 * math.log2(float((hz[keep] * power[keep]).sum()) / total / 1000.0)
+
+
+# -- the model ------------------------------------------------------------------------
+
+# What the voice is measured by, each against the caller's usual (see Baseline)
+ACOUSTIC = ("energy", "f0", "range", "rate", "pause", "bright")
+# the voice cues the fusion crosses with upset words: heat in the voice means anger only
+# when the words are negative (an excited "that is wonderful" is not angry)
+CROSSED = ("energy", "rate", "f0")
+Z_LIMIT = 4.0
+# how each cue reads to a person, for the evidence ("voice louder than usual, +6 dB")
+_CUE_TEXT = {
+    "energy": ("louder", "quieter", "dB", 1.0),
+    "f0": ("higher pitch", "lower pitch", "semitones", 1.0),
+    "range": ("more pitch movement", "flatter pitch", "semitones", 1.0),
+    "rate": ("faster", "slower", "words/s", 1.0),
+    "pause": ("more pauses", "fewer pauses", "", 100.0),
+    "bright": ("tenser voice", "softer voice", "semitones", 1.0),
+}
+# arousal for display and the trend: how stirred up the voice is, from its z-scores
+AROUSAL_WEIGHT = {"energy": 1.0, "f0": 0.8, "range": 0.4, "rate": 0.6, "pause": -0.3, "bright": 0.3}
+FUSION = Path(__file__).with_name("emotion_fusion.json")
+Band = Literal["wide", "phone"]
+
+
+def acoustic_values(p: Prosody) -> dict[str, float]:
+    values = {"energy": p.energy_db, "pause": p.pause_ratio}
+    if p.f0_median_st is not None:
+        values["f0"] = p.f0_median_st
+        values["range"] = p.f0_range_st
+    if p.rate_wps is not None:
+        values["rate"] = p.rate_wps
+    if p.brightness_st is not None:
+        values["bright"] = p.brightness_st
+    return {k: v for k, v in values.items() if k in ACOUSTIC}
+
+
+@dataclass(frozen=True)
+class FusionModel:
+    """Population priors per band, the fusion's weights and its temperature."""
+
+    priors: dict[str, dict[str, tuple[float, float]]]  # band -> cue -> (mean, sd)
+    prior_weight: float  # how many utterances the population prior counts for
+    names: list[str]  # fusion input names, in weight order
+    weights: list[list[float]]  # len(names) x len(LABELS)
+    temperature: float
+
+    @classmethod
+    @functools.lru_cache(maxsize=1)
+    def load(cls) -> FusionModel:
+        with open(FUSION) as f:
+            d = json.load(f)
+        priors = {b: {k: (v[0], v[1]) for k, v in cues.items()} for b, cues in d["priors"].items()}
+        return cls(priors, d["prior_weight"], d["names"], d["weights"], d["temperature"])
+
+
+def fusion_inputs(text_p: dict[str, float], z: dict[str, float]) -> dict[str, float]:
+    """The fusion's inputs: the words' log-probabilities, the voice's z-scores, and the
+    voice crossed with how upset the words are."""
+    upset = text_p["frustrated"] + text_p["angry"]
+    out = {"bias": 1.0}
+    for label in LABELS:
+        out[f"text:{label}"] = math.log(max(text_p[label], 1e-4))
+    for cue in ACOUSTIC:
+        out[f"voice:{cue}"] = z.get(cue, 0.0)
+    for cue in CROSSED:
+        out[f"voice:{cue}*upset"] = z.get(cue, 0.0) * upset
+    return out
+
+
+@dataclass
+class Baseline:
+    """The caller's usual voice: the population prior (per band), counted as
+    ``prior_weight`` utterances, pulled towards each utterance whose words were calm.
+
+    The first utterance is judged against the population, so a caller who opens
+    shouting is heard as shouting; later ones increasingly against the caller's own
+    calm speech, so a naturally loud voice stops reading as agitated. Only calm
+    utterances teach it: an angry caller does not make anger their normal."""
+
+    prior: dict[str, tuple[float, float]]
+    prior_weight: float
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def z(self, values: dict[str, float]) -> dict[str, float]:
+        out = {}
+        for cue, value in values.items():
+            mean, sd = self.prior[cue]
+            n = self.counts.get(cue, 0)
+            usual = (mean * self.prior_weight + self.sums.get(cue, 0.0)) / (self.prior_weight + n)
+            out[cue] = max(-Z_LIMIT, min(Z_LIMIT, (value - usual) / sd))
+        return out
+
+    def learn(self, values: dict[str, float]) -> None:
+        for cue, value in values.items():
+            self.sums[cue] = self.sums.get(cue, 0.0) + value
+            self.counts[cue] = self.counts.get(cue, 0) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,79 +270,13 @@ class EmotionEstimate:
     label: str
     arousal: float
     valence: float
-    scores: dict[str, float]
+    scores: dict[str, float]  # calibrated probabilities
     trend: float
     prosody: Prosody
     call_label: str  # the caller's state over the call so far (see CALL_ALPHA)
     call_scores: dict[str, float]
-
-
-def label_scores(valence: float, arousal: float) -> dict[str, float]:
-    """Softmax over four hand-set logits in the (valence, arousal) plane.
-
-    Anger needs negative words *and* agitation; negative words said calmly read as
-    frustration; agitation with neutral words stays neutral (it may be urgency or
-    excitement, and the words have not said which).
-    """
-    neg, pos, agitation = max(-valence, 0.0), max(valence, 0.0), max(arousal, 0.0)
-    logits = {
-        "neutral": 1.0 - 3.0 * (neg + pos) - 0.8 * agitation,
-        "positive": 4.0 * pos - 0.6,
-        "frustrated": 4.0 * neg * (1.0 - 0.5 * agitation) - 0.8,
-        "angry": 5.0 * neg * (0.4 + agitation) + agitation - 1.5,
-    }
-    top = max(logits.values())
-    exp = {k: math.exp(v - top) for k, v in logits.items()}
-    total = sum(exp.values())
-    return {k: round(v / total, 4) for k, v in exp.items()}
-
-
-# Rate and pauses have useful population norms; loudness and pitch depend on the
-# microphone, its gain and the speaker, so they are judged only against how this
-# caller sounded in their first utterances.
-POPULATION = {"rate": 3.3, "pause": 0.25}
-SCALE = {"f0": 2.0, "range": 3.0, "energy": 3.0, "rate": 0.8, "pause": 0.15}
-WEIGHT = {"f0": 0.8, "range": 0.4, "energy": 1.0, "rate": 0.6, "pause": -0.3}
-
-
-@dataclass
-class CallerBaseline:
-    """Mean features of the caller's first ``size`` utterances (then frozen).
-
-    Population norms count as ``prior_weight`` pseudo-utterances where they exist;
-    features without one give no evidence until the caller has spoken once.
-    """
-
-    size: int = 3
-    prior_weight: float = 2.0
-    sums: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    utterances: int = 0
-
-    def mean(self, key: str) -> float | None:
-        n = self.counts.get(key, 0)
-        if key in POPULATION:
-            w = self.prior_weight
-            return (POPULATION[key] * w + self.sums.get(key, 0.0)) / (w + n)
-        return self.sums[key] / n if n else None
-
-    def add(self, values: dict[str, float]) -> None:
-        if self.utterances >= self.size:
-            return
-        self.utterances += 1
-        for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-            self.counts[key] = self.counts.get(key, 0) + 1
-
-
-def _feature_values(p: Prosody) -> dict[str, float]:
-    values = {"energy": p.energy_db, "pause": p.pause_ratio}
-    if p.f0_median_st is not None:
-        values["f0"] = p.f0_median_st
-        values["range"] = p.f0_range_st
-    if p.rate_wps is not None:
-        values["rate"] = p.rate_wps
-    return values
+    confidence: float = 0.0  # the label's probability
+    evidence: tuple[str, ...] = ()  # the cues behind the label, as a person reads them
 
 
 # Smoothing of call-level scores: upset states take hold fast and fade slowly, so a
@@ -224,40 +284,55 @@ def _feature_values(p: Prosody) -> dict[str, float]:
 CALL_ALPHA = {"neutral": 0.3, "positive": 0.3, "frustrated": 0.6, "angry": 0.6}
 
 
+def _softmax(z: list[float]) -> list[float]:
+    top = max(z)
+    e = [math.exp(v - top) for v in z]
+    s = sum(e)
+    return [v / s for v in e]
+
+
 class EmotionTracker:
-    """Per-leg emotion state: baseline, last estimate, and the call trend."""
+    """Per-leg emotion state: the caller's baseline, and the call's scores and trend."""
 
-    _vader: SentimentIntensityAnalyzer | None = None
-
-    def __init__(self, baseline_utterances: int = 3, trend_alpha: float = 0.4) -> None:
-        self.baseline = CallerBaseline(baseline_utterances)
+    def __init__(self, band: Band = "wide", trend_alpha: float = 0.4) -> None:
+        self.model = FusionModel.load()
+        self.text_model = TextModel.load()
+        self.baseline = Baseline(self.model.priors[band], self.model.prior_weight)
         self.trend_alpha = trend_alpha
         self.trend = 0.0
         self.count = 0
         self.call_scores: dict[str, float] = {}
 
-    @classmethod
-    def valence(cls, text: str) -> float:
-        if not text.strip():
-            return 0.0
-        if cls._vader is None:
-            cls._vader = SentimentIntensityAnalyzer()
-        return float(cls._vader.polarity_scores(fold(text))["compound"])
-
-    def arousal(self, p: Prosody) -> float:
-        z = 0.0
-        for key, value in _feature_values(p).items():
-            mean = self.baseline.mean(key)
-            if mean is not None:
-                z += WEIGHT[key] * (value - mean) / SCALE[key]
-        return math.tanh(z / 2.0)
+    def scores(
+        self, p: Prosody, text: str
+    ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        """(fused probabilities, the words' probabilities, the voice's z-scores) of one
+        utterance against the baseline as it stands; the baseline is not changed."""
+        values = acoustic_values(p)
+        z = self.baseline.z(values)
+        text_p = (
+            self.text_model.probabilities(text)
+            if text.strip()
+            else {label: 1.0 / len(LABELS) for label in LABELS}
+        )
+        inputs = fusion_inputs(text_p, z)
+        logits = [0.0] * len(LABELS)
+        for name, w in zip(self.model.names, self.model.weights, strict=True):
+            x = inputs.get(name, 0.0)
+            if x:
+                for k in range(len(LABELS)):
+                    logits[k] += x * w[k]
+        probs = _softmax([v / self.model.temperature for v in logits])
+        return dict(zip(LABELS, probs, strict=True)), text_p, z
 
     def update(self, p: Prosody, text: str) -> EmotionEstimate:
-        arousal = self.arousal(p)  # against the baseline *before* this utterance
-        self.baseline.add(_feature_values(p))
-        valence = self.valence(text)
-        scores = label_scores(valence, arousal)
-        label = max(scores, key=lambda k: scores[k])
+        fused, text_p, z = self.scores(p, text)
+        label = max(fused, key=lambda k: fused[k])
+        if text_p["neutral"] + text_p["positive"] >= 0.5:
+            self.baseline.learn(acoustic_values(p))
+        arousal = math.tanh(sum(AROUSAL_WEIGHT[c] * v for c, v in z.items()) / 2.0)
+        valence = text_p["positive"] - text_p["frustrated"] - text_p["angry"]
+        scores = {k: round(v, 4) for k, v in fused.items()}
         mood = max(-1.0, min(1.0, valence - 0.5 * max(arousal, 0.0) * (valence < 0.05)))
         if self.count == 0:
             self.trend = mood
@@ -278,4 +353,28 @@ class EmotionTracker:
             p,
             max(call_scores, key=lambda k: call_scores[k]),
             call_scores,
+            scores[label],
+            evidence(text, text_p, z, self.baseline, label),
         )
+
+
+def evidence(
+    text: str, text_p: dict[str, float], z: dict[str, float], baseline: Baseline, label: str
+) -> tuple[str, ...]:
+    """What a person can check: the words' cues and the voice's departures from usual."""
+    out = []
+    cues = text_cues(text)
+    if cues:
+        out.append("words: " + "; ".join(f"{g} ({', '.join(ws)})" for g, ws in cues.items()))
+    top = max(text_p, key=lambda k: text_p[k])
+    out.append(f"words read as {top} ({text_p[top]:.0%})")
+    for cue, v in sorted(z.items(), key=lambda kv: -abs(kv[1])):
+        if abs(v) < 1.0:
+            continue
+        up, down, unit, scale = _CUE_TEXT[cue]
+        delta = v * baseline.prior[cue][1] * scale
+        amount = f", {delta:+.1f} {unit}".rstrip() if unit else f", {delta:+.0f} points"
+        out.append(f"voice: {up if v > 0 else down} than usual{amount}")
+    if label in ("frustrated", "angry") and len(out) == 1:
+        out.append("voice: as usual")
+    return tuple(out)

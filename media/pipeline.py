@@ -28,7 +28,7 @@ import numpy as np
 
 from media.asr.base import AsrResult, LegRecognizer, RecognizerLost, Word, ends_sentence
 from media.audio import FRAME_MS, AnalysisResampler, PcmFrame
-from media.emotion import EmotionTracker, prosody
+from media.emotion import Band, EmotionTracker, prosody
 from media.events import (
     EmotionEstimated,
     MediaEvent,
@@ -89,6 +89,7 @@ class LegPipeline:
         emit: Callable[[MediaEvent], None],
         *,
         vad: VadSettings | None = None,
+        band: Band = "wide",
         punctuated: bool = False,
         on_lost: OnLost | None = None,
     ) -> None:
@@ -114,7 +115,7 @@ class LegPipeline:
         self._last_voice_at = 0.0
         self._recognizer: LegRecognizer | None = None
         self._lost = False  # the utterance in progress lost its recognizer
-        self._tracker = EmotionTracker()
+        self._tracker = EmotionTracker(band)  # a phone line's voice has its own norms
         self._worker: asyncio.Task[None] | None = None
         self.frames_in = 0
         # sees every 20 ms frame of 16 kHz audio as it arrives (the audio fork)

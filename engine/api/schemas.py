@@ -115,6 +115,21 @@ class EmotionOut(BaseModel):
     trend: float
     call_label: str
     scores: dict[str, float]
+    confidence: float = 0.0  # the label's calibrated probability
+    evidence: list[str] = []  # the cues behind the label
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, row: Any) -> Any:
+        # a stored sample keeps confidence and evidence with its measurements
+        features = getattr(row, "features", None)
+        if isinstance(features, dict):
+            return {
+                **{k: getattr(row, k) for k in cls.model_fields if hasattr(row, k)},
+                "confidence": features.get("confidence", 0.0),
+                "evidence": features.get("evidence", []),
+            }
+        return row
 
 
 class CallOut(BaseModel):

@@ -27,7 +27,8 @@ export function createCallView(root) {
     if (s.speaker && s.speaker !== "caller") return;
     samples.set(s.utterance_id, s);
     part("emotion").innerHTML = `<span class="badge ${esc(s.call_label)}" data-testid="call-emotion">${esc(s.call_label)}</span>
-      <span class="note">last: ${esc(s.label)} · arousal ${s.arousal.toFixed(2)} · valence ${s.valence.toFixed(2)} · trend ${s.trend.toFixed(2)}</span>`;
+      <span class="note" data-testid="last-emotion">last: ${esc(s.label)}${s.confidence ? ` (${Math.round(s.confidence * 100)}% sure)` : ""} · arousal ${s.arousal.toFixed(2)} · valence ${s.valence.toFixed(2)} · trend ${s.trend.toFixed(2)}</span>
+      <ul class="note" data-testid="emotion-evidence">${(s.evidence || []).map((e) => `<li>${esc(e)}</li>`).join("")}</ul>`;
     const all = [...samples.values()].sort((a, b) => a.at - b.at);
     const end = Math.max(10, ...all.map((x) => x.at));
     const x = (t) => (t / end) * 590 + 5;
@@ -35,7 +36,7 @@ export function createCallView(root) {
     const path = all.map((p, i) => `${i ? "L" : "M"}${x(p.at).toFixed(1)},${y(p.trend).toFixed(1)}`).join(" ");
     part("chart").innerHTML = `<line x1="0" x2="600" y1="60" y2="60" stroke="#ddd"/>
       <path d="${path}" fill="none" stroke="#2f6fed" stroke-width="2"/>` +
-      all.map((p) => `<circle cx="${x(p.at)}" cy="${y(p.valence)}" r="4" fill="var(--${p.label})"><title>${p.label} at ${p.at.toFixed(1)}s</title></circle>`).join("");
+      all.map((p) => `<circle cx="${x(p.at)}" cy="${y(p.valence)}" r="4" fill="var(--${p.label})"><title>${p.label}${p.confidence ? ` (${Math.round(p.confidence * 100)}%)` : ""} at ${p.at.toFixed(1)}s</title></circle>`).join("");
     part("timeline").innerHTML = all.map((p) => `<span class="badge ${esc(p.label)}" title="${p.at.toFixed(1)}s">${esc(p.label)}</span>`).join(" ");
   }
 

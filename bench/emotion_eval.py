@@ -1,0 +1,134 @@
+"""`make eval`: emotion and escalation on the held-out part of the emotion set.
+
+Speech the tuning never saw (other voices, other sentences: bench/emotion_scripts.py,
+bench/emotion_set.py), at 16 kHz and over a phone line, recognised by the engine's
+recognizer, labelled by the engine's EmotionTracker walking each call in order.
+Prints, per band: the per-utterance confusion table, precision and recall per class,
+accuracy of the words alone (the baseline measured in the same run), the call-level
+label, the angry callers' first utterance, calibration (reliability table and expected
+calibration error), escalation precision and recall under the default rules, and the
+CPU time of the emotion and escalation stages per utterance.
+
+    python -m bench.emotion_eval [--part heldout|tuning] [--band wide|phone|both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from bench.emotion_fusion import Said, calls_of
+from engine.escalation import CallEscalation, EmotionSample, Utterance, default_rules
+from media.emotion import EmotionTracker
+from media.emotion_text import LABELS, TextModel
+
+UPSET = ("frustrated", "angry")
+
+
+def _confusion(truth: list[str], guess: list[str]) -> str:
+    m = np.zeros((4, 4), int)
+    for t, g in zip(truth, guess, strict=True):
+        m[LABELS.index(t), LABELS.index(g)] += 1
+    lines = ["| said \\ labelled | " + " | ".join(LABELS) + " | recall |", "|---" * 6 + "|"]
+    for i, t in enumerate(LABELS):
+        recall = m[i, i] / max(1, m[i].sum())
+        lines.append(f"| {t} | " + " | ".join(str(v) for v in m[i]) + f" | {recall:.2f} |")
+    precision = [m[i, i] / max(1, m[:, i].sum()) for i in range(4)]
+    lines.append("| precision | " + " | ".join(f"{p:.2f}" for p in precision) + " | |")
+    return "\n".join(lines)
+
+
+def _reliability(conf: list[float], right: list[bool]) -> tuple[str, float]:
+    bins = [(0.25, 0.5), (0.5, 0.7), (0.7, 0.85), (0.85, 0.95), (0.95, 1.01)]
+    c, r = np.array(conf), np.array(right, float)
+    lines = ["| confidence | utterances | mean confidence | right |", "|---|---|---|---|"]
+    ece = 0.0
+    for lo, hi in bins:
+        m = (c >= lo) & (c < hi)
+        if m.any():
+            ece += m.sum() / len(c) * abs(c[m].mean() - r[m].mean())
+            lines.append(f"| {lo:.2f}-{min(hi, 1):.2f} | {m.sum()} | {c[m].mean():.2f} | "
+                         f"{r[m].mean():.2f} |")  # fmt: skip
+    return "\n".join(lines), ece
+
+
+def _should_escalate(call: list[Said]) -> bool:
+    """The truth: upset in two utterances in a row (upset_streak), or asked for a person
+    or made a complaint in the script's own words (the phrase rules on what was said)."""
+    labels = [u.spoken.label for u in call]
+    if any(a in UPSET and b in UPSET for a, b in zip(labels, labels[1:], strict=False)):
+        return True
+    esc = CallEscalation(default_rules())
+    return any(
+        d.routes_to_human
+        for i, u in enumerate(call)
+        for d in esc.observe_utterance(Utterance(str(i), u.spoken.sentence, i, i + 1))
+    )
+
+
+def evaluate(part: str, band: str) -> None:
+    calls = calls_of(part, band)
+    truth, guess, words_only, conf, first_angry = [], [], [], [], []
+    call_right, esc_truth, esc_guess = [], [], []
+    cost: list[float] = []
+    text_model = TextModel.load()
+    for call in calls:
+        tracker = EmotionTracker("phone" if band == "phone" else "wide")
+        esc = CallEscalation(default_rules())
+        fired = False
+        est = None
+        for i, u in enumerate(call):
+            t0 = time.process_time()
+            est = tracker.update(u.prosody, u.heard.text)
+            decisions = esc.observe_utterance(Utterance(str(i), u.heard.text, i, i + 1))
+            decisions += esc.observe_emotion(
+                EmotionSample(str(i), i + 1, est.label, est.trend, est.scores)
+            )
+            cost.append(time.process_time() - t0)
+            fired |= any(d.routes_to_human for d in decisions)
+            truth.append(u.spoken.label)
+            guess.append(est.label)
+            conf.append(est.confidence)
+            p = text_model.probabilities(u.heard.text)
+            words_only.append(max(p, key=lambda k: p[k]))
+            if i == 0 and u.spoken.label == "angry":
+                first_angry.append(est.label == "angry")
+        assert est is not None
+        call_right.append(est.call_label == call[0].spoken.call_label)
+        esc_truth.append(_should_escalate(call))
+        esc_guess.append(fired)
+    right = [t == g for t, g in zip(truth, guess, strict=True)]
+    table, ece = _reliability(conf, right)
+    tp = sum(t and g for t, g in zip(esc_truth, esc_guess, strict=True))
+    voices = sorted({c[0].spoken.voice for c in calls})
+    where = "16 kHz" if band == "wide" else "phone line"
+    print(f"\n## Emotion, {part} part, {where}: {len(truth)} utterances in {len(calls)} "
+          f"calls; voices: {', '.join(voices)}\n")  # fmt: skip
+    print(_confusion(truth, guess))
+    words_acc = np.mean([t == g for t, g in zip(truth, words_only, strict=True)])
+    print(f"\nper-utterance accuracy {np.mean(right):.3f} (the words alone: {words_acc:.3f}); "
+          f"call-level {np.mean(call_right):.3f} ({sum(call_right)}/{len(call_right)}); "
+          f"angry on an angry caller's first utterance "
+          f"{sum(first_angry)}/{len(first_angry)}")  # fmt: skip
+    print(f"escalation precision {tp / max(1, sum(esc_guess)):.3f}, recall "
+          f"{tp / max(1, sum(esc_truth)):.3f} ({sum(esc_truth)} calls should escalate, "
+          f"{sum(esc_guess)} did)")  # fmt: skip
+    print(f"\ncalibration (expected calibration error {ece:.3f}):\n\n{table}")
+    ms = 1000 * np.array(cost)
+    print(f"\nemotion + escalation CPU per utterance: p50 {np.percentile(ms, 50):.2f} ms, "
+          f"p95 {np.percentile(ms, 95):.2f} ms (prosody not included)")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=["heldout", "tuning"], default="heldout")
+    ap.add_argument("--band", choices=["wide", "phone", "both"], default="both")
+    a = ap.parse_args()
+    for band in ("wide", "phone") if a.band == "both" else (a.band,):
+        evaluate(a.part, band)
+
+
+if __name__ == "__main__":
+    main()
