@@ -55,6 +55,7 @@ from engine.callstate import (
     CALLBACK_PROMPT,
     HOLD_PROMPT,
     MAX_WAIT_PROMPT,
+    PHASES,
     WITH_AGENT,
     Call,
     Forbidden,
@@ -543,6 +544,9 @@ class CallManager:
         self, call: Call, event: str, reason: str | None = None, **values: object
     ) -> None:
         previous, call.state = call.state, call.next_state(event)
+        # silence rules judge whoever should be talking: the caller while the bot has the
+        # call, the agent once bridged (a hold or a new agent starts that clock again)
+        call.escalation.observe_phase(PHASES.get(call.state, "away"), self._clock(call))
         values["state"] = call.state
         if call.state == "active":
             call.answered_at = utcnow()
@@ -723,7 +727,7 @@ class CallManager:
     async def _silence_clock(self, call: Call, pipeline: LegPipeline) -> None:
         while True:
             await asyncio.sleep(1.0)
-            if call.state == "active":
+            if call.state in ("active", "bridged"):
                 call.events.put_nowait(SilenceCheck(pipeline.seconds_in))
 
     def _enqueue(self, call: Call, ev: me.MediaEvent) -> None:
@@ -809,6 +813,11 @@ class CallManager:
                         Utterance(utt_id, final.text, final.start, final.end)
                     ),
                 )
+            elif final.speaker == "agent":
+                # an agent leg is always a person (an agent, or whoever a call was
+                # transferred out to): the bot's prompts are played, never transcribed
+                utterance = Utterance(utt_id, final.text, final.start, final.end)
+                await self._escalate(call, call.escalation.observe_agent_utterance(utterance))
         elif isinstance(ev, me.KeyPressed):
             await self._key(call, ev)
         elif isinstance(ev, me.RecognitionFailed):
@@ -874,7 +883,11 @@ class CallManager:
             if call.speaker(ev.leg_id) == "caller":
                 # assist first: an offer that rings an agent carries this summary and mood
                 await self._assist(call, est.call_label, est.trend)
-                sample = EmotionSample(utt_id, ev.at, est.label, est.trend, est.scores)
+                # loudness only of voiced windows: with nothing voiced, prosody measures
+                # the whole stretch (noise, breath), not the caller's voice
+                voiced = est.prosody.f0_median_st is not None
+                energy = est.prosody.energy_db if voiced else None
+                sample = EmotionSample(utt_id, ev.at, est.label, est.trend, est.scores, energy)
                 reason = call.escalation_reason
                 await self._escalate(call, call.escalation.observe_emotion(sample))
                 if call.escalation_reason != reason:  # the summary now says why
@@ -890,6 +903,13 @@ class CallManager:
                 text = f"{skill.replace('_', ' ')}. How can I help?"
                 await self.say(call, text, ("connecting", "active"))
         await self._escalate(call, call.escalation.observe_dtmf(ev.digit, ev.at))
+
+    @staticmethod
+    def _clock(call: Call) -> float:
+        """Now on the call's clock: seconds of the caller's media (what silence ticks
+        carry)."""
+        pipeline = call.caller_leg().pipeline if call.legs else None
+        return pipeline.seconds_in if pipeline is not None else 0.0
 
     @staticmethod
     def _offset(call: Call, leg_id: str) -> float:
@@ -1282,6 +1302,7 @@ class CallManager:
         leg.peer = peer
         call.legs.append(leg)
         call.bridged_at = now
+        call.escalation.observe_phase("agent", self._clock(call))  # a new person: a new clock
         await self._keep(
             f"leg {leg.id}", self.store.add,
             LegRow(id=leg.id, call_id=call.id, role="agent", transport="sip", codec=codec,

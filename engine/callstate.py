@@ -33,6 +33,7 @@ from datetime import datetime
 from engine.assist.facts import Fact, FactSheet
 from engine.escalation import CallEscalation
 from engine.recording import CallRecording
+from engine.signals import Phase
 from media import events as me
 from media.asr import ModelChoice
 from media.audio import PcmFrame
@@ -58,6 +59,9 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 }
 STATES = ("new", "connecting", "active", "queued", "bridged", "held", "ended")
 WITH_AGENT = frozenset({"bridged", "held"})
+# who has the caller in each state, for the silence rules (engine.signals): the bot
+# while active, the agent while bridged; in any other state (queued, held) nobody
+PHASES: dict[str, Phase] = {"active": "bot", "bridged": "agent"}
 
 
 def queue_announcement(position: int, wait: float | None) -> str:
@@ -129,8 +133,8 @@ class Forbidden(PermissionError):
 
 @dataclass(frozen=True, slots=True)
 class SilenceCheck:
-    """Queued once a second while a call is active, so silence rules are judged in
-    order with the call's transcript."""
+    """Queued once a second while the bot or an agent talks with the caller (active,
+    bridged), so silence rules are judged in order with the call's transcript."""
 
     now: float  # seconds of caller media so far
 

@@ -9,6 +9,8 @@ with the call's own clock (seconds of media since the call started):
     observe_emotion(sample)       the emotion estimate of that utterance
     observe_dtmf(digit, at)       a key the caller pressed (phone calls)
     tick(now)                     time passes (silence rules)
+    observe_agent_utterance(u)    a final transcript of the human agent (bridged calls)
+    observe_phase(phase, at)      who has the caller: the bot, a human agent, nobody
 
 and each returns the ``Decision``s that fired: the rule, a sentence a human can
 read ("caller asked for a person: 'real person'"), the actions, and the evidence
@@ -25,9 +27,16 @@ Rule kinds (``kind`` in the rules file):
                     with one of ``labels``
     trend_below     the call's emotion trend drops below ``threshold``  threshold, min_utterances
                     after at least ``min_utterances``
-    silence         the caller has said nothing for ``seconds`` while  seconds
-                    the call is active
+    silence         ``side`` has said nothing for ``seconds``: the     seconds, side
+                    caller while the bot has the call (default); the
+                    agent, or both, while bridged (``engine.signals``)
     dtmf            the caller presses ``digit``                       digit
+    talk_over       ``count`` times within ``window_seconds`` one      count, overlap_seconds,
+                    side starts while the other has been speaking      window_seconds
+                    >= 0.3 s, overlapping >= ``overlap_seconds``
+    loudness_rising the caller's voiced loudness rises by ``db`` or    count, db
+                    more over their last ``count`` utterances, no
+                    step falling more than 1 dB
 
 Actions: ``route_to_human``, ``raise_priority`` (by ``priority``),
 ``target_skill`` (``skill``), ``alert_supervisor``.
@@ -45,11 +54,14 @@ from pydantic import Field, field_validator, model_validator
 
 from engine.assist.numbers import normalize_phrase
 from engine.inputs import Input
+from engine.signals import Finding, Phase, Side, Signals, SilentSide
 from media.asr.text import phrase_words, sentences
 
 ACTIONS = ("route_to_human", "raise_priority", "target_skill", "alert_supervisor")
 Action = Literal["route_to_human", "raise_priority", "target_skill", "alert_supervisor"]
-Kind = Literal["phrase", "emotion_streak", "trend_below", "silence", "dtmf"]
+Kind = Literal[
+    "phrase", "emotion_streak", "trend_below", "silence", "dtmf", "talk_over", "loudness_rising"
+]
 
 
 class Rule(Input):
@@ -66,6 +78,10 @@ class Rule(Input):
     min_utterances: int = Field(3, ge=1)
     seconds: float = Field(20.0, gt=0)
     digit: str = Field("0", pattern=r"^[0-9*#A-D]$")
+    side: SilentSide = "caller"
+    overlap_seconds: float = Field(0.5, gt=0, le=30)
+    window_seconds: float = Field(60.0, gt=0, le=3600)
+    db: float = Field(6.0, gt=0, le=60)
 
     @model_validator(mode="after")
     def _complete(self) -> Rule:
@@ -79,6 +95,15 @@ class Rule(Input):
     @classmethod
     def _lower(cls, v: list[str]) -> list[str]:
         return [" ".join(p.lower().split()) for p in v if phrase_words(p)]
+
+    @model_validator(mode="after")
+    def _signal_counts(self) -> Rule:
+        # count's default (2) is the upset streak's; the signals look at 3 unless told
+        if "count" not in self.model_fields_set and self.kind in ("talk_over", "loudness_rising"):
+            self.count = 3
+        if self.kind == "loudness_rising" and self.count < 2:
+            raise ValueError(f"rule {self.id}: a rise needs a count of 2 utterances or more")
+        return self
 
 
 class RuleSet(Input):
@@ -155,6 +180,26 @@ DEFAULT_RULES: list[dict[str, Any]] = [
         "digit": "0",
         "actions": ["route_to_human"],
     },
+    {
+        "id": "talk_over",
+        "kind": "talk_over",
+        "description": "caller and agent talk over each other",
+        "actions": ["alert_supervisor"],
+    },
+    {
+        "id": "agent_dead_air",
+        "kind": "silence",
+        "side": "agent",
+        "description": "dead air: the agent said nothing",
+        "seconds": 30,
+        "actions": ["alert_supervisor"],
+    },
+    {
+        "id": "loudness_rising",
+        "kind": "loudness_rising",
+        "description": "caller getting louder",
+        "actions": ["raise_priority", "alert_supervisor"],
+    },
 ]  # fmt: skip
 
 
@@ -185,6 +230,7 @@ class EmotionSample:
     label: str
     trend: float
     scores: dict[str, float]
+    energy_db: float | None = None  # voiced loudness in dBFS; None when nothing was voiced
 
 
 @dataclass(frozen=True)
@@ -219,9 +265,9 @@ class CallEscalation:
     fired: set[str] = field(default_factory=set)
     streak: list[EmotionSample] = field(default_factory=list)
     emotions_seen: int = 0
-    last_speech: float = 0.0
     priority: int = 0
     decisions: list[Decision] = field(default_factory=list)
+    signals: Signals = field(default_factory=Signals)
 
     def _fire(self, rule: Rule, reason: str, at: float, evidence: dict[str, Any]) -> Decision:
         self.fired.add(rule.id)
@@ -243,9 +289,8 @@ class CallEscalation:
         return [r for r in self.rules if r.kind == kind and r.id not in self.fired]
 
     def observe_utterance(self, u: Utterance) -> list[Decision]:
-        self.last_speech = max(self.last_speech, u.end)
         text = _normalise(u.text)
-        out = []
+        out = self._heard("caller", u)
         for rule in self._open("phrase"):
             hit = next((p for p in rule.phrases if _phrase_key(p) in text), None)
             if hit is not None:
@@ -285,7 +330,7 @@ class CallEscalation:
                         rule, reason, s.at, {"utterance_ids": [s.utterance_id], "trend": s.trend}
                     )
                 )
-        return out
+        return out + self._louder(s)
 
     def _run_of(self, labels: list[str], latest: EmotionSample) -> list[EmotionSample]:
         if latest.label not in labels:
@@ -307,10 +352,39 @@ class CallEscalation:
     def tick(self, now: float) -> list[Decision]:
         out = []
         for rule in self._open("silence"):
-            quiet = now - self.last_speech
-            if quiet >= rule.seconds:
-                reason = f"{rule.description or rule.id}: {quiet:.0f} s"
-                out.append(
-                    self._fire(rule, reason, now, {"silent_since": round(self.last_speech, 3)})
-                )
+            found = self.signals.silence(rule.side, rule.seconds, now)
+            if found is not None:
+                out.append(self._found(rule, found))
         return out
+
+    def observe_agent_utterance(self, u: Utterance) -> list[Decision]:
+        """A final of the agent's leg: a person (the bot's prompts are not transcribed)."""
+        return self._heard("agent", u)
+
+    def observe_phase(self, phase: Phase, at: float) -> None:
+        self.signals.phase(phase, at)
+
+    def _heard(self, side: Side, u: Utterance) -> list[Decision]:
+        if not self.signals.heard(side, u.id, u.start, u.end):
+            return []
+        out = []
+        for rule in self._open("talk_over"):
+            found = self.signals.talk_over(rule.overlap_seconds, rule.count, rule.window_seconds)
+            if found is not None:
+                out.append(self._found(rule, found))
+        return out
+
+    def _louder(self, s: EmotionSample) -> list[Decision]:
+        if s.energy_db is None:  # nothing voiced: no loudness to compare
+            return []
+        self.signals.loudness(s.utterance_id, s.at, s.energy_db)
+        out = []
+        for rule in self._open("loudness_rising"):
+            found = self.signals.loudness_rising(rule.count, rule.db)
+            if found is not None:
+                out.append(self._found(rule, found))
+        return out
+
+    def _found(self, rule: Rule, found: Finding) -> Decision:
+        reason = f"{rule.description or rule.id}: {found.detail}"
+        return self._fire(rule, reason, found.at, found.evidence)
