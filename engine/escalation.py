@@ -19,24 +19,39 @@ decision that routes to a human is what the agent sees as "why it escalated".
 
 Rule kinds (``kind`` in the rules file):
 
-    kind            fires when                                        parameters
-    phrase          a caller utterance contains one of ``phrases``    phrases
-                    (whole words, any case or punctuation, numbers
-                    as words or digits, not across a full stop)
-    emotion_streak  ``count`` caller utterances in a row are labelled  labels, count
-                    with one of ``labels``
-    trend_below     the call's emotion trend drops below ``threshold``  threshold, min_utterances
-                    after at least ``min_utterances``
-    silence         ``side`` has said nothing for ``seconds``: the     seconds, side
-                    caller while the bot has the call (default); the
-                    agent, or both, while bridged (``engine.signals``)
-    dtmf            the caller presses ``digit``                       digit
-    talk_over       ``count`` times within ``window_seconds`` one      count, overlap_seconds,
-                    side starts while the other has been speaking      window_seconds
-                    >= 0.3 s, overlapping >= ``overlap_seconds``
-    loudness_rising the caller's voiced loudness rises by ``db`` or    count, db
-                    more over their last ``count`` utterances, no
-                    step falling more than 1 dB
+    kind              fires when                                          parameters
+    phrase            a caller utterance says one of ``phrases``, as a    phrases
+                      recognizer may have heard it (``engine.intents``:
+                      exact words, plurals, misspellings and homophones
+                      of longer words, split words, one function word
+                      dropped, swapped or added), within a sentence, not
+                      taken back by a negator ("I don't want to cancel
+                      my account"); in the text or in one of the
+                      recognizer's ``alternatives``
+    repeated_request  the caller says the same thing again: ``count``     count, min_similarity
+                      times in all, ``token_set_ratio`` >=
+                      ``min_similarity`` (``engine.repetition``), or says
+                      they are repeating themselves ("I already said",
+                      "for the third time")
+    emotion_streak    ``count`` caller utterances in a row are labelled   labels, count
+                      with one of ``labels``
+    trend_below       the call's emotion trend drops below ``threshold``  threshold, min_utterances
+                      after at least ``min_utterances``
+    silence           ``side`` has said nothing for ``seconds``: the      seconds, side
+                      caller while the bot has the call (default); the
+                      agent, or both, while bridged (``engine.signals``)
+    dtmf              the caller presses ``digit``                        digit
+    talk_over         ``count`` times within ``window_seconds`` one       count, overlap_seconds,
+                      side starts while the other has been speaking       window_seconds
+                      >= 0.3 s, overlapping >= ``overlap_seconds``
+    loudness_rising   the caller's voiced loudness rises by ``db`` or     count, db
+                      more over their last ``count`` utterances, no
+                      step falling more than 1 dB
+
+A phrase decision's evidence says how it matched: ``match`` (exact, fuzzy, phonetic,
+gapped), ``heard`` (the caller's words that matched), ``score`` (1 is exact) and
+``alternative`` (None: the transcript; else which of its alternatives); its reason adds
+"(heard 'council my account')" when the words were not the phrase's.
 
 Actions: ``route_to_human``, ``raise_priority`` (by ``priority``),
 ``target_skill`` (``skill``), ``alert_supervisor``.
@@ -44,7 +59,6 @@ Actions: ``route_to_human``, ``raise_priority`` (by ``priority``),
 
 from __future__ import annotations
 
-import functools
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,16 +66,18 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.assist.numbers import normalize_phrase
 from engine.inputs import Input
+from engine.intents import Match, PhraseIndex, Sentence, phrase_index, read
+from engine.repetition import Repetitions, marker, said
 from engine.signals import Finding, Phase, Side, Signals, SilentSide
-from media.asr.text import phrase_words, sentences
+from media.asr.text import phrase_words
 
 ACTIONS = ("route_to_human", "raise_priority", "target_skill", "alert_supervisor")
 Action = Literal["route_to_human", "raise_priority", "target_skill", "alert_supervisor"]
 Kind = Literal[
-    "phrase", "emotion_streak", "trend_below", "silence", "dtmf", "talk_over", "loudness_rising"
-]
+    "phrase", "repeated_request", "emotion_streak", "trend_below", "silence", "dtmf",
+    "talk_over", "loudness_rising",
+]  # fmt: skip
 
 
 class Rule(Input):
@@ -74,6 +90,7 @@ class Rule(Input):
     phrases: list[str] = Field(default_factory=list, max_length=200)
     labels: list[str] = Field(default_factory=lambda: ["angry", "frustrated"])
     count: int = Field(2, ge=1, le=20)
+    min_similarity: float = Field(80.0, ge=50, le=100, description="repeated_request, 0..100")
     threshold: float = Field(-0.5, ge=-1, le=1)
     min_utterances: int = Field(3, ge=1)
     seconds: float = Field(20.0, gt=0)
@@ -87,6 +104,8 @@ class Rule(Input):
     def _complete(self) -> Rule:
         if self.kind == "phrase" and not self.phrases:
             raise ValueError(f"rule {self.id}: a phrase rule needs phrases")
+        if self.kind == "repeated_request" and self.count < 2:
+            raise ValueError(f"rule {self.id}: repeated_request needs count >= 2")
         if "target_skill" in self.actions and not self.skill:
             raise ValueError(f"rule {self.id}: target_skill needs skill")
         return self
@@ -125,7 +144,9 @@ DEFAULT_RULES: list[dict[str, Any]] = [
         "phrases": [
             "agent", "human", "representative", "supervisor", "real person", "operator",
             "speak to a person", "talk to a person", "speak to someone", "talk to someone",
-            "manager",
+            "manager", "speak with a person", "talk to a human", "a real human",
+            "customer service representative", "someone real", "live person",
+            "actual person", "speak to somebody", "talk to somebody",
         ],
         "actions": ["route_to_human", "raise_priority"],
         "priority": 2,
@@ -136,7 +157,10 @@ DEFAULT_RULES: list[dict[str, Any]] = [
         "description": "caller wants to cancel",
         "phrases": [
             "cancel my account", "cancel my subscription", "cancel my service",
-            "close my account", "cancel my contract",
+            "close my account", "cancel my contract", "cancel my membership",
+            "cancel my plan", "terminate my contract", "terminate my account",
+            "end my service", "end my contract", "end my subscription",
+            "stop my subscription", "stop my service", "close my membership",
         ],
         "actions": ["route_to_human", "target_skill"],
         "skill": "retention",
@@ -145,9 +169,20 @@ DEFAULT_RULES: list[dict[str, Any]] = [
         "id": "complaint_or_legal",
         "kind": "phrase",
         "description": "complaint or legal threat",
-        "phrases": ["complaint", "lawyer", "attorney", "sue you", "legal action"],
+        "phrases": [
+            "complaint", "lawyer", "attorney", "sue you", "legal action", "complain",
+            "take you to court", "report you", "lawsuit", "sue your company",
+            "better business bureau",
+        ],
         "actions": ["route_to_human", "raise_priority", "alert_supervisor"],
         "priority": 2,
+    },
+    {
+        "id": "repeats_request",
+        "kind": "repeated_request",
+        "description": "caller repeats a request",
+        "min_similarity": 80,
+        "actions": ["raise_priority", "alert_supervisor"],
     },
     {
         "id": "upset_streak",
@@ -221,6 +256,8 @@ class Utterance:
     text: str
     start: float
     end: float
+    # The recognizer's other readings of the same speech (n-best), best first.
+    alternatives: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,15 +285,12 @@ class Decision:
         return "route_to_human" in self.actions or "target_skill" in self.actions
 
 
-def _normalise(text: str) -> str:
-    """' words | words ' (see ``normalize_phrase``), one part per sentence: a phrase,
-    padded with spaces, is found in it only as whole words within one sentence."""
-    return " " + " | ".join(normalize_phrase(s) for s in sentences(text)) + " "
+def _index(rules: list[Rule]) -> PhraseIndex:
+    return phrase_index(tuple((r.id, tuple(r.phrases)) for r in rules if r.kind == "phrase"))
 
 
-@functools.lru_cache(maxsize=4096)
-def _phrase_key(phrase: str) -> str:
-    return f" {normalize_phrase(phrase)} "
+def _quote(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass
@@ -268,6 +302,11 @@ class CallEscalation:
     priority: int = 0
     decisions: list[Decision] = field(default_factory=list)
     signals: Signals = field(default_factory=Signals)
+    said_before: Repetitions = field(default_factory=Repetitions)
+    phrases: PhraseIndex = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.phrases = _index(self.rules)
 
     def _fire(self, rule: Rule, reason: str, at: float, evidence: dict[str, Any]) -> Decision:
         self.fired.add(rule.id)
@@ -289,20 +328,80 @@ class CallEscalation:
         return [r for r in self.rules if r.kind == kind and r.id not in self.fired]
 
     def observe_utterance(self, u: Utterance) -> list[Decision]:
-        text = _normalise(u.text)
         out = self._heard("caller", u)
-        for rule in self._open("phrase"):
-            hit = next((p for p in rule.phrases if _phrase_key(p) in text), None)
-            if hit is not None:
-                reason = f"{rule.description or rule.id}: '{hit}'"
-                out.append(
-                    self._fire(
-                        rule,
-                        reason,
-                        u.end,
-                        {"utterance_ids": [u.id], "phrase": hit, "text": u.text},
-                    )
-                )
+        heard = read(u.text)  # once: both kinds of rule read the same words
+        open_phrases = self._open("phrase")
+        if open_phrases:
+            found = self._phrase_matches(u, heard)
+            for rule in open_phrases:
+                if rule.id in found:
+                    out.append(self._fire_phrase(rule, u, *found[rule.id]))
+        out += self._repeats(u, heard)
+        return out
+
+    def _phrase_matches(
+        self, u: Utterance, heard: list[Sentence]
+    ) -> dict[str, tuple[Match, int | None]]:
+        """Each phrase rule's best match, and where (None: the text, else the index of
+        the alternative). A rule whose phrase the text says, but takes back, is decided
+        by the text: the alternatives are other guesses at the same words."""
+        out: dict[str, tuple[Match, int | None]] = {}
+        vetoed: set[str] = set()
+        readings: list[str | list[Sentence]] = [heard, *u.alternatives]
+        for n, text in enumerate(readings):
+            for rule_id, matches in self.phrases.find(text).items():
+                if rule_id in out or rule_id in vetoed or not matches:
+                    continue
+                if not matches[0].negated:
+                    out[rule_id] = (matches[0], None if n == 0 else n - 1)
+                elif n == 0:
+                    vetoed.add(rule_id)
+        return out
+
+    def _fire_phrase(self, rule: Rule, u: Utterance, m: Match, alt: int | None) -> Decision:
+        reason = f"{rule.description or rule.id}: '{m.phrase}'"
+        if not m.exact:
+            reason += f" (heard '{m.heard}')"
+        evidence = {
+            "utterance_ids": [u.id],
+            "phrase": m.phrase,
+            "text": u.text,
+            "match": m.match,
+            "heard": m.heard,
+            "score": m.score,
+            "alternative": alt,
+        }
+        return self._fire(rule, reason, u.end, evidence)
+
+    def _repeats(self, u: Utterance, heard: list[Sentence]) -> list[Decision]:
+        rules = self._open("repeated_request")
+        if not rules:
+            return []
+        now = said(u.id, u.text, heard)
+        used = marker(heard)
+        out = []
+        for rule in rules:
+            label = rule.description or rule.id
+            if used is not None:
+                reason = f"{label}: '{used}' in '{_quote(u.text)}'"
+                marked = {"utterance_ids": [u.id], "texts": [u.text], "marker": used}
+                out.append(self._fire(rule, reason, u.end, marked))
+                continue
+            if now is None:
+                continue
+            repeats = self.said_before.repeats(now, rule.min_similarity)
+            if len(repeats) >= rule.count - 1:
+                earlier = sorted(repeats[: rule.count - 1], key=lambda r: r.position)
+                before = _quote(earlier[0].earlier.text)
+                reason = f"{label}: '{_quote(u.text)}' (said before: '{before}')"
+                evidence: dict[str, Any] = {
+                    "utterance_ids": [*(r.earlier.id for r in earlier), u.id],
+                    "texts": [*(r.earlier.text for r in earlier), u.text],
+                    "similarity": [r.similarity for r in earlier],
+                }
+                out.append(self._fire(rule, reason, u.end, evidence))
+        if now is not None:
+            self.said_before.add(now)
         return out
 
     def observe_emotion(self, s: EmotionSample) -> list[Decision]:
