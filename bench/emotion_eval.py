@@ -73,6 +73,7 @@ def evaluate(part: str, band: str) -> None:
     truth, guess, words_only, conf, first_angry = [], [], [], [], []
     call_right, esc_truth, esc_guess = [], [], []
     cost: list[float] = []
+    missed: list[str] = []
     text_model = TextModel.load()
     for call in calls:
         tracker = EmotionTracker("phone" if band == "phone" else "wide")
@@ -99,6 +100,13 @@ def evaluate(part: str, band: str) -> None:
         call_right.append(est.call_label == call[0].spoken.call_label)
         esc_truth.append(_should_escalate(call))
         esc_guess.append(fired)
+        if esc_truth[-1] != fired:
+            missed.append(
+                f"{'missed' if esc_truth[-1] else 'false alarm'}: {call[0].spoken.kind} "
+                f"({call[0].spoken.voice}): "
+                + "; ".join(f"{u.spoken.label}->{g} '{u.heard.text}'"
+                            for u, g in zip(call, guess[-len(call):], strict=True))
+            )  # fmt: skip
     right = [t == g for t, g in zip(truth, guess, strict=True)]
     table, ece = _reliability(conf, right)
     tp = sum(t and g for t, g in zip(esc_truth, esc_guess, strict=True))
@@ -115,6 +123,8 @@ def evaluate(part: str, band: str) -> None:
     print(f"escalation precision {tp / max(1, sum(esc_guess)):.3f}, recall "
           f"{tp / max(1, sum(esc_truth)):.3f} ({sum(esc_truth)} calls should escalate, "
           f"{sum(esc_guess)} did)")  # fmt: skip
+    for line in missed:
+        print("  " + line)
     print(f"\ncalibration (expected calibration error {ece:.3f}):\n\n{table}")
     ms = 1000 * np.array(cost)
     print(f"\nemotion + escalation CPU per utterance: p50 {np.percentile(ms, 50):.2f} ms, "

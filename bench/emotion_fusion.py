@@ -10,16 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.emotion_scripts import TEXT_ONLY, TUNING
 from bench.emotion_set import Heard, Spoken, hear, plan
-from bench.emotion_train import fit_logistic, softmax, train_text
+from bench.emotion_train import corpus, fit_logistic, softmax, train_text
 from media.emotion import (
     ACOUSTIC,
-    CROSSED,
     FUSION,
     Baseline,
     Prosody,
     acoustic_values,
+    call_mood,
     fusion_inputs,
     prosody,
 )
@@ -55,13 +54,20 @@ def calls_of(part: str, band: str) -> list[list[Said]]:
     return out
 
 
-def input_names() -> list[str]:
-    return (
-        ["bias"]
-        + [f"text:{label}" for label in LABELS]
-        + [f"voice:{c}" for c in ACOUSTIC]
-        + [f"voice:{c}*upset" for c in CROSSED]
-    )
+# Which voice inputs the fusion gets (see media.emotion.fusion_inputs):
+#   plain    the z-scores, and the z-scores crossed with upset words
+#   crossed  the z-scores crossed with upset words and with calm words, never alone:
+#            heat in the voice means anger only with upset words, and an excited
+#            "that is wonderful" is not angry
+INPUTS = {
+    "plain": ("", "*upset"),
+    "crossed": ("*upset", "*calm"),
+}
+
+
+def input_names(inputs: str) -> list[str]:
+    voice = [f"voice:{c}{x}" for x in INPUTS[inputs] for c in ACOUSTIC]
+    return ["bias"] + [f"text:{label}" for label in LABELS] + voice
 
 
 def priors(calls: list[list[Said]]) -> dict[str, tuple[float, float]]:
@@ -78,16 +84,14 @@ def priors(calls: list[list[Said]]) -> dict[str, tuple[float, float]]:
 def oof_text(calls: list[list[Said]]) -> dict[tuple[int, int], dict[str, float]]:
     """Each tuning utterance's text probabilities from a model that never saw its
     sentence (5 folds over the sentences)."""
-    corpus = [
-        (s, LABELS.index(c)) for pools in (TUNING, TEXT_ONLY) for c, ss in pools.items() for s in ss
-    ]
-    sentences = sorted({s for s, _ in corpus})
+    items = corpus()
+    sentences = sorted({s for s, _, _ in items})
     random.Random(11).shuffle(sentences)
     l2 = json.loads(WEIGHTS.read_text())["l2"]  # the text model's own strength
     out: dict[tuple[int, int], dict[str, float]] = {}
     for k in range(FOLDS):
         held = set(sentences[k::FOLDS])
-        model = train_text([c for c in corpus if c[0] not in held], l2)
+        model = train_text([c for c in items if c[0] not in held], l2)
         for call in calls:
             for u in call:
                 if u.spoken.sentence in held:
@@ -100,10 +104,11 @@ def design(
     text_p: dict[tuple[int, int], dict[str, float]],
     prior: dict[str, tuple[float, float]],
     prior_weight: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fusion inputs of every utterance, walking each call as the tracker does."""
-    names = input_names()
-    rows, ys, groups = [], [], []
+    names: list[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Fusion inputs of every utterance, walking each call as the tracker does; its
+    class, its voice, and its call (number, the call's label)."""
+    rows, ys, groups, calls_of_rows = [], [], [], []
     for call in calls:
         base = Baseline(prior, prior_weight)
         for u in call:
@@ -115,36 +120,75 @@ def design(
             rows.append([inputs.get(n, 0.0) for n in names])
             ys.append(LABELS.index(u.spoken.label))
             groups.append(u.spoken.voice)
-    return np.array(rows), np.array(ys), np.array(groups)
+            calls_of_rows.append((u.spoken.call, u.spoken.call_label))
+    return np.array(rows), np.array(ys), np.array(groups), calls_of_rows
+
+
+def fit_call_alpha(probs: np.ndarray, rows: list[tuple[str, int, str]]) -> dict[str, float]:
+    """The call label's smoothing (media.emotion.call_mood) that labels most tuning calls
+    right from the out-of-fold utterance probabilities: how fast calm and upset states
+    take hold (and, one minus that, fade)."""
+    best: tuple[float, float, float] = (-1.0, 0.0, 0.0)
+    for calm in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+        for upset in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+            alpha = {"neutral": calm, "positive": calm, "frustrated": upset, "angry": upset}
+            right = total = 0
+            mood: dict[str, float] | None = None
+            for i, (band, call, label) in enumerate(rows):
+                if i and rows[i - 1][:2] != (band, call):
+                    mood = None
+                mood = call_mood(mood, dict(zip(LABELS, probs[i], strict=True)), alpha)
+                if i + 1 == len(rows) or rows[i + 1][:2] != (band, call):
+                    right += max(mood, key=lambda k: mood[k]) == label  # type: ignore[index]
+                    total += 1
+            if right / total > best[0]:
+                best = (right / total, calm, upset)
+    acc, calm, upset = best
+    print(f"call label: calm states weigh {calm:g}, upset {upset:g} as they rise: "
+          f"{acc:.3f} of the tuning calls right (out of fold)")  # fmt: skip
+    return {"neutral": calm, "positive": calm, "frustrated": upset, "angry": upset}
+
+
+def _stack(
+    by_band: dict[str, list[list[Said]]],
+    text_p: dict[str, dict[tuple[int, int], dict[str, float]]],
+    band_priors: dict[str, dict[str, tuple[float, float]]],
+    pw: float,
+    names: list[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, int, str]]]:
+    parts = [design(by_band[b], text_p[b], band_priors[b], pw, names) for b in BANDS]
+    return (
+        np.vstack([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
+        [(b, n, label) for b, p in zip(BANDS, parts, strict=True) for n, label in p[3]],
+    )
 
 
 def fusion_main(_: Path) -> None:
     by_band = {b: calls_of("tuning", b) for b in BANDS}
     band_priors = {b: priors(c) for b, c in by_band.items()}
     text_p = {b: oof_text(c) for b, c in by_band.items()}
-    best: tuple[float, float, float] | None = None
-    for pw in PRIOR_WEIGHTS:
-        parts = [design(by_band[b], text_p[b], band_priors[b], pw) for b in BANDS]
-        x = np.vstack([p[0] for p in parts])
-        y = np.concatenate([p[1] for p in parts])
-        g = np.concatenate([p[2] for p in parts])
-        for l2 in L2S:
-            right = 0
-            for voice in sorted(set(g)):
-                test = g == voice
-                w = fit_logistic(x[~test], y[~test], l2)
-                right += int((np.argmax(x[test] @ w, axis=1) == y[test]).sum())
-            acc = right / len(y)
-            print(f"fusion, prior counts {pw:g} utterances, l2 {l2:g}: accuracy on the "
-                  f"tuning audio, each voice left out in turn, {acc:.3f}")  # fmt: skip
-            if best is None or acc > best[0]:
-                best = (acc, pw, l2)
+    best: tuple[float, str, float, float] | None = None
+    for inputs in INPUTS:
+        for pw in PRIOR_WEIGHTS:
+            x, y, g, _ = _stack(by_band, text_p, band_priors, pw, input_names(inputs))
+            for l2 in L2S:
+                right = 0
+                for voice in sorted(set(g)):
+                    test = g == voice
+                    w = fit_logistic(x[~test], y[~test], l2)
+                    right += int((np.argmax(x[test] @ w, axis=1) == y[test]).sum())
+                acc = right / len(y)
+                print(f"fusion, {inputs} voice inputs, prior counts {pw:g} utterances, "
+                      f"l2 {l2:g}: accuracy on the tuning audio, each voice left out in "
+                      f"turn, {acc:.3f}")  # fmt: skip
+                if best is None or acc > best[0]:
+                    best = (acc, inputs, pw, l2)
     assert best is not None
-    _, pw, l2 = best
-    parts = [design(by_band[b], text_p[b], band_priors[b], pw) for b in BANDS]
-    x = np.vstack([p[0] for p in parts])
-    y = np.concatenate([p[1] for p in parts])
-    g = np.concatenate([p[2] for p in parts])
+    _, inputs, pw, l2 = best
+    names = input_names(inputs)
+    x, y, g, rows = _stack(by_band, text_p, band_priors, pw, names)
     # one temperature, fitted on out-of-fold logits, makes the probabilities honest
     oof = np.zeros((len(y), len(LABELS)))
     for voice in sorted(set(g)):
@@ -153,6 +197,7 @@ def fusion_main(_: Path) -> None:
     temps = [0.5 + 0.05 * i for i in range(60)]
     nll = [float(-np.log(softmax(oof / t)[np.arange(len(y)), y] + 1e-12).mean()) for t in temps]
     temperature = temps[int(np.argmin(nll))]
+    call_alpha = fit_call_alpha(softmax(oof / temperature), rows)
     w = fit_logistic(x, y, l2)
     FUSION.write_text(
         json.dumps(
@@ -163,13 +208,15 @@ def fusion_main(_: Path) -> None:
                 },  # fmt: skip
                 "prior_weight": pw,
                 "l2": l2,
-                "names": input_names(),
+                "names": names,
                 "weights": [[round(float(v), 4) for v in row] for row in w],
                 "temperature": round(temperature, 3),
+                "call_alpha": call_alpha,
             },
             indent=1,
         )
         + "\n"
     )
-    print(f"wrote {FUSION}: prior counts {pw:g} utterances, l2 {l2:g}, temperature "
-          f"{temperature:.2f} (out-of-fold NLL {min(nll):.3f}, at 1.0 {nll[10]:.3f})")  # fmt: skip
+    print(f"wrote {FUSION}: {inputs} voice inputs, prior counts {pw:g} utterances, "
+          f"l2 {l2:g}, temperature {temperature:.2f} (out-of-fold NLL {min(nll):.3f}, "
+          f"at 1.0 {nll[10]:.3f})")  # fmt: skip

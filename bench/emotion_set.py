@@ -3,8 +3,9 @@ voice in its class's delivery, heard at 16 kHz or over a phone line, recognised 
 engine's recognizer. Built once and cached (bench/out/emotion-set/); ``python -m
 bench.emotion_set`` builds both parts.
 
-Voices. Tuning: piper joe, espeak-ng en-us+m3, espeak-ng en-gb+f2. Held-out: piper joe
-a fourth lower and slower (sox), espeak-ng en-us+f4, espeak-ng en-gb-scotland+m5.
+Voices. Tuning: piper joe as it is and higher and faster (sox), espeak-ng en-us+m3,
+en-gb+f2, en-us+f2, en-gb-x-rp+m4 and en-029+m2. Held-out: piper joe a fourth lower and
+slower (sox), espeak-ng en-us+f4 and en-gb-scotland+m5.
 
 Delivery. No offline voice acts a feeling, so each class is said in a style shaped with
 sox, its strength drawn per utterance from a range (below): angry is louder, faster and
@@ -37,6 +38,13 @@ VOICES: dict[str, list[tuple[str, str, list[str] | tuple[str, int]]]] = {
         ("piper joe", "piper", []),
         ("espeak en-us+m3", "espeak", ("en-us+m3", 150)),
         ("espeak en-gb+f2", "espeak", ("en-gb+f2", 160)),
+        # more voices, so that what the fusion learns of the voice is checked, voice by
+        # voice, on voices it did not learn from (three were too few: the weights picked
+        # leaned on voice cues that did not carry to the held-out voices)
+        ("piper joe, higher and faster", "piper", ["pitch", "300", "tempo", "1.06"]),
+        ("espeak en-us+f2", "espeak", ("en-us+f2", 170)),
+        ("espeak en-gb-x-rp+m4", "espeak", ("en-gb-x-rp+m4", 140)),
+        ("espeak en-029+m2", "espeak", ("en-029+m2", 150)),
     ],
     "heldout": [
         ("piper joe, lower and slower", "piper", ["pitch", "-400", "tempo", "0.93"]),

@@ -54,11 +54,16 @@ def fit_logistic(x: Matrix, y: np.ndarray, l2: float, steps: int = 800) -> Matri
     return w
 
 
-def _corpus() -> list[tuple[str, int]]:
+def corpus() -> list[tuple[str, str, int]]:
+    """(sentence, text, class) of each tuning and text-only sentence, as written.
+
+    Tried and left out: adding each tuning utterance as the recognizer heard it (both
+    bands). The fusion's voice-by-voice accuracy on the tuning audio fell from 0.81 to
+    0.77: fourteen heard copies of each tuning sentence outweigh the rest of the corpus."""
     out = []
     for pools in (TUNING, TEXT_ONLY):
         for label, sentences in pools.items():
-            out += [(s, LABELS.index(label)) for s in sentences]
+            out += [(s, s, LABELS.index(label)) for s in sentences]
     return out
 
 
@@ -75,39 +80,40 @@ def _design(texts: Sequence[str], names: list[str] | None = None) -> tuple[Matri
     return x, names
 
 
-def train_text(corpus: list[tuple[str, int]], l2: float) -> emotion_text.TextModel:
-    # every sentence also as a plain recognizer writes it: lower case, no punctuation
-    texts = [s for s, _ in corpus] + [
-        s.lower().replace("!", "").replace("?", "") for s, _ in corpus
+def train_text(items: list[tuple[str, str, int]], l2: float) -> emotion_text.TextModel:
+    # every text also as a plain recognizer writes it: lower case, no punctuation
+    texts = [t for _, t, _ in items] + [
+        t.lower().replace("!", "").replace("?", "") for _, t, _ in items
     ]
-    y = np.array([c for _, c in corpus] * 2)
+    y = np.array([c for _, _, c in items] * 2)
     x, names = _design(texts)
     w = fit_logistic(x, y, l2)
     return emotion_text.TextModel({n: [float(v) for v in w[i]] for i, n in enumerate(names)})
 
 
-def cross_validate(l2: float, folds: int = 5) -> float:
-    corpus = _corpus()
-    sentences = sorted({s for s, _ in corpus})
+def cross_validate(items: list[tuple[str, str, int]], l2: float, folds: int = 5) -> float:
+    """Accuracy on sentences left out (as written and as heard), 5 folds."""
+    sentences = sorted({s for s, _, _ in items})
     random.Random(7).shuffle(sentences)
     right = total = 0
     for k in range(folds):
         held = set(sentences[k::folds])
-        model = train_text([c for c in corpus if c[0] not in held], l2)
-        for s, c in corpus:
+        model = train_text([c for c in items if c[0] not in held], l2)
+        for s, t, c in items:
             if s in held:
-                p = model.probabilities(s)
+                p = model.probabilities(t)
                 right += max(p, key=lambda lab: p[lab]) == LABELS[c]
                 total += 1
     return right / total
 
 
 def text_main() -> None:
-    scores = [(cross_validate(l2), l2) for l2 in (0.003, 0.01, 0.03, 0.1)]
+    items = corpus()
+    scores = [(cross_validate(items, l2), l2) for l2 in (0.0003, 0.001, 0.003, 0.01, 0.03)]
     for acc, l2 in scores:
         print(f"text model, l2 {l2}: 5-fold accuracy on the tuning corpus {acc:.3f}")
     best = max(scores)
-    model = train_text(_corpus(), best[1])
+    model = train_text(items, best[1])
     weights = {k: [round(v, 4) for v in w] for k, w in model.weights.items()
                if max(abs(v) for v in w) >= 1e-3}  # fmt: skip
     emotion_text.WEIGHTS.write_text(

@@ -33,8 +33,9 @@ Rule kinds (``kind`` in the rules file):
                       ``min_similarity`` (``engine.repetition``), or says
                       they are repeating themselves ("I already said",
                       "for the third time")
-    emotion_streak    ``count`` caller utterances in a row are labelled   labels, count
-                      with one of ``labels``
+    emotion_streak    ``count`` caller utterances in a row are labelled   labels, count,
+                      with one of ``labels``, or give them together at    min_probability
+                      least ``min_probability`` (0.5)
     trend_below       the call's emotion trend drops below ``threshold``  threshold, min_utterances
                       after at least ``min_utterances``
     silence           ``side`` has said nothing for ``seconds``: the      seconds, side
@@ -90,6 +91,9 @@ class Rule(Input):
     phrases: list[str] = Field(default_factory=list, max_length=200)
     labels: list[str] = Field(default_factory=lambda: ["angry", "frustrated"])
     count: int = Field(2, ge=1, le=20)
+    min_probability: float = Field(
+        0.5, ge=0, le=1, description="emotion_streak: labels' summed probability that counts"
+    )
     min_similarity: float = Field(80.0, ge=50, le=100, description="repeated_request, 0..100")
     threshold: float = Field(-0.5, ge=-1, le=1)
     min_utterances: int = Field(3, ge=1)
@@ -408,7 +412,7 @@ class CallEscalation:
         self.emotions_seen += 1
         out = []
         for rule in self._open("emotion_streak"):
-            run = self._run_of(rule.labels, s)
+            run = self._run_of(rule, s)
             if len(run) >= rule.count:
                 reason = f"{rule.description or rule.id}: {', '.join(e.label for e in run)}"
                 evidence = {
@@ -431,12 +435,19 @@ class CallEscalation:
                 )
         return out + self._louder(s)
 
-    def _run_of(self, labels: list[str], latest: EmotionSample) -> list[EmotionSample]:
-        if latest.label not in labels:
+    def _run_of(self, rule: Rule, latest: EmotionSample) -> list[EmotionSample]:
+        def counts(e: EmotionSample) -> bool:
+            # labelled so, or more likely one of the labels than not: a caller read as
+            # 45 % neutral, 30 % frustrated and 25 % angry is more likely upset than calm
+            return e.label in rule.labels or (
+                sum(e.scores.get(label, 0.0) for label in rule.labels) >= rule.min_probability
+            )
+
+        if not counts(latest):
             return []
         run = [latest]
         for e in reversed(self.streak):
-            if e.label not in labels:
+            if not counts(e):
                 break
             run.insert(0, e)
         return run

@@ -171,9 +171,6 @@ def _brightness(windows: np.ndarray) -> float | None:
 
 # What the voice is measured by, each against the caller's usual (see Baseline)
 ACOUSTIC = ("energy", "f0", "range", "rate", "pause", "bright")
-# the voice cues the fusion crosses with upset words: heat in the voice means anger only
-# when the words are negative (an excited "that is wonderful" is not angry)
-CROSSED = ("energy", "rate", "f0")
 Z_LIMIT = 4.0
 # how each cue reads to a person, for the evidence ("voice louder than usual, +6 dB")
 _CUE_TEXT = {
@@ -211,6 +208,7 @@ class FusionModel:
     names: list[str]  # fusion input names, in weight order
     weights: list[list[float]]  # len(names) x len(LABELS)
     temperature: float
+    call_alpha: dict[str, float]
 
     @classmethod
     @functools.lru_cache(maxsize=1)
@@ -218,20 +216,29 @@ class FusionModel:
         with open(FUSION) as f:
             d = json.load(f)
         priors = {b: {k: (v[0], v[1]) for k, v in cues.items()} for b, cues in d["priors"].items()}
-        return cls(priors, d["prior_weight"], d["names"], d["weights"], d["temperature"])
+        return cls(
+            priors,
+            d["prior_weight"],
+            d["names"],
+            d["weights"],
+            d["temperature"],
+            d.get("call_alpha", CALL_ALPHA),
+        )
 
 
 def fusion_inputs(text_p: dict[str, float], z: dict[str, float]) -> dict[str, float]:
-    """The fusion's inputs: the words' log-probabilities, the voice's z-scores, and the
-    voice crossed with how upset the words are."""
+    """What the fusion may use (the trained model names the inputs it does use): the
+    words' log-probabilities, the voice's z-scores, and the voice crossed with how upset
+    or how calm the words are."""
     upset = text_p["frustrated"] + text_p["angry"]
     out = {"bias": 1.0}
     for label in LABELS:
         out[f"text:{label}"] = math.log(max(text_p[label], 1e-4))
     for cue in ACOUSTIC:
-        out[f"voice:{cue}"] = z.get(cue, 0.0)
-    for cue in CROSSED:
-        out[f"voice:{cue}*upset"] = z.get(cue, 0.0) * upset
+        v = z.get(cue, 0.0)
+        out[f"voice:{cue}"] = v
+        out[f"voice:{cue}*upset"] = v * upset
+        out[f"voice:{cue}*calm"] = v * (1.0 - upset)
     return out
 
 
@@ -280,8 +287,23 @@ class EmotionEstimate:
 
 
 # Smoothing of call-level scores: upset states take hold fast and fade slowly, so a
-# caller who was angry one sentence ago still shows as upset to the agent.
+# caller who was angry one sentence ago still shows as upset to the agent. These are
+# the defaults; the fusion file carries the ones fitted on the tuning part.
 CALL_ALPHA = {"neutral": 0.3, "positive": 0.3, "frustrated": 0.6, "angry": 0.6}
+
+
+def call_mood(
+    before: dict[str, float] | None, scores: dict[str, float], alpha: dict[str, float]
+) -> dict[str, float]:
+    """The call's scores after one more utterance: each class rises with weight
+    ``alpha`` and falls with ``1 - alpha``."""
+    if before is None:
+        return dict(scores)
+    out = {}
+    for k, v in scores.items():
+        a = alpha[k] if v >= before[k] else 1 - alpha[k]
+        out[k] = a * v + (1 - a) * before[k]
+    return out
 
 
 def _softmax(z: list[float]) -> list[float]:
@@ -336,12 +358,11 @@ class EmotionTracker:
         mood = max(-1.0, min(1.0, valence - 0.5 * max(arousal, 0.0) * (valence < 0.05)))
         if self.count == 0:
             self.trend = mood
-            self.call_scores = dict(scores)
         else:
             self.trend = self.trend_alpha * mood + (1 - self.trend_alpha) * self.trend
-            for k, v in scores.items():
-                alpha = CALL_ALPHA[k] if v >= self.call_scores[k] else 1 - CALL_ALPHA[k]
-                self.call_scores[k] = alpha * v + (1 - alpha) * self.call_scores[k]
+        self.call_scores = call_mood(
+            self.call_scores if self.count else None, scores, self.model.call_alpha
+        )
         self.count += 1
         call_scores = {k: round(v, 4) for k, v in self.call_scores.items()}
         return EmotionEstimate(
