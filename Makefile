@@ -50,6 +50,7 @@ bench: sysdeps $(VENV)/.installed-test
 	$(PY) -m bench.sip --n 1
 	$(PY) -m bench.developer
 	$(PY) -m bench.gcpause
+	$(PY) -m bench.emotion_cost
 
 # emotion and escalation on the held-out part of the emotion set (built, then cached)
 eval: sysdeps $(VENV)/.installed-test

@@ -15,6 +15,7 @@ from bench.emotion_train import corpus, fit_logistic, softmax, train_text
 from media.emotion import (
     ACOUSTIC,
     FUSION,
+    Band,
     Baseline,
     Prosody,
     acoustic_values,
@@ -24,7 +25,7 @@ from media.emotion import (
 )
 from media.emotion_text import LABELS, WEIGHTS
 
-BANDS = ("wide", "phone")
+BANDS: tuple[Band, ...] = ("wide", "phone")
 PRIOR_WEIGHTS = (1.0, 2.0, 4.0, 8.0)
 L2S = (0.01, 0.03, 0.1, 0.3, 1.0)
 FOLDS = 5  # the text model's folds, over sentences
@@ -59,15 +60,19 @@ def calls_of(part: str, band: str) -> list[list[Said]]:
 #   crossed  the z-scores crossed with upset words and with calm words, never alone:
 #            heat in the voice means anger only with upset words, and an excited
 #            "that is wonderful" is not angry
+#   ...+band  the same again for the phone line (``name@phone``)
 INPUTS = {
     "plain": ("", "*upset"),
     "crossed": ("*upset", "*calm"),
+    "plain+band": ("", "*upset"),
+    "crossed+band": ("*upset", "*calm"),
 }
 
 
 def input_names(inputs: str) -> list[str]:
     voice = [f"voice:{c}{x}" for x in INPUTS[inputs] for c in ACOUSTIC]
-    return ["bias"] + [f"text:{label}" for label in LABELS] + voice
+    names = ["bias"] + [f"text:{label}" for label in LABELS] + voice
+    return names + [f"{n}@phone" for n in names] if inputs.endswith("+band") else names
 
 
 def priors(calls: list[list[Said]]) -> dict[str, tuple[float, float]]:
@@ -105,6 +110,7 @@ def design(
     prior: dict[str, tuple[float, float]],
     prior_weight: float,
     names: list[str],
+    band: Band,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, str]]]:
     """Fusion inputs of every utterance, walking each call as the tracker does; its
     class, its voice, and its call (number, the call's label)."""
@@ -114,7 +120,7 @@ def design(
         for u in call:
             values = acoustic_values(u.prosody)
             tp = text_p[(u.spoken.call, u.spoken.position)]
-            inputs = fusion_inputs(tp, base.z(values))
+            inputs = fusion_inputs(tp, base.z(values), band)
             if tp["neutral"] + tp["positive"] >= 0.5:
                 base.learn(values)
             rows.append([inputs.get(n, 0.0) for n in names])
@@ -156,7 +162,7 @@ def _stack(
     pw: float,
     names: list[str],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, int, str]]]:
-    parts = [design(by_band[b], text_p[b], band_priors[b], pw, names) for b in BANDS]
+    parts = [design(by_band[b], text_p[b], band_priors[b], pw, names, b) for b in BANDS]
     return (
         np.vstack([p[0] for p in parts]),
         np.concatenate([p[1] for p in parts]),

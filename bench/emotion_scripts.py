@@ -7,7 +7,10 @@ Four classes, as the engine labels them:
     positive    real relief, praise or delight ("That is wonderful, you have been a great
                 help.")
     frustrated  a complaint said without heat: waiting, repeating, things not working,
-                resignation, sarcasm
+                resignation, sarcasm. A problem reported plainly for the first time is
+                neutral ("My card was declined", "It was supposed to arrive on
+                Monday"): frustration shows in persistence and feeling ("still",
+                "again", "keeps", "three times", "nobody", "honestly")
     angry       hostility: insults, threats, demands, shouting
 
 Tuning and held-out parts share no sentence. The text model is trained on the tuning
@@ -232,6 +235,15 @@ CALLS: list[tuple[str, list[str], str]] = [
 # tuning part's sentences (never a held-out sentence).
 TEXT_ONLY: dict[str, list[str]] = {
     "neutral": [
+        "My card was declined when I tried to pay.",
+        "My internet is not working this morning.",
+        "I think there is a mistake on my bill.",
+        "The app will not let me log in.",
+        "My package was supposed to arrive yesterday.",
+        "The engineer was supposed to come this morning, can you check?",
+        "It was supposed to be delivered on Tuesday.",
+        "The screen on my new phone is cracked.",
+        "I was charged for something I did not order.",
         "The parcel was due on Monday.",
         "It was meant to be delivered yesterday, so I am checking.",
         "The engineer was booked for this morning.",

@@ -226,10 +226,13 @@ class FusionModel:
         )
 
 
-def fusion_inputs(text_p: dict[str, float], z: dict[str, float]) -> dict[str, float]:
+def fusion_inputs(
+    text_p: dict[str, float], z: dict[str, float], band: Band = "wide"
+) -> dict[str, float]:
     """What the fusion may use (the trained model names the inputs it does use): the
     words' log-probabilities, the voice's z-scores, and the voice crossed with how upset
-    or how calm the words are."""
+    or how calm the words are; on a phone line each again as ``name@phone``, so the
+    fusion may weigh words and voice differently where the recognizer errs more."""
     upset = text_p["frustrated"] + text_p["angry"]
     out = {"bias": 1.0}
     for label in LABELS:
@@ -239,6 +242,8 @@ def fusion_inputs(text_p: dict[str, float], z: dict[str, float]) -> dict[str, fl
         out[f"voice:{cue}"] = v
         out[f"voice:{cue}*upset"] = v * upset
         out[f"voice:{cue}*calm"] = v * (1.0 - upset)
+    if band == "phone":
+        out |= {f"{k}@phone": v for k, v in out.items()}
     return out
 
 
@@ -319,6 +324,7 @@ class EmotionTracker:
     def __init__(self, band: Band = "wide", trend_alpha: float = 0.4) -> None:
         self.model = FusionModel.load()
         self.text_model = TextModel.load()
+        self.band = band
         self.baseline = Baseline(self.model.priors[band], self.model.prior_weight)
         self.trend_alpha = trend_alpha
         self.trend = 0.0
@@ -337,7 +343,7 @@ class EmotionTracker:
             if text.strip()
             else {label: 1.0 / len(LABELS) for label in LABELS}
         )
-        inputs = fusion_inputs(text_p, z)
+        inputs = fusion_inputs(text_p, z, self.band)
         logits = [0.0] * len(LABELS)
         for name, w in zip(self.model.names, self.model.weights, strict=True):
             x = inputs.get(name, 0.0)

@@ -126,9 +126,9 @@ def features(text: str) -> dict[str, float]:
     ws = words(text)
     joined = " ".join(ws)
     out: dict[str, float] = {"bias": 1.0}
-    for w in set(ws):
+    for w in sorted(set(ws)):  # one order: sums, and so the trainer, repeat exactly
         out[f"w:{w}"] = 1.0
-    for a, b in set(zip(ws, ws[1:], strict=False)):
+    for a, b in sorted(set(zip(ws, ws[1:], strict=False))):
         out[f"b:{a} {b}"] = 1.0
     for group, pattern in _cue_patterns().items():
         n = len(pattern.findall(joined))

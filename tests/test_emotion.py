@@ -55,7 +55,7 @@ def test_an_angry_first_utterance_is_angry(band: str) -> None:
 
 
 def test_the_same_complaint_said_calmly_is_frustration() -> None:
-    said = "I have called three times and nobody has fixed my problem."
+    said = "I have been waiting for two weeks and still nothing."
     calm = EmotionTracker().update(usual(), said)
     heated = EmotionTracker().update(usual(**HEATED), said)
     assert calm.label == "frustrated", calm.scores

@@ -71,6 +71,19 @@ def test_upset_streak_needs_consecutive_utterances() -> None:
     assert d.evidence["labels"] == ["frustrated", "angry"]
 
 
+def test_an_utterance_more_likely_upset_than_not_counts_in_a_streak() -> None:
+    """Labelled neutral at 45 %, but 55 % frustrated or angry: upset, for the streak."""
+    torn = {"neutral": 0.45, "positive": 0.0, "frustrated": 0.3, "angry": 0.25}
+    calmer = {"neutral": 0.55, "positive": 0.0, "frustrated": 0.25, "angry": 0.2}
+    esc = CallEscalation(default_rules())
+    assert esc.observe_emotion(felt(1, "angry")) == []
+    (d,) = esc.observe_emotion(EmotionSample("u2", 2.0, "neutral", -0.3, torn))
+    assert d.rule_id == "upset_streak" and d.evidence["utterance_ids"] == ["u1", "u2"]
+    esc = CallEscalation(default_rules())
+    assert esc.observe_emotion(felt(1, "angry")) == []
+    assert esc.observe_emotion(EmotionSample("u2", 2.0, "neutral", -0.3, calmer)) == []
+
+
 def test_trend_rule_waits_for_enough_utterances() -> None:
     esc = CallEscalation([r for r in default_rules() if r.kind == "trend_below"])
     assert esc.observe_emotion(felt(1, "neutral", -0.9)) == []
