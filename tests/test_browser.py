@@ -3,6 +3,7 @@ Each browser's microphone is a WAV file, so the caller and the agent each need t
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ from tests.sniff import RtpSniffer, voiced_seconds
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 CHROMIUM = "/usr/bin/chromium"
+# what the desk says an angry caller who asks for a person escalated for
+WHY_ESCALATED = re.compile("asked for a person|upset in consecutive utterances")
 
 
 def launch(p: Playwright, microphone: Path) -> Browser:
@@ -112,6 +115,9 @@ def test_browser_call_shows_live_words(
     )
     expect(live.locator("[data-testid=call-emotion]")).to_have_count(1, timeout=20_000)
     expect(live.get_by_test_id("timeline")).not_to_be_empty()
+    # the label comes with how sure it is and why: the words' reading, at least
+    expect(live.get_by_test_id("last-emotion")).to_contain_text("% sure")
+    expect(live.get_by_test_id("emotion-evidence")).to_contain_text("words read as")
     # agent assist: what the caller wants, and the article that answers it
     expect(live.get_by_test_id("summary")).to_contain_text("Caller:", timeout=20_000)
     expect(live.get_by_test_id("suggestions")).to_contain_text("Where is my order?")
@@ -226,7 +232,9 @@ def test_agent_desk_answers_an_escalated_caller(
             caller.get_by_test_id("call").click()
             expect(agent.get_by_test_id("ring")).to_be_visible(timeout=60_000)
             expect(agent.get_by_test_id("preview")).to_contain_text("cust-42")
-            expect(agent.get_by_test_id("preview")).to_contain_text("asked for a person")
+            # why, whichever rule saw it first: the caller is angry from the first
+            # sentence, so two upset sentences may come before the request for a person
+            expect(agent.get_by_test_id("preview")).to_contain_text(WHY_ESCALATED)
             expect(caller.get_by_test_id("state")).to_have_text("queued")
             agent.screenshot(path=str(output_dir / "agent-ringing.png"), full_page=True)
             agent.get_by_test_id("with-camera").check()
@@ -257,6 +265,9 @@ def test_agent_desk_answers_an_escalated_caller(
             expect(agent.get_by_test_id("summary")).to_contain_text("Caller:")
             expect(agent.get_by_test_id("suggestions")).to_contain_text("Where is my order?")
             expect(agent.locator("[data-testid=chart] circle").first).to_be_visible()
+            # the angry caller's label, its confidence and the cues behind it
+            expect(agent.get_by_test_id("last-emotion")).to_contain_text("% sure")
+            expect(agent.get_by_test_id("emotion-evidence")).to_contain_text("words")
             agent.screenshot(path=str(output_dir / "agent-on-call.png"), full_page=True)
             call_id = agent.evaluate("window.ccAgent.callId")
 
@@ -324,7 +335,7 @@ def test_phone_caller_reaches_an_agent_in_the_browser(tmp_path: Path, output_dir
                 )
                 expect(agent.get_by_test_id("ring")).to_be_visible(timeout=60_000)
                 expect(agent.get_by_test_id("preview")).to_contain_text("15551230001")
-                expect(agent.get_by_test_id("preview")).to_contain_text("asked for a person")
+                expect(agent.get_by_test_id("preview")).to_contain_text(WHY_ESCALATED)
                 agent.get_by_test_id("accept").click()
                 expect(agent.get_by_test_id("call-state")).to_have_text("bridged", timeout=20_000)
                 bridged_at = time.monotonic()
