@@ -90,7 +90,7 @@ def oof_text(calls: list[list[Said]]) -> dict[tuple[int, int], dict[str, float]]
     """Each tuning utterance's text probabilities from a model that never saw its
     sentence (5 folds over the sentences)."""
     items = corpus()
-    sentences = sorted({s for s, _, _ in items})
+    sentences = sorted({s for s, _, _, _ in items})
     random.Random(11).shuffle(sentences)
     l2 = json.loads(WEIGHTS.read_text())["l2"]  # the text model's own strength
     out: dict[tuple[int, int], dict[str, float]] = {}
