@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from bench.emotion_fusion import Said, calls_of
 from engine.escalation import CallEscalation, EmotionSample, Utterance, default_rules
-from media.emotion import EmotionTracker
+from media.emotion import EmotionEstimate, EmotionTracker
 from media.emotion_text import LABELS, TextModel
 
 UPSET = ("frustrated", "angry")
@@ -68,6 +69,38 @@ def _should_escalate(call: list[Said]) -> bool:
     )
 
 
+@dataclass
+class Tracked:
+    """One call as the engine's tracker and escalation rules read it, utterance by
+    utterance."""
+
+    estimates: list[EmotionEstimate]
+    routed: list[str]  # the rules that routed the call to a person, in order
+    cost: list[float]  # CPU seconds per utterance
+
+    @property
+    def fired(self) -> bool:
+        return bool(self.routed)
+
+
+def track(call: list[Said], band: str) -> Tracked:
+    """Walk ``call`` in order through EmotionTracker and the default escalation rules."""
+    tracker = EmotionTracker("phone" if band == "phone" else "wide")
+    esc = CallEscalation(default_rules())
+    out = Tracked([], [], [])
+    for i, u in enumerate(call):
+        t0 = time.process_time()
+        est = tracker.update(u.prosody, u.heard.text)
+        decisions = esc.observe_utterance(Utterance(str(i), u.heard.text, i, i + 1))
+        decisions += esc.observe_emotion(
+            EmotionSample(str(i), i + 1, est.label, est.trend, est.scores)
+        )
+        out.cost.append(time.process_time() - t0)
+        out.routed += [d.rule_id for d in decisions if d.routes_to_human]
+        out.estimates.append(est)
+    return out
+
+
 def evaluate(part: str, band: str) -> None:
     calls = calls_of(part, band)
     truth, guess, words_only, conf, first_angry = [], [], [], [], []
@@ -76,19 +109,10 @@ def evaluate(part: str, band: str) -> None:
     missed: list[str] = []
     text_model = TextModel.load()
     for call in calls:
-        tracker = EmotionTracker("phone" if band == "phone" else "wide")
-        esc = CallEscalation(default_rules())
-        fired = False
-        est = None
-        for i, u in enumerate(call):
-            t0 = time.process_time()
-            est = tracker.update(u.prosody, u.heard.text)
-            decisions = esc.observe_utterance(Utterance(str(i), u.heard.text, i, i + 1))
-            decisions += esc.observe_emotion(
-                EmotionSample(str(i), i + 1, est.label, est.trend, est.scores)
-            )
-            cost.append(time.process_time() - t0)
-            fired |= any(d.routes_to_human for d in decisions)
+        tracked = track(call, band)
+        fired = tracked.fired
+        cost += tracked.cost
+        for i, (u, est) in enumerate(zip(call, tracked.estimates, strict=True)):
             truth.append(u.spoken.label)
             guess.append(est.label)
             conf.append(est.confidence)
@@ -96,8 +120,7 @@ def evaluate(part: str, band: str) -> None:
             words_only.append(max(p, key=lambda k: p[k]))
             if i == 0 and u.spoken.label == "angry":
                 first_angry.append(est.label == "angry")
-        assert est is not None
-        call_right.append(est.call_label == call[0].spoken.call_label)
+        call_right.append(tracked.estimates[-1].call_label == call[0].spoken.call_label)
         esc_truth.append(_should_escalate(call))
         esc_guess.append(fired)
         if esc_truth[-1] != fired:
