@@ -48,7 +48,9 @@ _CONTRACTIONS = {
 # said out of habit, not feeling: removed before the lexicon reads the sentence
 _COURTESY = re.compile(
     r"\b(thank you( so much| very much| kindly)?|thanks( a lot)?|please|hello|hi there|hi|"
-    r"good (morning|afternoon|evening)|have a (nice|good|great) day|bye|goodbye|sure|okay|"
+    # "good-bye" reaches here as two words: without "good bye" the "good" stayed, as praise
+    r"good (morning|afternoon|evening|night|bye)|have a (nice|good|great) day|bye|goodbye|"
+    r"sure|okay|"
     r"ok|alright|yes|right)\b"
 )
 # cue lists: each phrase is matched as whole words in the expanded lower-case text

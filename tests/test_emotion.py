@@ -69,6 +69,7 @@ def test_the_same_complaint_said_calmly_is_frustration() -> None:
         "Thank you so much.",
         "Hello, I would like to update my address, please.",
         "Thanks, have a nice day.",
+        "Thank you very much. good-bye.",  # read as "good" + "bye": praise, once
     ],
 )
 def test_politeness_is_neutral(said: str) -> None:
