@@ -92,8 +92,12 @@ def track(call: list[Said], band: str) -> Tracked:
         t0 = time.process_time()
         est = tracker.update(u.prosody, u.heard.text)
         decisions = esc.observe_utterance(Utterance(str(i), u.heard.text, i, i + 1))
+        # loudness as the engine passes it (none when nothing was voiced); talk-over
+        # and silence need both sides and real times, which the set has not: the
+        # escalation numbers are the routing rules' (phrases, repeats, upset streak)
+        loud = u.prosody.energy_db if u.prosody.f0_median_st is not None else None
         decisions += esc.observe_emotion(
-            EmotionSample(str(i), i + 1, est.label, est.trend, est.scores)
+            EmotionSample(str(i), i + 1, est.label, est.trend, est.scores, loud)
         )
         out.cost.append(time.process_time() - t0)
         out.routed += [d.rule_id for d in decisions if d.routes_to_human]

@@ -149,7 +149,7 @@ DEFAULT_RULES: list[dict[str, Any]] = [
             "agent", "human", "representative", "supervisor", "real person", "operator",
             "speak to a person", "talk to a person", "speak to someone", "talk to someone",
             "manager", "speak with a person", "talk to a human", "a real human",
-            "customer service representative", "someone real", "live person",
+            "customer service representative", "live person",
             "actual person", "speak to somebody", "talk to somebody",
         ],
         "actions": ["route_to_human", "raise_priority"],
@@ -163,8 +163,8 @@ DEFAULT_RULES: list[dict[str, Any]] = [
             "cancel my account", "cancel my subscription", "cancel my service",
             "close my account", "cancel my contract", "cancel my membership",
             "cancel my plan", "terminate my contract", "terminate my account",
-            "end my service", "end my contract", "end my subscription",
-            "stop my subscription", "stop my service", "close my membership",
+            "end my contract", "end my subscription", "stop my subscription",
+            "close my membership",
         ],
         "actions": ["route_to_human", "target_skill"],
         "skill": "retention",
@@ -228,8 +228,10 @@ DEFAULT_RULES: list[dict[str, Any]] = [
     {
         "id": "agent_dead_air",
         "kind": "silence",
-        "side": "agent",
-        "description": "dead air: the agent said nothing",
+        # nobody, not the agent alone: an agent listening to a caller who explains for
+        # 30 s is not dead air, and an agent leg that is not transcribed is not silent
+        "side": "both",
+        "description": "dead air: nobody spoke",
         "seconds": 30,
         "actions": ["alert_supervisor"],
     },

@@ -25,6 +25,7 @@ one is compared with all of them in one rapidfuzz call.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -99,18 +100,24 @@ class Said:
     numbers: frozenset[str]
 
 
+_REDACTED = re.compile(r"\[[a-z_]+\]")  # what engine.assist.redact leaves in its place
+
+
 def said(utterance_id: str, text: str, sentences: Sequence[Sentence]) -> Said | None:
     """An utterance (``text`` and ``read(text)``) as repetition compares it (None: fewer
     than ``MIN_WORDS`` words)."""
     words = [h.text for s in sentences for h in s.heard]  # fillers are left out already
     if len(words) < MIN_WORDS:
         return None
+    # The engine compares redacted text: "my card number is [card]" twice may be two
+    # different cards (a correction). A hidden value is a number nobody can match.
+    hidden = {f"{utterance_id}#{n}" for n in range(len(_REDACTED.findall(text)))}
     return Said(
         utterance_id,
         text,
         " ".join(words),
         frozenset(w for w in words if w not in _LIGHT and not w[0].isdigit()),
-        frozenset(w for w in words if w[0].isdigit()),
+        frozenset(w for w in words if w[0].isdigit()) | hidden,
     )
 
 

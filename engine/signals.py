@@ -57,6 +57,9 @@ SIDES: tuple[Side, Side] = ("caller", "agent")
 # the interrupted side had been speaking this long: two people starting together
 # (both answering a pause) is not one cutting into the other
 LEAD_SECONDS = 0.3
+# a turn inside the other's that is shorter than this is a backchannel ("mm-hmm",
+# "right"), not an interruption: it does not take the floor
+BACKCHANNEL_SECONDS = 1.0
 # a rising voice wobbles: a step may fall this much and the rise still counts
 STEP_TOLERANCE_DB = 1.0
 # bounds: finals kept per side to find overlaps with the other side's late finals,
@@ -118,6 +121,9 @@ def interruption(x: Turn, y: Turn) -> Interruption | None:
     """Whether one of two turns of different sides cut into the other."""
     first, second = (x, y) if x.start <= y.start else (y, x)
     if first.side == second.side or second.start - first.start < LEAD_SECONDS:
+        return None
+    inside = second.end <= first.end
+    if inside and second.end - second.start < BACKCHANNEL_SECONDS:
         return None
     found = Interruption(by=second, of=first)
     return found if found.overlap > 0 else None

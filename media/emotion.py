@@ -170,28 +170,33 @@ def _brightness(windows: np.ndarray) -> float | None:
 # -- the model ------------------------------------------------------------------------
 
 # What the voice is measured by, each against the caller's usual (see Baseline)
-ACOUSTIC = ("energy", "f0", "range", "rate", "pause", "bright")
+# The pause ratio is measured (Prosody.pause_ratio) but not a cue: the engine's comes
+# from the level-gated segmenter, whose end windows make it ~0.46 where a plain VAD over
+# the sentence reads ~0.14, so a prior learned offline would call every live utterance
+# "more pauses than usual"
+ACOUSTIC = ("energy", "f0", "range", "rate", "bright")
 Z_LIMIT = 4.0
 # how each cue reads to a person, for the evidence ("voice louder than usual, +6 dB")
 _CUE_TEXT = {
-    "energy": ("louder", "quieter", "dB", 1.0),
-    "f0": ("higher pitch", "lower pitch", "semitones", 1.0),
-    "range": ("more pitch movement", "flatter pitch", "semitones", 1.0),
-    "rate": ("faster", "slower", "words/s", 1.0),
-    "pause": ("more pauses", "fewer pauses", "", 100.0),
-    "bright": ("tenser voice", "softer voice", "semitones", 1.0),
+    "energy": ("louder", "quieter", "dB"),
+    "f0": ("higher pitch", "lower pitch", "semitones"),
+    "range": ("more pitch movement", "flatter pitch", "semitones"),
+    "rate": ("faster", "slower", "words/s"),
+    "bright": ("tenser voice", "softer voice", "semitones"),
 }
 # arousal for display and the trend: how stirred up the voice is, from its z-scores
-AROUSAL_WEIGHT = {"energy": 1.0, "f0": 0.8, "range": 0.4, "rate": 0.6, "pause": -0.3, "bright": 0.3}
+AROUSAL_WEIGHT = {"energy": 1.0, "f0": 0.8, "range": 0.4, "rate": 0.6, "bright": 0.3}
 FUSION = Path(__file__).with_name("emotion_fusion.json")
 Band = Literal["wide", "phone"]
 
 
 def acoustic_values(p: Prosody) -> dict[str, float]:
-    values = {"energy": p.energy_db, "pause": p.pause_ratio}
-    if p.f0_median_st is not None:
-        values["f0"] = p.f0_median_st
-        values["range"] = p.f0_range_st
+    """The voice cues of an utterance; none when nothing in it was voiced (its loudness
+    would be the whole stretch's, -120 dB for digital silence: judged, or learned as the
+    caller's usual, it would make every later sentence read as shouted)."""
+    if p.f0_median_st is None:
+        return {}
+    values = {"energy": p.energy_db, "f0": p.f0_median_st, "range": p.f0_range_st}
     if p.rate_wps is not None:
         values["rate"] = p.rate_wps
     if p.brightness_st is not None:
@@ -262,14 +267,16 @@ class Baseline:
     sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
 
+    def usual(self, cue: str) -> float:
+        mean = self.prior[cue][0]
+        n = self.counts.get(cue, 0)
+        return (mean * self.prior_weight + self.sums.get(cue, 0.0)) / (self.prior_weight + n)
+
     def z(self, values: dict[str, float]) -> dict[str, float]:
-        out = {}
-        for cue, value in values.items():
-            mean, sd = self.prior[cue]
-            n = self.counts.get(cue, 0)
-            usual = (mean * self.prior_weight + self.sums.get(cue, 0.0)) / (self.prior_weight + n)
-            out[cue] = max(-Z_LIMIT, min(Z_LIMIT, (value - usual) / sd))
-        return out
+        return {
+            cue: max(-Z_LIMIT, min(Z_LIMIT, (value - self.usual(cue)) / self.prior[cue][1]))
+            for cue, value in values.items()
+        }
 
     def learn(self, values: dict[str, float]) -> None:
         for cue, value in values.items():
@@ -356,8 +363,10 @@ class EmotionTracker:
     def update(self, p: Prosody, text: str) -> EmotionEstimate:
         fused, text_p, z = self.scores(p, text)
         label = max(fused, key=lambda k: fused[k])
+        values = acoustic_values(p)
+        why = evidence(text, text_p, z, values, self.baseline, label)  # against the usual so far
         if text_p["neutral"] + text_p["positive"] >= 0.5:
-            self.baseline.learn(acoustic_values(p))
+            self.baseline.learn(values)
         arousal = math.tanh(sum(AROUSAL_WEIGHT[c] * v for c, v in z.items()) / 2.0)
         valence = text_p["positive"] - text_p["frustrated"] - text_p["angry"]
         scores = {k: round(v, 4) for k, v in fused.items()}
@@ -381,27 +390,33 @@ class EmotionTracker:
             max(call_scores, key=lambda k: call_scores[k]),
             call_scores,
             scores[label],
-            evidence(text, text_p, z, self.baseline, label),
+            why,
         )
 
 
 def evidence(
-    text: str, text_p: dict[str, float], z: dict[str, float], baseline: Baseline, label: str
+    text: str,
+    text_p: dict[str, float],
+    z: dict[str, float],
+    values: dict[str, float],
+    baseline: Baseline,
+    label: str,
 ) -> tuple[str, ...]:
-    """What a person can check: the words' cues and the voice's departures from usual."""
+    """What a person can check: the words' cues and the voice's departures from usual
+    (the amounts as measured, not as capped for the fusion)."""
     out = []
     cues = text_cues(text)
     if cues:
         out.append("words: " + "; ".join(f"{g} ({', '.join(ws)})" for g, ws in cues.items()))
     top = max(text_p, key=lambda k: text_p[k])
     out.append(f"words read as {top} ({text_p[top]:.0%})")
+    voice = []
     for cue, v in sorted(z.items(), key=lambda kv: -abs(kv[1])):
         if abs(v) < 1.0:
             continue
-        up, down, unit, scale = _CUE_TEXT[cue]
-        delta = v * baseline.prior[cue][1] * scale
-        amount = f", {delta:+.1f} {unit}".rstrip() if unit else f", {delta:+.0f} points"
-        out.append(f"voice: {up if v > 0 else down} than usual{amount}")
-    if label in ("frustrated", "angry") and len(out) == 1:
-        out.append("voice: as usual")
-    return tuple(out)
+        up, down, unit = _CUE_TEXT[cue]
+        delta = values[cue] - baseline.usual(cue)
+        voice.append(f"voice: {up if v > 0 else down} than usual, {delta:+.1f} {unit}")
+    if not voice and label in ("frustrated", "angry"):
+        voice.append("voice: as usual")  # upset by the words alone
+    return tuple(out + voice)

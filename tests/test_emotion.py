@@ -40,7 +40,7 @@ def usual(band: str = "wide", **sd: float) -> Prosody:
         mean, spread = prior[cue]
         return mean + sd.get(cue, 0.0) * spread
 
-    return Prosody(at("f0"), at("range"), at("energy"), at("rate"), at("pause"), 0.8, at("bright"))
+    return Prosody(at("f0"), at("range"), at("energy"), at("rate"), 0.15, 0.8, at("bright"))
 
 
 HEATED = {"energy": 2.5, "rate": 2.0, "f0": 2.0, "bright": 1.5}
@@ -161,3 +161,17 @@ def test_prosody_measures_brightness() -> None:
     high = prosody(voice(220, 0.2))
     assert low.brightness_st is not None and high.brightness_st is not None
     assert high.brightness_st > low.brightness_st + 3
+
+
+def test_an_unvoiced_utterance_teaches_the_baseline_nothing() -> None:
+    """Nothing voiced: its loudness is the whole stretch's (-120 dB for digital silence).
+    Learned as the caller's usual, it made a complaint at normal volume read as shouted
+    (review finding: frustrated 0.91 became angry 0.97)."""
+    complaint = "I have been waiting for two weeks and still nothing."
+    plain = EmotionTracker().update(usual(), complaint)
+    t = EmotionTracker()
+    silent = t.update(prosody(np.zeros(4000, np.int16), words=1), "yes")
+    assert silent.prosody.f0_median_st is None and t.baseline.counts == {}
+    after = t.update(usual(), complaint)
+    assert after.label == plain.label == "frustrated"
+    assert after.scores["angry"] == pytest.approx(plain.scores["angry"], abs=0.02)

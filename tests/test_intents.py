@@ -234,6 +234,9 @@ MISHEARD = [
     ("I want to close out my account.", CANCEL), ("i need to terminate the contract", CANCEL),
 ]  # fmt: skip
 HARD_NEGATIVES = [
+    # a review of the first phrase lists found these routed (review finding)
+    "Can someone real quick check my balance", "At the end my service was fine",
+    "Did you stop my service yesterday?",
     "I don't want to cancel my account", "i do not want to cancel my account",
     "I do not need a supervisor", "no, I never asked for a manager",
     "i never asked for a manager", "I'm not trying to close my account.",
@@ -323,6 +326,8 @@ def test_a_repeated_request_raises_priority_and_alerts(first: str, again: str) -
         ("yes", "okay", "yes", "okay", "yes that's right", "yes that's right"),
         ("yes i do", "yes i do think so"),
         ("My account number is 4572.", "My account number is 4575."),
+        # what the engine hands over once redacted: two hidden cards may be two cards
+        ("My card number is [card].", "No, my card number is [card]."),
         ("i need help with my bill", "the bill is wrong"),
         ("I said to the driver to leave it at the door.", "Can you say that again?"),
     ],

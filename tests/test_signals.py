@@ -92,6 +92,34 @@ def test_talk_over_fires_at_the_third_interruption_with_who_cut_into_whom() -> N
     assert cut_in(esc, 4, 40.0) == []  # once per call
 
 
+def test_a_caller_explaining_to_a_listening_agent_is_not_dead_air() -> None:
+    """The default dead-air rule hears both sides: 33 s of the caller explaining while
+    the agent listens fired it when it heard the agent alone (review finding)."""
+    esc = CallEscalation(default_rules())
+    esc.observe_phase("agent", 0.0)
+    esc.observe_utterance(caller(1, 1.0, 34.0))
+    assert esc.tick(34.0) == []
+    (d,) = esc.tick(64.0)
+    assert d.rule_id == "agent_dead_air" and d.evidence["last_speaker"] == "caller"
+
+
+def test_backchannels_are_not_talk_over() -> None:
+    """Three "mm-hmm"s of the agent inside the caller's turns fired talk_over (review
+    finding): a short turn that ends inside the other's does not take the floor."""
+    esc = CallEscalation(only("talk_over"))
+    for n in (1, 2, 3):
+        at = 10.0 * n
+        assert esc.observe_utterance(caller(n, at, at + 6.0)) == []
+        assert esc.observe_agent_utterance(agent(n, at + 2.0, at + 2.7)) == []
+    longer = CallEscalation(only("talk_over"))  # the same, but the agent talks on
+    found = []
+    for n in (1, 2, 3):
+        at = 10.0 * n
+        longer.observe_utterance(caller(n, at, at + 6.0))
+        found += longer.observe_agent_utterance(agent(n, at + 2.0, at + 7.0))
+    assert [d.rule_id for d in found] == ["talk_over"]
+
+
 def test_talk_over_edges() -> None:
     """Starting together (both answering a pause) is no interruption; a brush of under
     ``overlap_seconds`` is none either; three that span more than the window are not
@@ -140,8 +168,8 @@ def test_turn_taking_is_not_talk_over() -> None:
 
 def test_agent_dead_air_counts_only_while_bridged() -> None:
     """The bot's turn is not the agent's: 100 s with the bot raise no dead air (the
-    caller's silence rule does that). Once bridged, 30 s without a word from the agent
-    do; the caller's silence rule no longer counts then."""
+    caller's silence rule does that). Once bridged, 30 s without a word from either
+    side do; the caller's silence rule no longer counts then."""
     esc = CallEscalation(default_rules())
     esc.observe_utterance(caller(1, 1.0, 2.0))
     esc.observe_phase("away", 3.0)  # queued
@@ -150,9 +178,9 @@ def test_agent_dead_air_counts_only_while_bridged() -> None:
     assert esc.tick(129.9) == []
     (d,) = esc.tick(130.0)
     assert d.rule_id == "agent_dead_air" and d.actions == ["alert_supervisor"]
-    assert d.reason == "dead air: the agent said nothing: 30 s"
+    assert d.reason == "dead air: nobody spoke: 30 s"
     assert d.evidence == {
-        "side": "agent",
+        "side": "both",
         "silent_since": 100.0,
         "last_speaker": None,
         "utterance_ids": [],
@@ -161,7 +189,8 @@ def test_agent_dead_air_counts_only_while_bridged() -> None:
 
 
 def test_dead_air_runs_from_the_agents_last_words_and_restarts_after_hold() -> None:
-    esc = CallEscalation(only("silence"))
+    agent_side = rule(kind="silence", side="agent", seconds=30, actions=["alert_supervisor"])
+    esc = CallEscalation([*only("silence")[:1], agent_side])  # long_silence, the agent's
     esc.observe_phase("agent", 10.0)
     esc.observe_agent_utterance(agent(1, 12.0, 15.0))
     esc.observe_utterance(caller(1, 16.0, 40.0))  # the caller talking is not the agent
@@ -173,7 +202,7 @@ def test_dead_air_runs_from_the_agents_last_words_and_restarts_after_hold() -> N
     (d,) = esc.tick(110.0)
     assert d.evidence["silent_since"] == 80.0
 
-    esc = CallEscalation(only("silence"))
+    esc = CallEscalation([*only("silence")[:1], agent_side])
     esc.observe_phase("agent", 10.0)
     esc.observe_agent_utterance(agent(1, 12.0, 15.0))
     (d,) = esc.tick(45.0)
@@ -271,7 +300,7 @@ def test_defaults_are_appended_and_parameters_have_their_defaults() -> None:
     assert ids[-3:] == ["talk_over", "agent_dead_air", "loudness_rising"]
     talk, dead, louder = default_rules()[-3:]
     assert (talk.count, talk.overlap_seconds, talk.window_seconds) == (3, 0.5, 60.0)
-    assert (dead.kind, dead.side, dead.seconds) == ("silence", "agent", 30.0)
+    assert (dead.kind, dead.side, dead.seconds) == ("silence", "both", 30.0)
     assert (louder.count, louder.db) == (3, 6.0)
     # count's default stays 2 for the upset streak, and a count given is kept
     assert rule(kind="emotion_streak", actions=["alert_supervisor"]).count == 2
@@ -395,5 +424,5 @@ async def test_the_silence_clock_ticks_while_bridged_and_hold_stops_dead_air(
             call.caller_leg().pipeline = None
         (esc,) = [e for e in raised(m, call) if e["type"] == "escalation.raised"]
     assert esc["evidence"] == {
-        "side": "agent", "silent_since": 100.0, "last_speaker": None, "utterance_ids": []
+        "side": "both", "silent_since": 100.0, "last_speaker": None, "utterance_ids": []
     }  # fmt: skip
