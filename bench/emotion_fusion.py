@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.emotion_set import Heard, Spoken, hear, plan
-from bench.emotion_train import corpus, fit_logistic, softmax, train_text
+from bench.emotion_train import corpus, fit_logistic, readable_json, softmax, train_text
 from media.emotion import (
     ACOUSTIC,
     FUSION,
@@ -206,22 +206,20 @@ def fusion_main(_: Path) -> None:
     call_alpha = fit_call_alpha(softmax(oof / temperature), rows)
     w = fit_logistic(x, y, l2)
     FUSION.write_text(
-        json.dumps(
+        readable_json(
             {
                 "priors": {
                     b: {c: [round(m, 4), round(s, 4)] for c, (m, s) in p.items()}
                     for b, p in band_priors.items()
-                },  # fmt: skip
+                },
                 "prior_weight": pw,
                 "l2": l2,
                 "names": names,
                 "weights": [[round(float(v), 4) for v in row] for row in w],
                 "temperature": round(temperature, 3),
                 "call_alpha": call_alpha,
-            },
-            indent=1,
+            }
         )
-        + "\n"
     )
     print(f"wrote {FUSION}: {inputs} voice inputs, prior counts {pw:g} utterances, "
           f"l2 {l2:g}, temperature {temperature:.2f} (out-of-fold NLL {min(nll):.3f}, "

@@ -66,6 +66,21 @@ Item = tuple[str, str, int, float]  # sentence, text, class, weight
 HEARD_WEIGHT = 0.0
 
 
+def readable_json(d: dict[str, object]) -> str:
+    """JSON with one weight row per line: a retrained model's diff shows what moved."""
+    parts = []
+    for k, v in d.items():
+        if isinstance(v, dict) and len(v) > 8:
+            inner = ",\n".join(f" {json.dumps(a)}: {json.dumps(b)}" for a, b in v.items())
+            parts.append(f"{json.dumps(k)}: {{\n{inner}\n}}")
+        elif isinstance(v, list) and len(v) > 8:
+            inner = ",\n".join(f" {json.dumps(x)}" for x in v)
+            parts.append(f"{json.dumps(k)}: [\n{inner}\n]")
+        else:
+            parts.append(f"{json.dumps(k)}: {json.dumps(v)}")
+    return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
 def corpus(heard_weight: float = HEARD_WEIGHT) -> list[Item]:
     """Each tuning and text-only sentence as written, and each tuning utterance as the
     recognizer heard it at 16 kHz and over a phone line (its mistakes are what the
@@ -140,7 +155,7 @@ def text_main() -> None:
     weights = {k: [round(v, 4) for v in w] for k, w in model.weights.items()
                if max(abs(v) for v in w) >= 1e-3}  # fmt: skip
     emotion_text.WEIGHTS.write_text(
-        json.dumps({"l2": best[1], "labels": LABELS, "weights": weights}, indent=0) + "\n"
+        readable_json({"l2": best[1], "labels": LABELS, "weights": weights})
     )
     print(f"wrote {emotion_text.WEIGHTS} ({len(weights)} features, l2 {best[1]})")
 
