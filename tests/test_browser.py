@@ -191,6 +191,23 @@ def test_available_is_offered_only_once_the_desk_knows_the_presence(
     expect(page.get_by_test_id("desk-error")).to_have_text("")
 
 
+def test_a_desk_that_cannot_read_the_presence_says_so(
+    engine: EngineProcess, browser: Browser
+) -> None:
+    """The presence request fails (here: the network drops it). The desk used to stop
+    there, its error in the hidden sign-in form; now it says so and loads the rest."""
+    engine.add_user("di", "pw-di-123")
+    page = browser.new_context(permissions=["microphone"]).new_page()
+    page.route("**/api/v1/agents/me/presence", lambda route: route.abort())
+    page.goto(f"{engine.url}/agent")
+    page.get_by_test_id("username").fill("di")
+    page.get_by_test_id("password").fill("pw-di-123")
+    page.get_by_test_id("sign-in").click()
+    expect(page.get_by_test_id("desk-error")).to_contain_text("Your presence is unknown")
+    expect(page.locator("#queue-card")).to_be_visible()
+    expect(page.get_by_test_id("go-available")).to_be_hidden()
+
+
 def test_agent_desk_answers_an_escalated_caller(
     engine: EngineProcess, tmp_path: Path, output_dir: Path
 ) -> None:

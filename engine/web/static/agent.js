@@ -49,13 +49,18 @@ async function signedIn() {
   $("who").textContent = `${me.display_name || me.username} (${me.role})`;
   $("sign-out").hidden = false;
   if (me.role === "agent") {
-    const self = (await api("/api/v1/agents")).find((a) => a.id === me.id);
-    let presence = self ? self.presence : "offline";
-    if (presence === "offline") presence = (await presenceEvent("login")).presence;
-    setPresence(presence);
-    // shown only now: a click on "Available" before the login reached the ACD was
-    // refused (offline agents cannot go available) and left the agent away
-    $("go-available").hidden = $("go-away").hidden = $("presence").hidden = false;
+    try {
+      const self = (await api("/api/v1/agents")).find((a) => a.id === me.id);
+      let presence = self ? self.presence : "offline";
+      if (presence === "offline") presence = (await presenceEvent("login")).presence;
+      setPresence(presence);
+      // shown only now: a click on "Available" before the login reached the ACD was
+      // refused (offline agents cannot go available) and left the agent away
+      $("go-available").hidden = $("go-away").hidden = $("presence").hidden = false;
+    } catch (err) {
+      // the rest of the desk still loads; the buttons wait for a presence to act on
+      $("desk-error").textContent = `Your presence is unknown (${err.message}): reload the page to try again.`;
+    }
   } else {
     $("alerts-card").hidden = false;
   }
