@@ -65,11 +65,8 @@ def main() -> None:
     measured = [prosody(x, words=len(s.split()), speech_seconds=len(x) / 16000) for s, x in said]
     tracker = EmotionTracker()
     rules = default_rules()
-    voiced = []  # each sentence's voiced windows, as prosody takes them
-    for _, x in said:
-        f0 = em.pitch_track(x)
-        voiced.append(np.stack([x[j * em.HOP : j * em.HOP + em.WINDOW] / 32768.0
-                                for j in np.flatnonzero(f0 > 0)]))  # fmt: skip
+    # each sentence's voiced windows, as prosody takes them
+    voiced = [em.voiced_windows(x / 32768.0, em.pitch_track(x)) for _, x in said]
 
     def each(step: Callable[[int], object]) -> Callable[[], None]:
         return lambda: [step(i) for i in range(len(said))] and None
@@ -86,7 +83,7 @@ def main() -> None:
         ("prosody: pitch, loudness, centroid (numpy)",
          each(lambda i: prosody(said[i][1], words=8, speech_seconds=2.0))),
         ("  of which the spectral centroid (new in this model)",
-         each(lambda i: em._brightness(voiced[i]))),
+         each(lambda i: em.brightness(voiced[i]))),
         ("words: the text model", each(lambda i: text_model.probabilities(said[i][0]))),
         ("emotion: words + voice fused (EmotionTracker.update)", each(emotion)),
         ("intent: the default escalation rules", each(intent)),

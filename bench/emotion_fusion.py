@@ -20,6 +20,7 @@ from media.emotion import (
     Prosody,
     acoustic_values,
     call_mood,
+    calm_words,
     fusion_inputs,
     prosody,
 )
@@ -121,7 +122,7 @@ def design(
             values = acoustic_values(u.prosody)
             tp = text_p[(u.spoken.call, u.spoken.position)]
             inputs = fusion_inputs(tp, base.z(values), band)
-            if tp["neutral"] + tp["positive"] >= 0.5:
+            if calm_words(tp):
                 base.learn(values)
             rows.append([inputs.get(n, 0.0) for n in names])
             ys.append(LABELS.index(u.spoken.label))

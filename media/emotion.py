@@ -132,13 +132,11 @@ def prosody(
         st = np.where(st - median > 9, st - 12, np.where(median - st > 9, st + 12, st))
         spread = float(np.percentile(st, 90) - np.percentile(st, 10))
         # energy over voiced windows only, so pauses don't dilute loudness
-        idx = np.flatnonzero(voiced)
-        parts = [x[j * HOP : j * HOP + WINDOW] for j in idx]
-        voiced_x = np.concatenate(parts)
-        rms = float(np.sqrt(np.mean(voiced_x**2)))
-        brightness: float | None = _brightness(np.stack(parts))
+        windows = voiced_windows(x, f0)
+        rms = float(np.sqrt(np.mean(windows**2)))
+        bright: float | None = brightness(windows)
     else:
-        median, spread, brightness = None, 0.0, None
+        median, spread, bright = None, 0.0, None
         rms = float(np.sqrt(np.mean(x**2))) if len(x) else 0.0
     energy = 20 * math.log10(rms) if rms > 1e-6 else -120.0
     duration = speech_seconds if speech_seconds is not None else len(samples) / ANALYSIS_RATE
@@ -150,14 +148,22 @@ def prosody(
         rate,
         pause_ratio,
         float(voiced.mean()) if len(f0) else 0.0,
-        brightness,
+        bright,
     )
 
 
 _BAND = (100.0, 4000.0)  # what a phone line keeps, so both bands measure alike
 
 
-def _brightness(windows: np.ndarray) -> float | None:
+def voiced_windows(x: np.ndarray, f0: np.ndarray) -> np.ndarray:
+    """The 40 ms windows of ``x`` that ``pitch_track`` found voiced (``f0`` > 0), one
+    per row."""
+    idx = np.flatnonzero(f0 > 0)
+    return x[idx[:, None] * HOP + np.arange(WINDOW)[None, :]]
+
+
+def brightness(windows: np.ndarray) -> float | None:
+    """Spectral centroid of ``windows`` (100-4000 Hz), in semitones re 1 kHz."""
     power = (np.abs(np.fft.rfft(windows * _HANN, axis=1)) ** 2).mean(axis=0)
     hz = np.fft.rfftfreq(WINDOW, 1 / ANALYSIS_RATE)
     keep = (hz >= _BAND[0]) & (hz <= _BAND[1])
@@ -250,6 +256,12 @@ def fusion_inputs(
     if band == "phone":
         out |= {f"{k}@phone": v for k, v in out.items()}
     return out
+
+
+def calm_words(text_p: dict[str, float]) -> bool:
+    """Whether an utterance's words were calm enough for its voice to teach the
+    caller's baseline (the tracker and the fusion's trainer both ask this)."""
+    return text_p["neutral"] + text_p["positive"] >= 0.5
 
 
 @dataclass
@@ -365,7 +377,7 @@ class EmotionTracker:
         label = max(fused, key=lambda k: fused[k])
         values = acoustic_values(p)
         why = evidence(text, text_p, z, values, self.baseline, label)  # against the usual so far
-        if text_p["neutral"] + text_p["positive"] >= 0.5:
+        if calm_words(text_p):
             self.baseline.learn(values)
         arousal = math.tanh(sum(AROUSAL_WEIGHT[c] * v for c, v in z.items()) / 2.0)
         valence = text_p["positive"] - text_p["frustrated"] - text_p["angry"]
