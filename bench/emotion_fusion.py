@@ -3,6 +3,7 @@ bench/emotion_train.py for the whole story)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import dataclass
@@ -17,9 +18,10 @@ from media.emotion import (
     FUSION,
     Band,
     Baseline,
+    CallMood,
+    CallRule,
     Prosody,
     acoustic_values,
-    call_mood,
     calm_words,
     fusion_inputs,
     prosody,
@@ -131,29 +133,31 @@ def design(
     return np.array(rows), np.array(ys), np.array(groups), calls_of_rows
 
 
-def fit_call_alpha(probs: np.ndarray, rows: list[tuple[str, int, str]]) -> dict[str, float]:
-    """The call label's smoothing (media.emotion.call_mood) that labels most tuning calls
-    right from the out-of-fold utterance probabilities: how fast calm and upset states
-    take hold (and, one minus that, fade)."""
-    best: tuple[float, float, float] = (-1.0, 0.0, 0.0)
-    for calm in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
-        for upset in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
-            alpha = {"neutral": calm, "positive": calm, "frustrated": upset, "angry": upset}
-            right = total = 0
-            mood: dict[str, float] | None = None
-            for i, (band, call, label) in enumerate(rows):
-                if i and rows[i - 1][:2] != (band, call):
-                    mood = None
-                mood = call_mood(mood, dict(zip(LABELS, probs[i], strict=True)), alpha)
-                if i + 1 == len(rows) or rows[i + 1][:2] != (band, call):
-                    right += max(mood, key=lambda k: mood[k]) == label  # type: ignore[index]
-                    total += 1
-            if right / total > best[0]:
-                best = (right / total, calm, upset)
-    acc, calm, upset = best
-    print(f"call label: calm states weigh {calm:g}, upset {upset:g} as they rise: "
-          f"{acc:.3f} of the tuning calls right (out of fold)")  # fmt: skip
-    return {"neutral": calm, "positive": calm, "frustrated": upset, "angry": upset}
+def fit_call_rule(probs: np.ndarray, rows: list[tuple[str, int, str]]) -> CallRule:
+    """The call label's thresholds (media.emotion.CallMood) that label most tuning calls
+    right from the out-of-fold utterance probabilities; the floor stays as designed."""
+    calls: list[tuple[str, list[dict[str, float]]]] = []
+    for i, (band, call, label) in enumerate(rows):
+        if not i or rows[i - 1][:2] != (band, call):
+            calls.append((label, []))
+        calls[-1][1].append(dict(zip(LABELS, map(float, probs[i]), strict=True)))
+    grid = [round(0.05 * k, 2) for k in range(1, 31)]
+    best: tuple[int, CallRule] = (-1, CallRule())
+    for well in (0.3, 0.4, 0.5, 0.6):
+        for angry in grid:
+            for upset in grid:
+                rule = CallRule(ended_well=well, angry=angry, upset=upset)
+                right = 0
+                for label, scores in calls:
+                    mood = CallMood(rule)
+                    for s in scores:
+                        mood.add(s)
+                    right += mood.label == label
+                if right > best[0]:
+                    best = (right, rule)
+    right, rule = best
+    print(f"call label: {rule}: {right / len(calls):.3f} of the tuning calls right (out of fold)")
+    return rule
 
 
 def _stack(
@@ -204,7 +208,7 @@ def fusion_main(_: Path) -> None:
     temps = [0.5 + 0.05 * i for i in range(60)]
     nll = [float(-np.log(softmax(oof / t)[np.arange(len(y)), y] + 1e-12).mean()) for t in temps]
     temperature = temps[int(np.argmin(nll))]
-    call_alpha = fit_call_alpha(softmax(oof / temperature), rows)
+    call_rule = fit_call_rule(softmax(oof / temperature), rows)
     w = fit_logistic(x, y, l2)
     FUSION.write_text(
         readable_json(
@@ -218,7 +222,7 @@ def fusion_main(_: Path) -> None:
                 "names": names,
                 "weights": [[round(float(v), 4) for v in row] for row in w],
                 "temperature": round(temperature, 3),
-                "call_alpha": call_alpha,
+                "call_rule": dataclasses.asdict(call_rule),
             }
         )
     )

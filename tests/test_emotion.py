@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from media.emotion import EmotionTracker, FusionModel, Prosody, pitch_track, prosody
+from media.emotion import (
+    CallMood,
+    CallRule,
+    EmotionTracker,
+    FusionModel,
+    Prosody,
+    pitch_track,
+    prosody,
+)
 from media.emotion_text import TextModel, text_cues
 
 RATE = 16000
@@ -120,6 +128,37 @@ def test_call_label_stays_upset_after_one_calm_sentence() -> None:
     est = t.update(usual(), "My account number is four five six.")
     assert est.label == "neutral"
     assert est.call_label == "angry"
+
+
+def scored(
+    neutral: float = 0.0, positive: float = 0.0, frustrated: float = 0.0, angry: float = 0.0
+) -> dict[str, float]:
+    return {"neutral": neutral, "positive": positive, "frustrated": frustrated, "angry": angry}
+
+
+def mood_of(*utterances: dict[str, float]) -> str:
+    mood = CallMood(CallRule())
+    for s in utterances:
+        mood.add(s)
+    return mood.label
+
+
+def test_a_long_calm_call_never_adds_up_to_an_upset_one() -> None:
+    """Forty calm utterances, each a little unsure: below the floor nothing adds up."""
+    unsure = scored(neutral=0.6, positive=0.1, frustrated=0.2, angry=0.1)
+    assert mood_of(*[unsure] * 40) == "neutral"
+
+
+def test_the_call_reads_as_the_worst_the_caller_was_until_it_ends_well() -> None:
+    calm = scored(neutral=0.9, frustrated=0.05, angry=0.05)
+    angry = scored(neutral=0.1, frustrated=0.2, angry=0.7)
+    fed_up = scored(neutral=0.2, frustrated=0.8)
+    thanks = scored(neutral=0.3, positive=0.7)
+    assert mood_of(calm, fed_up, calm, calm) == "frustrated"
+    assert mood_of(angry, calm, calm) == "angry"
+    assert mood_of(angry, calm, thanks) == "positive"
+    assert mood_of(calm, calm, thanks, calm) == "neutral"  # one thanks does not make the call
+    assert mood_of(calm, calm, calm, thanks) == "positive"
 
 
 def test_evidence_names_the_cue_words() -> None:
