@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         metrics,
         calls_count=calls.calls_in_progress,
         backlog=calls.recognition_backlog,
-        worker_pids=lambda: calls.pool.pids(),
+        worker_pids=lambda: calls.recognizers.pool.pids(),
     )
     event_log = EventLog(store, bus, settings.event_retention_days)
     webhook_targets = TargetPolicy(settings.webhook_allowed_networks)
@@ -83,9 +83,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     event_log.earlier_writes = calls.spool.drained
     metrics.storage_waiting.labels("call").set_function(lambda: calls.spool.pending)
     metrics.storage_waiting.labels("event").set_function(lambda: event_log.pending)
-    metrics.bounded_bytes.labels("prompt").set_function(
-        lambda: calls.speaker.cached_bytes if calls.speaker is not None else 0
-    )
+    metrics.bounded_bytes.labels("prompt").set_function(lambda: calls.prompts.cached_bytes)
     metrics.bounded_bytes.labels("event_ring").set_function(lambda: bus.ring_bytes)
     gc_pauses = GcPauses(metrics.gc_pause)
     # mallinfo2 walks malloc's free lists: ~0.3 ms on a fragmented heap, once a scrape

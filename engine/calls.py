@@ -24,12 +24,11 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import multiprocessing
 import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,9 +100,9 @@ from engine.events import (
     WordTiming,
     utcnow,
 )
-from engine.inputs import loggable
 from engine.metrics import Metrics
 from engine.offers import PendingOffers
+from engine.prompts import VoicePrompts
 from engine.recording import CallRecording
 from engine.spool import WriteSpool
 from engine.store.db import Store
@@ -120,18 +119,14 @@ from engine.store.models import (
 )
 from engine.users import Actor
 from media import events as me
-from media import malloc, piper_convert
-from media.asr import ModelChoice, choose_model
-from media.asr.base import LegRecognizer
-from media.asr.moonshine_convert import ModelPrepareError, ensure_printing
-from media.asr.moonshine_convert import verify as moonshine_verify
-from media.asr.pool import RecognitionError, RecognitionPool
+from media import malloc
+from media.asr import ModelChoice
+from media.asr.registry import Recognizers
 from media.audio import PcmFrame, downmix_int16
 from media.holdmusic import hold_loop
 from media.loss import FRAME_SECONDS, LossReason
 from media.peer import CallPeer
 from media.pipeline import LegPipeline
-from media.tts import Speaker, default_speaker
 from media.vad import VadSettings
 from media.wavtrack import to_send_rate
 from media.webrtc import WebRtcLeg, pump_audio, queued_frames
@@ -149,7 +144,6 @@ MAX_EVENT_BACKLOG = 1000
 # The caller hears the callback confirmation before we hang up, unless it takes longer.
 CALLBACK_PROMPT_TIMEOUT = 15.0
 HISTORY_LIMIT = 10
-MAX_MODEL_CHOICES = 64  # languages asked about, remembered besides the configured ones
 # 8 kHz G.711, the line VadSettings.for_phone was tuned on (G.722 is 16 kHz wideband)
 PHONE_LINE_CODECS = frozenset({"PCMU", "PCMA"})
 
@@ -181,12 +175,18 @@ class CallManager:
         self.metrics = metrics
         # recognition runs in worker processes (preload() shapes the pool for the models
         # it loads); this thread pool does the prosody maths (numpy releases the GIL)
-        self.pool = RecognitionPool(settings.asr_workers or os.cpu_count() or 1)
+        self.recognizers = Recognizers(
+            settings.model_dirs,
+            settings.asr_backends,
+            {settings.default_language, *settings.preload_languages},
+            workers=settings.asr_workers,
+            processes=settings.asr_processes,
+        )
         threads = settings.asr_threads or 2 * (os.cpu_count() or 2)
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="prosody")
-        # one synthesis at a time: prompts queue behind each other, never in front of
-        # the recognizers (and the cache makes repeats free)
-        self.tts_executor = ThreadPoolExecutor(1, thread_name_prefix="tts")
+        self.prompts = VoicePrompts(
+            (settings.model_dirs or ["models"])[0], int8=settings.prompt_voice_int8
+        )
         self.calls: dict[str, Call] = {}
         # calls admitted and still being set up, an await or two from ``calls``: they
         # hold their slot from admission on, so offers arriving meanwhile see it
@@ -199,13 +199,9 @@ class CallManager:
         )
         # what a call must not lose while storage fails: kept and written when it is back
         self.spool = WriteSpool()
-        self._choices: dict[str, ModelChoice] = {}
-        self._preparing: dict[str, asyncio.Future[ModelChoice]] = {}
         self.content = Content(store, settings.escalation_rules, settings.knowledge_base)
         self.redactor = Redactor(settings.redact_patterns)
         self.acd = Acd(load_queues(settings.queues), settings.offer_timeout)
-        self.speaker: Speaker | None = None
-        self._warmup: asyncio.Task[None] | None = None
         self._usernames: dict[str, str] = {}
         self.ice_servers = aiortc_ice_servers(settings.ice_servers)
         if settings.knowledge_base:
@@ -214,105 +210,12 @@ class CallManager:
     # -- models -----------------------------------------------------------------
 
     def model_choice(self, language: str, *, quiet: bool = False) -> ModelChoice:
-        """The recognizer for ``language``, looked up once and remembered (at most
-        ``MAX_MODEL_CHOICES`` languages besides the configured ones: anyone may ask
-        about any language). Said in the log the first time, unless ``quiet``."""
-        choice = self._choices.get(language)
-        if choice is not None:
-            return choice
-        prefer = self.settings.asr_backends.get(language)
-        choice = choose_model(language, self.settings.model_dirs, prefer)
-        kept = {self.settings.default_language, *self.settings.preload_languages}
-        if len(self._choices) >= MAX_MODEL_CHOICES + len(kept):
-            oldest = next((lang for lang in self._choices if lang not in kept), None)
-            if oldest is not None:
-                del self._choices[oldest]
-        self._choices[language] = choice
-        if not quiet:  # the language (and the note naming it) may be a caller's input
-            (log.warning if choice.fallback or not choice.backend else log.info)(
-                "speech for '%s': %s", loggable(language), loggable(choice.note)
-            )
-        return choice
-
-    async def ready_model(self, language: str) -> ModelChoice:
-        """The language's recognizer, its model prepared: Moonshine is converted once
-        (~8 s, ~1 GB at its peak, in a child process so this one stays small); if that
-        fails, English falls back to pocketsphinx and says why, in the log, the API and
-        the pages."""
-        choice = self.model_choice(language)
-        if choice.backend != "moonshine" or choice.path is None:
-            return choice
-        if language not in self._preparing:
-            self._preparing[language] = asyncio.ensure_future(self._prepare(choice))
-        self._choices[language] = choice = await asyncio.shield(self._preparing[language])
-        return choice
-
-    async def _prepare(self, choice: ModelChoice) -> ModelChoice:
-        assert choice.path is not None
-        try:  # converted already (every start but the first): no child process to spawn
-            await asyncio.to_thread(moonshine_verify, Path(choice.path))
-            return choice
-        except ModelPrepareError:
-            pass  # missing or corrupt: the child says which, and converts it again
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(1, mp_context=ctx) as converter:
-            try:
-                await asyncio.get_running_loop().run_in_executor(
-                    converter, ensure_printing, choice.path
-                )
-                return choice
-            except Exception as exc:  # any failure: a clear reason and the fallback
-                fallback = choice.falling_back(f"the Moonshine model is not usable ({exc})")
-                log.error("speech for '%s': %s", choice.language, fallback.note)
-                return fallback
+        """The recognizer for ``language`` (``media.asr.registry``)."""
+        return self.recognizers.choice(language, quiet=quiet)
 
     async def preload(self, languages: list[str]) -> None:
-        loop = asyncio.get_running_loop()
-        voice = await self._prompt_voice()
-        self.speaker = await loop.run_in_executor(self.tts_executor, default_speaker, voice)
-        if self.speaker is not None:
-            self._warmup = asyncio.create_task(self._warm_prompts(self.speaker))
-        choices = [c for c in [await self.ready_model(lang) for lang in languages] if c.backend]
-        shareable = all(c.releases_gil for c in choices)
-        # Two lanes a core when the decoders let go of the GIL: a lane busy with one
-        # leg's decode holds up the cheap requests of the other legs pinned to it, and a
-        # second lane lets the OS interleave them (measured at 16 SIP callers: the audio
-        # waiting fell from 1.5 s to 0.6 s at worst and finals p95 from 411 to 388 ms,
-        # for the same CPU and ~20 MB)
-        cores = os.cpu_count() or 1
-        lanes = self.settings.asr_workers or (2 * cores if shareable else cores)
-        processes = self.settings.asr_processes or (1 if shareable else lanes)
-        self.pool = RecognitionPool(lanes, lanes_per_process=-(-lanes // processes))
-        try:
-            await self.pool.start(choices)
-        except RecognitionError as exc:  # say why now; calls of that language say it too
-            log.error("recognition: a model failed to load at start: %s", exc)
-            # a pool starts once
-            self.pool = RecognitionPool(lanes, lanes_per_process=-(-lanes // processes))
-            await self.pool.start()
-
-    async def _prompt_voice(self) -> str | None:
-        """The int8 prompt voice's model file, made at the first start (~1 s, in a child
-        process: the ``onnx`` package it needs would stay in this one), or None for the
-        float voice: opted out, no piper voice installed, or the conversion failed (the
-        log says why)."""
-        if not self.settings.prompt_voice_int8 or piper_convert.source() is None:
-            return None
-        folder = piper_convert.cache_dir((self.settings.model_dirs or ["models"])[0])
-        try:  # made already (every start but the first)
-            await asyncio.to_thread(piper_convert.verify, folder)
-            return str(folder / piper_convert.MODEL)
-        except ModelPrepareError:
-            pass  # missing or corrupt: the child says which, and makes it again
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(1, mp_context=ctx) as converter:
-            try:
-                return await asyncio.get_running_loop().run_in_executor(
-                    converter, piper_convert.ensure_printing, str(folder.parent)
-                )
-            except Exception as exc:  # any failure: a clear reason and the float voice
-                log.error("prompt voice: no int8 voice (%s); using the float one", exc)
-                return None
+        await self.prompts.start(common_prompts())
+        await self.recognizers.start(languages)
 
     def recognition_backlog(self) -> float:
         """How far behind the most delayed caller's analysis is, in seconds of audio: the
@@ -332,10 +235,7 @@ class CallManager:
                     if track.exception() is None:
                         waiting += queued_frames(track.result()) * FRAME_SECONDS
                 worst_leg = max(worst_leg, waiting)
-        return worst_leg + self.pool.stats().worst_lane_seconds
-
-    async def _open_recognizer(self, leg_id: str, language: str) -> LegRecognizer:
-        return await self.pool.open(leg_id, await self.ready_model(language))
+        return worst_leg + self.recognizers.pool.stats().worst_lane_seconds
 
     async def load_queue_changes(self) -> None:
         """Queues changed through the API win over the queues file."""
@@ -366,16 +266,6 @@ class CallManager:
     def _supervisor(user: Actor) -> None:
         if user.role not in ("supervisor", "admin"):
             raise Forbidden("only supervisors and admins change queues")
-
-    async def _warm_prompts(self, speaker: Speaker) -> None:
-        """The prompts callers hear most, made before the first caller needs them."""
-        loop = asyncio.get_running_loop()
-        for text in common_prompts():
-            try:
-                await loop.run_in_executor(self.tts_executor, speaker.speak, text)
-            except Exception:
-                log.exception("could not synthesise %r", text)
-                return
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -618,11 +508,11 @@ class CallManager:
 
     async def _start_analysis(self, call: Call, leg: Leg) -> LegPipeline:
         """The leg's analysis chain and recognizer, at its first audio."""
-        choice = await self.ready_model(call.language)
+        choice = await self.recognizers.ready(call.language)
         vad = VadSettings(aggressiveness=self.settings.vad_aggressiveness)
         pipeline = leg.pipeline = LegPipeline(
             leg.id,
-            (lambda: self._open_recognizer(leg.id, call.language)) if choice.backend else None,
+            (lambda: self.recognizers.open(leg.id, call.language)) if choice.backend else None,
             self.executor,
             lambda ev: self._enqueue(call, ev),
             vad=vad.for_phone() if leg.codec in PHONE_LINE_CODECS else vad,
@@ -1522,7 +1412,7 @@ class CallManager:
         queued ahead of it."""
         call = self._may_act(actor, call_id)
         peer = call.caller_leg().peer
-        if self.speaker is None:
+        if not self.prompts.available:
             raise NotAllowed("no text-to-speech voice is installed (piper or espeak-ng)")
         if peer is None or call.state == "held":
             raise NotAllowed(f"call {call_id} is {call.state}: the caller cannot hear a prompt")
@@ -1557,10 +1447,10 @@ class CallManager:
         done when it has been sent. With ``while_state``, only if the call is still in
         that state once the speech is ready (an agent may answer in the meantime)."""
         peer = call.caller_leg().peer
-        if self.speaker is None or peer is None:
+        spoken = await self.prompts.speak(text) if peer is not None else None
+        if spoken is None or peer is None:
             return None
-        loop = asyncio.get_running_loop()
-        pcm, rate = await loop.run_in_executor(self.tts_executor, self.speaker.speak, text)
+        pcm, rate = spoken
         states = (while_state,) if isinstance(while_state, str) else while_state
         if states is not None and call.state not in states:
             return None
@@ -1659,6 +1549,6 @@ class CallManager:
             return_exceptions=True,
         )
         await self.spool.close(TEARDOWN_TIMEOUT)
-        await self.pool.stop()
+        await self.recognizers.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
-        self.tts_executor.shutdown(wait=False, cancel_futures=True)
+        self.prompts.stop()

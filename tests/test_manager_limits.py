@@ -18,13 +18,14 @@ import pytest
 from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from engine.calls import MAX_MODEL_CHOICES, CallManager
+from engine.calls import CallManager
 from engine.callstate import Call, Leg, Overloaded, Throttled
 from engine.config import Settings
 from engine.events import EventBus, utcnow
 from engine.metrics import Metrics
 from engine.store.db import Store
 from media.asr import ModelChoice
+from media.asr.registry import MAX_CHOICES
 from media.rtp import RtpSession
 from media.sip.peer import SipPeer
 from media.sip.sdp import parse_offer
@@ -147,7 +148,7 @@ async def test_an_offer_without_audio_costs_no_recognizer_and_expires(tmp_path: 
             call, _answer = await m.create_webrtc_call(sdp, "fr", None, "192.0.2.7")
             await asyncio.sleep(0.5)
             assert call.caller_leg().pipeline is None
-            assert m.pool.stats().legs == 0
+            assert m.recognizers.pool.stats().legs == 0
             assert len(m.offers) == 1 and m.offers.from_address("192.0.2.7") == 1
             await wait_until(lambda: call.id not in m.calls, 5, "the offer never expired")
             assert len(m.offers) == 0 and m.calls_in_progress() == 0
@@ -246,13 +247,13 @@ async def test_the_model_cache_is_bounded_and_its_log_escaped(
     async with manager(tmp_path, preload_languages=["en", "ko"]) as m:
         for i in range(300):
             m.model_choice(f"x{i:03d}", quiet=True)
-        assert len(m._choices) <= MAX_MODEL_CHOICES + 2
-        assert "x299" in m._choices and "x000" not in m._choices
+        assert len(m.recognizers.choices) <= MAX_CHOICES + 2
+        assert "x299" in m.recognizers.choices and "x000" not in m.recognizers.choices
         m.model_choice("ko")
         for i in range(300, 400):
             m.model_choice(f"x{i:03d}", quiet=True)
-        assert "ko" in m._choices
-        with caplog.at_level(logging.INFO, logger="engine.calls"):
+        assert "ko" in m.recognizers.choices
+        with caplog.at_level(logging.INFO, logger="media.asr.registry"):
             m.model_choice("zz\r\nforged line")
         [record] = [r for r in caplog.records if "zz" in r.getMessage()]
         assert "\n" not in record.getMessage() and "\\r\\n" in record.getMessage()
