@@ -5,12 +5,13 @@ Theory of operation
 Calls move through the state table in ``engine.callstate``. Each leg (the caller,
 then an agent, then perhaps another agent after a transfer) runs a media
 ``LegPipeline``; its events enter one ordered per-call queue whose consumer
-persists finals and emotion samples *before* publishing them, so anything a
-client has seen is already on disk, and a crash loses at most the utterance in
-flight. While storage fails (a full disk) those writes, and the call's state
-changes, wait in a spool and are written once it is back. Times in a call's
-transcript are seconds since the caller's first audio, for every speaker, so a
-two-sided transcript sorts into the order it was said.
+runs each through the analysis stages (engine/analysis.py), which persist finals
+and emotion samples *before* publishing them, so anything a client has seen is
+already on disk, and a crash loses at most the utterance in flight. While
+storage fails (a full disk) those writes, and the call's state changes, wait in
+a spool and are written once it is back. Times in a call's transcript are
+seconds since the caller's first audio, for every speaker, so a two-sided
+transcript sorts into the order it was said.
 
 The bridge is a function of the call's state, read per audio frame: while
 ``bridged`` each leg's decoded audio feeds the other leg's outbound track; on
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -47,9 +47,8 @@ from engine.acd import (
     load_queues,
 )
 from engine.acd import Action as AcdAction
-from engine.assist.facts import extract
+from engine.analysis import Analysis, Effect, Emit, Route, Write, call_stages, clock, summary_of
 from engine.assist.redact import Redactor
-from engine.assist.summary import summarize
 from engine.callstate import (
     CALLBACK_PROMPT,
     HOLD_PROMPT,
@@ -69,11 +68,9 @@ from engine.callstate import (
 )
 from engine.config import IceServer, Settings
 from engine.content import QUEUE, Content
-from engine.escalation import CallEscalation, Decision, EmotionSample, Utterance
+from engine.escalation import CallEscalation, Decision
 from engine.events import (
     AgentPresenceChanged,
-    AsrFailed,
-    AssistUpdated,
     CallAnnotated,
     CallbackDone,
     CallbackRequested,
@@ -84,20 +81,11 @@ from engine.events import (
     CallStateChanged,
     CallTransferred,
     CallWrappedUp,
-    DtmfReceived,
-    EmotionUpdated,
-    EscalationRaised,
     EventBase,
     EventBus,
-    FactOut,
     OfferWithdrawn,
     QueueUpdated,
     RecordingChanged,
-    SuggestionOut,
-    SupervisorAlert,
-    TranscriptFinal,
-    TranscriptPartial,
-    WordTiming,
     utcnow,
 )
 from engine.metrics import Metrics
@@ -109,13 +97,10 @@ from engine.store.db import Store
 from engine.store.models import (
     CallbackRow,
     CallRow,
-    EmotionRow,
-    EscalationRow,
     LegRow,
     NoteRow,
     PresenceRow,
     UserRow,
-    UtteranceRow,
 )
 from engine.users import Actor
 from media import events as me
@@ -201,6 +186,15 @@ class CallManager:
         self.spool = WriteSpool()
         self.content = Content(store, settings.escalation_rules, settings.knowledge_base)
         self.redactor = Redactor(settings.redact_patterns)
+        self.analysis = Analysis(
+            call_stages(
+                redactor=self.redactor,
+                menu=settings.ivr_keys,
+                products=settings.products,
+                knowledge=lambda: self.content.knowledge,
+                metrics=metrics,
+            )
+        )
         self.acd = Acd(load_queues(settings.queues), settings.offer_timeout)
         self._usernames: dict[str, str] = {}
         self.ice_servers = aiortc_ice_servers(settings.ice_servers)
@@ -436,7 +430,7 @@ class CallManager:
         previous, call.state = call.state, call.next_state(event)
         # silence rules judge whoever should be talking: the caller while the bot has the
         # call, the agent once bridged (a hold or a new agent starts that clock again)
-        call.escalation.observe_phase(PHASES.get(call.state, "away"), self._clock(call))
+        call.escalation.observe_phase(PHASES.get(call.state, "away"), clock(call))
         values["state"] = call.state
         if call.state == "active":
             call.answered_at = utcnow()
@@ -635,268 +629,38 @@ class CallManager:
                 log.exception("call %s: failed to handle %s", call.id, type(ev).__name__)
 
     async def _handle_media_event(self, call: Call, ev: me.MediaEvent | SilenceCheck) -> None:
-        if isinstance(ev, SilenceCheck):
-            await self._escalate(call, call.escalation.tick(ev.now))
-        elif isinstance(ev, me.TranscriptPartial):
-            off = self._offset(call, ev.leg_id)
-            self._publish(
-                TranscriptPartial(
-                    call_id=call.id,
-                    leg_id=ev.leg_id,
-                    speaker=call.speaker(ev.leg_id),
-                    index=ev.index,
-                    text=self.redactor.redact(ev.text, partial=True).text,
-                    start=round(ev.start + off, 3),
-                )
-            )
-        elif isinstance(ev, me.TranscriptFinal):
-            # nothing leaves this point unredacted: not the store, not the bus
-            clean = self.redactor.redact(ev.text, ev.words)
-            if clean.kinds:
-                self.metrics.redactions.inc(len(clean.kinds))
-            utt_id = str(uuid.uuid4())
-            call.utterance_ids[(ev.leg_id, ev.index)] = utt_id
-            off = self._offset(call, ev.leg_id)
-            final = TranscriptFinal(
-                call_id=call.id,
-                leg_id=ev.leg_id,
-                speaker=call.speaker(ev.leg_id),
-                utterance_id=utt_id,
-                index=ev.index,
-                text=clean.text,
-                start=round(ev.start + off, 3),
-                end=round(ev.end + off, 3),
-                words=[
-                    WordTiming(
-                        word=w.word,
-                        start=round(w.start + off, 3),
-                        end=round(w.end + off, 3),
-                        conf=w.conf,
-                    )
-                    for w in clean.words
-                ],
-                asr_latency=round(ev.asr_latency, 4),
-            )
-            await self._keep(
-                f"call {call.id} utterance {utt_id}",
-                self.store.add,
-                UtteranceRow(
-                    id=utt_id,
-                    seq=ev.index,
-                    created_at=final.time,
-                    words=[w.model_dump() for w in final.words],
-                    **final.model_dump(
-                        include={"call_id", "leg_id", "speaker", "start", "end", "text"}
-                    ),
-                ),
-            )
-            self.metrics.asr_latency.labels(ev.end_rule).observe(ev.asr_latency)
-            self._publish(final)
-            if final.speaker == "caller":
-                call.caller_said.append(final.text)
-                call.new_facts += call.facts.add(
-                    extract(final.text, utt_id, final.end, self.settings.products)
-                )
-                await self._escalate(
-                    call,
-                    call.escalation.observe_utterance(
-                        Utterance(utt_id, final.text, final.start, final.end)
-                    ),
-                )
-            elif final.speaker == "agent":
-                # an agent leg is always a person (an agent, or whoever a call was
-                # transferred out to): the bot's prompts are played, never transcribed
-                utterance = Utterance(utt_id, final.text, final.start, final.end)
-                await self._escalate(call, call.escalation.observe_agent_utterance(utterance))
-        elif isinstance(ev, me.KeyPressed):
-            await self._key(call, ev)
-        elif isinstance(ev, me.RecognitionFailed):
-            self.metrics.asr_failures.inc()
-            self._publish(
-                AsrFailed(
-                    call_id=call.id,
-                    leg_id=ev.leg_id,
-                    speaker=call.speaker(ev.leg_id),
-                    index=ev.index,
-                    reason=ev.reason,
-                    recovered=ev.recovered,
-                )
-            )
-        elif isinstance(ev, me.EmotionEstimated):
-            est = ev.estimate
-            utt_id = call.utterance_ids.get((ev.leg_id, ev.index), "")
-            update = EmotionUpdated(
-                call_id=call.id,
-                leg_id=ev.leg_id,
-                speaker=call.speaker(ev.leg_id),
-                utterance_id=utt_id,
-                at=round(ev.at + self._offset(call, ev.leg_id), 3),
-                label=est.label,
-                arousal=est.arousal,
-                valence=est.valence,
-                scores=est.scores,
-                trend=est.trend,
-                call_label=est.call_label,
-                call_scores=est.call_scores,
-                confidence=est.confidence,
-                evidence=list(est.evidence),
-            )
-            await self._keep(
-                f"call {call.id} emotion {utt_id}",
-                self.store.add,
-                EmotionRow(
-                    # confidence and evidence ride with the measurements: one JSON
-                    # column, no migration for what only readers of a call need
-                    features={
-                        **dataclasses.asdict(est.prosody),
-                        "confidence": est.confidence,
-                        "evidence": list(est.evidence),
-                    },
-                    **update.model_dump(
-                        exclude={
-                            "id",
-                            "time",
-                            "type",
-                            "call_scores",
-                            "speaker",
-                            "confidence",
-                            "evidence",
-                        }
-                    ),
-                ),
-            )
-            if call.speaker(ev.leg_id) == "caller":
-                await self._keep(
-                    f"call {call.id} mood", self.store.update_call, call.id, emotion=est.call_label
-                )
-            self._publish(update)
-            if call.speaker(ev.leg_id) == "caller":
-                # assist first: an offer that rings an agent carries this summary and mood
-                await self._assist(call, est.call_label, est.trend)
-                # loudness only of voiced windows: with nothing voiced, prosody measures
-                # the whole stretch (noise, breath), not the caller's voice
-                voiced = est.prosody.f0_median_st is not None
-                energy = est.prosody.energy_db if voiced else None
-                sample = EmotionSample(utt_id, ev.at, est.label, est.trend, est.scores, energy)
-                reason = call.escalation_reason
-                await self._escalate(call, call.escalation.observe_emotion(sample))
-                if call.escalation_reason != reason:  # the summary now says why
-                    await self._assist(call, est.call_label, est.trend)
+        """The event through the call's analysis stages (engine/analysis.py), each
+        effect applied before the stages go on."""
+        for effect in self.analysis.run(call, ev):
+            await self._apply(call, effect)
 
-    async def _key(self, call: Call, ev: me.KeyPressed) -> None:
-        skill = self.settings.ivr_keys.get(ev.digit)
-        self._publish(DtmfReceived(call_id=call.id, digit=ev.digit, at=ev.at, menu=skill))
-        if skill is not None and call.state in ("connecting", "active") and call.topic is None:
-            call.topic = skill
-            await self._keep(f"call {call.id} topic", self.store.update_call, call.id, topic=skill)
-            with contextlib.suppress(Exception):
-                text = f"{skill.replace('_', ' ')}. How can I help?"
-                await self.say(call, text, ("connecting", "active"))
-        await self._escalate(call, call.escalation.observe_dtmf(ev.digit, ev.at))
+    async def _apply(self, call: Call, effect: Effect) -> None:
+        if isinstance(effect, Write):
+            await self._write(call, effect)
+        elif isinstance(effect, Emit):
+            self._publish(effect.event)
+        elif isinstance(effect, Route):
+            await self.route_escalation(call, effect.decision, to_person=effect.to_person)
+        else:
+            with contextlib.suppress(Exception):  # a prompt that fails is not the call's end
+                await self.say(call, effect.text, effect.while_state)
 
-    @staticmethod
-    def _clock(call: Call) -> float:
-        """Now on the call's clock: seconds of the caller's media (what silence ticks
-        carry)."""
-        pipeline = call.caller_leg().pipeline if call.legs else None
-        return pipeline.seconds_in if pipeline is not None else 0.0
+    async def _write(self, call: Call, w: Write) -> None:
+        if w.row is not None and w.values is not None:
+            await self._keep(w.what, self.store.add_and_update_call, call.id, dict(w.values), w.row)
+        elif w.row is not None:
+            await self._keep(w.what, self.store.add, w.row)
+        elif w.values is not None:
+            await self._keep(w.what, self.store.update_call, call.id, **w.values)
 
-    @staticmethod
-    def _offset(call: Call, leg_id: str) -> float:
-        """Leg time to call time: every speaker on one clock."""
-        leg = call.leg(leg_id)
-        return leg.offset if leg else 0.0
-
-    @staticmethod
-    def _summary(call: Call) -> str:
-        """The running summary as of now: an offer made between a caller's words and
-        their emotion estimate already carries those words and why it escalated."""
-        return summarize(
-            call.caller_said, call.facts.facts, call.mood, call.trend, call.escalation_reason
-        )
-
-    async def _assist(self, call: Call, mood: str, trend: float) -> None:
-        """After each caller utterance: summary, facts so far, suggested answers."""
-        call.mood, call.trend = mood, trend
-        summary = call.summary = self._summary(call)
-        facts = [FactOut(**dataclasses.asdict(f)) for f in call.facts.facts]
-        new = [FactOut(**dataclasses.asdict(f)) for f in call.new_facts]
-        call.new_facts = []
-        # the last three utterances: what the caller is talking about *now*
-        query = " ".join(call.caller_said[-3:])
-        suggestions = [
-            SuggestionOut(**dataclasses.asdict(s)) for s in self.content.knowledge.suggest(query)
-        ]
-        await self._keep(f"call {call.id} summary", self.store.update_call, call.id,
-                         summary=summary, facts=[f.model_dump() for f in facts])  # fmt: skip
-        self._publish(
-            AssistUpdated(
-                call_id=call.id,
-                summary=summary,
-                facts=facts,
-                new_facts=new,
-                suggestions=suggestions,
-            )
-        )
-
-    async def _escalate(self, call: Call, decisions: list[Decision]) -> None:
-        """Record each decision, then tell everyone; the first that routes to a human
-        becomes the call's escalation reason."""
-        for d in decisions:
-            esc_id = str(uuid.uuid4())
-            now = utcnow()
-            values: dict[str, object] = {"priority": call.escalation.priority}
-            route = d.routes_to_human and call.escalation_reason is None
-            if route:
-                call.escalation_reason = d.reason
-                values |= {"escalated_at": now, "escalation_reason": d.reason}
-            await self._keep(
-                f"call {call.id} escalation {esc_id}",
-                self.store.add_and_update_call,
-                call.id,
-                values,
-                EscalationRow(
-                    id=esc_id,
-                    call_id=call.id,
-                    rule=d.rule_id,
-                    reason=d.reason,
-                    actions=d.actions,
-                    priority=d.priority,
-                    skill=d.skill,
-                    at=d.at,
-                    evidence=d.evidence,
-                    created_at=now,
-                ),
-            )
-            self.metrics.escalations.labels(d.rule_id).inc()
-            log.info("call %s escalated: %s", call.id, d.reason)
-            self._publish(
-                EscalationRaised(
-                    call_id=call.id,
-                    escalation_id=esc_id,
-                    rule=d.rule_id,
-                    reason=d.reason,
-                    actions=d.actions,
-                    priority=call.escalation.priority,
-                    skill=d.skill,
-                    at=d.at,
-                    evidence=d.evidence,
-                )
-            )
-            if "alert_supervisor" in d.actions:
-                self._publish(
-                    SupervisorAlert(
-                        call_id=call.id,
-                        escalation_id=esc_id,
-                        reason=d.reason,
-                        priority=call.escalation.priority,
-                        state=call.state,
-                    )
-                )
-            if route and call.state == "active":
-                await self._enqueue_for_person(call, d.skill or call.topic)
-            elif call.id in self.acd.waiting:
-                await self._sync_priority(call)
+    async def route_escalation(self, call: Call, decision: Decision, *, to_person: bool) -> None:
+        """An escalation decision, already stored and told: the first that routes to a
+        human puts an active call in the queue; any other raises a waiting call's
+        place in it, if the rule raised its priority."""
+        if to_person and call.state == "active":
+            await self._enqueue_for_person(call, decision.skill or call.topic)
+        elif call.id in self.acd.waiting:
+            await self._sync_priority(call)
 
     async def _sync_priority(self, call: Call) -> None:
         """Bring the ACD up to the call's priority (rules may raise it while it waits)."""
@@ -1192,7 +956,7 @@ class CallManager:
         leg.peer = peer
         call.legs.append(leg)
         call.bridged_at = now
-        call.escalation.observe_phase("agent", self._clock(call))  # a new person: a new clock
+        call.escalation.observe_phase("agent", clock(call))  # a new person: a new clock
         await self._keep(
             f"leg {leg.id}", self.store.add,
             LegRow(id=leg.id, call_id=call.id, role="agent", transport="sip", codec=codec,
@@ -1261,7 +1025,7 @@ class CallManager:
             contact=contact,
             queue=waiting.queue,
             priority=waiting.priority,
-            summary=self._summary(call),
+            summary=summary_of(call),
             escalation_reason=call.escalation_reason,
             status="pending",
             requested_at=utcnow(),
@@ -1361,7 +1125,7 @@ class CallManager:
             queue=call.queue_name or "",
             escalation_reason=call.escalation_reason,
             emotion=call.mood,
-            summary=self._summary(call),
+            summary=summary_of(call),
             previous_calls=call.previous_calls,
             transferred_by=call.transferred_by,
             transfer_note=call.transfer_note,

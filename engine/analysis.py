@@ -1,0 +1,519 @@
+"""Analysis stages: what a call makes of each event its legs report.
+
+Theory of operation
+-------------------
+Every media event of a call (partials, finals, emotion estimates, key presses,
+recognizer failures, silence checks) runs through the same stages, in order:
+
+    Redact    the leg's report becomes the call's event: redacted, on the call's clock,
+              with its utterance id; nothing downstream ever sees the raw text
+    Persist   the event's rows (utterances, emotion samples, the caller's mood)
+    Publish   the event on the bus: after Persist, so what a client saw is on disk
+    Menu      a key press picks the call's topic from the phone menu
+    Facts     a caller's final adds to what they said and the facts they gave
+    Assist    a caller's emotion estimate refreshes summary, facts and suggestions
+    Escalate  the rules judge the event; each decision is stored, told, then routed
+    Assist    again when Escalate gave the call its reason: the summary says why
+
+A stage is a generator: ``handle(call, item)`` yields the item (or another) for the
+next stage, and the effects it needs done: ``Write`` (a row, a change to the call),
+``Emit`` (an event for the bus), ``Route`` (an escalation decision for the ACD),
+``Say`` (a prompt to the caller). Stages never do IO themselves. ``Analysis.run``
+chains them lazily, so a stage resumes only once the effect it yielded has been
+applied: a final is written before it is published, and the second decision of an
+event is judged after the first was routed, as the call manager did inline before.
+Tests apply the effects to lists (tests/test_analysis.py); the engine applies them
+to its write spool, bus, ACD and voice (``CallManager._apply``).
+
+Partials may be dropped before they get here (the call's queue, under backlog); an
+event that does get here is never dropped by a stage it concerns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from engine.assist.facts import extract
+from engine.assist.knowledge import KnowledgeBase
+from engine.assist.redact import Redactor
+from engine.assist.summary import summarize
+from engine.callstate import Call, SilenceCheck
+from engine.escalation import Decision, EmotionSample, Utterance
+from engine.events import (
+    AsrFailed,
+    AssistUpdated,
+    DtmfReceived,
+    EmotionUpdated,
+    EscalationRaised,
+    EventBase,
+    FactOut,
+    SuggestionOut,
+    SupervisorAlert,
+    TranscriptFinal,
+    TranscriptPartial,
+    WordTiming,
+    utcnow,
+)
+from engine.metrics import Metrics
+from engine.store.models import Base, EmotionRow, EscalationRow, UtteranceRow
+from media import events as me
+from media.emotion import EmotionEstimate
+
+log = logging.getLogger(__name__)
+
+# states in which the phone menu still chooses a topic (before a person has the call)
+MENU_STATES = ("connecting", "active")
+
+CallEvent = TranscriptPartial | TranscriptFinal | EmotionUpdated | DtmfReceived | AsrFailed
+
+
+# -- what flows between stages ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One media event on its way through the stages: as the leg reported it, and as
+    the call tells it (set by Redact; None for a silence check)."""
+
+    media: me.MediaEvent | SilenceCheck
+    event: CallEvent | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Escalated:
+    """``item`` gave the call its escalation reason (Escalate's word to the stages
+    after it)."""
+
+    item: Item
+
+
+Flow = Item | Escalated
+
+
+# -- what stages ask to be done -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A write the call must not lose: ``row`` added, ``values`` set on the call, or
+    both in one transaction."""
+
+    what: str  # for the log, if storage fails and it waits in the spool
+    row: Base | None = None
+    values: Mapping[str, object] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    event: EventBase
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """An escalation decision, stored and told; ``to_person``: it is the first that
+    routes the call to a human (the ACD's part is the engine's, not a stage's)."""
+
+    decision: Decision
+    to_person: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    text: str
+    while_state: tuple[str, ...]
+
+
+Effect = Write | Emit | Route | Say
+Output = Flow | Effect
+
+
+class Stage(Protocol):
+    def handle(self, call: Call, item: Flow) -> Iterator[Output]: ...
+
+
+class Analysis:
+    """The stages of every call, run in order on each of its events."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self.stages = list(stages)
+
+    def run(self, call: Call, event: me.MediaEvent | SilenceCheck) -> Iterator[Effect]:
+        """The effects of ``event``, in order. Lazy: apply each before asking for the
+        next, since the stages go on from the state the effect left."""
+        flow: list[Flow] = [Item(event)]
+        for stage in self.stages:
+            passed: list[Flow] = []
+            for item in flow:
+                for out in stage.handle(call, item):
+                    if isinstance(out, Item | Escalated):
+                        passed.append(out)
+                    else:
+                        yield out
+            flow = passed
+
+
+# -- the call's clock and summary ---------------------------------------------------
+
+
+def offset(call: Call, leg_id: str) -> float:
+    """Leg time to call time: every speaker on one clock."""
+    leg = call.leg(leg_id)
+    return leg.offset if leg else 0.0
+
+
+def clock(call: Call) -> float:
+    """Now on the call's clock: seconds of the caller's media (what silence ticks
+    carry)."""
+    pipeline = call.caller_leg().pipeline if call.legs else None
+    return pipeline.seconds_in if pipeline is not None else 0.0
+
+
+def summary_of(call: Call) -> str:
+    """The running summary as of now: an offer made between a caller's words and
+    their emotion estimate already carries those words and why it escalated."""
+    return summarize(
+        call.caller_said, call.facts.facts, call.mood, call.trend, call.escalation_reason
+    )
+
+
+# -- the stages ---------------------------------------------------------------------
+
+
+class Redact:
+    """What a leg reported, as the call tells it. Nothing leaves this stage
+    unredacted: not to the store, not to the bus."""
+
+    def __init__(self, redactor: Redactor, menu: Mapping[str, str], metrics: Metrics) -> None:
+        self.redactor = redactor
+        self.menu = menu  # key -> skill (the phone menu)
+        self.metrics = metrics
+
+    def handle(self, call: Call, item: Flow) -> Iterator[Output]:
+        if not isinstance(item, Item):
+            return
+        ev = item.media
+        if isinstance(ev, SilenceCheck):
+            yield item
+        elif isinstance(ev, me.TranscriptPartial):
+            yield Item(ev, self._partial(call, ev))
+        elif isinstance(ev, me.TranscriptFinal):
+            yield Item(ev, self._final(call, ev))
+        elif isinstance(ev, me.EmotionEstimated):
+            yield Item(ev, self._emotion(call, ev))
+        elif isinstance(ev, me.KeyPressed):
+            menu = self.menu.get(ev.digit)
+            yield Item(ev, DtmfReceived(call_id=call.id, digit=ev.digit, at=ev.at, menu=menu))
+        elif isinstance(ev, me.RecognitionFailed):
+            self.metrics.asr_failures.inc()
+            failed = AsrFailed(
+                call_id=call.id,
+                leg_id=ev.leg_id,
+                speaker=call.speaker(ev.leg_id),
+                index=ev.index,
+                reason=ev.reason,
+                recovered=ev.recovered,
+            )
+            yield Item(ev, failed)
+        # speech starts and leg ends are the leg's business, not the call's record
+
+    def _partial(self, call: Call, ev: me.TranscriptPartial) -> TranscriptPartial:
+        return TranscriptPartial(
+            call_id=call.id,
+            leg_id=ev.leg_id,
+            speaker=call.speaker(ev.leg_id),
+            index=ev.index,
+            text=self.redactor.redact(ev.text, partial=True).text,
+            start=round(ev.start + offset(call, ev.leg_id), 3),
+        )
+
+    def _final(self, call: Call, ev: me.TranscriptFinal) -> TranscriptFinal:
+        clean = self.redactor.redact(ev.text, ev.words)
+        if clean.kinds:
+            self.metrics.redactions.inc(len(clean.kinds))
+        utt_id = str(uuid.uuid4())
+        # the emotion estimate of this utterance comes later and names it by this id
+        call.utterance_ids[(ev.leg_id, ev.index)] = utt_id
+        off = offset(call, ev.leg_id)
+        return TranscriptFinal(
+            call_id=call.id,
+            leg_id=ev.leg_id,
+            speaker=call.speaker(ev.leg_id),
+            utterance_id=utt_id,
+            index=ev.index,
+            text=clean.text,
+            start=round(ev.start + off, 3),
+            end=round(ev.end + off, 3),
+            words=[
+                WordTiming(
+                    word=w.word,
+                    start=round(w.start + off, 3),
+                    end=round(w.end + off, 3),
+                    conf=w.conf,
+                )
+                for w in clean.words
+            ],
+            asr_latency=round(ev.asr_latency, 4),
+        )
+
+    @staticmethod
+    def _emotion(call: Call, ev: me.EmotionEstimated) -> EmotionUpdated:
+        est = ev.estimate
+        return EmotionUpdated(
+            call_id=call.id,
+            leg_id=ev.leg_id,
+            speaker=call.speaker(ev.leg_id),
+            utterance_id=call.utterance_ids.get((ev.leg_id, ev.index), ""),
+            at=round(ev.at + offset(call, ev.leg_id), 3),
+            label=est.label,
+            arousal=est.arousal,
+            valence=est.valence,
+            scores=est.scores,
+            trend=est.trend,
+            call_label=est.call_label,
+            call_scores=est.call_scores,
+            confidence=est.confidence,
+            evidence=list(est.evidence),
+        )
+
+
+class Persist:
+    """The call's record of what was said and felt; partials are never kept."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def handle(self, call: Call, item: Flow) -> Iterator[Output]:
+        if isinstance(item, Item):
+            ev, media = item.event, item.media
+            if isinstance(ev, TranscriptFinal) and isinstance(media, me.TranscriptFinal):
+                yield Write(f"call {call.id} utterance {ev.utterance_id}", _utterance_row(ev))
+                self.metrics.asr_latency.labels(media.end_rule).observe(media.asr_latency)
+            elif isinstance(ev, EmotionUpdated) and isinstance(media, me.EmotionEstimated):
+                row = _emotion_row(ev, media.estimate)
+                yield Write(f"call {call.id} emotion {ev.utterance_id}", row)
+                if ev.speaker == "caller":
+                    mood = {"emotion": media.estimate.call_label}
+                    yield Write(f"call {call.id} mood", values=mood)
+        yield item
+
+
+def _utterance_row(final: TranscriptFinal) -> UtteranceRow:
+    return UtteranceRow(
+        id=final.utterance_id,
+        seq=final.index,
+        created_at=final.time,
+        words=[w.model_dump() for w in final.words],
+        **final.model_dump(include={"call_id", "leg_id", "speaker", "start", "end", "text"}),
+    )
+
+
+def _emotion_row(update: EmotionUpdated, est: EmotionEstimate) -> EmotionRow:
+    return EmotionRow(
+        # confidence and evidence ride with the measurements: one JSON column, no
+        # migration for what only readers of a call need
+        features={
+            **dataclasses.asdict(est.prosody),
+            "confidence": est.confidence,
+            "evidence": list(est.evidence),
+        },
+        **update.model_dump(
+            exclude={"id", "time", "type", "call_scores", "speaker", "confidence", "evidence"}
+        ),
+    )
+
+
+class Publish:
+    """The call's event on the bus, once Persist has kept it."""
+
+    def handle(self, call: Call, item: Flow) -> Iterator[Output]:
+        if isinstance(item, Item) and item.event is not None:
+            yield Emit(item.event)
+        yield item
+
+
+class Menu:
+    """A key of the phone menu chooses the call's topic, once, while the bot has it."""
+
+    def handle(self, call: Call, item: Flow) -> Iterator[Output]:
+        if isinstance(item, Item) and isinstance(item.event, DtmfReceived):
+            skill = item.event.menu
+            if skill is not None and call.state in MENU_STATES and call.topic is None:
+                call.topic = skill
+                yield Write(f"call {call.id} topic", values={"topic": skill})
+                yield Say(f"{skill.replace('_', ' ')}. How can I help?", MENU_STATES)
+        yield item
+
+
+class Facts:
+    """What the caller said, and the facts in it (not yet shown: ``call.new_facts``)."""
+
+    def __init__(self, products: Sequence[str]) -> None:
+        self.products = list(products)
+
+    def handle(self, call: Call, item: Flow) -> Iterator[Output]:
+        if isinstance(item, Item) and isinstance(item.event, TranscriptFinal):
+            final = item.event
+            if final.speaker == "caller":
+                call.caller_said.append(final.text)
+                found = extract(final.text, final.utterance_id, final.end, self.products)
+                call.new_facts += call.facts.add(found)
+        yield item
+
+
+class Assist:
+    """After each caller emotion estimate (it closes their utterance): summary, facts
+    so far, suggested answers. Assist runs before Escalate, so an offer that rings an
+    agent carries this summary and mood; and once more after it when that estimate
+    gave the call its escalation reason, so the summary says why."""
+
+    def __init__(self, knowledge: Callable[[], KnowledgeBase]) -> None:
+        self.knowledge = knowledge  # a callable: the knowledge base may change meanwhile
+
+    def handle(self, call: Call, item: Flow) -> Iterator[Output]:
+        ev = item.item.event if isinstance(item, Escalated) else item.event
+        if isinstance(ev, EmotionUpdated) and ev.speaker == "caller":
+            yield from self._update(call, ev.call_label, ev.trend)
+        if isinstance(item, Item):
+            yield item
+
+    def _update(self, call: Call, mood: str, trend: float) -> Iterator[Output]:
+        call.mood, call.trend = mood, trend
+        summary = call.summary = summary_of(call)
+        facts = [FactOut(**dataclasses.asdict(f)) for f in call.facts.facts]
+        new = [FactOut(**dataclasses.asdict(f)) for f in call.new_facts]
+        call.new_facts = []
+        # the last three utterances: what the caller is talking about *now*
+        query = " ".join(call.caller_said[-3:])
+        found = self.knowledge().suggest(query)
+        suggestions = [SuggestionOut(**dataclasses.asdict(s)) for s in found]
+        values = {"summary": summary, "facts": [f.model_dump() for f in facts]}
+        yield Write(f"call {call.id} summary", values=values)
+        yield Emit(
+            AssistUpdated(
+                call_id=call.id,
+                summary=summary,
+                facts=facts,
+                new_facts=new,
+                suggestions=suggestions,
+            )
+        )
+
+
+class Escalate:
+    """The rules judge the event. Each decision is recorded, then told; the first that
+    routes to a human becomes the call's escalation reason and is routed."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def handle(self, call: Call, item: Flow) -> Iterator[Output]:
+        if not isinstance(item, Item):
+            return
+        reason = call.escalation_reason
+        for d in self._judge(call, item):  # a list: judged before any is acted on
+            yield from self._decided(call, d)
+        if call.escalation_reason != reason:
+            yield Escalated(item)
+
+    @staticmethod
+    def _judge(call: Call, item: Item) -> list[Decision]:
+        rules, ev, media = call.escalation, item.event, item.media
+        if isinstance(media, SilenceCheck):
+            return rules.tick(media.now)
+        if isinstance(ev, TranscriptFinal):
+            said = Utterance(ev.utterance_id, ev.text, ev.start, ev.end)
+            if ev.speaker == "caller":
+                return rules.observe_utterance(said)
+            if ev.speaker == "agent":
+                # an agent leg is always a person (an agent, or whoever a call was
+                # transferred out to): the bot's prompts are played, never transcribed
+                return rules.observe_agent_utterance(said)
+        if isinstance(ev, DtmfReceived):
+            return rules.observe_dtmf(ev.digit, ev.at)
+        if isinstance(ev, EmotionUpdated) and isinstance(media, me.EmotionEstimated):
+            if ev.speaker != "caller":
+                return []
+            est = media.estimate
+            # loudness only of voiced windows: with nothing voiced, prosody measures the
+            # whole stretch (noise, breath), not the caller's voice
+            voiced = est.prosody.f0_median_st is not None
+            energy = est.prosody.energy_db if voiced else None
+            # the caller's leg time is the call's (the caller's audio starts the clock)
+            at = media.at
+            sample = EmotionSample(ev.utterance_id, at, est.label, est.trend, est.scores, energy)
+            return rules.observe_emotion(sample)
+        return []
+
+    def _decided(self, call: Call, d: Decision) -> Iterator[Output]:
+        esc_id = str(uuid.uuid4())
+        now = utcnow()
+        values: dict[str, object] = {"priority": call.escalation.priority}
+        route = d.routes_to_human and call.escalation_reason is None
+        if route:
+            call.escalation_reason = d.reason
+            values |= {"escalated_at": now, "escalation_reason": d.reason}
+        row = EscalationRow(
+            id=esc_id,
+            call_id=call.id,
+            rule=d.rule_id,
+            reason=d.reason,
+            actions=d.actions,
+            priority=d.priority,
+            skill=d.skill,
+            at=d.at,
+            evidence=d.evidence,
+            created_at=now,
+        )
+        yield Write(f"call {call.id} escalation {esc_id}", row, values)
+        self.metrics.escalations.labels(d.rule_id).inc()
+        log.info("call %s escalated: %s", call.id, d.reason)
+        yield Emit(
+            EscalationRaised(
+                call_id=call.id,
+                escalation_id=esc_id,
+                rule=d.rule_id,
+                reason=d.reason,
+                actions=d.actions,
+                priority=call.escalation.priority,
+                skill=d.skill,
+                at=d.at,
+                evidence=d.evidence,
+            )
+        )
+        if "alert_supervisor" in d.actions:
+            yield Emit(
+                SupervisorAlert(
+                    call_id=call.id,
+                    escalation_id=esc_id,
+                    reason=d.reason,
+                    priority=call.escalation.priority,
+                    state=call.state,
+                )
+            )
+        yield Route(d, route)
+
+
+def call_stages(
+    *,
+    redactor: Redactor,
+    menu: Mapping[str, str],
+    products: Sequence[str],
+    knowledge: Callable[[], KnowledgeBase],
+    metrics: Metrics,
+) -> list[Stage]:
+    """The stages every call runs, in their order (see the module docstring)."""
+    return [
+        Redact(redactor, menu, metrics),
+        Persist(metrics),
+        Publish(),
+        Menu(),
+        Facts(products),
+        Assist(knowledge),
+        Escalate(metrics),
+        Assist(knowledge),  # only what Escalate passes on: the reason it gave
+    ]
