@@ -107,6 +107,10 @@ class Write:
     row: Base | None = None
     values: Mapping[str, object] | None = None
 
+    def __post_init__(self) -> None:
+        if self.row is None and self.values is None:
+            raise ValueError(f"{self.what}: a write of nothing")
+
 
 @dataclass(frozen=True, slots=True)
 class Emit:
@@ -406,7 +410,8 @@ class Assist:
 
 class Escalate:
     """The rules judge the event. Each decision is recorded, then told; the first that
-    routes to a human becomes the call's escalation reason and is routed."""
+    routes to a human becomes the call's escalation reason and is routed. The event
+    goes no further: what follows sees only ``Escalated``."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, assert_never
 
 import numpy as np
 from aiortc import RTCIceServer
@@ -47,7 +47,17 @@ from engine.acd import (
     load_queues,
 )
 from engine.acd import Action as AcdAction
-from engine.analysis import Analysis, Effect, Emit, Route, Write, call_stages, clock, summary_of
+from engine.analysis import (
+    Analysis,
+    Effect,
+    Emit,
+    Route,
+    Say,
+    Write,
+    call_stages,
+    clock,
+    summary_of,
+)
 from engine.assist.redact import Redactor
 from engine.callstate import (
     CALLBACK_PROMPT,
@@ -641,9 +651,11 @@ class CallManager:
             self._publish(effect.event)
         elif isinstance(effect, Route):
             await self.route_escalation(call, effect.decision, to_person=effect.to_person)
-        else:
+        elif isinstance(effect, Say):
             with contextlib.suppress(Exception):  # a prompt that fails is not the call's end
                 await self.say(call, effect.text, effect.while_state)
+        else:  # a new kind of effect must be applied here, not dropped
+            assert_never(effect)
 
     async def _write(self, call: Call, w: Write) -> None:
         if w.row is not None and w.values is not None:

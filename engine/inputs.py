@@ -31,12 +31,6 @@ def lone_surrogate(value: object) -> bool:
     return False
 
 
-def loggable(text: str) -> str:
-    """``text`` for a log line: control characters (a CR or LF that would start a
-    forged line) escaped as Python writes them, the rest as it is."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 class Input(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)
 

@@ -6,7 +6,7 @@ engine's own writes are covered by tests/test_durability.py and the end-to-end t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from engine.callstate import Call, Leg, SilenceCheck
 from engine.config import Settings
 from engine.escalation import CallEscalation, default_rules
 from engine.events import (
+    AsrFailed,
     AssistUpdated,
     DtmfReceived,
     EmotionUpdated,
@@ -58,9 +59,13 @@ def new_call() -> Call:
     return call
 
 
-def run_stages(events: Iterable[me.MediaEvent | SilenceCheck], call: Call) -> list[Effect]:
-    """Every event through the call's stages, in order: the effects they ask for, as
-    the engine would apply them (one at a time, in this order)."""
+def run_stages(
+    events: Iterable[me.MediaEvent | SilenceCheck],
+    call: Call,
+    apply: Callable[[Call, Effect], None] = lambda call, effect: None,
+) -> list[Effect]:
+    """Every event through the call's stages, in order: the effects they ask for, each
+    given to ``apply`` before the stages go on (as the engine applies them)."""
     settings = Settings(_env_file=None)
     knowledge = KnowledgeBase(load_articles(KB))
     analysis = Analysis(
@@ -72,7 +77,12 @@ def run_stages(events: Iterable[me.MediaEvent | SilenceCheck], call: Call) -> li
             metrics=Metrics(),
         )
     )
-    return [effect for ev in events for effect in analysis.run(call, ev)]
+    out = []
+    for ev in events:
+        for effect in analysis.run(call, ev):
+            apply(call, effect)
+            out.append(effect)
+    return out
 
 
 def published(out: list[Effect], kind: type[E]) -> list[E]:
@@ -243,3 +253,51 @@ def test_agent_words_are_on_the_call_clock_and_keys_choose_the_topic() -> None:
     assert topic == [{"topic": "billing"}]
     routes = [(r.decision.rule_id, r.to_person) for r in out if isinstance(r, Route)]
     assert routes == [("pressed_zero", True), ("long_silence", False)]
+
+
+def test_each_effect_is_applied_before_the_next_decision_is_judged() -> None:
+    """One sentence fires two routing rules. The first routes the caller to a person
+    (the engine queues the call); the second must see that: it does not route again,
+    and the supervisor is told the call is queued, not active. A runner that judged
+    every decision before applying any would tell the supervisor "active"."""
+
+    def engine_queues(call: Call, effect: Effect) -> None:
+        if isinstance(effect, Route) and effect.to_person:
+            call.state = "queued"
+
+    text = "I want to cancel my account, and I am calling my lawyer."
+    out = run_stages([final(CALLER, 0, text)], new_call(), engine_queues)
+    routes = [e for e in out if isinstance(e, Route)]
+    assert [(r.decision.rule_id, r.to_person) for r in routes] == [
+        ("cancel_account", True),
+        ("complaint_or_legal", False),
+    ]
+    (alert,) = published(out, SupervisorAlert)
+    assert alert.state == "queued"
+
+
+def test_an_agents_emotion_is_stored_but_neither_assists_nor_escalates() -> None:
+    """The agent's mood is kept for the record; the caller's mood, the assist and the
+    rules are about the caller only (an angry-sounding agent does not escalate)."""
+    call = new_call()
+    out = run_stages(
+        [final(AGENT, 0, "this is ridiculous"), emotion(AGENT, 0, "angry"),
+         final(AGENT, 1, "this is absurd"), emotion(AGENT, 1, "angry")],
+        call,
+    )  # fmt: skip
+    assert len(written(out, EmotionRow)) == 2
+    assert [u.speaker for u in published(out, EmotionUpdated)] == ["agent", "agent"]
+    assert not [w for w in out if isinstance(w, Write) and w.values and "emotion" in w.values]
+    assert not published(out, AssistUpdated) and not published(out, EscalationRaised)
+    assert call.mood is None and call.escalation_reason is None
+
+
+def test_a_lost_recognizer_is_told_and_speech_starting_is_not() -> None:
+    out = run_stages(
+        [me.SpeechStarted(CALLER, 1.0),
+         me.RecognitionFailed(CALLER, 3, "worker process died", recovered=True)],
+        new_call(),
+    )  # fmt: skip
+    (failed,) = published(out, AsrFailed)
+    assert failed.reason == "worker process died" and failed.recovered
+    assert len(out) == 1  # nothing stored, nothing else told
