@@ -350,11 +350,14 @@ def test_pair_cancel_while_ringing() -> None:
     p.shuttle()
     p.uas.ring(call_id)
     p.shuttle()
-    # the 100 came first, and the UAC reports ringing only for a first provisional
-    # that is a 180/183 (kept as it was; see the split's notes)
-    assert OutboundRinging(call_id) not in p.take("uac")
+    # the 100 came first: ringing is still reported, at the 180 (it was not: only a
+    # first provisional that was a 180/183 counted)
+    assert p.take("uac") == [OutboundRinging(call_id)]
     p.take("uas")
     assert p.take_wire() == ["uac> INVITE", "uas> 100", "uas> 180"]
+    # ringing, the INVITE's transaction has ended: the call is matched by its Call-ID
+    # from here, so a trunk that goes quiet leaves no transaction behind
+    assert not p.uac._txns.client
     p.now = 2.0
     p.uac.hangup(call_id, p.now)
     p.shuttle()
@@ -440,3 +443,28 @@ def test_pair_lost_ack_is_sent_again_for_each_200_copy() -> None:
     assert [e for e in p.take("uas") if not isinstance(e, InviteReceived)] == [
         CallConfirmed(call_id)
     ]
+
+
+def test_pair_a_refused_call_is_reported_once_when_the_ack_is_lost() -> None:
+    """The callee refuses (486) and our ACK is lost: the 486 comes again (Timer G), is
+    ACKed again, and the refusal is reported once (it was reported for each copy)."""
+    p = Pair()
+    call_id = p.uac.invite("sip:support@198.51.100.7", p.to_uas, SDP, p.now)
+    p.shuttle()
+    p.take("uas")
+    p.take_wire()
+    acks = 0
+
+    def lose_first_ack(who: str, data: bytes) -> bool:
+        nonlocal acks
+        if who == "uac" and data.startswith(b"ACK"):
+            acks += 1
+            return acks == 1
+        return False
+
+    p.drop = lose_first_ack
+    p.uas.reject(call_id, 486, p.now)
+    p.shuttle()
+    p.run_until(10.0)
+    assert p.take_wire() == ["uas> 486", "uac> ACK"] * 2
+    assert p.take("uac") == [OutboundFailed(call_id, 486, "Busy Here")]

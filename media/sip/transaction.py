@@ -42,12 +42,9 @@ INVITE client (§17.1.1)::
 
     calling     timer_a       -> calling      (the INVITE again, T1 doubling, no cap)
     calling     timer_b       -> terminated   (nobody answered: 408 to the user)
-    calling     recv_1xx      -> proceeding
+    calling     recv_1xx      -> terminated   (see below: no Proceeding)
     calling     recv_2xx      -> terminated   (the 2xx and its ACK belong to the dialog)
     calling     recv_failure  -> completed    (the user agent ACKs it in this branch)
-    proceeding  recv_1xx      -> proceeding
-    proceeding  recv_2xx      -> terminated
-    proceeding  recv_failure  -> completed
     completed   recv_failure  -> completed    (a copy: absorbed)
     completed   timer_d       -> terminated
 
@@ -76,6 +73,11 @@ drops a peer's out-of-place message instead.
 
 Where this deviates from RFC 3261 §17, on purpose (the behaviour the endpoint had):
 
+* An INVITE client transaction ends at its first provisional answer: it has nothing
+  left to re-send, and what follows (more provisionals, the final answer, copies of
+  it) is matched to the call by its Call-ID in ``uac.py``. RFC 3261's Proceeding has
+  no timer of its own, so a trunk that rang and then went quiet, or never answered a
+  CANCEL with 487, kept a Proceeding transaction for ever.
 * Timers D and K are zero over UDP too (the RFC asks for 32 s and T4): a client
   transaction is forgotten at its final answer. A copy of a failure to our INVITE is
   ACKed again by the user agent, which matches it by Call-ID.
@@ -174,12 +176,9 @@ TRANSITIONS: dict[tuple[Kind, State, Input], State] = {
     (NIS, S.COMPLETED, E.TIMER_J): S.TERMINATED,
     (IC, S.CALLING, E.TIMER_A): S.CALLING,
     (IC, S.CALLING, E.TIMER_B): S.TERMINATED,
-    (IC, S.CALLING, E.RECV_1XX): S.PROCEEDING,
+    (IC, S.CALLING, E.RECV_1XX): S.TERMINATED,
     (IC, S.CALLING, E.RECV_2XX): S.TERMINATED,
     (IC, S.CALLING, E.RECV_FAILURE): S.COMPLETED,
-    (IC, S.PROCEEDING, E.RECV_1XX): S.PROCEEDING,
-    (IC, S.PROCEEDING, E.RECV_2XX): S.TERMINATED,
-    (IC, S.PROCEEDING, E.RECV_FAILURE): S.COMPLETED,
     (IC, S.COMPLETED, E.RECV_FAILURE): S.COMPLETED,
     (IC, S.COMPLETED, E.TIMER_D): S.TERMINATED,
     (NIC, S.TRYING, E.TIMER_E): S.TRYING,
@@ -422,12 +421,26 @@ class Transactions:
         times += [t for x in self.client.values() for t in x.deadlines.values()]
         return min(times) if times else None
 
+    @staticmethod
+    def _fire(txn: Transaction, name: Input, now: float) -> bool | None:
+        """Timer ``name`` of ``txn``: whether to re-send, or None if the table has no
+        row for it (a bug: that one transaction is dropped, not the timers of all)."""
+        try:
+            return txn.fire(name, now)
+        except TransactionError:
+            log.exception("SIP transaction %s dropped", txn.kind)
+            return None
+
     def handle_timer(self, now: float) -> list[ClientTransaction]:
         """Run due timers; the client transactions that timed out (B or F) come back,
         for their user agent to fail them with a 408."""
         for key, stxn in list(self.server.items()):
             for name in stxn.due(now):
-                if stxn.fire(name, now) and stxn.last:
+                resend = self._fire(stxn, name, now)
+                if resend is None:
+                    del self.server[key]
+                    break
+                if resend and stxn.last:
                     self.send(stxn.peer, stxn.last)
                 if name is E.TIMER_H:
                     log.info("no ACK for %s to %s", stxn.status, stxn.request.call_id)
@@ -437,7 +450,11 @@ class Transactions:
         timed_out: list[ClientTransaction] = []
         for key, ctxn in list(self.client.items()):
             for name in ctxn.due(now):
-                if ctxn.fire(name, now):
+                resend = self._fire(ctxn, name, now)
+                if resend is None:
+                    del self.client[key]
+                    break
+                if resend:
                     self.send(ctxn.peer, ctxn.data)
                 if ctxn.state is S.TERMINATED:
                     del self.client[key]

@@ -45,6 +45,7 @@ class Outbound:
     cseq: int = 0
     branch: str | None = None
     provisional: bool = False
+    ringing: bool = False  # told the user (OutboundRinging), once
     final: bool = False
     cancelled: bool = False
     tried_auth: bool = False
@@ -185,8 +186,11 @@ class Uac:
                 out.provisional = True
                 if out.cancelled:
                     self._send_cancel(out, now)
-                elif status in (180, 183):
-                    self.emit(OutboundRinging(out.call_id))
+            # a trunk answers 100 Trying first: ringing is the first 180/183, not the
+            # first provisional
+            if status in (180, 183) and not out.ringing and not out.cancelled:
+                out.ringing = True
+                self.emit(OutboundRinging(out.call_id))
             return
         if 200 <= status < 300:
             if out.ack is not None:  # the 200 again: our ACK was lost
@@ -196,6 +200,8 @@ class Uac:
             return
         # a failure: ACK it in the same transaction (§17.1.1.3)
         self._ack(out, resp, out.branch or sm.new_branch(), out.uri)
+        if out.final:  # a copy (our ACK was lost): ACKed again, and told only once
+            return
         if status in (401, 407) and out.auth is not None and not out.tried_auth:
             out.tried_auth = True
             credentials = _answer_challenge(resp, out.auth, "INVITE", out.uri)
