@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         await calls.content.load()
         await calls.preload(settings.preload_languages)
         timers = asyncio.create_task(calls.run_acd_timers(), name="acd-timers")
-        sip = SipFront(settings, calls) if settings.sip_enabled else None
+        sip = SipFront(settings, calls, store, metrics) if settings.sip_enabled else None
         if sip is not None:
             try:
                 await sip.start()
@@ -147,6 +147,11 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         else load_or_create_key(settings.secret_key_file)
     )
     app.state.calls = calls
+    # the services the API reads besides the call manager: it asks them directly
+    # rather than through the manager's attributes (each will have a shared backend)
+    app.state.store = store
+    app.state.bus = bus
+    app.state.content = calls.content
     app.state.metrics = metrics
     app.state.capacity = capacity
     app.state.event_log = event_log

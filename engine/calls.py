@@ -1256,6 +1256,10 @@ class CallManager:
         except KeyError:
             raise UnknownCall(call_id) from None
 
+    def live(self, call_id: str) -> Call | None:
+        """The call, if it is live on this node."""
+        return self.calls.get(call_id)
+
     async def end_call(self, call_id: str, reason: str) -> None:
         """Idempotent teardown that finishes even when a part of the call is stuck."""
         call = self.calls.get(call_id)

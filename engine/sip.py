@@ -64,6 +64,8 @@ from media.sip.transport import SipTransport, TcpLimits
 if TYPE_CHECKING:
     from engine.calls import CallManager
     from engine.callstate import Call
+    from engine.metrics import Metrics
+    from engine.store.db import Store
     from engine.store.models import UserRow
 
 # what outbound calls and transfers may dial directly: user@host[:port], nothing else
@@ -108,9 +110,13 @@ def _busy(exc: Overloaded) -> tuple[int, tuple[str, str], tuple[str, str]]:
 
 
 class SipFront:
-    def __init__(self, settings: Settings, calls: CallManager) -> None:
+    def __init__(
+        self, settings: Settings, calls: CallManager, store: Store, metrics: Metrics
+    ) -> None:
         self.settings = settings
         self.calls = calls
+        self.store = store
+        self.metrics = metrics
         self.public_host = settings.sip_public_host or settings.sip_host
         users = {u: p.get_secret_value() for u, p in settings.sip_users.items()}
         admission = Admission(
@@ -124,7 +130,7 @@ class SipFront:
         self.endpoint = SipEndpoint(
             self.public_host, settings.sip_port, admission, throttle=throttle
         )
-        refused_tcp = calls.metrics.connections_refused
+        refused_tcp = metrics.connections_refused
         limits = TcpLimits(
             message_timeout=settings.sip_tcp_message_timeout,
             idle_timeout=settings.sip_tcp_idle_timeout,
@@ -143,7 +149,7 @@ class SipFront:
         self.registration: RegistrationChanged | None = None  # to the trunk, if we do
         self._trunk_peer: Peer | None = None
         self._trunk_domain = ""
-        refused = calls.metrics.rtp_refused
+        refused = metrics.rtp_refused
         self._refused = {why: refused.labels(why) for why in ("foreign", "stray")}
 
     async def start(self) -> int:
@@ -235,12 +241,12 @@ class SipFront:
             if pc is not None and pc.call_id is not None:
                 self.calls.press_key(pc.call_id, ev.digit)
         elif isinstance(ev, AuthFailed):
-            self.calls.metrics.sip_auth_failures.labels(ev.reason).inc()
+            self.metrics.sip_auth_failures.labels(ev.reason).inc()
             if ev.reason == "replay":
                 log.info("SIP digest answer replayed from %s for %r", ev.host, ev.user)
         elif isinstance(ev, AuthLockedOut):
             lock = ev.lockout
-            self.calls.metrics.sip_auth_lockouts.labels(lock.kind).inc()
+            self.metrics.sip_auth_lockouts.labels(lock.kind).inc()
             # %r: a user name is whatever the attacker sent, and must not forge log lines
             log.warning(
                 "SIP brute force? %d wrong digest answers for %s %r within a minute "
@@ -484,7 +490,7 @@ class SipFront:
 
     async def place_callback(self, user: UserRow, callback_id: str) -> Call:
         """An agent calls back a customer who asked for it; the call rings that agent."""
-        row = await self.calls.store.get_callback(callback_id)
+        row = await self.store.get_callback(callback_id)
         if row is None or row.status != "pending":
             raise NotAllowed(f"no pending callback {callback_id}")
         number = (row.contact or row.caller or "").strip()

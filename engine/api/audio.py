@@ -53,7 +53,7 @@ async def audio_fork(ws: WebSocket, call_id: PathId) -> None:
     if p is None:
         return
     manager: CallManager = ws.app.state.calls
-    call = manager.calls.get(call_id)
+    call = manager.live(call_id)
     if call is None:
         await ws.close(UNKNOWN_CALL, "no live call")
         return

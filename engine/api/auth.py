@@ -143,7 +143,7 @@ def _address(conn: HTTPConnection) -> str:
 
 
 async def _api_key(conn: HTTPConnection, token: str) -> Principal:
-    store = conn.app.state.calls.store
+    store = conn.app.state.store
     creds: _Credentials = conn.app.state.credentials
     parsed = parse_key(token)
     row = await store.api_key(parsed[0]) if parsed else None
@@ -173,7 +173,7 @@ async def _token(conn: HTTPConnection, token: str) -> Principal:
     # the token was signed before any change: a removed person is refused at once,
     # a token from before a sign-out or a new password too, and a changed role counts
     # from the next request
-    row = await conn.app.state.calls.store.user(who.user_id)
+    row = await conn.app.state.store.user(who.user_id)
     if row is None:
         raise HTTPException(401, "this user no longer exists", headers=CHALLENGE)
     if who.version != row.token_version:
@@ -255,7 +255,7 @@ Authenticated = Annotated[Identity, Depends(identity)]
 
 
 async def current_user(request: Request, who: Authenticated) -> UserRow:
-    user = await request.app.state.calls.store.user(who.user_id)
+    user = await request.app.state.store.user(who.user_id)
     if user is None:
         raise HTTPException(401, "this user no longer exists")
     return user
@@ -303,7 +303,7 @@ async def signing_in(conn: HTTPConnection) -> None:
 
 @router.post("/login", response_model=LoginOut, dependencies=[Depends(signing_in)])
 async def login(body: Login, request: Request, response: Response) -> LoginOut:
-    user = await request.app.state.calls.store.user_by_name(body.username)
+    user = await request.app.state.store.user_by_name(body.username)
     # argon2 takes ~170 ms of CPU: on the loop it would stall every call's audio
     stored = user.password_hash if user else None
     if not await asyncio.to_thread(verify_password, stored, body.password) or user is None:
@@ -335,7 +335,7 @@ async def logout(request: Request, p: Who) -> Response:
 async def revoke_tokens(request: Request, user_id: str, **changes: Any) -> None:
     """Every token issued to this person so far stops working (with ``changes`` to
     their record in the same write); streams they hold open end."""
-    await request.app.state.calls.store.update_user(
+    await request.app.state.store.update_user(
         user_id, token_version=UserRow.token_version + 1, **changes
     )
     tokens_revoked(request.app)

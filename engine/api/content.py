@@ -9,7 +9,6 @@ from starlette.exceptions import HTTPException
 from engine.api.auth import Editor, Reader
 from engine.api.schemas import ArticleIn, ArticleOut, PathArticle, PathName
 from engine.assist.knowledge import Article
-from engine.calls import CallManager
 from engine.content import Content
 from engine.escalation import Rule
 
@@ -17,8 +16,8 @@ router = APIRouter(prefix="/api/v1")
 
 
 def _content(request: Request) -> Content:
-    manager: CallManager = request.app.state.calls
-    return manager.content
+    content: Content = request.app.state.content
+    return content
 
 
 @router.put("/escalation-rules/{rule_id}", response_model=Rule, tags=["escalation"])

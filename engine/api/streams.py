@@ -26,6 +26,8 @@ from engine.api.auth import Principal, Who, principal, until_refused
 from engine.api.schemas import PathId
 from engine.calls import CallManager
 from engine.eventlog import EventLog
+from engine.events import EventBus
+from engine.store.db import Store
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 
@@ -43,11 +45,11 @@ async def _events(
     request_app: object, call_id: str | None, after: int
 ) -> AsyncIterator[tuple[int, str]]:
     """Replay then live, without gaps or repeats; raises Lagged if the client fell behind."""
-    manager: CallManager = request_app.state.calls  # type: ignore[attr-defined]
+    bus: EventBus = request_app.state.bus  # type: ignore[attr-defined]
     log: EventLog = request_app.state.event_log  # type: ignore[attr-defined]
-    sub = manager.bus.subscribe(call_id)  # before the replay: nothing falls in between
+    sub = bus.subscribe(call_id)  # before the replay: nothing falls in between
     if call_id is None and after == 0:  # everything, from the start of time: too much
-        after = max(0, manager.bus.oldest_id - 1)
+        after = max(0, bus.oldest_id - 1)
     try:
         last = after
         async for event_id, body in log.replay(call_id, after):
@@ -65,7 +67,8 @@ async def _events(
 
 async def _known_call(app: object, call_id: str) -> bool:
     manager: CallManager = app.state.calls  # type: ignore[attr-defined]
-    return call_id in manager.calls or await manager.store.get_call(call_id) is not None
+    store: Store = app.state.store  # type: ignore[attr-defined]
+    return manager.live(call_id) is not None or await store.get_call(call_id) is not None
 
 
 async def authorize_ws(ws: WebSocket, check: Callable[[Principal], None]) -> Principal | None:
