@@ -667,6 +667,8 @@ def test_registrar_limits_bindings_per_user() -> None:
 # -- calls we place (UAC) ------------------------------------------------------------------
 
 from media.sip.endpoint import OutboundAnswered, OutboundFailed, OutboundRinging  # noqa: E402
+from media.sip.transaction import TIMER_64T1  # noqa: E402
+from media.sip.uac import TIMER_C  # noqa: E402
 
 
 def last_request(ep: SipEndpoint) -> list[sm.SipRequest]:
@@ -779,3 +781,150 @@ def test_we_register_to_a_carrier_and_refresh() -> None:
     reply(ep, refresh, 403, 96.3)
     assert ep.events() == [RegistrationChanged("sip:carrier.example", "failed", 403)]
     assert ep.next_timer() == pytest.approx(156.3)  # and tries again in a minute
+
+
+# -- regressions: nothing is left behind ----------------------------------------------------
+
+
+def ack_for(data: bytes) -> bytes:
+    """The ACK a caller sends for a failure: the INVITE's branch, our To tag (§17.1.1.3)."""
+    resp = SipMessage.parse(data)
+    head = "".join(
+        f"{k}: {resp.headers.get_first(k)}\r\n" for k in ("Via", "From", "To", "Call-ID")
+    )
+    cseq = resp.headers.get_first("CSeq").split()[0]  # type: ignore[union-attr]
+    uri = "sip:support@engine.example"
+    return f"ACK {uri} SIP/2.0\r\n{head}CSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n".encode()
+
+
+def test_bye_on_an_early_dialog_ends_the_invite_with_487() -> None:
+    """A caller hangs up with a BYE after our 180 (an early dialog, §15): its INVITE was
+    left in Proceeding, which has no timer, so each such call kept a transaction for
+    ever and, 20 000 later, every request got 503. Now the INVITE gets 487 (§15.1.2)
+    and both transactions end; the BYE still gets its 200 and the hang-up is told."""
+    ep = endpoint()
+    for n in range(50):
+        branch, call = f"z9hG4bKearly{n}", f"early{n}@phone"
+        ep.receive(request(body=SDP, branch=branch, call_id=call), TRUNK, float(n))
+        [ev] = ep.events()
+        ep.ring(ev.call_id, float(n))
+        tag = local_tag(ep, call)
+        ep.transmit()
+        bye = request("BYE", branch=f"z9hG4bKbye{n}", cseq=2, call_id=call, to_tag=tag)
+        ep.receive(bye, TRUNK, n + 0.5)
+        out = [t.data for t in ep.transmit()]
+        assert [d.split(b"\r\n", 1)[0] for d in out] == [
+            b"SIP/2.0 200 OK",
+            b"SIP/2.0 487 Request Terminated",
+        ]
+        assert sm.tag(SipMessage.parse(out[1]).headers.get_first("to")) == tag
+        assert ep.events() == [CallTerminated(call, "remote_bye")]
+        ep.receive(ack_for(out[1]), TRUNK, n + 0.6)  # absorbed by the INVITE's transaction
+        assert ep.transmit() == []
+    ep.handle_timer(200.0)
+    assert ep._txns.server == {} and ep.dialogs == {} and ep.next_timer() is None
+
+
+def test_bye_while_a_reinvite_is_pending_ends_the_reinvite_with_487() -> None:
+    """The caller hangs up while the application still decides on its re-INVITE: the
+    re-INVITE's transaction was stranded in Proceeding; now it gets 487 and ends."""
+    ep = endpoint()
+    call_id = answered_call(ep)
+    tag = local_tag(ep, call_id)
+    ep.receive(request("ACK", branch="z9hG4bKack", to_tag=tag), TRUNK, 0.1)
+    ep.receive(request(branch="z9hG4bKre", cseq=2, to_tag=tag, body=SDP), TRUNK, 1.0)
+    assert statuses(ep) == [100]
+    ep.receive(request("BYE", branch="z9hG4bKbye", cseq=3, to_tag=tag), TRUNK, 2.0)
+    out = [t.data for t in ep.transmit()]
+    assert [d.split(b"\r\n", 1)[0] for d in out] == [
+        b"SIP/2.0 200 OK",
+        b"SIP/2.0 487 Request Terminated",
+    ]
+    assert b"CSeq: 2 INVITE" in out[1]
+    ep.answer_reinvite(call_id, SDP.encode(), 2.5)  # the application, too late: nothing
+    assert ep.transmit() == []
+    ep.receive(ack_for(out[1]), TRUNK, 2.1)
+    ep.handle_timer(100.0)
+    assert ep._txns.server == {} and ep.next_timer() is None
+
+
+def test_reject_after_answer_ends_the_call_with_a_bye_once_acknowledged() -> None:
+    """``reject()`` after ``answer()`` removed the dialog and sent nothing: the caller
+    stayed in a call nobody served. A 2xx cannot be taken back; the call ends with a BYE
+    (§15), which the callee may send only once its 2xx is acknowledged."""
+    ep = endpoint()
+    call_id = answered_call(ep)
+    ep.reject(call_id, 486, 0.2)
+    assert ep.transmit() == [] and call_id in ep.dialogs  # no 486 after a 200, no BYE yet
+    ep.receive(request("ACK", branch="z9hG4bKack", to_tag=local_tag(ep, call_id)), TRUNK, 0.3)
+    [bye] = last_request(ep)
+    assert bye.method == "BYE" and sm.tag(bye.headers.get_first("to")) == "ft1"
+    assert ep.events() == [] and call_id not in ep.dialogs  # the application is done with it
+
+    ep2 = endpoint()
+    call_id = answered_call(ep2)
+    ep2.receive(request("ACK", branch="z9hG4bKack", to_tag=local_tag(ep2, call_id)), TRUNK, 0.1)
+    ep2.events()
+    ep2.reject(call_id, 486, 1.0)  # confirmed already: the BYE goes at once
+    assert [r.method for r in last_request(ep2)] == ["BYE"] and call_id not in ep2.dialogs
+
+
+def test_provisionals_are_sent_at_the_time_given() -> None:
+    """Our 100 and 180 went through their transaction at time 0.0 whatever the clock
+    said; a timer armed on a provisional would have fired at once."""
+    ep = endpoint()
+    times: list[tuple[int, float]] = []
+    respond = ep._txns.respond
+
+    def spy(txn, resp, now):  # type: ignore[no-untyped-def]
+        times.append((resp.status_code, now))
+        return respond(txn, resp, now)
+
+    ep._txns.respond = spy  # type: ignore[method-assign]
+    ep.receive(request(body=SDP), TRUNK, 7.0)
+    [ev] = ep.events()
+    ep.ring(ev.call_id, 8.0)
+    ep.ring(ev.call_id)  # the engine's call: the time of the last message
+    assert times == [(100, 7.0), (180, 8.0), (180, 7.0)]
+
+
+def test_a_cancel_never_answered_with_487_is_given_up_after_64_t1() -> None:
+    """A trunk answers our CANCEL with 200 but never sends the INVITE's 487: the call's
+    record stayed for ever. After 64*T1 the INVITE is taken as ended (§9.1): 487 to the
+    application, and the record goes."""
+    ep = endpoint()
+    call_id = ep.invite("sip:2@198.51.100.7", TRUNK, SDP.encode(), 0.0)
+    [inv] = last_request(ep)
+    reply(ep, inv, 180, 0.1)
+    ep.events()
+    ep.hangup(call_id, 5.0)
+    [cancel] = last_request(ep)
+    reply(ep, cancel, 200, 5.1)
+    ep.handle_timer(5.0 + TIMER_64T1 - 0.1)
+    assert ep.events() == [] and len(ep._uac.outbound) == 1
+    ep.handle_timer(5.0 + TIMER_64T1)
+    assert ep.events() == [OutboundFailed(call_id, 487, "Request Terminated")]
+    assert len(ep._uac.outbound) == 0 and ep.next_timer() is None
+
+
+def test_a_call_that_rings_for_ever_is_cancelled_after_timer_c() -> None:
+    """A callee that rings and never answers kept its record for as long as it rang
+    (for ever, if the application forgot it). After Timer C we CANCEL it and tell the
+    application 408; a crossing 200 still gets ACK (the engine BYEs it), and then the
+    record goes."""
+    ep = endpoint()
+    call_id = ep.invite("sip:2@198.51.100.7", TRUNK, SDP.encode(), 0.0)
+    [inv] = last_request(ep)
+    reply(ep, inv, 180, 1.0)
+    assert ep.events() == [OutboundRinging(call_id)]
+    reply(ep, inv, 180, 100.0)  # each provisional restarts Timer C
+    ep.handle_timer(1.0 + TIMER_C)
+    assert last_request(ep) == [] and ep.events() == []
+    ep.handle_timer(100.0 + TIMER_C)
+    [cancel] = last_request(ep)
+    assert cancel.method == "CANCEL" and sm.branch(cancel) == sm.branch(inv)
+    assert ep.events() == [OutboundFailed(call_id, 408, "Request Timeout")]
+    reply(ep, inv, 487, 100.5 + TIMER_C)  # the callee's answer to it: ACKed, not told
+    assert [r.method for r in last_request(ep)] == ["ACK"] and ep.events() == []
+    ep.handle_timer(100.0 + TIMER_C + TIMER_64T1)
+    assert len(ep._uac.outbound) == 0 and ep.next_timer() is None

@@ -10,6 +10,7 @@ is never acknowledged within 64*T1 is ended with a BYE. A dialog lives through
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -36,6 +37,8 @@ from media.sip.transaction import (
     Transactions,
 )
 
+log = logging.getLogger(__name__)
+
 MAX_DIALOGS = 5_000
 
 
@@ -60,6 +63,7 @@ class Dialog:
     invite_key: Key | None = None
     reinvite_key: Key | None = None
     outbound: bool = False  # we placed it (UAC): answered once it exists
+    bye_on_ack: bool = False  # rejected after our 2xx: a BYE as soon as the ACK comes
 
 
 class Dialogs:
@@ -106,15 +110,15 @@ class Dialogs:
             invite_key=(sm.branch(req), "INVITE"),
         )
         self.table[call_id] = d
-        self.replies.provisional(txn, 100, None)
+        self.replies.provisional(txn, 100, None, now)
         self.emit(InviteReceived(call_id, req, txn.peer, user, trunk))
 
     # -- the application's answers -------------------------------------------------------
 
-    def ring(self, call_id: str) -> None:
+    def ring(self, call_id: str, now: float) -> None:
         d = self.table.get(call_id)
         if d is not None and d.state == "early" and d.ok is None:
-            self.respond_invite(d, 180)
+            self.respond_invite(d, 180, now=now)
 
     def answer(self, call_id: str, sdp: bytes, now: float) -> None:
         d = self.table.get(call_id)
@@ -127,10 +131,24 @@ class Dialogs:
     def reject(
         self, call_id: str, status: int, now: float, headers: Iterable[tuple[str, str]] = ()
     ) -> None:
-        d = self.table.pop(call_id, None)
-        if d is None or d.ok is not None:
+        """Refuse a call still ringing. Once we have sent a 2xx the INVITE cannot be
+        refused any more (its transaction is Accepted) and the call ends the only way a
+        session can, with a BYE (§15); the callee must not send it before the ACK of its
+        2xx (§15), so until the ACK comes it is owed: sent at the ACK, or by the missing
+        ACK's own BYE after 64*T1. (The dialog used to vanish with no BYE: the caller
+        stayed in a call nobody served.)"""
+        d = self.table.get(call_id)
+        if d is None:
             return
-        self.respond_invite(d, status, headers=headers, now=now)
+        if d.ok is None and not d.outbound:
+            del self.table[call_id]
+            self.respond_invite(d, status, headers=headers, now=now)
+            return
+        log.info("SIP call %s rejected after its answer: ending it with a BYE", call_id)
+        if d.state == "confirmed":
+            self.bye(d, now)
+        else:
+            d.bye_on_ack = True
 
     def answer_reinvite(
         self, call_id: str, sdp: bytes | None, now: float, status: int = 200
@@ -156,13 +174,13 @@ class Dialogs:
         *,
         body: bytes = b"",
         headers: Iterable[tuple[str, str]] = (),
-        now: float = 0.0,
+        now: float,
     ) -> bytes | None:
         txn = self.txns.server.get(d.invite_key) if d.invite_key else None
         if txn is None:
             return None
         if status < 200:
-            return self.replies.provisional(txn, status, d.local_tag)
+            return self.replies.provisional(txn, status, d.local_tag, now)
         return self.replies.final(
             txn, status, d.local_tag, now, body=body, headers=headers, contact=status < 300
         )
@@ -183,6 +201,7 @@ class Dialogs:
         d.remote_cseq = seq
         if req.method == "BYE":
             final(txn, 200, None, now)
+            self.terminate_pending(d, now)
             self.end(d)
             self.emit(CallTerminated(d.call_id, "remote_bye"))
         elif req.method == "INVITE":
@@ -191,7 +210,7 @@ class Dialogs:
                 return
             d.reinvite_key = (sm.branch(req), "INVITE")
             d.invite = req
-            self.replies.provisional(txn, 100, None)
+            self.replies.provisional(txn, 100, None, now)
             self.emit(ReinviteReceived(d.call_id, req))
         elif req.method == "INFO":
             final(txn, 200, None, now)
@@ -205,13 +224,17 @@ class Dialogs:
         else:
             final(txn, 501, None, now, headers=[("Allow", ALLOW)])
 
-    def on_ack(self, req: SipRequest) -> None:
+    def on_ack(self, req: SipRequest, now: float) -> None:
         """The ACK of our 2xx (its own transaction, §13.2.2.4): the call is confirmed."""
         d = self.table.get(req.call_id or "")
         if d is None or sm.tag(req.headers.get_first("to")) != d.local_tag:
             return  # ACKs are never answered
         if d.ok_at is not None or d.state == "early":
             d.ok_at = d.ok_giveup = None
+            if d.bye_on_ack:  # rejected after its answer: the application is done with it
+                d.state = "confirmed"
+                self.bye(d, now)
+                return
             if d.state == "early":
                 d.state = "confirmed"
                 self.emit(CallConfirmed(d.call_id))
@@ -231,6 +254,18 @@ class Dialogs:
 
     # -- ending ----------------------------------------------------------------------------
 
+    def terminate_pending(self, d: Dialog, now: float) -> None:
+        """A BYE ends the dialog while its INVITE or a re-INVITE is still unanswered: 487
+        to it (§15.1.2), so its transaction completes and ends. Left in Proceeding, which
+        has no timer, it stayed for ever, and enough such calls filled the table until
+        every request got 503."""
+        keys = [d.reinvite_key] + ([d.invite_key] if d.ok is None and not d.outbound else [])
+        d.reinvite_key = None
+        for key in keys:
+            txn = self.txns.server.get(key) if key else None
+            if txn is not None and txn.state is State.PROCEEDING:
+                self.replies.final(txn, 487, d.local_tag, now)
+
     def bye(self, d: Dialog, now: float) -> None:
         d.local_cseq = max(d.local_cseq, 1) + 1
         req = SipRequest(method="BYE", uri=d.remote_target)
@@ -244,6 +279,7 @@ class Dialogs:
         req.headers.set_single("CSeq", f"{d.local_cseq} BYE")
         req.headers.set_single("User-Agent", sm.SERVER)
         self.txns.start(req, d.peer, now)
+        self.terminate_pending(d, now)
         self.end(d)
 
     def end(self, d: Dialog) -> None:

@@ -136,6 +136,7 @@ class SipEndpoint:
         self.dialogs: dict[str, Dialog] = self._dialogs.table
         self.bindings: dict[str, dict[str, Binding]] = self._registrar.bindings
         self.malformed = 0
+        self._now = 0.0  # the latest time we were given, for ring() called without one
 
     @property
     def local_host(self) -> str:
@@ -169,6 +170,7 @@ class SipEndpoint:
         return min(times) if times else None
 
     def receive(self, data: bytes, peer: Peer, now: float) -> None:
+        self._now = max(self._now, now)
         if not data.strip():
             return  # CRLF keep-alives (RFC 5626 §3.5.1)
         try:
@@ -185,6 +187,7 @@ class SipEndpoint:
             self._on_request(msg, peer, now)
 
     def handle_timer(self, now: float) -> None:
+        self._now = max(self._now, now)
         for txn in self._txns.handle_timer(now):  # Timer B or F: nobody answered
             if txn.method == "INVITE":
                 self._uac.invite_timed_out(txn.call_id, now)
@@ -196,8 +199,10 @@ class SipEndpoint:
 
     # -- the application's answers -------------------------------------------------------
 
-    def ring(self, call_id: str) -> None:
-        self._dialogs.ring(call_id)
+    def ring(self, call_id: str, now: float | None = None) -> None:
+        """180 Ringing. Without ``now``: the time of the last message or timer (the
+        engine rings in the same turn as the INVITE it was told about)."""
+        self._dialogs.ring(call_id, self._now if now is None else now)
 
     def answer(self, call_id: str, sdp: bytes, now: float) -> None:
         self._dialogs.answer(call_id, sdp, now)
@@ -267,7 +272,7 @@ class SipEndpoint:
         key = (sm.branch(req), "INVITE" if method == "ACK" else method)
         if method == "ACK":
             if not self._txns.ack(key, now):  # not a failure's: the ACK of a 2xx
-                self._dialogs.on_ack(req)
+                self._dialogs.on_ack(req, now)
             return
         if self._txns.absorb(key, peer, now):  # a retransmission: same answer again
             return

@@ -46,11 +46,13 @@ class Replies:
         self.local = local
         self.txns = txns
 
-    def provisional(self, txn: ServerTransaction, status: int, to_tag: str | None) -> bytes:
+    def provisional(
+        self, txn: ServerTransaction, status: int, to_tag: str | None, now: float
+    ) -> bytes:
         resp = sm.response(txn.request, status, to_tag=to_tag)
         if to_tag:
             resp.headers.set_single("Contact", self.local.contact(txn.peer))
-        return self.txns.respond(txn, resp, 0.0)  # provisionals start no timer
+        return self.txns.respond(txn, resp, now)
 
     def final(
         self,

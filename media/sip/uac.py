@@ -4,8 +4,11 @@ registrations with a carrier.
 An outbound INVITE answers a 401/407 once with the trunk's credentials, ACKs a failure
 in its own transaction (§17.1.1.3) and a 2xx in a new one (§13.2.2.4), re-sending that
 ACK whenever the 2xx comes again. A CANCEL may only follow a provisional (§9.1), so a
-hang-up before one waits for it. A registration is refreshed well before it runs out
-and retried a minute after it fails.
+hang-up before one waits for it. Nothing waits for ever: a call that rings for
+``TIMER_C`` with no final answer is cancelled and fails with 408 (a proxy's Timer C,
+§16.6 item 11), and a CANCEL whose INVITE gets no final answer within 64*T1 ends it
+anyway with 487 (§9.1). A registration is refreshed well before it runs out and retried
+a minute after it fails.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from media.sip.message import SipRequest, SipResponse
 from media.sip.registrar import header_param
 from media.sip.transaction import T4, TIMER_64T1, Transactions
 
+TIMER_C = 180.0  # longest a call of ours may ring (RFC 3261 §16.6: a proxy's is > 3 min)
+
 
 @dataclass(slots=True)
 class Outbound:
@@ -50,7 +55,8 @@ class Outbound:
     cancelled: bool = False
     tried_auth: bool = False
     ack: bytes | None = None
-    expire_at: float | None = None
+    expire_at: float | None = None  # once final: forgotten then
+    give_up_at: float | None = None  # while not final: Timer C, or 64*T1 after the CANCEL
 
 
 @dataclass(slots=True)
@@ -146,11 +152,15 @@ class Uac:
         req.headers.set_single("Call-ID", out.call_id)
         req.headers.set_single("CSeq", f"{out.cseq} CANCEL")
         self.txns.start(req, out.peer, now)
+        # §9.1: a CANCEL whose INVITE gets no final answer in 64*T1 ends it all the same
+        # (a trunk that never sends the 487 kept this record for ever)
+        out.give_up_at = now + TIMER_64T1
 
     def _send_invite(self, out: Outbound, now: float, credentials: tuple[str, str] | None) -> None:
         out.cseq += 1
         out.branch = sm.new_branch()
         out.provisional = False
+        out.give_up_at = None  # Timer B runs in the new INVITE's transaction
         req = self.local.request("INVITE", out.uri, out.peer, out.branch)
         req.headers.set_single("From", f"{out.from_value};tag={out.local_tag}")
         req.headers.set_single("To", f"<{out.uri}>")
@@ -186,6 +196,8 @@ class Uac:
                 out.provisional = True
                 if out.cancelled:
                     self._send_cancel(out, now)
+            if not out.cancelled:  # each provisional restarts it, as for a proxy
+                out.give_up_at = now + TIMER_C
             # a trunk answers 100 Trying first: ringing is the first 180/183, not the
             # first provisional
             if status in (180, 183) and not out.ringing and not out.cancelled:
@@ -235,6 +247,20 @@ class Uac:
         )
         out.expire_at = now + TIMER_64T1  # absorb 200 retransmissions, then forget
         self.emit(OutboundAnswered(out.call_id, resp.body))
+
+    def _give_up(self, out: Outbound, now: float) -> None:
+        """No final answer in time: rang for Timer C (cancel it, 408) or cancelled 64*T1
+        ago (487, as the callee should have said)."""
+        out.final, out.give_up_at = True, None
+        if out.cancelled:
+            del self.outbound[out.call_id]
+            self.emit(OutboundFailed(out.call_id, 487, "Request Terminated"))
+            return
+        # kept for 64*T1: its 487 is ACKed when it comes, a crossing 200 gets ACK and BYE
+        out.cancelled, out.expire_at = True, now + TIMER_64T1
+        self._send_cancel(out, now)
+        out.give_up_at = None
+        self.emit(OutboundFailed(out.call_id, 408, "Request Timeout"))
 
     def invite_timed_out(self, call_id: str, now: float) -> None:
         """Timer B: nobody answered at all."""
@@ -333,13 +359,17 @@ class Uac:
 
     def next_timer(self) -> float | None:
         times = [o.expire_at for o in self.outbound.values() if o.expire_at]
+        times += [o.give_up_at for o in self.outbound.values() if o.give_up_at and not o.final]
         times += [r.refresh_at for r in self.registrations.values() if r.refresh_at]
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
         for call_id, out in list(self.outbound.items()):
-            if out.expire_at is not None and now >= out.expire_at:
-                del self.outbound[call_id]
+            if out.final:
+                if out.expire_at is not None and now >= out.expire_at:
+                    del self.outbound[call_id]
+            elif out.give_up_at is not None and now >= out.give_up_at:
+                self._give_up(out, now)
         for reg in self.registrations.values():
             if reg.refresh_at is not None and now >= reg.refresh_at:
                 reg.tried_auth = False
