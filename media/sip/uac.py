@@ -33,7 +33,9 @@ from media.sip.message import SipRequest, SipResponse
 from media.sip.registrar import header_param
 from media.sip.transaction import T4, TIMER_64T1, Transactions
 
-TIMER_C = 180.0  # longest a call of ours may ring (RFC 3261 §16.6: a proxy's is > 3 min)
+# longest a call of ours may ring with no new provisional (RFC 3261 §16.6: a proxy's is
+# over 3 min); longer than any ring time the engine lets a user set (300 s at most)
+TIMER_C = 330.0
 
 
 @dataclass(slots=True)
