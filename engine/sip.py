@@ -311,7 +311,7 @@ class SipFront:
         except Overloaded as exc:
             self._reject(ev.call_id, *_busy(exc))
             return
-        self.endpoint.ring(ev.call_id)
+        self.endpoint.ring(ev.call_id, self._now())
         self.transport.flush()
         pc = self._phone.get(ev.call_id)
         if pc is None:

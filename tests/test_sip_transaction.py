@@ -348,7 +348,7 @@ def test_pair_cancel_while_ringing() -> None:
     p = Pair()
     call_id = p.uac.invite("sip:support@198.51.100.7", p.to_uas, SDP, p.now)
     p.shuttle()
-    p.uas.ring(call_id)
+    p.uas.ring(call_id, p.now)
     p.shuttle()
     # the 100 came first: ringing is still reported, at the 180 (it was not: only a
     # first provisional that was a 180/183 counted)

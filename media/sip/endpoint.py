@@ -136,7 +136,6 @@ class SipEndpoint:
         self.dialogs: dict[str, Dialog] = self._dialogs.table
         self.bindings: dict[str, dict[str, Binding]] = self._registrar.bindings
         self.malformed = 0
-        self._now = 0.0  # the latest time we were given, for ring() called without one
 
     @property
     def local_host(self) -> str:
@@ -170,7 +169,6 @@ class SipEndpoint:
         return min(times) if times else None
 
     def receive(self, data: bytes, peer: Peer, now: float) -> None:
-        self._now = max(self._now, now)
         if not data.strip():
             return  # CRLF keep-alives (RFC 5626 §3.5.1)
         try:
@@ -187,7 +185,6 @@ class SipEndpoint:
             self._on_request(msg, peer, now)
 
     def handle_timer(self, now: float) -> None:
-        self._now = max(self._now, now)
         for txn in self._txns.handle_timer(now):  # Timer B or F: nobody answered
             if txn.method == "INVITE":
                 self._uac.invite_timed_out(txn.call_id, now)
@@ -199,10 +196,9 @@ class SipEndpoint:
 
     # -- the application's answers -------------------------------------------------------
 
-    def ring(self, call_id: str, now: float | None = None) -> None:
-        """180 Ringing. Without ``now``: the time of the last message or timer (the
-        engine rings in the same turn as the INVITE it was told about)."""
-        self._dialogs.ring(call_id, self._now if now is None else now)
+    def ring(self, call_id: str, now: float) -> None:
+        """180 Ringing."""
+        self._dialogs.ring(call_id, now)
 
     def answer(self, call_id: str, sdp: bytes, now: float) -> None:
         self._dialogs.answer(call_id, sdp, now)
