@@ -63,7 +63,7 @@ from media.sip.transport import SipTransport, TcpLimits
 
 if TYPE_CHECKING:
     from engine.calls import CallManager
-    from engine.callstate import Call
+    from engine.livecall import Call
     from engine.store.models import UserRow
 
 # what outbound calls and transfers may dial directly: user@host[:port], nothing else
