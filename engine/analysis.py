@@ -42,7 +42,7 @@ from engine.assist.facts import extract
 from engine.assist.knowledge import KnowledgeBase
 from engine.assist.redact import Redactor
 from engine.assist.summary import summarize
-from engine.callstate import Call, SilenceCheck
+from engine.callstate import SilenceCheck
 from engine.escalation import Decision, EmotionSample, Utterance
 from engine.events import (
     AsrFailed,
@@ -59,6 +59,7 @@ from engine.events import (
     WordTiming,
     utcnow,
 )
+from engine.livecall import Call
 from engine.metrics import Metrics
 from engine.store.models import Base, EmotionRow, EscalationRow, UtteranceRow
 from media import events as me
@@ -457,7 +458,8 @@ class Escalate:
     def _decided(self, call: Call, d: Decision) -> Iterator[Output]:
         esc_id = str(uuid.uuid4())
         now = utcnow()
-        values: dict[str, object] = {"priority": call.escalation.priority}
+        call.priority = call.escalation.priority  # the record's copy: as stored below
+        values: dict[str, object] = {"priority": call.priority}
         route = d.routes_to_human and call.escalation_reason is None
         if route:
             call.escalation_reason = d.reason

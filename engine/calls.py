@@ -64,14 +64,13 @@ from engine.callstate import (
     HOLD_PROMPT,
     MAX_WAIT_PROMPT,
     PHASES,
-    WITH_AGENT,
-    Call,
     Forbidden,
-    Leg,
     NotAllowed,
     Overloaded,
     SilenceCheck,
     UnknownCall,
+    check_on_line,
+    check_with_agent,
     common_prompts,
     queue_announcement,
     transfer_prompt,
@@ -98,6 +97,7 @@ from engine.events import (
     RecordingChanged,
     utcnow,
 )
+from engine.livecall import Call, Leg
 from engine.metrics import Metrics
 from engine.offers import PendingOffers
 from engine.prompts import VoicePrompts
@@ -835,10 +835,8 @@ class CallManager:
         """A live call this user may control: the agent on it, a supervisor, or a
         program with a control key."""
         call = self.get(call_id)
-        if user.role == "agent" and call.agent_id != user.id:
-            raise Forbidden(f"call {call_id} is not on your line")
-        if call.state not in WITH_AGENT:
-            raise NotAllowed(f"call {call_id} is {call.state}, not with an agent")
+        check_on_line(call, user.id, user.role)
+        check_with_agent(call)
         return call
 
     async def mute(self, user: Actor, call_id: str, muted: bool) -> None:
@@ -1179,8 +1177,7 @@ class CallManager:
     def _may_act(self, actor: Actor, call_id: str) -> Call:
         """A live call, in any state: an agent may act only on their own."""
         call = self.get(call_id)
-        if actor.role == "agent" and call.agent_id != actor.id:
-            raise Forbidden(f"call {call_id} is not on your line")
+        check_on_line(call, actor.id, actor.role)
         return call
 
     async def play(self, actor: Actor, call_id: str, text: str) -> float:

@@ -1,4 +1,4 @@
-"""Calls and legs as records, and the call state machine.
+"""The call record and the call state machine: plain data, no IO, no live handles.
 
 Theory of operation
 -------------------
@@ -20,27 +20,36 @@ A call is created when a caller's offer arrives and lives through:
     bridged      end       -> ended        (either side hangs up)
     held         end       -> ended
 
-``TRANSITIONS`` is the only place these live; the API docs and tests read it.
+``TRANSITIONS`` is the only place these live; the API docs and tests read it, and so
+do the desk-control guards below it (who may act on a call, in which states).
+
+The record
+----------
+``CallRecord`` and ``LegRecord`` are what a call *is*, as plain data: what another node
+needs to route it, show it, or take over its desk controls, and what could be kept in
+Redis. ``to_json``/``from_json`` carry it; ``record()`` is a deep, handle-free copy.
+The node that answered the call runs it as ``engine.livecall.Call``, a subclass that
+adds what cannot leave the node (tasks, queues, peers, pipelines, the rules engine).
+tests/test_callstate.py fails if a record type gains a field that is not plain data.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal, get_args
 
-from engine.assist.facts import Fact, FactSheet
-from engine.escalation import CallEscalation
-from engine.recording import CallRecording
+from pydantic import TypeAdapter
+
+from engine.assist.facts import FactSheet
 from engine.signals import Phase
-from media import events as me
-from media.asr import ModelChoice
-from media.audio import PcmFrame
-from media.peer import CallPeer
-from media.pipeline import LegPipeline
+from media.asr.models import ModelChoice
 
-TRANSITIONS: dict[tuple[str, str], str] = {
+CallState = Literal["new", "connecting", "active", "queued", "bridged", "held", "ended"]
+LegRole = Literal["caller", "agent"]
+
+TRANSITIONS: dict[tuple[CallState, str], CallState] = {
     ("new", "answered"): "connecting",
     ("connecting", "media"): "active",
     ("new", "end"): "ended",
@@ -57,11 +66,160 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("bridged", "end"): "ended",
     ("held", "end"): "ended",
 }
-STATES = ("new", "connecting", "active", "queued", "bridged", "held", "ended")
-WITH_AGENT = frozenset({"bridged", "held"})
+STATES: tuple[CallState, ...] = get_args(CallState)
+# the states in which an agent is on the call: the only ones the desk controls act on
+# (hold, resume, mute, transfer); see ``check_with_agent``
+WITH_AGENT: frozenset[CallState] = frozenset({"bridged", "held"})
 # who has the caller in each state, for the silence rules (engine.signals): the bot
 # while active, the agent while bridged; in any other state (queued, held) nobody
 PHASES: dict[str, Phase] = {"active": "bot", "bridged": "agent"}
+
+
+class InvalidTransition(RuntimeError):
+    """Our own code asked for a transition the table does not allow (a local bug)."""
+
+
+class UnknownCall(LookupError):
+    pass
+
+
+class NotAllowed(RuntimeError):
+    """The request is understood but not possible now (the call's state, the target's)."""
+
+
+class Forbidden(PermissionError):
+    """Not this person's call to control."""
+
+
+def next_state(call_id: str, state: CallState, event: str) -> CallState:
+    """The state ``event`` takes a call in ``state`` to; ``InvalidTransition`` if the
+    table has no such move (our bug, not the caller's)."""
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise InvalidTransition(f"call {call_id}: no '{event}' from '{state}'") from None
+
+
+# -- desk-control guards: pure reads of the record, so any node can judge a request ----
+
+
+def check_on_line(call: CallRecord, user_id: str, role: str) -> None:
+    """An agent acts only on the call they are on; supervisors and programs with a
+    control key act on any."""
+    if role == "agent" and call.agent_id != user_id:
+        raise Forbidden(f"call {call.id} is not on your line")
+
+
+def check_with_agent(call: CallRecord) -> None:
+    """Hold, resume, mute and transfer need an agent on the call (bridged or held)."""
+    if call.state not in WITH_AGENT:
+        raise NotAllowed(f"call {call.id} is {call.state}, not with an agent")
+
+
+# -- the record -----------------------------------------------------------------------
+
+
+@dataclass
+class LegRecord:
+    """One party's connection to a call: the caller, an agent, or a number a call was
+    transferred out to (an agent leg with no ``user_id``)."""
+
+    id: str
+    role: LegRole
+    transport: str  # "webrtc" or "sip"
+    user_id: str | None = None  # the agent, for agent legs
+    left: bool = False  # transferred away: its end no longer ends the call
+    # seconds between the caller's first audio and this leg's: a duration, not an
+    # instant, so it means the same on any node (it puts every speaker on one clock)
+    offset: float = 0.0
+    codec: str | None = None  # a SIP leg's audio codec (PCMU, PCMA, G722); None for WebRTC
+
+
+@dataclass
+class CallRecord:
+    """A call as plain data. Times are wall-clock (UTC); nothing here is tied to the
+    process that runs the call.
+
+    In the record, though one might doubt it:
+
+    - ``model``: which recognizer transcribes the call, chosen by the node that
+      answered it (its ``path`` and ``looked_in`` are that node's folders: shown, never
+      opened elsewhere). Plain frozen data.
+    - ``priority``: what the escalation rules' decisions have raised the call's
+      priority to, copied as each is stored (the rules engine that counts it stays on
+      the live side); ``queued_priority`` is the priority the ACD routes it with, which
+      also carries a callback's own priority.
+    - ``facts``: a ``FactSheet`` is nothing but its list of frozen facts (what was seen
+      is read off the list), so it travels as that list.
+    - ``caller_said``: the caller's redacted finals, which the summary and a new agent
+      read; never raw text.
+
+    Left on the live side (``engine.livecall.Call``), with why:
+
+    - ``queued_at``, ``bridged_at``, ``media_t0``: ``time.monotonic()`` readings, which
+      mean nothing on another node; the ACD and the handle-time sums read them. They
+      become wall-clock when routing moves off the node (issue 14, later steps).
+    - ``escalation``: the rules engine (a compiled phrase index, streaks and clocks on
+      the call's media time); it judges the media this node receives, so it stays with
+      the media. Its outcome is here: ``escalation_reason``, ``priority``.
+    - ``new_facts`` (facts not yet sent in an ``assist.updated``) and ``utterance_ids``
+      (the recognizer's per-leg index -> utterance id): bookkeeping of the analysis
+      that runs beside the media.
+    - ``events``, ``consumer``, ``tasks``, ``ended``, ``forks``, ``recording``, and the
+      legs' ``pipeline`` and ``peer``: live handles.
+    """
+
+    id: str
+    channel: str  # "webrtc" or "sip"
+    language: str
+    model: ModelChoice
+    caller: str | None
+    created_at: datetime
+    state: CallState = "new"
+    legs: Sequence[LegRecord] = field(default_factory=list)
+    answered_at: datetime | None = None
+    escalation_reason: str | None = None  # the first decision that called for a human
+    priority: int = 0  # the rules' priority, as stored with the call (see above)
+    queue_name: str | None = None
+    queue_position: int | None = None
+    queued_priority: int = 0  # the priority the ACD has for this call
+    agent_id: str | None = None
+    agent_muted: bool = False
+    previous_calls: int = 0  # earlier calls from the same caller identity
+    transferred_by: str | None = None  # username of the agent who transferred it last
+    transfer_note: str | None = None
+    summary: str = ""
+    topic: str | None = None  # the skill chosen in the phone menu (press 1 for billing...)
+    mood: str | None = None
+    trend: float = 0.0
+    facts: FactSheet = field(default_factory=FactSheet)
+    caller_said: list[str] = field(default_factory=list)  # redacted caller finals
+
+    def next_state(self, event: str) -> CallState:
+        return next_state(self.id, self.state, event)
+
+    def to_json(self) -> str:
+        """The record as JSON; a live call gives its record's fields only."""
+        return _RECORD.dump_json(self).decode()
+
+    @staticmethod
+    def from_json(text: str | bytes) -> CallRecord:
+        """A record from ``to_json``; pydantic's ``ValidationError`` if it is not one (a
+        state the table does not know, a field of the wrong type)."""
+        return _RECORD.validate_json(text)
+
+    def record(self) -> CallRecord:
+        """This call's record alone: a deep copy as plain data, whatever the live side
+        holds (a live call's legs come back as ``LegRecord``)."""
+        return _RECORD.validate_python(_RECORD.dump_python(self))
+
+
+# validates what it reads and writes each field by its declared type: a live call's
+# extra fields, and its legs' handles, are never written
+_RECORD: TypeAdapter[CallRecord] = TypeAdapter(CallRecord)
+
+
+# -- what callers hear ---------------------------------------------------------------
 
 
 def queue_announcement(position: int, wait: float | None) -> str:
@@ -92,9 +250,7 @@ def transfer_prompt(queue: str | None, agent: str | None) -> str:
     return f"I am transferring you to {who}. They will see everything we talked about."
 
 
-class InvalidTransition(RuntimeError):
-    """Our own code asked for a transition the table does not allow (a local bug)."""
-
+# -- admission ------------------------------------------------------------------------
 
 # how soon to ask again when the call store failed (a full disk, a database that does not
 # answer): HTTP 503 and SIP 503 both say it in Retry-After
@@ -119,16 +275,7 @@ class Throttled(RuntimeError):
         self.retry_after = retry_after
 
 
-class UnknownCall(LookupError):
-    pass
-
-
-class NotAllowed(RuntimeError):
-    """The request is understood but not possible now (the call's state, the target's)."""
-
-
-class Forbidden(PermissionError):
-    """Not this person's call to control."""
+# -- the call's own events -------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,88 +284,3 @@ class SilenceCheck:
     bridged), so silence rules are judged in order with the call's transcript."""
 
     now: float  # seconds of caller media so far
-
-
-@dataclass
-class Leg:
-    id: str
-    role: str
-    transport: str
-    pipeline: LegPipeline | None = None
-    peer: CallPeer | None = None
-    user_id: str | None = None  # the agent, for agent legs
-    left: bool = False  # transferred away: its end no longer ends the call
-    offset: float = 0.0  # seconds between the caller's first audio and this leg's
-    codec: str | None = None  # a SIP leg's audio codec (PCMU, PCMA, G722); None for WebRTC
-
-
-@dataclass
-class Call:
-    id: str
-    channel: str
-    language: str
-    model: ModelChoice
-    caller: str | None
-    created_at: datetime
-    state: str = "new"
-    legs: list[Leg] = field(default_factory=list)
-    escalation: CallEscalation = field(default_factory=lambda: CallEscalation([]))
-    events: asyncio.Queue[me.MediaEvent | SilenceCheck | None] = field(
-        default_factory=asyncio.Queue
-    )
-    consumer: asyncio.Task[None] | None = None  # persists + publishes media events
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    answered_at: datetime | None = None
-    media_t0: float | None = None  # time.monotonic() of the caller's first audio
-    escalation_reason: str | None = None  # the first decision that called for a human
-    queue_position: int | None = None
-    queue_name: str | None = None
-    queued_priority: int = 0  # the priority the ACD has for this call
-    agent_id: str | None = None
-    agent_muted: bool = False
-    bridged_at: float = 0.0
-    queued_at: float = 0.0  # time.monotonic()
-    previous_calls: int = 0  # earlier calls from the same caller identity
-    transferred_by: str | None = None  # username of the agent who transferred it last
-    transfer_note: str | None = None
-    summary: str = ""
-    topic: str | None = None  # the skill chosen in the phone menu (press 1 for billing...)
-    mood: str | None = None
-    trend: float = 0.0
-    facts: FactSheet = field(default_factory=FactSheet)
-    new_facts: list[Fact] = field(default_factory=list)  # not yet in an assist.updated
-    caller_said: list[str] = field(default_factory=list)  # redacted caller finals
-    utterance_ids: dict[tuple[str, int], str] = field(default_factory=dict)
-    # audio forks listening to this call: each gets (speaker role, 20 ms 16 kHz frame)
-    forks: list[Callable[[str, PcmFrame], None]] = field(default_factory=list)
-    recording: CallRecording | None = None
-
-    def next_state(self, event: str) -> str:
-        try:
-            return TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise InvalidTransition(f"call {self.id}: no '{event}' from '{self.state}'") from None
-
-    def other_peer(self, leg: Leg) -> CallPeer | None:
-        """The peer that hears ``leg`` (caller <-> agent) while they talk; on hold,
-        nobody."""
-        if self.state != "bridged" or leg.left or (leg.role == "agent" and self.agent_muted):
-            return None
-        return next(
-            (x.peer for x in self.legs if x is not leg and not x.left and x.peer is not None),
-            None,
-        )
-
-    def caller_leg(self) -> Leg:
-        return self.legs[0]
-
-    def agent_leg(self) -> Leg | None:
-        return next((x for x in self.legs if x.role == "agent" and not x.left), None)
-
-    def leg(self, leg_id: str) -> Leg | None:
-        return next((x for x in self.legs if x.id == leg_id), None)
-
-    def speaker(self, leg_id: str) -> str:
-        leg = self.leg(leg_id)
-        return leg.role if leg else "caller"

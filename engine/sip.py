@@ -63,7 +63,7 @@ from media.sip.transport import SipTransport, TcpLimits
 
 if TYPE_CHECKING:
     from engine.calls import CallManager
-    from engine.callstate import Call
+    from engine.livecall import Call
     from engine.metrics import Metrics
     from engine.store.db import Store
     from engine.store.models import UserRow

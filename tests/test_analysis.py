@@ -21,7 +21,7 @@ from engine.analysis import (
 )
 from engine.assist.knowledge import KnowledgeBase, load_articles
 from engine.assist.redact import Redactor
-from engine.callstate import Call, Leg, SilenceCheck
+from engine.callstate import SilenceCheck
 from engine.config import Settings
 from engine.escalation import CallEscalation, default_rules
 from engine.events import (
@@ -36,6 +36,7 @@ from engine.events import (
     TranscriptPartial,
     utcnow,
 )
+from engine.livecall import Call, Leg
 from engine.metrics import Metrics
 from engine.store.models import EmotionRow, EscalationRow, UtteranceRow
 from media import events as me

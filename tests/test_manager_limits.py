@@ -19,9 +19,10 @@ from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from engine.calls import CallManager
-from engine.callstate import Call, Leg, Overloaded, Throttled
+from engine.callstate import Overloaded, Throttled
 from engine.config import Settings
 from engine.events import EventBus, utcnow
+from engine.livecall import Call, Leg
 from engine.metrics import Metrics
 from engine.store.db import Store
 from media.asr import ModelChoice

@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from engine.calls import CallManager
-from engine.callstate import Call, Leg, SilenceCheck
+from engine.callstate import SilenceCheck
 from engine.escalation import (
     CallEscalation,
     Decision,
@@ -27,6 +27,7 @@ from engine.escalation import (
     load_rules,
 )
 from engine.events import utcnow
+from engine.livecall import Call, Leg
 from engine.store.models import LegRow
 from media import events as me
 from media.emotion import EmotionEstimate, Prosody

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from engine.calls import CallManager
-from engine.callstate import Call, NotAllowed
+from engine.callstate import NotAllowed
 from engine.events import EventBus, TranscriptFinal, WordTiming
+from engine.livecall import Call
 from engine.users import ApiActor
 from media import events as me
 from media.rtp import RtpSession

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.assist.numbers import normalize_phrase, normalize_text, words_of
 
@@ -123,18 +123,20 @@ def extract(
     return facts
 
 
+@dataclass
 class FactSheet:
-    """All facts of a call, first mention kept, in the order they were given."""
+    """All facts of a call, first mention kept, in the order they were given. Plain
+    data, part of the call's record (engine/callstate.py): what was seen is read off
+    the list at each add (a call has tens of facts), not kept as a second copy."""
 
-    def __init__(self) -> None:
-        self.facts: list[Fact] = []
-        self._seen: set[tuple[str, str]] = set()
+    facts: list[Fact] = field(default_factory=list)
 
     def add(self, facts: Iterable[Fact]) -> list[Fact]:
+        seen = {(f.kind, f.value) for f in self.facts}
         new = []
         for f in facts:
-            if (f.kind, f.value) not in self._seen:
-                self._seen.add((f.kind, f.value))
+            if (f.kind, f.value) not in seen:
+                seen.add((f.kind, f.value))
                 self.facts.append(f)
                 new.append(f)
         return new

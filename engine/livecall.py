@@ -1,0 +1,87 @@
+"""A call as the node that answered it runs it: the record plus its live handles.
+
+``Call`` and ``Leg`` subclass ``CallRecord`` and ``LegRecord`` (engine/callstate.py)
+and add only what cannot leave this process: the call's event queue and the tasks
+that drain it, its ended flag, audio forks and recording, the escalation rules
+engine that judges its media, and each leg's media pipeline and peer. Values that
+are plain data but mean something only here (``time.monotonic()`` readings, the
+analysis's bookkeeping) live here too, each saying why.
+
+Why subclasses, not a registry of handles keyed by call id: the code that runs a
+call (engine/calls.py, engine/analysis.py, the API) reads ``call.state`` next to
+``call.legs[0].peer`` in the same breath; with subclasses it keeps doing so, while
+the line between the two halves is still drawn by type. What may be shared is
+exactly ``CallRecord``'s fields: ``call.record()`` and ``call.to_json()`` write those
+and nothing of this module, and tests/test_callstate.py fails if a record type
+gains a live handle. ``CallManager.calls`` is already this node's registry of live
+calls; a second id-keyed map of handles would be one more thing to keep in step and
+to forget at teardown. The price: a ``Call`` *is a* ``CallRecord``, so it may be
+handed to code that reads records (the desk guards do), and anything that stores
+or sends one must go through ``record()`` or ``to_json()``, never the live object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from engine.assist.facts import Fact
+from engine.callstate import CallRecord, LegRecord, SilenceCheck
+from engine.escalation import CallEscalation
+from engine.recording import CallRecording
+from media import events as me
+from media.audio import PcmFrame
+from media.peer import CallPeer
+from media.pipeline import LegPipeline
+
+
+@dataclass
+class Leg(LegRecord):
+    pipeline: LegPipeline | None = None  # from the leg's first audio on
+    peer: CallPeer | None = None
+
+
+@dataclass
+class Call(CallRecord):
+    legs: list[Leg] = field(default_factory=list)
+    escalation: CallEscalation = field(default_factory=lambda: CallEscalation([]))
+    events: asyncio.Queue[me.MediaEvent | SilenceCheck | None] = field(
+        default_factory=asyncio.Queue
+    )
+    consumer: asyncio.Task[None] | None = None  # persists + publishes media events
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # time.monotonic() readings: this process's clock, meaningless on another node
+    media_t0: float | None = None  # the caller's first audio
+    bridged_at: float = 0.0  # the current agent came on (their handle time starts)
+    queued_at: float = 0.0  # the call joined its queue (the ACD's clock)
+    # the analysis's bookkeeping, beside the media it reads
+    new_facts: list[Fact] = field(default_factory=list)  # not yet in an assist.updated
+    utterance_ids: dict[tuple[str, int], str] = field(default_factory=dict)
+    # audio forks listening to this call: each gets (speaker role, 20 ms 16 kHz frame)
+    forks: list[Callable[[str, PcmFrame], None]] = field(default_factory=list)
+    recording: CallRecording | None = None
+
+    def other_peer(self, leg: Leg) -> CallPeer | None:
+        """The peer that hears ``leg`` (caller <-> agent) while they talk; on hold,
+        nobody."""
+        if self.state != "bridged" or leg.left or (leg.role == "agent" and self.agent_muted):
+            return None
+        return next(
+            (x.peer for x in self.legs if x is not leg and not x.left and x.peer is not None),
+            None,
+        )
+
+    def caller_leg(self) -> Leg:
+        return self.legs[0]
+
+    def agent_leg(self) -> Leg | None:
+        return next((x for x in self.legs if x.role == "agent" and not x.left), None)
+
+    def leg(self, leg_id: str) -> Leg | None:
+        return next((x for x in self.legs if x.id == leg_id), None)
+
+    def speaker(self, leg_id: str) -> str:
+        leg = self.leg(leg_id)
+        return leg.role if leg else "caller"
