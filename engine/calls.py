@@ -27,26 +27,15 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, assert_never
 
 import numpy as np
 from aiortc import RTCIceServer
-from pydantic import ValidationError
 
-from engine.acd import (
-    DEFAULT_QUEUES,
-    Acd,
-    AcdError,
-    Offer,
-    OfferExpired,
-    PresenceChanged,
-    QueueConfig,
-    load_queues,
-)
-from engine.acd import Action as AcdAction
+from engine.acd import Acd, AcdError, QueueConfig, load_queues
 from engine.analysis import (
     Analysis,
     Effect,
@@ -62,7 +51,6 @@ from engine.assist.redact import Redactor
 from engine.callstate import (
     CALLBACK_PROMPT,
     HOLD_PROMPT,
-    MAX_WAIT_PROMPT,
     PHASES,
     Forbidden,
     NotAllowed,
@@ -72,28 +60,23 @@ from engine.callstate import (
     check_on_line,
     check_with_agent,
     common_prompts,
-    queue_announcement,
     transfer_prompt,
 )
 from engine.config import IceServer, Settings
 from engine.content import QUEUE, Content
-from engine.escalation import CallEscalation, Decision
+from engine.escalation import CallEscalation
 from engine.events import (
-    AgentPresenceChanged,
     CallAnnotated,
     CallbackDone,
     CallbackRequested,
     CallEnded,
     CallMuted,
-    CallOffered,
     CallStarted,
     CallStateChanged,
     CallTransferred,
     CallWrappedUp,
     EventBase,
     EventBus,
-    OfferWithdrawn,
-    QueueUpdated,
     RecordingChanged,
     utcnow,
 )
@@ -102,16 +85,19 @@ from engine.metrics import Metrics
 from engine.offers import PendingOffers
 from engine.prompts import VoicePrompts
 from engine.recording import CallRecording
+from engine.routing import (
+    Announce,
+    Record,
+    Ring,
+    Routing,
+    StopRinging,
+    Transition,
+    UpdateCall,
+)
+from engine.routing import Effect as RoutingEffect
 from engine.spool import WriteSpool
 from engine.store.db import Store
-from engine.store.models import (
-    CallbackRow,
-    CallRow,
-    LegRow,
-    NoteRow,
-    PresenceRow,
-    UserRow,
-)
+from engine.store.models import CallbackRow, CallRow, LegRow, NoteRow, UserRow
 from engine.users import Actor
 from media import events as me
 from media import malloc
@@ -205,8 +191,7 @@ class CallManager:
                 metrics=metrics,
             )
         )
-        self.acd = Acd(load_queues(settings.queues), settings.offer_timeout)
-        self._usernames: dict[str, str] = {}
+        self.routing = Routing(load_queues(settings.queues), settings.offer_timeout, self.calls)
         self.ice_servers = aiortc_ice_servers(settings.ice_servers)
         if settings.knowledge_base:
             log.info("knowledge base: %d articles", len(self.content.knowledge.articles))
@@ -241,18 +226,14 @@ class CallManager:
                 worst_leg = max(worst_leg, waiting)
         return worst_leg + self.recognizers.pool.stats().worst_lane_seconds
 
+    @property
+    def acd(self) -> Acd:
+        """The ACD, to read its queues, line and agents (engine/routing.py drives it)."""
+        return self.routing.acd
+
     async def load_queue_changes(self) -> None:
         """Queues changed through the API win over the queues file."""
-        for row in await self.store.overrides(QUEUE):
-            if row.config is None:
-                self.acd.queues.pop(row.name, None)
-                continue
-            try:
-                self.acd.set_queue(QueueConfig.model_validate(row.config))
-            except ValidationError as exc:  # kept by an older version that let it in
-                log.error("queue %s in the database is not valid, left out: %s", row.name, exc)
-        if not self.acd.queues:  # never start without a queue to put callers in
-            self.acd.set_queue(DEFAULT_QUEUES[0])
+        self.routing.load_overrides(await self.store.overrides(QUEUE))
 
     async def set_queue(self, user: Actor, config: QueueConfig) -> None:
         self._supervisor(user)
@@ -339,12 +320,7 @@ class CallManager:
     ) -> None:
         """A caller who came through a call link goes straight to its agent or queue."""
         await self._escalated(call, reason)
-        if queue is not None and queue not in self.acd.queues:
-            queue = None  # removed since the link was made: the default queue takes it
-        try:
-            await self._enqueue_for_person(call, None, queue=queue, agent=agent_id)
-        except AcdError:  # the agent signed out since: whoever is free in the queue
-            await self._enqueue_for_person(call, None, queue=queue)
+        await self._route(self.routing.requested(call, queue=queue, agent=agent_id))
 
     async def create_phone_call(
         self,
@@ -592,11 +568,11 @@ class CallManager:
         caller = call.caller_leg().peer
         if caller is not None:
             caller.outbound.clear()  # stop the queue announcement: a person is here
-        await self._acd_actions(actions)
-        username = self._usernames.get(leg.user_id, "")
+        await self._route(self.routing.actions(actions))
+        username = self.routing.username(leg.user_id)
         await self._transition(call, "accept", username, agent_id=leg.user_id)
         self._bridge_video(call)
-        await self._queue_changed()
+        await self._route(self.routing.queue_changed())
         call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
 
     def _stop_desk_phone(self, call_id: str) -> None:
@@ -650,12 +626,39 @@ class CallManager:
         elif isinstance(effect, Emit):
             self._publish(effect.event)
         elif isinstance(effect, Route):
-            await self.route_escalation(call, effect.decision, to_person=effect.to_person)
+            escalation = self.routing.escalation(call, effect.decision, to_person=effect.to_person)
+            await self._route(escalation)
         elif isinstance(effect, Say):
             with contextlib.suppress(Exception):  # a prompt that fails is not the call's end
                 await self.say(call, effect.text, effect.while_state)
         else:  # a new kind of effect must be applied here, not dropped
             assert_never(effect)
+
+    async def _route(self, effects: Iterable[RoutingEffect]) -> None:
+        """Routing's decisions (engine/routing.py), each applied before the next is
+        made: a decision goes on from the state the last one left."""
+        for effect in effects:
+            if isinstance(effect, Emit):
+                self._publish(effect.event)
+            elif isinstance(effect, Record):
+                await self._keep(effect.what, self.store.add, effect.row)
+            elif isinstance(effect, UpdateCall):
+                await self._keep(
+                    effect.what, self.store.update_call, effect.call_id, **effect.values
+                )
+            elif isinstance(effect, Announce):
+                await self.say(effect.call, effect.text, while_state=effect.while_state)
+            elif isinstance(effect, Transition):
+                await self._transition(effect.call, effect.event, effect.reason)
+            elif isinstance(effect, Ring):
+                if self.desk_phones is not None:
+                    self.desk_phones.ring(
+                        effect.agent_id, effect.username, effect.call_id, effect.caller
+                    )
+            elif isinstance(effect, StopRinging):
+                self._stop_desk_phone(effect.call_id)
+            else:  # a new kind of effect must be applied here, not dropped
+                assert_never(effect)
 
     async def _write(self, call: Call, w: Write) -> None:
         if w.row is not None and w.values is not None:
@@ -664,61 +667,6 @@ class CallManager:
             await self._keep(w.what, self.store.add, w.row)
         elif w.values is not None:
             await self._keep(w.what, self.store.update_call, call.id, **w.values)
-
-    async def route_escalation(self, call: Call, decision: Decision, *, to_person: bool) -> None:
-        """An escalation decision, already stored and told: the first that routes to a
-        human puts an active call in the queue; any other raises a waiting call's
-        place in it, if the rule raised its priority."""
-        if to_person and call.state == "active":
-            await self._enqueue_for_person(call, decision.skill or call.topic)
-        elif call.id in self.acd.waiting:
-            await self._sync_priority(call)
-
-    async def _sync_priority(self, call: Call) -> None:
-        """Bring the ACD up to the call's priority (rules may raise it while it waits)."""
-        raised = call.escalation.priority - call.queued_priority
-        if raised > 0:
-            call.queued_priority = call.escalation.priority
-            actions = self.acd.raise_priority(call.id, raised, time.monotonic())
-            await self._queue_changed()
-            await self._acd_actions(actions)
-
-    def _queue_for(self, skill: str | None) -> str:
-        if skill:
-            for q in self.acd.queues.values():
-                if skill in q.skills:
-                    return q.name
-        return next(iter(self.acd.queues))
-
-    async def _enqueue_for_person(
-        self,
-        call: Call,
-        skill: str | None,
-        *,
-        queue: str | None = None,
-        agent: str | None = None,
-    ) -> None:
-        queue = queue if queue in self.acd.queues else self._queue_for(skill)
-        # no queue for that skill: wait in the default queue for an agent who has it
-        skills = {skill} if skill and skill not in self.acd.queues[queue].skills else set()
-        call.queue_name, call.queued_at = queue, time.monotonic()
-        # for listing calls by queue; a failing disk must not keep the caller from a person
-        await self._keep(f"call {call.id} queue", self.store.update_call, call.id, queue=queue)
-        if call.ended.is_set():
-            # the caller hung up (a call's last words are handled as it ends): end_call
-            # has left the queue already, and nothing else would take it out again
-            return
-        # the call's whole priority so far, including rules that fired before routing
-        call.queued_priority = call.escalation.priority
-        actions = self.acd.enqueue(
-            call.id, queue, call.queued_at, priority=call.queued_priority, skills=skills,
-            agent=agent,
-        )  # fmt: skip
-        await self._transition(call, "queue", queue)
-        # ring an agent before speaking to the caller: the prompt's synthesis takes a
-        # moment that the agent should not wait for
-        await self._acd_actions(actions)
-        await self._queue_changed(announce=call)
 
     async def connect_callback(
         self, user: UserRow, row: CallbackRow, peer: CallPeer, codec: str
@@ -730,7 +678,7 @@ class CallManager:
         await self.finish_callback(user, row.id)
         call.escalation.priority = max(call.escalation.priority, row.priority)
         await self._escalated(call, "callback the caller asked for")
-        await self._enqueue_for_person(call, None, queue=row.queue, agent=user.id)
+        await self._route(self.routing.enqueue(call, None, queue=row.queue, agent=user.id))
         return call
 
     async def connect_outbound(
@@ -745,89 +693,43 @@ class CallManager:
             await self.say(call, prompt)
         if queue is not None or agent_id is not None:
             await self._escalated(call, f"outbound call placed by {by}")
-            await self._enqueue_for_person(call, None, queue=queue, agent=agent_id)
+            await self._route(self.routing.enqueue(call, None, queue=queue, agent=agent_id))
         return call
-
-    async def _queue_changed(self, announce: Call | None = None) -> None:
-        """Tell every waiting caller where they stand; say it to ``announce``."""
-        for position, waiting in enumerate(self.acd.line(), 1):
-            call = self.calls.get(waiting.call_id)
-            if call is None:
-                continue
-            wait = self.acd.expected_wait(call.id)
-            if call is not announce and call.queue_position == position:
-                continue
-            call.queue_position = position
-            text = None
-            if call is announce:
-                text = queue_announcement(position, wait)
-                await self.say(call, text, while_state="queued")
-            self._publish(
-                QueueUpdated(
-                    call_id=call.id,
-                    queue=waiting.queue,
-                    position=position,
-                    priority=waiting.priority,
-                    expected_wait=None if wait is None else round(wait, 1),
-                    announcement=text,
-                )
-            )
 
     # -- agents -------------------------------------------------------------------
 
     async def agent_presence(self, user: UserRow, event: str) -> str:
         """An agent asks to log in, go available or away, or log out."""
-        self._usernames[user.id] = user.username
-        self.acd.add_agent(user.id, set(user.skills))
-        await self._acd_actions(self.acd.presence(user.id, event, time.monotonic()))
-        return self.acd.agents[user.id].presence
+        await self._route(self.routing.presence(user, event))
+        return self.routing.presence_of(user.id)
 
     async def user_changed(self, user: UserRow) -> None:
         """Skills changed take effect for the next offer; a removed role stops offers."""
-        if user.id in self.acd.agents:
-            if user.role == "agent":
-                self.acd.add_agent(user.id, set(user.skills))
-            else:
-                await self.agent_gone(user.id)
+        await self._route(self.routing.user_changed(user))
 
     async def agent_gone(self, user_id: str) -> None:
         """The person can no longer take calls (removed, or no longer an agent)."""
-        agent = self.acd.agents.get(user_id)
-        if agent is None:
-            return
-        if agent.presence in ("ringing", "on_call"):
-            raise NotAllowed("this agent is ringing or on a call; try again after it")
-        if agent.presence != "offline":
-            await self._acd_actions(self.acd.presence(user_id, "logout", time.monotonic()))
-        del self.acd.agents[user_id]
+        await self._route(self.routing.agent_gone(user_id))
 
     def offered_to(self, user_id: str, call_id: str) -> bool:
-        agent = self.acd.agents.get(user_id)
-        return agent is not None and agent.offered == call_id
+        return self.routing.offered_to(user_id, call_id)
 
     def presence_of(self, user_id: str) -> str:
-        agent = self.acd.agents.get(user_id)
-        return agent.presence if agent else "offline"
+        return self.routing.presence_of(user_id)
 
     def agent_named(self, username: str) -> str | None:
         """The id of the signed-in agent with this username, if any."""
-        return next((uid for uid, name in self._usernames.items() if name == username), None)
+        return self.routing.agent_named(username)
 
     async def ring_agent(self, call: Call, agent_id: str) -> None:
         """A caller who dialled an agent directly: offer the call to that agent only (it
         falls back to the queue if they do not answer)."""
-        who = self._usernames.get(agent_id, "an agent")
+        who = self.routing.username(agent_id, "an agent")
         await self._escalated(call, f"dialled {who} directly", at=False)
-        try:
-            await self._enqueue_for_person(call, None, agent=agent_id)
-        except AcdError:  # they signed out in the meantime: the queue takes the call
-            await self._enqueue_for_person(call, None)
+        await self._route(self.routing.requested(call, agent=agent_id))
 
     async def decline(self, user_id: str, call_id: str) -> None:
-        actions = self.acd.decline(user_id, call_id, time.monotonic())
-        self._stop_desk_phone(call_id)
-        self._publish(OfferWithdrawn(call_id=call_id, agent_id=user_id, reason="declined"))
-        await self._acd_actions(actions)
+        await self._route(self.routing.decline(user_id, call_id))
 
     # -- the agent's desk: controls on a live call, and after it --------------------
 
@@ -917,8 +819,8 @@ class CallManager:
         actions = self.acd.enqueue(
             call.id, queue, now, priority=call.queued_priority, agent=target.id if target else None
         )
-        await self._queue_changed()
-        await self._acd_actions(actions)
+        await self._route(self.routing.queue_changed())
+        await self._route(self.routing.actions(actions))
         if leg is not None:
             await self._close_leg(call, leg)
 
@@ -929,12 +831,10 @@ class CallManager:
         goes to wrap-up, ``record`` is kept as the hand-over note, and the caller stops
         hearing what was queued for them. The leg, to close once the call has moved on."""
         leg, from_agent = call.agent_leg(), call.agent_id
-        now = time.monotonic()
         if leg is not None:
             leg.left = True  # from here its end does not end the call
         call.agent_id, call.agent_muted = None, False
-        if from_agent is not None and from_agent in self.acd.agents:
-            await self._acd_actions(self.acd.hangup(from_agent, now, now - call.bridged_at))
+        await self._route(self.routing.hung_up(from_agent, call.bridged_at))
         call.transferred_by, call.transfer_note = user.username, note
         note_row = NoteRow(call_id=call.id, author_id=user.id, author=user.username,
                            kind="transfer", text=record, created_at=utcnow())  # fmt: skip
@@ -1041,7 +941,7 @@ class CallManager:
             requested_at=utcnow(),
         )
         await self.store.add(row)
-        await self._leave_queue(call, "callback_requested")
+        await self._route(self.routing.leave(call, "callback_requested"))
         self._publish(
             CallbackRequested(
                 call_id=call.id,
@@ -1073,82 +973,14 @@ class CallManager:
         self._publish(CallbackDone(call_id=row.call_id, callback_id=row.id, by=user.username))
         return row
 
-    async def _offer_callback(self, call_id: str) -> None:
-        call = self.calls.get(call_id)
-        waiting = self.acd.waiting.get(call_id)
-        if call is None or waiting is None:
-            return
-        log.info("call %s has waited the queue's maximum: offering a callback", call_id)
-        await self.say(call, MAX_WAIT_PROMPT, while_state="queued")
-        self._publish(
-            QueueUpdated(
-                call_id=call.id,
-                queue=waiting.queue,
-                position=self.acd.position(call_id),
-                priority=waiting.priority,
-                expected_wait=self.acd.expected_wait(call_id),
-                announcement=MAX_WAIT_PROMPT,
-                callback_offered=True,
-            )
-        )
-
-    async def _acd_actions(self, actions: list[AcdAction]) -> None:
-        for a in actions:
-            if isinstance(a, PresenceChanged):
-                # kept, not raised: a failing disk must not stop the routing half-done
-                row = PresenceRow(
-                    user_id=a.agent_id, presence=a.presence, previous=a.previous, at=utcnow()
-                )
-                await self._keep(f"agent {a.agent_id} presence", self.store.add, row)
-                self._publish(
-                    AgentPresenceChanged(
-                        agent_id=a.agent_id,
-                        username=self._usernames.get(a.agent_id, ""),
-                        presence=a.presence,
-                        previous=a.previous,
-                    )
-                )
-            elif isinstance(a, Offer):
-                self._publish(self._offer(a))
-                if self.desk_phones is not None:
-                    call = self.calls[a.call_id]
-                    username = self._usernames.get(a.agent_id, "")
-                    self.desk_phones.ring(a.agent_id, username, a.call_id, call.caller)
-            elif isinstance(a, OfferExpired):
-                self._stop_desk_phone(a.call_id)
-                self._publish(
-                    OfferWithdrawn(call_id=a.call_id, agent_id=a.agent_id, reason="no_answer")
-                )
-            else:  # MaxWaitReached: offer a callback instead of more waiting
-                await self._offer_callback(a.call_id)
-
-    def _offer(self, offer: Offer) -> CallOffered:
-        call = self.calls[offer.call_id]
-        now = time.monotonic()
-        return CallOffered(
-            call_id=call.id,
-            agent_id=offer.agent_id,
-            expires_in=round(offer.expires_at - now, 1),
-            channel=call.channel,
-            caller=call.caller,
-            waited=round(now - call.queued_at, 1),
-            queue=call.queue_name or "",
-            escalation_reason=call.escalation_reason,
-            emotion=call.mood,
-            summary=summary_of(call),
-            previous_calls=call.previous_calls,
-            transferred_by=call.transferred_by,
-            transfer_note=call.transfer_note,
-        )
-
     async def run_acd_timers(self) -> None:
         """Offer timeouts and maximum waits: wake when the ACD's next timer is due."""
         while True:
-            due = self.acd.next_timer()
+            due = self.routing.next_timer()
             now = time.monotonic()
             await asyncio.sleep(1.0 if due is None else min(1.0, max(0.0, due - now)))
             try:
-                await self._acd_actions(self.acd.tick(time.monotonic()))
+                await self._route(self.routing.tick())
             except Exception:  # a failing store must not stop the timers of every call
                 log.exception("ACD timer step failed")
 
@@ -1264,10 +1096,8 @@ class CallManager:
             return
         call.ended.set()
         self.offers.done(call_id)
-        if call.agent_id is not None and call.agent_id in self.acd.agents:
-            handle = time.monotonic() - call.bridged_at
-            await self._acd_actions(self.acd.hangup(call.agent_id, time.monotonic(), handle))
-        await self._leave_queue(call, "caller_left")
+        await self._route(self.routing.hung_up(call.agent_id, call.bridged_at))
+        await self._route(self.routing.leave(call, "caller_left"))
         current = asyncio.current_task()
         for leg in call.legs:
             if leg.pipeline is not None:
@@ -1309,16 +1139,6 @@ class CallManager:
         # rather than let them scatter (see media.malloc)
         await asyncio.to_thread(malloc.trim)
         log.info("call %s ended: %s after %.1f s", call.id, reason, duration)
-
-    async def _leave_queue(self, call: Call, reason: str) -> None:
-        if (waiting := self.acd.waiting.get(call.id)) is None:
-            return
-        if waiting.offered_to is not None:
-            withdrawn = OfferWithdrawn(call_id=call.id, agent_id=waiting.offered_to, reason=reason)
-            self._publish(withdrawn)
-            self._stop_desk_phone(call.id)
-        await self._acd_actions(self.acd.remove(call.id, time.monotonic()))
-        await self._queue_changed()
 
     async def shutdown(self) -> None:
         await asyncio.gather(

@@ -25,7 +25,7 @@ from engine.inputs import lone_surrogate
 from engine.store.db import Store
 
 log = logging.getLogger(__name__)
-# kinds of override kept in the database (queues are applied by the ACD, in calls.py)
+# kinds of override kept in the database (queues are applied by the ACD, in routing.py)
 QUEUE, RULE, ARTICLE = "queue", "rule", "article"
 
 

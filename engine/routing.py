@@ -1,0 +1,399 @@
+"""Routing: what the contact center does with a call that needs a person. Sans-IO.
+
+Theory of operation
+-------------------
+``Routing`` owns the ACD (engine/acd.py) and drives it: which queue a call goes to
+(the queue of its skill, else the first), the priority it waits with, the positions
+its line is told, what agents' presence changes mean (stored, published), what an
+offer carries to the agent and to their desk phone, and what a declined, expired or
+withdrawn offer, a caller who leaves or an agent who goes means for everyone else.
+
+Every decision is a generator of effects, the pattern of engine/analysis.py:
+
+    Emit        an event for the bus (offers, withdrawn offers, positions, presence)
+    Record      a row the engine must not lose (an agent's presence change)
+    UpdateCall  values set on a call's record (the queue it waits in)
+    Announce    a prompt to a waiting caller (their place in line, a callback offer)
+    Transition  the call's state machine moves (engine/callstate.py: ``queue``)
+    Ring        ring the agent's desk phone along with their browser (engine/sip.py)
+    StopRinging the desk phone stops: the offer was answered, declined or withdrawn
+
+Routing never does IO. The engine applies each effect before it asks for the next
+(``CallManager._route``), so a decision goes on from the state the effect left,
+exactly as when the call manager did it inline: a prompt is synthesised and the line
+may have moved meanwhile. An ``AcdError`` (an agent signed out, a call no longer
+waiting) comes out of the generator as it came out of the ACD. Tests drive it with a
+fake clock and lists (tests/test_routing.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import assert_never
+
+from pydantic import ValidationError
+
+from engine.acd import (
+    DEFAULT_QUEUES,
+    Acd,
+    AcdError,
+    MaxWaitReached,
+    Offer,
+    OfferExpired,
+    PresenceChanged,
+    QueueConfig,
+)
+from engine.acd import Action as AcdAction
+from engine.analysis import Emit, summary_of
+from engine.callstate import MAX_WAIT_PROMPT, Call, NotAllowed, queue_announcement
+from engine.escalation import Decision
+from engine.events import (
+    AgentPresenceChanged,
+    CallOffered,
+    OfferWithdrawn,
+    QueueUpdated,
+    utcnow,
+)
+from engine.store.models import OverrideRow, PresenceRow, UserRow
+
+log = logging.getLogger(__name__)
+
+
+# -- what routing asks to be done -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A row the engine must not lose: written now or once storage is back."""
+
+    what: str  # for the log, if storage fails and it waits in the spool
+    row: PresenceRow
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateCall:
+    """Values set on a call's record, kept like ``Record``."""
+
+    what: str
+    call_id: str
+    values: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """Say ``text`` to the caller if, once it is synthesised, the call is still in one
+    of ``while_state`` (an agent may answer meanwhile)."""
+
+    call: Call
+    text: str
+    while_state: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    call: Call
+    event: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """The agent's desk phone rings with the call, if they have one."""
+
+    agent_id: str
+    username: str
+    call_id: str
+    caller: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StopRinging:
+    call_id: str
+
+
+Effect = Emit | Record | UpdateCall | Announce | Transition | Ring | StopRinging
+
+
+class Routing:
+    """The ACD and the decisions around it, for the calls of ``calls`` (the engine's
+    live calls, read only). ``clock``: monotonic seconds, what the ACD runs on."""
+
+    def __init__(
+        self,
+        queues: list[QueueConfig],
+        offer_timeout: float,
+        calls: Mapping[str, Call],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.acd = Acd(queues, offer_timeout)
+        self.calls = calls
+        self.clock = clock
+        # the agents who have signed in, for events and desk phones (the ACD knows ids)
+        self._usernames: dict[str, str] = {}
+
+    # -- queues ---------------------------------------------------------------------
+
+    def load_overrides(self, rows: Iterable[OverrideRow]) -> None:
+        """Queues changed through the API win over the queues file (``config`` None:
+        removed)."""
+        for row in rows:
+            if row.config is None:
+                self.acd.queues.pop(row.name, None)
+                continue
+            try:
+                self.acd.set_queue(QueueConfig.model_validate(row.config))
+            except ValidationError as exc:  # kept by an older version that let it in
+                log.error("queue %s in the database is not valid, left out: %s", row.name, exc)
+        if not self.acd.queues:  # never start without a queue to put callers in
+            self.acd.set_queue(DEFAULT_QUEUES[0])
+
+    def queue_for(self, skill: str | None) -> str:
+        """The first queue with ``skill``; without one, the first queue."""
+        if skill:
+            for q in self.acd.queues.values():
+                if skill in q.skills:
+                    return q.name
+        return next(iter(self.acd.queues))
+
+    # -- agents: what they are --------------------------------------------------------
+
+    def presence_of(self, user_id: str) -> str:
+        agent = self.acd.agents.get(user_id)
+        return agent.presence if agent else "offline"
+
+    def offered_to(self, user_id: str, call_id: str) -> bool:
+        agent = self.acd.agents.get(user_id)
+        return agent is not None and agent.offered == call_id
+
+    def agent_named(self, username: str) -> str | None:
+        """The id of the signed-in agent with this username, if any."""
+        return next((uid for uid, name in self._usernames.items() if name == username), None)
+
+    def username(self, agent_id: str, default: str = "") -> str:
+        return self._usernames.get(agent_id, default)
+
+    # -- calls that need a person -----------------------------------------------------
+
+    def escalation(self, call: Call, decision: Decision, *, to_person: bool) -> Iterator[Effect]:
+        """An escalation decision, already stored and told: the first that routes to a
+        human puts an active call in the queue; any other raises a waiting call's
+        place in it, if the rule raised its priority."""
+        if to_person and call.state == "active":
+            yield from self.enqueue(call, decision.skill or call.topic)
+        elif call.id in self.acd.waiting:
+            yield from self.sync_priority(call)
+
+    def requested(
+        self, call: Call, *, queue: str | None = None, agent: str | None = None
+    ) -> Iterator[Effect]:
+        """A call for a named queue or agent (a call link, a dialled agent): a queue
+        removed since goes to the default queue, and an agent who signed out since
+        leaves the call to whoever is free in the queue."""
+        if queue is not None and queue not in self.acd.queues:
+            queue = None
+        try:
+            yield from self.enqueue(call, None, queue=queue, agent=agent)
+        except AcdError:
+            yield from self.enqueue(call, None, queue=queue)
+
+    def enqueue(
+        self,
+        call: Call,
+        skill: str | None,
+        *,
+        queue: str | None = None,
+        agent: str | None = None,
+    ) -> Iterator[Effect]:
+        """Put the call in line for ``queue`` (else the queue of ``skill``), for
+        ``agent`` alone if given; ``AcdError`` if that agent is offline."""
+        queue = queue if queue in self.acd.queues else self.queue_for(skill)
+        # no queue for that skill: wait in the default queue for an agent who has it
+        skills = {skill} if skill and skill not in self.acd.queues[queue].skills else set()
+        call.queue_name, call.queued_at = queue, self.clock()
+        # for listing calls by queue; a failing disk must not keep the caller from a person
+        yield UpdateCall(f"call {call.id} queue", call.id, {"queue": queue})
+        if call.ended.is_set():
+            # the caller hung up (a call's last words are handled as it ends): end_call
+            # has left the queue already, and nothing else would take it out again
+            return
+        # the call's whole priority so far, including rules that fired before routing
+        call.queued_priority = call.escalation.priority
+        actions = self.acd.enqueue(
+            call.id, queue, call.queued_at, priority=call.queued_priority, skills=skills,
+            agent=agent,
+        )  # fmt: skip
+        yield Transition(call, "queue", queue)
+        # ring an agent before speaking to the caller: the prompt's synthesis takes a
+        # moment that the agent should not wait for
+        yield from self.actions(actions)
+        yield from self.queue_changed(announce=call)
+
+    def sync_priority(self, call: Call) -> Iterator[Effect]:
+        """Bring the ACD up to the call's priority (rules may raise it while it waits)."""
+        raised = call.escalation.priority - call.queued_priority
+        if raised > 0:
+            call.queued_priority = call.escalation.priority
+            actions = self.acd.raise_priority(call.id, raised, self.clock())
+            yield from self.queue_changed()
+            yield from self.actions(actions)
+
+    def leave(self, call: Call, reason: str) -> Iterator[Effect]:
+        """The caller leaves the line (hung up, chose a callback): an agent it rang is
+        told why and freed, and the callers behind move up."""
+        if (waiting := self.acd.waiting.get(call.id)) is None:
+            return
+        if waiting.offered_to is not None:
+            yield Emit(OfferWithdrawn(call_id=call.id, agent_id=waiting.offered_to, reason=reason))
+            yield StopRinging(call.id)
+        yield from self.actions(self.acd.remove(call.id, self.clock()))
+        yield from self.queue_changed()
+
+    def queue_changed(self, announce: Call | None = None) -> Iterator[Effect]:
+        """Tell every waiting caller whose place changed where they stand; say it to
+        ``announce``."""
+        for position, waiting in enumerate(self.acd.line(), 1):
+            call = self.calls.get(waiting.call_id)
+            if call is None:
+                continue
+            wait = self.acd.expected_wait(call.id)
+            if call is not announce and call.queue_position == position:
+                continue
+            call.queue_position = position
+            text = None
+            if call is announce:
+                text = queue_announcement(position, wait)
+                yield Announce(call, text, ("queued",))
+            yield Emit(
+                QueueUpdated(
+                    call_id=call.id,
+                    queue=waiting.queue,
+                    position=position,
+                    priority=waiting.priority,
+                    expected_wait=None if wait is None else round(wait, 1),
+                    announcement=text,
+                )
+            )
+
+    # -- agents: what they do ---------------------------------------------------------
+
+    def presence(self, user: UserRow, event: str) -> Iterator[Effect]:
+        """An agent asks to log in, go available or away, or log out."""
+        self._usernames[user.id] = user.username
+        self.acd.add_agent(user.id, set(user.skills))
+        yield from self.actions(self.acd.presence(user.id, event, self.clock()))
+
+    def user_changed(self, user: UserRow) -> Iterator[Effect]:
+        """Skills changed take effect for the next offer; a removed role stops offers."""
+        if user.id in self.acd.agents:
+            if user.role == "agent":
+                self.acd.add_agent(user.id, set(user.skills))
+            else:
+                yield from self.agent_gone(user.id)
+
+    def agent_gone(self, user_id: str) -> Iterator[Effect]:
+        """The person can no longer take calls (removed, or no longer an agent)."""
+        agent = self.acd.agents.get(user_id)
+        if agent is None:
+            return
+        if agent.presence in ("ringing", "on_call"):
+            raise NotAllowed("this agent is ringing or on a call; try again after it")
+        if agent.presence != "offline":
+            yield from self.actions(self.acd.presence(user_id, "logout", self.clock()))
+        del self.acd.agents[user_id]
+
+    def decline(self, user_id: str, call_id: str) -> Iterator[Effect]:
+        """The agent turned the call down: the next agent is offered it."""
+        actions = self.acd.decline(user_id, call_id, self.clock())
+        yield StopRinging(call_id)
+        yield Emit(OfferWithdrawn(call_id=call_id, agent_id=user_id, reason="declined"))
+        yield from self.actions(actions)
+
+    def hung_up(self, agent_id: str | None, since: float) -> Iterator[Effect]:
+        """The agent's part of a call bridged at ``since`` ended: on to wrap-up."""
+        if agent_id is not None and agent_id in self.acd.agents:
+            now = self.clock()
+            yield from self.actions(self.acd.hangup(agent_id, now, now - since))
+
+    # -- the ACD's timers and actions -------------------------------------------------
+
+    def next_timer(self) -> float | None:
+        return self.acd.next_timer()
+
+    def tick(self) -> Iterator[Effect]:
+        """Offers that rang out, callers who waited the queue's maximum."""
+        yield from self.actions(self.acd.tick(self.clock()))
+
+    def actions(self, actions: Iterable[AcdAction]) -> Iterator[Effect]:
+        """What the ACD decided, told: presence kept and published, offers to the agent
+        and their desk phone, expired offers withdrawn, long waits offered a callback."""
+        for a in actions:
+            if isinstance(a, PresenceChanged):
+                # kept, not raised: a failing disk must not stop the routing half-done
+                row = PresenceRow(
+                    user_id=a.agent_id, presence=a.presence, previous=a.previous, at=utcnow()
+                )
+                yield Record(f"agent {a.agent_id} presence", row)
+                yield Emit(
+                    AgentPresenceChanged(
+                        agent_id=a.agent_id,
+                        username=self._usernames.get(a.agent_id, ""),
+                        presence=a.presence,
+                        previous=a.previous,
+                    )
+                )
+            elif isinstance(a, Offer):
+                offered = self.offered(a)
+                yield Emit(offered)
+                username = self._usernames.get(a.agent_id, "")
+                yield Ring(a.agent_id, username, a.call_id, offered.caller)
+            elif isinstance(a, OfferExpired):
+                yield StopRinging(a.call_id)
+                yield Emit(
+                    OfferWithdrawn(call_id=a.call_id, agent_id=a.agent_id, reason="no_answer")
+                )
+            elif isinstance(a, MaxWaitReached):  # a callback instead of more waiting
+                yield from self.offer_callback(a.call_id)
+            else:
+                assert_never(a)
+
+    def offered(self, offer: Offer) -> CallOffered:
+        """What the agent sees while the call rings: everything so far."""
+        call = self.calls[offer.call_id]
+        now = self.clock()
+        return CallOffered(
+            call_id=call.id,
+            agent_id=offer.agent_id,
+            expires_in=round(offer.expires_at - now, 1),
+            channel=call.channel,
+            caller=call.caller,
+            waited=round(now - call.queued_at, 1),
+            queue=call.queue_name or "",
+            escalation_reason=call.escalation_reason,
+            emotion=call.mood,
+            summary=summary_of(call),
+            previous_calls=call.previous_calls,
+            transferred_by=call.transferred_by,
+            transfer_note=call.transfer_note,
+        )
+
+    def offer_callback(self, call_id: str) -> Iterator[Effect]:
+        call = self.calls.get(call_id)
+        waiting = self.acd.waiting.get(call_id)
+        if call is None or waiting is None:
+            return
+        log.info("call %s has waited the queue's maximum: offering a callback", call_id)
+        yield Announce(call, MAX_WAIT_PROMPT, ("queued",))
+        yield Emit(
+            QueueUpdated(
+                call_id=call.id,
+                queue=waiting.queue,
+                position=self.acd.position(call_id),
+                priority=waiting.priority,
+                expected_wait=self.acd.expected_wait(call_id),
+                announcement=MAX_WAIT_PROMPT,
+                callback_offered=True,
+            )
+        )
