@@ -48,7 +48,7 @@ from engine.acd import (
 )
 from engine.acd import Action as AcdAction
 from engine.analysis import Emit, summary_of
-from engine.callstate import MAX_WAIT_PROMPT, Call, NotAllowed, queue_announcement
+from engine.callstate import MAX_WAIT_PROMPT, NotAllowed, queue_announcement
 from engine.escalation import Decision
 from engine.events import (
     AgentPresenceChanged,
@@ -57,6 +57,7 @@ from engine.events import (
     QueueUpdated,
     utcnow,
 )
+from engine.livecall import Call
 from engine.store.models import OverrideRow, PresenceRow, UserRow
 
 log = logging.getLogger(__name__)

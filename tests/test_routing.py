@@ -14,7 +14,7 @@ import pytest
 
 from engine.acd import AcdError, QueueConfig
 from engine.analysis import Emit
-from engine.callstate import MAX_WAIT_PROMPT, Call, NotAllowed
+from engine.callstate import MAX_WAIT_PROMPT, NotAllowed
 from engine.escalation import Decision
 from engine.events import (
     AgentPresenceChanged,
@@ -24,6 +24,7 @@ from engine.events import (
     QueueUpdated,
     utcnow,
 )
+from engine.livecall import Call
 from engine.routing import (
     Announce,
     Effect,
