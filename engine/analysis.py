@@ -430,7 +430,7 @@ class Escalate:
     def _judge(call: Call, item: Item) -> list[Decision]:
         rules, ev, media = call.escalation, item.event, item.media
         if isinstance(media, SilenceCheck):
-            return rules.tick(media.now)
+            return rules.tick(media.now, dict(media.voiced))
         if isinstance(ev, TranscriptFinal):
             said = Utterance(ev.utterance_id, ev.text, ev.start, ev.end)
             if ev.speaker == "caller":

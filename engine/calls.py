@@ -598,7 +598,7 @@ class CallManager:
         while True:
             await asyncio.sleep(1.0)
             if call.state in ("active", "bridged"):
-                call.events.put_nowait(SilenceCheck(pipeline.seconds_in))
+                call.events.put_nowait(SilenceCheck(pipeline.seconds_in, call.voiced()))
 
     def _enqueue(self, call: Call, ev: me.MediaEvent) -> None:
         if isinstance(ev, me.TranscriptPartial) and call.events.qsize() >= MAX_EVENT_BACKLOG:

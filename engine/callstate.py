@@ -284,3 +284,6 @@ class SilenceCheck:
     bridged), so silence rules are judged in order with the call's transcript."""
 
     now: float  # seconds of caller media so far
+    # per side, the latest voice any of its legs' VAD heard, on the call's clock: speech
+    # not transcribed yet (a lagging recognizer) is not silence
+    voiced: tuple[tuple[str, float], ...] = ()

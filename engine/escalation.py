@@ -61,6 +61,7 @@ Actions: ``route_to_human``, ``raise_priority`` (by ``priority``),
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -461,10 +462,12 @@ class CallEscalation:
             if rule.digit == digit
         ]
 
-    def tick(self, now: float) -> list[Decision]:
+    def tick(self, now: float, voiced: Mapping[str, float] | None = None) -> list[Decision]:
+        """Time passes on the call's clock; ``voiced``: per side, the latest voice heard
+        (speech the recognizer has not given back yet is not silence)."""
         out = []
         for rule in self._open("silence"):
-            found = self.signals.silence(rule.side, rule.seconds, now)
+            found = self.signals.silence(rule.side, rule.seconds, now, voiced)
             if found is not None:
                 out.append(self._found(rule, found))
         return out

@@ -85,3 +85,13 @@ class Call(CallRecord):
     def speaker(self, leg_id: str) -> str:
         leg = self.leg(leg_id)
         return leg.role if leg else "caller"
+
+    def voiced(self) -> tuple[tuple[str, float], ...]:
+        """Per side (caller, agent), the latest voice its legs' VAD heard, on the call's
+        clock; sides not heard yet are left out (see SilenceCheck)."""
+        heard: dict[str, float] = {}
+        for leg in self.legs:
+            if leg.pipeline is not None and not leg.left and leg.pipeline.voiced_until:
+                at = leg.pipeline.voiced_until + leg.offset
+                heard[leg.role] = max(at, heard.get(leg.role, at))
+        return tuple(heard.items())

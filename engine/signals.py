@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -179,13 +180,28 @@ class Signals:
                 return Finding(at, f"{count} interruptions in {span:.0f} s", evidence)
         return None
 
-    def silence(self, side: SilentSide, seconds: float, now: float) -> Finding | None:
+    def silence(
+        self,
+        side: SilentSide,
+        seconds: float,
+        now: float,
+        voiced: Mapping[str, float] | None = None,
+    ) -> Finding | None:
+        """Whether ``side`` has been silent ``seconds`` by ``now``: since its last final,
+        or since the last voice its VAD heard (``voiced``, per side) if that is later, so
+        a caller still talking while the recognizer catches up is not silent."""
         if self.current != ("bot" if side == "caller" else "agent"):
             return None
         sides: tuple[Side, ...] = SIDES if side == "both" else (side,)
         spoke = [t for s in sides if (t := self.last[s]) is not None and t.end > self.since]
         latest = max(spoke, key=lambda t: t.end) if spoke else None
         silent_since = latest.end if latest is not None else self.since
+        speaker = latest.side if latest is not None else None
+        ids = [latest.id] if latest is not None else []
+        for s in sides:
+            heard = (voiced or {}).get(s)
+            if heard is not None and heard > max(silent_since, self.since):
+                silent_since, speaker, ids = heard, s, []  # not transcribed yet
         quiet = now - silent_since
         if quiet < seconds:
             return None
@@ -193,8 +209,8 @@ class Signals:
             "side": side,
             "silent_since": round(silent_since, 3),
             # who spoke last, and what; nobody when the silence runs from the phase's start
-            "last_speaker": latest.side if latest is not None else None,
-            "utterance_ids": [latest.id] if latest is not None else [],
+            "last_speaker": speaker,
+            "utterance_ids": ids,
         }
         return Finding(now, f"{quiet:.0f} s", evidence)
 

@@ -122,6 +122,9 @@ class LegPipeline:
         self.tap: Callable[[PcmFrame], None] | None = None
         self.dropped_chunks = 0
         self.seconds_in = 0.0
+        # leg seconds at the end of the last frame the VAD heard a voice in: silence rules
+        # read it, since a final comes only after the recognizer, which may lag
+        self.voiced_until = 0.0
 
     async def start(self) -> None:
         if self._open is not None:
@@ -154,6 +157,7 @@ class LegPipeline:
                 self._utt_samples.append(ev.frame.samples)
                 if ev.voiced:
                     self._last_voice_at = now
+                    self.voiced_until = ev.frame.end
                     if self._held is not None:  # the speaker went on after a pause
                         self._chunk.extend(self._held)
                         self._held = None

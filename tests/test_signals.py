@@ -30,6 +30,7 @@ from engine.events import utcnow
 from engine.livecall import Call, Leg
 from engine.store.models import LegRow
 from media import events as me
+from media.asr import ModelChoice
 from media.emotion import EmotionEstimate, Prosody
 from tests.test_manager_limits import manager, wait_until
 from tests.test_soak_memory import phone_call
@@ -233,6 +234,46 @@ def test_silence_of_both_sides() -> None:
     }
 
 
+def test_a_caller_still_talking_while_the_recognizer_lags_is_not_silent() -> None:
+    """The caller's last final ended at 5 s; they have been talking since 6 s, but the
+    recognizer (busy node) has not given that utterance back. The VAD heard them until
+    11.8 s: at 12 s that is not 7 s of silence (it was, by the finals alone)."""
+    esc = CallEscalation([rule(kind="silence", seconds=3, actions=["route_to_human"])])
+    esc.observe_utterance(caller(1, 2.0, 5.0))
+    assert esc.tick(12.0, {"caller": 11.8}) == []
+    (d,) = esc.tick(14.9, {"caller": 11.8})
+    assert d.evidence == {
+        "side": "caller",
+        "silent_since": 11.8,
+        "last_speaker": "caller",
+        "utterance_ids": [],  # not transcribed yet
+    }
+    # voice from before the phase began does not count for the new phase
+    esc = CallEscalation(
+        [rule(kind="silence", side="agent", seconds=3, actions=["alert_supervisor"])]
+    )
+    esc.observe_phase("agent", 20.0)
+    (d,) = esc.tick(23.0, {"agent": 19.0})
+    assert d.evidence["silent_since"] == 20.0
+
+
+def test_the_silence_check_carries_each_sides_latest_voice_on_the_call_clock() -> None:
+    call = Call("c", "sip", "en", ModelChoice("en", None, None), None, utcnow())
+    caller_leg, gone, agent_leg = (
+        Leg("l1", "caller", "sip"),
+        Leg("l2", "agent", "sip"),
+        Leg("l3", "agent", "sip", offset=30.0),
+    )
+    gone.left = True  # transferred away: its voice is not this call's any more
+    caller_leg.pipeline = types.SimpleNamespace(voiced_until=41.5)  # type: ignore[assignment]
+    gone.pipeline = types.SimpleNamespace(voiced_until=50.0)  # type: ignore[assignment]
+    agent_leg.pipeline = types.SimpleNamespace(voiced_until=12.0)  # type: ignore[assignment]
+    call.legs = [caller_leg, gone, agent_leg]
+    assert dict(call.voiced()) == {"caller": 41.5, "agent": 42.0}
+    agent_leg.pipeline = types.SimpleNamespace(voiced_until=0.0)  # type: ignore[assignment]
+    assert dict(call.voiced()) == {"caller": 41.5}  # not heard yet: left out
+
+
 def test_silence_side_defaults_to_the_caller(tmp_path: Path) -> None:
     (r,) = load_rules_text(
         tmp_path, '[[rules]]\nid = "q"\nkind = "silence"\nactions = ["route_to_human"]\n'
@@ -405,7 +446,7 @@ async def test_the_silence_clock_ticks_while_bridged_and_hold_stops_dead_air(
     async with manager(tmp_path, media_timeout=60.0) as m:
         call, _agent_leg = await bridged_phone_call(m)
         # a stand-in for the caller's pipeline: the clock reads only how much media came in
-        media = types.SimpleNamespace(seconds_in=0.0)
+        media = types.SimpleNamespace(seconds_in=0.0, voiced_until=0.0)
         call.caller_leg().pipeline = media  # type: ignore[assignment]
         task = asyncio.create_task(m._silence_clock(call, media))  # type: ignore[arg-type]
         try:
