@@ -36,7 +36,7 @@ tests/test_callstate.py fails if a record type gains a field that is not plain d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 from typing import Literal, get_args
 
@@ -127,6 +127,9 @@ class LegRecord:
     id: str
     role: LegRole
     transport: str  # "webrtc" or "sip"
+    # the rest by name only: the live subclass adds fields, and a positional argument
+    # past here would land in a different field on each side of the split
+    _: KW_ONLY
     user_id: str | None = None  # the agent, for agent legs
     left: bool = False  # transferred away: its end no longer ends the call
     # seconds between the caller's first audio and this leg's: a duration, not an
@@ -175,6 +178,7 @@ class CallRecord:
     model: ModelChoice
     caller: str | None
     created_at: datetime
+    _: KW_ONLY  # the rest by name only (see LegRecord)
     state: CallState = "new"
     legs: Sequence[LegRecord] = field(default_factory=list)
     answered_at: datetime | None = None

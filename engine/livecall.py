@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 from engine.assist.facts import Fact
 from engine.callstate import CallRecord, LegRecord, SilenceCheck
@@ -38,12 +38,14 @@ from media.pipeline import LegPipeline
 
 @dataclass
 class Leg(LegRecord):
+    _: KW_ONLY
     pipeline: LegPipeline | None = None  # from the leg's first audio on
     peer: CallPeer | None = None
 
 
 @dataclass
 class Call(CallRecord):
+    _: KW_ONLY
     legs: list[Leg] = field(default_factory=list)
     escalation: CallEscalation = field(default_factory=lambda: CallEscalation([]))
     events: asyncio.Queue[me.MediaEvent | SilenceCheck | None] = field(

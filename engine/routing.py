@@ -120,7 +120,12 @@ Effect = Emit | Record | UpdateCall | Announce | Transition | Ring | StopRinging
 
 class Routing:
     """The ACD and the decisions around it, for the calls of ``calls`` (the engine's
-    live calls, read only). ``clock``: monotonic seconds, what the ACD runs on."""
+    live calls, read only: the same mapping object for the engine's life). ``clock``:
+    monotonic seconds, what the ACD runs on.
+
+    Each decision is a generator that updates the ACD and the live call as it goes and
+    yields the effects for the engine to apply: run every one to its end (the engine's
+    ``_route`` does); one stopped early leaves a decision half made."""
 
     def __init__(
         self,

@@ -138,7 +138,11 @@ def test_a_record_round_trips_through_json() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("state", "ringing"), ("priority", "high"), ("legs", [{"id": "l", "role": "boss"}])],
+    [
+        ("state", "ringing"),
+        ("priority", "high"),
+        ("legs", [{"id": "l", "role": "boss", "transport": "sip"}]),
+    ],
 )
 def test_json_that_is_not_a_record_is_refused(field: str, value: object) -> None:
     """A record read back from shared storage is validated: a state the table does not
@@ -212,10 +216,14 @@ async def test_a_live_calls_record_leaves_its_handles_behind() -> None:
     assert "peer" not in json.loads(call.to_json())["legs"][0]
 
     # a copy, not a view: the call goes on without changing what was sent
+    sent = CallRecord.from_json(snapshot.to_json())
     call.caller_said.append("hello?")
     call.facts.add([Fact("phone", "5551234567", "utt-2", 20.0)])
+    call.legs[0].left = not call.legs[0].left
+    call.model.looked_in.append("/elsewhere")
     assert snapshot.caller_said == full_record().caller_said
     assert snapshot.facts == full_record().facts
+    assert snapshot == sent
     await asyncio.gather(*call.tasks)
 
 
