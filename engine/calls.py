@@ -16,6 +16,12 @@ transcript sorts into the order it was said.
 The bridge is a function of the call's state, read per audio frame: while
 ``bridged`` each leg's decoded audio feeds the other leg's outbound track; on
 hold, or for a muted agent, it feeds nothing (the caller hears hold audio).
+
+What a call needs decided is decided elsewhere, as generators of effects that this
+manager applies in order: the analysis stages (``_apply``), routing through the ACD
+(engine/routing.py, ``_route``), and the desk's controls and callbacks
+(engine/controls.py, engine/callbacks.py, ``_desk``). What stays here is the live
+side: peers, pipelines, tasks, the voice, the spool, and teardown.
 """
 
 from __future__ import annotations
@@ -27,10 +33,10 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, assert_never
+from typing import TYPE_CHECKING, TypeVar, assert_never
 
 import numpy as np
 from aiortc import RTCIceServer
@@ -45,39 +51,38 @@ from engine.analysis import (
     Write,
     call_stages,
     clock,
-    summary_of,
 )
 from engine.assist.redact import Redactor
+from engine.callbacks import Callbacks, ThankAndEnd, thank_and_end
+from engine.callbacks import Effect as DeskEffect
 from engine.callstate import (
-    CALLBACK_PROMPT,
-    HOLD_PROMPT,
     PHASES,
     Forbidden,
     NotAllowed,
     Overloaded,
     SilenceCheck,
     UnknownCall,
-    check_on_line,
-    check_with_agent,
     common_prompts,
-    transfer_prompt,
 )
 from engine.config import IceServer, Settings
 from engine.content import QUEUE, Content
+from engine.controls import (
+    BridgeVideo,
+    CloseLeg,
+    Controls,
+    HoldMusic,
+    Hush,
+    RunLeg,
+    Save,
+    SaveCall,
+)
 from engine.escalation import CallEscalation
 from engine.events import (
-    CallAnnotated,
-    CallbackDone,
-    CallbackRequested,
     CallEnded,
-    CallMuted,
     CallStarted,
     CallStateChanged,
-    CallTransferred,
-    CallWrappedUp,
     EventBase,
     EventBus,
-    RecordingChanged,
     utcnow,
 )
 from engine.livecall import Call, Leg
@@ -93,6 +98,7 @@ from engine.routing import (
     StopRinging,
     Transition,
     UpdateCall,
+    escalated,
 )
 from engine.routing import Effect as RoutingEffect
 from engine.spool import WriteSpool
@@ -117,13 +123,12 @@ if TYPE_CHECKING:
     from engine.sip import DeskPhones
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TEARDOWN_TIMEOUT = 10.0  # a stuck recognizer or disk must not keep a call open
 # Partials beyond this backlog are dropped (finals and emotions never are): a stalled
 # disk must not grow memory without bound.
 MAX_EVENT_BACKLOG = 1000
-# The caller hears the callback confirmation before we hang up, unless it takes longer.
-CALLBACK_PROMPT_TIMEOUT = 15.0
 HISTORY_LIMIT = 10
 # 8 kHz G.711, the line VadSettings.for_phone was tuned on (G.722 is 16 kHz wideband)
 PHONE_LINE_CODECS = frozenset({"PCMU", "PCMA"})
@@ -192,6 +197,8 @@ class CallManager:
             )
         )
         self.routing = Routing(load_queues(settings.queues), settings.offer_timeout, self.calls)
+        self.controls = Controls(self.routing, self.calls, self.redactor)
+        self.callbacks = Callbacks(self.routing)
         self.ice_servers = aiortc_ice_servers(settings.ice_servers)
         if settings.knowledge_base:
             log.info("knowledge base: %d articles", len(self.content.knowledge.articles))
@@ -638,27 +645,28 @@ class CallManager:
         """Routing's decisions (engine/routing.py), each applied before the next is
         made: a decision goes on from the state the last one left."""
         for effect in effects:
-            if isinstance(effect, Emit):
-                self._publish(effect.event)
-            elif isinstance(effect, Record):
-                await self._keep(effect.what, self.store.add, effect.row)
-            elif isinstance(effect, UpdateCall):
-                await self._keep(
-                    effect.what, self.store.update_call, effect.call_id, **effect.values
+            await self._route_one(effect)
+
+    async def _route_one(self, effect: RoutingEffect) -> None:
+        if isinstance(effect, Emit):
+            self._publish(effect.event)
+        elif isinstance(effect, Record):
+            await self._keep(effect.what, self.store.add, effect.row)
+        elif isinstance(effect, UpdateCall):
+            await self._keep(effect.what, self.store.update_call, effect.call_id, **effect.values)
+        elif isinstance(effect, Announce):
+            await self.say(effect.call, effect.text, while_state=effect.while_state)
+        elif isinstance(effect, Transition):
+            await self._transition(effect.call, effect.event, effect.reason, **effect.values)
+        elif isinstance(effect, Ring):
+            if self.desk_phones is not None:
+                self.desk_phones.ring(
+                    effect.agent_id, effect.username, effect.call_id, effect.caller
                 )
-            elif isinstance(effect, Announce):
-                await self.say(effect.call, effect.text, while_state=effect.while_state)
-            elif isinstance(effect, Transition):
-                await self._transition(effect.call, effect.event, effect.reason)
-            elif isinstance(effect, Ring):
-                if self.desk_phones is not None:
-                    self.desk_phones.ring(
-                        effect.agent_id, effect.username, effect.call_id, effect.caller
-                    )
-            elif isinstance(effect, StopRinging):
-                self._stop_desk_phone(effect.call_id)
-            else:  # a new kind of effect must be applied here, not dropped
-                assert_never(effect)
+        elif isinstance(effect, StopRinging):
+            self._stop_desk_phone(effect.call_id)
+        else:  # a new kind of effect must be applied here, not dropped
+            assert_never(effect)
 
     async def _write(self, call: Call, w: Write) -> None:
         if w.row is not None and w.values is not None:
@@ -667,19 +675,6 @@ class CallManager:
             await self._keep(w.what, self.store.add, w.row)
         elif w.values is not None:
             await self._keep(w.what, self.store.update_call, call.id, **w.values)
-
-    async def connect_callback(
-        self, user: UserRow, row: CallbackRow, peer: CallPeer, codec: str
-    ) -> Call:
-        """The customer who asked to be called back answered our call: the callback is
-        done, and the call rings the agent who placed it, with the first call's summary."""
-        number = row.contact or row.caller
-        call = await self.create_phone_call(peer, row.caller or number, codec, menu=False)
-        await self.finish_callback(user, row.id)
-        call.escalation.priority = max(call.escalation.priority, row.priority)
-        await self._escalated(call, "callback the caller asked for")
-        await self._route(self.routing.enqueue(call, None, queue=row.queue, agent=user.id))
-        return call
 
     async def connect_outbound(
         self, peer: CallPeer, codec: str, number: str, *, prompt: str | None,
@@ -731,248 +726,6 @@ class CallManager:
     async def decline(self, user_id: str, call_id: str) -> None:
         await self._route(self.routing.decline(user_id, call_id))
 
-    # -- the agent's desk: controls on a live call, and after it --------------------
-
-    def _my_call(self, user: Actor, call_id: str) -> Call:
-        """A live call this user may control: the agent on it, a supervisor, or a
-        program with a control key."""
-        call = self.get(call_id)
-        check_on_line(call, user.id, user.role)
-        check_with_agent(call)
-        return call
-
-    async def mute(self, user: Actor, call_id: str, muted: bool) -> None:
-        call = self._my_call(user, call_id)
-        if call.agent_muted != muted:
-            call.agent_muted = muted
-            self._publish(CallMuted(call_id=call.id, agent_id=call.agent_id or "", muted=muted))
-
-    async def hold(self, user: Actor, call_id: str) -> None:
-        call = self._my_call(user, call_id)
-        if call.state == "held":
-            return
-        await self._transition(call, "hold", user.username)
-        self._bridge_video(call)
-        for leg in call.legs:
-            if leg.peer is not None:
-                leg.peer.outbound.clear()  # nobody hears the other's last words twice
-        caller = call.caller_leg().peer
-        if caller is not None:
-            caller.outbound.set_background(hold_loop())
-        await self.say(call, HOLD_PROMPT, while_state="held")
-
-    async def resume(self, user: Actor, call_id: str) -> None:
-        call = self._my_call(user, call_id)
-        if call.state == "bridged":
-            return
-        caller = call.caller_leg().peer
-        if caller is not None:
-            caller.outbound.set_background(None)
-            caller.outbound.clear()
-        await self._transition(call, "resume", user.username)
-        self._bridge_video(call)
-
-    async def transfer(
-        self,
-        user: Actor,
-        call_id: str,
-        *,
-        queue: str | None = None,
-        agent: str | None = None,
-        note: str | None = None,
-    ) -> None:
-        """Hand the caller to a queue or one agent. The next agent is offered the call
-        with everything so far (transcript, facts, summary, why it escalated, this note);
-        the caller never repeats themselves."""
-        call = self._my_call(user, call_id)
-        target: UserRow | None = None
-        if agent is not None:
-            target = await self.store.user_by_name(agent)
-            if target is None or target.role != "agent":
-                raise NotAllowed(f"there is no agent '{agent}'")
-            if target.id == call.agent_id:
-                raise NotAllowed("the call is already with that agent")
-            if self.presence_of(target.id) == "offline":
-                raise NotAllowed(f"{agent} is not signed in")
-        queue = queue or call.queue_name or next(iter(self.acd.queues))
-        if queue not in self.acd.queues:
-            raise NotAllowed(f"there is no queue '{queue}'")
-        leg = await self._agent_leaves(call, user, note, note or "")
-        if call.ended.is_set():  # the caller hung up meanwhile: nothing left to hand over
-            raise NotAllowed(f"call {call_id} has ended")
-        now = time.monotonic()
-        where = f"agent {agent}" if agent else f"queue {queue}"
-        await self._transition(call, "transfer", f"transferred to {where}", agent_id=None)
-        self._bridge_video(call)
-        self._publish(
-            CallTransferred(
-                call_id=call.id, from_agent=user.username, to_queue=queue, to_agent=agent, note=note
-            )
-        )
-        prompt = transfer_prompt(queue, target.display_name if target else None)
-        await self.say(call, prompt, while_state="queued")
-        call.queue_name, call.queued_at, call.queue_position = queue, now, None
-        await self._keep(f"call {call.id} queue", self.store.update_call, call.id, queue=queue)
-        if call.ended.is_set():  # hung up meanwhile: end_call closed the legs, left the queue
-            return
-        call.queued_priority = call.escalation.priority
-        actions = self.acd.enqueue(
-            call.id, queue, now, priority=call.queued_priority, agent=target.id if target else None
-        )
-        await self._route(self.routing.queue_changed())
-        await self._route(self.routing.actions(actions))
-        if leg is not None:
-            await self._close_leg(call, leg)
-
-    async def _agent_leaves(
-        self, call: Call, user: Actor, note: str | None, record: str
-    ) -> Leg | None:
-        """The agent's leg leaves a call that goes on (a transfer, by ``user``): the agent
-        goes to wrap-up, ``record`` is kept as the hand-over note, and the caller stops
-        hearing what was queued for them. The leg, to close once the call has moved on."""
-        leg, from_agent = call.agent_leg(), call.agent_id
-        if leg is not None:
-            leg.left = True  # from here its end does not end the call
-        call.agent_id, call.agent_muted = None, False
-        await self._route(self.routing.hung_up(from_agent, call.bridged_at))
-        call.transferred_by, call.transfer_note = user.username, note
-        note_row = NoteRow(call_id=call.id, author_id=user.id, author=user.username,
-                           kind="transfer", text=record, created_at=utcnow())  # fmt: skip
-        # the agent has already left the call: the note must not fail the transfer
-        await self._keep(f"call {call.id} transfer note", self.store.add, note_row)
-        caller = call.caller_leg().peer
-        if caller is not None:
-            caller.outbound.set_background(None)
-            caller.outbound.clear()
-        return leg
-
-    def controlled_call(self, user: Actor, call_id: str) -> Call:
-        """The live call, if ``user`` may act on it (403/404/409 otherwise)."""
-        return self._my_call(user, call_id)
-
-    async def transfer_out(
-        self, user: Actor, call_id: str, peer: CallPeer, codec: str, number: str,
-        note: str | None,
-    ) -> Call:  # fmt: skip
-        """Someone outside the contact center (a number we called) answered a transfer:
-        they take the agent's place in the bridge, transcribed on the agent's side; the
-        agent goes to wrap-up."""
-        call = self._my_call(user, call_id)  # it may have changed while it rang
-        old = await self._agent_leaves(call, user, note, note or f"transferred to {number}")
-        now = time.monotonic()
-        if call.state == "held":
-            await self._transition(call, "resume", user.username)
-        leg = Leg(str(uuid.uuid4()), "agent", "sip", codec=codec)
-        leg.peer = peer
-        call.legs.append(leg)
-        call.bridged_at = now
-        call.escalation.observe_phase("agent", clock(call))  # a new person: a new clock
-        await self._keep(
-            f"leg {leg.id}", self.store.add,
-            LegRow(id=leg.id, call_id=call.id, role="agent", transport="sip", codec=codec,
-                   user_id=None, created_at=utcnow())
-        )  # fmt: skip
-        self._publish(
-            CallTransferred(
-                call_id=call.id, from_agent=user.username, to_queue="", to_agent=None,
-                to_number=number, note=note,
-            )
-        )  # fmt: skip
-        self._bridge_video(call)
-        call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
-        if old is not None:
-            await self._close_leg(call, old)
-        return call
-
-    async def _close_leg(self, call: Call, leg: Leg) -> None:
-        """A leg leaves a call that goes on: its last words are still transcribed."""
-        if leg.pipeline is not None:
-            try:
-                await asyncio.wait_for(leg.pipeline.close(), TEARDOWN_TIMEOUT)
-            except TimeoutError:
-                leg.pipeline.cancel()
-        if leg.peer is not None:
-            await leg.peer.close()
-        await self.store.end_leg(leg.id, utcnow())
-
-    async def wrap_up(
-        self, user: UserRow, call_id: str, disposition: str, notes: str, then: str
-    ) -> None:
-        """After the call: how it ended and what to remember, stored with the call; then
-        the agent is ready for the next one (or away)."""
-        record = await self.store.get_call(call_id)
-        if record is None:
-            raise UnknownCall(call_id)
-        handled = any(leg.user_id == user.id for leg in record.call.legs)
-        if not handled and user.role == "agent":
-            raise Forbidden(f"you did not take call {call_id}")
-        live = self.calls.get(call_id)
-        if live is not None and live.agent_id == user.id:
-            raise NotAllowed("hang up or transfer the call before wrapping it up")
-        now = utcnow()
-        await self.store.add(
-            NoteRow(call_id=call_id, author_id=user.id, author=user.username, kind="wrap_up",
-                    text=notes, disposition=disposition, created_at=now)
-        )  # fmt: skip
-        await self.store.update_call(call_id, disposition=disposition, wrapped_up_at=now)
-        self._publish(
-            CallWrappedUp(call_id=call_id, agent_id=user.id, disposition=disposition, notes=notes)
-        )
-        if self.presence_of(user.id) == "wrap_up":
-            await self.agent_presence(user, then)
-
-    async def request_callback(self, call_id: str, contact: str | None) -> CallbackRow:
-        """The waiting caller would rather be called back: keep their place as a
-        callback item, thank them, and end the call."""
-        call = self.get(call_id)
-        waiting = self.acd.waiting.get(call_id)
-        if call.state != "queued" or waiting is None:
-            raise NotAllowed("a callback can be requested while waiting for an agent")
-        row = CallbackRow(
-            id=str(uuid.uuid4()),
-            call_id=call.id,
-            caller=call.caller,
-            contact=contact,
-            queue=waiting.queue,
-            priority=waiting.priority,
-            summary=summary_of(call),
-            escalation_reason=call.escalation_reason,
-            status="pending",
-            requested_at=utcnow(),
-        )
-        await self.store.add(row)
-        await self._route(self.routing.leave(call, "callback_requested"))
-        self._publish(
-            CallbackRequested(
-                call_id=call.id,
-                callback_id=row.id,
-                queue=row.queue,
-                caller=row.caller,
-                contact=contact,
-                summary=row.summary,
-            )
-        )
-        call.tasks.append(asyncio.create_task(self._thank_and_end(call)))
-        return row
-
-    async def _thank_and_end(self, call: Call) -> None:
-        peer = call.caller_leg().peer
-        if peer is not None:
-            peer.outbound.clear()  # they chose: stop whatever we were still saying
-        played = await self.say(call, CALLBACK_PROMPT)
-        if played is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(played, CALLBACK_PROMPT_TIMEOUT)
-                await asyncio.sleep(0.6)  # sent is not yet heard: let the last words arrive
-        await self.end_call(call.id, "callback_requested")
-
-    async def finish_callback(self, user: Actor, callback_id: str) -> CallbackRow:
-        row = await self.store.finish_callback(callback_id, user.username, utcnow())
-        if row is None:
-            raise NotAllowed(f"no pending callback {callback_id}")
-        self._publish(CallbackDone(call_id=row.call_id, callback_id=row.id, by=user.username))
-        return row
-
     async def run_acd_timers(self) -> None:
         """Offer timeouts and maximum waits: wake when the ACD's next timer is due."""
         while True:
@@ -984,43 +737,72 @@ class CallManager:
             except Exception:  # a failing store must not stop the timers of every call
                 log.exception("ACD timer step failed")
 
+    # -- the agent's desk: controls on a live call, and after it (engine/controls.py) --
+
+    def controlled_call(self, user: Actor, call_id: str) -> Call:
+        """The live call, if ``user`` may control it (403/404/409 otherwise)."""
+        return self.controls.controlled(user, call_id)
+
+    async def mute(self, user: Actor, call_id: str, muted: bool) -> None:
+        await self._desk(self.controls.mute(self.controls.controlled(user, call_id), muted))
+
+    async def hold(self, user: Actor, call_id: str) -> None:
+        await self._desk(self.controls.hold(user, self.controls.controlled(user, call_id)))
+
+    async def resume(self, user: Actor, call_id: str) -> None:
+        await self._desk(self.controls.resume(user, self.controls.controlled(user, call_id)))
+
+    async def transfer(
+        self,
+        user: Actor,
+        call_id: str,
+        *,
+        queue: str | None = None,
+        agent: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        """Hand the caller to a queue or one agent (``Controls.transfer``)."""
+        call = self.controls.controlled(user, call_id)
+        target = await self.store.user_by_name(agent) if agent is not None else None
+        steps = self.controls.transfer(
+            user, call, queue=queue, agent=agent, target=target, note=note
+        )
+        await self._desk(steps)
+
+    async def transfer_out(
+        self, user: Actor, call_id: str, peer: CallPeer, codec: str, number: str,
+        note: str | None,
+    ) -> Call:  # fmt: skip
+        """A number we called answered a transfer: it takes the agent's place."""
+        call = self.controls.controlled(user, call_id)  # it may have changed while it rang
+        await self._desk(self.controls.transfer_out(user, call, peer, codec, number, note))
+        return call
+
+    async def wrap_up(
+        self, user: UserRow, call_id: str, disposition: str, notes: str, then: str
+    ) -> None:
+        stored = await self.store.get_call(call_id)
+        steps = self.controls.wrap_up(user, call_id, stored, disposition, notes, then)
+        await self._desk(steps)
+
     async def annotate(self, actor: Actor, call_id: str, text: str) -> NoteRow:
         """A note on a call, live or ended: stored with it and published."""
-        if call_id not in self.calls and await self.store.get_call(call_id) is None:
-            raise UnknownCall(call_id)
-        note = NoteRow(
-            call_id=call_id, author_id=actor.id, author=actor.username, kind="note",
-            text=self.redactor.redact(text).text, disposition=None, created_at=utcnow(),
-        )  # fmt: skip
-        await self.store.add(note)
-        self._publish(CallAnnotated(call_id=call_id, author=actor.username, text=note.text))
-        return note
+        known = call_id in self.calls or await self.store.get_call(call_id) is not None
+        return await self._desk(self.controls.annotate(actor, call_id, text, known=known))
 
     async def send_dtmf(self, actor: Actor, call_id: str, digits: str) -> str:
         """Keys to the caller (an IVR we called, a bank's system): RFC 4733 events to a
         phone that offered them, tones in the audio otherwise; how they went."""
-        call = self._may_act(actor, call_id)
-        peer = call.caller_leg().peer
-        if peer is None or call.state == "held":
-            raise NotAllowed(f"call {call_id} is {call.state}: no audio path to send keys on")
+        call = self.controls.on_line(actor, call_id)
+        peer = self.controls.keys_path(call)
         log.info("call %s: %s sent %d keys", call_id, actor.username, len(digits))
         return await peer.send_dtmf(digits)
-
-    def _may_act(self, actor: Actor, call_id: str) -> Call:
-        """A live call, in any state: an agent may act only on their own."""
-        call = self.get(call_id)
-        check_on_line(call, actor.id, actor.role)
-        return call
 
     async def play(self, actor: Actor, call_id: str, text: str) -> float:
         """Speak ``text`` to a live caller (after what is already playing); the seconds
         queued ahead of it."""
-        call = self._may_act(actor, call_id)
-        peer = call.caller_leg().peer
-        if not self.prompts.available:
-            raise NotAllowed("no text-to-speech voice is installed (piper or espeak-ng)")
-        if peer is None or call.state == "held":
-            raise NotAllowed(f"call {call_id} is {call.state}: the caller cannot hear a prompt")
+        call = self.controls.on_line(actor, call_id)
+        peer = self.controls.prompt_path(call, voice=self.prompts.available)
         ahead = peer.outbound.queued_seconds
         done = await self.say(call, text)
         if done is not None and done.done() and done.exception() is not None:
@@ -1030,17 +812,80 @@ class CallManager:
     def recording(self, actor: Actor, call_id: str, on: bool) -> None:
         """Start, pause or resume the call's recording (one WAV per call, silent where
         paused); it is written when the call ends."""
-        call = self._may_act(actor, call_id)
-        caller = call.caller_leg().pipeline
-        now = caller.seconds_in if caller is not None else 0.0
-        if call.recording is None:
-            if not on:
-                raise NotAllowed(f"call {call_id} is not being recorded")
-            call.recording = CallRecording(Path(self.settings.recordings_dir), call.id, now)
-        elif call.recording.active == on:
+        call = self.controls.on_line(actor, call_id)
+        change = self.controls.recording(actor, call, on)
+        if change is None:
             return
+        if call.recording is None:
+            call.recording = CallRecording(Path(self.settings.recordings_dir), call.id, change.at)
         call.recording.active = on
-        self._publish(RecordingChanged(call_id=call.id, recording=on, at=now, by=actor.username))
+        self._publish(change)
+
+    # -- callbacks (engine/callbacks.py) --------------------------------------------
+
+    async def request_callback(self, call_id: str, contact: str | None) -> CallbackRow:
+        """The waiting caller would rather be called back: keep their place as a
+        callback item, thank them, and end the call."""
+        return await self._desk(self.callbacks.request(self.get(call_id), contact))
+
+    async def finish_callback(self, user: Actor, callback_id: str) -> CallbackRow:
+        row = await self.store.finish_callback(callback_id, user.username, utcnow())
+        return await self._desk(self.callbacks.finished(user, callback_id, row))
+
+    async def connect_callback(
+        self, user: UserRow, row: CallbackRow, peer: CallPeer, codec: str
+    ) -> Call:
+        """The customer who asked to be called back answered our call: the callback is
+        done, and the call rings the agent who placed it, with the first call's summary."""
+        number = row.contact or row.caller
+        call = await self.create_phone_call(peer, row.caller or number, codec, menu=False)
+        await self.finish_callback(user, row.id)
+        await self._desk(self.callbacks.connected(call, row, user.id))
+        return call
+
+    async def _desk(self, steps: Generator[DeskEffect, None, T]) -> T:
+        """A desk decision's effects (engine/controls.py, engine/callbacks.py), each
+        applied before the next is made; what the decision answers."""
+        while True:
+            try:
+                effect = next(steps)
+            except StopIteration as done:
+                return done.value
+            if isinstance(effect, Save):
+                await self.store.add(effect.row)
+            elif isinstance(effect, SaveCall):
+                await self.store.update_call(effect.call_id, **effect.values)
+            elif isinstance(effect, Hush):
+                legs = effect.call.legs if effect.everyone else effect.call.legs[:1]
+                for leg in legs:
+                    if leg.peer is not None:
+                        leg.peer.outbound.clear()
+            elif isinstance(effect, HoldMusic):
+                if (caller := effect.call.caller_leg().peer) is not None:
+                    caller.outbound.set_background(hold_loop() if effect.on else None)
+            elif isinstance(effect, BridgeVideo):
+                self._bridge_video(effect.call)
+            elif isinstance(effect, RunLeg):
+                running = self._run_leg(effect.call, effect.leg)
+                effect.call.tasks.append(asyncio.create_task(running, name=f"leg-{effect.leg.id}"))
+            elif isinstance(effect, CloseLeg):
+                await self._close_leg(effect.call, effect.leg)
+            elif isinstance(effect, ThankAndEnd):
+                thanks = thank_and_end(effect.call, self.say, self.end_call)
+                effect.call.tasks.append(asyncio.create_task(thanks))
+            else:
+                await self._route_one(effect)
+
+    async def _close_leg(self, call: Call, leg: Leg) -> None:
+        """A leg leaves a call that goes on: its last words are still transcribed."""
+        if leg.pipeline is not None:
+            try:
+                await asyncio.wait_for(leg.pipeline.close(), TEARDOWN_TIMEOUT)
+            except TimeoutError:
+                leg.pipeline.cancel()
+        if leg.peer is not None:
+            await leg.peer.close()
+        await self.store.end_leg(leg.id, utcnow())
 
     def recording_path(self, call_id: str) -> Path:
         return Path(self.settings.recordings_dir) / f"{call_id}.wav"
@@ -1067,11 +912,7 @@ class CallManager:
     async def _escalated(self, call: Call, reason: str, *, at: bool = True) -> None:
         """Why ``call`` goes to a person, on the call and in its record (with the time,
         unless ``at`` is False), kept like every write of a live call."""
-        call.escalation_reason = reason
-        values: dict[str, object] = {"escalation_reason": reason}
-        if at:
-            values["escalated_at"] = utcnow()
-        await self._keep(f"call {call.id} escalation", self.store.update_call, call.id, **values)
+        await self._route_one(escalated(call, reason, at=at))
 
     async def _keep(
         self, what: str, write: Callable[..., Awaitable[object]], *args: object, **kw: object

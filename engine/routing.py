@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import assert_never
 
 from pydantic import ValidationError
@@ -58,7 +58,7 @@ from engine.events import (
     utcnow,
 )
 from engine.livecall import Call
-from engine.store.models import OverrideRow, PresenceRow, UserRow
+from engine.store.models import Base, OverrideRow, PresenceRow, UserRow
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Record:
     """A row the engine must not lose: written now or once storage is back."""
 
     what: str  # for the log, if storage fails and it waits in the spool
-    row: PresenceRow
+    row: Base  # an agent's presence change; a transfer's note, a new leg (engine/controls.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +98,7 @@ class Transition:
     call: Call
     event: str
     reason: str | None
+    values: Mapping[str, object] = field(default_factory=dict)  # set on the record with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,16 @@ class StopRinging:
 
 
 Effect = Emit | Record | UpdateCall | Announce | Transition | Ring | StopRinging
+
+
+def escalated(call: Call, reason: str, *, at: bool = True) -> UpdateCall:
+    """Why ``call`` goes to a person, set on the call; the update that keeps it with its
+    record (with the time, unless ``at`` is False)."""
+    call.escalation_reason = reason
+    values: dict[str, object] = {"escalation_reason": reason}
+    if at:
+        values["escalated_at"] = utcnow()
+    return UpdateCall(f"call {call.id} escalation", call.id, values)
 
 
 class Routing:

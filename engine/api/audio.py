@@ -57,7 +57,7 @@ async def audio_fork(ws: WebSocket, call_id: PathId) -> None:
     if call is None:
         await ws.close(UNKNOWN_CALL, "no live call")
         return
-    # the fork hears and speaks on the call: the rule of CallManager._may_act (play,
+    # the fork hears and speaks on the call: the rule of Controls.on_line (play,
     # recording), where an agent acts only on their own call
     who = p.identity
 
