@@ -63,6 +63,12 @@ LEAD_SECONDS = 0.3
 BACKCHANNEL_SECONDS = 1.0
 # a rising voice wobbles: a step may fall this much and the rise still counts
 STEP_TOLERANCE_DB = 1.0
+# Voice the VAD heard counts against silence only this far past the side's last final
+# (or the phase's start): the longest utterance (15 s) and a recognizer's lag. Further
+# than that with no final, it is not speech the recognizer owes us but sound it made
+# nothing of (music or traffic on an open line), which must not hold off silence
+# rules for ever; there they fire at this much instead of their own seconds.
+VOICE_AHEAD_SECONDS = 20.0
 # bounds: finals kept per side to find overlaps with the other side's late finals,
 # interruptions kept for the window, loudness kept for the longest run a rule asks for
 KEEP_TURNS = 50
@@ -200,15 +206,19 @@ class Signals:
         ids = [latest.id] if latest is not None else []
         for s in sides:
             heard = (voiced or {}).get(s)
-            if heard is not None and heard > max(silent_since, self.since):
-                silent_since, speaker, ids = heard, s, []  # not transcribed yet
+            said = self.last[s]
+            start = max(said.end if said is not None else 0.0, self.since)
+            if heard is not None and start < heard <= start + VOICE_AHEAD_SECONDS:
+                if heard > silent_since:
+                    silent_since, speaker, ids = heard, s, []  # not transcribed yet
         quiet = now - silent_since
         if quiet < seconds:
             return None
         evidence = {
             "side": side,
             "silent_since": round(silent_since, 3),
-            # who spoke last, and what; nobody when the silence runs from the phase's start
+            # who spoke last, and what: nobody when the silence runs from the phase's start,
+            # no utterance when what was heard last is not transcribed yet
             "last_speaker": speaker,
             "utterance_ids": ids,
         }

@@ -28,6 +28,7 @@ from engine.escalation import (
 )
 from engine.events import utcnow
 from engine.livecall import Call, Leg
+from engine.signals import VOICE_AHEAD_SECONDS
 from engine.store.models import LegRow
 from media import events as me
 from media.asr import ModelChoice
@@ -248,6 +249,13 @@ def test_a_caller_still_talking_while_the_recognizer_lags_is_not_silent() -> Non
         "last_speaker": "caller",
         "utterance_ids": [],  # not transcribed yet
     }
+    # sound the recognizer makes nothing of (music on an open line) goes on for ever
+    # with no final: past VOICE_AHEAD_SECONDS from the last final it is not speech owed
+    esc = CallEscalation([rule(kind="silence", seconds=3, actions=["route_to_human"])])
+    esc.observe_utterance(caller(1, 2.0, 5.0))
+    assert esc.tick(24.0, {"caller": 5.0 + VOICE_AHEAD_SECONDS}) == []
+    (d,) = esc.tick(26.0, {"caller": 25.9})
+    assert d.evidence["silent_since"] == 5.0 and d.evidence["utterance_ids"] == ["c1"]
     # voice from before the phase began does not count for the new phase
     esc = CallEscalation(
         [rule(kind="silence", side="agent", seconds=3, actions=["alert_supervisor"])]
