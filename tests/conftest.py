@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import speech
+from tests.controlplane import ControlPlane
 from tests.engine_proc import ROOT, EngineProcess
 from tests.webhook_receiver import Receiver
 
@@ -39,6 +40,14 @@ def engine(tmp_path: Path) -> Iterator[EngineProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture
+async def control_plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
+    """The engine app in the test's event loop, no process nor socket
+    (tests/controlplane.py): for tests of the control plane's logic."""
+    async with ControlPlane(tmp_path / "engine") as cp:
+        yield cp
 
 
 @pytest.fixture

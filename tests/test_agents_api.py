@@ -1,20 +1,22 @@
 """People managed through the API: an admin adds an agent, changes their skills and
-role, and removes them; their sign-in follows each change at once."""
+role, and removes them; their sign-in follows each change at once. In-process
+(tests/controlplane.py): API answers only, no media."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.client import ApiError, Client
-from tests.engine_proc import EngineProcess
+from engine.client import ApiError
+from tests.controlplane import ControlPlane
 
 
-async def test_admin_adds_changes_and_removes_an_agent(engine: EngineProcess) -> None:
-    control = engine.ccengine("keys", "create", "crm", "--scope", "control", "--quiet").strip()
+async def test_admin_adds_changes_and_removes_an_agent(control_plane: ControlPlane) -> None:
+    engine = control_plane
+    control = await engine.new_key("crm", "control")
     async with (
-        Client(engine.url, api_key=engine.api_key) as admin,
-        Client(engine.url, api_key=control) as crm,
-        Client(engine.url) as zoe,
+        engine.client(api_key=engine.api_key) as admin,
+        engine.client(api_key=control) as crm,
+        engine.client() as zoe,
     ):
         made = await admin.add_user(
             "zoe", "zoe-secret-1", skills=["billing", " retention ", ""], display_name="Zoe Ng"
@@ -49,7 +51,7 @@ async def test_admin_adds_changes_and_removes_an_agent(engine: EngineProcess) ->
         assert "zoe" not in {a.username for a in await admin.agents()}
 
         await admin.change_user("zoe", role="agent", password="new-secret-2")
-        async with Client(engine.url) as old_password:
+        async with engine.client() as old_password:
             with pytest.raises(ApiError):
                 await old_password.login("zoe", "zoe-secret-1")
         await admin.remove_user("zoe")

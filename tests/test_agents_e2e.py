@@ -1,4 +1,5 @@
-"""Agents sign in, go available, and are offered escalated calls with a preview."""
+"""Agents sign in, go available, and are offered escalated calls with a preview. Sign-in
+and queue changes are checked in-process (tests/controlplane.py); calls on engines."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import websockets
 
 from tests import speech
+from tests.controlplane import ControlPlane
 from tests.engine_proc import PAGE_HEADERS, EngineProcess
 from tests.rtc_client import Caller
 
@@ -29,12 +31,14 @@ async def login(http: httpx.AsyncClient, username: str, password: str) -> httpx.
     return await http.post("/api/v1/auth/login", json={"username": username, "password": password})
 
 
-async def test_sign_in_presence_and_auth_errors(engine: EngineProcess) -> None:
-    assert add_user(engine, "ann", "correct horse", "--skills", "billing, retention") == (
-        "added agent ann (billing, retention)\n"
+async def test_sign_in_presence_and_auth_errors(control_plane: ControlPlane) -> None:
+    engine = control_plane  # in-process; the users come from the real CLI
+    added = engine.ccengine(
+        "users", "add", "ann", "--skills", "billing, retention", stdin="correct horse\n"
     )
-    add_user(engine, "sue", "supervisor pw", "--role", "supervisor")
-    async with httpx.AsyncClient(base_url=engine.url) as http:
+    assert added == "added agent ann (billing, retention)\n"
+    await engine.add_user("sue", "supervisor pw", "--role", "supervisor")
+    async with engine.anonymous() as http:
         assert (await http.get("/api/v1/agents")).status_code == 401
         wrong = await login(http, "ann", "wrong horse")
         nobody = await login(http, "nobody", "wrong horse")
@@ -178,33 +182,23 @@ async def test_agent_answers_and_both_sides_hear_each_other(
 async def test_supervisors_change_queues_and_the_change_survives_a_restart(
     tmp_path: Path,
 ) -> None:
-    engine = EngineProcess(tmp_path / "queues").start()
-    engine.add_user("sue", "pw-sue-1", "--role", "supervisor")
-    engine.add_user("ann", "pw-ann-1")
-    try:
+    async with ControlPlane(tmp_path / "queues") as engine:  # in-process, restarted
+        await engine.add_user("sue", "pw-sue-1", "--role", "supervisor")
+        await engine.add_user("ann", "pw-ann-1")
         sue = await engine.agent("sue", "pw-sue-1")
         ann = await engine.agent("ann", "pw-ann-1")
-        try:
-            body = {"skills": ["billing"], "priority": 3, "max_wait": 120}
-            assert (await ann.put("/api/v1/queues/billing", json=body)).status_code == 403
-            r = await sue.put("/api/v1/queues/billing", json=body)
-            assert r.status_code == 200 and r.json()["skills"] == ["billing"]
-            r = await sue.put("/api/v1/queues/Bad%20Name", json=body)
-            assert r.status_code == 422
-            r = await sue.put("/api/v1/queues/vip", json={"max_wait": -1})
-            assert r.status_code == 422 and "max_wait" in r.json()["detail"]
-            assert (await sue.delete("/api/v1/queues/general")).status_code == 204
-            assert (await sue.delete("/api/v1/queues/billing")).status_code == 409  # the last
-        finally:
-            await sue.aclose()
-            await ann.aclose()
-    finally:
-        engine.stop()
-    engine.start()
-    try:
+        body = {"skills": ["billing"], "priority": 3, "max_wait": 120}
+        assert (await ann.put("/api/v1/queues/billing", json=body)).status_code == 403
+        r = await sue.put("/api/v1/queues/billing", json=body)
+        assert r.status_code == 200 and r.json()["skills"] == ["billing"]
+        r = await sue.put("/api/v1/queues/Bad%20Name", json=body)
+        assert r.status_code == 422
+        r = await sue.put("/api/v1/queues/vip", json={"max_wait": -1})
+        assert r.status_code == 422 and "max_wait" in r.json()["detail"]
+        assert (await sue.delete("/api/v1/queues/general")).status_code == 204
+        assert (await sue.delete("/api/v1/queues/billing")).status_code == 409  # the last
+
+        await engine.restart()
         sue = await engine.agent("sue", "pw-sue-1")
         queues = (await sue.get("/api/v1/queues")).json()
-        await sue.aclose()
-    finally:
-        engine.stop()
     assert [(q["name"], q["priority"], q["max_wait"]) for q in queues] == [("billing", 3, 120)]

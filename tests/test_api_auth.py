@@ -1,5 +1,6 @@
-"""Auth on a real engine: API keys and their scopes, revocation, expired and foreign
-tokens, WebSockets, rate limits, and no secret in the log."""
+"""Auth: API keys and their scopes, revocation, expired and foreign tokens, WebSockets
+and no secret in the log on a real engine; rate limits and private calls in-process
+(tests/controlplane.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from engine.keys import parse_key
+from tests.controlplane import ControlPlane
 from tests.engine_proc import EngineProcess
 from tests.rtc_client import Caller
 
@@ -140,9 +142,10 @@ async def test_keys_scopes_tokens_and_websockets(
     assert '"revoked": true' in listing
 
 
-async def test_rate_limit_answers_429_with_retry_after(engine: EngineProcess) -> None:
-    slow = new_key(engine, "slow-poller", "--scope", "read", "--rate", "5")
-    async with httpx.AsyncClient(base_url=engine.url, headers=bearer(slow)) as http:
+async def test_rate_limit_answers_429_with_retry_after(control_plane: ControlPlane) -> None:
+    engine = control_plane
+    slow = await engine.new_key("slow-poller", "read", rate=5)
+    async with engine.anonymous(headers=bearer(slow)) as http:
         codes = [(await http.get("/api/v1/queues")).status_code for _ in range(5)]
         over = await http.get("/api/v1/queues")
         other = await http.get("/api/v1/queues", headers=engine.headers)  # its own bucket
@@ -154,23 +157,21 @@ async def test_rate_limit_answers_429_with_retry_after(engine: EngineProcess) ->
 
 
 async def test_private_calls_need_a_control_key(tmp_path: Path) -> None:
-    engine = EngineProcess(tmp_path / "private", CCENGINE_PUBLIC_CALLS="false").start()
-    try:
-        async with httpx.AsyncClient(base_url=engine.url) as http:
-            r = await http.post("/api/v1/calls", json={"sdp": "v=0\r\n"})
-            problem(r, 401)
-            r = await http.post("/api/v1/calls", json={"sdp": "v=0\r\n"}, headers=engine.headers)
-            assert r.status_code == 400  # past auth, to the SDP check
-    finally:
-        engine.stop()
+    async with (
+        ControlPlane(tmp_path / "private", public_calls=False) as engine,
+        engine.anonymous() as http,
+    ):
+        r = await http.post("/api/v1/calls", json={"sdp": "v=0\r\n"})
+        problem(r, 401)
+        r = await http.post("/api/v1/calls", json={"sdp": "v=0\r\n"}, headers=engine.headers)
+        assert r.status_code == 400  # past auth, to the SDP check
 
 
 async def test_guessing_keys_is_rate_limited_and_stale_cookies_are_ignored(
     tmp_path: Path,
 ) -> None:
-    engine = EngineProcess(tmp_path / "guard", CCENGINE_ANONYMOUS_RATE_PER_MINUTE="5").start()
-    try:
-        engine.add_user("ann", "pw-ann-123")
+    async with ControlPlane(tmp_path / "guard", anonymous_rate_per_minute=5) as engine:
+        await engine.add_user("ann", "pw-ann-123")
         secret = (engine.workdir / "secret").read_text().strip()
         past = time.time() - 3600
         stale = jwt.encode(
@@ -178,9 +179,7 @@ async def test_guessing_keys_is_rate_limited_and_stale_cookies_are_ignored(
             secret,
             algorithm="HS256",
         )
-        async with httpx.AsyncClient(
-            base_url=engine.url, cookies={"ccengine_token": stale}
-        ) as http:
+        async with engine.anonymous(cookies={"ccengine_token": stale}) as http:
             # an expired sign-in cookie neither blocks signing in again nor calling in
             r = await http.post(
                 "/api/v1/auth/login", json={"username": "ann", "password": "pw-ann-123"}
@@ -195,7 +194,5 @@ async def test_guessing_keys_is_rate_limited_and_stale_cookies_are_ignored(
                 (await http.get("/api/v1/calls", headers=bearer(f"cck_{i:012d}_" + "A" * 43)))
                 for i in range(4)
             ]
-        assert [g.status_code for g in guesses] == [401, 401, 401, 429]
-        assert int(guesses[-1].headers["retry-after"]) >= 1
-    finally:
-        engine.stop()
+    assert [g.status_code for g in guesses] == [401, 401, 401, 429]
+    assert int(guesses[-1].headers["retry-after"]) >= 1

@@ -11,6 +11,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from tests.controlplane import ControlPlane
 from tests.engine_proc import EngineProcess
 from tests.rtc_client import Caller
 
@@ -147,13 +148,13 @@ def refused(r: httpx.Response, field: str) -> None:
     assert field in [e["field"] for e in r.json()["errors"]], r.text  # type: ignore[index]
 
 
-async def test_bad_values_are_refused_at_the_edge(engine: EngineProcess) -> None:
+async def test_bad_values_are_refused_at_the_edge(control_plane: ControlPlane) -> None:
     """A lone surrogate in a rule phrase was stored, then GET /escalation-rules answered
     500 (across restarts too); Infinity in max_wait or seconds was taken and came back
     as null; a 5,000-character call id made recording.wav answer 500. Each is refused
     with 422 naming the field, on every model, and nothing bad is kept."""
     rule = '{"id": "lonely", "kind": "phrase", "actions": ["route_to_human"], %s}'
-    async with engine.http(timeout=30) as http:
+    async with control_plane.http() as http:  # in-process
         put = "/api/v1/escalation-rules/lonely"
         refused(await http.put(put, **raw_json(rule % '"phrases": ["\\ud800 help"]')), "phrases")
         refused(await http.put(put, **raw_json(rule % '"description": "\\udfff"')), "description")

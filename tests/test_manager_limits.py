@@ -31,13 +31,8 @@ from media.rtp import RtpSession
 from media.sip.peer import SipPeer
 from media.sip.sdp import parse_offer
 from media.vad import VadSettings
+from tests.controlplane import PHONE_SDP
 from tests.test_lost_audio import QueuedTrack
-
-PHONE_SDP = (
-    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-    "m=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
-)
-
 
 # -- a call manager on a real store ------------------------------------------------------
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import types
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,11 @@ from engine.escalation import (
 from engine.events import utcnow
 from engine.livecall import Call, Leg
 from engine.signals import VOICE_AHEAD_SECONDS
-from engine.store.models import LegRow
 from media import events as me
 from media.asr import ModelChoice
 from media.emotion import EmotionEstimate, Prosody
+from tests.controlplane import bridged_phone_call
 from tests.test_manager_limits import manager, wait_until
-from tests.test_soak_memory import phone_call
 
 
 def rule(**values: object) -> Rule:
@@ -401,19 +399,6 @@ def emotion(leg: Leg, index: int, energy: float, *, voiced: bool = True) -> me.E
     scores = {"neutral": 0.9}
     estimate = EmotionEstimate("neutral", 0.0, 0.0, scores, 0.0, prosody, "neutral", scores)
     return me.EmotionEstimated(leg.id, index, 3.0 * index + 2.0, estimate)
-
-
-async def bridged_phone_call(m: CallManager) -> tuple[Call, Leg]:
-    """A phone call put through to an agent leg (its media never starts: the events
-    the leg would make are queued by hand)."""
-    call, _peer = await phone_call(m, "+15550001234")
-    leg = Leg(str(uuid.uuid4()), "agent", "sip", codec="PCMU")
-    call.legs.append(leg)
-    await m.store.add(LegRow(id=leg.id, call_id=call.id, role="agent", transport="sip",
-                             codec="PCMU", user_id=None, created_at=utcnow()))  # fmt: skip
-    await m._transition(call, "queue")
-    await m._transition(call, "accept")
-    return call, leg
 
 
 async def test_calls_feed_agent_finals_and_caller_loudness_to_the_rules(tmp_path: Path) -> None:

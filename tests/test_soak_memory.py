@@ -15,25 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.calls import CallManager
 from engine.callstate import NotAllowed
 from engine.events import EventBus, TranscriptFinal, WordTiming
 from engine.livecall import Call
 from engine.users import ApiActor
 from media import events as me
-from media.rtp import RtpSession
-from media.sip.peer import SipPeer
-from media.sip.sdp import parse_offer
 from media.tts import CACHE_BYTES, Speaker
-from tests.test_manager_limits import PHONE_SDP, manager
-
-
-async def phone_call(m: CallManager, caller: str) -> tuple[Call, SipPeer]:
-    """A phone call past its first audio (active), as the SIP front sets one up."""
-    peer = SipPeer(RtpSession(parse_offer(PHONE_SDP), lambda _d: None), hangup=lambda: None)
-    call = await m.create_phone_call(peer, caller, "PCMU", menu=False)
-    await m._transition(call, "media")
-    return call, peer
+from tests.controlplane import phone_call
+from tests.test_manager_limits import manager
 
 
 def asks_for_a_person(call: Call) -> me.TranscriptFinal:

@@ -2,7 +2,9 @@
 a page on another port of the same host using a supervisor's cookie, an agent forking
 the audio of someone else's call, tokens outliving a sign-out or a new password,
 X-Forwarded-For picking one's own rate-limit bucket, pages without a content security
-policy and cookies without Secure behind TLS, and webhooks aimed inside the network."""
+policy and cookies without Secure behind TLS, and webhooks aimed inside the network.
+What needs WebSockets, event streams or a call runs on engine processes; the rest
+in-process (tests/controlplane.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from tests.controlplane import ControlPlane
 from tests.engine_proc import PAGE_HEADERS, EngineProcess
 from tests.rtc_client import Caller
 from tests.webhook_receiver import Receiver
@@ -235,38 +238,31 @@ async def test_forwarded_for_from_an_untrusted_peer_changes_nothing(tmp_path: Pa
     """Anyone on the engine's host could rotate X-Forwarded-For and get a fresh
     anonymous rate-limit bucket per request (and claim https). With no trusted proxies
     configured, those headers change nothing."""
-    engine = EngineProcess(
-        tmp_path / "engine", CCENGINE_ANONYMOUS_RATE_PER_MINUTE="3", **LIGHT
-    ).start()
-    try:
-        async with httpx.AsyncClient(base_url=engine.url, timeout=30) as http:
-            codes = [
-                (
-                    await http.get(
-                        "/api/v1/calls",
-                        headers={"X-Forwarded-For": f"203.0.113.{i}", "X-Forwarded-Proto": "https"},
-                    )
-                ).status_code
-                for i in range(4)
-            ]
-    finally:
-        engine.stop()
+    async with (
+        ControlPlane(tmp_path / "engine", anonymous_rate_per_minute=3) as engine,
+        engine.anonymous() as http,
+    ):
+        codes = [
+            (
+                await http.get(
+                    "/api/v1/calls",
+                    headers={"X-Forwarded-For": f"203.0.113.{i}", "X-Forwarded-Proto": "https"},
+                )
+            ).status_code
+            for i in range(4)
+        ]
     assert codes == [401, 401, 401, 429]
 
 
 async def test_a_trusted_proxy_names_the_client_and_the_scheme(tmp_path: Path) -> None:
     """Behind a configured proxy, X-Forwarded-For picks the bucket (each client its own,
     still limited), and X-Forwarded-Proto: https makes the cookies Secure, set and
-    cleared with the same attributes."""
-    engine = EngineProcess(
-        tmp_path / "engine",
-        CCENGINE_ANONYMOUS_RATE_PER_MINUTE="3",
-        CCENGINE_TRUSTED_PROXIES='["127.0.0.1"]',
-        **LIGHT,
-    ).start()
-    try:
-        engine.add_user("ann", "pw-ann-123")
-        async with httpx.AsyncClient(base_url=engine.url, timeout=30) as http:
+    cleared with the same attributes. (In-process: requests come from 127.0.0.1.)"""
+    async with ControlPlane(
+        tmp_path / "engine", anonymous_rate_per_minute=3, trusted_proxies=["127.0.0.1"]
+    ) as engine:
+        await engine.add_user("ann", "pw-ann-123")
+        async with engine.anonymous() as http:
             clients = [
                 (
                     await http.get("/api/v1/calls", headers={"X-Forwarded-For": f"203.0.113.{i}"})
@@ -289,8 +285,6 @@ async def test_a_trusted_proxy_names_the_client_and_the_scheme(tmp_path: Path) -
                     "Cookie": signed_in.headers["set-cookie"].split(";")[0],
                 },
             )
-    finally:
-        engine.stop()
     assert clients == [401] * 4
     assert same == [401, 401, 401, 429]
     assert signed_in.status_code == 200 and signed_out.status_code == 204
@@ -318,16 +312,16 @@ class _Inline(html.parser.HTMLParser):
 
 
 async def test_pages_carry_a_policy_they_satisfy_and_cookies_match_on_sign_out(
-    web_engine: EngineProcess,
+    control_plane: ControlPlane,
 ) -> None:
     """No CSP, no X-Frame-Options, and sign-out cleared the cookie with other attributes
     than sign-in set it with. Now every answer carries the headers; the engine's pages
     load nothing inline that the policy would block (their scripts build no inline
     styles or handlers either); and set and clear use one set of attributes, without
     Secure over plain http."""
-    engine = web_engine
-    engine.add_user("dan", "pw-dan-123")
-    async with httpx.AsyncClient(base_url=engine.url, timeout=30, headers=PAGE_HEADERS) as http:
+    engine = control_plane
+    await engine.add_user("dan", "pw-dan-123")
+    async with engine.anonymous(headers=PAGE_HEADERS) as http:
         answers = {p: await http.get(p) for p in ("/", "/call", "/agent", "/calls/x")}
         others = [await http.get(p) for p in ("/static/agent.js", "/api/v1/calls", "/healthz")]
         signed_in = await http.post(
@@ -358,45 +352,42 @@ async def test_webhooks_reach_public_addresses_only(tmp_path: Path) -> None:
     scanner. Now they are refused when created, and a delivery to one, made while an
     allow-list admitted it, is refused when it connects once the list is gone."""
     receiver = Receiver().start()
-    allowed = {"CCENGINE_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.1/32"]'}
-    engine = EngineProcess(tmp_path / "engine", **allowed, **LIGHT).start()
-    restarted: EngineProcess | None = None
     port = receiver.server.server_address[1]
     try:
-        async with engine.http(timeout=30) as http:
-            r = await http.post(
-                "/api/v1/webhooks", json={"url": receiver.url, "events": ["agent.presence_changed"]}
-            )
-            assert r.status_code == 201, r.text
-            hook = r.json()["id"]
-        engine.stop()
-        restarted = EngineProcess(tmp_path / "engine", **LIGHT).start()
-        refused: dict[str, Any] = {}
-        async with restarted.http(timeout=30) as http:
-            for url in (
-                f"http://0x7f000001:{port}/hook", f"http://2130706433:{port}/", "http://127.1/",
-                "http://[::ffff:127.0.0.1]/", "http://169.254.169.254/latest/meta-data/",
-                "http://10.0.0.5/", "http://localhost/",
-            ):  # fmt: skip
-                r = await http.post("/api/v1/webhooks", json={"url": url, "events": ["*"]})
-                refused[url] = (r.status_code, r.json()["detail"])
-            named = await http.post(  # a name: judged by its addresses when delivering
-                "/api/v1/webhooks", json={"url": "https://crm.example.com/h", "events": ["*"]}
-            )
-            await http.delete(f"/api/v1/webhooks/{named.json()['id']}")
-            restarted.add_user("ann", "pw-ann-123")
-            ann = await restarted.agent("ann", "pw-ann-123", "login")  # one event
-            await ann.aclose()
-            log: list[dict[str, Any]] = []
-            for _ in range(100):
-                log = (await http.get(f"/api/v1/webhooks/{hook}/deliveries")).json()
-                if log and log[0]["status"] != "pending":
-                    break
-                await asyncio.sleep(0.2)
+        async with ControlPlane(
+            tmp_path / "engine", webhook_allowed_networks=["127.0.0.1/32"]
+        ) as engine:
+            async with engine.http() as http:
+                r = await http.post(
+                    "/api/v1/webhooks",
+                    json={"url": receiver.url, "events": ["agent.presence_changed"]},
+                )
+                assert r.status_code == 201, r.text
+                hook = r.json()["id"]
+            await engine.restart()  # without the allow-list
+            refused: dict[str, Any] = {}
+            async with engine.http() as http:
+                for url in (
+                    f"http://0x7f000001:{port}/hook", f"http://2130706433:{port}/", "http://127.1/",
+                    "http://[::ffff:127.0.0.1]/", "http://169.254.169.254/latest/meta-data/",
+                    "http://10.0.0.5/", "http://localhost/",
+                ):  # fmt: skip
+                    r = await http.post("/api/v1/webhooks", json={"url": url, "events": ["*"]})
+                    refused[url] = (r.status_code, r.json()["detail"])
+                named = await http.post(  # a name: judged by its addresses when delivering
+                    "/api/v1/webhooks", json={"url": "https://crm.example.com/h", "events": ["*"]}
+                )
+                await http.delete(f"/api/v1/webhooks/{named.json()['id']}")
+                await engine.add_user("ann", "pw-ann-123")
+                ann = await engine.agent("ann", "pw-ann-123", "login")  # one event
+                await ann.aclose()
+                log: list[dict[str, Any]] = []
+                for _ in range(100):
+                    log = (await http.get(f"/api/v1/webhooks/{hook}/deliveries")).json()
+                    if log and log[0]["status"] != "pending":
+                        break
+                    await asyncio.sleep(0.2)
     finally:
-        engine.stop()
-        if restarted is not None:
-            restarted.stop()
         receiver.stop()
     for url, (status, detail) in refused.items():
         assert status == 422 and "CCENGINE_WEBHOOK_ALLOWED_NETWORKS" in detail, url
@@ -408,11 +399,11 @@ async def test_webhooks_reach_public_addresses_only(tmp_path: Path) -> None:
     assert receiver.got == []
 
 
-async def test_api_docs_load_nothing_from_outside(web_engine: EngineProcess) -> None:
+async def test_api_docs_load_nothing_from_outside(control_plane: ControlPlane) -> None:
     """/docs and /redoc loaded Swagger UI and ReDoc from the jsdelivr CDN (and fonts from
     Google): no docs without the internet, and a request to outsiders from every
     reader's browser. Now the engine serves them, and the policy allows nothing else."""
-    async with httpx.AsyncClient(base_url=web_engine.url, timeout=30) as http:
+    async with control_plane.anonymous() as http:
         for page in ("/docs", "/redoc"):
             r = await http.get(page)
             assert r.status_code == 200, page
