@@ -50,7 +50,7 @@ from engine.users import hash_password
 from media.rtp import RtpSession
 from media.sip.peer import SipPeer
 from media.sip.sdp import parse_offer
-from tests.engine_proc import PAGE_HEADERS, ROOT
+from tests.engine_proc import PAGE_HEADERS, ROOT, sign_in
 
 # the address every request comes from (ASGITransport's client), as from a local peer
 CLIENT = ("127.0.0.1", 50000)
@@ -216,13 +216,7 @@ class ControlPlane:
     async def agent(self, username: str, password: str, *events: str) -> httpx.AsyncClient:
         """Like EngineProcess.agent: signed in with the cookie, sending X-Requested-With
         as the desk's page does, after the presence ``events``."""
-        http = self.anonymous(headers=PAGE_HEADERS)
-        r = await http.post("/api/v1/auth/login", json={"username": username, "password": password})
-        r.raise_for_status()
-        for event in events:
-            r = await http.post("/api/v1/agents/me/presence", json={"event": event})
-            r.raise_for_status()
-        return http
+        return await sign_in(self.anonymous(headers=PAGE_HEADERS), username, password, *events)
 
     # -- people and keys, as the CLI makes them -------------------------------------------
 

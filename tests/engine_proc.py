@@ -93,6 +93,18 @@ def _template_db() -> tuple[Path, str]:
     return _template
 
 
+async def sign_in(
+    http: httpx.AsyncClient, username: str, password: str, *events: str
+) -> httpx.AsyncClient:
+    """``http`` signed in as ``username`` (the cookie), after the presence ``events``."""
+    r = await http.post("/api/v1/auth/login", json={"username": username, "password": password})
+    r.raise_for_status()
+    for event in events:
+        r = await http.post("/api/v1/agents/me/presence", json={"event": event})
+        r.raise_for_status()
+    return http
+
+
 class EngineProcess:
     def __init__(self, workdir: Path, **env: str) -> None:
         self.workdir = workdir
@@ -178,12 +190,7 @@ class EngineProcess:
         has) that has sent presence ``events``. It sends X-Requested-With, as the page
         does: the engine takes changes made with a cookie only with it."""
         http = httpx.AsyncClient(base_url=self.url, timeout=30, headers=PAGE_HEADERS)
-        r = await http.post("/api/v1/auth/login", json={"username": username, "password": password})
-        r.raise_for_status()
-        for event in events:
-            r = await http.post("/api/v1/agents/me/presence", json={"event": event})
-            r.raise_for_status()
-        return http
+        return await sign_in(http, username, password, *events)
 
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to tidy up, like a crash."""
