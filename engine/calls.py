@@ -468,16 +468,8 @@ class CallManager:
                         call.tasks.append(asyncio.create_task(self._transition(call, "media")))
                 else:
                     leg.offset = now - (call.media_t0 or now)
-            # an agent on hold or muted is neither heard nor transcribed: that talk is
-            # not part of the conversation with the caller
-            if leg.left or (leg.role == "agent" and (call.state == "held" or call.agent_muted)):
-                return 0
-            n = pipeline.push_pcm(pcm, rate, channels)
+            n = self._analyse(call, leg, pipeline, pcm, rate, channels)
             frames.inc(n)
-            # the bridge: what this leg says, the other party hears
-            other = call.other_peer(leg)
-            if other is not None:
-                other.outbound.push_live(to_send_rate(downmix_int16(pcm, channels), rate))
             return n
 
         reason = await pump_audio(
@@ -492,6 +484,29 @@ class CallManager:
         if leg.role == "agent" and reason == "remote_closed":
             reason = "agent_hangup"
         await self.end_call(call.id, reason)
+
+    @staticmethod
+    def _analyse(
+        call: Call, leg: Leg, pipeline: LegPipeline, pcm: np.ndarray, rate: int, channels: int
+    ) -> int:
+        """A leg's decoded audio into its analysis and across the bridge; the analysis
+        frames it made."""
+        if leg.left:
+            return 0
+        if leg.role == "agent" and (call.state == "held" or call.agent_muted):
+            # an agent on hold or muted is neither heard nor transcribed: that talk is not
+            # part of the conversation with the caller. The leg's clock (its analysed
+            # audio) stands still meanwhile while the call's goes on: the offset carries
+            # the difference, or the agent's words after it would be placed that much
+            # early on the call's clock (and dead air read from a long mute at once)
+            leg.offset += pcm.size / channels / rate
+            return 0
+        n = pipeline.push_pcm(pcm, rate, channels)
+        # the bridge: what this leg says, the other party hears
+        other = call.other_peer(leg)
+        if other is not None:
+            other.outbound.push_live(to_send_rate(downmix_int16(pcm, channels), rate))
+        return n
 
     async def _start_analysis(self, call: Call, leg: Leg) -> LegPipeline:
         """The leg's analysis chain and recognizer, at its first audio."""

@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -278,6 +279,34 @@ def test_the_silence_check_carries_each_sides_latest_voice_on_the_call_clock() -
     assert dict(call.voiced()) == {"caller": 41.5, "agent": 42.0}
     agent_leg.pipeline = types.SimpleNamespace(voiced_until=0.0)  # type: ignore[assignment]
     assert dict(call.voiced()) == {"caller": 41.5}  # not heard yet: left out
+
+
+def test_an_agents_clock_keeps_the_calls_time_through_hold_and_mute() -> None:
+    """An agent's audio is not analysed while held or muted, so their leg's own clock
+    stood still while the call's went on: after a 40 s mute their words were placed 40 s
+    early on the call's clock, and dead air was read from the mute at once. The skipped
+    time now goes into the leg's offset."""
+    call = Call("c", "sip", "en", ModelChoice("en", None, None), None, utcnow())
+    agent_leg = Leg("l2", "agent", "webrtc", offset=30.0)
+    call.legs = [Leg("l1", "caller", "sip"), agent_leg]
+    pushed: list[int] = []
+    pipeline = types.SimpleNamespace(push_pcm=lambda pcm, rate, ch: pushed.append(pcm.size) or 50)
+    second = np.zeros(2 * 48000, np.int16)  # 1 s of 48 kHz stereo, interleaved
+
+    def analyse() -> int:
+        return CallManager._analyse(call, agent_leg, pipeline, second, 48000, 2)  # type: ignore[arg-type]
+
+    call.state = "bridged"
+    assert analyse() == 50 and pushed == [second.size] and agent_leg.offset == 30.0
+    call.agent_muted = True
+    assert [analyse() for _ in range(40)] == [0] * 40
+    assert agent_leg.offset == 70.0 and len(pushed) == 1
+    call.agent_muted, call.state = False, "held"
+    assert analyse() == 0 and agent_leg.offset == 71.0
+    call.state = "bridged"
+    assert analyse() == 50 and agent_leg.offset == 71.0
+    agent_leg.left = True  # transferred away: its audio is nobody's now
+    assert analyse() == 0 and agent_leg.offset == 71.0
 
 
 def test_silence_side_defaults_to_the_caller(tmp_path: Path) -> None:
