@@ -60,6 +60,10 @@ class VoicePrompts:
         )
 
     def stop(self) -> None:
+        # the warm-up first: left running, its next prompt meets a shut executor and
+        # logs a failure for an engine that is only stopping
+        if self._warmup is not None:
+            self._warmup.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _int8_voice(self) -> str | None:

@@ -1,10 +1,14 @@
 import asyncio
+import logging
+import threading
+import time
 
 import numpy as np
 import pytest
 
+from engine.prompts import VoicePrompts
 from media.outbound import OutboundAudioTrack
-from media.tts import EspeakSpeaker, PiperSpeaker
+from media.tts import EspeakSpeaker, PiperSpeaker, Speaker
 from media.wavtrack import FRAME, SEND_RATE
 
 
@@ -145,3 +149,30 @@ def test_a_queue_announcement_makes_only_its_new_sentence() -> None:
     assert rate == 22050 and len(second) == len(queue_announcement(5, None)) - 3  # spaces
     speaker.speak("Dr. Smith will call you back. Thank you.")
     assert speaker.made[-2:] == ["Dr. Smith will call you back.", "Thank you."]
+
+
+async def test_stopping_during_the_prompt_warm_up_logs_no_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An engine stopped while its prompts were still being made logged "could not
+    synthesise" with a traceback for each stop: the warm-up went on into a shut executor.
+    Stopping now ends the warm-up first."""
+    started = threading.Event()
+
+    class Slow(Speaker):
+        name = "slow"
+
+        def _synthesize(self, text: str) -> tuple[np.ndarray, int]:
+            started.set()
+            time.sleep(0.2)
+            return np.zeros(160, np.int16), 16000
+
+    prompts = VoicePrompts("unused", int8=False)
+    prompts.speaker = Slow()
+    prompts._warmup = asyncio.create_task(prompts._warm(prompts.speaker, ["one", "two", "three"]))
+    await asyncio.to_thread(started.wait, 5)
+    with caplog.at_level(logging.ERROR, logger="engine.prompts"):
+        prompts.stop()
+        await asyncio.sleep(0.5)
+    assert prompts._warmup.done()
+    assert not [r for r in caplog.records if "could not synthesise" in r.getMessage()]
