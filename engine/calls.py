@@ -871,7 +871,7 @@ class CallManager:
             elif isinstance(effect, SaveCall):
                 await self.store.update_call(effect.call_id, **effect.values)
             elif isinstance(effect, Hush):
-                legs = effect.call.legs if effect.everyone else effect.call.legs[:1]
+                legs = effect.call.legs if effect.everyone else [effect.call.caller_leg()]
                 for leg in legs:
                     if leg.peer is not None:
                         leg.peer.outbound.clear()
