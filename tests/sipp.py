@@ -303,6 +303,39 @@ def call_scenario(
     return _wrap("".join(steps))
 
 
+def _in_dialog(method: str, branch: str, cseq: int, caller: str) -> str:
+    """``method`` inside the dialog along its route set: to the engine's Contact, through
+    every proxy that record-routed (RFC 3261 §12.2.1.1), as a phone behind Kamailio."""
+    return f"""<send{' retrans="500"' if method == "BYE" else ""}><![CDATA[
+{method} [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch={branch}
+From: "{caller}" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]t[call_number]
+[last_To:]
+Call-ID: [call_id]
+CSeq: {cseq} {method}
+[routes]
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+"""
+
+
+def proxied_call_scenario(*media: str, caller: str = "15551230001") -> str:
+    """A call through a proxy that record-routes: INVITE, ACK and BYE along the route
+    set the 200 OK gave, the ``media`` steps between."""
+    steps, cseq = _inviting(caller, None, (0,))
+    steps += [
+        '<recv response="100" optional="true"/>\n<recv response="180" optional="true"/>\n',
+        '<recv response="200" rrs="true" rtd="true"/>\n',
+        _in_dialog("ACK", "z9hG4bK[pid]c[call_number]", cseq, caller),
+        *media,
+        _in_dialog("BYE", "[branch]", cseq + 1, caller),
+        '<recv response="200" crlf="true"/>\n',
+    ]
+    return _wrap("".join(steps))
+
+
 def rejected_scenario(status: int, *, caller: str = "15551230001", password: str | None = None,
                       codecs: tuple[int, ...] = (0,)) -> str:  # fmt: skip
     """An INVITE (with credentials after the 401 when ``password`` is set) that must get

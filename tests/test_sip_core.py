@@ -226,6 +226,28 @@ def test_2xx_retransmitted_until_ack_then_confirmed() -> None:
     assert ep.transmit() == []  # no more 200s
 
 
+def test_dialog_responses_carry_the_proxies_record_route_in_order() -> None:
+    """Behind a proxy (Kamailio) the 180 and the 200 name the record-routed proxies,
+    as the INVITE listed them (RFC 3261 §12.1.1): the caller's ACK and BYE then come
+    back through them. Without it the proxy dropped the ACK and answered the BYE 404."""
+    ep = endpoint()
+    routes = "Record-Route: <sip:198.51.100.7;lr;ftag=ft1>\r\nRecord-Route: <sip:10.0.0.1;lr>\r\n"
+    ep.receive(request(body=SDP, extra=routes), TRUNK, 0.0)
+    [ev] = ep.events()
+    ep.ring(ev.call_id, 0.0)
+    ep.answer(ev.call_id, SDP.encode(), 0.0)
+    trying, ringing, ok = sent(ep)
+    assert trying.headers.get("record-route") == []  # no dialog yet
+    want = ["<sip:198.51.100.7;lr;ftag=ft1>", "<sip:10.0.0.1;lr>"]
+    assert list(ringing.headers.get("record-route")) == want
+    assert list(ok.headers.get("record-route")) == want
+    # our own requests inside the dialog go through the same proxies, nearest (the
+    # top one) first (§12.1.1: the UAS keeps the Record-Route order)
+    ep.hangup(ev.call_id, 1.0)
+    [bye] = [m for m in sent(ep) if getattr(m, "method", "") == "BYE"]
+    assert list(bye.headers.get("route")) == want
+
+
 def test_no_ack_ends_the_call_with_bye() -> None:
     ep = endpoint()
     call_id = answered_call(ep)

@@ -303,7 +303,8 @@ def response(
     content_type: str | None = None,
 ) -> SipResponse:
     """A response to ``request`` (RFC 3261 §8.2.6): Via, From, Call-ID and CSeq copied,
-    our tag added to To unless it has one (or the status is 100)."""
+    our tag added to To unless it has one (or the status is 100), and an INVITE's
+    Record-Route in a response that makes a dialog."""
     resp = SipResponse(status_code=status, reason_phrase=reason or reason_phrase(status))
     for v in request.headers.get("via"):
         resp.headers.append("Via", v)
@@ -315,6 +316,12 @@ def response(
     resp.headers.set_single("Call-ID", request.headers.get_first("call-id") or "")
     resp.headers.set_single("CSeq", request.headers.get_first("cseq") or "")
     resp.headers.set_single("Server", SERVER)
+    if request.method == "INVITE" and 100 < status < 300:
+        # a response that makes a dialog (early or confirmed) carries the proxies'
+        # Record-Route, in order (RFC 3261 §12.1.1): without it the caller's ACK and BYE
+        # skip the proxy that routed the INVITE, and that proxy drops them
+        for value in request.headers.get("record-route"):
+            resp.headers.append("Record-Route", value)
     for name, value in headers:
         resp.headers.append(name, value)
     if body:
