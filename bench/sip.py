@@ -30,14 +30,18 @@ from tests.engine_proc import EngineProcess
 SHORT_CALL = 1.0
 
 
-def setup_rate(engine: EngineProcess, workdir: Path, rate: int) -> tuple[int, int, float]:
-    """(successful, failed, p95 INVITE->200 seconds) for ten seconds of calls at ``rate``."""
+def setup_rate(
+    target: str, workdir: Path, rate: int, scenario: str | None = None
+) -> tuple[int, int, float]:
+    """(successful, failed, p95 INVITE->200 seconds) for ten seconds of calls at ``rate``
+    to ``target`` (an engine's or a proxy's host:port); ``scenario``: the short call."""
     calls = rate * 10
-    scenario = sipp.call_scenario(f'<pause milliseconds="{int(SHORT_CALL * 1000)}"/>\n')
+    pause = f'<pause milliseconds="{int(SHORT_CALL * 1000)}"/>\n'
+    scenario = scenario or sipp.call_scenario(pause)
     xml = workdir / f"rate{rate}.xml"
     xml.write_text(scenario)
     cmd = [
-        sipp.SIPP, engine.sip, "-sf", str(xml), "-s", "support", "-m", str(calls),
+        sipp.SIPP, target, "-sf", str(xml), "-s", "support", "-m", str(calls),
         "-r", str(rate), "-l", str(rate * 4), "-i", "127.0.0.1", "-p", "0",
         "-mi", "127.0.0.1", "-timeout", "60s", "-nostdin", "-trace_rtt",
         "-rtt_freq", "1", "-trace_stat", "-stf", str(workdir / f"rate{rate}.csv"),
@@ -160,7 +164,7 @@ async def main() -> None:
             ps = psutil.Process(engine.proc.pid)
             for rate in args.rates:
                 print(f"setup rate {rate}/s...", flush=True)
-                rates.append((rate, *setup_rate(engine, work, rate)))
+                rates.append((rate, *setup_rate(engine.sip, work, rate)))
                 await asyncio.sleep(3)
             for n in args.n:
                 print(f"N={n}: SIP...", flush=True)
