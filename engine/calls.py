@@ -244,14 +244,14 @@ class CallManager:
 
     async def set_queue(self, user: Actor, config: QueueConfig) -> None:
         self._supervisor(user)
-        self.acd.set_queue(config)
+        self.routing.set_queue(config)
         await self.store.save_override(
             QUEUE, config.name, config.model_dump(), user.username, utcnow()
         )
 
     async def remove_queue(self, user: Actor, name: str) -> None:
         self._supervisor(user)
-        self.acd.remove_queue(name)
+        self.routing.remove_queue(name)
         await self.store.save_override(QUEUE, name, None, user.username, utcnow())
 
     @staticmethod
@@ -547,7 +547,7 @@ class CallManager:
     async def accept(self, user: UserRow, call_id: str, sdp: str) -> str:
         """The ringing agent answers with their softphone's SDP offer: bridge them in."""
         call = self.get(call_id)
-        self.acd.ringing(user.id, call_id)  # before any media work: AcdError if not
+        self.routing.check_ringing(user.id, call_id)  # before any media work
         leg = Leg(str(uuid.uuid4()), "agent", "webrtc", user_id=user.id)
         peer = leg.peer = WebRtcLeg(
             on_ended=lambda reason: self._agent_leg_ended(call, leg), ice_servers=self.ice_servers
@@ -567,7 +567,7 @@ class CallManager:
     ) -> None:
         """The agent answered on another device (their SIP desk phone): bridge it in."""
         call = self.get(call_id)
-        self.acd.ringing(agent_id, call_id)
+        self.routing.check_ringing(agent_id, call_id)
         leg = Leg(str(uuid.uuid4()), "agent", transport, user_id=agent_id, codec=codec)
         leg.peer = peer
         await self._bridge_agent(call, leg, codec=codec)
@@ -577,7 +577,7 @@ class CallManager:
         now = time.monotonic()
         try:
             # it may have stopped ringing while we set up media (timeout, caller left)
-            actions = self.acd.accept(leg.user_id, call.id, now)
+            answered = self.routing.answered(leg.user_id, call.id)
         except AcdError:
             await leg.peer.close()
             raise
@@ -590,7 +590,7 @@ class CallManager:
         caller = call.caller_leg().peer
         if caller is not None:
             caller.outbound.clear()  # stop the queue announcement: a person is here
-        await self._route(self.routing.actions(actions))
+        await self._route(answered)
         username = self.routing.username(leg.user_id)
         await self._transition(call, "accept", username, agent_id=leg.user_id)
         self._bridge_video(call)

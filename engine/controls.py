@@ -228,9 +228,8 @@ class Controls:
                 raise NotAllowed("the call is already with that agent")
             if self.routing.presence_of(target.id) == "offline":
                 raise NotAllowed(f"{agent} is not signed in")
-        acd = self.routing.acd
-        queue = queue or call.queue_name or next(iter(acd.queues))
-        if queue not in acd.queues:
+        queue = queue or call.queue_name or self.routing.default_queue()
+        if not self.routing.has_queue(queue):
             raise NotAllowed(f"there is no queue '{queue}'")
         leg = yield from self.agent_leaves(actor, call, note, note or "")
         if call.ended.is_set():  # the caller hung up meanwhile: nothing left to hand over
@@ -251,12 +250,7 @@ class Controls:
         yield UpdateCall(f"call {call.id} queue", call.id, {"queue": queue})
         if call.ended.is_set():  # hung up meanwhile: end_call closed the legs, left the queue
             return
-        call.queued_priority = call.escalation.priority
-        actions = acd.enqueue(
-            call.id, queue, now, priority=call.queued_priority, agent=target.id if target else None
-        )
-        yield from self.routing.queue_changed()
-        yield from self.routing.actions(actions)
+        yield from self.routing.transfer(call, queue, target.id if target else None, now)
         if leg is not None:
             yield CloseLeg(call, leg)
 

@@ -321,6 +321,42 @@ class Routing:
             yield from self.actions(self.acd.presence(user_id, "logout", self.clock()))
         del self.acd.agents[user_id]
 
+    def has_queue(self, name: str) -> bool:
+        return name in self.acd.queues
+
+    def set_queue(self, config: QueueConfig) -> None:
+        self.acd.set_queue(config)
+
+    def remove_queue(self, name: str) -> None:
+        self.acd.remove_queue(name)
+
+    def check_ringing(self, agent_id: str, call_id: str) -> None:
+        """``AcdError`` unless the call rings for that agent now: checked before an
+        answer's media work starts."""
+        self.acd.ringing(agent_id, call_id)
+
+    def answered(self, agent_id: str, call_id: str) -> Iterator[Effect]:
+        """The agent answered the offer. The ACD is told at once, so an offer that
+        stopped ringing meanwhile (timed out, the caller left) raises ``AcdError``
+        here, before the caller commits the answer; the effects follow."""
+        return self.actions(self.acd.accept(agent_id, call_id, self.clock()))
+
+    def transfer(
+        self, call: Call, queue: str, agent_id: str | None, since: float
+    ) -> Iterator[Effect]:
+        """A transferred call waits again in ``queue`` from ``since`` (when the agent
+        let go of it), for ``agent_id`` alone if given (falling back to the queue if
+        they decline or let it ring out)."""
+        call.queued_priority = call.escalation.priority
+        actions = self.acd.enqueue(
+            call.id, queue, since, priority=call.queued_priority, agent=agent_id
+        )
+        yield from self.queue_changed()
+        yield from self.actions(actions)
+
+    def default_queue(self) -> str:
+        return next(iter(self.acd.queues))
+
     def decline(self, user_id: str, call_id: str) -> Iterator[Effect]:
         """The agent turned the call down: the next agent is offered it."""
         actions = self.acd.decline(user_id, call_id, self.clock())
