@@ -19,7 +19,10 @@ import pytest
 from engine.callstate import Overloaded
 from engine.drain import END_REASON, POLL, RETRY_AFTER, TRANSITIONS, Drain, Draining, NodeDrain
 from engine.events import CallEnded
-from tests.controlplane import ControlPlane, phone_call
+from media.rtp import RtpSession
+from media.sip.peer import SipPeer
+from media.sip.sdp import parse_offer
+from tests.controlplane import PHONE_SDP, ControlPlane, phone_call
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STATES = ("serving", "draining", "drained")
@@ -187,6 +190,33 @@ async def test_a_drained_node_refuses_new_calls_and_keeps_the_one_it_has(
     node = (await reader.get("/api/v1/node")).json()
     assert node["state"] == "drained" and node["calls_left"] == 0
     assert (await anonymous.get("/readyz")).status_code == 503
+
+
+async def test_a_caller_already_queued_here_is_still_put_through_to_an_agent(
+    control_plane: ControlPlane,
+) -> None:
+    """Draining must not strand the callers it has: one waiting for an agent can only be
+    answered where their media is, so an agent's accept is not a new call and is not
+    refused. The node waits for the bridged call, and is drained once it ends."""
+    cp = control_plane
+    await cp.add_user("ann", "pw-ann-123")
+    ann = await cp.store.user_by_name("ann")
+    assert ann is not None
+    await cp.calls.agent_presence(ann, "login")
+    await cp.calls.agent_presence(ann, "available")
+    call, _peer = await phone_call(cp.calls, "+15550001234")
+    assert (await cp.http().post("/api/v1/node/drain")).status_code == 202
+
+    await cp.calls.route_invited(call, queue=None, agent_id=ann.id, reason="asked for ann")
+    assert cp.calls.offered_to(ann.id, call.id)
+    desk_phone = SipPeer(RtpSession(parse_offer(PHONE_SDP), lambda _d: None), hangup=lambda: None)
+    await cp.calls.accept_peer(ann.id, call.id, desk_phone, "sip", "PCMU")
+    assert call.state == "bridged" and call.agent_id == ann.id
+    drain = cp.app.state.drain  # type: ignore[union-attr]
+    await asyncio.sleep(3 * POLL)
+    assert not drain.drained.is_set()
+    await cp.calls.end_call(call.id, "agent_hangup")
+    await asyncio.wait_for(drain.drained.wait(), 5)
 
 
 async def test_calls_left_at_the_drain_timeout_end_as_node_drained(tmp_path: Path) -> None:
