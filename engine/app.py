@@ -24,6 +24,7 @@ from engine.api import (
     auth,
     content,
     desk,
+    node,
     problems,
     rest,
     streams,
@@ -34,6 +35,7 @@ from engine.api.schemas import Health, LoadOut
 from engine.calls import CallManager
 from engine.capacity import Capacity
 from engine.config import Settings
+from engine.drain import NodeDrain
 from engine.egress import TargetPolicy
 from engine.eventlog import EventLog
 from engine.events import EventBus
@@ -66,6 +68,12 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         calls_count=calls.calls_in_progress,
         backlog=calls.recognition_backlog,
         worker_pids=lambda: calls.recognizers.pool.pids(),
+    )
+    drain = calls.drain = NodeDrain(
+        settings.drain_timeout,
+        calls_left=calls.calls_in_progress,
+        end_calls=calls.end_all,
+        on_change=lambda draining: metrics.draining.set(int(draining)),
     )
     event_log = EventLog(store, bus, settings.event_retention_days)
     webhook_targets = TargetPolicy(settings.webhook_allowed_networks)
@@ -114,6 +122,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             log.info("garbage collector: %d start-up objects frozen", freeze_startup())
         gc_pauses.start()
         capacity.start()  # after start-up's own work, which is not load
+        drain.start()  # from here SIGTERM drains (ccengine serve); before, it just stops
         urls = [u for server in settings.ice_servers for u in server.urls]
         log.info("WebRTC ICE servers: %s", ", ".join(urls) or "none (host candidates only)")
         log.info("ccengine ready on http://%s:%s", settings.host, settings.port)
@@ -121,6 +130,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             yield
         finally:
             gc_pauses.stop()
+            await drain.stop()
             await capacity.stop()
             timers.cancel()
             await calls.shutdown()  # BYE to every phone caller while SIP still runs
@@ -154,6 +164,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.state.content = calls.content
     app.state.metrics = metrics
     app.state.capacity = capacity
+    app.state.drain = drain
     app.state.event_log = event_log
     app.state.webhook_targets = webhook_targets
     # the HTTP server's connections (engine/httpserver.py; the CLI hands it to uvicorn)
@@ -190,6 +201,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.include_router(webhooks.router)
     app.include_router(audio.router)
     app.include_router(content.router)
+    app.include_router(node.router)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
 
     @app.get("/healthz", response_model=Health, tags=["system"])
@@ -199,6 +211,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             active_calls=len(calls.calls),
             load=LoadOut(**dataclasses.asdict(load)),
             waiting_writes=calls.spool.pending + event_log.pending,
+            draining=drain.draining,
         )
 
     @app.get("/metrics", include_in_schema=False)

@@ -120,6 +120,7 @@ from media.webrtc import WebRtcLeg, pump_audio, queued_frames
 
 if TYPE_CHECKING:
     from engine.capacity import Capacity
+    from engine.drain import NodeDrain
     from engine.sip import DeskPhones
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,8 @@ class CallManager:
     capacity: Capacity | None = None
     # the engine process that owns this manager's calls (engine/recovery.py)
     engine_id: str | None = None
+    # draining (engine/drain.py, set by engine/app.py): no new calls once it starts
+    drain: NodeDrain | None = None
 
     def __init__(self, settings: Settings, store: Store, bus: EventBus, metrics: Metrics) -> None:
         self.settings = settings
@@ -268,7 +271,11 @@ class CallManager:
     def admit(self) -> None:
         """Refuse a new call now, or not: measured load (engine/capacity.py, set by
         engine/app.py) and the call limit. ``Overloaded``, counted, carries the reason
-        and a Retry-After. The SIP front asks before it rings or dials."""
+        and a Retry-After. The SIP front asks before it rings or dials. A draining node
+        refuses first, whatever its load (engine/drain.py)."""
+        if self.drain is not None and self.drain.draining:
+            self.metrics.rejected.labels("draining").inc()
+            self.drain.admit()
         if self.capacity is not None:
             self.capacity.admit(time.monotonic())
         elif (calls := self.calls_in_progress()) >= self.settings.max_concurrent_calls:
@@ -996,11 +1003,14 @@ class CallManager:
         await asyncio.to_thread(malloc.trim)
         log.info("call %s ended: %s after %.1f s", call.id, reason, duration)
 
-    async def shutdown(self) -> None:
+    async def end_all(self, reason: str) -> None:
+        """End every live call, at once, with ``reason``."""
         await asyncio.gather(
-            *(self.end_call(cid, "engine_shutdown") for cid in list(self.calls)),
-            return_exceptions=True,
+            *(self.end_call(cid, reason) for cid in list(self.calls)), return_exceptions=True
         )
+
+    async def shutdown(self) -> None:
+        await self.end_all("engine_shutdown")
         await self.spool.close(TEARDOWN_TIMEOUT)
         await self.recognizers.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -42,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from engine.app import create_app
     from engine.httpserver import guarded_http
+    from engine.server import GRACEFUL_SHUTDOWN, serve
     from media.netlimits import raise_fd_limit
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -63,7 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
         "open files: up to %d%s", after, f" (raised from {before})" if after > before else ""
     )
     app = create_app(settings, freeze_gc=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -75,8 +76,10 @@ def _serve(args: argparse.Namespace) -> int:
         # CCENGINE_TRUSTED_PROXIES itself (create_app).
         proxy_headers=False,
         log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
     )
-    return 0
+    # SIGTERM drains the node (engine/drain.py) and the server stops once it is drained
+    return serve(config, app.state.drain)
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -202,6 +202,10 @@ class Settings(BaseSettings):
     # Seconds without a heartbeat after which another engine on the same database takes
     # this one for dead and ends its calls (a restart on the same host does not wait).
     engine_lease: float = Field(60.0, ge=4, le=3600)
+    # Draining (engine/drain.py: SIGTERM, or POST /api/v1/node/drain): new calls get
+    # 503 and the process exits once its calls end, or after this many seconds, ending
+    # those left (reason node_drained). Kubernetes: terminationGracePeriodSeconds above it.
+    drain_timeout: float = Field(3600.0, gt=0, le=86400)
 
     # SIP phone calls (UDP and TCP on one port).
     sip_enabled: bool = True

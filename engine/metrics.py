@@ -92,7 +92,7 @@ class Metrics:
             registry=r,
         )
         # admission (engine/capacity.py): refusals count in ``rejected`` as loop_lag,
-        # backlog, cpu or limit
+        # backlog, cpu or limit, and while draining (engine/drain.py) as draining
         self.loop_lag = Histogram(
             "ccengine_event_loop_lag_seconds",
             "How late the event loop woke a task sleeping 50 ms",
@@ -113,6 +113,11 @@ class Metrics:
         )
         self.node_full = Gauge(
             "ccengine_node_full", "1 while new calls are refused (admission)", registry=r
+        )
+        self.draining = Gauge(
+            "ccengine_node_draining",
+            "1 while the node drains (engine/drain.py): no new calls; it exits once its calls end",
+            registry=r,
         )
         self.cpu_utilisation = Gauge(
             "ccengine_cpu_utilisation",

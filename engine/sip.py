@@ -2,10 +2,10 @@
 
 The SIP endpoint (media/sip) decides everything that is protocol; this module
 decides what is policy: which numbers we answer (404 otherwise), whether we have
-room (503 with Retry-After), whether we share a codec (488), and then sets up the
-RTP session and hands the caller to :class:`~engine.calls.CallManager` like any
-other caller. Phone-side events (BYE, CANCEL, hold by re-INVITE, keys pressed)
-are forwarded to the call.
+room (503 with Retry-After; always while the node drains, engine/drain.py), whether
+we share a codec (488), and then sets up the RTP session and hands the caller to
+:class:`~engine.calls.CallManager` like any other caller. Phone-side events (BYE,
+CANCEL, hold by re-INVITE, keys pressed) are forwarded to the call.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from engine.acd import AcdError
 from engine.callstate import STORAGE_RETRY_AFTER, NotAllowed, Overloaded, UnknownCall
 from engine.config import Settings
+from engine.drain import RETRY_AFTER as DRAIN_RETRY_AFTER
 from engine.users import Actor
 from media.netlimits import in_networks
 from media.rtp import Refusal, RtpSession
@@ -120,7 +121,10 @@ class SipFront:
         self.public_host = settings.sip_public_host or settings.sip_host
         users = {u: p.get_secret_value() for u, p in settings.sip_users.items()}
         admission = Admission(
-            realm=settings.sip_realm, trunks=settings.sip_trunks, passwords=users.get
+            realm=settings.sip_realm,
+            trunks=settings.sip_trunks,
+            passwords=users.get,
+            unavailable=self._unavailable,
         )
         throttle = AuthThrottle(
             per_address=settings.sip_auth_max_failures_per_address,
@@ -196,6 +200,12 @@ class SipFront:
 
     def _now(self) -> float:
         return time.monotonic()
+
+    def _unavailable(self) -> int | None:
+        """OPTIONS' answer: a Retry-After while draining (engine/drain.py), else None.
+        Not while merely full: that comes and goes in seconds, and each INVITE says it."""
+        drain = self.calls.drain
+        return DRAIN_RETRY_AFTER if drain is not None and drain.draining else None
 
     def _rtp(self, offer: AudioOffer, peer: Peer, on_dtmf: Callable[[str], None]) -> RtpSession:
         """A call's RTP session, taking packets only from the SDP's address, the host

@@ -1,7 +1,9 @@
 """schemathesis against the engine's own OpenAPI document: whatever the input, no 500,
 and every response matches the schema it declares. It runs with an admin key (with a
 rate limit it cannot reach), so it gets past authentication to every operation's
-validation; the endless event streams (SSE) are left out, as they never finish."""
+validation; the endless event streams (SSE) are left out, as they never finish, and so
+is draining the node, which would end the engine (engine/drain.py: an idle node that
+drains exits at once)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ def test_no_server_errors_and_responses_match_the_schema(tmp_path: Path) -> None
              "--checks", "not_a_server_error,response_schema_conformance",
              "--max-examples", "25", "--seed", "4475", "--no-color",
              "--header", f"Authorization: Bearer {key}",
-             "--exclude-path-regex", r"/events$"],
+             "--exclude-path-regex", r"/events$|/node/drain$"],
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         print(result.stdout[-3000:])

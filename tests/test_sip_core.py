@@ -380,6 +380,29 @@ def test_methods_and_extensions() -> None:
 # -- admission -----------------------------------------------------------------------------
 
 
+def test_options_answers_503_while_the_node_takes_no_new_calls() -> None:
+    """Regression for draining (engine/drain.py): OPTIONS, the health check Kamailio's
+    dispatcher pings its destinations with, was answered 200 whatever the node's state,
+    so a draining node stayed in rotation and every INVITE sent to it got 503. Now it is
+    503 with Retry-After from the drain on, while a call in progress goes on: its BYE
+    is still answered 200."""
+    retry: list[int | None] = [None]
+    ep = endpoint(unavailable=lambda: retry[0])
+    call_id = answered_call(ep)
+    ep.receive(request("OPTIONS", branch="z9hG4bKo1", call_id="ping1"), PHONE, 1.0)
+    [ok] = sent(ep)
+    assert ok.status_code == 200
+    retry[0] = 5  # the node drains
+    ep.receive(request("OPTIONS", branch="z9hG4bKo2", call_id="ping2"), PHONE, 2.0)
+    [busy] = sent(ep)
+    assert busy.status_code == 503 and busy.headers.get_first("retry-after") == "5"
+    assert busy.headers.get_first("to") and ";tag=" in (busy.headers.get_first("to") or "")
+    bye = request("BYE", branch="z9hG4bKbye", cseq=2, to_tag=local_tag(ep, call_id))
+    ep.receive(bye, TRUNK, 3.0)
+    assert statuses(ep) == [200]
+    assert ep.events() == [CallTerminated(call_id, "remote_bye")]
+
+
 def digest(challenge: str, user: str, password: str, method: str, uri: str, nc: int = 1) -> str:
     """An Authorization answering ``challenge``, as the ``nc``-th use of its nonce."""
     params = dict(p.strip().split("=", 1) for p in challenge[len("Digest ") :].split(","))

@@ -21,6 +21,7 @@ from engine.callstate import (
     Throttled,
     UnknownCall,
 )
+from engine.drain import Draining
 from media.sdp import SdpError
 
 PROBLEM = "application/problem+json"
@@ -66,6 +67,17 @@ def install(app: FastAPI) -> None:
             str(exc),
             headers={"Retry-After": str(exc.retry_after)},
             retry_after=exc.retry_after,
+        )
+
+    @app.exception_handler(Draining)  # before Overloaded's: the more specific class
+    async def _draining(_req: Request, exc: Draining) -> JSONResponse:
+        return problem(
+            503,
+            "Node draining",
+            str(exc),
+            headers={"Retry-After": str(exc.retry_after)},
+            retry_after=exc.retry_after,
+            draining=True,
         )
 
     @app.exception_handler(Throttled)

@@ -222,6 +222,23 @@ class Health(BaseModel):
     load: LoadOut
     # writes held in memory because storage fails (a full disk): above 0 for long, look
     waiting_writes: int = 0
+    # no new calls; the process exits once its calls end (engine/drain.py). Liveness
+    # stays 200 meanwhile: /readyz is the probe that says "send nothing new"
+    draining: bool = False
+
+
+class NodeOut(BaseModel):
+    """This node's drain (engine/drain.py). ``serving``: it takes new calls;
+    ``draining``: it refuses them (503) and exits once ``calls_left`` is 0, or at
+    ``deadline``, ending the calls left (reason ``node_drained``); ``drained``: exiting."""
+
+    state: Literal["serving", "draining", "drained"]
+    draining: bool
+    by: str | None = Field(None, description="who started the drain: SIGTERM, or a user or key")
+    since: datetime | None = None
+    deadline: datetime | None = None
+    calls_left: int
+    drain_timeout: float
 
 
 class PresenceIn(Input):

@@ -24,6 +24,9 @@ class Admission:
     realm: str = "ccengine"
     trunks: list[str] = field(default_factory=list)  # addresses or networks, CIDR ok
     passwords: Callable[[str], str | None] = lambda _user: None
+    # a Retry-After (s) while the node takes no new calls (draining), else None: OPTIONS
+    # outside a dialog, the health check of SIP proxies, is then answered 503 with it
+    unavailable: Callable[[], int | None] = lambda: None
 
     def __post_init__(self) -> None:
         self._nets = [ipaddress.ip_network(t, strict=False) for t in self.trunks]

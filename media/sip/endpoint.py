@@ -20,7 +20,8 @@ Who owns what:
   short registrations);
 * :mod:`media.sip.uac`: calls we place through a trunk, our registrations to carriers;
 * here: which of them a message goes to, and precise answers for the rest: 405/501
-  for methods, 415 for bodies, 420 for extensions, 503 when the tables are full.
+  for methods, 415 for bodies, 420 for extensions, 503 when the tables are full; OPTIONS
+  gets 200, or 503 while the node takes no new calls (``Admission.unavailable``).
 """
 
 from __future__ import annotations
@@ -291,7 +292,12 @@ class SipEndpoint:
             self._on_invite(req, txn, now)
         elif method == "OPTIONS":
             accept = [("Allow", ALLOW), ("Accept", "application/sdp")]
-            final(txn, 200, sm.new_tag(), now, headers=accept)
+            if (retry := self.admission.unavailable()) is not None:
+                # a proxy pinging its destinations (Kamailio's dispatcher) takes 503 as
+                # "out of rotation": it stops sending INVITEs before any is refused
+                final(txn, 503, sm.new_tag(), now, headers=[("Retry-After", str(retry))])
+            else:
+                final(txn, 200, sm.new_tag(), now, headers=accept)
         elif method == "REGISTER":
             user = self._gate.authenticate(req, txn, now)
             if user is not None:
