@@ -163,6 +163,7 @@ class EngineProcess:
             sys.executable, "-m", "engine.cli", "serve",
             "--port", str(self.port), "--db", f"sqlite+aiosqlite:///{self.db}",
         ]  # fmt: skip
+        self._close_log()  # the last run's, if it exited by itself (a drained engine)
         self._log_file = self.log.open("ab")
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=self.env, stdout=self._log_file, stderr=subprocess.STDOUT

@@ -1,6 +1,7 @@
 """The SIP edge: phones call one Kamailio (deploy/kamailio/kamailio.cfg), which spreads
-calls over two engine processes by Call-ID and takes an engine that stops answering its
-health checks out of the set. Real Kamailio, real engines, SIPp with RTP audio."""
+calls over two engine processes by Call-ID and takes an engine out of the set while it
+drains or stops answering its health checks, and back when it answers again. Real
+Kamailio, real engines, SIPp with RTP audio."""
 
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def wait_all_ended(engines: list[EngineProcess], timeout: float = 30) -> list[li
         time.sleep(0.3)
 
 
-def test_calls_through_the_edge_land_on_both_engines_and_fail_over(
+def test_calls_through_the_edge_spread_drain_and_fail_over(
     cluster: tuple[Kamailio, list[EngineProcess]], line: tuple[Path, float], tmp_path: Path
 ) -> None:
     edge, engines = cluster
@@ -108,7 +109,29 @@ def test_calls_through_the_edge_land_on_both_engines_and_fail_over(
         heard = " ".join(u["text"] for u in detail["transcript"] if u["speaker"] == "caller")
         assert speech.wer(SAID, heard) < 0.5, heard
 
-    # one engine dies: its health checks fail, and every new call lands on the other
+    # a drained engine answers the edge's health checks 503: new calls go to the other,
+    # and the drained engine exits once its calls are over
+    r = httpx.post(f"{engines[1].url}/api/v1/node/drain", headers=engines[1].headers)
+    assert r.status_code == 202, r.text
+    assert engines[1].proc is not None and engines[1].proc.wait(30) == 0
+    time.sleep(3 * edge.ping)
+    before = len(calls_on(engines[0]))
+    results = place(edge, line, tmp_path / "drained", 4)
+    assert all(r.ok for r in results), [r.output + r.errors for r in results if not r.ok]
+    assert len(calls_on(engines[0])) == before + 4
+
+    # started again, it answers 200 and takes calls again
+    engines[1].start()
+    time.sleep(3 * edge.ping)
+    on_b = len(calls_on(engines[1]))
+    for i in range(10):
+        assert place(edge, line, tmp_path / f"back{i}", 2)[0].ok
+        if len(calls_on(engines[1])) > on_b:
+            break
+    assert len(calls_on(engines[1])) > on_b
+
+    # one engine dies: its health checks go unanswered, and every new call lands on the
+    # other (a call sent to it before the edge noticed tries the other after FR_TIMER)
     engines[1].kill()
     time.sleep(3 * edge.ping + edge.fr_timer_ms / 1000)
     before = len(calls_on(engines[0]))
