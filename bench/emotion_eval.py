@@ -26,18 +26,22 @@ from media.emotion import EmotionEstimate, EmotionTracker
 from media.emotion_text import LABELS, TextModel
 
 UPSET = ("frustrated", "angry")
+UNHEARD = "no words"
 
 
 def _confusion(truth: list[str], guess: list[str]) -> str:
-    m = np.zeros((4, 4), int)
+    """Said against labelled; the last column, utterances the engine labels not at all
+    (no words recognised: the pipeline drops them as noise)."""
+    cols = [*LABELS, UNHEARD]
+    m = np.zeros((4, 5), int)
     for t, g in zip(truth, guess, strict=True):
-        m[LABELS.index(t), LABELS.index(g)] += 1
-    lines = ["| said \\ labelled | " + " | ".join(LABELS) + " | recall |", "|---" * 6 + "|"]
+        m[LABELS.index(t), cols.index(g)] += 1
+    lines = ["| said \\ labelled | " + " | ".join(cols) + " | recall |", "|---" * 7 + "|"]
     for i, t in enumerate(LABELS):
         recall = m[i, i] / max(1, m[i].sum())
         lines.append(f"| {t} | " + " | ".join(str(v) for v in m[i]) + f" | {recall:.2f} |")
     precision = [m[i, i] / max(1, m[:, i].sum()) for i in range(4)]
-    lines.append("| precision | " + " | ".join(f"{p:.2f}" for p in precision) + " | |")
+    lines.append("| precision | " + " | ".join(f"{p:.2f}" for p in precision) + " | | |")
     return "\n".join(lines)
 
 
@@ -74,13 +78,21 @@ class Tracked:
     """One call as the engine's tracker and escalation rules read it, utterance by
     utterance."""
 
-    estimates: list[EmotionEstimate]
+    # None: no words were recognised, and the engine's pipeline drops such a final as
+    # noise (media/pipeline.py) before emotion or any rule sees it
+    estimates: list[EmotionEstimate | None]
     routed: list[str]  # the rules that routed the call to a person, in order
     cost: list[float]  # CPU seconds per utterance
 
     @property
     def fired(self) -> bool:
         return bool(self.routed)
+
+    @property
+    def call_label(self) -> str | None:
+        """The call's label after its last utterance the engine heard."""
+        heard = [e for e in self.estimates if e is not None]
+        return heard[-1].call_label if heard else None
 
 
 def track(call: list[Said], band: str) -> Tracked:
@@ -89,6 +101,9 @@ def track(call: list[Said], band: str) -> Tracked:
     esc = CallEscalation(default_rules())
     out = Tracked([], [], [])
     for i, u in enumerate(call):
+        if not u.heard.text:  # as the engine: nothing said, nothing judged
+            out.estimates.append(None)
+            continue
         t0 = time.process_time()
         est = tracker.update(u.prosody, u.heard.text)
         decisions = esc.observe_utterance(Utterance(str(i), u.heard.text, i, i + 1))
@@ -107,7 +122,9 @@ def track(call: list[Said], band: str) -> Tracked:
 
 def evaluate(part: str, band: str) -> None:
     calls = calls_of(part, band)
-    truth, guess, words_only, conf, first_angry = [], [], [], [], []
+    truth, guess, words_only, first_angry = [], [], [], []
+    conf: list[float] = []  # the confidence of each label given, and whether it was right
+    right_conf: list[bool] = []
     call_right, esc_truth, esc_guess = [], [], []
     cost: list[float] = []
     missed: list[str] = []
@@ -118,13 +135,15 @@ def evaluate(part: str, band: str) -> None:
         cost += tracked.cost
         for i, (u, est) in enumerate(zip(call, tracked.estimates, strict=True)):
             truth.append(u.spoken.label)
-            guess.append(est.label)
-            conf.append(est.confidence)
+            guess.append(est.label if est is not None else UNHEARD)
             p = text_model.probabilities(u.heard.text)
-            words_only.append(max(p, key=lambda k: p[k]))
+            words_only.append(max(p, key=lambda k: p[k]) if est is not None else UNHEARD)
+            if est is not None:
+                conf.append(est.confidence)
+                right_conf.append(est.label == u.spoken.label)
             if i == 0 and u.spoken.label == "angry":
-                first_angry.append(est.label == "angry")
-        call_right.append(tracked.estimates[-1].call_label == call[0].spoken.call_label)
+                first_angry.append(est is not None and est.label == "angry")
+        call_right.append(tracked.call_label == call[0].spoken.call_label)
         esc_truth.append(_should_escalate(call))
         esc_guess.append(fired)
         if esc_truth[-1] != fired:
@@ -135,7 +154,7 @@ def evaluate(part: str, band: str) -> None:
                             for u, g in zip(call, guess[-len(call):], strict=True))
             )  # fmt: skip
     right = [t == g for t, g in zip(truth, guess, strict=True)]
-    table, ece = _reliability(conf, right)
+    table, ece = _reliability(conf, right_conf)
     tp = sum(t and g for t, g in zip(esc_truth, esc_guess, strict=True))
     voices = sorted({c[0].spoken.voice for c in calls})
     where = "16 kHz" if band == "wide" else "phone line"
@@ -147,6 +166,8 @@ def evaluate(part: str, band: str) -> None:
           f"call-level {np.mean(call_right):.3f} ({sum(call_right)}/{len(call_right)}); "
           f"angry on an angry caller's first utterance "
           f"{sum(first_angry)}/{len(first_angry)}")  # fmt: skip
+    print(f"utterances with no words recognised (no label, counted wrong): "
+          f"{guess.count(UNHEARD)}")  # fmt: skip
     print(f"escalation precision {tp / max(1, sum(esc_guess)):.3f}, recall "
           f"{tp / max(1, sum(esc_truth)):.3f} ({sum(esc_truth)} calls should escalate, "
           f"{sum(esc_guess)} did)")  # fmt: skip

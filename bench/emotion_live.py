@@ -346,7 +346,8 @@ def score(run: ChannelRun) -> Score:
             r.matched += m.parts[i] > 0
             r.split += m.parts[i] > 1
             r.lost += m.parts[i] == 0
-            live_ok, off_ok = m.labels[i] == u.spoken.label, est.label == u.spoken.label
+            live_ok = m.labels[i] == u.spoken.label
+            off_ok = est is not None and est.label == u.spoken.label
             r.live += live_ok
             r.offline += off_ok
             k = r.kinds.setdefault(_kind(m.parts[i], m.texts[i], u.heard.text), [0, 0, 0])
@@ -357,7 +358,7 @@ def score(run: ChannelRun) -> Score:
             r.errors_offline += n * speech.wer(u.spoken.sentence, u.heard.text)
         r.stray += m.stray
         live_ok = m.call_label == o.said[0].spoken.call_label
-        off_ok = o.offline.estimates[-1].call_label == o.said[0].spoken.call_label
+        off_ok = o.offline.call_label == o.said[0].spoken.call_label
         r.call_live += live_ok
         r.call_offline += off_ok
         if live_ok != off_ok:
@@ -471,14 +472,15 @@ def details(run: ChannelRun) -> dict[str, Any]:
             utts.append({
                 "label": u.spoken.label, "sentence": u.spoken.sentence,
                 "span": o.script.spans[i], "offline_text": u.heard.text,
-                "offline": est.label, "offline_scores": est.scores,
+                "offline": est.label if est else None,
+                "offline_scores": est.scores if est else None,
                 "live": m.labels[i] if m else None, "parts": m.parts[i] if m else 0,
                 "live_text": m.texts[i] if m else None,
             })  # fmt: skip
         calls.append({
             "index": o.script.index, "kind": o.said[0].spoken.kind,
             "voice": o.said[0].spoken.voice, "call_label": o.said[0].spoken.call_label,
-            "offline_call_label": o.offline.estimates[-1].call_label,
+            "offline_call_label": o.offline.call_label,
             "live_call_label": m.call_label if m else None,
             "offset": m.offset if m else None, "utterances": utts,
             "transcript": live.transcript if live else [],
