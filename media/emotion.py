@@ -23,7 +23,9 @@ Fusion. A multinomial logistic regression over the words' log-probabilities, the
 voice's z-scores and the voice crossed with how upset the words are, learned on the
 tuning part (``bench/emotion_train.py fusion``), then divided by one temperature so its
 probabilities are calibrated: a label given with 0.8 is right about 80 % of the time
-(``make eval`` prints the reliability table). The call's label is an exponential
+(``make eval`` prints the reliability table). An utterance the recognizer heard no
+words in is judged by a second regression over the voice alone, fitted the same way;
+its voice does not teach the caller's baseline. The call's label is an exponential
 moving average of the utterances' probabilities where upset states take hold fast and
 fade slowly; the trend is a moving average of mood (the words' valence pulled down by
 agitation).
@@ -211,8 +213,28 @@ def acoustic_values(p: Prosody) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
+class Logistic:
+    """A multinomial logistic regression over named inputs, divided by a temperature."""
+
+    names: list[str]  # input names, in weight order
+    weights: list[list[float]]  # len(names) x len(LABELS)
+    temperature: float
+
+    def probabilities(self, inputs: dict[str, float]) -> dict[str, float]:
+        logits = [0.0] * len(LABELS)
+        for name, w in zip(self.names, self.weights, strict=True):
+            x = inputs.get(name, 0.0)
+            if x:
+                for k in range(len(LABELS)):
+                    logits[k] += x * w[k]
+        probs = _softmax([v / self.temperature for v in logits])
+        return dict(zip(LABELS, probs, strict=True))
+
+
+@dataclass(frozen=True)
 class FusionModel:
-    """Population priors per band, the fusion's weights and its temperature."""
+    """Population priors per band, the fusion's weights and its temperature, and the
+    voice-only model for an utterance the recognizer heard no words in."""
 
     priors: dict[str, dict[str, tuple[float, float]]]  # band -> cue -> (mean, sd)
     prior_weight: float  # how many utterances the population prior counts for
@@ -220,6 +242,15 @@ class FusionModel:
     weights: list[list[float]]  # len(names) x len(LABELS)
     temperature: float
     call_rule: CallRule
+    # No words: no text probabilities to fuse. Uniform ones read as "unsure between
+    # all four", which the fusion never met in training (there an empty transcript
+    # read as the text model's bias, mostly neutral), and it labelled them positive or
+    # upset at random; this model, fitted on the voice alone, judges them by the voice.
+    voice_only: Logistic | None = None
+
+    @property
+    def fusion(self) -> Logistic:
+        return Logistic(self.names, self.weights, self.temperature)
 
     @classmethod
     @functools.lru_cache(maxsize=1)
@@ -234,6 +265,7 @@ class FusionModel:
             d["weights"],
             d["temperature"],
             CallRule(**d["call_rule"]) if "call_rule" in d else CallRule(),
+            Logistic(**d["voice_only"]) if "voice_only" in d else None,
         )
 
 
@@ -258,10 +290,26 @@ def fusion_inputs(
     return out
 
 
-def calm_words(text_p: dict[str, float]) -> bool:
+def voice_inputs(z: dict[str, float], band: Band = "wide") -> dict[str, float]:
+    """What the voice-only model may use: the voice's z-scores (and on a phone line
+    each again as ``name@phone``)."""
+    out = {"bias": 1.0} | {f"voice:{cue}": z.get(cue, 0.0) for cue in ACOUSTIC}
+    if band == "phone":
+        out |= {f"{k}@phone": v for k, v in out.items()}
+    return out
+
+
+def heard_words(text: str) -> bool:
+    """Whether the recognizer heard any words (an empty transcript says nothing of how
+    the caller feels: the voice alone is judged)."""
+    return bool(text.strip())
+
+
+def calm_words(text_p: dict[str, float], text: str) -> bool:
     """Whether an utterance's words were calm enough for its voice to teach the
-    caller's baseline (the tracker and the fusion's trainer both ask this)."""
-    return text_p["neutral"] + text_p["positive"] >= 0.5
+    caller's baseline (the tracker and the fusion's trainer both ask this). No words,
+    no lesson: a shout the recognizer could not make out would become the usual."""
+    return heard_words(text) and text_p["neutral"] + text_p["positive"] >= 0.5
 
 
 @dataclass
@@ -411,27 +459,22 @@ class EmotionTracker:
         utterance against the baseline as it stands; the baseline is not changed."""
         values = acoustic_values(p)
         z = self.baseline.z(values)
-        text_p = (
-            self.text_model.probabilities(text)
-            if text.strip()
-            else {label: 1.0 / len(LABELS) for label in LABELS}
-        )
-        inputs = fusion_inputs(text_p, z, self.band)
-        logits = [0.0] * len(LABELS)
-        for name, w in zip(self.model.names, self.model.weights, strict=True):
-            x = inputs.get(name, 0.0)
-            if x:
-                for k in range(len(LABELS)):
-                    logits[k] += x * w[k]
-        probs = _softmax([v / self.model.temperature for v in logits])
-        return dict(zip(LABELS, probs, strict=True)), text_p, z
+        if not heard_words(text):
+            uniform = {label: 1.0 / len(LABELS) for label in LABELS}
+            if self.model.voice_only is not None:
+                return self.model.voice_only.probabilities(voice_inputs(z, self.band)), uniform, z
+            text_p = uniform
+        else:
+            text_p = self.text_model.probabilities(text)
+        fused = self.model.fusion.probabilities(fusion_inputs(text_p, z, self.band))
+        return fused, text_p, z
 
     def update(self, p: Prosody, text: str) -> EmotionEstimate:
         fused, text_p, z = self.scores(p, text)
         label = max(fused, key=lambda k: fused[k])
         values = acoustic_values(p)
         why = evidence(text, text_p, z, values, self.baseline, label)  # against the usual so far
-        if calm_words(text_p):
+        if calm_words(text_p, text):
             self.baseline.learn(values)
         arousal = math.tanh(sum(AROUSAL_WEIGHT[c] * v for c, v in z.items()) / 2.0)
         valence = text_p["positive"] - text_p["frustrated"] - text_p["angry"]
@@ -473,8 +516,11 @@ def evidence(
     cues = text_cues(text)
     if cues:
         out.append("words: " + "; ".join(f"{g} ({', '.join(ws)})" for g, ws in cues.items()))
-    top = max(text_p, key=lambda k: text_p[k])
-    out.append(f"words read as {top} ({text_p[top]:.0%})")
+    if heard_words(text):
+        top = max(text_p, key=lambda k: text_p[k])
+        out.append(f"words read as {top} ({text_p[top]:.0%})")
+    else:
+        out.append("words: none heard, the voice alone")
     voice = []
     for cue, v in sorted(z.items(), key=lambda kv: -abs(kv[1])):
         if abs(v) < 1.0:

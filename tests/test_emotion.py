@@ -214,3 +214,18 @@ def test_an_unvoiced_utterance_teaches_the_baseline_nothing() -> None:
     after = t.update(usual(), complaint)
     assert after.label == plain.label == "frustrated"
     assert after.scores["angry"] == pytest.approx(plain.scores["angry"], abs=0.02)
+
+
+@pytest.mark.parametrize("band", ["wide", "phone"])
+def test_no_words_heard_is_judged_by_the_voice_alone(band: str) -> None:
+    """An empty transcript is no evidence of calm or of delight: a usual voice reads as
+    neutral (uniform text probabilities made the fusion call such utterances positive or
+    frustrated at random), a heated one as angry, and neither teaches the baseline."""
+    t = EmotionTracker(band)  # type: ignore[arg-type]
+    calm = t.update(usual(band), "")
+    assert calm.label == "neutral", calm.scores
+    assert calm.scores["positive"] < 0.25, calm.scores
+    assert any("none heard" in e for e in calm.evidence)
+    heated = t.update(usual(band, **HEATED), "  ")
+    assert heated.label == "angry", heated.scores
+    assert t.baseline.counts == {}
