@@ -116,6 +116,13 @@ def wait_drained(
         time.sleep(interval)
 
 
+def _pid(text: str) -> int:
+    pid = int(text)
+    if pid < 1:  # 0 and -1 would signal a process group, or every process
+        raise argparse.ArgumentTypeError(f"not a process id: {text}")
+    return pid
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.probe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("readyz", help=f"GET {READY_PATH}: 200 (taking calls) or exit 1")
     drain = sub.add_parser("drain", help="start the drain, wait for the last call to end")
     drain.add_argument("--key-file", help="a file holding an admin API key (optional)")
-    drain.add_argument("--pid", type=int, default=1, help="the engine's process (default 1)")
+    drain.add_argument(
+        "--pid", type=_pid, default=1, help="the engine's process (default 1: in its container)"
+    )
     drain.add_argument("--timeout", type=float, default=3500.0, help="seconds (default 3500)")
     drain.add_argument("--interval", type=float, default=2.0, help="seconds between looks")
     args = parser.parse_args(argv)

@@ -979,17 +979,23 @@ def test_probe_fails_when_nothing_answers(monkeypatch: pytest.MonkeyPatch) -> No
     assert probe.main(["readyz"]) == 1
 
 
+def _sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
 def test_drain_with_the_admin_key_waits_for_the_last_call(stub_env: Any, tmp_path: Path) -> None:
     key_file = tmp_path / "admin-key"
     key_file.write_text("admin-key\n")
-    with stub_env(3) as stub:
-        args = ["drain", "--key-file", str(key_file), "--interval", "0.01", "--pid", "0"]
-        assert probe.main(args) == 0
-        assert stub.drains == ["Bearer admin-key"] and stub.calls == 0
-
-
-def _sleeper() -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    engine = _sleeper()
+    try:
+        with stub_env(3) as stub:
+            args = ["drain", "--key-file", str(key_file), "--interval", "0.01"]
+            assert probe.main([*args, "--pid", str(engine.pid)]) == 0
+            assert stub.drains == ["Bearer admin-key"] and stub.calls == 0
+        assert engine.poll() is None  # the endpoint drained it: no signal
+    finally:
+        engine.kill()
+        engine.wait()
 
 
 @pytest.mark.parametrize("key", ["", "wrong-key", None])
@@ -1024,12 +1030,23 @@ def test_drain_ends_when_the_engine_exits(monkeypatch: pytest.MonkeyPatch) -> No
 def test_drain_gives_up_at_its_timeout(stub_env: Any, tmp_path: Path) -> None:
     key_file = tmp_path / "admin-key"
     key_file.write_text("admin-key")
-    with stub_env(10**6) as stub:
-        started = time.monotonic()
-        args = ["drain", "--key-file", str(key_file), "--interval", "0.02", "--timeout", "0.2"]
-        assert probe.main(args) == 1
-        assert time.monotonic() - started < 5
-        assert stub.draining and stub.calls > 0
+    engine = _sleeper()  # never process 1 of this machine, whatever happens
+    try:
+        with stub_env(10**6) as stub:
+            started = time.monotonic()
+            args = ["drain", "--key-file", str(key_file), "--interval", "0.02", "--timeout", "0.2"]
+            assert probe.main([*args, "--pid", str(engine.pid)]) == 1
+            assert time.monotonic() - started < 5
+            assert stub.draining and stub.calls > 0
+    finally:
+        engine.kill()
+        engine.wait()
+
+
+@pytest.mark.parametrize("pid", ["0", "-1"])
+def test_drain_signals_no_process_group(pid: str) -> None:
+    with pytest.raises(SystemExit):
+        probe.main(["drain", "--pid", pid])
 
 
 # -- dispatcher-sync.sh with a real Kamailio -------------------------------------------
