@@ -707,6 +707,8 @@ def test_engine_image_is_multi_stage_and_unprivileged() -> None:
     # the models the builder prepares are where the engine looks first
     (prepare,) = [v for v in instructions(builder, "RUN") if "models prepare" in v]
     built = json.loads(re.search(r"CCENGINE_MODEL_DIRS='([^']*)'", prepare)[1])  # type: ignore[index]
+    # made by root in private folders: readable by the engine's user only after this
+    assert re.search(r"chmod -R a\+rX (\S+)", prepare)[1] in ("/opt/ccengine", built[0])  # type: ignore[index]
     env = dict(w.partition("=")[::2] for v in instructions(final, "ENV") for w in shlex.split(v))
     assert json.loads(env["CCENGINE_MODEL_DIRS"])[0] == built[0]
     assert env["CCENGINE_HOST"] == "0.0.0.0" and env["CCENGINE_SIP_HOST"] == "0.0.0.0"
