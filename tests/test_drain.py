@@ -112,6 +112,33 @@ async def test_a_signal_handler_starts_the_drain_on_the_loop() -> None:
     await drain.stop()
 
 
+async def test_sigterm_drains_then_stops_and_is_never_raised_again() -> None:
+    """The server's SIGTERM handler: the first drains, a second while draining stops at
+    once, and one after stopping began changes nothing. None reaches uvicorn's list of
+    signals to raise again on exit: one there ended a drained engine with 143, not 0
+    (a drain through the API, then ``docker stop``)."""
+    import signal
+
+    import uvicorn
+
+    from engine.server import DrainingServer
+
+    async def end_calls(_reason: str) -> None:
+        pass
+
+    drain = NodeDrain(60, lambda: 1, end_calls)
+    server = DrainingServer(uvicorn.Config(app=None), drain)
+    drain.start()
+    server.handle_exit(signal.SIGTERM, None)
+    await asyncio.sleep(0)
+    assert drain.draining and not server.should_exit  # the calls go on
+    server.handle_exit(signal.SIGTERM, None)
+    assert server.should_exit  # a second: stop now
+    server.handle_exit(signal.SIGTERM, None)
+    assert server._captured_signals == []
+    await drain.stop()
+
+
 # -- the app ----------------------------------------------------------------------------
 
 
