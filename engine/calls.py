@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -124,6 +125,30 @@ if TYPE_CHECKING:
     from engine.sip import DeskPhones
 
 log = logging.getLogger(__name__)
+
+# the slot a ``Reservation`` holds for the call being rung in this task
+_RESERVED: contextvars.ContextVar[str | None] = contextvars.ContextVar("reserved", default=None)
+
+
+class Reservation:
+    """A call's slot, held from admission while it rings (``CallManager.reserve``)."""
+
+    def __init__(self, slots: set[str]) -> None:
+        self._slots = slots
+        self.slot = f"ringing-{uuid.uuid4()}"
+        slots.add(self.slot)
+        self._token: contextvars.Token[str | None] | None = None
+
+    def __enter__(self) -> Reservation:
+        self._token = _RESERVED.set(self.slot)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._token is not None:
+            _RESERVED.reset(self._token)
+        self._slots.discard(self.slot)  # the call took it over, or it never came
+
+
 T = TypeVar("T")
 
 TEARDOWN_TIMEOUT = 10.0  # a stuck recognizer or disk must not keep a call open
@@ -282,11 +307,25 @@ class CallManager:
             self.metrics.rejected.labels("limit").inc()
             raise Overloaded(f"{calls} calls: the configured limit", retry_after=30)
 
+    def reserve(self) -> Reservation:
+        """Admit a new call now and hold its slot while it rings (a phone ringing us, a
+        number we dial): ``Overloaded`` at once if not. The call made inside ``with``
+        the reservation takes the slot over without asking again: a callee who answered
+        after a drain began (or the node filled up) was hung up at once, and the drain
+        had not counted the ringing call, so the node could exit under it."""
+        self.admit()
+        return Reservation(self._setting_up)
+
     def _new_call(self, channel: str, language: str | None, caller: str | None) -> Call:
         """Admit a call and take its slot, with no await between the two (20 offers at
         once against a limit of 4 all got in when the slot was taken only once the call
-        was stored). The caller of this must release it: ``_setting_up.discard``."""
-        self.admit()
+        was stored). The caller of this must release it: ``_setting_up.discard``. Inside
+        a ``reserve``'s ``with`` its slot is taken over instead."""
+        slot = _RESERVED.get()
+        if slot is not None and slot in self._setting_up:
+            self._setting_up.discard(slot)
+        else:
+            self.admit()
         language = (language or self.settings.default_language).lower()
         call = Call(
             str(uuid.uuid4()),

@@ -316,11 +316,20 @@ class SipFront:
         except SdpError as exc:
             self._reject(ev.call_id, 400, ("Warning", f'399 ccengine "{exc}"'))
             return
-        try:  # before ringing or taking an RTP port: a full node says so at once
-            self.calls.admit()
+        # before ringing or taking an RTP port: a full node says so at once; the slot is
+        # the call's until it is set up or refused
+        try:
+            reservation = self.calls.reserve()
         except Overloaded as exc:
             self._reject(ev.call_id, *_busy(exc))
             return
+        with reservation:
+            await self._answer_invite(ev, offer, direct)
+
+    async def _answer_invite(
+        self, ev: InviteReceived, offer: AudioOffer, direct: str | None
+    ) -> None:
+        req = ev.request
         self.endpoint.ring(ev.call_id, self._now())
         self.transport.flush()
         pc = self._phone.get(ev.call_id)
@@ -520,15 +529,14 @@ class SipFront:
         """Dial, then hand the answered party to the call manager (``connect``, given the
         peer and its codec); if that fails the party is hung up, not left on the line.
         A new call (not an agent's leg) is refused before dialling when the node is full."""
-        if not agent:
-            self.calls.admit()
-        pc = await self.dial(number, agent=agent)
-        assert pc.peer is not None
-        try:
-            call = await connect(pc.peer, pc.peer.rtp.offer.codec)
-        except Exception:
-            await pc.peer.close()
-            raise
+        with contextlib.nullcontext() if agent else self.calls.reserve():
+            pc = await self.dial(number, agent=agent)
+            assert pc.peer is not None
+            try:
+                call = await connect(pc.peer, pc.peer.rtp.offer.codec)
+            except Exception:
+                await pc.peer.close()
+                raise
         if not agent:
             pc.call_id = call.id  # the party is the call's caller: its BYE ends the call
         return call

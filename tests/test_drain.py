@@ -219,6 +219,28 @@ async def test_a_drained_node_refuses_new_calls_and_keeps_the_one_it_has(
     assert (await anonymous.get("/readyz")).status_code == 503
 
 
+async def test_a_call_ringing_when_the_drain_begins_is_counted_and_put_through(
+    control_plane: ControlPlane,
+) -> None:
+    """Regression: a number we dialled (a callback, a program's call) was admitted
+    before it rang, then admitted again once answered: a drain begun while it rang hung
+    the callee up the moment they answered, and the drain, not counting the ringing
+    call, could let the node exit under it. Its slot is now held while it rings."""
+    cp = control_plane
+    drain = cp.app.state.drain  # type: ignore[union-attr]
+    with cp.calls.reserve():  # as the SIP front does before it rings or dials
+        assert cp.calls.calls_in_progress() == 1
+        assert drain.begin("test")
+        assert drain.status().calls_left == 1  # the ringing call keeps the node up
+        call, _peer = await phone_call(cp.calls, "+15550001234")  # answered: put through
+        with pytest.raises(Draining):  # the slot is the call's: anyone new is refused
+            await phone_call(cp.calls, "+15550009999")
+    assert cp.calls.calls_in_progress() == 1 and cp.calls.live(call.id) is call
+    with pytest.raises(Draining):
+        cp.calls.reserve()
+    assert cp.calls.calls_in_progress() == 1  # a refused reservation holds nothing
+
+
 async def test_a_caller_already_queued_here_is_still_put_through_to_an_agent(
     control_plane: ControlPlane,
 ) -> None:
