@@ -40,6 +40,7 @@ from engine.events import EventBus
 from engine.gcpauses import GcPauses, freeze_startup
 from engine.metrics import Metrics
 from engine.recovery import Recovery
+from engine.redisstream import RedisEventStream
 from engine.sip import SipFront
 from engine.store.db import Store
 from engine.users import load_or_create_key
@@ -67,7 +68,10 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         backlog=calls.recognition_backlog,
         worker_pids=lambda: calls.recognizers.pool.pids(),
     )
-    event_log = EventLog(store, bus, settings.event_retention_days)
+    shared = (
+        RedisEventStream(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
+    )
+    event_log = EventLog(store, bus, settings.event_retention_days, shared)
     webhook_targets = TargetPolicy(settings.webhook_allowed_networks)
     recovery = Recovery(store, bus, settings.engine_lease)
     calls.engine_id = recovery.id
