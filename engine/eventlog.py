@@ -155,6 +155,13 @@ class EventLog:
         tell its readers it is stored: they hand it out)."""
         self._wake.clear()
         batch, self._pending = self._pending, []
+        if self.shared is not None and batch and batch[0][0].id:
+            # numbered, then not stored (the database failed): written first and alone.
+            # New events are numbered only once those are stored, so the stream holds
+            # one unstored batch of ours at most, and readers wait on no more than that
+            numbered = sum(1 for row, _ in batch if row.id)
+            batch, self._pending = batch[:numbered], batch[numbered:] + self._pending
+            self._wake.set()
         if batch:
             await self._write(batch)
         if self.shared is not None and self._marked < self.written_to:
@@ -244,6 +251,8 @@ class EventLog:
                     await task
         with contextlib.suppress(SQLAlchemyError, RedisError, OSError):
             await self.flush()
+            if self._pending:  # a retried batch goes alone (shared stream): the rest now
+                await self.flush()
         if self.bus.store_first == self._append:
             self.bus.store_first = None
         if self.shared is not None:

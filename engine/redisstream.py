@@ -60,12 +60,13 @@ MAXLEN = 20_000
 APPEND_MAX = 1_000
 TIMEOUT = 5.0  # seconds for a Redis command (a read blocks BLOCK_MS on top)
 
-# KEYS: counter, stream, token key. ARGV: floor, maxlen, engine, token, bodies...
-# The counter first rises to ``floor`` (an id this engine has seen: Redis may have lost
-# its data), then the batch takes the next numbers. Returns the first of them.
+# KEYS: counter, stream, the engine's last append. ARGV: floor, maxlen, engine, token,
+# bodies... The counter first rises to ``floor`` (an id this engine has seen: Redis may
+# have lost its data), then the batch takes the next numbers. Returns the first of them;
+# an engine appends one batch at a time, so its last token tells a retry from a new one.
 APPEND = """
-local done = redis.call('GET', KEYS[3])
-if done then return tonumber(done) end
+local last = redis.call('HMGET', KEYS[3], 'token', 'first')
+if last[1] == ARGV[4] then return tonumber(last[2]) end
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local floor = tonumber(ARGV[1])
 if cur < floor then cur = floor end
@@ -75,7 +76,8 @@ for i = 1, n do
              'e', ARGV[3], 'b', ARGV[4 + i])
 end
 redis.call('SET', KEYS[1], string.format('%d', cur + n))
-redis.call('SET', KEYS[3], string.format('%d', cur + 1), 'EX', 3600)
+redis.call('HSET', KEYS[3], 'token', ARGV[4], 'first', string.format('%d', cur + 1))
+redis.call('EXPIRE', KEYS[3], 86400)
 return cur + 1
 """
 # KEYS: counter, stream. ARGV: maxlen, engine, the highest id it has stored.
@@ -135,7 +137,7 @@ class RedisEventStream:
         self._counter = f"{prefix}:events:counter"
         self._stream = f"{prefix}:events"
         self._alive_prefix = f"{prefix}:engine:"
-        self._token_prefix = f"{prefix}:append:"
+        self._last_append = f"{prefix}:append:{self.engine}"
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
         )
@@ -190,7 +192,7 @@ class RedisEventStream:
         """Number events (their JSON without ids) in the global order and put them in the
         stream; the first of their ids. ``token``: the same for a retry of one batch."""
         first = await self._append(
-            keys=[self._counter, self._stream, self._token_prefix + token],
+            keys=[self._counter, self._stream, self._last_append],
             args=[max(floor, self.highest), self.maxlen, self.engine, token, *rests],
         )
         self.highest = max(self.highest, int(first) + len(rests) - 1)
@@ -210,7 +212,7 @@ class RedisEventStream:
         self._tasks = []
         # readers skip at once what this engine appended and never stored
         with contextlib.suppress(RedisError, OSError):
-            await self._redis.delete(self._alive_key(self.engine))
+            await self._redis.delete(self._alive_key(self.engine), self._last_append)
         await self._redis.aclose()
 
     async def _keep_alive_once(self) -> None:
@@ -286,8 +288,8 @@ class RedisEventStream:
                 log.warning("redis: events before %d were never read; restarting streams",
                             held.id)  # fmt: skip
                 bus.restart_at(held.id)
-            event = event_adapter.validate_json(with_id(held.id, held.body))
-            bus.deliver(event, with_id(held.id, held.body))
+            body = with_id(held.id, held.body)
+            bus.deliver(event_adapter.validate_json(body), body)
         if self._held and self._held[0] is not head:
             self._head_since = time.monotonic()
 

@@ -222,9 +222,16 @@ async def test_subscribers_get_only_stored_events_on_every_engine(
         await asyncio.sleep(0.5)
         assert event.id > 0, "numbered by Redis"
         assert all(sub.queue.empty() for sub in subs), "seen before it was stored"
+        # while that batch waits for the database, new events are not appended: readers
+        # never wait on more than one unstored batch of an engine
+        later = a.bus.publish(dtmf("A", 6))
+        await asyncio.sleep(1.5)
+        client = aioredis.Redis.from_url(a.shared.url)
+        async with client:
+            assert await client.xlen(a.shared._stream) == 1 and later.id == 0
         blocker.execute("ROLLBACK")
         for sub in subs:
-            assert [e.id for e in await take(sub, 1, within=20)] == [event.id]
+            assert [e.id for e in await take(sub, 2, within=20)] == [event.id, event.id + 1]
     finally:
         blocker.close()
 
@@ -294,3 +301,56 @@ async def test_a_wrong_redis_url_stops_the_start_with_a_clear_error(tmp_path: Pa
     why = _redis_unusable(Settings(redis_url=url.replace("//", "//user:sekrit@")))
     assert why is not None and "CCENGINE_REDIS_URL" in why and "sekrit" not in why
     assert _redis_unusable(Settings(redis_url="")) is None
+
+
+async def test_an_append_retried_after_a_lost_reply_is_not_made_twice(
+    pair: tuple[Engine, Engine],
+) -> None:
+    a, _b = pair
+    body = '{"type":"dtmf.received","digit":"1","at":0.0}'
+    first = await a.shared.append([body, body], "token-1", 0)
+    assert await a.shared.append([body, body], "token-1", 0) == first  # the reply was lost
+    assert await a.shared.append([body], "token-2", 0) == first + 2
+    client = aioredis.Redis.from_url(a.shared.url)
+    async with client:
+        assert await client.xlen(a.shared._stream) == 3
+
+
+async def test_a_reader_that_fell_behind_the_stream_cuts_its_clients_off_to_resume(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A reader that falls further behind than the stream keeps would hand out a hole
+    (events trimmed before it read them): instead its subscribers are cut off, and
+    resuming from their last id, from the database, gives them every event."""
+    keys = prefix()
+    a = await start_engine(tmp_path / "shared.db", redis_server.url, keys)
+    b = await start_engine(tmp_path / "shared.db", redis_server.url, keys)
+    a.shared.maxlen = 10  # trimmed (in whole nodes of 100) long before b reads again
+    try:
+        sub = b.bus.subscribe()
+        a.bus.publish(dtmf("A", 0))
+        last = (await take(sub, 1))[0].id
+        reader = b.shared._tasks[0]
+        reader.cancel()  # b's reader stalls...
+        for i in range(1, 400):
+            a.bus.publish(dtmf("A", i))
+            if i % 50 == 0:
+                await asyncio.sleep(0.05)  # batches of their own
+        async with asyncio.timeout(20):  # all stored
+            while True:
+                if len(await a.store.events_after(last, None, 1000)) == 399:
+                    break
+                await asyncio.sleep(0.1)
+        b.shared._tasks[0] = asyncio.create_task(b.shared._read_loop(b.bus))  # ...and goes on
+        got = []
+        async with asyncio.timeout(10):
+            while (event := await sub.queue.get()) is not None:
+                got.append(event.id)
+        assert sub.lagged and b.shared.gaps >= 1
+        assert got == list(range(last + 1, last + 1 + len(got))), "a hole in the stream"
+        assert len(got) < 399, "nothing was trimmed: the test proves nothing"
+        resumed = await b.replay(got[-1] if got else last)
+        assert (got + resumed)[:399] == list(range(last + 1, last + 400))
+    finally:
+        await b.stop()
+        await a.stop()
