@@ -134,6 +134,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             await event_log.stop()  # the last events (call.ended) reach the log
             await sender.stop()
             await store.close()
+            await app.state.credentials.limiter.close()
 
     # /docs and /redoc with Swagger UI and ReDoc from the fastapi-offline package, served
     # by the engine: FastAPI's own pages load them from a CDN (no docs offline, and an

@@ -1,7 +1,8 @@
 """Two real engine processes on one database and one Redis (CCENGINE_REDIS_URL): an
 event stream on either carries both engines' events, in one order with growing ids, and
 resuming by id on either gives the same events. Without Redis each engine's stream
-carried its own events only, numbered from its own block of ids."""
+carried its own events only, numbered from its own block of ids; and each counted a
+client's requests alone, so two engines gave it twice its rate limit."""
 
 from __future__ import annotations
 
@@ -93,6 +94,17 @@ async def test_two_engines_stream_each_others_events_in_one_order(
         presence = sum(e["type"] == "agent.presence_changed" for e in resumed)
         for engine in (one, two):
             assert await asyncio.wait_for(sse(engine, presence, after=middle), 30) == resumed
+
+        # one allowance for a key, whichever engine its requests go to
+        key = one.ccengine(
+            "keys", "create", "limited", "--scope", "read", "--rate", "10", "--quiet"
+        )
+        headers = {"Authorization": f"Bearer {key.strip()}"}
+        codes = []
+        for i in range(14):
+            async with httpx.AsyncClient(base_url=(one, two)[i % 2].url, timeout=10) as http:
+                codes.append((await http.get("/api/v1/calls", headers=headers)).status_code)
+        assert codes == [200] * 10 + [429] * 4
     finally:
         two.stop()
         one.stop()
