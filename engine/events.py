@@ -1,10 +1,11 @@
 """Typed events and the bus that carries them.
 
 Events are nouns with a dotted ``type``. Every published event gets a
-monotonically increasing ``id`` from the bus, so consumers can order, dedupe and
-resume. The in-process bus keeps a bounded ring of recent events for replay;
-the interface (``publish`` / ``subscribe`` / ``replay``) is what a Redis-streams
-backend implements for many nodes.
+monotonically increasing ``id``, so consumers can order, dedupe and resume: from the
+bus itself, or, with engines sharing a Redis stream (engine/redisstream.py), from that
+stream as the event log appends it, one order for every engine. The bus keeps a bounded
+ring of recent events for replay and hands events to local subscribers; with Redis, the
+stream's reader feeds it every engine's events.
 
 With a durable log attached (``store_first``, engine/eventlog.py), an event reaches
 subscribers and the ring only once the log has stored it (``deliver``): an id a client
