@@ -58,6 +58,10 @@ PAGE = 500  # entries per read
 # and over the ring a starting engine fills from it (RING_SIZE). ~1 KB an event.
 MAXLEN = 20_000
 APPEND_MAX = 1_000
+# Events a reader keeps waiting behind one engine's unstored batch: an engine that stays
+# alive but cannot store for long would otherwise grow every reader without bound. Past
+# it the reader stops waiting: its subscribers are cut off and resume from the database.
+MAX_HELD = 20_000
 TIMEOUT = 5.0  # seconds for a Redis command (a read blocks BLOCK_MS on top)
 
 # KEYS: counter, stream, the engine's last append. ARGV: floor, maxlen, engine, token,
@@ -254,6 +258,8 @@ class RedisEventStream:
                 self._held.append(_Held(number, engine, fields[b"b"].decode(), gap_before=gap))
                 self._last_number = number
                 self.highest = max(self.highest, number)
+                if len(self._held) > MAX_HELD:
+                    self._give_up(bus)
             elif b"s" in fields:  # its engine has stored its events up to s
                 upto = int(fields[b"s"])
                 for held in self._held:
@@ -262,6 +268,14 @@ class RedisEventStream:
             elif b"x" in fields:  # its engine died: skip what it never stored
                 self._drop(engine)
         self._release(bus)
+
+    def _give_up(self, bus: EventBus) -> None:
+        head = self._held[0]
+        log.error("redis: %d events wait behind engine %s's event %d; cutting streams off",
+                  len(self._held), head.engine, head.id)  # fmt: skip
+        self.gaps += 1
+        bus.restart_at(self._held[-1].id + 1)
+        self._held.clear()
 
     def _drop(self, engine: str) -> None:
         kept: collections.deque[_Held] = collections.deque()

@@ -354,3 +354,26 @@ async def test_a_reader_that_fell_behind_the_stream_cuts_its_clients_off_to_resu
     finally:
         await b.stop()
         await a.stop()
+
+
+async def test_a_reader_waits_behind_a_stuck_engine_only_so_long(
+    pair: tuple[Engine, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine alive but unable to store holds every reader up, and each reader keeps
+    what comes meanwhile: past ``MAX_HELD`` events it stops waiting, cuts its clients off,
+    and they resume from the database without a hole."""
+    monkeypatch.setattr(redisstream, "MAX_HELD", 5)
+    a, b = pair
+    sub = b.bus.subscribe()
+    stuck = RedisEventStream(a.shared.url, a.shared._stream.rsplit(":", 1)[0])
+    await stuck._keep_alive_once()  # alive, and never storing
+    try:
+        await stuck.append(['{"type":"dtmf.received","digit":"1","at":0.0}'], "t", 0)
+        published = [b.bus.publish(dtmf("B", i)) for i in range(8)]
+        assert await sub.queue.get() is None and sub.lagged  # cut off, not grown
+        ids = [e.id for e in published]
+        assert await b.replay(ids[0] - 1) == ids  # every stored event, from the database
+        assert b.shared.gaps == 1
+    finally:
+        await stuck._redis.delete(stuck._alive_key(stuck.engine))
+        await stuck._redis.aclose()
