@@ -89,6 +89,10 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     metrics.storage_waiting.labels("event").set_function(lambda: event_log.pending)
     metrics.bounded_bytes.labels("prompt").set_function(lambda: calls.prompts.cached_bytes)
     metrics.bounded_bytes.labels("event_ring").set_function(lambda: bus.ring_bytes)
+    if shared is not None:
+        metrics.shared_events.labels("held").set_function(lambda: shared.held)
+        metrics.shared_events.labels("dropped").set_function(lambda: shared.dropped)
+        metrics.shared_events.labels("restarts").set_function(lambda: shared.gaps)
     gc_pauses = GcPauses(metrics.gc_pause)
     # mallinfo2 walks malloc's free lists: ~0.3 ms on a fragmented heap, once a scrape
     metrics.malloc_in_use.set_function(lambda: float(malloc.in_use() or math.nan))

@@ -159,6 +159,11 @@ class RedisEventStream:
         self._bus: EventBus | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def held(self) -> int:
+        """Events read and waiting for their engine's stored marker."""
+        return len(self._held)
+
     def _alive_key(self, engine: str) -> str:
         return self._alive_prefix + engine
 

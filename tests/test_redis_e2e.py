@@ -105,6 +105,11 @@ async def test_two_engines_stream_each_others_events_in_one_order(
             async with httpx.AsyncClient(base_url=(one, two)[i % 2].url, timeout=10) as http:
                 codes.append((await http.get("/api/v1/calls", headers=headers)).status_code)
         assert codes == [200] * 10 + [429] * 4
+
+        async with one.http() as http:  # the stream's reader reports on itself
+            text = (await http.get("/metrics")).text
+        assert 'ccengine_shared_events{what="held"} 0.0' in text
+        assert 'ccengine_shared_events{what="restarts"} 0.0' in text
     finally:
         two.stop()
         one.stop()

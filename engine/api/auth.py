@@ -36,7 +36,6 @@ from engine.api.websec import OriginPolicy, csrf_refusal, is_https
 from engine.events import utcnow
 from engine.keys import PREFIX, Scope, expand, parse_key, role_scopes, secret_matches
 from engine.ratelimit import Limiter, LocalLimiter, retry_after
-from engine.ratelimit_redis import RedisLimiter
 from engine.store.models import UserRow
 from engine.users import (
     CALLER,
@@ -232,11 +231,12 @@ Admin = Annotated[Principal, _scoped("admin")]
 
 def install(app: FastAPI) -> None:
     settings = app.state.settings
-    # with Redis, every engine counts a client's requests in the same buckets
-    limiter = (
-        RedisLimiter(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
-    )
-    app.state.credentials = _Credentials(limiter or LocalLimiter())
+    limiter: Limiter = LocalLimiter()
+    if settings.redis_url:  # every engine counts a client's requests in the same buckets
+        from engine.ratelimit_redis import RedisLimiter  # limits is loaded only for this
+
+        limiter = RedisLimiter(settings.redis_url, settings.redis_prefix)
+    app.state.credentials = _Credentials(limiter)
     # "*" in CCENGINE_CORS_ORIGINS is no origin: it never lets a page use the cookies
     app.state.origins = OriginPolicy([*settings.allowed_origins, *settings.cors_origins])
 
