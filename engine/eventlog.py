@@ -39,7 +39,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.events import EventBase, EventBus, utcnow
-from engine.redisstream import APPEND_MAX, RedisEventStream, with_id
+from engine.redisstream import APPEND_MAX, RedisEventStream, cancelled, with_id
 from engine.store.db import Store
 from engine.store.models import DeliveryRow, EventRow, WebhookRow
 
@@ -52,6 +52,7 @@ GATHER = 0.01
 MAX_PENDING = 10_000
 PAGE = 500
 PRUNE_EVERY = 3600.0
+STOP_WAIT = 30.0  # seconds stop() waits for the writer (a write under way, a busy database)
 
 
 def wants(hook: WebhookRow, event_type: str) -> bool:
@@ -78,6 +79,7 @@ class EventLog:
         self.dropped_partials = 0  # while the database could not be written
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._pruner: asyncio.Task[None] | None = None
         self._reserved_to = 0
         self._hooks: list[WebhookRow] = []
@@ -139,7 +141,7 @@ class EventLog:
         self._wake.set()
 
     async def _write_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await self._wake.wait()
             await asyncio.sleep(GATHER)
             if self.earlier_writes is not None:
@@ -147,6 +149,8 @@ class EventLog:
             try:
                 await self.flush()
             except (SQLAlchemyError, RedisError, OSError) as exc:  # kept in memory; tried again
+                if cancelled():  # stopping: redis-py may have turned that into an error
+                    raise asyncio.CancelledError from exc
                 log.error("event log: write failed, will retry: %s", exc)
                 await asyncio.sleep(1.0)
 
@@ -244,11 +248,16 @@ class EventLog:
             await asyncio.sleep(PRUNE_EVERY)
 
     async def stop(self) -> None:
-        for task in (self._task, self._pruner):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        # the flag ends the writer too if a Redis command swallowed its cancellation
+        self._stopping = True
+        self._wake.set()
+        tasks = [task for task in (self._task, self._pruner) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _done, late = await asyncio.wait(tasks, timeout=STOP_WAIT)
+            for task in late:  # nothing waits forever
+                log.error("event log: %s did not stop", task.get_name())
         with contextlib.suppress(SQLAlchemyError, RedisError, OSError):
             await self.flush()
             if self._pending:  # a retried batch goes alone (shared stream): the rest now

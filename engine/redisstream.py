@@ -60,7 +60,8 @@ MAXLEN = 20_000
 APPEND_MAX = 1_000
 # Events a reader keeps waiting behind one engine's unstored batch: an engine that stays
 # alive but cannot store for long would otherwise grow every reader without bound. Past
-# it the reader stops waiting: its subscribers are cut off and resume from the database.
+# it the reader skips that engine's unstored events, as if it had died (every reader at
+# the same point of the stream), and the others' go on.
 MAX_HELD = 20_000
 TIMEOUT = 5.0  # seconds for a Redis command (a read blocks BLOCK_MS on top)
 
@@ -112,6 +113,14 @@ return cur
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
+def cancelled() -> bool:
+    """Whether the running task is being cancelled. redis-py may turn the CancelledError
+    of a command cut short into a connection error: a loop that retries those must look,
+    or it never ends and whoever stops it waits forever."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class RedisUnavailable(Exception):
     """The configured Redis cannot be used (wrong URL, not running, refused)."""
 
@@ -153,11 +162,14 @@ class RedisEventStream:
         self._read_from = "0-0"  # the stream id after which the reader reads
         self._last_number = 0  # the newest event id read from the stream
         self._head_since = 0.0  # monotonic time the first held event began to wait
+        self._head_id = 0  # which event that is
+        self._asked_at = 0.0  # when this reader last asked whether that engine lives
         self.highest = 0  # the newest event id this engine knows of (a floor for appends)
         self.dropped = 0  # events skipped: their engine died before storing them
         self.gaps = 0  # times the reader found numbers missing
         self._bus: EventBus | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     @property
     def held(self) -> int:
@@ -214,10 +226,13 @@ class RedisEventStream:
         )
 
     async def stop(self) -> None:
+        self._stopping = True  # a loop whose cancellation a command swallowed ends too
         for task in self._tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            _done, late = await asyncio.wait(self._tasks, timeout=BLOCK_MS / 1000 + 2 * TIMEOUT)
+            for task in late:  # nothing waits forever
+                log.error("redis: %s did not stop", task.get_name())
         self._tasks = []
         # readers skip at once what this engine appended and never stored
         with contextlib.suppress(RedisError, OSError):
@@ -228,15 +243,17 @@ class RedisEventStream:
         await self._redis.set(self._alive_key(self.engine), "1", px=int(ALIVE_FOR * 1000))
 
     async def _alive_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(ALIVE_EVERY)
             try:
                 await self._keep_alive_once()
             except (RedisError, OSError) as exc:
+                if cancelled():
+                    raise asyncio.CancelledError from exc
                 log.warning("redis: cannot refresh this engine's liveness: %s", exc)
 
     async def _read_loop(self, bus: EventBus) -> None:
-        while True:
+        while not self._stopping:
             try:
                 got = cast(
                     list[tuple[bytes, Entries]],
@@ -248,6 +265,8 @@ class RedisEventStream:
                     self._take(bus, entries)
                 await self._suspect()
             except (RedisError, OSError) as exc:  # Redis away: read again from where we were
+                if cancelled():
+                    raise asyncio.CancelledError from exc
                 log.error("redis: reading events failed, will retry: %s", exc)
                 await asyncio.sleep(1.0)
 
@@ -263,8 +282,9 @@ class RedisEventStream:
                 self._held.append(_Held(number, engine, fields[b"b"].decode(), gap_before=gap))
                 self._last_number = number
                 self.highest = max(self.highest, number)
-                if len(self._held) > MAX_HELD:
-                    self._give_up(bus)
+                self._note_head()
+                if len(self._held) > MAX_HELD and self._stuck():
+                    self._give_up()
             elif b"s" in fields:  # its engine has stored its events up to s
                 upto = int(fields[b"s"])
                 for held in self._held:
@@ -274,13 +294,17 @@ class RedisEventStream:
                 self._drop(engine)
         self._release(bus)
 
-    def _give_up(self, bus: EventBus) -> None:
+    def _stuck(self) -> bool:
+        """The first held event has waited long: not a batch whose marker is on its way
+        (a reader holds every engine's newest batch until its marker comes)."""
         head = self._held[0]
-        log.error("redis: %d events wait behind engine %s's event %d; cutting streams off",
+        return not head.stored and time.monotonic() - self._head_since >= SUSPECT_AFTER
+
+    def _give_up(self) -> None:
+        head = self._held[0]
+        log.error("redis: %d events wait behind engine %s's event %d; skipping its events",
                   len(self._held), head.engine, head.id)  # fmt: skip
-        self.gaps += 1
-        bus.restart_at(self._held[-1].id + 1)
-        self._held.clear()
+        self._drop(head.engine)
 
     def _drop(self, engine: str) -> None:
         kept: collections.deque[_Held] = collections.deque()
@@ -297,9 +321,15 @@ class RedisEventStream:
             log.warning("redis: engine %s stopped; %d of its events were never stored",
                         engine, lost)  # fmt: skip
         self._held = kept
+        self._note_head()
+
+    def _note_head(self) -> None:
+        """Time the first held event's wait from when it became first."""
+        if self._held and self._held[0].id != self._head_id:
+            self._head_id = self._held[0].id
+            self._head_since = time.monotonic()
 
     def _release(self, bus: EventBus) -> None:
-        head = self._held[0] if self._held else None
         while self._held and self._held[0].stored:
             held = self._held.popleft()
             if held.gap_before:
@@ -309,20 +339,20 @@ class RedisEventStream:
                 bus.restart_at(held.id)
             body = with_id(held.id, held.body)
             bus.deliver(event_adapter.validate_json(body), body)
-        if self._held and self._held[0] is not head:
-            self._head_since = time.monotonic()
+        self._note_head()
 
     async def _suspect(self) -> None:
         """Held up too long by one engine's events: if that engine is gone, say so in the
         stream (the marker then reaches every reader, this one included)."""
-        if not self._held or time.monotonic() - self._head_since < SUSPECT_AFTER:
-            return
+        now = time.monotonic()
+        if not self._held or min(now - self._head_since, now - self._asked_at) < SUSPECT_AFTER:
+            return  # not held up long, or asked a moment ago
         engine = self._held[0].engine
         await self._dropped(
             keys=[self._counter, self._stream, self._alive_key(engine)],
             args=[self.maxlen, engine],
         )
-        self._head_since = time.monotonic()  # ask again later, not on every read
+        self._asked_at = now
 
 
 def safe_url(url: str) -> str:
