@@ -15,7 +15,10 @@ each engine keeps a liveness key (refreshed every ``ALIVE_EVERY`` s, gone after
 ``ALIVE_FOR`` s or at a clean stop). A reader held up for ``SUSPECT_AFTER`` s by an
 engine whose key is gone appends a *dropped* marker for it (only if the key is still gone,
 checked inside the script): the events before that marker are skipped by every reader,
-as they come in the same order to all. Those ids are never handed out again.
+as they come in the same order to all. Those ids are never handed out again. An engine
+appends a new batch only once its last one is stored, so a reader waits on one batch an
+engine at most; one alive but unable to store for ``SUSPECT_AFTER`` s while more than
+``MAX_HELD`` events pile up behind it is skipped the same way, by each reader.
 
 Event ids are contiguous in the stream (each number is one event), so a reader that
 finds a number missing (it fell more than the stream's length behind, or Redis lost its
@@ -23,9 +26,17 @@ data) knows it: it cuts its subscribers off (they resume by id, from the databas
 starts its ring again. Appends carry a token, so an append retried after a lost reply
 is not made twice.
 
-At start the reader reads the whole stream (``MAXLEN`` ~ the ring's size) into the ring,
-so a client resuming on any engine finds recent events in memory, older ones in the
-database; and the counter is raised to the database's highest id, so ids never go back.
+At start the reader reads the stream's last ring-full of events into the ring, so a
+client resuming on any engine finds recent events in memory, older ones in the
+database; and the counter is raised to the database's highest id (and, on every
+append, to the highest this engine has seen), so ids never go back.
+
+What it costs: an append, a database write and a marker before anyone sees an event
+(a few ms more than one engine alone), and each engine parses every engine's events.
+While Redis is away nothing is shown and events wait in each engine's memory (as for
+the database); an engine cut off from Redis for ``ALIVE_FOR`` s after appending a batch
+has that batch skipped by the others, though it is stored: clients live then miss it,
+clients resuming by id from before it get it from the database.
 """
 
 from __future__ import annotations
@@ -167,7 +178,6 @@ class RedisEventStream:
         self.highest = 0  # the newest event id this engine knows of (a floor for appends)
         self.dropped = 0  # events skipped: their engine died before storing them
         self.gaps = 0  # times the reader found numbers missing
-        self._bus: EventBus | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -182,7 +192,6 @@ class RedisEventStream:
     async def start(self, bus: EventBus, floor: int) -> None:
         """Check Redis, raise the counter to ``floor`` (the database's highest id), read
         the stream into ``bus``'s ring, then follow it. Raises RedisUnavailable."""
-        self._bus = bus
         self.highest = floor
         try:
             await self._redis.ping()
