@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8080
 # Debian packages the test suite drives as real peers / speech tools.
-TEST_DEBS := chromium espeak-ng sox sip-tester kamailio
+TEST_DEBS := chromium espeak-ng sox sip-tester kamailio redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint typecheck unit bench eval sysdeps clean
@@ -49,6 +49,7 @@ bench: sysdeps $(VENV)/.installed-test
 	$(PY) -m bench.escalation --parallel 1 8
 	$(PY) -m bench.sip --n 1
 	$(PY) -m bench.developer
+	$(PY) -m bench.shared_events
 	$(PY) -m bench.gcpause
 	$(PY) -m bench.emotion_cost
 	$(PY) -m bench.cluster

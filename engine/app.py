@@ -42,6 +42,7 @@ from engine.events import EventBus
 from engine.gcpauses import GcPauses, freeze_startup
 from engine.metrics import Metrics
 from engine.recovery import Recovery
+from engine.redisstream import RedisEventStream
 from engine.sip import SipFront
 from engine.store.db import Store
 from engine.users import load_or_create_key
@@ -75,7 +76,10 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         end_calls=calls.end_all,
         on_change=lambda draining: metrics.draining.set(int(draining)),
     )
-    event_log = EventLog(store, bus, settings.event_retention_days)
+    shared = (
+        RedisEventStream(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
+    )
+    event_log = EventLog(store, bus, settings.event_retention_days, shared)
     webhook_targets = TargetPolicy(settings.webhook_allowed_networks)
     recovery = Recovery(store, bus, settings.engine_lease)
     calls.engine_id = recovery.id
@@ -93,6 +97,10 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     metrics.storage_waiting.labels("event").set_function(lambda: event_log.pending)
     metrics.bounded_bytes.labels("prompt").set_function(lambda: calls.prompts.cached_bytes)
     metrics.bounded_bytes.labels("event_ring").set_function(lambda: bus.ring_bytes)
+    if shared is not None:
+        metrics.shared_events.labels("held").set_function(lambda: shared.held)
+        metrics.shared_events.labels("dropped").set_function(lambda: shared.dropped)
+        metrics.shared_events.labels("restarts").set_function(lambda: shared.gaps)
     gc_pauses = GcPauses(metrics.gc_pause)
     # mallinfo2 walks malloc's free lists: ~0.3 ms on a fragmented heap, once a scrape
     metrics.malloc_in_use.set_function(lambda: float(malloc.in_use() or math.nan))
@@ -140,6 +148,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             await event_log.stop()  # the last events (call.ended) reach the log
             await sender.stop()
             await store.close()
+            await app.state.credentials.limiter.close()
 
     # /docs and /redoc with Swagger UI and ReDoc from the fastapi-offline package, served
     # by the engine: FastAPI's own pages load them from a CDN (no docs offline, and an

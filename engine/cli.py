@@ -12,6 +12,7 @@ from engine.config import Settings
 
 # sysexits.h EX_DATAERR: the input data (here, the database file) was incorrect
 EXIT_DAMAGED_DATABASE = 65
+EXIT_UNAVAILABLE = 69  # sysexits.h EX_UNAVAILABLE: a service we need is not there
 
 
 def _damaged(settings: Settings) -> str | None:
@@ -26,6 +27,30 @@ def _damaged(settings: Settings) -> str | None:
         return (
             f"the database is damaged, not starting: {exc}. Restore it from a backup, or "
             "move it away to start empty ('sqlite3 FILE .recover' may save what is left)"
+        )
+    return None
+
+
+def _redis_unusable(settings: Settings) -> str | None:
+    """Why the configured Redis cannot be used, in one line; None: it can (or none is
+    configured)."""
+    if not settings.redis_url:
+        return None
+    import redis
+    from redis.exceptions import RedisError
+
+    from engine.redisstream import TIMEOUT, safe_url
+
+    try:
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
+        )
+        with client:
+            client.ping()
+    except (RedisError, OSError, ValueError) as exc:
+        return (
+            f"cannot use Redis at {safe_url(settings.redis_url)} (CCENGINE_REDIS_URL), "
+            f"not starting: {exc}"
         )
     return None
 
@@ -56,6 +81,9 @@ def _serve(args: argparse.Namespace) -> int:
     if (why := _damaged(settings)) is not None:
         logging.getLogger("engine").error("%s", why)
         return EXIT_DAMAGED_DATABASE
+    if (why := _redis_unusable(settings)) is not None:
+        logging.getLogger("engine").error("%s", why)
+        return EXIT_UNAVAILABLE
     # httpx logs every request's full URL at INFO: a webhook URL's query may hold the
     # receiver's own token. Our webhook log lines name scheme, host and port only.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -199,6 +199,12 @@ class Settings(BaseSettings):
     webhook_retry_base: float = Field(2.0, gt=0)
     webhook_retry_cap: float = Field(3600.0, gt=0)
     webhook_timeout: float = Field(10.0, gt=0, le=60)
+    # Redis (redis://host:6379/0, rediss:// for TLS) shared by engines on one database:
+    # one order of event ids for all of them, and every engine's streams carry every
+    # engine's events. Empty: events stay within this process (one engine).
+    redis_url: str = ""
+    # Prefix of the keys in that Redis: engines sharing a database share a prefix.
+    redis_prefix: str = "ccengine"
     # Seconds without a heartbeat after which another engine on the same database takes
     # this one for dead and ends its calls (a restart on the same host does not wait).
     engine_lease: float = Field(60.0, ge=4, le=3600)

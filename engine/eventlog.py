@@ -16,6 +16,13 @@ While the database cannot be written (a full disk), events wait in memory and ar
 again every second, after the call writes that came before them (``earlier_writes``);
 past ``MAX_PENDING`` waiting events, transcript partials are dropped (they are
 superseded by the final anyway), everything else keeps waiting.
+
+With a stream shared by several engines (``shared``, engine/redisstream.py) ids come
+from it instead of the reservation: a batch is numbered as it is appended to the stream,
+before it is written, and ``publish`` leaves ids at 0 until then. Events reach
+subscribers from the stream's reader, which hands out every engine's events in one order
+once their engine has stored them. While Redis cannot be reached, events wait as they
+do for the database, numbered or not, and are tried again every second.
 """
 
 from __future__ import annotations
@@ -27,9 +34,12 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
+from redis.exceptions import RedisError
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.events import EventBase, EventBus, utcnow
+from engine.redisstream import APPEND_MAX, RedisEventStream, cancelled, with_id
 from engine.store.db import Store
 from engine.store.models import DeliveryRow, EventRow, WebhookRow
 
@@ -42,6 +52,7 @@ GATHER = 0.01
 MAX_PENDING = 10_000
 PAGE = 500
 PRUNE_EVERY = 3600.0
+STOP_WAIT = 30.0  # seconds stop() waits for the writer (a write under way, a busy database)
 
 
 def wants(hook: WebhookRow, event_type: str) -> bool:
@@ -49,14 +60,26 @@ def wants(hook: WebhookRow, event_type: str) -> bool:
 
 
 class EventLog:
-    def __init__(self, store: Store, bus: EventBus, retention_days: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        retention_days: float,
+        shared: RedisEventStream | None = None,
+    ) -> None:
         self.store = store
         self.bus = bus
+        self.shared = shared
+        # a batch being numbered by the shared stream: its token and size, kept until the
+        # append succeeds, so a retry after a lost reply is not appended twice
+        self._numbering: tuple[str, int] | None = None
+        self._marked = 0  # the newest id the shared stream has been told is stored
         self.retention = timedelta(days=retention_days)
         self._pending: list[tuple[EventRow, EventBase]] = []
         self.dropped_partials = 0  # while the database could not be written
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._pruner: asyncio.Task[None] | None = None
         self._reserved_to = 0
         self._hooks: list[WebhookRow] = []
@@ -73,13 +96,25 @@ class EventLog:
         return len(self._pending)
 
     async def start(self) -> None:
-        first, self._reserved_to = await self.store.reserve_event_ids(ID_BLOCK, self.bus.last_id)
-        self.bus.continue_from(first)
-        self.written_to = first - 1
+        if self.shared is not None:
+            # ids come from the shared stream, whose counter never falls below ours
+            self.bus.numbers_events = False
+            self.written_to = self._marked = await self._highest_id()
+            await self.shared.start(self.bus, self.written_to)
+        else:
+            first, self._reserved_to = await self.store.reserve_event_ids(
+                ID_BLOCK, self.bus.last_id
+            )
+            self.bus.continue_from(first)
+            self.written_to = first - 1
         await self.reload_webhooks()
         self.bus.store_first = self._append
         self._task = asyncio.create_task(self._write_loop(), name="event-log")
         self._pruner = asyncio.create_task(self._prune_loop(), name="event-prune")
+
+    async def _highest_id(self) -> int:
+        async with self.store.session() as s:
+            return int(await s.scalar(select(func.max(EventRow.id))) or 0)
 
     async def reload_webhooks(self) -> None:
         self._hooks = list(await self.store.webhooks())
@@ -92,35 +127,79 @@ class EventLog:
                           len(self._pending))  # fmt: skip
             self.dropped_partials += 1
             return
-        # serialised now: the body is frozen as subscribers will see it
+        # serialised now: the body is frozen as subscribers will see it. Not numbered
+        # yet (shared stream): id 0, and the body without its id until it has one
+        numbered = self.shared is None
         row = EventRow(
             id=event.id,
             type=event_type,
             call_id=event.call_id,
             time=event.time,
-            body=event.model_dump_json(),
+            body=event.model_dump_json() if numbered else event.model_dump_json(exclude={"id"}),
         )
         self._pending.append((row, event))
         self._wake.set()
 
     async def _write_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await self._wake.wait()
             await asyncio.sleep(GATHER)
             if self.earlier_writes is not None:
                 await self.earlier_writes()
             try:
                 await self.flush()
-            except SQLAlchemyError as exc:  # kept in memory; tried again
+            except (SQLAlchemyError, RedisError, OSError) as exc:  # kept in memory; tried again
+                if cancelled():  # stopping: redis-py may have turned that into an error
+                    raise asyncio.CancelledError from exc
                 log.error("event log: write failed, will retry: %s", exc)
                 await asyncio.sleep(1.0)
 
     async def flush(self) -> None:
-        """Write what is pending, then hand it to subscribers."""
+        """Write what is pending, then hand it to subscribers (or, with a shared stream,
+        tell its readers it is stored: they hand it out)."""
         self._wake.clear()
         batch, self._pending = self._pending, []
-        if not batch:
-            return
+        if self.shared is not None and batch and batch[0][0].id:
+            # numbered, then not stored (the database failed): written first and alone.
+            # New events are numbered only once those are stored, so the stream holds
+            # one unstored batch of ours at most, and readers wait on no more than that
+            numbered = sum(1 for row, _ in batch if row.id)
+            batch, self._pending = batch[:numbered], batch[numbered:] + self._pending
+            self._wake.set()
+        if batch:
+            await self._write(batch)
+        if self.shared is not None and self._marked < self.written_to:
+            try:
+                await self.shared.stored(self.written_to)
+            except BaseException:
+                self._wake.set()  # stored, not yet said: say it on the next round
+                raise
+            self._marked = self.written_to
+
+    async def _number(self, batch: list[tuple[EventRow, EventBase]]) -> None:
+        """Give the batch's events not yet numbered their ids from the shared stream."""
+        assert self.shared is not None
+        todo = [(row, event) for row, event in batch if row.id == 0]
+        while todo:
+            if self._numbering is None:
+                # in pieces: a backlog appended at once would outrun the readers
+                self._numbering = (uuid.uuid4().hex, min(len(todo), APPEND_MAX))
+            token, count = self._numbering
+            part, todo = todo[:count], todo[count:]
+            first = await self.shared.append([row.body for row, _ in part], token, self.written_to)
+            self._numbering = None
+            for i, (row, event) in enumerate(part):
+                row.id = event.id = first + i
+                row.body = with_id(row.id, row.body)
+
+    async def _write(self, batch: list[tuple[EventRow, EventBase]]) -> None:
+        try:
+            if self.shared is not None:
+                await self._number(batch)
+        except BaseException:
+            self._pending[:0] = batch  # keep order; nothing is lost
+            self._wake.set()
+            raise
         now = utcnow()
         rows = [row for row, _ in batch]
         deliveries = [
@@ -150,11 +229,12 @@ class EventLog:
             log.warning("event log: writing again; %d partials were dropped",
                         self.dropped_partials)  # fmt: skip
             self.dropped_partials = 0
-        for row, event in batch:
-            self.bus.deliver(event, row.body)
+        if self.shared is None:
+            for row, event in batch:
+                self.bus.deliver(event, row.body)
         if deliveries:
             self.on_deliveries()
-        if self.written_to > self._reserved_to - ID_BLOCK // 2:
+        if self.shared is None and self.written_to > self._reserved_to - ID_BLOCK // 2:
             self._reserved_to = self.written_to + ID_BLOCK
             await self.store.extend_event_ids(self._reserved_to)
 
@@ -168,15 +248,24 @@ class EventLog:
             await asyncio.sleep(PRUNE_EVERY)
 
     async def stop(self) -> None:
-        for task in (self._task, self._pruner):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        with contextlib.suppress(SQLAlchemyError):
+        # the flag ends the writer too if a Redis command swallowed its cancellation
+        self._stopping = True
+        self._wake.set()
+        tasks = [task for task in (self._task, self._pruner) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _done, late = await asyncio.wait(tasks, timeout=STOP_WAIT)
+            for task in late:  # nothing waits forever
+                log.error("event log: %s did not stop", task.get_name())
+        with contextlib.suppress(SQLAlchemyError, RedisError, OSError):
             await self.flush()
+            if self._pending:  # a retried batch goes alone (shared stream): the rest now
+                await self.flush()
         if self.bus.store_first == self._append:
             self.bus.store_first = None
+        if self.shared is not None:
+            await self.shared.stop()
 
     async def replay(self, call_id: str | None, after: int) -> AsyncIterator[tuple[int, str]]:
         """(id, JSON) of every event after ``after``, oldest first: from the database

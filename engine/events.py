@@ -1,10 +1,11 @@
 """Typed events and the bus that carries them.
 
 Events are nouns with a dotted ``type``. Every published event gets a
-monotonically increasing ``id`` from the bus, so consumers can order, dedupe and
-resume. The in-process bus keeps a bounded ring of recent events for replay;
-the interface (``publish`` / ``subscribe`` / ``replay``) is what a Redis-streams
-backend implements for many nodes.
+monotonically increasing ``id``, so consumers can order, dedupe and resume: from the
+bus itself, or, with engines sharing a Redis stream (engine/redisstream.py), from that
+stream as the event log appends it, one order for every engine. The bus keeps a bounded
+ring of recent events for replay and hands events to local subscribers; with Redis, the
+stream's reader feeds it every engine's events.
 
 With a durable log attached (``store_first``, engine/eventlog.py), an event reaches
 subscribers and the ring only once the log has stored it (``deliver``): an id a client
@@ -359,6 +360,12 @@ class Subscription:
         if self.queue.qsize() < SUBSCRIBER_QUEUE:
             self.queue.put_nowait(event)
             return
+        self.cut_off()
+
+    def cut_off(self) -> None:
+        """End the stream with ``lagged``: the client resumes from its last id."""
+        if self.lagged:
+            return
         self.lagged = True
         self._bus.lagged_subscribers += 1
         self.queue.put_nowait(None)
@@ -382,6 +389,14 @@ class EventBus:
         # Takes each event as it is published and gives it back through ``deliver`` once
         # stored; None: subscribers get events at once (nothing durable to wait for).
         self.store_first: Callable[[EventBase], None] | None = None
+        # False: events are numbered later, by the log shared with other engines
+        # (engine/redisstream.py), as it appends them; ``publish`` leaves ``id`` at 0
+        self.numbers_events = True
+
+    @property
+    def ring_size(self) -> int:
+        """How many recent events the ring keeps."""
+        return self._ring.maxlen or 0
 
     @property
     def ring_bytes(self) -> int:
@@ -396,7 +411,10 @@ class EventBus:
         self.last_id = self.delivered_to = first_id - 1
 
     def publish(self, event: EventBase) -> EventBase:
-        event.id = self.last_id = next(self._ids)
+        """Numbers ``event`` (unless a shared log does: then its id is set once it is
+        appended, before anyone is given it) and hands it on."""
+        if self.numbers_events:
+            event.id = self.last_id = next(self._ids)
         if self.store_first is not None:
             self.store_first(event)
         else:
@@ -410,6 +428,15 @@ class EventBus:
         self._ring.append(Recent(event.id, event.call_id, body or event.model_dump_json()))
         for sub in list(self._subs):
             sub.offer(event)
+
+    def restart_at(self, event_id: int) -> None:
+        """Events before ``event_id`` were missed (a shared stream lost them): the ring
+        starts again there, and subscribers are cut off to resume by id from the
+        database, rather than go on with a hole in their stream."""
+        self._ring.clear()
+        self.delivered_to = event_id - 1
+        for sub in list(self._subs):
+            sub.cut_off()
 
     def subscribe(self, call_id: str | None = None) -> Subscription:
         sub = Subscription(self, call_id)

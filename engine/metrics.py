@@ -148,6 +148,16 @@ class Metrics:
             ["cache"],
             registry=r,
         )
+        # engines sharing events through Redis (engine/redisstream.py)
+        self.shared_events = Gauge(
+            "ccengine_shared_events",
+            "The Redis event stream's reader: held (events waiting for their engine to "
+            "store them), dropped (events skipped since start: their engine stopped "
+            "before storing them) or restarts (times its streams were cut off for "
+            "events it could not read)",
+            ["what"],
+            registry=r,
+        )
         self.recognition_backlog = Gauge(
             "ccengine_recognition_backlog_seconds",
             "Seconds of audio the most delayed caller has waiting for analysis",

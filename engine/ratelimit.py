@@ -4,12 +4,17 @@ Each bucket holds up to ``per_minute`` requests and refills at ``per_minute / 60
 second, so a client may burst a minute's worth and then goes at the steady rate. Pure
 logic with ``now`` passed in; buckets that have refilled are forgotten, so memory is
 bounded by the clients active in the last minute.
+
+``Limiter`` is what the API asks; ``LocalLimiter`` keeps the buckets in this process
+(one engine), engine/ratelimit_redis.py in Redis, shared by every engine.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass
@@ -46,6 +51,27 @@ class RateLimiter:
                 del self._buckets[client]
         if len(self._buckets) >= self._max_clients:  # all busy: refuse no one for memory
             self._buckets.clear()
+
+
+class Limiter(Protocol):
+    async def take(self, client: str, per_minute: int) -> float:
+        """0 if ``client``'s request may go ahead, else the seconds until it may."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LocalLimiter:
+    """Buckets in this process, on its monotonic clock."""
+
+    def __init__(self, max_clients: int = 100_000) -> None:
+        self.buckets = RateLimiter(max_clients)
+
+    async def take(self, client: str, per_minute: int) -> float:
+        return self.buckets.take(client, per_minute, time.monotonic())
+
+    async def close(self) -> None:
+        pass
 
 
 def retry_after(seconds: float) -> str:

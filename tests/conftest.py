@@ -8,6 +8,7 @@ import pytest
 from tests import speech
 from tests.controlplane import ControlPlane
 from tests.engine_proc import ROOT, EngineProcess
+from tests.redisd import RedisServer
 from tests.webhook_receiver import Receiver
 
 
@@ -59,3 +60,14 @@ def receiver() -> Iterator[Receiver]:
         yield r
     finally:
         r.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session (tests/redisd.py); tests keep apart by key
+    prefix (``tests.redisd.prefix()``)."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

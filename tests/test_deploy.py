@@ -63,9 +63,6 @@ KAMAILIO_CONFIGMAP = K8S / "40-kamailio-config.yaml"
 KAMAILIO_FILES = ("kamailio.cfg", "dispatcher-sync.sh")
 # the oldest Kubernetes these manifests are for (kubernetes-validate also has newer)
 K8S_VERSION = "1.30"
-# Settings being added on other branches: the names may appear in deploy/ before
-# engine/config.py has them (each is checked as soon as it does)
-PENDING_SETTINGS = {"redis_url"}
 # the variables compose.yaml needs, as an operator would export them
 COMPOSE_ENV = {
     "POSTGRES_PASSWORD": "pw-for-the-test",
@@ -502,7 +499,7 @@ def test_environment_names_real_settings_the_engine_takes(
     fields = Settings.model_fields
     for name in env:
         field = name.removeprefix("CCENGINE_").lower()
-        assert field in fields or field in PENDING_SETTINGS, f"{where}: no setting {name}"
+        assert field in fields, f"{where}: no setting {name}"
     for name in list(os.environ):
         if name.startswith("CCENGINE_"):
             monkeypatch.delenv(name)
@@ -513,11 +510,6 @@ def test_environment_names_real_settings_the_engine_takes(
         field = name.removeprefix("CCENGINE_").lower()
         if field in fields and value.startswith("["):
             assert getattr(settings, field) == json.loads(value), name
-
-
-def test_pending_settings_are_still_pending() -> None:
-    """Once a setting named here lands in engine/config.py, drop it from the list."""
-    assert not PENDING_SETTINGS & set(Settings.model_fields), "drop it from PENDING_SETTINGS"
 
 
 # -- the engine serves what the probes ask for -----------------------------------------

@@ -35,7 +35,7 @@ from engine.api.schemas import Login, LoginOut, UserOut
 from engine.api.websec import OriginPolicy, csrf_refusal, is_https
 from engine.events import utcnow
 from engine.keys import PREFIX, Scope, expand, parse_key, role_scopes, secret_matches
-from engine.ratelimit import RateLimiter, retry_after
+from engine.ratelimit import Limiter, LocalLimiter, retry_after
 from engine.store.models import UserRow
 from engine.users import (
     CALLER,
@@ -88,8 +88,8 @@ class _Credentials:
     """Per-app state: the rate limiter, when each key was last marked used, and a
     signal for open streams that some person's tokens were just revoked."""
 
-    def __init__(self) -> None:
-        self.limiter = RateLimiter()
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
         self.key_touched: dict[str, float] = {}
         self._revoked = asyncio.Event()
 
@@ -197,14 +197,15 @@ async def principal(conn: HTTPConnection) -> Principal:
     try:
         p = await _resolve(conn)
     except HTTPException:
-        _count(creds, f"ip:{_address(conn)}", conn.app.state.settings.anonymous_rate_per_minute)
+        anonymous = conn.app.state.settings.anonymous_rate_per_minute
+        await _count(creds, f"ip:{_address(conn)}", anonymous)
         raise
-    _count(creds, p.client, p.per_minute)
+    await _count(creds, p.client, p.per_minute)
     return p
 
 
-def _count(creds: _Credentials, client: str, per_minute: int) -> None:
-    wait = creds.limiter.take(client, per_minute, time.monotonic())
+async def _count(creds: _Credentials, client: str, per_minute: int) -> None:
+    wait = await creds.limiter.take(client, per_minute)
     if wait > 0:
         raise HTTPException(
             429,
@@ -230,7 +231,12 @@ Admin = Annotated[Principal, _scoped("admin")]
 
 def install(app: FastAPI) -> None:
     settings = app.state.settings
-    app.state.credentials = _Credentials()
+    limiter: Limiter = LocalLimiter()
+    if settings.redis_url:  # every engine counts a client's requests in the same buckets
+        from engine.ratelimit_redis import RedisLimiter  # limits is loaded only for this
+
+        limiter = RedisLimiter(settings.redis_url, settings.redis_prefix)
+    app.state.credentials = _Credentials(limiter)
     # "*" in CCENGINE_CORS_ORIGINS is no origin: it never lets a page use the cookies
     app.state.origins = OriginPolicy([*settings.allowed_origins, *settings.cors_origins])
 
@@ -295,7 +301,8 @@ async def signing_in(conn: HTTPConnection) -> None:
     """Sign-in attempts count against the address, whatever cookie came along, and
     pages on other origins may not sign a browser in (as someone of their choosing)."""
     settings = conn.app.state.settings
-    _count(conn.app.state.credentials, f"ip:{_address(conn)}", settings.anonymous_rate_per_minute)
+    creds = conn.app.state.credentials
+    await _count(creds, f"ip:{_address(conn)}", settings.anonymous_rate_per_minute)
     why = conn.app.state.origins.refusal(conn)
     if why is not None:
         raise HTTPException(403, why)

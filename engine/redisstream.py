@@ -1,0 +1,376 @@
+"""One order of events for several engines: a Redis stream they all append to and read.
+
+Theory of operation. Every engine's event log (engine/eventlog.py) numbers a batch by
+appending it to one Redis stream with a Lua script: INCRBY on a counter and XADD of each
+event with the explicit stream id ``<event id>-0``, in one atomic step, so the stream's
+order is the order of event ids, for every engine at once. The engine then writes the
+batch to the database (with its webhook deliveries, as without Redis) and appends a
+*stored* marker (``<counter>-<n>``, n > 0: markers take no event id). Each engine runs
+one reader that follows the whole stream and hands events to its subscribers and its
+replay ring (``EventBus.deliver``) in stream order, each event only once its marker has
+come: as on one engine, nobody is shown an event that a crash could take back.
+
+An engine that dies between its append and its marker would hold every reader up, so
+each engine keeps a liveness key (refreshed every ``ALIVE_EVERY`` s, gone after
+``ALIVE_FOR`` s or at a clean stop). A reader held up for ``SUSPECT_AFTER`` s by an
+engine whose key is gone appends a *dropped* marker for it (only if the key is still gone,
+checked inside the script): the events before that marker are skipped by every reader,
+as they come in the same order to all. Those ids are never handed out again. An engine
+appends a new batch only once its last one is stored, so a reader waits on one batch an
+engine at most; one alive but unable to store for ``SUSPECT_AFTER`` s while more than
+``MAX_HELD`` events pile up behind it is skipped the same way, by each reader.
+
+Event ids are contiguous in the stream (each number is one event), so a reader that
+finds a number missing (it fell more than the stream's length behind, or Redis lost its
+data) knows it: it cuts its subscribers off (they resume by id, from the database) and
+starts its ring again. Appends carry a token, so an append retried after a lost reply
+is not made twice.
+
+At start the reader reads the stream's last ring-full of events into the ring, so a
+client resuming on any engine finds recent events in memory, older ones in the
+database; and the counter is raised to the database's highest id (and, on every
+append, to the highest this engine has seen), so ids never go back.
+
+What it costs: an append, a database write and a marker before anyone sees an event
+(a few ms more than one engine alone), and each engine parses every engine's events.
+While Redis is away nothing is shown and events wait in each engine's memory (as for
+the database); an engine cut off from Redis for ``ALIVE_FOR`` s after appending a batch
+has that batch skipped by the others, though it is stored: clients live then miss it,
+clients resuming by id from before it get it from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from engine.events import EventBus, event_adapter
+
+log = logging.getLogger(__name__)
+
+ALIVE_EVERY = 2.0  # seconds between refreshes of an engine's liveness key
+ALIVE_FOR = 10.0  # seconds a liveness key lasts without a refresh
+SUSPECT_AFTER = 3.0  # seconds a reader waits for a marker before asking if its engine lives
+BLOCK_MS = 1000  # a reader's XREAD waits this long, then looks at what it waits for
+PAGE = 500  # entries per read
+# Entries the stream keeps (about: trimmed in whole nodes). A reader that falls this far
+# behind loses events (its subscribers are cut off and resume from the database), so it
+# is well over what one batch appends (the event log appends at most APPEND_MAX at once)
+# and over the ring a starting engine fills from it (RING_SIZE). ~1 KB an event.
+MAXLEN = 20_000
+APPEND_MAX = 1_000
+# Events a reader keeps waiting behind one engine's unstored batch: an engine that stays
+# alive but cannot store for long would otherwise grow every reader without bound. Past
+# it the reader skips that engine's unstored events, as if it had died (every reader at
+# the same point of the stream), and the others' go on.
+MAX_HELD = 20_000
+TIMEOUT = 5.0  # seconds for a Redis command (a read blocks BLOCK_MS on top)
+
+# KEYS: counter, stream, the engine's last append. ARGV: floor, maxlen, engine, token,
+# bodies... The counter first rises to ``floor`` (an id this engine has seen: Redis may
+# have lost its data), then the batch takes the next numbers. Returns the first of them;
+# an engine appends one batch at a time, so its last token tells a retry from a new one.
+APPEND = """
+local last = redis.call('HMGET', KEYS[3], 'token', 'first')
+if last[1] == ARGV[4] then return tonumber(last[2]) end
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[1])
+if cur < floor then cur = floor end
+local n = #ARGV - 4
+for i = 1, n do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-0', cur + i),
+             'e', ARGV[3], 'b', ARGV[4 + i])
+end
+redis.call('SET', KEYS[1], string.format('%d', cur + n))
+redis.call('HSET', KEYS[3], 'token', ARGV[4], 'first', string.format('%d', cur + 1))
+redis.call('EXPIRE', KEYS[3], 86400)
+return cur + 1
+"""
+# KEYS: counter, stream. ARGV: maxlen, engine, the highest id it has stored.
+STORED = """
+local cur = redis.call('GET', KEYS[1]) or '0'
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], cur .. '-*',
+                  'e', ARGV[2], 's', ARGV[3])
+"""
+# KEYS: counter, stream, the engine's liveness key. ARGV: maxlen, engine.
+DROPPED = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local cur = redis.call('GET', KEYS[1]) or '0'
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], cur .. '-*', 'e', ARGV[2], 'x', '1')
+return 1
+"""
+# KEYS: counter. ARGV: floor.
+RAISE = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur < tonumber(ARGV[1]) then
+  cur = tonumber(ARGV[1])
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return cur
+"""
+
+
+# stream entries as redis-py hands them back: (id, {field: value})
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def cancelled() -> bool:
+    """Whether the running task is being cancelled. redis-py may turn the CancelledError
+    of a command cut short into a connection error: a loop that retries those must look,
+    or it never ends and whoever stops it waits forever."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class RedisUnavailable(Exception):
+    """The configured Redis cannot be used (wrong URL, not running, refused)."""
+
+
+def with_id(event_id: int, rest: str) -> str:
+    """An event's JSON from its JSON without the id (``{"time": ...}``): the id comes
+    first, as ``model_dump_json`` puts it (EventBase declares it first)."""
+    return f'{{"id":{event_id},{rest[1:]}' if rest != "{}" else f'{{"id":{event_id}}}'
+
+
+@dataclass(slots=True)
+class _Held:
+    """An event read from the stream, waiting for its engine's stored marker."""
+
+    id: int
+    engine: str
+    body: str
+    stored: bool = False
+    gap_before: bool = False  # numbers before it were never read: the ring restarts
+
+
+class RedisEventStream:
+    def __init__(self, url: str, prefix: str = "ccengine", maxlen: int = MAXLEN) -> None:
+        self.url = url
+        self.engine = uuid.uuid4().hex[:12]
+        self.maxlen = maxlen
+        self._counter = f"{prefix}:events:counter"
+        self._stream = f"{prefix}:events"
+        self._alive_prefix = f"{prefix}:engine:"
+        self._last_append = f"{prefix}:append:{self.engine}"
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
+        )
+        self._append = self._redis.register_script(APPEND)
+        self._stored = self._redis.register_script(STORED)
+        self._dropped = self._redis.register_script(DROPPED)
+        self._raise = self._redis.register_script(RAISE)
+        self._held: collections.deque[_Held] = collections.deque()
+        self._read_from = "0-0"  # the stream id after which the reader reads
+        self._last_number = 0  # the newest event id read from the stream
+        self._head_since = 0.0  # monotonic time the first held event began to wait
+        self._head_id = 0  # which event that is
+        self._asked_at = 0.0  # when this reader last asked whether that engine lives
+        self.highest = 0  # the newest event id this engine knows of (a floor for appends)
+        self.dropped = 0  # events skipped: their engine died before storing them
+        self.gaps = 0  # times the reader found numbers missing
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    @property
+    def held(self) -> int:
+        """Events read and waiting for their engine's stored marker."""
+        return len(self._held)
+
+    def _alive_key(self, engine: str) -> str:
+        return self._alive_prefix + engine
+
+    async def start(self, bus: EventBus, floor: int) -> None:
+        """Check Redis, raise the counter to ``floor`` (the database's highest id), read
+        the stream into ``bus``'s ring, then follow it. Raises RedisUnavailable."""
+        self.highest = floor
+        try:
+            await self._redis.ping()
+            counter = int(await self._raise(keys=[self._counter], args=[floor]))
+            await self._keep_alive_once()
+            # from as far back as the ring holds: older events are the database's
+            self._read_from = f"{max(0, counter - bus.ring_size)}-0"
+            await self._catch_up(bus, floor)
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"cannot use Redis at {safe_url(self.url)}: {exc}") from exc
+        self._tasks = [
+            asyncio.create_task(self._read_loop(bus), name="redis-events"),
+            asyncio.create_task(self._alive_loop(), name="redis-alive"),
+        ]
+
+    async def _catch_up(self, bus: EventBus, floor: int) -> None:
+        while entries := cast(
+            Entries, await self._redis.xrange(self._stream, min=f"({self._read_from}", count=PAGE)
+        ):
+            self._take(bus, entries)
+        if not bus.replay():
+            # nothing in the ring: the database serves every id up to here, short of
+            # an event still waiting for its marker (it will come live)
+            waiting = self._held[0].id - 1 if self._held else floor
+            bus.delivered_to = min(floor, waiting)
+
+    async def append(self, rests: Sequence[str], token: str, floor: int) -> int:
+        """Number events (their JSON without ids) in the global order and put them in the
+        stream; the first of their ids. ``token``: the same for a retry of one batch."""
+        first = await self._append(
+            keys=[self._counter, self._stream, self._last_append],
+            args=[max(floor, self.highest), self.maxlen, self.engine, token, *rests],
+        )
+        self.highest = max(self.highest, int(first) + len(rests) - 1)
+        return int(first)
+
+    async def stored(self, upto: int) -> None:
+        """Tell every reader that this engine's events up to ``upto`` are in the database."""
+        await self._stored(
+            keys=[self._counter, self._stream], args=[self.maxlen, self.engine, upto]
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True  # a loop whose cancellation a command swallowed ends too
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            _done, late = await asyncio.wait(self._tasks, timeout=BLOCK_MS / 1000 + 2 * TIMEOUT)
+            for task in late:  # nothing waits forever
+                log.error("redis: %s did not stop", task.get_name())
+        self._tasks = []
+        # readers skip at once what this engine appended and never stored
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.delete(self._alive_key(self.engine), self._last_append)
+        await self._redis.aclose()
+
+    async def _keep_alive_once(self) -> None:
+        await self._redis.set(self._alive_key(self.engine), "1", px=int(ALIVE_FOR * 1000))
+
+    async def _alive_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(ALIVE_EVERY)
+            try:
+                await self._keep_alive_once()
+            except (RedisError, OSError) as exc:
+                if cancelled():
+                    raise asyncio.CancelledError from exc
+                log.warning("redis: cannot refresh this engine's liveness: %s", exc)
+
+    async def _read_loop(self, bus: EventBus) -> None:
+        while not self._stopping:
+            try:
+                got = cast(
+                    list[tuple[bytes, Entries]],
+                    await self._redis.xread(
+                        {self._stream: self._read_from}, count=PAGE, block=BLOCK_MS
+                    ),
+                )
+                for _stream, entries in got:
+                    self._take(bus, entries)
+                await self._suspect()
+            except (RedisError, OSError) as exc:  # Redis away: read again from where we were
+                if cancelled():
+                    raise asyncio.CancelledError from exc
+                log.error("redis: reading events failed, will retry: %s", exc)
+                await asyncio.sleep(1.0)
+
+    def _take(self, bus: EventBus, entries: Entries) -> None:
+        """Entries in stream order: queue events, apply markers, deliver what may go."""
+        for raw_id, fields in entries:
+            stream_id = raw_id.decode()
+            self._read_from = stream_id
+            number, seq = (int(part) for part in stream_id.split("-"))
+            engine = fields[b"e"].decode()
+            if seq == 0:  # an event
+                gap = self._last_number != 0 and number != self._last_number + 1
+                self._held.append(_Held(number, engine, fields[b"b"].decode(), gap_before=gap))
+                self._last_number = number
+                self.highest = max(self.highest, number)
+                self._note_head()
+                if len(self._held) > MAX_HELD and self._stuck():
+                    self._give_up()
+            elif b"s" in fields:  # its engine has stored its events up to s
+                upto = int(fields[b"s"])
+                for held in self._held:
+                    if held.engine == engine and held.id <= upto:
+                        held.stored = True
+            elif b"x" in fields:  # its engine died: skip what it never stored
+                self._drop(engine)
+        self._release(bus)
+
+    def _stuck(self) -> bool:
+        """The first held event has waited long: not a batch whose marker is on its way
+        (a reader holds every engine's newest batch until its marker comes)."""
+        head = self._held[0]
+        return not head.stored and time.monotonic() - self._head_since >= SUSPECT_AFTER
+
+    def _give_up(self) -> None:
+        head = self._held[0]
+        log.error("redis: %d events wait behind engine %s's event %d; skipping its events",
+                  len(self._held), head.engine, head.id)  # fmt: skip
+        self._drop(head.engine)
+
+    def _drop(self, engine: str) -> None:
+        kept: collections.deque[_Held] = collections.deque()
+        gap = False  # a skipped event's gap passes to the next one kept
+        for held in self._held:
+            if held.engine == engine and not held.stored:
+                gap = gap or held.gap_before
+                continue
+            held.gap_before = held.gap_before or gap
+            gap = False
+            kept.append(held)
+        if lost := len(self._held) - len(kept):
+            self.dropped += lost
+            log.warning("redis: engine %s stopped; %d of its events were never stored",
+                        engine, lost)  # fmt: skip
+        self._held = kept
+        self._note_head()
+
+    def _note_head(self) -> None:
+        """Time the first held event's wait from when it became first."""
+        if self._held and self._held[0].id != self._head_id:
+            self._head_id = self._held[0].id
+            self._head_since = time.monotonic()
+
+    def _release(self, bus: EventBus) -> None:
+        while self._held and self._held[0].stored:
+            held = self._held.popleft()
+            if held.gap_before:
+                self.gaps += 1
+                log.warning("redis: events before %d were never read; restarting streams",
+                            held.id)  # fmt: skip
+                bus.restart_at(held.id)
+            body = with_id(held.id, held.body)
+            bus.deliver(event_adapter.validate_json(body), body)
+        self._note_head()
+
+    async def _suspect(self) -> None:
+        """Held up too long by one engine's events: if that engine is gone, say so in the
+        stream (the marker then reaches every reader, this one included)."""
+        now = time.monotonic()
+        if not self._held or min(now - self._head_since, now - self._asked_at) < SUSPECT_AFTER:
+            return  # not held up long, or asked a moment ago
+        engine = self._held[0].engine
+        await self._dropped(
+            keys=[self._counter, self._stream, self._alive_key(engine)],
+            args=[self.maxlen, engine],
+        )
+        self._asked_at = now
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for logs."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + netloc).geturl()

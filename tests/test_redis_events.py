@@ -1,0 +1,383 @@
+"""Several engines, one order of events: each engine's event log appends to one Redis
+stream (engine/redisstream.py) and every engine's subscribers get every engine's events.
+
+In-process: two "engines" (each its own bus, event log and Store, on one SQLite file)
+and a real redis-server (tests/redisd.py). Without Redis each engine numbered its own
+events from a block it reserved, and its subscribers saw only its own: a client moving
+to another engine lost or repeated events when it resumed by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from engine import redisstream
+from engine.cli import _redis_unusable
+from engine.config import Settings
+from engine.eventlog import EventLog
+from engine.events import DtmfReceived, EventBase, EventBus, Subscription
+from engine.redisstream import RedisEventStream, RedisUnavailable
+from engine.store.db import Store
+from tests.engine_proc import free_port
+from tests.redisd import RedisServer, prefix
+
+
+@dataclass
+class Engine:
+    store: Store
+    bus: EventBus
+    log: EventLog
+    shared: RedisEventStream
+
+    async def stop(self) -> None:
+        await self.log.stop()
+        await self.store.close()
+
+    async def replay(self, after: int, call_id: str | None = None) -> list[int]:
+        return [i async for i, _ in self.log.replay(call_id, after)]
+
+
+async def start_engine(db: Path, url: str, keys: str, ring: int = 4_000) -> Engine:
+    store = Store(f"sqlite+aiosqlite:///{db}")
+    await store.open()
+    bus = EventBus(ring_size=ring)
+    shared = RedisEventStream(url, keys)
+    log = EventLog(store, bus, retention_days=1, shared=shared)
+    await log.start()
+    return Engine(store, bus, log, shared)
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[tuple[Engine, Engine]]:
+    keys = prefix()
+    a = await start_engine(tmp_path / "shared.db", redis_server.url, keys)
+    b = await start_engine(tmp_path / "shared.db", redis_server.url, keys)
+    try:
+        yield a, b
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+def dtmf(origin: str, n: int, call_id: str = "c") -> DtmfReceived:
+    # the origin and number ride in ``menu`` and ``at``: each event is recognisable
+    return DtmfReceived(call_id=call_id, digit=str(n % 10), at=float(n), menu=origin)
+
+
+async def take(sub: Subscription, n: int, within: float = 10) -> list[EventBase]:
+    out = []
+    async with asyncio.timeout(within):
+        while len(out) < n:
+            event = await sub.queue.get()
+            assert event is not None, "cut off"
+            out.append(event)
+    return out
+
+
+async def publish_concurrently(a: Engine, b: Engine, n: int) -> None:
+    """Both engines publish ``n`` events each, in bursts that overlap."""
+
+    async def burst(engine: Engine, origin: str) -> None:
+        for i in range(n):
+            engine.bus.publish(dtmf(origin, i, call_id=f"call-{i % 3}"))
+            if i % 7 == 0:
+                await asyncio.sleep(0.003)
+
+    await asyncio.gather(burst(a, "A"), burst(b, "B"))
+
+
+async def test_every_subscriber_sees_every_event_once_in_one_order(
+    pair: tuple[Engine, Engine],
+) -> None:
+    """Subscribers on either engine get both engines' events, each once, with ids that
+    grow, in the very same order; one call's subscribers get that call's, in that order."""
+    a, b = pair
+    subs = [a.bus.subscribe(), b.bus.subscribe()]
+    call_subs = [a.bus.subscribe("call-1"), b.bus.subscribe("call-1")]
+    n = 150
+    await publish_concurrently(a, b, n)
+    seen = [await take(sub, 2 * n) for sub in subs]
+    ids = [[e.id for e in got] for got in seen]
+    assert ids[0] == ids[1], "the two engines hand out different orders"
+    assert ids[0] == sorted(set(ids[0])), "ids repeat or go back"
+    origins = [(e.menu, e.at) for e in seen[0]]  # type: ignore[attr-defined]
+    assert sorted(origins) == sorted((o, float(i)) for o in "AB" for i in range(n))
+    # both engines' events interleave (the bursts overlapped): one order, not two blocks
+    switches = sum(1 for x, y in zip(origins, origins[1:], strict=False) if x[0] != y[0])
+    assert switches > 2
+    per_call = [[e.id for e in await take(sub, len(range(1, n, 3)) * 2)] for sub in call_subs]
+    assert per_call[0] == per_call[1] == [e.id for e in seen[0] if e.call_id == "call-1"]
+    for sub in subs + call_subs:
+        assert sub.queue.empty()  # nothing more: each event once
+    # the database holds the same ids, written by both
+    stored = [r.id for r in await a.store.events_after(0, None, 10 * n)]
+    assert stored == ids[0]
+
+
+async def test_resume_by_id_is_the_same_on_either_engine(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A client resuming from any id gets the same events from either engine: recent ones
+    from memory, older ones (past the ring) from the database."""
+    keys = prefix()
+    a = await start_engine(tmp_path / "shared.db", redis_server.url, keys, ring=20)
+    b = await start_engine(tmp_path / "shared.db", redis_server.url, keys, ring=20)
+    try:
+        sub = b.bus.subscribe()
+        await publish_concurrently(a, b, 60)
+        everything = [e.id for e in await take(sub, 120)]
+        assert a.bus.oldest_id > everything[0], "the ring should not reach back: the DB must"
+        for after in (0, everything[0], everything[30], everything[100], everything[-1]):
+            want = [i for i in everything if i > after]
+            assert await a.replay(after) == await b.replay(after) == want
+        only = await a.replay(0, "call-2")
+        assert only == await b.replay(0, "call-2")
+        assert only == [e.id for e in await a.store.events_after(0, "call-2", 1000)]
+        # an engine started now finds the recent events in its ring, from the stream
+        c = await start_engine(tmp_path / "shared.db", redis_server.url, keys, ring=20)
+        try:
+            assert await c.replay(everything[50]) == everything[51:]
+            assert c.bus.oldest_id <= everything[-1]
+        finally:
+            await c.stop()
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def test_a_restarted_engine_continues_the_ids_and_nobody_misses_anything(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """One engine stops and a new one starts on the same database and Redis: its ids go on
+    upward, and a client of the other engine resuming from its last id misses nothing.
+    Even with Redis' keys gone (a Redis restarted empty) ids never fall back below the
+    database's."""
+    keys = prefix()
+    db = tmp_path / "shared.db"
+    a = await start_engine(db, redis_server.url, keys)
+    b = await start_engine(db, redis_server.url, keys)
+    try:
+        sub = b.bus.subscribe()
+        await publish_concurrently(a, b, 20)
+        before = await take(sub, 40)
+        last = before[-1].id
+        sub.close()  # the client goes away
+        await a.stop()
+        a = await start_engine(db, redis_server.url, keys)
+        for i in range(20, 30):
+            a.bus.publish(dtmf("A", i))
+        b.bus.publish(dtmf("B", 99))
+        sub = b.bus.subscribe()  # the client comes back: replay, then live
+        got = await b.replay(last)
+        got += [e.id for e in await take(sub, 11 - len(got))]
+        assert len(got) == 11 and got == sorted(got) and got[0] > last
+        stored = await a.store.events_after(last, None, 100)
+        assert [r.id for r in stored] == got
+
+        # Redis loses its data; the next engine raises the counter to the database's ids
+        await b.stop()
+        await a.stop()
+        client = aioredis.Redis.from_url(redis_server.url)
+        async with client:
+            assert await client.delete(f"{keys}:events", f"{keys}:events:counter") == 2
+        a = await start_engine(db, redis_server.url, keys)
+        b = await start_engine(db, redis_server.url, keys)
+        sub = b.bus.subscribe()
+        event = a.bus.publish(dtmf("A", 1000))
+        assert (await take(sub, 1))[0].id == event.id == got[-1] + 1
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def test_ids_are_given_when_the_batch_is_appended(pair: tuple[Engine, Engine]) -> None:
+    """``publish`` leaves the id at 0 with a shared stream: the number comes from Redis,
+    when the log appends the batch, before anyone is given the event."""
+    a, _b = pair
+    sub = a.bus.subscribe()
+    event = a.bus.publish(dtmf("A", 1))
+    assert event.id == 0
+    got = (await take(sub, 1))[0]
+    assert event.id == got.id > 0
+
+
+async def test_subscribers_get_only_stored_events_on_every_engine(
+    tmp_path: Path, pair: tuple[Engine, Engine]
+) -> None:
+    """An event appended to the stream but not yet in the database is shown to nobody, on
+    no engine: a crash then cannot take back an id a client has seen."""
+    a, b = pair
+    subs = [a.bus.subscribe(), b.bus.subscribe()]
+    blocker = sqlite3.connect(tmp_path / "shared.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        event = a.bus.publish(dtmf("A", 5))
+        await asyncio.sleep(0.5)
+        assert event.id > 0, "numbered by Redis"
+        assert all(sub.queue.empty() for sub in subs), "seen before it was stored"
+        # while that batch waits for the database, new events are not appended: readers
+        # never wait on more than one unstored batch of an engine
+        later = a.bus.publish(dtmf("A", 6))
+        await asyncio.sleep(1.5)
+        client = aioredis.Redis.from_url(a.shared.url)
+        async with client:
+            assert await client.xlen(a.shared._stream) == 1 and later.id == 0
+        blocker.execute("ROLLBACK")
+        for sub in subs:
+            assert [e.id for e in await take(sub, 2, within=20)] == [event.id, event.id + 1]
+    finally:
+        blocker.close()
+
+
+async def test_an_engine_that_died_before_storing_holds_nobody_up(
+    pair: tuple[Engine, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine killed between its append and its write would hold every reader up
+    forever; once its liveness key is gone, readers skip what it never stored (every
+    reader the same events) and go on."""
+    monkeypatch.setattr(redisstream, "SUSPECT_AFTER", 0.3)
+    a, b = pair
+    subs = [a.bus.subscribe(), b.bus.subscribe()]
+    # a third engine appends and dies before writing: no stored marker will ever come
+    dead = RedisEventStream(a.shared.url, a.shared._stream.rsplit(":", 1)[0])
+    await dead._keep_alive_once()
+    lost = await dead.append(['{"type":"dtmf.received","digit":"1","at":0.0}'], "t", 0)
+    after = b.bus.publish(dtmf("B", 7))
+    await asyncio.sleep(1.0)
+    assert all(sub.queue.empty() for sub in subs), "the dead engine's event is still waited for"
+    await dead._redis.delete(dead._alive_key(dead.engine))  # its key times out
+    await dead._redis.aclose()
+    for sub in subs:
+        got = await take(sub, 1)
+        assert [e.id for e in got] == [after.id] and after.id > lost
+    assert a.shared.dropped == b.shared.dropped == 1
+
+
+async def test_events_wait_while_redis_is_away_and_none_is_lost(tmp_path: Path) -> None:
+    """Redis stops (a restart, empty): events published meanwhile wait in memory, as for
+    the database, and reach the stream, the database and the subscribers once it is back,
+    numbered above everything before."""
+    port = free_port()
+    server = RedisServer(port).start()
+    keys = prefix()
+    a = await start_engine(tmp_path / "shared.db", server.url, keys)
+    try:
+        sub = a.bus.subscribe()
+        for i in range(5):
+            a.bus.publish(dtmf("A", i))
+        first = [e.id for e in await take(sub, 5)]
+        server.stop()
+        for i in range(5, 10):
+            a.bus.publish(dtmf("A", i))
+        await asyncio.sleep(1.5)
+        assert a.log.pending == 5 and sub.queue.empty()
+        server = RedisServer(port).start()
+        rest = [e.id for e in await take(sub, 5, within=30)]
+        assert rest == list(range(first[-1] + 1, first[-1] + 6))
+        stored = await a.store.events_after(0, None, 100)
+        assert [r.id for r in stored] == first + rest
+    finally:
+        await a.stop()
+        server.stop()
+
+
+async def test_a_wrong_redis_url_stops_the_start_with_a_clear_error(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens there
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'one.db'}")
+    await store.open()
+    log = EventLog(store, EventBus(), retention_days=1, shared=RedisEventStream(url))
+    try:
+        with pytest.raises(RedisUnavailable, match=f"cannot use Redis at {url}"):
+            await log.start()
+    finally:
+        await store.close()
+    why = _redis_unusable(Settings(redis_url=url.replace("//", "//user:sekrit@")))
+    assert why is not None and "CCENGINE_REDIS_URL" in why and "sekrit" not in why
+    assert _redis_unusable(Settings(redis_url="")) is None
+
+
+async def test_an_append_retried_after_a_lost_reply_is_not_made_twice(
+    pair: tuple[Engine, Engine],
+) -> None:
+    a, _b = pair
+    body = '{"type":"dtmf.received","digit":"1","at":0.0}'
+    first = await a.shared.append([body, body], "token-1", 0)
+    assert await a.shared.append([body, body], "token-1", 0) == first  # the reply was lost
+    assert await a.shared.append([body], "token-2", 0) == first + 2
+    client = aioredis.Redis.from_url(a.shared.url)
+    async with client:
+        assert await client.xlen(a.shared._stream) == 3
+
+
+async def test_a_reader_that_fell_behind_the_stream_cuts_its_clients_off_to_resume(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A reader that falls further behind than the stream keeps would hand out a hole
+    (events trimmed before it read them): instead its subscribers are cut off, and
+    resuming from their last id, from the database, gives them every event."""
+    keys = prefix()
+    a = await start_engine(tmp_path / "shared.db", redis_server.url, keys)
+    b = await start_engine(tmp_path / "shared.db", redis_server.url, keys)
+    a.shared.maxlen = 10  # trimmed (in whole nodes of 100) long before b reads again
+    try:
+        sub = b.bus.subscribe()
+        a.bus.publish(dtmf("A", 0))
+        last = (await take(sub, 1))[0].id
+        reader = b.shared._tasks[0]
+        reader.cancel()  # b's reader stalls...
+        for i in range(1, 400):
+            a.bus.publish(dtmf("A", i))
+            if i % 50 == 0:
+                await asyncio.sleep(0.05)  # batches of their own
+        async with asyncio.timeout(20):  # all stored
+            while True:
+                if len(await a.store.events_after(last, None, 1000)) == 399:
+                    break
+                await asyncio.sleep(0.1)
+        b.shared._tasks[0] = asyncio.create_task(b.shared._read_loop(b.bus))  # ...and goes on
+        got = []
+        async with asyncio.timeout(10):
+            while (event := await sub.queue.get()) is not None:
+                got.append(event.id)
+        assert sub.lagged and b.shared.gaps >= 1
+        assert got == list(range(last + 1, last + 1 + len(got))), "a hole in the stream"
+        assert len(got) < 399, "nothing was trimmed: the test proves nothing"
+        resumed = await b.replay(got[-1] if got else last)
+        assert (got + resumed)[:399] == list(range(last + 1, last + 400))
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def test_a_reader_waits_behind_a_stuck_engine_only_so_long(
+    pair: tuple[Engine, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine alive but unable to store holds every reader up, and each reader keeps
+    what comes meanwhile: past ``MAX_HELD`` events it skips the stuck engine's unstored
+    events, as for a dead one, rather than grow, and the others' events go on."""
+    monkeypatch.setattr(redisstream, "MAX_HELD", 5)
+    monkeypatch.setattr(redisstream, "SUSPECT_AFTER", 0.3)
+    a, b = pair
+    subs = [a.bus.subscribe(), b.bus.subscribe()]
+    stuck = RedisEventStream(a.shared.url, a.shared._stream.rsplit(":", 1)[0])
+    await stuck._keep_alive_once()  # alive, and never storing
+    try:
+        await stuck.append(['{"type":"dtmf.received","digit":"1","at":0.0}'], "t", 0)
+        published = [b.bus.publish(dtmf("B", i)) for i in range(3)]
+        await asyncio.sleep(0.6)  # waited long: the next events go past the bound
+        assert all(sub.queue.empty() for sub in subs)
+        published += [b.bus.publish(dtmf("B", i)) for i in range(3, 8)]
+        for sub in subs:
+            assert [e.id for e in await take(sub, 8)] == [e.id for e in published]
+        assert a.shared.dropped == b.shared.dropped == 1
+        assert a.shared.held == b.shared.held == 0
+    finally:
+        await stuck._redis.delete(stuck._alive_key(stuck.engine))
+        await stuck._redis.aclose()
