@@ -608,6 +608,44 @@ def test_throttle_tables_are_bounded() -> None:
     assert len(throttle._good) == MAX_KEYS
 
 
+def test_guessing_behind_the_edge_locks_out_that_phone_not_the_edge() -> None:
+    """Behind the SIP edge every REGISTER comes from the edge's address: ten wrong
+    answers from one phone locked that address out, and with it every phone behind the
+    edge. Failures now count against the address the edge says the phone sent from (the
+    bottom Via's received, RFC 3261 §18.2.1)."""
+    ep = SipEndpoint("203.0.113.1", 5060, Admission(trunks=["198.51.100.7"], passwords={
+        "alice": "wonderland", "bob": "builder"}.get))  # fmt: skip
+
+    def through_edge(user: str, phone: str, n: int, auth: str = "") -> bytes:
+        return (
+            f"REGISTER sip:engine.example SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKedge{user}{n}\r\n"
+            f"Via: SIP/2.0/UDP 10.0.0.9:5062;received={phone};branch=z9hG4bK{user}{n}\r\n"
+            f"From: <sip:{user}@engine.example>;tag=t{n}\r\nTo: <sip:{user}@engine.example>\r\n"
+            f"Call-ID: reg-{user}@{phone}\r\nCSeq: {n} REGISTER\r\n"
+            f"Contact: <sip:{user}@{phone}:5062>\r\nExpires: 600\r\nMax-Forwards: 69\r\n"
+            + (f"Authorization: {auth}\r\n" if auth else "")
+            + "Content-Length: 0\r\n\r\n"
+        ).encode()
+
+    ep.receive(through_edge("bob", "192.0.2.50", 1), TRUNK, 0.0)
+    [r] = sent(ep)
+    ch = r.headers.get_first("www-authenticate") or ""
+    for n in range(2, 14):  # a phone with the wrong password, retrying
+        wrong = digest(ch, "bob", f"wrong{n}", "REGISTER", "sip:engine.example", nc=n)
+        ep.receive(through_edge("bob", "192.0.2.50", n, wrong), TRUNK, 0.1 * n)
+    assert statuses(ep)[-1] == 503  # that phone (and the user bob) are refused a while
+    locked = [e for e in ep.events() if isinstance(e, AuthLockedOut)]
+    assert locked and all(e.host == "192.0.2.50" for e in locked)
+    # another phone behind the same edge still signs in
+    ep.receive(through_edge("alice", "192.0.2.51", 1), TRUNK, 2.0)
+    [r] = sent(ep)
+    ch = r.headers.get_first("www-authenticate") or ""
+    right = digest(ch, "alice", "wonderland", "REGISTER", "sip:engine.example")
+    ep.receive(through_edge("alice", "192.0.2.51", 2, right), TRUNK, 2.1)
+    assert statuses(ep) == [200]
+
+
 def test_registrar() -> None:
     ep = endpoint()
     reg = request(

@@ -258,6 +258,26 @@ def branch(msg: SipMessage) -> str:
     )
 
 
+def origin_host(msg: SipMessage) -> str | None:
+    """Where the request first came from: the bottom Via's ``received`` address, else its
+    host. Each proxy adds ``received`` to the Via below its own when that host is not
+    where the request came from (RFC 3261 §18.2.1), so behind a trusted proxy this is the
+    phone's real address, not the proxy's. None if there is no readable Via."""
+    vias = [v.strip() for value in msg.headers.get("via") for v in value.split(",")]
+    if not vias:
+        return None
+    m = _VIA.match(vias[-1])
+    if m is None:
+        return None
+    received = re.search(r";\s*received\s*=\s*([^;\s]+)", m.group(3), re.I)
+    if received:
+        return received.group(1)
+    sent_by = m.group(2)
+    if sent_by.startswith("["):  # [IPv6]:port
+        return sent_by[1:].split("]", 1)[0]
+    return sent_by.rsplit(":", 1)[0] if sent_by.count(":") == 1 else sent_by
+
+
 def cseq(msg: SipMessage) -> tuple[int, str]:
     m = _CSEQ.match(msg.headers.get_first("cseq") or "")
     if m is None:
