@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     calls.engine_id = recovery.id
     sender = WebhookSender(
         store,
+        engine_id=recovery.id,
         max_attempts=settings.webhook_max_attempts,
         retry_base=settings.webhook_retry_base,
         retry_cap=settings.webhook_retry_cap,

@@ -8,6 +8,7 @@ import pytest
 from tests import speech
 from tests.controlplane import ControlPlane
 from tests.engine_proc import ROOT, EngineProcess
+from tests.pg import PostgresServer
 from tests.webhook_receiver import Receiver
 
 
@@ -59,3 +60,32 @@ def receiver() -> Iterator[Receiver]:
         yield r
     finally:
         r.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (tests/pg.py), started once per test process."""
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test; dropped after it."""
+    url = postgres.new_database()
+    try:
+        yield url
+    finally:
+        postgres.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store's URL, once on each database the engine runs on: a SQLite file, and a
+    fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
+    return str(request.getfixturevalue("pg_url"))

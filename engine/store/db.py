@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Collection, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import delete, event, func, select, update
+from sqlalchemy import and_, case, delete, event, func, or_, select, update
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -142,7 +142,10 @@ def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url)
+        sqlite = url.startswith("sqlite")
+        # a server (PostgreSQL) may have been restarted, or have closed an idle
+        # connection: checked as it leaves the pool, rather than failing the write
+        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not sqlite)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -150,7 +153,8 @@ class Store:
         # can hold that lock across event-loop turns, and under load (many calls
         # starting at once) other writers then time out with "database is
         # locked". Queueing our writers here instead costs nothing: SQLite would
-        # serialise them anyway, and WAL readers are not blocked.
+        # serialise them anyway, and WAL readers are not blocked. PostgreSQL takes
+        # concurrent writers, locking rows, not the database: no queue there.
         self._write_lock = asyncio.Lock() if self.engine.dialect.name == "sqlite" else None
 
     @contextlib.asynccontextmanager
@@ -163,10 +167,9 @@ class Store:
             yield s
 
     async def open(self) -> None:
-        if self.url.startswith("sqlite") and ":///" in self.url:
-            path = self.url.split(":///", 1)[1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_file(self.url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(upgrade_schema, self.url)
 
     async def close(self) -> None:
@@ -406,25 +409,28 @@ class Store:
     # The event log
 
     async def reserve_event_ids(self, block: int, at_least: int = 0) -> tuple[int, int]:
-        """Ids (first, last) no earlier run handed out: a run that died with events
-        unwritten never sees its ids reused, so a client's last id stays meaningful."""
+        """Ids (first, last) nobody else was handed: no earlier run (one that died with
+        events unwritten never sees its ids reused, so a client's last id stays
+        meaningful) and no other engine on the same database. One UPDATE moves the
+        sequence up and says where to: the database runs it atomically (a row lock on
+        PostgreSQL, the write lock on SQLite), so two engines reserving at once get two
+        blocks one after the other, where a read then a write gave both the same."""
+        seq = EventSequenceRow.__table__.c
+        written = select(func.coalesce(func.max(EventRow.id), 0)).scalar_subquery()
+        floor = case((written > at_least, written), else_=at_least)
+        above = case((seq.reserved_to > floor, seq.reserved_to), else_=floor)
+        move = (
+            update(EventSequenceRow)
+            .where(seq.name == "events")
+            .values(reserved_to=above + block)
+            .returning(seq.reserved_to)
+        )
         async with self.writing() as s:
-            row = await s.get(EventSequenceRow, "events")
-            highest = await s.scalar(select(func.max(EventRow.id))) or 0
-            start = max(row.reserved_to if row else 0, highest, at_least) + 1
-            if row is None:
-                s.add(EventSequenceRow(name="events", reserved_to=start + block - 1))
-            else:
-                row.reserved_to = start + block - 1
-            return start, start + block - 1
-
-    async def extend_event_ids(self, reserved_to: int) -> None:
-        async with self.writing() as s:
-            await s.execute(
-                update(EventSequenceRow)
-                .where(EventSequenceRow.name == "events")
-                .values(reserved_to=reserved_to)
-            )
+            last = await s.scalar(move)
+            if last is None:  # its row is made by migration 0013; only a hand could drop it
+                last = max(await s.scalar(select(written)) or 0, at_least) + block
+                s.add(EventSequenceRow(name="events", reserved_to=last))
+        return last - block + 1, last
 
     async def write_events(
         self, rows: Sequence[EventRow], deliveries: Sequence[DeliveryRow]
@@ -477,18 +483,71 @@ class Store:
             )
             return True
 
-    async def due_deliveries(self, now: datetime, limit: int) -> Sequence[DeliveryRow]:
-        q = (
-            select(DeliveryRow)
-            .where(DeliveryRow.status == "pending", DeliveryRow.next_attempt_at <= now)
-            .order_by(DeliveryRow.next_attempt_at, DeliveryRow.event_id)
-            .limit(limit)
-        )
-        async with self.session() as s:
-            return (await s.scalars(q)).all()
+    async def claim_deliveries(
+        self,
+        engine_id: str,
+        now: datetime,
+        limit: int,
+        lease: float,
+        *,
+        webhooks: int = 32,
+        exclude: Collection[str] = (),
+    ) -> Sequence[DeliveryRow]:
+        """Claim deliveries that are due for ``engine_id`` until ``now + lease``: at most
+        ``limit`` of each webhook (one slow receiver's backlog does not crowd out the
+        others), of at most ``webhooks`` webhooks, none of those in ``exclude`` (the
+        ones this engine is still sending to). A delivery someone else holds a live
+        claim on is left alone; a claim past its lease (its engine died mid-send) is
+        taken over. Rows are locked as read and marked in the same transaction: on
+        PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets engines claiming at once pass each
+        other's rows by; SQLite runs one write transaction at a time anyway."""
+        free = or_(DeliveryRow.claimed_until.is_(None), DeliveryRow.claimed_until <= now)
+        due = [DeliveryRow.status == "pending", DeliveryRow.next_attempt_at <= now, free]
+        if exclude:
+            due.append(DeliveryRow.webhook_id.not_in(list(exclude)))
+        until = now + timedelta(seconds=lease)
+        claimed: list[DeliveryRow] = []
+        async with self.writing() as s:
+            hooks = (
+                await s.scalars(
+                    select(DeliveryRow.webhook_id).where(*due).distinct().limit(webhooks)
+                )
+            ).all()
+            for hook in sorted(hooks):
+                rows = (
+                    await s.scalars(
+                        select(DeliveryRow)
+                        .where(DeliveryRow.webhook_id == hook, *due)
+                        .order_by(DeliveryRow.next_attempt_at, DeliveryRow.event_id)
+                        .limit(limit)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).all()
+                for row in rows:
+                    row.claimed_by, row.claimed_until = engine_id, until
+                claimed.extend(rows)
+        return claimed
 
-    async def next_delivery_at(self) -> datetime | None:
-        q = select(func.min(DeliveryRow.next_attempt_at)).where(DeliveryRow.status == "pending")
+    async def release_deliveries(self, engine_id: str) -> None:
+        """Give back what ``engine_id`` claimed and did not send (it is stopping)."""
+        async with self.writing() as s:
+            await s.execute(
+                update(DeliveryRow)
+                .where(DeliveryRow.claimed_by == engine_id, DeliveryRow.status == "pending")
+                .values(claimed_by=None, claimed_until=None)
+            )
+
+    async def next_delivery_at(self, exclude: Collection[str] = ()) -> datetime | None:
+        """When a pending delivery is next due, not counting webhooks in ``exclude``: a
+        delivery another engine holds is due again when its claim runs out."""
+        held = and_(
+            DeliveryRow.claimed_until.is_not(None),
+            DeliveryRow.claimed_until > DeliveryRow.next_attempt_at,
+        )
+        when = case((held, DeliveryRow.claimed_until), else_=DeliveryRow.next_attempt_at)
+        q = select(func.min(when)).where(DeliveryRow.status == "pending")
+        if exclude:
+            q = q.where(DeliveryRow.webhook_id.not_in(list(exclude)))
         async with self.session() as s:
             return await s.scalar(q)
 
@@ -498,9 +557,12 @@ class Store:
         return (row.url, row.secret) if row else None
 
     async def record_attempt(self, delivery_id: str, **values: Any) -> None:
+        """The outcome of a try; the delivery's claim ends with it."""
         async with self.writing() as s:
             await s.execute(
-                update(DeliveryRow).where(DeliveryRow.id == delivery_id).values(**values)
+                update(DeliveryRow)
+                .where(DeliveryRow.id == delivery_id)
+                .values(claimed_by=None, claimed_until=None, **values)
             )
 
     async def deliveries(
