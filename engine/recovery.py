@@ -39,7 +39,9 @@ from engine.store.models import EngineRow
 log = logging.getLogger(__name__)
 
 RESTART = "engine_restart"  # ended by an engine starting up
-LOST = "engine_lost"  # ended by a live engine that saw the owner's heartbeat stop
+# ended by a live engine that saw the owner's heartbeat stop (the name for it;
+# rows ended before the rename say "engine_lost", and are read as they are)
+LOST = "node_lost"
 
 
 def process_alive(pid: int) -> bool:
