@@ -175,7 +175,7 @@ class EventLog:
             self.bus.deliver(event, row.body)
         if deliveries:
             self.on_deliveries()
-        if self._next_block is None and self.bus.last_id > self._block_end - ID_BLOCK // 2:
+        if self._next_block is None and self.bus.last_id >= self._block_end - ID_BLOCK // 2:
             self._next_block = await self.store.reserve_event_ids(ID_BLOCK)
 
     async def _prune_loop(self) -> None:

@@ -500,7 +500,8 @@ class Store:
         claim on is left alone; a claim past its lease (its engine died mid-send) is
         taken over. Rows are locked as read and marked in the same transaction: on
         PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets engines claiming at once pass each
-        other's rows by; SQLite runs one write transaction at a time anyway."""
+        other's rows by; on SQLite the marking UPDATE asks again that each row is free
+        and returns only those it took, so two engines never both take one."""
         free = or_(DeliveryRow.claimed_until.is_(None), DeliveryRow.claimed_until <= now)
         due = [DeliveryRow.status == "pending", DeliveryRow.next_attempt_at <= now, free]
         if exclude:
@@ -514,18 +515,28 @@ class Store:
                 )
             ).all()
             for hook in sorted(hooks):
-                rows = (
+                ids = (
                     await s.scalars(
-                        select(DeliveryRow)
+                        select(DeliveryRow.id)
                         .where(DeliveryRow.webhook_id == hook, *due)
                         .order_by(DeliveryRow.next_attempt_at, DeliveryRow.event_id)
                         .limit(limit)
                         .with_for_update(skip_locked=True)
                     )
                 ).all()
-                for row in rows:
-                    row.claimed_by, row.claimed_until = engine_id, until
-                claimed.extend(rows)
+                if not ids:
+                    continue
+                # still free, asked again as they are marked: pysqlite runs a SELECT
+                # outside the write transaction, so on SQLite another engine may have
+                # claimed some since (on PostgreSQL the row locks already say so)
+                rows = await s.scalars(
+                    update(DeliveryRow)
+                    .where(DeliveryRow.id.in_(ids), *due)
+                    .values(claimed_by=engine_id, claimed_until=until)
+                    .returning(DeliveryRow),
+                    execution_options={"synchronize_session": False},
+                )
+                claimed.extend(rows.all())
         return claimed
 
     async def release_deliveries(self, engine_id: str) -> None:
