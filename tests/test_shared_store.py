@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -23,6 +25,7 @@ from engine.events import DtmfReceived, EventBus, as_utc, utcnow
 from engine.store.db import Store
 from engine.store.models import DeliveryRow, WebhookRow
 from engine.webhooks import PER_WEBHOOK, WebhookSender
+from tests.engine_proc import ROOT
 from tests.webhook_receiver import Receiver
 
 LOOPBACK = TargetPolicy(["127.0.0.1/32"])  # the receivers here are on it
@@ -218,3 +221,33 @@ async def test_one_slow_receiver_delays_no_other(db_url: str, receiver: Receiver
                 await asyncio.to_thread(slow.wait, 2, 10)
     finally:
         slow.stop()
+
+
+def test_engines_starting_together_on_a_new_database_all_start(pg_url: str) -> None:
+    """Engines started at once on one empty PostgreSQL database each ran the migrations:
+    all but the first failed on tables that existed by then. Now one migrates and the
+    others wait for it. (Processes, as engines are: alembic keeps its state in globals.)"""
+    probe = (
+        "import asyncio\n"
+        "from engine.store.db import Store\n"
+        "async def main():\n"
+        f"    store = Store({pg_url!r})\n"
+        "    await store.open()\n"
+        "    print(len(await store.engines()))\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+    )
+    engines = [
+        subprocess.Popen(
+            [sys.executable, "-c", probe],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(3)
+    ]
+    results = [(p.communicate(timeout=60), p.returncode) for p in engines]
+    assert [(out.strip(), rc) for (out, _err), rc in results] == [("0", 0)] * 3, [
+        err[-2000:] for (_out, err), _rc in results
+    ]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -96,7 +97,13 @@ def upgrade_schema(url: str) -> None:
         return
     from alembic import command
 
-    command.upgrade(alembic_config(url), "head")
+    # alembic keeps the running migration's context in a global: two threads migrating
+    # at once (stores opened together in one process) would mix theirs up
+    with _MIGRATING:
+        command.upgrade(alembic_config(url), "head")
+
+
+_MIGRATING = threading.Lock()
 
 
 class DamagedDatabase(Exception):
