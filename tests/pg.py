@@ -5,7 +5,9 @@ The server runs from a temporary directory (data, log and its unix socket) on a 
 port of 127.0.0.1, with fsync off: nothing in it has to survive the test run, and
 commits then cost no disk flush. PostgreSQL refuses to run as root, which tests are in
 CI: then initdb and the server run as the unprivileged ``postgres`` user (Debian's
-package makes it), owning that directory. A database per test is a ``CREATE DATABASE``
+package makes it), owning that directory. The server is a child of the test process
+that the kernel stops when the test process dies, however it dies (a worker killed by
+a timeout leaves no server behind). A database per test is a ``CREATE DATABASE``
 from an empty template, a file copy of a few MB; it is dropped after the test.
 """
 
@@ -18,9 +20,11 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import asyncpg
@@ -28,7 +32,7 @@ import asyncpg
 from tests.engine_proc import free_port
 
 SERVER_USER = "postgres"  # the unprivileged account the server runs as under root
-START_TIMEOUT = 60  # seconds: pg_ctl -w waits for the server to take connections
+START_TIMEOUT = 60  # seconds for initdb, and for the server to take connections
 
 
 def bin_dir() -> Path | None:
@@ -46,12 +50,26 @@ def available() -> bool:
     return bin_dir() is not None
 
 
+def sweep(older_than: float = 3600) -> None:
+    """Remove the directories of servers that died with their test process (the kernel
+    stopped them; nobody removed their files): no live server in them, an hour old."""
+    for folder in Path(tempfile.gettempdir()).glob("ccengine-pg-*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if time.time() - folder.stat().st_mtime < older_than:
+                continue
+            pid_file = folder / "data" / "postmaster.pid"
+            if pid_file.exists() and Path(f"/proc/{int(pid_file.read_text().split()[0])}").exists():
+                continue
+            shutil.rmtree(folder)
+
+
 class PostgresServer:
     def __init__(self) -> None:
         found = bin_dir()
         if found is None:
             raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
         self.bin = found
+        sweep()
         # not under pytest's tmp_path: its folders are private to the user running the
         # tests, so the server's user could not reach its own data directory
         self.root = Path(tempfile.mkdtemp(prefix="ccengine-pg-"))
@@ -59,39 +77,62 @@ class PostgresServer:
         self.log = self.root / "server.log"
         self.port = free_port()
         self._names = itertools.count(1)
-        self._as_user: list[str] = []
+        self.server: subprocess.Popen[bytes] | None = None
+        # the server dies with us (SIGQUIT: immediate shutdown, nothing to keep);
+        # setpriv sets that after changing user, which would clear it otherwise
+        self._as_user = ["setpriv", "--pdeathsig", "SIGQUIT"]
         if os.geteuid() == 0:
             account = pwd.getpwnam(SERVER_USER)
             os.chown(self.root, account.pw_uid, account.pw_gid)
-            self._as_user = ["runuser", "-u", SERVER_USER, "--"]
+            self._as_user += [f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}",
+                              "--init-groups"]  # fmt: skip
+        self._as_user.append("--")
 
     def _run(self, tool: str, *args: str) -> None:
         result = subprocess.run(
             [*self._as_user, str(self.bin / tool), *args],
-            capture_output=True, text=True, timeout=START_TIMEOUT + 30,
+            capture_output=True, text=True, timeout=START_TIMEOUT,
         )  # fmt: skip
         if result.returncode != 0:
-            log = self.log.read_text()[-2000:] if self.log.exists() else ""
-            raise RuntimeError(f"{tool} failed: {result.stderr or result.stdout}\n{log}")
+            raise RuntimeError(f"{tool} failed: {result.stderr or result.stdout}")
 
     def start(self) -> PostgresServer:
         self._run(
             "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync",
             "-E", "UTF8", "--locale=C",
         )  # fmt: skip
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            " -c max_connections=200"
-        )
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
-                  "-w", "-t", str(START_TIMEOUT), "start")  # fmt: skip
+        with self.log.open("ab") as log:
+            self.server = subprocess.Popen(
+                [*self._as_user, str(self.bin / "postgres"), "-D", str(self.data),
+                 "-p", str(self.port), "-k", str(self.root),
+                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                 "-c", "max_connections=200"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._ready():
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"PostgreSQL did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.05)
         return self
 
+    def _ready(self) -> bool:
+        ready = subprocess.run(
+            [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+            timeout=10,
+        )
+        return ready.returncode == 0
+
     def stop(self) -> None:
-        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-            if (self.data / "postmaster.pid").exists():
-                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        if self.server is not None and self.server.poll() is None:
+            self.server.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                self.server.wait(30)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait(10)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str) -> str:
