@@ -23,7 +23,7 @@ from engine.egress import TargetPolicy
 from engine.eventlog import EventLog
 from engine.events import DtmfReceived, EventBus, as_utc, utcnow
 from engine.store.db import Store
-from engine.store.models import DeliveryRow, WebhookRow
+from engine.store.models import CallRow, DeliveryRow, WebhookRow
 from engine.webhooks import PER_WEBHOOK, WebhookSender
 from tests.engine_proc import ROOT
 from tests.webhook_receiver import Receiver
@@ -251,3 +251,20 @@ def test_engines_starting_together_on_a_new_database_all_start(pg_url: str) -> N
     assert [(out.strip(), rc) for (out, _err), rc in results] == [("0", 0)] * 3, [
         err[-2000:] for (_out, err), _rc in results
     ]
+
+
+async def test_a_nul_character_in_text_is_stored(db_url: str) -> None:
+    """PostgreSQL refuses NUL in text where SQLite keeps it: a caller identity with one
+    (an API client may send "\\u0000") failed the call's write on PostgreSQL, so the
+    call was never stored. Now the NUL is kept as U+FFFD there."""
+    async with stores(db_url, 1) as (store,):
+        await store.add(
+            CallRow(id="c", channel="webrtc", state="active", language="en", recognizer=None,
+                    recognizer_note="", caller="bob\x00", created_at=utcnow()),
+        )  # fmt: skip
+        await store.update_call("c", summary="said \x00 twice \x00")
+        record = await store.get_call("c")
+    assert record is not None
+    nul = "\x00" if db_url.startswith("sqlite") else "\ufffd"
+    assert record.call.caller == f"bob{nul}"
+    assert record.call.summary == f"said {nul} twice {nul}"

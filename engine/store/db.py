@@ -146,6 +146,26 @@ def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -
     cur.close()
 
 
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, tuple | list):
+        return type(value)(_without_nul(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _without_nul(v) for k, v in value.items()}
+    return value
+
+
+def _postgres_text(
+    _conn: object, _cursor: object, statement: str, parameters: Any, *_args: object
+) -> tuple[str, Any]:
+    """PostgreSQL refuses a NUL character in text, which SQLite keeps: a caller identity,
+    a note or a transcript with one would fail its write (the call, or what was said,
+    never stored). NUL becomes U+FFFD, the replacement character, as an undecodable byte
+    does."""
+    return statement, _without_nul(parameters)
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -155,6 +175,10 @@ class Store:
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not sqlite)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            event.listen(
+                self.engine.sync_engine, "before_cursor_execute", _postgres_text, retval=True
+            )
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time. Through aiosqlite a write transaction
         # can hold that lock across event-loop turns, and under load (many calls
