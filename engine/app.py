@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         policy=webhook_targets,
     )
     event_log.on_deliveries = sender.wake
+    recovery.on_released = sender.wake
     event_log.earlier_writes = calls.spool.drained
     metrics.storage_waiting.labels("call").set_function(lambda: calls.spool.pending)
     metrics.storage_waiting.labels("event").set_function(lambda: event_log.pending)

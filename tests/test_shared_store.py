@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import subprocess
 import sys
 import time
@@ -22,10 +23,12 @@ from engine import eventlog
 from engine.egress import TargetPolicy
 from engine.eventlog import EventLog
 from engine.events import DtmfReceived, EventBus, as_utc, utcnow
+from engine.recovery import Recovery
 from engine.store.db import Store
-from engine.store.models import CallRow, DeliveryRow, WebhookRow
+from engine.store.models import CallRow, DeliveryRow, EngineRow, WebhookRow
 from engine.webhooks import PER_WEBHOOK, WebhookSender
 from tests.engine_proc import ROOT
+from tests.test_durability import dead_pid
 from tests.webhook_receiver import Receiver
 
 LOOPBACK = TargetPolicy(["127.0.0.1/32"])  # the receivers here are on it
@@ -268,3 +271,30 @@ async def test_a_nul_character_in_text_is_stored(db_url: str) -> None:
     nul = "\x00" if db_url.startswith("sqlite") else "\ufffd"
     assert record.call.caller == f"bob{nul}"
     assert record.call.summary == f"said {nul} twice {nul}"
+
+
+async def test_deliveries_a_dead_engine_claimed_are_sent_again_at_once(db_url: str) -> None:
+    """After a kill -9 the deliveries the engine had claimed waited out their lease
+    (50 s) before the restarted engine sent them. Now recovery frees the claims of
+    engines it finds dead, and wakes the sender."""
+    async with stores(db_url, 1) as (store,):
+        ids = await add_deliveries(store, "http://127.0.0.1:9/hook", hooks=1, each=3)
+        now = utcnow()
+        crashed = EngineRow(
+            id="crashed", host=socket.gethostname(), pid=dead_pid(), started_at=now,
+            heartbeat_at=now,
+        )  # fmt: skip
+        await store.beat(crashed)
+        assert len(await store.claim_deliveries("crashed", now, PER_WEBHOOK, lease=300)) == 3
+        recovery = Recovery(store, EventBus(), lease=60)
+        woken: list[bool] = []
+        recovery.on_released = lambda: woken.append(True)
+        try:
+            await recovery.start()
+            taken = await store.claim_deliveries(recovery.id, utcnow(), PER_WEBHOOK, lease=30)
+            engines = {e.id for e in await store.engines()}
+        finally:
+            await recovery.stop()
+    assert sorted(d.id for d in taken) == sorted(ids)
+    assert woken == [True]
+    assert engines == {recovery.id}  # the dead engine, with no calls left, is forgotten

@@ -570,14 +570,16 @@ class Store:
                 claimed.extend(rows.all())
         return claimed
 
-    async def release_deliveries(self, engine_id: str) -> None:
-        """Give back what ``engine_id`` claimed and did not send (it is stopping)."""
+    async def release_deliveries(self, engine_id: str) -> int:
+        """Free what ``engine_id`` claimed and did not send (it is stopping, or dead);
+        how many."""
         async with self.writing() as s:
-            await s.execute(
+            result = await s.execute(
                 update(DeliveryRow)
                 .where(DeliveryRow.claimed_by == engine_id, DeliveryRow.status == "pending")
                 .values(claimed_by=None, claimed_until=None)
             )
+            return int(getattr(result, "rowcount", 0) or 0)
 
     async def next_delivery_at(self, exclude: Collection[str] = ()) -> datetime | None:
         """When a pending delivery is next due, not counting webhooks in ``exclude``: a
