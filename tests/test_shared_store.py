@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 import subprocess
 import sys
@@ -256,21 +257,27 @@ def test_engines_starting_together_on_a_new_database_all_start(pg_url: str) -> N
     ]
 
 
-async def test_a_nul_character_in_text_is_stored(db_url: str) -> None:
-    """PostgreSQL refuses NUL in text where SQLite keeps it: a caller identity with one
-    (an API client may send "\\u0000") failed the call's write on PostgreSQL, so the
-    call was never stored. Now the NUL is kept as U+FFFD there."""
+async def test_what_postgresql_refuses_is_stored_anyway(db_url: str) -> None:
+    """PostgreSQL refuses NUL in text and NaN in JSON where SQLite keeps both: a caller
+    identity with a NUL (an API client may send "\\u0000") failed the call's write on
+    PostgreSQL, so the call was never stored, and so did features with a NaN. Now
+    PostgreSQL is given U+FFFD for the NUL, and null for the NaN."""
+    features = {"pitch": math.nan, "energy": [1.5, math.inf]}
     async with stores(db_url, 1) as (store,):
         await store.add(
             CallRow(id="c", channel="webrtc", state="active", language="en", recognizer=None,
                     recognizer_note="", caller="bob\x00", created_at=utcnow()),
         )  # fmt: skip
-        await store.update_call("c", summary="said \x00 twice \x00")
+        await store.update_call("c", summary="said \x00 twice \x00", facts=[features])
         record = await store.get_call("c")
     assert record is not None
-    nul = "\x00" if db_url.startswith("sqlite") else "\ufffd"
-    assert record.call.caller == f"bob{nul}"
-    assert record.call.summary == f"said {nul} twice {nul}"
+    if db_url.startswith("sqlite"):
+        assert record.call.caller == "bob\x00"
+        assert math.isnan(record.call.facts[0]["pitch"])
+    else:
+        assert record.call.caller == "bob\ufffd"
+        assert record.call.summary == "said \ufffd twice \ufffd"
+        assert record.call.facts == [{"pitch": None, "energy": [1.5, None]}]
 
 
 async def test_deliveries_a_dead_engine_claimed_are_sent_again_at_once(db_url: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import math
 import re
 import sqlite3
 import threading
@@ -146,6 +148,11 @@ def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -
     cur.close()
 
 
+# What PostgreSQL refuses and SQLite keeps. Written anyway, differently: a caller
+# identity, a note or a transcript with a NUL character, or emotion features with a NaN,
+# would fail its write on PostgreSQL (the call, or what was said, never stored).
+
+
 def _without_nul(value: Any) -> Any:
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd") if "\x00" in value else value
@@ -159,11 +166,24 @@ def _without_nul(value: Any) -> Any:
 def _postgres_text(
     _conn: object, _cursor: object, statement: str, parameters: Any, *_args: object
 ) -> tuple[str, Any]:
-    """PostgreSQL refuses a NUL character in text, which SQLite keeps: a caller identity,
-    a note or a transcript with one would fail its write (the call, or what was said,
-    never stored). NUL becomes U+FFFD, the replacement character, as an undecodable byte
+    """NUL in text becomes U+FFFD, the replacement character, as an undecodable byte
     does."""
     return statement, _without_nul(parameters)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, tuple | list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def _postgres_json(value: Any) -> str:
+    """NaN and Infinity in JSON become null: PostgreSQL's JSON is the standard's."""
+    return json.dumps(_finite(value))
 
 
 class Store:
@@ -172,7 +192,11 @@ class Store:
         sqlite = url.startswith("sqlite")
         # a server (PostgreSQL) may have been restarted, or have closed an idle
         # connection: checked as it leaves the pool, rather than failing the write
-        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not sqlite)
+        self.engine: AsyncEngine = (
+            create_async_engine(url)
+            if sqlite
+            else create_async_engine(url, pool_pre_ping=True, json_serializer=_postgres_json)
+        )
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
