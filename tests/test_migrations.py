@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, create_engine, inspect, text
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from engine.store.db import alembic_config, head_revision, upgrade_schema
@@ -103,20 +103,19 @@ def test_queue_changes_move_to_the_overrides_and_back(db_url: str) -> None:
     assert left == 0
 
 
-def test_a_database_at_the_newest_revision_is_opened_without_alembic(tmp_path: Path) -> None:
+def test_a_database_at_the_newest_revision_is_opened_without_alembic(db_url: str) -> None:
     """alembic (~10 MB) stayed in every engine's memory for a check that finds nothing
     to do on every start but the first. Now a database already at the newest revision
     is opened without importing it; an older one is still upgraded."""
     import subprocess
     import sys
 
-    url = f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
-    command.upgrade(alembic_config(url), "0011")
+    command.upgrade(alembic_config(db_url), "0011")
     probe = (
         "import asyncio, sys\n"
         "from engine.store.db import Store\n"
         "async def main():\n"
-        f"    store = Store({url!r})\n"
+        f"    store = Store({db_url!r})\n"
         "    await store.open()\n"
         "    await store.close()\n"
         "    print('alembic' in sys.modules)\n"
@@ -128,10 +127,7 @@ def test_a_database_at_the_newest_revision_is_opened_without_alembic(tmp_path: P
         for _ in range(2)
     ]
     assert [r.stdout.strip() for r in runs] == ["True", "False"], [r.stderr for r in runs]
-    engine = create_engine(f"sqlite:///{tmp_path / 'engine.db'}")
-    try:
-        with engine.connect() as conn:
-            version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    finally:
-        engine.dispose()
+    version = on_database(
+        db_url, lambda c: c.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    )
     assert version == head_revision()

@@ -14,8 +14,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import and_, case, delete, event, func, or_, select, update
+from sqlalchemy import and_, case, delete, event, func, or_, select, text, update
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -225,7 +226,17 @@ class Store:
         path = sqlite_file(self.url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+        elif await self._revision() == head_revision():
+            return  # as upgrade_schema does for a SQLite file: alembic stays unimported
         await asyncio.to_thread(upgrade_schema, self.url)
+
+    async def _revision(self) -> str | None:
+        """The schema's revision on a database server (None: a new database)."""
+        try:
+            async with self.engine.connect() as conn:
+                return await conn.scalar(text("SELECT version_num FROM alembic_version"))
+        except SQLAlchemyError:
+            return None
 
     async def close(self) -> None:
         await self.engine.dispose()
