@@ -131,7 +131,9 @@ class WebhookSender:
         while True:
             self._wake.clear()
             try:
-                if len(self._busy) < MAX_WEBHOOKS:
+                if len(self._busy) >= MAX_WEBHOOKS:
+                    upcoming = None  # sending to as many as we may: the first done wakes us
+                else:
                     claimed = await self.store.claim_deliveries(
                         self.engine_id, utcnow(), PER_WEBHOOK, self.lease,
                         webhooks=MAX_WEBHOOKS - len(self._busy), exclude=set(self._busy),
@@ -139,8 +141,8 @@ class WebhookSender:
                     if claimed:
                         self._dispatch(claimed)
                         continue
-                # the webhooks being sent to wake the loop when done: not waited for here
-                upcoming = await self.store.next_delivery_at(exclude=set(self._busy))
+                    # the webhooks being sent to wake the loop when done: not counted here
+                    upcoming = await self.store.next_delivery_at(exclude=set(self._busy))
             except SQLAlchemyError as exc:
                 log.error("webhooks: outbox unavailable: %s", exc)
                 upcoming = None
@@ -165,10 +167,15 @@ class WebhookSender:
         self._wake.set()  # its next deliveries may be due
 
     async def _send_all(self, deliveries: Sequence[DeliveryRow]) -> None:
-        try:
-            await asyncio.gather(*(self._send(d) for d in deliveries))
-        except SQLAlchemyError as exc:  # the claims run out; the deliveries are tried again
-            log.error("webhooks: could not record a delivery: %s", exc)
+        # each to its end: the webhook counts as busy until none is in flight
+        outcomes = await asyncio.gather(
+            *(self._send(d) for d in deliveries), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, SQLAlchemyError):  # its claim runs out; tried again then
+                log.error("webhooks: could not record a delivery: %s", outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
 
     async def _send(self, d: DeliveryRow) -> None:
         target = await self.store.webhook_url(d.webhook_id)
