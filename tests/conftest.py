@@ -44,10 +44,16 @@ def engine(tmp_path: Path) -> Iterator[EngineProcess]:
 
 
 @pytest.fixture
-async def control_plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
+async def control_plane(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[ControlPlane]:
     """The engine app in the test's event loop, no process nor socket
-    (tests/controlplane.py): for tests of the control plane's logic."""
-    async with ControlPlane(tmp_path / "engine") as cp:
+    (tests/controlplane.py): for tests of the control plane's logic. On SQLite, or on
+    a fresh PostgreSQL database for a test parametrized indirectly with "postgresql"."""
+    database = {}
+    if getattr(request, "param", "sqlite") == "postgresql":
+        database["database_url"] = request.getfixturevalue("pg_url")
+    async with ControlPlane(tmp_path / "engine", **database) as cp:
         yield cp
 
 
