@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     calls.engine_id = recovery.id
     sender = WebhookSender(
         store,
+        engine_id=recovery.id,
         max_attempts=settings.webhook_max_attempts,
         retry_base=settings.webhook_retry_base,
         retry_cap=settings.webhook_retry_cap,
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         policy=webhook_targets,
     )
     event_log.on_deliveries = sender.wake
+    recovery.on_released = sender.wake
     event_log.earlier_writes = calls.spool.drained
     metrics.storage_waiting.labels("call").set_function(lambda: calls.spool.pending)
     metrics.storage_waiting.labels("event").set_function(lambda: event_log.pending)

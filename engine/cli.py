@@ -367,7 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the engine and its web pages")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default 8080)")
-    serve.add_argument("--db", help="SQLAlchemy URL (default sqlite+aiosqlite:///./ccengine.db)")
+    serve.add_argument(
+        "--db",
+        help="SQLAlchemy URL (default sqlite+aiosqlite:///./ccengine.db; PostgreSQL: "
+        "postgresql+asyncpg://user:password@host/database)",
+    )
     serve.set_defaults(func=_serve)
     models = sub.add_parser(
         "models",

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # SQLite (one engine), or PostgreSQL for several engines sharing calls, the event
+    # log and the webhook outbox: postgresql+asyncpg://user:password@host:5432/ccengine
     database_url: str = "sqlite+aiosqlite:///./ccengine.db"
     # SQLite's integrity check at start: "quick" reads every page, "full" also checks
     # that every index matches its table (slower on a big file), "off" skips it. A

@@ -10,7 +10,11 @@ a batch is committed do its events reach live subscribers (WebSocket, SSE): what
 client has seen survives a crash (kill -9), so its last id always resumes without a gap.
 The price is one short gather window plus one write, a few milliseconds, before an event
 is seen. Ids come from a block reserved in the database, so a run that dies with events
-unwritten never sees its ids handed out again; nobody saw those events.
+unwritten never sees its ids handed out again; nobody saw those events. Several engines
+share one database (PostgreSQL), so a block is only ever this engine's: halfway through
+one the log reserves the next, wherever the sequence then is, and the bus jumps to it
+when the current block runs out (ids still grow, with a gap where another engine's
+block lies).
 
 While the database cannot be written (a full disk), events wait in memory and are tried
 again every second, after the call writes that came before them (``earlier_writes``);
@@ -81,7 +85,9 @@ class EventLog:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._pruner: asyncio.Task[None] | None = None
-        self._reserved_to = 0
+        self._block_end = 0  # the last id of the block the bus is numbering from
+        self._next_block: tuple[int, int] | None = None  # reserved, not yet in use
+        self._overran = False
         self._hooks: list[WebhookRow] = []
         self.written_to = 0  # the newest id in the database
         self.on_deliveries: Callable[[], None] = lambda: None  # wakes the webhook sender
@@ -102,9 +108,8 @@ class EventLog:
             self.written_to = self._marked = await self._highest_id()
             await self.shared.start(self.bus, self.written_to)
         else:
-            first, self._reserved_to = await self.store.reserve_event_ids(
-                ID_BLOCK, self.bus.last_id
-            )
+            first, self._block_end = await self.store.reserve_event_ids(ID_BLOCK, self.bus.last_id)
+            self._next_block = None
             self.bus.continue_from(first)
             self.written_to = first - 1
         await self.reload_webhooks()
@@ -120,6 +125,9 @@ class EventLog:
         self._hooks = list(await self.store.webhooks())
 
     def _append(self, event: EventBase) -> None:
+        # numbered already: the next one gets the new block (shared: ids come later)
+        if self.shared is None and event.id >= self._block_end:
+            self._next_ids()
         event_type = getattr(event, "type", "unknown")
         if len(self._pending) >= MAX_PENDING and event_type == "transcript.partial":
             if not self.dropped_partials:
@@ -139,6 +147,18 @@ class EventLog:
         )
         self._pending.append((row, event))
         self._wake.set()
+
+    def _next_ids(self) -> None:
+        """The block ran out: number the next event from the block reserved next."""
+        if self._next_block is None:  # half a block of events could not be written
+            if not self._overran:
+                log.error("event log: id block used up before the next was reserved; "
+                          "ids may repeat another engine's")  # fmt: skip
+            self._overran = True
+            return
+        (first, self._block_end), self._next_block = self._next_block, None
+        if first != self.bus.last_id + 1:  # another engine's block lies between
+            self.bus.continue_from(first)
 
     async def _write_loop(self) -> None:
         while not self._stopping:
@@ -234,9 +254,12 @@ class EventLog:
                 self.bus.deliver(event, row.body)
         if deliveries:
             self.on_deliveries()
-        if self.shared is None and self.written_to > self._reserved_to - ID_BLOCK // 2:
-            self._reserved_to = self.written_to + ID_BLOCK
-            await self.store.extend_event_ids(self._reserved_to)
+        if (
+            self.shared is None
+            and self._next_block is None
+            and self.bus.last_id >= self._block_end - ID_BLOCK // 2
+        ):
+            self._next_block = await self.store.reserve_event_ids(ID_BLOCK)
 
     async def _prune_loop(self) -> None:
         while True:

@@ -11,17 +11,28 @@ constant time, and refuses timestamps older than a few minutes (replays).
 
 Deliveries connect only to public addresses unless allowed (``egress.py``); a refused
 target fails the delivery at once, with the reason in its log and no retry.
+
+Several engines may share one outbox (PostgreSQL). A delivery is sent by the engine that
+claimed it (``Store.claim_deliveries``): the claim holds for a lease longer than a try
+can take, and ends with the try's outcome; an engine that dies mid-send leaves a claim
+that runs out, and the delivery is claimed again (so a receiver may, rarely, see one
+delivery id twice; the id is there to tell). Each receiver is served on its own: the
+sender claims at most ``PER_WEBHOOK`` deliveries of each webhook at a time and sends to
+each webhook in a task of its own, so one slow or dead receiver keeps only its own
+deliveries waiting, never the others'.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
 import random
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -34,7 +45,8 @@ from engine.store.db import Store
 from engine.store.models import DeliveryRow
 
 log = logging.getLogger(__name__)
-BATCH = 20
+PER_WEBHOOK = 10  # deliveries of one webhook in flight at once, from one engine
+MAX_WEBHOOKS = 32  # webhooks sent to at once, from one engine
 IDLE_POLL = 30.0  # seconds between outbox checks when nothing wakes the sender
 USER_AGENT = "ccengine-webhooks/1"
 
@@ -74,6 +86,7 @@ class WebhookSender:
         self,
         store: Store,
         *,
+        engine_id: str,
         max_attempts: int,
         retry_base: float,
         retry_cap: float,
@@ -81,15 +94,20 @@ class WebhookSender:
         policy: TargetPolicy,
     ) -> None:
         self.store = store
+        self.engine_id = engine_id  # whose claims (engine/recovery.py names the engine)
         self.max_attempts = max_attempts
         self.retry_base = retry_base
         self.retry_cap = retry_cap
+        # a claim outlives the tries it covers (sent at once, each within the timeout)
+        # and their recording, by a margin for a slow database
+        self.lease = 2 * timeout + 30
         self._http = httpx.AsyncClient(
             transport=guarded_transport(policy), timeout=timeout, follow_redirects=False,
             headers={"User-Agent": USER_AGENT},
         )  # fmt: skip
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._busy: dict[str, asyncio.Task[None]] = {}  # webhook id: its sending task
         self._rng = random.Random()
 
     def wake(self) -> None:
@@ -99,21 +117,32 @@ class WebhookSender:
         self._task = asyncio.create_task(self._run(), name="webhooks")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        tasks = [t for t in (self._task, *self._busy.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        with contextlib.suppress(SQLAlchemyError):  # or they wait out the lease
+            await self.store.release_deliveries(self.engine_id)
         await self._http.aclose()
 
     async def _run(self) -> None:
         while True:
             self._wake.clear()
             try:
-                due = await self.store.due_deliveries(utcnow(), BATCH)
-                if due:
-                    await asyncio.gather(*(self._send(d) for d in due))
-                    continue
-                upcoming = await self.store.next_delivery_at()
+                if len(self._busy) >= MAX_WEBHOOKS:
+                    upcoming = None  # sending to as many as we may: the first done wakes us
+                else:
+                    claimed = await self.store.claim_deliveries(
+                        self.engine_id, utcnow(), PER_WEBHOOK, self.lease,
+                        webhooks=MAX_WEBHOOKS - len(self._busy), exclude=set(self._busy),
+                    )  # fmt: skip
+                    if claimed:
+                        self._dispatch(claimed)
+                        continue
+                    # the webhooks being sent to wake the loop when done: not counted here
+                    upcoming = await self.store.next_delivery_at(exclude=set(self._busy))
             except SQLAlchemyError as exc:
                 log.error("webhooks: outbox unavailable: %s", exc)
                 upcoming = None
@@ -122,6 +151,31 @@ class WebhookSender:
                 wait = min(wait, max(0.0, (as_utc(upcoming) - utcnow()).total_seconds()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _dispatch(self, claimed: Sequence[DeliveryRow]) -> None:
+        """One task per webhook sends what was claimed of it."""
+        by_hook: dict[str, list[DeliveryRow]] = {}
+        for d in claimed:
+            by_hook.setdefault(d.webhook_id, []).append(d)
+        for hook, deliveries in by_hook.items():
+            task = asyncio.create_task(self._send_all(deliveries), name=f"webhook-{hook}")
+            self._busy[hook] = task
+            task.add_done_callback(functools.partial(self._done, hook))
+
+    def _done(self, hook: str, _task: asyncio.Task[None]) -> None:
+        self._busy.pop(hook, None)
+        self._wake.set()  # its next deliveries may be due
+
+    async def _send_all(self, deliveries: Sequence[DeliveryRow]) -> None:
+        # each to its end: the webhook counts as busy until none is in flight
+        outcomes = await asyncio.gather(
+            *(self._send(d) for d in deliveries), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, SQLAlchemyError):  # its claim runs out; tried again then
+                log.error("webhooks: could not record a delivery: %s", outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
 
     async def _send(self, d: DeliveryRow) -> None:
         target = await self.store.webhook_url(d.webhook_id)

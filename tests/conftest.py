@@ -8,6 +8,7 @@ import pytest
 from tests import speech
 from tests.controlplane import ControlPlane
 from tests.engine_proc import ROOT, EngineProcess
+from tests.pg import PostgresServer
 from tests.redisd import RedisServer
 from tests.webhook_receiver import Receiver
 
@@ -44,10 +45,16 @@ def engine(tmp_path: Path) -> Iterator[EngineProcess]:
 
 
 @pytest.fixture
-async def control_plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
+async def control_plane(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[ControlPlane]:
     """The engine app in the test's event loop, no process nor socket
-    (tests/controlplane.py): for tests of the control plane's logic."""
-    async with ControlPlane(tmp_path / "engine") as cp:
+    (tests/controlplane.py): for tests of the control plane's logic. On SQLite, or on
+    a fresh PostgreSQL database for a test parametrized indirectly with "postgresql"."""
+    database = {}
+    if getattr(request, "param", "sqlite") == "postgresql":
+        database["database_url"] = request.getfixturevalue("pg_url")
+    async with ControlPlane(tmp_path / "engine", **database) as cp:
         yield cp
 
 
@@ -71,3 +78,32 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (tests/pg.py), started once per test process."""
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test; dropped after it."""
+    url = postgres.new_database()
+    try:
+        yield url
+    finally:
+        postgres.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store's URL, once on each database the engine runs on: a SQLite file, and a
+    fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
+    return str(request.getfixturevalue("pg_url"))

@@ -126,7 +126,7 @@ class ControlPlane:
 
     async def start(self) -> ControlPlane:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if not self.api_key and not self.db.exists():
+        if not self.api_key and "database_url" not in self.overrides and not self.db.exists():
             shutil.copyfile(await _template_db(), self.db)
         app = create_app(self.settings)
         lifespan = app.router.lifespan_context(app)

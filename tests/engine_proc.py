@@ -106,8 +106,11 @@ async def sign_in(
 
 
 class EngineProcess:
-    def __init__(self, workdir: Path, **env: str) -> None:
+    def __init__(self, workdir: Path, *, database_url: str | None = None, **env: str) -> None:
+        """``database_url``: another database than the SQLite file in ``workdir`` (a
+        PostgreSQL one: the engine is given it as ``CCENGINE_DATABASE_URL``)."""
         self.workdir = workdir
+        self._database_url = database_url
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.sip_port = free_port()
@@ -126,6 +129,7 @@ class EngineProcess:
             "CCENGINE_MAX_PENDING_OFFERS_PER_ADDRESS": "1000",
             "CCENGINE_MAX_PENDING_OFFERS": "1000",
             "CCENGINE_HTTP_MAX_CONNECTIONS_PER_ADDRESS": "100000",
+            **({"CCENGINE_DATABASE_URL": database_url} if database_url else {}),
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -134,10 +138,14 @@ class EngineProcess:
         # on an engine shared by tests: where the calls of the running test begin
         self.calls_since: datetime | None = None
 
+    @property
+    def database_url(self) -> str:
+        return self._database_url or f"sqlite+aiosqlite:///{self.db}"
+
     def ccengine(self, *args: str, stdin: str = "") -> str:
         """Run the ``ccengine`` CLI against this engine's database; its output."""
         result = subprocess.run(
-            [sys.executable, "-m", "engine.cli", *args, "--db", f"sqlite+aiosqlite:///{self.db}"],
+            [sys.executable, "-m", "engine.cli", *args, "--db", self.database_url],
             cwd=ROOT, input=stdin, capture_output=True, text=True, env=self.env,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
@@ -153,16 +161,15 @@ class EngineProcess:
 
     def start(self, timeout: float = 60) -> EngineProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if not self.api_key and not self.db.exists():
+        if not self.api_key and self._database_url is None and not self.db.exists():
             template, self.api_key = _template_db()
             shutil.copyfile(template, self.db)
         elif not self.api_key:  # a test prepared this database before the first start
             self.api_key = self.ccengine("keys", "create", "tests", "--scope", "admin", "--quiet")
             self.api_key = self.api_key.strip()
-        cmd = [
-            sys.executable, "-m", "engine.cli", "serve",
-            "--port", str(self.port), "--db", f"sqlite+aiosqlite:///{self.db}",
-        ]  # fmt: skip
+        cmd = [sys.executable, "-m", "engine.cli", "serve", "--port", str(self.port)]
+        if self._database_url is None:  # else from the environment, as configured
+            cmd += ["--db", self.database_url]
         self._close_log()  # the last run's, if it exited by itself (a drained engine)
         self._log_file = self.log.open("ab")
         self.proc = subprocess.Popen(

@@ -10,6 +10,7 @@ from engine.client import ApiError
 from tests.controlplane import ControlPlane
 
 
+@pytest.mark.parametrize("control_plane", ["sqlite", "postgresql"], indirect=True)
 async def test_admin_adds_changes_and_removes_an_agent(control_plane: ControlPlane) -> None:
     engine = control_plane
     control = await engine.new_key("crm", "control")

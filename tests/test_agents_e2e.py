@@ -31,6 +31,7 @@ async def login(http: httpx.AsyncClient, username: str, password: str) -> httpx.
     return await http.post("/api/v1/auth/login", json={"username": username, "password": password})
 
 
+@pytest.mark.parametrize("control_plane", ["sqlite", "postgresql"], indirect=True)
 async def test_sign_in_presence_and_auth_errors(control_plane: ControlPlane) -> None:
     engine = control_plane  # in-process; the users come from the real CLI
     added = engine.ccengine(

@@ -148,6 +148,7 @@ def refused(r: httpx.Response, field: str) -> None:
     assert field in [e["field"] for e in r.json()["errors"]], r.text  # type: ignore[index]
 
 
+@pytest.mark.parametrize("control_plane", ["sqlite", "postgresql"], indirect=True)
 async def test_bad_values_are_refused_at_the_edge(control_plane: ControlPlane) -> None:
     """A lone surrogate in a rule phrase was stored, then GET /escalation-rules answered
     500 (across restarts too); Infinity in max_wait or seconds was taken and came back

@@ -4,7 +4,6 @@ and backoff, and the event log's replay across its database and its ring."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 
@@ -80,8 +79,8 @@ def test_safe_target_keeps_no_secrets() -> None:
     )
 
 
-async def test_replay_spans_database_and_ring_and_ids_survive_a_crash(tmp_path: Path) -> None:
-    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'log.db'}")
+async def test_replay_spans_database_and_ring_and_ids_survive_a_crash(db_url: str) -> None:
+    store = Store(db_url)
     await store.open()
     try:
         bus = EventBus(ring_size=5)

@@ -1,11 +1,13 @@
-"""What survives a crash or a storage failure, tested in-process on a real SQLite store:
-live streams only hand out stored events, a restarted engine tells everyone which calls
-the crash ended (and leaves a live engine's calls alone), and a failed write neither
-leaves a ghost call nor loses what a caller said."""
+"""What survives a crash or a storage failure, tested in-process on a real store, once on
+SQLite and once on PostgreSQL (the ``db_url`` fixture): live streams only hand out
+stored events, a restarted engine tells everyone which calls the crash ended (and leaves
+a live engine's calls alone), and a failed write neither leaves a ghost call nor loses
+what a caller said."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -14,9 +16,11 @@ import sqlite3
 import statistics
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiortc import RTCPeerConnection
 from sqlalchemy import event as sa_event
@@ -28,51 +32,73 @@ from engine.content import ARTICLE, QUEUE, RULE
 from engine.eventlog import EventLog
 from engine.events import DtmfReceived, EventBus, as_utc, utcnow
 from engine.metrics import Metrics
-from engine.recovery import Recovery
+from engine.recovery import LOST, Recovery
 from engine.spool import WriteSpool
-from engine.store.db import Store
+from engine.store.db import Store, sqlite_file
 from engine.store.models import CallRow, EngineRow, LegRow, WebhookRow
 from media import events as me
 
 
-async def open_store(path: Path) -> Store:
-    store = Store(f"sqlite+aiosqlite:///{path}")
+async def open_store(url: str) -> Store:
+    store = Store(url)
     await store.open()
     return store
 
 
-async def test_live_subscribers_get_only_stored_events(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def event_writes_held(url: str) -> AsyncIterator[None]:
+    """Another process holds what writing events needs, until the block ends: SQLite's
+    write lock, or on PostgreSQL a lock on the events table that lets readers by."""
+    path = sqlite_file(url)
+    if path is not None:
+        blocker = sqlite3.connect(path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            yield
+            blocker.execute("ROLLBACK")
+        finally:
+            blocker.close()
+        return
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        yield
+        await tx.rollback()
+    finally:
+        await conn.close()
+
+
+async def test_live_subscribers_get_only_stored_events(db_url: str) -> None:
     """kill -9 under load lost events that clients had already seen: the bus handed them
     to streams at once and the log wrote them up to 50 ms later. Now a subscriber is
     given an event only once it is in the database, so a crash cannot take it back."""
-    store = await open_store(tmp_path / "log.db")
+    store = await open_store(db_url)
     bus = EventBus()
     log = EventLog(store, bus, retention_days=1)
     await log.start()
     sub = bus.subscribe()
-    # another process holds the database's write lock: nothing can be stored for now
-    blocker = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
     try:
-        blocker.execute("BEGIN IMMEDIATE")
-        event = bus.publish(DtmfReceived(call_id="a", digit="5", at=1.0))
-        await asyncio.sleep(0.3)
-        assert sub.queue.empty(), "a subscriber saw an event the database does not hold"
-        assert [i async for i, _ in log.replay(None, 0)] == []
-        blocker.execute("ROLLBACK")
+        # another process holds the database's locks: nothing can be stored for now
+        async with event_writes_held(db_url):
+            event = bus.publish(DtmfReceived(call_id="a", digit="5", at=1.0))
+            await asyncio.sleep(0.3)
+            assert sub.queue.empty(), "a subscriber saw an event the database does not hold"
+            assert [i async for i, _ in log.replay(None, 0)] == []
         got = await asyncio.wait_for(sub.queue.get(), 10)
         assert got is not None and got.id == event.id
         stored = await store.events_after(event.id - 1, None, 10)
         assert [r.id for r in stored] == [event.id]
     finally:
-        blocker.close()
         await log.stop()
         await store.close()
 
 
-async def test_stored_events_still_reach_listeners_at_once(tmp_path: Path) -> None:
+async def test_stored_events_still_reach_listeners_at_once(db_url: str) -> None:
     """Waiting for the write must not make live transcripts late: an event is seen well
     within 100 ms of being published."""
-    store = await open_store(tmp_path / "log.db")
+    store = await open_store(db_url)
     bus = EventBus()
     log = EventLog(store, bus, retention_days=1)
     await log.start()
@@ -91,12 +117,12 @@ async def test_stored_events_still_reach_listeners_at_once(tmp_path: Path) -> No
     assert statistics.median(delays) < 0.1, delays
 
 
-async def test_events_wait_for_the_call_writes_before_them(tmp_path: Path) -> None:
+async def test_events_wait_for_the_call_writes_before_them(db_url: str) -> None:
     """With the disk full, a final and the end of a call were kept in the call spool and
     their events in the log; storage came back, the log (retrying every second) handed
     out ``call.ended`` first, and a client that then fetched the call found no
     transcript. Now the log writes a batch only once the spool has nothing kept."""
-    store = await open_store(tmp_path / "log.db")
+    store = await open_store(db_url)
     bus = EventBus()
     log = EventLog(store, bus, retention_days=1)
     spool = WriteSpool(retry_base=0.05, retry_cap=0.05)
@@ -138,12 +164,12 @@ def call_row(call_id: str, state: str, engine_id: str | None, created: datetime)
     )  # fmt: skip
 
 
-async def test_a_restart_publishes_the_end_of_the_calls_a_crash_cut_off(tmp_path: Path) -> None:
+async def test_a_restart_publishes_the_end_of_the_calls_a_crash_cut_off(db_url: str) -> None:
     """After a crash the calls were marked ended at the next start, but no event said
     so: streams and webhooks never learned those calls ended. Now each gets
     ``call.state_changed`` (to ended) and ``call.ended``, kept in the log and queued
     for webhooks; calls that had ended already are left as they were."""
-    store = await open_store(tmp_path / "engine.db")
+    store = await open_store(db_url)
     now = utcnow()
     crashed = EngineRow(
         id="crashed", host=socket.gethostname(), pid=dead_pid(),
@@ -188,11 +214,11 @@ async def test_a_restart_publishes_the_end_of_the_calls_a_crash_cut_off(tmp_path
     assert sorted(d.event_id for d in deliveries) == sorted(e["id"] for e in ended.values())
 
 
-async def test_a_second_engine_leaves_a_live_engines_calls_alone(tmp_path: Path) -> None:
+async def test_a_second_engine_leaves_a_live_engines_calls_alone(db_url: str) -> None:
     """A second engine started on the same database marked the first engine's live calls
     ended. Calls belong to the engine running them: they are ended only once it is dead
     (its heartbeat older than the lease, or its process gone from this host)."""
-    store = await open_store(tmp_path / "engine.db")
+    store = await open_store(db_url)
     now = utcnow()
     alive_here = EngineRow(
         id="alive-here", host=socket.gethostname(), pid=os.getppid(),
@@ -215,10 +241,10 @@ async def test_a_second_engine_leaves_a_live_engines_calls_alone(tmp_path: Path)
         # the engine elsewhere stops beating: after the lease a survivor ends its calls
         elsewhere.heartbeat_at = now - timedelta(seconds=31)
         await store.beat(elsewhere)
-        assert await second.recover("engine_lost") == 1
+        assert await second.recover(LOST) == 1
         assert await store.open_call_owners() == {"alive-here"}
         b = await store.get_call("b")
-        assert b is not None and b.call.end_reason == "engine_lost"
+        assert b is not None and b.call.end_reason == "node_lost"
         assert as_utc(b.call.ended_at) == elsewhere.heartbeat_at  # type: ignore[arg-type]
     finally:
         await second.stop()
@@ -231,17 +257,18 @@ async def test_a_second_engine_leaves_a_live_engines_calls_alone(tmp_path: Path)
 
 
 class Disk:
-    """A database whose disk fills up on demand: every write fails as SQLite fails on a
-    full disk, reads still work (the fault is injected under SQLAlchemy, so everything
-    of ours above it runs as in production)."""
+    """A database whose disk fills up on demand: every write fails as the database's
+    driver fails on a full disk, reads still work (the fault is injected under
+    SQLAlchemy, so everything of ours above it runs as in production)."""
 
     def __init__(self, store: Store) -> None:
         self.full = False
+        self._error = store.engine.dialect.loaded_dbapi.OperationalError
         sa_event.listen(store.engine.sync_engine, "before_cursor_execute", self._write)
 
     def _write(self, _conn: object, _cursor: object, statement: str, *_args: object) -> None:
         if self.full and statement.lstrip().split(" ", 1)[0].upper() in WRITES:
-            raise sqlite3.OperationalError("database or disk is full")
+            raise self._error("database or disk is full")
 
 
 WRITES = {"INSERT", "UPDATE", "DELETE"}
@@ -255,15 +282,20 @@ async def browser_offer() -> tuple[RTCPeerConnection, str]:
 
 
 def open_sockets() -> set[str]:
-    """This process's sockets (a peer's ICE transports), not its files: the store's
-    pool may open a second connection to the database meanwhile."""
+    """This process's UDP sockets (a peer's ICE transports), not its files nor its TCP
+    connections: the store's pool may open another connection to the database (a file
+    on SQLite, a TCP socket on PostgreSQL) meanwhile."""
+    udp = set()
+    for table in ("/proc/self/net/udp", "/proc/self/net/udp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            udp.update(f"socket:[{line.split()[9]}]" for line in list(f)[1:])
     out = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:  # closed since the listing
             continue
-        if target.startswith("socket:"):
+        if target in udp:
             out.add(target)
     return out
 
@@ -279,13 +311,15 @@ async def manager_on(store: Store, tmp_path: Path) -> tuple[CallManager, EventBu
     return CallManager(settings, store, bus, Metrics()), bus, log
 
 
-async def test_a_full_disk_leaves_no_ghost_call_and_loses_no_final(tmp_path: Path) -> None:
+async def test_a_full_disk_leaves_no_ghost_call_and_loses_no_final(
+    db_url: str, tmp_path: Path
+) -> None:
     """With the disk full, a new call failed to be stored but stayed counted in
     active_calls forever with its peer alive; a final transcript said meanwhile was
     dropped. Now the failed call is undone (slot freed, peer closed, the error raised
     for the API's 503); a final said while the disk is full, and the end of a call,
     are written once storage is back, and the final reaches listeners then."""
-    store = await open_store(tmp_path / "engine.db")
+    store = await open_store(db_url)
     disk = Disk(store)
     manager, bus, log = await manager_on(store, tmp_path)
     client, sdp = await browser_offer()
@@ -352,8 +386,9 @@ async def test_bad_values_an_older_version_kept_are_left_out_at_start(tmp_path: 
     """Before values were checked at the edge, a rule phrase with a lone surrogate, an
     article title with one and a queue waiting Infinity seconds could be stored: at
     every start they came back, and served as 500 or null. Now they are left out (with
-    a log line) and the engine starts with everything else."""
-    store = await open_store(tmp_path / "engine.db")
+    a log line) and the engine starts with everything else. SQLite only: PostgreSQL's
+    JSON refuses such values, so no older version could have stored them there."""
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}")
     now = utcnow()
     lonely = {"kind": "phrase", "actions": ["route_to_human"], "phrases": ["\ud800 help"]}
     await store.save_override(RULE, "lonely", lonely, "old", now)

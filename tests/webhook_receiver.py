@@ -9,8 +9,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Receiver:
-    def __init__(self, script: list[int] | None = None, path: str = "/hook") -> None:
+    def __init__(
+        self, script: list[int] | None = None, path: str = "/hook", delay: float = 0.0
+    ) -> None:
         self.script = script or []
+        self.delay = delay  # seconds before each answer: a slow receiver
         # (headers, body, the status answered, time.monotonic() of arrival)
         self.got: list[tuple[dict[str, str], bytes, int, float]] = []
         receiver = self
@@ -18,6 +21,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                time.sleep(receiver.delay)  # a thread per request: others are not held
                 n = len(receiver.got)
                 status = receiver.script[n] if n < len(receiver.script) else 200
                 receiver.got.append((dict(self.headers.items()), body, status, time.monotonic()))

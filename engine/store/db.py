@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import math
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+import threading
+from collections.abc import AsyncIterator, Collection, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import delete, event, func, select, update
+from sqlalchemy import and_, case, delete, event, func, or_, select, text, update
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -96,7 +100,13 @@ def upgrade_schema(url: str) -> None:
         return
     from alembic import command
 
-    command.upgrade(alembic_config(url), "head")
+    # alembic keeps the running migration's context in a global: two threads migrating
+    # at once (stores opened together in one process) would mix theirs up
+    with _MIGRATING:
+        command.upgrade(alembic_config(url), "head")
+
+
+_MIGRATING = threading.Lock()
 
 
 class DamagedDatabase(Exception):
@@ -139,18 +149,68 @@ def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -
     cur.close()
 
 
+# What PostgreSQL refuses and SQLite keeps. Written anyway, differently: a caller
+# identity, a note or a transcript with a NUL character, or emotion features with a NaN,
+# would fail its write on PostgreSQL (the call, or what was said, never stored).
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, tuple | list):
+        return type(value)(_without_nul(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _without_nul(v) for k, v in value.items()}
+    return value
+
+
+def _postgres_text(
+    _conn: object, _cursor: object, statement: str, parameters: Any, *_args: object
+) -> tuple[str, Any]:
+    """NUL in text becomes U+FFFD, the replacement character, as an undecodable byte
+    does."""
+    return statement, _without_nul(parameters)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, tuple | list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def _postgres_json(value: Any) -> str:
+    """NaN and Infinity in JSON become null: PostgreSQL's JSON is the standard's."""
+    return json.dumps(_finite(value))
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url)
+        sqlite = url.startswith("sqlite")
+        # a server (PostgreSQL) may have been restarted, or have closed an idle
+        # connection: checked as it leaves the pool, rather than failing the write
+        self.engine: AsyncEngine = (
+            create_async_engine(url)
+            if sqlite
+            else create_async_engine(url, pool_pre_ping=True, json_serializer=_postgres_json)
+        )
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            event.listen(
+                self.engine.sync_engine, "before_cursor_execute", _postgres_text, retval=True
+            )
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time. Through aiosqlite a write transaction
         # can hold that lock across event-loop turns, and under load (many calls
         # starting at once) other writers then time out with "database is
         # locked". Queueing our writers here instead costs nothing: SQLite would
-        # serialise them anyway, and WAL readers are not blocked.
+        # serialise them anyway, and WAL readers are not blocked. PostgreSQL takes
+        # concurrent writers, locking rows, not the database: no queue there.
         self._write_lock = asyncio.Lock() if self.engine.dialect.name == "sqlite" else None
 
     @contextlib.asynccontextmanager
@@ -163,11 +223,20 @@ class Store:
             yield s
 
     async def open(self) -> None:
-        if self.url.startswith("sqlite") and ":///" in self.url:
-            path = self.url.split(":///", 1)[1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_file(self.url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif await self._revision() == head_revision():
+            return  # as upgrade_schema does for a SQLite file: alembic stays unimported
         await asyncio.to_thread(upgrade_schema, self.url)
+
+    async def _revision(self) -> str | None:
+        """The schema's revision on a database server (None: a new database)."""
+        try:
+            async with self.engine.connect() as conn:
+                return await conn.scalar(text("SELECT version_num FROM alembic_version"))
+        except SQLAlchemyError:
+            return None
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -406,25 +475,28 @@ class Store:
     # The event log
 
     async def reserve_event_ids(self, block: int, at_least: int = 0) -> tuple[int, int]:
-        """Ids (first, last) no earlier run handed out: a run that died with events
-        unwritten never sees its ids reused, so a client's last id stays meaningful."""
+        """Ids (first, last) nobody else was handed: no earlier run (one that died with
+        events unwritten never sees its ids reused, so a client's last id stays
+        meaningful) and no other engine on the same database. One UPDATE moves the
+        sequence up and says where to: the database runs it atomically (a row lock on
+        PostgreSQL, the write lock on SQLite), so two engines reserving at once get two
+        blocks one after the other, where a read then a write gave both the same."""
+        seq = EventSequenceRow.__table__.c
+        written = select(func.coalesce(func.max(EventRow.id), 0)).scalar_subquery()
+        floor = case((written > at_least, written), else_=at_least)
+        above = case((seq.reserved_to > floor, seq.reserved_to), else_=floor)
+        move = (
+            update(EventSequenceRow)
+            .where(seq.name == "events")
+            .values(reserved_to=above + block)
+            .returning(seq.reserved_to)
+        )
         async with self.writing() as s:
-            row = await s.get(EventSequenceRow, "events")
-            highest = await s.scalar(select(func.max(EventRow.id))) or 0
-            start = max(row.reserved_to if row else 0, highest, at_least) + 1
-            if row is None:
-                s.add(EventSequenceRow(name="events", reserved_to=start + block - 1))
-            else:
-                row.reserved_to = start + block - 1
-            return start, start + block - 1
-
-    async def extend_event_ids(self, reserved_to: int) -> None:
-        async with self.writing() as s:
-            await s.execute(
-                update(EventSequenceRow)
-                .where(EventSequenceRow.name == "events")
-                .values(reserved_to=reserved_to)
-            )
+            last = await s.scalar(move)
+            if last is None:  # its row is made by migration 0013; only a hand could drop it
+                last = max(await s.scalar(select(written)) or 0, at_least) + block
+                s.add(EventSequenceRow(name="events", reserved_to=last))
+        return last - block + 1, last
 
     async def write_events(
         self, rows: Sequence[EventRow], deliveries: Sequence[DeliveryRow]
@@ -477,18 +549,84 @@ class Store:
             )
             return True
 
-    async def due_deliveries(self, now: datetime, limit: int) -> Sequence[DeliveryRow]:
-        q = (
-            select(DeliveryRow)
-            .where(DeliveryRow.status == "pending", DeliveryRow.next_attempt_at <= now)
-            .order_by(DeliveryRow.next_attempt_at, DeliveryRow.event_id)
-            .limit(limit)
-        )
-        async with self.session() as s:
-            return (await s.scalars(q)).all()
+    async def claim_deliveries(
+        self,
+        engine_id: str,
+        now: datetime,
+        limit: int,
+        lease: float,
+        *,
+        webhooks: int = 32,
+        exclude: Collection[str] = (),
+    ) -> Sequence[DeliveryRow]:
+        """Claim deliveries that are due for ``engine_id`` until ``now + lease``: at most
+        ``limit`` of each webhook (one slow receiver's backlog does not crowd out the
+        others), of at most ``webhooks`` webhooks, none of those in ``exclude`` (the
+        ones this engine is still sending to). A delivery someone else holds a live
+        claim on is left alone; a claim past its lease (its engine died mid-send) is
+        taken over. Rows are locked as read and marked in the same transaction: on
+        PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets engines claiming at once pass each
+        other's rows by; on SQLite the marking UPDATE asks again that each row is free
+        and returns only those it took, so two engines never both take one."""
+        free = or_(DeliveryRow.claimed_until.is_(None), DeliveryRow.claimed_until <= now)
+        due = [DeliveryRow.status == "pending", DeliveryRow.next_attempt_at <= now, free]
+        if exclude:
+            due.append(DeliveryRow.webhook_id.not_in(list(exclude)))
+        until = now + timedelta(seconds=lease)
+        claimed: list[DeliveryRow] = []
+        async with self.writing() as s:
+            hooks = (
+                await s.scalars(
+                    select(DeliveryRow.webhook_id).where(*due).distinct().limit(webhooks)
+                )
+            ).all()
+            for hook in sorted(hooks):
+                ids = (
+                    await s.scalars(
+                        select(DeliveryRow.id)
+                        .where(DeliveryRow.webhook_id == hook, *due)
+                        .order_by(DeliveryRow.next_attempt_at, DeliveryRow.event_id)
+                        .limit(limit)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).all()
+                if not ids:
+                    continue
+                # still free, asked again as they are marked: pysqlite runs a SELECT
+                # outside the write transaction, so on SQLite another engine may have
+                # claimed some since (on PostgreSQL the row locks already say so)
+                rows = await s.scalars(
+                    update(DeliveryRow)
+                    .where(DeliveryRow.id.in_(ids), *due)
+                    .values(claimed_by=engine_id, claimed_until=until)
+                    .returning(DeliveryRow),
+                    execution_options={"synchronize_session": False},
+                )
+                claimed.extend(rows.all())
+        return claimed
 
-    async def next_delivery_at(self) -> datetime | None:
-        q = select(func.min(DeliveryRow.next_attempt_at)).where(DeliveryRow.status == "pending")
+    async def release_deliveries(self, engine_id: str) -> int:
+        """Free what ``engine_id`` claimed and did not send (it is stopping, or dead);
+        how many."""
+        async with self.writing() as s:
+            result = await s.execute(
+                update(DeliveryRow)
+                .where(DeliveryRow.claimed_by == engine_id, DeliveryRow.status == "pending")
+                .values(claimed_by=None, claimed_until=None)
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    async def next_delivery_at(self, exclude: Collection[str] = ()) -> datetime | None:
+        """When a pending delivery is next due, not counting webhooks in ``exclude``: a
+        delivery another engine holds is due again when its claim runs out."""
+        held = and_(
+            DeliveryRow.claimed_until.is_not(None),
+            DeliveryRow.claimed_until > DeliveryRow.next_attempt_at,
+        )
+        when = case((held, DeliveryRow.claimed_until), else_=DeliveryRow.next_attempt_at)
+        q = select(func.min(when)).where(DeliveryRow.status == "pending")
+        if exclude:
+            q = q.where(DeliveryRow.webhook_id.not_in(list(exclude)))
         async with self.session() as s:
             return await s.scalar(q)
 
@@ -498,9 +636,12 @@ class Store:
         return (row.url, row.secret) if row else None
 
     async def record_attempt(self, delivery_id: str, **values: Any) -> None:
+        """The outcome of a try; the delivery's claim ends with it."""
         async with self.writing() as s:
             await s.execute(
-                update(DeliveryRow).where(DeliveryRow.id == delivery_id).values(**values)
+                update(DeliveryRow)
+                .where(DeliveryRow.id == delivery_id)
+                .values(claimed_by=None, claimed_until=None, **values)
             )
 
     async def deliveries(

@@ -5,12 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 class Base(DeclarativeBase):
     pass
+
+
+# Event ids: every engine start reserves a block of a million, which would run a 32-bit
+# INTEGER out in a few thousand starts. SQLite's INTEGER is 64-bit already (and a column
+# declared otherwise would no longer be the table's rowid), so the variant keeps it.
+EventId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class CallRow(Base):
@@ -209,7 +215,7 @@ class EventRow(Base):
 
     __tablename__ = "events"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=False)
     type: Mapped[str] = mapped_column(String(40))
     call_id: Mapped[str | None] = mapped_column(String(36), index=True)
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
@@ -222,7 +228,7 @@ class EventSequenceRow(Base):
     __tablename__ = "event_sequence"
 
     name: Mapped[str] = mapped_column(String(16), primary_key=True)
-    reserved_to: Mapped[int] = mapped_column(Integer)
+    reserved_to: Mapped[int] = mapped_column(EventId)
 
 
 class WebhookRow(Base):
@@ -246,7 +252,7 @@ class DeliveryRow(Base):
     webhook_id: Mapped[str] = mapped_column(
         ForeignKey("webhooks.id", ondelete="CASCADE"), index=True
     )
-    event_id: Mapped[int] = mapped_column(Integer)
+    event_id: Mapped[int] = mapped_column(EventId)
     event_type: Mapped[str] = mapped_column(String(40))
     body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), index=True)  # pending, delivered, failed
@@ -256,3 +262,8 @@ class DeliveryRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The engine sending it, until when (Store.claim_deliveries): several engines share
+    # one outbox and each delivery goes out from one of them. A claim whose engine died
+    # mid-send runs out, and the delivery is claimed again.
+    claimed_by: Mapped[str | None] = mapped_column(String(36))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
