@@ -34,6 +34,7 @@ from engine.api import (
 from engine.api.schemas import Health, LoadOut
 from engine.calls import CallManager
 from engine.capacity import Capacity
+from engine.changes import Changes
 from engine.config import Settings
 from engine.drain import NodeDrain
 from engine.egress import TargetPolicy
@@ -80,6 +81,15 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         RedisEventStream(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
     )
     event_log = EventLog(store, bus, settings.event_retention_days, shared)
+    changes = Changes(
+        {
+            "webhooks": event_log.reload_webhooks,
+            "content": calls.content.load,
+            "queues": calls.load_queue_changes,
+        },
+        settings.redis_url,
+        settings.redis_prefix,
+    )
     webhook_targets = TargetPolicy(settings.webhook_allowed_networks)
     recovery = Recovery(store, bus, settings.engine_lease)
     calls.engine_id = recovery.id
@@ -115,6 +125,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         await recovery.start()  # after the log: the ends it publishes are kept and sent
         await calls.load_queue_changes()
         await calls.content.load()
+        changes.start()  # other engines' changes to all three, from here on
         await calls.preload(settings.preload_languages)
         timers = asyncio.create_task(calls.run_acd_timers(), name="acd-timers")
         sip = SipFront(settings, calls, store, metrics) if settings.sip_enabled else None
@@ -149,6 +160,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             await recovery.stop()
             await event_log.stop()  # the last events (call.ended) reach the log
             await sender.stop()
+            await changes.stop()
             await store.close()
             await app.state.credentials.limiter.close()
 
@@ -173,6 +185,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.state.store = store
     app.state.bus = bus
     app.state.content = calls.content
+    app.state.changes = changes
     app.state.metrics = metrics
     app.state.capacity = capacity
     app.state.drain = drain

@@ -38,13 +38,18 @@ class Content:
         self._changes: dict[str, dict[str, dict[str, Any] | None]] = {RULE: {}, ARTICLE: {}}
         self.rules: list[Rule] = list(self._file_rules)
         self.knowledge = KnowledgeBase(self._file_articles)
+        self._loaded = False
 
     async def load(self) -> None:
+        """The changes kept in the database, at start and when another engine made one
+        (engine/changes.py); a kind is rebuilt only if its changes differ (the articles'
+        search index is rebuilt whole)."""
         for kind in (RULE, ARTICLE):
-            for row in await self.store.overrides(kind):
-                self._changes[kind][row.name] = row.config
-        self._rebuild(RULE)
-        self._rebuild(ARTICLE)
+            changes = {row.name: row.config for row in await self.store.overrides(kind)}
+            if changes != self._changes[kind] or not self._loaded:
+                self._changes[kind] = changes
+                self._rebuild(kind)
+        self._loaded = True
 
     def _rebuild(self, kind: str) -> None:
         changes = self._changes[kind]

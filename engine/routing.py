@@ -158,6 +158,11 @@ class Routing:
         removed)."""
         for row in rows:
             if row.config is None:
+                if any(w.queue == row.name for w in self.acd.waiting.values()):
+                    # removed on another engine while callers wait in it here: it goes
+                    # at a later reload, once they are gone (engine/changes.py)
+                    log.warning("queue %s removed elsewhere: kept while calls wait", row.name)
+                    continue
                 self.acd.queues.pop(row.name, None)
                 continue
             try:

@@ -27,6 +27,7 @@ async def put_rule(rule_id: PathName, rule: Rule, request: Request, by: Editor) 
     if rule.id != rule_id:
         raise HTTPException(422, f"id: the body says {rule.id!r}, the path {rule_id!r}")
     await _content(request).put_rule(rule, by)
+    await request.app.state.changes.changed("content")
     return rule
 
 
@@ -34,6 +35,7 @@ async def put_rule(rule_id: PathName, rule: Rule, request: Request, by: Editor) 
 async def delete_rule(rule_id: PathName, request: Request, by: Editor) -> None:
     if not await _content(request).remove_rule(rule_id, by):
         raise HTTPException(404, f"no rule {rule_id}")
+    await request.app.state.changes.changed("content")
 
 
 def _out(a: Article) -> ArticleOut:
@@ -65,6 +67,7 @@ async def put_article(
     """Add or replace an article; the next suggestion of every call can use it."""
     a = Article(article_id, body.title, body.body, body.tags)
     await _content(request).put_article(a, by)
+    await request.app.state.changes.changed("content")
     return _out(a)
 
 
@@ -72,3 +75,4 @@ async def put_article(
 async def delete_article(article_id: PathArticle, request: Request, by: Editor) -> None:
     if not await _content(request).remove_article(article_id, by):
         raise HTTPException(404, f"no article {article_id}")
+    await request.app.state.changes.changed("content")

@@ -195,6 +195,7 @@ async def put_queue(
     m = _manager(request)
     config = QueueConfig(name=name, **body.model_dump())
     await m.set_queue(user, config)
+    await request.app.state.changes.changed("queues")
     waiting = sum(1 for w in m.acd.waiting.values() if w.queue == name)
     return QueueOut(
         **config.model_dump(),
@@ -207,3 +208,4 @@ async def put_queue(
 async def delete_queue(name: PathName, request: Request, user: Operator) -> None:
     """Remove a queue nobody waits in (409 otherwise, and for the last queue)."""
     await _manager(request).remove_queue(user, name)
+    await request.app.state.changes.changed("queues")

@@ -45,6 +45,7 @@ async def create_webhook(body: WebhookIn, request: Request, _p: Admin) -> Webhoo
     log = _log(request)
     await log.store.add(row)
     await log.reload_webhooks()
+    await request.app.state.changes.changed("webhooks")
     return WebhookCreated.model_validate(row, from_attributes=True)
 
 
@@ -61,6 +62,7 @@ async def delete_webhook(webhook_id: PathId, request: Request, _p: Admin) -> Non
     if not await log.store.delete_webhook(webhook_id, utcnow()):
         raise HTTPException(404, f"no webhook {webhook_id}")
     await log.reload_webhooks()
+    await request.app.state.changes.changed("webhooks")
 
 
 @router.get("/webhooks/{webhook_id}/deliveries", response_model=list[DeliveryOut])

@@ -1,0 +1,131 @@
+"""Configuration changed on one engine reaches the others on the same database
+(engine/changes.py): two engine apps in this process on one SQLite file and one real
+Redis, as two nodes of one contact center."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from engine import changes
+from tests import redisd
+from tests.controlplane import ControlPlane
+from tests.redisd import RedisServer
+from tests.webhook_receiver import Receiver
+
+
+async def until(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "the change never arrived"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def nodes(
+    tmp_path: Path, redis_server: RedisServer
+) -> AsyncIterator[tuple[ControlPlane, ControlPlane]]:
+    shared = {
+        "redis_url": redis_server.url,
+        "redis_prefix": redisd.prefix(),
+        "webhook_allowed_networks": ["127.0.0.0/8"],
+    }
+    a = await ControlPlane(tmp_path / "a", **shared).start()
+    b = ControlPlane(tmp_path / "b", database_url=a.settings.database_url, **shared)
+    try:
+        await b.start()
+        for node in (a, b):  # both listen before anything changes
+            await asyncio.wait_for(node.app.state.changes.listening.wait(), 10)  # type: ignore[union-attr]
+        yield a, b
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def test_webhooks_rules_articles_and_queues_changed_on_one_node_reach_the_other(
+    nodes: tuple[ControlPlane, ControlPlane],
+) -> None:
+    """Regression: each engine held these in memory, loaded at start: a webhook made on
+    node A never got node B's events, and a rule, an article or a queue changed on A did
+    not apply on B until B restarted."""
+    a, b = nodes
+    on_a, on_b = a.http(), b.http()
+    receiver = Receiver().start()
+    try:
+        r = await on_a.post(
+            "/api/v1/webhooks", json={"url": receiver.url, "events": ["agent.presence_changed"]}
+        )
+        assert r.status_code == 201, r.text
+        rule = {
+            "id": "refund_words", "kind": "phrase", "description": "asks for a refund",
+            "phrases": ["refund"], "actions": ["route_to_human"],
+        }  # fmt: skip
+        assert (await on_a.put("/api/v1/escalation-rules/refund_words", json=rule)).is_success
+        article = {"title": "Refunds", "body": "Refunds take five days.", "tags": ["billing"]}
+        assert (await on_a.put("/api/v1/knowledge-base/articles/refunds", json=article)).is_success
+        queue = {"name": "retention", "skills": ["retention"], "priority": 5, "max_wait": 300}
+        assert (await on_a.put("/api/v1/queues/retention", json=queue)).is_success
+
+        async def on_b_too() -> bool:
+            rules = (await on_b.get("/api/v1/escalation-rules")).json()
+            arts = (await on_b.get("/api/v1/knowledge-base/articles")).json()
+            queues = (await on_b.get("/api/v1/queues")).json()
+            return (
+                any(r["id"] == "refund_words" for r in rules)
+                and any(x["id"] == "refunds" for x in arts)
+                and any(q["name"] == "retention" for q in queues)
+            )
+
+        await until(on_b_too)
+        # the webhook made on A is sent B's events: an agent signs in on B
+        await b.add_user("ann", "long-password-1")
+        await b.agent("ann", "long-password-1", "login", "available")
+        await asyncio.to_thread(receiver.wait, 1, 15)
+        assert b"agent.presence_changed" in receiver.got[0][1]
+
+        # removals travel the same way
+        assert (await on_a.delete("/api/v1/escalation-rules/refund_words")).status_code == 204
+        assert (await on_a.delete("/api/v1/queues/retention")).status_code == 204
+
+        async def gone_on_b() -> bool:
+            rules = (await on_b.get("/api/v1/escalation-rules")).json()
+            queues = (await on_b.get("/api/v1/queues")).json()
+            return all(r["id"] != "refund_words" for r in rules) and all(
+                q["name"] != "retention" for q in queues
+            )
+
+        await until(gone_on_b)
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture
+def fast_backstop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the nodes start: their listeners then reload everything every 0.5 s."""
+    monkeypatch.setattr(changes, "BACKSTOP", 0.5)
+
+
+async def test_a_change_missed_while_away_arrives_by_the_backstop(
+    fast_backstop: None,
+    nodes: tuple[ControlPlane, ControlPlane],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pub/sub keeps nothing for a node that was not listening: a change whose message
+    was lost still reaches the other node, by the periodic reload."""
+    a, b = nodes
+
+    async def lost(_kind: str) -> None:  # the message never goes out
+        pass
+
+    monkeypatch.setattr(a.app.state.changes, "changed", lost)  # type: ignore[union-attr]
+    article = {"title": "Hours", "body": "We are open nine to five.", "tags": []}
+    assert (await a.http().put("/api/v1/knowledge-base/articles/hours", json=article)).is_success
+
+    async def arrived() -> bool:
+        arts = (await b.http().get("/api/v1/knowledge-base/articles")).json()
+        return any(x["id"] == "hours" for x in arts)
+
+    await until(arrived)
