@@ -180,12 +180,14 @@ async def _resolve(host: str, port: int, seconds: float | None) -> list[IPAddres
     return addresses
 
 
-def guarded_transport(policy: TargetPolicy) -> httpx.AsyncHTTPTransport:
+def guarded_transport(policy: TargetPolicy, max_connections: int = 100) -> httpx.AsyncHTTPTransport:
     """An httpx transport that connects only where ``policy`` allows. No proxy from
     the environment: through a proxy, the address checked would be the proxy's."""
     transport = httpx.AsyncHTTPTransport(trust_env=False)
     # httpx takes no network backend: the pool it made, made again with ours
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(), network_backend=_GuardedBackend(policy)
+        ssl_context=httpx.create_ssl_context(),
+        network_backend=_GuardedBackend(policy),
+        max_connections=max_connections,
     )
     return transport

@@ -157,8 +157,12 @@ class EventLog:
             self._overran = True
             return
         (first, self._block_end), self._next_block = self._next_block, None
-        if first != self.bus.last_id + 1:  # another engine's block lies between
+        self._overran = False
+        if first > self.bus.last_id + 1:  # another engine's block lies between
             self.bus.continue_from(first)
+        # else the ids numbered past the old block's end (overran: the reservation came
+        # late) are already in this one, reserved above them: numbering goes straight on
+        # (continue_from would refuse ids that do not grow: the next publish raised)
 
     async def _write_loop(self) -> None:
         while not self._stopping:
@@ -259,7 +263,8 @@ class EventLog:
             and self._next_block is None
             and self.bus.last_id >= self._block_end - ID_BLOCK // 2
         ):
-            self._next_block = await self.store.reserve_event_ids(ID_BLOCK)
+            # above every id numbered so far, written or not (overran: past the block)
+            self._next_block = await self.store.reserve_event_ids(ID_BLOCK, self.bus.last_id)
 
     async def _prune_loop(self) -> None:
         while True:

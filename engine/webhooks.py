@@ -101,9 +101,14 @@ class WebhookSender:
         # a claim outlives the tries it covers (sent at once, each within the timeout)
         # and their recording, by a margin for a slow database
         self.lease = 2 * timeout + 30
+        # httpx's timeout is per phase (connect, each read...): a receiver trickling its
+        # answer could hold a try past the lease, and another engine would send it again
+        self.try_limit = 1.5 * timeout
         self._http = httpx.AsyncClient(
-            transport=guarded_transport(policy), timeout=timeout, follow_redirects=False,
-            headers={"User-Agent": USER_AGENT},
+            # a connection for every try that may be in flight: with httpx's default 100,
+            # ten slow receivers took them all and the others' tries timed out waiting
+            transport=guarded_transport(policy, MAX_WEBHOOKS * PER_WEBHOOK),
+            timeout=timeout, follow_redirects=False, headers={"User-Agent": USER_AGENT},
         )  # fmt: skip
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -180,7 +185,9 @@ class WebhookSender:
     async def _send(self, d: DeliveryRow) -> None:
         target = await self.store.webhook_url(d.webhook_id)
         if target is None:
-            await self.store.record_attempt(d.id, status="failed", last_error="webhook deleted")
+            await self.store.record_attempt(
+                d.id, self.engine_id, status="failed", last_error="webhook deleted"
+            )
             return
         url, secret = target
         body = d.body.encode()
@@ -193,21 +200,28 @@ class WebhookSender:
         code: int | None = None
         attempts = d.attempts + 1
         try:
-            response = await self._http.post(url, content=body, headers=headers)
+            async with asyncio.timeout(self.try_limit):
+                response = await self._http.post(url, content=body, headers=headers)
             code = response.status_code
             error = None if 200 <= code < 300 else f"HTTP {code}"
+        except TimeoutError:
+            error = f"no answer within {self.try_limit:.0f} s"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         except TargetRefused as exc:  # trying again would not change the answer
             log.warning("webhook %s: %s refused: %s", d.webhook_id, safe_target(url), exc)
             await self.store.record_attempt(
-                d.id, status="failed", attempts=attempts, last_error=f"refused: {exc}"[:500]
+                d.id,
+                self.engine_id,
+                status="failed",
+                attempts=attempts,
+                last_error=f"refused: {exc}"[:500],
             )
             return
         now = utcnow()
         if error is None:
             await self.store.record_attempt(
-                d.id, status="delivered", attempts=attempts, last_status_code=code,
+                d.id, self.engine_id, status="delivered", attempts=attempts, last_status_code=code,
                 last_error=None, delivered_at=now,
             )  # fmt: skip
             return
@@ -219,7 +233,7 @@ class WebhookSender:
             "; giving up" if done else f"; again in {delay:.1f} s",
         )  # fmt: skip
         await self.store.record_attempt(
-            d.id, status="failed" if done else "pending", attempts=attempts,
+            d.id, self.engine_id, status="failed" if done else "pending", attempts=attempts,
             last_status_code=code, last_error=error[:500],
             next_attempt_at=now + timedelta(seconds=delay),
         )  # fmt: skip

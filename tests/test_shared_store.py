@@ -305,3 +305,78 @@ async def test_deliveries_a_dead_engine_claimed_are_sent_again_at_once(db_url: s
     assert sorted(d.id for d in taken) == sorted(ids)
     assert woken == [True]
     assert engines == {recovery.id}  # the dead engine, with no calls left, is forgotten
+
+
+async def test_a_late_outcome_does_not_undo_the_engine_that_took_the_delivery_over(
+    db_url: str,
+) -> None:
+    """Engine A's try outlived its claim; engine B took the delivery over and sent it.
+    A's late outcome wrote "pending" over B's "delivered" and freed B's claim (the
+    delivery went out a third time). Now an outcome counts only under its own claim."""
+    async with stores(db_url) as (a, b):
+        [delivery] = await add_deliveries(a, "http://127.0.0.1:9/hook", hooks=1, each=1)
+        now = utcnow()
+        assert await a.claim_deliveries("engine-a", now, PER_WEBHOOK, lease=30)
+        later = now + timedelta(seconds=31)
+        assert await b.claim_deliveries("engine-b", later, PER_WEBHOOK, lease=30)
+        assert await b.record_attempt(delivery, "engine-b", status="delivered", attempts=1)
+        assert not await a.record_attempt(delivery, "engine-a", status="pending", attempts=1)
+        [row] = await a.deliveries("hook-0", None, 10)
+        assert (row.status, row.claimed_by) == ("delivered", None)
+
+
+async def test_an_id_block_used_up_before_the_next_is_reserved(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes failed long enough for the bus to number past its block before the next
+    was reserved: once storage came back the new block started below ids already
+    handed out, and the next publish raised "event ids must grow" (the event lost, the
+    publisher's call broken). Now the next block is reserved above every id numbered,
+    and numbering goes straight on."""
+    from tests.test_durability import Disk
+
+    monkeypatch.setattr(eventlog, "ID_BLOCK", 10)
+    async with stores(db_url, count=1) as (store,):
+        log = EventLog(store, EventBus(), retention_days=1)
+        disk = Disk(store)
+        await log.start()
+        ids: list[int] = []
+        try:
+            disk.full = True
+            for i in range(12):  # past the block: the next could not be reserved
+                ids.append(log.bus.publish(DtmfReceived(call_id="c", digit="1", at=i)).id)
+                with contextlib.suppress(Exception):
+                    await log.flush()
+            disk.full = False
+            await log.flush()  # storage back: written, and the next block reserved
+            for i in range(12):
+                ids.append(log.bus.publish(DtmfReceived(call_id="c", digit="2", at=i)).id)
+                await log.flush()
+            stored = await store.events_after(0, None, 1000)
+        finally:
+            await log.stop()
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert sorted(r.id for r in stored) == ids
+
+
+async def test_a_database_server_gone_is_a_database_error(postgres: object) -> None:
+    """asyncpg lets a refused connection out as the socket's OSError, which SQLAlchemy
+    does not wrap: the heartbeat and the webhook sender, which outlive an outage by
+    catching SQLAlchemyError, died with PostgreSQL stopped for a moment, and other
+    engines then took this live one for dead. Now the store says OperationalError."""
+    from sqlalchemy.exc import OperationalError
+
+    from tests.pg import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        url = server.new_database()
+        store = Store(url)
+        await store.open()
+        await store.engines()
+        server.stop()
+        with pytest.raises(OperationalError):
+            await store.engines()
+        await store.close()
+    finally:
+        server.stop()

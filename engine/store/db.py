@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import and_, case, delete, event, func, or_, select, text, update
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -204,7 +204,7 @@ class Store:
             event.listen(
                 self.engine.sync_engine, "before_cursor_execute", _postgres_text, retval=True
             )
-        self.session = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time. Through aiosqlite a write transaction
         # can hold that lock across event-loop turns, and under load (many calls
         # starting at once) other writers then time out with "database is
@@ -212,6 +212,24 @@ class Store:
         # serialise them anyway, and WAL readers are not blocked. PostgreSQL takes
         # concurrent writers, locking rows, not the database: no queue there.
         self._write_lock = asyncio.Lock() if self.engine.dialect.name == "sqlite" else None
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session whose failures to reach the database are SQLAlchemy errors: asyncpg
+        lets a refused or reset connection out as the socket's own OSError, which
+        SQLAlchemy does not wrap, and every ``except SQLAlchemyError`` that keeps a
+        background loop alive through an outage (heartbeats, the webhook sender, the
+        event log) let it through: with PostgreSQL stopped for a moment the heartbeat
+        task died, and other engines then ended this live engine's calls."""
+        try:
+            async with self._sessions() as s:
+                yield s
+        except SQLAlchemyError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, OSError) or type(exc).__module__.startswith("asyncpg"):
+                raise OperationalError(None, None, exc) from exc
+            raise
 
     @contextlib.asynccontextmanager
     async def writing(self) -> AsyncIterator[AsyncSession]:
@@ -575,9 +593,15 @@ class Store:
         until = now + timedelta(seconds=lease)
         claimed: list[DeliveryRow] = []
         async with self.writing() as s:
+            # the receivers waiting longest first: in index order the same few would win
+            # every round once more than ``webhooks`` have deliveries due
             hooks = (
                 await s.scalars(
-                    select(DeliveryRow.webhook_id).where(*due).distinct().limit(webhooks)
+                    select(DeliveryRow.webhook_id)
+                    .where(*due)
+                    .group_by(DeliveryRow.webhook_id)
+                    .order_by(func.min(DeliveryRow.next_attempt_at))
+                    .limit(webhooks)
                 )
             ).all()
             for hook in sorted(hooks):
@@ -635,14 +659,18 @@ class Store:
         row = await self.webhook(webhook_id)
         return (row.url, row.secret) if row else None
 
-    async def record_attempt(self, delivery_id: str, **values: Any) -> None:
-        """The outcome of a try; the delivery's claim ends with it."""
+    async def record_attempt(self, delivery_id: str, engine_id: str, **values: Any) -> bool:
+        """The outcome of ``engine_id``'s try, and the end of its claim; False if the
+        claim was no longer its own (it ran out and another engine took the delivery
+        over): that engine's outcome stands, not this late one, which could otherwise
+        turn "delivered" back into "pending" or free a claim another engine holds."""
         async with self.writing() as s:
-            await s.execute(
+            result = await s.execute(
                 update(DeliveryRow)
-                .where(DeliveryRow.id == delivery_id)
+                .where(DeliveryRow.id == delivery_id, DeliveryRow.claimed_by == engine_id)
                 .values(claimed_by=None, claimed_until=None, **values)
             )
+            return bool(getattr(result, "rowcount", 0))
 
     async def deliveries(
         self, webhook_id: str, status: str | None, limit: int
