@@ -52,9 +52,10 @@ from dataclasses import dataclass
 from typing import cast
 
 import redis.asyncio as aioredis
+from pydantic import ConfigDict, ValidationError
 from redis.exceptions import RedisError
 
-from engine.events import EventBus, event_adapter
+from engine.events import EventBase, EventBus, event_adapter
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,23 @@ def with_id(event_id: int, rest: str) -> str:
     return f'{{"id":{event_id},{rest[1:]}' if rest != "{}" else f'{{"id":{event_id}}}'
 
 
+class UnknownEvent(EventBase):
+    """An event of a type this engine does not know (a newer engine published it, in a
+    rolling upgrade): handed on as it came, every field kept."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = "unknown"
+
+
+def parse_event(body: str) -> EventBase:
+    """An event from its JSON; one of a type unknown here as an UnknownEvent. Raises
+    ValueError (a ValidationError) if it is not an event at all."""
+    try:
+        return event_adapter.validate_json(body)
+    except ValidationError:
+        return UnknownEvent.model_validate_json(body)
+
+
 @dataclass(slots=True)
 class _Held:
     """An event read from the stream, waiting for its engine's stored marker."""
@@ -178,6 +196,9 @@ class RedisEventStream:
         self.highest = 0  # the newest event id this engine knows of (a floor for appends)
         self.dropped = 0  # events skipped: their engine died before storing them
         self.gaps = 0  # times the reader found numbers missing
+        self.bad = 0  # entries that could not be read (malformed): skipped
+        self.unknown = 0  # events of a type this engine does not know, handed on as they came
+        self.restarts = 0  # times the reader failed unexpectedly and was started again
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -203,9 +224,24 @@ class RedisEventStream:
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"cannot use Redis at {safe_url(self.url)}: {exc}") from exc
         self._tasks = [
-            asyncio.create_task(self._read_loop(bus), name="redis-events"),
+            self._start_reader(bus),
             asyncio.create_task(self._alive_loop(), name="redis-alive"),
         ]
+
+    def _start_reader(self, bus: EventBus) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._read_loop(bus), name="redis-events")
+        task.add_done_callback(lambda done: self._reader_ended(done, bus))
+        return task
+
+    def _reader_ended(self, task: asyncio.Task[None], bus: EventBus) -> None:
+        """The reader must never end but at a stop: without it no subscriber of this
+        engine gets another event. Whatever ended it is logged, and it starts again."""
+        if self._stopping or task.cancelled() or task not in self._tasks:
+            return
+        exc = task.exception()
+        log.error("redis: the event reader ended (%r); starting it again", exc, exc_info=exc)
+        self.restarts += 1
+        self._tasks[self._tasks.index(task)] = self._start_reader(bus)
 
     async def _catch_up(self, bus: EventBus, floor: int) -> None:
         while entries := cast(
@@ -278,30 +314,43 @@ class RedisEventStream:
                     raise asyncio.CancelledError from exc
                 log.error("redis: reading events failed, will retry: %s", exc)
                 await asyncio.sleep(1.0)
+            except Exception:  # a bug: never a reason to stop handing out events
+                log.exception("redis: reading events failed unexpectedly, will retry")
+                await asyncio.sleep(1.0)
 
     def _take(self, bus: EventBus, entries: Entries) -> None:
         """Entries in stream order: queue events, apply markers, deliver what may go."""
         for raw_id, fields in entries:
-            stream_id = raw_id.decode()
-            self._read_from = stream_id
-            number, seq = (int(part) for part in stream_id.split("-"))
-            engine = fields[b"e"].decode()
-            if seq == 0:  # an event
-                gap = self._last_number != 0 and number != self._last_number + 1
-                self._held.append(_Held(number, engine, fields[b"b"].decode(), gap_before=gap))
-                self._last_number = number
-                self.highest = max(self.highest, number)
-                self._note_head()
-                if len(self._held) > MAX_HELD and self._stuck():
-                    self._give_up()
-            elif b"s" in fields:  # its engine has stored its events up to s
-                upto = int(fields[b"s"])
-                for held in self._held:
-                    if held.engine == engine and held.id <= upto:
-                        held.stored = True
-            elif b"x" in fields:  # its engine died: skip what it never stored
-                self._drop(engine)
+            try:
+                self._take_one(raw_id, fields)
+            except (ValueError, KeyError, UnicodeDecodeError) as exc:
+                # malformed (not written by this code): skipped alone, the rest go on
+                self.bad += 1
+                log.error("redis: skipping unreadable stream entry %r: %r", raw_id, exc)
         self._release(bus)
+
+    def _take_one(self, raw_id: bytes, fields: dict[bytes, bytes]) -> None:
+        stream_id = raw_id.decode()
+        self._read_from = stream_id  # past it, whether or not it can be read
+        number, seq = (int(part) for part in stream_id.split("-"))
+        if seq == 0:  # an event: its number is taken even if the rest cannot be read
+            gap = self._last_number != 0 and number != self._last_number + 1
+            self._last_number = number
+            self.highest = max(self.highest, number)
+            held = _Held(number, fields[b"e"].decode(), fields[b"b"].decode(), gap_before=gap)
+            self._held.append(held)
+            self._note_head()
+            if len(self._held) > MAX_HELD and self._stuck():
+                self._give_up()
+            return
+        engine = fields[b"e"].decode()
+        if b"s" in fields:  # its engine has stored its events up to s
+            upto = int(fields[b"s"])
+            for held in self._held:
+                if held.engine == engine and held.id <= upto:
+                    held.stored = True
+        elif b"x" in fields:  # its engine died: skip what it never stored
+            self._drop(engine)
 
     def _stuck(self) -> bool:
         """The first held event has waited long: not a batch whose marker is on its way
@@ -347,7 +396,19 @@ class RedisEventStream:
                             held.id)  # fmt: skip
                 bus.restart_at(held.id)
             body = with_id(held.id, held.body)
-            bus.deliver(event_adapter.validate_json(body), body)
+            try:
+                event = parse_event(body)
+            except ValueError as exc:  # not an event: nobody could use it
+                self.bad += 1
+                log.error("redis: skipping unreadable event %d: %s", held.id, exc)
+                continue
+            if isinstance(event, UnknownEvent):
+                self.unknown += 1
+                if self.unknown == 1 or self.unknown % 1000 == 0:
+                    log.warning("redis: event %d is of a type this engine does not know "
+                                "(%r; %d so far): handed on as it came",
+                                held.id, event.type, self.unknown)  # fmt: skip
+            bus.deliver(event, body)
         self._note_head()
 
     async def _suspect(self) -> None:

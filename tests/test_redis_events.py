@@ -381,3 +381,77 @@ async def test_a_reader_waits_behind_a_stuck_engine_only_so_long(
     finally:
         await stuck._redis.delete(stuck._alive_key(stuck.engine))
         await stuck._redis.aclose()
+
+
+async def test_an_event_of_an_unknown_type_or_a_bad_entry_stops_no_reader(
+    pair: tuple[Engine, Engine],
+) -> None:
+    """In a rolling upgrade a newer engine publishes a type older ones do not know; and
+    an entry may be malformed. Each reader hands the unknown event on as it came (ring,
+    replay, subscribers), skips what cannot be read at all, and goes on: it used to die
+    on the first one, silently, and its subscribers never got another event."""
+    a, b = pair
+    subs = [a.bus.subscribe(), b.bus.subscribe()]
+    newer = RedisEventStream(a.shared.url, a.shared._stream.rsplit(":", 1)[0])
+    try:
+        future = '{"time":"2026-01-01T00:00:00Z","call_id":"c","type":"call.future","x":[1]}'
+        first = await newer.append([future, "not json"], "t1", 0)
+        await newer.stored(first + 1)
+        await newer._redis.xadd(newer._stream, {"junk": "1"}, id=f"{first + 1}-*")
+        later = b.bus.publish(dtmf("B", 7))
+        for engine, sub in zip((a, b), subs, strict=True):
+            got = await take(sub, 2)
+            assert [e.id for e in got] == [first, later.id]
+            assert got[0].type == "call.future" and got[0].x == [1]  # type: ignore[attr-defined]
+            assert engine.shared.unknown == 1 and engine.shared.bad == 2
+            assert '"x":[1]' in next(r.body for r in engine.bus.replay() if r.id == first)
+            assert not engine.shared._tasks[0].done()
+        assert await a.replay(first - 1) == [first, later.id]
+    finally:
+        await newer._redis.aclose()
+
+
+async def test_the_reader_survives_an_unexpected_error(
+    pair: tuple[Engine, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever fails in the reader (a bug), it goes on after a pause; and if its task
+    ends anyway, it is started again."""
+    a, _b = pair
+    sub = a.bus.subscribe()
+    calls = 0
+    failed_over = asyncio.Event()
+    real = RedisEventStream._suspect
+
+    async def failing(self: RedisEventStream) -> None:
+        nonlocal calls
+        if self is a.shared:
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("a bug")
+            failed_over.set()  # the loop went on after the error
+        await real(self)
+
+    monkeypatch.setattr(RedisEventStream, "_suspect", failing)
+    await asyncio.wait_for(failed_over.wait(), 5)
+    event = a.bus.publish(dtmf("A", 1))
+    assert [e.id for e in await take(sub, 1)] == [event.id]
+
+    class Ended(BaseException):  # nothing in the loop catches it
+        pass
+
+    ended = False
+
+    async def ending(self: RedisEventStream) -> None:
+        nonlocal ended
+        if self is a.shared and not ended:
+            ended = True
+            raise Ended
+        await real(self)
+
+    monkeypatch.setattr(RedisEventStream, "_suspect", ending)
+    reader = a.shared._tasks[0]
+    await asyncio.wait([reader], timeout=5)
+    await asyncio.sleep(0)
+    assert a.shared.restarts == 1 and not a.shared._tasks[0].done()
+    event = a.bus.publish(dtmf("A", 2))
+    assert [e.id for e in await take(sub, 1)] == [event.id]
