@@ -201,6 +201,7 @@ class RedisEventStream:
         self.restarts = 0  # times the reader failed unexpectedly and was started again
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._bus: EventBus | None = None
 
     @property
     def held(self) -> int:
@@ -214,6 +215,7 @@ class RedisEventStream:
         """Check Redis, raise the counter to ``floor`` (the database's highest id), read
         the stream into ``bus``'s ring, then follow it. Raises RedisUnavailable."""
         self.highest = floor
+        self._bus = bus
         try:
             await self._redis.ping()
             counter = int(await self._raise(keys=[self._counter], args=[floor]))
@@ -367,13 +369,17 @@ class RedisEventStream:
     def _drop(self, engine: str) -> None:
         kept: collections.deque[_Held] = collections.deque()
         gap = False  # a skipped event's gap passes to the next one kept
+        skipped = []
         for held in self._held:
             if held.engine == engine and not held.stored:
                 gap = gap or held.gap_before
+                skipped.append(held.id)
                 continue
             held.gap_before = held.gap_before or gap
             gap = False
             kept.append(held)
+        if self._bus is not None:  # its engine may store them yet: replay looks
+            self._bus.skip(skipped)
         if lost := len(self._held) - len(kept):
             self.dropped += lost
             log.warning("redis: engine %s stopped; %d of its events were never stored",

@@ -22,9 +22,10 @@ from engine import redisstream
 from engine.cli import _redis_unusable
 from engine.config import Settings
 from engine.eventlog import EventLog
-from engine.events import DtmfReceived, EventBase, EventBus, Subscription
+from engine.events import DtmfReceived, EventBase, EventBus, Subscription, utcnow
 from engine.redisstream import RedisEventStream, RedisUnavailable
 from engine.store.db import Store
+from engine.store.models import EventRow
 from tests.engine_proc import free_port
 from tests.redisd import RedisServer, prefix
 
@@ -455,3 +456,41 @@ async def test_the_reader_survives_an_unexpected_error(
     assert a.shared.restarts == 1 and not a.shared._tasks[0].done()
     event = a.bus.publish(dtmf("A", 2))
     assert [e.id for e in await take(sub, 1)] == [event.id]
+
+
+async def test_events_skipped_by_the_readers_then_stored_are_replayed(
+    pair: tuple[Engine, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readers give up on a stuck engine's batch, which is then stored after all: live
+    clients miss it, but a client resuming by id from before it gets it, in order. The
+    ring had a hole there and replay trusted the ring for every id from its oldest on."""
+    monkeypatch.setattr(redisstream, "MAX_HELD", 2)
+    monkeypatch.setattr(redisstream, "SUSPECT_AFTER", 0.3)
+    a, b = pair
+    sub = a.bus.subscribe()
+    before = a.bus.publish(dtmf("A", 0))
+    await take(sub, 1)
+    stuck = RedisEventStream(a.shared.url, a.shared._stream.rsplit(":", 1)[0])
+    await stuck._keep_alive_once()  # alive, and not storing yet
+    try:
+        body = '{"call_id":"c","type":"dtmf.received","digit":"1","at":0.0}'
+        late = await stuck.append([body], "t", 0)
+        published = [b.bus.publish(dtmf("B", 1, "d"))]
+        await asyncio.sleep(0.6)
+        published += [b.bus.publish(dtmf("B", i, "d")) for i in range(2, 5)]
+        assert [e.id for e in await take(sub, 4)] == [e.id for e in published]
+        assert a.shared.dropped == 1
+        # ...and now it is stored after all
+        await a.store.write_events(
+            [EventRow(id=late, type="dtmf.received", call_id="c", time=utcnow(),
+                      body=redisstream.with_id(late, body))], [])  # fmt: skip
+        await stuck.stored(late)
+        want = [late] + [e.id for e in published]
+        for engine in (a, b):
+            assert engine.bus.oldest_id <= before.id, "the ring reaches back: it is trusted"
+            assert await engine.replay(before.id) == want
+            assert await engine.replay(before.id, "c") == [late]
+            assert await engine.replay(late) == want[1:]
+    finally:
+        await stuck._redis.delete(stuck._alive_key(stuck.engine))
+        await stuck._redis.aclose()
