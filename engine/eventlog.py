@@ -39,7 +39,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.events import EventBase, EventBus, utcnow
-from engine.redisstream import APPEND_MAX, RedisEventStream, cancelled, with_id
+from engine.redisstream import (
+    APPEND_MAX,
+    LOSS_MARGIN,
+    RedisEventStream,
+    cancelled,
+    with_id,
+)
 from engine.store.db import Store
 from engine.store.models import DeliveryRow, EventRow, WebhookRow
 
@@ -100,6 +106,7 @@ class EventLog:
             # ids come from the shared stream, whose counter never falls below ours
             self.bus.numbers_events = False
             self.written_to = self._marked = await self._highest_id()
+            self.shared.floor_after_loss = self._floor_after_loss
             await self.shared.start(self.bus, self.written_to)
         else:
             first, self._reserved_to = await self.store.reserve_event_ids(
@@ -111,6 +118,18 @@ class EventLog:
         self.bus.store_first = self._append
         self._task = asyncio.create_task(self._write_loop(), name="event-log")
         self._pruner = asyncio.create_task(self._prune_loop(), name="event-prune")
+
+    async def _floor_after_loss(self) -> int:
+        """Where the shared stream's ids go on after Redis lost its counter: above every
+        id handed out before (the database's, the high-water mark reserved in it as ids
+        were used, this engine's own) by more than every engine's batch in flight, which
+        may have been appended to the lost stream and not stored yet. Kept as the new
+        high-water mark: a second loss, even with the events table emptied (pruned),
+        goes on above it."""
+        assert self.shared is not None
+        known = max(self.written_to, self.shared.highest)
+        _first, self._reserved_to = await self.store.reserve_event_ids(LOSS_MARGIN, known)
+        return self._reserved_to
 
     async def _highest_id(self) -> int:
         async with self.store.session() as s:
@@ -234,9 +253,14 @@ class EventLog:
                 self.bus.deliver(event, row.body)
         if deliveries:
             self.on_deliveries()
-        if self.shared is None and self.written_to > self._reserved_to - ID_BLOCK // 2:
-            self._reserved_to = self.written_to + ID_BLOCK
-            await self.store.extend_event_ids(self._reserved_to)
+        if self.written_to > self._reserved_to - ID_BLOCK // 2:
+            if self.shared is None:
+                self._reserved_to = self.written_to + ID_BLOCK
+                await self.store.extend_event_ids(self._reserved_to)
+            else:  # the high-water mark Redis' ids go on from if it loses them
+                _first, self._reserved_to = await self.store.reserve_event_ids(
+                    ID_BLOCK, self.written_to
+                )
 
     async def _prune_loop(self) -> None:
         while True:

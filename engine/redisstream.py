@@ -47,13 +47,13 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 import redis.asyncio as aioredis
 from pydantic import ConfigDict, ValidationError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from engine.events import EventBase, EventBus, event_adapter
 
@@ -77,14 +77,28 @@ APPEND_MAX = 1_000
 MAX_HELD = 20_000
 TIMEOUT = 5.0  # seconds for a Redis command (a read blocks BLOCK_MS on top)
 
+# The scripts' answer when the counter is gone (Redis restarted empty, or lost its data):
+# the ids it handed out are unknown, so nothing is numbered nor marked until an engine
+# sets it again above every id that may have been handed out (``RedisEventStream._reset``).
+# Marks read against a missing counter would also be numbered ``0-n``: seen by nobody.
+NO_COUNTER = "CCENGINE_NO_COUNTER"
+_CHECK = f"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('{NO_COUNTER}') end
+"""
+# Ids left unused above the database's after the counter was lost: more than every
+# engine's unstored batch (one each, at most APPEND_MAX) appended to the lost stream.
+LOSS_MARGIN = 100_000
+
 # KEYS: counter, stream, the engine's last append. ARGV: floor, maxlen, engine, token,
-# bodies... The counter first rises to ``floor`` (an id this engine has seen: Redis may
-# have lost its data), then the batch takes the next numbers. Returns the first of them;
-# an engine appends one batch at a time, so its last token tells a retry from a new one.
-APPEND = """
+# bodies... The counter first rises to ``floor`` (an id this engine has seen), then the
+# batch takes the next numbers. Returns the first of them; an engine appends one batch at
+# a time, so its last token tells a retry from a new one.
+APPEND = (
+    _CHECK
+    + """
 local last = redis.call('HMGET', KEYS[3], 'token', 'first')
 if last[1] == ARGV[4] then return tonumber(last[2]) end
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cur = tonumber(redis.call('GET', KEYS[1]))
 local floor = tonumber(ARGV[1])
 if cur < floor then cur = floor end
 local n = #ARGV - 4
@@ -97,28 +111,58 @@ redis.call('HSET', KEYS[3], 'token', ARGV[4], 'first', string.format('%d', cur +
 redis.call('EXPIRE', KEYS[3], 86400)
 return cur + 1
 """
+)
 # KEYS: counter, stream. ARGV: maxlen, engine, the highest id it has stored.
-STORED = """
-local cur = redis.call('GET', KEYS[1]) or '0'
+STORED = (
+    _CHECK
+    + """
+local cur = redis.call('GET', KEYS[1])
 return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], cur .. '-*',
                   'e', ARGV[2], 's', ARGV[3])
 """
+)
 # KEYS: counter, stream, the engine's liveness key. ARGV: maxlen, engine.
-DROPPED = """
+DROPPED = (
+    _CHECK
+    + """
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-local cur = redis.call('GET', KEYS[1]) or '0'
+local cur = redis.call('GET', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], cur .. '-*', 'e', ARGV[2], 'x', '1')
 return 1
 """
-# KEYS: counter. ARGV: floor.
+)
+# KEYS: counter. ARGV: floor. -1: the counter is gone (a reset is due).
 RAISE = """
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local cur = tonumber(redis.call('GET', KEYS[1]))
 if cur < tonumber(ARGV[1]) then
   cur = tonumber(ARGV[1])
   redis.call('SET', KEYS[1], ARGV[1])
 end
 return cur
 """
+
+# KEYS: counter, epoch. ARGV: floor, a new epoch. Sets the lost counter to ``floor`` and
+# names a new epoch (``<uuid>:<floor>``: readers drop what they waited for from before
+# it); if another engine did so first, only raises the counter. Returns the counter.
+RESET = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local cur = tonumber(redis.call('GET', KEYS[1]))
+  if cur < tonumber(ARGV[1]) then
+    cur = tonumber(ARGV[1])
+    redis.call('SET', KEYS[1], ARGV[1])
+  end
+  return cur
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2] .. ':' .. ARGV[1])
+return tonumber(ARGV[1])
+"""
+
+
+def lost_counter(exc: BaseException) -> bool:
+    """Whether a script failed because the counter is gone (see NO_COUNTER)."""
+    return isinstance(exc, ResponseError) and NO_COUNTER in str(exc)
 
 
 # stream entries as redis-py hands them back: (id, {field: value})
@@ -177,6 +221,7 @@ class RedisEventStream:
         self.engine = uuid.uuid4().hex[:12]
         self.maxlen = maxlen
         self._counter = f"{prefix}:events:counter"
+        self._epoch_key = f"{prefix}:events:epoch"
         self._stream = f"{prefix}:events"
         self._alive_prefix = f"{prefix}:engine:"
         self._last_append = f"{prefix}:append:{self.engine}"
@@ -187,6 +232,13 @@ class RedisEventStream:
         self._stored = self._redis.register_script(STORED)
         self._dropped = self._redis.register_script(DROPPED)
         self._raise = self._redis.register_script(RAISE)
+        self._reset_script = self._redis.register_script(RESET)
+        # The id the counter is set to once it was lost: above every id any engine may
+        # have handed out, persisted as a high-water mark (the event log's, from the
+        # database). None: above what this engine knows, plus LOSS_MARGIN.
+        self.floor_after_loss: Callable[[], Awaitable[int]] | None = None
+        self._epoch: bytes | None = None  # the epoch this reader follows
+        self.resets = 0  # times this engine found the counter gone and set it again
         self._held: collections.deque[_Held] = collections.deque()
         self._read_from = "0-0"  # the stream id after which the reader reads
         self._last_number = 0  # the newest event id read from the stream
@@ -219,6 +271,9 @@ class RedisEventStream:
         try:
             await self._redis.ping()
             counter = int(await self._raise(keys=[self._counter], args=[floor]))
+            if counter < 0:  # first start on this Redis, or it lost its data
+                counter = await self._reset()
+            self._epoch = cast(bytes | None, await self._redis.get(self._epoch_key))
             await self._keep_alive_once()
             # from as far back as the ring holds: older events are the database's
             self._read_from = f"{max(0, counter - bus.ring_size)}-0"
@@ -256,20 +311,51 @@ class RedisEventStream:
             waiting = self._held[0].id - 1 if self._held else floor
             bus.delivered_to = min(floor, waiting)
 
+    async def _reset(self) -> int:
+        """Set the lost counter above every id that may have been handed out; the
+        counter."""
+        if self.floor_after_loss is not None:
+            floor = await self.floor_after_loss()
+        else:
+            floor = self.highest + LOSS_MARGIN
+        new_epoch = uuid.uuid4().hex
+        counter = int(
+            await self._reset_script(keys=[self._counter, self._epoch_key], args=[floor, new_epoch])
+        )
+        self.resets += 1
+        log.warning("redis: the event counter was gone (Redis lost its data?); ids go on "
+                    "from %d", counter + 1)  # fmt: skip
+        return counter
+
+    async def _again_if_lost(self, script: Callable[[], Awaitable[object]]) -> object:
+        """Run a script; if the counter was lost, set it again and run it once more."""
+        try:
+            return await script()
+        except ResponseError as exc:
+            if not lost_counter(exc):
+                raise
+        await self._reset()
+        return await script()
+
     async def append(self, rests: Sequence[str], token: str, floor: int) -> int:
         """Number events (their JSON without ids) in the global order and put them in the
         stream; the first of their ids. ``token``: the same for a retry of one batch."""
-        first = await self._append(
-            keys=[self._counter, self._stream, self._last_append],
-            args=[max(floor, self.highest), self.maxlen, self.engine, token, *rests],
+        first = await self._again_if_lost(
+            lambda: self._append(
+                keys=[self._counter, self._stream, self._last_append],
+                args=[max(floor, self.highest), self.maxlen, self.engine, token, *rests],
+            )
         )
+        assert isinstance(first, int)
         self.highest = max(self.highest, int(first) + len(rests) - 1)
         return int(first)
 
     async def stored(self, upto: int) -> None:
         """Tell every reader that this engine's events up to ``upto`` are in the database."""
-        await self._stored(
-            keys=[self._counter, self._stream], args=[self.maxlen, self.engine, upto]
+        await self._again_if_lost(
+            lambda: self._stored(
+                keys=[self._counter, self._stream], args=[self.maxlen, self.engine, upto]
+            )
         )
 
     async def stop(self) -> None:
@@ -302,6 +388,7 @@ class RedisEventStream:
     async def _read_loop(self, bus: EventBus) -> None:
         while not self._stopping:
             try:
+                await self._check_epoch()
                 got = cast(
                     list[tuple[bytes, Entries]],
                     await self._redis.xread(
@@ -319,6 +406,23 @@ class RedisEventStream:
             except Exception:  # a bug: never a reason to stop handing out events
                 log.exception("redis: reading events failed unexpectedly, will retry")
                 await asyncio.sleep(1.0)
+
+    async def _check_epoch(self) -> None:
+        """The counter was set again after a loss (by any engine): what this reader waits
+        for from before then will never be marked (the stream it was in is gone); its
+        events are skipped (a replay finds any stored in the database), and the reader
+        goes on with the new ids (a jump: its subscribers are cut off, to resume by id)."""
+        epoch = cast(bytes | None, await self._redis.get(self._epoch_key))
+        if epoch is None or epoch == self._epoch:
+            return
+        if self._epoch is not None or self._held:
+            floor = int(epoch.rsplit(b":", 1)[1])
+            log.warning("redis: the event stream started again above %d", floor)
+            for engine in {held.engine for held in self._held if held.id <= floor}:
+                self._drop(engine, upto=floor)
+            if self._bus is not None:
+                self._release(self._bus)
+        self._epoch = epoch
 
     def _take(self, bus: EventBus, entries: Entries) -> None:
         """Entries in stream order: queue events, apply markers, deliver what may go."""
@@ -366,12 +470,12 @@ class RedisEventStream:
                   len(self._held), head.engine, head.id)  # fmt: skip
         self._drop(head.engine)
 
-    def _drop(self, engine: str) -> None:
+    def _drop(self, engine: str, upto: int | None = None) -> None:
         kept: collections.deque[_Held] = collections.deque()
         gap = False  # a skipped event's gap passes to the next one kept
         skipped = []
         for held in self._held:
-            if held.engine == engine and not held.stored:
+            if held.engine == engine and not held.stored and (upto is None or held.id <= upto):
                 gap = gap or held.gap_before
                 skipped.append(held.id)
                 continue
@@ -424,11 +528,13 @@ class RedisEventStream:
         if not self._held or min(now - self._head_since, now - self._asked_at) < SUSPECT_AFTER:
             return  # not held up long, or asked a moment ago
         engine = self._held[0].engine
-        await self._dropped(
-            keys=[self._counter, self._stream, self._alive_key(engine)],
-            args=[self.maxlen, engine],
-        )
         self._asked_at = now
+        await self._again_if_lost(
+            lambda: self._dropped(
+                keys=[self._counter, self._stream, self._alive_key(engine)],
+                args=[self.maxlen, engine],
+            )
+        )
 
 
 def safe_url(url: str) -> str:
