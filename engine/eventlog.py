@@ -177,17 +177,30 @@ class EventLog:
         """Write what is pending, then hand it to subscribers (or, with a shared stream,
         tell its readers it is stored: they hand it out)."""
         self._wake.clear()
+        if self.shared is not None:
+            await self._mark()  # a marker owed from the last round goes before any append
         batch, self._pending = self._pending, []
-        if self.shared is not None and batch and batch[0][0].id:
-            # numbered, then not stored (the database failed): written first and alone.
-            # New events are numbered only once those are stored, so the stream holds
-            # one unstored batch of ours at most, and readers wait on no more than that
-            numbered = sum(1 for row, _ in batch if row.id)
-            batch, self._pending = batch[:numbered], batch[numbered:] + self._pending
-            self._wake.set()
+        if self.shared is not None and batch:
+            # One batch appended, written and marked at a time, of APPEND_MAX events at
+            # most: the stream holds one unstored batch of ours at most, and readers
+            # wait on no more than that (a backlog appended whole before one write and
+            # one marker, after Redis was away, had readers give up on a healthy engine).
+            # A batch numbered, then not stored (the database failed) is written first
+            # and alone.
+            numbered = sum(1 for row, _ in batch if row.id) if batch[0][0].id else 0
+            cut = numbered or APPEND_MAX
+            if len(batch) > cut:
+                batch, self._pending = batch[:cut], batch[cut:]
+                self._wake.set()
         if batch:
             await self._write(batch)
-        if self.shared is not None and self._marked < self.written_to:
+        if self.shared is not None:
+            await self._mark()
+
+    async def _mark(self) -> None:
+        """Tell the shared stream's readers what this engine has stored."""
+        assert self.shared is not None
+        if self._marked < self.written_to:
             try:
                 await self.shared.stored(self.written_to)
             except BaseException:
@@ -284,8 +297,13 @@ class EventLog:
                 log.error("event log: %s did not stop", task.get_name())
         with contextlib.suppress(SQLAlchemyError, RedisError, OSError):
             await self.flush()
-            if self._pending:  # a retried batch goes alone (shared stream): the rest now
+            while self._pending:  # a shared stream's batches go one at a time
                 await self.flush()
+        if self._pending:
+            # Redis or the database failing at the stop: these events were never stored
+            # (nor numbered, or their ids were never stored: skipped by every reader)
+            log.error("event log: stopping with %d events not stored; they are lost",
+                      len(self._pending))  # fmt: skip
         if self.bus.store_first == self._append:
             self.bus.store_first = None
         if self.shared is not None:

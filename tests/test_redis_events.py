@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from engine import redisstream
+from engine import eventlog, redisstream
 from engine.cli import _redis_unusable
 from engine.config import Settings
 from engine.eventlog import EventLog
@@ -568,3 +568,44 @@ async def test_ids_never_start_again_with_an_emptied_table_and_an_empty_redis(
         assert new.id > old.id
     finally:
         await a.stop()
+
+
+async def test_a_backlog_is_appended_one_stored_batch_at_a_time(
+    pair: tuple[Engine, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog (Redis was away) used to be appended whole, in pieces, before its one
+    database write and marker: readers then saw more unstored events of one engine than
+    MAX_HELD and skipped a healthy engine's batches. Each batch is now appended, written
+    and marked before the next is appended."""
+    monkeypatch.setattr(eventlog, "APPEND_MAX", 3)
+    a, _b = pair
+    sub = a.bus.subscribe()
+    published = [a.bus.publish(dtmf("A", i)) for i in range(10)]  # one round's backlog
+    assert [e.id for e in await take(sub, 10)] == [e.id for e in published]
+    client = aioredis.Redis.from_url(a.shared.url)
+    async with client:
+        entries = await client.xrange(a.shared._stream)
+    unmarked = 0
+    for raw_id, fields in entries:
+        if raw_id.endswith(b"-0"):
+            unmarked += 1
+            assert unmarked <= 3, "more than one batch appended before its marker"
+        elif b"s" in fields:
+            unmarked = 0
+    assert unmarked == 0
+
+
+async def test_stopping_while_redis_is_away_says_what_was_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Events waiting for Redis at a stop cannot be numbered safely: they are lost, and
+    the log says how many (it used to say nothing)."""
+    server = RedisServer().start()
+    a = await start_engine(tmp_path / "shared.db", server.url, prefix())
+    try:
+        server.stop()
+        for i in range(3):
+            a.bus.publish(dtmf("A", i))
+    finally:
+        await a.stop()
+    assert any("stopping with 3 events not stored" in r.message for r in caplog.records)
