@@ -538,12 +538,19 @@ class RedisEventStream:
 
 
 def safe_url(url: str) -> str:
-    """The URL without its password, for logs."""
-    from urllib.parse import urlsplit
+    """The URL without its password (in the user info or a ``password=`` query
+    parameter, both of which redis-py reads), for logs."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit
 
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return parts._replace(netloc=user + netloc).geturl()
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        parts = parts._replace(netloc=user + netloc)
+    if parts.query:
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if any(key.lower() == "password" for key, _ in query):
+            hidden = [(k, "***" if k.lower() == "password" else v) for k, v in query]
+            parts = parts._replace(query=urlencode(hidden, safe="*"))
+    # unchanged as given if there was nothing to hide (geturl drops an empty "//")
+    return parts.geturl() if parts != urlsplit(url) else url

@@ -23,7 +23,7 @@ from engine.cli import _redis_unusable
 from engine.config import Settings
 from engine.eventlog import EventLog
 from engine.events import DtmfReceived, EventBase, EventBus, Subscription, utcnow
-from engine.redisstream import RedisEventStream, RedisUnavailable
+from engine.redisstream import RedisEventStream, RedisUnavailable, safe_url
 from engine.store.db import Store
 from engine.store.models import EventRow
 from tests.engine_proc import free_port
@@ -609,3 +609,13 @@ async def test_stopping_while_redis_is_away_says_what_was_lost(
     finally:
         await a.stop()
     assert any("stopping with 3 events not stored" in r.message for r in caplog.records)
+
+
+def test_safe_url_hides_every_password() -> None:
+    """A password in the query (``?password=``, which redis-py reads) was logged as is."""
+    assert safe_url("redis://u:sekrit@h:6379/0") == "redis://u:***@h:6379/0"
+    assert safe_url("redis://:sekrit@h/0") == "redis://:***@h/0"
+    assert safe_url("redis://h/0?password=sekrit&db=1") == "redis://h/0?password=***&db=1"
+    assert "sekrit" not in safe_url("rediss://h/0?Password=sekrit")
+    assert safe_url("unix:///run/redis.sock?db=2") == "unix:///run/redis.sock?db=2"
+    assert safe_url("redis://h:6379/0") == "redis://h:6379/0"
