@@ -228,7 +228,8 @@ async def test_subscribers_get_only_stored_events_on_every_engine(
     try:
         blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
         event = a.bus.publish(dtmf("A", 5))
-        await asyncio.sleep(0.5)
+        # both readers have read it (not a fixed sleep: a slow machine proved nothing)
+        await until(lambda: a.shared.held == b.shared.held == 1)
         assert event.id > 0, "numbered by Redis"
         assert all(sub.queue.empty() for sub in subs), "seen before it was stored"
         # while that batch waits for the database, new events are not appended: readers
