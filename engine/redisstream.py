@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import time
 import uuid
@@ -89,22 +90,25 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('{NO_COUNTER
 # engine's unstored batch (one each, at most APPEND_MAX) appended to the lost stream.
 LOSS_MARGIN = 100_000
 
-# KEYS: counter, stream, the engine's last append. ARGV: floor, maxlen, engine, token,
-# bodies... The counter first rises to ``floor`` (an id this engine has seen), then the
-# batch takes the next numbers. Returns the first of them; an engine appends one batch at
-# a time, so its last token tells a retry from a new one.
+# KEYS: counter, stream, the engine's last append, its liveness key. ARGV: floor, maxlen,
+# engine, token, liveness ms, bodies... The counter first rises to ``floor`` (an id this
+# engine has seen), then the batch takes the next numbers. Returns the first of them; an
+# engine appends one batch at a time, so its last token tells a retry from a new one. The
+# liveness key is refreshed in the same step: a reader cannot find it gone (and have every
+# reader drop the batch) between an append and the engine's next refresh.
 APPEND = (
     _CHECK
     + """
+redis.call('SET', KEYS[4], '1', 'PX', ARGV[5])
 local last = redis.call('HMGET', KEYS[3], 'token', 'first')
 if last[1] == ARGV[4] then return tonumber(last[2]) end
 local cur = tonumber(redis.call('GET', KEYS[1]))
 local floor = tonumber(ARGV[1])
 if cur < floor then cur = floor end
-local n = #ARGV - 4
+local n = #ARGV - 5
 for i = 1, n do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-0', cur + i),
-             'e', ARGV[3], 'b', ARGV[4 + i])
+             'e', ARGV[3], 'b', ARGV[5 + i])
 end
 redis.call('SET', KEYS[1], string.format('%d', cur + n))
 redis.call('HSET', KEYS[3], 'token', ARGV[4], 'first', string.format('%d', cur + 1))
@@ -112,22 +116,27 @@ redis.call('EXPIRE', KEYS[3], 86400)
 return cur + 1
 """
 )
-# KEYS: counter, stream. ARGV: maxlen, engine, the highest id it has stored.
+# KEYS: counter, stream, the engine's liveness key. ARGV: maxlen, engine, the highest id
+# it has stored, liveness ms.
 STORED = (
     _CHECK
     + """
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
 local cur = redis.call('GET', KEYS[1])
 return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], cur .. '-*',
                   'e', ARGV[2], 's', ARGV[3])
 """
 )
-# KEYS: counter, stream, the engine's liveness key. ARGV: maxlen, engine.
+# KEYS: counter, stream, the engine's liveness key. ARGV: maxlen, engine, the newest id
+# of its batch the reader waited on (``u``: readers skip its unstored events up to there
+# only, never a batch it appended since, were it back).
 DROPPED = (
     _CHECK
     + """
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 local cur = redis.call('GET', KEYS[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], cur .. '-*', 'e', ARGV[2], 'x', '1')
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], cur .. '-*', 'e', ARGV[2], 'x', '1',
+           'u', ARGV[3])
 return 1
 """
 )
@@ -342,8 +351,20 @@ class RedisEventStream:
         stream; the first of their ids. ``token``: the same for a retry of one batch."""
         first = await self._again_if_lost(
             lambda: self._append(
-                keys=[self._counter, self._stream, self._last_append],
-                args=[max(floor, self.highest), self.maxlen, self.engine, token, *rests],
+                keys=[
+                    self._counter,
+                    self._stream,
+                    self._last_append,
+                    self._alive_key(self.engine),
+                ],
+                args=[
+                    max(floor, self.highest),
+                    self.maxlen,
+                    self.engine,
+                    token,
+                    int(ALIVE_FOR * 1000),
+                    *rests,
+                ],
             )
         )
         assert isinstance(first, int)
@@ -354,7 +375,8 @@ class RedisEventStream:
         """Tell every reader that this engine's events up to ``upto`` are in the database."""
         await self._again_if_lost(
             lambda: self._stored(
-                keys=[self._counter, self._stream], args=[self.maxlen, self.engine, upto]
+                keys=[self._counter, self._stream, self._alive_key(self.engine)],
+                args=[self.maxlen, self.engine, upto, int(ALIVE_FOR * 1000)],
             )
         )
 
@@ -455,8 +477,8 @@ class RedisEventStream:
             for held in self._held:
                 if held.engine == engine and held.id <= upto:
                     held.stored = True
-        elif b"x" in fields:  # its engine died: skip what it never stored
-            self._drop(engine)
+        elif b"x" in fields:  # its engine died: skip what it never stored (up to u)
+            self._drop(engine, upto=int(fields[b"u"]) if b"u" in fields else None)
 
     def _stuck(self) -> bool:
         """The first held event has waited long: not a batch whose marker is on its way
@@ -528,11 +550,16 @@ class RedisEventStream:
         if not self._held or min(now - self._head_since, now - self._asked_at) < SUSPECT_AFTER:
             return  # not held up long, or asked a moment ago
         engine = self._held[0].engine
+        upto = self._held[0].id  # the batch waited on: its ids follow on (one append)
+        for held in itertools.islice(self._held, 1, None):
+            if held.engine != engine or held.id != upto + 1:
+                break
+            upto = held.id
         self._asked_at = now
         await self._again_if_lost(
             lambda: self._dropped(
                 keys=[self._counter, self._stream, self._alive_key(engine)],
-                args=[self.maxlen, engine],
+                args=[self.maxlen, engine, upto],
             )
         )
 

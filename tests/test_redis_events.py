@@ -620,3 +620,36 @@ def test_safe_url_hides_every_password() -> None:
     assert "sekrit" not in safe_url("rediss://h/0?Password=sekrit")
     assert safe_url("unix:///run/redis.sock?db=2") == "unix:///run/redis.sock?db=2"
     assert safe_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+async def test_a_dropped_marker_never_drops_a_batch_appended_after_it_was_decided(
+    pair: tuple[Engine, Engine],
+) -> None:
+    """A reader found an engine's key gone while waiting on its batch; meanwhile the
+    engine came back, stored that batch and appended another. The appending refreshes its
+    key in the same step (the reader's check then finds it alive); and a marker decided
+    on the old batch skips only up to it: the new batch is still handed out once stored."""
+    a, b = pair
+    subs = [a.bus.subscribe(), b.bus.subscribe()]
+    body = '{"call_id":"c","type":"dtmf.received","digit":"1","at":0.0}'
+    back = RedisEventStream(a.shared.url, a.shared._stream.rsplit(":", 1)[0])
+    try:
+        old = await back.append([body], "t1", 0)
+        await back._redis.delete(back._alive_key(back.engine))  # its key times out...
+        await back.stored(old)  # ...it comes back and stores
+        assert await back._redis.exists(back._alive_key(back.engine)), "stored: alive"
+        await back._redis.delete(back._alive_key(back.engine))
+        new = await back.append([body], "t2", 0)
+        assert await back._redis.exists(back._alive_key(back.engine)), "appended: alive"
+        # the reader's marker for the old batch, had the key been gone at that moment
+        await back._redis.delete(back._alive_key(back.engine))
+        assert await a.shared._dropped(
+            keys=[a.shared._counter, a.shared._stream, a.shared._alive_key(back.engine)],
+            args=[a.shared.maxlen, back.engine, old],
+        )
+        await back.stored(new)
+        for sub in subs:
+            assert [e.id for e in await take(sub, 2)] == [old, new]
+        assert a.shared.dropped == b.shared.dropped == 0
+    finally:
+        await back._redis.aclose()
