@@ -17,8 +17,11 @@ engine whose key is gone appends a *dropped* marker for it (only if the key is s
 checked inside the script): the events before that marker are skipped by every reader,
 as they come in the same order to all. Those ids are never handed out again. An engine
 appends a new batch only once its last one is stored, so a reader waits on one batch an
-engine at most; one alive but unable to store for ``SUSPECT_AFTER`` s while more than
-``MAX_HELD`` events pile up behind it is skipped the same way, by each reader.
+engine at most; one alive but unable to store for ``STUCK_FOR`` s, or while more than
+``MAX_HELD`` events pile up behind it, is skipped the same way: a reader appends a
+*given-up* marker (whatever its liveness), so every reader skips the same events, at
+the same point of the stream. Skipped events stored after all are read from the
+database by a replay (``EventBus.skipped``).
 
 Event ids are contiguous in the stream (each number is one event), so a reader that
 finds a number missing (it fell more than the stream's length behind, or Redis lost its
@@ -76,6 +79,10 @@ APPEND_MAX = 1_000
 # it the reader skips that engine's unstored events, as if it had died (every reader at
 # the same point of the stream), and the others' go on.
 MAX_HELD = 20_000
+# seconds a reader waits behind an engine alive but not storing its batch before it has
+# every reader skip it: one engine's trouble (its own database connection) must not stall
+# every engine's streams for long
+STUCK_FOR = 30.0
 TIMEOUT = 5.0  # seconds for a Redis command (a read blocks BLOCK_MS on top)
 
 # The scripts' answer when the counter is gone (Redis restarted empty, or lost its data):
@@ -129,11 +136,11 @@ return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], cur .. '-*',
 )
 # KEYS: counter, stream, the engine's liveness key. ARGV: maxlen, engine, the newest id
 # of its batch the reader waited on (``u``: readers skip its unstored events up to there
-# only, never a batch it appended since, were it back).
+# only, never a batch it appended since, were it back), '1' to skip it though alive.
 DROPPED = (
     _CHECK
     + """
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if ARGV[4] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 local cur = redis.call('GET', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], cur .. '-*', 'e', ARGV[2], 'x', '1',
            'u', ARGV[3])
@@ -468,7 +475,9 @@ class RedisEventStream:
             held = _Held(number, fields[b"e"].decode(), fields[b"b"].decode(), gap_before=gap)
             self._held.append(held)
             self._note_head()
-            if len(self._held) > MAX_HELD and self._stuck():
+            if len(self._held) > 2 * MAX_HELD and self._stuck():
+                # the given-up marker could not be appended (see _suspect): bounded
+                # anyway, though then by this reader alone
                 self._give_up()
             return
         engine = fields[b"e"].decode()
@@ -508,8 +517,8 @@ class RedisEventStream:
             self._bus.skip(skipped)
         if lost := len(self._held) - len(kept):
             self.dropped += lost
-            log.warning("redis: engine %s stopped; %d of its events were never stored",
-                        engine, lost)  # fmt: skip
+            log.warning("redis: skipping %d events engine %s has not stored (gone, stuck "
+                        "or from before a reset)", lost, engine)  # fmt: skip
         self._held = kept
         self._note_head()
 
@@ -549,17 +558,25 @@ class RedisEventStream:
         now = time.monotonic()
         if not self._held or min(now - self._head_since, now - self._asked_at) < SUSPECT_AFTER:
             return  # not held up long, or asked a moment ago
-        engine = self._held[0].engine
-        upto = self._held[0].id  # the batch waited on: its ids follow on (one append)
+        head = self._held[0]
+        engine = head.engine
+        upto = head.id  # the batch waited on: its ids follow on (one append)
         for held in itertools.islice(self._held, 1, None):
             if held.engine != engine or held.id != upto + 1:
                 break
             upto = held.id
         self._asked_at = now
+        # alive but not storing, for long or with too much behind it: skipped anyway, by
+        # a marker every reader applies at the same point (not by each reader's clock)
+        stuck = len(self._held) > MAX_HELD or now - self._head_since >= STUCK_FOR
+        if stuck:
+            log.error("redis: %d events wait behind engine %s's event %d for %.0f s; "
+                      "having its batch skipped", len(self._held), engine, head.id,
+                      now - self._head_since)  # fmt: skip
         await self._again_if_lost(
             lambda: self._dropped(
                 keys=[self._counter, self._stream, self._alive_key(engine)],
-                args=[self.maxlen, engine, upto],
+                args=[self.maxlen, engine, upto, "1" if stuck else "0"],
             )
         )
 

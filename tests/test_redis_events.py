@@ -645,7 +645,7 @@ async def test_a_dropped_marker_never_drops_a_batch_appended_after_it_was_decide
         await back._redis.delete(back._alive_key(back.engine))
         assert await a.shared._dropped(
             keys=[a.shared._counter, a.shared._stream, a.shared._alive_key(back.engine)],
-            args=[a.shared.maxlen, back.engine, old],
+            args=[a.shared.maxlen, back.engine, old, "0"],
         )
         await back.stored(new)
         for sub in subs:
@@ -653,3 +653,33 @@ async def test_a_dropped_marker_never_drops_a_batch_appended_after_it_was_decide
         assert a.shared.dropped == b.shared.dropped == 0
     finally:
         await back._redis.aclose()
+
+
+async def test_an_engine_alive_but_not_storing_holds_readers_up_only_so_long(
+    pair: tuple[Engine, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine alive but unable to store used to stall every engine's streams until
+    MAX_HELD (20,000) events piled up behind it, and that give-up was each reader's own
+    decision. Past STUCK_FOR a reader appends a given-up marker: every reader skips the
+    same batch at the same point, and the others' events go on."""
+    monkeypatch.setattr(redisstream, "SUSPECT_AFTER", 0.2)
+    monkeypatch.setattr(redisstream, "STUCK_FOR", 0.8)
+    a, b = pair
+    subs = [a.bus.subscribe(), b.bus.subscribe()]
+    stuck = RedisEventStream(a.shared.url, a.shared._stream.rsplit(":", 1)[0])
+    await stuck._keep_alive_once()  # alive, and never storing
+    try:
+        body = '{"call_id":"c","type":"dtmf.received","digit":"1","at":0.0}'
+        skipped = await stuck.append([body, body], "t", 0)
+        after = b.bus.publish(dtmf("B", 1))
+        for sub in subs:
+            assert [e.id for e in await take(sub, 1, within=5)] == [after.id]
+        assert a.shared.dropped == b.shared.dropped == 2
+        assert a.bus.skipped == b.bus.skipped == {skipped, skipped + 1}
+        client = aioredis.Redis.from_url(a.shared.url)
+        async with client:
+            marks = [f for _i, f in await client.xrange(a.shared._stream) if b"x" in f]
+        assert marks and all(m[b"u"] == str(skipped + 1).encode() for m in marks)
+    finally:
+        await stuck._redis.delete(stuck._alive_key(stuck.engine))
+        await stuck._redis.aclose()
