@@ -22,7 +22,9 @@ from it instead of the reservation: a batch is numbered as it is appended to the
 before it is written, and ``publish`` leaves ids at 0 until then. Events reach
 subscribers from the stream's reader, which hands out every engine's events in one order
 once their engine has stored them. While Redis cannot be reached, events wait as they
-do for the database, numbered or not, and are tried again every second.
+do for the database, numbered or not, and are tried again every second; a backlog then
+goes one batch (``APPEND_MAX``) at a time, each appended, written and marked before the
+next is appended. Events still waiting at a stop with Redis away are lost (logged).
 """
 
 from __future__ import annotations

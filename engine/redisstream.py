@@ -14,8 +14,10 @@ An engine that dies between its append and its marker would hold every reader up
 each engine keeps a liveness key (refreshed every ``ALIVE_EVERY`` s, gone after
 ``ALIVE_FOR`` s or at a clean stop). A reader held up for ``SUSPECT_AFTER`` s by an
 engine whose key is gone appends a *dropped* marker for it (only if the key is still gone,
-checked inside the script): the events before that marker are skipped by every reader,
-as they come in the same order to all. Those ids are never handed out again. An engine
+checked inside the script; appending and marking refresh the key in the same step): that
+engine's unstored events up to the batch the reader waited on (the marker's ``u``) are
+skipped by every reader, as they come in the same order to all. Those ids are never
+handed out again. An engine
 appends a new batch only once its last one is stored, so a reader waits on one batch an
 engine at most; one alive but unable to store for ``STUCK_FOR`` s, or while more than
 ``MAX_HELD`` events pile up behind it, is skipped the same way: a reader appends a
@@ -27,19 +29,34 @@ Event ids are contiguous in the stream (each number is one event), so a reader t
 finds a number missing (it fell more than the stream's length behind, or Redis lost its
 data) knows it: it cuts its subscribers off (they resume by id, from the database) and
 starts its ring again. Appends carry a token, so an append retried after a lost reply
-is not made twice.
+is not made twice. An entry that cannot be read is logged and skipped (its number still
+counts); an event of a type this engine does not know (a newer engine's, in a rolling
+upgrade) is handed on as it came (``UnknownEvent``); and a reader that fails anyhow is
+started again: it never stops handing out events but at a stop.
+
+If Redis loses the counter (restarted empty), the scripts refuse to number or mark
+(``NO_COUNTER``) until an engine sets it again: to a high-water mark reserved in the
+database (above its highest id, the reserved sequence, and this engine's own), plus
+``LOSS_MARGIN`` for batches other engines had in flight in the lost stream; the event log
+keeps that mark ahead of the ids it writes, so even an emptied events table and an empty
+Redis never bring ids back. The reset names a new epoch: readers skip what they waited
+for from before it, and the jump in ids cuts their subscribers off to resume by id.
 
 At start the reader reads the stream's last ring-full of events into the ring, so a
 client resuming on any engine finds recent events in memory, older ones in the
 database; and the counter is raised to the database's highest id (and, on every
-append, to the highest this engine has seen), so ids never go back.
+append, to the highest this engine has seen), so ids never go back. On a Redis with no
+counter (the first start, or one that lost its data) the first ids are above the
+margin: ids do not start at 1.
 
 What it costs: an append, a database write and a marker before anyone sees an event
 (a few ms more than one engine alone), and each engine parses every engine's events.
 While Redis is away nothing is shown and events wait in each engine's memory (as for
 the database); an engine cut off from Redis for ``ALIVE_FOR`` s after appending a batch
 has that batch skipped by the others, though it is stored: clients live then miss it,
-clients resuming by id from before it get it from the database.
+clients resuming by id from before it get it from the database (replay looks up the
+ids the ring skipped). An engine stopping while Redis is away loses the events it still
+holds (no id can be had safely): it logs how many.
 """
 
 from __future__ import annotations
