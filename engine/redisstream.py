@@ -19,8 +19,9 @@ engine's unstored events up to the batch the reader waited on (the marker's ``u`
 skipped by every reader, as they come in the same order to all. Those ids are never
 handed out again. An engine
 appends a new batch only once its last one is stored, so a reader waits on one batch an
-engine at most; one alive but unable to store for ``STUCK_FOR`` s, or while more than
-``MAX_HELD`` events pile up behind it, is skipped the same way: a reader appends a
+engine at most; one alive but unable to store for ``STUCK_FOR`` s while others' stored
+events wait behind it, or while more than ``MAX_HELD`` events pile up behind it, is
+skipped the same way: a reader appends a
 *given-up* marker (whatever its liveness), so every reader skips the same events, at
 the same point of the stream. Skipped events stored after all are read from the
 database by a replay (``EventBus.skipped``).
@@ -96,9 +97,9 @@ APPEND_MAX = 1_000
 # it the reader skips that engine's unstored events, as if it had died (every reader at
 # the same point of the stream), and the others' go on.
 MAX_HELD = 20_000
-# seconds a reader waits behind an engine alive but not storing its batch before it has
-# every reader skip it: one engine's trouble (its own database connection) must not stall
-# every engine's streams for long
+# seconds a reader waits behind an engine alive but not storing its batch, while other
+# engines' stored events wait behind it, before it has every reader skip that batch: one
+# engine's trouble (its own database connection) must not stall every engine's streams
 STUCK_FOR = 30.0
 TIMEOUT = 5.0  # seconds for a Redis command (a read blocks BLOCK_MS on top)
 
@@ -277,6 +278,8 @@ class RedisEventStream:
         self._last_number = 0  # the newest event id read from the stream
         self._head_since = 0.0  # monotonic time the first held event began to wait
         self._head_id = 0  # which event that is
+        # monotonic time a stored event began to wait behind that one (None: none does)
+        self._blocked_since: float | None = None
         self._asked_at = 0.0  # when this reader last asked whether that engine lives
         self.highest = 0  # the newest event id this engine knows of (a floor for appends)
         self.dropped = 0  # events skipped: their engine died before storing them
@@ -544,6 +547,14 @@ class RedisEventStream:
         if self._held and self._held[0].id != self._head_id:
             self._head_id = self._held[0].id
             self._head_since = time.monotonic()
+            self._blocked_since = None
+        if not self._held:
+            self._blocked_since = None
+
+    def _note_blocked(self) -> None:
+        """Once a round of entries: whether stored events now wait behind the first."""
+        if self._blocked_since is None and any(held.stored for held in self._held):
+            self._blocked_since = time.monotonic()
 
     def _release(self, bus: EventBus) -> None:
         while self._held and self._held[0].stored:
@@ -568,6 +579,7 @@ class RedisEventStream:
                                 held.id, event.type, self.unknown)  # fmt: skip
             bus.deliver(event, body)
         self._note_head()
+        self._note_blocked()
 
     async def _suspect(self) -> None:
         """Held up too long by one engine's events: if that engine is gone, say so in the
@@ -583,9 +595,13 @@ class RedisEventStream:
                 break
             upto = held.id
         self._asked_at = now
-        # alive but not storing, for long or with too much behind it: skipped anyway, by
-        # a marker every reader applies at the same point (not by each reader's clock)
-        stuck = len(self._held) > MAX_HELD or now - self._head_since >= STUCK_FOR
+        # alive but not storing, for long while other engines' stored events wait behind
+        # it, or with too much behind it: skipped anyway, by a marker every reader
+        # applies at the same point (not by each reader's clock). Not when nothing
+        # stored waits: every engine is held up alike (the database is away) and its
+        # events go out live once it is back
+        blocked = self._blocked_since
+        stuck = len(self._held) > MAX_HELD or (blocked is not None and now - blocked >= STUCK_FOR)
         if stuck:
             log.error("redis: %d events wait behind engine %s's event %d for %.0f s; "
                       "having its batch skipped", len(self._held), engine, head.id,

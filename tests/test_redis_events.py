@@ -683,3 +683,28 @@ async def test_an_engine_alive_but_not_storing_holds_readers_up_only_so_long(
     finally:
         await stuck._redis.delete(stuck._alive_key(stuck.engine))
         await stuck._redis.aclose()
+
+
+async def test_no_batch_is_given_up_while_every_engine_waits_for_the_database(
+    pair: tuple[Engine, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database away for everyone holds every engine alike, and not for ever (each
+    has one batch out): past STUCK_FOR nothing is skipped, nor when it is back and one
+    engine stores before the other (STUCK_FOR counts from then), and every event goes
+    out live."""
+    monkeypatch.setattr(redisstream, "SUSPECT_AFTER", 0.2)
+    monkeypatch.setattr(redisstream, "STUCK_FOR", 3.0)  # > a write's retry after the lock
+    a, b = pair
+    sub = a.bus.subscribe()
+    blocker = sqlite3.connect(a.store.url.split(":///", 1)[1], isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # the database is away for both engines
+        published = [a.bus.publish(dtmf("A", 1)), b.bus.publish(dtmf("B", 1))]
+        await until(lambda: a.shared.held == 2)
+        await asyncio.sleep(3.5)  # longer than STUCK_FOR
+        blocker.execute("ROLLBACK")
+        got = [e.id for e in await take(sub, 2, within=20)]
+        assert sorted(got) == sorted(e.id for e in published)
+        assert a.shared.dropped == b.shared.dropped == 0
+    finally:
+        blocker.close()
