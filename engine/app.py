@@ -113,6 +113,10 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         metrics.shared_events.labels("held").set_function(lambda: shared.held)
         metrics.shared_events.labels("dropped").set_function(lambda: shared.dropped)
         metrics.shared_events.labels("restarts").set_function(lambda: shared.gaps)
+        metrics.shared_events.labels("unreadable").set_function(lambda: shared.bad)
+        metrics.shared_events.labels("unknown_type").set_function(lambda: shared.unknown)
+        metrics.shared_events.labels("reader_failures").set_function(lambda: shared.restarts)
+        metrics.shared_events.labels("counter_resets").set_function(lambda: shared.resets)
     gc_pauses = GcPauses(metrics.gc_pause)
     # mallinfo2 walks malloc's free lists: ~0.3 ms on a fragmented heap, once a scrape
     metrics.malloc_in_use.set_function(lambda: float(malloc.in_use() or math.nan))

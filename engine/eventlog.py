@@ -26,7 +26,9 @@ from it instead of the reservation: a batch is numbered as it is appended to the
 before it is written, and ``publish`` leaves ids at 0 until then. Events reach
 subscribers from the stream's reader, which hands out every engine's events in one order
 once their engine has stored them. While Redis cannot be reached, events wait as they
-do for the database, numbered or not, and are tried again every second.
+do for the database, numbered or not, and are tried again every second; a backlog then
+goes one batch (``APPEND_MAX``) at a time, each appended, written and marked before the
+next is appended. Events still waiting at a stop with Redis away are lost (logged).
 """
 
 from __future__ import annotations
@@ -43,7 +45,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.events import EventBase, EventBus, utcnow
-from engine.redisstream import APPEND_MAX, RedisEventStream, cancelled, with_id
+from engine.redisstream import (
+    APPEND_MAX,
+    LOSS_MARGIN,
+    RedisEventStream,
+    cancelled,
+    with_id,
+)
 from engine.store.db import Store
 from engine.store.models import DeliveryRow, EventRow, WebhookRow
 
@@ -88,6 +96,9 @@ class EventLog:
         self._block_end = 0  # the last id of the block the bus is numbering from
         self._next_block: tuple[int, int] | None = None  # reserved, not yet in use
         self._overran = False
+        # shared: the sequence's high-water mark, which Redis' ids go on from if it
+        # loses them (engine/redisstream.py)
+        self._reserved_to = 0
         self._hooks: list[WebhookRow] = []
         self.written_to = 0  # the newest id in the database
         self.on_deliveries: Callable[[], None] = lambda: None  # wakes the webhook sender
@@ -106,6 +117,7 @@ class EventLog:
             # ids come from the shared stream, whose counter never falls below ours
             self.bus.numbers_events = False
             self.written_to = self._marked = await self._highest_id()
+            self.shared.floor_after_loss = self._floor_after_loss
             await self.shared.start(self.bus, self.written_to)
         else:
             first, self._block_end = await self.store.reserve_event_ids(ID_BLOCK, self.bus.last_id)
@@ -116,6 +128,18 @@ class EventLog:
         self.bus.store_first = self._append
         self._task = asyncio.create_task(self._write_loop(), name="event-log")
         self._pruner = asyncio.create_task(self._prune_loop(), name="event-prune")
+
+    async def _floor_after_loss(self) -> int:
+        """Where the shared stream's ids go on after Redis lost its counter: above every
+        id handed out before (the database's, the high-water mark reserved in it as ids
+        were used, this engine's own) by more than every engine's batch in flight, which
+        may have been appended to the lost stream and not stored yet. Kept as the new
+        high-water mark: a second loss, even with the events table emptied (pruned),
+        goes on above it."""
+        assert self.shared is not None
+        known = max(self.written_to, self.shared.highest)
+        _first, self._reserved_to = await self.store.reserve_event_ids(LOSS_MARGIN, known)
+        return self._reserved_to
 
     async def _highest_id(self) -> int:
         async with self.store.session() as s:
@@ -182,17 +206,30 @@ class EventLog:
         """Write what is pending, then hand it to subscribers (or, with a shared stream,
         tell its readers it is stored: they hand it out)."""
         self._wake.clear()
+        if self.shared is not None:
+            await self._mark()  # a marker owed from the last round goes before any append
         batch, self._pending = self._pending, []
-        if self.shared is not None and batch and batch[0][0].id:
-            # numbered, then not stored (the database failed): written first and alone.
-            # New events are numbered only once those are stored, so the stream holds
-            # one unstored batch of ours at most, and readers wait on no more than that
-            numbered = sum(1 for row, _ in batch if row.id)
-            batch, self._pending = batch[:numbered], batch[numbered:] + self._pending
-            self._wake.set()
+        if self.shared is not None and batch:
+            # One batch appended, written and marked at a time, of APPEND_MAX events at
+            # most: the stream holds one unstored batch of ours at most, and readers
+            # wait on no more than that (a backlog appended whole before one write and
+            # one marker, after Redis was away, had readers give up on a healthy engine).
+            # A batch numbered, then not stored (the database failed) is written first
+            # and alone.
+            numbered = sum(1 for row, _ in batch if row.id) if batch[0][0].id else 0
+            cut = numbered or APPEND_MAX
+            if len(batch) > cut:
+                batch, self._pending = batch[:cut], batch[cut:]
+                self._wake.set()
         if batch:
             await self._write(batch)
-        if self.shared is not None and self._marked < self.written_to:
+        if self.shared is not None:
+            await self._mark()
+
+    async def _mark(self) -> None:
+        """Tell the shared stream's readers what this engine has stored."""
+        assert self.shared is not None
+        if self._marked < self.written_to:
             try:
                 await self.shared.stored(self.written_to)
             except BaseException:
@@ -258,13 +295,15 @@ class EventLog:
                 self.bus.deliver(event, row.body)
         if deliveries:
             self.on_deliveries()
-        if (
-            self.shared is None
-            and self._next_block is None
-            and self.bus.last_id >= self._block_end - ID_BLOCK // 2
-        ):
-            # above every id numbered so far, written or not (overran: past the block)
-            self._next_block = await self.store.reserve_event_ids(ID_BLOCK, self.bus.last_id)
+        if self.shared is None:
+            if self._next_block is None and self.bus.last_id >= self._block_end - ID_BLOCK // 2:
+                # above every id numbered so far, written or not (overran: past the block)
+                self._next_block = await self.store.reserve_event_ids(ID_BLOCK, self.bus.last_id)
+        elif self.written_to > self._reserved_to - ID_BLOCK // 2:
+            # the high-water mark Redis' ids go on from if it loses them
+            _first, self._reserved_to = await self.store.reserve_event_ids(
+                ID_BLOCK, self.written_to
+            )
 
     async def _prune_loop(self) -> None:
         while True:
@@ -288,8 +327,13 @@ class EventLog:
                 log.error("event log: %s did not stop", task.get_name())
         with contextlib.suppress(SQLAlchemyError, RedisError, OSError):
             await self.flush()
-            if self._pending:  # a retried batch goes alone (shared stream): the rest now
+            while self._pending:  # a shared stream's batches go one at a time
                 await self.flush()
+        if self._pending:
+            # Redis or the database failing at the stop: these events were never stored
+            # (nor numbered, or their ids were never stored: skipped by every reader)
+            log.error("event log: stopping with %d events not stored; they are lost",
+                      len(self._pending))  # fmt: skip
         if self.bus.store_first == self._append:
             self.bus.store_first = None
         if self.shared is not None:
@@ -310,5 +354,20 @@ class EventLog:
                 if len(rows) == PAGE:
                     continue
             break
-        for recent in self.bus.replay(call_id, last):
-            yield recent.id, recent.body
+        # the ring, and the ids within its reach it lacks because readers gave up on
+        # their engine's batch (dead or stuck): stored after all, they are in the database
+        recent = [(r.id, r.body) for r in self.bus.replay(call_id, last)]
+        if skipped := self.bus.skipped_after(last):
+            recent = sorted(recent + await self._stored_among(skipped, call_id))
+        for event_id, body in recent:
+            yield event_id, body
+
+    async def _stored_among(self, ids: list[int], call_id: str | None) -> list[tuple[int, str]]:
+        found = []
+        async with self.store.session() as s:
+            for at in range(0, len(ids), PAGE):
+                q = select(EventRow.id, EventRow.body).where(EventRow.id.in_(ids[at : at + PAGE]))
+                if call_id is not None:
+                    q = q.where(EventRow.call_id == call_id)
+                found += [(int(i), str(body)) for i, body in (await s.execute(q)).all()]
+        return found

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -392,6 +392,10 @@ class EventBus:
         # False: events are numbered later, by the log shared with other engines
         # (engine/redisstream.py), as it appends them; ``publish`` leaves ``id`` at 0
         self.numbers_events = True
+        # ids within the ring's reach that the ring lacks: a shared stream's readers gave
+        # up on their engine's batch, which may yet be stored (replay then reads them
+        # from the database). Only ids from the ring's oldest on are kept.
+        self.skipped: set[int] = set()
 
     @property
     def ring_size(self) -> int:
@@ -437,6 +441,22 @@ class EventBus:
         self.delivered_to = event_id - 1
         for sub in list(self._subs):
             sub.cut_off()
+
+    def skip(self, ids: Iterable[int]) -> None:
+        """These ids will not come (their engine's batch was given up): a replay looks
+        them up in the database, as they may have been stored after all."""
+        self.skipped.update(ids)
+        self._prune_skipped()
+
+    def skipped_after(self, after: int) -> list[int]:
+        """The skipped ids after ``after`` the ring would otherwise be trusted for."""
+        self._prune_skipped()
+        return sorted(i for i in self.skipped if i > after)
+
+    def _prune_skipped(self) -> None:
+        oldest = self.oldest_id  # what is older comes from the database anyway
+        if any(i < oldest for i in self.skipped):
+            self.skipped = {i for i in self.skipped if i >= oldest}
 
     def subscribe(self, call_id: str | None = None) -> Subscription:
         sub = Subscription(self, call_id)

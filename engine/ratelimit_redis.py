@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 TIMEOUT = 1.0  # seconds for a count: a request waits on it
 RETRY = 5.0  # seconds after a failure before Redis is tried again (requests don't wait)
+# connections to Redis at most: a burst of requests waits (up to TIMEOUT) for one rather
+# than open a connection each
+MAX_CONNECTIONS = 32
 
 
 def limits_uri(url: str) -> str:
@@ -42,8 +45,12 @@ def limits_uri(url: str) -> str:
 class RedisLimiter:
     def __init__(self, url: str, prefix: str = "ccengine") -> None:
         # our own pool, handed to limits: we can close it
-        self._pool = aioredis.ConnectionPool.from_url(
-            url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
+        self._pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            socket_timeout=TIMEOUT,
+            socket_connect_timeout=TIMEOUT,
+            max_connections=MAX_CONNECTIONS,
+            timeout=TIMEOUT,
         )
         storage = RedisStorage(
             limits_uri(url),
@@ -59,8 +66,12 @@ class RedisLimiter:
         self._retry_at = 0.0  # monotonic time to try Redis again
 
     async def take(self, client: str, per_minute: int) -> float:
-        if self.failing and time.monotonic() < self._retry_at:
-            return await self.fallback.take(client, per_minute)
+        if self.failing:
+            if time.monotonic() < self._retry_at:
+                return await self.fallback.take(client, per_minute)
+            # this request alone tries Redis again: the others go on counting here
+            # meanwhile, rather than each wait on a Redis that may hang
+            self._retry_at = time.monotonic() + RETRY + 2 * TIMEOUT
         item = RateLimitItemPerMinute(per_minute)
         try:
             if await self._window.hit(item, client):

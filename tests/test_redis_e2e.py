@@ -110,6 +110,9 @@ async def test_two_engines_stream_each_others_events_in_one_order(
             text = (await http.get("/metrics")).text
         assert 'ccengine_shared_events{what="held"} 0.0' in text
         assert 'ccengine_shared_events{what="restarts"} 0.0' in text
+        for what in ("unreadable", "unknown_type", "reader_failures"):
+            assert f'ccengine_shared_events{{what="{what}"}} 0.0' in text
+        assert 'ccengine_shared_events{what="counter_resets"}' in text
     finally:
         two.stop()
         one.stop()

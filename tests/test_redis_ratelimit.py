@@ -4,8 +4,12 @@ process, a client spreading its requests over two engines got twice its allowanc
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
+from engine import ratelimit_redis
 from engine.ratelimit_redis import RedisLimiter
 from tests.engine_proc import free_port
 from tests.redisd import RedisServer, prefix
@@ -37,3 +41,37 @@ async def test_rate_limits_go_on_in_each_engine_while_redis_is_away(
         assert sum("counting in this engine alone" in r.message for r in caplog.records) == 1
     finally:
         await limiter.close()
+
+
+async def test_one_request_alone_tries_a_failing_redis_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After RETRY, every concurrent request used to try Redis again: a Redis that hangs
+    then held each of them ~2 x TIMEOUT. One request tries it; the others count here."""
+    monkeypatch.setattr(ratelimit_redis, "TIMEOUT", 0.5)
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hang(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # answers nothing, ever
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    limiter = RedisLimiter(f"redis://127.0.0.1:{port}/0")
+    limiter.failing = True  # Redis failed a while ago: time to try it again
+    try:
+
+        async def timed() -> float:
+            start = time.monotonic()
+            await limiter.take("ip:1.2.3.4", 100)
+            return time.monotonic() - start
+
+        took = sorted(await asyncio.gather(*(timed() for _ in range(10))))
+        assert took[-1] >= 0.4, "one request tried the hanging Redis"
+        assert took[-2] < 0.2, "the others did not wait on it"
+        assert limiter.failing
+    finally:
+        await limiter.close()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
