@@ -69,6 +69,21 @@ def _xdist_share() -> tuple[int, int]:
     return 0, 1
 
 
+def end_process(
+    proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, grace: float = 10
+) -> None:
+    """Ask a service the test started to stop (``sig``), and kill it if it has not
+    within ``grace`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 _template: tuple[Path, str] | None = None
 
 
@@ -213,11 +228,5 @@ class EngineProcess:
             self._log_file = None
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        end_process(self.proc, signal.SIGINT, 20)
         self._close_log()

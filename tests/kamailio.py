@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO
 
-from tests.engine_proc import ROOT, free_port
+from tests.engine_proc import ROOT, end_process, free_port
 
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 CONFIG = ROOT / "deploy" / "kamailio" / "kamailio.cfg"
@@ -86,13 +86,7 @@ class Kamailio:
         raise RuntimeError(f"kamailio did not answer: {self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        end_process(self.proc)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

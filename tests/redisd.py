@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.engine_proc import free_port
+from tests.engine_proc import end_process, free_port
 
 REDIS_SERVER = "/usr/bin/redis-server"
 
@@ -56,13 +56,7 @@ class RedisServer:
         return self.log.read_text()[-2000:] if self.log.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        end_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
