@@ -34,7 +34,14 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.events import CallEnded, CallStateChanged, EventBus, as_utc, utcnow
+from engine.events import (
+    CallbackRequested,
+    CallEnded,
+    CallStateChanged,
+    EventBus,
+    as_utc,
+    utcnow,
+)
 from engine.store.db import Store
 from engine.store.models import EngineRow
 
@@ -153,16 +160,22 @@ class Recovery:
         dead = dead_owners(owners, engines, me=self.id, now=now, lease=self.lease, host=self.host)
         count = 0
         for owner, last_seen in dead.items():
-            for call_id, previous, created_at in await self.store.end_calls_of(
-                owner, last_seen, reason
-            ):
-                lasted = round(max(0.0, (last_seen - as_utc(created_at)).total_seconds()), 3)
+            for cut in await self.store.end_calls_of(owner, last_seen, reason):
+                call_id = cut.call_id
+                lasted = round(max(0.0, (last_seen - as_utc(cut.created_at)).total_seconds()), 3)
                 self.bus.publish(
                     CallStateChanged(
-                        call_id=call_id, state="ended", previous=previous, reason=reason
+                        call_id=call_id, state="ended", previous=cut.previous, reason=reason
                     )
                 )
                 self.bus.publish(CallEnded(call_id=call_id, reason=reason, duration=lasted))
+                if (cb := cut.callback) is not None:  # on the agents' callback list now
+                    self.bus.publish(
+                        CallbackRequested(
+                            call_id=call_id, callback_id=cb.id, queue=cb.queue,
+                            caller=cb.caller, contact=cb.contact, summary=cb.summary,
+                        )
+                    )  # fmt: skip
                 count += 1
         if count:
             log.warning("ended %d calls left open by %d engines that stopped running: %s",

@@ -214,6 +214,45 @@ async def test_a_restart_publishes_the_end_of_the_calls_a_crash_cut_off(db_url: 
     assert sorted(d.event_id for d in deliveries) == sorted(e["id"] for e in ended.values())
 
 
+async def test_phone_callers_a_dead_engine_cut_off_are_offered_a_callback(db_url: str) -> None:
+    """A node killed mid-call left its phone callers to dial again (and wait in line
+    again). The survivor that ends those calls now puts each caller it can reach (a
+    phone number) on the agents' callback list, with what the call had said so far,
+    and publishes it; in-app callers and named SIP users get none."""
+    store = await open_store(db_url)
+    now = utcnow()
+    dead = EngineRow(
+        id="dead", host="another-host", pid=dead_pid(),
+        started_at=now - timedelta(minutes=5), heartbeat_at=now - timedelta(seconds=31),
+    )  # fmt: skip
+    await store.beat(dead)
+    phone = call_row("phone", "queued", "dead", now)
+    phone.channel, phone.caller, phone.queue = "sip", "+15550001234", "billing"
+    phone.summary, phone.priority = "Caller was charged twice.", 3
+    desk = call_row("desk", "active", "dead", now)
+    desk.channel, desk.caller = "sip", "deskphone7"
+    await store.add(phone, desk, call_row("in-app", "active", "dead", now))
+    bus = EventBus()
+    sub = bus.subscribe()
+    survivor = Recovery(store, bus, lease=30)
+    try:
+        await survivor.start()
+        assert await survivor.recover(LOST) == 0  # the start ended them (restart)
+        [callback] = await store.callbacks("pending")
+    finally:
+        await survivor.stop()
+        await store.close()
+    assert (callback.call_id, callback.contact, callback.queue) == (
+        "phone",
+        "+15550001234",
+        "billing",
+    )
+    assert callback.summary == "Caller was charged twice." and callback.priority == 3
+    published = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+    requested = [e for e in published if getattr(e, "type", "") == "callback.requested"]
+    assert [(e.call_id, e.callback_id) for e in requested] == [("phone", callback.id)]
+
+
 async def test_a_second_engine_leaves_a_live_engines_calls_alone(db_url: str) -> None:
     """A second engine started on the same database marked the first engine's live calls
     ended. Calls belong to the engine running them: they are ended only once it is dead

@@ -9,6 +9,7 @@ import math
 import re
 import sqlite3
 import threading
+import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -48,6 +49,19 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 HERE = Path(__file__).parent
+
+
+# a caller id that can be dialled back: digits, maybe a leading +
+PHONE_NUMBER = re.compile(r"\+?[0-9]{3,20}")
+
+
+class CutOff(NamedTuple):
+    """A call a dead engine left open, as a survivor ended it."""
+
+    call_id: str
+    previous: str  # the state it was in
+    created_at: datetime
+    callback: CallbackRow | None  # offered to its caller, if they can be called back
 
 
 class CallRecord(NamedTuple):
@@ -302,32 +316,41 @@ class Store:
 
     async def end_calls_of(
         self, engine_id: str | None, when: datetime, reason: str
-    ) -> list[tuple[str, str, datetime]]:
+    ) -> list[CutOff]:
         """End the open calls of a dead engine (None: of no engine), keeping their data,
-        and forget the engine; (call id, state it was in, created at) of each call this
-        ended. A call another engine ended meanwhile is left out: one end per call."""
+        and forget the engine; what each call this ended was, with the callback it was
+        given when its caller can be called back (a phone number). A call another engine
+        ended meanwhile is left out: one end per call."""
         owner = CallRow.engine_id.is_(None) if engine_id is None else CallRow.engine_id == engine_id
-        ended: list[tuple[str, str, datetime]] = []
+        ended: list[CutOff] = []
         async with self.writing() as s:
-            rows = (
-                await s.execute(
-                    select(CallRow.id, CallRow.state, CallRow.created_at).where(
-                        owner, CallRow.state != "ended"
-                    )
-                )
-            ).all()
-            for call_id, state, created_at in rows:
+            rows = (await s.scalars(select(CallRow).where(owner, CallRow.state != "ended"))).all()
+            for call in rows:
+                call_id, state, created_at = call.id, call.state, call.created_at
                 result = await s.execute(
                     update(CallRow)
                     .where(CallRow.id == call_id, CallRow.state != "ended")
                     .values(state="ended", ended_at=when, end_reason=reason)
                 )
-                if getattr(result, "rowcount", 0):
-                    ended.append((call_id, state, created_at))
+                if not getattr(result, "rowcount", 0):
+                    continue
+                callback = None
+                if call.channel == "sip" and PHONE_NUMBER.fullmatch(call.caller or ""):
+                    # cut off mid-call: the caller is called back, not left to dial again
+                    callback = CallbackRow(
+                        id=str(uuid.uuid4()), call_id=call_id, caller=call.caller,
+                        contact=call.caller, queue=call.queue or "", priority=call.priority,
+                        summary=call.summary, status="pending", requested_at=when,
+                        escalation_reason=f"the call was cut off ({reason})",
+                    )  # fmt: skip
+                    s.add(callback)
+                ended.append(CutOff(call_id, state, created_at, callback))
             if ended:
                 await s.execute(
                     update(LegRow)
-                    .where(LegRow.call_id.in_([c for c, _, _ in ended]), LegRow.ended_at.is_(None))
+                    .where(
+                        LegRow.call_id.in_([c.call_id for c in ended]), LegRow.ended_at.is_(None)
+                    )
                     .values(ended_at=when)
                 )
             if engine_id is not None:
