@@ -205,6 +205,7 @@ class CallManager:
         # calls admitted and still being set up, an await or two from ``calls``: they
         # hold their slot from admission on, so offers arriving meanwhile see it
         self._setting_up: set[str] = set()
+        self._queue_changes = asyncio.Lock()  # see load_queue_changes
         # in-app offers waiting for their first audio, capped (engine/offers.py)
         self.offers = PendingOffers(
             settings.max_pending_offers_per_address,
@@ -267,20 +268,25 @@ class CallManager:
         return self.routing.acd
 
     async def load_queue_changes(self) -> None:
-        """Queues changed through the API win over the queues file."""
-        self.routing.load_overrides(await self.store.overrides(QUEUE))
+        """Queues changed through the API win over the queues file; also when another
+        engine changed them (engine/changes.py): one at a time with a change made here,
+        whose save an older read would otherwise undo."""
+        async with self._queue_changes:
+            self.routing.load_overrides(await self.store.overrides(QUEUE))
 
     async def set_queue(self, user: Actor, config: QueueConfig) -> None:
         self._supervisor(user)
-        self.routing.set_queue(config)
-        await self.store.save_override(
-            QUEUE, config.name, config.model_dump(), user.username, utcnow()
-        )
+        async with self._queue_changes:
+            self.routing.set_queue(config)
+            await self.store.save_override(
+                QUEUE, config.name, config.model_dump(), user.username, utcnow()
+            )
 
     async def remove_queue(self, user: Actor, name: str) -> None:
         self._supervisor(user)
-        self.routing.remove_queue(name)
-        await self.store.save_override(QUEUE, name, None, user.username, utcnow())
+        async with self._queue_changes:
+            self.routing.remove_queue(name)
+            await self.store.save_override(QUEUE, name, None, user.username, utcnow())
 
     @staticmethod
     def _supervisor(user: Actor) -> None:

@@ -29,11 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ Kind = Literal["webhooks", "content", "queues"]
 KINDS: tuple[Kind, ...] = ("webhooks", "content", "queues")
 BACKSTOP = 60.0  # s between reloads of everything, for a message missed while away
 RETRY = 2.0  # s before listening again after Redis went away
+TIMEOUT = 2.0  # s a Redis command may take
+GATHER = 0.2  # s announcements are gathered for one reload of each kind they name
 
 
 class Changes:
@@ -54,7 +58,18 @@ class Changes:
         prefix: str = "ccengine",
     ) -> None:
         self._reload = reload
-        self._redis: Redis | None = Redis.from_url(redis_url) if redis_url else None
+        # as engine/redisstream.py's: a Redis that stops answering must not hold an API
+        # request (the change is stored already) nor leave a dead subscription unnoticed
+        self._redis: Redis | None = (
+            Redis.from_url(
+                redis_url,
+                socket_timeout=TIMEOUT,
+                socket_connect_timeout=TIMEOUT,
+                health_check_interval=30,
+            )  # fmt: skip
+            if redis_url
+            else None
+        )
         self.channel = f"{prefix}:changed"
         self.origin = uuid.uuid4().hex  # this engine's own messages are not reloaded
         self._task: asyncio.Task[None] | None = None
@@ -68,8 +83,9 @@ class Changes:
         if self._redis is None:
             return
         try:
-            await self._redis.publish(self.channel, f"{kind} {self.origin}")
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(TIMEOUT):
+                await self._redis.publish(self.channel, f"{kind} {self.origin}")
+        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
             log.warning("could not tell other engines that %s changed: %s", kind, exc)
 
     def start(self) -> None:
@@ -79,10 +95,11 @@ class Changes:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         if self._redis is not None:
-            await self._redis.aclose()
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.aclose()
 
     async def _reload_kinds(self, kinds: tuple[Kind, ...]) -> None:
         for kind in kinds:
@@ -101,23 +118,52 @@ class Changes:
                     self.listening.set()
                     # whatever changed while this engine was not listening
                     await self._reload_kinds(KINDS)
-                    while True:
-                        message = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=BACKSTOP
-                        )
-                        if message is None:
-                            await self._reload_kinds(KINDS)
-                            continue
-                        data = message.get("data")
-                        text = data.decode() if isinstance(data, bytes) else str(data)
-                        kind, _, origin = text.partition(" ")
-                        if origin == self.origin:
-                            continue  # made here: applied already
-                        if kind in KINDS:
-                            await self._reload_kinds((kind,))
-                        else:
-                            log.warning("unknown configuration change %r ignored", kind)
+                    await self._follow(pubsub)
+            except asyncio.CancelledError:
+                raise
             except (RedisError, OSError) as exc:
-                self.listening.clear()
                 log.warning("configuration changes: Redis away (%s); listening again", exc)
-                await asyncio.sleep(RETRY)
+            except Exception:  # never a silent end: the next subscription reloads all
+                log.exception("configuration changes: listener failed; listening again")
+            self.listening.clear()
+            await asyncio.sleep(RETRY)
+
+    async def _follow(self, pubsub: PubSub) -> None:
+        """Reload what the other engines announce, gathered: a burst of announcements
+        (a bulk import of articles) is one reload of each kind it names, not one each
+        (an article reload rebuilds the whole search index). Everything is reloaded
+        every ``BACKSTOP`` seconds by the clock, however busy the channel."""
+        backstop = time.monotonic() + BACKSTOP
+        while True:
+            kinds: set[Kind] = set()
+            gather_until: float | None = None
+            while True:
+                deadline = backstop if gather_until is None else min(backstop, gather_until)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+                if message is None or message.get("type") != "message":
+                    continue
+                kind = self._kind(message.get("data"))
+                if kind is not None:
+                    kinds.add(kind)
+                    if gather_until is None:
+                        gather_until = time.monotonic() + GATHER
+            if time.monotonic() >= backstop:
+                await self._reload_kinds(KINDS)
+                backstop = time.monotonic() + BACKSTOP
+            else:
+                await self._reload_kinds(tuple(k for k in KINDS if k in kinds))
+
+    def _kind(self, data: object) -> Kind | None:
+        """The kind an announcement names; None for this engine's own, or garbage."""
+        text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+        kind, _, origin = text.partition(" ")
+        if origin == self.origin:
+            return None  # made here: applied already
+        for known in KINDS:
+            if kind == known:
+                return known
+        log.warning("unknown configuration change %r ignored", text[:80])
+        return None

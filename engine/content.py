@@ -11,6 +11,7 @@ call's next suggestion.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -39,17 +40,22 @@ class Content:
         self.rules: list[Rule] = list(self._file_rules)
         self.knowledge = KnowledgeBase(self._file_articles)
         self._loaded = False
+        # a reload (another engine's change, engine/changes.py) reads the database while
+        # this engine may be saving its own: one at a time, or the reload's older read
+        # would undo the save here until the next one
+        self._lock = asyncio.Lock()
 
     async def load(self) -> None:
         """The changes kept in the database, at start and when another engine made one
         (engine/changes.py); a kind is rebuilt only if its changes differ (the articles'
         search index is rebuilt whole)."""
-        for kind in (RULE, ARTICLE):
-            changes = {row.name: row.config for row in await self.store.overrides(kind)}
-            if changes != self._changes[kind] or not self._loaded:
-                self._changes[kind] = changes
-                self._rebuild(kind)
-        self._loaded = True
+        async with self._lock:
+            for kind in (RULE, ARTICLE):
+                changes = {row.name: row.config for row in await self.store.overrides(kind)}
+                if changes != self._changes[kind] or not self._loaded:
+                    self._changes[kind] = changes
+                    self._rebuild(kind)
+            self._loaded = True
 
     def _rebuild(self, kind: str) -> None:
         changes = self._changes[kind]
@@ -76,9 +82,10 @@ class Content:
             self.knowledge = KnowledgeBase(list(articles.values()))
 
     async def _save(self, kind: str, name: str, config: dict[str, Any] | None, by: str) -> None:
-        await self.store.save_override(kind, name, config, by, utcnow())
-        self._changes[kind][name] = config
-        self._rebuild(kind)
+        async with self._lock:
+            await self.store.save_override(kind, name, config, by, utcnow())
+            self._changes[kind][name] = config
+            self._rebuild(kind)
         log.info("%s %s %s by %s", kind, name, "removed" if config is None else "saved", by)
 
     async def put_rule(self, rule: Rule, by: str) -> None:

@@ -611,8 +611,9 @@ def test_throttle_tables_are_bounded() -> None:
 def test_guessing_behind_the_edge_locks_out_that_phone_not_the_edge() -> None:
     """Behind the SIP edge every REGISTER comes from the edge's address: ten wrong
     answers from one phone locked that address out, and with it every phone behind the
-    edge. Failures now count against the address the edge says the phone sent from (the
-    bottom Via's received, RFC 3261 §18.2.1)."""
+    edge. Failures now count against the address the edge says the phone sent from (its
+    X-Ccengine-Source header), and never against an address the phone wrote itself in
+    its Vias."""
     ep = SipEndpoint("203.0.113.1", 5060, Admission(trunks=["198.51.100.7"], passwords={
         "alice": "wonderland", "bob": "builder"}.get))  # fmt: skip
 
@@ -620,7 +621,8 @@ def test_guessing_behind_the_edge_locks_out_that_phone_not_the_edge() -> None:
         return (
             f"REGISTER sip:engine.example SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKedge{user}{n}\r\n"
-            f"Via: SIP/2.0/UDP 10.0.0.9:5062;received={phone};branch=z9hG4bK{user}{n}\r\n"
+            f"Via: SIP/2.0/UDP {phone}:5062;received=6.6.6.{n};branch=z9hG4bK{user}{n}\r\n"
+            f"X-Ccengine-Source: {phone}\r\n"
             f"From: <sip:{user}@engine.example>;tag=t{n}\r\nTo: <sip:{user}@engine.example>\r\n"
             f"Call-ID: reg-{user}@{phone}\r\nCSeq: {n} REGISTER\r\n"
             f"Contact: <sip:{user}@{phone}:5062>\r\nExpires: 600\r\nMax-Forwards: 69\r\n"

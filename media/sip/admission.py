@@ -65,7 +65,7 @@ class Gate:
             # through a trusted proxy (the SIP edge): failures count against the phone's
             # own address, not the proxy's, or one phone guessing wrong would lock out
             # every phone behind the edge
-            host = sm.origin_host(req) or host
+            host = sm.forwarded_source(req) or host
         claimed = claimed_user(authorization)
         # only answers are throttled (a bare request just gets its challenge), and
         # before the password is checked: a locked-out guess learns nothing

@@ -13,6 +13,7 @@ Pure code over bytes: no sockets, no clocks.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import secrets
@@ -258,24 +259,20 @@ def branch(msg: SipMessage) -> str:
     )
 
 
-def origin_host(msg: SipMessage) -> str | None:
-    """Where the request first came from: the bottom Via's ``received`` address, else its
-    host. Each proxy adds ``received`` to the Via below its own when that host is not
-    where the request came from (RFC 3261 §18.2.1), so behind a trusted proxy this is the
-    phone's real address, not the proxy's. None if there is no readable Via."""
-    vias = [v.strip() for value in msg.headers.get("via") for v in value.split(",")]
-    if not vias:
+SOURCE_HEADER = "X-Ccengine-Source"
+
+
+def forwarded_source(msg: SipMessage) -> str | None:
+    """The address a trusted proxy says the request came from (``X-Ccengine-Source``,
+    which deploy/kamailio/kamailio.cfg sets to the sender's address after removing any
+    copy the sender wrote), if it is an IP address. Not the Vias: below the proxy's own
+    Via every one is the sender's to write, ``received`` included. Only believed of a
+    request from a trusted proxy: anyone else could name any address."""
+    value = (msg.headers.get_first(SOURCE_HEADER.lower()) or "").strip()
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
         return None
-    m = _VIA.match(vias[-1])
-    if m is None:
-        return None
-    received = re.search(r";\s*received\s*=\s*([^;\s]+)", m.group(3), re.I)
-    if received:
-        return received.group(1)
-    sent_by = m.group(2)
-    if sent_by.startswith("["):  # [IPv6]:port
-        return sent_by[1:].split("]", 1)[0]
-    return sent_by.rsplit(":", 1)[0] if sent_by.count(":") == 1 else sent_by
 
 
 def cseq(msg: SipMessage) -> tuple[int, str]:
