@@ -49,7 +49,6 @@ bench: sysdeps $(VENV)/.installed-test
 	$(PY) -m bench.escalation --parallel 1 8
 	$(PY) -m bench.sip --n 1
 	$(PY) -m bench.developer
-	$(PY) -m bench.shared_events
 	$(PY) -m bench.gcpause
 	$(PY) -m bench.emotion_cost
 	$(PY) -m bench.cluster

@@ -10,19 +10,23 @@ at each rate for ten seconds, in one run and on the same machine:
     edge, 2      through Kamailio to two engines, spread by Call-ID
 
 A rate is sustained when every call succeeds and the p95 time from INVITE to 200 OK
-stays under one second. All processes share this machine's cores: two engines on one
-2-core box show what the edge costs and that it spreads, not what two machines would
-take.
+stays under one second. Then the event bus, in the same run (bench/shared_events.py):
+publish-to-subscriber latency and throughput in-process against Redis shared by two
+engines. Not yet measured: a cross-node agent offer (offers do not cross nodes yet).
+All processes share this machine's cores: two engines on one 2-core box show what the
+edge costs and that it spreads, not what two machines would take.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import tempfile
 import time
 from pathlib import Path
 
+from bench import shared_events
 from bench.calls import OUT
 from bench.sip import SHORT_CALL, setup_rate
 from tests import sipp
@@ -93,7 +97,9 @@ def main() -> None:
             for e in (a, b):
                 if e is not None:
                     e.stop()
-    result = table(rows)
+    bus = asyncio.run(shared_events.measure(5_000, 200.0, 5.0))
+    result = table(rows) + "\n\n| event bus | publish -> subscriber | throughput |\n|---|---|---|\n"
+    result += "\n".join(f"| {name} | {lat} | {thr} |" for name, lat, thr in bus)
     header = f"Call setups through the SIP edge, {os.cpu_count()} CPUs, one machine\n\n"
     (OUT / "cluster.md").write_text(header + result + "\n")
     print()

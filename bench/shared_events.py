@@ -98,12 +98,10 @@ async def throughput(running: list[tuple[Store, EventLog]], n: int) -> str:
     return f"{n} events to {len(subs)} subscriber(s) in {took:.2f} s: {n / took:,.0f} a second"
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=5_000)
-    parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    args = parser.parse_args()
+async def measure(events: int, rate: float, seconds: float) -> list[tuple[str, str, str]]:
+    """(bus, publish->subscriber latency, throughput) for the in-process bus and for
+    Redis shared by two engines, in one run (bench/cluster.py prints them too)."""
+    rows = []
     server = RedisServer().start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -111,12 +109,24 @@ async def main() -> None:
                                  ("redis, 2 engines", server.url, 2)):  # fmt: skip
                 running = await engines(Path(tmp) / f"{n}.db", url, prefix(), n)
                 try:
-                    print(f"{name}: latency: {await latency(running, args.rate, args.seconds)}")
-                    print(f"{name}: throughput: {await throughput(running, args.events)}")
+                    lat = await latency(running, rate, seconds)
+                    rows.append((name, lat, await throughput(running, events)))
                 finally:
                     await stop(running)
     finally:
         server.stop()
+    return rows
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=5_000)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    for name, lat, thr in await measure(args.events, args.rate, args.seconds):
+        print(f"{name}: latency: {lat}")
+        print(f"{name}: throughput: {thr}")
 
 
 if __name__ == "__main__":
