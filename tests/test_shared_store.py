@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
 import pytest
@@ -143,15 +143,6 @@ async def wait_for(receiver: Receiver, count: int, within: float) -> None:
     while len(receiver.got) < count:
         assert time.monotonic() < deadline, f"{len(receiver.got)} of {count} deliveries came"
         await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 async def test_two_engines_send_each_delivery_exactly_once(db_url: str, receiver: Receiver) -> None:
