@@ -156,6 +156,9 @@ Action = Offer | OfferExpired | PresenceChanged | MaxWaitReached
 class Acd:
     def __init__(self, queues: list[QueueConfig], offer_timeout: float = 20.0) -> None:
         self.queues = {q.name: q for q in queues}
+        # queues removed (on another engine) while callers wait in them here: they take
+        # no new callers, and go once the last one has left the line
+        self.closing: dict[str, QueueConfig] = {}
         self.offer_timeout = offer_timeout
         self.agents: dict[str, Agent] = {}
         self.waiting: dict[str, Waiting] = {}
@@ -166,7 +169,29 @@ class Acd:
 
     def set_queue(self, config: QueueConfig) -> None:
         """Add a queue or change one; calls already waiting keep their priority."""
+        self.closing.pop(config.name, None)
         self.queues[config.name] = config
+
+    def close_queue(self, name: str) -> None:
+        """A queue removed elsewhere: gone now if nobody waits in it, else closed to new
+        callers until the last of them leaves the line. Unlike ``remove_queue`` it
+        cannot be refused: the removal has happened (engine/routing.py puts the default
+        queue in if it was the last)."""
+        config = self.queues.get(name)
+        if config is None:
+            return
+        del self.queues[name]
+        if any(w.queue == name for w in self.waiting.values()):
+            self.closing[name] = config
+
+    def _config(self, queue: str) -> QueueConfig:
+        return self.queues.get(queue) or self.closing[queue]
+
+    def _left(self, w: Waiting | None) -> None:
+        """A call left the line: a closing queue it was the last caller of goes."""
+        if w is not None and w.queue in self.closing:
+            if not any(o.queue == w.queue for o in self.waiting.values()):
+                del self.closing[w.queue]
 
     def remove_queue(self, name: str) -> None:
         if name not in self.queues:
@@ -250,6 +275,7 @@ class Acd:
     def remove(self, call_id: str, now: float) -> list[Action]:
         """The caller hung up or chose a callback: leave the line, free a ringing agent."""
         w = self.waiting.pop(call_id, None)
+        self._left(w)
         out: list[Action] = []
         if w is not None and w.offered_to is not None:
             agent = self.agents[w.offered_to]
@@ -269,7 +295,7 @@ class Acd:
         agent = self.ringing(agent_id, call_id)
         agent.offered = None
         self._offers.pop(call_id, None)
-        self.waiting.pop(call_id, None)
+        self._left(self.waiting.pop(call_id, None))
         return [self._move(agent, "accept", now)]
 
     def decline(self, agent_id: str, call_id: str, now: float) -> list[Action]:
@@ -322,7 +348,7 @@ class Acd:
     def next_timer(self) -> float | None:
         times = [exp for _, exp in self._offers.values()]
         times += [
-            w.enqueued_at + self.queues[w.queue].max_wait
+            w.enqueued_at + self._config(w.queue).max_wait
             for w in self.waiting.values()
             if not w.max_wait_signalled
         ]
@@ -337,7 +363,7 @@ class Acd:
                 out.append(OfferExpired(agent_id, call_id))
                 out.append(self._move(agent, "no_answer", now))
         for w in self.waiting.values():
-            if not w.max_wait_signalled and now - w.enqueued_at >= self.queues[w.queue].max_wait:
+            if not w.max_wait_signalled and now - w.enqueued_at >= self._config(w.queue).max_wait:
                 w.max_wait_signalled = True
                 out.append(MaxWaitReached(w.call_id, w.queue))
         return out + self.dispatch(now)

@@ -308,7 +308,7 @@ class RedisEventStream:
             await self._redis.ping()
             counter = int(await self._raise(keys=[self._counter], args=[floor]))
             if counter < 0:  # first start on this Redis, or it lost its data
-                counter = await self._reset()
+                counter = await self._reset(starting=True)
             self._epoch = cast(bytes | None, await self._redis.get(self._epoch_key))
             await self._keep_alive_once()
             # from as far back as the ring holds: older events are the database's
@@ -347,9 +347,10 @@ class RedisEventStream:
             waiting = self._held[0].id - 1 if self._held else floor
             bus.delivered_to = min(floor, waiting)
 
-    async def _reset(self) -> int:
+    async def _reset(self, *, starting: bool = False) -> int:
         """Set the lost counter above every id that may have been handed out; the
-        counter."""
+        counter. ``starting``: found missing as this engine starts, which is what a new
+        Redis looks like too; not a loss worth a warning (nor the resets metric) then."""
         if self.floor_after_loss is not None:
             floor = await self.floor_after_loss()
         else:
@@ -358,9 +359,13 @@ class RedisEventStream:
         counter = int(
             await self._reset_script(keys=[self._counter, self._epoch_key], args=[floor, new_epoch])
         )
-        self.resets += 1
-        log.warning("redis: the event counter was gone (Redis lost its data?); ids go on "
-                    "from %d", counter + 1)  # fmt: skip
+        if starting:
+            log.info("redis: no event counter yet (a new Redis, or one that lost its "
+                     "data); event ids go on from %d", counter + 1)  # fmt: skip
+        else:
+            self.resets += 1
+            log.warning("redis: the event counter was gone (Redis lost its data?); ids go "
+                        "on from %d", counter + 1)  # fmt: skip
         return counter
 
     async def _again_if_lost(self, script: Callable[[], Awaitable[object]]) -> object:

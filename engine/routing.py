@@ -157,13 +157,12 @@ class Routing:
         """Queues changed through the API win over the queues file (``config`` None:
         removed)."""
         for row in rows:
-            if row.config is None:
-                if any(w.queue == row.name for w in self.acd.waiting.values()):
-                    # removed on another engine while callers wait in it here: it goes
-                    # at a later reload, once they are gone (engine/changes.py)
-                    log.warning("queue %s removed elsewhere: kept while calls wait", row.name)
-                    continue
-                self.acd.queues.pop(row.name, None)
+            if row.config is None:  # removed
+                if row.name in self.acd.queues:
+                    self.acd.close_queue(row.name)  # its callers here are still served
+                    if row.name in self.acd.closing:
+                        log.info("queue %s removed elsewhere: closed to new callers, "
+                                 "gone once those waiting here are served", row.name)  # fmt: skip
                 continue
             try:
                 self.acd.set_queue(QueueConfig.model_validate(row.config))

@@ -228,3 +228,28 @@ def test_queues_change_at_run_time(tmp_path: Path) -> None:
     path = tmp_path / "queues.yaml"
     path.write_text("queues:\n  - name: vip\n    priority: 5\n    max_wait: 30\n")
     assert load_queues(path) == [QueueConfig(name="vip", priority=5, max_wait=30)]
+
+
+def test_a_queue_removed_elsewhere_serves_its_callers_but_takes_no_new_ones() -> None:
+    acd = Acd([QueueConfig(name="general"), QueueConfig(name="billing", max_wait=60)])
+    acd.enqueue("c1", "billing", 0)
+    acd.enqueue("c2", "billing", 1)
+    acd.close_queue("billing")  # another engine removed it while two callers wait here
+    assert "billing" not in acd.queues, "new callers are not put in it"
+    with pytest.raises(AcdError, match="unknown queue"):
+        acd.enqueue("c3", "billing", 2)
+    assert acd.next_timer() == 60, "the callers in it still get their callback offer"
+    assert [a.call_id for a in acd.tick(61) if isinstance(a, MaxWaitReached)] == ["c1", "c2"]
+    staffed(acd, ("ann", set(), 0))
+    assert acd.agents["ann"].offered == "c1", "and still reach an agent"
+    acd.accept("ann", "c1", 63)
+    assert "billing" in acd.closing, "one caller still waits in it"
+    acd.remove("c2", 64)
+    assert "billing" not in acd.closing and "billing" not in acd.queues
+    acd.close_queue("general")  # not waited in: gone at once
+    assert acd.queues == {} and acd.closing == {}
+    acd.set_queue(QueueConfig(name="billing"))
+    acd.enqueue("c4", "billing", 65)
+    acd.close_queue("billing")
+    acd.set_queue(QueueConfig(name="billing"))  # put back before its last caller left
+    assert "billing" in acd.queues and acd.closing == {}

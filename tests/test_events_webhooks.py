@@ -125,7 +125,8 @@ def verified(secret: str, headers: dict[str, str], body: bytes) -> bool:
 
 async def test_webhook_retries_survive_a_crash(tmp_path: Path, receiver: Receiver) -> None:
     env = {
-        "CCENGINE_WEBHOOK_RETRY_BASE": "1",
+        # the first retry waits 1-2 s: time to see the first try recorded and kill
+        "CCENGINE_WEBHOOK_RETRY_BASE": "2",
         "CCENGINE_WEBHOOK_MAX_ATTEMPTS": "5",
         # the receiver is on the loopback, which webhooks may not reach by default
         "CCENGINE_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
@@ -150,7 +151,17 @@ async def test_webhook_retries_survive_a_crash(tmp_path: Path, receiver: Receive
         ann = await engine.agent("ann", "pw-ann-123", "login")  # one event: offline -> away
         await ann.aclose()
         await asyncio.to_thread(receiver.wait, 1, 20)
-        engine.kill()  # a crash between the first (failed) try and the next
+        # a crash between the first (failed) try and the next; not before the engine has
+        # recorded the first: killed mid-try, it sends that try again (at least once), and
+        # the tries would not be the ones this test counts
+        async with engine.http(timeout=30) as http:
+            for _ in range(200):
+                log = (await http.get(f"/api/v1/webhooks/{hook['id']}/deliveries")).json()
+                if log and log[0]["attempts"] == 1:
+                    break
+                await asyncio.sleep(0.02)
+            assert log[0]["attempts"] == 1 and log[0]["status"] == "pending", log
+        engine.kill()
 
         restarted = EngineProcess(tmp_path / "engine", **env).start()
         await asyncio.to_thread(receiver.wait, 3, 30)
@@ -172,7 +183,7 @@ async def test_webhook_retries_survive_a_crash(tmp_path: Path, receiver: Receive
         assert not verified("whsec_wrong", headers, body)
         assert headers["Ccengine-Event"] == "agent.presence_changed"
     gaps = [b[3] - a[3] for a, b in zip(receiver.got, receiver.got[1:], strict=False)]
-    assert gaps[1] >= 1.0, "the third try waits out the backoff (1 s x 2^1, half jittered)"
+    assert gaps[1] >= 2.0, "the third try waits out the backoff (2 s x 2^1, half jittered)"
     assert len(log) == 1
     assert log[0]["id"] in ids and log[0]["status"] == "delivered"
     assert log[0]["attempts"] == 3 and log[0]["last_status_code"] == 200

@@ -532,8 +532,10 @@ async def test_after_redis_lost_its_data_no_id_is_handed_out_twice(
         async with client:  # Redis restarted empty
             await client.delete(*await client.keys(f"{keys}:*"))
         a.shared._tasks[0] = a.shared._start_reader(a.bus)
+        assert a.shared.resets == 0, "a new Redis at the start is no loss"
         event = a.bus.publish(dtmf("A", 1))
         await until(lambda: not a.log.pending and event.id > 0)  # stored, not wedged
+        assert a.shared.resets == 1, "lost while running: counted (the metric) and warned"
         assert event.id > from_b[-1].id
         stored = await a.store.events_after(0, None, 100)
         assert [r.id for r in stored] == [e.id for e in from_b] + [event.id]

@@ -341,3 +341,19 @@ def test_queue_changes_from_the_database_win_and_a_queue_always_remains() -> Non
     removed = OverrideRow(kind="queue", name="sales", config=None, updated_by="x", updated_at=at)
     desk.routing.load_overrides([removed])
     assert list(desk.routing.acd.queues) == ["general"]  # never without a queue
+
+
+def test_a_queue_removed_on_another_engine_takes_no_new_callers_here() -> None:
+    desk = Desk()
+    waiting = desk.call("c1")
+    desk.run(desk.routing.enqueue(waiting, "billing"))
+    at = utcnow()
+    removed = OverrideRow(kind="queue", name="billing", config=None, updated_by="x", updated_at=at)
+    desk.routing.load_overrides([removed])  # engine/changes.py told this engine
+    assert not desk.routing.has_queue("billing")
+    later = desk.call("c2")
+    desk.run(desk.routing.enqueue(later, "billing"))
+    assert later.queue_name == "general", "a new billing caller waits in the default queue"
+    assert waiting.queue_name == "billing" and "c1" in desk.routing.acd.waiting
+    desk.run(desk.routing.leave(waiting, "hangup"))
+    assert "billing" not in desk.routing.acd.closing, "gone with its last caller"
