@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     start-up made from the garbage collector (engine.gcpauses); for a process that
     serves this one app (``ccengine serve``), not for a test process making many."""
     settings = settings or Settings()
-    store = Store(settings.database_url)
+    store = Store(settings.database_url, settings.database_max_connections)
     bus = EventBus()
     metrics = Metrics()
     calls = CallManager(settings, store, bus, metrics)

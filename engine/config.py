@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # that every index matches its table (slower on a big file), "off" skips it. A
     # damaged database stops the engine with one line and exit code 65.
     database_check: Literal["quick", "full", "off"] = "quick"
+    # PostgreSQL: connections this engine opens at most (5 kept while idle); every
+    # engine's count together must stay under the server's max_connections
+    database_max_connections: int = Field(15, ge=1, le=1000)
     # Folders searched for vosk models, before vosk's cache and model packages.
     model_dirs: list[str] = Field(default_factory=lambda: ["./models"])
     # The piper prompt voice with int8 weights (made once into the first of model_dirs;

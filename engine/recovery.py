@@ -117,9 +117,12 @@ class Recovery:
         return ended
 
     async def _beat(self) -> None:
+        # heartbeats are written and judged by the database server's clock: by this
+        # host's, one a lease behind the others' would have its calls ended as lost
+        await self.store.sync_clock()
         row = EngineRow(
             id=self.id, host=self.host, pid=os.getpid(),
-            started_at=self._started, heartbeat_at=utcnow(),
+            started_at=self._started, heartbeat_at=self.store.now(),
         )  # fmt: skip
         await self.store.beat(row)
 
@@ -136,7 +139,7 @@ class Recovery:
         """End the open calls of dead engines and publish their end; how many. First
         the webhook deliveries a dead engine had claimed are freed: another engine
         sends them now, not once the claims run out."""
-        now = utcnow()
+        now = self.store.now()
         engines = await self.store.engines()
         gone = dead_owners(
             [e.id for e in engines], engines, me=self.id, now=now, lease=self.lease,

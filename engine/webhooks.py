@@ -40,7 +40,7 @@ import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.egress import TargetPolicy, TargetRefused, guarded_transport
-from engine.events import as_utc, utcnow
+from engine.events import as_utc
 from engine.store.db import Store
 from engine.store.models import DeliveryRow
 
@@ -140,7 +140,7 @@ class WebhookSender:
                     upcoming = None  # sending to as many as we may: the first done wakes us
                 else:
                     claimed = await self.store.claim_deliveries(
-                        self.engine_id, utcnow(), PER_WEBHOOK, self.lease,
+                        self.engine_id, self.store.now(), PER_WEBHOOK, self.lease,
                         webhooks=MAX_WEBHOOKS - len(self._busy), exclude=set(self._busy),
                     )  # fmt: skip
                     if claimed:
@@ -153,7 +153,7 @@ class WebhookSender:
                 upcoming = None
             wait = IDLE_POLL
             if upcoming is not None:
-                wait = min(wait, max(0.0, (as_utc(upcoming) - utcnow()).total_seconds()))
+                wait = min(wait, max(0.0, (as_utc(upcoming) - self.store.now()).total_seconds()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
@@ -218,7 +218,7 @@ class WebhookSender:
                 last_error=f"refused: {exc}"[:500],
             )
             return
-        now = utcnow()
+        now = self.store.now()  # claims and retries go by the database's clock
         if error is None:
             await self.store.record_attempt(
                 d.id, self.engine_id, status="delivered", attempts=attempts, last_status_code=code,

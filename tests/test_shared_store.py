@@ -19,17 +19,18 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import func, select, text
 
 from engine import eventlog
 from engine.egress import TargetPolicy
 from engine.eventlog import EventLog
 from engine.events import DtmfReceived, EventBus, as_utc, utcnow
-from engine.recovery import Recovery
+from engine.recovery import LOST, Recovery
 from engine.store.db import Store
 from engine.store.models import CallRow, DeliveryRow, EngineRow, WebhookRow
 from engine.webhooks import PER_WEBHOOK, WebhookSender
 from tests.engine_proc import ROOT
-from tests.test_durability import dead_pid
+from tests.test_durability import call_row, dead_pid
 from tests.webhook_receiver import Receiver
 
 LOOPBACK = TargetPolicy(["127.0.0.1/32"])  # the receivers here are on it
@@ -371,3 +372,107 @@ async def test_a_database_server_gone_is_a_database_error(postgres: object) -> N
         await store.close()
     finally:
         server.stop()
+
+
+async def test_an_engine_opens_no_more_database_connections_than_it_may(pg_url: str) -> None:
+    """``CCENGINE_DATABASE_MAX_CONNECTIONS``: several engines share the server's
+    ``max_connections``, so each keeps to its own share; writers beyond it wait for a
+    connection rather than fail."""
+    store = Store(pg_url, max_connections=2)
+    await store.open()
+    try:
+        seen: list[int] = []
+
+        async def busy() -> None:
+            async with store.session() as s:
+                await s.execute(text("SELECT pg_sleep(0.2)"))
+                seen.append(
+                    int(
+                        await s.scalar(
+                            text(
+                                "SELECT count(*) FROM pg_stat_activity "
+                                "WHERE datname = current_database() AND pid <> 0"
+                            )
+                        )
+                        or 0
+                    )
+                )
+
+        await asyncio.gather(*(busy() for _ in range(6)))
+        assert len(seen) == 6, "every writer got its turn"
+        assert max(seen) == 2, seen
+    finally:
+        await store.close()
+
+
+async def test_a_node_whose_clock_is_slow_is_not_taken_for_dead(pg_url: str) -> None:
+    """Heartbeats were written and judged by each host's own clock: a node whose clock
+    was a lease behind the others' had its live calls ended as ``node_lost`` by the
+    first survivor that looked. Now both go by the database server's clock. (In one
+    process the hosts' clocks are the ``wall`` each store is given: the old code read
+    the process's clock, which this cannot make wrong for one store only.)"""
+    fast = Store(pg_url)
+    slow = Store(pg_url, wall=lambda: time.time() - 120)  # two minutes behind
+    await fast.open()
+    await slow.open()
+    slow_node = Recovery(slow, EventBus(), lease=30)
+    slow_node.host = "another-host"  # two engines in one process: not each other's pid
+    survivor = Recovery(fast, EventBus(), lease=30)
+    try:
+        await slow_node.start()
+        await slow.add(call_row("c", "active", slow_node.id, slow.now()))
+        assert await survivor.start() == 0
+        assert await survivor.recover(LOST) == 0
+        assert await fast.open_call_owners() == {slow_node.id}
+        assert abs(slow.clock_offset - 120) < 5 and abs(fast.clock_offset) < 5
+        beats = {e.id: as_utc(e.heartbeat_at) for e in await fast.engines()}
+        assert abs((beats[slow_node.id] - fast.now()).total_seconds()) < 5
+    finally:
+        await survivor.stop()
+        await slow_node.stop()
+        await slow.close()
+        await fast.close()
+
+
+async def test_a_claim_made_by_a_slow_clock_holds(pg_url: str) -> None:
+    """A claim ran until its engine's clock said so: one engine two minutes slow made
+    claims the others read as long expired, and they sent its deliveries again while it
+    was sending them. Claims now go by the database server's clock."""
+    slow_receiver = Receiver(delay=2.0).start()
+    fast = Store(pg_url)
+    slow = Store(pg_url, wall=lambda: time.time() - 120)
+    try:
+        await fast.open()
+        await slow.open()
+        await slow.sync_clock()
+        ids = await add_deliveries(fast, slow_receiver.url, hooks=1, each=3)
+        async with fast.session() as s:  # due for a while: due by either clock
+            await s.execute(
+                DeliveryRow.__table__.update().values(
+                    next_attempt_at=utcnow() - timedelta(minutes=10)
+                )
+            )
+            await s.commit()
+        async with running(sender(slow, "engine-slow")):
+            await wait_until_claimed(fast, len(ids))
+            async with running(sender(fast, "engine-fast")):
+                await wait_for(slow_receiver, len(ids), within=30)
+                await asyncio.sleep(1.0)  # time for a second copy to arrive, if one would
+        sent = sorted(h["Ccengine-Delivery"] for h, _b, _s, _t in slow_receiver.got)
+        assert sent == sorted(ids), "each delivery sent once, by the engine that claimed it"
+    finally:
+        slow_receiver.stop()
+        await slow.close()
+        await fast.close()
+
+
+async def wait_until_claimed(store: Store, count: int) -> None:
+    for _ in range(500):
+        async with store.session() as s:
+            claimed = await s.scalar(
+                select(func.count()).where(DeliveryRow.claimed_by.is_not(None))
+            )
+        if claimed == count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{claimed} of {count} deliveries claimed")

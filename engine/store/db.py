@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import re
 import sqlite3
 import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Collection, Sequence
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -201,16 +203,36 @@ def _postgres_json(value: Any) -> str:
     return json.dumps(_finite(value))
 
 
+IDLE_CONNECTIONS = 5  # a database server's connections kept open while an engine is idle
+CLOCK_SKEW_WARNING = 1.0  # seconds between this host's clock and the database server's
+
+log = logging.getLogger(__name__)
+
+
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, max_connections: int = 15, wall: Callable[[], float] = time.time
+    ) -> None:
+        """``max_connections``: to a database server (PostgreSQL), at most this many at
+        once from this engine, ``IDLE_CONNECTIONS`` of them kept open; more writers wait
+        for one (several engines share the server's ``max_connections``). ``wall``: this
+        host's clock (tests give a wrong one)."""
         self.url = url
+        self._wall = wall
+        self.clock_offset = 0.0  # seconds the database server's clock is ahead of ours
         sqlite = url.startswith("sqlite")
         # a server (PostgreSQL) may have been restarted, or have closed an idle
         # connection: checked as it leaves the pool, rather than failing the write
         self.engine: AsyncEngine = (
             create_async_engine(url)
             if sqlite
-            else create_async_engine(url, pool_pre_ping=True, json_serializer=_postgres_json)
+            else create_async_engine(
+                url,
+                pool_pre_ping=True,
+                json_serializer=_postgres_json,
+                pool_size=min(IDLE_CONNECTIONS, max_connections),
+                max_overflow=max(0, max_connections - IDLE_CONNECTIONS),
+            )
         )
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -272,6 +294,30 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    def now(self) -> datetime:
+        """The time by the database server's clock (as last measured): what heartbeats
+        and claims are written and judged by. Several engines' hosts never agree to the
+        second, and a node whose clock is a lease behind would be taken for dead."""
+        return datetime.fromtimestamp(self._wall() + self.clock_offset, UTC)
+
+    async def sync_clock(self) -> float:
+        """Measure how far the database server's clock is from this host's (SQLite: the
+        same host, nothing to measure); the offset. Raises SQLAlchemyError."""
+        if self.engine.dialect.name == "sqlite":
+            return 0.0
+        async with self.session() as s:
+            before = self._wall()
+            server = await s.scalar(text("SELECT clock_timestamp()"))
+            after = self._wall()
+        assert isinstance(server, datetime) and server.tzinfo is not None  # timestamptz
+        offset = server.timestamp() - (before + after) / 2
+        if abs(offset) >= CLOCK_SKEW_WARNING and abs(offset - self.clock_offset) >= 0.5:
+            log.warning("this host's clock is %.1f s %s the database server's: engines "
+                        "go by the server's; set both right (NTP)", abs(offset),
+                        "behind" if offset > 0 else "ahead of")  # fmt: skip
+        self.clock_offset = offset
+        return offset
 
     async def add(self, *rows: Any) -> None:
         async with self.writing() as s:
