@@ -1,7 +1,8 @@
 """The held-out emotion set through real calls (issue 13: "the same through a real in-app
 call and a real SIPp call within 5 points of offline").
 
-    python -m bench.emotion_live [--calls N] [--channel webrtc|sip|both] [--parallel K]
+    python -m bench.emotion_live [--part fresh|heldout] [--calls N]
+                                 [--channel webrtc|sip|both] [--parallel K]
 
 Each held-out call of the emotion set (bench/emotion_set.py) becomes one call's audio:
 its utterances as the set caches them at 16 kHz (``hear(s, "wide").samples``), 1.2 s of
@@ -59,7 +60,7 @@ ROUTES = ("route_to_human", "target_skill")
 class Script:
     """One held-out call as it is played: its audio and where each utterance lies."""
 
-    index: int  # the call's index in plan("heldout")
+    index: int  # the call's index in plan(part)
     pcm: np.ndarray  # 16 kHz int16
     spans: list[tuple[float, float]]  # each utterance's (start, end), seconds into pcm
 
@@ -463,7 +464,7 @@ def escalation(runs: list[ChannelRun]) -> str:
 
 def details(run: ChannelRun) -> dict[str, Any]:
     """Every scripted utterance with what the offline tracker and the live call made of
-    it (bench/out/emotion-live.json), to see where the two part."""
+    it (bench/out/emotion-live-PART.json), to see where the two part."""
     calls = []
     for o in run.outcomes:
         m, live = o.matched, o.live
@@ -492,6 +493,7 @@ def details(run: ChannelRun) -> dict[str, Any]:
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=["fresh", "heldout"], default="fresh")
     ap.add_argument("--calls", type=int, default=0, help="this many held-out calls (0: all)")
     ap.add_argument("--channel", choices=["webrtc", "sip", "both"], default="both")
     ap.add_argument("--parallel", type=int, default=4, help="calls at a time")
@@ -499,22 +501,24 @@ async def main() -> None:
     channels: list[Channel] = ["webrtc", "sip"] if a.channel == "both" else [a.channel]
     runs = []
     for channel in channels:
-        said = calls_of("heldout", BAND[channel])
+        said = calls_of(a.part, BAND[channel])
         picked = pick(len(said), a.calls or len(said))
-        spoken = plan("heldout")
+        spoken = plan(a.part)
         outcomes = [Outcome(script(i, spoken[i]), said[i], track(said[i], BAND[channel]))
                     for i in picked]  # fmt: skip
-        print(f"{channel}: {len(outcomes)} held-out calls, {a.parallel} at a time...", flush=True)
+        print(f"{channel}: {len(outcomes)} {a.part} calls, {a.parallel} at a time...", flush=True)
         runs.append(await run_channel(channel, outcomes, a.parallel))
     text = (
-        f"the held-out emotion set through real calls, {os.cpu_count()} CPUs, "
+        f"the emotion set's {a.part} part through real calls, {os.cpu_count()} CPUs, "
         f"{a.parallel} calls at a time\n\n{table(runs)}\n\n"
         + "\n".join(notes(r) for r in runs)
         + f"\n\nescalation (rules that routed the call to a person)\n\n{escalation(runs)}"
     )
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "emotion-live.md").write_text(text + "\n")
-    (OUT / "emotion-live.json").write_text(json.dumps([details(r) for r in runs], indent=1))
+    (OUT / f"emotion-live-{a.part}.md").write_text(text + "\n")
+    (OUT / f"emotion-live-{a.part}.json").write_text(
+        json.dumps([details(r) for r in runs], indent=1)
+    )
     print()
     print(text)
 

@@ -5,7 +5,9 @@ bench.emotion_set`` builds both parts.
 
 Voices. Tuning: piper joe as it is and higher and faster (sox), espeak-ng en-us+m3,
 en-gb+f2, en-us+f2, en-gb-x-rp+m4 and en-029+m2. Held-out: piper joe a fourth lower and
-slower (sox), espeak-ng en-us+f4 and en-gb-scotland+m5.
+slower (sox), espeak-ng en-us+f4 and en-gb-scotland+m5. Fresh held-out (its own
+sentences too, bench/emotion_scripts.py ``FRESH``): flite's slt, rms, awb and kal16
+(Debian ``flite``), a synthesiser none of the others is made with.
 
 Delivery. No offline voice acts a feeling, so each class is said in a style shaped with
 sox, its strength drawn per utterance from a range (below): angry is louder, faster and
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.emotion_scripts import CALLS, HELDOUT, TUNING
+from bench.emotion_scripts import CALLS, FRESH, HELDOUT, TUNING
 
 OUT = Path(__file__).parent / "out" / "emotion-set"
 # (name, engine, how): piper with sox effects, or an espeak-ng voice at a speed
@@ -51,6 +53,12 @@ VOICES: dict[str, list[tuple[str, str, list[str] | tuple[str, int]]]] = {
         ("espeak en-us+f4", "espeak", ("en-us+f4", 145)),
         ("espeak en-gb-scotland+m5", "espeak", ("en-gb-scotland+m5", 155)),
     ],
+    "fresh": [
+        ("flite slt", "flite", ("slt", 100)),  # US English, female
+        ("flite rms", "flite", ("rms", 100)),  # US English, male
+        ("flite awb", "flite", ("awb", 100)),  # Scottish English, male
+        ("flite kal16", "flite", ("kal16", 100)),  # US English, male, diphones
+    ],
 }
 # class -> ranges of (tempo, pitch in cents, gain in dB)
 STYLE: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float]]] = {
@@ -59,7 +67,7 @@ STYLE: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, fl
     "frustrated": ((0.88, 0.96), (-120, -30), (-2, 0)),
     "angry": ((1.08, 1.18), (180, 320), (4, 7)),
 }
-PASSES = {"tuning": 3, "heldout": 2}  # times through the call list per voice
+PASSES = {"tuning": 3, "heldout": 2, "fresh": 2}  # times through the call list per voice
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ def plan(part: str) -> list[list[Spoken]]:
     """The part's calls: every voice goes through the call templates PASSES times,
     drawing sentences of each class in a shuffled order (so each voice says most of the
     part's sentences, in different calls)."""
-    pools = TUNING if part == "tuning" else HELDOUT
+    pools = {"tuning": TUNING, "heldout": HELDOUT, "fresh": FRESH}[part]
     calls: list[list[Spoken]] = []
     for name, _, _ in VOICES[part]:
         rng = random.Random(zlib.crc32(f"{part}/{name}".encode()))
@@ -114,11 +122,14 @@ def _say(voice: tuple[str, str, list[str] | tuple[str, int]], s: Spoken, dst: Pa
         assert isinstance(how, list)
         return speech.piper_script([s.sentence], dst, [*how, *s.effects])
     assert isinstance(how, tuple)
-    raw = dst.with_suffix(".espeak.wav")
-    subprocess.run(
-        ["espeak-ng", "-v", how[0], "-s", str(how[1]), "-w", str(raw), s.sentence], check=True
-    )
-    # espeak-ng's level is its own: normalised like piper's (-12 dBFS peak) first
+    raw = dst.with_suffix(f".{engine}.wav")
+    if engine == "flite":  # the speed: 100 is the voice's own
+        stretch = f"duration_stretch={100 / how[1]:.2f}"
+        cmd = ["flite", "-voice", how[0], "--setf", stretch, "-t", s.sentence, "-o", str(raw)]
+    else:
+        cmd = ["espeak-ng", "-v", how[0], "-s", str(how[1]), "-w", str(raw), s.sentence]
+    subprocess.run(cmd, check=True)
+    # the synthesiser's level is its own: normalised like piper's (-12 dBFS peak) first
     speech.sox(raw, dst, ["gain", "-n", "-12", *s.effects], rate=48000)
     raw.unlink()
     return dst
@@ -208,12 +219,12 @@ def manifest(part: str) -> list[dict[str, object]]:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["tuning", "heldout", "both"], default="both")
+    ap.add_argument("--part", choices=["tuning", "heldout", "fresh", "all"], default="all")
     ap.add_argument("--band", choices=["wide", "phone", "both"], default="both")
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
     build(
-        ["tuning", "heldout"] if a.part == "both" else [a.part],
+        ["tuning", "heldout", "fresh"] if a.part == "all" else [a.part],
         ["wide", "phone"] if a.band == "both" else [a.band],
         a.workers,
     )
