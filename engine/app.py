@@ -24,6 +24,7 @@ from engine.api import (
     auth,
     content,
     desk,
+    forward,
     node,
     problems,
     rest,
@@ -35,7 +36,7 @@ from engine.api.schemas import Health, LoadOut
 from engine.calls import CallManager
 from engine.capacity import Capacity
 from engine.changes import Changes
-from engine.config import Settings
+from engine.config import Settings, node_url
 from engine.drain import NodeDrain
 from engine.egress import TargetPolicy
 from engine.eventlog import EventLog
@@ -91,7 +92,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         settings.redis_prefix,
     )
     webhook_targets = TargetPolicy(settings.webhook_allowed_networks)
-    recovery = Recovery(store, bus, settings.engine_lease)
+    recovery = Recovery(store, bus, settings.engine_lease, node_url(settings))
     calls.engine_id = recovery.id
     sender = WebhookSender(
         store,
@@ -165,6 +166,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             await event_log.stop()  # the last events (call.ended) reach the log
             await sender.stop()
             await changes.stop()
+            await app.state.forward_http.aclose()
             await store.close()
             await app.state.credentials.limiter.close()
 
@@ -195,6 +197,8 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.state.drain = drain
     app.state.event_log = event_log
     app.state.webhook_targets = webhook_targets
+    app.state.engine_id = recovery.id
+    app.state.forward_http = forward.client()
     # the HTTP server's connections (engine/httpserver.py; the CLI hands it to uvicorn)
     refused = metrics.connections_refused
     app.state.http_connections = ConnectionCaps(
@@ -206,6 +210,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     )
     auth.install(app)
     problems.install(app)
+    app.add_middleware(forward.ForwardCallActions)  # inside the body limit
     app.add_middleware(problems.BodyLimit, limit=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(

@@ -213,6 +213,10 @@ class Settings(BaseSettings):
     # Seconds without a heartbeat after which another engine on the same database takes
     # this one for dead and ends its calls (a restart on the same host does not wait).
     engine_lease: float = Field(60.0, ge=4, le=3600)
+    # Where the other engines reach this one's API, to send it requests for the calls it
+    # runs (engine/forward.py). Empty: http://<host>:<port>, with this host's address
+    # when listening on every address (0.0.0.0).
+    node_url: str = ""
     # Draining (engine/drain.py: SIGTERM, or POST /api/v1/node/drain): new calls get
     # 503 and the process exits once its calls end, or after this many seconds, ending
     # those left (reason node_drained). Kubernetes: terminationGracePeriodSeconds above it.
@@ -293,3 +297,21 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def node_url(settings: Settings) -> str:
+    """This engine's URL for the other engines (``node_url``, else made from where it
+    listens)."""
+    if settings.node_url:
+        return settings.node_url.rstrip("/")
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        import socket
+
+        try:  # what this host's name resolves to: its address on the cluster's network
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"

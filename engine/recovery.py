@@ -94,8 +94,9 @@ def dead_owners(
 
 
 class Recovery:
-    def __init__(self, store: Store, bus: EventBus, lease: float) -> None:
+    def __init__(self, store: Store, bus: EventBus, lease: float, url: str | None = None) -> None:
         self.store = store
+        self.url = url  # where the other engines reach this one's API
         self.bus = bus
         self.lease = lease
         self.id = str(uuid.uuid4())
@@ -122,7 +123,7 @@ class Recovery:
         await self.store.sync_clock()
         row = EngineRow(
             id=self.id, host=self.host, pid=os.getpid(),
-            started_at=self._started, heartbeat_at=self.store.now(),
+            started_at=self._started, heartbeat_at=self.store.now(), url=self.url,
         )  # fmt: skip
         await self.store.beat(row)
 

@@ -264,8 +264,9 @@ async def escalation_rules(request: Request, _p: Reader) -> list[Rule]:
 
 @router.post("/calls/{call_id}/hangup", status_code=202, tags=["calls"])
 async def hangup(call_id: PathId, request: Request, p: Who) -> Response:
-    """End a live call (control scope, or the call's own caller). 404 if it is not live
-    on this node."""
+    """End a live call (control scope, or the call's own caller). 404 if no engine runs
+    it (ended, or unknown); one that another engine runs is ended there
+    (engine/api/forward.py)."""
     p.need_call(call_id, "control")
     m = manager(request)
     call = m.get(call_id)

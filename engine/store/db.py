@@ -354,6 +354,17 @@ class Store:
         async with self.session() as s:
             return (await s.scalars(select(EngineRow))).all()
 
+    async def call_node(self, call_id: str) -> EngineRow | None:
+        """The engine running the call, if it has not ended (None: ended, unknown, or
+        run by no engine)."""
+        q = (
+            select(EngineRow)
+            .join(CallRow, CallRow.engine_id == EngineRow.id)
+            .where(CallRow.id == call_id, CallRow.state != "ended")
+        )
+        async with self.session() as s:
+            return (await s.scalars(q)).first()
+
     async def open_call_owners(self) -> set[str | None]:
         """The engines that have calls not yet ended (None: calls that name no engine)."""
         q = select(CallRow.engine_id).where(CallRow.state != "ended").distinct()

@@ -60,6 +60,8 @@ class EngineRow(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # where the other engines reach its API (engine/forward.py); None: an older engine
+    url: Mapped[str | None] = mapped_column(String(300), default=None)
 
 
 class LegRow(Base):
