@@ -120,12 +120,28 @@ async def sign_in(
     return http
 
 
+def hosts_of_their_own() -> bool:
+    """Whether an engine can be run under a host name of its own (``EngineProcess(host=)``):
+    unshare(1) may make a UTS namespace here (root, or a kernel that lets users)."""
+    try:
+        probe = subprocess.run(["unshare", "--uts", "--", "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return probe.returncode == 0
+
+
 class EngineProcess:
-    def __init__(self, workdir: Path, *, database_url: str | None = None, **env: str) -> None:
+    def __init__(
+        self, workdir: Path, *, database_url: str | None = None, host: str | None = None,
+        **env: str,
+    ) -> None:  # fmt: skip
         """``database_url``: another database than the SQLite file in ``workdir`` (a
-        PostgreSQL one: the engine is given it as ``CCENGINE_DATABASE_URL``)."""
+        PostgreSQL one: the engine is given it as ``CCENGINE_DATABASE_URL``). ``host``:
+        the engine runs in a UTS namespace of its own under that host name, as if on
+        another machine (see ``hosts_of_their_own``)."""
         self.workdir = workdir
         self._database_url = database_url
+        self.host = host
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.sip_port = free_port()
@@ -185,6 +201,9 @@ class EngineProcess:
         cmd = [sys.executable, "-m", "engine.cli", "serve", "--port", str(self.port)]
         if self._database_url is None:  # else from the environment, as configured
             cmd += ["--db", self.database_url]
+        if self.host is not None:  # the shell execs the engine: the same process
+            cmd = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"',
+                   self.host, *cmd]  # fmt: skip
         self._close_log()  # the last run's, if it exited by itself (a drained engine)
         self._log_file = self.log.open("ab")
         self.proc = subprocess.Popen(
