@@ -37,6 +37,7 @@ from engine.calls import CallManager
 from engine.capacity import Capacity
 from engine.changes import Changes
 from engine.config import Settings, node_url
+from engine.content import QUEUE
 from engine.drain import NodeDrain
 from engine.egress import TargetPolicy
 from engine.eventlog import EventLog
@@ -45,6 +46,8 @@ from engine.gcpauses import GcPauses, freeze_startup
 from engine.metrics import Metrics
 from engine.recovery import Recovery
 from engine.redisstream import RedisEventStream
+from engine.routingcopy import queue_rows
+from engine.routinglog import RoutingLog
 from engine.sip import SipFront
 from engine.store.db import Store
 from engine.users import load_or_create_key
@@ -105,6 +108,20 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     )
     event_log.on_deliveries = sender.wake
     recovery.on_released = sender.wake
+    routing_log = None
+    if calls.routing_copy is not None:  # several engines: one routing, a copy on each
+
+        async def queue_overrides() -> list[tuple[str, dict[str, object] | None]]:
+            return queue_rows(await store.overrides(QUEUE))
+
+        routing_log = RoutingLog(
+            settings.redis_url, settings.redis_prefix, recovery.id, calls.routing_copy,
+            reset_queues=queue_overrides, peers=recovery.live_peers,
+        )  # fmt: skip
+        routing_log.on_effects = calls.shared_effects
+        routing_log.on_reset = calls.shared_reset
+        calls.routing_log = routing_log
+        recovery.on_calls_ended = calls.shared_calls_lost
     event_log.earlier_writes = calls.spool.drained
     metrics.storage_waiting.labels("call").set_function(lambda: calls.spool.pending)
     metrics.storage_waiting.labels("event").set_function(lambda: event_log.pending)
@@ -128,6 +145,8 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         await event_log.start()  # before anything publishes: ids continue the log's
         sender.start()
         await recovery.start()  # after the log: the ends it publishes are kept and sent
+        if routing_log is not None:  # in step with the other engines' routing
+            await routing_log.start()
         await calls.load_queue_changes()
         await calls.content.load()
         changes.start()  # other engines' changes to all three, from here on
@@ -160,6 +179,8 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             await capacity.stop()
             timers.cancel()
             await calls.shutdown()  # BYE to every phone caller while SIP still runs
+            if routing_log is not None:  # after the calls' last routing (they left the line)
+                await routing_log.stop()
             if sip is not None:
                 await sip.stop()
             await recovery.stop()

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import itertools
 import logging
 import os
 import time
@@ -94,6 +95,7 @@ from engine.recording import CallRecording
 from engine.routing import (
     Announce,
     Record,
+    Replicate,
     Ring,
     Routing,
     StopRinging,
@@ -102,6 +104,17 @@ from engine.routing import (
     escalated,
 )
 from engine.routing import Effect as RoutingEffect
+from engine.routingcopy import (
+    CallCard,
+    RoutingCopy,
+    SharedRouting,
+    effect_call,
+    follow_shadows,
+    on_live_call,
+    owner_of,
+    queue_rows,
+)
+from engine.routinglog import RoutingUnavailable
 from engine.spool import WriteSpool
 from engine.store.db import Store
 from engine.store.models import CallbackRow, CallRow, LegRow, NoteRow, UserRow
@@ -122,6 +135,7 @@ from media.webrtc import WebRtcLeg, pump_audio, queued_frames
 if TYPE_CHECKING:
     from engine.capacity import Capacity
     from engine.drain import NodeDrain
+    from engine.routinglog import RoutingLog
     from engine.sip import DeskPhones
 
 log = logging.getLogger(__name__)
@@ -181,6 +195,9 @@ class CallManager:
     engine_id: str | None = None
     # draining (engine/drain.py, set by engine/app.py): no new calls once it starts
     drain: NodeDrain | None = None
+    # several engines (CCENGINE_REDIS_URL): routing decided in the shared log, which
+    # engine/app.py starts (engine/routinglog.py); None: by this engine alone
+    routing_log: RoutingLog | None = None
 
     def __init__(self, settings: Settings, store: Store, bus: EventBus, metrics: Metrics) -> None:
         self.settings = settings
@@ -225,7 +242,17 @@ class CallManager:
                 metrics=metrics,
             )
         )
-        self.routing = Routing(load_queues(settings.queues), settings.offer_timeout, self.calls)
+        queues, timeout = load_queues(settings.queues), settings.offer_timeout
+        # several engines: every engine keeps a copy of one routing (engine/routingcopy.py)
+        self.routing_copy = RoutingCopy(queues, timeout) if settings.redis_url else None
+        self.routing: Routing = (
+            SharedRouting(self.routing_copy)
+            if self.routing_copy is not None
+            else Routing(queues, timeout, self.calls)
+        )
+        # several engines: the task applying each call's shared routing effects, last first
+        self._shared_tails: dict[str, asyncio.Task[None]] = {}
+        self.background: set[asyncio.Task[None]] = set()  # kept until done (asyncio's advice)
         self.controls = Controls(self.routing, self.calls, self.redactor)
         self.callbacks = Callbacks(self.routing)
         self.ice_servers = aiortc_ice_servers(settings.ice_servers)
@@ -272,12 +299,19 @@ class CallManager:
         engine changed them (engine/changes.py): one at a time with a change made here,
         whose save an older read would otherwise undo."""
         async with self._queue_changes:
-            self.routing.load_overrides(await self.store.overrides(QUEUE))
+            rows = await self.store.overrides(QUEUE)
+            if self.routing_log is not None:  # every copy takes them, in the log's order
+                await self.routing_log.submit({"op": "queues", "rows": queue_rows(rows)})
+            else:
+                self.routing.load_overrides(rows)
 
     async def set_queue(self, user: Actor, config: QueueConfig) -> None:
         self._supervisor(user)
         async with self._queue_changes:
-            self.routing.set_queue(config)
+            if self.routing_log is not None:
+                await self.routing_log.submit({"op": "set_queue", "config": config.model_dump()})
+            else:
+                self.routing.set_queue(config)
             await self.store.save_override(
                 QUEUE, config.name, config.model_dump(), user.username, utcnow()
             )
@@ -285,7 +319,10 @@ class CallManager:
     async def remove_queue(self, user: Actor, name: str) -> None:
         self._supervisor(user)
         async with self._queue_changes:
-            self.routing.remove_queue(name)
+            if self.routing_log is not None:
+                await self.routing_log.submit({"op": "remove_queue", "name": name})
+            else:
+                self.routing.remove_queue(name)
             await self.store.save_override(QUEUE, name, None, user.username, utcnow())
 
     @staticmethod
@@ -630,6 +667,9 @@ class CallManager:
         try:
             # it may have stopped ringing while we set up media (timeout, caller left)
             answered = self.routing.answered(leg.user_id, call.id)
+            if self.routing_log is not None:  # several engines: decided in the log, now
+                await self._route(answered)
+                answered = iter(())
         except AcdError:
             await leg.peer.close()
             raise
@@ -732,8 +772,110 @@ class CallManager:
                 )
         elif isinstance(effect, StopRinging):
             self._stop_desk_phone(effect.call_id)
+        elif isinstance(effect, Replicate):
+            if self.routing_log is None:
+                raise RuntimeError("a shared routing decision without the shared log")
+            await self.routing_log.submit(effect.op)
         else:  # a new kind of effect must be applied here, not dropped
             assert_never(effect)
+
+    # -- several engines: the effects of the shared routing log that fall to this one --
+
+    def shared_effects(self, effects: list[RoutingEffect], origin: str) -> asyncio.Task[None]:
+        """An operation of the shared log was applied to this engine's copy: apply the
+        effects that fall to this engine (engine/routingcopy.py ``owner_of``) in a task,
+        after those still being applied for the same calls."""
+        assert self.routing_copy is not None and self.engine_id is not None
+        follow_shadows(self.routing_copy, self.calls)
+        mine: list[RoutingEffect] = []
+        for effect in effects:
+            who = owner_of(effect, origin, self.engine_id, self.calls)
+            if who is not False:
+                mine.append(on_live_call(effect, who) if isinstance(who, Call) else effect)
+        calls = {c for e in mine if (c := effect_call(e)) is not None}
+        before = [t for c in calls if (t := self._shared_tails.get(c)) is not None]
+        task = asyncio.create_task(self._apply_shared(mine, before), name="routing-effects")
+        for c in calls:
+            self._shared_tails[c] = task
+
+        def done(_t: asyncio.Task[None]) -> None:
+            for c in calls:
+                if self._shared_tails.get(c) is task:
+                    del self._shared_tails[c]
+
+        task.add_done_callback(done)
+        return task
+
+    async def _apply_shared(
+        self, effects: list[RoutingEffect], before: list[asyncio.Task[None]]
+    ) -> None:
+        if before:
+            await asyncio.gather(*before, return_exceptions=True)
+        for effect in effects:
+            if isinstance(effect, Transition):
+                try:  # the call may have moved on meanwhile (hung up, or in line already)
+                    effect.call.next_state(effect.event)
+                except NotAllowed:
+                    continue
+            try:
+                await self._route_one(effect)
+            except Exception:  # one effect failing must not keep the others from the call
+                log.exception("routing: applying %s failed", type(effect).__name__)
+
+    async def _leave_shared(self, effects: list[RoutingEffect], tries: int = 150) -> None:
+        """A call's last routing (its agent to wrap-up, out of the line), through the
+        shared log; while the log cannot be reached, asked again every 2 s in the
+        background (at most ``tries`` times), so the call's end is not held up."""
+        try:
+            await self._route(effects)
+            return
+        except RoutingUnavailable as exc:
+            log.warning("routing: a call's end waits for the shared routing log: %s", exc)
+
+        async def again() -> None:
+            for _ in range(tries):
+                await asyncio.sleep(2.0)
+                with contextlib.suppress(RoutingUnavailable):
+                    await self._route(effects)
+                    return
+            log.error("routing: gave up telling the shared routing log that a call ended")
+
+        self.background.add(task := asyncio.get_running_loop().create_task(again()))
+        task.add_done_callback(self.background.discard)
+
+    def shared_calls_lost(self, call_ids: list[str]) -> None:
+        """Calls a dead engine ran, ended by this one (engine/recovery.py): they leave
+        the shared routing's line, and an agent they rang is freed."""
+        log_ = self.routing_log
+        if log_ is None:
+            return
+
+        async def leave(call_id: str) -> None:
+            await log_.synced.wait()
+            card = {
+                "id": call_id, "channel": "", "caller": None, "state": "ended", "ended": True,
+                "priority": 0, "topic": None, "escalation_reason": None,
+            }  # fmt: skip
+            with contextlib.suppress(Exception):  # the log away: its next reset forgets it
+                await log_.submit({"op": "leave", "call": card, "reason": "node_lost"})
+
+        for call_id in call_ids:
+            asyncio.get_running_loop().create_task(leave(call_id))
+
+    def shared_reset(self) -> None:
+        """The shared routing started again (engine/routinglog.py): this engine's waiting
+        callers go back in line, in the queue they waited in."""
+
+        async def back_in_line(call: Call) -> None:
+            op = {"op": "requested", "call": CallCard.of(call), "queue": call.queue_name,
+                  "agent": None}  # fmt: skip
+            with contextlib.suppress(Exception):  # the log away: the caller waits on
+                assert self.routing_log is not None
+                await self.routing_log.submit(op)
+
+        for call in list(self.calls.values()):
+            if call.state == "queued":
+                asyncio.get_running_loop().create_task(back_in_line(call))
 
     async def _write(self, call: Call, w: Write) -> None:
         if w.row is not None and w.values is not None:
@@ -794,7 +936,10 @@ class CallManager:
         await self._route(self.routing.decline(user_id, call_id))
 
     async def run_acd_timers(self) -> None:
-        """Offer timeouts and maximum waits: wake when the ACD's next timer is due."""
+        """Offer timeouts and maximum waits: wake when the ACD's next timer is due. With
+        several engines the shared log's leader asks for the ticks instead."""
+        if self.routing_copy is not None:
+            return
         while True:
             due = self.routing.next_timer()
             now = time.monotonic()
@@ -1004,8 +1149,14 @@ class CallManager:
             return
         call.ended.set()
         self.offers.done(call_id)
-        await self._route(self.routing.hung_up(call.agent_id, call.bridged_at))
-        await self._route(self.routing.leave(call, "caller_left"))
+        leaving = itertools.chain(
+            self.routing.hung_up(call.agent_id, call.bridged_at),
+            self.routing.leave(call, "caller_left"),
+        )
+        if self.routing_log is None:
+            await self._route(leaving)
+        else:  # the shared log away must not keep the call from ending: asked again later
+            await self._leave_shared(list(leaving))
         current = asyncio.current_task()
         for leg in call.legs:
             if leg.pipeline is not None:

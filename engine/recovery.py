@@ -105,6 +105,8 @@ class Recovery:
         self._task: asyncio.Task[None] | None = None
         # told when deliveries a dead engine had claimed are free (wakes the sender)
         self.on_released: Callable[[], None] = lambda: None
+        # told which calls of dead engines it ended (they leave the shared routing)
+        self.on_calls_ended: Callable[[list[str]], None] = lambda ids: None
 
     async def start(self) -> int:
         """Register, end what dead engines left open, then keep the heartbeat going."""
@@ -163,9 +165,11 @@ class Recovery:
             return 0
         dead = dead_owners(owners, engines, me=self.id, now=now, lease=self.lease, host=self.host)
         count = 0
+        ended: list[str] = []
         for owner, last_seen in dead.items():
             for cut in await self.store.end_calls_of(owner, last_seen, reason):
                 call_id = cut.call_id
+                ended.append(call_id)
                 lasted = round(max(0.0, (last_seen - as_utc(cut.created_at)).total_seconds()), 3)
                 self.bus.publish(
                     CallStateChanged(
@@ -184,7 +188,17 @@ class Recovery:
         if count:
             log.warning("ended %d calls left open by %d engines that stopped running: %s",
                         count, len(dead), reason)  # fmt: skip
+            self.on_calls_ended(ended)
         return count
+
+    async def live_peers(self) -> int:
+        """How many other engines are alive (a heartbeat within the lease)."""
+        now = self.store.now()
+        return sum(
+            1
+            for e in await self.store.engines()
+            if e.id != self.id and now - as_utc(e.heartbeat_at) <= timedelta(seconds=self.lease)
+        )
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -17,6 +17,8 @@ Every decision is a generator of effects, the pattern of engine/analysis.py:
     Transition  the call's state machine moves (engine/callstate.py: ``queue``)
     Ring        ring the agent's desk phone along with their browser (engine/sip.py)
     StopRinging the desk phone stops: the offer was answered, declined or withdrawn
+    Replicate   several engines: the decision is made in the shared routing log
+                (engine/routingcopy.py, engine/routinglog.py), never here
 
 Routing never does IO. The engine applies each effect before it asks for the next
 (``CallManager._route``), so a decision goes on from the state the effect left,
@@ -116,7 +118,16 @@ class StopRinging:
     call_id: str
 
 
-Effect = Emit | Record | UpdateCall | Announce | Transition | Ring | StopRinging
+@dataclass(frozen=True, slots=True)
+class Replicate:
+    """With several engines: this decision is made by every engine's copy of routing,
+    in the one order of the shared routing log (engine/routingcopy.py); the engine asks
+    for it there and applies what falls to it. ``op``: the decision as plain data."""
+
+    op: Mapping[str, object]
+
+
+Effect = Emit | Record | UpdateCall | Announce | Transition | Ring | StopRinging | Replicate
 
 
 def escalated(call: Call, reason: str, *, at: bool = True) -> UpdateCall:

@@ -22,6 +22,7 @@ from engine.callstate import (
     UnknownCall,
 )
 from engine.drain import Draining
+from engine.routinglog import RoutingUnavailable
 from media.sdp import SdpError
 
 PROBLEM = "application/problem+json"
@@ -99,6 +100,11 @@ def install(app: FastAPI) -> None:
             "the call store did not answer; try again",
             headers={"Retry-After": str(STORAGE_RETRY_AFTER)},
         )
+
+    @app.exception_handler(RoutingUnavailable)
+    async def _routing(_req: Request, exc: RoutingUnavailable) -> JSONResponse:
+        log.error("routing: %s", exc)
+        return problem(503, "Routing unavailable", str(exc), headers={"Retry-After": "5"})
 
     @app.exception_handler(Forbidden)
     async def _forbidden(_req: Request, exc: Forbidden) -> JSONResponse:

@@ -1,0 +1,442 @@
+"""Routing shared by several engines: every engine keeps a copy. Sans-IO.
+
+Theory of operation
+-------------------
+With several engines (``CCENGINE_REDIS_URL``) the ACD must be one: a caller on one node
+is offered to an agent signed in on another, and no agent is offered two calls at once
+by two nodes. Here routing (engine/routing.py over the ACD) is *replicated*: every node
+keeps a ``RoutingCopy`` and applies the same operations in the same order, the order of
+one Redis stream (engine/routinglog.py). Routing is deterministic: the same operations
+at the same times (each operation's time is its stream entry's, Redis's clock) make the
+same decisions on every copy. So one decision is made once, by all, with no leader to
+elect for it and no decision lost when a node dies; a leader only keeps time (it asks
+for the timer ticks: offers ringing out, callers waiting their maximum) and hands a
+copy to a node that joins.
+
+A node asks for a decision with an operation (``Op``, plain JSON) and waits until its
+copy has applied it: what ``Routing`` would have raised (``AcdError``, ``NotAllowed``)
+comes back to the one that asked. ``SharedRouting`` is what the node's code talks to: the
+same methods as ``Routing``; those that decide yield one ``Replicate`` effect (the
+operation) instead of deciding, those that read answer from the node's copy.
+
+Calls are known to the copies by a card (``CallCard``): the fields routing decides by
+(state, priority, skill, reason), taken when the operation is asked for. Every copy,
+the node running the call included, routes a *shadow* of the call made from its cards,
+never the live call: a live call changes between asking and applying, and every copy
+must read the same values. Each effect is applied by one node (``owner_of``):
+
+    Announce, Transition, UpdateCall, Ring, StopRinging     the node running the call
+    Emit of an event about a call (offers, positions)       the node running the call
+    Emit of an event about a person (presence), Record      the node that asked
+
+The node running a call puts its shadow's queue and place on the live call, and fills
+an offer with the live call's summary, mood and history as it sends it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from engine.acd import AcdError, Agent, QueueConfig, Waiting
+from engine.analysis import Emit
+from engine.callstate import NotAllowed
+from engine.escalation import Decision
+from engine.events import CallOffered, utcnow
+from engine.livecall import Call
+from engine.routing import (
+    Announce,
+    Effect,
+    Replicate,
+    Ring,
+    Routing,
+    StopRinging,
+    Transition,
+    UpdateCall,
+)
+from engine.store.models import OverrideRow, UserRow
+from media.asr import ModelChoice
+
+Op = dict[str, Any]
+SNAPSHOT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CallCard:
+    """What routing decides a call by, as the node running it saw it when it asked."""
+
+    id: str
+    channel: str
+    caller: str | None
+    state: str
+    ended: bool
+    priority: int
+    topic: str | None
+    escalation_reason: str | None
+
+    @staticmethod
+    def of(call: Call) -> dict[str, Any]:
+        return {
+            "id": call.id, "channel": call.channel, "caller": call.caller, "state": call.state,
+            "ended": call.ended.is_set(), "priority": call.escalation.priority,
+            "topic": call.topic, "escalation_reason": call.escalation_reason,
+        }  # fmt: skip
+
+
+def user_card(user: UserRow) -> dict[str, Any]:
+    return {"id": user.id, "username": user.username, "skills": list(user.skills or []),
+            "role": user.role}  # fmt: skip
+
+
+def _user(card: Mapping[str, Any]) -> UserRow:
+    return UserRow(
+        id=card["id"], username=card["username"], skills=list(card["skills"]), role=card["role"]
+    )
+
+
+def _decision(skill: str | None) -> Decision:
+    return Decision(rule_id="", reason="", actions=[], priority=0, skill=skill, at=0.0, evidence={})
+
+
+class RoutingCopy:
+    """One node's copy of the contact center's routing: ``apply`` each operation of the
+    shared log in its order, with its time."""
+
+    def __init__(self, queues: list[QueueConfig], offer_timeout: float) -> None:
+        self.queues = queues  # the queues file's, for a reset
+        self.offer_timeout = offer_timeout
+        self.now = 0.0  # the time of the operation being applied (seconds, Redis's clock)
+        self.shadows: dict[str, Call] = {}
+        self.routing = Routing(queues, offer_timeout, self.shadows, clock=lambda: self.now)
+
+    # -- operations ---------------------------------------------------------------
+
+    def apply(self, op: Mapping[str, Any], now: float) -> tuple[list[Effect], Exception | None]:
+        """Apply ``op`` at ``now``: the effects it made, in order, and the refusal that
+        stopped it (the effects before it stand, as they would on one node)."""
+        self.now = now
+        effects: list[Effect] = []
+        error: Exception | None = None
+        try:
+            for effect in self._run(op):
+                effects.append(effect)
+        except (AcdError, NotAllowed) as exc:
+            error = exc
+        finally:
+            # a shadow lives while its call waits: the decisions routing makes of calls
+            # are made of waiting calls (the card of the next operation brings it back)
+            for call_id in [c for c in self.shadows if c not in self.routing.acd.waiting]:
+                del self.shadows[call_id]
+        return effects, error
+
+    def _run(self, op: Mapping[str, Any]) -> Iterator[Effect]:
+        r = self.routing
+        kind = op["op"]
+        if kind == "escalation":
+            call = self._shadow(op["call"])
+            yield from r.escalation(call, _decision(op["skill"]), to_person=op["to_person"])
+        elif kind == "requested":
+            yield from r.requested(self._shadow(op["call"]), queue=op["queue"], agent=op["agent"])
+        elif kind == "enqueue":
+            call = self._shadow(op["call"])
+            yield from r.enqueue(call, op["skill"], queue=op["queue"], agent=op["agent"])
+        elif kind == "sync_priority":
+            yield from r.sync_priority(self._shadow(op["call"]))
+        elif kind == "leave":
+            yield from r.leave(self._shadow(op["call"]), op["reason"])
+        elif kind == "queue_changed":
+            yield from r.queue_changed(self.shadows.get(op["announce"] or ""))
+        elif kind == "presence":
+            yield from r.presence(_user(op["user"]), op["event"])
+        elif kind == "user_changed":
+            yield from r.user_changed(_user(op["user"]))
+        elif kind == "agent_gone":
+            yield from r.agent_gone(op["user_id"])
+        elif kind == "answered":
+            yield from r.answered(op["agent"], op["call_id"])
+            yield from r.queue_changed()
+        elif kind == "transfer":
+            call = self._shadow(op["call"])
+            call.queue_name, call.queued_at, call.queue_position = op["queue"], self.now, None
+            yield from r.transfer(call, op["queue"], op["agent"], self.now)
+        elif kind == "decline":
+            yield from r.decline(op["user_id"], op["call_id"])
+        elif kind == "hung_up":
+            yield from r.hung_up(op["agent"], self.now - op["handle_time"])
+        elif kind == "tick":
+            yield from r.tick()
+        elif kind == "set_queue":
+            r.set_queue(QueueConfig.model_validate(op["config"]))
+        elif kind == "remove_queue":
+            r.remove_queue(op["name"])
+        elif kind == "queues":
+            rows = [
+                OverrideRow(
+                    kind="queue", name=name, config=config, updated_by="", updated_at=utcnow()
+                )
+                for name, config in op["rows"]
+            ]
+            r.load_overrides(rows)
+        else:
+            raise AcdError(f"unknown routing operation {kind!r}")
+
+    def _shadow(self, card: Mapping[str, Any]) -> Call:
+        """The call's shadow, made or brought up to date from its card."""
+        call = self.shadows.get(card["id"])
+        if call is None:
+            call = Call(
+                card["id"], card["channel"], "en", ModelChoice("en", None, None), card["caller"],
+                utcnow(),
+            )  # fmt: skip
+            self.shadows[call.id] = call
+        call.state = card["state"]
+        call.escalation.priority = card["priority"]
+        call.topic = card["topic"]
+        call.escalation_reason = card["escalation_reason"]
+        if card["ended"]:
+            call.ended.set()
+        return call
+
+    # -- a copy for a node that joins ---------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The copy as plain data, for a node that joins (``restore``)."""
+        acd, r = self.routing.acd, self.routing
+        return {
+            "version": SNAPSHOT_VERSION,
+            "offer_timeout": acd.offer_timeout,
+            "queues": [q.model_dump() for q in acd.queues.values()],
+            "closing": [q.model_dump() for q in acd.closing.values()],
+            "agents": [
+                {
+                    "id": a.id,
+                    "skills": sorted(a.skills),
+                    "presence": a.presence,
+                    "idle_since": a.idle_since,
+                    "offered": a.offered,
+                }
+                for a in acd.agents.values()
+            ],  # fmt: skip
+            "waiting": [
+                {
+                    "call_id": w.call_id,
+                    "queue": w.queue,
+                    "priority": w.priority,
+                    "enqueued_at": w.enqueued_at,
+                    "skills": sorted(w.skills),
+                    "declined_by": sorted(w.declined_by),
+                    "offered_to": w.offered_to,
+                    "max_wait_signalled": w.max_wait_signalled,
+                    "target": w.target,
+                }
+                for w in acd.waiting.values()
+            ],  # fmt: skip
+            "offers": {c: [a, exp] for c, (a, exp) in acd._offers.items()},
+            "handle_times": list(acd._handle_times),
+            "usernames": dict(r._usernames),
+            "shadows": [
+                CallCard.of(c)
+                | {
+                    "queue_name": c.queue_name,
+                    "queue_position": c.queue_position,
+                    "queued_priority": c.queued_priority,
+                    "queued_at": c.queued_at,
+                }
+                for c in self.shadows.values()
+            ],  # fmt: skip
+        }
+
+    def restore(self, snap: Mapping[str, Any]) -> None:
+        """Become the copy ``snapshot`` made."""
+        if snap.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"routing snapshot version {snap.get('version')} is not known")
+        self.reset([QueueConfig.model_validate(q) for q in snap["queues"]], snap["offer_timeout"])
+        acd, r = self.routing.acd, self.routing
+        acd.closing = {q["name"]: QueueConfig.model_validate(q) for q in snap["closing"]}
+        for a in snap["agents"]:
+            acd.agents[a["id"]] = Agent(
+                a["id"], frozenset(a["skills"]), a["presence"], a["idle_since"], a["offered"]
+            )
+        for w in snap["waiting"]:
+            acd.waiting[w["call_id"]] = Waiting(
+                w["call_id"], w["queue"], w["priority"], w["enqueued_at"], frozenset(w["skills"]),
+                set(w["declined_by"]), w["offered_to"], w["max_wait_signalled"], w["target"],
+            )  # fmt: skip
+        acd._offers = {c: (a, float(exp)) for c, (a, exp) in snap["offers"].items()}
+        acd._handle_times.extend(snap["handle_times"])
+        r._usernames.update(snap["usernames"])
+        for card in snap["shadows"]:
+            call = self._shadow(card)
+            call.queue_name, call.queue_position = card["queue_name"], card["queue_position"]
+            call.queued_priority, call.queued_at = card["queued_priority"], card["queued_at"]
+
+    def reset(
+        self, queues: list[QueueConfig] | None = None, offer_timeout: float | None = None
+    ) -> None:
+        """Start again from nobody waiting and nobody signed in (a cluster's first node),
+        with the queues and offer timeout of the engine that started it: every copy must
+        time offers alike."""
+        self.shadows.clear()
+        fresh = Routing(queues or self.queues, self.offer_timeout, self.shadows)
+        r = self.routing
+        r.acd.offer_timeout = self.offer_timeout if offer_timeout is None else offer_timeout
+        # the same objects stay: SharedRouting reads them
+        r.acd.queues, r.acd.closing = fresh.acd.queues, fresh.acd.closing
+        r.acd.agents.clear()
+        r.acd.waiting.clear()
+        r.acd._offers.clear()
+        r.acd._handle_times.clear()
+        r._usernames.clear()
+
+
+# -- who applies an effect ----------------------------------------------------------
+
+
+def effect_call(effect: Effect) -> str | None:
+    """The call an effect is about (None: about a person)."""
+    if isinstance(effect, (Announce, Transition)):
+        return effect.call.id
+    if isinstance(effect, (UpdateCall, Ring, StopRinging)):
+        return effect.call_id
+    if isinstance(effect, Emit):
+        return effect.event.call_id
+    return None
+
+
+def owner_of(effect: Effect, origin: str, me: str, live: Mapping[str, Call]) -> Call | bool:
+    """Whether this node (``me``) applies ``effect`` of an operation ``origin`` asked
+    for: the live call it is about, True (about a person, and we asked), or False."""
+    call_id = effect_call(effect)
+    if call_id is None:
+        return origin == me and not isinstance(effect, Replicate)
+    return live.get(call_id) or False
+
+
+def on_live_call(effect: Effect, call: Call) -> Effect:
+    """``effect`` of a shadow, for the live ``call``: the prompt and the move go to the
+    live call, and an offer carries what the live call knows now."""
+    if isinstance(effect, Announce):
+        return Announce(call, effect.text, effect.while_state)
+    if isinstance(effect, Transition):
+        return Transition(call, effect.event, effect.reason, effect.values)
+    if isinstance(effect, Emit) and isinstance(effect.event, CallOffered):
+        from engine.analysis import summary_of
+
+        fresh = effect.event.model_copy(
+            update={
+                "caller": call.caller, "channel": call.channel, "emotion": call.mood,
+                "summary": summary_of(call), "escalation_reason": call.escalation_reason,
+                "previous_calls": call.previous_calls, "transferred_by": call.transferred_by,
+                "transfer_note": call.transfer_note,
+            }
+        )  # fmt: skip
+        return Emit(fresh)
+    return effect
+
+
+def follow_shadows(copy: RoutingCopy, live: Mapping[str, Call]) -> None:
+    """The node's live calls take their shadows' place in line."""
+    for call_id, shadow in copy.shadows.items():
+        call = live.get(call_id)
+        if call is not None:
+            call.queue_name, call.queue_position = shadow.queue_name, shadow.queue_position
+            call.queued_priority = shadow.queued_priority
+
+
+# -- what the node's code talks to -----------------------------------------------------
+
+
+class SharedRouting(Routing):
+    """``Routing``'s methods for a node of several: those that read answer from the
+    node's copy (they share its ACD), those that decide ask the shared log for the
+    decision (one ``Replicate`` effect: engine/calls.py applies it). ``clock`` stays
+    this process's monotonic clock, which the desk's own times are on."""
+
+    def __init__(self, copy: RoutingCopy) -> None:  # noqa: D107 (the copy's state is shared)
+        self.copy = copy
+        self.acd = copy.routing.acd
+        self.calls = copy.shadows
+        self.clock = time.monotonic
+        self._usernames = copy.routing._usernames
+
+    # reads are inherited; what follows decides
+
+    def escalation(self, call: Call, decision: Decision, *, to_person: bool) -> Iterator[Effect]:
+        op = {"op": "escalation", "call": CallCard.of(call), "skill": decision.skill,
+              "to_person": to_person}  # fmt: skip
+        yield Replicate(op)
+
+    def requested(
+        self, call: Call, *, queue: str | None = None, agent: str | None = None
+    ) -> Iterator[Effect]:
+        yield Replicate(
+            {"op": "requested", "call": CallCard.of(call), "queue": queue, "agent": agent}
+        )
+
+    def enqueue(
+        self, call: Call, skill: str | None, *, queue: str | None = None, agent: str | None = None
+    ) -> Iterator[Effect]:
+        op = {"op": "enqueue", "call": CallCard.of(call), "skill": skill, "queue": queue,
+              "agent": agent}  # fmt: skip
+        yield Replicate(op)
+
+    def sync_priority(self, call: Call) -> Iterator[Effect]:
+        yield Replicate({"op": "sync_priority", "call": CallCard.of(call)})
+
+    def leave(self, call: Call, reason: str) -> Iterator[Effect]:
+        yield Replicate({"op": "leave", "call": CallCard.of(call), "reason": reason})
+
+    def queue_changed(self, announce: Call | None = None) -> Iterator[Effect]:
+        yield Replicate({"op": "queue_changed", "announce": announce.id if announce else None})
+
+    def presence(self, user: UserRow, event: str) -> Iterator[Effect]:
+        yield Replicate({"op": "presence", "user": user_card(user), "event": event})
+
+    def user_changed(self, user: UserRow) -> Iterator[Effect]:
+        if user.id in self.acd.agents:
+            yield Replicate({"op": "user_changed", "user": user_card(user)})
+
+    def agent_gone(self, user_id: str) -> Iterator[Effect]:
+        agent = self.acd.agents.get(user_id)
+        if agent is not None and agent.presence in ("ringing", "on_call"):
+            raise NotAllowed("this agent is ringing or on a call; try again after it")
+        yield Replicate({"op": "agent_gone", "user_id": user_id})
+
+    def answered(self, agent_id: str, call_id: str) -> Iterator[Effect]:
+        yield Replicate({"op": "answered", "agent": agent_id, "call_id": call_id})
+
+    def transfer(
+        self, call: Call, queue: str, agent_id: str | None, since: float
+    ) -> Iterator[Effect]:
+        op = {"op": "transfer", "call": CallCard.of(call), "queue": queue, "agent": agent_id}
+        yield Replicate(op)
+
+    def decline(self, user_id: str, call_id: str) -> Iterator[Effect]:
+        yield Replicate({"op": "decline", "user_id": user_id, "call_id": call_id})
+
+    def hung_up(self, agent_id: str | None, since: float) -> Iterator[Effect]:
+        if agent_id is not None:
+            op = {"op": "hung_up", "agent": agent_id, "handle_time": time.monotonic() - since}
+            yield Replicate(op)
+
+    def tick(self) -> Iterator[Effect]:
+        return iter(())  # the log's leader asks for the ticks (engine/routinglog.py)
+
+    def offer_callback(self, call_id: str) -> Iterator[Effect]:
+        return iter(())  # made by the copies, in a tick
+
+    def set_queue(self, config: QueueConfig) -> None:
+        raise NotImplementedError("several engines: engine/calls.py asks the log")
+
+    def remove_queue(self, name: str) -> None:
+        raise NotImplementedError("several engines: engine/calls.py asks the log")
+
+    def load_overrides(self, rows: Iterable[OverrideRow]) -> None:
+        raise NotImplementedError("several engines: engine/calls.py asks the log")
+
+
+def queue_rows(rows: Iterable[OverrideRow]) -> list[tuple[str, dict[str, Any] | None]]:
+    """The queues changed through the API, as a ``queues`` operation carries them."""
+    return [(row.name, cast(dict[str, Any] | None, row.config)) for row in rows]

@@ -1,0 +1,367 @@
+"""The shared routing log: one Redis stream of routing operations, in the order every
+engine's copy of routing applies them (engine/routingcopy.py).
+
+Theory of operation
+-------------------
+Asking. ``submit(op)`` appends the operation (XADD, naming the engine that asks and a
+request id) and waits until this engine's reader has applied it and this engine has
+applied the effects that fall to it; then it returns, or raises what routing refused
+(``AcdError``, ``NotAllowed``), as a call into ``Routing`` would on one engine.
+
+Reading. One task reads the stream in order (XREAD) and applies each entry to the copy
+at the entry's time: its id's milliseconds, Redis's clock, the same for every engine and
+never going back within the stream. The effects that fall to this engine are handed to
+``on_effects`` (engine/calls.py applies them in a task of their own, in order for each
+call): the reader never waits for a prompt to be spoken.
+
+Joining. An engine that starts while a leader holds the lease asks for a copy: it
+appends "sync"; the leader, applying that entry, appends a "snapshot" of its copy as of
+that entry; the joiner restores it and applies what it read after its "sync". With no
+leader (the cluster's first engine, or every engine restarted) the engine appends
+"reset": every engine applying it starts again from nobody waiting and nobody signed in,
+with the resetting engine's queues; each engine puts its own waiting callers back in line
+(``on_reset``), and agents sign in again.
+
+The leader. A lease in Redis (``LEASE`` s, renewed every ``RENEW`` s) held by one engine
+whose copy is in step. It keeps time: when the copy's next timer is due (an offer
+ringing out, a caller who waited the queue's maximum) it appends "tick", which every copy
+applies at the tick's time; and it hands copies to joiners. Any engine in step takes the
+lease when it runs out, so a leader that dies costs at most ``LEASE`` s of timers.
+
+Redis away: operations cannot be asked for (``RoutingUnavailable``: the API answers 503)
+and the reader tries again every second; nothing decided is lost, since nothing is
+decided without the log. The stream keeps the last ``MAXLEN`` operations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from engine.acd import QueueConfig
+from engine.routing import Effect
+from engine.routingcopy import RoutingCopy
+
+log = logging.getLogger(__name__)
+
+MAXLEN = 100_000  # operations kept in the stream (a joiner needs those after its sync)
+LEASE = 10.0  # seconds a leader's lease lasts unless renewed
+RENEW = 2.0  # seconds between renewals (and attempts to take a lease that ran out)
+TICK_EVERY = 0.2  # seconds between the leader's looks at the copy's next timer
+ANSWER_WITHIN = 10.0  # seconds an operation may take to be applied before giving up
+SYNC_WITHIN = 5.0  # seconds a joiner waits for a snapshot before asking again
+SYNC_TRIES = 3  # then it starts the routing again (reset)
+TIMEOUT = 5.0  # seconds for a Redis command (a read blocks BLOCK_MS on top)
+BLOCK_MS = 1000
+
+# the lease: renewed only by its holder
+RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RoutingUnavailable(RuntimeError):
+    """The shared routing log cannot be reached (Redis away): ask again later."""
+
+
+def entry_time(entry_id: bytes) -> float:
+    """An entry's time: the milliseconds of its stream id, in seconds."""
+    return int(entry_id.split(b"-", 1)[0]) / 1000
+
+
+# the effects that fall to this engine, applied in a task: it is what ``on_effects`` gives
+EffectsApplied = Callable[[list[Effect], str], "asyncio.Task[None]"]
+# an operation applied: the task applying its effects here, and what routing refused
+Outcome = tuple["asyncio.Task[None] | None", Exception | None]
+# stream entries as redis-py hands them back: (id, {field: value})
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+class RoutingLog:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        engine_id: str,
+        copy: RoutingCopy,
+        *,
+        reset_queues: Callable[[], Awaitable[list[tuple[str, dict[str, Any] | None]]]],
+        peers: Callable[[], Awaitable[int]],
+    ) -> None:
+        """``reset_queues``: the queues changed through the API (from the database), put
+        in a "reset" this engine appends. ``peers``: how many other engines are alive
+        (their heartbeats, engine/recovery.py): with none, there is no copy to wait for."""
+        self.url = url
+        self.me = engine_id
+        self.copy = copy
+        self._key = f"{prefix}:routing"
+        self._lease_key = f"{prefix}:routing:leader"
+        self._reset_queues = reset_queues
+        self._peers = peers
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
+        )
+        self._renew = self._redis.register_script(RENEW_SCRIPT)
+        self._release = self._redis.register_script(RELEASE_SCRIPT)
+        # engine/calls.py: applies the effects of an entry that fall to this engine
+        self.on_effects: EffectsApplied | None = None
+        # engine/calls.py: after a reset, this engine's waiting callers back in line
+        self.on_reset: Callable[[], None] = lambda: None
+        self.synced = asyncio.Event()
+        self.leader = False
+        self._last = b"0-0"  # the stream id after which the reader reads
+        self._sync_rid: str | None = None  # this engine's sync, while it waits for a copy
+        self._sync_entry: bytes | None = None  # ... and where it is in the stream
+        self._buffer: list[tuple[bytes, dict[str, Any]]] = []  # read after our sync
+        self._waiting: dict[str, asyncio.Future[Outcome]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.applied = 0  # operations applied (metrics, tests)
+        self.snapshots_sent = 0
+
+    # -- asking ---------------------------------------------------------------------
+
+    async def submit(self, op: Mapping[str, Any]) -> None:
+        """Append ``op``, wait until it is applied here with its effects; raise what
+        routing refused. RoutingUnavailable if the log cannot be reached."""
+        rid = uuid.uuid4().hex
+        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = done
+        try:
+            await self._append({**op, "origin": self.me, "rid": rid})
+            try:
+                applied, error = await asyncio.wait_for(asyncio.shield(done), ANSWER_WITHIN)
+            except TimeoutError:
+                raise RoutingUnavailable("the shared routing log did not answer in time") from None
+        finally:
+            self._waiting.pop(rid, None)
+        if applied is not None:
+            await asyncio.shield(applied)
+        if error is not None:
+            raise error
+
+    async def _append(self, op: Mapping[str, Any]) -> bytes:
+        try:
+            entry = await self._redis.xadd(
+                self._key, {"op": json.dumps(op)}, maxlen=MAXLEN, approximate=True
+            )
+            return cast(bytes, entry)
+        except (RedisError, OSError) as exc:
+            raise RoutingUnavailable(f"the shared routing log cannot be reached: {exc}") from exc
+
+    # -- starting and stopping ------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read from the stream's end, get in step (a copy from the leader, else a
+        reset), then keep reading and, when the lease is free, lead. Raises
+        RoutingUnavailable."""
+        try:
+            newest = cast(Entries, await self._redis.xrevrange(self._key, count=1))
+            self._last = newest[0][0] if newest else b"0-0"
+            has_leader = await self._leader_soon()
+        except (RedisError, OSError) as exc:
+            raise RoutingUnavailable(f"the shared routing log cannot be reached: {exc}") from exc
+        self._tasks.append(asyncio.create_task(self._read_loop(), name="routing-log"))
+        for _ in range(SYNC_TRIES if has_leader else 0):
+            self._sync_rid = uuid.uuid4().hex
+            self._sync_entry, self._buffer = None, []
+            await self._append({"op": "sync", "origin": self.me, "rid": self._sync_rid})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.synced.wait(), SYNC_WITHIN)
+                break
+            log.warning("routing: no copy came from the leader within %.0f s; asking again",
+                        SYNC_WITHIN)  # fmt: skip
+        if not self.synced.is_set():
+            await self.reset()
+            await asyncio.wait_for(self.synced.wait(), ANSWER_WITHIN)
+        self._tasks.append(asyncio.create_task(self._lead_loop(), name="routing-leader"))
+
+    async def _leader_soon(self) -> bool:
+        """Whether an engine leads, or will soon: when other engines are alive but the
+        lease is free (their leader just died), one of them takes it within ``RENEW`` s,
+        and a reset now would wipe what they hold."""
+        if await self._redis.exists(self._lease_key):
+            return True
+        if not await self._peers():
+            return False
+        loop = asyncio.get_running_loop()
+        until = loop.time() + LEASE + RENEW
+        while loop.time() < until:
+            await asyncio.sleep(RENEW / 4)
+            if await self._redis.exists(self._lease_key):
+                return True
+        return False
+
+    async def reset(self) -> None:
+        """Start the contact center's routing again (nobody waiting, nobody signed in)
+        with this engine's queues."""
+        rows = await self._reset_queues()
+        queues = [q.model_dump() for q in self.copy.queues]
+        log.warning("routing: starting the shared routing again (no engine had a copy)")
+        timeout = self.copy.offer_timeout
+        await self._append(
+            {"op": "reset", "origin": self.me, "rid": "", "queues": queues, "rows": rows,
+             "offer_timeout": timeout}
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.leader:  # the next engine need not wait the lease out
+            with contextlib.suppress(RedisError, OSError):
+                await self._release(keys=[self._lease_key], args=[self.me])
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.aclose()
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                got = cast(
+                    list[tuple[bytes, Entries]],
+                    await self._redis.xread({self._key: self._last}, count=200, block=BLOCK_MS),
+                )
+            except (RedisError, OSError) as exc:
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc
+                log.warning("routing: cannot read the shared routing log: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for _stream, entries in got or []:
+                for entry_id, fields in entries:
+                    self._last = entry_id
+                    try:
+                        op = json.loads(fields[b"op"])
+                    except (KeyError, ValueError):
+                        log.error("routing: unreadable entry %s skipped", entry_id)
+                        continue
+                    try:
+                        self._take(self._last, op)
+                    except Exception:  # one bad entry must not stop routing
+                        log.exception("routing: entry %s (%s) failed", entry_id, op.get("op"))
+
+    def _take(self, entry_id: bytes, op: dict[str, Any]) -> None:
+        kind = op.get("op")
+        if not self.synced.is_set():
+            self._catch_up(entry_id, op)
+            return
+        if kind == "sync":
+            if self.leader and op.get("origin") != self.me:
+                self._send_snapshot(str(op["rid"]), self.copy.snapshot())
+            return
+        if kind == "snapshot":
+            return
+        if kind == "reset":
+            self._reset_copy(op)
+            self.on_reset()
+            return
+        self._apply(entry_id, op)
+
+    def _catch_up(self, entry_id: bytes, op: dict[str, Any]) -> None:
+        """Not in step yet: wait for our sync and its snapshot, or a reset."""
+        kind = op.get("op")
+        if kind == "reset":
+            self._reset_copy(op)
+            self._in_step()
+            return
+        if kind == "sync" and op.get("rid") == self._sync_rid:
+            self._sync_entry = entry_id
+            return
+        if self._sync_entry is None:
+            return  # before our sync: the snapshot will hold it
+        if kind == "snapshot" and op.get("for") == self._sync_rid:
+            self.copy.restore(op["state"])
+            acd = self.copy.routing.acd
+            log.info("routing: copy received (%d waiting, %d agents); in step",
+                     len(acd.waiting), len(acd.agents))  # fmt: skip
+            buffered, self._buffer = self._buffer, []
+            self._in_step()
+            for earlier_id, earlier in buffered:
+                self._take(earlier_id, earlier)
+            return
+        self._buffer.append((entry_id, op))
+
+    def _in_step(self) -> None:
+        self._sync_rid, self._sync_entry = None, None
+        self.synced.set()
+
+    def _reset_copy(self, op: Mapping[str, Any]) -> None:
+        queues = [QueueConfig.model_validate(q) for q in op["queues"]]
+        self.copy.reset(queues, float(op.get("offer_timeout", self.copy.offer_timeout)))
+        self.copy.apply({"op": "queues", "rows": op["rows"]}, self.copy.now)
+
+    def _apply(self, entry_id: bytes, op: dict[str, Any]) -> None:
+        effects, error = self.copy.apply(op, entry_time(entry_id))
+        self.applied += 1
+        origin = str(op.get("origin", ""))
+        applied = self.on_effects(effects, origin) if self.on_effects is not None else None
+        if origin == self.me and (done := self._waiting.get(str(op.get("rid")))) is not None:
+            if not done.done():
+                done.set_result((applied, error))
+        elif error is not None and origin == self.me:
+            log.info("routing: %s refused: %s", op.get("op"), error)
+
+    def _send_snapshot(self, rid: str, state: dict[str, Any]) -> None:
+        async def send() -> None:
+            with contextlib.suppress(RoutingUnavailable):
+                await self._append(
+                    {"op": "snapshot", "origin": self.me, "for": rid, "state": state}
+                )
+                self.snapshots_sent += 1
+
+        self._tasks.append(asyncio.create_task(send(), name="routing-snapshot"))
+
+    # -- leading ---------------------------------------------------------------------
+
+    async def _lead_loop(self) -> None:
+        renew_at = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if loop.time() >= renew_at:
+                    renew_at = loop.time() + RENEW
+                    await self._hold_lease()
+                if self.leader:
+                    await self._tick_if_due()
+            except (RedisError, OSError, RoutingUnavailable) as exc:
+                if self.leader:
+                    log.warning("routing: lost touch with the lease: %s", exc)
+                self.leader = False
+            await asyncio.sleep(TICK_EVERY)
+
+    async def _hold_lease(self) -> None:
+        ms = int(LEASE * 1000)
+        if self.leader:
+            self.leader = bool(await self._renew(keys=[self._lease_key], args=[self.me, ms]))
+            if not self.leader:
+                log.warning("routing: the lease ran out; another engine leads")
+            return
+        if await self._redis.set(self._lease_key, self.me, nx=True, px=ms):
+            self.leader = True
+            log.info("routing: this engine leads (timers, copies for joiners)")
+
+    async def _tick_if_due(self) -> None:
+        due = self.copy.routing.next_timer()
+        if due is None:
+            return
+        seconds, micros = await self._redis.time()
+        if seconds + micros / 1e6 >= due:
+            await self.submit({"op": "tick"})

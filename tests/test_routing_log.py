@@ -1,0 +1,147 @@
+"""The shared routing log (engine/routinglog.py) on a real redis-server: engines in one
+process, each with its own copy of routing, asking for decisions through the log. The
+first engine starts the routing, the next gets a copy from the leader, a caller of one
+is offered to the agent of another, refusals come back to whoever asked, the leader
+keeps time, and when it stops another engine leads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from engine.acd import AcdError, QueueConfig
+from engine.analysis import Emit
+from engine.events import AgentPresenceChanged, CallOffered, OfferWithdrawn, utcnow
+from engine.livecall import Call
+from engine.routing import Effect
+from engine.routingcopy import CallCard, RoutingCopy
+from engine.routinglog import RoutingLog, RoutingUnavailable
+from media.asr import ModelChoice
+from tests.engine_proc import free_port
+from tests.redisd import RedisServer, prefix
+
+QUEUES = [QueueConfig(name="general")]
+ANN = {"id": "u-ann", "username": "ann", "skills": [], "role": "agent"}
+
+
+@dataclass
+class Node:
+    log: RoutingLog
+    effects: list[tuple[Effect, str]] = field(default_factory=list)
+
+    @property
+    def copy(self) -> RoutingCopy:
+        return self.log.copy
+
+    def events(self, kind: type) -> list[Any]:
+        return [
+            e.event for e, _o in self.effects if isinstance(e, Emit) and isinstance(e.event, kind)
+        ]
+
+
+async def nothing() -> None:
+    pass
+
+
+def node(url: str, keys: str, name: str, peers: int, offer_timeout: float = 20.0) -> Node:
+    async def no_overrides() -> list[tuple[str, dict[str, Any] | None]]:
+        return []
+
+    async def count() -> int:
+        return peers
+
+    log = RoutingLog(
+        url, keys, name, RoutingCopy(QUEUES, offer_timeout),
+        reset_queues=no_overrides, peers=count,
+    )  # fmt: skip
+    n = Node(log)
+
+    def applied(effects: list[Effect], origin: str) -> asyncio.Task[None]:
+        n.effects += [(e, origin) for e in effects]
+        return asyncio.get_running_loop().create_task(nothing())
+
+    log.on_effects = applied
+    return n
+
+
+def caller(call_id: str) -> dict[str, Any]:
+    call = Call(call_id, "webrtc", "en", ModelChoice("en", None, None), "+15550100", utcnow())
+    call.state = "active"
+    return CallCard.of(call)
+
+
+async def until(check: Any, within: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not check():
+        assert loop.time() < deadline, "not within time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def keys() -> AsyncIterator[str]:
+    yield prefix()
+
+
+async def test_engines_route_as_one(redis_server: RedisServer, keys: str) -> None:
+    a = node(redis_server.url, keys, "A", peers=0, offer_timeout=1.0)
+    b = node(redis_server.url, keys, "B", peers=1, offer_timeout=1.0)
+    c: Node | None = None
+    try:
+        await a.log.start()  # the first engine: nobody has a copy, it starts the routing
+        await until(lambda: a.log.leader)
+        await b.log.start()  # the second gets the leader's copy
+        assert b.log.synced.is_set() and a.log.snapshots_sent == 1
+
+        # a caller of A is offered to ann, who signs in on B
+        await a.log.submit({"op": "escalation", "call": caller("c1"), "skill": None,
+                            "to_person": True})  # fmt: skip
+        await b.log.submit({"op": "presence", "user": ANN, "event": "login"})
+        await b.log.submit({"op": "presence", "user": ANN, "event": "available"})
+        await until(lambda: a.copy.routing.acd.agents.get("u-ann") is not None
+                    and a.copy.routing.presence_of("u-ann") == "ringing")  # fmt: skip
+        for n in (a, b):
+            assert n.copy.routing.offered_to("u-ann", "c1")
+        [offer] = b.events(CallOffered)  # B's copy made it; A's too, and A sends it
+        assert (offer.call_id, offer.agent_id) == ("c1", "u-ann")
+        assert [
+            o for e, o in a.effects if isinstance(e, Emit) and isinstance(e.event, CallOffered)
+        ] == ["B"]
+
+        # what routing refuses comes back to whoever asked, and changes nothing
+        with pytest.raises(AcdError, match="not ringing"):
+            await a.log.submit({"op": "decline", "user_id": "u-ann", "call_id": "c9"})
+
+        # the leader keeps time: the offer rings out after 1 s on every copy
+        await until(lambda: b.copy.routing.presence_of("u-ann") == "away", 5)
+        assert a.copy.routing.presence_of("u-ann") == "away"
+        assert [w.reason for w in a.events(OfferWithdrawn)] == ["no_answer"]
+
+        # a third engine joins late and is in step with the others
+        c = node(redis_server.url, keys, "C", peers=2)
+        await c.log.start()
+        assert c.copy.snapshot() == a.copy.snapshot() == b.copy.snapshot()
+
+        # the leader stops: another engine takes the lease and keeps time
+        await a.log.stop()
+        await until(lambda: b.log.leader or c.log.leader, 5)
+        await b.log.submit({"op": "presence", "user": ANN, "event": "available"})
+        await until(lambda: c.copy.routing.presence_of("u-ann") == "ringing")
+        await until(lambda: c.copy.routing.presence_of("u-ann") == "away", 5)
+        presence = [p.presence for p in b.events(AgentPresenceChanged)]
+        assert presence == ["away", "available", "ringing", "away", "available", "ringing", "away"]
+    finally:
+        for n in (a, b, c):
+            if n is not None:
+                await n.log.stop()
+
+
+async def test_without_redis_routing_cannot_start(keys: str) -> None:
+    gone = node(f"redis://127.0.0.1:{free_port()}/0", keys, "A", peers=0)
+    with pytest.raises(RoutingUnavailable, match="cannot be reached"):
+        await gone.log.start()
+    await gone.log.stop()
