@@ -12,9 +12,11 @@ at each rate for ten seconds, in one run and on the same machine:
 A rate is sustained when every call succeeds and the p95 time from INVITE to 200 OK
 stays under one second. Then the event bus, in the same run (bench/shared_events.py):
 publish-to-subscriber latency and throughput in-process against Redis shared by two
-engines. Not yet measured: a cross-node agent offer (offers do not cross nodes yet).
-All processes share this machine's cores: two engines on one 2-core box show what the
-edge costs and that it spreads, not what two machines would take.
+engines. Then the added latency of a cross-node agent offer (bench/shared_routing.py):
+escalation to offer decided by one engine alone against through the shared routing log
+and seen by the other engine. All processes share this machine's cores: two engines on
+one 2-core box show what the edge costs and that it spreads, not what two machines
+would take.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import shared_events
+from bench import shared_events, shared_routing
 from bench.calls import OUT
 from bench.sip import SHORT_CALL, setup_rate
 from tests import sipp
@@ -100,6 +102,9 @@ def main() -> None:
     bus = asyncio.run(shared_events.measure(5_000, 200.0, 5.0))
     result = table(rows) + "\n\n| event bus | publish -> subscriber | throughput |\n|---|---|---|\n"
     result += "\n".join(f"| {name} | {lat} | {thr} |" for name, lat, thr in bus)
+    offers = shared_routing.measure(200)
+    result += "\n\n| escalation -> agent offer | p50 / p95 |\n|---|---|\n"
+    result += "\n".join(f"| {path} | {took} |" for path, took in offers)
     header = f"Call setups through the SIP edge, {os.cpu_count()} CPUs, one machine\n\n"
     (OUT / "cluster.md").write_text(header + result + "\n")
     print()

@@ -35,7 +35,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar, assert_never
@@ -670,7 +670,7 @@ class CallManager:
             if self.routing_log is not None:  # several engines: decided in the log, now
                 await self._route(answered)
                 answered = iter(())
-        except AcdError:
+        except (AcdError, RoutingUnavailable):
             await leg.peer.close()
             raise
         self._stop_desk_phone(call.id)  # answered in the browser: the desk phone stops
@@ -781,7 +781,9 @@ class CallManager:
 
     # -- several engines: the effects of the shared routing log that fall to this one --
 
-    def shared_effects(self, effects: list[RoutingEffect], origin: str) -> asyncio.Task[None]:
+    def shared_effects(
+        self, effects: list[RoutingEffect], op: Mapping[str, object]
+    ) -> asyncio.Task[None]:
         """An operation of the shared log was applied to this engine's copy: apply the
         effects that fall to this engine (engine/routingcopy.py ``owner_of``) in a task,
         after those still being applied for the same calls."""
@@ -789,7 +791,7 @@ class CallManager:
         follow_shadows(self.routing_copy, self.calls)
         mine: list[RoutingEffect] = []
         for effect in effects:
-            who = owner_of(effect, origin, self.engine_id, self.calls)
+            who = owner_of(effect, op, self.engine_id, self.calls)
             if who is not False:
                 mine.append(on_live_call(effect, who) if isinstance(who, Call) else effect)
         calls = {c for e in mine if (c := effect_call(e)) is not None}
@@ -824,10 +826,20 @@ class CallManager:
 
     async def _leave_shared(self, effects: list[RoutingEffect], tries: int = 150) -> None:
         """A call's last routing (its agent to wrap-up, out of the line), through the
-        shared log; while the log cannot be reached, asked again every 2 s in the
-        background (at most ``tries`` times), so the call's end is not held up."""
+        shared log, each step on its own: one refused (the agent signed out and in
+        again meanwhile) must not keep the call from leaving the line. While the log
+        cannot be reached, the steps left are asked again every 2 s in the background
+        (at most ``tries`` times), so the call's end is not held up."""
+        left = list(effects)
+
+        async def go_on() -> None:
+            while left:
+                with contextlib.suppress(AcdError, NotAllowed):
+                    await self._route_one(left[0])
+                left.pop(0)
+
         try:
-            await self._route(effects)
+            await go_on()
             return
         except RoutingUnavailable as exc:
             log.warning("routing: a call's end waits for the shared routing log: %s", exc)
@@ -836,31 +848,46 @@ class CallManager:
             for _ in range(tries):
                 await asyncio.sleep(2.0)
                 with contextlib.suppress(RoutingUnavailable):
-                    await self._route(effects)
+                    await go_on()
                     return
             log.error("routing: gave up telling the shared routing log that a call ended")
 
-        self.background.add(task := asyncio.get_running_loop().create_task(again()))
-        task.add_done_callback(self.background.discard)
+        self._background(again())
 
-    def shared_calls_lost(self, call_ids: list[str]) -> None:
+    def shared_calls_lost(self, cut: list[tuple[str, str | None]]) -> None:
         """Calls a dead engine ran, ended by this one (engine/recovery.py): they leave
-        the shared routing's line, and an agent they rang is freed."""
+        the shared routing's line (an agent they rang is freed and told), and the agent
+        on one goes to wrap-up. This engine tells what the dead one can no longer
+        (``orphan``: the operation's events about the call are this engine's to send)."""
         log_ = self.routing_log
         if log_ is None:
             return
 
-        async def leave(call_id: str) -> None:
+        async def lost(call_id: str, agent_id: str | None) -> None:
             await log_.synced.wait()
             card = {
                 "id": call_id, "channel": "", "caller": None, "state": "ended", "ended": True,
                 "priority": 0, "topic": None, "escalation_reason": None,
             }  # fmt: skip
-            with contextlib.suppress(Exception):  # the log away: its next reset forgets it
-                await log_.submit({"op": "leave", "call": card, "reason": "node_lost"})
+            ops: list[dict[str, object]] = [
+                {"op": "leave", "call": card, "reason": "node_lost", "orphan": call_id}
+            ]
+            if agent_id is not None:
+                ops.append({"op": "hung_up", "agent": agent_id, "handle_time": 0.0})
+            for op in ops:
+                # refused (the agent moved on meanwhile): nothing to do; the log away:
+                # its next reset forgets the call
+                with contextlib.suppress(AcdError, NotAllowed, RoutingUnavailable):
+                    await log_.submit(op)
 
-        for call_id in call_ids:
-            asyncio.get_running_loop().create_task(leave(call_id))
+        for call_id, agent_id in cut:
+            self._background(lost(call_id, agent_id))
+
+    def _background(self, work: Awaitable[None]) -> None:
+        """Run ``work`` on its own, kept until done (the loop only holds weak references)."""
+        task = asyncio.ensure_future(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def shared_reset(self) -> None:
         """The shared routing started again (engine/routinglog.py): this engine's waiting
@@ -875,7 +902,7 @@ class CallManager:
 
         for call in list(self.calls.values()):
             if call.state == "queued":
-                asyncio.get_running_loop().create_task(back_in_line(call))
+                self._background(back_in_line(call))
 
     async def _write(self, call: Call, w: Write) -> None:
         if w.row is not None and w.values is not None:

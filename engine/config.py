@@ -308,8 +308,12 @@ def node_url(settings: Settings) -> str:
     if host in ("0.0.0.0", "::", ""):
         import socket
 
-        try:  # what this host's name resolves to: its address on the cluster's network
-            host = socket.gethostbyname(socket.gethostname())
+        # the address this host sends from (no packet is sent: a UDP socket is only
+        # pointed somewhere); the host name may resolve to 127.0.1.1 (Debian)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never used, always routed
+                host = probe.getsockname()[0]
         except OSError:
             host = "127.0.0.1"
     if ":" in host:

@@ -105,8 +105,9 @@ class Recovery:
         self._task: asyncio.Task[None] | None = None
         # told when deliveries a dead engine had claimed are free (wakes the sender)
         self.on_released: Callable[[], None] = lambda: None
-        # told which calls of dead engines it ended (they leave the shared routing)
-        self.on_calls_ended: Callable[[list[str]], None] = lambda ids: None
+        # told which calls of dead engines it ended, each with its agent (they leave the
+        # shared routing, and their agents go to wrap-up)
+        self.on_calls_ended: Callable[[list[tuple[str, str | None]]], None] = lambda cut: None
 
     async def start(self) -> int:
         """Register, end what dead engines left open, then keep the heartbeat going."""
@@ -165,11 +166,11 @@ class Recovery:
             return 0
         dead = dead_owners(owners, engines, me=self.id, now=now, lease=self.lease, host=self.host)
         count = 0
-        ended: list[str] = []
+        ended: list[tuple[str, str | None]] = []
         for owner, last_seen in dead.items():
             for cut in await self.store.end_calls_of(owner, last_seen, reason):
                 call_id = cut.call_id
-                ended.append(call_id)
+                ended.append((call_id, cut.agent_id))
                 lasted = round(max(0.0, (last_seen - as_utc(cut.created_at)).total_seconds()), 3)
                 self.bus.publish(
                     CallStateChanged(

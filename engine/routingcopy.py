@@ -35,6 +35,7 @@ an offer with the live call's summary, mood and history as it sends it.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -59,8 +60,14 @@ from engine.routing import (
 from engine.store.models import OverrideRow, UserRow
 from media.asr import ModelChoice
 
+log = logging.getLogger(__name__)
+
 Op = dict[str, Any]
 SNAPSHOT_VERSION = 1
+# calls remembered as gone from the line for good (hung up, a callback instead): an
+# operation asked for before the call left may be appended after it (two engines, or
+# two connections of one), and must not put the call back in line as a ghost
+LEFT_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,7 @@ class RoutingCopy:
         self.offer_timeout = offer_timeout
         self.now = 0.0  # the time of the operation being applied (seconds, Redis's clock)
         self.shadows: dict[str, Call] = {}
+        self.left: dict[str, None] = {}  # the calls that left the line for good, oldest first
         self.routing = Routing(queues, offer_timeout, self.shadows, clock=lambda: self.now)
 
     # -- operations ---------------------------------------------------------------
@@ -119,12 +127,22 @@ class RoutingCopy:
         self.now = now
         effects: list[Effect] = []
         error: Exception | None = None
+        card = op.get("call")
+        if op["op"] != "leave" and isinstance(card, Mapping) and card.get("id") in self.left:
+            return effects, None  # asked for before the call left for good: too late
         try:
             for effect in self._run(op):
                 effects.append(effect)
         except (AcdError, NotAllowed) as exc:
             error = exc
+        except Exception as exc:  # a bug: every copy fails alike, and the asker is told
+            log.exception("routing: %s failed in this engine's copy", op["op"])
+            error = exc
         finally:
+            if op["op"] == "leave" and isinstance(card, Mapping):
+                self.left[str(card["id"])] = None
+                while len(self.left) > LEFT_KEPT:
+                    del self.left[next(iter(self.left))]
             # a shadow lives while its call waits: the decisions routing makes of calls
             # are made of waiting calls (the card of the next operation brings it back)
             for call_id in [c for c in self.shadows if c not in self.routing.acd.waiting]:
@@ -236,6 +254,7 @@ class RoutingCopy:
             "offers": {c: [a, exp] for c, (a, exp) in acd._offers.items()},
             "handle_times": list(acd._handle_times),
             "usernames": dict(r._usernames),
+            "left": list(self.left),
             "shadows": [
                 CallCard.of(c)
                 | {
@@ -267,6 +286,7 @@ class RoutingCopy:
         acd._offers = {c: (a, float(exp)) for c, (a, exp) in snap["offers"].items()}
         acd._handle_times.extend(snap["handle_times"])
         r._usernames.update(snap["usernames"])
+        self.left = dict.fromkeys(snap["left"])
         for card in snap["shadows"]:
             call = self._shadow(card)
             call.queue_name, call.queue_position = card["queue_name"], card["queue_position"]
@@ -279,6 +299,7 @@ class RoutingCopy:
         with the queues and offer timeout of the engine that started it: every copy must
         time offers alike."""
         self.shadows.clear()
+        self.left.clear()
         fresh = Routing(queues or self.queues, self.offer_timeout, self.shadows)
         r = self.routing
         r.acd.offer_timeout = self.offer_timeout if offer_timeout is None else offer_timeout
@@ -305,12 +326,18 @@ def effect_call(effect: Effect) -> str | None:
     return None
 
 
-def owner_of(effect: Effect, origin: str, me: str, live: Mapping[str, Call]) -> Call | bool:
-    """Whether this node (``me``) applies ``effect`` of an operation ``origin`` asked
-    for: the live call it is about, True (about a person, and we asked), or False."""
+def owner_of(
+    effect: Effect, op: Mapping[str, Any], me: str, live: Mapping[str, Call]
+) -> Call | bool:
+    """Whether this node (``me``) applies ``effect`` of the operation ``op``: the live
+    call it is about, True (about a person, and we asked; or about a call whose engine
+    died, ``op["orphan"]``, and we tell it in its place), or False."""
     call_id = effect_call(effect)
+    mine = op.get("origin") == me
     if call_id is None:
-        return origin == me and not isinstance(effect, Replicate)
+        return mine and not isinstance(effect, Replicate)
+    if call_id == op.get("orphan"):  # no live call to move or speak to: only told
+        return mine and isinstance(effect, (Emit, StopRinging))
     return live.get(call_id) or False
 
 

@@ -17,16 +17,20 @@ call): the reader never waits for a prompt to be spoken.
 Joining. An engine that starts while a leader holds the lease asks for a copy: it
 appends "sync"; the leader, applying that entry, appends a "snapshot" of its copy as of
 that entry; the joiner restores it and applies what it read after its "sync". With no
-leader (the cluster's first engine, or every engine restarted) the engine appends
-"reset": every engine applying it starts again from nobody waiting and nobody signed in,
-with the resetting engine's queues; each engine puts its own waiting callers back in line
-(``on_reset``), and agents sign in again.
+leader and no other engine alive (the cluster's first engine, or every engine
+restarted) the engine appends "reset": every engine applying it starts again from
+nobody waiting and nobody signed in, with the resetting engine's queues and offer
+timeout; each engine puts its own waiting callers back in line (``on_reset``), and agents
+sign in again. Other engines alive but no leader (it just died): one of them takes the
+lease within ``RENEW`` s, and the joiner waits for it (at most ``START_WITHIN`` s: the
+heartbeats it counts may be those of engines that died with the leader).
 
-The leader. A lease in Redis (``LEASE`` s, renewed every ``RENEW`` s) held by one engine
-whose copy is in step. It keeps time: when the copy's next timer is due (an offer
-ringing out, a caller who waited the queue's maximum) it appends "tick", which every copy
-applies at the tick's time; and it hands copies to joiners. Any engine in step takes the
-lease when it runs out, so a leader that dies costs at most ``LEASE`` s of timers.
+The leader. A lease in Redis (``LEASE`` s, renewed every ``RENEW`` s by a task of its
+own) held by one engine whose copy is in step. It keeps time: when the copy's next timer
+is due (an offer ringing out, a caller who waited the queue's maximum) it appends "tick",
+which every copy applies at the tick's time; and it hands copies to joiners. Any engine
+in step takes the lease when it runs out, so a leader that dies costs at most ``LEASE`` s
+of timers.
 
 Redis away: operations cannot be asked for (``RoutingUnavailable``: the API answers 503)
 and the reader tries again every second; nothing decided is lost, since nothing is
@@ -58,7 +62,9 @@ RENEW = 2.0  # seconds between renewals (and attempts to take a lease that ran o
 TICK_EVERY = 0.2  # seconds between the leader's looks at the copy's next timer
 ANSWER_WITHIN = 10.0  # seconds an operation may take to be applied before giving up
 SYNC_WITHIN = 5.0  # seconds a joiner waits for a snapshot before asking again
-SYNC_TRIES = 3  # then it starts the routing again (reset)
+# seconds a starting engine waits for a copy while other engines are alive before it
+# starts the routing again anyway (their heartbeats may be those of engines just dead)
+START_WITHIN = 90.0
 TIMEOUT = 5.0  # seconds for a Redis command (a read blocks BLOCK_MS on top)
 BLOCK_MS = 1000
 
@@ -79,13 +85,18 @@ class RoutingUnavailable(RuntimeError):
     """The shared routing log cannot be reached (Redis away): ask again later."""
 
 
+def unreachable(exc: Exception) -> RoutingUnavailable:
+    return RoutingUnavailable(f"the shared routing log cannot be reached: {exc}")
+
+
 def entry_time(entry_id: bytes) -> float:
     """An entry's time: the milliseconds of its stream id, in seconds."""
     return int(entry_id.split(b"-", 1)[0]) / 1000
 
 
 # the effects that fall to this engine, applied in a task: it is what ``on_effects`` gives
-EffectsApplied = Callable[[list[Effect], str], "asyncio.Task[None]"]
+# (engine/calls.py ``shared_effects``), given the operation that made them
+EffectsApplied = Callable[[list[Effect], Mapping[str, Any]], "asyncio.Task[None]"]
 # an operation applied: the task applying its effects here, and what routing refused
 Outcome = tuple["asyncio.Task[None] | None", Exception | None]
 # stream entries as redis-py hands them back: (id, {field: value})
@@ -130,14 +141,17 @@ class RoutingLog:
         self._buffer: list[tuple[bytes, dict[str, Any]]] = []  # read after our sync
         self._waiting: dict[str, asyncio.Future[Outcome]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # redis-py may swallow the cancellation of a blocking read: the loops look here
+        self._stopping = False
         self.applied = 0  # operations applied (metrics, tests)
         self.snapshots_sent = 0
 
     # -- asking ---------------------------------------------------------------------
 
-    async def submit(self, op: Mapping[str, Any]) -> None:
-        """Append ``op``, wait until it is applied here with its effects; raise what
-        routing refused. RoutingUnavailable if the log cannot be reached."""
+    async def submit(self, op: Mapping[str, Any], *, effects: bool = True) -> None:
+        """Append ``op``, wait until it is applied here (and, with ``effects``, until
+        this engine has applied its effects); raise what routing refused.
+        RoutingUnavailable if the log cannot be reached."""
         rid = uuid.uuid4().hex
         done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = done
@@ -149,7 +163,7 @@ class RoutingLog:
                 raise RoutingUnavailable("the shared routing log did not answer in time") from None
         finally:
             self._waiting.pop(rid, None)
-        if applied is not None:
+        if applied is not None and effects:
             await asyncio.shield(applied)
         if error is not None:
             raise error
@@ -161,7 +175,7 @@ class RoutingLog:
             )
             return cast(bytes, entry)
         except (RedisError, OSError) as exc:
-            raise RoutingUnavailable(f"the shared routing log cannot be reached: {exc}") from exc
+            raise unreachable(exc) from exc
 
     # -- starting and stopping ------------------------------------------------------
 
@@ -172,39 +186,41 @@ class RoutingLog:
         try:
             newest = cast(Entries, await self._redis.xrevrange(self._key, count=1))
             self._last = newest[0][0] if newest else b"0-0"
-            has_leader = await self._leader_soon()
         except (RedisError, OSError) as exc:
-            raise RoutingUnavailable(f"the shared routing log cannot be reached: {exc}") from exc
+            raise unreachable(exc) from exc
         self._tasks.append(asyncio.create_task(self._read_loop(), name="routing-log"))
-        for _ in range(SYNC_TRIES if has_leader else 0):
-            self._sync_rid = uuid.uuid4().hex
-            self._sync_entry, self._buffer = None, []
-            await self._append({"op": "sync", "origin": self.me, "rid": self._sync_rid})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.synced.wait(), SYNC_WITHIN)
-                break
-            log.warning("routing: no copy came from the leader within %.0f s; asking again",
-                        SYNC_WITHIN)  # fmt: skip
-        if not self.synced.is_set():
-            await self.reset()
-            await asyncio.wait_for(self.synced.wait(), ANSWER_WITHIN)
-        self._tasks.append(asyncio.create_task(self._lead_loop(), name="routing-leader"))
-
-    async def _leader_soon(self) -> bool:
-        """Whether an engine leads, or will soon: when other engines are alive but the
-        lease is free (their leader just died), one of them takes it within ``RENEW`` s,
-        and a reset now would wipe what they hold."""
-        if await self._redis.exists(self._lease_key):
-            return True
-        if not await self._peers():
-            return False
         loop = asyncio.get_running_loop()
-        until = loop.time() + LEASE + RENEW
-        while loop.time() < until:
-            await asyncio.sleep(RENEW / 4)
-            if await self._redis.exists(self._lease_key):
-                return True
-        return False
+        give_up = loop.time() + START_WITHIN
+        while not self.synced.is_set():
+            try:
+                leader = bool(await self._redis.exists(self._lease_key))
+            except (RedisError, OSError) as exc:
+                raise RoutingUnavailable(
+                    f"the shared routing log cannot be reached: {exc}"
+                ) from exc
+            if leader:
+                await self._ask_for_copy()
+            elif not await self._peers() or loop.time() > give_up:
+                # nobody else alive (the cluster's first engine, or all of them
+                # restarted): nothing to wait for. Other engines alive: one of them takes
+                # the lease within RENEW s, and a reset now would wipe what they hold
+                await self.reset()
+                await asyncio.wait_for(self.synced.wait(), ANSWER_WITHIN)
+            else:
+                await asyncio.sleep(RENEW / 4)
+        self._tasks.append(asyncio.create_task(self._lease_loop(), name="routing-lease"))
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name="routing-ticks"))
+
+    async def _ask_for_copy(self) -> None:
+        """Append "sync" and wait a while for the leader's snapshot."""
+        self._sync_rid = uuid.uuid4().hex
+        self._sync_entry, self._buffer = None, []
+        await self._append({"op": "sync", "origin": self.me, "rid": self._sync_rid})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.synced.wait(), SYNC_WITHIN)
+            return
+        log.warning("routing: no copy came from the leader within %.0f s; asking again",
+                    SYNC_WITHIN)  # fmt: skip
 
     async def reset(self) -> None:
         """Start the contact center's routing again (nobody waiting, nobody signed in)
@@ -219,6 +235,7 @@ class RoutingLog:
         )  # fmt: skip
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -233,7 +250,7 @@ class RoutingLog:
     # -- reading ---------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 got = cast(
                     list[tuple[bytes, Entries]],
@@ -312,7 +329,7 @@ class RoutingLog:
         effects, error = self.copy.apply(op, entry_time(entry_id))
         self.applied += 1
         origin = str(op.get("origin", ""))
-        applied = self.on_effects(effects, origin) if self.on_effects is not None else None
+        applied = self.on_effects(effects, op) if self.on_effects is not None else None
         if origin == self.me and (done := self._waiting.get(str(op.get("rid")))) is not None:
             if not done.done():
                 done.set_result((applied, error))
@@ -320,6 +337,8 @@ class RoutingLog:
             log.info("routing: %s refused: %s", op.get("op"), error)
 
     def _send_snapshot(self, rid: str, state: dict[str, Any]) -> None:
+        self._tasks = [t for t in self._tasks if not t.done()]  # the snapshots sent before
+
         async def send() -> None:
             with contextlib.suppress(RoutingUnavailable):
                 await self._append(
@@ -331,20 +350,23 @@ class RoutingLog:
 
     # -- leading ---------------------------------------------------------------------
 
-    async def _lead_loop(self) -> None:
-        renew_at = 0.0
-        loop = asyncio.get_running_loop()
-        while True:
+    async def _lease_loop(self) -> None:
+        """Hold the lease, or take it when it is free; on its own, so that nothing the
+        leader waits for (a tick's effects) makes it miss a renewal."""
+        while not self._stopping:
             try:
-                if loop.time() >= renew_at:
-                    renew_at = loop.time() + RENEW
-                    await self._hold_lease()
-                if self.leader:
-                    await self._tick_if_due()
-            except (RedisError, OSError, RoutingUnavailable) as exc:
+                await self._hold_lease()
+            except (RedisError, OSError) as exc:
                 if self.leader:
                     log.warning("routing: lost touch with the lease: %s", exc)
                 self.leader = False
+            await asyncio.sleep(RENEW)
+
+    async def _tick_loop(self) -> None:
+        while not self._stopping:
+            if self.leader:
+                with contextlib.suppress(RedisError, OSError, RoutingUnavailable):
+                    await self._tick_if_due()
             await asyncio.sleep(TICK_EVERY)
 
     async def _hold_lease(self) -> None:
@@ -363,5 +385,5 @@ class RoutingLog:
         if due is None:
             return
         seconds, micros = await self._redis.time()
-        if seconds + micros / 1e6 >= due:
-            await self.submit({"op": "tick"})
+        if seconds + micros / 1e6 >= due:  # applied once read; its effects are not waited for
+            await self.submit({"op": "tick"}, effects=False)

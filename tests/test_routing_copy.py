@@ -131,11 +131,17 @@ def test_each_effect_falls_to_one_engine() -> None:
     )
     record = next(e for e in effects if isinstance(e, Record))
     moved = next(e for e in effects if isinstance(e, Transition))
-    assert owner_of(offer, "A", "A", on_a) is caller and owner_of(offer, "A", "B", {}) is False
-    assert owner_of(moved, "A", "A", on_a) is caller and owner_of(moved, "A", "B", {}) is False
+    by_a = {"origin": "A"}
+    assert owner_of(offer, by_a, "A", on_a) is caller and owner_of(offer, by_a, "B", {}) is False
+    assert owner_of(moved, by_a, "A", on_a) is caller and owner_of(moved, by_a, "B", {}) is False
     # the offer's presence change is told and kept once: by the engine that asked
-    assert owner_of(presence, "A", "A", on_a) is True and owner_of(presence, "A", "B", {}) is False
-    assert owner_of(record, "A", "A", on_a) is True and owner_of(record, "A", "B", {}) is False
+    assert owner_of(presence, by_a, "A", on_a) is True
+    assert owner_of(presence, by_a, "B", {}) is False
+    assert owner_of(record, by_a, "A", on_a) is True and owner_of(record, by_a, "B", {}) is False
+    # a call whose engine died: the engine that ended it tells its events, moves nothing
+    orphan = {"origin": "B", "orphan": "c1"}
+    assert owner_of(offer, orphan, "B", {}) is True and owner_of(offer, orphan, "A", {}) is False
+    assert owner_of(moved, orphan, "B", {}) is False
     # the engine running the call sends the offer with what the live call knows now
     caller.mood = "frustrated"
     sent = on_live_call(offer, caller)
@@ -172,3 +178,20 @@ def test_the_engines_code_asks_the_log_and_reads_its_copy() -> None:
     assert "c1" not in copy.routing.acd.waiting and copy.shadows == {}
     assert not any(isinstance(e, Emit) and isinstance(e.event, OfferWithdrawn) for e in effects)
     assert all(not isinstance(e, Announce) for e in effects)
+
+
+def test_a_call_that_left_is_not_put_back_in_line_by_a_late_operation() -> None:
+    """An escalation asked for before the caller hung up, appended after the call's
+    leave (two connections to Redis): it used to put the call back in line, a ghost
+    that rang every agent in turn and set each away."""
+    copy = RoutingCopy(QUEUES, 20.0)
+    caller = live_call("c1")
+    stale = {"op": "escalation", "call": CallCard.of(caller), "skill": None, "to_person": True}
+    caller.ended.set()
+    copy.apply({"op": "leave", "call": CallCard.of(caller), "reason": "caller_left"}, 1.0)
+    effects, error = copy.apply(stale, 2.0)
+    assert effects == [] and error is None
+    assert copy.routing.acd.waiting == {} and copy.shadows == {}
+    joiner = RoutingCopy(QUEUES, 20.0)
+    joiner.restore(copy.snapshot())
+    assert joiner.apply(stale, 3.0) == ([], None) and joiner.routing.acd.waiting == {}

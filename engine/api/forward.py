@@ -95,13 +95,18 @@ class ForwardCallActions:
 
     async def _forward(self, scope: Scope, send: Send, node: str, url: str, body: bytes) -> None:
         state = scope["app"].state
+        # the client's address and scheme as this engine settled them (its trusted
+        # proxies' X-Forwarded-* already applied): the engine running the call believes
+        # them if this one is among its CCENGINE_TRUSTED_PROXIES, as a proxy would be
         headers = [
             (k.decode("latin-1"), v.decode("latin-1"))
             for k, v in scope["headers"]
-            if k.decode("latin-1").lower() not in HOP_BY_HOP
+            if (name := k.decode("latin-1").lower()) not in HOP_BY_HOP
+            and not name.startswith("x-forwarded-")
         ]
         client = scope.get("client")
         headers.append((FORWARDED_BY, state.engine_id))
+        headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
         if client:
             headers.append(("x-forwarded-for", client[0]))
         query = scope["query_string"].decode("latin-1")

@@ -64,6 +64,7 @@ class CutOff(NamedTuple):
     previous: str  # the state it was in
     created_at: datetime
     callback: CallbackRow | None  # offered to its caller, if they can be called back
+    agent_id: str | None = None  # the agent on it when its engine died
 
 
 class CallRecord(NamedTuple):
@@ -401,7 +402,7 @@ class Store:
                         escalation_reason=f"the call was cut off ({reason})",
                     )  # fmt: skip
                     s.add(callback)
-                ended.append(CutOff(call_id, state, created_at, callback))
+                ended.append(CutOff(call_id, state, created_at, callback, call.agent_id))
             if ended:
                 await s.execute(
                     update(LegRow)
