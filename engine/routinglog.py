@@ -195,17 +195,20 @@ class RoutingLog:
             try:
                 leader = bool(await self._redis.exists(self._lease_key))
             except (RedisError, OSError) as exc:
-                raise RoutingUnavailable(
-                    f"the shared routing log cannot be reached: {exc}"
-                ) from exc
-            if leader:
+                raise unreachable(exc) from exc
+            late = loop.time() > give_up
+            if leader and not late:
                 await self._ask_for_copy()
-            elif not await self._peers() or loop.time() > give_up:
+            elif late or not await self._peers():
                 # nobody else alive (the cluster's first engine, or all of them
                 # restarted): nothing to wait for. Other engines alive: one of them takes
-                # the lease within RENEW s, and a reset now would wipe what they hold
+                # the lease within RENEW s, and a reset now would wipe what they hold;
+                # past START_WITHIN nobody answered, and this engine must serve
                 await self.reset()
-                await asyncio.wait_for(self.synced.wait(), ANSWER_WITHIN)
+                try:
+                    await asyncio.wait_for(self.synced.wait(), ANSWER_WITHIN)
+                except TimeoutError:
+                    raise RoutingUnavailable("the shared routing log did not answer") from None
             else:
                 await asyncio.sleep(RENEW / 4)
         self._tasks.append(asyncio.create_task(self._lease_loop(), name="routing-lease"))
