@@ -195,3 +195,33 @@ def test_a_call_that_left_is_not_put_back_in_line_by_a_late_operation() -> None:
     joiner = RoutingCopy(QUEUES, 20.0)
     joiner.restore(copy.snapshot())
     assert joiner.apply(stale, 3.0) == ([], None) and joiner.routing.acd.waiting == {}
+
+
+def test_a_dead_engines_call_frees_its_agent_and_the_survivor_tells_it() -> None:
+    """The agent on a call whose engine died stayed on_call in every copy: nothing but
+    that engine's hang-up moves them. The survivor that ends the call asks for its leave
+    (an orphan: it tells the call's events itself) and the agent's hang-up."""
+    copy = RoutingCopy(QUEUES, 20.0)
+    ringing, talking = live_call("c1"), live_call("c2")
+    bob = {"id": "u-bob", "username": "bob", "skills": [], "role": "agent"}
+    for user in ({"id": "u-ann", "username": "ann", "skills": [], "role": "agent"}, bob):
+        for event in ("login", "available"):
+            copy.apply({"op": "presence", "user": user, "event": event, "origin": "B"}, 1.0)
+    for call in (talking, ringing):
+        copy.apply({"op": "escalation", "call": CallCard.of(call), "skill": None,
+                    "to_person": True, "origin": "A"}, 2.0)  # fmt: skip
+    talker = next(a for a in copy.routing.acd.agents.values() if a.offered == "c2")
+    copy.apply({"op": "answered", "agent": talker.id, "call_id": "c2", "origin": "A"}, 3.0)
+    assert copy.routing.presence_of(talker.id) == "on_call"
+    # engine A dies; B ends both calls and asks for what A can no longer
+    card = CallCard.of(ringing) | {"ended": True, "state": "ended"}
+    lost = {"op": "leave", "call": card, "reason": "node_lost", "orphan": "c1", "origin": "B"}
+    effects, error = copy.apply(lost, 10.0)
+    assert error is None and "c1" not in copy.routing.acd.waiting
+    withdrawn = [e for e in effects if isinstance(e, Emit) and isinstance(e.event, OfferWithdrawn)]
+    assert len(withdrawn) == 1 and owner_of(withdrawn[0], lost, "B", {}) is True
+    effects, error = copy.apply(
+        {"op": "hung_up", "agent": talker.id, "handle_time": 0.0, "origin": "B"}, 10.0
+    )
+    assert error is None and copy.routing.presence_of(talker.id) == "wrap_up"
+    assert all(a.presence != "on_call" for a in copy.routing.acd.agents.values())
