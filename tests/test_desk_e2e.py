@@ -17,6 +17,7 @@ from media.holdmusic import NOTES_HZ
 from media.wavtrack import SEND_RATE
 from tests import speech
 from tests.engine_proc import EngineProcess
+from tests.redisd import RedisServer, prefix
 from tests.rtc_client import Caller
 
 pytestmark = pytest.mark.integration
@@ -27,12 +28,26 @@ def dominant_hz(pcm: np.ndarray, rate: int) -> float:
     return float(np.fft.rfftfreq(len(pcm), 1 / rate)[int(np.argmax(spectrum))])
 
 
+@pytest.mark.parametrize("nodes", [1, 2])
 async def test_transfer_hands_the_caller_over_with_everything_so_far(
-    tmp_path: Path, voices: dict[str, Path]
+    tmp_path: Path, voices: dict[str, Path], nodes: int, request: pytest.FixtureRequest
 ) -> None:
     """Ann takes the upset caller and transfers them to Bob with a note. Bob's phone rings
-    with the note, the summary and why it escalated; Bob holds and resumes; both wrap up."""
-    engine = EngineProcess(tmp_path / "desk").start()
+    with the note, the summary and why it escalated; Bob holds and resumes; both wrap up.
+    With two nodes (one routing through Redis, engine/routinglog.py) Bob's desk is on the
+    other engine: he is offered the transfer there, and everything he does to the call is
+    sent on to the engine running it."""
+    env: dict[str, str] = {}
+    if nodes == 2:
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        env = {"CCENGINE_REDIS_URL": redis.url, "CCENGINE_REDIS_PREFIX": prefix(),
+               "CCENGINE_SECRET_KEY_FILE": str(tmp_path / "secret")}  # fmt: skip
+    engine = EngineProcess(tmp_path / "desk", **env).start()
+    bobs = engine  # the engine Bob's desk talks to
+    if nodes == 2:
+        bobs = EngineProcess(tmp_path / "bobs", **env)
+        bobs.db, bobs.api_key = engine.db, engine.api_key  # one database
+        bobs.start()
     engine.add_user("ann", "pw-ann-1", "--name", "Ann Lee")
     engine.add_user("bob", "pw-bob-1", "--name", "Bob Ray", "--skills", "billing")
     ann_wav = speech.piper_script(
@@ -45,9 +60,9 @@ async def test_transfer_hands_the_caller_over_with_everything_so_far(
     )
     note = "Wants a refund for the late order. Already very upset."
     ann = await engine.agent("ann", "pw-ann-1", "login", "available")
-    bob = await engine.agent("bob", "pw-bob-1", "login")  # away: the first ring goes to Ann
+    bob = await bobs.agent("bob", "pw-bob-1", "login")  # away: the first ring goes to Ann
     caller = Caller(engine.url, voices["angry"], caller="cust-42")
-    ann_phone, bob_phone = Caller(engine.url, ann_wav), Caller(engine.url, bob_wav)
+    ann_phone, bob_phone = Caller(engine.url, ann_wav), Caller(bobs.url, bob_wav)
     try:
         await caller.dial()
         cid = caller.call_id
@@ -104,6 +119,8 @@ async def test_transfer_hands_the_caller_over_with_everything_so_far(
     finally:
         await asyncio.gather(caller.close(), ann_phone.close(), bob_phone.close())
         await asyncio.gather(ann.aclose(), bob.aclose())
+        if bobs is not engine:
+            bobs.stop()
         engine.stop()
 
     states = [e["state"] for e in caller.events if e["type"] == "call.state_changed"]
