@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from functools import lru_cache
 from typing import Literal
 from urllib.parse import urlsplit
@@ -306,8 +307,6 @@ def node_url(settings: Settings) -> str:
         return settings.node_url.rstrip("/")
     host = settings.host
     if host in ("0.0.0.0", "::", ""):
-        import socket
-
         # the address this host sends from (no packet is sent: a UDP socket is only
         # pointed somewhere); the host name may resolve to 127.0.1.1 (Debian)
         try:
