@@ -1234,6 +1234,12 @@ class CallManager:
 
     async def shutdown(self) -> None:
         await self.end_all("engine_shutdown")
+        # the shared routing's last words for these calls (the log still runs), briefly
+        pending = [*self.background, *self._shared_tails.values()]
+        if pending:
+            _done, late = await asyncio.wait(pending, timeout=TEARDOWN_TIMEOUT)
+            for task in late:
+                task.cancel()
         await self.spool.close(TEARDOWN_TIMEOUT)
         await self.recognizers.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
