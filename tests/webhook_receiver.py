@@ -8,6 +8,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: two engines sending 60 deliveries at once
+    # on a loaded box overflowed it, and connections were reset (a failed try, a retry)
+    request_queue_size = 128
+
+
 class Receiver:
     def __init__(
         self, script: list[int] | None = None, path: str = "/hook", delay: float = 0.0
@@ -32,7 +38,7 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
