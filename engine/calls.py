@@ -865,10 +865,7 @@ class CallManager:
 
         async def lost(call_id: str, agent_id: str | None) -> None:
             await log_.synced.wait()
-            card = {
-                "id": call_id, "channel": "", "caller": None, "state": "ended", "ended": True,
-                "priority": 0, "topic": None, "escalation_reason": None,
-            }  # fmt: skip
+            card = CallCard.ended(call_id)
             ops: list[dict[str, object]] = [
                 {"op": "leave", "call": card, "reason": "node_lost", "orphan": call_id}
             ]

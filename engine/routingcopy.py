@@ -38,11 +38,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, cast
 
 from engine.acd import AcdError, Agent, QueueConfig, Waiting
-from engine.analysis import Emit
+from engine.analysis import Emit, summary_of
 from engine.callstate import NotAllowed
 from engine.escalation import Decision
 from engine.events import CallOffered, utcnow
@@ -70,18 +69,10 @@ SNAPSHOT_VERSION = 1
 LEFT_KEPT = 10_000
 
 
-@dataclass(frozen=True)
 class CallCard:
-    """What routing decides a call by, as the node running it saw it when it asked."""
-
-    id: str
-    channel: str
-    caller: str | None
-    state: str
-    ended: bool
-    priority: int
-    topic: str | None
-    escalation_reason: str | None
+    """What routing decides a call by, as the node running it saw it when it asked: a
+    JSON object with id, channel, caller, state, ended, priority, topic and
+    escalation_reason (``_shadow`` reads them)."""
 
     @staticmethod
     def of(call: Call) -> dict[str, Any]:
@@ -89,6 +80,14 @@ class CallCard:
             "id": call.id, "channel": call.channel, "caller": call.caller, "state": call.state,
             "ended": call.ended.is_set(), "priority": call.escalation.priority,
             "topic": call.topic, "escalation_reason": call.escalation_reason,
+        }  # fmt: skip
+
+    @staticmethod
+    def ended(call_id: str) -> dict[str, Any]:
+        """The card of a call that has ended, known by its id alone (its engine died)."""
+        return {
+            "id": call_id, "channel": "", "caller": None, "state": "ended", "ended": True,
+            "priority": 0, "topic": None, "escalation_reason": None,
         }  # fmt: skip
 
 
@@ -300,11 +299,11 @@ class RoutingCopy:
         time offers alike."""
         self.shadows.clear()
         self.left.clear()
-        fresh = Routing(queues or self.queues, self.offer_timeout, self.shadows)
         r = self.routing
         r.acd.offer_timeout = self.offer_timeout if offer_timeout is None else offer_timeout
-        # the same objects stay: SharedRouting reads them
-        r.acd.queues, r.acd.closing = fresh.acd.queues, fresh.acd.closing
+        # the same Acd stays: SharedRouting reads it
+        r.acd.queues = {q.name: q for q in queues or self.queues}
+        r.acd.closing = {}
         r.acd.agents.clear()
         r.acd.waiting.clear()
         r.acd._offers.clear()
@@ -335,7 +334,7 @@ def owner_of(
     call_id = effect_call(effect)
     mine = op.get("origin") == me
     if call_id is None:
-        return mine and not isinstance(effect, Replicate)
+        return mine
     if call_id == op.get("orphan"):  # no live call to move or speak to: only told
         return mine and isinstance(effect, (Emit, StopRinging))
     return live.get(call_id) or False
@@ -349,8 +348,6 @@ def on_live_call(effect: Effect, call: Call) -> Effect:
     if isinstance(effect, Transition):
         return Transition(call, effect.event, effect.reason, effect.values)
     if isinstance(effect, Emit) and isinstance(effect.event, CallOffered):
-        from engine.analysis import summary_of
-
         fresh = effect.event.model_copy(
             update={
                 "caller": call.caller, "channel": call.channel, "emotion": call.mood,
