@@ -178,6 +178,12 @@ class Uac:
 
     def _ack(self, out: Outbound, resp: SipResponse, branch: str, target: str) -> bytes:
         req = self.local.request("ACK", target, out.peer, branch)
+        # the ACK of a 2xx is the dialog's first request (§13.2.2.4): it follows the
+        # route set the proxies recorded, as the BYE does; without it a record-routing
+        # proxy (the edge relaying to a desk phone) has nothing to route it by, and the
+        # phone resends its 200 until it gives up
+        for r in reversed(resp.headers.get("record-route")):
+            req.headers.append("Route", r)
         req.headers.set_single("From", f"{out.from_value};tag={out.local_tag}")
         req.headers.set_single("To", resp.headers.get_first("to") or "")
         req.headers.set_single("Call-ID", out.call_id)
