@@ -3,7 +3,10 @@
 Nonces are signed, not stored: ``<issued>.<salt>.<hmac>`` with a per-process
 secret, so a flood of unauthenticated requests costs no memory, and a nonce older
 than ``nonce_ttl`` is answered with a fresh challenge marked ``stale=true`` (the UA
-retries without asking its user again).
+retries without asking its user again). So is a right answer to a nonce this process
+did not issue (another engine's, when the edge moved the phone, or this engine's before
+a restart): nothing is shared between engines, and a phone moves with one more round
+trip, never a "wrong password".
 
 What is stored is the use of a nonce, once it has carried a right answer: the
 highest nonce count (nc) seen with it (RFC 7616 §3.4.4), or, without qop, that it
@@ -120,8 +123,7 @@ class DigestServer:
             return AuthResult(Verdict.WRONG)
         issued, _, rest = nonce.partition(".")
         salt, _, sig = rest.partition(".")
-        if not issued.isdigit() or not hmac.compare_digest(sig, self._sign(issued, salt)):
-            return AuthResult(Verdict.WRONG)
+        ours = issued.isdigit() and hmac.compare_digest(sig, self._sign(issued, salt))
         password = password_for(username)
         known = password is not None
 
@@ -145,6 +147,12 @@ class DigestServer:
             expected = h(f"{ha1}:{nonce}:{ha2}")
         if not (hmac.compare_digest(expected, given.lower()) and known):
             return AuthResult(Verdict.WRONG)
+        if not ours:
+            # a right answer to a nonce we did not issue: another engine's (the edge
+            # moved the phone here) or this engine's before it restarted. Stale, so the
+            # phone answers a fresh challenge at once instead of taking a second 401 as
+            # a wrong password; a replayed answer gets only that fresh challenge.
+            return AuthResult(Verdict.STALE, username)
         if now - int(issued) > self.nonce_ttl or int(issued) <= self._stale_before:
             return AuthResult(Verdict.STALE, username)
         last = self._used.get(nonce)
