@@ -152,7 +152,9 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         changes.start()  # other engines' changes to all three, from here on
         await calls.preload(settings.preload_languages)
         timers = asyncio.create_task(calls.run_acd_timers(), name="acd-timers")
-        sip = SipFront(settings, calls, store, metrics) if settings.sip_enabled else None
+        sip = (
+            SipFront(settings, calls, store, metrics, recovery.id) if settings.sip_enabled else None
+        )
         if sip is not None:
             try:
                 await sip.start()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import re
 import socket
@@ -26,6 +27,8 @@ from engine.acd import AcdError
 from engine.callstate import STORAGE_RETRY_AFTER, NotAllowed, Overloaded, UnknownCall
 from engine.config import Settings
 from engine.drain import RETRY_AFTER as DRAIN_RETRY_AFTER
+from engine.routinglog import RoutingUnavailable
+from engine.sipbindings import SharedBindings
 from engine.users import Actor
 from media.netlimits import in_networks
 from media.rtp import Refusal, RtpSession
@@ -76,6 +79,8 @@ SIP_URI = re.compile(
 )
 log = logging.getLogger(__name__)
 
+PENDING = "pending:"  # a desk ring whose binding is being looked up (not a Call-ID)
+
 END_REASONS = {"remote_bye": "remote_closed", "no_ack": "no_ack"}
 
 
@@ -112,8 +117,15 @@ def _busy(exc: Overloaded) -> tuple[int, tuple[str, str], tuple[str, str]]:
 
 class SipFront:
     def __init__(
-        self, settings: Settings, calls: CallManager, store: Store, metrics: Metrics
+        self,
+        settings: Settings,
+        calls: CallManager,
+        store: Store,
+        metrics: Metrics,
+        node: str = "",
     ) -> None:
+        """``node``: this engine's id, for desk-phone bindings shared with the other
+        engines through Redis (engine/sipbindings.py) when ``CCENGINE_REDIS_URL`` is set."""
         self.settings = settings
         self.calls = calls
         self.store = store
@@ -147,7 +159,15 @@ class SipFront:
         self.transport = SipTransport(self.endpoint, self._on_event, limits)
         self._phone: dict[str, _PhoneCall] = {}
         self._dialing: dict[str, asyncio.Future[bytes]] = {}
-        self._desk_ringing: dict[str, str] = {}  # engine call id -> desk phone's Call-ID
+        # engine call id -> desk phone's Call-ID, or a PENDING token while its binding is
+        # looked up in Redis
+        self._desk_ringing: dict[str, str] = {}
+        self._tokens = itertools.count()
+        self.shared_bindings = (
+            SharedBindings(settings.redis_url, settings.redis_prefix, node, self._binding)
+            if settings.redis_url
+            else None
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self.port: int | None = None
         self.registration: RegistrationChanged | None = None  # to the trunk, if we do
@@ -192,6 +212,8 @@ class SipFront:
         await self.transport.stop()
         for task in list(self._tasks):
             task.cancel()
+        if self.shared_bindings is not None:
+            await self.shared_bindings.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -266,6 +288,8 @@ class SipFront:
         elif isinstance(ev, Registered):
             log.info("SIP %s %s -> %s", "registered" if ev.expires else "unregistered",
                      ev.aor, ev.contact)  # fmt: skip
+            if self.shared_bindings is not None:
+                self.shared_bindings.changed(ev.aor, ev.contact)
         elif isinstance(ev, CallConfirmed):
             log.debug("SIP call %s confirmed", ev.call_id)
         elif isinstance(ev, RegistrationChanged):
@@ -299,7 +323,7 @@ class SipFront:
         direct = None  # an agent dialled by name: their desk phone's address of record
         if number not in self.settings.sip_numbers:
             direct = self.calls.agent_named(number)
-            if direct is None or not self.endpoint.lookup(number, self._now()):
+            if direct is None or not await self._desk_phones(number):
                 self._reject(ev.call_id, 404)
                 return
             presence = self.calls.presence_of(direct)
@@ -440,16 +464,21 @@ class SipFront:
         ring_for: float | None = None,
         agent: bool = False,
         invited: Callable[[str], None] = lambda _sip_call_id: None,
+        wanted: Callable[[], bool] = lambda: True,
     ) -> _PhoneCall:
         """INVITE ``uri`` at ``peer`` and wait for the answer: the answered call, or
         DialFailed (503 no RTP port, 408 nobody answered in ``ring_for`` s, 488 an
         answer we cannot use, or the far end's own refusal). ``invited`` learns the
-        Call-ID before any answer can arrive, so the caller of this can cancel it."""
+        Call-ID before any answer can arrive, so the caller of this can cancel it;
+        ``wanted`` is asked just before the INVITE goes (487 if no longer)."""
         rtp = self._rtp(NOT_YET, peer, on_dtmf=lambda digit: None)
         try:
             port = await rtp.open(self.settings.sip_host)
         except OSError as exc:
             raise DialFailed(503, f"no RTP port: {exc}") from None
+        if not wanted():
+            rtp.close()
+            raise DialFailed(487, "no longer wanted")
         answerer = SdpAnswerer(self.public_host, port)
         sip_call_id = self.endpoint.invite(
             uri, peer, answerer.offer(), self._now(), caller=caller, auth=auth
@@ -576,20 +605,61 @@ class SipFront:
 
     # -- agents' desk phones --------------------------------------------------------------
 
+    def _binding(self, aor: str, contact: str) -> tuple[Peer, float] | None:
+        """The registrar's binding of ``contact`` now: where it registered from, and
+        the seconds it has left (what engine/sipbindings.py shares)."""
+        now = self._now()
+        for b in self.endpoint.lookup(aor, now):
+            if b.contact == contact:
+                return b.peer, b.expires_at - now
+        return None
+
+    async def _desk_phones(self, username: str) -> list[Binding]:
+        """Where ``username``'s desk phones are: registered here, else (with Redis)
+        with another engine, which this one rings directly or through the edge."""
+        now = self._now()
+        here = self.endpoint.lookup(username, now)
+        if here or self.shared_bindings is None:
+            return here
+        elsewhere = await self.shared_bindings.lookup(username)
+        now, wall = self._now(), time.time()
+        # an address on the connection it came in on is only good on that engine
+        return [
+            Binding(b.contact, Peer(b.peer.transport, b.peer.host, b.peer.port),
+                    now + (b.expires - wall))
+            for b in elsewhere
+        ]  # fmt: skip
+
     def ring(self, agent_id: str, username: str, call_id: str, caller: str | None) -> None:
-        """An offer rings the agent: their registered desk phone rings too."""
-        bindings = self.endpoint.lookup(username, self._now())
-        if bindings and call_id not in self._desk_ringing:
-            self._spawn(self._ring_desk(agent_id, bindings[-1], call_id, caller))
+        """An offer rings the agent: their registered desk phone rings too, wherever
+        it registered."""
+        if call_id in self._desk_ringing:
+            return
+        # held until the INVITE is sent: a stop_ringing meanwhile (the offer withdrawn
+        # while the binding was looked up or an RTP port opened) takes the token away,
+        # and then nothing rings
+        token = self._desk_ringing[call_id] = f"{PENDING}{next(self._tokens)}"
+        self._spawn(self._ring(agent_id, username, call_id, caller, token))
+
+    async def _ring(
+        self, agent_id: str, username: str, call_id: str, caller: str | None, token: str
+    ) -> None:
+        bindings = await self._desk_phones(username)
+        if self._desk_ringing.get(call_id) != token:
+            return  # withdrawn while we looked
+        if not bindings:
+            del self._desk_ringing[call_id]
+            return
+        await self._ring_desk(agent_id, bindings[-1], call_id, caller, token)
 
     def stop_ringing(self, call_id: str) -> None:
         sip_call_id = self._desk_ringing.pop(call_id, None)
-        if sip_call_id is not None:
+        if sip_call_id is not None and not sip_call_id.startswith(PENDING):
             self.endpoint.hangup(sip_call_id, self._now())  # CANCEL while it rings
             self.transport.flush()
 
     async def _ring_desk(
-        self, agent_id: str, binding: Binding, call_id: str, caller: str | None
+        self, agent_id: str, binding: Binding, call_id: str, caller: str | None, token: str
     ) -> None:
         shown = caller if caller and all(c.isalnum() or c in "+-_." for c in caller) else None
         placed: list[str] = []
@@ -603,11 +673,12 @@ class SipFront:
             pc = await self._call_out(
                 binding.contact, binding.peer, caller=shown or self.settings.sip_caller_id,
                 agent=True, invited=invited,
+                wanted=lambda: self._desk_ringing.get(call_id) == token,
             )  # fmt: skip
         except DialFailed as exc:
             still_ours = bool(placed) and self._desk_ringing.get(call_id) == placed[0]
-            if still_ours:
-                del self._desk_ringing[call_id]
+            if still_ours or self._desk_ringing.get(call_id) == token:
+                del self._desk_ringing[call_id]  # not sent (no RTP port): free to ring again
             log.info("desk phone %s for call %s: %s", binding.contact, call_id, exc)
             if still_ours and exc.status in (480, 486, 600, 603):
                 with contextlib.suppress(AcdError, UnknownCall):
@@ -617,7 +688,10 @@ class SipFront:
         assert pc.peer is not None
         try:
             await self.calls.accept_peer(agent_id, call_id, pc.peer, "sip", pc.peer.rtp.offer.codec)
-        except (AcdError, UnknownCall):
-            await pc.peer.close()  # answered too late: the offer moved on
+        except (AcdError, UnknownCall, RoutingUnavailable) as exc:
+            # answered too late (the offer moved on), or the shared routing cannot take
+            # the answer now: the phone is hung up, the offer goes on as it would
+            log.info("desk phone answer for call %s not taken: %s", call_id, exc)
+            await pc.peer.close()
             return
         pc.call_id = call_id

@@ -357,19 +357,19 @@ _UAS_HEAD = """[last_Via:]
 [last_CSeq:]"""
 
 
-def _answer(pcap: Path) -> str:
+def _answer(pcap: Path, head: str = _UAS_HEAD) -> str:
     """Ring, answer with our SDP, take the ACK, talk (``pcap``), wait for the BYE."""
     sdp = SDP.format(codecs="0", rtpmaps=RTPMAPS[0])
     return f"""<send><![CDATA[
 SIP/2.0 180 Ringing
-{_UAS_HEAD}
+{head}
 Contact: <sip:phone@[local_ip]:[local_port]>
 Content-Length: 0
 
 ]]></send>
 <send retrans="500"><![CDATA[
 SIP/2.0 200 OK
-{_UAS_HEAD}
+{head}
 Contact: <sip:phone@[local_ip]:[local_port]>
 Content-Type: application/sdp
 Content-Length: [len]
@@ -379,9 +379,12 @@ Content-Length: [len]
 {play(pcap, 0)}{WAIT_BYE}"""
 
 
-def desk_phone_scenario(pcap: Path) -> str:
-    """An agent's desk phone: it rings, the agent picks up and talks."""
-    return _wrap(f'<recv request="INVITE"/>\n{_answer(pcap)}')
+def desk_phone_scenario(pcap: Path, *, proxied: bool = False) -> str:
+    """An agent's desk phone: it rings, the agent picks up and talks. ``proxied``: the
+    INVITE comes through a proxy that record-routes (the edge), and the answers copy its
+    Record-Route, as RFC 3261 §12.1.1 asks of a phone."""
+    head = _UAS_HEAD + "\n[last_Record-Route:]" if proxied else _UAS_HEAD
+    return _wrap(f'<recv request="INVITE"/>\n{_answer(pcap, head)}')
 
 
 def trunk_uas_scenario(pcap: Path, user: str, password: str) -> str:

@@ -466,6 +466,25 @@ def test_stale_nonce_is_challenged_again() -> None:
     assert server.verify("INVITE", forged, {"alice": "wonderland"}.get, 5).verdict.value == "wrong"
 
 
+def test_a_right_answer_to_another_engines_nonce_is_stale_not_wrong() -> None:
+    """Behind the edge a phone moves to another engine when its own drains or dies, and
+    its next REGISTER answers the old engine's nonce. That was WRONG (a plain 401, which
+    a phone takes as a wrong password, and a failure counted towards a lockout); a right
+    answer is now STALE (401 stale=true: the phone answers the new nonce at once). A
+    wrong one stays WRONG, and a replay of it gets only a fresh challenge."""
+    password = {"alice": "wonderland"}.get
+    first, second = DigestServer("ccengine"), DigestServer("ccengine")
+    ch = first.challenge(0.0)
+    auth = digest(ch, "alice", "wonderland", "REGISTER", "sip:ccengine")
+    moved = second.verify("REGISTER", auth, password, 1.0)
+    assert (moved.verdict.value, moved.username) == ("stale", "alice")
+    guess = digest(ch, "alice", "guess", "REGISTER", "sip:ccengine")
+    assert second.verify("REGISTER", guess, password, 1.0).verdict.value == "wrong"
+    again = digest(second.challenge(1.0), "alice", "wonderland", "REGISTER", "sip:ccengine")
+    assert second.verify("REGISTER", again, password, 1.5).verdict.value == "ok"
+    assert second.verify("REGISTER", auth, password, 2.0).verdict.value == "stale"
+
+
 def invite_with(auth: str, n: int, call_id: str | None = None) -> bytes:
     return request(
         branch=f"z9hG4bKa{n}", call_id=call_id or f"a{n}", body=SDP,
@@ -841,6 +860,24 @@ def test_outbound_call_ended_by_us() -> None:
     assert bye.method == "BYE" and bye.uri == "sip:callee@198.51.100.7:5060"
     assert sm.tag(bye.headers.get_first("to")) == "callee1"
     assert sm.cseq(bye) == (2, "BYE")
+
+
+def test_the_ack_of_a_2xx_follows_the_proxies_record_route() -> None:
+    """Through record-routing proxies (the edge relaying an engine's INVITE to a desk
+    phone) the ACK of the 200 carries the route set in reverse, as the BYE does. It
+    carried none: Kamailio dropped it, and the phone resent its 200 until it gave up."""
+    ep = endpoint()
+    call_id = ep.invite("sip:desk7@192.0.2.7:5060", TRUNK, SDP.encode(), 0.0)
+    [inv] = last_request(ep)
+    proxies = ["<sip:198.51.100.2;lr>", "<sip:198.51.100.1;lr>"]  # nearest the phone first
+    reply(ep, inv, 200, 0.5, body=SDP.encode(),
+          headers=[("Record-Route", r) for r in proxies])  # fmt: skip
+    [ack] = last_request(ep)
+    assert ack.method == "ACK" and ack.headers.get("route") == proxies[::-1]
+    ep.events()
+    ep.hangup(call_id, 10.0)
+    [bye] = last_request(ep)
+    assert bye.headers.get("route") == ack.headers.get("route")
 
 
 def test_we_register_to_a_carrier_and_refresh() -> None:
