@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from engine import routinglog
 from engine.acd import AcdError, QueueConfig
 from engine.analysis import Emit
 from engine.events import AgentPresenceChanged, CallOffered, OfferWithdrawn, utcnow
@@ -168,6 +169,106 @@ async def test_a_joiner_waits_for_a_leader_while_other_engines_live(
     finally:
         await asyncio.wait_for(joiner.log.stop(), 5)
         await asyncio.wait_for(first.log.stop(), 5)
+
+
+async def test_a_slow_tick_does_not_cost_the_leader_its_lease(
+    redis_server: RedisServer, keys: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (b697810, ``RoutingLog._lease_loop``): the leader renewed its lease in
+    the loop that asked for the ticks, after each tick, and a tick waited until this
+    engine had applied its effects. Effects slow to apply (a prompt to synthesize, a
+    store that hangs) held the renewals back: the lease ran out, another engine took
+    it, and the leader's copy went on as if it led. Now the lease is renewed by a task
+    of its own and a tick does not wait for its effects: the leader keeps the lease
+    (and keeps time) while a tick's effects are stuck. The lease is shortened here to
+    ``LEASE`` = 1.5 s (renewed every 0.25 s) so that it would run out within the test."""
+    monkeypatch.setattr(routinglog, "LEASE", 1.5)
+    monkeypatch.setattr(routinglog, "RENEW", 0.25)
+    a = node(redis_server.url, keys, "A", peers=0, offer_timeout=0.5)
+    b = node(redis_server.url, keys, "B", peers=1, offer_timeout=0.5)
+    fast = a.log.on_effects
+    assert fast is not None
+    release = asyncio.Event()
+    stuck: list[asyncio.Task[None]] = []
+
+    async def held() -> None:
+        await release.wait()
+
+    def slow_ticks(effects: list[Effect], op: Mapping[str, Any]) -> asyncio.Task[None]:
+        """A's effects of a tick, stuck until the test lets them go."""
+        if op["op"] != "tick":
+            return fast(effects, op)
+        a.effects += [(e, str(op["origin"])) for e in effects]
+        stuck.append(task := asyncio.get_running_loop().create_task(held()))
+        return task
+
+    a.log.on_effects = slow_ticks
+    try:
+        await a.log.start()
+        await until(lambda: a.log.leader)
+        await b.log.start()
+        # an offer to ann that rings out after 0.5 s: the leader asks for a tick then
+        await b.log.submit({"op": "presence", "user": ANN, "event": "login"})
+        await b.log.submit({"op": "presence", "user": ANN, "event": "available"})
+        await b.log.submit({"op": "escalation", "call": caller("c1"), "skill": None,
+                            "to_person": True})  # fmt: skip
+        assert b.copy.routing.presence_of("u-ann") == "ringing"
+        await until(lambda: bool(stuck))  # the tick applied on A, its effects stuck
+        await until(lambda: b.copy.routing.presence_of("u-ann") == "away")  # rang out
+
+        await keeps_the_lease(a, b, redis_server.url, keys)
+        assert not stuck[0].done()  # the effects were stuck all along
+    finally:
+        release.set()
+        for n in (b, a):
+            await asyncio.wait_for(n.log.stop(), 5)
+
+
+async def test_the_lease_is_renewed_while_the_leader_waits_for_a_tick(
+    redis_server: RedisServer, keys: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (b697810, ``RoutingLog._lease_loop``), the renewals alone: the leader
+    asked for the ticks and renewed the lease in one loop, so while it waited for a tick
+    (its ``submit`` may wait up to ``ANSWER_WITHIN`` = 10 s for the log to answer) the
+    lease ran out and another engine led too. A real Redis cannot hold up a tick
+    without holding up the renewals as well, so here the tick is a stand-in, A's
+    ``_tick_if_due``, that waits until the test lets it go; everything else is real.
+    ``LEASE`` is shortened to 1.5 s (renewed every 0.25 s) so that it would run out
+    within the test."""
+    monkeypatch.setattr(routinglog, "LEASE", 1.5)
+    monkeypatch.setattr(routinglog, "RENEW", 0.25)
+    a = node(redis_server.url, keys, "A", peers=0)
+    b = node(redis_server.url, keys, "B", peers=1)
+    asked, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_tick() -> None:
+        asked.set()
+        await release.wait()
+
+    monkeypatch.setattr(a.log, "_tick_if_due", slow_tick)
+    try:
+        await a.log.start()
+        await until(lambda: a.log.leader)
+        await b.log.start()
+        await asyncio.wait_for(asked.wait(), 5)  # A leads and waits for its tick
+        await keeps_the_lease(a, b, redis_server.url, keys)
+    finally:
+        release.set()
+        for n in (b, a):
+            await asyncio.wait_for(n.log.stop(), 5)
+
+
+async def keeps_the_lease(a: Node, b: Node, url: str, keys: str) -> None:
+    """For twice the lease, A holds it and B never takes it."""
+    loop = asyncio.get_running_loop()
+    until_then = loop.time() + 2 * routinglog.LEASE
+    while loop.time() < until_then:
+        assert not b.log.leader, "B took the lease while A was held up"
+        assert a.log.leader
+        await asyncio.sleep(0.05)
+    client = aioredis.Redis.from_url(url)
+    async with client:
+        assert await client.get(f"{keys}:routing:leader") == b"A"
 
 
 async def test_without_redis_routing_cannot_start(keys: str) -> None:
