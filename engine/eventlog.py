@@ -118,6 +118,7 @@ class EventLog:
             self.bus.numbers_events = False
             self.written_to = self._marked = await self._highest_id()
             self.shared.floor_after_loss = self._floor_after_loss
+            self.shared.stored_ids = self.store.stored_event_ids
             await self.shared.start(self.bus, self.written_to)
         else:
             first, self._block_end = await self.store.reserve_event_ids(ID_BLOCK, self.bus.last_id)

@@ -153,8 +153,10 @@ class Metrics:
             "ccengine_shared_events",
             "The Redis event stream's reader: held (events waiting for their engine to "
             "store them), dropped (events skipped since start: their engine stopped "
-            "before storing them, or stuck), restarts (times its streams were cut off "
-            "for events it could not read), unreadable (malformed entries skipped), "
+            "before storing them, or stuck), recovered (events an engine stored but died "
+            "before marking: looked up in the database and handed out), restarts (times "
+            "its streams were cut off for events it could not read), unreadable "
+            "(malformed entries skipped), "
             "unknown_type (events of a type this engine does not know, handed on as "
             "they came), reader_failures (times the reader failed unexpectedly and "
             "was started again) or counter_resets (times this engine found Redis' "

@@ -15,7 +15,9 @@ each engine keeps a liveness key (refreshed every ``ALIVE_EVERY`` s, gone after
 ``ALIVE_FOR`` s or at a clean stop). A reader held up for ``SUSPECT_AFTER`` s by an
 engine whose key is gone appends a *dropped* marker for it (only if the key is still gone,
 checked inside the script; appending and marking refresh the key in the same step): that
-engine's unstored events up to the batch the reader waited on (the marker's ``u``) are
+engine's unmarked events up to the batch the reader waited on (the marker's ``u``) are
+looked up in the database by every reader at that point of the stream; those stored
+(the engine was killed between its write and its marker) are handed out, the rest are
 skipped by every reader, as they come in the same order to all. Those ids are never
 handed out again. An engine
 appends a new batch only once its last one is stored, so a reader waits on one batch an
@@ -102,6 +104,7 @@ MAX_HELD = 20_000
 # engine's trouble (its own database connection) must not stall every engine's streams
 STUCK_FOR = 30.0
 TIMEOUT = 5.0  # seconds for a Redis command (a read blocks BLOCK_MS on top)
+LOOKUP_TIMEOUT = 5.0  # seconds to look up a dead engine's unmarked events in the database
 
 # The scripts' answer when the counter is gone (Redis restarted empty, or lost its data):
 # the ids it handed out are unknown, so nothing is numbered nor marked until an engine
@@ -283,6 +286,11 @@ class RedisEventStream:
         self._asked_at = 0.0  # when this reader last asked whether that engine lives
         self.highest = 0  # the newest event id this engine knows of (a floor for appends)
         self.dropped = 0  # events skipped: their engine died before storing them
+        # stored by an engine that died before marking them: handed out all the same
+        self.recovered = 0
+        # which of these event ids the database has (set by the event log): a dead
+        # engine's stored but unmarked events are handed out, not skipped
+        self.stored_ids: Callable[[list[int]], Awaitable[set[int]]] | None = None
         self.gaps = 0  # times the reader found numbers missing
         self.bad = 0  # entries that could not be read (malformed): skipped
         self.unknown = 0  # events of a type this engine does not know, handed on as they came
@@ -340,7 +348,7 @@ class RedisEventStream:
         while entries := cast(
             Entries, await self._redis.xrange(self._stream, min=f"({self._read_from}", count=PAGE)
         ):
-            self._take(bus, entries)
+            await self._take(bus, entries)
         if not bus.replay():
             # nothing in the ring: the database serves every id up to here, short of
             # an event still waiting for its marker (it will come live)
@@ -450,7 +458,7 @@ class RedisEventStream:
                     ),
                 )
                 for _stream, entries in got:
-                    self._take(bus, entries)
+                    await self._take(bus, entries)
                 await self._suspect()
             except (RedisError, OSError) as exc:  # Redis away: read again from where we were
                 if cancelled():
@@ -478,18 +486,23 @@ class RedisEventStream:
                 self._release(self._bus)
         self._epoch = epoch
 
-    def _take(self, bus: EventBus, entries: Entries) -> None:
+    async def _take(self, bus: EventBus, entries: Entries) -> None:
         """Entries in stream order: queue events, apply markers, deliver what may go."""
         for raw_id, fields in entries:
             try:
-                self._take_one(raw_id, fields)
+                dropped = self._take_one(raw_id, fields)
             except (ValueError, KeyError, UnicodeDecodeError) as exc:
                 # malformed (not written by this code): skipped alone, the rest go on
                 self.bad += 1
                 log.error("redis: skipping unreadable stream entry %r: %r", raw_id, exc)
+                continue
+            if dropped is not None:
+                await self._drop_unstored(*dropped)
         self._release(bus)
 
-    def _take_one(self, raw_id: bytes, fields: dict[bytes, bytes]) -> None:
+    def _take_one(self, raw_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, int | None] | None:
+        """One entry; a *dropped* marker is returned (engine, up to), for ``_take`` to
+        apply once it has looked in the database."""
         stream_id = raw_id.decode()
         self._read_from = stream_id  # past it, whether or not it can be read
         number, seq = (int(part) for part in stream_id.split("-"))
@@ -504,7 +517,7 @@ class RedisEventStream:
                 # the given-up marker could not be appended (see _suspect): bounded
                 # anyway, though then by this reader alone
                 self._give_up()
-            return
+            return None
         engine = fields[b"e"].decode()
         if b"s" in fields:  # its engine has stored its events up to s
             upto = int(fields[b"s"])
@@ -512,7 +525,37 @@ class RedisEventStream:
                 if held.engine == engine and held.id <= upto:
                     held.stored = True
         elif b"x" in fields:  # its engine died: skip what it never stored (up to u)
-            self._drop(engine, upto=int(fields[b"u"]) if b"u" in fields else None)
+            return engine, int(fields[b"u"]) if b"u" in fields else None
+        return None
+
+    async def _drop_unstored(self, engine: str, upto: int | None) -> None:
+        """A *dropped* marker: ``engine`` died (or is stuck) before marking its batch
+        stored. It may have stored it all the same (killed between its database write
+        and its marker): the events the database has are handed out in their place, not
+        skipped, so live clients miss none of them. The rest are skipped (a replay finds
+        any stored later). Readers may differ only for an engine alive but stuck that
+        stores between their lookups; each still hands out each event at most once."""
+        lookup = self.stored_ids
+        unmarked = [
+            h.id
+            for h in self._held
+            if h.engine == engine and not h.stored and (upto is None or h.id <= upto)
+        ]
+        if lookup is not None and unmarked:
+            try:
+                async with asyncio.timeout(LOOKUP_TIMEOUT):
+                    found = await lookup(unmarked)
+            except Exception as exc:  # the database away: skipped, as before
+                log.warning("redis: cannot look up engine %s's unmarked events: %s", engine, exc)
+                found = set()
+            for held in self._held:
+                if held.engine == engine and held.id in found:
+                    held.stored = True
+            if found:
+                self.recovered += len(found)
+                log.info("redis: %d events of engine %s were stored but not marked: handed "
+                         "out", len(found), engine)  # fmt: skip
+        self._drop(engine, upto)
 
     def _stuck(self) -> bool:
         """The first held event has waited long: not a batch whose marker is on its way

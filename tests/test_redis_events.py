@@ -270,6 +270,39 @@ async def test_an_engine_that_died_before_storing_holds_nobody_up(
     assert a.shared.dropped == b.shared.dropped == 1
 
 
+async def test_a_killed_engines_stored_events_are_handed_out_not_skipped(
+    pair: tuple[Engine, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine killed (kill -9) after writing its batch to the database but before
+    appending its stored marker: its events are in the log for good, yet every reader
+    skipped them, and live clients on every engine missed them (a caller's last final,
+    say). Now the readers look them up in the database when the engine is found dead,
+    and hand out those stored, in their place in the order."""
+    monkeypatch.setattr(redisstream, "SUSPECT_AFTER", 0.3)
+    a, b = pair
+    subs = [a.bus.subscribe(), b.bus.subscribe()]
+    dead = RedisEventStream(a.shared.url, a.shared._stream.rsplit(":", 1)[0])
+    await dead._keep_alive_once()
+    said = dtmf("X", 3)
+    body = said.model_dump_json(exclude={"id"})
+    [first, second] = ['{"type":"dtmf.received","digit":"1","at":0.0}', body]
+    last = await dead.append([first, second], "t", 0) + 1  # the ids of the two follow on
+    # it stored only the second before it died (the first was in a batch it lost)
+    row = EventRow(id=last, type=said.type, call_id=said.call_id, time=said.time, body=body)
+    await a.store.write_events([row], [])
+    after = b.bus.publish(dtmf("B", 8))
+    await asyncio.sleep(1.0)
+    assert all(sub.queue.empty() for sub in subs), "the dead engine's batch is still waited for"
+    await dead._redis.delete(dead._alive_key(dead.engine))  # its key times out
+    await dead._redis.aclose()
+    for sub in subs:
+        got = await take(sub, 2)
+        assert [e.id for e in got] == [last, after.id]  # was [after.id]: the stored one lost
+        assert got[0].menu == "X"  # type: ignore[attr-defined]
+    assert a.shared.recovered == b.shared.recovered == 1
+    assert a.shared.dropped == b.shared.dropped == 1  # the unstored one, as before
+
+
 async def test_events_wait_while_redis_is_away_and_none_is_lost(tmp_path: Path) -> None:
     """Redis stops (a restart, empty): events published meanwhile wait in memory, as for
     the database, and reach the stream and the database once it is back, numbered above

@@ -617,6 +617,11 @@ class Store:
         async with self.session() as s:
             return (await s.scalars(q.order_by(EventRow.id).limit(limit))).all()
 
+    async def stored_event_ids(self, ids: Sequence[int]) -> set[int]:
+        """Which of ``ids`` are in the events table."""
+        async with self.session() as s:
+            return set((await s.scalars(select(EventRow.id).where(EventRow.id.in_(ids)))).all())
+
     async def prune_events(self, before: datetime) -> int:
         async with self.writing() as s:
             result = await s.execute(delete(EventRow).where(EventRow.time < before))
