@@ -311,9 +311,11 @@ class Acd:
             self.waiting[call_id].offered_to = None
             self.waiting[call_id].target = None  # back to the queue
 
-    def hangup(self, agent_id: str, now: float, handle_time: float) -> list[Action]:
-        """The agent's call ended: wrap-up, and learn how long calls take."""
-        self._handle_times.append(max(0.0, handle_time))
+    def hangup(self, agent_id: str, now: float, handle_time: float | None) -> list[Action]:
+        """The agent's call ended: wrap-up, and learn how long calls take (``None``: not
+        known, as for a call its engine's death cut off; it does not count)."""
+        if handle_time is not None:
+            self._handle_times.append(max(0.0, handle_time))
         return [self._move(self._agent(agent_id), "hangup", now)]
 
     # -- routing ------------------------------------------------------------

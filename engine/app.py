@@ -48,6 +48,7 @@ from engine.recovery import Recovery
 from engine.redisstream import RedisEventStream
 from engine.routingcopy import queue_rows
 from engine.routinglog import RoutingLog
+from engine.sharedcalls import SharedCalls
 from engine.sip import SipFront
 from engine.store.db import Store
 from engine.users import load_or_create_key
@@ -118,10 +119,13 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             settings.redis_url, settings.redis_prefix, recovery.id, calls.routing_copy,
             reset_queues=queue_overrides, peers=recovery.live_peers,
         )  # fmt: skip
-        routing_log.on_effects = calls.shared_effects
-        routing_log.on_reset = calls.shared_reset
-        calls.routing_log = routing_log
-        recovery.on_calls_ended = calls.shared_calls_lost
+        shared_calls = SharedCalls(
+            routing_log, calls.routing_copy, recovery.id, calls.calls, calls.apply_routing
+        )
+        routing_log.on_effects = shared_calls.effects
+        routing_log.on_reset = shared_calls.reset
+        calls.routing_log, calls.shared = routing_log, shared_calls
+        recovery.on_calls_ended = shared_calls.calls_lost
     event_log.earlier_writes = calls.spool.drained
     metrics.storage_waiting.labels("call").set_function(lambda: calls.spool.pending)
     metrics.storage_waiting.labels("event").set_function(lambda: event_log.pending)
@@ -130,6 +134,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     if shared is not None:
         metrics.shared_events.labels("held").set_function(lambda: shared.held)
         metrics.shared_events.labels("dropped").set_function(lambda: shared.dropped)
+        metrics.shared_events.labels("recovered").set_function(lambda: shared.recovered)
         metrics.shared_events.labels("restarts").set_function(lambda: shared.gaps)
         metrics.shared_events.labels("unreadable").set_function(lambda: shared.bad)
         metrics.shared_events.labels("unknown_type").set_function(lambda: shared.unknown)

@@ -35,7 +35,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar, assert_never
@@ -105,16 +105,12 @@ from engine.routing import (
 )
 from engine.routing import Effect as RoutingEffect
 from engine.routingcopy import (
-    CallCard,
     RoutingCopy,
     SharedRouting,
-    effect_call,
-    follow_shadows,
-    on_live_call,
-    owner_of,
     queue_rows,
 )
 from engine.routinglog import RoutingUnavailable
+from engine.sharedcalls import SharedCalls
 from engine.spool import WriteSpool
 from engine.store.db import Store
 from engine.store.models import CallbackRow, CallRow, LegRow, NoteRow, UserRow
@@ -250,9 +246,8 @@ class CallManager:
             if self.routing_copy is not None
             else Routing(queues, timeout, self.calls)
         )
-        # several engines: the task applying each call's shared routing effects, last first
-        self._shared_tails: dict[str, asyncio.Task[None]] = {}
-        self.background: set[asyncio.Task[None]] = set()  # kept until done (asyncio's advice)
+        # several engines: this engine's part in the shared routing (set by the app)
+        self.shared: SharedCalls | None = None
         self.controls = Controls(self.routing, self.calls, self.redactor)
         self.callbacks = Callbacks(self.routing)
         self.ice_servers = aiortc_ice_servers(settings.ice_servers)
@@ -752,9 +747,11 @@ class CallManager:
         """Routing's decisions (engine/routing.py), each applied before the next is
         made: a decision goes on from the state the last one left."""
         for effect in effects:
-            await self._route_one(effect)
+            await self.apply_routing(effect)
 
-    async def _route_one(self, effect: RoutingEffect) -> None:
+    async def apply_routing(self, effect: RoutingEffect) -> None:
+        """Carry out one of routing's effects on this engine (also the shared log's,
+        engine/sharedcalls.py)."""
         if isinstance(effect, Emit):
             self._publish(effect.event)
         elif isinstance(effect, Record):
@@ -778,128 +775,6 @@ class CallManager:
             await self.routing_log.submit(effect.op)
         else:  # a new kind of effect must be applied here, not dropped
             assert_never(effect)
-
-    # -- several engines: the effects of the shared routing log that fall to this one --
-
-    def shared_effects(
-        self, effects: list[RoutingEffect], op: Mapping[str, object]
-    ) -> asyncio.Task[None]:
-        """An operation of the shared log was applied to this engine's copy: apply the
-        effects that fall to this engine (engine/routingcopy.py ``owner_of``) in a task,
-        after those still being applied for the same calls."""
-        assert self.routing_copy is not None and self.engine_id is not None
-        follow_shadows(self.routing_copy, self.calls)
-        mine: list[RoutingEffect] = []
-        for effect in effects:
-            who = owner_of(effect, op, self.engine_id, self.calls)
-            if who is not False:
-                mine.append(on_live_call(effect, who) if isinstance(who, Call) else effect)
-        calls = {c for e in mine if (c := effect_call(e)) is not None}
-        before = [t for c in calls if (t := self._shared_tails.get(c)) is not None]
-        task = asyncio.create_task(self._apply_shared(mine, before), name="routing-effects")
-        for c in calls:
-            self._shared_tails[c] = task
-
-        def done(_t: asyncio.Task[None]) -> None:
-            for c in calls:
-                if self._shared_tails.get(c) is task:
-                    del self._shared_tails[c]
-
-        task.add_done_callback(done)
-        return task
-
-    async def _apply_shared(
-        self, effects: list[RoutingEffect], before: list[asyncio.Task[None]]
-    ) -> None:
-        if before:
-            await asyncio.gather(*before, return_exceptions=True)
-        for effect in effects:
-            if isinstance(effect, Transition):
-                try:  # the call may have moved on meanwhile (hung up, or in line already)
-                    effect.call.next_state(effect.event)
-                except NotAllowed:
-                    continue
-            try:
-                await self._route_one(effect)
-            except Exception:  # one effect failing must not keep the others from the call
-                log.exception("routing: applying %s failed", type(effect).__name__)
-
-    async def _leave_shared(self, effects: list[RoutingEffect], tries: int = 150) -> None:
-        """A call's last routing (its agent to wrap-up, out of the line), through the
-        shared log, each step on its own: one refused (the agent signed out and in
-        again meanwhile) must not keep the call from leaving the line. While the log
-        cannot be reached, the steps left are asked again every 2 s in the background
-        (at most ``tries`` times), so the call's end is not held up."""
-        left = list(effects)
-
-        async def go_on() -> None:
-            while left:
-                with contextlib.suppress(AcdError, NotAllowed):
-                    await self._route_one(left[0])
-                left.pop(0)
-
-        try:
-            await go_on()
-            return
-        except RoutingUnavailable as exc:
-            log.warning("routing: a call's end waits for the shared routing log: %s", exc)
-
-        async def again() -> None:
-            for _ in range(tries):
-                await asyncio.sleep(2.0)
-                with contextlib.suppress(RoutingUnavailable):
-                    await go_on()
-                    return
-            log.error("routing: gave up telling the shared routing log that a call ended")
-
-        self._background(again())
-
-    def shared_calls_lost(self, cut: list[tuple[str, str | None]]) -> None:
-        """Calls a dead engine ran, ended by this one (engine/recovery.py): they leave
-        the shared routing's line (an agent they rang is freed and told), and the agent
-        on one goes to wrap-up. This engine tells what the dead one can no longer
-        (``orphan``: the operation's events about the call are this engine's to send)."""
-        log_ = self.routing_log
-        if log_ is None:
-            return
-
-        async def lost(call_id: str, agent_id: str | None) -> None:
-            await log_.synced.wait()
-            card = CallCard.ended(call_id)
-            ops: list[dict[str, object]] = [
-                {"op": "leave", "call": card, "reason": "node_lost", "orphan": call_id}
-            ]
-            if agent_id is not None:
-                ops.append({"op": "hung_up", "agent": agent_id, "handle_time": 0.0})
-            for op in ops:
-                # refused (the agent moved on meanwhile): nothing to do; the log away:
-                # its next reset forgets the call
-                with contextlib.suppress(AcdError, NotAllowed, RoutingUnavailable):
-                    await log_.submit(op)
-
-        for call_id, agent_id in cut:
-            self._background(lost(call_id, agent_id))
-
-    def _background(self, work: Awaitable[None]) -> None:
-        """Run ``work`` on its own, kept until done (the loop only holds weak references)."""
-        task = asyncio.ensure_future(work)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-
-    def shared_reset(self) -> None:
-        """The shared routing started again (engine/routinglog.py): this engine's waiting
-        callers go back in line, in the queue they waited in."""
-
-        async def back_in_line(call: Call) -> None:
-            op = {"op": "requested", "call": CallCard.of(call), "queue": call.queue_name,
-                  "agent": None}  # fmt: skip
-            with contextlib.suppress(Exception):  # the log away: the caller waits on
-                assert self.routing_log is not None
-                await self.routing_log.submit(op)
-
-        for call in list(self.calls.values()):
-            if call.state == "queued":
-                self._background(back_in_line(call))
 
     async def _write(self, call: Call, w: Write) -> None:
         if w.row is not None and w.values is not None:
@@ -1110,7 +985,7 @@ class CallManager:
                 thanks = thank_and_end(effect.call, self.say, self.end_call)
                 effect.call.tasks.append(asyncio.create_task(thanks))
             else:
-                await self._route_one(effect)
+                await self.apply_routing(effect)
 
     async def _close_leg(self, call: Call, leg: Leg) -> None:
         """A leg leaves a call that goes on: its last words are still transcribed."""
@@ -1148,7 +1023,7 @@ class CallManager:
     async def _escalated(self, call: Call, reason: str, *, at: bool = True) -> None:
         """Why ``call`` goes to a person, on the call and in its record (with the time,
         unless ``at`` is False), kept like every write of a live call."""
-        await self._route_one(escalated(call, reason, at=at))
+        await self.apply_routing(escalated(call, reason, at=at))
 
     async def _keep(
         self, what: str, write: Callable[..., Awaitable[object]], *args: object, **kw: object
@@ -1177,10 +1052,10 @@ class CallManager:
             self.routing.hung_up(call.agent_id, call.bridged_at),
             self.routing.leave(call, "caller_left"),
         )
-        if self.routing_log is None:
+        if self.shared is None:
             await self._route(leaving)
         else:  # the shared log away must not keep the call from ending: asked again later
-            await self._leave_shared(list(leaving))
+            await self.shared.leave(list(leaving))
         current = asyncio.current_task()
         for leg in call.legs:
             if leg.pipeline is not None:
@@ -1231,12 +1106,8 @@ class CallManager:
 
     async def shutdown(self) -> None:
         await self.end_all("engine_shutdown")
-        # the shared routing's last words for these calls (the log still runs), briefly
-        pending = [*self.background, *self._shared_tails.values()]
-        if pending:
-            _done, late = await asyncio.wait(pending, timeout=TEARDOWN_TIMEOUT)
-            for task in late:
-                task.cancel()
+        if self.shared is not None:  # the shared routing's last words for these calls
+            await self.shared.settle(TEARDOWN_TIMEOUT)
         await self.spool.close(TEARDOWN_TIMEOUT)
         await self.recognizers.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)

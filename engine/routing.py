@@ -379,11 +379,13 @@ class Routing:
         yield Emit(OfferWithdrawn(call_id=call_id, agent_id=user_id, reason="declined"))
         yield from self.actions(actions)
 
-    def hung_up(self, agent_id: str | None, since: float) -> Iterator[Effect]:
-        """The agent's part of a call bridged at ``since`` ended: on to wrap-up."""
+    def hung_up(self, agent_id: str | None, since: float | None) -> Iterator[Effect]:
+        """The agent's part of a call bridged at ``since`` ended: on to wrap-up
+        (``since`` None: when is not known, and the call's length is not learned)."""
         if agent_id is not None and agent_id in self.acd.agents:
             now = self.clock()
-            yield from self.actions(self.acd.hangup(agent_id, now, now - since))
+            took = None if since is None else now - since
+            yield from self.actions(self.acd.hangup(agent_id, now, took))
 
     # -- the ACD's timers and actions -------------------------------------------------
 

@@ -67,6 +67,9 @@ SNAPSHOT_VERSION = 1
 # operation asked for before the call left may be appended after it (two engines, or
 # two connections of one), and must not put the call back in line as a ghost
 LEFT_KEPT = 10_000
+# the reason a call leaves the line when its engine stopped answering (engine/routinglog.py):
+# it may come back, so it is not among the calls that left for good
+SILENT = "node_silent"
 
 
 class CallCard:
@@ -115,6 +118,9 @@ class RoutingCopy:
         self.offer_timeout = offer_timeout
         self.now = 0.0  # the time of the operation being applied (seconds, Redis's clock)
         self.shadows: dict[str, Call] = {}
+        # the engine running each waiting call: the one that sent its latest live card
+        # (a call's operations come from its engine; call actions are sent on to it)
+        self.nodes: dict[str, str] = {}
         self.left: dict[str, None] = {}  # the calls that left the line for good, oldest first
         self.routing = Routing(queues, offer_timeout, self.shadows, clock=lambda: self.now)
 
@@ -129,6 +135,8 @@ class RoutingCopy:
         card = op.get("call")
         if op["op"] != "leave" and isinstance(card, Mapping) and card.get("id") in self.left:
             return effects, None  # asked for before the call left for good: too late
+        if isinstance(card, Mapping) and not card.get("ended") and op.get("origin"):
+            self.nodes[str(card["id"])] = str(op["origin"])
         try:
             for effect in self._run(op):
                 effects.append(effect)
@@ -138,7 +146,9 @@ class RoutingCopy:
             log.exception("routing: %s failed in this engine's copy", op["op"])
             error = exc
         finally:
-            if op["op"] == "leave" and isinstance(card, Mapping):
+            # a call whose engine went silent may come back (the engine was cut off, not
+            # dead): it is not gone for good
+            if op["op"] == "leave" and isinstance(card, Mapping) and op["reason"] != SILENT:
                 self.left[str(card["id"])] = None
                 while len(self.left) > LEFT_KEPT:
                     del self.left[next(iter(self.left))]
@@ -146,6 +156,7 @@ class RoutingCopy:
             # are made of waiting calls (the card of the next operation brings it back)
             for call_id in [c for c in self.shadows if c not in self.routing.acd.waiting]:
                 del self.shadows[call_id]
+                self.nodes.pop(call_id, None)
         return effects, error
 
     def _run(self, op: Mapping[str, Any]) -> Iterator[Effect]:
@@ -181,7 +192,8 @@ class RoutingCopy:
         elif kind == "decline":
             yield from r.decline(op["user_id"], op["call_id"])
         elif kind == "hung_up":
-            yield from r.hung_up(op["agent"], self.now - op["handle_time"])
+            took = op["handle_time"]  # None: a call cut off, its length not known
+            yield from r.hung_up(op["agent"], None if took is None else self.now - took)
         elif kind == "tick":
             yield from r.tick()
         elif kind == "set_queue":
@@ -261,6 +273,7 @@ class RoutingCopy:
                     "queue_position": c.queue_position,
                     "queued_priority": c.queued_priority,
                     "queued_at": c.queued_at,
+                    "node": self.nodes.get(c.id),
                 }
                 for c in self.shadows.values()
             ],  # fmt: skip
@@ -290,6 +303,8 @@ class RoutingCopy:
             call = self._shadow(card)
             call.queue_name, call.queue_position = card["queue_name"], card["queue_position"]
             call.queued_priority, call.queued_at = card["queued_priority"], card["queued_at"]
+            if card.get("node"):  # not in a snapshot of an older engine's
+                self.nodes[call.id] = card["node"]
 
     def reset(
         self, queues: list[QueueConfig] | None = None, offer_timeout: float | None = None
@@ -298,6 +313,7 @@ class RoutingCopy:
         with the queues and offer timeout of the engine that started it: every copy must
         time offers alike."""
         self.shadows.clear()
+        self.nodes.clear()
         self.left.clear()
         r = self.routing
         r.acd.offer_timeout = self.offer_timeout if offer_timeout is None else offer_timeout
@@ -437,9 +453,10 @@ class SharedRouting(Routing):
     def decline(self, user_id: str, call_id: str) -> Iterator[Effect]:
         yield Replicate({"op": "decline", "user_id": user_id, "call_id": call_id})
 
-    def hung_up(self, agent_id: str | None, since: float) -> Iterator[Effect]:
+    def hung_up(self, agent_id: str | None, since: float | None) -> Iterator[Effect]:
         if agent_id is not None:
-            op = {"op": "hung_up", "agent": agent_id, "handle_time": time.monotonic() - since}
+            took = None if since is None else time.monotonic() - since
+            op = {"op": "hung_up", "agent": agent_id, "handle_time": took}
             yield Replicate(op)
 
     def tick(self) -> Iterator[Effect]:

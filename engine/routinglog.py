@@ -43,16 +43,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from engine.acd import QueueConfig
+from engine.acd import AcdError, QueueConfig
+from engine.callstate import NotAllowed
 from engine.routing import Effect
-from engine.routingcopy import RoutingCopy
+from engine.routingcopy import SILENT, CallCard, RoutingCopy
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,11 @@ SYNC_WITHIN = 5.0  # seconds a joiner waits for a snapshot before asking again
 START_WITHIN = 90.0
 TIMEOUT = 5.0  # seconds for a Redis command (a read blocks BLOCK_MS on top)
 BLOCK_MS = 1000
+# seconds an engine's liveness key lasts: refreshed every RENEW s and with each operation
+# it appends; the leader takes the waiting callers of an engine silent this long out of
+# the line (their engine is dead, or cut off from Redis and so from routing)
+ALIVE_FOR = LEASE
+KNOWN_FOR = 86_400  # seconds an engine is known to keep a liveness key (older ones do not)
 
 # the lease: renewed only by its holder
 RENEW_SCRIPT = """
@@ -95,7 +103,7 @@ def entry_time(entry_id: bytes) -> float:
 
 
 # the effects that fall to this engine, applied in a task: it is what ``on_effects`` gives
-# (engine/calls.py ``shared_effects``), given the operation that made them
+# (engine/sharedcalls.py ``SharedCalls.effects``), given the operation that made them
 EffectsApplied = Callable[[list[Effect], Mapping[str, Any]], "asyncio.Task[None]"]
 # an operation applied: the task applying its effects here, and what routing refused
 Outcome = tuple["asyncio.Task[None] | None", Exception | None]
@@ -127,6 +135,8 @@ class RoutingLog:
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
         )
+        self._alive_prefix = f"{prefix}:routing:alive:"
+        self._known_prefix = f"{prefix}:routing:known:"
         self._renew = self._redis.register_script(RENEW_SCRIPT)
         self._release = self._redis.register_script(RELEASE_SCRIPT)
         # engine/calls.py: applies the effects of an entry that fall to this engine
@@ -170,12 +180,19 @@ class RoutingLog:
 
     async def _append(self, op: Mapping[str, Any]) -> bytes:
         try:
-            entry = await self._redis.xadd(
-                self._key, {"op": json.dumps(op)}, maxlen=MAXLEN, approximate=True
-            )
+            # whoever appends is alive: a call put back in line after its engine was
+            # silent must not be taken out again before the next refresh
+            async with self._redis.pipeline(transaction=False) as pipe:
+                self._alive(pipe)
+                pipe.xadd(self._key, {"op": json.dumps(op)}, maxlen=MAXLEN, approximate=True)
+                *_, entry = await pipe.execute()
             return cast(bytes, entry)
         except (RedisError, OSError) as exc:
             raise unreachable(exc) from exc
+
+    def _alive(self, pipe: Pipeline) -> None:
+        pipe.set(self._alive_prefix + self.me, "1", px=int(ALIVE_FOR * 1000))
+        pipe.set(self._known_prefix + self.me, "1", ex=KNOWN_FOR)
 
     # -- starting and stopping ------------------------------------------------------
 
@@ -247,6 +264,8 @@ class RoutingLog:
         if self.leader:  # the next engine need not wait the lease out
             with contextlib.suppress(RedisError, OSError):
                 await self._release(keys=[self._lease_key], args=[self.me])
+        # not the liveness key: a stopping engine's calls end through it, and it may be
+        # draining them still
         with contextlib.suppress(RedisError, OSError):
             await self._redis.aclose()
 
@@ -354,10 +373,14 @@ class RoutingLog:
     # -- leading ---------------------------------------------------------------------
 
     async def _lease_loop(self) -> None:
-        """Hold the lease, or take it when it is free; on its own, so that nothing the
-        leader waits for (a tick's effects) makes it miss a renewal."""
+        """Hold the lease, or take it when it is free, and say this engine is alive; on
+        its own, so that nothing the leader waits for (a tick's effects) makes it miss a
+        renewal."""
         while not self._stopping:
             try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    self._alive(pipe)
+                    await pipe.execute()
                 await self._hold_lease()
             except (RedisError, OSError) as exc:
                 if self.leader:
@@ -366,11 +389,39 @@ class RoutingLog:
             await asyncio.sleep(RENEW)
 
     async def _tick_loop(self) -> None:
+        looked = 0.0
         while not self._stopping:
             if self.leader:
                 with contextlib.suppress(RedisError, OSError, RoutingUnavailable):
                     await self._tick_if_due()
+                    if time.monotonic() - looked >= RENEW:
+                        looked = time.monotonic()
+                        await self._out_of_line_if_silent()
             await asyncio.sleep(TICK_EVERY)
+
+    async def _out_of_line_if_silent(self) -> None:
+        """Waiting callers of an engine whose liveness key ran out leave the line: its
+        death would otherwise leave them there, offered to agent after agent (none sees
+        an offer that only their dead engine could tell, and each is set away when it
+        rings out) until a survivor ends its calls, up to ``CCENGINE_ENGINE_LEASE``. An
+        engine that was only cut off puts them back (engine/sharedcalls.py). Engines of
+        a version without liveness keys are never taken for silent."""
+        waiting, nodes = self.copy.routing.acd.waiting, self.copy.nodes
+        owners = sorted({n for c, n in nodes.items() if c in waiting and n != self.me})
+        if not owners:
+            return
+        alive = await self._redis.mget([self._alive_prefix + n for n in owners])
+        known = await self._redis.mget([self._known_prefix + n for n in owners])
+        silent = {n for n, a, k in zip(owners, alive, known, strict=True) if a is None and k}
+        # each is out of line once applied here (submit waits for that); one put back by
+        # its engine since has a fresh liveness key (appending refreshes it)
+        for call_id in [c for c in waiting if nodes.get(c) in silent]:
+            log.warning("routing: engine %s is silent; its caller %s leaves the line",
+                        nodes[call_id], call_id)  # fmt: skip
+            op = {"op": "leave", "call": CallCard.ended(call_id), "reason": SILENT,
+                  "orphan": call_id}  # fmt: skip
+            with contextlib.suppress(AcdError, NotAllowed):
+                await self.submit(op, effects=False)
 
     async def _hold_lease(self) -> None:
         ms = int(LEASE * 1000)

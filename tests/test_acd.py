@@ -104,6 +104,19 @@ def test_accept_and_hangup_learn_handle_time() -> None:
     assert acd.average_handle_time == 120
 
 
+def test_a_call_of_unknown_length_is_not_learned() -> None:
+    """A call cut off by its engine's death ends with no known length: it used to be
+    learned as 0 s, shortening every expected wait promised after it."""
+    acd = Acd(QUEUES)
+    staffed(acd, ("ann", set(), 1))
+    for n, took in enumerate((90, None)):
+        acd.enqueue(f"c{n}", "general", 2 + n)
+        acd.accept("ann", f"c{n}", 3 + n)
+        assert acd.hangup("ann", 4 + n, handle_time=took)
+        acd.presence("ann", "available", 5 + n)
+    assert acd.agents["ann"].presence == "available" and acd.average_handle_time == 90
+
+
 def test_expected_wait_and_position() -> None:
     acd = Acd(QUEUES)
     acd.enqueue("c1", "general", 1)

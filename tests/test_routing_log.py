@@ -23,6 +23,7 @@ from engine.livecall import Call
 from engine.routing import Effect
 from engine.routingcopy import CallCard, RoutingCopy
 from engine.routinglog import RoutingLog, RoutingUnavailable
+from engine.sharedcalls import SharedCalls
 from media.asr import ModelChoice
 from tests.engine_proc import free_port
 from tests.redisd import RedisServer, prefix
@@ -276,3 +277,88 @@ async def test_without_redis_routing_cannot_start(keys: str) -> None:
     with pytest.raises(RoutingUnavailable, match="cannot be reached"):
         await gone.log.start()
     await gone.log.stop()
+
+
+async def leader_and_ann(a: Node, b: Node) -> None:
+    """A starts the routing and leads, B joins, and ann is available on A."""
+    await a.log.start()
+    await until(lambda: a.log.leader)
+    await b.log.start()
+    for event in ("login", "available"):
+        await a.log.submit({"op": "presence", "user": ANN, "event": event})
+
+
+async def test_a_silent_engines_callers_leave_the_line_and_free_the_agents(
+    redis_server: RedisServer, keys: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine dies (kill -9: nothing said) with a caller in line, offered to ann on
+    another engine. Only the dead engine could show ann that offer, so it rang out
+    unseen and set her away, and the caller went on to the next agent, and the next,
+    until a survivor ended the dead engine's calls, up to CCENGINE_ENGINE_LEASE (60 s).
+    Now its liveness key runs out within ALIVE_FOR, the leader takes its callers out of
+    line, and ann is told the offer is withdrawn and stays available."""
+    monkeypatch.setattr(routinglog, "ALIVE_FOR", 1.0)
+    monkeypatch.setattr(routinglog, "RENEW", 0.25)
+    a = node(redis_server.url, keys, "A", peers=0, offer_timeout=60.0)
+    b = node(redis_server.url, keys, "B", peers=1, offer_timeout=60.0)
+    try:
+        await leader_and_ann(a, b)
+        await b.log.submit({"op": "escalation", "call": caller("c1"), "skill": None,
+                            "to_person": True})  # fmt: skip
+        await until(lambda: a.copy.routing.offered_to("u-ann", "c1"))
+        assert a.copy.nodes == {"c1": "B"}
+
+        await b.log.stop()  # as dead: its liveness key is left to run out
+        await until(lambda: "c1" not in a.copy.routing.acd.waiting, 5)
+        assert a.copy.routing.presence_of("u-ann") == "available"
+        [withdrawn] = a.events(OfferWithdrawn)
+        assert (withdrawn.call_id, withdrawn.reason) == ("c1", "node_silent")
+        told = [o for e, o in a.effects if isinstance(e, Emit) and e.event is withdrawn]
+        assert told == ["A"]  # A tells it: B cannot
+        assert "c1" not in a.copy.left  # its engine may come back for it
+    finally:
+        for n in (a, b):
+            await asyncio.wait_for(n.log.stop(), 5)
+
+
+async def test_an_engine_cut_off_from_redis_puts_its_callers_back_in_line(
+    redis_server: RedisServer, keys: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine alive but silent (its liveness key not refreshed: cut off from Redis,
+    or stalled) has its caller taken out of line; the engine sees that and puts the
+    caller back (engine/sharedcalls.py), who is offered again once it is heard from."""
+    monkeypatch.setattr(routinglog, "ALIVE_FOR", 1.0)
+    monkeypatch.setattr(routinglog, "RENEW", 0.25)
+    a = node(redis_server.url, keys, "A", peers=0, offer_timeout=60.0)
+    b = node(redis_server.url, keys, "B", peers=1, offer_timeout=60.0)
+    live = Call("c1", "webrtc", "en", ModelChoice("en", None, None), "+15550100", utcnow())
+    live.state = "queued"
+    applied: list[Effect] = []
+
+    async def apply(effect: Effect) -> None:
+        applied.append(effect)
+
+    shared = SharedCalls(b.log, b.copy, "B", {"c1": live}, apply)
+    b.log.on_effects = shared.effects
+    try:
+        await leader_and_ann(a, b)
+        await b.log.submit({"op": "requested", "call": CallCard.of(live), "queue": "general",
+                            "agent": None})  # fmt: skip
+        await until(lambda: a.copy.routing.offered_to("u-ann", "c1"))
+
+        silent = b.log._alive
+        monkeypatch.setattr(b.log, "_alive", lambda pipe: None)  # B says nothing
+        client = aioredis.Redis.from_url(redis_server.url)
+        async with client:
+            await client.delete(f"{keys}:routing:alive:B")
+        await until(lambda: any(w.reason == "node_silent" for w in a.events(OfferWithdrawn)), 5)
+        monkeypatch.setattr(b.log, "_alive", silent)  # heard from again
+        # B put its caller back, and it is offered to ann again
+        await until(lambda: a.copy.routing.offered_to("u-ann", "c1"), 5)
+        await asyncio.sleep(1.5)  # more than ALIVE_FOR: B is alive, the caller stays
+        assert a.copy.routing.offered_to("u-ann", "c1")
+        assert b.copy.routing.offered_to("u-ann", "c1")
+    finally:
+        for n in (a, b):
+            await asyncio.wait_for(n.log.stop(), 5)
+        await shared.settle(5)

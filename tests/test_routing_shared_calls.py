@@ -57,11 +57,11 @@ async def ringing_ann(cp: ControlPlane) -> tuple[Call, UserRow]:
 async def test_a_refused_step_does_not_keep_a_call_from_ending(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    """Regression (b697810, ``CallManager._leave_shared``): a call's last routing steps
+    """Regression (b697810, ``SharedCalls.leave``): a call's last routing steps
     (its agent to wrap-up, the caller out of the line) went to the shared log as one
     ``_route``: when routing refused one, here the agent's hang-up because another
     engine had already sent her to wrap-up (a survivor does, for an engine it thought
-    dead: ``shared_calls_lost``) and she is available again, ``AcdError`` came out of
+    dead: ``SharedCalls.calls_lost``) and she is available again, ``AcdError`` came out of
     ``end_call``: the call was never recorded ended, its legs stayed open (the caller
     and the agent's phone never got a BYE) and it stayed live on the engine. Now each
     step is asked on its own, a refusal is skipped, and the call ends."""
@@ -89,7 +89,9 @@ async def test_a_refused_step_does_not_keep_a_call_from_ending(
         assert record.call.end_reason == "caller_hangup" and record.call.ended_at is not None
         assert record.call.legs and all(leg.ended_at is not None for leg in record.call.legs)
         assert desk.byes == 1  # the agent's phone was hung up
-        assert not m.background  # nothing left to ask again: the refusal was the answer
+        assert (
+            m.shared is not None and not m.shared.background
+        )  # nothing left to ask again: the refusal was the answer
         assert m.routing_copy.routing.presence_of(ann.id) == "available"  # unchanged
         assert call.id not in m.routing_copy.routing.acd.waiting
 
