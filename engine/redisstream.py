@@ -18,7 +18,8 @@ checked inside the script; appending and marking refresh the key in the same ste
 engine's unmarked events up to the batch the reader waited on (the marker's ``u``) are
 looked up in the database by every reader at that point of the stream; those stored
 (the engine was killed between its write and its marker) are handed out, the rest are
-skipped by every reader, as they come in the same order to all. Those ids are never
+skipped by every reader, as they come in the same order to all (see
+``_drop_unstored`` for the one case where readers may differ). Those ids are never
 handed out again. An engine
 appends a new batch only once its last one is stored, so a reader waits on one batch an
 engine at most; one alive but unable to store for ``STUCK_FOR`` s while others' stored
@@ -56,9 +57,9 @@ What it costs: an append, a database write and a marker before anyone sees an ev
 (a few ms more than one engine alone), and each engine parses every engine's events.
 While Redis is away nothing is shown and events wait in each engine's memory (as for
 the database); an engine cut off from Redis for ``ALIVE_FOR`` s after appending a batch
-has that batch skipped by the others, though it is stored: clients live then miss it,
-clients resuming by id from before it get it from the database (replay looks up the
-ids the ring skipped). An engine stopping while Redis is away loses the events it still
+has that batch skipped by the others if it was stored after they looked: clients live
+then miss it, clients resuming by id from before it get it from the database (replay
+looks up the ids the ring skipped). An engine stopping while Redis is away loses the events it still
 holds (no id can be had safely): it logs how many.
 """
 
@@ -164,7 +165,7 @@ DROPPED = (
 if ARGV[4] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 local cur = redis.call('GET', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], cur .. '-*', 'e', ARGV[2], 'x', '1',
-           'u', ARGV[3])
+           'u', ARGV[3], 'g', ARGV[4])
 return 1
 """
 )
@@ -525,16 +526,24 @@ class RedisEventStream:
                 if held.engine == engine and held.id <= upto:
                     held.stored = True
         elif b"x" in fields:  # its engine died: skip what it never stored (up to u)
-            return engine, int(fields[b"u"]) if b"u" in fields else None
+            until = int(fields[b"u"]) if b"u" in fields else None
+            if fields.get(b"g") == b"1":  # given up on alive: it may store them yet
+                self._drop(engine, until)
+                return None
+            return engine, until
         return None
 
     async def _drop_unstored(self, engine: str, upto: int | None) -> None:
-        """A *dropped* marker: ``engine`` died (or is stuck) before marking its batch
-        stored. It may have stored it all the same (killed between its database write
-        and its marker): the events the database has are handed out in their place, not
-        skipped, so live clients miss none of them. The rest are skipped (a replay finds
-        any stored later). Readers may differ only for an engine alive but stuck that
-        stores between their lookups; each still hands out each event at most once."""
+        """A *dropped* marker: ``engine`` died before marking its batch stored. It may
+        have stored it all the same (killed between its database write and its marker):
+        the events the database has are handed out in their place, not skipped, so live
+        clients miss none of them. The rest are skipped (a replay finds any stored
+        later). Not for an engine given up on while alive (stuck), which may store its
+        batch between two readers' lookups: those events are skipped by all, as before.
+        Readers may still differ for an engine whose liveness key ran out while it could
+        reach the database but not Redis, and whose write lands between their lookups;
+        each hands out each event at most once, in order, and a client of a reader that
+        skipped one gets it on resume."""
         lookup = self.stored_ids
         unmarked = [
             h.id

@@ -192,7 +192,7 @@ class RoutingCopy:
         elif kind == "decline":
             yield from r.decline(op["user_id"], op["call_id"])
         elif kind == "hung_up":
-            took = op["handle_time"]  # None: a call cut off, its length not known
+            took = None if op.get("unknown_length") else op["handle_time"]  # a call cut off
             yield from r.hung_up(op["agent"], None if took is None else self.now - took)
         elif kind == "tick":
             yield from r.tick()
@@ -455,8 +455,11 @@ class SharedRouting(Routing):
 
     def hung_up(self, agent_id: str | None, since: float | None) -> Iterator[Effect]:
         if agent_id is not None:
-            took = None if since is None else time.monotonic() - since
-            op = {"op": "hung_up", "agent": agent_id, "handle_time": took}
+            op: dict[str, Any] = {"op": "hung_up", "agent": agent_id, "handle_time": 0.0}
+            if since is None:
+                op["unknown_length"] = True
+            else:
+                op["handle_time"] = time.monotonic() - since
             yield Replicate(op)
 
     def tick(self) -> Iterator[Effect]:

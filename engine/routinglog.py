@@ -73,7 +73,7 @@ BLOCK_MS = 1000
 # seconds an engine's liveness key lasts: refreshed every RENEW s and with each operation
 # it appends; the leader takes the waiting callers of an engine silent this long out of
 # the line (their engine is dead, or cut off from Redis and so from routing)
-ALIVE_FOR = LEASE
+ALIVE_FOR = 1.5 * LEASE
 KNOWN_FOR = 86_400  # seconds an engine is known to keep a liveness key (older ones do not)
 
 # the lease: renewed only by its holder
@@ -392,11 +392,15 @@ class RoutingLog:
         looked = 0.0
         while not self._stopping:
             if self.leader:
-                with contextlib.suppress(RedisError, OSError, RoutingUnavailable):
+                try:
                     await self._tick_if_due()
                     if time.monotonic() - looked >= RENEW:
                         looked = time.monotonic()
                         await self._out_of_line_if_silent()
+                except (RedisError, OSError, RoutingUnavailable):
+                    pass  # the log away: the next round tries again
+                except Exception:  # never the end of the cluster's clock
+                    log.exception("routing: the leader's tick failed")
             await asyncio.sleep(TICK_EVERY)
 
     async def _out_of_line_if_silent(self) -> None:
@@ -412,10 +416,18 @@ class RoutingLog:
             return
         alive = await self._redis.mget([self._alive_prefix + n for n in owners])
         known = await self._redis.mget([self._known_prefix + n for n in owners])
-        silent = {n for n, a, k in zip(owners, alive, known, strict=True) if a is None and k}
-        # each is out of line once applied here (submit waits for that); one put back by
-        # its engine since has a fresh liveness key (appending refreshes it)
-        for call_id in [c for c in waiting if nodes.get(c) in silent]:
+        silent = [n for n, a, k in zip(owners, alive, known, strict=True) if a is None and k]
+        for owner in silent:
+            # asked again just before: an engine that put a call back since has a fresh
+            # liveness key (appending refreshes it), and keeps its callers in line
+            if await self._redis.exists(self._alive_prefix + owner):
+                continue
+            await self._out_of_line(owner)
+
+    async def _out_of_line(self, owner: str) -> None:
+        waiting, nodes = self.copy.routing.acd.waiting, self.copy.nodes
+        # each is out of line once applied here (submit waits for that)
+        for call_id in [c for c in waiting if nodes.get(c) == owner]:
             log.warning("routing: engine %s is silent; its caller %s leaves the line",
                         nodes[call_id], call_id)  # fmt: skip
             op = {"op": "leave", "call": CallCard.ended(call_id), "reason": SILENT,

@@ -24,7 +24,7 @@ between the log and this engine's live calls (``CallManager``):
     this engine's caller taken out of  ``effects`` puts it back: this engine was cut off
     line for its silence (``SILENT``)  from Redis or stalled, not dead
 
-``apply`` is the manager's way of carrying out one routing effect (``_route_one``):
+``apply`` is the manager's way of carrying out one routing effect (``apply_routing``):
 the effects are the same on one engine and on many.
 """
 
@@ -39,7 +39,7 @@ from engine.acd import AcdError
 from engine.callstate import InvalidTransition, NotAllowed
 from engine.livecall import Call
 from engine.routing import Effect as RoutingEffect
-from engine.routing import Transition
+from engine.routing import StopRinging, Transition
 from engine.routingcopy import (
     SILENT,
     CallCard,
@@ -81,14 +81,18 @@ class SharedCalls:
         effects that fall to this engine (``owner_of``) in a task, after those still
         being applied for the same calls."""
         follow_shadows(self.copy, self.calls)
+        mine: list[RoutingEffect] = []
         if op.get("op") == "leave" and op.get("reason") == SILENT:
             call = self.calls.get(str(op.get("orphan")))
-            if call is not None and call.state == "queued" and not call.ended.is_set():
-                # taken out of line while this engine was cut off from Redis: back in
-                log.warning("routing: call %s was taken out of line (this engine was "
-                            "silent); putting it back", call.id)  # fmt: skip
-                self._background(self._back_in_line(call))
-        mine: list[RoutingEffect] = []
+            if call is not None and not call.ended.is_set():
+                # taken out of line while this engine was cut off from Redis: the desk
+                # phone this engine rang for it stops (the leader could not), and the
+                # caller goes back in line
+                mine.append(StopRinging(call.id))
+                if call.state == "queued":
+                    log.warning("routing: call %s was taken out of line (this engine "
+                                "was silent); putting it back", call.id)  # fmt: skip
+                    self._background(self._back_in_line(call))
         for effect in effects:
             who = owner_of(effect, op, self.engine_id, self.calls)
             if who is not False:
@@ -165,8 +169,10 @@ class SharedCalls:
                 {"op": "leave", "call": card, "reason": "node_lost", "orphan": call_id}
             ]
             if agent_id is not None:
-                # how long it lasted is not known: not learned as a 0 s call
-                ops.append({"op": "hung_up", "agent": agent_id, "handle_time": None})
+                # how long it lasted is not known: not learned as a 0 s call (the
+                # 0.0 is what an engine of an older version reads, and learns)
+                ops.append({"op": "hung_up", "agent": agent_id, "handle_time": 0.0,
+                            "unknown_length": True})  # fmt: skip
             for op in ops:
                 # refused (the agent moved on meanwhile): nothing to do; the log away:
                 # its next reset forgets the call

@@ -684,7 +684,8 @@ class SipFront:
                 with contextlib.suppress(AcdError, UnknownCall):
                     await self.calls.decline(agent_id, call_id)  # the agent pressed reject
             return
-        self._desk_ringing.pop(call_id, None)
+        if self._desk_ringing.get(call_id) == placed[0]:  # not a later ring's entry
+            del self._desk_ringing[call_id]
         assert pc.peer is not None
         try:
             await self.calls.accept_peer(agent_id, call_id, pc.peer, "sip", pc.peer.rtp.offer.codec)

@@ -60,11 +60,14 @@ TIMEOUT = 2.0  # s a Redis command may take
 KEEP = MAX_EXPIRES  # s a hash outlives its last write (the longest binding)
 MAX_DIRTY = 10_000  # contacts waiting to be written; more is a flood, and is dropped
 
-# Delete a contact only if this engine wrote it (a newer registration elsewhere stays).
+# Delete a contact only if this engine wrote it (a newer registration elsewhere stays),
+# or if it cannot be read (no engine could use it).
 _DELETE_MINE = """
 local v = redis.call('HGET', KEYS[1], ARGV[1])
-if v and cjson.decode(v)['node'] == ARGV[2] then
-  return redis.call('HDEL', KEYS[1], ARGV[1])
+if not v then return 0 end
+local ok, r = pcall(cjson.decode, v)
+if not ok or type(r) ~= 'table' or r['node'] == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])  -- this engine's, or unreadable
 end
 return 0
 """

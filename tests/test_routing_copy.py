@@ -222,7 +222,14 @@ def test_a_dead_engines_call_frees_its_agent_and_the_survivor_tells_it() -> None
     assert len(withdrawn) == 1 and owner_of(withdrawn[0], lost, "B", {}) is True
     learned = copy.routing.acd.average_handle_time
     effects, error = copy.apply(
-        {"op": "hung_up", "agent": talker.id, "handle_time": None, "origin": "B"}, 10.0
+        {
+            "op": "hung_up",
+            "agent": talker.id,
+            "handle_time": 0.0,
+            "unknown_length": True,
+            "origin": "B",
+        },
+        10.0,
     )
     assert error is None and copy.routing.presence_of(talker.id) == "wrap_up"
     # its length is not known: it was learned as a 0 s call, and expected waits shrank

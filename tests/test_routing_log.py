@@ -20,7 +20,7 @@ from engine.acd import AcdError, QueueConfig
 from engine.analysis import Emit
 from engine.events import AgentPresenceChanged, CallOffered, OfferWithdrawn, utcnow
 from engine.livecall import Call
-from engine.routing import Effect
+from engine.routing import Effect, StopRinging
 from engine.routingcopy import CallCard, RoutingCopy
 from engine.routinglog import RoutingLog, RoutingUnavailable
 from engine.sharedcalls import SharedCalls
@@ -352,6 +352,10 @@ async def test_an_engine_cut_off_from_redis_puts_its_callers_back_in_line(
         async with client:
             await client.delete(f"{keys}:routing:alive:B")
         await until(lambda: any(w.reason == "node_silent" for w in a.events(OfferWithdrawn)), 5)
+        # B stops the desk phone it rang for c1 (the leader, who told the withdrawal,
+        # could not)
+        await until(lambda: any(isinstance(e, StopRinging) and e.call_id == "c1"
+                                for e in applied), 5)  # fmt: skip
         monkeypatch.setattr(b.log, "_alive", silent)  # heard from again
         # B put its caller back, and it is offered to ann again
         await until(lambda: a.copy.routing.offered_to("u-ann", "c1"), 5)

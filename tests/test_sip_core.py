@@ -878,6 +878,12 @@ def test_the_ack_of_a_2xx_follows_the_proxies_record_route() -> None:
     ep.hangup(call_id, 10.0)
     [bye] = last_request(ep)
     assert bye.headers.get("route") == ack.headers.get("route")
+    # a failure's ACK is hop by hop, in the INVITE's transaction: no route set (§17.1.1.3)
+    ep.invite("sip:desk7@192.0.2.7:5060", TRUNK, SDP.encode(), 20.0)
+    [inv] = last_request(ep)
+    reply(ep, inv, 486, 20.5, headers=[("Record-Route", r) for r in proxies])
+    [busy_ack] = last_request(ep)
+    assert busy_ack.method == "ACK" and busy_ack.headers.get("route") == []
 
 
 def test_we_register_to_a_carrier_and_refresh() -> None:

@@ -176,14 +176,19 @@ class Uac:
         req.body = out.sdp
         self.txns.start(req, out.peer, now)
 
-    def _ack(self, out: Outbound, resp: SipResponse, branch: str, target: str) -> bytes:
+    def _ack(
+        self, out: Outbound, resp: SipResponse, branch: str, target: str, *, dialog: bool
+    ) -> bytes:
+        """``dialog``: the ACK of a 2xx (its own transaction), else of a failure (the
+        INVITE's, hop by hop: §17.1.1.3, no route set of the response's)."""
         req = self.local.request("ACK", target, out.peer, branch)
-        # the ACK of a 2xx is the dialog's first request (§13.2.2.4): it follows the
-        # route set the proxies recorded, as the BYE does; without it a record-routing
-        # proxy (the edge relaying to a desk phone) has nothing to route it by, and the
-        # phone resends its 200 until it gives up
-        for r in reversed(resp.headers.get("record-route")):
-            req.headers.append("Route", r)
+        if dialog:
+            # the ACK of a 2xx is the dialog's first request (§13.2.2.4): it follows the
+            # route set the proxies recorded, as the BYE does; without it a
+            # record-routing proxy (the edge relaying to a desk phone) has nothing to
+            # route it by, and the phone resends its 200 until it gives up
+            for r in reversed(resp.headers.get("record-route")):
+                req.headers.append("Route", r)
         req.headers.set_single("From", f"{out.from_value};tag={out.local_tag}")
         req.headers.set_single("To", resp.headers.get_first("to") or "")
         req.headers.set_single("Call-ID", out.call_id)
@@ -219,7 +224,7 @@ class Uac:
             self._answered(out, resp, now)
             return
         # a failure: ACK it in the same transaction (§17.1.1.3)
-        self._ack(out, resp, out.branch or sm.new_branch(), out.uri)
+        self._ack(out, resp, out.branch or sm.new_branch(), out.uri, dialog=False)
         if out.final:  # a copy (our ACK was lost): ACKed again, and told only once
             return
         if status in (401, 407) and out.auth is not None and not out.tried_auth:
@@ -235,7 +240,7 @@ class Uac:
     def _answered(self, out: Outbound, resp: SipResponse, now: float) -> None:
         contact = resp.headers.get_first("contact") or ""
         target = sm.address_uri(contact) or out.uri
-        out.ack = self._ack(out, resp, sm.new_branch(), target)
+        out.ack = self._ack(out, resp, sm.new_branch(), target, dialog=True)
         out.final = True
         self.dialogs[out.call_id] = Dialog(
             call_id=out.call_id,
