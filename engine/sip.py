@@ -623,12 +623,7 @@ class SipFront:
             return here
         elsewhere = await self.shared_bindings.lookup(username)
         now, wall = self._now(), time.time()
-        # an address on the connection it came in on is only good on that engine
-        return [
-            Binding(b.contact, Peer(b.peer.transport, b.peer.host, b.peer.port),
-                    now + (b.expires - wall))
-            for b in elsewhere
-        ]  # fmt: skip
+        return [Binding(b.contact, b.peer, now + (b.expires - wall)) for b in elsewhere]
 
     def ring(self, agent_id: str, username: str, call_id: str, caller: str | None) -> None:
         """An offer rings the agent: their registered desk phone rings too, wherever
