@@ -378,15 +378,7 @@ def main() -> None:
         r = sum(shipped[i] == calls[i].truth for i in idx)
         print(f"\n{b}: {r}/{len(idx)} = {r / len(idx):.3f}\n")
         print(confusion([calls[i] for i in idx], [shipped[i] for i in idx]))
-    kinds = Counter(
-        (c.band, error_kind(c, g)) for c, g in zip(calls, shipped, strict=True) if g != c.truth
-    )
-    print("\nerrors by kind (wide / phone / both):\n")
-    for k in sorted(
-        {k for _, k in kinds}, key=lambda k: -(kinds[("wide", k)] + kinds[("phone", k)])
-    ):
-        w, p = kinds[("wide", k)], kinds[("phone", k)]
-        print(f"- {k}: {w} / {p} / {w + p}")
+    print_kinds("errors by kind", calls, shipped)
     gaps = sum(g != c.truth for c, g in zip(calls, shipped, strict=True) if c.skipped)
     print(f"- of these, in a call with an utterance skipped (no words): {gaps}")
     table(calls, shipped)
@@ -445,15 +437,20 @@ def table(calls: list[Call], shipped: list[str]) -> None:
         idx = [i for i, c in enumerate(calls) if c.band == b]
         print(f"\n{b}, {v.name}, out of fold:\n")
         print(confusion([calls[i] for i in idx], [guess[i] for i in idx]))
+    print_kinds("its errors by kind", calls, guess)
+
+
+def print_kinds(title: str, calls: list[Call], guess: list[str]) -> None:
+    """How many calls ``guess`` got wrong, by kind of error, per band."""
     kinds = Counter(
         (c.band, error_kind(c, g)) for c, g in zip(calls, guess, strict=True) if g != c.truth
     )
-    print("\nits errors by kind (wide / phone / both):\n")
+    print(f"\n{title} (wide / phone / both):\n")
     for k in sorted(
         {k for _, k in kinds}, key=lambda k: -(kinds[("wide", k)] + kinds[("phone", k)])
     ):
-        print(f"- {k}: {kinds[('wide', k)]} / {kinds[('phone', k)]} / "
-              f"{kinds[('wide', k)] + kinds[('phone', k)]}")  # fmt: skip
+        w, p = kinds[("wide", k)], kinds[("phone", k)]
+        print(f"- {k}: {w} / {p} / {w + p}")
 
 
 if __name__ == "__main__":
