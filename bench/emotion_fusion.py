@@ -76,7 +76,7 @@ INPUTS = {
 
 def input_names(inputs: str) -> list[str]:
     voice = [f"voice:{c}{x}" for x in INPUTS[inputs] for c in ACOUSTIC]
-    names = ["bias"] + [f"text:{label}" for label in LABELS] + voice
+    names = ["bias"] + [f"text:{label}" for label in LABELS] + ["text:upset"] + voice
     return names + [f"{n}@phone" for n in names] if inputs.endswith("+band") else names
 
 

@@ -280,6 +280,9 @@ def fusion_inputs(
     out = {"bias": 1.0}
     for label in LABELS:
         out[f"text:{label}"] = math.log(max(text_p[label], 1e-4))
+    # the words' upset, frustration and anger together: a sentence the text model splits
+    # between the two (0.15 each) is as upset as one that gives one of them 0.3
+    out["text:upset"] = math.log(max(upset, 1e-4))
     for cue in ACOUSTIC:
         v = z.get(cue, 0.0)
         out[f"voice:{cue}"] = v
