@@ -111,42 +111,46 @@ def _calm(c: Call) -> str:
     return "positive" if h[:, P].sum() > h[:, N].sum() else "neutral"
 
 
+def _reading(well: float, upset: Callable[[Call], str | None]) -> Callable[[Call], str]:
+    """A call-label rule: ended well; else what ``upset`` reads of the call (angry,
+    frustrated, or None: not upset); else calm."""
+
+    def label(c: Call) -> str:
+        if not len(c.heard):
+            return "none"
+        if _ended_well(c, well):
+            return "positive"
+        return upset(c) or _calm(c)
+
+    return label
+
+
 def current(well: float, angry: float, upset: float, floor: float = 0.3) -> Callable[[Call], str]:
     """The engine's CallMood: ended well; else anger, then frustration and anger
     together, summed over the call above a floor per utterance."""
 
-    def label(c: Call) -> str:
-        h = c.heard
-        if not len(h):
-            return "none"
-        if _ended_well(c, well):
-            return "positive"
-        if np.maximum(0.0, h[:, A] - floor).sum() >= angry:
+    def read(c: Call) -> str | None:
+        if np.maximum(0.0, c.heard[:, A] - floor).sum() >= angry:
             return "angry"
         if np.maximum(0.0, c.upset - floor).sum() >= upset:
             return "frustrated"
-        return _calm(c)
+        return None
 
-    return label
+    return _reading(well, read)
 
 
 def peak(well: float, angry: float, upset: float) -> Callable[[Call], str]:
     """Ended well; else angry if one utterance is angry at least ``angry`` surely; else
     frustrated if one is upset (frustrated + angry) at least ``upset`` surely."""
 
-    def label(c: Call) -> str:
-        h = c.heard
-        if not len(h):
-            return "none"
-        if _ended_well(c, well):
-            return "positive"
-        if h[:, A].max() >= angry:
+    def read(c: Call) -> str | None:
+        if c.heard[:, A].max() >= angry:
             return "angry"
         if c.upset.max() >= upset:
             return "frustrated"
-        return _calm(c)
+        return None
 
-    return label
+    return _reading(well, read)
 
 
 def _which_upset(h: np.ndarray, upset_rows: np.ndarray) -> str:
@@ -158,36 +162,24 @@ def peak_dominant(well: float, upset: float) -> Callable[[Call], str]:
     """Ended well; else upset if one utterance is upset at least ``upset`` surely, angry
     or frustrated as the upset utterances lean, summed."""
 
-    def label(c: Call) -> str:
-        h = c.heard
-        if not len(h):
-            return "none"
-        if _ended_well(c, well):
-            return "positive"
+    def read(c: Call) -> str | None:
         rows = c.upset >= upset
-        if rows.any():
-            return _which_upset(h, rows)
-        return _calm(c)
+        return _which_upset(c.heard, rows) if rows.any() else None
 
-    return label
+    return _reading(well, read)
 
 
 def two_or_strong(well: float, upset: float, strong: float) -> Callable[[Call], str]:
     """Ended well; else upset if two utterances are upset at least ``upset`` surely, or
     one at least ``strong``; angry or frustrated as those utterances lean, summed."""
 
-    def label(c: Call) -> str:
-        h = c.heard
-        if not len(h):
-            return "none"
-        if _ended_well(c, well):
-            return "positive"
+    def read(c: Call) -> str | None:
         rows = c.upset >= upset
         if rows.sum() >= 2 or c.upset.max() >= strong:
-            return _which_upset(h, rows | (c.upset >= strong))
-        return _calm(c)
+            return _which_upset(c.heard, rows | (c.upset >= strong))
+        return None
 
-    return label
+    return _reading(well, read)
 
 
 def tops(well: float) -> Callable[[Call], str]:
@@ -195,20 +187,15 @@ def tops(well: float) -> Callable[[Call], str]:
     else angry if one utterance's top class is angry; else frustrated if one's is
     frustrated; else calm."""
 
-    def label(c: Call) -> str:
-        h = c.heard
-        if not len(h):
-            return "none"
-        if _ended_well(c, well):
-            return "positive"
-        top = np.argmax(h, axis=1)
+    def read(c: Call) -> str | None:
+        top = np.argmax(c.heard, axis=1)
         if (top == A).any():
             return "angry"
         if (top == F).any():
             return "frustrated"
-        return _calm(c)
+        return None
 
-    return label
+    return _reading(well, read)
 
 
 def with_ending(
@@ -237,7 +224,7 @@ def with_ending(
 class Variant:
     name: str
     rule: Rule
-    grid: list[tuple[float, ...]]
+    grid: Sequence[tuple[float, ...]]
 
 
 def variants() -> list[Variant]:
@@ -262,7 +249,7 @@ def variants() -> list[Variant]:
             ", calm call ends well at a lower bar" if calm else ""
         )
 
-        def grid(g: list[tuple[float, ...]], calm: bool = calm) -> list[tuple[float, ...]]:
+        def grid(g: Sequence[tuple[float, ...]], calm: bool = calm) -> Sequence[tuple[float, ...]]:
             return [(x[0], b, *x[1:]) for x in g for b in calm_bars] if calm else g
 
         if not calm:
@@ -447,7 +434,7 @@ def print_kinds(title: str, calls: list[Call], guess: list[str]) -> None:
     )
     print(f"\n{title} (wide / phone / both):\n")
     for k in sorted(
-        {k for _, k in kinds}, key=lambda k: -(kinds[("wide", k)] + kinds[("phone", k)])
+        {k for _, k in kinds}, key=lambda k: (-(kinds[("wide", k)] + kinds[("phone", k)]), k)
     ):
         w, p = kinds[("wide", k)], kinds[("phone", k)]
         print(f"- {k}: {w} / {p} / {w + p}")
