@@ -185,10 +185,35 @@ def _stack(
     )
 
 
+Parts = tuple[
+    dict[str, list[list[Said]]],  # per band, the tuning calls
+    dict[str, dict[str, tuple[float, float]]],  # per band, the voice priors
+    dict[str, dict[tuple[int, int], dict[str, float]]],  # per band, out-of-fold text
+]
+
+
+def tuning_parts() -> Parts:
+    """The tuning part per band, its voice priors, and each utterance's out-of-fold
+    text probabilities: what every fusion fit and out-of-fold reading starts from."""
+    by_band: dict[str, list[list[Said]]] = {b: calls_of("tuning", b) for b in BANDS}
+    return (
+        by_band,
+        {b: priors(c) for b, c in by_band.items()},
+        {b: oof_text(c) for b, c in by_band.items()},
+    )
+
+
+def oof_logits(x: np.ndarray, y: np.ndarray, g: np.ndarray, l2: float) -> np.ndarray:
+    """Each utterance's logits from a fusion fitted with its voice (``g``) left out."""
+    oof = np.zeros((len(y), len(LABELS)))
+    for voice in sorted(set(g)):
+        test = g == voice
+        oof[test] = x[test] @ fit_logistic(x[~test], y[~test], l2)
+    return oof
+
+
 def fusion_main(_: Path) -> None:
-    by_band = {b: calls_of("tuning", b) for b in BANDS}
-    band_priors = {b: priors(c) for b, c in by_band.items()}
-    text_p = {b: oof_text(c) for b, c in by_band.items()}
+    by_band, band_priors, text_p = tuning_parts()
     tried: list[tuple[int, str, float, float]] = []  # utterances right, and the choice
     for inputs in INPUTS:
         for pw in PRIOR_WEIGHTS:
@@ -215,10 +240,7 @@ def fusion_main(_: Path) -> None:
     names = input_names(inputs)
     x, y, g, rows = _stack(by_band, text_p, band_priors, pw, names)
     # one temperature, fitted on out-of-fold logits, makes the probabilities honest
-    oof = np.zeros((len(y), len(LABELS)))
-    for voice in sorted(set(g)):
-        test = g == voice
-        oof[test] = x[test] @ fit_logistic(x[~test], y[~test], l2)
+    oof = oof_logits(x, y, g, l2)
     temperature, nll = _temperature(oof, y)
     call_rule = fit_call_rule(softmax(oof / temperature), rows)
     w = fit_logistic(x, y, l2)
@@ -272,10 +294,7 @@ def _voice_only(
     silent = np.array(
         [not heard_words(u.heard.text) for b in BANDS for call in by_band[b] for u in call]
     )
-    oof = np.zeros((len(y), len(LABELS)))
-    for voice in sorted(set(g)):
-        test = g == voice
-        oof[test] = x[test] @ fit_logistic(x[~test], y[~test], l2)
+    oof = oof_logits(x, y, g, l2)
     temperature, _ = _temperature(oof, y)
     right = np.argmax(oof, axis=1) == y
     print(f"voice-only model: accuracy, each voice left out in turn, {right.mean():.3f}; on "

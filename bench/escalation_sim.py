@@ -42,12 +42,10 @@ from bench.emotion_fusion import (
     Said,
     _stack,
     _temperature,
-    calls_of,
-    fit_logistic,
     input_names,
-    oof_text,
-    priors,
+    oof_logits,
     softmax,
+    tuning_parts,
 )
 from engine.escalation import CallEscalation, EmotionSample, Rule, Utterance, default_rules
 from media.emotion import FUSION
@@ -90,18 +88,9 @@ def oof_probabilities() -> tuple[dict[str, list[list[Said]]], dict[str, list[lis
     chosen = json.loads(FUSION.read_text())
     names, pw, l2 = chosen["names"], chosen["prior_weight"], chosen["l2"]
     inputs = next((k for k in INPUTS if input_names(k) == names), None)
-    by_band: dict[str, list[list[Said]]] = {b: calls_of("tuning", b) for b in BANDS}
-    band_priors: dict[str, dict[str, tuple[float, float]]] = {
-        b: priors(c) for b, c in by_band.items()
-    }
-    text_p: dict[str, dict[tuple[int, int], dict[str, float]]] = {
-        b: oof_text(c) for b, c in by_band.items()
-    }
+    by_band, band_priors, text_p = tuning_parts()
     x, y, g, rows = _stack(by_band, text_p, band_priors, pw, names)
-    oof = np.zeros((len(y), len(LABELS)))
-    for voice in sorted(set(g)):
-        test = g == voice
-        oof[test] = x[test] @ fit_logistic(x[~test], y[~test], l2)
+    oof = oof_logits(x, y, g, l2)
     temperature, _ = _temperature(oof, y)
     probs = softmax(oof / temperature)
     right = float((np.argmax(probs, axis=1) == y).mean())

@@ -31,12 +31,10 @@ from bench.emotion_fusion import (
     Said,
     _stack,
     _temperature,
-    calls_of,
-    fit_logistic,
     input_names,
-    oof_text,
-    priors,
+    oof_logits,
     softmax,
+    tuning_parts,
     voice_names,
 )
 from bench.emotion_train import corpus, train_text
@@ -62,16 +60,11 @@ def oof_all() -> Oof:
     chosen = json.loads(FUSION.read_text())
     names, pw, l2 = chosen["names"], chosen["prior_weight"], chosen["l2"]
     inputs = next(k for k in INPUTS if input_names(k) == names)
-    by_band = {b: calls_of("tuning", b) for b in BANDS}
-    band_priors = {b: priors(c) for b, c in by_band.items()}
-    text_p = {b: oof_text(c) for b, c in by_band.items()}
+    by_band, band_priors, text_p = tuning_parts()
     probs = {}
     for key, nm in (("fused", names), ("voice", voice_names(inputs))):
         x, y, g, _ = _stack(by_band, text_p, band_priors, pw, nm)
-        oof = np.zeros((len(y), len(LABELS)))
-        for voice in sorted(set(g)):
-            test = g == voice
-            oof[test] = x[test] @ fit_logistic(x[~test], y[~test], l2)
+        oof = oof_logits(x, y, g, l2)
         t, _ = _temperature(oof, y)
         probs[key] = softmax(oof / t)
     utts = [(b, u) for b in BANDS for call in by_band[b] for u in call]
