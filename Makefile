@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8080
 # Debian packages the test suite drives as real peers / speech tools.
-TEST_DEBS := chromium espeak-ng flite sox sip-tester kamailio redis-server postgresql
+TEST_DEBS := chromium espeak-ng flite festival festvox-kdlpc16k festvox-us-slt-hts sox sip-tester kamailio redis-server postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint typecheck unit bench eval sysdeps clean

@@ -296,6 +296,88 @@ FRESH: dict[str, list[str]] = {
 }
 
 
+# The second fresh held-out part (written 2026-11-27, before any model read it): other
+# sentences again, in other lines of business (energy, insurance, travel, banking), said
+# by festival's voices (ked, a diphone voice; slt, an HTS voice) and espeak-ng accents
+# no other part uses (New York, Lancaster, West Midlands). ``FRESH`` had been read three
+# times when this was made; this part checks, once, that its numbers were not luck.
+FRESH2: dict[str, list[str]] = {
+    "neutral": [
+        "Good afternoon, I'm calling about my car insurance renewal.",
+        "I'd like to set up a direct debit for my gas bill.",
+        "Can you read me the meter reading you have on file?",
+        "My date of birth is the fourth of June, nineteen eighty two.",
+        "I want to move my flight to the following Tuesday.",
+        "Is there a charge for sending a replacement card?",
+        "I live at twelve Station Road.",
+        "Could you email me the receipt instead?",
+        "Just a second, I'm getting my reference number.",
+        "Yes, the booking is under my husband's name.",
+        "What time does the delivery driver usually come?",
+        "I'd like to add my son as a named driver.",
+        "My card was swallowed by the cash machine this morning.",
+        "Can I upgrade my phone before the contract ends?",
+        "That's fine, the afternoon slot suits me.",
+        "Hello, I think I've been sent someone else's letter.",
+        "Do you need the last four digits of my card?",
+        "Right, thanks for your help, goodbye.",
+    ],
+    "positive": [
+        "Oh that's wonderful news, thank you so much.",
+        "You've been so patient with me, I really appreciate it.",
+        "Brilliant, the refund has just landed in my account.",
+        "Honestly, you've sorted in five minutes what took me weeks.",
+        "I'm so pleased, the new boiler works perfectly.",
+        "That's great, my flight is confirmed, what a relief.",
+        "Thank you, you've been absolutely fantastic today.",
+        "Lovely, I'll tell my friends how good you were.",
+        "Oh wow, a free upgrade? That's amazing.",
+        "Perfect, that's everything sorted, cheers.",
+        "I'm really happy with the new plan, thanks for suggesting it.",
+        "You've saved my holiday, I can't thank you enough.",
+        "Fab, the engineer fixed it in no time.",
+        "That's really kind of you to waive the fee.",
+    ],
+    "frustrated": [
+        "I've explained this to four different people already.",
+        "The bill is wrong again this month.",
+        "I've been without a phone line since last Wednesday.",
+        "You keep telling me it's been escalated, but nothing happens.",
+        "This is the second parcel that's gone missing.",
+        "I've sent the documents three times now.",
+        "Every time I call, the line goes dead after ten minutes.",
+        "I was promised a call back yesterday and nobody rang.",
+        "I'm getting nowhere with this.",
+        "The meter still hasn't been replaced after two months.",
+        "Why does it take so long to cancel a simple subscription?",
+        "I've been charged a late fee even though I paid on time.",
+        "Oh lovely, another form to fill in.",
+        "I honestly don't know what else I can do.",
+        "The refund you promised still hasn't arrived.",
+        "I've been passed from department to department all morning.",
+    ],
+    "angry": [
+        "This is a complete joke, sort it out now.",
+        "I want to speak to someone senior, immediately.",
+        "You've ruined my holiday and I expect a full refund.",
+        "Don't you dare hang up on me again.",
+        "I'm never using your company again.",
+        "Your staff are rude and clueless.",
+        "I'm taking this to the ombudsman.",
+        "You took my money and I want it back today.",
+        "Charging me for a service I never got is theft, plain and simple.",
+        "I'm sick of your excuses.",
+        "I'll post about this everywhere if it's not fixed.",
+        "Put a manager on the phone, I'm not dealing with you.",
+        "That's the worst service I've ever had.",
+        "Close my account, I'm done with you people.",
+        "Cancel it now, I am not asking again.",
+        "I've been lied to by three of your agents.",
+        "You keep telling me it's been escalated, but nothing happens.",
+        "I was promised a call back yesterday and nobody rang.",
+    ],
+}
+
 # A call: its utterances' classes in order, and the label the call should end with.
 # The escalation truth of a call is "the caller was upset in two utterances in a row"
 # (the default upset_streak rule) or "asked for a person".

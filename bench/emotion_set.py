@@ -7,7 +7,10 @@ Voices. Tuning: piper joe as it is and higher and faster (sox), espeak-ng en-us+
 en-gb+f2, en-us+f2, en-gb-x-rp+m4 and en-029+m2. Held-out: piper joe a fourth lower and
 slower (sox), espeak-ng en-us+f4 and en-gb-scotland+m5. Fresh held-out (its own
 sentences too, bench/emotion_scripts.py ``FRESH``): flite's slt, rms, awb and kal16
-(Debian ``flite``), a synthesiser none of the others is made with.
+(Debian ``flite``), a synthesiser none of the others is made with. Second fresh
+held-out part (``FRESH2``, its own sentences again): festival's ked and slt (HTS)
+(Debian ``festival``, ``festvox-kdlpc16k``, ``festvox-us-slt-hts``) and espeak-ng's New
+York, Lancaster and West Midlands accents.
 
 Delivery. No offline voice acts a feeling, so each class is said in a style shaped with
 sox, its strength drawn per utterance from a range (below): angry is louder, faster and
@@ -31,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.emotion_scripts import CALLS, FRESH, HELDOUT, TUNING
+from bench.emotion_scripts import CALLS, FRESH, FRESH2, HELDOUT, TUNING
 
 OUT = Path(__file__).parent / "out" / "emotion-set"
 # (name, engine, how): piper with sox effects, or an espeak-ng voice at a speed
@@ -59,6 +62,13 @@ VOICES: dict[str, list[tuple[str, str, list[str] | tuple[str, int]]]] = {
         ("flite awb", "flite", ("awb", 100)),  # Scottish English, male
         ("flite kal16", "flite", ("kal16", 100)),  # US English, male, diphones
     ],
+    "fresh2": [
+        ("festival ked", "festival", ("ked_diphone", 100)),  # US English, male, diphones
+        ("festival slt hts", "festival", ("cmu_us_slt_arctic_hts", 100)),  # US, female, HMM
+        ("espeak en-us-nyc+m7", "espeak", ("en-us-nyc+m7", 150)),
+        ("espeak en-gb-x-gbclan+f3", "espeak", ("en-gb-x-gbclan+f3", 160)),
+        ("espeak en-gb-x-gbcwmd+m6", "espeak", ("en-gb-x-gbcwmd+m6", 145)),
+    ],
 }
 # class -> ranges of (tempo, pitch in cents, gain in dB)
 STYLE: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float]]] = {
@@ -67,7 +77,8 @@ STYLE: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, fl
     "frustrated": ((0.88, 0.96), (-120, -30), (-2, 0)),
     "angry": ((1.08, 1.18), (180, 320), (4, 7)),
 }
-PASSES = {"tuning": 3, "heldout": 2, "fresh": 2}  # times through the call list per voice
+# times through the call list per voice
+PASSES = {"tuning": 3, "heldout": 2, "fresh": 2, "fresh2": 2}
 
 
 @dataclass(frozen=True)
@@ -87,7 +98,7 @@ def plan(part: str) -> list[list[Spoken]]:
     """The part's calls: every voice goes through the call templates PASSES times,
     drawing sentences of each class in a shuffled order (so each voice says most of the
     part's sentences, in different calls)."""
-    pools = {"tuning": TUNING, "heldout": HELDOUT, "fresh": FRESH}[part]
+    pools = {"tuning": TUNING, "heldout": HELDOUT, "fresh": FRESH, "fresh2": FRESH2}[part]
     calls: list[list[Spoken]] = []
     for name, _, _ in VOICES[part]:
         rng = random.Random(zlib.crc32(f"{part}/{name}".encode()))
@@ -126,6 +137,12 @@ def _say(voice: tuple[str, str, list[str] | tuple[str, int]], s: Spoken, dst: Pa
     if engine == "flite":  # the speed: 100 is the voice's own
         stretch = f"duration_stretch={100 / how[1]:.2f}"
         cmd = ["flite", "-voice", how[0], "--setf", stretch, "-t", s.sentence, "-o", str(raw)]
+    elif engine == "festival":  # text2wave reads the sentence from a file
+        said = dst.with_suffix(".txt")
+        said.write_text(s.sentence)
+        voice_cmd = f"(voice_{how[0]})"
+        stretch_cmd = f"(Parameter.set 'Duration_Stretch {100 / how[1]:.2f})"
+        cmd = ["text2wave", "-eval", voice_cmd, "-eval", stretch_cmd, str(said), "-o", str(raw)]
     else:
         cmd = ["espeak-ng", "-v", how[0], "-s", str(how[1]), "-w", str(raw), s.sentence]
     subprocess.run(cmd, check=True)
@@ -219,12 +236,14 @@ def manifest(part: str) -> list[dict[str, object]]:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["tuning", "heldout", "fresh", "all"], default="all")
+    ap.add_argument(
+        "--part", choices=["tuning", "heldout", "fresh", "fresh2", "all"], default="all"
+    )
     ap.add_argument("--band", choices=["wide", "phone", "both"], default="both")
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
     build(
-        ["tuning", "heldout", "fresh"] if a.part == "all" else [a.part],
+        ["tuning", "heldout", "fresh", "fresh2"] if a.part == "all" else [a.part],
         ["wide", "phone"] if a.band == "both" else [a.band],
         a.workers,
     )
