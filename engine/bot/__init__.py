@@ -1,0 +1,1 @@
+"""The virtual agent: flows, what callers mean, the conversation, hand-off."""

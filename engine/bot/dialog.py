@@ -1,0 +1,411 @@
+"""The virtual agent's side of one conversation, sans-IO: what the caller said (or
+keyed) goes in, what to say and do comes out.
+
+Theory of operation
+-------------------
+A ``Dialog`` walks one caller through a flow (``engine.bot.flows``). It never waits,
+speaks or calls anything itself: each input returns the outputs the engine carries
+out, in order, and the engine tells it what came of the ones that take time (an
+action's JSON, a knowledge-base answer):
+
+    output        the engine
+    Say           speaks the text to the caller (a new Say may cut the caller off
+                  from nothing: barge-in is the engine's, on the caller's voice)
+    CallAction    POSTs the intent and slots to the business's system, then calls
+                  ``action_done(result)`` or ``action_failed(reason)``
+    AskKnowledge  looks the question up, then calls ``answered(text or None)``
+    HandOff       puts the caller in line for a person with what was learnt
+    End           hangs up once the goodbye has been said
+
+The states, and what moves them (``TRANSITIONS`` is the whole table; an input a state
+does not list is ignored, e.g. words said while an action is under way):
+
+    state       input                     next
+    start       start                     listening (the greeting said)
+    listening   heard                     listening (not understood, or asked again),
+                                          filling (a slot to learn), confirming,
+                                          waiting (an action or answer under way),
+                                          handed_off, ended
+    filling     heard, keys               filling (not read: asked again), confirming,
+                                          waiting, listening, handed_off, ended
+    confirming  heard, keys               filling (a "no": asked again), confirming
+                                          (unclear), waiting, listening, handed_off,
+                                          ended
+    waiting     action_done, action_failed,
+                answered                  listening, handed_off, ended
+    any         stop                      stopped (a person or a hang-up took over)
+
+A turn the agent cannot use (no intent, a slot it cannot read, neither yes nor no)
+counts; ``max_failed_turns`` in a row hands the caller to a person, as does an intent
+whose ``then`` is ``handoff``, a failed action, and a question the knowledge base
+cannot answer. While a slot is asked for, the caller may ask for something else
+instead: an intent heard then is followed ("actually, I want to talk to a person").
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal
+
+from engine.bot.flows import Flow, Intent, Slot, template_fields
+from engine.bot.understand import IntentMatcher, read_keys, read_slot, spoken
+
+
+class State(enum.StrEnum):
+    START = "start"
+    LISTENING = "listening"
+    FILLING = "filling"
+    CONFIRMING = "confirming"
+    WAITING = "waiting"
+    HANDED_OFF = "handed_off"
+    ENDED = "ended"
+    STOPPED = "stopped"
+
+
+Input = Literal["start", "heard", "keys", "action_done", "action_failed", "answered", "stop"]
+S = State
+_TALKING = frozenset({S.LISTENING, S.FILLING, S.CONFIRMING, S.WAITING, S.HANDED_OFF, S.ENDED})
+TRANSITIONS: dict[tuple[State, Input], frozenset[State]] = {
+    (S.START, "start"): frozenset({S.LISTENING}),
+    (S.LISTENING, "heard"): _TALKING,
+    (S.FILLING, "heard"): _TALKING,
+    (S.FILLING, "keys"): _TALKING,
+    (S.CONFIRMING, "heard"): _TALKING,
+    (S.CONFIRMING, "keys"): _TALKING,
+    (S.WAITING, "action_done"): frozenset({S.LISTENING, S.HANDED_OFF, S.ENDED}),
+    (S.WAITING, "action_failed"): frozenset({S.HANDED_OFF}),
+    (S.WAITING, "answered"): frozenset({S.LISTENING, S.HANDED_OFF, S.ENDED}),
+}
+for _s in State:
+    if _s not in (S.HANDED_OFF, S.ENDED, S.STOPPED):
+        TRANSITIONS[(_s, "stop")] = frozenset({S.STOPPED})
+
+
+MAX_KEYS = 32  # keys kept towards one answer: a stuck key never grows it
+
+
+class InvalidTransition(Exception):
+    """The dialog was moved where its table does not go: a bug here, not the caller's."""
+
+
+# -- outputs -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallAction:
+    intent: str
+    url: str
+    timeout: float
+    slots: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class AskKnowledge:
+    intent: str
+    question: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """The caller goes to a person, with what the agent learnt: nobody asks again."""
+
+    reason: str
+    intent: str | None
+    slots: dict[str, str]
+    summary: str
+    skill: str | None = None  # the queue the intent names, if it names one
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    pass
+
+
+Output = Say | CallAction | AskKnowledge | HandOff | End
+
+
+@dataclass
+class Task:
+    """The intent under way and what has been learnt for it."""
+
+    intent: Intent
+    question: str  # the caller's words that asked for it
+    slots: dict[str, str] = field(default_factory=dict)
+    confirmed: set[str] = field(default_factory=set)  # slots the caller said yes to
+    pending: Slot | None = None  # being asked for, or read back
+
+
+class Dialog:
+    def __init__(self, flow: Flow, matcher: IntentMatcher | None = None) -> None:
+        self.flow = flow
+        self.matcher = matcher or IntentMatcher(flow)
+        self.state = State.START
+        self.task: Task | None = None
+        self.failed_turns = 0
+        self.asked_more = False  # the last prompt was "anything else?"
+        self.done: list[str] = []  # intents completed in this call, in order
+        self._last_input: Input = "start"  # the input being handled (for the table)
+        self._keys = ""  # keys pressed towards an answer, not yet whole
+
+    # -- inputs ----------------------------------------------------------------------
+
+    def start(self) -> list[Output]:
+        self._expect("start")
+        self._move("start", S.LISTENING)
+        return [Say(self.flow.greeting)]
+
+    def heard(self, text: str) -> list[Output]:
+        """A final transcript of the caller."""
+        if not self._accepts("heard") or not text.strip():
+            return []
+        if self.state == S.LISTENING:
+            return self._listening(text)
+        if self.state == S.FILLING:
+            return self._filling(text, read_slot(self._pending(), text))
+        return self._confirming(text, read_slot(_YES_NO, text))
+
+    def keys(self, keys: str) -> list[Output]:
+        """Keys pressed on the keypad, ``#`` ending them (one key for yes or no)."""
+        if not self._accepts("keys"):
+            return []
+        if self.state == S.FILLING:
+            return self._filling(None, read_keys(self._pending(), keys))
+        return self._confirming(None, read_keys(_YES_NO, keys))
+
+    def key(self, digit: str) -> list[Output]:
+        """One key as the phone sends it. Keys add up until ``#``, or until they are
+        a whole answer: one key for yes or no, a fixed number of digits. Keys pressed
+        while nothing is asked for are not kept (they answer no question)."""
+        if self.state not in (S.FILLING, S.CONFIRMING):
+            self._keys = ""
+            return []
+        self._keys = (self._keys + digit)[-MAX_KEYS:]
+        slot = _YES_NO if self.state == S.CONFIRMING else self._pending()
+        whole = (
+            digit == "#"
+            or slot.type == "yes_no"
+            or (
+                slot.type == "digits" and slot.length is not None and len(self._keys) == slot.length
+            )
+        )
+        if not whole:
+            return []
+        keys, self._keys = self._keys, ""
+        return self.keys(keys)
+
+    def action_done(self, result: object) -> list[Output]:
+        """The business's system answered ``result`` (its JSON)."""
+        self._expect("action_done")
+        task = self._task()
+        try:
+            text = render(task.intent.say or "", task.intent, task.slots, result)
+        except KeyError as e:
+            # the system's answer lacks what the template says: never speak a hole
+            return self.action_failed(f"its answer has no {e.args[0]}")
+        return self._finish(task, [Say(text)] if text else [])
+
+    def action_failed(self, reason: str) -> list[Output]:
+        """The business's system did not answer in time, or answered an error."""
+        self._expect("action_failed")
+        task = self._task()
+        return [Say(self.flow.apology), *self._hand_off(f"{task.intent.name}: {reason}")]
+
+    def answered(self, text: str | None) -> list[Output]:
+        """The knowledge base's answer to the task's question (None: it has none)."""
+        self._expect("answered")
+        task = self._task()
+        if text is None:
+            return self._hand_off(f"{task.intent.name}: no answer in the knowledge base")
+        return self._finish(task, [Say(text)])
+
+    def stop(self) -> None:
+        """A person (escalation, an agent, a hang-up) took the call over."""
+        if self._accepts("stop"):
+            self._move("stop", S.STOPPED)
+
+    # -- the turns -------------------------------------------------------------------
+
+    def _listening(self, text: str) -> list[Output]:
+        found = self.matcher.match(text)
+        if found is None:
+            if self.asked_more and read_slot(_YES_NO, text) == "no":
+                return self._end()
+            return self._not_understood(self.flow.fallback)
+        self.asked_more = False
+        return self._begin(self.flow.intent(found.intent), text)
+
+    def _begin(self, intent: Intent, text: str) -> list[Output]:
+        self.failed_turns = 0
+        task = self.task = Task(intent, text)
+        if intent.then == "handoff" and not intent.slots and intent.action is None:
+            return self._hand_off(f"asked for {intent.name}")
+        for slot in intent.slots:
+            # numbers said with the request fill their slot ("where is order 83016");
+            # a yes, a no or free text never does: they answer a question not yet asked
+            if slot.type in ("digits", "number", "amount"):
+                value = read_slot(slot, text)
+                if value is not None:
+                    task.slots[slot.name] = value
+        return self._next_slot(task)
+
+    def _next_slot(self, task: Task) -> list[Output]:
+        """Ask for the first slot not yet known, read back the first not yet confirmed
+        (a number said with the request too), else act."""
+        for slot in task.intent.slots:
+            if slot.name not in task.slots:
+                task.pending = slot
+                self._move(self._last_input, S.FILLING)
+                return [Say(slot.prompt)]
+            if slot.confirm and slot.name not in task.confirmed:
+                task.pending = slot
+                self._move(self._last_input, S.CONFIRMING)
+                return [Say(f"Did you say {spoken(slot, task.slots[slot.name])}?")]
+        task.pending = None
+        return self._act(task)
+
+    def _filling(self, text: str | None, value: str | None) -> list[Output]:
+        task, slot = self._task(), self._pending()
+        if value is None:
+            # not the answer: maybe the caller asks for something else instead
+            found = self.matcher.match(text) if text is not None else None
+            if found is not None and found.intent != task.intent.name:
+                return self._begin(self.flow.intent(found.intent), text or "")
+            return self._not_understood(f"{slot.retry} {slot.prompt}")
+        self.failed_turns = 0
+        task.slots[slot.name] = value
+        return self._next_slot(task)
+
+    def _confirming(self, text: str | None, answer: str | None) -> list[Output]:
+        task, slot = self._task(), self._pending()
+        value = read_slot(slot, text) if text is not None and slot.type != "yes_no" else None
+        if value is not None and value != task.slots[slot.name]:
+            # "no, it's 8 3 0 1 7": the correction is the answer, read back in turn
+            task.slots[slot.name] = value
+            self._move(self._last_input, S.CONFIRMING)
+            return [Say(f"Did you say {spoken(slot, value)}?")]
+        if answer == "yes":
+            self.failed_turns = 0
+            task.confirmed.add(slot.name)
+            return self._next_slot(task)
+        if answer == "no":
+            self.failed_turns = 0
+            del task.slots[slot.name]
+            self._move(self._last_input, S.FILLING)
+            return [Say(f"Sorry. {slot.prompt}")]
+        return self._not_understood(
+            f"Please say yes or no. Did you say {spoken(slot, task.slots[slot.name])}?"
+        )
+
+    def _act(self, task: Task) -> list[Output]:
+        intent = task.intent
+        if intent.action is not None:
+            self._move(self._last_input, S.WAITING)
+            a = intent.action
+            return [CallAction(intent.name, a.url, a.timeout, dict(task.slots))]
+        if intent.answer == "knowledge":
+            self._move(self._last_input, S.WAITING)
+            return [AskKnowledge(intent.name, task.question)]
+        text = render(intent.say or "", intent, task.slots, None)
+        return self._finish(task, [Say(text)] if text else [])
+
+    def _finish(self, task: Task, said: list[Output]) -> list[Output]:
+        """The task is done: what its intent says comes next."""
+        self.done.append(task.intent.name)
+        then = task.intent.then
+        if then == "handoff":
+            return [*said, *self._hand_off(f"{task.intent.name} needs a person")]
+        if then == "end":
+            return [*said, *self._end()]
+        self.task = None
+        self.asked_more = True
+        self._move(self._last_input, S.LISTENING)
+        return [*said, Say(self.flow.anything_else)]
+
+    def _not_understood(self, again: str) -> list[Output]:
+        self.failed_turns += 1
+        if self.failed_turns >= self.flow.max_failed_turns:
+            return self._hand_off(f"not understood {self.failed_turns} times in a row")
+        self._move(self._last_input, self.state)
+        return [Say(again)]
+
+    def _hand_off(self, reason: str) -> list[Output]:
+        task = self.task
+        self._move(self._last_input, S.HANDED_OFF)
+        slots = dict(task.slots) if task else {}
+        skill = task.intent.skill if task else None
+        return [
+            Say(self.flow.handoff),
+            HandOff(reason, task.intent.name if task else None, slots, self.summary(), skill),
+        ]
+
+    def _end(self) -> list[Output]:
+        self._move(self._last_input, S.ENDED)
+        return [Say(self.flow.goodbye), End()]
+
+    def summary(self) -> str:
+        """One line for the agent: what the caller came for and what they gave."""
+        parts = [f"done: {', '.join(self.done)}"] if self.done else []
+        if self.task is not None:
+            given = ", ".join(f"{k} {v}" for k, v in self.task.slots.items())
+            parts.append(f"asked: {self.task.intent.name}" + (f" ({given})" if given else ""))
+        return "; ".join(parts) or "nothing understood"
+
+    # -- the table -------------------------------------------------------------------
+
+    def _accepts(self, what: Input) -> bool:
+        if (self.state, what) in TRANSITIONS:
+            self._last_input = what
+            return True
+        return False
+
+    def _expect(self, what: Input) -> None:
+        if not self._accepts(what):
+            raise InvalidTransition(f"{what} in state {self.state}")
+
+    def _move(self, what: Input, to: State) -> None:
+        allowed = TRANSITIONS.get((self.state, what), frozenset())
+        if to not in allowed:
+            raise InvalidTransition(f"{self.state} -{what}-> {to}")
+        self.state = to
+
+    def _task(self) -> Task:
+        if self.task is None:
+            raise InvalidTransition(f"no task in state {self.state}")
+        return self.task
+
+    def _pending(self) -> Slot:
+        slot = self._task().pending
+        if slot is None:
+            raise InvalidTransition(f"no slot asked for in state {self.state}")
+        return slot
+
+
+_YES_NO = Slot(name="yes_no", type="yes_no", prompt="Yes or no?")
+
+
+def render(template: str, intent: Intent, slots: dict[str, str], result: object) -> str:
+    """A ``say`` template filled in; slots as they are read back (digits one by one).
+    ``KeyError`` names a field the result does not have."""
+    out = template
+    by_name = {s.name: s for s in intent.slots}
+    for name in template_fields(template):
+        head, *path = name.split(".")
+        if head == "result":
+            value: object = result
+            for key in path:
+                if not isinstance(value, dict) or key not in value:
+                    raise KeyError(name)
+                value = value[key]
+            if isinstance(value, dict | list) or value is None:
+                raise KeyError(name)
+            text = str(value)
+        else:
+            text = spoken(by_name[head], slots[head])
+        out = out.replace("{" + name + "}", text)
+    return out

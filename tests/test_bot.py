@@ -1,0 +1,397 @@
+"""The virtual agent's core, in-process (engine/bot/): flow files and their mistakes,
+what callers mean (intents and slots over misrecognised speech), and the dialog's state
+table walked input by input."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from engine.bot.dialog import (
+    TRANSITIONS,
+    AskKnowledge,
+    CallAction,
+    Dialog,
+    End,
+    HandOff,
+    InvalidTransition,
+    Say,
+    State,
+)
+from engine.bot.flows import Flow, FlowError, flow_for, load_flows, parse_flow
+from engine.bot.understand import IntentMatcher, digit_runs, read_keys, read_slot
+
+ORDERS = """\
+id: orders
+greeting: Thanks for calling Acme. How can I help?
+intents:
+  - name: order_status
+    examples:
+      - where is my order
+      - track my parcel
+      - has my order shipped
+    slots:
+      - name: order
+        type: digits
+        length: 5
+        prompt: What is your order number?
+        confirm: true
+    action:
+      url: http://127.0.0.1:9/status
+      timeout: 2
+    say: Order {order} is {result.status}.
+  - name: cancel_order
+    examples: [cancel my order, I want to cancel an order]
+    slots:
+      - name: order
+        type: digits
+        length: 5
+        prompt: Which order?
+      - name: sure
+        type: yes_no
+        prompt: Are you sure you want to cancel it?
+    say: Order {order} is cancelled.
+    then: end
+  - name: opening_hours
+    examples: [what are your opening hours, when are you open]
+    answer: knowledge
+  - name: person
+    examples: [speak to a person, talk to an agent, a real person]
+    then: handoff
+"""
+
+
+def orders() -> Flow:
+    return parse_flow(ORDERS, "orders.yaml")
+
+
+# -- flow files -----------------------------------------------------------------------
+
+
+def test_a_flow_file_loads_with_its_defaults() -> None:
+    flow = orders()
+    assert [i.name for i in flow.intents] == [
+        "order_status",
+        "cancel_order",
+        "opening_hours",
+        "person",
+    ]
+    assert flow.max_failed_turns == 2 and flow.numbers == []
+    assert flow.intent("order_status").action is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "line", "reason"),
+    [
+        # a typo in a key: the line of that key
+        (("    examples:\n      - where", "    exmples:\n      - where"), 5, "exmples"),
+        # a template naming a slot the intent does not have
+        (("say: Order {order} is {result", "say: Order {ordr} is {result"), 18, "{ordr}"),
+        # a result field in an intent with no action
+        (("say: Order {order} is cancelled.", "say: Now {result.x}"), 29, "no action"),
+        # YAML reads an unquoted {...} as a mapping: say so
+        (("say: Order {order} is cancelled.", "say: {order} is cancelled."), 29, "quoted"),
+        # a slot type that does not exist: the line of the type
+        (("        type: yes_no", "        type: boolean"), 27, "type"),
+        # YAML that reads otherwise than meant, or does not parse
+        (("examples: [cancel my order, I", "examples: [cancel my order: I"), 20, "quoted"),
+        (("url: http://127.0.0.1:9/status", "url: [http"), 17, ""),
+        # a key given twice (YAML would keep the last, silently)
+        (("id: orders\n", "id: orders\nid: other\n"), 2, "given twice"),
+        # digits length on a yes/no slot
+        (("        type: yes_no\n", "        type: yes_no\n        length: 3\n"), 28, "digits"),
+    ],
+)
+def test_a_flow_with_a_mistake_is_refused_with_its_line(
+    change: tuple[str, str], line: int, reason: str
+) -> None:
+    old, new = change
+    assert old in ORDERS
+    with pytest.raises(FlowError) as e:
+        parse_flow(ORDERS.replace(old, new, 1), "flows/orders.yaml")
+    assert e.value.path == "flows/orders.yaml"
+    assert e.value.line == line, str(e.value)
+    assert reason in e.value.reason
+    assert str(e.value).startswith(f"flows/orders.yaml:{line}: ")
+
+
+def test_a_missing_greeting_and_an_empty_file_are_refused() -> None:
+    with pytest.raises(FlowError, match="greeting"):
+        parse_flow(ORDERS.replace("greeting: Thanks for calling Acme. How can I help?\n", ""), "f")
+    with pytest.raises(FlowError, match="a mapping"):
+        parse_flow("", "f")
+    with pytest.raises(FlowError, match="KiB"):
+        parse_flow("greeting: " + "x" * 300_000, "f")
+
+
+def test_a_folder_of_flows_is_refused_whole_for_one_bad_file(tmp_path: Path) -> None:
+    (tmp_path / "orders.yaml").write_text(ORDERS)
+    (tmp_path / "billing.yaml").write_text(
+        "numbers: ['+442071234567']\ngreeting: Billing.\n"
+        "intents:\n  - name: balance\n    examples: [my balance]\n    say: ok\n"
+    )
+    flows = load_flows(tmp_path)
+    assert [f.id for f in flows] == ["billing", "orders"]  # the id defaults to the name
+    assert flow_for(flows, "+442071234567") is flows[0]
+    assert flow_for(flows, "+15550000000") is flows[1] and flow_for(flows, None) is flows[1]
+    (tmp_path / "zz.yml").write_text(ORDERS.replace("id: orders", "id: zz"))  # 2 defaults
+    with pytest.raises(FlowError, match="second flow without numbers"):
+        load_flows(tmp_path)
+    (tmp_path / "zz.yml").write_text("greeting: [unclosed\n")
+    with pytest.raises(FlowError) as e:
+        load_flows(tmp_path)
+    assert e.value.path.endswith("zz.yml")
+
+
+# -- what callers mean ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("said", "intent"),
+    [
+        ("hi yeah I was wondering where my order is", "order_status"),
+        ("where's my order", "order_status"),
+        ("track my parcels please", "order_status"),  # a plural
+        ("has my oder shipped", "order_status"),  # a letter dropped by the recognizer
+        ("can you cancel my order", "cancel_order"),
+        ("when are you guys open", "opening_hours"),
+        ("let me speak to a real person", "person"),
+        ("I don't want to cancel my order", None),  # negated: not a request
+        ("I have a question about my bill", None),  # nothing the flow knows
+        ("order", None),  # one shared word is not enough to tell intents apart
+    ],
+)
+def test_intents_are_matched_on_meaning_and_sound(said: str, intent: str | None) -> None:
+    found = IntentMatcher(orders()).match(said)
+    assert (found.intent if found else None) == intent, IntentMatcher(orders()).scores(said)
+
+
+def test_a_match_carries_its_evidence() -> None:
+    found = IntentMatcher(orders()).match("has my oder shipped")
+    assert found is not None
+    assert found.example == "has my order shipped" and "oder" in found.words
+
+
+@pytest.mark.parametrize(
+    ("said", "value"),
+    [
+        ("it's eight three oh one six", "83016"),
+        ("8 3 0 1 6", "83016"),
+        ("830 16", "83016"),
+        ("my order number is 83016 thanks", "83016"),
+        ("one two three", None),  # three digits: not an order number
+        ("83016 or maybe 83017", None),  # two answers are none
+    ],
+)
+def test_a_digits_slot_is_read_however_it_is_said(said: str, value: str | None) -> None:
+    assert read_slot(orders().intent("order_status").slots[0], said) == value
+
+
+def test_yes_no_amounts_and_keys() -> None:
+    yes_no = orders().intent("cancel_order").slots[1]
+    assert read_slot(yes_no, "yeah that's right") == "yes"
+    assert read_slot(yes_no, "no") == "no"
+    assert read_slot(yes_no, "yes no I mean") is None
+    assert read_keys(yes_no, "1") == "yes" and read_keys(yes_no, "2") == "no"
+    order = orders().intent("order_status").slots[0]
+    assert read_keys(order, "83016#") == "83016" and read_keys(order, "8301#") is None
+    assert digit_runs("call 1 about 8 3 0 1 6") == ["1", "83016"]
+    amount = order.model_copy(update={"type": "amount", "length": None})
+    assert read_slot(amount, "twenty five pounds fifty") == "25.50"
+    assert read_slot(amount, "it was $49.99") == "49.99"
+
+
+# -- the dialog -----------------------------------------------------------------------
+
+
+def says(outputs: Sequence[object]) -> list[str]:
+    return [o.text for o in outputs if isinstance(o, Say)]
+
+
+def test_a_caller_asks_gives_the_number_confirms_and_hears_the_status() -> None:
+    d = Dialog(orders())
+    assert says(d.start()) == ["Thanks for calling Acme. How can I help?"]
+    assert says(d.heard("hi, I'd like to know where my order is")) == ["What is your order number?"]
+    assert d.state == State.FILLING
+    assert says(d.heard("it's eight three oh one six")) == ["Did you say 8 3 0 1 6?"]
+    [act] = d.heard("yes")
+    assert act == CallAction("order_status", "http://127.0.0.1:9/status", 2.0, {"order": "83016"})
+    assert d.heard("hello?") == [] and d.state == State.WAITING  # words while it waits
+    out = d.action_done({"status": "out for delivery"})
+    assert says(out) == [
+        "Order 8 3 0 1 6 is out for delivery.",
+        "Is there anything else I can help you with?",
+    ]
+    assert d.state == State.LISTENING
+    assert d.heard("no that's all thanks") == [Say("Thanks for calling. Goodbye."), End()]
+    assert d.state == State.ENDED and d.done == ["order_status"]
+
+
+def test_a_number_said_with_the_request_is_read_back_and_a_correction_taken() -> None:
+    d = Dialog(orders())
+    d.start()
+    assert says(d.heard("where is order 83016")) == ["Did you say 8 3 0 1 6?"]
+    assert says(d.heard("no, it's 83017")) == ["Did you say 8 3 0 1 7?"]
+    assert says(d.heard("no")) == ["Sorry. What is your order number?"]
+    assert d.state == State.FILLING
+    assert says(d.keys("83018#")) == ["Did you say 8 3 0 1 8?"]
+    [act] = d.keys("1")  # 1 is yes on the keypad
+    assert isinstance(act, CallAction) and act.slots == {"order": "83018"}
+
+
+def test_a_failed_action_is_an_apology_and_a_hand_off_with_what_was_learnt() -> None:
+    d = Dialog(orders())
+    d.start()
+    d.heard("where is order 83016")
+    d.heard("yes")
+    out = d.action_failed("timed out after 2 s")
+    assert says(out)[0] == "Sorry, I can't reach that system right now."
+    hand = out[-1]
+    assert isinstance(hand, HandOff) and d.state == State.HANDED_OFF
+    assert hand.intent == "order_status" and hand.slots == {"order": "83016"}
+    assert hand.reason == "order_status: timed out after 2 s"
+    assert hand.summary == "asked: order_status (order 83016)"
+
+
+def test_an_answer_without_the_templates_field_is_never_spoken_with_a_hole() -> None:
+    d = Dialog(orders())
+    d.start()
+    d.heard("where is order 83016")
+    d.heard("yes")
+    out = d.action_done({"state": "shipped"})  # no "status"
+    assert "{" not in " ".join(says(out)) and isinstance(out[-1], HandOff)
+    assert "result.status" in out[-1].reason
+
+
+def test_two_turns_not_understood_go_to_a_person() -> None:
+    d = Dialog(orders())
+    d.start()
+    assert says(d.heard("I have a question about my bill")) == [orders().fallback]
+    out = d.heard("it's about the bill")
+    assert isinstance(out[-1], HandOff) and out[-1].reason == "not understood 2 times in a row"
+
+
+def test_a_turn_that_was_understood_resets_the_count() -> None:
+    d = Dialog(orders())
+    d.start()
+    d.heard("blah")
+    assert says(d.heard("where is my order")) == ["What is your order number?"]
+    assert says(d.heard("blah")) == ["Sorry, I didn't get that. What is your order number?"]
+    assert isinstance(d.keys("12#")[-1], HandOff)  # second miss in a row
+
+
+def test_asking_for_a_person_while_a_slot_is_asked_for_is_followed() -> None:
+    d = Dialog(orders())
+    d.start()
+    d.heard("cancel my order")
+    out = d.heard("actually let me speak to a real person")
+    assert isinstance(out[-1], HandOff) and out[-1].reason == "asked for person"
+    assert out[-1].intent == "person"
+
+
+def test_an_intent_that_ends_the_call_and_one_answered_from_the_knowledge_base() -> None:
+    d = Dialog(orders())
+    d.start()
+    assert says(d.heard("please cancel my order 83016")) == ["Are you sure you want to cancel it?"]
+    assert d.heard("yes") == [
+        Say("Order 8 3 0 1 6 is cancelled."),
+        Say("Thanks for calling. Goodbye."),
+        End(),
+    ]
+    d = Dialog(orders())
+    d.start()
+    assert d.heard("when are you open") == [AskKnowledge("opening_hours", "when are you open")]
+    assert says(d.answered("We are open 8 to 8.")) == [
+        "We are open 8 to 8.",
+        "Is there anything else I can help you with?",
+    ]
+    d.heard("what are your opening hours")
+    assert isinstance(d.answered(None)[-1], HandOff)
+
+
+def test_a_person_taking_over_stops_the_dialog() -> None:
+    d = Dialog(orders())
+    d.start()
+    d.heard("where is my order")
+    d.stop()
+    assert d.state == State.STOPPED
+    assert d.heard("83016") == [] and d.keys("1") == []
+    d.stop()  # twice is harmless
+    with pytest.raises(InvalidTransition):
+        d.action_done({})  # the engine must not report an action it never started
+
+
+def test_every_transition_of_the_table_is_walked_by_these_tests() -> None:
+    """The table is the dialog's contract: each pair of state and input it lists is
+    one some test above drives (read from the walks below, not hand-listed)."""
+    walked: set[tuple[State, str]] = set()
+
+    def record(d: Dialog, name: str, *args: object) -> None:
+        before = d.state
+        getattr(d, name)(*args)
+        walked.add((before, name))
+
+    d = Dialog(orders())
+    record(d, "start")
+    record(d, "heard", "where is my order")  # listening
+    record(d, "heard", "83016")  # filling
+    record(d, "heard", "yes")  # confirming
+    record(d, "action_done", {"status": "late"})  # waiting
+    record(d, "heard", "cancel my order")
+    record(d, "keys", "83016#")  # filling, by keys
+    record(d, "stop")
+    d = Dialog(orders())
+    d.start()
+    d.heard("where is order 83016")
+    record(d, "keys", "1")  # confirming, by keys
+    d = Dialog(orders())
+    d.start()
+    d.heard("where is order 83016")
+    d.heard("yes")
+    record(d, "action_failed", "down")
+    d = Dialog(orders())
+    d.start()
+    d.heard("when are you open")
+    record(d, "answered", "8 to 8")
+    stops = {(s, "stop") for s in State if (s, "stop") in TRANSITIONS}
+    assert set(TRANSITIONS) - stops <= walked
+
+
+def test_keys_add_up_to_an_answer_one_by_one() -> None:
+    """A phone sends one key at a time: five digits are an order number without a #,
+    one key answers yes or no, and keys pressed while nothing is asked are dropped."""
+    d = Dialog(orders())
+    d.start()
+    assert d.key("5") == []  # nothing asked yet
+    d.heard("where is my order")
+    for k in "8301":
+        assert d.key(k) == []
+    assert says(d.key("6")) == ["Did you say 8 3 0 1 6?"]
+    [act] = d.key("1")
+    assert isinstance(act, CallAction) and act.slots == {"order": "83016"}
+    d = Dialog(orders())
+    d.start()
+    d.heard("cancel my order")
+    for k in "123#":  # three digits and #: not an order number
+        out = d.key(k)
+    assert says(out) == ["Sorry, I didn't get that. Which order?"]
+    # without a fixed length, keys add up until #; a stuck key is kept to a bound
+    flow = parse_flow(ORDERS.replace("        length: 5\n", "        max_length: 8\n", 1), "f")
+    d = Dialog(flow)
+    d.start()
+    d.heard("where is my order")
+    for k in "9" * 40:
+        assert d.key(k) == []
+    assert len(d._keys) == 32 and d.state == State.FILLING
+    assert says(d.key("#")) == ["Sorry, I didn't get that. What is your order number?"]
+
+
+def test_a_hand_off_names_the_intents_queue() -> None:
+    with_skill = ORDERS.replace("    then: handoff", "    then: handoff\n    skill: sales")
+    flow = parse_flow(with_skill, "f")
+    d = Dialog(flow)
+    d.start()
+    out = d.heard("talk to an agent")
+    assert isinstance(out[-1], HandOff) and out[-1].skill == "sales"
