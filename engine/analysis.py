@@ -11,6 +11,7 @@ recognizer failures, silence checks) runs through the same stages, in order:
     Publish   the event on the bus: after Persist, so what a client saw is on disk
     Menu      a key press picks the call's topic from the phone menu
     Facts     a caller's final adds to what they said and the facts they gave
+    BotTurn   the virtual agent, while it has the call, answers (engine/bot/stage.py)
     Assist    a caller's emotion estimate refreshes summary, facts and suggestions
     Escalate  the rules judge the event; each decision is stored, told, then routed
     Assist    again when Escalate gave the call its reason: the summary says why
@@ -18,7 +19,8 @@ recognizer failures, silence checks) runs through the same stages, in order:
 A stage is a generator: ``handle(call, item)`` yields the item (or another) for the
 next stage, and the effects it needs done: ``Write`` (a row, a change to the call),
 ``Emit`` (an event for the bus), ``Route`` (an escalation decision for the ACD),
-``Say`` (a prompt to the caller). Stages never do IO themselves. ``Analysis.run``
+``Say`` (a prompt to the caller), ``Act`` (the virtual agent asks the business's
+system), ``HangUp``. Stages never do IO themselves. ``Analysis.run``
 chains them lazily, so a stage resumes only once the effect it yielded has been
 applied: a final is written before it is published, and the second decision of an
 event is judged after the first was routed, as the call manager did inline before.
@@ -42,6 +44,8 @@ from engine.assist.facts import extract
 from engine.assist.knowledge import KnowledgeBase
 from engine.assist.redact import Redactor
 from engine.assist.summary import summarize
+from engine.bot.dialog import CallAction
+from engine.bot.events import BotInput
 from engine.callstate import SilenceCheck
 from engine.escalation import Decision, EmotionSample, Utterance
 from engine.events import (
@@ -81,7 +85,7 @@ class Item:
     """One media event on its way through the stages: as the leg reported it, and as
     the call tells it (set by Redact; None for a silence check)."""
 
-    media: me.MediaEvent | SilenceCheck
+    media: me.MediaEvent | SilenceCheck | BotInput
     event: CallEvent | None = None
 
 
@@ -131,9 +135,27 @@ class Route:
 class Say:
     text: str
     while_state: tuple[str, ...]
+    # the virtual agent's turn it belongs to: a caller who barges in ends the turn, and
+    # what was still to be said of it is not (``Call.bot_turn``); None: not the agent's
+    turn: int | None = None
 
 
-Effect = Write | Emit | Route | Say
+@dataclass(frozen=True, slots=True)
+class Act:
+    """The virtual agent asks the business's system (engine/bot/actions.py); its
+    answer comes back among the call's events (``ActionAnswered``)."""
+
+    action: CallAction
+
+
+@dataclass(frozen=True, slots=True)
+class HangUp:
+    """End the call once what is queued for the caller has been said."""
+
+    reason: str
+
+
+Effect = Write | Emit | Route | Say | Act | HangUp
 Output = Flow | Effect
 
 
@@ -147,7 +169,7 @@ class Analysis:
     def __init__(self, stages: Sequence[Stage]) -> None:
         self.stages = list(stages)
 
-    def run(self, call: Call, event: me.MediaEvent | SilenceCheck) -> Iterator[Effect]:
+    def run(self, call: Call, event: me.MediaEvent | SilenceCheck | BotInput) -> Iterator[Effect]:
         """The effects of ``event``, in order. Lazy: apply each before asking for the
         next, since the stages go on from the state the effect left."""
         flow: list[Flow] = [Item(event)]
@@ -213,6 +235,8 @@ class Redact:
         elif isinstance(ev, me.KeyPressed):
             menu = self.menu.get(ev.digit)
             yield Item(ev, DtmfReceived(call_id=call.id, digit=ev.digit, at=ev.at, menu=menu))
+        elif isinstance(ev, BotInput):
+            yield item  # the virtual agent's own inputs: nothing to redact
         elif isinstance(ev, me.RecognitionFailed):
             self.metrics.asr_failures.inc()
             failed = AsrFailed(
@@ -374,7 +398,9 @@ class Assist:
     """After each caller emotion estimate (it closes their utterance): summary, facts
     so far, suggested answers. Assist runs before Escalate, so an offer that rings an
     agent carries this summary and mood; and once more after it when that estimate
-    gave the call its escalation reason, so the summary says why."""
+    gave the call its escalation reason, so the summary says why. Also when the virtual
+    agent handed the caller on for one of its own inputs (an action that failed): no
+    estimate follows that, and the desk must show what it learnt."""
 
     def __init__(self, knowledge: Callable[[], KnowledgeBase]) -> None:
         self.knowledge = knowledge  # a callable: the knowledge base may change meanwhile
@@ -383,10 +409,12 @@ class Assist:
         ev = item.item.event if isinstance(item, Escalated) else item.event
         if isinstance(ev, EmotionUpdated) and ev.speaker == "caller":
             yield from self._update(call, ev.call_label, ev.trend)
+        elif isinstance(item, Escalated) and isinstance(item.item.media, BotInput):
+            yield from self._update(call, call.mood, call.trend)
         if isinstance(item, Item):
             yield item
 
-    def _update(self, call: Call, mood: str, trend: float) -> Iterator[Output]:
+    def _update(self, call: Call, mood: str | None, trend: float) -> Iterator[Output]:
         call.mood, call.trend = mood, trend
         summary = call.summary = summary_of(call)
         facts = [FactOut(**dataclasses.asdict(f)) for f in call.facts.facts]
@@ -422,7 +450,7 @@ class Escalate:
             return
         reason = call.escalation_reason
         for d in self._judge(call, item):  # a list: judged before any is acted on
-            yield from self._decided(call, d)
+            yield from self.decided(call, d)
         if call.escalation_reason != reason:
             yield Escalated(item)
 
@@ -455,7 +483,9 @@ class Escalate:
             return rules.observe_emotion(sample)
         return []
 
-    def _decided(self, call: Call, d: Decision) -> Iterator[Output]:
+    def decided(self, call: Call, d: Decision) -> Iterator[Output]:
+        """A decision stored and told, then routed: the rules' own, or the virtual
+        agent's hand-off (engine/bot/stage.py)."""
         esc_id = str(uuid.uuid4())
         now = utcnow()
         call.priority = call.escalation.priority  # the record's copy: as stored below
@@ -514,13 +544,19 @@ def call_stages(
     metrics: Metrics,
 ) -> list[Stage]:
     """The stages every call runs, in their order (see the module docstring)."""
+    # the virtual agent's stage is built on this module's effects: imported here, not
+    # at the top, where it would import this module half made
+    from engine.bot.stage import BotTurn
+
+    escalate = Escalate(metrics)
     return [
         Redact(redactor, menu, metrics),
         Persist(metrics),
         Publish(),
         Menu(),
         Facts(products),
+        BotTurn(knowledge, escalate),  # a call without a virtual agent: passes
         Assist(knowledge),
-        Escalate(metrics),
+        escalate,
         Assist(knowledge),  # only what Escalate passes on: the reason it gave
     ]

@@ -45,9 +45,11 @@ from aiortc import RTCIceServer
 
 from engine.acd import Acd, AcdError, QueueConfig, load_queues
 from engine.analysis import (
+    Act,
     Analysis,
     Effect,
     Emit,
+    HangUp,
     Route,
     Say,
     Write,
@@ -55,6 +57,9 @@ from engine.analysis import (
     clock,
 )
 from engine.assist.redact import Redactor
+from engine.bot.agent import VirtualAgent
+from engine.bot.events import BotInput
+from engine.bot.flows import load_flows
 from engine.callbacks import Callbacks, ThankAndEnd, thank_and_end
 from engine.callbacks import Effect as DeskEffect
 from engine.callstate import (
@@ -251,6 +256,17 @@ class CallManager:
         self.controls = Controls(self.routing, self.calls, self.redactor)
         self.callbacks = Callbacks(self.routing)
         self.ice_servers = aiortc_ice_servers(settings.ice_servers)
+        # the virtual agent: a flow file with a mistake stops the engine here, saying
+        # where (engine/bot/flows.py), rather than answer callers with part of its flows
+        self.bot: VirtualAgent | None = None
+        if settings.bot_flows:
+            secret = settings.bot_action_secret
+            self.bot = VirtualAgent(
+                load_flows(settings.bot_flows),
+                metrics,
+                secret.get_secret_value() if secret is not None else None,
+            )
+            log.info("virtual agent: %d flows", len(self.bot.flows))
         if settings.knowledge_base:
             log.info("knowledge base: %d articles", len(self.content.knowledge.articles))
 
@@ -261,7 +277,7 @@ class CallManager:
         return self.recognizers.choice(language, quiet=quiet)
 
     async def preload(self, languages: list[str]) -> None:
-        await self.prompts.start(common_prompts())
+        await self.prompts.start(common_prompts() + (self.bot.prompts() if self.bot else []))
         await self.recognizers.start(languages)
 
     def recognition_backlog(self) -> float:
@@ -386,6 +402,8 @@ class CallManager:
             self.metrics.rejected.labels(refused[0]).inc()
             raise refused[1]
         call = self._new_call("webrtc", language, caller)
+        if self.bot is not None:
+            self.bot.attach(call)
         self.offers.add(call.id, address)
         try:
             leg = Leg(str(uuid.uuid4()), "caller", "webrtc")
@@ -410,6 +428,7 @@ class CallManager:
         self, call: Call, *, queue: str | None, agent_id: str | None, reason: str
     ) -> None:
         """A caller who came through a call link goes straight to its agent or queue."""
+        call.bot = None  # a person is waiting for them: no virtual agent
         await self._escalated(call, reason)
         await self._route(self.routing.requested(call, queue=queue, agent=agent_id))
 
@@ -421,10 +440,15 @@ class CallManager:
         language: str | None = None,
         *,
         menu: bool = True,
+        dialled: str | None = None,
     ) -> Call:
         """A phone caller whose SIP dialog and RTP session are set up (engine/sip.py):
-        the same pipeline, queues and agents as an in-app caller, plus the key menu."""
+        the same pipeline, queues and agents as an in-app caller, plus the virtual agent
+        that answers ``dialled`` or, without one, the key menu (``menu``: the caller
+        dialled no person or queue)."""
         call = self._new_call("sip", language, caller)
+        if menu and self.bot is not None and self.bot.attach(call, dialled):
+            menu = False  # the virtual agent answers instead of the key menu
         try:
             leg = Leg(str(uuid.uuid4()), "caller", "sip", codec=codec)
             leg.peer = peer
@@ -512,6 +536,8 @@ class CallManager:
         if call.state == "active":
             call.answered_at = utcnow()
             values["answered_at"] = call.answered_at
+            if self.bot is not None and previous == "connecting":
+                self.bot.answered(call)
         await self._keep(f"call {call.id} {call.state}", self.store.update_call, call.id, **values)
         self._publish(
             CallStateChanged(call_id=call.id, state=call.state, previous=previous, reason=reason)
@@ -710,6 +736,12 @@ class CallManager:
                 call.events.put_nowait(SilenceCheck(pipeline.seconds_in, call.voiced()))
 
     def _enqueue(self, call: Call, ev: me.MediaEvent) -> None:
+        if isinstance(ev, me.SpeechOnset):
+            # at once, not behind the call's events: the consumer may be busy saying
+            # the agent's next words (engine/bot/agent.py)
+            if self.bot is not None and call.caller_leg().id == ev.leg_id:
+                self.bot.barge_in(call)
+            return
         if isinstance(ev, me.TranscriptPartial) and call.events.qsize() >= MAX_EVENT_BACKLOG:
             self.metrics.dropped_partials.inc()
             return
@@ -723,7 +755,9 @@ class CallManager:
             except Exception:  # one bad event must not stop the call's stream
                 log.exception("call %s: failed to handle %s", call.id, type(ev).__name__)
 
-    async def _handle_media_event(self, call: Call, ev: me.MediaEvent | SilenceCheck) -> None:
+    async def _handle_media_event(
+        self, call: Call, ev: me.MediaEvent | SilenceCheck | BotInput
+    ) -> None:
         """The event through the call's analysis stages (engine/analysis.py), each
         effect applied before the stages go on."""
         for effect in self.analysis.run(call, ev):
@@ -738,8 +772,16 @@ class CallManager:
             escalation = self.routing.escalation(call, effect.decision, to_person=effect.to_person)
             await self._route(escalation)
         elif isinstance(effect, Say):
+            turn = effect.turn
+            still = None if turn is None else (lambda: call.bot_turn == turn)
             with contextlib.suppress(Exception):  # a prompt that fails is not the call's end
-                await self.say(call, effect.text, effect.while_state)
+                await self.say(call, effect.text, effect.while_state, still=still)
+        elif isinstance(effect, Act):
+            if self.bot is not None:
+                self.bot.act(call, effect.action)
+        elif isinstance(effect, HangUp):
+            if self.bot is not None:
+                self.bot.hang_up(call, effect.reason, self.end_call)
         else:  # a new kind of effect must be applied here, not dropped
             assert_never(effect)
 
@@ -1002,11 +1044,17 @@ class CallManager:
         return Path(self.settings.recordings_dir) / f"{call_id}.wav"
 
     async def say(
-        self, call: Call, text: str, while_state: str | tuple[str, ...] | None = None
+        self,
+        call: Call,
+        text: str,
+        while_state: str | tuple[str, ...] | None = None,
+        *,
+        still: Callable[[], bool] | None = None,
     ) -> asyncio.Future[None] | None:
         """Speak to the caller (queued behind anything already playing); the future is
         done when it has been sent. With ``while_state``, only if the call is still in
-        that state once the speech is ready (an agent may answer in the meantime)."""
+        that state once the speech is ready (an agent may answer in the meantime); with
+        ``still``, only if it still says so then (the caller may have barged in)."""
         peer = call.caller_leg().peer
         spoken = await self.prompts.speak(text) if peer is not None else None
         if spoken is None or peer is None:
@@ -1014,6 +1062,8 @@ class CallManager:
         pcm, rate = spoken
         states = (while_state,) if isinstance(while_state, str) else while_state
         if states is not None and call.state not in states:
+            return None
+        if still is not None and not still():
             return None
         return peer.outbound.play(pcm, rate)
 
@@ -1112,3 +1162,5 @@ class CallManager:
         await self.recognizers.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.prompts.stop()
+        if self.bot is not None:
+            await self.bot.close()

@@ -170,6 +170,9 @@ class CallRecord:
       that runs beside the media.
     - ``events``, ``consumer``, ``tasks``, ``ended``, ``forks``, ``recording``, and the
       legs' ``pipeline`` and ``peer``: live handles.
+    - ``bot`` and ``bot_turn``: the virtual agent's dialog with the caller. It talks
+      over this node's media, as the rules engine judges it; what it learnt reaches the
+      record as the call's ``intent`` and ``facts`` when it hands the caller on.
     """
 
     id: str
@@ -194,6 +197,7 @@ class CallRecord:
     transfer_note: str | None = None
     summary: str = ""
     topic: str | None = None  # the skill chosen in the phone menu (press 1 for billing...)
+    intent: str | None = None  # what the caller asked the virtual agent for (not a skill)
     mood: str | None = None
     trend: float = 0.0
     facts: FactSheet = field(default_factory=FactSheet)

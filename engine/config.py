@@ -145,6 +145,11 @@ class Settings(BaseSettings):
     escalation_rules: str | None = None
     # Folder of Markdown/YAML articles for suggested answers; unset: no suggestions.
     knowledge_base: str | None = None
+    # Folder of virtual agent flows (YAML, engine/bot/flows.py); unset: no virtual agent
+    # (callers hear the key menu on the phone and nothing in-app until they are queued).
+    bot_flows: str | None = None
+    # Signs the virtual agent's actions like webhooks (Ccengine-Signature); unset: unsigned.
+    bot_action_secret: SecretStr | None = None
     # Product names recognised as facts when a caller says them.
     products: list[str] = Field(default_factory=list)
     # Extra redaction patterns {name: regex} replacing the defaults (SSN, card security

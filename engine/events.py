@@ -176,6 +176,7 @@ class CallOffered(EventBase):
     previous_calls: int = Field(0, description="earlier calls from the same caller identity")
     transferred_by: str | None = Field(None, description="the agent who transferred the call")
     transfer_note: str | None = None
+    intent: str | None = Field(None, description="what the caller asked the virtual agent for")
 
 
 class OfferWithdrawn(EventBase):
@@ -240,6 +241,15 @@ class DtmfReceived(EventBase):
     menu: str | None = None
 
 
+class BotSaid(EventBase):
+    """The virtual agent said this to the caller (its side of the transcript)."""
+
+    type: Literal["bot.said"] = "bot.said"
+    utterance_id: str = Field(description="its line in the call's transcript (speaker bot)")
+    text: str
+    at: float = Field(description="seconds on the call's clock when it was decided")
+
+
 class CallAnnotated(EventBase):
     """Someone (a person, or a program with a key) wrote a note on the call."""
 
@@ -295,6 +305,7 @@ Event = Annotated[
     | CallbackDone
     | SupervisorAlert
     | DtmfReceived
+    | BotSaid
     | CallAnnotated
     | RecordingChanged
     | AsrFailed
@@ -321,6 +332,7 @@ EVENT_TYPES = [
     "callback.done",
     "supervisor.alert",
     "dtmf.received",
+    "bot.said",
     "call.annotated",
     "recording.changed",
     "asr.failed",

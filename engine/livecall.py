@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
 
 from engine.assist.facts import Fact
+from engine.bot.dialog import Dialog
+from engine.bot.events import BotInput
 from engine.callstate import CallRecord, LegRecord, SilenceCheck
 from engine.escalation import CallEscalation
 from engine.recording import CallRecording
@@ -48,7 +50,7 @@ class Call(CallRecord):
     _: KW_ONLY
     legs: list[Leg] = field(default_factory=list)
     escalation: CallEscalation = field(default_factory=lambda: CallEscalation([]))
-    events: asyncio.Queue[me.MediaEvent | SilenceCheck | None] = field(
+    events: asyncio.Queue[me.MediaEvent | SilenceCheck | BotInput | None] = field(
         default_factory=asyncio.Queue
     )
     consumer: asyncio.Task[None] | None = None  # persists + publishes media events
@@ -64,6 +66,10 @@ class Call(CallRecord):
     # audio forks listening to this call: each gets (speaker role, 20 ms 16 kHz frame)
     forks: list[Callable[[str, PcmFrame], None]] = field(default_factory=list)
     recording: CallRecording | None = None
+    # the virtual agent's side of the conversation (engine/bot/dialog.py), and its turn:
+    # a caller who barges in ends the turn, and what it had still to say is dropped
+    bot: Dialog | None = None
+    bot_turn: int = 0
 
     def other_peer(self, leg: Leg) -> CallPeer | None:
         """The peer that hears ``leg`` (caller <-> agent) while they talk; on hold,

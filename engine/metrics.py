@@ -60,6 +60,16 @@ class Metrics:
         self.escalations = Counter(
             "ccengine_escalations", "Escalation rules fired", ["rule"], registry=r
         )
+        self.bot_barge_ins = Counter(
+            "ccengine_bot_barge_ins", "Virtual agent prompts cut off by the caller", registry=r
+        )
+        self.bot_actions = Histogram(
+            "ccengine_bot_action_seconds",
+            "Virtual agent actions (HTTP calls to the business's systems), by outcome",
+            ["outcome"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
+            registry=r,
+        )
         self.redactions = Counter(
             "ccengine_redactions", "Sensitive spans redacted from transcripts", registry=r
         )

@@ -447,6 +447,7 @@ class Routing:
             previous_calls=call.previous_calls,
             transferred_by=call.transferred_by,
             transfer_note=call.transfer_note,
+            intent=call.intent,
         )
 
     def offer_callback(self, call_id: str) -> Iterator[Effect]:

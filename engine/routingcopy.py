@@ -369,7 +369,7 @@ def on_live_call(effect: Effect, call: Call) -> Effect:
                 "caller": call.caller, "channel": call.channel, "emotion": call.mood,
                 "summary": summary_of(call), "escalation_reason": call.escalation_reason,
                 "previous_calls": call.previous_calls, "transferred_by": call.transferred_by,
-                "transfer_note": call.transfer_note,
+                "transfer_note": call.transfer_note, "intent": call.intent,
             }
         )  # fmt: skip
         return Emit(fresh)

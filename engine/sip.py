@@ -371,8 +371,9 @@ class SipFront:
         pc.answerer = SdpAnswerer(self.public_host, port)
         caller = sm.uri_user(sm.address_uri(req.headers.get_first("from") or "")) or None
         try:
+            dialled = sm.uri_user(req.uri) or None  # the flow of this number answers
             call = await self.calls.create_phone_call(
-                pc.peer, caller, codec=offer.codec, menu=direct is None
+                pc.peer, caller, codec=offer.codec, menu=direct is None, dialled=dialled
             )
         except Overloaded as exc:
             pc.peer.remote_ended = True

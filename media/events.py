@@ -17,6 +17,15 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechOnset:
+    """The speaker began to talk (media.vad.SpeechOnset): sooner than SpeechStarted,
+    for barge-in only."""
+
+    leg_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class TranscriptPartial:
     leg_id: str
     index: int  # utterance number within the leg
@@ -74,6 +83,7 @@ class RecognitionFailed:
 
 MediaEvent = (
     SpeechStarted
+    | SpeechOnset
     | TranscriptPartial
     | TranscriptFinal
     | EmotionEstimated

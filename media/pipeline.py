@@ -33,6 +33,7 @@ from media.events import (
     EmotionEstimated,
     MediaEvent,
     RecognitionFailed,
+    SpeechOnset,
     SpeechStarted,
     TranscriptFinal,
     TranscriptPartial,
@@ -47,6 +48,7 @@ from media.vad import (
     VadEvent,
     VadSettings,
 )
+from media.vad import SpeechOnset as VadSpeechOnset
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,8 @@ class LegPipeline:
                 self._utt_samples = []
                 self._utt_start = ev.start
                 self._emit(SpeechStarted(self.leg_id, ev.start))
+            elif isinstance(ev, VadSpeechOnset):
+                self._emit(SpeechOnset(self.leg_id, ev.at))
             elif isinstance(ev, SpeechFrame):
                 self._utt_samples.append(ev.frame.samples)
                 if ev.voiced:

@@ -86,6 +86,14 @@ EndRule = Literal["sure", "complete", "fragment", "incomplete", "silence", "cut"
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechOnset:
+    """Speech is beginning, before the window that starts an utterance is full: what
+    a prompt playing to the speaker stops for (barge-in)."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class UtteranceEnded:
     start: float
     end: float
@@ -103,7 +111,7 @@ class UtteranceEnded:
         return 1.0 - self.voiced_frames / self.total_frames if self.total_frames else 0.0
 
 
-VadEvent = UtteranceStarted | SpeechFrame | PauseDetected | UtteranceEnded
+VadEvent = UtteranceStarted | SpeechFrame | PauseDetected | UtteranceEnded | SpeechOnset
 
 
 # A phone line (300-3400 Hz at 8 kHz through G.711) cuts what carries many word edges:
@@ -187,6 +195,12 @@ class VadSettings:
             raise ValueError("VAD level gate margins must be > 0 (speech) and >= 0 (floor) dB")
 
 
+# Barge-in: speech in 4 of the last 5 frames (80 ms of it at least), 3 of them loud for
+# the speaker. The utterance start waits for 9 of 15 (180 ms); a prompt cut off by a
+# cough is the price of stopping within 200 ms of a caller's first word.
+ONSET_FRAMES, ONSET_HEARD, ONSET_VOICED = 5, 4, 3
+
+
 @dataclass
 class SpeechSegmenter:
     settings: VadSettings = field(default_factory=VadSettings)
@@ -203,6 +217,7 @@ class SpeechSegmenter:
             maxlen=max(1, self.settings.end_window_ms // FRAME_MS)
         )
         self._in_speech = False
+        self._onset_sent = False  # this stretch of quiet has had its SpeechOnset
         self._utt_start = 0.0
         self._voiced = 0
         self._total = 0
@@ -230,6 +245,9 @@ class SpeechSegmenter:
             # the start is webrtcvad's alone: its overhang is at the end, and a soft
             # onset must not delay it
             self._start_win.append((frame, heard, voiced))
+            onset = self._onset(frame)
+            if onset is not None:
+                events.append(onset)
             n_heard = sum(1 for _, h, _ in self._start_win if h)
             full = len(self._start_win) == self._start_win.maxlen
             if full and n_heard >= self.settings.start_ratio * len(self._start_win):
@@ -294,7 +312,23 @@ class SpeechSegmenter:
         """End an utterance in progress (the leg is closing)."""
         return [self._end(now, "closed")] if self._in_speech else []
 
+    def _onset(self, frame: PcmFrame) -> SpeechOnset | None:
+        """``ONSET_HEARD`` of the last ``ONSET_FRAMES`` frames speech to webrtcvad, and
+        ``ONSET_VOICED`` of them loud for this speaker: once per stretch of quiet (it is
+        re-armed when those frames are all quiet again, or an utterance ends)."""
+        recent = list(self._start_win)[-ONSET_FRAMES:]
+        heard = sum(1 for _, h, _ in recent if h)
+        if heard == 0:
+            self._onset_sent = False
+            return None
+        voiced = sum(1 for _, h, v in recent if h and v)
+        if self._onset_sent or heard < ONSET_HEARD or voiced < ONSET_VOICED:
+            return None
+        self._onset_sent = True
+        return SpeechOnset(frame.end)
+
     def _end(self, end: float, rule: EndRule) -> UtteranceEnded:
+        self._onset_sent = False
         self._in_speech = False
         self._quiet = 0
         self._complete_after = 0

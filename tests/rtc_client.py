@@ -22,7 +22,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
-from media.wavtrack import WavFileTrack
+from media.wavtrack import PacedAudioTrack, WavFileTrack
 from media.webrtc import sends_opus
 
 
@@ -45,22 +45,30 @@ class Caller:
     def __init__(
         self,
         base_url: str,
-        wav: Path,
+        wav: Path | None,
         language: str | None = None,
         caller: str | None = None,
         camera: tuple[int, int, int] | None = None,
+        *,
+        mic: PacedAudioTrack | None = None,
     ) -> None:
+        """``wav``: what the caller says, played from the start; or ``mic``: a track the
+        test speaks into when it chooses (a conversation: media.outbound's track)."""
         self.base_url = base_url
         self.wav = wav
         self.language = language
         self.caller = caller
         # no ICE servers: aiortc's default asks a public STUN server on every call
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.track = WavFileTrack(str(wav))
+        if mic is None:
+            assert wav is not None, "a caller says something: a WAV or a mic track"
+            mic = WavFileTrack(str(wav))
+        self.track: PacedAudioTrack = mic
         self.pc.addTrack(self.track)
         if camera is not None:
             self.pc.addTrack(ColourCamera(camera))
         self.heard: list[np.ndarray] = []  # what the engine sent us, 48 kHz mono
+        self.heard_at: list[float] = []  # time.monotonic() each of those frames came
         self.seen: list[tuple[float, np.ndarray]] = []  # (time, mean RGB) of video we got
         self._listeners: list[asyncio.Future[None]] = []
 
@@ -125,6 +133,7 @@ class Caller:
                 pcm = frame.to_ndarray().reshape(-1)  # type: ignore[union-attr]
                 channels = len(frame.layout.channels)  # type: ignore[union-attr]
                 self.heard.append(pcm.reshape(-1, channels).mean(axis=1).astype(np.int16))
+                self.heard_at.append(time.monotonic())
 
     async def _watch(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):
@@ -161,6 +170,7 @@ class Caller:
 
     async def talk_and_hang_up(self, tail: float = 2.0, end_timeout: float = 20.0) -> None:
         """Play the whole file, keep the line open ``tail`` seconds, hang up, await call.ended."""
+        assert isinstance(self.track, WavFileTrack)
         await self.track.finished.wait()
         await asyncio.sleep(tail)
         await self.pc.close()

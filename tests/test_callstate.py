@@ -101,6 +101,7 @@ def full_record() -> CallRecord:
         transfer_note="wants a refund",
         summary="Refund for order 12345.",
         topic="billing",
+        intent="order_status",
         mood="angry",
         trend=-0.4,
         facts=FactSheet([Fact("order_number", "12345", "utt-1", 12.5)]),

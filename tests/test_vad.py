@@ -8,6 +8,7 @@ from media.audio import FRAME_MS, FRAME_SAMPLES, AnalysisResampler, PcmFrame, rm
 from media.vad import (
     PauseDetected,
     SpeechFrame,
+    SpeechOnset,
     SpeechSegmenter,
     UtteranceEnded,
     UtteranceStarted,
@@ -199,3 +200,26 @@ def test_a_phone_line_keeps_the_soft_consonant_after_a_comma(tmp_path: Path) -> 
     assert untuned >= at_16k + 2 * FRAME_MS, found  # what the line does at the 16 kHz gate
     assert tuned <= untuned - 2 * FRAME_MS, found
     assert tuned <= at_16k + 2 * FRAME_MS, found
+
+
+def test_speech_onset_comes_before_the_utterance_start_once_per_stretch(
+    two_sentences: Path,
+) -> None:
+    """Barge-in needs to know a caller began talking sooner than the utterance start
+    (9 of 15 frames): the onset comes within 120 ms of the first word, 60 ms or more
+    before the start, once for each utterance; silence and hum never make one."""
+    pcm, rate = read_wav_mono(str(two_sentences))
+    silence = np.zeros(rate, dtype=np.int16)
+    events = segment(np.concatenate([silence, pcm, silence, pcm, silence]), rate)
+    onsets = [e for e in events if isinstance(e, SpeechOnset)]
+    starts = [e for e in events if isinstance(e, UtteranceStarted)]
+    assert len(onsets) == len(starts) == 4
+    first_voice = 1.0 + speech.sentence_spans(pcm, rate)[0][0]
+    assert first_voice <= onsets[0].at <= first_voice + 0.12
+    order = [type(e) for e in events if isinstance(e, SpeechOnset | UtteranceStarted)]
+    assert order == [SpeechOnset, UtteranceStarted] * 4
+    ends = [e.start + 0.3 for e in starts]  # the start's window runs 300 ms from its start
+    assert all(o.at <= end - 0.06 for o, end in zip(onsets, ends, strict=True))
+    t = np.arange(rate * 3) / rate
+    hum = (0.05 * np.sin(2 * np.pi * 50 * t) * 32767).astype(np.int16)
+    assert not [e for e in segment(hum, rate) if isinstance(e, SpeechOnset)]

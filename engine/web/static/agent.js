@@ -136,6 +136,7 @@ function ring(ev, expires) {
     ["Caller", `${ev.caller || "unknown"} · ${ev.channel}${ev.previous_calls ? ` · ${ev.previous_calls} earlier call${ev.previous_calls > 1 ? "s" : ""}` : ""}`],
     ["Queue", `${ev.queue} · waited ${Math.round(ev.waited)} s`],
     ["Why", ev.escalation_reason || "asked for a person"],
+    ...(ev.intent ? [["Asked for", ev.intent.replaceAll("_", " ")]] : []),
     ["Mood", ev.emotion ? `<span class="badge ${esc(ev.emotion)}">${esc(ev.emotion)}</span>` : "–"],
     ["So far", ev.summary || "–"],
   ];

@@ -30,6 +30,15 @@ function caption(ev) {
   $("captions").scrollTop = $("captions").scrollHeight;
 }
 
+// the virtual agent's words, as captions beside the caller's own
+function botSaid(ev) {
+  const el = document.createElement("div");
+  el.className = "line final bot";
+  el.innerHTML = `<span class="t">${ev.at.toFixed(1)}s</span><span class="who">assistant</span><span class="text">${esc(ev.text)}</span>`;
+  $("captions").append(el);
+  $("captions").scrollTop = $("captions").scrollHeight;
+}
+
 function queued(ev) {
   $("queue").hidden = false;
   const wait = ev.expected_wait == null ? "all agents are busy" : `expected wait about ${Math.max(1, Math.round(ev.expected_wait / 60))} min`;
@@ -77,6 +86,7 @@ async function call() {
         if (ev.state === "held") $("queue").textContent = "You are on hold. Your agent will be right back.";
       }
       else if (ev.type === "transcript.partial" || ev.type === "transcript.final") caption(ev);
+      else if (ev.type === "bot.said") botSaid(ev);
       else if (ev.type === "queue.updated") queued(ev);
       else if (ev.type === "callback.requested") $("queue").textContent = "We will call you back. Thank you.";
       else if (ev.type === "call.ended") { setState("ended"); finish(`Call ended (${ev.reason}).`); }

@@ -82,7 +82,8 @@ export function createCallView(root) {
           if (partial) partial.dataset.key = ev.utterance_id;
           line(ev.utterance_id, ev.speaker, ev.start, ev.text, true);
         }
-      } else if (ev.type === "emotion.updated") emotion(ev);
+      } else if (ev.type === "bot.said") line(ev.utterance_id, "bot", ev.at, ev.text, true);
+      else if (ev.type === "emotion.updated") emotion(ev);
       else if (ev.type === "escalation.raised") escalation({ ...ev, id: ev.escalation_id });
       else if (ev.type === "assist.updated") assist(ev.summary, ev.facts, ev.suggestions);
       else return false;

@@ -1,0 +1,161 @@
+"""The virtual agent's analysis stage: it takes its turn on each event of a call it
+answers, and says what the dialog says (engine/bot/dialog.py).
+
+It runs after Facts and before Assist and Escalate (``engine.analysis.call_stages``),
+while the call is ``active``: the agent has the call until someone else does. On
+
+    BotStart                the greeting
+    a caller's final        ``Dialog.heard`` with the redacted words
+    a key                   ``Dialog.key``
+    ActionAnswered          ``Dialog.action_done`` / ``action_failed``
+
+it turns the dialog's outputs into effects: ``Say`` (with the agent's turn, so that a
+caller who barges in cuts off the rest of it), the line in the call's transcript
+(speaker ``bot``) and a ``bot.said`` event; ``Act`` for an
+action; a knowledge-base answer looked up here (in memory, no IO); ``HangUp`` after the
+goodbye. A hand-off is an escalation decision like the rules' (rule ``virtual_agent``,
+its evidence the intent, what the caller gave and the dialog's summary), stored, told
+and routed by ``Escalate.decided``; the slots become facts of the call and the intent
+the call's, so the ring preview, the desk and the summary show them and the agent never
+asks again. Once the call is queued or with a person, the dialog is stopped.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator
+
+from engine.analysis import (
+    Act,
+    Emit,
+    Escalate,
+    Escalated,
+    Flow,
+    HangUp,
+    Item,
+    Output,
+    Say,
+    Write,
+    clock,
+)
+from engine.assist.facts import Fact
+from engine.assist.knowledge import KnowledgeBase
+from engine.bot import dialog
+from engine.bot.events import ActionAnswered, BotStart
+from engine.escalation import Decision
+from engine.events import BotSaid, DtmfReceived, TranscriptFinal, utcnow
+from engine.livecall import Call
+from engine.store.models import UtteranceRow
+
+RULE = "virtual_agent"  # the escalation rule id of the agent's hand-offs
+BOT_STATES = ("active",)  # the agent speaks only while the call is its own
+MAX_SPOKEN_ANSWER = 400  # characters of an article read out: its first paragraph
+
+
+class BotTurn:
+    def __init__(self, knowledge: Callable[[], KnowledgeBase], escalate: Escalate) -> None:
+        self.knowledge = knowledge
+        self.escalate = escalate
+
+    def handle(self, call: Call, item: Flow) -> Iterator[Output]:
+        d = call.bot
+        if d is not None and isinstance(item, Item):
+            if call.state not in BOT_STATES:
+                d.stop()  # queued, with a person, or ended: the agent's part is over
+            else:
+                outputs = self._input(d, item)
+                if outputs:
+                    yield from self._carry_out(call, d, outputs, item)
+        yield item
+
+    @staticmethod
+    def _input(d: dialog.Dialog, item: Item) -> list[dialog.Output]:
+        ev, media = item.event, item.media
+        if isinstance(media, BotStart):
+            return d.start() if d.state == dialog.State.START else []
+        if isinstance(media, ActionAnswered):
+            if d.state != dialog.State.WAITING:
+                return []  # the caller went to a person meanwhile
+            if media.failed is not None:
+                return d.action_failed(media.failed)
+            return d.action_done(media.result)
+        if isinstance(ev, TranscriptFinal) and ev.speaker == "caller":
+            return d.heard(ev.text)
+        if isinstance(ev, DtmfReceived):
+            return d.key(ev.digit)
+        return []
+
+    def _carry_out(
+        self, call: Call, d: dialog.Dialog, outputs: list[dialog.Output], item: Item
+    ) -> Iterator[Output]:
+        for out in outputs:
+            if isinstance(out, dialog.Say):
+                yield Say(out.text, BOT_STATES, turn=call.bot_turn)
+                yield from self._said(call, out.text)
+            elif isinstance(out, dialog.CallAction):
+                yield Act(out)
+            elif isinstance(out, dialog.AskKnowledge):
+                answer = self._answer(out.question)
+                yield from self._carry_out(call, d, d.answered(answer), item)
+            elif isinstance(out, dialog.HandOff):
+                yield from self._hand_off(call, out, item)
+            elif isinstance(out, dialog.End):
+                yield HangUp("bot_completed")
+
+    @staticmethod
+    def _said(call: Call, text: str) -> Iterator[Output]:
+        """The agent's words in the call's transcript (speaker ``bot``, on the caller's
+        leg and clock), then told."""
+        at = round(clock(call), 3)
+        row = UtteranceRow(
+            id=str(uuid.uuid4()),
+            call_id=call.id,
+            leg_id=call.caller_leg().id,
+            speaker="bot",
+            seq=0,
+            start=at,
+            end=at,
+            text=text,
+            words=[],
+            created_at=utcnow(),
+        )
+        yield Write(f"call {call.id} bot line {row.id}", row)
+        yield Emit(BotSaid(call_id=call.id, utterance_id=row.id, text=text, at=at))
+
+    def _answer(self, question: str) -> str | None:
+        found = self.knowledge().suggest(question, k=1)
+        return spoken_answer(found[0].answer) if found else None
+
+    def _hand_off(self, call: Call, h: dialog.HandOff, item: Item) -> Iterator[Output]:
+        at = clock(call)
+        # what the caller asked for; not the call's topic, which the ACD routes by skill
+        call.intent = h.intent
+        # a value the fact finder already took from the caller's words is not given twice
+        known = {f.value for f in call.facts.facts}
+        given = [Fact(k, v, "", at) for k, v in h.slots.items() if v not in known]
+        call.new_facts += call.facts.add(given)
+        decision = Decision(
+            rule_id=RULE,
+            reason=f"virtual agent: {h.reason}",
+            actions=["route_to_human"],
+            priority=0,
+            skill=h.skill,
+            at=at,
+            evidence={"intent": h.intent, "slots": h.slots, "summary": h.summary},
+        )
+        reason = call.escalation_reason
+        yield from self.escalate.decided(call, decision)
+        if call.escalation_reason != reason:
+            yield Escalated(item)  # Assist then writes the summary with the reason
+
+
+def spoken_answer(text: str) -> str:
+    """An article as it is read out: its first paragraph, without Markdown marks."""
+    first = text.strip().split("\n\n", 1)[0]
+    plain = re.sub(r"[*_`#>\[\]]", "", re.sub(r"\]\([^)]*\)", "]", first))
+    plain = " ".join(plain.split())
+    if len(plain) > MAX_SPOKEN_ANSWER:
+        cut = plain[:MAX_SPOKEN_ANSWER]
+        plain = cut[: cut.rfind(". ") + 1] if ". " in cut else cut
+    return plain

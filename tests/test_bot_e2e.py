@@ -1,0 +1,311 @@
+"""The virtual agent end to end: a real engine process answers aiortc callers who talk
+with it turn by turn (each line said once the agent has stopped speaking, as a person
+would), a stand-in for the business's order system as a real HTTP server, and what the
+caller heard recognised from the audio it received."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import websockets
+
+from engine.webhooks import verify
+from media.outbound import OutboundAudioTrack
+from media.wavtrack import read_wav_mono
+from tests import speech
+from tests.engine_proc import EngineProcess, free_port
+from tests.rtc_client import Caller
+from tests.test_bot import ORDERS
+
+pytestmark = pytest.mark.integration
+
+SECRET = "order-system-secret"
+SLOW_ORDER = "99999"  # the order system takes longer than the flow waits for this one
+LOUD = 300.0  # RMS of a received 20 ms frame with speech in it (silence is ~0)
+
+
+class OrderSystem:
+    """The business's order system: answers order_status actions, checks their
+    signature, and keeps what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[str, Any]] = []
+        self.bad_signatures = 0
+        system = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if not verify(
+                    SECRET, self.headers.get("Ccengine-Signature", ""), body, time.time()
+                ):
+                    system.bad_signatures += 1
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                asked = json.loads(body)
+                system.asked.append(asked)
+                if asked["slots"].get("order") == SLOW_ORDER:
+                    time.sleep(3.0)
+                answer = json.dumps({"status": "out for delivery", "eta": "Friday"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/status"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> OrderSystem:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def orders() -> Iterator[OrderSystem]:
+    with OrderSystem() as system:
+        yield system
+
+
+@pytest.fixture(scope="module")
+def engine(
+    tmp_path_factory: pytest.TempPathFactory, orders: OrderSystem
+) -> Iterator[EngineProcess]:
+    flows = tmp_path_factory.mktemp("flows")
+    flow = ORDERS.replace("http://127.0.0.1:9/status", orders.url).replace(
+        "timeout: 2", "timeout: 1"
+    )
+    flow = flow.replace(
+        "say: Order {order} is {result.status}.",
+        "say: Order {order} is {result.status}, arriving {result.eta}.",
+    )
+    (flows / "orders.yaml").write_text(flow)
+    proc = EngineProcess(
+        tmp_path_factory.mktemp("bot-engine"),
+        CCENGINE_BOT_FLOWS=str(flows),
+        CCENGINE_BOT_ACTION_SECRET=SECRET,
+        CCENGINE_OFFER_TIMEOUT="30",
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def lines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """What the callers say, one clip a line (48 kHz)."""
+    d = tmp_path_factory.mktemp("lines")
+    said = {
+        "ask": "Hi, I'm calling to find out where my order is.",
+        "number": "It's eight three zero one six.",
+        "slow": "It's nine nine nine nine nine.",
+        "yes": "Yes, that's right.",
+        "done": "No, that's all, thank you.",
+    }
+    out = {}
+    for key, text in said.items():
+        pcm, rate = read_wav_mono(str(speech.piper_alone([text], d / f"{key}.wav")))
+        assert rate == 48000
+        out[key] = pcm
+    return out
+
+
+class Talk:
+    """One caller in conversation: says a line once the agent has finished speaking."""
+
+    def __init__(self, engine: EngineProcess) -> None:
+        self.mic = OutboundAudioTrack()
+        self.caller = Caller(engine.url, None, mic=self.mic)
+        self.mark = 0  # received frames before the line said last
+
+    def loud(self, start: int = 0) -> list[bool]:
+        return [float(np.sqrt(np.mean(f.astype(np.float64) ** 2))) > LOUD
+                for f in self.caller.heard[start:]]  # fmt: skip
+
+    async def agent_done(self, within: float = 20.0, quiet: float = 0.8) -> None:
+        """Until the agent has spoken since the last line and been quiet ``quiet`` s."""
+        deadline = time.monotonic() + within
+        need = int(quiet / 0.02)
+        while time.monotonic() < deadline:
+            loud = self.loud(self.mark)
+            if any(loud) and len(loud) - (max(i for i, x in enumerate(loud) if x) + 1) >= need:
+                return
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"the agent did not finish speaking within {within} s")
+
+    async def agent_speaks(self, within: float = 10.0) -> None:
+        deadline = time.monotonic() + within
+        while not any(self.loud(self.mark)):  # noqa: ASYNC110  # polls received audio
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the agent said nothing within {within} s")
+            await asyncio.sleep(0.02)
+
+    def heard_since_mark(self) -> str:
+        return speech.recognise(self.caller.heard_pcm(self.mark))
+
+    async def say(self, pcm: np.ndarray) -> float:
+        """Say a line; the time its first frame went out."""
+        self.mark = len(self.caller.heard)
+        done = self.mic.play(pcm, 48000)
+        sent = time.monotonic()
+        await done
+        return sent
+
+
+async def test_a_caller_asks_verifies_the_number_and_hears_the_status(
+    engine: EngineProcess, orders: OrderSystem, lines: dict[str, np.ndarray]
+) -> None:
+    """Greeted, asks where their order is, gives the number, confirms it; the agent asks
+    the order system (signed) and the caller hears the status; "that's all" ends the
+    call, and the transcript holds both sides."""
+    talk = Talk(engine)
+    try:
+        await talk.caller.dial()
+        await talk.agent_done()
+        greeting = talk.heard_since_mark()
+        assert "calling" in greeting and "help" in greeting, greeting
+        await talk.say(lines["ask"])
+        await talk.agent_done()
+        assert "order number" in talk.heard_since_mark()
+        await talk.say(lines["number"])
+        await talk.agent_done()
+        assert "8 3 0 1 6" in " ".join(
+            e["text"] for e in talk.caller.events if e["type"] == "bot.said"
+        )
+        await talk.say(lines["yes"])
+        await talk.agent_done()
+        status = talk.heard_since_mark()
+        # "Order 8 3 0 1 6 is out for delivery, arriving Friday": the recognizer writes
+        # the digits its own way, and once ran "six is out" together ("830-160 for")
+        assert "for delivery" in status and "friday" in status.lower(), status
+        await talk.say(lines["done"])
+        await asyncio.wait_for(talk.caller.ended.wait(), 20)
+    finally:
+        await talk.caller.close()
+    assert orders.bad_signatures == 0
+    assert {"intent": "order_status", "slots": {"order": "83016"}}.items() <= next(
+        a for a in orders.asked if a["call_id"] == talk.caller.call_id
+    ).items()
+    record = await talk.caller.call_record()
+    assert record["end_reason"] == "bot_completed" and record["escalation_reason"] is None
+    speakers = [u["speaker"] for u in record["transcript"]]
+    assert speakers[0] == "bot" and speakers.count("caller") >= 4 and speakers.count("bot") >= 5
+    assert any(
+        "out for delivery" in u["text"] for u in record["transcript"] if u["speaker"] == "bot"
+    )
+
+
+async def test_a_caller_who_talks_over_the_greeting_stops_it(
+    engine: EngineProcess, lines: dict[str, np.ndarray]
+) -> None:
+    """Barge-in: the greeting stops soon after the caller starts talking (measured on
+    the audio the caller received; `make bench` times it, this only bounds it), and the
+    agent answers what they said."""
+    talk = Talk(engine)
+    try:
+        await talk.caller.dial()
+        await talk.agent_speaks()
+        await asyncio.sleep(0.6)  # into the greeting
+        first_voice = int(np.argmax(np.abs(lines["ask"]) > 1000)) / 48000
+        sent = await talk.say(lines["ask"])
+        spoke_at = sent + first_voice
+        await talk.agent_done()
+        heard_at, loud = talk.caller.heard_at, talk.loud()
+        # the greeting's last loud frame after the caller began, before a gap of 200 ms
+        stop = next(
+            heard_at[i]
+            for i in range(len(loud))
+            if heard_at[i] > spoke_at and not any(loud[i : i + 10])
+        )
+        print(f"greeting stopped {1000 * (stop - spoke_at):.0f} ms after the caller spoke")
+        assert stop - spoke_at < 0.6
+        said = [e["text"] for e in talk.caller.events if e["type"] == "bot.said"]
+        assert said[-1] == "What is your order number?"
+    finally:
+        await talk.caller.close()
+
+
+async def test_a_slow_order_system_is_apologised_for_and_the_agent_sees_everything(
+    engine: EngineProcess, lines: dict[str, np.ndarray]
+) -> None:
+    """The order system does not answer within the flow's second: the caller hears an
+    apology and goes to a person; the agent's ring shows what it is about, the order
+    number and why, so nobody asks again."""
+    agent = await engine_agent(engine)
+    events: list[dict[str, Any]] = []
+    ws_url = engine.url.replace("http", "ws", 1) + "/api/v1/events"
+
+    async def watch() -> None:
+        async with websockets.connect(ws_url, additional_headers=engine.headers) as ws:
+            async for message in ws:
+                events.append(json.loads(message))
+
+    watcher = asyncio.create_task(watch())
+    talk = Talk(engine)
+    try:
+        await talk.caller.dial()
+        await talk.agent_done()
+        await talk.say(lines["ask"])
+        await talk.agent_done()
+        await talk.say(lines["slow"])
+        await talk.agent_done()
+        await talk.say(lines["yes"])
+        await talk.agent_done()
+        # "Sorry, I can't reach that system right now": the recognizer may drop the
+        # first word, which starts with no quiet before it
+        assert "reach that system" in talk.heard_since_mark()
+        offer = await wait_for(events, "call.offered", talk.caller.call_id)
+    finally:
+        watcher.cancel()
+        await talk.caller.close()
+        await agent.aclose()
+    assert offer["intent"] == "order_status"
+    assert offer["escalation_reason"] == "virtual agent: order_status: no answer within 1 s"
+    assert SLOW_ORDER in offer["summary"], offer["summary"]
+
+
+async def engine_agent(engine: EngineProcess) -> Any:
+    engine.add_user("bea", "correct horse")
+    return await engine.agent("bea", "correct horse", "login", "available")
+
+
+async def wait_for(
+    events: list[dict[str, Any]], kind: str, call_id: str, within: float = 15
+) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        for e in events:
+            if e["type"] == kind and e.get("call_id") == call_id:
+                return e
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"no {kind} for {call_id} in {within} s")
+
+
+def test_a_flow_file_with_a_mistake_stops_start_up_with_file_line_and_reason(
+    tmp_path: Path,
+) -> None:
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "orders.yaml").write_text(ORDERS.replace("    examples:\n", "    exmples:\n", 1))
+    engine = EngineProcess(tmp_path / "bad", CCENGINE_BOT_FLOWS=str(flows))
+    with pytest.raises(RuntimeError, match=r"orders\.yaml:5: .*unknown key 'exmples'"):
+        engine.start(timeout=30)
