@@ -87,6 +87,9 @@ class Item:
 
     media: me.MediaEvent | SilenceCheck | BotInput
     event: CallEvent | None = None
+    # a key the virtual agent took as (part of) an answer: no key rule judges it (the 0
+    # of order 83016 is not "press 0 for a person")
+    answered_bot: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +374,9 @@ class Menu:
     def handle(self, call: Call, item: Flow) -> Iterator[Output]:
         if isinstance(item, Item) and isinstance(item.event, DtmfReceived):
             skill = item.event.menu
-            if skill is not None and call.state in MENU_STATES and call.topic is None:
+            # a call the virtual agent answers has no key menu: its keys answer the agent
+            menu = call.bot is None
+            if menu and skill is not None and call.state in MENU_STATES and call.topic is None:
                 call.topic = skill
                 yield Write(f"call {call.id} topic", values={"topic": skill})
                 yield Say(f"{skill.replace('_', ' ')}. How can I help?", MENU_STATES)
@@ -467,7 +472,7 @@ class Escalate:
                 # an agent leg is always a person (an agent, or whoever a call was
                 # transferred out to): the bot's prompts are played, never transcribed
                 return rules.observe_agent_utterance(said)
-        if isinstance(ev, DtmfReceived):
+        if isinstance(ev, DtmfReceived) and not item.answered_bot:
             return rules.observe_dtmf(ev.digit, ev.at)
         if isinstance(ev, EmotionUpdated) and isinstance(media, me.EmotionEstimated):
             if ev.speaker != "caller":
@@ -555,7 +560,7 @@ def call_stages(
         Publish(),
         Menu(),
         Facts(products),
-        BotTurn(knowledge, escalate),  # a call without a virtual agent: passes
+        BotTurn(knowledge, escalate, redactor),  # a call without a virtual agent: passes
         Assist(knowledge),
         escalate,
         Assist(knowledge),  # only what Escalate passes on: the reason it gave

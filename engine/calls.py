@@ -394,15 +394,22 @@ class CallManager:
         return call
 
     async def create_webrtc_call(
-        self, sdp: str, language: str | None, caller: str | None, address: str = ""
+        self,
+        sdp: str,
+        language: str | None,
+        caller: str | None,
+        address: str = "",
+        *,
+        bot: bool = True,
     ) -> tuple[Call, str]:
         """``address``: where the offer came from, for the caps on offers that have not
-        sent audio yet (engine/offers.py)."""
+        sent audio yet (engine/offers.py). ``bot``: the virtual agent answers (not for a
+        call link: a person is waiting for the caller)."""
         if (refused := self.offers.refusal(address)) is not None:
             self.metrics.rejected.labels(refused[0]).inc()
             raise refused[1]
         call = self._new_call("webrtc", language, caller)
-        if self.bot is not None:
+        if bot and self.bot is not None:
             self.bot.attach(call)
         self.offers.add(call.id, address)
         try:
@@ -733,7 +740,11 @@ class CallManager:
         while True:
             await asyncio.sleep(1.0)
             if call.state in ("active", "bridged"):
-                call.events.put_nowait(SilenceCheck(pipeline.seconds_in, call.voiced()))
+                peer = call.caller_leg().peer
+                speaking = (
+                    call.bot is not None and peer is not None and (peer.outbound.queued_seconds > 0)
+                )
+                call.events.put_nowait(SilenceCheck(pipeline.seconds_in, call.voiced(), speaking))
 
     def _enqueue(self, call: Call, ev: me.MediaEvent) -> None:
         if isinstance(ev, me.SpeechOnset):

@@ -295,3 +295,5 @@ class SilenceCheck:
     # per side, the latest voice any of its legs' VAD heard, on the call's clock: speech
     # not transcribed yet (a lagging recognizer) is not silence
     voiced: tuple[tuple[str, float], ...] = ()
+    # the virtual agent's words are still being played to the caller
+    bot_speaking: bool = False

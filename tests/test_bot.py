@@ -395,3 +395,75 @@ def test_a_hand_off_names_the_intents_queue() -> None:
     d.start()
     out = d.heard("talk to an agent")
     assert isinstance(out[-1], HandOff) and out[-1].skill == "sales"
+
+
+# -- found in review: each failed before its fix ---------------------------------------
+
+
+def test_a_confirmed_free_text_slot_takes_yes_as_yes() -> None:
+    flow = parse_flow(
+        ORDERS.replace(
+            "        type: digits\n        length: 5\n        prompt: What is your order number?",
+            "        type: text\n        prompt: What is your order number?",
+            1,
+        ),
+        "f",
+    )
+    d = Dialog(flow)
+    d.start()
+    d.heard("where is my order")
+    assert says(d.heard("the blue one")) == ["Did you say the blue one?"]
+    [act] = d.heard("yes")  # not a correction to "yes"
+    assert isinstance(act, CallAction) and act.slots == {"order": "the blue one"}
+
+
+def test_an_amount_is_never_taken_from_other_numbers_of_the_request() -> None:
+    flow = parse_flow(ORDERS.replace("        type: yes_no\n", "        type: amount\n"), "f")
+    d = Dialog(flow)
+    d.start()
+    d.heard("cancel my order 83016")
+    assert d.task is not None and d.task.slots == {"order": "83016"}  # not as an amount
+    amount = flow.intent("cancel_order").slots[1]
+    assert read_slot(amount, "my nan") is None and read_slot(amount, "infinity pounds") is None
+
+
+def test_keys_pressed_before_a_spoken_answer_do_not_spoil_the_next_one() -> None:
+    d = Dialog(orders())
+    d.start()
+    d.heard("where is my order")
+    d.key("1")
+    d.key("2")  # two keys, then the caller says the number instead
+    assert says(d.heard("8 3 0 1 6")) == ["Did you say 8 3 0 1 6?"]
+    [act] = d.key("1")  # yes, on its own
+    assert isinstance(act, CallAction)
+
+
+def test_anything_else_takes_yes_and_not_yet_without_hanging_up() -> None:
+    d = Dialog(orders())
+    d.start()
+    d.heard("when are you open")
+    d.answered("We are open 8 to 8.")
+    assert says(d.heard("yes please")) == ["Sure, what can I help you with?"]
+    assert d.failed_turns == 0 and d.state == State.LISTENING
+    d.heard("when are you open")
+    d.answered("We are open 8 to 8.")
+    assert End() not in d.heard("not yet, one more thing")
+    assert d.state == State.LISTENING
+
+
+def test_a_result_value_is_said_as_it_is_and_kept_short() -> None:
+    d = Dialog(orders())
+    d.start()
+    d.heard("where is order 83016")
+    d.heard("yes")
+    out = d.action_done({"status": "{order} " + "x" * 500})
+    [status, _] = says(out)
+    assert status.startswith("Order 8 3 0 1 6 is {order} xxx") and len(status) < 240
+
+
+def test_a_flow_that_is_not_one_is_refused_not_crashed_on() -> None:
+    with pytest.raises(FlowError, match="not a flow"):
+        parse_flow("? [a, b]\n: c\n", "f")
+    many = "\n".join(f"      - example number {i}" for i in range(2001))
+    with pytest.raises(FlowError, match="at most 2000"):
+        parse_flow(ORDERS.replace("    examples:\n", "    examples:\n" + many + "\n", 1), "f")

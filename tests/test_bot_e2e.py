@@ -240,6 +240,9 @@ async def test_a_caller_who_talks_over_the_greeting_stops_it(
         assert stop - spoke_at < 0.6
         said = [e["text"] for e in talk.caller.events if e["type"] == "bot.said"]
         assert said[-1] == "What is your order number?"
+        # the greeting's end ("How can I help?") was never played: it was cut off
+        heard = speech.recognise(talk.caller.heard_pcm()).lower()
+        assert "order number" in heard and "help" not in heard, heard
     finally:
         await talk.caller.close()
 

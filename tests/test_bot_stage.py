@@ -133,3 +133,58 @@ def test_a_question_is_answered_from_the_knowledge_base_in_plain_words() -> None
     [answer, more] = said(out)
     assert answer.startswith("Ask the caller to unplug the router for thirty seconds")
     assert "#" not in answer and more == "Is there anything else I can help you with?"
+
+
+# -- found in review: each failed before its fix ---------------------------------------
+
+
+def test_keys_answer_the_agent_not_the_key_menu_nor_the_press_zero_rule() -> None:
+    """On a call the agent answers, 1 (billing in the key menu) and the 0 of an order
+    number are answers: no topic, no "billing" prompt, no hand-off for "0"."""
+    call = bot_call()
+    run([BotStart(), final(CALLER, 0, "where is my order")], call)
+    out = run([me.KeyPressed(CALLER, k, 5.0 + i) for i, k in enumerate("83016")], call)
+    assert said(out) == ["Did you say 8 3 0 1 6?"]
+    assert not [e for e in out if isinstance(e, Route)]
+    out = run([me.KeyPressed(CALLER, "1", 9.0)], call)
+    assert said(out) == [] and call.topic is None
+    assert [type(e) for e in out if isinstance(e, Act)] == [Act]
+
+
+def test_the_caller_is_not_silent_while_the_agent_speaks() -> None:
+    """The 20 s silence rule counts from when the agent has finished speaking: a long
+    answer is not the caller leaving the line."""
+    from engine.callstate import SilenceCheck
+
+    call = bot_call()
+    run([BotStart()], call)
+    out = run([SilenceCheck(25.0, (), bot_speaking=True), SilenceCheck(30.0, ())], call)
+    assert not [e for e in out if isinstance(e, Route)]
+    out = run([SilenceCheck(46.0, ())], call)  # 21 s after the agent stopped
+    assert [e.decision.rule_id for e in out if isinstance(e, Route)] == ["long_silence"]
+
+
+def test_a_barge_in_while_the_first_words_are_stored_ends_the_whole_turn() -> None:
+    call = bot_call()
+    run([BotStart()], call)
+
+    def barge_after_first_say(call: Call, effect: Effect) -> None:
+        if isinstance(effect, Say):
+            call.bot_turn += 1  # the caller talks over the first words
+
+    out = run_stages([ActionAnswered(CallAction("x", "", 1, {}), None)], call)  # ignored
+    assert out == []
+    out = run_stages([final(CALLER, 0, "when are you open")], call, barge_after_first_say)
+    turns = {e.turn for e in out if isinstance(e, Say)}
+    assert len(said(out)) == 2 and len(turns) == 1  # both of the turn it began in
+
+
+def test_a_number_read_back_is_kept_and_told_redacted() -> None:
+    card = ORDERS.replace("        length: 5\n", "        length: 16\n", 1)
+    call = bot_call(card)
+    run([BotStart(), final(CALLER, 0, "where is my order")], call)
+    out = run([me.KeyPressed(CALLER, k, 1.0) for k in "4111111111111111"], call)
+    assert said(out) == ["Did you say 4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1?"]  # heard by the caller
+    [row] = written(out, UtteranceRow)
+    [told] = published(out, BotSaid)
+    assert "1 1 1 1" not in row.text and row.text == told.text, row.text

@@ -79,7 +79,9 @@ async def create_call(offer: CallOffer, request: Request, response: Response, p:
         p.need("control")
     caller = invite.get("caller") if invite else offer.caller
     address = request.client.host if request.client else ""
-    call, sdp = await m.create_webrtc_call(offer.sdp, offer.language, caller, address)
+    call, sdp = await m.create_webrtc_call(
+        offer.sdp, offer.language, caller, address, bot=invite is None
+    )
     if invite is not None:
         by = invite.get("by", "a call link")
         if "callback" in invite:

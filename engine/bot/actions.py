@@ -76,7 +76,7 @@ class Actions:
             )  # fmt: skip
         try:
             return json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
             raise ActionFailed("its answer is not JSON") from None
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> bytes:

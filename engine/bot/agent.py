@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from engine.bot.actions import ActionFailed, Actions
 from engine.bot.dialog import CallAction, Dialog
+from engine.bot.dialog import State as DialogState
 from engine.bot.events import ActionAnswered, BotStart
 from engine.bot.flows import Flow, flow_for
 from engine.bot.stage import BOT_STATES
@@ -89,6 +90,10 @@ class VirtualAgent:
             log.warning("call %s: action %s failed: %s", call.id, action.intent, e)
             answered = ActionAnswered(action, failed=str(e))
             outcome = "failed"
+        except Exception as e:  # whatever it was, the caller must not be left waiting
+            log.exception("call %s: action %s failed", call.id, action.intent)
+            answered = ActionAnswered(action, failed=f"it could not be asked ({type(e).__name__})")
+            outcome = "failed"
         self.metrics.bot_actions.labels(outcome).observe(time.monotonic() - started)
         if not call.ended.is_set():
             call.events.put_nowait(answered)
@@ -106,6 +111,12 @@ class VirtualAgent:
                     break
                 await asyncio.sleep(0.1)
             await asyncio.sleep(0.3)  # the last packets on their way
+            # only a call still the agent's, whose dialog ended: a rule or a key may have
+            # put it in line meanwhile, or a person taken it
+            if call.state not in BOT_STATES or call.bot is None:
+                return
+            if call.bot.state != DialogState.ENDED:
+                return
             with contextlib.suppress(Exception):
                 await end_call(call.id, reason)
 

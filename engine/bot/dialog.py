@@ -45,6 +45,7 @@ instead: an intent heard then is followed ("actually, I want to talk to a person
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -164,6 +165,7 @@ class Dialog:
         """A final transcript of the caller."""
         if not self._accepts("heard") or not text.strip():
             return []
+        self._keys = ""  # keys pressed before the caller spoke answer nothing now
         if self.state == S.LISTENING:
             return self._listening(text)
         if self.state == S.FILLING:
@@ -234,8 +236,14 @@ class Dialog:
     def _listening(self, text: str) -> list[Output]:
         found = self.matcher.match(text)
         if found is None:
-            if self.asked_more and read_slot(_YES_NO, text) == "no":
-                return self._end()
+            if self.asked_more:  # "Is there anything else I can help you with?"
+                answer = read_slot(_YES_NO, text)
+                if answer == "no":
+                    return self._end()
+                if answer == "yes":  # "yes, please": what is it, then?
+                    self.asked_more = False
+                    self._move(self._last_input, S.LISTENING)
+                    return [Say(WHAT_ELSE)]
             return self._not_understood(self.flow.fallback)
         self.asked_more = False
         return self._begin(self.flow.intent(found.intent), text)
@@ -246,9 +254,10 @@ class Dialog:
         if intent.then == "handoff" and not intent.slots and intent.action is None:
             return self._hand_off(f"asked for {intent.name}")
         for slot in intent.slots:
-            # numbers said with the request fill their slot ("where is order 83016");
-            # a yes, a no or free text never does: they answer a question not yet asked
-            if slot.type in ("digits", "number", "amount"):
+            # digits said with the request fill their slot ("where is order 83016"),
+            # if they fit it; an amount, a yes, a no or free text never does: "a refund
+            # for order 83016" says no amount, and they answer a question not yet asked
+            if slot.type == "digits":
                 value = read_slot(slot, text)
                 if value is not None:
                     task.slots[slot.name] = value
@@ -283,7 +292,10 @@ class Dialog:
 
     def _confirming(self, text: str | None, answer: str | None) -> list[Output]:
         task, slot = self._task(), self._pending()
-        value = read_slot(slot, text) if text is not None and slot.type != "yes_no" else None
+        # a number said instead of yes ("no, 8 3 0 1 7") corrects it; a yes/no or free
+        # text slot has nothing to tell a correction from an answer by
+        correctable = slot.type not in ("yes_no", "text")
+        value = read_slot(slot, text) if text is not None and correctable else None
         if value is not None and value != task.slots[slot.name]:
             # "no, it's 8 3 0 1 7": the correction is the answer, read back in turn
             task.slots[slot.name] = value
@@ -373,6 +385,7 @@ class Dialog:
         if to not in allowed:
             raise InvalidTransition(f"{self.state} -{what}-> {to}")
         self.state = to
+        self._keys = ""  # keys add up towards the question now asked, not an earlier one
 
     def _task(self) -> Task:
         if self.task is None:
@@ -386,14 +399,17 @@ class Dialog:
         return slot
 
 
+MAX_FIELD = 200  # characters of one answer field spoken: a status, a date, not a page
+_FIELD = re.compile(r"\{([^{}]+)\}")
 _YES_NO = Slot(name="yes_no", type="yes_no", prompt="Yes or no?")
+WHAT_ELSE = "Sure, what can I help you with?"
 
 
 def render(template: str, intent: Intent, slots: dict[str, str], result: object) -> str:
     """A ``say`` template filled in; slots as they are read back (digits one by one).
     ``KeyError`` names a field the result does not have."""
-    out = template
     by_name = {s.name: s for s in intent.slots}
+    values: dict[str, str] = {}
     for name in template_fields(template):
         head, *path = name.split(".")
         if head == "result":
@@ -404,8 +420,8 @@ def render(template: str, intent: Intent, slots: dict[str, str], result: object)
                 value = value[key]
             if isinstance(value, dict | list) or value is None:
                 raise KeyError(name)
-            text = str(value)
+            values[name] = " ".join(str(value).split())[:MAX_FIELD]
         else:
-            text = spoken(by_name[head], slots[head])
-        out = out.replace("{" + name + "}", text)
-    return out
+            values[name] = spoken(by_name[head], slots[head])
+    # one pass: a value that holds "{order}" is said as it is, never filled in again
+    return _FIELD.sub(lambda m: values[m.group(1)], template)

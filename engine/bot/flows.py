@@ -44,6 +44,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MAX_FILE_BYTES = 256 * 1024  # a flow is a few pages of YAML; more is a mistake
+MAX_EXAMPLES = 2000  # phrasings in one flow: each costs a little on every utterance
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 SlotType = Literal["digits", "number", "yes_no", "amount", "text"]
 Then = Literal["ask_more", "end", "handoff"]
@@ -139,6 +140,9 @@ class Flow(_Strict):
         names = [i.name for i in self.intents]
         if len(set(names)) != len(names):
             raise ValueError(f"intents: two intents have one name: {sorted(names)}")
+        examples = sum(len(i.examples) for i in self.intents)
+        if examples > MAX_EXAMPLES:  # each is matched against every caller utterance
+            raise ValueError(f"intents: {examples} examples; at most {MAX_EXAMPLES}")
         return self
 
     def intent(self, name: str) -> Intent:
@@ -222,6 +226,8 @@ def parse_flow(text: str, path: Path | str, default_id: str | None = None) -> Fl
         raise FlowError(path, mark.line + 1 if mark else None, reason) from None
     except yaml.YAMLError as e:
         raise FlowError(path, None, str(e)) from None
+    except (TypeError, ValueError, RecursionError) as e:  # e.g. a list as a key: "? [a, b]"
+        raise FlowError(path, None, f"not a flow: {e}") from None
     if not isinstance(data, dict):
         raise FlowError(path, 1, "a flow file is a mapping (id:, greeting:, intents:)")
     if default_id is not None:
@@ -263,6 +269,8 @@ def load_flows(folder: Path | str) -> list[Flow]:
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix in (".yaml", ".yml"))
     for p in paths:
         try:
+            if p.stat().st_size > MAX_FILE_BYTES:  # before reading it, not after
+                raise FlowError(p, None, f"larger than {MAX_FILE_BYTES // 1024} KiB")
             text = p.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise FlowError(p, None, f"cannot be read: {e}") from None

@@ -22,6 +22,7 @@ asks again. Once the call is queued or with a person, the dialog is stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,33 +42,50 @@ from engine.analysis import (
 )
 from engine.assist.facts import Fact
 from engine.assist.knowledge import KnowledgeBase
+from engine.assist.redact import Redactor
 from engine.bot import dialog
 from engine.bot.events import ActionAnswered, BotStart
+from engine.callstate import SilenceCheck
 from engine.escalation import Decision
 from engine.events import BotSaid, DtmfReceived, TranscriptFinal, utcnow
 from engine.livecall import Call
 from engine.store.models import UtteranceRow
 
 RULE = "virtual_agent"  # the escalation rule id of the agent's hand-offs
+KEYED_STATES = (dialog.State.FILLING, dialog.State.CONFIRMING)  # keys answer the agent
 BOT_STATES = ("active",)  # the agent speaks only while the call is its own
 MAX_SPOKEN_ANSWER = 400  # characters of an article read out: its first paragraph
 
 
 class BotTurn:
-    def __init__(self, knowledge: Callable[[], KnowledgeBase], escalate: Escalate) -> None:
+    def __init__(
+        self, knowledge: Callable[[], KnowledgeBase], escalate: Escalate, redactor: Redactor
+    ) -> None:
         self.knowledge = knowledge
         self.escalate = escalate
+        # what the agent says back (a number read back, an answer) is kept and told as
+        # redacted as the caller's own words
+        self.redactor = redactor
 
     def handle(self, call: Call, item: Flow) -> Iterator[Output]:
         d = call.bot
-        if d is not None and isinstance(item, Item):
-            if call.state not in BOT_STATES:
-                d.stop()  # queued, with a person, or ended: the agent's part is over
-            else:
-                outputs = self._input(d, item)
-                if outputs:
-                    yield from self._carry_out(call, d, outputs, item)
-        yield item
+        if d is None or not isinstance(item, Item):
+            yield item
+            return
+        if call.state not in BOT_STATES:
+            d.stop()  # queued, with a person, or ended: the agent's part is over
+            yield item
+            return
+        if isinstance(item.media, SilenceCheck) and d.state != dialog.State.STOPPED:
+            if item.media.bot_speaking or d.state == dialog.State.WAITING:
+                # the caller is not left in silence while the agent talks or looks
+                # something up: their silence counts from when it is done
+                call.escalation.observe_phase("bot", item.media.now)
+        answering = isinstance(item.event, DtmfReceived) and d.state in KEYED_STATES
+        outputs = self._input(d, item)
+        if outputs:
+            yield from self._carry_out(call, d, outputs, item, call.bot_turn)
+        yield dataclasses.replace(item, answered_bot=True) if answering else item
 
     @staticmethod
     def _input(d: dialog.Dialog, item: Item) -> list[dialog.Output]:
@@ -87,26 +105,28 @@ class BotTurn:
         return []
 
     def _carry_out(
-        self, call: Call, d: dialog.Dialog, outputs: list[dialog.Output], item: Item
+        self, call: Call, d: dialog.Dialog, outputs: list[dialog.Output], item: Item, turn: int
     ) -> Iterator[Output]:
+        """``turn``: the agent's turn when the input came, read once: a barge-in while
+        the first words are stored ends it, and the rest must not be said after all."""
         for out in outputs:
             if isinstance(out, dialog.Say):
-                yield Say(out.text, BOT_STATES, turn=call.bot_turn)
+                yield Say(out.text, BOT_STATES, turn=turn)
                 yield from self._said(call, out.text)
             elif isinstance(out, dialog.CallAction):
                 yield Act(out)
             elif isinstance(out, dialog.AskKnowledge):
                 answer = self._answer(out.question)
-                yield from self._carry_out(call, d, d.answered(answer), item)
+                yield from self._carry_out(call, d, d.answered(answer), item, turn)
             elif isinstance(out, dialog.HandOff):
                 yield from self._hand_off(call, out, item)
             elif isinstance(out, dialog.End):
                 yield HangUp("bot_completed")
 
-    @staticmethod
-    def _said(call: Call, text: str) -> Iterator[Output]:
+    def _said(self, call: Call, said: str) -> Iterator[Output]:
         """The agent's words in the call's transcript (speaker ``bot``, on the caller's
-        leg and clock), then told."""
+        leg and clock), redacted, then told."""
+        text = self.redactor.redact(said).text
         at = round(clock(call), 3)
         row = UtteranceRow(
             id=str(uuid.uuid4()),
@@ -131,9 +151,10 @@ class BotTurn:
         at = clock(call)
         # what the caller asked for; not the call's topic, which the ACD routes by skill
         call.intent = h.intent
+        slots = {k: self.redactor.redact(v).text for k, v in h.slots.items()}
         # a value the fact finder already took from the caller's words is not given twice
         known = {f.value for f in call.facts.facts}
-        given = [Fact(k, v, "", at) for k, v in h.slots.items() if v not in known]
+        given = [Fact(k, v, "", at) for k, v in slots.items() if v not in known]
         call.new_facts += call.facts.add(given)
         decision = Decision(
             rule_id=RULE,
@@ -142,7 +163,11 @@ class BotTurn:
             priority=0,
             skill=h.skill,
             at=at,
-            evidence={"intent": h.intent, "slots": h.slots, "summary": h.summary},
+            evidence={
+                "intent": h.intent,
+                "slots": slots,
+                "summary": self.redactor.redact(h.summary).text,
+            },
         )
         reason = call.escalation_reason
         yield from self.escalate.decided(call, decision)

@@ -39,6 +39,7 @@ from engine.bot.flows import Flow, Slot
 from engine.intents import FILLERS, FUNCTION_WORDS, fuzzy_threshold, negated, read
 
 THRESHOLD = 0.6  # share of an example's weight that must be heard
+MAX_HEARD_WORDS = 60  # of one utterance (a 15 s utterance is ~45 words)
 MARGIN = 0.1  # how far the best intent must be ahead of the next
 # how much a word counts by how it was found
 FOUND = {"exact": 1.0, "plural": 1.0, "fuzzy": 0.8, "phonetic": 0.8}
@@ -95,8 +96,10 @@ class IntentMatcher:
         self.weight = {w: math.log(1 + n / len(names)) for w, names in having.items()}
 
     def scores(self, text: str) -> list[IntentMatch]:
-        """Every intent's best reading of ``text``, best first."""
-        sentences = read(text)
+        """Every intent's best reading of ``text``, best first. Only its first
+        ``MAX_HEARD_WORDS`` words are read: a request comes first, and the cost of a
+        reading grows with the words (it runs on the event loop)."""
+        sentences = read(" ".join(text.split()[:MAX_HEARD_WORDS]))
         best: dict[str, IntentMatch] = {}
         for name, example, words in self.examples:
             total = sum(self.weight[w] for w in words)
@@ -135,7 +138,8 @@ class IntentMatcher:
 # -- slots ----------------------------------------------------------------------------
 
 YES = frozenset("yes yeah yep yup correct right sure ok okay affirmative absolutely".split())
-NO = frozenset("no nope nah wrong incorrect not".split())
+NO = frozenset("no nope nah wrong incorrect".split())
+NOT = frozenset("not isn't isnt wasn't wasnt".split())
 CURRENCY = frozenset("pounds pound dollars dollar euros euro quid bucks".split())
 KEY_YES, KEY_NO = "1", "2"
 
@@ -167,8 +171,13 @@ def read_slot(slot: Slot, text: str) -> str | None:
         fitting = [r for r in digit_runs(text) if slot.fits(r)]
         return fitting[0] if len(set(fitting)) == 1 else None
     if slot.type == "yes_no":
-        words = set(_tokens(text))
-        yes, no = bool(words & YES), bool(words & NO)
+        tokens = _tokens(text)
+        # "not right", "not correct": a no; "not yet" alone is neither
+        pairs = zip(tokens, tokens[1:], strict=False)
+        negated_yes = any(a in NOT and b in YES for a, b in pairs)
+        words = set(tokens)
+        no = bool(words & NO) or negated_yes
+        yes = bool(words & YES) and not negated_yes
         return "yes" if yes and not no else "no" if no and not yes else None
     if slot.type in ("number", "amount"):
         return _amount(text) if slot.type == "amount" else _number(text)
@@ -210,6 +219,8 @@ def _amount(text: str) -> str | None:
         try:
             whole = Decimal(t)
         except InvalidOperation:
+            continue
+        if not whole.is_finite():  # "nan", "infinity" are words here, not amounts
             continue
         rest = tokens[i + 1 : i + 3]
         if len(rest) == 2 and rest[0] in CURRENCY and rest[1].isdigit() and len(rest[1]) <= 2:
