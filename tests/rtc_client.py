@@ -80,6 +80,7 @@ class Caller:
         self.call_id = ""
         self.answer: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
+        self.events_at: list[float] = []  # time.monotonic() each event came
         self.ended = asyncio.Event()
         self.connected_seconds = 0.0  # from our answer arriving to hanging up
         self._dialed_at = 0.0
@@ -164,6 +165,7 @@ class Caller:
             async for message in ws:
                 event = json.loads(message)
                 self.events.append(event)
+                self.events_at.append(time.monotonic())
                 if event["type"] == "call.ended":
                     self.ended.set()
                     return

@@ -467,3 +467,11 @@ def test_a_flow_that_is_not_one_is_refused_not_crashed_on() -> None:
     many = "\n".join(f"      - example number {i}" for i in range(2001))
     with pytest.raises(FlowError, match="at most 2000"):
         parse_flow(ORDERS.replace("    examples:\n", "    examples:\n" + many + "\n", 1), "f")
+
+
+def test_a_digit_the_recognizer_wrote_as_a_word_is_read_when_the_digits_alone_do_not_fit() -> None:
+    """Over a phone line "4 5 1 2 9" came back as "it's for 5129" (bench.bot)."""
+    order = orders().intent("order_status").slots[0]
+    assert read_slot(order, "it's for 5129") == "45129"
+    assert read_slot(order, "it's 83016, I waited for 5 days") == "83016"  # fits as it is
+    assert digit_runs("I waited for 5 minutes", homophones=True) == ["45"]  # only if asked

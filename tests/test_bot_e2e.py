@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,65 +16,13 @@ import numpy as np
 import pytest
 import websockets
 
-from engine.webhooks import verify
-from media.outbound import OutboundAudioTrack
 from media.wavtrack import read_wav_mono
 from tests import speech
-from tests.engine_proc import EngineProcess, free_port
-from tests.rtc_client import Caller
+from tests.bot_peers import SECRET, SLOW_ORDER, OrderSystem, Talk
+from tests.engine_proc import EngineProcess
 from tests.test_bot import ORDERS
 
 pytestmark = pytest.mark.integration
-
-SECRET = "order-system-secret"
-SLOW_ORDER = "99999"  # the order system takes longer than the flow waits for this one
-LOUD = 300.0  # RMS of a received 20 ms frame with speech in it (silence is ~0)
-
-
-class OrderSystem:
-    """The business's order system: answers order_status actions, checks their
-    signature, and keeps what it was asked."""
-
-    def __init__(self) -> None:
-        self.asked: list[dict[str, Any]] = []
-        self.bad_signatures = 0
-        system = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if not verify(
-                    SECRET, self.headers.get("Ccengine-Signature", ""), body, time.time()
-                ):
-                    system.bad_signatures += 1
-                    self.send_response(401)
-                    self.end_headers()
-                    return
-                asked = json.loads(body)
-                system.asked.append(asked)
-                if asked["slots"].get("order") == SLOW_ORDER:
-                    time.sleep(3.0)
-                answer = json.dumps({"status": "out for delivery", "eta": "Friday"}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/status"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> OrderSystem:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -129,55 +75,13 @@ def lines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     return out
 
 
-class Talk:
-    """One caller in conversation: says a line once the agent has finished speaking."""
-
-    def __init__(self, engine: EngineProcess) -> None:
-        self.mic = OutboundAudioTrack()
-        self.caller = Caller(engine.url, None, mic=self.mic)
-        self.mark = 0  # received frames before the line said last
-
-    def loud(self, start: int = 0) -> list[bool]:
-        return [float(np.sqrt(np.mean(f.astype(np.float64) ** 2))) > LOUD
-                for f in self.caller.heard[start:]]  # fmt: skip
-
-    async def agent_done(self, within: float = 20.0, quiet: float = 0.8) -> None:
-        """Until the agent has spoken since the last line and been quiet ``quiet`` s."""
-        deadline = time.monotonic() + within
-        need = int(quiet / 0.02)
-        while time.monotonic() < deadline:
-            loud = self.loud(self.mark)
-            if any(loud) and len(loud) - (max(i for i, x in enumerate(loud) if x) + 1) >= need:
-                return
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"the agent did not finish speaking within {within} s")
-
-    async def agent_speaks(self, within: float = 10.0) -> None:
-        deadline = time.monotonic() + within
-        while not any(self.loud(self.mark)):  # noqa: ASYNC110  # polls received audio
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the agent said nothing within {within} s")
-            await asyncio.sleep(0.02)
-
-    def heard_since_mark(self) -> str:
-        return speech.recognise(self.caller.heard_pcm(self.mark))
-
-    async def say(self, pcm: np.ndarray) -> float:
-        """Say a line; the time its first frame went out."""
-        self.mark = len(self.caller.heard)
-        done = self.mic.play(pcm, 48000)
-        sent = time.monotonic()
-        await done
-        return sent
-
-
 async def test_a_caller_asks_verifies_the_number_and_hears_the_status(
     engine: EngineProcess, orders: OrderSystem, lines: dict[str, np.ndarray]
 ) -> None:
     """Greeted, asks where their order is, gives the number, confirms it; the agent asks
     the order system (signed) and the caller hears the status; "that's all" ends the
     call, and the transcript holds both sides."""
-    talk = Talk(engine)
+    talk = Talk(engine.url)
     try:
         await talk.caller.dial()
         await talk.agent_done()
@@ -220,14 +124,13 @@ async def test_a_caller_who_talks_over_the_greeting_stops_it(
     """Barge-in: the greeting stops soon after the caller starts talking (measured on
     the audio the caller received; `make bench` times it, this only bounds it), and the
     agent answers what they said."""
-    talk = Talk(engine)
+    talk = Talk(engine.url)
     try:
         await talk.caller.dial()
         await talk.agent_speaks()
         await asyncio.sleep(0.6)  # into the greeting
-        first_voice = int(np.argmax(np.abs(lines["ask"]) > 1000)) / 48000
         sent = await talk.say(lines["ask"])
-        spoke_at = sent + first_voice
+        spoke_at = sent + talk.first_voice(lines["ask"])
         await talk.agent_done()
         heard_at, loud = talk.caller.heard_at, talk.loud()
         # the greeting's last loud frame after the caller began, before a gap of 200 ms
@@ -263,7 +166,7 @@ async def test_a_slow_order_system_is_apologised_for_and_the_agent_sees_everythi
                 events.append(json.loads(message))
 
     watcher = asyncio.create_task(watch())
-    talk = Talk(engine)
+    talk = Talk(engine.url)
     try:
         await talk.caller.dial()
         await talk.agent_done()

@@ -148,13 +148,27 @@ def _tokens(text: str) -> list[str]:
     return [h.text for s in read(text) for h in s.heard]
 
 
-def digit_runs(text: str) -> list[str]:
+# Words a recognizer writes for a digit ("it's for 5129" for "4 5 1 2 9"), read as that
+# digit only next to other digits, and only when the digits alone do not fit the slot.
+HOMOPHONES = {"for": "4", "to": "2", "too": "2", "won": "1", "ate": "8", "oh": "0"}
+
+
+def digit_runs(text: str, homophones: bool = False) -> list[str]:
     """The digit strings said; digits read out in groups or one by one ("8 3 0 1 6",
-    "830 16") are one string."""
+    "830 16") are one string. ``homophones``: a word of ``HOMOPHONES`` next to digits
+    is that digit."""
+    tokens = [t.replace(",", "") for t in _tokens(text)]
+    if homophones:
+        tokens = [
+            HOMOPHONES[t]
+            if t in HOMOPHONES
+            and any(0 <= j < len(tokens) and tokens[j].isdigit() for j in (i - 1, i + 1))
+            else t
+            for i, t in enumerate(tokens)
+        ]
     runs: list[str] = []
     after_digits = False
-    for t in _tokens(text):
-        t = t.replace(",", "")
+    for t in tokens:
         if t.isdigit():
             if after_digits:
                 runs[-1] += t
@@ -168,8 +182,11 @@ def read_slot(slot: Slot, text: str) -> str | None:
     """The slot's value in what the caller said, or None if it is not there (or not
     one value: "yes, no, I mean..." is not an answer)."""
     if slot.type == "digits":
-        fitting = [r for r in digit_runs(text) if slot.fits(r)]
-        return fitting[0] if len(set(fitting)) == 1 else None
+        for homophones in (False, True):
+            fitting = [r for r in digit_runs(text, homophones) if slot.fits(r)]
+            if fitting:
+                return fitting[0] if len(set(fitting)) == 1 else None
+        return None
     if slot.type == "yes_no":
         tokens = _tokens(text)
         # "not right", "not correct": a no; "not yet" alone is neither
