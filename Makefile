@@ -51,6 +51,7 @@ bench: sysdeps $(VENV)/.installed-test
 	$(PY) -m bench.developer
 	$(PY) -m bench.gcpause
 	$(PY) -m bench.emotion_cost
+	$(PY) -m bench.bot
 	$(PY) -m bench.cluster
 
 # emotion and escalation on the held-out part of the emotion set (built, then cached)

@@ -543,12 +543,12 @@ class CallManager:
         if call.state == "active":
             call.answered_at = utcnow()
             values["answered_at"] = call.answered_at
-            if self.bot is not None and previous == "connecting":
-                self.bot.answered(call)
         await self._keep(f"call {call.id} {call.state}", self.store.update_call, call.id, **values)
         self._publish(
             CallStateChanged(call_id=call.id, state=call.state, previous=previous, reason=reason)
         )
+        if self.bot is not None and call.state == "active" and previous == "connecting":
+            self.bot.answered(call)  # the greeting comes after "active" on every stream
 
     async def _run_leg(self, call: Call, leg: Leg) -> None:
         assert leg.peer is not None

@@ -12,14 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import websockets
 
 from media.wavtrack import read_wav_mono
-from tests import speech
+from tests import sipp, speech
 from tests.bot_peers import SECRET, SLOW_ORDER, OrderSystem, Talk
-from tests.engine_proc import EngineProcess
+from tests.engine_proc import EngineProcess, free_port
+from tests.sniff import RtpSniffer
 from tests.test_bot import ORDERS
 
 pytestmark = pytest.mark.integration
@@ -49,6 +51,7 @@ def engine(
         CCENGINE_BOT_FLOWS=str(flows),
         CCENGINE_BOT_ACTION_SECRET=SECRET,
         CCENGINE_OFFER_TIMEOUT="30",
+        CCENGINE_SIP_TRUNKS='["127.0.0.1"]',  # SIPp calls as a trunk: no digest
     ).start()
     try:
         yield proc
@@ -215,3 +218,41 @@ def test_a_flow_file_with_a_mistake_stops_start_up_with_file_line_and_reason(
     engine = EngineProcess(tmp_path / "bad", CCENGINE_BOT_FLOWS=str(flows))
     with pytest.raises(RuntimeError, match=r"orders\.yaml:5: .*unknown key 'exmples'"):
         engine.start(timeout=30)
+
+
+def test_a_phone_caller_keys_the_order_number_and_hears_the_status(
+    engine: EngineProcess, orders: OrderSystem, tmp_path: Path
+) -> None:
+    """SIPp dials the engine: the agent answers instead of the key menu, the caller says
+    what they want, keys the order number and 1 for yes (RFC 4733): the keys answer the
+    agent (the 0 of 83016 is not "press 0 for a person", the 1 not "billing"), and the
+    phone hears the status from the order system."""
+    speech.piper_alone(["Where is my order?"], tmp_path / "ask.wav")
+    band = speech.sox(tmp_path / "ask.wav", tmp_path / "ask8k.wav",
+                      ["highpass", "300", "lowpass", "3400"], rate=8000)  # fmt: skip
+    ask8k, _ = read_wav_mono(str(band))
+    # greeting 0-4 s; the request at 5 s; the prompt ~8-10 s; keys from 12 s; the
+    # read-back ~13-16 s; yes at 18 s; the status from ~19 s; hang up at 30 s
+    stream = np.zeros(8000 * 30, dtype=np.int16)
+    stream[8000 * 5 : 8000 * 5 + len(ask8k)] = ask8k[: 8000 * 25]
+    keys = [sipp.Key(d, 12.0 + 0.4 * i) for i, d in enumerate("83016")] + [sipp.Key("1", 18.0)]
+    pcap = sipp.write_pcap(tmp_path / "call.pcap", sipp.phone_stream(stream, keys))
+    media_port = free_port()
+    heard = RtpSniffer(media_port)
+    result = sipp.run(
+        sipp.call_scenario(sipp.play(pcap, 31.0), caller="15550001111"),
+        tmp_path / "sipp", engine.sip, media_port=media_port,
+    )  # fmt: skip
+    received = heard.stop()
+    assert result.ok, result.output + result.errors
+    said = speech.recognise(received, 8000).lower()
+    print("the phone heard:", said)
+    calls = httpx.get(f"{engine.url}/api/v1/calls", params={"channel": "sip"},
+                      headers=engine.headers).json()["calls"]  # fmt: skip
+    call = calls[0]
+    detail = httpx.get(f"{engine.url}/api/v1/calls/{call['id']}", headers=engine.headers).json()
+    assert detail["topic"] is None and detail["escalations"] == []  # no menu, no "press 0"
+    asked = [a for a in orders.asked if a["call_id"] == call["id"]]
+    assert asked and asked[0]["slots"] == {"order": "83016"}
+    assert asked[0]["caller"] == "15550001111"
+    assert "delivery" in said and "friday" in said, said
