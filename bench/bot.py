@@ -198,9 +198,9 @@ async def live(calls: int) -> None:
                     assert first is not None
                     greet.append(first - answered)
                     for key, into in (("hours", plain), ("order", None), ("yes", acted)):
+                        seen = len(talk.caller.events)  # the final comes while it plays on
                         sent = await talk.say(lines[key])
                         ended = sent + talk.last_voice(lines[key])
-                        seen = len(talk.caller.events)
                         await talk.agent_done()
                         reply = talk.first_loud_after(ended)
                         got = zip(talk.caller.events, talk.caller.events_at, strict=True)
