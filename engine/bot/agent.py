@@ -4,7 +4,7 @@ what it decides runs through the call's analysis stages (engine/bot/stage.py).
 
 Barge-in. A caller who starts talking while the agent speaks stops it: the leg's
 pipeline reports a speech onset as soon as four of five 20 ms frames are voiced
-(``media.vad.OnsetDetector``), ahead of the utterance start the recognizer waits for,
+(``media.vad.SpeechOnset``), ahead of the utterance start the recognizer waits for,
 and the call manager calls ``barge_in`` at once, not through the call's event queue,
 which may be busy synthesising the agent's next words. The outbound audio is cleared
 and the agent's turn advances, so what it still had to say of that turn is dropped.
