@@ -36,7 +36,7 @@ from __future__ import annotations
 import difflib
 import re
 import string
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -308,9 +308,3 @@ def flow_for(flows: Sequence[Flow], dialled: str | None) -> Flow | None:
             if dialled in f.numbers:
                 return f
     return next((f for f in flows if not f.numbers), None)
-
-
-def iter_examples(flow: Flow) -> Iterator[tuple[str, str]]:
-    for intent in flow.intents:
-        for example in intent.examples:
-            yield intent.name, example

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -36,7 +35,7 @@ import jellyfish
 from rapidfuzz import fuzz
 
 from engine.bot.flows import Flow, Slot
-from engine.intents import FILLERS, FUNCTION_WORDS, fuzzy_threshold, negated, read
+from engine.intents import FUNCTION_WORDS, fuzzy_threshold, negated, read
 
 THRESHOLD = 0.6  # share of an example's weight that must be heard
 MAX_HEARD_WORDS = 60  # of one utterance (a 15 s utterance is ~45 words)
@@ -252,8 +251,3 @@ def spoken(slot: Slot, value: str) -> str:
     if slot.type == "digits":
         return " ".join(value)
     return value
-
-
-def heard_words(text: str) -> Sequence[str]:
-    """What counts as the caller having said something: words that are not fillers."""
-    return [w for w in _tokens(text) if w not in FILLERS]
