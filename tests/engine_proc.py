@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import random
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
+import websockets
 
 ROOT = Path(__file__).resolve().parent.parent
 # what the engine's own pages send with every request they make with a cookie
@@ -226,6 +228,14 @@ class EngineProcess:
     def add_user(self, username: str, password: str, *extra: str) -> str:
         """``ccengine users add`` against this engine's database; its output."""
         return self.ccengine("users", "add", username, *extra, stdin=password + "\n")
+
+    async def watch_events(self, out: list[dict[str, Any]]) -> None:
+        """Every event of this engine's stream (as an admin sees it), appended to ``out``
+        until the task running this is cancelled."""
+        ws_url = self.url.replace("http", "ws", 1) + "/api/v1/events"
+        async with websockets.connect(ws_url, additional_headers=self.headers) as ws:
+            async for message in ws:
+                out.append(json.loads(message))
 
     async def agent(self, username: str, password: str, *events: str) -> httpx.AsyncClient:
         """An HTTP client signed in as ``username`` (its cookie, as the agent desk's page

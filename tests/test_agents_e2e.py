@@ -4,13 +4,11 @@ and queue changes are checked in-process (tests/controlplane.py); calls on engin
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import websockets
 
 from tests import speech
 from tests.controlplane import ControlPlane
@@ -84,14 +82,7 @@ async def test_escalated_call_rings_the_agent_with_a_preview(
             await login(http, "ann", "correct horse")
             for event in ("login", "available"):
                 await http.post("/api/v1/agents/me/presence", json={"event": event})
-            ws_url = engine.url.replace("http", "ws", 1) + "/api/v1/events"
-
-            async def watch() -> None:
-                async with websockets.connect(ws_url, additional_headers=engine.headers) as ws:
-                    async for message in ws:
-                        events.append(json.loads(message))
-
-            watcher = asyncio.create_task(watch())
+            watcher = asyncio.create_task(engine.watch_events(events))
             caller = Caller(
                 engine.url,
                 voices["angry"],

@@ -6,7 +6,6 @@ caller heard recognised from the audio it received."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import websockets
 
 from media.wavtrack import read_wav_mono
 from tests import sipp, speech
@@ -161,14 +159,7 @@ async def test_a_slow_order_system_is_apologised_for_and_the_agent_sees_everythi
     number and why, so nobody asks again."""
     agent = await engine_agent(engine)
     events: list[dict[str, Any]] = []
-    ws_url = engine.url.replace("http", "ws", 1) + "/api/v1/events"
-
-    async def watch() -> None:
-        async with websockets.connect(ws_url, additional_headers=engine.headers) as ws:
-            async for message in ws:
-                events.append(json.loads(message))
-
-    watcher = asyncio.create_task(watch())
+    watcher = asyncio.create_task(engine.watch_events(events))
     talk = Talk(engine.url)
     try:
         await talk.caller.dial()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import socket
 import struct
@@ -17,7 +16,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import websockets
 
 from engine.client import ApiError, Client
 from media.sip import message as sm
@@ -137,17 +135,6 @@ def test_phone_caller_transcribed_as_well_as_offline(
     assert httpx.get(f"{base}.pdf", headers=phone_engine.headers).status_code == 422
 
 
-async def _events(
-    engine: EngineProcess, call_filter: str | None, out: list[dict[str, Any]]
-) -> None:
-    ws_url = engine.url.replace("http", "ws") + "/api/v1/events"
-    async with websockets.connect(ws_url, additional_headers=engine.headers) as ws:
-        async for raw in ws:
-            ev = json.loads(raw)
-            if call_filter is None or ev.get("type", "").startswith(call_filter):
-                out.append(ev)
-
-
 async def test_keys_reach_the_menu_once_each(phone_engine: EngineProcess, tmp_path: Path) -> None:
     """'1' (marker bit, three end packets) picks billing; '0' sent without any marker
     bit and with five end packets escalates to a person: each reported once."""
@@ -155,7 +142,7 @@ async def test_keys_reach_the_menu_once_each(phone_engine: EngineProcess, tmp_pa
     quiet = np.zeros(8000 * 5, dtype=np.int16)
     pcap = sipp.write_pcap(tmp_path / "keys.pcap", sipp.phone_stream(quiet, keys))
     events: list[dict[str, Any]] = []
-    reader = asyncio.create_task(_events(phone_engine, None, events))
+    reader = asyncio.create_task(phone_engine.watch_events(events))
     await asyncio.sleep(0.5)
     scenario = sipp.call_scenario(sipp.play(pcap, 9.0))
     media_port = free_port()
@@ -393,7 +380,7 @@ async def test_callback_is_placed_through_the_trunk(
 
         cara = await engine.agent("cara", "pw-cara-1", "login", "available")
         events: list[dict[str, Any]] = []
-        reader = asyncio.create_task(_events(engine, None, events))
+        reader = asyncio.create_task(engine.watch_events(events))
         await asyncio.sleep(0.5)
         uas, uas_base = sipp.start(
             sipp.trunk_uas_scenario(phone_speech["pcap"], "acct", "trunk-pass"),
