@@ -112,6 +112,9 @@ async def test_a_caller_asks_verifies_the_number_and_hears_the_status(
     ).items()
     record = await talk.caller.call_record()
     assert record["end_reason"] == "bot_completed" and record["escalation_reason"] is None
+    # the greeting is told after the call is active on the stream, never before it
+    types = [(e["type"], e.get("state")) for e in talk.caller.events]
+    assert types.index(("call.state_changed", "active")) < types.index(("bot.said", None))
     speakers = [u["speaker"] for u in record["transcript"]]
     assert speakers[0] == "bot" and speakers.count("caller") >= 4 and speakers.count("bot") >= 5
     assert any(
