@@ -106,10 +106,15 @@ class Talk:
 
     async def say(self, pcm: np.ndarray) -> float:
         """Say a line; the time its first frame went out."""
-        self.mark = len(self.caller.heard)
         done = self.mic.play(pcm, 48000)
         sent = time.monotonic()
         await done
+        # the agent's answer comes after the caller's last word: what it said while the
+        # caller was still talking (a reply to half a sentence the endpointer cut at a
+        # comma, cut off by the caller's voice) must not count as the agent having answered
+        spoken_until = sent + self.last_voice(pcm)
+        at = self.caller.heard_at
+        self.mark = next((i for i, t in enumerate(at) if t >= spoken_until), len(at))
         return sent
 
     def first_voice(self, pcm: np.ndarray) -> float:
