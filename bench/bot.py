@@ -3,7 +3,9 @@
 Containment: 20 scripted requests (``REQUESTS``) to the example flow
 (deploy/flows/example.yaml) with the caller-facing articles of deploy/knowledge/, said
 by piper and heard by the engine's recognizer at 16 kHz and over a phone line, walked
-through the dialog in-process, each follow-up said when the agent asks for it. A
+through the dialog in-process, each follow-up said when the agent asks for it. The
+callers' record is known (caller ID): an order's status is told once they say their
+PIN, which the bench checks in place of the customers table. A
 request is *contained* when the agent finished it without a person, and *right* when
 that is what should happen (asking for a person, a bill dispute or a cancellation
 should reach one). The order system answers in-process here. Baseline, same run: the
@@ -16,8 +18,9 @@ Latency, through a real engine process and aiortc callers in conversation with i
 (tests/bot_peers.py), against a stand-in order system over HTTP: from the call's answer
 to the first audio of the greeting; from the end of the caller's speech to the first
 audio of the answer, without an action (a knowledge-base answer) and with one (the
-order status). Baseline, same calls: from the end of speech to the final transcript
-reaching the caller's event stream (what any reply waits for).
+order status; the callers come from the business's app with its signed token, so they
+are verified and no PIN is asked). Baseline, same calls: from the end of speech to the
+final transcript reaching the caller's event stream (what any reply waits for).
 
     python -m bench.bot [--calls 8] [--skip-live]
 """
@@ -32,15 +35,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import jwt
 import numpy as np
 
 from engine.assist.knowledge import KnowledgeBase, load_articles
 from engine.bot.dialog import (
     AskKnowledge,
     CallAction,
+    CheckIdentity,
     Dialog,
     End,
     HandOff,
+    Known,
     Output,
     Say,
 )
@@ -55,6 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOWS = ROOT / "deploy" / "flows"
 KNOWLEDGE = ROOT / "deploy" / "knowledge"
 GREETING_GOAL, ANSWER_GOAL = 1.0, 0.8  # seconds (issue 15): greeting, answer p50
+APP_KEY = "bench-app-signing-key-0123456789abcdef"  # the app's customer tokens (live part)
 
 
 @dataclass(frozen=True)
@@ -63,15 +70,34 @@ class Request:
     person: bool  # whether it should reach a person
 
 
+PIN = "1234"  # the callers' PIN (their record is found by caller ID: asked for the PIN only)
 REQUESTS = [
-    Request(("Hi, where is my order?", "It's eight three zero one six.", "Yes."), False),
-    Request(("I'm calling to track my order, it's 4 5 1 2 9.", "Yes, that's right."), False),
-    Request(("Has my order shipped yet?", "Two two seven one four.", "Correct."), False),
-    Request(("My parcel has not arrived.", "It's 6 0 3 3 8.", "Yes."), False),
-    Request(("When will my order arrive? The number is 9 1 4 0 2.", "Yep."), False),
-    Request(("Can you check my order status please?", "Seven seven one two five.", "Yes."), False),
     Request(
-        ("Hello, I want to know where my order is.", "It's 3 0 9 1 7.", "That's right."), False
+        ("Hi, where is my order?", "It's eight three zero one six.", "Yes.", "1 2 3 4."), False
+    ),
+    Request(
+        (
+            "I'm calling to track my order, it's 4 5 1 2 9.",
+            "Yes, that's right.",
+            "One two three four.",
+        ),
+        False,
+    ),
+    Request(
+        ("Has my order shipped yet?", "Two two seven one four.", "Correct.", "It's 1234."), False
+    ),
+    Request(("My parcel has not arrived.", "It's 6 0 3 3 8.", "Yes.", "1, 2, 3, 4."), False),
+    Request(
+        ("When will my order arrive? The number is 9 1 4 0 2.", "Yep.", "My PIN is 1 2 3 4."),
+        False,
+    ),
+    Request(
+        ("Can you check my order status please?", "Seven seven one two five.", "Yes.", "1234."),
+        False,
+    ),
+    Request(
+        ("Hello, I want to know where my order is.", "It's 3 0 9 1 7.", "That's right.", "1234."),
+        False,
     ),
     Request(("What are your opening hours?",), False),
     Request(("When are you open on Sunday?",), False),
@@ -103,14 +129,16 @@ def hear(text: str, band: str, work: Path) -> str:
 
 def walk(flow: Flow, kb: KnowledgeBase, heard: list[str], cpu: list[float]) -> str:
     """One request through the dialog: "contained", "person" or "unfinished"."""
-    d = Dialog(flow)
+    d = Dialog(flow, known=Known(customer_id="c-1"))
     d.start()
     for line in heard:
         t0 = time.process_time()
         out: list[Output] = d.heard(line)
         cpu.append(1000 * (time.process_time() - t0))
         while True:  # what takes no caller: an action's answer, an article
-            if any(isinstance(o, CallAction) for o in out):
+            if (check := next((o for o in out if isinstance(o, CheckIdentity)), None)) is not None:
+                out = d.checked("ok" if check.value == PIN else "wrong", "c-1")
+            elif any(isinstance(o, CallAction) for o in out):
                 out = d.action_done(STATUS)
             elif (ask := next((o for o in out if isinstance(o, AskKnowledge)), None)) is not None:
                 found = kb.suggest(ask.question, k=1)
@@ -186,10 +214,16 @@ async def live(calls: int) -> None:
             CCENGINE_BOT_FLOWS=str(flows),
             CCENGINE_BOT_ACTION_SECRET=SECRET,
             CCENGINE_KNOWLEDGE_BASE=str(KNOWLEDGE),
+            CCENGINE_CUSTOMER_TOKEN_KEY=APP_KEY,
         ).start()
         try:
-            for _ in range(calls):
+            for n in range(calls):
                 talk = Talk(engine.url)
+                # a new app user each call: none is greeted as a returning caller
+                talk.caller.customer_token = jwt.encode(
+                    {"sub": f"bench-{n}", "aud": "ccengine", "exp": int(time.time()) + 600},
+                    APP_KEY,
+                )
                 try:
                     await talk.caller.dial()
                     answered = time.monotonic()

@@ -37,14 +37,14 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.assist.facts import extract
 from engine.assist.knowledge import KnowledgeBase
 from engine.assist.redact import Redactor
 from engine.assist.summary import summarize
-from engine.bot.dialog import CallAction
+from engine.bot.dialog import CallAction, CheckIdentity
 from engine.bot.events import BotInput
 from engine.callstate import SilenceCheck
 from engine.escalation import Decision, EmotionSample, Utterance
@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 
 # states in which the phone menu still chooses a topic (before a person has the call)
 MENU_STATES = ("connecting", "active")
+# what the transcript and events say of a caller's line while a secret is asked for:
+# all of it, not just the digits, which a recognizer writes as "for", "won", "oh"...
+SECRET = "[secret]"
 
 CallEvent = TranscriptPartial | TranscriptFinal | EmotionUpdated | DtmfReceived | AsrFailed
 
@@ -90,6 +93,14 @@ class Item:
     # a key the virtual agent took as (part of) an answer: no key rule judges it (the 0
     # of order 83016 is not "press 0 for a person")
     answered_bot: bool = False
+    # the caller's words or key as they were, only while the virtual agent asks for a
+    # secret (a PIN): ``event`` is masked, and only the agent's dialog reads this. Items
+    # are never stored or told; their events are
+    clear: str | None = field(default=None, repr=False)
+    # the virtual agent is handing the caller to a person itself, once it has verified
+    # them: a rule that would route the call for these same words ("a person, please")
+    # is stored and told, and leaves the routing to the agent's hand-off
+    bot_hands_off: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,10 +156,11 @@ class Say:
 
 @dataclass(frozen=True, slots=True)
 class Act:
-    """The virtual agent asks the business's system (engine/bot/actions.py); its
-    answer comes back among the call's events (``ActionAnswered``)."""
+    """The virtual agent asks the business's system (engine/bot/actions.py), or checks
+    who the caller is (engine/customers.py); the answer comes back among the call's
+    events (``ActionAnswered``, ``IdentityChecked``)."""
 
-    action: CallAction
+    action: CallAction | CheckIdentity
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,17 +239,31 @@ class Redact:
         if not isinstance(item, Item):
             return
         ev = item.media
+        # the virtual agent asks for a PIN: the caller's words and keys are told masked
+        secret = call.bot is not None and call.bot.secret_pending
         if isinstance(ev, SilenceCheck):
             yield item
         elif isinstance(ev, me.TranscriptPartial):
-            yield Item(ev, self._partial(call, ev))
+            partial = self._partial(call, ev)
+            if secret and partial.speaker == "caller":
+                partial = partial.model_copy(update={"text": SECRET})
+            yield Item(ev, partial)
         elif isinstance(ev, me.TranscriptFinal):
-            yield Item(ev, self._final(call, ev))
+            final = self._final(call, ev)
+            if secret and final.speaker == "caller":
+                masked = final.model_copy(update={"text": SECRET, "words": []})
+                yield Item(ev, masked, clear=ev.text)
+            else:
+                yield Item(ev, final)
         elif isinstance(ev, me.EmotionEstimated):
             yield Item(ev, self._emotion(call, ev))
         elif isinstance(ev, me.KeyPressed):
-            menu = self.menu.get(ev.digit)
-            yield Item(ev, DtmfReceived(call_id=call.id, digit=ev.digit, at=ev.at, menu=menu))
+            if secret:  # no menu either: the key answers the agent
+                masked_key = DtmfReceived(call_id=call.id, digit="*", at=ev.at, masked=True)
+                yield Item(ev, masked_key, clear=ev.digit)
+            else:
+                menu = self.menu.get(ev.digit)
+                yield Item(ev, DtmfReceived(call_id=call.id, digit=ev.digit, at=ev.at, menu=menu))
         elif isinstance(ev, BotInput):
             yield item  # the virtual agent's own inputs: nothing to redact
         elif isinstance(ev, me.RecognitionFailed):
@@ -455,7 +481,7 @@ class Escalate:
             return
         reason = call.escalation_reason
         for d in self._judge(call, item):  # a list: judged before any is acted on
-            yield from self.decided(call, d)
+            yield from self.decided(call, d, route=not item.bot_hands_off)
         if call.escalation_reason != reason:
             yield Escalated(item)
 
@@ -488,14 +514,15 @@ class Escalate:
             return rules.observe_emotion(sample)
         return []
 
-    def decided(self, call: Call, d: Decision) -> Iterator[Output]:
+    def decided(self, call: Call, d: Decision, *, route: bool = True) -> Iterator[Output]:
         """A decision stored and told, then routed: the rules' own, or the virtual
-        agent's hand-off (engine/bot/stage.py)."""
+        agent's hand-off (engine/bot/stage.py). ``route`` False: only stored and told
+        (the agent routes the caller itself)."""
         esc_id = str(uuid.uuid4())
         now = utcnow()
         call.priority = call.escalation.priority  # the record's copy: as stored below
         values: dict[str, object] = {"priority": call.priority}
-        route = d.routes_to_human and call.escalation_reason is None
+        route = route and d.routes_to_human and call.escalation_reason is None
         if route:
             call.escalation_reason = d.reason
             values |= {"escalated_at": now, "escalation_reason": d.reason}

@@ -22,7 +22,9 @@ from engine.api import (
     agents,
     audio,
     auth,
+    bot,
     content,
+    customers,
     desk,
     forward,
     node,
@@ -33,6 +35,7 @@ from engine.api import (
     websec,
 )
 from engine.api.schemas import Health, LoadOut
+from engine.apptoken import AppTokens
 from engine.calls import CallManager
 from engine.capacity import Capacity
 from engine.changes import Changes
@@ -90,6 +93,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         {
             "webhooks": event_log.reload_webhooks,
             "content": calls.content.load,
+            "flows": calls.flows.load,
             "queues": calls.load_queue_changes,
         },
         settings.redis_url,
@@ -154,7 +158,8 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             await routing_log.start()
         await calls.load_queue_changes()
         await calls.content.load()
-        changes.start()  # other engines' changes to all three, from here on
+        await calls.flows.load()  # before preload: the API's flows' prompts are warmed too
+        changes.start()  # other engines' changes to all of these, from here on
         await calls.preload(settings.preload_languages)
         timers = asyncio.create_task(calls.run_acd_timers(), name="acd-timers")
         sip = (
@@ -219,6 +224,9 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.state.store = store
     app.state.bus = bus
     app.state.content = calls.content
+    key = settings.customer_token_key
+    app.state.app_tokens = AppTokens(key.get_secret_value() if key is not None else None)
+    app.state.flows = calls.flows
     app.state.changes = changes
     app.state.metrics = metrics
     app.state.capacity = capacity
@@ -262,6 +270,8 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.include_router(webhooks.router)
     app.include_router(audio.router)
     app.include_router(content.router)
+    app.include_router(customers.router)
+    app.include_router(bot.router)
     app.include_router(node.router)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
 

@@ -37,6 +37,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar, assert_never
 
@@ -56,10 +57,13 @@ from engine.analysis import (
     call_stages,
     clock,
 )
+from engine.apptoken import AppIdentity
 from engine.assist.redact import Redactor
 from engine.bot.agent import VirtualAgent
+from engine.bot.dialog import Known
 from engine.bot.events import BotInput
-from engine.bot.flows import load_flows
+from engine.bot.flows import Flow
+from engine.bot.flowset import FlowSet
 from engine.callbacks import Callbacks, ThankAndEnd, thank_and_end
 from engine.callbacks import Effect as DeskEffect
 from engine.callstate import (
@@ -83,13 +87,16 @@ from engine.controls import (
     Save,
     SaveCall,
 )
+from engine.customers import Customer, Customers
 from engine.escalation import CallEscalation
 from engine.events import (
     CallEnded,
     CallStarted,
     CallStateChanged,
+    CallVerified,
     EventBase,
     EventBus,
+    as_utc,
     utcnow,
 )
 from engine.livecall import Call, Leg
@@ -256,19 +263,34 @@ class CallManager:
         self.controls = Controls(self.routing, self.calls, self.redactor)
         self.callbacks = Callbacks(self.routing)
         self.ice_servers = aiortc_ice_servers(settings.ice_servers)
+        # who callers are, and the checks that prove it (engine/customers.py)
+        self.customers = Customers.from_settings(store, settings)
         # the virtual agent: a flow file with a mistake stops the engine here, saying
-        # where (engine/bot/flows.py), rather than answer callers with part of its flows
+        # where (engine/bot/flows.py), rather than answer callers with part of its flows;
+        # flows changed through the API reach it for the calls that start afterwards
         self.bot: VirtualAgent | None = None
-        if settings.bot_flows:
+        self.flows = FlowSet(store, settings.bot_flows or None, self._flows_changed)
+        if self.flows.on:
             secret = settings.bot_action_secret
             self.bot = VirtualAgent(
-                load_flows(settings.bot_flows),
+                self.flows.flows,
                 metrics,
                 secret.get_secret_value() if secret is not None else None,
+                self.customers,
             )
             log.info("virtual agent: %d flows", len(self.bot.flows))
         if settings.knowledge_base:
             log.info("knowledge base: %d articles", len(self.content.knowledge.articles))
+
+    def _flows_changed(self, flows: list[Flow]) -> None:
+        """A new set of flows (engine/bot/flowset.py): new calls get it, and the prompts
+        it says that the voice has not made yet are made in the background."""
+        if self.bot is None:
+            return
+        before = set(self.bot.prompts())
+        self.bot.use(flows)
+        self.prompts.warm(p for p in self.bot.prompts() if p not in before)
+        log.info("virtual agent: %d flows", len(flows))
 
     # -- models -----------------------------------------------------------------
 
@@ -401,18 +423,21 @@ class CallManager:
         address: str = "",
         *,
         bot: bool = True,
+        app_user: AppIdentity | None = None,
     ) -> tuple[Call, str]:
         """``address``: where the offer came from, for the caps on offers that have not
         sent audio yet (engine/offers.py). ``bot``: the virtual agent answers (not for a
-        call link: a person is waiting for the caller)."""
+        call link: a person is waiting for the caller). ``app_user``: who the business's
+        app vouched for (its signed customer token, checked by the API)."""
         if (refused := self.offers.refusal(address)) is not None:
             self.metrics.rejected.labels(refused[0]).inc()
             raise refused[1]
         call = self._new_call("webrtc", language, caller)
-        if bot and self.bot is not None:
-            self.bot.attach(call)
         self.offers.add(call.id, address)
         try:
+            known = await self._identify(call, app_user)
+            if bot and self.bot is not None:
+                self.bot.attach(call, known=known)
             leg = Leg(str(uuid.uuid4()), "caller", "webrtc")
             peer = leg.peer = WebRtcLeg(
                 on_ended=lambda reason: self.end_call(call.id, reason),
@@ -448,15 +473,19 @@ class CallManager:
         *,
         menu: bool = True,
         dialled: str | None = None,
+        attestation: str | None = None,
     ) -> Call:
         """A phone caller whose SIP dialog and RTP session are set up (engine/sip.py):
         the same pipeline, queues and agents as an in-app caller, plus the virtual agent
         that answers ``dialled`` or, without one, the key menu (``menu``: the caller
-        dialled no person or queue)."""
+        dialled no person or queue). ``attestation``: the carrier's STIR/SHAKEN level
+        for the caller's number, if it signed one."""
         call = self._new_call("sip", language, caller)
-        if menu and self.bot is not None and self.bot.attach(call, dialled):
-            menu = False  # the virtual agent answers instead of the key menu
+        call.attestation = attestation
         try:
+            known = await self._identify(call, None)
+            if menu and self.bot is not None and self.bot.attach(call, dialled, known):
+                menu = False  # the virtual agent answers instead of the key menu
             leg = Leg(str(uuid.uuid4()), "caller", "sip", codec=codec)
             leg.peer = peer
             await self._start_call(call, leg, codec=codec)
@@ -479,8 +508,45 @@ class CallManager:
         at = time.monotonic() - call.media_t0 if call.media_t0 is not None else 0.0
         call.events.put_nowait(me.KeyPressed(call.caller_leg().id, digit, round(at, 3)))
 
+    async def _identify(self, call: Call, app_user: AppIdentity | None) -> Known:
+        """The caller's customer record, if the app's token or their number finds one,
+        and what the virtual agent should know before its greeting: whether they are
+        verified, and their open request if they call back within the window."""
+        customer: Customer | None = None
+        if app_user is not None:
+            customer = await self.customers.ensure_app_user(app_user.user_id, app_user.name)
+            call.verified_by = "app_token"  # the business's app signed who this is
+        elif call.channel == "sip" and call.caller:
+            # caller ID says who, it proves nothing: a phone caller still verifies
+            customer = await self.customers.by_phone(call.caller)
+        if customer is None:
+            return Known()
+        call.customer_id = customer.id
+        return Known(customer.id, call.verified_by, await self._open_task(customer.id))
+
+    async def _open_task(self, customer_id: str) -> tuple[str, dict[str, str]] | None:
+        """The customer's last request of the virtual agent, if their last call was
+        within ``returning_hours`` and left it open."""
+        window = self.settings.returning_hours
+        if window <= 0:
+            return None
+        rows = await self.customers.calls(customer_id, limit=1)
+        # (SQLite gives its times back without their zone)
+        if not rows or as_utc(rows[0].created_at) < utcnow() - timedelta(hours=window):
+            return None
+        task = rows[0].bot_task
+        if not isinstance(task, dict) or task.get("done") is not False:
+            return None
+        intent, slots = task.get("intent"), task.get("slots")
+        if not isinstance(intent, str) or not isinstance(slots, dict):
+            return None
+        return intent, {str(k): str(v) for k, v in slots.items()}
+
     async def _start_call(self, call: Call, leg: Leg, codec: str | None) -> None:
-        if call.caller:
+        if call.customer_id is not None:
+            earlier = await self.customers.calls(call.customer_id, limit=HISTORY_LIMIT)
+            call.previous_calls = len(earlier)
+        elif call.caller:
             earlier = await self.store.history(call.caller, before=None, limit=HISTORY_LIMIT)
             call.previous_calls = len(earlier)
         call.legs.append(leg)
@@ -500,6 +566,9 @@ class CallManager:
                     caller=call.caller,
                     created_at=call.created_at,
                     engine_id=self.engine_id,
+                    customer_id=call.customer_id,
+                    verified_by=call.verified_by,
+                    attestation=call.attestation,
                 ),
                 LegRow(
                     id=leg.id,
@@ -526,6 +595,10 @@ class CallManager:
                 recognizer_note=choice.note,
             )
         )
+        if call.customer_id is not None and call.verified_by is not None:
+            self._publish(
+                CallVerified(call_id=call.id, customer_id=call.customer_id, method=call.verified_by)
+            )
         if call.ended.is_set():
             return  # hung up while we were storing it (a phone's BYE/CANCEL): end_call ran
         await self._transition(call, "answered")
@@ -642,6 +715,9 @@ class CallManager:
         await pipeline.start()
 
         def tap(frame: PcmFrame, role: str = leg.role) -> None:
+            if role == "caller" and call.bot is not None and call.bot.secret_pending:
+                # the caller says their PIN: forks and the recording hear silence
+                frame = PcmFrame(np.zeros_like(frame.samples), frame.start)
             for fork in call.forks:
                 fork(role, frame)
             if call.recording is not None:

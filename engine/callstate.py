@@ -198,6 +198,11 @@ class CallRecord:
     summary: str = ""
     topic: str | None = None  # the skill chosen in the phone menu (press 1 for billing...)
     intent: str | None = None  # what the caller asked the virtual agent for (not a skill)
+    customer_id: str | None = None  # their customer record (engine/customers.py), if known
+    verified_by: str | None = None  # how they proved who they are (pin, app_token); None: not
+    # the STIR/SHAKEN attestation of the caller's number (A, B, C), as the carrier signed
+    # it; shown, not checked (engine/stirshaken.py)
+    attestation: str | None = None
     mood: str | None = None
     trend: float = 0.0
     facts: FactSheet = field(default_factory=FactSheet)

@@ -1,14 +1,14 @@
 """Configuration changed on one engine, reloaded by all: webhooks, escalation rules,
-knowledge-base articles and queues.
+knowledge-base articles, the virtual agent's flows and queues.
 
 Theory of operation
 -------------------
 Each of these is kept in the database and held in memory by every engine (the event
-log's webhook list, ``Content``'s rules and articles, the ACD's queues). A change made
-through one engine's API is written to the database and applied there at once; the
-other engines on the same database must reload it, or a webhook created on node A would
-never be sent the events of node B, and a rule or queue changed on A would not apply to
-calls on B.
+log's webhook list, ``Content``'s rules and articles, ``FlowSet``'s flows, the ACD's
+queues). A change made through one engine's API is written to the database and applied
+there at once; the other engines on the same database must reload it, or a webhook
+created on node A would never be sent the events of node B, and a rule, a flow or a
+queue changed on A would not apply to calls on B.
 
 With Redis (``CCENGINE_REDIS_URL``) the engine that made the change publishes the kind
 of change on one channel (``<prefix>:changed``); every other engine listens and reloads
@@ -21,6 +21,7 @@ tell: ``changed`` does nothing.
     kind        reloads
     webhooks    EventLog.reload_webhooks
     content     Content.load (rules and articles)
+    flows       FlowSet.load (the virtual agent's flows; engine/bot/flowset.py)
     queues      CallManager.load_queue_changes
 """
 
@@ -40,8 +41,8 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["webhooks", "content", "queues"]
-KINDS: tuple[Kind, ...] = ("webhooks", "content", "queues")
+Kind = Literal["webhooks", "content", "flows", "queues"]
+KINDS: tuple[Kind, ...] = ("webhooks", "content", "flows", "queues")
 BACKSTOP = 60.0  # s between reloads of everything, for a message missed while away
 RETRY = 2.0  # s before listening again after Redis went away
 TIMEOUT = 2.0  # s a Redis command may take

@@ -32,6 +32,8 @@ from engine.api.schemas import (
     CallList,
     DeliveryOut,
     DtmfOut,
+    FlowOut,
+    FlowsOut,
     HistoryItem,
     LoginOut,
     ModelOut,
@@ -340,6 +342,21 @@ class Client:
 
     async def delete_article(self, article_id: str) -> None:
         await self._call("DELETE", f"/api/v1/knowledge-base/articles/{article_id}")
+
+    async def flows(self) -> FlowsOut:
+        return await self._call("GET", "/api/v1/bot/flows", FlowsOut)
+
+    async def flow(self, flow_id: str) -> FlowOut:
+        return await self._call("GET", f"/api/v1/bot/flows/{flow_id}", FlowOut)
+
+    async def put_flow(self, flow_id: str, yaml: str) -> FlowOut:
+        """``yaml``: the flow as its file would say it."""
+        headers = {"content-type": "application/yaml"}
+        path = f"/api/v1/bot/flows/{flow_id}"
+        return await self._call("PUT", path, FlowOut, content=yaml.encode(), headers=headers)
+
+    async def delete_flow(self, flow_id: str) -> None:
+        await self._call("DELETE", f"/api/v1/bot/flows/{flow_id}")
 
     # events
 

@@ -150,6 +150,18 @@ class Settings(BaseSettings):
     bot_flows: str | None = None
     # Signs the virtual agent's actions like webhooks (Ccengine-Signature); unset: unsigned.
     bot_action_secret: SecretStr | None = None
+    # A caller back within this many hours whose last request of the virtual agent was
+    # left open is asked about it first ("Are you calling about your order 83016?");
+    # 0: never.
+    returning_hours: float = Field(72.0, ge=0, le=24 * 90)
+    # Verifying callers (engine/customers.py): wrong answers (PIN, date of birth, last 4
+    # digits) before the customer is locked, and for how many minutes; once it is over,
+    # each further wrong answer locks again until a right one.
+    verify_max_failures: int = Field(5, ge=1, le=100)
+    verify_lockout_minutes: float = Field(15.0, gt=0, le=7 * 24 * 60)
+    # Checks the customer tokens of the business's app (engine/apptoken.py): a shared
+    # secret (HS256/384/512) or a PEM public key (RS256, ES256, EdDSA); unset: refused.
+    customer_token_key: SecretStr | None = None
     # Product names recognised as facts when a caller says them.
     products: list[str] = Field(default_factory=list)
     # Extra redaction patterns {name: regex} replacing the defaults (SSN, card security

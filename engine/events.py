@@ -177,6 +177,13 @@ class CallOffered(EventBase):
     transferred_by: str | None = Field(None, description="the agent who transferred the call")
     transfer_note: str | None = None
     intent: str | None = Field(None, description="what the caller asked the virtual agent for")
+    customer_id: str | None = Field(None, description="the caller's customer record")
+    verified_by: str | None = Field(
+        None, description="how the caller proved who they are (pin, app_token...); None: not"
+    )
+    attestation: str | None = Field(
+        None, description="the carrier's STIR/SHAKEN level for the caller's number (A, B, C)"
+    )
 
 
 class OfferWithdrawn(EventBase):
@@ -233,12 +240,34 @@ class SupervisorAlert(EventBase):
 
 
 class DtmfReceived(EventBase):
-    """A key the phone caller pressed; ``menu`` is the skill it chose, if any."""
+    """A key the phone caller pressed; ``menu`` is the skill it chose, if any. While
+    the virtual agent asks for a secret (a PIN), the key is not told: ``digit`` is
+    ``"*"`` and ``masked`` true."""
 
     type: Literal["dtmf.received"] = "dtmf.received"
     digit: str
     at: float
     menu: str | None = None
+    masked: bool = False
+
+
+class CallVerified(EventBase):
+    """The caller proved who they are: ``method`` is the factor (pin, dob, last4) or
+    ``app_token`` (the business's app vouched for them)."""
+
+    type: Literal["call.verified"] = "call.verified"
+    customer_id: str
+    method: str
+
+
+class VerificationFailed(EventBase):
+    """A wrong answer to the virtual agent's verification (never the answer itself);
+    ``locked``: the customer's record takes no more tries for now."""
+
+    type: Literal["call.verification_failed"] = "call.verification_failed"
+    customer_id: str | None = Field(description="the record tried, if one was found")
+    attempt: int = Field(description="wrong answers in this call so far")
+    locked: bool
 
 
 class BotSaid(EventBase):
@@ -306,6 +335,8 @@ Event = Annotated[
     | SupervisorAlert
     | DtmfReceived
     | BotSaid
+    | CallVerified
+    | VerificationFailed
     | CallAnnotated
     | RecordingChanged
     | AsrFailed
@@ -333,6 +364,8 @@ EVENT_TYPES = [
     "supervisor.alert",
     "dtmf.received",
     "bot.said",
+    "call.verified",
+    "call.verification_failed",
     "call.annotated",
     "recording.changed",
     "asr.failed",

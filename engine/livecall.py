@@ -70,6 +70,7 @@ class Call(CallRecord):
     # a caller who barges in ends the turn, and what it had still to say is dropped
     bot: Dialog | None = None
     bot_turn: int = 0
+    bot_task: dict[str, object] | None = None  # the dialog's request as last written
 
     def other_peer(self, leg: Leg) -> CallPeer | None:
         """The peer that hears ``leg`` (caller <-> agent) while they talk; on hold,

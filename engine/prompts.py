@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
@@ -24,6 +25,9 @@ from media.asr.moonshine_convert import ModelPrepareError
 from media.tts import Speaker, default_speaker
 
 log = logging.getLogger(__name__)
+# prompts waiting to be made in the background; past this the oldest are not made ahead
+# (a burst of flow changes): they are made when first said, as any other prompt
+MAX_WARM = 2000
 
 
 class VoicePrompts:
@@ -34,6 +38,7 @@ class VoicePrompts:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="tts")
         self.speaker: Speaker | None = None
         self._warmup: asyncio.Task[None] | None = None
+        self._to_warm: deque[str] = deque(maxlen=MAX_WARM)
 
     @property
     def available(self) -> bool:
@@ -48,8 +53,17 @@ class VoicePrompts:
         voice = await self._int8_voice()
         loop = asyncio.get_running_loop()
         self.speaker = await loop.run_in_executor(self.executor, default_speaker, voice)
-        if self.speaker is not None:
-            self._warmup = asyncio.create_task(self._warm(self.speaker, list(warm)))
+        self.warm(warm)
+
+    def warm(self, texts: Iterable[str]) -> None:
+        """Make ``texts`` in the background, after those already waiting (a new flow's
+        prompts, say); nothing without a voice. They take turns with callers' prompts
+        on the one synthesis thread, one at a time."""
+        if self.speaker is None:
+            return
+        self._to_warm.extend(texts)
+        if self._to_warm and (self._warmup is None or self._warmup.done()):
+            self._warmup = asyncio.create_task(self._warm(self.speaker))
 
     async def speak(self, text: str) -> tuple[np.ndarray, int] | None:
         """``text`` as PCM and its rate; None without a voice."""
@@ -88,9 +102,10 @@ class VoicePrompts:
                 log.error("prompt voice: no int8 voice (%s); using the float one", exc)
                 return None
 
-    async def _warm(self, speaker: Speaker, texts: list[str]) -> None:
+    async def _warm(self, speaker: Speaker) -> None:
         loop = asyncio.get_running_loop()
-        for text in texts:
+        while self._to_warm:
+            text = self._to_warm.popleft()
             try:
                 await loop.run_in_executor(self.executor, speaker.speak, text)
             except Exception:

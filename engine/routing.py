@@ -448,6 +448,9 @@ class Routing:
             transferred_by=call.transferred_by,
             transfer_note=call.transfer_note,
             intent=call.intent,
+            customer_id=call.customer_id,
+            verified_by=call.verified_by,
+            attestation=call.attestation,
         )
 
     def offer_callback(self, call_id: str) -> Iterator[Effect]:

@@ -370,6 +370,8 @@ def on_live_call(effect: Effect, call: Call) -> Effect:
                 "summary": summary_of(call), "escalation_reason": call.escalation_reason,
                 "previous_calls": call.previous_calls, "transferred_by": call.transferred_by,
                 "transfer_note": call.transfer_note, "intent": call.intent,
+                "customer_id": call.customer_id, "verified_by": call.verified_by,
+                "attestation": call.attestation,
             }
         )  # fmt: skip
         return Emit(fresh)

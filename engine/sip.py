@@ -19,6 +19,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,9 +27,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from engine.acd import AcdError
 from engine.callstate import STORAGE_RETRY_AFTER, NotAllowed, Overloaded, UnknownCall
 from engine.config import Settings
+from engine.customers import normalize_phone
 from engine.drain import RETRY_AFTER as DRAIN_RETRY_AFTER
 from engine.routinglog import RoutingUnavailable
 from engine.sipbindings import SharedBindings
+from engine.stirshaken import fresh, parse_identity
 from engine.users import Actor
 from media.netlimits import in_networks
 from media.rtp import Refusal, RtpSession
@@ -108,6 +111,22 @@ class _PhoneCall:
     answerer: SdpAnswerer | None = None
     gone: bool = False  # cancelled or hung up while we were still setting up
     agent: bool = False  # an agent's desk phone, not a caller
+
+
+def attestation_of(header: str | None, caller: str | None) -> str | None:
+    """The STIR/SHAKEN level (A, B, C) the carrier's ``Identity`` header gives the
+    caller's number: only a fresh one, signed for that number (a PASSporT replayed from
+    another call, or for another number, says nothing of this one). Its signature is
+    not checked here: see engine/stirshaken.py."""
+    if not header or not caller:
+        return None
+    found = parse_identity(header)
+    if found is None or not fresh(found, datetime.now(UTC)):
+        return None
+    signed, calling = normalize_phone(found.orig), normalize_phone(caller)
+    if signed is None or calling is None or signed.lstrip("+") != calling.lstrip("+"):
+        return None
+    return found.level
 
 
 def _busy(exc: Overloaded) -> tuple[int, tuple[str, str], tuple[str, str]]:
@@ -370,11 +389,13 @@ class SipFront:
         pc.peer = SipPeer(rtp, hangup=lambda: self._hangup(ev.call_id))
         pc.answerer = SdpAnswerer(self.public_host, port)
         caller = sm.uri_user(sm.address_uri(req.headers.get_first("from") or "")) or None
+        attestation = attestation_of(req.headers.get_first("identity"), caller)
         try:
             dialled = sm.uri_user(req.uri) or None  # the flow of this number answers
             call = await self.calls.create_phone_call(
-                pc.peer, caller, codec=offer.codec, menu=direct is None, dialled=dialled
-            )
+                pc.peer, caller, codec=offer.codec, menu=direct is None, dialled=dialled,
+                attestation=attestation,
+            )  # fmt: skip
         except Overloaded as exc:
             pc.peer.remote_ended = True
             await pc.peer.close()

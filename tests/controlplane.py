@@ -279,11 +279,17 @@ class ControlPlane:
         raise AssertionError(f"the subscription lagged before {kind}")
 
 
-async def phone_call(m: CallManager, caller: str) -> tuple[Call, SipPeer]:
+async def phone_call(
+    m: CallManager, caller: str, dialled: str | None = None
+) -> tuple[Call, SipPeer]:
     """A phone call past its first audio (active), as the SIP front sets one up, with no
-    network media: a test queues the events its legs would make (``m._enqueue``)."""
+    network media: a test queues the events its legs would make (``m._enqueue``).
+    ``dialled``: the number called, which the virtual agent answers (the key menu if
+    it does not); without it, neither."""
     peer = SipPeer(RtpSession(parse_offer(PHONE_SDP), lambda _d: None), hangup=lambda: None)
-    call = await m.create_phone_call(peer, caller, "PCMU", menu=False)
+    call = await m.create_phone_call(
+        peer, caller, "PCMU", menu=dialled is not None, dialled=dialled
+    )
     await m._transition(call, "media")
     return call, peer
 

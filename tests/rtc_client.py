@@ -78,6 +78,7 @@ class Caller:
             self._listeners.append(asyncio.ensure_future(watch(track)))
 
         self.call_id = ""
+        self.customer_token: str | None = None  # the business's app's, sent with the offer
         self.answer: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
         self.events_at: list[float] = []  # time.monotonic() each event came
@@ -93,6 +94,8 @@ class Caller:
             body["language"] = self.language
         if self.caller:
             body["caller"] = self.caller
+        if self.customer_token:
+            body["customer_token"] = self.customer_token
         async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
             r = await http.post("/api/v1/calls", json=body)
         r.raise_for_status()

@@ -274,17 +274,19 @@ Content-Length: 0
     )
 
 
-def _inviting(caller: str, password: str | None, codecs: tuple[int, ...]) -> tuple[list[str], int]:
+def _inviting(
+    caller: str, password: str | None, codecs: tuple[int, ...], extra: str = ""
+) -> tuple[list[str], int]:
     """The INVITE, first answering a 401 with credentials when ``password`` is set;
-    the steps and the CSeq number of the INVITE that counts."""
+    the steps and the CSeq number of the INVITE that counts. ``extra``: header lines."""
     if password is None:
-        return [_invite("z9hG4bK[pid]b[call_number]", 1, caller, codecs)], 1
+        return [_invite("z9hG4bK[pid]b[call_number]", 1, caller, codecs, extra)], 1
     auth = f"[authentication username={caller} password={password}]\n"
     return [
-        _invite("z9hG4bK[pid]a[call_number]", 1, caller, codecs),
+        _invite("z9hG4bK[pid]a[call_number]", 1, caller, codecs, extra),
         '<recv response="100" optional="true"/>\n<recv response="401" auth="true"/>\n',
         _ack("z9hG4bK[pid]a[call_number]", 1, caller),
-        _invite("z9hG4bK[pid]b[call_number]", 2, caller, codecs, auth),
+        _invite("z9hG4bK[pid]b[call_number]", 2, caller, codecs, auth + extra),
     ], 2
 
 
@@ -295,9 +297,12 @@ def call_scenario(
     hangup: str = "caller",  # "caller": we send BYE; "engine": we wait for its BYE
     codecs: tuple[int, ...] = (0,),
     bye_cseq: int | None = None,
+    headers: tuple[str, ...] = (),
 ) -> str:
-    """INVITE (answering a 401 when ``password`` is set), ACK, the media steps, hang-up."""
-    steps, cseq = _inviting(caller, password, codecs)
+    """INVITE (answering a 401 when ``password`` is set), ACK, the media steps, hang-up.
+    ``headers``: more header lines for the INVITE (a carrier's ``Identity``)."""
+    extra = "".join(f"{h}\n" for h in headers)
+    steps, cseq = _inviting(caller, password, codecs, extra)
     steps += [ANSWERED, _ack("z9hG4bK[pid]c[call_number]", cseq, caller), *media]
     steps.append(_bye(bye_cseq or cseq + 1, caller) if hangup == "caller" else WAIT_BYE)
     return _wrap("".join(steps))

@@ -13,10 +13,12 @@ from engine.bot.dialog import (
     TRANSITIONS,
     AskKnowledge,
     CallAction,
+    CheckIdentity,
     Dialog,
     End,
     HandOff,
     InvalidTransition,
+    Known,
     Say,
     State,
 )
@@ -355,6 +357,13 @@ def test_every_transition_of_the_table_is_walked_by_these_tests() -> None:
     d.start()
     d.heard("when are you open")
     record(d, "answered", "8 to 8")
+    d = Dialog(secured())
+    d.start()
+    d.heard("where is order 83016")
+    d.heard("yes")
+    d.keys("5550100")
+    d.keys("4321")
+    record(d, "checked", "ok", "c-1")
     stops = {(s, "stop") for s in State if (s, "stop") in TRANSITIONS}
     assert set(TRANSITIONS) - stops <= walked
 
@@ -475,3 +484,234 @@ def test_a_digit_the_recognizer_wrote_as_a_word_is_read_when_the_digits_alone_do
     assert read_slot(order, "it's for 5129") == "45129"
     assert read_slot(order, "it's 83016, I waited for 5 days") == "83016"  # fits as it is
     assert digit_runs("I waited for 5 minutes", homophones=True) == ["45"]  # only if asked
+
+
+# -- verification, returning callers, contentless lines -------------------------------
+
+SECURED = ORDERS.replace(
+    "intents:\n",
+    """verify:
+  factor: pin
+  length: 4
+  prompt: Please key in your four digit PIN.
+  max_attempts: 2
+intents:
+""",
+    1,
+).replace(
+    "    say: Order {order} is {result.status}.\n",
+    "    say: Order {order} is {result.status}.\n    verify: true\n    topic: your order {order}\n",
+    1,
+)
+
+
+def secured() -> Flow:
+    return parse_flow(SECURED, "secured.yaml")
+
+
+def said(outs: Sequence[object]) -> list[str]:
+    return [o.text for o in outs if isinstance(o, Say)]
+
+
+def test_a_caller_not_known_gives_the_number_on_the_account_then_the_pin() -> None:
+    """Nobody matched the caller: the agent asks for the account's phone number, then
+    the PIN, which it checks and never keeps, reads back or hands on."""
+    d = Dialog(secured())
+    d.start()
+    d.heard("where is order 83016")
+    assert said(d.heard("yes")) == ["What is the phone number on your account?"]
+    assert not d.secret_pending  # a phone number is not the secret
+    assert said(d.heard("it's 555 0100")) == ["Please key in your four digit PIN."]
+    assert d.secret_pending
+    for k in "432":
+        assert d.key(k) == []
+    (check,) = d.key("1")  # four keys are the PIN: no # needed
+    assert check == CheckIdentity("pin", "4321", None, "5550100", 1)
+    assert "4321" not in repr(check)  # a log line of it never shows the digits
+    assert d.state == State.WAITING and not d.secret_pending
+    outs = d.checked("ok", "c-9")
+    assert said(outs) == ["Thank you, you're verified."]
+    assert isinstance(outs[-1], CallAction) and "4321" not in str(outs[-1].slots)
+    assert (d.verified_by, d.customer_id) == ("pin", "c-9")
+    d.action_done({"status": "on its way"})
+    # verified once is verified for the call
+    d.heard("where is order 83017")
+    assert isinstance(d.heard("yes")[-1], CallAction)
+
+
+def test_a_known_caller_is_asked_the_pin_only_and_a_wrong_pin_is_asked_again() -> None:
+    d = Dialog(secured(), known=Known(customer_id="c-1"))
+    d.start()
+    d.heard("where is order 83016")
+    assert said(d.heard("yes")) == ["Please key in your four digit PIN."]
+    (check,) = d.heard("1 2 3 4")
+    assert isinstance(check, CheckIdentity) and check.customer_id == "c-1"
+    again = d.checked("wrong")
+    assert said(again) == [
+        "Sorry, that doesn't match our records. Please key in your four digit PIN."
+    ]
+    assert d.secret_pending
+    d.keys("9999")
+    outs = d.checked("wrong")  # max_attempts: 2
+    assert said(outs)[0] == "I couldn't verify your identity."
+    (handoff,) = [o for o in outs if isinstance(o, HandOff)]
+    assert handoff.reason == "not verified (2 wrong answers)"
+    assert handoff.slots == {"order": "83016"} and "9999" not in handoff.summary
+    assert d.verified_by is None
+
+
+def test_a_locked_record_goes_to_a_person_at_once_and_a_failed_check_apologises() -> None:
+    d = Dialog(secured(), known=Known(customer_id="c-1"))
+    d.start()
+    d.heard("where is order 83016")
+    d.heard("yes")
+    d.keys("1234")
+    outs = d.checked("locked")
+    assert [type(o) for o in outs] == [Say, Say, HandOff]
+    assert outs[-1].reason == "not verified (locked)"  # type: ignore[union-attr]
+    d = Dialog(secured(), known=Known(customer_id="c-1"))
+    d.start()
+    d.heard("where is order 83016")
+    d.heard("yes")
+    d.keys("1234")
+    outs = d.checked("failed")
+    assert said(outs)[0] == "Sorry, I can't reach that system right now."
+    assert outs[-1].reason == "verification could not be checked"  # type: ignore[union-attr]
+
+
+def test_the_apps_token_is_verification_enough() -> None:
+    d = Dialog(secured(), known=Known(customer_id="c-1", verified_by="app_token"))
+    d.start()
+    d.heard("where is order 83016")
+    assert isinstance(d.heard("yes")[-1], CallAction)
+
+
+def test_a_person_asked_for_after_verification_carries_it_and_verify_before_handoff() -> None:
+    """An intent that hands off and says verify is verified first, so the agent who takes
+    the call sees a verified caller."""
+    flow = parse_flow(
+        SECURED.replace("    then: handoff\n", "    then: handoff\n    verify: true\n"),
+        "x.yaml",
+    )
+    d = Dialog(flow, known=Known(customer_id="c-1"))
+    d.start()
+    assert said(d.heard("I want to speak to a person")) == ["Please key in your four digit PIN."]
+    d.keys("1234")
+    outs = d.checked("ok", "c-1")
+    assert isinstance(outs[-1], HandOff) and d.verified_by == "pin"
+
+
+def test_a_secret_slot_is_never_read_back_kept_for_a_person_or_taken_from_the_request() -> None:
+    flow = parse_flow(
+        """id: cards
+greeting: Hello.
+intents:
+  - name: card
+    examples: [block my card]
+    slots:
+      - name: last4
+        type: digits
+        length: 4
+        prompt: What are the last four digits of the card?
+        secret: true
+    action:
+      url: http://127.0.0.1:9/block
+    say: Done.
+    then: handoff
+""",
+        "cards.yaml",
+    )
+    d = Dialog(flow)
+    d.start()
+    # digits said with the request are not taken for a secret: they were not masked
+    assert said(d.heard("block my card 1234")) == ["What are the last four digits of the card?"]
+    assert d.secret_pending
+    (act,) = d.heard("5678")
+    assert isinstance(act, CallAction) and act.slots == {"last4": "5678"}  # the action gets it
+    outs = d.action_done({})
+    (handoff,) = [o for o in outs if isinstance(o, HandOff)]
+    assert handoff.slots == {} and "5678" not in handoff.summary
+    assert d.task_record() == {"intent": "card", "slots": {}, "done": False}
+
+
+def test_flow_mistakes_about_secrets_and_verification_are_refused_with_the_line() -> None:
+    bad = SECURED.replace("verify:\n  factor: pin", "verify:\n  factor: password")
+    with pytest.raises(FlowError, match=r"secured.yaml:\d+: verify.factor"):
+        parse_flow(bad, "secured.yaml")
+    no_verify = ORDERS.replace("    then: handoff\n", "    then: handoff\n    verify: true\n")
+    with pytest.raises(FlowError, match="says verify, and the flow has no verify"):
+        parse_flow(no_verify, "o.yaml")
+    told = SECURED.replace(
+        "        confirm: true\n", "        confirm: true\n        secret: true\n", 1
+    )
+    with pytest.raises(FlowError, match="never read back"):
+        parse_flow(told, "s.yaml")
+    topic = SECURED.replace("topic: your order {order}", "topic: your order {ordr}")
+    with pytest.raises(FlowError, match=r"s.yaml:\d+: intents.0.topic: \{ordr\} is not a slot"):
+        parse_flow(topic, "s.yaml")
+
+
+def test_a_returning_caller_is_asked_about_their_open_request() -> None:
+    known = Known(customer_id="c-1", open_task=("order_status", {"order": "83016"}))
+    d = Dialog(secured(), known=known)
+    assert said(d.start()) == ["Welcome back. Are you calling about your order 8 3 0 1 6?"]
+    assert d.state == State.CONFIRMING
+    # yes: what they gave then is taken as said; the PIN is still asked
+    assert said(d.heard("yes it is")) == ["Please key in your four digit PIN."]
+    d.keys("1234")
+    outs = d.checked("ok", "c-1")
+    assert isinstance(outs[-1], CallAction) and outs[-1].slots == {"order": "83016"}
+    # no: a fresh start; another request: that one
+    d = Dialog(secured(), known=known)
+    d.start()
+    assert said(d.heard("no")) == ["Sure, what can I help you with?"]
+    assert d.state == State.LISTENING and d.task is None
+    d = Dialog(secured(), known=known)
+    d.start()
+    assert said(d.heard("no, when are you open")) == []  # asked the knowledge base
+    assert d.state == State.WAITING
+    # 1 on the keypad is yes
+    d = Dialog(secured(), known=known)
+    d.start()
+    assert said(d.keys("1")) == ["Please key in your four digit PIN."]
+
+
+def test_an_open_request_the_flow_cannot_offer_is_not_offered() -> None:
+    for task in (("person", {}), ("no_such_intent", {}), ("order_status", {})):
+        d = Dialog(secured(), known=Known(customer_id="c-1", open_task=task))
+        assert said(d.start()) == ["Thanks for calling Acme. How can I help?"], task
+
+
+def test_a_contentless_line_waits_for_the_rest_and_counts_no_failure() -> None:
+    """ "Hi," cut off by the endpointer is not a request: no fallback, no failed turn.
+    A second one in a row is asked what they need."""
+    d = Dialog(orders())
+    d.start()
+    assert d.heard("Hi,") == []
+    assert d.failed_turns == 0
+    assert said(d.heard("um")) == ["Sure, what can I help you with?"]
+    assert d.failed_turns == 0
+    assert d.heard("hello") == []  # counted afresh
+    d = Dialog(orders())
+    d.start()
+    d.heard("Hi,")
+    assert said(d.heard("where is my order")) == ["What is your order number?"]
+    # after "anything else?", "okay" is not a request either, but "no" still ends it
+    d.heard("83016")
+    d.heard("yes")
+    d.action_done({"status": "late"})
+    assert isinstance(d.heard("no thanks")[-1], End)
+
+
+def test_a_hand_off_after_a_finished_request_carries_what_was_given_for_it() -> None:
+    """The caller heard their order's status, then asked for a person: the person sees
+    the order number, though the request they hand off with has none."""
+    d = Dialog(orders())
+    d.start()
+    d.heard("where is order 83016")
+    d.heard("yes")
+    d.action_done({"status": "late"})
+    outs = d.heard("I want to speak to a person")
+    (handoff,) = [o for o in outs if isinstance(o, HandOff)]
+    assert handoff.intent == "person" and handoff.slots == {"order": "83016"}
+    assert handoff.summary == "done: order_status (order 83016); asked: person"

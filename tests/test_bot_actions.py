@@ -68,7 +68,7 @@ async def test_a_good_answer_is_its_json_and_the_request_is_signed(
     base, seen = system
     actions = Actions("s3cret")
     try:
-        result = await actions.run("call-1", "+15550100", action(base, "/ok"))
+        result = await actions.run("call-1", "+15550100", action(base, "/ok"), ("c-7", "pin"))
     finally:
         await actions.close()
     assert result == {"status": "shipped"}
@@ -79,6 +79,8 @@ async def test_a_good_answer_is_its_json_and_the_request_is_signed(
         "intent": "order_status",
         "slots": {"order": "83016"},
         "caller": "+15550100",
+        "customer_id": "c-7",  # the system may check the order is this customer's
+        "verified_by": "pin",
     }
 
 

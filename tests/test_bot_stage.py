@@ -6,16 +6,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.analysis import Act, Effect, HangUp, Route, Say, Write
-from engine.bot.dialog import CallAction, Dialog
-from engine.bot.events import ActionAnswered, BotStart
+from engine.analysis import Act, Effect, Emit, HangUp, Route, Say, Write
+from engine.bot.dialog import CallAction, CheckIdentity, Dialog, Known
+from engine.bot.events import ActionAnswered, BotStart, IdentityChecked
 from engine.bot.flows import parse_flow
-from engine.events import AssistUpdated, BotSaid, EscalationRaised
+from engine.events import (
+    AssistUpdated,
+    BotSaid,
+    CallVerified,
+    DtmfReceived,
+    EscalationRaised,
+    TranscriptFinal,
+    TranscriptPartial,
+    VerificationFailed,
+)
 from engine.livecall import Call
 from engine.store.models import EscalationRow, UtteranceRow
 from media import events as me
 from tests.test_analysis import CALLER, final, new_call, published, run_stages, written
 from tests.test_bot import ORDERS
+from tests.test_bot import SECURED as SECURED_FLOW
 
 Event = me.MediaEvent | BotStart | ActionAnswered
 
@@ -188,3 +198,121 @@ def test_a_number_read_back_is_kept_and_told_redacted() -> None:
     [row] = written(out, UtteranceRow)
     [told] = published(out, BotSaid)
     assert "1 1 1 1" not in row.text and row.text == told.text, row.text
+
+
+# -- verification: the PIN is masked, checked, and the call learns who it is ---------
+
+
+def secured_call(known: Known | None = None) -> Call:
+    call = new_call()
+    call.bot = Dialog(parse_flow(SECURED_FLOW, "secured.yaml"), known=known)
+    return call
+
+
+def everything_told_and_stored(out: list[Effect]) -> str:
+    """Every event published and every row or value written, as text."""
+    parts = [e.event.model_dump_json() for e in out if isinstance(e, Emit)]
+    for w in out:
+        if isinstance(w, Write):
+            if w.row is not None:
+                parts.append(repr({c: getattr(w.row, c) for c in w.row.__table__.columns.keys()}))
+            parts.append(repr(w.values))
+    return "\n".join(parts)
+
+
+def test_a_pin_said_or_keyed_is_masked_everywhere_but_reaches_the_dialog() -> None:
+    call = secured_call(Known(customer_id="c-1"))
+    run([BotStart(), final(CALLER, 0, "where is order 83016"), final(CALLER, 1, "yes")], call)
+    assert call.bot is not None and call.bot.secret_pending
+    partial = me.TranscriptPartial(CALLER, 2, "four three", 5.0)
+    out = run([partial, final(CALLER, 2, "four three two one")], call)
+    [told_partial] = published(out, TranscriptPartial)
+    [told_final] = published(out, TranscriptFinal)
+    assert told_partial.text == told_final.text == "[secret]" and told_final.words == []
+    [row] = written(out, UtteranceRow)
+    assert row.text == "[secret]"
+    [act] = [e for e in out if isinstance(e, Act)]
+    assert isinstance(act.action, CheckIdentity) and act.action.value == "4321"
+    text = everything_told_and_stored(out)
+    assert "4321" not in text and "four" not in text
+    # a wrong answer: asked again, told without the answer
+    out = run([IdentityChecked("wrong", "c-1", 1)], call)
+    [failed] = published(out, VerificationFailed)
+    assert (failed.customer_id, failed.attempt, failed.locked) == ("c-1", 1, False)
+    assert call.bot.secret_pending
+    # keyed this time: masked keys, no menu, no key rule
+    keys = [me.KeyPressed(CALLER, d, 9.0 + i) for i, d in enumerate("1234")]
+    out = run(keys, call)
+    told_keys = published(out, DtmfReceived)
+    assert [(k.digit, k.masked, k.menu) for k in told_keys] == [("*", True, None)] * 4
+    assert not [e for e in out if isinstance(e, Route)]
+    [act] = [e for e in out if isinstance(e, Act)]
+    assert isinstance(act.action, CheckIdentity) and act.action.value == "1234"
+    assert "1234" not in everything_told_and_stored(out)
+    # right: the call is verified, stored and told; the order system is asked
+    out = run([IdentityChecked("ok", "c-1", 2)], call)
+    [verified] = published(out, CallVerified)
+    assert (verified.customer_id, verified.method) == ("c-1", "pin")
+    assert (call.customer_id, call.verified_by) == ("c-1", "pin")
+    assert {"customer_id": "c-1", "verified_by": "pin"} in [
+        w.values for w in out if isinstance(w, Write)
+    ]
+    assert said(out) == ["Thank you, you're verified."]
+    assert [type(e.action) for e in out if isinstance(e, Act)] == [CallAction]
+    # the next words are the caller's own again
+    out = run([final(CALLER, 3, "thanks 555")], call)
+    assert published(out, TranscriptFinal)[0].text == "thanks 555"
+
+
+def test_a_hand_off_after_verification_shows_who_and_keeps_the_open_request() -> None:
+    call = secured_call(Known(customer_id="c-1"))
+    out = run([BotStart(), final(CALLER, 0, "where is order 83016"), final(CALLER, 1, "yes")], call)
+    # the request is kept with the call as soon as it is known: a caller cut off now is
+    # asked about it when they call back
+    [kept] = [w.values for w in out if isinstance(w, Write) and w.values and "bot_task" in w.values]
+    task = {"intent": "order_status", "slots": {"order": "83016"}, "done": False}
+    assert kept == {"bot_task": task, "intent": "order_status"}
+    run([me.KeyPressed(CALLER, d, 9.0) for d in "1234"], call)
+    run([IdentityChecked("ok", "c-1", 1)], call)
+    failed = ActionAnswered(CallAction("order_status", "", 2.0, {}), failed="it answered 500")
+    out = run([failed], call)
+    [row] = written(out, EscalationRow)
+    assert row.evidence["slots"] == {"order": "83016"}
+    assert call.bot_task == task and call.intent == "order_status"
+    assert "1234" not in everything_told_and_stored(out)
+
+
+def test_a_locked_record_is_told_and_handed_to_a_person_not_verified() -> None:
+    call = secured_call(Known(customer_id="c-1"))
+    run([BotStart(), final(CALLER, 0, "where is order 83016"), final(CALLER, 1, "yes")], call)
+    run([me.KeyPressed(CALLER, d, 9.0) for d in "1234"], call)
+    out = run([IdentityChecked("locked", "c-1", 1)], call)
+    [failed] = published(out, VerificationFailed)
+    assert failed.locked
+    [row] = written(out, EscalationRow)
+    assert row.reason == "virtual agent: not verified (locked)"
+    assert call.bot is not None and not call.bot.secret_pending
+    assert call.verified_by is None
+
+
+def test_a_person_asked_for_is_verified_first_and_the_rule_leaves_the_routing_to_the_agent() -> (
+    None
+):
+    """The flow verifies before a person: the default rule also hears "speak to a
+    person", but its decision is only stored and told; the agent asks for the PIN and
+    routes the caller itself, verified (SIPp found the rule had queued the caller
+    before the PIN could be keyed)."""
+    flow = SECURED_FLOW.replace("    then: handoff\n", "    then: handoff\n    verify: true\n")
+    call = new_call()
+    call.bot = Dialog(parse_flow(flow, "s.yaml"), known=Known(customer_id="c-1"))
+    run([BotStart()], call)
+    out = run([final(CALLER, 0, "let me speak to a person please")], call)
+    routes = [e for e in out if isinstance(e, Route)]
+    assert routes and not any(r.to_person for r in routes)  # stored, told, not routed
+    assert call.escalation_reason is None
+    assert said(out) == ["Please key in your four digit PIN."]
+    run([me.KeyPressed(CALLER, d, 9.0) for d in "1234"], call)
+    out = run([IdentityChecked("ok", "c-1", 1)], call)
+    [route] = [e for e in out if isinstance(e, Route) and e.to_person]
+    assert route.decision.rule_id == "virtual_agent"
+    assert call.verified_by == "pin" and call.escalation_reason is not None

@@ -14,6 +14,7 @@ from engine import changes
 from tests import redisd
 from tests.controlplane import ControlPlane
 from tests.redisd import RedisServer
+from tests.test_bot_flows_api import RETURNS
 from tests.webhook_receiver import Receiver
 
 
@@ -45,12 +46,12 @@ async def nodes(
         await a.stop()
 
 
-async def test_webhooks_rules_articles_and_queues_changed_on_one_node_reach_the_other(
+async def test_webhooks_rules_articles_flows_and_queues_changed_on_one_node_reach_the_other(
     nodes: tuple[ControlPlane, ControlPlane],
 ) -> None:
     """Regression: each engine held these in memory, loaded at start: a webhook made on
     node A never got node B's events, and a rule, an article or a queue changed on A did
-    not apply on B until B restarted."""
+    not apply on B until B restarted (and a flow, once flows could be changed)."""
     a, b = nodes
     on_a, on_b = a.http(), b.http()
     receiver = Receiver().start()
@@ -68,15 +69,19 @@ async def test_webhooks_rules_articles_and_queues_changed_on_one_node_reach_the_
         assert (await on_a.put("/api/v1/knowledge-base/articles/refunds", json=article)).is_success
         queue = {"name": "retention", "skills": ["retention"], "priority": 5, "max_wait": 300}
         assert (await on_a.put("/api/v1/queues/retention", json=queue)).is_success
+        flow = {"yaml": RETURNS}
+        assert (await on_a.put("/api/v1/bot/flows/returns", json=flow)).is_success
 
         async def on_b_too() -> bool:
             rules = (await on_b.get("/api/v1/escalation-rules")).json()
             arts = (await on_b.get("/api/v1/knowledge-base/articles")).json()
             queues = (await on_b.get("/api/v1/queues")).json()
+            flows = (await on_b.get("/api/v1/bot/flows")).json()["flows"]
             return (
                 any(r["id"] == "refund_words" for r in rules)
                 and any(x["id"] == "refunds" for x in arts)
                 and any(q["name"] == "retention" for q in queues)
+                and any(f["id"] == "returns" for f in flows)
             )
 
         await until(on_b_too)
@@ -89,12 +94,16 @@ async def test_webhooks_rules_articles_and_queues_changed_on_one_node_reach_the_
         # removals travel the same way
         assert (await on_a.delete("/api/v1/escalation-rules/refund_words")).status_code == 204
         assert (await on_a.delete("/api/v1/queues/retention")).status_code == 204
+        assert (await on_a.delete("/api/v1/bot/flows/returns")).status_code == 204
 
         async def gone_on_b() -> bool:
             rules = (await on_b.get("/api/v1/escalation-rules")).json()
             queues = (await on_b.get("/api/v1/queues")).json()
-            return all(r["id"] != "refund_words" for r in rules) and all(
-                q["name"] != "retention" for q in queues
+            flows = (await on_b.get("/api/v1/bot/flows")).json()["flows"]
+            return (
+                all(r["id"] != "refund_words" for r in rules)
+                and all(q["name"] != "retention" for q in queues)
+                and not flows
             )
 
         await until(gone_on_b)

@@ -169,7 +169,8 @@ async def test_stopping_during_the_prompt_warm_up_logs_no_failure(
 
     prompts = VoicePrompts("unused", int8=False)
     prompts.speaker = Slow()
-    prompts._warmup = asyncio.create_task(prompts._warm(prompts.speaker, ["one", "two", "three"]))
+    prompts._to_warm.extend(["one", "two", "three"])
+    prompts._warmup = asyncio.create_task(prompts._warm(prompts.speaker))
     await asyncio.to_thread(started.wait, 5)
     with caplog.at_level(logging.ERROR, logger="engine.prompts"):
         prompts.stop()

@@ -157,15 +157,18 @@ async def place_call(body: OutboundIn, request: Request, actor: Operator) -> Pla
 async def history(
     call_id: PathId, request: Request, _p: Reader, limit: int = Query(10, ge=1, le=100)
 ) -> list[HistoryItem]:
-    """Earlier calls from the same caller identity, newest first (empty when the caller
-    gave no identity)."""
+    """Earlier calls of the same customer record (any channel), or else of the same
+    caller identity, newest first (empty when the caller gave no identity)."""
     m = _manager(request)
     found = await m.store.get_call(call_id)
     if found is None:
         raise HTTPException(404, f"no call {call_id}")
-    if not found.call.caller:
+    if found.call.customer_id is not None:  # their record's calls, whatever the channel
+        rows = await m.customers.calls(found.call.customer_id, limit=limit, before=call_id)
+    elif found.call.caller:
+        rows = await m.store.history(found.call.caller, before=call_id, limit=limit)
+    else:
         return []
-    rows = await m.store.history(found.call.caller, before=call_id, limit=limit)
     return [HistoryItem.model_validate(r, from_attributes=True) for r in rows]
 
 

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.acd import AcdError
+from engine.bot.flows import FlowConflict, FlowError
 from engine.callstate import (
     STORAGE_RETRY_AFTER,
     Forbidden,
@@ -117,6 +118,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(AcdError)
     async def _acd(_req: Request, exc: AcdError) -> JSONResponse:
         return problem(409, "Conflict", str(exc))
+
+    @app.exception_handler(FlowError)
+    async def _flow(_req: Request, exc: FlowError) -> JSONResponse:
+        # a flow put through the API: its own mistake, or one with the rest of the set
+        if isinstance(exc, FlowConflict):
+            return problem(409, "Conflict", str(exc), line=exc.line, reason=exc.reason)
+        return problem(422, "Invalid flow", str(exc), line=exc.line, reason=exc.reason)
 
     @app.exception_handler(UnknownCall)
     async def _unknown(_req: Request, exc: UnknownCall) -> JSONResponse:

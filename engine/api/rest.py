@@ -26,6 +26,7 @@ from engine.api.schemas import (
     EscalationOut,
     IceServerOut,
     IceServersOut,
+    KeysIn,
     LanguageTag,
     LegOut,
     ModelOut,
@@ -36,6 +37,7 @@ from engine.api.schemas import (
     PlayOut,
     UtteranceOut,
 )
+from engine.apptoken import TokenRejected
 from engine.calls import CallManager
 from engine.callstate import STATES, NotAllowed
 from engine.escalation import Rule
@@ -77,10 +79,18 @@ async def create_call(offer: CallOffer, request: Request, response: Response, p:
                 raise HTTPException(409, "this call link was used already")
     elif not m.settings.public_calls:
         p.need("control")
+    app_user = None
+    if offer.customer_token is not None:
+        try:
+            app_user = request.app.state.app_tokens.verify(offer.customer_token)
+        except TokenRejected as exc:
+            raise HTTPException(401, f"customer token: {exc}") from None
     caller = invite.get("caller") if invite else offer.caller
+    if app_user is not None and caller is None:
+        caller = app_user.name or app_user.phone or app_user.user_id
     address = request.client.host if request.client else ""
     call, sdp = await m.create_webrtc_call(
-        offer.sdp, offer.language, caller, address, bot=invite is None
+        offer.sdp, offer.language, caller, address, bot=invite is None, app_user=app_user
     )
     if invite is not None:
         by = invite.get("by", "a call link")
@@ -286,6 +296,20 @@ async def annotate(call_id: PathId, body: NoteIn, request: Request, actor: Opera
     with the call, shown in its record and published as ``call.annotated``."""
     note = await manager(request).annotate(actor, call_id, body.text)
     return NoteOut.model_validate(note, from_attributes=True)
+
+
+@router.post("/calls/{call_id}/keys", status_code=204, tags=["calls"])
+async def press_keys(call_id: PathId, body: KeysIn, request: Request, p: Who) -> Response:
+    """Keys the in-app caller pressed on the page's keypad (the call's own caller, or a
+    control key): they answer the virtual agent like a phone's, and never pass through
+    the audio, so a PIN keyed here is in no recording. 404 if the call is not live
+    here."""
+    p.need_call(call_id, "control")
+    m = manager(request)
+    m.get(call_id)  # 404 when it is not live on this engine
+    for digit in body.digits:
+        m.press_key(call_id, digit)
+    return Response(status_code=204)
 
 
 @router.post("/calls/{call_id}/dtmf", response_model=DtmfOut, tags=["calls"])

@@ -9,12 +9,24 @@ from fastapi import Path
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
+    ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from engine.bot.flows import NAME as FLOW_NAME
+from engine.bot.flows import Flow, Source
+from engine.customers import (
+    MAX_KEYS,
+    SECRET_FORMS,
+    normalize_app_user,
+    normalize_email,
+    normalize_phone,
+    normalize_secret,
+)
 from engine.events import EVENT_TYPES, FactOut, WordTiming
 from engine.inputs import Input
 
@@ -24,6 +36,8 @@ from engine.inputs import Input
 PathId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_\-]{1,64}$", description="an id")]
 # rule and queue names, as their bodies require them
 PathName = Annotated[str, Path(pattern=r"^[a-z0-9_\-]{1,64}$")]
+# flows, as their ids must be
+PathFlow = Annotated[str, Path(pattern=FLOW_NAME)]
 # knowledge-base articles are named after their files
 PathArticle = Annotated[str, Path(min_length=1, max_length=255)]
 
@@ -40,6 +54,12 @@ class CallOffer(Input):
     caller: str | None = Field(None, max_length=200, description="Caller identity, if known")
     invite: str | None = Field(
         None, max_length=4096, description="the token of a call link (POST /api/v1/call-links)"
+    )
+    customer_token: str | None = Field(
+        None,
+        max_length=8192,
+        description="a JWT the business's app signed for its signed-in user "
+        "(CCENGINE_CUSTOMER_TOKEN_KEY): the call is theirs, verified; 401 if it is not valid",
     )
 
 
@@ -154,6 +174,14 @@ class CallOut(BaseModel):
     wrapped_up_at: datetime | None
     topic: str | None = Field(None, description="what a phone caller chose in the key menu")
     queue: str | None = Field(None, description="the queue the call waited in last")
+    intent: str | None = Field(None, description="what the caller asked the virtual agent for")
+    customer_id: str | None = Field(None, description="the caller's customer record")
+    verified_by: str | None = Field(
+        None, description="how the caller proved who they are (pin, dob, last4, app_token)"
+    )
+    attestation: str | None = Field(
+        None, description="the carrier's STIR/SHAKEN level for the caller's number (A, B, C)"
+    )
 
 
 class EscalationOut(BaseModel):
@@ -342,6 +370,12 @@ class HistoryItem(BaseModel):
     escalation_reason: str | None
     disposition: str | None
     end_reason: str | None
+    intent: str | None = None
+    verified_by: str | None = None
+
+
+class KeysIn(Input):
+    digits: str = Field(pattern=r"^[0-9*#]{1,32}$", description="keys pressed, in order")
 
 
 class QueueIn(Input):
@@ -371,6 +405,30 @@ class ArticleIn(Input):
 
 class ArticleOut(ArticleIn):
     id: str
+
+
+class FlowIn(Input):
+    yaml: str = Field(description="the flow as its YAML file would say it")
+
+
+class FlowSummary(BaseModel):
+    id: str
+    numbers: list[str] = Field(description="dialled numbers it answers; none: the default flow")
+    intents: list[str] = Field(description="the names of its intents")
+    source: Source = Field(description="file: CCENGINE_BOT_FLOWS; api: put through the API")
+
+
+class FlowsOut(BaseModel):
+    on: bool = Field(
+        description="the virtual agent answers calls (CCENGINE_BOT_FLOWS is set); when off, "
+        "flows are kept but answer nobody"
+    )
+    flows: list[FlowSummary]
+
+
+class FlowOut(FlowSummary):
+    flow: Flow = Field(description="the flow, every default filled in")
+    yaml: str = Field(description="its text as written (the file's, or the one put)")
 
 
 class NoteIn(Input):
@@ -465,3 +523,66 @@ class LoginOut(BaseModel):
     token: str
     expires_in: int
     user: UserOut
+
+
+class SecretsIn(Input):
+    """Write-only: kept as argon2 hashes, never shown. A secret left out keeps its
+    hash; one given as null is removed."""
+
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+
+    pin: str | None = Field(None, max_length=64, description=SECRET_FORMS["pin"])
+    dob: str | None = Field(None, max_length=64, description=SECRET_FORMS["dob"])
+    last4: str | None = Field(None, max_length=64, description=SECRET_FORMS["last4"])
+
+    @field_validator("pin", "dob", "last4")
+    @classmethod
+    def _form(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # the message names the form, never the value given
+        if value is not None and normalize_secret(str(info.field_name), value) is None:
+            raise ValueError(f"must be {SECRET_FORMS[str(info.field_name)]}")
+        return value
+
+    def given(self) -> dict[str, str | None]:
+        return {name: getattr(self, name) for name in sorted(self.model_fields_set)}
+
+
+KeyList = Annotated[
+    list[Annotated[str, StringConstraints(max_length=512)]], Field(max_length=MAX_KEYS)
+]
+
+
+class CustomerPut(Input):
+    name: str = Field(min_length=1, max_length=200)
+    phones: KeyList = Field(
+        default_factory=list, description="numbers as callers' ids arrive: matched as given"
+    )
+    emails: KeyList = Field(default_factory=list)
+    app_user_ids: KeyList = Field(
+        default_factory=list, description="the business app's user ids (its tokens' sub)"
+    )
+    secrets: SecretsIn | None = None
+
+    @field_validator("phones", "emails", "app_user_ids")
+    @classmethod
+    def _usable(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        normalize = {"phones": normalize_phone, "emails": normalize_email,
+                     "app_user_ids": normalize_app_user}[str(info.field_name)]  # fmt: skip
+        for value in values:
+            if normalize(value) is None:
+                raise ValueError(f"not usable: {value[:80]!r}")
+        return values
+
+
+class CustomerOut(BaseModel):
+    id: str
+    name: str
+    phones: list[str]
+    emails: list[str]
+    app_user_ids: list[str]
+    factors: list[str] = Field(description="which secrets are set (pin, dob, last4)")
+    locked_until: datetime | None = Field(
+        description="too many wrong answers: nothing verifies them until then"
+    )
+    created_at: datetime
+    updated_at: datetime

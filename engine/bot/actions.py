@@ -4,7 +4,12 @@ rebooking) and speaks its answer.
 Each action is one signed POST. The body is JSON::
 
     {"call_id": "...", "intent": "order_status", "slots": {"order": "83016"},
-     "caller": "+442071234567"}
+     "caller": "+442071234567", "customer_id": "c-1042", "verified_by": "pin"}
+
+(``customer_id`` and ``verified_by`` are null while the caller is not known or not
+verified.) A flow's own verification check is POSTed the same way, with
+``{"call_id", "customer_id", "account", "factor", "value"}``, and answers
+``{"verified": true|false, "customer_id": "...", "locked": false}``.
 
 signed like a webhook (``Ccengine-Signature: t=<unix seconds>,v1=<HMAC-SHA256>``, see
 ``engine/webhooks.py``) with ``CCENGINE_BOT_ACTION_SECRET`` when it is set. The answer
@@ -24,6 +29,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Mapping
 
 import httpx
 
@@ -52,27 +58,50 @@ class Actions:
             timeout=None,  # each action's own timeout covers the whole exchange
         )
 
-    async def run(self, call_id: str, caller: str | None, action: CallAction) -> object:
-        """The JSON the system answered; ``ActionFailed`` otherwise."""
-        body = json.dumps(
-            {"call_id": call_id, "intent": action.intent, "slots": action.slots, "caller": caller}
-        ).encode()
+    async def run(
+        self,
+        call_id: str,
+        caller: str | None,
+        action: CallAction,
+        customer: tuple[str | None, str | None] = (None, None),
+    ) -> object:
+        """The JSON the system answered; ``ActionFailed`` otherwise. ``customer``: the
+        caller's record and how they proved it is theirs (None, None: not known), so the
+        system can tell whether order 83016 is this caller's to ask about."""
+        customer_id, verified_by = customer
+        payload = {
+            "call_id": call_id,
+            "intent": action.intent,
+            "slots": action.slots,
+            "caller": caller,
+            "customer_id": customer_id,
+            "verified_by": verified_by,
+        }
+        return await self.post(action.url, action.timeout, payload, what=action.intent)
+
+    async def post(
+        self, url: str, within: float, payload: Mapping[str, object], *, what: str
+    ) -> object:
+        """POST ``payload`` signed; the JSON answered, or ``ActionFailed``. Only ``what``
+        and where it went are logged, never the payload (a verification's holds the
+        caller's PIN)."""
+        call_id = payload.get("call_id")
+        body = json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"}
         if self.secret:
             headers["Ccengine-Signature"] = sign(self.secret, int(time.time()), body)
         started = time.monotonic()
         try:
-            async with asyncio.timeout(action.timeout):
-                data = await self._post(action.url, body, headers)
+            async with asyncio.timeout(within):
+                data = await self._post(url, body, headers)
         except TimeoutError:
-            raise ActionFailed(f"no answer within {action.timeout:g} s") from None
+            raise ActionFailed(f"no answer within {within:g} s") from None
         except httpx.HTTPError as e:
             raise ActionFailed(f"could not be reached ({type(e).__name__})") from None
         finally:
             log.info(
                 "call %s: action %s to %s took %.0f ms",
-                call_id, action.intent, safe_target(action.url),
-                1000 * (time.monotonic() - started),
+                call_id, what, safe_target(url), 1000 * (time.monotonic() - started),
             )  # fmt: skip
         try:
             return json.loads(data)

@@ -19,34 +19,62 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from engine.bot.actions import ActionFailed, Actions
-from engine.bot.dialog import CallAction, Dialog
+from engine.bot.dialog import CallAction, Checked, CheckIdentity, Dialog, Known
 from engine.bot.dialog import State as DialogState
-from engine.bot.events import ActionAnswered, BotStart
+from engine.bot.events import ActionAnswered, BotStart, IdentityChecked
+from engine.bot.flows import Action as FlowAction
 from engine.bot.flows import Flow, flow_for
 from engine.bot.stage import BOT_STATES
 from engine.bot.understand import IntentMatcher
+from engine.customers import Customers, VerifyOutcome
 from engine.livecall import Call
 from engine.metrics import Metrics
 
 log = logging.getLogger(__name__)
+_OUTCOMES: dict[VerifyOutcome, Checked] = {
+    VerifyOutcome.OK: "ok",
+    VerifyOutcome.WRONG: "wrong",
+    VerifyOutcome.NO_FACTOR: "wrong",
+    VerifyOutcome.LOCKED: "locked",
+}
 GOODBYE_WAIT = 30.0  # seconds a goodbye may take to be heard before the call ends anyway
 
 
 class VirtualAgent:
-    def __init__(self, flows: Sequence[Flow], metrics: Metrics, secret: str | None) -> None:
-        self.flows = list(flows)
+    def __init__(
+        self,
+        flows: Sequence[Flow],
+        metrics: Metrics,
+        secret: str | None,
+        customers: Customers | None = None,
+    ) -> None:
+        self.flows: list[Flow] = []
+        self._matchers: dict[str, IntentMatcher] = {}
+        self.use(flows)
         self.metrics = metrics
-        # matching tables are built once per flow, not per call
-        self._matchers = {f.id: IntentMatcher(f) for f in self.flows}
+        self.customers = customers  # where verification looks (None: no records)
         self.actions = Actions(secret)
 
-    def attach(self, call: Call, dialled: str | None = None) -> bool:
-        """Give ``call`` the flow that answers ``dialled`` (None: an in-app call);
-        False if no flow answers it."""
+    def use(self, flows: Sequence[Flow]) -> None:
+        """Answer calls that start from now on with ``flows`` (changed through the API:
+        engine/bot/flowset.py). A call talking to the agent keeps the flow it began
+        with: its dialog holds that flow and its matcher."""
+        # matching tables are built once per flow, not per call, and kept for a flow
+        # that did not change
+        old = {f.id: (f, self._matchers[f.id]) for f in self.flows}
+        matchers = {
+            f.id: old[f.id][1] if f.id in old and old[f.id][0] == f else IntentMatcher(f)
+            for f in flows
+        }
+        self.flows, self._matchers = list(flows), matchers
+
+    def attach(self, call: Call, dialled: str | None = None, known: Known | None = None) -> bool:
+        """Give ``call`` the flow that answers ``dialled`` (None: an in-app call), with
+        what is ``known`` of the caller; False if no flow answers it."""
         flow = flow_for(self.flows, dialled)
         if flow is None:
             return False
-        call.bot = Dialog(flow, self._matchers[flow.id])
+        call.bot = Dialog(flow, self._matchers[flow.id], known)
         return True
 
     def prompts(self) -> list[str]:
@@ -56,6 +84,9 @@ class VirtualAgent:
         for f in self.flows:
             out += [f.greeting, f.fallback, f.anything_else, f.handoff, f.goodbye, f.apology]
             out += [s.prompt for i in f.intents for s in i.slots]
+            if f.verify is not None:
+                v = f.verify
+                out += [v.prompt, v.identify, f"{v.retry} {v.prompt}", f.verified, f.not_verified]
         return list(dict.fromkeys(out))
 
     @staticmethod
@@ -76,14 +107,72 @@ class VirtualAgent:
         self.metrics.bot_barge_ins.inc()
         return True
 
-    def act(self, call: Call, action: CallAction) -> None:
+    def act(self, call: Call, action: CallAction | CheckIdentity) -> None:
         """Run ``action`` beside the call; its answer joins the call's events."""
-        call.tasks.append(asyncio.create_task(self._act(call, action), name=f"act-{call.id}"))
+        if isinstance(action, CheckIdentity):
+            work = self._check(call, action)
+        else:
+            work = self._act(call, action)
+        call.tasks.append(asyncio.create_task(work, name=f"act-{call.id}"))
+
+    async def _check(self, call: Call, check: CheckIdentity) -> None:
+        """Is the caller's answer their record's? Through the flow's own check if it
+        has one, else the customers table. Nothing here logs the answer."""
+        verify = call.bot.flow.verify if call.bot is not None else None
+        started = time.monotonic()
+        outcome: Checked
+        customer_id = check.customer_id
+        try:
+            if verify is not None and verify.action is not None:
+                outcome, customer_id = await self._ask_business(call, check, verify.action)
+            elif self.customers is not None:
+                if customer_id is None and check.account is not None:
+                    found = await self.customers.by_phone(check.account)
+                    customer_id = found.id if found is not None else None
+                result = await self.customers.verify(customer_id, check.factor, check.value)
+                outcome = _OUTCOMES[result.outcome]
+                if result.outcome == VerifyOutcome.NO_FACTOR:
+                    customer_id = None  # the caller is told what a wrong answer gets
+            else:
+                outcome = "failed"
+        except Exception as e:  # whatever it was, the caller must not be left waiting
+            log.warning(
+                "call %s: verification could not be checked (%s)", call.id, type(e).__name__
+            )
+            outcome = "failed"
+        self.metrics.bot_actions.labels(f"verify_{outcome}").observe(time.monotonic() - started)
+        if not call.ended.is_set():
+            call.events.put_nowait(IdentityChecked(outcome, customer_id, check.attempt))
+
+    async def _ask_business(
+        self, call: Call, check: CheckIdentity, action: FlowAction
+    ) -> tuple[Checked, str | None]:
+        payload = {
+            "call_id": call.id,
+            "customer_id": check.customer_id,
+            "account": check.account,
+            "factor": check.factor,
+            "value": check.value,
+        }
+        try:
+            answer = await self.actions.post(action.url, action.timeout, payload, what="verify")
+        except ActionFailed as e:
+            log.warning("call %s: verification check failed: %s", call.id, e)
+            return "failed", check.customer_id
+        if not isinstance(answer, dict) or not isinstance(answer.get("verified"), bool):
+            log.warning("call %s: verification check answered no verified true/false", call.id)
+            return "failed", check.customer_id
+        found = answer.get("customer_id")
+        customer_id = found if isinstance(found, str) and found else check.customer_id
+        if answer["verified"]:
+            return "ok", customer_id or check.account
+        return ("locked" if answer.get("locked") is True else "wrong"), customer_id
 
     async def _act(self, call: Call, action: CallAction) -> None:
         started = time.monotonic()
         try:
-            result = await self.actions.run(call.id, call.caller, action)
+            who = (call.customer_id, call.verified_by)
+            result = await self.actions.run(call.id, call.caller, action, who)
             answered = ActionAnswered(action, result=result)
             outcome = "ok"
         except ActionFailed as e:

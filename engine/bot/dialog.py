@@ -13,6 +13,8 @@ action's JSON, a knowledge-base answer):
                   from nothing: barge-in is the engine's, on the caller's voice)
     CallAction    POSTs the intent and slots to the business's system, then calls
                   ``action_done(result)`` or ``action_failed(reason)``
+    CheckIdentity checks the factor the caller gave against their record (or the
+                  business's own check), then calls ``checked(outcome, customer_id)``
     AskKnowledge  looks the question up, then calls ``answered(text or None)``
     HandOff       puts the caller in line for a person with what was learnt
     End           hangs up once the goodbye has been said
@@ -21,7 +23,9 @@ The states, and what moves them (``TRANSITIONS`` is the whole table; an input a 
 does not list is ignored, e.g. words said while an action is under way):
 
     state       input                     next
-    start       start                     listening (the greeting said)
+    start       start                     listening (the greeting said), confirming
+                                          (a returning caller asked about their open
+                                          request)
     listening   heard                     listening (not understood, or asked again),
                                           filling (a slot to learn), confirming,
                                           waiting (an action or answer under way),
@@ -33,6 +37,8 @@ does not list is ignored, e.g. words said while an action is under way):
                                           ended
     waiting     action_done, action_failed,
                 answered                  listening, handed_off, ended
+    waiting     checked                   filling (asked again), waiting (the action
+                                          under way), listening, handed_off, ended
     any         stop                      stopped (a person or a hang-up took over)
 
 A turn the agent cannot use (no intent, a slot it cannot read, neither yes nor no)
@@ -40,6 +46,22 @@ counts; ``max_failed_turns`` in a row hands the caller to a person, as does an i
 whose ``then`` is ``handoff``, a failed action, and a question the knowledge base
 cannot answer. While a slot is asked for, the caller may ask for something else
 instead: an intent heard then is followed ("actually, I want to talk to a person").
+A contentless line ("Hi," cut off by the endpointer, "um") is no failed turn: the
+agent waits for the rest, and asks once more only after a second one.
+
+Verification. Before an intent that says ``verify`` acts, the caller proves who they
+are (the flow's ``verify``): if their record is not known (no caller ID or app token
+matched one) the agent asks for the phone number on the account, then for the factor
+(a PIN, a date of birth, an account's last four), keyed or said. That answer is a
+secret (``secret_pending``): the engine masks it while it is asked for, the dialog
+never reads it back, stores it in a slot or hands it to a person. A wrong answer is
+asked again up to ``max_attempts``; then, or when the record is locked, a person takes
+over with "not verified" as the reason. A caller whose app's signed token vouched for
+them is verified already.
+
+A returning caller (``Known.open_task``: their last request within the window was left
+open) is asked about it instead of the greeting; yes takes it up again with what they
+gave then, no (or another request) starts afresh.
 """
 
 from __future__ import annotations
@@ -49,8 +71,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from engine.bot.flows import Flow, Intent, Slot, template_fields
-from engine.bot.understand import IntentMatcher, read_keys, read_slot, spoken
+from engine.bot.flows import FACTOR_LENGTHS, Flow, Intent, Slot, template_fields
+from engine.bot.flows import Verify as FlowVerify
+from engine.bot.understand import IntentMatcher, has_content, read_keys, read_slot, spoken
 
 
 class State(enum.StrEnum):
@@ -64,11 +87,13 @@ class State(enum.StrEnum):
     STOPPED = "stopped"
 
 
-Input = Literal["start", "heard", "keys", "action_done", "action_failed", "answered", "stop"]
+Input = Literal[
+    "start", "heard", "keys", "action_done", "action_failed", "answered", "checked", "stop"
+]
 S = State
 _TALKING = frozenset({S.LISTENING, S.FILLING, S.CONFIRMING, S.WAITING, S.HANDED_OFF, S.ENDED})
 TRANSITIONS: dict[tuple[State, Input], frozenset[State]] = {
-    (S.START, "start"): frozenset({S.LISTENING}),
+    (S.START, "start"): frozenset({S.LISTENING, S.CONFIRMING}),
     (S.LISTENING, "heard"): _TALKING,
     (S.FILLING, "heard"): _TALKING,
     (S.FILLING, "keys"): _TALKING,
@@ -77,6 +102,7 @@ TRANSITIONS: dict[tuple[State, Input], frozenset[State]] = {
     (S.WAITING, "action_done"): frozenset({S.LISTENING, S.HANDED_OFF, S.ENDED}),
     (S.WAITING, "action_failed"): frozenset({S.HANDED_OFF}),
     (S.WAITING, "answered"): frozenset({S.LISTENING, S.HANDED_OFF, S.ENDED}),
+    (S.WAITING, "checked"): frozenset({S.FILLING, S.WAITING, S.LISTENING, S.HANDED_OFF, S.ENDED}),
 }
 for _s in State:
     if _s not in (S.HANDED_OFF, S.ENDED, S.STOPPED):
@@ -107,6 +133,18 @@ class CallAction:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckIdentity:
+    """Is ``value`` the caller's ``factor``? Of the record ``customer_id`` if it is
+    known, else of the one with the phone number ``account`` the caller gave."""
+
+    factor: str
+    value: str = field(repr=False)  # never in a log line by accident
+    customer_id: str | None
+    account: str | None
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class AskKnowledge:
     intent: str
     question: str
@@ -128,7 +166,18 @@ class End:
     pass
 
 
-Output = Say | CallAction | AskKnowledge | HandOff | End
+Output = Say | CallAction | CheckIdentity | AskKnowledge | HandOff | End
+Checked = Literal["ok", "wrong", "locked", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What the engine knew of the caller before the greeting."""
+
+    customer_id: str | None = None  # their record, from caller ID or the app's token
+    verified_by: str | None = None  # "app_token": the business's app vouched for them
+    # their last request, left open, within the returning window: (intent, its slots)
+    open_task: tuple[str, dict[str, str]] | None = None
 
 
 @dataclass
@@ -143,14 +192,26 @@ class Task:
 
 
 class Dialog:
-    def __init__(self, flow: Flow, matcher: IntentMatcher | None = None) -> None:
+    def __init__(
+        self, flow: Flow, matcher: IntentMatcher | None = None, known: Known | None = None
+    ) -> None:
         self.flow = flow
         self.matcher = matcher or IntentMatcher(flow)
         self.state = State.START
         self.task: Task | None = None
         self.failed_turns = 0
+        self.idle_turns = 0  # contentless lines in a row ("Hi,", "um")
+        known = known or Known()
+        self.known = known
+        self.customer_id = known.customer_id
+        self.verified_by = known.verified_by
+        self.account: str | None = None  # the phone number the caller gave, if asked
+        self.attempts = 0  # wrong answers to the verification in this call
         self.asked_more = False  # the last prompt was "anything else?"
         self.done: list[str] = []  # intents completed in this call, in order
+        # what the caller gave for those (never a secret): a person taking the call
+        # later sees "order 83016" though the caller then asked for something else
+        self.learnt: dict[str, str] = {}
         self._last_input: Input = "start"  # the input being handled (for the table)
         self._keys = ""  # keys pressed towards an answer, not yet whole
 
@@ -158,8 +219,32 @@ class Dialog:
 
     def start(self) -> list[Output]:
         self._expect("start")
+        offered = self._open_task()
+        if offered is not None:
+            task, topic = offered
+            self.task = task
+            task.pending = _RESUME
+            self._move("start", S.CONFIRMING)
+            return [Say(self.flow.returning.replace("{topic}", topic))]
         self._move("start", S.LISTENING)
         return [Say(self.flow.greeting)]
+
+    def _open_task(self) -> tuple[Task, str] | None:
+        """The returning caller's open request, if its intent is still in the flow and
+        says how to ask about it, with every slot it names."""
+        if self.known.open_task is None:
+            return None
+        name, given = self.known.open_task
+        intent = next((i for i in self.flow.intents if i.name == name), None)
+        if intent is None or intent.topic is None:
+            return None
+        kept = {s.name: given[s.name] for s in intent.slots if not s.secret and s.name in given}
+        try:
+            topic = render(intent.topic, intent, kept, None)
+        except KeyError:  # a slot the topic names was not given then
+            return None
+        # read back then or not, the caller now says yes to them as a whole
+        return Task(intent, "", kept, confirmed=set(kept)), topic
 
     def heard(self, text: str) -> list[Output]:
         """A final transcript of the caller."""
@@ -167,6 +252,16 @@ class Dialog:
             return []
         self._keys = ""  # keys pressed before the caller spoke answer nothing now
         if self.state == S.LISTENING:
+            if not has_content(text) and not self.asked_more:
+                # "Hi," cut off by the endpointer, "um": the rest is coming. A second
+                # one in a row is asked what they need, without counting a failure
+                self.idle_turns += 1
+                if self.idle_turns < 2:
+                    return []
+                self.idle_turns = 0
+                self._move(self._last_input, S.LISTENING)
+                return [Say(WHAT_ELSE)]
+            self.idle_turns = 0
             return self._listening(text)
         if self.state == S.FILLING:
             return self._filling(text, read_slot(self._pending(), text))
@@ -226,6 +321,56 @@ class Dialog:
             return self._hand_off(f"{task.intent.name}: no answer in the knowledge base")
         return self._finish(task, [Say(text)])
 
+    def checked(self, outcome: Checked, customer_id: str | None = None) -> list[Output]:
+        """What came of ``CheckIdentity``: ``ok`` (of record ``customer_id``), ``wrong``,
+        ``locked`` (the record takes no more tries for now) or ``failed`` (the
+        business's check could not be asked)."""
+        self._expect("checked")
+        task = self._task()
+        verify = self._verify()
+        if outcome == "ok":
+            self.verified_by = verify.factor
+            self.customer_id = customer_id or self.customer_id
+            self.attempts = 0
+            return [Say(self.flow.verified), *self._next_slot(task)]
+        if outcome == "failed":
+            return [Say(self.flow.apology), *self._hand_off("verification could not be checked")]
+        self.attempts += 1
+        if outcome == "locked" or self.attempts >= verify.max_attempts:
+            why = "locked" if outcome == "locked" else f"{self.attempts} wrong answers"
+            return [Say(self.flow.not_verified), *self._hand_off(f"not verified ({why})")]
+        task.pending = self._factor_slot()
+        self._move(self._last_input, S.FILLING)
+        return [Say(f"{verify.retry} {verify.prompt}")]
+
+    @property
+    def handing_off(self) -> bool:
+        """The request under way ends with a person (``then: handoff``) and the agent
+        is still learning what it needs first (the PIN): it routes the caller itself."""
+        return (
+            self.task is not None
+            and self.task.intent.then == "handoff"
+            and self.state in (S.FILLING, S.CONFIRMING, S.WAITING)
+        )
+
+    @property
+    def secret_pending(self) -> bool:
+        """The caller is being asked for a secret: what they say or key now is masked."""
+        return (
+            self.state == S.FILLING
+            and self.task is not None
+            and self.task.pending is not None
+            and self.task.pending.secret
+        )
+
+    def task_record(self) -> dict[str, object] | None:
+        """The request under way or last finished, as kept with the call: a caller back
+        soon is asked about it if it was left open. Never a secret slot."""
+        task = self.task
+        if task is None:
+            return None if not self.done else {"intent": self.done[-1], "slots": {}, "done": True}
+        return {"intent": task.intent.name, "slots": _shown(task), "done": False}
+
     def stop(self) -> None:
         """A person (escalation, an agent, a hang-up) took the call over."""
         if self._accepts("stop"):
@@ -251,13 +396,13 @@ class Dialog:
     def _begin(self, intent: Intent, text: str) -> list[Output]:
         self.failed_turns = 0
         task = self.task = Task(intent, text)
-        if intent.then == "handoff" and not intent.slots and intent.action is None:
+        if intent.then == "handoff" and not (intent.slots or intent.action or intent.verify):
             return self._hand_off(f"asked for {intent.name}")
         for slot in intent.slots:
             # digits said with the request fill their slot ("where is order 83016"),
             # if they fit it; an amount, a yes, a no or free text never does: "a refund
             # for order 83016" says no amount, and they answer a question not yet asked
-            if slot.type == "digits":
+            if slot.type == "digits" and not slot.secret:
                 value = read_slot(slot, text)
                 if value is not None:
                     task.slots[slot.name] = value
@@ -275,8 +420,36 @@ class Dialog:
                 task.pending = slot
                 self._move(self._last_input, S.CONFIRMING)
                 return [Say(f"Did you say {spoken(slot, task.slots[slot.name])}?")]
+        if task.intent.verify and self.verified_by is None:
+            verify = self._verify()
+            # the record first, when caller ID and the app found none
+            ask_number = self.customer_id is None and self.account is None
+            slot = _ACCOUNT if ask_number else self._factor_slot()
+            task.pending = slot
+            self._move(self._last_input, S.FILLING)
+            return [Say(verify.identify if slot is _ACCOUNT else slot.prompt)]
         task.pending = None
         return self._act(task)
+
+    def _verify(self) -> FlowVerify:
+        if self.flow.verify is None:  # the flow's check refuses an intent without one
+            raise InvalidTransition("verification asked for by a flow without verify")
+        return self.flow.verify
+
+    def _factor_slot(self) -> Slot:
+        verify = self._verify()
+        least, most = FACTOR_LENGTHS[verify.factor]
+        length = verify.length if verify.factor == "pin" else None
+        # built, not validated: its name is one no flow's slot can have
+        return Slot.model_construct(
+            name=_FACTOR,
+            type="digits",
+            prompt=verify.prompt,
+            length=length or (least if least == most else None),
+            min_length=least,
+            max_length=most,
+            secret=True,
+        )
 
     def _filling(self, text: str | None, value: str | None) -> list[Output]:
         task, slot = self._task(), self._pending()
@@ -287,11 +460,20 @@ class Dialog:
                 return self._begin(self.flow.intent(found.intent), text or "")
             return self._not_understood(f"{slot.retry} {slot.prompt}")
         self.failed_turns = 0
+        if slot is _ACCOUNT:  # the phone number on the account
+            self.account = value
+            return self._next_slot(task)
+        if slot.name == _FACTOR:  # never kept: checked, and gone
+            self._move(self._last_input, S.WAITING)
+            factor = self._verify().factor
+            return [CheckIdentity(factor, value, self.customer_id, self.account, self.attempts + 1)]
         task.slots[slot.name] = value
         return self._next_slot(task)
 
     def _confirming(self, text: str | None, answer: str | None) -> list[Output]:
         task, slot = self._task(), self._pending()
+        if slot is _RESUME:
+            return self._resuming(task, text, answer)
         # a number said instead of yes ("no, 8 3 0 1 7") corrects it; a yes/no or free
         # text slot has nothing to tell a correction from an answer by
         correctable = slot.type not in ("yes_no", "text")
@@ -314,6 +496,26 @@ class Dialog:
             f"Please say yes or no. Did you say {spoken(slot, task.slots[slot.name])}?"
         )
 
+    def _resuming(self, task: Task, text: str | None, answer: str | None) -> list[Output]:
+        """A returning caller asked whether they call about their open request."""
+        if answer == "yes":
+            self.failed_turns = 0
+            task.question = task.intent.examples[0]
+            return self._next_slot(task)
+        found = self.matcher.match(text) if text is not None else None
+        if found is not None:  # "no, I want to pay a bill": that, then
+            self.task = None
+            return self._begin(self.flow.intent(found.intent), text or "")
+        if answer == "no":
+            self.failed_turns = 0
+            self.task = None
+            self._move(self._last_input, S.LISTENING)
+            return [Say(WHAT_ELSE)]
+        topic = render(task.intent.topic or "", task.intent, task.slots, None)
+        return self._not_understood(
+            f"Please say yes or no. {self.flow.returning.replace('{topic}', topic)}"
+        )
+
     def _act(self, task: Task) -> list[Output]:
         intent = task.intent
         if intent.action is not None:
@@ -329,6 +531,7 @@ class Dialog:
     def _finish(self, task: Task, said: list[Output]) -> list[Output]:
         """The task is done: what its intent says comes next."""
         self.done.append(task.intent.name)
+        self.learnt.update(_shown(task))
         then = task.intent.then
         if then == "handoff":
             return [*said, *self._hand_off(f"{task.intent.name} needs a person")]
@@ -349,7 +552,7 @@ class Dialog:
     def _hand_off(self, reason: str) -> list[Output]:
         task = self.task
         self._move(self._last_input, S.HANDED_OFF)
-        slots = dict(task.slots) if task else {}
+        slots = {**self.learnt, **(_shown(task) if task else {})}
         skill = task.intent.skill if task else None
         return [
             Say(self.flow.handoff),
@@ -362,9 +565,12 @@ class Dialog:
 
     def summary(self) -> str:
         """One line for the agent: what the caller came for and what they gave."""
-        parts = [f"done: {', '.join(self.done)}"] if self.done else []
-        if self.task is not None:
-            given = ", ".join(f"{k} {v}" for k, v in self.task.slots.items())
+        parts = []
+        if self.done:
+            given = ", ".join(f"{k} {v}" for k, v in self.learnt.items())
+            parts.append(f"done: {', '.join(self.done)}" + (f" ({given})" if given else ""))
+        if self.task is not None and (not self.done or self.task.intent.name != self.done[-1]):
+            given = ", ".join(f"{k} {v}" for k, v in _shown(self.task).items())
             parts.append(f"asked: {self.task.intent.name}" + (f" ({given})" if given else ""))
         return "; ".join(parts) or "nothing understood"
 
@@ -399,9 +605,23 @@ class Dialog:
         return slot
 
 
+def _shown(task: Task) -> dict[str, str]:
+    """What the caller gave for ``task`` that may be shown: every slot but a secret."""
+    secret = {s.name for s in task.intent.slots if s.secret}
+    return {k: v for k, v in task.slots.items() if k not in secret}
+
+
 MAX_FIELD = 200  # characters of one answer field spoken: a status, a date, not a page
 _FIELD = re.compile(r"\{([^{}]+)\}")
 _YES_NO = Slot(name="yes_no", type="yes_no", prompt="Yes or no?")
+# what verification asks for: the number on the account, then the factor (a secret)
+# (built, not validated: names no flow's slot can have, so none is taken for them)
+_ACCOUNT = Slot.model_construct(
+    name="_account", type="digits", prompt="-", min_length=6, max_length=15
+)
+_FACTOR = "_verification"
+# "are you calling about ...?" (said as the flow's ``returning``)
+_RESUME = Slot.model_construct(name="_resume", type="yes_no", prompt="-")
 WHAT_ELSE = "Sure, what can I help you with?"
 
 

@@ -1,12 +1,13 @@
 """What the virtual agent hears besides the caller: the engine's word that the call is
-now its to answer, and the answers of the business's systems. They go through the
+now its to answer, the answers of the business's systems, and what came of checking
+who the caller is. They go through the
 call's analysis stages in order with its media events (``engine.analysis``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.bot.dialog import CallAction
+from engine.bot.dialog import CallAction, Checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,4 +24,14 @@ class ActionAnswered:
     failed: str | None = None
 
 
-BotInput = BotStart | ActionAnswered
+@dataclass(frozen=True, slots=True)
+class IdentityChecked:
+    """What came of checking the caller's answer to the verification: never the answer.
+    ``customer_id``: the record it was checked against, if one was found."""
+
+    outcome: Checked
+    customer_id: str | None
+    attempt: int
+
+
+BotInput = BotStart | ActionAnswered | IdentityChecked

@@ -36,7 +36,8 @@ from __future__ import annotations
 import difflib
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -45,9 +46,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 MAX_FILE_BYTES = 256 * 1024  # a flow is a few pages of YAML; more is a mistake
 MAX_EXAMPLES = 2000  # phrasings in one flow: each costs a little on every utterance
-Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+NAME = r"^[a-z][a-z0-9_]{0,39}$"  # a flow's id, an intent's or a slot's name
+Name = Annotated[str, Field(pattern=NAME)]
 SlotType = Literal["digits", "number", "yes_no", "amount", "text"]
 Then = Literal["ask_more", "end", "handoff"]
+Source = Literal["file", "api"]  # where a flow came from: the folder, or the API
 
 
 class _Strict(BaseModel):
@@ -67,6 +70,10 @@ class Slot(_Strict):
     length: int | None = Field(default=None, ge=1, le=32)
     min_length: int = Field(default=1, ge=1, le=32)
     max_length: int = Field(default=20, ge=1, le=32)
+    # a value the caller must not have shown anywhere (a card's last digits): masked in
+    # the transcript and events and silenced in the recording while it is asked for,
+    # never read back, never handed to a person; only the action gets it
+    secret: bool = False
 
     @model_validator(mode="after")
     def _lengths(self) -> Slot:
@@ -74,6 +81,10 @@ class Slot(_Strict):
             raise ValueError("length: is for digits slots only")
         if self.min_length > self.max_length:
             raise ValueError("min_length: is more than max_length")
+        if self.secret and self.confirm:
+            raise ValueError("confirm: a secret is never read back")
+        if self.secret and self.type not in ("digits", "number"):
+            raise ValueError("secret: only digits and number slots can be kept secret")
         return self
 
     def fits(self, digits: str) -> bool:
@@ -91,6 +102,33 @@ class Action(_Strict):
     timeout: float = Field(default=3.0, gt=0, le=10)
 
 
+Factor = Literal["pin", "dob", "last4"]
+# what each factor is, as keys or spoken digits: a PIN of 4 to 12, a date of birth as
+# DDMMYYYY, an account's last four
+FACTOR_LENGTHS: dict[str, tuple[int, int]] = {"pin": (4, 12), "dob": (8, 8), "last4": (4, 4)}
+
+
+class Verify(_Strict):
+    """How the agent proves who the caller is before an intent that says ``verify``:
+    the caller's record (found by caller ID, the app's signed token, or the phone
+    number they give when neither found it) and one knowledge factor, keyed or said.
+    The digits are masked everywhere (see ``Slot.secret``)."""
+
+    factor: Factor = "pin"
+    prompt: str = Field("For your security, please key in or say your PIN.", min_length=1)
+    retry: str = "Sorry, that doesn't match our records."
+    # asked first when the caller's record is not known yet
+    identify: str = Field("What is the phone number on your account?", min_length=1)
+    # attempts in this call before a person takes over (the record also locks after
+    # CCENGINE_VERIFY_MAX_FAILURES failures in a row, across calls)
+    max_attempts: int = Field(default=3, ge=1, le=5)
+    # a PIN of exactly this many digits: keys need no # after it
+    length: int | None = Field(default=None, ge=4, le=12)
+    # the business's own check instead of the customers table: POSTed like an action
+    # ({call_id, customer_id, account, factor, value}), it answers {"verified": bool}
+    action: Action | None = None
+
+
 class Intent(_Strict):
     name: Name
     examples: list[Annotated[str, Field(min_length=2)]] = Field(min_length=1)
@@ -100,6 +138,10 @@ class Intent(_Strict):
     answer: Literal["knowledge"] | None = None  # the best knowledge-base article
     then: Then = "ask_more"
     skill: str | None = None  # the queue (skill) a hand-off from this intent goes to
+    verify: bool = False  # the caller proves who they are first (the flow's ``verify``)
+    # how a returning caller is asked about it ("your order {order}"): a template of
+    # its slots; an intent without one is never offered again
+    topic: str | None = None
 
     @model_validator(mode="after")
     def _coherent(self) -> Intent:
@@ -118,6 +160,14 @@ class Intent(_Strict):
                         )
                 elif head not in names:
                     raise ValueError(f"say: {{{field}}} is not a slot of the intent")
+        secret = {s.name for s in self.slots if s.secret}
+        for key, template in (("say", self.say), ("topic", self.topic)):
+            for field in template_fields(template or ""):
+                head = field.split(".", 1)[0]
+                if head in secret:
+                    raise ValueError(f"{key}: {{{field}}} is secret and is never said")
+                if key == "topic" and head not in names:
+                    raise ValueError(f"topic: {{{field}}} is not a slot of the intent")
         return self
 
 
@@ -131,6 +181,13 @@ class Flow(_Strict):
     handoff: str = "Let me put you through to a colleague who can help."
     goodbye: str = "Thanks for calling. Goodbye."
     apology: str = "Sorry, I can't reach that system right now."
+    # a caller back within CCENGINE_RETURNING_HOURS whose last request was left open;
+    # {topic} is that intent's ``topic``
+    returning: str = "Welcome back. Are you calling about {topic}?"
+    # said before a person takes a caller who could not prove who they are
+    not_verified: str = "I couldn't verify your identity."
+    verified: str = "Thank you, you're verified."
+    verify: Verify | None = None
     # turns in a row the agent could not use before the caller goes to a person
     max_failed_turns: int = Field(default=2, ge=1, le=5)
     intents: list[Intent] = Field(min_length=1)
@@ -143,6 +200,11 @@ class Flow(_Strict):
         examples = sum(len(i.examples) for i in self.intents)
         if examples > MAX_EXAMPLES:  # each is matched against every caller utterance
             raise ValueError(f"intents: {examples} examples; at most {MAX_EXAMPLES}")
+        if self.verify is None and any(i.verify for i in self.intents):
+            name = next(i.name for i in self.intents if i.verify)
+            raise ValueError(f"verify: intent {name!r} says verify, and the flow has no verify")
+        if template_fields(self.returning) != ["topic"]:
+            raise ValueError("returning: names {topic} once, and nothing else")
         return self
 
     def intent(self, name: str) -> Intent:
@@ -171,6 +233,11 @@ class FlowError(Exception):
         self.path, self.line, self.reason = str(path), line, reason
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {reason}")
+
+
+class FlowConflict(FlowError):
+    """Flows each fine alone that cannot answer together: one id twice, a number two
+    flows answer, two default flows."""
 
 
 class _Loader(yaml.SafeLoader):
@@ -209,8 +276,12 @@ def _line_of(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
     return line
 
 
-def parse_flow(text: str, path: Path | str, default_id: str | None = None) -> Flow:
-    """A flow from a file's text; ``FlowError`` names the line of the first mistake."""
+def parse_flow(
+    text: str, path: Path | str, default_id: str | None = None, *, flow_id: str | None = None
+) -> Flow:
+    """A flow from a file's text; ``FlowError`` names the line of the first mistake.
+    ``flow_id``: the id the flow must have (the API's path names it), and has if the
+    text gives none."""
     if len(text.encode()) > MAX_FILE_BYTES:
         raise FlowError(path, None, f"larger than {MAX_FILE_BYTES // 1024} KiB")
     try:
@@ -230,8 +301,11 @@ def parse_flow(text: str, path: Path | str, default_id: str | None = None) -> Fl
         raise FlowError(path, None, f"not a flow: {e}") from None
     if not isinstance(data, dict):
         raise FlowError(path, 1, "a flow file is a mapping (id:, greeting:, intents:)")
-    if default_id is not None:
-        data.setdefault("id", default_id)
+    if default_id is not None or flow_id is not None:
+        data.setdefault("id", flow_id or default_id)
+    if flow_id is not None and data["id"] != flow_id:
+        reason = f"id: the flow says {data['id']!r}, its name is {flow_id!r}"
+        raise FlowError(path, _line_of(root, ["id"]), reason)
     try:
         return Flow.model_validate(data)
     except ValidationError as e:
@@ -256,16 +330,32 @@ def parse_flow(text: str, path: Path | str, default_id: str | None = None) -> Fl
 
 
 def _did_you_mean(key: str) -> str:
-    known = {f for m in (Flow, Intent, Slot, Action) for f in m.model_fields}
+    known = {f for m in (Flow, Intent, Slot, Action, Verify) for f in m.model_fields}
     close = difflib.get_close_matches(key, sorted(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+@dataclass(frozen=True)
+class FlowText:
+    """A flow with the text it was read from, and where that was (a file's path, or
+    the API), so its mistakes and conflicts can name the place."""
+
+    flow: Flow
+    text: str
+    origin: str
+    source: Source = "file"
+
+
 def load_flows(folder: Path | str) -> list[Flow]:
-    """Every ``*.yaml``/``*.yml`` flow of a folder, sorted by file name. One bad file
-    refuses them all: an engine starting on part of a business's flows would answer
-    some callers with the wrong one."""
-    flows: list[Flow] = []
+    """Every ``*.yaml``/``*.yml`` flow of a folder, sorted by file name (``read_flows``)."""
+    return [f.flow for f in read_flows(folder)]
+
+
+def read_flows(folder: Path | str) -> list[FlowText]:
+    """Every ``*.yaml``/``*.yml`` flow of a folder with its text, sorted by file name. One
+    bad file refuses them all: an engine starting on part of a business's flows would
+    answer some callers with the wrong one."""
+    flows: list[FlowText] = []
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix in (".yaml", ".yml"))
     for p in paths:
         try:
@@ -274,30 +364,34 @@ def load_flows(folder: Path | str) -> list[Flow]:
             text = p.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise FlowError(p, None, f"cannot be read: {e}") from None
-        flows.append(parse_flow(text, p, default_id=_id_of(p)))
-    _check_together(flows, paths)
+        flows.append(FlowText(parse_flow(text, p, default_id=_id_of(p)), text, str(p)))
+    check_together(flows)
     return flows
 
 
 def _id_of(path: Path) -> str | None:
     stem = path.stem.lower().replace("-", "_")
-    return stem if re.fullmatch(r"[a-z][a-z0-9_]{0,39}", stem) else None
+    return stem if re.fullmatch(NAME, stem) else None
 
 
-def _check_together(flows: list[Flow], paths: Sequence[Path]) -> None:
-    seen: dict[str, Path] = {}
-    numbers: dict[str, Path] = {}
-    defaults = [p for f, p in zip(flows, paths, strict=True) if not f.numbers]
-    for f, p in zip(flows, paths, strict=True):
-        if f.id in seen:
-            raise FlowError(p, None, f"flow id {f.id!r} is also the id of {seen[f.id]}")
-        seen[f.id] = p
-        for n in f.numbers:
+def check_together(flows: Iterable[FlowText]) -> None:
+    """``FlowConflict`` if ``flows`` cannot answer together, naming the later one."""
+    seen: dict[str, str] = {}
+    numbers: dict[str, str] = {}
+    default: str | None = None
+    for f in flows:
+        where, id_ = f.origin, f.flow.id
+        if id_ in seen:
+            raise FlowConflict(where, None, f"flow id {id_!r} is also the id of {seen[id_]}")
+        seen[id_] = where
+        for n in f.flow.numbers:
             if n in numbers:
-                raise FlowError(p, None, f"number {n!r} is also answered by {numbers[n]}")
-            numbers[n] = p
-    if len(defaults) > 1:
-        raise FlowError(defaults[1], None, f"a second flow without numbers ({defaults[0]})")
+                raise FlowConflict(where, None, f"number {n!r} is also answered by {numbers[n]}")
+            numbers[n] = where
+        if not f.flow.numbers:
+            if default is not None:
+                raise FlowConflict(where, None, f"a second flow without numbers ({default})")
+            default = where
 
 
 def flow_for(flows: Sequence[Flow], dialled: str | None) -> Flow | None:

@@ -5,9 +5,13 @@ It runs after Facts and before Assist and Escalate (``engine.analysis.call_stage
 while the call is ``active``: the agent has the call until someone else does. On
 
     BotStart                the greeting
-    a caller's final        ``Dialog.heard`` with the redacted words
+    a caller's final        ``Dialog.heard`` with the redacted words (the words as said
+                            while a secret is asked for: Redact masked the event)
     a key                   ``Dialog.key``
     ActionAnswered          ``Dialog.action_done`` / ``action_failed``
+    IdentityChecked         ``Dialog.checked``; the call is verified (``call.verified``
+                            event, the record's ``customer_id`` and ``verified_by``) or
+                            the failure told (``call.verification_failed``)
 
 it turns the dialog's outputs into effects: ``Say`` (with the agent's turn, so that a
 caller who barges in cuts off the rest of it), the line in the call's transcript
@@ -44,15 +48,23 @@ from engine.assist.facts import Fact
 from engine.assist.knowledge import KnowledgeBase
 from engine.assist.redact import Redactor
 from engine.bot import dialog
-from engine.bot.events import ActionAnswered, BotStart
+from engine.bot.events import ActionAnswered, BotStart, IdentityChecked
 from engine.callstate import SilenceCheck
 from engine.escalation import Decision
-from engine.events import BotSaid, DtmfReceived, TranscriptFinal, utcnow
+from engine.events import (
+    BotSaid,
+    CallVerified,
+    DtmfReceived,
+    TranscriptFinal,
+    VerificationFailed,
+    utcnow,
+)
 from engine.livecall import Call
 from engine.store.models import UtteranceRow
 
 RULE = "virtual_agent"  # the escalation rule id of the agent's hand-offs
 KEYED_STATES = (dialog.State.FILLING, dialog.State.CONFIRMING)  # keys answer the agent
+WAITING = dialog.State.WAITING
 BOT_STATES = ("active",)  # the agent speaks only while the call is its own
 MAX_SPOKEN_ANSWER = 400  # characters of an article read out: its first paragraph
 
@@ -82,9 +94,22 @@ class BotTurn:
                 # something up: their silence counts from when it is done
                 call.escalation.observe_phase("bot", item.media.now)
         answering = isinstance(item.event, DtmfReceived) and d.state in KEYED_STATES
+        asked_person = isinstance(item.event, TranscriptFinal)
+        verified = d.verified_by
         outputs = self._input(d, item)
+        if isinstance(item.media, IdentityChecked):
+            yield from self._checked(call, d, item.media, verified)
         if outputs:
             yield from self._carry_out(call, d, outputs, item, call.bot_turn)
+        task = d.task_record()
+        if task is not None and task != call.bot_task:
+            # kept with the call, so a caller back soon is asked about it if still open
+            call.bot_task = task
+            values = {"bot_task": task, "intent": task["intent"]}
+            yield Write(f"call {call.id} bot task", values=values)
+        if asked_person and d.handing_off:
+            # "a person, please": the agent verifies the caller first, then routes them
+            item = dataclasses.replace(item, bot_hands_off=True)
         yield dataclasses.replace(item, answered_bot=True) if answering else item
 
     @staticmethod
@@ -98,11 +123,36 @@ class BotTurn:
             if media.failed is not None:
                 return d.action_failed(media.failed)
             return d.action_done(media.result)
+        if isinstance(media, IdentityChecked):
+            return d.checked(media.outcome, media.customer_id) if d.state == WAITING else []
+        # while a secret is asked for, the event is masked: the words as said are the
+        # item's alone
         if isinstance(ev, TranscriptFinal) and ev.speaker == "caller":
-            return d.heard(ev.text)
+            return d.heard(item.clear if item.clear is not None else ev.text)
         if isinstance(ev, DtmfReceived):
-            return d.key(ev.digit)
+            return d.key(item.clear if item.clear is not None else ev.digit)
         return []
+
+    @staticmethod
+    def _checked(
+        call: Call, d: dialog.Dialog, checked: IdentityChecked, before: str | None
+    ) -> Iterator[Output]:
+        """The call's record and stream learn what verification came to."""
+        if d.verified_by is not None and before is None and d.customer_id is not None:
+            call.customer_id, call.verified_by = d.customer_id, d.verified_by
+            values = {"customer_id": d.customer_id, "verified_by": d.verified_by}
+            yield Write(f"call {call.id} verified", values=values)
+            yield Emit(
+                CallVerified(call_id=call.id, customer_id=d.customer_id, method=d.verified_by)
+            )
+        elif checked.outcome in ("wrong", "locked"):
+            failed = VerificationFailed(
+                call_id=call.id,
+                customer_id=checked.customer_id,
+                attempt=checked.attempt,
+                locked=checked.outcome == "locked",
+            )
+            yield Emit(failed)
 
     def _carry_out(
         self, call: Call, d: dialog.Dialog, outputs: list[dialog.Output], item: Item, turn: int
@@ -113,7 +163,7 @@ class BotTurn:
             if isinstance(out, dialog.Say):
                 yield Say(out.text, BOT_STATES, turn=turn)
                 yield from self._said(call, out.text)
-            elif isinstance(out, dialog.CallAction):
+            elif isinstance(out, dialog.CallAction | dialog.CheckIdentity):
                 yield Act(out)
             elif isinstance(out, dialog.AskKnowledge):
                 answer = self._answer(out.question)

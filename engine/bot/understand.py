@@ -62,6 +62,15 @@ def _content(text: str) -> list[str]:
     return [h.text for s in read(text) for h in s.heard if h.text not in _LIGHT]
 
 
+# what callers say around a request and nothing else: "hi", "um", "okay so"
+_FILLERS = frozenset("um uh er erm hmm mm ah oh okay ok well right hey morning afternoon".split())
+
+
+def has_content(text: str) -> bool:
+    """Whether a line says anything beyond greetings and fillers ("Hi," "um, so")."""
+    return any(w not in _FILLERS for w in _content(text))
+
+
 def _found(word: str, heard: str) -> str | None:
     """How an example's ``word`` was found in one ``heard`` word, if it was."""
     heard = heard.removesuffix("'s")  # "where's my order"

@@ -46,6 +46,18 @@ class CallRow(Base):
     queue: Mapped[str | None] = mapped_column(String(64), index=True)  # the last one
     # the engine process running it (engine/recovery.py); None: from before this was kept
     engine_id: Mapped[str | None] = mapped_column(String(36))
+    # the customer the caller is (engine/customers.py), and how they proved it: "pin",
+    # "dob", "last4", "app_token", ...; None: not verified (the customer may be known by
+    # the caller id alone)
+    customer_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    verified_by: Mapped[str | None] = mapped_column(String(16))
+    # the carrier's STIR/SHAKEN attestation of the caller's number (A, B, C): shown, not
+    # proof (engine/stirshaken.py)
+    attestation: Mapped[str | None] = mapped_column(String(1))
+    # the virtual agent: what the caller wanted, and what it was doing about it
+    # ({"intent", "slots", "done"})
+    intent: Mapped[str | None] = mapped_column(String(40))
+    bot_task: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     legs: Mapped[list[LegRow]] = relationship(back_populates="call", order_by="LegRow.created_at")
 
@@ -269,3 +281,33 @@ class DeliveryRow(Base):
     # mid-send runs out, and the delivery is claimed again.
     claimed_by: Mapped[str | None] = mapped_column(String(36))
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CustomerRow(Base):
+    """A customer of the business, under the business's own id (engine/customers.py).
+    ``secrets``: {factor: argon2 hash} for "pin", "dob", "last4"; never the values."""
+
+    __tablename__ = "customers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    secrets: Mapped[dict[str, str]] = mapped_column(JSON)
+    # wrong answers since the last right one; at the limit the record locks until
+    # ``locked_until`` (no answer is checked meanwhile)
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CustomerKeyRow(Base):
+    """What finds a customer: a phone number, an email address, the business app's
+    user id. Each belongs to one customer at most (the primary key)."""
+
+    __tablename__ = "customer_keys"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # phone, email, app_user
+    value: Mapped[str] = mapped_column(String(320), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )

@@ -130,6 +130,15 @@ async function refreshQueues() {
 
 // -- ringing ---------------------------------------------------------------------------
 
+// how the caller proved who they are, as the agent reads it
+const METHODS = { pin: "PIN", dob: "date of birth", last4: "last four digits", app_token: "signed in to the app" };
+function identity(c) {
+  // the carrier's STIR/SHAKEN level vouches for the number only, not for who is calling
+  const attested = c.attestation ? ` · number attested ${c.attestation}` : "";
+  if (!c.customer_id) return `no customer record${attested}`;
+  return `customer ${c.customer_id} · ${c.verified_by ? `verified: ${METHODS[c.verified_by] || c.verified_by}` : "not verified"}${attested}`;
+}
+
 function ring(ev, expires) {
   offer = ev;
   const rows = [
@@ -137,6 +146,7 @@ function ring(ev, expires) {
     ["Queue", `${ev.queue} · waited ${Math.round(ev.waited)} s`],
     ["Why", ev.escalation_reason || "asked for a person"],
     ...(ev.intent ? [["Asked for", ev.intent.replaceAll("_", " ")]] : []),
+    ["Identity", identity(ev)],
     ["Mood", ev.emotion ? `<span class="badge ${esc(ev.emotion)}">${esc(ev.emotion)}</span>` : "–"],
     ["So far", ev.summary || "–"],
   ];
@@ -195,13 +205,13 @@ async function openCall(id) {
   const [call, history, queues, agents] = await Promise.all([
     api(`/api/v1/calls/${id}`), api(`/api/v1/calls/${id}/history`), api("/api/v1/queues"), api("/api/v1/agents"),
   ]);
-  $("caller").textContent = `${call.caller || "unknown caller"} · ${call.channel} · ${call.language}`;
+  $("caller").textContent = `${call.caller || "unknown caller"} · ${call.channel} · ${call.language} · ${identity(call)}${call.intent ? ` · asked for ${call.intent.replaceAll("_", " ")}` : ""}`;
   view.load(call);
   showNotes(call.notes);
   setCallState(call.state);
   $("history").innerHTML = history.length ? history.map((h) => `
     <div class="history-item"><strong>${new Date(h.created_at).toLocaleString()}</strong>
-      · ${esc(h.disposition || h.end_reason || h.state)}${h.emotion ? ` · <span class="badge ${esc(h.emotion)}">${esc(h.emotion)}</span>` : ""}
+      · ${esc(h.channel)}${h.intent ? ` · ${esc(h.intent.replaceAll("_", " "))}` : ""} · ${esc(h.disposition || h.end_reason || h.state)}${h.emotion ? ` · <span class="badge ${esc(h.emotion)}">${esc(h.emotion)}</span>` : ""}
       <div>${esc(h.summary || "no summary")}</div></div>`).join("") : "No earlier calls.";
   $("transfer-to").innerHTML =
     queues.map((q) => `<option value="queue:${esc(q.name)}">queue ${esc(q.name)} (${q.waiting} waiting)</option>`).join("") +

@@ -48,10 +48,24 @@ function queued(ev) {
 
 // A call link (#invite=…) goes straight to the agent or queue it names. The fragment
 // never reaches a server; take it out of the address bar so it is not bookmarked.
-const invite = new URLSearchParams(location.hash.slice(1)).get("invite");
-if (invite) {
-  history.replaceState(null, "", location.pathname);
-  $("notice").textContent = "You were invited to this call: press Call to be put through.";
+// The business's app may open this page signed in as its user (#customer_token=…,
+// a JWT it signed): the call is then theirs, verified, and nobody asks who they are.
+const fragment = new URLSearchParams(location.hash.slice(1));
+const invite = fragment.get("invite");
+const customerToken = fragment.get("customer_token") || window.ccengineCustomerToken || null;
+if (invite || customerToken) history.replaceState(null, "", location.pathname);
+if (invite) $("notice").textContent = "You were invited to this call: press Call to be put through.";
+
+// keys go to the engine as keys, never as tones in the audio: a PIN keyed here is in
+// no recording
+for (const b of $("keypad").querySelectorAll("button")) {
+  b.onclick = () => {
+    if (!callId) return;
+    fetch(`/api/v1/calls/${callId}/keys`, {
+      method: "POST", headers: { "content-type": "application/json", ...WRITE },
+      body: JSON.stringify({ digits: b.textContent }),
+    }).catch(() => {});
+  };
 }
 
 async function call() {
@@ -68,7 +82,7 @@ async function call() {
       headers: { "content-type": "application/json", ...WRITE },
       body: JSON.stringify({
         type: "offer", sdp: pc.localDescription.sdp, language: $("language").value,
-        caller: $("identity").value.trim() || null, invite,
+        caller: $("identity").value.trim() || null, invite, customer_token: customerToken,
       }),
     });
     const body = await res.json();
@@ -79,6 +93,7 @@ async function call() {
     if (!["vosk", "moonshine"].includes(body.recognizer)) $("notice").className = "note warn";
     await pc.setRemoteDescription({ type: "answer", sdp: body.sdp });
     $("hangup").disabled = false;
+    $("keypad").hidden = false;
     events = connectEvents(`/api/v1/calls/${callId}/events`, (ev) => {
       if (ev.type === "call.state_changed") {
         setState(ev.state);
@@ -87,6 +102,7 @@ async function call() {
       }
       else if (ev.type === "transcript.partial" || ev.type === "transcript.final") caption(ev);
       else if (ev.type === "bot.said") botSaid(ev);
+      else if (ev.type === "call.verified") { $("verified").hidden = false; $("verified").textContent = "You are verified."; }
       else if (ev.type === "queue.updated") queued(ev);
       else if (ev.type === "callback.requested") $("queue").textContent = "We will call you back. Thank you.";
       else if (ev.type === "call.ended") { setState("ended"); finish(`Call ended (${ev.reason}).`); }
@@ -107,6 +123,7 @@ function finish(message) {
   $("call").disabled = false;
   $("hangup").disabled = true;
   $("callback").hidden = true;
+  $("keypad").hidden = true;
 }
 
 async function hangup() {
