@@ -44,7 +44,7 @@ from engine.assist.facts import extract
 from engine.assist.knowledge import KnowledgeBase
 from engine.assist.redact import Redactor
 from engine.assist.summary import summarize
-from engine.bot.dialog import CallAction, CheckIdentity
+from engine.bot.dialog import CallAction, CheckIdentity, SendCode
 from engine.bot.events import BotInput
 from engine.callstate import SilenceCheck
 from engine.escalation import Decision, EmotionSample, Utterance
@@ -160,7 +160,7 @@ class Act:
     who the caller is (engine/customers.py); the answer comes back among the call's
     events (``ActionAnswered``, ``IdentityChecked``)."""
 
-    action: CallAction | CheckIdentity
+    action: CallAction | CheckIdentity | SendCode
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,6 +71,9 @@ class Call(CallRecord):
     bot: Dialog | None = None
     bot_turn: int = 0
     bot_task: dict[str, object] | None = None  # the dialog's request as last written
+    # the one-time code texted to the caller and when it stops counting (monotonic); in
+    # this process only, like the dialog that asked for it
+    otp: tuple[str, float, str] | None = field(default=None, repr=False)  # code, until, record
 
     def other_peer(self, leg: Leg) -> CallPeer | None:
         """The peer that hears ``leg`` (caller <-> agent) while they talk; on hold,

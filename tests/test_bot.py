@@ -20,6 +20,7 @@ from engine.bot.dialog import (
     InvalidTransition,
     Known,
     Say,
+    SendCode,
     State,
 )
 from engine.bot.flows import Flow, FlowError, flow_for, load_flows, parse_flow
@@ -364,6 +365,11 @@ def test_every_transition_of_the_table_is_walked_by_these_tests() -> None:
     d.keys("5550100")
     d.keys("4321")
     record(d, "checked", "ok", "c-1")
+    d = Dialog(otp_flow(), known=Known(customer_id="c-1"))
+    d.start()
+    d.heard("where is order 83016")
+    d.heard("yes")
+    record(d, "code_sent", True)
     stops = {(s, "stop") for s in State if (s, "stop") in TRANSITIONS}
     assert set(TRANSITIONS) - stops <= walked
 
@@ -715,3 +721,47 @@ def test_a_hand_off_after_a_finished_request_carries_what_was_given_for_it() -> 
     (handoff,) = [o for o in outs if isinstance(o, HandOff)]
     assert handoff.intent == "person" and handoff.slots == {"order": "83016"}
     assert handoff.summary == "done: order_status (order 83016); asked: person"
+
+
+def otp_flow() -> Flow:
+    return parse_flow(
+        SECURED.replace(
+            "  factor: pin\n  length: 4\n  prompt: Please key in your four digit PIN.\n",
+            "  factor: otp\n  send_code:\n    url: http://127.0.0.1:9/sms\n",
+        ),
+        "otp.yaml",
+    )
+
+
+def test_a_one_time_code_is_texted_first_then_asked_for_and_checked() -> None:
+    d = Dialog(otp_flow(), known=Known(customer_id="c-1"))
+    d.start()
+    d.heard("where is order 83016")
+    assert d.heard("yes") == [SendCode("c-1", None)]
+    assert d.state == State.WAITING and not d.secret_pending
+    assert said(d.code_sent(True)) == [
+        "I've texted a six digit code to the phone on your account. Please key it in."
+    ]
+    assert d.secret_pending
+    for k in "58392":
+        assert d.key(k) == []
+    assert d.key("7") == [CheckIdentity("otp", "583927", "c-1", None, 1)]  # six: no #
+    outs = d.checked("ok", "c-1")
+    assert d.verified_by == "otp" and isinstance(outs[-1], CallAction)
+    # not sent (no phone on the record, the sender down): an apology and a person
+    d = Dialog(otp_flow(), known=Known(customer_id="c-1"))
+    d.start()
+    d.heard("where is order 83016")
+    d.heard("yes")
+    outs = d.code_sent(False)
+    assert said(outs)[0] == "Sorry, I can't reach that system right now."
+    assert outs[-1].reason == "no one-time code could be sent"  # type: ignore[union-attr]
+
+
+def test_otp_needs_a_sender_and_a_sender_needs_otp() -> None:
+    no_sender = SECURED.replace("  factor: pin\n", "  factor: otp\n")
+    with pytest.raises(FlowError, match="send_code: is for factor otp"):
+        parse_flow(no_sender, "o.yaml")
+    stray = SECURED.replace("  factor: pin\n", "  factor: pin\n  send_code:\n    url: http://x/s\n")
+    with pytest.raises(FlowError, match="send_code: is for factor otp"):
+        parse_flow(stray, "o.yaml")

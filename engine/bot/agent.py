@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
 from engine.bot.actions import ActionFailed, Actions
-from engine.bot.dialog import CallAction, Checked, CheckIdentity, Dialog, Known
+from engine.bot.dialog import CallAction, Checked, CheckIdentity, Dialog, Known, SendCode
 from engine.bot.dialog import State as DialogState
-from engine.bot.events import ActionAnswered, BotStart, IdentityChecked
+from engine.bot.events import ActionAnswered, BotStart, CodeSent, IdentityChecked
+from engine.bot.flows import OTP_DIGITS, Flow, flow_for
 from engine.bot.flows import Action as FlowAction
-from engine.bot.flows import Flow, flow_for
 from engine.bot.stage import BOT_STATES
 from engine.bot.understand import IntentMatcher
 from engine.customers import Customers, VerifyOutcome
@@ -31,6 +33,8 @@ from engine.livecall import Call
 from engine.metrics import Metrics
 
 log = logging.getLogger(__name__)
+OTP_MINUTES = 5  # a texted code counts this long
+OTP_LIFETIME = 60.0 * OTP_MINUTES
 _OUTCOMES: dict[VerifyOutcome, Checked] = {
     VerifyOutcome.OK: "ok",
     VerifyOutcome.WRONG: "wrong",
@@ -107,10 +111,13 @@ class VirtualAgent:
         self.metrics.bot_barge_ins.inc()
         return True
 
-    def act(self, call: Call, action: CallAction | CheckIdentity) -> None:
+    def act(self, call: Call, action: CallAction | CheckIdentity | SendCode) -> None:
         """Run ``action`` beside the call; its answer joins the call's events."""
+        work: Coroutine[None, None, None]
         if isinstance(action, CheckIdentity):
             work = self._check(call, action)
+        elif isinstance(action, SendCode):
+            work = self._send_code(call, action)
         else:
             work = self._act(call, action)
         call.tasks.append(asyncio.create_task(work, name=f"act-{call.id}"))
@@ -123,7 +130,9 @@ class VirtualAgent:
         outcome: Checked
         customer_id = check.customer_id
         try:
-            if verify is not None and verify.action is not None:
+            if check.factor == "otp":
+                outcome, customer_id = _code_matches(call, check.value)
+            elif verify is not None and verify.action is not None:
                 outcome, customer_id = await self._ask_business(call, check, verify.action)
             elif self.customers is not None:
                 if customer_id is None and check.account is not None:
@@ -143,6 +152,40 @@ class VirtualAgent:
         self.metrics.bot_actions.labels(f"verify_{outcome}").observe(time.monotonic() - started)
         if not call.ended.is_set():
             call.events.put_nowait(IdentityChecked(outcome, customer_id, check.attempt))
+
+    async def _send_code(self, call: Call, send: SendCode) -> None:
+        """Text a one-time code to the phone on the caller's record through the flow's
+        SMS sender. The code is in that request only: never logged or stored."""
+        verify = call.bot.flow.verify if call.bot is not None else None
+        ok = False
+        try:
+            record = None
+            if self.customers is not None:
+                if send.customer_id is not None:
+                    record = await self.customers.get(send.customer_id)
+                elif send.account is not None:
+                    record = await self.customers.by_phone(send.account)
+            if verify is not None and verify.send_code is not None and record and record.phones:
+                code = f"{secrets.randbelow(10**OTP_DIGITS):0{OTP_DIGITS}d}"
+                call.otp = (code, time.monotonic() + OTP_LIFETIME, record.id)
+                payload = {
+                    "call_id": call.id,
+                    "customer_id": record.id,
+                    "phone": record.phones[0],
+                    "code": code,
+                    "text": f"Your code is {code}. It is valid for {OTP_MINUTES} minutes.",
+                }
+                a = verify.send_code
+                await self.actions.post(a.url, a.timeout, payload, what="send_code")
+                ok = True
+        except ActionFailed as e:
+            log.warning("call %s: the one-time code could not be sent: %s", call.id, e)
+        except Exception as e:  # the caller must not be left waiting
+            log.warning(
+                "call %s: the one-time code could not be sent (%s)", call.id, type(e).__name__
+            )
+        if not call.ended.is_set():
+            call.events.put_nowait(CodeSent(ok))
 
     async def _ask_business(
         self, call: Call, check: CheckIdentity, action: FlowAction
@@ -213,3 +256,17 @@ class VirtualAgent:
 
     async def close(self) -> None:
         await self.actions.close()
+
+
+def _code_matches(call: Call, value: str) -> tuple[Checked, str | None]:
+    """The caller's answer against the code texted to them, and the record whose phone
+    got it; a code used or run out proves nothing."""
+    if call.otp is None:
+        return "wrong", None
+    code, until, customer_id = call.otp
+    if time.monotonic() > until:
+        return "wrong", customer_id
+    if hmac.compare_digest(code, value):
+        call.otp = None  # one use
+        return "ok", customer_id
+    return "wrong", customer_id

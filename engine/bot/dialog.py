@@ -15,6 +15,8 @@ action's JSON, a knowledge-base answer):
                   ``action_done(result)`` or ``action_failed(reason)``
     CheckIdentity checks the factor the caller gave against their record (or the
                   business's own check), then calls ``checked(outcome, customer_id)``
+    SendCode      texts a one-time code to the number on the caller's record through
+                  the business's SMS sender, then calls ``code_sent(ok)``
     AskKnowledge  looks the question up, then calls ``answered(text or None)``
     HandOff       puts the caller in line for a person with what was learnt
     End           hangs up once the goodbye has been said
@@ -39,6 +41,7 @@ does not list is ignored, e.g. words said while an action is under way):
                 answered                  listening, handed_off, ended
     waiting     checked                   filling (asked again), waiting (the action
                                           under way), listening, handed_off, ended
+    waiting     code_sent                 filling (the code asked for), handed_off
     any         stop                      stopped (a person or a hang-up took over)
 
 A turn the agent cannot use (no intent, a slot it cannot read, neither yes nor no)
@@ -88,7 +91,15 @@ class State(enum.StrEnum):
 
 
 Input = Literal[
-    "start", "heard", "keys", "action_done", "action_failed", "answered", "checked", "stop"
+    "start",
+    "heard",
+    "keys",
+    "action_done",
+    "action_failed",
+    "answered",
+    "checked",
+    "code_sent",
+    "stop",
 ]
 S = State
 _TALKING = frozenset({S.LISTENING, S.FILLING, S.CONFIRMING, S.WAITING, S.HANDED_OFF, S.ENDED})
@@ -103,6 +114,7 @@ TRANSITIONS: dict[tuple[State, Input], frozenset[State]] = {
     (S.WAITING, "action_failed"): frozenset({S.HANDED_OFF}),
     (S.WAITING, "answered"): frozenset({S.LISTENING, S.HANDED_OFF, S.ENDED}),
     (S.WAITING, "checked"): frozenset({S.FILLING, S.WAITING, S.LISTENING, S.HANDED_OFF, S.ENDED}),
+    (S.WAITING, "code_sent"): frozenset({S.FILLING, S.HANDED_OFF}),
 }
 for _s in State:
     if _s not in (S.HANDED_OFF, S.ENDED, S.STOPPED):
@@ -145,6 +157,15 @@ class CheckIdentity:
 
 
 @dataclass(frozen=True, slots=True)
+class SendCode:
+    """Text a one-time code to the phone of record ``customer_id`` (or of the record
+    with the phone number ``account``)."""
+
+    customer_id: str | None
+    account: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class AskKnowledge:
     intent: str
     question: str
@@ -166,7 +187,7 @@ class End:
     pass
 
 
-Output = Say | CallAction | CheckIdentity | AskKnowledge | HandOff | End
+Output = Say | CallAction | CheckIdentity | SendCode | AskKnowledge | HandOff | End
 Checked = Literal["ok", "wrong", "locked", "failed"]
 
 
@@ -343,6 +364,17 @@ class Dialog:
         self._move(self._last_input, S.FILLING)
         return [Say(f"{verify.retry} {verify.prompt}")]
 
+    def code_sent(self, ok: bool) -> list[Output]:
+        """The one-time code was texted (``ok``), or could not be: no phone on the
+        record, no record, the SMS sender failed. The caller is not told which."""
+        self._expect("code_sent")
+        task = self._task()
+        if not ok:
+            return [Say(self.flow.apology), *self._hand_off("no one-time code could be sent")]
+        task.pending = self._factor_slot()
+        self._move(self._last_input, S.FILLING)
+        return [Say(task.pending.prompt)]
+
     @property
     def handing_off(self) -> bool:
         """The request under way ends with a person (``then: handoff``) and the agent
@@ -424,6 +456,10 @@ class Dialog:
             verify = self._verify()
             # the record first, when caller ID and the app found none
             ask_number = self.customer_id is None and self.account is None
+            if not ask_number and verify.factor == "otp":
+                # the code is texted first; it is asked for once the sender took it
+                self._move(self._last_input, S.WAITING)
+                return [SendCode(self.customer_id, self.account)]
             slot = _ACCOUNT if ask_number else self._factor_slot()
             task.pending = slot
             self._move(self._last_input, S.FILLING)

@@ -34,4 +34,11 @@ class IdentityChecked:
     attempt: int
 
 
-BotInput = BotStart | ActionAnswered | IdentityChecked
+@dataclass(frozen=True, slots=True)
+class CodeSent:
+    """Whether the one-time code went to the business's SMS sender (never the code)."""
+
+    ok: bool
+
+
+BotInput = BotStart | ActionAnswered | IdentityChecked | CodeSent

@@ -102,10 +102,17 @@ class Action(_Strict):
     timeout: float = Field(default=3.0, gt=0, le=10)
 
 
-Factor = Literal["pin", "dob", "last4"]
+Factor = Literal["pin", "dob", "last4", "otp"]
 # what each factor is, as keys or spoken digits: a PIN of 4 to 12, a date of birth as
-# DDMMYYYY, an account's last four
-FACTOR_LENGTHS: dict[str, tuple[int, int]] = {"pin": (4, 12), "dob": (8, 8), "last4": (4, 4)}
+# DDMMYYYY, an account's last four, a one-time code of six
+OTP_DIGITS = 6
+OTP_PROMPT = "I've texted a six digit code to the phone on your account. Please key it in."
+FACTOR_LENGTHS: dict[str, tuple[int, int]] = {
+    "pin": (4, 12),
+    "dob": (8, 8),
+    "last4": (4, 4),
+    "otp": (OTP_DIGITS, OTP_DIGITS),
+}
 
 
 class Verify(_Strict):
@@ -127,6 +134,25 @@ class Verify(_Strict):
     # the business's own check instead of the customers table: POSTed like an action
     # ({call_id, customer_id, account, factor, value}), it answers {"verified": bool}
     action: Action | None = None
+    # factor otp: the business's SMS sender, POSTed like an action ({call_id,
+    # customer_id, phone, code, text}) to text the code to the number on the record
+    send_code: Action | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _otp_prompt(cls, data: object) -> object:
+        # a PIN's prompt would be wrong for a texted code: its own default
+        if isinstance(data, dict) and data.get("factor") == "otp" and "prompt" not in data:
+            return {**data, "prompt": OTP_PROMPT}
+        return data
+
+    @model_validator(mode="after")
+    def _otp(self) -> Verify:
+        if (self.factor == "otp") != (self.send_code is not None):
+            raise ValueError("send_code: is for factor otp, and factor otp needs it")
+        if self.factor == "otp" and self.action is not None:
+            raise ValueError("action: a one-time code is checked here, not by the business")
+        return self
 
 
 class Intent(_Strict):

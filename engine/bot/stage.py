@@ -12,6 +12,7 @@ while the call is ``active``: the agent has the call until someone else does. On
     IdentityChecked         ``Dialog.checked``; the call is verified (``call.verified``
                             event, the record's ``customer_id`` and ``verified_by``) or
                             the failure told (``call.verification_failed``)
+    CodeSent                ``Dialog.code_sent`` (a one-time code was texted, or not)
 
 it turns the dialog's outputs into effects: ``Say`` (with the agent's turn, so that a
 caller who barges in cuts off the rest of it), the line in the call's transcript
@@ -48,7 +49,7 @@ from engine.assist.facts import Fact
 from engine.assist.knowledge import KnowledgeBase
 from engine.assist.redact import Redactor
 from engine.bot import dialog
-from engine.bot.events import ActionAnswered, BotStart, IdentityChecked
+from engine.bot.events import ActionAnswered, BotStart, CodeSent, IdentityChecked
 from engine.callstate import SilenceCheck
 from engine.escalation import Decision
 from engine.events import (
@@ -125,6 +126,8 @@ class BotTurn:
             return d.action_done(media.result)
         if isinstance(media, IdentityChecked):
             return d.checked(media.outcome, media.customer_id) if d.state == WAITING else []
+        if isinstance(media, CodeSent):
+            return d.code_sent(media.ok) if d.state == WAITING else []
         # while a secret is asked for, the event is masked: the words as said are the
         # item's alone
         if isinstance(ev, TranscriptFinal) and ev.speaker == "caller":
@@ -163,7 +166,7 @@ class BotTurn:
             if isinstance(out, dialog.Say):
                 yield Say(out.text, BOT_STATES, turn=turn)
                 yield from self._said(call, out.text)
-            elif isinstance(out, dialog.CallAction | dialog.CheckIdentity):
+            elif isinstance(out, dialog.CallAction | dialog.CheckIdentity | dialog.SendCode):
                 yield Act(out)
             elif isinstance(out, dialog.AskKnowledge):
                 answer = self._answer(out.question)
