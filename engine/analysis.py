@@ -239,28 +239,30 @@ class Redact:
         if not isinstance(item, Item):
             return
         ev = item.media
-        # the virtual agent asks for a PIN: the caller's words and keys are told masked
-        secret = call.bot is not None and call.bot.secret_pending
+        # the virtual agent asks for a PIN, checks it, or just did: the caller's words
+        # and keys are told masked, and the raw report is kept by this item only
         if isinstance(ev, SilenceCheck):
             yield item
         elif isinstance(ev, me.TranscriptPartial):
             partial = self._partial(call, ev)
-            if secret and partial.speaker == "caller":
+            if partial.speaker == "caller" and secret(call, partial.start):
                 partial = partial.model_copy(update={"text": SECRET})
+                ev = dataclasses.replace(ev, text=SECRET)
             yield Item(ev, partial)
         elif isinstance(ev, me.TranscriptFinal):
             final = self._final(call, ev)
-            if secret and final.speaker == "caller":
+            if final.speaker == "caller" and secret(call, final.start):
                 masked = final.model_copy(update={"text": SECRET, "words": []})
-                yield Item(ev, masked, clear=ev.text)
+                raw = dataclasses.replace(ev, text=SECRET, words=[])
+                yield Item(raw, masked, clear=ev.text)
             else:
                 yield Item(ev, final)
         elif isinstance(ev, me.EmotionEstimated):
             yield Item(ev, self._emotion(call, ev))
         elif isinstance(ev, me.KeyPressed):
-            if secret:  # no menu either: the key answers the agent
+            if secret(call, ev.at):  # no menu either: the key answers the agent
                 masked_key = DtmfReceived(call_id=call.id, digit="*", at=ev.at, masked=True)
-                yield Item(ev, masked_key, clear=ev.digit)
+                yield Item(dataclasses.replace(ev, digit="*"), masked_key, clear=ev.digit)
             else:
                 menu = self.menu.get(ev.digit)
                 yield Item(ev, DtmfReceived(call_id=call.id, digit=ev.digit, at=ev.at, menu=menu))
@@ -350,7 +352,8 @@ class Persist:
             ev, media = item.event, item.media
             if isinstance(ev, TranscriptFinal) and isinstance(media, me.TranscriptFinal):
                 yield Write(f"call {call.id} utterance {ev.utterance_id}", _utterance_row(ev))
-                self.metrics.asr_latency.labels(media.end_rule).observe(media.asr_latency)
+                if call.channel != "chat":  # a typed line: no recognizer to time
+                    self.metrics.asr_latency.labels(media.end_rule).observe(media.asr_latency)
             elif isinstance(ev, EmotionUpdated) and isinstance(media, me.EmotionEstimated):
                 row = _emotion_row(ev, media.estimate)
                 yield Write(f"call {call.id} emotion {ev.utterance_id}", row)
@@ -358,6 +361,13 @@ class Persist:
                     mood = {"emotion": media.estimate.call_label}
                     yield Write(f"call {call.id} mood", values=mood)
         yield item
+
+
+def secret(call: Call, at: float) -> bool:
+    """Whether what the caller said or keyed at ``at`` (the call's clock) is masked:
+    the virtual agent is asking for a secret or checking it, or it was when that began
+    (engine/bot/stage.py sets ``secret_until``)."""
+    return (call.bot is not None and call.bot.secret_pending) or at < call.secret_until
 
 
 def _utterance_row(final: TranscriptFinal) -> UtteranceRow:
@@ -440,6 +450,9 @@ class Assist:
         ev = item.item.event if isinstance(item, Escalated) else item.event
         if isinstance(ev, EmotionUpdated) and ev.speaker == "caller":
             yield from self._update(call, ev.call_label, ev.trend)
+        elif isinstance(ev, TranscriptFinal) and ev.speaker == "caller" and call.channel == "chat":
+            # a chat has no voice to estimate: each typed line refreshes the desk
+            yield from self._update(call, call.mood, call.trend)
         elif isinstance(item, Escalated) and isinstance(item.item.media, BotInput):
             yield from self._update(call, call.mood, call.trend)
         if isinstance(item, Item):

@@ -56,6 +56,7 @@ from engine.analysis import (
     Write,
     call_stages,
     clock,
+    secret,
 )
 from engine.apptoken import AppIdentity
 from engine.assist.redact import Redactor
@@ -456,6 +457,108 @@ class CallManager:
             self._setting_up.discard(call.id)
         return call, answer
 
+    async def create_chat(
+        self,
+        language: str | None,
+        caller: str | None,
+        *,
+        app_user: AppIdentity | None = None,
+    ) -> Call:
+        """A text chat from the caller page: a call of channel ``chat`` whose caller
+        and agent lines are typed, not spoken. It runs through the same stages (the
+        virtual agent, redaction, facts, escalation rules), queues and agents; no media,
+        no recognizer. It ends when either side hangs up, or after
+        ``chat_idle_minutes`` without a message."""
+        call = self._new_call("chat", language, caller)
+        try:
+            known = await self._identify(call, app_user)
+            if self.bot is not None:
+                self.bot.attach(call, known=known)
+            await self._start_call(call, Leg(str(uuid.uuid4()), "caller", "chat"), codec=None)
+        finally:
+            self._setting_up.discard(call.id)
+        call.media_t0 = time.monotonic()  # the chat's clock starts with it
+        await self._transition(call, "media")  # a chat is live at once: the agent greets
+        call.tasks.append(asyncio.create_task(self._chat_idle(call), name=f"idle-{call.id}"))
+        return call
+
+    def chat_message(self, call_id: str, user_id: str | None, text: str) -> None:
+        """A line typed into a chat, by its caller (``user_id`` None) or by the agent
+        on it; handled in order with the chat's other events, like a spoken final."""
+        call = self.get(call_id)
+        if call.channel != "chat" or call.ended.is_set():
+            raise NotAllowed(f"call {call_id} is not a live chat")
+        if user_id is None:
+            leg: Leg | None = call.caller_leg()
+        else:
+            leg = next(
+                (x for x in call.legs if x.role == "agent" and x.user_id == user_id and not x.left),
+                None,
+            )
+            if leg is None or call.state != "bridged":
+                raise NotAllowed(f"chat {call_id} is not with you")
+        assert leg is not None
+        text = " ".join(text.split())
+        if not text:
+            raise NotAllowed("an empty message")
+        call.chat_seen = time.monotonic()
+        at = round(clock(call), 3)
+        index = call.chat_lines = call.chat_lines + 1
+        # (a typed line is "sure" of its end; no recognizer timed it)
+        call.events.put_nowait(
+            me.TranscriptFinal(leg.id, index, text, at, at, [], 0.0, False, "sure")
+        )
+
+    async def _chat_idle(self, call: Call) -> None:
+        """A chat nobody writes in ends: its caller closed the page without a word."""
+        idle = 60.0 * self.settings.chat_idle_minutes
+        call.chat_seen = time.monotonic()
+        while not call.ended.is_set():
+            left = call.chat_seen + idle - time.monotonic()
+            if left <= 0:
+                await self.end_call(call.id, "chat_idle")
+                return
+            await asyncio.sleep(min(left, 30.0))
+
+    async def upgrade_chat(self, chat_id: str, call: Call) -> None:
+        """The chat's caller rang in by voice or video (``call``): the conversation goes
+        on there. What they said and gave, and who they are, go with the call; the
+        agent who had the chat gets the call (or its place in line, or the virtual
+        agent's dialog where it was); the chat ends, "upgraded"."""
+        chat = self.get(chat_id)
+        if chat.channel != "chat" or chat.ended.is_set():
+            raise NotAllowed(f"call {chat_id} is not a live chat")
+        call.upgraded_from = chat.id
+        call.caller_said = list(chat.caller_said)
+        call.facts = chat.facts
+        call.intent = call.intent or chat.intent
+        if call.customer_id is None:
+            call.customer_id, call.verified_by = chat.customer_id, chat.verified_by
+        values = {"upgraded_from": chat.id, "customer_id": call.customer_id,
+                  "verified_by": call.verified_by, "intent": call.intent}  # fmt: skip
+        await self._keep(f"call {call.id} upgraded", self.store.update_call, call.id, **values)
+        if chat.state in ("bridged", "held") and chat.agent_id is not None:
+            agent, queue = chat.agent_id, None
+        elif chat.state == "queued":
+            agent, queue = None, chat.queue_name
+        else:  # with the virtual agent: it carries on where it was, by voice
+            agent = queue = None
+            if chat.bot is not None and call.bot is not None:
+                call.bot, chat.bot = chat.bot, None
+        await self.end_call(chat.id, "upgraded")
+        if agent is not None or queue is not None:
+            await self.route_invited(
+                call, queue=queue, agent_id=agent, reason="chat upgraded to a call"
+            )
+
+    async def accept_chat(self, user: UserRow, call_id: str) -> None:
+        """The ringing agent takes a chat: no media, their lines are typed."""
+        call = self.get(call_id)
+        if call.channel != "chat":
+            raise NotAllowed(f"call {call_id} is not a chat: answer it with your softphone")
+        self.routing.check_ringing(user.id, call_id)
+        await self._bridge_agent(call, Leg(str(uuid.uuid4()), "agent", "chat", user_id=user.id))
+
     async def route_invited(
         self, call: Call, *, queue: str | None, agent_id: str | None, reason: str
     ) -> None:
@@ -522,11 +625,16 @@ class CallManager:
         if customer is None:
             return Known()
         call.customer_id = customer.id
-        return Known(customer.id, call.verified_by, await self._open_task(customer.id))
+        # an open request is read out only to a caller proved to be its customer: caller
+        # ID is easily spoofed, and "your order 8 3 0 1 6" is theirs to hear
+        verified = call.verified_by is not None
+        task = await self._open_task(customer.id) if verified else None
+        return Known(customer.id, call.verified_by, task)
 
     async def _open_task(self, customer_id: str) -> tuple[str, dict[str, str]] | None:
         """The customer's last request of the virtual agent, if their last call was
-        within ``returning_hours`` and left it open."""
+        within ``returning_hours``, was verified (a request an unverified caller left on
+        the record is not the customer's own), and left it open."""
         window = self.settings.returning_hours
         if window <= 0:
             return None
@@ -535,6 +643,8 @@ class CallManager:
         if not rows or as_utc(rows[0].created_at) < utcnow() - timedelta(hours=window):
             return None
         task = rows[0].bot_task
+        if rows[0].verified_by is None:
+            return None
         if not isinstance(task, dict) or task.get("done") is not False:
             return None
         intent, slots = task.get("intent"), task.get("slots")
@@ -603,7 +713,8 @@ class CallManager:
             return  # hung up while we were storing it (a phone's BYE/CANCEL): end_call ran
         await self._transition(call, "answered")
         call.consumer = asyncio.create_task(self._consume(call), name=f"events-{call.id}")
-        call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
+        if leg.peer is not None:  # a chat has no media to wait for
+            call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
 
     async def _transition(
         self, call: Call, event: str, reason: str | None = None, **values: object
@@ -715,7 +826,7 @@ class CallManager:
         await pipeline.start()
 
         def tap(frame: PcmFrame, role: str = leg.role) -> None:
-            if role == "caller" and call.bot is not None and call.bot.secret_pending:
+            if role == "caller" and secret(call, leg.offset + frame.start):
                 # the caller says their PIN: forks and the recording hear silence
                 frame = PcmFrame(np.zeros_like(frame.samples), frame.start)
             for fork in call.forks:
@@ -765,8 +876,8 @@ class CallManager:
         leg.peer = peer
         await self._bridge_agent(call, leg, codec=codec)
 
-    async def _bridge_agent(self, call: Call, leg: Leg, codec: str | None) -> None:
-        assert leg.peer is not None and leg.user_id is not None
+    async def _bridge_agent(self, call: Call, leg: Leg, codec: str | None = None) -> None:
+        assert leg.user_id is not None and (leg.peer is not None or leg.transport == "chat")
         now = time.monotonic()
         try:
             # it may have stopped ringing while we set up media (timeout, caller left)
@@ -775,7 +886,8 @@ class CallManager:
                 await self._route(answered)
                 answered = iter(())
         except (AcdError, RoutingUnavailable):
-            await leg.peer.close()
+            if leg.peer is not None:
+                await leg.peer.close()
             raise
         self._stop_desk_phone(call.id)  # answered in the browser: the desk phone stops
         call.legs.append(leg)
@@ -791,7 +903,8 @@ class CallManager:
         await self._transition(call, "accept", username, agent_id=leg.user_id)
         self._bridge_video(call)
         await self._route(self.routing.queue_changed())
-        call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
+        if leg.peer is not None:  # a chat's agent types
+            call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
 
     def _stop_desk_phone(self, call_id: str) -> None:
         if self.desk_phones is not None:

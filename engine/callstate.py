@@ -203,6 +203,7 @@ class CallRecord:
     # the STIR/SHAKEN attestation of the caller's number (A, B, C), as the carrier signed
     # it; shown, not checked (engine/stirshaken.py)
     attestation: str | None = None
+    upgraded_from: str | None = None  # the chat this call continues (channel "chat")
     mood: str | None = None
     trend: float = 0.0
     facts: FactSheet = field(default_factory=FactSheet)

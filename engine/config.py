@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     # left open is asked about it first ("Are you calling about your order 83016?");
     # 0: never.
     returning_hours: float = Field(72.0, ge=0, le=24 * 90)
+    # A chat with no message from anyone for this long ends ("chat_idle"): its caller
+    # closed the page without a word.
+    chat_idle_minutes: float = Field(30.0, gt=0, le=24 * 60)
     # Verifying callers (engine/customers.py): wrong answers (PIN, date of birth, last 4
     # digits) before the customer is locked, and for how many minutes; once it is over,
     # each further wrong answer locks again until a right one.

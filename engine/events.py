@@ -261,13 +261,21 @@ class CallVerified(EventBase):
 
 
 class VerificationFailed(EventBase):
-    """A wrong answer to the virtual agent's verification (never the answer itself);
-    ``locked``: the customer's record takes no more tries for now."""
+    """A wrong answer to the virtual agent's verification: never the answer, nor
+    whether the number the caller gave has an account (the call's own caller sees its
+    events: that would tell them)."""
 
     type: Literal["call.verification_failed"] = "call.verification_failed"
-    customer_id: str | None = Field(description="the record tried, if one was found")
     attempt: int = Field(description="wrong answers in this call so far")
-    locked: bool
+
+
+class CustomerLocked(EventBase):
+    """A customer's record takes no more answers for now: too many wrong ones in a row
+    (CCENGINE_VERIFY_MAX_FAILURES). Not a call's event (``call_id`` is null): a
+    caller's own stream never shows it."""
+
+    type: Literal["customer.locked"] = "customer.locked"
+    customer_id: str
 
 
 class BotSaid(EventBase):
@@ -337,6 +345,7 @@ Event = Annotated[
     | BotSaid
     | CallVerified
     | VerificationFailed
+    | CustomerLocked
     | CallAnnotated
     | RecordingChanged
     | AsrFailed
@@ -366,6 +375,7 @@ EVENT_TYPES = [
     "bot.said",
     "call.verified",
     "call.verification_failed",
+    "customer.locked",
     "call.annotated",
     "recording.changed",
     "asr.failed",

@@ -42,6 +42,8 @@ ANSWERS: dict[str, tuple[int, bytes, float]] = {  # path: status, body, delay
     "/verify-no": (200, b'{"verified": false}', 0.0),
     "/verify-locked": (200, b'{"verified": false, "locked": true}', 0.0),
     "/verify-odd": (200, b'{"verified": "yes"}', 0.0),
+    # an id no column holds: the record the call knew stands
+    "/verify-long": (200, b'{"verified": true, "customer_id": "' + b"x" * 100 + b'"}', 0.0),
     "/sms": (202, b"{}", 0.0),  # the business's SMS sender
 }
 
@@ -137,6 +139,7 @@ async def test_what_goes_wrong_is_a_reason(
         ("/verify-no", "wrong", "c-1"),
         ("/verify-locked", "locked", "c-1"),
         ("/verify-odd", "failed", "c-1"),  # not a true/false: never taken as a yes
+        ("/verify-long", "ok", "c-1"),
         ("/error", "failed", "c-1"),
         ("/slow", "failed", "c-1"),
     ],

@@ -14,6 +14,7 @@ from engine.events import (
     AssistUpdated,
     BotSaid,
     CallVerified,
+    CustomerLocked,
     DtmfReceived,
     EscalationRaised,
     TranscriptFinal,
@@ -238,7 +239,8 @@ def test_a_pin_said_or_keyed_is_masked_everywhere_but_reaches_the_dialog() -> No
     # a wrong answer: asked again, told without the answer
     out = run([IdentityChecked("wrong", "c-1", 1)], call)
     [failed] = published(out, VerificationFailed)
-    assert (failed.customer_id, failed.attempt, failed.locked) == ("c-1", 1, False)
+    assert failed.attempt == 1 and "c-1" not in failed.model_dump_json()
+    assert published(out, CustomerLocked) == []
     assert call.bot.secret_pending
     # keyed this time: masked keys, no menu, no key rule
     keys = [me.KeyPressed(CALLER, d, 9.0 + i) for i, d in enumerate("1234")]
@@ -260,7 +262,7 @@ def test_a_pin_said_or_keyed_is_masked_everywhere_but_reaches_the_dialog() -> No
     assert said(out) == ["Thank you, you're verified."]
     assert [type(e.action) for e in out if isinstance(e, Act)] == [CallAction]
     # the next words are the caller's own again
-    out = run([final(CALLER, 3, "thanks 555")], call)
+    out = run([final(CALLER, 3, "thanks 555", start=60.0)], call)
     assert published(out, TranscriptFinal)[0].text == "thanks 555"
 
 
@@ -288,9 +290,14 @@ def test_a_locked_record_is_told_and_handed_to_a_person_not_verified() -> None:
     run([me.KeyPressed(CALLER, d, 9.0) for d in "1234"], call)
     out = run([IdentityChecked("locked", "c-1", 1)], call)
     [failed] = published(out, VerificationFailed)
-    assert failed.locked
+    [locked] = published(out, CustomerLocked)
+    # the lock is told to supervisors, not on the call (whose caller sees its events)
+    assert locked.customer_id == "c-1" and locked.call_id is None
+    assert "c-1" not in failed.model_dump_json()
+    run([me.KeyPressed(CALLER, d, 9.0) for d in "1234"], call)
+    out = run([IdentityChecked("locked", "c-1", 2)], call)
     [row] = written(out, EscalationRow)
-    assert row.reason == "virtual agent: not verified (locked)"
+    assert row.reason == "virtual agent: not verified (2 wrong answers)"
     assert call.bot is not None and not call.bot.secret_pending
     assert call.verified_by is None
 
@@ -316,3 +323,38 @@ def test_a_person_asked_for_is_verified_first_and_the_rule_leaves_the_routing_to
     [route] = [e for e in out if isinstance(e, Route) and e.to_person]
     assert route.decision.rule_id == "virtual_agent"
     assert call.verified_by == "pin" and call.escalation_reason is not None
+
+
+def test_digits_said_while_the_pin_is_checked_or_just_after_stay_masked() -> None:
+    """Found in review: masking ended once an answer parsed, so "I said 4 3 2 1" while
+    it was checked, or the rest of a PIN the endpointer cut ("5 8 3 9" / "2 7"), were
+    stored, told and recorded in clear."""
+    flow = SECURED_FLOW.replace("  length: 4\n", "")  # a PIN of 4 to 12 digits
+    call = new_call()
+    call.bot = Dialog(parse_flow(flow, "s.yaml"), known=Known(customer_id="c-1"))
+    run([BotStart(), final(CALLER, 0, "where is order 83016"), final(CALLER, 1, "yes")], call)
+    out = run([final(CALLER, 2, "5 8 3 9", start=10.0)], call)
+    assert [type(e.action) for e in out if isinstance(e, Act)] == [CheckIdentity]
+    # checked meanwhile: the rest of the PIN, a repeat, a key
+    out = run(
+        [
+            final(CALLER, 3, "2 7", start=11.0),
+            final(CALLER, 4, "I said 5 8 3 9 2 7", start=12.0),
+            me.KeyPressed(CALLER, "7", 12.5),
+        ],
+        call,
+    )
+    assert [f.text for f in published(out, TranscriptFinal)] == ["[secret]", "[secret]"]
+    assert [k.digit for k in published(out, DtmfReceived)] == ["*"]
+    assert "2 7" not in everything_told_and_stored(out)
+    # wrong: asked again; the answer after the check is masked as before
+    run([IdentityChecked("wrong", "c-1", 1)], call)
+    assert call.bot is not None and call.bot.secret_pending
+    # right: what began before the step ended, or a moment after, is still masked
+    run([me.KeyPressed(CALLER, d, 13.0) for d in "583927#"], call)
+    run([IdentityChecked("ok", "c-1", 2)], call)
+    assert not call.bot.secret_pending and call.secret_until > 0
+    late = final(CALLER, 5, "9 2 7", start=call.secret_until - 0.5)
+    after = final(CALLER, 6, "thanks", start=call.secret_until + 0.1)
+    told = [f.text for f in published(run([late, after], call), TranscriptFinal)]
+    assert told == ["[secret]", "thanks"]

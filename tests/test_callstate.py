@@ -105,6 +105,7 @@ def full_record() -> CallRecord:
         customer_id="c-1042",
         verified_by="pin",
         attestation="A",
+        upgraded_from="chat-1",
         mood="angry",
         trend=-0.4,
         facts=FactSheet([Fact("order_number", "12345", "utt-1", 12.5)]),

@@ -279,9 +279,14 @@ def test_a_bad_customer_token_is_refused_with_the_reason(engine: EngineProcess) 
     expired = jwt.encode(
         {"sub": "u-1", "aud": "ccengine", "exp": datetime.now(UTC) - timedelta(hours=1)}, APP_KEY
     )
+    unprintable = jwt.encode(
+        {"sub": "u\x07", "aud": "ccengine", "exp": datetime.now(UTC) + timedelta(minutes=5)},
+        APP_KEY,
+    )
     for token, why in (
         (expired, "expired"),
         (jwt.encode({"sub": "u"}, "another-app-key-of-32-bytes-or-more!!"), ""),
+        (unprintable, "not a usable user id"),  # found in review: it was a 500
     ):
         r = httpx.post(
             f"{engine.url}/api/v1/calls",

@@ -284,12 +284,12 @@ Operator = Annotated[Actor, Depends(operator)]
 
 
 async def editor(p: Who) -> str:
-    """Who may change rules, articles and flows: supervisors and admins, or an admin
-    key; the name kept with the change."""
+    """Who may change rules and articles: supervisors and admins, or an admin key; the
+    name kept with the change. (Flows are admins' alone: engine/api/bot.py.)"""
     if p.identity is not None and p.identity.role in ("supervisor", "admin"):
         return p.identity.username
     if p.identity is not None:
-        raise HTTPException(403, "only supervisors and admins change rules, articles and flows")
+        raise HTTPException(403, "only supervisors and admins change rules and articles")
     p.need("admin")
     return f"api:{p.name}"
 

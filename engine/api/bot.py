@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from engine.api.auth import Editor, Reader
+from engine.api.auth import Admin, Principal, Reader
 from engine.api.schemas import FlowIn, FlowOut, FlowsOut, FlowSummary, PathFlow
 from engine.bot.flows import MAX_FILE_BYTES, FlowText
 from engine.bot.flowset import FlowSet
@@ -50,8 +50,19 @@ async def flows(request: Request, _p: Reader) -> FlowsOut:
     return FlowsOut(on=found.on, flows=[_summary(f) for f in found.items])
 
 
+def _who(p: Principal) -> str:
+    return p.identity.username if p.identity is not None else p.client
+
+
+# Flows are admins' (people with the admin role, admin keys), like webhooks: their
+# action URLs are sent callers' data, a verification's the PIN itself; a supervisor
+# who could point one at their own server could collect every caller's PIN. Reading a
+# flow whole (with its URLs, which may carry credentials) is theirs too; the list
+# (ids, numbers, intents) is anyone's with read.
+
+
 @router.get("/flows/{flow_id}", response_model=FlowOut)
-async def flow(flow_id: PathFlow, request: Request, _p: Reader) -> FlowOut:
+async def flow(flow_id: PathFlow, request: Request, _p: Admin) -> FlowOut:
     found = _flows(request).get(flow_id)
     if found is None:
         raise HTTPException(404, f"no flow {flow_id}")
@@ -59,22 +70,22 @@ async def flow(flow_id: PathFlow, request: Request, _p: Reader) -> FlowOut:
 
 
 @router.put("/flows/{flow_id}", response_model=FlowOut, openapi_extra={"requestBody": PUT_BODY})
-async def put_flow(flow_id: PathFlow, request: Request, by: Editor) -> FlowOut:
+async def put_flow(flow_id: PathFlow, request: Request, p: Admin) -> FlowOut:
     """Add or replace a flow: its YAML as the body (``application/yaml`` or
     ``text/plain``), or JSON ``{"yaml": "..."}``. Its ``id``, if it gives one, must be
     the path's. A flow with a mistake is 422 with its ``line`` and ``reason``; one that
     cannot answer with the others (a number another answers, a second default) is 409.
     Calls that start from now on use it; live calls keep the flow they began with."""
     text = await _text(request)
-    added = await _flows(request).put(text, flow_id, by)
+    added = await _flows(request).put(text, flow_id, _who(p))
     await request.app.state.changes.changed("flows")
     return _out(added)
 
 
 @router.delete("/flows/{flow_id}", status_code=204)
-async def delete_flow(flow_id: PathFlow, request: Request, by: Editor) -> None:
+async def delete_flow(flow_id: PathFlow, request: Request, p: Admin) -> None:
     """Remove a flow, the file's too (kept as removed, across restarts)."""
-    if not await _flows(request).remove(flow_id, by):
+    if not await _flows(request).remove(flow_id, _who(p)):
         raise HTTPException(404, f"no flow {flow_id}")
     await request.app.state.changes.changed("flows")
 

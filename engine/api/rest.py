@@ -40,6 +40,7 @@ from engine.api.schemas import (
 from engine.apptoken import TokenRejected
 from engine.calls import CallManager
 from engine.callstate import STATES, NotAllowed
+from engine.customers import normalize_app_user
 from engine.escalation import Rule
 from engine.events import as_utc
 from engine.users import (
@@ -85,6 +86,8 @@ async def create_call(offer: CallOffer, request: Request, response: Response, p:
             app_user = request.app.state.app_tokens.verify(offer.customer_token)
         except TokenRejected as exc:
             raise HTTPException(401, f"customer token: {exc}") from None
+        if normalize_app_user(app_user.user_id) is None:  # found in review: it was a 500
+            raise HTTPException(401, "customer token: its sub is not a usable user id")
     caller = invite.get("caller") if invite else offer.caller
     if app_user is not None and caller is None:
         caller = app_user.name or app_user.phone or app_user.user_id

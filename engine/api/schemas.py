@@ -182,6 +182,7 @@ class CallOut(BaseModel):
     attestation: str | None = Field(
         None, description="the carrier's STIR/SHAKEN level for the caller's number (A, B, C)"
     )
+    upgraded_from: str | None = Field(None, description="the chat this call continues")
 
 
 class EscalationOut(BaseModel):

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -26,6 +27,7 @@ from engine.bot.dialog import State as DialogState
 from engine.bot.events import ActionAnswered, BotStart, CodeSent, IdentityChecked
 from engine.bot.flows import OTP_DIGITS, Flow, flow_for
 from engine.bot.flows import Action as FlowAction
+from engine.bot.flows import Verify as FlowVerify
 from engine.bot.stage import BOT_STATES
 from engine.bot.understand import IntentMatcher
 from engine.customers import Customers, VerifyOutcome
@@ -33,6 +35,8 @@ from engine.livecall import Call
 from engine.metrics import Metrics
 
 log = logging.getLogger(__name__)
+CUSTOMER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
+CHECK_TIMEOUT = 12.0  # seconds a check may take: the business's own has 10 at most
 OTP_MINUTES = 5  # a texted code counts this long
 OTP_LIFETIME = 60.0 * OTP_MINUTES
 _OUTCOMES: dict[VerifyOutcome, Checked] = {
@@ -128,30 +132,35 @@ class VirtualAgent:
         verify = call.bot.flow.verify if call.bot is not None else None
         started = time.monotonic()
         outcome: Checked
-        customer_id = check.customer_id
         try:
-            if check.factor == "otp":
-                outcome, customer_id = _code_matches(call, check.value)
-            elif verify is not None and verify.action is not None:
-                outcome, customer_id = await self._ask_business(call, check, verify.action)
-            elif self.customers is not None:
-                if customer_id is None and check.account is not None:
-                    found = await self.customers.by_phone(check.account)
-                    customer_id = found.id if found is not None else None
-                result = await self.customers.verify(customer_id, check.factor, check.value)
-                outcome = _OUTCOMES[result.outcome]
-                if result.outcome == VerifyOutcome.NO_FACTOR:
-                    customer_id = None  # the caller is told what a wrong answer gets
-            else:
-                outcome = "failed"
+            async with asyncio.timeout(CHECK_TIMEOUT):  # a stuck database strands nobody
+                outcome, customer_id = await self._checked_by(call, check, verify)
         except Exception as e:  # whatever it was, the caller must not be left waiting
             log.warning(
                 "call %s: verification could not be checked (%s)", call.id, type(e).__name__
             )
-            outcome = "failed"
+            outcome, customer_id = "failed", check.customer_id
         self.metrics.bot_actions.labels(f"verify_{outcome}").observe(time.monotonic() - started)
         if not call.ended.is_set():
             call.events.put_nowait(IdentityChecked(outcome, customer_id, check.attempt))
+
+    async def _checked_by(
+        self, call: Call, check: CheckIdentity, verify: FlowVerify | None
+    ) -> tuple[Checked, str | None]:
+        if check.factor == "otp":
+            return _code_matches(call, check.value)
+        if verify is not None and verify.action is not None:
+            return await self._ask_business(call, check, verify.action)
+        if self.customers is None:
+            return "failed", check.customer_id
+        customer_id = check.customer_id
+        if customer_id is None and check.account is not None:
+            found = await self.customers.by_phone(check.account)
+            customer_id = found.id if found is not None else None
+        result = await self.customers.verify(customer_id, check.factor, check.value)
+        if result.outcome == VerifyOutcome.NO_FACTOR:
+            return "wrong", None  # the caller is told what a wrong answer gets
+        return _OUTCOMES[result.outcome], customer_id
 
     async def _send_code(self, call: Call, send: SendCode) -> None:
         """Text a one-time code to the phone on the caller's record through the flow's
@@ -206,9 +215,14 @@ class VirtualAgent:
             log.warning("call %s: verification check answered no verified true/false", call.id)
             return "failed", check.customer_id
         found = answer.get("customer_id")
-        customer_id = found if isinstance(found, str) and found else check.customer_id
+        # the call's customer_id column holds 64 characters of an id, nothing stranger
+        named = isinstance(found, str) and CUSTOMER_ID.fullmatch(found) is not None
+        customer_id = found if named else check.customer_id
         if answer["verified"]:
-            return "ok", customer_id or check.account
+            if customer_id is None:  # verified as whom? never as the number they typed
+                log.warning("call %s: verification check answered no customer_id", call.id)
+                return "failed", None
+            return "ok", customer_id
         return ("locked" if answer.get("locked") is True else "wrong"), customer_id
 
     async def _act(self, call: Call, action: CallAction) -> None:

@@ -228,6 +228,10 @@ class Dialog:
         self.verified_by = known.verified_by
         self.account: str | None = None  # the phone number the caller gave, if asked
         self.attempts = 0  # wrong answers to the verification in this call
+        # an answer is being checked: more digits said meanwhile ("I said 4 3 2 1", the
+        # rest of a PIN the endpointer cut) are as secret as the answer
+        self.checking = False
+        self.declined: str | None = None  # a returning caller said no to this request
         self.asked_more = False  # the last prompt was "anything else?"
         self.done: list[str] = []  # intents completed in this call, in order
         # what the caller gave for those (never a secret): a person taking the call
@@ -259,12 +263,13 @@ class Dialog:
         intent = next((i for i in self.flow.intents if i.name == name), None)
         if intent is None or intent.topic is None:
             return None
-        kept = {s.name: given[s.name] for s in intent.slots if not s.secret and s.name in given}
-        try:
-            topic = render(intent.topic, intent, kept, None)
-        except KeyError:  # a slot the topic names was not given then
+        # only what the topic reads out: the caller says yes to that, and anything else
+        # the request needs is asked again
+        named = {f.split(".", 1)[0] for f in template_fields(intent.topic)}
+        kept = {s.name: given[s.name] for s in intent.slots if s.name in named and s.name in given}
+        if set(kept) != named:  # a slot the topic names was not given then
             return None
-        # read back then or not, the caller now says yes to them as a whole
+        topic = render(intent.topic, intent, kept, None)
         return Task(intent, "", kept, confirmed=set(kept)), topic
 
     def heard(self, text: str) -> list[Output]:
@@ -347,6 +352,7 @@ class Dialog:
         ``locked`` (the record takes no more tries for now) or ``failed`` (the
         business's check could not be asked)."""
         self._expect("checked")
+        self.checking = False
         task = self._task()
         verify = self._verify()
         if outcome == "ok":
@@ -356,9 +362,11 @@ class Dialog:
             return [Say(self.flow.verified), *self._next_slot(task)]
         if outcome == "failed":
             return [Say(self.flow.apology), *self._hand_off("verification could not be checked")]
+        # a locked record sounds like a wrong answer: the caller must not learn that the
+        # number they gave has an account (the reason, which they may see, neither)
         self.attempts += 1
-        if outcome == "locked" or self.attempts >= verify.max_attempts:
-            why = "locked" if outcome == "locked" else f"{self.attempts} wrong answers"
+        if self.attempts >= verify.max_attempts:
+            why = f"{self.attempts} wrong answers"
             return [Say(self.flow.not_verified), *self._hand_off(f"not verified ({why})")]
         task.pending = self._factor_slot()
         self._move(self._last_input, S.FILLING)
@@ -387,7 +395,10 @@ class Dialog:
 
     @property
     def secret_pending(self) -> bool:
-        """The caller is being asked for a secret: what they say or key now is masked."""
+        """The caller is being asked for a secret, or their answer is being checked:
+        what they say or key now is masked."""
+        if self.state == S.WAITING and self.checking:
+            return True
         return (
             self.state == S.FILLING
             and self.task is not None
@@ -400,7 +411,11 @@ class Dialog:
         soon is asked about it if it was left open. Never a secret slot."""
         task = self.task
         if task is None:
-            return None if not self.done else {"intent": self.done[-1], "slots": {}, "done": True}
+            if self.done:
+                return {"intent": self.done[-1], "slots": {}, "done": True}
+            if self.declined is not None:  # not what they call about: never offered again
+                return {"intent": self.declined, "slots": {}, "done": True}
+            return None
         return {"intent": task.intent.name, "slots": _shown(task), "done": False}
 
     def stop(self) -> None:
@@ -493,7 +508,9 @@ class Dialog:
             # not the answer: maybe the caller asks for something else instead
             found = self.matcher.match(text) if text is not None else None
             if found is not None and found.intent != task.intent.name:
-                return self._begin(self.flow.intent(found.intent), text or "")
+                # words said for a secret fill nothing else, and are no one's question
+                asked = "" if slot.secret else text or ""
+                return self._begin(self.flow.intent(found.intent), asked)
             return self._not_understood(f"{slot.retry} {slot.prompt}")
         self.failed_turns = 0
         if slot is _ACCOUNT:  # the phone number on the account
@@ -501,6 +518,7 @@ class Dialog:
             return self._next_slot(task)
         if slot.name == _FACTOR:  # never kept: checked, and gone
             self._move(self._last_input, S.WAITING)
+            self.checking = True
             factor = self._verify().factor
             return [CheckIdentity(factor, value, self.customer_id, self.account, self.attempts + 1)]
         task.slots[slot.name] = value
@@ -540,11 +558,11 @@ class Dialog:
             return self._next_slot(task)
         found = self.matcher.match(text) if text is not None else None
         if found is not None:  # "no, I want to pay a bill": that, then
-            self.task = None
+            self.declined, self.task = task.intent.name, None
             return self._begin(self.flow.intent(found.intent), text or "")
         if answer == "no":
             self.failed_turns = 0
-            self.task = None
+            self.declined, self.task = task.intent.name, None
             self._move(self._last_input, S.LISTENING)
             return [Say(WHAT_ELSE)]
         topic = render(task.intent.topic or "", task.intent, task.slots, None)

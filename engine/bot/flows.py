@@ -122,7 +122,11 @@ class Verify(_Strict):
     The digits are masked everywhere (see ``Slot.secret``)."""
 
     factor: Factor = "pin"
-    prompt: str = Field("For your security, please key in or say your PIN.", min_length=1)
+    # (a PIN of no fixed ``length`` keyed needs # after it: the default says so)
+    prompt: str = Field(
+        "For your security, please say your PIN, or key it in followed by the hash key.",
+        min_length=1,
+    )
     retry: str = "Sorry, that doesn't match our records."
     # asked first when the caller's record is not known yet
     identify: str = Field("What is the phone number on your account?", min_length=1)
@@ -267,7 +271,18 @@ class FlowConflict(FlowError):
 
 
 class _Loader(yaml.SafeLoader):
-    """Safe YAML that refuses a key given twice (PyYAML keeps the last, silently)."""
+    """Safe YAML that refuses a key given twice (PyYAML keeps the last, silently), and
+    aliases: ``*a`` repeats what ``&a`` names, so a 100 KB file of aliases of aliases
+    is millions of examples to check (a gigabyte and seconds of CPU, found in review),
+    and a flow never needs one."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a flow: write it out", mark
+            )
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
         seen: set[object] = set()

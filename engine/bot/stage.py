@@ -55,6 +55,7 @@ from engine.escalation import Decision
 from engine.events import (
     BotSaid,
     CallVerified,
+    CustomerLocked,
     DtmfReceived,
     TranscriptFinal,
     VerificationFailed,
@@ -66,6 +67,7 @@ from engine.store.models import UtteranceRow
 RULE = "virtual_agent"  # the escalation rule id of the agent's hand-offs
 KEYED_STATES = (dialog.State.FILLING, dialog.State.CONFIRMING)  # keys answer the agent
 WAITING = dialog.State.WAITING
+SECRET_GRACE = 2.0  # seconds the caller stays masked after a secret was asked for
 BOT_STATES = ("active",)  # the agent speaks only while the call is its own
 MAX_SPOKEN_ANSWER = 400  # characters of an article read out: its first paragraph
 
@@ -94,6 +96,7 @@ class BotTurn:
                 # the caller is not left in silence while the agent talks or looks
                 # something up: their silence counts from when it is done
                 call.escalation.observe_phase("bot", item.media.now)
+        was_secret = d.secret_pending
         answering = isinstance(item.event, DtmfReceived) and d.state in KEYED_STATES
         asked_person = isinstance(item.event, TranscriptFinal)
         verified = d.verified_by
@@ -102,6 +105,10 @@ class BotTurn:
             yield from self._checked(call, d, item.media, verified)
         if outputs:
             yield from self._carry_out(call, d, outputs, item, call.bot_turn)
+        if was_secret and not d.secret_pending:
+            # what began while the secret was asked for, or is said a moment after
+            # ("... 2 7", the end of a PIN cut by the endpointer), stays masked
+            call.secret_until = clock(call) + SECRET_GRACE
         task = d.task_record()
         if task is not None and task != call.bot_task:
             # kept with the call, so a caller back soon is asked about it if still open
@@ -149,13 +156,10 @@ class BotTurn:
                 CallVerified(call_id=call.id, customer_id=d.customer_id, method=d.verified_by)
             )
         elif checked.outcome in ("wrong", "locked"):
-            failed = VerificationFailed(
-                call_id=call.id,
-                customer_id=checked.customer_id,
-                attempt=checked.attempt,
-                locked=checked.outcome == "locked",
-            )
-            yield Emit(failed)
+            yield Emit(VerificationFailed(call_id=call.id, attempt=checked.attempt))
+            if checked.outcome == "locked" and checked.customer_id is not None:
+                # for supervisors and webhooks, never on the caller's own stream
+                yield Emit(CustomerLocked(customer_id=checked.customer_id))
 
     def _carry_out(
         self, call: Call, d: dialog.Dialog, outputs: list[dialog.Output], item: Item, turn: int

@@ -54,6 +54,8 @@ class CallRow(Base):
     # the carrier's STIR/SHAKEN attestation of the caller's number (A, B, C): shown, not
     # proof (engine/stirshaken.py)
     attestation: Mapped[str | None] = mapped_column(String(1))
+    # the chat this call was upgraded from (the agent sees the chat with it)
+    upgraded_from: Mapped[str | None] = mapped_column(String(36))
     # the virtual agent: what the caller wanted, and what it was doing about it
     # ({"intent", "slots", "done"})
     intent: Mapped[str | None] = mapped_column(String(40))

@@ -57,14 +57,16 @@ if (invite || customerToken) history.replaceState(null, "", location.pathname);
 if (invite) $("notice").textContent = "You were invited to this call: press Call to be put through.";
 
 // keys go to the engine as keys, never as tones in the audio: a PIN keyed here is in
-// no recording
+// no recording. One request after another: two at once may arrive the other way round
+let keysSent = Promise.resolve();
 for (const b of $("keypad").querySelectorAll("button")) {
   b.onclick = () => {
     if (!callId) return;
-    fetch(`/api/v1/calls/${callId}/keys`, {
+    const url = `/api/v1/calls/${callId}/keys`;
+    keysSent = keysSent.then(() => fetch(url, {
       method: "POST", headers: { "content-type": "application/json", ...WRITE },
       body: JSON.stringify({ digits: b.textContent }),
-    }).catch(() => {});
+    })).catch(() => {});
   };
 }
 

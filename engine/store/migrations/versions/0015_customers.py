@@ -1,6 +1,6 @@
 """customers and the keys that find them (phone, email, app user id); on calls, the
-customer, how they were verified, the STIR/SHAKEN attestation of their number, and the
-virtual agent's intent and task
+customer, how they were verified, the STIR/SHAKEN attestation of their number, the
+virtual agent's intent and task, and the chat a call was upgraded from
 
 Revision ID: 0015
 Revises: 0014
@@ -45,6 +45,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("customer_id", sa.String(64), nullable=True))
         batch.add_column(sa.Column("verified_by", sa.String(16), nullable=True))
         batch.add_column(sa.Column("attestation", sa.String(1), nullable=True))
+        batch.add_column(sa.Column("upgraded_from", sa.String(36), nullable=True))
         batch.add_column(sa.Column("intent", sa.String(40), nullable=True))
         batch.add_column(sa.Column("bot_task", sa.JSON, nullable=True))
         batch.create_index("ix_calls_customer_id", ["customer_id"])
@@ -55,6 +56,7 @@ def downgrade() -> None:
         batch.drop_index("ix_calls_customer_id")
         batch.drop_column("bot_task")
         batch.drop_column("intent")
+        batch.drop_column("upgraded_from")
         batch.drop_column("attestation")
         batch.drop_column("verified_by")
         batch.drop_column("customer_id")
