@@ -79,6 +79,7 @@ class Caller:
 
         self.call_id = ""
         self.customer_token: str | None = None  # the business's app's, sent with the offer
+        self.upgrade: tuple[str, str] | None = None  # (a chat's id, its caller token)
         self.answer: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
         self.events_at: list[float] = []  # time.monotonic() each event came
@@ -96,8 +97,12 @@ class Caller:
             body["caller"] = self.caller
         if self.customer_token:
             body["customer_token"] = self.customer_token
+        headers = {}
+        if self.upgrade is not None:  # the chat goes on as this call: its token says so
+            body["upgrade_from"] = self.upgrade[0]
+            headers["Authorization"] = f"Bearer {self.upgrade[1]}"
         async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
-            r = await http.post("/api/v1/calls", json=body)
+            r = await http.post("/api/v1/calls", json=body, headers=headers)
         r.raise_for_status()
         self.answer = r.json()
         self.call_id = self.answer["call_id"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from starlette.exceptions import HTTPException
 
 from engine.api.auth import (
@@ -129,6 +129,14 @@ async def set_presence(body: PresenceIn, request: Request, user: CurrentUser) ->
 async def decline(call_id: PathId, request: Request, who: Authenticated) -> None:
     """Let a ringing call go to the next agent."""
     await _manager(request).decline(who.user_id, call_id)
+
+
+@router.post("/calls/{call_id}/accept-chat", status_code=204)
+async def accept_chat(call_id: PathId, request: Request, user: CurrentUser) -> Response:
+    """Take a ringing chat: no media, the agent's lines are posted to
+    ``/calls/{id}/messages``. 409 if it is a call (answer it with the softphone)."""
+    await _manager(request).accept_chat(user, call_id)
+    return Response(status_code=204)
 
 
 @router.post("/calls/{call_id}/accept", response_model=AnswerOut)

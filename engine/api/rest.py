@@ -20,6 +20,8 @@ from engine.api.schemas import (
     CallList,
     CallOffer,
     CallOut,
+    ChatIn,
+    ChatOut,
     DtmfIn,
     DtmfOut,
     EmotionOut,
@@ -29,6 +31,7 @@ from engine.api.schemas import (
     KeysIn,
     LanguageTag,
     LegOut,
+    MessageIn,
     ModelOut,
     NoteIn,
     NoteOut,
@@ -37,7 +40,7 @@ from engine.api.schemas import (
     PlayOut,
     UtteranceOut,
 )
-from engine.apptoken import TokenRejected
+from engine.apptoken import AppIdentity, TokenRejected
 from engine.calls import CallManager
 from engine.callstate import STATES, NotAllowed
 from engine.customers import normalize_app_user
@@ -80,14 +83,14 @@ async def create_call(offer: CallOffer, request: Request, response: Response, p:
                 raise HTTPException(409, "this call link was used already")
     elif not m.settings.public_calls:
         p.need("control")
-    app_user = None
-    if offer.customer_token is not None:
-        try:
-            app_user = request.app.state.app_tokens.verify(offer.customer_token)
-        except TokenRejected as exc:
-            raise HTTPException(401, f"customer token: {exc}") from None
-        if normalize_app_user(app_user.user_id) is None:  # found in review: it was a 500
-            raise HTTPException(401, "customer token: its sub is not a usable user id")
+    app_user = _app_user(request, offer.customer_token)
+    if offer.upgrade_from is not None:
+        # only the chat's own caller takes it on to a call (its token, as a bearer)
+        if invite is not None or p.kind != "caller" or p.call_id != offer.upgrade_from:
+            raise HTTPException(403, "send the chat's caller token to take it on to a call")
+        chat = m.live(offer.upgrade_from)
+        if chat is None or chat.channel != "chat":
+            raise HTTPException(404, f"no live chat {offer.upgrade_from}")
     caller = invite.get("caller") if invite else offer.caller
     if app_user is not None and caller is None:
         caller = app_user.name or app_user.phone or app_user.user_id
@@ -95,6 +98,8 @@ async def create_call(offer: CallOffer, request: Request, response: Response, p:
     call, sdp = await m.create_webrtc_call(
         offer.sdp, offer.language, caller, address, bot=invite is None, app_user=app_user
     )
+    if offer.upgrade_from is not None:
+        await m.upgrade_chat(offer.upgrade_from, call)
     if invite is not None:
         by = invite.get("by", "a call link")
         if "callback" in invite:
@@ -277,7 +282,13 @@ async def escalation_rules(request: Request, _p: Reader) -> list[Rule]:
     return manager(request).content.rules
 
 
-@router.post("/calls/{call_id}/hangup", status_code=202, tags=["calls"])
+@router.post(
+    "/calls/{call_id}/hangup",
+    status_code=202,
+    response_class=Response,
+    responses={202: {"description": "the call is ending"}},
+    tags=["calls"],
+)
 async def hangup(call_id: PathId, request: Request, p: Who) -> Response:
     """End a live call (control scope, or the call's own caller). 404 if no engine runs
     it (ended, or unknown); one that another engine runs is ended there
@@ -299,6 +310,59 @@ async def annotate(call_id: PathId, body: NoteIn, request: Request, actor: Opera
     with the call, shown in its record and published as ``call.annotated``."""
     note = await manager(request).annotate(actor, call_id, body.text)
     return NoteOut.model_validate(note, from_attributes=True)
+
+
+def _app_user(request: Request, token: str | None) -> AppIdentity | None:
+    """Who the business's app says the caller is, or 401 with why not."""
+    if token is None:
+        return None
+    try:
+        app_user: AppIdentity = request.app.state.app_tokens.verify(token)
+    except TokenRejected as exc:
+        raise HTTPException(401, f"customer token: {exc}") from None
+    if normalize_app_user(app_user.user_id) is None:  # found in review: it was a 500
+        raise HTTPException(401, "customer token: its sub is not a usable user id")
+    return app_user
+
+
+@router.post("/chats", status_code=201, response_model=ChatOut, tags=["chat"])
+async def create_chat(body: ChatIn, request: Request, response: Response, p: Who) -> ChatOut:
+    """Start a text chat (the caller page's Chat): the virtual agent answers it as it
+    answers calls, and a person takes it from the agent desk when it goes to one. Its
+    lines are posted to ``/calls/{id}/messages`` and come back on its event stream
+    (``transcript.final``, ``bot.said``). Open to anyone unless CCENGINE_PUBLIC_CALLS=
+    false, like calls."""
+    m = manager(request)
+    if not m.settings.public_calls:
+        p.need("control")
+    app_user = _app_user(request, body.customer_token)
+    caller = body.caller
+    if app_user is not None and caller is None:
+        caller = app_user.name or app_user.phone or app_user.user_id
+    call = await m.create_chat(body.language, caller, app_user=app_user)
+    ttl = m.settings.caller_token_ttl
+    token = issue_caller_token(call.id, request.app.state.secret_key, ttl)
+    response.set_cookie(
+        CALLER_COOKIE, token, max_age=ttl, **cookie_options(request, f"/api/v1/calls/{call.id}")
+    )
+    return ChatOut(
+        call_id=call.id, events_url=f"/api/v1/calls/{call.id}/events", caller_token=token
+    )
+
+
+@router.post("/calls/{call_id}/messages", status_code=204, tags=["chat"])
+async def post_message(call_id: PathId, body: MessageIn, request: Request, p: Who) -> Response:
+    """A line of a chat, from its caller (their token) or the agent on it (signed in).
+    409 if the call is not a live chat, or not with this agent."""
+    p.need_call(call_id, "read")
+    if p.kind == "caller":
+        user_id = None
+    elif p.identity is not None:
+        user_id = p.identity.user_id
+    else:
+        raise HTTPException(403, "only the chat's caller, or the agent on it, writes in it")
+    manager(request).chat_message(call_id, user_id, body.text)
+    return Response(status_code=204)
 
 
 @router.post("/calls/{call_id}/keys", status_code=204, tags=["calls"])

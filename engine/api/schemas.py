@@ -61,6 +61,11 @@ class CallOffer(Input):
         description="a JWT the business's app signed for its signed-in user "
         "(CCENGINE_CUSTOMER_TOKEN_KEY): the call is theirs, verified; 401 if it is not valid",
     )
+    upgrade_from: str | None = Field(
+        None,
+        max_length=36,
+        description="the live chat this call continues (send that chat's caller token)",
+    )
 
 
 class IceServerOut(BaseModel):
@@ -373,6 +378,24 @@ class HistoryItem(BaseModel):
     end_reason: str | None
     intent: str | None = None
     verified_by: str | None = None
+
+
+class ChatIn(Input):
+    language: str | None = Field(None, pattern=LANGUAGE, description="BCP 47, e.g. 'en'")
+    caller: str | None = Field(None, max_length=200, description="Caller identity, if known")
+    customer_token: str | None = Field(
+        None, max_length=8192, description="as for a call: the business app's signed user"
+    )
+
+
+class ChatOut(BaseModel):
+    call_id: str = Field(description="the chat is a call of channel chat")
+    events_url: str
+    caller_token: str = Field(description="Bearer token for this chat only")
+
+
+class MessageIn(Input):
+    text: str = Field(min_length=1, max_length=2000, description="one line of the chat")
 
 
 class KeysIn(Input):

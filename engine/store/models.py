@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 class Base(DeclarativeBase):
     pass
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A time with its zone: PostgreSQL keeps it, SQLite hands back none, which the
+    API then wrote without one ("2026-11-27T10:51:05", not a date-time by its own
+    schema; found once the API fuzzing could start chats). Read back in UTC either way."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None or value.tzinfo is not None:
+            return value
+        return value.replace(tzinfo=UTC)
 
 
 # Event ids: every engine start reserves a block of a million, which would run a 32-bit
@@ -30,18 +45,18 @@ class CallRow(Base):
     recognizer_note: Mapped[str] = mapped_column(Text, default="")
     caller: Mapped[str | None] = mapped_column(String(200), index=True)
     emotion: Mapped[str | None] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    answered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     end_reason: Mapped[str | None] = mapped_column(String(64))
     priority: Mapped[int] = mapped_column(Integer, default=0)
-    escalated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    escalated_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     escalation_reason: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[str] = mapped_column(Text, default="")
     facts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     agent_id: Mapped[str | None] = mapped_column(String(36), index=True)  # the last agent
     disposition: Mapped[str | None] = mapped_column(String(64))
-    wrapped_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    wrapped_up_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     topic: Mapped[str | None] = mapped_column(String(64))  # chosen in the phone menu
     queue: Mapped[str | None] = mapped_column(String(64), index=True)  # the last one
     # the engine process running it (engine/recovery.py); None: from before this was kept
@@ -72,8 +87,8 @@ class EngineRow(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime())
     # where the other engines reach its API (engine/forward.py); None: an older engine
     url: Mapped[str | None] = mapped_column(String(300), default=None)
 
@@ -87,8 +102,8 @@ class LegRow(Base):
     transport: Mapped[str] = mapped_column(String(16))  # webrtc, sip
     codec: Mapped[str | None] = mapped_column(String(32))
     user_id: Mapped[str | None] = mapped_column(String(36))  # the agent, for agent legs
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     call: Mapped[CallRow] = relationship(back_populates="legs")
 
@@ -105,7 +120,7 @@ class UtteranceRow(Base):
     end: Mapped[float] = mapped_column(Float)
     text: Mapped[str] = mapped_column(Text)
     words: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class EscalationRow(Base):
@@ -120,7 +135,7 @@ class EscalationRow(Base):
     skill: Mapped[str | None] = mapped_column(String(64))
     at: Mapped[float] = mapped_column(Float)
     evidence: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class UserRow(Base):
@@ -132,7 +147,7 @@ class UserRow(Base):
     role: Mapped[str] = mapped_column(String(16))  # agent, supervisor, admin
     skills: Mapped[list[str]] = mapped_column(JSON)
     password_hash: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     # In every token issued to them; raised to revoke those (sign-out, new password).
     token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
@@ -144,7 +159,7 @@ class PresenceRow(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     presence: Mapped[str] = mapped_column(String(16))
     previous: Mapped[str] = mapped_column(String(16))
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class EmotionRow(Base):
@@ -176,7 +191,7 @@ class NoteRow(Base):
     kind: Mapped[str] = mapped_column(String(16))  # wrap_up, transfer, note
     text: Mapped[str] = mapped_column(Text)
     disposition: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class CallbackRow(Base):
@@ -193,9 +208,9 @@ class CallbackRow(Base):
     summary: Mapped[str] = mapped_column(Text, default="")
     escalation_reason: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), index=True)  # pending, done
-    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    requested_at: Mapped[datetime] = mapped_column(UtcDateTime())
     done_by: Mapped[str | None] = mapped_column(String(64))
-    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    done_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class OverrideRow(Base):
@@ -208,7 +223,7 @@ class OverrideRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     updated_by: Mapped[str] = mapped_column(String(100))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class ApiKeyRow(Base):
@@ -221,9 +236,9 @@ class ApiKeyRow(Base):
     scopes: Mapped[list[str]] = mapped_column(JSON)
     secret_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex of the secret part
     rate_per_minute: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class EventRow(Base):
@@ -234,7 +249,7 @@ class EventRow(Base):
     id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=False)
     type: Mapped[str] = mapped_column(String(40))
     call_id: Mapped[str | None] = mapped_column(String(36), index=True)
-    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    time: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     body: Mapped[str] = mapped_column(Text)  # the event as JSON, exactly as streamed
 
 
@@ -255,8 +270,8 @@ class WebhookRow(Base):
     events: Mapped[list[str]] = mapped_column(JSON)  # event types, or ["*"]
     secret: Mapped[str] = mapped_column(String(100))  # signs bodies, so it is kept as is
     description: Mapped[str] = mapped_column(String(200), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class DeliveryRow(Base):
@@ -273,16 +288,16 @@ class DeliveryRow(Base):
     body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), index=True)  # pending, delivered, failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     last_status_code: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # The engine sending it, until when (Store.claim_deliveries): several engines share
     # one outbox and each delivery goes out from one of them. A claim whose engine died
     # mid-send runs out, and the delivery is claimed again.
     claimed_by: Mapped[str | None] = mapped_column(String(36))
-    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class CustomerRow(Base):
@@ -297,9 +312,9 @@ class CustomerRow(Base):
     # wrong answers since the last right one; at the limit the record locks until
     # ``locked_until`` (no answer is checked meanwhile)
     failed_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class CustomerKeyRow(Base):

@@ -176,6 +176,16 @@ $("decline").onclick = () => {
 $("accept").onclick = async () => {
   const id = offer.call_id;
   $("accept").disabled = $("decline").disabled = true;
+  if (offer.channel === "chat") {  // typed: no media to set up
+    try {
+      await api(`/api/v1/calls/${id}/accept-chat`, { method: "POST" });
+      unring();
+      await openCall(id);
+    } catch (err) {
+      unring(`Could not take the chat: ${err.message}`);
+    }
+    return;
+  }
   try {
     ({ pc, mic } = await openPeer({ audio: $("remote"), video: $("remote-video"), camera: $("with-camera").checked }));
     const answer = await api(`/api/v1/calls/${id}/accept`, { method: "POST", body: { type: "offer", sdp: pc.localDescription.sdp } });
@@ -206,6 +216,15 @@ async function openCall(id) {
     api(`/api/v1/calls/${id}`), api(`/api/v1/calls/${id}/history`), api("/api/v1/queues"), api("/api/v1/agents"),
   ]);
   $("caller").textContent = `${call.caller || "unknown caller"} · ${call.channel} · ${call.language} · ${identity(call)}${call.intent ? ` · asked for ${call.intent.replaceAll("_", " ")}` : ""}`;
+  $("reply-box").hidden = call.channel !== "chat";
+  for (const id of ["mute", "hold"]) $(id).hidden = call.channel === "chat";
+  // a call that goes on from a chat: the chat, so nobody asks again
+  $("chat-before").hidden = !call.upgraded_from;
+  if (call.upgraded_from) {
+    const chat = await api(`/api/v1/calls/${call.upgraded_from}`);
+    $("chat-before").innerHTML = "<strong>The chat before this call</strong>" + chat.transcript.map((u) =>
+      `<div class="line"><span class="who">${esc(u.speaker === "bot" ? "assistant" : u.speaker)}</span> ${esc(u.text)}</div>`).join("");
+  }
   view.load(call);
   showNotes(call.notes);
   setCallState(call.state);
@@ -274,6 +293,14 @@ $("transfer").onclick = async () => {
     $("transfer-note").value = "";
     endOfCall(`Transferred to ${kind} ${name}.`);
   } catch (err) { $("call-error").textContent = err.message; }
+};
+
+$("reply-box").onsubmit = async (e) => {
+  e.preventDefault();
+  const text = $("reply").value.trim();
+  if (!text || !callId) return;
+  $("reply").value = "";
+  await api(`/api/v1/calls/${callId}/messages`, { method: "POST", body: { text } }).catch(fail("call-error"));
 };
 
 function closeMedia() {

@@ -8,6 +8,10 @@ let pc = null;
 let stream = null;
 let callId = null;
 let events = null;
+// a chat: its id, its caller token (sent to take it on to a call) and its stream
+let chatId = null;
+let chatToken = null;
+let chatEvents = null;
 // for tests and embedding pages: the live peer connection and call id
 window.ccengineCall = { get pc() { return pc; }, get callId() { return callId; } };
 
@@ -27,6 +31,7 @@ function caption(ev) {
   }
   el.className = `line ${ev.type === "transcript.final" ? "final" : "partial"}`;
   el.innerHTML = `<span class="t">${ev.start.toFixed(1)}s</span><span class="who">${ev.speaker === "agent" ? "agent" : "you"}</span><span class="text">${esc(ev.text)}</span>`;
+  el.dataset.speaker = ev.speaker;
   $("captions").scrollTop = $("captions").scrollHeight;
 }
 
@@ -79,12 +84,15 @@ async function call() {
     const camera = $("camera").checked;
     $("remote-video").hidden = !camera;
     ({ pc, mic: stream } = await openPeer({ audio: $("remote"), video: camera ? $("remote-video") : null, camera, invite }));
+    // a live chat goes on as this call: its token says it is ours to take on
+    const upgrading = chatId ? { authorization: `Bearer ${chatToken}` } : {};
     const res = await fetch("/api/v1/calls", {
       method: "POST",
-      headers: { "content-type": "application/json", ...WRITE },
+      headers: { "content-type": "application/json", ...WRITE, ...upgrading },
       body: JSON.stringify({
         type: "offer", sdp: pc.localDescription.sdp, language: $("language").value,
         caller: $("identity").value.trim() || null, invite, customer_token: customerToken,
+        upgrade_from: chatId,
       }),
     });
     const body = await res.json();
@@ -130,6 +138,12 @@ function finish(message) {
 
 async function hangup() {
   $("hangup").disabled = true;
+  if (chatId && !callId) {
+    await fetch(`/api/v1/calls/${chatId}/hangup`, { method: "POST", headers: WRITE }).catch(() => {});
+    endChat("You ended the chat.");
+    setState("ended");
+    return;
+  }
   if (callId) await fetch(`/api/v1/calls/${callId}/hangup`, { method: "POST", headers: WRITE }).catch(() => {});
   finish("You hung up.");
   setState("ended");
@@ -146,6 +160,64 @@ async function callback() {
   if (!res.ok) $("error").textContent = `Could not request a callback: ${(await res.json()).detail}`;
 }
 
+// -- chat ------------------------------------------------------------------------------
+
+async function chat() {
+  $("error").textContent = "";
+  $("chat").disabled = true;
+  try {
+    const res = await fetch("/api/v1/chats", {
+      method: "POST",
+      headers: { "content-type": "application/json", ...WRITE },
+      body: JSON.stringify({
+        language: $("language").value, caller: $("identity").value.trim() || null,
+        customer_token: customerToken,
+      }),
+    });
+    const body = await res.json();
+    if (!res.ok) throw new Error(body.detail || `HTTP ${res.status}`);
+    ({ call_id: chatId, caller_token: chatToken } = body);
+    window.ccengineChatId = chatId;
+    setState("chat");
+    $("chat-box").hidden = false;
+    $("hangup").disabled = false;
+    $("message").focus();
+    chatEvents = connectEvents(`/api/v1/calls/${chatId}/events`, (ev) => {
+      if (ev.type === "transcript.final") caption(ev);
+      else if (ev.type === "bot.said") botSaid(ev);
+      else if (ev.type === "queue.updated") queued(ev);
+      else if (ev.type === "call.state_changed" && ev.state === "bridged") $("queue").textContent = "You are chatting with a person.";
+      else if (ev.type === "call.verified") { $("verified").hidden = false; $("verified").textContent = "You are verified."; }
+      else if (ev.type === "call.ended") endChat(ev.reason === "upgraded" ? "The chat goes on as a call." : `Chat ended (${ev.reason}).`);
+    });
+  } catch (err) {
+    $("error").textContent = `Could not start a chat: ${err.message}`;
+    $("chat").disabled = false;
+  }
+}
+
+function endChat(message) {
+  if (chatEvents) chatEvents.close();
+  chatEvents = chatId = chatToken = null;
+  $("chat-box").hidden = true;
+  $("chat").disabled = false;
+  if (!callId) $("hangup").disabled = true;
+  if (message) $("notice").textContent = message;
+}
+
+$("chat-box").onsubmit = async (e) => {
+  e.preventDefault();
+  const text = $("message").value.trim();
+  if (!text || !chatId) return;
+  $("message").value = "";
+  const res = await fetch(`/api/v1/calls/${chatId}/messages`, {
+    method: "POST", headers: { "content-type": "application/json", ...WRITE },
+    body: JSON.stringify({ text }),
+  }).catch((err) => ({ ok: false, json: async () => ({ detail: err.message }) }));
+  if (!res.ok) $("error").textContent = `Not sent: ${(await res.json()).detail}`;
+};
+
+$("chat").onclick = chat;
 $("call").onclick = call;
 $("hangup").onclick = hangup;
 $("callback").onclick = callback;
