@@ -19,12 +19,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from engine.bot.actions import ActionFailed, Actions
-from engine.bot.dialog import CallAction, Checked, CheckIdentity, Dialog, Known
+from engine.bot.dialog import BOT_STATES, CallAction, Checked, CheckIdentity, Dialog, Known
 from engine.bot.dialog import State as DialogState
 from engine.bot.events import ActionAnswered, BotStart, IdentityChecked
 from engine.bot.flows import Action as FlowAction
 from engine.bot.flows import Flow, flow_for
-from engine.bot.stage import BOT_STATES
 from engine.bot.understand import IntentMatcher
 from engine.customers import Customers, VerifyOutcome
 from engine.livecall import Call
