@@ -44,7 +44,7 @@ from engine.assist.facts import extract
 from engine.assist.knowledge import KnowledgeBase
 from engine.assist.redact import Redactor
 from engine.assist.summary import summarize
-from engine.bot.dialog import CallAction, CheckIdentity, SendCode
+from engine.bot.dialog import BOT_STATES, KEYED_STATES, CallAction, CheckIdentity, SendCode
 from engine.bot.events import BotInput
 from engine.callstate import SilenceCheck
 from engine.escalation import Decision, EmotionSample, Utterance
@@ -264,7 +264,10 @@ class Redact:
                 masked_key = DtmfReceived(call_id=call.id, digit="*", at=ev.at, masked=True)
                 yield Item(dataclasses.replace(ev, digit="*"), masked_key, clear=ev.digit)
             else:
-                menu = self.menu.get(ev.digit)
+                # a key that answers the agent (the 1 of "yes") chose no menu skill
+                bot = call.bot
+                answers = bot is not None and call.state in BOT_STATES and bot.state in KEYED_STATES
+                menu = None if answers else self.menu.get(ev.digit)
                 yield Item(ev, DtmfReceived(call_id=call.id, digit=ev.digit, at=ev.at, menu=menu))
         elif isinstance(ev, BotInput):
             yield item  # the virtual agent's own inputs: nothing to redact

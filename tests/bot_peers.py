@@ -10,12 +10,14 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.webhooks import verify
 from media.outbound import OutboundAudioTrack
+from media.wavtrack import read_wav_mono
 from tests import speech
 from tests.engine_proc import free_port
 from tests.rtc_client import Caller
@@ -23,6 +25,16 @@ from tests.rtc_client import Caller
 SECRET = "order-system-secret"
 SLOW_ORDER = "99999"  # the order system takes longer than the flow waits for this one
 LOUD = 300.0  # RMS of a received 20 ms frame with speech in it (silence is ~0)
+
+
+def spoken_lines(folder: Path, said: dict[str, str]) -> dict[str, np.ndarray]:
+    """What callers say, one clip a line (48 kHz), each synthesised alone in ``folder``."""
+    out = {}
+    for key, text in said.items():
+        pcm, rate = read_wav_mono(str(speech.piper_alone([text], folder / f"{key}.wav")))
+        assert rate == 48000
+        out[key] = pcm
+    return out
 
 
 class OrderSystem:

@@ -17,7 +17,7 @@ import pytest
 
 from media.wavtrack import read_wav_mono
 from tests import sipp, speech
-from tests.bot_peers import SECRET, SLOW_ORDER, OrderSystem, Talk
+from tests.bot_peers import SECRET, SLOW_ORDER, OrderSystem, Talk, spoken_lines
 from tests.engine_proc import EngineProcess, free_port
 from tests.sniff import RtpSniffer
 from tests.test_bot import ORDERS
@@ -60,7 +60,6 @@ def engine(
 @pytest.fixture(scope="module")
 def lines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     """What the callers say, one clip a line (48 kHz)."""
-    d = tmp_path_factory.mktemp("lines")
     said = {
         "ask": "Hi, I'm calling to find out where my order is.",
         "number": "It's eight three zero one six.",
@@ -68,12 +67,7 @@ def lines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
         "yes": "Yes, that's right.",
         "done": "No, that's all, thank you.",
     }
-    out = {}
-    for key, text in said.items():
-        pcm, rate = read_wav_mono(str(speech.piper_alone([text], d / f"{key}.wav")))
-        assert rate == 48000
-        out[key] = pcm
-    return out
+    return spoken_lines(tmp_path_factory.mktemp("lines"), said)
 
 
 async def test_a_caller_asks_verifies_the_number_and_hears_the_status(

@@ -162,6 +162,23 @@ def test_keys_answer_the_agent_not_the_key_menu_nor_the_press_zero_rule() -> Non
     assert [type(e) for e in out if isinstance(e, Act)] == [Act]
 
 
+def test_a_key_that_answers_the_agent_is_told_with_no_menu_skill() -> None:
+    """The 1 of "yes" to the read-back was told as ``dtmf.received`` with menu
+    "billing" (Chromium's keypad, tests/test_bot_browser_e2e.py): a listener took it
+    for the caller choosing billing, which nothing did. A key the agent does not take
+    still names its skill."""
+    call = bot_call()
+    run([BotStart(), final(CALLER, 0, "where is my order")], call)
+    out = run([me.KeyPressed(CALLER, k, 5.0 + i) for i, k in enumerate("83016")], call)
+    out += run([me.KeyPressed(CALLER, "1", 9.0)], call)
+    assert [(k.digit, k.menu) for k in published(out, DtmfReceived)] == [
+        (k, None) for k in "830161"
+    ]
+    call.state = "queued"  # with a person now: the key menu's again
+    [key] = published(run([me.KeyPressed(CALLER, "1", 20.0)], call), DtmfReceived)
+    assert key.menu == "billing"
+
+
 def test_the_caller_is_not_silent_while_the_agent_speaks() -> None:
     """The 20 s silence rule counts from when the agent has finished speaking: a long
     answer is not the caller leaving the line."""

@@ -22,23 +22,26 @@ CHROMIUM = "/usr/bin/chromium"
 WHY_ESCALATED = re.compile("asked for a person|upset in consecutive utterances")
 
 
+def chromium_args(microphone: Path, loop: bool = True) -> list[str]:
+    """Chromium's flags for a test: its microphone is ``microphone`` (a WAV file),
+    played from the page's getUserMedia on, again and again, or once then silence."""
+    return [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--autoplay-policy=no-user-gesture-required",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={microphone}{'' if loop else '%noloop'}",
+    ]
+
+
 def launch(p: Playwright, microphone: Path) -> Browser:
-    return p.chromium.launch(
-        executable_path=CHROMIUM,
-        args=[
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--autoplay-policy=no-user-gesture-required",
-            "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={microphone}",
-        ],
-    )
+    return p.chromium.launch(executable_path=CHROMIUM, args=chromium_args(microphone))
 
 
 @pytest.fixture

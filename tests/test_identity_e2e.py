@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from media.wavtrack import read_wav_mono
 from tests import sipp, speech
-from tests.bot_peers import SECRET, OrderSystem, Talk
+from tests.bot_peers import SECRET, OrderSystem, Talk, spoken_lines
 from tests.engine_proc import EngineProcess
 from tests.test_bot import SECURED
 from tests.test_bot_e2e import engine_agent, wait_for
@@ -104,7 +104,6 @@ def engine(
 
 @pytest.fixture(scope="module")
 def lines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
-    d = tmp_path_factory.mktemp("lines")
     said = {
         "ask": "Hi, I'm calling to find out where my order is.",
         "number": "It's eight three zero one six.",
@@ -113,11 +112,7 @@ def lines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
         "pin": f"It's {SPOKEN_PIN}.",
         "person": "Thanks. Can I speak to a person, please?",
     }
-    out = {}
-    for key, text in said.items():
-        pcm, _ = read_wav_mono(str(speech.piper_alone([text], d / f"{key}.wav")))
-        out[key] = pcm
-    return out
+    return spoken_lines(tmp_path_factory.mktemp("lines"), said)
 
 
 def app_token(user: str) -> str:

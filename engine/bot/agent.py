@@ -22,13 +22,20 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
 from engine.bot.actions import ActionFailed, Actions
-from engine.bot.dialog import CallAction, Checked, CheckIdentity, Dialog, Known, SendCode
+from engine.bot.dialog import (
+    BOT_STATES,
+    CallAction,
+    Checked,
+    CheckIdentity,
+    Dialog,
+    Known,
+    SendCode,
+)
 from engine.bot.dialog import State as DialogState
 from engine.bot.events import ActionAnswered, BotStart, CodeSent, IdentityChecked
 from engine.bot.flows import OTP_DIGITS, Flow, flow_for
 from engine.bot.flows import Action as FlowAction
 from engine.bot.flows import Verify as FlowVerify
-from engine.bot.stage import BOT_STATES
 from engine.bot.understand import IntentMatcher
 from engine.customers import Customers, VerifyOutcome
 from engine.livecall import Call

@@ -102,6 +102,8 @@ Input = Literal[
     "stop",
 ]
 S = State
+KEYED_STATES = (S.FILLING, S.CONFIRMING)  # a key answers the agent, not the key menu
+BOT_STATES = ("active",)  # the call's states in which the agent has it: speaks, takes keys
 _TALKING = frozenset({S.LISTENING, S.FILLING, S.CONFIRMING, S.WAITING, S.HANDED_OFF, S.ENDED})
 TRANSITIONS: dict[tuple[State, Input], frozenset[State]] = {
     (S.START, "start"): frozenset({S.LISTENING, S.CONFIRMING}),

@@ -49,6 +49,7 @@ from engine.assist.facts import Fact
 from engine.assist.knowledge import KnowledgeBase
 from engine.assist.redact import Redactor
 from engine.bot import dialog
+from engine.bot.dialog import BOT_STATES, KEYED_STATES
 from engine.bot.events import ActionAnswered, BotStart, CodeSent, IdentityChecked
 from engine.callstate import SilenceCheck
 from engine.escalation import Decision
@@ -65,10 +66,8 @@ from engine.livecall import Call
 from engine.store.models import UtteranceRow
 
 RULE = "virtual_agent"  # the escalation rule id of the agent's hand-offs
-KEYED_STATES = (dialog.State.FILLING, dialog.State.CONFIRMING)  # keys answer the agent
 WAITING = dialog.State.WAITING
 SECRET_GRACE = 2.0  # seconds the caller stays masked after a secret was asked for
-BOT_STATES = ("active",)  # the agent speaks only while the call is its own
 MAX_SPOKEN_ANSWER = 400  # characters of an article read out: its first paragraph
 
 
