@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -210,9 +211,15 @@ def offset(call: Call, leg_id: str) -> float:
 
 def clock(call: Call) -> float:
     """Now on the call's clock: seconds of the caller's media (what silence ticks
-    carry)."""
+    carry); a chat, which has none, counts from its start."""
     pipeline = call.caller_leg().pipeline if call.legs else None
-    return pipeline.seconds_in if pipeline is not None else 0.0
+    if pipeline is not None:
+        return pipeline.seconds_in
+    if call.channel == "chat" and call.media_t0 is not None:
+        # found in review: at 0.0 for every line, a chat's transcript came back out of
+        # order and, after a PIN, every line stayed masked
+        return time.monotonic() - call.media_t0
+    return 0.0
 
 
 def summary_of(call: Call) -> str:

@@ -62,6 +62,7 @@ from engine.apptoken import AppIdentity
 from engine.assist.redact import Redactor
 from engine.bot.agent import VirtualAgent
 from engine.bot.dialog import Known
+from engine.bot.dialog import State as DialogState
 from engine.bot.events import BotInput
 from engine.bot.flows import Flow
 from engine.bot.flowset import FlowSet
@@ -73,6 +74,7 @@ from engine.callstate import (
     NotAllowed,
     Overloaded,
     SilenceCheck,
+    Throttled,
     UnknownCall,
     common_prompts,
 )
@@ -179,6 +181,12 @@ TEARDOWN_TIMEOUT = 10.0  # a stuck recognizer or disk must not keep a call open
 # disk must not grow memory without bound.
 MAX_EVENT_BACKLOG = 1000
 HISTORY_LIMIT = 10
+# chats: lines a second (and at once), lines in all, seconds for a first line, and the
+# Retry-After of a refused one
+CHAT_RATE, CHAT_BURST = 1.0, 5.0
+MAX_CHAT_LINES = 500
+CHAT_FIRST_LINE = 300.0
+CHAT_RETRY_AFTER = 60
 # 8 kHz G.711, the line VadSettings.for_phone was tuned on (G.722 is 16 kHz wideband)
 PHONE_LINE_CODECS = frozenset({"PCMU", "PCMA"})
 
@@ -233,6 +241,7 @@ class CallManager:
         self._setting_up: set[str] = set()
         self._queue_changes = asyncio.Lock()  # see load_queue_changes
         # in-app offers waiting for their first audio, capped (engine/offers.py)
+        self._chats: dict[str, str] = {}  # live chats -> the address each came from
         self.offers = PendingOffers(
             settings.max_pending_offers_per_address,
             settings.max_pending_offers,
@@ -367,8 +376,9 @@ class CallManager:
     # -- lifecycle --------------------------------------------------------------
 
     def calls_in_progress(self) -> int:
-        """What the call limit counts: calls running, and admitted ones being set up."""
-        return len(self.calls) + len(self._setting_up)
+        """What the call limit counts: calls running, and admitted ones being set up.
+        Chats have caps of their own (``_chat_refusal``): they carry no media."""
+        return len(self.calls) - len(self._chats) + len(self._setting_up)
 
     def admit(self) -> None:
         """Refuse a new call now, or not: measured load (engine/capacity.py, set by
@@ -393,7 +403,24 @@ class CallManager:
         self.admit()
         return Reservation(self._setting_up)
 
-    def _new_call(self, channel: str, language: str | None, caller: str | None) -> Call:
+    def _chat_refusal(self, address: str) -> Exception | None:
+        """Why one more chat from ``address`` must be refused now, or None. A chat costs
+        no media, but it lives as long as someone writes in it: found in review, 64
+        anonymous chats took every call slot and no phone call got in. So chats take
+        none; they are capped apart, per address and in all."""
+        s = self.settings
+        if self.drain is not None and self.drain.draining:
+            return Overloaded("this engine is draining", retry_after=30)
+        mine = sum(1 for a in self._chats.values() if a == address)
+        if mine >= s.max_chats_per_address:
+            return Throttled(f"{mine} chats from your address are open", CHAT_RETRY_AFTER)
+        if len(self._chats) >= s.max_chats:
+            return Overloaded(f"{len(self._chats)} chats are open", CHAT_RETRY_AFTER)
+        return None
+
+    def _new_call(
+        self, channel: str, language: str | None, caller: str | None, *, admit: bool = True
+    ) -> Call:
         """Admit a call and take its slot, with no await between the two (20 offers at
         once against a limit of 4 all got in when the slot was taken only once the call
         was stored). The caller of this must release it: ``_setting_up.discard``. Inside
@@ -401,7 +428,7 @@ class CallManager:
         slot = _RESERVED.get()
         if slot is not None and slot in self._setting_up:
             self._setting_up.discard(slot)
-        else:
+        elif admit:
             self.admit()
         language = (language or self.settings.default_language).lower()
         call = Call(
@@ -461,23 +488,32 @@ class CallManager:
         self,
         language: str | None,
         caller: str | None,
+        address: str = "",
         *,
         app_user: AppIdentity | None = None,
     ) -> Call:
         """A text chat from the caller page: a call of channel ``chat`` whose caller
         and agent lines are typed, not spoken. It runs through the same stages (the
         virtual agent, redaction, facts, escalation rules), queues and agents; no media,
-        no recognizer. It ends when either side hangs up, or after
-        ``chat_idle_minutes`` without a message."""
-        call = self._new_call("chat", language, caller)
+        no recognizer. It ends when either side hangs up, after ``chat_idle_minutes``
+        without a line, or ``CHAT_FIRST_LINE`` seconds if its caller never writes."""
+        if (refused := self._chat_refusal(address)) is not None:
+            self.metrics.rejected.labels("chats").inc()
+            raise refused
+        call = self._new_call("chat", language, caller, admit=False)
+        self._chats[call.id] = address
         try:
             known = await self._identify(call, app_user)
             if self.bot is not None:
                 self.bot.attach(call, known=known)
             await self._start_call(call, Leg(str(uuid.uuid4()), "caller", "chat"), codec=None)
+        except BaseException:
+            self._chats.pop(call.id, None)
+            raise
         finally:
             self._setting_up.discard(call.id)
         call.media_t0 = time.monotonic()  # the chat's clock starts with it
+        call.chat_budget = CHAT_BURST
         await self._transition(call, "media")  # a chat is live at once: the agent greets
         call.tasks.append(asyncio.create_task(self._chat_idle(call), name=f"idle-{call.id}"))
         return call
@@ -501,7 +537,15 @@ class CallManager:
         text = " ".join(text.split())
         if not text:
             raise NotAllowed("an empty message")
-        call.chat_seen = time.monotonic()
+        if call.chat_lines >= MAX_CHAT_LINES:
+            raise NotAllowed(f"a chat holds at most {MAX_CHAT_LINES} lines")
+        # a line a second, a few at once: each runs every stage, and a flood must not
+        # (found in review: 60 lines of 300 order numbers took 7 s, and growing)
+        now = time.monotonic()
+        budget = min(CHAT_BURST, call.chat_budget + (now - call.chat_seen) * CHAT_RATE)
+        if budget < 1:
+            raise Throttled("more than a line a second in this chat", 1)
+        call.chat_budget, call.chat_seen = budget - 1, now
         at = round(clock(call), 3)
         index = call.chat_lines = call.chat_lines + 1
         # (a typed line is "sure" of its end; no recognizer timed it)
@@ -514,7 +558,9 @@ class CallManager:
         idle = 60.0 * self.settings.chat_idle_minutes
         call.chat_seen = time.monotonic()
         while not call.ended.is_set():
-            left = call.chat_seen + idle - time.monotonic()
+            # a caller who never writes holds it a short while only
+            wait = idle if call.chat_lines else min(idle, CHAT_FIRST_LINE)
+            left = call.chat_seen + wait - time.monotonic()
             if left <= 0:
                 await self.end_call(call.id, "chat_idle")
                 return
@@ -543,7 +589,10 @@ class CallManager:
             agent, queue = None, chat.queue_name
         else:  # with the virtual agent: it carries on where it was, by voice
             agent = queue = None
-            if chat.bot is not None and call.bot is not None:
+            # not while it waits for an action or a check: the chat's task that would
+            # answer it ends with the chat (found in review: the call's agent hung)
+            waiting = chat.bot is not None and chat.bot.state == DialogState.WAITING
+            if chat.bot is not None and call.bot is not None and not waiting:
                 call.bot, chat.bot = chat.bot, None
         await self.end_call(chat.id, "upgraded")
         if agent is not None or queue is not None:
@@ -851,6 +900,7 @@ class CallManager:
     async def accept(self, user: UserRow, call_id: str, sdp: str) -> str:
         """The ringing agent answers with their softphone's SDP offer: bridge them in."""
         call = self.get(call_id)
+        _voice_only(call, "answered with a softphone")
         self.routing.check_ringing(user.id, call_id)  # before any media work
         leg = Leg(str(uuid.uuid4()), "agent", "webrtc", user_id=user.id)
         peer = leg.peer = WebRtcLeg(
@@ -871,6 +921,7 @@ class CallManager:
     ) -> None:
         """The agent answered on another device (their SIP desk phone): bridge it in."""
         call = self.get(call_id)
+        _voice_only(call, "answered on a phone")
         self.routing.check_ringing(agent_id, call_id)
         leg = Leg(str(uuid.uuid4()), "agent", transport, user_id=agent_id, codec=codec)
         leg.peer = peer
@@ -1005,7 +1056,10 @@ class CallManager:
         elif isinstance(effect, Transition):
             await self._transition(effect.call, effect.event, effect.reason, **effect.values)
         elif isinstance(effect, Ring):
-            if self.desk_phones is not None:
+            chat = (
+                ringing := self.calls.get(effect.call_id)
+            ) is not None and ringing.channel == "chat"
+            if self.desk_phones is not None and not chat:  # a desk phone cannot take a chat
                 self.desk_phones.ring(
                     effect.agent_id, effect.username, effect.call_id, effect.caller
                 )
@@ -1100,7 +1154,9 @@ class CallManager:
         await self._desk(self.controls.mute(self.controls.controlled(user, call_id), muted))
 
     async def hold(self, user: Actor, call_id: str) -> None:
-        await self._desk(self.controls.hold(user, self.controls.controlled(user, call_id)))
+        call = self.controls.controlled(user, call_id)
+        _voice_only(call, "held")
+        await self._desk(self.controls.hold(user, call))
 
     async def resume(self, user: Actor, call_id: str) -> None:
         await self._desk(self.controls.resume(user, self.controls.controlled(user, call_id)))
@@ -1128,6 +1184,7 @@ class CallManager:
     ) -> Call:  # fmt: skip
         """A number we called answered a transfer: it takes the agent's place."""
         call = self.controls.controlled(user, call_id)  # it may have changed while it rang
+        _voice_only(call, "transferred to a phone number")
         await self._desk(self.controls.transfer_out(user, call, peer, codec, number, note))
         return call
 
@@ -1166,6 +1223,7 @@ class CallManager:
         """Start, pause or resume the call's recording (one WAV per call, silent where
         paused); it is written when the call ends."""
         call = self.controls.on_line(actor, call_id)
+        _voice_only(call, "recorded (its transcript is its record)")
         change = self.controls.recording(actor, call, on)
         if change is None:
             return
@@ -1298,6 +1356,7 @@ class CallManager:
             return
         call.ended.set()
         self.offers.done(call_id)
+        self._chats.pop(call_id, None)
         leaving = itertools.chain(
             self.routing.hung_up(call.agent_id, call.bridged_at),
             self.routing.leave(call, "caller_left"),
@@ -1364,3 +1423,10 @@ class CallManager:
         self.prompts.stop()
         if self.bot is not None:
             await self.bot.close()
+
+
+def _voice_only(call: Call, what: str) -> None:
+    """A chat has no media: found in review, a desk phone picked up bridged a voice
+    leg into one, and hold, recording and a transfer to a number took it too."""
+    if call.channel == "chat":
+        raise NotAllowed(f"a chat cannot be {what}")

@@ -157,6 +157,10 @@ class Settings(BaseSettings):
     # A chat with no message from anyone for this long ends ("chat_idle"): its caller
     # closed the page without a word.
     chat_idle_minutes: float = Field(30.0, gt=0, le=24 * 60)
+    # Chats open at once, from one address (429 over it) and in all (503). They take
+    # none of the call slots (max_concurrent_calls): they carry no media.
+    max_chats_per_address: int = Field(3, ge=1, le=1000)
+    max_chats: int = Field(200, ge=1, le=100_000)
     # Verifying callers (engine/customers.py): wrong answers (PIN, date of birth, last 4
     # digits) before the customer is locked, and for how many minutes; once it is over,
     # each further wrong answer locks again until a right one.

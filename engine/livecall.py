@@ -78,6 +78,7 @@ class Call(CallRecord):
     # and when the last came (monotonic: the idle timeout's clock)
     chat_lines: int = 0
     chat_seen: float = 0.0
+    chat_budget: float = 0.0  # lines it may take at once now (a line a second)
     # on the call's clock: until when the caller's words, keys and audio are masked
     # after the virtual agent stopped asking for a secret (what began while it asked,
     # the end of a PIN said late, stays secret too)

@@ -618,7 +618,9 @@ class SipFront:
         """Blind transfer to a number through the trunk: it rings while the agent stays
         on the line; once answered it takes the agent's place. DialFailed otherwise (the
         call stays as it was)."""
-        self.calls.controlled_call(actor, call_id)  # before ringing anyone
+        call = self.calls.controlled_call(actor, call_id)  # before ringing anyone
+        if call.channel == "chat":
+            raise NotAllowed("a chat cannot be transferred to a phone number")
         await self._dial_into(
             number,
             lambda peer, codec: self.calls.transfer_out(actor, call_id, peer, codec, number, note),

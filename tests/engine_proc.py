@@ -161,6 +161,7 @@ class EngineProcess:
             "CCENGINE_ANONYMOUS_RATE_PER_MINUTE": "100000",
             "CCENGINE_MAX_PENDING_OFFERS_PER_ADDRESS": "1000",
             "CCENGINE_MAX_PENDING_OFFERS": "1000",
+            "CCENGINE_MAX_CHATS_PER_ADDRESS": "1000",
             "CCENGINE_HTTP_MAX_CONNECTIONS_PER_ADDRESS": "100000",
             **({"CCENGINE_DATABASE_URL": database_url} if database_url else {}),
             **env,

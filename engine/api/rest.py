@@ -99,7 +99,12 @@ async def create_call(offer: CallOffer, request: Request, response: Response, p:
         offer.sdp, offer.language, caller, address, bot=invite is None, app_user=app_user
     )
     if offer.upgrade_from is not None:
-        await m.upgrade_chat(offer.upgrade_from, call)
+        try:
+            await m.upgrade_chat(offer.upgrade_from, call)
+        except BaseException:
+            # the chat ended meanwhile: no call is left behind with nothing to go on
+            await m.end_call(call.id, "upgrade_failed")
+            raise
     if invite is not None:
         by = invite.get("by", "a call link")
         if "callback" in invite:
@@ -339,7 +344,8 @@ async def create_chat(body: ChatIn, request: Request, response: Response, p: Who
     caller = body.caller
     if app_user is not None and caller is None:
         caller = app_user.name or app_user.phone or app_user.user_id
-    call = await m.create_chat(body.language, caller, app_user=app_user)
+    address = request.client.host if request.client else ""
+    call = await m.create_chat(body.language, caller, address, app_user=app_user)
     ttl = m.settings.caller_token_ttl
     token = issue_caller_token(call.id, request.app.state.secret_key, ttl)
     response.set_cookie(

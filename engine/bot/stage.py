@@ -107,7 +107,8 @@ class BotTurn:
         if was_secret and not d.secret_pending:
             # what began while the secret was asked for, or is said a moment after
             # ("... 2 7", the end of a PIN cut by the endpointer), stays masked
-            call.secret_until = clock(call) + SECRET_GRACE
+            # (a chat's lines are whole as typed: no grace)
+            call.secret_until = clock(call) + (SECRET_GRACE if call.channel != "chat" else 0.0)
         task = d.task_record()
         if task is not None and task != call.bot_task:
             # kept with the call, so a caller back soon is asked about it if still open
