@@ -45,7 +45,14 @@ from engine.assist.facts import extract
 from engine.assist.knowledge import KnowledgeBase
 from engine.assist.redact import Redactor
 from engine.assist.summary import summarize
-from engine.bot.dialog import BOT_STATES, KEYED_STATES, CallAction, CheckIdentity, SendCode
+from engine.bot.dialog import (
+    BOT_STATES,
+    KEYED_STATES,
+    AskBrain,
+    CallAction,
+    CheckIdentity,
+    SendCode,
+)
 from engine.bot.events import BotInput
 from engine.callstate import SilenceCheck
 from engine.escalation import Decision, EmotionSample, Utterance
@@ -161,7 +168,7 @@ class Act:
     who the caller is (engine/customers.py); the answer comes back among the call's
     events (``ActionAnswered``, ``IdentityChecked``)."""
 
-    action: CallAction | CheckIdentity | SendCode
+    action: CallAction | CheckIdentity | SendCode | AskBrain
 
 
 @dataclass(frozen=True, slots=True)

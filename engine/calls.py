@@ -60,7 +60,7 @@ from engine.analysis import (
 )
 from engine.apptoken import AppIdentity
 from engine.assist.redact import Redactor
-from engine.bot.agent import VirtualAgent
+from engine.bot.agent import BrainSettings, VirtualAgent
 from engine.bot.dialog import Known
 from engine.bot.dialog import State as DialogState
 from engine.bot.events import BotInput
@@ -287,6 +287,7 @@ class CallManager:
                 metrics,
                 secret.get_secret_value() if secret is not None else None,
                 self.customers,
+                brain(settings),
             )
             log.info("virtual agent: %d flows", len(self.bot.flows))
         if settings.knowledge_base:
@@ -1430,3 +1431,11 @@ def _voice_only(call: Call, what: str) -> None:
     leg into one, and hold, recording and a transfer to a number took it too."""
     if call.channel == "chat":
         raise NotAllowed(f"a chat cannot be {what}")
+
+
+def brain(settings: Settings) -> BrainSettings | None:
+    """The virtual agent's brain, if an LLM endpoint is set (CCENGINE_BOT_LLM_URL)."""
+    if settings.bot_llm_url is None:
+        return None
+    key = settings.bot_llm_key.get_secret_value() if settings.bot_llm_key else None
+    return settings.bot_llm_url, settings.bot_llm_model, key, settings.bot_llm_timeout

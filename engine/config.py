@@ -150,6 +150,13 @@ class Settings(BaseSettings):
     bot_flows: str | None = None
     # Signs the virtual agent's actions like webhooks (Ccengine-Signature); unset: unsigned.
     bot_action_secret: SecretStr | None = None
+    # The virtual agent's optional brain (engine/bot/brain.py): an OpenAI-compatible
+    # endpoint ("http://llm.internal/v1") asked which intent words no example matched
+    # mean; it only chooses among the flow's intents and never speaks. Unset: off.
+    bot_llm_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
+    bot_llm_model: str = "default"
+    bot_llm_key: SecretStr | None = None
+    bot_llm_timeout: float = Field(3.0, gt=0, le=10)
     # A caller back within this many hours whose last request of the virtual agent was
     # left open is asked about it first ("Are you calling about your order 83016?");
     # 0: never.

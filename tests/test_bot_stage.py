@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from engine.analysis import Act, Effect, Emit, HangUp, Route, Say, Write
-from engine.bot.dialog import CallAction, CheckIdentity, Dialog, Known
-from engine.bot.events import ActionAnswered, BotStart, IdentityChecked
+from engine.bot.dialog import AskBrain, CallAction, CheckIdentity, Dialog, Known
+from engine.bot.events import ActionAnswered, BotStart, BrainAnswered, IdentityChecked
 from engine.bot.flows import parse_flow
 from engine.events import (
     AssistUpdated,
@@ -375,3 +375,15 @@ def test_digits_said_while_the_pin_is_checked_or_just_after_stay_masked() -> Non
     after = final(CALLER, 6, "thanks", start=call.secret_until + 0.1)
     told = [f.text for f in published(run([late, after], call), TranscriptFinal)]
     assert told == ["[secret]", "thanks"]
+
+
+def test_the_brains_choice_comes_back_among_the_calls_events() -> None:
+    call = bot_call()
+    assert call.bot is not None
+    call.bot.brain = True
+    run([BotStart()], call)
+    out = run([final(CALLER, 0, "the parcel thingy went walkabout")], call)
+    [act] = [e for e in out if isinstance(e, Act)]
+    assert act.action == AskBrain("the parcel thingy went walkabout")
+    answered = BrainAnswered("the parcel thingy went walkabout", "order_status", {})
+    assert said(run([answered], call)) == ["What is your order number?"]

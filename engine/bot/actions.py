@@ -80,20 +80,27 @@ class Actions:
         return await self.post(action.url, action.timeout, payload, what=action.intent)
 
     async def post(
-        self, url: str, within: float, payload: Mapping[str, object], *, what: str
+        self,
+        url: str,
+        within: float,
+        payload: Mapping[str, object],
+        *,
+        what: str,
+        headers: Mapping[str, str] | None = None,
+        signed: bool = True,
     ) -> object:
         """POST ``payload`` signed; the JSON answered, or ``ActionFailed``. Only ``what``
         and where it went are logged, never the payload (a verification's holds the
         caller's PIN)."""
         call_id = payload.get("call_id")
         body = json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.secret:
-            headers["Ccengine-Signature"] = sign(self.secret, int(time.time()), body)
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        if self.secret and signed:
+            sent["Ccengine-Signature"] = sign(self.secret, int(time.time()), body)
         started = time.monotonic()
         try:
             async with asyncio.timeout(within):
-                data = await self._post(url, body, headers)
+                data = await self._post(url, body, sent)
         except TimeoutError:
             raise ActionFailed(f"no answer within {within:g} s") from None
         except httpx.HTTPError as e:

@@ -22,8 +22,10 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
 from engine.bot.actions import ActionFailed, Actions
+from engine.bot.brain import Brain, Choice
 from engine.bot.dialog import (
     BOT_STATES,
+    AskBrain,
     CallAction,
     Checked,
     CheckIdentity,
@@ -32,7 +34,7 @@ from engine.bot.dialog import (
     SendCode,
 )
 from engine.bot.dialog import State as DialogState
-from engine.bot.events import ActionAnswered, BotStart, CodeSent, IdentityChecked
+from engine.bot.events import ActionAnswered, BotStart, BrainAnswered, CodeSent, IdentityChecked
 from engine.bot.flows import OTP_DIGITS, Flow, flow_for
 from engine.bot.flows import Action as FlowAction
 from engine.bot.flows import Verify as FlowVerify
@@ -42,6 +44,8 @@ from engine.livecall import Call
 from engine.metrics import Metrics
 
 log = logging.getLogger(__name__)
+# the brain's endpoint, model, key and timeout (CCENGINE_BOT_LLM_*)
+BrainSettings = tuple[str, str, str | None, float]
 CUSTOMER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
 CHECK_TIMEOUT = 12.0  # seconds a check may take: the business's own has 10 at most
 OTP_MINUTES = 5  # a texted code counts this long
@@ -62,6 +66,7 @@ class VirtualAgent:
         metrics: Metrics,
         secret: str | None,
         customers: Customers | None = None,
+        brain: BrainSettings | None = None,
     ) -> None:
         self.flows: list[Flow] = []
         self._matchers: dict[str, IntentMatcher] = {}
@@ -69,6 +74,7 @@ class VirtualAgent:
         self.metrics = metrics
         self.customers = customers  # where verification looks (None: no records)
         self.actions = Actions(secret)
+        self.brain = Brain(*brain, self.actions) if brain is not None else None
 
     def use(self, flows: Sequence[Flow]) -> None:
         """Answer calls that start from now on with ``flows`` (changed through the API:
@@ -90,6 +96,7 @@ class VirtualAgent:
         if flow is None:
             return False
         call.bot = Dialog(flow, self._matchers[flow.id], known)
+        call.bot.brain = self.brain is not None
         return True
 
     def prompts(self) -> list[str]:
@@ -122,10 +129,12 @@ class VirtualAgent:
         self.metrics.bot_barge_ins.inc()
         return True
 
-    def act(self, call: Call, action: CallAction | CheckIdentity | SendCode) -> None:
+    def act(self, call: Call, action: CallAction | CheckIdentity | SendCode | AskBrain) -> None:
         """Run ``action`` beside the call; its answer joins the call's events."""
         work: Coroutine[None, None, None]
-        if isinstance(action, CheckIdentity):
+        if isinstance(action, AskBrain):
+            work = self._think(call, action)
+        elif isinstance(action, CheckIdentity):
             work = self._check(call, action)
         elif isinstance(action, SendCode):
             work = self._send_code(call, action)
@@ -168,6 +177,18 @@ class VirtualAgent:
         if result.outcome == VerifyOutcome.NO_FACTOR:
             return "wrong", None  # the caller is told what a wrong answer gets
         return _OUTCOMES[result.outcome], customer_id
+
+    async def _think(self, call: Call, ask: AskBrain) -> None:
+        """Ask the brain what the caller means; "not understood" whatever goes wrong."""
+        choice = Choice(None, {})
+        try:
+            if self.brain is not None and call.bot is not None:
+                # the caller's lines as the call tells them: redacted, a PIN "[secret]"
+                choice = await self.brain.choose(call.bot.flow, call.caller_said)
+        except Exception as e:  # the caller must not be left waiting
+            log.warning("call %s: the brain failed (%s)", call.id, type(e).__name__)
+        if not call.ended.is_set():
+            call.events.put_nowait(BrainAnswered(ask.question, choice.intent, choice.slots))
 
     async def _send_code(self, call: Call, send: SendCode) -> None:
         """Text a one-time code to the phone on the caller's record through the flow's

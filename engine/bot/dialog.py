@@ -17,6 +17,8 @@ action's JSON, a knowledge-base answer):
                   business's own check), then calls ``checked(outcome, customer_id)``
     SendCode      texts a one-time code to the number on the caller's record through
                   the business's SMS sender, then calls ``code_sent(ok)``
+    AskBrain      asks the LLM (if one is set up) which intent words no example
+                  matched mean, then calls ``brain_chose(question, intent, slots)``
     AskKnowledge  looks the question up, then calls ``answered(text or None)``
     HandOff       puts the caller in line for a person with what was learnt
     End           hangs up once the goodbye has been said
@@ -42,6 +44,8 @@ does not list is ignored, e.g. words said while an action is under way):
     waiting     checked                   filling (asked again), waiting (the action
                                           under way), listening, handed_off, ended
     waiting     code_sent                 filling (the code asked for), handed_off
+    waiting     brain                     as heard: the brain's intent begun, or not
+                                          understood
     any         stop                      stopped (a person or a hang-up took over)
 
 A turn the agent cannot use (no intent, a slot it cannot read, neither yes nor no)
@@ -99,6 +103,7 @@ Input = Literal[
     "answered",
     "checked",
     "code_sent",
+    "brain",
     "stop",
 ]
 S = State
@@ -117,6 +122,7 @@ TRANSITIONS: dict[tuple[State, Input], frozenset[State]] = {
     (S.WAITING, "answered"): frozenset({S.LISTENING, S.HANDED_OFF, S.ENDED}),
     (S.WAITING, "checked"): frozenset({S.FILLING, S.WAITING, S.LISTENING, S.HANDED_OFF, S.ENDED}),
     (S.WAITING, "code_sent"): frozenset({S.FILLING, S.HANDED_OFF}),
+    (S.WAITING, "brain"): _TALKING,
 }
 for _s in State:
     if _s not in (S.HANDED_OFF, S.ENDED, S.STOPPED):
@@ -159,6 +165,14 @@ class CheckIdentity:
 
 
 @dataclass(frozen=True, slots=True)
+class AskBrain:
+    """The caller's words matched no intent: ask the brain (an LLM, when one is set
+    up) which of the flow's intents they mean."""
+
+    question: str
+
+
+@dataclass(frozen=True, slots=True)
 class SendCode:
     """Text a one-time code to the phone of record ``customer_id`` (or of the record
     with the phone number ``account``)."""
@@ -189,7 +203,7 @@ class End:
     pass
 
 
-Output = Say | CallAction | CheckIdentity | SendCode | AskKnowledge | HandOff | End
+Output = Say | CallAction | CheckIdentity | SendCode | AskBrain | AskKnowledge | HandOff | End
 Checked = Literal["ok", "wrong", "locked", "failed"]
 
 
@@ -234,6 +248,7 @@ class Dialog:
         # rest of a PIN the endpointer cut) are as secret as the answer
         self.checking = False
         self.declined: str | None = None  # a returning caller said no to this request
+        self.brain = False  # an LLM is asked what words no example matched mean
         self.asked_more = False  # the last prompt was "anything else?"
         self.done: list[str] = []  # intents completed in this call, in order
         # what the caller gave for those (never a secret): a person taking the call
@@ -438,13 +453,35 @@ class Dialog:
                     self.asked_more = False
                     self._move(self._last_input, S.LISTENING)
                     return [Say(WHAT_ELSE)]
+            if self.brain:  # the words matched no example: the brain may see the meaning
+                self._move(self._last_input, S.WAITING)
+                return [AskBrain(text)]
             return self._not_understood(self.flow.fallback)
         self.asked_more = False
         return self._begin(self.flow.intent(found.intent), text)
 
-    def _begin(self, intent: Intent, text: str) -> list[Output]:
+    def brain_chose(self, question: str, intent: str | None, slots: dict[str, str]) -> list[Output]:
+        """What the brain made of ``question``: one of the flow's intents, with what it
+        read for its slots, or None. It can choose nothing else (never an action of its
+        own), a slot it fills must read as one (digits that fit), a secret is never its
+        to fill, and it never speaks: the flow's lines do."""
+        self._expect("brain")
+        self.asked_more = False
+        chosen = next((i for i in self.flow.intents if i.name == intent), None)
+        if chosen is None:
+            return self._not_understood(self.flow.fallback)
+        return self._begin(chosen, question, given=slots)
+
+    def _begin(
+        self, intent: Intent, text: str, given: dict[str, str] | None = None
+    ) -> list[Output]:
         self.failed_turns = 0
         task = self.task = Task(intent, text)
+        for slot in intent.slots:  # what the brain read, if it reads as the slot's
+            if given and slot.name in given and not slot.secret:
+                value = read_slot(slot, str(given[slot.name]))
+                if value is not None and slot.type != "text":
+                    task.slots[slot.name] = value
         if intent.then == "handoff" and not (intent.slots or intent.action or intent.verify):
             return self._hand_off(f"asked for {intent.name}")
         for slot in intent.slots:

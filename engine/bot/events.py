@@ -41,4 +41,13 @@ class CodeSent:
     ok: bool
 
 
-BotInput = BotStart | ActionAnswered | IdentityChecked | CodeSent
+@dataclass(frozen=True, slots=True)
+class BrainAnswered:
+    """What the brain made of words no example matched (engine/bot/brain.py)."""
+
+    question: str
+    intent: str | None
+    slots: dict[str, str]
+
+
+BotInput = BotStart | ActionAnswered | IdentityChecked | CodeSent | BrainAnswered

@@ -50,7 +50,13 @@ from engine.assist.knowledge import KnowledgeBase
 from engine.assist.redact import Redactor
 from engine.bot import dialog
 from engine.bot.dialog import BOT_STATES, KEYED_STATES
-from engine.bot.events import ActionAnswered, BotStart, CodeSent, IdentityChecked
+from engine.bot.events import (
+    ActionAnswered,
+    BotStart,
+    BrainAnswered,
+    CodeSent,
+    IdentityChecked,
+)
 from engine.callstate import SilenceCheck
 from engine.escalation import Decision
 from engine.events import (
@@ -135,6 +141,10 @@ class BotTurn:
             return d.checked(media.outcome, media.customer_id) if d.state == WAITING else []
         if isinstance(media, CodeSent):
             return d.code_sent(media.ok) if d.state == WAITING else []
+        if isinstance(media, BrainAnswered):
+            if d.state != WAITING:
+                return []
+            return d.brain_chose(media.question, media.intent, media.slots)
         # while a secret is asked for, the event is masked: the words as said are the
         # item's alone
         if isinstance(ev, TranscriptFinal) and ev.speaker == "caller":
@@ -170,7 +180,9 @@ class BotTurn:
             if isinstance(out, dialog.Say):
                 yield Say(out.text, BOT_STATES, turn=turn)
                 yield from self._said(call, out.text)
-            elif isinstance(out, dialog.CallAction | dialog.CheckIdentity | dialog.SendCode):
+            elif isinstance(
+                out, dialog.CallAction | dialog.CheckIdentity | dialog.SendCode | dialog.AskBrain
+            ):
                 yield Act(out)
             elif isinstance(out, dialog.AskKnowledge):
                 answer = self._answer(out.question)
