@@ -69,6 +69,16 @@ def receiver() -> Iterator[Receiver]:
         r.stop()
 
 
+@pytest.fixture(scope="module")
+def hooks() -> Iterator[Receiver]:
+    """A webhook receiver on the loopback for a module's engine, kept for the module."""
+    r = Receiver().start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One real redis-server for the session (tests/redisd.py); tests keep apart by key

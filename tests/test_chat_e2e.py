@@ -27,15 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def hooks() -> Iterator[Receiver]:
-    r = Receiver().start()
-    try:
-        yield r
-    finally:
-        r.stop()
-
-
-@pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory, hooks: Receiver) -> Iterator[EngineProcess]:
     proc = EngineProcess(
         tmp_path_factory.mktemp("chat-engine"),

@@ -63,15 +63,6 @@ def orders() -> Iterator[OrderSystem]:
 
 
 @pytest.fixture(scope="module")
-def hooks() -> Iterator[Receiver]:
-    r = Receiver().start()
-    try:
-        yield r
-    finally:
-        r.stop()
-
-
-@pytest.fixture(scope="module")
 def engine(
     tmp_path_factory: pytest.TempPathFactory, orders: OrderSystem, hooks: Receiver
 ) -> Iterator[EngineProcess]:
