@@ -210,9 +210,9 @@ def offset(call: Call, leg_id: str) -> float:
 
 def clock(call: Call) -> float:
     """Now on the call's clock: seconds of the caller's media (what silence ticks
-    carry)."""
+    carry); a chat, which has none, is as far as its last line."""
     pipeline = call.caller_leg().pipeline if call.legs else None
-    return pipeline.seconds_in if pipeline is not None else 0.0
+    return pipeline.seconds_in if pipeline is not None else call.chat_clock
 
 
 def summary_of(call: Call) -> str:

@@ -502,7 +502,7 @@ class CallManager:
         if not text:
             raise NotAllowed("an empty message")
         call.chat_seen = time.monotonic()
-        at = round(clock(call), 3)
+        at = call.chat_clock = round(call.chat_seen - (call.media_t0 or call.chat_seen), 3)
         index = call.chat_lines = call.chat_lines + 1
         # (a typed line is "sure" of its end; no recognizer timed it)
         call.events.put_nowait(

@@ -75,9 +75,11 @@ class Call(CallRecord):
     # this process only, like the dialog that asked for it
     otp: tuple[str, float, str] | None = field(default=None, repr=False)  # code, until, record
     # a chat: lines typed so far (each one's index, as a recognizer numbers utterances)
-    # and when the last came (monotonic: the idle timeout's clock)
+    # and when the last came (monotonic: the idle timeout's clock); its clock, which no
+    # media carries: seconds from its start to its last line
     chat_lines: int = 0
     chat_seen: float = 0.0
+    chat_clock: float = 0.0
     # on the call's clock: until when the caller's words, keys and audio are masked
     # after the virtual agent stopped asking for a secret (what began while it asked,
     # the end of a PIN said late, stays secret too)
