@@ -75,7 +75,8 @@ class Call(CallRecord):
     # this process only, like the dialog that asked for it
     otp: tuple[str, float, str] | None = field(default=None, repr=False)  # code, until, record
     # a chat: lines typed so far (each one's index, as a recognizer numbers utterances)
-    # and when the last came (monotonic: the idle timeout's clock)
+    # and when the last came (monotonic: the idle timeout's clock); its clock, which no
+    # media carries: seconds from its start to its last line
     chat_lines: int = 0
     chat_seen: float = 0.0
     chat_budget: float = 0.0  # lines it may take at once now (a line a second)

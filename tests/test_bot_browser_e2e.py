@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import time
@@ -159,6 +160,18 @@ async def chromium(mic: Path) -> AsyncIterator[Browser]:
             await browser.close()
 
 
+async def signed_in_desk(browser: Browser, url: str, username: str, password: str) -> Page:
+    """The agent desk in a new context of ``browser``: signed in, available."""
+    desk = await (await browser.new_context(permissions=["microphone"])).new_page()
+    await desk.goto(f"{url}/agent")
+    await desk.get_by_test_id("username").fill(username)
+    await desk.get_by_test_id("password").fill(password)
+    await desk.get_by_test_id("sign-in").click()
+    await desk.get_by_test_id("go-available").click()
+    await expect(desk.get_by_test_id("presence")).to_have_text("available")
+    return desk
+
+
 class PageCaller:
     """The caller page in Chromium, with its ears: what the page received, recorded."""
 
@@ -300,13 +313,7 @@ async def test_a_verified_chromium_caller_asks_for_a_person_and_the_pin_is_nowhe
     mic = microphone(tmp_path / "mic.wav", [*said_order(lines), (PERSON_AT, lines["person"])])
     try:
         async with chromium(mic) as browser:
-            desk = await (await browser.new_context()).new_page()
-            await desk.goto(f"{engine.url}/agent")
-            await desk.get_by_test_id("username").fill("bea")
-            await desk.get_by_test_id("password").fill("pw-bea-123")
-            await desk.get_by_test_id("sign-in").click()
-            await desk.get_by_test_id("go-available").click()
-            await expect(desk.get_by_test_id("presence")).to_have_text("available")
+            desk = await signed_in_desk(browser, engine.url, "bea", "pw-bea-123")
             caller = await PageCaller.dial(browser, engine.url)
             await verify_by_keys(caller)
             await caller.agent_said("out for delivery")
@@ -327,6 +334,10 @@ async def test_a_verified_chromium_caller_asks_for_a_person_and_the_pin_is_nowhe
         await asyncio.sleep(0.5)  # the call's last events and log lines
     finally:
         watcher.cancel()
+        # its WebSocket closed before the loop ends (left open, it was reported unclosed
+        # at exit now and then, failing a passed run)
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
     offer = await wait_for(events, "call.offered", caller.call_id)
     assert (offer["customer_id"], offer["verified_by"], offer["intent"]) == ("c-1", "pin", "person")
     assert (detail["customer_id"], detail["verified_by"]) == ("c-1", "pin")

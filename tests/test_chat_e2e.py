@@ -26,15 +26,24 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory, hooks: Receiver) -> Iterator[EngineProcess]:
-    proc = EngineProcess(
-        tmp_path_factory.mktemp("chat-engine"),
+def example_engine(folder: Path, **env: str) -> EngineProcess:
+    """An engine process answering with the example flow and its articles (deploy/),
+    started."""
+    return EngineProcess(
+        folder,
         CCENGINE_BOT_FLOWS=str(ROOT / "deploy" / "flows"),
         CCENGINE_KNOWLEDGE_BASE=str(ROOT / "deploy" / "knowledge"),
-        CCENGINE_WEBHOOK_ALLOWED_NETWORKS='["127.0.0.1/32"]',
         CCENGINE_OFFER_TIMEOUT="30",
+        **env,
     ).start()
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory, hooks: Receiver) -> Iterator[EngineProcess]:
+    proc = example_engine(
+        tmp_path_factory.mktemp("chat-engine"),
+        CCENGINE_WEBHOOK_ALLOWED_NETWORKS='["127.0.0.1/32"]',
+    )
     try:
         with httpx.Client(base_url=proc.url, headers=proc.headers, timeout=30) as http:
             r = http.post("/api/v1/webhooks", json={"url": hooks.url, "events": ["*"]})

@@ -485,7 +485,8 @@ class Store:
             utts = await s.scalars(
                 select(UtteranceRow)
                 .where(UtteranceRow.call_id == call_id)
-                .order_by(UtteranceRow.start, UtteranceRow.seq)
+                # a chat's answer is at the time of the line it answers: written after it
+                .order_by(UtteranceRow.start, UtteranceRow.created_at, UtteranceRow.seq)
             )
             emos = await s.scalars(
                 select(EmotionRow).where(EmotionRow.call_id == call_id).order_by(EmotionRow.id)

@@ -223,7 +223,7 @@ async function openCall(id) {
   if (call.upgraded_from) {
     const chat = await api(`/api/v1/calls/${call.upgraded_from}`);
     $("chat-before").innerHTML = "<strong>The chat before this call</strong>" + chat.transcript.map((u) =>
-      `<div class="line"><span class="who">${esc(u.speaker === "bot" ? "assistant" : u.speaker)}</span> ${esc(u.text)}</div>`).join("");
+      `<div class="line"><span class="t">${u.start.toFixed(1)}s</span><span class="who">${esc(u.speaker === "bot" ? "assistant" : u.speaker)}</span><span class="text">${esc(u.text)}</span></div>`).join("");
   }
   view.load(call);
   showNotes(call.notes);

@@ -86,6 +86,7 @@ async function call() {
     ({ pc, mic: stream } = await openPeer({ audio: $("remote"), video: camera ? $("remote-video") : null, camera, invite }));
     // a live chat goes on as this call: its token says it is ours to take on
     const upgrading = chatId ? { authorization: `Bearer ${chatToken}` } : {};
+    const goesOn = chatId ? "The chat goes on as this call. " : "";
     const res = await fetch("/api/v1/calls", {
       method: "POST",
       headers: { "content-type": "application/json", ...WRITE, ...upgrading },
@@ -99,7 +100,7 @@ async function call() {
     if (!res.ok) throw new Error(body.detail || `HTTP ${res.status}`);
     callId = body.call_id;
     window.ccengineCallId = callId;
-    $("notice").textContent = `Speech recognition: ${body.recognizer_note}`;
+    $("notice").textContent = `${goesOn}Speech recognition: ${body.recognizer_note}`;
     if (!["vosk", "moonshine"].includes(body.recognizer)) $("notice").className = "note warn";
     await pc.setRemoteDescription({ type: "answer", sdp: body.sdp });
     $("hangup").disabled = false;
@@ -188,7 +189,8 @@ async function chat() {
       else if (ev.type === "queue.updated") queued(ev);
       else if (ev.type === "call.state_changed" && ev.state === "bridged") $("queue").textContent = "You are chatting with a person.";
       else if (ev.type === "call.verified") { $("verified").hidden = false; $("verified").textContent = "You are verified."; }
-      else if (ev.type === "call.ended") endChat(ev.reason === "upgraded" ? "The chat goes on as a call." : `Chat ended (${ev.reason}).`);
+      // upgraded: the call says so (this may come before or after its answer)
+      else if (ev.type === "call.ended") endChat(ev.reason === "upgraded" ? null : `Chat ended (${ev.reason}).`);
     });
   } catch (err) {
     $("error").textContent = `Could not start a chat: ${err.message}`;
