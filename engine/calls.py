@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import itertools
 import logging
@@ -578,11 +579,14 @@ class CallManager:
         call.upgraded_from = chat.id
         call.caller_said = list(chat.caller_said)
         call.facts = chat.facts
+        call.summary = chat.summary  # the desk's "so far" before the caller says a word
         call.intent = call.intent or chat.intent
         if call.customer_id is None:
             call.customer_id, call.verified_by = chat.customer_id, chat.verified_by
         values = {"upgraded_from": chat.id, "customer_id": call.customer_id,
-                  "verified_by": call.verified_by, "intent": call.intent}  # fmt: skip
+                  "verified_by": call.verified_by, "intent": call.intent,
+                  "summary": call.summary,
+                  "facts": [dataclasses.asdict(f) for f in call.facts.facts]}  # fmt: skip
         await self._keep(f"call {call.id} upgraded", self.store.update_call, call.id, **values)
         if chat.state in ("bridged", "held") and chat.agent_id is not None:
             agent, queue = chat.agent_id, None

@@ -145,6 +145,8 @@ async def test_a_chat_is_answered_goes_to_a_person_and_goes_on_as_a_call(
                 await http.get(f"/api/v1/calls/{voice.call_id}", headers=engine.headers)
             ).json()
             assert record["upgraded_from"] == chat_id
+            # what the desk shows "so far" on the call: the chat's, before a word is said
+            assert "83016" in record["summary"], record["summary"]
             told = (await http.get(f"/api/v1/calls/{chat_id}", headers=engine.headers)).json()
             assert told["channel"] == "chat"
             said = [(u["speaker"], u["text"]) for u in told["transcript"]]
