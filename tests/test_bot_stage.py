@@ -387,3 +387,26 @@ def test_the_brains_choice_comes_back_among_the_calls_events() -> None:
     assert act.action == AskBrain("the parcel thingy went walkabout")
     answered = BrainAnswered("the parcel thingy went walkabout", "order_status", {})
     assert said(run([answered], call)) == ["What is your order number?"]
+
+
+def test_a_pin_checked_after_the_call_went_in_line_still_verifies_and_stays_masked() -> None:
+    """Noticed in review: a rule that queued the caller while their PIN was asked for
+    dropped the check's answer (a right PIN was never recorded), and the PIN the caller
+    then said, as asked, was no longer masked."""
+    call = secured_call(Known(customer_id="c-1"))
+    run([BotStart(), final(CALLER, 0, "where is order 83016"), final(CALLER, 1, "yes")], call)
+    assert call.bot is not None and call.bot.secret_pending
+    call.state = "queued"  # an emotion rule put the caller in line meanwhile
+    run([final(CALLER, 2, "this is ridiculous", start=0.2)], call)  # the agent stops
+    assert not call.bot.secret_pending
+    out = run([final(CALLER, 3, "1 2 3 4", start=1.0)], call)  # the PIN, as it was asked
+    assert [f.text for f in published(out, TranscriptFinal)] == ["[secret]"]
+    # the check of an answer given before: it still verifies the call
+    call2 = secured_call(Known(customer_id="c-1"))
+    run([BotStart(), final(CALLER, 0, "where is order 83016"), final(CALLER, 1, "yes")], call2)
+    run([me.KeyPressed(CALLER, d, 9.0) for d in "1234"], call2)
+    call2.state = "queued"
+    out = run([IdentityChecked("ok", "c-1", 1)], call2)
+    [verified] = published(out, CallVerified)
+    assert (verified.customer_id, verified.method) == ("c-1", "pin")
+    assert call2.verified_by == "pin" and said(out) == []

@@ -93,7 +93,11 @@ class BotTurn:
             yield item
             return
         if call.state not in BOT_STATES:
+            if d.secret_pending:  # a PIN asked for just before: said now, still masked
+                call.secret_until = max(call.secret_until, clock(call) + SECRET_GRACE)
             d.stop()  # queued, with a person, or ended: the agent's part is over
+            if isinstance(item.media, IdentityChecked):
+                yield from self._checked_late(call, d, item.media)
             yield item
             return
         if isinstance(item.media, SilenceCheck) and d.state != dialog.State.STOPPED:
@@ -170,6 +174,21 @@ class BotTurn:
             if checked.outcome == "locked" and checked.customer_id is not None:
                 # for supervisors and webhooks, never on the caller's own stream
                 yield Emit(CustomerLocked(customer_id=checked.customer_id))
+
+    @staticmethod
+    def _checked_late(call: Call, d: dialog.Dialog, checked: IdentityChecked) -> Iterator[Output]:
+        """The answer was checked after the call left the agent (a rule put the caller
+        in line meanwhile): a right one still verifies the call, for the person who
+        takes it."""
+        verify = d.flow.verify
+        customer = checked.customer_id or d.customer_id
+        if checked.outcome != "ok" or verify is None or customer is None:
+            return
+        if call.verified_by is None:
+            call.customer_id, call.verified_by = customer, verify.factor
+            values = {"customer_id": customer, "verified_by": verify.factor}
+            yield Write(f"call {call.id} verified", values=values)
+            yield Emit(CallVerified(call_id=call.id, customer_id=customer, method=verify.factor))
 
     def _carry_out(
         self, call: Call, d: dialog.Dialog, outputs: list[dialog.Output], item: Item, turn: int
