@@ -91,9 +91,7 @@ async def create_call(offer: CallOffer, request: Request, response: Response, p:
         chat = m.live(offer.upgrade_from)
         if chat is None or chat.channel != "chat":
             raise HTTPException(404, f"no live chat {offer.upgrade_from}")
-    caller = invite.get("caller") if invite else offer.caller
-    if app_user is not None and caller is None:
-        caller = app_user.name or app_user.phone or app_user.user_id
+    caller = _caller(invite.get("caller") if invite else offer.caller, app_user)
     address = request.client.host if request.client else ""
     call, sdp = await m.create_webrtc_call(
         offer.sdp, offer.language, caller, address, bot=invite is None, app_user=app_user
@@ -114,11 +112,7 @@ async def create_call(offer: CallOffer, request: Request, response: Response, p:
             call, queue=invite.get("queue"), agent_id=invite.get("agent"),
             reason=f"call link from {by}",
         )  # fmt: skip
-    ttl = m.settings.caller_token_ttl
-    token = issue_caller_token(call.id, request.app.state.secret_key, ttl)
-    response.set_cookie(
-        CALLER_COOKIE, token, max_age=ttl, **cookie_options(request, f"/api/v1/calls/{call.id}")
-    )
+    token = _caller_token(request, response, m, call.id)
     return CallAnswer(
         caller_token=token,
         call_id=call.id,
@@ -317,6 +311,23 @@ async def annotate(call_id: PathId, body: NoteIn, request: Request, actor: Opera
     return NoteOut.model_validate(note, from_attributes=True)
 
 
+def _caller(given: str | None, app_user: AppIdentity | None) -> str | None:
+    """The caller identity a call or chat shows: as given, else who the app vouched for."""
+    if given is not None or app_user is None:
+        return given
+    return app_user.name or app_user.phone or app_user.user_id
+
+
+def _caller_token(request: Request, response: Response, m: CallManager, call_id: str) -> str:
+    """A token that reaches this call only, also set as a cookie for the caller's page."""
+    ttl = m.settings.caller_token_ttl
+    token = issue_caller_token(call_id, request.app.state.secret_key, ttl)
+    response.set_cookie(
+        CALLER_COOKIE, token, max_age=ttl, **cookie_options(request, f"/api/v1/calls/{call_id}")
+    )
+    return token
+
+
 def _app_user(request: Request, token: str | None) -> AppIdentity | None:
     """Who the business's app says the caller is, or 401 with why not."""
     if token is None:
@@ -341,16 +352,10 @@ async def create_chat(body: ChatIn, request: Request, response: Response, p: Who
     if not m.settings.public_calls:
         p.need("control")
     app_user = _app_user(request, body.customer_token)
-    caller = body.caller
-    if app_user is not None and caller is None:
-        caller = app_user.name or app_user.phone or app_user.user_id
+    caller = _caller(body.caller, app_user)
     address = request.client.host if request.client else ""
     call = await m.create_chat(body.language, caller, address, app_user=app_user)
-    ttl = m.settings.caller_token_ttl
-    token = issue_caller_token(call.id, request.app.state.secret_key, ttl)
-    response.set_cookie(
-        CALLER_COOKIE, token, max_age=ttl, **cookie_options(request, f"/api/v1/calls/{call.id}")
-    )
+    token = _caller_token(request, response, m, call.id)
     return ChatOut(
         call_id=call.id, events_url=f"/api/v1/calls/{call.id}/events", caller_token=token
     )

@@ -163,12 +163,7 @@ class BotTurn:
     ) -> Iterator[Output]:
         """The call's record and stream learn what verification came to."""
         if d.verified_by is not None and before is None and d.customer_id is not None:
-            call.customer_id, call.verified_by = d.customer_id, d.verified_by
-            values = {"customer_id": d.customer_id, "verified_by": d.verified_by}
-            yield Write(f"call {call.id} verified", values=values)
-            yield Emit(
-                CallVerified(call_id=call.id, customer_id=d.customer_id, method=d.verified_by)
-            )
+            yield from _verified(call, d.customer_id, d.verified_by)
         elif checked.outcome in ("wrong", "locked"):
             yield Emit(VerificationFailed(call_id=call.id, attempt=checked.attempt))
             if checked.outcome == "locked" and checked.customer_id is not None:
@@ -185,10 +180,7 @@ class BotTurn:
         if checked.outcome != "ok" or verify is None or customer is None:
             return
         if call.verified_by is None:
-            call.customer_id, call.verified_by = customer, verify.factor
-            values = {"customer_id": customer, "verified_by": verify.factor}
-            yield Write(f"call {call.id} verified", values=values)
-            yield Emit(CallVerified(call_id=call.id, customer_id=customer, method=verify.factor))
+            yield from _verified(call, customer, verify.factor)
 
     def _carry_out(
         self, call: Call, d: dialog.Dialog, outputs: list[dialog.Output], item: Item, turn: int
@@ -261,6 +253,14 @@ class BotTurn:
         yield from self.escalate.decided(call, decision)
         if call.escalation_reason != reason:
             yield Escalated(item)  # Assist then writes the summary with the reason
+
+
+def _verified(call: Call, customer_id: str, method: str) -> Iterator[Output]:
+    """The call is verified: its record and its stream learn who, and how."""
+    call.customer_id, call.verified_by = customer_id, method
+    values = {"customer_id": customer_id, "verified_by": method}
+    yield Write(f"call {call.id} verified", values=values)
+    yield Emit(CallVerified(call_id=call.id, customer_id=customer_id, method=method))
 
 
 def spoken_answer(text: str) -> str:
