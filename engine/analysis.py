@@ -7,6 +7,10 @@ recognizer failures, silence checks) runs through the same stages, in order:
 
     Redact    the leg's report becomes the call's event: redacted, on the call's clock,
               with its utterance id; nothing downstream ever sees the raw text
+    Feel      a chat's typed line is followed by its emotion estimate, read from the
+              line as told (redacted; a masked one has no words to read), as a voice
+              leg's pipeline follows each final with one; the two go on side by side,
+              so a chat's estimate is told before the virtual agent answers its line
     Persist   the event's rows (utterances, emotion samples, the caller's mood)
     Publish   the event on the bus: after Persist, so what a client saw is on disk
     Menu      a key press picks the call's topic from the phone menu
@@ -75,7 +79,7 @@ from engine.livecall import Call
 from engine.metrics import Metrics
 from engine.store.models import Base, EmotionRow, EscalationRow, UtteranceRow
 from media import events as me
-from media.emotion import EmotionEstimate
+from media.emotion import EmotionEstimate, EmotionTracker
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +276,7 @@ class Redact:
             else:
                 yield Item(ev, final)
         elif isinstance(ev, me.EmotionEstimated):
-            yield Item(ev, self._emotion(call, ev))
+            yield Item(ev, self.emotion(call, ev))
         elif isinstance(ev, me.KeyPressed):
             if secret(call, ev.at):  # no menu either: the key answers the agent
                 masked_key = DtmfReceived(call_id=call.id, digit="*", at=ev.at, masked=True)
@@ -338,7 +342,8 @@ class Redact:
         )
 
     @staticmethod
-    def _emotion(call: Call, ev: me.EmotionEstimated) -> EmotionUpdated:
+    def emotion(call: Call, ev: me.EmotionEstimated) -> EmotionUpdated:
+        """The call's event of a leg's emotion estimate (Feel's too)."""
         est = ev.estimate
         return EmotionUpdated(
             call_id=call.id,
@@ -356,6 +361,40 @@ class Redact:
             confidence=est.confidence,
             evidence=list(est.evidence),
         )
+
+
+class Feel:
+    """A chat's typed line, judged from its words alone (``EmotionTracker.update_words``)
+    with the tracker of the leg that typed it: the estimate a voice leg's pipeline
+    reports after each final (media/pipeline.py), made here because a chat has no
+    pipeline. It comes after Redact, so it reads the line as stored and told: redacted,
+    and nothing of a line masked while a secret was asked for. Agents' lines are judged
+    too, as on a call; like theirs, their emotion is kept and shown, never a rule's."""
+
+    def __init__(self) -> None:
+        # the models and the words' lexicon are read now, once, not on some chat's first
+        # line: stages do no IO
+        EmotionTracker().update_words("read it all")
+
+    def handle(self, call: Call, item: Flow) -> Iterator[Output]:
+        yield item
+        if call.channel != "chat" or not isinstance(item, Item):
+            return
+        final, media = item.event, item.media
+        if not isinstance(final, TranscriptFinal) or not isinstance(media, me.TranscriptFinal):
+            return
+        leg = call.leg(media.leg_id)
+        if leg is None:
+            return
+        if leg.emotion is None:
+            leg.emotion = EmotionTracker()
+        # a masked line's stored text is only the mask: read as a word, "secret" made it
+        # a third upset, and with the next line an upset streak
+        told = "" if item.clear is not None else final.text
+        estimated = me.EmotionEstimated(
+            media.leg_id, media.index, media.end, leg.emotion.update_words(told)
+        )
+        yield Item(estimated, Redact.emotion(call, estimated))
 
 
 class Persist:
@@ -402,7 +441,8 @@ def _emotion_row(update: EmotionUpdated, est: EmotionEstimate) -> EmotionRow:
         # confidence and evidence ride with the measurements: one JSON column, no
         # migration for what only readers of a call need
         features={
-            **dataclasses.asdict(est.prosody),
+            # a typed line has no voice to measure
+            **(dataclasses.asdict(est.prosody) if est.prosody is not None else {}),
             "confidence": est.confidence,
             "evidence": list(est.evidence),
         },
@@ -466,10 +506,8 @@ class Assist:
     def handle(self, call: Call, item: Flow) -> Iterator[Output]:
         ev = item.item.event if isinstance(item, Escalated) else item.event
         if isinstance(ev, EmotionUpdated) and ev.speaker == "caller":
+            # a chat's typed lines too: Feel follows each with its estimate
             yield from self._update(call, ev.call_label, ev.trend)
-        elif isinstance(ev, TranscriptFinal) and ev.speaker == "caller" and call.channel == "chat":
-            # a chat has no voice to estimate: each typed line refreshes the desk
-            yield from self._update(call, call.mood, call.trend)
         elif isinstance(item, Escalated) and isinstance(item.item.media, BotInput):
             yield from self._update(call, call.mood, call.trend)
         if isinstance(item, Item):
@@ -536,8 +574,9 @@ class Escalate:
             est = media.estimate
             # loudness only of voiced windows: with nothing voiced, prosody measures the
             # whole stretch (noise, breath), not the caller's voice
-            voiced = est.prosody.f0_median_st is not None
-            energy = est.prosody.energy_db if voiced else None
+            # (and a typed line has no voice at all)
+            voiced = est.prosody is not None and est.prosody.f0_median_st is not None
+            energy = est.prosody.energy_db if est.prosody is not None and voiced else None
             # the caller's leg time is the call's (the caller's audio starts the clock)
             at = media.at
             sample = EmotionSample(ev.utterance_id, at, est.label, est.trend, est.scores, energy)
@@ -613,6 +652,7 @@ def call_stages(
     escalate = Escalate(metrics)
     return [
         Redact(redactor, menu, metrics),
+        Feel(),  # a call's legs have pipelines that estimate: passes
         Persist(metrics),
         Publish(),
         Menu(),

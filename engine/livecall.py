@@ -34,6 +34,7 @@ from engine.escalation import CallEscalation
 from engine.recording import CallRecording
 from media import events as me
 from media.audio import PcmFrame
+from media.emotion import EmotionTracker
 from media.peer import CallPeer
 from media.pipeline import LegPipeline
 
@@ -43,6 +44,9 @@ class Leg(LegRecord):
     _: KW_ONLY
     pipeline: LegPipeline | None = None  # from the leg's first audio on
     peer: CallPeer | None = None
+    # a chat leg's emotion, read from its typed lines (engine/analysis.py Feel);
+    # a voice leg's is its pipeline's
+    emotion: EmotionTracker | None = None
 
 
 @dataclass

@@ -29,6 +29,11 @@ its voice does not teach the caller's baseline. The call's label is an exponenti
 moving average of the utterances' probabilities where upset states take hold fast and
 fade slowly; the trend is a moving average of mood (the words' valence pulled down by
 agitation).
+
+A typed line (a chat) has words and no voice: ``EmotionTracker.update_words`` judges
+it by the text model alone. The fusion was trained on voice and words together, so it
+is not fed a voice that was never heard; the line teaches the voice baseline nothing,
+and it counts towards the call's label and trend like an utterance.
 """
 
 from __future__ import annotations
@@ -354,7 +359,7 @@ class EmotionEstimate:
     valence: float
     scores: dict[str, float]  # calibrated probabilities
     trend: float
-    prosody: Prosody
+    prosody: Prosody | None  # None: a typed line, no voice to measure
     call_label: str  # how the call has gone so far (see CallMood)
     call_scores: dict[str, float]  # the scores smoothed over the call (see CALL_ALPHA)
     confidence: float = 0.0  # the label's probability
@@ -480,15 +485,37 @@ class EmotionTracker:
         if calm_words(text_p, text):
             self.baseline.learn(values)
         arousal = math.tanh(sum(AROUSAL_WEIGHT[c] * v for c, v in z.items()) / 2.0)
+        return self._estimate(fused, text_p, arousal, p, why)
+
+    def update_words(self, text: str) -> EmotionEstimate:
+        """A line with words and no voice (typed in a chat): the text model's
+        probabilities are its scores, since the fusion never met words without a
+        voice and must not be fed a made-up one. Its arousal is 0 (nothing was heard
+        to be stirred up) and it teaches the voice baseline nothing."""
+        text_p = self.text_model.probabilities(text)
+        why = words_evidence(text, text_p) if heard_words(text) else ("words: none to read",)
+        return self._estimate(text_p, text_p, 0.0, None, why)
+
+    def _estimate(
+        self,
+        probs: dict[str, float],
+        text_p: dict[str, float],
+        arousal: float,
+        p: Prosody | None,
+        why: tuple[str, ...],
+    ) -> EmotionEstimate:
+        """The estimate of one utterance judged ``probs``, and the call's label,
+        scores and trend once it counts."""
+        label = max(probs, key=lambda k: probs[k])
         valence = text_p["positive"] - text_p["frustrated"] - text_p["angry"]
-        scores = {k: round(v, 4) for k, v in fused.items()}
+        scores = {k: round(v, 4) for k, v in probs.items()}
         mood = max(-1.0, min(1.0, valence - 0.5 * max(arousal, 0.0) * (valence < 0.05)))
         if self.count == 0:
             self.trend = mood
         else:
             self.trend = self.trend_alpha * mood + (1 - self.trend_alpha) * self.trend
         self.call_scores = call_mood(self.call_scores if self.count else None, scores, CALL_ALPHA)
-        call_label = self.mood.add(fused)
+        call_label = self.mood.add(probs)
         self.count += 1
         call_scores = {k: round(v, 4) for k, v in self.call_scores.items()}
         return EmotionEstimate(
@@ -515,14 +542,8 @@ def evidence(
 ) -> tuple[str, ...]:
     """What a person can check: the words' cues and the voice's departures from usual
     (the amounts as measured, not as capped for the fusion)."""
-    out = []
-    cues = text_cues(text)
-    if cues:
-        out.append("words: " + "; ".join(f"{g} ({', '.join(ws)})" for g, ws in cues.items()))
-    if heard_words(text):
-        top = max(text_p, key=lambda k: text_p[k])
-        out.append(f"words read as {top} ({text_p[top]:.0%})")
-    else:
+    out = list(words_evidence(text, text_p))
+    if not heard_words(text):
         out.append("words: none heard, the voice alone")
     voice = []
     for cue, v in sorted(z.items(), key=lambda kv: -abs(kv[1])):
@@ -534,3 +555,16 @@ def evidence(
     if not voice and label in ("frustrated", "angry"):
         voice.append("voice: as usual")  # upset by the words alone
     return tuple(out + voice)
+
+
+def words_evidence(text: str, text_p: dict[str, float]) -> tuple[str, ...]:
+    """What a person can check in the words: their cues, and how the text model read
+    them (nothing when there were none)."""
+    out = []
+    cues = text_cues(text)
+    if cues:
+        out.append("words: " + "; ".join(f"{g} ({', '.join(ws)})" for g, ws in cues.items()))
+    if heard_words(text):
+        top = max(text_p, key=lambda k: text_p[k])
+        out.append(f"words read as {top} ({text_p[top]:.0%})")
+    return tuple(out)

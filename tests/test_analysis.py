@@ -293,6 +293,65 @@ def test_an_agents_emotion_is_stored_but_neither_assists_nor_escalates() -> None
     assert call.mood is None and call.escalation_reason is None
 
 
+def new_chat() -> Call:
+    """A chat with an agent on it: both legs typed, no pipelines."""
+    call = Call("chat-1", "chat", "en", ModelChoice("en", None, None), None, utcnow())
+    call.state = "bridged"
+    call.legs = [Leg(CALLER, "caller", "chat"), Leg(AGENT, "agent", "chat", offset=30.0)]
+    call.escalation = CallEscalation(default_rules())
+    return call
+
+
+def typed(leg: str, index: int, text: str, at: float = 1.0) -> me.TranscriptFinal:
+    return me.TranscriptFinal(leg, index, text, at, at, [], 0.0, False, "sure")
+
+
+def test_a_chat_line_is_followed_by_its_emotion_read_from_the_line_as_told() -> None:
+    """A chat has no pipeline to estimate its emotion: Feel does, after Redact, so the
+    words judged are the redacted ones; the estimate names its line, is kept (with no
+    voice measured) before it is told, and sets the call's mood, as a call's does."""
+    call = new_chat()
+    card = "4111 1111 1111 1111"
+    out = run_stages(
+        [typed(CALLER, 1, f"you charged my card {card} twice, you people are useless!")], call
+    )
+    (line,) = published(out, TranscriptFinal)
+    (update,) = published(out, EmotionUpdated)
+    assert update.utterance_id == line.utterance_id and update.speaker == "caller"
+    assert update.label in ("angry", "frustrated") and update.arousal == 0.0
+    assert any("useless" in e for e in update.evidence)
+    assert "4111" not in update.model_dump_json()
+    (row,) = written(out, EmotionRow)
+    assert set(row.features) == {"confidence", "evidence"}  # no voice: no prosody
+    assert where(out, lambda e: isinstance(e, Write) and e.row is row) < where(
+        out, lambda e: isinstance(e, Emit) and e.event is update
+    )
+    assert call.mood == update.call_label
+    # one desk refresh a line, from its estimate (not one from the line and one more)
+    assert len(published(out, AssistUpdated)) == 1
+
+
+def test_a_chat_agents_lines_are_judged_and_kept_but_neither_assist_nor_escalate() -> None:
+    """As on a call, where the agent's leg has its own pipeline: the agent's emotion,
+    from their own tracker, is kept; the caller's mood, the assist and the rules are
+    about the caller only."""
+    call = new_chat()
+    out = run_stages(
+        [typed(AGENT, 1, "this is ridiculous, you are useless"),
+         typed(AGENT, 2, "I am fed up, this is the third time")],
+        call,
+    )  # fmt: skip
+    assert len(written(out, EmotionRow)) == 2
+    felt = published(out, EmotionUpdated)
+    assert [u.speaker for u in felt] == ["agent", "agent"]
+    assert all(u.label in ("angry", "frustrated") for u in felt)
+    assert not [w for w in out if isinstance(w, Write) and w.values and "emotion" in w.values]
+    assert not published(out, AssistUpdated) and not published(out, EscalationRaised)
+    assert call.mood is None and call.escalation_reason is None
+    caller, agent = call.legs
+    assert caller.emotion is None and agent.emotion is not None  # each leg its own
+
+
 def test_a_lost_recognizer_is_told_and_speech_starting_is_not() -> None:
     out = run_stages(
         [me.SpeechStarted(CALLER, 1.0),

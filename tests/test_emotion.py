@@ -229,3 +229,63 @@ def test_no_words_heard_is_judged_by_the_voice_alone(band: str) -> None:
     heated = t.update(usual(band, **HEATED), "  ")
     assert heated.label == "angry", heated.scores
     assert t.baseline.counts == {}
+
+
+# -- a typed line: words and no voice (a chat) --------------------------------------
+
+
+def test_a_typed_line_is_judged_by_the_text_model_with_its_cues_as_evidence() -> None:
+    """A chat's line has no voice: its scores are the text model's own (the fusion was
+    trained on voice and words together, and is fed no made-up voice), its arousal is
+    0, and its evidence names the words' cues and nothing of a voice."""
+    said = "You people are useless, I want this fixed right now!"
+    est = EmotionTracker().update_words(said)
+    text_p = TextModel.load().probabilities(said)
+    assert est.scores == {k: round(v, 4) for k, v in text_p.items()}
+    assert est.label == "angry" and est.confidence == est.scores["angry"] >= 0.6, est
+    assert est.arousal == 0.0 and est.prosody is None
+    assert any("useless" in e and "you people" in e for e in est.evidence), est.evidence
+    assert any(e.startswith("words read as angry") for e in est.evidence), est.evidence
+    assert not any(e.startswith("voice") for e in est.evidence), est.evidence
+
+
+@pytest.mark.parametrize("said", ["Hello, could you tell me how returns work, please?", "Thanks!"])
+def test_a_polite_typed_line_is_neutral(said: str) -> None:
+    est = EmotionTracker().update_words(said)
+    assert est.label == est.call_label == "neutral", est.scores
+    assert est.scores["frustrated"] + est.scores["angry"] < 0.3  # no upset streak's
+
+
+def test_typed_lines_teach_the_voice_baseline_nothing() -> None:
+    """Calm typed words with no voice must not move the caller's usual voice: a call
+    taken on from a chat judges its first utterance against the population, as any."""
+    t = EmotionTracker()
+    for _ in range(5):
+        t.update_words("I have a question about my bill.")
+    assert t.baseline.counts == {} and t.baseline.sums == {}
+    complaint = "I have been waiting for two weeks and still nothing."
+    after = t.update(usual(**HEATED), complaint)
+    fresh = EmotionTracker().update(usual(**HEATED), complaint)
+    assert after.scores == fresh.scores
+
+
+def test_typed_lines_carry_the_calls_label_and_trend() -> None:
+    """The call's label (CallMood) and trend go on from typed lines as from spoken
+    ones: an angry chat stays angry to the agent after one calm line, and its trend
+    falls."""
+    t = EmotionTracker()
+    first = t.update_words("Where is my parcel?")
+    assert first.call_label == "neutral"
+    t.update_words("This is a disgrace, you people are useless!")
+    calm = t.update_words("My order number is 83016.")
+    assert calm.label == "neutral" and calm.call_label == "angry"
+    assert calm.trend < first.trend - 0.15
+    assert calm.call_scores["angry"] > first.call_scores["angry"]
+
+
+def test_a_typed_line_with_no_words_reads_as_no_words() -> None:
+    """What a chat tells of a masked line is no words: the evidence says so, and no
+    cue is made up."""
+    est = EmotionTracker().update_words("")
+    assert est.evidence == ("words: none to read",)
+    assert est.label == "neutral"
