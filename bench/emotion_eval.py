@@ -1,4 +1,4 @@
-"""`make eval`: emotion and escalation on the held-out parts of the emotion set.
+"""`make eval`: emotion and escalation on the held-out part of the emotion set.
 
 Speech the tuning never saw (other voices, other sentences: bench/emotion_scripts.py,
 bench/emotion_set.py), at 16 kHz and over a phone line, recognised by the engine's
@@ -9,14 +9,13 @@ label, the angry callers' first utterance, calibration (reliability table and ex
 calibration error), escalation precision and recall under the default rules, and the
 CPU time of the emotion and escalation stages per utterance.
 
-Three held-out parts, newest first: ``fresh2`` (festival's and three espeak-ng accents'
-voices, its own sentences, made when ``fresh`` had been read three times, to check its
-numbers were not luck), ``fresh`` (flite's voices, sentences written after the tuning was
-done) and ``heldout`` (voices and sentences the tuning never used either, but whose
-numbers were read at every tuning step before ``fresh`` was made: kept to compare with
-earlier reports, and flattering).
+The held-out part is ``fresh3``: espeak-ng's Klatt synthesiser and voice variants no
+other part uses, and sentences written for it, blind to the models, after the tuning was
+done. The parts held out before it (``heldout``, ``fresh``, ``fresh2``) were read at
+tuning steps, so they have joined the tuning side (bench/emotion_scripts.py
+``TUNING_SIDE``); they can still be read here, as tuning data.
 
-    python -m bench.emotion_eval [--part reported|fresh2|fresh|heldout|tuning]
+    python -m bench.emotion_eval [--part fresh3|tuning|heldout|fresh|fresh2]
                                  [--band wide|phone|both]
 """
 
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.emotion_fusion import Said, calls_of
+from bench.emotion_scripts import PARTS
 from engine.escalation import CallEscalation, EmotionSample, Utterance, default_rules
 from media.emotion import EmotionEstimate, EmotionTracker
 from media.emotion_text import LABELS, TextModel
@@ -189,17 +189,11 @@ def evaluate(part: str, band: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--part",
-        choices=["reported", "fresh2", "fresh", "heldout", "tuning"],
-        default="reported",
-    )
+    ap.add_argument("--part", choices=list(PARTS), default="fresh3")
     ap.add_argument("--band", choices=["wide", "phone", "both"], default="both")
     a = ap.parse_args()
-    parts = ["fresh2", "fresh", "heldout"] if a.part == "reported" else [a.part]
-    for part in parts:
-        for band in ("wide", "phone") if a.band == "both" else (a.band,):
-            evaluate(part, band)
+    for band in ("wide", "phone") if a.band == "both" else (a.band,):
+        evaluate(a.part, band)
 
 
 if __name__ == "__main__":

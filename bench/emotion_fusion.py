@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.emotion_scripts import TUNING_SIDE
 from bench.emotion_set import Heard, Spoken, hear, plan
 from bench.emotion_train import corpus, fit_logistic, readable_json, softmax, train_text
 from media.emotion import (
@@ -192,10 +193,22 @@ Parts = tuple[
 ]
 
 
+def tuning_side(band: str) -> list[list[Said]]:
+    """The calls of every part on the tuning side (bench.emotion_scripts.TUNING_SIDE),
+    numbered one after another: an utterance's (call, position) names it across parts."""
+    out: list[list[Said]] = []
+    for part in TUNING_SIDE:
+        base = len(out)
+        for call in calls_of(part, band):
+            out.append([dataclasses.replace(u, spoken=dataclasses.replace(
+                u.spoken, call=base + u.spoken.call)) for u in call])  # fmt: skip
+    return out
+
+
 def tuning_parts() -> Parts:
-    """The tuning part per band, its voice priors, and each utterance's out-of-fold
+    """The tuning side per band, its voice priors, and each utterance's out-of-fold
     text probabilities: what every fusion fit and out-of-fold reading starts from."""
-    by_band: dict[str, list[list[Said]]] = {b: calls_of("tuning", b) for b in BANDS}
+    by_band: dict[str, list[list[Said]]] = {b: tuning_side(b) for b in BANDS}
     return (
         by_band,
         {b: priors(c) for b, c in by_band.items()},

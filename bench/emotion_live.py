@@ -1,7 +1,7 @@
 """The held-out emotion set through real calls (issue 13: "the same through a real in-app
 call and a real SIPp call within 5 points of offline").
 
-    python -m bench.emotion_live [--part fresh2|fresh|heldout] [--calls N]
+    python -m bench.emotion_live [--part fresh3|fresh2|fresh|heldout] [--calls N]
                                  [--channel webrtc|sip|both] [--parallel K]
 
 Each held-out call of the emotion set (bench/emotion_set.py) becomes one call's audio:
@@ -42,6 +42,7 @@ import numpy as np
 from bench.calls import OUT, metric
 from bench.emotion_eval import Tracked, _should_escalate, track
 from bench.emotion_fusion import Said, calls_of
+from bench.emotion_scripts import PARTS
 from bench.emotion_set import Spoken, hear, plan
 from media.audio import ANALYSIS_RATE
 from media.wavtrack import SEND_RATE, to_send_rate
@@ -493,7 +494,7 @@ def details(run: ChannelRun) -> dict[str, Any]:
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["fresh2", "fresh", "heldout"], default="fresh2")
+    ap.add_argument("--part", choices=list(PARTS), default="fresh3")
     ap.add_argument("--calls", type=int, default=0, help="this many held-out calls (0: all)")
     ap.add_argument("--channel", choices=["webrtc", "sip", "both"], default="both")
     ap.add_argument("--parallel", type=int, default=4, help="calls at a time")

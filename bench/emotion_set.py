@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.emotion_scripts import CALLS, FRESH, FRESH2, HELDOUT, TUNING
+from bench.emotion_scripts import CALLS, PARTS
 
 OUT = Path(__file__).parent / "out" / "emotion-set"
 # (name, engine, how): piper with sox effects, or an espeak-ng voice at a speed
@@ -69,6 +69,15 @@ VOICES: dict[str, list[tuple[str, str, list[str] | tuple[str, int]]]] = {
         ("espeak en-gb-x-gbclan+f3", "espeak", ("en-gb-x-gbclan+f3", 160)),
         ("espeak en-gb-x-gbcwmd+m6", "espeak", ("en-gb-x-gbcwmd+m6", 145)),
     ],
+    "fresh3": [
+        # espeak-ng's Klatt synthesiser (a formant model none of the other parts uses)
+        ("espeak en-us+klatt4", "espeak", ("en-us+klatt4", 150)),
+        ("espeak en-gb+klatt2", "espeak", ("en-gb+klatt2", 155)),
+        # voice variants of espeak-ng no other part uses
+        ("espeak en-us+Belinda", "espeak", ("en-us+Belinda", 160)),
+        ("espeak en-gb+shelby", "espeak", ("en-gb+shelby", 150)),
+        ("espeak en-gb-x-rp+Annie", "espeak", ("en-gb-x-rp+Annie", 145)),
+    ],
 }
 # class -> ranges of (tempo, pitch in cents, gain in dB)
 STYLE: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float]]] = {
@@ -78,7 +87,7 @@ STYLE: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, fl
     "angry": ((1.08, 1.18), (180, 320), (4, 7)),
 }
 # times through the call list per voice
-PASSES = {"tuning": 3, "heldout": 2, "fresh": 2, "fresh2": 2}
+PASSES = {"tuning": 3, "heldout": 2, "fresh": 2, "fresh2": 2, "fresh3": 2}
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,7 @@ def plan(part: str) -> list[list[Spoken]]:
     """The part's calls: every voice goes through the call templates PASSES times,
     drawing sentences of each class in a shuffled order (so each voice says most of the
     part's sentences, in different calls)."""
-    pools = {"tuning": TUNING, "heldout": HELDOUT, "fresh": FRESH, "fresh2": FRESH2}[part]
+    pools = PARTS[part]
     calls: list[list[Spoken]] = []
     for name, _, _ in VOICES[part]:
         rng = random.Random(zlib.crc32(f"{part}/{name}".encode()))
@@ -236,14 +245,12 @@ def manifest(part: str) -> list[dict[str, object]]:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--part", choices=["tuning", "heldout", "fresh", "fresh2", "all"], default="all"
-    )
+    ap.add_argument("--part", choices=[*PARTS, "all"], default="all")
     ap.add_argument("--band", choices=["wide", "phone", "both"], default="both")
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
     build(
-        ["tuning", "heldout", "fresh", "fresh2"] if a.part == "all" else [a.part],
+        list(PARTS) if a.part == "all" else [a.part],
         ["wide", "phone"] if a.band == "both" else [a.band],
         a.workers,
     )
