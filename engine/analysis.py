@@ -88,6 +88,8 @@ MENU_STATES = ("connecting", "active")
 # what the transcript and events say of a caller's line while a secret is asked for:
 # all of it, not just the digits, which a recognizer writes as "for", "won", "oh"...
 SECRET = "[secret]"
+# the evidence of an utterance told masked, in place of its words' cues
+MASKED_WORDS = "words: not shown (said while a secret was asked for)"
 
 CallEvent = TranscriptPartial | TranscriptFinal | EmotionUpdated | DtmfReceived | AsrFailed
 
@@ -272,6 +274,7 @@ class Redact:
             if final.speaker == "caller" and secret(call, final.start):
                 masked = final.model_copy(update={"text": SECRET, "words": []})
                 raw = dataclasses.replace(ev, text=SECRET, words=[])
+                call.masked.add((ev.leg_id, ev.index))
                 yield Item(raw, masked, clear=ev.text)
             else:
                 yield Item(ev, final)
@@ -345,6 +348,11 @@ class Redact:
     def emotion(call: Call, ev: me.EmotionEstimated) -> EmotionUpdated:
         """The call's event of a leg's emotion estimate (Feel's too)."""
         est = ev.estimate
+        evidence = list(est.evidence)
+        if (ev.leg_id, ev.index) in call.masked:
+            # found in review: a voice leg judged the secret's words as heard, and its
+            # evidence quoted their cues; the voice's part tells nothing that was said
+            evidence = [e for e in evidence if not e.startswith("words")] + [MASKED_WORDS]
         return EmotionUpdated(
             call_id=call.id,
             leg_id=ev.leg_id,
@@ -359,7 +367,7 @@ class Redact:
             call_label=est.call_label,
             call_scores=est.call_scores,
             confidence=est.confidence,
-            evidence=list(est.evidence),
+            evidence=evidence,
         )
 
 
@@ -444,7 +452,7 @@ def _emotion_row(update: EmotionUpdated, est: EmotionEstimate) -> EmotionRow:
             # a typed line has no voice to measure
             **(dataclasses.asdict(est.prosody) if est.prosody is not None else {}),
             "confidence": est.confidence,
-            "evidence": list(est.evidence),
+            "evidence": update.evidence,  # as told: a masked utterance's words left out
         },
         **update.model_dump(
             exclude={"id", "time", "type", "call_scores", "speaker", "confidence", "evidence"}

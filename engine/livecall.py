@@ -88,6 +88,9 @@ class Call(CallRecord):
     # after the virtual agent stopped asking for a secret (what began while it asked,
     # the end of a PIN said late, stays secret too)
     secret_until: float = 0.0
+    # (leg, utterance index) of the caller's finals told masked: their emotion estimate,
+    # which the leg made from the words as heard, must not tell those words either
+    masked: set[tuple[str, int]] = field(default_factory=set)
 
     def other_peer(self, leg: Leg) -> CallPeer | None:
         """The peer that hears ``leg`` (caller <-> agent) while they talk; on hold,

@@ -4,9 +4,10 @@ harness of tests/test_analysis.py): no engine, socket or database."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from engine.analysis import Act, Effect, Emit, HangUp, Route, Say, Write
+from engine.analysis import MASKED_WORDS, Act, Effect, Emit, HangUp, Route, Say, Write
 from engine.bot.dialog import AskBrain, CallAction, CheckIdentity, Dialog, Known
 from engine.bot.events import ActionAnswered, BotStart, BrainAnswered, IdentityChecked
 from engine.bot.flows import parse_flow
@@ -16,15 +17,16 @@ from engine.events import (
     CallVerified,
     CustomerLocked,
     DtmfReceived,
+    EmotionUpdated,
     EscalationRaised,
     TranscriptFinal,
     TranscriptPartial,
     VerificationFailed,
 )
 from engine.livecall import Call
-from engine.store.models import EscalationRow, UtteranceRow
+from engine.store.models import EmotionRow, EscalationRow, UtteranceRow
 from media import events as me
-from tests.test_analysis import CALLER, final, new_call, published, run_stages, written
+from tests.test_analysis import CALLER, emotion, final, new_call, published, run_stages, written
 from tests.test_bot import ORDERS
 from tests.test_bot import SECURED as SECURED_FLOW
 
@@ -236,6 +238,36 @@ def everything_told_and_stored(out: list[Effect]) -> str:
                 parts.append(repr({c: getattr(w.row, c) for c in w.row.__table__.columns.keys()}))
             parts.append(repr(w.values))
     return "\n".join(parts)
+
+
+# evidence as media.emotion.evidence writes it: the words' cues, then the voice's
+FELT = (
+    "words: hostile (ridiculous)",
+    "words read as angry (90%)",
+    "voice: louder than usual, +6.0 dB",
+)
+
+
+def felt(index: int) -> me.EmotionEstimated:
+    est = emotion(CALLER, index, "angry")
+    return dataclasses.replace(est, estimate=dataclasses.replace(est.estimate, evidence=FELT))
+
+
+def test_the_emotion_of_a_masked_utterance_quotes_none_of_its_words() -> None:
+    # the leg's tracker reads the words as heard, secret or not; what is told and
+    # stored of its estimate keeps the voice's evidence and drops the words' cues
+    call = secured_call(Known(customer_id="c-1"))
+    run([BotStart(), final(CALLER, 0, "where is order 83016"), final(CALLER, 1, "yes")], call)
+    assert call.bot is not None and call.bot.secret_pending
+    out = run([final(CALLER, 2, "four three two one"), felt(2)], call)
+    [told] = published(out, EmotionUpdated)
+    assert told.evidence == [FELT[2], MASKED_WORDS]
+    [row] = written(out, EmotionRow)
+    assert row.features["evidence"] == told.evidence
+    assert "ridiculous" not in everything_told_and_stored(out)
+    # an utterance told in the clear keeps its evidence whole
+    out = run([final(CALLER, 0, "great"), felt(0)], new_call())
+    assert published(out, EmotionUpdated)[0].evidence == list(FELT)
 
 
 def test_a_pin_said_or_keyed_is_masked_everywhere_but_reaches_the_dialog() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.analysis import MASKED_WORDS
 from engine.customers import CustomerIn
 from engine.events import (
     EmotionUpdated,
@@ -158,7 +159,7 @@ async def test_a_line_typed_for_a_secret_leaks_nothing_through_its_emotion(
     felt = {e.utterance_id: e for e in events if isinstance(e, EmotionUpdated)}
     assert [f.text for f in finals][-1] == "[secret]"
     masked = felt[finals[-1].utterance_id]
-    assert masked.evidence == ["words: none to read"] and masked.label == "neutral"
+    assert masked.evidence == [MASKED_WORDS] and masked.label == "neutral"
     for e in felt.values():
         dumped = e.model_dump_json()
         assert "4321" not in dumped and "useless" not in dumped and "idiots" not in dumped
