@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.emotion_scripts import PARTS, TEXT_ONLY, TUNING_SIDE
+from bench.emotion_scripts import PARTS, TEXT_ONLY, TEXT_ONLY_2, TUNING_SIDE
 from media import emotion_text
 from media.emotion_text import LABELS
 
@@ -88,7 +88,7 @@ def corpus(heard_weight: float = HEARD_WEIGHT) -> list[Item]:
     from bench.emotion_set import OUT, hear, plan
 
     out: list[Item] = []
-    for pools in [*(PARTS[p] for p in TUNING_SIDE), TEXT_ONLY]:
+    for pools in [*(PARTS[p] for p in TUNING_SIDE), TEXT_ONLY, TEXT_ONLY_2]:
         for label, sentences in pools.items():
             out += [(s, s, LABELS.index(label), 1.0) for s in sentences]
     if heard_weight <= 0 or not OUT.exists():  # the set: bench.emotion_set

@@ -73,11 +73,11 @@ def test_upset_streak_needs_consecutive_utterances() -> None:
 
 def test_an_utterance_likely_enough_upset_counts_in_a_streak() -> None:
     """Labelled neutral at 45 %, but 55 % frustrated or angry: upset, for the streak; so
-    is one 35 % upset (the default streak counts from 30 %, bench/escalation_sim.py),
-    and one 25 % upset is not."""
+    is one 25 % upset next to an angry one (the default streak counts from 20 %,
+    bench/escalation_sim.py), and one 15 % upset is not."""
     torn = {"neutral": 0.45, "positive": 0.0, "frustrated": 0.3, "angry": 0.25}
-    unsure = {"neutral": 0.65, "positive": 0.0, "frustrated": 0.2, "angry": 0.15}
-    calmer = {"neutral": 0.75, "positive": 0.0, "frustrated": 0.15, "angry": 0.1}
+    unsure = {"neutral": 0.75, "positive": 0.0, "frustrated": 0.15, "angry": 0.1}
+    calmer = {"neutral": 0.85, "positive": 0.0, "frustrated": 0.1, "angry": 0.05}
     esc = CallEscalation(default_rules())
     assert esc.observe_emotion(felt(1, "angry")) == []
     (d,) = esc.observe_emotion(EmotionSample("u2", 2.0, "neutral", -0.3, torn))
@@ -89,6 +89,27 @@ def test_an_utterance_likely_enough_upset_counts_in_a_streak() -> None:
     esc = CallEscalation(default_rules())
     assert esc.observe_emotion(felt(1, "angry")) == []
     assert esc.observe_emotion(EmotionSample("u2", 2.0, "neutral", -0.3, calmer)) == []
+
+
+def test_a_streak_of_the_barely_upset_needs_one_surely_upset() -> None:
+    """Two utterances 30-40 % upset, neither labelled so: no streak (peak_probability
+    0.5); the same next to one labelled frustrated, or one 50 % upset, is."""
+    low = {"neutral": 0.6, "positive": 0.0, "frustrated": 0.25, "angry": 0.15}
+    half = {"neutral": 0.5, "positive": 0.0, "frustrated": 0.3, "angry": 0.2}
+    esc = CallEscalation(default_rules())
+    for n in range(1, 5):
+        assert esc.observe_emotion(EmotionSample(f"u{n}", n, "neutral", -0.3, low)) == []
+    (d,) = esc.observe_emotion(felt(5, "frustrated"))
+    assert d.rule_id == "upset_streak" and d.evidence["utterance_ids"][-2:] == ["u4", "u5"]
+    esc = CallEscalation(default_rules())
+    assert esc.observe_emotion(EmotionSample("u1", 1, "neutral", -0.3, low)) == []
+    (d,) = esc.observe_emotion(EmotionSample("u2", 2, "neutral", -0.3, half))
+    assert d.rule_id == "upset_streak"
+    # without a peak, the rule is two at the bar, as before
+    rule = next(r for r in default_rules() if r.id == "upset_streak")
+    esc = CallEscalation([rule.model_copy(update={"peak_probability": None})])
+    assert esc.observe_emotion(EmotionSample("u1", 1, "neutral", -0.3, low)) == []
+    assert len(esc.observe_emotion(EmotionSample("u2", 2, "neutral", -0.3, low))) == 1
 
 
 def test_trend_rule_waits_for_enough_utterances() -> None:
