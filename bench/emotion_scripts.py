@@ -1180,11 +1180,123 @@ TEXT_ONLY_2: dict[str, list[str]] = {
     ],
 }
 
+# The held-out part (made after the models above were trained and committed): sentences
+# written blind, by a hand that saw neither the models nor the other parts' sentences,
+# from the labelling rules at the top of this file alone, in lines of business the other
+# parts hardly use (clinics, pharmacies, councils, water, mortgages, student loans, car
+# rental, pet insurance, gyms, streaming, baggage, hotels, parcel lockers, solar...).
+FRESH3: dict[str, list[str]] = {
+    "neutral": [
+        "Hi, I'd like to book an appointment with the nurse for a blood test, please.",
+        "Could you tell me if my repeat prescription has been sent over to the pharmacy yet?",
+        "My council tax bill seems to show the wrong band, can you have a look for me?",
+        "The bins on our road weren't collected this morning.",
+        "Um, is there any planned work on the water supply in my area today?",
+        "I'm calling to ask about moving to a fixed rate when my current mortgage deal ends.",
+        "Could you check that again for me? I might have read out the wrong student loan "
+        "reference.",
+        "I need to add a second driver to my car rental booking for Friday.",
+        "Right, I'd like to make a claim on my pet insurance for the vet visit last week.",
+        "How do I freeze my gym membership for two months while I'm travelling?",
+        "My streaming subscription has been charged twice this month.",
+        "My suitcase didn't come out on the belt, and the flight landed about an hour ago.",
+        "Hello, I'd like to change my hotel booking from two nights to three, please.",
+        "The code I was sent for the parcel locker doesn't open the door.",
+        "Okay, thanks for that, that's everything I needed. Bye.",
+        "What time slot has the broadband engineer been booked for on Thursday?",
+        "I'd like to sign my daughter up for school meals starting next term.",
+        "Can I renew my residents' parking permit over the phone?",
+        "I bought an off-peak return by mistake, can I swap it for an anytime ticket?",
+        "I'd like to arrange a viewing for the two bedroom flat listed on your website.",
+    ],
+    "positive": [
+        "Oh, that's such a relief, I was so worried Mum would run out of her tablets "
+        "over the weekend.",
+        "A same-day appointment? That's brilliant, you've genuinely made my week.",
+        "After all that back and forth it finally works, thank you so much for sticking with me.",
+        "The water's back on and running clear already, you lot were amazingly quick, thank you.",
+        "That's fantastic news about the mortgage offer, we're absolutely thrilled.",
+        "You've sorted the council tax refund in one call, I'm genuinely impressed.",
+        "The rental car was spotless and the free upgrade was a lovely surprise, thank you.",
+        "The pet insurance paid for the whole operation, I could honestly cry, thank you so much.",
+        "Oh wonderful, you found my bag and it's coming to the hotel tonight, what a relief.",
+        "I just wanted to ring and say the hotel staff were amazing, we had the best stay.",
+        "The dentist was so gentle with my son that he actually wants to go back.",
+        "Your agent was brilliant at the viewing, and we've had our offer accepted, "
+        "we're over the moon.",
+        "Oh thank goodness, the locker's opened, you've saved me a trip right across town.",
+        "The solar panels have already halved our bill, we're absolutely delighted with them.",
+        "That's a huge weight off my mind, I had no idea I could pause my student loan repayments.",
+        "That's so kind of you to freeze my membership while I recover, I really wasn't "
+        "expecting that.",
+    ],
+    "frustrated": [
+        "This is the third time I've rung about my prescription and it's still not at the chemist.",
+        "Oh brilliant, another automated message. I just want to cancel my streaming subscription.",
+        "I've been on hold for forty minutes just to book a GP appointment, it's "
+        "honestly exhausting.",
+        "The bins have been missed again, that's three weeks in a row now.",
+        "I keep getting passed from one department to another and nobody can explain my "
+        "council tax.",
+        "We've had low water pressure for a fortnight, and every time I call it's being "
+        "looked into.",
+        "I'm sorry, I know it's not your fault, but I've sent these mortgage documents "
+        "four times now.",
+        "Look, I've already explained my student loan situation to about five different people.",
+        "Fine, I give up, I'll just go and collect the rental car from the depot myself.",
+        "Every claim I make on this pet insurance seems to need yet another form.",
+        "I've asked twice now to cancel my gym membership and I'm still being charged.",
+        "It's been five days and my bag is still sitting somewhere at the airport, apparently.",
+        "Honestly, the broadband engineer has cancelled on us again, that's the second "
+        "time this month.",
+        "Great, so the parcel locker's out of order again and my parcel's stuck inside it.",
+        "We've been chasing for weeks and the solar panels still aren't connected to anything.",
+        "The dentist has moved my appointment three times now, and I'm running out of patience.",
+        "I'm trying to stay polite, but my son's school meal account still shows no "
+        "credit after I paid.",
+        "I applied for the parking permit back in March and I'm still waiting, it's a "
+        "bit ridiculous really.",
+    ],
+    "angry": [
+        "This is absolutely unacceptable, I want this prescription sorted today or I'm "
+        "reporting the pharmacy.",
+        "Right, that's it, I'm going to the ombudsman about this surgery, you're all "
+        "completely useless.",
+        "If my bins aren't collected by tomorrow I'm withholding my council tax, simple as that.",
+        "You've charged me the wrong council tax band for a year and I want every penny back now.",
+        "Don't you dare tell me to be patient, we've had no water for two days with a newborn!",
+        "I'm speaking to a solicitor about this mortgage, your incompetence has cost us "
+        "our house sale.",
+        "Get me a manager right now, I'm not explaining this rental car charge to "
+        "another clueless agent.",
+        "You've lost my bag with my medication in it, and I swear I'm taking this to the papers.",
+        "Cancel the whole booking and refund me today, I am never staying in one of your "
+        "hotels again.",
+        "I'm going to tell everyone online how your pet insurance refused to pay for my "
+        "dog's surgery.",
+        "Stop taking money from my account this minute or I'm going straight to my bank "
+        "and the regulator.",
+        "Three missed installs? You people are a joke, I'm cancelling and reporting you "
+        "to the regulator.",
+        "Listen to me, I am not paying for a service I cancelled, so refund it or I'll dispute it.",
+        "Your so-called installer drilled straight through our roof, and you will be "
+        "paying for every bit of that damage.",
+        "Are you even listening? I said I want my student loan overpayment back, not "
+        "another excuse!",
+        "My daughter went without lunch because of your useless system, and I want "
+        "someone held accountable.",
+        "Issue the parking permit today or I'm taking this to my councillor and the local paper.",
+        "Your agents are liars, they promised our deposit back weeks ago, and I'm going "
+        "to trading standards.",
+    ],
+}
+
 PARTS: dict[str, dict[str, list[str]]] = {
     "tuning": TUNING,
     "heldout": HELDOUT,
     "fresh": FRESH,
     "fresh2": FRESH2,
+    "fresh3": FRESH3,
 }
 # The parts tuning reads. HELDOUT, FRESH and FRESH2 were each held out when made, then
 # read at several tuning steps (FRESH2 twice, the others more): their numbers stopped

@@ -10,7 +10,11 @@ sentences too, bench/emotion_scripts.py ``FRESH``): flite's slt, rms, awb and ka
 (Debian ``flite``), a synthesiser none of the others is made with. Second fresh
 held-out part (``FRESH2``, its own sentences again): festival's ked and slt (HTS)
 (Debian ``festival``, ``festvox-kdlpc16k``, ``festvox-us-slt-hts``) and espeak-ng's New
-York, Lancaster and West Midlands accents.
+York, Lancaster and West Midlands accents. Those three were each read at tuning steps, and
+have joined the tuning side (bench/emotion_scripts.py ``TUNING_SIDE``). The held-out part
+now is ``FRESH3``: espeak-ng's Klatt synthesiser (en-us+klatt4, en-gb+klatt2) and its
+Belinda, shelby and Annie (Received Pronunciation) variants, none used by another part,
+saying sentences written for it after the models were trained.
 
 Delivery. No offline voice acts a feeling, so each class is said in a style shaped with
 sox, its strength drawn per utterance from a range (below): angry is louder, faster and
