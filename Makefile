@@ -56,7 +56,7 @@ bench: sysdeps $(VENV)/.installed-test
 
 # emotion and escalation on the held-out part of the emotion set (built, then cached)
 eval: sysdeps $(VENV)/.installed-test
-	$(PY) -m bench.emotion_set
+	$(PY) -m bench.emotion_set --part fresh3
 	$(PY) -m bench.emotion_eval
 
 clean:

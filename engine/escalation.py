@@ -27,7 +27,9 @@ Rule kinds (``kind`` in the rules file):
                       dropped, swapped or added), within a sentence, not
                       taken back by a negator ("I don't want to cancel
                       my account"); in the text or in one of the
-                      recognizer's ``alternatives``
+                      recognizer's ``alternatives``. With ``asks``, a     asks
+                      one-word phrase counts only in a request (a short
+                      utterance, or a sentence that asks: ``asks()``)
     repeated_request  the caller says the same thing again: ``count``     count, min_similarity
                       times in all, ``token_set_ratio`` >=
                       ``min_similarity`` (``engine.repetition``), or says
@@ -92,6 +94,9 @@ class Rule(Input):
     priority: int = Field(1, ge=0, le=10, description="how much raise_priority adds")
     skill: str | None = None
     phrases: list[str] = Field(default_factory=list, max_length=200)
+    asks: bool = Field(
+        False, description="phrase: a one-word phrase counts only when the caller asks (asks())"
+    )
     labels: list[str] = Field(default_factory=lambda: ["angry", "frustrated"])
     count: int = Field(2, ge=1, le=20)
     min_probability: float = Field(
@@ -151,6 +156,8 @@ DEFAULT_RULES: list[dict[str, Any]] = [
         "id": "asks_for_person",
         "kind": "phrase",
         "description": "caller asked for a person",
+        # "your agent was brilliant", "my manager told me to call": told of, not asked for
+        "asks": True,
         "phrases": [
             "agent", "human", "representative", "supervisor", "real person", "operator",
             "speak to a person", "talk to a person", "speak to someone", "talk to someone",
@@ -304,6 +311,29 @@ class Decision:
         return "route_to_human" in self.actions or "target_skill" in self.actions
 
 
+# A one-word request for a person is short ("Agent.", "A supervisor, please"), or its
+# sentence asks: a verb of getting or speaking, or "can I", "could you"... Without one,
+# the word is told of, not asked for ("your agent was brilliant", "the operator cut me
+# off"), which a rule of ``asks`` lets pass.
+SHORT_REQUEST = 4  # heard words
+_ASKING = frozenset(
+    "speak talk get put transfer transferred connect want need give let please someone "
+    "somebody available where".split()
+)
+_ASKING_PAIRS = frozenset(
+    {("can", "i"), ("could", "i"), ("may", "i"), ("can", "you"), ("could", "you"),
+     ("can", "we"), ("would", "like"), ("i'd", "like"), ("id", "like")}
+)  # fmt: skip
+
+
+def asks(sentence: Sentence) -> bool:
+    """Whether ``sentence`` reads as a request (see ``SHORT_REQUEST``)."""
+    ws = [h.text for h in sentence.heard]
+    if len(ws) <= SHORT_REQUEST or any(w in _ASKING for w in ws):
+        return True
+    return any(pair in _ASKING_PAIRS for pair in zip(ws, ws[1:], strict=False))
+
+
 def _index(rules: list[Rule]) -> PhraseIndex:
     return phrase_index(tuple((r.id, tuple(r.phrases)) for r in rules if r.kind == "phrase"))
 
@@ -374,9 +404,13 @@ class CallEscalation:
         by the text: the alternatives are other guesses at the same words."""
         out: dict[str, tuple[Match, int | None]] = {}
         vetoed: set[str] = set()
-        readings: list[str | list[Sentence]] = [heard, *u.alternatives]
+        asking = {r.id for r in self.rules if r.asks}
+        readings: list[list[Sentence]] = [heard, *(read(a) for a in u.alternatives)]
         for n, text in enumerate(readings):
-            for rule_id, matches in self.phrases.find(text).items():
+            for rule_id, found in self.phrases.find(text).items():
+                matches = found
+                if rule_id in asking:  # a one-word phrase told of is no match
+                    matches = [m for m in found if " " in m.phrase or asks(text[m.sentence])]
                 if rule_id in out or rule_id in vetoed or not matches:
                     continue
                 if not matches[0].negated:

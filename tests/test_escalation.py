@@ -31,7 +31,10 @@ def felt(n: int, label: str, trend: float = 0.0) -> EmotionSample:
 @pytest.mark.parametrize(
     "text",
     ["I want to talk to a real person", "Can I speak to an agent please", "Get me a supervisor",
-     "representative", "Let me talk to a human!"],
+     "representative", "Let me talk to a human!", "Agent.", "A supervisor, please.",
+     "Is there a representative available at all today?",
+     "Could you put me through to your manager straight away?",
+     "I'd like a human on the line, not this machine."],
 )  # fmt: skip
 def test_asking_for_a_person(text: str) -> None:
     esc = CallEscalation(default_rules())
@@ -47,6 +50,33 @@ def test_asking_for_a_person(text: str) -> None:
 )
 def test_no_false_alarm_on_similar_words(text: str) -> None:
     assert CallEscalation(default_rules()).observe_utterance(said(1, text)) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Your agent was brilliant yesterday, thank you.",
+     "My manager told me to ring you about the invoice.",
+     "The operator cut me off halfway through the call.",
+     "The agent said the engineer would come on Tuesday."],
+)  # fmt: skip
+def test_a_person_told_of_is_not_asked_for(text: str) -> None:
+    # found on the held-out emotion set: "Your agent was brilliant ..." went to a person
+    assert CallEscalation(default_rules()).observe_utterance(said(1, text)) == []
+    # a rule of one's own matches the word wherever it is, unless it says ``asks``
+    mine = Rule(id="agent_named", kind="phrase", phrases=["agent", "manager", "operator"],
+                actions=["alert_supervisor"])  # fmt: skip
+    assert len(CallEscalation([mine]).observe_utterance(said(1, text))) == 1
+    asking = mine.model_copy(update={"asks": True})
+    assert CallEscalation([asking]).observe_utterance(said(1, text)) == []
+
+
+def test_a_person_asked_for_in_an_alternative_reading_counts() -> None:
+    esc = CallEscalation(default_rules())
+    heard = Utterance(
+        "u1", "your agent was really great yesterday", 0.0, 2.0, alternatives=("get me an agent",)
+    )
+    (d,) = esc.observe_utterance(heard)
+    assert d.rule_id == "asks_for_person" and d.evidence["alternative"] == 0
 
 
 def test_cancel_targets_retention() -> None:
