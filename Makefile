@@ -28,7 +28,11 @@ sysdeps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# the virtual agent answers with the example flow and articles unless told otherwise
+# (CCENGINE_BOT_FLOWS= make run: none)
 run: $(VENV)/.installed-run
+	CCENGINE_BOT_FLOWS="$${CCENGINE_BOT_FLOWS-deploy/flows}" \
+	CCENGINE_KNOWLEDGE_BASE="$${CCENGINE_KNOWLEDGE_BASE-deploy/knowledge}" \
 	$(VENV)/bin/ccengine serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed-test

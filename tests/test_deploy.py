@@ -1115,3 +1115,27 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def test_make_run_answers_with_the_example_flow_unless_told(tmp_path: Path) -> None:
+    """``make run``'s own recipe, run with a stand-in for the engine that prints what it
+    was given: the example flow and articles by default, none when the caller says so."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    engine = venv / "bin" / "ccengine"
+    engine.write_text(
+        '#!/bin/sh\necho "flows=$CCENGINE_BOT_FLOWS kb=$CCENGINE_KNOWLEDGE_BASE $*"\n'
+    )
+    engine.chmod(0o755)
+    (venv / ".installed-run").touch()  # newer than pyproject.toml: nothing to install
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCENGINE_")}
+
+    def run(**extra: str) -> str:
+        cmd = ["make", "-s", "run", f"VENV={venv}"]
+        done = subprocess.run(cmd, cwd=ROOT, env={**env, **extra}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert run() == "flows=deploy/flows kb=deploy/knowledge serve --host 127.0.0.1 --port 8080"
+    assert run(CCENGINE_BOT_FLOWS="").startswith("flows= kb=deploy/knowledge")
+    assert run(CCENGINE_BOT_FLOWS="/srv/flows").startswith("flows=/srv/flows ")
