@@ -94,7 +94,7 @@ def corpus(heard_weight: float = HEARD_WEIGHT) -> list[Item]:
     if heard_weight <= 0 or not OUT.exists():  # the set: bench.emotion_set
         return out
     heard: dict[str, list[tuple[str, int]]] = {}
-    for call in plan("tuning"):
+    for call in (c for part in TUNING_SIDE for c in plan(part)):
         for u in call:
             for band in ("wide", "phone"):
                 text = hear(u, band).text

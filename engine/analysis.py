@@ -350,6 +350,7 @@ class Redact:
         est = ev.estimate
         evidence = list(est.evidence)
         if (ev.leg_id, ev.index) in call.masked:
+            call.masked.discard((ev.leg_id, ev.index))  # each estimate comes once
             # found in review: a voice leg judged the secret's words as heard, and its
             # evidence quoted their cues; the voice's part tells nothing that was said
             evidence = [e for e in evidence if not e.startswith("words")] + [MASKED_WORDS]

@@ -28,8 +28,8 @@ Rule kinds (``kind`` in the rules file):
                       taken back by a negator ("I don't want to cancel
                       my account"); in the text or in one of the
                       recognizer's ``alternatives``. With ``asks``, a     asks
-                      one-word phrase counts only in a request (a short
-                      utterance, or a sentence that asks: ``asks()``)
+                      one-word phrase counts only in a request (little
+                      else said, or a sentence that asks: ``asks()``)
     repeated_request  the caller says the same thing again: ``count``     count, min_similarity
                       times in all, ``token_set_ratio`` >=
                       ``min_similarity`` (``engine.repetition``), or says
@@ -73,7 +73,15 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from engine.inputs import Input
-from engine.intents import Match, PhraseIndex, Sentence, phrase_index, read
+from engine.intents import (
+    FUNCTION_WORDS,
+    Match,
+    PhraseIndex,
+    Sentence,
+    compile_phrase,
+    phrase_index,
+    read,
+)
 from engine.repetition import Repetitions, marker, said
 from engine.signals import Finding, Phase, Side, Signals, SilentSide
 from media.asr.text import phrase_words
@@ -123,6 +131,8 @@ class Rule(Input):
             raise ValueError(f"rule {self.id}: repeated_request needs count >= 2")
         if "target_skill" in self.actions and not self.skill:
             raise ValueError(f"rule {self.id}: target_skill needs skill")
+        if self.peak_probability is not None and self.peak_probability < self.min_probability:
+            raise ValueError(f"rule {self.id}: peak_probability below min_probability")
         return self
 
     @field_validator("phrases")
@@ -311,27 +321,41 @@ class Decision:
         return "route_to_human" in self.actions or "target_skill" in self.actions
 
 
-# A one-word request for a person is short ("Agent.", "A supervisor, please"), or its
-# sentence asks: a verb of getting or speaking, or "can I", "could you"... Without one,
-# the word is told of, not asked for ("your agent was brilliant", "the operator cut me
-# off"), which a rule of ``asks`` lets pass.
-SHORT_REQUEST = 4  # heard words
-_ASKING = frozenset(
-    "speak talk get put transfer transferred connect want need give let please someone "
-    "somebody available where".split()
+# A one-word request for a person says little else ("Agent.", "A supervisor, please"),
+# or asks before it: "speak to", "get me", "I want a", "can I", "is there"... (or says
+# "available", "where", or "I said agent" again). Without either, the word is told of,
+# not asked for ("your agent was brilliant", "the operator cut me off"), which a rule of
+# ``asks`` lets pass; a cue after it asks nothing ("the agent didn't give me a refund").
+_LIGHT = FUNCTION_WORDS | frozenset(
+    "please now just right then hi hello yes no okay ok real live actual proper".split()
 )
+_ASKING = frozenset({"available", "where"})
 _ASKING_PAIRS = frozenset(
-    {("can", "i"), ("could", "i"), ("may", "i"), ("can", "you"), ("could", "you"),
-     ("can", "we"), ("would", "like"), ("i'd", "like"), ("id", "like")}
+    {("speak", "to"), ("speak", "with"), ("talk", "to"), ("talk", "with"), ("get", "me"),
+     ("give", "me"), ("put", "me"), ("transfer", "me"), ("connect", "me"), ("let", "me"),
+     ("need", "a"), ("need", "an"), ("need", "the"), ("need", "your"), ("need", "to"),
+     ("want", "a"), ("want", "an"), ("want", "the"), ("want", "your"), ("want", "to"),
+     ("can", "i"), ("could", "i"), ("may", "i"), ("can", "you"), ("could", "you"),
+     ("can", "we"), ("would", "like"), ("i'd", "like"), ("id", "like"), ("is", "there")}
 )  # fmt: skip
 
 
-def asks(sentence: Sentence) -> bool:
-    """Whether ``sentence`` reads as a request (see ``SHORT_REQUEST``)."""
+def asks(sentence: Sentence, m: Match) -> bool:
+    """Whether the sentence of ``m`` asks for what ``m`` names (see ``_LIGHT``)."""
     ws = [h.text for h in sentence.heard]
-    if len(ws) <= SHORT_REQUEST or any(w in _ASKING for w in ws):
+    if all(w in _LIGHT for w in ws[: m.start] + ws[m.end :]) or any(w in _ASKING for w in ws):
         return True
-    return any(pair in _ASKING_PAIRS for pair in zip(ws, ws[1:], strict=False))
+    if m.start > 0 and ws[m.start - 1] in ("said", "say"):
+        return True  # "I said agent": the caller asking again
+    # the ask comes before whom it asks for: "get me an agent", not "the agent didn't
+    # give me a refund"
+    before = ws[: m.start]
+    return any(pair in _ASKING_PAIRS for pair in zip(before, before[1:], strict=False))
+
+
+def _one_word(phrase: str) -> bool:
+    compiled = compile_phrase(phrase)
+    return compiled is not None and len(compiled.content) == 1
 
 
 def _index(rules: list[Rule]) -> PhraseIndex:
@@ -410,7 +434,9 @@ class CallEscalation:
             for rule_id, found in self.phrases.find(text).items():
                 matches = found
                 if rule_id in asking:  # a one-word phrase told of is no match
-                    matches = [m for m in found if " " in m.phrase or asks(text[m.sentence])]
+                    matches = [
+                        m for m in found if not _one_word(m.phrase) or asks(text[m.sentence], m)
+                    ]
                 if rule_id in out or rule_id in vetoed or not matches:
                     continue
                 if not matches[0].negated:
@@ -469,7 +495,9 @@ class CallEscalation:
         self.emotions_seen += 1
         out = []
         for rule in self._open("emotion_streak"):
-            run = self._run_of(rule, s)
+            # the last ``count``: a run held open by the low bar until its peak came is
+            # told as the streak that fired (it holds the peak: it did not fire before)
+            run = self._run_of(rule, s)[-rule.count :]
             if len(run) >= rule.count and any(_peaks(rule, e) for e in run):
                 reason = f"{rule.description or rule.id}: {', '.join(e.label for e in run)}"
                 evidence = {
