@@ -211,6 +211,11 @@ def test_rules_file(tmp_path: Path) -> None:
         ('[[rules]]\nid = "x"\nkind = "psychic"\nactions = ["route_to_human"]\n', "kind"),
         ('[[rules]]\nid = "x"\nkind = "dtmf"\nactions = ["page_ceo"]\n', "actions"),
         ('[[rules]]\nid = "x"\nkind = "dtmf"\nactions = ["route_to_human"]\n' * 2, "unique"),
+        (
+            '[[rules]]\nid = "x"\nkind = "emotion_streak"\nactions = ["route_to_human"]\n'
+            "min_probability = 0.6\npeak_probability = 0.4\n",
+            "peak_probability below",
+        ),
     ],
 )
 def test_bad_rules_are_rejected_with_the_reason(tmp_path: Path, toml: str, message: str) -> None:
