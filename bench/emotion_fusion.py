@@ -258,6 +258,7 @@ def fusion_main(_: Path) -> None:
     call_rule = fit_call_rule(softmax(oof / temperature), rows)
     w = fit_logistic(x, y, l2)
     voice_only = _voice_only(by_band, text_p, band_priors, pw, l2, voice_names(inputs))
+    words_temperature = _words_temperature(by_band, text_p)
     FUSION.write_text(
         readable_json(
             {
@@ -272,6 +273,7 @@ def fusion_main(_: Path) -> None:
                 "temperature": round(temperature, 3),
                 "call_rule": dataclasses.asdict(call_rule),
                 "voice_only": voice_only,
+                "words_temperature": words_temperature,
             }
         )
     )
@@ -289,6 +291,27 @@ def _temperature(logits: np.ndarray, y: np.ndarray) -> tuple[float, list[float]]
     rows = np.arange(len(y))
     nll = [float(-np.log(softmax(logits / t)[rows, y] + 1e-12).mean()) for t in TEMPERATURES]
     return TEMPERATURES[int(np.argmin(nll))], nll
+
+
+def _words_temperature(
+    by_band: dict[str, list[list[Said]]],
+    text_p: dict[str, dict[tuple[int, int], dict[str, float]]],
+) -> float:
+    """The temperature that makes the text model's probabilities honest alone (a chat's
+    typed line: media.emotion.EmotionTracker.update_words), fitted on its out-of-fold
+    reading of every tuning-side utterance heard with words, both bands."""
+    logits, y = [], []
+    for b in BANDS:
+        for call in by_band[b]:
+            for u in call:
+                if heard_words(u.heard.text):
+                    p = text_p[b][(u.spoken.call, u.spoken.position)]
+                    logits.append([np.log(max(p[k], 1e-12)) for k in LABELS])
+                    y.append(LABELS.index(u.spoken.label))
+    temperature, nll = _temperature(np.array(logits), np.array(y))
+    print(f"words alone: temperature {temperature:.2f} (out-of-fold NLL {min(nll):.3f}, "
+          f"at 1.0 {nll[10]:.3f})")  # fmt: skip
+    return round(temperature, 3)
 
 
 def _voice_only(

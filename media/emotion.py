@@ -252,6 +252,16 @@ class FusionModel:
     # read as the text model's bias, mostly neutral), and it labelled them positive or
     # upset at random; this model, fitted on the voice alone, judges them by the voice.
     voice_only: Logistic | None = None
+    # A typed line is judged by the text model alone, whose probabilities the fusion
+    # tempers for a call: this temperature, fitted the same way on the text model's
+    # out-of-fold reading of the tuning side, makes them honest alone
+    words_temperature: float = 1.0
+
+    def words(self, text_p: dict[str, float]) -> dict[str, float]:
+        """The text model's probabilities, tempered to be honest on their own."""
+        t = self.words_temperature
+        z = [math.log(max(text_p[k], 1e-12)) / t for k in LABELS]
+        return dict(zip(LABELS, _softmax(z), strict=True))
 
     @property
     def fusion(self) -> Logistic:
@@ -271,6 +281,7 @@ class FusionModel:
             d["temperature"],
             CallRule(**d["call_rule"]) if "call_rule" in d else CallRule(),
             Logistic(**d["voice_only"]) if "voice_only" in d else None,
+            d.get("words_temperature", 1.0),
         )
 
 
@@ -489,10 +500,11 @@ class EmotionTracker:
 
     def update_words(self, text: str) -> EmotionEstimate:
         """A line with words and no voice (typed in a chat): the text model's
-        probabilities are its scores, since the fusion never met words without a
-        voice and must not be fed a made-up one. Its arousal is 0 (nothing was heard
-        to be stirred up) and it teaches the voice baseline nothing."""
-        text_p = self.text_model.probabilities(text)
+        probabilities, tempered (``FusionModel.words``), are its scores, since the
+        fusion never met words without a voice and must not be fed a made-up one. Its
+        arousal is 0 (nothing was heard to be stirred up) and it teaches the voice
+        baseline nothing."""
+        text_p = self.model.words(self.text_model.probabilities(text))
         why = words_evidence(text, text_p) if heard_words(text) else ("words: none to read",)
         return self._estimate(text_p, text_p, 0.0, None, why)
 
