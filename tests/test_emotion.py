@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -289,3 +291,20 @@ def test_a_typed_line_with_no_words_reads_as_no_words() -> None:
     est = EmotionTracker().update_words("")
     assert est.evidence == ("words: none to read",)
     assert est.label == "neutral"
+
+
+def test_a_typed_line_is_tempered_as_fitted() -> None:
+    """``words_temperature`` above 1 makes a typed line's reading less sure, never
+    another label; at 1 it is the text model's own."""
+    text = "This is ridiculous, I want a manager right now."
+    raw = TextModel.load().probabilities(text)
+    model = FusionModel.load()
+    assert dataclasses.replace(model, words_temperature=1.0).words(raw) == pytest.approx(raw)
+    hot = dataclasses.replace(model, words_temperature=2.0)
+    tempered = hot.words(raw)
+    top = max(raw, key=lambda k: raw[k])
+    assert max(tempered, key=lambda k: tempered[k]) == top
+    assert tempered[top] < raw[top] and sum(tempered.values()) == pytest.approx(1.0)
+    tracker = EmotionTracker()
+    tracker.model = hot
+    assert tracker.update_words(text).confidence == pytest.approx(round(tempered[top], 4))
