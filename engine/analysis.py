@@ -588,7 +588,9 @@ class Escalate:
             energy = est.prosody.energy_db if est.prosody is not None and voiced else None
             # the caller's leg time is the call's (the caller's audio starts the clock)
             at = media.at
-            sample = EmotionSample(ev.utterance_id, at, est.label, est.trend, est.scores, energy)
+            sample = EmotionSample(
+                ev.utterance_id, at, est.label, est.trend, est.scores, energy, est.continues
+            )
             return rules.observe_emotion(sample)
         return []
 

@@ -304,6 +304,9 @@ class EmotionSample:
     trend: float
     scores: dict[str, float]
     energy_db: float | None = None  # voiced loudness in dBFS; None when nothing was voiced
+    # it goes on with the last sample's utterance (a sentence split at a pause): it
+    # replaces that one in a streak, and is no new utterance of the call's
+    continues: bool = False
 
 
 @dataclass(frozen=True)
@@ -492,7 +495,10 @@ class CallEscalation:
         return out
 
     def observe_emotion(self, s: EmotionSample) -> list[Decision]:
-        self.emotions_seen += 1
+        if s.continues and self.streak:
+            self.streak.pop()  # the same turn, read whole now
+        else:
+            self.emotions_seen += 1
         out = []
         for rule in self._open("emotion_streak"):
             # the last ``count``: a run held open by the low bar until its peak came is
@@ -518,7 +524,8 @@ class CallEscalation:
                         rule, reason, s.at, {"utterance_ids": [s.utterance_id], "trend": s.trend}
                     )
                 )
-        return out + self._louder(s)
+        # a turn's loudness is its first part's: the rest is no new utterance to compare
+        return out if s.continues else out + self._louder(s)
 
     def _run_of(self, rule: Rule, latest: EmotionSample) -> list[EmotionSample]:
         def counts(e: EmotionSample) -> bool:

@@ -38,6 +38,7 @@ and it counts towards the call's label and trend like an utterance.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -375,6 +376,9 @@ class EmotionEstimate:
     call_scores: dict[str, float]  # the scores smoothed over the call (see CALL_ALPHA)
     confidence: float = 0.0  # the label's probability
     evidence: tuple[str, ...] = ()  # the cues behind the label, as a person reads them
+    # the utterance goes on with the caller's last (see TURN_GAP_S): it was read with it,
+    # and replaces that one's reading in the call's label and trend, and in the rules
+    continues: bool = False
 
 
 # Smoothing of call-level scores: upset states take hold fast and fade slowly, so a
@@ -394,6 +398,16 @@ class CallRule:
     # little unsure, never adds up to an upset one (the tuning calls are 1-5 long,
     # calls are longer; the floor was chosen for that, not fitted)
     floor: float = 0.3
+
+
+# A sentence the endpointer split at a pause (a comma, a breath) is one turn of the
+# caller's, and is judged as one: "After all that back and forth," alone reads
+# frustrated, and with "it finally works, thank you so much" it is relief. The parts of
+# a turn are at most this much silence apart, between the last voiced frame of one and
+# the first of the next (media/pipeline.py): an utterance ends after 280-480 ms of
+# silence (media/vad.py), so a split leaves 0.3-0.7 s; the tests' callers pause 0.9 s
+# between sentences, and the emotion set plays its utterances 1.2 s apart.
+TURN_GAP_S = 0.7
 
 
 @dataclass(slots=True)
@@ -470,6 +484,10 @@ class EmotionTracker:
         self.count = 0
         self.call_scores: dict[str, float] = {}
         self.mood = CallMood(self.model.call_rule)
+        # the call as it stood before the caller's current turn, and the turn's words
+        # so far: a part that goes on with it is read again with them (update)
+        self._before: tuple[float, dict[str, float], CallMood, int] | None = None
+        self._turn = ""
 
     def scores(
         self, p: Prosody, text: str
@@ -488,7 +506,21 @@ class EmotionTracker:
         fused = self.model.fusion.probabilities(fusion_inputs(text_p, z, self.band))
         return fused, text_p, z
 
-    def update(self, p: Prosody, text: str) -> EmotionEstimate:
+    def update(self, p: Prosody, text: str, continues: bool = False) -> EmotionEstimate:
+        """One utterance judged; ``continues``: it goes on with the last one (a sentence
+        the endpointer split, TURN_GAP_S), so the turn is read whole, by its words so far
+        and this part's voice, and replaces the last reading in the call's label and
+        trend."""
+        if continues and self._before is not None:
+            trend, call_scores, mood, count = self._before
+            self.trend, self.call_scores, self.count = trend, dict(call_scores), count
+            self.mood = dataclasses.replace(mood, last=dict(mood.last))
+            text = f"{self._turn} {text}"
+        else:
+            continues = False
+            mood = dataclasses.replace(self.mood, last=dict(self.mood.last))
+            self._before = (self.trend, dict(self.call_scores), mood, self.count)
+        self._turn = text
         fused, text_p, z = self.scores(p, text)
         label = max(fused, key=lambda k: fused[k])
         values = acoustic_values(p)
@@ -496,7 +528,9 @@ class EmotionTracker:
         if calm_words(text_p, text):
             self.baseline.learn(values)
         arousal = math.tanh(sum(AROUSAL_WEIGHT[c] * v for c, v in z.items()) / 2.0)
-        return self._estimate(fused, text_p, arousal, p, why)
+        return dataclasses.replace(
+            self._estimate(fused, text_p, arousal, p, why), continues=continues
+        )
 
     def update_words(self, text: str) -> EmotionEstimate:
         """A line with words and no voice (typed in a chat): the text model's

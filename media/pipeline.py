@@ -28,7 +28,7 @@ import numpy as np
 
 from media.asr.base import AsrResult, LegRecognizer, RecognizerLost, Word, ends_sentence
 from media.audio import FRAME_MS, AnalysisResampler, PcmFrame
-from media.emotion import Band, EmotionTracker, prosody
+from media.emotion import TURN_GAP_S, Band, EmotionTracker, prosody
 from media.events import (
     EmotionEstimated,
     MediaEvent,
@@ -73,6 +73,9 @@ class _End:
     utterance: UtteranceEnded
     samples: np.ndarray
     last_voice_at: float  # time.monotonic() when the last speech audio arrived
+    # the leg's clock: the first and last voiced frame (None: nothing voiced), the
+    # speech itself, without the VAD's pre-roll and closing silence
+    voiced: tuple[float, float] | None = None
 
 
 OpenRecognizer = Callable[[], Awaitable[LegRecognizer]]
@@ -118,6 +121,8 @@ class LegPipeline:
         self._recognizer: LegRecognizer | None = None
         self._lost = False  # the utterance in progress lost its recognizer
         self._tracker = EmotionTracker(band)  # a phone line's voice has its own norms
+        self._said_until: float | None = None  # the last voiced frame of words heard
+        self._voiced_from: float | None = None  # the utterance's first voiced frame
         self._worker: asyncio.Task[None] | None = None
         self.frames_in = 0
         # sees every 20 ms frame of 16 kHz audio as it arrives (the audio fork)
@@ -154,6 +159,7 @@ class LegPipeline:
             if isinstance(ev, UtteranceStarted):
                 self._utt_samples = []
                 self._utt_start = ev.start
+                self._voiced_from = None
                 self._emit(SpeechStarted(self.leg_id, ev.start))
             elif isinstance(ev, VadSpeechOnset):
                 self._emit(SpeechOnset(self.leg_id, ev.at))
@@ -162,6 +168,8 @@ class LegPipeline:
                 if ev.voiced:
                     self._last_voice_at = now
                     self.voiced_until = ev.frame.end
+                    if self._voiced_from is None:
+                        self._voiced_from = ev.frame.start
                     if self._held is not None:  # the speaker went on after a pause
                         self._chunk.extend(self._held)
                         self._held = None
@@ -214,7 +222,8 @@ class LegPipeline:
             oldest = self._queue.get_nowait()
             if oldest is not None:
                 self._dropped(oldest)
-        self._queue.put_nowait(_End(ev, samples, self._last_voice_at or time.monotonic()))
+        voiced = None if self._voiced_from is None else (self._voiced_from, self.voiced_until)
+        self._queue.put_nowait(_End(ev, samples, self._last_voice_at or time.monotonic(), voiced))
 
     async def close(self) -> None:
         """Finish the utterance in flight and wait for its results (bounded by the caller)."""
@@ -325,5 +334,14 @@ class LegPipeline:
                 pause_ratio=utt.pause_ratio,
             ),
         )
-        estimate = self._tracker.update(p, result.text)
+        # a sentence split at a pause is one turn (media.emotion.TURN_GAP_S): the silence
+        # between the last voiced frame of the utterance before and this one's first
+        continues = (
+            self._said_until is not None
+            and item.voiced is not None
+            and item.voiced[0] - self._said_until < TURN_GAP_S
+        )
+        if item.voiced is not None:
+            self._said_until = item.voiced[1]
+        estimate = self._tracker.update(p, result.text, continues)
         self._emit(EmotionEstimated(self.leg_id, index, utt.end, estimate))

@@ -308,3 +308,23 @@ def test_a_typed_line_is_tempered_as_fitted() -> None:
     tracker = EmotionTracker()
     tracker.model = hot
     assert tracker.update_words(text).confidence == pytest.approx(round(tempered[top], 4))
+
+
+def test_a_sentence_split_at_a_pause_is_read_as_one_turn() -> None:
+    """The second part of a split sentence is read with the first and replaces its
+    reading: the call stands as if the sentence had come whole."""
+    first, second = "After all that back and forth,", "it finally works, thank you so much."
+    split = EmotionTracker()
+    split.update(usual(), "Hi, I am calling about my broadband.")
+    alone = split.update(usual(), first)
+    whole = split.update(usual(), second, continues=True)
+    once = EmotionTracker()
+    once.update(usual(), "Hi, I am calling about my broadband.")
+    said = once.update(usual(), f"{first} {second}")
+    assert whole.continues and not alone.continues
+    assert whole.scores == said.scores and whole.call_scores == said.call_scores
+    assert (whole.call_label, whole.trend) == (said.call_label, said.trend)
+    assert split.count == once.count == 2
+    assert whole.label == "positive" != alone.label
+    # a first utterance has nothing to go on with
+    assert not EmotionTracker().update(usual(), second, continues=True).continues

@@ -146,6 +146,16 @@ def test_a_streak_of_the_barely_upset_needs_one_surely_upset() -> None:
     assert len(esc.observe_emotion(EmotionSample("u2", 2, "neutral", -0.3, low))) == 1
 
 
+def test_the_parts_of_a_split_sentence_are_one_utterance_of_a_streak() -> None:
+    """An angry sentence split at its comma is one upset utterance, not a streak."""
+    esc = CallEscalation(default_rules())
+    assert esc.observe_emotion(felt(1, "angry")) == []
+    rest = EmotionSample("u1b", 4.0, "angry", 0.0, {"angry": 0.9}, continues=True)
+    assert esc.observe_emotion(rest) == [] and esc.emotions_seen == 1
+    (d,) = esc.observe_emotion(felt(2, "frustrated"))
+    assert d.rule_id == "upset_streak" and d.evidence["utterance_ids"] == ["u1b", "u2"]
+
+
 def test_trend_rule_waits_for_enough_utterances() -> None:
     esc = CallEscalation([r for r in default_rules() if r.kind == "trend_below"])
     assert esc.observe_emotion(felt(1, "neutral", -0.9)) == []

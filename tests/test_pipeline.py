@@ -13,7 +13,7 @@ import pytest
 
 from media.asr.base import AsrResult, RecognizerLost
 from media.asr.local import LocalRecognizer
-from media.events import MediaEvent, RecognitionFailed, TranscriptFinal
+from media.events import EmotionEstimated, MediaEvent, RecognitionFailed, TranscriptFinal
 from media.pipeline import LegPipeline
 from media.wavtrack import read_wav_mono
 from tests import speech
@@ -63,6 +63,34 @@ async def test_a_complete_sentence_ends_sooner(turn: Path) -> None:
     for a, f in zip(adaptive, fixed, strict=True):
         assert a.asr_latency < 0.47 and f.asr_latency > 0.42
         assert a.asr_latency < f.asr_latency - 0.05
+
+
+@pytest.mark.serial
+async def test_a_sentence_split_at_a_pause_is_felt_as_one_turn(tmp_path: Path) -> None:
+    """Half a second of silence inside a sentence ends an utterance (the endpointer's
+    windows are 280-480 ms), and the part after it is judged with the part before;
+    a sentence 1.2 s later is a new turn."""
+    said = ["After all that back and forth,", "it finally works, thank you so much.", "Bye."]
+    parts = []
+    for n, (sentence, pause) in enumerate(zip(said, (0.5, 1.2, 0.0), strict=True)):
+        pcm, rate = read_wav_mono(str(speech.piper_script([sentence], tmp_path / f"{n}.wav")))
+        # piper_script ends each sentence with its own pause (dithered): this one's instead
+        pcm = pcm[: np.flatnonzero(np.abs(pcm) > 300)[-1] + 1]
+        parts += [pcm, np.zeros(int(pause * rate), np.int16)]
+    wav = speech.write_wav(tmp_path / "turn.wav", np.concatenate(parts), rate)
+    events: list[MediaEvent] = []
+    with ThreadPoolExecutor(2) as pool:
+
+        async def opener() -> LocalRecognizer:
+            return LocalRecognizer(speech.english().create(), pool)
+
+        await play(LegPipeline("leg", opener, pool, events.append, punctuated=True), wav)
+    finals = [e.text for e in events if isinstance(e, TranscriptFinal)]
+    felt = [e.estimate for e in events if isinstance(e, EmotionEstimated)]
+    # split at the half second at least (and at times at "works," as well)
+    assert len(finals) >= 3 and len(felt) == len(finals), finals
+    assert [e.continues for e in felt] == [False] + [True] * (len(felt) - 2) + [False], finals
+    assert felt[-2].label == "positive" and felt[-2].call_label == "positive"
 
 
 class LosesFirstUtterance:
