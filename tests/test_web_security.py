@@ -399,10 +399,23 @@ async def test_webhooks_reach_public_addresses_only(tmp_path: Path) -> None:
     assert receiver.got == []
 
 
+# what each kind of asset the docs pages load must be served as: under
+# X-Content-Type-Options: nosniff, Chromium runs no script and applies no style sheet
+# served as anything else
+DOCS_ASSET_TYPES = {
+    ".js": ("text/javascript", "application/javascript"),
+    ".css": ("text/css",),
+    ".png": ("image/png",),
+    ".json": ("application/json",),
+}
+
+
 async def test_api_docs_load_nothing_from_outside(control_plane: ControlPlane) -> None:
     """/docs and /redoc loaded Swagger UI and ReDoc from the jsdelivr CDN (and fonts from
     Google): no docs without the internet, and a request to outsiders from every
-    reader's browser. Now the engine serves them, and the policy allows nothing else."""
+    reader's browser. Now the engine serves them, and the policy allows nothing else.
+    Every URL the pages name (their scripts, style sheet, icon and the OpenAPI document
+    they render) is a path on the engine (not ``//host/...``), served as what it is."""
     async with control_plane.anonymous() as http:
         for page in ("/docs", "/redoc"):
             r = await http.get(page)
@@ -410,9 +423,14 @@ async def test_api_docs_load_nothing_from_outside(control_plane: ControlPlane) -
             csp = r.headers["content-security-policy"]
             assert "http" not in csp and "script-src 'self' 'unsafe-inline';" in csp, csp
             assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", r.text)
-            assert assets, page
-            for url in assets:
-                assert url.startswith("/"), (page, url)
+            assert len(assets) >= 2, (page, assets)  # a script, and an icon or style sheet
+            # the document Swagger UI's script (url: '...') or ReDoc's tag (spec-url=) names
+            documents = re.findall(r"""(?:\burl: |spec-url=)["']([^"']+)["']""", r.text)
+            assert documents == ["/openapi.json"], (page, documents)
+            for url in (*assets, *documents):
+                assert url.startswith("/") and not url.startswith("//"), (page, url)
                 asset = await http.get(url)
                 assert asset.status_code == 200 and len(asset.content) > 1000, url
-            assert "cdn.jsdelivr" not in r.text and "fonts.googleapis" not in r.text
+                kind = asset.headers["content-type"].split(";")[0]
+                assert kind in DOCS_ASSET_TYPES[Path(url).suffix], (url, kind)
+            assert "://" not in r.text, page  # no address elsewhere, in a tag or a script
