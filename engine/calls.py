@@ -1114,6 +1114,10 @@ class CallManager:
         await self._route(self.routing.presence(user, event))
         return self.routing.presence_of(user.id)
 
+    def agent_streams(self) -> dict[str, int]:
+        """The agents' event streams open on this engine, per agent."""
+        return {user_id: n for user_id, n in self._streams.items() if n > 0}
+
     async def agent_stream(self, user_id: str, opened: bool) -> None:
         """An agent's event stream opened or closed here (their desk or phone): routing
         is told how many this engine holds now (engine/liveness.py). Never raises: a

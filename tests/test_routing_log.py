@@ -356,6 +356,49 @@ async def test_an_agents_desks_on_two_engines_keep_her_there_until_both_are_gone
             await asyncio.wait_for(n.log.stop(), 5)
 
 
+async def test_an_engine_cut_off_from_redis_tells_its_agents_streams_again(
+    redis_server: RedisServer, keys: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine alive but silent has the agents' streams it holds dropped by the leader,
+    as if it had died; it sees that and tells them again, so ann, whose desk is open on
+    it all along, is never set away."""
+    monkeypatch.setattr(routinglog, "ALIVE_FOR", 1.0)
+    monkeypatch.setattr(routinglog, "RENEW", 0.25)
+    a = node(redis_server.url, keys, "A", peers=0, disconnect_after=3.0)
+    b = node(redis_server.url, keys, "B", peers=1, disconnect_after=3.0)
+
+    async def apply(_effect: Effect) -> None:
+        pass
+
+    shared = SharedCalls(b.log, b.copy, "B", {}, apply)
+    asked: list[bool] = []
+
+    def streams() -> dict[str, int]:
+        asked.append(True)
+        return {"u-ann": 1}  # her desk, open on B
+
+    shared.streams = streams
+    b.log.on_effects = shared.effects
+    try:
+        await leader_and_ann(a, b)
+        await b.log.submit({"op": "clients", "user_id": "u-ann", "streams": 1})
+        silent = b.log._alive
+        monkeypatch.setattr(b.log, "_alive", lambda pipe: None)  # B says nothing
+        client = aioredis.Redis.from_url(redis_server.url)
+        async with client:
+            await client.delete(f"{keys}:routing:alive:B")
+        await until(lambda: bool(asked), 5)  # B saw its streams dropped
+        monkeypatch.setattr(b.log, "_alive", silent)  # heard from again
+        await asyncio.sleep(4.0)  # more than the grace
+        for n in (a, b):
+            assert n.copy.routing.presence_of("u-ann") == "available"
+            assert n.copy.routing.liveness.state("u-ann") == "present"
+    finally:
+        for n in (a, b):
+            await asyncio.wait_for(n.log.stop(), 5)
+        await shared.settle(5)
+
+
 async def test_an_engine_cut_off_from_redis_puts_its_callers_back_in_line(
     redis_server: RedisServer, keys: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
