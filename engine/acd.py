@@ -32,8 +32,15 @@ Agent presence moves only through ``PRESENCE`` below:
     ringing     no_answer    -> away
     on_call     hangup       -> wrap_up
     (any but on_call/ringing) logout -> offline
+    available   disconnect   -> away     every client of theirs gone (engine/liveness.py)
+    ringing     disconnect   -> away     ... and the offer moves on at once
+    wrap_up     disconnect   -> away
 
-Expected wait = (calls ahead of this one + 1) / staffed agents x average of the
+An agent in ``absent`` (their desk's streams all closed, engine/liveness.py) keeps
+their presence for a short grace, in case the desk comes back, but is offered nothing
+and does not count as staffed meanwhile.
+
+Expected wait = (calls ahead of this one + 1) / staffed agents (not absent) x average of the
 last ``HANDLE_WINDOW`` handle times (``DEFAULT_HANDLE_TIME`` before there are any).
 """
 
@@ -62,6 +69,9 @@ PRESENCE: dict[tuple[str, str], str] = {
     ("away", "logout"): "offline",
     ("available", "logout"): "offline",
     ("wrap_up", "logout"): "offline",
+    ("available", "disconnect"): "away",
+    ("ringing", "disconnect"): "away",
+    ("wrap_up", "disconnect"): "away",
 }
 PRESENCES = ("offline", "available", "ringing", "on_call", "wrap_up", "away")
 STAFFED = frozenset({"available", "ringing", "on_call", "wrap_up"})
@@ -135,6 +145,7 @@ class Offer:
 class OfferExpired:
     agent_id: str
     call_id: str
+    reason: str = "no_answer"  # or "disconnected": the agent's desk went away
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,7 @@ class PresenceChanged:
     agent_id: str
     presence: str
     previous: str
+    reason: str | None = None  # "disconnected" when their clients went away
 
 
 @dataclass(frozen=True)
@@ -164,6 +176,9 @@ class Acd:
         self.waiting: dict[str, Waiting] = {}
         self._offers: dict[str, tuple[str, float]] = {}  # call -> (agent, expires_at)
         self._handle_times: deque[float] = deque(maxlen=HANDLE_WINDOW)
+        # agents whose every client is gone, for now (engine/liveness.py keeps who):
+        # offered nothing, not counted as staffed
+        self.absent: set[str] = set()
 
     # -- queues -------------------------------------------------------------
 
@@ -216,7 +231,9 @@ class Acd:
         except KeyError:
             raise AcdError(f"unknown agent {agent_id}") from None
 
-    def _move(self, agent: Agent, event: str, now: float) -> PresenceChanged:
+    def _move(
+        self, agent: Agent, event: str, now: float, reason: str | None = None
+    ) -> PresenceChanged:
         try:
             new = PRESENCE[(agent.presence, event)]
         except KeyError:
@@ -224,7 +241,7 @@ class Acd:
         previous, agent.presence = agent.presence, new
         if new == "available":
             agent.idle_since = now
-        return PresenceChanged(agent.id, new, previous)
+        return PresenceChanged(agent.id, new, previous, reason)
 
     def presence(self, agent_id: str, event: str, now: float) -> list[Action]:
         """login / available / away / logout (offers and calls move agents themselves)."""
@@ -232,6 +249,28 @@ class Acd:
             raise AcdError(f"'{event}' is not something an agent asks for")
         out: list[Action] = [self._move(self._agent(agent_id), event, now)]
         return out + self.dispatch(now)
+
+    def disconnect(self, agent_id: str, now: float, reason: str) -> list[Action]:
+        """Every client of the agent is gone: away, and a call ringing them goes to the
+        next agent at once (AcdError unless available, ringing or in wrap-up)."""
+        agent = self._agent(agent_id)
+        if (agent.presence, "disconnect") not in PRESENCE:
+            raise AcdError(f"agent {agent_id} cannot '{reason}' while {agent.presence}")
+        out: list[Action] = []
+        if agent.offered is not None:
+            call_id = agent.offered
+            self._withdraw(agent, call_id)
+            out.append(OfferExpired(agent_id, call_id, reason))
+        out.append(self._move(agent, "disconnect", now, reason))
+        return out + self.dispatch(now)
+
+    def set_absent(self, agent_id: str, absent: bool, now: float) -> list[Action]:
+        """The agent's clients are all gone (``absent``) or one is back: offers follow."""
+        if absent:
+            self.absent.add(agent_id)
+            return []
+        self.absent.discard(agent_id)
+        return self.dispatch(now)
 
     # -- calls --------------------------------------------------------------
 
@@ -333,6 +372,7 @@ class Acd:
                 a
                 for a in self.agents.values()
                 if a.presence == "available"
+                and a.id not in self.absent
                 and a.id not in w.declined_by
                 and (a.id == w.target if w.target else w.skills <= a.skills)
             ]
@@ -384,12 +424,15 @@ class Acd:
         return sum(self._handle_times) / len(self._handle_times)
 
     def expected_wait(self, call_id: str) -> float | None:
-        """Seconds until an agent is likely free; None when no agent is staffed."""
+        """Seconds until an agent is likely free; None when no agent is staffed (an agent
+        whose clients are all gone is not: they may not be there)."""
         w = self._waiting(call_id)
         staffed = [
             a
             for a in self.agents.values()
-            if a.presence in STAFFED and (a.id == w.target if w.target else w.skills <= a.skills)
+            if a.presence in STAFFED
+            and a.id not in self.absent
+            and (a.id == w.target if w.target else w.skills <= a.skills)
         ]
         if not staffed:
             return None

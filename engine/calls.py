@@ -36,6 +36,7 @@ import logging
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -178,6 +179,7 @@ class Reservation:
 T = TypeVar("T")
 
 TEARDOWN_TIMEOUT = 10.0  # a stuck recognizer or disk must not keep a call open
+STREAM_TELL_WITHIN = 15.0  # s to tell routing of an agent's stream (the shared log's wait)
 # Partials beyond this backlog are dropped (finals and emotions never are): a stalled
 # disk must not grow memory without bound.
 MAX_EVENT_BACKLOG = 1000
@@ -262,13 +264,18 @@ class CallManager:
             )
         )
         queues, timeout = load_queues(settings.queues), settings.offer_timeout
+        gone = settings.agent_disconnect_after
         # several engines: every engine keeps a copy of one routing (engine/routingcopy.py)
-        self.routing_copy = RoutingCopy(queues, timeout) if settings.redis_url else None
+        self.routing_copy = RoutingCopy(queues, timeout, gone) if settings.redis_url else None
         self.routing: Routing = (
             SharedRouting(self.routing_copy)
             if self.routing_copy is not None
-            else Routing(queues, timeout, self.calls)
+            else Routing(queues, timeout, self.calls, disconnect_after=gone)
         )
+        # the agents' event streams open on this engine (engine/liveness.py): live
+        # handles' count, told to routing whenever it changes, one report at a time
+        self._streams: Counter[str] = Counter()
+        self._streams_told = asyncio.Lock()
         # several engines: this engine's part in the shared routing (set by the app)
         self.shared: SharedCalls | None = None
         self.controls = Controls(self.routing, self.calls, self.redactor)
@@ -1106,6 +1113,26 @@ class CallManager:
         """An agent asks to log in, go available or away, or log out."""
         await self._route(self.routing.presence(user, event))
         return self.routing.presence_of(user.id)
+
+    def agent_streams(self) -> dict[str, int]:
+        """The agents' event streams open on this engine, per agent."""
+        return {user_id: n for user_id, n in self._streams.items() if n > 0}
+
+    async def agent_stream(self, user_id: str, opened: bool) -> None:
+        """An agent's event stream opened or closed here (their desk or phone): routing
+        is told how many this engine holds now (engine/liveness.py). Never raises: a
+        stream is served whether or not routing could be told."""
+        self._streams[user_id] += 1 if opened else -1
+        async with self._streams_told:
+            streams = max(0, self._streams[user_id])
+            if streams == 0:
+                del self._streams[user_id]
+            try:
+                async with asyncio.timeout(STREAM_TELL_WITHIN):
+                    await self._route(self.routing.clients(user_id, self.engine_id or "", streams))
+            except Exception as exc:  # the shared log away, a store failing
+                log.warning("agent %s: their streams here (%d) not told to routing: %s",
+                            user_id, streams, exc)  # fmt: skip
 
     async def user_changed(self, user: UserRow) -> None:
         """Skills changed take effect for the next offer; a removed role stops offers."""

@@ -99,6 +99,10 @@ def _serve(args: argparse.Namespace) -> int:
         # slowloris: connections counted and capped, a deadline on every request
         http=guarded_http(app.state.http_connections, settings.http_request_timeout),
         ws_max_size=64 * 1024,
+        # an agent's desk whose host vanished without closing its stream is found by
+        # the pings (engine/liveness.py): within about 1.5 x CCENGINE_AGENT_DISCONNECT_AFTER
+        ws_ping_interval=settings.agent_disconnect_after / 2,
+        ws_ping_timeout=settings.agent_disconnect_after,
         # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: anyone on this
         # host could then pick the address they are rate-limited as. The app applies
         # CCENGINE_TRUSTED_PROXIES itself (create_app).

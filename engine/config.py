@@ -185,6 +185,10 @@ class Settings(BaseSettings):
     queues: str | None = None
     # Seconds an agent's phone rings before the call goes to the next agent.
     offer_timeout: float = Field(20.0, gt=0, le=300)
+    # Seconds an agent whose every desk (agent page, ``ccengine phone``) has closed its
+    # event stream keeps their presence before they are set away: a reload or a blink
+    # of the network within it changes nothing (engine/liveness.py).
+    agent_disconnect_after: float = Field(10.0, gt=0, le=300)
     # What an agent may choose at wrap-up, in the order the softphone lists them.
     dispositions: list[str] = Field(
         default_factory=lambda: [

@@ -158,6 +158,8 @@ class AgentPresenceChanged(EventBase):
     username: str
     presence: str
     previous: str
+    # why, when the agent did not ask: "disconnected" (every desk of theirs went away)
+    reason: str | None = None
 
 
 class CallOffered(EventBase):
@@ -189,7 +191,7 @@ class CallOffered(EventBase):
 class OfferWithdrawn(EventBase):
     type: Literal["call.offer_withdrawn"] = "call.offer_withdrawn"
     agent_id: str
-    reason: str  # declined, no_answer, caller_left
+    reason: str  # declined, no_answer, caller_left, disconnected (the agent's desk went)
 
 
 class CallMuted(EventBase):

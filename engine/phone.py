@@ -82,6 +82,7 @@ class Phone:
         self.me: dict[str, Any] = {}
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.interactive = sys.stdin.isatty()
+        self.started = time.time()
 
     def _microphone(self) -> MediaStreamTrack:
         if self.o.input_wav:
@@ -132,6 +133,16 @@ class Phone:
             except (OSError, websockets.ConnectionClosed):
                 await asyncio.sleep(1.0)  # the engine restarted or the network blinked
 
+    def _set_away(self, event: dict[str, Any]) -> bool:
+        """The engine set us away because our stream was gone (engine/liveness.py)."""
+        return (
+            event["type"] == "agent.presence_changed"
+            and event["agent_id"] == self.me["id"]
+            and event.get("reason") == "disconnected"
+            # the stream replays recent history first: not a disconnection before this run
+            and datetime.fromisoformat(event["time"]).timestamp() >= self.started
+        )
+
     def _still_ringing(self, offer: dict[str, Any]) -> bool:
         # the stream replays recent history first: only a live offer rings
         sent = datetime.fromisoformat(offer["time"]).timestamp()
@@ -144,6 +155,9 @@ class Phone:
         try:
             while self.o.calls == 0 or answered < self.o.calls:
                 event = await self.events.get()
+                if self._set_away(event):
+                    _say("this phone was disconnected for a while, so you were set away; "
+                         "start it again to take calls")  # fmt: skip
                 if event["type"] != "call.offered" or not self._still_ringing(event):
                     continue
                 _say(preview(event))

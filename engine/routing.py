@@ -60,6 +60,7 @@ from engine.events import (
     utcnow,
 )
 from engine.livecall import Call
+from engine.liveness import DISCONNECTED, Liveness
 from engine.store.models import Base, OverrideRow, PresenceRow, UserRow
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,9 @@ def escalated(call: Call, reason: str, *, at: bool = True) -> UpdateCall:
 class Routing:
     """The ACD and the decisions around it, for the calls of ``calls`` (the engine's
     live calls, read only: the same mapping object for the engine's life). ``clock``:
-    monotonic seconds, what the ACD runs on.
+    monotonic seconds, what the ACD runs on. ``disconnect_after``: seconds an agent whose
+    every client has gone keeps their presence before they are made away
+    (engine/liveness.py).
 
     Each decision is a generator that updates the ACD and the live call as it goes and
     yields the effects for the engine to apply: run every one to its end (the engine's
@@ -155,8 +158,10 @@ class Routing:
         offer_timeout: float,
         calls: Mapping[str, Call],
         clock: Callable[[], float] = time.monotonic,
+        disconnect_after: float = 10.0,
     ) -> None:
         self.acd = Acd(queues, offer_timeout)
+        self.liveness = Liveness(disconnect_after)
         self.calls = calls
         self.clock = clock
         # the agents who have signed in, for events and desk phones (the ACD knows ids)
@@ -315,6 +320,8 @@ class Routing:
         """An agent asks to log in, go available or away, or log out."""
         self._usernames[user.id] = user.username
         self.acd.add_agent(user.id, set(user.skills))
+        if self.liveness.away_from_desk(user.id):  # a click from a desk that has gone since
+            self.acd.absent.add(user.id)
         yield from self.actions(self.acd.presence(user.id, event, self.clock()))
 
     def user_changed(self, user: UserRow) -> Iterator[Effect]:
@@ -386,14 +393,56 @@ class Routing:
             now = self.clock()
             took = None if since is None else now - since
             yield from self.actions(self.acd.hangup(agent_id, now, took))
+            if self.liveness.state(agent_id) == "vanished":  # their desk went during it
+                yield from self._vanished(agent_id)
+
+    # -- agents: whether they are there (engine/liveness.py) --------------------------
+
+    def clients(self, user_id: str, holder: str, streams: int) -> Iterator[Effect]:
+        """``holder`` (an engine) now holds ``streams`` open event streams of the agent:
+        with none left anywhere they are offered nothing, and made away once
+        ``disconnect_after`` s pass without one (``tick``)."""
+        now = self.clock()
+        self.liveness.count(user_id, holder, streams, now)
+        yield from self._follow_liveness(now)
+
+    def holder_lost(self, holder: str) -> Iterator[Effect]:
+        """An engine died: the streams it held are gone (engine/routinglog.py)."""
+        now = self.clock()
+        self.liveness.holder_lost(holder, now)
+        yield from self._follow_liveness(now)
+
+    def _follow_liveness(self, now: float) -> Iterator[Effect]:
+        """The ACD's absent agents made to agree with liveness (a few agents: all looked at)."""
+        for agent_id in list(self.acd.agents):
+            absent = self.liveness.away_from_desk(agent_id)
+            if absent != (agent_id in self.acd.absent):
+                yield from self.actions(self.acd.set_absent(agent_id, absent, now))
+
+    def _vanished(self, agent_id: str) -> Iterator[Effect]:
+        """Every client of the agent gone for ``disconnect_after`` s: away now, and a call
+        ringing them goes on to the next agent; on a call, after it (``hung_up``)."""
+        agent = self.acd.agents.get(agent_id)
+        if agent is not None and agent.presence == "on_call":
+            return  # the call's own media tells whether it goes on
+        self.liveness.forget(agent_id)
+        self.acd.absent.discard(agent_id)
+        if agent is None or agent.presence not in ("available", "ringing", "wrap_up"):
+            return  # away or signed out already: nothing to change
+        log.info("agent %s: every desk of theirs is gone; set away", agent_id)
+        yield from self.actions(self.acd.disconnect(agent_id, self.clock(), DISCONNECTED))
 
     # -- the ACD's timers and actions -------------------------------------------------
 
     def next_timer(self) -> float | None:
-        return self.acd.next_timer()
+        times = [t for t in (self.acd.next_timer(), self.liveness.next_timer()) if t is not None]
+        return min(times) if times else None
 
     def tick(self) -> Iterator[Effect]:
-        """Offers that rang out, callers who waited the queue's maximum."""
+        """Agents whose desks are gone, offers that rang out, callers who waited the
+        queue's maximum."""
+        for agent_id in self.liveness.due(self.clock()):
+            yield from self._vanished(agent_id)
         yield from self.actions(self.acd.tick(self.clock()))
 
     def actions(self, actions: Iterable[AcdAction]) -> Iterator[Effect]:
@@ -412,6 +461,7 @@ class Routing:
                         username=self._usernames.get(a.agent_id, ""),
                         presence=a.presence,
                         previous=a.previous,
+                        reason=a.reason,
                     )
                 )
             elif isinstance(a, Offer):
@@ -421,9 +471,7 @@ class Routing:
                 yield Ring(a.agent_id, username, a.call_id, offered.caller)
             elif isinstance(a, OfferExpired):
                 yield StopRinging(a.call_id)
-                yield Emit(
-                    OfferWithdrawn(call_id=a.call_id, agent_id=a.agent_id, reason="no_answer")
-                )
+                yield Emit(OfferWithdrawn(call_id=a.call_id, agent_id=a.agent_id, reason=a.reason))
             elif isinstance(a, MaxWaitReached):  # a callback instead of more waiting
                 yield from self.offer_callback(a.call_id)
             else:

@@ -113,16 +113,22 @@ class RoutingCopy:
     """One node's copy of the contact center's routing: ``apply`` each operation of the
     shared log in its order, with its time."""
 
-    def __init__(self, queues: list[QueueConfig], offer_timeout: float) -> None:
+    def __init__(
+        self, queues: list[QueueConfig], offer_timeout: float, disconnect_after: float = 10.0
+    ) -> None:
         self.queues = queues  # the queues file's, for a reset
         self.offer_timeout = offer_timeout
+        self.disconnect_after = disconnect_after
         self.now = 0.0  # the time of the operation being applied (seconds, Redis's clock)
         self.shadows: dict[str, Call] = {}
         # the engine running each waiting call: the one that sent its latest live card
         # (a call's operations come from its engine; call actions are sent on to it)
         self.nodes: dict[str, str] = {}
         self.left: dict[str, None] = {}  # the calls that left the line for good, oldest first
-        self.routing = Routing(queues, offer_timeout, self.shadows, clock=lambda: self.now)
+        self.routing = Routing(
+            queues, offer_timeout, self.shadows, clock=lambda: self.now,
+            disconnect_after=disconnect_after,
+        )  # fmt: skip
 
     # -- operations ---------------------------------------------------------------
 
@@ -196,6 +202,10 @@ class RoutingCopy:
             yield from r.hung_up(op["agent"], None if took is None else self.now - took)
         elif kind == "tick":
             yield from r.tick()
+        elif kind == "clients":  # the streams the engine that asked holds of an agent
+            yield from r.clients(op["user_id"], str(op["origin"]), int(op["streams"]))
+        elif kind == "holder_lost":
+            yield from r.holder_lost(op["holder"])
         elif kind == "set_queue":
             r.set_queue(QueueConfig.model_validate(op["config"]))
         elif kind == "remove_queue":
@@ -265,6 +275,7 @@ class RoutingCopy:
             "offers": {c: [a, exp] for c, (a, exp) in acd._offers.items()},
             "handle_times": list(acd._handle_times),
             "usernames": dict(r._usernames),
+            "liveness": r.liveness.snapshot(),
             "left": list(self.left),
             "shadows": [
                 CallCard.of(c)
@@ -298,6 +309,9 @@ class RoutingCopy:
         acd._offers = {c: (a, float(exp)) for c, (a, exp) in snap["offers"].items()}
         acd._handle_times.extend(snap["handle_times"])
         r._usernames.update(snap["usernames"])
+        if "liveness" in snap:  # not in a snapshot of an older engine's
+            r.liveness.restore(snap["liveness"])
+            acd.absent = {a for a in acd.agents if r.liveness.away_from_desk(a)}
         self.left = dict.fromkeys(snap["left"])
         for card in snap["shadows"]:
             call = self._shadow(card)
@@ -307,7 +321,10 @@ class RoutingCopy:
                 self.nodes[call.id] = card["node"]
 
     def reset(
-        self, queues: list[QueueConfig] | None = None, offer_timeout: float | None = None
+        self,
+        queues: list[QueueConfig] | None = None,
+        offer_timeout: float | None = None,
+        disconnect_after: float | None = None,
     ) -> None:
         """Start again from nobody waiting and nobody signed in (a cluster's first node),
         with the queues and offer timeout of the engine that started it: every copy must
@@ -324,7 +341,10 @@ class RoutingCopy:
         r.acd.waiting.clear()
         r.acd._offers.clear()
         r.acd._handle_times.clear()
+        r.acd.absent.clear()
         r._usernames.clear()
+        r.liveness.clear()
+        r.liveness.grace = self.disconnect_after if disconnect_after is None else disconnect_after
 
 
 # -- who applies an effect ----------------------------------------------------------
@@ -402,6 +422,7 @@ class SharedRouting(Routing):
         self.calls = copy.shadows
         self.clock = time.monotonic
         self._usernames = copy.routing._usernames
+        self.liveness = copy.routing.liveness
 
     # reads are inherited; what follows decides
 
@@ -454,6 +475,13 @@ class SharedRouting(Routing):
 
     def decline(self, user_id: str, call_id: str) -> Iterator[Effect]:
         yield Replicate({"op": "decline", "user_id": user_id, "call_id": call_id})
+
+    def clients(self, user_id: str, holder: str, streams: int) -> Iterator[Effect]:
+        # the holder is the engine that asks (the operation's origin)
+        yield Replicate({"op": "clients", "user_id": user_id, "streams": streams})
+
+    def holder_lost(self, holder: str) -> Iterator[Effect]:
+        yield Replicate({"op": "holder_lost", "holder": holder})
 
     def hung_up(self, agent_id: str | None, since: float | None) -> Iterator[Effect]:
         if agent_id is not None:

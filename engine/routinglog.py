@@ -251,7 +251,7 @@ class RoutingLog:
         timeout = self.copy.offer_timeout
         await self._append(
             {"op": "reset", "origin": self.me, "rid": "", "queues": queues, "rows": rows,
-             "offer_timeout": timeout}
+             "offer_timeout": timeout, "disconnect_after": self.copy.disconnect_after}
         )  # fmt: skip
 
     async def stop(self) -> None:
@@ -344,7 +344,11 @@ class RoutingLog:
 
     def _reset_copy(self, op: Mapping[str, Any]) -> None:
         queues = [QueueConfig.model_validate(q) for q in op["queues"]]
-        self.copy.reset(queues, float(op.get("offer_timeout", self.copy.offer_timeout)))
+        self.copy.reset(
+            queues,
+            float(op.get("offer_timeout", self.copy.offer_timeout)),
+            float(op.get("disconnect_after", self.copy.disconnect_after)),
+        )
         self.copy.apply({"op": "queues", "rows": op["rows"]}, self.copy.now)
 
     def _apply(self, entry_id: bytes, op: dict[str, Any]) -> None:
@@ -409,9 +413,12 @@ class RoutingLog:
         an offer that only their dead engine could tell, and each is set away when it
         rings out) until a survivor ends its calls, up to ``CCENGINE_ENGINE_LEASE``. An
         engine that was only cut off puts them back (engine/sharedcalls.py). Engines of
-        a version without liveness keys are never taken for silent."""
+        a version without liveness keys are never taken for silent. The agents' event
+        streams a silent engine held count no more (engine/liveness.py): an agent whose
+        desk was there alone is made away unless it reconnects elsewhere."""
         waiting, nodes = self.copy.routing.acd.waiting, self.copy.nodes
-        owners = sorted({n for c, n in nodes.items() if c in waiting and n != self.me})
+        holders = self.copy.routing.liveness.holders()  # agents' streams (engine/liveness.py)
+        owners = sorted(({n for c, n in nodes.items() if c in waiting} | holders) - {self.me})
         if not owners:
             return
         alive = await self._redis.mget([self._alive_prefix + n for n in owners])
@@ -423,6 +430,9 @@ class RoutingLog:
             if await self._redis.exists(self._alive_prefix + owner):
                 continue
             await self._out_of_line(owner)
+            if owner in holders:  # the agents' streams it held are gone with it
+                with contextlib.suppress(AcdError, NotAllowed):
+                    await self.submit({"op": "holder_lost", "holder": owner}, effects=False)
 
     async def _out_of_line(self, owner: str) -> None:
         waiting, nodes = self.copy.routing.acd.waiting, self.copy.nodes

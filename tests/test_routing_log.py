@@ -51,7 +51,10 @@ async def nothing() -> None:
     pass
 
 
-def node(url: str, keys: str, name: str, peers: int, offer_timeout: float = 20.0) -> Node:
+def node(
+    url: str, keys: str, name: str, peers: int, offer_timeout: float = 20.0,
+    disconnect_after: float = 10.0,
+) -> Node:  # fmt: skip
     async def no_overrides() -> list[tuple[str, dict[str, Any] | None]]:
         return []
 
@@ -59,7 +62,7 @@ def node(url: str, keys: str, name: str, peers: int, offer_timeout: float = 20.0
         return peers
 
     log = RoutingLog(
-        url, keys, name, RoutingCopy(QUEUES, offer_timeout),
+        url, keys, name, RoutingCopy(QUEUES, offer_timeout, disconnect_after),
         reset_queues=no_overrides, peers=count,
     )  # fmt: skip
     n = Node(log)
@@ -319,6 +322,81 @@ async def test_a_silent_engines_callers_leave_the_line_and_free_the_agents(
     finally:
         for n in (a, b):
             await asyncio.wait_for(n.log.stop(), 5)
+
+
+async def test_an_agents_desks_on_two_engines_keep_her_there_until_both_are_gone(
+    redis_server: RedisServer, keys: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16 with several engines: ann's desk streams to A and her phone to B. The
+    desk closing leaves her there (the phone is); B dying takes the phone's stream with
+    it (nothing said: the leader finds B silent), and after the grace every copy has her
+    away, saying why, told once (by the leader, whose tick it was)."""
+    monkeypatch.setattr(routinglog, "ALIVE_FOR", 1.0)
+    monkeypatch.setattr(routinglog, "RENEW", 0.25)
+    a = node(redis_server.url, keys, "A", peers=0, disconnect_after=0.5)
+    b = node(redis_server.url, keys, "B", peers=1, disconnect_after=0.5)
+    try:
+        await leader_and_ann(a, b)
+        await a.log.submit({"op": "clients", "user_id": "u-ann", "streams": 1})
+        await b.log.submit({"op": "clients", "user_id": "u-ann", "streams": 1})
+        await a.log.submit({"op": "clients", "user_id": "u-ann", "streams": 0})
+        await asyncio.sleep(1.0)  # twice the grace: the phone on B keeps her there
+        assert a.copy.routing.presence_of("u-ann") == "available"
+        assert a.copy.routing.liveness.state("u-ann") == "present"
+
+        await b.log.stop()  # as dead: its liveness key is left to run out
+        await until(lambda: a.copy.routing.presence_of("u-ann") == "away", 5)
+        [changed] = [e for e in a.events(AgentPresenceChanged) if e.reason == "disconnected"]
+        assert (changed.presence, changed.previous) == ("away", "available")
+        told = [o for e, o in a.effects if isinstance(e, Emit) and e.event is changed]
+        assert told == ["A"]
+        assert a.copy.routing.liveness.state("u-ann") is None  # dealt with: untracked
+    finally:
+        for n in (a, b):
+            await asyncio.wait_for(n.log.stop(), 5)
+
+
+async def test_an_engine_cut_off_from_redis_tells_its_agents_streams_again(
+    redis_server: RedisServer, keys: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine alive but silent has the agents' streams it holds dropped by the leader,
+    as if it had died; it sees that and tells them again, so ann, whose desk is open on
+    it all along, is never set away."""
+    monkeypatch.setattr(routinglog, "ALIVE_FOR", 1.0)
+    monkeypatch.setattr(routinglog, "RENEW", 0.25)
+    a = node(redis_server.url, keys, "A", peers=0, disconnect_after=3.0)
+    b = node(redis_server.url, keys, "B", peers=1, disconnect_after=3.0)
+
+    async def apply(_effect: Effect) -> None:
+        pass
+
+    shared = SharedCalls(b.log, b.copy, "B", {}, apply)
+    asked: list[bool] = []
+
+    def streams() -> dict[str, int]:
+        asked.append(True)
+        return {"u-ann": 1}  # her desk, open on B
+
+    shared.streams = streams
+    b.log.on_effects = shared.effects
+    try:
+        await leader_and_ann(a, b)
+        await b.log.submit({"op": "clients", "user_id": "u-ann", "streams": 1})
+        silent = b.log._alive
+        monkeypatch.setattr(b.log, "_alive", lambda pipe: None)  # B says nothing
+        client = aioredis.Redis.from_url(redis_server.url)
+        async with client:
+            await client.delete(f"{keys}:routing:alive:B")
+        await until(lambda: bool(asked), 5)  # B saw its streams dropped
+        monkeypatch.setattr(b.log, "_alive", silent)  # heard from again
+        await asyncio.sleep(4.0)  # more than the grace
+        for n in (a, b):
+            assert n.copy.routing.presence_of("u-ann") == "available"
+            assert n.copy.routing.liveness.state("u-ann") == "present"
+    finally:
+        for n in (a, b):
+            await asyncio.wait_for(n.log.stop(), 5)
+        await shared.settle(5)
 
 
 async def test_an_engine_cut_off_from_redis_puts_its_callers_back_in_line(

@@ -9,13 +9,18 @@ A client too slow to keep up is closed (WebSocket code 1013) and resumes the sam
 
 Who may listen: ``read`` scope for everything; a call's own caller token for its call;
 pages on the engine's own origin (or allowed ones) only.
+
+An agent's stream of everything is also how the engine knows they are at their desk
+(the desk page and ``ccengine phone`` hold one open while they run): routing is told
+when one opens and closes (engine/liveness.py). WebSocket pings (uvicorn's, every
+``ws_ping_interval``) find a stream whose host vanished without closing it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
@@ -95,6 +100,30 @@ def _may_listen(call_id: str | None) -> Callable[[Principal], None]:
     return lambda p: p.need_call(call_id, "read")
 
 
+def _agent(p: Principal | None, call_id: str | None) -> str | None:
+    """The agent whose presence this stream keeps alive: a signed-in agent's stream of
+    everything (a call's stream is not a desk)."""
+    if call_id is None and p is not None and p.kind == "user" and p.identity is not None:
+        if p.identity.role == "agent":
+            return p.identity.user_id
+    return None
+
+
+@contextlib.asynccontextmanager
+async def _at_desk(app: object, agent: str | None) -> AsyncIterator[None]:
+    """While the stream is open, it counts as the agent's desk."""
+    if agent is None:
+        yield
+        return
+    manager: CallManager = app.state.calls  # type: ignore[attr-defined]
+    await manager.agent_stream(agent, opened=True)
+    try:
+        yield
+    finally:
+        # told even when the stream was cancelled (the client left); never raises
+        await asyncio.shield(manager.agent_stream(agent, opened=False))
+
+
 async def close_when_refused(ws: WebSocket, check: Callable[[Principal], None]) -> None:
     """Close an open socket once its credential no longer holds (``until_refused``)."""
     exc = await until_refused(ws, check)
@@ -104,11 +133,18 @@ async def close_when_refused(ws: WebSocket, check: Callable[[Principal], None]) 
 async def _serve(ws: WebSocket, call_id: str | None, after: int) -> None:
     await ws.accept()
     check = _may_listen(call_id)
-    if await authorize_ws(ws, check) is None:
+    if (p := await authorize_ws(ws, check)) is None:
         return
     if call_id is not None and not await _known_call(ws.app, call_id):
         await ws.close(UNKNOWN_CALL, "unknown call")
         return
+    async with _at_desk(ws.app, _agent(p, call_id)):
+        await _follow(ws, call_id, after, check)
+
+
+async def _follow(
+    ws: WebSocket, call_id: str | None, after: int, check: Callable[[Principal], None]
+) -> None:
 
     async def send_all() -> None:
         try:
@@ -140,42 +176,53 @@ async def _serve(ws: WebSocket, call_id: str | None, after: int) -> None:
                 await task
 
 
-def _sse(request: Request, call_id: str | None, after: int) -> StreamingResponse:
+def _sse(
+    request: Request, call_id: str | None, after: int, agent: str | None = None
+) -> StreamingResponse:
     async def body() -> AsyncIterator[bytes]:
-        yield b"retry: 2000\n\n"
-        events = _events(request.app, call_id, after).__aiter__()
-        next_event: asyncio.Task[tuple[int, str]] | None = None
-        # the stream ends once its credential no longer holds; EventSource comes back
-        # and is refused
-        guard = asyncio.ensure_future(until_refused(request, _may_listen(call_id)))
-        try:
-            while True:
-                if next_event is None:
-                    next_event = asyncio.ensure_future(events.__anext__())
-                done, _ = await asyncio.wait(
-                    {next_event, guard}, timeout=HEARTBEAT, return_when=asyncio.FIRST_COMPLETED
-                )
-                if guard in done:
-                    return
-                if not done:
-                    yield b": keep-alive\n\n"
-                    continue
-                try:
-                    event_id, text = next_event.result()
-                except (StopAsyncIteration, Lagged):
-                    return  # the client reconnects with Last-Event-ID by itself
-                next_event = None
-                yield f"id: {event_id}\ndata: {text}\n\n".encode()
-        finally:
-            for task in (next_event, guard):
-                if task is not None:  # the client left while we waited for an event
-                    task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
-            await events.aclose()  # type: ignore[attr-defined]
+        stream = contextlib.aclosing(_sse_body(request, call_id, after))
+        async with _at_desk(request.app, agent), stream as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+
+async def _sse_body(
+    request: Request, call_id: str | None, after: int
+) -> AsyncGenerator[bytes, None]:
+    yield b"retry: 2000\n\n"
+    events = _events(request.app, call_id, after).__aiter__()
+    next_event: asyncio.Task[tuple[int, str]] | None = None
+    # the stream ends once its credential no longer holds; EventSource comes back
+    # and is refused
+    guard = asyncio.ensure_future(until_refused(request, _may_listen(call_id)))
+    try:
+        while True:
+            if next_event is None:
+                next_event = asyncio.ensure_future(events.__anext__())
+            done, _ = await asyncio.wait(
+                {next_event, guard}, timeout=HEARTBEAT, return_when=asyncio.FIRST_COMPLETED
+            )
+            if guard in done:
+                return
+            if not done:
+                yield b": keep-alive\n\n"
+                continue
+            try:
+                event_id, text = next_event.result()
+            except (StopAsyncIteration, Lagged):
+                return  # the client reconnects with Last-Event-ID by itself
+            next_event = None
+            yield f"id: {event_id}\ndata: {text}\n\n".encode()
+    finally:
+        for task in (next_event, guard):
+            if task is not None:  # the client left while we waited for an event
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        await events.aclose()  # type: ignore[attr-defined]
 
 
 def _resume_from(after: int | None, last_event_id: str | None, default: int) -> int:
@@ -220,7 +267,7 @@ async def all_events_sse(
     """Every event as Server-Sent Events, from after ``after`` / Last-Event-ID (default
     or 0: the most recent events the engine holds in memory), then live."""
     p.need("read")
-    return _sse(request, None, _resume_from(after, last_event_id, 0))
+    return _sse(request, None, _resume_from(after, last_event_id, 0), _agent(p, None))
 
 
 @router.websocket("/calls/{call_id}/events")

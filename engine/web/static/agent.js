@@ -95,14 +95,20 @@ $("sign-out").onclick = async () => {
 // -- the desk's event stream: presence, offers, queues, callbacks, alerts ------------
 
 let queueRefresh = null;
+const SET_AWAY_DISCONNECTED = "Your desk was disconnected, so you were set to away. Press Available when you are ready.";
 function onEvent(ev) {
-  if (ev.type === "agent.presence_changed" && me && ev.agent_id === me.id) setPresence(ev.presence);
-  else if (ev.type === "call.offered" && me && ev.agent_id === me.id) {
+  if (ev.type === "agent.presence_changed" && me && ev.agent_id === me.id) {
+    setPresence(ev.presence);
+    // every desk of ours was gone for a while: back now, the agent chooses when to take
+    // calls (the note goes with their next change of presence)
+    if (ev.reason === "disconnected") $("desk-error").textContent = SET_AWAY_DISCONNECTED;
+    else if ($("desk-error").textContent === SET_AWAY_DISCONNECTED) $("desk-error").textContent = "";
+  } else if (ev.type === "call.offered" && me && ev.agent_id === me.id) {
     // the stream replays recent history: only ring for an offer that is still ringing
     const expires = Date.parse(ev.time) + ev.expires_in * 1000;
     if (expires > Date.now() && !callId) ring(ev, expires);
   } else if (ev.type === "call.offer_withdrawn" && offer && ev.call_id === offer.call_id && ev.agent_id === me.id) {
-    unring(ev.reason === "no_answer" ? "You missed a call, so you were set to away." : "");
+    unring({ no_answer: "You missed a call, so you were set to away.", disconnected: "Your desk was disconnected, so the call went to someone else." }[ev.reason] || "");
   } else if (ev.type === "supervisor.alert" && me.role !== "agent") {
     const li = document.createElement("li");
     li.innerHTML = `${new Date(ev.time).toLocaleTimeString()} · <a href="/calls/${esc(ev.call_id)}">${esc(ev.reason)}</a> (priority ${ev.priority}, ${esc(ev.state)})`;
