@@ -128,7 +128,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         )
         routing_log.on_effects = shared_calls.effects
         routing_log.on_reset = shared_calls.reset
-        shared_calls.streams = calls.agent_streams
+        shared_calls.retell_streams = calls.desks.retell
         calls.routing_log, calls.shared = routing_log, shared_calls
         recovery.on_calls_ended = shared_calls.calls_lost
     event_log.earlier_writes = calls.spool.drained

@@ -36,7 +36,6 @@ import logging
 import os
 import time
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -93,6 +92,7 @@ from engine.controls import (
     SaveCall,
 )
 from engine.customers import Customer, Customers
+from engine.desks import DeskStreams
 from engine.escalation import CallEscalation
 from engine.events import (
     CallEnded,
@@ -272,10 +272,9 @@ class CallManager:
             if self.routing_copy is not None
             else Routing(queues, timeout, self.calls, disconnect_after=gone)
         )
-        # the agents' event streams open on this engine (engine/liveness.py): live
-        # handles' count, told to routing whenever it changes, one report at a time
-        self._streams: Counter[str] = Counter()
-        self._streams_told = asyncio.Lock()
+        # the agents' desk streams open on this engine (engine/liveness.py), told to
+        # routing in the background whenever their count changes (engine/desks.py)
+        self.desks = DeskStreams(self._tell_streams)
         # several engines: this engine's part in the shared routing (set by the app)
         self.shared: SharedCalls | None = None
         self.controls = Controls(self.routing, self.calls, self.redactor)
@@ -1114,25 +1113,24 @@ class CallManager:
         await self._route(self.routing.presence(user, event))
         return self.routing.presence_of(user.id)
 
-    def agent_streams(self) -> dict[str, int]:
-        """The agents' event streams open on this engine, per agent."""
-        return {user_id: n for user_id, n in self._streams.items() if n > 0}
-
-    async def agent_stream(self, user_id: str, opened: bool) -> None:
-        """An agent's event stream opened or closed here (their desk or phone): routing
-        is told how many this engine holds now (engine/liveness.py). Never raises: a
+    def agent_stream(self, user_id: str, opened: bool) -> None:
+        """An agent's desk stream opened or closed here (their desk page or phone):
+        routing is told how many this engine holds, in the background, again and again
+        until it has the latest count (engine/desks.py). Never waits, never raises: a
         stream is served whether or not routing could be told."""
-        self._streams[user_id] += 1 if opened else -1
-        async with self._streams_told:
-            streams = max(0, self._streams[user_id])
-            if streams == 0:
-                del self._streams[user_id]
-            try:
-                async with asyncio.timeout(STREAM_TELL_WITHIN):
-                    await self._route(self.routing.clients(user_id, self.engine_id or "", streams))
-            except Exception as exc:  # the shared log away, a store failing
-                log.warning("agent %s: their streams here (%d) not told to routing: %s",
-                            user_id, streams, exc)  # fmt: skip
+        if opened:
+            self.desks.opened(user_id)
+        else:
+            self.desks.closed(user_id)
+
+    async def _tell_streams(self, user_id: str, streams: int) -> None:
+        """Routing told that this engine holds ``streams`` of the agent's streams;
+        raises when it could not be (the shared log away, or too slow)."""
+        try:
+            async with asyncio.timeout(STREAM_TELL_WITHIN):
+                await self._route(self.routing.clients(user_id, self.engine_id or "", streams))
+        except (AcdError, NotAllowed) as exc:  # routing answered: nothing to tell again
+            log.warning("agent %s: routing refused their streams here: %s", user_id, exc)
 
     async def user_changed(self, user: UserRow) -> None:
         """Skills changed take effect for the next offer; a removed role stops offers."""
@@ -1447,6 +1445,9 @@ class CallManager:
 
     async def shutdown(self) -> None:
         await self.end_all("engine_shutdown")
+        # reports of desk streams not told yet stay so: once this engine is gone, the
+        # shared routing drops its streams (engine/routinglog.py)
+        await self.desks.close()
         if self.shared is not None:  # the shared routing's last words for these calls
             await self.shared.settle(TEARDOWN_TIMEOUT)
         await self.spool.close(TEARDOWN_TIMEOUT)

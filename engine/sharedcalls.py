@@ -23,9 +23,12 @@ between the log and this engine's live calls (``CallManager``):
                                        in line, in their queue
     this engine's caller taken out of  ``effects`` puts it back: this engine was cut off
     line for its silence (``SILENT``)  from Redis or stalled, not dead
-    the agents' streams this engine    ``effects`` tells them again (``streams``), for the
-    holds dropped for its silence, or  same reason; after a reset, so that the agents
-    the routing started afresh         at a desk here are known to be (engine/liveness.py)
+    the agents' streams this engine    ``effects`` tells them again (``retell_streams``),
+    holds dropped for its silence, or  for the same reason; after a reset, so that the
+    the routing started afresh         agents at a desk here are known to be: each
+                                       agent's count as it is when sent, through the
+                                       one path that tells each change and tries again
+                                       until told (engine/desks.py)
 
 ``apply`` is the manager's way of carrying out one routing effect (``apply_routing``):
 the effects are the same on one engine and on many.
@@ -78,8 +81,9 @@ class SharedCalls:
         # the task applying each call's effects, the last one (the next waits for it)
         self._tails: dict[str, asyncio.Task[None]] = {}
         self.background: set[asyncio.Task[None]] = set()  # kept until done (asyncio's advice)
-        # the agents' event streams open on this engine, per agent (the manager's)
-        self.streams: Callable[[], Mapping[str, int]] = dict
+        # tells the shared routing again every agent's desk streams open on this engine,
+        # each count as it is when sent, until it is told (engine/desks.py ``retell``)
+        self.retell_streams: Callable[[], None] = lambda: None
 
     def effects(self, effects: list[RoutingEffect], op: Mapping[str, object]) -> asyncio.Task[None]:
         """An operation of the shared log was applied to this engine's copy: apply the
@@ -89,7 +93,7 @@ class SharedCalls:
         mine: list[RoutingEffect] = []
         if op.get("op") == "holder_lost" and op.get("holder") == self.engine_id:
             log.warning("routing: this engine was silent; telling the agents' streams again")
-            self._retell_streams()
+            self.retell_streams()
         if op.get("op") == "leave" and op.get("reason") == SILENT:
             call = self.calls.get(str(op.get("orphan")))
             if call is not None and not call.ended.is_set():
@@ -196,17 +200,7 @@ class SharedCalls:
         for call in list(self.calls.values()):
             if call.state == "queued":
                 self._background(self._back_in_line(call))
-        self._retell_streams()
-
-    def _retell_streams(self) -> None:
-        """The agents' streams this engine holds, told again to the shared routing."""
-        for user_id, streams in self.streams().items():
-            op = {"op": "clients", "user_id": user_id, "streams": streams}
-            self._background(self._tell(op))
-
-    async def _tell(self, op: Mapping[str, object]) -> None:
-        with contextlib.suppress(Exception):  # the log away: told with the next change
-            await self.log.submit(op)
+        self.retell_streams()
 
     async def _back_in_line(self, call: Call) -> None:
         op = {"op": "requested", "call": CallCard.of(call), "queue": call.queue_name,

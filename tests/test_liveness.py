@@ -7,12 +7,17 @@ for the offer timeout, agent after agent, while told "about a minute"."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from engine import desks
+from engine.desks import DeskStreams
 from engine.events import AgentPresenceChanged, OfferWithdrawn
 from engine.liveness import Liveness
 from engine.routing import StopRinging
 from engine.routingcopy import RoutingCopy
+from engine.routinglog import RoutingUnavailable
 from engine.store.models import UserRow
 from tests.test_routing import QUEUES, Desk, emitted, offers
 
@@ -150,6 +155,60 @@ def test_every_engine_copy_agrees_and_a_joiner_gets_the_streams() -> None:
         effects, error = c.apply({"op": "tick", "origin": "a"}, 4.0 + GRACE)
         assert error is None
         assert [e.reason for e in emitted(effects, AgentPresenceChanged)] == ["disconnected"]
+
+
+async def test_desk_reports_tell_the_latest_count_in_order_and_again_until_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """engine/desks.py: while routing is slow to answer, the changes made meanwhile are
+    told once, as the count then is (not one report each, nor an older count after a
+    newer one); a report routing could not take is tried again, with the count as it is
+    then, until it is told. Review of 3b37cd4: such a report was dropped."""
+    monkeypatch.setattr(desks, "RETRY_FIRST", 0.01)
+    told: list[tuple[str, int]] = []
+    gate, failing = asyncio.Event(), [False]
+    telling, most = 0, 0
+
+    async def tell(agent: str, streams: int) -> None:
+        nonlocal telling, most
+        telling += 1
+        most = max(most, telling)
+        try:
+            if not told:
+                await gate.wait()
+            if failing[0]:
+                raise RoutingUnavailable("Redis away")
+            told.append((agent, streams))
+        finally:
+            telling -= 1
+
+    reports = DeskStreams(tell)
+    reports.opened("ann")
+    await asyncio.sleep(0)  # ann's 1 is being told
+    for _ in range(50):  # reloads meanwhile
+        reports.opened("ann")
+        reports.closed("ann")
+    reports.opened("ann")  # a phone as well: 2
+    gate.set()
+    async with asyncio.timeout(5):
+        while reports.untold():  # noqa: ASYNC110  # the reports' own tasks
+            await asyncio.sleep(0.01)
+    assert told == [("ann", 1), ("ann", 2)]
+    assert reports.counts() == {"ann": 2}
+
+    failing[0] = True
+    reports.closed("ann")
+    await asyncio.sleep(0.1)  # tried and failed, a few times
+    reports.closed("ann")
+    failing[0] = False
+    async with asyncio.timeout(5):
+        while reports.untold():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert told[2:] == [("ann", 0)] and reports.counts() == {}
+    assert most == 1  # one report at a time
+    reports.retell()  # nothing open here: nothing to tell
+    assert not reports.untold()
+    await reports.close()
 
 
 def user(agent_id: str) -> UserRow:

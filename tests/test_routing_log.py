@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from engine import routinglog
 from engine.acd import AcdError, QueueConfig
 from engine.analysis import Emit
+from engine.desks import DeskStreams
 from engine.events import AgentPresenceChanged, CallOffered, OfferWithdrawn, utcnow
 from engine.livecall import Call
 from engine.routing import Effect, StopRinging
@@ -373,15 +374,21 @@ async def test_an_engine_cut_off_from_redis_tells_its_agents_streams_again(
     shared = SharedCalls(b.log, b.copy, "B", {}, apply)
     asked: list[bool] = []
 
-    def streams() -> dict[str, int]:
-        asked.append(True)
-        return {"u-ann": 1}  # her desk, open on B
+    async def tell(user_id: str, streams: int) -> None:
+        await b.log.submit({"op": "clients", "user_id": user_id, "streams": streams})
 
-    shared.streams = streams
+    desks = DeskStreams(tell)
+
+    def retell() -> None:
+        asked.append(True)
+        desks.retell()
+
+    shared.retell_streams = retell
     b.log.on_effects = shared.effects
     try:
         await leader_and_ann(a, b)
-        await b.log.submit({"op": "clients", "user_id": "u-ann", "streams": 1})
+        desks.opened("u-ann")  # her desk, open on B
+        await until(lambda: a.copy.routing.liveness.state("u-ann") == "present", 5)
         silent = b.log._alive
         monkeypatch.setattr(b.log, "_alive", lambda pipe: None)  # B says nothing
         client = aioredis.Redis.from_url(redis_server.url)
@@ -394,6 +401,7 @@ async def test_an_engine_cut_off_from_redis_tells_its_agents_streams_again(
             assert n.copy.routing.presence_of("u-ann") == "available"
             assert n.copy.routing.liveness.state("u-ann") == "present"
     finally:
+        await desks.close()
         for n in (a, b):
             await asyncio.wait_for(n.log.stop(), 5)
         await shared.settle(5)

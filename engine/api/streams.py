@@ -10,17 +10,18 @@ A client too slow to keep up is closed (WebSocket code 1013) and resumes the sam
 Who may listen: ``read`` scope for everything; a call's own caller token for its call;
 pages on the engine's own origin (or allowed ones) only.
 
-An agent's stream of everything is also how the engine knows they are at their desk
-(the desk page and ``ccengine phone`` hold one open while they run): routing is told
-when one opens and closes (engine/liveness.py). WebSocket pings (uvicorn's, every
-``ws_ping_interval``) find a stream whose host vanished without closing it.
+An agent's WebSocket stream of everything is also how the engine knows they are at
+their desk (the desk page and ``ccengine phone`` hold one open while they run): routing
+is told when one opens and closes (engine/liveness.py, engine/desks.py). WebSocket pings
+(uvicorn's, every ``ws_ping_interval``) find a stream whose host vanished without
+closing it. An SSE stream has no pings, and is not a desk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
@@ -101,27 +102,28 @@ def _may_listen(call_id: str | None) -> Callable[[Principal], None]:
 
 
 def _agent(p: Principal | None, call_id: str | None) -> str | None:
-    """The agent whose presence this stream keeps alive: a signed-in agent's stream of
-    everything (a call's stream is not a desk)."""
+    """The agent whose presence this WebSocket stream keeps alive: a signed-in agent's
+    stream of everything (a call's stream is not a desk)."""
     if call_id is None and p is not None and p.kind == "user" and p.identity is not None:
         if p.identity.role == "agent":
             return p.identity.user_id
     return None
 
 
-@contextlib.asynccontextmanager
-async def _at_desk(app: object, agent: str | None) -> AsyncIterator[None]:
-    """While the stream is open, it counts as the agent's desk."""
+@contextlib.contextmanager
+def _at_desk(app: object, agent: str | None) -> Iterator[None]:
+    """While the stream is open, it counts as the agent's desk. Counting it never
+    waits (routing is told in the background, engine/desks.py), so a stream cancelled
+    anywhere (the client left) is always counted out as it was counted in."""
     if agent is None:
         yield
         return
     manager: CallManager = app.state.calls  # type: ignore[attr-defined]
-    await manager.agent_stream(agent, opened=True)
+    manager.agent_stream(agent, opened=True)
     try:
         yield
     finally:
-        # told even when the stream was cancelled (the client left); never raises
-        await asyncio.shield(manager.agent_stream(agent, opened=False))
+        manager.agent_stream(agent, opened=False)
 
 
 async def close_when_refused(ws: WebSocket, check: Callable[[Principal], None]) -> None:
@@ -138,7 +140,7 @@ async def _serve(ws: WebSocket, call_id: str | None, after: int) -> None:
     if call_id is not None and not await _known_call(ws.app, call_id):
         await ws.close(UNKNOWN_CALL, "unknown call")
         return
-    async with _at_desk(ws.app, _agent(p, call_id)):
+    with _at_desk(ws.app, _agent(p, call_id)):
         await _follow(ws, call_id, after, check)
 
 
@@ -176,12 +178,13 @@ async def _follow(
                 await task
 
 
-def _sse(
-    request: Request, call_id: str | None, after: int, agent: str | None = None
-) -> StreamingResponse:
+def _sse(request: Request, call_id: str | None, after: int) -> StreamingResponse:
+    """Not an agent's desk: nothing finds an SSE stream whose host vanished (there are no
+    pings, and a keep-alive write only fills a buffer) until TCP gives up, many minutes
+    later, so it would keep the agent "present" that long. The desks use WebSockets."""
+
     async def body() -> AsyncIterator[bytes]:
-        stream = contextlib.aclosing(_sse_body(request, call_id, after))
-        async with _at_desk(request.app, agent), stream as chunks:
+        async with contextlib.aclosing(_sse_body(request, call_id, after)) as chunks:
             async for chunk in chunks:
                 yield chunk
 
@@ -267,7 +270,7 @@ async def all_events_sse(
     """Every event as Server-Sent Events, from after ``after`` / Last-Event-ID (default
     or 0: the most recent events the engine holds in memory), then live."""
     p.need("read")
-    return _sse(request, None, _resume_from(after, last_event_id, 0), _agent(p, None))
+    return _sse(request, None, _resume_from(after, last_event_id, 0))
 
 
 @router.websocket("/calls/{call_id}/events")
