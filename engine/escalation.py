@@ -356,9 +356,16 @@ def asks(sentence: Sentence, m: Match) -> bool:
     return any(pair in _ASKING_PAIRS for pair in zip(before, before[1:], strict=False))
 
 
-def _one_word(phrase: str) -> bool:
-    compiled = compile_phrase(phrase)
-    return compiled is not None and len(compiled.content) == 1
+def _one_word_phrases(rules: list[Rule]) -> dict[str, frozenset[str]]:
+    """Per rule of ``asks``, its phrases of one content word (those ``asks()`` checks)."""
+    out = {}
+    for rule in rules:
+        if rule.asks:
+            compiled = (compile_phrase(p) for p in rule.phrases)
+            out[rule.id] = frozenset(
+                c.text for c in compiled if c is not None and len(c.content) == 1
+            )
+    return out
 
 
 def _index(rules: list[Rule]) -> PhraseIndex:
@@ -369,12 +376,17 @@ def _quote(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _felt(rule: Rule, e: EmotionSample, at_least: float) -> bool:
+    """``e`` labelled with one of the rule's labels, or giving them together at least
+    ``at_least``."""
+    return e.label in rule.labels or (
+        sum(e.scores.get(label, 0.0) for label in rule.labels) >= at_least
+    )
+
+
 def _peaks(rule: Rule, e: EmotionSample) -> bool:
-    """Whether ``e`` is upset enough to carry a streak (``peak_probability``): labelled
-    with one of the rule's labels, or giving them together at least the peak."""
-    if rule.peak_probability is None or e.label in rule.labels:
-        return True
-    return sum(e.scores.get(label, 0.0) for label in rule.labels) >= rule.peak_probability
+    """Whether ``e`` is upset enough to carry a streak (``peak_probability``)."""
+    return rule.peak_probability is None or _felt(rule, e, rule.peak_probability)
 
 
 @dataclass
@@ -388,9 +400,11 @@ class CallEscalation:
     signals: Signals = field(default_factory=Signals)
     said_before: Repetitions = field(default_factory=Repetitions)
     phrases: PhraseIndex = field(init=False, repr=False)
+    one_word: dict[str, frozenset[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.phrases = _index(self.rules)
+        self.one_word = _one_word_phrases(self.rules)  # once, not per utterance
 
     def _fire(self, rule: Rule, reason: str, at: float, evidence: dict[str, Any]) -> Decision:
         self.fired.add(rule.id)
@@ -431,14 +445,14 @@ class CallEscalation:
         by the text: the alternatives are other guesses at the same words."""
         out: dict[str, tuple[Match, int | None]] = {}
         vetoed: set[str] = set()
-        asking = {r.id for r in self.rules if r.asks}
         readings: list[list[Sentence]] = [heard, *(read(a) for a in u.alternatives)]
         for n, text in enumerate(readings):
             for rule_id, found in self.phrases.find(text).items():
                 matches = found
-                if rule_id in asking:  # a one-word phrase told of is no match
+                one_word = self.one_word.get(rule_id)
+                if one_word:  # a one-word phrase told of is no match
                     matches = [
-                        m for m in found if not _one_word(m.phrase) or asks(text[m.sentence], m)
+                        m for m in found if m.phrase not in one_word or asks(text[m.sentence], m)
                     ]
                 if rule_id in out or rule_id in vetoed or not matches:
                     continue
@@ -531,9 +545,7 @@ class CallEscalation:
         def counts(e: EmotionSample) -> bool:
             # labelled so, or more likely one of the labels than not: a caller read as
             # 45 % neutral, 30 % frustrated and 25 % angry is more likely upset than calm
-            return e.label in rule.labels or (
-                sum(e.scores.get(label, 0.0) for label in rule.labels) >= rule.min_probability
-            )
+            return _felt(rule, e, rule.min_probability)
 
         if not counts(latest):
             return []
