@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests import speech
+from tests.bot_peers import OrderSystem
 from tests.controlplane import ControlPlane
 from tests.engine_proc import ROOT, EngineProcess
 from tests.pg import PostgresServer
@@ -67,6 +68,14 @@ def receiver() -> Iterator[Receiver]:
         yield r
     finally:
         r.stop()
+
+
+@pytest.fixture(scope="module")
+def orders() -> Iterator[OrderSystem]:
+    """The business's order system the virtual agent's flows call (tests/bot_peers.py),
+    a real HTTP server on 127.0.0.1, one per test file."""
+    with OrderSystem() as system:
+        yield system
 
 
 @pytest.fixture(scope="module")

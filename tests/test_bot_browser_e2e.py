@@ -96,12 +96,6 @@ RECORDER = Template("""(() => {
 
 
 @pytest.fixture(scope="module")
-def orders() -> Iterator[OrderSystem]:
-    with OrderSystem() as system:
-        yield system
-
-
-@pytest.fixture(scope="module")
 def engine(
     tmp_path_factory: pytest.TempPathFactory, orders: OrderSystem
 ) -> Iterator[EngineProcess]:

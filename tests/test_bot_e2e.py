@@ -26,12 +26,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def orders() -> Iterator[OrderSystem]:
-    with OrderSystem() as system:
-        yield system
-
-
-@pytest.fixture(scope="module")
 def engine(
     tmp_path_factory: pytest.TempPathFactory, orders: OrderSystem
 ) -> Iterator[EngineProcess]:

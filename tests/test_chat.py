@@ -7,7 +7,7 @@ real engine process is tests/test_chat_e2e.py."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,12 +20,6 @@ from engine.users import ApiActor
 from tests.bot_peers import SECRET, SLOW_ORDER, OrderSystem
 from tests.controlplane import ControlPlane
 from tests.test_bot import SECURED
-
-
-@pytest.fixture(scope="module")
-def orders() -> Iterator[OrderSystem]:
-    with OrderSystem() as system:
-        yield system
 
 
 @pytest.fixture

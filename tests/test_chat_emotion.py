@@ -8,7 +8,7 @@ agent asks for a secret tells nothing of what was typed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -32,12 +32,6 @@ async def cp(tmp_path: Path) -> AsyncIterator[ControlPlane]:
     """No virtual agent: a chat goes straight to the queue, and only the rules act."""
     async with ControlPlane(tmp_path / "engine") as plane:
         yield plane
-
-
-@pytest.fixture(scope="module")
-def orders() -> Iterator[OrderSystem]:
-    with OrderSystem() as system:
-        yield system
 
 
 @pytest.fixture

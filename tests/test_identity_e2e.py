@@ -57,12 +57,6 @@ def flow(orders_url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def orders() -> Iterator[OrderSystem]:
-    with OrderSystem() as system:
-        yield system
-
-
-@pytest.fixture(scope="module")
 def engine(
     tmp_path_factory: pytest.TempPathFactory, orders: OrderSystem, hooks: Receiver
 ) -> Iterator[EngineProcess]:
