@@ -264,6 +264,7 @@ def test_the_emotion_of_a_masked_utterance_quotes_none_of_its_words() -> None:
     assert told.evidence == [FELT[2], MASKED_WORDS]
     [row] = written(out, EmotionRow)
     assert row.features["evidence"] == told.evidence
+    assert call.masked == set()  # each estimate comes once: its key is not kept after
     assert "ridiculous" not in everything_told_and_stored(out)
     # an utterance told in the clear keeps its evidence whole
     out = run([final(CALLER, 0, "great"), felt(0)], new_call())
