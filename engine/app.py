@@ -302,6 +302,10 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     async def agent_page() -> FileResponse:
         return FileResponse(WEB / "agent.html")
 
+    @app.get("/admin", include_in_schema=False)
+    async def admin_page() -> FileResponse:
+        return FileResponse(WEB / "admin.html")
+
     @app.get("/calls", include_in_schema=False)
     async def calls_page() -> RedirectResponse:
         return RedirectResponse("/")

@@ -58,6 +58,14 @@ async def agents(request: Request, _p: Reader) -> list[AgentOut]:
     ]
 
 
+@router.get("/users", response_model=list[UserOut])
+async def users(request: Request, _p: Admin) -> list[UserOut]:
+    """Everyone who signs in (agents, supervisors, admins), by username: what the admin
+    page lists to change or remove (``/agents`` lists agents only, with presence)."""
+    rows = await _manager(request).store.users()  # by username
+    return [UserOut.model_validate(u, from_attributes=True) for u in rows]
+
+
 @router.post("/agents", status_code=201, response_model=UserOut)
 async def add_user(body: UserIn, request: Request, _p: Admin) -> UserOut:
     """Add an agent, supervisor or admin (as ``ccengine users add`` does); 409 if the

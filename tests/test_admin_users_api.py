@@ -1,0 +1,31 @@
+"""``GET /api/v1/users``: the one read the admin page (/admin) needed that the API
+lacked. ``/agents`` lists agents only, so an admin could not see, to change or remove,
+the supervisors and admins they had added. In-process (tests/controlplane.py)."""
+
+from __future__ import annotations
+
+from tests.controlplane import ControlPlane
+
+
+async def test_users_lists_everyone_with_their_role_to_admins_only(
+    control_plane: ControlPlane,
+) -> None:
+    cp = control_plane
+    await cp.add_user("zoe", "pw-zoe-123", "--skills", "billing")
+    await cp.add_user("sue", "pw-sue-123", "--role", "supervisor")
+    await cp.add_user("ada", "pw-ada-123", "--role", "admin", "--name", "Ada L")
+    r = await cp.http().get("/api/v1/users")
+    assert r.status_code == 200, r.text
+    assert [(u["username"], u["role"], u["display_name"], u["skills"]) for u in r.json()] == [
+        ("ada", "admin", "Ada L", []),
+        ("sue", "supervisor", "sue", []),
+        ("zoe", "agent", "zoe", ["billing"]),
+    ]
+    assert set(r.json()[0]) == {"id", "username", "display_name", "role", "skills"}  # no hash
+    ada = await cp.agent("ada", "pw-ada-123")
+    assert [u["username"] for u in (await ada.get("/api/v1/users")).json()] == ["ada", "sue", "zoe"]
+    for who in ("sue", "zoe"):  # read and control, not admin
+        signed_in = await cp.agent(who, f"pw-{who}-123")
+        r = await signed_in.get("/api/v1/users")
+        assert r.status_code == 403 and "admin scope" in r.json()["detail"], r.text
+    assert (await cp.anonymous().get("/api/v1/users")).status_code == 401
