@@ -301,7 +301,7 @@ function wire(kind) {
       await refresh(kind);
     } catch (err) {
       showError(kind, err);
-      say(`${r.noun} ${r.name(item)} was not deleted: ${explain(err)}`);
+      say(`Did not delete ${r.noun} ${r.name(item)}: ${explain(err)}`);
     }
   };
 }
