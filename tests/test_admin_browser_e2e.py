@@ -183,6 +183,19 @@ def test_a_supervisor_and_an_admin_change_things_and_an_agent_is_told_no(
                 "id": "refunds", "title": "Refunds", "tags": ["billing", "refund"],
                 "body": "Refunds reach the card within 5 days.",
             }  # fmt: skip
+            # adding under a taken name asks first: the API's PUT would replace it
+            sue.get_by_test_id("article-id").fill("refunds")
+            sue.get_by_test_id("article-title").fill("Something else")
+            sue.get_by_test_id("article-body").fill("Other words.")
+            asked: list[str] = []
+            sue.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+            sue.get_by_test_id("article-save").click()
+            for _ in range(50):
+                if asked:
+                    break
+                sue.wait_for_timeout(100)
+            assert asked == ["The article refunds exists already. Replace it?"]
+            assert api.get("/api/v1/knowledge-base/articles/refunds").json()["title"] == "Refunds"
             sue.get_by_test_id("tab-flows").click()
             expect(sue.get_by_test_id("flows-note")).to_contain_text("Only admins change flows")
             expect(sue.get_by_test_id("flows-form")).to_be_hidden()
@@ -231,7 +244,15 @@ def test_a_supervisor_and_an_admin_change_things_and_an_agent_is_told_no(
             assert (saved["yaml"], saved["source"], saved["numbers"]) == (
                 RETURNS, "api", ["+15550003333"],
             )  # fmt: skip
-            expect(ada.locator("[data-testid=flows-table] tr[data-name=returns]")).to_be_visible()
+            returns = ada.locator("[data-testid=flows-table] tr[data-name=returns]")
+            returns.get_by_role("button", name="Edit flow returns").click()
+            expect(ada.get_by_test_id("flow-yaml")).to_have_value(RETURNS)
+            expect(ada.get_by_test_id("flow-id")).to_have_value("returns")
+            # no Delete on one's own row (and the API keeps the last admin: 409)
+            ada.get_by_test_id("tab-people").click()
+            expect(ada.get_by_role("button", name="Delete person zoe")).to_be_visible()
+            expect(ada.get_by_role("button", name="Delete person ada")).to_have_count(0)
+            ada.get_by_test_id("tab-flows").click()
 
             # a delete asks first: no keeps the article, yes removes it
             ada.get_by_test_id("tab-articles").click()

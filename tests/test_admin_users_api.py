@@ -29,3 +29,23 @@ async def test_users_lists_everyone_with_their_role_to_admins_only(
         r = await signed_in.get("/api/v1/users")
         assert r.status_code == 403 and "admin scope" in r.json()["detail"], r.text
     assert (await cp.anonymous().get("/api/v1/users")).status_code == 401
+
+
+async def test_the_last_admin_cannot_be_removed_or_made_an_agent(
+    control_plane: ControlPlane,
+) -> None:
+    """The admin page offered an admin Delete and a role change on every row: one click
+    left nobody who could sign in to manage people."""
+    cp = control_plane
+    await cp.add_user("ada", "pw-ada-123", "--role", "admin")
+    http = cp.http()
+    r = await http.delete("/api/v1/agents/ada")
+    assert r.status_code == 409 and "last admin" in r.json()["detail"], r.text
+    r = await http.patch("/api/v1/agents/ada", json={"role": "agent"})
+    assert r.status_code == 409 and "last admin" in r.json()["detail"], r.text
+    assert (await http.patch("/api/v1/agents/ada", json={"role": "admin"})).status_code == 200
+    await cp.add_user("bea", "pw-bea-123", "--role", "admin")  # with a second one, it can
+    assert (await http.patch("/api/v1/agents/ada", json={"role": "supervisor"})).status_code == 200
+    r = await http.delete("/api/v1/agents/bea")
+    assert r.status_code == 409, r.text  # bea is now the only admin
+    assert (await http.delete("/api/v1/agents/ada")).status_code == 204

@@ -110,6 +110,7 @@ const RESOURCES = {
       f.max_wait.value = q?.max_wait ?? 600;
       f.announcement.value = q?.announcement ?? f.announcement.defaultValue;
     },
+    added: (f) => f.name.value.trim(),
     save: (f) => api(`/api/v1/queues/${path(f.name.value.trim())}`, {
       method: "PUT",
       body: { skills: list(f.skills.value), priority: Number(f.priority.value), max_wait: Number(f.max_wait.value), announcement: f.announcement.value },
@@ -123,6 +124,9 @@ const RESOURCES = {
     cells: (r) => [r.id, r.kind, r.description, r.actions.join(", ")],
     editable: () => true,
     fill(f, r) { f.json.value = r ? JSON.stringify(r, null, 2) : RULE_TEMPLATE; },
+    added(f) {
+      try { return String(JSON.parse(f.json.value)?.id ?? ""); } catch { return ""; }
+    },
     async save(f) {
       let rule;
       try {
@@ -150,6 +154,7 @@ const RESOURCES = {
       f.body.value = a?.body || "";
       f.tags.value = a?.tags.join(", ") || "";
     },
+    added: (f) => f.id.value.trim(),
     save: (f) => api(`/api/v1/knowledge-base/articles/${path(f.id.value.trim())}`, {
       method: "PUT", body: { title: f.title.value.trim(), body: f.body.value, tags: list(f.tags.value) },
     }),
@@ -169,12 +174,15 @@ const RESOURCES = {
     },
     cells: (fl) => [fl.id, fl.numbers.join(", ") || "default (any number)", fl.intents.join(", "), fl.source],
     editable: isAdmin,
-    // the list has no text: the whole flow (admins only) is read when it is edited
-    async fill(f, fl) {
+    // the list has no text: the whole flow (admins only) is read when it is edited,
+    // before the form changes, so a failed read leaves the form as it was
+    prepare: async (fl) => (fl ? (await api(`/api/v1/bot/flows/${path(fl.id)}`)).yaml : FLOW_TEMPLATE),
+    fill(f, fl, yaml) {
       f.id.value = fl?.id || "";
       f.id.readOnly = !!fl;
-      f.yaml.value = fl ? (await api(`/api/v1/bot/flows/${path(fl.id)}`)).yaml : FLOW_TEMPLATE;
+      f.yaml.value = yaml;
     },
+    added: (f) => f.id.value.trim(),
     save: (f) => api(`/api/v1/bot/flows/${path(f.id.value.trim())}`, { method: "PUT", yaml: f.yaml.value }),
     remove: (fl) => api(`/api/v1/bot/flows/${path(fl.id)}`, { method: "DELETE" }),
   },
@@ -238,21 +246,27 @@ async function refresh(kind) {
     const name = esc(r.name(item));
     const buttons = !actions ? "" : `<td class="actions">${r.canEdit === false ? "" :
       `<button type="button" class="quiet" data-edit="${i}" aria-label="Edit ${r.noun} ${name}">Edit</button>`}
-      <button type="button" class="danger" data-delete="${i}" aria-label="Delete ${r.noun} ${name}">Delete</button></td>`;
+      ${kind === "people" && r.name(item) === me?.username ? "" :
+      `<button type="button" class="danger" data-delete="${i}" aria-label="Delete ${r.noun} ${name}">Delete</button>`}</td>`;
     return `<tr data-name="${name}">${r.cells(item).map((c) => `<td>${esc(c)}</td>`).join("")}${buttons || "<td></td>"}</tr>`;
   }).join("") || `<tr><td colspan="9" class="note">No ${r.noun}s yet.</td></tr>`;
 }
 
 async function edit(kind, item, focus = true) {
   const r = RESOURCES[kind];
-  (state[kind] ||= { rows: [], editing: null }).editing = item;
+  const s = (state[kind] ||= { rows: [], editing: null, seq: 0 });
+  const seq = s.seq = (s.seq || 0) + 1;
   showError(kind, null);
+  let extra;
   try {
-    await r.fill(form(kind), item);
+    extra = r.prepare ? await r.prepare(item) : undefined;
   } catch (err) {
-    showError(kind, err);
-    return;
+    if (seq === s.seq) showError(kind, err);
+    return;  // the form still shows, and saves, what it showed before
   }
+  if (seq !== s.seq) return;  // another Edit was clicked meanwhile: it wins
+  s.editing = item;
+  r.fill(form(kind), item, extra);
   const title = $(`${kind}-form-title`);
   if (title) title.textContent = item ? `Change ${r.noun} ${r.name(item)}` : `Add a ${r.noun}`;
   if (!focus) return;
@@ -267,6 +281,12 @@ function wire(kind) {
     e.preventDefault();
     const editing = state[kind]?.editing ?? null;
     showError(kind, null);
+    // the API's PUTs replace: adding under a taken name, or renaming a rule while
+    // changing it, would overwrite another one without a word
+    const named = r.added ? r.added(f) : "";
+    const taken = named && (editing === null || r.name(editing) !== named)
+      && (state[kind]?.rows || []).some((x) => r.name(x) === named);
+    if (taken && !confirm(`The ${r.noun} ${named} exists already. Replace it?`)) return;
     const button = f.querySelector("button:not([type=button])");
     button.disabled = true;
     try {
@@ -297,10 +317,12 @@ function wire(kind) {
     try {
       await r.remove(item);
       say(`Deleted ${r.noun} ${r.name(item)}.`);
-      if (state[kind].editing === item) await edit(kind, null, false);
+      const editing = state[kind].editing;
+      // rows are new objects after any refresh: compare names, not objects
+      if (editing && r.name(editing) === r.name(item)) await edit(kind, null, false);
       await refresh(kind);
+      $(`${kind}-rows`).closest("table")?.focus();  // the Delete button is gone: keep focus near
     } catch (err) {
-      showError(kind, err);
       say(`Did not delete ${r.noun} ${r.name(item)}: ${explain(err)}`);
     }
   };
