@@ -3,12 +3,15 @@
 One call, one engine: the caller, the agent and the supervisor are aiortc peers, each
 sending its own tone (caller 440 Hz, agent 700 Hz, supervisor 1100 Hz). What each
 party *received* is measured with an FFT after each mode change (PATCH), so a wrong
-route (the caller hearing a whisper, a listener heard by anyone) fails the test."""
+route (the caller hearing a whisper, a listener heard by anyone) fails the test. Then
+the same supervisor does it from the live call page in Chromium (static/monitor.js),
+its fake microphone humming the same tone: Whisper reaches the agent, not the caller."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import wave
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +19,20 @@ import httpx
 import numpy as np
 import pytest
 from aiortc import RTCSessionDescription
+from playwright.async_api import Page, async_playwright, expect
 
 from media.wavtrack import FRAME, SEND_RATE, PacedAudioTrack
 from tests.engine_proc import EngineProcess
 from tests.rtc_client import Caller
+from tests.test_browser import CHROMIUM, chromium_args
 from tests.webhook_receiver import Receiver
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 CALLER_HZ, AGENT_HZ, SUPERVISOR_HZ = 440.0, 700.0, 1100.0
-HEARD, NOT_HEARD = 1000.0, 150.0  # amplitude of a tone sent at 6000
+# amplitude of a tone sent at 6000; Chromium's noise suppression takes some of a steady
+# tone away (it reads ~1,300 after a second), which is still far above what is not sent
+HEARD, PAGE_HEARD, NOT_HEARD = 1000.0, 400.0, 150.0
 
 
 class ToneTrack(PacedAudioTrack):
@@ -46,6 +53,48 @@ def level_at(pcm: np.ndarray, hz: float) -> float:
     spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64) * np.hanning(len(pcm))))
     bins = np.fft.rfftfreq(len(pcm), 1 / SEND_RATE)
     return float(spectrum[np.abs(bins - hz) < 15].max() * 4 / len(pcm))
+
+
+def tone_wav(path: Path, hz: float, seconds: float = 5.0) -> Path:
+    """A microphone for Chromium: ``hz`` at amplitude 6000 (the file loops)."""
+    t = np.arange(int(seconds * SEND_RATE)) / SEND_RATE
+    pcm = (6000 * np.sin(2 * np.pi * hz * t)).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SEND_RATE)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+async def on_the_page(
+    url: str, call_id: str, mic: Path, screenshot: Path, phones: dict[str, Caller]
+) -> dict[str, dict[float, float]]:
+    """Sue opens the live call page, whispers, leaves: what the caller and the agent
+    received while she whispered."""
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=chromium_args(mic))
+        try:
+            context = await browser.new_context(permissions=["microphone"], base_url=url)
+            login = {"username": "sue", "password": "pw-sue-1"}
+            r = await context.request.post("/api/v1/auth/login", data=login)
+            assert r.ok, await r.text()
+            page: Page = await context.new_page()
+            await page.goto(f"/calls/{call_id}")
+            await expect(page.get_by_test_id("monitor")).to_be_visible()
+            whisper = page.get_by_test_id("monitor-whisper")
+            await whisper.click()
+            await expect(page.get_by_test_id("monitor-status")).to_have_text(
+                "Whispering: only the agent hears you", timeout=15000
+            )
+            await expect(whisper).to_have_attribute("aria-pressed", "true")
+            heard = await levels(phones)
+            await page.screenshot(path=str(screenshot), full_page=True)
+            await page.get_by_test_id("monitor-stop").click()
+            await expect(page.get_by_test_id("monitor-status")).to_have_text("You left the call")
+        finally:
+            await browser.close()
+    return heard
 
 
 async def join(phone: Caller, http: httpx.AsyncClient, call_id: str, mode: str) -> httpx.Response:
@@ -75,15 +124,18 @@ async def levels(phones: dict[str, Caller], settle: float = 1.0, span: float = 1
     return out
 
 
-async def test_listen_whisper_barge_route_the_voices(tmp_path: Path, receiver: Receiver) -> None:
+async def test_listen_whisper_barge_route_the_voices(
+    tmp_path: Path, receiver: Receiver, output_dir: Path
+) -> None:
     engine = EngineProcess(
         tmp_path / "monitor", CCENGINE_WEBHOOK_ALLOWED_NETWORKS='["127.0.0.1/32"]'
     ).start()
-    engine.add_user("ann", "pw-ann-1")
-    engine.add_user("sue", "pw-sue-1", "--role", "supervisor")
+    admin = engine.http(timeout=30)
+    for user in ({"username": "ann", "password": "pw-ann-1"},
+                 {"username": "sue", "password": "pw-sue-1", "role": "supervisor"}):  # fmt: skip
+        assert (await admin.post("/api/v1/agents", json=user)).status_code == 201
     ann = await engine.agent("ann", "pw-ann-1", "login", "available")
     sue = await engine.agent("sue", "pw-sue-1")
-    admin = engine.http(timeout=30)
     caller = Caller(engine.url, None, mic=ToneTrack(CALLER_HZ))
     agent = Caller(engine.url, None, mic=ToneTrack(AGENT_HZ))
     supervisor = Caller(engine.url, None, mic=ToneTrack(SUPERVISOR_HZ))
@@ -127,14 +179,18 @@ async def test_listen_whisper_barge_route_the_voices(tmp_path: Path, receiver: R
         assert r.status_code == 200, r.text
         barge = await levels(phones)
         assert (await sue.delete(f"/api/v1/calls/{cid}/monitor")).status_code == 204
-        left = await levels({"caller": caller, "agent": agent}, settle=1.0, span=1.5)
+        parties = {"caller": caller, "agent": agent}
+        left = await levels(parties, settle=1.0, span=1.5)
+        mic = tone_wav(tmp_path / "sue.wav", SUPERVISOR_HZ)
+        shot = output_dir / "monitor-whisper.png"
+        paged = await on_the_page(engine.url, cid, mic, shot, parties)
         record = (await caller.call_record())["legs"]
         staff_view = (await admin.get(f"/api/v1/calls/{cid}")).json()["legs"]
         await caller.pc.close()
         await asyncio.wait_for(caller.ended.wait(), 20)
         r = await sue.post(f"/api/v1/calls/{cid}/monitor", json=offer)
         assert r.status_code == 409 and "ended" in r.json()["detail"], r.text
-        await asyncio.to_thread(receiver.wait, 4, 20)
+        await asyncio.to_thread(receiver.wait, 6, 20)
     finally:
         watcher.cancel()
         await asyncio.gather(caller.close(), agent.close(), supervisor.close())
@@ -161,8 +217,9 @@ async def test_listen_whisper_barge_route_the_voices(tmp_path: Path, receiver: R
     # left: the supervisor is gone from both mixes; the call goes on
     assert deaf(left["caller"], SUPERVISOR_HZ) and deaf(left["agent"], SUPERVISOR_HZ)
     assert hears(left["caller"], AGENT_HZ) and hears(left["agent"], CALLER_HZ)
-    # the supervisor's leg is in the record for staff, not for the caller
-    assert [leg["role"] for leg in staff_view] == ["caller", "agent", "supervisor"]
+    # the supervisor's legs (aiortc, then the page) are in the record for staff, not for
+    # the caller
+    assert [leg["role"] for leg in staff_view] == ["caller", "agent"] + ["supervisor"] * 2
     assert [leg["role"] for leg in record] == ["caller", "agent"]
     # audited: who and which mode, on the event stream and by webhook; never the
     # caller's own stream
@@ -172,9 +229,13 @@ async def test_listen_whisper_barge_route_the_voices(tmp_path: Path, receiver: R
         ("supervisor.monitor_mode_changed", "whisper", "sue"),
         ("supervisor.monitor_mode_changed", "barge", "sue"),
         ("supervisor.monitor_stopped", "barge", "sue"),
+        ("supervisor.monitor_started", "whisper", "sue"),
+        ("supervisor.monitor_stopped", "whisper", "sue"),
     ]
     assert all(e["monitored_call_id"] == cid and e["call_id"] is None for e in audit)
-    assert audit[-1]["reason"] == "left" and audit[1]["previous"] == "listen"
+    assert audit[3]["reason"] == audit[5]["reason"] == "left" and audit[1]["previous"] == "listen"
+    # the page's Whisper: the agent hears Chromium's microphone, the caller does not
+    assert paged["agent"][SUPERVISOR_HZ] > PAGE_HEARD and deaf(paged["caller"], SUPERVISOR_HZ)
     hooked = [json.loads(body)["type"] for _h, body, _s, _t in receiver.got]
     assert hooked == [e["type"] for e in audit]
     assert not [e for e in caller.events if e["type"].startswith("supervisor.")]
