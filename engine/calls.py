@@ -283,9 +283,12 @@ class CallManager:
         self.ice_servers = aiortc_ice_servers(settings.ice_servers)
         # supervisors listening, whispering, barging in (engine/monitoring.py)
         self.monitors = Monitors(
-            store, bus, self._keep, ice_servers=self.ice_servers,
+            store,
+            bus,
+            self._keep,
+            ice_servers=self.ice_servers,
             media_timeout=settings.media_timeout,
-        )  # fmt: skip
+        )
         # who callers are, and the checks that prove it (engine/customers.py)
         self.customers = Customers.from_settings(store, settings)
         # the virtual agent: a flow file with a mistake stops the engine here, saying

@@ -120,11 +120,7 @@ class Monitors:
     ) -> tuple[SupervisorLeg, str]:
         """Join ``call`` with the supervisor's SDP offer; their leg and our answer."""
         may_monitor(user)
-        _bridged(call)
-        if any(m.user_id == user.id for m in call.monitors):
-            raise NotAllowed("you are monitoring this call already: change the mode, or leave")
-        if len(call.monitors) >= MAX_SUPERVISORS:
-            raise NotAllowed(f"{MAX_SUPERVISORS} supervisors are on this call already")
+        _may_join(call, user)
         leg_id = str(uuid.uuid4())
         holder: list[SupervisorLeg] = []
 
@@ -135,16 +131,13 @@ class Monitors:
         peer = WebRtcLeg(ended, ice_servers=self.ice_servers)
         try:
             answer, _ = await peer.answer(sdp, video=False)
-            _bridged(call)  # it may have ended while we set up media
+            _may_join(call, user)  # again: the call may have ended while we set up media
         except BaseException:
             await peer.close()
             raise
         leg = SupervisorLeg(leg_id, user.id, user.username, mode, peer)
         holder.append(leg)
         call.monitors.append(leg)
-        row = LegRow(id=leg.id, call_id=call.id, role="supervisor", transport="webrtc",
-                     user_id=user.id, created_at=utcnow())  # fmt: skip
-        await self.keep(f"leg {leg.id}", self.store.add, row)
         self.bus.publish(
             MonitorStarted(
                 monitored_call_id=call.id,
@@ -152,9 +145,14 @@ class Monitors:
                 supervisor_id=user.id,
                 supervisor=user.username,
                 mode=mode,
-            )  # fmt: skip
+            )
         )
         leg.task = asyncio.create_task(self._run(call, leg))
+        row = LegRow(id=leg.id, call_id=call.id, role="supervisor", transport="webrtc",
+                     user_id=user.id, created_at=utcnow())  # fmt: skip
+        await self.keep(f"leg {leg.id}", self.store.add, row)
+        if leg.stopped:  # the call ended while that was written: the leg went with it
+            raise NotAllowed("the call has ended")
         log.info("call %s: %s monitors (%s)", call.id, user.username, mode)
         return leg, answer
 
@@ -176,7 +174,7 @@ class Monitors:
                     supervisor=user.username,
                     mode=mode,
                     previous=previous,
-                )  # fmt: skip
+                )
             )
         return leg
 
@@ -202,7 +200,7 @@ class Monitors:
                 supervisor=leg.username,
                 mode=leg.mode,
                 reason=reason,
-            )  # fmt: skip
+            )
         )
         log.info("call %s: %s stopped monitoring (%s)", call.id, leg.username, reason)
         task = leg.task
@@ -241,6 +239,14 @@ def _bridged(call: Call) -> None:
         raise NotAllowed("the call has ended")
     if call.state not in WITH_AGENT or call.agent_leg() is None:
         raise NotAllowed(f"the call is not with an agent (it is {call.state})")
+
+
+def _may_join(call: Call, user: Actor) -> None:
+    _bridged(call)
+    if any(m.user_id == user.id for m in call.monitors):
+        raise NotAllowed("you are monitoring this call already: change the mode, or leave")
+    if len(call.monitors) >= MAX_SUPERVISORS:
+        raise NotAllowed(f"{MAX_SUPERVISORS} supervisors are on this call already")
 
 
 def _drop(call: Call, leg: SupervisorLeg, party: Party) -> None:
