@@ -139,6 +139,7 @@ async def test_listen_whisper_barge_route_the_voices(
     caller = Caller(engine.url, None, mic=ToneTrack(CALLER_HZ))
     agent = Caller(engine.url, None, mic=ToneTrack(AGENT_HZ))
     supervisor = Caller(engine.url, None, mic=ToneTrack(SUPERVISOR_HZ))
+    again = Caller(engine.url, None, mic=ToneTrack(SUPERVISOR_HZ))  # a second time
     events: list[dict[str, Any]] = []
     watcher = asyncio.create_task(engine.watch_events(events))
     phones = {"caller": caller, "agent": agent, "supervisor": supervisor}
@@ -184,16 +185,18 @@ async def test_listen_whisper_barge_route_the_voices(
         mic = tone_wav(tmp_path / "sue.wav", SUPERVISOR_HZ)
         shot = output_dir / "monitor-whisper.png"
         paged = await on_the_page(engine.url, cid, mic, shot, parties)
+        # on the call again when it ends: the supervisor's leg ends with it
+        assert (await join(again, sue, cid, "listen")).status_code == 201
         record = (await caller.call_record())["legs"]
         staff_view = (await admin.get(f"/api/v1/calls/{cid}")).json()["legs"]
         await caller.pc.close()
         await asyncio.wait_for(caller.ended.wait(), 20)
         r = await sue.post(f"/api/v1/calls/{cid}/monitor", json=offer)
         assert r.status_code == 409 and "ended" in r.json()["detail"], r.text
-        await asyncio.to_thread(receiver.wait, 6, 20)
+        await asyncio.to_thread(receiver.wait, 8, 20)
     finally:
         watcher.cancel()
-        await asyncio.gather(caller.close(), agent.close(), supervisor.close())
+        await asyncio.gather(caller.close(), agent.close(), supervisor.close(), again.close())
         await asyncio.gather(ann.aclose(), sue.aclose(), admin.aclose())
         engine.stop()
 
@@ -219,7 +222,7 @@ async def test_listen_whisper_barge_route_the_voices(
     assert hears(left["caller"], AGENT_HZ) and hears(left["agent"], CALLER_HZ)
     # the supervisor's legs (aiortc, then the page) are in the record for staff, not for
     # the caller
-    assert [leg["role"] for leg in staff_view] == ["caller", "agent"] + ["supervisor"] * 2
+    assert [leg["role"] for leg in staff_view] == ["caller", "agent"] + ["supervisor"] * 3
     assert [leg["role"] for leg in record] == ["caller", "agent"]
     # audited: who and which mode, on the event stream and by webhook; never the
     # caller's own stream
@@ -231,9 +234,12 @@ async def test_listen_whisper_barge_route_the_voices(
         ("supervisor.monitor_stopped", "barge", "sue"),
         ("supervisor.monitor_started", "whisper", "sue"),
         ("supervisor.monitor_stopped", "whisper", "sue"),
+        ("supervisor.monitor_started", "listen", "sue"),
+        ("supervisor.monitor_stopped", "listen", "sue"),
     ]
     assert all(e["monitored_call_id"] == cid and e["call_id"] is None for e in audit)
-    assert audit[3]["reason"] == audit[5]["reason"] == "left" and audit[1]["previous"] == "listen"
+    assert [e["reason"] for e in audit if "reason" in e] == ["left", "left", "call_ended"]
+    assert audit[1]["previous"] == "listen"
     # the page's Whisper: the agent hears Chromium's microphone, the caller does not
     assert paged["agent"][SUPERVISOR_HZ] > PAGE_HEARD and deaf(paged["caller"], SUPERVISOR_HZ)
     hooked = [json.loads(body)["type"] for _h, body, _s, _t in receiver.got]
