@@ -15,7 +15,9 @@ transcript sorts into the order it was said.
 
 The bridge is a function of the call's state, read per audio frame: while
 ``bridged`` each leg's decoded audio feeds the other leg's outbound track; on
-hold, or for a muted agent, it feeds nothing (the caller hears hold audio).
+hold, or for a muted agent, it feeds nothing (the caller hears hold audio). Supervisors
+on the call hear, and are heard, as their mode says (engine/monitoring.py): each voice
+is one more source in a party's outgoing mix (media/mixer.py).
 
 What a call needs decided is decided elsewhere, as generators of effects that this
 manager applies in order: the analysis stages (``_apply``), routing through the ACD

@@ -65,8 +65,8 @@ $("monitor-stop").onclick = () => leave();
 addEventListener("pagehide", () => { if (watch) watch.stop(); });
 
 async function whoAmI() {
-  const r = await fetch("/api/v1/auth/me");
-  const me = r.ok ? await r.json() : null;
+  const r = await fetch("/api/v1/auth/me").catch(() => null);
+  const me = r && r.ok ? await r.json() : null;
   supervising = !!me && ["supervisor", "admin"].includes(me.role);
   monitorControls();
 }
