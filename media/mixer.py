@@ -76,14 +76,24 @@ class LiveMixer:
         source has any."""
         if not self._sources:
             return None
+        if len(self._sources) == 1:  # the common case, a plain bridge: nothing to sum
+            out = np.zeros(n, dtype=np.int16)
+            self._take_into(out)
+            return out
         total = np.zeros(n, dtype=np.int32)
+        self._take_into(total)
+        return np.clip(total, -32768, 32767).astype(np.int16)
+
+    def _take_into(self, out: np.ndarray) -> None:
+        """Add up to ``len(out)`` samples of each source into ``out``."""
+        n = len(out)
         for name in list(self._sources):
             s = self._sources[name]
             filled = 0
             while filled < n and s.chunks:
                 head = s.chunks[0]
                 take = min(n - filled, len(head))
-                total[filled : filled + take] += head[:take]
+                out[filled : filled + take] += head[:take]
                 filled += take
                 if take == len(head):
                     s.chunks.popleft()
@@ -92,7 +102,6 @@ class LiveMixer:
                 s.samples -= take
             if not s.chunks:
                 del self._sources[name]
-        return np.clip(total, -32768, 32767).astype(np.int16)
 
     def remove(self, source: str) -> None:
         """Forget ``source`` and what it had queued."""
