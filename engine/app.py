@@ -27,6 +27,7 @@ from engine.api import (
     customers,
     desk,
     forward,
+    monitor,
     node,
     problems,
     rest,
@@ -274,6 +275,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.include_router(customers.router)
     app.include_router(bot.router)
     app.include_router(node.router)
+    app.include_router(monitor.router)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
 
     @app.get("/healthz", response_model=Health, tags=["system"])

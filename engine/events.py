@@ -319,6 +319,34 @@ class AsrFailed(EventBase):
     recovered: bool
 
 
+class _Monitor(EventBase):
+    """A supervisor on a live call (engine/monitoring.py). ``call_id`` is null: a call's
+    own stream is what its caller reads, and a caller is not told who listens; the call
+    is ``monitored_call_id``."""
+
+    monitored_call_id: str
+    leg_id: str = Field(description="the supervisor's leg")
+    supervisor_id: str
+    supervisor: str = Field(description="their username")
+    mode: Literal["listen", "whisper", "barge"]
+
+
+class MonitorStarted(_Monitor):
+    type: Literal["supervisor.monitor_started"] = "supervisor.monitor_started"
+
+
+class MonitorModeChanged(_Monitor):
+    type: Literal["supervisor.monitor_mode_changed"] = "supervisor.monitor_mode_changed"
+    previous: Literal["listen", "whisper", "barge"]
+
+
+class MonitorStopped(_Monitor):
+    """``reason``: left, call_ended, remote_closed, ice_failed, media_timeout, no_media."""
+
+    type: Literal["supervisor.monitor_stopped"] = "supervisor.monitor_stopped"
+    reason: str
+
+
 class CallEnded(EventBase):
     type: Literal["call.ended"] = "call.ended"
     reason: str
@@ -351,6 +379,9 @@ Event = Annotated[
     | CallAnnotated
     | RecordingChanged
     | AsrFailed
+    | MonitorStarted
+    | MonitorModeChanged
+    | MonitorStopped
     | CallEnded,
     Field(discriminator="type"),
 ]
@@ -381,6 +412,9 @@ EVENT_TYPES = [
     "call.annotated",
     "recording.changed",
     "asr.failed",
+    "supervisor.monitor_started",
+    "supervisor.monitor_mode_changed",
+    "supervisor.monitor_stopped",
     "call.ended",
 ]
 
