@@ -300,7 +300,11 @@ class RoutingCopy:
         acd.closing = {q["name"]: QueueConfig.model_validate(q) for q in snap["closing"]}
         for a in snap["agents"]:
             acd.agents[a["id"]] = Agent(
-                a["id"], frozenset(a["skills"]), a["presence"], a["idle_since"], a["offered"],
+                a["id"],
+                frozenset(a["skills"]),
+                a["presence"],
+                a["idle_since"],
+                a["offered"],
                 a.get("since"),  # not in a snapshot of an older engine's
             )
         for w in snap["waiting"]:

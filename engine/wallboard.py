@@ -20,7 +20,8 @@ its escalations, and today's per-queue counters for the service level:
     call.transferred              its agent is gone; it waits again (queued follows)
     emotion.updated (caller)      call label, scores, trend (the last ``TRENDS`` kept)
     escalation.raised             its reasons; a repeated request is flagged
-    call.ended                    gone; ended while waiting: abandoned
+    call.state_changed ended      ended while waiting: abandoned
+    call.ended                    gone (abandoned, if no state change said it ended)
 
 Bounds: at most ``MAX_CALLS`` live calls are followed (the oldest dropped, counted) and
 the counters are per UTC day (they restart at midnight UTC).
@@ -47,8 +48,11 @@ TRENDS = 5  # the caller's last trends kept, to see a mood falling
 UPSET = ("angry", "frustrated")
 # what counts as a risk, and how much it weighs in the order of the list
 HOLD_LIMIT = 60.0  # s on hold before it is a risk
+# as the default mood_falling rule (engine/escalation.py): a reading or two is not a
+# mood yet (a plain "I want a person" can read -0.6 on its own)
+MIN_READINGS = 3
 FALLING = 0.15  # the trend's drop over the kept readings that reads as falling
-LOW_TREND = -0.3  # a trend this low is a risk by itself
+LOW_TREND = -0.4  # a trend this low is a risk by itself
 WEIGHTS = {"mood_falling": 3.0, "upset": 2.0, "repeated": 3.0, "long_hold": 2.0, "long_wait": 1.0}
 
 
@@ -128,6 +132,8 @@ class Floor:
                 call.agent_id = call.offered_to
             if state == "queued":
                 call.queued_at, call.agent_id = when, None
+            if state == "ended" and call.state == "queued":  # told before call.ended
+                self._queue(call.queue).abandoned += 1
             call.state, call.state_since = state, when
         elif kind == "queue.updated":
             call.queue = str(ev.get("queue"))
@@ -181,11 +187,12 @@ def risks(call: LiveCall, at: datetime, threshold: float) -> list[dict[str, str]
     """Why this call needs a supervisor's eyes now, each as kind and reason."""
     out: list[dict[str, str]] = []
     trends = list(call.trends)
-    if len(trends) >= 2 and trends[0] - trends[-1] >= FALLING and trends[-1] < 0:
-        why = f"mood falling: trend {trends[0]:+.2f} to {trends[-1]:+.2f}"
-        out.append({"kind": "mood_falling", "reason": why})
-    elif trends and trends[-1] <= LOW_TREND:
-        out.append({"kind": "mood_falling", "reason": f"mood low: trend {trends[-1]:+.2f}"})
+    if len(trends) >= MIN_READINGS:
+        if trends[0] - trends[-1] >= FALLING and trends[-1] < 0:
+            why = f"mood falling: trend {trends[0]:+.2f} to {trends[-1]:+.2f}"
+            out.append({"kind": "mood_falling", "reason": why})
+        elif trends[-1] <= LOW_TREND:
+            out.append({"kind": "mood_falling", "reason": f"mood low: trend {trends[-1]:+.2f}"})
     if call.mood in UPSET:
         out.append({"kind": "upset", "reason": f"caller {call.mood}"})
     if call.repeated:

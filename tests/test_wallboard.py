@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from engine.acd import Acd, QueueConfig
-from engine.wallboard import Floor, Person, heat, snapshot
+from engine.wallboard import Floor, Person, heat, risks, snapshot
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
@@ -43,7 +43,9 @@ def test_service_level_counts_answered_within_the_threshold_and_abandoned_caller
     queued(floor, "c2", 0)
     floor.feed(ev("call.state_changed", "c2", 30, state="bridged"))  # 30 s: not within
     queued(floor, "c3", 0)
-    floor.feed(ev("call.ended", "c3", 40, reason="hangup", duration=40))  # abandoned
+    # abandoned: the engine tells the state first, then the end (counted once)
+    floor.feed(ev("call.state_changed", "c3", 40, state="ended"))
+    floor.feed(ev("call.ended", "c3", 40, reason="hangup", duration=40))
     queued(floor, "c4", 0, queue="billing")  # still waiting: counts nowhere yet
     acd = Acd([QueueConfig(name="general"), QueueConfig(name="billing")])
     board = snapshot(acd, 100.0, floor, T0 + timedelta(seconds=50), PEOPLE, 20)
@@ -147,3 +149,18 @@ def test_the_floor_follows_a_bounded_number_of_calls() -> None:
         floor.feed(ev("call.started", f"c{i}", 0, channel="chat"))
     assert len(floor.calls) == wallboard.MAX_CALLS and floor.dropped == 3
     assert "c0" not in floor.calls
+
+
+def test_a_reading_or_two_is_not_a_mood_yet_three_low_ones_are() -> None:
+    """A plain "I want a person" can read -0.6 on its own: flagging every such caller
+    at risk made the overlay useless (every call was at risk)."""
+    floor = Floor()
+    floor.feed(ev("call.started", "c", 0, channel="chat"))
+    for i in range(2):
+        floor.feed(mood("c", i, "neutral", -0.6))
+    at = T0 + timedelta(seconds=5)
+    assert risks(floor.calls["c"], at, 20) == []
+    floor.feed(mood("c", 3, "neutral", -0.6))
+    assert risks(floor.calls["c"], at, 20) == [
+        {"kind": "mood_falling", "reason": "mood low: trend -0.60"}
+    ]
