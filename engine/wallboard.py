@@ -240,9 +240,13 @@ def snapshot(
     at: datetime,
     people: Iterable[Person],
     threshold: float,
+    agent_calls: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The wallboard at ``now`` (the ACD's clock) and ``at`` (wall clock, UTC):
-    plain JSON-able data, what ``GET /api/v1/wallboard`` answers."""
+    plain JSON-able data, what ``GET /api/v1/wallboard`` answers. ``agent_calls``:
+    agent -> the call they are on, for this engine's calls (known before the events
+    that tell it reach the floor)."""
+    agent_calls = agent_calls or {}
     line = acd.line()
     names = list(acd.queues) + [q for q in acd.closing if q not in acd.queues]
     names += sorted({w.queue for w in line} - set(names))
@@ -264,13 +268,15 @@ def snapshot(
             # (answered or abandoned); None before anyone has
             "service_level": round(day.within / handled, 3) if handled else None,
         })  # fmt: skip
-    on_call = {c.agent_id: c for c in floor.calls.values() if c.agent_id is not None}
+    on_call = {c.agent_id: c.id for c in floor.calls.values() if c.agent_id is not None}
+    on_call.update(agent_calls)  # this engine's own calls know their agent first
     agents = []
     for person in people:
         agent = acd.agents.get(person.id)
         presence = agent.presence if agent else "offline"
         since = agent.since if agent else None
         current = on_call.get(person.id) if presence == "on_call" else None
+        call = floor.calls.get(current) if current else None
         ringing = agent.offered if agent else None
         agents.append({
             "id": person.id,
@@ -279,8 +285,8 @@ def snapshot(
             "presence": presence,
             "absent": bool(agent and agent.id in acd.absent),
             "time_in_state": None if since is None else round(max(0.0, now - since), 1),
-            "call_id": current.id if current else ringing,
-            "caller_mood": current.mood if current else None,
+            "call_id": current or ringing,
+            "caller_mood": call.mood if call else None,
         })  # fmt: skip
     position = {w.call_id: i for i, w in enumerate(line, 1)}
     ranked: list[tuple[float, float, dict[str, Any]]] = []

@@ -26,8 +26,10 @@ ASK = "I want to speak to a person please"
 COMPLAINT = "This is a formal complaint, my lawyer will hear about this"
 
 
-def person(url: str, name: str, *events: str) -> httpx.Client:
-    http = httpx.Client(base_url=url, timeout=30, headers=PAGE_HEADERS)
+def person(people: contextlib.ExitStack, url: str, name: str, *events: str) -> httpx.Client:
+    """An agent signed in (the cookie, as their desk has), after the presence ``events``;
+    closed with ``people``."""
+    http = people.enter_context(httpx.Client(base_url=url, timeout=30, headers=PAGE_HEADERS))
     r = http.post("/api/v1/auth/login", json={"username": name, "password": f"pw-{name}-123"})
     r.raise_for_status()
     for event in events:
@@ -90,8 +92,8 @@ def test_the_wallboard_matches_the_api_with_six_callers_and_two_agents(
             page.get_by_test_id("password").fill("pw-sue-123")
             page.get_by_test_id("sign-in").click()
             expect(page.get_by_test_id("who")).to_have_text("sue (supervisor)")
-            ann = people.enter_context(person(engine.url, "ann", "login", "available"))
-            bob = people.enter_context(person(engine.url, "bob", "login"))
+            ann = person(people, engine.url, "ann", "login", "available")
+            bob = person(people, engine.url, "bob", "login")
             matches_api(page, http, key)
 
             chats = []
@@ -119,6 +121,8 @@ def test_the_wallboard_matches_the_api_with_six_callers_and_two_agents(
             now = matches_api(page, http, key)
             on_ann = next(a for a in now["agents"] if a["username"] == "ann")
             assert on_ann["presence"] == "on_call" and on_ann["call_id"] == ringing
+            row = page.locator('tr[data-agent="ann"]')
+            expect(row.get_by_role("link")).to_have_text(ringing[:8])
 
             bob.post("/api/v1/agents/me/presence", json={"event": "available"}).raise_for_status()
             ringing = until(lambda: rung(board(), "bob"))

@@ -143,7 +143,13 @@ async def wallboard(request: Request, _who: Watcher) -> Wallboard:
     # the ACD's clock: monotonic on one engine; the shared log's (Redis's, wall) on many
     now = time.time() if m.routing_copy is not None else time.monotonic()
     threshold = request.app.state.settings.service_level_seconds
-    board = snapshot(m.acd, now, _supervision(request).floor, utcnow(), people, threshold)
+    mine = {
+        c.agent_id: c.id
+        for c in m.calls.values()
+        if c.agent_id is not None and c.state in ("bridged", "held")
+    }
+    floor = _supervision(request).floor
+    board = snapshot(m.acd, now, floor, utcnow(), people, threshold, mine)
     return Wallboard.model_validate(board)
 
 
@@ -160,7 +166,11 @@ async def alerts(
     return AlertList(alerts=[AlertOut.model_validate(r, from_attributes=True) for r in rows])
 
 
-@router.post("/alerts/{alert_id}/ack", response_model=AlertOut)
+@router.post(
+    "/alerts/{alert_id}/ack",
+    response_model=AlertOut,
+    responses={404: {"description": "no such alert"}, 409: {"description": "acknowledged already"}},
+)
 async def ack(alert_id: PathId, request: Request, who: Acker) -> AlertOut:
     """Acknowledge an alert (who and when are kept; ``alert.acknowledged`` is sent);
     404 if there is none, 409 if it was acknowledged already."""

@@ -65,11 +65,13 @@ function refreshSoon() {
 function render() {
   for (const a of board.agents) names.set(a.id, a.display_name || a.username);
   const t = board.totals;
-  $("t-waiting").textContent = t.waiting;
-  $("t-available").textContent = t.agents.available ?? 0;
-  $("t-on_call").textContent = t.agents.on_call ?? 0;
-  $("t-live").textContent = t.live_calls;
-  $("t-risk").textContent = board.at_risk.length;
+  // the tiles are a live region: written only when they change, so a screen reader
+  // hears a change, not every refresh
+  const tiles = { "t-waiting": t.waiting, "t-available": t.agents.available ?? 0,
+    "t-on_call": t.agents.on_call ?? 0, "t-live": t.live_calls, "t-risk": board.at_risk.length };
+  for (const [id, value] of Object.entries(tiles)) {
+    if ($(id).textContent !== String(value)) $(id).textContent = value;
+  }
   $("sl-threshold").textContent = `(${span(board.threshold)})`;
   $("queues").innerHTML = board.queues.map((q) => `<tr data-queue="${esc(q.name)}">
     <td>${esc(q.name)}</td><td class="num" data-testid="queue-waiting">${q.waiting}</td>
