@@ -53,6 +53,7 @@ HOLD_LIMIT = 60.0  # s on hold before it is a risk
 MIN_READINGS = 3
 FALLING = 0.15  # the trend's drop over the kept readings that reads as falling
 LOW_TREND = -0.4  # a trend this low is a risk by itself
+HEAT = {"positive": 0.0, "neutral": 0.15, "frustrated": 0.55, "angry": 0.75}
 WEIGHTS = {"mood_falling": 3.0, "upset": 2.0, "repeated": 3.0, "long_hold": 2.0, "long_wait": 1.0}
 
 
@@ -176,11 +177,14 @@ class Person:
 
 
 def heat(call: LiveCall) -> float:
-    """0 (calm) .. 1 (boiling): the caller's upset share of the call's scores, pushed
-    up by a falling trend."""
+    """0 (calm) .. 1 (boiling): the caller's call-level mood first (what the badge
+    says), then how much of the call's scores are upset, then a falling trend once it
+    is a mood (``MIN_READINGS``). Not the scores alone: a chat's plain "I want a
+    person" scores angry 0.56 while its call label is still neutral."""
     upset = sum(call.scores.get(label, 0.0) for label in UPSET)
-    trend = call.trends[-1] if call.trends else 0.0
-    return round(min(1.0, max(0.0, upset + max(0.0, -trend) / 2)), 3)
+    trend = call.trends[-1] if len(call.trends) >= MIN_READINGS else 0.0
+    value = HEAT.get(call.mood or "", 0.0) + 0.15 * upset + 0.1 * min(1.0, max(0.0, -trend))
+    return round(min(1.0, value), 3)
 
 
 def risks(call: LiveCall, at: datetime, threshold: float) -> list[dict[str, str]]:

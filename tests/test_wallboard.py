@@ -132,13 +132,15 @@ def test_calls_at_risk_come_first_each_with_its_reason() -> None:
     assert calm["risks"] == [] and calm["risk"] == 0.0
 
 
-def test_heat_rises_with_upset_scores_and_a_falling_trend() -> None:
+def test_heat_follows_the_call_mood_then_upset_scores_and_a_falling_trend() -> None:
     floor = Floor()
     floor.feed(ev("call.started", "c", 0, channel="chat"))
-    floor.feed(mood("c", 1, "angry", 0.0))
-    warm = heat(floor.calls["c"])
+    floor.feed(mood("c", 1, "neutral", -0.6))
+    calm = heat(floor.calls["c"])  # upset scores, but the call's mood is neutral yet
     floor.feed(mood("c", 2, "angry", -0.6))
-    assert 0.0 < warm < heat(floor.calls["c"]) <= 1.0
+    warm = heat(floor.calls["c"])
+    floor.feed(mood("c", 3, "angry", -0.6))  # the third reading: a falling mood now
+    assert 0.0 < calm < 0.5 < warm < heat(floor.calls["c"]) <= 1.0
 
 
 def test_the_floor_follows_a_bounded_number_of_calls() -> None:
@@ -164,3 +166,21 @@ def test_a_reading_or_two_is_not_a_mood_yet_three_low_ones_are() -> None:
     assert risks(floor.calls["c"], at, 20) == [
         {"kind": "mood_falling", "reason": "mood low: trend -0.60"}
     ]
+
+
+def test_this_engines_own_calls_tell_an_agents_call_before_the_events_do() -> None:
+    """The ACD has ann on a call as soon as she accepts; the floor learns which call
+    from the events a moment later. The wallboard had her on a call with no call."""
+    acd = Acd([QueueConfig(name="general")])
+    acd.add_agent("a1")
+    acd.presence("a1", "login", 0.0)
+    acd.presence("a1", "available", 1.0)
+    acd.enqueue("c1", "general", 2.0)
+    acd.accept("a1", "c1", 3.0)
+    floor = Floor()
+    queued(floor, "c1", 0)  # the offer and the bridging not told yet
+    at = T0 + timedelta(seconds=4)
+    (ann, _bob) = snapshot(acd, 4.0, floor, at, PEOPLE, 20)["agents"]
+    assert (ann["presence"], ann["call_id"]) == ("on_call", None)
+    (ann, _bob) = snapshot(acd, 4.0, floor, at, PEOPLE, 20, {"a1": "c1"})["agents"]
+    assert ann["call_id"] == "c1"
