@@ -86,12 +86,16 @@ def test_the_wallboard_matches_the_api_with_six_callers_and_two_agents(
     ):
         browser = launch(p, voices["calm"])
         try:
-            page = browser.new_page(viewport={"width": 1300, "height": 1400})
+            page = browser.new_context(viewport={"width": 1300, "height": 1400}).new_page()
             page.goto(f"{engine.url}/supervisor")
             page.get_by_test_id("username").fill("sue")
             page.get_by_test_id("password").fill("pw-sue-123")
             page.get_by_test_id("sign-in").click()
             expect(page.get_by_test_id("who")).to_have_text("sue (supervisor)")
+            # the calls list, in the same sign-in: its moods must be the calls' own
+            calls_page = page.context.new_page()
+            calls_page.goto(engine.url)
+            expect(calls_page.locator("#calls")).to_contain_text("No calls yet")
             ann = person(people, engine.url, "ann", "login", "available")
             bob = person(people, engine.url, "bob", "login")
             matches_api(page, http, key)
@@ -113,6 +117,20 @@ def test_the_wallboard_matches_the_api_with_six_callers_and_two_agents(
                 return found
 
             until(lambda: board()["totals"]["waiting"] == 6)
+            # the list's mood, live, is the caller's call-level one that the calls API
+            # keeps; "I want to speak to a person" reads angry as one line, and the
+            # list showed that line's label rather than the call's (neutral so far)
+            for call_id in ids:
+                kept = until(
+                    lambda c=call_id: http.get(f"/api/v1/calls/{c}", headers=key).json()["emotion"]
+                )
+                row = calls_page.locator(
+                    "tr", has=calls_page.locator(f'a[href="/calls/{call_id}"]')
+                )
+                expect(row.locator(".badge")).to_have_text(kept)
+            assert {
+                http.get(f"/api/v1/calls/{c}", headers=key).json()["emotion"] for c in ids[:5]
+            } == {"neutral"}
             ringing = until(lambda: rung(board(), "ann"))
             matches_api(page, http, key)
             r = ann.post(f"/api/v1/calls/{ringing}/accept-chat")
