@@ -47,6 +47,9 @@ SEED_TYPES = (
     "call.transferred", "emotion.updated", "escalation.raised", "call.ended",
 )  # fmt: skip
 ENDED = "call_ended"
+# what the floor and the alerts read: other events (transcripts, partials above all)
+# are passed over before being turned into a dict
+FOLLOWED = frozenset({*SEED_TYPES, "supervisor.alert"})
 
 
 class AlertError(Exception):
@@ -110,7 +113,8 @@ class Supervision:
                     last = event_id
                 async for event in sub:
                     if event.id > last:
-                        await self._handle(event.model_dump())
+                        if getattr(event, "type", None) in FOLLOWED:
+                            await self._handle(event.model_dump())
                         last = event.id
             except asyncio.CancelledError:
                 raise
