@@ -68,14 +68,24 @@ class Supervision:
         self.floor = Floor(threshold)
         self._task: asyncio.Task[None] | None = None
         self.failures = 0  # alert changes the store refused (logged)
+        self.handled = 0  # the id of the last event followed
 
     async def start(self) -> None:
-        last = self.bus.delivered_to
+        last = self.handled = self.bus.delivered_to
         await self._seed(last)
         await self._sweep()
         self._task = asyncio.create_task(self._follow(last), name="supervision")
 
-    async def stop(self) -> None:
+    async def stop(self, settle: float = 1.0) -> None:
+        """Stop following, once the events delivered so far are handled (at most
+        ``settle`` s): the calls shutdown ended close their alerts now, not at the next
+        start's sweep."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settle
+        while self._task is not None and not self._task.done() and loop.time() < deadline:
+            if self.handled >= self.bus.delivered_to:
+                break
+            await asyncio.sleep(0.02)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -110,12 +120,12 @@ class Supervision:
             try:
                 async for event_id, body in self.event_log.replay(None, last):
                     await self._handle(json.loads(body))
-                    last = event_id
+                    last = self.handled = event_id
                 async for event in sub:
                     if event.id > last:
                         if getattr(event, "type", None) in FOLLOWED:
                             await self._handle(event.model_dump())
-                        last = event.id
+                        last = self.handled = event.id
             except asyncio.CancelledError:
                 raise
             except Exception:  # the follower must outlive any one event

@@ -105,26 +105,31 @@ async def _closed(http: httpx.AsyncClient, call_id: str) -> list[dict[str, Any]]
     return [a for a in await alerts_of(http, call_id) if a["closed_at"]]
 
 
-async def test_an_open_alert_survives_a_restart_and_one_whose_call_ended_unseen_closes(
+async def test_a_stop_closes_its_calls_alerts_and_a_crash_is_swept_at_the_next_start(
     tmp_path: Path,
 ) -> None:
     async with ControlPlane(tmp_path / "engine") as cp:
         call_id, _caller = await complaining_chat(cp)
         async with cp.http() as http:
             (alert,) = await until(lambda: alerts_of(http, call_id))
-        # the engine dies with the call live: its alert stays open in the database, and
-        # the call's record says it ended (as engine/recovery.py writes for a dead
-        # engine's calls), but no call.ended was followed
-        await cp.stop()
+        await cp.stop()  # ends the chat: its alert is closed before the engine stops
+        async with cp.store.session() as s:
+            row = await s.get(AlertRow, alert["id"])
+            assert row is not None and row.closed_reason == "call_ended"
+        # a crash instead: the call's record says it ended (as engine/recovery.py writes
+        # for a dead engine's calls) but its alert was never closed; and an alert of a
+        # call still live elsewhere
         async with cp.store.writing() as s:
-            row = await s.get(CallRow, call_id)
+            row = await s.get(AlertRow, alert["id"])
             assert row is not None
-            row.ended_at, row.state = utcnow(), "ended"
+            row.closed_at = row.closed_reason = None
+            call = await s.get(CallRow, call_id)
+            assert call is not None and call.ended_at is not None
             s.add(AlertRow(id="open-one", call_id="live-elsewhere", reason="still on",
                            priority=1, raised_at=utcnow()))  # fmt: skip
         await cp.start()
         async with cp.http() as http:
-            (swept,) = await alerts_of(http, call_id)
+            (swept,) = await until(lambda: _closed(http, call_id))
             assert swept["id"] == alert["id"] and swept["closed_reason"] == "call_ended"
             (kept,) = await alerts_of(http, "live-elsewhere")
             assert kept["closed_at"] is None  # its call is not known to have ended
