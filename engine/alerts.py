@@ -14,7 +14,9 @@ from the durable log, resuming by id after a lag (engine/eventlog.py ``replay``)
 
 ``ack`` marks an alert acknowledged (who, when) and tells it (``alert.acknowledged``).
 At start, the ``Floor`` is filled from today's stored events (at most ``SEED_MAX``),
-and alerts whose call ended while no engine was following (a crash) are closed.
+and alerts whose call ended while no engine was following (a crash) are closed. At a
+stop, the events delivered so far are followed first (for a second at most): the calls
+the shutdown ended close their alerts then.
 
 A store that fails drops that alert's change (logged), never the follower.
 """
