@@ -278,10 +278,10 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.include_router(webhooks.router)
     app.include_router(audio.router)
     app.include_router(content.router)
+    app.include_router(supervisor.router)
     app.include_router(customers.router)
     app.include_router(bot.router)
     app.include_router(node.router)
-    app.include_router(supervisor.router)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
 
     @app.get("/healthz", response_model=Health, tags=["system"])
@@ -310,10 +310,6 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     async def agent_page() -> FileResponse:
         return FileResponse(WEB / "agent.html")
 
-    @app.get("/supervisor", include_in_schema=False)
-    async def supervisor_page() -> FileResponse:
-        return FileResponse(WEB / "supervisor.html")
-
     @app.get("/calls", include_in_schema=False)
     async def calls_page() -> RedirectResponse:
         return RedirectResponse("/")
@@ -321,5 +317,9 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     @app.get("/calls/{call_id}", include_in_schema=False)
     async def live_view(call_id: str) -> FileResponse:
         return FileResponse(WEB / "live.html")
+
+    @app.get("/supervisor", include_in_schema=False)
+    async def supervisor_page() -> FileResponse:
+        return FileResponse(WEB / "supervisor.html")
 
     return app

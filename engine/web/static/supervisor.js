@@ -105,6 +105,7 @@ function render() {
     bar.style.width = `${Math.round(heat * 100)}%`;
     bar.style.background = `hsl(${Math.round(120 - 120 * heat)} 75% 30%)`;
   }
+  showMonitoring();
   tick();
 }
 
@@ -117,17 +118,48 @@ function tick() {
   }
 }
 
+// one call monitored at a time: a mode on the same call changes the mode, on another
+// call it leaves the first (monitor.js: monitor() gives a session with setMode and stop)
+let session = null, sessionCall = null;
+
+function showMonitoring() {
+  const active = session && !session.stopped;
+  $("monitoring").hidden = !active;
+  $("monitoring-text").textContent = active ? `${session.mode} on call ${sessionCall.slice(0, 8)}` : "";
+  for (const b of document.querySelectorAll("button[data-monitor]")) {
+    const on = active && b.closest("tr").dataset.call === sessionCall && b.dataset.monitor === session.mode;
+    b.setAttribute("aria-pressed", on ? "true" : "false");
+  }
+}
+
+async function stopMonitoring() {
+  const s = session;
+  session = sessionCall = null;
+  if (s) await s.stop();
+  showMonitoring();
+}
+
 $("calls").addEventListener("click", async (e) => {
   const button = e.target.closest("button[data-monitor]");
   if (!button) return;
   const callId = button.closest("tr").dataset.call;
+  const mode = button.dataset.monitor;
   try {
     if (!monitoring) throw new Error("listening is not available on this engine");
-    await monitoring.monitor(callId, button.dataset.monitor);
+    if (session && !session.stopped && sessionCall === callId) {
+      await session.setMode(mode);
+    } else {
+      await stopMonitoring();
+      session = await monitoring.monitor(callId, mode, { onEnded: () => { session = sessionCall = null; showMonitoring(); } });
+      sessionCall = callId;
+    }
+    $("error").textContent = "";
   } catch (err) {
-    $("error").textContent = `${button.dataset.monitor}: ${err.message}`;
+    $("error").textContent = `${mode}: ${err.message}`;
   }
+  showMonitoring();
 });
+$("monitor-stop").onclick = () => stopMonitoring().catch((err) => { $("error").textContent = err.message; });
 
 // -- alerts ----------------------------------------------------------------------------
 
