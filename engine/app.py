@@ -18,6 +18,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from engine.alerts import Supervision
 from engine.api import (
     agents,
     audio,
@@ -32,6 +33,7 @@ from engine.api import (
     problems,
     rest,
     streams,
+    supervisor,
     webhooks,
     websec,
 )
@@ -101,6 +103,8 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         settings.redis_prefix,
     )
     webhook_targets = TargetPolicy(settings.webhook_allowed_networks)
+    # the wallboard's view of the floor and the alerts kept (engine/alerts.py)
+    supervision = Supervision(store, bus, event_log, settings.service_level_seconds)
     recovery = Recovery(store, bus, settings.engine_lease, node_url(settings))
     calls.engine_id = recovery.id
     sender = WebhookSender(
@@ -155,6 +159,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         await store.open()
         await event_log.start()  # before anything publishes: ids continue the log's
         sender.start()
+        await supervision.start()  # after the log: it follows the log's events
         await recovery.start()  # after the log: the ends it publishes are kept and sent
         if routing_log is not None:  # in step with the other engines' routing
             await routing_log.start()
@@ -198,6 +203,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             if sip is not None:
                 await sip.stop()
             await recovery.stop()
+            await supervision.stop()  # before the log: the calls' last alerts are closed
             await event_log.stop()  # the last events (call.ended) reach the log
             await sender.stop()
             await changes.stop()
@@ -234,6 +240,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.state.capacity = capacity
     app.state.drain = drain
     app.state.event_log = event_log
+    app.state.supervision = supervision
     app.state.webhook_targets = webhook_targets
     app.state.engine_id = recovery.id
     app.state.forward_http = forward.client()
@@ -272,6 +279,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.include_router(webhooks.router)
     app.include_router(audio.router)
     app.include_router(content.router)
+    app.include_router(supervisor.router)
     app.include_router(customers.router)
     app.include_router(bot.router)
     app.include_router(node.router)
@@ -315,5 +323,9 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     @app.get("/calls/{call_id}", include_in_schema=False)
     async def live_view(call_id: str) -> FileResponse:
         return FileResponse(WEB / "live.html")
+
+    @app.get("/supervisor", include_in_schema=False)
+    async def supervisor_page() -> FileResponse:
+        return FileResponse(WEB / "supervisor.html")
 
     return app

@@ -241,6 +241,27 @@ class SupervisorAlert(EventBase):
     state: str
 
 
+class AlertAcknowledged(EventBase):
+    """A person took a supervisor alert in hand (engine/alerts.py). Not a call's event
+    (``call_id`` is null; ``about`` is the call): a caller's own stream never shows it."""
+
+    type: Literal["alert.acknowledged"] = "alert.acknowledged"
+    alert_id: str
+    about: str = Field(description="the call the alert is about")
+    by: str
+    acked_at: datetime
+
+
+class AlertClosed(EventBase):
+    """A supervisor alert is over: its call ended (engine/alerts.py). Not a call's event,
+    as ``alert.acknowledged``."""
+
+    type: Literal["alert.closed"] = "alert.closed"
+    alert_id: str
+    about: str = Field(description="the call the alert is about")
+    reason: str
+
+
 class DtmfReceived(EventBase):
     """A key the phone caller pressed; ``menu`` is the skill it chose, if any. While
     the virtual agent asks for a secret (a PIN), the key is not told: ``digit`` is
@@ -371,6 +392,8 @@ Event = Annotated[
     | CallbackRequested
     | CallbackDone
     | SupervisorAlert
+    | AlertAcknowledged
+    | AlertClosed
     | DtmfReceived
     | BotSaid
     | CallVerified
@@ -404,6 +427,8 @@ EVENT_TYPES = [
     "callback.requested",
     "callback.done",
     "supervisor.alert",
+    "alert.acknowledged",
+    "alert.closed",
     "dtmf.received",
     "bot.said",
     "call.verified",
