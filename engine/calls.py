@@ -101,6 +101,7 @@ from engine.events import (
     CallStarted,
     CallStateChanged,
     CallVerified,
+    CallWrappedUp,
     EventBase,
     EventBus,
     as_utc,
@@ -113,6 +114,8 @@ from engine.offers import PendingOffers
 from engine.prompts import VoicePrompts
 from engine.recording import CallRecording
 from engine.routing import (
+    TIMED_OUT,
+    AgentStatus,
     Announce,
     Record,
     Replicate,
@@ -121,6 +124,7 @@ from engine.routing import (
     StopRinging,
     Transition,
     UpdateCall,
+    WrapUpTimedOut,
     escalated,
 )
 from engine.routing import Effect as RoutingEffect
@@ -269,11 +273,12 @@ class CallManager:
         queues, timeout = load_queues(settings.queues), settings.offer_timeout
         gone = settings.agent_disconnect_after
         # several engines: every engine keeps a copy of one routing (engine/routingcopy.py)
-        self.routing_copy = RoutingCopy(queues, timeout, gone) if settings.redis_url else None
+        wrap = settings.wrapup_seconds
+        self.routing_copy = RoutingCopy(queues, timeout, gone, wrap) if settings.redis_url else None
         self.routing: Routing = (
             SharedRouting(self.routing_copy)
             if self.routing_copy is not None
-            else Routing(queues, timeout, self.calls, disconnect_after=gone)
+            else Routing(queues, timeout, self.calls, disconnect_after=gone, wrap_up_limit=wrap)
         )
         # the agents' desk streams open on this engine (engine/liveness.py), told to
         # routing in the background whenever their count changes (engine/desks.py)
@@ -1095,6 +1100,21 @@ class CallManager:
             if self.routing_log is None:
                 raise RuntimeError("a shared routing decision without the shared log")
             await self.routing_log.submit(effect.op)
+        elif isinstance(effect, WrapUpTimedOut):
+            # the wrap-up the agent did not save, as theirs would have been: a note and the
+            # call's disposition, kept even while storage is away, then told
+            now = utcnow()
+            note = NoteRow(
+                call_id=effect.call_id, author_id=effect.agent_id, author=effect.username,
+                kind="wrap_up", text="", disposition=TIMED_OUT, created_at=now,
+            )  # fmt: skip
+            values = {"disposition": TIMED_OUT, "wrapped_up_at": now}
+            what = f"call {effect.call_id} wrap-up timed out"
+            await self._keep(what, self.store.add_and_update_call, effect.call_id, values, note)
+            self._publish(
+                CallWrappedUp(call_id=effect.call_id, agent_id=effect.agent_id,
+                              disposition=TIMED_OUT, notes="")
+            )  # fmt: skip
         else:  # a new kind of effect must be applied here, not dropped
             assert_never(effect)
 
@@ -1123,10 +1143,15 @@ class CallManager:
 
     # -- agents -------------------------------------------------------------------
 
-    async def agent_presence(self, user: UserRow, event: str) -> str:
-        """An agent asks to log in, go available or away, or log out."""
-        await self._route(self.routing.presence(user, event))
+    async def agent_presence(self, user: UserRow, event: str, reason: str | None = None) -> str:
+        """An agent asks to log in, go available or away (``reason``: why), or log out;
+        "available" is refused while they owe a call its disposition (409)."""
+        await self._route(self.routing.presence(user, event, reason))
         return self.routing.presence_of(user.id)
+
+    def agent_status(self, user_id: str) -> AgentStatus:
+        """Presence, away reason, since when, and the wrap-up they owe (engine/routing.py)."""
+        return self.routing.status(user_id)
 
     def agent_stream(self, user_id: str, opened: bool) -> None:
         """An agent's desk stream opened or closed here (their desk page or phone):
@@ -1403,7 +1428,7 @@ class CallManager:
         self.offers.done(call_id)
         self._chats.pop(call_id, None)
         leaving = itertools.chain(
-            self.routing.hung_up(call.agent_id, call.bridged_at),
+            self.routing.hung_up(call.agent_id, call.bridged_at, call.id),
             self.routing.leave(call, "caller_left"),
         )
         if self.shared is None:

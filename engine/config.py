@@ -192,6 +192,10 @@ class Settings(BaseSettings):
     # event stream keeps their presence before they are set away: a reload or a blink
     # of the network within it changes nothing (engine/liveness.py).
     agent_disconnect_after: float = Field(10.0, gt=0, le=300)
+    # Seconds an agent has to give a finished call its disposition (CCENGINE_WRAPUP_SECONDS):
+    # past it the engine stores "timed-out" and makes them available again. 0: no limit
+    # (they stay in wrap-up until they save it; "available" is refused meanwhile).
+    wrapup_seconds: float = Field(0.0, ge=0, le=86_400)
     # What an agent may choose at wrap-up, in the order the softphone lists them.
     dispositions: list[str] = Field(
         default_factory=lambda: [

@@ -42,20 +42,22 @@ def _manager(request: Request) -> CallManager:
     return m
 
 
+def _agent_out(m: CallManager, u: UserRow) -> AgentOut:
+    s = m.agent_status(u.id)
+    return AgentOut(
+        id=u.id, username=u.username, display_name=u.display_name, skills=u.skills,
+        presence=s.presence, away_reason=s.away_reason, presence_since=s.since,
+        wrap_up_call=s.wrap_up_call, wrap_up_since=s.wrap_up_since,
+        wrap_up_ends_at=s.wrap_up_ends_at,
+    )  # fmt: skip
+
+
 @router.get("/agents", response_model=list[AgentOut])
 async def agents(request: Request, _p: Reader) -> list[AgentOut]:
+    """Every agent with their presence: why they are away, since when, and the call
+    they owe a disposition (with its wrap-up deadline, if there is a limit)."""
     m = _manager(request)
-    return [
-        AgentOut(
-            id=u.id,
-            username=u.username,
-            display_name=u.display_name,
-            skills=u.skills,
-            presence=m.presence_of(u.id),
-        )
-        for u in await m.store.users()
-        if u.role == "agent"
-    ]
+    return [_agent_out(m, u) for u in await m.store.users() if u.role == "agent"]
 
 
 @router.get("/users", response_model=list[UserOut])
@@ -133,16 +135,14 @@ async def remove_user(username: str, request: Request, _p: Admin) -> None:
 
 @router.post("/agents/me/presence", response_model=AgentOut)
 async def set_presence(body: PresenceIn, request: Request, user: CurrentUser) -> AgentOut:
+    """Log in, go available, go away (with a ``reason``: break, lunch, meeting,
+    training, other) or log out. 409 when the ACD cannot: among others "available"
+    while a call of yours waits for its disposition (save its wrap-up first)."""
     if user.role != "agent":
         raise HTTPException(403, "only agents take calls")
-    presence = await _manager(request).agent_presence(user, body.event)
-    return AgentOut(
-        id=user.id,
-        username=user.username,
-        display_name=user.display_name,
-        skills=user.skills,
-        presence=presence,
-    )
+    m = _manager(request)
+    await m.agent_presence(user, body.event, body.reason)
+    return _agent_out(m, user)
 
 
 @router.post("/calls/{call_id}/decline", status_code=204)

@@ -160,6 +160,9 @@ class PresenceRow(Base):
     presence: Mapped[str] = mapped_column(String(16))
     previous: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # why, when there is a reason: the agent's for "away" (break, lunch ...), or the
+    # engine's (missed_call, disconnected, wrap_up_timed_out)
+    reason: Mapped[str | None] = mapped_column(String(32), nullable=True, default=None)
 
 
 class EmotionRow(Base):
