@@ -199,6 +199,9 @@ async def test_the_api_refuses_available_and_controls_after_hang_up_with_clear_4
         assert listed["ann"]["wrap_up_call"] is None and listed["ann"]["presence_since"]
         r = await ann.post("/api/v1/agents/me/presence", json={"event": "available"})
         assert r.status_code == 200 and r.json()["away_reason"] is None
+        async with cp.client() as typed:  # the Python client says why, too
+            await typed.login("ann", "pw-ann-123")
+            assert (await typed.set_presence("away", "training")).away_reason == "training"
 
 
 async def test_a_timed_out_wrap_up_is_stored_and_told(tmp_path: Path) -> None:

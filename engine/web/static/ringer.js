@@ -14,13 +14,21 @@ let flash = null; // the title-flash interval
 let title = document.title;
 let ringingText = "";
 
-// Called from a click (signing in, going available): browsers let a page make sound and
-// ask for notifications only after the person did something on it.
-export function unlock() {
+// Browsers let a page make sound only after the person did something on it: the first
+// click or key anywhere on the desk readies the ringtone (a desk reloaded while available
+// rings aloud from then on).
+function unlockAudio() {
   try {
     ctx ??= new AudioContext();
     if (ctx.state === "suspended") ctx.resume();
   } catch { /* no audio output: the ring is still shown, announced and notified */ }
+}
+for (const kind of ["pointerdown", "keydown"]) document.addEventListener(kind, unlockAudio, { once: true });
+
+// Called from a click that means "I take calls" (signing in, going available): the
+// ringtone is readied and notifications are asked for (once: the browser remembers).
+export function unlock() {
+  unlockAudio();
   if ("Notification" in window && Notification.permission === "default") {
     Notification.requestPermission().catch(() => {});
   }
