@@ -424,8 +424,14 @@ class Acd:
     def wrapped_up(self, agent_id: str, call_id: str, now: float, then: str) -> list[Action]:
         """A disposition was given for ``call_id``: an agent who owed it owes nothing
         now; one in wrap-up goes on to ``then`` ("available" or "away"), and one who went
-        away while owing it is available again if ``then`` says so."""
-        agent = self._agent(agent_id)
+        away while owing it is available again if ``then`` says so. Given by someone
+        else (a supervisor): whoever owed it owes nothing, and stays where they are."""
+        for other in self.agents.values():
+            if other.id != agent_id and other.owes == call_id:
+                other.owes = other.wrap_until = None
+        agent = self.agents.get(agent_id)
+        if agent is None:  # not an agent who takes calls
+            return []
         settled = agent.owes == call_id
         if settled:
             agent.owes = agent.wrap_until = None

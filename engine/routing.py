@@ -384,7 +384,7 @@ class Routing:
         they owe nothing now, and from wrap-up they go on to ``then``."""
         if user.id in self.acd.agents:
             self._usernames[user.id] = user.username
-            yield from self.actions(self.acd.wrapped_up(user.id, call_id, self.clock(), then))
+        yield from self.actions(self.acd.wrapped_up(user.id, call_id, self.clock(), then))
 
     def user_changed(self, user: UserRow) -> Iterator[Effect]:
         """Skills changed take effect for the next offer; a removed role stops offers."""

@@ -487,9 +487,8 @@ class SharedRouting(Routing):
         yield Replicate(op)
 
     def wrapped_up(self, user: UserRow, call_id: str, then: str) -> Iterator[Effect]:
-        if user.id in self.acd.agents:
-            op = {"op": "wrapped_up", "user": user_card(user), "call_id": call_id, "then": then}
-            yield Replicate(op)
+        op = {"op": "wrapped_up", "user": user_card(user), "call_id": call_id, "then": then}
+        yield Replicate(op)
 
     def user_changed(self, user: UserRow) -> Iterator[Effect]:
         if user.id in self.acd.agents:

@@ -80,6 +80,17 @@ def test_available_is_refused_until_the_call_has_its_disposition() -> None:
     assert (status.presence, status.wrap_up_call, status.away_reason) == ("available", None, None)
 
 
+def test_a_supervisor_who_wraps_up_the_call_settles_what_the_agent_owed() -> None:
+    desk = Desk()
+    desk.on_call("c1")
+    desk.run(desk.routing.hung_up(ANN.id, desk.now - 60, "c1"))
+    sue = UserRow(id="id-sue", username="sue", role="supervisor", skills=[])
+    assert desk.run(desk.routing.wrapped_up(sue, "c1", "available")) == []
+    status = desk.routing.status(ANN.id)
+    assert (status.presence, status.wrap_up_call) == ("wrap_up", None)  # she stays
+    desk.run(desk.routing.presence(ANN, "available"))  # and may go on now
+
+
 def test_the_wrap_up_limit_stores_timed_out_and_makes_the_agent_available() -> None:
     desk = Desk(limit=30.0)
     desk.on_call("c1")
