@@ -44,7 +44,7 @@ With ``wrap_up_limit`` > 0 an owed disposition also has a deadline: when it pass
 ``tick`` settles it as ``WrapUpExpired`` (the engine stores "timed-out") and an agent
 still in wrap-up is made available, so nobody idles in wrap-up forever.
 
-"away" carries why (``AwayReason``): one the agent chose (``AWAY_REASONS``), or one
+"away" carries why: one the agent chose (``AWAY_REASONS``), or one
 the ACD set: "missed_call" (an offer rang out) or "disconnected" (engine/liveness.py).
 
 An agent in ``absent`` (their desk's streams all closed, engine/liveness.py) keeps
@@ -146,7 +146,7 @@ class Agent:
     idle_since: float = 0.0
     offered: str | None = None  # call id ringing on this agent
     since: float | None = None  # when the presence last changed (the wallboard's time in state)
-    away_reason: str | None = None  # while away: AWAY_REASONS, MISSED_CALL or DISCONNECTED
+    away_reason: str | None = None  # while away: AWAY_REASONS, MISSED_CALL or "disconnected"
     owes: str | None = None  # the call whose disposition they have not given yet
     wrap_until: float | None = None  # when ``owes`` times out (``wrap_up_limit``)
 
