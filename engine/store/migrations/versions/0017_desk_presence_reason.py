@@ -2,8 +2,8 @@
 meeting, training, other; or the engine's: missed_call, disconnected), or why the engine
 moved them (wrap_up_timed_out)
 
-Revision ID: 0016_desk
-Revises: 0015
+Revision ID: 0017_desk
+Revises: 0016_alerts_wallboard
 Create Date: 2026-11-27
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0016_desk"
-down_revision = "0015"
+revision = "0017_desk"
+down_revision = "0016_alerts_wallboard"
 branch_labels = None
 depends_on = None
 
