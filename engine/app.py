@@ -18,6 +18,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from engine.analyst import Analyst, rules_from
 from engine.api import (
     agents,
     audio,
@@ -29,6 +30,7 @@ from engine.api import (
     forward,
     node,
     problems,
+    reports,
     rest,
     streams,
     webhooks,
@@ -89,6 +91,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         RedisEventStream(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
     )
     event_log = EventLog(store, bus, settings.event_retention_days, shared)
+    analyst = Analyst(store, bus, rules_from(settings.analytics_categories))
     changes = Changes(
         {
             "webhooks": event_log.reload_webhooks,
@@ -154,6 +157,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         await store.open()
         await event_log.start()  # before anything publishes: ids continue the log's
         sender.start()
+        analyst.start()  # calls are analysed as they end (engine/analyst.py)
         await recovery.start()  # after the log: the ends it publishes are kept and sent
         if routing_log is not None:  # in step with the other engines' routing
             await routing_log.start()
@@ -198,6 +202,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
                 await sip.stop()
             await recovery.stop()
             await event_log.stop()  # the last events (call.ended) reach the log
+            await analyst.stop()  # calls not analysed yet are when first read
             await sender.stop()
             await changes.stop()
             await app.state.forward_http.aclose()
@@ -233,6 +238,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.state.capacity = capacity
     app.state.drain = drain
     app.state.event_log = event_log
+    app.state.analyst = analyst
     app.state.webhook_targets = webhook_targets
     app.state.engine_id = recovery.id
     app.state.forward_http = forward.client()
@@ -264,6 +270,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         # them; from anyone but these proxies, X-Forwarded-* headers change nothing
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.include_router(rest.router)
+    app.include_router(reports.router)
     app.include_router(auth.router)
     app.include_router(agents.router)
     app.include_router(desk.router)
@@ -301,6 +308,10 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     @app.get("/agent", include_in_schema=False)
     async def agent_page() -> FileResponse:
         return FileResponse(WEB / "agent.html")
+
+    @app.get("/reports", include_in_schema=False)
+    async def reports_page() -> FileResponse:
+        return FileResponse(WEB / "reports.html")
 
     @app.get("/calls", include_in_schema=False)
     async def calls_page() -> RedirectResponse:
