@@ -108,7 +108,7 @@ async def _report(
             raise HTTPException(
                 422, f"{count} calls in this period; a {group} report adds up {cap} at most"
             )
-        names = dict((await s.execute(select(UserRow.id, UserRow.username))).tuples().all())
+        names = {uid: name for uid, name in await s.execute(select(UserRow.id, UserRow.username))}
         q = (
             select(CallRow.id, CallRow.created_at, CallRow.queue, CallRow.agent_id,
                    CallRow.escalated_at, CallRow.disposition, CallAnalyticsRow)
@@ -116,7 +116,7 @@ async def _report(
             .where(*period)
             .order_by(CallRow.created_at)
         )  # fmt: skip
-        rows = (await s.execute(q)).tuples().all()
+        rows = (await s.execute(q)).all()
     facts = [
         CallFacts(
             id=cid,
