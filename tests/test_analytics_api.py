@@ -11,7 +11,6 @@ import io
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from engine.livecall import Leg
 from engine.store.models import CallAnalyticsRow
