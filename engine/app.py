@@ -18,6 +18,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from engine import vendor
 from engine.analyst import Analyst, rules_from
 from engine.api import (
     agents,
@@ -281,6 +282,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.include_router(customers.router)
     app.include_router(bot.router)
     app.include_router(node.router)
+    app.include_router(vendor.router)  # /static/vendor/...: before the folder's mount
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
 
     @app.get("/healthz", response_model=Health, tags=["system"])
