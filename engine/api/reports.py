@@ -93,7 +93,10 @@ async def _report(
     request: Request, group: Group, since: datetime | None, until: datetime | None
 ) -> ReportOut:
     until = as_utc(until) if until is not None else utcnow()
-    since = as_utc(since) if since is not None else until - DEFAULT_PERIOD
+    try:
+        since = as_utc(since) if since is not None else until - DEFAULT_PERIOD
+    except OverflowError:  # "to" in the first week of year 1
+        raise HTTPException(422, "to is too early") from None
     if since >= until:
         raise HTTPException(422, "from must be before to")
     if until - since > MAX_PERIOD:
