@@ -286,10 +286,9 @@ def spans(lines: Iterable[Line]) -> list[Span]:
             for w in u.words
             if isinstance(w.get("start"), int | float) and isinstance(w.get("end"), int | float)
         ]
-        if times:
+        start, end = u.start, u.end
+        if times and max(t[1] for t in times) > min(t[0] for t in times):
             start, end = min(t[0] for t in times), max(t[1] for t in times)
-        else:
-            start, end = u.start, u.end
         if end <= start and u.speaker == "bot":
             end = start + len(u.text.split()) / BOT_WORDS_PER_SECOND
         if end > start:

@@ -64,6 +64,17 @@ def test_one_sides_overlapping_turns_count_once_and_nobody_speaking_is_a_caller_
     assert ca.non_talk([]).longest_at is None
 
 
+def test_words_with_no_length_leave_the_utterances_own_times() -> None:
+    """A recognizer that had no audio frames to spread the words over gives them all
+    0-0: the utterance is then its own start and end, not dropped."""
+    words = [
+        {"word": "hello", "start": 0.0, "end": 0.0},
+        {"word": "there", "start": 0.0, "end": 0.0},
+    ]
+    (span,) = ca.spans([ca.Line("caller", 2.0, 3.5, "hello there", words)])
+    assert (span.start, span.end) == (2.0, 3.5)
+
+
 def test_bot_lines_said_at_an_instant_get_the_time_their_words_take() -> None:
     (bot,) = ca.spans([line("bot", 2.0, 2.0, "one two three four five six seven eight nine ten")])
     assert bot.end - bot.start == pytest.approx(10 / ca.BOT_WORDS_PER_SECOND)
