@@ -57,7 +57,7 @@ export async function showReview(root, call) {
   const part = (name) => root.querySelector(`[data-testid="${name}"]`);
   const id = encodeURIComponent(call.id);
   part("review-notes").innerHTML = call.notes.length
-    ? `<ul>${call.notes.map((n) => `<li><b>${esc(n.author)}</b> (${esc(n.kind.replace("_", "-"))}${n.disposition ? `, ${esc(n.disposition)}` : ""}): ${esc(n.text)}</li>`).join("")}</ul>`
+    ? `<ul>${call.notes.map((n) => `<li><b>${esc(n.author)}</b> (${esc(n.kind.replace("_", "-"))}${n.disposition ? `, ${esc(n.disposition)}` : ""})${n.text ? `: ${esc(n.text)}` : ""}</li>`).join("")}</ul>`
     : '<p class="note">No notes.</p>';
   const audio = document.createElement("audio");
   audio.controls = true;
