@@ -67,10 +67,19 @@ class Loaded:
 
 
 class Analyst:
-    def __init__(self, store: Store, bus: EventBus, rules: ca.CategoryRules | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        rules: ca.CategoryRules | None,
+        engine_id: str | None = None,
+    ) -> None:
         self.store = store
         self.bus = bus
         self.rules = rules
+        # engines sharing a Redis stream each see every engine's events: a call is
+        # analysed as it ends by the engine that ran it (any engine when first read)
+        self.engine_id = engine_id
         self.failures = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -92,14 +101,14 @@ class Analyst:
             try:
                 async for event in sub:
                     if getattr(event, "type", None) in TRIGGERS and event.call_id:
-                        await self._analyse_quietly(event.call_id)
+                        await self._analyse_quietly(event.call_id, mine_only=True)
             finally:
                 sub.close()
             log.warning("call analytics fell behind the events; missed calls wait for a read")
 
-    async def _analyse_quietly(self, call_id: str) -> None:
+    async def _analyse_quietly(self, call_id: str, *, mine_only: bool = False) -> None:
         try:
-            await self.analyse(call_id)
+            await self.analyse(call_id, mine_only=mine_only)
         except CallNotEnded:
             pass
         except (SQLAlchemyError, OSError, ValueError) as exc:
@@ -121,12 +130,16 @@ class Analyst:
             return Loaded(call, ca.CallAnalytics.model_validate(row.data))
         return await self.analyse(call_id)
 
-    async def analyse(self, call_id: str) -> Loaded | None:
+    async def analyse(self, call_id: str, *, mine_only: bool = False) -> Loaded | None:
+        """Compute and store the call's analytics. ``mine_only``: not if another engine
+        ran the call (it does so itself); None then, as for an unknown call."""
         async with self.store.session() as s:
             call = await s.scalar(
                 select(CallRow).where(CallRow.id == call_id).options(selectinload(CallRow.legs))
             )
             if call is None:
+                return None
+            if mine_only and call.engine_id not in (None, self.engine_id):
                 return None
             if call.state != "ended" or call.ended_at is None:
                 raise CallNotEnded(call_id)

@@ -92,7 +92,6 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         RedisEventStream(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
     )
     event_log = EventLog(store, bus, settings.event_retention_days, shared)
-    analyst = Analyst(store, bus, rules_from(settings.analytics_categories))
     changes = Changes(
         {
             "webhooks": event_log.reload_webhooks,
@@ -106,6 +105,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     webhook_targets = TargetPolicy(settings.webhook_allowed_networks)
     recovery = Recovery(store, bus, settings.engine_lease, node_url(settings))
     calls.engine_id = recovery.id
+    analyst = Analyst(store, bus, rules_from(settings.analytics_categories), recovery.id)
     sender = WebhookSender(
         store,
         engine_id=recovery.id,
