@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from engine import callanalytics as ca
-from engine.analyst import DEFAULT_RULES, rules_from
+from engine.analyst import DEFAULT_RULES, _current, _state_changes, rules_from
 from engine.callreports import CallFacts, Figures, report, to_csv
+from engine.store.models import CallAnalyticsRow, CallRow
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 
@@ -266,3 +268,26 @@ def test_the_csv_has_a_header_a_line_a_row_and_defuses_formulas() -> None:
     assert table[1][0] == "'=HYPERLINK(1)"
     assert table[1][-1] == "a=1;b=1"
     assert table[2][0] == "total" and len(table) == 3
+
+
+def test_stored_analytics_are_stale_after_a_wrap_up_or_a_new_version() -> None:
+    """A call wrapped up after it was analysed is analysed again (the wrap-up is part of
+    its handle time), and so is one analysed by an older computation."""
+    call = CallRow(id="c", wrapped_up_at=None)
+    row = CallAnalyticsRow(call_id="c", version=ca.VERSION, computed_at=at(10))
+    assert _current(row, call)
+    call.wrapped_up_at = at(20)
+    assert not _current(row, call)
+    row.computed_at = at(21)
+    assert _current(row, call)
+    row.version = ca.VERSION - 1
+    assert not _current(row, call)
+
+
+def test_state_changes_are_read_from_the_log_and_a_bad_body_is_skipped() -> None:
+    good = json.dumps(
+        {"type": "call.state_changed", "time": "2026-11-27T10:00:05Z", "state": "queued",
+         "previous": "active"}
+    )  # fmt: skip
+    changes = _state_changes([good, "not json", '{"time": "2026-11-27T10:00:06Z"}'])
+    assert changes == [ca.StateChange(at(5), "queued", "active")]
