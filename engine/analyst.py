@@ -105,6 +105,7 @@ class Analyst:
             finally:
                 sub.close()
             log.warning("call analytics fell behind the events; missed calls wait for a read")
+            await asyncio.sleep(1.0)  # never a busy loop, whatever ended the subscription
 
     async def _analyse_quietly(self, call_id: str, *, mine_only: bool = False) -> None:
         try:
