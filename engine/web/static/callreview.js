@@ -96,7 +96,7 @@ export async function showReview(root, call) {
   const figures = [...talk, ["Non-talk", `${secs(a.non_talk.total_seconds)} (longest ${secs(a.non_talk.longest_seconds)}${a.non_talk.longest_at != null ? ` at ${a.non_talk.longest_at.toFixed(1)} s` : ""})`]];
   part("analytics-figures").innerHTML = figures.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
   part("categories").innerHTML = a.categories.length
-    ? a.categories.map((c) => `<span class="fact" data-testid="category"><b>${esc(c.name)}</b>${c.count}×</span>`).join("")
+    ? a.categories.map((c) => `<span class="tag" data-testid="category"><b>${esc(c.name)}</b> ${c.count}×</span>`).join("")
     : '<span class="note">No categories.</span>';
   part("interruptions").innerHTML = a.interruptions.map((i) => `<li>${i.at.toFixed(1)} s: ${esc(i.by)} cut into ${esc(i.of)} (${i.overlap_seconds.toFixed(1)} s over)</li>`).join("");
 
