@@ -119,6 +119,7 @@ class Agent:
     presence: str = "offline"
     idle_since: float = 0.0
     offered: str | None = None  # call id ringing on this agent
+    since: float | None = None  # when the presence last changed (the wallboard's time in state)
 
 
 @dataclass
@@ -239,6 +240,7 @@ class Acd:
         except KeyError:
             raise AcdError(f"agent {agent.id} cannot '{event}' while {agent.presence}") from None
         previous, agent.presence = agent.presence, new
+        agent.since = now
         if new == "available":
             agent.idle_since = now
         return PresenceChanged(agent.id, new, previous, reason)

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from engine import vendor
+from engine.alerts import Supervision
 from engine.analyst import Analyst, rules_from
 from engine.api import (
     agents,
@@ -29,11 +30,13 @@ from engine.api import (
     customers,
     desk,
     forward,
+    monitor,
     node,
     problems,
     reports,
     rest,
     streams,
+    supervisor,
     webhooks,
     websec,
 )
@@ -103,6 +106,8 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         settings.redis_prefix,
     )
     webhook_targets = TargetPolicy(settings.webhook_allowed_networks)
+    # the wallboard's view of the floor and the alerts kept (engine/alerts.py)
+    supervision = Supervision(store, bus, event_log, settings.service_level_seconds)
     recovery = Recovery(store, bus, settings.engine_lease, node_url(settings))
     calls.engine_id = recovery.id
     analyst = Analyst(store, bus, rules_from(settings.analytics_categories), recovery.id)
@@ -159,6 +164,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         await event_log.start()  # before anything publishes: ids continue the log's
         sender.start()
         analyst.start()  # calls are analysed as they end (engine/analyst.py)
+        await supervision.start()  # after the log: it follows the log's events
         await recovery.start()  # after the log: the ends it publishes are kept and sent
         if routing_log is not None:  # in step with the other engines' routing
             await routing_log.start()
@@ -202,6 +208,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             if sip is not None:
                 await sip.stop()
             await recovery.stop()
+            await supervision.stop()  # before the log: the calls' last alerts are closed
             await event_log.stop()  # the last events (call.ended) reach the log
             await analyst.stop()  # calls not analysed yet are when first read
             await sender.stop()
@@ -240,6 +247,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.state.drain = drain
     app.state.event_log = event_log
     app.state.analyst = analyst
+    app.state.supervision = supervision
     app.state.webhook_targets = webhook_targets
     app.state.engine_id = recovery.id
     app.state.forward_http = forward.client()
@@ -279,10 +287,12 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.include_router(webhooks.router)
     app.include_router(audio.router)
     app.include_router(content.router)
+    app.include_router(supervisor.router)
     app.include_router(customers.router)
     app.include_router(bot.router)
     app.include_router(node.router)
     app.include_router(vendor.router)  # /static/vendor/...: before the folder's mount
+    app.include_router(monitor.router)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
 
     @app.get("/healthz", response_model=Health, tags=["system"])
@@ -315,6 +325,10 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     async def reports_page() -> FileResponse:
         return FileResponse(WEB / "reports.html")
 
+    @app.get("/admin", include_in_schema=False)
+    async def admin_page() -> FileResponse:
+        return FileResponse(WEB / "admin.html")
+
     @app.get("/calls", include_in_schema=False)
     async def calls_page() -> RedirectResponse:
         return RedirectResponse("/")
@@ -322,5 +336,9 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     @app.get("/calls/{call_id}", include_in_schema=False)
     async def live_view(call_id: str) -> FileResponse:
         return FileResponse(WEB / "live.html")
+
+    @app.get("/supervisor", include_in_schema=False)
+    async def supervisor_page() -> FileResponse:
+        return FileResponse(WEB / "supervisor.html")
 
     return app

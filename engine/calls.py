@@ -15,7 +15,9 @@ transcript sorts into the order it was said.
 
 The bridge is a function of the call's state, read per audio frame: while
 ``bridged`` each leg's decoded audio feeds the other leg's outbound track; on
-hold, or for a muted agent, it feeds nothing (the caller hears hold audio).
+hold, or for a muted agent, it feeds nothing (the caller hears hold audio). Supervisors
+on the call hear, and are heard, as their mode says (engine/monitoring.py): each voice
+is one more source in a party's outgoing mix (media/mixer.py).
 
 What a call needs decided is decided elsewhere, as generators of effects that this
 manager applies in order: the analysis stages (``_apply``), routing through the ACD
@@ -106,6 +108,7 @@ from engine.events import (
 )
 from engine.livecall import Call, Leg
 from engine.metrics import Metrics
+from engine.monitoring import Monitors, to_supervisors
 from engine.offers import PendingOffers
 from engine.prompts import VoicePrompts
 from engine.recording import CallRecording
@@ -280,6 +283,14 @@ class CallManager:
         self.controls = Controls(self.routing, self.calls, self.redactor)
         self.callbacks = Callbacks(self.routing)
         self.ice_servers = aiortc_ice_servers(settings.ice_servers)
+        # supervisors listening, whispering, barging in (engine/monitoring.py)
+        self.monitors = Monitors(
+            store,
+            bus,
+            self._keep,
+            ice_servers=self.ice_servers,
+            media_timeout=settings.media_timeout,
+        )
         # who callers are, and the checks that prove it (engine/customers.py)
         self.customers = Customers.from_settings(store, settings)
         # the virtual agent: a flow file with a mistake stops the engine here, saying
@@ -863,10 +874,14 @@ class CallManager:
             leg.offset += pcm.size / channels / rate
             return 0
         n = pipeline.push_pcm(pcm, rate, channels)
-        # the bridge: what this leg says, the other party hears
+        # the bridge: what this leg says, the other party hears, and the supervisors
+        # on the call as their mode says (engine/monitor.py)
         other = call.other_peer(leg)
-        if other is not None:
-            other.outbound.push_live(to_send_rate(downmix_int16(pcm, channels), rate))
+        if other is not None or call.monitors:
+            pcm48 = to_send_rate(downmix_int16(pcm, channels), rate)
+            if other is not None:
+                other.outbound.push_live(pcm48, leg.id)
+            to_supervisors(call, leg, pcm48)
         return n
 
     async def _start_analysis(self, call: Call, leg: Leg) -> LegPipeline:
@@ -1422,6 +1437,7 @@ class CallManager:
         now = utcnow()
         duration = (now - call.created_at).total_seconds()
         await self._transition(call, "end", reason, ended_at=now, end_reason=reason)
+        await self.monitors.call_ended(call)  # the supervisors' legs end with the call
         for leg in call.legs:
             await self._keep(f"leg {leg.id} end", self.store.end_leg, leg.id, now)
         self._publish(CallEnded(call_id=call.id, reason=reason, duration=round(duration, 3)))

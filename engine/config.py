@@ -188,6 +188,9 @@ class Settings(BaseSettings):
     queues: str | None = None
     # Seconds an agent's phone rings before the call goes to the next agent.
     offer_timeout: float = Field(20.0, gt=0, le=300)
+    # The wallboard's service level: the share of today's callers (UTC day) answered
+    # within this many seconds of joining the line.
+    service_level_seconds: float = Field(20.0, gt=0, le=3600)
     # Seconds an agent whose every desk (agent page, ``ccengine phone``) has closed its
     # event stream keeps their presence before they are set away: a reload or a blink
     # of the network within it changes nothing (engine/liveness.py).

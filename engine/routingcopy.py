@@ -255,6 +255,7 @@ class RoutingCopy:
                     "presence": a.presence,
                     "idle_since": a.idle_since,
                     "offered": a.offered,
+                    "since": a.since,
                 }
                 for a in acd.agents.values()
             ],  # fmt: skip
@@ -299,7 +300,12 @@ class RoutingCopy:
         acd.closing = {q["name"]: QueueConfig.model_validate(q) for q in snap["closing"]}
         for a in snap["agents"]:
             acd.agents[a["id"]] = Agent(
-                a["id"], frozenset(a["skills"]), a["presence"], a["idle_since"], a["offered"]
+                a["id"],
+                frozenset(a["skills"]),
+                a["presence"],
+                a["idle_since"],
+                a["offered"],
+                a.get("since"),  # not in a snapshot of an older engine's
             )
         for w in snap["waiting"]:
             acd.waiting[w["call_id"]] = Waiting(

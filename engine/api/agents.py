@@ -58,6 +58,14 @@ async def agents(request: Request, _p: Reader) -> list[AgentOut]:
     ]
 
 
+@router.get("/users", response_model=list[UserOut])
+async def users(request: Request, _p: Admin) -> list[UserOut]:
+    """Everyone who signs in (agents, supervisors, admins), by username: what the admin
+    page lists to change or remove (``/agents`` lists agents only, with presence)."""
+    rows = await _manager(request).store.users()  # by username
+    return [UserOut.model_validate(u, from_attributes=True) for u in rows]
+
+
 @router.post("/agents", status_code=201, response_model=UserOut)
 async def add_user(body: UserIn, request: Request, _p: Admin) -> UserOut:
     """Add an agent, supervisor or admin (as ``ccengine users add`` does); 409 if the
@@ -76,6 +84,15 @@ async def add_user(body: UserIn, request: Request, _p: Admin) -> UserOut:
     return UserOut.model_validate(row, from_attributes=True)
 
 
+async def _keep_an_admin(m: CallManager, user: UserRow, role: str | None) -> None:
+    """409 when the change would leave no person who can sign in as an admin (admin API
+    keys still work, but nobody could manage people from the admin page)."""
+    if user.role != "admin" or role == "admin":
+        return
+    if sum(u.role == "admin" for u in await m.store.users()) <= 1:
+        raise HTTPException(409, f"{user.username} is the last admin: make another one first")
+
+
 @router.patch("/agents/{username}", response_model=UserOut)
 async def change_user(username: str, body: UserPatch, request: Request, _p: Admin) -> UserOut:
     """Change skills (used from the next offer), role, display name or password. A new
@@ -84,6 +101,8 @@ async def change_user(username: str, body: UserPatch, request: Request, _p: Admi
     user = await m.store.user_by_name(username)
     if user is None:
         raise HTTPException(404, f"no user {username}")
+    if body.role is not None:
+        await _keep_an_admin(m, user, body.role)
     values: dict[str, object] = body.model_dump(exclude_none=True, exclude={"password"})
     if "skills" in values:
         values["skills"] = sorted({s.strip() for s in body.skills or [] if s.strip()})
@@ -106,6 +125,7 @@ async def remove_user(username: str, request: Request, _p: Admin) -> None:
     user = await m.store.user_by_name(username)
     if user is None:
         raise HTTPException(404, f"no user {username}")
+    await _keep_an_admin(m, user, None)
     await m.agent_gone(user.id)
     await m.store.delete_user(user.id)
     tokens_revoked(request.app)

@@ -355,3 +355,21 @@ class CallAnalyticsRow(Base):
     caller_interruptions: Mapped[int] = mapped_column(Integer)  # by the caller
     agent_interruptions: Mapped[int] = mapped_column(Integer)  # by the agent or the bot
     categories: Mapped[list[str]] = mapped_column(JSON)
+
+
+class AlertRow(Base):
+    """A supervisor alert (engine/alerts.py): raised by an escalation rule, kept across
+    restarts, acknowledged by a person, closed when its call ends. ``id`` is the
+    escalation's, so that every engine storing it stores it once."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    call_id: Mapped[str] = mapped_column(String(36), index=True)  # no FK: may come first
+    reason: Mapped[str] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    raised_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    acked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    acked_by: Mapped[str | None] = mapped_column(String(64))
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    closed_reason: Mapped[str | None] = mapped_column(String(64))

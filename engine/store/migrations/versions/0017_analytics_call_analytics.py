@@ -1,7 +1,7 @@
 """post-call analytics (engine/callanalytics.py): one row per analysed call
 
-Revision ID: 0016_analytics
-Revises: 0015
+Revision ID: 0017_analytics
+Revises: 0016_alerts_wallboard
 Create Date: 2026-11-27
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0016_analytics"
-down_revision = "0015"
+revision = "0017_analytics"
+down_revision = "0016_alerts_wallboard"
 branch_labels = None
 depends_on = None
 
