@@ -18,7 +18,9 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from engine import vendor
 from engine.alerts import Supervision
+from engine.analyst import Analyst, rules_from
 from engine.api import (
     agents,
     audio,
@@ -31,6 +33,7 @@ from engine.api import (
     monitor,
     node,
     problems,
+    reports,
     rest,
     streams,
     supervisor,
@@ -107,6 +110,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     supervision = Supervision(store, bus, event_log, settings.service_level_seconds)
     recovery = Recovery(store, bus, settings.engine_lease, node_url(settings))
     calls.engine_id = recovery.id
+    analyst = Analyst(store, bus, rules_from(settings.analytics_categories), recovery.id)
     sender = WebhookSender(
         store,
         engine_id=recovery.id,
@@ -159,6 +163,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         await store.open()
         await event_log.start()  # before anything publishes: ids continue the log's
         sender.start()
+        analyst.start()  # calls are analysed as they end (engine/analyst.py)
         await supervision.start()  # after the log: it follows the log's events
         await recovery.start()  # after the log: the ends it publishes are kept and sent
         if routing_log is not None:  # in step with the other engines' routing
@@ -205,6 +210,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             await recovery.stop()
             await supervision.stop()  # before the log: the calls' last alerts are closed
             await event_log.stop()  # the last events (call.ended) reach the log
+            await analyst.stop()  # calls not analysed yet are when first read
             await sender.stop()
             await changes.stop()
             await app.state.forward_http.aclose()
@@ -240,6 +246,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.state.capacity = capacity
     app.state.drain = drain
     app.state.event_log = event_log
+    app.state.analyst = analyst
     app.state.supervision = supervision
     app.state.webhook_targets = webhook_targets
     app.state.engine_id = recovery.id
@@ -272,6 +279,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         # them; from anyone but these proxies, X-Forwarded-* headers change nothing
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.include_router(rest.router)
+    app.include_router(reports.router)
     app.include_router(auth.router)
     app.include_router(agents.router)
     app.include_router(desk.router)
@@ -283,6 +291,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.include_router(customers.router)
     app.include_router(bot.router)
     app.include_router(node.router)
+    app.include_router(vendor.router)  # /static/vendor/...: before the folder's mount
     app.include_router(monitor.router)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
 
@@ -311,6 +320,10 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     @app.get("/agent", include_in_schema=False)
     async def agent_page() -> FileResponse:
         return FileResponse(WEB / "agent.html")
+
+    @app.get("/reports", include_in_schema=False)
+    async def reports_page() -> FileResponse:
+        return FileResponse(WEB / "reports.html")
 
     @app.get("/admin", include_in_schema=False)
     async def admin_page() -> FileResponse:

@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     )
     # TOML file of escalation rules ([[rules]] tables); unset: the built-in set.
     escalation_rules: str | None = None
+    # YAML (or JSON) file of post-call categories ({name: [phrases]}, see
+    # deploy/analytics-categories.yaml); unset: that file; "" none.
+    analytics_categories: str | None = None
     # Folder of Markdown/YAML articles for suggested answers; unset: no suggestions.
     knowledge_base: str | None = None
     # Folder of virtual agent flows (YAML, engine/bot/flows.py); unset: no virtual agent

@@ -81,6 +81,7 @@ class Caller:
         self.customer_token: str | None = None  # the business's app's, sent with the offer
         self.invite: str | None = None  # a call link's token: straight to its agent or queue
         self.upgrade: tuple[str, str] | None = None  # (a chat's id, its caller token)
+        self.invite: str | None = None  # a call link's token: straight to its agent
         self.answer: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
         self.events_at: list[float] = []  # time.monotonic() each event came

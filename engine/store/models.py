@@ -333,6 +333,33 @@ class CustomerKeyRow(Base):
     )
 
 
+class CallAnalyticsRow(Base):
+    """A finished call's analytics (engine/callanalytics.py): the whole result in
+    ``data``, and the figures reports add up as columns, so a report reads no JSON."""
+
+    __tablename__ = "call_analytics"
+
+    call_id: Mapped[str] = mapped_column(
+        ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    handle_seconds: Mapped[float] = mapped_column(Float)
+    queue_seconds: Mapped[float] = mapped_column(Float)
+    bot_seconds: Mapped[float] = mapped_column(Float)
+    agent_seconds: Mapped[float] = mapped_column(Float)
+    hold_seconds: Mapped[float] = mapped_column(Float)
+    wrap_up_seconds: Mapped[float] = mapped_column(Float)
+    caller_talk_seconds: Mapped[float] = mapped_column(Float)
+    agent_talk_seconds: Mapped[float] = mapped_column(Float)  # the agent's and the bot's
+    non_talk_seconds: Mapped[float] = mapped_column(Float)
+    longest_non_talk_seconds: Mapped[float] = mapped_column(Float)
+    caller_interruptions: Mapped[int] = mapped_column(Integer)  # by the caller
+    agent_interruptions: Mapped[int] = mapped_column(Integer)  # by the agent or the bot
+    categories: Mapped[list[str]] = mapped_column(JSON)
+
+
 class AlertRow(Base):
     """A supervisor alert (engine/alerts.py): raised by an escalation rule, kept across
     restarts, acknowledged by a person, closed when its call ends. ``id`` is the
