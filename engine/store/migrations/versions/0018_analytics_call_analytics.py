@@ -1,7 +1,7 @@
 """post-call analytics (engine/callanalytics.py): one row per analysed call
 
-Revision ID: 0017_analytics
-Revises: 0016_alerts_wallboard
+Revision ID: 0018_analytics
+Revises: 0017_desk
 Create Date: 2026-11-27
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0017_analytics"
-down_revision = "0016_alerts_wallboard"
+revision = "0018_analytics"
+down_revision = "0017_desk"
 branch_labels = None
 depends_on = None
 
