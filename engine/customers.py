@@ -23,6 +23,7 @@ form your carrier sends (or both).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import re
@@ -62,8 +63,14 @@ APP_PREFIX = "app-"
 # offline search of a stolen database; the lockout is what protects them, and the hash
 # keeps them from being read in clear (a dump, a backup, a support query).
 _hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
-# checked against when there is nothing to check, so that costs one argon2 run too
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked against when there is nothing to check, so that costs one argon2 run too.
+    Made on first use, not at import (engine start and every ``ccengine`` command)."""
+    return _hasher.hash(secrets.token_hex(16))
+
 
 _PHONE_SEPARATORS = str.maketrans("", "", " \t-.()/")  # RFC 3966 visual separators, and /
 _DIGITS = re.compile(r"\+?[0-9]{6,15}")
@@ -413,7 +420,7 @@ class Customers:
         hashed = (row.secrets or {}).get(factor) if row is not None else None
         normal = normalize_secret(factor, value)
         if row is None or hashed is None:
-            await asyncio.to_thread(_check_argon2, _DUMMY_HASH, normal or value[:MAX_INPUT])
+            await asyncio.to_thread(_check_argon2, _dummy_hash(), normal or value[:MAX_INPUT])
             return VerifyResult(VerifyOutcome.NO_FACTOR, self.max_failures - 1)
         assert customer_id is not None
         now = self.store.now()

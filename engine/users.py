@@ -9,6 +9,7 @@ Bearer header.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import time
@@ -25,8 +26,14 @@ Role = Literal["agent", "supervisor", "admin"]
 ROLES: tuple[Role, ...] = ("agent", "supervisor", "admin")
 ALGORITHM = "HS256"
 _hasher = PasswordHasher()
-# verified against when the user does not exist, so both cases cost one argon2 run
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user does not exist, so both cases cost one argon2 run.
+    Made on first use, not at import: an argon2 hash is ~0.3 s of CPU that every engine
+    start and every ``ccengine`` command paid (the first unknown name pays it once)."""
+    return _hasher.hash(secrets.token_hex(16))
 
 
 class AuthError(Exception):
@@ -41,7 +48,8 @@ def hash_password(password: str) -> str:
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        checked = _hasher.verify(password_hash or _dummy_hash(), password)
+        return checked and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
 
