@@ -27,6 +27,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from engine.callstate import Forbidden, NotAllowed
 from engine.events import utcnow
 from engine.livecall import Call, Leg
+from engine.monitor import Mode
 from engine.monitoring import SupervisorLeg, _parties
 from engine.store.models import UserRow
 from engine.users import hash_password
@@ -124,11 +125,11 @@ async def offer() -> tuple[RTCPeerConnection, str]:
     return pc, pc.localDescription.sdp
 
 
-async def join(cp: ControlPlane, call: Call, who: UserRow, mode: str = "whisper") -> SupervisorLeg:
+async def join(cp: ControlPlane, call: Call, who: UserRow, mode: Mode = "whisper") -> SupervisorLeg:
     """``who`` on the call, speaking with ``Voice``."""
     pc, sdp = await offer()
     try:
-        leg, _answer = await cp.calls.monitors.start(who, call, mode, sdp)  # type: ignore[arg-type]
+        leg, _answer = await cp.calls.monitors.start(who, call, mode, sdp)
     finally:
         await pc.close()
     leg.peer.audio_track.set_result(Voice())
