@@ -136,7 +136,7 @@ class Monitors:
         leg's row is written before it goes live, so every start event has its row."""
         may_monitor(user)
         _may_join(call, user)
-        signed_out = self._sign_outs.get(user.id, 0)
+        signed_out, agent = self._sign_outs.get(user.id, 0), call.agent_leg()
         leg_id = str(uuid.uuid4())
         holder: list[SupervisorLeg] = []
         gone: list[str] = []  # the peer ended before the leg went live: why
@@ -151,14 +151,14 @@ class Monitors:
         written = False
         try:
             answer, _ = await peer.answer(sdp, video=False)
-            self._may_still_join(call, user, signed_out, gone)
+            self._may_still_join(call, user, signed_out, agent, gone)
             row = LegRow(id=leg_id, call_id=call.id, role="supervisor", transport="webrtc",
                          user_id=user.id, created_at=utcnow())  # fmt: skip
             await self.keep(f"leg {leg_id}", self.store.add, row)
             written = True
             # again: the call may have ended, the agent left or the supervisor been
             # signed out while that was written
-            self._may_still_join(call, user, signed_out, gone)
+            self._may_still_join(call, user, signed_out, agent, gone)
         except BaseException:
             try:
                 if written:
@@ -183,13 +183,17 @@ class Monitors:
         log.info("call %s: %s monitors (%s)", call.id, user.username, mode)
         return leg, answer
 
-    def _may_still_join(self, call: Call, user: Actor, signed_out: int, gone: list[str]) -> None:
+    def _may_still_join(
+        self, call: Call, user: Actor, signed_out: int, agent: Leg | None, gone: list[str]
+    ) -> None:
         """After an await of ``start``: the reason it must not go on, if any."""
         if gone:
             raise NotAllowed(f"your connection ended before you joined ({gone[0]})")
         if self._sign_outs.get(user.id, 0) != signed_out:
             raise Forbidden("you were signed out while joining")
         _may_join(call, user)
+        if call.agent_leg() is not agent:  # transferred meanwhile (and taken at once)
+            raise NotAllowed("the call was transferred while you joined")
 
     def change(self, user: Actor, call: Call, mode: Mode) -> SupervisorLeg:
         may_monitor(user)
