@@ -81,6 +81,7 @@ from engine.callstate import (
     UnknownCall,
     common_prompts,
 )
+from engine.callstate import check_voice as _voice_only
 from engine.config import IceServer, Settings
 from engine.content import QUEUE, Content
 from engine.controls import (
@@ -92,6 +93,7 @@ from engine.controls import (
     RunLeg,
     Save,
     SaveCall,
+    SupervisorsLeave,
 )
 from engine.customers import Customer, Customers
 from engine.desks import DeskStreams
@@ -293,6 +295,7 @@ class CallManager:
             store,
             bus,
             self._keep,
+            self.calls,
             ice_servers=self.ice_servers,
             media_timeout=settings.media_timeout,
         )
@@ -1351,6 +1354,8 @@ class CallManager:
                 effect.call.tasks.append(asyncio.create_task(running, name=f"leg-{effect.leg.id}"))
             elif isinstance(effect, CloseLeg):
                 await self._close_leg(effect.call, effect.leg)
+            elif isinstance(effect, SupervisorsLeave):
+                await self.monitors.agent_left(effect.call)
             elif isinstance(effect, ThankAndEnd):
                 thanks = thank_and_end(effect.call, self.say, self.end_call)
                 effect.call.tasks.append(asyncio.create_task(thanks))
@@ -1427,6 +1432,13 @@ class CallManager:
         call.ended.set()
         self.offers.done(call_id)
         self._chats.pop(call_id, None)
+        # the supervisors first: one barging in must not go on talking to a caller whose
+        # agent hung up while the rest of the call is torn down (they fall silent at
+        # once; their records and peers get the teardown's bound, like the recognizers)
+        try:
+            await asyncio.wait_for(self.monitors.call_ended(call), TEARDOWN_TIMEOUT)
+        except TimeoutError:
+            log.warning("call %s: supervisors' legs did not close in time", call_id)
         leaving = itertools.chain(
             self.routing.hung_up(call.agent_id, call.bridged_at, call.id),
             self.routing.leave(call, "caller_left"),
@@ -1462,7 +1474,6 @@ class CallManager:
         now = utcnow()
         duration = (now - call.created_at).total_seconds()
         await self._transition(call, "end", reason, ended_at=now, end_reason=reason)
-        await self.monitors.call_ended(call)  # the supervisors' legs end with the call
         for leg in call.legs:
             await self._keep(f"leg {leg.id} end", self.store.end_leg, leg.id, now)
         self._publish(CallEnded(call_id=call.id, reason=reason, duration=round(duration, 3)))
@@ -1497,13 +1508,6 @@ class CallManager:
         self.prompts.stop()
         if self.bot is not None:
             await self.bot.close()
-
-
-def _voice_only(call: Call, what: str) -> None:
-    """A chat has no media: found in review, a desk phone picked up bridged a voice
-    leg into one, and hold, recording and a transfer to a number took it too."""
-    if call.channel == "chat":
-        raise NotAllowed(f"a chat cannot be {what}")
 
 
 def brain(settings: Settings) -> BrainSettings | None:

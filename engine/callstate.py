@@ -116,6 +116,13 @@ def check_with_agent(call: CallRecord) -> None:
         raise NotAllowed(f"call {call.id} is {call.state}, not with an agent")
 
 
+def check_voice(call: CallRecord, what: str) -> None:
+    """A chat has no media: found in review, a desk phone picked up bridged a voice
+    leg into one, and hold, recording and a transfer to a number took it too."""
+    if call.channel == "chat":
+        raise NotAllowed(f"a chat cannot be {what}")
+
+
 # -- the record -----------------------------------------------------------------------
 
 

@@ -25,6 +25,9 @@ What an action then does is a generator of effects, the pattern of engine/routin
     RunLeg      a new leg's media starts (a number that took a transfer)
     CloseLeg    a leg that left (the agent who transferred) is closed, its last words
                 transcribed, once the call has moved on
+    SupervisorsLeave  the supervisors on the call leave with the agent they joined:
+                whoever comes next (an agent, an outside number) is not whom they
+                listened to, and must not hear a whisper meant for another
 
 The engine applies each effect before it asks for the next (``CallManager._desk``),
 so a decision goes on from the state the effect left: a caller who hangs up while
@@ -124,7 +127,15 @@ class CloseLeg:
     leg: Leg
 
 
-Effect = RoutingEffect | Save | SaveCall | Hush | HoldMusic | BridgeVideo | RunLeg | CloseLeg
+@dataclass(frozen=True, slots=True)
+class SupervisorsLeave:
+    call: Call
+
+
+Effect = (
+    RoutingEffect | Save | SaveCall | Hush | HoldMusic | BridgeVideo | RunLeg | CloseLeg
+    | SupervisorsLeave
+)  # fmt: skip
 # a control's effects, then what it answers (the note written, the call transferred)
 Steps = Generator[Effect, None, T]
 
@@ -298,6 +309,7 @@ class Controls:
         agent goes to wrap-up, ``record`` is kept as the hand-over note, and the caller
         stops hearing what was queued for them. The leg, to close once the call has
         moved on."""
+        yield SupervisorsLeave(call)  # first: nothing they say reaches the next one
         leg, from_agent = call.agent_leg(), call.agent_id
         if leg is not None:
             leg.left = True  # from here its end does not end the call

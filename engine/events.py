@@ -362,7 +362,9 @@ class MonitorModeChanged(_Monitor):
 
 
 class MonitorStopped(_Monitor):
-    """``reason``: left, call_ended, remote_closed, ice_failed, media_timeout, no_media."""
+    """``reason``: left, call_ended, transferred (the agent left the call), signed_out
+    (signed out, a new password, removed or no longer a supervisor), remote_closed,
+    ice_failed, media_timeout, no_media, error."""
 
     type: Literal["supervisor.monitor_stopped"] = "supervisor.monitor_stopped"
     reason: str

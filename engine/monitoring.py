@@ -13,11 +13,17 @@ their outgoing mix (media/mixer.py). The parties' voices reach the supervisor th
 same way, from the call manager's bridge (``to_supervisors``).
 
 The leg ends when the supervisor leaves (``stop``), when their peer goes (closed,
-ICE failed, no audio for the media timeout), and when the call ends (``call_ended``);
-it never ends the call. Each start, change and stop is published as an event
-(``supervisor.monitor_*``) with who and the mode, so it reaches the event log and
-webhooks. Those events carry the call as ``monitored_call_id``, not ``call_id``: a
-call's own stream is what its caller reads, and a caller is not told who listens.
+ICE failed, no audio for the media timeout), when the agent they joined leaves the
+call (a transfer: the next agent, or the outside number, is not who they came to
+coach), when they are signed out, removed or demoted (``user_gone``), and when the
+call ends (``call_ended``, at the start of the call's teardown); it never ends the
+call. A leg that ends is silent at once: its task is cancelled and its queued voice
+dropped before anything is awaited, so a slow or failing write cannot keep a
+supervisor talking to a caller whose agent has gone. Each start, change and stop is
+published as an event (``supervisor.monitor_*``) with who and the mode, so it
+reaches the event log and webhooks. Those events carry the call as
+``monitored_call_id``, not ``call_id``: a call's own stream is what its caller reads,
+and a caller is not told who listens.
 """
 
 from __future__ import annotations
@@ -26,14 +32,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from aiortc import RTCIceServer
 
-from engine.callstate import WITH_AGENT, Forbidden, NotAllowed
+from engine.callstate import WITH_AGENT, Forbidden, NotAllowed, check_voice
 from engine.events import EventBus, MonitorModeChanged, MonitorStarted, MonitorStopped, utcnow
 from engine.monitor import Mode, Party, hears
 from engine.store.db import Store
@@ -62,6 +68,7 @@ class SupervisorLeg:
     peer: WebRtcLeg
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     stopped: bool = False
+    reason: str | None = None  # why it stopped
 
 
 def may_monitor(user: Actor) -> None:
@@ -76,7 +83,9 @@ def _parties(call: Call) -> list[tuple[Party, CallPeer]]:
     if caller is not None and caller.peer is not None and not caller.left:
         out.append(("caller", caller.peer))
     agent = call.agent_leg()
-    if agent is not None and agent.peer is not None:
+    # one of ours: an outside number a call was transferred to is an agent leg with no
+    # user, and no supervisor coaches a stranger
+    if agent is not None and agent.user_id is not None and agent.peer is not None:
         out.append(("agent", agent.peer))
     return out
 
@@ -98,6 +107,7 @@ class Monitors:
         store: Store,
         bus: EventBus,
         keep: Keep,
+        calls: Mapping[str, Call],
         *,
         ice_servers: Sequence[RTCIceServer],
         media_timeout: float,
@@ -105,8 +115,12 @@ class Monitors:
         self.store = store
         self.bus = bus
         self.keep = keep
+        self.calls = calls  # this node's live calls (read only)
         self.ice_servers = ice_servers
         self.media_timeout = media_timeout
+        # per user, how many times they were signed out: a join that was set up while
+        # it happened (its awaits) sees the count change and is refused
+        self._sign_outs: dict[str, int] = {}
 
     @staticmethod
     def find(call: Call, user: Actor) -> SupervisorLeg:
@@ -118,23 +132,41 @@ class Monitors:
     async def start(
         self, user: Actor, call: Call, mode: Mode, sdp: str
     ) -> tuple[SupervisorLeg, str]:
-        """Join ``call`` with the supervisor's SDP offer; their leg and our answer."""
+        """Join ``call`` with the supervisor's SDP offer; their leg and our answer. The
+        leg's row is written before it goes live, so every start event has its row."""
         may_monitor(user)
         _may_join(call, user)
+        signed_out, agent = self._sign_outs.get(user.id, 0), call.agent_leg()
         leg_id = str(uuid.uuid4())
         holder: list[SupervisorLeg] = []
+        gone: list[str] = []  # the peer ended before the leg went live: why
 
         async def ended(reason: str) -> None:
             if holder:
                 await self.stop(call, holder[0], reason)
+            else:
+                gone.append(reason)
 
         peer = WebRtcLeg(ended, ice_servers=self.ice_servers)
+        written = False
         try:
             answer, _ = await peer.answer(sdp, video=False)
-            _may_join(call, user)  # again: the call may have ended while we set up media
+            self._may_still_join(call, user, signed_out, agent, gone)
+            row = LegRow(id=leg_id, call_id=call.id, role="supervisor", transport="webrtc",
+                         user_id=user.id, created_at=utcnow())  # fmt: skip
+            await self.keep(f"leg {leg_id}", self.store.add, row)
+            written = True
+            # again: the call may have ended, the agent left or the supervisor been
+            # signed out while that was written
+            self._may_still_join(call, user, signed_out, agent, gone)
         except BaseException:
-            await peer.close()
+            try:
+                if written:
+                    await self.keep(f"leg {leg_id} end", self.store.end_leg, leg_id, utcnow())
+            finally:
+                await peer.close()
             raise
+        # live from here, with no await in between: the leg, its event and its voice
         leg = SupervisorLeg(leg_id, user.id, user.username, mode, peer)
         holder.append(leg)
         call.monitors.append(leg)
@@ -147,14 +179,21 @@ class Monitors:
                 mode=mode,
             )
         )
-        leg.task = asyncio.create_task(self._run(call, leg))
-        row = LegRow(id=leg.id, call_id=call.id, role="supervisor", transport="webrtc",
-                     user_id=user.id, created_at=utcnow())  # fmt: skip
-        await self.keep(f"leg {leg.id}", self.store.add, row)
-        if leg.stopped:  # the call ended while that was written: the leg went with it
-            raise NotAllowed("the call has ended")
+        leg.task = asyncio.create_task(self._run(call, leg), name=f"supervisor-{leg.id}")
         log.info("call %s: %s monitors (%s)", call.id, user.username, mode)
         return leg, answer
+
+    def _may_still_join(
+        self, call: Call, user: Actor, signed_out: int, agent: Leg | None, gone: list[str]
+    ) -> None:
+        """After an await of ``start``: the reason it must not go on, if any."""
+        if gone:
+            raise NotAllowed(f"your connection ended before you joined ({gone[0]})")
+        if self._sign_outs.get(user.id, 0) != signed_out:
+            raise Forbidden("you were signed out while joining")
+        _may_join(call, user)
+        if call.agent_leg() is not agent:  # transferred meanwhile (and taken at once)
+            raise NotAllowed("the call was transferred while you joined")
 
     def change(self, user: Actor, call: Call, mode: Mode) -> SupervisorLeg:
         may_monitor(user)
@@ -179,48 +218,87 @@ class Monitors:
         return leg
 
     async def leave(self, user: Actor, call: Call) -> None:
-        may_monitor(user)
+        """The supervisor leaves their own leg. No role check: someone demoted since
+        joining may still hang up (``user_gone`` ended their leg anyway)."""
         await self.stop(call, self.find(call, user), "left")
 
-    async def stop(self, call: Call, leg: SupervisorLeg, reason: str) -> None:
-        """End a supervisor leg (idempotent); the call goes on."""
+    def _halt(self, call: Call, leg: SupervisorLeg, reason: str) -> bool:
+        """The leg falls silent now, before anything is awaited: its voice task
+        cancelled, what it queued for the parties dropped. False if it had already."""
         if leg.stopped:
-            return
-        leg.stopped = True
+            return False
+        leg.stopped, leg.reason = True, reason
         with contextlib.suppress(ValueError):
             call.monitors.remove(leg)
-        _drop(call, leg, "caller")
-        _drop(call, leg, "agent")
-        await self.keep(f"leg {leg.id} end", self.store.end_leg, leg.id, utcnow())
-        self.bus.publish(
-            MonitorStopped(
-                monitored_call_id=call.id,
-                leg_id=leg.id,
-                supervisor_id=leg.user_id,
-                supervisor=leg.username,
-                mode=leg.mode,
-                reason=reason,
-            )
-        )
-        log.info("call %s: %s stopped monitoring (%s)", call.id, leg.username, reason)
         task = leg.task
         if task is not None and task is not asyncio.current_task() and not task.done():
             task.cancel()
-        await leg.peer.close()
+        _drop(call, leg, "caller", "agent")
+        return True
+
+    async def _finish(self, call: Call, leg: SupervisorLeg) -> None:
+        """A halted leg's record, event and peer: each happens whatever the one before
+        did (a failing write must not leave the peer open nor the stop untold)."""
+        try:
+            await self.keep(f"leg {leg.id} end", self.store.end_leg, leg.id, utcnow())
+        finally:
+            try:
+                self.bus.publish(
+                    MonitorStopped(
+                        monitored_call_id=call.id,
+                        leg_id=leg.id,
+                        supervisor_id=leg.user_id,
+                        supervisor=leg.username,
+                        mode=leg.mode,
+                        reason=leg.reason or "error",
+                    )
+                )
+                log.info("call %s: %s stopped monitoring (%s)", call.id, leg.username, leg.reason)
+            finally:
+                await leg.peer.close()
+
+    async def stop(self, call: Call, leg: SupervisorLeg, reason: str) -> None:
+        """End a supervisor leg (idempotent); the call goes on."""
+        if self._halt(call, leg, reason):
+            await self._finish(call, leg)
+
+    async def stop_all(self, call: Call, reason: str) -> None:
+        """End every supervisor leg of ``call``: all fall silent first, then each is
+        finished; one that fails is logged and does not keep the others open."""
+        halted = [leg for leg in list(call.monitors) if self._halt(call, leg, reason)]
+        for leg in halted:
+            try:
+                await self._finish(call, leg)
+            except Exception:
+                log.exception("call %s: ending %s's leg failed", call.id, leg.username)
 
     async def call_ended(self, call: Call) -> None:
-        for leg in list(call.monitors):
-            await self.stop(call, leg, "call_ended")
+        await self.stop_all(call, "call_ended")
+
+    async def agent_left(self, call: Call) -> None:
+        """The agent the supervisors joined left the call (a transfer)."""
+        await self.stop_all(call, "transferred")
+
+    async def user_gone(self, user_id: str) -> None:
+        """The person may monitor no more (signed out, a new password, removed, no longer
+        a supervisor or an admin): their legs on every live call end, and a join they
+        are setting up is refused."""
+        self._sign_outs[user_id] = self._sign_outs.get(user_id, 0) + 1
+        for call in list(self.calls.values()):
+            for leg in [m for m in call.monitors if m.user_id == user_id]:
+                try:
+                    await self.stop(call, leg, "signed_out")
+                except Exception:
+                    log.exception("call %s: ending %s's leg failed", call.id, leg.username)
 
     async def _run(self, call: Call, leg: SupervisorLeg) -> None:
-        """The supervisor's voice, to whoever hears them now."""
-        try:
-            track = await asyncio.wait_for(leg.peer.audio_track, self.media_timeout)
-        except TimeoutError:
-            await self.stop(call, leg, "no_media")
-            return
+        """The supervisor's voice, to whoever hears them now; the leg ends with it,
+        whatever ends it (a bug included: no dead leg stays on the call)."""
+        reason: str | None = None
 
         def push(pcm: np.ndarray, rate: int, channels: int) -> int:
+            if leg.stopped or call.ended.is_set():  # a frame decoded as the leg ended
+                return 0
             audio: np.ndarray | None = None
             for party, peer in _parties(call):
                 if hears(leg.mode, "supervisor", party, state=call.state,
@@ -230,15 +308,29 @@ class Monitors:
                     peer.outbound.push_live(audio, leg.id)
             return 0
 
-        reason = await pump_audio(track, push, self.media_timeout)
-        await self.stop(call, leg, reason)
+        try:
+            try:
+                track = await asyncio.wait_for(leg.peer.audio_track, self.media_timeout)
+            except TimeoutError:
+                reason = "no_media"
+                return
+            reason = await pump_audio(track, push, self.media_timeout)
+        except Exception:
+            log.exception("call %s: %s's voice failed", call.id, leg.username)
+            reason = "error"
+        finally:
+            await self.stop(call, leg, reason or "error")
 
 
 def _bridged(call: Call) -> None:
     if call.ended.is_set() or call.state == "ended":
         raise NotAllowed("the call has ended")
-    if call.state not in WITH_AGENT or call.agent_leg() is None:
+    check_voice(call, "monitored (it has no audio)")
+    agent = call.agent_leg()
+    if call.state not in WITH_AGENT or agent is None:
         raise NotAllowed(f"the call is not with an agent (it is {call.state})")
+    if agent.user_id is None:
+        raise NotAllowed("the call was transferred to an outside number: not one of ours")
 
 
 def _may_join(call: Call, user: Actor) -> None:
@@ -249,7 +341,9 @@ def _may_join(call: Call, user: Actor) -> None:
         raise NotAllowed(f"{MAX_SUPERVISORS} supervisors are on this call already")
 
 
-def _drop(call: Call, leg: SupervisorLeg, party: Party) -> None:
-    for who, peer in _parties(call):
-        if who == party:
-            peer.outbound.drop_live(leg.id)
+def _drop(call: Call, leg: SupervisorLeg, *roles: Party) -> None:
+    """What ``leg`` queued for the call's legs of ``roles`` is not sent (every such
+    leg, a leaving one included: not only the parties it is heard by now)."""
+    for party in call.legs:
+        if party.role in roles and party.peer is not None:
+            party.peer.outbound.drop_live(leg.id)

@@ -68,10 +68,16 @@ def tone_wav(path: Path, hz: float, seconds: float = 5.0) -> Path:
 
 
 async def on_the_page(
-    url: str, call_id: str, mic: Path, screenshot: Path, phones: dict[str, Caller]
+    url: str,
+    call_id: str,
+    mic: Path,
+    screenshot: Path,
+    phones: dict[str, Caller],
+    admin: httpx.AsyncClient,
 ) -> dict[str, dict[float, float]]:
-    """Sue opens the live call page, whispers, leaves: what the caller and the agent
-    received while she whispered."""
+    """Sue opens the live call page and whispers; then an admin makes her an agent, and
+    the engine takes her off the call: the page says so and offers to join again. What
+    the caller and the agent received while she whispered."""
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=chromium_args(mic))
         try:
@@ -90,8 +96,16 @@ async def on_the_page(
             await expect(whisper).to_have_attribute("aria-pressed", "true")
             heard = await levels(phones)
             await page.screenshot(path=str(screenshot), full_page=True)
-            await page.get_by_test_id("monitor-stop").click()
-            await expect(page.get_by_test_id("monitor-status")).to_have_text("You left the call")
+            # the engine ends her leg (she is no supervisor now): the page resets itself
+            r = await admin.patch("/api/v1/agents/sue", json={"role": "agent"})
+            assert r.status_code == 200, r.text
+            await expect(page.get_by_test_id("monitor-status")).to_have_text(
+                "You were signed out: you are off the call"
+            )
+            await expect(whisper).to_have_attribute("aria-pressed", "false")
+            await expect(page.get_by_test_id("monitor-stop")).to_be_disabled()
+            r = await admin.patch("/api/v1/agents/sue", json={"role": "supervisor"})
+            assert r.status_code == 200, r.text
         finally:
             await browser.close()
     return heard
@@ -184,7 +198,7 @@ async def test_listen_whisper_barge_route_the_voices(
         left = await levels(parties, settle=1.0, span=1.5)
         mic = tone_wav(tmp_path / "sue.wav", SUPERVISOR_HZ)
         shot = output_dir / "monitor-whisper.png"
-        paged = await on_the_page(engine.url, cid, mic, shot, parties)
+        paged = await on_the_page(engine.url, cid, mic, shot, parties, admin)
         # on the call again when it ends: the supervisor's leg ends with it
         assert (await join(again, sue, cid, "listen")).status_code == 201
         record = (await caller.call_record())["legs"]
@@ -238,7 +252,7 @@ async def test_listen_whisper_barge_route_the_voices(
         ("supervisor.monitor_stopped", "listen", "sue"),
     ]
     assert all(e["monitored_call_id"] == cid and e["call_id"] is None for e in audit)
-    assert [e["reason"] for e in audit if "reason" in e] == ["left", "left", "call_ended"]
+    assert [e["reason"] for e in audit if "reason" in e] == ["left", "signed_out", "call_ended"]
     assert audit[1]["previous"] == "listen"
     # the page's Whisper: the agent hears Chromium's microphone, the caller does not
     assert paged["agent"][SUPERVISOR_HZ] > PAGE_HEARD and deaf(paged["caller"], SUPERVISOR_HZ)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import weakref
 
 from fastapi import APIRouter, Request, Response
 from starlette.exceptions import HTTPException
@@ -86,9 +87,26 @@ async def add_user(body: UserIn, request: Request, _p: Admin) -> UserOut:
     return UserOut.model_validate(row, from_attributes=True)
 
 
+# Who is an admin is read and changed under one lock: two demotions (or removals) at
+# once could otherwise both count two admins and leave none. It holds within this engine
+# process only; with several engines on one database the check stays best-effort. One
+# lock per event loop: an asyncio lock is bound to the loop it first waits in.
+_admin_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _admins() -> asyncio.Lock:
+    return _admin_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+
+
+MONITORS = ("supervisor", "admin")  # the roles that listen to calls (engine/monitoring.py)
+
+
 async def _keep_an_admin(m: CallManager, user: UserRow, role: str | None) -> None:
     """409 when the change would leave no person who can sign in as an admin (admin API
-    keys still work, but nobody could manage people from the admin page)."""
+    keys still work, but nobody could manage people from the admin page). Called with
+    ``_admins()`` held, up to the write."""
     if user.role != "admin" or role == "admin":
         return
     if sum(u.role == "admin" for u in await m.store.users()) <= 1:
@@ -98,39 +116,47 @@ async def _keep_an_admin(m: CallManager, user: UserRow, role: str | None) -> Non
 @router.patch("/agents/{username}", response_model=UserOut)
 async def change_user(username: str, body: UserPatch, request: Request, _p: Admin) -> UserOut:
     """Change skills (used from the next offer), role, display name or password. A new
-    password ends the person's sign-ins: tokens issued before it are refused."""
+    password ends the person's sign-ins: tokens issued before it are refused. A new
+    password, or a role that no longer monitors, ends their supervisor legs."""
     m = _manager(request)
-    user = await m.store.user_by_name(username)
-    if user is None:
-        raise HTTPException(404, f"no user {username}")
-    if body.role is not None:
-        await _keep_an_admin(m, user, body.role)
     values: dict[str, object] = body.model_dump(exclude_none=True, exclude={"password"})
     if "skills" in values:
         values["skills"] = sorted({s.strip() for s in body.skills or [] if s.strip()})
-    if body.password is not None:
+    if body.password is not None:  # ~170 ms of CPU: hashed before the lock is taken
         values["password_hash"] = await asyncio.to_thread(hash_password, body.password)
-        await revoke_tokens(request, user.id, **values)
-    elif values:
-        await m.store.update_user(user.id, **values)
+    async with _admins():
+        user = await m.store.user_by_name(username)
+        if user is None:
+            raise HTTPException(404, f"no user {username}")
+        if body.role is not None:
+            await _keep_an_admin(m, user, body.role)
+        if body.password is not None:
+            await revoke_tokens(request, user.id, **values)
+        elif values:
+            await m.store.update_user(user.id, **values)
     changed = await m.store.user(user.id)
     assert changed is not None
+    if body.password is not None or changed.role not in MONITORS:
+        await m.monitors.user_gone(user.id)
     await m.user_changed(changed)
     return UserOut.model_validate(changed, from_attributes=True)
 
 
 @router.delete("/agents/{username}", status_code=204)
 async def remove_user(username: str, request: Request, _p: Admin) -> None:
-    """Remove a user: signed out at once, their tokens refused from then on; 409 while
-    they ring or talk. Their calls, notes and dispositions stay."""
+    """Remove a user: signed out at once, their tokens refused from then on (and off
+    any call they were listening to); 409 while they ring or talk. Their calls, notes
+    and dispositions stay."""
     m = _manager(request)
-    user = await m.store.user_by_name(username)
-    if user is None:
-        raise HTTPException(404, f"no user {username}")
-    await _keep_an_admin(m, user, None)
-    await m.agent_gone(user.id)
-    await m.store.delete_user(user.id)
+    async with _admins():
+        user = await m.store.user_by_name(username)
+        if user is None:
+            raise HTTPException(404, f"no user {username}")
+        await _keep_an_admin(m, user, None)
+        await m.agent_gone(user.id)
+        await m.store.delete_user(user.id)
     tokens_revoked(request.app)
+    await m.monitors.user_gone(user.id)
 
 
 @router.post("/agents/me/presence", response_model=AgentOut)

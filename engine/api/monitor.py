@@ -3,7 +3,10 @@
 ``POST`` joins with the supervisor's WebRTC offer and a mode, ``PATCH`` changes the
 mode, ``DELETE`` leaves; each acts on the signed-in supervisor's own leg. Supervisors
 and admins only (403 for agents, API keys and caller tokens: monitoring needs a
-person with a microphone); 409 when the call is not with an agent or has ended.
+person with a microphone); 409 when the call is not with an agent (or with an outside
+number it was transferred to), is a chat, or has ended. A leg ends by itself when the
+agent leaves the call (a transfer) and when its supervisor is signed out, gets a new
+password, is removed or stops being a supervisor or an admin.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ async def change(
 
 @router.delete("/calls/{call_id}/monitor", status_code=204)
 async def leave(call_id: PathId, request: Request, user: CurrentUser) -> None:
-    """Leave the call; it goes on."""
-    may_monitor(user)
+    """Leave the call; it goes on. Your own leg only, so no role is asked for: someone
+    demoted since is off the call already, and may still hang up."""
     m: CallManager = request.app.state.calls
     await m.monitors.leave(user, await _call(request, call_id))

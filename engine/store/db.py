@@ -462,8 +462,9 @@ class Store:
         ):  # fmt: skip
             if value is not None:
                 q = q.where(column == value)
-        if agent_id is not None:  # anyone who took part, not only the last agent
-            q = q.where(CallRow.legs.any(LegRow.user_id == agent_id))
+        if agent_id is not None:  # any agent who took part, not only the last one
+            # (a supervisor who listened to a call did not take it)
+            q = q.where(CallRow.legs.any((LegRow.user_id == agent_id) & (LegRow.role == "agent")))
         if since is not None:
             q = q.where(CallRow.created_at >= since)
         if until is not None:

@@ -43,7 +43,7 @@ async function choose(mode) {
   monitorControls();
   try {
     if (watch) await watch.setMode(mode);
-    else watch = await monitor(callId, mode, { audio: $("monitor-audio"), onEnded: () => leave("Disconnected") });
+    else watch = await monitor(callId, mode, { audio: $("monitor-audio"), onEnded: (state) => endedByEngine(state) });
     monitorStatus(SAID[watch.mode]);
   } catch (err) {
     monitorStatus(err.message);
@@ -61,9 +61,26 @@ async function leave(why = "You left the call") {
   monitorControls();
 }
 
+// The engine ended the leg (the agent transferred the call, you were signed out, the
+// call ended): the controls go back to joining, with why.
+const ENDED_BY = {
+  transferred: "The agent transferred the call: you are off it",
+  signed_out: "You were signed out: you are off the call",
+  call_ended: "The call ended",
+  left: "You left the call",
+};
+function endedByEngine(reason) {
+  const w = watch;
+  watch = null;
+  if (w) w.close();
+  monitorStatus(ENDED_BY[reason] || `Disconnected (${reason})`);
+  monitorControls();
+}
+
 modeButtons.forEach((b) => { b.onclick = () => choose(b.dataset.mode); });
 $("monitor-stop").onclick = () => leave();
-addEventListener("pagehide", () => { if (watch) watch.stop(); });
+// keepalive: a plain fetch is cancelled with the page, and the leg would stay on the call
+addEventListener("pagehide", () => { if (watch) watch.stop({ keepalive: true }); });
 
 async function whoAmI() {
   const r = await fetch("/api/v1/auth/me").catch(() => null);
@@ -73,6 +90,13 @@ async function whoAmI() {
 }
 
 await whoAmI();
+// a supervisor's leg is told on the stream of everything (a call's own stream is its
+// caller's, and never says who listens): the one for my leg resets the controls
+if (supervising) {
+  connectEvents("/api/v1/events", (ev) => {
+    if (ev.type === "supervisor.monitor_stopped" && watch && ev.leg_id === watch.legId) endedByEngine(ev.reason);
+  });
+}
 const res = await fetch(`/api/v1/calls/${callId}`);
 if (!res.ok) {
   $("meta").textContent = (await res.json()).detail;

@@ -3,7 +3,8 @@
 //
 //   const m = await monitor(callId, "listen");   // throws Error(detail) if refused
 //   await m.setMode("whisper");
-//   await m.stop();
+//   await m.stop();                             // leave (DELETE)
+//   m.close();                                  // the engine ended the leg: let go here
 //
 // The engine decides who hears whom (engine/monitor.py); the microphone is also turned
 // off here while listening, so a listener sends silence whatever happens on the way.
@@ -12,10 +13,11 @@ import { iceServers, waitIce } from "/static/rtc.js";
 export const MODES = ["listen", "whisper", "barge"];
 
 // X-Requested-With: the engine takes changes made with the sign-in cookie only with it
-async function send(path, method, body) {
+// keepalive: the request outlives the page (a DELETE sent as the tab closes)
+async function send(path, method, body, { keepalive = false } = {}) {
   const headers = { "x-requested-with": "ccengine" };
   if (body !== undefined) headers["content-type"] = "application/json";
-  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const res = await fetch(path, { method, headers, keepalive, body: body === undefined ? undefined : JSON.stringify(body) });
   const data = res.status === 204 ? null : await res.json().catch(() => null);
   if (!res.ok) throw new Error(data?.detail || `HTTP ${res.status}`);
   return data;
@@ -69,16 +71,23 @@ export async function monitor(callId, mode, { audio = null, onEnded = null } = {
       speak();
       return current;
     },
-    async stop() {
+    // ``keepalive``: as the page goes away (pagehide), so the engine still hears of it
+    async stop({ keepalive = false } = {}) {
       if (stopped) return;
       stopped = true;
       try {
-        await send(path, "DELETE");
+        await send(path, "DELETE", undefined, { keepalive });
       } catch {
         // the call ended first: the engine has ended the leg already
       } finally {
         release();
       }
+    },
+    // the engine ended the leg (supervisor.monitor_stopped): nothing to tell it
+    close() {
+      if (stopped) return;
+      stopped = true;
+      release();
     },
   };
 }
