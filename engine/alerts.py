@@ -13,12 +13,24 @@ from the durable log, resuming by id after a lag (engine/eventlog.py ``replay``)
     any                 the wallboard's ``Floor`` (engine/wallboard.py) folds it in
 
 ``ack`` marks an alert acknowledged (who, when) and tells it (``alert.acknowledged``).
-At start, the ``Floor`` is filled from today's stored events (at most ``SEED_MAX``),
-and alerts whose call ended while no engine was following (a crash) are closed. At a
+
+At start, the ``Floor`` is filled from the stored events older than the bus's ring
+(the rest the follower reads, as ``EventLog.replay`` does: the database, then the ring):
+
+1. the calls still live (no end in their record, their engine's heartbeat fresh) that
+   began before midnight: their own events, whatever the day;
+2. today's call events, every page of them (the queues' counters need them all; a
+   mood or an escalation is only read for the calls still live, step 3);
+3. the moods and escalations of the calls live after step 2;
+4. a live call whose events are gone (pruned) is followed from its record.
+
+Then alerts whose call ended while no engine was following (a crash) are closed. At a
 stop, the events delivered so far are followed first (for a second at most): the calls
 the shutdown ended close their alerts then.
 
-A store that fails drops that alert's change (logged), never the follower.
+A store that fails drops that alert's change (logged), never the follower nor the
+start. An event the follower cannot take (it raises) is logged, counted (``skipped``)
+and passed: one bad event must not stall the alerts for ever.
 """
 
 from __future__ import annotations
@@ -27,27 +39,30 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
-from datetime import UTC, datetime, time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from engine.eventlog import EventLog
 from engine.events import AlertAcknowledged, AlertClosed, EventBase, EventBus, utcnow
 from engine.store.db import Store
-from engine.store.models import AlertRow, CallRow, EventRow
-from engine.wallboard import Floor
+from engine.store.models import AlertRow, CallRow, EngineRow, EventRow
+from engine.wallboard import MAX_CALLS, Floor
 
 log = logging.getLogger(__name__)
 
-SEED_MAX = 200_000  # today's events read at start, at most
-SEED_PAGE = 2_000
-SEED_TYPES = (
+SEED_PAGE = 2_000  # events read at start per query
+IDS_PER_QUERY = 500  # call ids per query at start
+# what the floor's calls and counters are made of: a handful per call
+STATE_TYPES = (
     "call.started", "call.state_changed", "queue.updated", "call.offered",
-    "call.transferred", "emotion.updated", "escalation.raised", "call.ended",
+    "call.transferred", "call.ended",
 )  # fmt: skip
+MOOD_TYPES = ("emotion.updated", "escalation.raised")  # many per call: live calls' only
+SEED_TYPES = (*STATE_TYPES, *MOOD_TYPES)
 ENDED = "call_ended"
 # what the floor and the alerts read: other events (transcripts, partials above all)
 # are passed over before being turned into a dict
@@ -63,19 +78,38 @@ class AlertError(Exception):
 
 
 class Supervision:
-    def __init__(self, store: Store, bus: EventBus, event_log: EventLog, threshold: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        event_log: EventLog,
+        threshold: float,
+        lease: float = 60.0,
+    ) -> None:
         self.store = store
         self.bus = bus
         self.event_log = event_log
         self.floor = Floor(threshold)
+        self.lease = lease  # an engine silent longer is dead (settings.engine_lease)
         self._task: asyncio.Task[None] | None = None
         self.failures = 0  # alert changes the store refused (logged)
+        self.skipped = 0  # events that could not be followed (logged, passed)
         self.handled = 0  # the id of the last event followed
 
     async def start(self) -> None:
-        last = self.handled = self.bus.delivered_to
-        await self._seed(last)
-        await self._sweep()
+        # older than the ring is in the database (as EventLog.replay trusts); the ring's
+        # the follower reads, with what comes while the floor is filled
+        last = self.handled = self.bus.oldest_id - 1
+        try:
+            await self._seed(last)
+        except Exception:  # a wallboard short of the past, rather than no engine
+            self.failures += 1
+            log.exception("wallboard: the floor not filled from the stored events")
+        try:
+            await self._sweep()
+        except Exception:
+            self.failures += 1
+            log.exception("alerts: those of calls ended while nobody followed not closed")
         self._task = asyncio.create_task(self._follow(last), name="supervision")
 
     async def stop(self, settle: float = 1.0) -> None:
@@ -96,37 +130,109 @@ class Supervision:
     # -- following the stream -----------------------------------------------------------
 
     async def _seed(self, upto: int) -> None:
+        """Fill the floor from the stored events up to ``upto`` (see the module doc)."""
         midnight = datetime.combine(utcnow().date(), time(), UTC)
-        after, read = 0, 0
-        while read < SEED_MAX:
-            async with self.store.session() as s:
+        live = await self._live_calls()
+        # 1. the live calls that began before midnight: their story so far
+        early = [row.id for row in live if row.created_at < midnight]
+        await self._feed_calls(early, SEED_TYPES, upto, before=midnight)
+        # 2. today's call events, all of them, from the day's first id on
+        async with self.store.session() as s:
+            # min over the time index: not a scan of the days before
+            todays = select(func.min(EventRow.id)).where(EventRow.time >= midnight)
+            first = (await s.scalars(todays.where(EventRow.id <= upto))).first()
+        read = 0
+        if first is not None:
+            after = int(first) - 1
+            while True:
+                async with self.store.session() as s:
+                    q = (
+                        select(EventRow.id, EventRow.body)
+                        .where(EventRow.id > after, EventRow.id <= upto)
+                        .where(EventRow.time >= midnight, EventRow.type.in_(STATE_TYPES))
+                        .order_by(EventRow.id)
+                        .limit(SEED_PAGE)
+                    )
+                    rows = (await s.execute(q)).all()
+                for event_id, body in rows:
+                    self._feed(int(event_id), body)
+                    after = int(event_id)
+                read += len(rows)
+                if len(rows) < SEED_PAGE:
+                    break
+        # 3. the moods and escalations of the calls live now
+        await self._feed_calls(list(self.floor.calls), MOOD_TYPES, upto, since=midnight)
+        # 4. live, and no events to tell it: from its record
+        for row in live:
+            self.floor.restore(row.id, row.channel, row.created_at, row.state, row.queue)
+        log.info("wallboard: %d of today's call events read, %d live calls",
+                 read, len(self.floor.calls))  # fmt: skip
+
+    async def _live_calls(self) -> Sequence[Any]:
+        """The calls with no end in their record whose engine still runs (the others
+        are ended by engine/recovery.py, which tells it), the newest ``MAX_CALLS``."""
+        fresh = utcnow() - timedelta(seconds=self.lease)
+        q = (
+            select(CallRow.id, CallRow.channel, CallRow.created_at, CallRow.state, CallRow.queue)
+            .join(EngineRow, EngineRow.id == CallRow.engine_id)
+            .where(CallRow.ended_at.is_(None), EngineRow.heartbeat_at >= fresh)
+            .order_by(CallRow.created_at.desc())
+            .limit(MAX_CALLS)
+        )
+        async with self.store.session() as s:
+            rows = (await s.execute(q)).all()
+        return rows[::-1]  # the oldest first, as the floor drops the oldest over its bound
+
+    async def _feed_calls(
+        self,
+        call_ids: Sequence[str],
+        types: Sequence[str],
+        upto: int,
+        *,
+        before: datetime | None = None,
+        since: datetime | None = None,
+    ) -> None:
+        """Feed the floor these calls' stored events of ``types``, in order per call."""
+        for at in range(0, len(call_ids), IDS_PER_QUERY):
+            chunk = call_ids[at : at + IDS_PER_QUERY]
+            after = 0
+            while True:
                 q = (
                     select(EventRow.id, EventRow.body)
-                    .where(EventRow.time >= midnight, EventRow.id > after, EventRow.id <= upto)
-                    .where(EventRow.type.in_(SEED_TYPES))
-                    .order_by(EventRow.id)
-                    .limit(SEED_PAGE)
+                    .where(EventRow.call_id.in_(chunk), EventRow.type.in_(types))
+                    .where(EventRow.id > after, EventRow.id <= upto)
                 )
-                rows = (await s.execute(q)).all()
-            for event_id, body in rows:
-                self.floor.feed(json.loads(body))
-                after = int(event_id)
-            read += len(rows)
-            if len(rows) < SEED_PAGE:
-                return
-        log.warning("wallboard: only today's first %d events read at start", SEED_MAX)
+                if before is not None:
+                    q = q.where(EventRow.time < before)
+                if since is not None:
+                    q = q.where(EventRow.time >= since)
+                async with self.store.session() as s:
+                    rows = (await s.execute(q.order_by(EventRow.id).limit(SEED_PAGE))).all()
+                for event_id, body in rows:
+                    self._feed(int(event_id), body)
+                    after = int(event_id)
+                if len(rows) < SEED_PAGE:
+                    break
+
+    def _feed(self, event_id: int, body: str) -> None:
+        """One stored event into the floor; one it cannot take is passed (counted)."""
+        try:
+            self.floor.feed(json.loads(body))
+        except Exception:
+            self.skipped += 1
+            log.exception("wallboard: event %d passed over", event_id)
 
     async def _follow(self, last: int) -> None:
         while True:
             sub = self.bus.subscribe()  # before the replay: nothing falls in between
             try:
                 async for event_id, body in self.event_log.replay(None, last):
-                    await self._handle(json.loads(body))
+                    await self._take(event_id, body)
                     last = self.handled = event_id
                 async for event in sub:
                     if event.id > last:
                         if getattr(event, "type", None) in FOLLOWED:
-                            await self._handle(event.model_dump())
+                            await self._take(event.id, event)
                         last = self.handled = event.id
             except asyncio.CancelledError:
                 raise
@@ -136,7 +242,17 @@ class Supervision:
             finally:
                 sub.close()
 
-    async def _handle(self, ev: dict[str, Any]) -> None:
+    async def _take(self, event_id: int, event: str | EventBase) -> None:
+        """Follow one event; one that raises is logged, counted and passed, not tried
+        again for ever (the follower would resume at it after each failure)."""
+        try:
+            ev = json.loads(event) if isinstance(event, str) else event.model_dump()
+            await self._handle(ev)
+        except Exception:
+            self.skipped += 1
+            log.exception("supervision: event %d not followed; passed over", event_id)
+
+    async def _handle(self, ev: Mapping[str, Any]) -> None:
         self.floor.feed(ev)
         kind, call_id = ev.get("type"), ev.get("call_id")
         if kind == "supervisor.alert" and isinstance(call_id, str):
@@ -144,7 +260,7 @@ class Supervision:
         elif kind == "call.ended" and isinstance(call_id, str):
             await self._close([call_id])
 
-    async def _raised(self, ev: dict[str, Any], call_id: str) -> None:
+    async def _raised(self, ev: Mapping[str, Any], call_id: str) -> None:
         when = ev.get("time")
         raised = datetime.fromisoformat(when) if isinstance(when, str) else when
         row = AlertRow(

@@ -107,7 +107,9 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     )
     webhook_targets = TargetPolicy(settings.webhook_allowed_networks)
     # the wallboard's view of the floor and the alerts kept (engine/alerts.py)
-    supervision = Supervision(store, bus, event_log, settings.service_level_seconds)
+    supervision = Supervision(
+        store, bus, event_log, settings.service_level_seconds, lease=settings.engine_lease
+    )
     recovery = Recovery(store, bus, settings.engine_lease, node_url(settings))
     calls.engine_id = recovery.id
     analyst = Analyst(store, bus, rules_from(settings.analytics_categories), recovery.id)

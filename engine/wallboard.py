@@ -20,11 +20,22 @@ its escalations, and today's per-queue counters for the service level:
     call.transferred              its agent is gone; it waits again (queued follows)
     emotion.updated (caller)      call label, scores, trend (the last ``TRENDS`` kept)
     escalation.raised             its reasons; a repeated request is flagged
-    call.state_changed ended      ended while waiting: abandoned
-    call.ended                    gone (abandoned, if no state change said it ended)
+    call.state_changed ended      ended while waiting: abandoned, by its reason (below)
+    call.ended                    gone (abandoned, if no state change said it ended);
+                                  its id kept a while (``RECENT_ENDS``)
 
-Bounds: at most ``MAX_CALLS`` live calls are followed (the oldest dropped, counted) and
-the counters are per UTC day (they restart at midnight UTC).
+An end while waiting is read by its reason: ``callback_requested`` is a callback (the
+caller kept their place, counted apart), the engine's own endings (``ENGINE_ENDINGS``:
+a shutdown, a dead engine's calls ended by another) are no one's choice and count
+nowhere; any other is a caller who gave up (abandoned).
+
+A call can end before its ``call.started`` is told (the caller hangs up while the
+engine stores the new call): a ``call.started`` for an id that ended lately is ignored,
+or it would stay on the wallboard for ever.
+
+Bounds: at most ``MAX_CALLS`` live calls are followed (the oldest dropped, counted), the
+last ``RECENT_ENDS`` ended ids are kept, and the counters are per UTC day (they restart
+at midnight UTC; an event of the day before, told late, never takes them back).
 
 ``snapshot`` reads the ACD (queues, line, agents and their presence: the same copy
 ``GET /api/v1/agents`` and queue positions read, one routing for every engine with
@@ -44,6 +55,14 @@ from typing import Any
 from engine.acd import STAFFED, Acd, Waiting
 
 MAX_CALLS = 5_000  # live calls followed at once
+RECENT_ENDS = 2_000  # ended ids kept, to ignore a call.started told after its end
+CALLBACK = "callback_requested"  # engine/callbacks.py: the caller chose to be called back
+# ends no caller chose: the engine stopped (engine/calls.py), or another engine ended a
+# dead one's calls (engine/recovery.py; "engine_lost" in rows from before the rename),
+# or a chat became a call (the caller goes on waiting, as the new call): not abandoned
+ENGINE_ENDINGS = frozenset(
+    {"engine_shutdown", "engine_restart", "node_lost", "engine_lost", "upgraded"}
+)
 TRENDS = 5  # the caller's last trends kept, to see a mood falling
 UPSET = ("angry", "frustrated")
 # what counts as a risk, and how much it weighs in the order of the list
@@ -82,6 +101,7 @@ class QueueDay:
     answered: int = 0
     within: int = 0  # answered within the service-level threshold
     abandoned: int = 0  # the caller left while waiting
+    callbacks: int = 0  # the caller asked to be called back while waiting
 
 
 class Floor:
@@ -93,10 +113,55 @@ class Floor:
         self.day: date | None = None
         self.queues: dict[str, QueueDay] = {}
         self.dropped = 0  # live calls no longer followed (over MAX_CALLS)
+        self._ended: deque[str] = deque()  # the last RECENT_ENDS ended ids, oldest first
+        self._ended_set: set[str] = set()
 
     def _today(self, when: datetime) -> None:
-        if self.day != when.date():
+        # forward only: an event of yesterday told after today's first (another engine's,
+        # late) must not wipe today's counters
+        if self.day is None or when.date() > self.day:
             self.day, self.queues = when.date(), {}
+
+    def counters(self, day: date) -> dict[str, QueueDay]:
+        """The queues' counters of ``day``: none if the floor has not seen that day (a
+        snapshot just after midnight, before the day's first event)."""
+        return self.queues if self.day == day else {}
+
+    def _ends(self, call_id: str) -> None:
+        if call_id in self._ended_set:
+            return
+        self._ended.append(call_id)
+        self._ended_set.add(call_id)
+        if len(self._ended) > RECENT_ENDS:
+            self._ended_set.discard(self._ended.popleft())
+
+    def _left_line(self, call: LiveCall, reason: object, today: bool) -> None:
+        """``call`` ended while waiting: a callback, an engine's ending, or abandoned."""
+        if not today:
+            return  # yesterday's, told late: its day's counters are gone
+        q = self._queue(call.queue)
+        if reason == CALLBACK:
+            q.callbacks += 1
+        elif reason not in ENGINE_ENDINGS:  # the engine's endings are nobody's choice
+            q.abandoned += 1
+
+    def restore(
+        self, call_id: str, channel: str, started: datetime, state: str, queue: str | None
+    ) -> None:
+        """A live call known from the store only (its events are gone): followed from
+        what its record says, unless it is followed already."""
+        if call_id in self.calls or call_id in self._ended_set:
+            return
+        call = LiveCall(call_id, channel, started, state=state, state_since=started, queue=queue)
+        if state == "queued":
+            call.queued_at = started
+        self.calls[call_id] = call
+        self._bound()
+
+    def _bound(self) -> None:
+        while len(self.calls) > MAX_CALLS:
+            self.calls.popitem(last=False)
+            self.dropped += 1
 
     def _queue(self, name: str | None) -> QueueDay:
         return self.queues.setdefault(name or "?", QueueDay())
@@ -112,19 +177,24 @@ class Floor:
         if not isinstance(when, datetime):
             return
         self._today(when)
+        today = when.date() == self.day
+        ends = kind == "call.ended" or (kind == "call.state_changed" and ev.get("state") == "ended")
+        if ends:
+            self._ends(call_id)
         if kind == "call.started":
+            if call_id in self._ended_set:
+                return  # told after its end (see the module doc)
             self.calls[call_id] = LiveCall(call_id, str(ev.get("channel", "")), when)
             self.calls[call_id].state_since = when
-            while len(self.calls) > MAX_CALLS:
-                self.calls.popitem(last=False)
-                self.dropped += 1
+            self._bound()
             return
         call = self.calls.get(call_id)
         if call is None:
             return
         if kind == "call.state_changed":
             state = str(ev.get("state"))
-            if state == "bridged" and call.state == "queued" and call.queued_at is not None:
+            answered = state == "bridged" and call.state == "queued"
+            if answered and call.queued_at is not None and today:
                 q = self._queue(call.queue)
                 q.answered += 1
                 if (when - call.queued_at).total_seconds() <= self.threshold:
@@ -134,7 +204,7 @@ class Floor:
             if state == "queued":
                 call.queued_at, call.agent_id = when, None
             if state == "ended" and call.state == "queued":  # told before call.ended
-                self._queue(call.queue).abandoned += 1
+                self._left_line(call, ev.get("reason"), today)
             call.state, call.state_since = state, when
         elif kind == "queue.updated":
             call.queue = str(ev.get("queue"))
@@ -162,7 +232,7 @@ class Floor:
                 call.repeated = reason
         elif kind == "call.ended":
             if call.state == "queued":
-                self._queue(call.queue).abandoned += 1
+                self._left_line(call, ev.get("reason"), today)
             del self.calls[call_id]
 
 
@@ -219,12 +289,12 @@ def _span(seconds: float) -> str:
 
 def _queue_wait(acd: Acd, name: str, line: list[Waiting]) -> float | None:
     """What a caller joining ``name`` now would be told, in seconds (None: nobody
-    staffed for it)."""
-    mine = [w for w in line if w.queue == name]
-    if mine:
-        return acd.expected_wait(mine[-1].call_id)
+    staffed for it): ``Acd.expected_wait``'s sum for one more caller, behind everyone
+    waiting at the queue's priority or higher (not the last waiting caller's own wait,
+    which is one place shorter)."""
     config = acd.queues.get(name) or acd.closing.get(name)
     skills = frozenset(config.skills) if config else frozenset()
+    priority = config.priority if config else 0
     staffed = [
         a
         for a in acd.agents.values()
@@ -232,9 +302,10 @@ def _queue_wait(acd: Acd, name: str, line: list[Waiting]) -> float | None:
     ]
     if not staffed:
         return None
-    if any(a.presence == "available" for a in staffed):
+    position = 1 + sum(1 for w in line if w.priority >= priority)
+    if position == 1 and any(a.presence == "available" for a in staffed):
         return 0.0
-    return acd.average_handle_time / len(staffed)
+    return position / len(staffed) * acd.average_handle_time
 
 
 def snapshot(
@@ -254,20 +325,23 @@ def snapshot(
     line = acd.line()
     names = list(acd.queues) + [q for q in acd.closing if q not in acd.queues]
     names += sorted({w.queue for w in line} - set(names))
+    counters = floor.counters(at.date())  # none yet today: nothing counted today
     queues = []
     for name in names:
         waiting = [w for w in line if w.queue == name]
-        day = floor.queues.get(name, QueueDay())
+        day = counters.get(name, QueueDay())
         handled = day.answered + day.abandoned
         wait = _queue_wait(acd, name, line)
         queues.append({
             "name": name,
             "waiting": len(waiting),
-            "longest_wait": round(max((now - w.enqueued_at for w in waiting), default=0.0), 1),
+            # never below 0: with several engines, the ACD's clock is each one's wall clock
+            "longest_wait": round(max([0.0, *(now - w.enqueued_at for w in waiting)]), 1),
             "expected_wait": None if wait is None else round(wait, 1),
             "answered_today": day.answered,
             "answered_within": day.within,
             "abandoned_today": day.abandoned,
+            "callbacks_today": day.callbacks,
             # answered within the threshold, of all who waited and left the line today
             # (answered or abandoned); None before anyone has
             "service_level": round(day.within / handled, 3) if handled else None,

@@ -87,8 +87,9 @@ def test_queue_and_agent_figures_come_from_the_acd() -> None:
     (q,) = board["queues"]
     assert q["waiting"] == 2
     assert q["longest_wait"] == 70.0
-    # nobody available: two ahead, one staffed agent (bob is away), the default handle time
-    assert q["expected_wait"] == 2 / 1 * acd.average_handle_time
+    # for a caller joining now: two ahead, so third; one staffed agent (bob is away),
+    # the default handle time
+    assert q["expected_wait"] == 3 / 1 * acd.average_handle_time
     ann, bob = board["agents"]
     assert (ann["presence"], ann["time_in_state"], ann["call_id"]) == ("on_call", 75.0, "c1")
     assert ann["caller_mood"] == "frustrated"
@@ -184,3 +185,91 @@ def test_this_engines_own_calls_tell_an_agents_call_before_the_events_do() -> No
     assert (ann["presence"], ann["call_id"]) == ("on_call", None)
     (ann, _bob) = snapshot(acd, 4.0, floor, at, PEOPLE, 20, {"a1": "c1"})["agents"]
     assert ann["call_id"] == "c1"
+
+
+def test_a_callback_or_the_engine_stopping_is_not_an_abandoned_caller() -> None:
+    """Callers who chose a callback, and calls the engine ended (a shutdown, a dead
+    engine's calls ended by another), were counted abandoned and lowered the service
+    level. A caller who hangs up while waiting still is abandoned."""
+    floor = Floor(threshold=20)
+    queued(floor, "answered", 0)
+    floor.feed(ev("call.state_changed", "answered", 5, state="bridged"))
+    queued(floor, "cb", 0)
+    floor.feed(ev("call.state_changed", "cb", 30, state="ended", reason="callback_requested"))
+    floor.feed(ev("call.ended", "cb", 30, reason="callback_requested", duration=30))
+    for i, reason in enumerate(("engine_shutdown", "engine_restart", "node_lost", "engine_lost")):
+        queued(floor, f"e{i}", 0)
+        floor.feed(ev("call.state_changed", f"e{i}", 30, state="ended", reason=reason))
+        floor.feed(ev("call.ended", f"e{i}", 30, reason=reason, duration=30))
+    queued(floor, "shut", 0)  # the end told without a state change first
+    floor.feed(ev("call.ended", "shut", 30, reason="engine_shutdown", duration=30))
+    queued(floor, "gone", 0)
+    floor.feed(ev("call.ended", "gone", 31, reason="hangup", duration=31))
+    day = floor.queues["general"]
+    assert (day.answered, day.abandoned, day.callbacks) == (1, 1, 1)
+    board = snapshot(Acd([QueueConfig(name="general")]), 0.0, floor, T0 + timedelta(seconds=40),
+                     PEOPLE, 20)  # fmt: skip
+    (q,) = board["queues"]
+    assert (q["abandoned_today"], q["callbacks_today"]) == (1, 1)
+    assert q["service_level"] == 0.5  # answered within / (answered + abandoned)
+    assert list(floor.calls) == ["answered"]
+
+
+def test_a_call_ended_before_its_start_was_told_is_not_a_ghost() -> None:
+    """The caller hung up while the engine stored the new call: its end was told before
+    its call.started, and the wallboard kept a live call that never ended."""
+    from engine import wallboard
+
+    floor = Floor()
+    floor.feed(ev("call.state_changed", "c1", 1, state="ended", reason="caller_cancelled"))
+    floor.feed(ev("call.ended", "c1", 1, reason="caller_cancelled", duration=0.1))
+    floor.feed(ev("call.started", "c1", 1, channel="sip"))
+    assert floor.calls == {}
+    floor.feed(ev("call.started", "c2", 2, channel="sip"))  # others still follow
+    assert list(floor.calls) == ["c2"]
+    for i in range(wallboard.RECENT_ENDS + 5):  # the ids kept are bounded
+        floor.feed(ev("call.ended", f"x{i}", 3, reason="hangup", duration=1))
+    assert len(floor._ended) == len(floor._ended_set) == wallboard.RECENT_ENDS
+    floor.feed(ev("call.started", "c1", 4, channel="sip"))  # forgotten by now
+    assert "c1" in floor.calls
+
+
+def test_a_late_event_of_yesterday_does_not_wipe_todays_counters() -> None:
+    """Around midnight another engine's event of 23:59:59 can come after one of
+    00:00:01: the counters went back to yesterday (wiped), then forward (wiped again).
+    And just after midnight, before the day's first event, the snapshot showed
+    yesterday's figures as today's."""
+    floor = Floor()
+    midnight = 15 * 3600  # T0 is 09:00
+    queued(floor, "c1", midnight - 60)
+    queued(floor, "c2", midnight + 1)
+    floor.feed(ev("call.ended", "c2", midnight + 2, reason="hangup"))  # today's
+    floor.feed(ev("call.ended", "c1", midnight - 1, reason="hangup"))  # yesterday's, late
+    assert floor.day == (T0 + timedelta(seconds=midnight)).date()
+    assert floor.queues["general"].abandoned == 1
+    assert floor.calls == {}
+    acd = Acd([QueueConfig(name="general")])
+    day_after = T0 + timedelta(days=1, seconds=midnight + 5)
+    (q,) = snapshot(acd, 0.0, floor, day_after, PEOPLE, 20)["queues"]
+    assert (q["abandoned_today"], q["service_level"]) == (0, None)
+
+
+def test_expected_wait_is_a_new_callers_and_longest_wait_never_negative() -> None:
+    """The expected wait shown was the last waiting caller's own (one place short); and
+    an ACD clock behind a caller's enqueue time (wall clocks of several engines) showed
+    a negative longest wait."""
+    acd = Acd([QueueConfig(name="general"), QueueConfig(name="vip", priority=5)])
+    acd.add_agent("a1")
+    acd.presence("a1", "login", 0.0)
+    acd.presence("a1", "available", 0.0)
+    empty = {q["name"]: q for q in snapshot(acd, 0.0, Floor(), T0, PEOPLE, 20)["queues"]}
+    assert empty["general"]["expected_wait"] == 0.0  # first in line, someone available
+    acd.enqueue("c1", "general", 10.0)  # rings a1
+    acd.accept("a1", "c1", 11.0)
+    acd.enqueue("c2", "general", 12.0)
+    board = snapshot(acd, 5.0, Floor(), T0, PEOPLE, 20)  # the clock behind c2's enqueue
+    queues = {q["name"]: q for q in board["queues"]}
+    aht = acd.average_handle_time
+    assert queues["general"]["expected_wait"] == 2 * aht  # behind c2
+    assert queues["vip"]["expected_wait"] == 1 * aht  # its priority goes ahead of c2
+    assert queues["general"]["longest_wait"] == 0.0

@@ -3,11 +3,16 @@ the API says during a run with 6 callers (chats asking for a person) and 2 agent
 and takes an alert from raised to acknowledged to closed with its call.
 
 The failures: supervisors had no queue figures nor roster, and alerts that lived only
-in a page, saying "active" for calls long ended."""
+in a page, saying "active" for calls long ended. Then, from the review: an alert shown
+only once re-read from GET /alerts (here that read fails: the event alone must show
+it), a stale read bringing back a closed alert, a keyboard user's focus lost at every
+refresh, and a double-click opening two monitoring sessions that outlived the call."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +27,22 @@ from tests.test_browser import launch
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(180)]
 
+ALERTS_READ = re.compile(r"/api/v1/alerts\?")  # GET /alerts (not an acknowledgement)
+# The page's monitoring steps, without WebRTC (tests/test_monitor_e2e.py hears the real
+# thing): monitor.js's interface, each session counted, joining taking 300 ms.
+MONITOR_STUB = """
+export const MODES = ["listen", "whisper", "barge"];
+window.opened = 0; window.ended = 0;
+export async function monitor(callId, mode) {
+  window.opened += 1;
+  await new Promise((r) => setTimeout(r, 300));
+  let stopped = false, current = mode;
+  const end = () => { if (!stopped) { stopped = true; window.ended += 1; } };
+  return { legId: `leg-${window.opened}`, get mode() { return current; },
+    get stopped() { return stopped; }, async setMode(m) { current = m; return m; },
+    async stop() { end(); }, close: end };
+}
+"""
 ASK = "I want to speak to a person please"
 COMPLAINT = "This is a formal complaint, my lawyer will hear about this"
 
@@ -66,6 +87,9 @@ def matches_api(page: Page, http: httpx.Client, headers: dict[str, str]) -> dict
     for q in board["queues"]:
         row = page.locator(f'tr[data-queue="{q["name"]}"] [data-testid="queue-waiting"]')
         expect(row).to_have_text(str(q["waiting"]))
+        for field in ("abandoned", "callbacks"):
+            cell = page.locator(f'tr[data-queue="{q["name"]}"] [data-testid="queue-{field}"]')
+            expect(cell).to_have_text(str(q[f"{field}_today"]))
     for name, presence in agents.items():
         cell = page.locator(f'tr[data-agent="{name}"] [data-testid="agent-presence"]')
         expect(cell).to_have_text(presence.replace("_", " "))
@@ -99,6 +123,7 @@ def test_the_wallboard_matches_the_api_with_six_callers_and_two_agents(
             ann = person(people, engine.url, "ann", "login", "available")
             bob = person(people, engine.url, "bob", "login")
             matches_api(page, http, key)
+            page.route(ALERTS_READ, lambda route: route.abort())  # the event must do
 
             chats = []
             for i in range(6):
@@ -142,11 +167,17 @@ def test_the_wallboard_matches_the_api_with_six_callers_and_two_agents(
             row = page.locator('tr[data-agent="ann"]')
             expect(row.get_by_role("link")).to_have_text(ringing[:8])
 
+            # a keyboard user on the last waiting call's Listen: the refreshes as bob takes
+            # the first in line leave their focus where it was
+            last = max((c for c in now["calls"] if c["position"]), key=lambda c: c["position"])
+            listen = page.locator(f'tr[data-call="{last["id"]}"] [data-testid="monitor-listen"]')
+            listen.focus()
             bob.post("/api/v1/agents/me/presence", json={"event": "available"}).raise_for_status()
             ringing = until(lambda: rung(board(), "bob"))
             assert bob.post(f"/api/v1/calls/{ringing}/accept-chat").status_code == 204
             until(lambda: board()["totals"]["waiting"] == 4)
             matches_api(page, http, key)
+            expect(listen).to_be_focused()
 
             # a waiting caller gives up: one fewer waiting, one abandoned today
             waiting = {c["id"] for c in board()["calls"] if c["state"] == "queued"}
@@ -157,19 +188,51 @@ def test_the_wallboard_matches_the_api_with_six_callers_and_two_agents(
                   and b["queues"][0]["abandoned_today"] == 1)  # fmt: skip
             matches_api(page, http, key)
 
-            # the complaint's alert: on the page, acknowledged there, gone with its call
+            # the complaint's alert: on the page (from its event: GET /alerts fails),
+            # acknowledged there, gone with its call
             alert = page.get_by_test_id("alert").filter(has_text="complaint")
             expect(alert).to_be_visible()
+            expect(page.get_by_test_id("status")).to_contain_text("New alert: ")
             page.screenshot(path=str(output_dir / "wallboard.png"), full_page=True)
             alert.get_by_test_id("ack").click()
             expect(alert.get_by_test_id("acked-by")).to_have_text("acknowledged by sue")
             complaint, caller = chats[5]
+
+            # another console of sue's, monitoring the complaint: a double-click joins
+            # once, and the call's end ends the session
+            other = page.context.new_page()
+            other.route("**/static/monitor.js", lambda route: route.fulfill(
+                body=MONITOR_STUB, content_type="text/javascript"))  # fmt: skip
+            other.goto(f"{engine.url}/supervisor")
+            other.locator(f'tr[data-call="{complaint}"] [data-testid="monitor-listen"]').dblclick()
+            expect(other.get_by_test_id("monitoring-text")).to_have_text(
+                f"listen on call {complaint[:8]}"
+            )
+            other.wait_for_timeout(400)  # a second session would be open by now
+            assert other.evaluate("window.opened") == 1
+
             assert http.post(f"/api/v1/calls/{complaint}/hangup", headers=caller).status_code == 202
             expect(alert).to_have_count(0)
+            expect(other.get_by_test_id("monitoring")).to_be_hidden()
+            assert other.evaluate("window.ended") == 1
+            expect(other.get_by_test_id("status")).to_have_text(
+                "Monitoring stopped: the call ended"
+            )
             (kept,) = http.get("/api/v1/alerts", params={"call_id": complaint}, headers=key).json()[
                 "alerts"
             ]
             assert kept["acked_by"] == "sue" and kept["closed_reason"] == "call_ended"
             matches_api(page, http, key)
+
+            # a read of the alerts answered late (from before the close) must not bring
+            # the closed alert back
+            stale = {**kept, "closed_at": None, "closed_reason": None}
+            page.unroute(ALERTS_READ)
+            page.route(ALERTS_READ, lambda route: route.fulfill(
+                body=json.dumps({"alerts": [stale]}), content_type="application/json"))  # fmt: skip
+            with page.expect_response(ALERTS_READ, timeout=8000):
+                pass  # the page reads them every 5 s
+            page.wait_for_timeout(200)
+            expect(alert).to_have_count(0)
         finally:
             browser.close()

@@ -21,6 +21,8 @@ from engine.calls import CallManager
 from engine.events import utcnow
 from engine.wallboard import Person, snapshot
 
+ACKED_BY_MAX = 200  # AlertRow.acked_by's length
+
 router = APIRouter(prefix="/api/v1", tags=["supervisor"])
 
 
@@ -31,7 +33,8 @@ def _supervisor(p: Principal, scope: Literal["read", "control"]) -> str:
             raise HTTPException(403, "only supervisors and admins see the wallboard and alerts")
         return p.identity.username
     p.need(scope)
-    return f"api:{p.name}" if p.kind == "key" else p.client
+    # kept as the alert's acked_by (200 characters): a key's name is at most 100
+    return (f"api:{p.name}" if p.kind == "key" else p.client)[:ACKED_BY_MAX]
 
 
 async def reading(p: Who) -> str:
@@ -50,10 +53,16 @@ class QueueFigures(BaseModel):
     name: str
     waiting: int
     longest_wait: float = Field(description="seconds the longest waiting caller has waited")
-    expected_wait: float | None = Field(description="seconds, for a caller joining now")
+    expected_wait: float | None = Field(
+        description="seconds, for a caller joining now (behind everyone waiting); null: "
+        "nobody staffed"
+    )
     answered_today: int
     answered_within: int = Field(description="answered within the service-level threshold")
-    abandoned_today: int
+    abandoned_today: int = Field(
+        description="left the line before an answer (a callback, or the engine stopping, is not)"
+    )
+    callbacks_today: int = Field(description="asked to be called back while waiting")
     service_level: float | None = Field(
         description="answered within the threshold / (answered + abandoned), today (UTC)"
     )

@@ -373,6 +373,7 @@ class AlertRow(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     raised_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     acked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
-    acked_by: Mapped[str | None] = mapped_column(String(64))
+    # "api:<key name>" (names up to 100) or a username: room to spare
+    acked_by: Mapped[str | None] = mapped_column(String(200))
     closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     closed_reason: Mapped[str | None] = mapped_column(String(64))

@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column("priority", sa.Integer, nullable=False),
         sa.Column("raised_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("acked_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("acked_by", sa.String(64), nullable=True),
+        sa.Column("acked_by", sa.String(200), nullable=True),
         sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("closed_reason", sa.String(64), nullable=True),
     )
