@@ -68,7 +68,7 @@ async function signedIn() {
   $("wrapup").querySelector("select").innerHTML = (await api("/api/v1/dispositions"))
     .map((d) => `<option value="${esc(d)}">${esc(d.replaceAll("_", " "))}</option>`).join("");
   await refreshQueues();
-  connectEvents("/api/v1/events", onEvent);
+  connectEvents("/api/v1/events", onEvent, { desk: true }); // its WebSocket is its presence
 }
 
 function presenceEvent(event) {
