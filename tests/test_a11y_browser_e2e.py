@@ -1,0 +1,210 @@
+"""An axe-core audit of every page the engine serves, in Chromium: none may have a
+"serious" or "critical" violation (contrast, names of buttons and fields, ARIA misuse,
+landmarks...). axe-core comes from npm, pinned in tests/web/package-lock.json
+(``make test`` runs ``npm ci`` there) and is injected into each page as it is.
+
+The failure this guards: mood badges at 2.75:1, a keypad that announced nothing, and
+pages nobody had audited. One engine process and one browser serve the whole table;
+a page someone adds is one line of ``PAGES``.
+
+Every page is audited in a state worth looking at: the calls list with a call in it,
+the desk with a chat on screen, the caller page in a chat, the call's view with a
+transcript and an escalation. The violations of every impact are kept in
+test-output/a11y.json (the moderate and minor ones are not failures, but are worth a
+look), with a screenshot of each page."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from tests import speech
+from tests.engine_proc import EngineProcess
+from tests.test_browser import launch
+from tests.test_web_security import LIGHT
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+AXE = Path(__file__).parent / "web" / "node_modules" / "axe-core" / "axe.min.js"
+FAILING = ("serious", "critical")
+PERSON = "I want to speak to a person please"
+AGENT, SUPERVISOR = ("ann", "pw-ann-123"), ("sue", "pw-sue-123")
+
+
+@dataclass
+class Site:
+    """The engine, a browser on it, and what the pages show: a chat that asked for a
+    person (queued until Ann's desk opens) and a context per kind of visitor."""
+
+    engine: EngineProcess
+    browser: Browser
+    call_id: str
+    contexts: dict[str, BrowserContext]
+    report: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, output_dir: Path) -> Iterator[Site]:
+    if not AXE.exists():
+        pytest.fail(f"{AXE} is missing: run `make test` (or `cd tests/web && npm ci`)")
+    engine = EngineProcess(tmp_path_factory.mktemp("a11y") / "engine", **LIGHT).start()
+    report: dict[str, Any] = {}
+    try:
+        engine.add_user(*AGENT)
+        engine.add_user(*SUPERVISOR, "--role", "supervisor")
+        with httpx.Client(base_url=engine.url, timeout=30) as http:
+            chat = http.post("/api/v1/chats", json={"language": "en", "caller": "Kim"}).json()
+            token = {"Authorization": f"Bearer {chat['caller_token']}"}
+            for text in ("Where is my order?", PERSON):
+                r = http.post(
+                    f"/api/v1/calls/{chat['call_id']}/messages", json={"text": text}, headers=token
+                )
+                assert r.status_code == 204, r.text
+        mic = speech.write_wav(
+            tmp_path_factory.mktemp("mic") / "silence.wav", np.zeros(48000, np.int16), 48000
+        )
+        with sync_playwright() as p:
+            browser = launch(p, mic)
+            try:
+                # the audit's script is injected as it is: the pages' content security
+                # policy allows no inline script, which is right for them, not for axe
+                contexts = {
+                    who: browser.new_context(bypass_csp=True, permissions=["microphone"])
+                    for who in ("anonymous", "agent", "supervisor")
+                }
+                sign_in(contexts["supervisor"], engine.url, *SUPERVISOR)
+                yield Site(engine, browser, chat["call_id"], contexts, report)
+            finally:
+                browser.close()
+    finally:
+        engine.stop()
+        (output_dir / "a11y.json").write_text(json.dumps(report, indent=1))
+
+
+def sign_in(context: BrowserContext, url: str, username: str, password: str) -> None:
+    r = context.request.post(
+        f"{url}/api/v1/auth/login", data={"username": username, "password": password}
+    )
+    assert r.ok, r.text()
+
+
+# -- each page, made ready to audit --------------------------------------------------
+
+
+def calls_list(page: Page, site: Site) -> None:
+    expect(page.locator(f"a[href='/calls/{site.call_id}']")).to_have_count(1, timeout=15_000)
+
+
+def calls_list_signed_out(page: Page, site: Site) -> None:
+    expect(page.locator("#calls")).to_contain_text("Calls are private", timeout=15_000)
+
+
+def caller_page(page: Page, site: Site) -> None:
+    expect(page.get_by_test_id("call")).to_be_enabled()
+
+
+def caller_in_a_chat(page: Page, site: Site) -> None:
+    page.get_by_test_id("chat").click()
+    page.get_by_test_id("message").fill("What are your opening hours?")
+    page.get_by_test_id("send").click()
+    expect(page.locator("[data-testid=captions] .line")).not_to_have_count(0, timeout=15_000)
+
+
+def desk_signed_out(page: Page, site: Site) -> None:
+    expect(page.get_by_test_id("login")).to_be_visible(timeout=15_000)
+
+
+def desk_on_a_chat(page: Page, site: Site) -> None:
+    """Ann signs in and goes available: the waiting chat rings her; she takes it."""
+    page.get_by_test_id("username").fill(AGENT[0])
+    page.get_by_test_id("password").fill(AGENT[1])
+    page.get_by_test_id("sign-in").click()
+    expect(page.get_by_test_id("presence")).to_have_text("away", timeout=15_000)
+    page.get_by_test_id("go-available").click()
+    expect(page.get_by_test_id("ring")).to_be_visible(timeout=20_000)
+    page.get_by_test_id("accept").click()
+    expect(page.get_by_test_id("call-state")).to_have_text("bridged", timeout=20_000)
+    expect(page.get_by_test_id("transcript")).to_contain_text(PERSON)
+
+
+def call_view(page: Page, site: Site) -> None:
+    expect(page.get_by_test_id("transcript")).to_contain_text(PERSON, timeout=15_000)
+
+
+def api_docs(page: Page, site: Site) -> None:
+    """Swagger UI, one operation open: its parameters, responses and schemas too."""
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("ccengine", timeout=20_000)
+    page.locator('.opblock-get .opblock-summary-path[data-path="/api/v1/calls"]').click()
+    expect(page.locator(".opblock.is-open .responses-wrapper")).to_contain_text("200")
+
+
+def page_loaded(page: Page, site: Site) -> None:
+    expect(page.locator("main, body").first).to_be_visible()
+
+
+@dataclass(frozen=True)
+class Audit:
+    name: str
+    path: str  # {call} is the chat's id
+    who: str  # anonymous, agent, supervisor: whose browser context opens it
+    ready: Callable[[Page, Site], None]
+    optional: bool = False  # a page being built elsewhere: skipped while it is a 404
+
+
+# Order matters once: the desk takes the chat before the call's view shows it bridged.
+PAGES = [
+    Audit("calls list, signed out", "/", "anonymous", calls_list_signed_out),
+    Audit("calls list", "/", "supervisor", calls_list),
+    Audit("caller page", "/call", "anonymous", caller_page),
+    Audit("caller page in a chat", "/call", "anonymous", caller_in_a_chat),
+    Audit("desk, signed out", "/agent", "anonymous", desk_signed_out),
+    Audit("desk on a chat", "/agent", "agent", desk_on_a_chat),
+    Audit("call view", "/calls/{call}", "supervisor", call_view),
+    Audit("API docs", "/docs", "anonymous", api_docs),
+    Audit("supervisor console", "/supervisor", "supervisor", page_loaded, optional=True),
+    Audit("reports", "/reports", "supervisor", page_loaded, optional=True),
+    Audit("admin", "/admin", "supervisor", page_loaded, optional=True),
+]
+
+
+@pytest.mark.parametrize("audit", PAGES, ids=[a.name for a in PAGES])
+def test_no_serious_accessibility_violations(site: Site, audit: Audit, output_dir: Path) -> None:
+    url = site.engine.url + audit.path.format(call=site.call_id)
+    page = site.contexts[audit.who].new_page()
+    try:
+        response = page.goto(url)
+        assert response is not None
+        if audit.optional and response.status == 404:
+            pytest.skip(f"{audit.path} is not built yet")
+        assert response.ok, f"{url}: HTTP {response.status}"
+        audit.ready(page, site)
+        started = time.monotonic()
+        page.add_script_tag(path=AXE)
+        result = page.evaluate(
+            "async () => await axe.run(document, { resultTypes: ['violations'] })"
+        )
+        took = time.monotonic() - started
+        violations = [
+            {
+                "rule": v["id"],
+                "impact": v["impact"],
+                "help": v["help"],
+                "nodes": [(n["target"], n["failureSummary"]) for n in v["nodes"]],
+            }
+            for v in result["violations"]
+        ]
+        site.report[audit.name] = {"url": url, "seconds": round(took, 2), "violations": violations}
+        slug = audit.name.replace(",", "").replace(" ", "-")
+        page.screenshot(path=str(output_dir / f"a11y-{slug}.png"), full_page=True)
+        serious = [v for v in violations if v["impact"] in FAILING]
+        assert serious == [], json.dumps(serious, indent=1)
+    finally:
+        page.close()
