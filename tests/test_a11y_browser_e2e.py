@@ -15,7 +15,11 @@ look), with a screenshot of each page."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +41,7 @@ AXE = Path(__file__).parent / "web" / "node_modules" / "axe-core" / "axe.min.js"
 FAILING = ("serious", "critical")
 PERSON = "I want to speak to a person please"
 AGENT, SUPERVISOR = ("ann", "pw-ann-123"), ("sue", "pw-sue-123")
+WATCHER = ("sam", "pw-sam-123")  # a supervisor of their own, signed out by a test
 
 
 @dataclass
@@ -60,6 +65,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, output_dir: Path) -> Iterator
     try:
         engine.add_user(*AGENT)
         engine.add_user(*SUPERVISOR, "--role", "supervisor")
+        engine.add_user(*WATCHER, "--role", "supervisor")
         with httpx.Client(base_url=engine.url, timeout=30) as http:
             chat = http.post("/api/v1/chats", json={"language": "en", "caller": "Kim"}).json()
             token = {"Authorization": f"Bearer {chat['caller_token']}"}
@@ -208,3 +214,93 @@ def test_no_serious_accessibility_violations(site: Site, audit: Audit, output_di
         assert serious == [], json.dumps(serious, indent=1)
     finally:
         page.close()
+
+
+class Relay:
+    """A TCP relay in front of the engine whose connections a test can cut, as a
+    network that drops does: the browser sees its streams end without a goodbye."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = ("127.0.0.1", port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed
+            while True:
+                client, _ = self.server.accept()
+                threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        with client, socket.create_connection(self.upstream) as engine:
+            self.open += [client, engine]
+            back = threading.Thread(target=self._pump, args=(engine, client), daemon=True)
+            back.start()
+            self._pump(client, engine)
+            back.join()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        for s in (a, b):  # either side gone: the other goes too
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        for s in self.open:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        self.open = []
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
+
+
+def test_the_event_client_resumes_by_id_and_says_when_it_is_refused(site: Site) -> None:
+    """The pages' one event client (engine/web/static/events.js) is an EventSource on
+    the call's SSE stream, with the page's sign-in cookie and no token in its URL. Cut
+    off (its connection dropped), it comes back by itself with the id of the last event
+    it had (Last-Event-ID): nothing is missed or shown twice. Signed out, its stream
+    ends and it says it is refused rather than retrying forever."""
+    relay = Relay(int(site.engine.url.rsplit(":", 1)[1]))
+    context = site.browser.new_context()
+    try:
+        sign_in(context, relay.url, *WATCHER)
+        page = context.new_page()
+        streams: list[dict[str, str]] = []
+        events_path = f"/api/v1/calls/{site.call_id}/events"
+
+        def on_request(request: Any) -> None:
+            if request.url.endswith(events_path) or events_path + "?" in request.url:
+                streams.append({"url": request.url, **request.all_headers()})
+
+        page.on("request", on_request)
+        page.goto(f"{relay.url}/calls/{site.call_id}")
+        status = page.locator("#stream")
+        expect(status).to_have_text("stream: live", timeout=15_000)
+        lines = page.locator("[data-testid=transcript] .line")
+        expect(lines.filter(has_text=PERSON)).to_have_count(1)
+        before = lines.count()
+        assert streams and streams[0]["url"].endswith(events_path), streams  # no token
+        assert "last-event-id" not in streams[0], streams[0]
+
+        relay.cut()
+        expect(status).to_have_text("stream: reconnecting", timeout=15_000)
+        expect(status).to_have_text("stream: live", timeout=15_000)  # retry: 2000 ms
+        resumed = streams[-1]
+        assert len(streams) >= 2 and int(resumed.get("last-event-id", "0")) > 0, streams
+        assert lines.count() == before  # the replay brought nothing twice
+
+        r = context.request.post(
+            f"{relay.url}/api/v1/auth/logout", headers={"X-Requested-With": "t"}
+        )
+        assert r.ok, r.text()
+        expect(status).to_have_text(re.compile("^stream: refused: .*sign in"), timeout=15_000)
+    finally:
+        context.close()
+        relay.close()
