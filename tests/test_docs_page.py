@@ -1,6 +1,6 @@
 """/docs' page (engine/api/docs.py): FastAPI's Swagger UI template, made accessible.
 The failure: no language on the page, a control inside each operation's control, and
-badges at 2.2:1; the browser audit (tests/test_a11y_browser_e2e.py) sees the result,
+badges at 2.2:1; the browser audit (tests/test_pages_browser_e2e.py) sees the result,
 this sees that each edit still finds its place in FastAPI's template."""
 
 from __future__ import annotations

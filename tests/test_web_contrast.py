@@ -2,7 +2,7 @@
 every pair reaches WCAG 2's 4.5:1 for normal text.
 
 The failure this guards: the mood badges (white on the mood colours) were 2.75-4.38:1,
-unreadable for many people. The axe-core audit (tests/test_a11y_browser_e2e.py) sees
+unreadable for many people. The axe-core audit (tests/test_pages_browser_e2e.py) sees
 only what a page shows when it runs; these pairs include every badge and state a page
 may ever show, and a colour changed in app.css that breaks one fails here, in
 milliseconds."""

@@ -2,7 +2,7 @@
 
 fastapi-offline serves Swagger UI's files under ``/static-offline-docs`` and ReDoc at
 /redoc; this page replaces its /docs, which an axe-core audit
-(tests/test_a11y_browser_e2e.py) found with serious violations:
+(tests/test_pages_browser_e2e.py) found with serious violations:
 
 * no ``lang`` on ``<html>``: a screen reader guesses the language of every word;
 * white on the method badges (GET, POST...) at 2.2-3.8:1 and grey "expand" buttons

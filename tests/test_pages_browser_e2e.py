@@ -1,11 +1,15 @@
-"""An axe-core audit of every page the engine serves, in Chromium: none may have a
-"serious" or "critical" violation (contrast, names of buttons and fields, ARIA misuse,
-landmarks...). axe-core comes from npm, pinned in tests/web/package-lock.json
-(``make test`` runs ``npm ci`` there) and is injected into each page as it is.
+"""The engine's pages in Chromium, against one engine process and one browser:
 
-The failure this guards: mood badges at 2.75:1, a keypad that announced nothing, and
-pages nobody had audited. One engine process and one browser serve the whole table;
-a page someone adds is one line of ``PAGES``.
+* an axe-core audit of every page: none may have a "serious" or "critical" violation
+  (contrast, names of buttons and fields, ARIA misuse...). axe-core comes from npm,
+  pinned in tests/web/package-lock.json (``make test`` runs ``npm ci`` there), and is
+  injected into each page as it is. A page someone adds is one line of ``PAGES``;
+* the one event client (engine/web/static/events.js) resuming after a dropped
+  connection, and saying when it is refused;
+* the caller page's callback: asked once, then said in words, never offered again.
+
+The failures these guard: mood badges at 2.75:1, a keypad that announced nothing,
+pages nobody had audited; a caller page that kept offering a callback it had booked.
 
 Every page is audited in a state worth looking at: the calls list with a call in it,
 the desk with a chat on screen, the caller page in a chat, the call's view with a
@@ -304,3 +308,28 @@ def test_the_event_client_resumes_by_id_and_says_when_it_is_refused(site: Site) 
     finally:
         context.close()
         relay.close()
+
+
+def test_a_waiting_caller_books_a_callback_once_and_is_told_when(site: Site) -> None:
+    """A chat that asks for a person waits in line (nobody is free); the page says its
+    place in words and offers a callback; booked, the offer goes, the page says where
+    we will call, and the chat ends with thanks: no place in line is left on screen."""
+    page = site.contexts["anonymous"].new_page()
+    try:
+        page.goto(f"{site.engine.url}/call")
+        page.get_by_test_id("chat").click()
+        page.get_by_test_id("message").fill(PERSON)
+        page.get_by_test_id("send").click()
+        state, line = page.get_by_test_id("state"), page.get_by_test_id("queue")
+        expect(state).to_have_attribute("data-state", "queued", timeout=15_000)
+        expect(state).to_have_text("Waiting for the next available person")
+        expect(line).to_have_text(re.compile(r"^You're (next|number \d+) in line"))
+        page.get_by_test_id("callback-number").fill("+44 20 7946 0018")
+        page.get_by_test_id("callback").click()
+        thanks = "We'll call you back at +44 20 7946 0018. Thank you for contacting us."
+        expect(state).to_have_text(thanks, timeout=15_000)
+        expect(page.get_by_test_id("callback-box")).to_be_hidden()
+        expect(line).to_be_hidden()
+        expect(page.get_by_test_id("error")).to_have_text("")
+    finally:
+        page.close()
