@@ -26,6 +26,7 @@ Agent presence moves only through ``PRESENCE`` below:
     wrap_up     available    -> available
     available   away         -> away
     wrap_up     away         -> away
+    away        away         -> away      another reason (break, lunch ...)
     available   offer        -> ringing
     ringing     accept       -> on_call
     ringing     decline      -> available
@@ -35,6 +36,16 @@ Agent presence moves only through ``PRESENCE`` below:
     available   disconnect   -> away     every client of theirs gone (engine/liveness.py)
     ringing     disconnect   -> away     ... and the offer moves on at once
     wrap_up     disconnect   -> away
+
+After-call work is enforced: an agent whose call ended (``hangup`` with the call's id)
+*owes* that call its disposition. While they owe one, "available" is refused (they may
+go away, or sign out, and still owe it); ``wrapped_up`` settles it and moves them on.
+With ``wrap_up_limit`` > 0 an owed disposition also has a deadline: when it passes,
+``tick`` settles it as ``WrapUpExpired`` (the engine stores "timed-out") and an agent
+still in wrap-up is made available, so nobody idles in wrap-up forever.
+
+"away" carries why: one the agent chose (``AWAY_REASONS``), or one
+the ACD set: "missed_call" (an offer rang out) or "disconnected" (engine/liveness.py).
 
 An agent in ``absent`` (their desk's streams all closed, engine/liveness.py) keeps
 their presence for a short grace, in case the desk comes back, but is offered nothing
@@ -61,6 +72,7 @@ PRESENCE: dict[tuple[str, str], str] = {
     ("wrap_up", "available"): "available",
     ("available", "away"): "away",
     ("wrap_up", "away"): "away",
+    ("away", "away"): "away",
     ("available", "offer"): "ringing",
     ("ringing", "accept"): "on_call",
     ("ringing", "decline"): "available",
@@ -74,6 +86,9 @@ PRESENCE: dict[tuple[str, str], str] = {
     ("wrap_up", "disconnect"): "away",
 }
 PRESENCES = ("offline", "available", "ringing", "on_call", "wrap_up", "away")
+# why an agent is away: chosen by them, or set by the ACD (a missed offer, a desk gone)
+AWAY_REASONS = ("break", "lunch", "meeting", "training", "other")
+MISSED_CALL = "missed_call"  # the other, "disconnected", is engine/liveness.py's
 STAFFED = frozenset({"available", "ringing", "on_call", "wrap_up"})
 HANDLE_WINDOW = 50
 DEFAULT_HANDLE_TIME = 180.0
@@ -81,6 +96,17 @@ DEFAULT_HANDLE_TIME = 180.0
 
 class AcdError(ValueError):
     """A request the ACD cannot honour (unknown agent or call, wrong presence)."""
+
+
+class WrapUpOwed(AcdError):
+    """The agent asked to be available while a call of theirs waits for its disposition."""
+
+    def __init__(self, agent_id: str, call_id: str) -> None:
+        super().__init__(
+            f"call {call_id} needs a disposition first: save its wrap-up, then you are available"
+        )
+        self.agent_id = agent_id
+        self.call_id = call_id
 
 
 class QueueConfig(Input):
@@ -119,6 +145,10 @@ class Agent:
     presence: str = "offline"
     idle_since: float = 0.0
     offered: str | None = None  # call id ringing on this agent
+    since: float | None = None  # when the presence last changed (the wallboard's time in state)
+    away_reason: str | None = None  # while away: AWAY_REASONS, MISSED_CALL or "disconnected"
+    owes: str | None = None  # the call whose disposition they have not given yet
+    wrap_until: float | None = None  # when ``owes`` times out (``wrap_up_limit``)
 
 
 @dataclass
@@ -162,16 +192,30 @@ class MaxWaitReached:
     queue: str
 
 
-Action = Offer | OfferExpired | PresenceChanged | MaxWaitReached
+@dataclass(frozen=True)
+class WrapUpExpired:
+    """The agent gave no disposition for ``call_id`` within ``wrap_up_limit``: the
+    engine stores "timed-out" for it."""
+
+    agent_id: str
+    call_id: str
+
+
+WRAP_UP_TIMED_OUT = "wrap_up_timed_out"  # the reason of the presence change that follows
+
+Action = Offer | OfferExpired | PresenceChanged | MaxWaitReached | WrapUpExpired
 
 
 class Acd:
-    def __init__(self, queues: list[QueueConfig], offer_timeout: float = 20.0) -> None:
+    def __init__(
+        self, queues: list[QueueConfig], offer_timeout: float = 20.0, wrap_up_limit: float = 0.0
+    ) -> None:
         self.queues = {q.name: q for q in queues}
         # queues removed (on another engine) while callers wait in them here: they take
         # no new callers, and go once the last one has left the line
         self.closing: dict[str, QueueConfig] = {}
         self.offer_timeout = offer_timeout
+        self.wrap_up_limit = wrap_up_limit  # seconds to give a disposition; 0: no limit
         self.agents: dict[str, Agent] = {}
         self.waiting: dict[str, Waiting] = {}
         self._offers: dict[str, tuple[str, float]] = {}  # call -> (agent, expires_at)
@@ -238,16 +282,28 @@ class Acd:
             new = PRESENCE[(agent.presence, event)]
         except KeyError:
             raise AcdError(f"agent {agent.id} cannot '{event}' while {agent.presence}") from None
+        if new == "available" and agent.owes is not None:
+            raise WrapUpOwed(agent.id, agent.owes)
+        if agent.presence == new == "away" and agent.away_reason == reason:
+            raise AcdError(f"agent {agent.id} is away ({reason or 'no reason given'}) already")
         previous, agent.presence = agent.presence, new
+        agent.since = now
+        agent.away_reason = reason if new == "away" else None
         if new == "available":
             agent.idle_since = now
         return PresenceChanged(agent.id, new, previous, reason)
 
-    def presence(self, agent_id: str, event: str, now: float) -> list[Action]:
-        """login / available / away / logout (offers and calls move agents themselves)."""
+    def presence(
+        self, agent_id: str, event: str, now: float, reason: str | None = None
+    ) -> list[Action]:
+        """login / available / away / logout (offers and calls move agents themselves);
+        "away" with one of ``AWAY_REASONS`` (or none). ``WrapUpOwed`` for "available"
+        while the agent owes a call its disposition."""
         if event not in ("login", "available", "away", "logout"):
             raise AcdError(f"'{event}' is not something an agent asks for")
-        out: list[Action] = [self._move(self._agent(agent_id), event, now)]
+        if reason is not None and (event != "away" or reason not in AWAY_REASONS):
+            raise AcdError(f"'{reason}' is not a reason to be away")
+        out: list[Action] = [self._move(self._agent(agent_id), event, now, reason)]
         return out + self.dispatch(now)
 
     def disconnect(self, agent_id: str, now: float, reason: str) -> list[Action]:
@@ -350,12 +406,42 @@ class Acd:
             self.waiting[call_id].offered_to = None
             self.waiting[call_id].target = None  # back to the queue
 
-    def hangup(self, agent_id: str, now: float, handle_time: float | None) -> list[Action]:
+    def hangup(
+        self, agent_id: str, now: float, handle_time: float | None, call_id: str | None = None
+    ) -> list[Action]:
         """The agent's call ended: wrap-up, and learn how long calls take (``None``: not
-        known, as for a call its engine's death cut off; it does not count)."""
+        known, as for a call its engine's death cut off; it does not count). With
+        ``call_id`` the agent owes that call its disposition (``wrapped_up``)."""
         if handle_time is not None:
             self._handle_times.append(max(0.0, handle_time))
-        return [self._move(self._agent(agent_id), "hangup", now)]
+        agent = self._agent(agent_id)
+        out: list[Action] = [self._move(agent, "hangup", now)]
+        if call_id is not None:
+            agent.owes = call_id
+            agent.wrap_until = now + self.wrap_up_limit if self.wrap_up_limit > 0 else None
+        return out
+
+    def wrapped_up(self, agent_id: str, call_id: str, now: float, then: str) -> list[Action]:
+        """A disposition was given for ``call_id``: an agent who owed it owes nothing
+        now; one in wrap-up goes on to ``then`` ("available" or "away"), and one who went
+        away while owing it is available again if ``then`` says so. Given by someone
+        else (a supervisor): whoever owed it owes nothing, and stays where they are."""
+        for other in self.agents.values():
+            if other.id != agent_id and other.owes == call_id:
+                other.owes = other.wrap_until = None
+        agent = self.agents.get(agent_id)
+        if agent is None:  # not an agent who takes calls
+            return []
+        settled = agent.owes == call_id
+        if settled:
+            agent.owes = agent.wrap_until = None
+        out: list[Action] = []
+        if agent.owes is None and (
+            agent.presence == "wrap_up"
+            or (settled and agent.presence == "away" and then == "available")
+        ):
+            out.append(self._move(agent, then, now))
+        return out + self.dispatch(now)
 
     # -- routing ------------------------------------------------------------
 
@@ -394,6 +480,7 @@ class Acd:
             for w in self.waiting.values()
             if not w.max_wait_signalled
         ]
+        times += [a.wrap_until for a in self.agents.values() if a.wrap_until is not None]
         return min(times) if times else None
 
     def tick(self, now: float) -> list[Action]:
@@ -403,11 +490,17 @@ class Acd:
                 agent = self.agents[agent_id]
                 self._withdraw(agent, call_id)
                 out.append(OfferExpired(agent_id, call_id))
-                out.append(self._move(agent, "no_answer", now))
+                out.append(self._move(agent, "no_answer", now, MISSED_CALL))
         for w in self.waiting.values():
             if not w.max_wait_signalled and now - w.enqueued_at >= self._config(w.queue).max_wait:
                 w.max_wait_signalled = True
                 out.append(MaxWaitReached(w.call_id, w.queue))
+        for agent in self.agents.values():
+            if agent.wrap_until is not None and agent.owes is not None and now >= agent.wrap_until:
+                out.append(WrapUpExpired(agent.id, agent.owes))
+                agent.owes = agent.wrap_until = None
+                if agent.presence == "wrap_up":
+                    out.append(self._move(agent, "available", now, WRAP_UP_TIMED_OUT))
         return out + self.dispatch(now)
 
     # -- what a caller is told ------------------------------------------------

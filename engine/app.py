@@ -18,6 +18,9 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from engine import vendor
+from engine.alerts import Supervision
+from engine.analyst import Analyst, rules_from
 from engine.api import (
     agents,
     audio,
@@ -28,10 +31,13 @@ from engine.api import (
     desk,
     docs,
     forward,
+    monitor,
     node,
     problems,
+    reports,
     rest,
     streams,
+    supervisor,
     webhooks,
     websec,
 )
@@ -101,8 +107,11 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         settings.redis_prefix,
     )
     webhook_targets = TargetPolicy(settings.webhook_allowed_networks)
+    # the wallboard's view of the floor and the alerts kept (engine/alerts.py)
+    supervision = Supervision(store, bus, event_log, settings.service_level_seconds)
     recovery = Recovery(store, bus, settings.engine_lease, node_url(settings))
     calls.engine_id = recovery.id
+    analyst = Analyst(store, bus, rules_from(settings.analytics_categories), recovery.id)
     sender = WebhookSender(
         store,
         engine_id=recovery.id,
@@ -155,6 +164,8 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         await store.open()
         await event_log.start()  # before anything publishes: ids continue the log's
         sender.start()
+        analyst.start()  # calls are analysed as they end (engine/analyst.py)
+        await supervision.start()  # after the log: it follows the log's events
         await recovery.start()  # after the log: the ends it publishes are kept and sent
         if routing_log is not None:  # in step with the other engines' routing
             await routing_log.start()
@@ -198,7 +209,9 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             if sip is not None:
                 await sip.stop()
             await recovery.stop()
+            await supervision.stop()  # before the log: the calls' last alerts are closed
             await event_log.stop()  # the last events (call.ended) reach the log
+            await analyst.stop()  # calls not analysed yet are when first read
             await sender.stop()
             await changes.stop()
             await app.state.forward_http.aclose()
@@ -236,6 +249,8 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.state.capacity = capacity
     app.state.drain = drain
     app.state.event_log = event_log
+    app.state.analyst = analyst
+    app.state.supervision = supervision
     app.state.webhook_targets = webhook_targets
     app.state.engine_id = recovery.id
     app.state.forward_http = forward.client()
@@ -267,6 +282,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         # them; from anyone but these proxies, X-Forwarded-* headers change nothing
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.include_router(rest.router)
+    app.include_router(reports.router)
     app.include_router(auth.router)
     app.include_router(agents.router)
     app.include_router(desk.router)
@@ -274,9 +290,12 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.include_router(webhooks.router)
     app.include_router(audio.router)
     app.include_router(content.router)
+    app.include_router(supervisor.router)
     app.include_router(customers.router)
     app.include_router(bot.router)
     app.include_router(node.router)
+    app.include_router(vendor.router)  # /static/vendor/...: before the folder's mount
+    app.include_router(monitor.router)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
 
     @app.get("/healthz", response_model=Health, tags=["system"])
@@ -305,6 +324,14 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     async def agent_page() -> FileResponse:
         return FileResponse(WEB / "agent.html")
 
+    @app.get("/reports", include_in_schema=False)
+    async def reports_page() -> FileResponse:
+        return FileResponse(WEB / "reports.html")
+
+    @app.get("/admin", include_in_schema=False)
+    async def admin_page() -> FileResponse:
+        return FileResponse(WEB / "admin.html")
+
     @app.get("/calls", include_in_schema=False)
     async def calls_page() -> RedirectResponse:
         return RedirectResponse("/")
@@ -312,5 +339,9 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     @app.get("/calls/{call_id}", include_in_schema=False)
     async def live_view(call_id: str) -> FileResponse:
         return FileResponse(WEB / "live.html")
+
+    @app.get("/supervisor", include_in_schema=False)
+    async def supervisor_page() -> FileResponse:
+        return FileResponse(WEB / "supervisor.html")
 
     return app

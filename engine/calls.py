@@ -15,7 +15,9 @@ transcript sorts into the order it was said.
 
 The bridge is a function of the call's state, read per audio frame: while
 ``bridged`` each leg's decoded audio feeds the other leg's outbound track; on
-hold, or for a muted agent, it feeds nothing (the caller hears hold audio).
+hold, or for a muted agent, it feeds nothing (the caller hears hold audio). Supervisors
+on the call hear, and are heard, as their mode says (engine/monitoring.py): each voice
+is one more source in a party's outgoing mix (media/mixer.py).
 
 What a call needs decided is decided elsewhere, as generators of effects that this
 manager applies in order: the analysis stages (``_apply``), routing through the ACD
@@ -99,6 +101,7 @@ from engine.events import (
     CallStarted,
     CallStateChanged,
     CallVerified,
+    CallWrappedUp,
     EventBase,
     EventBus,
     as_utc,
@@ -106,10 +109,13 @@ from engine.events import (
 )
 from engine.livecall import Call, Leg
 from engine.metrics import Metrics
+from engine.monitoring import Monitors, to_supervisors
 from engine.offers import PendingOffers
 from engine.prompts import VoicePrompts
 from engine.recording import CallRecording
 from engine.routing import (
+    TIMED_OUT,
+    AgentStatus,
     Announce,
     Record,
     Replicate,
@@ -118,6 +124,7 @@ from engine.routing import (
     StopRinging,
     Transition,
     UpdateCall,
+    WrapUpTimedOut,
     escalated,
 )
 from engine.routing import Effect as RoutingEffect
@@ -266,11 +273,12 @@ class CallManager:
         queues, timeout = load_queues(settings.queues), settings.offer_timeout
         gone = settings.agent_disconnect_after
         # several engines: every engine keeps a copy of one routing (engine/routingcopy.py)
-        self.routing_copy = RoutingCopy(queues, timeout, gone) if settings.redis_url else None
+        wrap = settings.wrapup_seconds
+        self.routing_copy = RoutingCopy(queues, timeout, gone, wrap) if settings.redis_url else None
         self.routing: Routing = (
             SharedRouting(self.routing_copy)
             if self.routing_copy is not None
-            else Routing(queues, timeout, self.calls, disconnect_after=gone)
+            else Routing(queues, timeout, self.calls, disconnect_after=gone, wrap_up_limit=wrap)
         )
         # the agents' desk streams open on this engine (engine/liveness.py), told to
         # routing in the background whenever their count changes (engine/desks.py)
@@ -280,6 +288,14 @@ class CallManager:
         self.controls = Controls(self.routing, self.calls, self.redactor)
         self.callbacks = Callbacks(self.routing)
         self.ice_servers = aiortc_ice_servers(settings.ice_servers)
+        # supervisors listening, whispering, barging in (engine/monitoring.py)
+        self.monitors = Monitors(
+            store,
+            bus,
+            self._keep,
+            ice_servers=self.ice_servers,
+            media_timeout=settings.media_timeout,
+        )
         # who callers are, and the checks that prove it (engine/customers.py)
         self.customers = Customers.from_settings(store, settings)
         # the virtual agent: a flow file with a mistake stops the engine here, saying
@@ -863,10 +879,14 @@ class CallManager:
             leg.offset += pcm.size / channels / rate
             return 0
         n = pipeline.push_pcm(pcm, rate, channels)
-        # the bridge: what this leg says, the other party hears
+        # the bridge: what this leg says, the other party hears, and the supervisors
+        # on the call as their mode says (engine/monitor.py)
         other = call.other_peer(leg)
-        if other is not None:
-            other.outbound.push_live(to_send_rate(downmix_int16(pcm, channels), rate))
+        if other is not None or call.monitors:
+            pcm48 = to_send_rate(downmix_int16(pcm, channels), rate)
+            if other is not None:
+                other.outbound.push_live(pcm48, leg.id)
+            to_supervisors(call, leg, pcm48)
         return n
 
     async def _start_analysis(self, call: Call, leg: Leg) -> LegPipeline:
@@ -1080,6 +1100,21 @@ class CallManager:
             if self.routing_log is None:
                 raise RuntimeError("a shared routing decision without the shared log")
             await self.routing_log.submit(effect.op)
+        elif isinstance(effect, WrapUpTimedOut):
+            # the wrap-up the agent did not save, as theirs would have been: a note and the
+            # call's disposition, kept even while storage is away, then told
+            now = utcnow()
+            note = NoteRow(
+                call_id=effect.call_id, author_id=effect.agent_id, author=effect.username,
+                kind="wrap_up", text="", disposition=TIMED_OUT, created_at=now,
+            )  # fmt: skip
+            values = {"disposition": TIMED_OUT, "wrapped_up_at": now}
+            what = f"call {effect.call_id} wrap-up timed out"
+            await self._keep(what, self.store.add_and_update_call, effect.call_id, values, note)
+            self._publish(
+                CallWrappedUp(call_id=effect.call_id, agent_id=effect.agent_id,
+                              disposition=TIMED_OUT, notes="")
+            )  # fmt: skip
         else:  # a new kind of effect must be applied here, not dropped
             assert_never(effect)
 
@@ -1108,10 +1143,15 @@ class CallManager:
 
     # -- agents -------------------------------------------------------------------
 
-    async def agent_presence(self, user: UserRow, event: str) -> str:
-        """An agent asks to log in, go available or away, or log out."""
-        await self._route(self.routing.presence(user, event))
+    async def agent_presence(self, user: UserRow, event: str, reason: str | None = None) -> str:
+        """An agent asks to log in, go available or away (``reason``: why), or log out;
+        "available" is refused while they owe a call its disposition (409)."""
+        await self._route(self.routing.presence(user, event, reason))
         return self.routing.presence_of(user.id)
+
+    def agent_status(self, user_id: str) -> AgentStatus:
+        """Presence, away reason, since when, and the wrap-up they owe (engine/routing.py)."""
+        return self.routing.status(user_id)
 
     def agent_stream(self, user_id: str, opened: bool) -> None:
         """An agent's desk stream opened or closed here (their desk page or phone):
@@ -1388,7 +1428,7 @@ class CallManager:
         self.offers.done(call_id)
         self._chats.pop(call_id, None)
         leaving = itertools.chain(
-            self.routing.hung_up(call.agent_id, call.bridged_at),
+            self.routing.hung_up(call.agent_id, call.bridged_at, call.id),
             self.routing.leave(call, "caller_left"),
         )
         if self.shared is None:
@@ -1422,6 +1462,7 @@ class CallManager:
         now = utcnow()
         duration = (now - call.created_at).total_seconds()
         await self._transition(call, "end", reason, ended_at=now, end_reason=reason)
+        await self.monitors.call_ended(call)  # the supervisors' legs end with the call
         for leg in call.legs:
             await self._keep(f"leg {leg.id} end", self.store.end_leg, leg.id, now)
         self._publish(CallEnded(call_id=call.id, reason=reason, duration=round(duration, 3)))

@@ -134,10 +134,13 @@ class Client:
     async def remove_user(self, username: str) -> None:
         await self._call("DELETE", f"/api/v1/agents/{username}")
 
-    async def set_presence(self, event: Presence) -> AgentOut:
-        return await self._call(
-            "POST", "/api/v1/agents/me/presence", AgentOut, json={"event": event}
-        )
+    async def set_presence(self, event: Presence, reason: str | None = None) -> AgentOut:
+        """``reason``, with "away" only: break, lunch, meeting, training or other. "available"
+        is refused (409) while a call of yours waits for its disposition (``wrap_up``)."""
+        body: dict[str, str] = {"event": event}
+        if reason is not None:
+            body["reason"] = reason
+        return await self._call("POST", "/api/v1/agents/me/presence", AgentOut, json=body)
 
     # calls
 

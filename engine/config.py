@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     )
     # TOML file of escalation rules ([[rules]] tables); unset: the built-in set.
     escalation_rules: str | None = None
+    # YAML (or JSON) file of post-call categories ({name: [phrases]}, see
+    # deploy/analytics-categories.yaml); unset: that file; "" none.
+    analytics_categories: str | None = None
     # Folder of Markdown/YAML articles for suggested answers; unset: no suggestions.
     knowledge_base: str | None = None
     # Folder of virtual agent flows (YAML, engine/bot/flows.py); unset: no virtual agent
@@ -185,10 +188,17 @@ class Settings(BaseSettings):
     queues: str | None = None
     # Seconds an agent's phone rings before the call goes to the next agent.
     offer_timeout: float = Field(20.0, gt=0, le=300)
+    # The wallboard's service level: the share of today's callers (UTC day) answered
+    # within this many seconds of joining the line.
+    service_level_seconds: float = Field(20.0, gt=0, le=3600)
     # Seconds an agent whose every desk (agent page, ``ccengine phone``) has closed its
     # event stream keeps their presence before they are set away: a reload or a blink
     # of the network within it changes nothing (engine/liveness.py).
     agent_disconnect_after: float = Field(10.0, gt=0, le=300)
+    # Seconds an agent has to give a finished call its disposition (CCENGINE_WRAPUP_SECONDS):
+    # past it the engine stores "timed-out" and makes them available again. 0: no limit
+    # (they stay in wrap-up until they save it; "available" is refused meanwhile).
+    wrapup_seconds: float = Field(0.0, ge=0, le=86_400)
     # What an agent may choose at wrap-up, in the order the softphone lists them.
     dispositions: list[str] = Field(
         default_factory=lambda: [

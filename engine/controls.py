@@ -302,7 +302,7 @@ class Controls:
         if leg is not None:
             leg.left = True  # from here its end does not end the call
         call.agent_id, call.agent_muted = None, False
-        yield from self.routing.hung_up(from_agent, call.bridged_at)
+        yield from self.routing.hung_up(from_agent, call.bridged_at, call.id)
         call.transferred_by, call.transfer_note = actor.username, note
         # the agent has already left the call: the note must not fail the transfer
         yield Record(
@@ -361,8 +361,7 @@ class Controls:
         yield Emit(
             CallWrappedUp(call_id=call_id, agent_id=user.id, disposition=disposition, notes=notes)
         )
-        if self.routing.presence_of(user.id) == "wrap_up":
-            yield from self.routing.presence(user, then)
+        yield from self.routing.wrapped_up(user, call_id, then)
 
     def annotate(self, actor: Actor, call_id: str, text: str, *, known: bool) -> Steps[NoteRow]:
         """A note on a call, live or ended (``known``: the engine has it, live or

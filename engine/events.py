@@ -241,6 +241,27 @@ class SupervisorAlert(EventBase):
     state: str
 
 
+class AlertAcknowledged(EventBase):
+    """A person took a supervisor alert in hand (engine/alerts.py). Not a call's event
+    (``call_id`` is null; ``about`` is the call): a caller's own stream never shows it."""
+
+    type: Literal["alert.acknowledged"] = "alert.acknowledged"
+    alert_id: str
+    about: str = Field(description="the call the alert is about")
+    by: str
+    acked_at: datetime
+
+
+class AlertClosed(EventBase):
+    """A supervisor alert is over: its call ended (engine/alerts.py). Not a call's event,
+    as ``alert.acknowledged``."""
+
+    type: Literal["alert.closed"] = "alert.closed"
+    alert_id: str
+    about: str = Field(description="the call the alert is about")
+    reason: str
+
+
 class DtmfReceived(EventBase):
     """A key the phone caller pressed; ``menu`` is the skill it chose, if any. While
     the virtual agent asks for a secret (a PIN), the key is not told: ``digit`` is
@@ -319,6 +340,34 @@ class AsrFailed(EventBase):
     recovered: bool
 
 
+class _Monitor(EventBase):
+    """A supervisor on a live call (engine/monitoring.py). ``call_id`` is null: a call's
+    own stream is what its caller reads, and a caller is not told who listens; the call
+    is ``monitored_call_id``."""
+
+    monitored_call_id: str
+    leg_id: str = Field(description="the supervisor's leg")
+    supervisor_id: str
+    supervisor: str = Field(description="their username")
+    mode: Literal["listen", "whisper", "barge"]
+
+
+class MonitorStarted(_Monitor):
+    type: Literal["supervisor.monitor_started"] = "supervisor.monitor_started"
+
+
+class MonitorModeChanged(_Monitor):
+    type: Literal["supervisor.monitor_mode_changed"] = "supervisor.monitor_mode_changed"
+    previous: Literal["listen", "whisper", "barge"]
+
+
+class MonitorStopped(_Monitor):
+    """``reason``: left, call_ended, remote_closed, ice_failed, media_timeout, no_media."""
+
+    type: Literal["supervisor.monitor_stopped"] = "supervisor.monitor_stopped"
+    reason: str
+
+
 class CallEnded(EventBase):
     type: Literal["call.ended"] = "call.ended"
     reason: str
@@ -343,6 +392,8 @@ Event = Annotated[
     | CallbackRequested
     | CallbackDone
     | SupervisorAlert
+    | AlertAcknowledged
+    | AlertClosed
     | DtmfReceived
     | BotSaid
     | CallVerified
@@ -351,6 +402,9 @@ Event = Annotated[
     | CallAnnotated
     | RecordingChanged
     | AsrFailed
+    | MonitorStarted
+    | MonitorModeChanged
+    | MonitorStopped
     | CallEnded,
     Field(discriminator="type"),
 ]
@@ -373,6 +427,8 @@ EVENT_TYPES = [
     "callback.requested",
     "callback.done",
     "supervisor.alert",
+    "alert.acknowledged",
+    "alert.closed",
     "dtmf.received",
     "bot.said",
     "call.verified",
@@ -381,6 +437,9 @@ EVENT_TYPES = [
     "call.annotated",
     "recording.changed",
     "asr.failed",
+    "supervisor.monitor_started",
+    "supervisor.monitor_mode_changed",
+    "supervisor.monitor_stopped",
     "call.ended",
 ]
 

@@ -31,6 +31,7 @@ from engine.bot.dialog import Dialog
 from engine.bot.events import BotInput
 from engine.callstate import CallRecord, LegRecord, SilenceCheck
 from engine.escalation import CallEscalation
+from engine.monitoring import SupervisorLeg
 from engine.recording import CallRecording
 from media import events as me
 from media.audio import PcmFrame
@@ -91,6 +92,9 @@ class Call(CallRecord):
     # (leg, utterance index) of the caller's finals told masked: their emotion estimate,
     # which the leg made from the words as heard, must not tell those words either
     masked: set[tuple[str, int]] = field(default_factory=set)
+    # supervisors listening, whispering or barging in (engine/monitoring.py): no parties
+    # of the conversation, so not among ``legs``
+    monitors: list[SupervisorLeg] = field(default_factory=list)
 
     def other_peer(self, leg: Leg) -> CallPeer | None:
         """The peer that hears ``leg`` (caller <-> agent) while they talk; on hold,

@@ -19,6 +19,9 @@ Every decision is a generator of effects, the pattern of engine/analysis.py:
     StopRinging the desk phone stops: the offer was answered, declined or withdrawn
     Replicate   several engines: the decision is made in the shared routing log
                 (engine/routingcopy.py, engine/routinglog.py), never here
+    WrapUpTimedOut  an agent gave no disposition in time: "timed-out" is stored with
+                the call and told, as a wrap-up would be (about the agent: the engine
+                that asked applies it, since the call may have ended on any)
 
 Routing never does IO. The engine applies each effect before it asks for the next
 (``CallManager._route``), so a decision goes on from the state the effect left,
@@ -34,6 +37,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import assert_never
 
 from pydantic import ValidationError
@@ -47,6 +51,7 @@ from engine.acd import (
     OfferExpired,
     PresenceChanged,
     QueueConfig,
+    WrapUpExpired,
 )
 from engine.acd import Action as AcdAction
 from engine.analysis import Emit, summary_of
@@ -128,7 +133,35 @@ class Replicate:
     op: Mapping[str, object]
 
 
-Effect = Emit | Record | UpdateCall | Announce | Transition | Ring | StopRinging | Replicate
+@dataclass(frozen=True, slots=True)
+class WrapUpTimedOut:
+    """The agent owed ``call_id`` a disposition past the wrap-up limit: the engine
+    stores and tells ``TIMED_OUT`` as that call's wrap-up, by ``username``."""
+
+    agent_id: str
+    username: str
+    call_id: str
+
+
+TIMED_OUT = "timed-out"  # the disposition the engine gives when the agent did not
+
+Effect = (
+    Emit | Record | UpdateCall | Announce | Transition | Ring | StopRinging | Replicate
+    | WrapUpTimedOut
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    """What the desk shows of an agent, besides who they are: wall-clock times, for
+    people (the ACD's own clock is monotonic, and with several engines Redis's)."""
+
+    presence: str
+    away_reason: str | None = None
+    since: datetime | None = None  # in this presence since
+    wrap_up_call: str | None = None  # the call waiting for their disposition
+    wrap_up_since: datetime | None = None
+    wrap_up_ends_at: datetime | None = None  # when the engine gives "timed-out"
 
 
 def escalated(call: Call, reason: str, *, at: bool = True) -> UpdateCall:
@@ -159,13 +192,18 @@ class Routing:
         calls: Mapping[str, Call],
         clock: Callable[[], float] = time.monotonic,
         disconnect_after: float = 10.0,
+        wrap_up_limit: float = 0.0,
     ) -> None:
-        self.acd = Acd(queues, offer_timeout)
+        self.acd = Acd(queues, offer_timeout, wrap_up_limit)
         self.liveness = Liveness(disconnect_after)
         self.calls = calls
         self.clock = clock
         # the agents who have signed in, for events and desk phones (the ACD knows ids)
         self._usernames: dict[str, str] = {}
+        # for the desk, in wall-clock time: since when each agent is in their presence,
+        # and since when they owe which call its disposition (the ACD decides; this shows)
+        self._since: dict[str, datetime] = {}
+        self._owed: dict[str, tuple[str, datetime]] = {}
 
     # -- queues ---------------------------------------------------------------------
 
@@ -200,6 +238,22 @@ class Routing:
     def presence_of(self, user_id: str) -> str:
         agent = self.acd.agents.get(user_id)
         return agent.presence if agent else "offline"
+
+    def status(self, user_id: str) -> AgentStatus:
+        """The agent's presence, why they are away, since when, and the call they owe a
+        disposition with its wrap-up deadline."""
+        agent = self.acd.agents.get(user_id)
+        if agent is None:
+            return AgentStatus("offline")
+        owed = self._owed.get(user_id)
+        wrap_since = owed[1] if owed is not None and owed[0] == agent.owes else None
+        ends = None
+        if wrap_since is not None and self.acd.wrap_up_limit > 0:
+            ends = wrap_since + timedelta(seconds=self.acd.wrap_up_limit)
+        return AgentStatus(
+            agent.presence, agent.away_reason, self._since.get(user_id), agent.owes,
+            wrap_since, ends,
+        )  # fmt: skip
 
     def offered_to(self, user_id: str, call_id: str) -> bool:
         agent = self.acd.agents.get(user_id)
@@ -316,13 +370,21 @@ class Routing:
 
     # -- agents: what they do ---------------------------------------------------------
 
-    def presence(self, user: UserRow, event: str) -> Iterator[Effect]:
-        """An agent asks to log in, go available or away, or log out."""
+    def presence(self, user: UserRow, event: str, reason: str | None = None) -> Iterator[Effect]:
+        """An agent asks to log in, go available or away (``reason``: why), or log out;
+        "available" is refused while they owe a call its disposition (``WrapUpOwed``)."""
         self._usernames[user.id] = user.username
         self.acd.add_agent(user.id, set(user.skills))
         if self.liveness.away_from_desk(user.id):  # a click from a desk that has gone since
             self.acd.absent.add(user.id)
-        yield from self.actions(self.acd.presence(user.id, event, self.clock()))
+        yield from self.actions(self.acd.presence(user.id, event, self.clock(), reason))
+
+    def wrapped_up(self, user: UserRow, call_id: str, then: str) -> Iterator[Effect]:
+        """``user`` gave ``call_id`` its disposition (stored already): if they owed it
+        they owe nothing now, and from wrap-up they go on to ``then``."""
+        if user.id in self.acd.agents:
+            self._usernames[user.id] = user.username
+        yield from self.actions(self.acd.wrapped_up(user.id, call_id, self.clock(), then))
 
     def user_changed(self, user: UserRow) -> Iterator[Effect]:
         """Skills changed take effect for the next offer; a removed role stops offers."""
@@ -386,13 +448,16 @@ class Routing:
         yield Emit(OfferWithdrawn(call_id=call_id, agent_id=user_id, reason="declined"))
         yield from self.actions(actions)
 
-    def hung_up(self, agent_id: str | None, since: float | None) -> Iterator[Effect]:
+    def hung_up(
+        self, agent_id: str | None, since: float | None, call_id: str | None = None
+    ) -> Iterator[Effect]:
         """The agent's part of a call bridged at ``since`` ended: on to wrap-up
-        (``since`` None: when is not known, and the call's length is not learned)."""
+        (``since`` None: when is not known, and the call's length is not learned), owing
+        ``call_id`` its disposition."""
         if agent_id is not None and agent_id in self.acd.agents:
             now = self.clock()
             took = None if since is None else now - since
-            yield from self.actions(self.acd.hangup(agent_id, now, took))
+            yield from self.actions(self.acd.hangup(agent_id, now, took, call_id))
             if self.liveness.state(agent_id) == "vanished":  # their desk went during it
                 yield from self._vanished(agent_id)
 
@@ -450,10 +515,19 @@ class Routing:
         and their desk phone, expired offers withdrawn, long waits offered a callback."""
         for a in actions:
             if isinstance(a, PresenceChanged):
+                at = utcnow()
+                self._since[a.agent_id] = at
+                agent = self.acd.agents.get(a.agent_id)
+                if agent is not None and agent.owes is not None:
+                    if self._owed.get(a.agent_id, ("",))[0] != agent.owes:
+                        self._owed[a.agent_id] = (agent.owes, at)
+                else:
+                    self._owed.pop(a.agent_id, None)
                 # kept, not raised: a failing disk must not stop the routing half-done
                 row = PresenceRow(
-                    user_id=a.agent_id, presence=a.presence, previous=a.previous, at=utcnow()
-                )
+                    user_id=a.agent_id, presence=a.presence, previous=a.previous, at=at,
+                    reason=a.reason,
+                )  # fmt: skip
                 yield Record(f"agent {a.agent_id} presence", row)
                 yield Emit(
                     AgentPresenceChanged(
@@ -474,6 +548,10 @@ class Routing:
                 yield Emit(OfferWithdrawn(call_id=a.call_id, agent_id=a.agent_id, reason=a.reason))
             elif isinstance(a, MaxWaitReached):  # a callback instead of more waiting
                 yield from self.offer_callback(a.call_id)
+            elif isinstance(a, WrapUpExpired):
+                self._owed.pop(a.agent_id, None)
+                username = self._usernames.get(a.agent_id, "")
+                yield WrapUpTimedOut(a.agent_id, username, a.call_id)
             else:
                 assert_never(a)
 

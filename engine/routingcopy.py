@@ -114,11 +114,16 @@ class RoutingCopy:
     shared log in its order, with its time."""
 
     def __init__(
-        self, queues: list[QueueConfig], offer_timeout: float, disconnect_after: float = 10.0
+        self,
+        queues: list[QueueConfig],
+        offer_timeout: float,
+        disconnect_after: float = 10.0,
+        wrap_up_limit: float = 0.0,
     ) -> None:
         self.queues = queues  # the queues file's, for a reset
         self.offer_timeout = offer_timeout
         self.disconnect_after = disconnect_after
+        self.wrap_up_limit = wrap_up_limit
         self.now = 0.0  # the time of the operation being applied (seconds, Redis's clock)
         self.shadows: dict[str, Call] = {}
         # the engine running each waiting call: the one that sent its latest live card
@@ -127,7 +132,7 @@ class RoutingCopy:
         self.left: dict[str, None] = {}  # the calls that left the line for good, oldest first
         self.routing = Routing(
             queues, offer_timeout, self.shadows, clock=lambda: self.now,
-            disconnect_after=disconnect_after,
+            disconnect_after=disconnect_after, wrap_up_limit=wrap_up_limit,
         )  # fmt: skip
 
     # -- operations ---------------------------------------------------------------
@@ -183,7 +188,9 @@ class RoutingCopy:
         elif kind == "queue_changed":
             yield from r.queue_changed(self.shadows.get(op["announce"] or ""))
         elif kind == "presence":
-            yield from r.presence(_user(op["user"]), op["event"])
+            yield from r.presence(_user(op["user"]), op["event"], op.get("reason"))
+        elif kind == "wrapped_up":
+            yield from r.wrapped_up(_user(op["user"]), op["call_id"], op["then"])
         elif kind == "user_changed":
             yield from r.user_changed(_user(op["user"]))
         elif kind == "agent_gone":
@@ -199,7 +206,8 @@ class RoutingCopy:
             yield from r.decline(op["user_id"], op["call_id"])
         elif kind == "hung_up":
             took = None if op.get("unknown_length") else op["handle_time"]  # a call cut off
-            yield from r.hung_up(op["agent"], None if took is None else self.now - took)
+            since = None if took is None else self.now - took
+            yield from r.hung_up(op["agent"], since, op.get("call_id"))
         elif kind == "tick":
             yield from r.tick()
         elif kind == "clients":  # the streams the engine that asked holds of an agent
@@ -246,6 +254,7 @@ class RoutingCopy:
         return {
             "version": SNAPSHOT_VERSION,
             "offer_timeout": acd.offer_timeout,
+            "wrap_up_limit": acd.wrap_up_limit,
             "queues": [q.model_dump() for q in acd.queues.values()],
             "closing": [q.model_dump() for q in acd.closing.values()],
             "agents": [
@@ -255,6 +264,10 @@ class RoutingCopy:
                     "presence": a.presence,
                     "idle_since": a.idle_since,
                     "offered": a.offered,
+                    "since": a.since,
+                    "away_reason": a.away_reason,
+                    "owes": a.owes,
+                    "wrap_until": a.wrap_until,
                 }
                 for a in acd.agents.values()
             ],  # fmt: skip
@@ -299,8 +312,17 @@ class RoutingCopy:
         acd.closing = {q["name"]: QueueConfig.model_validate(q) for q in snap["closing"]}
         for a in snap["agents"]:
             acd.agents[a["id"]] = Agent(
-                a["id"], frozenset(a["skills"]), a["presence"], a["idle_since"], a["offered"]
+                a["id"],
+                frozenset(a["skills"]),
+                a["presence"],
+                a["idle_since"],
+                a["offered"],
+                a.get("since"),  # not in a snapshot of an older engine's
+                a.get("away_reason"),
+                a.get("owes"),
+                a.get("wrap_until"),  # these three: not in a snapshot of an older engine's
             )
+        acd.wrap_up_limit = float(snap.get("wrap_up_limit", acd.wrap_up_limit))
         for w in snap["waiting"]:
             acd.waiting[w["call_id"]] = Waiting(
                 w["call_id"], w["queue"], w["priority"], w["enqueued_at"], frozenset(w["skills"]),
@@ -325,6 +347,7 @@ class RoutingCopy:
         queues: list[QueueConfig] | None = None,
         offer_timeout: float | None = None,
         disconnect_after: float | None = None,
+        wrap_up_limit: float | None = None,
     ) -> None:
         """Start again from nobody waiting and nobody signed in (a cluster's first node),
         with the queues and offer timeout of the engine that started it: every copy must
@@ -334,6 +357,7 @@ class RoutingCopy:
         self.left.clear()
         r = self.routing
         r.acd.offer_timeout = self.offer_timeout if offer_timeout is None else offer_timeout
+        r.acd.wrap_up_limit = self.wrap_up_limit if wrap_up_limit is None else wrap_up_limit
         # the same Acd stays: SharedRouting reads it
         r.acd.queues = {q.name: q for q in queues or self.queues}
         r.acd.closing = {}
@@ -343,6 +367,8 @@ class RoutingCopy:
         r.acd._handle_times.clear()
         r.acd.absent.clear()
         r._usernames.clear()
+        r._since.clear()
+        r._owed.clear()
         r.liveness.clear()
         r.liveness.grace = self.disconnect_after if disconnect_after is None else disconnect_after
 
@@ -422,6 +448,8 @@ class SharedRouting(Routing):
         self.calls = copy.shadows
         self.clock = time.monotonic
         self._usernames = copy.routing._usernames
+        self._since = copy.routing._since
+        self._owed = copy.routing._owed
         self.liveness = copy.routing.liveness
 
     # reads are inherited; what follows decides
@@ -454,8 +482,13 @@ class SharedRouting(Routing):
     def queue_changed(self, announce: Call | None = None) -> Iterator[Effect]:
         yield Replicate({"op": "queue_changed", "announce": announce.id if announce else None})
 
-    def presence(self, user: UserRow, event: str) -> Iterator[Effect]:
-        yield Replicate({"op": "presence", "user": user_card(user), "event": event})
+    def presence(self, user: UserRow, event: str, reason: str | None = None) -> Iterator[Effect]:
+        op = {"op": "presence", "user": user_card(user), "event": event, "reason": reason}
+        yield Replicate(op)
+
+    def wrapped_up(self, user: UserRow, call_id: str, then: str) -> Iterator[Effect]:
+        op = {"op": "wrapped_up", "user": user_card(user), "call_id": call_id, "then": then}
+        yield Replicate(op)
 
     def user_changed(self, user: UserRow) -> Iterator[Effect]:
         if user.id in self.acd.agents:
@@ -483,9 +516,12 @@ class SharedRouting(Routing):
     def holder_lost(self, holder: str) -> Iterator[Effect]:
         yield Replicate({"op": "holder_lost", "holder": holder})
 
-    def hung_up(self, agent_id: str | None, since: float | None) -> Iterator[Effect]:
+    def hung_up(
+        self, agent_id: str | None, since: float | None, call_id: str | None = None
+    ) -> Iterator[Effect]:
         if agent_id is not None:
-            op: dict[str, Any] = {"op": "hung_up", "agent": agent_id, "handle_time": 0.0}
+            op: dict[str, Any] = {"op": "hung_up", "agent": agent_id, "handle_time": 0.0,
+                                  "call_id": call_id}  # fmt: skip
             if since is None:
                 op["unknown_length"] = True
             else:

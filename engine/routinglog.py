@@ -251,7 +251,8 @@ class RoutingLog:
         timeout = self.copy.offer_timeout
         await self._append(
             {"op": "reset", "origin": self.me, "rid": "", "queues": queues, "rows": rows,
-             "offer_timeout": timeout, "disconnect_after": self.copy.disconnect_after}
+             "offer_timeout": timeout, "disconnect_after": self.copy.disconnect_after,
+             "wrap_up_limit": self.copy.wrap_up_limit}
         )  # fmt: skip
 
     async def stop(self) -> None:
@@ -348,6 +349,7 @@ class RoutingLog:
             queues,
             float(op.get("offer_timeout", self.copy.offer_timeout)),
             float(op.get("disconnect_after", self.copy.disconnect_after)),
+            float(op.get("wrap_up_limit", self.copy.wrap_up_limit)),
         )
         self.copy.apply({"op": "queues", "rows": op["rows"]}, self.copy.now)
 

@@ -4,7 +4,8 @@ One track per leg, paced in real time in 20 ms frames at 48 kHz. What a frame
 carries, first match wins:
 
     1. queued clips (``play``), in turn: prompts and announcements;
-    2. live audio (``push_live``): the other party of a bridge;
+    2. live audio (``push_live``): the other party of a bridge, and a supervisor who
+       whispers or barges in; several voices are summed (media/mixer.py);
     3. the background loop (``set_background``): hold audio;
     4. silence, so RTP keeps flowing (and NAT bindings stay open).
 
@@ -19,11 +20,12 @@ import collections
 
 import numpy as np
 
+from media.mixer import LiveMixer
 from media.wavtrack import FRAME, SEND_RATE, PacedAudioTrack, to_send_rate
 
 MAX_QUEUED_SECONDS = 120.0
 # Live audio (the other party of a bridge) is kept short: older samples are dropped
-# so the conversation never drifts behind.
+# so the conversation never drifts behind. The bound is per voice (media/mixer.py).
 MAX_LIVE_SAMPLES = SEND_RATE * 3 // 10
 
 
@@ -36,9 +38,7 @@ class OutboundAudioTrack(PacedAudioTrack):
         self._current: np.ndarray | None = None
         self._current_done: asyncio.Future[None] | None = None
         self._pos = 0
-        self._live: collections.deque[np.ndarray] = collections.deque()
-        self._live_samples = 0
-        self.live_dropped = 0
+        self._live = LiveMixer(MAX_LIVE_SAMPLES)
         self.speech_frames_sent = 0
         self._background: np.ndarray | None = None
         self._background_pos = 0
@@ -57,14 +57,19 @@ class OutboundAudioTrack(PacedAudioTrack):
         self._clips.append((clip, done))
         return done
 
-    def push_live(self, pcm48: np.ndarray) -> None:
-        """Feed 48 kHz mono audio from a bridged leg; clips queued with ``play`` go first."""
-        self._live.append(pcm48.astype(np.int16, copy=False))
-        self._live_samples += len(pcm48)
-        while self._live_samples > MAX_LIVE_SAMPLES:
-            dropped = self._live.popleft()
-            self._live_samples -= len(dropped)
-            self.live_dropped += len(dropped)
+    @property
+    def live_dropped(self) -> int:
+        """Live samples dropped so far: a voice too far behind, or one voice too many."""
+        return self._live.dropped
+
+    def push_live(self, pcm48: np.ndarray, source: str = "live") -> None:
+        """Feed 48 kHz mono audio of one voice (``source``: the leg it comes from) to be
+        mixed with the others; clips queued with ``play`` go first."""
+        self._live.push(source, pcm48)
+
+    def drop_live(self, source: str) -> None:
+        """Drop what ``source`` has queued (a voice this party no longer hears)."""
+        self._live.remove(source)
 
     def set_background(self, loop48: np.ndarray | None) -> None:
         """Loop this 48 kHz audio whenever nothing else is sent (None: silence)."""
@@ -83,22 +88,14 @@ class OutboundAudioTrack(PacedAudioTrack):
             self._background_pos = (self._background_pos + take) % len(loop)
 
     def _take_live(self, out: np.ndarray) -> bool:
-        filled = 0
-        while filled < FRAME and self._live:
-            head = self._live[0]
-            take = min(FRAME - filled, len(head))
-            out[filled : filled + take] = head[:take]
-            filled += take
-            if take == len(head):
-                self._live.popleft()
-            else:
-                self._live[0] = head[take:]
-            self._live_samples -= take
-        return filled > 0
+        mixed = self._live.mix(FRAME)
+        if mixed is None:
+            return False
+        out[:] = mixed
+        return True
 
     def clear(self) -> None:
         self._live.clear()
-        self._live_samples = 0
         for _, fut in self._clips:
             if not fut.done():
                 fut.cancel()

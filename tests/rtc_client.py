@@ -79,7 +79,9 @@ class Caller:
 
         self.call_id = ""
         self.customer_token: str | None = None  # the business's app's, sent with the offer
+        self.invite: str | None = None  # a call link's token: straight to its agent or queue
         self.upgrade: tuple[str, str] | None = None  # (a chat's id, its caller token)
+        self.invite: str | None = None  # a call link's token: straight to its agent
         self.answer: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
         self.events_at: list[float] = []  # time.monotonic() each event came
@@ -97,6 +99,8 @@ class Caller:
             body["caller"] = self.caller
         if self.customer_token:
             body["customer_token"] = self.customer_token
+        if self.invite:
+            body["invite"] = self.invite
         headers = {}
         if self.upgrade is not None:  # the chat goes on as this call: its token says so
             body["upgrade_from"] = self.upgrade[0]

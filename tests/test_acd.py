@@ -74,7 +74,7 @@ def test_unanswered_offer_moves_on_and_sets_the_agent_away() -> None:
     assert acd.tick(29.9) == []
     actions = acd.tick(30)
     assert OfferExpired("ann", "c1") in actions
-    assert PresenceChanged("ann", "away", "ringing") in actions
+    assert PresenceChanged("ann", "away", "ringing", "missed_call") in actions
     assert offers(actions) == [("bob", "c1")]
     assert acd.waiting["c1"].enqueued_at == 10  # kept its place in line
 

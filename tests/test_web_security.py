@@ -322,7 +322,7 @@ async def test_pages_carry_a_policy_they_satisfy_and_cookies_match_on_sign_out(
     engine = control_plane
     await engine.add_user("dan", "pw-dan-123")
     async with engine.anonymous(headers=PAGE_HEADERS) as http:
-        answers = {p: await http.get(p) for p in ("/", "/call", "/agent", "/calls/x")}
+        answers = {p: await http.get(p) for p in ("/", "/call", "/agent", "/calls/x", "/reports")}
         others = [await http.get(p) for p in ("/static/agent.js", "/api/v1/calls", "/healthz")]
         signed_in = await http.post(
             "/api/v1/auth/login", json={"username": "dan", "password": "pw-dan-123"}

@@ -42,20 +42,30 @@ def _manager(request: Request) -> CallManager:
     return m
 
 
+def _agent_out(m: CallManager, u: UserRow) -> AgentOut:
+    s = m.agent_status(u.id)
+    return AgentOut(
+        id=u.id, username=u.username, display_name=u.display_name, skills=u.skills,
+        presence=s.presence, away_reason=s.away_reason, presence_since=s.since,
+        wrap_up_call=s.wrap_up_call, wrap_up_since=s.wrap_up_since,
+        wrap_up_ends_at=s.wrap_up_ends_at,
+    )  # fmt: skip
+
+
 @router.get("/agents", response_model=list[AgentOut])
 async def agents(request: Request, _p: Reader) -> list[AgentOut]:
+    """Every agent with their presence: why they are away, since when, and the call
+    they owe a disposition (with its wrap-up deadline, if there is a limit)."""
     m = _manager(request)
-    return [
-        AgentOut(
-            id=u.id,
-            username=u.username,
-            display_name=u.display_name,
-            skills=u.skills,
-            presence=m.presence_of(u.id),
-        )
-        for u in await m.store.users()
-        if u.role == "agent"
-    ]
+    return [_agent_out(m, u) for u in await m.store.users() if u.role == "agent"]
+
+
+@router.get("/users", response_model=list[UserOut])
+async def users(request: Request, _p: Admin) -> list[UserOut]:
+    """Everyone who signs in (agents, supervisors, admins), by username: what the admin
+    page lists to change or remove (``/agents`` lists agents only, with presence)."""
+    rows = await _manager(request).store.users()  # by username
+    return [UserOut.model_validate(u, from_attributes=True) for u in rows]
 
 
 @router.post("/agents", status_code=201, response_model=UserOut)
@@ -76,6 +86,15 @@ async def add_user(body: UserIn, request: Request, _p: Admin) -> UserOut:
     return UserOut.model_validate(row, from_attributes=True)
 
 
+async def _keep_an_admin(m: CallManager, user: UserRow, role: str | None) -> None:
+    """409 when the change would leave no person who can sign in as an admin (admin API
+    keys still work, but nobody could manage people from the admin page)."""
+    if user.role != "admin" or role == "admin":
+        return
+    if sum(u.role == "admin" for u in await m.store.users()) <= 1:
+        raise HTTPException(409, f"{user.username} is the last admin: make another one first")
+
+
 @router.patch("/agents/{username}", response_model=UserOut)
 async def change_user(username: str, body: UserPatch, request: Request, _p: Admin) -> UserOut:
     """Change skills (used from the next offer), role, display name or password. A new
@@ -84,6 +103,8 @@ async def change_user(username: str, body: UserPatch, request: Request, _p: Admi
     user = await m.store.user_by_name(username)
     if user is None:
         raise HTTPException(404, f"no user {username}")
+    if body.role is not None:
+        await _keep_an_admin(m, user, body.role)
     values: dict[str, object] = body.model_dump(exclude_none=True, exclude={"password"})
     if "skills" in values:
         values["skills"] = sorted({s.strip() for s in body.skills or [] if s.strip()})
@@ -106,6 +127,7 @@ async def remove_user(username: str, request: Request, _p: Admin) -> None:
     user = await m.store.user_by_name(username)
     if user is None:
         raise HTTPException(404, f"no user {username}")
+    await _keep_an_admin(m, user, None)
     await m.agent_gone(user.id)
     await m.store.delete_user(user.id)
     tokens_revoked(request.app)
@@ -113,16 +135,14 @@ async def remove_user(username: str, request: Request, _p: Admin) -> None:
 
 @router.post("/agents/me/presence", response_model=AgentOut)
 async def set_presence(body: PresenceIn, request: Request, user: CurrentUser) -> AgentOut:
+    """Log in, go available, go away (with a ``reason``: break, lunch, meeting,
+    training, other) or log out. 409 when the ACD cannot: among others "available"
+    while a call of yours waits for its disposition (save its wrap-up first)."""
     if user.role != "agent":
         raise HTTPException(403, "only agents take calls")
-    presence = await _manager(request).agent_presence(user, body.event)
-    return AgentOut(
-        id=user.id,
-        username=user.username,
-        display_name=user.display_name,
-        skills=user.skills,
-        presence=presence,
-    )
+    m = _manager(request)
+    await m.agent_presence(user, body.event, body.reason)
+    return _agent_out(m, user)
 
 
 @router.post("/calls/{call_id}/decline", status_code=204)

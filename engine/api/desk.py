@@ -7,7 +7,7 @@ on any). Wrong state or target: 409 with the reason; not your call: 403.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NoReturn
 
 from fastapi import APIRouter, Query, Request
 from starlette.exceptions import HTTPException
@@ -29,7 +29,7 @@ from engine.api.schemas import (
     WrapUpIn,
 )
 from engine.calls import CallManager
-from engine.callstate import NotAllowed
+from engine.callstate import NotAllowed, UnknownCall
 from engine.sip import DialFailed, SipFront
 
 router = APIRouter(prefix="/api/v1", tags=["agent desk"])
@@ -40,21 +40,41 @@ def _manager(request: Request) -> CallManager:
     return m
 
 
+async def _ended(m: CallManager, call_id: str, action: str) -> NoReturn:
+    """A control on a call that is not live: 409 if it has ended (the desk's call, after
+    hang-up: nothing to act on any more), 404 if there never was such a call."""
+    if await m.store.get_call(call_id) is not None:
+        raise NotAllowed(f"call {call_id} has ended: there is no live call to {action}")
+    raise HTTPException(404, f"no call {call_id}")
+
+
 @router.post("/calls/{call_id}/mute", status_code=204)
 async def mute(call_id: PathId, body: MuteIn, request: Request, user: Operator) -> None:
     """Mute or unmute the agent towards the caller (muted talk is not transcribed)."""
-    await _manager(request).mute(user, call_id, body.muted)
+    m = _manager(request)
+    try:
+        await m.mute(user, call_id, body.muted)
+    except UnknownCall:
+        await _ended(m, call_id, "mute")
 
 
 @router.post("/calls/{call_id}/hold", status_code=204)
 async def hold(call_id: PathId, request: Request, user: Operator) -> None:
     """The caller hears a short prompt, then hold audio; the agent hears nothing."""
-    await _manager(request).hold(user, call_id)
+    m = _manager(request)
+    try:
+        await m.hold(user, call_id)
+    except UnknownCall:
+        await _ended(m, call_id, "hold")
 
 
 @router.post("/calls/{call_id}/resume", status_code=204)
 async def resume(call_id: PathId, request: Request, user: Operator) -> None:
-    await _manager(request).resume(user, call_id)
+    m = _manager(request)
+    try:
+        await m.resume(user, call_id)
+    except UnknownCall:
+        await _ended(m, call_id, "resume")
 
 
 @router.post("/calls/{call_id}/transfer", status_code=202)
@@ -72,14 +92,18 @@ async def transfer(call_id: PathId, body: TransferIn, request: Request, user: Op
         except DialFailed as exc:
             raise HTTPException(502, f"the transfer was not answered: {exc}") from None
         return
-    await _manager(request).transfer(
-        user, call_id, queue=body.queue, agent=body.agent, note=body.note
-    )
+    m = _manager(request)
+    try:
+        await m.transfer(user, call_id, queue=body.queue, agent=body.agent, note=body.note)
+    except UnknownCall:
+        await _ended(m, call_id, "transfer")
 
 
 @router.post("/calls/{call_id}/wrap-up", status_code=204)
 async def wrap_up(call_id: PathId, body: WrapUpIn, request: Request, user: CurrentUser) -> None:
-    """Store the disposition and notes with the call; the agent leaves wrap-up."""
+    """Store the disposition and notes with the call; the agent owes it nothing more and
+    leaves wrap-up for ``then`` (until then "available" is refused). Once more for the same
+    call changes what was stored (after a "timed-out" too)."""
     m = _manager(request)
     if body.disposition not in m.settings.dispositions:
         raise HTTPException(422, f"disposition must be one of {', '.join(m.settings.dispositions)}")

@@ -237,7 +237,12 @@ async def get_call(call_id: PathId, request: Request, p: Who) -> CallDetail:
     base = CallOut.model_validate(call, from_attributes=True)
     return CallDetail(
         **base.model_dump(),
-        legs=[LegOut.model_validate(leg, from_attributes=True) for leg in call.legs],
+        # a caller is not told who listened in (engine/monitoring.py)
+        legs=[
+            LegOut.model_validate(leg, from_attributes=True)
+            for leg in call.legs
+            if p.kind != "caller" or leg.role != "supervisor"
+        ],
         transcript=[UtteranceOut.model_validate(u, from_attributes=True) for u in found.utterances],
         emotion_timeline=[
             EmotionOut.model_validate(e, from_attributes=True) for e in found.emotions

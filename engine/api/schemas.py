@@ -275,8 +275,20 @@ class NodeOut(BaseModel):
     drain_timeout: float
 
 
+# why an agent is away: the agent's choice (engine/acd.py AWAY_REASONS); the engine sets
+# "missed_call" (an offer rang out) and "disconnected" (every desk of theirs went away)
+AwayReason = Literal["break", "lunch", "meeting", "training", "other"]
+
+
 class PresenceIn(Input):
     event: Literal["login", "available", "away", "logout"]
+    reason: AwayReason | None = Field(None, description='why, with "away" only')
+
+    @model_validator(mode="after")
+    def _reason_with_away(self) -> PresenceIn:
+        if self.reason is not None and self.event != "away":
+            raise ValueError('a reason goes with "away" only')
+        return self
 
 
 class AgentOut(BaseModel):
@@ -285,6 +297,19 @@ class AgentOut(BaseModel):
     display_name: str
     skills: list[str]
     presence: str
+    away_reason: str | None = Field(
+        None, description="while away: break, lunch, meeting, training, other; or "
+        "missed_call, disconnected (set by the engine)",
+    )  # fmt: skip
+    presence_since: datetime | None = None
+    wrap_up_call: str | None = Field(
+        None, description='the call waiting for this agent\'s disposition ("available" is '
+        "refused until it is saved)",
+    )  # fmt: skip
+    wrap_up_since: datetime | None = None
+    wrap_up_ends_at: datetime | None = Field(
+        None, description='with CCENGINE_WRAPUP_SECONDS: when the engine saves "timed-out"'
+    )
 
 
 class UserIn(Input):

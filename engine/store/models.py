@@ -160,6 +160,9 @@ class PresenceRow(Base):
     presence: Mapped[str] = mapped_column(String(16))
     previous: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # why, when there is a reason: the agent's for "away" (break, lunch ...), or the
+    # engine's (missed_call, disconnected, wrap_up_timed_out)
+    reason: Mapped[str | None] = mapped_column(String(32), nullable=True, default=None)
 
 
 class EmotionRow(Base):
@@ -328,3 +331,48 @@ class CustomerKeyRow(Base):
     customer_id: Mapped[str] = mapped_column(
         ForeignKey("customers.id", ondelete="CASCADE"), index=True
     )
+
+
+class CallAnalyticsRow(Base):
+    """A finished call's analytics (engine/callanalytics.py): the whole result in
+    ``data``, and the figures reports add up as columns, so a report reads no JSON."""
+
+    __tablename__ = "call_analytics"
+
+    call_id: Mapped[str] = mapped_column(
+        ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    handle_seconds: Mapped[float] = mapped_column(Float)
+    queue_seconds: Mapped[float] = mapped_column(Float)
+    bot_seconds: Mapped[float] = mapped_column(Float)
+    agent_seconds: Mapped[float] = mapped_column(Float)
+    hold_seconds: Mapped[float] = mapped_column(Float)
+    wrap_up_seconds: Mapped[float] = mapped_column(Float)
+    caller_talk_seconds: Mapped[float] = mapped_column(Float)
+    agent_talk_seconds: Mapped[float] = mapped_column(Float)  # the agent's and the bot's
+    non_talk_seconds: Mapped[float] = mapped_column(Float)
+    longest_non_talk_seconds: Mapped[float] = mapped_column(Float)
+    caller_interruptions: Mapped[int] = mapped_column(Integer)  # by the caller
+    agent_interruptions: Mapped[int] = mapped_column(Integer)  # by the agent or the bot
+    categories: Mapped[list[str]] = mapped_column(JSON)
+
+
+class AlertRow(Base):
+    """A supervisor alert (engine/alerts.py): raised by an escalation rule, kept across
+    restarts, acknowledged by a person, closed when its call ends. ``id`` is the
+    escalation's, so that every engine storing it stores it once."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    call_id: Mapped[str] = mapped_column(String(36), index=True)  # no FK: may come first
+    reason: Mapped[str] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    raised_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    acked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    acked_by: Mapped[str | None] = mapped_column(String(64))
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    closed_reason: Mapped[str | None] = mapped_column(String(64))

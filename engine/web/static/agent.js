@@ -1,8 +1,11 @@
 // The agent desk: sign in, go available, answer with a preview, talk with the AI's
 // insights beside the call, transfer or hang up, wrap up. Supervisors see alerts.
+// The engine keeps the agent's state (presence, why away, the wrap-up they owe and its
+// deadline): the desk shows what GET /api/v1/agents and the events say, never its own.
 import { connectEvents, esc } from "/static/events.js";
 import { CALL_PANELS, createCallView } from "/static/callview.js";
 import { mediaBytes, openPeer } from "/static/rtc.js";
+import { ring as startRinging, silence, unlock } from "/static/ringer.js";
 
 const $ = (id) => document.getElementById(id);
 let me = null;
@@ -11,6 +14,8 @@ let callId = null; // the call on this agent's line
 let wrapCallId = null; // the call waiting for its wrap-up
 let pc = null, mic = null, callEvents = null, view = null;
 let muted = false, mine = false, ringTimer = null;
+let agentNow = null; // this agent as GET /api/v1/agents last said: presence, since, wrap-up
+let callStarted = null; // when this desk answered the call on its line (ms)
 window.ccAgent = { get pc() { return pc; }, get callId() { return callId; }, mediaBytes: (kind) => pc && mediaBytes(pc, kind) };
 
 // X-Requested-With: the engine takes changes made with the sign-in cookie only with it
@@ -24,7 +29,7 @@ async function api(path, { method = "GET", body } = {}) {
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const data = res.status === 204 ? null : await res.json().catch(() => null);
-  if (!res.ok) throw new Error(data?.detail || `HTTP ${res.status}`);
+  if (!res.ok) throw Object.assign(new Error(data?.detail || `HTTP ${res.status}`), { status: res.status });
   return data;
 }
 
@@ -36,6 +41,7 @@ function fail(where) {
 
 $("login-form").onsubmit = async (e) => {
   e.preventDefault();
+  unlock(); // a click: the ringtone may play and notifications may be asked for now
   const f = new FormData(e.target);
   try {
     const r = await api("/api/v1/auth/login", { method: "POST", body: { username: f.get("username"), password: f.get("password") } });
@@ -50,13 +56,11 @@ async function signedIn() {
   $("sign-out").hidden = false;
   if (me.role === "agent") {
     try {
-      const self = (await api("/api/v1/agents")).find((a) => a.id === me.id);
-      let presence = self ? self.presence : "offline";
-      if (presence === "offline") presence = (await presenceEvent("login")).presence;
-      setPresence(presence);
+      await refreshSelf();
+      if (agentNow.presence === "offline") showSelf(await presenceEvent("login"));
       // shown only now: a click on "Available" before the login reached the ACD was
       // refused (offline agents cannot go available) and left the agent away
-      $("go-available").hidden = $("go-away").hidden = $("presence").hidden = false;
+      $("go-available").hidden = $("away-controls").hidden = $("presence").hidden = false;
     } catch (err) {
       // the rest of the desk still loads; the buttons wait for a presence to act on
       $("desk-error").textContent = `Your presence is unknown (${err.message}): reload the page to try again.`;
@@ -65,25 +69,61 @@ async function signedIn() {
     $("alerts-card").hidden = false;
   }
   $("queue-card").hidden = false;
-  $("wrapup").querySelector("select").innerHTML = (await api("/api/v1/dispositions"))
-    .map((d) => `<option value="${esc(d)}">${esc(d.replaceAll("_", " "))}</option>`).join("");
+  $("wrapup").querySelector("select").innerHTML = '<option value="">Choose…</option>' +
+    (await api("/api/v1/dispositions"))
+      .map((d) => `<option value="${esc(d)}">${esc(d.replaceAll("_", " "))}</option>`).join("");
+  // a wrap-up owed from before (a reload, or a desk that was closed): it is asked for now
+  if (agentNow?.wrap_up_call && !wrapCallId) showWrapUp(agentNow.wrap_up_call);
   await refreshQueues();
   connectEvents("/api/v1/events", onEvent, { desk: true }); // its WebSocket is its presence
 }
 
-function presenceEvent(event) {
-  return api("/api/v1/agents/me/presence", { method: "POST", body: { event } });
+function presenceEvent(event, reason) {
+  return api("/api/v1/agents/me/presence", { method: "POST", body: reason ? { event, reason } : { event } });
 }
 
-function setPresence(p) {
+// the engine's reasons, as the agent reads them
+const AWAY_WHY = { missed_call: "after a missed call", disconnected: "disconnected" };
+
+// this agent as the engine has them (presence, why away, since when, the wrap-up owed)
+async function refreshSelf() {
+  const found = (await api("/api/v1/agents")).find((a) => a.id === me.id);
+  showSelf(found || { presence: "offline" });
+}
+
+function showSelf(agent) {
+  agentNow = agent;
+  const p = agent.presence;
   $("presence").textContent = p.replace("_", " ");
   $("presence").className = `state ${p}`;
+  $("away-reason").hidden = p !== "away" || !agent.away_reason;
+  $("away-reason").textContent = agent.away_reason ? `(${AWAY_WHY[agent.away_reason] || agent.away_reason})` : "";
+  // "Available" stays pressable in wrap-up: the engine says why not yet
   $("go-available").disabled = !["away", "wrap_up"].includes(p);
-  $("go-away").disabled = !["available", "wrap_up"].includes(p);
+  $("go-away").disabled = !["available", "wrap_up", "away"].includes(p);
+  tickTimers();
 }
 
-$("go-available").onclick = () => presenceEvent("available").then((r) => setPresence(r.presence), fail("desk-error"));
-$("go-away").onclick = () => presenceEvent("away").then((r) => setPresence(r.presence), fail("desk-error"));
+let selfRefresh = null;
+function refreshSelfSoon() {
+  clearTimeout(selfRefresh);
+  selfRefresh = setTimeout(() => refreshSelf().catch(fail("desk-error")), 100);
+}
+
+const WRAP_UP_FIRST = "Save the wrap-up first: choose a disposition for your last call, then you are available.";
+$("go-available").onclick = async () => {
+  unlock();
+  try {
+    showSelf(await presenceEvent("available"));
+    $("desk-error").textContent = "";
+  } catch (err) {
+    if (err.status === 409 && (wrapCallId || agentNow?.wrap_up_call)) {
+      $("desk-error").textContent = WRAP_UP_FIRST;
+      showWrapUp(wrapCallId || agentNow.wrap_up_call);
+    } else $("desk-error").textContent = err.message;
+  }
+};
+$("go-away").onclick = () => presenceEvent("away", $("away-choice").value).then(showSelf, fail("desk-error"));
 $("sign-out").onclick = async () => {
   try {
     if (me.role === "agent") await presenceEvent("logout");
@@ -98,7 +138,8 @@ let queueRefresh = null;
 const SET_AWAY_DISCONNECTED = "Your desk was disconnected, so you were set to away. Press Available when you are ready.";
 function onEvent(ev) {
   if (ev.type === "agent.presence_changed" && me && ev.agent_id === me.id) {
-    setPresence(ev.presence);
+    showSelf({ ...agentNow, presence: ev.presence, away_reason: ev.presence === "away" ? ev.reason : null, presence_since: ev.time });
+    refreshSelfSoon(); // the wrap-up owed and its deadline, as the engine has them
     // every desk of ours was gone for a while: back now, the agent chooses when to take
     // calls (the note goes with their next change of presence)
     if (ev.reason === "disconnected") $("desk-error").textContent = SET_AWAY_DISCONNECTED;
@@ -107,6 +148,10 @@ function onEvent(ev) {
     // the stream replays recent history: only ring for an offer that is still ringing
     const expires = Date.parse(ev.time) + ev.expires_in * 1000;
     if (expires > Date.now() && !callId) ring(ev, expires);
+  } else if (ev.type === "call.wrapped_up" && me && ev.agent_id === me.id && ev.call_id === wrapCallId && ev.disposition === "timed-out") {
+    // the engine ended it at the wrap-up limit (and made the agent available, unless away)
+    closeWrapUp();
+    $("desk-error").textContent = "The wrap-up time ran out: the call was saved as timed-out.";
   } else if (ev.type === "call.offer_withdrawn" && offer && ev.call_id === offer.call_id && ev.agent_id === me.id) {
     unring({ no_answer: "You missed a call, so you were set to away.", disconnected: "Your desk was disconnected, so the call went to someone else." }[ev.reason] || "");
   } else if (ev.type === "supervisor.alert" && me.role !== "agent") {
@@ -159,7 +204,11 @@ function ring(ev, expires) {
   if (ev.transferred_by) rows.push(["From", `${ev.transferred_by}${ev.transfer_note ? `: “${ev.transfer_note}”` : ""}`]);
   $("preview").innerHTML = rows.map(([k, v]) => `<dt>${k}</dt><dd>${k === "Mood" ? v : esc(v)}</dd>`).join("");
   $("ring").hidden = false;
+  $("ring").classList.add("ringing");
   $("accept").disabled = $("decline").disabled = false;
+  const who = ev.caller || "unknown caller";
+  $("ring-announce").textContent = `Incoming ${ev.channel === "chat" ? "chat" : "call"} from ${who}, queue ${ev.queue}. Press Accept to answer.`;
+  startRinging(who, `${ev.queue} · ${ev.escalation_reason || "asked for a person"}`);
   clearInterval(ringTimer);
   const tick = () => { $("ring-countdown").textContent = `${Math.max(0, Math.ceil((expires - Date.now()) / 1000))} s`; };
   tick();
@@ -169,6 +218,9 @@ function ring(ev, expires) {
 function unring(message = "") {
   offer = null;
   clearInterval(ringTimer);
+  silence();
+  $("ring-announce").textContent = message ? "The call stopped ringing." : "";
+  $("ring").classList.remove("ringing");
   $("ring").hidden = true;
   $("desk-error").textContent = message;
 }
@@ -180,8 +232,10 @@ $("decline").onclick = () => {
 };
 
 $("accept").onclick = async () => {
+  if (!offer) return;
   const id = offer.call_id;
   $("accept").disabled = $("decline").disabled = true;
+  silence(); // answering: the ringtone stops at once, not when the media is up
   if (offer.channel === "chat") {  // typed: no media to set up
     try {
       await api(`/api/v1/calls/${id}/accept-chat`, { method: "POST" });
@@ -206,12 +260,19 @@ $("accept").onclick = async () => {
 
 // -- on a call -----------------------------------------------------------------------
 
+const CALL_CONTROLS = ["mute", "hold", "hangup", "transfer", "transfer-to", "transfer-note", "reply"];
+function enableControls(on) {
+  for (const id of CALL_CONTROLS) $(id).disabled = !on;
+}
+
 async function openCall(id) {
   callId = id;
+  callStarted = Date.now();
   muted = mine = false;
   $("mute").textContent = "Mute";
   $("call-error").textContent = "";
-  $("wrapup").hidden = true;
+  closeWrapUp();
+  enableControls(true);
   $("call").hidden = false;
   $("call").querySelector("[data-testid=transcript]").innerHTML = "";
   $("remote-video").hidden = true;  // shown once the caller's camera reaches us
@@ -279,19 +340,26 @@ function addNote(n) {
   $("notes").append(div);
 }
 
+// after hang-up the controls are disabled, and a click that got in first is not sent:
+// there is no call to act on (the engine would answer 409)
 $("mute").onclick = () => {
+  if (!callId) return;
   api(`/api/v1/calls/${callId}/mute`, { method: "POST", body: { muted: !muted } }).then(() => setMuted(!muted), fail("call-error"));
 };
 $("hold").onclick = () => {
+  if (!callId) return;
   const action = $("hold").textContent === "Hold" ? "hold" : "resume";
   api(`/api/v1/calls/${callId}/${action}`, { method: "POST" }).catch(fail("call-error"));
 };
 $("hangup").onclick = async () => {
+  if (!callId) return;
+  enableControls(false);
   // say it first: closing our media first would read as the line dropping
   await api(`/api/v1/calls/${callId}/hangup`, { method: "POST" }).catch(() => {});
   endOfCall("You hung up.");
 };
 $("transfer").onclick = async () => {
+  if (!callId) return;
   const [kind, name] = $("transfer-to").value.split(":");
   const note = $("transfer-note").value.trim() || null;
   try {
@@ -322,22 +390,70 @@ function endOfCall(message) {
   if (callEvents) callEvents.close();
   callEvents = null;
   closeMedia();
+  enableControls(false);
+  callStarted = null;
   setCallState("ended");
   $("call-error").textContent = message;
+  showWrapUp(wrapCallId);
+}
+
+// -- after the call: the wrap-up, in view and focused, with its time ---------------------
+
+function showWrapUp(id) {
+  wrapCallId = id;
   $("wrapup").hidden = false;
+  $("wrapup-error").textContent = "";
+  $("wrapup").scrollIntoView({ block: "start" });
+  $("wrapup").querySelector("select").focus();
+  refreshSelfSoon(); // since when it is owed, and until when (CCENGINE_WRAPUP_SECONDS)
+}
+
+function closeWrapUp() {
+  wrapCallId = null;
+  $("wrapup-form").reset();
+  $("wrapup").hidden = true;
+  $("wrapup-timer").textContent = "";
+  if (!callId) $("call").hidden = true;
 }
 
 $("wrapup-form").onsubmit = async (e) => {
   e.preventDefault();
   const f = new FormData(e.target);
+  if (!f.get("disposition")) {
+    $("wrapup-error").textContent = "Choose a disposition: how did the call end?";
+    return;
+  }
   try {
     await api(`/api/v1/calls/${wrapCallId}/wrap-up`, { method: "POST", body: { disposition: f.get("disposition"), notes: f.get("notes") } });
-    e.target.reset();
-    wrapCallId = null;
-    $("wrapup").hidden = true;
-    $("call").hidden = true;
+    closeWrapUp();
+    $("desk-error").textContent = "";
+    refreshSelfSoon();
   } catch (err) { $("wrapup-error").textContent = err.message; }
 };
+
+// -- timers: on the call, in this presence, in wrap-up -----------------------------------
+
+function clock(ms) {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), ss = String(s % 60).padStart(2, "0");
+  return h ? `${h}:${String(m).padStart(2, "0")}:${ss}` : `${m}:${ss}`;
+}
+
+function tickTimers() {
+  const now = Date.now();
+  $("presence-for").textContent = agentNow?.presence_since && agentNow.presence !== "offline" ? clock(now - Date.parse(agentNow.presence_since)) : "";
+  $("call-timer").textContent = callStarted ? clock(now - callStarted) : "";
+  const w = $("wrapup-timer");
+  if (!wrapCallId || agentNow?.wrap_up_call !== wrapCallId) { w.textContent = ""; return; }
+  if (agentNow.wrap_up_ends_at) {
+    const left = Date.parse(agentNow.wrap_up_ends_at) - now;
+    w.textContent = `${clock(left)} left`;
+    w.classList.toggle("late", left < 15000);
+  } else if (agentNow.wrap_up_since) {
+    w.textContent = `${clock(now - Date.parse(agentNow.wrap_up_since))} in wrap-up`;
+  }
+}
+setInterval(tickTimers, 1000);
 
 me = await api("/api/v1/auth/me").catch(() => null);
 if (me) await signedIn().catch(fail("desk-error"));

@@ -39,7 +39,9 @@ connectEvents("/api/v1/events", (ev) => {
     render({ id: ev.call_id, channel: ev.channel, state: "new", created_at: ev.time, emotion: null, caller: "" });
   } else if (call && ev.type === "call.state_changed") {
     render({ ...call, state: ev.state });
-  } else if (call && ev.type === "emotion.updated") {
-    render({ ...call, emotion: ev.label });
+  } else if (call && ev.type === "emotion.updated" && (ev.speaker ?? "caller") === "caller") {
+    // the call's mood, as the list API stores it: the caller's call-level label, not
+    // the last utterance's (nor ever the agent's)
+    render({ ...call, emotion: ev.call_label });
   }
 });

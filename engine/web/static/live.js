@@ -1,5 +1,7 @@
 import { connectEvents } from "/static/events.js";
 import { CALL_PANELS, createCallView } from "/static/callview.js";
+import { REVIEW_PANELS, showReview } from "/static/callreview.js";
+import { monitor } from "/static/monitor.js";
 
 const $ = (id) => document.getElementById(id);
 const callId = location.pathname.split("/").pop();
@@ -9,8 +11,68 @@ const view = createCallView($("view"));
 function setState(s, reason) {
   $("state").textContent = reason ? `${s} (${reason})` : s;
   $("state").className = `state ${s}`;
+  monitorControls(s);
 }
 
+// -- Listen / Whisper / Barge, for supervisors and admins (static/monitor.js) ---------
+
+const WITH_AGENT = ["bridged", "held"];
+const SAID = { listen: "Listening: nobody hears you", whisper: "Whispering: only the agent hears you", barge: "Barged in: the caller and the agent hear you" };
+let supervising = false; // this person may monitor calls
+let callState = null;
+let watch = null; // the monitor handle while on the call
+let busy = false;
+const modeButtons = [...document.querySelectorAll("#monitor [data-mode]")];
+
+function monitorControls(state = callState) {
+  callState = state;
+  $("monitor").hidden = !supervising;
+  const live = WITH_AGENT.includes(state);
+  modeButtons.forEach((b) => {
+    b.disabled = busy || (!live && !watch);
+    b.setAttribute("aria-pressed", String(watch !== null && watch.mode === b.dataset.mode));
+  });
+  $("monitor-stop").disabled = busy || !watch;
+  if (state === "ended" && watch) leave("The call ended");
+}
+
+function monitorStatus(text) { $("monitor-status").textContent = text; }
+
+async function choose(mode) {
+  busy = true;
+  monitorControls();
+  try {
+    if (watch) await watch.setMode(mode);
+    else watch = await monitor(callId, mode, { audio: $("monitor-audio"), onEnded: () => leave("Disconnected") });
+    monitorStatus(SAID[watch.mode]);
+  } catch (err) {
+    monitorStatus(err.message);
+  } finally {
+    busy = false;
+    monitorControls();
+  }
+}
+
+async function leave(why = "You left the call") {
+  const w = watch;
+  watch = null;
+  if (w) await w.stop();
+  monitorStatus(why);
+  monitorControls();
+}
+
+modeButtons.forEach((b) => { b.onclick = () => choose(b.dataset.mode); });
+$("monitor-stop").onclick = () => leave();
+addEventListener("pagehide", () => { if (watch) watch.stop(); });
+
+async function whoAmI() {
+  const r = await fetch("/api/v1/auth/me").catch(() => null);
+  const me = r && r.ok ? await r.json() : null;
+  supervising = !!me && ["supervisor", "admin"].includes(me.role);
+  monitorControls();
+}
+
+await whoAmI();
 const res = await fetch(`/api/v1/calls/${callId}`);
 if (!res.ok) {
   $("meta").textContent = (await res.json()).detail;
@@ -19,9 +81,22 @@ if (!res.ok) {
   setState(call.state, call.end_reason);
   $("meta").textContent = `${call.channel} call · ${call.language} · ${call.recognizer_note} · started ${new Date(call.created_at).toLocaleString()}`;
   view.load(call);
+  // an ended call is looked back on: disposition, notes, analytics, recording, downloads
+  let reviewed = false;
+  const review = async () => {
+    if (reviewed) return;
+    reviewed = true;
+    $("review").innerHTML = REVIEW_PANELS;
+    const ended = await fetch(`/api/v1/calls/${callId}`);
+    await showReview($("review"), ended.ok ? await ended.json() : call);
+  };
+  if (call.state === "ended") review();
   connectEvents(`/api/v1/calls/${callId}/events`, (ev) => {
     if (ev.type === "call.state_changed") setState(ev.state, ev.reason);
-    else if (ev.type === "call.ended") setState("ended", ev.reason);
+    else if (ev.type === "call.ended") {
+      setState("ended", ev.reason);
+      review();
+    }
     else view.handle(ev);
   }, { onStatus: (s) => ($("stream").textContent = `stream: ${s}`) });
 }
