@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8080
 # Debian packages the test suite drives as real peers / speech tools.
-TEST_DEBS := chromium espeak-ng flite festival festvox-kdlpc16k festvox-us-slt-hts sox sip-tester kamailio redis-server postgresql
+TEST_DEBS := chromium espeak-ng flite festival festvox-kdlpc16k festvox-us-slt-hts sox sip-tester kamailio redis-server postgresql nodejs npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint typecheck unit bench eval sysdeps clean
@@ -42,7 +42,13 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(VENV)/bin/mypy
 
-test: sysdeps $(VENV)/.installed-test lint typecheck
+# test-only JavaScript (axe-core for the pages' accessibility audit), pinned by its lock file
+WEB_TEST_DEPS := tests/web/node_modules/.package-lock.json
+$(WEB_TEST_DEPS): tests/web/package.json tests/web/package-lock.json
+	cd tests/web && npm ci --no-audit --no-fund --silent
+	@touch $@
+
+test: sysdeps $(VENV)/.installed-test $(WEB_TEST_DEPS) lint typecheck
 	$(PY) -m pytest -q -ra --durations=15 -n 2 --dist loadfile -m 'not serial'
 	$(PY) -m pytest -q -ra -m serial
 
@@ -64,4 +70,4 @@ eval: sysdeps $(VENV)/.installed-test
 	$(PY) -m bench.emotion_eval
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output tests/web/node_modules

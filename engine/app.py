@@ -29,6 +29,7 @@ from engine.api import (
     content,
     customers,
     desk,
+    docs,
     forward,
     monitor,
     node,
@@ -223,11 +224,13 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     # by the engine: FastAPI's own pages load them from a CDN (no docs offline, and an
     # outside request from every reader's browser)
     app = FastAPIOffline(
+        docs_url=None,  # engine/api/docs.py serves /docs, accessible
         title="ccengine",
         version="0.1.0",
         summary="Real-time contact-center engine: calls, live transcripts, emotion",
         lifespan=lifespan,
     )
+    docs.install(app)
     app.state.settings = settings
     app.state.secret_key = (
         settings.secret_key.get_secret_value()

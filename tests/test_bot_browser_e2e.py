@@ -180,7 +180,8 @@ class PageCaller:
         await page.add_init_script(RECORDER)
         await page.goto(f"{url}/call")
         await page.get_by_test_id("call").click()
-        await expect(page.get_by_test_id("state")).to_have_text("active", timeout=20_000)
+        state = page.get_by_test_id("state")
+        await expect(state).to_have_attribute("data-state", "active", timeout=20_000)
         return cls(page, await page.evaluate("window.ccengineCallId"))
 
     async def state(self) -> tuple[int, int]:

@@ -8,6 +8,7 @@ pages show."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,10 +71,12 @@ async def test_a_chat_in_chromium_is_answered_taken_by_the_desk_and_goes_on_as_a
         await expect(caller.get_by_test_id("chat-box")).to_be_hidden()
         await caller.get_by_test_id("chat").click()
         await expect(caller.get_by_test_id("error")).to_have_text("")
-        await expect(caller.get_by_test_id("state")).to_have_text("chat", timeout=15_000)
+        state = caller.get_by_test_id("state")
+        await expect(state).to_have_attribute("data-state", re.compile("chat|active"))
         captions = caller.get_by_test_id("captions")
         bot = captions.locator(".line.bot")
         await expect(bot.first).to_contain_text(GREETING, timeout=15_000)
+        await expect(state).to_have_text("You're chatting with our assistant")
 
         # answered from deploy/knowledge/opening-hours.md
         await send(caller, "chat-box", "message", HOURS)
@@ -96,13 +99,15 @@ async def test_a_chat_in_chromium_is_answered_taken_by_the_desk_and_goes_on_as_a
         await expect(desk.get_by_test_id("mute")).to_be_hidden()
         transcript = desk.get_by_test_id("transcript")
         await expect(transcript).to_contain_text(PERSON)
-        await expect(caller.get_by_test_id("queue")).to_have_text("You are chatting with a person.")
+        # in words for the customer, and no place in line once out of it
+        await expect(state).to_have_text("You're chatting with Bea")
+        await expect(caller.get_by_test_id("queue")).to_be_hidden()
 
         # the agent's reply on the caller's page, the caller's line on the desk
         await send(desk, "reply-box", "reply", REPLY)
         agent_line = captions.locator(".line.final[data-speaker=agent]")
         await expect(agent_line).to_have_count(1)
-        await expect(agent_line.locator(".who")).to_have_text("agent")
+        await expect(agent_line.locator(".who")).to_have_text("Bea")
         await expect(agent_line.locator(".text")).to_have_text(REPLY)
         await send(caller, "chat-box", "message", ORDER)
         await expect(transcript.locator(".line.final.caller").last).to_contain_text(ORDER)
@@ -121,7 +126,8 @@ async def test_a_chat_in_chromium_is_answered_taken_by_the_desk_and_goes_on_as_a
         await expect(caller.get_by_test_id("chat-box")).to_be_hidden()
         await expect(desk.get_by_test_id("call-error")).to_have_text("The call ended (upgraded).")
         await expect(desk.get_by_test_id("wrapup")).to_be_visible()
-        await expect(caller.get_by_test_id("state")).to_have_text("queued", timeout=20_000)
+        await expect(state).to_have_attribute("data-state", "queued", timeout=20_000)
+        await expect(state).to_have_text("Waiting for the next available person")
         await desk.get_by_test_id("disposition").select_option("resolved")
         await desk.get_by_test_id("wrapup-submit").click()
         await expect(desk.get_by_test_id("wrapup")).to_be_hidden()
@@ -134,7 +140,8 @@ async def test_a_chat_in_chromium_is_answered_taken_by_the_desk_and_goes_on_as_a
         )
         await desk.get_by_test_id("accept").click()
         await expect(desk.get_by_test_id("call-state")).to_have_text("bridged", timeout=20_000)
-        await expect(caller.get_by_test_id("state")).to_have_text("bridged")
+        await expect(state).to_have_attribute("data-state", "bridged")
+        await expect(state).to_have_text("You're through to Bea")
         before = desk.get_by_test_id("chat-before")
         await expect(before).to_be_visible()
         await expect(before).to_contain_text("The chat before this call")

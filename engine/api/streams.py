@@ -4,7 +4,9 @@ A stream first replays what the durable event log holds after ``after`` (default
 nothing older for the all-events stream; the whole call for a call's stream), then
 follows live. Every message is one event as JSON with its ``id``; a client that
 reconnects with ``after=<last id>`` (or, for SSE, the ``Last-Event-ID`` header
-EventSource sends by itself) gets exactly what it missed, across engine restarts too.
+EventSource sends by itself; the later of the two counts) gets exactly what it missed,
+across engine restarts too. The pages' event client (engine/web/static/events.js) uses
+SSE; the agent's desk keeps its WebSocket (below).
 A client too slow to keep up is closed (WebSocket code 1013) and resumes the same way.
 
 Who may listen: ``read`` scope for everything; a call's own caller token for its call;
@@ -229,14 +231,17 @@ async def _sse_body(
 
 
 def _resume_from(after: int | None, last_event_id: str | None, default: int) -> int:
-    if after is not None:
-        return after
+    """Where a stream starts: after the later of ``after`` and Last-Event-ID. An
+    EventSource opened with ``?after=N`` comes back to the same URL with the id it saw
+    last, which is the newer of the two: taking ``after`` would replay all since N."""
+    resume = after
     if last_event_id is not None:
         try:
-            return max(0, int(last_event_id))
+            seen = max(0, int(last_event_id))
         except ValueError:
             raise HTTPException(422, "Last-Event-ID must be an event id") from None
-    return default
+        resume = seen if resume is None else max(resume, seen)
+    return default if resume is None else resume
 
 
 SSE_DOC: dict[int | str, dict[str, Any]] = {

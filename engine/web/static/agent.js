@@ -75,7 +75,7 @@ async function signedIn() {
   // a wrap-up owed from before (a reload, or a desk that was closed): it is asked for now
   if (agentNow?.wrap_up_call && !wrapCallId) showWrapUp(agentNow.wrap_up_call);
   await refreshQueues();
-  connectEvents("/api/v1/events", onEvent);
+  connectEvents("/api/v1/events", onEvent, { desk: true }); // its WebSocket is its presence
 }
 
 function presenceEvent(event, reason) {

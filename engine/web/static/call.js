@@ -1,3 +1,4 @@
+import { agentName, sayCallback, sayEnded, sayLine, sayState } from "/static/callcopy.js";
 import { connectEvents, esc } from "/static/events.js";
 import { openPeer } from "/static/rtc.js";
 
@@ -12,13 +13,37 @@ let events = null;
 let chatId = null;
 let chatToken = null;
 let chatEvents = null;
+// what the page says depends on more than the state: who answered, whether the
+// assistant spoke, whether it is a chat, and a callback asked for
+const talk = { state: "idle", chat: false, agent: null, assistant: false, callback: null };
 // for tests and embedding pages: the live peer connection and call id
 window.ccengineCall = { get pc() { return pc; }, get callId() { return callId; } };
 
-function setState(s) {
-  $("state").textContent = s;
-  $("state").className = `state ${s}`;
-  $("callback").hidden = s !== "queued";
+// state: the call's (engine/callstate.py) or the page's own (idle, dialing, chat,
+// failed). The sentence is for the customer; data-state keeps the state for scripts.
+function setState(state, reason = null) {
+  talk.state = state;
+  const el = $("state");
+  el.dataset.state = state;
+  el.className = `state ${state}`;
+  el.textContent = state === "ended" ? sayEnded(reason, { chat: talk.chat, contact: talk.callback }) : sayState(state, talk);
+  // the place in line and the callback offer are only true while in line
+  if (state !== "queued") $("queue").hidden = true;
+  $("callback-box").hidden = state !== "queued" || talk.callback !== null;
+}
+
+// the assistant's first words change "You're connected" into who the caller talks to
+function assistantSpoke() {
+  if (talk.assistant) return;
+  talk.assistant = true;
+  if (["active", "chat"].includes(talk.state)) setState(talk.state);
+}
+
+function onStateChanged(ev) {
+  // an agent answering: the engine names them (their username) as the reason
+  if (ev.state === "bridged" && ev.previous === "queued") talk.agent = agentName(ev.reason);
+  if (ev.state === "queued") talk.agent = null; // transferred: someone else comes
+  setState(ev.state, ev.reason);
 }
 
 function caption(ev) {
@@ -30,13 +55,15 @@ function caption(ev) {
     $("captions").append(el);
   }
   el.className = `line ${ev.type === "transcript.final" ? "final" : "partial"}`;
-  el.innerHTML = `<span class="t">${ev.start.toFixed(1)}s</span><span class="who">${ev.speaker === "agent" ? "agent" : "you"}</span><span class="text">${esc(ev.text)}</span>`;
+  const who = ev.speaker === "agent" ? esc(talk.agent || "agent") : "you";
+  el.innerHTML = `<span class="t">${ev.start.toFixed(1)}s</span><span class="who">${who}</span><span class="text">${esc(ev.text)}</span>`;
   el.dataset.speaker = ev.speaker;
   $("captions").scrollTop = $("captions").scrollHeight;
 }
 
 // the virtual agent's words, as captions beside the caller's own
 function botSaid(ev) {
+  assistantSpoke();
   const el = document.createElement("div");
   el.className = "line final bot";
   el.innerHTML = `<span class="t">${ev.at.toFixed(1)}s</span><span class="who">assistant</span><span class="text">${esc(ev.text)}</span>`;
@@ -45,10 +72,9 @@ function botSaid(ev) {
 }
 
 function queued(ev) {
+  if (talk.state !== "queued" && talk.state !== "active" && talk.state !== "chat") return; // a late one
   $("queue").hidden = false;
-  const wait = ev.expected_wait == null ? "all agents are busy" : `expected wait about ${Math.max(1, Math.round(ev.expected_wait / 60))} min`;
-  $("queue").textContent = `Connecting you to a person: you are number ${ev.position} in line (${wait}).`;
-  if (ev.callback_offered) $("queue").textContent += " You can ask us to call you back instead.";
+  $("queue").textContent = sayLine(ev);
 }
 
 // A call link (#invite=…) goes straight to the agent or queue it names. The fragment
@@ -77,7 +103,9 @@ for (const b of $("keypad").querySelectorAll("button")) {
 
 async function call() {
   $("error").textContent = "";
+  $("notice").textContent = "";
   $("call").disabled = true;
+  Object.assign(talk, { chat: false, agent: null, assistant: false, callback: null });
   setState("dialing");
   try {
     // what the engine sends us: queue announcements, hold audio, the agent
@@ -86,7 +114,7 @@ async function call() {
     ({ pc, mic: stream } = await openPeer({ audio: $("remote"), video: camera ? $("remote-video") : null, camera, invite }));
     // a live chat goes on as this call: its token says it is ours to take on
     const upgrading = chatId ? { authorization: `Bearer ${chatToken}` } : {};
-    const goesOn = chatId ? "The chat goes on as this call. " : "";
+    const goesOn = chatId ? "The chat goes on as this call." : "";
     const res = await fetch("/api/v1/calls", {
       method: "POST",
       headers: { "content-type": "application/json", ...WRITE, ...upgrading },
@@ -100,40 +128,37 @@ async function call() {
     if (!res.ok) throw new Error(body.detail || `HTTP ${res.status}`);
     callId = body.call_id;
     window.ccengineCallId = callId;
-    $("notice").textContent = `${goesOn}Speech recognition: ${body.recognizer_note}`;
-    if (!["vosk", "moonshine"].includes(body.recognizer)) $("notice").className = "note warn";
+    // which recognizer runs is for the staff (the call's view says); the caller only
+    // needs to know when there will be no captions
+    const captions = body.recognizer ? "" : " Live captions aren't available on this call.";
+    $("notice").textContent = `${goesOn}${captions}`.trim();
     await pc.setRemoteDescription({ type: "answer", sdp: body.sdp });
     $("hangup").disabled = false;
     $("keypad").hidden = false;
     events = connectEvents(`/api/v1/calls/${callId}/events`, (ev) => {
-      if (ev.type === "call.state_changed") {
-        setState(ev.state);
-        if (ev.state === "bridged") $("queue").textContent = "You are talking to a person.";
-        if (ev.state === "held") $("queue").textContent = "You are on hold. Your agent will be right back.";
-      }
+      if (ev.type === "call.state_changed" && ev.state !== "ended") onStateChanged(ev);
       else if (ev.type === "transcript.partial" || ev.type === "transcript.final") caption(ev);
       else if (ev.type === "bot.said") botSaid(ev);
       else if (ev.type === "call.verified") { $("verified").hidden = false; $("verified").textContent = "You are verified."; }
       else if (ev.type === "queue.updated") queued(ev);
-      else if (ev.type === "callback.requested") $("queue").textContent = "We will call you back. Thank you.";
-      else if (ev.type === "call.ended") { setState("ended"); finish(`Call ended (${ev.reason}).`); }
+      else if (ev.type === "callback.requested") calledBack(ev.contact);
+      else if (ev.type === "call.ended") { finish(); setState("ended", ev.reason); }
     });
   } catch (err) {
-    $("error").textContent = `Could not place the call: ${err.message}`;
-    setState("failed");
+    $("error").textContent = `Sorry, we couldn't connect your call: ${err.message}`;
     finish();
+    setState("failed");
   }
 }
 
-function finish(message) {
-  if (message) $("notice").textContent = message;
+function finish() {
   if (events) events.close();
   if (stream) stream.getTracks().forEach((t) => t.stop());
   if (pc) pc.close();
-  pc = stream = events = null;
+  pc = stream = events = callId = null;
   $("call").disabled = false;
   $("hangup").disabled = true;
-  $("callback").hidden = true;
+  $("callback-box").hidden = true;
   $("keypad").hidden = true;
 }
 
@@ -141,31 +166,46 @@ async function hangup() {
   $("hangup").disabled = true;
   if (chatId && !callId) {
     await fetch(`/api/v1/calls/${chatId}/hangup`, { method: "POST", headers: WRITE }).catch(() => {});
-    endChat("You ended the chat.");
-    setState("ended");
+    endChat();
+    setState("ended", "hangup");
     return;
   }
   if (callId) await fetch(`/api/v1/calls/${callId}/hangup`, { method: "POST", headers: WRITE }).catch(() => {});
-  finish("You hung up.");
-  setState("ended");
+  finish();
+  setState("ended", "hangup");
 }
 
-async function callback() {
+// asked once: the offer goes, and the page says when and where we will call
+function calledBack(contact) {
+  talk.callback = contact || "";
+  $("callback-box").hidden = true;
+  $("queue").hidden = false;
+  $("queue").textContent = sayCallback(contact);
+}
+
+async function callback(e) {
+  e.preventDefault();
+  const id = callId || chatId;
+  if (!id || talk.callback !== null) return;
   $("callback").disabled = true;
-  const res = await fetch(`/api/v1/calls/${callId}/callback`, {
+  const contact = $("callback-number").value.trim() || $("identity").value.trim() || null;
+  const res = await fetch(`/api/v1/calls/${id}/callback`, {
     method: "POST",
     headers: { "content-type": "application/json", ...WRITE },
-    body: JSON.stringify({ contact: $("identity").value.trim() || null }),
-  });
+    body: JSON.stringify({ contact }),
+  }).catch((err) => ({ ok: false, json: async () => ({ detail: err.message }) }));
   $("callback").disabled = false;
-  if (!res.ok) $("error").textContent = `Could not request a callback: ${(await res.json()).detail}`;
+  if (res.ok) calledBack((await res.json()).contact ?? contact);
+  else $("error").textContent = `Sorry, we couldn't book the callback: ${(await res.json()).detail}`;
 }
 
 // -- chat ------------------------------------------------------------------------------
 
 async function chat() {
   $("error").textContent = "";
+  $("notice").textContent = "";
   $("chat").disabled = true;
+  Object.assign(talk, { chat: true, agent: null, assistant: false, callback: null });
   try {
     const res = await fetch("/api/v1/chats", {
       method: "POST",
@@ -184,27 +224,32 @@ async function chat() {
     $("hangup").disabled = false;
     $("message").focus();
     chatEvents = connectEvents(`/api/v1/calls/${chatId}/events`, (ev) => {
+      const mine = talk.chat; // not yet taken on by a call: it says what happens
       if (ev.type === "transcript.final") caption(ev);
       else if (ev.type === "bot.said") botSaid(ev);
-      else if (ev.type === "queue.updated") queued(ev);
-      else if (ev.type === "call.state_changed" && ev.state === "bridged") $("queue").textContent = "You are chatting with a person.";
+      else if (ev.type === "queue.updated" && mine) queued(ev);
+      else if (ev.type === "call.state_changed" && ev.state !== "ended" && mine) onStateChanged(ev);
       else if (ev.type === "call.verified") { $("verified").hidden = false; $("verified").textContent = "You are verified."; }
+      else if (ev.type === "callback.requested" && mine) calledBack(ev.contact);
       // upgraded: the call says so (this may come before or after its answer)
-      else if (ev.type === "call.ended") endChat(ev.reason === "upgraded" ? null : `Chat ended (${ev.reason}).`);
+      else if (ev.type === "call.ended") {
+        endChat();
+        if (ev.reason !== "upgraded" && talk.chat) setState("ended", ev.reason);
+      }
     });
   } catch (err) {
-    $("error").textContent = `Could not start a chat: ${err.message}`;
+    $("error").textContent = `Sorry, we couldn't start the chat: ${err.message}`;
     $("chat").disabled = false;
+    setState("failed");
   }
 }
 
-function endChat(message) {
+function endChat() {
   if (chatEvents) chatEvents.close();
   chatEvents = chatId = chatToken = null;
   $("chat-box").hidden = true;
   $("chat").disabled = false;
   if (!callId) $("hangup").disabled = true;
-  if (message) $("notice").textContent = message;
 }
 
 $("chat-box").onsubmit = async (e) => {
@@ -222,4 +267,4 @@ $("chat-box").onsubmit = async (e) => {
 $("chat").onclick = chat;
 $("call").onclick = call;
 $("hangup").onclick = hangup;
-$("callback").onclick = callback;
+$("callback-box").onsubmit = callback;
