@@ -5,8 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8080
-# Debian packages the test suite drives as real peers / speech tools.
-TEST_DEBS := chromium espeak-ng flite festival festvox-kdlpc16k festvox-us-slt-hts sox sip-tester kamailio redis-server postgresql nodejs npm
+# Debian packages the test suite drives as real peers / speech tools; Node and npm (for
+# the pages' axe-core audit) only when npm is missing: a NodeSource nodejs already has it,
+# and Debian's npm package would fight it.
+TEST_DEBS := chromium espeak-ng flite festival festvox-kdlpc16k festvox-us-slt-hts sox sip-tester kamailio redis-server postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint typecheck unit bench eval sysdeps clean
@@ -23,6 +25,7 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-run
 
 sysdeps:
 	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
