@@ -71,6 +71,9 @@ class TranscriptPartial(EventBase):
     type: Literal["transcript.partial"] = "transcript.partial"
     leg_id: str
     speaker: str
+    agent_id: str | None = Field(
+        None, description="an agent's words: which agent (two are on a consult or conference)"
+    )
     index: int
     text: str
     start: float
@@ -80,6 +83,9 @@ class TranscriptFinal(EventBase):
     type: Literal["transcript.final"] = "transcript.final"
     leg_id: str
     speaker: str
+    agent_id: str | None = Field(
+        None, description="an agent's words: which agent (two are on a consult or conference)"
+    )
     utterance_id: str
     index: int
     text: str

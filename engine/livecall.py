@@ -125,6 +125,12 @@ class Call(CallRecord):
         leg = self.leg(leg_id)
         return leg.role if leg else "caller"
 
+    def agent_of(self, leg_id: str) -> str | None:
+        """The agent (user id) who speaks on ``leg_id``; None for the caller, or an
+        outside number."""
+        leg = self.leg(leg_id)
+        return leg.user_id if leg is not None and leg.role == "agent" else None
+
     def voiced(self) -> tuple[tuple[str, float], ...]:
         """Per side (caller, agent), the latest voice its legs' VAD heard, on the call's
         clock; sides not heard yet are left out (see SilenceCheck)."""
