@@ -148,6 +148,7 @@ from media import malloc
 from media.asr import ModelChoice
 from media.asr.registry import Recognizers
 from media.audio import PcmFrame, downmix_int16
+from media.dtmf import GAP_MS, TONE_MS
 from media.holdmusic import hold_loop
 from media.loss import FRAME_SECONDS, LossReason
 from media.peer import CallPeer
@@ -292,6 +293,8 @@ class CallManager:
         self.controls = Controls(self.routing, self.calls, self.redactor)
         self.callbacks = Callbacks(self.routing)
         self.consults = Consults(self)  # consults and conferences (engine/consulting.py)
+        # per call, until when the keys sent so far take to play (send_dtmf's bound)
+        self._keys_until: dict[str, float] = {}
         self.ice_servers = aiortc_ice_servers(settings.ice_servers)
         # supervisors listening, whispering, barging in (engine/monitoring.py)
         self.monitors = Monitors(
@@ -1306,6 +1309,13 @@ class CallManager:
         phone that offered them, tones in the audio otherwise; how they went."""
         call = self.controls.on_line(actor, call_id)
         peer = self.controls.keys_path(call)
+        # a bounded backlog per call: a burst of requests (a keypad hammered, a looping
+        # script) queues at most KEYS_AHEAD seconds of keys on the line; more is refused
+        now = time.monotonic()
+        until = max(now, self._keys_until.get(call_id, 0.0))
+        if until + len(digits) * KEY_SECONDS - now > KEYS_AHEAD:
+            raise NotAllowed("too many keys are waiting to be sent on this call: wait a moment")
+        self._keys_until[call_id] = until + len(digits) * KEY_SECONDS
         log.info("call %s: %s sent %d keys", call_id, actor.username, len(digits))
         return await peer.send_dtmf(digits)
 
@@ -1509,6 +1519,7 @@ class CallManager:
         self.metrics.active_calls.dec()
         self.metrics.ended.labels(reason).inc()
         self.calls.pop(call.id, None)
+        self._keys_until.pop(call.id, None)
         for leg in call.legs:
             if leg.peer is not None:
                 with contextlib.suppress(Exception):
@@ -1537,6 +1548,10 @@ class CallManager:
         self.prompts.stop()
         if self.bot is not None:
             await self.bot.close()
+
+
+KEY_SECONDS = (TONE_MS + GAP_MS) / 1000  # one key on the line (media/dtmf.py)
+KEYS_AHEAD = 8.0  # seconds of keys a call may have waiting: 50, more than any IVR asks
 
 
 def _party(call: Call, leg: Leg) -> Party:

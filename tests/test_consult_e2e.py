@@ -82,6 +82,16 @@ async def test_consult_conference_and_warm_transfer_route_the_voices(tmp_path: P
         await caller.wait_for("call.offered", within=30)
         await ann_phone.accept(ann, cid)
         await caller.wait_for("call.state_changed", state="bridged")
+        # keys to the caller (0: 941 + 1336 Hz, far from the tones measured): at most 8 s
+        # of them waiting per call (50 keys); more is 409
+        dtmf = f"/api/v1/calls/{cid}/dtmf"
+        for _ in range(2):
+            r = await ann.post(dtmf, json={"digits": "0" * 20})
+            assert r.status_code == 200 and r.json()["sent_as"] == "inband", r.text
+        r = await ann.post(dtmf, json={"digits": "0" * 20})
+        assert r.status_code == 409 and "too many keys" in r.json()["detail"], r.text
+        assert (await bob.post(dtmf, json={"digits": "1"})).status_code == 403  # not his call
+        assert (await ann.post(dtmf, json={"digits": "x" * 40})).status_code == 422
         url = f"/api/v1/calls/{cid}/consult"
         # refusals: not Bob's call; nobody by that name; nothing to complete yet
         r = await bob.post(url, json={"agent": "ann"})
