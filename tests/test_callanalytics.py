@@ -137,9 +137,9 @@ def test_categories_match_whole_phrases_in_either_sides_words() -> None:
     ]
     found = ca.categorize(lines, rules)
     assert [(c.name, c.count) for c in found] == [("refund request", 3)]
-    assert [(h.speaker, h.phrase) for h in found[0].hits] == [
-        ("caller", "refund"),
+    assert [(h.speaker, h.phrase) for h in found[0].hits] == [  # in the order said
         ("caller", "money back"),
+        ("caller", "refund"),
         ("agent", "refund"),
     ]
 
@@ -191,10 +191,36 @@ def test_handle_time_splits_by_the_states_the_call_went_through() -> None:
     assert split.total == 121.0
 
 
-def test_with_the_state_changes_pruned_the_calls_own_times_give_the_bot_part() -> None:
-    split = ca.handle_split(ca.CallTimes(T0, at(1), at(11), at(40), None), [])
-    assert (split.bot, split.queue, split.wrap_up, split.total) == (10.0, 0.0, 0.0, 40.0)
+def test_with_the_log_pruned_the_call_and_its_agent_legs_give_the_split() -> None:
+    """The event log keeps 7 days: an escalated call analysed later (a new VERSION, a
+    late wrap-up) must still get its queue and agent time, from the call's escalation
+    and its agent legs (two agents one after the other, overlapping a second)."""
+    times = ca.CallTimes(T0, at(1), at(11), at(96), None)
+    legs = [(at(31), at(61)), (at(60), None)]  # the second still on at the end
+    split = ca.handle_split(times, [], legs)
+    assert (split.bot, split.queue, split.agent, split.hold) == (10.0, 20.0, 65.0, 0.0)
+    assert split.total == 96.0
+    nobody = ca.handle_split(ca.CallTimes(T0, at(1), at(11), at(40), None), [])
+    assert (nobody.bot, nobody.queue, nobody.agent) == (10.0, 29.0, 0.0)  # left waiting
     assert ca.handle_split(ca.CallTimes(T0, None, None, None, None), []).total == 0.0
+    # half the log pruned (its start is gone): the call's times, not half the stretches
+    half = ca.handle_split(times, [change(76, "bridged", "held")], legs)
+    assert half.agent == 65.0 and half.queue == 20.0
+
+
+def test_a_recovered_calls_parts_never_outgrow_the_call() -> None:
+    """A call ended by Recovery: its last state change is older than its end, and a
+    stretch read past the end (or before the start) is clamped to the call."""
+    times = ca.CallTimes(T0, at(1), None, at(50), None)
+    changes = [
+        change(-5, "connecting", "new"),  # clocks apart: before the row's start
+        change(1, "active", "connecting"),
+        change(20, "bridged", "active"),
+        change(70, "ended", "bridged"),  # after the end the row says
+    ]
+    split = ca.handle_split(times, changes)
+    assert (split.bot, split.agent) == (19.0, 30.0)
+    assert split.bot + split.agent + split.queue + split.hold <= split.total == 50.0
 
 
 def test_analyze_puts_it_together() -> None:
@@ -203,7 +229,7 @@ def test_analyze_puts_it_together() -> None:
         [line("caller", 0, 4, "cancel it"), line("agent", 3, 5)],
         [],
         times,
-        [change(0, "bridged", "queued"), change(12, "ended", "bridged")],
+        [change(0, "bridged", "new"), change(12, "ended", "bridged")],
         ca.parse_rules("cancellation: [cancel]"),
     )
     assert result.interruptions_by == {"agent": 1}
