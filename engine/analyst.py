@@ -141,14 +141,14 @@ class Analyst:
             try:
                 if caught_up and self.event_log is not None:
                     async for event_id, body in self.event_log.replay(None, self.handled):
+                        self.handled = event_id  # first: a failing event is not retried
                         await self._on(json.loads(body))
-                        self.handled = event_id
                 caught_up = True
                 async for event in sub:
                     if event.id > self.handled:
+                        self.handled = event.id
                         await self._on({"type": getattr(event, "type", None),
                                         "call_id": event.call_id})  # fmt: skip
-                        self.handled = event.id
             except asyncio.CancelledError:
                 raise
             except Exception:  # the follower must outlive any one call or event
@@ -170,14 +170,20 @@ class Analyst:
             pass
         except (SQLAlchemyError, OSError, ValueError) as exc:
             # the next read of the call analyses it again; the bus goes on
-            self.failures += 1
-            self._failed[call_id] = time.monotonic()
-            self._failed.move_to_end(call_id)
-            while len(self._failed) > MAX_FAILED:
-                self._failed.popitem(last=False)
+            self._failed_now(call_id)
             log.error("call %s: analytics not stored: %s", call_id, exc)
+        except Exception:  # a bug or records it cannot read: this call only, not the rest
+            self._failed_now(call_id)
+            log.exception("call %s: analytics failed", call_id)
         else:
             self._failed.pop(call_id, None)
+
+    def _failed_now(self, call_id: str) -> None:
+        self.failures += 1
+        self._failed[call_id] = time.monotonic()
+        self._failed.move_to_end(call_id)
+        while len(self._failed) > MAX_FAILED:
+            self._failed.popitem(last=False)
 
     # -- reading and computing -----------------------------------------------------------
 
