@@ -110,9 +110,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     supervision = Supervision(store, bus, event_log, settings.service_level_seconds)
     recovery = Recovery(store, bus, settings.engine_lease, node_url(settings))
     calls.engine_id = recovery.id
-    analyst = Analyst(
-        store, bus, rules_from(settings.analytics_categories), recovery.id, event_log
-    )
+    analyst = Analyst(store, bus, rules_from(settings.analytics_categories), recovery.id, event_log)
     recovery.on_ended = analyst.ended_here
     sender = WebhookSender(
         store,
