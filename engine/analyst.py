@@ -136,6 +136,7 @@ class Analyst:
 
     async def _follow(self) -> None:
         caught_up = False  # at the start: from now on (older calls are backfilled)
+        self.handled = max(self.handled, self.bus.last_id)
         while True:  # a subscription cut off for lagging is taken out again
             sub = self.bus.subscribe()  # before the replay: nothing falls in between
             try:

@@ -8,9 +8,10 @@ A call leaves four records behind, and each figure here is read from one of them
     utterances (speaker, words)  the call's (seconds)  talk per side, talk/listen ratio,
                                                        non-talk, interruptions, categories
     emotion samples (per leg)    the call's            the sentiment arc per side
-    state changes (event log)    wall time             handle time: queue, bot, agent, hold
+    state changes (event log)    wall time             handle time: queue, bot, agent, hold;
+                                                       the queue and hold left out of dead air
     the call row's times         wall time             wrap-up (ended -> wrapped up), and
-                                                       the split when the log was pruned
+    and its agent legs                                 the split when the log was pruned
 
 Speech is where words were heard: an utterance's first word to its last (the
 recognizer's endpointing adds trailing silence to the utterance itself); with no word
@@ -20,15 +21,21 @@ BOT_WORDS_PER_SECOND.
 
     talk[side]        seconds that side spoke (overlapping turns of one side counted once)
     listen[side]      seconds the others spoke; ratio = talk / listen (None: nobody else)
-    non-talk          stretches where nobody spoke, from the first speech to the last
-                      (before it is ringing and greeting, after it hanging up)
-    interruption      one side starts while the other has been talking for at least
+    non-talk          dead air: stretches where nobody spoke, from the first speech to
+                      the last (before it is ringing and greeting, after it hanging up),
+                      less the time queued or held (silence there is expected); state
+                      changes are put on the call clock from the answer (or the start)
+    chats             typed lines take no time: talk, listen, ratio, share and non-talk
+                      are None (not 0), and there are no interruptions
+    interruption      (the caller's and the agent's: the bot's lengths are estimates)
+                      one side starts while the other has been talking for at least
                       LEAD_SECONDS and is still talking; a short turn wholly inside the
                       other's is a backchannel ("mm-hmm"), not one (the same test as the
                       live talk-over rule, engine/signals.py)
     handle time       queue (queued), bot (active), agent (bridged), hold (held), each the
-                      sum of that state's stretches; wrap-up from the end to the
-                      disposition
+                      sum of that state's stretches clamped to the call's start and end;
+                      wrap-up from the end to the disposition. With the log pruned: the
+                      escalation and the agent legs' times (handle_split)
 
 Every list in the result is bounded (MAX_* below), so a pathological call cannot make
 an unbounded row.

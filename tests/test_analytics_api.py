@@ -343,3 +343,18 @@ async def test_reports_are_for_supervisors_refused_before_backfill_and_read_no_j
     reads = [q for q in statements if "FROM calls" in q and "call_analytics" in q]
     assert reads and not any("call_analytics.data" in q for q in reads)
     assert ann.status_code == 403 and ann.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_call_ended_while_the_analyst_lagged_is_caught_up_from_the_log(
+    control_plane: ControlPlane,
+) -> None:
+    """Regression: cut off for lagging, the analyst took a new subscription from now on;
+    the calls that ended meanwhile waited for someone to read them. It replays what it
+    missed from the event log, as the other followers do."""
+    cp = control_plane
+    await ended_call(cp, "missed")
+    await asyncio.sleep(0.1)  # the analyst is following
+    for sub in list(cp.bus._subs):  # every follower falls behind at once
+        sub.cut_off()
+    cp.bus.publish(CallEnded(call_id="missed", reason="hangup", duration=96.0))
+    await stored(cp, "missed")
