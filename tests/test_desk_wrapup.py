@@ -304,6 +304,9 @@ async def test_the_api_refuses_available_and_controls_after_hang_up_with_clear_4
         assert r.json()["detail"] == (
             f"call {call.id} needs a disposition first: save its wrap-up, then you are available"
         )
+        # the desk asks for the wrap-up only on this refusal, which names the call; any
+        # other 409 on "available" (signed out meanwhile) used to read as "save it first"
+        assert r.json()["wrap_up_call"] == call.id
         for action, body in (("mute", {"muted": True}), ("hold", None), ("resume", None)):
             r = await ann.post(f"/api/v1/calls/{call.id}/{action}", json=body)
             assert r.status_code == 409, r.text
@@ -326,6 +329,10 @@ async def test_the_api_refuses_available_and_controls_after_hang_up_with_clear_4
         assert listed["ann"]["wrap_up_call"] is None and listed["ann"]["presence_since"]
         r = await ann.post("/api/v1/agents/me/presence", json={"event": "available"})
         assert r.status_code == 200 and r.json()["away_reason"] is None
+        await ann.post("/api/v1/agents/me/presence", json={"event": "logout"})
+        r = await ann.post("/api/v1/agents/me/presence", json={"event": "available"})
+        assert r.status_code == 409 and "wrap_up_call" not in r.json(), r.text
+        await ann.post("/api/v1/agents/me/presence", json={"event": "login"})
         async with cp.client() as typed:  # the Python client says why, too
             await typed.login("ann", "pw-ann-123")
             assert (await typed.set_presence("away", "training")).away_reason == "training"
