@@ -356,8 +356,10 @@ async def test_a_timed_out_wrap_up_is_stored_and_told(tmp_path: Path) -> None:
             assert listed[0]["wrap_up_ends_at"] is not None
             now[0] += 31
             # the app's own timer loop may take the tick first: either applies it, once.
-            # (This test failed 1 run in 4: the loop's write was seen before the loop had
-            # gone on to publish the event; wait for the event, which follows the write.)
+            # (This test failed 1 run in 4: it looked in the bus's ring as soon as the
+            # disposition was stored, but an event reaches the ring only once the durable
+            # event log has stored it, in its next batch (engine/eventlog.py,
+            # ``store_first``): wait for the event itself.)
             await m._route(m.routing.tick())
 
             def told() -> list[str]:
