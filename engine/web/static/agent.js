@@ -176,9 +176,10 @@ function onEvent(ev) {
     // the engine ended it at the wrap-up limit (and made the agent available, unless away)
     closeWrapUp();
     $("desk-error").textContent = "The wrap-up time ran out: the call was saved as timed-out.";
-  } else if (ev.type === "call.wrapped_up" && me && ev.call_id === wrapCallId && ev.agent_id !== me.id) {
-    // someone else saved it: a supervisor's save settles ours (the form closes when the
-    // engine says nothing is owed); another agent's, after a transfer, leaves ours owed
+  } else if (ev.type === "call.wrapped_up" && me && ev.call_id === wrapCallId) {
+    // saved elsewhere (our other tab, a supervisor: the form closes once the engine
+    // says nothing is owed, so it cannot overwrite that save); another agent's save,
+    // after a transfer, leaves ours owed and the form open
     refreshSelfSoon();
   } else if (ev.type === "call.offer_withdrawn" && offer && ev.call_id === offer.call_id && ev.agent_id === me.id) {
     unring({ no_answer: "You missed a call, so you were set to away.", disconnected: "Your desk was disconnected, so the call went to someone else." }[ev.reason] || "");
