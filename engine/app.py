@@ -114,7 +114,8 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     )
     recovery = Recovery(store, bus, settings.engine_lease, node_url(settings))
     calls.engine_id = recovery.id
-    analyst = Analyst(store, bus, rules_from(settings.analytics_categories), recovery.id)
+    analyst = Analyst(store, bus, rules_from(settings.analytics_categories), recovery.id, event_log)
+    recovery.on_ended = analyst.ended_here
     sender = WebhookSender(
         store,
         engine_id=recovery.id,

@@ -8,9 +8,10 @@ A call leaves four records behind, and each figure here is read from one of them
     utterances (speaker, words)  the call's (seconds)  talk per side, talk/listen ratio,
                                                        non-talk, interruptions, categories
     emotion samples (per leg)    the call's            the sentiment arc per side
-    state changes (event log)    wall time             handle time: queue, bot, agent, hold
+    state changes (event log)    wall time             handle time: queue, bot, agent, hold;
+                                                       the queue and hold left out of dead air
     the call row's times         wall time             wrap-up (ended -> wrapped up), and
-                                                       the split when the log was pruned
+    and its agent legs                                 the split when the log was pruned
 
 Speech is where words were heard: an utterance's first word to its last (the
 recognizer's endpointing adds trailing silence to the utterance itself); with no word
@@ -20,15 +21,21 @@ BOT_WORDS_PER_SECOND.
 
     talk[side]        seconds that side spoke (overlapping turns of one side counted once)
     listen[side]      seconds the others spoke; ratio = talk / listen (None: nobody else)
-    non-talk          stretches where nobody spoke, from the first speech to the last
-                      (before it is ringing and greeting, after it hanging up)
-    interruption      one side starts while the other has been talking for at least
+    non-talk          dead air: stretches where nobody spoke, from the first speech to
+                      the last (before it is ringing and greeting, after it hanging up),
+                      less the time queued or held (silence there is expected); state
+                      changes are put on the call clock from the answer (or the start)
+    chats             typed lines take no time: talk, listen, ratio, share and non-talk
+                      are None (not 0), and there are no interruptions
+    interruption      (the caller's and the agent's: the bot's lengths are estimates)
+                      one side starts while the other has been talking for at least
                       LEAD_SECONDS and is still talking; a short turn wholly inside the
                       other's is a backchannel ("mm-hmm"), not one (the same test as the
                       live talk-over rule, engine/signals.py)
     handle time       queue (queued), bot (active), agent (bridged), hold (held), each the
-                      sum of that state's stretches; wrap-up from the end to the
-                      disposition
+                      sum of that state's stretches clamped to the call's start and end;
+                      wrap-up from the end to the disposition. With the log pruned: the
+                      escalation and the agent legs' times (handle_split)
 
 Every list in the result is bounded (MAX_* below), so a pathological call cannot make
 an unbounded row.
@@ -48,7 +55,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from engine.signals import BACKCHANNEL_SECONDS, LEAD_SECONDS
 
-VERSION = 1  # of the computation: a stored result of another version is computed again
+VERSION = 2  # of the computation: a stored result of another version is computed again
 BOT_WORDS_PER_SECOND = 2.6  # the prompt voice's pace, near 155 words a minute
 MAX_INTERRUPTIONS = 200
 MAX_ARC_POINTS = 200  # per side; a longer arc is thinned evenly
@@ -118,18 +125,23 @@ class Span:
 
 
 class SideTalk(BaseModel):
-    talk_seconds: float
-    listen_seconds: float
+    # None for a chat: typed lines take no time, so there is no talk to measure
+    talk_seconds: float | None
+    listen_seconds: float | None
     talk_ratio: float | None = Field(description="talk / listen; None when nobody else spoke")
     share: float | None = Field(description="this side's part of all talk, 0..1")
     turns: int
 
 
 class NonTalk(BaseModel):
+    """Dead air: nobody spoke while the caller was with the bot or a person; the time
+    they waited in the queue or on hold is not counted (``excluded_seconds``)."""
+
     total_seconds: float
     longest_seconds: float
     longest_at: float | None = Field(description="where the longest began (call clock)")
     gaps: int = Field(description="stretches of non-talk of at least a second")
+    excluded_seconds: float = Field(0.0, description="silence in the queue or on hold")
 
 
 class InterruptionOut(BaseModel):
@@ -177,9 +189,13 @@ class HandleSplit(BaseModel):
 
 class CallAnalytics(BaseModel):
     version: int = VERSION
+    channel: str = "voice"
+    log_complete: bool = Field(
+        True, description="the handle split was read from the call's whole event log"
+    )
     speech_seconds: float = Field(description="first speech to last, call clock")
     talk: dict[str, SideTalk]
-    non_talk: NonTalk
+    non_talk: NonTalk | None = Field(description="None for a chat")
     interruptions: list[InterruptionOut]
     interruptions_by: dict[str, int]
     sentiment: dict[str, SideArc]
@@ -201,21 +217,28 @@ class CategoryRules(BaseModel):
 
     categories: dict[str, list[str]]
 
-    def compiled(self) -> list[tuple[str, list[tuple[str, re.Pattern[str]]]]]:
-        return [
-            (name, [(p, _phrase_pattern(p)) for p in phrases])
-            for name, phrases in self.categories.items()
-        ]
+    def compiled(self) -> list[tuple[str, re.Pattern[str], dict[str, str]]]:
+        """Per category: one pattern for all its phrases (one scan of a line, not one a
+        phrase), and the phrase each normalized match stands for."""
+        out = []
+        for name, phrases in self.categories.items():
+            said: dict[str, str] = {}
+            for p in phrases:
+                said.setdefault(_normalize(p), p)
+            out.append((name, _phrases_pattern(said), said))
+        return out
 
 
 def _normalize(text: str) -> str:
     return " ".join(re.findall(r"[\w']+", text.lower()))
 
 
-def _phrase_pattern(phrase: str) -> re.Pattern[str]:
+def _phrases_pattern(normalized: Iterable[str]) -> re.Pattern[str]:
     # whole words only ("bill" must not match "billion"); a rule lists the forms it
-    # means ("refund", "refunds"), so what matches stays predictable
-    return re.compile(r"(?<![\w'])" + re.escape(_normalize(phrase)) + r"(?![\w'])")
+    # means ("refund", "refunds"), so what matches stays predictable. The longest
+    # phrase first: "refund request" is found as itself, not as "refund"
+    alternatives = "|".join(re.escape(p) for p in sorted(normalized, key=len, reverse=True))
+    return re.compile(r"(?<![\w'])(?:" + alternatives + r")(?![\w'])")
 
 
 def parse_rules(text: str, where: str = "rules") -> CategoryRules:
@@ -261,17 +284,15 @@ def categorize(lines: Iterable[Line], rules: CategoryRules) -> list[CategoryOut]
         said = _normalize(line.text)
         if not said:
             continue
-        for name, patterns in compiled:
-            for phrase, pattern in patterns:
-                n = len(pattern.findall(said))
-                if not n:
-                    continue
+        for name, pattern, phrases in compiled:
+            for match in pattern.finditer(said):
                 out = found.setdefault(name, CategoryOut(name=name, count=0, hits=[]))
-                out.count += n
+                out.count += 1
                 if len(out.hits) < MAX_CATEGORY_HITS:
+                    phrase = phrases[match.group()]
                     hit = CategoryHit(at=round(line.start, 3), speaker=line.speaker, phrase=phrase)
                     out.hits.append(hit)
-    return [found[name] for name, _ in compiled if name in found]
+    return [found[name] for name, _, _ in compiled if name in found]
 
 
 # -- speech --------------------------------------------------------------------------
@@ -307,7 +328,18 @@ def _union(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]
 
 
 def _length(intervals: Iterable[tuple[float, float]]) -> float:
-    return sum(end - start for start, end in intervals)
+    return sum((end - start for start, end in intervals), 0.0)
+
+
+def chat_talk(lines: Iterable[Line]) -> dict[str, SideTalk]:
+    """A chat's sides: their turns; no seconds (typed lines start and end at once)."""
+    turns: dict[str, int] = {"caller": 0}
+    for u in lines:
+        turns[u.speaker] = turns.get(u.speaker, 0) + 1
+    return {
+        side: SideTalk(talk_seconds=None, listen_seconds=None, talk_ratio=None, share=None, turns=n)
+        for side, n in turns.items()
+    }
 
 
 def talk(speech: Sequence[Span]) -> dict[str, SideTalk]:
@@ -331,15 +363,37 @@ def talk(speech: Sequence[Span]) -> dict[str, SideTalk]:
     return out
 
 
-def non_talk(speech: Sequence[Span]) -> NonTalk:
+def _minus(
+    gaps: Iterable[tuple[float, float]], away: Sequence[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """The parts of ``gaps`` outside every ``away`` interval (``away`` merged, sorted)."""
+    out = []
+    for start, end in gaps:
+        at = start
+        for a, b in away:
+            if b <= at or a >= end:
+                continue
+            if a > at:
+                out.append((at, a))
+            at = max(at, b)
+        if at < end:
+            out.append((at, end))
+    return out
+
+
+def non_talk(speech: Sequence[Span], away: Iterable[tuple[float, float]] = ()) -> NonTalk:
+    """Dead air: stretches where nobody spoke between the first speech and the last,
+    less the ``away`` stretches (queued, held: on the call clock)."""
     spoken = _union((s.start, s.end) for s in speech)
     gaps = [(a[1], b[0]) for a, b in zip(spoken, spoken[1:], strict=False)]
-    longest = max(gaps, key=lambda g: g[1] - g[0], default=None)
+    dead = _minus(gaps, _union(away))
+    longest = max(dead, key=lambda g: g[1] - g[0], default=None)
     return NonTalk(
-        total_seconds=round(_length(gaps), 3),
+        total_seconds=round(_length(dead), 3),
         longest_seconds=round(longest[1] - longest[0], 3) if longest else 0.0,
         longest_at=round(longest[0], 3) if longest else None,
-        gaps=sum(1 for g in gaps if g[1] - g[0] >= 1.0),
+        gaps=sum(1 for g in dead if g[1] - g[0] >= 1.0),
+        excluded_seconds=round(_length(gaps) - _length(dead), 3),
     )
 
 
@@ -420,34 +474,100 @@ def sentiment(samples: Iterable[Sample]) -> dict[str, SideArc]:
 # -- handle time ---------------------------------------------------------------------
 
 
-def handle_split(times: CallTimes, changes: Sequence[StateChange]) -> HandleSplit:
-    """Seconds in each part of the call. With the state changes gone from the event log
-    (pruned), the call's own times give what they can: bot until escalated, queue or
-    agent after it (agent when one took the call)."""
+def log_complete(changes: Sequence[StateChange]) -> bool:
+    """The call's state changes from its first (out of "new"): the log was not pruned."""
+    return bool(changes) and min(changes, key=lambda c: c.at).previous == "new"
+
+
+def _clamped(start: datetime, until: datetime, times: CallTimes, end: datetime | None) -> float:
+    # a recovered call's last state runs to when its engine was last seen, not beyond:
+    # no part of the time may outgrow the call
+    lo = max(start, times.created_at)
+    hi = min(until, end) if end is not None else until
+    return max(0.0, (hi - lo).total_seconds())
+
+
+def _stretches(
+    times: CallTimes, changes: Sequence[StateChange]
+) -> list[tuple[str, datetime, datetime]]:
+    """(state, from, until) of each state the call was in, per the log."""
+    ordered = sorted(changes, key=lambda c: c.at)
+    out = []
+    for this, after in zip(ordered, [*ordered[1:], None], strict=False):
+        until = after.at if after is not None else times.ended_at
+        if until is not None:
+            out.append((this.state, this.at, until))
+    return out
+
+
+def handle_split(
+    times: CallTimes,
+    changes: Sequence[StateChange],
+    agent_legs: Sequence[tuple[datetime, datetime | None]] = (),
+) -> HandleSplit:
+    """Seconds in each part of the call, each stretch clamped to the call's own times.
+
+    From the state changes when the log has them all (``log_complete``). With the log
+    pruned (CCENGINE_EVENT_RETENTION), from the call's and its agent legs' times: bot
+    until escalated (or until the first agent leg), queue from the escalation to the
+    first agent leg (or to the end: nobody took it), agent while an agent leg was on
+    (legs overlapping counted once); hold is not known then (0)."""
     end = times.ended_at
     split = HandleSplit()
     parts: dict[str, float] = {}
-    if changes:
-        ordered = sorted(changes, key=lambda c: c.at)
-        for this, after in zip(ordered, [*ordered[1:], None], strict=False):
-            until = after.at if after is not None else end
-            part = SPLIT_STATES.get(this.state)
-            if part is None or until is None:
-                continue
-            parts[part] = parts.get(part, 0.0) + max(0.0, (until - this.at).total_seconds())
+    if log_complete(changes):
+        for state, since, until in _stretches(times, changes):
+            part = SPLIT_STATES.get(state)
+            if part is not None:
+                parts[part] = parts.get(part, 0.0) + _clamped(since, until, times, end)
     elif end is not None:
         start = times.answered_at or times.created_at
+        legs = [(a, b or end) for a, b in agent_legs]
+        first_agent = min((a for a, _ in legs), default=None)
         if times.escalated_at is not None:
-            parts["bot"] = max(0.0, (times.escalated_at - start).total_seconds())
+            parts["bot"] = _clamped(start, times.escalated_at, times, end)
+            parts["queue"] = _clamped(times.escalated_at, first_agent or end, times, end)
         else:
-            parts["bot"] = max(0.0, (end - start).total_seconds())
+            parts["bot"] = _clamped(start, first_agent or end, times, end)
+        # on a clock from the call's start, clamped to it; legs overlapping count once
+        secs = [
+            ((a - times.created_at).total_seconds(), (b - times.created_at).total_seconds())
+            for a, b in legs
+        ]
+        top = (end - times.created_at).total_seconds()
+        parts["agent"] = _length(_union((max(0.0, a), min(b, top)) for a, b in secs if b > a))
     for part, seconds in parts.items():
         setattr(split, part, round(seconds, 3))
     if end is not None and times.wrapped_up_at is not None:
         split.wrap_up = round(max(0.0, (times.wrapped_up_at - end).total_seconds()), 3)
     if end is not None:
-        split.total = round((end - times.created_at).total_seconds() + split.wrap_up, 3)
+        split.total = round(max(0.0, (end - times.created_at).total_seconds()) + split.wrap_up, 3)
     return split
+
+
+def away_stretches(
+    times: CallTimes,
+    changes: Sequence[StateChange],
+    agent_legs: Sequence[tuple[datetime, datetime | None]] = (),
+) -> list[tuple[float, float]]:
+    """When the caller waited in the queue or on hold, on the call clock (seconds from
+    the answer, or the start: near enough to the caller's first audio, where the
+    clock starts). With the log pruned, the queue wait from the call's times."""
+    origin = times.answered_at or times.created_at
+
+    def clock(t: datetime) -> float:
+        return (t - origin).total_seconds()
+
+    if log_complete(changes):
+        return [
+            (clock(a), clock(b))
+            for state, a, b in _stretches(times, changes)
+            if state in ("queued", "held")
+        ]
+    if times.escalated_at is None or times.ended_at is None:
+        return []
+    first_agent = min((a for a, _ in agent_legs), default=times.ended_at)
+    return [(clock(times.escalated_at), clock(first_agent))]
 
 
 # -- the whole -----------------------------------------------------------------------
@@ -459,18 +579,28 @@ def analyze(
     times: CallTimes,
     changes: Sequence[StateChange],
     rules: CategoryRules | None,
+    *,
+    channel: str = "voice",
+    agent_legs: Sequence[tuple[datetime, datetime | None]] = (),
 ) -> CallAnalytics:
-    speech = spans(lines)
-    cuts = interruptions(speech)
+    """The whole analysis. A chat (``channel`` "chat") has no talk or non-talk seconds
+    (None) and no interruptions: its lines are typed, each at one instant."""
+    chat = channel == "chat"
+    speech = [] if chat else spans(lines)
+    # the bot's lines have estimated lengths (BOT_WORDS_PER_SECOND): overlaps with them
+    # are guesses, so interruptions are the caller's and the agent's only
+    cuts = interruptions([s for s in speech if s.speaker != "bot"])
     by: dict[str, int] = {}
     for i in cuts:
         by[i.by] = by.get(i.by, 0) + 1
     states = {c.state for c in changes}
-    handle = handle_split(times, changes)
+    handle = handle_split(times, changes, agent_legs)
     return CallAnalytics(
+        channel=channel,
+        log_complete=log_complete(changes),
         speech_seconds=round(speech[-1].end - speech[0].start, 3) if speech else 0.0,
-        talk=talk(speech),
-        non_talk=non_talk(speech),
+        talk=chat_talk(lines) if chat else talk(speech),
+        non_talk=None if chat else non_talk(speech, away_stretches(times, changes, agent_legs)),
         interruptions=cuts,
         interruptions_by=by,
         sentiment=sentiment(samples),

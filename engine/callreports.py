@@ -3,17 +3,26 @@ their CSV. Pure: the rows come in as plain data (engine/api/reports.py reads the
 
     figure                 over
     calls                  every ended call of the period
-    escalated              calls an escalation rule (or the menu) sent to a person
-    abandoned              escalated calls no agent took (hung up in the queue, or chose
-                           a callback)
+    escalated              calls an escalation rule (or the menu) sent to a person; not
+                           outbound calls placed to a queue or agent
+    abandoned              calls offered to a person (escalated, or dialled to an agent
+                           directly) that the caller left before an agent took them; not
+                           those that chose a callback, nor those an engine's stop or
+                           loss ended (ABANDON_EXCEPT)
+    callbacks              calls that ended with the caller choosing a callback
     analysed               calls with analytics; every average below is over these
     avg_handle_seconds     start to end plus wrap-up; and its split: queue, bot, agent,
                            hold, wrap-up
     caller_talk_share      the caller's part of all talk (agent and bot the rest), mean
-                           over calls where anyone spoke
-    avg_non_talk_seconds   silence where nobody spoke; and the longest stretch, mean
-    interruptions          by the caller and by the agent (or bot), summed
+                           over voice calls where anyone spoke (chats have no talk time)
+    avg_non_talk_seconds   dead air (nobody spoke, not queued, not on hold), and the
+                           longest stretch: means over voice calls
+    interruptions          by the caller and by the agent, summed (the bot's lines have
+                           estimated lengths: not counted)
     categories             calls in each category
+
+A call is the agent's who took it last (``calls.agent_id``): a transferred call's whole
+handle time, agent part included, counts for the last agent in the agent grouping.
 """
 
 from __future__ import annotations
@@ -30,6 +39,23 @@ from pydantic import BaseModel
 Group = Literal["queue", "agent", "day", "call"]
 NONE_KEY = "(none)"
 SPLIT = ("queue", "bot", "agent", "hold", "wrap_up")
+CALLBACK = "callback_requested"
+# ends that are not the caller's doing: the engine stopped, or was lost (the names
+# engine/recovery.py and engine/calls.py give them, old and new)
+ABANDON_EXCEPT = frozenset(
+    {CALLBACK, "engine_shutdown", "engine_restart", "engine_lost", "node_lost"}
+)
+
+
+def is_outbound(escalation_reason: str | None) -> bool:
+    """A call placed by the engine (engine/calls.py ``connect_outbound`` says why)."""
+    return (escalation_reason or "").startswith("outbound call placed by")
+
+
+def is_direct(escalation_reason: str | None) -> bool:
+    """A caller who dialled an agent directly (engine/calls.py says "dialled X directly")."""
+    reason = escalation_reason or ""
+    return reason.startswith("dialled ") and reason.endswith(" directly")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +64,10 @@ class Figures:
 
     handle: float
     split: tuple[float, float, float, float, float]  # in SPLIT's order
-    caller_talk: float
-    agent_talk: float
-    non_talk: float
-    longest_non_talk: float
+    caller_talk: float | None  # None: a chat (no talk time); left out of the means
+    agent_talk: float | None
+    non_talk: float | None
+    longest_non_talk: float | None
     caller_interruptions: int
     agent_interruptions: int
     categories: tuple[str, ...]
@@ -53,10 +79,17 @@ class CallFacts:
     created_at: datetime
     queue: str | None
     agent: str | None  # username
-    escalated: bool
+    escalated: bool  # sent to a person by a rule or the menu (not an outbound call)
     reached_agent: bool
     disposition: str | None
     figures: Figures | None  # None: not analysed
+    direct: bool = False  # dialled to an agent directly
+    end_reason: str | None = None
+
+    @property
+    def abandoned(self) -> bool:
+        offered = self.escalated or self.direct
+        return offered and not self.reached_agent and self.end_reason not in ABANDON_EXCEPT
 
 
 class ReportRow(BaseModel):
@@ -64,6 +97,7 @@ class ReportRow(BaseModel):
     calls: int
     escalated: int
     abandoned: int
+    callbacks: int
     analysed: int
     avg_handle_seconds: float | None
     avg_split_seconds: dict[str, float | None]
@@ -73,6 +107,12 @@ class ReportRow(BaseModel):
     caller_interruptions: int
     agent_interruptions: int
     categories: dict[str, int]
+    # one call's own facts (group=call only)
+    started_at: datetime | None = None
+    queue: str | None = None
+    agent: str | None = None
+    disposition: str | None = None
+    end_reason: str | None = None
 
 
 @dataclass
@@ -80,6 +120,7 @@ class _Sum:
     calls: int = 0
     escalated: int = 0
     abandoned: int = 0
+    callbacks: int = 0
     analysed: int = 0
     handle: float = 0.0
     split: list[float] = field(default_factory=lambda: [0.0] * len(SPLIT))
@@ -87,6 +128,7 @@ class _Sum:
     shared: int = 0  # calls where anyone spoke
     non_talk: float = 0.0
     longest: float = 0.0
+    voiced: int = 0  # calls with non-talk figures (not chats)
     caller_cuts: int = 0
     agent_cuts: int = 0
     categories: dict[str, int] = field(default_factory=dict)
@@ -94,18 +136,22 @@ class _Sum:
     def add(self, c: CallFacts) -> None:
         self.calls += 1
         self.escalated += c.escalated
-        self.abandoned += c.escalated and not c.reached_agent
+        self.abandoned += c.abandoned
+        self.callbacks += c.end_reason == CALLBACK
         f = c.figures
         if f is None:
             return
         self.analysed += 1
         self.handle += f.handle
         self.split = [a + b for a, b in zip(self.split, f.split, strict=True)]
-        if f.caller_talk + f.agent_talk > 0:
-            self.shared += 1
-            self.share += f.caller_talk / (f.caller_talk + f.agent_talk)
-        self.non_talk += f.non_talk
-        self.longest += f.longest_non_talk
+        if f.caller_talk is not None and f.agent_talk is not None:
+            if f.caller_talk + f.agent_talk > 0:
+                self.shared += 1
+                self.share += f.caller_talk / (f.caller_talk + f.agent_talk)
+        if f.non_talk is not None:
+            self.voiced += 1
+            self.non_talk += f.non_talk
+            self.longest += f.longest_non_talk or 0.0
         self.caller_cuts += f.caller_interruptions
         self.agent_cuts += f.agent_interruptions
         for name in set(f.categories):
@@ -122,12 +168,13 @@ class _Sum:
             calls=self.calls,
             escalated=self.escalated,
             abandoned=self.abandoned,
+            callbacks=self.callbacks,
             analysed=n,
             avg_handle_seconds=avg(self.handle),
             avg_split_seconds={p: avg(s) for p, s in zip(SPLIT, self.split, strict=True)},
             caller_talk_share=avg(self.share, self.shared),
-            avg_non_talk_seconds=avg(self.non_talk),
-            avg_longest_non_talk_seconds=avg(self.longest),
+            avg_non_talk_seconds=avg(self.non_talk, self.voiced),
+            avg_longest_non_talk_seconds=avg(self.longest, self.voiced),
             caller_interruptions=self.caller_cuts,
             agent_interruptions=self.agent_cuts,
             categories=dict(sorted(self.categories.items())),
@@ -148,18 +195,29 @@ def report(calls: Iterable[CallFacts], group: Group) -> tuple[list[ReportRow], R
     """The rows, by key (days in order, calls by start), and the total of them all."""
     sums: dict[str, _Sum] = {}
     total = _Sum()
-    order: dict[str, datetime] = {}
+    first: dict[str, CallFacts] = {}
     for c in calls:
         key = key_of(c, group)
         sums.setdefault(key, _Sum()).add(c)
-        order.setdefault(key, c.created_at)
+        first.setdefault(key, c)
         total.add(c)
-    keys = sorted(sums, key=lambda k: order[k]) if group == "call" else sorted(sums)
-    return [sums[k].row(k) for k in keys], total.row("total")
+    if group != "call":
+        return [sums[k].row(k) for k in sorted(sums)], total.row("total")
+    rows = []
+    for k in sorted(sums, key=lambda k: first[k].created_at):
+        c = first[k]
+        rows.append(
+            sums[k].row(k).model_copy(
+                update={"started_at": c.created_at, "queue": c.queue, "agent": c.agent,
+                        "disposition": c.disposition, "end_reason": c.end_reason}
+            )
+        )  # fmt: skip
+    return rows, total.row("total")
 
 
+CALL_COLUMNS = ("started_at", "queue", "agent", "disposition", "end_reason")  # group=call
 COLUMNS = (
-    "key", "calls", "escalated", "abandoned", "analysed", "avg_handle_seconds",
+    "key", "calls", "escalated", "abandoned", "callbacks", "analysed", "avg_handle_seconds",
     *(f"avg_{p}_seconds" for p in SPLIT), "caller_talk_share", "avg_non_talk_seconds",
     "avg_longest_non_talk_seconds", "caller_interruptions", "agent_interruptions",
     "categories",
@@ -175,11 +233,17 @@ def _cell(value: object) -> str:
 def to_csv(rows: Iterable[ReportRow], group: str) -> str:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\r\n")
-    w.writerow([group if c == "key" else c for c in COLUMNS])
+    own = CALL_COLUMNS if group == "call" else ()
+    w.writerow([group if c == "key" else c for c in COLUMNS[:1] + own + COLUMNS[1:]])
     for r in rows:
         cats = ";".join(f"{k}={v}" for k, v in r.categories.items())
+        facts = [
+            r.started_at.isoformat() if r.started_at else None, r.queue, r.agent,
+            r.disposition, r.end_reason,
+        ][: len(own)]  # fmt: skip
         values = [
-            r.key, r.calls, r.escalated, r.abandoned, r.analysed, r.avg_handle_seconds,
+            r.key, *facts, r.calls, r.escalated, r.abandoned, r.callbacks, r.analysed,
+            r.avg_handle_seconds,
             *(r.avg_split_seconds[p] for p in SPLIT), r.caller_talk_share,
             r.avg_non_talk_seconds, r.avg_longest_non_talk_seconds, r.caller_interruptions,
             r.agent_interruptions, cats,

@@ -105,6 +105,8 @@ class Recovery:
         self._task: asyncio.Task[None] | None = None
         # told when deliveries a dead engine had claimed are free (wakes the sender)
         self.on_released: Callable[[], None] = lambda: None
+        # a call this engine ended for a dead one: its analytics are this engine's to make
+        self.on_ended: Callable[[str], None] = lambda _call_id: None
         # told which calls of dead engines it ended, each with its agent (they leave the
         # shared routing, and their agents go to wrap-up)
         self.on_calls_ended: Callable[[list[tuple[str, str | None]]], None] = lambda cut: None
@@ -177,6 +179,7 @@ class Recovery:
                         call_id=call_id, state="ended", previous=cut.previous, reason=reason
                     )
                 )
+                self.on_ended(call_id)
                 self.bus.publish(CallEnded(call_id=call_id, reason=reason, duration=lasted))
                 if (cb := cut.callback) is not None:  # on the agents' callback list now
                     self.bus.publish(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from engine import callanalytics as ca
 from engine.analyst import DEFAULT_RULES, _current, _state_changes, rules_from
-from engine.callreports import CallFacts, Figures, report, to_csv
+from engine.callreports import CallFacts, Figures, is_direct, is_outbound, report, to_csv
 from engine.store.models import CallAnalyticsRow, CallRow
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -137,9 +138,9 @@ def test_categories_match_whole_phrases_in_either_sides_words() -> None:
     ]
     found = ca.categorize(lines, rules)
     assert [(c.name, c.count) for c in found] == [("refund request", 3)]
-    assert [(h.speaker, h.phrase) for h in found[0].hits] == [
-        ("caller", "refund"),
+    assert [(h.speaker, h.phrase) for h in found[0].hits] == [  # in the order said
         ("caller", "money back"),
+        ("caller", "refund"),
         ("agent", "refund"),
     ]
 
@@ -191,10 +192,36 @@ def test_handle_time_splits_by_the_states_the_call_went_through() -> None:
     assert split.total == 121.0
 
 
-def test_with_the_state_changes_pruned_the_calls_own_times_give_the_bot_part() -> None:
-    split = ca.handle_split(ca.CallTimes(T0, at(1), at(11), at(40), None), [])
-    assert (split.bot, split.queue, split.wrap_up, split.total) == (10.0, 0.0, 0.0, 40.0)
+def test_with_the_log_pruned_the_call_and_its_agent_legs_give_the_split() -> None:
+    """The event log keeps 7 days: an escalated call analysed later (a new VERSION, a
+    late wrap-up) must still get its queue and agent time, from the call's escalation
+    and its agent legs (two agents one after the other, overlapping a second)."""
+    times = ca.CallTimes(T0, at(1), at(11), at(96), None)
+    legs = [(at(31), at(61)), (at(60), None)]  # the second still on at the end
+    split = ca.handle_split(times, [], legs)
+    assert (split.bot, split.queue, split.agent, split.hold) == (10.0, 20.0, 65.0, 0.0)
+    assert split.total == 96.0
+    nobody = ca.handle_split(ca.CallTimes(T0, at(1), at(11), at(40), None), [])
+    assert (nobody.bot, nobody.queue, nobody.agent) == (10.0, 29.0, 0.0)  # left waiting
     assert ca.handle_split(ca.CallTimes(T0, None, None, None, None), []).total == 0.0
+    # half the log pruned (its start is gone): the call's times, not half the stretches
+    half = ca.handle_split(times, [change(76, "bridged", "held")], legs)
+    assert half.agent == 65.0 and half.queue == 20.0
+
+
+def test_a_recovered_calls_parts_never_outgrow_the_call() -> None:
+    """A call ended by Recovery: its last state change is older than its end, and a
+    stretch read past the end (or before the start) is clamped to the call."""
+    times = ca.CallTimes(T0, at(1), None, at(50), None)
+    changes = [
+        change(-5, "connecting", "new"),  # clocks apart: before the row's start
+        change(1, "active", "connecting"),
+        change(20, "bridged", "active"),
+        change(70, "ended", "bridged"),  # after the end the row says
+    ]
+    split = ca.handle_split(times, changes)
+    assert (split.bot, split.agent) == (19.0, 30.0)
+    assert split.bot + split.agent + split.queue + split.hold <= split.total == 50.0
 
 
 def test_analyze_puts_it_together() -> None:
@@ -203,7 +230,7 @@ def test_analyze_puts_it_together() -> None:
         [line("caller", 0, 4, "cancel it"), line("agent", 3, 5)],
         [],
         times,
-        [change(0, "bridged", "queued"), change(12, "ended", "bridged")],
+        [change(0, "bridged", "new"), change(12, "ended", "bridged")],
         ca.parse_rules("cancellation: [cancel]"),
     )
     assert result.interruptions_by == {"agent": 1}
@@ -291,3 +318,112 @@ def test_state_changes_are_read_from_the_log_and_a_bad_body_is_skipped() -> None
     )  # fmt: skip
     changes = _state_changes([good, "not json", '{"time": "2026-11-27T10:00:06Z"}'])
     assert changes == [ca.StateChange(at(5), "queued", "active")]
+
+
+def test_categories_scan_a_line_once_a_category_not_once_a_phrase() -> None:
+    """Regression: one regex a phrase a line made a long call with a big rule file take
+    seconds (4,000,000 scans here, 3 s); one alternation a category takes milliseconds.
+    The longest phrase is found as itself."""
+    text = "\n".join(
+        f"cat{c}: [" + ", ".join(f"phrase{c}x{p} word" for p in range(100)) + "]" for c in range(20)
+    )
+    rules = ca.parse_rules(text + "\nrefunds: [refund, refund request]")
+    said = "I'd like phrase3x7 word, a refund request"
+    lines = [line("caller", i, i + 1, f"{said} {i}") for i in range(2000)]
+    started = time.perf_counter()
+    found = ca.categorize(lines, rules)
+    took = time.perf_counter() - started
+    print(f"categorize: 2000 lines x 2002 phrases in {took:.3f} s")
+    assert [(c.name, c.count) for c in found] == [("cat3", 2000), ("refunds", 2000)]
+    assert found[1].hits[0].phrase == "refund request"
+    assert took < 1.0
+
+
+def test_a_chat_has_no_talk_time_nor_non_talk_nor_interruptions() -> None:
+    """Typed lines start and end at once: their talk figures are None, not 0 (a 0 would
+    pull the voice calls' averages down in the reports)."""
+    times = ca.CallTimes(T0, at(0), None, at(60), None)
+    lines = [line("caller", 1, 1, "hello"), line("agent", 1, 1, "hi"), line("caller", 5, 5)]
+    result = ca.analyze(lines, [], times, [change(0, "active", "new")], None, channel="chat")
+    assert result.talk["caller"].talk_seconds is None and result.talk["caller"].turns == 2
+    assert result.talk["agent"].talk_ratio is None and result.talk["agent"].turns == 1
+    assert result.non_talk is None and result.interruptions == []
+
+
+def test_dead_air_leaves_out_the_queue_and_the_hold() -> None:
+    """Non-talk is dead air: nobody spoke while the caller was with the bot or an agent.
+    The 20 s in the queue and the 15 s on hold are silence too, but not dead air."""
+    times = ca.CallTimes(T0, at(0), at(10), at(80), None)
+    changes = [
+        change(0, "active", "new"),
+        change(10, "queued", "active"),
+        change(30, "bridged", "queued"),
+        change(50, "held", "bridged"),
+        change(65, "bridged", "held"),
+    ]
+    lines = [line("bot", 0, 0, "how can I help"), line("caller", 3, 9),
+             line("agent", 32, 48), line("caller", 67, 70)]  # fmt: skip
+    nt = ca.analyze(lines, [], times, changes, None).non_talk
+    assert nt is not None
+    # gaps: the bot's 4 words to 3 s; 9-32 (queue 10-30 out: 9-10 and 30-32 left);
+    # 48-67 (hold 50-65 out: 48-50 and 65-67 left)
+    bot_gap = 3 - 4 / ca.BOT_WORDS_PER_SECOND
+    assert nt.total_seconds == pytest.approx(bot_gap + 1 + 2 + 2 + 2, abs=0.001)
+    assert nt.longest_seconds == 2.0
+    assert nt.excluded_seconds == 20 + 15
+    pruned = ca.analyze(lines, [], times, [], None, agent_legs=[(at(30), None)]).non_talk
+    assert pruned is not None and pruned.excluded_seconds == 20.0  # the queue, from times
+
+
+def test_the_bots_estimated_overlaps_are_not_interruptions() -> None:
+    """The bot's lines get lengths from their words (an estimate): a caller starting
+    while the bot "still talks" is not reported as an interruption."""
+    lines = [line("bot", 0, 0, "one two three four five six seven eight nine ten"),
+             line("caller", 2, 5), line("agent", 6, 9), line("caller", 7, 10)]  # fmt: skip
+    result = ca.analyze(lines, [], ca.CallTimes(T0, at(0), None, at(12), None), [], None)
+    assert [(i.by, i.of) for i in result.interruptions] == [("caller", "agent")]
+
+
+def test_abandoned_is_a_caller_leaving_a_person_before_they_answer() -> None:
+    """Regression: a callback chosen, an engine stopping or lost, are not abandons; a
+    caller hanging up while a directly dialled agent rings is; an outbound call placed
+    to a queue is not an escalation."""
+
+    def one(escalated: bool, end: str, *, direct: bool = False) -> CallFacts:
+        return CallFacts(id=end, created_at=T0, queue="q", agent=None, escalated=escalated,
+                         reached_agent=False, disposition=None, figures=None, direct=direct,
+                         end_reason=end)  # fmt: skip
+
+    calls = [
+        one(True, "hangup"),
+        one(True, "callback_requested"),
+        one(True, "engine_shutdown"),
+        one(True, "node_lost"),
+        one(True, "engine_lost"),
+        one(False, "hangup", direct=True),
+    ]
+    (row,), _ = report(calls, "queue")
+    assert (row.escalated, row.abandoned, row.callbacks) == (5, 2, 1)
+    assert not is_direct("outbound call placed by ann") and is_outbound(
+        "outbound call placed by ann"
+    )
+    assert is_direct("dialled ann directly")
+
+
+def test_chats_are_left_out_of_the_talk_and_non_talk_means() -> None:
+    """Regression: a chat's None talk figures must not count as 0 in the means."""
+    chat = Figures(30, (0.0, 30.0, 0.0, 0.0, 0.0), None, None, None, None, 0, 0, ())
+    calls = [facts(1, None, None, 0, fig(60, 30, 10)), facts(2, None, None, 0, chat)]
+    (row,), _ = report(calls, "queue")
+    assert row.analysed == 2 and row.avg_handle_seconds == 45.0
+    assert row.caller_talk_share == 0.75 and row.avg_non_talk_seconds == 4.0
+    assert row.avg_longest_non_talk_seconds == 3.0
+
+
+def test_the_per_call_csv_says_when_which_queue_and_agent_and_how_it_ended() -> None:
+    rows, total = report([facts(1, "billing", "ann", 0, fig(60, 30, 10))], "call")
+    table = list(csv.reader(io.StringIO(to_csv([*rows, total], "call"))))
+    assert table[0][:7] == ["call", "started_at", "queue", "agent", "disposition",
+                            "end_reason", "calls"]  # fmt: skip
+    assert table[1][:4] == ["c1", "2026-11-27T10:01:00+00:00", "billing", "ann"]
+    assert len(table[0]) == len(table[1]) == len(table[2])

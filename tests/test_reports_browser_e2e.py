@@ -170,8 +170,35 @@ def browse(url: str, call_id: str, work: Path, output_dir: Path) -> dict[str, An
             page.get_by_test_id("report-apply").click()
             expect(page.get_by_test_id("report-status")).to_contain_text("by agent")
             expect(page.get_by_test_id("report-table")).to_contain_text("ann")
+            # the charts' figures as text too: the handle time's parts, the categories
+            expect(page.get_by_test_id("report-table")).to_contain_text("avg agent s")
+            expect(page.get_by_test_id("report-table")).to_contain_text("calls: delivery")
             csv_href = page.get_by_test_id("report-csv").get_attribute("href")
             page.screenshot(path=str(output_dir / "reports.png"), full_page=True)
+            # plotly.js not loaded (not installed, blocked): the table and the status show
+            page.route("**/static/vendor/plotly.min.js", lambda route: route.abort())
+            page.goto(f"{url}/reports")
+            expect(page.get_by_test_id("report-status")).to_contain_text(
+                "charts did not load", timeout=20_000
+            )
+            expect(page.get_by_test_id("report-table")).to_contain_text("total")
+            page.unroute("**/static/vendor/plotly.min.js")
+            ann = context.request.post(
+                f"{url}/api/v1/auth/login",
+                data={"username": "ann", "password": "pw-ann-123"},
+                headers=PAGE_HEADERS,
+            )
+            assert ann.ok, ann.text()
+            page.goto(f"{url}/reports")  # an agent: every colleague's figures are not theirs
+            expect(page.get_by_test_id("report-status")).to_contain_text(
+                "for supervisors and admins"
+            )
+            r = context.request.post(
+                f"{url}/api/v1/auth/login",
+                data={"username": "sue", "password": "pw-sue-123"},
+                headers=PAGE_HEADERS,
+            )
+            assert r.ok, r.text()
 
             page.goto(f"{url}/calls/{call_id}")
             expect(page.get_by_test_id("analytics-status")).to_contain_text(
@@ -183,6 +210,8 @@ def browse(url: str, call_id: str, work: Path, output_dir: Path) -> dict[str, An
             expect(page.get_by_test_id("category").first).to_contain_text("delivery")
             sentiment = page.get_by_test_id("sentiment-chart")
             expect(sentiment.locator("svg.main-svg").first).to_be_visible()
+            expect(page.get_by_test_id("handle-parts")).to_contain_text("wrap-up")
+            expect(page.get_by_test_id("sentiment-text")).to_contain_text("at the start")
             expect(page.get_by_test_id("no-recording")).to_be_visible()
             expect(page.get_by_test_id("downloads")).to_contain_text("Transcript (WebVTT)")
             page.screenshot(path=str(output_dir / "ended-call.png"), full_page=True)

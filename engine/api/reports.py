@@ -1,10 +1,13 @@
 """Post-call analytics and reports: ``/api/v1/calls/{id}/analytics`` and
-``/api/v1/reports/calls`` (JSON and CSV). Read scope, like the call reads."""
+``/api/v1/reports/calls`` (JSON and CSV). A call's analytics: read scope, like the
+call reads. Reports show every queue's and agent's figures: supervisors and admins, or
+an API key with the read scope (engine/api/supervisor.py's rule); agents get 403."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
@@ -12,10 +15,20 @@ from sqlalchemy import func, select
 from starlette.exceptions import HTTPException
 
 from engine.analyst import Analyst, CallNotEnded
-from engine.api.auth import Reader, Who
+from engine.api.auth import Who
 from engine.api.schemas import PathId
+from engine.api.supervisor import Watcher
 from engine.callanalytics import CallAnalytics
-from engine.callreports import CallFacts, Figures, Group, ReportRow, report, to_csv
+from engine.callreports import (
+    CallFacts,
+    Figures,
+    Group,
+    ReportRow,
+    is_direct,
+    is_outbound,
+    report,
+    to_csv,
+)
 from engine.events import as_utc, utcnow
 from engine.store.models import CallAnalyticsRow, CallRow, UserRow
 
@@ -102,22 +115,26 @@ async def _report(
     if until - since > MAX_PERIOD:
         raise HTTPException(422, f"a report covers at most {MAX_PERIOD.days} days")
     a = analyst(request)
-    await a.backfill(since, until)  # calls ended before analytics, or missed
     period = (CallRow.created_at >= since, CallRow.created_at < until, CallRow.state == "ended")
     cap = MAX_CALL_ROWS if group == "call" else MAX_REPORT_CALLS
-    async with a.store.session() as s:
+    async with a.store.session() as s:  # refused before any analysis is spent on it
         count = await s.scalar(select(func.count()).select_from(CallRow).where(*period)) or 0
-        if count > cap:
-            raise HTTPException(
-                422, f"{count} calls in this period; a {group} report adds up {cap} at most"
-            )
+    if count > cap:
+        raise HTTPException(
+            422, f"{count} calls in this period; a {group} report adds up {cap} at most"
+        )
+    await a.backfill(since, until)  # calls ended before analytics, or missed (bounded)
+    async with a.store.session() as s:
         names = {uid: name for uid, name in await s.execute(select(UserRow.id, UserRow.username))}
+        # the figure columns only: never the analytics JSON (``data``) of every call
         q = (
             select(CallRow.id, CallRow.created_at, CallRow.queue, CallRow.agent_id,
-                   CallRow.escalated_at, CallRow.disposition, CallAnalyticsRow)
+                   CallRow.escalated_at, CallRow.escalation_reason, CallRow.end_reason,
+                   CallRow.disposition, CallAnalyticsRow.call_id, *FIGURE_COLUMNS)
             .outerjoin(CallAnalyticsRow, CallAnalyticsRow.call_id == CallRow.id)
             .where(*period)
             .order_by(CallRow.created_at)
+            .limit(cap)
         )  # fmt: skip
         rows = (await s.execute(q)).all()
     facts = [
@@ -126,29 +143,37 @@ async def _report(
             created_at=as_utc(created),
             queue=queue,
             agent=names.get(agent_id, agent_id) if agent_id else None,
-            escalated=escalated is not None,
+            escalated=escalated is not None and not is_outbound(why),
             reached_agent=agent_id is not None,
             disposition=disposition,
-            figures=_figures(row) if row is not None else None,
+            figures=_figures(figures) if analysed is not None else None,
+            direct=is_direct(why),
+            end_reason=end_reason,
         )
-        for cid, created, queue, agent_id, escalated, disposition, row in rows
-    ]
+        for cid, created, queue, agent_id, escalated, why, end_reason, disposition, analysed,
+        *figures in rows
+    ]  # fmt: skip
     body, total = report(facts, group)
     return ReportOut(group=group, since=since, until=until, rows=body, total=total)
 
 
-def _figures(r: CallAnalyticsRow) -> Figures:
+FIGURE_COLUMNS = (
+    CallAnalyticsRow.handle_seconds, CallAnalyticsRow.queue_seconds,
+    CallAnalyticsRow.bot_seconds, CallAnalyticsRow.agent_seconds,
+    CallAnalyticsRow.hold_seconds, CallAnalyticsRow.wrap_up_seconds,
+    CallAnalyticsRow.caller_talk_seconds, CallAnalyticsRow.agent_talk_seconds,
+    CallAnalyticsRow.non_talk_seconds, CallAnalyticsRow.longest_non_talk_seconds,
+    CallAnalyticsRow.caller_interruptions, CallAnalyticsRow.agent_interruptions,
+    CallAnalyticsRow.categories,
+)  # fmt: skip
+
+
+def _figures(v: Sequence[Any]) -> Figures:
+    """A call's FIGURE_COLUMNS, in their order."""
     return Figures(
-        handle=r.handle_seconds,
-        split=(r.queue_seconds, r.bot_seconds, r.agent_seconds, r.hold_seconds,
-               r.wrap_up_seconds),
-        caller_talk=r.caller_talk_seconds,
-        agent_talk=r.agent_talk_seconds,
-        non_talk=r.non_talk_seconds,
-        longest_non_talk=r.longest_non_talk_seconds,
-        caller_interruptions=r.caller_interruptions,
-        agent_interruptions=r.agent_interruptions,
-        categories=tuple(r.categories or ()),
+        handle=v[0], split=(v[1], v[2], v[3], v[4], v[5]), caller_talk=v[6], agent_talk=v[7],
+        non_talk=v[8], longest_non_talk=v[9], caller_interruptions=v[10],
+        agent_interruptions=v[11], categories=tuple(v[12] or ()),
     )  # fmt: skip
 
 
@@ -159,12 +184,12 @@ def _figures(r: CallAnalyticsRow) -> Figures:
     tags=["analytics"],
 )
 async def call_report(
-    request: Request, _p: Reader, group: GroupQ = "queue", since: Since = None, until: Until = None
+    request: Request, _p: Watcher, group: GroupQ = "queue", since: Since = None, until: Until = None
 ) -> ReportOut:
     """Ended calls added up by queue, agent, day, or one row per call: counts,
     escalations, abandoned, average handle time and its split, the caller's share of
-    the talk, non-talk, interruptions and categories. At most 366 days and 50,000 calls
-    (10,000 for ``group=call``) a report."""
+    the talk, dead air, interruptions and categories. Supervisors, admins and read-scope
+    API keys. At most 366 days and 50,000 calls (10,000 for ``group=call``) a report."""
     return await _report(request, group, since, until)
 
 
@@ -175,7 +200,7 @@ async def call_report(
     tags=["analytics"],
 )
 async def call_report_csv(
-    request: Request, _p: Reader, group: GroupQ = "queue", since: Since = None, until: Until = None
+    request: Request, _p: Watcher, group: GroupQ = "queue", since: Since = None, until: Until = None
 ) -> Response:
     """The same report as CSV, one line per row and a last line for the total
     (``group=call``: one line per call)."""

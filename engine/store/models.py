@@ -351,10 +351,11 @@ class CallAnalyticsRow(Base):
     agent_seconds: Mapped[float] = mapped_column(Float)
     hold_seconds: Mapped[float] = mapped_column(Float)
     wrap_up_seconds: Mapped[float] = mapped_column(Float)
-    caller_talk_seconds: Mapped[float] = mapped_column(Float)
-    agent_talk_seconds: Mapped[float] = mapped_column(Float)  # the agent's and the bot's
-    non_talk_seconds: Mapped[float] = mapped_column(Float)
-    longest_non_talk_seconds: Mapped[float] = mapped_column(Float)
+    # None for a chat (typed lines take no time); non-talk is dead air
+    caller_talk_seconds: Mapped[float | None] = mapped_column(Float)
+    agent_talk_seconds: Mapped[float | None] = mapped_column(Float)  # the agent's and the bot's
+    non_talk_seconds: Mapped[float | None] = mapped_column(Float)
+    longest_non_talk_seconds: Mapped[float | None] = mapped_column(Float)
     caller_interruptions: Mapped[int] = mapped_column(Integer)  # by the caller
     agent_interruptions: Mapped[int] = mapped_column(Integer)  # by the agent or the bot
     categories: Mapped[list[str]] = mapped_column(JSON)

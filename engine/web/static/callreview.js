@@ -43,6 +43,10 @@ export const REVIEW_PANELS = `
     <h3>Analytics</h3>
     <p class="note" role="status" aria-live="polite" data-testid="analytics-status">loading…</p>
     <dl class="preview" data-testid="analytics-figures"></dl>
+    <h4>Handle time</h4>
+    <dl class="preview" data-testid="handle-parts"></dl>
+    <h4>Sentiment</h4>
+    <dl class="preview" data-testid="sentiment-text"></dl>
     <div data-testid="categories" class="row"></div>
     <ul class="note" data-testid="interruptions"></ul>
   </section>
@@ -52,6 +56,22 @@ export const REVIEW_PANELS = `
     <h3>Handle time</h3>
     <div class="plot short" data-testid="handle-chart" role="img" aria-label="Handle time split: queue, bot, agent, hold, wrap-up"></div>
   </section>`;
+
+// status 0: no answer; body null: not JSON (a proxy's error page)
+async function analytics(id) {
+  try {
+    const res = await fetch(`/api/v1/calls/${id}/analytics`);
+    let body = null;
+    try {
+      body = await res.json();
+    } catch {
+      body = null;
+    }
+    return { ok: res.ok && body != null, status: res.status, body };
+  } catch {
+    return { ok: false, status: 0, body: null };
+  }
+}
 
 export async function showReview(root, call) {
   const part = (name) => root.querySelector(`[data-testid="${name}"]`);
@@ -78,8 +98,14 @@ export async function showReview(root, call) {
   ];
   part("downloads").innerHTML = links.map(([k, href, label]) => `<li data-kind="${k}"><a href="${href}" download>${label}</a></li>`).join("");
 
-  const res = await fetch(`/api/v1/calls/${id}/analytics`);
-  const a = await res.json();
+  // once more after a failure: at hang-up the analyst may be storing the same call
+  // (a 503 from the database), or the network blinked
+  let res = await analytics(id);
+  if (res.status >= 500 || res.status === 0) {
+    await new Promise((r) => setTimeout(r, 1000));
+    res = await analytics(id);
+  }
+  const a = res.body || {};
   const facts = [
     ["Agent", a.agent || "none (the virtual agent or nobody)"],
     ["Queue", call.queue || "–"],
@@ -88,13 +114,22 @@ export async function showReview(root, call) {
   ];
   part("review-facts").innerHTML = facts.map(([k, v]) => `<dt>${esc(k)}</dt><dd data-testid="review-${k.toLowerCase()}">${esc(v)}</dd>`).join("");
   if (!res.ok) {
-    part("analytics-status").textContent = a.detail || `analytics: error ${res.status}`;
+    part("analytics-status").textContent = a.detail || `analytics: error ${res.status || "(no answer)"}`;
     return;
   }
-  part("analytics-status").textContent = `Handle time ${secs(a.handle.total)}; ${a.interruptions.length} interruption(s); longest silence ${secs(a.non_talk.longest_seconds)}.`;
-  const talk = Object.entries(a.talk).map(([side, t]) => [`${side} talk`, `${secs(t.talk_seconds)}${t.talk_ratio != null ? ` · talk/listen ${t.talk_ratio.toFixed(2)}` : ""}`]);
-  const figures = [...talk, ["Non-talk", `${secs(a.non_talk.total_seconds)} (longest ${secs(a.non_talk.longest_seconds)}${a.non_talk.longest_at != null ? ` at ${a.non_talk.longest_at.toFixed(1)} s` : ""})`]];
-  part("analytics-figures").innerHTML = figures.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
+  const nt = a.non_talk; // null for a chat: typed lines take no time
+  part("analytics-status").textContent = `Handle time ${secs(a.handle.total)}; ${a.interruptions.length} interruption(s)${nt ? `; longest dead air ${secs(nt.longest_seconds)}` : ""}.`;
+  const talk = Object.entries(a.talk).map(([side, t]) => [`${side} ${t.talk_seconds == null ? "turns" : "talk"}`,
+    t.talk_seconds == null ? `${t.turns}` : `${secs(t.talk_seconds)}${t.talk_ratio != null ? ` · talk/listen ${t.talk_ratio.toFixed(2)}` : ""}`]);
+  const figures = [...talk];
+  if (nt) figures.push(["Dead air", `${secs(nt.total_seconds)} (longest ${secs(nt.longest_seconds)}${nt.longest_at != null ? ` at ${nt.longest_at.toFixed(1)} s` : ""}; queue and hold not counted)`]);
+  const list = (name, rows) => { part(name).innerHTML = rows.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join(""); };
+  list("analytics-figures", figures);
+  list("handle-parts", [...PARTS.map(([p]) => [p.replace("_", "-"), secs(a.handle[p])]), ["total", secs(a.handle.total)]]);
+  const val = (v) => (v == null ? "–" : v.toFixed(2));
+  const arcs = Object.entries(a.sentiment);
+  list("sentiment-text", arcs.length ? arcs.map(([side, s]) => [side, `valence ${val(s.start_valence)} at the start, ${val(s.end_valence)} at the end, mean ${val(s.mean_valence)}, change ${s.change == null ? "–" : (s.change > 0 ? "+" : "") + s.change.toFixed(2)}`])
+    : [["none", "no emotion samples"]]);
   part("categories").innerHTML = a.categories.length
     ? a.categories.map((c) => `<span class="tag" data-testid="category"><b>${esc(c.name)}</b> ${c.count}×</span>`).join("")
     : '<span class="note">No categories.</span>';
@@ -109,12 +144,12 @@ export async function showReview(root, call) {
   }
   const layout = { margin: { t: 10, r: 10, b: 40, l: 50 }, font: { family: "system-ui, sans-serif", size: 13, color: "#1d2330" }, legend: { orientation: "h" } };
   const config = { displaylogo: false, responsive: true, displayModeBar: false }; // its styles are inline
-  const arcs = Object.entries(a.sentiment).map(([side, arc]) => ({
+  const lines = Object.entries(a.sentiment).map(([side, arc]) => ({
     type: "scatter", mode: "lines+markers", name: side, x: arc.points.map((p) => p.at), y: arc.points.map((p) => p.valence),
     text: arc.points.map((p) => p.label), hovertemplate: "%{x:.1f} s: %{text} (valence %{y:.2f})<extra></extra>",
     line: { color: SIDE_COLOURS[side] || "#374151" },
   }));
-  Plotly.react(part("sentiment-chart"), arcs, { ...layout, height: 260, xaxis: { title: { text: "seconds into the call" } }, yaxis: { title: { text: "valence" }, range: [-1.05, 1.05] } }, config);
+  Plotly.react(part("sentiment-chart"), lines, { ...layout, height: 260, xaxis: { title: { text: "seconds into the call" } }, yaxis: { title: { text: "valence" }, range: [-1.05, 1.05] } }, config);
   Plotly.react(part("handle-chart"), PARTS.map(([p, color]) => ({ type: "bar", orientation: "h", name: p.replace("_", "-"), x: [a.handle[p]], y: ["seconds"], marker: { color } })),
     { ...layout, height: 170, barmode: "stack", yaxis: { showticklabels: false }, legend: { orientation: "h", y: 1.3 }, margin: { t: 40, r: 10, b: 30, l: 20 } }, config);
 }

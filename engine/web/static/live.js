@@ -99,7 +99,7 @@ if (supervising) {
 }
 const res = await fetch(`/api/v1/calls/${callId}`);
 if (!res.ok) {
-  $("meta").textContent = (await res.json()).detail;
+  $("meta").textContent = await res.json().then((b) => b.detail, () => `error ${res.status}`);
 } else {
   const call = await res.json();
   setState(call.state, call.end_reason);
@@ -111,8 +111,9 @@ if (!res.ok) {
     if (reviewed) return;
     reviewed = true;
     $("review").innerHTML = REVIEW_PANELS;
-    const ended = await fetch(`/api/v1/calls/${callId}`);
-    await showReview($("review"), ended.ok ? await ended.json() : call);
+    // the call as it ended (disposition, notes); what the page has if that fails
+    const ended = await fetch(`/api/v1/calls/${callId}`).then((r) => (r.ok ? r.json() : call)).catch(() => call);
+    await showReview($("review"), ended);
   };
   if (call.state === "ended") review();
   connectEvents(`/api/v1/calls/${callId}/events`, (ev) => {

@@ -17,7 +17,11 @@ depends_on = None
 
 FIGURES = (
     "handle_seconds", "queue_seconds", "bot_seconds", "agent_seconds", "hold_seconds",
-    "wrap_up_seconds", "caller_talk_seconds", "agent_talk_seconds", "non_talk_seconds",
+    "wrap_up_seconds",
+)  # fmt: skip
+# None for a chat: typed lines take no time
+TALK_FIGURES = (
+    "caller_talk_seconds", "agent_talk_seconds", "non_talk_seconds",
     "longest_non_talk_seconds",
 )  # fmt: skip
 
@@ -35,6 +39,7 @@ def upgrade() -> None:
         sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("data", sa.JSON, nullable=False),
         *(sa.Column(name, sa.Float, nullable=False) for name in FIGURES),
+        *(sa.Column(name, sa.Float, nullable=True) for name in TALK_FIGURES),
         sa.Column("caller_interruptions", sa.Integer, nullable=False),
         sa.Column("agent_interruptions", sa.Integer, nullable=False),
         sa.Column("categories", sa.JSON, nullable=False),
