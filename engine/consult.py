@@ -13,7 +13,7 @@ marked "consult from <host>". A consult moves through:
     consulting   complete     -> (over)      a transfer: the host leaves, the guest has the call
     consulting   conference   -> conference  caller, host and guest hear each other
     consulting   cancel       -> (over)      the guest leaves; the caller is back with the host
-    consulting   guest_left   -> (over)      the guest hung up: as a cancel
+    consulting   guest_left   -> (over)      the guest left or hung up; the caller stays held
     conference   leave        -> (over)      one agent leaves; the other keeps the caller
 
 ``TRANSITIONS`` is that table (None: the consult is over). Who hears whom in each

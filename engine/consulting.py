@@ -119,11 +119,16 @@ class Consults:
         await self.m._desk(self._back_to_caller(user, call, "consult cancelled"))
 
     async def leave(self, user: Actor, call_id: str) -> None:
-        """Either agent leaves a conference; the other keeps the caller."""
+        """Either agent leaves a conference; the other keeps the caller. The guest may
+        also leave a consult (the host is told, and the caller stays on hold)."""
         call = self.m.controls.live(call_id)
         consult = call.consult
         if consult is None or user.id not in (consult.host_id, consult.guest_id):
             raise Forbidden("you are not in a conference on this call")
+        if user.id == consult.guest_id and consult.phase == "consulting":
+            consult.next("guest_left")
+            await self._guest_leaves(call, consult, "guest_left")
+            return
         consult.next("leave")
         if user.id == consult.host_id:
             await self._host_leaves(user, call, consult)

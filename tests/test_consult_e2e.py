@@ -4,7 +4,8 @@ One engine, one call: the caller, Ann (who takes it) and Bob (whom she consults)
 aiortc peers humming their own tones (440, 700, 1100 Hz). What each *received* is
 measured with an FFT after each step, so a wrong route fails: the caller overhearing
 the consult, a conference missing a voice, a hand-over that leaves Ann on the line.
-Steps: consult (the agents hear each other, the caller neither), conference
+Steps: refusals, a consult declined, cancelled while ringing and rung out (no media),
+then a consult (the agents hear each other, the caller neither), conference
 (everyone), Bob leaves (Ann keeps the caller), a second consult, complete (the caller
 hears Bob only; Ann is in wrap-up)."""
 
@@ -61,7 +62,8 @@ async def presence(http: httpx.AsyncClient) -> str:
 
 
 async def test_consult_conference_and_warm_transfer_route_the_voices(tmp_path: Path) -> None:
-    engine = EngineProcess(tmp_path / "consult").start()
+    # a short ring, so a consult rings out quickly
+    engine = EngineProcess(tmp_path / "consult", CCENGINE_OFFER_TIMEOUT="3").start()
     admin = engine.http(timeout=30)
     for name in ("ann", "bob"):
         user = {"username": name, "password": f"pw-{name}-1"}
@@ -110,6 +112,21 @@ async def test_consult_conference_and_warm_transfer_route_the_voices(tmp_path: P
         declined = await wait_event(events, "call.consult_cancelled")
         assert (declined["reason"], declined["guest"]) == ("declined", "bob")
         assert (await admin.get(f"/api/v1/calls/{cid}")).json()["state"] == "held"
+        assert (await ann.post(f"/api/v1/calls/{cid}/resume")).status_code == 204
+        # Ann cancels while Bob rings: he is free again, the caller back with her
+        assert (await ann.post(url, json={"agent": "bob"})).status_code == 202
+        assert (await presence(bob)) == "ringing"
+        assert (await ann.post(f"{url}/cancel")).status_code == 204
+        cancelled = await wait_event(events, "call.consult_cancelled", reason="cancelled")
+        assert cancelled["guest"] == "bob" and await presence(bob) == "available"
+        assert (await admin.get(f"/api/v1/calls/{cid}")).json()["state"] == "bridged"
+        # Bob lets it ring out (CCENGINE_OFFER_TIMEOUT): Ann is told, the caller stays held
+        assert (await ann.post(url, json={"agent": "bob"})).status_code == 202
+        await wait_event(events, "call.consult_cancelled", reason="no_answer", within=10)
+        assert (await admin.get(f"/api/v1/calls/{cid}")).json()["state"] == "held"
+        assert (await presence(bob)) == "away"  # a missed offer, as any
+        r = await bob.post("/api/v1/agents/me/presence", json={"event": "available"})
+        assert r.status_code == 200, r.text
         assert (await ann.post(f"/api/v1/calls/{cid}/resume")).status_code == 204
 
         # the consult: the caller is held, Bob's desk rings marked as a consult from Ann

@@ -56,5 +56,6 @@ async def cancel(call_id: PathId, request: Request, user: Operator) -> None:
 
 @router.post("/calls/{call_id}/conference/leave", status_code=204)
 async def leave(call_id: PathId, request: Request, user: Operator) -> None:
-    """Either agent leaves a conference; the other keeps the caller (you go to wrap-up)."""
+    """Either agent leaves a conference; the other keeps the caller (you go to wrap-up).
+    The consulted colleague may also leave a consult: the caller stays on hold."""
     await _manager(request).consults.leave(user, call_id)

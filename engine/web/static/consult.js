@@ -34,7 +34,8 @@ export function initConsult({ root, api, me, callId, endOfCall }) {
     $("consult-complete").hidden = !(host && phase === "consulting");
     $("consult-conference").hidden = !(host && phase === "consulting");
     $("consult-cancel").hidden = !(host && (phase === "ringing" || phase === "consulting"));
-    $("conference-leave").hidden = phase !== "conference";
+    $("conference-leave").hidden = !(phase === "conference" || role === "guest" && phase === "consulting");
+    $("conference-leave").textContent = phase === "conference" ? "Leave conference" : "Leave consult";
     if (status !== undefined) $("consult-status").textContent = status;
   }
 
@@ -96,12 +97,12 @@ export function initConsult({ root, api, me, callId, endOfCall }) {
         phase = "conference";
         show(`Conference: the caller, ${ev.host} and ${ev.guest} hear each other.`);
       } else if (ev.type === "call.consult_cancelled") {
-        if (role === "guest") { endOfCall(`${ev.host} ended the consult.`); return; }
+        if (role === "guest") { endOfCall(ev.reason === "guest_left" ? "You left the consult." : `${ev.host} ended the consult.`); return; }
         phase = "none"; role = null;
         show({
           declined: `${ev.guest} declined. The caller is still on hold: press Resume to go back.`,
           no_answer: `${ev.guest} did not answer. The caller is still on hold: press Resume to go back.`,
-          guest_left: `${ev.guest} hung up: you are back with the caller.`,
+          guest_left: `${ev.guest} left. The caller is still on hold: press Resume to go back.`,
         }[ev.reason] || "Consult cancelled: you are back with the caller.");
       } else if (ev.type === "call.consult_completed") {
         if (role === "host") { endOfCall(`You handed the caller to ${ev.guest}.`); return; }
