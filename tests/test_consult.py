@@ -125,3 +125,19 @@ def test_the_consult_ring_is_an_offer_that_queues_nothing() -> None:
     a.offer_to("cat", "c1", 31.0)
     assert isinstance(a.accept("cat", "c1", 32.0)[0], PresenceChanged)
     assert a.agents["cat"].presence == "on_call"
+
+
+def test_each_agents_words_say_which_agent() -> None:
+    """Two agents on a consult are both the ``agent`` side of the transcript (analytics
+    and the summary read that), and each final names the agent who said it."""
+    from engine.events import TranscriptFinal
+    from engine.livecall import Leg
+    from tests.test_analysis import final, new_call, published, run_stages
+
+    call = new_call()
+    call.legs[1].user_id = "u-ann"
+    call.legs.append(Leg("leg-bob", "agent", "webrtc", user_id="u-bob", offset=40.0))
+    out = run_stages([final("leg-caller", 0, "hello"), final("leg-agent", 0, "one moment"),
+                      final("leg-bob", 0, "i can help")], call)  # fmt: skip
+    said = [(e.speaker, e.agent_id) for e in published(out, TranscriptFinal)]
+    assert said == [("caller", None), ("agent", "u-ann"), ("agent", "u-bob")]
