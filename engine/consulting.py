@@ -84,7 +84,7 @@ class Consults:
             await self.m._route(self.m.routing.consult_offer(call, guest_id))
         except AcdError as exc:
             call.consult = None
-            raise NotAllowed(f"{guest} is not available: {exc}") from None
+            raise NotAllowed(f"{guest} is not available ({exc}); resume the caller") from None
         except BaseException:
             call.consult = None
             raise
@@ -260,6 +260,11 @@ class Consults:
         assert guest is not None
         steps = self.m.controls.agent_leaves(user, call, None, f"handed over to {consult.guest}")
         old = await self.m._desk(steps)
+        if call.ended.is_set():  # the caller hung up meanwhile: the guest is done too
+            await self.m._route(
+                self.m.routing.hung_up(consult.guest_id, self._since(guest), call.id)
+            )
+            return
         call.agent_id, call.bridged_at = consult.guest_id, self._since(guest)
         if call.state == "held":
             await self.m._transition(call, "resume", f"handed over to {consult.guest}",
