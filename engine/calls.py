@@ -993,10 +993,10 @@ class CallManager:
             caller.outbound.clear()  # stop the queue announcement: a person is here
         await self._route(answered)
         username = self.routing.username(leg.user_id)
-        # the caller is told who answered by name, never by login (best effort: storage
-        # that is down costs the name, not the call)
+        # the caller is told who answered by name, never by login: a display name left
+        # as the username is none (best effort: storage that is down costs the name)
         user = await _quietly(self.store.user(leg.user_id))
-        name = user.display_name if user is not None else None
+        name = user.display_name if user and user.display_name != user.username else None
         await self._transition(call, "accept", username, name, agent_id=leg.user_id)
         self._bridge_video(call)
         await self._route(self.routing.queue_changed())
