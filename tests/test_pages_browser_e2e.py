@@ -307,18 +307,24 @@ def test_the_event_client_resumes_by_id_and_says_when_it_is_refused(site: Site) 
     the call's SSE stream, with the page's sign-in cookie and no token in its URL. Cut
     off (its connection dropped), it comes back by itself with the id of the last event
     it had (Last-Event-ID): nothing is missed or shown twice. Signed out, its stream
-    ends and it says it is refused rather than retrying forever."""
+    ends and it says it is refused rather than retrying forever.
+
+    The call's view opens no stream of everything for a supervisor who is not on the
+    call: the browser's 6 connections per site went on streams nobody needed."""
     relay = Relay(int(site.engine.url.rsplit(":", 1)[1]))
     context = site.browser.new_context()
     try:
         sign_in(context, relay.url, *WATCHER)
         page = context.new_page()
         streams: list[dict[str, str]] = []
+        everything: list[str] = []
         events_path = f"/api/v1/calls/{site.call_id}/events"
 
         def on_request(request: Any) -> None:
             if request.url.endswith(events_path) or events_path + "?" in request.url:
                 streams.append({"url": request.url, **request.all_headers()})
+            elif "/api/v1/events" in request.url:
+                everything.append(request.url)
 
         page.on("request", on_request)
         page.goto(f"{relay.url}/calls/{site.call_id}")
@@ -329,6 +335,8 @@ def test_the_event_client_resumes_by_id_and_says_when_it_is_refused(site: Site) 
         before = lines.count()
         assert streams and streams[0]["url"].endswith(events_path), streams  # no token
         assert "last-event-id" not in streams[0], streams[0]
+        expect(page.get_by_test_id("monitor")).to_be_visible()  # a supervisor, not on the call
+        assert everything == [], everything
 
         relay.cut()
         expect(status).to_have_text("stream: reconnecting", timeout=15_000)
