@@ -796,13 +796,11 @@ class CallManager:
             call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
 
     async def _transition(
-        self,
-        call: Call,
-        event: str,
-        reason: str | None = None,
-        agent_name: str | None = None,
-        **values: object,
+        self, call: Call, event: str, reason: str | None = None, **values: object
     ) -> None:
+        # not a column: who answered, as the caller is told (bridged only)
+        name = values.pop("agent_name", None)
+        agent_name = name if isinstance(name, str) else None
         previous, call.state = call.state, call.next_state(event)
         # silence rules judge whoever should be talking: the caller while the bot has the
         # call, the agent once bridged (a hold or a new agent starts that clock again)
@@ -997,7 +995,7 @@ class CallManager:
         # as the username is none (best effort: storage that is down costs the name)
         user = await _quietly(self.store.user(leg.user_id))
         name = user.display_name if user and user.display_name != user.username else None
-        await self._transition(call, "accept", username, name, agent_id=leg.user_id)
+        await self._transition(call, "accept", username, agent_name=name, agent_id=leg.user_id)
         self._bridge_video(call)
         await self._route(self.routing.queue_changed())
         if leg.peer is not None:  # a chat's agent types
