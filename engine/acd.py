@@ -26,7 +26,8 @@ Agent presence moves only through ``PRESENCE`` below:
     wrap_up     available    -> available
     available   away         -> away
     wrap_up     away         -> away
-    away        away         -> away      another reason (break, lunch ...)
+    away        away         -> away      another reason (break, lunch ...); the same
+                                          reason again changes nothing (no error)
     available   offer        -> ringing
     ringing     accept       -> on_call
     ringing     decline      -> available
@@ -40,6 +41,11 @@ Agent presence moves only through ``PRESENCE`` below:
 After-call work is enforced: an agent whose call ended (``hangup`` with the call's id)
 *owes* that call its disposition. While they owe one, "available" is refused (they may
 go away, or sign out, and still owe it); ``wrapped_up`` settles it and moves them on.
+A disposition saved by a supervisor or admin settles it for whoever owed it, and an
+agent in wrap-up for it is made available (``WRAPPED_UP_BY_OTHER``). One saved by
+another *agent* (the one a call was transferred to) settles only that agent's own debt:
+the first agent still owes their part of the call, deadline and all, so a colleague's
+wrap-up cannot wipe out theirs.
 With ``wrap_up_limit`` > 0 an owed disposition also has a deadline: when it passes,
 ``tick`` settles it as ``WrapUpExpired`` (the engine stores "timed-out") and an agent
 still in wrap-up is made available, so nobody idles in wrap-up forever.
@@ -202,6 +208,8 @@ class WrapUpExpired:
 
 
 WRAP_UP_TIMED_OUT = "wrap_up_timed_out"  # the reason of the presence change that follows
+# the reason an agent in wrap-up is made available when a supervisor saved it for them
+WRAPPED_UP_BY_OTHER = "wrapped_up_by_supervisor"
 
 Action = Offer | OfferExpired | PresenceChanged | MaxWaitReached | WrapUpExpired
 
@@ -303,7 +311,10 @@ class Acd:
             raise AcdError(f"'{event}' is not something an agent asks for")
         if reason is not None and (event != "away" or reason not in AWAY_REASONS):
             raise AcdError(f"'{reason}' is not a reason to be away")
-        out: list[Action] = [self._move(self._agent(agent_id), event, now, reason)]
+        agent = self._agent(agent_id)
+        if event == "away" and agent.presence == "away" and agent.away_reason == reason:
+            return []  # pressed twice, or on two desks: already so, nothing to change
+        out: list[Action] = [self._move(agent, event, now, reason)]
         return out + self.dispatch(now)
 
     def disconnect(self, agent_id: str, now: float, reason: str) -> list[Action]:
@@ -421,21 +432,28 @@ class Acd:
             agent.wrap_until = now + self.wrap_up_limit if self.wrap_up_limit > 0 else None
         return out
 
-    def wrapped_up(self, agent_id: str, call_id: str, now: float, then: str) -> list[Action]:
-        """A disposition was given for ``call_id``: an agent who owed it owes nothing
-        now; one in wrap-up goes on to ``then`` ("available" or "away"), and one who went
-        away while owing it is available again if ``then`` says so. Given by someone
-        else (a supervisor): whoever owed it owes nothing, and stays where they are."""
-        for other in self.agents.values():
-            if other.id != agent_id and other.owes == call_id:
-                other.owes = other.wrap_until = None
+    def wrapped_up(
+        self, agent_id: str, call_id: str, now: float, then: str, *, for_all: bool = False
+    ) -> list[Action]:
+        """A disposition was given for ``call_id`` by ``agent_id``: if they owed it they
+        owe nothing now; one in wrap-up goes on to ``then`` ("available" or "away"), and
+        one who went away while owing it is available again if ``then`` says so.
+        ``for_all`` (a supervisor's or admin's save): whoever else owed it owes nothing
+        either, and one in wrap-up for it is made available. Without it another agent's
+        debt for the same call (the first agent of a transfer) stands."""
+        out: list[Action] = []
+        if for_all:
+            for other in self.agents.values():
+                if other.id != agent_id and other.owes == call_id:
+                    other.owes = other.wrap_until = None
+                    if other.presence == "wrap_up":
+                        out.append(self._move(other, "available", now, WRAPPED_UP_BY_OTHER))
         agent = self.agents.get(agent_id)
         if agent is None:  # not an agent who takes calls
-            return []
+            return out + self.dispatch(now)
         settled = agent.owes == call_id
         if settled:
             agent.owes = agent.wrap_until = None
-        out: list[Action] = []
         if agent.owes is None and (
             agent.presence == "wrap_up"
             or (settled and agent.presence == "away" and then == "available")

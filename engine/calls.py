@@ -1114,22 +1114,37 @@ class CallManager:
                 raise RuntimeError("a shared routing decision without the shared log")
             await self.routing_log.submit(effect.op)
         elif isinstance(effect, WrapUpTimedOut):
-            # the wrap-up the agent did not save, as theirs would have been: a note and the
-            # call's disposition, kept even while storage is away, then told
-            now = utcnow()
-            note = NoteRow(
-                call_id=effect.call_id, author_id=effect.agent_id, author=effect.username,
-                kind="wrap_up", text="", disposition=TIMED_OUT, created_at=now,
-            )  # fmt: skip
-            values = {"disposition": TIMED_OUT, "wrapped_up_at": now}
-            what = f"call {effect.call_id} wrap-up timed out"
-            await self._keep(what, self.store.add_and_update_call, effect.call_id, values, note)
+            await self._wrap_up_timed_out(effect)
+        else:  # a new kind of effect must be applied here, not dropped
+            assert_never(effect)
+
+    async def _wrap_up_timed_out(self, effect: WrapUpTimedOut) -> None:
+        """The wrap-up the agent did not save, as theirs would have been: a note and the
+        call's disposition, then told. Only if no wrap-up was saved since they began to
+        owe it: the agent's own, saved at the deadline, is written before routing hears
+        of it, and the timer may fire in between; it must not be overwritten, nor a
+        second call.wrapped_up told. Storage away: kept for later, and not told (whether
+        it will be written is not known yet)."""
+        now = utcnow()
+        since = effect.since or now - timedelta(seconds=self.routing.acd.wrap_up_limit)
+        note = NoteRow(
+            call_id=effect.call_id, author_id=effect.agent_id, author=effect.username,
+            kind="wrap_up", text="", disposition=TIMED_OUT, created_at=now,
+        )  # fmt: skip
+        values = {"disposition": TIMED_OUT, "wrapped_up_at": now}
+        written: list[bool] = []
+
+        async def write() -> None:
+            written.append(await self.store.time_out_wrap_up(effect.call_id, values, since, note))
+
+        await self.spool.write(f"call {effect.call_id} wrap-up timed out", write)
+        if written and written[0]:
             self._publish(
                 CallWrappedUp(call_id=effect.call_id, agent_id=effect.agent_id,
                               disposition=TIMED_OUT, notes="")
             )  # fmt: skip
-        else:  # a new kind of effect must be applied here, not dropped
-            assert_never(effect)
+        elif written:
+            log.info("call %s: wrapped up before its deadline; not timed out", effect.call_id)
 
     async def _write(self, call: Call, w: Write) -> None:
         if w.row is not None and w.values is not None:

@@ -76,9 +76,10 @@ async def _ask(question: str) -> str:
 
 
 class Phone:
-    def __init__(self, options: PhoneOptions) -> None:
+    def __init__(self, options: PhoneOptions, http: httpx.AsyncClient | None = None) -> None:
+        """``http``: the client to the engine (tests hand in one to the app itself)."""
         self.o = options
-        self.http = httpx.AsyncClient(base_url=options.url, timeout=30)
+        self.http = http or httpx.AsyncClient(base_url=options.url, timeout=30)
         self.me: dict[str, Any] = {}
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.interactive = sys.stdin.isatty()
@@ -114,8 +115,44 @@ class Phone:
             raise PhoneError(f"{self.o.username} is a {self.me['role']}, not an agent")
         with contextlib.suppress(PhoneError):  # already signed in elsewhere: fine
             await self._post("/api/v1/agents/me/presence", {"event": "login"})
-        await self._post("/api/v1/agents/me/presence", {"event": "available"})
+        # a call of ours still waits for its disposition (the phone was stopped in its
+        # wrap-up, or the call was on the desk page): "available" is refused until it
+        # has one, so it is given first, or this phone could never take a call
+        owed = await self._owed()
+        if owed is not None:
+            _say(f"call {owed} still needs its wrap-up")
+            await self.wrap_up(owed)
+        else:
+            await self._post("/api/v1/agents/me/presence", {"event": "available"})
         _say(f"signed in as {self.me['display_name']}; available")
+
+    async def _owed(self) -> str | None:
+        """The call this agent owes a disposition, if any (GET /agents)."""
+        r = await self.http.get("/api/v1/agents")
+        if r.status_code >= 400:
+            raise PhoneError(f"/api/v1/agents: {r.status_code} {r.json().get('detail', r.text)}")
+        me = next((a for a in r.json() if a["id"] == self.me["id"]), None)
+        return None if me is None else me.get("wrap_up_call")
+
+    async def _back_from_away(self) -> None:
+        """The engine set this phone away while it was cut off (reason "disconnected"):
+        go available again, asked first on a terminal (the agent may have walked off)."""
+        if not self.o.auto_answer:
+            answer = await _ask(
+                "you were set away while this phone was cut off; available again? [Y/n] "
+            )
+            if answer.lower().startswith("n"):
+                _say("staying away; start the phone again to take calls")
+                return
+        try:
+            owed = await self._owed()
+            if owed is not None:
+                await self.wrap_up(owed)
+            else:
+                await self._post("/api/v1/agents/me/presence", {"event": "available"})
+                _say("available again")
+        except PhoneError as exc:
+            _say(f"could not go available: {exc}")
 
     async def _follow(self) -> None:
         ws_url = self.o.url.replace("http", "ws", 1) + "/api/v1/events"
@@ -156,8 +193,8 @@ class Phone:
             while self.o.calls == 0 or answered < self.o.calls:
                 event = await self.events.get()
                 if self._set_away(event):
-                    _say("this phone was disconnected for a while, so you were set away; "
-                         "start it again to take calls")  # fmt: skip
+                    _say("this phone was disconnected for a while, so you were set away")
+                    await self._back_from_away()
                 if event["type"] != "call.offered" or not self._still_ringing(event):
                     continue
                 _say(preview(event))
@@ -258,7 +295,12 @@ class Phone:
             choices = (await self.http.get("/api/v1/dispositions")).json()
             disposition = choices[0]
             if self.interactive:
-                disposition = await _ask(f"disposition ({', '.join(choices)}): ") or disposition
+                while True:  # a typo asks again, rather than ending the phone with a 422
+                    given = await _ask(f"disposition ({', '.join(choices)}): ") or choices[0]
+                    if given in choices:
+                        disposition = given
+                        break
+                    _say(f"'{given}' is not one of: {', '.join(choices)}")
                 notes = await _ask("notes: ")
         await self._post(
             f"/api/v1/calls/{call_id}/wrap-up",

@@ -136,11 +136,15 @@ class Replicate:
 @dataclass(frozen=True, slots=True)
 class WrapUpTimedOut:
     """The agent owed ``call_id`` a disposition past the wrap-up limit: the engine
-    stores and tells ``TIMED_OUT`` as that call's wrap-up, by ``username``."""
+    stores and tells ``TIMED_OUT`` as that call's wrap-up, by ``username``, unless a
+    wrap-up was saved for the call since ``since`` (when they began to owe it; None:
+    not known here, as in a copy of routing restored from another engine's): the
+    agent's own save may be written just before routing hears of it."""
 
     agent_id: str
     username: str
     call_id: str
+    since: datetime | None = None
 
 
 TIMED_OUT = "timed-out"  # the disposition the engine gives when the agent did not
@@ -381,10 +385,14 @@ class Routing:
 
     def wrapped_up(self, user: UserRow, call_id: str, then: str) -> Iterator[Effect]:
         """``user`` gave ``call_id`` its disposition (stored already): if they owed it
-        they owe nothing now, and from wrap-up they go on to ``then``."""
+        they owe nothing now, and from wrap-up they go on to ``then``. A supervisor's or
+        admin's save settles it for every agent who owed it; another agent's, only
+        their own (engine/acd.py)."""
         if user.id in self.acd.agents:
             self._usernames[user.id] = user.username
-        yield from self.actions(self.acd.wrapped_up(user.id, call_id, self.clock(), then))
+        for_all = user.role != "agent"
+        actions = self.acd.wrapped_up(user.id, call_id, self.clock(), then, for_all=for_all)
+        yield from self.actions(actions)
 
     def user_changed(self, user: UserRow) -> Iterator[Effect]:
         """Skills changed take effect for the next offer; a removed role stops offers."""
@@ -549,9 +557,10 @@ class Routing:
             elif isinstance(a, MaxWaitReached):  # a callback instead of more waiting
                 yield from self.offer_callback(a.call_id)
             elif isinstance(a, WrapUpExpired):
-                self._owed.pop(a.agent_id, None)
+                owed = self._owed.pop(a.agent_id, None)
+                since = owed[1] if owed is not None and owed[0] == a.call_id else None
                 username = self._usernames.get(a.agent_id, "")
-                yield WrapUpTimedOut(a.agent_id, username, a.call_id)
+                yield WrapUpTimedOut(a.agent_id, username, a.call_id, since)
             else:
                 assert_never(a)
 

@@ -62,7 +62,11 @@ from media.asr import ModelChoice
 log = logging.getLogger(__name__)
 
 Op = dict[str, Any]
-SNAPSHOT_VERSION = 1
+# 2: enforced wrap-up (the "wrapped_up" operation, agents' debts): an engine of version
+# 1 refuses "wrapped_up" and lets an agent who owes a disposition go available, so its
+# copy would silently part from the others'. The versions refuse each other's copies
+# instead; the engines of a cluster are upgraded together (all stopped, then started).
+SNAPSHOT_VERSION = 2
 # calls remembered as gone from the line for good (hung up, a callback instead): an
 # operation asked for before the call left may be appended after it (two engines, or
 # two connections of one), and must not put the call back in line as a ghost
@@ -306,7 +310,11 @@ class RoutingCopy:
     def restore(self, snap: Mapping[str, Any]) -> None:
         """Become the copy ``snapshot`` made."""
         if snap.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(f"routing snapshot version {snap.get('version')} is not known")
+            raise ValueError(
+                f"routing snapshot version {snap.get('version')} is not this engine's "
+                f"({SNAPSHOT_VERSION}): engines of another version share this routing log; "
+                "stop them all and start them on one version"
+            )
         self.reset([QueueConfig.model_validate(q) for q in snap["queues"]], snap["offer_timeout"])
         acd, r = self.routing.acd, self.routing
         acd.closing = {q["name"]: QueueConfig.model_validate(q) for q in snap["closing"]}

@@ -183,8 +183,10 @@ class SharedCalls:
             if agent_id is not None:
                 # how long it lasted is not known: not learned as a 0 s call (the
                 # 0.0 is what an engine of an older version reads, and learns)
+                # the call's id: the agent owes it a disposition, with its deadline, as
+                # for any call of theirs that ended
                 ops.append({"op": "hung_up", "agent": agent_id, "handle_time": 0.0,
-                            "unknown_length": True})  # fmt: skip
+                            "unknown_length": True, "call_id": call_id})  # fmt: skip
             for op in ops:
                 # refused (the agent moved on meanwhile): nothing to do; the log away:
                 # its next reset forgets the call

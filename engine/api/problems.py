@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.acd import AcdError
+from engine.acd import AcdError, WrapUpOwed
 from engine.bot.flows import FlowConflict, FlowError
 from engine.callstate import (
     STORAGE_RETRY_AFTER,
@@ -117,6 +117,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(AcdError)
     async def _acd(_req: Request, exc: AcdError) -> JSONResponse:
+        if isinstance(exc, WrapUpOwed):  # the desk asks for that wrap-up, not any 409
+            return problem(409, "Wrap-up owed", str(exc), wrap_up_call=exc.call_id)
         return problem(409, "Conflict", str(exc))
 
     @app.exception_handler(FlowError)

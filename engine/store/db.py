@@ -331,6 +331,22 @@ class Store:
             await s.flush()
             await s.execute(update(CallRow).where(CallRow.id == call_id).values(**values))
 
+    async def time_out_wrap_up(
+        self, call_id: str, values: dict[str, Any], since: datetime, note: Any
+    ) -> bool:
+        """The call's wrap-up timed out: ``values`` and ``note`` stored, in one
+        transaction, only if no wrap-up was saved for it at or after ``since`` (when the
+        agent began to owe it); whether they were."""
+        fresh = or_(CallRow.wrapped_up_at.is_(None), CallRow.wrapped_up_at < since)
+        async with self.writing() as s:
+            done = await s.execute(
+                update(CallRow).where(CallRow.id == call_id, fresh).values(**values)
+            )
+            if getattr(done, "rowcount", 0) != 1:
+                return False
+            s.add(note)
+        return True
+
     async def update_call(self, call_id: str, **values: Any) -> None:
         async with self.writing() as s:
             await s.execute(update(CallRow).where(CallRow.id == call_id).values(**values))

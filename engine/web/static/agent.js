@@ -5,15 +5,16 @@
 import { connectEvents, esc } from "/static/events.js";
 import { CALL_PANELS, createCallView } from "/static/callview.js";
 import { mediaBytes, openPeer } from "/static/rtc.js";
-import { ring as startRinging, silence, unlock } from "/static/ringer.js";
+import { onSoundChange, ring as startRinging, silence, soundBlocked, unlock } from "/static/ringer.js";
 
 const $ = (id) => document.getElementById(id);
 let me = null;
 let offer = null; // the call.offered event ringing on this desk
 let callId = null; // the call on this agent's line
 let wrapCallId = null; // the call waiting for its wrap-up
+let wrapShownAt = 0; // when its form was shown (ms)
 let pc = null, mic = null, callEvents = null, view = null;
-let muted = false, mine = false, ringTimer = null;
+let muted = false, mine = false, ringTimer = null, answering = false;
 let agentNow = null; // this agent as GET /api/v1/agents last said: presence, since, wrap-up
 let callStarted = null; // when this desk answered the call on its line (ms)
 window.ccAgent = { get pc() { return pc; }, get callId() { return callId; }, mediaBytes: (kind) => pc && mediaBytes(pc, kind) };
@@ -29,7 +30,7 @@ async function api(path, { method = "GET", body } = {}) {
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const data = res.status === 204 ? null : await res.json().catch(() => null);
-  if (!res.ok) throw Object.assign(new Error(data?.detail || `HTTP ${res.status}`), { status: res.status });
+  if (!res.ok) throw Object.assign(new Error(data?.detail || `HTTP ${res.status}`), { status: res.status, problem: data });
   return data;
 }
 
@@ -61,6 +62,7 @@ async function signedIn() {
       // shown only now: a click on "Available" before the login reached the ACD was
       // refused (offline agents cannot go available) and left the agent away
       $("go-available").hidden = $("away-controls").hidden = $("presence").hidden = false;
+      showSoundButton();
     } catch (err) {
       // the rest of the desk still loads; the buttons wait for a presence to act on
       $("desk-error").textContent = `Your presence is unknown (${err.message}): reload the page to try again.`;
@@ -87,8 +89,13 @@ const AWAY_WHY = { missed_call: "after a missed call", disconnected: "disconnect
 
 // this agent as the engine has them (presence, why away, since when, the wrap-up owed)
 async function refreshSelf() {
+  const asked = Date.now();
   const found = (await api("/api/v1/agents")).find((a) => a.id === me.id);
   showSelf(found || { presence: "offline" });
+  // the engine says this call is owed nothing now (a supervisor saved it, or it timed
+  // out): the form goes, so that it cannot overwrite the disposition saved since. Only
+  // an answer asked for after the form was shown: an older one predates the debt.
+  if (found && wrapCallId && !callId && asked > wrapShownAt && found.wrap_up_call !== wrapCallId) closeWrapUp();
 }
 
 function showSelf(agent) {
@@ -104,6 +111,14 @@ function showSelf(agent) {
   tickTimers();
 }
 
+// after a reload the browser keeps the page quiet until it is clicked: a ring would be
+// silent, so the agent is asked for that click
+function showSoundButton() {
+  $("enable-sound").hidden = !(me?.role === "agent" && soundBlocked());
+}
+onSoundChange(showSoundButton);
+$("enable-sound").onclick = () => { unlock(); showSoundButton(); };
+
 let selfRefresh = null;
 function refreshSelfSoon() {
   clearTimeout(selfRefresh);
@@ -117,13 +132,19 @@ $("go-available").onclick = async () => {
     showSelf(await presenceEvent("available"));
     $("desk-error").textContent = "";
   } catch (err) {
-    if (err.status === 409 && (wrapCallId || agentNow?.wrap_up_call)) {
+    // only the engine's "wrap-up owed" refusal (its problem names the call): another 409
+    // (signed out meanwhile, on a call) says its own reason
+    const owed = err.status === 409 ? err.problem?.wrap_up_call : null;
+    if (owed) {
       $("desk-error").textContent = WRAP_UP_FIRST;
-      showWrapUp(wrapCallId || agentNow.wrap_up_call);
+      showWrapUp(owed);
     } else $("desk-error").textContent = err.message;
   }
 };
-$("go-away").onclick = () => presenceEvent("away", $("away-choice").value).then(showSelf, fail("desk-error"));
+$("go-away").onclick = () => presenceEvent("away", $("away-choice").value).then((a) => {
+  showSelf(a);
+  $("desk-error").textContent = "";
+}, fail("desk-error"));
 $("sign-out").onclick = async () => {
   try {
     if (me.role === "agent") await presenceEvent("logout");
@@ -139,6 +160,9 @@ const SET_AWAY_DISCONNECTED = "Your desk was disconnected, so you were set to aw
 function onEvent(ev) {
   if (ev.type === "agent.presence_changed" && me && ev.agent_id === me.id) {
     showSelf({ ...agentNow, presence: ev.presence, away_reason: ev.presence === "away" ? ev.reason : null, presence_since: ev.time });
+    // this agent's call stopped ringing here (answered on the desk phone or another tab,
+    // or the withdrawal was lost): the ring stops with it
+    if (offer && !answering && ev.presence !== "ringing") unring(ev.presence === "on_call" ? "The call was answered elsewhere." : "");
     refreshSelfSoon(); // the wrap-up owed and its deadline, as the engine has them
     // every desk of ours was gone for a while: back now, the agent chooses when to take
     // calls (the note goes with their next change of presence)
@@ -148,10 +172,15 @@ function onEvent(ev) {
     // the stream replays recent history: only ring for an offer that is still ringing
     const expires = Date.parse(ev.time) + ev.expires_in * 1000;
     if (expires > Date.now() && !callId) ring(ev, expires);
-  } else if (ev.type === "call.wrapped_up" && me && ev.agent_id === me.id && ev.call_id === wrapCallId && ev.disposition === "timed-out") {
+  } else if (ev.type === "call.wrapped_up" && me && ev.call_id === wrapCallId && ev.agent_id === me.id && ev.disposition === "timed-out") {
     // the engine ended it at the wrap-up limit (and made the agent available, unless away)
     closeWrapUp();
     $("desk-error").textContent = "The wrap-up time ran out: the call was saved as timed-out.";
+  } else if (ev.type === "call.wrapped_up" && me && ev.call_id === wrapCallId) {
+    // saved elsewhere (our other tab, a supervisor: the form closes once the engine
+    // says nothing is owed, so it cannot overwrite that save); another agent's save,
+    // after a transfer, leaves ours owed and the form open
+    refreshSelfSoon();
   } else if (ev.type === "call.offer_withdrawn" && offer && ev.call_id === offer.call_id && ev.agent_id === me.id) {
     unring({ no_answer: "You missed a call, so you were set to away.", disconnected: "Your desk was disconnected, so the call went to someone else." }[ev.reason] || "");
   } else if (ev.type === "supervisor.alert" && me.role !== "agent") {
@@ -208,15 +237,22 @@ function ring(ev, expires) {
   $("accept").disabled = $("decline").disabled = false;
   const who = ev.caller || "unknown caller";
   $("ring-announce").textContent = `Incoming ${ev.channel === "chat" ? "chat" : "call"} from ${who}, queue ${ev.queue}. Press Accept to answer.`;
-  startRinging(who, `${ev.queue} · ${ev.escalation_reason || "asked for a person"}`);
+  startRinging(who, `${ev.queue} · ${ev.escalation_reason || "asked for a person"}`, expires);
   clearInterval(ringTimer);
-  const tick = () => { $("ring-countdown").textContent = `${Math.max(0, Math.ceil((expires - Date.now()) / 1000))} s`; };
+  const tick = () => {
+    const left = expires - Date.now();
+    $("ring-countdown").textContent = `${Math.max(0, Math.ceil(left / 1000))} s`;
+    // expired: the engine's withdrawal normally comes now and says why; lost, the ring
+    // still stops (the tone already did, at the expiry)
+    if (left < -2000 && !answering) unring();
+  };
   tick();
   ringTimer = setInterval(tick, 250);
 }
 
 function unring(message = "") {
   offer = null;
+  answering = false;
   clearInterval(ringTimer);
   silence();
   $("ring-announce").textContent = message ? "The call stopped ringing." : "";
@@ -235,6 +271,7 @@ $("accept").onclick = async () => {
   if (!offer) return;
   const id = offer.call_id;
   $("accept").disabled = $("decline").disabled = true;
+  answering = true; // our own answer's presence change must not read as "answered elsewhere"
   silence(); // answering: the ringtone stops at once, not when the media is up
   if (offer.channel === "chat") {  // typed: no media to set up
     try {
@@ -401,6 +438,7 @@ function endOfCall(message) {
 
 function showWrapUp(id) {
   wrapCallId = id;
+  wrapShownAt = Date.now();
   $("wrapup").hidden = false;
   $("wrapup-error").textContent = "";
   $("wrapup").scrollIntoView({ block: "start" });
