@@ -61,6 +61,12 @@ def test_a_callers_stream_carries_only_what_their_page_shows() -> None:
         "type": "callback.requested",
         "contact": "+441234567",
     }
+    line = {"type": "queue.updated", "position": 2, "priority": 9, "expected_wait": 60.0}
+    assert json.loads(for_caller(json.dumps(line)) or "{}") == {
+        "type": "queue.updated",
+        "position": 2,
+        "expected_wait": 60.0,
+    }
 
 
 async def test_bridged_names_the_agent_by_display_name_not_login(

@@ -63,8 +63,9 @@ CALLER_EVENTS = frozenset(
         "call.ended",
     }
 )
-# ... and of those, fields written for the staff: a callback's summary of the call
-CALLER_HIDDEN = {"callback.requested": ("summary",)}
+# ... and of those, fields written for the staff: a callback's summary of the call, the
+# priority in line (an escalation rule raised it: that says what the rule concluded)
+CALLER_HIDDEN = {"callback.requested": ("summary",), "queue.updated": ("priority",)}
 
 
 class Lagged(Exception):
