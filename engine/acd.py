@@ -407,8 +407,30 @@ class Acd:
     def decline(self, agent_id: str, call_id: str, now: float) -> list[Action]:
         agent = self.ringing(agent_id, call_id)
         self._withdraw(agent, call_id)
-        self.waiting[call_id].declined_by.add(agent_id)
+        if call_id in self.waiting:  # not so for a consult (``offer_to``)
+            self.waiting[call_id].declined_by.add(agent_id)
         return [self._move(agent, "decline", now), *self.dispatch(now)]
+
+    def offer_to(self, agent_id: str, call_id: str, now: float) -> list[Action]:
+        """Ring one available agent for a call that is not waiting (a consult,
+        engine/consult.py: the call stays with its agent); it rings out like any offer,
+        and ``accept``, ``decline`` and ``withdraw`` end it."""
+        agent = self._agent(agent_id)
+        if agent.presence != "available" or agent_id in self.absent:
+            raise AcdError(f"agent {agent_id} is not available")
+        out: list[Action] = [self._move(agent, "offer", now)]
+        agent.offered = call_id
+        expires = now + self.offer_timeout
+        self._offers[call_id] = (agent_id, expires)
+        return [*out, Offer(agent_id, call_id, expires)]
+
+    def withdraw(self, agent_id: str, call_id: str, now: float) -> list[Action]:
+        """An offer of ``offer_to`` taken back before it was answered."""
+        agent = self.agents.get(agent_id)
+        if agent is None or agent.offered != call_id:
+            return []
+        self._withdraw(agent, call_id)
+        return [OfferExpired(agent_id, call_id, "cancelled"), self._move(agent, "decline", now)]
 
     def _withdraw(self, agent: Agent, call_id: str) -> None:
         agent.offered = None

@@ -26,6 +26,7 @@ from engine.api import (
     audio,
     auth,
     bot,
+    consult,
     content,
     customers,
     desk,
@@ -289,6 +290,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.include_router(auth.router)
     app.include_router(agents.router)
     app.include_router(desk.router)
+    app.include_router(consult.router)
     app.include_router(streams.router)
     app.include_router(webhooks.router)
     app.include_router(audio.router)

@@ -82,7 +82,9 @@ from engine.callstate import (
     common_prompts,
 )
 from engine.callstate import check_voice as _voice_only
+from engine.conference import Party, hears, speaks
 from engine.config import IceServer, Settings
+from engine.consulting import Consults
 from engine.content import QUEUE, Content
 from engine.controls import (
     BridgeVideo,
@@ -146,6 +148,7 @@ from media import malloc
 from media.asr import ModelChoice
 from media.asr.registry import Recognizers
 from media.audio import PcmFrame, downmix_int16
+from media.dtmf import GAP_MS, TONE_MS
 from media.holdmusic import hold_loop
 from media.loss import FRAME_SECONDS, LossReason
 from media.peer import CallPeer
@@ -289,6 +292,9 @@ class CallManager:
         self.shared: SharedCalls | None = None
         self.controls = Controls(self.routing, self.calls, self.redactor)
         self.callbacks = Callbacks(self.routing)
+        self.consults = Consults(self)  # consults and conferences (engine/consulting.py)
+        # per call, until when the keys sent so far take to play (send_dtmf's bound)
+        self._keys_until: dict[str, float] = {}
         self.ice_servers = aiortc_ice_servers(settings.ice_servers)
         # supervisors listening, whispering, barging in (engine/monitoring.py)
         self.monitors = Monitors(
@@ -867,6 +873,8 @@ class CallManager:
         )
         if leg.left:
             return  # transferred away: the call goes on without this leg
+        if leg.role == "agent" and await self.consults.leg_ended(call, leg):
+            return  # one agent of a consult or conference left: the other goes on
         if leg.role == "agent" and reason == "remote_closed":
             reason = "agent_hangup"
         await self.end_call(call.id, reason)
@@ -879,7 +887,12 @@ class CallManager:
         frames it made."""
         if leg.left:
             return 0
-        if leg.role == "agent" and (call.state == "held" or call.agent_muted):
+        # who hears whom: engine/conference.py's table (a plain bridge without a consult)
+        consult = call.consult
+        phase = consult.heard if consult is not None else "none"
+        party = _party(call, leg)
+        muted: tuple[Party, ...] = ("host",) if call.agent_muted else ()
+        if leg.role == "agent" and not speaks(phase, party, state=call.state, muted=muted):
             # an agent on hold or muted is neither heard nor transcribed: that talk is not
             # part of the conversation with the caller. The leg's clock (its analysed
             # audio) stands still meanwhile while the call's goes on: the offset carries
@@ -888,14 +901,20 @@ class CallManager:
             leg.offset += pcm.size / channels / rate
             return 0
         n = pipeline.push_pcm(pcm, rate, channels)
-        # the bridge: what this leg says, the other party hears, and the supervisors
+        # the bridge: what this leg says, the other parties hear, and the supervisors
         # on the call as their mode says (engine/monitor.py)
-        other = call.other_peer(leg)
-        if other is not None or call.monitors:
+        others = [
+            x.peer for x in call.legs
+            if x is not leg and not x.left and x.peer is not None
+            and hears(phase, party, _party(call, x), state=call.state, muted=muted)
+        ]  # fmt: skip
+        if others or call.monitors:
             pcm48 = to_send_rate(downmix_int16(pcm, channels), rate)
-            if other is not None:
+            for other in others:
                 other.outbound.push_live(pcm48, leg.id)
-            to_supervisors(call, leg, pcm48)
+            # agents consulting talk while the caller is held: supervisors hear them
+            heard_as = "bridged" if phase == "consulting" and leg.role == "agent" else None
+            to_supervisors(call, leg, pcm48, state=heard_as)
         return n
 
     async def _start_analysis(self, call: Call, leg: Leg) -> LegPipeline:
@@ -969,6 +988,9 @@ class CallManager:
 
     async def _bridge_agent(self, call: Call, leg: Leg, codec: str | None = None) -> None:
         assert leg.user_id is not None and (leg.peer is not None or leg.transport == "chat")
+        if self.consults.is_guest_answer(call, leg.user_id):
+            await self.consults.answered(call, leg, codec)  # a colleague consulted
+            return
         now = time.monotonic()
         try:
             # it may have stopped ringing while we set up media (timeout, caller left)
@@ -999,7 +1021,10 @@ class CallManager:
         self._bridge_video(call)
         await self._route(self.routing.queue_changed())
         if leg.peer is not None:  # a chat's agent types
-            call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
+            self._start_leg(call, leg)
+
+    def _start_leg(self, call: Call, leg: Leg) -> None:
+        call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))
 
     def _stop_desk_phone(self, call_id: str) -> None:
         if self.desk_phones is not None:
@@ -1017,7 +1042,7 @@ class CallManager:
             agent_peer.show_video_of(caller if talking else None)
 
     async def _agent_leg_ended(self, call: Call, leg: Leg) -> None:
-        if not leg.left:
+        if not leg.left and not await self.consults.leg_ended(call, leg):
             await self.end_call(call.id, "agent_hangup")
 
     async def _silence_clock(self, call: Call, pipeline: LegPipeline) -> None:
@@ -1227,6 +1252,8 @@ class CallManager:
 
     async def decline(self, user_id: str, call_id: str) -> None:
         await self._route(self.routing.decline(user_id, call_id))
+        if (call := self.calls.get(call_id)) is not None:
+            await self.consults.declined(call, user_id, "declined")
 
     async def run_acd_timers(self) -> None:
         """Offer timeouts and maximum waits: wake when the ACD's next timer is due. With
@@ -1239,6 +1266,7 @@ class CallManager:
             await asyncio.sleep(1.0 if due is None else min(1.0, max(0.0, due - now)))
             try:
                 await self._route(self.routing.tick())
+                await self.consults.sweep()  # a consult that rang out: its host is told
             except Exception:  # a failing store must not stop the timers of every call
                 log.exception("ACD timer step failed")
 
@@ -1257,7 +1285,9 @@ class CallManager:
         await self._desk(self.controls.hold(user, call))
 
     async def resume(self, user: Actor, call_id: str) -> None:
-        await self._desk(self.controls.resume(user, self.controls.controlled(user, call_id)))
+        call = self.controls.controlled(user, call_id)
+        _not_consulting(call, "resumed")
+        await self._desk(self.controls.resume(user, call))
 
     async def transfer(
         self,
@@ -1270,6 +1300,7 @@ class CallManager:
     ) -> None:
         """Hand the caller to a queue or one agent (``Controls.transfer``)."""
         call = self.controls.controlled(user, call_id)
+        _not_consulting(call, "transferred")
         target = await self.store.user_by_name(agent) if agent is not None else None
         steps = self.controls.transfer(
             user, call, queue=queue, agent=agent, target=target, note=note
@@ -1303,6 +1334,13 @@ class CallManager:
         phone that offered them, tones in the audio otherwise; how they went."""
         call = self.controls.on_line(actor, call_id)
         peer = self.controls.keys_path(call)
+        # a bounded backlog per call: a burst of requests (a keypad hammered, a looping
+        # script) queues at most KEYS_AHEAD seconds of keys on the line; more is refused
+        now = time.monotonic()
+        until = max(now, self._keys_until.get(call_id, 0.0))
+        if until + len(digits) * KEY_SECONDS - now > KEYS_AHEAD:
+            raise NotAllowed("too many keys are waiting to be sent on this call: wait a moment")
+        self._keys_until[call_id] = until + len(digits) * KEY_SECONDS
         log.info("call %s: %s sent %d keys", call_id, actor.username, len(digits))
         return await peer.send_dtmf(digits)
 
@@ -1467,6 +1505,7 @@ class CallManager:
         leaving = itertools.chain(
             self.routing.hung_up(call.agent_id, call.bridged_at, call.id),
             self.routing.leave(call, "caller_left"),
+            self.consults.ended(call),
         )
         if self.shared is None:
             await self._route(leaving)
@@ -1505,6 +1544,7 @@ class CallManager:
         self.metrics.active_calls.dec()
         self.metrics.ended.labels(reason).inc()
         self.calls.pop(call.id, None)
+        self._keys_until.pop(call.id, None)
         for leg in call.legs:
             if leg.peer is not None:
                 with contextlib.suppress(Exception):
@@ -1533,6 +1573,24 @@ class CallManager:
         self.prompts.stop()
         if self.bot is not None:
             await self.bot.close()
+
+
+KEY_SECONDS = (TONE_MS + GAP_MS) / 1000  # one key on the line (media/dtmf.py)
+KEYS_AHEAD = 8.0  # seconds of keys a call may have waiting: 50, more than any IVR asks
+
+
+def _party(call: Call, leg: Leg) -> Party:
+    """Which party of engine/conference.py's table ``leg`` is."""
+    if leg.role == "caller":
+        return "caller"
+    return call.consult.party(leg.user_id) if call.consult is not None else "host"
+
+
+def _not_consulting(call: Call, what: str) -> None:
+    if call.consult is not None and call.consult.phase != "ringing":
+        raise NotAllowed(
+            f"the call cannot be {what} during a consult: complete, conference or cancel it"
+        )
 
 
 def brain(settings: Settings) -> BrainSettings | None:

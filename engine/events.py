@@ -74,6 +74,9 @@ class TranscriptPartial(EventBase):
     type: Literal["transcript.partial"] = "transcript.partial"
     leg_id: str
     speaker: str
+    agent_id: str | None = Field(
+        None, description="an agent's words: which agent (two are on a consult or conference)"
+    )
     index: int
     text: str
     start: float
@@ -83,6 +86,9 @@ class TranscriptFinal(EventBase):
     type: Literal["transcript.final"] = "transcript.final"
     leg_id: str
     speaker: str
+    agent_id: str | None = Field(
+        None, description="an agent's words: which agent (two are on a consult or conference)"
+    )
     utterance_id: str
     index: int
     text: str
@@ -189,6 +195,9 @@ class CallOffered(EventBase):
     attestation: str | None = Field(
         None, description="the carrier's STIR/SHAKEN level for the caller's number (A, B, C)"
     )
+    consult_from: str | None = Field(
+        None, description="a consult: the agent on the call who asks you (engine/consult.py)"
+    )
 
 
 class OfferWithdrawn(EventBase):
@@ -210,6 +219,44 @@ class CallTransferred(EventBase):
     to_agent: str | None
     note: str | None
     to_number: str | None = Field(None, description="a transfer outside, through the trunk")
+
+
+class _Consult(EventBase):
+    """A consult on a call (engine/consult.py): ``host`` has the call, ``guest`` was asked."""
+
+    host: str
+    guest: str
+
+
+class ConsultStarted(_Consult):
+    type: Literal["call.consult_started"] = "call.consult_started"
+
+
+class ConsultAnswered(_Consult):
+    type: Literal["call.consult_answered"] = "call.consult_answered"
+
+
+class ConsultCompleted(_Consult):
+    """The host handed the caller to the guest (a warm transfer)."""
+
+    type: Literal["call.consult_completed"] = "call.consult_completed"
+
+
+class ConsultConferenced(_Consult):
+    type: Literal["call.consult_conferenced"] = "call.consult_conferenced"
+
+
+class ConsultCancelled(_Consult):
+    type: Literal["call.consult_cancelled"] = "call.consult_cancelled"
+    reason: str = Field(description="cancelled, declined, no_answer or guest_left")
+
+
+class ConferenceLeft(EventBase):
+    """An agent left a three-way conference; ``remaining`` keeps the caller."""
+
+    type: Literal["call.conference_left"] = "call.conference_left"
+    agent: str
+    remaining: str
 
 
 class CallWrappedUp(EventBase):
@@ -393,6 +440,12 @@ Event = Annotated[
     | OfferWithdrawn
     | CallMuted
     | CallTransferred
+    | ConsultStarted
+    | ConsultAnswered
+    | ConsultCompleted
+    | ConsultConferenced
+    | ConsultCancelled
+    | ConferenceLeft
     | CallWrappedUp
     | CallbackRequested
     | CallbackDone
@@ -428,6 +481,12 @@ EVENT_TYPES = [
     "call.offer_withdrawn",
     "call.muted",
     "call.transferred",
+    "call.consult_started",
+    "call.consult_answered",
+    "call.consult_completed",
+    "call.consult_conferenced",
+    "call.consult_cancelled",
+    "call.conference_left",
     "call.wrapped_up",
     "callback.requested",
     "callback.done",

@@ -30,6 +30,7 @@ from engine.assist.facts import Fact
 from engine.bot.dialog import Dialog
 from engine.bot.events import BotInput
 from engine.callstate import CallRecord, LegRecord, SilenceCheck
+from engine.consult import Consult
 from engine.escalation import CallEscalation
 from engine.monitoring import SupervisorLeg
 from engine.recording import CallRecording
@@ -48,6 +49,9 @@ class Leg(LegRecord):
     # a chat leg's emotion, read from its typed lines (engine/analysis.py Feel);
     # a voice leg's is its pipeline's
     emotion: EmotionTracker | None = None
+    # when a consulted agent's leg joined (time.monotonic(): this process's clock), for
+    # their handle time once they keep the caller (engine/consulting.py)
+    joined: float = 0.0
 
 
 @dataclass
@@ -95,6 +99,8 @@ class Call(CallRecord):
     # supervisors listening, whispering or barging in (engine/monitoring.py): no parties
     # of the conversation, so not among ``legs``
     monitors: list[SupervisorLeg] = field(default_factory=list)
+    # a consult or three-way conference under way (engine/consult.py); live only
+    consult: Consult | None = None
 
     def other_peer(self, leg: Leg) -> CallPeer | None:
         """The peer that hears ``leg`` (caller <-> agent) while they talk; on hold,
@@ -118,6 +124,12 @@ class Call(CallRecord):
     def speaker(self, leg_id: str) -> str:
         leg = self.leg(leg_id)
         return leg.role if leg else "caller"
+
+    def agent_of(self, leg_id: str) -> str | None:
+        """The agent (user id) who speaks on ``leg_id``; None for the caller, or an
+        outside number."""
+        leg = self.leg(leg_id)
+        return leg.user_id if leg is not None and leg.role == "agent" else None
 
     def voiced(self) -> tuple[tuple[str, float], ...]:
         """Per side (caller, agent), the latest voice its legs' VAD heard, on the call's

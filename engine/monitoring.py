@@ -90,9 +90,11 @@ def _parties(call: Call) -> list[tuple[Party, CallPeer]]:
     return out
 
 
-def to_supervisors(call: Call, leg: Leg, pcm48: np.ndarray) -> None:
-    """What a party said (48 kHz mono) to the supervisors who hear that party now."""
-    state, muted = call.state, call.agent_muted
+def to_supervisors(call: Call, leg: Leg, pcm48: np.ndarray, state: str | None = None) -> None:
+    """What a party said (48 kHz mono) to the supervisors who hear that party now
+    (``state``: the call's, unless the caller says otherwise: agents consulting talk
+    while the call is held, engine/conference.py)."""
+    state, muted = state or call.state, call.agent_muted
     for sup in call.monitors:
         if not sup.stopped and hears(sup.mode, leg.role, "supervisor", state=state,
                                      agent_muted=muted):  # fmt: skip

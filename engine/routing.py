@@ -446,6 +446,15 @@ class Routing:
         yield from self.queue_changed()
         yield from self.actions(actions)
 
+    def consult_offer(self, call: Call, agent_id: str) -> Iterator[Effect]:
+        """Ring ``agent_id`` for a consult on ``call`` (engine/consult.py): the call
+        stays with its agent, and is not queued."""
+        yield from self.actions(self.acd.offer_to(agent_id, call.id, self.clock()))
+
+    def consult_withdraw(self, agent_id: str, call_id: str) -> Iterator[Effect]:
+        """A consult's ring taken back (the host cancelled, the caller hung up)."""
+        yield from self.actions(self.acd.withdraw(agent_id, call_id, self.clock()))
+
     def default_queue(self) -> str:
         return next(iter(self.acd.queues))
 
@@ -586,6 +595,7 @@ class Routing:
             customer_id=call.customer_id,
             verified_by=call.verified_by,
             attestation=call.attestation,
+            consult_from=call.consult.host if call.consult is not None else None,
         )
 
     def offer_callback(self, call_id: str) -> Iterator[Effect]:

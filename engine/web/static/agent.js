@@ -6,6 +6,8 @@ import { connectEvents, esc } from "/static/events.js";
 import { CALL_PANELS, createCallView } from "/static/callview.js";
 import { mediaBytes, openPeer } from "/static/rtc.js";
 import { onSoundChange, ring as startRinging, silence, soundBlocked, unlock } from "/static/ringer.js";
+import { initConsult } from "/static/consult.js";
+import { initDialpad } from "/static/dialpad.js";
 
 const $ = (id) => document.getElementById(id);
 let me = null;
@@ -71,6 +73,7 @@ async function signedIn() {
     $("alerts-card").hidden = false;
   }
   $("queue-card").hidden = false;
+  $("dialpad").hidden = false; // dialpad.js: call a number
   $("wrapup").querySelector("select").innerHTML = '<option value="">Choose…</option>' +
     (await api("/api/v1/dispositions"))
       .map((d) => `<option value="${esc(d)}">${esc(d.replaceAll("_", " "))}</option>`).join("");
@@ -230,6 +233,8 @@ function ring(ev, expires) {
     ["Mood", ev.emotion ? `<span class="badge ${esc(ev.emotion)}">${esc(ev.emotion)}</span>` : "–"],
     ["So far", ev.summary || "–"],
   ];
+  const consulted = consult.ring(ev); // consult.js: "consult from Ann"
+  if (consulted) rows.push(consulted);
   if (ev.transferred_by) rows.push(["From", `${ev.transferred_by}${ev.transfer_note ? `: “${ev.transfer_note}”` : ""}`]);
   $("preview").innerHTML = rows.map(([k, v]) => `<dt>${k}</dt><dd>${k === "Mood" ? v : esc(v)}</dd>`).join("");
   $("ring").hidden = false;
@@ -330,6 +335,8 @@ async function openCall(id) {
       `<div class="line"><span class="t">${u.start.toFixed(1)}s</span><span class="who">${esc(u.speaker === "bot" ? "assistant" : u.speaker)}</span><span class="text">${esc(u.text)}</span></div>`).join("");
   }
   view.load(call);
+  consult.open(id, call.channel); // consult.js, dialpad.js: their parts of the call
+  keys.open(call.channel);
   showNotes(call.notes);
   setCallState(call.state);
   $("history").innerHTML = history.length ? history.map((h) => `
@@ -341,6 +348,7 @@ async function openCall(id) {
     agents.filter((a) => a.id !== me.id && a.presence !== "offline")
       .map((a) => `<option value="agent:${esc(a.username)}">${esc(a.display_name || a.username)} (${esc(a.presence)})</option>`).join("");
   callEvents = connectEvents(`/api/v1/calls/${id}/events`, (ev) => {
+    consult.onCallEvent(ev);
     if (ev.type === "call.state_changed") {
       setCallState(ev.state);
       // the stream replays the call from its start: our part begins when it is bridged to us
@@ -424,6 +432,8 @@ function endOfCall(message) {
   if (!callId) return;
   wrapCallId = callId;
   callId = null;
+  consult.close();
+  keys.close();
   if (callEvents) callEvents.close();
   callEvents = null;
   closeMedia();
@@ -492,6 +502,10 @@ function tickTimers() {
   }
 }
 setInterval(tickTimers, 1000);
+
+// consult.js and dialpad.js: consult, conference, warm transfer, a dial pad and keys
+const consult = initConsult({ root: $("consult-box"), api, me: () => me, callId: () => callId, endOfCall });
+const keys = initDialpad({ desk: $("dialpad"), call: $("call-keypad"), api, me: () => me, callId: () => callId });
 
 me = await api("/api/v1/auth/me").catch(() => null);
 if (me) await signedIn().catch(fail("desk-error"));

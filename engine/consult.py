@@ -1,0 +1,110 @@
+"""A consult: the agent on a call (the host) asks a colleague (the guest) first.
+
+Theory of operation
+-------------------
+The host puts the caller on hold and rings the guest, whose desk shows the call so far
+marked "consult from <host>". A consult moves through:
+
+    phase        event        -> next        what happens
+    ringing      answer       -> consulting  host and guest talk; the caller is held
+    ringing      decline      -> (over)      the host is told, and stays with the caller on hold
+    ringing      no_answer    -> (over)      likewise (the ring timed out)
+    ringing      cancel       -> (over)      the host gave up before the guest answered
+    consulting   complete     -> (over)      a transfer: the host leaves, the guest has the call
+    consulting   conference   -> conference  caller, host and guest hear each other
+    consulting   cancel       -> (over)      the guest leaves; the caller is back with the host
+    consulting   guest_left   -> (over)      the guest left or hung up; the caller stays held
+    conference   leave        -> (over)      one agent leaves; the other keeps the caller
+
+``TRANSITIONS`` is that table (None: the consult is over). Who hears whom in each
+phase is engine/conference.py. Pure: the engine (engine/consulting.py) keeps one
+``Consult`` per call and does the media, the ringing and the events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from engine.callstate import NotAllowed
+from engine.conference import Party
+from engine.conference import Phase as Heard
+
+ConsultPhase = Literal["ringing", "consulting", "conference"]
+ConsultEvent = Literal[
+    "answer", "decline", "no_answer", "cancel", "complete", "conference", "guest_left", "leave"
+]
+
+TRANSITIONS: dict[tuple[ConsultPhase, ConsultEvent], ConsultPhase | None] = {
+    ("ringing", "answer"): "consulting",
+    ("ringing", "decline"): None,
+    ("ringing", "no_answer"): None,
+    ("ringing", "cancel"): None,
+    ("consulting", "complete"): None,
+    ("consulting", "conference"): "conference",
+    ("consulting", "cancel"): None,
+    ("consulting", "guest_left"): None,
+    ("conference", "leave"): None,
+}
+
+# what the host is told when they ask for something the phase does not allow
+_WHY: dict[ConsultPhase, str] = {
+    "ringing": "the consulted agent has not answered yet: wait, or cancel",
+    "consulting": "you are consulting: complete the transfer, conference, or cancel",
+    "conference": "the call is a conference: leave it to hand the caller over",
+}
+
+
+@dataclass
+class Consult:
+    """One call's consult: who, and how far it got. ``guest_leg``: the id of the
+    guest's leg once they answered."""
+
+    host_id: str
+    host: str  # the host's username, for events and the guest's desk
+    guest_id: str
+    guest: str
+    phase: ConsultPhase = "ringing"
+    guest_leg: str | None = None
+
+    def next(self, event: ConsultEvent) -> ConsultPhase | None:
+        """The phase after ``event`` (None: over); ``NotAllowed`` if not now."""
+        try:
+            return TRANSITIONS[(self.phase, event)]
+        except KeyError:
+            raise NotAllowed(_WHY[self.phase]) from None
+
+    def move(self, event: ConsultEvent) -> ConsultPhase | None:
+        after = self.next(event)
+        if after is not None:
+            self.phase = after
+        return after
+
+    @property
+    def heard(self) -> Heard:
+        """The phase of engine/conference.py's table."""
+        return "none" if self.phase == "ringing" else self.phase
+
+    def party(self, user_id: str | None) -> Party:
+        """Which party an agent leg of ``user_id`` is: the guest, else the host (an
+        outside number a call went to is in the host's place)."""
+        return "guest" if user_id == self.guest_id and self.phase != "ringing" else "host"
+
+
+def may_start(
+    *, channel: str, state: str, consult: Consult | None, guest_id: str | None,
+    host_id: str | None, guest_presence: str,
+) -> None:  # fmt: skip
+    """``NotAllowed`` (409) with the reason a consult cannot start now."""
+    if channel == "chat":
+        raise NotAllowed("a chat cannot be consulted on: transfer it instead")
+    if consult is not None:
+        raise NotAllowed("you are already consulting on this call")
+    if state not in ("bridged", "held"):
+        raise NotAllowed(f"the call is not with you (it is {state})")
+    if guest_id is None:
+        raise NotAllowed("there is no such agent")
+    if guest_id == host_id:
+        raise NotAllowed("you cannot consult yourself")
+    if guest_presence != "available":
+        raise NotAllowed(f"that agent is not available (they are {guest_presence})")

@@ -1,0 +1,286 @@
+"""The live side of consults and three-way conferences (engine/consult.py decides what
+may happen, engine/conference.py who hears whom).
+
+Theory of operation
+-------------------
+The host (the agent on the call) asks: the caller is put on hold as a hold does, and
+the guest is rung through the ACD (``Routing.consult_offer``: the call is not queued,
+it stays with the host). The guest answers with the desk's ordinary accept (their
+softphone's SDP, or their desk phone): ``CallManager._bridge_agent`` hands such an
+answer here, so the desk needs nothing new to take a consult. The guest's leg then
+joins ``call.legs`` as a second agent leg; ``call.agent_id`` stays the host's until the
+caller is handed over (``complete``, or the host leaving a conference), so every
+control guard keeps meaning "the agent who has the caller".
+
+A leg that leaves (the guest after a cancel, the host after a hand-over) is marked
+``left`` and closed after its last words are transcribed, as a transfer does; its
+agent goes to wrap-up owing the call its disposition. Everything is told as
+``call.consult_*`` / ``call.conference_left`` events.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from engine.acd import AcdError
+from engine.callstate import Forbidden, NotAllowed
+from engine.consult import Consult, ConsultEvent, may_start
+from engine.controls import BridgeVideo, HoldMusic, Hush, Steps
+from engine.events import (
+    ConferenceLeft,
+    ConsultAnswered,
+    ConsultCancelled,
+    ConsultCompleted,
+    ConsultConferenced,
+    ConsultStarted,
+    utcnow,
+)
+from engine.routing import Effect as RoutingEffect
+from engine.routing import Transition
+from engine.store.models import LegRow
+
+if TYPE_CHECKING:
+    from engine.calls import CallManager
+    from engine.livecall import Call, Leg
+    from engine.users import Actor
+
+log = logging.getLogger(__name__)
+
+
+class Consults:
+    def __init__(self, manager: CallManager) -> None:
+        self.m = manager
+
+    # -- who may act ------------------------------------------------------------------
+
+    def _hosted(self, user: Actor, call_id: str) -> Call:
+        """The live call ``user`` has (403 otherwise) with a consult (409 otherwise)."""
+        call = self.m.controls.live(call_id)
+        if call.agent_id != user.id:
+            raise Forbidden(f"call {call_id} is not on your line")
+        if call.consult is None:
+            raise NotAllowed("there is no consult on this call")
+        return call
+
+    # -- the host's requests ----------------------------------------------------------
+
+    async def start(self, user: Actor, call_id: str, guest: str) -> None:
+        call = self.m.controls.live(call_id)
+        if call.agent_id != user.id:
+            raise Forbidden(f"call {call_id} is not on your line")
+        guest_id = self.m.routing.agent_named(guest)
+        presence = self.m.routing.presence_of(guest_id) if guest_id else "offline"
+        may_start(channel=call.channel, state=call.state, consult=call.consult,
+                  guest_id=guest_id, host_id=user.id, guest_presence=presence)  # fmt: skip
+        assert guest_id is not None
+        consult = Consult(user.id, user.username, guest_id, guest)
+        call.consult = consult  # before any await: a second request is refused
+        try:
+            if call.state == "bridged":
+                await self.m._desk(self.m.controls.hold(user, call))
+            await self.m._route(self.m.routing.consult_offer(call, guest_id))
+        except AcdError as exc:
+            call.consult = None
+            raise NotAllowed(f"{guest} is not available ({exc}); resume the caller") from None
+        except BaseException:
+            call.consult = None
+            raise
+        self.m._publish(ConsultStarted(call_id=call.id, host=user.username, guest=guest))
+        log.info("call %s: %s consults %s", call.id, user.username, guest)
+
+    async def complete(self, user: Actor, call_id: str) -> None:
+        """A warm transfer: the host leaves, the guest has the caller."""
+        call = self._hosted(user, call_id)
+        consult = call.consult
+        assert consult is not None
+        consult.next("complete")
+        await self._host_leaves(user, call, consult)
+        self.m._publish(ConsultCompleted(call_id=call.id, host=consult.host, guest=consult.guest))
+
+    async def conference(self, user: Actor, call_id: str) -> None:
+        call = self._hosted(user, call_id)
+        consult = call.consult
+        assert consult is not None
+        consult.next("conference")
+        consult.move("conference")
+        await self.m._desk(self._back_to_caller(user, call, "conference"))
+        self.m._publish(ConsultConferenced(call_id=call.id, host=consult.host, guest=consult.guest))
+
+    async def cancel(self, user: Actor, call_id: str) -> None:
+        """The guest leaves (or stops ringing); the caller is back with the host."""
+        call = self._hosted(user, call_id)
+        consult = call.consult
+        assert consult is not None
+        consult.next("cancel")
+        await self._guest_leaves(call, consult, "cancelled")
+        await self.m._desk(self._back_to_caller(user, call, "consult cancelled"))
+
+    async def leave(self, user: Actor, call_id: str) -> None:
+        """Either agent leaves a conference; the other keeps the caller. The guest may
+        also leave a consult (the host is told, and the caller stays on hold)."""
+        call = self.m.controls.live(call_id)
+        consult = call.consult
+        if consult is None or user.id not in (consult.host_id, consult.guest_id):
+            raise Forbidden("you are not in a conference on this call")
+        if user.id == consult.guest_id and consult.phase == "consulting":
+            consult.next("guest_left")
+            await self._guest_leaves(call, consult, "guest_left")
+            return
+        consult.next("leave")
+        if user.id == consult.host_id:
+            await self._host_leaves(user, call, consult)
+            remaining = consult.guest
+        else:
+            await self._guest_leaves(call, consult, None)
+            remaining = consult.host
+        self.m._publish(ConferenceLeft(call_id=call.id, agent=user.username, remaining=remaining))
+
+    # -- the guest's side ---------------------------------------------------------------
+
+    def is_guest_answer(self, call: Call, user_id: str) -> bool:
+        c = call.consult
+        return c is not None and c.phase == "ringing" and c.guest_id == user_id
+
+    async def answered(self, call: Call, leg: Leg, codec: str | None) -> None:
+        """The guest answered (``CallManager._bridge_agent``): host and guest talk."""
+        consult = call.consult
+        assert consult is not None and leg.user_id == consult.guest_id
+        try:
+            answered = list(self.m.routing.answered(leg.user_id, call.id))
+        except AcdError:
+            if leg.peer is not None:
+                await leg.peer.close()
+            raise
+        # from here on, with no await: the guest is on the call
+        consult.move("answer")
+        consult.guest_leg = leg.id
+        leg.joined = time.monotonic()
+        call.legs.append(leg)
+        self.m._stop_desk_phone(call.id)
+        await self.m._route(answered)
+        row = LegRow(id=leg.id, call_id=call.id, role="agent", transport=leg.transport,
+                     codec=codec, user_id=leg.user_id, created_at=utcnow())  # fmt: skip
+        await self.m._keep(f"leg {leg.id}", self.m.store.add, row)
+        self.m._publish(ConsultAnswered(call_id=call.id, host=consult.host, guest=consult.guest))
+        if leg.peer is not None:
+            self.m._start_leg(call, leg)
+
+    async def declined(self, call: Call, user_id: str, reason: str) -> None:
+        """The guest turned the consult down, or it rang out: the host is told, and
+        stays with the caller on hold until they resume."""
+        consult = call.consult
+        if consult is None or consult.phase != "ringing" or consult.guest_id != user_id:
+            return
+        call.consult = None
+        self.m._publish(
+            ConsultCancelled(call_id=call.id, host=consult.host, guest=consult.guest,
+                             reason=reason)
+        )  # fmt: skip
+
+    async def sweep(self) -> None:
+        """Consults whose ring ended without an answer (timed out, the guest's desk
+        went): the ACD withdrew the offer; the host is told."""
+        for call in list(self.m.calls.values()):
+            c = call.consult
+            if c is not None and c.phase == "ringing":
+                if not self.m.routing.offered_to(c.guest_id, call.id):
+                    await self.declined(call, c.guest_id, "no_answer")
+
+    async def leg_ended(self, call: Call, leg: Leg) -> bool:
+        """An agent leg's media ended: True if the consult deals with it (the call goes
+        on with the other agent), False to end the call as usual."""
+        consult = call.consult
+        if consult is None or consult.phase == "ringing" or leg.left or call.ended.is_set():
+            return False
+        if leg.id == consult.guest_leg:
+            event: ConsultEvent = "guest_left" if consult.phase == "consulting" else "leave"
+            consult.next(event)
+            await self._guest_leaves(call, consult, "guest_left" if event == "guest_left" else None)
+            if event == "leave":
+                self.m._publish(ConferenceLeft(call_id=call.id, agent=consult.guest,
+                                               remaining=consult.host))  # fmt: skip
+            return True
+        if leg.user_id == consult.host_id:  # the host hung up: the guest keeps the caller
+            host = self.m.routing.username(consult.host_id, consult.host)
+            actor = _Host(consult.host_id, host)
+            await self._host_leaves(actor, call, consult)
+            self.m._publish(ConferenceLeft(call_id=call.id, agent=consult.host,
+                                           remaining=consult.guest))  # fmt: skip
+            return True
+        return False
+
+    def ended(self, call: Call) -> Iterator[RoutingEffect]:
+        """The call ends: a ringing guest stops ringing, one on the call goes to wrap-up."""
+        consult, call.consult = call.consult, None
+        if consult is None:
+            return
+        if consult.phase == "ringing":
+            yield from self.m.routing.consult_withdraw(consult.guest_id, call.id)
+        elif consult.guest_leg is not None:
+            leg = call.leg(consult.guest_leg)
+            if leg is not None and not leg.left and consult.guest_id != call.agent_id:
+                yield from self.m.routing.hung_up(consult.guest_id, self._since(leg), call.id)
+
+    # -- moves --------------------------------------------------------------------------
+
+    @staticmethod
+    def _since(leg: Leg) -> float:
+        return leg.joined if leg.joined else time.monotonic()
+
+    @staticmethod
+    def _back_to_caller(user: Actor, call: Call, why: str) -> Steps[None]:
+        """Hold audio stops and the caller is bridged again (to whoever has the call)."""
+        yield HoldMusic(call, False)
+        yield Hush(call)
+        if call.state == "held":
+            yield Transition(call, "resume", f"{user.username}: {why}")
+        yield BridgeVideo(call)
+
+    async def _guest_leaves(self, call: Call, consult: Consult, reason: str | None) -> None:
+        call.consult = None
+        if consult.phase == "ringing":
+            await self.m._route(self.m.routing.consult_withdraw(consult.guest_id, call.id))
+        leg = call.leg(consult.guest_leg) if consult.guest_leg else None
+        if leg is not None:
+            leg.left = True
+            await self.m._route(self.m.routing.hung_up(consult.guest_id, self._since(leg), call.id))
+        if reason is not None:
+            self.m._publish(ConsultCancelled(call_id=call.id, host=consult.host,
+                                             guest=consult.guest, reason=reason))  # fmt: skip
+        if leg is not None:
+            await self.m._close_leg(call, leg)
+
+    async def _host_leaves(self, user: Actor, call: Call, consult: Consult) -> None:
+        """The host hands the caller to the guest and goes to wrap-up."""
+        call.consult = None
+        guest = call.leg(consult.guest_leg) if consult.guest_leg else None
+        assert guest is not None
+        steps = self.m.controls.agent_leaves(user, call, None, f"handed over to {consult.guest}")
+        old = await self.m._desk(steps)
+        if call.ended.is_set():  # the caller hung up meanwhile: the guest is done too
+            await self.m._route(
+                self.m.routing.hung_up(consult.guest_id, self._since(guest), call.id)
+            )
+            return
+        call.agent_id, call.bridged_at = consult.guest_id, self._since(guest)
+        if call.state == "held":
+            await self.m._transition(call, "resume", f"handed over to {consult.guest}",
+                                     agent_id=consult.guest_id)  # fmt: skip
+        else:
+            await self.m._keep(f"call {call.id} agent", self.m.store.update_call, call.id,
+                               agent_id=consult.guest_id)  # fmt: skip
+        self.m._bridge_video(call)
+        if old is not None:
+            await self.m._close_leg(call, old)
+
+
+class _Host:
+    """The host as an actor, when they hung up rather than asked (no request to read)."""
+
+    role = "agent"
+
+    def __init__(self, user_id: str, username: str) -> None:
+        self.id, self.username = user_id, username

@@ -1,0 +1,119 @@
+// Consult, three-way conference and warm transfer on the agent desk
+// (engine/api/consult.py, engine/consult.py). agent.js hands us its API helper and
+// hooks: ring() shows a consult's origin, openCall()/endOfCall() open and close our
+// part, and every event of the call's stream passes through onCallEvent().
+//
+// The call's stream replays the call from its start: only events after the offer that
+// brought this call to this desk (or after we opened it) are acted on, so an earlier
+// consult on the same call does not end this one.
+import { esc } from "/static/events.js";
+
+const HTML = `
+  <div class="row consult" role="group" aria-label="Consult a colleague">
+    <label>Consult <select id="consult-to" data-testid="consult-to"></select></label>
+    <button id="consult-start" class="quiet" data-testid="consult-start">Consult</button>
+    <button id="consult-complete" data-testid="consult-complete" hidden>Transfer to them</button>
+    <button id="consult-conference" class="quiet" data-testid="consult-conference" hidden>Conference</button>
+    <button id="consult-cancel" class="quiet" data-testid="consult-cancel" hidden>Cancel consult</button>
+    <button id="conference-leave" class="hang" data-testid="conference-leave" hidden>Leave conference</button>
+  </div>
+  <p class="consult-status" id="consult-status" data-testid="consult-status" role="status" aria-live="polite"></p>`;
+
+export function initConsult({ root, api, me, callId, endOfCall }) {
+  root.innerHTML = HTML;
+  const $ = (id) => root.querySelector(`#${id}`);
+  const offers = new Map(); // call id -> id of the offer event that rang this desk
+  let since = 0; // act on events after this id
+  let role = null; // "host" | "guest" | null
+  let phase = "none"; // "none" | "ringing" | "consulting" | "conference"
+  let peer = ""; // the other agent's name
+
+  function show(status) {
+    const host = role === "host";
+    $("consult-start").hidden = $("consult-to").parentElement.hidden = phase !== "none";
+    $("consult-complete").hidden = !(host && phase === "consulting");
+    $("consult-conference").hidden = !(host && phase === "consulting");
+    $("consult-cancel").hidden = !(host && (phase === "ringing" || phase === "consulting"));
+    $("conference-leave").hidden = !(phase === "conference" || role === "guest" && phase === "consulting");
+    $("conference-leave").textContent = phase === "conference" ? "Leave conference" : "Leave consult";
+    if (status !== undefined) $("consult-status").textContent = status;
+  }
+
+  async function colleagues() {
+    const agents = await api("/api/v1/agents").catch(() => []);
+    const free = agents.filter((a) => a.id !== me().id && a.presence === "available");
+    $("consult-to").innerHTML = free.length
+      ? free.map((a) => `<option value="${esc(a.username)}">${esc(a.display_name || a.username)}</option>`).join("")
+      : `<option value="">nobody is available</option>`;
+    $("consult-start").disabled = !free.length;
+  }
+
+  async function act(path, body) {
+    const id = callId();
+    if (!id) return;
+    try {
+      await api(`/api/v1/calls/${id}/${path}`, { method: "POST", body });
+    } catch (err) {
+      $("consult-status").textContent = err.message;
+    }
+  }
+
+  $("consult-to").onfocus = colleagues;
+  $("consult-start").onclick = () => $("consult-to").value && act("consult", { agent: $("consult-to").value });
+  $("consult-complete").onclick = () => act("consult/complete");
+  $("consult-conference").onclick = () => act("consult/conference");
+  $("consult-cancel").onclick = () => act("consult/cancel");
+  $("conference-leave").onclick = () => act("conference/leave");
+
+  return {
+    // a ring on this desk: remembered, and its preview row if it is a consult
+    ring(ev) {
+      offers.set(ev.call_id, ev.id);
+      return ev.consult_from ? ["Consult", `from ${ev.consult_from}: the caller is on hold`] : null;
+    },
+    open(id, channel, lastId = 0) {
+      since = offers.get(id) || lastId;
+      role = null; phase = "none"; peer = "";
+      root.hidden = channel === "chat";
+      show("");
+      colleagues();
+    },
+    close() {
+      role = null; phase = "none";
+      root.hidden = true;
+    },
+    onCallEvent(ev) {
+      if (ev.id <= since || !ev.type.startsWith("call.consult_") && ev.type !== "call.conference_left") return;
+      const name = me().username;
+      if (ev.type === "call.consult_started" && ev.host === name) {
+        role = "host"; phase = "ringing"; peer = ev.guest;
+        show(`Ringing ${ev.guest}… the caller is on hold.`);
+      } else if (ev.type === "call.consult_answered") {
+        if (ev.guest === name) { role = "guest"; peer = ev.host; }
+        phase = "consulting";
+        show(role === "guest" ? `Consult from ${ev.host}: the caller is on hold and cannot hear you.`
+          : `Talking to ${ev.guest}; the caller is on hold and cannot hear you.`);
+      } else if (ev.type === "call.consult_conferenced") {
+        phase = "conference";
+        show(`Conference: the caller, ${ev.host} and ${ev.guest} hear each other.`);
+      } else if (ev.type === "call.consult_cancelled") {
+        if (role === "guest") { endOfCall(ev.reason === "guest_left" ? "You left the consult." : `${ev.host} ended the consult.`); return; }
+        phase = "none"; role = null;
+        show({
+          declined: `${ev.guest} declined. The caller is still on hold: press Resume to go back.`,
+          no_answer: `${ev.guest} did not answer. The caller is still on hold: press Resume to go back.`,
+          guest_left: `${ev.guest} left. The caller is still on hold: press Resume to go back.`,
+        }[ev.reason] || "Consult cancelled: you are back with the caller.");
+      } else if (ev.type === "call.consult_completed") {
+        if (role === "host") { endOfCall(`You handed the caller to ${ev.guest}.`); return; }
+        phase = "none"; role = null;
+        show(`${ev.host} handed the caller to you.`);
+      } else if (ev.type === "call.conference_left") {
+        if (ev.agent === name) { endOfCall("You left the conference."); return; }
+        phase = "none"; role = null;
+        show(`${ev.agent} left the conference: the caller is with you.`);
+      }
+    },
+    get peer() { return peer; },
+  };
+}
