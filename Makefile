@@ -25,7 +25,15 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-run
 
 sysdeps:
 	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
+	if ! command -v npm >/dev/null 2>&1; then \
+	  if command -v node >/dev/null 2>&1; then \
+	    echo "node is installed ($$(command -v node)) but npm is not on PATH: Debian's npm would" \
+	      "conflict with it. Install npm for that node (NodeSource's nodejs includes it;" \
+	      "or put its bin directory on PATH), then run make again." >&2; \
+	    exit 1; \
+	  fi; \
+	  missing="$$missing nodejs npm"; \
+	fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
@@ -47,7 +55,8 @@ typecheck: $(VENV)/.installed-test
 
 # test-only JavaScript (axe-core for the pages' accessibility audit), pinned by its lock file
 WEB_TEST_DEPS := tests/web/node_modules/.package-lock.json
-$(WEB_TEST_DEPS): tests/web/package.json tests/web/package-lock.json
+# sysdeps first: it installs npm (with make -j, nothing else would order the two)
+$(WEB_TEST_DEPS): tests/web/package.json tests/web/package-lock.json | sysdeps
 	cd tests/web && npm ci --no-audit --no-fund --silent
 	@touch $@
 

@@ -804,6 +804,9 @@ class CallManager:
     async def _transition(
         self, call: Call, event: str, reason: str | None = None, **values: object
     ) -> None:
+        # not a column: who answered, as the caller is told (bridged only)
+        name = values.pop("agent_name", None)
+        agent_name = name if isinstance(name, str) else None
         previous, call.state = call.state, call.next_state(event)
         # silence rules judge whoever should be talking: the caller while the bot has the
         # call, the agent once bridged (a hold or a new agent starts that clock again)
@@ -814,8 +817,11 @@ class CallManager:
             values["answered_at"] = call.answered_at
         await self._keep(f"call {call.id} {call.state}", self.store.update_call, call.id, **values)
         self._publish(
-            CallStateChanged(call_id=call.id, state=call.state, previous=previous, reason=reason)
-        )
+            CallStateChanged(
+                call_id=call.id, state=call.state, previous=previous, reason=reason,
+                agent_name=agent_name,
+            )
+        )  # fmt: skip
         if self.bot is not None and call.state == "active" and previous == "connecting":
             self.bot.answered(call)  # the greeting comes after "active" on every stream
 
@@ -1007,7 +1013,11 @@ class CallManager:
             caller.outbound.clear()  # stop the queue announcement: a person is here
         await self._route(answered)
         username = self.routing.username(leg.user_id)
-        await self._transition(call, "accept", username, agent_id=leg.user_id)
+        # the caller is told who answered by name, never by login: a display name left
+        # as the username is none (best effort: storage that is down costs the name)
+        user = await _quietly(self.store.user(leg.user_id))
+        name = user.display_name if user and user.display_name != user.username else None
+        await self._transition(call, "accept", username, agent_name=name, agent_id=leg.user_id)
         self._bridge_video(call)
         await self._route(self.routing.queue_changed())
         if leg.peer is not None:  # a chat's agent types
@@ -1589,3 +1599,12 @@ def brain(settings: Settings) -> BrainSettings | None:
         return None
     key = settings.bot_llm_key.get_secret_value() if settings.bot_llm_key else None
     return settings.bot_llm_url, settings.bot_llm_model, key, settings.bot_llm_timeout
+
+
+async def _quietly(read: Awaitable[T], within: float = 2.0) -> T | None:
+    """A read the call can do without: None when storage fails or is slow."""
+    try:
+        return await asyncio.wait_for(read, within)
+    except Exception:
+        log.warning("a read the call can do without failed", exc_info=True)
+        return None

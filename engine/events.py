@@ -64,7 +64,10 @@ class CallStateChanged(EventBase):
     type: Literal["call.state_changed"] = "call.state_changed"
     state: str
     previous: str
-    reason: str | None = None
+    reason: str | None = None  # bridged: the agent's username (kept for older readers)
+    agent_name: str | None = Field(
+        None, description="bridged: the agent's display name, the one callers are told"
+    )
 
 
 class TranscriptPartial(EventBase):

@@ -132,6 +132,12 @@ def hosts_of_their_own() -> bool:
     return probe.returncode == 0
 
 
+# An admin's credentials for each engine the tests started, by its URL: test helpers
+# that watch a call as the staff do (tests/rtc_client.py) read its stream with them,
+# since a caller's own stream leaves out what is for staff only.
+STAFF: dict[str, dict[str, str]] = {}
+
+
 class EngineProcess:
     def __init__(
         self, workdir: Path, *, database_url: str | None = None, host: str | None = None,
@@ -219,6 +225,7 @@ class EngineProcess:
                 raise RuntimeError(f"engine exited: {self.log.read_text()[-3000:]}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    STAFF[self.url] = self.headers
                     return self
             except httpx.HTTPError:
                 pass

@@ -24,6 +24,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from media.wavtrack import PacedAudioTrack, WavFileTrack
 from media.webrtc import sends_opus
+from tests.engine_proc import STAFF
 
 
 class ColourCamera(VideoStreamTrack):
@@ -83,6 +84,7 @@ class Caller:
         self.upgrade: tuple[str, str] | None = None  # (a chat's id, its caller token)
         self.invite: str | None = None  # a call link's token: straight to its agent
         self.answer: dict[str, Any] = {}
+        self.as_caller = False  # True: read the stream with the caller token, as their page
         self.events: list[dict[str, Any]] = []
         self.events_at: list[float] = []  # time.monotonic() each event came
         self.ended = asyncio.Event()
@@ -173,7 +175,11 @@ class Caller:
 
     async def _read_events(self) -> None:
         ws_url = self.base_url.replace("http", "ws", 1) + f"/api/v1/calls/{self.call_id}/events"
-        async with websockets.connect(ws_url, additional_headers=self.auth) as ws:
+        # Tests check what the engine says about the call (mood, escalation, offers...):
+        # read as the staff do when the engine is one the tests started; a caller's own
+        # stream carries only what their page shows (engine/api/streams.py)
+        headers = (None if self.as_caller else STAFF.get(self.base_url)) or self.auth
+        async with websockets.connect(ws_url, additional_headers=headers) as ws:
             async for message in ws:
                 event = json.loads(message)
                 self.events.append(event)

@@ -70,11 +70,12 @@ async def test_keys_scopes_tokens_and_websockets(
     assert engine.ccengine("keys", "revoke", revoked_id) == f"revoked key {revoked_id}\n"
 
     first = Caller(engine.url, voices["calm"], caller="first")
+    first.as_caller = True  # its own caller token reads its own stream
     second = Caller(engine.url, voices["calm"], caller="second")
     try:
         await first.dial()  # anyone may call in (CCENGINE_PUBLIC_CALLS defaults to true)
         await second.dial()
-        await first.wait_for("call.started")  # its own caller token reads its own stream
+        await first.wait_for("call.state_changed")  # its own caller token reads its stream
         a, b = first.call_id, second.call_id
         async with httpx.AsyncClient(base_url=engine.url, timeout=30) as http:
             # no credentials

@@ -105,6 +105,7 @@ async def test_event_stream_resumes_after_last_id(
     engine: EngineProcess, voices: dict[str, Path]
 ) -> None:
     caller = Caller(engine.url, voices["calm"])
+    caller.as_caller = True  # both reads as the caller's page: what is theirs to read
     await caller.complete_call()
     ws_url = engine.url.replace("http", "ws", 1) + f"/api/v1/calls/{caller.call_id}/events"
     middle = caller.events[len(caller.events) // 2]["id"]

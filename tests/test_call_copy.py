@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from engine.api.schemas import CallbackIn
 from engine.callstate import STATES
 
 COPY = Path(__file__).parent.parent / "engine" / "web" / "static" / "callcopy.js"
@@ -27,6 +29,13 @@ INTERNAL = re.compile(
     re.I,
 )
 PAGE_STATES = ("idle", "dialing", "chat", "failed")
+# (number, required): a valid few, a wrong few, then empty when required and when not
+PHONES = [
+    *[(n, True) for n in ("+44 20 7946 0018", "(020) 7946-0018", "555.0100.12", "123456")],
+    *[(n, True) for n in ("Kim", "12345", "+1 (55) 5", "call me", "1" * 31, "+44 20 7946 0018 x")],
+    ("", True),
+    ("", False),
+]
 REASONS = ("hangup", "agent_hangup", "callback_requested", "no_media", "chat_idle",
            "caller_cancelled", "shutdown", None)  # fmt: skip
 
@@ -63,8 +72,10 @@ def said() -> dict[str, Any]:
             c.sayLine({{ position: 4, expected_wait: null, callback_offered: false }}),
           ],
           callback: [c.sayCallback("+44 20 7946 0018"), c.sayCallback(null), c.sayCallback("")],
-          names: ["ann", "ann.smith", "BOB", "", null, "  eve "].map(c.agentName),
-          bridged: c.sayState("bridged", {{ agent: c.agentName("ann") }}),
+          names: ["Ann Smith", "ann", "BOB", "", null, "  eve  adams "].map(c.agentName),
+          bridged: c.sayState("bridged", {{ agent: c.agentName("Ann Smith") }}),
+          nameless: c.sayState("bridged", {{ agent: c.agentName(null) }}),
+          phones: {json.dumps(PHONES)}.map(([n, required]) => c.phoneProblem(n, required)),
         }};
         """
     )
@@ -80,7 +91,9 @@ def test_every_state_is_a_plain_sentence(said: dict[str, Any]) -> None:
     assert by[("bridged", '{"agent": "Ann", "chat": true}')] == "You're chatting with Ann"
     assert by[("held", "{}")] == "On hold — we'll be right back"
     assert by[("ended", "{}")] == "Call ended. Thank you for calling."
-    assert said["bridged"] == "You're through to Ann"  # the engine names her "ann"
+    # the engine names her by her display name (agent_name), never her login
+    assert said["bridged"] == "You're through to Ann"
+    assert said["nameless"] == "You're talking with one of our team"
 
 
 def test_every_ending_thanks_without_a_reason_code(said: dict[str, Any]) -> None:
@@ -107,3 +120,26 @@ def test_the_line_says_place_and_wait_in_words(said: dict[str, Any]) -> None:
         "We'll call you back as soon as someone is free.",
     ]
     assert said["names"] == ["Ann", "Ann", "BOB", None, None, "Eve"]
+
+
+def test_a_callback_number_is_a_phone_number(said: dict[str, Any]) -> None:
+    """The failure: the callback form sent the caller's name ("Kim") when the number was
+    left empty, and any text as a number. The page checks what the engine checks."""
+    problems = dict(zip([n for n, _ in PHONES], said["phones"], strict=True))
+    for ok in ("+44 20 7946 0018", "(020) 7946-0018", "555.0100.12", "123456"):
+        assert problems[ok] is None, ok
+    for bad in ("Kim", "12345", "+1 (55) 5", "call me", "1" * 31, "+44 20 7946 0018 x"):
+        assert problems[bad] == "Please enter a phone number, like +44 20 7946 0018.", bad
+    assert said["phones"][-2:] == ["Please enter the number we should call you back on.", None]
+    # the engine agrees with the page on every number (a 422 that says so, otherwise)
+    for number, problem in problems.items():
+        if not number:
+            continue
+        try:
+            CallbackIn.model_validate({"contact": number})
+            refused = None
+        except ValidationError as exc:
+            refused = exc.errors()[0]["msg"]
+        assert (problem is None) == (refused is None), (number, refused)
+        assert refused is None or "must be a phone number" in refused
+    assert CallbackIn.model_validate({"contact": None}).contact is None  # the caller's own

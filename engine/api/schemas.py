@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -369,10 +370,28 @@ class WrapUpIn(Input):
     )
 
 
+# a phone number as people type one: digits with + ( ) . - and spaces, 6 digits at least
+PHONE = re.compile(r"[0-9+()\s.-]{6,30}")
+PHONE_HELP = "a phone number: 6 to 30 digits, spaces and + ( ) . -, with 6 digits at least"
+
+
 class CallbackIn(Input):
     contact: str | None = Field(
-        None, max_length=200, description="where to call back, if not the caller identity"
+        None,
+        max_length=200,
+        description=f"where to call back ({PHONE_HELP}); null: the caller identity",
     )
+
+    @field_validator("contact")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        # a callback is a phone call: a name or an address here is a number nobody can dial
+        if value is None:
+            return None
+        value = value.strip()
+        if not PHONE.fullmatch(value) or sum(c.isdigit() for c in value) < 6:
+            raise ValueError(f"must be {PHONE_HELP}")
+        return value
 
 
 class CallbackOut(BaseModel):

@@ -10,7 +10,9 @@ SSE; the agent's desk keeps its WebSocket (below).
 A client too slow to keep up is closed (WebSocket code 1013) and resumes the same way.
 
 Who may listen: ``read`` scope for everything; a call's own caller token for its call;
-pages on the engine's own origin (or allowed ones) only.
+pages on the engine's own origin (or allowed ones) only. A caller hears less than staff
+(``CALLER_EVENTS``): what their page shows, never what the engine or the staff concluded
+about them (mood, escalation, the agent's assist, notes, alerts).
 
 An agent's WebSocket stream of everything is also how the engine knows they are at
 their desk (the desk page and ``ccengine phone`` hold one open while they run): routing
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -43,16 +46,64 @@ LAGGED = 1013  # "try again later"
 UNKNOWN_CALL = 4404
 HEARTBEAT = 15.0  # seconds; keeps proxies from closing a quiet SSE stream
 WS_REFUSED = {401: 4401, 403: 4403, 429: 4429}
+# A caller's own stream: only what the caller page (engine/web/static/call.js) shows
+# them. An allowlist: an event type added later stays with the staff until someone
+# decides a caller should read it.
+CALLER_EVENTS = frozenset(
+    {
+        "call.state_changed",
+        "transcript.partial",
+        "transcript.final",
+        "bot.said",
+        "queue.updated",
+        "call.verified",
+        "call.verification_failed",
+        "dtmf.received",
+        "callback.requested",
+        "call.ended",
+    }
+)
+# ... and of those, fields written for the staff: a callback's summary of the call, the
+# priority in line (an escalation rule raised it: that says what the rule concluded)
+CALLER_HIDDEN = {"callback.requested": ("summary",), "queue.updated": ("priority",)}
 
 
 class Lagged(Exception):
     pass
 
 
+def for_caller(body: str) -> str | None:
+    """An event as its call's caller may read it (``body``: its JSON), or None: not
+    for them."""
+    event = json.loads(body)
+    kind = event.get("type")
+    if kind not in CALLER_EVENTS:
+        return None
+    hidden = CALLER_HIDDEN.get(kind, ())
+    if not any(field in event for field in hidden):
+        return body
+    for field in hidden:
+        event.pop(field, None)
+    return json.dumps(event, separators=(",", ":"))
+
+
 async def _events(
+    request_app: object, call_id: str | None, after: int, caller: bool = False
+) -> AsyncIterator[tuple[int, str]]:
+    """Replay then live, without gaps or repeats; raises Lagged if the client fell
+    behind. ``caller``: the call's caller listens, who reads only what is for them."""
+    async for event_id, body in _all_events(request_app, call_id, after):
+        if caller:
+            mine = for_caller(body)
+            if mine is None:
+                continue
+            body = mine
+        yield event_id, body
+
+
+async def _all_events(
     request_app: object, call_id: str | None, after: int
 ) -> AsyncIterator[tuple[int, str]]:
-    """Replay then live, without gaps or repeats; raises Lagged if the client fell behind."""
     bus: EventBus = request_app.state.bus  # type: ignore[attr-defined]
     log: EventLog = request_app.state.event_log  # type: ignore[attr-defined]
     sub = bus.subscribe(call_id)  # before the replay: nothing falls in between
@@ -143,16 +194,20 @@ async def _serve(ws: WebSocket, call_id: str | None, after: int) -> None:
         await ws.close(UNKNOWN_CALL, "unknown call")
         return
     with _at_desk(ws.app, _agent(p, call_id)):
-        await _follow(ws, call_id, after, check)
+        await _follow(ws, call_id, after, check, caller=p.kind == "caller")
 
 
 async def _follow(
-    ws: WebSocket, call_id: str | None, after: int, check: Callable[[Principal], None]
+    ws: WebSocket,
+    call_id: str | None,
+    after: int,
+    check: Callable[[Principal], None],
+    caller: bool = False,
 ) -> None:
 
     async def send_all() -> None:
         try:
-            async for _id, body in _events(ws.app, call_id, after):
+            async for _id, body in _events(ws.app, call_id, after, caller):
                 await ws.send_text(body)
         except Lagged:
             await ws.close(LAGGED, "subscriber lagged; reconnect with ?after=<last id>")
@@ -180,13 +235,15 @@ async def _follow(
                 await task
 
 
-def _sse(request: Request, call_id: str | None, after: int) -> StreamingResponse:
+def _sse(
+    request: Request, call_id: str | None, after: int, caller: bool = False
+) -> StreamingResponse:
     """Not an agent's desk: nothing finds an SSE stream whose host vanished (there are no
     pings, and a keep-alive write only fills a buffer) until TCP gives up, many minutes
     later, so it would keep the agent "present" that long. The desks use WebSockets."""
 
     async def body() -> AsyncIterator[bytes]:
-        async with contextlib.aclosing(_sse_body(request, call_id, after)) as chunks:
+        async with contextlib.aclosing(_sse_body(request, call_id, after, caller)) as chunks:
             async for chunk in chunks:
                 yield chunk
 
@@ -195,10 +252,10 @@ def _sse(request: Request, call_id: str | None, after: int) -> StreamingResponse
 
 
 async def _sse_body(
-    request: Request, call_id: str | None, after: int
+    request: Request, call_id: str | None, after: int, caller: bool = False
 ) -> AsyncGenerator[bytes, None]:
     yield b"retry: 2000\n\n"
-    events = _events(request.app, call_id, after).__aiter__()
+    events = _events(request.app, call_id, after, caller).__aiter__()
     next_event: asyncio.Task[tuple[int, str]] | None = None
     # the stream ends once its credential no longer holds; EventSource comes back
     # and is refused
@@ -262,7 +319,8 @@ async def call_events_sse(
     p.need_call(call_id, "read")
     if not await _known_call(request.app, call_id):
         raise HTTPException(404, f"no call {call_id}")
-    return _sse(request, call_id, _resume_from(after, last_event_id, 0))
+    caller = p.kind == "caller"  # reads only what is for them (CALLER_EVENTS)
+    return _sse(request, call_id, _resume_from(after, last_event_id, 0), caller)
 
 
 @router.get("/events", responses=SSE_DOC, response_class=StreamingResponse)

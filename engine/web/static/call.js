@@ -1,4 +1,4 @@
-import { agentName, sayCallback, sayEnded, sayLine, sayState } from "/static/callcopy.js";
+import { agentName, phoneProblem, sayCallback, sayEnded, sayLine, sayState } from "/static/callcopy.js";
 import { connectEvents, esc } from "/static/events.js";
 import { openPeer } from "/static/rtc.js";
 
@@ -40,8 +40,9 @@ function assistantSpoke() {
 }
 
 function onStateChanged(ev) {
-  // an agent answering: the engine names them (their username) as the reason
-  if (ev.state === "bridged" && ev.previous === "queued") talk.agent = agentName(ev.reason);
+  // an agent answering: the engine names them (agent_name: the name callers are told;
+  // the reason is their login, never shown). No name: "one of our team".
+  if (ev.state === "bridged" && ev.previous === "queued") talk.agent = agentName(ev.agent_name);
   if (ev.state === "queued") talk.agent = null; // transferred: someone else comes
   setState(ev.state, ev.reason);
 }
@@ -101,11 +102,19 @@ for (const b of $("keypad").querySelectorAll("button")) {
   };
 }
 
+// a refused stream would leave the page frozen in its last state: say so, plainly
+function lost(status) {
+  if (status.startsWith("refused")) $("error").textContent = "We lost the connection. Please reload the page.";
+}
+
 async function call() {
   $("error").textContent = "";
   $("notice").textContent = "";
   $("call").disabled = true;
-  Object.assign(talk, { chat: false, agent: null, assistant: false, callback: null });
+  // a chat stays the page's until the engine has taken it on as this call: a call
+  // that fails before then leaves the chat as it was
+  const before = { ...talk };
+  Object.assign(talk, { chat: chatId !== null, agent: null, assistant: false, callback: null });
   setState("dialing");
   try {
     // what the engine sends us: queue announcements, hold audio, the agent
@@ -124,8 +133,9 @@ async function call() {
         upgrade_from: chatId,
       }),
     });
-    const body = await res.json();
-    if (!res.ok) throw new Error(body.detail || `HTTP ${res.status}`);
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok) throw new Error(problemText(body, res.status));
+    talk.chat = false; // taken on: the call says what happens now
     callId = body.call_id;
     window.ccengineCallId = callId;
     // which recognizer runs is for the staff (the call's view says); the caller only
@@ -143,12 +153,26 @@ async function call() {
       else if (ev.type === "queue.updated") queued(ev);
       else if (ev.type === "callback.requested") calledBack(ev.contact);
       else if (ev.type === "call.ended") { finish(); setState("ended", ev.reason); }
-    });
+    }, { onStatus: lost });
   } catch (err) {
     $("error").textContent = `Sorry, we couldn't connect your call: ${err.message}`;
     finish();
-    setState("failed");
+    if (chatId && talk.chat) {
+      // the chat goes on as it was: its own stream says what happens
+      Object.assign(talk, before);
+      setState("chat");
+      $("hangup").disabled = false;
+    } else setState("failed");
   }
+}
+
+// a problem body's words (engine/api/problems.py): its detail, or the message of each
+// field that was wrong; a reply that was no problem at all says its status
+function problemText(body, status) {
+  if (Array.isArray(body?.errors) && body.errors.length) {
+    return body.errors.map((e) => String(e.message).replace(/^Value error, /, "")).join("; ");
+  }
+  return typeof body?.detail === "string" ? body.detail : `the service answered ${status}`;
 }
 
 function finish() {
@@ -187,16 +211,35 @@ async function callback(e) {
   e.preventDefault();
   const id = callId || chatId;
   if (!id || talk.callback !== null) return;
+  const contact = $("callback-number").value.trim() || null;
+  // a call from the business's app may come with the customer's number; else we need one
+  const problem = phoneProblem(contact, !customerToken);
+  if (problem) {
+    $("error").textContent = problem;
+    $("callback-number").setAttribute("aria-invalid", "true");
+    $("callback-number").focus();
+    return;
+  }
+  $("callback-number").removeAttribute("aria-invalid");
   $("callback").disabled = true;
-  const contact = $("callback-number").value.trim() || $("identity").value.trim() || null;
-  const res = await fetch(`/api/v1/calls/${id}/callback`, {
-    method: "POST",
-    headers: { "content-type": "application/json", ...WRITE },
-    body: JSON.stringify({ contact }),
-  }).catch((err) => ({ ok: false, json: async () => ({ detail: err.message }) }));
+  let failed = null;
+  let booked = null;
+  try {
+    const res = await fetch(`/api/v1/calls/${id}/callback`, {
+      method: "POST",
+      headers: { "content-type": "application/json", ...WRITE },
+      body: JSON.stringify({ contact }),
+    });
+    const body = await res.json().catch(() => null);
+    if (res.ok) booked = body?.contact ?? contact;
+    else failed = body ? problemText(body, res.status) : `the service answered ${res.status}`;
+  } catch {
+    failed = "we couldn't reach the service";
+  }
   $("callback").disabled = false;
-  if (res.ok) calledBack((await res.json()).contact ?? contact);
-  else $("error").textContent = `Sorry, we couldn't book the callback: ${(await res.json()).detail}`;
+  if (failed !== null) { $("error").textContent = `Sorry, we couldn't book the callback: ${failed}`; return; }
+  $("error").textContent = "";
+  calledBack(booked);
 }
 
 // -- chat ------------------------------------------------------------------------------
@@ -236,7 +279,7 @@ async function chat() {
         endChat();
         if (ev.reason !== "upgraded" && talk.chat) setState("ended", ev.reason);
       }
-    });
+    }, { onStatus: lost });
   } catch (err) {
     $("error").textContent = `Sorry, we couldn't start the chat: ${err.message}`;
     $("chat").disabled = false;

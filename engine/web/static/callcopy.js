@@ -9,11 +9,24 @@ export function minutes(seconds) {
   return `about ${n} minute${n === 1 ? "" : "s"}`;
 }
 
-// An agent's name as the caller sees it: the engine names them by username ("ann");
-// the first letter is made capital, anything after a dot or space is left out.
-export function agentName(username) {
-  const first = String(username ?? "").trim().split(/[\s._@-]/)[0];
+// An agent's name as the caller sees it: the engine names them by their display name
+// ("Ann Smith"; call.state_changed's agent_name); the caller is told the first name.
+// No name: null, and the page says "one of our team", never a login.
+export function agentName(displayName) {
+  const first = String(displayName ?? "").trim().split(/\s+/)[0];
   return first ? first[0].toUpperCase() + first.slice(1) : null;
+}
+
+// What is wrong with a callback number, in the caller's words, or null. A number as
+// people type one: 6 to 30 of digits, spaces and + ( ) . -, with 6 digits at least
+// (the engine checks the same: CallbackIn in engine/api/schemas.py). Empty is fine
+// only when the engine knows a number for the call (`required` false).
+const PHONE = /^[0-9+()\s.-]{6,30}$/;
+export function phoneProblem(number, required) {
+  const n = String(number ?? "").trim();
+  if (!n) return required ? "Please enter the number we should call you back on." : null;
+  const digits = (n.match(/[0-9]/g) || []).length;
+  return PHONE.test(n) && digits >= 6 ? null : "Please enter a phone number, like +44 20 7946 0018.";
 }
 
 // state: a call's state (engine/callstate.py) or the page's own (idle, dialing, chat,

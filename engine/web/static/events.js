@@ -7,7 +7,9 @@
 // itself with Last-Event-ID, which the engine prefers to the `after` of the first
 // connect. The engine answers a refusal (not signed in, another call's cookie, no such
 // call) with an HTTP error before the stream starts; EventSource gives up on it without
-// saying why, so one plain GET asks for the reason.
+// saying why, so one plain GET asks for the reason. A 429 (too many requests) is tried
+// again after its Retry-After, by that GET alone until the engine lets it through: one
+// request per try, not two.
 //
 // The agent's desk is the exception ({ desk: true }): it keeps the WebSocket stream,
 // because an agent's open WebSocket is how routing knows they are at their desk
@@ -19,12 +21,14 @@ export function esc(s) {
 
 const RETRY_FIRST = 500; // ms before a stream the engine refused for now is tried again ...
 const RETRY_MAX = 10000; // ... doubling up to this
+const ASK_WITHIN = 10000; // ms for the GET that asks why; no answer: try again later
+const RETRY_AFTER_MAX = 300000; // ms: a Retry-After longer than this is taken as this
 
-// connectEvents(path, onEvent, { onStatus, after, desk }) -> { close() }
+// connectEvents(path, onEvent, { onStatus, after, desk, askWithin }) -> { close() }
 // onEvent(event) gets each event once, in id order; onStatus(s) hears "live",
 // "reconnecting" and "refused: <why>" (then it stops: retrying would not help).
 export function connectEvents(path, onEvent, opts = {}) {
-  const stream = { last: opts.after || 0, closed: false, delay: RETRY_FIRST };
+  const stream = { last: opts.after || 0, closed: false, delay: RETRY_FIRST, askWithin: opts.askWithin || ASK_WITHIN };
   const status = (s) => opts.onStatus && opts.onStatus(s);
   const deliver = (ev) => {
     if (ev.id <= stream.last) return; // a replay overlapping what we had
@@ -36,41 +40,61 @@ export function connectEvents(path, onEvent, opts = {}) {
   return { close() { stream.closed = true; if (stream.source) stream.source.close(); } };
 }
 
+const urlOf = (path, stream) => (stream.last ? `${path}?after=${stream.last}` : path);
+
 function openSource(path, stream, deliver, status) {
   if (stream.closed) return;
-  const url = stream.last ? `${path}?after=${stream.last}` : path;
-  const source = new EventSource(url);
+  const source = new EventSource(urlOf(path, stream));
   stream.source = source;
   source.onopen = () => status("live");
   source.onmessage = (m) => deliver(JSON.parse(m.data));
-  source.onerror = async () => {
+  source.onerror = () => {
     if (stream.closed) return;
     status("reconnecting");
     if (source.readyState !== EventSource.CLOSED) return; // it comes back by itself
     // refused, or an answer that was no stream at all (429, 5xx, a proxy's page)
-    const why = await refusal(url);
-    if (stream.closed) return;
-    if (why !== null) { status(`refused: ${why}`); return; }
-    setTimeout(() => openSource(path, stream, deliver, status), stream.delay);
-    stream.delay = Math.min(stream.delay * 2, RETRY_MAX);
+    ask(path, stream, deliver, status);
   };
 }
 
-// Why the engine refuses this stream for good (4xx but 429), or null when trying
-// again may help. Only the status and the problem body are read: a stream that opens
-// after all is dropped at once.
-async function refusal(url) {
+// One GET says what to do next: give up (refused for good), wait as a 429 says and
+// ask again (throttled), or wait and open the stream again.
+async function ask(path, stream, deliver, status) {
+  const answer = await refusal(urlOf(path, stream), stream.askWithin);
+  if (stream.closed) return;
+  if (answer.refused !== undefined) { status(`refused: ${answer.refused}`); return; }
+  const wait = answer.retryAfter ?? stream.delay;
+  stream.delay = Math.min(stream.delay * 2, RETRY_MAX);
+  const next = answer.retryAfter !== undefined ? ask : openSource;
+  setTimeout(() => next(path, stream, deliver, status), wait);
+}
+
+// What the engine says to this stream now: { refused: why } for good (4xx but 429),
+// { retryAfter: ms } throttled (429), {} when opening it again may help (it opens, 5xx,
+// no answer within `within` ms, no engine). Only the status and the problem body are
+// read: a stream that opens after all is dropped at once.
+async function refusal(url, within) {
   const abort = new AbortController();
   try {
-    const res = await fetch(url, { signal: abort.signal, headers: { accept: "text/event-stream" } });
-    if (res.status < 400 || res.status >= 500 || res.status === 429) return null;
+    const signal = AbortSignal.any([abort.signal, AbortSignal.timeout(within)]);
+    const res = await fetch(url, { signal, headers: { accept: "text/event-stream" } });
+    if (res.status === 429) return { retryAfter: retryAfter(res.headers.get("retry-after")) };
+    if (res.status < 400 || res.status >= 500) return {};
     const body = await res.json().catch(() => ({}));
-    return body.detail || `HTTP ${res.status}`;
+    return { refused: typeof body.detail === "string" ? body.detail : `HTTP ${res.status}` };
   } catch {
-    return null; // the engine is not there: try again
+    return {}; // the engine is not there, or said nothing in time: try again
   } finally {
     abort.abort();
   }
+}
+
+// Retry-After in ms: seconds, or an HTTP date; a 429 without one waits RETRY_FIRST
+function retryAfter(value) {
+  const seconds = Number(value);
+  let ms = value !== null && value.trim() !== "" && Number.isFinite(seconds) ? seconds * 1000 : Date.parse(value ?? "") - Date.now();
+  if (!Number.isFinite(ms)) ms = RETRY_FIRST;
+  return Math.min(Math.max(ms, 0), RETRY_AFTER_MAX);
 }
 
 function openSocket(path, stream, deliver, status) {

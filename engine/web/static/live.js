@@ -21,6 +21,8 @@ const SAID = { listen: "Listening: nobody hears you", whisper: "Whispering: only
 let supervising = false; // this person may monitor calls
 let callState = null;
 let watch = null; // the monitor handle while on the call
+let told = null; // the stream of everything, open only while on the call (below)
+let seen = 0; // the newest event id this page has had
 let busy = false;
 const modeButtons = [...document.querySelectorAll("#monitor [data-mode]")];
 
@@ -43,7 +45,10 @@ async function choose(mode) {
   monitorControls();
   try {
     if (watch) await watch.setMode(mode);
-    else watch = await monitor(callId, mode, { audio: $("monitor-audio"), onEnded: (state) => endedByEngine(state) });
+    else {
+      watch = await monitor(callId, mode, { audio: $("monitor-audio"), onEnded: (state) => endedByEngine(state) });
+      hearStops();
+    }
     monitorStatus(SAID[watch.mode]);
   } catch (err) {
     monitorStatus(err.message);
@@ -53,9 +58,26 @@ async function choose(mode) {
   }
 }
 
+// A supervisor's leg is told on the stream of everything (a call's own stream is its
+// caller's, and never says who listens): the stop of my leg resets the controls. It is
+// open only while this page is on the call: a browser allows 6 streams per site, and
+// supervisors keep several pages open.
+function hearStops() {
+  if (told) told.close();
+  told = connectEvents("/api/v1/events", (ev) => {
+    if (ev.type === "supervisor.monitor_stopped" && watch && ev.leg_id === watch.legId) endedByEngine(ev.reason);
+  }, { after: seen }); // the leg began after what the page had: its stop is later
+}
+
+function stopHearing() {
+  if (told) told.close();
+  told = null;
+}
+
 async function leave(why = "You left the call") {
   const w = watch;
   watch = null;
+  stopHearing();
   if (w) await w.stop();
   monitorStatus(why);
   monitorControls();
@@ -72,6 +94,7 @@ const ENDED_BY = {
 function endedByEngine(reason) {
   const w = watch;
   watch = null;
+  stopHearing();
   if (w) w.close();
   monitorStatus(ENDED_BY[reason] || `Disconnected (${reason})`);
   monitorControls();
@@ -90,13 +113,6 @@ async function whoAmI() {
 }
 
 await whoAmI();
-// a supervisor's leg is told on the stream of everything (a call's own stream is its
-// caller's, and never says who listens): the one for my leg resets the controls
-if (supervising) {
-  connectEvents("/api/v1/events", (ev) => {
-    if (ev.type === "supervisor.monitor_stopped" && watch && ev.leg_id === watch.legId) endedByEngine(ev.reason);
-  });
-}
 const res = await fetch(`/api/v1/calls/${callId}`);
 if (!res.ok) {
   $("meta").textContent = await res.json().then((b) => b.detail, () => `error ${res.status}`);
@@ -117,6 +133,7 @@ if (!res.ok) {
   };
   if (call.state === "ended") review();
   connectEvents(`/api/v1/calls/${callId}/events`, (ev) => {
+    seen = Math.max(seen, ev.id);
     if (ev.type === "call.state_changed") setState(ev.state, ev.reason);
     else if (ev.type === "call.ended") {
       setState("ended", ev.reason);
