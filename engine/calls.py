@@ -38,7 +38,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -1282,10 +1282,16 @@ class CallManager:
     async def hold(self, user: Actor, call_id: str) -> None:
         call = self.controls.controlled(user, call_id)
         _voice_only(call, "held")
+        if call.consult is not None and call.consult.phase == "conference":
+            # a held conference could not be resumed (resume is refused during one)
+            raise NotAllowed("a conference cannot be held: leave it, or mute")
         await self._desk(self.controls.hold(user, call))
 
     async def resume(self, user: Actor, call_id: str) -> None:
         call = self.controls.controlled(user, call_id)
+        if call.consult is not None and call.consult.phase == "ringing":
+            # the guest answering would find the caller bridged, hearing nobody
+            raise NotAllowed("a colleague is being rung: cancel the consult first")
         _not_consulting(call, "resumed")
         await self._desk(self.controls.resume(user, call))
 
@@ -1300,12 +1306,16 @@ class CallManager:
     ) -> None:
         """Hand the caller to a queue or one agent (``Controls.transfer``)."""
         call = self.controls.controlled(user, call_id)
-        _not_consulting(call, "transferred")
+        _no_consult(call, "transferred")
         target = await self.store.user_by_name(agent) if agent is not None else None
         steps = self.controls.transfer(
             user, call, queue=queue, agent=agent, target=target, note=note
         )
         await self._desk(steps)
+
+    def may_transfer(self, user: Actor, call_id: str) -> None:
+        """Refusals of a transfer (403/404/409) asked before anyone is dialled."""
+        _no_consult(self.controls.controlled(user, call_id), "transferred")
 
     async def transfer_out(
         self, user: Actor, call_id: str, peer: CallPeer, codec: str, number: str,
@@ -1314,6 +1324,7 @@ class CallManager:
         """A number we called answered a transfer: it takes the agent's place."""
         call = self.controls.controlled(user, call_id)  # it may have changed while it rang
         _voice_only(call, "transferred to a phone number")
+        _no_consult(call, "transferred")
         await self._desk(self.controls.transfer_out(user, call, peer, codec, number, note))
         return call
 
@@ -1342,7 +1353,13 @@ class CallManager:
             raise NotAllowed("too many keys are waiting to be sent on this call: wait a moment")
         self._keys_until[call_id] = until + len(digits) * KEY_SECONDS
         log.info("call %s: %s sent %d keys", call_id, actor.username, len(digits))
-        return await peer.send_dtmf(digits)
+        try:
+            return await peer.send_dtmf(digits)
+        except BaseException:
+            # not sent: they are not waiting on the line (a later send's share stays)
+            if call_id in self._keys_until:
+                self._keys_until[call_id] -= len(digits) * KEY_SECONDS
+            raise
 
     async def play(self, actor: Actor, call_id: str, text: str) -> float:
         """Speak ``text`` to a live caller (after what is already playing); the seconds
@@ -1506,6 +1523,7 @@ class CallManager:
             self.routing.hung_up(call.agent_id, call.bridged_at, call.id),
             self.routing.leave(call, "caller_left"),
             self.consults.ended(call),
+            self._other_agents_leave(call),
         )
         if self.shared is None:
             await self._route(leaving)
@@ -1554,6 +1572,16 @@ class CallManager:
         await asyncio.to_thread(malloc.trim)
         log.info("call %s ended: %s after %.1f s", call.id, reason, duration)
 
+    def _other_agents_leave(self, call: Call) -> Iterator[RoutingEffect]:
+        """Every agent leg still on an ending call besides ``call.agent_id``'s (a
+        consulted colleague, whatever became of the consult) goes to wrap-up, once."""
+        for leg in call.legs:
+            if leg.role == "agent" and leg.user_id and not leg.left:
+                if leg.user_id != call.agent_id:
+                    leg.left = True
+                    since = leg.joined if leg.joined else None
+                    yield from self.routing.hung_up(leg.user_id, since, call.id)
+
     async def end_all(self, reason: str) -> None:
         """End every live call, at once, with ``reason``."""
         await asyncio.gather(
@@ -1584,6 +1612,13 @@ def _party(call: Call, leg: Leg) -> Party:
     if leg.role == "caller":
         return "caller"
     return call.consult.party(leg.user_id) if call.consult is not None else "host"
+
+
+def _no_consult(call: Call, what: str) -> None:
+    """A transfer during a consult (ringing too) would leave the consult's ring or leg
+    with a call that moved on: refused."""
+    if call.consult is not None:
+        raise NotAllowed(f"the call cannot be {what} during a consult: cancel it first")
 
 
 def _not_consulting(call: Call, what: str) -> None:

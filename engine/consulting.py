@@ -71,6 +71,10 @@ class Consults:
         call = self.m.controls.live(call_id)
         if call.agent_id != user.id:
             raise Forbidden(f"call {call_id} is not on your line")
+        if self.m.routing_copy is not None:
+            # the shared routing (engine/routingcopy.py) has no consult ring yet: refused
+            # before the caller is held, not half-done on one engine's copy
+            raise NotAllowed("consults work on a single engine for now")
         guest_id = self.m.routing.agent_named(guest)
         presence = self.m.routing.presence_of(guest_id) if guest_id else "offline"
         may_start(channel=call.channel, state=call.state, consult=call.consult,
@@ -81,6 +85,13 @@ class Consults:
         try:
             if call.state == "bridged":
                 await self.m._desk(self.m.controls.hold(user, call))
+            # the hold awaited: the caller may have hung up, or the host cancelled
+            if call.consult is not consult or call.ended.is_set():
+                if call.consult is consult:
+                    call.consult = None
+                if call.ended.is_set():
+                    raise NotAllowed(f"call {call_id} ended before {guest} was rung")
+                return  # cancelled: told by the cancel, nobody rung
             await self.m._route(self.m.routing.consult_offer(call, guest_id))
         except AcdError as exc:
             call.consult = None
@@ -160,11 +171,17 @@ class Consults:
         leg.joined = time.monotonic()
         call.legs.append(leg)
         self.m._stop_desk_phone(call.id)
+        # told at once: a cancel racing the answer finds the phase it acts on told
+        self.m._publish(ConsultAnswered(call_id=call.id, host=consult.host, guest=consult.guest))
         await self.m._route(answered)
+        if call.consult is not consult:  # cancelled (or the call ended) meanwhile
+            return
         row = LegRow(id=leg.id, call_id=call.id, role="agent", transport=leg.transport,
                      codec=codec, user_id=leg.user_id, created_at=utcnow())  # fmt: skip
         await self.m._keep(f"leg {leg.id}", self.m.store.add, row)
-        self.m._publish(ConsultAnswered(call_id=call.id, host=consult.host, guest=consult.guest))
+        if call.consult is not consult:  # its row is written: it ends as the leg did
+            await self.m._keep(f"leg {leg.id} end", self.m.store.end_leg, leg.id, utcnow())
+            return
         if leg.peer is not None:
             self.m._start_leg(call, leg)
 
@@ -213,16 +230,11 @@ class Consults:
         return False
 
     def ended(self, call: Call) -> Iterator[RoutingEffect]:
-        """The call ends: a ringing guest stops ringing, one on the call goes to wrap-up."""
+        """The call ends: a ringing guest stops ringing. (One on the call goes to
+        wrap-up with every agent leg still on it: ``CallManager.end_call``.)"""
         consult, call.consult = call.consult, None
-        if consult is None:
-            return
-        if consult.phase == "ringing":
+        if consult is not None and consult.phase == "ringing":
             yield from self.m.routing.consult_withdraw(consult.guest_id, call.id)
-        elif consult.guest_leg is not None:
-            leg = call.leg(consult.guest_leg)
-            if leg is not None and not leg.left and consult.guest_id != call.agent_id:
-                yield from self.m.routing.hung_up(consult.guest_id, self._since(leg), call.id)
 
     # -- moves --------------------------------------------------------------------------
 
@@ -258,12 +270,16 @@ class Consults:
         call.consult = None
         guest = call.leg(consult.guest_leg) if consult.guest_leg else None
         assert guest is not None
+        # agent_leaves marks the host's leg ``left`` before its first step is awaited:
+        # its media ending meanwhile must not end the call or hand it over twice
         steps = self.m.controls.agent_leaves(user, call, None, f"handed over to {consult.guest}")
         old = await self.m._desk(steps)
         if call.ended.is_set():  # the caller hung up meanwhile: the guest is done too
-            await self.m._route(
-                self.m.routing.hung_up(consult.guest_id, self._since(guest), call.id)
-            )
+            if not guest.left:  # (end_call frees every agent leg still on the call)
+                guest.left = True
+                await self.m._route(
+                    self.m.routing.hung_up(consult.guest_id, self._since(guest), call.id)
+                )
             return
         call.agent_id, call.bridged_at = consult.guest_id, self._since(guest)
         if call.state == "held":

@@ -309,11 +309,14 @@ class Controls:
         agent goes to wrap-up, ``record`` is kept as the hand-over note, and the caller
         stops hearing what was queued for them. The leg, to close once the call has
         moved on."""
-        yield SupervisorsLeave(call)  # first: nothing they say reaches the next one
+        # before the first step is awaited: from here its end does not end the call
         leg, from_agent = call.agent_leg(), call.agent_id
         if leg is not None:
-            leg.left = True  # from here its end does not end the call
-        call.agent_id, call.agent_muted = None, False
+            leg.left = True
+        yield SupervisorsLeave(call)  # first: nothing they say reaches the next one
+        muted, call.agent_id, call.agent_muted = call.agent_muted, None, False
+        if muted:  # their desk (and the console) must not go on showing them muted
+            yield Emit(CallMuted(call_id=call.id, agent_id=from_agent or "", muted=False))
         yield from self.routing.hung_up(from_agent, call.bridged_at, call.id)
         call.transferred_by, call.transfer_note = actor.username, note
         # the agent has already left the call: the note must not fail the transfer

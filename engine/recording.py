@@ -44,7 +44,17 @@ class CallRecording:
         f = self._files[channel]
         if f.tell() != offset * 2:  # a gap (pause, loss) stays silent
             f.seek(offset * 2)
-        f.write(frame.to_bytes())
+        data = frame.to_bytes()
+        if channel == 1:
+            # two agents (a consult, a conference) share the channel: each frame is
+            # added to what the other wrote there, not written over it
+            there = f.read(len(data))
+            if there:
+                mixed = np.frombuffer(data, dtype="<i2").astype(np.int32)
+                mixed[: len(there) // 2] += np.frombuffer(there, dtype="<i2")
+                data = np.clip(mixed, -32768, 32767).astype("<i2").tobytes()
+            f.seek(offset * 2)
+        f.write(data)
         self.seconds = max(self.seconds, (offset + len(frame.samples)) / ANALYSIS_RATE)
 
     def finish(self) -> Path:

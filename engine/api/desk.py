@@ -88,6 +88,7 @@ async def transfer(call_id: PathId, body: TransferIn, request: Request, user: Op
         if sip is None:
             raise NotAllowed("SIP is not running on this engine")
         try:
+            _manager(request).may_transfer(user, call_id)  # during a consult: before dialling
             await sip.transfer_out(user, call_id, body.number, body.note)
         except DialFailed as exc:
             raise HTTPException(502, f"the transfer was not answered: {exc}") from None

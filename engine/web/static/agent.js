@@ -355,7 +355,8 @@ async function openCall(id) {
       if (ev.state === "bridged" && ev.reason === me.username) mine = true;
       else if (mine && ev.state === "queued") endOfCall("The call was transferred.");
     } else if (ev.type === "call.ended") endOfCall(`The call ended (${ev.reason}).`);
-    else if (ev.type === "call.muted") setMuted(ev.muted);
+    // a colleague on the same call (a consult) has their own mute: only ours moves our mic
+    else if (ev.type === "call.muted" && me && ev.agent_id === me.id) setMuted(ev.muted);
     else if (ev.type === "call.transferred") addNote({ kind: "transfer", author: ev.from_agent, text: ev.note || "" });
     else view.handle(ev);
   });
