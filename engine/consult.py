@@ -66,6 +66,7 @@ class Consult:
     guest: str
     phase: ConsultPhase = "ringing"
     guest_leg: str | None = None
+    rung: bool = False  # the guest's ring was offered (the hold comes before it)
 
     def next(self, event: ConsultEvent) -> ConsultPhase | None:
         """The phase after ``event`` (None: over); ``NotAllowed`` if not now."""

@@ -93,6 +93,7 @@ class Consults:
                     raise NotAllowed(f"call {call_id} ended before {guest} was rung")
                 return  # cancelled: told by the cancel, nobody rung
             await self.m._route(self.m.routing.consult_offer(call, guest_id))
+            consult.rung = True
         except AcdError as exc:
             call.consult = None
             raise NotAllowed(f"{guest} is not available ({exc}); resume the caller") from None
@@ -202,7 +203,8 @@ class Consults:
         went): the ACD withdrew the offer; the host is told."""
         for call in list(self.m.calls.values()):
             c = call.consult
-            if c is not None and c.phase == "ringing":
+            # one still holding the caller has not rung yet: it is not over
+            if c is not None and c.phase == "ringing" and c.rung:
                 if not self.m.routing.offered_to(c.guest_id, call.id):
                     await self.declined(call, c.guest_id, "no_answer")
 

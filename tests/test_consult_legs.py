@@ -115,6 +115,16 @@ async def test_a_caller_gone_during_the_hold_is_not_consulted_on(cp: ControlPlan
     assert published(cp, "call.consult_started") == []
 
 
+async def test_the_ring_sweep_leaves_a_consult_still_holding_alone(cp: ControlPlane) -> None:
+    """Found while testing the fixes: the ACD timer's sweep, run while the consult's
+    hold was written, found the colleague not rung yet and told the consult over."""
+    m = cp.calls
+    call = await with_ann(cp)
+    ann, bob = await person(cp, "ann"), await bob_available(cp)
+    await asyncio.gather(m.consults.start(ann, call.id, "bob"), m.consults.sweep())
+    assert call.consult is not None and m.offered_to(bob.id, call.id)
+
+
 async def test_an_ending_call_frees_every_agent_on_it(cp: ControlPlane) -> None:
     """Found in review: end_call freed only ``call.agent_id`` and a consult's guest, so a
     colleague's leg on a call whose consult was already cleared stayed on_call."""
@@ -186,3 +196,28 @@ def test_two_agents_are_mixed_in_the_recording(tmp_path: Path) -> None:
         both = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
     assert set(both[:320, 0]) == {7} and set(both[:320, 1]) == {3000}
     assert set(both[320:640, 1]) == {32767}
+
+
+async def test_a_cancel_racing_the_answer_leaves_no_open_leg(cp: ControlPlane) -> None:
+    """Found in review: the answer was told only after its writes, and went on after a
+    cancel that came meanwhile: the colleague's leg row stayed open, their leg ran."""
+    m = cp.calls
+    call = await with_ann(cp)
+    ann, bob = await person(cp, "ann"), await bob_available(cp)
+    await m.consults.start(ann, call.id, "bob")
+    consult = call.consult
+    assert consult is not None
+    answer = asyncio.create_task(m.accept_peer(bob.id, call.id, phone(), "sip", "PCMU"))
+    async with asyncio.timeout(5):
+        while consult.phase == "ringing":  # noqa: ASYNC110  # the answer's first step
+            await asyncio.sleep(0)
+    await m.consults.cancel(ann, call.id)
+    await answer
+    assert call.consult is None and call.state == "bridged"
+    assert m.presence_of(bob.id) != "on_call"
+    record = await m.store.get_call(call.id)
+    assert record is not None
+    assert [leg for leg in record.call.legs if leg.user_id == bob.id and not leg.ended_at] == []
+    [bob_leg] = [leg for leg in call.legs if leg.user_id == bob.id]
+    assert bob_leg.left
+    assert not [t for t in call.tasks if t.get_name() == f"leg-{bob_leg.id}"]  # never run
