@@ -226,7 +226,8 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     # by the engine: FastAPI's own pages load them from a CDN (no docs offline, and an
     # outside request from every reader's browser)
     app = FastAPIOffline(
-        docs_url=None,  # engine/api/docs.py serves /docs, accessible
+        docs_url=None,  # engine/api/docs.py serves /docs and /redoc, accessible
+        redoc_url=None,
         title="ccengine",
         version="0.1.0",
         summary="Real-time contact-center engine: calls, live transcripts, emotion",

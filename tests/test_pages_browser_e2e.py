@@ -170,6 +170,14 @@ def api_docs(page: Page, site: Site) -> None:
     expect(page.locator(".opblock.is-open .responses-wrapper")).to_contain_text("200")
 
 
+def api_reference(page: Page, site: Site) -> None:
+    """ReDoc, one operation's 200 response open: its schema too."""
+    expect(page.locator("h1").first).to_contain_text("ccengine", timeout=20_000)
+    operation = page.locator('[id="operation/list_calls_api_v1_calls_get"]')
+    operation.get_by_role("button", name=re.compile(r"^200 ")).click()
+    expect(operation).to_contain_text("Response Schema")
+
+
 def supervisor_console(page: Page, site: Site) -> None:
     """The wallboard, signed in and following the events."""
     expect(page.get_by_test_id("who")).to_contain_text("(supervisor)", timeout=15_000)
@@ -213,6 +221,7 @@ PAGES = [
     Audit("desk on a chat", "/agent", "agent", desk_on_a_chat),
     Audit("call view", "/calls/{call}", "supervisor", call_view),
     Audit("API docs", "/docs", "anonymous", api_docs),
+    Audit("API reference", "/redoc", "anonymous", api_reference),
     Audit("supervisor console", "/supervisor", "supervisor", supervisor_console),
     Audit("reports", "/reports", "supervisor", reports),
     Audit("admin", "/admin", "supervisor", admin),
