@@ -19,7 +19,6 @@ log file) stays on ``tests/engine_proc.py:EngineProcess``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import atexit
 import contextlib
@@ -50,7 +49,7 @@ from engine.users import hash_password
 from media.rtp import RtpSession
 from media.sip.peer import SipPeer
 from media.sip.sdp import parse_offer
-from tests.engine_proc import PAGE_HEADERS, ROOT, sign_in
+from tests.engine_proc import PAGE_HEADERS, ROOT, USERS_ADD, sign_in
 
 # the address every request comes from (ASGITransport's client), as from a local peer
 CLIENT = ("127.0.0.1", 50000)
@@ -99,13 +98,6 @@ async def _template_db() -> Path:
         assert not (folder / "engine.db-wal").exists(), "the copy would miss the WAL"
         _template = folder / "engine.db"
     return _template
-
-
-_users_parser = argparse.ArgumentParser(prog="ccengine users add", exit_on_error=False)
-_users_parser.add_argument("username")  # the options of ``ccengine users add``
-_users_parser.add_argument("--role", choices=["agent", "supervisor", "admin"], default="agent")
-_users_parser.add_argument("--skills")
-_users_parser.add_argument("--name")
 
 
 class ControlPlane:
@@ -222,7 +214,7 @@ class ControlPlane:
 
     async def add_user(self, username: str, password: str, *extra: str) -> str:
         """What ``ccengine users add username *extra`` stores, in-process; its output."""
-        args = _users_parser.parse_args([username, *extra])
+        args = USERS_ADD.parse_args([username, *extra])
         skills = sorted({s.strip() for s in (args.skills or "").split(",") if s.strip()})
         assert await self.store.user_by_name(username) is None, f"user {username} exists"
         await self.store.add_user(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import atexit
+import concurrent.futures
 import json
 import os
 import random
@@ -13,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -20,9 +24,22 @@ from typing import Any, BinaryIO
 import httpx
 import websockets
 
+from engine.events import utcnow
+from engine.store.db import Store
+from engine.store.models import UserRow
+from engine.users import hash_password
+
 ROOT = Path(__file__).resolve().parent.parent
 # what the engine's own pages send with every request they make with a cookie
 PAGE_HEADERS = {"X-Requested-With": "ccengine"}
+
+
+# the options of ``ccengine users add``, for users written from the tests' process
+USERS_ADD = argparse.ArgumentParser(prog="ccengine users add", exit_on_error=False)
+USERS_ADD.add_argument("username")
+USERS_ADD.add_argument("--role", choices=["agent", "supervisor", "admin"], default="agent")
+USERS_ADD.add_argument("--skills")
+USERS_ADD.add_argument("--name")
 
 
 def _ephemeral_low() -> int:
@@ -234,8 +251,31 @@ class EngineProcess:
         raise RuntimeError(f"engine did not start: {self.log.read_text()[-3000:]}")
 
     def add_user(self, username: str, password: str, *extra: str) -> str:
-        """``ccengine users add`` against this engine's database; its output."""
-        return self.ccengine("users", "add", username, *extra, stdin=password + "\n")
+        """What ``ccengine users add username *extra`` stores in this engine's database,
+        written from this process; its output. The command itself is run as a process by
+        tests/test_agents_e2e.py: a process per user here cost ~1 s of CPU (Python, the
+        engine's imports, the migrations check), about a hundred times a run."""
+        args = USERS_ADD.parse_args([username, *extra])
+        skills = sorted({s.strip() for s in (args.skills or "").split(",") if s.strip()})
+        row = UserRow(
+            id=str(uuid.uuid4()), username=username, display_name=args.name or username,
+            role=args.role, skills=skills, password_hash=hash_password(password),
+            created_at=utcnow(),
+        )  # fmt: skip
+
+        async def add() -> None:
+            store = Store(self.database_url)
+            try:
+                await store.open()
+                assert await store.user_by_name(username) is None, f"error: user {username} exists"
+                await store.add_user(row)
+            finally:
+                await store.close()
+
+        # a thread of its own: async tests call this with their loop running
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, add()).result()
+        return f"added {args.role} {username}" + (f" ({', '.join(skills)})" if skills else "")
 
     async def watch_events(self, out: list[dict[str, Any]]) -> None:
         """Every event of this engine's stream (as an admin sees it), appended to ``out``

@@ -110,7 +110,15 @@ def test_browser_call_shows_live_words(
     )
     call_id = caller.evaluate("window.ccengineCallId")
 
-    live = context.new_page()
+    # the call's view is the staff's: a supervisor's sign-in, not the caller's cookie,
+    # whose stream carries only what the caller page shows (no emotion, no assist)
+    engine.add_user("lee", "pw-lee-1234", "--role", "supervisor")
+    staff = browser.new_context()
+    r = staff.request.post(
+        f"{engine.url}/api/v1/auth/login", data={"username": "lee", "password": "pw-lee-1234"}
+    )
+    assert r.ok, r.text()
+    live = staff.new_page()
     live.goto(f"{engine.url}/calls/{call_id}")
     expect(live.get_by_test_id("state")).to_contain_text("active")
     expect(live.get_by_test_id("meta")).to_contain_text("moonshine")

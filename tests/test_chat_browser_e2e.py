@@ -60,7 +60,7 @@ async def test_a_chat_in_chromium_is_answered_taken_by_the_desk_and_goes_on_as_a
     the chat goes on as a call, the desk's chat ends "upgraded" and is wrapped up, the
     call rings the same desk, is answered with its softphone and bridged, and the chat
     is shown above the call's transcript with the lines both typed."""
-    engine.add_user("bea", "pw-bea-123")
+    engine.add_user("bea", "pw-bea-123", "--name", "Bea Lund")  # the caller reads "Bea"
     mic = speech.write_wav(tmp_path / "silence.wav", np.zeros(48000, dtype=np.int16), 48000)
     started = time.monotonic()
     async with chromium(mic) as browser:
