@@ -20,7 +20,8 @@ import pytest
 
 from tests.engine_proc import EngineProcess
 from tests.rtc_client import Caller
-from tests.test_monitor_e2e import ToneTrack, level_at
+from tests.test_monitor_e2e import ToneTrack
+from tests.test_monitor_e2e import levels as tone_levels
 
 pytestmark = [pytest.mark.integration]
 
@@ -32,16 +33,8 @@ HELD_DEAF = 600.0
 
 
 async def levels(phones: dict[str, Caller], settle: float = 1.0, span: float = 1.2) -> dict:
-    """Per party, the level of each tone it received over ``span`` s after ``settle``."""
-    await asyncio.sleep(settle)
-    marks = {name: len(p.heard) for name, p in phones.items()}
-    await asyncio.sleep(span)
-    out: dict[str, dict[float, float]] = {}
-    for name, p in phones.items():
-        pcm = p.heard_pcm(marks[name])
-        out[name] = {hz: level_at(pcm, hz) for hz in (CALLER_HZ, ANN_HZ, BOB_HZ)}
-    print({k: {int(hz): round(v) for hz, v in d.items()} for k, d in out.items()})
-    return out
+    """Per party, the level of each party's tone it received over ``span`` s after ``settle``."""
+    return await tone_levels(phones, settle, span, (CALLER_HZ, ANN_HZ, BOB_HZ))
 
 
 async def wait_event(

@@ -123,9 +123,14 @@ async def join(phone: Caller, http: httpx.AsyncClient, call_id: str, mode: str) 
     return r
 
 
-async def levels(phones: dict[str, Caller], settle: float = 1.0, span: float = 1.5) -> dict:
-    """Per party, the level of each tone in what it received over ``span`` seconds,
-    after ``settle`` seconds for a change to take (300 ms queues, jitter)."""
+async def levels(
+    phones: dict[str, Caller],
+    settle: float = 1.0,
+    span: float = 1.5,
+    tones: tuple[float, ...] = (CALLER_HZ, AGENT_HZ, SUPERVISOR_HZ),
+) -> dict:
+    """Per party, the level of each of ``tones`` in what it received over ``span``
+    seconds, after ``settle`` seconds for a change to take (300 ms queues, jitter)."""
     await asyncio.sleep(settle)
     marks = {name: len(p.heard) for name, p in phones.items()}
     await asyncio.sleep(span)
@@ -133,7 +138,7 @@ async def levels(phones: dict[str, Caller], settle: float = 1.0, span: float = 1
     for name, p in phones.items():
         pcm = p.heard_pcm(marks[name])
         assert len(pcm) > SEND_RATE, f"{name} received {len(pcm)} samples"
-        out[name] = {hz: level_at(pcm, hz) for hz in (CALLER_HZ, AGENT_HZ, SUPERVISOR_HZ)}
+        out[name] = {hz: level_at(pcm, hz) for hz in tones}
     print({k: {int(hz): round(v) for hz, v in d.items()} for k, d in out.items()})
     return out
 
