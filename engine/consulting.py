@@ -16,18 +16,28 @@ A leg that leaves (the guest after a cancel, the host after a hand-over) is mark
 ``left`` and closed after its last words are transcribed, as a transfer does; its
 agent goes to wrap-up owing the call its disposition. Everything is told as
 ``call.consult_*`` / ``call.conference_left`` events.
+
+An outside number (``start_outside``) is dialled through the SIP trunk instead of
+rung (an ``OutsideLine``: engine/sip.py ``SipFront``); the host's request waits for
+the answer, as a transfer to a number does. The dial is a task of its own, so a
+cancel (or the caller hanging up) calls it off, which sends the INVITE a CANCEL. Once
+answered, the number's leg joins as the guest's (a leg with no user); it leaves with a
+BYE, and after a hand-over the call is with that number as after
+``Controls.transfer_out``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from engine.acd import AcdError
 from engine.callstate import Forbidden, NotAllowed
-from engine.consult import Consult, ConsultEvent, may_start
+from engine.consult import Consult, ConsultEvent, dial_failure, may_start, may_start_outside
 from engine.controls import BridgeVideo, HoldMusic, Hush, Steps
 from engine.events import (
     ConferenceLeft,
@@ -38,21 +48,37 @@ from engine.events import (
     ConsultStarted,
     utcnow,
 )
+from engine.livecall import Leg
 from engine.routing import Effect as RoutingEffect
 from engine.routing import Transition
+from engine.sip import DialFailed
 from engine.store.models import LegRow
 
 if TYPE_CHECKING:
     from engine.calls import CallManager
-    from engine.livecall import Call, Leg
+    from engine.livecall import Call
     from engine.users import Actor
+    from media.peer import CallPeer
 
 log = logging.getLogger(__name__)
+
+
+class OutsideLine(Protocol):
+    """Where outside numbers are dialled (engine/sip.py ``SipFront``)."""
+
+    def may_dial(self, number: str) -> None:
+        """``NotAllowed`` if ``number`` cannot be dialled from here."""
+
+    async def dial_party(self, number: str) -> tuple[CallPeer, str]:
+        """The answered party's peer and codec, or ``DialFailed``; cancellable."""
+        ...
 
 
 class Consults:
     def __init__(self, manager: CallManager) -> None:
         self.m = manager
+        # call id -> the dial of an outside number being consulted, while it rings
+        self._dials: dict[str, asyncio.Task[None]] = {}
 
     # -- who may act ------------------------------------------------------------------
 
@@ -102,6 +128,100 @@ class Consults:
             raise
         self.m._publish(ConsultStarted(call_id=call.id, host=user.username, guest=guest))
         log.info("call %s: %s consults %s", call.id, user.username, guest)
+
+    async def start_outside(
+        self, user: Actor, call_id: str, number: str, line: OutsideLine
+    ) -> None:
+        """Consult an outside number: the caller is held and ``number`` dialled through
+        ``line``; answers once they pick up (then host and number talk). ``DialFailed``
+        if they do not: the host is told (``call.consult_cancelled``) and stays with the
+        caller on hold. A cancel meanwhile calls the dial off (this then answers too)."""
+        call = self.m.controls.live(call_id)
+        if call.agent_id != user.id:
+            raise Forbidden(f"call {call_id} is not on your line")
+        if self.m.routing_copy is not None:
+            raise NotAllowed("consults work on a single engine for now")
+        may_start_outside(channel=call.channel, state=call.state, consult=call.consult)
+        line.may_dial(number)  # no trunk, a domain not allowed: before the caller is held
+        consult = Consult(user.id, user.username, None, number)
+        call.consult = consult  # before any await: a second request is refused
+        try:
+            if call.state == "bridged":
+                await self.m._desk(self.m.controls.hold(user, call))
+        except BaseException:
+            if call.consult is consult:
+                call.consult = None
+            raise
+        if call.consult is not consult or call.ended.is_set():
+            if call.consult is consult:
+                call.consult = None
+            if call.ended.is_set():
+                raise NotAllowed(f"call {call_id} ended before {number} was dialled")
+            return  # cancelled: told by the cancel, nobody dialled
+        self.m._publish(ConsultStarted(call_id=call.id, host=user.username, guest=number))
+        log.info("call %s: %s consults an outside number", call.id, user.username)
+        dial = asyncio.create_task(self._dial_out(call, consult, line), name=f"dial-{call.id}")
+        self._dials[call.id] = dial
+        dial.add_done_callback(lambda task: self._dialled(call.id, task))
+        # a request dropped meanwhile does not stop the dial: only a cancel does
+        await asyncio.wait({dial})
+        if dial.cancelled():
+            if call.ended.is_set():
+                raise NotAllowed(f"call {call_id} ended before {number} answered")
+            return  # the host cancelled: told by the cancel
+        exc = dial.exception()
+        if exc is not None:
+            raise exc
+
+    def _dialled(self, call_id: str, task: asyncio.Task[None]) -> None:
+        if self._dials.get(call_id) is task:
+            del self._dials[call_id]
+        if not task.cancelled() and task.exception() is not None:
+            # read here, so a dial whose request went away is not logged as lost
+            log.info("call %s: outside consult not answered: %s", call_id, task.exception())
+
+    def _stop_dial(self, call_id: str) -> None:
+        """The dial of an outside number still ringing is called off (a CANCEL)."""
+        dial = self._dials.pop(call_id, None)
+        if dial is not None:
+            dial.cancel()
+
+    async def _dial_out(self, call: Call, consult: Consult, line: OutsideLine) -> None:
+        try:
+            peer, codec = await line.dial_party(consult.guest)
+        except DialFailed as exc:
+            if call.consult is consult:  # not cancelled meanwhile: the host is told
+                event, reason = dial_failure(exc.status)
+                consult.next(event)
+                call.consult = None
+                self.m._publish(ConsultCancelled(call_id=call.id, host=consult.host,
+                                                 guest=consult.guest, reason=reason))  # fmt: skip
+            raise
+        self._dials.pop(call.id, None)  # answered: a cancel now is the guest leaving
+        if call.consult is not consult or call.ended.is_set():
+            await peer.close()  # answered as the consult ended: BYE
+            return
+        await self._outside_answered(call, consult, peer, codec)
+
+    async def _outside_answered(
+        self, call: Call, consult: Consult, peer: CallPeer, codec: str
+    ) -> None:
+        """The number answered: it joins as the guest (an agent leg with no user)."""
+        leg = Leg(str(uuid.uuid4()), "agent", "sip", codec=codec)
+        leg.peer = peer
+        # from here on, with no await: the number is on the call
+        consult.move("answer")
+        consult.guest_leg = leg.id
+        leg.joined = time.monotonic()
+        call.legs.append(leg)
+        self.m._publish(ConsultAnswered(call_id=call.id, host=consult.host, guest=consult.guest))
+        row = LegRow(id=leg.id, call_id=call.id, role="agent", transport="sip", codec=codec,
+                     user_id=None, created_at=utcnow())  # fmt: skip
+        await self.m._keep(f"leg {leg.id}", self.m.store.add, row)
+        if call.consult is not consult:  # cancelled meanwhile: it ends as the leg did
+            await self.m._keep(f"leg {leg.id} end", self.m.store.end_leg, leg.id, utcnow())
+            return
+        self.m._start_leg(call, leg)
 
     async def complete(self, user: Actor, call_id: str) -> None:
         """A warm transfer: the host leaves, the guest has the caller."""
@@ -159,7 +279,7 @@ class Consults:
     async def answered(self, call: Call, leg: Leg, codec: str | None) -> None:
         """The guest answered (``CallManager._bridge_agent``): host and guest talk."""
         consult = call.consult
-        assert consult is not None and leg.user_id == consult.guest_id
+        assert consult is not None and leg.user_id is not None and leg.user_id == consult.guest_id
         try:
             answered = list(self.m.routing.answered(leg.user_id, call.id))
         except AcdError:
@@ -203,8 +323,9 @@ class Consults:
         went): the ACD withdrew the offer; the host is told."""
         for call in list(self.m.calls.values()):
             c = call.consult
-            # one still holding the caller has not rung yet: it is not over
-            if c is not None and c.phase == "ringing" and c.rung:
+            # one still holding the caller has not rung yet: it is not over (a number
+            # is dialled, not rung: its dial tells its own end)
+            if c is not None and c.phase == "ringing" and c.rung and c.guest_id is not None:
                 if not self.m.routing.offered_to(c.guest_id, call.id):
                     await self.declined(call, c.guest_id, "no_answer")
 
@@ -236,7 +357,10 @@ class Consults:
         wrap-up with every agent leg still on it: ``CallManager.end_call``.)"""
         consult, call.consult = call.consult, None
         if consult is not None and consult.phase == "ringing":
-            yield from self.m.routing.consult_withdraw(consult.guest_id, call.id)
+            if consult.guest_id is None:
+                self._stop_dial(call.id)
+            else:
+                yield from self.m.routing.consult_withdraw(consult.guest_id, call.id)
 
     # -- moves --------------------------------------------------------------------------
 
@@ -256,11 +380,16 @@ class Consults:
     async def _guest_leaves(self, call: Call, consult: Consult, reason: str | None) -> None:
         call.consult = None
         if consult.phase == "ringing":
-            await self.m._route(self.m.routing.consult_withdraw(consult.guest_id, call.id))
+            if consult.guest_id is None:
+                self._stop_dial(call.id)
+            else:
+                await self.m._route(self.m.routing.consult_withdraw(consult.guest_id, call.id))
         leg = call.leg(consult.guest_leg) if consult.guest_leg else None
         if leg is not None:
             leg.left = True
-            await self.m._route(self.m.routing.hung_up(consult.guest_id, self._since(leg), call.id))
+            if consult.guest_id is not None:  # an agent goes to wrap-up; a number owes none
+                since = self._since(leg)
+                await self.m._route(self.m.routing.hung_up(consult.guest_id, since, call.id))
         if reason is not None:
             self.m._publish(ConsultCancelled(call_id=call.id, host=consult.host,
                                              guest=consult.guest, reason=reason))  # fmt: skip

@@ -225,7 +225,7 @@ class _Consult(EventBase):
     """A consult on a call (engine/consult.py): ``host`` has the call, ``guest`` was asked."""
 
     host: str
-    guest: str
+    guest: str = Field(description="the colleague's username, or the outside number dialled")
 
 
 class ConsultStarted(_Consult):
@@ -248,7 +248,10 @@ class ConsultConferenced(_Consult):
 
 class ConsultCancelled(_Consult):
     type: Literal["call.consult_cancelled"] = "call.consult_cancelled"
-    reason: str = Field(description="cancelled, declined, no_answer or guest_left")
+    reason: str = Field(
+        description="cancelled, declined, no_answer or guest_left; a number dialled: also "
+        "busy or failed"
+    )
 
 
 class ConferenceLeft(EventBase):

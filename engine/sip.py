@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from engine.metrics import Metrics
     from engine.store.db import Store
     from engine.store.models import UserRow
+    from media.peer import CallPeer
 
 # what outbound calls and transfers may dial directly: user@host[:port], nothing else
 SIP_URI = re.compile(
@@ -457,13 +458,18 @@ class SipFront:
 
     # -- calls we place ----------------------------------------------------------------
 
-    async def _uri_peer(self, uri: str) -> Peer:
+    def _uri_host(self, uri: str) -> tuple[str, int]:
+        """A ``sip:`` URI's host and port, if we may call it (``NotAllowed`` if not)."""
         m = SIP_URI.fullmatch(uri)
         if m is None:
             raise NotAllowed(f"not a SIP URI we can call: {uri}")
         host, port = m.group("host").strip("[]"), int(m.group("port") or 5060)
         if host.lower() not in {d.lower() for d in self.settings.sip_dial_domains}:
             raise NotAllowed(f"{host} is not in CCENGINE_SIP_DIAL_DOMAINS")
+        return host, port
+
+    async def _uri_peer(self, uri: str) -> Peer:
+        host, port = self._uri_host(uri)
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         except OSError as exc:
@@ -498,6 +504,9 @@ class SipFront:
             port = await rtp.open(self.settings.sip_host)
         except OSError as exc:
             raise DialFailed(503, f"no RTP port: {exc}") from None
+        except asyncio.CancelledError:
+            rtp.close()
+            raise
         if not wanted():
             rtp.close()
             raise DialFailed(487, "no longer wanted")
@@ -517,6 +526,18 @@ class SipFront:
             self.transport.flush()
             rtp.close()
             raise DialFailed(408, "no answer") from None
+        except asyncio.CancelledError:
+            # called off while it rang (a consult of a number cancelled, its call ended):
+            # CANCEL, or BYE to an answer that came in the same moment; a later answer
+            # gets its BYE in _on_event. No RTP port is left open.
+            self._dialing.pop(sip_call_id, None)
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._hangup(sip_call_id)
+            else:
+                self.endpoint.cancel(sip_call_id, self._now())
+                self.transport.flush()
+            rtp.close()
+            raise
         except DialFailed:
             rtp.close()
             raise
@@ -626,6 +647,23 @@ class SipFront:
             lambda peer, codec: self.calls.transfer_out(actor, call_id, peer, codec, number, note),
             agent=True,
         )
+
+    def may_dial(self, number: str) -> None:
+        """``NotAllowed`` (409) if ``number`` cannot be dialled from this engine (no
+        trunk; a ``sip:`` URI outside CCENGINE_SIP_DIAL_DOMAINS): asked before anyone is
+        put on hold for it."""
+        if number.startswith("sip:"):
+            self._uri_host(number)
+        else:
+            self._trunk()
+
+    async def dial_party(self, number: str) -> tuple[CallPeer, str]:
+        """Dial someone outside to join a call as an agent would (engine/consulting.py):
+        their answered peer and its codec, or DialFailed. Cancelling this while it rings
+        sends a CANCEL."""
+        pc = await self.dial(number, agent=True)
+        assert pc.peer is not None
+        return pc.peer, pc.peer.rtp.offer.codec
 
     # -- agents' desk phones --------------------------------------------------------------
 

@@ -15,16 +15,25 @@ import asyncio
 import time
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from engine.callstate import NotAllowed
-from engine.livecall import Call
+from engine.conference import hears
+from engine.consult import dial_failure
+from engine.livecall import Call, Leg
+from engine.monitoring import _bridged
 from engine.recording import CallRecording
+from engine.sip import DialFailed
 from engine.store.models import UserRow
 from media.audio import PcmFrame
-from tests.controlplane import ControlPlane
+from media.peer import CallPeer
+from media.rtp import RtpSession
+from media.sip.peer import SipPeer
+from media.sip.sdp import parse_offer
+from tests.controlplane import PHONE_SDP, ControlPlane
 from tests.test_monitor_legs import PASSWORD, cp, person, phone, published, with_ann
 
 __all__ = ["cp"]  # the fixture, shared with tests/test_monitor_legs.py
@@ -221,3 +230,217 @@ async def test_a_cancel_racing_the_answer_leaves_no_open_leg(cp: ControlPlane) -
     [bob_leg] = [leg for leg in call.legs if leg.user_id == bob.id]
     assert bob_leg.left
     assert not [t for t in call.tasks if t.get_name() == f"leg-{bob_leg.id}"]  # never run
+
+
+# -- consulting an outside number (dialled through the trunk) ------------------------------
+
+NUMBER = "+15550102030"
+
+
+class Line:
+    """The SIP trunk as a consult sees it (engine/consulting.py ``OutsideLine``): the
+    number answers with a phone leg that opens no socket, fails with ``fails``, or rings
+    until called off (``rings``). ``byes``: the times our side hung the answer up."""
+
+    def __init__(self, fails: DialFailed | None = None, *, rings: bool = False) -> None:
+        self.fails, self.rings = fails, rings
+        self.ringing = asyncio.Event()
+        self.called_off = False
+        self.byes = 0
+        self.peer = SipPeer(RtpSession(parse_offer(PHONE_SDP), lambda _d: None), self._bye)
+
+    def _bye(self) -> None:
+        self.byes += 1
+
+    def may_dial(self, number: str) -> None:
+        if number.startswith("sip:"):  # as SipFront says of a domain it may not call
+            raise NotAllowed("elsewhere.test is not in CCENGINE_SIP_DIAL_DOMAINS")
+
+    async def dial_party(self, number: str) -> tuple[CallPeer, str]:
+        self.ringing.set()
+        if self.rings:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.called_off = True
+                raise
+        if self.fails is not None:
+            raise self.fails
+        return self.peer, "PCMU"
+
+
+async def told(cp: ControlPlane, kind: str, n: int = 1) -> list[dict[str, Any]]:
+    """The events of ``kind`` published, once there are ``n`` (an event reaches the bus
+    once the event log has it)."""
+    async with asyncio.timeout(5):
+        while len(got := published(cp, kind)) < n:  # noqa: ASYNC110  # polled, as stops()
+            await asyncio.sleep(0.02)
+    return got
+
+
+def outside_leg(call: Call) -> Leg:
+    """The number's leg on the call now (those that left it are not)."""
+    [leg] = [x for x in call.legs if x.role == "agent" and x.user_id is None and not x.left]
+    return leg
+
+
+async def test_an_outside_number_is_consulted_then_handed_the_caller(cp: ControlPlane) -> None:
+    """The outside party joins as the consult's guest (a leg with no user): host and
+    number talk while the caller is held; complete hands them the caller as a transfer
+    to a number does (Ann to wrap-up, supervisors may not coach an outsider)."""
+    m = cp.calls
+    call = await with_ann(cp)
+    ann = await person(cp, "ann")
+    await m.consults.start_outside(ann, call.id, NUMBER, Line())
+    consult = call.consult
+    assert consult is not None and consult.phase == "consulting" and consult.outside
+    assert call.state == "held" and call.agent_id == ann.id
+    leg, host = outside_leg(call), call.agent_leg()
+    assert host is not None and host.user_id == ann.id
+    assert (leg.transport, leg.codec, consult.guest_leg) == ("sip", "PCMU", leg.id)
+    assert consult.party(leg.user_id) == "guest" and consult.party(ann.id) == "host"
+    # the agents' talk reaches each other while the caller hears neither
+    assert hears(consult.heard, "guest", "host", state=call.state)
+    assert not hears(consult.heard, "guest", "caller", state=call.state)
+    assert [(e["host"], e["guest"]) for e in await told(cp, "call.consult_answered")] == [
+        ("ann", NUMBER)
+    ]
+    assert published(cp, "call.offered")[-1]["agent_id"] == ann.id  # nobody else rung
+    await m.consults.complete(ann, call.id)
+    assert call.consult is None and call.state == "bridged" and call.agent_id is None
+    assert call.agent_leg() is leg and host.left
+    assert m.presence_of(ann.id) == "wrap_up"
+    with pytest.raises(NotAllowed, match="outside number"):
+        _bridged(call)  # engine/monitoring.py: no coaching someone outside
+    record = await m.store.get_call(call.id)
+    assert record is not None
+    stored = {x.id: x for x in record.call.legs}
+    assert stored[leg.id].user_id is None and stored[leg.id].transport == "sip"
+    assert stored[host.id].ended_at is not None and stored[leg.id].ended_at is None
+    assert [e["guest"] for e in await told(cp, "call.consult_completed")] == [NUMBER]
+
+
+async def test_a_number_not_answering_leaves_the_caller_on_hold_with_the_host(
+    cp: ControlPlane,
+) -> None:
+    """A busy number: the request fails (the API's 502), the host is told why, and the
+    caller stays held with her (as when a colleague declines); no leg is left."""
+    m = cp.calls
+    call = await with_ann(cp)
+    ann = await person(cp, "ann")
+    with pytest.raises(DialFailed):
+        await m.consults.start_outside(ann, call.id, NUMBER, Line(DialFailed(486, "Busy Here")))
+    assert call.consult is None and call.state == "held" and call.agent_id == ann.id
+    assert [leg.user_id for leg in call.legs if leg.role == "agent"] == [ann.id]
+    [cancelled] = await told(cp, "call.consult_cancelled")
+    assert (cancelled["guest"], cancelled["reason"]) == (NUMBER, "busy")
+    await m.resume(ann, call.id)
+    assert call.state == "bridged"
+
+
+@pytest.mark.parametrize("ending", ["cancel", "hangup"])
+async def test_a_dial_still_ringing_is_called_off(cp: ControlPlane, ending: str) -> None:
+    """The host cancels (or the caller hangs up) while the number rings: the dial is
+    called off (SipFront then CANCELs the INVITE), no leg is left, and the host's
+    request ends: answered for a cancel, 409 for a call that ended."""
+    m = cp.calls
+    call = await with_ann(cp)
+    ann = await person(cp, "ann")
+    line = Line(rings=True)
+    start = asyncio.create_task(m.consults.start_outside(ann, call.id, NUMBER, line))
+    await asyncio.wait_for(line.ringing.wait(), 5)
+    assert call.consult is not None and call.consult.phase == "ringing"
+    with pytest.raises(NotAllowed, match="cancel the consult first"):
+        await m.resume(ann, call.id)
+    if ending == "cancel":
+        await m.consults.cancel(ann, call.id)
+        assert await asyncio.wait_for(start, 5) is None
+        assert call.state == "bridged" and not call.ended.is_set()
+        [cancelled] = await told(cp, "call.consult_cancelled")
+        assert (cancelled["guest"], cancelled["reason"]) == (NUMBER, "cancelled")
+    else:
+        await m.end_call(call.id, "hangup")
+        with pytest.raises(NotAllowed, match="ended before"):
+            await asyncio.wait_for(start, 5)
+    assert line.called_off and call.consult is None
+    assert [leg.user_id for leg in call.legs if leg.role == "agent"] == [ann.id]
+    assert not m.consults._dials
+
+
+async def test_an_outside_guest_leaves_with_a_bye_or_by_hanging_up(cp: ControlPlane) -> None:
+    """Cancel after the answer: the number gets a BYE, the caller is back with Ann. The
+    number hanging up during a later consult is guest_left (the caller stays held);
+    in a conference, Ann leaving hands the caller to the number."""
+    m = cp.calls
+    call = await with_ann(cp)
+    ann = await person(cp, "ann")
+    first = Line()
+    await m.consults.start_outside(ann, call.id, NUMBER, first)
+    await m.consults.cancel(ann, call.id)
+    assert first.byes == 1 and call.state == "bridged"
+    assert [x.left for x in call.legs if x.role == "agent" and x.user_id is None] == [True]
+    # the number hangs up: its media ends (as a BYE from the trunk ends it)
+    second = Line()
+    await m.consults.start_outside(ann, call.id, NUMBER, second)
+    leg = outside_leg(call)
+    second.peer.remote_ended = True
+    assert await m.consults.leg_ended(call, leg)
+    assert call.consult is None and call.state == "held" and second.byes == 0
+    assert [e["reason"] for e in await told(cp, "call.consult_cancelled", 2)] == [
+        "cancelled", "guest_left",
+    ]  # fmt: skip
+    await m.resume(ann, call.id)
+    third = Line()
+    await m.consults.start_outside(ann, call.id, NUMBER, third)
+    await m.consults.conference(ann, call.id)
+    assert call.consult is not None and call.state == "bridged"
+    await m.consults.leave(ann, call.id)
+    leg = outside_leg(call)
+    assert call.agent_leg() is leg and call.agent_id is None and third.byes == 0
+    assert [(e["agent"], e["remaining"]) for e in await told(cp, "call.conference_left")] == [
+        ("ann", NUMBER)
+    ]
+    assert not call.ended.is_set() and m.presence_of(ann.id) == "wrap_up"
+
+
+async def test_an_outside_consult_is_refused_before_the_hold(
+    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refusals come before the caller is held: a number this engine may not dial, a
+    consult already going on, a shared routing; over HTTP: no SIP on this engine, not
+    exactly one of agent and number, a number that is not one."""
+    m = cp.calls
+    call = await with_ann(cp)
+    ann = await person(cp, "ann")
+    with pytest.raises(NotAllowed, match="DIAL_DOMAINS"):
+        await m.consults.start_outside(ann, call.id, "sip:x@elsewhere.test", Line())
+    monkeypatch.setattr(m, "routing_copy", object())
+    with pytest.raises(NotAllowed, match="single engine"):
+        await m.consults.start_outside(ann, call.id, NUMBER, Line())
+    monkeypatch.undo()
+    assert call.state == "bridged" and call.consult is None
+    line = Line(rings=True)
+    start = asyncio.create_task(m.consults.start_outside(ann, call.id, NUMBER, line))
+    await asyncio.wait_for(line.ringing.wait(), 5)
+    with pytest.raises(NotAllowed, match="already consulting"):
+        await m.consults.start_outside(ann, call.id, "+15550999", Line())
+    await m.consults.cancel(ann, call.id)
+    await start
+    desk = await cp.agent("ann", PASSWORD)
+    try:
+        url = f"/api/v1/calls/{call.id}/consult"
+        r = await desk.post(url, json={"number": NUMBER})
+        assert r.status_code == 409 and "SIP is not running" in r.json()["detail"], r.text
+        for body in ({"agent": "bob", "number": NUMBER}, {}, {"number": "call me"}):
+            r = await desk.post(url, json=body)
+            assert r.status_code == 422, (body, r.text)
+    finally:
+        await desk.aclose()
+    assert call.state == "bridged" and call.consult is None
+
+
+def test_a_dial_failure_is_told_as_the_host_reads_it() -> None:
+    assert [dial_failure(s) for s in (408, 486, 603, 404, 503)] == [
+        ("no_answer", "no_answer"), ("decline", "busy"), ("decline", "declined"),
+        ("failed", "failed"), ("failed", "failed"),
+    ]  # fmt: skip

@@ -3,24 +3,41 @@
 The agent on a call asks a colleague first (the caller hears hold audio), then hands
 the caller over, makes it a conference, or cancels. Refusals are 409 with the
 reason; not your call: 403. The colleague answers with the desk's ordinary
-``POST /calls/{id}/accept`` (or declines with ``/decline``).
+``POST /calls/{id}/accept`` (or declines with ``/decline``). Someone outside (a
+number) is dialled through the SIP trunk instead, as a transfer to a number is.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from pydantic import Field
+from pydantic import Field, model_validator
+from starlette.exceptions import HTTPException
 
 from engine.api.auth import Operator
-from engine.api.schemas import PathId
+from engine.api.schemas import DIAL_NUMBER, PathId
 from engine.calls import CallManager
+from engine.callstate import NotAllowed
 from engine.inputs import Input
+from engine.sip import DialFailed, SipFront
 
 router = APIRouter(prefix="/api/v1", tags=["agent desk"])
 
 
 class ConsultIn(Input):
-    agent: str = Field(min_length=1, max_length=64, description="the colleague (username)")
+    agent: str | None = Field(
+        None, min_length=1, max_length=64, description="the colleague (username)"
+    )
+    number: str | None = Field(
+        None,
+        pattern=DIAL_NUMBER,
+        description="or someone outside: a number through the trunk, or a sip: URI",
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> ConsultIn:
+        if (self.agent is None) == (self.number is None):
+            raise ValueError("give an agent or a number to consult: one of them")
+        return self
 
 
 def _manager(request: Request) -> CallManager:
@@ -32,8 +49,24 @@ def _manager(request: Request) -> CallManager:
 async def consult(call_id: PathId, body: ConsultIn, request: Request, user: Operator) -> None:
     """Put the caller on hold and ring a signed-in, available colleague, whose desk
     shows the call so far marked as a consult from you. 409 on a chat, while already
-    consulting, or if the colleague is not available."""
-    await _manager(request).consults.start(user, call_id, body.agent)
+    consulting, or if the colleague is not available.
+
+    With ``number``, someone outside is dialled through the SIP trunk instead, and this
+    answers once they pick up (then you talk while the caller is held). 502 if they do
+    not (busy, no answer, rejected): the caller stays on hold with you. 409 also
+    without SIP or a trunk, or for a number this engine may not dial."""
+    m = _manager(request)
+    if body.agent is not None:
+        await m.consults.start(user, call_id, body.agent)
+        return
+    assert body.number is not None
+    sip: SipFront | None = request.app.state.sip
+    if sip is None:
+        raise NotAllowed("SIP is not running on this engine")
+    try:
+        await m.consults.start_outside(user, call_id, body.number, sip)
+    except DialFailed as exc:
+        raise HTTPException(502, f"{body.number} did not answer: {exc}") from None
 
 
 @router.post("/calls/{call_id}/consult/complete", status_code=204)
@@ -50,7 +83,8 @@ async def conference(call_id: PathId, request: Request, user: Operator) -> None:
 
 @router.post("/calls/{call_id}/consult/cancel", status_code=204)
 async def cancel(call_id: PathId, request: Request, user: Operator) -> None:
-    """The colleague leaves (or stops ringing); the caller is back with you."""
+    """The colleague leaves (or stops ringing; a number being dialled is called off,
+    an outside party hung up on); the caller is back with you."""
     await _manager(request).consults.cancel(user, call_id)
 
 

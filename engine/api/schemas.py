@@ -343,12 +343,16 @@ class MuteIn(Input):
     muted: bool = Field(description="true: the caller no longer hears the agent")
 
 
+# a number dialled outside: through the trunk, or a sip: URI (CCENGINE_SIP_DIAL_DOMAINS)
+DIAL_NUMBER = r"^(\+?[0-9*#]{2,32}|sip:\S{1,330})$"
+
+
 class TransferIn(Input):
     queue: str | None = Field(None, max_length=64, description="a queue; default: the call's")
     agent: str | None = Field(None, max_length=64, description="ring only this agent (username)")
     number: str | None = Field(
         None,
-        pattern=r"^(\+?[0-9*#]{2,32}|sip:\S{1,330})$",
+        pattern=DIAL_NUMBER,
         description="outside: a number through the trunk, or a sip: URI",
     )
     note: str | None = Field(None, max_length=2000, description="hand-over for the next agent")
