@@ -158,7 +158,9 @@ class Consults:
             if call.ended.is_set():
                 raise NotAllowed(f"call {call_id} ended before {number} was dialled")
             return  # cancelled: told by the cancel, nobody dialled
-        self.m._publish(ConsultStarted(call_id=call.id, host=user.username, guest=number))
+        self.m._publish(
+            ConsultStarted(call_id=call.id, host=user.username, guest=number, outside=True)
+        )
         log.info("call %s: %s consults an outside number", call.id, user.username)
         dial = asyncio.create_task(self._dial_out(call, consult, line), name=f"dial-{call.id}")
         self._dials[call.id] = dial

@@ -230,6 +230,7 @@ class _Consult(EventBase):
 
 class ConsultStarted(_Consult):
     type: Literal["call.consult_started"] = "call.consult_started"
+    outside: bool = Field(False, description="the guest is a number dialled through the trunk")
 
 
 class ConsultAnswered(_Consult):

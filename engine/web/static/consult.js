@@ -1,5 +1,6 @@
 // Consult, three-way conference and warm transfer on the agent desk
-// (engine/api/consult.py, engine/consult.py). agent.js hands us its API helper and
+// (engine/api/consult.py, engine/consult.py), with a colleague or with a number outside
+// (dialled through the SIP trunk). agent.js hands us its API helper and
 // hooks: ring() shows a consult's origin, openCall()/endOfCall() open and close our
 // part, and every event of the call's stream passes through onCallEvent().
 //
@@ -8,9 +9,15 @@
 // consult on the same call does not end this one.
 import { esc } from "/static/events.js";
 
+// what the API dials: + and digits (* #), or a sip: URI; people type spaces ( ) . -
+const NUMBER = /^(\+?[0-9*#]{2,32}|sip:\S{1,330})$/;
+const typed = (s) => (s.trim().startsWith("sip:") ? s.trim() : s.replace(/[\s().-]/g, ""));
+
 const HTML = `
-  <div class="row consult" role="group" aria-label="Consult a colleague">
+  <div class="row consult" role="group" aria-label="Consult a colleague or a number">
     <label>Consult <select id="consult-to" data-testid="consult-to"></select></label>
+    <label>or a number <input id="consult-number" data-testid="consult-number" type="tel"
+      inputmode="tel" autocomplete="off" maxlength="340" placeholder="+15551234567"></label>
     <button id="consult-start" class="quiet" data-testid="consult-start">Consult</button>
     <button id="consult-complete" data-testid="consult-complete" hidden>Transfer to them</button>
     <button id="consult-conference" class="quiet" data-testid="consult-conference" hidden>Conference</button>
@@ -26,11 +33,13 @@ export function initConsult({ root, api, me, callId, endOfCall }) {
   let since = 0; // act on events after this id
   let role = null; // "host" | "guest" | null
   let phase = "none"; // "none" | "ringing" | "consulting" | "conference"
-  let peer = ""; // the other agent's name
+  let peer = ""; // the other agent's name, or the number consulted
+  let free = 0; // colleagues available to consult, when last asked
 
   function show(status) {
     const host = role === "host";
     $("consult-start").hidden = $("consult-to").parentElement.hidden = phase !== "none";
+    $("consult-number").parentElement.hidden = phase !== "none";
     $("consult-complete").hidden = !(host && phase === "consulting");
     $("consult-conference").hidden = !(host && phase === "consulting");
     $("consult-cancel").hidden = !(host && (phase === "ringing" || phase === "consulting"));
@@ -41,11 +50,17 @@ export function initConsult({ root, api, me, callId, endOfCall }) {
 
   async function colleagues() {
     const agents = await api("/api/v1/agents").catch(() => []);
-    const free = agents.filter((a) => a.id !== me().id && a.presence === "available");
-    $("consult-to").innerHTML = free.length
-      ? free.map((a) => `<option value="${esc(a.username)}">${esc(a.display_name || a.username)}</option>`).join("")
+    const others = agents.filter((a) => a.id !== me().id && a.presence === "available");
+    free = others.length;
+    $("consult-to").innerHTML = free
+      ? others.map((a) => `<option value="${esc(a.username)}">${esc(a.display_name || a.username)}</option>`).join("")
       : `<option value="">nobody is available</option>`;
-    $("consult-start").disabled = !free.length;
+    ready();
+  }
+
+  // Consult works with a colleague to pick, or a number typed (which wins)
+  function ready() {
+    $("consult-start").disabled = !free && !$("consult-number").value.trim();
   }
 
   async function act(path, body) {
@@ -54,12 +69,25 @@ export function initConsult({ root, api, me, callId, endOfCall }) {
     try {
       await api(`/api/v1/calls/${id}/${path}`, { method: "POST", body });
     } catch (err) {
-      $("consult-status").textContent = err.message;
+      // a number that did not answer (502) is told by its call.consult_cancelled, in words
+      if (!(body?.number && err.status === 502)) $("consult-status").textContent = err.message;
     }
   }
 
+  function start() {
+    const number = typed($("consult-number").value);
+    if (!number) return $("consult-to").value && act("consult", { agent: $("consult-to").value });
+    if (!NUMBER.test(number)) {
+      $("consult-status").textContent = "Type a phone number (+ and digits) or a sip: address.";
+      return $("consult-number").focus();
+    }
+    return act("consult", { number });
+  }
+
   $("consult-to").onfocus = colleagues;
-  $("consult-start").onclick = () => $("consult-to").value && act("consult", { agent: $("consult-to").value });
+  $("consult-number").oninput = ready;
+  $("consult-number").onkeydown = (e) => { if (e.key === "Enter") { e.preventDefault(); start(); } };
+  $("consult-start").onclick = start;
   $("consult-complete").onclick = () => act("consult/complete");
   $("consult-conference").onclick = () => act("consult/conference");
   $("consult-cancel").onclick = () => act("consult/cancel");
@@ -74,6 +102,7 @@ export function initConsult({ root, api, me, callId, endOfCall }) {
     open(id, channel, lastId = 0) {
       since = offers.get(id) || lastId;
       role = null; phase = "none"; peer = "";
+      $("consult-number").value = "";
       root.hidden = channel === "chat";
       show("");
       colleagues();
@@ -87,7 +116,7 @@ export function initConsult({ root, api, me, callId, endOfCall }) {
       const name = me().username;
       if (ev.type === "call.consult_started" && ev.host === name) {
         role = "host"; phase = "ringing"; peer = ev.guest;
-        show(`Ringing ${ev.guest}… the caller is on hold.`);
+        show(ev.outside ? `Calling ${ev.guest}… the caller is on hold.` : `Ringing ${ev.guest}… the caller is on hold.`);
       } else if (ev.type === "call.consult_answered") {
         if (ev.guest === name) { role = "guest"; peer = ev.host; }
         phase = "consulting";
@@ -99,11 +128,15 @@ export function initConsult({ root, api, me, callId, endOfCall }) {
       } else if (ev.type === "call.consult_cancelled") {
         if (role === "guest") { endOfCall(ev.reason === "guest_left" ? "You left the consult." : `${ev.host} ended the consult.`); return; }
         phase = "none"; role = null;
-        show({
-          declined: `${ev.guest} declined. The caller is still on hold: press Resume to go back.`,
-          no_answer: `${ev.guest} did not answer. The caller is still on hold: press Resume to go back.`,
-          guest_left: `${ev.guest} left. The caller is still on hold: press Resume to go back.`,
-        }[ev.reason] || "Consult cancelled: you are back with the caller.");
+        const why = {
+          declined: `${ev.guest} declined.`,
+          no_answer: `${ev.guest} did not answer.`,
+          busy: `${ev.guest} is busy.`,
+          failed: `${ev.guest} could not be reached.`,
+          guest_left: `${ev.guest} left.`,
+        }[ev.reason];
+        show(why ? `${why} The caller is still on hold: press Resume to go back.`
+          : "Consult cancelled: you are back with the caller.");
       } else if (ev.type === "call.consult_completed") {
         if (role === "host") { endOfCall(`You handed the caller to ${ev.guest}.`); return; }
         phase = "none"; role = null;
