@@ -191,9 +191,9 @@ class Consults:
     async def _dial_out(self, call: Call, consult: Consult, line: OutsideLine) -> None:
         try:
             peer, codec = await line.dial_party(consult.guest)
-        except DialFailed as exc:
+        except Exception as exc:  # not only DialFailed: no failure may leave it "ringing"
             if call.consult is consult:  # not cancelled meanwhile: the host is told
-                event, reason = dial_failure(exc.status)
+                event, reason = dial_failure(exc.status if isinstance(exc, DialFailed) else 0)
                 consult.next(event)
                 call.consult = None
                 self.m._publish(ConsultCancelled(call_id=call.id, host=consult.host,

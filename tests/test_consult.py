@@ -35,6 +35,7 @@ def test_a_consult_moves_as_its_table_says() -> None:
         ("ringing", "answer"): "consulting",
         ("ringing", "decline"): None,
         ("ringing", "no_answer"): None,
+        ("ringing", "failed"): None,
         ("ringing", "cancel"): None,
         ("consulting", "complete"): None,
         ("consulting", "conference"): "conference",
@@ -43,7 +44,7 @@ def test_a_consult_moves_as_its_table_says() -> None:
         ("conference", "leave"): None,
     }
     assert TRANSITIONS == expected
-    events = ("answer", "decline", "no_answer", "cancel", "complete", "conference",
+    events = ("answer", "decline", "no_answer", "failed", "cancel", "complete", "conference",
               "guest_left", "leave")  # fmt: skip
     for phase, event in product(("ringing", "consulting", "conference"), events):
         if (phase, event) in expected:

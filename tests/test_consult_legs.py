@@ -22,7 +22,7 @@ import pytest
 
 from engine.callstate import NotAllowed
 from engine.conference import hears
-from engine.consult import dial_failure
+from engine.consult import Consult, dial_failure
 from engine.livecall import Call, Leg
 from engine.monitoring import _bridged
 from engine.recording import CallRecording
@@ -242,7 +242,7 @@ class Line:
     number answers with a phone leg that opens no socket, fails with ``fails``, or rings
     until called off (``rings``). ``byes``: the times our side hung the answer up."""
 
-    def __init__(self, fails: DialFailed | None = None, *, rings: bool = False) -> None:
+    def __init__(self, fails: Exception | None = None, *, rings: bool = False) -> None:
         self.fails, self.rings = fails, rings
         self.ringing = asyncio.Event()
         self.called_off = False
@@ -320,20 +320,26 @@ async def test_an_outside_number_is_consulted_then_handed_the_caller(cp: Control
     assert [e["guest"] for e in await told(cp, "call.consult_completed")] == [NUMBER]
 
 
+@pytest.mark.parametrize(
+    ("fails", "reason"),
+    [(DialFailed(486, "Busy Here"), "busy"), (OSError("no route to the trunk"), "failed")],
+)
 async def test_a_number_not_answering_leaves_the_caller_on_hold_with_the_host(
-    cp: ControlPlane,
+    cp: ControlPlane, fails: Exception, reason: str
 ) -> None:
     """A busy number: the request fails (the API's 502), the host is told why, and the
-    caller stays held with her (as when a colleague declines); no leg is left."""
+    caller stays held with her (as when a colleague declines); no leg is left. Any
+    other failure of the dial too: a consult left "ringing" would hold the caller for
+    ever (resume is refused while one rings)."""
     m = cp.calls
     call = await with_ann(cp)
     ann = await person(cp, "ann")
-    with pytest.raises(DialFailed):
-        await m.consults.start_outside(ann, call.id, NUMBER, Line(DialFailed(486, "Busy Here")))
+    with pytest.raises(type(fails)):
+        await m.consults.start_outside(ann, call.id, NUMBER, Line(fails))
     assert call.consult is None and call.state == "held" and call.agent_id == ann.id
     assert [leg.user_id for leg in call.legs if leg.role == "agent"] == [ann.id]
     [cancelled] = await told(cp, "call.consult_cancelled")
-    assert (cancelled["guest"], cancelled["reason"]) == (NUMBER, "busy")
+    assert (cancelled["guest"], cancelled["reason"]) == (NUMBER, reason)
     await m.resume(ann, call.id)
     assert call.state == "bridged"
 
@@ -444,3 +450,18 @@ def test_a_dial_failure_is_told_as_the_host_reads_it() -> None:
         ("no_answer", "no_answer"), ("decline", "busy"), ("decline", "declined"),
         ("failed", "failed"), ("failed", "failed"),
     ]  # fmt: skip
+
+
+def test_an_outside_guest_is_the_leg_with_no_user() -> None:
+    """Consult.party matched the guest by user id only: a number's leg (no user) must
+    be the guest once it answered, the host's leg the host; while it rings the plain
+    bridge holds (everyone is the host's side)."""
+    c = Consult("u-ann", "ann", None, NUMBER)
+    assert c.outside and c.party(None) == "host" and c.party("u-ann") == "host"
+    c.move("answer")
+    assert c.party(None) == "guest" and c.party("u-ann") == "host"
+    c.move("conference")
+    assert c.party(None) == "guest" and c.party("u-ann") == "host"
+    colleague = Consult("u-ann", "ann", "u-bob", "bob", phase="consulting")
+    assert not colleague.outside and colleague.party(None) == "host"
+    assert colleague.party("u-bob") == "guest"
