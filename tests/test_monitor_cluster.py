@@ -108,8 +108,12 @@ async def test_sign_outs_removals_and_demotions_are_announced(
     assert told == ["people"]
     r = await admin.patch("/api/v1/agents/sue", json={"display_name": "Sue B", "skills": ["x"]})
     assert r.status_code == 200 and told == ["people"]
+    streams_told = cp.app.state.credentials._revoked  # set when open streams are told
     r = await admin.patch("/api/v1/agents/sue", json={"role": "agent"})
     assert r.status_code == 200 and told == ["people"] * 2
+    # this engine's own open streams read the role again at once (a review finding:
+    # only the other engines' did, and this one's within a minute)
+    assert streams_told.is_set()
     r = await admin.patch("/api/v1/agents/sam", json={"password": "pw-sam-456789"})
     assert r.status_code == 200 and told == ["people"] * 3
     assert (await admin.delete("/api/v1/agents/sid")).status_code == 204
