@@ -158,7 +158,11 @@ class RoutingCopy:
         error: Exception | None = None
         card = op.get("call")
         if op["op"] != "leave" and isinstance(card, Mapping) and card.get("id") in self.left:
-            return effects, None  # asked for before the call left for good: too late
+            # asked for before the call left for good: too late (a consult's host is told:
+            # no colleague rings for it)
+            if op["op"] == "consult_offer":
+                return effects, AcdError(f"call {card['id']} has ended")
+            return effects, None
         if isinstance(card, Mapping) and not card.get("ended") and op.get("origin"):
             self.nodes[str(card["id"])] = str(op["origin"])
         try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from engine.acd import QueueConfig
+from engine.acd import AcdError, QueueConfig
 from engine.analysis import Emit
 from engine.consult import Consult
 from engine.events import CallOffered
@@ -85,6 +85,20 @@ def test_a_withdrawn_consult_frees_the_guest_on_every_copy() -> None:
             c.apply(op, now)
         assert c.routing.presence_of("u-bob") == "available"
         assert not c.routing.offered_to("u-bob", "c1") and c.routing.acd._offers == {}
+
+
+def test_a_consult_asked_for_a_call_that_left_is_refused() -> None:
+    """A ring asked for just before the call left for good (its hang-up appended first,
+    by another connection) is refused, so its host is told, rather than taken as rung."""
+    copy = RoutingCopy([QueueConfig(name="general")], 20.0)
+    call = live_call("c1", "held")
+    *signin, (ring, now) = consult_script(call)
+    for op, at in signin:
+        copy.apply(op, at)
+    copy.apply({"op": "leave", "call": CallCard.of(call), "reason": "caller_left"}, 101.5)
+    effects, error = copy.apply(ring, now)
+    assert effects == [] and isinstance(error, AcdError)
+    assert copy.routing.presence_of("u-bob") == "available"
 
 
 # -- the call's engine, on a real redis-server ------------------------------------------
