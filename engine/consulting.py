@@ -224,6 +224,7 @@ class Consults:
         guest's answer: the log has them on the call, so they go to wrap-up, as a guest
         who left does; their leg never joins it."""
         assert leg.user_id is not None
+        self.m._stop_desk_phone(call.id)  # the cancel's withdrawal found nothing to stop
         if leg.peer is not None:
             await leg.peer.close()
         await self.m._route(self.m.routing.hung_up(leg.user_id, None, call.id))
