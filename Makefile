@@ -72,6 +72,7 @@ bench: sysdeps $(VENV)/.installed-test
 	$(PY) -m bench.sip --n 1
 	$(PY) -m bench.developer
 	$(PY) -m bench.gcpause
+	$(PY) -m bench.mixer
 	$(PY) -m bench.emotion_cost
 	$(PY) -m bench.bot
 	$(PY) -m bench.cluster

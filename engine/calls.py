@@ -108,6 +108,7 @@ from engine.events import (
     CallWrappedUp,
     EventBase,
     EventBus,
+    OfferWithdrawn,
     as_utc,
     utcnow,
 )
@@ -1116,6 +1117,9 @@ class CallManager:
         engine/sharedcalls.py)."""
         if isinstance(effect, Emit):
             self._publish(effect.event)
+            if self.routing_copy is not None and isinstance(effect.event, OfferWithdrawn):
+                # several engines: the log's leader ticks, no ACD timer here sweeps consults
+                await self.consults.offer_withdrawn(effect.event)
         elif isinstance(effect, Record):
             await self._keep(effect.what, self.store.add, effect.row)
         elif isinstance(effect, UpdateCall):

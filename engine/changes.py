@@ -1,5 +1,6 @@
 """Configuration changed on one engine, reloaded by all: webhooks, escalation rules,
-knowledge-base articles, the virtual agent's flows and queues.
+knowledge-base articles, the virtual agent's flows and queues; and people signed out,
+changed or removed.
 
 Theory of operation
 -------------------
@@ -8,7 +9,10 @@ log's webhook list, ``Content``'s rules and articles, ``FlowSet``'s flows, the A
 queues). A change made through one engine's API is written to the database and applied
 there at once; the other engines on the same database must reload it, or a webhook
 created on node A would never be sent the events of node B, and a rule, a flow or a
-queue changed on A would not apply to calls on B.
+queue changed on A would not apply to calls on B. People are read from the database
+on every request already; what the others must act on is what they hold open for a
+person: a supervisor signed out on A kept listening to a call on B, and B's streams
+noticed the sign-out only at their next periodic check.
 
 With Redis (``CCENGINE_REDIS_URL``) the engine that made the change publishes the kind
 of change on one channel (``<prefix>:changed``); every other engine listens and reloads
@@ -23,6 +27,9 @@ tell: ``changed`` does nothing.
     content     Content.load (rules and articles)
     flows       FlowSet.load (the virtual agent's flows; engine/bot/flowset.py)
     queues      CallManager.load_queue_changes
+    people      Monitors.recheck (supervisor legs of people signed out, removed or
+                demoted end) and auth.tokens_revoked (open streams check their
+                credentials now); engine/app.py
 """
 
 from __future__ import annotations
@@ -41,8 +48,8 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["webhooks", "content", "flows", "queues"]
-KINDS: tuple[Kind, ...] = ("webhooks", "content", "flows", "queues")
+Kind = Literal["webhooks", "content", "flows", "queues", "people"]
+KINDS: tuple[Kind, ...] = ("webhooks", "content", "flows", "queues", "people")
 BACKSTOP = 60.0  # s between reloads of everything, for a message missed while away
 RETRY = 2.0  # s before listening again after Redis went away
 TIMEOUT = 2.0  # s a Redis command may take

@@ -24,6 +24,14 @@ cancel (or the caller hanging up) calls it off, which sends the INVITE a CANCEL.
 answered, the number's leg joins as the guest's (a leg with no user); it leaves with a
 BYE, and after a hand-over the call is with that number as after
 ``Controls.transfer_out``.
+
+With several engines the ring, the answer and the withdrawal are operations of the
+shared routing log (engine/routingcopy.py): the guest may be signed in on any engine,
+whose desk's answer, decline and the host's requests are sent on to the engine running
+the call (engine/api/forward.py). The answer is decided in the log before the guest's
+leg joins the call; a ring that ended in the log (declined, rung out in the leader's
+tick) is told to the host from its withdrawal (``offer_withdrawn``), since no ACD timer
+runs on the engine to ``sweep``.
 """
 
 from __future__ import annotations
@@ -46,11 +54,13 @@ from engine.events import (
     ConsultCompleted,
     ConsultConferenced,
     ConsultStarted,
+    OfferWithdrawn,
     utcnow,
 )
 from engine.livecall import Leg
 from engine.routing import Effect as RoutingEffect
 from engine.routing import Transition
+from engine.routinglog import RoutingUnavailable
 from engine.sip import DialFailed
 from engine.store.models import LegRow
 
@@ -97,10 +107,6 @@ class Consults:
         call = self.m.controls.live(call_id)
         if call.agent_id != user.id:
             raise Forbidden(f"call {call_id} is not on your line")
-        if self.m.routing_copy is not None:
-            # the shared routing (engine/routingcopy.py) has no consult ring yet: refused
-            # before the caller is held, not half-done on one engine's copy
-            raise NotAllowed("consults work on a single engine for now")
         guest_id = self.m.routing.agent_named(guest)
         presence = self.m.routing.presence_of(guest_id) if guest_id else "offline"
         may_start(channel=call.channel, state=call.state, consult=call.consult,
@@ -120,11 +126,19 @@ class Consults:
                 return  # cancelled: told by the cancel, nobody rung
             await self.m._route(self.m.routing.consult_offer(call, guest_id))
             consult.rung = True
+            if call.consult is not consult:
+                # cancelled, declined or the call ended while the ring was asked for (with
+                # several engines the shared log's answer is awaited): told already; a
+                # cancel's withdrawal may have gone into the log before the ring did
+                await self.m._route(self.m.routing.consult_withdraw(guest_id, call.id))
+                return
         except AcdError as exc:
-            call.consult = None
+            if call.consult is consult:
+                call.consult = None
             raise NotAllowed(f"{guest} is not available ({exc}); resume the caller") from None
         except BaseException:
-            call.consult = None
+            if call.consult is consult:  # (not another consult asked for meanwhile)
+                call.consult = None
             raise
         self.m._publish(ConsultStarted(call_id=call.id, host=user.username, guest=guest))
         log.info("call %s: %s consults %s", call.id, user.username, guest)
@@ -139,8 +153,7 @@ class Consults:
         call = self.m.controls.live(call_id)
         if call.agent_id != user.id:
             raise Forbidden(f"call {call_id} is not on your line")
-        if self.m.routing_copy is not None:
-            raise NotAllowed("consults work on a single engine for now")
+        # (no ACD ring: with several engines only the host's hand-over goes to the log)
         may_start_outside(channel=call.channel, state=call.state, consult=call.consult)
         line.may_dial(number)  # no trunk, a domain not allowed: before the caller is held
         consult = Consult(user.id, user.username, None, number)
@@ -284,10 +297,17 @@ class Consults:
         assert consult is not None and leg.user_id is not None and leg.user_id == consult.guest_id
         try:
             answered = list(self.m.routing.answered(leg.user_id, call.id))
-        except AcdError:
+            if self.m.routing_log is not None:
+                # several engines: the answer is decided in the shared log before the
+                # guest's leg is put on the call (an offer that rang out is refused there)
+                await self.m._route(answered)
+                answered = []
+        except (AcdError, RoutingUnavailable):
             if leg.peer is not None:
                 await leg.peer.close()
             raise
+        if call.consult is not consult:
+            await self._too_late(call, leg)
         # from here on, with no await: the guest is on the call
         consult.move("answer")
         consult.guest_leg = leg.id
@@ -319,6 +339,27 @@ class Consults:
             ConsultCancelled(call_id=call.id, host=consult.host, guest=consult.guest,
                              reason=reason)
         )  # fmt: skip
+
+    async def _too_late(self, call: Call, leg: Leg) -> None:
+        """The consult was cancelled (or the call ended) while the shared log decided the
+        guest's answer: the log has them on the call, so they go to wrap-up, as a guest
+        who left does; their leg never joins it."""
+        assert leg.user_id is not None
+        self.m._stop_desk_phone(call.id)  # the cancel's withdrawal found nothing to stop
+        if leg.peer is not None:
+            await leg.peer.close()
+        await self.m._route(self.m.routing.hung_up(leg.user_id, None, call.id))
+        raise NotAllowed("the consult was cancelled before you answered")
+
+    async def offer_withdrawn(self, event: OfferWithdrawn) -> None:
+        """Several engines: a guest's ring ended in the shared log (declined there, rung
+        out or their desk gone in the leader's tick). No ACD timer runs on this engine
+        to ``sweep``: the host is told from the withdrawal itself. ("cancelled" and
+        "caller_left": the host's cancel or the call's end, told by them.)"""
+        reason = {"declined": "declined", "no_answer": "no_answer", "disconnected": "no_answer"}
+        call = self.m.calls.get(event.call_id or "")
+        if call is not None and event.reason in reason:
+            await self.declined(call, event.agent_id, reason[event.reason])
 
     async def sweep(self) -> None:
         """Consults whose ring ended without an answer (timed out, the guest's desk

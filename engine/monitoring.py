@@ -7,23 +7,29 @@ microphone in, the call's voices out), in one of the modes of engine/monitor.py,
 may change mode while on it or leave. Their leg is kept beside the call's parties, in
 ``call.monitors``, not among ``call.legs``: it is no party of the conversation. It
 has no pipeline, so the supervisor's voice is never transcribed, never judged by the
-escalation rules, never sent to audio forks and never written to the recording; it
-only reaches the parties that ``monitor.hears`` says hear it, as one more voice in
-their outgoing mix (media/mixer.py). The parties' voices reach the supervisor the
-same way, from the call manager's bridge (``to_supervisors``).
+escalation rules and never sent to audio forks; it only reaches the parties that
+``monitor.hears`` says hear it, as one more voice in their outgoing mix
+(media/mixer.py). The parties' voices reach the supervisor the same way, from the
+call manager's bridge (``to_supervisors``).
+
+The recording keeps what the caller heard: while the caller hears a supervisor (a
+barge), the supervisor's voice is added to the agent's channel, placed on the call's
+clock as an agent leg's is (``record_voice``). A whisper and a listen are not
+recorded: the caller never hears them.
 
 The leg ends when the supervisor leaves (``stop``), when their peer goes (closed,
 ICE failed, no audio for the media timeout), when the agent they joined leaves the
 call (a transfer: the next agent, or the outside number, is not who they came to
-coach), when they are signed out, removed or demoted (``user_gone``), and when the
-call ends (``call_ended``, at the start of the call's teardown); it never ends the
-call. A leg that ends is silent at once: its task is cancelled and its queued voice
-dropped before anything is awaited, so a slow or failing write cannot keep a
-supervisor talking to a caller whose agent has gone. Each start, change and stop is
-published as an event (``supervisor.monitor_*``) with who and the mode, so it
-reaches the event log and webhooks. Those events carry the call as
-``monitored_call_id``, not ``call_id``: a call's own stream is what its caller reads,
-and a caller is not told who listens.
+coach), when they are signed out, removed or demoted (``user_gone`` on the engine
+that did it; ``recheck`` against the database on the others, told through
+engine/changes.py), and when the call ends (``call_ended``, at the start of the
+call's teardown); it never ends the call. A leg that ends is silent at once: its
+task is cancelled and its queued voice dropped before anything is awaited, so a slow
+or failing write cannot keep a supervisor talking to a caller whose agent has gone.
+Each start, change and stop is published as an event (``supervisor.monitor_*``) with
+who and the mode, so it reaches the event log and webhooks. Those events carry the
+call as ``monitored_call_id``, not ``call_id``: a call's own stream is what its
+caller reads, and a caller is not told who listens.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,8 +50,8 @@ from engine.callstate import WITH_AGENT, Forbidden, NotAllowed, check_voice
 from engine.events import EventBus, MonitorModeChanged, MonitorStarted, MonitorStopped, utcnow
 from engine.monitor import Mode, Party, hears
 from engine.store.db import Store
-from engine.store.models import LegRow
-from media.audio import downmix_int16
+from engine.store.models import LegRow, UserRow
+from media.audio import AnalysisResampler, downmix_int16
 from media.peer import CallPeer
 from media.wavtrack import to_send_rate
 from media.webrtc import WebRtcLeg, pump_audio
@@ -56,6 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_SUPERVISORS = 4  # on one call at once: each is a peer and a decode on this node
+MONITOR_ROLES = ("supervisor", "admin")  # who may listen to, whisper into, barge into calls
 Keep = Callable[..., Awaitable[None]]
 
 
@@ -69,11 +77,49 @@ class SupervisorLeg:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     stopped: bool = False
     reason: str | None = None  # why it stopped
+    # the person's token version when they joined: signing out and a new password
+    # raise the stored one (engine/api/auth.py revoke_tokens), and the leg ends
+    token_version: int = 0
+    # their voice in the recording (``record_voice``): where their resampled audio's
+    # clock sits on the call's, set at their first frame; None before it
+    offset: float | None = None
+    resampler: AnalysisResampler = field(default_factory=AnalysisResampler, repr=False)
 
 
 def may_monitor(user: Actor) -> None:
-    if user.role not in ("supervisor", "admin"):
+    if user.role not in MONITOR_ROLES:
         raise Forbidden("only supervisors and admins listen to, whisper into or barge into calls")
+
+
+def may_keep(token_version: int, row: UserRow | None) -> bool:
+    """Whether the person, as the database has them now, may still hold a leg they
+    joined with ``token_version``: not removed, still a supervisor or an admin, not
+    signed out (nor given a new password) since."""
+    return row is not None and row.role in MONITOR_ROLES and row.token_version == token_version
+
+
+def record_voice(
+    call: Call, leg: SupervisorLeg, pcm: np.ndarray, rate: int, channels: int, heard: bool
+) -> None:
+    """A supervisor's decoded frame into the call's recording, on the agent's channel,
+    if the caller ``heard`` it (a barge). A whisper reaches only the agent and a listen
+    nobody: neither is part of what the caller heard, so neither is written.
+
+    Placed as an agent leg's audio is (engine/calls.py): an offset on the call's clock
+    (from ``call.media_t0``, the caller's first audio) set at the supervisor's first
+    frame, plus where the frame falls in their resampled audio. A frame not written
+    (not heard, paused, no recording) is not resampled, and the offset carries it
+    instead: the resampler's clock stands still meanwhile while the call's goes on."""
+    if call.media_t0 is None:
+        return  # the call's clock has not started: nothing to place the voice on
+    if leg.offset is None:
+        leg.offset = time.monotonic() - call.media_t0
+    recording = call.recording
+    if heard and recording is not None and recording.active:
+        for frame in leg.resampler.push(pcm, rate, channels):
+            recording.write(1, leg.offset + frame.start, frame)
+    else:
+        leg.offset += pcm.size / channels / rate
 
 
 def _parties(call: Call) -> list[tuple[Party, CallPeer]]:
@@ -132,7 +178,7 @@ class Monitors:
         return leg
 
     async def start(
-        self, user: Actor, call: Call, mode: Mode, sdp: str
+        self, user: UserRow, call: Call, mode: Mode, sdp: str
     ) -> tuple[SupervisorLeg, str]:
         """Join ``call`` with the supervisor's SDP offer; their leg and our answer. The
         leg's row is written before it goes live, so every start event has its row."""
@@ -158,6 +204,11 @@ class Monitors:
                          user_id=user.id, created_at=utcnow())  # fmt: skip
             await self.keep(f"leg {leg_id}", self.store.add, row)
             written = True
+            # signed out on another engine meanwhile? Its message may have come and
+            # gone before this leg was live for ``recheck`` to find; read last, so a
+            # sign-out after this read finds the leg live
+            if not may_keep(user.token_version, await self.store.user(user.id)):
+                raise Forbidden("you were signed out while joining")
             # again: the call may have ended, the agent left or the supervisor been
             # signed out while that was written
             self._may_still_join(call, user, signed_out, agent, gone)
@@ -169,7 +220,9 @@ class Monitors:
                 await peer.close()
             raise
         # live from here, with no await in between: the leg, its event and its voice
-        leg = SupervisorLeg(leg_id, user.id, user.username, mode, peer)
+        leg = SupervisorLeg(
+            leg_id, user.id, user.username, mode, peer, token_version=user.token_version
+        )
         holder.append(leg)
         call.monitors.append(leg)
         self.bus.publish(
@@ -286,12 +339,31 @@ class Monitors:
         a supervisor or an admin): their legs on every live call end, and a join they
         are setting up is refused."""
         self._sign_outs[user_id] = self._sign_outs.get(user_id, 0) + 1
-        for call in list(self.calls.values()):
-            for leg in [m for m in call.monitors if m.user_id == user_id]:
-                try:
-                    await self.stop(call, leg, "signed_out")
-                except Exception:
-                    log.exception("call %s: ending %s's leg failed", call.id, leg.username)
+        await self._sign_out([(c, m) for c, m in self._legs() if m.user_id == user_id])
+
+    async def recheck(self) -> None:
+        """Someone was signed out, changed or removed on another engine (or a message
+        about it was missed: engine/changes.py's backstop): every supervisor leg on
+        this node is checked against the database, and those whose person may no
+        longer hold them end ("signed_out"). No query when there are no legs."""
+        legs = self._legs()
+        if not legs:
+            return
+        rows = {uid: await self.store.user(uid) for uid in {m.user_id for _c, m in legs}}
+        await self._sign_out(
+            [(c, m) for c, m in legs if not may_keep(m.token_version, rows[m.user_id])]
+        )
+
+    def _legs(self) -> list[tuple[Call, SupervisorLeg]]:
+        return [(call, m) for call in list(self.calls.values()) for m in list(call.monitors)]
+
+    async def _sign_out(self, legs: list[tuple[Call, SupervisorLeg]]) -> None:
+        """End these legs, each whatever happened to the one before."""
+        for call, leg in legs:
+            try:
+                await self.stop(call, leg, "signed_out")
+            except Exception:
+                log.exception("call %s: ending %s's leg failed", call.id, leg.username)
 
     async def _run(self, call: Call, leg: SupervisorLeg) -> None:
         """The supervisor's voice, to whoever hears them now; the leg ends with it,
@@ -302,12 +374,15 @@ class Monitors:
             if leg.stopped or call.ended.is_set():  # a frame decoded as the leg ended
                 return 0
             audio: np.ndarray | None = None
+            caller_heard = False
             for party, peer in _parties(call):
                 if hears(leg.mode, "supervisor", party, state=call.state,
                          agent_muted=call.agent_muted):  # fmt: skip
                     if audio is None:
                         audio = to_send_rate(downmix_int16(pcm, channels), rate)
                     peer.outbound.push_live(audio, leg.id)
+                    caller_heard = caller_heard or party == "caller"
+            record_voice(call, leg, pcm, rate, channels, caller_heard)
             return 0
 
         try:

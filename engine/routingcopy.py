@@ -31,6 +31,12 @@ must read the same values. Each effect is applied by one node (``owner_of``):
 
 The node running a call puts its shadow's queue and place on the live call, and fills
 an offer with the live call's summary, mood and history as it sends it.
+
+A consult (engine/consulting.py) rings a colleague for a call that is with its agent,
+not in line: "consult_offer" makes the call's shadow for that operation alone, long
+enough for the offer to be made of it, and the node running the call says who consults
+as it sends the offer. The ring is timed like any offer (the leader's ticks); answering,
+declining and withdrawing it ("consult_withdraw") are operations too.
 """
 
 from __future__ import annotations
@@ -66,7 +72,10 @@ Op = dict[str, Any]
 # 1 refuses "wrapped_up" and lets an agent who owes a disposition go available, so its
 # copy would silently part from the others'. The versions refuse each other's copies
 # instead; the engines of a cluster are upgraded together (all stopped, then started).
-SNAPSHOT_VERSION = 2
+# 3: consults across engines (the "consult_offer" and "consult_withdraw" operations): an
+# engine of version 2 refuses them, leaving the consulted agent available in its copy
+# while the others have them ringing, and would offer them a second call.
+SNAPSHOT_VERSION = 3
 # calls remembered as gone from the line for good (hung up, a callback instead): an
 # operation asked for before the call left may be appended after it (two engines, or
 # two connections of one), and must not put the call back in line as a ghost
@@ -149,7 +158,11 @@ class RoutingCopy:
         error: Exception | None = None
         card = op.get("call")
         if op["op"] != "leave" and isinstance(card, Mapping) and card.get("id") in self.left:
-            return effects, None  # asked for before the call left for good: too late
+            # asked for before the call left for good: too late (a consult's host is told:
+            # no colleague rings for it)
+            if op["op"] == "consult_offer":
+                return effects, AcdError(f"call {card['id']} has ended")
+            return effects, None
         if isinstance(card, Mapping) and not card.get("ended") and op.get("origin"):
             self.nodes[str(card["id"])] = str(op["origin"])
         try:
@@ -208,6 +221,15 @@ class RoutingCopy:
             yield from r.transfer(call, op["queue"], op["agent"], self.now)
         elif kind == "decline":
             yield from r.decline(op["user_id"], op["call_id"])
+        elif kind == "consult_offer":
+            # the call is with its agent, not in line: its shadow lives for this operation
+            # (long enough for the offer to be made of it), and the offer says the queue
+            # it came through and no wait (the colleague is asked now)
+            call = self._shadow(op["call"])
+            call.queue_name, call.queued_at = op.get("queue"), self.now
+            yield from r.consult_offer(call, op["agent"])
+        elif kind == "consult_withdraw":
+            yield from r.consult_withdraw(op["agent"], op["call_id"])
         elif kind == "hung_up":
             took = None if op.get("unknown_length") else op["handle_time"]  # a call cut off
             since = None if took is None else self.now - took
@@ -426,6 +448,8 @@ def on_live_call(effect: Effect, call: Call) -> Effect:
                 "transfer_note": call.transfer_note, "intent": call.intent,
                 "customer_id": call.customer_id, "verified_by": call.verified_by,
                 "attestation": call.attestation,
+                # a consult's ring: the shadow has no Consult, the live call knows the host
+                "consult_from": call.consult.host if call.consult is not None else None,
             }
         )  # fmt: skip
         return Emit(fresh)
@@ -516,6 +540,14 @@ class SharedRouting(Routing):
 
     def decline(self, user_id: str, call_id: str) -> Iterator[Effect]:
         yield Replicate({"op": "decline", "user_id": user_id, "call_id": call_id})
+
+    def consult_offer(self, call: Call, agent_id: str) -> Iterator[Effect]:
+        op = {"op": "consult_offer", "call": CallCard.of(call), "agent": agent_id,
+              "queue": call.queue_name}  # fmt: skip
+        yield Replicate(op)
+
+    def consult_withdraw(self, agent_id: str, call_id: str) -> Iterator[Effect]:
+        yield Replicate({"op": "consult_withdraw", "agent": agent_id, "call_id": call_id})
 
     def clients(self, user_id: str, holder: str, streams: int) -> Iterator[Effect]:
         # the holder is the engine that asks (the operation's origin)

@@ -138,3 +138,48 @@ async def test_a_change_missed_while_away_arrives_by_the_backstop(
         return any(x["id"] == "hours" for x in arts)
 
     await until(arrived)
+
+
+async def test_people_announced_by_one_engine_are_rechecked_by_another(
+    redis_server: RedisServer,
+) -> None:
+    """The kind "people" (someone signed out, changed or removed: engine/app.py rechecks
+    the supervisor legs and tells the open streams) travels like the others: announced
+    on A, reloaded on B alone, and not on A (which applied it already)."""
+    prefix = redisd.prefix()
+    counts = {"a": dict.fromkeys(changes.KINDS, 0), "b": dict.fromkeys(changes.KINDS, 0)}
+
+    def reloads(node: str) -> dict[changes.Kind, Callable[[], Awaitable[None]]]:
+        def reload(kind: changes.Kind) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                counts[node][kind] += 1
+
+            return run
+
+        return {kind: reload(kind) for kind in changes.KINDS}
+
+    a = changes.Changes(reloads("a"), redis_server.url, prefix)
+    b = changes.Changes(reloads("b"), redis_server.url, prefix)
+    a.start()
+    b.start()
+    try:
+        for node in (a, b):
+            await asyncio.wait_for(node.listening.wait(), 10)
+
+        async def started() -> bool:
+            # listening begins with a reload of everything (what was missed meanwhile)
+            return all(n == 1 for each in counts.values() for n in each.values())
+
+        await until(started)
+        await a.changed("people")
+
+        async def on_b() -> bool:
+            return counts["b"]["people"] == 2
+
+        await until(on_b)
+        await asyncio.sleep(changes.GATHER * 2)  # anything else would have come by now
+        assert counts["b"] == {**dict.fromkeys(changes.KINDS, 1), "people": 2}
+        assert counts["a"] == dict.fromkeys(changes.KINDS, 1)
+    finally:
+        await a.stop()
+        await b.stop()

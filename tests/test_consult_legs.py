@@ -3,7 +3,8 @@ manager (tests/controlplane.py), phone legs that open no socket (tests/test_moni
 Ann on the call, Bob consulted.
 
 Each test is a regression from the review of the consult / warm transfer / conference
-feature: a consult on a shared routing held the caller then failed; a transfer during a
+feature: a consult on a shared routing held the caller then failed (now it is rung
+through the shared log, tests/test_consult_shared.py); a transfer during a
 consult; a consult rung after the caller had gone; a resume while the colleague rang; a
 held conference; a colleague left on a call that ended; a consulted colleague hanging
 the caller up; an agent's mute never cleared; the DTMF backlog taken by keys never sent;
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 import wave
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import pytest
 from engine.callstate import NotAllowed
 from engine.conference import hears
 from engine.consult import Consult, dial_failure
+from engine.events import utcnow
 from engine.livecall import Call, Leg
 from engine.monitoring import _bridged
 from engine.recording import CallRecording
@@ -33,8 +36,18 @@ from media.peer import CallPeer
 from media.rtp import RtpSession
 from media.sip.peer import SipPeer
 from media.sip.sdp import parse_offer
+from tests import redisd
 from tests.controlplane import PHONE_SDP, ControlPlane
-from tests.test_monitor_legs import PASSWORD, cp, person, phone, published, with_ann
+from tests.redisd import RedisServer
+from tests.test_monitor_legs import (
+    PASSWORD,
+    cp,
+    password_hash,
+    person,
+    phone,
+    published,
+    with_ann,
+)
 
 __all__ = ["cp"]  # the fixture, shared with tests/test_monitor_legs.py
 
@@ -56,20 +69,96 @@ async def consulting(cp: ControlPlane) -> tuple[Call, UserRow, UserRow]:
     return call, ann, bob
 
 
-async def test_a_consult_on_a_shared_routing_is_refused_before_the_hold(
-    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
+OFFER_TIMEOUT = 2.0  # s: with a shared routing, a consult rings out quickly
+
+
+@pytest.fixture
+async def shared(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[ControlPlane]:
+    """The engine as it runs with CCENGINE_REDIS_URL: every routing step an operation of
+    the shared log on a real redis-server (engine/routinglog.py); Ann and Bob, agents."""
+    async with ControlPlane(
+        tmp_path / "engine", media_timeout=60.0, offer_timeout=OFFER_TIMEOUT,
+        redis_url=redis_server.url, redis_prefix=redisd.prefix(),
+    ) as cp:  # fmt: skip
+        for name in ("ann", "bob"):
+            await cp.store.add_user(
+                UserRow(id=f"id-{name}", username=name, display_name=name, role="agent",
+                        skills=[], password_hash=password_hash(), created_at=utcnow())
+            )  # fmt: skip
+        assert cp.calls.routing_log is not None
+        yield cp
+
+
+async def test_a_consult_on_a_shared_routing_rings_answers_and_completes_in_the_log(
+    shared: ControlPlane,
 ) -> None:
-    """Found in review: on a cluster the shared routing has no consult ring; the consult
-    held the caller, then failed and left the local copy corrupt."""
-    m = cp.calls
-    call = await with_ann(cp)
-    await bob_available(cp)
-    # the engine as it runs with CCENGINE_REDIS_URL: only whether it has a copy matters
-    monkeypatch.setattr(m, "routing_copy", object())
-    with pytest.raises(NotAllowed, match="single engine"):
-        await m.consults.start(await person(cp, "ann"), call.id, "bob")
-    assert call.state == "bridged" and call.consult is None
-    assert m.presence_of((await person(cp, "bob")).id) == "available"
+    """Was refused ("consults work on a single engine for now"): the shared routing had
+    no consult ring, and one engine's copy would have rung the colleague alone. Now the
+    ring, the answer and the hand-over are operations of the shared log, so every
+    engine's copy has Bob ringing, then on the call, and Ann in wrap-up after."""
+    m = shared.calls
+    copy = m.routing_copy
+    assert copy is not None and m.routing_log is not None
+    call = await with_ann(shared)
+    ann, bob = await person(shared, "ann"), await bob_available(shared)
+    applied = m.routing_log.applied
+    await m.consults.start(ann, call.id, "bob")
+    assert m.routing_log.applied > applied  # asked of the log, not decided here
+    assert call.state == "held" and copy.routing.offered_to(bob.id, call.id)
+    async with asyncio.timeout(5):  # an event reaches the bus once the event log has it
+        while not (offers := [e for e in published(shared, "call.offered")  # noqa: ASYNC110
+                              if e["agent_id"] == bob.id]):  # fmt: skip
+            await asyncio.sleep(0.05)
+    assert [o["consult_from"] for o in offers] == ["ann"]
+
+    await m.accept_peer(bob.id, call.id, phone(), "sip", "PCMU")
+    assert call.consult is not None and call.consult.phase == "consulting"
+    assert copy.routing.presence_of(bob.id) == "on_call"
+    assert [leg.user_id for leg in call.legs if leg.role == "agent"] == [ann.id, bob.id]
+
+    await m.consults.complete(ann, call.id)
+    assert call.agent_id == bob.id and call.consult is None
+    assert copy.routing.presence_of(ann.id) == "wrap_up"
+    assert copy.routing.presence_of(bob.id) == "on_call"
+    record = await m.store.get_call(call.id)
+    assert record is not None and record.call.agent_id == bob.id
+    await m.end_call(call.id, "hangup")
+    assert copy.routing.presence_of(bob.id) == "wrap_up"
+
+
+async def test_an_answer_after_the_consult_was_cancelled_in_the_log_is_refused(
+    shared: ControlPlane,
+) -> None:
+    """With the answer decided in the log first (as ``_bridge_agent`` does), a cancel can
+    land while the log decides it: the colleague was on the call in the log, with no
+    consult left to join. Their leg is closed, they go to wrap-up, and they are told."""
+    m = shared.calls
+    call = await with_ann(shared)
+    ann, bob = await person(shared, "ann"), await bob_available(shared)
+    await m.consults.start(ann, call.id, "bob")
+    consult = call.consult
+    assert consult is not None
+    closed: list[bool] = []
+    bobs = phone()
+    real_close = bobs.close
+
+    async def close() -> None:
+        closed.append(True)
+        await real_close()
+
+    bobs.close = close  # type: ignore[method-assign]  # counts the real close
+    copy = m.routing_copy
+    assert copy is not None
+    answer = asyncio.create_task(m.accept_peer(bob.id, call.id, bobs, "sip", "PCMU"))
+    async with asyncio.timeout(5):  # the log has taken the answer; its effects follow
+        while copy.routing.presence_of(bob.id) != "on_call":  # noqa: ASYNC110
+            await asyncio.sleep(0)
+    await m.consults.cancel(ann, call.id)  # its withdrawal comes after: nothing to withdraw
+    with pytest.raises(NotAllowed, match="cancelled before you answered"):
+        await answer
+    assert closed and all(leg.user_id != bob.id for leg in call.legs)
+    assert copy.routing.presence_of(bob.id) == "wrap_up"
+    assert call.state == "bridged" and call.agent_id == ann.id
 
 
 async def test_while_a_colleague_rings_no_transfer_resume_or_hangup_by_them(
@@ -409,21 +498,15 @@ async def test_an_outside_guest_leaves_with_a_bye_or_by_hanging_up(cp: ControlPl
     assert not call.ended.is_set() and m.presence_of(ann.id) == "wrap_up"
 
 
-async def test_an_outside_consult_is_refused_before_the_hold(
-    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_outside_consult_is_refused_before_the_hold(cp: ControlPlane) -> None:
     """Refusals come before the caller is held: a number this engine may not dial, a
-    consult already going on, a shared routing; over HTTP: no SIP on this engine, not
-    exactly one of agent and number, a number that is not one."""
+    consult already going on; over HTTP: no SIP on this engine, not exactly one of
+    agent and number, a number that is not one."""
     m = cp.calls
     call = await with_ann(cp)
     ann = await person(cp, "ann")
     with pytest.raises(NotAllowed, match="DIAL_DOMAINS"):
         await m.consults.start_outside(ann, call.id, "sip:x@elsewhere.test", Line())
-    monkeypatch.setattr(m, "routing_copy", object())
-    with pytest.raises(NotAllowed, match="single engine"):
-        await m.consults.start_outside(ann, call.id, NUMBER, Line())
-    monkeypatch.undo()
     assert call.state == "bridged" and call.consult is None
     line = Line(rings=True)
     start = asyncio.create_task(m.consults.start_outside(ann, call.id, NUMBER, line))
@@ -465,3 +548,23 @@ def test_an_outside_guest_is_the_leg_with_no_user() -> None:
     colleague = Consult("u-ann", "ann", "u-bob", "bob", phase="consulting")
     assert not colleague.outside and colleague.party(None) == "host"
     assert colleague.party("u-bob") == "guest"
+
+
+async def test_an_outside_consult_on_a_shared_routing_hands_over_in_the_log(
+    shared: ControlPlane,
+) -> None:
+    """With several engines a number is dialled by the engine running the call, with
+    no ring in the shared log; the hand-over is an operation of the log as a
+    colleague's is: every engine's copy has Ann in wrap-up and nobody ringing."""
+    m = shared.calls
+    copy = m.routing_copy
+    assert copy is not None
+    call = await with_ann(shared)
+    ann = await person(shared, "ann")
+    await m.consults.start_outside(ann, call.id, NUMBER, Line())
+    assert call.consult is not None and call.consult.phase == "consulting"
+    assert copy.routing.presence_of(ann.id) == "on_call"
+    await m.consults.complete(ann, call.id)
+    assert call.agent_id is None and call.state == "bridged"
+    assert copy.routing.presence_of(ann.id) == "wrap_up"
+    await m.end_call(call.id, "hangup")

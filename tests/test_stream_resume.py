@@ -69,6 +69,23 @@ def test_a_callers_stream_carries_only_what_their_page_shows() -> None:
     }
 
 
+def test_a_callers_stream_carries_no_login_in_a_state_change() -> None:
+    """The failure: a caller's stream carried the staff's reason for each state change,
+    "jdoe" when bridged, "jdoe: consult cancelled", "handed over to msmith": the agents'
+    logins, which the page never shows and the caller is never told. The end's reason
+    (a code the page turns into a sentence) still reaches them."""
+    for reason in ("jdoe", "jdoe: consult cancelled", "handed over to msmith"):
+        change = {"type": "call.state_changed", "state": "bridged", "previous": "held",
+                  "reason": reason, "agent_name": "Jo Doe"}  # fmt: skip
+        assert json.loads(for_caller(json.dumps(change)) or "{}") == {
+            "type": "call.state_changed", "state": "bridged", "previous": "held",
+            "agent_name": "Jo Doe",
+        }  # fmt: skip
+    ended = {"type": "call.state_changed", "state": "ended", "previous": "bridged",
+             "reason": "agent_hangup"}  # fmt: skip
+    assert for_caller(json.dumps(ended)) == json.dumps(ended)
+
+
 async def test_bridged_names_the_agent_by_display_name_not_login(
     control_plane: ControlPlane,
 ) -> None:

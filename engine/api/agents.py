@@ -138,6 +138,13 @@ async def change_user(username: str, body: UserPatch, request: Request, _p: Admi
     assert changed is not None
     if body.password is not None or changed.role not in MONITORS:
         await m.monitors.user_gone(user.id)
+    if body.role is not None:
+        # open streams read the role again now (a demoted supervisor's wallboard ends),
+        # not at their next minute's check
+        tokens_revoked(request.app)
+    if body.password is not None or body.role is not None:
+        # the other engines: their supervisor legs and open streams (engine/changes.py)
+        await request.app.state.changes.changed("people")
     await m.user_changed(changed)
     return UserOut.model_validate(changed, from_attributes=True)
 
@@ -157,6 +164,7 @@ async def remove_user(username: str, request: Request, _p: Admin) -> None:
         await m.store.delete_user(user.id)
     tokens_revoked(request.app)
     await m.monitors.user_gone(user.id)
+    await request.app.state.changes.changed("people")  # and on the other engines
 
 
 @router.post("/agents/me/presence", response_model=AgentOut)

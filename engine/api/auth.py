@@ -334,8 +334,10 @@ async def logout(request: Request, p: Who) -> Response:
     and program, are refused from now on."""
     if p.identity is not None:
         await revoke_tokens(request, p.identity.user_id)
-        # signed out is off every call they were listening to (engine/monitoring.py)
+        # signed out is off every call they were listening to (engine/monitoring.py),
+        # on this engine at once and on the others when told (engine/changes.py)
         await request.app.state.calls.monitors.user_gone(p.identity.user_id)
+        await request.app.state.changes.changed("people")
     response = Response(status_code=204)
     response.delete_cookie(COOKIE, **cookie_options(request))
     return response

@@ -6,7 +6,7 @@ and admins only (403 for agents, API keys and caller tokens: monitoring needs a
 person with a microphone); 409 when the call is not with an agent (or with an outside
 number it was transferred to), is a chat, or has ended. A leg ends by itself when the
 agent leaves the call (a transfer) and when its supervisor is signed out, gets a new
-password, is removed or stops being a supervisor or an admin.
+password, is removed or stops being a supervisor or an admin, through any engine.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ async def start(
     call_id: PathId, body: MonitorIn, request: Request, user: CurrentUser
 ) -> MonitorOut:
     """Join a call that is with an agent, over WebRTC: post your offer, get our answer.
-    What you hear and who hears you follows ``mode``; your voice is never transcribed
-    nor recorded."""
+    What you hear and who hears you follows ``mode``; your voice is never transcribed,
+    and is recorded (on the agent's side) only while the caller hears you: a barge."""
     may_monitor(user)  # before anything about the call is told
     m: CallManager = request.app.state.calls
     leg, sdp = await m.monitors.start(user, await _call(request, call_id), body.mode, body.sdp)

@@ -66,6 +66,10 @@ CALLER_EVENTS = frozenset(
 # ... and of those, fields written for the staff: a callback's summary of the call, the
 # priority in line (an escalation rule raised it: that says what the rule concluded)
 CALLER_HIDDEN = {"callback.requested": ("summary",), "queue.updated": ("priority",)}
+# a state change's reason is the staff's words ("ann", "ann: consult cancelled", "handed
+# over to bob": logins, which the caller is never told); only the end's reason, a code
+# the page turns into a sentence ("agent_hangup"), is theirs
+STAFF_REASON = "call.state_changed"
 
 
 class Lagged(Exception):
@@ -80,6 +84,8 @@ def for_caller(body: str) -> str | None:
     if kind not in CALLER_EVENTS:
         return None
     hidden = CALLER_HIDDEN.get(kind, ())
+    if kind == STAFF_REASON and event.get("state") != "ended":
+        hidden = ("reason",)
     if not any(field in event for field in hidden):
         return body
     for field in hidden:

@@ -1,0 +1,120 @@
+"""Supervisor legs with several engines on one database (engine/monitoring.py
+``recheck``, engine/changes.py kind "people"), in-process: the real app and call
+manager (tests/controlplane.py), phone legs that open no socket and supervisors
+joined as in tests/test_monitor_legs.py. The other engine is played by writing the
+database as its API would, then running this engine's reload for "people", as its
+change listener does when told (tests/test_changes.py proves the telling over Redis).
+
+Regression: ``user_gone`` ran only on the engine that took the sign-out, removal or
+demotion; a supervisor whose leg lived on another engine (the one running the call)
+went on listening there, and that engine's open streams noticed the sign-out only at
+their next periodic check (RECHECK, 60 s)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.callstate import Forbidden
+from engine.changes import Changes, Kind
+from engine.store.models import UserRow
+from tests.controlplane import ControlPlane
+from tests.test_monitor_legs import PASSWORD, cp, join, offer, person, published, stops, with_ann
+
+__all__ = ["cp"]  # the fixture, shared with tests/test_monitor_legs.py
+
+
+def changes(cp: ControlPlane) -> Changes:
+    assert cp.app is not None
+    found: Changes = cp.app.state.changes
+    return found
+
+
+async def test_people_changed_on_another_engine_end_their_supervisor_legs_here(
+    cp: ControlPlane,
+) -> None:
+    """Sue signed out, Sam demoted to agent and Sid removed through another engine end
+    their legs on this one ("signed_out", each told as an event); Sol, unchanged,
+    keeps listening. This engine's open streams are told to check their credentials
+    at once."""
+    call = await with_ann(cp)
+    names = ("sue", "sam", "sid", "sol")
+    legs = {name: await join(cp, call, await person(cp, name), "listen") for name in names}
+    # what the other engine's API wrote (engine/api/auth.py revoke_tokens, agents.py)
+    await cp.store.update_user("id-sue", token_version=UserRow.token_version + 1)
+    await cp.store.update_user("id-sam", role="agent")
+    await cp.store.delete_user("id-sid")
+    assert cp.app is not None
+    streams_told = cp.app.state.credentials._revoked  # set when open streams are told
+    assert not streams_told.is_set()
+    await changes(cp)._reload["people"]()
+    assert streams_told.is_set()
+    assert [legs[n].reason for n in names] == ["signed_out"] * 3 + [None]
+    assert call.monitors == [legs["sol"]] and not legs["sol"].stopped
+    assert sorted(await stops(cp, 3)) == [(n, "signed_out") for n in ("sam", "sid", "sue")]
+    # the backstop runs it every minute whatever happened: nothing more ends
+    await changes(cp)._reload["people"]()
+    assert call.monitors == [legs["sol"]]
+    assert len(published(cp, "supervisor.monitor_stopped")) == 3
+
+
+async def test_the_recheck_reads_nothing_without_legs(
+    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every engine runs it at every backstop (60 s) and every announcement: with no
+    supervisor on any of its calls it costs no query."""
+
+    async def no_query(_user_id: str) -> None:
+        raise AssertionError("the database was read")
+
+    await with_ann(cp)
+    monkeypatch.setattr(cp.store, "user", no_query)
+    await cp.calls.monitors.recheck()
+
+
+async def test_a_join_set_up_across_a_sign_out_elsewhere_is_refused(cp: ControlPlane) -> None:
+    """The join's request read Sue before another engine signed her out; that engine's
+    announcement came while the join was still being set up, with no leg yet for
+    ``recheck`` to find. The join reads her again last, and is refused."""
+    call = await with_ann(cp)
+    sue = await person(cp, "sue")  # as the request's credentials check read her
+    await cp.store.update_user(sue.id, token_version=UserRow.token_version + 1)
+    pc, sdp = await offer()
+    try:
+        with pytest.raises(Forbidden, match="signed out"):
+            await cp.calls.monitors.start(sue, call, "listen", sdp)
+    finally:
+        await pc.close()
+    assert call.monitors == [] and published(cp, "supervisor.monitor_started") == []
+    record = await cp.store.get_call(call.id)
+    assert record is not None
+    assert all(leg.ended_at is not None for leg in record.call.legs if leg.role == "supervisor")
+
+
+async def test_sign_outs_removals_and_demotions_are_announced(
+    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine that signs someone out, gives them a new password, changes their role
+    or removes them tells the others ("people"); a new display name or skills change
+    nothing the others hold, and are not announced."""
+    told: list[Kind] = []
+
+    async def changed(kind: Kind) -> None:
+        told.append(kind)
+
+    monkeypatch.setattr(changes(cp), "changed", changed)
+    admin = cp.http()
+    sol = await cp.agent("sol", PASSWORD)
+    assert (await sol.post("/api/v1/auth/logout")).status_code == 204
+    assert told == ["people"]
+    r = await admin.patch("/api/v1/agents/sue", json={"display_name": "Sue B", "skills": ["x"]})
+    assert r.status_code == 200 and told == ["people"]
+    streams_told = cp.app.state.credentials._revoked  # set when open streams are told
+    r = await admin.patch("/api/v1/agents/sue", json={"role": "agent"})
+    assert r.status_code == 200 and told == ["people"] * 2
+    # this engine's own open streams read the role again at once (a review finding:
+    # only the other engines' did, and this one's within a minute)
+    assert streams_told.is_set()
+    r = await admin.patch("/api/v1/agents/sam", json={"password": "pw-sam-456789"})
+    assert r.status_code == 200 and told == ["people"] * 3
+    assert (await admin.delete("/api/v1/agents/sid")).status_code == 204
+    assert told == ["people"] * 4
