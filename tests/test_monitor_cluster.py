@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine.api.auth import ENDED
 from engine.callstate import Forbidden
 from engine.changes import Changes, Kind
 from engine.store.models import UserRow
@@ -118,3 +119,36 @@ async def test_sign_outs_removals_and_demotions_are_announced(
     assert r.status_code == 200 and told == ["people"] * 3
     assert (await admin.delete("/api/v1/agents/sid")).status_code == 204
     assert told == ["people"] * 4
+
+
+async def test_a_sign_out_between_the_credential_check_and_the_join_is_refused(
+    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (security): a request's token was checked against Sue's record, then
+    her record read again for the join; a sign-out committed in between (on another
+    engine) left the second read with her new token version, the leg was stamped with
+    it, and its last check and every later recheck passed: a signed-out supervisor
+    kept listening. The second read is refused as the sign-out it sees (401)."""
+    call = await with_ann(cp)
+    sue = await cp.agent("sue", PASSWORD)
+    real = cp.store.user
+    reads: list[str] = []
+
+    async def read_then_signed_out(user_id: str) -> UserRow | None:
+        row = await real(user_id)
+        if user_id == "id-sue" and not reads:
+            # her token was just checked against this row: another engine signs her out
+            await cp.store.update_user(user_id, token_version=UserRow.token_version + 1)
+        reads.append(user_id)
+        return row
+
+    monkeypatch.setattr(cp.store, "user", read_then_signed_out)
+    pc, sdp = await offer()
+    try:
+        r = await sue.post(f"/api/v1/calls/{call.id}/monitor", json={"mode": "listen", "sdp": sdp})
+    finally:
+        await pc.close()
+    assert r.status_code == 401, r.text
+    assert r.json()["detail"] == ENDED
+    assert reads[:2] == ["id-sue", "id-sue"]  # the credential check, then the join's read
+    assert call.monitors == [] and published(cp, "supervisor.monitor_started") == []

@@ -261,9 +261,15 @@ Authenticated = Annotated[Identity, Depends(identity)]
 
 
 async def current_user(request: Request, who: Authenticated) -> UserRow:
+    """The person as the database has them now, refused if that is no longer who the
+    token was let in as: a sign-out (or a new password) committed between the token's
+    check and this read would otherwise hand on a record stamped with the new version,
+    and what is kept from it (a supervisor leg's version) would pass every check."""
     user = await request.app.state.store.user(who.user_id)
     if user is None:
-        raise HTTPException(401, "this user no longer exists")
+        raise HTTPException(401, "this user no longer exists", headers=CHALLENGE)
+    if user.token_version != who.version:
+        raise HTTPException(401, ENDED, headers=CHALLENGE)
     return user
 
 
