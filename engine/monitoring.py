@@ -318,14 +318,10 @@ class Monitors:
             await self._finish(call, leg)
 
     async def stop_all(self, call: Call, reason: str) -> None:
-        """End every supervisor leg of ``call``: all fall silent first, then each is
+        """End every supervisor leg of ``call``: all fall silent first, then all are
         finished; one that fails is logged and does not keep the others open."""
         halted = [leg for leg in list(call.monitors) if self._halt(call, leg, reason)]
-        for leg in halted:
-            try:
-                await self._finish(call, leg)
-            except Exception:
-                log.exception("call %s: ending %s's leg failed", call.id, leg.username)
+        await self._finish_all([(call, leg) for leg in halted])
 
     async def call_ended(self, call: Call) -> None:
         await self.stop_all(call, "call_ended")
@@ -358,12 +354,21 @@ class Monitors:
         return [(call, m) for call in list(self.calls.values()) for m in list(call.monitors)]
 
     async def _sign_out(self, legs: list[tuple[Call, SupervisorLeg]]) -> None:
-        """End these legs, each whatever happened to the one before."""
-        for call, leg in legs:
-            try:
-                await self.stop(call, leg, "signed_out")
-            except Exception:
-                log.exception("call %s: ending %s's leg failed", call.id, leg.username)
+        """End these legs: all fall silent first, then all are finished at once (each
+        finish awaits a write and a peer's close, seconds when the database is slow:
+        one after another, the last leg would be heard that long after the first, and
+        the change listener serving ``recheck`` held up the sum); one that fails is
+        logged and does not keep the others open."""
+        halted = [(call, leg) for call, leg in legs if self._halt(call, leg, "signed_out")]
+        await self._finish_all(halted)
+
+    async def _finish_all(self, halted: list[tuple[Call, SupervisorLeg]]) -> None:
+        results = await asyncio.gather(
+            *(self._finish(call, leg) for call, leg in halted), return_exceptions=True
+        )
+        for (call, leg), result in zip(halted, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("call %s: ending %s's leg failed", call.id, leg.username, exc_info=result)
 
     async def _run(self, call: Call, leg: SupervisorLeg) -> None:
         """The supervisor's voice, to whoever hears them now; the leg ends with it,

@@ -12,6 +12,9 @@ their next periodic check (RECHECK, 60 s)."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import datetime
+
 import pytest
 
 from engine.api.auth import ENDED
@@ -152,3 +155,45 @@ async def test_a_sign_out_between_the_credential_check_and_the_join_is_refused(
     assert r.json()["detail"] == ENDED
     assert reads[:2] == ["id-sue", "id-sue"]  # the credential check, then the join's read
     assert call.monitors == [] and published(cp, "supervisor.monitor_started") == []
+
+
+async def test_signing_out_silences_every_leg_before_finishing_any(
+    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a sign-out ended its supervisor's legs one after another, each
+    awaiting its record's write and its peer's close (seconds when the database is
+    slow): the later legs stayed audible meanwhile, and the change listener serving
+    ``recheck`` was held up by the sum. Every leg now falls silent first, then all
+    are finished together."""
+    first, second = await with_ann(cp), await with_ann(cp, "bob")
+    sue = await person(cp, "sue")
+    legs = [await join(cp, call, sue, "barge") for call in (first, second)]
+    writing, release = asyncio.Event(), asyncio.Event()
+    real = cp.store.end_leg
+    ended: list[str] = []
+
+    async def slow_for_the_first(leg_id: str, at: datetime) -> None:
+        if leg_id == legs[0].id:
+            writing.set()
+            await release.wait()  # a slow database
+        await real(leg_id, at)
+        ended.append(leg_id)
+
+    monkeypatch.setattr(cp.store, "end_leg", slow_for_the_first)
+    gone = asyncio.create_task(cp.calls.monitors.user_gone(sue.id))
+    try:
+        await asyncio.wait_for(writing.wait(), 5)
+        assert all(leg.stopped for leg in legs)  # the second is silent already
+        assert first.monitors == second.monitors == []
+        await asyncio.wait_for(until_ended(ended, legs[1].id), 5)  # and finished
+        assert not gone.done()
+    finally:
+        release.set()
+    await asyncio.wait_for(gone, 5)
+    assert sorted(ended) == sorted(leg.id for leg in legs)
+    assert await stops(cp, 2) == [("sue", "signed_out")] * 2
+
+
+async def until_ended(ended: list[str], leg_id: str) -> None:
+    while leg_id not in ended:  # noqa: ASYNC110 (the store's write, patched: no event)
+        await asyncio.sleep(0.01)
