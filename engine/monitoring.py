@@ -52,6 +52,7 @@ from engine.monitor import Mode, Party, hears
 from engine.store.db import Store
 from engine.store.models import LegRow, UserRow
 from media.audio import AnalysisResampler, downmix_int16
+from media.loss import FRAME_SECONDS, LossReason
 from media.peer import CallPeer
 from media.wavtrack import to_send_rate
 from media.webrtc import WebRtcLeg, pump_audio
@@ -81,9 +82,10 @@ class SupervisorLeg:
     # raise the stored one (engine/api/auth.py revoke_tokens), and the leg ends
     token_version: int = 0
     # their voice in the recording (``record_voice``): where their resampled audio's
-    # clock sits on the call's, set at their first frame; None before it
+    # clock sits on the call's, set when writing (re)starts; None while not writing
     offset: float | None = None
     resampler: AnalysisResampler = field(default_factory=AnalysisResampler, repr=False)
+    recorded: bool = True  # False once writing their voice failed (the disk): not again
 
 
 def may_monitor(user: Actor) -> None:
@@ -106,20 +108,32 @@ def record_voice(
     nobody: neither is part of what the caller heard, so neither is written.
 
     Placed as an agent leg's audio is (engine/calls.py): an offset on the call's clock
-    (from ``call.media_t0``, the caller's first audio) set at the supervisor's first
-    frame, plus where the frame falls in their resampled audio. A frame not written
-    (not heard, paused, no recording) is not resampled, and the offset carries it
-    instead: the resampler's clock stands still meanwhile while the call's goes on."""
-    if call.media_t0 is None:
-        return  # the call's clock has not started: nothing to place the voice on
+    (from ``call.media_t0``, the caller's first audio) plus where the frame falls in
+    their resampled audio. The offset is set anew, from the wall clock, each time
+    writing starts (a barge begins, a recording starts or resumes), with a fresh
+    resampler: counting the samples of a stretch not written would miss what never
+    came (lost packets, frames ``pump_audio`` skipped), and a barge after minutes of
+    listening would land that much early; and a resampler's leftover from before
+    would be spliced into the new stretch. Within a stretch, audio lost is counted
+    by ``voice_lost``."""
+    recording, t0 = call.recording, call.media_t0
+    # t0 None: the call's clock has not started, nothing to place the voice on
+    if not heard or recording is None or not recording.active or t0 is None:
+        leg.offset = None  # not written: the next written frame anchors anew
+        return
     if leg.offset is None:
-        leg.offset = time.monotonic() - call.media_t0
-    recording = call.recording
-    if heard and recording is not None and recording.active:
-        for frame in leg.resampler.push(pcm, rate, channels):
-            recording.write(1, leg.offset + frame.start, frame)
-    else:
-        leg.offset += pcm.size / channels / rate
+        leg.offset = time.monotonic() - t0
+        leg.resampler = AnalysisResampler()
+    for frame in leg.resampler.push(pcm, rate, channels):
+        recording.write(1, leg.offset + frame.start, frame)
+
+
+def voice_lost(leg: SupervisorLeg, frames: int) -> None:
+    """``frames`` 20 ms frames of the supervisor's voice never came or were skipped
+    (``pump_audio``'s ``on_lost``): while it is written, what follows is that much
+    later on the call's clock than its samples say."""
+    if leg.offset is not None:
+        leg.offset += frames * FRAME_SECONDS
 
 
 def _parties(call: Call) -> list[tuple[Party, CallPeer]]:
@@ -387,8 +401,19 @@ class Monitors:
                         audio = to_send_rate(downmix_int16(pcm, channels), rate)
                     peer.outbound.push_live(audio, leg.id)
                     caller_heard = caller_heard or party == "caller"
-            record_voice(call, leg, pcm, rate, channels, caller_heard)
+            if leg.recorded:
+                try:
+                    record_voice(call, leg, pcm, rate, channels, caller_heard)
+                except OSError as exc:
+                    # the disk is full or gone: the caller still hears the supervisor,
+                    # and the call's own sides are the recording's business; their
+                    # voice is not tried again (once a frame, the log would flood)
+                    leg.recorded = False
+                    log.error("call %s: %s's voice not recorded: %s", call.id, leg.username, exc)
             return 0
+
+        def lost(_reason: LossReason, frames: int) -> None:
+            voice_lost(leg, frames)
 
         try:
             try:
@@ -396,7 +421,7 @@ class Monitors:
             except TimeoutError:
                 reason = "no_media"
                 return
-            reason = await pump_audio(track, push, self.media_timeout)
+            reason = await pump_audio(track, push, self.media_timeout, on_lost=lost)
         except Exception:
             log.exception("call %s: %s's voice failed", call.id, leg.username)
             reason = "error"
