@@ -19,7 +19,7 @@ import pytest
 
 from engine.api.auth import ENDED
 from engine.callstate import Forbidden
-from engine.changes import Changes, Kind
+from engine.changes import KINDS, Changes, Kind
 from engine.store.models import UserRow
 from tests.controlplane import ControlPlane
 from tests.test_monitor_legs import PASSWORD, cp, join, offer, person, published, stops, with_ann
@@ -47,81 +47,47 @@ async def test_people_changed_on_another_engine_end_their_supervisor_legs_here(
     await cp.store.update_user("id-sue", token_version=UserRow.token_version + 1)
     await cp.store.update_user("id-sam", role="agent")
     await cp.store.delete_user("id-sid")
-    assert cp.app is not None
-    streams_told = cp.app.state.credentials._revoked  # set when open streams are told
+    streams_told = revocation(cp)
     assert not streams_told.is_set()
-    await changes(cp)._reload["people"]()
+    await changes(cp).apply(("people",), announced=True)  # as the listener does when told
     assert streams_told.is_set()
     assert [legs[n].reason for n in names] == ["signed_out"] * 3 + [None]
     assert call.monitors == [legs["sol"]] and not legs["sol"].stopped
     assert sorted(await stops(cp, 3)) == [(n, "signed_out") for n in ("sam", "sid", "sue")]
     # the backstop runs it every minute whatever happened: nothing more ends
-    await changes(cp)._reload["people"]()
+    await changes(cp).apply(("people",), announced=False)
     assert call.monitors == [legs["sol"]]
     assert len(published(cp, "supervisor.monitor_stopped")) == 3
 
 
-async def test_the_recheck_reads_nothing_without_legs(
-    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
+def revocation(cp: ControlPlane) -> asyncio.Event:
+    """What this engine's open streams wait on (engine/api/auth.py): set when they are
+    told to check their credentials now; a fresh one after each telling."""
+    assert cp.app is not None
+    told: asyncio.Event = cp.app.state.credentials._revoked
+    return told
+
+
+async def test_the_backstop_rechecks_legs_without_waking_every_open_stream(
+    cp: ControlPlane,
 ) -> None:
-    """Every engine runs it at every backstop (60 s) and every announcement: with no
-    supervisor on any of its calls it costs no query."""
-
-    async def no_query(_user_id: str) -> None:
-        raise AssertionError("the database was read")
-
-    await with_ann(cp)
-    monkeypatch.setattr(cp.store, "user", no_query)
-    await cp.calls.monitors.recheck()
-
-
-async def test_a_join_set_up_across_a_sign_out_elsewhere_is_refused(cp: ControlPlane) -> None:
-    """The join's request read Sue before another engine signed her out; that engine's
-    announcement came while the join was still being set up, with no leg yet for
-    ``recheck`` to find. The join reads her again last, and is refused."""
+    """Regression (cost): every engine's reload of "people" at each minute's backstop
+    (and each new subscription) told every open stream to check its credentials, all
+    streams of all engines at the same instant, though each checks every minute on its
+    own anyway. The backstop's reload still ends the legs of someone signed out
+    elsewhere (a missed message is late, never lost), but wakes no stream; an
+    announcement does both."""
     call = await with_ann(cp)
-    sue = await person(cp, "sue")  # as the request's credentials check read her
-    await cp.store.update_user(sue.id, token_version=UserRow.token_version + 1)
-    pc, sdp = await offer()
-    try:
-        with pytest.raises(Forbidden, match="signed out"):
-            await cp.calls.monitors.start(sue, call, "listen", sdp)
-    finally:
-        await pc.close()
-    assert call.monitors == [] and published(cp, "supervisor.monitor_started") == []
-    record = await cp.store.get_call(call.id)
-    assert record is not None
-    assert all(leg.ended_at is not None for leg in record.call.legs if leg.role == "supervisor")
-
-
-async def test_sign_outs_removals_and_demotions_are_announced(
-    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The engine that signs someone out, gives them a new password, changes their role
-    or removes them tells the others ("people"); a new display name or skills change
-    nothing the others hold, and are not announced."""
-    told: list[Kind] = []
-
-    async def changed(kind: Kind) -> None:
-        told.append(kind)
-
-    monkeypatch.setattr(changes(cp), "changed", changed)
-    admin = cp.http()
-    sol = await cp.agent("sol", PASSWORD)
-    assert (await sol.post("/api/v1/auth/logout")).status_code == 204
-    assert told == ["people"]
-    r = await admin.patch("/api/v1/agents/sue", json={"display_name": "Sue B", "skills": ["x"]})
-    assert r.status_code == 200 and told == ["people"]
-    streams_told = cp.app.state.credentials._revoked  # set when open streams are told
-    r = await admin.patch("/api/v1/agents/sue", json={"role": "agent"})
-    assert r.status_code == 200 and told == ["people"] * 2
-    # this engine's own open streams read the role again at once (a review finding:
-    # only the other engines' did, and this one's within a minute)
-    assert streams_told.is_set()
-    r = await admin.patch("/api/v1/agents/sam", json={"password": "pw-sam-456789"})
-    assert r.status_code == 200 and told == ["people"] * 3
-    assert (await admin.delete("/api/v1/agents/sid")).status_code == 204
-    assert told == ["people"] * 4
+    sue = await join(cp, call, await person(cp, "sue"), "listen")
+    sam = await join(cp, call, await person(cp, "sam"), "listen")
+    await cp.store.update_user("id-sue", token_version=UserRow.token_version + 1)
+    streams_told = revocation(cp)
+    await changes(cp).apply(KINDS, announced=False)  # the backstop's reload of everything
+    assert sue.stopped and sue.reason == "signed_out" and not sam.stopped
+    assert not streams_told.is_set()
+    await cp.store.update_user("id-sam", role="agent")
+    await changes(cp).apply(("people",), announced=True)
+    assert sam.stopped and sam.reason == "signed_out" and streams_told.is_set()
 
 
 async def test_a_sign_out_between_the_credential_check_and_the_join_is_refused(
@@ -197,3 +163,66 @@ async def test_signing_out_silences_every_leg_before_finishing_any(
 async def until_ended(ended: list[str], leg_id: str) -> None:
     while leg_id not in ended:  # noqa: ASYNC110 (the store's write, patched: no event)
         await asyncio.sleep(0.01)
+
+
+async def test_the_recheck_reads_nothing_without_legs(
+    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every engine runs it at every backstop (60 s) and every announcement: with no
+    supervisor on any of its calls it costs no query."""
+
+    async def no_query(_user_id: str) -> None:
+        raise AssertionError("the database was read")
+
+    await with_ann(cp)
+    monkeypatch.setattr(cp.store, "user", no_query)
+    await cp.calls.monitors.recheck()
+
+
+async def test_a_join_set_up_across_a_sign_out_elsewhere_is_refused(cp: ControlPlane) -> None:
+    """The join's request read Sue before another engine signed her out; that engine's
+    announcement came while the join was still being set up, with no leg yet for
+    ``recheck`` to find. The join reads her again last, and is refused."""
+    call = await with_ann(cp)
+    sue = await person(cp, "sue")  # as the request's credentials check read her
+    await cp.store.update_user(sue.id, token_version=UserRow.token_version + 1)
+    pc, sdp = await offer()
+    try:
+        with pytest.raises(Forbidden, match="signed out"):
+            await cp.calls.monitors.start(sue, call, "listen", sdp)
+    finally:
+        await pc.close()
+    assert call.monitors == [] and published(cp, "supervisor.monitor_started") == []
+    record = await cp.store.get_call(call.id)
+    assert record is not None
+    assert all(leg.ended_at is not None for leg in record.call.legs if leg.role == "supervisor")
+
+
+async def test_sign_outs_removals_and_demotions_are_announced(
+    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine that signs someone out, gives them a new password, changes their role
+    or removes them tells the others ("people"); a new display name or skills change
+    nothing the others hold, and are not announced."""
+    told: list[Kind] = []
+
+    async def changed(kind: Kind) -> None:
+        told.append(kind)
+
+    monkeypatch.setattr(changes(cp), "changed", changed)
+    admin = cp.http()
+    sol = await cp.agent("sol", PASSWORD)
+    assert (await sol.post("/api/v1/auth/logout")).status_code == 204
+    assert told == ["people"]
+    r = await admin.patch("/api/v1/agents/sue", json={"display_name": "Sue B", "skills": ["x"]})
+    assert r.status_code == 200 and told == ["people"]
+    streams_told = cp.app.state.credentials._revoked  # set when open streams are told
+    r = await admin.patch("/api/v1/agents/sue", json={"role": "agent"})
+    assert r.status_code == 200 and told == ["people"] * 2
+    # this engine's own open streams read the role again at once (a review finding:
+    # only the other engines' did, and this one's within a minute)
+    assert streams_told.is_set()
+    r = await admin.patch("/api/v1/agents/sam", json={"password": "pw-sam-456789"})
+    assert r.status_code == 200 and told == ["people"] * 3
+    assert (await admin.delete("/api/v1/agents/sid")).status_code == 204
+    assert told == ["people"] * 4
