@@ -203,11 +203,19 @@ async def test_sign_outs_removals_and_demotions_are_announced(
 ) -> None:
     """The engine that signs someone out, gives them a new password, changes their role
     or removes them tells the others ("people"); a new display name or skills change
-    nothing the others hold, and are not announced."""
+    nothing the others hold, and are not announced. Each is told right after the
+    database is written, before this engine's own (slow) teardown of the person's
+    supervisor legs: a request cancelled during that has told the others already
+    (a review finding: it was told last)."""
+    call = await with_ann(cp)
+    for name in ("sol", "sue", "sam", "sid"):
+        await join(cp, call, await person(cp, name), "listen")
     told: list[Kind] = []
+    listening: list[list[str]] = []  # who was still on the call here when it was told
 
     async def changed(kind: Kind) -> None:
         told.append(kind)
+        listening.append(sorted(m.username for m in call.monitors))
 
     monkeypatch.setattr(changes(cp), "changed", changed)
     admin = cp.http()
@@ -226,3 +234,7 @@ async def test_sign_outs_removals_and_demotions_are_announced(
     assert r.status_code == 200 and told == ["people"] * 3
     assert (await admin.delete("/api/v1/agents/sid")).status_code == 204
     assert told == ["people"] * 4
+    # sol signed out, sue demoted, sam's password, sid removed: each still on here
+    assert listening == [["sam", "sid", "sol", "sue"], ["sam", "sid", "sue"], ["sam", "sid"],
+                         ["sid"]]  # fmt: skip
+    assert call.monitors == []

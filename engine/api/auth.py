@@ -339,11 +339,9 @@ async def logout(request: Request, p: Who) -> Response:
     or bearer), end every sign-in of that person: all their tokens, in every browser
     and program, are refused from now on."""
     if p.identity is not None:
-        await revoke_tokens(request, p.identity.user_id)
-        # signed out is off every call they were listening to (engine/monitoring.py),
-        # on this engine at once and on the others when told (engine/changes.py)
+        await revoke_tokens(request, p.identity.user_id)  # the other engines told too
+        # signed out is off every call they were listening to (engine/monitoring.py)
         await request.app.state.calls.monitors.user_gone(p.identity.user_id)
-        await request.app.state.changes.changed("people")
     response = Response(status_code=204)
     response.delete_cookie(COOKIE, **cookie_options(request))
     return response
@@ -351,11 +349,21 @@ async def logout(request: Request, p: Who) -> Response:
 
 async def revoke_tokens(request: Request, user_id: str, **changes: Any) -> None:
     """Every token issued to this person so far stops working (with ``changes`` to
-    their record in the same write); streams they hold open end."""
+    their record in the same write); streams they hold open end, on every engine."""
     await request.app.state.store.update_user(
         user_id, token_version=UserRow.token_version + 1, **changes
     )
+    await people_changed(request)
+
+
+async def people_changed(request: Request) -> None:
+    """Someone was just signed out, given a new password, a new role or removed (the
+    database written): this engine's open streams check their credentials now, and
+    the other engines are told (engine/changes.py: their supervisor legs and streams).
+    Right after the write, before the slow local teardown (this engine's supervisor
+    legs): a request cancelled during that has told the others already."""
     tokens_revoked(request.app)
+    await request.app.state.changes.changed("people")
 
 
 def tokens_revoked(app: FastAPI) -> None:
