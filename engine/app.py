@@ -97,24 +97,23 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         RedisEventStream(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
     )
     event_log = EventLog(store, bus, settings.event_retention_days, shared)
-
-    async def people_changed() -> None:
-        # someone was signed out, changed or removed on another engine: their
-        # supervisor legs here end, and open streams check their credentials now
-        # rather than at their next RECHECK (``app``: built below, before any reload)
-        auth.tokens_revoked(app)
-        await calls.monitors.recheck()
-
     changes = Changes(
         {
             "webhooks": event_log.reload_webhooks,
             "content": calls.content.load,
             "flows": calls.flows.load,
             "queues": calls.load_queue_changes,
-            "people": people_changed,
+            # someone signed out, changed or removed (on another engine, or a message
+            # about it missed: also at every backstop): their supervisor legs here end
+            "people": calls.monitors.recheck,
         },
         settings.redis_url,
         settings.redis_prefix,
+        # only when told: open streams check their credentials now rather than at
+        # their own next RECHECK. Not at every backstop too: that would wake every
+        # open stream of every engine at the same instant each minute, for nothing
+        # (``app``: built below, before any announcement can come)
+        announced={"people": lambda: auth.tokens_revoked(app)},
     )
     webhook_targets = TargetPolicy(settings.webhook_allowed_networks)
     # the wallboard's view of the floor and the alerts kept (engine/alerts.py)

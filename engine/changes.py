@@ -22,14 +22,18 @@ kinds when its subscription starts or comes back, and every ``BACKSTOP`` seconds
 missed message is late, never lost. Without Redis there is one engine and nothing to
 tell: ``changed`` does nothing.
 
+A kind may also have an ``announced`` hook: what to do only when another engine says
+it changed, not at those periodic reloads, because it costs more than a reload when
+nothing changed (waking every open stream of every engine at once).
+
     kind        reloads
     webhooks    EventLog.reload_webhooks
     content     Content.load (rules and articles)
     flows       FlowSet.load (the virtual agent's flows; engine/bot/flowset.py)
     queues      CallManager.load_queue_changes
     people      Monitors.recheck (supervisor legs of people signed out, removed or
-                demoted end) and auth.tokens_revoked (open streams check their
-                credentials now); engine/app.py
+                demoted end); announced: auth.tokens_revoked (open streams check
+                their credentials now, not at their own next RECHECK); engine/app.py
 """
 
 from __future__ import annotations
@@ -64,8 +68,10 @@ class Changes:
         reload: Mapping[Kind, Callable[[], Awaitable[object]]],
         redis_url: str = "",
         prefix: str = "ccengine",
+        announced: Mapping[Kind, Callable[[], object]] | None = None,
     ) -> None:
         self._reload = reload
+        self._announced = announced or {}
         # as engine/redisstream.py's: a Redis that stops answering must not hold an API
         # request (the change is stored already) nor leave a dead subscription unnoticed
         self._redis: Redis | None = (
@@ -109,6 +115,19 @@ class Changes:
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.aclose()
 
+    async def apply(self, kinds: tuple[Kind, ...], *, announced: bool) -> None:
+        """Reload ``kinds``; when another engine ``announced`` them (not the backstop's
+        nor a new subscription's reload of everything), their announced hooks first."""
+        if announced:
+            for kind in kinds:
+                hook = self._announced.get(kind)
+                try:
+                    if hook is not None:
+                        hook()
+                except Exception:
+                    log.exception("acting on the announced %s failed", kind)
+        await self._reload_kinds(kinds)
+
     async def _reload_kinds(self, kinds: tuple[Kind, ...]) -> None:
         for kind in kinds:
             try:
@@ -125,7 +144,7 @@ class Changes:
                     await pubsub.subscribe(self.channel)
                     self.listening.set()
                     # whatever changed while this engine was not listening
-                    await self._reload_kinds(KINDS)
+                    await self.apply(KINDS, announced=False)
                     await self._follow(pubsub)
             except asyncio.CancelledError:
                 raise
@@ -159,10 +178,12 @@ class Changes:
                     if gather_until is None:
                         gather_until = time.monotonic() + GATHER
             if time.monotonic() >= backstop:
-                await self._reload_kinds(KINDS)
+                # announced meanwhile too: their hooks, with the reload of everything
+                await self.apply(tuple(k for k in KINDS if k in kinds), announced=True)
+                await self.apply(tuple(k for k in KINDS if k not in kinds), announced=False)
                 backstop = time.monotonic() + BACKSTOP
             else:
-                await self._reload_kinds(tuple(k for k in KINDS if k in kinds))
+                await self.apply(tuple(k for k in KINDS if k in kinds), announced=True)
 
     def _kind(self, data: object) -> Kind | None:
         """The kind an announcement names; None for this engine's own, or garbage."""

@@ -52,6 +52,7 @@ from engine.monitor import Mode, Party, hears
 from engine.store.db import Store
 from engine.store.models import LegRow, UserRow
 from media.audio import AnalysisResampler, downmix_int16
+from media.loss import FRAME_SECONDS, LossReason
 from media.peer import CallPeer
 from media.wavtrack import to_send_rate
 from media.webrtc import WebRtcLeg, pump_audio
@@ -81,9 +82,10 @@ class SupervisorLeg:
     # raise the stored one (engine/api/auth.py revoke_tokens), and the leg ends
     token_version: int = 0
     # their voice in the recording (``record_voice``): where their resampled audio's
-    # clock sits on the call's, set at their first frame; None before it
+    # clock sits on the call's, set when writing (re)starts; None while not writing
     offset: float | None = None
     resampler: AnalysisResampler = field(default_factory=AnalysisResampler, repr=False)
+    recorded: bool = True  # False once writing their voice failed (the disk): not again
 
 
 def may_monitor(user: Actor) -> None:
@@ -106,20 +108,32 @@ def record_voice(
     nobody: neither is part of what the caller heard, so neither is written.
 
     Placed as an agent leg's audio is (engine/calls.py): an offset on the call's clock
-    (from ``call.media_t0``, the caller's first audio) set at the supervisor's first
-    frame, plus where the frame falls in their resampled audio. A frame not written
-    (not heard, paused, no recording) is not resampled, and the offset carries it
-    instead: the resampler's clock stands still meanwhile while the call's goes on."""
-    if call.media_t0 is None:
-        return  # the call's clock has not started: nothing to place the voice on
+    (from ``call.media_t0``, the caller's first audio) plus where the frame falls in
+    their resampled audio. The offset is set anew, from the wall clock, each time
+    writing starts (a barge begins, a recording starts or resumes), with a fresh
+    resampler: counting the samples of a stretch not written would miss what never
+    came (lost packets, frames ``pump_audio`` skipped), and a barge after minutes of
+    listening would land that much early; and a resampler's leftover from before
+    would be spliced into the new stretch. Within a stretch, audio lost is counted
+    by ``voice_lost``."""
+    recording, t0 = call.recording, call.media_t0
+    # t0 None: the call's clock has not started, nothing to place the voice on
+    if not heard or recording is None or not recording.active or t0 is None:
+        leg.offset = None  # not written: the next written frame anchors anew
+        return
     if leg.offset is None:
-        leg.offset = time.monotonic() - call.media_t0
-    recording = call.recording
-    if heard and recording is not None and recording.active:
-        for frame in leg.resampler.push(pcm, rate, channels):
-            recording.write(1, leg.offset + frame.start, frame)
-    else:
-        leg.offset += pcm.size / channels / rate
+        leg.offset = time.monotonic() - t0
+        leg.resampler = AnalysisResampler()
+    for frame in leg.resampler.push(pcm, rate, channels):
+        recording.write(1, leg.offset + frame.start, frame)
+
+
+def voice_lost(leg: SupervisorLeg, frames: int) -> None:
+    """``frames`` 20 ms frames of the supervisor's voice never came or were skipped
+    (``pump_audio``'s ``on_lost``): while it is written, what follows is that much
+    later on the call's clock than its samples say."""
+    if leg.offset is not None:
+        leg.offset += frames * FRAME_SECONDS
 
 
 def _parties(call: Call) -> list[tuple[Party, CallPeer]]:
@@ -318,14 +332,10 @@ class Monitors:
             await self._finish(call, leg)
 
     async def stop_all(self, call: Call, reason: str) -> None:
-        """End every supervisor leg of ``call``: all fall silent first, then each is
+        """End every supervisor leg of ``call``: all fall silent first, then all are
         finished; one that fails is logged and does not keep the others open."""
         halted = [leg for leg in list(call.monitors) if self._halt(call, leg, reason)]
-        for leg in halted:
-            try:
-                await self._finish(call, leg)
-            except Exception:
-                log.exception("call %s: ending %s's leg failed", call.id, leg.username)
+        await self._finish_all([(call, leg) for leg in halted])
 
     async def call_ended(self, call: Call) -> None:
         await self.stop_all(call, "call_ended")
@@ -358,12 +368,21 @@ class Monitors:
         return [(call, m) for call in list(self.calls.values()) for m in list(call.monitors)]
 
     async def _sign_out(self, legs: list[tuple[Call, SupervisorLeg]]) -> None:
-        """End these legs, each whatever happened to the one before."""
-        for call, leg in legs:
-            try:
-                await self.stop(call, leg, "signed_out")
-            except Exception:
-                log.exception("call %s: ending %s's leg failed", call.id, leg.username)
+        """End these legs: all fall silent first, then all are finished at once (each
+        finish awaits a write and a peer's close, seconds when the database is slow:
+        one after another, the last leg would be heard that long after the first, and
+        the change listener serving ``recheck`` held up the sum); one that fails is
+        logged and does not keep the others open."""
+        halted = [(call, leg) for call, leg in legs if self._halt(call, leg, "signed_out")]
+        await self._finish_all(halted)
+
+    async def _finish_all(self, halted: list[tuple[Call, SupervisorLeg]]) -> None:
+        results = await asyncio.gather(
+            *(self._finish(call, leg) for call, leg in halted), return_exceptions=True
+        )
+        for (call, leg), result in zip(halted, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("call %s: ending %s's leg failed", call.id, leg.username, exc_info=result)
 
     async def _run(self, call: Call, leg: SupervisorLeg) -> None:
         """The supervisor's voice, to whoever hears them now; the leg ends with it,
@@ -382,8 +401,19 @@ class Monitors:
                         audio = to_send_rate(downmix_int16(pcm, channels), rate)
                     peer.outbound.push_live(audio, leg.id)
                     caller_heard = caller_heard or party == "caller"
-            record_voice(call, leg, pcm, rate, channels, caller_heard)
+            if leg.recorded:
+                try:
+                    record_voice(call, leg, pcm, rate, channels, caller_heard)
+                except OSError as exc:
+                    # the disk is full or gone: the caller still hears the supervisor,
+                    # and the call's own sides are the recording's business; their
+                    # voice is not tried again (once a frame, the log would flood)
+                    leg.recorded = False
+                    log.error("call %s: %s's voice not recorded: %s", call.id, leg.username, exc)
             return 0
+
+        def lost(_reason: LossReason, frames: int) -> None:
+            voice_lost(leg, frames)
 
         try:
             try:
@@ -391,7 +421,7 @@ class Monitors:
             except TimeoutError:
                 reason = "no_media"
                 return
-            reason = await pump_audio(track, push, self.media_timeout)
+            reason = await pump_audio(track, push, self.media_timeout, on_lost=lost)
         except Exception:
             log.exception("call %s: %s's voice failed", call.id, leg.username)
             reason = "error"

@@ -140,26 +140,45 @@ async def test_a_change_missed_while_away_arrives_by_the_backstop(
     await until(arrived)
 
 
+Counts = dict[str, dict[changes.Kind, int]]
+
+
+def counting(counts: Counts, node: str) -> dict[changes.Kind, Callable[[], Awaitable[None]]]:
+    """Reloads (or, not awaited, announced hooks) that count their calls per kind."""
+    counts[node] = dict.fromkeys(changes.KINDS, 0)
+
+    def reload(kind: changes.Kind) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            counts[node][kind] += 1
+
+        return run
+
+    return {kind: reload(kind) for kind in changes.KINDS}
+
+
+def announced_hooks(counts: Counts, node: str) -> dict[changes.Kind, Callable[[], object]]:
+    counts[node] = dict.fromkeys(changes.KINDS, 0)
+
+    def hook(kind: changes.Kind) -> Callable[[], object]:
+        return lambda: counts[node].__setitem__(kind, counts[node][kind] + 1)
+
+    return {kind: hook(kind) for kind in changes.KINDS}
+
+
 async def test_people_announced_by_one_engine_are_rechecked_by_another(
     redis_server: RedisServer,
 ) -> None:
     """The kind "people" (someone signed out, changed or removed: engine/app.py rechecks
-    the supervisor legs and tells the open streams) travels like the others: announced
-    on A, reloaded on B alone, and not on A (which applied it already)."""
+    the supervisor legs, and, announced, tells the open streams) travels like the
+    others: announced on A, reloaded on B alone, and not on A (which applied it
+    already); B's announced hook runs for it, and not for the reload of everything
+    that starting to listen does. Each engine then announces a sentinel kind the other
+    waits for: Redis keeps a channel's order, so by then everything before it came."""
     prefix = redisd.prefix()
-    counts = {"a": dict.fromkeys(changes.KINDS, 0), "b": dict.fromkeys(changes.KINDS, 0)}
-
-    def reloads(node: str) -> dict[changes.Kind, Callable[[], Awaitable[None]]]:
-        def reload(kind: changes.Kind) -> Callable[[], Awaitable[None]]:
-            async def run() -> None:
-                counts[node][kind] += 1
-
-            return run
-
-        return {kind: reload(kind) for kind in changes.KINDS}
-
-    a = changes.Changes(reloads("a"), redis_server.url, prefix)
-    b = changes.Changes(reloads("b"), redis_server.url, prefix)
+    counts: Counts = {}
+    told: Counts = {}
+    a = changes.Changes(counting(counts, "a"), redis_server.url, prefix, announced_hooks(told, "a"))
+    b = changes.Changes(counting(counts, "b"), redis_server.url, prefix, announced_hooks(told, "b"))
     a.start()
     b.start()
     try:
@@ -172,14 +191,43 @@ async def test_people_announced_by_one_engine_are_rechecked_by_another(
 
         await until(started)
         await a.changed("people")
+        await a.changed("content")  # sentinel for B
+        await b.changed("flows")  # sentinel for A, after A's own two
 
-        async def on_b() -> bool:
-            return counts["b"]["people"] == 2
+        async def sentinels() -> bool:
+            return counts["b"]["content"] == 2 and counts["a"]["flows"] == 2
 
-        await until(on_b)
-        await asyncio.sleep(changes.GATHER * 2)  # anything else would have come by now
-        assert counts["b"] == {**dict.fromkeys(changes.KINDS, 1), "people": 2}
-        assert counts["a"] == dict.fromkeys(changes.KINDS, 1)
+        await until(sentinels)
+        once = dict.fromkeys(changes.KINDS, 1)
+        assert counts["b"] == {**once, "people": 2, "content": 2}
+        assert counts["a"] == {**once, "flows": 2}
+        none = dict.fromkeys(changes.KINDS, 0)
+        assert told == {"a": {**none, "flows": 1}, "b": {**none, "people": 1, "content": 1}}
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_the_backstop_reloads_without_the_announced_hooks(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (cost): the reload of "people" at every minute's backstop told every
+    open stream of every engine to check its credentials, all at the same instant. The
+    backstop (and a new subscription) reloads every kind, and runs no announced hook:
+    only another engine's announcement does."""
+    monkeypatch.setattr(changes, "BACKSTOP", 0.2)
+    counts: Counts = {}
+    told: Counts = {}
+    node = changes.Changes(
+        counting(counts, "a"), redis_server.url, redisd.prefix(), announced_hooks(told, "a")
+    )
+    node.start()
+    try:
+
+        async def backstopped() -> bool:
+            return all(n >= 3 for n in counts["a"].values())  # subscribed, then twice
+
+        await until(backstopped)
+        assert told["a"] == dict.fromkeys(changes.KINDS, 0)
+    finally:
+        await node.stop()

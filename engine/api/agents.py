@@ -17,8 +17,8 @@ from engine.api.auth import (
     Authenticated,
     CurrentUser,
     Reader,
+    people_changed,
     revoke_tokens,
-    tokens_revoked,
 )
 from engine.api.schemas import (
     AgentOut,
@@ -134,17 +134,15 @@ async def change_user(username: str, body: UserPatch, request: Request, _p: Admi
             await revoke_tokens(request, user.id, **values)
         elif values:
             await m.store.update_user(user.id, **values)
+    if body.role is not None and body.password is None:  # a new password has told them
+        # open streams, here and on the other engines, read the role again now (a
+        # demoted supervisor's wallboard ends), not at their next minute's check; and
+        # the other engines' supervisor legs of a demoted person end
+        await people_changed(request)
     changed = await m.store.user(user.id)
     assert changed is not None
     if body.password is not None or changed.role not in MONITORS:
         await m.monitors.user_gone(user.id)
-    if body.role is not None:
-        # open streams read the role again now (a demoted supervisor's wallboard ends),
-        # not at their next minute's check
-        tokens_revoked(request.app)
-    if body.password is not None or body.role is not None:
-        # the other engines: their supervisor legs and open streams (engine/changes.py)
-        await request.app.state.changes.changed("people")
     await m.user_changed(changed)
     return UserOut.model_validate(changed, from_attributes=True)
 
@@ -162,9 +160,8 @@ async def remove_user(username: str, request: Request, _p: Admin) -> None:
         await _keep_an_admin(m, user, None)
         await m.agent_gone(user.id)
         await m.store.delete_user(user.id)
-    tokens_revoked(request.app)
+    await people_changed(request)  # here and on the other engines
     await m.monitors.user_gone(user.id)
-    await request.app.state.changes.changed("people")  # and on the other engines
 
 
 @router.post("/agents/me/presence", response_model=AgentOut)

@@ -261,9 +261,15 @@ Authenticated = Annotated[Identity, Depends(identity)]
 
 
 async def current_user(request: Request, who: Authenticated) -> UserRow:
+    """The person as the database has them now, refused if that is no longer who the
+    token was let in as: a sign-out (or a new password) committed between the token's
+    check and this read would otherwise hand on a record stamped with the new version,
+    and what is kept from it (a supervisor leg's version) would pass every check."""
     user = await request.app.state.store.user(who.user_id)
     if user is None:
-        raise HTTPException(401, "this user no longer exists")
+        raise HTTPException(401, "this user no longer exists", headers=CHALLENGE)
+    if user.token_version != who.version:
+        raise HTTPException(401, ENDED, headers=CHALLENGE)
     return user
 
 
@@ -333,11 +339,9 @@ async def logout(request: Request, p: Who) -> Response:
     or bearer), end every sign-in of that person: all their tokens, in every browser
     and program, are refused from now on."""
     if p.identity is not None:
-        await revoke_tokens(request, p.identity.user_id)
-        # signed out is off every call they were listening to (engine/monitoring.py),
-        # on this engine at once and on the others when told (engine/changes.py)
+        await revoke_tokens(request, p.identity.user_id)  # the other engines told too
+        # signed out is off every call they were listening to (engine/monitoring.py)
         await request.app.state.calls.monitors.user_gone(p.identity.user_id)
-        await request.app.state.changes.changed("people")
     response = Response(status_code=204)
     response.delete_cookie(COOKIE, **cookie_options(request))
     return response
@@ -345,11 +349,21 @@ async def logout(request: Request, p: Who) -> Response:
 
 async def revoke_tokens(request: Request, user_id: str, **changes: Any) -> None:
     """Every token issued to this person so far stops working (with ``changes`` to
-    their record in the same write); streams they hold open end."""
+    their record in the same write); streams they hold open end, on every engine."""
     await request.app.state.store.update_user(
         user_id, token_version=UserRow.token_version + 1, **changes
     )
+    await people_changed(request)
+
+
+async def people_changed(request: Request) -> None:
+    """Someone was just signed out, given a new password, a new role or removed (the
+    database written): this engine's open streams check their credentials now, and
+    the other engines are told (engine/changes.py: their supervisor legs and streams).
+    Right after the write, before the slow local teardown (this engine's supervisor
+    legs): a request cancelled during that has told the others already."""
     tokens_revoked(request.app)
+    await request.app.state.changes.changed("people")
 
 
 def tokens_revoked(app: FastAPI) -> None:
