@@ -1385,7 +1385,12 @@ class CallManager:
         if change is None:
             return
         if call.recording is None:
-            call.recording = CallRecording(Path(self.settings.recordings_dir), call.id, change.at)
+            try:
+                call.recording = CallRecording(
+                    Path(self.settings.recordings_dir), call.id, change.at
+                )
+            except OSError as exc:  # no folder, no space for the files: said, not a 500
+                raise NotAllowed(f"the recording cannot be started: {exc}") from None
         call.recording.active = on
         self._publish(change)
 

@@ -13,6 +13,7 @@ stereo) and the raw files are removed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import wave
 from pathlib import Path
 from typing import BinaryIO
@@ -22,6 +23,8 @@ import numpy as np
 from media.audio import ANALYSIS_RATE, PcmFrame
 
 CHUNK = ANALYSIS_RATE * 10  # samples per side merged at a time
+
+log = logging.getLogger(__name__)
 
 
 class CallRecording:
@@ -33,11 +36,22 @@ class CallRecording:
         self.t0 = started_at  # call-clock seconds where the recording begins
         self.active = True
         self.seconds = 0.0  # the furthest point written, from t0
+        self.failed: str | None = None  # why writing stopped (a full disk), if it did
 
     def write(self, channel: int, at: float, frame: PcmFrame) -> None:
-        """``frame`` heard at ``at`` seconds on the call's clock, on channel 0 or 1."""
-        if not self.active:
+        """``frame`` heard at ``at`` seconds on the call's clock, on channel 0 or 1.
+        A write the disk refuses (full, gone) stops the recording, never the call: it
+        is called from a leg's audio path, where an error would end the leg, and with
+        it the call. What was written before is kept; the rest stays silent."""
+        if not self.active or self.failed is not None:
             return
+        try:
+            self._write(channel, at, frame)
+        except OSError as exc:
+            self.failed = str(exc)
+            log.error("recording %s: stopped, the disk refused a write: %s", self.path.name, exc)
+
+    def _write(self, channel: int, at: float, frame: PcmFrame) -> None:
         offset = round((at - self.t0) * ANALYSIS_RATE)
         if offset < 0:
             return
