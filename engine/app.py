@@ -266,7 +266,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.state.supervision = supervision
     app.state.webhook_targets = webhook_targets
     app.state.engine_id = recovery.id
-    app.state.forward_http = forward.client()
+    app.state.forward_http = forward.client(ring_for=settings.callback_ring_timeout)
     # the HTTP server's connections (engine/httpserver.py; the CLI hands it to uvicorn)
     refused = metrics.connections_refused
     app.state.http_connections = ConnectionCaps(

@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engine.api.forward import TIMEOUT
+from tests.controlplane import ControlPlane
 from tests.engine_proc import EngineProcess
 from tests.rtc_client import Caller
 
@@ -91,3 +93,13 @@ def test_an_engine_names_where_it_is_reached() -> None:
     everywhere = node_url(Settings(host="0.0.0.0", port=8080))
     assert everywhere.startswith("http://") and "0.0.0.0" not in everywhere
     httpx.URL(everywhere)  # a URL the other engines can use
+
+
+async def test_a_call_action_sent_on_waits_as_long_as_a_number_rings(tmp_path: Path) -> None:
+    """Found in review: a consult or transfer to a number answers once they pick up, up
+    to CCENGINE_CALLBACK_RING_TIMEOUT (45 s), but a request sent on to the call's engine
+    gave up after 30 s: the host was told 503 while the number still rang, and asking
+    again was refused as already consulting."""
+    async with ControlPlane(tmp_path / "engine", callback_ring_timeout=100.0) as cp:
+        timeout = cp.app.state.forward_http.timeout
+        assert timeout.read is not None and timeout.read >= 100.0 + TIMEOUT

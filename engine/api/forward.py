@@ -55,9 +55,12 @@ HOP_BY_HOP = frozenset(
 TIMEOUT = 30.0  # seconds: an agent's answer sets up media, a spoken prompt is synthesised
 
 
-def client() -> httpx.AsyncClient:
-    """The client call actions are sent on with (the app keeps one, closed at stop)."""
-    return httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False)
+def client(ring_for: float = 0.0) -> httpx.AsyncClient:
+    """The client call actions are sent on with (the app keeps one, closed at stop).
+    ``ring_for``: how long a number we dial may ring (a transfer or a consult to a
+    number answers once they pick up): the wait is longer by that, or the host is told
+    503 while the number still rings, and a retry is refused as already consulting."""
+    return httpx.AsyncClient(timeout=TIMEOUT + ring_for, follow_redirects=False)
 
 
 class ForwardCallActions:
