@@ -992,6 +992,15 @@ class CallManager:
         if self.consults.is_guest_answer(call, leg.user_id):
             await self.consults.answered(call, leg, codec)  # a colleague consulted
             return
+        if call.state != "queued":  # the only state an agent answers a call from
+            # rung with no consult behind it (its request failed after the shared log
+            # took the ring, or a cancel's withdrawal did): taken as the call's agent it
+            # would be bridged to a held call and lock its agent out. Refused, and the
+            # stray ring taken back so that it stops
+            if leg.peer is not None:
+                await leg.peer.close()
+            await self.consults.withdraw(call, leg.user_id)
+            raise NotAllowed(f"call {call.id} is not waiting for an agent")
         now = time.monotonic()
         try:
             # it may have stopped ringing while we set up media (timeout, caller left)
