@@ -144,6 +144,25 @@ def test_a_ringing_guest_is_freed_when_a_survivor_ends_the_lost_call() -> None:
     assert not [e for e in effects if owner_of(e, lost, "A", {}) is not False]  # nobody else
 
 
+def test_a_guest_freed_from_a_consult_ring_is_offered_the_caller_waiting() -> None:
+    """Found while fixing the review: a withdrawn consult ring made Bob available
+    without a look at the line, so a caller who had waited for him (the only agent)
+    waited on until some other change; now the next caller rings him at once."""
+    copy = RoutingCopy([QueueConfig(name="general")], 20.0)
+    call = live_call("c1", "held")
+    for op, now in consult_script(call):
+        copy.apply(op, now)
+    waiting = {"op": "requested", "call": CallCard.of(live_call("c2")), "queue": None,
+               "agent": None, "origin": "A"}  # fmt: skip
+    assert copy.apply(waiting, 103.0)[1] is None
+    assert copy.routing.acd.waiting["c2"].offered_to is None  # Bob rings for the consult
+    withdraw = {"op": "consult_withdraw", "agent": "u-bob", "call_id": "c1", "origin": "A"}
+    effects, _ = copy.apply(withdraw, 104.0)
+    assert copy.routing.offered_to("u-bob", "c2")
+    offered = [e.event for e in effects if isinstance(e, Emit) and isinstance(e.event, CallOffered)]
+    assert [(o.call_id, o.agent_id) for o in offered] == [("c2", "u-bob")]
+
+
 # -- the call's engine, on a real redis-server ------------------------------------------
 
 
