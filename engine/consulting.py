@@ -23,7 +23,11 @@ whose desk's answer, decline and the host's requests are sent on to the engine r
 the call (engine/api/forward.py). The answer is decided in the log before the guest's
 leg joins the call; a ring that ended in the log (declined, rung out in the leader's
 tick) is told to the host from its withdrawal (``offer_withdrawn``), since no ACD timer
-runs on the engine to ``sweep``.
+runs on the engine to ``sweep``. The log may take a step and not answer in time: a ring
+whose request failed, or whose consult is gone, is withdrawn, and asked again in the
+background while the log cannot be reached (``withdraw``), as is a colleague's hang-up;
+an answer to a ring with no consult behind it is refused (``CallManager._bridge_agent``
+takes agents only for a call in line).
 """
 
 from __future__ import annotations
