@@ -1534,8 +1534,10 @@ class CallManager:
             log.warning("call %s: supervisors' legs did not close in time", call_id)
         leaving = itertools.chain(
             self.routing.hung_up(call.agent_id, call.bridged_at, call.id),
-            self.routing.leave(call, "caller_left"),
+            # before the leave (which would withdraw a colleague's ring too): the consult
+            # is cleared as its ring is withdrawn, so no sweep meanwhile tells it rung out
             self.consults.ended(call),
+            self.routing.leave(call, "caller_left"),
             self._other_agents_leave(call),
         )
         if self.shared is None:
