@@ -992,6 +992,15 @@ class CallManager:
         if self.consults.is_guest_answer(call, leg.user_id):
             await self.consults.answered(call, leg, codec)  # a colleague consulted
             return
+        if call.state != "queued":  # the only state an agent answers a call from
+            # rung with no consult behind it (its request failed after the shared log
+            # took the ring, or a cancel's withdrawal did): taken as the call's agent it
+            # would be bridged to a held call and lock its agent out. Refused, and the
+            # stray ring taken back so that it stops
+            if leg.peer is not None:
+                await leg.peer.close()
+            await self.consults.withdraw(call, leg.user_id)
+            raise NotAllowed(f"call {call.id} is not waiting for an agent")
         now = time.monotonic()
         try:
             # it may have stopped ringing while we set up media (timeout, caller left)
@@ -1530,8 +1539,10 @@ class CallManager:
             log.warning("call %s: supervisors' legs did not close in time", call_id)
         leaving = itertools.chain(
             self.routing.hung_up(call.agent_id, call.bridged_at, call.id),
-            self.routing.leave(call, "caller_left"),
+            # before the leave (which would withdraw a colleague's ring too): the consult
+            # is cleared as its ring is withdrawn, so no sweep meanwhile tells it rung out
             self.consults.ended(call),
+            self.routing.leave(call, "caller_left"),
             self._other_agents_leave(call),
         )
         if self.shared is None:

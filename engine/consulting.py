@@ -31,7 +31,11 @@ whose desk's answer, decline and the host's requests are sent on to the engine r
 the call (engine/api/forward.py). The answer is decided in the log before the guest's
 leg joins the call; a ring that ended in the log (declined, rung out in the leader's
 tick) is told to the host from its withdrawal (``offer_withdrawn``), since no ACD timer
-runs on the engine to ``sweep``.
+runs on the engine to ``sweep``. The log may take a step and not answer in time: a ring
+whose request failed, or whose consult is gone, is withdrawn, and asked again in the
+background while the log cannot be reached (``withdraw``), as is a colleague's hang-up;
+an answer to a ring with no consult behind it is refused (``CallManager._bridge_agent``
+takes agents only for a call in line).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from engine.acd import AcdError
@@ -124,13 +128,19 @@ class Consults:
                 if call.ended.is_set():
                     raise NotAllowed(f"call {call_id} ended before {guest} was rung")
                 return  # cancelled: told by the cancel, nobody rung
-            await self.m._route(self.m.routing.consult_offer(call, guest_id))
+            try:
+                await self.m._route(self.m.routing.consult_offer(call, guest_id))
+            except RoutingUnavailable:
+                # the shared log may have taken the ring and not answered in time: taken
+                # back (again in the background), or the guest rings with no consult
+                await self.withdraw(call, guest_id)
+                raise
             consult.rung = True
             if call.consult is not consult:
                 # cancelled, declined or the call ended while the ring was asked for (with
                 # several engines the shared log's answer is awaited): told already; a
                 # cancel's withdrawal may have gone into the log before the ring did
-                await self.m._route(self.m.routing.consult_withdraw(guest_id, call.id))
+                await self.withdraw(call, guest_id)
                 return
         except AcdError as exc:
             if call.consult is consult:
@@ -348,8 +358,33 @@ class Consults:
         self.m._stop_desk_phone(call.id)  # the cancel's withdrawal found nothing to stop
         if leg.peer is not None:
             await leg.peer.close()
-        await self.m._route(self.m.routing.hung_up(leg.user_id, None, call.id))
+        # the log away must not leave them on the call for good: asked again meanwhile
+        await self._surely(self.m.routing.hung_up(leg.user_id, None, call.id))
         raise NotAllowed("the consult was cancelled before you answered")
+
+    async def withdraw(self, call: Call, guest_id: str) -> None:
+        """``guest_id``'s ring for ``call`` taken back: the host cancelled, the call
+        ended, or a ring with no consult behind it (its request failed after the shared
+        log took it). With several engines, asked again in the background while the log
+        cannot be reached, and the request goes on; no longer once the host consults the
+        same colleague again (that ring is theirs)."""
+        again = self.m.routing.consult_withdraw(guest_id, call.id)
+        await self._surely(again, unless=lambda: self._consulting(call, guest_id))
+
+    @staticmethod
+    def _consulting(call: Call, guest_id: str) -> bool:
+        return call.consult is not None and call.consult.guest_id == guest_id
+
+    async def _surely(
+        self, effects: Iterable[RoutingEffect], unless: Callable[[], bool] = lambda: False
+    ) -> None:
+        """Routing steps that free a colleague: on one engine at once; with several,
+        through the shared log and, while it cannot be reached, asked again in the
+        background (``SharedCalls.leave``) rather than failing the request half done."""
+        if self.m.shared is None:
+            await self.m._route(effects)
+        else:
+            await self.m.shared.leave(list(effects), unless=unless)
 
     async def offer_withdrawn(self, event: OfferWithdrawn) -> None:
         """Several engines: a guest's ring ended in the shared log (declined there, rung
@@ -426,13 +461,13 @@ class Consults:
             if consult.guest_id is None:
                 self._stop_dial(call.id)
             else:
-                await self.m._route(self.m.routing.consult_withdraw(consult.guest_id, call.id))
+                await self.withdraw(call, consult.guest_id)
         leg = call.leg(consult.guest_leg) if consult.guest_leg else None
         if leg is not None:
             leg.left = True
             if consult.guest_id is not None:  # an agent goes to wrap-up; a number owes none
                 since = self._since(leg)
-                await self.m._route(self.m.routing.hung_up(consult.guest_id, since, call.id))
+                await self._surely(self.m.routing.hung_up(consult.guest_id, since, call.id))
         if reason is not None:
             self.m._publish(ConsultCancelled(call_id=call.id, host=consult.host,
                                              guest=consult.guest, reason=reason))  # fmt: skip

@@ -107,9 +107,9 @@ class Recovery:
         self.on_released: Callable[[], None] = lambda: None
         # a call this engine ended for a dead one: its analytics are this engine's to make
         self.on_ended: Callable[[str], None] = lambda _call_id: None
-        # told which calls of dead engines it ended, each with its agent (they leave the
-        # shared routing, and their agents go to wrap-up)
-        self.on_calls_ended: Callable[[list[tuple[str, str | None]]], None] = lambda cut: None
+        # told which calls of dead engines it ended, each with every agent on it (they
+        # leave the shared routing, and their agents go to wrap-up)
+        self.on_calls_ended: Callable[[list[tuple[str, tuple[str, ...]]]], None] = lambda cut: None
 
     async def start(self) -> int:
         """Register, end what dead engines left open, then keep the heartbeat going."""
@@ -168,11 +168,14 @@ class Recovery:
             return 0
         dead = dead_owners(owners, engines, me=self.id, now=now, lease=self.lease, host=self.host)
         count = 0
-        ended: list[tuple[str, str | None]] = []
+        ended: list[tuple[str, tuple[str, ...]]] = []
         for owner, last_seen in dead.items():
             for cut in await self.store.end_calls_of(owner, last_seen, reason):
                 call_id = cut.call_id
-                ended.append((call_id, cut.agent_id))
+                # the call's agent and every other agent with a leg still on it (a
+                # consulted colleague): each is on the call in the shared routing
+                agents = (cut.agent_id, *cut.agents) if cut.agent_id else cut.agents
+                ended.append((call_id, tuple(dict.fromkeys(agents))))
                 lasted = round(max(0.0, (last_seen - as_utc(cut.created_at)).total_seconds()), 3)
                 self.bus.publish(
                     CallStateChanged(

@@ -337,8 +337,13 @@ class Routing:
 
     def leave(self, call: Call, reason: str) -> Iterator[Effect]:
         """The caller leaves the line (hung up, chose a callback): an agent it rang is
-        told why and freed, and the callers behind move up."""
+        told why and freed, and the callers behind move up. A call not in line may
+        still ring a colleague for a consult (engine/consulting.py): that ring is
+        withdrawn, so that the call's end frees them whoever tells it (with several
+        engines, a survivor ending the call of a dead one: its ``orphan``)."""
         if (waiting := self.acd.waiting.get(call.id)) is None:
+            if (offer := self.acd._offers.get(call.id)) is not None:
+                yield from self._withdraw_consult(offer[0], call.id, reason)
             return
         if waiting.offered_to is not None:
             yield Emit(OfferWithdrawn(call_id=call.id, agent_id=waiting.offered_to, reason=reason))
@@ -453,7 +458,21 @@ class Routing:
 
     def consult_withdraw(self, agent_id: str, call_id: str) -> Iterator[Effect]:
         """A consult's ring taken back (the host cancelled, the caller hung up)."""
-        yield from self.actions(self.acd.withdraw(agent_id, call_id, self.clock()))
+        yield from self._withdraw_consult(agent_id, call_id, "cancelled")
+
+    def _withdraw_consult(self, agent_id: str, call_id: str, reason: str) -> Iterator[Effect]:
+        """The colleague's ring for ``call_id`` ends (``reason``, told to their desk)
+        and they are available: a caller waiting in line is offered to them now, not
+        at the next change."""
+        now = self.clock()
+        withdrawn = self.acd.withdraw(agent_id, call_id, now)
+        if not withdrawn:
+            return  # not ringing them (answered, declined or rung out already)
+        told = [
+            OfferExpired(a.agent_id, a.call_id, reason) if isinstance(a, OfferExpired) else a
+            for a in withdrawn
+        ]
+        yield from self.actions([*told, *self.acd.dispatch(now)])
 
     def default_queue(self) -> str:
         return next(iter(self.acd.queues))

@@ -36,7 +36,9 @@ A consult (engine/consulting.py) rings a colleague for a call that is with its a
 not in line: "consult_offer" makes the call's shadow for that operation alone, long
 enough for the offer to be made of it, and the node running the call says who consults
 as it sends the offer. The ring is timed like any offer (the leader's ticks); answering,
-declining and withdrawing it ("consult_withdraw") are operations too.
+declining and withdrawing it ("consult_withdraw") are operations too, and so is the call
+leaving for good ("leave"), which withdraws a ring still going: when a survivor ends the
+call of a dead engine, no one else would (its ``orphan`` makes the survivor tell it).
 """
 
 from __future__ import annotations

@@ -16,9 +16,10 @@ between the log and this engine's live calls (``CallManager``):
     a call ends here                   ``leave``: each step asked on its own (one
                                        refused does not keep the call in line); the
                                        log away: asked again in the background
-    calls of a dead engine, ended      ``calls_lost``: they leave the line, their agent
-    here (engine/recovery.py)          goes to wrap-up, and this engine tells what the
-                                       dead one cannot (``orphan``)
+    calls of a dead engine, ended      ``calls_lost``: they leave the line (a colleague
+    here (engine/recovery.py)          rung for a consult stops ringing), every agent on
+                                       them goes to wrap-up, and this engine tells what
+                                       the dead one cannot (``orphan``)
     the routing started afresh         ``reset``: this engine's waiting callers go back
                                        in line, in their queue
     this engine's caller taken out of  ``effects`` puts it back: this engine was cut off
@@ -138,12 +139,20 @@ class SharedCalls:
             except Exception:  # one effect failing must not keep the others from the call
                 log.exception("routing: applying %s failed", type(effect).__name__)
 
-    async def leave(self, effects: list[RoutingEffect], tries: int = 150) -> None:
+    async def leave(
+        self,
+        effects: list[RoutingEffect],
+        tries: int = 150,
+        unless: Callable[[], bool] = lambda: False,
+    ) -> None:
         """A call's last routing (its agent to wrap-up, out of the line), through the
         shared log, each step on its own: one refused (the agent signed out and in
         again meanwhile) must not keep the call from leaving the line. While the log
         cannot be reached, the steps left are asked again every ``RETRY`` s in the
-        background (at most ``tries`` times), so the call's end is not held up."""
+        background (at most ``tries`` times), so the call's end is not held up. Also a
+        consult's ring taken back and a colleague freed (engine/consulting.py), which
+        must not wait for the log either; ``unless``: true once asking again would undo
+        what came since (the same colleague rung again for the call)."""
         left = list(effects)
 
         async def go_on() -> None:
@@ -161,6 +170,8 @@ class SharedCalls:
         async def again() -> None:
             for _ in range(tries):
                 await asyncio.sleep(RETRY)
+                if unless():
+                    return
                 with contextlib.suppress(RoutingUnavailable):
                     await go_on()
                     return
@@ -168,19 +179,22 @@ class SharedCalls:
 
         self._background(again())
 
-    def calls_lost(self, cut: list[tuple[str, str | None]]) -> None:
-        """Calls a dead engine ran, ended by this one (engine/recovery.py): they leave
-        the shared routing's line (an agent they rang is freed and told), and the agent
-        on one goes to wrap-up. This engine tells what the dead one can no longer
-        (``orphan``: the operation's events about the call are this engine's to send)."""
+    def calls_lost(self, cut: list[tuple[str, tuple[str, ...]]]) -> None:
+        """Calls a dead engine ran, ended by this one (engine/recovery.py), each with
+        every agent on it: they leave the shared routing's line (an agent they rang,
+        in line or for a consult, is freed and told), and each agent on one goes to
+        wrap-up: its agent, and a consulted colleague with a leg on it, who is not the
+        call's agent and would stay on a call for good. This engine tells what the
+        dead one can no longer (``orphan``: the operation's events about the call are
+        this engine's to send)."""
 
-        async def lost(call_id: str, agent_id: str | None) -> None:
+        async def lost(call_id: str, agents: tuple[str, ...]) -> None:
             await self.log.synced.wait()
             card = CallCard.ended(call_id)
             ops: list[dict[str, object]] = [
                 {"op": "leave", "call": card, "reason": "node_lost", "orphan": call_id}
             ]
-            if agent_id is not None:
+            for agent_id in dict.fromkeys(agents):
                 # how long it lasted is not known: not learned as a 0 s call (the
                 # 0.0 is what an engine of an older version reads, and learns)
                 # the call's id: the agent owes it a disposition, with its deadline, as
@@ -193,8 +207,8 @@ class SharedCalls:
                 with contextlib.suppress(AcdError, NotAllowed, RoutingUnavailable):
                     await self.log.submit(op)
 
-        for call_id, agent_id in cut:
-            self._background(lost(call_id, agent_id))
+        for call_id, agents in cut:
+            self._background(lost(call_id, agents))
 
     def reset(self) -> None:
         """The shared routing started again (engine/routinglog.py): this engine's waiting

@@ -746,9 +746,11 @@ class SipFront:
         assert pc.peer is not None
         try:
             await self.calls.accept_peer(agent_id, call_id, pc.peer, "sip", pc.peer.rtp.offer.codec)
-        except (AcdError, UnknownCall, RoutingUnavailable) as exc:
-            # answered too late (the offer moved on), or the shared routing cannot take
-            # the answer now: the phone is hung up, the offer goes on as it would
+        except (AcdError, NotAllowed, UnknownCall, RoutingUnavailable) as exc:
+            # answered too late (the offer moved on, or the consult it rang for was
+            # cancelled meanwhile), the call not waiting for an agent, or the shared
+            # routing cannot take the answer now: the phone is hung up, the offer goes on
+            # as it would (a task of its own: raised here, it would be lost, unread)
             log.info("desk phone answer for call %s not taken: %s", call_id, exc)
             await pc.peer.close()
             return

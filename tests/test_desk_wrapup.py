@@ -226,7 +226,7 @@ async def test_a_call_cut_off_by_a_dead_engine_leaves_its_agent_owing_it() -> No
     log = Log()
     copy = RoutingCopy([QueueConfig(name="general")], 20.0, wrap_up_limit=30.0)
     shared = SharedCalls(cast(RoutingLog, log), copy, "e2", {}, lambda e: asyncio.sleep(0))
-    shared.calls_lost([("c1", ANN.id)])
+    shared.calls_lost([("c1", (ANN.id,))])
     await asyncio.wait_for(asyncio.gather(*shared.background), 5)
     hung_up = [op for op in log.ops if op["op"] == "hung_up"]
     assert len(hung_up) == 1 and hung_up[0]["call_id"] == "c1"

@@ -302,11 +302,11 @@ async def hangup(call_id: PathId, request: Request, p: Who) -> Response:
     call = m.get(call_id)
     by_agent = p.identity is not None and p.identity.user_id == call.agent_id
     if p.identity is not None and p.identity.role == "agent" and not by_agent:
-        # offered it: e.g. the callback they placed; a colleague rung to consult is not
-        # offered the caller, and must not hang them up
-        consult = call.consult
-        rung = consult is not None and consult.guest_id == p.identity.user_id
-        if rung or not m.offered_to(p.identity.user_id, call_id):
+        # offered it while it waits in line: e.g. the callback they placed. A colleague
+        # rung to consult is not offered the caller (the call is with its agent), even
+        # one whose ring outlived its consult, and must not hang them up
+        offered = call.state == "queued" and m.offered_to(p.identity.user_id, call_id)
+        if not offered:
             raise HTTPException(403, f"call {call_id} is not on your line")
     await m.end_call(call_id, "agent_hangup" if by_agent else "hangup")
     return Response(status_code=202)

@@ -65,6 +65,9 @@ class CutOff(NamedTuple):
     created_at: datetime
     callback: CallbackRow | None  # offered to its caller, if they can be called back
     agent_id: str | None = None  # the agent on it when its engine died
+    # every agent with a leg still open on it (a consulted colleague besides
+    # ``agent_id``): each was on the call in the shared routing, and must leave it
+    agents: tuple[str, ...] = ()
 
 
 class CallRecord(NamedTuple):
@@ -420,11 +423,25 @@ class Store:
                     s.add(callback)
                 ended.append(CutOff(call_id, state, created_at, callback, call.agent_id))
             if ended:
+                ids = [c.call_id for c in ended]
+                legs = await s.execute(
+                    select(LegRow.call_id, LegRow.user_id)
+                    .where(
+                        LegRow.call_id.in_(ids),
+                        LegRow.role == "agent",
+                        LegRow.ended_at.is_(None),
+                        LegRow.user_id.is_not(None),
+                    )
+                    .order_by(LegRow.created_at)
+                )
+                on: dict[str, list[str]] = {}
+                for leg_call, user_id in legs.all():
+                    if user_id is not None:  # (the query leaves none out: for mypy)
+                        on.setdefault(leg_call, []).append(user_id)
+                ended = [c._replace(agents=tuple(on.get(c.call_id, ()))) for c in ended]
                 await s.execute(
                     update(LegRow)
-                    .where(
-                        LegRow.call_id.in_([c.call_id for c in ended]), LegRow.ended_at.is_(None)
-                    )
+                    .where(LegRow.call_id.in_(ids), LegRow.ended_at.is_(None))
                     .values(ended_at=when)
                 )
             if engine_id is not None:
