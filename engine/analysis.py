@@ -235,6 +235,21 @@ def clock(call: Call) -> float:
     return 0.0
 
 
+def caller_heard(call: Call, leg_id: str, start: float, end: float) -> bool:
+    """Whether the caller heard what ``leg_id`` said over ``[start, end]`` (the leg's
+    own clock, as its recognizer reports): their own words, yes; an agent's, unless
+    said while the caller was held for a consult (engine/unheard.py)."""
+    leg = call.leg(leg_id)
+    return leg is None or leg.role == "caller" or leg.unheard.heard(start, end)
+
+
+def _latest(call: Call, ev: me.TranscriptPartial) -> float:
+    """The leg's latest analysed audio (its clock), where a partial's words end for now."""
+    leg = call.leg(ev.leg_id)
+    pipeline = leg.pipeline if leg is not None else None
+    return max(ev.start, pipeline.seconds_in) if pipeline is not None else ev.start
+
+
 def summary_of(call: Call) -> str:
     """The running summary as of now: an offer made between a caller's words and
     their emotion estimate already carries those words and why it escalated."""
@@ -314,6 +329,8 @@ class Redact:
             index=ev.index,
             text=self.redactor.redact(ev.text, partial=True).text,
             start=round(ev.start + offset(call, ev.leg_id), 3),
+            # a partial has no end yet: it runs to the leg's latest audio
+            caller_heard=caller_heard(call, ev.leg_id, ev.start, _latest(call, ev)),
         )
 
     def _final(self, call: Call, ev: me.TranscriptFinal) -> TranscriptFinal:
@@ -344,6 +361,7 @@ class Redact:
                 for w in clean.words
             ],
             asr_latency=round(ev.asr_latency, 4),
+            caller_heard=caller_heard(call, ev.leg_id, ev.start, ev.end),
         )
 
     @staticmethod
@@ -443,7 +461,9 @@ def _utterance_row(final: TranscriptFinal) -> UtteranceRow:
         seq=final.index,
         created_at=final.time,
         words=[w.model_dump() for w in final.words],
-        **final.model_dump(include={"call_id", "leg_id", "speaker", "start", "end", "text"}),
+        **final.model_dump(
+            include={"call_id", "leg_id", "speaker", "start", "end", "text", "caller_heard"}
+        ),
     )
 
 

@@ -901,7 +901,13 @@ class CallManager:
             # early on the call's clock (and dead air read from a long mute at once)
             leg.offset += pcm.size / channels / rate
             return 0
-        n = pipeline.push_pcm(pcm, rate, channels)
+        if leg.role == "agent" and not hears(phase, party, "caller", state=call.state, muted=muted):
+            # a consult's talk: transcribed for the staff, never shown to the caller
+            analysed = pipeline.seconds_in
+            n = pipeline.push_pcm(pcm, rate, channels)
+            leg.unheard.add(analysed, pipeline.seconds_in)
+        else:
+            n = pipeline.push_pcm(pcm, rate, channels)
         # the bridge: what this leg says, the other parties hear, and the supervisors
         # on the call as their mode says (engine/monitor.py)
         others = [

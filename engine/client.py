@@ -28,6 +28,7 @@ from engine.api.schemas import (
     CallAnswer,
     CallbackOut,
     CallDetail,
+    CallerCallDetail,
     CallLinkOut,
     CallList,
     DeliveryOut,
@@ -50,6 +51,7 @@ from engine.escalation import Rule
 
 T = TypeVar("T")
 Presence = Literal["login", "available", "away", "logout"]
+_CALL: TypeAdapter[CallDetail | CallerCallDetail] = TypeAdapter(CallDetail | CallerCallDetail)
 
 
 class ApiError(Exception):
@@ -165,8 +167,14 @@ class Client:
                 params[name] = value.isoformat() if hasattr(value, "isoformat") else value
         return await self._call("GET", "/api/v1/calls", CallList, params=params)
 
-    async def call(self, call_id: str) -> CallDetail:
-        return await self._call("GET", f"/api/v1/calls/{call_id}", CallDetail)
+    async def call(self, call_id: str) -> CallDetail | CallerCallDetail:
+        """The call's record: all of it with staff credentials; with the call's caller
+        token, the caller's view (``CallerCallDetail``)."""
+        r = await self.http.get(f"/api/v1/calls/{call_id}")
+        if r.status_code >= 400:
+            raise _error(r)
+        # smart union: staff's answer fills CallDetail, a caller's lacks its fields
+        return _CALL.validate_json(r.content)
 
     async def transcript(self, call_id: str, fmt: Literal["txt", "vtt"] = "txt") -> str:
         r = await self.http.get(f"/api/v1/calls/{call_id}/transcript.{fmt}")

@@ -70,6 +70,15 @@ class CallStateChanged(EventBase):
     )
 
 
+# what a transcript event says of who heard it: a consult's words (the caller on hold)
+# are the staff's, and never reach the caller's own stream (engine/api/streams.py)
+CALLER_HEARD = (
+    "whether the caller heard these words: false for what agents (or an outside number "
+    "consulted) said while the caller was on hold during a consult; such events never "
+    "reach the caller's own stream"
+)
+
+
 class TranscriptPartial(EventBase):
     type: Literal["transcript.partial"] = "transcript.partial"
     leg_id: str
@@ -80,6 +89,7 @@ class TranscriptPartial(EventBase):
     index: int
     text: str
     start: float
+    caller_heard: bool = Field(True, description=CALLER_HEARD)
 
 
 class TranscriptFinal(EventBase):
@@ -96,6 +106,7 @@ class TranscriptFinal(EventBase):
     end: float
     words: list[WordTiming]
     asr_latency: float = Field(description="seconds from the last voiced audio to this result")
+    caller_heard: bool = Field(True, description=CALLER_HEARD)
 
 
 class EmotionUpdated(EventBase):

@@ -34,6 +34,7 @@ from engine.consult import Consult
 from engine.escalation import CallEscalation
 from engine.monitoring import SupervisorLeg
 from engine.recording import CallRecording
+from engine.unheard import Unheard
 from media import events as me
 from media.audio import PcmFrame
 from media.emotion import EmotionTracker
@@ -52,6 +53,9 @@ class Leg(LegRecord):
     # when a consulted agent's leg joined (time.monotonic(): this process's clock), for
     # their handle time once they keep the caller (engine/consulting.py)
     joined: float = 0.0
+    # an agent leg's stretches the caller did not hear (their hold during a consult), on
+    # the leg's analysis clock: its words then are the staff's (engine/unheard.py)
+    unheard: Unheard = field(default_factory=Unheard)
 
 
 @dataclass

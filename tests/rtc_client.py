@@ -207,8 +207,12 @@ class Caller:
         return await self.call_record()
 
     async def call_record(self) -> dict[str, Any]:
+        """The stored call as the staff read it (the caller's own token reads only the
+        caller's view, engine/api/rest.py ``get_call``), or as the caller with
+        ``as_caller``, like the stream."""
+        headers = (None if self.as_caller else STAFF.get(self.base_url)) or self.auth
         async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
-            r = await http.get(f"/api/v1/calls/{self.call_id}", headers=self.auth)
+            r = await http.get(f"/api/v1/calls/{self.call_id}", headers=headers)
         r.raise_for_status()
         data: dict[str, Any] = r.json()
         return data

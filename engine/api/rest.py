@@ -11,10 +11,12 @@ from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
 
 from engine import exports
-from engine.api.auth import CALLER_COOKIE, Operator, Reader, Who, cookie_options
+from engine.api.auth import CALLER_COOKIE, Operator, Principal, Reader, Who, cookie_options
 from engine.api.schemas import (
     CallAnswer,
     CallDetail,
+    CallerCallDetail,
+    CallerLegOut,
     CallLinkIn,
     CallLinkOut,
     CallList,
@@ -46,6 +48,7 @@ from engine.callstate import STATES, NotAllowed
 from engine.customers import normalize_app_user
 from engine.escalation import Rule
 from engine.events import as_utc
+from engine.store.db import CallRecord as StoredCall
 from engine.users import (
     ApiActor,
     AuthError,
@@ -227,23 +230,51 @@ async def list_calls(
     return CallList(calls=[CallOut.model_validate(r, from_attributes=True) for r in rows])
 
 
-@router.get("/calls/{call_id}", response_model=CallDetail, tags=["calls"])
-async def get_call(call_id: PathId, request: Request, p: Who) -> CallDetail:
+def _transcript(found: StoredCall, p: Principal) -> list[UtteranceOut]:
+    """The call's utterances as ``p`` may read them: a caller, only what they heard
+    (not what the agents said while they were held for a consult)."""
+    caller = p.kind == "caller"
+    return [
+        UtteranceOut.model_validate(u, from_attributes=True)
+        for u in found.utterances
+        if not caller or u.caller_heard
+    ]
+
+
+@router.get(
+    "/calls/{call_id}",
+    response_model=CallDetail | CallerCallDetail,
+    responses={200: {"description": "staff get ``CallDetail``; the call's own caller "
+                     "(their caller token) ``CallerCallDetail``"}},
+    tags=["calls"],
+)  # fmt: skip
+async def get_call(call_id: PathId, request: Request, p: Who) -> CallDetail | CallerCallDetail:
+    """A call's record. Staff get all of it (``CallDetail``); the call's own caller
+    gets what happened to their call and the words they heard (``CallerCallDetail``),
+    never what the engine or the staff concluded about them."""
     p.need_call(call_id, "read")
     found = await manager(request).store.get_call(call_id)
     if found is None:
         raise HTTPException(404, f"no call {call_id}")
     call = found.call
+    if p.kind == "caller":
+        return CallerCallDetail(
+            id=call.id, channel=call.channel, state=call.state, language=call.language,
+            created_at=call.created_at, answered_at=call.answered_at, ended_at=call.ended_at,
+            end_reason=call.end_reason, queue=call.queue, upgraded_from=call.upgraded_from,
+            # a caller is not told who listened in (engine/monitoring.py)
+            legs=[
+                CallerLegOut.model_validate(leg, from_attributes=True)
+                for leg in call.legs
+                if leg.role != "supervisor"
+            ],
+            transcript=_transcript(found, p),
+        )  # fmt: skip
     base = CallOut.model_validate(call, from_attributes=True)
     return CallDetail(
         **base.model_dump(),
-        # a caller is not told who listened in (engine/monitoring.py)
-        legs=[
-            LegOut.model_validate(leg, from_attributes=True)
-            for leg in call.legs
-            if p.kind != "caller" or leg.role != "supervisor"
-        ],
-        transcript=[UtteranceOut.model_validate(u, from_attributes=True) for u in found.utterances],
+        legs=[LegOut.model_validate(leg, from_attributes=True) for leg in call.legs],
+        transcript=_transcript(found, p),
         emotion_timeline=[
             EmotionOut.model_validate(e, from_attributes=True) for e in found.emotions
         ],
@@ -267,12 +298,14 @@ EXPORTS = {"txt": "text/plain; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}
 async def export_transcript(
     call_id: PathId, fmt: Literal["json", "txt", "vtt"], request: Request, p: Who
 ) -> Response | list[UtteranceOut]:
-    """The call's redacted transcript, both speakers, as JSON, plain text or WebVTT."""
+    """The call's redacted transcript, both speakers, as JSON, plain text or WebVTT.
+    The call's own caller gets only what they heard: not what the agents said while
+    they were held for a consult."""
     p.need_call(call_id, "read")
     found = await manager(request).store.get_call(call_id)
     if found is None:
         raise HTTPException(404, f"no call {call_id}")
-    lines = [UtteranceOut.model_validate(u, from_attributes=True) for u in found.utterances]
+    lines = _transcript(found, p)
     if fmt == "json":
         return lines
     body = exports.webvtt(lines) if fmt == "vtt" else exports.plain_text(lines)

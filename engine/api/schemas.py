@@ -129,6 +129,11 @@ class UtteranceOut(BaseModel):
     end: float
     text: str
     words: list[WordTiming]
+    caller_heard: bool = Field(
+        True,
+        description="false: said while the caller was held for a consult (a caller's own "
+        "reads leave it out)",
+    )
 
 
 class EmotionOut(BaseModel):
@@ -217,6 +222,41 @@ class CallDetail(CallOut):
     escalations: list[EscalationOut]
     facts: list[FactOut]
     notes: list[NoteOut]
+
+
+class CallerLegOut(BaseModel):
+    """A leg of the call as its caller reads it: not who the agent on it is."""
+
+    id: str
+    role: str
+    transport: str
+    codec: str | None
+    created_at: datetime
+    ended_at: datetime | None
+
+
+class CallerCallDetail(BaseModel):
+    """A call as its own caller reads it (their caller token): what happened to the
+    call and the words they heard, never what the engine or the staff concluded about
+    them (mood, escalations, summary, facts, notes, priority, disposition, intent,
+    topic), who they are on record (customer, verification, attestation, the caller
+    name an invite gave), who the agents are, or what the agents said while the caller
+    was held for a consult. Staff (a read key, a person signed in) get ``CallDetail``."""
+
+    id: str
+    channel: str
+    state: str
+    language: str
+    created_at: datetime
+    answered_at: datetime | None
+    ended_at: datetime | None
+    end_reason: str | None
+    queue: str | None = Field(
+        None, description="the queue the call waited in last (its stream says so too)"
+    )
+    upgraded_from: str | None = Field(None, description="the chat this call continues")
+    legs: list[CallerLegOut] = Field(description="no supervisors listening in")
+    transcript: list[UtteranceOut] = Field(description="only what the caller heard")
 
 
 class CallList(BaseModel):

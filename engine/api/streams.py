@@ -12,7 +12,8 @@ A client too slow to keep up is closed (WebSocket code 1013) and resumes the sam
 Who may listen: ``read`` scope for everything; a call's own caller token for its call;
 pages on the engine's own origin (or allowed ones) only. A caller hears less than staff
 (``CALLER_EVENTS``): what their page shows, never what the engine or the staff concluded
-about them (mood, escalation, the agent's assist, notes, alerts).
+about them (mood, escalation, the agent's assist, notes, alerts), nor what the agents
+said to each other while the caller was held for a consult (``caller_heard``).
 
 An agent's WebSocket stream of everything is also how the engine knows they are at
 their desk (the desk page and ``ccengine phone`` hold one open while they run): routing
@@ -70,6 +71,9 @@ CALLER_HIDDEN = {"callback.requested": ("summary",), "queue.updated": ("priority
 # over to bob": logins, which the caller is never told); only the end's reason, a code
 # the page turns into a sentence ("agent_hangup"), is theirs
 STAFF_REASON = "call.state_changed"
+# words the caller did not hear (agents consulting while they were held) are the
+# staff's: the event says so (engine/events.py ``caller_heard``)
+TRANSCRIPTS = ("transcript.partial", "transcript.final")
 
 
 class Lagged(Exception):
@@ -82,6 +86,8 @@ def for_caller(body: str) -> str | None:
     event = json.loads(body)
     kind = event.get("type")
     if kind not in CALLER_EVENTS:
+        return None
+    if kind in TRANSCRIPTS and event.get("caller_heard") is False:
         return None
     hidden = CALLER_HIDDEN.get(kind, ())
     if kind == STAFF_REASON and event.get("state") != "ended":
