@@ -217,7 +217,11 @@ async def test_a_caller_reads_their_call_not_the_staffs_conclusions(
         detail = await http.get(f"/api/v1/calls/{call.id}")
         lines = await http.get(f"/api/v1/calls/{call.id}/transcript.json")
         text = await http.get(f"/api/v1/calls/{call.id}/transcript.txt")
+        # (found after: the call's analytics, its sentiment arc per side, categories,
+        # disposition and the agent's login, were a caller's to read too)
+        analytics = await http.get(f"/api/v1/calls/{call.id}/analytics")
     assert detail.status_code == lines.status_code == text.status_code == 200
+    assert analytics.status_code == (403 if reader == "caller" else 200), analytics.text
     # the typed client reads either answer as what it is
     async with cp.client(token=headers["Authorization"].removeprefix("Bearer ")) as cc:
         typed = await cc.call(call.id)

@@ -84,6 +84,11 @@ def test_a_callers_stream_carries_no_login_in_a_state_change() -> None:
     ended = {"type": "call.state_changed", "state": "ended", "previous": "bridged",
              "reason": "agent_hangup"}  # fmt: skip
     assert for_caller(json.dumps(ended)) == json.dumps(ended)
+    # nor an agent's user id with their words (found in review)
+    said = {"type": "transcript.final", "speaker": "agent", "agent_id": "u-7", "text": "hi"}
+    assert json.loads(for_caller(json.dumps(said)) or "{}") == {
+        "type": "transcript.final", "speaker": "agent", "text": "hi"
+    }  # fmt: skip
 
 
 async def test_bridged_names_the_agent_by_display_name_not_login(

@@ -66,7 +66,13 @@ CALLER_EVENTS = frozenset(
 )
 # ... and of those, fields written for the staff: a callback's summary of the call, the
 # priority in line (an escalation rule raised it: that says what the rule concluded)
-CALLER_HIDDEN = {"callback.requested": ("summary",), "queue.updated": ("priority",)}
+CALLER_HIDDEN = {
+    "callback.requested": ("summary",),
+    "queue.updated": ("priority",),
+    # which agent said it, by their user id: the page names the agent by display name
+    "transcript.partial": ("agent_id",),
+    "transcript.final": ("agent_id",),
+}
 # a state change's reason is the staff's words ("ann", "ann: consult cancelled", "handed
 # over to bob": logins, which the caller is never told); only the end's reason, a code
 # the page turns into a sentence ("agent_hangup"), is theirs
