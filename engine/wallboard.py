@@ -86,6 +86,9 @@ class LiveCall:
     queue: str | None = None
     queued_at: datetime | None = None
     agent_id: str | None = None
+    # after a consult's hand-over: the agent who has the caller now, by username (the
+    # consult's events name people; the snapshot knows their ids)
+    agent_name: str | None = None
     offered_to: str | None = None
     mood: str | None = None  # the caller's call-level label
     scores: dict[str, float] = field(default_factory=dict)
@@ -199,10 +202,12 @@ class Floor:
                 q.answered += 1
                 if (when - call.queued_at).total_seconds() <= self.threshold:
                     q.within += 1
-            if state == "bridged" and call.offered_to is not None:
-                call.agent_id = call.offered_to
+            # the agent who answered from the line: a colleague offered the call for a
+            # consult (it is held, not queued) is not the call's agent
+            if answered and call.offered_to is not None:
+                call.agent_id, call.offered_to, call.agent_name = call.offered_to, None, None
             if state == "queued":
-                call.queued_at, call.agent_id = when, None
+                call.queued_at, call.agent_id, call.agent_name = when, None, None
             if state == "ended" and call.state == "queued":  # told before call.ended
                 self._left_line(call, ev.get("reason"), today)
             call.state, call.state_since = state, when
@@ -211,7 +216,12 @@ class Floor:
         elif kind == "call.offered":
             call.offered_to = str(ev.get("agent_id"))
         elif kind == "call.transferred":
-            call.agent_id = None
+            call.agent_id = call.agent_name = None
+        elif kind in ("call.consult_completed", "call.conference_left"):
+            # the caller is with the colleague now (a warm transfer), or with whoever
+            # stayed in the conference
+            who = ev.get("guest") if kind == "call.consult_completed" else ev.get("remaining")
+            call.agent_id, call.agent_name = None, str(who) if who else None
         elif kind == "emotion.updated" and ev.get("speaker", "caller") == "caller":
             call.mood = str(ev.get("call_label")) if ev.get("call_label") else call.mood
             scores = ev.get("call_scores")
@@ -346,7 +356,12 @@ def snapshot(
             # (answered or abandoned); None before anyone has
             "service_level": round(day.within / handled, 3) if handled else None,
         })  # fmt: skip
-    on_call = {c.agent_id: c.id for c in floor.calls.values() if c.agent_id is not None}
+    ids = {p.username: p.id for p in people}
+
+    def agent_of(c: LiveCall) -> str | None:
+        return c.agent_id or (ids.get(c.agent_name) if c.agent_name else None)
+
+    on_call = {a: c.id for c in floor.calls.values() if (a := agent_of(c)) is not None}
     on_call.update(agent_calls)  # this engine's own calls know their agent first
     agents = []
     for person in people:
@@ -378,7 +393,7 @@ def snapshot(
             "state": c.state,
             "queue": c.queue,
             "position": position.get(c.id),
-            "agent_id": c.agent_id,
+            "agent_id": agent_of(c),
             "since": since,
             "mood": c.mood,
             "heat": heat(c),

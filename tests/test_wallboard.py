@@ -273,3 +273,40 @@ def test_expected_wait_is_a_new_callers_and_longest_wait_never_negative() -> Non
     assert queues["general"]["expected_wait"] == 2 * aht  # behind c2
     assert queues["vip"]["expected_wait"] == 1 * aht  # its priority goes ahead of c2
     assert queues["general"]["longest_wait"] == 0.0
+
+
+def test_a_consulted_colleague_is_not_taken_for_the_calls_agent() -> None:
+    """The failure: Ann, on the call, consults Bob (he is offered the call) and makes it
+    a conference (the call is bridged again, from held): the floor took Bob, the last
+    offered, for the call's agent, so the live calls named him and Ann's engine's peers
+    showed her with no call."""
+    floor = Floor()
+    queued(floor, "c1", 0)
+    floor.feed(ev("call.offered", "c1", 1, agent_id="a1"))
+    floor.feed(ev("call.state_changed", "c1", 2, state="bridged"))
+    assert floor.calls["c1"].agent_id == "a1"
+    floor.feed(ev("call.state_changed", "c1", 10, state="held"))  # the consult's hold
+    floor.feed(ev("call.offered", "c1", 11, agent_id="b1"))  # Bob rung for the consult
+    floor.feed(ev("call.state_changed", "c1", 20, state="bridged"))  # the conference
+    assert floor.calls["c1"].agent_id == "a1"
+
+
+def test_after_a_warm_transfer_the_colleague_has_the_call() -> None:
+    """Ann hands the caller to Bob (``call.consult_completed``): the wallboard showed the
+    call as still Ann's (she is in wrap-up) and Bob, on it, with no call."""
+    acd = Acd([QueueConfig(name="general")])
+    for agent in ("a1", "b1"):
+        acd.add_agent(agent)
+        acd.presence(agent, "login", 0.0)
+        acd.presence(agent, "available", 0.0)
+    acd.offer_to("b1", "c1", 5.0)
+    acd.accept("b1", "c1", 6.0)  # Bob on the call (the consult's answer)
+    floor = Floor()
+    queued(floor, "c1", 0)
+    floor.feed(ev("call.offered", "c1", 1, agent_id="a1"))
+    floor.feed(ev("call.state_changed", "c1", 2, state="bridged"))
+    floor.feed(ev("call.consult_completed", "c1", 30, host="ann", guest="bob"))
+    snap = snapshot(acd, 31.0, floor, T0 + timedelta(seconds=31), PEOPLE, 20)
+    (_ann, bob) = snap["agents"]
+    assert (bob["presence"], bob["call_id"]) == ("on_call", "c1")
+    assert [c["agent_id"] for c in snap["calls"]] == ["b1"]
