@@ -27,6 +27,8 @@ const HTML = `
   </div>
   <p class="consult-status" id="consult-status" data-testid="consult-status" role="status" aria-live="polite"></p>`;
 const BAD_NUMBER = "Type a phone number (+ and digits) or a sip: address.";
+// the API's refusals of the number itself (engine/dialpolicy.py, engine/sip.py)
+const REFUSED = /^the number |DIAL_DOMAINS|not a SIP URI/;
 
 export function initConsult({ root, api, me, callId, endOfCall }) {
   root.innerHTML = HTML;
@@ -98,7 +100,7 @@ export function initConsult({ root, api, me, callId, endOfCall }) {
       // is told by its call.consult_cancelled, in words; a refusal before, here
       if (!(body.number && dialled)) {
         $("consult-status").textContent = err.message;
-        if (body.number && err.status === 409) invalid(true); // the number refused
+        if (body.number && (err.status === 422 || err.status === 409 && REFUSED.test(err.message))) invalid(true);
       }
     } finally {
       asking = false;
