@@ -23,7 +23,9 @@ the answer, as a transfer to a number does. The dial is a task of its own, so a
 cancel (or the caller hanging up) calls it off, which sends the INVITE a CANCEL. Once
 answered, the number's leg joins as the guest's (a leg with no user); it leaves with a
 BYE, and after a hand-over the call is with that number as after
-``Controls.transfer_out``.
+``Controls.transfer_out``. The host's line dropping while they consult a number does not
+hand the caller to it (nobody outside agreed to take them): the number gets a BYE and the
+caller goes back into line (``_host_dropped``); in a conference the number keeps them.
 
 With several engines the ring, the answer and the withdrawal are operations of the
 shared routing log (engine/routingcopy.py): the guest may be signed in on any engine,
