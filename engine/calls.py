@@ -1310,6 +1310,8 @@ class CallManager:
         call = self.controls.controlled(user, call_id)
         if call.consult is not None and call.consult.phase == "ringing":
             # the guest answering would find the caller bridged, hearing nobody
+            if call.consult.outside:
+                raise NotAllowed("a number is being dialled: cancel the consult first")
             raise NotAllowed("a colleague is being rung: cancel the consult first")
         _not_consulting(call, "resumed")
         await self._desk(self.controls.resume(user, call))

@@ -308,6 +308,12 @@ class Settings(BaseSettings):
     # Hosts (names or addresses) that outbound calls and transfers may reach by SIP URI
     # (sip:partner@pbx.example.com) rather than through the trunk; empty: none.
     sip_dial_domains: list[str] = Field(default_factory=list)
+    # Prefixes every number dialled through the trunk must start with (consults,
+    # transfers, the dial pad, callbacks), e.g. ["+1", "+44"]: set this in production,
+    # or anyone signed in may dial any number at the contact center's cost (premium
+    # rate, international, a carrier's feature codes). Empty: any number.
+    # engine/dialpolicy.py.
+    sip_dial_prefixes: list[str] = Field(default_factory=list)
     # Seconds a callback rings before we give up on it.
     callback_ring_timeout: float = Field(45.0, gt=0, le=300)
     # The key menu a phone caller hears first; empty: none.
@@ -319,6 +325,14 @@ class Settings(BaseSettings):
     ivr_keys: dict[str, str] = Field(
         default_factory=lambda: {"1": "billing", "2": "technical_support"}
     )
+
+    @field_validator("sip_dial_prefixes")
+    @classmethod
+    def _prefixes(cls, prefixes: list[str]) -> list[str]:
+        for prefix in prefixes:
+            if not re.fullmatch(r"\+?[0-9]{1,15}", prefix):
+                raise ValueError(f"{prefix!r} is not a number prefix like +1 or +44")
+        return prefixes
 
     @field_validator("allowed_origins")
     @classmethod

@@ -17,6 +17,8 @@ the ACD). A consult moves through:
     consulting   conference   -> conference  caller, host and guest hear each other
     consulting   cancel       -> (over)      the guest leaves; the caller is back with the host
     consulting   guest_left   -> (over)      the guest left or hung up; the caller stays held
+    consulting   host_left    -> (over)      the host's line dropped while consulting a number:
+                                             it gets a BYE, the caller goes back into line
     conference   leave        -> (over)      one agent leaves; the other keeps the caller
 
 ``TRANSITIONS`` is that table (None: the consult is over). Who hears whom in each
@@ -36,7 +38,7 @@ from engine.conference import Phase as Heard
 ConsultPhase = Literal["ringing", "consulting", "conference"]
 ConsultEvent = Literal[
     "answer", "decline", "no_answer", "failed", "cancel", "complete", "conference",
-    "guest_left", "leave",
+    "guest_left", "host_left", "leave",
 ]  # fmt: skip
 
 TRANSITIONS: dict[tuple[ConsultPhase, ConsultEvent], ConsultPhase | None] = {
@@ -49,6 +51,7 @@ TRANSITIONS: dict[tuple[ConsultPhase, ConsultEvent], ConsultPhase | None] = {
     ("consulting", "conference"): "conference",
     ("consulting", "cancel"): None,
     ("consulting", "guest_left"): None,
+    ("consulting", "host_left"): None,
     ("conference", "leave"): None,
 }
 

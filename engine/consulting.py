@@ -23,7 +23,9 @@ the answer, as a transfer to a number does. The dial is a task of its own, so a
 cancel (or the caller hanging up) calls it off, which sends the INVITE a CANCEL. Once
 answered, the number's leg joins as the guest's (a leg with no user); it leaves with a
 BYE, and after a hand-over the call is with that number as after
-``Controls.transfer_out``.
+``Controls.transfer_out``. The host's line dropping while they consult a number does not
+hand the caller to it (nobody outside agreed to take them): the number gets a BYE and the
+caller goes back into line (``_host_dropped``); in a conference the number keeps them.
 
 With several engines the ring, the answer and the withdrawal are operations of the
 shared routing log (engine/routingcopy.py): the guest may be signed in on any engine,
@@ -75,6 +77,10 @@ if TYPE_CHECKING:
     from media.peer import CallPeer
 
 log = logging.getLogger(__name__)
+
+# the host's request for a number, when they cancelled before it answered (a 409: it did
+# not fail, and it is not on the call either)
+CANCELLED = "the consult was cancelled before they answered"
 
 
 class OutsideLine(Protocol):
@@ -158,8 +164,9 @@ class Consults:
     ) -> None:
         """Consult an outside number: the caller is held and ``number`` dialled through
         ``line``; answers once they pick up (then host and number talk). ``DialFailed``
-        if they do not: the host is told (``call.consult_cancelled``) and stays with the
-        caller on hold. A cancel meanwhile calls the dial off (this then answers too)."""
+        if they do not, or the dial failed otherwise (status 0): the host is told
+        (``call.consult_cancelled``) and stays with the caller on hold. A cancel
+        meanwhile calls the dial off: then ``NotAllowed``, as for a call that ended."""
         call = self.m.controls.live(call_id)
         if call.agent_id != user.id:
             raise Forbidden(f"call {call_id} is not on your line")
@@ -180,7 +187,7 @@ class Consults:
                 call.consult = None
             if call.ended.is_set():
                 raise NotAllowed(f"call {call_id} ended before {number} was dialled")
-            return  # cancelled: told by the cancel, nobody dialled
+            raise NotAllowed(CANCELLED)  # told by the cancel, nobody dialled
         self.m._publish(
             ConsultStarted(call_id=call.id, host=user.username, guest=number, outside=True)
         )
@@ -190,13 +197,17 @@ class Consults:
         dial.add_done_callback(lambda task: self._dialled(call.id, task))
         # a request dropped meanwhile does not stop the dial: only a cancel does
         await asyncio.wait({dial})
-        if dial.cancelled():
+        exc = None if dial.cancelled() else dial.exception()
+        if exc is not None:
+            if isinstance(exc, DialFailed | NotAllowed):
+                raise exc
+            # a dial that broke (no RTP port's OSError, a bug) is the number not reached
+            # (told as "failed"), not this engine's error: a 502, not a 500
+            raise DialFailed(0, f"the dial failed: {exc}") from exc
+        if consult.guest_leg is None:  # called off, or answered as it was: not joined
             if call.ended.is_set():
                 raise NotAllowed(f"call {call_id} ended before {number} answered")
-            return  # the host cancelled: told by the cancel
-        exc = dial.exception()
-        if exc is not None:
-            raise exc
+            raise NotAllowed(CANCELLED)  # the host cancelled: told by the cancel
 
     def _dialled(self, call_id: str, task: asyncio.Task[None]) -> None:
         if self._dials.get(call_id) is task:
@@ -243,10 +254,19 @@ class Consults:
         row = LegRow(id=leg.id, call_id=call.id, role="agent", transport="sip", codec=codec,
                      user_id=None, created_at=utcnow())  # fmt: skip
         await self.m._keep(f"leg {leg.id}", self.m.store.add, row)
-        if call.consult is not consult:  # cancelled meanwhile: it ends as the leg did
+        await self._joined(call, leg)
+
+    async def _joined(self, call: Call, leg: Leg) -> None:
+        """The guest's leg row is written: the leg runs, unless it left (or the call
+        ended) meanwhile. Decided on the leg, not the consult: a hand-over (complete, the
+        host leaving a conference) during the write also clears the consult, and then
+        the guest has the caller: a leg not run would be on the call with nobody reading
+        its media, its hang-up never noticed."""
+        if leg.left or call.ended.is_set():  # its close wrote its end before the row
             await self.m._keep(f"leg {leg.id} end", self.m.store.end_leg, leg.id, utcnow())
             return
-        self.m._start_leg(call, leg)
+        if leg.peer is not None:
+            self.m._start_leg(call, leg)
 
     async def complete(self, user: Actor, call_id: str) -> None:
         """A warm transfer: the host leaves, the guest has the caller."""
@@ -327,16 +347,12 @@ class Consults:
         # told at once: a cancel racing the answer finds the phase it acts on told
         self.m._publish(ConsultAnswered(call_id=call.id, host=consult.host, guest=consult.guest))
         await self.m._route(answered)
-        if call.consult is not consult:  # cancelled (or the call ended) meanwhile
-            return
+        if leg.left or call.ended.is_set():  # cancelled (or the call ended) meanwhile
+            return  # (handed the caller meanwhile: the leg goes on, see _joined)
         row = LegRow(id=leg.id, call_id=call.id, role="agent", transport=leg.transport,
                      codec=codec, user_id=leg.user_id, created_at=utcnow())  # fmt: skip
         await self.m._keep(f"leg {leg.id}", self.m.store.add, row)
-        if call.consult is not consult:  # its row is written: it ends as the leg did
-            await self.m._keep(f"leg {leg.id} end", self.m.store.end_leg, leg.id, utcnow())
-            return
-        if leg.peer is not None:
-            self.m._start_leg(call, leg)
+        await self._joined(call, leg)
 
     async def declined(self, call: Call, user_id: str, reason: str) -> None:
         """The guest turned the consult down, or it rang out: the host is told, and
@@ -421,14 +437,39 @@ class Consults:
                 self.m._publish(ConferenceLeft(call_id=call.id, agent=consult.guest,
                                                remaining=consult.host))  # fmt: skip
             return True
-        if leg.user_id == consult.host_id:  # the host hung up: the guest keeps the caller
-            host = self.m.routing.username(consult.host_id, consult.host)
-            actor = _Host(consult.host_id, host)
-            await self._host_leaves(actor, call, consult)
-            self.m._publish(ConferenceLeft(call_id=call.id, agent=consult.host,
-                                           remaining=consult.guest))  # fmt: skip
+        if leg.user_id != consult.host_id:
+            return False
+        host = self.m.routing.username(consult.host_id, consult.host)
+        actor = _Host(consult.host_id, host)
+        if consult.outside and consult.phase == "consulting":
+            return await self._host_dropped(actor, call, consult)
+        # the host hung up: the guest (a colleague who answered, or anyone already
+        # talking with the caller in a conference) keeps the caller
+        await self._host_leaves(actor, call, consult)
+        self.m._publish(ConferenceLeft(call_id=call.id, agent=consult.host,
+                                       remaining=consult.guest))  # fmt: skip
+        return True
+
+    async def _host_dropped(self, host: _Host, call: Call, consult: Consult) -> bool:
+        """The host's line dropped while consulting a number: someone outside never
+        agreed to take the caller (they were asked a question, not handed a customer),
+        so they are not handed them. The number gets a BYE (told as ``host_left``), and
+        the caller goes back into line, to the queue the call came from, as the host's
+        transfer to it would: a colleague picks them up with everything so far. Chosen
+        over ending the call as a host's hang-up does: the caller did nothing wrong,
+        was on hold and still wants help, and a dropped browser or desk phone is not an
+        agent deciding to hang up. False if it cannot be done (the call then ends as a
+        host's hang-up does)."""
+        consult.next("host_left")
+        await self._guest_leaves(call, consult, "host_left")
+        if call.ended.is_set():
             return True
-        return False
+        try:
+            await self.m.transfer(host, call.id, note=f"{host.username}'s line dropped")
+        except (AcdError, Forbidden, NotAllowed, RoutingUnavailable) as exc:
+            log.warning("call %s: the caller could not go back into line: %s", call.id, exc)
+            return False
+        return True
 
     def ended(self, call: Call) -> Iterator[RoutingEffect]:
         """The call ends: a ringing guest stops ringing. (One on the call goes to

@@ -262,7 +262,7 @@ class ConsultCancelled(_Consult):
     type: Literal["call.consult_cancelled"] = "call.consult_cancelled"
     reason: str = Field(
         description="cancelled, declined, no_answer or guest_left; a number dialled: also "
-        "busy or failed"
+        "busy, failed, or host_left (the host's line dropped: the caller went back into line)"
     )
 
 

@@ -28,6 +28,7 @@ from engine.acd import AcdError
 from engine.callstate import STORAGE_RETRY_AFTER, NotAllowed, Overloaded, UnknownCall
 from engine.config import Settings
 from engine.customers import normalize_phone
+from engine.dialpolicy import check_number
 from engine.drain import RETRY_AFTER as DRAIN_RETRY_AFTER
 from engine.routinglog import RoutingUnavailable
 from engine.sipbindings import SharedBindings
@@ -100,7 +101,8 @@ class DialFailed(Exception):
     """A call we placed was not answered: the far end's status and reason."""
 
     def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"{status} {reason}")
+        # status 0: no SIP answer at all (the dial itself failed)
+        super().__init__(f"{status} {reason}" if status else reason)
         self.status, self.reason = status, reason
 
 
@@ -555,11 +557,13 @@ class SipFront:
         self._phone[sip_call_id] = pc
         return pc
 
-    async def dial(self, number: str, *, agent: bool = False) -> _PhoneCall:
+    async def dial(self, number: str, *, agent: bool = False, keys: bool = False) -> _PhoneCall:
         """Call ``number`` through the trunk, or a ``sip:`` URI directly (its host must be
         in CCENGINE_SIP_DIAL_DOMAINS); the answered call's peer, or DialFailed.
-        ``agent``: the callee takes an agent's place (their keys are not menu choices)."""
+        ``agent``: the callee takes an agent's place (their keys are not menu choices);
+        ``keys``: ``*`` and ``#`` may be dialled (engine/dialpolicy.py)."""
         s = self.settings
+        self.may_dial(number, keys=keys)  # the callers ask first too: this is the backstop
         if number.startswith("sip:"):
             return await self._call_out(
                 number, await self._uri_peer(number), caller=s.sip_caller_id,
@@ -588,7 +592,9 @@ class SipFront:
         if not number or not all(c.isdigit() or c in "+*#" for c in number):
             raise NotAllowed(f"callback {callback_id} has no phone number to call")
         return await self._dial_into(
-            number, lambda peer, codec: self.calls.connect_callback(user, row, peer, codec)
+            number,
+            lambda peer, codec: self.calls.connect_callback(user, row, peer, codec),
+            keys=True,  # the customer's own number, as they gave it
         )
 
     async def _dial_into(
@@ -597,12 +603,13 @@ class SipFront:
         connect: Callable[[SipPeer, str], Awaitable[Call]],
         *,
         agent: bool = False,
+        keys: bool = False,
     ) -> Call:
         """Dial, then hand the answered party to the call manager (``connect``, given the
         peer and its codec); if that fails the party is hung up, not left on the line.
         A new call (not an agent's leg) is refused before dialling when the node is full."""
         with contextlib.nullcontext() if agent else self.calls.reserve():
-            pc = await self.dial(number, agent=agent)
+            pc = await self.dial(number, agent=agent, keys=keys)
             assert pc.peer is not None
             try:
                 call = await connect(pc.peer, pc.peer.rtp.offer.codec)
@@ -618,7 +625,9 @@ class SipFront:
         agent: str | None = None,
     ) -> Call:  # fmt: skip
         """Call ``number`` through the trunk for a program or a person; DialFailed if it
-        is not answered."""
+        is not answered. The dial pad's numbers may carry ``*`` and ``#`` (a PBX menu, a
+        carrier's code); CCENGINE_SIP_DIAL_PREFIXES still applies."""
+        self.may_dial(number, keys=True)
         if queue is not None and queue not in self.calls.acd.queues:
             raise NotAllowed(f"no queue {queue}")
         agent_id = None
@@ -631,6 +640,7 @@ class SipFront:
             lambda peer, codec: self.calls.connect_outbound(
                 peer, codec, number, prompt=prompt, queue=queue, agent_id=agent_id, by=by
             ),
+            keys=True,
         )
 
     async def transfer_out(
@@ -639,6 +649,7 @@ class SipFront:
         """Blind transfer to a number through the trunk: it rings while the agent stays
         on the line; once answered it takes the agent's place. DialFailed otherwise (the
         call stays as it was)."""
+        self.may_dial(number)  # before anything: the dial policy
         call = self.calls.controlled_call(actor, call_id)  # before ringing anyone
         if call.channel == "chat":
             raise NotAllowed("a chat cannot be transferred to a phone number")
@@ -648,13 +659,15 @@ class SipFront:
             agent=True,
         )
 
-    def may_dial(self, number: str) -> None:
+    def may_dial(self, number: str, *, keys: bool = False) -> None:
         """``NotAllowed`` (409) if ``number`` cannot be dialled from this engine (no
-        trunk; a ``sip:`` URI outside CCENGINE_SIP_DIAL_DOMAINS): asked before anyone is
-        put on hold for it."""
+        trunk; a ``sip:`` URI outside CCENGINE_SIP_DIAL_DOMAINS; a number the dial policy
+        refuses, engine/dialpolicy.py: not under CCENGINE_SIP_DIAL_PREFIXES, or with
+        ``*``/``#`` unless ``keys``): asked before anyone is put on hold for it."""
         if number.startswith("sip:"):
             self._uri_host(number)
         else:
+            check_number(number, self.settings.sip_dial_prefixes, keys=keys)
             self._trunk()
 
     async def dial_party(self, number: str) -> tuple[CallPeer, str]:

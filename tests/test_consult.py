@@ -41,11 +41,12 @@ def test_a_consult_moves_as_its_table_says() -> None:
         ("consulting", "conference"): "conference",
         ("consulting", "cancel"): None,
         ("consulting", "guest_left"): None,
+        ("consulting", "host_left"): None,
         ("conference", "leave"): None,
     }
     assert TRANSITIONS == expected
     events = ("answer", "decline", "no_answer", "failed", "cancel", "complete", "conference",
-              "guest_left", "leave")  # fmt: skip
+              "guest_left", "host_left", "leave")  # fmt: skip
     for phase, event in product(("ringing", "consulting", "conference"), events):
         if (phase, event) in expected:
             assert consult(phase).next(event) == expected[(phase, event)]  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from engine.livecall import Call, Leg
 from engine.monitoring import _bridged
 from engine.recording import CallRecording
 from engine.sip import DialFailed
-from engine.store.models import UserRow
+from engine.store.models import LegRow, UserRow
 from media.audio import PcmFrame
 from media.peer import CallPeer
 from media.rtp import RtpSession
@@ -419,12 +419,14 @@ async def test_a_number_not_answering_leaves_the_caller_on_hold_with_the_host(
     """A busy number: the request fails (the API's 502), the host is told why, and the
     caller stays held with her (as when a colleague declines); no leg is left. Any
     other failure of the dial too: a consult left "ringing" would hold the caller for
-    ever (resume is refused while one rings)."""
+    ever (resume is refused while one rings); it is a DialFailed (a 502 with the reason,
+    was a 500) with no SIP status."""
     m = cp.calls
     call = await with_ann(cp)
     ann = await person(cp, "ann")
-    with pytest.raises(type(fails)):
+    with pytest.raises(DialFailed) as failed:
         await m.consults.start_outside(ann, call.id, NUMBER, Line(fails))
+    assert failed.value.status == (fails.status if isinstance(fails, DialFailed) else 0)
     assert call.consult is None and call.state == "held" and call.agent_id == ann.id
     assert [leg.user_id for leg in call.legs if leg.role == "agent"] == [ann.id]
     [cancelled] = await told(cp, "call.consult_cancelled")
@@ -437,7 +439,7 @@ async def test_a_number_not_answering_leaves_the_caller_on_hold_with_the_host(
 async def test_a_dial_still_ringing_is_called_off(cp: ControlPlane, ending: str) -> None:
     """The host cancels (or the caller hangs up) while the number rings: the dial is
     called off (SipFront then CANCELs the INVITE), no leg is left, and the host's
-    request ends: answered for a cancel, 409 for a call that ended."""
+    request ends: 409 for both (cancelled, or the call ended), not as if answered."""
     m = cp.calls
     call = await with_ann(cp)
     ann = await person(cp, "ann")
@@ -445,11 +447,12 @@ async def test_a_dial_still_ringing_is_called_off(cp: ControlPlane, ending: str)
     start = asyncio.create_task(m.consults.start_outside(ann, call.id, NUMBER, line))
     await asyncio.wait_for(line.ringing.wait(), 5)
     assert call.consult is not None and call.consult.phase == "ringing"
-    with pytest.raises(NotAllowed, match="cancel the consult first"):
-        await m.resume(ann, call.id)
+    with pytest.raises(NotAllowed, match="a number is being dialled: cancel the consult first"):
+        await m.resume(ann, call.id)  # (said "a colleague is being rung")
     if ending == "cancel":
         await m.consults.cancel(ann, call.id)
-        assert await asyncio.wait_for(start, 5) is None
+        with pytest.raises(NotAllowed, match="cancelled before they answered"):
+            await asyncio.wait_for(start, 5)  # (was answered as if they had)
         assert call.state == "bridged" and not call.ended.is_set()
         [cancelled] = await told(cp, "call.consult_cancelled")
         assert (cancelled["guest"], cancelled["reason"]) == (NUMBER, "cancelled")
@@ -514,7 +517,8 @@ async def test_an_outside_consult_is_refused_before_the_hold(cp: ControlPlane) -
     with pytest.raises(NotAllowed, match="already consulting"):
         await m.consults.start_outside(ann, call.id, "+15550999", Line())
     await m.consults.cancel(ann, call.id)
-    await start
+    with pytest.raises(NotAllowed, match="cancelled before"):
+        await start
     desk = await cp.agent("ann", PASSWORD)
     try:
         url = f"/api/v1/calls/{call.id}/consult"
@@ -568,3 +572,127 @@ async def test_an_outside_consult_on_a_shared_routing_hands_over_in_the_log(
     assert call.agent_id is None and call.state == "bridged"
     assert copy.routing.presence_of(ann.id) == "wrap_up"
     await m.end_call(call.id, "hangup")
+
+
+# -- review of the outside consult: the leg that answers, the host's drop, the answers --------
+
+
+class Gate:
+    """``store.add`` held for the leg rows ``held`` picks until ``release``: the window
+    where a hand-over lands while the guest's leg row is being written."""
+
+    def __init__(self, cp: ControlPlane, monkeypatch: pytest.MonkeyPatch, held: Any) -> None:
+        self.entered, self.release = asyncio.Event(), asyncio.Event()
+        real = cp.store.add
+
+        async def add(*rows: Any) -> None:
+            if any(isinstance(r, LegRow) and held(r) for r in rows):
+                self.entered.set()
+                await self.release.wait()
+            await real(*rows)
+
+        monkeypatch.setattr(cp.store, "add", add)
+
+
+@pytest.mark.parametrize("guest", ["number", "colleague"])
+async def test_a_hand_over_while_the_guests_leg_is_written_runs_their_leg(
+    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch, guest: str
+) -> None:
+    """Found in review: the guest's answer is told, then its leg row written; the host
+    completing meanwhile clears the consult, and the answer took that for a cancel: it
+    wrote the leg's end and never ran the leg, yet the guest had the caller: nobody
+    read their media (the caller never heard them), their hang-up never ended the call,
+    and their stored leg said ended. Decided on the leg now: it runs, and stays open."""
+    m = cp.calls
+    call = await with_ann(cp)
+    ann = await person(cp, "ann")
+    if guest == "number":
+        gate = Gate(cp, monkeypatch, lambda r: r.user_id is None and r.role == "agent")
+        answer = asyncio.create_task(m.consults.start_outside(ann, call.id, NUMBER, Line()))
+    else:
+        bob = await bob_available(cp)
+        gate = Gate(cp, monkeypatch, lambda r: r.user_id == bob.id)
+        await m.consults.start(ann, call.id, "bob")
+        answer = asyncio.create_task(m.accept_peer(bob.id, call.id, phone(), "sip", "PCMU"))
+    await asyncio.wait_for(gate.entered.wait(), 5)
+    await m.consults.complete(ann, call.id)  # while the guest's row is being written
+    gate.release.set()
+    await asyncio.wait_for(answer, 5)
+    leg = call.agent_leg()
+    assert leg is not None and leg.user_id != ann.id and not leg.left
+    assert [t for t in call.tasks if t.get_name() == f"leg-{leg.id}"]  # its media is read
+    record = await m.store.get_call(call.id)
+    assert record is not None
+    [stored] = [x for x in record.call.legs if x.id == leg.id]
+    assert stored.ended_at is None
+    assert not call.ended.is_set() and call.state == "bridged"
+
+
+@pytest.mark.parametrize("phase", ["consulting", "conference"])
+async def test_the_hosts_line_dropping_does_not_hand_the_caller_to_a_number_consulted(
+    cp: ControlPlane, phase: str
+) -> None:
+    """Found in review: Ann's leg dropping while she consulted a number handed the
+    caller to that outsider, who never agreed to take them, and was told as a
+    conference left. Now the number gets a BYE (``host_left``) and the caller goes back
+    into line, where Bob is offered them; Ann owes a wrap-up. In a conference the
+    caller already talks to the number: it keeps them, as before."""
+    m = cp.calls
+    call = await with_ann(cp)
+    ann, bob = await person(cp, "ann"), await bob_available(cp)
+    line = Line()
+    await m.consults.start_outside(ann, call.id, NUMBER, line)
+    if phase == "conference":
+        await m.consults.conference(ann, call.id)
+    host = call.agent_leg()
+    assert host is not None and host.user_id == ann.id
+    assert await m.consults.leg_ended(call, host)  # her media ended
+    assert call.consult is None and not call.ended.is_set() and host.left
+    assert m.presence_of(ann.id) == "wrap_up"
+    if phase == "conference":
+        assert call.agent_leg() is outside_leg(call) and line.byes == 0
+        assert [e["remaining"] for e in await told(cp, "call.conference_left")] == [NUMBER]
+        return
+    assert line.byes == 1 and not [x for x in call.legs if x.role == "agent" and not x.left]
+    [cancelled] = await told(cp, "call.consult_cancelled")
+    assert (cancelled["guest"], cancelled["reason"]) == (NUMBER, "host_left")
+    assert call.state == "queued" and call.agent_id is None
+    [moved] = await told(cp, "call.transferred")
+    assert (moved["from_agent"], moved["to_queue"]) == ("ann", "general")
+    async with asyncio.timeout(5):  # the ACD's next tick offers it
+        while not m.offered_to(bob.id, call.id):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    assert published(cp, "call.conference_left") == []
+
+
+async def test_the_consult_request_for_a_number_says_how_it_ended(cp: ControlPlane) -> None:
+    """Found in review, over HTTP: a cancel while the number rang answered 202, as if it
+    had answered; a dial that failed other than with a SIP answer was a 500; a busy or
+    declined number was told "did not answer". Now: 409 for the cancel, 502 with the
+    reason for the rest."""
+    call = await with_ann(cp)
+    url = f"/api/v1/calls/{call.id}/consult"
+    desk = await cp.agent("ann", PASSWORD)
+    assert cp.app is not None
+    try:
+        for fails, said in [
+            (DialFailed(486, "Busy Here"), f"{NUMBER} is busy: 486 Busy Here"),
+            (DialFailed(603, "Decline"), f"{NUMBER} declined the call: 603 Decline"),
+            (DialFailed(408, "no answer"), f"{NUMBER} did not answer: 408 no answer"),
+            (OSError("no route"), f"{NUMBER} could not be reached: the dial failed: no route"),
+        ]:
+            cp.app.state.sip = Line(fails)
+            r = await desk.post(url, json={"number": NUMBER})
+            assert (r.status_code, r.json()["detail"]) == (502, said), r.text
+            assert call.consult is None
+        line = cp.app.state.sip = Line(rings=True)
+        asked = asyncio.create_task(desk.post(url, json={"number": NUMBER}))
+        await asyncio.wait_for(line.ringing.wait(), 5)
+        r = await desk.post(f"/api/v1/calls/{call.id}/resume")
+        assert r.status_code == 409 and "a number is being dialled" in r.json()["detail"]
+        assert (await desk.post(f"{url}/cancel")).status_code == 204
+        r = await asyncio.wait_for(asked, 5)
+        assert r.status_code == 409 and "cancelled before they answered" in r.json()["detail"]
+        assert call.state == "bridged" and call.consult is None
+    finally:
+        cp.app.state.sip = None

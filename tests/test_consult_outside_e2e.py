@@ -125,11 +125,20 @@ async def desk_calls_a_number(
                 start = desk.get_by_test_id("consult-start")
                 await expect(start).to_be_disabled()
                 number = desk.get_by_role("textbox", name="or a number")  # its label
+                status = desk.get_by_test_id("consult-status")
+                await number.fill("*72 555")  # a feature code: keys, not a number dialled
+                await number.press("Enter")
+                await expect(number).to_have_attribute("aria-invalid", "true")
+                await expect(number).to_have_attribute("aria-describedby", "consult-status")
+                await expect(status).to_contain_text("Type a phone number")
                 await number.fill("+1 (555) 010-2030")  # as people type it
+                await expect(number).not_to_have_attribute("aria-invalid", "true")
                 await expect(start).to_be_enabled()
                 await number.press("Enter")
-                status = desk.get_by_test_id("consult-status")
                 await expect(status).to_have_text(f"Calling {NUMBER}… the caller is on hold.")
+                # the request waits for the answer: no second one meanwhile
+                await expect(start).to_be_disabled()  # (hidden: no role to find it by)
+                await expect(desk.get_by_test_id("consult-number")).to_be_disabled()
                 await expect(desk.get_by_test_id("call-state")).to_have_text("held")
                 await expect(desk.get_by_test_id("consult-complete")).to_be_hidden()
                 await expect(number).to_be_hidden()
@@ -140,12 +149,15 @@ async def desk_calls_a_number(
                 )
                 await expect(desk.get_by_test_id("call-state")).to_have_text("bridged")
                 await expect(start).to_be_visible()
+                await expect(start).to_be_enabled()  # the request answered (409, cancelled)
+                await expect(status).to_have_text(  # told by the event, not the 409's text
+                    "Consult cancelled: you are back with the caller."
+                )
             finally:
                 await browser.close()
     finally:
         await caller.close()
-        if rings.poll() is None:
-            await asyncio.sleep(2)  # its CANCEL may still be on its way
+        # (finish waits for SIPp to take the CANCEL and end)
         rang = await asyncio.to_thread(sipp.finish, rings, rings_base, 5)
     assert rang.ok, rang.output + rang.errors
     return rang.messages
@@ -195,7 +207,7 @@ async def test_consult_an_outside_number_then_hand_them_the_caller(
         r = await ann.post(f"{url}/cancel")
         assert r.status_code == 204, r.text
         r = await asyncio.wait_for(dialling, 10)
-        assert r.status_code == 202, r.text
+        assert r.status_code == 409 and "cancelled before they answered" in r.text, r.text
         cancelled = await wait_event(events, "call.consult_cancelled", reason="cancelled")
         assert cancelled["guest"] == NUMBER
         rang = await asyncio.to_thread(sipp.finish, ringing, ringing_base, 20)

@@ -17,6 +17,7 @@ from engine.api.auth import Operator
 from engine.api.schemas import DIAL_NUMBER, PathId
 from engine.calls import CallManager
 from engine.callstate import NotAllowed
+from engine.consult import dial_failure
 from engine.inputs import Input
 from engine.sip import DialFailed, SipFront
 
@@ -40,6 +41,15 @@ class ConsultIn(Input):
         return self
 
 
+# how a number that was not reached is told (engine/consult.py ``dial_failure``'s reasons)
+_TOLD = {
+    "no_answer": "did not answer",
+    "busy": "is busy",
+    "declined": "declined the call",
+    "failed": "could not be reached",
+}
+
+
 def _manager(request: Request) -> CallManager:
     m: CallManager = request.app.state.calls
     return m
@@ -53,8 +63,11 @@ async def consult(call_id: PathId, body: ConsultIn, request: Request, user: Oper
 
     With ``number``, someone outside is dialled through the SIP trunk instead, and this
     answers once they pick up (then you talk while the caller is held). 502 if they do
-    not (busy, no answer, rejected): the caller stays on hold with you. 409 also
-    without SIP or a trunk, or for a number this engine may not dial."""
+    not (busy, no answer, declined, or the dial failed), saying which: the caller stays
+    on hold with you. 409 if you cancelled before they answered, without SIP or a
+    trunk, or for a number this engine may not dial (CCENGINE_SIP_DIAL_DOMAINS,
+    CCENGINE_SIP_DIAL_PREFIXES; ``*`` and ``#`` are pressed on the keypad once they
+    answer, not dialled)."""
     m = _manager(request)
     if body.agent is not None:
         await m.consults.start(user, call_id, body.agent)
@@ -66,7 +79,8 @@ async def consult(call_id: PathId, body: ConsultIn, request: Request, user: Oper
     try:
         await m.consults.start_outside(user, call_id, body.number, sip)
     except DialFailed as exc:
-        raise HTTPException(502, f"{body.number} did not answer: {exc}") from None
+        _event, reason = dial_failure(exc.status)
+        raise HTTPException(502, f"{body.number} {_TOLD[reason]}: {exc}") from None
 
 
 @router.post("/calls/{call_id}/consult/complete", status_code=204)

@@ -9,8 +9,9 @@
 // consult on the same call does not end this one.
 import { esc } from "/static/events.js";
 
-// what the API dials: + and digits (* #), or a sip: URI; people type spaces ( ) . -
-const NUMBER = /^(\+?[0-9*#]{2,32}|sip:\S{1,330})$/;
+// what the API dials for a consult: + and digits, or a sip: URI; people type spaces ( ) . -
+// (* and # are keys, pressed on the call's keypad once they answer: the API refuses them)
+const NUMBER = /^(\+?[0-9]{2,32}|sip:\S{1,330})$/;
 const typed = (s) => (s.trim().startsWith("sip:") ? s.trim() : s.replace(/[\s().-]/g, ""));
 
 const HTML = `
@@ -25,6 +26,9 @@ const HTML = `
     <button id="conference-leave" class="hang" data-testid="conference-leave" hidden>Leave conference</button>
   </div>
   <p class="consult-status" id="consult-status" data-testid="consult-status" role="status" aria-live="polite"></p>`;
+const BAD_NUMBER = "Type a phone number (+ and digits) or a sip: address.";
+// the API's refusals of the number itself (engine/dialpolicy.py, engine/sip.py)
+const REFUSED = /^the number |DIAL_DOMAINS|not a SIP URI/;
 
 export function initConsult({ root, api, me, callId, endOfCall }) {
   root.innerHTML = HTML;
@@ -35,6 +39,8 @@ export function initConsult({ root, api, me, callId, endOfCall }) {
   let phase = "none"; // "none" | "ringing" | "consulting" | "conference"
   let peer = ""; // the other agent's name, or the number consulted
   let free = 0; // colleagues available to consult, when last asked
+  let asking = false; // a consult request is in flight (a number's answers once it picks up)
+  let dialled = false; // ... and its consult started: its end is told by the call's events
 
   function show(status) {
     const host = role === "host";
@@ -58,34 +64,65 @@ export function initConsult({ root, api, me, callId, endOfCall }) {
     ready();
   }
 
-  // Consult works with a colleague to pick, or a number typed (which wins)
+  // Consult works with a colleague to pick, or a number typed (which wins); never twice
+  // at once: one request at a time, so a double click or Enter does not ask again
   function ready() {
-    $("consult-start").disabled = !free && !$("consult-number").value.trim();
+    $("consult-start").disabled = asking || !free && !$("consult-number").value.trim();
+    $("consult-number").disabled = $("consult-to").disabled = asking;
   }
 
-  async function act(path, body) {
+  function invalid(on) {
+    const field = $("consult-number");
+    if (on) {
+      field.setAttribute("aria-invalid", "true");
+      field.setAttribute("aria-describedby", "consult-status");
+    } else {
+      field.removeAttribute("aria-invalid");
+      field.removeAttribute("aria-describedby");
+    }
+  }
+
+  async function act(path) {
     const id = callId();
     if (!id) return;
     try {
-      await api(`/api/v1/calls/${id}/${path}`, { method: "POST", body });
+      await api(`/api/v1/calls/${id}/${path}`, { method: "POST" });
+    } catch (err) { $("consult-status").textContent = err.message; }
+  }
+
+  async function ask(body) {
+    asking = true; dialled = false;
+    ready();
+    try {
+      await api(`/api/v1/calls/${callId()}/consult`, { method: "POST", body });
     } catch (err) {
-      // a number that did not answer (502) is told by its call.consult_cancelled, in words
-      if (!(body?.number && err.status === 502)) $("consult-status").textContent = err.message;
+      // once the number was dialled, how it ended (not answered: 502; cancelled: 409)
+      // is told by its call.consult_cancelled, in words; a refusal before, here
+      if (!(body.number && dialled)) {
+        $("consult-status").textContent = err.message;
+        if (body.number && (err.status === 422 || err.status === 409 && REFUSED.test(err.message))) invalid(true);
+      }
+    } finally {
+      asking = false;
+      ready();
     }
   }
 
   function start() {
+    if (asking || !callId()) return;
     const number = typed($("consult-number").value);
-    if (!number) return $("consult-to").value && act("consult", { agent: $("consult-to").value });
+    if (!number) return $("consult-to").value && ask({ agent: $("consult-to").value });
     if (!NUMBER.test(number)) {
-      $("consult-status").textContent = "Type a phone number (+ and digits) or a sip: address.";
+      $("consult-status").textContent = BAD_NUMBER;
+      invalid(true);
       return $("consult-number").focus();
     }
-    return act("consult", { number });
+    invalid(false);
+    return ask({ number });
   }
 
   $("consult-to").onfocus = colleagues;
-  $("consult-number").oninput = ready;
+  $("consult-number").oninput = () => { invalid(false); ready(); };
   $("consult-number").onkeydown = (e) => { if (e.key === "Enter") { e.preventDefault(); start(); } };
   $("consult-start").onclick = start;
   $("consult-complete").onclick = () => act("consult/complete");
@@ -103,6 +140,7 @@ export function initConsult({ root, api, me, callId, endOfCall }) {
       since = offers.get(id) || lastId;
       role = null; phase = "none"; peer = "";
       $("consult-number").value = "";
+      invalid(false);
       root.hidden = channel === "chat";
       show("");
       colleagues();
@@ -115,7 +153,7 @@ export function initConsult({ root, api, me, callId, endOfCall }) {
       if (ev.id <= since || !ev.type.startsWith("call.consult_") && ev.type !== "call.conference_left") return;
       const name = me().username;
       if (ev.type === "call.consult_started" && ev.host === name) {
-        role = "host"; phase = "ringing"; peer = ev.guest;
+        role = "host"; phase = "ringing"; peer = ev.guest; dialled = asking;
         show(ev.outside ? `Calling ${ev.guest}… the caller is on hold.` : `Ringing ${ev.guest}… the caller is on hold.`);
       } else if (ev.type === "call.consult_answered") {
         if (ev.guest === name) { role = "guest"; peer = ev.host; }
@@ -135,6 +173,7 @@ export function initConsult({ root, api, me, callId, endOfCall }) {
           failed: `${ev.guest} could not be reached.`,
           guest_left: `${ev.guest} left.`,
         }[ev.reason];
+        if (ev.reason === "host_left") { endOfCall(`Your line dropped: ${ev.guest} was hung up and the caller went back into line.`); return; }
         show(why ? `${why} The caller is still on hold: press Resume to go back.`
           : "Consult cancelled: you are back with the caller.");
       } else if (ev.type === "call.consult_completed") {

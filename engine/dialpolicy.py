@@ -1,0 +1,36 @@
+"""Which numbers this engine dials through the SIP trunk for people (toll fraud).
+
+Any agent on a call may consult or transfer to a number, and the desk's dial pad places
+calls: without a policy, anyone signed in can run up a premium-rate or international bill,
+or send the carrier a feature code (``*72…``, call forwarding on the trunk itself).
+``CCENGINE_SIP_DIAL_PREFIXES`` lists the prefixes a dialled number must start with (the
+number as sent to the trunk, e.g. ``+1``, ``+44``); empty: any number, as before.
+
+``*`` and ``#`` are keys, not part of a number someone joins a call from: a consult's or
+a transfer's number may not carry them (they are pressed on the call's keypad once the
+other side answers, engine/api/desk.py ``/dtmf``). The dial pad's own calls may (a PBX
+menu, a carrier's ``*67``), as long as the prefixes allow them. ``sip:`` URIs are not
+numbers: CCENGINE_SIP_DIAL_DOMAINS decides those (engine/sip.py).
+
+Pure: the engine asks before anyone is put on hold or dialled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from engine.callstate import NotAllowed
+
+KEYS = "*#"
+
+
+def check_number(number: str, prefixes: Sequence[str], *, keys: bool) -> None:
+    """``NotAllowed`` (409) if ``number`` (through the trunk) may not be dialled:
+    ``keys``: whether ``*`` and ``#`` may be in it (the dial pad's own calls)."""
+    if not keys and any(c in KEYS for c in number):
+        raise NotAllowed(
+            f"the number {number} has * or #: dial the number alone, and press the keys "
+            "on the call's keypad once they answer"
+        )
+    if prefixes and not any(number.startswith(p) for p in prefixes):
+        raise NotAllowed(f"the number {number} is not allowed (CCENGINE_SIP_DIAL_PREFIXES)")
