@@ -99,6 +99,7 @@ from engine.controls import (
 )
 from engine.customers import Customer, Customers
 from engine.desks import DeskStreams
+from engine.dialpolicy import check_number, dialable
 from engine.escalation import CallEscalation
 from engine.events import (
     CallEnded,
@@ -1415,8 +1416,20 @@ class CallManager:
 
     async def request_callback(self, call_id: str, contact: str | None) -> CallbackRow:
         """The waiting caller would rather be called back: keep their place as a
-        callback item, thank them, and end the call."""
-        return await self._desk(self.callbacks.request(self.get(call_id), contact))
+        callback item, thank them, and end the call. A number the dial policy would
+        refuse (CCENGINE_SIP_DIAL_PREFIXES) is refused now, while the caller can give
+        another, not when an agent tries to call it back."""
+        call = self.get(call_id)
+        number = dialable(contact or call.caller or "")
+        if number and all(c.isdigit() or c in "+*#" for c in number):
+            try:
+                check_number(number, self.settings.sip_dial_prefixes, keys=True)
+            except NotAllowed:
+                raise NotAllowed(
+                    f"we cannot call {contact or call.caller} back: give a number starting "
+                    f"with {' or '.join(self.settings.sip_dial_prefixes)}"
+                ) from None
+        return await self._desk(self.callbacks.request(call, contact))
 
     async def finish_callback(self, user: Actor, callback_id: str) -> CallbackRow:
         row = await self.store.finish_callback(callback_id, user.username, utcnow())

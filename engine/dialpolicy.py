@@ -22,6 +22,13 @@ from collections.abc import Sequence
 from engine.callstate import NotAllowed
 
 KEYS = "*#"
+# what people write inside a phone number for reading it, not for dialling it
+SEPARATORS = str.maketrans("", "", " \t().-")
+
+
+def dialable(text: str) -> str:
+    """A number as written ("+1 (555) 010-2030") as dialled ("+15550102030")."""
+    return text.strip().translate(SEPARATORS)
 
 
 def check_number(number: str, prefixes: Sequence[str], *, keys: bool) -> None:

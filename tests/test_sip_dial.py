@@ -20,11 +20,11 @@ from pydantic import ValidationError
 
 from engine.callstate import NotAllowed
 from engine.config import Settings
-from engine.dialpolicy import check_number
+from engine.dialpolicy import check_number, dialable
 from engine.events import utcnow
 from engine.store.models import UserRow
 from media.sip import message as sm
-from tests.controlplane import PHONE_SDP, ControlPlane
+from tests.controlplane import PHONE_SDP, ControlPlane, phone_call
 from tests.test_monitor_legs import PASSWORD, password_hash, with_ann
 
 NUMBER = "+15550102030"
@@ -188,3 +188,41 @@ async def test_a_consult_called_off_cancels_the_invite_as_rfc_3261_says(
     assert r.status_code == 409, r.text
     assert call.state == "bridged" and call.consult is None
     assert [x for x in call.legs if x.role == "agent" and x.user_id is None] == []
+
+
+async def test_a_callback_number_is_dialled_as_a_number_and_checked_when_asked_for(
+    cp: ControlPlane, trunk: Trunk
+) -> None:
+    """Found in review: a caller's callback number written for reading, "+1 (555)
+    010-2030" (the caller page and the API take it), was refused when an agent placed
+    the callback ("has no phone number to call"): booked, and never called. And a
+    number the dial policy refuses was taken, to be refused only when an agent tried
+    to call it back, when the caller could no longer give another."""
+    assert dialable(" +1 (555) 010-2030 ") == NUMBER
+    m = cp.calls
+    queued = []
+    for caller in ("+15550001234", "+15550004321"):
+        call, _peer = await phone_call(m, caller)
+        await m.route_invited(call, queue="general", agent_id=None, reason="asked for a person")
+        queued.append(call)
+    async with cp.http() as api:
+        r = await api.post(
+            f"/api/v1/calls/{queued[0].id}/callback", json={"contact": "+44 20 7946 0000"}
+        )
+        assert r.status_code == 409, r.text
+        assert (
+            "cannot call +44 20 7946 0000 back" in r.json()["detail"] and "+1" in r.json()["detail"]
+        )
+        assert queued[0].state == "queued"  # still waiting: they may give another number
+        r = await api.post(
+            f"/api/v1/calls/{queued[1].id}/callback", json={"contact": "+1 (555) 010-2030"}
+        )
+        assert r.status_code == 201, r.text
+        callback_id = r.json()["id"]
+    desk = await cp.agent("ann", PASSWORD)
+    placed = asyncio.create_task(desk.post(f"/api/v1/callbacks/{callback_id}/call"))
+    invite = await trunk.next(request("INVITE"))
+    assert isinstance(invite, sm.SipRequest) and invite.uri.startswith(f"sip:{NUMBER}@")
+    await trunk.answer(invite, 486)
+    r = await asyncio.wait_for(placed, 5)
+    assert r.status_code == 502, r.text  # busy: the callback stays pending, for later
