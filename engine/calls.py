@@ -810,6 +810,8 @@ class CallManager:
         name = values.pop("agent_name", None)
         agent_name = name if isinstance(name, str) else None
         previous, call.state = call.state, call.next_state(event)
+        if agent_name is None and call.state == "bridged":
+            agent_name = call.agent_name  # with the agent again (a resume, a hand-over): who
         # silence rules judge whoever should be talking: the caller while the bot has the
         # call, the agent once bridged (a hold or a new agent starts that clock again)
         call.escalation.observe_phase(PHASES.get(call.state, "away"), clock(call))
@@ -1032,13 +1034,19 @@ class CallManager:
         username = self.routing.username(leg.user_id)
         # the caller is told who answered by name, never by login: a display name left
         # as the username is none (best effort: storage that is down costs the name)
-        user = await _quietly(self.store.user(leg.user_id))
-        name = user.display_name if user and user.display_name != user.username else None
-        await self._transition(call, "accept", username, agent_name=name, agent_id=leg.user_id)
+        call.agent_name = await self.agent_name(leg.user_id)
+        await self._transition(call, "accept", username, agent_id=leg.user_id)
         self._bridge_video(call)
         await self._route(self.routing.queue_changed())
         if leg.peer is not None:  # a chat's agent types
             self._start_leg(call, leg)
+
+    async def agent_name(self, user_id: str) -> str | None:
+        """The name a caller is told for an agent: their display name, never their
+        login (a display name left as the username is none); best effort: storage that
+        is down costs the name, not the call."""
+        user = await _quietly(self.store.user(user_id))
+        return user.display_name if user and user.display_name != user.username else None
 
     def _start_leg(self, call: Call, leg: Leg) -> None:
         call.tasks.append(asyncio.create_task(self._run_leg(call, leg), name=f"leg-{leg.id}"))

@@ -198,6 +198,9 @@ class CallRecord:
     queue_position: int | None = None
     queued_priority: int = 0  # the priority the ACD has for this call
     agent_id: str | None = None
+    # the name the caller is told for that agent (their display name; None: none set,
+    # "one of our team"), told again with each return to "bridged"
+    agent_name: str | None = None
     agent_muted: bool = False
     previous_calls: int = 0  # earlier calls from the same caller identity
     transferred_by: str | None = None  # username of the agent who transferred it last

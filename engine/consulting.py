@@ -524,6 +524,8 @@ class Consults:
         # its media ending meanwhile must not end the call or hand it over twice
         steps = self.m.controls.agent_leaves(user, call, None, f"handed over to {consult.guest}")
         old = await self.m._desk(steps)
+        # the name the caller is told (a colleague's display name; a number's: none)
+        name = await self.m.agent_name(consult.guest_id) if consult.guest_id else None
         if call.ended.is_set():  # the caller hung up meanwhile: the guest is done too
             if not guest.left:  # (end_call frees every agent leg still on the call)
                 guest.left = True
@@ -532,6 +534,7 @@ class Consults:
                 )
             return
         call.agent_id, call.bridged_at = consult.guest_id, self._since(guest)
+        call.agent_name = name
         if call.state == "held":
             await self.m._transition(call, "resume", f"handed over to {consult.guest}",
                                      agent_id=consult.guest_id)  # fmt: skip

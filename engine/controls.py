@@ -315,6 +315,7 @@ class Controls:
             leg.left = True
         yield SupervisorsLeave(call)  # first: nothing they say reaches the next one
         muted, call.agent_id, call.agent_muted = call.agent_muted, None, False
+        call.agent_name = None  # whoever comes next is told by their own name
         if muted:  # their desk (and the console) must not go on showing them muted
             yield Emit(CallMuted(call_id=call.id, agent_id=from_agent or "", muted=False))
         yield from self.routing.hung_up(from_agent, call.bridged_at, call.id)

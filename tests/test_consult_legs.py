@@ -696,3 +696,23 @@ async def test_the_consult_request_for_a_number_says_how_it_ended(cp: ControlPla
         assert call.state == "bridged" and call.consult is None
     finally:
         cp.app.state.sip = None
+
+
+async def test_the_caller_is_told_who_has_them_after_a_hand_over(cp: ControlPlane) -> None:
+    """Found in review: after a warm transfer the caller page went on naming Ann: the
+    caller was resumed to Bob with no name told, and the page took a name only from an
+    answer out of the line. Every return to "bridged" now names whoever has the call
+    (a hold's resume too, the same agent again)."""
+    await cp.store.update_user("id-ann", display_name="Ann Lee")
+    await cp.store.update_user("id-bob", display_name="Bob Ray")
+    call, ann, _bob = await consulting(cp)
+    await cp.calls.consults.complete(ann, call.id)
+
+    def bridged() -> list[dict[str, Any]]:
+        return [e for e in published(cp, "call.state_changed") if e["state"] == "bridged"]
+
+    async with asyncio.timeout(5):  # (an event reaches the bus once the log has it)
+        while len(bridged()) < 2:  # noqa: ASYNC110  # polled, as told()
+            await asyncio.sleep(0.02)
+    assert [e["agent_name"] for e in bridged()] == ["Ann Lee", "Bob Ray"]
+    assert call.agent_name == "Bob Ray"

@@ -40,9 +40,9 @@ function assistantSpoke() {
 }
 
 function onStateChanged(ev) {
-  // an agent answering: the engine names them (agent_name: the name callers are told;
-  // the reason is their login, never shown). No name: "one of our team".
-  if (ev.state === "bridged" && ev.previous === "queued") talk.agent = agentName(ev.agent_name);
+  // with an agent (answered, resumed, handed over to a colleague): the engine names them
+  // each time (agent_name: the name callers are told). No name: "one of our team".
+  if (ev.state === "bridged") talk.agent = agentName(ev.agent_name);
   if (ev.state === "queued") talk.agent = null; // transferred: someone else comes
   setState(ev.state, ev.reason);
 }
