@@ -130,7 +130,6 @@ class UtteranceOut(BaseModel):
     text: str
     words: list[WordTiming]
     caller_heard: bool = Field(
-        True,
         description="false: said while the caller was held for a consult (a caller's own "
         "reads leave it out)",
     )
