@@ -11,6 +11,11 @@ review.
    summary, priority, disposition, the customer record. A caller now gets
    ``CallerCallDetail`` and only the words they heard.
 
+A second review found the first fix leaky at its edges: an utterance spoken across the
+start or end of a consult was judged by its majority (now cut at the turn and judged
+fail closed), a partial by the leg's latest audio (now by its own), a desk phone's SIP
+INFO keys were the caller's, and the typed client's ``call()`` lost its staff type.
+
 In-process: the real app and call manager (tests/controlplane.py), phone legs that open
 no socket, each agent leg's audio pushed through the manager's ``_analyse`` (the path
 every decoded frame takes) into a pipeline with no recognizer, and the recognizer's
@@ -24,16 +29,18 @@ import json
 import numpy as np
 import pytest
 
+from engine.analysis import caller_heard
 from engine.api.schemas import CallDetail, CallerCallDetail
 from engine.api.streams import for_caller
 from engine.livecall import Call, Leg
-from engine.analysis import caller_heard
+from engine.sip import SipFront, _PhoneCall
 from engine.unheard import MAX_SPANS, TOLERANCE, Unheard
 from engine.users import issue_caller_token
 from media import events as me
 from media.asr.base import AsrResult
 from media.audio import AnalysisResampler
 from media.pipeline import LegPipeline
+from media.sip.events import DtmfInfo
 from media.vad import SpeechSegmenter, UtteranceEnded, UtteranceStarted
 from tests.controlplane import ControlPlane
 from tests.test_analysis import AGENT, CALLER, new_call
@@ -351,18 +358,22 @@ class PitchRecognizer:
         pass
 
 
-async def transcribed(cp: ControlPlane, call: Call, leg: Leg) -> LegPipeline:
+async def transcribed(cp: ControlPlane, call: Call, leg: Leg) -> list[me.MediaEvent]:
     """The leg's real pipeline, its recognizer the one above, its reports into the
-    call's queue as the manager's own pipelines do."""
+    call's queue as the manager's own pipelines do; the reports, as they are made."""
 
     async def opener() -> PitchRecognizer:
         return PitchRecognizer()
 
-    pipeline = leg.pipeline = LegPipeline(
-        leg.id, opener, cp.calls.executor, lambda ev: cp.calls._enqueue(call, ev)
-    )
-    await pipeline.start()
-    return pipeline
+    reports: list[me.MediaEvent] = []
+
+    def emit(ev: me.MediaEvent) -> None:
+        reports.append(ev)
+        cp.calls._enqueue(call, ev)
+
+    leg.pipeline = LegPipeline(leg.id, opener, cp.calls.executor, emit)
+    await leg.pipeline.start()
+    return reports
 
 
 def sound(cp: ControlPlane, call: Call, leg: Leg, pcm: np.ndarray) -> None:
@@ -393,14 +404,24 @@ async def test_words_said_across_the_start_of_a_consult_are_cut_there(cp: Contro
     call = await with_ann(cp)
     ann_leg = call.agent_leg()
     assert ann_leg is not None
-    await transcribed(cp, call, ann_leg)
+    reports = await transcribed(cp, call, ann_leg)
     sound(cp, call, ann_leg, voice(1.0, 140.0))  # "colleague", and she goes on...
+    assert ann_leg.pipeline is not None
+    turn = ann_leg.pipeline.seconds_in  # where the caller stops hearing her
     ann, bob = await person(cp, "ann"), await bob_available(cp)
     await m.consults.start(ann, call.id, "bob")
     await m.accept_peer(bob.id, call.id, phone(), "sip", "PCMU")
     assert call.consult is not None and call.consult.phase == "consulting"
     sound(cp, call, ann_leg, voice(1.0, 220.0))  # ... "rude", to Bob alone
     assert await straddled(cp, call, ann_leg, 2) == {"colleague": True, "rude": False}
+    assert ann_leg.unheard.spans == [pytest.approx((turn, 3.0))]
+    finals = [r for r in reports if isinstance(r, me.TranscriptFinal)]
+    assert [(f.text, f.end_rule) for f in finals] == [("colleague", "turn"), ("rude", "silence")]
+    assert finals[0].end == pytest.approx(turn) and finals[1].start >= finals[0].end
+    # each partial ends where the audio it was made of ends, on the leg's clock
+    partials = [r for r in reports if isinstance(r, me.TranscriptPartial)]
+    assert all(p.end is not None and p.start < p.end <= turn for p in partials if p.index == 0)
+    assert all(p.end is not None and turn < p.end <= 3.0 for p in partials if p.index == 1)
     await m.end_call(call.id, "hangup")
 
 
@@ -524,3 +545,25 @@ async def test_an_agent_on_plain_hold_is_not_transcribed_at_all(cp: ControlPlane
     assert heard_by_caller(bodies) == {"one moment": True, "back with you": True}
     assert [json.loads(b)["start"] for b in bodies if '"transcript.final"' in b] == [0.2, 5.2]
     await m.end_call(call.id, "hangup")
+
+
+# -- an agent's keys ----------------------------------------------------------------------
+
+
+async def test_an_agents_desk_phone_keys_are_not_the_callers(cp: ControlPlane) -> None:
+    """Found in review: a key Ann pressed on her desk phone, sent as SIP INFO, was filed
+    as the caller's ``dtmf.received``: on the caller's stream, choosing from the key
+    menu, read by escalation rules. Her desk phone's dialog is the agent's (as its RFC
+    4733 keys already were); the caller's line still reports theirs."""
+    call = await with_ann(cp)
+    front = SipFront(cp.settings, cp.calls, cp.store, cp._state("metrics"))
+    front._phone["desk"] = _PhoneCall("desk", call_id=call.id, agent=True)
+    front._phone["line"] = _PhoneCall("line", call_id=call.id)
+    front._on_event(DtmfInfo("desk", "7"))
+    front._on_event(DtmfInfo("line", "3"))  # after Ann's: once it is out, hers would be
+    async with asyncio.timeout(5):
+        # polled, as ``says``: an event reaches the bus once the event log has it
+        while not (keys := [e.body for e in cp.bus.replay(call.id) if "dtmf.rec" in e.body]):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    assert [json.loads(k)["digit"] for k in keys] == ["3"]
+    await cp.calls.end_call(call.id, "hangup")
