@@ -909,9 +909,11 @@ class CallManager:
             # ends here, or words said before the turn and after would be one, judged
             # as a whole ("I'll check with a colleague" + "he is rude")
             pipeline.cut()
-        analysed = pipeline.seconds_in
-        n = pipeline.push_pcm(pcm, rate, channels)
-        if not heard:
+        if heard:
+            n = pipeline.push_pcm(pcm, rate, channels)
+        else:
+            analysed = pipeline.seconds_in
+            n = pipeline.push_pcm(pcm, rate, channels)
             leg.unheard.add(analysed, pipeline.seconds_in)
         # the bridge: what this leg says, the other parties hear, and the supervisors
         # on the call as their mode says (engine/monitor.py)
