@@ -233,7 +233,8 @@ class LegPipeline:
         changes now (a consult began or ended, engine/calls.py ``_analyse``). Its final
         is made from what was said before, and the VAD's pre-roll of the next starts
         after: no audio crosses the cut. (Up to a frame's worth of samples still in the
-        resampler goes with the next push: engine/unheard.py allows for it.)"""
+        resampler, and its filter's millisecond or two, go with the next push:
+        engine/unheard.py allows for it.)"""
         for ev in self._segmenter.cut(self.seconds_in):
             if isinstance(ev, UtteranceEnded):
                 self._end_utterance(ev)
