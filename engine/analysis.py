@@ -238,13 +238,21 @@ def clock(call: Call) -> float:
 def caller_heard(call: Call, leg_id: str, start: float, end: float) -> bool:
     """Whether the caller heard what ``leg_id`` said over ``[start, end]`` (the leg's
     own clock, as its recognizer reports): their own words, yes; an agent's, unless
-    said while the caller was held for a consult (engine/unheard.py)."""
+    any of it was said while the caller was held for a consult (engine/unheard.py).
+    A leg the call does not know is not the caller's: unheard (fail closed)."""
     leg = call.leg(leg_id)
-    return leg is None or leg.role == "caller" or leg.unheard.heard(start, end)
+    if leg is None:
+        return False
+    return leg.role == "caller" or leg.unheard.heard(start, end)
 
 
-def _latest(call: Call, ev: me.TranscriptPartial) -> float:
-    """The leg's latest analysed audio (its clock), where a partial's words end for now."""
+def _partial_end(call: Call, ev: me.TranscriptPartial) -> float:
+    """Where a partial's words end on the leg's clock: the end of the audio the
+    recognizer had heard for it. Not the leg's latest audio: a partial lagging behind
+    a turn would be judged by what came after (a consult's words as the conference's).
+    A partial that does not say is judged to the latest, which hides more."""
+    if ev.end is not None:
+        return max(ev.start, ev.end)
     leg = call.leg(ev.leg_id)
     pipeline = leg.pipeline if leg is not None else None
     return max(ev.start, pipeline.seconds_in) if pipeline is not None else ev.start
@@ -329,8 +337,8 @@ class Redact:
             index=ev.index,
             text=self.redactor.redact(ev.text, partial=True).text,
             start=round(ev.start + offset(call, ev.leg_id), 3),
-            # a partial has no end yet: it runs to the leg's latest audio
-            caller_heard=caller_heard(call, ev.leg_id, ev.start, _latest(call, ev)),
+            # a partial's words run to the end of the audio it was made of
+            caller_heard=caller_heard(call, ev.leg_id, ev.start, _partial_end(call, ev)),
         )
 
     def _final(self, call: Call, ev: me.TranscriptFinal) -> TranscriptFinal:

@@ -904,13 +904,20 @@ class CallManager:
             # early on the call's clock (and dead air read from a long mute at once)
             leg.offset += pcm.size / channels / rate
             return 0
-        if leg.role == "agent" and not hears(phase, party, "caller", state=call.state, muted=muted):
-            # a consult's talk: transcribed for the staff, never shown to the caller
+        # a consult's talk the caller does not hear: transcribed for the staff, never
+        # shown to the caller (engine/unheard.py)
+        heard = leg.role != "agent" or hears(phase, party, "caller", state=call.state, muted=muted)
+        if leg.unheard.turns(heard):
+            # the caller starts or stops hearing the leg now: the utterance in progress
+            # ends here, or words said before the turn and after would be one, judged
+            # as a whole ("I'll check with a colleague" + "he is rude")
+            pipeline.cut()
+        if heard:
+            n = pipeline.push_pcm(pcm, rate, channels)
+        else:
             analysed = pipeline.seconds_in
             n = pipeline.push_pcm(pcm, rate, channels)
             leg.unheard.add(analysed, pipeline.seconds_in)
-        else:
-            n = pipeline.push_pcm(pcm, rate, channels)
         # the bridge: what this leg says, the other parties hear, and the supervisors
         # on the call as their mode says (engine/monitor.py)
         others = [

@@ -51,7 +51,6 @@ from engine.escalation import Rule
 
 T = TypeVar("T")
 Presence = Literal["login", "available", "away", "logout"]
-_CALL: TypeAdapter[CallDetail | CallerCallDetail] = TypeAdapter(CallDetail | CallerCallDetail)
 
 
 class ApiError(Exception):
@@ -167,14 +166,16 @@ class Client:
                 params[name] = value.isoformat() if hasattr(value, "isoformat") else value
         return await self._call("GET", "/api/v1/calls", CallList, params=params)
 
-    async def call(self, call_id: str) -> CallDetail | CallerCallDetail:
-        """The call's record: all of it with staff credentials; with the call's caller
-        token, the caller's view (``CallerCallDetail``)."""
-        r = await self.http.get(f"/api/v1/calls/{call_id}")
-        if r.status_code >= 400:
-            raise _error(r)
-        # smart union: staff's answer fills CallDetail, a caller's lacks its fields
-        return _CALL.validate_json(r.content)
+    async def call(self, call_id: str) -> CallDetail:
+        """The call's record, all of it (staff credentials; a caller's token reads
+        ``caller_view``)."""
+        return await self._call("GET", f"/api/v1/calls/{call_id}", CallDetail)
+
+    async def caller_view(self, call_id: str) -> CallerCallDetail:
+        """The call as its caller reads it with the call's caller token: its course and
+        the words they heard (``CallerCallDetail``). Staff credentials get the same
+        fields of the staff's record, every word included."""
+        return await self._call("GET", f"/api/v1/calls/{call_id}", CallerCallDetail)
 
     async def transcript(self, call_id: str, fmt: Literal["txt", "vtt"] = "txt") -> str:
         r = await self.http.get(f"/api/v1/calls/{call_id}/transcript.{fmt}")

@@ -74,8 +74,8 @@ class CallStateChanged(EventBase):
 # are the staff's, and never reach the caller's own stream (engine/api/streams.py)
 CALLER_HEARD = (
     "whether the caller heard these words: false for what agents (or an outside number "
-    "consulted) said while the caller was on hold during a consult; such events never "
-    "reach the caller's own stream"
+    "consulted) said while the caller was on hold during a consult, if any of it (more "
+    "than 40 ms) was; such events never reach the caller's own stream"
 )
 
 

@@ -292,7 +292,8 @@ class SipFront:
             self._reinvite(ev)
         elif isinstance(ev, DtmfInfo):
             pc = self._phone.get(ev.call_id)
-            if pc is not None and pc.call_id is not None:
+            # an agent's desk phone's keys are not the caller's (their menu, their stream)
+            if pc is not None and pc.call_id is not None and not pc.agent:
                 self.calls.press_key(pc.call_id, ev.digit)
         elif isinstance(ev, AuthFailed):
             self.metrics.sip_auth_failures.labels(ev.reason).inc()

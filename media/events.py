@@ -27,10 +27,16 @@ class SpeechOnset:
 
 @dataclass(frozen=True, slots=True)
 class TranscriptPartial:
+    """What the recognizer made of an utterance so far (each partial repeats the
+    words of the one before): said over ``[start, end]`` of the leg's clock."""
+
     leg_id: str
     index: int  # utterance number within the leg
     text: str
     start: float
+    # the end of the last audio the recognizer had heard for this partial (the
+    # pipeline always says; None: up to the leg's latest audio, which covers more)
+    end: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

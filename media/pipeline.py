@@ -61,6 +61,7 @@ MAX_QUEUED_CHUNKS = 300  # 30 s of speech waiting for the recognizer
 class _Audio:
     pcm: bytes
     utterance_start: float
+    end: float  # the leg's clock at the end of its last frame: where a partial's words end
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,7 @@ class LegPipeline:
         self._segmenter = SpeechSegmenter(self.vad)
         self._queue: asyncio.Queue[_Audio | _Peek | _End | None] = asyncio.Queue(MAX_QUEUED_CHUNKS)
         self._chunk: list[bytes] = []
+        self._chunk_end = 0.0  # the leg's clock at the end of the chunk's last frame
         self._held: list[bytes] | None = None  # frames since a pause, not yet sent on
         self._utt_samples: list[np.ndarray] = []
         self._utt_index = 0
@@ -177,6 +179,7 @@ class LegPipeline:
                     self._held.append(ev.frame.to_bytes())
                     continue
                 self._chunk.append(ev.frame.to_bytes())
+                self._chunk_end = ev.frame.end
                 if len(self._chunk) >= CHUNK_FRAMES:
                     self._flush_chunk()
             elif isinstance(ev, PauseDetected):
@@ -209,7 +212,7 @@ class LegPipeline:
 
     def _flush_chunk(self) -> None:
         if self._chunk:
-            self._put(_Audio(b"".join(self._chunk), self._utt_start))
+            self._put(_Audio(b"".join(self._chunk), self._utt_start, self._chunk_end))
             self._chunk = []
 
     def _end_utterance(self, ev: UtteranceEnded) -> None:
@@ -224,6 +227,17 @@ class LegPipeline:
                 self._dropped(oldest)
         voiced = None if self._voiced_from is None else (self._voiced_from, self.voiced_until)
         self._queue.put_nowait(_End(ev, samples, self._last_voice_at or time.monotonic(), voiced))
+
+    def cut(self) -> None:
+        """End the utterance in progress here, at ``seconds_in``: who hears the speaker
+        changes now (a consult began or ended, engine/calls.py ``_analyse``). Its final
+        is made from what was said before, and the VAD's pre-roll of the next starts
+        after: no audio crosses the cut. (Up to a frame's worth of samples still in the
+        resampler, and its filter's millisecond or two, go with the next push:
+        engine/unheard.py allows for it.)"""
+        for ev in self._segmenter.cut(self.seconds_in):
+            if isinstance(ev, UtteranceEnded):
+                self._end_utterance(ev)
 
     async def close(self) -> None:
         """Finish the utterance in flight and wait for its results (bounded by the caller)."""
@@ -271,7 +285,9 @@ class LegPipeline:
             partial = await rec.accept(item.pcm)
             if partial:
                 self._emit(
-                    TranscriptPartial(self.leg_id, self._utt_index, partial, item.utterance_start)
+                    TranscriptPartial(
+                        self.leg_id, self._utt_index, partial, item.utterance_start, item.end
+                    )
                 )
         else:
             said = await rec.peek()

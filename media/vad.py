@@ -81,8 +81,9 @@ class PauseDetected:
 
 # What ended an utterance: a window after the recognizer's look at a pause (sure,
 # complete, fragment, incomplete: see VadSettings.end_after), the ratio rule (silence),
-# the length cap (cut), or the leg closing (closed).
-EndRule = Literal["sure", "complete", "fragment", "incomplete", "silence", "cut", "closed"]
+# the length cap (cut), the leg closing (closed), or a turn in who hears the speaker
+# (turn: a consult began or ended, media/pipeline.py LegPipeline.cut).
+EndRule = Literal["sure", "complete", "fragment", "incomplete", "silence", "cut", "closed", "turn"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +104,8 @@ class UtteranceEnded:
 
     @property
     def cut(self) -> bool:
-        """Ended by the length cap or the leg closing, not by silence."""
-        return self.rule in ("cut", "closed")
+        """Ended by the length cap, the leg closing or a turn, not by silence."""
+        return self.rule in ("cut", "closed", "turn")
 
     @property
     def pause_ratio(self) -> float:
@@ -311,6 +312,14 @@ class SpeechSegmenter:
     def flush(self, now: float) -> list[VadEvent]:
         """End an utterance in progress (the leg is closing)."""
         return [self._end(now, "closed")] if self._in_speech else []
+
+    def cut(self, now: float) -> list[VadEvent]:
+        """End an utterance in progress at ``now`` (a turn: what comes next is heard by
+        others), and forget the frames before it that an utterance starting next would
+        take as its pre-roll: no audio crosses the turn."""
+        self._start_win.clear()
+        self._onset_sent = False
+        return [self._end(now, "turn")] if self._in_speech else []
 
     def _onset(self, frame: PcmFrame) -> SpeechOnset | None:
         """``ONSET_HEARD`` of the last ``ONSET_FRAMES`` frames speech to webrtcvad, and

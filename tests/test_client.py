@@ -78,7 +78,7 @@ async def test_client_and_commands_cover_a_call_and_refusals(
             await cc.hangup(caller.call_id)
         assert not_live.value.status == 404
     async with Client(engine.url, token=caller.answer["caller_token"]) as own:
-        assert (await own.call(caller.call_id)).id == caller.call_id
+        assert (await own.caller_view(caller.call_id)).id == caller.call_id
         with pytest.raises(ApiError) as refused:
             await own.calls()
         assert refused.value.status == 403 and refused.value.problem["status"] == 403

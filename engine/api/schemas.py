@@ -130,9 +130,8 @@ class UtteranceOut(BaseModel):
     text: str
     words: list[WordTiming]
     caller_heard: bool = Field(
-        True,
-        description="false: said while the caller was held for a consult (a caller's own "
-        "reads leave it out)",
+        description="false: said, any of it (more than 40 ms), while the caller was held "
+        "for a consult (a caller's own reads leave it out)",
     )
 
 
