@@ -99,7 +99,7 @@ from engine.controls import (
 )
 from engine.customers import Customer, Customers
 from engine.desks import DeskStreams
-from engine.dialpolicy import check_number, dialable
+from engine.dialpolicy import check_number, phone_number
 from engine.escalation import CallEscalation
 from engine.events import (
     CallEnded,
@@ -1435,16 +1435,25 @@ class CallManager:
         refuse (CCENGINE_SIP_DIAL_PREFIXES) is refused now, while the caller can give
         another, not when an agent tries to call it back."""
         call = self.get(call_id)
-        number = dialable(contact or call.caller or "")
-        if number and all(c.isdigit() or c in "+*#" for c in number):
-            try:
-                check_number(number, self.settings.sip_dial_prefixes, keys=True)
-            except NotAllowed:
+        if call.state == "queued":  # (one not waiting: callbacks.request says why not)
+            number = phone_number(contact or call.caller or "")
+            if number is None:  # booked, it could never be placed
                 raise NotAllowed(
-                    f"we cannot call {contact or call.caller} back: give a number starting "
-                    f"with {' or '.join(self.settings.sip_dial_prefixes)}"
-                ) from None
+                    f"we cannot call {contact} back: give a phone number"
+                    if contact is not None
+                    else "we cannot call you back on this line: give a phone number"
+                )
+            self._may_call_back(number, contact or call.caller)
         return await self._desk(self.callbacks.request(call, contact))
+
+    def _may_call_back(self, number: str, given: str | None) -> None:
+        try:
+            check_number(number, self.settings.sip_dial_prefixes, keys=False)
+        except NotAllowed:
+            raise NotAllowed(
+                f"we cannot call {given} back: give a number starting "
+                f"with {' or '.join(self.settings.sip_dial_prefixes)}"
+            ) from None
 
     async def finish_callback(self, user: Actor, callback_id: str) -> CallbackRow:
         row = await self.store.finish_callback(callback_id, user.username, utcnow())

@@ -9,26 +9,41 @@ number as sent to the trunk, e.g. ``+1``, ``+44``); empty: any number, as before
 ``*`` and ``#`` are keys, not part of a number someone joins a call from: a consult's or
 a transfer's number may not carry them (they are pressed on the call's keypad once the
 other side answers, engine/api/desk.py ``/dtmf``). The dial pad's own calls may (a PBX
-menu, a carrier's ``*67``), as long as the prefixes allow them. ``sip:`` URIs are not
-numbers: CCENGINE_SIP_DIAL_DOMAINS decides those (engine/sip.py).
+menu after the number, ``+1555…*1``), as long as the prefixes allow them: a number that
+starts with a key (a carrier's ``*67``) only with no prefixes set. ``sip:`` URIs are not
+numbers: CCENGINE_SIP_DIAL_DOMAINS decides those (engine/sip.py), so a domain listed there
+must not lead to the public phone network, or the prefixes are passed by.
+
+A callback's number is the customer's (``phone_number``): digits only, no keys, and any
+way people write one for reading (spaces, no-break spaces, ( ) . - /) dialled without.
 
 Pure: the engine asks before anyone is put on hold or dialled.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from engine.callstate import NotAllowed
 
 KEYS = "*#"
-# what people write inside a phone number for reading it, not for dialling it
-SEPARATORS = str.maketrans("", "", " \t().-")
+# what people write inside a phone number for reading it, not for dialling it (RFC 3966's
+# visual separators, and /); any whitespace too (a pasted number's no-break spaces)
+SEPARATORS = str.maketrans("", "", "().-/")
+NUMBER = re.compile(r"\+?[0-9]{6,15}")  # E.164's 15 digits at most; ASCII digits only
 
 
 def dialable(text: str) -> str:
     """A number as written ("+1 (555) 010-2030") as dialled ("+15550102030")."""
-    return text.strip().translate(SEPARATORS)
+    return "".join(text.split()).translate(SEPARATORS)
+
+
+def phone_number(text: str) -> str | None:
+    """``text`` as a number to call someone back on, or None if it is not one: no keys
+    (``*72…`` is a carrier's feature code, not a customer's number), digits only."""
+    number = dialable(text)
+    return number if NUMBER.fullmatch(number) else None
 
 
 def check_number(number: str, prefixes: Sequence[str], *, keys: bool) -> None:

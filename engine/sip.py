@@ -28,7 +28,7 @@ from engine.acd import AcdError
 from engine.callstate import STORAGE_RETRY_AFTER, NotAllowed, Overloaded, UnknownCall
 from engine.config import Settings
 from engine.customers import normalize_phone
-from engine.dialpolicy import check_number, dialable
+from engine.dialpolicy import check_number, phone_number
 from engine.drain import RETRY_AFTER as DRAIN_RETRY_AFTER
 from engine.routinglog import RoutingUnavailable
 from engine.sipbindings import SharedBindings
@@ -589,14 +589,14 @@ class SipFront:
         row = await self.store.get_callback(callback_id)
         if row is None or row.status != "pending":
             raise NotAllowed(f"no pending callback {callback_id}")
-        # as the caller wrote it, "+1 (555) 010-2030": dialled without the separators
-        number = dialable(row.contact or row.caller or "")
-        if not number or not all(c.isdigit() or c in "+*#" for c in number):
+        # as the caller wrote it, "+1 (555) 010-2030": dialled without the separators;
+        # never with keys: with no number given it is the SIP From's user part, which
+        # the caller chose ("*72+1900…" would be a feature code sent to the trunk)
+        number = phone_number(row.contact or row.caller or "")
+        if number is None:
             raise NotAllowed(f"callback {callback_id} has no phone number to call")
         return await self._dial_into(
-            number,
-            lambda peer, codec: self.calls.connect_callback(user, row, peer, codec),
-            keys=True,  # the customer's own number, as they gave it
+            number, lambda peer, codec: self.calls.connect_callback(user, row, peer, codec)
         )
 
     async def _dial_into(

@@ -103,3 +103,5 @@ async def test_a_call_action_sent_on_waits_as_long_as_a_number_rings(tmp_path: P
     async with ControlPlane(tmp_path / "engine", callback_ring_timeout=100.0) as cp:
         timeout = cp.app.state.forward_http.timeout
         assert timeout.read is not None and timeout.read >= 100.0 + TIMEOUT
+        # (found in review: a dead engine was waited for as long too)
+        assert timeout.connect == TIMEOUT

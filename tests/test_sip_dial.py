@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from engine.callstate import NotAllowed
 from engine.config import Settings
-from engine.dialpolicy import check_number, dialable
+from engine.dialpolicy import check_number, dialable, phone_number
 from engine.events import utcnow
 from engine.store.models import UserRow
 from media.sip import message as sm
@@ -199,9 +199,14 @@ async def test_a_callback_number_is_dialled_as_a_number_and_checked_when_asked_f
     number the dial policy refuses was taken, to be refused only when an agent tried
     to call it back, when the caller could no longer give another."""
     assert dialable(" +1 (555) 010-2030 ") == NUMBER
+    # found in review: a pasted number's no-break spaces were kept, so booked and never
+    # placed; and with no number given the SIP From's user part, the caller's choice,
+    # was dialled with its keys: a feature code sent to the trunk
+    assert phone_number("+1\u00a0555\u00a0010\u00a02030") == NUMBER
+    assert phone_number("*72+19005550100") is None and phone_number("+1555²") is None
     m = cp.calls
     queued = []
-    for caller in ("+15550001234", "+15550004321"):
+    for caller in ("+15550001234", "+15550004321", "*72+19005550100"):
         call, _peer = await phone_call(m, caller)
         await m.route_invited(call, queue="general", agent_id=None, reason="asked for a person")
         queued.append(call)
@@ -219,6 +224,8 @@ async def test_a_callback_number_is_dialled_as_a_number_and_checked_when_asked_f
         )
         assert r.status_code == 201, r.text
         callback_id = r.json()["id"]
+        r = await api.post(f"/api/v1/calls/{queued[2].id}/callback", json={})
+        assert r.status_code == 409 and "on this line" in r.json()["detail"], r.text
     desk = await cp.agent("ann", PASSWORD)
     placed = asyncio.create_task(desk.post(f"/api/v1/callbacks/{callback_id}/call"))
     invite = await trunk.next(request("INVITE"))

@@ -60,7 +60,9 @@ def client(ring_for: float = 0.0) -> httpx.AsyncClient:
     ``ring_for``: how long a number we dial may ring (a transfer or a consult to a
     number answers once they pick up): the wait is longer by that, or the host is told
     503 while the number still rings, and a retry is refused as already consulting."""
-    return httpx.AsyncClient(timeout=TIMEOUT + ring_for, follow_redirects=False)
+    # only the wait for the answer: an engine that is down is still found in TIMEOUT
+    timeout = httpx.Timeout(TIMEOUT, read=TIMEOUT + ring_for)
+    return httpx.AsyncClient(timeout=timeout, follow_redirects=False)
 
 
 class ForwardCallActions:
