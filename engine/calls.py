@@ -110,6 +110,7 @@ from engine.events import (
     EventBase,
     EventBus,
     OfferWithdrawn,
+    RecordingChanged,
     as_utc,
     utcnow,
 )
@@ -1424,8 +1425,17 @@ class CallManager:
                 )
             except OSError as exc:  # no folder, no space for the files: said, not a 500
                 raise NotAllowed(f"the recording cannot be started: {exc}") from None
+            call.recording.on_failed = lambda at, why: self._recording_failed(call, at, why)
         call.recording.active = on
         self._publish(change)
+
+    def _recording_failed(self, call: Call, at: float, why: str) -> None:
+        """The disk refused a write of the call's recording (from a leg's tap or a
+        supervisor's voice): it stopped, and the desk and the console stop showing
+        "recording" (told once, by the recording itself)."""
+        self._publish(
+            RecordingChanged(call_id=call.id, recording=False, at=at, by="engine", reason=why)
+        )
 
     # -- callbacks (engine/callbacks.py) --------------------------------------------
 

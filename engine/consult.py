@@ -13,6 +13,8 @@ the ACD). A consult moves through:
     ringing      no_answer    -> (over)      likewise (the ring timed out)
     ringing      failed       -> (over)      likewise (a number could not be reached)
     ringing      cancel       -> (over)      the host gave up before the guest answered
+    ringing      host_left    -> (over)      the host's line dropped while a number rang:
+                                             the dial is called off, the caller goes back into line
     consulting   complete     -> (over)      a transfer: the host leaves, the guest has the call
     consulting   conference   -> conference  caller, host and guest hear each other
     consulting   cancel       -> (over)      the guest leaves; the caller is back with the host
@@ -47,6 +49,7 @@ TRANSITIONS: dict[tuple[ConsultPhase, ConsultEvent], ConsultPhase | None] = {
     ("ringing", "no_answer"): None,
     ("ringing", "failed"): None,
     ("ringing", "cancel"): None,
+    ("ringing", "host_left"): None,
     ("consulting", "complete"): None,
     ("consulting", "conference"): "conference",
     ("consulting", "cancel"): None,

@@ -23,9 +23,10 @@ the answer, as a transfer to a number does. The dial is a task of its own, so a
 cancel (or the caller hanging up) calls it off, which sends the INVITE a CANCEL. Once
 answered, the number's leg joins as the guest's (a leg with no user); it leaves with a
 BYE, and after a hand-over the call is with that number as after
-``Controls.transfer_out``. The host's line dropping while they consult a number does not
-hand the caller to it (nobody outside agreed to take them): the number gets a BYE and the
-caller goes back into line (``_host_dropped``); in a conference the number keeps them.
+``Controls.transfer_out``. The host's line dropping while they consult a number (or while
+it still rings) does not hand the caller to it (nobody outside agreed to take them): the
+number gets a BYE (or a CANCEL) and the caller goes back into line (``_host_dropped``); in
+a conference the number keeps them.
 
 With several engines the ring, the answer and the withdrawal are operations of the
 shared routing log (engine/routingcopy.py): the guest may be signed in on any engine,
@@ -427,8 +428,13 @@ class Consults:
         """An agent leg's media ended: True if the consult deals with it (the call goes
         on with the other agent), False to end the call as usual."""
         consult = call.consult
-        if consult is None or consult.phase == "ringing" or leg.left or call.ended.is_set():
+        if consult is None or leg.left or call.ended.is_set():
             return False
+        if consult.phase == "ringing":
+            if not (consult.outside and leg.user_id == consult.host_id):
+                return False  # a colleague still rung: the call ends, their ring stops
+            host = self.m.routing.username(consult.host_id, consult.host)
+            return await self._host_dropped(_Host(consult.host_id, host), call, consult, leg)
         if leg.id == consult.guest_leg:
             event: ConsultEvent = "guest_left" if consult.phase == "consulting" else "leave"
             consult.next(event)
@@ -442,7 +448,7 @@ class Consults:
         host = self.m.routing.username(consult.host_id, consult.host)
         actor = _Host(consult.host_id, host)
         if consult.outside and consult.phase == "consulting":
-            return await self._host_dropped(actor, call, consult)
+            return await self._host_dropped(actor, call, consult, leg)
         # the host hung up: the guest (a colleague who answered, or anyone already
         # talking with the caller in a conference) keeps the caller
         await self._host_leaves(actor, call, consult)
@@ -450,25 +456,39 @@ class Consults:
                                        remaining=consult.guest))  # fmt: skip
         return True
 
-    async def _host_dropped(self, host: _Host, call: Call, consult: Consult) -> bool:
-        """The host's line dropped while consulting a number: someone outside never
-        agreed to take the caller (they were asked a question, not handed a customer),
-        so they are not handed them. The number gets a BYE (told as ``host_left``), and
-        the caller goes back into line, to the queue the call came from, as the host's
-        transfer to it would: a colleague picks them up with everything so far. Chosen
-        over ending the call as a host's hang-up does: the caller did nothing wrong,
-        was on hold and still wants help, and a dropped browser or desk phone is not an
-        agent deciding to hang up. False if it cannot be done (the call then ends as a
-        host's hang-up does)."""
+    async def _host_dropped(self, host: _Host, call: Call, consult: Consult, leg: Leg) -> bool:
+        """The host's line (``leg``) dropped while consulting a number, or while it still
+        rang: someone outside never agreed to take the caller (they were asked a
+        question, not handed a customer), so they are not handed them. The number gets
+        a BYE (a ringing one, its dial called off: a CANCEL), told as ``host_left``, and
+        the caller goes back into line, to the queue the call came from (the default
+        queue if that one was removed), as the host's transfer to it would: a colleague
+        picks them up with everything so far. Chosen over ending the call as a host's
+        hang-up does: the caller did nothing wrong, was on hold and still wants help,
+        and a dropped browser or desk phone is not an agent deciding to hang up. False
+        if it cannot be done (the call then ends as a host's hang-up does)."""
+        # before the first await: the leg's end may be signalled twice (WebRTC: the
+        # peer's end and the media timeout), and the second, finding no consult and the
+        # leg not left, would end the call meant to go back into line
+        leg.left = True
         consult.next("host_left")
         await self._guest_leaves(call, consult, "host_left")
         if call.ended.is_set():
             return True
+        queue = call.queue_name
+        if queue is None or not self.m.routing.has_queue(queue):
+            # removed since the call came (there is always one: the last cannot be)
+            queue = self.m.routing.default_queue()
         try:
-            await self.m.transfer(host, call.id, note=f"{host.username}'s line dropped")
+            # (the leg left already: agent_leaves finds no agent leg to close, so it is
+            # closed here, its last words transcribed)
+            await self.m.transfer(
+                host, call.id, queue=queue, note=f"{host.username}'s line dropped"
+            )
         except (AcdError, Forbidden, NotAllowed, RoutingUnavailable) as exc:
             log.warning("call %s: the caller could not go back into line: %s", call.id, exc)
             return False
+        await self.m._close_leg(call, leg)
         return True
 
     def ended(self, call: Call) -> Iterator[RoutingEffect]:

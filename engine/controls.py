@@ -336,12 +336,17 @@ class Controls:
     def recording(actor: Actor, call: Call, on: bool) -> RecordingChanged | None:
         """Whether to start, pause or resume the call's recording: the change to make
         and tell (its ``at``: seconds of the caller's audio), or None if it is so
-        already. The engine opens the recording's files."""
+        already; ``NotAllowed`` to start or resume one that stopped by itself (the
+        disk refused a write). The engine opens the recording's files."""
         caller = call.caller_leg().pipeline
         now = caller.seconds_in if caller is not None else 0.0
         if call.recording is None:
             if not on:
                 raise NotAllowed(f"call {call.id} is not being recorded")
+        elif on and call.recording.failed is not None:
+            # its files broke (a full disk): nothing would be written, so a start or
+            # resume answered as done would say "recording" of a call that is not
+            raise NotAllowed(f"the recording stopped: {call.recording.failed}")
         elif call.recording.active == on:
             return None
         return RecordingChanged(call_id=call.id, recording=on, at=now, by=actor.username)

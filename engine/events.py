@@ -262,7 +262,8 @@ class ConsultCancelled(_Consult):
     type: Literal["call.consult_cancelled"] = "call.consult_cancelled"
     reason: str = Field(
         description="cancelled, declined, no_answer or guest_left; a number dialled: also "
-        "busy, failed, or host_left (the host's line dropped: the caller went back into line)"
+        "busy, failed, or host_left (the host's line dropped while it rang or talked: it is "
+        "hung up and the caller goes back into line, or the call ends if that fails)"
     )
 
 
@@ -384,12 +385,20 @@ class CallAnnotated(EventBase):
 
 
 class RecordingChanged(EventBase):
-    """Recording started, paused or resumed; ``at`` is on the call's clock."""
+    """Recording started, paused or resumed; ``at`` is on the call's clock. Also told,
+    with ``recording`` false, ``by`` "engine" and a ``reason``, when the recording
+    stopped by itself: the disk refused a write."""
 
     type: Literal["recording.changed"] = "recording.changed"
     recording: bool
     at: float
     by: str
+    reason: str | None = Field(
+        None,
+        description="why the recording stopped by itself (a person's start, pause or "
+        'resume has none): "disk_full: <error>" or "write_failed: <error>"; it cannot be '
+        "started or resumed again on this call",
+    )
 
 
 class AsrFailed(EventBase):

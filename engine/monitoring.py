@@ -85,7 +85,6 @@ class SupervisorLeg:
     # clock sits on the call's, set when writing (re)starts; None while not writing
     offset: float | None = None
     resampler: AnalysisResampler = field(default_factory=AnalysisResampler, repr=False)
-    recorded: bool = True  # False once writing their voice failed (the disk): not again
 
 
 def may_monitor(user: Actor) -> None:
@@ -401,15 +400,9 @@ class Monitors:
                         audio = to_send_rate(downmix_int16(pcm, channels), rate)
                     peer.outbound.push_live(audio, leg.id)
                     caller_heard = caller_heard or party == "caller"
-            if leg.recorded:
-                try:
-                    record_voice(call, leg, pcm, rate, channels, caller_heard)
-                except OSError as exc:
-                    # the disk is full or gone: the caller still hears the supervisor,
-                    # and the call's own sides are the recording's business; their
-                    # voice is not tried again (once a frame, the log would flood)
-                    leg.recorded = False
-                    log.error("call %s: %s's voice not recorded: %s", call.id, leg.username, exc)
+            # a write the disk refuses never raises: the recording stops itself (told
+            # once, engine/recording.py), and the caller still hears the supervisor
+            record_voice(call, leg, pcm, rate, channels, caller_heard)
             return 0
 
         def lost(_reason: LossReason, frames: int) -> None:

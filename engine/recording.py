@@ -8,13 +8,20 @@ silence there: pause for card numbers and other things that must not be kept.
 During the call each side goes to its own raw file at its position; when the call ends
 the two are interleaved, a chunk at a time, into ``<call id>.wav`` (16 kHz, 16-bit,
 stereo) and the raw files are removed.
+
+A write the disk refuses (full, gone) stops the recording for good: ``failed`` says why,
+``on_failed`` (set by the call manager) is called once so the call can tell that it is
+no longer recorded, and it cannot be started or resumed again. If the merge then fails
+too, the raw files are kept (what was recorded is not deleted) and the error raised.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import wave
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,11 +39,20 @@ class CallRecording:
         self.path = folder / f"{call_id}.wav"
         self._raw = [folder / f"{call_id}.caller.raw", folder / f"{call_id}.agent.raw"]
         folder.mkdir(parents=True, exist_ok=True)
-        self._files: list[BinaryIO] = [p.open("w+b") for p in self._raw]
+        self._files: list[BinaryIO] = []
+        try:
+            for p in self._raw:
+                self._files.append(p.open("w+b"))
+        except OSError:  # the second could not be made: the first's handle must not leak
+            self._close()
+            raise
         self.t0 = started_at  # call-clock seconds where the recording begins
         self.active = True
         self.seconds = 0.0  # the furthest point written, from t0
         self.failed: str | None = None  # why writing stopped (a full disk), if it did
+        # called once, when writing stops: (call-clock seconds, reason such as
+        # "disk_full: <error>"); the manager tells it as recording.changed
+        self.on_failed: Callable[[float, str], None] | None = None
 
     def write(self, channel: int, at: float, frame: PcmFrame) -> None:
         """``frame`` heard at ``at`` seconds on the call's clock, on channel 0 or 1.
@@ -48,8 +64,13 @@ class CallRecording:
         try:
             self._write(channel, at, frame)
         except OSError as exc:
-            self.failed = str(exc)
+            # inactive from here: every later frame (the tap, a supervisor's voice)
+            # stops at the check above, so a failed recording costs nothing per frame
+            self.failed, self.active = str(exc), False
             log.error("recording %s: stopped, the disk refused a write: %s", self.path.name, exc)
+            why = "disk_full" if exc.errno == errno.ENOSPC else "write_failed"
+            if self.on_failed is not None:
+                self.on_failed(at, f"{why}: {exc}")
 
     def _write(self, channel: int, at: float, frame: PcmFrame) -> None:
         offset = round((at - self.t0) * ANALYSIS_RATE)
@@ -72,8 +93,20 @@ class CallRecording:
         self.seconds = max(self.seconds, (offset + len(frame.samples)) / ANALYSIS_RATE)
 
     def finish(self) -> Path:
-        """Interleave both sides into the WAV (blocking: run it on a thread)."""
+        """Interleave both sides into the WAV (blocking: run it on a thread). An
+        ``OSError`` (the disk still full: the data of a failed write is still in the
+        buffer, and the flush tries it again) closes the files and is raised; the raw
+        files stay on disk, so what was recorded is not deleted."""
         self.active = False
+        try:
+            self._merge()
+        except OSError:
+            self._close()
+            raise
+        self.discard(keep_wav=True)
+        return self.path
+
+    def _merge(self) -> None:
         for f in self._files:
             f.flush()
         total = max(f.seek(0, 2) for f in self._files) // 2
@@ -89,8 +122,13 @@ class CallRecording:
                     side = np.frombuffer(f.read(n * 2), dtype="<i2")
                     both[: len(side), channel] = side
                 out.writeframes(both.tobytes())
-        self.discard(keep_wav=True)
-        return self.path
+
+    def _close(self) -> None:
+        """Every raw file's handle closed; a close that fails (its buffer cannot be
+        written) still closes it, and the rest."""
+        for f in self._files:
+            with contextlib.suppress(OSError):
+                f.close()
 
     def discard(self, keep_wav: bool = False) -> None:
         for f in self._files:

@@ -37,6 +37,7 @@ def test_a_consult_moves_as_its_table_says() -> None:
         ("ringing", "no_answer"): None,
         ("ringing", "failed"): None,
         ("ringing", "cancel"): None,
+        ("ringing", "host_left"): None,
         ("consulting", "complete"): None,
         ("consulting", "conference"): "conference",
         ("consulting", "cancel"): None,

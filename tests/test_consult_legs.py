@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from engine.acd import QueueConfig
 from engine.callstate import NotAllowed
 from engine.conference import hears
 from engine.consult import Consult, dial_failure
@@ -716,3 +717,96 @@ async def test_the_caller_is_told_who_has_them_after_a_hand_over(cp: ControlPlan
             await asyncio.sleep(0.02)
     assert [e["agent_name"] for e in bridged()] == ["Ann Lee", "Bob Ray"]
     assert call.agent_name == "Bob Ray"
+
+
+async def test_the_hosts_line_ending_twice_still_sends_the_caller_back_into_line(
+    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the host's leg may be told ended twice (WebRTC: the peer's end and
+    the media timeout). ``_host_dropped`` left the leg not ``left`` while the number's
+    leg closed, so the second, finding no consult, ended the call ("agent_hangup"): the
+    caller meant to go back into line was hung up. Now the second finds the leg left;
+    the caller is queued and Ann's leg closed."""
+    m = cp.calls
+    call = await with_ann(cp)
+    ann = await person(cp, "ann")
+    line = Line()
+    await m.consults.start_outside(ann, call.id, NUMBER, line)
+    host = call.agent_leg()
+    assert host is not None and host.user_id == ann.id
+    closing, go_on = asyncio.Event(), asyncio.Event()
+    bye = line.peer.close
+
+    async def slow_bye() -> None:  # the number's BYE takes its time
+        closing.set()
+        await go_on.wait()
+        await bye()
+
+    monkeypatch.setattr(line.peer, "close", slow_bye)
+    first = asyncio.create_task(m._agent_leg_ended(call, host))
+    try:
+        await asyncio.wait_for(closing.wait(), 5)
+        # the second signal, while the first awaits (the bug's end_call sets ``ended``
+        # at once, then waits on the BYE too: a task, so the test cannot hang on it)
+        second = asyncio.create_task(m._agent_leg_ended(call, host))
+        await asyncio.sleep(0.05)
+        assert not call.ended.is_set()
+    finally:
+        go_on.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert not call.ended.is_set() and call.state == "queued" and line.byes == 1
+    [moved] = await told(cp, "call.transferred")
+    assert (moved["from_agent"], moved["to_queue"]) == ("ann", "general")
+    record = await m.store.get_call(call.id)
+    assert record is not None
+    [stored] = [x for x in record.call.legs if x.id == host.id]
+    assert stored.ended_at is not None  # closed, though transfer found no agent leg
+
+
+async def test_the_hosts_line_dropping_while_the_number_rings_sends_the_caller_back(
+    cp: ControlPlane,
+) -> None:
+    """Found in review: Ann's line dropping while the number still rang ended the call.
+    Now it is as while they talk: the dial is called off (SipFront CANCELs the INVITE),
+    Ann is told ``host_left``, and the caller goes back into line, where Bob is offered
+    them."""
+    m = cp.calls
+    call = await with_ann(cp)
+    ann, bob = await person(cp, "ann"), await bob_available(cp)
+    line = Line(rings=True)
+    start = asyncio.create_task(m.consults.start_outside(ann, call.id, NUMBER, line))
+    await asyncio.wait_for(line.ringing.wait(), 5)
+    host = call.agent_leg()
+    assert host is not None and host.user_id == ann.id
+    assert await m.consults.leg_ended(call, host)  # her media ended
+    with pytest.raises(NotAllowed, match="cancelled before they answered"):
+        await asyncio.wait_for(start, 5)
+    assert line.called_off and not m.consults._dials and line.byes == 0
+    assert call.consult is None and not call.ended.is_set() and host.left
+    [cancelled] = await told(cp, "call.consult_cancelled")
+    assert (cancelled["guest"], cancelled["reason"]) == (NUMBER, "host_left")
+    assert call.state == "queued" and m.presence_of(ann.id) == "wrap_up"
+    async with asyncio.timeout(5):  # the ACD's next tick offers it
+        while not m.offered_to(bob.id, call.id):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def test_the_hosts_line_dropping_when_the_calls_queue_was_removed(
+    cp: ControlPlane,
+) -> None:
+    """Found in review: the caller's queue removed meanwhile, the transfer back into line
+    failed ("there is no queue") and the call ended, though Ann was told the caller went
+    back into line. Now it goes to the default queue."""
+    m = cp.calls
+    call = await with_ann(cp)
+    ann = await person(cp, "ann")
+    m.routing.set_queue(QueueConfig(name="billing"))
+    call.queue_name = "billing"  # the call came in there; the queue is removed since
+    m.routing.remove_queue("billing")
+    await m.consults.start_outside(ann, call.id, NUMBER, Line())
+    host = call.agent_leg()
+    assert host is not None
+    assert await m.consults.leg_ended(call, host)
+    assert not call.ended.is_set() and call.state == "queued" and call.queue_name == "general"
+    [moved] = await told(cp, "call.transferred")
+    assert moved["to_queue"] == "general"

@@ -11,14 +11,12 @@ and a paused recording must stay silent."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import fractions
 import time
 import wave
 
 import av
 import numpy as np
-import pytest
 from aiortc import MediaStreamTrack
 
 from engine.livecall import Call
@@ -28,6 +26,7 @@ from media.audio import ANALYSIS_RATE
 from media.wavtrack import FRAME, SEND_RATE
 from tests.controlplane import ControlPlane
 from tests.test_monitor_legs import cp, offer, person, with_ann
+from tests.test_recording_disk import changes, fill_up
 
 __all__ = ["cp"]  # the fixture, shared with tests/test_monitor_legs.py
 
@@ -292,25 +291,23 @@ async def test_a_recording_started_after_the_supervisor_joined_holds_their_barge
     assert 0.46 <= end - start <= 0.52
 
 
-async def test_a_recording_that_cannot_be_written_leaves_the_barge_on(
-    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_recording_that_cannot_be_written_leaves_the_barge_on(cp: ControlPlane) -> None:
     """Regression: a write error (a full disk) in the supervisor's recording ended their
-    leg with "error". Now it is logged once, their voice is no longer written, and the
-    barge goes on: the caller still hears them."""
+    leg with "error". Now the recording stops at the first refused write (told once,
+    recording.changed with recording false and its reason), their voice is not tried
+    again, and the barge goes on: the caller still hears them."""
     call = await recorded_call(cp)
-    assert call.recording is not None
-    tries: list[int] = []
-
-    def full(channel: int, _at: float, _frame: object) -> None:
-        tries.append(channel)
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(call.recording, "write", full)
+    rec = call.recording
+    assert rec is not None
+    fill_up(rec)  # the agent's channel, where a barge is written
     sid = await saying(cp, call, "sid", "barge", 700)
     await say(sid, 25)
     assert sid.leg is not None and not sid.leg.stopped and call.monitors == [sid.leg]
-    assert tries == [1]  # tried once, not once a frame
+    assert rec.failed is not None and "No space" in rec.failed and not rec.active
+    assert sid.leg.offset is None  # not written: the next frames stop at the check
+    [_started, stopped] = await changes(cp, 2)
+    assert (stopped["recording"], stopped["by"]) == (False, "engine")
+    assert stopped["reason"].startswith("disk_full: ")
     caller = call.caller_leg()
     assert caller is not None and caller.peer is not None
     assert caller.peer.outbound._live.pending(sid.leg.id)  # the caller is sent his voice

@@ -173,7 +173,7 @@ export function initConsult({ root, api, me, callId, endOfCall }) {
           failed: `${ev.guest} could not be reached.`,
           guest_left: `${ev.guest} left.`,
         }[ev.reason];
-        if (ev.reason === "host_left") { endOfCall(`Your line dropped: ${ev.guest} was hung up and the caller went back into line.`); return; }
+        if (ev.reason === "host_left") { endOfCall(`Your line dropped: ${ev.guest} was hung up.`); return; }
         show(why ? `${why} The caller is still on hold: press Resume to go back.`
           : "Consult cancelled: you are back with the caller.");
       } else if (ev.type === "call.consult_completed") {
