@@ -95,6 +95,7 @@ def full_record() -> CallRecord:
         queue_position=2,
         queued_priority=2,
         agent_id="u-1",
+        agent_name="Ann Lee",
         agent_muted=True,
         previous_calls=4,
         transferred_by="alice",
