@@ -628,8 +628,9 @@ class SipFront:
     ) -> Call:  # fmt: skip
         """Call ``number`` through the trunk for a program or a person; DialFailed if it
         is not answered. The dial pad's numbers may carry ``*`` and ``#`` (a PBX menu, a
-        carrier's code); CCENGINE_SIP_DIAL_PREFIXES still applies."""
-        self.may_dial(number, keys=True)
+        carrier's code); CCENGINE_SIP_DIAL_PREFIXES still applies (``dial`` checks it,
+        after a node that is full or draining has said so: that answer is the one to
+        retry elsewhere)."""
         if queue is not None and queue not in self.calls.acd.queues:
             raise NotAllowed(f"no queue {queue}")
         agent_id = None
