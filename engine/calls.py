@@ -1447,13 +1447,16 @@ class CallManager:
         call = self.get(call_id)
         if call.state == "queued":  # (one not waiting: callbacks.request says why not)
             number = phone_number(contact or call.caller or "")
-            if number is None:  # booked, it could never be placed
+            if number is not None:
+                self._may_call_back(number, contact or call.caller)
+            elif contact is not None or call.channel == "sip":
+                # booked, it could never be placed. (An in-app caller with no number may
+                # be: an agent returns it in the browser, through a call link.)
                 raise NotAllowed(
                     f"we cannot call {contact} back: give a phone number"
                     if contact is not None
                     else "we cannot call you back on this line: give a phone number"
                 )
-            self._may_call_back(number, contact or call.caller)
         return await self._desk(self.callbacks.request(call, contact))
 
     def _may_call_back(self, number: str, given: str | None) -> None:

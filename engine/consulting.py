@@ -472,7 +472,11 @@ class Consults:
         # leg not left, would end the call meant to go back into line
         leg.left = True
         consult.next("host_left")
-        await self._guest_leaves(call, consult, "host_left")
+        try:
+            await self._guest_leaves(call, consult, "host_left")
+        except Exception:  # (storage down, say): the leg is left, no second signal comes
+            log.exception("call %s: the number consulted could not be let go", call.id)
+            return False  # so the call ends now, not the caller left on hold with nobody
         if call.ended.is_set():
             return True
         queue = call.queue_name

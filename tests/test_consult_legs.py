@@ -810,3 +810,26 @@ async def test_the_hosts_line_dropping_when_the_calls_queue_was_removed(
     assert not call.ended.is_set() and call.state == "queued" and call.queue_name == "general"
     [moved] = await told(cp, "call.transferred")
     assert moved["to_queue"] == "general"
+
+
+async def test_the_hosts_line_dropping_while_storage_fails_ends_the_call(
+    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the host's leg is marked left before the first await (so a
+    second end signal cannot end the call meant to go back into line); when letting the
+    number go then failed (the database away as its leg's end was written), no second
+    signal could come either, and the caller stayed on hold with nobody. Now that ends
+    the call, as a host's hang-up does."""
+    m = cp.calls
+    call = await with_ann(cp)
+    ann = await person(cp, "ann")
+    line = Line()
+    await m.consults.start_outside(ann, call.id, NUMBER, line)
+    host = call.agent_leg()
+    assert host is not None
+
+    async def down(*_args: Any, **_kwargs: Any) -> None:
+        raise OSError("database is locked")
+
+    monkeypatch.setattr(m.store, "end_leg", down)
+    assert not await m.consults.leg_ended(call, host)  # the caller is not left on hold
