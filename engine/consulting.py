@@ -384,9 +384,12 @@ class Consults:
         ended, or a ring with no consult behind it (its request failed after the shared
         log took it). With several engines, asked again in the background while the log
         cannot be reached, and the request goes on; no longer once the host consults the
-        same colleague again (that ring is theirs)."""
+        same colleague again, or the call is back in line (a transfer): that ring is a
+        new one, not the one to take back."""
         again = self.m.routing.consult_withdraw(guest_id, call.id)
-        await self._surely(again, unless=lambda: self._consulting(call, guest_id))
+        await self._surely(
+            again, unless=lambda: self._consulting(call, guest_id) or call.state == "queued"
+        )
 
     @staticmethod
     def _consulting(call: Call, guest_id: str) -> bool:

@@ -476,3 +476,38 @@ async def test_a_too_late_answer_frees_its_guest_when_the_log_fails(
             await asyncio.sleep(0.02)
     assert copy.routing.presence_of(bob.id) == "wrap_up"
     assert all(leg.user_id != bob.id for leg in call.legs)
+
+
+async def test_a_withdrawal_asked_again_leaves_a_later_ring_of_the_call_alone(
+    shared: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: a consult's withdrawal, asked again in the background while the
+    log could not be reached, stopped only if the host consulted the same colleague
+    again. Ann transferring the call to that colleague meanwhile rang him with an offer
+    of the same call, and the next try took it back. It stops once the call is back in
+    line too."""
+    m = shared.calls
+    copy = m.routing_copy
+    assert copy is not None
+    call = await with_ann(shared)
+    ann, bob = await person(shared, "ann"), await bob_available(shared)
+    log = m.routing_log
+    assert log is not None
+    real, blocked = log.submit, [True]
+
+    async def submit(op: Mapping[str, Any], *, effects: bool = True) -> None:
+        if op.get("op") == "consult_withdraw" and blocked:
+            raise RoutingUnavailable("the shared routing log did not answer in time")
+        await real(op, effects=effects)
+
+    monkeypatch.setattr(log, "submit", submit)
+    monkeypatch.setattr(sharedcalls, "RETRY", 0.05)
+    await m.consults.withdraw(call, bob.id)  # failed: asked again in the background
+    await m.transfer(ann, call.id, queue="general", agent="bob", note="over to you")
+    assert call.state == "queued" and copy.routing.offered_to(bob.id, call.id)
+    blocked.clear()  # the log is back: the next try would go through
+    await asyncio.sleep(0.3)  # several tries' worth
+    # his ring of the transfer stands: not taken back (and rung again at once, his desk
+    # told "cancelled" in between)
+    assert copy.routing.offered_to(bob.id, call.id)
+    assert [e for e in published(shared, "call.offer_withdrawn") if e["call_id"] == call.id] == []
