@@ -13,7 +13,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.engine_proc import EngineProcess
 from tests.rtc_client import Caller
@@ -21,6 +21,17 @@ from tests.test_browser import CHROMIUM, chromium_args
 from tests.test_monitor_e2e import PAGE_HEARD, ToneTrack, level_at, tone_wav
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+
+async def desk_signed_in(browser: Browser, url: str) -> Page:
+    """Ann's desk page, signed in, her microphone allowed."""
+    context = await browser.new_context(permissions=["microphone"])
+    desk = await context.new_page()
+    await desk.goto(f"{url}/agent")
+    await desk.get_by_test_id("username").fill("ann")
+    await desk.get_by_test_id("password").fill("pw-ann-1")
+    await desk.get_by_test_id("sign-in").click()
+    return desk
 
 
 async def test_the_desk_consults_conferences_and_sends_keys(
@@ -39,12 +50,7 @@ async def test_the_desk_consults_conferences_and_sends_keys(
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=chromium_args(mic))
             try:
-                context = await browser.new_context(permissions=["microphone"])
-                desk = await context.new_page()
-                await desk.goto(f"{engine.url}/agent")
-                await desk.get_by_test_id("username").fill("ann")
-                await desk.get_by_test_id("password").fill("pw-ann-1")
-                await desk.get_by_test_id("sign-in").click()
+                desk = await desk_signed_in(browser, engine.url)
                 await desk.get_by_test_id("go-available").click()
                 await expect(desk.get_by_test_id("presence")).to_have_text("available")
 

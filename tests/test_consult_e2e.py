@@ -54,6 +54,20 @@ async def presence(http: httpx.AsyncClient) -> str:
     return next(a["presence"] for a in r.json() if a["username"] == me["username"])
 
 
+async def ann_has_the_caller(
+    admin: httpx.AsyncClient, ann: httpx.AsyncClient, caller: Caller, ann_phone: Caller
+) -> str:
+    """The caller rings Ann by a call link and her softphone answers: the call's id."""
+    r = await admin.post("/api/v1/call-links", json={"agent": "ann"})
+    caller.invite = r.json()["token"]
+    await caller.dial()
+    cid = caller.call_id
+    await caller.wait_for("call.offered", within=30)
+    await ann_phone.accept(ann, cid)
+    await caller.wait_for("call.state_changed", state="bridged")
+    return cid
+
+
 async def test_consult_conference_and_warm_transfer_route_the_voices(tmp_path: Path) -> None:
     # a short ring, so a consult rings out quickly
     engine = EngineProcess(tmp_path / "consult", CCENGINE_OFFER_TIMEOUT="3").start()
@@ -70,13 +84,7 @@ async def test_consult_conference_and_warm_transfer_route_the_voices(tmp_path: P
     events: list[dict[str, Any]] = []
     watcher = asyncio.create_task(engine.watch_events(events))
     try:
-        r = await admin.post("/api/v1/call-links", json={"agent": "ann"})
-        caller.invite = r.json()["token"]
-        await caller.dial()
-        cid = caller.call_id
-        await caller.wait_for("call.offered", within=30)
-        await ann_phone.accept(ann, cid)
-        await caller.wait_for("call.state_changed", state="bridged")
+        cid = await ann_has_the_caller(admin, ann, caller, ann_phone)
         # keys to the caller (0: 941 + 1336 Hz, far from the tones measured): at most 8 s
         # of them waiting per call (50 keys); more is 409
         dtmf = f"/api/v1/calls/{cid}/dtmf"

@@ -28,7 +28,8 @@ from tests import sipp
 from tests.engine_proc import EngineProcess, free_port
 from tests.rtc_client import Caller
 from tests.test_browser import CHROMIUM, chromium_args
-from tests.test_consult_e2e import HEARD, NOT_HEARD, presence, wait_event
+from tests.test_consult_browser_e2e import desk_signed_in
+from tests.test_consult_e2e import HEARD, NOT_HEARD, ann_has_the_caller, presence, wait_event
 from tests.test_monitor_e2e import ToneTrack, tone_wav
 from tests.test_monitor_e2e import levels as tone_levels
 
@@ -108,12 +109,7 @@ async def desk_calls_a_number(
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=chromium_args(mic))
             try:
-                context = await browser.new_context(permissions=["microphone"])
-                desk = await context.new_page()
-                await desk.goto(f"{engine.url}/agent")
-                await desk.get_by_test_id("username").fill("ann")
-                await desk.get_by_test_id("password").fill("pw-ann-1")
-                await desk.get_by_test_id("sign-in").click()
+                desk = await desk_signed_in(browser, engine.url)
                 # available already: her wrap-up of the first call said so
                 await expect(desk.get_by_test_id("presence")).to_have_text("available")
                 r = await admin.post("/api/v1/call-links", json={"agent": "ann"})
@@ -180,13 +176,7 @@ async def test_consult_an_outside_number_then_hand_them_the_caller(
     watcher = asyncio.create_task(engine.watch_events(events))
     ringing = answering = None
     try:
-        r = await admin.post("/api/v1/call-links", json={"agent": "ann"})
-        caller.invite = r.json()["token"]
-        await caller.dial()
-        cid = caller.call_id
-        await caller.wait_for("call.offered", within=30)
-        await ann_phone.accept(ann, cid)
-        await caller.wait_for("call.state_changed", state="bridged")
+        cid = await ann_has_the_caller(admin, ann, caller, ann_phone)
         url = f"/api/v1/calls/{cid}/consult"
         # refusals, before the caller is held: a URI of a domain not allowed, not one
         # of agent and number
