@@ -44,7 +44,7 @@ from media.sip.events import DtmfInfo
 from media.vad import SpeechSegmenter, UtteranceEnded, UtteranceStarted
 from tests.controlplane import ControlPlane
 from tests.test_analysis import AGENT, CALLER, new_call
-from tests.test_consult_legs import NUMBER, Line, bob_available, outside_leg
+from tests.test_consult_legs import NUMBER, Line, bob_available, consulting, outside_leg
 from tests.test_monitor_legs import cp, person, phone, with_ann
 
 __all__ = ["cp"]  # the fixture, shared with tests/test_monitor_legs.py
@@ -432,10 +432,7 @@ async def test_words_said_across_a_consults_turn_to_conference_are_cut_there(
     as Ann joins the caller in, goes on "hello" to them. The consult's words stay
     hidden, the greeting is shown."""
     m = cp.calls
-    call = await with_ann(cp)
-    ann, bob = await person(cp, "ann"), await bob_available(cp)
-    await m.consults.start(ann, call.id, "bob")
-    await m.accept_peer(bob.id, call.id, phone(), "sip", "PCMU")
+    call, ann, bob = await consulting(cp)
     bob_leg = call.legs[-1]
     await transcribed(cp, call, bob_leg)
     sound(cp, call, bob_leg, voice(1.0, 220.0))
@@ -487,10 +484,7 @@ async def test_a_guest_who_joined_mid_call_is_judged_on_their_own_clock(
     (0.2-1.8 s of his clock, 30.2-31.8 s of the call's) stay hidden; his words in the
     conference are shown, placed on the call's clock."""
     m = cp.calls
-    call = await with_ann(cp)
-    ann, bob = await person(cp, "ann"), await bob_available(cp)
-    await m.consults.start(ann, call.id, "bob")
-    await m.accept_peer(bob.id, call.id, phone(), "sip", "PCMU")
+    call, ann, bob = await consulting(cp)
     bob_leg = call.legs[-1]
     bob_leg.offset = 30.0  # his first audio came 30 s after the caller's
     await says(cp, call, bob_leg, 0, "they shouted")

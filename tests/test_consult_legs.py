@@ -60,11 +60,17 @@ async def bob_available(cp: ControlPlane) -> UserRow:
     return bob
 
 
-async def consulting(cp: ControlPlane) -> tuple[Call, UserRow, UserRow]:
-    """Ann's call with Bob consulted and answered on his desk phone."""
+async def bob_rung(cp: ControlPlane) -> tuple[Call, UserRow, UserRow]:
+    """Ann's call with Bob rung for a consult."""
     call = await with_ann(cp)
     ann, bob = await person(cp, "ann"), await bob_available(cp)
     await cp.calls.consults.start(ann, call.id, "bob")
+    return call, ann, bob
+
+
+async def consulting(cp: ControlPlane) -> tuple[Call, UserRow, UserRow]:
+    """Ann's call with Bob consulted and answered on his desk phone."""
+    call, ann, bob = await bob_rung(cp)
     await cp.calls.accept_peer(bob.id, call.id, phone(), "sip", "PCMU")
     assert call.consult is not None and call.consult.phase == "consulting"
     return call, ann, bob
@@ -134,9 +140,7 @@ async def test_an_answer_after_the_consult_was_cancelled_in_the_log_is_refused(
     land while the log decides it: the colleague was on the call in the log, with no
     consult left to join. Their leg is closed, they go to wrap-up, and they are told."""
     m = shared.calls
-    call = await with_ann(shared)
-    ann, bob = await person(shared, "ann"), await bob_available(shared)
-    await m.consults.start(ann, call.id, "bob")
+    call, ann, bob = await bob_rung(shared)
     consult = call.consult
     assert consult is not None
     closed: list[bool] = []
@@ -301,9 +305,7 @@ async def test_a_cancel_racing_the_answer_leaves_no_open_leg(cp: ControlPlane) -
     """Found in review: the answer was told only after its writes, and went on after a
     cancel that came meanwhile: the colleague's leg row stayed open, their leg ran."""
     m = cp.calls
-    call = await with_ann(cp)
-    ann, bob = await person(cp, "ann"), await bob_available(cp)
-    await m.consults.start(ann, call.id, "bob")
+    call, ann, bob = await bob_rung(cp)
     consult = call.consult
     assert consult is not None
     answer = asyncio.create_task(m.accept_peer(bob.id, call.id, phone(), "sip", "PCMU"))
