@@ -41,6 +41,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.config import Settings
+from engine.dialpolicy import phone_number
 from engine.events import as_utc
 from engine.store.db import Store
 from engine.store.models import CallRow, CustomerKeyRow, CustomerRow
@@ -72,8 +73,6 @@ def _dummy_hash() -> str:
     return _hasher.hash(secrets.token_hex(16))
 
 
-_PHONE_SEPARATORS = str.maketrans("", "", " \t-.()/")  # RFC 3966 visual separators, and /
-_DIGITS = re.compile(r"\+?[0-9]{6,15}")
 _ISO_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 _DDMMYYYY = re.compile(r"([0-9]{2})([0-9]{2})([0-9]{4})")
 _APP_ID = re.compile(r"[A-Za-z0-9_\-]{1,60}")
@@ -99,8 +98,7 @@ def normalize_phone(raw: str) -> str | None:
         text = rest
     elif colon:
         return None
-    text = text.split(";", 1)[0].translate(_PHONE_SEPARATORS)  # parameters go
-    return text if _DIGITS.fullmatch(text) else None
+    return phone_number(text.split(";", 1)[0])  # parameters go
 
 
 def normalize_email(raw: str) -> str | None:
