@@ -376,6 +376,18 @@ def outside_leg(call: Call) -> Leg:
     return leg
 
 
+async def consulting_number(cp: ControlPlane) -> tuple[Call, UserRow, Line, Leg]:
+    """Ann's call with NUMBER consulted and answered (``Line``): the call, Ann, the
+    line, and Ann's own leg."""
+    call = await with_ann(cp)
+    ann = await person(cp, "ann")
+    line = Line()
+    await cp.calls.consults.start_outside(ann, call.id, NUMBER, line)
+    host = call.agent_leg()
+    assert host is not None and host.user_id == ann.id
+    return call, ann, line, host
+
+
 async def test_an_outside_number_is_consulted_then_handed_the_caller(cp: ControlPlane) -> None:
     """The outside party joins as the consult's guest (a leg with no user): host and
     number talk while the caller is held; complete hands them the caller as a transfer
@@ -730,12 +742,7 @@ async def test_the_hosts_line_ending_twice_still_sends_the_caller_back_into_line
     caller meant to go back into line was hung up. Now the second finds the leg left;
     the caller is queued and Ann's leg closed."""
     m = cp.calls
-    call = await with_ann(cp)
-    ann = await person(cp, "ann")
-    line = Line()
-    await m.consults.start_outside(ann, call.id, NUMBER, line)
-    host = call.agent_leg()
-    assert host is not None and host.user_id == ann.id
+    call, _ann, line, host = await consulting_number(cp)
     closing, go_on = asyncio.Event(), asyncio.Event()
     bye = line.peer.close
 
@@ -823,12 +830,7 @@ async def test_the_hosts_line_dropping_while_storage_fails_ends_the_call(
     signal could come either, and the caller stayed on hold with nobody. Now that ends
     the call, as a host's hang-up does."""
     m = cp.calls
-    call = await with_ann(cp)
-    ann = await person(cp, "ann")
-    line = Line()
-    await m.consults.start_outside(ann, call.id, NUMBER, line)
-    host = call.agent_leg()
-    assert host is not None
+    call, _ann, _line, host = await consulting_number(cp)
 
     async def down(*_args: Any, **_kwargs: Any) -> None:
         raise OSError("database is locked")
